@@ -1,0 +1,56 @@
+"""JSON encoding of wire events. Encoders and decoders are built once per process and shared."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import msgspec
+
+from llmscope.proto.deadletter import DeadLetterEvent
+from llmscope.proto.telemetry import TelemetryEvent
+from llmscope.proto.violation import ViolationEvent
+
+AnyEvent = TelemetryEvent | ViolationEvent | DeadLetterEvent
+EVENT_TYPES: tuple[type[msgspec.Struct], ...] = (TelemetryEvent, ViolationEvent, DeadLetterEvent)
+
+E = TypeVar("E", bound=msgspec.Struct)
+
+_encoder = msgspec.json.Encoder()
+_any_decoder: msgspec.json.Decoder[AnyEvent] = msgspec.json.Decoder(AnyEvent)
+_decoders: dict[type[msgspec.Struct], msgspec.json.Decoder[msgspec.Struct]] = {
+    t: msgspec.json.Decoder(t) for t in EVENT_TYPES
+}
+
+
+class DecodeError(ValueError):
+    """Bytes that are not a valid event; the message names the field at fault."""
+
+
+def encode(event: msgspec.Struct) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode(data: bytes) -> AnyEvent:
+    """Decode any known event, dispatching on its ``type`` tag."""
+    try:
+        return _any_decoder.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise DecodeError(str(exc)) from exc
+
+
+def decode_as(data: bytes, event_type: type[E]) -> E:
+    """Decode bytes that must be one event type."""
+    decoder = _decoders.get(event_type)
+    if decoder is None:
+        decoder = _decoders[event_type] = msgspec.json.Decoder(event_type)
+    try:
+        event = decoder.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise DecodeError(str(exc)) from exc
+    assert isinstance(event, event_type)
+    return event
+
+
+def to_builtins(event: msgspec.Struct) -> object:
+    """The JSON-ready form of an event (for HTTP responses and templates)."""
+    return msgspec.to_builtins(event)

@@ -1,0 +1,95 @@
+"""Every NATS subject and stream name LLMscope uses is built here and nowhere else.
+
+Subjects (``<m>`` and ``<p>`` are escaped tokens, see :func:`encode_token`):
+- ``llmscope.telemetry.v1.<provider>.<model>``      telemetry.v1
+- ``llmscope.violations.v1.<provider>.<model>.<rule>``  violation.v1 (open and cleared)
+- ``llmscope.deadletter.v1.<source>``               deadletter.v1
+"""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "llmscope"
+
+STREAM_TELEMETRY = "LLMSCOPE_TELEMETRY"
+STREAM_VIOLATIONS = "LLMSCOPE_VIOLATIONS"
+STREAM_DEADLETTER = "LLMSCOPE_DEADLETTER"
+
+TELEMETRY_ALL = f"{PREFIX}.telemetry.v1.>"
+VIOLATIONS_ALL = f"{PREFIX}.violations.v1.>"
+DEADLETTER_ALL = f"{PREFIX}.deadletter.v1.>"
+
+_SAFE = re.compile(r"[A-Za-z0-9_-]")
+_ESCAPE = "~"
+
+
+def encode_token(value: str) -> str:
+    """Map any non-empty string to one safe subject token, reversibly.
+
+    Letters, digits, ``-`` and ``_`` stay as they are; every other character becomes ``~`` and
+    the upper-case hex of its UTF-8 bytes (``llama3.1:8b`` -> ``llama3~2E1~3A8b``). No ``.``,
+    ``*``, ``>``, whitespace or ``~``-ambiguity can leak into the token.
+    """
+    if not value:
+        raise ValueError("a subject token cannot be empty")
+    out: list[str] = []
+    for ch in value:
+        if _SAFE.fullmatch(ch):
+            out.append(ch)
+        else:
+            out.extend(f"{_ESCAPE}{b:02X}" for b in ch.encode())
+    return "".join(out)
+
+
+def decode_token(token: str) -> str:
+    """Inverse of :func:`encode_token`; raises ValueError on a token it could not have made."""
+    raw = bytearray()
+    i = 0
+    while i < len(token):
+        ch = token[i]
+        if ch == _ESCAPE:
+            hex_part = token[i + 1 : i + 3]
+            if len(hex_part) != 2 or not re.fullmatch(r"[0-9A-F]{2}", hex_part):
+                raise ValueError(f"bad escape in subject token {token!r} at {i}")
+            raw.append(int(hex_part, 16))
+            i += 3
+        elif _SAFE.fullmatch(ch):
+            raw.extend(ch.encode())
+            i += 1
+        else:
+            raise ValueError(f"character {ch!r} cannot appear in an encoded token")
+    return raw.decode()
+
+
+def telemetry(provider: str, model: str) -> str:
+    return f"{PREFIX}.telemetry.v1.{encode_token(provider)}.{encode_token(model)}"
+
+
+def violations(provider: str, model: str, rule: str) -> str:
+    return f"{PREFIX}.violations.v1.{encode_token(provider)}.{encode_token(model)}.{encode_token(rule)}"
+
+
+def violations_for_model(provider: str, model: str) -> str:
+    """Wildcard for every violation of one model."""
+    return f"{PREFIX}.violations.v1.{encode_token(provider)}.{encode_token(model)}.*"
+
+
+def deadletter(source: str) -> str:
+    return f"{PREFIX}.deadletter.v1.{encode_token(source)}"
+
+
+def parse_telemetry(subject: str) -> tuple[str, str]:
+    """(provider, model) of a telemetry subject."""
+    parts = subject.split(".")
+    if len(parts) != 5 or parts[:3] != [PREFIX, "telemetry", "v1"]:
+        raise ValueError(f"not a telemetry.v1 subject: {subject!r}")
+    return decode_token(parts[3]), decode_token(parts[4])
+
+
+def parse_violation(subject: str) -> tuple[str, str, str]:
+    """(provider, model, rule) of a violation subject."""
+    parts = subject.split(".")
+    if len(parts) != 6 or parts[:3] != [PREFIX, "violations", "v1"]:
+        raise ValueError(f"not a violations.v1 subject: {subject!r}")
+    return decode_token(parts[3]), decode_token(parts[4]), decode_token(parts[5])

@@ -1,0 +1,101 @@
+"""``telemetry.v1``: one probe of one LLM endpoint, with the host's system metrics at that moment."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from llmscope.proto.base import Count, Event, Milliseconds, NonEmptyStr, Percent
+
+ProviderKind = Literal["ollama", "openai", "anthropic"]
+
+ProbeStatus = Literal[
+    "ok",
+    "timeout",
+    "refused",
+    "http_4xx",
+    "http_5xx",
+    "rate_limited",
+    "empty_response",
+    "invalid_response",
+]
+"""Outcome of a probe. Anything but ``ok`` is a failed probe: it never enters latency charts."""
+
+PROBE_STATUSES: tuple[ProbeStatus, ...] = (
+    "ok",
+    "timeout",
+    "refused",
+    "http_4xx",
+    "http_5xx",
+    "rate_limited",
+    "empty_response",
+    "invalid_response",
+)
+
+
+class SystemMetrics(msgspec.Struct, frozen=True, kw_only=True):
+    """Host metrics of the prober's host at one moment; GPU fields are null without a GPU."""
+
+    cpu_percent: Percent | None = None
+    memory_percent: Percent | None = None
+    gpu_percent: Percent | None = None
+    gpu_memory_percent: Percent | None = None
+
+
+class TelemetryEvent(Event, frozen=True, kw_only=True, tag="telemetry.v1"):
+    """One probe: what was asked, of whom, how it went and how long each phase took.
+
+    Timings are wall-clock milliseconds measured by the prober, except the ``*_duration_ms``
+    fields, which are the server's own figures where the API reports them (Ollama does).
+    """
+
+    provider: Annotated[ProviderKind, Meta(description="API flavour spoken by the endpoint")]
+    model: Annotated[NonEmptyStr, Meta(description="model name as the endpoint knows it, e.g. llama3.1:8b")]
+    target: Annotated[NonEmptyStr, Meta(description="name of the probe target in the prober config")]
+    host: Annotated[str, Meta(max_length=256, description="host label of the endpoint, for cascades")] = ""
+    prober: Annotated[str, Meta(max_length=256, description="id of the prober instance")] = ""
+    prompt_id: Annotated[
+        NonEmptyStr, Meta(description="id of the prompt; charts never mix prompts (rational subgroups)")
+    ]
+    prompt_class: Annotated[str, Meta(max_length=64, description="simple, medium or complex")] = ""
+    prompt_hash: Annotated[str, Meta(max_length=128, description="sha256 hex of the prompt text")]
+    prompt_text: Annotated[str, Meta(description="the prompt, only when the prober is told to")] | None = None
+    streaming: bool = False
+    max_tokens: Count | None = None
+    status: ProbeStatus = "ok"
+    error: Annotated[str, Meta(max_length=2000, description="what went wrong, when it did")] | None = None
+    http_status: Annotated[int, Meta(ge=100, le=599, description="HTTP status, when one came")] | None = None
+    latency_ms: Annotated[Milliseconds, Meta(description="request sent to last byte received")] | None = None
+    ttft_ms: (
+        Annotated[Milliseconds, Meta(description="request sent to first content token (streaming only)")]
+        | None
+    ) = None
+    total_duration_ms: Milliseconds | None = None
+    load_duration_ms: Milliseconds | None = None
+    prompt_eval_duration_ms: Milliseconds | None = None
+    eval_duration_ms: Milliseconds | None = None
+    prompt_eval_count: Annotated[Count, Meta(description="prompt (input) tokens")] | None = None
+    eval_count: Annotated[Count, Meta(description="generated (output) tokens")] | None = None
+    tokens_per_s: (
+        Annotated[float, Meta(ge=0, description="output tokens / generation time (total - TTFT if streaming)")]
+        | None
+    ) = None
+    cpu_percent: Percent | None = None
+    memory_percent: Percent | None = None
+    gpu_percent: Annotated[Percent, Meta(description="null when the host has no GPU")] | None = None
+    gpu_memory_percent: Annotated[Percent, Meta(description="null when the host has no GPU")] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def system(self) -> SystemMetrics:
+        return SystemMetrics(
+            cpu_percent=self.cpu_percent,
+            memory_percent=self.memory_percent,
+            gpu_percent=self.gpu_percent,
+            gpu_memory_percent=self.gpu_memory_percent,
+        )

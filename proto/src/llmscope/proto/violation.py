@@ -1,0 +1,82 @@
+"""``violation.v1``: a control chart signalled, with the statistics frozen at that moment.
+
+A violation is an episode: one ``open`` event at the point that completes the pattern, and one
+``cleared`` event (same ``episode_id``) when the chart is back in control. Further points of the
+same run publish nothing. Ids are derived from chart, rule and point, so a replay after a crash
+republishes the same ids and JetStream's duplicate window drops them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from llmscope.proto.base import Count, Event, NonEmptyStr
+from llmscope.proto.telemetry import ProviderKind, SystemMetrics
+
+Severity = Literal["critical", "warning", "info"]
+SEVERITIES: tuple[Severity, ...] = ("critical", "warning", "info")
+ChartKind = Literal["individuals", "ewma", "cusum", "availability"]
+Transform = Literal["none", "log"]
+ViolationState = Literal["open", "cleared"]
+
+
+class ChartLimits(msgspec.Struct, frozen=True, kw_only=True):
+    """Chart statistics frozen when the signal fired.
+
+    ``center``, limits and zone bounds are in the metric's own units (ms for latency) even when
+    the chart runs on the log scale, so they are asymmetric around the center there. ``sigma``
+    is in chart units: ms for ``transform="none"``, natural-log units for ``"log"``.
+    """
+
+    transform: Transform = "none"
+    center: float
+    sigma: Annotated[float, Meta(ge=0)]
+    ucl: float
+    lcl: float
+    zone_a_upper: Annotated[float, Meta(description="center + 2 sigma")]
+    zone_a_lower: Annotated[float, Meta(description="center - 2 sigma")]
+    zone_b_upper: Annotated[float, Meta(description="center + 1 sigma")]
+    zone_b_lower: Annotated[float, Meta(description="center - 1 sigma")]
+
+
+class BaselineRef(msgspec.Struct, frozen=True, kw_only=True):
+    """The Phase I baseline a chart's limits came from."""
+
+    id: NonEmptyStr
+    n: Count
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    created_by: str = "engine"
+    reason: str = "initial baseline"
+
+
+class ViolationEvent(Event, frozen=True, kw_only=True, tag="violation.v1"):
+    """A control-chart signal (``state="open"``) or its end (``state="cleared"``)."""
+
+    state: ViolationState = "open"
+    episode_id: Annotated[str, Meta(description="id of the open event; equal to id when state=open")]
+    provider: ProviderKind
+    model: NonEmptyStr
+    target: str = ""
+    host: str = ""
+    prompt_id: str = ""
+    metric: Annotated[NonEmptyStr, Meta(description="telemetry field charted, e.g. latency_ms")]
+    chart: ChartKind = "individuals"
+    chart_key: Annotated[str, Meta(description="stable id of the chart: provider/model/prompt/metric")] = ""
+    rule: Annotated[NonEmptyStr, Meta(description="R1-R8 (Nelson tests), EWMA, CUSUM, AVAILABILITY")]
+    rule_name: str = ""
+    severity: Severity = "warning"
+    value: Annotated[float, Meta(description="the value of the point that completed the pattern")]
+    statistic: Annotated[float, Meta(description="EWMA value or CUSUM sum, when the chart has one")] | None = None
+    deviation_sigma: Annotated[float, Meta(description="(value - center) / sigma, in chart units")]
+    limits: ChartLimits
+    baseline: BaselineRef
+    point_ids: Annotated[list[str], Meta(description="telemetry ids of the points that formed the pattern")]
+    point_values: list[float] = []
+    point_ts: list[datetime] = []
+    system: SystemMetrics = SystemMetrics()
+    opened_at: datetime | None = None
