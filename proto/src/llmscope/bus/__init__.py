@@ -1,0 +1,1 @@
+"""NATS JetStream plumbing shared by every service: connect, streams, publish, consume, dead-letter."""

@@ -1,0 +1,1 @@
+"""Shared runtime configuration: environment settings, secrets, structured logs, health and metrics."""

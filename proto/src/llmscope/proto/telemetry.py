@@ -78,10 +78,7 @@ class TelemetryEvent(Event, frozen=True, kw_only=True, tag="telemetry.v1"):
     eval_duration_ms: Milliseconds | None = None
     prompt_eval_count: Annotated[Count, Meta(description="prompt (input) tokens")] | None = None
     eval_count: Annotated[Count, Meta(description="generated (output) tokens")] | None = None
-    tokens_per_s: (
-        Annotated[float, Meta(ge=0, description="output tokens / generation time (total - TTFT if streaming)")]
-        | None
-    ) = None
+    tokens_per_s: Annotated[float, Meta(ge=0, description="output tokens / generation seconds")] | None = None
     cpu_percent: Percent | None = None
     memory_percent: Percent | None = None
     gpu_percent: Annotated[Percent, Meta(description="null when the host has no GPU")] | None = None

@@ -71,12 +71,14 @@ class ViolationEvent(Event, frozen=True, kw_only=True, tag="violation.v1"):
     rule_name: str = ""
     severity: Severity = "warning"
     value: Annotated[float, Meta(description="the value of the point that completed the pattern")]
-    statistic: Annotated[float, Meta(description="EWMA value or CUSUM sum, when the chart has one")] | None = None
+    statistic: Annotated[float, Meta(description="EWMA value or CUSUM sum")] | None = None
     deviation_sigma: Annotated[float, Meta(description="(value - center) / sigma, in chart units")]
     limits: ChartLimits
     baseline: BaselineRef
-    point_ids: Annotated[list[str], Meta(description="telemetry ids of the points that formed the pattern")]
-    point_values: list[float] = []
-    point_ts: list[datetime] = []
+    point_ids: Annotated[
+        tuple[str, ...], Meta(description="telemetry ids of the points that formed the pattern")
+    ]
+    point_values: tuple[float, ...] = ()
+    point_ts: tuple[datetime, ...] = ()
     system: SystemMetrics = SystemMetrics()
     opened_at: datetime | None = None

@@ -1,0 +1,1 @@
+"""The ``llmscope`` command: one entry point per service, and ``up`` for the whole local stack."""

@@ -1,0 +1,45 @@
+"""Bus settings common to every service, read from the environment.
+
+| variable | default | meaning |
+| --- | --- | --- |
+| NATS_URL | nats://127.0.0.1:4222 | NATS server(s), comma-separated |
+| LLMSCOPE_TELEMETRY_MAX_AGE_H | 168 | hours telemetry stays in its stream |
+| LLMSCOPE_TELEMETRY_MAX_BYTES | -1 | byte cap of the telemetry stream (-1: none) |
+| LLMSCOPE_VIOLATIONS_MAX_AGE_H | 2160 | hours violations stay in their stream (90 days) |
+| LLMSCOPE_DEADLETTER_MAX_AGE_H | 720 | hours dead letters stay (30 days) |
+| LLMSCOPE_DUPLICATE_WINDOW_S | 120 | JetStream de-duplication window on Nats-Msg-Id |
+| LLMSCOPE_STREAM_REPLICAS | 1 | stream replicas (3 on a clustered NATS) |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmscope.config.env import Env
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+
+
+@dataclass(frozen=True, slots=True)
+class BusSettings:
+    nats_url: str = DEFAULT_NATS_URL
+    telemetry_max_age_s: float = 168 * 3600
+    telemetry_max_bytes: int = -1
+    violations_max_age_s: float = 2160 * 3600
+    deadletter_max_age_s: float = 720 * 3600
+    duplicate_window_s: float = 120
+    replicas: int = 1
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> BusSettings:
+        env = env or Env()
+        url = env.url("NATS_URL", DEFAULT_NATS_URL, schemes=("nats", "tls", "ws", "wss"))
+        return cls(
+            nats_url=url or DEFAULT_NATS_URL,
+            telemetry_max_age_s=env.number("LLMSCOPE_TELEMETRY_MAX_AGE_H", 168, min=0.01) * 3600,
+            telemetry_max_bytes=env.integer("LLMSCOPE_TELEMETRY_MAX_BYTES", -1, min=-1),
+            violations_max_age_s=env.number("LLMSCOPE_VIOLATIONS_MAX_AGE_H", 2160, min=0.01) * 3600,
+            deadletter_max_age_s=env.number("LLMSCOPE_DEADLETTER_MAX_AGE_H", 720, min=0.01) * 3600,
+            duplicate_window_s=env.number("LLMSCOPE_DUPLICATE_WINDOW_S", 120, min=1),
+            replicas=env.integer("LLMSCOPE_STREAM_REPLICAS", 1, min=1, max=5),
+        )

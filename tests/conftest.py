@@ -1,0 +1,116 @@
+"""Real infrastructure for tests: nats-server with JetStream and PostgreSQL.
+
+Without ``NATS_URL`` / ``DATABASE_URL`` the fixtures start their own servers on free ports in
+temporary directories. With them, tests use the given servers: every test still gets a fresh
+database, and LLMscope's streams and KV buckets are deleted before each test that asks for NATS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from llmscope.bus.settings import BusSettings
+from llmscope.bus.streams import ensure_streams
+from llmscope.stack.embedded import EmbeddedNats, EmbeddedPostgres
+from llmscope.stack.ports import free_port
+
+
+@pytest.fixture
+def nats_url(tmp_path: Path) -> Iterator[str]:
+    """A NATS server with JetStream and no LLMscope state: fresh per test."""
+    external = os.environ.get("NATS_URL")
+    if external:
+        asyncio.run(_wipe_jetstream(external))
+        yield external
+        return
+    server = EmbeddedNats(tmp_path / "nats", free_port())
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+async def _wipe_jetstream(url: str) -> None:
+    nc = await nats.connect(url)
+    try:
+        jsm = nc.jsm()
+        for info in await jsm.streams_info():
+            name = info.config.name or ""
+            if name.startswith(("LLMSCOPE", "KV_llmscope")):
+                await jsm.delete_stream(name)
+    finally:
+        await nc.close()
+
+
+@pytest.fixture
+def embedded_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    """An embedded nats-server the test controls (stop, kill, restart on the same store)."""
+    server = EmbeddedNats(tmp_path / "nats-ctl", free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[NATS]:
+    client = await nats.connect(nats_url)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+async def js(nc: NATS) -> JetStreamContext:
+    """JetStream with LLMscope's streams created."""
+    context = nc.jetstream()
+    await ensure_streams(context, BusSettings())
+    return context
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres | None]:
+    """One PostgreSQL for the session (None when DATABASE_URL is given)."""
+    if os.environ.get("DATABASE_URL"):
+        yield None
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", free_port(), durable=False)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def database_url(postgres_server: EmbeddedPostgres | None) -> AsyncIterator[str]:
+    """A fresh, empty database for this test, dropped afterwards."""
+    admin_url = os.environ.get("DATABASE_URL") or (postgres_server.url() if postgres_server else "")
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    base, _, _ = admin_url.rpartition("/")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        admin = await asyncpg.connect(admin_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import msgspec
+import pytest
+
+from llmscope.proto import codec
+from llmscope.proto.base import new_id
+from llmscope.proto.deadletter import DeadLetterEvent
+from llmscope.proto.telemetry import TelemetryEvent
+from llmscope.proto.violation import BaselineRef, ChartLimits, ViolationEvent
+
+
+def telemetry(**overrides: object) -> TelemetryEvent:
+    fields: dict[str, object] = {
+        "id": new_id(),
+        "ts": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        "provider": "ollama",
+        "model": "llama3.1:8b",
+        "target": "local",
+        "prompt_id": "simple-1",
+        "prompt_hash": "ab" * 32,
+        "latency_ms": 812.5,
+        "ttft_ms": 120.0,
+        "eval_count": 42,
+        "tokens_per_s": 60.2,
+    }
+    fields.update(overrides)
+    return TelemetryEvent(**fields)  # type: ignore[arg-type]
+
+
+def test_telemetry_round_trips_with_its_type_tag() -> None:
+    event = telemetry()
+    data = codec.encode(event)
+    assert b'"type":"telemetry.v1"' in data
+    assert codec.decode(data) == event
+    assert codec.decode_as(data, TelemetryEvent) == event
+
+
+def test_violation_round_trips() -> None:
+    limits = ChartLimits(
+        transform="log",
+        center=800.0,
+        sigma=0.3,
+        ucl=1960.0,
+        lcl=326.0,
+        zone_a_upper=1457.0,
+        zone_a_lower=439.0,
+        zone_b_upper=1080.0,
+        zone_b_lower=593.0,
+    )
+    event = ViolationEvent(
+        id="v1",
+        ts=datetime(2026, 1, 2, tzinfo=UTC),
+        episode_id="v1",
+        provider="openai",
+        model="gpt-4o-mini",
+        metric="latency_ms",
+        rule="R1",
+        value=2500.0,
+        deviation_sigma=3.8,
+        limits=limits,
+        baseline=BaselineRef(id="b1", n=100),
+        point_ids=("p1",),
+    )
+    assert codec.decode(codec.encode(event)) == event
+
+
+def test_old_reader_ignores_fields_added_later() -> None:
+    raw = msgspec.json.decode(codec.encode(telemetry()))
+    raw["field_from_the_future"] = {"nested": [1, 2]}
+    decoded = codec.decode(msgspec.json.encode(raw))
+    assert isinstance(decoded, TelemetryEvent)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda raw: raw.update(latency_ms=-1), "$.latency_ms"),
+        (lambda raw: raw.update(provider="bard"), "$.provider"),
+        (lambda raw: raw.pop("model"), "model"),
+        (lambda raw: raw.update(cpu_percent=140), "$.cpu_percent"),
+        (lambda raw: raw.update(status="exploded"), "$.status"),
+        (lambda raw: raw.update(ts="yesterday"), "$.ts"),
+    ],
+)
+def test_invalid_telemetry_is_rejected_naming_the_field(mutate: object, field: str) -> None:
+    raw = msgspec.json.decode(codec.encode(telemetry()))
+    mutate(raw)  # type: ignore[operator]
+    with pytest.raises(codec.DecodeError, match=field.replace("$", r"\$")):
+        codec.decode(msgspec.json.encode(raw))
+
+
+def test_garbage_and_unknown_types_are_decode_errors() -> None:
+    with pytest.raises(codec.DecodeError):
+        codec.decode(b"\xff\x00 not json")
+    with pytest.raises(codec.DecodeError, match="type"):
+        codec.decode(b'{"type": "telemetry.v9", "id": "x"}')
+
+
+def test_dead_letter_is_an_event() -> None:
+    event = DeadLetterEvent(
+        id="d", ts=datetime(2026, 1, 1, tzinfo=UTC), source="api", subject="s", reason="bad", payload="{}"
+    )
+    assert codec.decode(codec.encode(event)) == event
