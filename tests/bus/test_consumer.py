@@ -1,0 +1,156 @@
+"""The consumer adapter against a real JetStream: ack after effect, dead letters, redelivery."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+
+import pytest
+from nats.js import JetStreamContext
+
+from llmscope.bus.consumer import ConsumerOptions, Delivery, DurableConsumer
+from llmscope.bus.deadletter import DeadLetters
+from llmscope.bus.publisher import Publisher
+from llmscope.proto import codec, subjects
+from llmscope.proto.deadletter import DeadLetterEvent
+from llmscope.proto.telemetry import TelemetryEvent
+from tests.proto.test_codec import telemetry
+
+SUBJECT = subjects.telemetry("ollama", "llama3.1:8b")
+
+
+def decode(data: bytes) -> TelemetryEvent:
+    return codec.decode_as(data, TelemetryEvent)
+
+
+async def dead_letters_in(js: JetStreamContext) -> list[DeadLetterEvent]:
+    sub = await js.pull_subscribe(subjects.DEADLETTER_ALL, stream=subjects.STREAM_DEADLETTER)
+    try:
+        msgs = await sub.fetch(100, timeout=1)
+    except TimeoutError:
+        return []
+    return [codec.decode_as(m.data, DeadLetterEvent) for m in msgs]
+
+
+async def run_until(
+    consumer: DurableConsumer[TelemetryEvent], done: asyncio.Event, within: float = 10
+) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        await asyncio.wait_for(done.wait(), within)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+def make_consumer(
+    js: JetStreamContext, handler: object, options: ConsumerOptions | None = None
+) -> DurableConsumer[TelemetryEvent]:
+    publisher = Publisher(js)
+    return DurableConsumer(
+        js=js,
+        stream=subjects.STREAM_TELEMETRY,
+        durable="test",
+        filter_subjects=[subjects.TELEMETRY_ALL],
+        decode=decode,
+        handler=handler,  # type: ignore[arg-type]
+        dead_letters=DeadLetters(publisher, "test"),
+        options=options or ConsumerOptions(batch_size=10, fetch_timeout=0.2),
+    )
+
+
+async def test_malformed_messages_are_dead_lettered_and_the_rest_handled(js: JetStreamContext) -> None:
+    publisher = Publisher(js)
+    good = [telemetry() for _ in range(3)]
+    await publisher.publish(SUBJECT, good[0])
+    await js.publish(SUBJECT, b'{"type":"telemetry.v1","latency_ms":-1}')
+    await js.publish(SUBJECT, b"\xff\xfe")
+    for event in good[1:]:
+        await publisher.publish(SUBJECT, event)
+
+    seen: list[TelemetryEvent] = []
+    done = asyncio.Event()
+
+    async def handler(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        seen.extend(d.event for d in batch)
+        if len(seen) == 3:
+            done.set()
+
+    consumer = make_consumer(js, handler)
+    await run_until(consumer, done)
+    assert [e.id for e in seen] == [e.id for e in good]
+    letters = await dead_letters_in(js)
+    assert len(letters) == 2
+    assert all(letter.subject == SUBJECT for letter in letters)
+    assert any("malformed" in letter.reason and "$" in letter.reason for letter in letters)
+    assert {letter.payload_encoding for letter in letters} == {"utf-8", "base64"}
+    info = await js.consumer_info(subjects.STREAM_TELEMETRY, "test")
+    assert info.num_ack_pending == 0
+    assert info.num_pending == 0
+
+
+async def test_messages_are_not_acked_when_the_handler_fails(js: JetStreamContext) -> None:
+    event = telemetry()
+    await Publisher(js).publish(SUBJECT, event)
+    attempts: list[int] = []
+    done = asyncio.Event()
+
+    async def handler(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        attempts.append(batch[0].num_delivered)
+        if len(attempts) < 3:
+            raise RuntimeError("database down")
+        done.set()
+
+    options = ConsumerOptions(batch_size=10, fetch_timeout=0.2, backoff=(0.1,), max_deliver=5)
+    await run_until(make_consumer(js, handler, options), done)
+    assert attempts == [1, 2, 3]
+    assert await dead_letters_in(js) == []
+
+
+async def test_a_message_failing_every_try_ends_in_the_dead_letters(js: JetStreamContext) -> None:
+    await Publisher(js).publish(SUBJECT, telemetry())
+    done = asyncio.Event()
+    calls = 0
+
+    async def handler(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            done.set()
+        raise ValueError("poison")
+
+    options = ConsumerOptions(batch_size=10, fetch_timeout=0.2, backoff=(0.05,), max_deliver=3)
+    await run_until(make_consumer(js, handler, options), done)
+    await asyncio.sleep(0.3)
+    letters = await dead_letters_in(js)
+    assert len(letters) == 1
+    assert "failed 3 times" in letters[0].reason
+    assert "poison" in letters[0].reason
+
+
+async def test_handler_rejections_are_dead_lettered_individually(js: JetStreamContext) -> None:
+    events = [telemetry(model="m1"), telemetry(model="m2")]
+    for event in events:
+        await Publisher(js).publish(SUBJECT, event)
+    done = asyncio.Event()
+
+    async def handler(batch: Sequence[Delivery[TelemetryEvent]]) -> Mapping[int, str]:
+        done.set()
+        return {i: "model disabled" for i, d in enumerate(batch) if d.event.model == "m2"}
+
+    await run_until(make_consumer(js, handler), done)
+    letters = await dead_letters_in(js)
+    assert [letter.reason for letter in letters] == ["model disabled"]
+    assert codec.decode_as(letters[0].payload.encode(), TelemetryEvent).model == "m2"
+
+
+@pytest.mark.parametrize("repeat", [2])
+async def test_duplicate_publishes_are_dropped_by_msg_id(js: JetStreamContext, repeat: int) -> None:
+    event = telemetry()
+    publisher = Publisher(js)
+    acks = [await publisher.publish(SUBJECT, event) for _ in range(repeat)]
+    assert acks[0].duplicate in (None, False)
+    assert acks[1].duplicate is True
+    info = await js.stream_info(subjects.STREAM_TELEMETRY)
+    assert info.state.messages == 1
