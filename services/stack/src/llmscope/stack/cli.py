@@ -1,0 +1,76 @@
+"""``llmscope``: one command for the whole stack and for each service alone.
+
+llmscope up                      embedded NATS + Postgres (unless NATS_URL / DATABASE_URL),
+                                 simulator, prober, SPC engine, alerter and API
+llmscope api|prober|spc-engine|alerter [ARGS]   one service, configured by environment
+llmscope sim serve|inject ...    the simulated LLM endpoint and its anomaly injection
+llmscope spc analyze FILE ...    offline SPC analysis of a CSV, same chart code as the service
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from collections.abc import Callable, Sequence
+
+# command -> module whose ``main`` runs it; imported lazily so one service's import cost and
+# dependencies never burden another's start.
+SERVICES: dict[str, str] = {
+    "api": "llmscope.api.__main__",
+    "prober": "llmscope.prober.__main__",
+    "spc-engine": "llmscope.spc_engine.__main__",
+    "alerter": "llmscope.alerter.__main__",
+    "sim": "llmscope.simulator.__main__",
+}
+SPC_COMMANDS: dict[str, str] = {
+    "analyze": "llmscope.spc_engine.analyze",
+    "rebaseline": "llmscope.spc_engine.rebaseline",
+}
+
+
+def _run_main(module_name: str, argv: list[str]) -> int:
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            print(f"llmscope: {module_name} is not installed in this environment", file=sys.stderr)
+            return 2
+        raise
+    main: Callable[..., int | None] = module.main
+    accepts_argv = bool(inspect.signature(main).parameters)
+    if accepts_argv:
+        result = main(argv)
+    else:
+        sys.argv = [module_name, *argv]
+        result = main()
+    return int(result or 0)
+
+
+def usage() -> str:
+    return (__doc__ or "").strip()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command == "up":
+        from llmscope.stack.up import main as up_main
+
+        return up_main(rest)
+    if command in SERVICES:
+        return _run_main(SERVICES[command], rest)
+    if command == "spc":
+        if not rest or rest[0] not in SPC_COMMANDS:
+            print(f"usage: llmscope spc {{{','.join(SPC_COMMANDS)}}} ...", file=sys.stderr)
+            return 2
+        return _run_main(SPC_COMMANDS[rest[0]], rest[1:])
+    print(f"llmscope: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

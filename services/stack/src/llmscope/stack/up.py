@@ -1,0 +1,290 @@
+"""``llmscope up``: the whole stack on one machine, from one command.
+
+Starts, in order: an embedded nats-server (unless ``NATS_URL``), an embedded PostgreSQL (unless
+``DATABASE_URL``), the simulated LLM endpoint, the API (which persists and serves the dashboard),
+the SPC engine, the alerter and one prober aimed at the simulator. Each service is a child
+process in its own session, so Ctrl-C reaches only this supervisor, which then stops the children
+in reverse order and the embedded servers last. A child that dies is restarted with backoff.
+
+| variable | default | meaning |
+| --- | --- | --- |
+| LLMSCOPE_DATA_DIR | ./.llmscope | embedded NATS and Postgres data, the generated API key |
+| LLMSCOPE_HOST | 127.0.0.1 | address the API and dashboard listen on |
+| LLMSCOPE_PORT | 8000 | port of the API and dashboard |
+| LLMSCOPE_API_KEY | generated once, kept in DATA_DIR/api_key | bearer token for the API |
+| LLMSCOPE_NATS_PORT | 4222 | port of the embedded nats-server |
+| LLMSCOPE_PG_PORT | 5432 | port of the embedded PostgreSQL |
+| LLMSCOPE_SIM_PORT | 11500 | port of the simulated LLM endpoint |
+| LLMSCOPE_SIMULATOR | true | start the simulator and point the default prober at it |
+| LLMSCOPE_UP_SERVICES | sim,api,spc-engine,alerter,prober | which services `up` runs |
+| NATS_URL / DATABASE_URL | unset | use these servers instead of embedded ones |
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmscope.config.env import ConfigError, Env
+from llmscope.stack.embedded import EmbeddedNats, EmbeddedPostgres
+from llmscope.stack.ports import PortInUseError, port_in_use
+
+ALL_SERVICES = ("sim", "api", "spc-engine", "alerter", "prober")
+
+
+@dataclass(frozen=True)
+class UpSettings:
+    data_dir: Path
+    host: str
+    port: int
+    api_key: str | None
+    nats_url: str | None
+    database_url: str | None
+    nats_port: int
+    pg_port: int
+    sim_port: int
+    simulator: bool
+    services: tuple[str, ...]
+
+    @classmethod
+    def from_env(cls, env: Env) -> UpSettings:
+        services = env.items("LLMSCOPE_UP_SERVICES", ALL_SERVICES)
+        unknown = [s for s in services if s not in ALL_SERVICES]
+        if unknown:
+            raise ConfigError(f"LLMSCOPE_UP_SERVICES: unknown service(s) {', '.join(unknown)}")
+        simulator = env.flag("LLMSCOPE_SIMULATOR", True)
+        if not simulator:
+            services = tuple(s for s in services if s != "sim")
+        return cls(
+            data_dir=Path(env.text("LLMSCOPE_DATA_DIR", ".llmscope")).expanduser().resolve(),
+            host=env.text("LLMSCOPE_HOST", "127.0.0.1"),
+            port=env.integer("LLMSCOPE_PORT", 8000, min=1, max=65535),
+            api_key=env.optional_text("LLMSCOPE_API_KEY"),
+            nats_url=env.url("NATS_URL", None, schemes=("nats", "tls", "ws", "wss")),
+            database_url=env.url("DATABASE_URL", None, schemes=("postgres", "postgresql")),
+            nats_port=env.integer("LLMSCOPE_NATS_PORT", 4222, min=1, max=65535),
+            pg_port=env.integer("LLMSCOPE_PG_PORT", 5432, min=1, max=65535),
+            sim_port=env.integer("LLMSCOPE_SIM_PORT", 11500, min=1, max=65535),
+            simulator=simulator,
+            services=services,
+        )
+
+
+def load_or_create_api_key(data_dir: Path) -> str:
+    """The API key kept in the data directory, generated on first run (readable by the owner only)."""
+    path = data_dir / "api_key"
+    if path.exists():
+        key = path.read_text().strip()
+        if key:
+            return key
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key + "\n")
+    return key
+
+
+@dataclass
+class Child:
+    """One supervised service process."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    started_at: float = field(default=0.0)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.argv, env=self.env, start_new_session=True)
+        self.started_at = time.monotonic()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Stack:
+    """Embedded servers plus supervised children; stops everything it started."""
+
+    def __init__(self, settings: UpSettings) -> None:
+        self.settings = settings
+        self.nats: EmbeddedNats | None = None
+        self.postgres: EmbeddedPostgres | None = None
+        self.children: list[Child] = []
+        self._stopping = threading.Event()
+
+    def check_ports(self) -> None:
+        s = self.settings
+        wanted = [(s.port, "the API and dashboard", "LLMSCOPE_PORT")]
+        if "sim" in s.services:
+            wanted.append((s.sim_port, "the simulated LLM endpoint", "LLMSCOPE_SIM_PORT"))
+        if s.nats_url is None:
+            wanted.append((s.nats_port, "the embedded NATS server", "LLMSCOPE_NATS_PORT"))
+        if s.database_url is None:
+            wanted.append((s.pg_port, "the embedded PostgreSQL server", "LLMSCOPE_PG_PORT"))
+        for port, what, variable in wanted:
+            if port_in_use(port, "127.0.0.1" if s.host in ("0.0.0.0", "::") else s.host):
+                raise PortInUseError(port, what, variable)
+
+    def start_infrastructure(self) -> tuple[str, str]:
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        nats_url = s.nats_url
+        if nats_url is None:
+            self.nats = EmbeddedNats(s.data_dir / "nats", s.nats_port)
+            nats_url = self.nats.start()
+            print(f"  nats      embedded at {nats_url} (data in {s.data_dir / 'nats'})", flush=True)
+        database_url = s.database_url
+        if database_url is None:
+            self.postgres = EmbeddedPostgres(s.data_dir / "pg", s.pg_port)
+            self.postgres.start()
+            database_url = self.postgres.create_database("llmscope")
+            print(f"  postgres  embedded at {database_url} (data in {s.data_dir / 'pg'})", flush=True)
+        return nats_url, database_url
+
+    def child_env(self, nats_url: str, database_url: str, api_key: str) -> dict[str, str]:
+        s = self.settings
+        env = dict(os.environ)
+        env.update(
+            NATS_URL=nats_url,
+            DATABASE_URL=database_url,
+            LLMSCOPE_API_KEY=api_key,
+            LLMSCOPE_HOST=s.host,
+            LLMSCOPE_PORT=str(s.port),
+            LLMSCOPE_PUBLIC_URL=env.get("LLMSCOPE_PUBLIC_URL", f"http://{_display_host(s.host)}:{s.port}"),
+            PYTHONUNBUFFERED="1",
+        )
+        if "sim" in s.services:
+            env.setdefault("LLMSCOPE_SIM_HOST", "127.0.0.1")
+            env["LLMSCOPE_SIM_PORT"] = str(s.sim_port)
+            env.setdefault("LLMSCOPE_SIM_URL", f"http://127.0.0.1:{s.sim_port}")
+        return env
+
+    def start_children(self, env: dict[str, str]) -> None:
+        launcher = [sys.executable, "-m", "llmscope.stack.cli"]
+        for name in ALL_SERVICES:
+            if name not in self.settings.services:
+                continue
+            argv = [*launcher, name, *(["serve"] if name == "sim" else [])]
+            child = Child(name=name, argv=argv, env=env)
+            child.start()
+            self.children.append(child)
+
+    def wait_for_api(self, timeout: float = 60.0) -> bool:
+        url = f"http://{_display_host(self.settings.host)}:{self.settings.port}/healthz"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self._stopping.is_set():
+            try:
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    if response.status == 200:
+                        return True
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.25)
+        return False
+
+    def supervise(self) -> None:
+        """Restart children that exit, with backoff, until asked to stop."""
+        while not self._stopping.wait(0.5):
+            now = time.monotonic()
+            for child in self.children:
+                if child.proc is None or child.proc.poll() is None:
+                    continue
+                code = child.proc.returncode
+                if child.next_start == 0.0:
+                    # A child that ran a while before dying gets its backoff reset.
+                    if now - child.started_at > 60:
+                        child.restarts = 0
+                    delay = min(2**child.restarts, 30)
+                    child.next_start = now + delay
+                    print(
+                        f"llmscope: {child.name} exited with code {code}; restarting in {delay} s", flush=True
+                    )
+                elif now >= child.next_start:
+                    child.restarts += 1
+                    child.next_start = 0.0
+                    child.start()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for child in reversed(self.children):
+            child.stop()
+        if self.postgres is not None:
+            self.postgres.stop()
+        if self.nats is not None:
+            self.nats.stop()
+
+
+def _display_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="llmscope up", description=__doc__.split("\n\n")[0])
+    parser.parse_args(argv)
+    try:
+        settings = UpSettings.from_env(Env())
+    except ConfigError as exc:
+        print(f"llmscope up: configuration error: {exc}", file=sys.stderr)
+        return 2
+    stack = Stack(settings)
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stack.request_stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stack.check_ports()
+        print("LLMscope starting…", flush=True)
+        nats_url, database_url = stack.start_infrastructure()
+        api_key = settings.api_key or load_or_create_api_key(settings.data_dir)
+        stack.start_children(stack.child_env(nats_url, database_url, api_key))
+        if "api" in settings.services:
+            if stack.wait_for_api():
+                base = f"http://{_display_host(settings.host)}:{settings.port}"
+                print(
+                    f"\n  Dashboard  {base}/?key={api_key}\n  API        {base}/docs\n"
+                    f"  API key    {api_key}\n\n  Ctrl-C stops everything.\n",
+                    flush=True,
+                )
+            elif not stack._stopping.is_set():
+                print(
+                    "llmscope up: the API did not become healthy within 60 s; see its log above", flush=True
+                )
+        stack.supervise()
+        print("\nLLMscope stopping…", flush=True)
+        return 0
+    except PortInUseError as exc:
+        print(f"llmscope up: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        stack.stop()
+        signal.signal(signal.SIGINT, previous)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
