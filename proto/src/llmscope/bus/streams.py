@@ -42,6 +42,13 @@ def stream_configs(settings: BusSettings) -> list[StreamConfig]:
             max_age=settings.deadletter_max_age_s,
             **common,  # type: ignore[arg-type]
         ),
+        StreamConfig(
+            name=subjects.STREAM_INCIDENTS,
+            description="LLMscope incidents: grouped violations and their analysis (incident.v1)",
+            subjects=[subjects.INCIDENTS_ALL],
+            max_age=settings.violations_max_age_s,
+            **common,  # type: ignore[arg-type]
+        ),
     ]
 
 

@@ -6,12 +6,20 @@ from typing import TypeVar
 
 import msgspec
 
+from llmscope.proto.alert import NotificationEvent
 from llmscope.proto.deadletter import DeadLetterEvent
+from llmscope.proto.incident import IncidentEvent
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.proto.violation import ViolationEvent
 
-AnyEvent = TelemetryEvent | ViolationEvent | DeadLetterEvent
-EVENT_TYPES: tuple[type[msgspec.Struct], ...] = (TelemetryEvent, ViolationEvent, DeadLetterEvent)
+AnyEvent = TelemetryEvent | ViolationEvent | DeadLetterEvent | IncidentEvent | NotificationEvent
+EVENT_TYPES: tuple[type[msgspec.Struct], ...] = (
+    TelemetryEvent,
+    ViolationEvent,
+    DeadLetterEvent,
+    IncidentEvent,
+    NotificationEvent,
+)
 
 E = TypeVar("E", bound=msgspec.Struct)
 

@@ -4,6 +4,8 @@ Subjects (``<m>`` and ``<p>`` are escaped tokens, see :func:`encode_token`):
 - ``llmscope.telemetry.v1.<provider>.<model>``      telemetry.v1
 - ``llmscope.violations.v1.<provider>.<model>.<rule>``  violation.v1 (open and cleared)
 - ``llmscope.deadletter.v1.<source>``               deadletter.v1
+- ``llmscope.incidents.v1.<provider>.<change>``     incident.v1 (opened, updated, acknowledged,
+  resolved, analyzed)
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ PREFIX = "llmscope"
 STREAM_TELEMETRY = "LLMSCOPE_TELEMETRY"
 STREAM_VIOLATIONS = "LLMSCOPE_VIOLATIONS"
 STREAM_DEADLETTER = "LLMSCOPE_DEADLETTER"
+STREAM_INCIDENTS = "LLMSCOPE_INCIDENTS"
 
 TELEMETRY_ALL = f"{PREFIX}.telemetry.v1.>"
 VIOLATIONS_ALL = f"{PREFIX}.violations.v1.>"
 DEADLETTER_ALL = f"{PREFIX}.deadletter.v1.>"
+INCIDENTS_ALL = f"{PREFIX}.incidents.v1.>"
 
 _SAFE = re.compile(r"[A-Za-z0-9_-]")
 _ESCAPE = "~"
@@ -93,3 +97,16 @@ def parse_violation(subject: str) -> tuple[str, str, str]:
     if len(parts) != 6 or parts[:3] != [PREFIX, "violations", "v1"]:
         raise ValueError(f"not a violations.v1 subject: {subject!r}")
     return decode_token(parts[3]), decode_token(parts[4]), decode_token(parts[5])
+
+
+def incidents(provider: str, change: str) -> str:
+    """Subject of one incident change (``opened``, ``updated``, ``acknowledged``, ...)."""
+    return f"{PREFIX}.incidents.v1.{encode_token(provider)}.{encode_token(change)}"
+
+
+def parse_incident(subject: str) -> tuple[str, str]:
+    """(provider, change) of an incident subject."""
+    parts = subject.split(".")
+    if len(parts) != 5 or parts[:3] != [PREFIX, "incidents", "v1"]:
+        raise ValueError(f"not an incidents.v1 subject: {subject!r}")
+    return decode_token(parts[3]), decode_token(parts[4])

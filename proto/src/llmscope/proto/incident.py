@@ -1,0 +1,81 @@
+"""``incident.v1``: violations close in time, grouped into one incident with an analysis.
+
+An incident collects the violation episodes of one model, or of several models on one host or
+provider at once (a cascade). Every change publishes a new ``incident.v1`` event with a higher
+``revision``; the event id is ``<incident_id>:<revision>``, so a replay is de-duplicated.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from llmscope.proto.base import Count, Event, NonEmptyStr
+from llmscope.proto.violation import Severity
+
+IncidentState = Literal["open", "acknowledged", "resolved"]
+IncidentChange = Literal["opened", "updated", "acknowledged", "resolved", "analyzed"]
+INCIDENT_CHANGES: tuple[IncidentChange, ...] = ("opened", "updated", "acknowledged", "resolved", "analyzed")
+LlmStatus = Literal["ok", "disabled", "pending", "unreachable", "timeout", "invalid"]
+
+
+class MetricMove(msgspec.Struct, frozen=True, kw_only=True):
+    """How far one metric of one model moved from its frozen baseline center."""
+
+    model: str
+    metric: str
+    baseline: Annotated[float, Meta(description="chart center of the baseline, metric units")]
+    observed: Annotated[float, Meta(description="worst value seen in the incident, metric units")]
+    change_percent: float | None = None
+    deviation_sigma: float
+
+
+class SimilarIncident(msgspec.Struct, frozen=True, kw_only=True):
+    """A past incident whose title and summary resemble this one's."""
+
+    incident_id: str
+    title: str
+    score: Annotated[float, Meta(ge=0, le=1, description="text similarity, 0-1")]
+    opened_at: datetime | None = None
+
+
+class IncidentAnalysis(msgspec.Struct, frozen=True, kw_only=True):
+    """The deterministic summary, always present, and the LLM's writing when it answered."""
+
+    summary: Annotated[str, Meta(description="computed from the data; stands alone when the LLM fails")]
+    moves: tuple[MetricMove, ...] = ()
+    rules: tuple[str, ...] = ()
+    llm_status: LlmStatus = "disabled"
+    llm_error: str | None = None
+    llm_model: str | None = None
+    hypothesis: str | None = None
+    engineering_email: str | None = None
+    customer_notice: Annotated[str, Meta(description="only for critical incidents")] | None = None
+
+
+class IncidentEvent(Event, frozen=True, kw_only=True, tag="incident.v1"):
+    """One state of an incident after a change (``change``)."""
+
+    incident_id: NonEmptyStr
+    revision: Annotated[int, Meta(ge=1)]
+    change: IncidentChange
+    state: IncidentState
+    title: str
+    severity: Severity
+    provider: str
+    host: str = ""
+    models: tuple[str, ...]
+    cascade: Annotated[bool, Meta(description="several models on one host or provider at once")] = False
+    episode_ids: tuple[str, ...] = ()
+    violation_count: Count = 0
+    opened_at: datetime
+    last_violation_at: datetime | None = None
+    acknowledged_at: datetime | None = None
+    acknowledged_by: str | None = None
+    resolved_at: datetime | None = None
+    resolved_by: str | None = None
+    analysis: IncidentAnalysis | None = None
+    similar: tuple[SimilarIncident, ...] = ()
