@@ -1,0 +1,134 @@
+"""Availability: failed probes are their own signal, never a latency point.
+
+Two rules on the sequence of probe outcomes of one target (all prompts together):
+- ``AVAILABILITY`` (critical): ``fail_run`` consecutive failed probes (default 3). With a
+  baseline failure rate of 1% a false run of 3 happens once per ~1e6 probes.
+- ``ERROR_RATE`` (warning): at least ``c`` failures among the last ``window`` probes, where c is
+  the smallest count whose binomial tail at the baseline failure rate is below ``alpha``. The
+  baseline rate is estimated from the first ``baseline_n`` probes as (failures + 1) / (n + 2)
+  and floored at ``min_rate``, so a perfect baseline does not make one failure an alarm.
+Episodes follow the chart rules: open once, clear after ``clear_after`` quiet probes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import msgspec
+
+from llmscope.spc_engine.rules import Severity
+
+
+class AvailabilityConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    enabled: bool = True
+    fail_run: int = 3
+    run_severity: Severity = "critical"
+    window: int = 50
+    alpha: float = 1e-6
+    baseline_n: int = 200
+    min_rate: float = 0.01
+    rate_severity: Severity = "warning"
+    clear_after: int = 5
+
+
+class AvailabilityState(msgspec.Struct, kw_only=True):
+    n: int = 0
+    baseline_failures: int = 0
+    threshold: int | None = None
+    rate: float | None = None
+    run: int = 0
+    outcomes: list[bool] = msgspec.field(default_factory=list)
+    """Last ``window`` outcomes, True = failed."""
+    episodes: dict[str, int] = msgspec.field(default_factory=dict)
+    """rule -> quiet count of its open episode."""
+
+
+class AvailabilitySignal(msgspec.Struct, frozen=True, kw_only=True):
+    rule: Literal["AVAILABILITY", "ERROR_RATE"]
+    rule_name: str
+    severity: Severity
+    state: Literal["open", "cleared"]
+    failures: int
+    """Failures in the window (ERROR_RATE) or in the current run (AVAILABILITY)."""
+    rate: float | None
+
+
+def binomial_threshold(n: int, p: float, alpha: float) -> int:
+    """Smallest c with P(X >= c) <= alpha for X ~ Binomial(n, p)."""
+    pmf = [math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(n + 1)]
+    tail = 0.0
+    for c in range(n, -1, -1):
+        tail += pmf[c]
+        if tail > alpha:
+            return c + 1
+    return 0
+
+
+class AvailabilityChart:
+    """``update(failed)`` per probe outcome; returns the episode signals of that probe."""
+
+    def __init__(self, config: AvailabilityConfig, state: AvailabilityState | None = None) -> None:
+        self.config = config
+        self.state = state if state is not None else AvailabilityState()
+
+    def update(self, failed: bool) -> list[AvailabilitySignal]:
+        cfg, st = self.config, self.state
+        st.n += 1
+        st.run = st.run + 1 if failed else 0
+        st.outcomes.append(failed)
+        if len(st.outcomes) > cfg.window:
+            del st.outcomes[0]
+        if st.threshold is None:
+            st.baseline_failures += int(failed)
+            if st.n >= cfg.baseline_n:
+                rate = max(cfg.min_rate, (st.baseline_failures + 1) / (st.n + 2))
+                st.rate = rate
+                st.threshold = binomial_threshold(cfg.window, rate, cfg.alpha)
+        fired: dict[str, AvailabilitySignal] = {}
+        if st.run >= cfg.fail_run:
+            name = f"{cfg.fail_run} failed probes in a row"
+            fired["AVAILABILITY"] = AvailabilitySignal(
+                rule="AVAILABILITY",
+                rule_name=name,
+                severity=cfg.run_severity,
+                state="open",
+                failures=st.run,
+                rate=st.rate,
+            )
+        window_failures = sum(st.outcomes)
+        if st.threshold is not None and len(st.outcomes) >= cfg.window and window_failures >= st.threshold:
+            name = f">= {st.threshold} failures in the last {cfg.window} probes"
+            fired["ERROR_RATE"] = AvailabilitySignal(
+                rule="ERROR_RATE",
+                rule_name=name,
+                severity=cfg.rate_severity,
+                state="open",
+                failures=window_failures,
+                rate=st.rate,
+            )
+        out: list[AvailabilitySignal] = []
+        for rule in ("AVAILABILITY", "ERROR_RATE"):
+            sig = fired.get(rule)
+            if rule not in st.episodes:
+                if sig is not None:
+                    st.episodes[rule] = 0
+                    out.append(sig)
+            elif sig is not None:
+                st.episodes[rule] = 0
+            else:
+                st.episodes[rule] += 1
+                if st.episodes[rule] >= cfg.clear_after:
+                    del st.episodes[rule]
+                    severity = cfg.run_severity if rule == "AVAILABILITY" else cfg.rate_severity
+                    out.append(
+                        AvailabilitySignal(
+                            rule="AVAILABILITY" if rule == "AVAILABILITY" else "ERROR_RATE",
+                            rule_name="back in service",
+                            severity=severity,
+                            state="cleared",
+                            failures=st.run if rule == "AVAILABILITY" else window_failures,
+                            rate=st.rate,
+                        )
+                    )
+        return out
