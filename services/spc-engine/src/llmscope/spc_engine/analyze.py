@@ -244,7 +244,7 @@ def _num(v: object) -> str:
 
 def _table(records: list[dict[str, object]], out: TextIO) -> None:
     head = ("series", "index", "rule", "severity", "value", "center", "lcl", "ucl")
-    lines = [head]
+    lines: list[tuple[str, ...]] = [head]
     for r in records:
         lim = r["limits"]
         assert isinstance(lim, dict)
