@@ -1,0 +1,494 @@
+"""The alerter's routes, channels and silences: a YAML/TOML file, the environment and API settings.
+
+File (``LLMSCOPE_ALERTER_CONFIG``, ``.yaml``/``.yml`` or ``.toml``; unknown keys are errors)::
+
+    defaults: {group_wait: 30s, group_interval: 5m, repeat_interval: 4h, group_by: [provider, model]}
+    channels:
+      - {name: oncall, kind: email, host: smtp.example.com, port: 587, security: starttls,
+         username: alerts, password_env: SMTP_PASSWORD, sender: llmscope@example.com,
+         recipients: [a@example.com, b@example.com]}
+      - {name: chat, kind: slack, url_env: SLACK_WEBHOOK_URL}
+      - {name: hooks, kind: webhook, url: https://hooks.example.com/llmscope, secret_env: HOOK_SECRET}
+      - {name: pager, kind: pagerduty, routing_key_env: PD_ROUTING_KEY}
+    routes:          # first match wins unless continue_matching: true
+      - {name: pager, channels: [pager, chat], severities: [critical], rules: [R1], models: ["llama*"]}
+      - {name: rest, channels: [oncall], severities: [critical, warning], repeat_interval: 1h}
+    silences:
+      - {id: nightly, kind: maintenance, models: ["llama*"], reason: reindex, author: ops,
+         weekly: {days: [sat, sun], start: "02:00", end: "04:00", timezone: Europe/Paris}}
+
+Secrets are never written in the file: ``*_env`` names the environment variable holding them.
+Durations are seconds or strings like ``30s``, ``5m``, ``4h``, ``1d``.
+
+Without routes in the file, one ``default`` route sends the severities of
+``LLMSCOPE_ALERTER_SEVERITIES`` (default ``critical``) to every enabled channel. Channels also
+come from the environment (``LLMSCOPE_SMTP_HOST``, ``LLMSCOPE_SLACK_WEBHOOK_URL``,
+``LLMSCOPE_WEBHOOK_URL``, ``LLMSCOPE_PAGERDUTY_ROUTING_KEY``; named ``email``, ``slack``,
+``webhook``, ``pagerduty``) and from the API's ``settings`` table, which wins: ``alert_on_rule``
+(rules that notify at all), ``email_enabled`` / ``slack_enabled`` / ``webhook_enabled`` /
+``pagerduty_enabled``, ``slack_webhook_url``, ``smtp_host``, ``smtp_port``, ``smtp_security``,
+``smtp_user``, ``smtp_password``, ``smtp_from``, ``smtp_to`` (or ``email_to``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, time
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import yaml
+
+from llmscope.alerter.notifiers.email import EmailConfig, Security
+from llmscope.alerter.notifiers.pagerduty import DEFAULT_EVENTS_URL
+from llmscope.alerter.routing import DEFAULT_GROUP_BY, Route
+from llmscope.alerter.silences import Silence, Weekly, parse_days
+from llmscope.config.env import ConfigError, Env, Secret
+from llmscope.proto.violation import Severity
+
+Duration = float | str
+ChannelKind = Literal["email", "slack", "webhook", "pagerduty"]
+KINDS: tuple[ChannelKind, ...] = ("email", "slack", "webhook", "pagerduty")
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: Duration, what: str) -> float:
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", value)
+        if not match:
+            raise ConfigError(f"{what}={value!r}: expected seconds or a duration like 30s, 5m, 4h")
+        seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    if seconds < 0:
+        raise ConfigError(f"{what}={value!r}: must not be negative")
+    return seconds
+
+
+class _Strict(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class EmailChannelFile(
+    _Strict, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="email", tag_field="kind"
+):
+    name: str
+    host: str
+    sender: str
+    recipients: list[str]
+    port: int = 587
+    security: Security = "starttls"
+    username: str = ""
+    password_env: str = ""
+    validate_certs: bool = True
+    send_resolved: bool = True
+    enabled: bool = True
+
+
+class SlackChannelFile(
+    _Strict, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="slack", tag_field="kind"
+):
+    name: str
+    url_env: str
+    send_resolved: bool = True
+    enabled: bool = True
+
+
+class WebhookChannelFile(
+    _Strict, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="webhook", tag_field="kind"
+):
+    name: str
+    url: str = ""
+    url_env: str = ""
+    secret_env: str = ""
+    send_resolved: bool = True
+    enabled: bool = True
+
+
+class PagerDutyChannelFile(
+    _Strict, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="pagerduty", tag_field="kind"
+):
+    name: str
+    routing_key_env: str
+    events_url: str = DEFAULT_EVENTS_URL
+    send_resolved: bool = True
+    enabled: bool = True
+
+
+ChannelFile = EmailChannelFile | SlackChannelFile | WebhookChannelFile | PagerDutyChannelFile
+
+
+class DefaultsFile(_Strict, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    group_by: list[str] | None = None
+    group_wait: Duration | None = None
+    group_interval: Duration | None = None
+    repeat_interval: Duration | None = None
+
+
+class RouteFile(_Strict, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    channels: list[str]
+    severities: list[Severity] = msgspec.field(default_factory=lambda: ["critical"])
+    rules: list[str] = msgspec.field(default_factory=list)
+    models: list[str] = msgspec.field(default_factory=list)
+    providers: list[str] = msgspec.field(default_factory=list)
+    hosts: list[str] = msgspec.field(default_factory=list)
+    group_by: list[str] | None = None
+    group_wait: Duration | None = None
+    group_interval: Duration | None = None
+    repeat_interval: Duration | None = None
+    continue_matching: bool = False
+
+
+class WeeklyFile(_Strict, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    days: list[str]
+    start: str
+    end: str
+    timezone: str = "UTC"
+
+
+class SilenceFile(_Strict, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    id: str
+    reason: str
+    author: str
+    kind: Literal["silence", "maintenance"] = "silence"
+    providers: list[str] = msgspec.field(default_factory=list)
+    models: list[str] = msgspec.field(default_factory=list)
+    rules: list[str] = msgspec.field(default_factory=list)
+    hosts: list[str] = msgspec.field(default_factory=list)
+    starts_at: datetime | None = None
+    ends_at: datetime | None = None
+    weekly: WeeklyFile | None = None
+
+
+class AlerterFile(_Strict, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    defaults: DefaultsFile | None = None
+    channels: list[ChannelFile] = msgspec.field(default_factory=list)
+    routes: list[RouteFile] = msgspec.field(default_factory=list)
+    silences: list[SilenceFile] = msgspec.field(default_factory=list)
+
+
+def load_file(path: Path) -> AlerterFile:
+    """Parse and validate a config file; errors name the file and the field."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"LLMSCOPE_ALERTER_CONFIG={path}: cannot read: {exc}") from exc
+    try:
+        raw: Any = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+        return msgspec.convert(raw or {}, AlerterFile)
+    except (msgspec.ValidationError, yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"LLMSCOPE_ALERTER_CONFIG={path}: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSpec:
+    """A resolved channel: kind, switches and credentials (as Secrets)."""
+
+    name: str
+    kind: ChannelKind
+    enabled: bool = True
+    send_resolved: bool = True
+    email: EmailConfig | None = None
+    url: Secret = field(default_factory=lambda: Secret(""))
+    secret: Secret = field(default_factory=lambda: Secret(""))
+    events_url: str = DEFAULT_EVENTS_URL
+
+
+@dataclass(frozen=True, slots=True)
+class Timings:
+    group_wait: float = 30.0
+    group_interval: float = 300.0
+    repeat_interval: float = 4 * 3600.0
+    group_by: tuple[str, ...] = DEFAULT_GROUP_BY
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeConfig:
+    """Everything routing needs at one moment."""
+
+    channels: Mapping[str, ChannelSpec]
+    routes: tuple[Route, ...]
+    silences: tuple[Silence, ...] = ()
+    allowed_rules: frozenset[str] | None = None
+
+    def enabled_channels(self) -> list[ChannelSpec]:
+        return [c for c in self.channels.values() if c.enabled]
+
+
+def _secret_from(env: Env, var: str, what: str) -> Secret:
+    if not var:
+        return Secret("")
+    value = env.raw(var)
+    if value is None:
+        raise ConfigError(f"{var}: not set, but {what} reads its secret from it")
+    return Secret(value)
+
+
+def _channel_from_file(c: ChannelFile, env: Env, timeout: float) -> ChannelSpec:
+    what = f"channel {c.name!r}"
+    match c:
+        case EmailChannelFile():
+            cfg = EmailConfig(
+                host=c.host,
+                port=c.port,
+                security=c.security,
+                username=c.username,
+                password=_secret_from(env, c.password_env, what),
+                sender=c.sender,
+                recipients=tuple(c.recipients),
+                validate_certs=c.validate_certs,
+                timeout=timeout,
+            )
+            return ChannelSpec(c.name, "email", c.enabled, c.send_resolved, email=cfg)
+        case SlackChannelFile():
+            return ChannelSpec(
+                c.name, "slack", c.enabled, c.send_resolved, url=_secret_from(env, c.url_env, what)
+            )
+        case WebhookChannelFile():
+            url = _secret_from(env, c.url_env, what) if c.url_env else Secret(c.url)
+            if not url:
+                raise ConfigError(f"{what}: needs url or url_env")
+            secret = _secret_from(env, c.secret_env, what)
+            return ChannelSpec(c.name, "webhook", c.enabled, c.send_resolved, url=url, secret=secret)
+        case PagerDutyChannelFile():
+            key = _secret_from(env, c.routing_key_env, what)
+            return ChannelSpec(
+                c.name, "pagerduty", c.enabled, c.send_resolved, secret=key, events_url=c.events_url
+            )
+    raise AssertionError(c)  # pragma: no cover
+
+
+def channels_from_env(env: Env, timeout: float) -> dict[str, ChannelSpec]:
+    """The channels the environment alone configures."""
+    out: dict[str, ChannelSpec] = {}
+    host = env.optional_text("LLMSCOPE_SMTP_HOST")
+    if host:
+        security = env.choice("LLMSCOPE_SMTP_SECURITY", "starttls", ("none", "starttls", "ssl"))
+        out["email"] = ChannelSpec(
+            "email",
+            "email",
+            email=EmailConfig(
+                host=host,
+                port=env.integer("LLMSCOPE_SMTP_PORT", 465 if security == "ssl" else 587, min=1, max=65535),
+                security=security,  # type: ignore[arg-type]
+                username=env.text("LLMSCOPE_SMTP_USER", ""),
+                password=env.secret("LLMSCOPE_SMTP_PASSWORD"),
+                sender=env.text("LLMSCOPE_SMTP_FROM", "llmscope@localhost"),
+                recipients=env.items("LLMSCOPE_ALERT_EMAIL_TO"),
+                timeout=timeout,
+            ),
+        )
+    slack = env.secret("LLMSCOPE_SLACK_WEBHOOK_URL")
+    if slack:
+        out["slack"] = ChannelSpec("slack", "slack", url=slack)
+    hook = env.secret("LLMSCOPE_WEBHOOK_URL")
+    if hook:
+        out["webhook"] = ChannelSpec(
+            "webhook", "webhook", url=hook, secret=env.secret("LLMSCOPE_WEBHOOK_SECRET")
+        )
+    key = env.secret("LLMSCOPE_PAGERDUTY_ROUTING_KEY")
+    if key:
+        events = env.url("LLMSCOPE_PAGERDUTY_EVENTS_URL", DEFAULT_EVENTS_URL, schemes=("http", "https"))
+        out["pagerduty"] = ChannelSpec("pagerduty", "pagerduty", secret=key, events_url=events or "")
+    return out
+
+
+def _setting_value(raw: object) -> object:
+    """Settings rows hold JSON or plain text; accept both."""
+    if isinstance(raw, str):
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw
+    return raw
+
+
+def _as_bool(value: object) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return bool(value)
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off"}:
+            return False
+    return None
+
+
+def _as_list(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, list | tuple):
+        return [str(v).strip() for v in value if str(v).strip()]
+    if isinstance(value, dict):  # {"R1": true, "R2": false}
+        return [str(k) for k, v in value.items() if _as_bool(v)]
+    return []
+
+
+def apply_settings(
+    channels: dict[str, ChannelSpec], settings: Mapping[str, object], timeout: float
+) -> tuple[dict[str, ChannelSpec], frozenset[str] | None]:
+    """Overlay the API's settings on channels; returns them and the alert_on_rule filter."""
+    s = {k: _setting_value(v) for k, v in settings.items()}
+    out = dict(channels)
+    smtp_host = s.get("smtp_host")
+    if isinstance(smtp_host, str) and smtp_host:
+        base = out.get("email")
+        cfg = (
+            base.email
+            if base and base.email
+            else EmailConfig(host=smtp_host, sender="llmscope@localhost", recipients=())
+        )
+        security = str(s.get("smtp_security") or cfg.security)
+        if security not in ("none", "starttls", "ssl"):
+            security = cfg.security
+        port = s.get("smtp_port")
+        recipients = _as_list(s.get("smtp_to") or s.get("email_to") or list(cfg.recipients))
+        password = s.get("smtp_password")
+        cfg = replace(
+            cfg,
+            host=smtp_host,
+            port=int(port) if isinstance(port, int | str) and str(port).isdigit() else cfg.port,
+            security=security,  # type: ignore[arg-type]
+            username=str(s.get("smtp_user") or s.get("smtp_username") or cfg.username),
+            password=Secret(password) if isinstance(password, str) and password else cfg.password,
+            sender=str(s.get("smtp_from") or cfg.sender),
+            recipients=tuple(recipients),
+            timeout=timeout,
+        )
+        out["email"] = ChannelSpec("email", "email", email=cfg)
+    slack_url = s.get("slack_webhook_url")
+    if isinstance(slack_url, str) and slack_url:
+        out["slack"] = ChannelSpec("slack", "slack", url=Secret(slack_url))
+    for kind in KINDS:
+        switch = _as_bool(s.get(f"{kind}_enabled"))
+        if switch is None:
+            continue
+        for name, spec in list(out.items()):
+            if spec.kind == kind:
+                out[name] = replace(spec, enabled=switch)
+    rules = s.get("alert_on_rule")
+    allowed = frozenset(r.upper() for r in _as_list(rules)) if rules is not None else None
+    return out, allowed
+
+
+def build_runtime(
+    file: AlerterFile | None,
+    env: Env,
+    settings: Mapping[str, object],
+    *,
+    timings: Timings,
+    severities: tuple[Severity, ...] = ("critical",),
+    timeout: float = 10.0,
+) -> RuntimeConfig:
+    """Resolve file + environment + settings into routes, channels and silences."""
+    file = file or AlerterFile()
+    channels = channels_from_env(env, timeout)
+    for c in file.channels:
+        if c.name in channels and c.name not in {"email", "slack", "webhook", "pagerduty"}:
+            raise ConfigError(f"LLMSCOPE_ALERTER_CONFIG: channel {c.name!r} defined twice")
+        channels[c.name] = _channel_from_file(c, env, timeout)
+    channels, allowed = apply_settings(channels, settings, timeout)
+    d = file.defaults or DefaultsFile()
+    base = Timings(
+        group_wait=parse_duration(d.group_wait, "defaults.group_wait")
+        if d.group_wait is not None
+        else timings.group_wait,
+        group_interval=parse_duration(d.group_interval, "defaults.group_interval")
+        if d.group_interval is not None
+        else timings.group_interval,
+        repeat_interval=parse_duration(d.repeat_interval, "defaults.repeat_interval")
+        if d.repeat_interval is not None
+        else timings.repeat_interval,
+        group_by=tuple(d.group_by) if d.group_by else timings.group_by,
+    )
+    routes: list[Route] = []
+    for r in file.routes:
+        unknown = [c for c in r.channels if c not in channels]
+        if unknown:
+            raise ConfigError(f"LLMSCOPE_ALERTER_CONFIG: route {r.name!r} names unknown channels {unknown}")
+
+        def dur(value: Duration | None, default: float, what: str, route: str = r.name) -> float:
+            return default if value is None else parse_duration(value, f"routes[{route}].{what}")
+
+        try:
+            routes.append(
+                Route(
+                    name=r.name,
+                    channels=tuple(r.channels),
+                    severities=tuple(r.severities),
+                    rules=tuple(r.rules),
+                    models=tuple(r.models),
+                    providers=tuple(r.providers),
+                    hosts=tuple(r.hosts),
+                    group_by=tuple(r.group_by) if r.group_by else base.group_by,
+                    group_wait=dur(r.group_wait, base.group_wait, "group_wait"),
+                    group_interval=dur(r.group_interval, base.group_interval, "group_interval"),
+                    repeat_interval=dur(r.repeat_interval, base.repeat_interval, "repeat_interval"),
+                    continue_matching=r.continue_matching,
+                )
+            )
+        except ValueError as exc:
+            raise ConfigError(f"LLMSCOPE_ALERTER_CONFIG: {exc}") from exc
+    if not routes:
+        routes.append(
+            Route(
+                name="default",
+                channels=tuple(channels),
+                severities=severities,
+                group_by=base.group_by,
+                group_wait=base.group_wait,
+                group_interval=base.group_interval,
+                repeat_interval=base.repeat_interval,
+            )
+        )
+    return RuntimeConfig(
+        channels=channels,
+        routes=tuple(routes),
+        silences=tuple(silence_from_file(s) for s in file.silences),
+        allowed_rules=allowed,
+    )
+
+
+def _parse_time(value: str, what: str) -> time:
+    try:
+        return time.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"{what}={value!r}: expected HH:MM") from None
+
+
+def silence_from_file(s: SilenceFile) -> Silence:
+    try:
+        weekly = None
+        if s.weekly is not None:
+            w = s.weekly
+            weekly = Weekly(
+                days=parse_days(w.days),
+                start=_parse_time(w.start, f"silences[{s.id}].weekly.start"),
+                end=_parse_time(w.end, f"silences[{s.id}].weekly.end"),
+                timezone=w.timezone,
+            )
+        return Silence(
+            id=s.id,
+            reason=s.reason,
+            author=s.author,
+            kind=s.kind,
+            providers=tuple(s.providers),
+            models=tuple(s.models),
+            rules=tuple(s.rules),
+            hosts=tuple(s.hosts),
+            starts_at=s.starts_at,
+            ends_at=s.ends_at,
+            weekly=weekly,
+        )
+    except (ValueError, KeyError) as exc:  # ZoneInfoNotFoundError is a KeyError
+        raise ConfigError(f"LLMSCOPE_ALERTER_CONFIG: silence {s.id!r}: {exc}") from exc

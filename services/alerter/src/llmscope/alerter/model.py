@@ -1,0 +1,51 @@
+"""The alerter's view of a violation episode: the open event, its clear and its acknowledgement."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from llmscope.proto.violation import ViolationEvent
+
+LABELS = ("provider", "model", "host", "target", "rule", "severity", "metric", "chart", "prompt_id")
+
+
+def labels_of(event: ViolationEvent) -> dict[str, str]:
+    """The labels routes, groups and silences match on."""
+    return {
+        "provider": event.provider,
+        "model": event.model,
+        "host": event.host,
+        "target": event.target,
+        "rule": event.rule,
+        "severity": event.severity,
+        "metric": event.metric,
+        "chart": event.chart,
+        "prompt_id": event.prompt_id,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One violation episode: firing until its ``cleared`` event arrives."""
+
+    event: ViolationEvent
+    cleared: ViolationEvent | None = None
+    acknowledged_at: datetime | None = None
+    acknowledged_by: str | None = None
+
+    @property
+    def episode_id(self) -> str:
+        return self.event.episode_id
+
+    @property
+    def firing(self) -> bool:
+        return self.cleared is None
+
+    @property
+    def acknowledged(self) -> bool:
+        return self.acknowledged_at is not None
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return labels_of(self.event)

@@ -1,0 +1,1 @@
+"""One module per channel behind the :class:`~llmscope.alerter.notifiers.base.Notifier` protocol."""
