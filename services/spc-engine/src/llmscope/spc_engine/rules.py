@@ -43,7 +43,7 @@ TEST_NAMES: dict[int, str] = {
 MINITAB_K: dict[int, float] = {1: 3.0, 2: 9, 3: 6, 4: 14, 5: 2, 6: 4, 7: 15, 8: 8}
 
 
-class TestConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class NelsonTestConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One Nelson test: on or off, its K, and the severity of its signals."""
 
     enabled: bool = True
@@ -51,25 +51,25 @@ class TestConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     severity: Severity = "info"
 
 
-def _default(test: int, severity: Severity = "info") -> TestConfig:
-    return TestConfig(k=MINITAB_K[test], severity=severity)
+def _default(test: int, severity: Severity = "info") -> NelsonTestConfig:
+    return NelsonTestConfig(k=MINITAB_K[test], severity=severity)
 
 
 class RulesConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The eight tests. Defaults: Minitab's K; test 1 at warning, the run tests at info."""
 
-    r1: TestConfig = msgspec.field(default_factory=lambda: _default(1, "warning"))
-    r2: TestConfig = msgspec.field(default_factory=lambda: _default(2))
-    r3: TestConfig = msgspec.field(default_factory=lambda: _default(3))
-    r4: TestConfig = msgspec.field(default_factory=lambda: _default(4))
-    r5: TestConfig = msgspec.field(default_factory=lambda: _default(5))
-    r6: TestConfig = msgspec.field(default_factory=lambda: _default(6))
-    r7: TestConfig = msgspec.field(default_factory=lambda: _default(7))
-    r8: TestConfig = msgspec.field(default_factory=lambda: _default(8))
+    r1: NelsonTestConfig = msgspec.field(default_factory=lambda: _default(1, "warning"))
+    r2: NelsonTestConfig = msgspec.field(default_factory=lambda: _default(2))
+    r3: NelsonTestConfig = msgspec.field(default_factory=lambda: _default(3))
+    r4: NelsonTestConfig = msgspec.field(default_factory=lambda: _default(4))
+    r5: NelsonTestConfig = msgspec.field(default_factory=lambda: _default(5))
+    r6: NelsonTestConfig = msgspec.field(default_factory=lambda: _default(6))
+    r7: NelsonTestConfig = msgspec.field(default_factory=lambda: _default(7))
+    r8: NelsonTestConfig = msgspec.field(default_factory=lambda: _default(8))
 
-    def test(self, n: int) -> TestConfig:
+    def test(self, n: int) -> NelsonTestConfig:
         cfg = getattr(self, f"r{n}")
-        assert isinstance(cfg, TestConfig)
+        assert isinstance(cfg, NelsonTestConfig)
         return cfg
 
     def __post_init__(self) -> None:
