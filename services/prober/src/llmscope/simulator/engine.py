@@ -55,6 +55,7 @@ class Simulator:
             for m in models
         }
         self._last_used: dict[str, float] = {}
+        self._ready_at: dict[str, float] = {}
         self.requests = 0
 
     def model(self, name: str) -> SimModel:
@@ -78,12 +79,15 @@ class Simulator:
             max_tokens,
             rng,
             cold=cold,
+            load_wait_s=max(0.0, self._ready_at.get(name, now) - now),
             factor=effect.factor,
             time_scale=self.time_scale,
             empty=effect.outage is not None and effect.outage.mode == "empty",
         )
         if effect.outage is None or effect.outage.mode == "empty":
-            self._last_used[name] = now + plan.total_s
+            self._last_used[name] = max(self._last_used.get(name, now), now + plan.total_s)
+            if cold:
+                self._ready_at[name] = now + plan.head_s + plan.load_s
         self.requests += 1
         return Scheduled(model=model, plan=plan, effect=effect)
 

@@ -77,11 +77,12 @@ def plan_request(
     rng: np.random.Generator,
     *,
     cold: bool,
+    load_wait_s: float = 0.0,
     factor: float = 1.0,
     time_scale: float = 1.0,
     empty: bool = False,
 ) -> Plan:
-    """Draw the timings of one request for ``model``."""
+    """Draw the timings of one request for ``model`` (``load_wait_s`` is already scaled)."""
 
     def noisy(seconds: float) -> float:
         return float(seconds * rng.lognormal(0.0, model.sigma))
@@ -94,7 +95,8 @@ def plan_request(
 
     scale = time_scale
     head = noisy(model.overhead_s) * factor * scale
-    load = noisy(model.load_s) * scale if cold and model.load_s > 0 else 0.0
+    # A request arriving while the model is still loading waits for the rest of that load.
+    load = noisy(model.load_s) * scale if cold and model.load_s > 0 else load_wait_s
     prompt_eval = noisy(prompt_tokens / model.prompt_tokens_per_s) * factor * scale
     # One noise draw for the whole generation plus small per-token jitter: decode speed is steady
     # within a request but varies between requests.

@@ -1,0 +1,182 @@
+"""``llmscope prober`` / ``python -m llmscope.prober``: probe LLM endpoints and publish telemetry.
+
+    llmscope prober [--config FILE] [--once] [--log-level LEVEL]
+
+``--config`` overrides LLMSCOPE_PROBER_CONFIG; ``--once`` probes every target with each of its
+prompts once, prints the telemetry as JSON lines and exits (no NATS needed). Settings and their
+variables are in :mod:`llmscope.prober.settings`. Exit codes: 0 after SIGINT/SIGTERM, 2 for a
+configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import aiohttp
+
+from llmscope.bus.connection import connect
+from llmscope.bus.publisher import Publisher
+from llmscope.bus.streams import ensure_streams
+from llmscope.config.env import ConfigError, Env
+from llmscope.config.health import HealthServer
+from llmscope.config.logs import get_logger, setup_logging
+from llmscope.prober.metrics import ProberMetrics
+from llmscope.prober.outbox import Outbox
+from llmscope.prober.scheduler import ProbeOptions, Scheduler
+from llmscope.prober.settings import ProberSettings
+from llmscope.prober.sysmetrics import SystemSampler
+from llmscope.proto import codec
+from llmscope.proto.base import Event
+
+log = get_logger("llmscope.prober")
+
+DRAIN_S = 5.0
+
+
+def http_session(concurrency: int) -> aiohttp.ClientSession:
+    # More pooled connections than probe slots, so no probe waits inside the HTTP client.
+    connector = aiohttp.TCPConnector(limit=concurrency * 2, keepalive_timeout=10)
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
+
+
+def _options(settings: ProberSettings) -> ProbeOptions:
+    return ProbeOptions(
+        prober_id=settings.prober_id,
+        include_prompt_text=settings.include_prompt_text,
+        concurrency=settings.concurrency,
+    )
+
+
+class _Printer:
+    """A publisher for ``--once`` that writes events to stdout."""
+
+    async def publish(self, subject: str, event: Event, *, deadline: float | None = None) -> object:
+        sys.stdout.write(codec.encode(event).decode() + "\n")
+        return None
+
+
+async def once(settings: ProberSettings, metrics: ProberMetrics) -> int:
+    """Probe every target with each of its prompts once; returns how many probes failed."""
+    outbox = Outbox(_Printer(), metrics, maxsize=max(1, sum(len(t.prompts) for t in settings.targets)))
+    sampler = SystemSampler()
+    async with http_session(settings.concurrency) as session:
+        scheduler = Scheduler(
+            settings.targets,
+            session=session,
+            outbox=outbox,
+            sampler=sampler,
+            metrics=metrics,
+            options=_options(settings),
+        )
+        events = await asyncio.gather(
+            *(scheduler.probe_once(t, p) for t in settings.targets for p in t.prompts)
+        )
+    await outbox.flush(DRAIN_S)
+    sampler.close()
+    return sum(1 for e in events if e.status != "ok")
+
+
+async def run(settings: ProberSettings, metrics: ProberMetrics, stop: asyncio.Event) -> None:
+    """Probe and publish until ``stop`` is set."""
+    nc = await connect(settings.bus.nats_url, name=f"llmscope-prober-{settings.prober_id}")
+    js = nc.jetstream()
+    streams_ready = asyncio.Event()
+
+    async def prepare() -> None:
+        await ensure_streams(js, settings.bus)
+        streams_ready.set()
+
+    outbox = Outbox(Publisher(js), metrics, maxsize=settings.outbox_size)
+    sampler = SystemSampler()
+    health: HealthServer | None = None
+    if settings.health_port:
+        health = HealthServer(
+            settings.health_host,
+            settings.health_port,
+            ready=lambda: streams_ready.is_set() and nc.is_connected,
+        )
+        try:
+            await health.start()
+        except OSError as exc:
+            await nc.close()
+            raise ConfigError(
+                f"LLMSCOPE_PROBER_HEALTH_PORT={settings.health_port}: cannot listen ({exc.strerror}); "
+                "choose another port or 0 to disable"
+            ) from None
+    try:
+        async with http_session(settings.concurrency) as session:
+            scheduler = Scheduler(
+                settings.targets,
+                session=session,
+                outbox=outbox,
+                sampler=sampler,
+                metrics=metrics,
+                options=_options(settings),
+            )
+            publishing = asyncio.create_task(outbox.run(stop, prepare), name="outbox")
+            await scheduler.run(stop)
+            await publishing
+        left = await outbox.flush(DRAIN_S) if streams_ready.is_set() else len(outbox)
+        if left:
+            log.warning("stopped with unpublished telemetry", left=left)
+    finally:
+        sampler.close()
+        if health is not None:
+            await health.stop()
+        await nc.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llmscope prober", description="Probe LLM endpoints, publish telemetry."
+    )
+    parser.add_argument("--config", type=Path, help="TOML or YAML targets file (LLMSCOPE_PROBER_CONFIG)")
+    parser.add_argument(
+        "--once", action="store_true", help="probe each target and prompt once, print JSON, exit"
+    )
+    parser.add_argument(
+        "--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="(LLMSCOPE_LOG_LEVEL)"
+    )
+    return parser
+
+
+async def _serve(settings: ProberSettings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await run(settings, ProberMetrics(), stop)
+
+
+def main(argv: Sequence[str] | None = None, env: Env | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = ProberSettings.from_env(env or Env(), config_path=args.config)
+        if args.log_level:
+            settings = replace(settings, log_level=args.log_level)
+        setup_logging("prober", settings.log_level)
+        log.info(
+            "starting",
+            targets=",".join(t.name for t in settings.targets),
+            source=settings.source,
+            nats=settings.bus.nats_url if not args.once else "-",
+        )
+        if args.once:
+            failed = asyncio.run(once(settings, ProberMetrics()))
+            return 1 if failed else 0
+        asyncio.run(_serve(settings))
+    except ConfigError as exc:
+        print(f"llmscope prober: configuration error: {exc}", file=sys.stderr)
+        return 2
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

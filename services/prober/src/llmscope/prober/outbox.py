@@ -1,0 +1,137 @@
+"""A bounded outbox between probing and publishing: probes never wait for NATS.
+
+Events queue here and one worker publishes them in order, retrying while NATS is away. When
+the outbox is full the oldest event is dropped (counted and logged): recent telemetry matters
+more than old. Re-publishing an event is safe: JetStream de-duplicates on its id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from llmscope.bus.publisher import PublishFailed
+from llmscope.config.logs import get_logger
+from llmscope.prober.metrics import ProberMetrics
+from llmscope.proto.base import Event
+
+log = get_logger("llmscope.prober.outbox")
+
+
+class EventPublisher(Protocol):
+    async def publish(self, subject: str, event: Event, *, deadline: float | None = None) -> object: ...
+
+
+class Outbox:
+    """Holds up to ``maxsize`` events; :meth:`run` publishes them until stopped."""
+
+    def __init__(
+        self,
+        publisher: EventPublisher,
+        metrics: ProberMetrics,
+        *,
+        maxsize: int = 10_000,
+        publish_deadline: float = 5.0,
+        retry_delay: float = 1.0,
+    ) -> None:
+        self._publisher = publisher
+        self._metrics = metrics
+        self._maxsize = maxsize
+        self._deadline = publish_deadline
+        self._retry_delay = retry_delay
+        self._queue: deque[tuple[str, Event]] = deque()
+        self._ready = asyncio.Event()
+        self.dropped = 0
+        self.published = 0
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def put(self, subject: str, event: Event) -> None:
+        """Queue an event; never blocks. Drops the oldest when full."""
+        if len(self._queue) >= self._maxsize:
+            self._drop_oldest()
+        self._queue.append((subject, event))
+        self._metrics.outbox_size.set(len(self._queue))
+        self._ready.set()
+
+    def _drop_oldest(self) -> None:
+        self._queue.popleft()
+        self.dropped += 1
+        self._metrics.dropped.inc()
+        # One line per thousand drops: an outage of NATS must not flood the log as well.
+        if self.dropped == 1 or self.dropped % 1000 == 0:
+            log.warning(
+                "outbox full: dropped the oldest telemetry", dropped_total=self.dropped, size=self._maxsize
+            )
+
+    async def run(self, stop: asyncio.Event, prepare: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Publish until ``stop``; ``prepare`` (e.g. creating streams) is retried until it works."""
+        if prepare is not None:
+            await self._retry(prepare, stop)
+        while not stop.is_set():
+            if not self._queue:
+                self._ready.clear()
+                await _wait_either(self._ready, stop)
+                continue
+            if not await self._publish_next():
+                await _sleep_or_stop(self._retry_delay, stop)
+
+    async def _retry(self, action: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
+        failures = 0
+        while not stop.is_set():
+            try:
+                await action()
+                return
+            except Exception as exc:
+                failures += 1
+                if failures == 1 or failures % 30 == 0:
+                    log.warning("NATS not ready; retrying", error=repr(exc)[:200], attempts=failures)
+                await _sleep_or_stop(self._retry_delay, stop)
+
+    async def _publish_next(self) -> bool:
+        subject, event = self._queue.popleft()
+        try:
+            await self._publisher.publish(subject, event, deadline=self._deadline)
+        except (PublishFailed, OSError, TimeoutError) as exc:
+            self._metrics.publish_failures.inc()
+            # Back to the front, unless newer events filled the outbox meanwhile: then it is the oldest.
+            if len(self._queue) >= self._maxsize:
+                self.dropped += 1
+                self._metrics.dropped.inc()
+            else:
+                self._queue.appendleft((subject, event))
+            log.warning(
+                "publish failed; will retry", subject=subject, waiting=len(self._queue), error=str(exc)[:200]
+            )
+            return False
+        self.published += 1
+        self._metrics.published.inc()
+        self._metrics.outbox_size.set(len(self._queue))
+        return True
+
+    async def flush(self, within_s: float) -> int:
+        """Publish what is left, for at most ``within_s`` seconds; returns how many remain."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + within_s
+        while self._queue and loop.time() < give_up:
+            if not await self._publish_next():
+                break
+        return len(self._queue)
+
+
+async def _wait_either(a: asyncio.Event, b: asyncio.Event) -> None:
+    tasks = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def _sleep_or_stop(delay: float, stop: asyncio.Event) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=delay)
