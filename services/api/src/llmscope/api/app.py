@@ -1,0 +1,99 @@
+"""The FastAPI application: the JSON API under ``/api``, the dashboard at ``/``, health and metrics.
+
+``create_app(settings)`` builds it; the lifespan opens the Postgres pool (applying migrations),
+connects to NATS, creates the streams and, with ``settings.persister``, runs the persister.
+Everything under ``/api`` needs ``Authorization: Bearer <LLMSCOPE_API_KEY>`` (or, for reads, the
+dashboard's session cookie); ``/healthz``, ``/readyz`` and ``/metrics`` are open.
+"""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, RedirectResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from llmscope.api.routes import admin, export, health, stats, violations
+from llmscope.api.runtime import Runtime
+from llmscope.api.settings import ApiSettings
+from llmscope.api.store import BadCursor, NotReady
+from llmscope.web.data import SettingError
+from llmscope.web.routes import WebOptions, install
+
+VERSION = "0.1.0"
+
+
+class MetricsMiddleware:
+    """Counts requests by route template (not raw path: model names would explode the labels)."""
+
+    def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
+        self.app = app
+        self.metrics = runtime.metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            name = getattr(route, "path", None) or "unmatched"
+            self.metrics.http_requests.labels(scope["method"], name, str(status)).inc()
+            self.metrics.http_seconds.labels(name).observe(time.perf_counter() - started)
+
+
+def create_app(settings: ApiSettings) -> FastAPI:
+    """The API and dashboard for one process."""
+    rt = Runtime(settings)
+    app = FastAPI(
+        title="LLMscope API",
+        version=VERSION,
+        description="Statistical Process Control for LLM endpoints. "
+        "Authenticate with `Authorization: Bearer <LLMSCOPE_API_KEY>`.",
+        lifespan=rt.lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.runtime = rt
+    auth = [Depends(rt.auth.require)]
+    app.include_router(health.router(rt))
+    for module in (stats, violations, admin, export):
+        app.include_router(module.router(rt), dependencies=auth)
+
+    @app.exception_handler(NotReady)
+    async def not_ready(_: Request, exc: NotReady) -> JSONResponse:
+        return JSONResponse({"detail": f"starting or stopping: {exc}"}, status_code=503)
+
+    @app.exception_handler(BadCursor)
+    async def bad_cursor(_: Request, exc: BadCursor) -> JSONResponse:
+        detail = [{"loc": ["query", "cursor"], "msg": str(exc), "type": "value_error"}]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(SettingError)
+    async def bad_setting(_: Request, exc: SettingError) -> JSONResponse:
+        detail = [{"loc": ["body", "value"], "field": exc.key, "msg": exc.message, "type": "value_error"}]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> RedirectResponse:
+        return RedirectResponse("/static/favicon.svg")
+
+    install(
+        app,
+        rt.store,
+        rt.auth,
+        WebOptions(refresh_s=settings.refresh_s, session_max_age_s=int(settings.session_days * 86400)),
+    )
+    app.add_middleware(MetricsMiddleware, runtime=rt)
+    return app

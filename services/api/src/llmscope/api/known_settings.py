@@ -1,0 +1,104 @@
+"""The settings the API accepts, with their types, defaults and which are secrets.
+
+Values live in the ``settings`` table as JSON. Secrets (SMTP password, webhook URLs, routing keys)
+are write-only through the API: reads say whether they are set, never what they are. The alerter
+reads the table directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from llmscope.web.data import SettingError, SettingKind
+
+Email = Annotated[str, Meta(pattern=r"^[^@\s]+@[^@\s]+$", max_length=320)]
+HttpsUrl = Annotated[str, Meta(pattern=r"^(https?://\S+)?$", max_length=2000)]  # "" clears it
+Port = Annotated[int, Meta(ge=1, le=65535)]
+Seconds = Annotated[int, Meta(ge=0, le=7 * 24 * 3600)]
+Text = Annotated[str, Meta(max_length=2000)]
+
+
+@dataclass(frozen=True, slots=True)
+class SettingSpec:
+    key: str
+    kind: SettingKind
+    type: Any
+    default: Any
+    description: str
+    secret: bool = False
+    choices: tuple[str, ...] = ()
+
+    def validate(self, value: object) -> Any:
+        try:
+            return msgspec.convert(value, self.type, strict=True)
+        except msgspec.ValidationError as exc:
+            raise SettingError(self.key, str(exc)) from None
+
+
+def _choice(key: str, choices: tuple[str, ...], default: str, description: str) -> SettingSpec:
+    return SettingSpec(key, "choice", Literal[choices], default, description, choices=choices)
+
+
+SPECS: tuple[SettingSpec, ...] = (
+    _choice(
+        "alert.min_severity",
+        ("critical", "warning", "info"),
+        "critical",
+        "Lowest severity that sends a notification",
+    ),
+    SettingSpec(
+        "alert.on_rules",
+        "list",
+        list[Annotated[str, Meta(min_length=1, max_length=32)]],
+        [],
+        "Rules that notify (empty: every rule at the minimum severity)",
+    ),
+    SettingSpec(
+        "alert.group_wait_s", "int", Seconds, 30, "Seconds to gather a group before its first message"
+    ),
+    SettingSpec("alert.group_interval_s", "int", Seconds, 300, "Seconds between messages about one group"),
+    SettingSpec(
+        "alert.repeat_interval_s", "int", Seconds, 14400, "Seconds before reminding of an open group"
+    ),
+    SettingSpec("alert.email.enabled", "bool", bool, False, "Send alerts by email"),
+    SettingSpec("alert.email.recipients", "list", list[Email], [], "Email recipients"),
+    SettingSpec("alert.email.smtp_host", "text", Text, "", "SMTP server host"),
+    SettingSpec("alert.email.smtp_port", "int", Port, 587, "SMTP server port"),
+    SettingSpec("alert.email.smtp_user", "text", Text, "", "SMTP user name"),
+    SettingSpec("alert.email.smtp_password", "text", Text, "", "SMTP password", secret=True),
+    SettingSpec(
+        "alert.email.from_addr", "text", Email, "llmscope@localhost", "Sender address of alert email"
+    ),
+    _choice("alert.email.tls", ("starttls", "ssl", "none"), "starttls", "SMTP transport security"),
+    SettingSpec("alert.slack.enabled", "bool", bool, False, "Send alerts to Slack"),
+    SettingSpec("alert.slack.webhook_url", "text", HttpsUrl, "", "Slack incoming webhook URL", secret=True),
+    SettingSpec("alert.webhook.enabled", "bool", bool, False, "Send alerts to a generic webhook"),
+    SettingSpec("alert.webhook.url", "text", HttpsUrl, "", "Generic webhook URL", secret=True),
+    SettingSpec(
+        "alert.webhook.signing_secret",
+        "text",
+        Text,
+        "",
+        "HMAC-SHA256 key signing webhook bodies",
+        secret=True,
+    ),
+    SettingSpec("alert.pagerduty.enabled", "bool", bool, False, "Send critical alerts to PagerDuty"),
+    SettingSpec(
+        "alert.pagerduty.routing_key", "text", Text, "", "PagerDuty Events v2 routing key", secret=True
+    ),
+    SettingSpec("dashboard.base_url", "text", Text, "", "Public URL of this dashboard, for links in alerts"),
+    SettingSpec("setup.completed", "bool", bool, False, "The first-run setup wizard was completed"),
+)
+
+BY_KEY: dict[str, SettingSpec] = {s.key: s for s in SPECS}
+
+
+def spec(key: str) -> SettingSpec:
+    try:
+        return BY_KEY[key]
+    except KeyError:
+        raise SettingError(key, f"unknown setting (known: {', '.join(BY_KEY)})") from None

@@ -1,0 +1,462 @@
+"""The persister: telemetry, violations and dead letters from JetStream into Postgres.
+
+Each stream has a durable consumer; a batch is written in one transaction and acked only after
+COMMIT (the consumer acks when the handler returns). Writes are idempotent by event id, so a
+redelivered batch stores nothing twice, and the per-minute rollups count each probe once because
+they aggregate only the rows the insert actually added.
+
+Runs inside the API process (``LLMSCOPE_PERSISTER=true``) or alone: ``python -m llmscope.api.persister``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import msgspec
+from asyncpg.pool import PoolConnectionProxy
+from nats.js import JetStreamContext
+
+from llmscope.api.db import create_pool
+from llmscope.api.metrics import ApiMetrics
+from llmscope.api.settings import ApiSettings
+from llmscope.bus.consumer import ConsumerOptions, Delivery, DurableConsumer
+from llmscope.bus.deadletter import DeadLetters
+from llmscope.bus.publisher import Publisher
+from llmscope.bus.streams import ensure_streams
+from llmscope.config.logs import get_logger, setup_logging
+from llmscope.proto import codec, subjects
+from llmscope.proto.deadletter import DeadLetterEvent
+from llmscope.proto.telemetry import TelemetryEvent
+from llmscope.proto.violation import ViolationEvent
+
+log = get_logger("llmscope.api.persister")
+
+SOURCE = "api-persister"
+
+Conn = asyncpg.Connection | PoolConnectionProxy
+
+TELEMETRY_COLUMNS: tuple[str, ...] = (
+    "id",
+    "ts",
+    "provider",
+    "model",
+    "target",
+    "host",
+    "prober",
+    "prompt_id",
+    "prompt_class",
+    "prompt_hash",
+    "prompt_text",
+    "streaming",
+    "max_tokens",
+    "status",
+    "error",
+    "http_status",
+    "latency_ms",
+    "ttft_ms",
+    "total_duration_ms",
+    "load_duration_ms",
+    "prompt_eval_duration_ms",
+    "eval_duration_ms",
+    "prompt_eval_count",
+    "eval_count",
+    "tokens_per_s",
+    "cpu_percent",
+    "memory_percent",
+    "gpu_percent",
+    "gpu_memory_percent",
+)
+
+_COLS = ", ".join(TELEMETRY_COLUMNS)
+
+
+def _metric_aggregates(col: str, prefix: str) -> str:
+    ok = f"status = 'ok' AND {col} IS NOT NULL"
+    return (
+        f"count({col}) FILTER (WHERE {ok}), min({col}) FILTER (WHERE {ok}), max({col}) FILTER (WHERE {ok}), "
+        f"coalesce(sum({col}) FILTER (WHERE {ok}), 0), "
+        f"coalesce(sum(ln(greatest({col}, 1e-9))) FILTER (WHERE {ok}), 0)"
+    )
+
+
+def _metric_merge(prefix: str) -> str:
+    return (
+        f"{prefix}_n = m.{prefix}_n + EXCLUDED.{prefix}_n, "
+        f"{prefix}_min = LEAST(m.{prefix}_min, EXCLUDED.{prefix}_min), "
+        f"{prefix}_max = GREATEST(m.{prefix}_max, EXCLUDED.{prefix}_max), "
+        f"{prefix}_sum = m.{prefix}_sum + EXCLUDED.{prefix}_sum, "
+        f"{prefix}_logsum = m.{prefix}_logsum + EXCLUDED.{prefix}_logsum"
+    )
+
+
+_ROLLUP_COLS = ", ".join(f"{p}_n, {p}_min, {p}_max, {p}_sum, {p}_logsum" for p in ("latency", "ttft", "tps"))
+
+# One statement: insert the new rows, and fold exactly those rows into the minute rollups.
+INSERT_TELEMETRY = f"""
+WITH ins AS (
+    INSERT INTO telemetry ({_COLS})
+    SELECT DISTINCT ON (id) {_COLS} FROM telemetry_in ORDER BY id
+    ON CONFLICT (id) DO NOTHING
+    RETURNING provider, model, prompt_id, ts, status, latency_ms, ttft_ms, tokens_per_s
+), roll AS (
+    INSERT INTO telemetry_minute AS m (provider, model, prompt_id, minute, n, n_ok, {_ROLLUP_COLS})
+    SELECT provider, model, prompt_id, date_trunc('minute', ts), count(*),
+           count(*) FILTER (WHERE status = 'ok'),
+           {_metric_aggregates("latency_ms", "latency")},
+           {_metric_aggregates("ttft_ms", "ttft")},
+           {_metric_aggregates("tokens_per_s", "tps")}
+    FROM ins GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    ON CONFLICT (provider, model, prompt_id, minute) DO UPDATE SET
+        n = m.n + EXCLUDED.n, n_ok = m.n_ok + EXCLUDED.n_ok,
+        {_metric_merge("latency")}, {_metric_merge("ttft")}, {_metric_merge("tps")}
+)
+SELECT count(*) FROM ins
+"""
+
+UPSERT_SERIES = """
+INSERT INTO series (provider, model, prompt_id, first_seen, last_seen)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[])
+ON CONFLICT (provider, model, prompt_id) DO UPDATE SET
+    first_seen = LEAST(series.first_seen, EXCLUDED.first_seen),
+    last_seen = GREATEST(series.last_seen, EXCLUDED.last_seen)
+"""
+
+UPSERT_MODEL = """
+INSERT INTO models (provider, model, first_seen, last_seen, target, host, last_status,
+                    cpu_percent, memory_percent, gpu_percent, gpu_memory_percent)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+ON CONFLICT (provider, model) DO UPDATE SET
+    first_seen = LEAST(models.first_seen, EXCLUDED.first_seen),
+    last_seen = EXCLUDED.last_seen, target = EXCLUDED.target, host = EXCLUDED.host,
+    last_status = EXCLUDED.last_status, cpu_percent = EXCLUDED.cpu_percent,
+    memory_percent = EXCLUDED.memory_percent, gpu_percent = EXCLUDED.gpu_percent,
+    gpu_memory_percent = EXCLUDED.gpu_memory_percent, updated_at = now()
+WHERE EXCLUDED.last_seen >= models.last_seen
+"""
+
+INSERT_VIOLATION = """
+INSERT INTO violations (
+    id, episode_id, ts, provider, model, target, host, prompt_id, metric, chart, chart_key, rule,
+    rule_name, severity, value, statistic, deviation_sigma, transform, center, sigma, ucl, lcl,
+    zone_a_upper, zone_a_lower, zone_b_upper, zone_b_lower, baseline_id, baseline_n, point_ids, event,
+    cleared_at, cleared_id)
+SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
+       $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, c.ts, c.id
+FROM (SELECT 1) AS one
+LEFT JOIN LATERAL (
+    SELECT ts, id FROM violation_clears WHERE episode_id = $2 ORDER BY ts LIMIT 1
+) AS c ON true
+ON CONFLICT (id) DO NOTHING
+"""
+
+INSERT_CLEAR = """
+INSERT INTO violation_clears (id, episode_id, ts, event) VALUES ($1, $2, $3, $4)
+ON CONFLICT (id) DO NOTHING
+"""
+
+APPLY_CLEAR = """
+UPDATE violations SET cleared_at = $2, cleared_id = $3
+WHERE id = $1 AND (cleared_at IS NULL OR cleared_at > $2)
+"""
+
+INSERT_DEAD_LETTER = """
+INSERT INTO dead_letters (id, ts, source, subject, reason, payload, payload_encoding, stream_seq)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT (id) DO NOTHING
+"""
+
+
+def telemetry_record(ev: TelemetryEvent) -> tuple[Any, ...]:
+    return tuple(getattr(ev, col) for col in TELEMETRY_COLUMNS)
+
+
+async def store_telemetry(conn: Conn, events: Sequence[TelemetryEvent]) -> int:
+    """Store a batch in one transaction; returns how many were new."""
+    if not events:
+        return 0
+    series: dict[tuple[str, str, str], tuple[datetime, datetime]] = {}
+    latest: dict[tuple[str, str], TelemetryEvent] = {}
+    first: dict[tuple[str, str], datetime] = {}
+    for ev in events:
+        key = (ev.provider, ev.model, ev.prompt_id)
+        lo, hi = series.get(key, (ev.ts, ev.ts))
+        series[key] = (min(lo, ev.ts), max(hi, ev.ts))
+        mkey = (ev.provider, ev.model)
+        if mkey not in latest or ev.ts >= latest[mkey].ts:
+            latest[mkey] = ev
+        first[mkey] = min(first.get(mkey, ev.ts), ev.ts)
+    async with conn.transaction():
+        await conn.execute(
+            "CREATE TEMP TABLE telemetry_in (LIKE telemetry INCLUDING DEFAULTS) ON COMMIT DROP"
+        )
+        await conn.copy_records_to_table(
+            "telemetry_in", records=[telemetry_record(ev) for ev in events], columns=TELEMETRY_COLUMNS
+        )
+        inserted: int = await conn.fetchval(INSERT_TELEMETRY)
+        keys = sorted(series)
+        await conn.execute(
+            UPSERT_SERIES,
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [k[2] for k in keys],
+            [series[k][0] for k in keys],
+            [series[k][1] for k in keys],
+        )
+        await conn.executemany(
+            UPSERT_MODEL,
+            [
+                (
+                    p,
+                    m,
+                    first[(p, m)],
+                    ev.ts,
+                    ev.target,
+                    ev.host,
+                    ev.status,
+                    ev.cpu_percent,
+                    ev.memory_percent,
+                    ev.gpu_percent,
+                    ev.gpu_memory_percent,
+                )
+                for (p, m), ev in sorted(latest.items())
+            ],
+        )
+    return inserted
+
+
+def violation_record(ev: ViolationEvent) -> tuple[Any, ...]:
+    lim = ev.limits
+    return (
+        ev.id,
+        ev.episode_id,
+        ev.ts,
+        ev.provider,
+        ev.model,
+        ev.target,
+        ev.host,
+        ev.prompt_id,
+        ev.metric,
+        ev.chart,
+        ev.chart_key,
+        ev.rule,
+        ev.rule_name,
+        ev.severity,
+        ev.value,
+        ev.statistic,
+        ev.deviation_sigma,
+        lim.transform,
+        lim.center,
+        lim.sigma,
+        lim.ucl,
+        lim.lcl,
+        lim.zone_a_upper,
+        lim.zone_a_lower,
+        lim.zone_b_upper,
+        lim.zone_b_lower,
+        ev.baseline.id,
+        ev.baseline.n,
+        list(ev.point_ids),
+        msgspec.to_builtins(ev),
+    )
+
+
+async def store_violations(conn: Conn, events: Sequence[ViolationEvent]) -> int:
+    """Store opens as episodes and apply clears to them, in one transaction; returns events seen."""
+    opens = [ev for ev in events if ev.state == "open"]
+    clears = [ev for ev in events if ev.state == "cleared"]
+    async with conn.transaction():
+        if opens:
+            await conn.executemany(INSERT_VIOLATION, [violation_record(ev) for ev in opens])
+        if clears:
+            await conn.executemany(
+                INSERT_CLEAR, [(ev.id, ev.episode_id, ev.ts, msgspec.to_builtins(ev)) for ev in clears]
+            )
+            await conn.executemany(APPLY_CLEAR, [(ev.episode_id, ev.ts, ev.id) for ev in clears])
+    return len(events)
+
+
+async def store_dead_letters(conn: Conn, events: Sequence[DeadLetterEvent]) -> int:
+    async with conn.transaction():
+        await conn.executemany(
+            INSERT_DEAD_LETTER,
+            [
+                (e.id, e.ts, e.source, e.subject, e.reason, e.payload, e.payload_encoding, e.stream_seq)
+                for e in events
+            ],
+        )
+    return len(events)
+
+
+async def apply_retention(
+    pool: asyncpg.Pool, settings: ApiSettings, now: datetime | None = None
+) -> dict[str, int]:
+    """Delete rows older than their retention (0 days keeps them forever); returns rows deleted."""
+    now = now or datetime.now(UTC)
+    plan = [
+        ("telemetry", "ts", settings.retention_telemetry_days),
+        ("telemetry_minute", "minute", settings.retention_rollup_days),
+        ("violations", "ts", settings.retention_violations_days),
+        ("violation_clears", "ts", settings.retention_violations_days),
+        ("dead_letters", "ts", settings.retention_deadletter_days),
+    ]
+    deleted: dict[str, int] = {}
+    for table, column, days in plan:
+        if days <= 0:
+            continue
+        cutoff = now - timedelta(days=days)
+        status = await pool.execute(f"DELETE FROM {table} WHERE {column} < $1", cutoff)
+        deleted[table] = int(status.rsplit(" ", 1)[-1])
+    return deleted
+
+
+class Persister:
+    """Three durable consumers (telemetry, violations, dead letters) writing through one pool."""
+
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        js: JetStreamContext,
+        publisher: Publisher,
+        batch_size: int = 500,
+        metrics: ApiMetrics | None = None,
+        durable_prefix: str = "api-persister",
+    ) -> None:
+        self._pool = pool
+        self._metrics = metrics
+        dead = DeadLetters(publisher, SOURCE)
+        opts = ConsumerOptions(batch_size=batch_size)
+        self.telemetry = DurableConsumer[TelemetryEvent](
+            js=js,
+            stream=subjects.STREAM_TELEMETRY,
+            durable=f"{durable_prefix}-telemetry",
+            filter_subjects=[subjects.TELEMETRY_ALL],
+            decode=lambda b: codec.decode_as(b, TelemetryEvent),
+            handler=self.on_telemetry,
+            dead_letters=dead,
+            options=opts,
+        )
+        self.violations = DurableConsumer[ViolationEvent](
+            js=js,
+            stream=subjects.STREAM_VIOLATIONS,
+            durable=f"{durable_prefix}-violations",
+            filter_subjects=[subjects.VIOLATIONS_ALL],
+            decode=lambda b: codec.decode_as(b, ViolationEvent),
+            handler=self.on_violations,
+            dead_letters=dead,
+            options=opts,
+        )
+        self.dead_letters = DurableConsumer[DeadLetterEvent](
+            js=js,
+            stream=subjects.STREAM_DEADLETTER,
+            durable=f"{durable_prefix}-deadletter",
+            filter_subjects=[subjects.DEADLETTER_ALL],
+            decode=lambda b: codec.decode_as(b, DeadLetterEvent),
+            handler=self.on_dead_letters,
+            dead_letters=dead,
+            options=opts,
+        )
+
+    def _count(self, kind: str, stored: int) -> None:
+        if self._metrics is not None:
+            self._metrics.persisted.labels(kind).inc(stored)
+            self._metrics.batches.labels(kind).inc()
+
+    async def on_telemetry(self, batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        async with self._pool.acquire() as conn:
+            stored = await store_telemetry(conn, [d.event for d in batch])
+        self._count("telemetry", stored)
+
+    async def on_violations(self, batch: Sequence[Delivery[ViolationEvent]]) -> None:
+        async with self._pool.acquire() as conn:
+            stored = await store_violations(conn, [d.event for d in batch])
+        self._count("violations", stored)
+
+    async def on_dead_letters(self, batch: Sequence[Delivery[DeadLetterEvent]]) -> None:
+        async with self._pool.acquire() as conn:
+            stored = await store_dead_letters(conn, [d.event for d in batch])
+        self._count("dead_letters", stored)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume every stream until ``stop`` is set (a crashed consumer is restarted)."""
+        await asyncio.gather(
+            *(self._supervise(c, stop) for c in (self.telemetry, self.violations, self.dead_letters))
+        )
+
+    async def _supervise(self, consumer: DurableConsumer[Any], stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await consumer.run(stop)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("consumer crashed; restarting in 1 s")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+
+
+async def retention_loop(
+    pool: asyncpg.Pool, settings: ApiSettings, stop: asyncio.Event, every_s: float = 3600
+) -> None:
+    """Apply retention now and then every ``every_s`` seconds until ``stop``."""
+    while not stop.is_set():
+        try:
+            deleted = await apply_retention(pool, settings)
+            if any(deleted.values()):
+                log.info("retention applied", **deleted)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("retention failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
+
+
+async def run_standalone(settings: ApiSettings, stop: asyncio.Event) -> None:
+    pool = await create_pool(
+        settings.database_url.get(), min_size=settings.db_pool_min, max_size=settings.db_pool_max
+    )
+    from llmscope.api.runtime import connect_nats
+
+    nc = await connect_nats(settings.bus.nats_url, "llmscope-persister")
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js, settings.bus)
+        persister = Persister(pool=pool, js=js, publisher=Publisher(js), batch_size=settings.persist_batch)
+        await asyncio.gather(persister.run(stop), retention_loop(pool, settings, stop))
+    finally:
+        await nc.drain()
+        await pool.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m llmscope.api.persister``: the persister without the HTTP API."""
+    from llmscope.config.env import ConfigError
+
+    try:
+        settings = ApiSettings.from_env()
+    except ConfigError as exc:
+        print(f"llmscope persister: {exc}", file=sys.stderr)
+        return 2
+    setup_logging("persister", settings.log_level)
+
+    async def _run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_standalone(settings, stop)
+
+    asyncio.run(_run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Settings, models (enable/disable), host system metrics and stored dead letters."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query
+from pydantic import BaseModel, Field
+
+from llmscope.api import known_settings
+from llmscope.api.runtime import Runtime
+from llmscope.web.data import ModelInfo, SettingError, SettingInfo
+
+
+class SettingBody(BaseModel):
+    value: Any
+    updated_by: Annotated[str, Field(min_length=1, max_length=200)] = "api"
+
+
+class ModelBody(BaseModel):
+    enabled: bool
+
+
+class SystemRow(BaseModel):
+    """The host metrics of a model's latest probe."""
+
+    host: str
+    provider: str
+    model: str
+    ts: datetime
+    cpu_percent: float | None
+    memory_percent: float | None
+    gpu_percent: float | None
+    gpu_memory_percent: float | None
+
+
+class DeadLetterRow(BaseModel):
+    id: str
+    ts: datetime
+    source: str
+    subject: str
+    reason: str
+    payload: str
+    payload_encoding: str
+    stream_seq: int | None
+
+
+def router(rt: Runtime) -> APIRouter:
+    api = APIRouter(prefix="/api")
+
+    @api.get("/settings", response_model=list[SettingInfo], tags=["settings"])
+    async def get_settings() -> list[SettingInfo]:
+        """Every known setting; secrets show only ``is_set``, never their value."""
+        return await rt.store.settings()
+
+    @api.put("/settings/{key}", response_model=SettingInfo, tags=["settings"])
+    async def put_setting(key: str, body: SettingBody) -> SettingInfo:
+        if key not in known_settings.BY_KEY:
+            raise HTTPException(404, f"unknown setting {key!r}; known: {', '.join(known_settings.BY_KEY)}")
+        try:
+            return await rt.store.put_setting(key, body.value, body.updated_by)
+        except SettingError as exc:
+            raise HTTPException(
+                422, [{"loc": ["body", "value"], "field": key, "msg": exc.message, "type": "value_error"}]
+            ) from exc
+
+    @api.get("/models", response_model=list[ModelInfo], tags=["models"])
+    async def get_models() -> list[ModelInfo]:
+        return await rt.store.models()
+
+    # Model names contain "/" and ":" (org/model, llama3.1:8b): the path converter takes the rest.
+    @api.put("/models/{provider}/{model:path}", response_model=ModelInfo, tags=["models"])
+    async def put_model(provider: str, model: str, body: ModelBody) -> ModelInfo:
+        found = await rt.store.set_model_enabled(provider, model, body.enabled)
+        if found is None:
+            raise HTTPException(404, f"no model {provider}/{model} has been seen")
+        return found
+
+    @api.get("/system", response_model=list[SystemRow], tags=["models"])
+    async def system() -> list[SystemRow]:
+        """Latest system metrics per host and model."""
+        return [
+            SystemRow(
+                host=m.host,
+                provider=m.provider,
+                model=m.model,
+                ts=m.last_seen,
+                cpu_percent=m.cpu_percent,
+                memory_percent=m.memory_percent,
+                gpu_percent=m.gpu_percent,
+                gpu_memory_percent=m.gpu_memory_percent,
+            )
+            for m in sorted(await rt.store.models(), key=lambda m: (m.host, m.provider, m.model))
+        ]
+
+    @api.get("/deadletters", response_model=list[DeadLetterRow], tags=["telemetry"])
+    async def dead_letters(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[DeadLetterRow]:
+        """Messages no service could take, newest first, with the reason."""
+        return [DeadLetterRow(**row) for row in await rt.store.dead_letters(limit)]
+
+    return api

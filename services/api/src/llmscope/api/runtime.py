@@ -1,0 +1,94 @@
+"""What the API process holds while it runs: the pool, the NATS connection, the persister tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import nats
+from fastapi import FastAPI
+from nats.aio.client import Client as NATS
+
+from llmscope.api.auth import KeyAuth
+from llmscope.api.db import create_pool
+from llmscope.api.metrics import ApiMetrics
+from llmscope.api.persister import Persister, retention_loop
+from llmscope.api.settings import ApiSettings
+from llmscope.api.store import Store
+from llmscope.bus.publisher import Publisher
+from llmscope.bus.streams import ensure_streams
+from llmscope.config.logs import get_logger
+
+log = get_logger("llmscope.api")
+
+
+async def connect_nats(url: str, name: str) -> NATS:
+    """Connect, reconnecting forever after drops.
+
+    Stand-in for ``llmscope.bus.connection.connect``, which passes ``retry_on_failed_connect``
+    (nats-py 2.16 has no such option, so it raises TypeError); switch back once that is fixed.
+    """
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("NATS error", error=repr(exc))
+
+    return await nats.connect(
+        servers=[u.strip() for u in url.split(",")],
+        name=name,
+        connect_timeout=5,
+        allow_reconnect=True,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1,
+        error_cb=on_error,
+    )
+
+
+class Runtime:
+    """Created with the app; its resources are opened by the lifespan and closed after."""
+
+    def __init__(self, settings: ApiSettings) -> None:
+        self.settings = settings
+        self.metrics = ApiMetrics()
+        self.auth = KeyAuth(settings.api_key, session_s=settings.session_days * 86400)
+        self.store = Store(baseline_points=settings.baseline_points)
+        self.nc: NATS | None = None
+        self.publisher: Publisher | None = None
+        self.persister: Persister | None = None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        s = self.settings
+        pool = await create_pool(s.database_url.get(), min_size=s.db_pool_min, max_size=s.db_pool_max)
+        self.store.attach(pool)
+        stop = asyncio.Event()
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            self.nc = await connect_nats(s.bus.nats_url, "llmscope-api")
+            js = self.nc.jetstream()
+            await ensure_streams(js, s.bus)
+            self.publisher = Publisher(js)
+            if s.persister:
+                self.persister = Persister(
+                    pool=pool,
+                    js=js,
+                    publisher=self.publisher,
+                    batch_size=s.persist_batch,
+                    metrics=self.metrics,
+                )
+                tasks.append(asyncio.create_task(self.persister.run(stop), name="persister"))
+                tasks.append(asyncio.create_task(retention_loop(pool, s, stop), name="retention"))
+            log.info("api started", persister=s.persister)
+            yield
+        finally:
+            stop.set()
+            if tasks:
+                _, pending = await asyncio.wait(tasks, timeout=10)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            if self.nc is not None:
+                with contextlib.suppress(Exception):
+                    await self.nc.drain()
+            self.store.attach(None)
+            await pool.close()

@@ -1,0 +1,88 @@
+"""Settings of the API service, read from the environment once at start.
+
+| variable | default | meaning |
+| --- | --- | --- |
+| LLMSCOPE_HOST | 127.0.0.1 | address the API and dashboard listen on |
+| LLMSCOPE_PORT | 8000 | port the API and dashboard listen on |
+| DATABASE_URL | (required) | PostgreSQL URL, ``postgres://`` or ``postgresql://`` |
+| LLMSCOPE_API_KEY | (required) | bearer token for the API and the dashboard login |
+| LLMSCOPE_PERSISTER | true | run the persister (telemetry/violations/dead letters -> Postgres) in-process |
+| LLMSCOPE_DB_POOL_MIN | 1 | smallest asyncpg pool size |
+| LLMSCOPE_DB_POOL_MAX | 10 | largest asyncpg pool size |
+| LLMSCOPE_PERSIST_BATCH | 500 | messages the persister takes per batch (one transaction) |
+| LLMSCOPE_RETENTION_TELEMETRY_DAYS | 30 | days raw telemetry is kept (0: forever) |
+| LLMSCOPE_RETENTION_ROLLUP_DAYS | 400 | days per-minute rollups are kept (0: forever) |
+| LLMSCOPE_RETENTION_VIOLATIONS_DAYS | 0 | days violations are kept (0: forever) |
+| LLMSCOPE_RETENTION_DEADLETTER_DAYS | 30 | days stored dead letters are kept (0: forever) |
+| LLMSCOPE_BASELINE_POINTS | 100 | points the dashboard shows a chart collecting before it is armed |
+| LLMSCOPE_REFRESH_S | 2 | dashboard auto-refresh interval, seconds |
+| LLMSCOPE_SESSION_DAYS | 7 | lifetime of a dashboard login |
+| LLMSCOPE_LOG_LEVEL | INFO | log level |
+
+NATS is configured by :class:`llmscope.bus.settings.BusSettings` (``NATS_URL`` and the stream limits).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from llmscope.bus.settings import BusSettings
+from llmscope.config.env import ConfigError, Env, Secret
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    """Everything the API process needs; build with :meth:`from_env` or directly in tests."""
+
+    database_url: Secret
+    api_key: Secret
+    bus: BusSettings = field(default_factory=BusSettings)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    persister: bool = True
+    db_pool_min: int = 1
+    db_pool_max: int = 10
+    persist_batch: int = 500
+    retention_telemetry_days: float = 30
+    retention_rollup_days: float = 400
+    retention_violations_days: float = 0
+    retention_deadletter_days: float = 30
+    baseline_points: int = 100
+    refresh_s: float = 2.0
+    session_days: float = 7
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> ApiSettings:
+        env = env or Env()
+        db = env.url("DATABASE_URL", None, schemes=("postgres", "postgresql"))
+        if db is None:
+            raise ConfigError("DATABASE_URL is not set: expected postgresql://user:pass@host:port/db")
+        key = env.secret("LLMSCOPE_API_KEY")
+        if not key:
+            raise ConfigError("LLMSCOPE_API_KEY is not set: the API refuses to run without a key")
+        if len(key.get()) < 16:
+            raise ConfigError("LLMSCOPE_API_KEY is too short: use at least 16 characters")
+        pool_min = env.integer("LLMSCOPE_DB_POOL_MIN", 1, min=0, max=100)
+        pool_max = env.integer("LLMSCOPE_DB_POOL_MAX", 10, min=1, max=200)
+        if pool_max < max(pool_min, 1):
+            raise ConfigError(f"LLMSCOPE_DB_POOL_MAX={pool_max}: must be >= LLMSCOPE_DB_POOL_MIN={pool_min}")
+        return cls(
+            database_url=Secret(db),
+            api_key=key,
+            bus=BusSettings.from_env(env),
+            host=env.text("LLMSCOPE_HOST", "127.0.0.1"),
+            port=env.integer("LLMSCOPE_PORT", 8000, min=0, max=65535),
+            persister=env.flag("LLMSCOPE_PERSISTER", True),
+            db_pool_min=pool_min,
+            db_pool_max=pool_max,
+            persist_batch=env.integer("LLMSCOPE_PERSIST_BATCH", 500, min=1, max=10_000),
+            retention_telemetry_days=env.number("LLMSCOPE_RETENTION_TELEMETRY_DAYS", 30, min=0),
+            retention_rollup_days=env.number("LLMSCOPE_RETENTION_ROLLUP_DAYS", 400, min=0),
+            retention_violations_days=env.number("LLMSCOPE_RETENTION_VIOLATIONS_DAYS", 0, min=0),
+            retention_deadletter_days=env.number("LLMSCOPE_RETENTION_DEADLETTER_DAYS", 30, min=0),
+            baseline_points=env.integer("LLMSCOPE_BASELINE_POINTS", 100, min=2, max=100_000),
+            refresh_s=env.number("LLMSCOPE_REFRESH_S", 2.0, min=0.5, max=3600),
+            session_days=env.number("LLMSCOPE_SESSION_DAYS", 7, min=0.01, max=365),
+            log_level=env.choice("LLMSCOPE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+        )

@@ -1,0 +1,509 @@
+"""Queries over the store; implements the dashboard's :class:`~llmscope.web.data.DashboardData`.
+
+Charts read raw probes for short windows and per-minute rollups, regrouped into at most
+~360 buckets, for long ones (PERFORMANCE.md: a 24 h chart never reads 43,200 rows).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import itertools
+import json
+import math
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from llmscope.api import known_settings
+from llmscope.web.data import (
+    ChartData,
+    ChartPoint,
+    ChartQuery,
+    ContextPoint,
+    Limits,
+    ModelInfo,
+    Series,
+    SettingInfo,
+    Violation,
+    ViolationDetail,
+    ViolationFilter,
+    ViolationMark,
+    ViolationPage,
+)
+
+RAW_MAX_HOURS = 2.0
+MAX_BUCKETS = 360
+RAW_POINT_CAP = 20_000
+# d2 for moving ranges of two: sigma = mean moving range / 1.128.
+D2 = 1.128
+
+# metric -> (telemetry column, rollup prefix, charted on the log scale)
+METRIC_COLUMNS: dict[str, tuple[str, str, bool]] = {
+    "latency_ms": ("latency_ms", "latency", True),
+    "ttft_ms": ("ttft_ms", "ttft", True),
+    "tokens_per_s": ("tokens_per_s", "tps", False),
+}
+
+
+class NotReady(RuntimeError):
+    """The database pool is not open yet (the app is starting or stopping)."""
+
+
+class BadCursor(ValueError):
+    """A pagination cursor this API did not issue."""
+
+
+def encode_cursor(ts: datetime, vid: str) -> str:
+    raw = json.dumps([ts.isoformat(), vid]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        ts_text, vid = json.loads(raw)
+        return datetime.fromisoformat(ts_text), str(vid)
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise BadCursor(f"invalid cursor: {exc}") from None
+
+
+def bucket_seconds(hours: float) -> int:
+    """0 (raw probes) for short windows, else a whole number of minutes giving <= MAX_BUCKETS."""
+    if hours <= RAW_MAX_HOURS:
+        return 0
+    minutes = math.ceil(hours * 60 / MAX_BUCKETS)
+    return max(1, minutes) * 60
+
+
+def estimate_limits(values: list[float], log_scale: bool, n: int) -> Limits | None:
+    """Phase I individuals-chart limits from a baseline (sigma from the average moving range)."""
+    if len(values) < 2:
+        return None
+    ys = [math.log(max(v, 1e-9)) for v in values] if log_scale else list(values)
+    center = sum(ys) / len(ys)
+    mr = sum(abs(b - a) for a, b in itertools.pairwise(ys)) / (len(ys) - 1)
+    sigma = mr / D2
+
+    def back(k: float) -> float:
+        y = center + k * sigma
+        return math.exp(y) if log_scale else y
+
+    return Limits(
+        center=back(0),
+        ucl=back(3),
+        lcl=back(-3),
+        zone_a_upper=back(2),
+        zone_a_lower=back(-2),
+        zone_b_upper=back(1),
+        zone_b_lower=back(-1),
+        sigma=sigma,
+        transform="log" if log_scale else "none",
+        source="estimate",
+        baseline_n=n,
+    )
+
+
+def _limits_from_row(row: asyncpg.Record) -> Limits:
+    return Limits(
+        center=row["center"],
+        ucl=row["ucl"],
+        lcl=row["lcl"],
+        zone_a_upper=row["zone_a_upper"],
+        zone_a_lower=row["zone_a_lower"],
+        zone_b_upper=row["zone_b_upper"],
+        zone_b_lower=row["zone_b_lower"],
+        sigma=row["sigma"],
+        transform=row["transform"],
+        source="engine",
+        baseline_id=row["baseline_id"],
+        baseline_n=row["baseline_n"],
+    )
+
+
+def _parse_ts(values: Any) -> list[datetime]:
+    out = []
+    for v in values or ():
+        try:
+            out.append(datetime.fromisoformat(str(v)))
+        except ValueError:
+            continue
+    return out
+
+
+def violation_from_row(row: asyncpg.Record) -> Violation:
+    event: dict[str, Any] = row["event"] or {}
+    system = event.get("system") or {}
+    return Violation(
+        id=row["id"],
+        episode_id=row["episode_id"],
+        ts=row["ts"],
+        provider=row["provider"],
+        model=row["model"],
+        target=row["target"],
+        host=row["host"],
+        prompt_id=row["prompt_id"],
+        metric=row["metric"],
+        chart=row["chart"],
+        chart_key=row["chart_key"],
+        rule=row["rule"],
+        rule_name=row["rule_name"],
+        severity=row["severity"],
+        value=row["value"],
+        statistic=row["statistic"],
+        deviation_sigma=row["deviation_sigma"],
+        limits={
+            k: row[k]
+            for k in (
+                "transform",
+                "center",
+                "sigma",
+                "ucl",
+                "lcl",
+                "zone_a_upper",
+                "zone_a_lower",
+                "zone_b_upper",
+                "zone_b_lower",
+            )
+        },
+        baseline=dict(event.get("baseline") or {"id": row["baseline_id"], "n": row["baseline_n"]}),
+        point_ids=list(row["point_ids"]),
+        point_values=[float(v) for v in event.get("point_values") or ()],
+        point_ts=_parse_ts(event.get("point_ts")),
+        system={
+            k: system.get(k) for k in ("cpu_percent", "memory_percent", "gpu_percent", "gpu_memory_percent")
+        },
+        state="cleared" if row["cleared_at"] is not None else "open",
+        cleared_at=row["cleared_at"],
+        acknowledged_by=row["acknowledged_by"],
+        acknowledged_at=row["acknowledged_at"],
+        resolved_by=row["resolved_by"],
+        resolved_at=row["resolved_at"],
+        note=row["note"],
+    )
+
+
+def _model_from_row(row: asyncpg.Record) -> ModelInfo:
+    return ModelInfo(
+        provider=row["provider"],
+        model=row["model"],
+        enabled=row["enabled"],
+        first_seen=row["first_seen"],
+        last_seen=row["last_seen"],
+        target=row["target"],
+        host=row["host"],
+        last_status=row["last_status"],
+        cpu_percent=row["cpu_percent"],
+        memory_percent=row["memory_percent"],
+        gpu_percent=row["gpu_percent"],
+        gpu_memory_percent=row["gpu_memory_percent"],
+    )
+
+
+def _where(flt: ViolationFilter) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    args: list[Any] = []
+
+    def add(sql: str, value: Any) -> None:
+        args.append(value)
+        clauses.append(sql.format(f"${len(args)}"))
+
+    if flt.provider:
+        add("provider = {}", flt.provider)
+    if flt.model:
+        add("model = {}", flt.model)
+    if flt.rule:
+        add("rule = {}", flt.rule)
+    if flt.severity:
+        add("severity = {}", flt.severity)
+    if flt.acknowledged is True:
+        clauses.append("acknowledged_at IS NOT NULL")
+    elif flt.acknowledged is False:
+        clauses.append("acknowledged_at IS NULL")
+    if flt.state == "open":
+        clauses.append("cleared_at IS NULL")
+    elif flt.state == "cleared":
+        clauses.append("cleared_at IS NOT NULL")
+    if flt.since:
+        add("ts >= {}", flt.since)
+    if flt.cursor:
+        cts, cid = decode_cursor(flt.cursor)
+        args += [cts, cid]
+        clauses.append(f"(ts, id) < (${len(args) - 1}, ${len(args)})")
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+
+class Store:
+    """The API's data access over an asyncpg pool."""
+
+    def __init__(self, pool: asyncpg.Pool | None = None, *, baseline_points: int = 100) -> None:
+        self._pool = pool
+        self.baseline_points = baseline_points
+
+    def attach(self, pool: asyncpg.Pool | None) -> None:
+        """Set (or clear) the pool; the app opens it in its lifespan, after routes exist."""
+        self._pool = pool
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise NotReady("database pool is not open")
+        return self._pool
+
+    async def ping(self) -> None:
+        await self.pool.fetchval("SELECT 1")
+
+    # ---- charts ----------------------------------------------------------------------------
+    async def series(self) -> list[Series]:
+        rows = await self.pool.fetch(
+            "SELECT provider, model, prompt_id, last_seen FROM series ORDER BY provider, model, prompt_id"
+        )
+        return [Series(r["provider"], r["model"], r["prompt_id"], r["last_seen"]) for r in rows]
+
+    async def chart(self, query: ChartQuery, now: datetime | None = None) -> ChartData:
+        if query.metric not in METRIC_COLUMNS:
+            raise ValueError(f"metric: unknown metric {query.metric!r}")
+        col, prefix, log_scale = METRIC_COLUMNS[query.metric]
+        end = now or datetime.now(UTC)
+        start = end - timedelta(hours=query.hours)
+        key = (query.provider, query.model, query.prompt_id)
+        bucket_s = bucket_seconds(query.hours)
+        async with self.pool.acquire() as conn:
+            if bucket_s == 0:
+                rows = await conn.fetch(
+                    f"""SELECT id, ts, {col} AS v FROM telemetry
+                        WHERE provider = $1 AND model = $2 AND prompt_id = $3 AND ts >= $4
+                          AND status = 'ok' AND {col} IS NOT NULL
+                        ORDER BY ts LIMIT {RAW_POINT_CAP}""",
+                    *key,
+                    start,
+                )
+                points = [ChartPoint(ts=r["ts"], value=r["v"], id=r["id"]) for r in rows]
+            else:
+                rows = await conn.fetch(
+                    f"""SELECT to_timestamp(floor(extract(epoch FROM minute) / $5) * $5) AS bucket,
+                               sum({prefix}_n) AS n, min({prefix}_min) AS lo, max({prefix}_max) AS hi,
+                               sum({prefix}_sum) AS s, sum({prefix}_logsum) AS ls
+                        FROM telemetry_minute
+                        WHERE provider = $1 AND model = $2 AND prompt_id = $3 AND minute >= $4
+                        GROUP BY 1 HAVING sum({prefix}_n) > 0 ORDER BY 1""",
+                    *key,
+                    start - timedelta(seconds=bucket_s),
+                    bucket_s,
+                )
+                points = []
+                for r in rows:
+                    n = int(r["n"])
+                    value = math.exp(r["ls"] / n) if log_scale else r["s"] / n
+                    mid = r["bucket"] + timedelta(seconds=bucket_s / 2)
+                    points.append(ChartPoint(ts=mid, value=value, n=n, lo=r["lo"], hi=r["hi"]))
+            failed = await conn.fetchval(
+                """SELECT coalesce(sum(n - n_ok), 0) FROM telemetry_minute
+                   WHERE provider = $1 AND model = $2 AND prompt_id = $3 AND minute >= $4""",
+                *key,
+                start,
+            )
+            marks = await conn.fetch(
+                """SELECT id, ts, value, rule, severity, cleared_at FROM violations
+                   WHERE provider = $1 AND model = $2 AND prompt_id = $3 AND metric = $4 AND ts >= $5
+                   ORDER BY ts LIMIT 1000""",
+                *key,
+                query.metric,
+                start,
+            )
+            latest = await conn.fetchrow(
+                """SELECT * FROM violations
+                   WHERE provider = $1 AND model = $2 AND prompt_id = $3 AND metric = $4
+                     AND chart = 'individuals'
+                   ORDER BY ts DESC LIMIT 1""",
+                *key,
+                query.metric,
+            )
+            limits: Limits | None
+            if latest is not None:
+                limits = _limits_from_row(latest)
+                baseline_points = self.baseline_points
+            else:
+                base = await conn.fetch(
+                    f"""SELECT {col} AS v FROM telemetry
+                        WHERE provider = $1 AND model = $2 AND prompt_id = $3
+                          AND status = 'ok' AND {col} IS NOT NULL
+                        ORDER BY ts LIMIT {int(self.baseline_points)}""",
+                    *key,
+                )
+                baseline_points = len(base)
+                limits = None
+                if baseline_points >= self.baseline_points:
+                    limits = estimate_limits([r["v"] for r in base], log_scale, baseline_points)
+        return ChartData(
+            query=query,
+            start=start,
+            end=end,
+            bucket_s=bucket_s,
+            points=points,
+            limits=limits,
+            baseline_points=baseline_points,
+            baseline_needed=self.baseline_points,
+            violations=[
+                ViolationMark(
+                    id=m["id"],
+                    ts=m["ts"],
+                    value=m["value"],
+                    rule=m["rule"],
+                    severity=m["severity"],
+                    state="cleared" if m["cleared_at"] else "open",
+                )
+                for m in marks
+            ],
+            failed_probes=int(failed),
+        )
+
+    # ---- violations ------------------------------------------------------------------------
+    async def violations(self, flt: ViolationFilter) -> ViolationPage:
+        where, args = _where(flt)
+        limit = max(1, min(flt.limit, 1000))
+        rows = await self.pool.fetch(
+            f"SELECT * FROM violations{where} ORDER BY ts DESC, id DESC LIMIT {limit + 1}", *args
+        )
+        items = [violation_from_row(r) for r in rows[:limit]]
+        next_cursor = encode_cursor(items[-1].ts, items[-1].id) if len(rows) > limit else None
+        return ViolationPage(items=items, next_cursor=next_cursor)
+
+    async def violation(self, violation_id: str) -> ViolationDetail | None:
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT * FROM violations WHERE id = $1 OR cleared_id = $1 LIMIT 1", violation_id
+            )
+            if row is None:
+                return None
+            v = violation_from_row(row)
+            trigger_id = v.point_ids[-1] if v.point_ids else None
+            anchor = v.ts
+            if trigger_id is not None:
+                found = await conn.fetchval("SELECT ts FROM telemetry WHERE id = $1", trigger_id)
+                anchor = found or (v.point_ts[-1] if v.point_ts else v.ts)
+            rows = await conn.fetch(
+                """(SELECT id, ts, status, latency_ms, ttft_ms, tokens_per_s FROM telemetry
+                    WHERE provider = $1 AND model = $2 AND prompt_id = $3 AND ts <= $4
+                    ORDER BY ts DESC LIMIT 11)
+                   UNION ALL
+                   (SELECT id, ts, status, latency_ms, ttft_ms, tokens_per_s FROM telemetry
+                    WHERE provider = $1 AND model = $2 AND prompt_id = $3 AND ts > $4
+                    ORDER BY ts LIMIT 10)""",
+                v.provider,
+                v.model,
+                v.prompt_id,
+                anchor,
+            )
+        pattern = set(v.point_ids)
+        column = METRIC_COLUMNS.get(v.metric, (None, "", False))[0]
+        context = [
+            ContextPoint(
+                id=r["id"],
+                ts=r["ts"],
+                status=r["status"],
+                value=r[column] if column else None,
+                latency_ms=r["latency_ms"],
+                ttft_ms=r["ttft_ms"],
+                tokens_per_s=r["tokens_per_s"],
+                in_pattern=r["id"] in pattern,
+                trigger=r["id"] == trigger_id,
+            )
+            for r in sorted(rows, key=lambda r: (r["ts"], r["id"]))
+        ]
+        return ViolationDetail(violation=v, context=context)
+
+    async def acknowledge(self, violation_id: str, by: str, note: str | None) -> Violation | None:
+        row = await self.pool.fetchrow(
+            """UPDATE violations SET
+                   acknowledged_by = coalesce(acknowledged_by, $2),
+                   acknowledged_at = coalesce(acknowledged_at, now()),
+                   note = coalesce($3, note)
+               WHERE id = $1 RETURNING *""",
+            violation_id,
+            by,
+            note,
+        )
+        return None if row is None else violation_from_row(row)
+
+    async def resolve(self, violation_id: str, by: str, note: str | None) -> Violation | None:
+        # Resolving also acknowledges: nobody should be reminded of a violation someone resolved.
+        row = await self.pool.fetchrow(
+            """UPDATE violations SET
+                   resolved_by = coalesce(resolved_by, $2),
+                   resolved_at = coalesce(resolved_at, now()),
+                   acknowledged_by = coalesce(acknowledged_by, $2),
+                   acknowledged_at = coalesce(acknowledged_at, now()),
+                   note = coalesce($3, note)
+               WHERE id = $1 RETURNING *""",
+            violation_id,
+            by,
+            note,
+        )
+        return None if row is None else violation_from_row(row)
+
+    # ---- models and system -----------------------------------------------------------------
+    async def models(self) -> list[ModelInfo]:
+        rows = await self.pool.fetch("SELECT * FROM models ORDER BY provider, model")
+        return [_model_from_row(r) for r in rows]
+
+    async def set_model_enabled(self, provider: str, model: str, enabled: bool) -> ModelInfo | None:
+        row = await self.pool.fetchrow(
+            """UPDATE models SET enabled = $3, updated_at = now()
+               WHERE provider = $1 AND model = $2 RETURNING *""",
+            provider,
+            model,
+            enabled,
+        )
+        return None if row is None else _model_from_row(row)
+
+    # ---- settings --------------------------------------------------------------------------
+    async def settings(self) -> list[SettingInfo]:
+        rows = {r["key"]: r for r in await self.pool.fetch("SELECT * FROM settings")}
+        out = []
+        for spec in known_settings.SPECS:
+            row = rows.get(spec.key)
+            value = spec.default if row is None else row["value"]
+            out.append(
+                SettingInfo(
+                    key=spec.key,
+                    kind=spec.kind,
+                    description=spec.description,
+                    secret=spec.secret,
+                    is_set=row is not None and value not in ("", None),
+                    value=None if spec.secret else value,
+                    default=None if spec.secret else spec.default,
+                    choices=list(spec.choices),
+                    updated_at=None if row is None else row["updated_at"],
+                    updated_by=None if row is None else row["updated_by"],
+                )
+            )
+        return out
+
+    async def put_setting(self, key: str, value: object, by: str) -> SettingInfo:
+        spec = known_settings.spec(key)
+        clean = spec.validate(value)
+        await self.pool.execute(
+            """INSERT INTO settings (key, value, updated_at, updated_by) VALUES ($1, $2, now(), $3)
+               ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now(),
+                   updated_by = EXCLUDED.updated_by""",
+            key,
+            clean,
+            by,
+        )
+        return next(s for s in await self.settings() if s.key == key)
+
+    # ---- dead letters and exports ----------------------------------------------------------
+    async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(
+            f"SELECT * FROM dead_letters ORDER BY ts DESC LIMIT {max(1, min(limit, 1000))}"
+        )
+        return [dict(r) for r in rows]
+
+    async def stream_rows(self, sql: str, *args: Any, prefetch: int = 1000) -> AsyncIterator[asyncpg.Record]:
+        """Rows of a query through a server-side cursor, for exports that do not fit in memory."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            async for row in conn.cursor(sql, *args, prefetch=prefetch):
+                yield row

@@ -1,0 +1,256 @@
+"""What the dashboard reads and changes, as plain data and one Protocol the API implements.
+
+The web package knows nothing of Postgres or NATS: ``llmscope.api`` builds a :class:`DashboardData`
+over its store and an :class:`Authenticator` over its API key, and mounts the web router with them.
+The same dataclasses are the API's JSON response models, so the dashboard and the API never drift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+Metric = Literal["latency_ms", "ttft_ms", "tokens_per_s"]
+METRICS: tuple[Metric, ...] = ("latency_ms", "ttft_ms", "tokens_per_s")
+WINDOWS_H: tuple[int, ...] = (1, 6, 24)
+ViolationStateFilter = Literal["open", "cleared"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChartQuery:
+    """One chart: a rational subgroup (provider, model, prompt) and one metric over a window."""
+
+    provider: str
+    model: str
+    prompt_id: str
+    metric: Metric = "latency_ms"
+    hours: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ChartPoint:
+    """A probe (raw) or a bucket of probes (``n`` > 1, with ``lo``/``hi`` the bucket's min/max)."""
+
+    ts: datetime
+    value: float
+    n: int = 1
+    lo: float | None = None
+    hi: float | None = None
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Center line, control limits and zone bounds, in the metric's units."""
+
+    center: float
+    ucl: float
+    lcl: float
+    zone_a_upper: float
+    zone_a_lower: float
+    zone_b_upper: float
+    zone_b_lower: float
+    sigma: float
+    transform: str = "none"
+    source: Literal["engine", "estimate"] = "engine"
+    baseline_id: str | None = None
+    baseline_n: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ViolationMark:
+    """Where a violation sits on a chart."""
+
+    id: str
+    ts: datetime
+    value: float
+    rule: str
+    severity: str
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChartData:
+    """Everything one control chart shows; ``bucket_s`` is 0 when the points are raw probes."""
+
+    query: ChartQuery
+    start: datetime
+    end: datetime
+    bucket_s: int
+    points: list[ChartPoint]
+    limits: Limits | None
+    baseline_points: int
+    baseline_needed: int
+    violations: list[ViolationMark]
+    failed_probes: int = 0
+
+    @property
+    def collecting_baseline(self) -> bool:
+        return self.limits is None
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """A chart the dashboard can show: one prompt of one model."""
+
+    provider: str
+    model: str
+    prompt_id: str
+    last_seen: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """A violation episode: the ``open`` event with its frozen statistics and human follow-up."""
+
+    id: str
+    episode_id: str
+    ts: datetime
+    provider: str
+    model: str
+    target: str
+    host: str
+    prompt_id: str
+    metric: str
+    chart: str
+    chart_key: str
+    rule: str
+    rule_name: str
+    severity: str
+    value: float
+    statistic: float | None
+    deviation_sigma: float
+    limits: dict[str, Any]
+    baseline: dict[str, Any]
+    point_ids: list[str]
+    point_values: list[float]
+    point_ts: list[datetime]
+    system: dict[str, float | None]
+    state: Literal["open", "cleared"]
+    cleared_at: datetime | None = None
+    acknowledged_by: str | None = None
+    acknowledged_at: datetime | None = None
+    resolved_by: str | None = None
+    resolved_at: datetime | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ContextPoint:
+    """A probe near a violation, for the ±10-point context table."""
+
+    id: str
+    ts: datetime
+    status: str
+    value: float | None
+    latency_ms: float | None
+    ttft_ms: float | None
+    tokens_per_s: float | None
+    in_pattern: bool
+    trigger: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ViolationDetail:
+    violation: Violation
+    context: list[ContextPoint]
+
+
+@dataclass(frozen=True, slots=True)
+class ViolationFilter:
+    provider: str | None = None
+    model: str | None = None
+    rule: str | None = None
+    severity: str | None = None
+    acknowledged: bool | None = None
+    state: ViolationStateFilter | None = None
+    since: datetime | None = None
+    limit: int = 50
+    cursor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ViolationPage:
+    items: list[Violation]
+    next_cursor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """A model seen in telemetry, its switch, and the host metrics of its latest probe."""
+
+    provider: str
+    model: str
+    enabled: bool
+    first_seen: datetime
+    last_seen: datetime
+    target: str = ""
+    host: str = ""
+    last_status: str = ""
+    cpu_percent: float | None = None
+    memory_percent: float | None = None
+    gpu_percent: float | None = None
+    gpu_memory_percent: float | None = None
+
+
+SettingKind = Literal["bool", "int", "float", "text", "list", "choice"]
+
+
+@dataclass(frozen=True, slots=True)
+class SettingInfo:
+    """A known setting; a secret's value is never returned, only whether it is set."""
+
+    key: str
+    kind: SettingKind
+    description: str
+    secret: bool
+    is_set: bool
+    value: Any
+    default: Any
+    choices: list[str] = field(default_factory=list)
+    updated_at: datetime | None = None
+    updated_by: str | None = None
+
+
+class SettingError(ValueError):
+    """A setting key is unknown or its value is invalid; the message names the key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+class DashboardData(Protocol):
+    """The dashboard's data access; the API implements it over Postgres."""
+
+    async def series(self) -> list[Series]: ...
+
+    async def chart(self, query: ChartQuery) -> ChartData: ...
+
+    async def violations(self, flt: ViolationFilter) -> ViolationPage: ...
+
+    async def violation(self, violation_id: str) -> ViolationDetail | None: ...
+
+    async def acknowledge(self, violation_id: str, by: str, note: str | None) -> Violation | None: ...
+
+    async def resolve(self, violation_id: str, by: str, note: str | None) -> Violation | None: ...
+
+    async def models(self) -> list[ModelInfo]: ...
+
+    async def set_model_enabled(self, provider: str, model: str, enabled: bool) -> ModelInfo | None: ...
+
+    async def settings(self) -> list[SettingInfo]: ...
+
+    async def put_setting(self, key: str, value: object, by: str) -> SettingInfo: ...
+
+
+class Authenticator(Protocol):
+    """Checks the API key and issues/validates the dashboard's session tokens."""
+
+    def check_key(self, candidate: str) -> bool: ...
+
+    def issue_session(self) -> str: ...
+
+    def check_session(self, token: str | None) -> bool: ...

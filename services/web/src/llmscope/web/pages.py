@@ -1,0 +1,93 @@
+"""Template rendering: a full page, or one named block of it when HTMX asks (``HX-Request``).
+
+The block is chosen by the ``HX-Target`` element id (``chart-panel`` -> block ``chart_panel``)
+when the page declares it as a fragment; any other HTMX request gets the page's ``content`` block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse
+from jinja2 import Environment, PackageLoader, select_autoescape
+from jinja2_fragments import render_block
+
+from llmscope.web.svg import render_chart
+
+
+def _ago(ts: datetime | None, now: datetime | None = None) -> str:
+    if ts is None:
+        return "never"
+    seconds = ((now or datetime.now(UTC)) - ts).total_seconds()
+    if seconds < 60:
+        return f"{max(seconds, 0):.0f}s ago"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m ago"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f}h ago"
+    return f"{seconds / 86400:.1f}d ago"
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+def _ts(value: datetime | None) -> str:
+    return "–" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def build_environment() -> Environment:
+    env = Environment(
+        loader=PackageLoader("llmscope.web", "templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["ago"] = _ago
+    env.filters["num"] = _num
+    env.filters["ts"] = _ts
+    env.globals["render_chart"] = render_chart
+    return env
+
+
+def is_htmx(request: Request) -> bool:
+    return request.headers.get("HX-Request") == "true"
+
+
+class Pages:
+    """Renders pages and their fragments."""
+
+    def __init__(self, env: Environment | None = None) -> None:
+        self.env = env or build_environment()
+
+    def block_for(self, request: Request, fragments: Iterable[str]) -> str | None:
+        """The block an HTMX request wants, or None for a full page."""
+        if not is_htmx(request):
+            return None
+        target = (request.headers.get("HX-Target") or "").replace("-", "_")
+        return target if target in set(fragments) else "content"
+
+    def render(
+        self,
+        request: Request,
+        template: str,
+        context: Mapping[str, Any],
+        *,
+        fragments: Iterable[str] = (),
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+    ) -> HTMLResponse:
+        ctx = {"request": request, "path": request.url.path, **context}
+        block = self.block_for(request, fragments)
+        if block is None:
+            html = self.env.get_template(template).render(ctx)
+        else:
+            html = render_block(self.env, template, block, ctx)
+        response = HTMLResponse(html, status_code=status_code, headers=dict(headers or {}))
+        response.headers["Vary"] = "HX-Request, HX-Target"
+        return response

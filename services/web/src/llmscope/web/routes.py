@@ -1,0 +1,371 @@
+"""The dashboard's routes: pages, their HTMX fragments, login and static files.
+
+Authentication: the API key is the only credential. ``/login`` asks for it (or a page is opened
+once with ``?key=...``); the answer is a signed session cookie (HttpOnly, SameSite=Strict) issued by
+the injected :class:`Authenticator`. Changing requests also check ``Origin`` against ``Host``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import Annotated, Any
+from urllib.parse import urlencode, urlsplit
+
+from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from llmscope.web.data import (
+    METRICS,
+    WINDOWS_H,
+    Authenticator,
+    ChartQuery,
+    DashboardData,
+    Metric,
+    Series,
+    SettingError,
+    SettingInfo,
+    ViolationFilter,
+)
+from llmscope.web.pages import Pages, is_htmx
+
+SESSION_COOKIE = "llmscope_session"
+SETUP_KEYS = (
+    "alert.email.recipients",
+    "alert.email.smtp_host",
+    "alert.email.smtp_port",
+    "alert.email.smtp_user",
+    "alert.email.smtp_password",
+    "alert.email.from_addr",
+    "alert.slack.webhook_url",
+    "alert.min_severity",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WebOptions:
+    """Dashboard behaviour the API passes in from its settings."""
+
+    refresh_s: float = 2.0
+    session_max_age_s: int = 7 * 24 * 3600
+    actor: str = "dashboard"
+
+
+def _safe_next(target: str | None) -> str:
+    # Only same-site paths: "//evil.example" or "https://..." would be an open redirect.
+    if not target or not target.startswith("/") or target.startswith("//"):
+        return "/"
+    return target
+
+
+def _session_cookie(token: str, request: Request, max_age: int) -> str:
+    secure = "; Secure" if request.url.scheme == "https" else ""
+    return f"{SESSION_COOKIE}={token}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}"
+
+
+def _form_value(setting: SettingInfo, raw: str | None) -> object:
+    """Turn a form field into the setting's JSON value (the API validates it)."""
+    text = (raw or "").strip()
+    if setting.kind == "bool":
+        return text.lower() in {"1", "true", "on", "yes"}
+    if setting.kind == "list":
+        return [item.strip() for item in text.replace("\n", ",").split(",") if item.strip()]
+    if setting.kind == "int":
+        try:
+            return int(text)
+        except ValueError:
+            raise SettingError(setting.key, f"expected an integer, got {text!r}") from None
+    if setting.kind == "float":
+        try:
+            return float(text)
+        except ValueError:
+            raise SettingError(setting.key, f"expected a number, got {text!r}") from None
+    return text
+
+
+def create_router(
+    data: DashboardData, auth: Authenticator, options: WebOptions | None = None, pages: Pages | None = None
+) -> APIRouter:
+    """All dashboard routes, bound to the injected data access and authenticator."""
+    opts = options or WebOptions()
+    pages = pages or Pages()
+    router = APIRouter(include_in_schema=False)
+
+    def login_redirect(request: Request) -> HTTPException:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        location = "/login?" + urlencode({"next": target})
+        if is_htmx(request):
+            return HTTPException(401, "login required", headers={"HX-Redirect": location})
+        return HTTPException(303, "login required", headers={"Location": location})
+
+    async def session(request: Request) -> None:
+        """Require the session cookie; accept ``?key=`` once and trade it for a cookie."""
+        key = request.query_params.get("key")
+        if key is not None and request.method == "GET":
+            if not auth.check_key(key):
+                raise login_redirect(request)
+            rest = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "key"])
+            location = request.url.path + (f"?{rest}" if rest else "")
+            cookie = _session_cookie(auth.issue_session(), request, opts.session_max_age_s)
+            raise HTTPException(303, "logged in", headers={"Location": location, "Set-Cookie": cookie})
+        if not auth.check_session(request.cookies.get(SESSION_COOKIE)):
+            raise login_redirect(request)
+        if request.method not in ("GET", "HEAD"):
+            origin = request.headers.get("origin")
+            if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
+                raise HTTPException(403, "cross-origin request refused")
+
+    Session = Depends(session)
+
+    # ---- login ---------------------------------------------------------------------------
+    @router.get("/login", response_class=HTMLResponse)
+    async def login_form(request: Request, next: str = "/") -> HTMLResponse:
+        return pages.render(request, "login.html", {"next": _safe_next(next), "error": None})
+
+    @router.post("/login", response_model=None)
+    async def login(
+        request: Request, key: Annotated[str, Form()], next: Annotated[str, Form()] = "/"
+    ) -> Response:
+        if not auth.check_key(key):
+            return pages.render(
+                request,
+                "login.html",
+                {"next": _safe_next(next), "error": "That is not the API key."},
+                status_code=401,
+            )
+        response = RedirectResponse(_safe_next(next), status_code=303)
+        response.headers["Set-Cookie"] = _session_cookie(
+            auth.issue_session(), request, opts.session_max_age_s
+        )
+        return response
+
+    @router.post("/logout")
+    async def logout() -> Response:
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, path="/")
+        return response
+
+    # ---- dashboard -----------------------------------------------------------------------
+    @router.get("/", response_class=HTMLResponse, dependencies=[Session])
+    async def dashboard(
+        request: Request,
+        series: str | None = None,
+        provider: str | None = None,
+        model: str | None = None,
+        prompt_id: str | None = None,
+        metric: Metric = "latency_ms",
+        hours: Annotated[float, Query(gt=0, le=24 * 31)] = 1,
+    ) -> HTMLResponse:
+        if series and "|" in series:
+            provider, model = series.split("|", 1)
+        all_series = await data.series()
+        models = sorted({(s.provider, s.model) for s in all_series})
+        if (provider, model) not in models and models:
+            provider, model = models[0]
+        prompts = sorted(s.prompt_id for s in all_series if (s.provider, s.model) == (provider, model))
+        if prompt_id not in prompts and prompts:
+            prompt_id = prompts[0]
+        chart = None
+        if provider and model and prompt_id:
+            chart = await data.chart(ChartQuery(provider, model, prompt_id, metric, hours))
+        log = await data.violations(ViolationFilter(limit=15))
+        query = {
+            "provider": provider or "",
+            "model": model or "",
+            "prompt_id": prompt_id or "",
+            "metric": metric,
+            "hours": f"{hours:g}",
+        }
+        context: dict[str, Any] = {
+            "models": models,
+            "prompts": prompts,
+            "metrics": METRICS,
+            "windows": WINDOWS_H,
+            "q": query,
+            "qs": urlencode(query),
+            "chart": chart,
+            "log": log.items,
+            "refresh_s": opts.refresh_s,
+        }
+        return pages.render(
+            request, "dashboard.html", context, fragments=("panel", "chart_panel", "violation_log")
+        )
+
+    # ---- violations ----------------------------------------------------------------------
+    @router.get("/violations", response_class=HTMLResponse, dependencies=[Session])
+    async def violations(
+        request: Request,
+        series: str | None = None,
+        rule: str | None = None,
+        severity: str | None = None,
+        state: str | None = None,
+        acknowledged: str | None = None,
+        cursor: str | None = None,
+    ) -> HTMLResponse:
+        provider = model = None
+        if series and "|" in series:
+            provider, model = series.split("|", 1)
+        flt = ViolationFilter(
+            provider=provider,
+            model=model,
+            rule=rule or None,
+            severity=severity or None,
+            state="open" if state == "open" else "cleared" if state == "cleared" else None,
+            acknowledged={"yes": True, "no": False}.get(acknowledged or ""),
+            limit=50,
+            cursor=cursor or None,
+        )
+        page = await data.violations(flt)
+        all_series = await data.series()
+        params = {
+            "series": series or "",
+            "rule": rule or "",
+            "severity": severity or "",
+            "state": state or "",
+            "acknowledged": acknowledged or "",
+        }
+        context = {
+            "page": page,
+            "models": sorted({(s.provider, s.model) for s in all_series}),
+            "f": params,
+            "next_qs": urlencode({**params, "cursor": page.next_cursor}) if page.next_cursor else None,
+        }
+        return pages.render(request, "violations.html", context, fragments=("violation_table",))
+
+    @router.get("/violations/{violation_id}", response_class=HTMLResponse, dependencies=[Session])
+    async def violation_detail(request: Request, violation_id: str) -> HTMLResponse:
+        detail = await data.violation(violation_id)
+        if detail is None:
+            return pages.render(request, "not_found.html", {"what": "violation"}, status_code=404)
+        return pages.render(
+            request, "violation.html", {"d": detail, "v": detail.violation}, fragments=("actions",)
+        )
+
+    async def _act(request: Request, violation_id: str, action: str, by: str, note: str) -> HTMLResponse:
+        who = by.strip() or opts.actor
+        if action == "acknowledge":
+            changed = await data.acknowledge(violation_id, who, note.strip() or None)
+        else:
+            changed = await data.resolve(violation_id, who, note.strip() or None)
+        if changed is None:
+            return pages.render(request, "not_found.html", {"what": "violation"}, status_code=404)
+        detail = await data.violation(violation_id)
+        assert detail is not None
+        return pages.render(
+            request, "violation.html", {"d": detail, "v": detail.violation}, fragments=("actions",)
+        )
+
+    @router.post(
+        "/violations/{violation_id}/acknowledge", response_class=HTMLResponse, dependencies=[Session]
+    )
+    async def acknowledge(
+        request: Request,
+        violation_id: str,
+        by: Annotated[str, Form()] = "",
+        note: Annotated[str, Form()] = "",
+    ) -> HTMLResponse:
+        return await _act(request, violation_id, "acknowledge", by, note)
+
+    @router.post("/violations/{violation_id}/resolve", response_class=HTMLResponse, dependencies=[Session])
+    async def resolve(
+        request: Request,
+        violation_id: str,
+        by: Annotated[str, Form()] = "",
+        note: Annotated[str, Form()] = "",
+    ) -> HTMLResponse:
+        return await _act(request, violation_id, "resolve", by, note)
+
+    # ---- models --------------------------------------------------------------------------
+    @router.get("/models", response_class=HTMLResponse, dependencies=[Session])
+    async def models_page(request: Request) -> HTMLResponse:
+        return pages.render(request, "models.html", {"models": await data.models()}, fragments=("models",))
+
+    @router.post("/models/toggle", response_class=HTMLResponse, dependencies=[Session])
+    async def toggle_model(
+        request: Request,
+        provider: Annotated[str, Form()],
+        model: Annotated[str, Form()],
+        enabled: Annotated[str, Form()],
+    ) -> HTMLResponse:
+        found = await data.set_model_enabled(provider, model, enabled.lower() in {"1", "true", "on"})
+        status = 200 if found else 404
+        return pages.render(
+            request, "models.html", {"models": await data.models()}, fragments=("models",), status_code=status
+        )
+
+    # ---- settings ------------------------------------------------------------------------
+    async def _settings_page(
+        request: Request, message: str | None = None, error: str | None = None, status: int = 200
+    ) -> HTMLResponse:
+        context = {"settings": await data.settings(), "message": message, "error": error}
+        return pages.render(
+            request, "settings.html", context, fragments=("settings_table",), status_code=status
+        )
+
+    @router.get("/settings", response_class=HTMLResponse, dependencies=[Session])
+    async def settings_page(request: Request) -> HTMLResponse:
+        return await _settings_page(request)
+
+    @router.post("/settings/{key}", response_class=HTMLResponse, dependencies=[Session])
+    async def put_setting(
+        request: Request, key: str, value: Annotated[str | None, Form()] = None
+    ) -> HTMLResponse:
+        known = {s.key: s for s in await data.settings()}
+        try:
+            if key not in known:
+                raise SettingError(key, "unknown setting")
+            await data.put_setting(key, _form_value(known[key], value), opts.actor)
+        except SettingError as exc:
+            return await _settings_page(request, error=str(exc), status=422)
+        return await _settings_page(request, message=f"{key} saved")
+
+    # ---- first-run setup -----------------------------------------------------------------
+    async def _setup_context(error: str | None = None, done: bool = False) -> dict[str, Any]:
+        known = {s.key: s for s in await data.settings()}
+        return {"fields": [known[k] for k in SETUP_KEYS if k in known], "error": error, "done": done}
+
+    @router.get("/setup", response_class=HTMLResponse, dependencies=[Session])
+    async def setup_page(request: Request) -> HTMLResponse:
+        return pages.render(request, "setup.html", await _setup_context(), fragments=("wizard",))
+
+    @router.post("/setup", response_class=HTMLResponse, dependencies=[Session])
+    async def setup_submit(request: Request) -> HTMLResponse:
+        form = await request.form()
+        known = {s.key: s for s in await data.settings()}
+        try:
+            for key in SETUP_KEYS:
+                raw = form.get(key)
+                if key not in known or not isinstance(raw, str) or not raw.strip():
+                    continue  # blank fields keep their current value (and secrets stay hidden)
+                await data.put_setting(key, _form_value(known[key], raw), opts.actor)
+            enabled = {
+                "alert.email.enabled": bool(str(form.get("alert.email.recipients") or "").strip()),
+                "alert.slack.enabled": bool(str(form.get("alert.slack.webhook_url") or "").strip()),
+            }
+            for key, on in enabled.items():
+                if on and key in known:
+                    await data.put_setting(key, True, opts.actor)
+            if "setup.completed" in known:
+                await data.put_setting("setup.completed", True, opts.actor)
+        except SettingError as exc:
+            ctx = await _setup_context(error=str(exc))
+            return pages.render(request, "setup.html", ctx, fragments=("wizard",), status_code=422)
+        return pages.render(request, "setup.html", await _setup_context(done=True), fragments=("wizard",))
+
+    return router
+
+
+def install(
+    app: FastAPI,
+    data: DashboardData,
+    auth: Authenticator,
+    options: WebOptions | None = None,
+) -> None:
+    """Mount the dashboard and its static files (htmx, CSS) on an application."""
+    static_dir = files("llmscope.web") / "static"
+    app.mount("/static", StaticFiles(directory=str(static_dir)), name="static")
+    app.include_router(create_router(data, auth, options))
+
+
+__all__ = ["SESSION_COOKIE", "Series", "WebOptions", "create_router", "install"]

@@ -1,0 +1,160 @@
+"""Server-side rendering of a control chart as inline SVG (no JavaScript chart library to vendor).
+
+Points, the center line, UCL/LCL, zone A/B bounds, min-max bands for bucketed points and
+violations marked in red. A chart without limits says it is collecting its baseline.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from html import escape
+
+from markupsafe import Markup
+
+from llmscope.web.data import ChartData
+
+WIDTH = 960
+HEIGHT = 320
+PAD_L, PAD_R, PAD_T, PAD_B = 64, 96, 16, 28
+
+
+def _fmt(v: float) -> str:
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    span = hi - lo
+    if span <= 0:
+        return [lo]
+    raw = span / count
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    first = math.ceil(lo / step) * step
+    ticks = []
+    t = first
+    while t <= hi + 1e-9:
+        ticks.append(round(t, 10))
+        t += step
+    return ticks
+
+
+def render_chart(data: ChartData, *, width: int = WIDTH, height: int = HEIGHT) -> Markup:
+    """The chart as an ``<svg>`` element, sized by viewBox so it scales with its container."""
+    plot_w = width - PAD_L - PAD_R
+    plot_h = height - PAD_T - PAD_B
+    t0 = data.start.timestamp()
+    t1 = max(data.end.timestamp(), t0 + 1)
+
+    values: list[float] = []
+    for p in data.points:
+        values.append(p.value)
+        if p.lo is not None:
+            values.append(p.lo)
+        if p.hi is not None:
+            values.append(p.hi)
+    lim = data.limits
+    if lim is not None:
+        values += [lim.ucl, lim.lcl, lim.center]
+    values += [v.value for v in data.violations]
+    if values:
+        lo, hi = min(values), max(values)
+    else:
+        lo, hi = 0.0, 1.0
+    if hi - lo < 1e-9:
+        lo, hi = lo - 1, hi + 1
+    margin = (hi - lo) * 0.06
+    lo, hi = lo - margin, hi + margin
+    if min(values or [0.0]) >= 0:
+        lo = max(lo, 0.0)
+
+    def x(ts: datetime) -> float:
+        return PAD_L + (ts.timestamp() - t0) / (t1 - t0) * plot_w
+
+    def y(v: float) -> float:
+        return PAD_T + (hi - v) / (hi - lo) * plot_h
+
+    q = data.query
+    label = f"{q.provider}/{q.model} · prompt {q.prompt_id} · {q.metric}"
+    out: list[str] = [
+        f'<svg class="control-chart" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="{escape(label)}" xmlns="http://www.w3.org/2000/svg">',
+        f'<rect x="{PAD_L}" y="{PAD_T}" width="{plot_w}" height="{plot_h}" class="plot-bg"/>',
+    ]
+    for tick in _nice_ticks(lo, hi):
+        ty = y(tick)
+        out.append(
+            f'<line x1="{PAD_L}" x2="{PAD_L + plot_w}" y1="{ty:.1f}" y2="{ty:.1f}" class="grid"/>'
+            f'<text x="{PAD_L - 6}" y="{ty + 4:.1f}" class="tick" text-anchor="end">{_fmt(tick)}</text>'
+        )
+    for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
+        ts = datetime.fromtimestamp(t0 + frac * (t1 - t0), tz=data.start.tzinfo)
+        tx = PAD_L + frac * plot_w
+        out.append(
+            f'<text x="{tx:.1f}" y="{height - 8}" class="tick" text-anchor="middle">'
+            f"{ts.strftime('%H:%M')}</text>"
+        )
+
+    if lim is not None:
+        lines = [
+            (lim.zone_b_upper, "zone", "+1σ"),
+            (lim.zone_b_lower, "zone", "−1σ"),
+            (lim.zone_a_upper, "zone", "+2σ"),
+            (lim.zone_a_lower, "zone", "−2σ"),
+            (lim.ucl, "limit", "UCL"),
+            (lim.lcl, "limit", "LCL"),
+            (lim.center, "center", "CL"),
+        ]
+        for value, cls, name in lines:
+            if not (lo <= value <= hi):
+                continue
+            ly = y(value)
+            out.append(
+                f'<line x1="{PAD_L}" x2="{PAD_L + plot_w}" y1="{ly:.1f}" y2="{ly:.1f}" class="{cls}"/>'
+                f'<text x="{PAD_L + plot_w + 4}" y="{ly + 4:.1f}" class="{cls}-label">'
+                f"{name} {_fmt(value)}</text>"
+            )
+
+    pts = [p for p in data.points if t0 <= p.ts.timestamp() <= t1]
+    if data.bucket_s and pts:
+        upper = " ".join(f"{x(p.ts):.1f},{y(p.hi if p.hi is not None else p.value):.1f}" for p in pts)
+        lower = " ".join(
+            f"{x(p.ts):.1f},{y(p.lo if p.lo is not None else p.value):.1f}" for p in reversed(pts)
+        )
+        out.append(f'<polygon points="{upper} {lower}" class="band"/>')
+    if pts:
+        line = " ".join(f"{x(p.ts):.1f},{y(p.value):.1f}" for p in pts)
+        out.append(f'<polyline points="{line}" class="series"/>')
+        if len(pts) <= 400:
+            for p in pts:
+                out_of_limits = lim is not None and not (lim.lcl <= p.value <= lim.ucl)
+                cls = "point out" if out_of_limits else "point"
+                out.append(
+                    f'<circle cx="{x(p.ts):.1f}" cy="{y(p.value):.1f}" r="2.5" class="{cls}">'
+                    f"<title>{p.ts.strftime('%H:%M:%S')} {_fmt(p.value)}</title></circle>"
+                )
+    for v in data.violations:
+        if not (t0 <= v.ts.timestamp() <= t1):
+            continue
+        out.append(
+            f'<a href="/violations/{escape(v.id)}"><circle cx="{x(v.ts):.1f}" cy="{y(v.value):.1f}" '
+            f'r="5" class="violation {escape(v.severity)}"><title>{escape(v.rule)} {escape(v.severity)} '
+            f"{_fmt(v.value)}</title></circle></a>"
+        )
+    if lim is None:
+        out.append(
+            f'<text x="{PAD_L + plot_w / 2:.1f}" y="{PAD_T + 24}" class="baseline-note" '
+            f'text-anchor="middle">collecting baseline {data.baseline_points}/{data.baseline_needed}'
+            "</text>"
+        )
+    if not pts:
+        out.append(
+            f'<text x="{PAD_L + plot_w / 2:.1f}" y="{PAD_T + plot_h / 2:.1f}" class="empty-note" '
+            'text-anchor="middle">no successful probes in this window</text>'
+        )
+    out.append("</svg>")
+    return Markup("".join(out))

@@ -1,0 +1,64 @@
+"""The API under test: a real app (real Postgres and nats-server from the root fixtures)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from llmscope.api.app import create_app
+from llmscope.api.runtime import Runtime
+from llmscope.api.settings import ApiSettings
+from llmscope.api.store import Store
+from llmscope.bus.settings import BusSettings
+from llmscope.config.env import Secret
+
+API_KEY = "test-key-0123456789abcdef"
+
+
+@pytest.fixture
+def settings(database_url: str, nats_url: str) -> ApiSettings:
+    return ApiSettings(
+        database_url=Secret(database_url),
+        api_key=Secret(API_KEY),
+        bus=BusSettings(nats_url=nats_url),
+        port=0,
+        baseline_points=20,
+    )
+
+
+@dataclass
+class Api:
+    app: FastAPI
+    client: httpx.AsyncClient
+    anon: httpx.AsyncClient
+
+    @property
+    def runtime(self) -> Runtime:
+        rt = self.app.state.runtime
+        assert isinstance(rt, Runtime)
+        return rt
+
+    @property
+    def store(self) -> Store:
+        return self.runtime.store
+
+
+@pytest.fixture
+async def api(settings: ApiSettings) -> AsyncIterator[Api]:
+    """The app with its lifespan running, a client with the key and one without."""
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app):
+        async with (
+            httpx.AsyncClient(
+                transport=transport,
+                base_url="http://testserver",
+                headers={"Authorization": f"Bearer {API_KEY}"},
+            ) as client,
+            httpx.AsyncClient(transport=transport, base_url="http://testserver") as anon,
+        ):
+            yield Api(app, client, anon)
