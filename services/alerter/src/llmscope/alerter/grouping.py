@@ -25,6 +25,7 @@ class ChannelView:
 
     name: str
     send_resolved: bool = True
+    kind: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ async def post(
             if error is not None:
                 raise error
             return resp.status, body
-    except aiohttp.InvalidURL as exc:
-        raise DeliveryError(f"invalid URL: {exc}", retryable=False) from exc
+    except aiohttp.InvalidURL:
+        raise DeliveryError("invalid URL (not shown: it may hold a credential)", retryable=False) from None
     except aiohttp.ClientError as exc:
         raise DeliveryError(f"transport error: {exc!r}", retryable=True) from exc

@@ -1,0 +1,168 @@
+"""``python -m llmscope.alerter`` / ``llmscope alerter``: the alerter service.
+
+Flags: ``--config PATH`` (overrides LLMSCOPE_ALERTER_CONFIG), ``--check-config`` (validate the
+configuration, print routes and channels without secrets, exit), ``--log-level``. Environment
+variables: see :mod:`llmscope.alerter.settings`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+
+from llmscope.alerter.config import build_runtime, load_file
+from llmscope.alerter.migrate import migrate
+from llmscope.alerter.service import Alerter, AlerterOptions, utcnow
+from llmscope.alerter.settings import AlerterSettings
+from llmscope.alerter.store import Store
+from llmscope.bus.connection import connect
+from llmscope.bus.consumer import ConsumerOptions, DurableConsumer
+from llmscope.bus.deadletter import DeadLetters
+from llmscope.bus.publisher import Publisher
+from llmscope.bus.streams import ensure_streams
+from llmscope.config.env import ConfigError, Env
+from llmscope.config.health import HealthServer
+from llmscope.config.logs import get_logger, setup_logging
+from llmscope.proto import codec, subjects
+from llmscope.proto.violation import ViolationEvent
+
+log = get_logger("llmscope.alerter")
+
+
+def _decode(data: bytes) -> ViolationEvent:
+    return codec.decode_as(data, ViolationEvent)
+
+
+async def serve(settings: AlerterSettings, env: Env, stop: asyncio.Event) -> None:
+    file = load_file(settings.config_path) if settings.config_path else None
+    pool = await asyncpg.create_pool(settings.database_url.get(), min_size=1, max_size=8)
+    try:
+        async with pool.acquire() as conn:
+            applied = await migrate(conn)
+        if applied:
+            log.info("schema migrated", applied=",".join(applied))
+        nc = await connect(settings.bus.nats_url, f"llmscope-alerter-{settings.instance}")
+        try:
+            js = nc.jetstream()
+            await ensure_streams(js, settings.bus)
+            publisher = Publisher(js)
+            store = Store(
+                pool,
+                instance=settings.instance,
+                clock=utcnow,
+                lease=settings.lease_s,
+                incident_window=settings.incident_window_s,
+                analysis_delay=settings.analysis_delay_s,
+                analysis_lease=(settings.llm.timeout if settings.llm else 0) + 60,
+            )
+            async with aiohttp.ClientSession() as session:
+                alerter = Alerter(
+                    store,
+                    env=env,
+                    session=session,
+                    publisher=publisher,
+                    options=AlerterOptions(
+                        public_url=settings.public_url,
+                        severities=settings.severities,
+                        tick_s=settings.tick_s,
+                        retry=settings.retry,
+                        concurrency=settings.concurrency,
+                        settings_refresh_s=settings.settings_refresh_s,
+                        llm=settings.llm,
+                        config_file=file,
+                        timings=settings.timings,
+                    ),
+                )
+                await alerter.runtime()  # a bad file or env fails here, before consuming
+                consumer = DurableConsumer(
+                    js=js,
+                    stream=subjects.STREAM_VIOLATIONS,
+                    durable=settings.durable,
+                    filter_subjects=[subjects.VIOLATIONS_ALL],
+                    decode=_decode,
+                    handler=alerter.on_violations,
+                    dead_letters=DeadLetters(publisher, "alerter"),
+                    options=ConsumerOptions(batch_size=64),
+                )
+                health = None
+                if settings.health_port:
+                    health = HealthServer(settings.health_host, settings.health_port, lambda: alerter.ready)
+                    await health.start()
+                log.info("alerter running", instance=settings.instance, durable=settings.durable)
+                try:
+                    await asyncio.gather(consumer.run(stop), alerter.run_loops(stop))
+                finally:
+                    await alerter.drain_deliveries(grace=5.0)
+                    if health is not None:
+                        await health.stop()
+        finally:
+            await nc.drain()
+    finally:
+        await pool.close()
+
+
+def check_config(settings: AlerterSettings, env: Env) -> int:
+    file = load_file(settings.config_path) if settings.config_path else None
+    runtime = build_runtime(file, env, {}, timings=settings.timings, severities=settings.severities)
+    for spec in runtime.channels.values():
+        print(
+            f"channel {spec.name}: kind={spec.kind} enabled={spec.enabled} send_resolved={spec.send_resolved}"
+        )
+    for r in runtime.routes:
+        print(
+            f"route {r.name}: channels={','.join(r.channels) or '-'} severities={','.join(r.severities)}"
+            f" rules={','.join(r.rules) or 'any'} models={','.join(r.models) or 'any'}"
+            f" group_by={','.join(r.group_by)} wait={r.group_wait:g}s interval={r.group_interval:g}s"
+            f" repeat={r.repeat_interval:g}s"
+        )
+    for s in runtime.silences:
+        print(f"silence {s.id}: {s.kind} by {s.author}: {s.reason}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="llmscope alerter", description="LLMscope alerter service")
+    parser.add_argument(
+        "--config", type=Path, help="routes/channels file (overrides LLMSCOPE_ALERTER_CONFIG)"
+    )
+    parser.add_argument("--check-config", action="store_true", help="validate the configuration and exit")
+    parser.add_argument("--log-level", help="overrides LLMSCOPE_LOG_LEVEL")
+    args = parser.parse_args(argv)
+    env = Env()
+    try:
+        settings = AlerterSettings.from_env(env)
+        if args.config is not None:
+            if not args.config.is_file():
+                raise ConfigError(f"--config {args.config}: no such file")
+            settings = replace(settings, config_path=args.config)
+        if args.check_config:
+            return check_config(settings, env)
+    except ConfigError as exc:
+        print(f"llmscope alerter: configuration error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging("alerter", args.log_level or settings.log_level)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(settings, env, stop)
+
+    try:
+        asyncio.run(run())
+    except ConfigError as exc:
+        print(f"llmscope alerter: configuration error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

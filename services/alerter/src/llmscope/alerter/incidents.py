@@ -1,0 +1,67 @@
+"""Correlating violations into incidents (pure).
+
+A violation joins an open incident when it comes within ``window`` of the incident's last
+violation and either concerns a model already in it, or shares its host (or, when neither has a
+host label, its provider): several models degrading together is one cascade, not many incidents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from llmscope.proto.violation import SEVERITIES, Severity, ViolationEvent
+
+
+@dataclass(frozen=True, slots=True)
+class OpenIncident:
+    id: str
+    provider: str
+    host: str
+    models: tuple[str, ...]
+    last_violation_at: datetime
+
+
+def at(event: ViolationEvent) -> datetime:
+    return event.opened_at or event.ts
+
+
+def correlate(
+    event: ViolationEvent, open_incidents: Iterable[OpenIncident], window: float
+) -> OpenIncident | None:
+    """The open incident this violation belongs to, or None for a new one."""
+    when = at(event)
+    best: OpenIncident | None = None
+    for inc in open_incidents:
+        if abs((when - inc.last_violation_at).total_seconds()) > window:
+            continue
+        same_model = inc.provider == event.provider and event.model in inc.models
+        same_host = bool(event.host) and inc.host == event.host
+        same_provider = not event.host and not inc.host and inc.provider == event.provider
+        if (same_model or same_host or same_provider) and (
+            best is None or inc.last_violation_at > best.last_violation_at
+        ):
+            best = inc
+    return best
+
+
+def incident_id_for(first: ViolationEvent) -> str:
+    """Derived from the first violation, so a replay after a crash makes the same incident."""
+    return f"inc-{first.episode_id}"
+
+
+def worst_severity(severities: Iterable[str]) -> Severity:
+    ranked = [s for s in SEVERITIES if s in set(severities)]
+    return ranked[0] if ranked else "warning"
+
+
+def title_for(events: Sequence[ViolationEvent]) -> str:
+    models = sorted({e.model for e in events})
+    first = events[0]
+    where = first.host or first.provider
+    metrics = ", ".join(sorted({e.metric for e in events}))
+    if len(models) > 1:
+        return f"Cascade on {where}: {len(models)} models degraded ({', '.join(models)}) - {metrics}"
+    rules = ", ".join(sorted({e.rule for e in events}))
+    return f"{first.provider}/{first.model} on {where}: {metrics} out of control ({rules})"

@@ -1,0 +1,347 @@
+"""The alerter service: consume violations, flush groups, deliver, publish incidents, analyse.
+
+Pipeline per group flush: ``mute -> dedup`` (pure, :func:`grouping.decide`) ``-> claim`` (the
+notification row, committed before any I/O) ``-> send_with_retry -> record``. Violations are
+acked once recorded in Postgres (alert, group, incident: the message is then durably pending);
+delivery happens off the ack path, from the groups' timers, in whichever replica claims them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import aiohttp
+from prometheus_client import Counter
+
+from llmscope.alerter.analysis import summarize
+from llmscope.alerter.config import AlerterFile, RuntimeConfig, Timings, build_runtime
+from llmscope.alerter.grouping import ChannelView
+from llmscope.alerter.llm import LlmConfig, LlmResult, analyze
+from llmscope.alerter.model import Alert
+from llmscope.alerter.notifiers.base import AlertView, Notification, Notifier
+from llmscope.alerter.notifiers.registry import build_notifier
+from llmscope.alerter.retry import Attempt, DeliveryError, Outcome, RetryPolicy, send_with_retry
+from llmscope.alerter.store import AnalysisJob, Claim, Store
+from llmscope.bus.consumer import Delivery
+from llmscope.bus.publisher import Publisher, PublishFailed
+from llmscope.config.env import Env
+from llmscope.config.logs import get_logger
+from llmscope.proto.incident import IncidentAnalysis
+from llmscope.proto.violation import Severity, ViolationEvent
+
+log = get_logger("llmscope.alerter")
+
+NOTIFICATIONS = Counter(
+    "llmscope_alerter_notifications_total",
+    "Notifications finished, by channel and status",
+    ["channel", "status"],
+)
+ATTEMPTS = Counter("llmscope_alerter_delivery_attempts_total", "Delivery attempts", ["channel", "ok"])
+VIOLATIONS = Counter("llmscope_alerter_violations_total", "Violation events recorded", ["state"])
+
+NotifierFactory = Callable[[str, RuntimeConfig, aiohttp.ClientSession], Notifier]
+
+
+def default_notifier_factory(name: str, runtime: RuntimeConfig, session: aiohttp.ClientSession) -> Notifier:
+    return build_notifier(runtime.channels[name], session)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class AlerterOptions:
+    """What the service needs beyond the store; every field has a test-friendly override."""
+
+    public_url: str = "http://127.0.0.1:8000"
+    severities: tuple[Severity, ...] = ("critical",)
+    tick_s: float = 1.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    concurrency: int = 16
+    settings_refresh_s: float = 10.0
+    llm: LlmConfig | None = None
+    config_file: AlerterFile | None = None
+    timings: Timings = field(default_factory=Timings)
+
+
+class Alerter:
+    """Wires the store, the channels and the loops; knows nothing of NATS but the Publisher."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        env: Env,
+        session: aiohttp.ClientSession,
+        publisher: Publisher | None,
+        options: AlerterOptions,
+        notifier_factory: NotifierFactory = default_notifier_factory,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self._env = env
+        self._session = session
+        self._publisher = publisher
+        self._opts = options
+        self._factory = notifier_factory
+        self._rng = rng or random.Random()
+        self._runtime: RuntimeConfig | None = None
+        self._runtime_at = 0.0
+        self._sem = asyncio.Semaphore(options.concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake_outbox = asyncio.Event()
+        self.ready = False
+
+    # -- configuration ----------------------------------------------------------------------
+
+    async def runtime(self) -> RuntimeConfig:
+        """File + environment + the API's settings, re-read every ``settings_refresh_s``."""
+        loop = asyncio.get_running_loop()
+        if self._runtime is None or loop.time() - self._runtime_at >= self._opts.settings_refresh_s:
+            settings = await self.store.read_settings()
+            self._runtime = build_runtime(
+                self._opts.config_file,
+                self._env,
+                settings,
+                timings=self._opts.timings,
+                severities=self._opts.severities,
+                timeout=self._opts.retry.attempt_timeout,
+            )
+            self._runtime_at = loop.time()
+        return self._runtime
+
+    # -- ingest: the JetStream handler ------------------------------------------------------
+
+    async def on_violations(self, deliveries: Sequence[Delivery[ViolationEvent]]) -> None:
+        """Record a batch; returning acks it (the store committed), raising naks it."""
+        runtime = await self.runtime()
+        events = [d.event for d in deliveries]
+        await self.store.ingest(events, runtime.routes, runtime.allowed_rules)
+        for ev in events:
+            VIOLATIONS.labels(ev.state).inc()
+        self._wake_outbox.set()
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    async def dispatch_once(self) -> list[asyncio.Task[None]]:
+        """Take over dead claims, flush due groups; start a delivery task per claimed message."""
+        runtime = await self.runtime()
+        views = {
+            name: ChannelView(name, spec.send_resolved, spec.kind)
+            for name, spec in runtime.channels.items()
+            if spec.enabled
+        }
+        claims = await self.store.reclaim_expired()
+        claims += await self.store.claim_due(runtime.routes, views, runtime.silences)
+        started = []
+        for claim in claims:
+            task = asyncio.create_task(self._deliver_bounded(claim, runtime), name=f"deliver {claim.id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            started.append(task)
+        return started
+
+    async def _deliver_bounded(self, claim: Claim, runtime: RuntimeConfig) -> None:
+        async with self._sem:
+            try:
+                await self.deliver(claim, runtime)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The claim stays 'sending'; its lease runs out and a replica tries again.
+                log.exception("delivery crashed", notification=claim.id)
+
+    async def notification_for(self, claim: Claim) -> Notification:
+        events = [a.event for a in (*claim.firing, *claim.resolved)]
+        context = await self.store.context_for(events)
+
+        def view(a: Alert) -> AlertView:
+            return AlertView(a.event, a.cleared, a.acknowledged_by, context.get(a.episode_id, ()))
+
+        return Notification(
+            id=claim.id,
+            created_at=claim.created_at,
+            reason=claim.reason,  # type: ignore[arg-type]
+            route=claim.route,
+            group_key=claim.group_key,
+            channel=claim.channel,
+            firing=tuple(view(a) for a in claim.firing),
+            resolved=tuple(view(a) for a in claim.resolved),
+            group_labels=claim.group_labels,
+            public_url=self._opts.public_url,
+            lead_episode_id=claim.lead_episode_id,
+        )
+
+    async def deliver(self, claim: Claim, runtime: RuntimeConfig) -> Outcome:
+        """send_with_retry -> record, for one claimed notification."""
+        bound = log.bind(
+            notification=claim.id, channel=claim.channel, group=claim.group_key, reason=claim.reason
+        )
+        if claim.channel not in runtime.channels:
+            outcome = Outcome(
+                "failed", (Attempt(1, self.store.clock(), False, "channel no longer configured"),)
+            )
+            await self.store.fail_unbuildable(claim.id, "channel no longer configured")
+            NOTIFICATIONS.labels(claim.channel, "failed").inc()
+            return outcome
+        notifier = self._factory(claim.channel, runtime, self._session)
+        notification = await self.notification_for(claim)
+        try:
+            payload = notifier.build_payload(notification)
+        except DeliveryError as exc:
+            await self.store.fail_unbuildable(claim.id, str(exc))
+            bound.error("cannot build the message", error=str(exc))
+            NOTIFICATIONS.labels(claim.channel, "failed").inc()
+            return Outcome("failed", (Attempt(1, self.store.clock(), False, str(exc)),))
+
+        async def on_attempt(attempt: Attempt) -> None:
+            ATTEMPTS.labels(claim.channel, str(attempt.ok).lower()).inc()
+            await self.store.record_attempt(claim.id, attempt)
+            if not attempt.ok:
+                bound.warning("delivery attempt failed", attempt=attempt.number, error=attempt.detail[:200])
+
+        async def send() -> str:
+            return await notifier.send(payload)
+
+        outcome = await send_with_retry(
+            send,
+            policy=self._opts.retry,
+            rng=self._rng,
+            now=self.store.clock,
+            on_attempt=on_attempt,
+            before_attempt=lambda: self.store.renew(claim.id),
+        )
+        await self.store.finish(claim.id, outcome)
+        NOTIFICATIONS.labels(claim.channel, outcome.status).inc()
+        bound.info("notification finished", status=outcome.status, attempts=len(outcome.attempts))
+        return outcome
+
+    async def drain_deliveries(self, grace: float) -> None:
+        """Give in-flight deliveries ``grace`` seconds; unfinished ones are taken over after their lease."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=grace)
+
+    # -- outbox: incident events ------------------------------------------------------------
+
+    async def publish_outbox(self) -> int:
+        if self._publisher is None:
+            return 0
+        published = 0
+        for row in await self.store.pending_outbox():
+            try:
+                await self._publisher.publish_raw(row["subject"], bytes(row["payload"]), msg_id=row["msg_id"])
+            except PublishFailed as exc:
+                log.warning("incident event not published yet", subject=row["subject"], error=str(exc))
+                return published
+            await self.store.mark_published(row["id"])
+            published += 1
+        return published
+
+    # -- analysis ---------------------------------------------------------------------------
+
+    async def analyze_once(self) -> bool:
+        """Analyse one due incident; False when none is due. Never raises for the LLM's sake."""
+        job = await self.store.claim_analysis()
+        if job is None:
+            return False
+        analysis, similar = await self.analysis_for(job)
+        await self.store.save_analysis(job, analysis, similar)
+        self._wake_outbox.set()
+        return True
+
+    async def analysis_for(self, job: AnalysisJob) -> tuple[IncidentAnalysis, list[tuple[str, float]]]:
+        telemetry = await self.store.telemetry_points(job.events)
+        summary, moves, rules = summarize(job.events, cleared=job.cleared, telemetry=telemetry)
+        llm = self._opts.llm
+        if llm is None:
+            result = LlmResult("disabled")
+        else:
+            result = await analyze(
+                self._session, llm, job.title, summary, critical=job.severity == "critical"
+            )
+        if result.status != "ok" and llm is not None:
+            log.warning(
+                "LLM analysis unavailable; the deterministic summary stands",
+                incident=job.incident_id,
+                status=result.status,
+                error=(result.error or "")[:200],
+            )
+        text = " ".join(
+            [
+                job.title,
+                *rules,
+                *sorted({e.metric for e in job.events}),
+                *sorted({e.model for e in job.events}),
+            ]
+        )
+        similar = await self.store.similar_incidents(job.incident_id, text, job.opened_at)
+        marked = (
+            summary
+            if result.status == "ok"
+            else f"{summary}\n(Deterministic analysis only: LLM {result.status}.)"
+        )
+        analysis = IncidentAnalysis(
+            summary=marked,
+            moves=moves,
+            rules=rules,
+            llm_status=result.status,
+            llm_error=result.error,
+            llm_model=llm.model if llm else None,
+            hypothesis=result.hypothesis,
+            engineering_email=result.engineering_email,
+            customer_notice=result.customer_notice,
+        )
+        return analysis, similar
+
+    # -- loops ------------------------------------------------------------------------------
+
+    async def run_loops(self, stop: asyncio.Event) -> None:
+        """Dispatcher, outbox publisher and analysis worker until ``stop``."""
+        self.ready = True
+        try:
+            await asyncio.gather(
+                self._every(stop, self._opts.tick_s, self.dispatch_once, "dispatch"),
+                self._outbox_loop(stop),
+                self._every(stop, self._opts.tick_s, self._analyze_all, "analysis"),
+            )
+        finally:
+            self.ready = False
+
+    async def _analyze_all(self) -> None:
+        while await self.analyze_once():
+            pass
+
+    async def _outbox_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.publish_outbox()
+            except Exception:
+                log.exception("outbox publishing failed")
+            self._wake_outbox.clear()
+            waiter = asyncio.ensure_future(self._wake_outbox.wait())
+            stopper = asyncio.ensure_future(stop.wait())
+            await asyncio.wait(
+                {waiter, stopper}, timeout=max(self._opts.tick_s, 1.0), return_when=asyncio.FIRST_COMPLETED
+            )
+            waiter.cancel()
+            stopper.cancel()
+
+    @staticmethod
+    async def _every(stop: asyncio.Event, period: float, fn: Callable[[], object], what: str) -> None:
+        while not stop.is_set():
+            try:
+                res = fn()
+                if asyncio.iscoroutine(res):
+                    await res
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception(f"{what} loop iteration failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=period)

@@ -1,0 +1,960 @@
+"""Postgres state of the alerter: alerts, groups, the notification log, silences, incidents, outbox.
+
+Every decision that leads to a message is taken in a transaction that also claims the
+notification row (status ``sending`` with a lease); the message is sent only after that commit.
+Two replicas never claim the same group at once (``FOR UPDATE SKIP LOCKED``) and never reuse a
+notification id (unique ``group, channel, seq``); a claim whose sender died is taken over when its
+lease runs out, so a crash between claim and send delays a message but never drops it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeAlias
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from llmscope.alerter.analysis import TelemetryPoint, summarize
+from llmscope.alerter.dedup import LastNotification
+from llmscope.alerter.grouping import ChannelView, decide, first_flush_at
+from llmscope.alerter.incidents import OpenIncident, correlate, incident_id_for, title_for, worst_severity
+from llmscope.alerter.model import Alert, labels_of
+from llmscope.alerter.notifiers.base import ContextPoint
+from llmscope.alerter.retry import Attempt, Outcome
+from llmscope.alerter.routing import Route, group_key, group_labels, route_alert
+from llmscope.alerter.silences import Silence, Weekly
+from llmscope.config.logs import get_logger
+from llmscope.proto import codec, subjects
+from llmscope.proto.incident import IncidentAnalysis, IncidentChange, IncidentEvent, SimilarIncident
+from llmscope.proto.violation import ViolationEvent
+
+log = get_logger("llmscope.alerter.store")
+
+Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+
+# Numeric telemetry columns a violation's metric may name (the context table reads one of them).
+TELEMETRY_METRICS = frozenset(
+    {
+        "latency_ms",
+        "ttft_ms",
+        "total_duration_ms",
+        "load_duration_ms",
+        "prompt_eval_duration_ms",
+        "eval_duration_ms",
+        "prompt_eval_count",
+        "eval_count",
+        "tokens_per_s",
+        "cpu_percent",
+        "memory_percent",
+        "gpu_percent",
+        "gpu_memory_percent",
+    }
+)
+CONTEXT_POINTS = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A notification this instance has claimed and must now send."""
+
+    id: str
+    group_id: int
+    route: str
+    group_key: str
+    group_labels: Mapping[str, str]
+    channel: str
+    channel_kind: str
+    reason: str
+    firing: tuple[Alert, ...]
+    resolved: tuple[Alert, ...]
+    lead_episode_id: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AnalysisJob:
+    incident_id: str
+    title: str
+    severity: str
+    events: tuple[ViolationEvent, ...]
+    cleared: frozenset[str]
+    due_at: datetime
+    opened_at: datetime
+
+
+def _json(event: ViolationEvent) -> str:
+    return codec.encode(event).decode()
+
+
+def _event(raw: str | None) -> ViolationEvent | None:
+    return None if raw is None else codec.decode_as(raw.encode(), ViolationEvent)
+
+
+def _alert(row: asyncpg.Record) -> Alert:
+    event = _event(row["open_event"])
+    assert event is not None
+    return Alert(
+        event=event,
+        cleared=_event(row["cleared_event"]),
+        acknowledged_at=row["acknowledged_at"],
+        acknowledged_by=row["acknowledged_by"],
+    )
+
+
+class Store:
+    """All of the alerter's SQL. ``clock`` gives aware UTC datetimes (injected for tests)."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        instance: str,
+        clock: Callable[[], datetime],
+        lease: float = 60.0,
+        incident_window: float = 300.0,
+        analysis_delay: float = 30.0,
+        analysis_lease: float = 120.0,
+    ) -> None:
+        self.pool = pool
+        self.instance = instance
+        self.clock = clock
+        self.lease = timedelta(seconds=lease)
+        self.incident_window = incident_window
+        self.analysis_delay = timedelta(seconds=analysis_delay)
+        self.analysis_lease = timedelta(seconds=analysis_lease)
+        self._log = log.bind(instance=instance)
+
+    # -- ingest (on the JetStream ack path) ---------------------------------------------------
+
+    async def ingest(
+        self, events: Sequence[ViolationEvent], routes: Sequence[Route], allowed_rules: frozenset[str] | None
+    ) -> None:
+        """Record violations, place them in groups and incidents; one transaction for the batch."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            for ev in events:
+                if ev.state == "open":
+                    await self._ingest_open(conn, ev, routes, allowed_rules)
+                else:
+                    await self._ingest_clear(conn, ev)
+
+    async def _ingest_open(
+        self,
+        conn: Conn,
+        ev: ViolationEvent,
+        routes: Sequence[Route],
+        allowed_rules: frozenset[str] | None,
+    ) -> None:
+        opened = ev.opened_at or ev.ts
+        inserted = await conn.fetchval(
+            "INSERT INTO alerter_alerts (episode_id, provider, model, host, rule, severity, metric,"
+            " opened_at, open_event) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9::jsonb)"
+            " ON CONFLICT (episode_id) DO NOTHING RETURNING episode_id",
+            ev.episode_id,
+            ev.provider,
+            ev.model,
+            ev.host,
+            ev.rule,
+            ev.severity,
+            ev.metric,
+            opened,
+            _json(ev),
+        )
+        if inserted is None:
+            return  # a redelivery: everything below happened already
+        early = await conn.fetchval(
+            "DELETE FROM alerter_early_clears WHERE episode_id = $1 RETURNING event::text", ev.episode_id
+        )
+        if early is not None:
+            cleared = _event(early)
+            assert cleared is not None
+            await conn.execute(
+                "UPDATE alerter_alerts SET cleared_at = $2, cleared_event = $3::jsonb WHERE episode_id = $1",
+                ev.episode_id,
+                cleared.ts,
+                early,
+            )
+        labels = labels_of(ev)
+        for route in route_alert(routes, labels, allowed_rules=allowed_rules):
+            group_id = await self._join_group(conn, route, labels, ev.episode_id)
+            await conn.execute(
+                "INSERT INTO alerter_group_alerts (group_id, episode_id) VALUES ($1, $2) ON CONFLICT"
+                " DO NOTHING",
+                group_id,
+                ev.episode_id,
+            )
+        await self._incident_open(conn, ev)
+        if early is not None:
+            await self._incident_clear(conn, ev.episode_id)
+
+    async def _join_group(self, conn: Conn, route: Route, labels: Mapping[str, str], episode_id: str) -> int:
+        key = group_key(route, labels)
+        while True:
+            # FOR SHARE waits for a flush holding the group; a group it closed is then skipped.
+            group_id = await conn.fetchval(
+                "SELECT id FROM alerter_groups WHERE route = $1 AND group_key = $2 AND state ="
+                " 'active' FOR SHARE",
+                route.name,
+                key,
+            )
+            if group_id is not None:
+                return int(group_id)
+            now = self.clock()
+            group_id = await conn.fetchval(
+                "INSERT INTO alerter_groups (route, group_key, labels, lead_episode_id, created_at,"
+                " next_flush_at)"
+                " VALUES ($1, $2, $3::jsonb, $4, $5, $6)"
+                " ON CONFLICT (route, group_key) WHERE state = 'active' DO NOTHING RETURNING id",
+                route.name,
+                key,
+                json.dumps(group_labels(route, labels)),
+                episode_id,
+                now,
+                first_flush_at(route, now),
+            )
+            if group_id is not None:
+                return int(group_id)
+
+    async def _ingest_clear(self, conn: Conn, ev: ViolationEvent) -> None:
+        updated = await conn.fetchval(
+            "UPDATE alerter_alerts SET cleared_at = $2, cleared_event = $3::jsonb"
+            " WHERE episode_id = $1 AND cleared_at IS NULL RETURNING episode_id",
+            ev.episode_id,
+            ev.ts,
+            _json(ev),
+        )
+        if updated is None:
+            known = await conn.fetchval("SELECT 1 FROM alerter_alerts WHERE episode_id = $1", ev.episode_id)
+            if known is None:
+                await conn.execute(
+                    "INSERT INTO alerter_early_clears (episode_id, event) VALUES ($1, $2::jsonb)"
+                    " ON CONFLICT DO NOTHING",
+                    ev.episode_id,
+                    _json(ev),
+                )
+            return
+        await self._incident_clear(conn, ev.episode_id)
+
+    # -- flushing groups ----------------------------------------------------------------------
+
+    async def claim_due(
+        self,
+        routes: Sequence[Route],
+        channels: Mapping[str, ChannelView],
+        silences: Sequence[Silence],
+        limit: int = 50,
+    ) -> list[Claim]:
+        """Flush due groups: mute -> dedup, then claim a notification row per message to send."""
+        now = self.clock()
+        by_name = {r.name: r for r in routes}
+        claims: list[Claim] = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            groups = await conn.fetch(
+                "SELECT * FROM alerter_groups WHERE state = 'active' AND next_flush_at <= $1"
+                " ORDER BY next_flush_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+                now,
+                limit,
+            )
+            if not groups:
+                return []
+            all_silences = [*silences, *await self._db_silences(conn, now)]
+            for g in groups:
+                claims.extend(
+                    await self._flush_group(conn, g, by_name.get(g["route"]), channels, all_silences, now)
+                )
+        return claims
+
+    async def _flush_group(
+        self,
+        conn: Conn,
+        g: asyncpg.Record,
+        route: Route | None,
+        channels: Mapping[str, ChannelView],
+        silences: Sequence[Silence],
+        now: datetime,
+    ) -> list[Claim]:
+        if route is None:
+            self._log.warning(
+                "route no longer configured; closing its group", route=g["route"], group=g["group_key"]
+            )
+            await conn.execute(
+                "UPDATE alerter_groups SET state = 'closed', closed_at = $2 WHERE id = $1", g["id"], now
+            )
+            return []
+        rows = await conn.fetch(
+            "SELECT a.* FROM alerter_alerts a JOIN alerter_group_alerts ga USING (episode_id)"
+            " WHERE ga.group_id = $1 ORDER BY a.opened_at, a.episode_id",
+            g["id"],
+        )
+        await self._sync_acks(conn, [r["episode_id"] for r in rows if r["acknowledged_at"] is None])
+        rows = await conn.fetch(
+            "SELECT a.* FROM alerter_alerts a JOIN alerter_group_alerts ga USING (episode_id)"
+            " WHERE ga.group_id = $1 ORDER BY a.opened_at, a.episode_id",
+            g["id"],
+        )
+        alerts = [_alert(r) for r in rows]
+        latest = await conn.fetch(
+            "SELECT DISTINCT ON (channel) channel, status, created_at, firing, resolved"
+            " FROM alerter_notifications WHERE group_id = $1 AND status <> 'expired'"
+            " ORDER BY channel, seq DESC",
+            g["id"],
+        )
+        last = {
+            r["channel"]: LastNotification(r["created_at"], frozenset(r["firing"]), frozenset(r["resolved"]))
+            for r in latest
+        }
+        in_flight = frozenset(r["channel"] for r in latest if r["status"] == "sending")
+        views = [channels[c] for c in route.channels if c in channels]
+        decision = decide(
+            route=route,
+            alerts=alerts,
+            channels=views,
+            last=last,
+            in_flight=in_flight,
+            silences=silences,
+            now=now,
+        )
+        await conn.execute(
+            "UPDATE alerter_alerts a SET muted_by = m.silence FROM"
+            " (SELECT unnest($1::text[]) AS episode_id, unnest($2::text[]) AS silence) m"
+            " WHERE a.episode_id = m.episode_id",
+            list(decision.muted),
+            list(decision.muted.values()),
+        )
+        claims = []
+        labels = json.loads(g["labels"])
+        for plan in decision.plans:
+            seq = await conn.fetchval(
+                "SELECT coalesce(max(seq), 0) + 1 FROM alerter_notifications WHERE group_id = $1 AND"
+                " channel = $2",
+                g["id"],
+                plan.channel,
+            )
+            nid = f"{g['id']}:{plan.channel}:{seq}"
+            await conn.execute(
+                "INSERT INTO alerter_notifications (id, group_id, route, group_key, channel,"
+                " channel_kind, seq,"
+                " reason, status, firing, resolved, announce_resolved, claimed_by, lease_until, created_at)"
+                " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,'sending',$9,$10,$11,$12,$13,$14)",
+                nid,
+                g["id"],
+                route.name,
+                g["group_key"],
+                plan.channel,
+                channels[plan.channel].kind,
+                seq,
+                plan.reason,
+                sorted(plan.record_firing),
+                sorted(plan.record_resolved),
+                [a.episode_id for a in plan.resolved],
+                self.instance,
+                now + self.lease,
+                now,
+            )
+            claims.append(
+                Claim(
+                    id=nid,
+                    group_id=g["id"],
+                    route=route.name,
+                    group_key=g["group_key"],
+                    group_labels=labels,
+                    channel=plan.channel,
+                    channel_kind=channels[plan.channel].kind,
+                    reason=plan.reason,
+                    firing=plan.firing,
+                    resolved=plan.resolved,
+                    lead_episode_id=g["lead_episode_id"],
+                    created_at=now,
+                )
+            )
+        if decision.close:
+            await conn.execute(
+                "UPDATE alerter_groups SET state = 'closed', closed_at = $2 WHERE id = $1", g["id"], now
+            )
+        else:
+            await conn.execute(
+                "UPDATE alerter_groups SET next_flush_at = $2 WHERE id = $1", g["id"], decision.next_flush_at
+            )
+        return claims
+
+    async def reclaim_expired(self, limit: int = 50) -> list[Claim]:
+        """Take over claims whose sender died (lease expired): they are sent again, same id."""
+        now = self.clock()
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT n.*, g.labels, g.lead_episode_id FROM alerter_notifications n"
+                " JOIN alerter_groups g ON g.id = n.group_id"
+                " WHERE n.status = 'sending' AND n.lease_until < $1 ORDER BY n.created_at LIMIT $2"
+                " FOR UPDATE OF n SKIP LOCKED",
+                now,
+                limit,
+            )
+            claims = []
+            for r in rows:
+                await conn.execute(
+                    "UPDATE alerter_notifications SET claimed_by = $2, lease_until = $3, updated_at"
+                    " = $4 WHERE id = $1",
+                    r["id"],
+                    self.instance,
+                    now + self.lease,
+                    now,
+                )
+                ids = list(r["firing"]) + list(r["announce_resolved"])
+                alerts = {
+                    a.episode_id: a
+                    for a in map(
+                        _alert,
+                        await conn.fetch("SELECT * FROM alerter_alerts WHERE episode_id = ANY($1)", ids),
+                    )
+                }
+                self._log.warning("taking over a notification whose sender died", notification=r["id"])
+                claims.append(
+                    Claim(
+                        id=r["id"],
+                        group_id=r["group_id"],
+                        route=r["route"],
+                        group_key=r["group_key"],
+                        group_labels=json.loads(r["labels"]),
+                        channel=r["channel"],
+                        channel_kind=r["channel_kind"],
+                        reason=r["reason"],
+                        firing=tuple(alerts[i] for i in r["firing"] if i in alerts),
+                        resolved=tuple(alerts[i] for i in r["announce_resolved"] if i in alerts),
+                        lead_episode_id=r["lead_episode_id"],
+                        created_at=r["created_at"],
+                    )
+                )
+            return claims
+
+    async def renew(self, notification_id: str) -> bool:
+        """Extend this instance's lease; False when another instance took the claim over."""
+        now = self.clock()
+        ok = await self.pool.fetchval(
+            "UPDATE alerter_notifications SET lease_until = $3, updated_at = $4"
+            " WHERE id = $1 AND claimed_by = $2 AND status = 'sending' RETURNING 1",
+            notification_id,
+            self.instance,
+            now + self.lease,
+            now,
+        )
+        return ok is not None
+
+    async def record_attempt(self, notification_id: str, attempt: Attempt) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            number = await conn.fetchval(
+                "UPDATE alerter_notifications SET attempts = attempts + 1, updated_at = $2,"
+                " last_error = CASE WHEN $3 THEN last_error ELSE $4 END WHERE id = $1 RETURNING attempts",
+                notification_id,
+                attempt.at,
+                attempt.ok,
+                attempt.detail[:2000],
+            )
+            await conn.execute(
+                "INSERT INTO alerter_delivery_attempts (notification_id, attempt, at, ok, retryable,"
+                " status_code,"
+                " detail, instance) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
+                notification_id,
+                number,
+                attempt.at,
+                attempt.ok,
+                attempt.retryable,
+                attempt.status_code,
+                attempt.detail[:2000],
+                self.instance,
+            )
+
+    async def finish(self, notification_id: str, outcome: Outcome) -> None:
+        now = self.clock()
+        await self.pool.execute(
+            "UPDATE alerter_notifications SET status = $3, sent_at = CASE WHEN $3 = 'sent' THEN $4 END,"
+            " detail = $5, lease_until = NULL, updated_at = $4"
+            " WHERE id = $1 AND claimed_by = $2 AND status = 'sending'",
+            notification_id,
+            self.instance,
+            outcome.status,
+            now,
+            outcome.detail[:2000],
+        )
+
+    async def fail_unbuildable(self, notification_id: str, error: str) -> None:
+        """A message that cannot even be rendered (template error, bad address): permanent."""
+        await self.record_attempt(notification_id, Attempt(1, self.clock(), False, error, False))
+        await self.finish(notification_id, Outcome("failed", (Attempt(1, self.clock(), False, error),)))
+
+    # -- acknowledgements -----------------------------------------------------------------------
+
+    async def _sync_acks(self, conn: Conn, episode_ids: Sequence[str]) -> None:
+        """Copy acknowledgements made through the API (its ``violations`` table), if it exists."""
+        if not episode_ids or await conn.fetchval("SELECT to_regclass('violations')") is None:
+            return
+        try:
+            async with conn.transaction():
+                await conn.execute(
+                    "UPDATE alerter_alerts a SET acknowledged_at = v.acknowledged_at,"
+                    " acknowledged_by = v.acknowledged_by"
+                    " FROM violations v WHERE v.episode_id = a.episode_id AND a.episode_id = ANY($1)"
+                    " AND v.acknowledged_at IS NOT NULL AND a.acknowledged_at IS NULL",
+                    list(episode_ids),
+                )
+        except asyncpg.PostgresError as exc:  # an API schema we do not know: acks come through us only
+            self._log.warning("cannot read acknowledgements from the API's violations table", error=str(exc))
+
+    async def acknowledge(self, episode_ids: Iterable[str], by: str) -> int:
+        """Acknowledge episodes: reminders stop; new violations and resolutions still notify."""
+        result = await self.pool.execute(
+            "UPDATE alerter_alerts SET acknowledged_at = $2, acknowledged_by = $3"
+            " WHERE episode_id = ANY($1) AND acknowledged_at IS NULL",
+            list(episode_ids),
+            self.clock(),
+            by,
+        )
+        return int(result.split()[-1])
+
+    # -- silences -------------------------------------------------------------------------------
+
+    async def add_silence(self, s: Silence) -> None:
+        w = s.weekly
+        await self.pool.execute(
+            "INSERT INTO alerter_silences (id, kind, reason, author, providers, models, rules,"
+            " hosts, starts_at,"
+            " ends_at, weekly_days, weekly_start, weekly_end, timezone, created_at)"
+            " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15)",
+            s.id,
+            s.kind,
+            s.reason,
+            s.author,
+            list(s.providers),
+            list(s.models),
+            list(s.rules),
+            list(s.hosts),
+            s.starts_at,
+            s.ends_at,
+            sorted(w.days) if w else None,
+            w.start if w else None,
+            w.end if w else None,
+            w.timezone if w else "UTC",
+            self.clock(),
+        )
+
+    async def expire_silence(self, silence_id: str) -> bool:
+        result = await self.pool.execute(
+            "UPDATE alerter_silences SET expired_at = $2 WHERE id = $1 AND expired_at IS NULL",
+            silence_id,
+            self.clock(),
+        )
+        return result.endswith(" 1")
+
+    async def _db_silences(self, conn: Conn, now: datetime) -> list[Silence]:
+        rows = await conn.fetch(
+            "SELECT * FROM alerter_silences WHERE expired_at IS NULL AND (ends_at IS NULL OR ends_at > $1)",
+            now,
+        )
+        out = []
+        for r in rows:
+            weekly = None
+            if r["weekly_days"]:
+                weekly = Weekly(
+                    frozenset(r["weekly_days"]), r["weekly_start"], r["weekly_end"], r["timezone"]
+                )
+            out.append(
+                Silence(
+                    id=r["id"],
+                    reason=r["reason"],
+                    author=r["author"],
+                    kind=r["kind"],
+                    providers=tuple(r["providers"]),
+                    models=tuple(r["models"]),
+                    rules=tuple(r["rules"]),
+                    hosts=tuple(r["hosts"]),
+                    starts_at=r["starts_at"],
+                    ends_at=r["ends_at"],
+                    weekly=weekly,
+                )
+            )
+        return out
+
+    # -- what other services keep ---------------------------------------------------------------
+
+    async def read_settings(self) -> dict[str, object]:
+        """The API's ``settings`` table as key -> value; empty when the table is not there."""
+        async with self.pool.acquire() as conn:
+            if await conn.fetchval("SELECT to_regclass('settings')") is None:
+                return {}
+            try:
+                rows = await conn.fetch("SELECT key, value FROM settings")
+            except asyncpg.PostgresError as exc:
+                self._log.warning("cannot read the API's settings table", error=str(exc))
+                return {}
+        return {r["key"]: r["value"] for r in rows}
+
+    async def context_for(self, events: Sequence[ViolationEvent]) -> dict[str, tuple[ContextPoint, ...]]:
+        """+/-10 telemetry points around each violation from the API's table; {} without it."""
+        out: dict[str, tuple[ContextPoint, ...]] = {}
+        async with self.pool.acquire() as conn:
+            if await conn.fetchval("SELECT to_regclass('telemetry')") is None:
+                return out
+            for ev in events:
+                if ev.metric not in TELEMETRY_METRICS:
+                    continue
+                pivot = max(ev.point_ts) if ev.point_ts else ev.ts
+                col = ev.metric  # whitelisted above: safe to splice
+                try:
+                    rows = await conn.fetch(
+                        f"(SELECT id, ts, {col}::float8 AS value, status FROM telemetry"
+                        "  WHERE provider = $1 AND model = $2 AND prompt_id = $3 AND ts <= $4"
+                        "  ORDER BY ts DESC LIMIT $5)"
+                        f" UNION ALL (SELECT id, ts, {col}::float8 AS value, status FROM telemetry"
+                        "  WHERE provider = $1 AND model = $2 AND prompt_id = $3 AND ts > $4"
+                        "  ORDER BY ts LIMIT $6)",
+                        ev.provider,
+                        ev.model,
+                        ev.prompt_id,
+                        pivot,
+                        CONTEXT_POINTS + 1,
+                        CONTEXT_POINTS,
+                    )
+                except asyncpg.PostgresError as exc:
+                    self._log.warning("cannot read telemetry context", error=str(exc))
+                    return out
+                pattern = set(ev.point_ids)
+                points = sorted(rows, key=lambda r: r["ts"])
+                out[ev.episode_id] = tuple(
+                    ContextPoint(r["ts"], r["value"], r["id"], r["id"] in pattern, r["status"])
+                    for r in points
+                )
+        return out
+
+    async def telemetry_points(self, events: Sequence[ViolationEvent]) -> list[TelemetryPoint]:
+        ids = sorted({pid for ev in events for pid in ev.point_ids})
+        async with self.pool.acquire() as conn:
+            if not ids or await conn.fetchval("SELECT to_regclass('telemetry')") is None:
+                return []
+            try:
+                rows = await conn.fetch(
+                    "SELECT id, ts, model, latency_ms, ttft_ms, tokens_per_s, status FROM telemetry"
+                    " WHERE id = ANY($1)",
+                    ids,
+                )
+            except asyncpg.PostgresError:
+                return []
+        return [
+            TelemetryPoint(
+                r["id"], r["ts"], r["model"], r["latency_ms"], r["ttft_ms"], r["tokens_per_s"], r["status"]
+            )
+            for r in rows
+        ]
+
+    # -- incidents ------------------------------------------------------------------------------
+
+    async def _incident_open(self, conn: Conn, ev: ViolationEvent) -> None:
+        # One correlator per provider at a time, so two replicas cannot open twin incidents.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('llmscope-incident:' || $1))", ev.provider)
+        since = (ev.opened_at or ev.ts) - timedelta(seconds=self.incident_window)
+        rows = await conn.fetch(
+            "SELECT id, provider, host, models, last_violation_at FROM alerter_incidents"
+            " WHERE state <> 'resolved' AND provider = $1 AND last_violation_at >= $2",
+            ev.provider,
+            since,
+        )
+        candidates = [
+            OpenIncident(r["id"], r["provider"], r["host"], tuple(r["models"]), r["last_violation_at"])
+            for r in rows
+        ]
+        match = correlate(ev, candidates, self.incident_window)
+        when = ev.opened_at or ev.ts
+        if match is None:
+            incident_id = incident_id_for(ev)
+            await conn.execute(
+                "INSERT INTO alerter_incidents (id, state, title, severity, provider, host, models,"
+                " opened_at,"
+                " last_violation_at, revision) VALUES ($1,'open','',$2,$3,$4,$5,$6,$6,0) ON CONFLICT"
+                " DO NOTHING",
+                incident_id,
+                ev.severity,
+                ev.provider,
+                ev.host,
+                [ev.model],
+                when,
+            )
+            change: IncidentChange = "opened"
+        else:
+            incident_id, change = match.id, "updated"
+        await conn.execute(
+            "INSERT INTO alerter_incident_episodes (episode_id, incident_id) VALUES ($1, $2) ON"
+            " CONFLICT DO NOTHING",
+            ev.episode_id,
+            incident_id,
+        )
+        await self._refresh_incident(conn, incident_id, change, last_violation_at=when)
+
+    async def _incident_events(
+        self, conn: Conn, incident_id: str
+    ) -> tuple[list[ViolationEvent], frozenset[str]]:
+        rows = await conn.fetch(
+            "SELECT a.open_event, a.episode_id, a.cleared_at FROM alerter_alerts a"
+            " JOIN alerter_incident_episodes e USING (episode_id) WHERE e.incident_id = $1 ORDER BY"
+            " a.opened_at",
+            incident_id,
+        )
+        events = [e for e in (_event(r["open_event"]) for r in rows) if e is not None]
+        cleared = frozenset(r["episode_id"] for r in rows if r["cleared_at"] is not None)
+        return events, cleared
+
+    async def _refresh_incident(
+        self,
+        conn: Conn,
+        incident_id: str,
+        change: IncidentChange,
+        *,
+        last_violation_at: datetime,
+    ) -> None:
+        events, cleared = await self._incident_events(conn, incident_id)
+        summary, _, rules = summarize(events, cleared=cleared)
+        title = title_for(events)
+        models = sorted({e.model for e in events})
+        hosts = sorted({e.host for e in events if e.host})
+        search = " ".join([title, *rules, *sorted({e.metric for e in events}), *models])
+        await conn.execute(
+            "UPDATE alerter_incidents SET title = $2, severity = $3, models = $4, cascade = $5,"
+            " host = CASE WHEN host = '' THEN $6 ELSE host END,"
+            " last_violation_at = greatest(last_violation_at, $7), summary = $8, search_text = $9,"
+            " revision = revision + 1, analysis_status = 'pending', analysis_due_at = $10,"
+            " analysis = jsonb_set(coalesce(analysis, '{}'::jsonb), '{summary}', to_jsonb($8::text))"
+            " WHERE id = $1",
+            incident_id,
+            title,
+            worst_severity(e.severity for e in events),
+            models,
+            len(models) > 1,
+            hosts[0] if hosts else "",
+            last_violation_at,
+            summary,
+            search,
+            self.clock() + self.analysis_delay,
+        )
+        await self._outbox_incident(conn, incident_id, change)
+
+    async def _incident_clear(self, conn: Conn, episode_id: str) -> None:
+        incident_id = await conn.fetchval(
+            "SELECT incident_id FROM alerter_incident_episodes WHERE episode_id = $1", episode_id
+        )
+        if incident_id is None:
+            return
+        still_open = await conn.fetchval(
+            "SELECT count(*) FROM alerter_alerts a JOIN alerter_incident_episodes e USING (episode_id)"
+            " WHERE e.incident_id = $1 AND a.cleared_at IS NULL",
+            incident_id,
+        )
+        if still_open:
+            return
+        done = await conn.fetchval(
+            "UPDATE alerter_incidents SET state = 'resolved', resolved_at = $2, resolved_by ="
+            " 'llmscope (all violations cleared)',"
+            " revision = revision + 1 WHERE id = $1 AND state <> 'resolved' RETURNING 1",
+            incident_id,
+            self.clock(),
+        )
+        if done:
+            await self._outbox_incident(conn, incident_id, "resolved")
+
+    async def acknowledge_incident(self, incident_id: str, by: str) -> bool:
+        """Acknowledge an incident and all its violations (reminders stop)."""
+        now = self.clock()
+        async with self.pool.acquire() as conn, conn.transaction():
+            ok = await conn.fetchval(
+                "UPDATE alerter_incidents SET state = 'acknowledged', acknowledged_at = $2,"
+                " acknowledged_by = $3,"
+                " revision = revision + 1 WHERE id = $1 AND state = 'open' RETURNING 1",
+                incident_id,
+                now,
+                by,
+            )
+            if not ok:
+                return False
+            await conn.execute(
+                "UPDATE alerter_alerts SET acknowledged_at = $2, acknowledged_by = $3 WHERE"
+                " acknowledged_at IS NULL"
+                " AND episode_id IN (SELECT episode_id FROM alerter_incident_episodes WHERE"
+                " incident_id = $1)",
+                incident_id,
+                now,
+                by,
+            )
+            await self._outbox_incident(conn, incident_id, "acknowledged")
+            return True
+
+    async def resolve_incident(self, incident_id: str, by: str) -> bool:
+        async with self.pool.acquire() as conn, conn.transaction():
+            ok = await conn.fetchval(
+                "UPDATE alerter_incidents SET state = 'resolved', resolved_at = $2, resolved_by = $3,"
+                " revision = revision + 1 WHERE id = $1 AND state <> 'resolved' RETURNING 1",
+                incident_id,
+                self.clock(),
+                by,
+            )
+            if ok:
+                await self._outbox_incident(conn, incident_id, "resolved")
+            return bool(ok)
+
+    async def incident_event(self, conn: Conn, incident_id: str, change: IncidentChange) -> IncidentEvent:
+        r = await conn.fetchrow("SELECT * FROM alerter_incidents WHERE id = $1", incident_id)
+        assert r is not None
+        episodes = await conn.fetch(
+            "SELECT episode_id FROM alerter_incident_episodes e JOIN alerter_alerts a USING (episode_id)"
+            " WHERE incident_id = $1 ORDER BY a.opened_at",
+            incident_id,
+        )
+        similar = await conn.fetch(
+            "SELECT s.similar_id, s.score, i.title, i.opened_at FROM alerter_incident_similar s"
+            " JOIN alerter_incidents i ON i.id = s.similar_id WHERE s.incident_id = $1 ORDER BY s.score DESC",
+            incident_id,
+        )
+        analysis = None
+        if r["analysis"] is not None:
+            data: dict[str, Any] = json.loads(r["analysis"])
+            analysis = codec.decode_as(
+                json.dumps({"summary": r["summary"], **data}).encode(), IncidentAnalysis
+            )
+        return IncidentEvent(
+            id=f"{incident_id}:{r['revision']}",
+            ts=self.clock(),
+            incident_id=incident_id,
+            revision=max(1, r["revision"]),
+            change=change,
+            state=r["state"],
+            title=r["title"],
+            severity=r["severity"],
+            provider=r["provider"],
+            host=r["host"],
+            models=tuple(r["models"]),
+            cascade=r["cascade"],
+            episode_ids=tuple(e["episode_id"] for e in episodes),
+            violation_count=len(episodes),
+            opened_at=r["opened_at"],
+            last_violation_at=r["last_violation_at"],
+            acknowledged_at=r["acknowledged_at"],
+            acknowledged_by=r["acknowledged_by"],
+            resolved_at=r["resolved_at"],
+            resolved_by=r["resolved_by"],
+            analysis=analysis,
+            similar=tuple(
+                SimilarIncident(
+                    incident_id=s["similar_id"],
+                    title=s["title"],
+                    score=min(1.0, s["score"]),
+                    opened_at=s["opened_at"],
+                )
+                for s in similar
+            ),
+        )
+
+    async def _outbox_incident(self, conn: Conn, incident_id: str, change: IncidentChange) -> None:
+        event = await self.incident_event(conn, incident_id, change)
+        await conn.execute(
+            "INSERT INTO alerter_outbox (subject, msg_id, payload) VALUES ($1, $2, $3)",
+            subjects.incidents(event.provider, change),
+            event.id,
+            codec.encode(event),
+        )
+
+    async def pending_outbox(self, limit: int = 100) -> list[asyncpg.Record]:
+        return list(
+            await self.pool.fetch(
+                "SELECT id, subject, msg_id, payload FROM alerter_outbox WHERE published_at IS NULL"
+                " ORDER BY id LIMIT $1",
+                limit,
+            )
+        )
+
+    async def mark_published(self, outbox_id: int) -> None:
+        await self.pool.execute(
+            "UPDATE alerter_outbox SET published_at = $2 WHERE id = $1", outbox_id, self.clock()
+        )
+
+    # -- analysis (off the ack path) ------------------------------------------------------------
+
+    async def claim_analysis(self) -> AnalysisJob | None:
+        now = self.clock()
+        async with self.pool.acquire() as conn, conn.transaction():
+            r = await conn.fetchrow(
+                "SELECT id, title, severity, analysis_due_at, opened_at FROM alerter_incidents"
+                " WHERE analysis_status = 'pending' AND analysis_due_at <= $1"
+                " AND (analysis_lease_until IS NULL OR analysis_lease_until < $1)"
+                " ORDER BY analysis_due_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+                now,
+            )
+            if r is None:
+                return None
+            await conn.execute(
+                "UPDATE alerter_incidents SET analysis_lease_until = $2 WHERE id = $1",
+                r["id"],
+                now + self.analysis_lease,
+            )
+            events, cleared = await self._incident_events(conn, r["id"])
+        return AnalysisJob(
+            r["id"], r["title"], r["severity"], tuple(events), cleared, r["analysis_due_at"], r["opened_at"]
+        )
+
+    async def similar_incidents(
+        self, incident_id: str, text: str, before: datetime, limit: int = 5
+    ) -> list[tuple[str, float]]:
+        """Past incidents whose text resembles ``text``: pg_trgm similarity, else full-text rank."""
+        async with self.pool.acquire() as conn:
+            trgm = await conn.fetchval("SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm'")
+            if trgm:
+                rows = await conn.fetch(
+                    "SELECT id, similarity(search_text, $2) AS score FROM alerter_incidents"
+                    " WHERE id <> $1 AND opened_at < $3 AND similarity(search_text, $2) >= 0.3"
+                    " ORDER BY score DESC LIMIT $4",
+                    incident_id,
+                    text,
+                    before,
+                    limit,
+                )
+            else:
+                rows = await conn.fetch(
+                    "SELECT id, score FROM (SELECT id, ts_rank_cd(to_tsvector('english', search_text),"
+                    " to_tsquery('english', $2), 32) AS score FROM alerter_incidents WHERE id <> $1"
+                    " AND opened_at < $3) s"
+                    " WHERE score >= 0.1 ORDER BY score DESC LIMIT $4",
+                    incident_id,
+                    " | ".join(w for w in _words(text)) or "nothing",
+                    before,
+                    limit,
+                )
+        return [(r["id"], float(r["score"])) for r in rows]
+
+    async def save_analysis(
+        self, job: AnalysisJob, analysis: IncidentAnalysis, similar: Sequence[tuple[str, float]]
+    ) -> None:
+        data = json.loads(codec.encode(analysis))
+        data.pop("summary", None)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO alerter_incident_similar (incident_id, similar_id, score) SELECT $1, s, sc"
+                " FROM unnest($2::text[], $3::float8[]) AS t(s, sc) ON CONFLICT (incident_id, similar_id)"
+                " DO UPDATE SET score = EXCLUDED.score",
+                job.incident_id,
+                [s for s, _ in similar],
+                [sc for _, sc in similar],
+            )
+            # Still 'pending' if a violation arrived meanwhile (due time moved): analysed again later.
+            await conn.execute(
+                "UPDATE alerter_incidents SET analysis = $2::jsonb, summary = $3, revision = revision + 1,"
+                " analysis_lease_until = NULL,"
+                " analysis_status = CASE WHEN analysis_due_at = $4 THEN 'done' ELSE 'pending' END"
+                " WHERE id = $1",
+                job.incident_id,
+                json.dumps(data),
+                analysis.summary,
+                job.due_at,
+            )
+            await self._outbox_incident(conn, job.incident_id, "analyzed")
+
+
+def _words(text: str) -> list[str]:
+    return sorted({w.lower() for w in re.findall(r"[A-Za-z][A-Za-z0-9]{2,}", text)})[:32]

@@ -1,0 +1,138 @@
+"""``send_test``: one test message through one configured channel, for ``POST /api/alerts/test``."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import aiohttp
+
+from llmscope.alerter.config import Timings, build_runtime, load_file
+from llmscope.alerter.notifiers.base import AlertView, Notification
+from llmscope.alerter.notifiers.registry import build_notifier
+from llmscope.alerter.retry import DeliveryError, RetryPolicy, send_with_retry
+from llmscope.config.env import ConfigError, Env
+from llmscope.proto.base import new_id
+from llmscope.proto.telemetry import SystemMetrics
+from llmscope.proto.violation import BaselineRef, ChartLimits, ViolationEvent
+
+TestStatus = Literal["sent", "failed", "expired", "not_configured", "invalid_config"]
+
+
+@dataclass(frozen=True, slots=True)
+class TestResult:
+    """The channel's answer to a test message; never contains a secret."""
+
+    __test__ = False  # not a pytest class
+
+    ok: bool
+    channel: str
+    kind: str | None
+    status: TestStatus
+    detail: str
+    attempts: int = 0
+
+
+def sample_violation(now: datetime) -> ViolationEvent:
+    vid = f"test-{new_id()}"
+    return ViolationEvent(
+        id=vid,
+        ts=now,
+        episode_id=vid,
+        provider="ollama",
+        model="llmscope-test",
+        host="test-host",
+        metric="latency_ms",
+        rule="R1",
+        rule_name="Beyond limits (test message)",
+        severity="critical",
+        value=2400.0,
+        deviation_sigma=4.2,
+        limits=ChartLimits(
+            center=800.0,
+            sigma=380.0,
+            ucl=1940.0,
+            lcl=0.0,
+            zone_a_upper=1560.0,
+            zone_a_lower=40.0,
+            zone_b_upper=1180.0,
+            zone_b_lower=420.0,
+        ),
+        baseline=BaselineRef(id="test-baseline", n=30),
+        point_ids=("test-point",),
+        point_values=(2400.0,),
+        point_ts=(now,),
+        system=SystemMetrics(cpu_percent=42.0, memory_percent=61.0),
+        opened_at=now,
+    )
+
+
+async def send_test(
+    channel_name: str,
+    settings: Mapping[str, object],
+    *,
+    env: Env | None = None,
+    config_path: Path | None = None,
+    public_url: str = "http://127.0.0.1:8000",
+    session: aiohttp.ClientSession | None = None,
+    policy: RetryPolicy | None = None,
+) -> TestResult:
+    """Send a test message through ``channel_name`` (a channel name, or a kind: email, slack, ...).
+
+    ``settings`` is the API's settings as key -> value (the ``settings`` table); the alerter's
+    config file (``config_path`` or ``LLMSCOPE_ALERTER_CONFIG``) and environment are read too.
+    A disabled channel is still tested. Retries briefly (10 s) so the wizard gets an answer.
+    """
+    env = env or Env()
+    try:
+        path = config_path or (Path(p) if (p := env.optional_text("LLMSCOPE_ALERTER_CONFIG")) else None)
+        file = load_file(path) if path else None
+        runtime = build_runtime(file, env, settings, timings=Timings())
+    except ConfigError as exc:
+        return TestResult(False, channel_name, None, "invalid_config", str(exc))
+    spec = runtime.channels.get(channel_name) or next(
+        (c for c in runtime.channels.values() if c.kind == channel_name), None
+    )
+    if spec is None:
+        known = ", ".join(sorted(runtime.channels)) or "none"
+        return TestResult(
+            False, channel_name, None, "not_configured", f"no channel {channel_name!r} (configured: {known})"
+        )
+    now = datetime.now(UTC)
+    notification = Notification(
+        id=f"test-{new_id()}",
+        created_at=now,
+        reason="test",
+        route="test",
+        group_key="test",
+        channel=spec.name,
+        firing=(AlertView(sample_violation(now)),),
+        public_url=public_url,
+    )
+    own_session = session is None
+    http = session or aiohttp.ClientSession()
+    try:
+        notifier = build_notifier(spec, http)
+        try:
+            payload = notifier.build_payload(notification)
+        except DeliveryError as exc:
+            return TestResult(False, spec.name, spec.kind, "failed", str(exc))
+
+        async def send() -> str:
+            return await notifier.send(payload)
+
+        outcome = await send_with_retry(
+            send,
+            policy=policy or RetryPolicy(initial=0.5, max_delay=2.0, deadline=10.0, attempt_timeout=10.0),
+            rng=random.Random(),
+        )
+    finally:
+        if own_session:
+            await http.close()
+    return TestResult(
+        outcome.status == "sent", spec.name, spec.kind, outcome.status, outcome.detail, len(outcome.attempts)
+    )
