@@ -52,13 +52,13 @@ async def api(settings: ApiSettings) -> AsyncIterator[Api]:
     """The app with its lifespan running, a client with the key and one without."""
     app = create_app(settings)
     transport = httpx.ASGITransport(app=app)
-    async with app.router.lifespan_context(app):
-        async with (
-            httpx.AsyncClient(
-                transport=transport,
-                base_url="http://testserver",
-                headers={"Authorization": f"Bearer {API_KEY}"},
-            ) as client,
-            httpx.AsyncClient(transport=transport, base_url="http://testserver") as anon,
-        ):
-            yield Api(app, client, anon)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=transport,
+            base_url="http://testserver",
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        ) as client,
+        httpx.AsyncClient(transport=transport, base_url="http://testserver") as anon,
+    ):
+        yield Api(app, client, anon)

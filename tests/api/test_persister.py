@@ -1,0 +1,130 @@
+"""The persister stores each event once, keeps rollups exact, and dead-letters what it cannot read."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
+
+import asyncpg
+import pytest
+from nats.js import JetStreamContext
+
+from llmscope.api.db import create_pool, migrate
+from llmscope.api.persister import Persister, apply_retention, store_telemetry, store_violations
+from llmscope.api.settings import ApiSettings
+from llmscope.bus.publisher import Publisher
+from llmscope.config.env import Secret
+from llmscope.proto import codec, subjects
+from tests.api.factories import T0, cleared, telemetry, violation
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(database_url, min_size=1, max_size=4)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+async def test_migrations_apply_once_even_when_raced(database_url: str) -> None:
+    conns = [await asyncpg.connect(database_url) for _ in range(2)]
+    try:
+        results = await asyncio.gather(*(migrate(c) for c in conns))
+        assert sorted(len(r) for r in results) == [0, 1]
+        assert await migrate(conns[0]) == []
+        assert await conns[0].fetchval("SELECT count(*) FROM schema_migrations") == 1
+    finally:
+        for c in conns:
+            await c.close()
+
+
+async def test_redelivered_batch_is_stored_once_and_rollups_count_once(pool: asyncpg.Pool) -> None:
+    events = [telemetry(i) for i in range(10)] + [telemetry(10, status="timeout", latency_ms=30000.0)]
+    async with pool.acquire() as conn:
+        assert await store_telemetry(conn, events) == 11
+        assert await store_telemetry(conn, events) == 0  # a redelivery
+        assert await store_telemetry(conn, events[:3] + events[:3]) == 0  # duplicates inside a batch
+    assert await pool.fetchval("SELECT count(*) FROM telemetry") == 11
+    roll = await pool.fetchrow(
+        "SELECT sum(n) AS n, sum(n_ok) AS ok, sum(latency_n) AS ln, max(latency_max) AS mx"
+        " FROM telemetry_minute"
+    )
+    assert roll is not None
+    assert (roll["n"], roll["ok"], roll["ln"]) == (11, 10, 10)
+    assert roll["mx"] == max(e.latency_ms or 0 for e in events[:10])  # the timeout is not latency
+    model = await pool.fetchrow("SELECT * FROM models")
+    assert model is not None
+    assert (model["provider"], model["model"], model["last_status"]) == ("ollama", "llama3.1:8b", "timeout")
+    assert await pool.fetchval("SELECT count(*) FROM series") == 1
+
+
+async def test_cleared_event_closes_its_episode_in_either_order(pool: asyncpg.Pool) -> None:
+    point = telemetry(1)
+    first, second = violation(point), violation(point, rule="R2")
+    async with pool.acquire() as conn:
+        await store_violations(conn, [first])
+        await store_violations(conn, [cleared(first, point.ts + timedelta(seconds=30))])
+        # A clear that arrives before its open (after a redelivery) is applied when the open lands.
+        await store_violations(conn, [cleared(second, point.ts + timedelta(seconds=40))])
+        await store_violations(conn, [second, second])
+    rows = {r["id"]: r for r in await pool.fetch("SELECT id, cleared_at FROM violations")}
+    assert rows[first.id]["cleared_at"] == point.ts + timedelta(seconds=30)
+    assert rows[second.id]["cleared_at"] == point.ts + timedelta(seconds=40)
+    assert await pool.fetchval("SELECT count(*) FROM violation_clears") == 2
+
+
+async def test_retention_deletes_only_old_rows(pool: asyncpg.Pool, database_url: str) -> None:
+    async with pool.acquire() as conn:
+        await store_telemetry(conn, [telemetry(0, ts=T0 - timedelta(days=40)), telemetry(1)])
+    settings = ApiSettings(database_url=Secret(database_url), api_key=Secret("x" * 16))
+    deleted = await apply_retention(pool, settings)
+    assert deleted["telemetry"] == 1
+    assert "violations" not in deleted  # kept forever by default
+    assert await pool.fetchval("SELECT count(*) FROM telemetry") == 1
+
+
+async def test_persister_over_jetstream(pool: asyncpg.Pool, js: JetStreamContext) -> None:
+    """Redelivery stores once; a malformed message is dead-lettered with its reason; nothing stops."""
+    publisher = Publisher(js)
+    persister = Persister(pool=pool, js=js, publisher=publisher, batch_size=50)
+    stop = asyncio.Event()
+    task = asyncio.create_task(persister.run(stop))
+    try:
+        ev = telemetry(1)
+        subject = subjects.telemetry(ev.provider, ev.model)
+        payload = codec.encode(ev)
+        # Two different message ids get past JetStream's de-duplication: the store must dedupe.
+        await publisher.publish_raw(subject, payload, msg_id="copy-1")
+        await publisher.publish_raw(subject, payload, msg_id="copy-2")
+        await publisher.publish_raw(subject, b'{"type": "telemetry.v1", "latency_ms": "fast"}', msg_id="bad")
+        later = telemetry(2)
+        await publisher.publish(subject, later)
+        v = violation(later)
+        await publisher.publish(subjects.violations(v.provider, v.model, v.rule), v)
+
+        async def stored() -> bool:
+            n = await pool.fetchval("SELECT count(*) FROM telemetry")
+            dead = await pool.fetchval("SELECT count(*) FROM dead_letters")
+            vs = await pool.fetchval("SELECT count(*) FROM violations")
+            return bool(n == 2 and dead == 1 and vs == 1)
+
+        await eventually(stored)
+        reason = await pool.fetchval("SELECT reason FROM dead_letters")
+        assert "malformed" in reason
+        subject_dl = await pool.fetchval("SELECT subject FROM dead_letters")
+        assert subject_dl == subject
+        assert persister.telemetry.dead_lettered == 1
+        assert await pool.fetchval("SELECT sum(n) FROM telemetry_minute") == 2
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
