@@ -1,0 +1,245 @@
+"""Every dashboard route, as a full page and as the HTMX fragment it serves to ``HX-Request``."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+
+from llmscope.api.persister import store_telemetry, store_violations
+from llmscope.web.routes import SESSION_COOKIE
+from tests.api.conftest import API_KEY, Api
+from tests.api.factories import cleared, telemetry, violation
+
+HX = {"HX-Request": "true"}
+
+
+async def seed(api: Api) -> None:
+    events = [telemetry(i) for i in range(40)] + [telemetry(40, model="org/other:1")]
+    vs = [violation(events[25], id="v1"), violation(events[30], id="v2", rule="R5", severity="warning")]
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, events)
+        await store_violations(conn, [*vs, cleared(vs[0], events[28].ts)])
+
+
+async def login(api: Api) -> httpx.AsyncClient:
+    r = await api.anon.post("/login", data={"key": API_KEY, "next": "/models"})
+    assert r.status_code == 303
+    assert r.headers["location"] == "/models"
+    cookie = r.headers["set-cookie"]
+    assert "HttpOnly" in cookie
+    assert "SameSite=Strict" in cookie
+    return api.anon
+
+
+def is_full_page(html: str) -> bool:
+    return "<html" in html and '<script src="/static/htmx.min.js">' in html
+
+
+async def test_pages_need_a_login(api: Api) -> None:
+    r = await api.anon.get("/violations?state=open")
+    assert r.status_code == 303
+    assert r.headers["location"] == "/login?next=%2Fviolations%3Fstate%3Dopen"
+    r = await api.anon.get("/", headers=HX)
+    assert r.status_code == 401
+    assert r.headers["hx-redirect"].startswith("/login")
+    r = await api.anon.get("/login?next=//evil.example")
+    assert r.status_code == 200
+    assert 'value="/"' in r.text  # no open redirect
+    r = await api.anon.post("/login", data={"key": "wrong", "next": "/"})
+    assert r.status_code == 401
+    assert "not the API key" in r.text
+    assert SESSION_COOKIE not in api.anon.cookies
+
+
+async def test_key_in_the_url_once_becomes_a_cookie(api: Api) -> None:
+    r = await api.anon.get(f"/models?key={API_KEY}&x=1")
+    assert r.status_code == 303
+    assert r.headers["location"] == "/models?x=1"
+    assert (await api.anon.get("/models")).status_code == 200
+    r = await api.anon.get("/models?key=bad")
+    assert r.status_code == 303
+    assert r.headers["location"].startswith("/login")
+
+
+async def test_session_cookie_reads_the_api_but_never_writes(api: Api) -> None:
+    client = await login(api)
+    assert (await client.get("/api/violations")).status_code == 200
+    r = await client.post("/api/violations/v1/acknowledge", json={"acknowledged_by": "x"})
+    assert r.status_code == 401
+    r = await client.post("/logout")
+    assert r.status_code == 303
+    assert (await client.get("/api/violations")).status_code == 401
+
+
+async def test_static_htmx_is_served_locally(api: Api) -> None:
+    r = await api.anon.get("/static/htmx.min.js")
+    assert r.status_code == 200
+    assert "htmx" in r.text[:200]
+    assert (await api.anon.get("/static/htmx.LICENSE")).status_code == 200
+
+
+async def test_dashboard_page_and_fragments(api: Api) -> None:
+    await seed(api)
+    client = await login(api)
+    r = await client.get("/")
+    assert r.status_code == 200
+    assert is_full_page(r.text)
+    assert "<svg" in r.text
+    assert 'class="center"' in r.text  # limits drawn (from the engine's violation)
+    assert 'class="violation critical"' in r.text
+    assert 'hx-trigger="every 2.0s"' in r.text
+    assert "org/other:1" in r.text  # the model selector
+
+    r = await client.get(
+        "/?provider=ollama&model=llama3.1:8b&hours=1", headers={**HX, "HX-Target": "chart-panel"}
+    )
+    assert not is_full_page(r.text)
+    assert r.text.lstrip().startswith('<div id="chart-panel"')
+    assert "<svg" in r.text
+    assert r.headers["vary"] == "HX-Request, HX-Target"
+
+    r = await client.get("/?series=ollama|org/other:1", headers={**HX, "HX-Target": "panel"})
+    assert r.text.lstrip().startswith('<section id="panel"')
+    assert "collecting baseline 1/20" in r.text
+
+    r = await client.get("/?hours=24", headers={**HX, "HX-Target": "violation-log"})
+    assert r.text.lstrip().startswith('<section id="violation-log"')
+    assert "v1" in r.text
+
+    r = await client.get("/", headers=HX)  # no known target: the page's content block
+    assert not is_full_page(r.text)
+    assert 'id="panel"' in r.text
+    assert 'id="violation-log"' in r.text
+
+
+async def test_dashboard_without_telemetry(api: Api) -> None:
+    client = await login(api)
+    for headers in ({}, HX):
+        r = await client.get("/", headers=headers)
+        assert r.status_code == 200
+        assert "No telemetry yet" in r.text
+
+
+async def test_violations_page_and_table_fragment(api: Api) -> None:
+    await seed(api)
+    client = await login(api)
+    r = await client.get("/violations")
+    assert is_full_page(r.text)
+    assert "/violations/v1" in r.text
+    assert "/violations/v2" in r.text
+    r = await client.get("/violations?state=open", headers={**HX, "HX-Target": "violation-table"})
+    assert not is_full_page(r.text)
+    assert "/violations/v2" in r.text
+    assert "/violations/v1" not in r.text
+    r = await client.get("/violations?series=ollama|llama3.1:8b&severity=warning", headers=HX)
+    assert "/violations/v2" in r.text
+    assert "/violations/v1" not in r.text
+
+
+async def test_violation_detail_and_actions(api: Api) -> None:
+    await seed(api)
+    client = await login(api)
+    r = await client.get("/violations/v2")
+    assert is_full_page(r.text)
+    assert "Frozen statistics" in r.text
+    assert "Context (±10 probes)" in r.text
+    assert len(re.findall(r'<tr class="trigger">', r.text)) == 1
+    r = await client.get("/violations/v2", headers=HX)
+    assert not is_full_page(r.text)
+    assert "Frozen statistics" in r.text
+
+    r = await client.post(
+        "/violations/v2/acknowledge",
+        data={"by": "ana", "note": "on it"},
+        headers={**HX, "HX-Target": "actions"},
+    )
+    assert r.status_code == 200
+    assert r.text.lstrip().startswith('<div id="actions"')
+    assert "Acknowledged by <b>ana</b>" in r.text
+    r = await client.post("/violations/v2/resolve", data={"by": ""}, headers={**HX, "HX-Target": "actions"})
+    assert "Resolved by <b>dashboard</b>" in r.text
+    assert "<button" not in r.text
+    r = await client.post("/violations/v2/resolve", data={}, headers={"Origin": "https://evil.example"})
+    assert r.status_code == 403
+    r = await client.get("/violations/missing")
+    assert r.status_code == 404
+    assert (await client.post("/violations/missing/acknowledge", data={}, headers=HX)).status_code == 404
+
+
+async def test_models_page_toggles(api: Api) -> None:
+    await seed(api)
+    client = await login(api)
+    r = await client.get("/models")
+    assert is_full_page(r.text)
+    assert "org/other:1" in r.text
+    r = await client.post(
+        "/models/toggle",
+        data={"provider": "ollama", "model": "org/other:1", "enabled": "false"},
+        headers={**HX, "HX-Target": "models"},
+    )
+    assert r.text.lstrip().startswith('<table id="models"')
+    assert '<tr class="disabled">' in r.text
+    r = await client.get("/models", headers=HX)
+    assert not is_full_page(r.text)
+    models = {m.model: m.enabled for m in await api.store.models()}
+    assert models == {"llama3.1:8b": True, "org/other:1": False}
+
+
+async def test_settings_page_saves_and_hides_secrets(api: Api) -> None:
+    client = await login(api)
+    r = await client.get("/settings")
+    assert is_full_page(r.text)
+    assert "alert.email.smtp_password" in r.text
+    r = await client.post("/settings/alert.email.smtp_password", data={"value": "hunter2-secret"}, headers=HX)
+    assert r.status_code == 200
+    assert "saved" in r.text
+    assert "hunter2-secret" not in r.text
+    r = await client.post("/settings/alert.email.smtp_port", data={"value": "nope"}, headers=HX)
+    assert r.status_code == 422
+    assert "alert.email.smtp_port" in r.text
+    r = await client.post("/settings/alert.email.recipients", data={"value": "a@x.io, b@x.io"}, headers=HX)
+    assert r.status_code == 200
+    assert not is_full_page(r.text)
+    r = await client.post("/settings/alert.email.enabled", data={"value": ["false", "true"]}, headers=HX)
+    values = {s.key: s.value for s in await api.store.settings()}
+    assert values["alert.email.recipients"] == ["a@x.io", "b@x.io"]
+    assert values["alert.email.enabled"] is True
+    assert values["alert.email.smtp_password"] is None  # never read back
+
+
+@pytest.mark.parametrize("hx", [False, True])
+async def test_setup_wizard(api: Api, hx: bool) -> None:
+    client = await login(api)
+    headers = {**HX, "HX-Target": "wizard"} if hx else {}
+    r = await client.get("/setup", headers=headers)
+    assert r.status_code == 200
+    assert is_full_page(r.text) is not hx
+    assert "Slack incoming webhook URL" in r.text
+    r = await client.post(
+        "/setup",
+        data={"alert.email.recipients": "not-an-address", "alert.slack.webhook_url": ""},
+        headers=headers,
+    )
+    assert r.status_code == 422
+    assert "alert.email.recipients" in r.text
+    r = await client.post(
+        "/setup",
+        data={
+            "alert.email.recipients": "ops@example.com",
+            "alert.email.smtp_host": "smtp.example.com",
+            "alert.slack.webhook_url": "https://hooks.slack.test/x",
+            "alert.min_severity": "warning",
+        },
+        headers=headers,
+    )
+    assert r.status_code == 200
+    assert "Saved" in r.text
+    values = {s.key: (s.value, s.is_set) for s in await api.store.settings()}
+    assert values["alert.email.recipients"] == (["ops@example.com"], True)
+    assert values["alert.email.enabled"] == (True, True)
+    assert values["alert.slack.enabled"] == (True, True)
+    assert values["alert.slack.webhook_url"] == (None, True)
+    assert values["alert.min_severity"] == ("warning", True)
+    assert values["setup.completed"] == (True, True)
