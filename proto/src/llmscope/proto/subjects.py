@@ -4,6 +4,7 @@ Subjects (``<m>`` and ``<p>`` are escaped tokens, see :func:`encode_token`):
 - ``llmscope.telemetry.v1.<provider>.<model>``      telemetry.v1
 - ``llmscope.violations.v1.<provider>.<model>.<rule>``  violation.v1 (open and cleared)
 - ``llmscope.deadletter.v1.<source>``               deadletter.v1
+- ``llmscope.control.v1.spc.rebaseline``            request: re-baseline an SPC chart
 - ``llmscope.incidents.v1.<provider>.<change>``     incident.v1 (opened, updated, acknowledged,
   resolved, analyzed)
 """
@@ -110,3 +111,12 @@ def parse_incident(subject: str) -> tuple[str, str]:
     if len(parts) != 5 or parts[:3] != [PREFIX, "incidents", "v1"]:
         raise ValueError(f"not an incidents.v1 subject: {subject!r}")
     return decode_token(parts[3]), decode_token(parts[4])
+
+
+SPC_CHARTS_BUCKET = "llmscope_spc_charts"
+"""JetStream KV bucket of SPC chart snapshots, keyed by chart key (written by the SPC engine)."""
+
+
+def spc_rebaseline() -> str:
+    """Request subject for re-baselining an SPC chart (core NATS request/reply, JSON body)."""
+    return f"{PREFIX}.control.v1.spc.rebaseline"
