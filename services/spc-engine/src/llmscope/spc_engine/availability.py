@@ -40,8 +40,8 @@ class AvailabilityState(msgspec.Struct, kw_only=True):
     run: int = 0
     outcomes: list[bool] = msgspec.field(default_factory=list)
     """Last ``window`` outcomes, True = failed."""
-    episodes: dict[str, int] = msgspec.field(default_factory=dict)
-    """rule -> quiet count of its open episode."""
+    episodes: dict[str, tuple[int, str]] = msgspec.field(default_factory=dict)
+    """rule -> (quiet count, id of the opening probe) of its open episode."""
 
 
 class AvailabilitySignal(msgspec.Struct, frozen=True, kw_only=True):
@@ -52,6 +52,7 @@ class AvailabilitySignal(msgspec.Struct, frozen=True, kw_only=True):
     failures: int
     """Failures in the window (ERROR_RATE) or in the current run (AVAILABILITY)."""
     rate: float | None
+    episode_point_id: str = ""
 
 
 def binomial_threshold(n: int, p: float, alpha: float) -> int:
@@ -72,7 +73,7 @@ class AvailabilityChart:
         self.config = config
         self.state = state if state is not None else AvailabilityState()
 
-    def update(self, failed: bool) -> list[AvailabilitySignal]:
+    def update(self, failed: bool, point_id: str = "") -> list[AvailabilitySignal]:
         cfg, st = self.config, self.state
         st.n += 1
         st.run = st.run + 1 if failed else 0
@@ -112,13 +113,14 @@ class AvailabilityChart:
             sig = fired.get(rule)
             if rule not in st.episodes:
                 if sig is not None:
-                    st.episodes[rule] = 0
-                    out.append(sig)
+                    st.episodes[rule] = (0, point_id)
+                    out.append(msgspec.structs.replace(sig, episode_point_id=point_id))
             elif sig is not None:
-                st.episodes[rule] = 0
+                st.episodes[rule] = (0, st.episodes[rule][1])
             else:
-                st.episodes[rule] += 1
-                if st.episodes[rule] >= cfg.clear_after:
+                quiet, opened_by = st.episodes[rule]
+                st.episodes[rule] = (quiet + 1, opened_by)
+                if quiet + 1 >= cfg.clear_after:
                     del st.episodes[rule]
                     severity = cfg.run_severity if rule == "AVAILABILITY" else cfg.rate_severity
                     out.append(

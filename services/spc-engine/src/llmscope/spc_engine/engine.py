@@ -1,0 +1,416 @@
+"""The engine's handler: telemetry in, violation events out, with no knowledge of NATS.
+
+Charts (rational subgroups): one per provider / model / target / prompt / metric for
+``latency_ms``, ``ttft_ms`` and ``tokens_per_s`` (each on the log scale by default), so probes
+of different prompts or endpoints never share limits; one availability chart per provider /
+model / target fed by every probe's outcome. Failed probes never enter the metric charts.
+
+Chart keys are KV-safe and reversible: ``subjects.encode_token`` of each part joined by ``.``,
+with the escape ``~`` written ``=`` (KV keys allow ``[-/_=.a-zA-Z0-9]``); the availability
+chart uses prompt ``*`` (``=2A``) and metric ``availability``.
+
+Duplicate and late telemetry (documented policy):
+- a stream message delivered again (nak, restart replay) is skipped: each chart remembers the
+  last stream sequence it applied (``seq``), and sequences at or below it are ignored;
+- the same event id published twice is dropped by JetStream's duplicate window; beyond that
+  window, an id among the chart's last 64 points is skipped too;
+- late telemetry (a timestamp older than the chart's last point) is charted in arrival
+  (stream) order, which is the order every replica and every replay sees.
+
+Violation ids are ``sha256(chart_key | rule | state | point id)`` (32 hex digits): a replay of
+the same stream produces the same ids, published with ``Nats-Msg-Id`` so JetStream drops
+repeats; the violation's ``ts`` is the telemetry timestamp of the point, not the wall clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Literal
+
+import msgspec
+
+from llmscope.proto import subjects
+from llmscope.proto.telemetry import SystemMetrics, TelemetryEvent
+from llmscope.proto.violation import BaselineRef, ChartLimits, ViolationEvent
+from llmscope.spc_engine import arl
+from llmscope.spc_engine.availability import (
+    AvailabilityChart,
+    AvailabilityConfig,
+    AvailabilitySignal,
+    AvailabilityState,
+)
+from llmscope.spc_engine.chart import Baseline, ChartState, MetricChart, Signal
+from llmscope.spc_engine.config import CHARTED_METRICS, ChartConfig, default_config
+
+AVAILABILITY = "availability"
+
+
+def chart_key(provider: str, model: str, target: str, prompt_id: str, metric: str) -> str:
+    """The chart's id, also its KV key: reversible, safe in subjects and KV keys."""
+    return ".".join(subjects.encode_token(p) for p in (provider, model, target, prompt_id, metric)).replace(
+        "~", "="
+    )
+
+
+def parse_chart_key(key: str) -> tuple[str, str, str, str, str]:
+    parts = [subjects.decode_token(p.replace("=", "~")) for p in key.split(".")]
+    if len(parts) != 5:
+        raise ValueError(f"not a chart key: {key!r}")
+    return parts[0], parts[1], parts[2], parts[3], parts[4]
+
+
+def violation_id(key: str, rule: str, state: str, point_id: str) -> str:
+    return hashlib.sha256(f"{key}|{rule}|{state}|{point_id}".encode()).hexdigest()[:32]
+
+
+class ChartMeta(msgspec.Struct, frozen=True, kw_only=True):
+    provider: str
+    model: str
+    target: str
+    prompt_id: str
+    metric: str
+    host: str = ""
+
+
+class ChartView(msgspec.Struct, frozen=True, kw_only=True):
+    """What the API and dashboard show of a chart: armed or collecting, limits, expected ARL."""
+
+    phase: Literal["collecting", "armed"]
+    progress: int
+    baseline_n: int
+    limits: ChartLimits | None
+    baseline: Baseline | None
+    open_episodes: tuple[str, ...]
+    arl0_critical: float | None
+    """Expected in-control run length (points) between critical signals, known parameters."""
+    rules: tuple[str, ...]
+
+
+class ChartSnapshot(msgspec.Struct, kw_only=True):
+    """The value stored under a chart's key in the ``llmscope_spc_charts`` KV bucket."""
+
+    version: int = 1
+    key: str
+    meta: ChartMeta
+    seq: int
+    """Last telemetry stream sequence applied to this chart."""
+    updated_at: datetime | None = None
+    config: ChartConfig
+    state: ChartState
+    view: ChartView | None = None
+
+
+class AvailabilitySnapshot(msgspec.Struct, kw_only=True):
+    """The KV value of an availability chart (key ending in ``.availability``)."""
+
+    version: int = 1
+    key: str
+    meta: ChartMeta
+    seq: int
+    updated_at: datetime | None = None
+    config: AvailabilityConfig
+    state: AvailabilityState
+
+
+Snapshot = ChartSnapshot | AvailabilitySnapshot
+
+
+def decode_snapshot(key: str, data: bytes) -> Snapshot:
+    if key.endswith("." + AVAILABILITY):
+        return msgspec.json.decode(data, type=AvailabilitySnapshot)
+    return msgspec.json.decode(data, type=ChartSnapshot)
+
+
+def critical_arl0(config: ChartConfig) -> float | None:
+    """Combined in-control ARL of the critical detectors with known parameters (None: none)."""
+    arls: list[float] = []
+    if config.cusum.enabled and config.cusum.severity == "critical":
+        arls += [_cusum_arl(k, h) for k, h in zip(config.cusum.k, config.cusum.h, strict=True)]
+    if config.spike.enabled and config.spike.severity == "critical":
+        arls.append(arl.shewhart_arl(config.spike.k))
+    if config.ewma.enabled and config.ewma.severity == "critical":
+        arls.append(_ewma_arl(config.ewma.lam, config.ewma.L))
+    if config.individuals and config.rules.r1.enabled and config.rules.r1.severity == "critical":
+        arls.append(arl.shewhart_arl(config.rules.r1.k))
+    return arl.combined_arl(*arls) if arls else None
+
+
+_ARL_CACHE: dict[tuple[str, float, float], float] = {}
+
+
+def _cusum_arl(k: float, h: float) -> float:
+    key = ("cusum", k, h)
+    if key not in _ARL_CACHE:
+        _ARL_CACHE[key] = arl.cusum_arl(k, h, m=200)
+    return _ARL_CACHE[key]
+
+
+def _ewma_arl(lam: float, limit: float) -> float:
+    key = ("ewma", lam, limit)
+    if key not in _ARL_CACHE:
+        _ARL_CACHE[key] = arl.ewma_arl(lam, limit, m=151)
+    return _ARL_CACHE[key]
+
+
+def render_view(config: ChartConfig, state: ChartState) -> ChartView:
+    """Pure: the API's view of a metric chart's configuration and state."""
+    chart = MetricChart(config, state=state)
+    got, need = chart.progress
+    return ChartView(
+        phase="armed" if chart.armed else "collecting",
+        progress=got,
+        baseline_n=need,
+        limits=chart.limits(),
+        baseline=state.baseline,
+        open_episodes=tuple(sorted(state.episodes)),
+        arl0_critical=critical_arl0(config),
+        rules=tuple(chart.rules()),
+    )
+
+
+class _Entry:
+    __slots__ = ("chart", "dirty", "meta", "seq")
+
+    def __init__(self, meta: ChartMeta, chart: MetricChart | AvailabilityChart, seq: int) -> None:
+        self.meta = meta
+        self.chart = chart
+        self.seq = seq
+        self.dirty = False
+
+
+Loader = Callable[[str], Awaitable[Snapshot | None]]
+
+
+async def _no_snapshot(_: str) -> Snapshot | None:
+    return None
+
+
+class Engine:
+    """All charts of the partitions this replica owns; ``on_telemetry`` is the handler."""
+
+    def __init__(
+        self,
+        *,
+        config_for: Callable[[str], ChartConfig] = default_config,
+        availability: AvailabilityConfig | None = None,
+        load: Loader = _no_snapshot,
+        owns: Callable[[str, str], bool] = lambda provider, model: True,
+    ) -> None:
+        self._config_for = config_for
+        self._availability = availability or AvailabilityConfig()
+        self._load = load
+        self._owns = owns
+        self._charts: dict[str, _Entry] = {}
+
+    @property
+    def charts(self) -> dict[str, _Entry]:
+        return self._charts
+
+    def owns(self, provider: str, model: str) -> bool:
+        return self._owns(provider, model)
+
+    async def _entry(self, key: str, meta: ChartMeta, metric: str) -> _Entry:
+        entry = self._charts.get(key)
+        if entry is not None:
+            return entry
+        snap = await self._load(key)
+        chart: MetricChart | AvailabilityChart
+        if metric == AVAILABILITY:
+            state = snap.state if snap is not None and isinstance(snap.state, AvailabilityState) else None
+            chart = AvailabilityChart(self._availability, state)
+        else:
+            cstate = snap.state if snap is not None and isinstance(snap.state, ChartState) else None
+            chart = MetricChart(self._config_for(metric), key=key, state=cstate)
+        entry = self._charts[key] = _Entry(meta, chart, snap.seq if snap is not None else 0)
+        return entry
+
+    async def on_telemetry(self, ev: TelemetryEvent, seq: int = 0) -> list[ViolationEvent]:
+        """Chart one probe; ``seq`` is its stream sequence (0: unknown, never skipped)."""
+        if not self._owns(ev.provider, ev.model):
+            return []
+        out: list[ViolationEvent] = []
+        avail_key = chart_key(ev.provider, ev.model, ev.target, "*", AVAILABILITY)
+        meta = ChartMeta(
+            provider=ev.provider,
+            model=ev.model,
+            target=ev.target,
+            prompt_id="*",
+            metric=AVAILABILITY,
+            host=ev.host,
+        )
+        entry = await self._entry(avail_key, meta, AVAILABILITY)
+        if self._fresh(entry, seq):
+            assert isinstance(entry.chart, AvailabilityChart)
+            for asig in entry.chart.update(not ev.ok, ev.id):
+                out.append(self._availability_event(avail_key, entry, asig, ev))
+        if not ev.ok:
+            return out
+        for metric in CHARTED_METRICS:
+            value = getattr(ev, metric)
+            if value is None:
+                continue
+            key = chart_key(ev.provider, ev.model, ev.target, ev.prompt_id, metric)
+            meta = ChartMeta(
+                provider=ev.provider,
+                model=ev.model,
+                target=ev.target,
+                prompt_id=ev.prompt_id,
+                metric=metric,
+                host=ev.host,
+            )
+            entry = await self._entry(key, meta, metric)
+            chart = entry.chart
+            assert isinstance(chart, MetricChart)
+            if not self._fresh(entry, seq) or any(p.id == ev.id for p in chart.state.recent):
+                continue
+            for sig in chart.update(float(value), point_id=ev.id, ts=ev.ts):
+                out.append(self._metric_event(key, entry, sig, ev))
+        return out
+
+    async def ensure_loaded(self, key: str) -> bool:
+        """Load a chart from its snapshot if it is not in memory; False when there is none."""
+        if key in self._charts:
+            return True
+        snap = await self._load(key)
+        if snap is None:
+            return False
+        await self._entry(key, snap.meta, snap.meta.metric)
+        return True
+
+    def rebaseline(self, key: str, by: str, reason: str, ts: datetime) -> list[ViolationEvent] | None:
+        """Re-baseline one loaded metric chart; None when this replica does not hold it."""
+        entry = self._charts.get(key)
+        if entry is None or not isinstance(entry.chart, MetricChart):
+            return None
+        entry.dirty = True
+        return [self._metric_event(key, entry, sig, None, ts) for sig in entry.chart.rebaseline(by, reason)]
+
+    def snapshot(self, key: str, updated_at: datetime | None = None) -> Snapshot:
+        entry = self._charts[key]
+        chart = entry.chart
+        if isinstance(chart, MetricChart):
+            return ChartSnapshot(
+                key=key,
+                meta=entry.meta,
+                seq=entry.seq,
+                updated_at=updated_at,
+                config=chart.config,
+                state=chart.state,
+                view=render_view(chart.config, chart.state),
+            )
+        return AvailabilitySnapshot(
+            key=key,
+            meta=entry.meta,
+            seq=entry.seq,
+            updated_at=updated_at,
+            config=chart.config,
+            state=chart.state,
+        )
+
+    def take_dirty(self) -> list[str]:
+        keys = [k for k, e in self._charts.items() if e.dirty]
+        for k in keys:
+            self._charts[k].dirty = False
+        return keys
+
+    @staticmethod
+    def _fresh(entry: _Entry, seq: int) -> bool:
+        if seq and seq <= entry.seq:
+            return False
+        if seq:
+            entry.seq = seq
+        entry.dirty = True
+        return True
+
+    def _metric_event(
+        self, key: str, entry: _Entry, sig: Signal, ev: TelemetryEvent | None, ts: datetime | None = None
+    ) -> ViolationEvent:
+        meta = entry.meta
+        vid = violation_id(key, sig.rule, sig.state, sig.point_id)
+        episode = vid if sig.state == "open" else violation_id(key, sig.rule, "open", sig.episode_point_id)
+        b = sig.baseline
+        when = ts if ts is not None else (ev.ts if ev is not None else None)
+        if when is None:
+            when = sig.points[-1].ts if sig.points and sig.points[-1].ts else datetime.fromtimestamp(0, UTC)
+        return ViolationEvent(
+            id=vid,
+            ts=when,
+            state=sig.state,
+            episode_id=episode,
+            provider=meta.provider,  # type: ignore[arg-type]
+            model=meta.model,
+            target=meta.target,
+            host=meta.host,
+            prompt_id=meta.prompt_id,
+            metric=meta.metric,
+            chart=sig.chart,
+            chart_key=key,
+            rule=sig.rule,
+            rule_name=sig.rule_name,
+            severity=sig.severity,
+            value=sig.value,
+            statistic=sig.statistic,
+            deviation_sigma=sig.deviation_sigma,
+            limits=sig.limits,
+            baseline=BaselineRef(
+                id=b.id,
+                n=b.n,
+                started_at=b.started_at,
+                ended_at=b.ended_at,
+                created_by=b.created_by,
+                reason=b.reason,
+            ),
+            point_ids=tuple(p.id for p in sig.points),
+            point_values=tuple(p.value for p in sig.points),
+            point_ts=tuple(p.ts for p in sig.points if p.ts is not None),
+            system=ev.system if ev is not None else SystemMetrics(),
+            opened_at=when if sig.state == "open" else None,
+        )
+
+    def _availability_event(
+        self, key: str, entry: _Entry, sig: AvailabilitySignal, ev: TelemetryEvent
+    ) -> ViolationEvent:
+        chart = entry.chart
+        assert isinstance(chart, AvailabilityChart)
+        st, cfg = chart.state, chart.config
+        rate = st.rate or 0.0
+        ucl = (st.threshold or cfg.window) / cfg.window
+        vid = violation_id(key, sig.rule, sig.state, ev.id)
+        episode = vid if sig.state == "open" else violation_id(key, sig.rule, "open", sig.episode_point_id)
+        return ViolationEvent(
+            id=vid,
+            ts=ev.ts,
+            state=sig.state,
+            episode_id=episode,
+            provider=ev.provider,
+            model=ev.model,
+            target=ev.target,
+            host=ev.host,
+            prompt_id="",
+            metric=AVAILABILITY,
+            chart="availability",
+            chart_key=key,
+            rule=sig.rule,
+            rule_name=sig.rule_name,
+            severity=sig.severity,
+            value=float(sig.failures),
+            deviation_sigma=0.0,
+            limits=ChartLimits(
+                center=rate,
+                sigma=0.0,
+                ucl=ucl,
+                lcl=0.0,
+                zone_a_upper=ucl,
+                zone_a_lower=0.0,
+                zone_b_upper=ucl,
+                zone_b_lower=0.0,
+            ),
+            baseline=BaselineRef(
+                id=f"availability-{key}", n=min(st.n, cfg.baseline_n), reason="failure rate"
+            ),
+            point_ids=(ev.id,),
+            system=ev.system,
+            opened_at=ev.ts if sig.state == "open" else None,
+        )

@@ -1,0 +1,69 @@
+"""SPC engine settings, read once from the environment at start.
+
+| variable | default | meaning |
+| --- | --- | --- |
+| NATS_URL and the stream variables | see ``llmscope.bus.settings`` | shared bus settings |
+| LLMSCOPE_SPC_REPLICAS | 1 | number of engine replicas sharing the charts |
+| LLMSCOPE_SPC_REPLICA | 0 | this replica's index, 0 .. REPLICAS-1 (owns provider/model hashes = index) |
+| LLMSCOPE_SPC_BASELINE_N | 1000 | Phase I points per chart before limits freeze |
+| LLMSCOPE_SPC_SIGMA_ESTIMATOR | mr | mr (average moving range / 1.128) or sd |
+| LLMSCOPE_SPC_TOKENS_TRANSFORM | log | scale of the tokens_per_s charts: log or none |
+| LLMSCOPE_SPC_CLEAR_AFTER | 10 | quiet points before an episode clears |
+| LLMSCOPE_SPC_SNAPSHOT_INTERVAL_S | 1.0 | how often changed charts are written to the KV bucket |
+| LLMSCOPE_SPC_CHARTS_BUCKET | llmscope_spc_charts | KV bucket of chart snapshots |
+| LLMSCOPE_SPC_BATCH_SIZE | 256 | telemetry messages pulled per batch |
+| LLMSCOPE_SPC_HEALTH_PORT | 0 | port of /healthz, /readyz, /metrics (0: no server) |
+| LLMSCOPE_SPC_HEALTH_HOST | 127.0.0.1 | address the health server binds |
+| LLMSCOPE_LOG_LEVEL | INFO | log level |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from llmscope.bus.settings import BusSettings
+from llmscope.config.env import ConfigError, Env
+from llmscope.proto import subjects
+from llmscope.spc_engine.config import DEFAULT_BASELINE_N
+
+
+@dataclass(frozen=True, slots=True)
+class SpcSettings:
+    bus: BusSettings = field(default_factory=BusSettings)
+    replicas: int = 1
+    replica: int = 0
+    baseline_n: int = DEFAULT_BASELINE_N
+    sigma_estimator: str = "mr"
+    tokens_transform: str = "log"
+    clear_after: int = 10
+    snapshot_interval_s: float = 1.0
+    charts_bucket: str = subjects.SPC_CHARTS_BUCKET
+    batch_size: int = 256
+    health_port: int = 0
+    health_host: str = "127.0.0.1"
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> SpcSettings:
+        env = env or Env()
+        replicas = env.integer("LLMSCOPE_SPC_REPLICAS", 1, min=1, max=1024)
+        replica = env.integer("LLMSCOPE_SPC_REPLICA", 0, min=0)
+        if replica >= replicas:
+            raise ConfigError(
+                f"LLMSCOPE_SPC_REPLICA={replica}: must be below LLMSCOPE_SPC_REPLICAS={replicas}"
+            )
+        return cls(
+            bus=BusSettings.from_env(env),
+            replicas=replicas,
+            replica=replica,
+            baseline_n=env.integer("LLMSCOPE_SPC_BASELINE_N", DEFAULT_BASELINE_N, min=2),
+            sigma_estimator=env.choice("LLMSCOPE_SPC_SIGMA_ESTIMATOR", "mr", ("mr", "sd")),
+            tokens_transform=env.choice("LLMSCOPE_SPC_TOKENS_TRANSFORM", "log", ("log", "none")),
+            clear_after=env.integer("LLMSCOPE_SPC_CLEAR_AFTER", 10, min=1),
+            snapshot_interval_s=env.number("LLMSCOPE_SPC_SNAPSHOT_INTERVAL_S", 1.0, min=0),
+            charts_bucket=env.text("LLMSCOPE_SPC_CHARTS_BUCKET", subjects.SPC_CHARTS_BUCKET),
+            batch_size=env.integer("LLMSCOPE_SPC_BATCH_SIZE", 256, min=1, max=10_000),
+            health_port=env.integer("LLMSCOPE_SPC_HEALTH_PORT", 0, min=0, max=65535),
+            health_host=env.text("LLMSCOPE_SPC_HEALTH_HOST", "127.0.0.1"),
+            log_level=env.choice("LLMSCOPE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+        )

@@ -1,0 +1,121 @@
+"""The pure handler: routing to rational subgroups, ids, duplicates, partitions, snapshots."""
+
+from __future__ import annotations
+
+import functools
+
+import msgspec
+
+from llmscope.proto.telemetry import TelemetryEvent
+from llmscope.proto.violation import ViolationEvent
+from llmscope.spc_engine.chart import MetricChart
+from llmscope.spc_engine.config import ChartConfig, default_config
+from llmscope.spc_engine.engine import (
+    ChartMeta,
+    ChartSnapshot,
+    Engine,
+    Snapshot,
+    chart_key,
+    decode_snapshot,
+    parse_chart_key,
+    render_view,
+)
+from llmscope.spc_engine.service import owner
+
+from .helpers import telemetry_stream
+
+
+def small(metric: str) -> ChartConfig:
+    return msgspec.structs.replace(default_config(metric), baseline_n=40)
+
+
+async def run(engine: Engine, events: list[TelemetryEvent], start_seq: int = 1) -> list[ViolationEvent]:
+    out: list[ViolationEvent] = []
+    for i, ev in enumerate(events):
+        out += await engine.on_telemetry(ev, start_seq + i)
+    return out
+
+
+def test_chart_keys_are_reversible_and_kv_safe() -> None:
+    key = chart_key("ollama", "llama3.1:8b", "org/host a", "p*1", "latency_ms")
+    assert set(key) <= set("-/_=.abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+    assert parse_chart_key(key) == ("ollama", "llama3.1:8b", "org/host a", "p*1", "latency_ms")
+
+
+async def test_charts_per_prompt_and_metric_failed_probes_only_in_availability() -> None:
+    engine = Engine(config_for=small)
+    events = telemetry_stream(400, shift_at=300)
+    out = await run(engine, events)
+    keys = set(engine.charts)
+    assert {parse_chart_key(k)[3:] for k in keys} == {
+        (p, m) for p in ("simple", "medium") for m in ("latency_ms", "ttft_ms", "tokens_per_s")
+    } | {("*", "availability")}
+    for key, entry in engine.charts.items():
+        if isinstance(entry.chart, MetricChart):
+            prompt = parse_chart_key(key)[3]
+            n_ok = sum(1 for e in events if e.ok and e.prompt_id == prompt)
+            assert entry.chart.state.n_points == n_ok
+    critical = [v for v in out if v.severity == "critical" and v.metric == "latency_ms" and v.state == "open"]
+    assert critical
+    assert all(v.ts >= events[300].ts for v in critical)
+    v = critical[0]
+    assert v.episode_id == v.id
+    assert v.point_ids[-1] in {e.id for e in events}
+    assert v.limits.ucl > v.limits.center > v.limits.lcl > 0
+    assert v.baseline.n > 0
+    assert v.chart_key in keys
+
+
+async def test_replay_is_deterministic_and_duplicates_are_skipped() -> None:
+    events = telemetry_stream(300, shift_at=200)
+    first = await run(Engine(config_for=small), events)
+    engine = Engine(config_for=small)
+    again = await run(engine, events)
+    assert [v.id for v in first] == [v.id for v in again]
+    assert [msgspec.json.encode(v) for v in first] == [msgspec.json.encode(v) for v in again]
+    # Redelivered stream sequences and re-published event ids change nothing.
+    assert await run(engine, events[-50:], start_seq=251) == []
+    assert await run(engine, events[-5:], start_seq=1000) == []
+    assert len({v.id for v in first}) == len(first)
+
+
+async def test_snapshot_restore_continues_identically() -> None:
+    events = telemetry_stream(300, shift_at=150)
+    expected = await run(Engine(config_for=small), events)
+    engine = Engine(config_for=small)
+    got = await run(engine, events[:120])
+    store: dict[str, bytes] = {k: msgspec.json.encode(engine.snapshot(k)) for k in engine.charts}
+
+    async def load(key: str) -> Snapshot | None:
+        return decode_snapshot(key, store[key]) if key in store else None
+
+    resumed = Engine(config_for=small, load=load)
+    got += await run(resumed, events[100:], start_seq=101)  # overlap: 100..119 are skipped
+    assert [v.id for v in got] == [v.id for v in expected]
+
+
+async def test_partitions_are_disjoint_and_complete() -> None:
+    events = telemetry_stream(400, models=("a", "b", "c", "d", "e"), shift_at=250)
+    expected = await run(Engine(config_for=small), events)
+    parts = [Engine(config_for=small, owns=functools.partial(owned_by, i)) for i in range(2)]
+    got = [await run(e, events) for e in parts]
+    assert not set(parts[0].charts) & set(parts[1].charts)
+    assert sorted(v.id for v in got[0] + got[1]) == sorted(v.id for v in expected)
+
+
+def owned_by(replica: int, provider: str, model: str) -> bool:
+    return owner(provider, model, 2) == replica
+
+
+def test_view_reports_progress_limits_and_arl() -> None:
+    cfg = default_config()
+    chart = MetricChart(cfg)
+    view = render_view(cfg, chart.state)
+    assert view.phase == "collecting"
+    assert view.progress == 0
+    assert view.baseline_n == 1000
+    assert view.arl0_critical is not None
+    assert 2.5e5 < view.arl0_critical < 3.5e5
+    meta = ChartMeta(provider="ollama", model="m", target="t", prompt_id="p", metric="latency_ms")
+    snap = ChartSnapshot(key="k", meta=meta, seq=3, config=cfg, state=chart.state, view=view)
+    assert decode_snapshot("k", msgspec.json.encode(snap)) == snap
