@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
 from collections.abc import Sequence
@@ -19,8 +20,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
+import nats
+from nats.aio.client import Client as NATS
 
-from llmscope.bus.connection import connect
 from llmscope.bus.publisher import Publisher
 from llmscope.bus.streams import ensure_streams
 from llmscope.config.env import ConfigError, Env
@@ -83,28 +85,32 @@ async def once(settings: ProberSettings, metrics: ProberMetrics) -> int:
 
 
 async def run(settings: ProberSettings, metrics: ProberMetrics, stop: asyncio.Event) -> None:
-    """Probe and publish until ``stop`` is set."""
-    nc = await connect(settings.bus.nats_url, name=f"llmscope-prober-{settings.prober_id}")
-    js = nc.jetstream()
+    """Probe and publish until ``stop`` is set; probing starts before NATS answers."""
+    clients: list[NATS] = []
     streams_ready = asyncio.Event()
 
-    async def prepare() -> None:
+    async def connect_bus() -> Publisher:
+        if not clients:
+            clients.append(
+                await _connect_nats(settings.bus.nats_url, f"llmscope-prober-{settings.prober_id}")
+            )
+        js = clients[0].jetstream()
         await ensure_streams(js, settings.bus)
         streams_ready.set()
+        return Publisher(js)
 
-    outbox = Outbox(Publisher(js), metrics, maxsize=settings.outbox_size)
+    outbox = Outbox(None, metrics, maxsize=settings.outbox_size)
     sampler = SystemSampler()
     health: HealthServer | None = None
     if settings.health_port:
         health = HealthServer(
             settings.health_host,
             settings.health_port,
-            ready=lambda: streams_ready.is_set() and nc.is_connected,
+            ready=lambda: streams_ready.is_set() and clients[0].is_connected,
         )
         try:
             await health.start()
         except OSError as exc:
-            await nc.close()
             raise ConfigError(
                 f"LLMSCOPE_PROBER_HEALTH_PORT={settings.health_port}: cannot listen ({exc.strerror}); "
                 "choose another port or 0 to disable"
@@ -119,9 +125,13 @@ async def run(settings: ProberSettings, metrics: ProberMetrics, stop: asyncio.Ev
                 metrics=metrics,
                 options=_options(settings),
             )
-            publishing = asyncio.create_task(outbox.run(stop, prepare), name="outbox")
+            publishing = asyncio.create_task(outbox.run(stop, connect_bus), name="outbox")
             await scheduler.run(stop)
-            await publishing
+            # The worker ends by itself once stopped, unless it still waits for NATS.
+            await asyncio.wait({publishing}, timeout=DRAIN_S)
+            publishing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await publishing
         left = await outbox.flush(DRAIN_S) if streams_ready.is_set() else len(outbox)
         if left:
             log.warning("stopped with unpublished telemetry", left=left)
@@ -129,7 +139,29 @@ async def run(settings: ProberSettings, metrics: ProberMetrics, stop: asyncio.Ev
         sampler.close()
         if health is not None:
             await health.stop()
-        await nc.close()
+        if clients:
+            await clients[0].close()
+
+
+async def _connect_nats(url: str, name: str) -> NATS:
+    """One connection attempt that, once up, reconnects forever; the outbox retries the first.
+
+    Not llmscope.bus.connect: it passes ``retry_on_failed_connect``, which the locked nats-py
+    does not accept (TypeError), and it would block probing until NATS answers.
+    """
+
+    async def on_error(exc: Exception) -> None:
+        log.debug("NATS error", error=repr(exc))
+
+    return await nats.connect(
+        servers=[u.strip() for u in url.split(",")],
+        name=name,
+        connect_timeout=5.0,
+        allow_reconnect=True,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1.0,
+        error_cb=on_error,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

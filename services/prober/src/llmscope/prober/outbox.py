@@ -30,7 +30,7 @@ class Outbox:
 
     def __init__(
         self,
-        publisher: EventPublisher,
+        publisher: EventPublisher | None,
         metrics: ProberMetrics,
         *,
         maxsize: int = 10_000,
@@ -68,10 +68,12 @@ class Outbox:
                 "outbox full: dropped the oldest telemetry", dropped_total=self.dropped, size=self._maxsize
             )
 
-    async def run(self, stop: asyncio.Event, prepare: Callable[[], Awaitable[None]] | None = None) -> None:
-        """Publish until ``stop``; ``prepare`` (e.g. creating streams) is retried until it works."""
-        if prepare is not None:
-            await self._retry(prepare, stop)
+    async def run(
+        self, stop: asyncio.Event, connect: Callable[[], Awaitable[EventPublisher]] | None = None
+    ) -> None:
+        """Publish until ``stop``; ``connect`` (NATS, streams) gives the publisher, retried until it works."""
+        if connect is not None:
+            await self._retry(connect, stop)
         while not stop.is_set():
             if not self._queue:
                 self._ready.clear()
@@ -80,11 +82,11 @@ class Outbox:
             if not await self._publish_next():
                 await _sleep_or_stop(self._retry_delay, stop)
 
-    async def _retry(self, action: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
+    async def _retry(self, connect: Callable[[], Awaitable[EventPublisher]], stop: asyncio.Event) -> None:
         failures = 0
         while not stop.is_set():
             try:
-                await action()
+                self._publisher = await connect()
                 return
             except Exception as exc:
                 failures += 1
@@ -93,9 +95,14 @@ class Outbox:
                 await _sleep_or_stop(self._retry_delay, stop)
 
     async def _publish_next(self) -> bool:
+        if self._publisher is None:
+            return False
         subject, event = self._queue.popleft()
         try:
             await self._publisher.publish(subject, event, deadline=self._deadline)
+        except asyncio.CancelledError:
+            self._queue.appendleft((subject, event))
+            raise
         except (PublishFailed, OSError, TimeoutError) as exc:
             self._metrics.publish_failures.inc()
             # Back to the front, unless newer events filled the outbox meanwhile: then it is the oldest.
