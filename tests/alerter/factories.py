@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from email import message_from_bytes
-from email.message import Message
+from email import message_from_bytes, policy
+from email.message import EmailMessage
 from typing import Any
 
 from aiohttp import web
@@ -77,7 +77,7 @@ def cleared(ev: ViolationEvent, at: datetime | None = None) -> ViolationEvent:
 class Mailbox:
     """An aiosmtpd handler keeping every message it accepts."""
 
-    messages: list[Message] = field(default_factory=list)
+    messages: list[EmailMessage] = field(default_factory=list)
     envelopes: list[list[str]] = field(default_factory=list)
     refuse: set[str] = field(default_factory=set)
 
@@ -88,7 +88,9 @@ class Mailbox:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append(message_from_bytes(envelope.content))
+        msg = message_from_bytes(envelope.content, policy=policy.default)
+        assert isinstance(msg, EmailMessage)
+        self.messages.append(msg)
         self.envelopes.append(list(envelope.rcpt_tos))
         return "250 Message accepted"
 

@@ -211,7 +211,7 @@ class Store:
                 " ON CONFLICT (route, group_key) WHERE state = 'active' DO NOTHING RETURNING id",
                 route.name,
                 key,
-                json.dumps(group_labels(route, labels)),
+                json.dumps(list(group_labels(route, labels).items())),  # pairs keep group_by order
                 episode_id,
                 now,
                 first_flush_at(route, now),
@@ -326,7 +326,7 @@ class Store:
             list(decision.muted.values()),
         )
         claims = []
-        labels = json.loads(g["labels"])
+        labels = dict(json.loads(g["labels"]))
         for plan in decision.plans:
             seq = await conn.fetchval(
                 "SELECT coalesce(max(seq), 0) + 1 FROM alerter_notifications WHERE group_id = $1 AND"
@@ -418,7 +418,7 @@ class Store:
                         group_id=r["group_id"],
                         route=r["route"],
                         group_key=r["group_key"],
-                        group_labels=json.loads(r["labels"]),
+                        group_labels=dict(json.loads(r["labels"])),
                         channel=r["channel"],
                         channel_kind=r["channel_kind"],
                         reason=r["reason"],
@@ -470,7 +470,8 @@ class Store:
     async def finish(self, notification_id: str, outcome: Outcome) -> None:
         now = self.clock()
         await self.pool.execute(
-            "UPDATE alerter_notifications SET status = $3, sent_at = CASE WHEN $3 = 'sent' THEN $4 END,"
+            "UPDATE alerter_notifications SET status = $3::text, sent_at = CASE WHEN $3::text ="
+            " 'sent' THEN $4::timestamptz END,"
             " detail = $5, lease_until = NULL, updated_at = $4"
             " WHERE id = $1 AND claimed_by = $2 AND status = 'sending'",
             notification_id,

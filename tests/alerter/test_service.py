@@ -1,0 +1,321 @@
+"""The alerter as a service: real NATS, Postgres, SMTP and HTTP servers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+import aiohttp
+import asyncpg
+from aiohttp import web
+from nats.js import JetStreamContext
+
+from llmscope.alerter.config import RuntimeConfig, Timings, load_file
+from llmscope.alerter.migrate import migrate
+from llmscope.alerter.notifiers.base import Notification, Notifier
+from llmscope.alerter.notifiers.webhook import DELIVERY_HEADER
+from llmscope.alerter.silences import Silence
+from llmscope.proto import codec
+from llmscope.proto.alert import NotificationEvent
+from tests.alerter.factories import HttpSink, Mailbox, cleared, smtp_server, violation
+from tests.alerter.harness import eventually, publish, start_alerter
+
+
+def smtp_env(port: int) -> dict[str, str]:
+    return {
+        "LLMSCOPE_SMTP_HOST": "127.0.0.1",
+        "LLMSCOPE_SMTP_PORT": str(port),
+        "LLMSCOPE_SMTP_SECURITY": "none",
+        "LLMSCOPE_SMTP_FROM": "scope@example.com",
+        "LLMSCOPE_ALERT_EMAIL_TO": "oncall@example.com,lead@example.com",
+    }
+
+
+async def test_migrations_apply_once_even_concurrently(database_url: str) -> None:
+    conns = [await asyncpg.connect(database_url) for _ in range(2)]
+    try:
+        first, second = await asyncio.gather(*(migrate(c) for c in conns))
+        assert sorted(first + second) == ["001_alerting.sql", "002_incidents.sql"]
+        assert await migrate(conns[0]) == []
+        assert await conns[0].fetchval("SELECT count(*) FROM alerter_schema_migrations") == 2
+        assert await conns[0].fetchval("SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm'") == 1
+    finally:
+        for c in conns:
+            await c.close()
+
+
+async def _api_tables(database_url: str) -> asyncpg.Connection:
+    """The slice of the API's schema the alerter reads (violations acks, settings, telemetry)."""
+    conn = await asyncpg.connect(database_url)
+    await conn.execute(
+        "CREATE TABLE violations (id text PRIMARY KEY, episode_id text NOT NULL,"
+        " acknowledged_by text, acknowledged_at timestamptz);"
+        "CREATE TABLE settings (key text PRIMARY KEY, value jsonb NOT NULL);"
+        "CREATE TABLE telemetry (id text PRIMARY KEY, ts timestamptz NOT NULL, provider text, model text,"
+        " prompt_id text, status text, latency_ms float8, ttft_ms float8, tokens_per_s float8)"
+    )
+    return conn
+
+
+async def test_alert_storm_one_message_then_reminders_until_acknowledged(
+    database_url: str, js: JetStreamContext
+) -> None:
+    box = Mailbox()
+    smtp = smtp_server(box)
+    api = await _api_tables(database_url)
+    storm = [violation(i) for i in range(50)]
+    await api.executemany(
+        "INSERT INTO violations (id, episode_id) VALUES ($1, $1)", [(v.episode_id,) for v in storm]
+    )
+    run = await start_alerter(
+        database_url,
+        js,
+        smtp_env(smtp.port),
+        timings=Timings(group_wait=1.0, group_interval=0.2, repeat_interval=1.0),
+    )
+    try:
+        await publish(js, *storm)  # 50 violations on one model, well within 10 s
+        await eventually(lambda: len(box.messages) >= 1, what="the grouped email")
+        first = box.messages[0]
+        assert "50 violation(s) on ollama/llama3.1:8b" in first["Subject"]
+        assert box.envelopes[0] == ["oncall@example.com", "lead@example.com"]
+        await eventually(lambda: len(box.messages) >= 3, within=6, what="two reminders")
+        assert all("(reminder)" in m["Subject"] for m in box.messages[1:])
+        await api.execute("UPDATE violations SET acknowledged_by = 'ana', acknowledged_at = now()")
+        await asyncio.sleep(0.5)  # a reminder may already be on its way
+        count = len(box.messages)
+        await asyncio.sleep(2.5)
+        assert len(box.messages) == count  # acknowledged: no more reminders
+        rows = await api.fetch(
+            "SELECT reason, status, attempts FROM alerter_notifications ORDER BY created_at"
+        )
+        assert rows[0]["reason"] == "first"
+        assert {r["reason"] for r in rows[1:]} == {"repeat"}
+        assert all(r["status"] == "sent" and r["attempts"] == 1 for r in rows)
+        acked = await api.fetchval("SELECT count(*) FROM alerter_alerts WHERE acknowledged_by = 'ana'")
+        assert acked == 50
+    finally:
+        await run.close()
+        await api.close()
+        smtp.stop()
+
+
+async def test_two_replicas_never_send_twice(database_url: str, js: JetStreamContext) -> None:
+    sink = HttpSink()
+    url = await sink.start()
+    env = {"LLMSCOPE_WEBHOOK_URL": url + "/hook"}
+    runs = [await start_alerter(database_url, js, env, instance=name) for name in ("a", "b")]
+    try:
+        models = [f"m{i}" for i in range(10)]
+        events = [violation(i, model=m, rule=r) for i, m in enumerate(models) for r in ("R1", "R2", "R3")]
+        await publish(js, *events)
+        await eventually(lambda: len(sink.requests) >= 10, what="10 grouped messages")
+        await publish(js, *(cleared(e) for e in events))
+        await eventually(lambda: len(sink.requests) >= 20, what="10 resolved messages")
+        await asyncio.sleep(1.0)
+        deliveries = [h[DELIVERY_HEADER] for h, _, _ in sink.requests]
+        assert len(deliveries) == 20
+        assert len(set(deliveries)) == 20
+        bodies = [codec.decode_as(b, NotificationEvent) for _, b, _ in sink.requests]
+        firing = [b for b in bodies if b.status == "firing"]
+        assert sorted(b.group_labels["model"] for b in firing) == models
+        assert all(len(b.firing) == 3 for b in firing)
+        assert sum(len(b.resolved) for b in bodies if b.status == "resolved") == 30
+        instances = Counter(
+            r["claimed_by"] for r in await runs[0].pool.fetch("SELECT claimed_by FROM alerter_notifications")
+        )
+        assert sum(instances.values()) == 20
+    finally:
+        for run in runs:
+            await run.close()
+        await sink.stop()
+
+
+class _Stuck:
+    """A notifier whose send never returns: the process 'dies' between claim and delivery."""
+
+    kind = "email"
+    send_resolved = True
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.entered = asyncio.Event()
+
+    def build_payload(self, notification: Notification) -> Any:
+        return notification
+
+    async def send(self, payload: Any) -> str:
+        self.entered.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_crash_between_claim_and_send_delivers_exactly_once_after_restart(
+    database_url: str, js: JetStreamContext
+) -> None:
+    box = Mailbox()
+    smtp = smtp_server(box)
+    stuck = _Stuck("email")
+
+    def factory(name: str, runtime: RuntimeConfig, session: aiohttp.ClientSession) -> Notifier:
+        return stuck
+
+    first = await start_alerter(
+        database_url, js, smtp_env(smtp.port), instance="dies", lease=1.0, factory=factory
+    )
+    try:
+        await publish(js, violation(1))
+        await asyncio.wait_for(stuck.entered.wait(), 10)
+        row = await first.pool.fetchrow("SELECT status, claimed_by FROM alerter_notifications")
+        assert row is not None
+        assert (row["status"], row["claimed_by"]) == ("sending", "dies")
+    finally:
+        await first.crash()
+    assert box.messages == []
+    second = await start_alerter(database_url, js, smtp_env(smtp.port), instance="lives", lease=1.0)
+    try:
+        await eventually(lambda: len(box.messages) >= 1, what="the message after the lease expired")
+        await asyncio.sleep(1.5)
+        assert len(box.messages) == 1
+        rows = await second.pool.fetch("SELECT id, status, claimed_by FROM alerter_notifications")
+        assert [(r["status"], r["claimed_by"]) for r in rows] == [("sent", "lives")]
+        assert box.messages[0]["X-LLMscope-Notification"] == rows[0]["id"]
+    finally:
+        await second.close()
+        smtp.stop()
+
+
+async def test_pagerduty_trigger_resolve_and_permanent_failure_recorded(
+    database_url: str, js: JetStreamContext, tmp_path: Any
+) -> None:
+    pd = HttpSink(lambda r, n: _answer(202, '{"status":"success"}'))
+    broken = HttpSink(lambda r, n: _answer(404, "no such hook"))
+    pd_url, broken_url = await pd.start(), await broken.start()
+    cfg = tmp_path / "alerter.yaml"
+    cfg.write_text(
+        "channels:\n"
+        f"  - {{name: pager, kind: pagerduty, routing_key_env: PD_KEY, events_url: '{pd_url}/v2/enqueue'}}\n"
+        f"  - {{name: gone, kind: webhook, url: '{broken_url}/hook'}}\n"
+        "routes:\n  - {name: all, channels: [pager, gone], severities: [critical, warning]}\n"
+    )
+    run = await start_alerter(database_url, js, {"PD_KEY": "rk-123"}, config_file=load_file(cfg))
+    try:
+        ev = violation(1, severity="warning")
+        await publish(js, ev)
+        await eventually(lambda: len(pd.requests) >= 1, what="PagerDuty trigger")
+        await publish(js, cleared(ev))
+        await eventually(lambda: len(pd.requests) >= 2, what="PagerDuty resolve")
+        trigger, resolve = (json.loads(b) for _, b, _ in pd.requests[:2])
+        assert trigger["event_action"] == "trigger"
+        assert trigger["routing_key"] == "rk-123"
+        assert trigger["payload"]["severity"] == "warning"
+        assert resolve == {"event_action": "resolve", "dedup_key": ev.episode_id, "routing_key": "rk-123"}
+        assert trigger["dedup_key"] == ev.episode_id
+        await eventually(lambda: len(broken.requests) >= 2, what="webhook attempts")
+        rows = await run.pool.fetch(
+            "SELECT reason, status, attempts, last_error FROM alerter_notifications WHERE channel ="
+            " 'gone' ORDER BY seq"
+        )
+        assert [(r["reason"], r["status"], r["attempts"]) for r in rows] == [
+            ("first", "failed", 1),
+            ("resolved", "failed", 1),
+        ]
+        assert "HTTP 404" in rows[0]["last_error"]
+        attempts = await run.pool.fetchval("SELECT count(*) FROM alerter_delivery_attempts")
+        assert attempts == 4
+        assert run.consumer is not None
+        info = await js.consumer_info("LLMSCOPE_VIOLATIONS", "alerter")
+        assert info.num_ack_pending == 0
+        assert info.num_pending == 0
+    finally:
+        await run.close()
+        await pd.stop()
+        await broken.stop()
+
+
+async def _answer(status: int, text: str) -> web.Response:
+    return web.Response(status=status, text=text)
+
+
+async def test_silence_mutes_notifications_but_not_the_record(
+    database_url: str, js: JetStreamContext
+) -> None:
+    box = Mailbox()
+    smtp = smtp_server(box)
+    run = await start_alerter(database_url, js, smtp_env(smtp.port))
+    try:
+        now = run.store.clock()
+        await run.store.add_silence(
+            Silence(
+                "deploy-42",
+                reason="rolling deploy",
+                author="ana",
+                models=("llama*",),
+                starts_at=now - timedelta(minutes=1),
+                ends_at=now + timedelta(hours=1),
+            )
+        )
+        await publish(js, violation(1), violation(2, model="qwen2:7b"))
+        await eventually(lambda: len(box.messages) >= 1, what="the qwen message")
+        await asyncio.sleep(1.0)
+        assert len(box.messages) == 1
+        assert "qwen2:7b" in box.messages[0]["Subject"]
+        muted = await run.pool.fetchrow("SELECT muted_by FROM alerter_alerts WHERE model = 'llama3.1:8b'")
+        assert muted is not None
+        assert muted["muted_by"] == "deploy-42"
+        assert await run.store.expire_silence("deploy-42")
+        await eventually(lambda: len(box.messages) >= 2, what="the message once the silence ended")
+        assert "llama3.1:8b" in box.messages[1]["Subject"]
+    finally:
+        await run.close()
+        smtp.stop()
+
+
+async def test_email_context_table_from_the_api_telemetry_and_settings(
+    database_url: str, js: JetStreamContext
+) -> None:
+    box = Mailbox()
+    smtp = smtp_server(box)
+    api = await _api_tables(database_url)
+    ev = violation(0)
+    rows = [
+        (
+            f"p{i}" if i != 0 else "p0",
+            ev.ts + timedelta(seconds=2 * i),
+            "ollama",
+            "llama3.1:8b",
+            "simple-1",
+            "ok",
+            800.0 + i,
+            100.0,
+            40.0,
+        )
+        for i in range(-15, 6)
+    ]
+    await api.executemany("INSERT INTO telemetry VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)", rows)
+    await api.execute(
+        "INSERT INTO settings VALUES ('smtp_host', '\"127.0.0.1\"'), ('smtp_port', $1::jsonb),"
+        " ('smtp_security', '\"none\"'), ('smtp_to', '\"ops@example.com\"'), ('alert_on_rule', '[\"R1\"]')",
+        json.dumps(smtp.port),
+    )
+    run = await start_alerter(database_url, js, {})  # channels from the API's settings only
+    try:
+        await publish(js, violation(5, rule="R2"), ev)  # R2 is not in alert_on_rule
+        await eventually(lambda: len(box.messages) >= 1, what="email configured through settings")
+        await asyncio.sleep(0.5)
+        assert len(box.messages) == 1
+        assert box.envelopes[0] == ["ops@example.com"]
+        body = box.messages[0].get_body(("plain",))
+        assert body is not None
+        text = body.get_content()
+        assert "(R1)" in box.messages[0]["Subject"]
+        table = [line for line in text.splitlines() if line.startswith("   ") and " ms " in line]
+        assert len(table) == 16  # 10 before + the signalling point + 5 after (all there is)
+        assert sum(line.startswith("   *") for line in table) == 1
+    finally:
+        await run.close()
+        await api.close()
+        smtp.stop()
