@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -27,6 +29,7 @@ def settings(database_url: str, nats_url: str) -> ApiSettings:
         bus=BusSettings(nats_url=nats_url),
         port=0,
         baseline_points=20,
+        persister=False,  # tests seed Postgres directly; `persisting_api` runs the persister
     )
 
 
@@ -50,6 +53,19 @@ class Api:
 @pytest.fixture
 async def api(settings: ApiSettings) -> AsyncIterator[Api]:
     """The app with its lifespan running, a client with the key and one without."""
+    async with serve(settings) as running:
+        yield running
+
+
+@pytest.fixture
+async def persisting_api(settings: ApiSettings) -> AsyncIterator[Api]:
+    """The app with the in-process persister consuming JetStream into Postgres."""
+    async with serve(dataclasses.replace(settings, persister=True)) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def serve(settings: ApiSettings) -> AsyncIterator[Api]:
     app = create_app(settings)
     transport = httpx.ASGITransport(app=app)
     async with (

@@ -42,7 +42,8 @@ async def test_auth_required_except_health(api: Api) -> None:
     assert "llmscope_api_http_requests_total" in (await api.anon.get("/metrics")).text
 
 
-async def test_post_stats_publishes_and_persister_stores(api: Api) -> None:
+async def test_post_stats_publishes_and_persister_stores(persisting_api: Api) -> None:
+    api = persisting_api
     body = {
         "provider": "openai",
         "model": "org/gpt-4o-mini",

@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     from llmscope.config.env import ConfigError
 
     try:
-        settings = ApiSettings.from_env()
+        settings = ApiSettings.from_env(require_api_key=False)
     except ConfigError as exc:
         print(f"llmscope persister: {exc}", file=sys.stderr)
         return 2

@@ -53,15 +53,16 @@ class ApiSettings:
     log_level: str = "INFO"
 
     @classmethod
-    def from_env(cls, env: Env | None = None) -> ApiSettings:
+    def from_env(cls, env: Env | None = None, *, require_api_key: bool = True) -> ApiSettings:
+        """Read and validate; the standalone persister serves no HTTP and needs no key."""
         env = env or Env()
         db = env.url("DATABASE_URL", None, schemes=("postgres", "postgresql"))
         if db is None:
             raise ConfigError("DATABASE_URL is not set: expected postgresql://user:pass@host:port/db")
         key = env.secret("LLMSCOPE_API_KEY")
-        if not key:
+        if not key and require_api_key:
             raise ConfigError("LLMSCOPE_API_KEY is not set: the API refuses to run without a key")
-        if len(key.get()) < 16:
+        if key and len(key.get()) < 16:
             raise ConfigError("LLMSCOPE_API_KEY is too short: use at least 16 characters")
         pool_min = env.integer("LLMSCOPE_DB_POOL_MIN", 1, min=0, max=100)
         pool_max = env.integer("LLMSCOPE_DB_POOL_MAX", 10, min=1, max=200)
