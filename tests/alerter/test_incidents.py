@@ -1,0 +1,234 @@
+"""Incidents: correlation, cascades, lifecycle, the analysis with and without an LLM, similarity."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import aiohttp
+import pytest
+from aiohttp import web
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from llmscope.alerter.analysis import TelemetryPoint, summarize
+from llmscope.alerter.incidents import OpenIncident, correlate
+from llmscope.alerter.llm import LlmConfig, analyze, parse_answer
+from llmscope.proto import codec, subjects
+from llmscope.proto.incident import IncidentEvent
+from llmscope.simulator.engine import Simulator
+from llmscope.simulator.models import SimModel
+from llmscope.simulator.server import SimServer
+from tests.alerter.factories import T0, HttpSink, cleared, violation
+from tests.alerter.harness import eventually, publish, start_alerter
+
+SIM_MODELS = (
+    SimModel(
+        name="analyst:1b", host="llm-host", tokens_per_s=2000, prompt_tokens_per_s=20000, overhead_s=0.001
+    ),
+)
+
+
+def test_correlation_same_model_same_host_and_window() -> None:
+    inc = OpenIncident("i1", "ollama", "gpu-1", ("llama3.1:8b",), T0)
+    assert correlate(violation(1, model="qwen2:7b"), [inc], 300) is inc  # same host: cascade
+    assert correlate(violation(1, model="qwen2:7b", host="gpu-2"), [inc], 300) is None
+    assert correlate(violation(1, host="gpu-2"), [inc], 300) is inc  # same model elsewhere
+    assert correlate(violation(1, at=T0 + timedelta(minutes=10)), [inc], 300) is None
+    bare = OpenIncident("i2", "openai", "", ("gpt-4o",), T0)
+    assert correlate(violation(1, provider="openai", model="gpt-4o-mini", host=""), [bare], 300) is bare
+
+
+def test_deterministic_summary_names_moves_rules_split_and_host() -> None:
+    events = [
+        violation(1, value=2400),
+        violation(2, model="qwen2:7b", rule="R2", value=1600),
+        violation(3, metric="ttft_ms", value=1800),
+    ]
+    telemetry = [TelemetryPoint("p1", T0, "llama3.1:8b", latency_ms=2400, ttft_ms=1800, tokens_per_s=12.5)]
+    text, moves, rules = summarize(events, cleared=frozenset({events[1].episode_id}), telemetry=telemetry)
+    assert rules == ("R1", "R2")
+    assert {(m.model, m.metric) for m in moves} == {
+        ("llama3.1:8b", "latency_ms"),
+        ("qwen2:7b", "latency_ms"),
+        ("llama3.1:8b", "ttft_ms"),
+    }
+    assert "2 model(s) on host gpu-1 (2 still open)" in text
+    assert "cascade" in text
+    assert "+200%" in text  # 2400 ms against 800 ms
+    assert "before the first token" in text  # 1800 of 2400 ms
+    assert "12.5 tokens/s" in text
+    assert "CPU up to 95% (saturated)" in text
+    assert "GPU up to 99%" in text
+
+
+def test_parse_answer_json_prose_and_garbage() -> None:
+    ok = parse_answer(
+        'Sure: {"hypothesis": "GPU memory pressure", "engineering_email": "Hi", "customer_notice": "Slow"}',
+        critical=False,
+    )
+    assert ok.status == "ok"
+    assert ok.hypothesis == "GPU memory pressure"
+    assert ok.customer_notice is None  # only for critical incidents
+    assert parse_answer("The host looks overloaded by a batch job on the GPU.", critical=True).status == "ok"
+    assert parse_answer("", critical=True).status == "invalid"
+    assert parse_answer("<html><body>502</body></html>", critical=True).status == "invalid"
+    assert parse_answer("%%%% 0x00 ### @@@@ !!!", critical=True).status == "invalid"
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[SimServer]:
+    server = SimServer(Simulator(SIM_MODELS, seed=3))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.mark.parametrize("kind", ["openai", "ollama"])
+async def test_llm_analysis_with_the_simulated_endpoint_answering_and_failing(
+    sim: SimServer, kind: str
+) -> None:
+    cfg = LlmConfig(url=sim.url, model="analyst:1b", kind=kind, timeout=1.0)  # type: ignore[arg-type]
+    async with aiohttp.ClientSession() as session:
+        answered = await analyze(session, cfg, "title", "facts", critical=True)
+        assert answered.status == "ok", answered.error
+        assert answered.hypothesis
+        for inject, status in (
+            ({"kind": "outage", "mode": "error", "status": 500}, "unreachable"),
+            ({"kind": "outage", "mode": "hang"}, "timeout"),
+            ({"kind": "outage", "mode": "garbage"}, "invalid"),
+        ):
+            async with session.post(f"{sim.url}/_sim/inject", json=inject) as resp:
+                assert resp.status == 201
+            result = await analyze(session, cfg, "title", "facts", critical=True)
+            assert result.status == status, result
+            assert result.hypothesis is None
+            async with session.delete(f"{sim.url}/_sim/inject") as resp:
+                assert resp.status == 200
+    unreachable = LlmConfig(url="http://127.0.0.1:9", model="x", timeout=1.0)
+    async with aiohttp.ClientSession() as session:
+        assert (await analyze(session, unreachable, "t", "f", critical=False)).status == "unreachable"
+
+
+async def _collect(nc: NATS, into: list[IncidentEvent]) -> None:
+    async def on(msg: Msg) -> None:
+        into.append(codec.decode_as(msg.data, IncidentEvent))
+
+    await nc.subscribe(subjects.INCIDENTS_ALL, cb=on)
+
+
+async def _json_llm(request: web.Request, _: int) -> web.StreamResponse:
+    body = await request.json()
+    assert body["messages"][1]["content"].startswith("Incident: Cascade on gpu-1")
+    answer = {
+        "hypothesis": "All three models share gpu-1, whose GPU is saturated: a co-tenant job.",
+        "engineering_email": "Subject: gpu-1 degraded\n\nThree models slowed together.",
+        "customer_notice": "Some responses are slower than usual; we are on it.",
+    }
+    return web.json_response({"choices": [{"message": {"role": "assistant", "content": json.dumps(answer)}}]})
+
+
+async def test_cascade_is_one_incident_naming_every_model_with_llm_analysis(
+    database_url: str, js: JetStreamContext, nc: NATS
+) -> None:
+    llm = HttpSink(_json_llm)
+    llm_url = await llm.start()
+    seen: list[IncidentEvent] = []
+    await _collect(nc, seen)
+    run = await start_alerter(
+        database_url, js, {}, llm=LlmConfig(url=llm_url, model="judge", kind="openai", timeout=5.0)
+    )
+    try:
+        models = ["llama3.1:8b", "qwen2:7b", "mistral:7b"]
+        await publish(js, *(violation(i, model=m) for i, m in enumerate(models)))
+        await publish(js, violation(9, model="other", host="gpu-2"))  # another host: its own incident
+        await eventually(
+            lambda: any(e.change == "analyzed" and e.cascade for e in seen), what="analysed cascade"
+        )
+        ids = {e.incident_id for e in seen}
+        assert len(ids) == 2
+        cascade = [e for e in seen if e.cascade and e.change == "analyzed"][-1]
+        assert sorted(cascade.models) == sorted(models)
+        assert cascade.title.startswith("Cascade on gpu-1: 3 models degraded")
+        assert cascade.violation_count == 3
+        assert cascade.state == "open"
+        analysis = cascade.analysis
+        assert analysis is not None
+        assert analysis.llm_status == "ok"
+        assert analysis.hypothesis is not None
+        assert "co-tenant" in analysis.hypothesis
+        assert analysis.customer_notice is not None  # critical incident
+        assert "(Deterministic analysis only" not in analysis.summary
+        assert {m.model for m in analysis.moves} == set(models)
+        changes = [e.change for e in seen if e.incident_id == cascade.incident_id]
+        assert changes[0] == "opened"
+        assert "updated" in changes
+        # lifecycle: acknowledged (who, when), then resolved when every violation cleared
+        assert await run.store.acknowledge_incident(cascade.incident_id, "ana")
+        await publish(js, *(cleared(violation(i, model=m)) for i, m in enumerate(models)))
+        await eventually(
+            lambda: any(e.change == "resolved" and e.incident_id == cascade.incident_id for e in seen),
+            what="resolved incident",
+        )
+        resolved = [e for e in seen if e.change == "resolved"][-1]
+        assert resolved.acknowledged_by == "ana"
+        assert resolved.acknowledged_at is not None
+        assert resolved.resolved_by is not None
+        acked = await run.pool.fetchval("SELECT count(*) FROM alerter_alerts WHERE acknowledged_by = 'ana'")
+        assert acked == 3
+        # published on the incidents stream too, for subscribers that come later
+        info = await js.stream_info(subjects.STREAM_INCIDENTS)
+        assert info.state.messages == len({e.id for e in seen})
+    finally:
+        await run.close()
+        await llm.stop()
+
+
+async def test_failing_llm_never_blocks_delivery_and_similar_incidents_are_linked(
+    database_url: str, js: JetStreamContext, nc: NATS, sim: SimServer
+) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{sim.url}/_sim/inject", json={"kind": "outage", "mode": "hang"}) as resp,
+    ):
+        assert resp.status == 201
+    hook = HttpSink()
+    hook_url = await hook.start()
+    seen: list[IncidentEvent] = []
+    await _collect(nc, seen)
+    run = await start_alerter(
+        database_url,
+        js,
+        {"LLMSCOPE_WEBHOOK_URL": hook_url},
+        llm=LlmConfig(url=sim.url, model="analyst:1b", kind="ollama", timeout=1.0),
+        incident_window=1.0,
+    )
+    try:
+        first = violation(1)
+        await publish(js, first)
+        await eventually(lambda: len(hook.requests) >= 1, within=3, what="notification while the LLM hangs")
+        await eventually(lambda: any(e.change == "analyzed" for e in seen), what="deterministic analysis")
+        analysed = next(e for e in seen if e.change == "analyzed")
+        assert analysed.analysis is not None
+        assert analysed.analysis.llm_status == "timeout"
+        assert analysed.analysis.hypothesis is None
+        assert "(Deterministic analysis only: LLM timeout.)" in analysed.analysis.summary
+        await publish(js, cleared(first))
+        await eventually(lambda: any(e.change == "resolved" for e in seen), what="first incident resolved")
+        # the same problem again, later: a new incident that links the first one
+        again = violation(2, at=T0 + timedelta(hours=1), prefix="again")
+        await publish(js, again)
+        await eventually(
+            lambda: any(e.change == "analyzed" and e.incident_id != analysed.incident_id for e in seen),
+            what="second analysis",
+        )
+        second = [e for e in seen if e.change == "analyzed" and e.incident_id != analysed.incident_id][-1]
+        assert [s.incident_id for s in second.similar] == [analysed.incident_id]
+        assert second.similar[0].score > 0.5
+    finally:
+        await run.close()
+        await hook.stop()

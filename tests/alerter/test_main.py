@@ -1,0 +1,153 @@
+"""The service as a process: SIGKILL mid-delivery and restart; the CLI; send_test."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import asyncpg
+import pytest
+from aiohttp import web
+from nats.js import JetStreamContext
+
+from llmscope.alerter.__main__ import main
+from llmscope.alerter.retry import RetryPolicy
+from llmscope.alerter.testsend import send_test
+from llmscope.config.env import Env
+from tests.alerter.factories import HttpSink, Mailbox, hang, smtp_server, violation
+from tests.alerter.harness import eventually, publish
+
+
+def _spawn(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "llmscope.alerter"], env={**os.environ, **env}, stdout=out, stderr=out
+        )
+
+
+async def test_sigkill_mid_delivery_then_restart_sends_each_notification_once(
+    database_url: str, nats_url: str, js: JetStreamContext, tmp_path: Path
+) -> None:
+    answered: Counter[str] = Counter()
+
+    async def behaviour(request: web.Request, n: int) -> web.StreamResponse:
+        if n == 1:
+            return await hang(request, n)  # the process dies while this delivery is in flight
+        answered[request.headers["X-LLMscope-Delivery"]] += 1
+        return web.Response(text="ok")
+
+    sink = HttpSink(behaviour)
+    url = await sink.start()
+    env = {
+        "DATABASE_URL": database_url,
+        "NATS_URL": nats_url,
+        "LLMSCOPE_WEBHOOK_URL": url + "/hook",
+        "LLMSCOPE_ALERTER_GROUP_WAIT_S": "0.2",
+        "LLMSCOPE_ALERTER_GROUP_INTERVAL_S": "0.2",
+        "LLMSCOPE_ALERTER_TICK_S": "0.1",
+        "LLMSCOPE_ALERTER_LEASE_S": "2",
+        "LLMSCOPE_ALERTER_SEND_TIMEOUT_S": "60",
+        "LLMSCOPE_ALERTER_HEALTH_PORT": "0",
+        "LLMSCOPE_ANALYSIS_DELAY_S": "0",
+    }
+    db = await asyncpg.connect(database_url)
+    log = tmp_path / "alerter.log"
+    proc = _spawn({**env, "LLMSCOPE_ALERTER_INSTANCE": "first"}, log)
+    try:
+        await publish(js, *(violation(i, model=f"m{i}") for i in range(3)))
+
+        async def two_sent_one_stuck() -> bool:
+            if await db.fetchval("SELECT to_regclass('alerter_notifications')") is None:
+                return False
+            rows = await db.fetch("SELECT status FROM alerter_notifications")
+            return sorted(r["status"] for r in rows) == ["sending", "sent", "sent"]
+
+        await eventually(two_sent_one_stuck, within=30, what="two sent, one stuck in flight")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        assert len(sink.requests) == 3
+        proc = _spawn({**env, "LLMSCOPE_ALERTER_INSTANCE": "second"}, log)
+        await eventually(lambda: len(answered) == 3, within=30, what="the stuck notification after restart")
+        await asyncio.sleep(1.0)
+        assert set(answered.values()) == {1}  # every notification answered exactly once
+        assert len(sink.requests) == 4  # 3 + the one re-sent after the kill (it never got its answer)
+        rows = await db.fetch("SELECT status, claimed_by FROM alerter_notifications ORDER BY id")
+        assert [r["status"] for r in rows] == ["sent"] * 3
+        assert Counter(r["claimed_by"] for r in rows) == {"first": 2, "second": 1}
+        info = await js.consumer_info("LLMSCOPE_VIOLATIONS", "alerter")
+        assert info.num_pending == 0
+        assert info.num_ack_pending == 0
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        await db.close()
+        await sink.stop()
+    assert proc.returncode == 0, log.read_text()[-3000:]
+
+
+def test_cli_check_config_and_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    assert main(["--check-config"]) == 2
+    assert "DATABASE_URL" in capsys.readouterr().err
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u:pw@127.0.0.1:1/db")
+    monkeypatch.setenv("LLMSCOPE_SLACK_WEBHOOK_URL", "https://hooks.slack.com/services/T/B/secret-token")
+    assert main(["--check-config"]) == 0
+    out = capsys.readouterr().out
+    assert "channel slack: kind=slack enabled=True" in out
+    assert "route default: channels=slack severities=critical" in out
+    assert "secret-token" not in out
+    bad = tmp_path / "a.yaml"
+    bad.write_text("routes: [{name: r, channels: [nope]}]")
+    assert main(["--check-config", "--config", str(bad)]) == 2
+    assert "unknown channels" in capsys.readouterr().err
+
+
+async def test_send_test_reports_the_channel_answer() -> None:
+    box = Mailbox()
+    smtp = smtp_server(box)
+    failing = HttpSink(lambda r, n: _status(500))
+    url = await failing.start()
+    try:
+        settings: dict[str, object] = {
+            "smtp_host": "127.0.0.1",
+            "smtp_port": smtp.port,
+            "smtp_security": "none",
+            "smtp_to": "me@example.com",
+            "email_enabled": False,  # a disabled channel can still be tested (the setup wizard)
+        }
+        result = await send_test("email", settings, env=Env({}))
+        assert result.ok, result
+        assert result.status == "sent"
+        assert "accepted" in result.detail
+        assert box.messages[0]["Subject"] == "[LLMscope] Test notification"
+        quick = RetryPolicy(initial=0.05, max_delay=0.1, deadline=0.3, attempt_timeout=1)
+        hook = await send_test("webhook", {}, env=Env({"LLMSCOPE_WEBHOOK_URL": url}), policy=quick)
+        assert not hook.ok
+        assert hook.status == "expired"
+        assert "HTTP 500" in hook.detail
+        assert hook.attempts >= 2
+        missing = await send_test("slack", {}, env=Env({}))
+        assert missing.status == "not_configured"
+        secret = await send_test(
+            "slack", {"slack_webhook_url": "http://127.0.0.1:9/services/T/B/tok3n"}, env=Env({}), policy=quick
+        )
+        assert not secret.ok
+        assert "tok3n" not in secret.detail
+    finally:
+        smtp.stop()
+        await failing.stop()
+
+
+async def _status(status: int) -> web.Response:
+    return web.Response(status=status, text="boom")
