@@ -371,3 +371,41 @@ def test_api_settings_overlay() -> None:
     assert email.recipients == ("a@x.io", "b@x.io")
     assert email.password.get() == "s3cret"
     assert [c.name for c in rt.enabled_channels()] == ["email"]
+
+
+def test_the_api_settings_keys() -> None:
+    """The keys of llmscope.api.known_settings, as JSON values in the settings table."""
+    settings: dict[str, object] = {
+        "alert.min_severity": '"warning"',
+        "alert.on_rules": "[]",
+        "alert.group_wait_s": "0",
+        "alert.repeat_interval_s": "600",
+        "alert.email.enabled": "true",
+        "alert.email.recipients": '["a@x.io"]',
+        "alert.email.smtp_host": '"mail.local"',
+        "alert.email.smtp_port": "465",
+        "alert.email.tls": '"ssl"',
+        "alert.email.from_addr": '"scope@x.io"',
+        "alert.email.smtp_password": '"pw"',
+        "alert.slack.enabled": "false",
+        "alert.slack.webhook_url": '"https://hooks.slack.com/services/T/B/X"',
+        "alert.webhook.enabled": "true",
+        "alert.webhook.url": '"https://hooks.example.com/in"',
+        "alert.webhook.signing_secret": '"k"',
+        "alert.pagerduty.enabled": "true",
+        "alert.pagerduty.routing_key": '"rk"',
+        "dashboard.base_url": '"https://scope.example"',
+    }
+    rt = build_runtime(None, Env({}), settings, timings=Timings())
+    assert rt.allowed_rules is None
+    (route,) = rt.routes
+    assert route.severities == ("critical", "warning")
+    assert route.group_wait == 0
+    assert route.repeat_interval == 600
+    assert sorted(c.name for c in rt.enabled_channels()) == ["email", "pagerduty", "webhook"]
+    email = rt.channels["email"].email
+    assert email is not None
+    assert (email.host, email.port, email.security, email.sender) == ("mail.local", 465, "ssl", "scope@x.io")
+    assert rt.channels["webhook"].secret.get() == "k"
+    assert rt.channels["pagerduty"].secret.get() == "rk"
+    assert rt.public_url == "https://scope.example"

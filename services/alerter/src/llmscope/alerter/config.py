@@ -24,10 +24,17 @@ Without routes in the file, one ``default`` route sends the severities of
 ``LLMSCOPE_ALERTER_SEVERITIES`` (default ``critical``) to every enabled channel. Channels also
 come from the environment (``LLMSCOPE_SMTP_HOST``, ``LLMSCOPE_SLACK_WEBHOOK_URL``,
 ``LLMSCOPE_WEBHOOK_URL``, ``LLMSCOPE_PAGERDUTY_ROUTING_KEY``; named ``email``, ``slack``,
-``webhook``, ``pagerduty``) and from the API's ``settings`` table, which wins: ``alert_on_rule``
-(rules that notify at all), ``email_enabled`` / ``slack_enabled`` / ``webhook_enabled`` /
-``pagerduty_enabled``, ``slack_webhook_url``, ``smtp_host``, ``smtp_port``, ``smtp_security``,
-``smtp_user``, ``smtp_password``, ``smtp_from``, ``smtp_to`` (or ``email_to``).
+``webhook``, ``pagerduty``) and from the API's ``settings`` table, which wins over both for the
+channels named ``email``, ``slack``, ``webhook`` and ``pagerduty`` and for the enable switches
+(an explicit ``*_enabled: false`` disables every channel of that kind). Keys read, in the API's
+names (``llmscope.api.known_settings``) or the seeds' flat names: ``alert.on_rules`` /
+``alert_on_rule`` (rules that notify at all; empty: every rule), ``alert.min_severity`` (the
+default route's lowest severity), ``alert.group_wait_s``, ``alert.group_interval_s``,
+``alert.repeat_interval_s`` (default timers; the file's ``defaults`` and routes still win),
+``alert.email.*`` / ``smtp_host``, ``smtp_port``, ``smtp_security``, ``smtp_user``,
+``smtp_password``, ``smtp_from``, ``smtp_to``, ``email_enabled``; ``alert.slack.*`` /
+``slack_webhook_url``, ``slack_enabled``; ``alert.webhook.*`` (``url``, ``signing_secret``);
+``alert.pagerduty.*`` (``routing_key``); ``dashboard.base_url`` (links in messages).
 """
 
 from __future__ import annotations
@@ -49,7 +56,7 @@ from llmscope.alerter.notifiers.pagerduty import DEFAULT_EVENTS_URL
 from llmscope.alerter.routing import DEFAULT_GROUP_BY, Route
 from llmscope.alerter.silences import Silence, Weekly, parse_days
 from llmscope.config.env import ConfigError, Env, Secret
-from llmscope.proto.violation import Severity
+from llmscope.proto.violation import SEVERITIES, Severity
 
 Duration = float | str
 ChannelKind = Literal["email", "slack", "webhook", "pagerduty"]
@@ -217,6 +224,7 @@ class RuntimeConfig:
     routes: tuple[Route, ...]
     silences: tuple[Silence, ...] = ()
     allowed_rules: frozenset[str] | None = None
+    public_url: str | None = None
 
     def enabled_channels(self) -> list[ChannelSpec]:
         return [c for c in self.channels.values() if c.enabled]
@@ -338,7 +346,7 @@ def apply_settings(
     channels: dict[str, ChannelSpec], settings: Mapping[str, object], timeout: float
 ) -> tuple[dict[str, ChannelSpec], frozenset[str] | None]:
     """Overlay the API's settings on channels; returns them and the alert_on_rule filter."""
-    s = {k: _setting_value(v) for k, v in settings.items()}
+    s = normalize_settings(settings)
     out = dict(channels)
     smtp_host = s.get("smtp_host")
     if isinstance(smtp_host, str) and smtp_host:
@@ -369,6 +377,26 @@ def apply_settings(
     slack_url = s.get("slack_webhook_url")
     if isinstance(slack_url, str) and slack_url:
         out["slack"] = ChannelSpec("slack", "slack", url=Secret(slack_url))
+    hook_url = s.get("webhook_url")
+    if isinstance(hook_url, str) and hook_url:
+        hook_secret = s.get("webhook_secret")
+        secret = Secret(hook_secret) if isinstance(hook_secret, str) and hook_secret else None
+        base_hook = out.get("webhook")
+        out["webhook"] = ChannelSpec(
+            "webhook",
+            "webhook",
+            url=Secret(hook_url),
+            secret=secret or (base_hook.secret if base_hook else Secret("")),
+        )
+    pd_key = s.get("pagerduty_routing_key")
+    if isinstance(pd_key, str) and pd_key:
+        base_pd = out.get("pagerduty")
+        out["pagerduty"] = ChannelSpec(
+            "pagerduty",
+            "pagerduty",
+            secret=Secret(pd_key),
+            events_url=base_pd.events_url if base_pd else DEFAULT_EVENTS_URL,
+        )
     for kind in KINDS:
         switch = _as_bool(s.get(f"{kind}_enabled"))
         if switch is None:
@@ -376,9 +404,49 @@ def apply_settings(
         for name, spec in list(out.items()):
             if spec.kind == kind:
                 out[name] = replace(spec, enabled=switch)
-    rules = s.get("alert_on_rule")
-    allowed = frozenset(r.upper() for r in _as_list(rules)) if rules is not None else None
+    rules = _as_list(s.get("alert_on_rule"))
+    allowed = frozenset(r.upper() for r in rules) if rules else None  # empty: every rule
     return out, allowed
+
+
+# The API's setting keys (llmscope.api.known_settings) and the seeds' flat keys mean the same.
+API_KEYS = {
+    "alert.on_rules": "alert_on_rule",
+    "alert.email.enabled": "email_enabled",
+    "alert.email.recipients": "smtp_to",
+    "alert.email.smtp_host": "smtp_host",
+    "alert.email.smtp_port": "smtp_port",
+    "alert.email.smtp_user": "smtp_user",
+    "alert.email.smtp_password": "smtp_password",
+    "alert.email.from_addr": "smtp_from",
+    "alert.email.tls": "smtp_security",
+    "alert.slack.enabled": "slack_enabled",
+    "alert.slack.webhook_url": "slack_webhook_url",
+    "alert.webhook.enabled": "webhook_enabled",
+    "alert.webhook.url": "webhook_url",
+    "alert.webhook.signing_secret": "webhook_secret",
+    "alert.pagerduty.enabled": "pagerduty_enabled",
+    "alert.pagerduty.routing_key": "pagerduty_routing_key",
+    "alert.min_severity": "min_severity",
+    "alert.group_wait_s": "group_wait_s",
+    "alert.group_interval_s": "group_interval_s",
+    "alert.repeat_interval_s": "repeat_interval_s",
+    "dashboard.base_url": "public_url",
+}
+
+
+def normalize_settings(settings: Mapping[str, object]) -> dict[str, object]:
+    """Settings rows (JSON or text) under the flat names, the API's dotted keys translated."""
+    out: dict[str, object] = {}
+    for key, raw in settings.items():
+        out[API_KEYS.get(key, key)] = _setting_value(raw)
+    return out
+
+
+def _seconds(value: object) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    return None
 
 
 def build_runtime(
@@ -398,6 +466,18 @@ def build_runtime(
             raise ConfigError(f"LLMSCOPE_ALERTER_CONFIG: channel {c.name!r} defined twice")
         channels[c.name] = _channel_from_file(c, env, timeout)
     channels, allowed = apply_settings(channels, settings, timeout)
+    flat = normalize_settings(settings)
+    min_sev = flat.get("min_severity")
+    if isinstance(min_sev, str) and min_sev in SEVERITIES:
+        severities = SEVERITIES[: SEVERITIES.index(min_sev) + 1]
+    wait = _seconds(flat.get("group_wait_s"))
+    timings = Timings(
+        group_wait=timings.group_wait if wait is None else wait,
+        group_interval=_seconds(flat.get("group_interval_s")) or timings.group_interval,
+        repeat_interval=_seconds(flat.get("repeat_interval_s")) or timings.repeat_interval,
+        group_by=timings.group_by,
+    )
+    public_url = flat.get("public_url")
     d = file.defaults or DefaultsFile()
     base = Timings(
         group_wait=parse_duration(d.group_wait, "defaults.group_wait")
@@ -456,6 +536,7 @@ def build_runtime(
         routes=tuple(routes),
         silences=tuple(silence_from_file(s) for s in file.silences),
         allowed_rules=allowed,
+        public_url=public_url if isinstance(public_url, str) and public_url else None,
     )
 
 

@@ -157,7 +157,7 @@ class Alerter:
                 # The claim stays 'sending'; its lease runs out and a replica tries again.
                 log.exception("delivery crashed", notification=claim.id)
 
-    async def notification_for(self, claim: Claim) -> Notification:
+    async def notification_for(self, claim: Claim, runtime: RuntimeConfig | None = None) -> Notification:
         events = [a.event for a in (*claim.firing, *claim.resolved)]
         context = await self.store.context_for(events)
 
@@ -174,7 +174,7 @@ class Alerter:
             firing=tuple(view(a) for a in claim.firing),
             resolved=tuple(view(a) for a in claim.resolved),
             group_labels=claim.group_labels,
-            public_url=self._opts.public_url,
+            public_url=(runtime.public_url if runtime else None) or self._opts.public_url,
             lead_episode_id=claim.lead_episode_id,
         )
 
@@ -191,7 +191,7 @@ class Alerter:
             NOTIFICATIONS.labels(claim.channel, "failed").inc()
             return outcome
         notifier = self._factory(claim.channel, runtime, self._session)
-        notification = await self.notification_for(claim)
+        notification = await self.notification_for(claim, runtime)
         try:
             payload = notifier.build_payload(notification)
         except DeliveryError as exc:
