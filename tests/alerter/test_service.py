@@ -215,6 +215,14 @@ async def test_pagerduty_trigger_resolve_and_permanent_failure_recorded(
         assert resolve == {"event_action": "resolve", "dedup_key": ev.episode_id, "routing_key": "rk-123"}
         assert trigger["dedup_key"] == ev.episode_id
         await eventually(lambda: len(broken.requests) >= 2, what="webhook attempts")
+
+        async def both_recorded() -> bool:
+            n = await run.pool.fetchval(
+                "SELECT count(*) FROM alerter_notifications WHERE channel = 'gone' AND status <> 'sending'"
+            )
+            return bool(n == 2)
+
+        await eventually(both_recorded, what="both webhook failures recorded")
         rows = await run.pool.fetch(
             "SELECT reason, status, attempts, last_error FROM alerter_notifications WHERE channel ="
             " 'gone' ORDER BY seq"
