@@ -1,36 +1,62 @@
-"""Connecting to NATS with reconnects that never give up (services outlive NATS restarts)."""
+"""Connecting to NATS: wait for the server at start, then reconnect forever after drops.
+
+Services start in any order (compose, Kubernetes), so a first connection that fails is retried
+instead of crashing the service; ``give_up_after`` bounds that wait when a caller
+(a CLI command, a test) would rather fail fast.
+"""
 
 from __future__ import annotations
 
+import asyncio
+
 import nats
 from nats.aio.client import Client as NATS
+from nats.errors import NoServersError
 
 from llmscope.config.logs import get_logger
 
 log = get_logger("llmscope.bus")
 
 
-async def connect(url: str, name: str, *, connect_timeout: float = 5.0) -> NATS:
-    """Connect, retrying until the server answers; later drops reconnect forever."""
+async def connect(
+    url: str, name: str, *, connect_timeout: float = 5.0, give_up_after: float | None = None
+) -> NATS:
+    """Connect, retrying until the server answers (or ``give_up_after`` seconds pass)."""
+
+    # One warning per outage: nats-py calls error_cb on every failed retry, once a second.
+    warned = False
 
     async def on_disconnect() -> None:
         log.warning("disconnected from NATS", client=name)
 
     async def on_reconnect() -> None:
+        nonlocal warned
+        warned = False
         log.info("reconnected to NATS", client=name)
 
     async def on_error(exc: Exception) -> None:
-        log.warning("NATS error", client=name, error=repr(exc))
+        nonlocal warned
+        if warned:
+            log.debug("NATS error", client=name, error=repr(exc))
+            return
+        warned = True
+        log.warning("NATS error; retrying every second", client=name, url=url, error=repr(exc))
 
-    return await nats.connect(
+    # With max_reconnect_attempts=-1 nats-py itself retries the first connection forever.
+    pending = nats.connect(
         servers=[u.strip() for u in url.split(",")],
         name=name,
         connect_timeout=connect_timeout,
         allow_reconnect=True,
         max_reconnect_attempts=-1,
         reconnect_time_wait=1.0,
-        retry_on_failed_connect=True,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
         error_cb=on_error,
     )
+    if give_up_after is None:
+        return await pending
+    try:
+        return await asyncio.wait_for(pending, give_up_after)
+    except TimeoutError:
+        raise NoServersError(f"no NATS server answered at {url} within {give_up_after:.0f} s") from None

@@ -423,9 +423,9 @@ async def run_standalone(settings: ApiSettings, stop: asyncio.Event) -> None:
     pool = await create_pool(
         settings.database_url.get(), min_size=settings.db_pool_min, max_size=settings.db_pool_max
     )
-    from llmscope.api.runtime import connect_nats
+    from llmscope.bus.connection import connect
 
-    nc = await connect_nats(settings.bus.nats_url, "llmscope-persister")
+    nc = await connect(settings.bus.nats_url, "llmscope-persister")
     try:
         js = nc.jetstream()
         await ensure_streams(js, settings.bus)

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-import nats
 from fastapi import FastAPI
 from nats.aio.client import Client as NATS
 
@@ -16,32 +15,12 @@ from llmscope.api.metrics import ApiMetrics
 from llmscope.api.persister import Persister, retention_loop
 from llmscope.api.settings import ApiSettings
 from llmscope.api.store import Store
+from llmscope.bus.connection import connect
 from llmscope.bus.publisher import Publisher
 from llmscope.bus.streams import ensure_streams
 from llmscope.config.logs import get_logger
 
 log = get_logger("llmscope.api")
-
-
-async def connect_nats(url: str, name: str) -> NATS:
-    """Connect, reconnecting forever after drops.
-
-    Stand-in for ``llmscope.bus.connection.connect``, which passes ``retry_on_failed_connect``
-    (nats-py 2.16 has no such option, so it raises TypeError); switch back once that is fixed.
-    """
-
-    async def on_error(exc: Exception) -> None:
-        log.warning("NATS error", error=repr(exc))
-
-    return await nats.connect(
-        servers=[u.strip() for u in url.split(",")],
-        name=name,
-        connect_timeout=5,
-        allow_reconnect=True,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=1,
-        error_cb=on_error,
-    )
 
 
 class Runtime:
@@ -64,7 +43,7 @@ class Runtime:
         stop = asyncio.Event()
         tasks: list[asyncio.Task[None]] = []
         try:
-            self.nc = await connect_nats(s.bus.nats_url, "llmscope-api")
+            self.nc = await connect(s.bus.nats_url, "llmscope-api")
             js = self.nc.jetstream()
             await ensure_streams(js, s.bus)
             self.publisher = Publisher(js)

@@ -20,9 +20,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
-import nats
 from nats.aio.client import Client as NATS
 
+from llmscope.bus.connection import connect
 from llmscope.bus.publisher import Publisher
 from llmscope.bus.streams import ensure_streams
 from llmscope.config.env import ConfigError, Env
@@ -91,9 +91,7 @@ async def run(settings: ProberSettings, metrics: ProberMetrics, stop: asyncio.Ev
 
     async def connect_bus() -> Publisher:
         if not clients:
-            clients.append(
-                await _connect_nats(settings.bus.nats_url, f"llmscope-prober-{settings.prober_id}")
-            )
+            clients.append(await connect(settings.bus.nats_url, f"llmscope-prober-{settings.prober_id}"))
         js = clients[0].jetstream()
         await ensure_streams(js, settings.bus)
         streams_ready.set()
@@ -141,27 +139,6 @@ async def run(settings: ProberSettings, metrics: ProberMetrics, stop: asyncio.Ev
             await health.stop()
         if clients:
             await clients[0].close()
-
-
-async def _connect_nats(url: str, name: str) -> NATS:
-    """One connection attempt that, once up, reconnects forever; the outbox retries the first.
-
-    Not llmscope.bus.connect: it passes ``retry_on_failed_connect``, which the locked nats-py
-    does not accept (TypeError), and it would block probing until NATS answers.
-    """
-
-    async def on_error(exc: Exception) -> None:
-        log.debug("NATS error", error=repr(exc))
-
-    return await nats.connect(
-        servers=[u.strip() for u in url.split(",")],
-        name=name,
-        connect_timeout=5.0,
-        allow_reconnect=True,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=1.0,
-        error_cb=on_error,
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,7 @@ import threading
 from types import ModuleType
 from typing import Any
 
-import psutil  # type: ignore[import-untyped]  # no types-psutil in the lock yet
+import psutil
 
 from llmscope.config.logs import get_logger
 from llmscope.proto.telemetry import SystemMetrics

@@ -30,7 +30,6 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 import msgspec
-import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -262,24 +261,9 @@ async def open_bucket(js: JetStreamContext, bucket: str, replicas: int) -> KeyVa
         )
 
 
-async def _connect(url: str, name: str) -> NATS:
-    """``llmscope.bus.connection.connect``, which passes ``retry_on_failed_connect`` that nats-py
-    2.16 does not accept (TypeError); this falls back to the same options without it."""
-    try:
-        return await connect(url, name)
-    except TypeError:
-        return await nats.connect(
-            servers=[u.strip() for u in url.split(",")],
-            name=name,
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=1.0,
-        )
-
-
 async def serve(settings: SpcSettings, stop: asyncio.Event) -> int:
     """Run until ``stop``; 0 on a clean stop, 1 when a publish failure ended the run."""
-    nc = await _connect(settings.bus.nats_url, f"llmscope-spc-engine-{settings.replica}")
+    nc = await connect(settings.bus.nats_url, f"llmscope-spc-engine-{settings.replica}")
     try:
         js = nc.jetstream()
         await ensure_streams(js, settings.bus)
