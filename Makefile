@@ -6,7 +6,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 PYPROJECTS := pyproject.toml $(wildcard proto/pyproject.toml services/*/pyproject.toml)
 
-.PHONY: install up test lint typecheck schemas bench clean
+.PHONY: install up test lint typecheck schemas docs bench clean
 
 $(UV):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "LLMscope needs Python 3.11 or newer; set PYTHON=/path/to/python3.11")'
@@ -27,6 +27,7 @@ test: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m llmscope.proto.schemagen --check
+	$(VENV)/bin/python -m llmscope.stack.docs --check
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 lint: install
@@ -38,6 +39,9 @@ typecheck: install
 
 schemas: install
 	$(VENV)/bin/python -m llmscope.proto.schemagen
+
+docs: install
+	$(VENV)/bin/python -m llmscope.stack.docs
 
 bench: install
 	$(VENV)/bin/python bench/spc_bench.py

@@ -41,6 +41,16 @@ from llmscope.stack.ports import PortInUseError, port_in_use
 
 ALL_SERVICES = ("sim", "api", "spc-engine", "alerter", "prober")
 
+# With only the simulator to probe, a production baseline (1000 points per prompt chart at 2 s)
+# would keep the demo "collecting" for hours. The demo runs the simulator ten times faster, probes
+# every 0.25 s and freezes limits after 100 points: charts arm within a couple of minutes, at the
+# price of more false alarms than the production defaults. Any of these set in the environment wins.
+DEMO_PROFILE = {
+    "LLMSCOPE_SIM_TIME_SCALE": "0.1",
+    "LLMSCOPE_PROBER_INTERVAL_S": "0.25",
+    "LLMSCOPE_SPC_BASELINE_N": "100",
+}
+
 
 @dataclass(frozen=True)
 class UpSettings:
@@ -173,11 +183,27 @@ class Stack:
             LLMSCOPE_PUBLIC_URL=env.get("LLMSCOPE_PUBLIC_URL", f"http://{_display_host(s.host)}:{s.port}"),
             PYTHONUNBUFFERED="1",
         )
+        # One /metrics port per child would collide on a laptop; the API serves /metrics.
+        for variable in (
+            "LLMSCOPE_PROBER_HEALTH_PORT",
+            "LLMSCOPE_SPC_HEALTH_PORT",
+            "LLMSCOPE_ALERTER_HEALTH_PORT",
+        ):
+            env.setdefault(variable, "0")
         if "sim" in s.services:
             env.setdefault("LLMSCOPE_SIM_HOST", "127.0.0.1")
             env["LLMSCOPE_SIM_PORT"] = str(s.sim_port)
             env.setdefault("LLMSCOPE_SIM_URL", f"http://127.0.0.1:{s.sim_port}")
+            if self.demo_profile:
+                for variable, value in DEMO_PROFILE.items():
+                    env.setdefault(variable, value)
         return env
+
+    @property
+    def demo_profile(self) -> bool:
+        """Probing only the built-in simulator: arm the charts in minutes, not hours."""
+        configured = any(os.environ.get(v) for v in ("LLMSCOPE_PROBER_CONFIG", "LLMSCOPE_TARGETS"))
+        return "sim" in self.settings.services and not configured
 
     def start_children(self, env: dict[str, str]) -> None:
         launcher = [sys.executable, "-m", "llmscope.stack.cli"]
@@ -224,6 +250,10 @@ class Stack:
                     child.next_start = 0.0
                     child.start()
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
     def request_stop(self) -> None:
         self._stopping.set()
 
@@ -263,6 +293,12 @@ def main(argv: list[str] | None = None) -> int:
         nats_url, database_url = stack.start_infrastructure()
         api_key = settings.api_key or load_or_create_api_key(settings.data_dir)
         stack.start_children(stack.child_env(nats_url, database_url, api_key))
+        if stack.demo_profile:
+            print(
+                "  demo      probing the built-in simulator: fast probes and a 100-point baseline\n"
+                "            (README: 'demo profile'); try llmscope sim inject shift --model llama3.1:8b",
+                flush=True,
+            )
         if "api" in settings.services:
             if stack.wait_for_api():
                 base = f"http://{_display_host(settings.host)}:{settings.port}"
@@ -271,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"  API key    {api_key}\n\n  Ctrl-C stops everything.\n",
                     flush=True,
                 )
-            elif not stack._stopping.is_set():
+            elif not stack.stopping:
                 print(
                     "llmscope up: the API did not become healthy within 60 s; see its log above", flush=True
                 )
