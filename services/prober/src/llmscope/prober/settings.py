@@ -5,6 +5,7 @@
 | LLMSCOPE_PROBER_CONFIG | (none) | TOML or YAML file of targets and prompts (see targets.py) |
 | LLMSCOPE_TARGETS | (none) | compact targets ``KIND,BASE_URL,MODEL[,key=value...];...`` |
 | LLMSCOPE_SIM_URL | http://127.0.0.1:11500 | the simulator probed when neither of the two above is set |
+| LLMSCOPE_SIM_MODELS | all four | simulated models probed then (specs as for ``llmscope sim``) |
 | LLMSCOPE_PROBER_INTERVAL_S | 2.0 | default seconds between probes of one target |
 | LLMSCOPE_PROBER_JITTER | 0.1 | default random spread of the interval (0.1 = +-10 %) |
 | LLMSCOPE_PROBER_TIMEOUT_S | 30 | default probe timeout, seconds |
@@ -39,7 +40,8 @@ from llmscope.prober.targets import (
     parse_targets_spec,
     simulator_targets,
 )
-from llmscope.simulator.settings import sim_url
+from llmscope.simulator.models import DEFAULT_MODELS
+from llmscope.simulator.settings import parse_models, sim_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +82,10 @@ class ProberSettings:
             targets += parse_targets_spec(spec, defaults=defaults, prompts=prompts, env=env)
             sources.append("env")
         if not sources:
-            targets = simulator_targets(sim_url(env), defaults=defaults, prompts=prompts)
+            # The simulator and the prober read the same model list, so they always agree.
+            specs = env.raw("LLMSCOPE_SIM_MODELS")
+            models = DEFAULT_MODELS if specs is None else parse_models(specs.split(), "LLMSCOPE_SIM_MODELS")
+            targets = simulator_targets(sim_url(env), defaults=defaults, prompts=prompts, models=models)
             sources.append("simulator")
         if not targets:
             raise ConfigError(f"{variable}: the configuration defines no targets")
