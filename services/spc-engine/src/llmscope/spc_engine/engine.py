@@ -5,9 +5,8 @@ Charts (rational subgroups): one per provider / model / target / prompt / metric
 of different prompts or endpoints never share limits; one availability chart per provider /
 model / target fed by every probe's outcome. Failed probes never enter the metric charts.
 
-Chart keys are KV-safe and reversible: ``subjects.encode_token`` of each part joined by ``.``,
-with the escape ``~`` written ``=`` (KV keys allow ``[-/_=.a-zA-Z0-9]``); the availability
-chart uses prompt ``*`` (``=2A``) and metric ``availability``.
+Chart keys, the chart's public meta and view, and the KV contract the API reads are in
+:mod:`llmscope.proto.charts`; the snapshot below adds the engine's own ``config`` and ``state``.
 
 Duplicate and late telemetry (documented policy):
 - a stream message delivered again (nak, restart replay) is skipped: each chart remembers the
@@ -27,11 +26,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Literal
 
 import msgspec
 
-from llmscope.proto import subjects
+from llmscope.proto.charts import AVAILABILITY as AVAILABILITY
+from llmscope.proto.charts import ChartBaseline, ChartMeta, ChartView, chart_key
+from llmscope.proto.charts import parse_chart_key as parse_chart_key
 from llmscope.proto.telemetry import SystemMetrics, TelemetryEvent
 from llmscope.proto.violation import BaselineRef, ChartLimits, ViolationEvent
 from llmscope.spc_engine import arl
@@ -44,52 +44,17 @@ from llmscope.spc_engine.availability import (
 from llmscope.spc_engine.chart import Baseline, ChartState, MetricChart, Signal
 from llmscope.spc_engine.config import CHARTED_METRICS, ChartConfig, default_config
 
-AVAILABILITY = "availability"
-
-
-def chart_key(provider: str, model: str, target: str, prompt_id: str, metric: str) -> str:
-    """The chart's id, also its KV key: reversible, safe in subjects and KV keys."""
-    return ".".join(subjects.encode_token(p) for p in (provider, model, target, prompt_id, metric)).replace(
-        "~", "="
-    )
-
-
-def parse_chart_key(key: str) -> tuple[str, str, str, str, str]:
-    parts = [subjects.decode_token(p.replace("=", "~")) for p in key.split(".")]
-    if len(parts) != 5:
-        raise ValueError(f"not a chart key: {key!r}")
-    return parts[0], parts[1], parts[2], parts[3], parts[4]
-
 
 def violation_id(key: str, rule: str, state: str, point_id: str) -> str:
     return hashlib.sha256(f"{key}|{rule}|{state}|{point_id}".encode()).hexdigest()[:32]
 
 
-class ChartMeta(msgspec.Struct, frozen=True, kw_only=True):
-    provider: str
-    model: str
-    target: str
-    prompt_id: str
-    metric: str
-    host: str = ""
-
-
-class ChartView(msgspec.Struct, frozen=True, kw_only=True):
-    """What the API and dashboard show of a chart: armed or collecting, limits, expected ARL."""
-
-    phase: Literal["collecting", "armed"]
-    progress: int
-    baseline_n: int
-    limits: ChartLimits | None
-    baseline: Baseline | None
-    open_episodes: tuple[str, ...]
-    arl0_critical: float | None
-    """Expected in-control run length (points) between critical signals, known parameters."""
-    rules: tuple[str, ...]
-
-
 class ChartSnapshot(msgspec.Struct, kw_only=True):
-    """The value stored under a chart's key in the ``llmscope_spc_charts`` KV bucket."""
+    """The value stored under a chart's key in the ``llmscope_spc_charts`` KV bucket.
+
+    A :class:`~llmscope.proto.charts.ChartRecord` (what readers decode) plus ``config`` and
+    ``state``, the engine's internals.
+    """
 
     version: int = 1
     key: str
@@ -154,6 +119,22 @@ def _ewma_arl(lam: float, limit: float) -> float:
     return _ARL_CACHE[key]
 
 
+def _public_baseline(b: Baseline | None) -> ChartBaseline | None:
+    if b is None:
+        return None
+    return ChartBaseline(
+        id=b.id,
+        n=b.n,
+        started_at=b.started_at,
+        ended_at=b.ended_at,
+        created_by=b.created_by,
+        reason=b.reason,
+        number=b.number,
+        n_excluded=b.n_excluded,
+        known=b.known,
+    )
+
+
 def render_view(config: ChartConfig, state: ChartState) -> ChartView:
     """Pure: the API's view of a metric chart's configuration and state."""
     chart = MetricChart(config, state=state)
@@ -163,7 +144,7 @@ def render_view(config: ChartConfig, state: ChartState) -> ChartView:
         progress=got,
         baseline_n=need,
         limits=chart.limits(),
-        baseline=state.baseline,
+        baseline=_public_baseline(state.baseline),
         open_episodes=tuple(sorted(state.episodes)),
         arl0_critical=critical_arl0(config),
         rules=tuple(chart.rules()),

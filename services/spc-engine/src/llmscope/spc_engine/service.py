@@ -44,29 +44,14 @@ from llmscope.bus.publisher import Publisher
 from llmscope.bus.streams import ensure_streams
 from llmscope.config.logs import get_logger
 from llmscope.proto import codec, subjects
+from llmscope.proto.charts import AVAILABILITY, RebaselineReply, RebaselineRequest, parse_chart_key
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.proto.violation import ViolationEvent
 from llmscope.spc_engine.config import ChartConfig, default_config
-from llmscope.spc_engine.engine import AVAILABILITY, Engine, Snapshot, decode_snapshot, parse_chart_key
+from llmscope.spc_engine.engine import Engine, Snapshot, decode_snapshot
 from llmscope.spc_engine.settings import SpcSettings
 
 log = get_logger("llmscope.spc_engine")
-
-
-class Rebaseline(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Request body on ``subjects.spc_rebaseline()``: which chart, who asks and why."""
-
-    chart_key: str
-    by: str
-    reason: str
-
-
-class RebaselineReply(msgspec.Struct, frozen=True, kw_only=True):
-    ok: bool
-    chart_key: str = ""
-    replica: int = 0
-    cleared: int = 0
-    error: str = ""
 
 
 def owner(provider: str, model: str, replicas: int) -> int:
@@ -169,7 +154,7 @@ class SpcService:
 
     async def on_rebaseline(self, msg: Msg) -> None:
         try:
-            req = msgspec.json.decode(msg.data, type=Rebaseline)
+            req = msgspec.json.decode(msg.data, type=RebaselineRequest)
             provider, model, _target, _prompt, metric = parse_chart_key(req.chart_key)
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
             if self.settings.replica == 0:  # one answer for a bad request

@@ -1,0 +1,150 @@
+"""SPC charts as the engine publishes them: the KV contract readers (API, dashboard, CLI) rely on.
+
+The SPC engine keeps one snapshot per chart in the JetStream KV bucket
+``subjects.SPC_CHARTS_BUCKET`` (``llmscope_spc_charts``, history 1, file storage):
+
+- key: :func:`chart_key` of (provider, model, target, prompt_id, metric). One chart per
+  rational subgroup: latency never mixes prompts or endpoints. The availability chart of a
+  provider/model/target uses prompt ``*`` and metric ``availability``. Keys starting with ``_``
+  are the engine's own bookkeeping (``_checkpoint.<replica>-of-<replicas>``), not charts.
+- value: one JSON object, written by the engine every ``LLMSCOPE_SPC_SNAPSHOT_INTERVAL_S`` for
+  the charts that changed and at once after a re-baseline::
+
+      {"version": 1, "key": ..., "meta": ChartMeta, "seq": <last telemetry stream seq applied>,
+       "updated_at": RFC 3339 | null, "view": ChartView | null,
+       "config": {...}, "state": {...}}
+
+  ``config`` and ``state`` are the engine's internals and may change shape at any time: read
+  the value as a :class:`ChartRecord`, which ignores them (msgspec skips unknown fields).
+  ``view`` is the public part; it is null for availability charts. Fields are only ever added,
+  with defaults, as for wire events.
+
+A chart that is not in the bucket yet has not received a point since the engine started (or
+the engine is not running): readers show it as collecting, with no limits.
+
+Re-baselining is a core NATS request on ``subjects.spc_rebaseline()`` with a
+:class:`RebaselineRequest` JSON body; the replica owning the chart answers a
+:class:`RebaselineReply`. No answer (no responders, or a timeout) means no engine holds it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from llmscope.proto import subjects
+from llmscope.proto.base import Count
+from llmscope.proto.violation import BaselineRef, ChartLimits
+
+AVAILABILITY = "availability"
+"""Metric name of the per-target availability chart (its prompt is ``*``)."""
+CHART_RECORD_VERSION = 1
+
+Phase = Literal["collecting", "armed"]
+
+
+def chart_key(provider: str, model: str, target: str, prompt_id: str, metric: str) -> str:
+    """The chart's id, also its KV key: reversible, safe in subjects and KV keys.
+
+    ``subjects.encode_token`` of each part joined by ``.``, with the escape ``~`` written ``=``
+    (KV keys allow ``[-/_=.a-zA-Z0-9]``).
+    """
+    parts = (provider, model, target, prompt_id, metric)
+    return ".".join(subjects.encode_token(p) for p in parts).replace("~", "=")
+
+
+def parse_chart_key(key: str) -> tuple[str, str, str, str, str]:
+    """(provider, model, target, prompt_id, metric) of a chart key; ValueError if it is none."""
+    parts = [subjects.decode_token(p.replace("=", "~")) for p in key.split(".")]
+    if len(parts) != 5:
+        raise ValueError(f"not a chart key: {key!r}")
+    return parts[0], parts[1], parts[2], parts[3], parts[4]
+
+
+def is_chart_key(key: str) -> bool:
+    """False for the engine's bookkeeping keys (``_checkpoint...``) and anything malformed."""
+    if key.startswith("_"):
+        return False
+    try:
+        parse_chart_key(key)
+    except ValueError:
+        return False
+    return True
+
+
+class ChartMeta(msgspec.Struct, frozen=True, kw_only=True):
+    """Which rational subgroup a chart watches (the decoded parts of its key, plus the host)."""
+
+    provider: str
+    model: str
+    target: str
+    prompt_id: str
+    metric: str
+    host: str = ""
+
+
+class ChartBaseline(BaselineRef, frozen=True, kw_only=True):
+    """The frozen Phase I baseline of an armed chart: who made it, why, and how many points."""
+
+    number: Annotated[int, Meta(description="1 for the first baseline, +1 per re-baseline")] = 0
+    n_excluded: Annotated[Count, Meta(description="baseline points dropped as out of control")] = 0
+    known: Annotated[bool, Meta(description="parameters given, not estimated")] = False
+
+
+class ChartView(msgspec.Struct, frozen=True, kw_only=True):
+    """What the API and dashboard show of a chart: armed or collecting, limits, expected ARL."""
+
+    phase: Phase
+    progress: Annotated[Count, Meta(description="baseline points collected (= baseline_n once armed)")]
+    baseline_n: Annotated[Count, Meta(description="points the baseline needs")]
+    limits: Annotated[
+        ChartLimits | None,
+        Meta(description="metric units, asymmetric on the log scale; null while collecting"),
+    ] = None
+    baseline: ChartBaseline | None = None
+    open_episodes: Annotated[tuple[str, ...], Meta(description="rules with an open violation episode")] = ()
+    arl0_critical: Annotated[
+        float | None,
+        Meta(description="expected in-control points between critical signals (known parameters)"),
+    ] = None
+    rules: Annotated[tuple[str, ...], Meta(description="rules evaluated, in evaluation order")] = ()
+
+
+class ChartRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """The read side of a chart's KV value (the engine's ``config`` and ``state`` are skipped)."""
+
+    version: int = CHART_RECORD_VERSION
+    key: str
+    meta: ChartMeta
+    seq: Annotated[int, Meta(description="last telemetry stream sequence applied to this chart")] = 0
+    updated_at: datetime | None = None
+    view: ChartView | None = None
+
+
+_RECORD_DECODER = msgspec.json.Decoder(ChartRecord)
+
+
+def decode_record(data: bytes) -> ChartRecord:
+    """Decode a KV value written by the engine; raises ``msgspec.DecodeError`` on garbage."""
+    return _RECORD_DECODER.decode(data)
+
+
+class RebaselineRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Request body on ``subjects.spc_rebaseline()``: which chart, who asks and why."""
+
+    chart_key: str
+    by: str
+    reason: str
+
+
+class RebaselineReply(msgspec.Struct, frozen=True, kw_only=True):
+    """The owning engine replica's answer: ``ok`` with the episodes it cleared, or an error."""
+
+    ok: bool
+    chart_key: str = ""
+    replica: int = 0
+    cleared: Annotated[int, Meta(description="open violation episodes cleared by the re-baseline")] = 0
+    error: str = ""
