@@ -136,6 +136,12 @@ class Store:
     ) -> None:
         """Record violations, place them in groups and incidents; one transaction for the batch."""
         async with self.pool.acquire() as conn, conn.transaction():
+            # Incidents are correlated per provider; replicas take these locks first and in order,
+            # so their transactions cannot deadlock on them.
+            for provider in sorted({ev.provider for ev in events}):
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext('llmscope-incident:' || $1))", provider
+                )
             for ev in events:
                 if ev.state == "open":
                     await self._ingest_open(conn, ev, routes, allowed_rules)
@@ -318,13 +324,14 @@ class Store:
             silences=silences,
             now=now,
         )
-        await conn.execute(
-            "UPDATE alerter_alerts a SET muted_by = m.silence FROM"
-            " (SELECT unnest($1::text[]) AS episode_id, unnest($2::text[]) AS silence) m"
-            " WHERE a.episode_id = m.episode_id",
-            list(decision.muted),
-            list(decision.muted.values()),
-        )
+        if decision.muted:
+            await conn.execute(
+                "UPDATE alerter_alerts a SET muted_by = m.silence FROM"
+                " (SELECT unnest($1::text[]) AS episode_id, unnest($2::text[]) AS silence) m"
+                " WHERE a.episode_id = m.episode_id AND a.muted_by IS DISTINCT FROM m.silence",
+                list(decision.muted),
+                list(decision.muted.values()),
+            )
         claims = []
         labels = dict(json.loads(g["labels"]))
         for plan in decision.plans:
@@ -652,8 +659,7 @@ class Store:
     # -- incidents ------------------------------------------------------------------------------
 
     async def _incident_open(self, conn: Conn, ev: ViolationEvent) -> None:
-        # One correlator per provider at a time, so two replicas cannot open twin incidents.
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('llmscope-incident:' || $1))", ev.provider)
+        # ingest() holds this provider's advisory lock: one correlator at a time, no twin incidents.
         since = (ev.opened_at or ev.ts) - timedelta(seconds=self.incident_window)
         rows = await conn.fetch(
             "SELECT id, provider, host, models, last_violation_at FROM alerter_incidents"
