@@ -120,3 +120,22 @@ SPC_CHARTS_BUCKET = "llmscope_spc_charts"
 def spc_rebaseline() -> str:
     """Request subject for re-baselining an SPC chart (core NATS request/reply, JSON body)."""
     return f"{PREFIX}.control.v1.spc.rebaseline"
+
+
+MODELS_BUCKET = "llmscope_models"
+"""JetStream KV bucket of model switches (enabled or not), keyed by :func:`kv_key` of provider
+and model; written by the API, watched by the prober. A missing key means enabled."""
+
+
+def kv_key(*parts: str) -> str:
+    """A reversible KV key from parts: :func:`encode_token` of each, joined by ``.``, with the
+    escape ``~`` written ``=`` (KV keys allow only ``[-/_=.a-zA-Z0-9]``)."""
+    return ".".join(encode_token(p) for p in parts).replace(_ESCAPE, "=")
+
+
+def parse_kv_key(key: str, parts: int) -> tuple[str, ...]:
+    """Inverse of :func:`kv_key`; ValueError when ``key`` does not have ``parts`` parts."""
+    tokens = key.split(".")
+    if len(tokens) != parts:
+        raise ValueError(f"expected a key of {parts} parts, got {key!r}")
+    return tuple(decode_token(t.replace("=", _ESCAPE)) for t in tokens)

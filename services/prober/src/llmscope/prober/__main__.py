@@ -23,6 +23,7 @@ import aiohttp
 from nats.aio.client import Client as NATS
 
 from llmscope.bus.connection import connect
+from llmscope.bus.kv import open_bucket, watch_bucket
 from llmscope.bus.publisher import Publisher
 from llmscope.bus.streams import ensure_streams
 from llmscope.config.env import ConfigError, Env
@@ -33,8 +34,9 @@ from llmscope.prober.outbox import Outbox
 from llmscope.prober.scheduler import ProbeOptions, Scheduler
 from llmscope.prober.settings import ProberSettings
 from llmscope.prober.sysmetrics import SystemSampler
-from llmscope.proto import codec
+from llmscope.proto import codec, subjects
 from llmscope.proto.base import Event
+from llmscope.proto.switches import ModelSwitches
 
 log = get_logger("llmscope.prober")
 
@@ -88,12 +90,22 @@ async def run(settings: ProberSettings, metrics: ProberMetrics, stop: asyncio.Ev
     """Probe and publish until ``stop`` is set; probing starts before NATS answers."""
     clients: list[NATS] = []
     streams_ready = asyncio.Event()
+    switches = ModelSwitches()
+    watchers: list[asyncio.Task[None]] = []
 
     async def connect_bus() -> Publisher:
         if not clients:
             clients.append(await connect(settings.bus.nats_url, f"llmscope-prober-{settings.prober_id}"))
         js = clients[0].jetstream()
         await ensure_streams(js, settings.bus)
+        if not watchers:
+            models = await open_bucket(
+                js,
+                subjects.MODELS_BUCKET,
+                description="LLMscope model switches",
+                replicas=settings.bus.replicas,
+            )
+            watchers.append(asyncio.create_task(watch_bucket(models, switches.apply, stop), name="switches"))
         streams_ready.set()
         return Publisher(js)
 
@@ -122,6 +134,7 @@ async def run(settings: ProberSettings, metrics: ProberMetrics, stop: asyncio.Ev
                 sampler=sampler,
                 metrics=metrics,
                 options=_options(settings),
+                switches=switches,
             )
             publishing = asyncio.create_task(outbox.run(stop, connect_bus), name="outbox")
             await scheduler.run(stop)
@@ -134,6 +147,9 @@ async def run(settings: ProberSettings, metrics: ProberMetrics, stop: asyncio.Ev
         if left:
             log.warning("stopped with unpublished telemetry", left=left)
     finally:
+        for watcher in watchers:
+            watcher.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
         sampler.close()
         if health is not None:
             await health.stop()

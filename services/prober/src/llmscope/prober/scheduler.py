@@ -25,6 +25,7 @@ from llmscope.prober.sysmetrics import SystemSampler
 from llmscope.prober.targets import Target
 from llmscope.proto import subjects
 from llmscope.proto.base import new_id, utcnow
+from llmscope.proto.switches import ModelSwitches
 from llmscope.proto.telemetry import SystemMetrics, TelemetryEvent
 
 log = get_logger("llmscope.prober")
@@ -94,8 +95,10 @@ class Scheduler:
         options: ProbeOptions,
         rng: random.Random | None = None,
         providers: dict[str, Provider] | None = None,
+        switches: ModelSwitches | None = None,
     ) -> None:
         self._targets = list(targets)
+        self._switches = switches or ModelSwitches()
         self._session = session
         self._outbox = outbox
         self._sampler = sampler
@@ -148,6 +151,10 @@ class Scheduler:
                 if stop.is_set():
                     return
             began = loop.time()
+            if not self._switches.enabled(target.kind, target.model):
+                # Disabled from the dashboard: look again next interval, probe nothing.
+                next_at = began + target.interval_s
+                continue
             prompt = target.prompts[turn % len(target.prompts)]
             turn += 1
             try:
