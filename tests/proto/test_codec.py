@@ -104,3 +104,14 @@ def test_dead_letter_is_an_event() -> None:
         id="d", ts=datetime(2026, 1, 1, tzinfo=UTC), source="api", subject="s", reason="bad", payload="{}"
     )
     assert codec.decode(codec.encode(event)) == event
+
+
+def test_numeric_metrics_are_numeric_telemetry_fields() -> None:
+    from llmscope.proto.telemetry import NUMERIC_METRICS, PROBE_STATUSES
+
+    fields = {f.name: f for f in msgspec.structs.fields(TelemetryEvent)}
+    for name in NUMERIC_METRICS:
+        assert name in fields
+        assert "float" in str(fields[name].type) or "int" in str(fields[name].type)
+    assert PROBE_STATUSES[0] == "ok"
+    assert len(PROBE_STATUSES) == 8

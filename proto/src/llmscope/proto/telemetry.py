@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import msgspec
 from msgspec import Meta
@@ -23,16 +23,7 @@ ProbeStatus = Literal[
 ]
 """Outcome of a probe. Anything but ``ok`` is a failed probe: it never enters latency charts."""
 
-PROBE_STATUSES: tuple[ProbeStatus, ...] = (
-    "ok",
-    "timeout",
-    "refused",
-    "http_4xx",
-    "http_5xx",
-    "rate_limited",
-    "empty_response",
-    "invalid_response",
-)
+PROBE_STATUSES: tuple[ProbeStatus, ...] = get_args(ProbeStatus)
 
 
 class SystemMetrics(msgspec.Struct, frozen=True, kw_only=True):
@@ -96,3 +87,21 @@ class TelemetryEvent(Event, frozen=True, kw_only=True, tag="telemetry.v1"):
             gpu_percent=self.gpu_percent,
             gpu_memory_percent=self.gpu_memory_percent,
         )
+
+
+NUMERIC_METRICS: tuple[str, ...] = (
+    "latency_ms",
+    "ttft_ms",
+    "total_duration_ms",
+    "load_duration_ms",
+    "prompt_eval_duration_ms",
+    "eval_duration_ms",
+    "prompt_eval_count",
+    "eval_count",
+    "tokens_per_s",
+    "cpu_percent",
+    "memory_percent",
+    "gpu_percent",
+    "gpu_memory_percent",
+)
+"""Telemetry fields a chart or a context table may show."""

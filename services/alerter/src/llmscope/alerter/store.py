@@ -31,6 +31,7 @@ from llmscope.alerter.silences import Silence, Weekly
 from llmscope.config.logs import get_logger
 from llmscope.proto import codec, subjects
 from llmscope.proto.incident import IncidentAnalysis, IncidentChange, IncidentEvent, SimilarIncident
+from llmscope.proto.telemetry import NUMERIC_METRICS
 from llmscope.proto.violation import ViolationEvent
 
 log = get_logger("llmscope.alerter.store")
@@ -38,23 +39,7 @@ log = get_logger("llmscope.alerter.store")
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 
 # Numeric telemetry columns a violation's metric may name (the context table reads one of them).
-TELEMETRY_METRICS = frozenset(
-    {
-        "latency_ms",
-        "ttft_ms",
-        "total_duration_ms",
-        "load_duration_ms",
-        "prompt_eval_duration_ms",
-        "eval_duration_ms",
-        "prompt_eval_count",
-        "eval_count",
-        "tokens_per_s",
-        "cpu_percent",
-        "memory_percent",
-        "gpu_percent",
-        "gpu_memory_percent",
-    }
-)
+TELEMETRY_METRICS = frozenset(NUMERIC_METRICS)
 CONTEXT_POINTS = 10
 
 
