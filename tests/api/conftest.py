@@ -28,7 +28,7 @@ def settings(database_url: str, nats_url: str) -> ApiSettings:
         api_key=Secret(API_KEY),
         bus=BusSettings(nats_url=nats_url),
         port=0,
-        baseline_points=20,
+        spc_request_timeout_s=2.0,
         persister=False,  # tests seed Postgres directly; `persisting_api` runs the persister
     )
 

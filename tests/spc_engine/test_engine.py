@@ -10,16 +10,8 @@ from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.proto.violation import ViolationEvent
 from llmscope.spc_engine.chart import MetricChart
 from llmscope.spc_engine.config import ChartConfig, default_config
-from llmscope.spc_engine.engine import (
-    ChartMeta,
-    ChartSnapshot,
-    Engine,
-    Snapshot,
-    chart_key,
-    decode_snapshot,
-    parse_chart_key,
-    render_view,
-)
+from llmscope.proto.charts import ChartMeta, chart_key, parse_chart_key
+from llmscope.spc_engine.engine import ChartSnapshot, Engine, Snapshot, decode_snapshot, render_view
 from llmscope.spc_engine.service import owner
 
 from .helpers import telemetry_stream

@@ -87,7 +87,8 @@ async def test_dashboard_page_and_fragments(api: Api) -> None:
     assert r.status_code == 200
     assert is_full_page(r.text)
     assert "<svg" in r.text
-    assert 'class="center"' in r.text  # limits drawn (from the engine's violation)
+    assert 'class="center"' not in r.text  # no SPC engine ran: no limits, whatever violations say
+    assert "waiting for the SPC engine" in r.text
     assert 'class="violation critical"' in r.text
     assert 'hx-trigger="every 2.0s"' in r.text
     assert "org/other:1" in r.text  # the model selector
@@ -102,7 +103,9 @@ async def test_dashboard_page_and_fragments(api: Api) -> None:
 
     r = await client.get("/?series=ollama|org/other:1", headers={**HX, "HX-Target": "panel"})
     assert r.text.lstrip().startswith('<section id="panel"')
-    assert "collecting baseline 1/20" in r.text
+    assert "waiting for the SPC engine" in r.text
+    assert 'id="rebaseline"' in r.text
+    assert "Re-baseline this chart" not in r.text  # nothing to re-baseline before the engine has it
 
     r = await client.get("/?hours=24", headers={**HX, "HX-Target": "violation-log"})
     assert r.text.lstrip().startswith('<section id="violation-log"')

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from llmscope.web.data import ChartData, ChartPoint, ChartQuery, Limits, ViolationMark
+from llmscope.web.data import ChartData, ChartPhase, ChartPoint, ChartQuery, Limits, ViolationMark
 from llmscope.web.svg import render_chart
 
 END = datetime(2026, 1, 1, 12, tzinfo=UTC)
 
 
-def chart(limits: Limits | None, bucket_s: int = 0) -> ChartData:
+def chart(limits: Limits | None, bucket_s: int = 0, phase: ChartPhase = "armed") -> ChartData:
     points = [ChartPoint(ts=END - timedelta(seconds=2 * i), value=100 + i % 5) for i in range(50)]
     if bucket_s:
         points = [ChartPoint(ts=p.ts, value=p.value, n=4, lo=p.value - 3, hi=p.value + 3) for p in points]
@@ -21,8 +21,9 @@ def chart(limits: Limits | None, bucket_s: int = 0) -> ChartData:
         bucket_s=bucket_s,
         points=points,
         limits=limits,
-        baseline_points=7,
-        baseline_needed=100,
+        phase=phase if limits is not None else "collecting",
+        progress=7,
+        baseline_n=100,
         violations=[ViolationMark("v&1", END - timedelta(seconds=10), 130.0, "R1", "critical", "open")],
     )
 
@@ -59,6 +60,11 @@ def test_chart_without_limits_says_it_is_collecting() -> None:
     svg = str(render_chart(chart(None)))
     assert "collecting baseline 7/100" in svg
     assert "UCL" not in svg
+    data = chart(None)
+    unknown = ChartData(**{**{f: getattr(data, f) for f in data.__dataclass_fields__}, "phase": "unknown"})
+    svg = str(render_chart(unknown))
+    assert "waiting for the SPC engine" in svg
+    assert "collecting baseline" not in svg
 
 
 def test_bucketed_chart_draws_a_min_max_band() -> None:

@@ -9,12 +9,14 @@ dashboard's session cookie); ``/healthz``, ``/readyz`` and ``/metrics`` are open
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llmscope.api.routes import admin, export, health, stats, violations
+from llmscope.api.charts import EngineUnavailable
+from llmscope.api.routes import admin, charts, export, health, stats, violations
 from llmscope.api.runtime import Runtime
 from llmscope.api.settings import ApiSettings
 from llmscope.api.store import BadCursor, NotReady
@@ -68,11 +70,15 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.runtime = rt
     auth = [Depends(rt.auth.require)]
     app.include_router(health.router(rt))
-    for module in (stats, violations, admin, export):
+    for module in (stats, charts, violations, admin, export):
         app.include_router(module.router(rt), dependencies=auth)
 
     @app.exception_handler(NotReady)
     async def not_ready(_: Request, exc: NotReady) -> JSONResponse:
+        return JSONResponse({"detail": f"starting or stopping: {exc}"}, status_code=503)
+
+    @app.exception_handler(EngineUnavailable)
+    async def engine_unavailable(_: Request, exc: EngineUnavailable) -> JSONResponse:
         return JSONResponse({"detail": f"starting or stopping: {exc}"}, status_code=503)
 
     @app.exception_handler(BadCursor)
@@ -84,6 +90,17 @@ def create_app(settings: ApiSettings) -> FastAPI:
     async def bad_setting(_: Request, exc: SettingError) -> JSONResponse:
         detail = [{"loc": ["body", "value"], "field": exc.key, "msg": exc.message, "type": "value_error"}]
         return JSONResponse({"detail": detail}, status_code=422)
+
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        # The chart routes answer with msgspec structs: add their schemas to the components.
+        if app.openapi_schema is None:
+            schema = default_openapi()
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(charts.openapi_components())
+        return app.openapi_schema or default_openapi()
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.get("/favicon.ico", include_in_schema=False)
     async def favicon() -> RedirectResponse:

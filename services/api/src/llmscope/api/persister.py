@@ -128,6 +128,15 @@ ON CONFLICT (provider, model, prompt_id) DO UPDATE SET
     last_seen = GREATEST(series.last_seen, EXCLUDED.last_seen)
 """
 
+UPSERT_SERIES_TARGETS = """
+INSERT INTO series_targets (provider, model, prompt_id, target, first_seen, last_seen)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                     $6::timestamptz[])
+ON CONFLICT (provider, model, prompt_id, target) DO UPDATE SET
+    first_seen = LEAST(series_targets.first_seen, EXCLUDED.first_seen),
+    last_seen = GREATEST(series_targets.last_seen, EXCLUDED.last_seen)
+"""
+
 UPSERT_MODEL = """
 INSERT INTO models (provider, model, first_seen, last_seen, target, host, last_status,
                     cpu_percent, memory_percent, gpu_percent, gpu_memory_percent)
@@ -182,12 +191,16 @@ async def store_telemetry(conn: Conn, events: Sequence[TelemetryEvent]) -> int:
     if not events:
         return 0
     series: dict[tuple[str, str, str], tuple[datetime, datetime]] = {}
+    targets: dict[tuple[str, str, str, str], tuple[datetime, datetime]] = {}
     latest: dict[tuple[str, str], TelemetryEvent] = {}
     first: dict[tuple[str, str], datetime] = {}
     for ev in events:
         key = (ev.provider, ev.model, ev.prompt_id)
         lo, hi = series.get(key, (ev.ts, ev.ts))
         series[key] = (min(lo, ev.ts), max(hi, ev.ts))
+        tkey = (*key, ev.target)
+        lo, hi = targets.get(tkey, (ev.ts, ev.ts))
+        targets[tkey] = (min(lo, ev.ts), max(hi, ev.ts))
         mkey = (ev.provider, ev.model)
         if mkey not in latest or ev.ts >= latest[mkey].ts:
             latest[mkey] = ev
@@ -208,6 +221,13 @@ async def store_telemetry(conn: Conn, events: Sequence[TelemetryEvent]) -> int:
             [k[2] for k in keys],
             [series[k][0] for k in keys],
             [series[k][1] for k in keys],
+        )
+        tkeys = sorted(targets)
+        await conn.execute(
+            UPSERT_SERIES_TARGETS,
+            *([k[i] for k in tkeys] for i in range(4)),
+            [targets[k][0] for k in tkeys],
+            [targets[k][1] for k in tkeys],
         )
         await conn.executemany(
             UPSERT_MODEL,

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from nats.aio.client import Client as NATS
 
 from llmscope.api.auth import KeyAuth
+from llmscope.api.charts import ChartViews
 from llmscope.api.db import create_pool
 from llmscope.api.metrics import ApiMetrics
 from llmscope.api.persister import Persister, retention_loop
@@ -30,7 +31,8 @@ class Runtime:
         self.settings = settings
         self.metrics = ApiMetrics()
         self.auth = KeyAuth(settings.api_key, session_s=settings.session_days * 86400)
-        self.store = Store(baseline_points=settings.baseline_points)
+        self.charts = ChartViews(settings.charts_bucket, settings.spc_request_timeout_s)
+        self.store = Store(charts=self.charts)
         self.nc: NATS | None = None
         self.publisher: Publisher | None = None
         self.persister: Persister | None = None
@@ -47,6 +49,7 @@ class Runtime:
             js = self.nc.jetstream()
             await ensure_streams(js, s.bus)
             self.publisher = Publisher(js)
+            self.charts.attach(self.nc)
             if s.persister:
                 self.persister = Persister(
                     pool=pool,
@@ -66,6 +69,7 @@ class Runtime:
                 for task in pending:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+            self.charts.attach(None)
             if self.nc is not None:
                 with contextlib.suppress(Exception):
                     await self.nc.drain()

@@ -14,7 +14,8 @@
 | LLMSCOPE_RETENTION_ROLLUP_DAYS | 400 | days per-minute rollups are kept (0: forever) |
 | LLMSCOPE_RETENTION_VIOLATIONS_DAYS | 0 | days violations are kept (0: forever) |
 | LLMSCOPE_RETENTION_DEADLETTER_DAYS | 30 | days stored dead letters are kept (0: forever) |
-| LLMSCOPE_BASELINE_POINTS | 100 | points the dashboard shows a chart collecting before it is armed |
+| LLMSCOPE_SPC_CHARTS_BUCKET | llmscope_spc_charts | KV bucket of the SPC engine's charts (as the engine's) |
+| LLMSCOPE_SPC_REQUEST_TIMEOUT_S | 5 | how long a re-baseline request waits for the SPC engine's answer |
 | LLMSCOPE_REFRESH_S | 2 | dashboard auto-refresh interval, seconds |
 | LLMSCOPE_SESSION_DAYS | 7 | lifetime of a dashboard login |
 | LLMSCOPE_LOG_LEVEL | INFO | log level |
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 
 from llmscope.bus.settings import BusSettings
 from llmscope.config.env import ConfigError, Env, Secret
+from llmscope.proto import subjects
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +49,8 @@ class ApiSettings:
     retention_rollup_days: float = 400
     retention_violations_days: float = 0
     retention_deadletter_days: float = 30
-    baseline_points: int = 100
+    charts_bucket: str = subjects.SPC_CHARTS_BUCKET
+    spc_request_timeout_s: float = 5.0
     refresh_s: float = 2.0
     session_days: float = 7
     log_level: str = "INFO"
@@ -82,7 +85,8 @@ class ApiSettings:
             retention_rollup_days=env.number("LLMSCOPE_RETENTION_ROLLUP_DAYS", 400, min=0),
             retention_violations_days=env.number("LLMSCOPE_RETENTION_VIOLATIONS_DAYS", 0, min=0),
             retention_deadletter_days=env.number("LLMSCOPE_RETENTION_DEADLETTER_DAYS", 30, min=0),
-            baseline_points=env.integer("LLMSCOPE_BASELINE_POINTS", 100, min=2, max=100_000),
+            charts_bucket=env.text("LLMSCOPE_SPC_CHARTS_BUCKET", subjects.SPC_CHARTS_BUCKET),
+            spc_request_timeout_s=env.number("LLMSCOPE_SPC_REQUEST_TIMEOUT_S", 5.0, min=0.1, max=300),
             refresh_s=env.number("LLMSCOPE_REFRESH_S", 2.0, min=0.5, max=3600),
             session_days=env.number("LLMSCOPE_SESSION_DAYS", 7, min=0.01, max=365),
             log_level=env.choice("LLMSCOPE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import itertools
+import dataclasses
 import json
 import math
 from collections.abc import AsyncIterator
@@ -18,13 +18,17 @@ from typing import Any
 import asyncpg
 
 from llmscope.api import known_settings
+from llmscope.api.charts import ChartViews
+from llmscope.proto.charts import ChartView, chart_key
 from llmscope.web.data import (
+    BaselineInfo,
     ChartData,
     ChartPoint,
     ChartQuery,
     ContextPoint,
     Limits,
     ModelInfo,
+    RebaselineResult,
     Series,
     SettingInfo,
     Violation,
@@ -37,8 +41,8 @@ from llmscope.web.data import (
 RAW_MAX_HOURS = 2.0
 MAX_BUCKETS = 360
 RAW_POINT_CAP = 20_000
-# d2 for moving ranges of two: sigma = mean moving range / 1.128.
-D2 = 1.128
+# Probe spacing for "one false alarm per ..." is the median gap over this many recent probes.
+SPACING_POINTS = 200
 
 # metric -> (telemetry column, rollup prefix, charted on the log scale)
 METRIC_COLUMNS: dict[str, tuple[str, str, bool]] = {
@@ -78,48 +82,39 @@ def bucket_seconds(hours: float) -> int:
     return max(1, minutes) * 60
 
 
-def estimate_limits(values: list[float], log_scale: bool, n: int) -> Limits | None:
-    """Phase I individuals-chart limits from a baseline (sigma from the average moving range)."""
-    if len(values) < 2:
+def limits_from_view(view: ChartView) -> Limits | None:
+    """The engine's frozen limits (metric units, asymmetric on the log scale), if armed."""
+    lim = view.limits
+    if view.phase != "armed" or lim is None:
         return None
-    ys = [math.log(max(v, 1e-9)) for v in values] if log_scale else list(values)
-    center = sum(ys) / len(ys)
-    mr = sum(abs(b - a) for a, b in itertools.pairwise(ys)) / (len(ys) - 1)
-    sigma = mr / D2
-
-    def back(k: float) -> float:
-        y = center + k * sigma
-        return math.exp(y) if log_scale else y
-
     return Limits(
-        center=back(0),
-        ucl=back(3),
-        lcl=back(-3),
-        zone_a_upper=back(2),
-        zone_a_lower=back(-2),
-        zone_b_upper=back(1),
-        zone_b_lower=back(-1),
-        sigma=sigma,
-        transform="log" if log_scale else "none",
-        source="estimate",
-        baseline_n=n,
+        center=lim.center,
+        ucl=lim.ucl,
+        lcl=lim.lcl,
+        zone_a_upper=lim.zone_a_upper,
+        zone_a_lower=lim.zone_a_lower,
+        zone_b_upper=lim.zone_b_upper,
+        zone_b_lower=lim.zone_b_lower,
+        sigma=lim.sigma,
+        transform=lim.transform,
+        baseline_id=view.baseline.id if view.baseline else None,
+        baseline_n=view.baseline.n if view.baseline else None,
     )
 
 
-def _limits_from_row(row: asyncpg.Record) -> Limits:
-    return Limits(
-        center=row["center"],
-        ucl=row["ucl"],
-        lcl=row["lcl"],
-        zone_a_upper=row["zone_a_upper"],
-        zone_a_lower=row["zone_a_lower"],
-        zone_b_upper=row["zone_b_upper"],
-        zone_b_lower=row["zone_b_lower"],
-        sigma=row["sigma"],
-        transform=row["transform"],
-        source="engine",
-        baseline_id=row["baseline_id"],
-        baseline_n=row["baseline_n"],
+def baseline_from_view(view: ChartView) -> BaselineInfo | None:
+    b = view.baseline
+    if b is None:
+        return None
+    return BaselineInfo(
+        id=b.id,
+        n=b.n,
+        number=b.number,
+        n_excluded=b.n_excluded,
+        created_by=b.created_by,
+        reason=b.reason,
+        started_at=b.started_at,
+        ended_at=b.ended_at,
     )
 
 
@@ -238,9 +233,9 @@ def _where(flt: ViolationFilter) -> tuple[str, list[Any]]:
 class Store:
     """The API's data access over an asyncpg pool."""
 
-    def __init__(self, pool: asyncpg.Pool | None = None, *, baseline_points: int = 100) -> None:
+    def __init__(self, pool: asyncpg.Pool | None = None, *, charts: ChartViews | None = None) -> None:
         self._pool = pool
-        self.baseline_points = baseline_points
+        self.charts = charts or ChartViews()
 
     def attach(self, pool: asyncpg.Pool | None) -> None:
         """Set (or clear) the pool; the app opens it in its lifespan, after routes exist."""
@@ -262,23 +257,50 @@ class Store:
         )
         return [Series(r["provider"], r["model"], r["prompt_id"], r["last_seen"]) for r in rows]
 
+    async def targets(self, provider: str, model: str, prompt_id: str) -> list[str]:
+        """Targets that served this subgroup, most recently probed first."""
+        rows = await self.pool.fetch(
+            """SELECT target FROM series_targets WHERE provider = $1 AND model = $2 AND prompt_id = $3
+               ORDER BY last_seen DESC, target""",
+            provider,
+            model,
+            prompt_id,
+        )
+        return [r["target"] for r in rows]
+
     async def chart(self, query: ChartQuery, now: datetime | None = None) -> ChartData:
+        """Points from Postgres; phase, limits and expected false-alarm rate from the engine's chart.
+
+        The engine charts each target apart: with one target the model's probes are its points;
+        with several, raw points are those of ``query.target`` (default: the most recently
+        probed target). Rollups (windows over 2 h) are per model and prompt, all targets together.
+        """
         if query.metric not in METRIC_COLUMNS:
             raise ValueError(f"metric: unknown metric {query.metric!r}")
         col, prefix, log_scale = METRIC_COLUMNS[query.metric]
         end = now or datetime.now(UTC)
         start = end - timedelta(hours=query.hours)
         key = (query.provider, query.model, query.prompt_id)
+        targets = await self.targets(*key)
+        target = query.target or (targets[0] if targets else "")
+        by_target = len(targets) > 1
+        # One more bind parameter: the target, only where it narrows anything.
+        tcond = "AND target = ${}" if by_target else ""
+        targs = [target] if by_target else []
         bucket_s = bucket_seconds(query.hours)
+        ckey = chart_key(query.provider, query.model, target, query.prompt_id, query.metric) if target else ""
+        record = await self.charts.get(ckey) if ckey else None
+        view = record.view if record is not None else None
         async with self.pool.acquire() as conn:
             if bucket_s == 0:
                 rows = await conn.fetch(
                     f"""SELECT id, ts, {col} AS v FROM telemetry
                         WHERE provider = $1 AND model = $2 AND prompt_id = $3 AND ts >= $4
-                          AND status = 'ok' AND {col} IS NOT NULL
+                          AND status = 'ok' AND {col} IS NOT NULL {tcond.format(5)}
                         ORDER BY ts LIMIT {RAW_POINT_CAP}""",
                     *key,
                     start,
+                    *targs,
                 )
                 points = [ChartPoint(ts=r["ts"], value=r["v"], id=r["id"]) for r in rows]
             else:
@@ -306,46 +328,40 @@ class Store:
                 start,
             )
             marks = await conn.fetch(
-                """SELECT id, ts, value, rule, severity, cleared_at FROM violations
-                   WHERE provider = $1 AND model = $2 AND prompt_id = $3 AND metric = $4 AND ts >= $5
-                   ORDER BY ts LIMIT 1000""",
+                f"""SELECT id, ts, value, rule, severity, cleared_at FROM violations
+                    WHERE provider = $1 AND model = $2 AND prompt_id = $3 AND metric = $4 AND ts >= $5
+                      {tcond.format(6)}
+                    ORDER BY ts LIMIT 1000""",
                 *key,
                 query.metric,
                 start,
+                *targs,
             )
-            latest = await conn.fetchrow(
-                """SELECT * FROM violations
-                   WHERE provider = $1 AND model = $2 AND prompt_id = $3 AND metric = $4
-                     AND chart = 'individuals'
-                   ORDER BY ts DESC LIMIT 1""",
-                *key,
-                query.metric,
+            record = (
+                await self.charts.get(chart_key(*key[:2], target, key[2], query.metric)) if target else None
             )
-            limits: Limits | None
-            if latest is not None:
-                limits = _limits_from_row(latest)
-                baseline_points = self.baseline_points
-            else:
-                base = await conn.fetch(
-                    f"""SELECT {col} AS v FROM telemetry
-                        WHERE provider = $1 AND model = $2 AND prompt_id = $3
-                          AND status = 'ok' AND {col} IS NOT NULL
-                        ORDER BY ts LIMIT {int(self.baseline_points)}""",
+            view = record.view if record is not None else None
+            spacing = None
+            if view is not None and view.arl0_critical is not None:
+                spacing = await conn.fetchval(
+                    f"""SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY dt) FROM (
+                            SELECT extract(epoch FROM ts - lag(ts) OVER (ORDER BY ts))::float8 AS dt
+                            FROM (SELECT ts FROM telemetry
+                                  WHERE provider = $1 AND model = $2 AND prompt_id = $3
+                                    AND status = 'ok' AND {col} IS NOT NULL {tcond.format(4)}
+                                  ORDER BY ts DESC LIMIT {SPACING_POINTS + 1}) AS recent
+                        ) AS gaps WHERE dt IS NOT NULL""",
                     *key,
+                    *targs,
                 )
-                baseline_points = len(base)
-                limits = None
-                if baseline_points >= self.baseline_points:
-                    limits = estimate_limits([r["v"] for r in base], log_scale, baseline_points)
+        arl0 = view.arl0_critical if view is not None else None
         return ChartData(
-            query=query,
+            query=dataclasses.replace(query, target=target),
             start=start,
             end=end,
             bucket_s=bucket_s,
             points=points,
-            limits=limits,
-            baseline_points=baseline_points,
-            baseline_needed=self.baseline_points,
+            limits=limits_from_view(view) if view is not None else None,
             violations=[
                 ViolationMark(
                     id=m["id"],
@@ -358,7 +374,20 @@ class Store:
                 for m in marks
             ],
             failed_probes=int(failed),
+            chart_key=ckey,
+            phase=view.phase if view is not None else "unknown",
+            progress=view.progress if view is not None else 0,
+            baseline_n=view.baseline_n if view is not None else None,
+            baseline=baseline_from_view(view) if view is not None else None,
+            arl0_critical=arl0,
+            probe_interval_s=spacing,
+            false_alarm_every_s=arl0 * spacing if arl0 is not None and spacing else None,
+            open_episodes=list(view.open_episodes) if view is not None else [],
+            targets=sorted(targets),
         )
+
+    async def rebaseline(self, chart_key: str, by: str, reason: str) -> RebaselineResult:
+        return await self.charts.rebaseline(chart_key, by, reason)
 
     # ---- violations ------------------------------------------------------------------------
     async def violations(self, flt: ViolationFilter) -> ViolationPage:

@@ -15,17 +15,22 @@ Metric = Literal["latency_ms", "ttft_ms", "tokens_per_s"]
 METRICS: tuple[Metric, ...] = ("latency_ms", "ttft_ms", "tokens_per_s")
 WINDOWS_H: tuple[int, ...] = (1, 6, 24)
 ViolationStateFilter = Literal["open", "cleared"]
+ChartPhase = Literal["collecting", "armed", "unknown"]
 
 
 @dataclass(frozen=True, slots=True)
 class ChartQuery:
-    """One chart: a rational subgroup (provider, model, prompt) and one metric over a window."""
+    """One chart: a rational subgroup (provider, model, prompt, target) and one metric over a window.
+
+    ``target`` "" picks the model's only target, or its most recently probed one.
+    """
 
     provider: str
     model: str
     prompt_id: str
     metric: Metric = "latency_ms"
     hours: float = 1.0
+    target: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +58,22 @@ class Limits:
     zone_b_lower: float
     sigma: float
     transform: str = "none"
-    source: Literal["engine", "estimate"] = "engine"
     baseline_id: str | None = None
     baseline_n: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BaselineInfo:
+    """The baseline an armed chart's limits come from: who made it and why."""
+
+    id: str
+    n: int
+    number: int = 0
+    n_excluded: int = 0
+    created_by: str = "engine"
+    reason: str = ""
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +90,13 @@ class ViolationMark:
 
 @dataclass(frozen=True, slots=True)
 class ChartData:
-    """Everything one control chart shows; ``bucket_s`` is 0 when the points are raw probes."""
+    """Everything one control chart shows; ``bucket_s`` is 0 when the points are raw probes.
+
+    Limits and phase are the SPC engine's (its chart snapshot): ``phase`` is ``unknown`` while
+    the engine has no chart for this subgroup (not running yet, or no point since it started).
+    ``false_alarm_every_s`` is the engine's in-control ARL of critical signals (in points) times
+    ``probe_interval_s``, the median spacing of this chart's recent probes.
+    """
 
     query: ChartQuery
     start: datetime
@@ -80,14 +104,22 @@ class ChartData:
     bucket_s: int
     points: list[ChartPoint]
     limits: Limits | None
-    baseline_points: int
-    baseline_needed: int
     violations: list[ViolationMark]
     failed_probes: int = 0
+    chart_key: str = ""
+    phase: ChartPhase = "unknown"
+    progress: int = 0
+    baseline_n: int | None = None
+    baseline: BaselineInfo | None = None
+    arl0_critical: float | None = None
+    probe_interval_s: float | None = None
+    false_alarm_every_s: float | None = None
+    open_episodes: list[str] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)
 
     @property
     def collecting_baseline(self) -> bool:
-        return self.limits is None
+        return self.phase != "armed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +245,17 @@ class SettingInfo:
     updated_by: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class RebaselineResult:
+    """The answer to a re-baseline request: the engine's reply, or that no engine answered."""
+
+    status: Literal["ok", "refused", "no_engine"]
+    chart_key: str
+    replica: int = 0
+    cleared: int = 0
+    error: str = ""
+
+
 class SettingError(ValueError):
     """A setting key is unknown or its value is invalid; the message names the key."""
 
@@ -228,6 +271,8 @@ class DashboardData(Protocol):
     async def series(self) -> list[Series]: ...
 
     async def chart(self, query: ChartQuery) -> ChartData: ...
+
+    async def rebaseline(self, chart_key: str, by: str, reason: str) -> RebaselineResult: ...
 
     async def violations(self, flt: ViolationFilter) -> ViolationPage: ...
 

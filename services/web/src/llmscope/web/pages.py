@@ -37,6 +37,21 @@ def _num(value: float | None, digits: int = 1) -> str:
     return f"{value:,.{digits}f}"
 
 
+_UNITS = (("year", 365.25 * 86400), ("day", 86400.0), ("hour", 3600.0), ("minute", 60.0), ("second", 1.0))
+
+
+def _duration(seconds: float | None) -> str:
+    """``777600`` -> "9 days": the largest unit that still counts at least two of it."""
+    if seconds is None:
+        return "–"
+    for name, size in _UNITS:
+        if seconds >= 2 * size or size == 1.0:
+            value = seconds / size
+            text = f"{value:.0f}" if value >= 10 else f"{value:.1f}".removesuffix(".0")
+            return f"{text} {name}{'' if text == '1' else 's'}"
+    raise AssertionError("unreachable")
+
+
 def _ts(value: datetime | None) -> str:
     return "–" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
@@ -51,6 +66,7 @@ def build_environment() -> Environment:
     env.filters["ago"] = _ago
     env.filters["num"] = _num
     env.filters["ts"] = _ts
+    env.filters["duration"] = _duration
     env.globals["render_chart"] = render_chart
     return env
 

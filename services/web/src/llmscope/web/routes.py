@@ -23,6 +23,7 @@ from llmscope.web.data import (
     ChartQuery,
     DashboardData,
     Metric,
+    RebaselineResult,
     Series,
     SettingError,
     SettingInfo,
@@ -147,15 +148,18 @@ def create_router(
         return response
 
     # ---- dashboard -----------------------------------------------------------------------
-    @router.get("/", response_class=HTMLResponse, dependencies=[Session])
-    async def dashboard(
+    async def _dashboard(
         request: Request,
-        series: str | None = None,
-        provider: str | None = None,
-        model: str | None = None,
-        prompt_id: str | None = None,
-        metric: Metric = "latency_ms",
-        hours: Annotated[float, Query(gt=0, le=24 * 31)] = 1,
+        *,
+        series: str | None,
+        provider: str | None,
+        model: str | None,
+        prompt_id: str | None,
+        target: str | None,
+        metric: Metric,
+        hours: float,
+        rebaseline: RebaselineResult | None = None,
+        status_code: int = 200,
     ) -> HTMLResponse:
         if series and "|" in series:
             provider, model = series.split("|", 1)
@@ -168,12 +172,16 @@ def create_router(
             prompt_id = prompts[0]
         chart = None
         if provider and model and prompt_id:
-            chart = await data.chart(ChartQuery(provider, model, prompt_id, metric, hours))
+            chart = await data.chart(ChartQuery(provider, model, prompt_id, metric, hours, target or ""))
+            if target and chart.query.target not in chart.targets:
+                target = ""  # a target of another model: this one's default
+                chart = await data.chart(ChartQuery(provider, model, prompt_id, metric, hours))
         log = await data.violations(ViolationFilter(limit=15))
         query = {
             "provider": provider or "",
             "model": model or "",
             "prompt_id": prompt_id or "",
+            "target": (chart.query.target if chart else target) or "",
             "metric": metric,
             "hours": f"{hours:g}",
         }
@@ -187,9 +195,73 @@ def create_router(
             "chart": chart,
             "log": log.items,
             "refresh_s": opts.refresh_s,
+            "rebaseline": rebaseline,
         }
         return pages.render(
-            request, "dashboard.html", context, fragments=("panel", "chart_panel", "violation_log")
+            request,
+            "dashboard.html",
+            context,
+            fragments=("panel", "chart_panel", "violation_log", "rebaseline"),
+            status_code=status_code,
+        )
+
+    @router.get("/", response_class=HTMLResponse, dependencies=[Session])
+    async def dashboard(
+        request: Request,
+        series: str | None = None,
+        provider: str | None = None,
+        model: str | None = None,
+        prompt_id: str | None = None,
+        target: str | None = None,
+        metric: Metric = "latency_ms",
+        hours: Annotated[float, Query(gt=0, le=24 * 31)] = 1,
+    ) -> HTMLResponse:
+        return await _dashboard(
+            request,
+            series=series,
+            provider=provider,
+            model=model,
+            prompt_id=prompt_id,
+            target=target,
+            metric=metric,
+            hours=hours,
+        )
+
+    @router.post("/charts/rebaseline", response_class=HTMLResponse, dependencies=[Session])
+    async def rebaseline_chart(
+        request: Request,
+        chart_key: Annotated[str, Form()],
+        by: Annotated[str, Form()] = "",
+        reason: Annotated[str, Form()] = "",
+        provider: Annotated[str, Form()] = "",
+        model: Annotated[str, Form()] = "",
+        prompt_id: Annotated[str, Form()] = "",
+        target: Annotated[str, Form()] = "",
+        metric: Annotated[Metric, Form()] = "latency_ms",
+        hours: Annotated[float, Form(gt=0, le=24 * 31)] = 1,
+    ) -> HTMLResponse:
+        """Ask the SPC engine to re-baseline the chart; answers the dashboard with the outcome."""
+        who, why = by.strip(), reason.strip()
+        if not who or not why:
+            missing = "by" if not who else "reason"
+            result = RebaselineResult(status="refused", chart_key=chart_key, error=f"{missing}: required")
+            status = 422
+        else:
+            result = await data.rebaseline(chart_key, who, why)
+            status = {"ok": 200, "refused": 409, "no_engine": 504}[result.status]
+        if is_htmx(request):
+            status = 200  # htmx swaps only 2xx answers, and the fragment carries the outcome
+        return await _dashboard(
+            request,
+            series=None,
+            provider=provider,
+            model=model,
+            prompt_id=prompt_id,
+            target=target,
+            metric=metric,
+            hours=hours,
+            rebaseline=result,
+            status_code=status,
         )
 
     # ---- violations ----------------------------------------------------------------------

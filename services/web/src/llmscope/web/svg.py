@@ -1,7 +1,8 @@
 """Server-side rendering of a control chart as inline SVG (no JavaScript chart library to vendor).
 
 Points, the center line, UCL/LCL, zone A/B bounds, min-max bands for bucketed points and
-violations marked in red. A chart without limits says it is collecting its baseline.
+violations marked in red. A chart without limits says it is collecting its baseline (or that
+the SPC engine has no chart for it yet).
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ def render_chart(data: ChartData, *, width: int = WIDTH, height: int = HEIGHT) -
 
     q = data.query
     label = f"{q.provider}/{q.model} · prompt {q.prompt_id} · {q.metric}"
+    if q.target:
+        label += f" · target {q.target}"
     out: list[str] = [
         f'<svg class="control-chart" viewBox="0 0 {width} {height}" role="img" '
         f'aria-label="{escape(label)}" xmlns="http://www.w3.org/2000/svg">',
@@ -146,10 +149,13 @@ def render_chart(data: ChartData, *, width: int = WIDTH, height: int = HEIGHT) -
             f"{_fmt(v.value)}</title></circle></a>"
         )
     if lim is None:
+        if data.phase == "collecting":
+            note = f"collecting baseline {data.progress}/{data.baseline_n}"
+        else:
+            note = "waiting for the SPC engine's chart"
         out.append(
             f'<text x="{PAD_L + plot_w / 2:.1f}" y="{PAD_T + 24}" class="baseline-note" '
-            f'text-anchor="middle">collecting baseline {data.baseline_points}/{data.baseline_needed}'
-            "</text>"
+            f'text-anchor="middle">{escape(note)}</text>'
         )
     if not pts:
         out.append(

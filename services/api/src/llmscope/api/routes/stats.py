@@ -112,14 +112,21 @@ def router(rt: Runtime) -> APIRouter:
         provider: str,
         model: str,
         prompt_id: str | None = None,
+        target: str | None = None,
         metric: Metric = "latency_ms",
         hours: Annotated[float, Query(gt=0, le=24 * 31)] = 1.0,
     ) -> ChartData:
         """Points (raw up to 2 h, bucketed from per-minute rollups beyond), limits and violations.
 
-        Without ``prompt_id`` the model's first prompt is charted (charts never mix prompts).
-        ``limits`` is null while the chart collects its baseline; ``limits.source`` says whether
-        they are the engine's (frozen in its latest violation) or the dashboard's estimate.
+        The chart is the SPC engine's for provider/model/target/prompt/metric: without
+        ``prompt_id`` the model's first prompt is charted (charts never mix prompts); without
+        ``target`` the only target serving it, or the most recently probed one (``targets``
+        lists them). ``phase`` is ``armed`` (``limits`` are the engine's frozen limits, in
+        metric units and asymmetric on the log scale), ``collecting`` (``progress`` of
+        ``baseline_n`` baseline points, no limits) or ``unknown`` (the engine has no such chart
+        yet). ``arl0_critical`` is the engine's expected in-control run length between critical
+        signals, in points; ``false_alarm_every_s`` converts it to time with
+        ``probe_interval_s``, the median spacing of this chart's recent probes.
         """
         if prompt_id is None:
             prompts = sorted(
@@ -128,6 +135,6 @@ def router(rt: Runtime) -> APIRouter:
             if not prompts:
                 raise HTTPException(404, f"no telemetry for model {provider}/{model}")
             prompt_id = prompts[0]
-        return await rt.store.chart(ChartQuery(provider, model, prompt_id, metric, hours))
+        return await rt.store.chart(ChartQuery(provider, model, prompt_id, metric, hours, target or ""))
 
     return api
