@@ -6,11 +6,11 @@ import functools
 
 import msgspec
 
+from llmscope.proto.charts import ChartMeta, chart_key, parse_chart_key
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.proto.violation import ViolationEvent
 from llmscope.spc_engine.chart import MetricChart
 from llmscope.spc_engine.config import ChartConfig, default_config
-from llmscope.proto.charts import ChartMeta, chart_key, parse_chart_key
 from llmscope.spc_engine.engine import ChartSnapshot, Engine, Snapshot, decode_snapshot, render_view
 from llmscope.spc_engine.service import owner
 
