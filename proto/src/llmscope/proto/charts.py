@@ -89,7 +89,7 @@ class ChartMeta(msgspec.Struct, frozen=True, kw_only=True):
 class ChartBaseline(BaselineRef, frozen=True, kw_only=True):
     """The frozen Phase I baseline of an armed chart: who made it, why, and how many points."""
 
-    number: Annotated[int, Meta(description="1 for the first baseline, +1 per re-baseline")] = 0
+    number: Annotated[int, Meta(description="0 for the first baseline, +1 per re-baseline")] = 0
     n_excluded: Annotated[Count, Meta(description="baseline points dropped as out of control")] = 0
     known: Annotated[bool, Meta(description="parameters given, not estimated")] = False
 

@@ -1,0 +1,207 @@
+"""The engine's charts through the API: KV views written by a real SPC engine, re-baseline over NATS."""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import pytest
+from nats.js import JetStreamContext
+
+from llmscope.api.persister import store_telemetry
+from llmscope.proto import subjects
+from llmscope.proto.charts import chart_key
+from llmscope.proto.telemetry import TelemetryEvent
+from tests.api.conftest import Api
+from tests.api.engine import BASELINE_N, feed, running_engine, wait_progress
+from tests.api.factories import telemetry
+
+pytestmark = pytest.mark.usefixtures("js")
+
+
+def probes(n: int, start: int = 0, seed: int = 1, **overrides: Any) -> list[TelemetryEvent]:
+    """Lognormal latency (sigma of log 0.3) around 800 ms, one probe every 2 s."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(start, start + n):
+        latency = 800.0 * math.exp(0.3 * rng.gauss(0, 1))
+        fields: dict[str, Any] = {"id": f"p{seed}-{i:05d}", "latency_ms": latency, "ttft_ms": latency / 5}
+        out.append(telemetry(i, **{**fields, **overrides}))
+    return out
+
+
+SPC = {"provider": "ollama", "model": "llama3.1:8b", "prompt_id": "simple-1"}
+
+
+async def test_spc_chart_unknown_then_collecting_then_armed_with_the_engines_limits(
+    api: Api, js: JetStreamContext, nats_url: str
+) -> None:
+    events = probes(BASELINE_N + 10)
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, events[:5])
+    chart = (await api.client.get("/api/stats/spc", params=SPC)).json()
+    assert (chart["phase"], chart["limits"], chart["baseline_n"]) == ("unknown", None, None)
+    assert (await api.client.get("/api/charts")).json() == []  # no bucket yet: no charts, no error
+
+    async with running_engine(nats_url):
+        await feed(api, js, events[:10])
+        await wait_progress(api, events[0], 10, "collecting")
+        chart = (await api.client.get("/api/stats/spc", params=SPC)).json()
+        assert (chart["phase"], chart["progress"], chart["baseline_n"]) == ("collecting", 10, BASELINE_N)
+        assert chart["limits"] is None
+        # The expected false-alarm rate is the configuration's: known before the chart is armed.
+        assert chart["false_alarm_every_s"] == pytest.approx(chart["arl0_critical"] * 2.0)
+
+        await feed(api, js, events[10:])
+        record = await wait_progress(api, events[0], BASELINE_N, "armed")
+    assert record.view is not None
+    view_limits = record.view.limits
+    assert view_limits is not None
+    chart = (await api.client.get("/api/stats/spc", params=SPC)).json()
+    assert chart["phase"] == "armed"
+    assert chart["chart_key"] == record.key
+    assert chart["query"]["target"] == "local"
+    lim = chart["limits"]
+    for name in ("center", "ucl", "lcl", "zone_a_upper", "zone_a_lower", "zone_b_upper", "zone_b_lower"):
+        assert lim[name] == pytest.approx(getattr(view_limits, name)), name
+    assert lim["transform"] == "log"
+    assert lim["lcl"] > 0
+    assert lim["ucl"] - lim["center"] > lim["center"] - lim["lcl"]  # asymmetric in ms on the log scale
+    assert lim["baseline_id"] == chart["baseline"]["id"]
+    assert chart["baseline"]["created_by"] == "engine"
+    assert chart["arl0_critical"] == pytest.approx(record.view.arl0_critical)
+    assert chart["probe_interval_s"] == pytest.approx(2.0)
+    assert chart["false_alarm_every_s"] == pytest.approx(chart["arl0_critical"] * 2.0)
+    assert len(chart["points"]) == len(events)
+
+
+async def test_charts_list_and_one_chart_in_the_engines_format(
+    api: Api, js: JetStreamContext, nats_url: str
+) -> None:
+    events = probes(12) + probes(3, start=100, model="org/other:1", target="gpu box")
+    async with running_engine(nats_url):
+        await feed(api, js, events)
+        await wait_progress(api, events[0], 12, "collecting")
+        await wait_progress(api, events[-1], 3, "collecting")
+    charts = (await api.client.get("/api/charts")).json()
+    keys = [c["key"] for c in charts]
+    assert keys == sorted(keys)
+    assert not any(k.startswith("_") for k in keys)  # the engine's checkpoint is no chart
+    assert {c["meta"]["model"] for c in charts} == {"llama3.1:8b", "org/other:1"}
+    mine = (await api.client.get("/api/charts", params={"model": "llama3.1:8b"})).json()
+    assert {(c["meta"]["prompt_id"], c["meta"]["metric"]) for c in mine} == {
+        ("simple-1", "latency_ms"),
+        ("simple-1", "ttft_ms"),
+        ("simple-1", "tokens_per_s"),
+        ("*", "availability"),
+    }
+    for c in mine:
+        assert set(c) == {"version", "key", "meta", "seq", "updated_at", "view"}  # no engine internals
+        if c["meta"]["metric"] == "availability":
+            assert c["view"] is None
+        else:
+            assert (c["view"]["phase"], c["view"]["progress"]) == ("collecting", 12)
+            assert c["view"]["arl0_critical"] > 1e4
+    other = (await api.client.get("/api/charts", params={"target": "gpu box", "metric": "latency_ms"})).json()
+    assert [c["meta"]["model"] for c in other] == ["org/other:1"]
+
+    key = chart_key("ollama", "org/other:1", "gpu box", "simple-1", "latency_ms")
+    r = await api.client.get(f"/api/charts/{key}")
+    assert r.status_code == 200, r.text
+    assert r.json()["key"] == key
+    assert r.json()["view"]["progress"] == 3
+    missing = chart_key("ollama", "nope", "t", "p", "latency_ms")
+    assert (await api.client.get(f"/api/charts/{missing}")).status_code == 404
+    r = await api.client.get("/api/charts/not-a-key")
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["path", "chart_key"]
+    assert (await api.anon.get("/api/charts")).status_code == 401
+    schema = (await api.client.get("/openapi.json")).json()
+    assert "ChartRecord" in schema["components"]["schemas"]
+    assert "ChartView" in schema["components"]["schemas"]
+
+
+async def test_an_unreadable_record_reads_as_unknown(api: Api, js: JetStreamContext, nats_url: str) -> None:
+    events = probes(5)
+    async with running_engine(nats_url):
+        await feed(api, js, events)
+        await wait_progress(api, events[0], 5, "collecting")
+    kv = await js.key_value(subjects.SPC_CHARTS_BUCKET)
+    await kv.put(chart_key("ollama", "llama3.1:8b", "local", "simple-1", "latency_ms"), b"{not json")
+    chart = (await api.client.get("/api/stats/spc", params=SPC)).json()
+    assert (chart["phase"], chart["limits"]) == ("unknown", None)
+
+
+async def test_rebaseline_round_trip_through_the_engine(
+    api: Api, js: JetStreamContext, nats_url: str
+) -> None:
+    events = probes(BASELINE_N + 5)
+    async with running_engine(nats_url):
+        await feed(api, js, events)
+        record = await wait_progress(api, events[0], BASELINE_N, "armed")
+        url = f"/api/charts/{record.key}/rebaseline"
+
+        r = await api.client.post(url, json={"reason": "new GPU"})
+        assert r.status_code == 422
+        assert r.json()["detail"][0]["loc"] == ["body", "by"]
+        r = await api.client.post(url, json={"by": "ann", "reason": "   "})
+        assert r.status_code == 422
+        assert r.json()["detail"][0]["loc"] == ["body", "reason"]
+        r = await api.anon.post(url, json={"by": "ann", "reason": "new GPU"})
+        assert r.status_code == 401
+
+        r = await api.client.post(url, json={"by": "ann", "reason": "new GPU"})
+        assert r.status_code == 200, r.text
+        assert r.json() == {"ok": True, "chart_key": record.key, "replica": 0, "cleared": 0, "error": ""}
+        await wait_progress(api, events[0], 0, "collecting")
+        chart = (await api.client.get("/api/stats/spc", params=SPC)).json()
+        assert (chart["phase"], chart["progress"], chart["limits"]) == ("collecting", 0, None)
+
+        # The next baseline is ann's: who and why are recorded in it.
+        more = probes(BASELINE_N, start=BASELINE_N + 5, seed=2)
+        await feed(api, js, more)
+        record = await wait_progress(api, events[0], BASELINE_N, "armed")
+        assert record.view is not None
+        assert record.view.baseline is not None
+        assert (record.view.baseline.created_by, record.view.baseline.reason) == ("ann", "new GPU")
+        assert record.view.baseline.number == 1  # the first baseline is number 0
+        chart = (await api.client.get("/api/stats/spc", params=SPC)).json()
+        assert (chart["baseline"]["created_by"], chart["baseline"]["reason"]) == ("ann", "new GPU")
+
+        unknown = chart_key("ollama", "llama3.1:8b", "local", "simple-1", "nope_ms")
+        r = await api.client.post(f"/api/charts/{unknown}/rebaseline", json={"by": "ann", "reason": "x"})
+        assert r.status_code == 409
+        assert r.json()["ok"] is False
+        assert r.json()["error"] == "no such metric chart"
+
+
+async def test_rebaseline_without_an_engine_is_a_504(api: Api) -> None:
+    key = chart_key("ollama", "llama3.1:8b", "local", "simple-1", "latency_ms")
+    r = await api.client.post(f"/api/charts/{key}/rebaseline", json={"by": "ann", "reason": "new GPU"})
+    assert r.status_code == 504
+    assert "no SPC engine answered" in r.json()["detail"]
+
+
+async def test_spc_chart_per_target(api: Api, js: JetStreamContext, nats_url: str) -> None:
+    near = probes(BASELINE_N, target="near", seed=3)
+    # Probed later, and slower: the default target, with limits of its own.
+    far = [
+        telemetry(i + 1, id=f"far-{i}", target="far", latency_ms=3 * (e.latency_ms or 0))
+        for i, e in enumerate(near)
+    ]
+    async with running_engine(nats_url):
+        await feed(api, js, near + far)
+        await wait_progress(api, near[0], BASELINE_N, "armed")
+        await wait_progress(api, far[0], BASELINE_N, "armed")
+    default = (await api.client.get("/api/stats/spc", params=SPC)).json()
+    assert default["targets"] == ["far", "near"]
+    assert default["query"]["target"] == "far"
+    assert {p["id"] for p in default["points"]} == {e.id for e in far}
+    chosen = (await api.client.get("/api/stats/spc", params={**SPC, "target": "near"})).json()
+    assert chosen["query"]["target"] == "near"
+    assert {p["id"] for p in chosen["points"]} == {e.id for e in near}
+    assert chosen["chart_key"] == chart_key("ollama", "llama3.1:8b", "near", "simple-1", "latency_ms")
+    assert default["limits"]["center"] == pytest.approx(3 * chosen["limits"]["center"], rel=1e-6)
+    rows = await api.store.pool.fetch("SELECT target FROM series_targets ORDER BY target")
+    assert [r["target"] for r in rows] == ["far", "near"]
