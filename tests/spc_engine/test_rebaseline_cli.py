@@ -1,0 +1,103 @@
+"""``llmscope spc rebaseline`` against a running engine on a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import nats
+import pytest
+from nats.js.errors import KeyNotFoundError
+
+from llmscope.bus.settings import BusSettings
+from llmscope.bus.streams import ensure_streams
+from llmscope.proto import subjects
+from llmscope.proto.charts import chart_key, decode_record
+from llmscope.spc_engine import rebaseline
+from llmscope.spc_engine.service import serve
+from llmscope.stack import cli
+from llmscope.stack.ports import free_port
+
+from .helpers import telemetry_stream
+from .test_service import publish_all, settings, wait_consumed
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert rebaseline.main([]) == 2
+    assert "missing --chart, --by, --reason" in capsys.readouterr().err
+    assert rebaseline.main(["--chart", "a.b.c.d.e", "--by", "ann"]) == 2
+    assert "missing --reason" in capsys.readouterr().err
+    assert rebaseline.main(["--chart", "not a key", "--by", "ann", "--reason", "x"]) == 2
+    assert "not a chart key" in capsys.readouterr().err
+    assert rebaseline.main(["--bogus"]) == 2
+    assert rebaseline.main(["--help"]) == 0
+    assert "--reason" in capsys.readouterr().out
+
+
+def test_unreachable_nats_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    argv = ["--chart", "a.b.c.d.e", "--by", "ann", "--reason", "x", "--nats-url", url, "--timeout", "0.5"]
+    assert rebaseline.main(argv) == 3
+    assert "cannot reach NATS" in capsys.readouterr().err
+
+
+async def test_rebaseline_and_list_against_a_running_engine(
+    nats_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await ensure_streams(js, BusSettings())
+    key = chart_key("ollama", "m1", "t-m1", "simple", "latency_ms")
+    common = ["--nats-url", nats_url, "--timeout", "2"]
+    argv = ["--chart", key, "--by", "ann", "--reason", "new GPU", *common]
+
+    # No engine yet: nobody answers, and there is nothing to list.
+    assert await asyncio.to_thread(rebaseline.main, argv) == 3
+    assert "no SPC engine answered" in capsys.readouterr().err
+    assert await asyncio.to_thread(rebaseline.main, ["--list", *common]) == 0
+    assert capsys.readouterr().out == ""
+
+    events = telemetry_stream(200)
+    await publish_all(js, events)
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(settings(nats_url), stop))
+    try:
+        await wait_consumed(js, "spc-engine-0-of-1", len(events))
+        kv = await js.key_value(subjects.SPC_CHARTS_BUCKET)
+
+        async def armed() -> bool:
+            try:
+                view = decode_record((await kv.get(key)).value or b"").view
+            except KeyNotFoundError:
+                return False
+            return view is not None and view.phase == "armed"
+
+        for _ in range(200):
+            if await armed():
+                break
+            await asyncio.sleep(0.05)
+        assert await armed()
+
+        assert await asyncio.to_thread(rebaseline.main, ["--list", *common]) == 0
+        listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [c["key"] for c in listed] == sorted(c["key"] for c in listed)
+        mine = next(c for c in listed if c["key"] == key)
+        assert (mine["phase"], mine["metric"]) == ("armed", "latency_ms")
+        assert any(c["metric"] == "availability" and c["phase"] is None for c in listed)
+
+        # Through the `llmscope` command, as a user types it.
+        code = await asyncio.to_thread(cli.main, ["spc", "rebaseline", *argv])
+        assert code == 0
+        reply = json.loads(capsys.readouterr().out)
+        assert reply == {"ok": True, "chart_key": key, "replica": 0, "cleared": reply["cleared"], "error": ""}
+        record = decode_record((await kv.get(key)).value or b"")
+        assert record.view is not None
+        assert record.view.phase == "collecting"
+
+        refused = ["--chart", key.replace("latency_ms", "nope_ms"), "--by", "ann", "--reason", "x", *common]
+        assert await asyncio.to_thread(rebaseline.main, refused) == 1
+        assert json.loads(capsys.readouterr().out)["error"] == "no such metric chart"
+    finally:
+        stop.set()
+        assert await task == 0
+        await nc.close()

@@ -1,0 +1,149 @@
+"""The dashboard over a real SPC engine: collecting, armed, targets, re-baseline from the page."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from nats.js import JetStreamContext
+
+from llmscope.web.pages import _duration
+from tests.api.conftest import Api
+from tests.api.engine import BASELINE_N, feed, running_engine, wait_progress
+from tests.api.factories import telemetry
+from tests.api.test_charts import probes
+from tests.web.test_pages import HX, is_full_page, login
+
+pytestmark = pytest.mark.usefixtures("js")
+
+PANEL = {**HX, "HX-Target": "chart-panel"}
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (None, "–"),
+        (30, "30 seconds"),
+        (1, "1 second"),
+        (150, "2.5 minutes"),
+        (3 * 3600, "3 hours"),
+        (9 * 86400, "9 days"),
+        (36 * 3600, "36 hours"),
+        (3 * 365.25 * 86400, "3 years"),
+    ],
+)
+def test_durations_read_like_a_person_would_say_them(seconds: float | None, text: str) -> None:
+    assert _duration(seconds) == text
+
+
+async def test_collecting_then_armed_with_and_without_htmx(
+    api: Api, js: JetStreamContext, nats_url: str
+) -> None:
+    client = await login(api)
+    events = probes(BASELINE_N + 5)
+    async with running_engine(nats_url):
+        await feed(api, js, events[:12])
+        await wait_progress(api, events[0], 12, "collecting")
+        for headers in ({}, PANEL):
+            r = await client.get("/", headers=headers)
+            assert r.status_code == 200
+            assert is_full_page(r.text) == (headers == {})
+            assert f"collecting baseline 12/{BASELINE_N}" in r.text
+            assert f'<progress class="baseline-progress" max="{BASELINE_N}" value="12">' in r.text
+            assert 'class="center"' not in r.text
+
+        await feed(api, js, events[12:])
+        await wait_progress(api, events[0], BASELINE_N, "armed")
+    for headers in ({}, PANEL):
+        r = await client.get("/", headers=headers)
+        assert r.status_code == 200
+        assert is_full_page(r.text) == (headers == {})
+        assert '<span class="badge armed">armed</span>' in r.text
+        # ARL0 of the default configuration (~2.8e5 points) at one probe per 2 s: about 6.5 days.
+        match = re.search(r"about one false alarm per ([\d.]+) days", r.text)
+        assert match, r.text
+        assert 5 < float(match.group(1)) < 9
+        assert "baseline of 30 probes by engine (initial baseline)" in r.text
+        assert 'class="center"' in r.text  # the engine's limits and zones are drawn
+        assert r.text.count('class="zone"') == 4
+        assert "collecting baseline" not in r.text
+
+
+async def test_rebaseline_from_the_dashboard(api: Api, js: JetStreamContext, nats_url: str) -> None:
+    client = await login(api)
+    events = probes(BASELINE_N + 2)
+    async with running_engine(nats_url):
+        await feed(api, js, events)
+        record = await wait_progress(api, events[0], BASELINE_N, "armed")
+        page = (await client.get("/")).text
+        assert "Re-baseline this chart" in page
+        assert f'name="chart_key" value="{record.key}"' in page
+        assert 'hx-post="/charts/rebaseline"' in page
+        form = {
+            "chart_key": record.key,
+            "provider": "ollama",
+            "model": "llama3.1:8b",
+            "prompt_id": "simple-1",
+            "target": "local",
+            "metric": "latency_ms",
+            "hours": "1",
+        }
+
+        r = await client.post(
+            "/charts/rebaseline", data={**form, "by": "ann"}, headers={**HX, "HX-Target": "rebaseline"}
+        )
+        assert r.status_code == 200  # htmx swaps 2xx only; the fragment says what went wrong
+        assert r.text.lstrip().startswith('<div id="rebaseline"')
+        assert "Not re-baselined: reason: required" in r.text
+
+        r = await client.post("/charts/rebaseline", data={**form, "by": "ann", "reason": "new GPU"})
+        assert r.status_code == 200
+        assert is_full_page(r.text)
+        assert "Re-baselined: the chart collects a new baseline" in r.text
+        await wait_progress(api, events[0], 0, "collecting")
+        r = await client.get("/", headers=PANEL)
+        assert f"collecting baseline 0/{BASELINE_N}" in r.text
+
+        bad = {**form, "chart_key": record.key.replace("latency_ms", "nope_ms"), "by": "ann", "reason": "x"}
+        r = await client.post("/charts/rebaseline", data=bad)
+        assert r.status_code == 409
+        assert "Not re-baselined: no such metric chart" in r.text
+    r = await client.post("/charts/rebaseline", data={**form, "by": "ann", "reason": "x"})
+    assert r.status_code == 504
+    assert "No SPC engine answered" in r.text
+    r = await client.post(
+        "/charts/rebaseline",
+        data={**form, "by": "ann", "reason": "x"},
+        headers={**HX, "HX-Target": "rebaseline"},
+    )
+    assert r.status_code == 200
+    assert "No SPC engine answered" in r.text
+    r = await client.post(
+        "/charts/rebaseline",
+        data={**form, "by": "x", "reason": "y"},
+        headers={"Origin": "https://evil.example"},
+    )
+    assert r.status_code == 403
+    client.cookies.clear()
+    r = await client.post("/charts/rebaseline", data={**form, "by": "x", "reason": "y"})
+    assert r.status_code == 303  # no session: to the login page
+
+
+async def test_target_selector_when_a_model_has_several(
+    api: Api, js: JetStreamContext, nats_url: str
+) -> None:
+    client = await login(api)
+    near = probes(6, target="near")
+    far = [telemetry(100 + i, id=f"far-{i}", target="far") for i in range(6)]
+    async with running_engine(nats_url):
+        await feed(api, js, near + far)
+        await wait_progress(api, near[0], 6, "collecting")
+        await wait_progress(api, far[0], 6, "collecting")
+    r = await client.get("/", headers={**HX, "HX-Target": "panel"})
+    assert '<select name="target">' in r.text
+    assert '<option value="far" selected>' in r.text  # the most recently probed
+    r = await client.get("/?target=near", headers={**HX, "HX-Target": "panel"})
+    assert '<option value="near" selected>' in r.text
+    assert "target near" in r.text  # the chart's label
+    r = await client.get("/?target=elsewhere")
+    assert '<option value="far" selected>' in r.text  # unknown target: the default
