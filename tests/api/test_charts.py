@@ -203,5 +203,7 @@ async def test_spc_chart_per_target(api: Api, js: JetStreamContext, nats_url: st
     assert {p["id"] for p in chosen["points"]} == {e.id for e in near}
     assert chosen["chart_key"] == chart_key("ollama", "llama3.1:8b", "near", "simple-1", "latency_ms")
     assert default["limits"]["center"] == pytest.approx(3 * chosen["limits"]["center"], rel=1e-6)
+    r = await api.client.get("/api/stats/spc", params={**SPC, "target": "elsewhere"})
+    assert r.status_code == 404
     rows = await api.store.pool.fetch("SELECT target FROM series_targets ORDER BY target")
     assert [r["target"] for r in rows] == ["far", "near"]

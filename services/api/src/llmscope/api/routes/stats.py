@@ -135,6 +135,10 @@ def router(rt: Runtime) -> APIRouter:
             if not prompts:
                 raise HTTPException(404, f"no telemetry for model {provider}/{model}")
             prompt_id = prompts[0]
+        if target and target not in await rt.store.targets(provider, model, prompt_id):
+            raise HTTPException(
+                404, f"no telemetry from target {target!r} for {provider}/{model}/{prompt_id}"
+            )
         return await rt.store.chart(ChartQuery(provider, model, prompt_id, metric, hours, target or ""))
 
     return api
