@@ -1,0 +1,124 @@
+"""Runs the real `llmscope up` as a subprocess, the way a user does, on free ports."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from llmscope.stack.ports import free_port
+
+
+@dataclass
+class RunningStack:
+    proc: subprocess.Popen[str]
+    base_url: str
+    sim_url: str
+    data_dir: Path
+    env: dict[str, str]
+    api_key: str = ""
+    output: list[str] = field(default_factory=list)
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.base_url, headers={"Authorization": f"Bearer {self.api_key}"}, timeout=10
+        )
+
+    def llmscope(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run another `llmscope` command against this stack, as a user would from a second terminal."""
+        return subprocess.run(
+            [sys.executable, "-m", "llmscope.stack.cli", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def log(self) -> str:
+        return "".join(self.output[-400:])
+
+
+def _pump(proc: subprocess.Popen[str], sink: list[str]) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        sink.append(line)
+
+
+@contextmanager
+def llmscope_up(data_dir: Path, extra_env: Mapping[str, str] | None = None) -> Iterator[RunningStack]:
+    """Start `llmscope up`, wait for its banner, yield, then Ctrl-C it and check it exits cleanly."""
+    port, sim_port, nats_port, pg_port = (free_port() for _ in range(4))
+    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DATABASE_URL", "LLMSCOPE_API_KEY")}
+    env.update(
+        LLMSCOPE_DATA_DIR=str(data_dir),
+        LLMSCOPE_PORT=str(port),
+        LLMSCOPE_SIM_PORT=str(sim_port),
+        LLMSCOPE_NATS_PORT=str(nats_port),
+        LLMSCOPE_PG_PORT=str(pg_port),
+        PYTHONUNBUFFERED="1",
+        **(extra_env or {}),
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmscope.stack.cli", "up"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    stack = RunningStack(
+        proc=proc,
+        base_url=f"http://127.0.0.1:{port}",
+        sim_url=f"http://127.0.0.1:{sim_port}",
+        data_dir=data_dir,
+        env={**env, "LLMSCOPE_SIM_URL": f"http://127.0.0.1:{sim_port}"},
+    )
+    reader = threading.Thread(target=_pump, args=(proc, stack.output), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            match = re.search(r"API key\s+(\S+)", "".join(stack.output))
+            if match:
+                stack.api_key = match.group(1)
+                break
+            if proc.poll() is not None:
+                raise AssertionError(f"llmscope up exited early:\n{stack.log()}")
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"llmscope up printed no banner within 120 s:\n{stack.log()}")
+        stack.env["LLMSCOPE_API_KEY"] = stack.api_key
+        yield stack
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                raise AssertionError(
+                    f"llmscope up did not stop within 60 s of Ctrl-C:\n{stack.log()}"
+                ) from None
+        reader.join(5)
+
+
+def wait_for(predicate: object, timeout: float, interval: float = 0.5, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        last = predicate()  # type: ignore[operator]
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last={last!r}")

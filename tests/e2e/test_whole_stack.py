@@ -1,0 +1,130 @@
+"""The product's front door, end to end: `llmscope up` on a bare machine, an injected latency
+shift found by the SPC engine and visible through the API, bad input refused without harm, a
+clean Ctrl-C, and a second start that keeps the data.
+
+Everything is real: the embedded nats-server and PostgreSQL, the simulator, prober, SPC engine,
+alerter and API, each in its own process started by `llmscope up`. Only the pace is changed (the
+simulator runs 20x faster and charts freeze their limits after 40 points) so the test takes
+about a minute instead of the hours a production baseline needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+import psutil
+import pytest
+
+from llmscope.proto import subjects
+from tests.e2e.stack import RunningStack, llmscope_up, wait_for
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "llama3.1:8b"
+FAST = {
+    "LLMSCOPE_SIM_MODELS": f"{MODEL}@sim-gpu-1 gpt-4o-mini@sim-openai",
+    "LLMSCOPE_SIM_SEED": "11",
+    "LLMSCOPE_SIM_TIME_SCALE": "0.05",
+    "LLMSCOPE_PROBER_INTERVAL_S": "0.05",
+    "LLMSCOPE_SPC_BASELINE_N": "40",
+    "LLMSCOPE_ALERTER_GROUP_WAIT_S": "1",
+}
+
+
+def _points(client: httpx.Client, model: str) -> int:
+    reply = client.get("/api/stats/spc", params={"provider": "ollama", "model": model, "hours": 1})
+    if reply.status_code != 200:
+        return 0
+    body: dict[str, Any] = reply.json()
+    return len(body.get("points", []))
+
+
+def _violations(client: httpx.Client, model: str) -> list[dict[str, Any]]:
+    reply = client.get("/api/violations", params={"model": model, "limit": 100})
+    reply.raise_for_status()
+    body = reply.json()
+    items: list[dict[str, Any]] = body["items"] if isinstance(body, dict) else body
+    return items
+
+
+def _processes_of(data_dir: Path) -> list[psutil.Process]:
+    """Processes still running for this stack: the embedded servers name the data dir, and the
+    services inherit LLMSCOPE_DATA_DIR."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if str(data_dir) in cmdline or proc.environ().get("LLMSCOPE_DATA_DIR") == str(data_dir):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+async def _publish_garbage(stack: RunningStack) -> None:
+    nc = await nats.connect(f"nats://127.0.0.1:{stack.env['LLMSCOPE_NATS_PORT']}")
+    try:
+        js = nc.jetstream()
+        await js.publish(subjects.telemetry("ollama", MODEL), b'{"type":"telemetry.v1","latency_ms":"fast"}')
+    finally:
+        await nc.close()
+
+
+def test_up_detects_an_injected_shift_and_keeps_its_data(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    with llmscope_up(data_dir, FAST) as stack, stack.client() as client:
+        # A live chart: telemetry flows through NATS into Postgres and out of the API.
+        wait_for(lambda: _points(client, MODEL) > 0, 60, what=f"chart points\n{stack.log()}")
+        page = httpx.get(f"{stack.base_url}/", params={"key": stack.api_key}, follow_redirects=True)
+        assert page.status_code == 200
+        assert "<svg" in page.text
+
+        # Bad input is refused with a reason, on the HTTP door and on the bus, and nothing stops.
+        bad = client.post("/api/stats", json={"provider": "ollama", "model": MODEL, "latency_ms": -3})
+        assert bad.status_code == 422
+        assert "latency_ms" in bad.text
+        asyncio.run(_publish_garbage(stack))
+        letters = wait_for(lambda: client.get("/api/deadletters").json(), 30, what="dead letter")
+        assert any("latency_ms" in str(letter) for letter in letters)  # type: ignore[attr-defined]
+
+        # Let every prompt chart of the model collect its baseline (40 points each).
+        time.sleep(1)
+        wait_for(lambda: _points(client, MODEL) >= 3 * 60, 120, what="baseline data")
+        before = {v["id"] for v in _violations(client, MODEL)}
+
+        injected = stack.llmscope("sim", "inject", "shift", "--model", MODEL, "--factor", "2")
+        assert injected.returncode == 0, injected.stderr
+        started = time.monotonic()
+        new = wait_for(
+            lambda: [v for v in _violations(client, MODEL) if v["id"] not in before],
+            30,
+            what=f"a violation within 30 s of the shift\n{stack.log()}",
+        )
+        assert time.monotonic() - started <= 30
+        violation = new[0]  # type: ignore[index]
+        assert violation["model"] == MODEL
+        assert violation["provider"] == "ollama"
+        detail = client.get(f"/api/violations/{violation['id']}")
+        assert detail.status_code == 200
+        frozen = detail.json()["violation"]
+        assert frozen["limits"]["ucl"] > frozen["limits"]["center"] > frozen["limits"]["lcl"] > 0
+        assert frozen["point_ids"]
+        assert frozen["baseline"]["n"] >= 1
+        assert detail.json()["context"], "the detail view shows the points around the violation"
+        # The dashboard lists it too.
+        log = httpx.get(f"{stack.base_url}/violations", params={"key": stack.api_key}, follow_redirects=True)
+        assert violation["id"] in log.text
+        key, kept_violation = stack.api_key, violation["id"]
+
+    assert stack.proc.returncode == 0, stack.log()
+    wait_for(lambda: not _processes_of(data_dir), 15, what="every process of the stack to exit")
+
+    # The second start reuses the data directory: same key, same violations.
+    with llmscope_up(data_dir, FAST) as again, again.client() as client:
+        assert again.api_key == key
+        assert client.get(f"/api/violations/{kept_violation}").status_code == 200
