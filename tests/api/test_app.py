@@ -12,6 +12,8 @@ import pytest
 from llmscope.api.persister import store_telemetry, store_violations
 from llmscope.api.settings import ApiSettings
 from llmscope.config.env import ConfigError, Env
+from llmscope.proto import subjects
+from llmscope.proto.switches import decode_switch, model_key
 from llmscope.proto.violation import ViolationEvent
 from tests.api.conftest import Api
 from tests.api.factories import cleared, telemetry, violation
@@ -221,6 +223,13 @@ async def test_models_with_slashes_and_colons_and_system(api: Api) -> None:
     assert models == {"llama3.1:8b": True, "org/m:1": False}
     assert (await api.client.put("/api/models/openai/unknown", json={"enabled": True})).status_code == 404
     assert (await api.client.put("/api/models/openai/org/m:1", json={"enabled": "x"})).status_code == 422
+    # Probers learn of the switch from the KV bucket they watch.
+    assert api.runtime.nc is not None
+    kv = await api.runtime.nc.jetstream().key_value(subjects.MODELS_BUCKET)
+    switch = decode_switch((await kv.get(model_key("openai", "org/m:1"))).value or b"")
+    assert (switch.provider, switch.model, switch.enabled) == ("openai", "org/m:1", False)
+    assert (await api.client.put("/api/models/openai/org/m:1", json={"enabled": True})).status_code == 200
+    assert decode_switch((await kv.get(model_key("openai", "org/m:1"))).value or b"").enabled
     system = (await api.client.get("/api/system")).json()
     assert {(s["host"], s["model"], s["cpu_percent"]) for s in system} == {
         ("gpu-1", "llama3.1:8b", 12.5),

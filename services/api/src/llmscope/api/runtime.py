@@ -16,6 +16,7 @@ from llmscope.api.metrics import ApiMetrics
 from llmscope.api.persister import Persister, retention_loop
 from llmscope.api.settings import ApiSettings
 from llmscope.api.store import Store
+from llmscope.api.switches import ModelSwitchWriter
 from llmscope.bus.connection import connect
 from llmscope.bus.publisher import Publisher
 from llmscope.bus.streams import ensure_streams
@@ -32,7 +33,8 @@ class Runtime:
         self.metrics = ApiMetrics()
         self.auth = KeyAuth(settings.api_key, session_s=settings.session_days * 86400)
         self.charts = ChartViews(settings.charts_bucket, settings.spc_request_timeout_s)
-        self.store = Store(charts=self.charts)
+        self.switches = ModelSwitchWriter(replicas=settings.bus.replicas)
+        self.store = Store(charts=self.charts, switches=self.switches)
         self.nc: NATS | None = None
         self.publisher: Publisher | None = None
         self.persister: Persister | None = None
@@ -50,6 +52,7 @@ class Runtime:
             await ensure_streams(js, s.bus)
             self.publisher = Publisher(js)
             self.charts.attach(self.nc)
+            self.switches.attach(self.nc)
             if s.persister:
                 self.persister = Persister(
                     pool=pool,
@@ -70,6 +73,7 @@ class Runtime:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
             self.charts.attach(None)
+            self.switches.attach(None)
             if self.nc is not None:
                 with contextlib.suppress(Exception):
                     await self.nc.drain()

@@ -19,6 +19,7 @@ import asyncpg
 
 from llmscope.api import known_settings
 from llmscope.api.charts import ChartViews
+from llmscope.api.switches import ModelSwitchWriter, SwitchesUnavailable
 from llmscope.proto.charts import ChartView, chart_key
 from llmscope.web.data import (
     BaselineInfo,
@@ -233,9 +234,16 @@ def _where(flt: ViolationFilter) -> tuple[str, list[Any]]:
 class Store:
     """The API's data access over an asyncpg pool."""
 
-    def __init__(self, pool: asyncpg.Pool | None = None, *, charts: ChartViews | None = None) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool | None = None,
+        *,
+        charts: ChartViews | None = None,
+        switches: ModelSwitchWriter | None = None,
+    ) -> None:
         self._pool = pool
         self.charts = charts or ChartViews()
+        self.switches = switches or ModelSwitchWriter()
 
     def attach(self, pool: asyncpg.Pool | None) -> None:
         """Set (or clear) the pool; the app opens it in its lifespan, after routes exist."""
@@ -479,14 +487,22 @@ class Store:
         return [_model_from_row(r) for r in rows]
 
     async def set_model_enabled(self, provider: str, model: str, enabled: bool) -> ModelInfo | None:
-        row = await self.pool.fetchrow(
-            """UPDATE models SET enabled = $3, updated_at = now()
-               WHERE provider = $1 AND model = $2 RETURNING *""",
-            provider,
-            model,
-            enabled,
-        )
-        return None if row is None else _model_from_row(row)
+        """Record the switch and tell the probers; neither happens unless both can."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                """UPDATE models SET enabled = $3, updated_at = now()
+                   WHERE provider = $1 AND model = $2 RETURNING *""",
+                provider,
+                model,
+                enabled,
+            )
+            if row is None:
+                return None
+            try:
+                await self.switches.put(row["provider"], model, enabled)
+            except SwitchesUnavailable as exc:
+                raise NotReady(str(exc)) from exc
+        return _model_from_row(row)
 
     # ---- settings --------------------------------------------------------------------------
     async def settings(self) -> list[SettingInfo]:
