@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping, Sequence
 
 import pytest
@@ -154,3 +155,77 @@ async def test_duplicate_publishes_are_dropped_by_msg_id(js: JetStreamContext, r
     assert acks[1].duplicate is True
     info = await js.stream_info(subjects.STREAM_TELEMETRY)
     assert info.state.messages == 1
+
+
+async def test_a_backlog_arrives_in_full_batches_and_every_message_is_acked(js: JetStreamContext) -> None:
+    events = [telemetry() for _ in range(25)]
+    for event in events:
+        await Publisher(js).publish(SUBJECT, event)
+    sizes: list[int] = []
+    seen: list[str] = []
+    done = asyncio.Event()
+
+    async def handler(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        sizes.append(len(batch))
+        seen.extend(d.event.id for d in batch)
+        if len(seen) == len(events):
+            done.set()
+
+    await run_until(make_consumer(js, handler), done)
+    assert seen == [e.id for e in events]
+    assert sizes == [10, 10, 5]
+    info = await js.consumer_info(subjects.STREAM_TELEMETRY, "test")
+    assert info.num_ack_pending == 0
+    assert info.num_pending == 0
+
+
+async def test_an_idle_consumer_takes_a_new_message_before_its_pull_request_expires(
+    js: JetStreamContext,
+) -> None:
+    done = asyncio.Event()
+    seen: list[str] = []
+
+    async def handler(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        seen.extend(d.event.id for d in batch)
+        done.set()
+
+    consumer = make_consumer(js, handler, ConsumerOptions(batch_size=10, fetch_timeout=30))
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        await asyncio.sleep(0.3)  # the consumer is idle, in its long poll
+        event = telemetry()
+        await Publisher(js).publish(SUBJECT, event)
+        # Well before the 30 s pull request expires.
+        await asyncio.wait_for(done.wait(), 5)
+        assert seen == [event.id]
+    finally:
+        stop.set()
+        # Stopping waits for the long poll to end at most once more.
+        await Publisher(js).publish(SUBJECT, telemetry())
+        await asyncio.wait_for(task, 5)
+
+
+async def test_a_deleted_consumer_neither_crashes_nor_spins(
+    js: JetStreamContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = 0
+
+    async def handler(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        nonlocal calls
+        calls += 1
+
+    consumer = make_consumer(js, handler, ConsumerOptions(batch_size=10, fetch_timeout=0.2))
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    await asyncio.sleep(0.3)
+    await js.delete_consumer(subjects.STREAM_TELEMETRY, "test")
+    with caplog.at_level(logging.WARNING, logger="llmscope.bus.consumer"):
+        await asyncio.sleep(1.0)
+    assert not task.done()
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert calls == 0
+    # One refused pull request per fetch_timeout, not a tight loop of them.
+    refused = [r for r in caplog.records if "pull request refused" in r.getMessage()]
+    assert 1 <= len(refused) <= 6

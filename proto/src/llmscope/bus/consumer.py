@@ -6,17 +6,25 @@ Handlers know nothing of NATS: they take a batch of decoded deliveries and retur
 - the handler may reject single messages (dead-lettered with its reason, then terminated);
 - a handler exception naks the batch with backoff; after ``max_deliver`` tries the message is
   dead-lettered with the last error instead of being dropped by the server.
+
+Batches are pulled by :class:`PullRequests`, which sends JetStream pull requests itself instead
+of calling nats-py's ``fetch()``, which costs a task, a uuid and a ``wait_for`` per message:
+with a no-op handler this adapter consumes about 2x as fast as ``fetch()`` + ack on the same
+stream (``bench/spc_bench.py``). Acks stay explicit, one per message, so naks and terms of single
+messages keep their meaning (AckAll would ack a nak'd message along with the ones after it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -52,6 +60,81 @@ class ConsumerOptions:
     max_deliver: int = 8
     backoff: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
     max_ack_pending: int = 10_000
+
+
+class PullRequests:
+    """Pulls batches from a durable consumer with pull requests sent by hand to one inbox.
+
+    A batch is a ``no_wait`` request for up to ``batch`` messages (the server sends what it has,
+    then a status that ends the request); when that finds nothing, a long poll for a single
+    message that expires after ``expires`` seconds, so an idle consumer wakes for the first new
+    message at once (``fetch()`` waited out its timeout to fill a batch) and the burst behind it
+    comes with the next ``no_wait`` request. Each request has its
+    own reply subject (``<inbox>.<n>``), so a late status of an abandoned request never ends the
+    current one; messages of an abandoned request still arrive and join the next batch.
+    """
+
+    def __init__(self, nc: NATS, stream: str, durable: str) -> None:
+        self._nc = nc
+        self._api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._inbox = nc.new_inbox()
+        self._sub: Subscription | None = None
+        self._buffer: list[Msg] = []
+        self._request = 0
+        self._owed = 0
+        self._ended = asyncio.Event()
+        self.status = ""
+        """Status code that ended the last request ("" when it was filled or timed out)."""
+        self.description = ""
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_msg)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+
+    async def _on_msg(self, msg: Msg) -> None:
+        status = JetStreamContext.is_status_msg(msg)
+        if not status:
+            self._buffer.append(msg)
+            self._owed -= 1
+            if self._owed <= 0:
+                self._ended.set()
+        elif status != "100" and msg.subject == f"{self._inbox}.{self._request}":
+            # 404 no messages, 408 request expired, 409 consumer deleted/leadership change...
+            self.status = status
+            self.description = ((msg.headers or {}).get("Description") or "").strip()
+            self._ended.set()
+
+    async def _pull(self, batch: int, expires: float, *, no_wait: bool) -> None:
+        self._request += 1
+        self._owed = batch
+        self.status = self.description = ""
+        self._ended.clear()
+        request: dict[str, object] = {"batch": batch}
+        if no_wait:
+            request["no_wait"] = True
+        else:
+            request["expires"] = int(expires * 1e9)
+        await self._nc.publish(
+            self._api, json.dumps(request).encode(), reply=f"{self._inbox}.{self._request}"
+        )
+        try:
+            # The margin covers the server's own expiry; a request lost to a reconnect ends here.
+            await asyncio.wait_for(self._ended.wait(), expires + 0.5)
+        except TimeoutError:
+            self._request += 1  # whatever that request still sends is no longer awaited
+
+    async def fetch(self, batch: int, expires: float) -> list[Msg]:
+        """Up to ``batch`` messages (more only when an abandoned request's arrive late); [] when idle."""
+        if not self._buffer:
+            await self._pull(batch, expires, no_wait=True)
+        if not self._buffer:
+            await self._pull(1, expires, no_wait=False)
+        msgs, self._buffer = self._buffer, []
+        return msgs
 
 
 class DurableConsumer(Generic[T]):
@@ -98,17 +181,21 @@ class DurableConsumer(Generic[T]):
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; the batch in hand is finished before returning."""
         await self._js.add_consumer(self._stream, config=self.consumer_config())
-        sub = await self._js.pull_subscribe_bind(durable=self._durable, stream=self._stream)
+        # The JetStream context's own connection (nats-py's KeyValue and ObjectStore use it too).
+        puller = PullRequests(self._js._nc, self._stream, self._durable)
+        await puller.start()
         self._log.info("consuming", filters=",".join(self._filters))
         try:
             while not stop.is_set():
-                try:
-                    msgs = await sub.fetch(self._opts.batch_size, timeout=self._opts.fetch_timeout)
-                except (TimeoutError, NatsTimeoutError):
-                    continue
-                await self.process(msgs)
+                msgs = await puller.fetch(self._opts.batch_size, self._opts.fetch_timeout)
+                if msgs:
+                    await self.process(msgs)
+                elif puller.status not in ("", "404", "408"):
+                    # e.g. 409 consumer deleted: no busy loop while the server refuses.
+                    self._log.warning("pull request refused", status=puller.status, reason=puller.description)
+                    await asyncio.sleep(self._opts.fetch_timeout)
         finally:
-            await sub.unsubscribe()
+            await puller.stop()
 
     async def process(self, msgs: Sequence[Msg]) -> None:
         deliveries: list[Delivery[T]] = []

@@ -1,0 +1,579 @@
+"""SPC engine benchmark: chart code alone, through NATS, and the default configuration's statistics.
+
+Not a test: it prints figures. Rates on a shared machine vary run to run, so every rate is printed
+next to a baseline measured in the same run, and the ratio is the figure to compare:
+
+(a) chart code alone: ``Engine.on_telemetry`` over synthetic telemetry spread over ~100
+    model/prompt charts, on one pinned core; baseline: msgspec decode of the same events.
+(b) through NATS: a real embedded nats-server (JetStream, file storage); the raw nats-py consume
+    rate (``fetch()`` + ack each, no work) and the same by hand (pull requests to a callback
+    subscription, AckAll per batch); the consumer adapter with a no-op handler; the SPC service
+    (consume -> chart -> publish violations -> ack). Python client pinned to one core, the
+    server on the others.
+(c) the default configuration's critical false-alarm rate and detection delays, measured with
+    estimated parameters (``llmscope.spc_engine.performance``), each next to issue 3's target.
+
+Usage: ``python bench/spc_bench.py [--quick] [--events N]`` (``make bench``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import nats
+import numpy as np
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from llmscope.bus.consumer import ConsumerOptions, Delivery, DurableConsumer
+from llmscope.bus.deadletter import DeadLetters
+from llmscope.bus.publisher import Publisher
+from llmscope.bus.settings import BusSettings
+from llmscope.bus.streams import ensure_streams
+from llmscope.proto import codec, subjects
+from llmscope.proto.telemetry import TelemetryEvent
+from llmscope.spc_engine import performance
+from llmscope.spc_engine.config import DEFAULT_BASELINE_N
+from llmscope.spc_engine.engine import Engine
+from llmscope.spc_engine.service import SpcService, open_bucket
+from llmscope.spc_engine.settings import SpcSettings
+from llmscope.stack.embedded import EmbeddedNats, nats_server_binary
+from llmscope.stack.ports import free_port
+
+MODELS = 34
+PROMPTS = {"simple": (300.0, 64), "medium": (1200.0, 256), "complex": (3500.0, 768)}
+"""prompt id -> (median latency ms, max tokens): 34 models x 3 prompts = 102 charts per metric."""
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+BATCH = 256
+
+
+# --------------------------------------------------------------------------------------------
+# Machine
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _ram_gib() -> float:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 2**20
+    return math.nan
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _nats_server_version() -> str:
+    try:
+        out = subprocess.run(
+            [str(nats_server_binary()), "--version"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"unavailable ({exc})"
+    return out.stdout.strip().removeprefix("nats-server: ") or "unknown"
+
+
+def print_machine() -> None:
+    allowed = sorted(os.sched_getaffinity(0))
+    print("== machine")
+    print(f"cpu          {_cpu_model()}")
+    print(f"cores        {os.cpu_count()} online, {len(allowed)} usable by this process")
+    print(f"ram          {_ram_gib():.1f} GiB")
+    print(f"os           {platform.system()} {platform.release()}")
+    print(f"python       {platform.python_implementation()} {platform.python_version()}")
+    print(
+        f"versions     numpy {_version('numpy')}, nats-py {_version('nats-py')}, "
+        f"msgspec {_version('msgspec')}, nats-server {_nats_server_version()}"
+    )
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        print("event loop   asyncio (uvloop not installed)")
+    else:
+        print("event loop   asyncio (uvloop installed, not used)")
+
+
+# --------------------------------------------------------------------------------------------
+# Synthetic telemetry
+
+
+def synthetic_telemetry(n: int, seed: int = 1) -> list[TelemetryEvent]:
+    """``n`` in-control probes, round-robin over MODELS x PROMPTS; about 1% fail."""
+    rng = random.Random(seed)
+    prompts = list(PROMPTS.items())
+    groups = [(m, p) for m in range(MODELS) for p in range(len(prompts))]
+    out = []
+    for i in range(n):
+        m, p = groups[i % len(groups)]
+        prompt, (median, max_tokens) = prompts[p]
+        model = f"bench-model-{m:02d}:8b"
+        failed = rng.random() < 0.01
+        latency = median * math.exp(0.3 * rng.gauss(0, 1))
+        tokens = max_tokens - rng.randrange(0, max_tokens // 4)
+        out.append(
+            TelemetryEvent(
+                id=f"bench-{seed}-{i:08d}",
+                ts=T0 + timedelta(milliseconds=20 * i),
+                provider="ollama",
+                model=model,
+                target=f"local-{m:02d}",
+                host="gpu-host-1",
+                prober="bench",
+                prompt_id=prompt,
+                prompt_class=prompt,
+                prompt_hash=f"{p:064x}",
+                streaming=True,
+                max_tokens=max_tokens,
+                status="timeout" if failed else "ok",
+                error="deadline exceeded" if failed else None,
+                latency_ms=None if failed else latency,
+                ttft_ms=None if failed else latency * 0.15 * math.exp(0.2 * rng.gauss(0, 1)),
+                eval_count=None if failed else tokens,
+                tokens_per_s=None if failed else 45.0 * math.exp(0.1 * rng.gauss(0, 1)),
+                cpu_percent=round(rng.uniform(5, 40), 1),
+                memory_percent=round(rng.uniform(30, 60), 1),
+            )
+        )
+    return out
+
+
+def armed_after(events: Sequence[TelemetryEvent], baseline_n: int) -> int | None:
+    """Index of the first event after which every metric chart has its baseline (None: never)."""
+    counts: dict[tuple[str, str], int] = {}
+    groups = MODELS * len(PROMPTS)
+    armed = 0
+    for i, ev in enumerate(events):
+        if ev.ok:
+            key = (ev.model, ev.prompt_id)
+            counts[key] = counts.get(key, 0) + 1
+            if counts[key] == baseline_n:
+                armed += 1
+                if armed == groups:
+                    return i + 1
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Output helpers
+
+
+def rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else math.inf
+
+
+def fmt_rate(r: float) -> str:
+    return f"{r:>11,.0f} /s"
+
+
+def line(label: str, value: str, note: str = "") -> None:
+    print(f"{label:<52} {value:>16}  {note}".rstrip())
+
+
+# --------------------------------------------------------------------------------------------
+# (a) chart code alone
+
+
+async def _engine_pass(events: Sequence[TelemetryEvent], split: int | None) -> tuple[float, float, int]:
+    engine = Engine()
+    published = 0
+    cut = split if split is not None else len(events)
+    t0 = time.perf_counter()
+    for seq, ev in enumerate(events[:cut], start=1):
+        published += len(await engine.on_telemetry(ev, seq))
+    t1 = time.perf_counter()
+    for seq, ev in enumerate(events[cut:], start=cut + 1):
+        published += len(await engine.on_telemetry(ev, seq))
+    t2 = time.perf_counter()
+    return t1 - t0, t2 - t1, published
+
+
+def chart_alone(events: Sequence[TelemetryEvent], payloads: Sequence[bytes]) -> float:
+    """Prints section (a); returns the chart code's rate over all events."""
+    n = len(events)
+    split = armed_after(events, DEFAULT_BASELINE_N)
+    print(f"\n== (a) chart code alone, one core: {n:,} events, {MODELS * len(PROMPTS)} model/prompt charts")
+    print(
+        f"   (x3 metrics + {MODELS} availability charts; default config, baseline {DEFAULT_BASELINE_N}; "
+        f"all charts armed after event {split if split is not None else 'n/a'})"
+    )
+    mean_size = sum(map(len, payloads)) / n
+    best_decode = math.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for p in payloads:
+            codec.decode_as(p, TelemetryEvent)
+        best_decode = min(best_decode, time.perf_counter() - t0)
+    decode_rate = rate(n, best_decode)
+    collecting, armed, published = asyncio.run(_engine_pass(events, split))
+    total_rate = rate(n, collecting + armed)
+    line(f"baseline: msgspec decode ({mean_size:.0f} B JSON)", fmt_rate(decode_rate), "best of 3")
+    line(
+        "Engine.on_telemetry, all events", fmt_rate(total_rate), f"= {total_rate / decode_rate:.3f} x decode"
+    )
+    if split is not None and split < n:
+        collect_rate = rate(split, collecting)
+        armed_rate = rate(n - split, armed)
+        line(
+            f"  while collecting baselines (first {split:,})",
+            fmt_rate(collect_rate),
+            f"= {collect_rate / decode_rate:.3f} x decode",
+        )
+        line(
+            f"  all charts armed (last {n - split:,})",
+            fmt_rate(armed_rate),
+            f"= {armed_rate / decode_rate:.3f} x decode",
+        )
+    line("violation events produced (all severities)", f"{published:>16,}")
+    return total_rate
+
+
+# --------------------------------------------------------------------------------------------
+# (b) through NATS
+
+
+@dataclass
+class NatsFigures:
+    publish: float = 0.0
+    raw_fetch: float = 0.0
+    raw_by_hand: float = 0.0
+    adapter: float = 0.0
+    service: float = 0.0
+    service_published: int = 0
+
+
+async def _publish(
+    js: JetStreamContext, events: Sequence[TelemetryEvent], payloads: Sequence[bytes]
+) -> float:
+    t0 = time.perf_counter()
+    window = 2000
+    for start in range(0, len(events), window):
+        acks = [
+            await js.publish_async(
+                subjects.telemetry(ev.provider, ev.model), payload, headers={"Nats-Msg-Id": ev.id}
+            )
+            for ev, payload in zip(
+                events[start : start + window], payloads[start : start + window], strict=True
+            )
+        ]
+        await asyncio.gather(*acks)
+    return rate(len(events), time.perf_counter() - t0)
+
+
+async def _raw_fetch(url: str, n: int) -> float:
+    """nats-py's own pull consumer: ``fetch(BATCH)`` then ``ack()`` each message; no work."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        sub = await js.pull_subscribe(
+            subjects.TELEMETRY_ALL, durable="bench-raw-fetch", stream=subjects.STREAM_TELEMETRY
+        )
+        got = 0
+        t0 = time.perf_counter()
+        while got < n:
+            try:
+                msgs = await sub.fetch(BATCH, timeout=2)
+            except (TimeoutError, nats.errors.TimeoutError):
+                break
+            for m in msgs:
+                await m.ack()
+            got += len(msgs)
+        elapsed = time.perf_counter() - t0
+        await sub.unsubscribe()
+        return rate(got, elapsed) if got == n else math.nan
+    finally:
+        await nc.close()
+
+
+async def _raw_by_hand(url: str, n: int) -> float:
+    """Pull requests sent by hand to a callback subscription, AckAll on each batch's last message."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        durable = "bench-raw-hand"
+        await js.add_consumer(
+            subjects.STREAM_TELEMETRY,
+            config=ConsumerConfig(durable_name=durable, ack_policy=AckPolicy.ALL, max_ack_pending=20_000),
+        )
+        inbox = nc.new_inbox()
+        done = asyncio.Event()
+        got = 0
+        in_batch = 0
+
+        async def on_msg(msg: Msg) -> None:
+            nonlocal got, in_batch
+            if not msg.reply:  # a status message (408/404): the request expired
+                return
+            got += 1
+            in_batch += 1
+            if in_batch == BATCH or got == n:
+                in_batch = 0
+                await msg.ack()
+                if got >= n:
+                    done.set()
+                else:
+                    await request()
+
+        async def request() -> None:
+            body = json.dumps({"batch": BATCH, "expires": 2_000_000_000}).encode()
+            await nc.publish(
+                f"$JS.API.CONSUMER.MSG.NEXT.{subjects.STREAM_TELEMETRY}.{durable}", body, reply=inbox
+            )
+
+        sub = await nc.subscribe(inbox, cb=on_msg, pending_msgs_limit=4 * BATCH)
+        t0 = time.perf_counter()
+        await request()
+        try:
+            await asyncio.wait_for(done.wait(), 120)
+        except TimeoutError:
+            return math.nan
+        elapsed = time.perf_counter() - t0
+        await sub.unsubscribe()
+        return rate(got, elapsed)
+    finally:
+        await nc.close()
+
+
+async def _adapter(url: str, n: int) -> float:
+    """The project's DurableConsumer with a handler that does nothing."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        done = asyncio.Event()
+        got = 0
+
+        async def handler(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+            nonlocal got
+            got += len(batch)
+            if got >= n:
+                done.set()
+
+        consumer = DurableConsumer(
+            js=js,
+            stream=subjects.STREAM_TELEMETRY,
+            durable="bench-adapter",
+            filter_subjects=[subjects.TELEMETRY_ALL],
+            decode=lambda data: codec.decode_as(data, TelemetryEvent),
+            handler=handler,
+            dead_letters=DeadLetters(Publisher(js), "bench"),
+            options=ConsumerOptions(batch_size=BATCH),
+        )
+        stop = asyncio.Event()
+        t0 = time.perf_counter()
+        task = asyncio.create_task(consumer.run(stop))
+        try:
+            await asyncio.wait_for(done.wait(), 300)
+        except TimeoutError:
+            return math.nan
+        finally:
+            elapsed = time.perf_counter() - t0
+            stop.set()
+            await asyncio.wait_for(task, 10)
+        return rate(n, elapsed)
+    finally:
+        await nc.close()
+
+
+async def _service(url: str, n: int) -> tuple[float, int]:
+    """The SPC service as ``serve()`` wires it (default chart config), until every event is acked."""
+    settings = SpcSettings(bus=BusSettings(nats_url=url), batch_size=BATCH)
+    nc = await nats.connect(url)
+    monitor = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        kv = await open_bucket(js, settings.charts_bucket, 1)
+        service = SpcService(settings, nc, js, kv)
+        mjs = monitor.jetstream()
+        durable = "spc-engine-0-of-1"
+        stop = asyncio.Event()
+        t0 = time.perf_counter()
+        task = asyncio.create_task(service.run(stop))
+        elapsed = math.nan
+        try:
+            while time.perf_counter() - t0 < 300 and not task.done():
+                await asyncio.sleep(0.05)
+                with contextlib.suppress(nats.js.errors.NotFoundError, nats.errors.TimeoutError):
+                    info = await mjs.consumer_info(subjects.STREAM_TELEMETRY, durable)
+                    if info.ack_floor is not None and info.ack_floor.stream_seq >= n:
+                        elapsed = time.perf_counter() - t0
+                        break
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)
+        if service.failed is not None:
+            raise RuntimeError(f"the service failed: {service.failed!r}")
+        return rate(n, elapsed), service.published
+    finally:
+        await nc.close()
+        await monitor.close()
+
+
+async def _through_nats(url: str, events: Sequence[TelemetryEvent], payloads: Sequence[bytes]) -> NatsFigures:
+    n = len(events)
+    figures = NatsFigures()
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js, BusSettings(nats_url=url))
+        figures.publish = await _publish(js, events, payloads)
+    finally:
+        await nc.close()
+    figures.raw_fetch = await _raw_fetch(url, n)
+    figures.raw_by_hand = await _raw_by_hand(url, n)
+    figures.adapter = await _adapter(url, n)
+    figures.service, figures.service_published = await _service(url, n)
+    return figures
+
+
+def through_nats(
+    events: Sequence[TelemetryEvent], payloads: Sequence[bytes], cores: list[int], chart_rate: float
+) -> None:
+    n = len(events)
+    client_core, server_cores = cores[0], (cores[1:] or cores[:1])
+    print(f"\n== (b) through NATS: {n:,} events on the telemetry stream (JetStream, file storage)")
+    print(f"   client (this Python process) on core {client_core}; nats-server on cores {server_cores}")
+    with tempfile.TemporaryDirectory(prefix="llmscope-bench-") as tmp:
+        # The server inherits the affinity in force when it starts.
+        os.sched_setaffinity(0, server_cores)
+        server = EmbeddedNats(Path(tmp) / "nats", free_port())
+        url = server.start()
+        os.sched_setaffinity(0, {client_core})
+        try:
+            f = asyncio.run(_through_nats(url, events, payloads))
+        finally:
+            server.stop()
+    raw = f.raw_fetch
+    line("JetStream publish_async (to fill the stream)", fmt_rate(f.publish))
+    line("baseline: raw nats-py consume, fetch() + ack each", fmt_rate(raw), "no work")
+    line(
+        "raw by hand: pull request + callback, AckAll/batch",
+        fmt_rate(f.raw_by_hand),
+        f"= {f.raw_by_hand / raw:.2f} x raw (ceiling, no work)",
+    )
+    line(
+        "consumer adapter (DurableConsumer), no-op handler",
+        fmt_rate(f.adapter),
+        f"= {f.adapter / raw:.2f} x raw",
+    )
+    line(
+        "SPC service: consume -> chart -> publish -> ack",
+        fmt_rate(f.service),
+        f"= {f.service / raw:.2f} x raw (service/raw)",
+    )
+    line("  the same, against the chart code alone (a)", f"{f.service / chart_rate:16.2f}", "x chart alone")
+    line("violation events the service published", f"{f.service_published:>16,}")
+
+
+# --------------------------------------------------------------------------------------------
+# (c) statistics of the default configuration
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def statistics(quick: bool) -> None:
+    charts, probes = (200, 1000) if quick else (2000, 5000)
+    det_charts = 200 if quick else 2000
+    spike_charts = 5 if quick else 50
+    print("\n== (c) default configuration, critical signals, parameters estimated from the default baseline")
+    print(
+        f"   baseline {DEFAULT_BASELINE_N} points; sigma of log latency 0.2 / 0.4 / 0.6; "
+        f"{charts:,} charts x {probes:,} probes per sigma" + ("  [--quick: rough figures]" if quick else "")
+    )
+    target = performance.FALSE_ALARMS_PER_100K_TARGET
+    for i, sigma_log in enumerate((0.2, 0.4, 0.6)):
+        fa = performance.false_alarms(
+            np.random.default_rng(100 + i),
+            sigma_log,
+            charts=charts,
+            probes_per_chart=probes,
+            markov_charts=20 if quick else 200,
+        )
+        days = math.inf if fa.per_100k == 0 else 100_000 / fa.per_100k * 2 / 86_400
+        line(
+            f"false alarms per 100k probes, sigma_log {sigma_log}",
+            f"{fa.per_100k:16.2f}",
+            f"target <= {target:g}  {verdict(fa.per_100k <= target)}  "
+            f"({fa.signals} in {fa.probes:,}; Markov {fa.per_100k_markov:.2f}; ~1 per {days:.1f} d at 2 s)",
+        )
+    medians = performance.detection_medians(np.random.default_rng(200), sigma_log=0.3, charts=det_charts)
+    for shift, bound in performance.DETECTION_TARGETS:
+        got = medians[shift]
+        line(
+            f"median detection delay, sustained {shift:g} sigma shift",
+            f"{got:16.1f}",
+            f"target <= {bound}  {verdict(got <= bound)}  (probes, {det_charts:,} charts)",
+        )
+    caught = performance.spike_caught_at_once(np.random.default_rng(300), charts=spike_charts)
+    line(
+        f"single point {performance.SPIKE_SIGMA} sigma: critical at once",
+        f"{caught:>10} / {spike_charts:<3}",
+        f"target all  {verdict(caught == spike_charts)}  (streaming MetricChart)",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="small samples: a smoke run, rough figures")
+    parser.add_argument(
+        "--events", type=int, default=None, help="telemetry events (default 200,000; quick 3,000)"
+    )
+    args = parser.parse_args(argv)
+    n = args.events if args.events is not None else (3_000 if args.quick else 200_000)
+    if n < 1:
+        parser.error("--events must be at least 1")
+
+    started = time.perf_counter()
+    cores = sorted(os.sched_getaffinity(0))
+    print_machine()
+    print(
+        f"run          {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, {n:,} events"
+        + (", --quick" if args.quick else "")
+    )
+    events = synthetic_telemetry(n)
+    payloads = [codec.encode(ev) for ev in events]
+
+    os.sched_setaffinity(0, {cores[0]})
+    chart_rate = chart_alone(events, payloads)
+    through_nats(events, payloads, cores, chart_rate)
+    os.sched_setaffinity(0, set(cores))
+    statistics(args.quick)
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\ndone in {time.perf_counter() - started:.0f} s; peak RSS {peak_mib:.0f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""``bench/spc_bench.py --quick`` runs end to end and prints every section (behaviour, not timing)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "spc_bench.py"
+
+
+def test_quick_bench_prints_every_section() -> None:
+    out = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--events", "2000"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    for heading in (
+        "== machine",
+        "== (a) chart code alone",
+        "== (b) through NATS",
+        "== (c) default configuration",
+    ):
+        assert heading in text
+    for label in ("cpu ", "cores ", "ram ", "python ", "nats-server v"):
+        assert label in text
+    assert "x decode" in text
+    for label in ("raw nats-py consume", "consumer adapter", "SPC service", "service/raw"):
+        assert label in text
+    # Every measured rate is a positive number.
+    rates = re.findall(r"([\d,]+) /s", text)
+    assert len(rates) >= 7
+    assert all(int(r.replace(",", "")) > 0 for r in rates)
+    # Three false-alarm lines, three detection delays and the single spike, each with a verdict.
+    verdicts = re.findall(r"target .*?\b(PASS|MISS)\b", text)
+    assert len(verdicts) == 7
+    assert text.count("false alarms per 100k probes") == 3
+    assert text.count("median detection delay") == 3
