@@ -5,13 +5,18 @@ Subjects (``<m>`` and ``<p>`` are escaped tokens, see :func:`encode_token`):
 - ``llmscope.violations.v1.<provider>.<model>.<rule>``  violation.v1 (open and cleared)
 - ``llmscope.deadletter.v1.<source>``               deadletter.v1
 - ``llmscope.control.v1.spc.rebaseline``            request: re-baseline an SPC chart
+- ``llmscope.control.v1.alerter.<op>``              requests to the alerter (llmscope.proto.control):
+  ``test``, ``incident``, ``silences.create``, ``silences.list``, ``silences.expire``,
+  ``notifications``
 - ``llmscope.incidents.v1.<provider>.<change>``     incident.v1 (opened, updated, acknowledged,
   resolved, analyzed)
 """
 
 from __future__ import annotations
 
+import functools
 import re
+import string
 
 PREFIX = "llmscope"
 
@@ -25,26 +30,28 @@ VIOLATIONS_ALL = f"{PREFIX}.violations.v1.>"
 DEADLETTER_ALL = f"{PREFIX}.deadletter.v1.>"
 INCIDENTS_ALL = f"{PREFIX}.incidents.v1.>"
 
-_SAFE = re.compile(r"[A-Za-z0-9_-]")
+_SAFE_CHARS = frozenset(string.ascii_letters + string.digits + "-_")
 _ESCAPE = "~"
 
 
+@functools.lru_cache(maxsize=8192)
 def encode_token(value: str) -> str:
     """Map any non-empty string to one safe subject token, reversibly.
 
     Letters, digits, ``-`` and ``_`` stay as they are; every other character becomes ``~`` and
     the upper-case hex of its UTF-8 bytes (``llama3.1:8b`` -> ``llama3~2E1~3A8b``). No ``.``,
-    ``*``, ``>``, whitespace or ``~``-ambiguity can leak into the token.
+    ``*``, ``>``, whitespace or ``~``-ambiguity can leak into the token. Cached: the same few
+    provider and model names are encoded for every event.
     """
     if not value:
         raise ValueError("a subject token cannot be empty")
-    out: list[str] = []
-    for ch in value:
-        if _SAFE.fullmatch(ch):
-            out.append(ch)
-        else:
-            out.extend(f"{_ESCAPE}{b:02X}" for b in ch.encode())
-    return "".join(out)
+    if _SAFE_CHARS.issuperset(value):
+        return value
+    return "".join(ch if ch in _SAFE_CHARS else _escape(ch) for ch in value)
+
+
+def _escape(ch: str) -> str:
+    return "".join(f"{_ESCAPE}{b:02X}" for b in ch.encode())
 
 
 def decode_token(token: str) -> str:
@@ -59,7 +66,7 @@ def decode_token(token: str) -> str:
                 raise ValueError(f"bad escape in subject token {token!r} at {i}")
             raw.append(int(hex_part, 16))
             i += 3
-        elif _SAFE.fullmatch(ch):
+        elif ch in _SAFE_CHARS:
             raw.extend(ch.encode())
             i += 1
         else:
@@ -139,3 +146,38 @@ def parse_kv_key(key: str, parts: int) -> tuple[str, ...]:
     if len(tokens) != parts:
         raise ValueError(f"expected a key of {parts} parts, got {key!r}")
     return tuple(decode_token(t.replace("=", _ESCAPE)) for t in tokens)
+
+
+# The alerter's control requests (core NATS request/reply, JSON bodies of llmscope.proto.control).
+ALERTER_CONTROL_QUEUE = "alerter"
+"""Queue group the alerter replicas answer control requests in: one answer per request."""
+
+
+def alerter_test() -> str:
+    """Request subject: send a test message through one channel (``AlertTestRequest``)."""
+    return f"{PREFIX}.control.v1.alerter.test"
+
+
+def alerter_incident_action() -> str:
+    """Request subject: acknowledge or resolve an incident (``IncidentActionRequest``)."""
+    return f"{PREFIX}.control.v1.alerter.incident"
+
+
+def alerter_silence_create() -> str:
+    """Request subject: create a silence or maintenance window (``SilenceCreateRequest``)."""
+    return f"{PREFIX}.control.v1.alerter.silences.create"
+
+
+def alerter_silence_list() -> str:
+    """Request subject: list silences (``SilenceListRequest``)."""
+    return f"{PREFIX}.control.v1.alerter.silences.list"
+
+
+def alerter_silence_expire() -> str:
+    """Request subject: expire a silence now (``SilenceExpireRequest``)."""
+    return f"{PREFIX}.control.v1.alerter.silences.expire"
+
+
+def alerter_notifications() -> str:
+    """Request subject: query the notification log (``NotificationQuery``)."""
+    return f"{PREFIX}.control.v1.alerter.notifications"
