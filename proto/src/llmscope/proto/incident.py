@@ -77,5 +77,7 @@ class IncidentEvent(Event, frozen=True, kw_only=True, tag="incident.v1"):
     acknowledged_by: str | None = None
     resolved_at: datetime | None = None
     resolved_by: str | None = None
+    acknowledged_note: str | None = None
+    resolved_note: str | None = None
     analysis: IncidentAnalysis | None = None
     similar: tuple[SimilarIncident, ...] = ()

@@ -18,6 +18,7 @@ import aiohttp
 import asyncpg
 
 from llmscope.alerter.config import build_runtime, load_file
+from llmscope.alerter.control import ControlResponder
 from llmscope.alerter.migrate import migrate
 from llmscope.alerter.service import Alerter, AlerterOptions, utcnow
 from llmscope.alerter.settings import AlerterSettings
@@ -81,6 +82,14 @@ async def serve(settings: AlerterSettings, env: Env, stop: asyncio.Event) -> Non
                     ),
                 )
                 await alerter.runtime()  # a bad file or env fails here, before consuming
+                control = ControlResponder(
+                    alerter,
+                    env,
+                    config_path=settings.config_path,
+                    public_url=settings.public_url,
+                    session=session,
+                )
+                await control.start(nc)
                 consumer = DurableConsumer(
                     js=js,
                     stream=subjects.STREAM_VIOLATIONS,
@@ -99,6 +108,7 @@ async def serve(settings: AlerterSettings, env: Env, stop: asyncio.Event) -> Non
                 try:
                     await asyncio.gather(consumer.run(stop), alerter.run_loops(stop))
                 finally:
+                    await control.stop()
                     await alerter.drain_deliveries(grace=5.0)
                     if health is not None:
                         await health.stop()

@@ -243,6 +243,10 @@ class Alerter:
             published += 1
         return published
 
+    def wake_outbox(self) -> None:
+        """Publish pending incident events now rather than at the next tick."""
+        self._wake_outbox.set()
+
     # -- analysis ---------------------------------------------------------------------------
 
     async def analyze_once(self) -> bool:

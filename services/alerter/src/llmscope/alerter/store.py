@@ -546,29 +546,54 @@ class Store:
             "SELECT * FROM alerter_silences WHERE expired_at IS NULL AND (ends_at IS NULL OR ends_at > $1)",
             now,
         )
-        out = []
-        for r in rows:
-            weekly = None
-            if r["weekly_days"]:
-                weekly = Weekly(
-                    frozenset(r["weekly_days"]), r["weekly_start"], r["weekly_end"], r["timezone"]
-                )
-            out.append(
-                Silence(
-                    id=r["id"],
-                    reason=r["reason"],
-                    author=r["author"],
-                    kind=r["kind"],
-                    providers=tuple(r["providers"]),
-                    models=tuple(r["models"]),
-                    rules=tuple(r["rules"]),
-                    hosts=tuple(r["hosts"]),
-                    starts_at=r["starts_at"],
-                    ends_at=r["ends_at"],
-                    weekly=weekly,
-                )
-            )
-        return out
+        return [_silence(r) for r in rows]
+
+    async def silences(self, *, include_expired: bool = False) -> list[tuple[Silence, datetime | None]]:
+        """Stored silences with when they were expired, newest first; by default only those
+        not expired by hand nor past their end."""
+        rows = await self.pool.fetch(
+            "SELECT * FROM alerter_silences WHERE $1 OR (expired_at IS NULL AND (ends_at IS NULL OR"
+            " ends_at > $2)) ORDER BY created_at DESC, id",
+            include_expired,
+            self.clock(),
+        )
+        return [(_silence(r), r["expired_at"]) for r in rows]
+
+    # -- the notification log, for the API ------------------------------------------------------
+
+    async def notifications(
+        self,
+        *,
+        status: str | None = None,
+        channel: str | None = None,
+        since: datetime | None = None,
+        before: tuple[datetime, str] | None = None,
+        limit: int = 50,
+    ) -> list[tuple[asyncpg.Record, list[asyncpg.Record]]]:
+        """Notifications newest first (keyset ``before`` = (created_at, id)), each with its attempts."""
+        rows = await self.pool.fetch(
+            "SELECT id, route, group_key, channel, channel_kind, reason, status, attempts, last_error,"
+            " detail, firing, resolved, created_at, sent_at FROM alerter_notifications"
+            " WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR channel = $2)"
+            " AND ($3::timestamptz IS NULL OR created_at >= $3)"
+            " AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5::text))"
+            " ORDER BY created_at DESC, id DESC LIMIT $6",
+            status,
+            channel,
+            since,
+            before[0] if before else None,
+            before[1] if before else None,
+            limit,
+        )
+        attempts: dict[str, list[asyncpg.Record]] = {r["id"]: [] for r in rows}
+        if rows:
+            for a in await self.pool.fetch(
+                "SELECT * FROM alerter_delivery_attempts WHERE notification_id = ANY($1)"
+                " ORDER BY notification_id, attempt",
+                list(attempts),
+            ):
+                attempts[a["notification_id"]].append(a)
+        return [(r, attempts[r["id"]]) for r in rows]
 
     # -- what other services keep ---------------------------------------------------------------
 
@@ -753,17 +778,18 @@ class Store:
         if done:
             await self._outbox_incident(conn, incident_id, "resolved")
 
-    async def acknowledge_incident(self, incident_id: str, by: str) -> bool:
+    async def acknowledge_incident(self, incident_id: str, by: str, note: str | None = None) -> bool:
         """Acknowledge an incident and all its violations (reminders stop)."""
         now = self.clock()
         async with self.pool.acquire() as conn, conn.transaction():
             ok = await conn.fetchval(
                 "UPDATE alerter_incidents SET state = 'acknowledged', acknowledged_at = $2,"
-                " acknowledged_by = $3,"
+                " acknowledged_by = $3, acknowledged_note = $4,"
                 " revision = revision + 1 WHERE id = $1 AND state = 'open' RETURNING 1",
                 incident_id,
                 now,
                 by,
+                note,
             )
             if not ok:
                 return False
@@ -779,18 +805,27 @@ class Store:
             await self._outbox_incident(conn, incident_id, "acknowledged")
             return True
 
-    async def resolve_incident(self, incident_id: str, by: str) -> bool:
+    async def resolve_incident(self, incident_id: str, by: str, note: str | None = None) -> bool:
         async with self.pool.acquire() as conn, conn.transaction():
             ok = await conn.fetchval(
                 "UPDATE alerter_incidents SET state = 'resolved', resolved_at = $2, resolved_by = $3,"
+                " resolved_note = $4,"
                 " revision = revision + 1 WHERE id = $1 AND state <> 'resolved' RETURNING 1",
                 incident_id,
                 self.clock(),
                 by,
+                note,
             )
             if ok:
                 await self._outbox_incident(conn, incident_id, "resolved")
             return bool(ok)
+
+    async def incident(self, incident_id: str, change: IncidentChange = "updated") -> IncidentEvent | None:
+        """The incident as it stands, or None when there is no such incident."""
+        async with self.pool.acquire() as conn:
+            if await conn.fetchval("SELECT 1 FROM alerter_incidents WHERE id = $1", incident_id) is None:
+                return None
+            return await self.incident_event(conn, incident_id, change)
 
     async def incident_event(self, conn: Conn, incident_id: str, change: IncidentChange) -> IncidentEvent:
         r = await conn.fetchrow("SELECT * FROM alerter_incidents WHERE id = $1", incident_id)
@@ -832,6 +867,8 @@ class Store:
             acknowledged_by=r["acknowledged_by"],
             resolved_at=r["resolved_at"],
             resolved_by=r["resolved_by"],
+            acknowledged_note=r["acknowledged_note"],
+            resolved_note=r["resolved_note"],
             analysis=analysis,
             similar=tuple(
                 SimilarIncident(
@@ -946,6 +983,26 @@ class Store:
                 job.due_at,
             )
             await self._outbox_incident(conn, job.incident_id, "analyzed")
+
+
+def _silence(r: asyncpg.Record) -> Silence:
+    weekly = None
+    if r["weekly_days"]:
+        weekly = Weekly(frozenset(r["weekly_days"]), r["weekly_start"], r["weekly_end"], r["timezone"])
+    return Silence(
+        id=r["id"],
+        reason=r["reason"],
+        author=r["author"],
+        kind=r["kind"],
+        providers=tuple(r["providers"]),
+        models=tuple(r["models"]),
+        rules=tuple(r["rules"]),
+        hosts=tuple(r["hosts"]),
+        starts_at=r["starts_at"],
+        ends_at=r["ends_at"],
+        weekly=weekly,
+        created_at=r["created_at"],
+    )
 
 
 def _words(text: str) -> list[str]:
