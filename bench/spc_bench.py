@@ -45,6 +45,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from llmscope.bus.consumer import ConsumerOptions, Delivery, DurableConsumer
 from llmscope.bus.deadletter import DeadLetters
+from llmscope.bus.kv import open_bucket
 from llmscope.bus.publisher import Publisher
 from llmscope.bus.settings import BusSettings
 from llmscope.bus.streams import ensure_streams
@@ -53,7 +54,7 @@ from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.spc_engine import performance
 from llmscope.spc_engine.config import DEFAULT_BASELINE_N
 from llmscope.spc_engine.engine import Engine
-from llmscope.spc_engine.service import SpcService, open_bucket
+from llmscope.spc_engine.service import SpcService
 from llmscope.spc_engine.settings import SpcSettings
 from llmscope.stack.embedded import EmbeddedNats, nats_server_binary
 from llmscope.stack.ports import free_port
@@ -409,7 +410,7 @@ async def _service(url: str, n: int) -> tuple[float, int]:
     monitor = await nats.connect(url)
     try:
         js = nc.jetstream()
-        kv = await open_bucket(js, settings.charts_bucket, 1)
+        kv = await open_bucket(js, settings.charts_bucket, description="bench")
         service = SpcService(settings, nc, js, kv)
         mjs = monitor.jetstream()
         durable = "spc-engine-0-of-1"

@@ -18,6 +18,9 @@ The SPC engine keeps one snapshot per chart in the JetStream KV bucket
   the value as a :class:`ChartRecord`, which ignores them (msgspec skips unknown fields).
   ``view`` is the public part; it is null for availability charts. Fields are only ever added,
   with defaults, as for wire events.
+- other keys starting with ``_``: ``_defaults`` (the engine's default settings per metric) and
+  ``_settings.<provider>.<model>`` (when each override took effect); see
+  :mod:`llmscope.proto.chartconfig`, which also documents the per-model overrides.
 
 A chart that is not in the bucket yet has not received a point since the engine started (or
 the engine is not running): readers show it as collecting, with no limits.
@@ -37,6 +40,7 @@ from msgspec import Meta
 
 from llmscope.proto import subjects
 from llmscope.proto.base import Count
+from llmscope.proto.chartconfig import ChartSettings
 from llmscope.proto.violation import BaselineRef, ChartLimits
 
 AVAILABILITY = "availability"
@@ -47,20 +51,16 @@ Phase = Literal["collecting", "armed"]
 
 
 def chart_key(provider: str, model: str, target: str, prompt_id: str, metric: str) -> str:
-    """The chart's id, also its KV key: reversible, safe in subjects and KV keys.
-
-    ``subjects.encode_token`` of each part joined by ``.``, with the escape ``~`` written ``=``
-    (KV keys allow ``[-/_=.a-zA-Z0-9]``).
-    """
-    parts = (provider, model, target, prompt_id, metric)
-    return ".".join(subjects.encode_token(p) for p in parts).replace("~", "=")
+    """The chart's id, also its KV key: :func:`subjects.kv_key` of the five parts (reversible)."""
+    return subjects.kv_key(provider, model, target, prompt_id, metric)
 
 
 def parse_chart_key(key: str) -> tuple[str, str, str, str, str]:
     """(provider, model, target, prompt_id, metric) of a chart key; ValueError if it is none."""
-    parts = [subjects.decode_token(p.replace("=", "~")) for p in key.split(".")]
-    if len(parts) != 5:
-        raise ValueError(f"not a chart key: {key!r}")
+    try:
+        parts = subjects.parse_kv_key(key, 5)
+    except ValueError as exc:
+        raise ValueError(f"not a chart key: {key!r}") from exc
     return parts[0], parts[1], parts[2], parts[3], parts[4]
 
 
@@ -111,6 +111,10 @@ class ChartView(msgspec.Struct, frozen=True, kw_only=True):
         Meta(description="expected in-control points between critical signals (known parameters)"),
     ] = None
     rules: Annotated[tuple[str, ...], Meta(description="rules evaluated, in evaluation order")] = ()
+    settings: Annotated[
+        ChartSettings | None,
+        Meta(description="the settings the chart runs with (defaults plus overrides, all set)"),
+    ] = None
 
 
 class ChartRecord(msgspec.Struct, frozen=True, kw_only=True):

@@ -133,6 +133,10 @@ MODELS_BUCKET = "llmscope_models"
 """JetStream KV bucket of model switches (enabled or not), keyed by :func:`kv_key` of provider
 and model; written by the API, watched by the prober. A missing key means enabled."""
 
+SPC_CONFIG_BUCKET = "llmscope_spc_config"
+"""JetStream KV bucket of per-model SPC chart overrides, keyed by :func:`kv_key` of provider and
+model; written by the API, watched by the SPC engine (contract: ``llmscope.proto.chartconfig``)."""
+
 
 def kv_key(*parts: str) -> str:
     """A reversible KV key from parts: :func:`encode_token` of each, joined by ``.``, with the

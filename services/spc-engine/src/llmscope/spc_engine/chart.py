@@ -27,7 +27,7 @@ from llmscope.spc_engine.baseline import estimate
 from llmscope.spc_engine.charts.cusum import CusumChart, CusumState
 from llmscope.spc_engine.charts.ewma import EwmaChart, EwmaState
 from llmscope.spc_engine.charts.individuals import IndividualsChart, IndividualsState
-from llmscope.spc_engine.config import ChartConfig
+from llmscope.spc_engine.config import BASELINE_SETTINGS, ChartConfig
 from llmscope.spc_engine.rules import Severity
 
 RECENT = 64
@@ -232,6 +232,31 @@ class MetricChart:
         st.pending_reason = reason
         self._build()
         return out
+
+    def reconfigure(self, config: ChartConfig, by: str, reason: str) -> list[Signal]:
+        """Run with ``config`` from the next point on.
+
+        A change of transform, baseline size or sigma estimator starts a new baseline (recorded
+        with ``by`` and ``reason``; open episodes clear now, as in :meth:`rebaseline`). Any other
+        change keeps the baseline and the run counters; a CUSUM whose k, h or cap changed
+        restarts from zero.
+        """
+        old = self.config
+        if any(getattr(old, f) != getattr(config, f) for f in BASELINE_SETTINGS):
+            out = self.rebaseline(by, reason)  # judged with the old transform
+            self.config = config
+            self._build()
+            return out
+        self.config = config
+        st = self.state
+        if st.cusum is not None and (old.cusum.k, old.cusum.h, old.cusum.cap) != (
+            config.cusum.k,
+            config.cusum.h,
+            config.cusum.cap,
+        ):
+            st.cusum = CusumChart(config.cusum.k, config.cusum.h, config.cusum.cap).state
+        self._build()
+        return []
 
     def _collect(self, y: float, ref: PointRef) -> None:
         st = self.state

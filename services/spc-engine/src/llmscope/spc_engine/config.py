@@ -23,10 +23,19 @@ probes, while a sustained shift on the log scale is caught as ``critical`` withi
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
+from llmscope.proto.chartconfig import (
+    ChartSettings,
+    CusumSettings,
+    EwmaSettings,
+    RulesSettings,
+    RunTestSettings,
+    SigmaTestSettings,
+    SpikeSettings,
+)
 from llmscope.spc_engine.baseline import SigmaEstimator
 from llmscope.spc_engine.rules import RulesConfig, Severity
 from llmscope.spc_engine.transforms import TransformName
@@ -115,3 +124,83 @@ def default_config(metric: str = "latency_ms") -> ChartConfig:
     All three charted metrics are positive and right-skewed, so all run on the log scale.
     """
     return ChartConfig(transform="log")
+
+
+BASELINE_SETTINGS = ("transform", "baseline_n", "sigma_estimator")
+"""Settings whose change invalidates a chart's baseline: a new one is collected."""
+
+
+def to_settings(config: ChartConfig) -> ChartSettings:
+    """The public view of a configuration (every field set), as in ``ChartView.settings``."""
+    r = config.rules
+    return ChartSettings(
+        transform=config.transform,
+        baseline_n=config.baseline_n,
+        sigma_estimator=config.sigma_estimator,
+        clear_after=config.clear_after,
+        rules=RulesSettings(
+            r1=SigmaTestSettings(enabled=r.r1.enabled, k=r.r1.k, severity=r.r1.severity),
+            **{
+                f"r{n}": RunTestSettings(enabled=t.enabled, k=int(t.k), severity=t.severity)
+                for n in range(2, 9)
+                for t in (r.test(n),)
+            },
+        ),
+        spike=SpikeSettings(enabled=config.spike.enabled, k=config.spike.k, severity=config.spike.severity),
+        ewma=EwmaSettings(
+            enabled=config.ewma.enabled, lam=config.ewma.lam, L=config.ewma.L, severity=config.ewma.severity
+        ),
+        cusum=CusumSettings(
+            enabled=config.cusum.enabled, k=config.cusum.k, h=config.cusum.h, severity=config.cusum.severity
+        ),
+    )
+
+
+def _apply(target: msgspec.Struct, settings: msgspec.Struct) -> Any:
+    changes: dict[str, Any] = {}
+    for name in settings.__struct_fields__:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, msgspec.Struct):
+            changes[name] = _apply(getattr(target, name), value)
+        elif isinstance(value, int) and not isinstance(value, bool) and name == "k":
+            changes[name] = float(value)  # Nelson K are floats in the engine
+        else:
+            changes[name] = value
+    return msgspec.structs.replace(target, **changes) if changes else target
+
+
+def apply_settings(config: ChartConfig, settings: ChartSettings | None) -> ChartConfig:
+    """``config`` with every setting that ``settings`` gives (the field names are the same)."""
+    if settings is None:
+        return config
+    out = _apply(config, settings)
+    assert isinstance(out, ChartConfig)
+    return out
+
+
+def describe_changes(old: ChartConfig, new: ChartConfig, names: tuple[str, ...] | None = None) -> list[str]:
+    """``["transform log -> none", "cusum.k (0.25, 0.5, 1.0) -> (0.5,)"]``: what differs, by setting."""
+    a = msgspec.to_builtins(to_settings(old))
+    b = msgspec.to_builtins(to_settings(new))
+    out: list[str] = []
+
+    def walk(x: Any, y: Any, path: str) -> None:
+        if isinstance(x, dict) and isinstance(y, dict):
+            for key in x.keys() | y.keys():
+                walk(x.get(key), y.get(key), f"{path}.{key}" if path else key)
+        elif x != y:
+            out.append(f"{path} {_fmt(x)} -> {_fmt(y)}")
+
+    for name in names if names is not None else tuple(a):
+        walk(a.get(name), b.get(name), name)
+    return sorted(out)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, list):
+        return "(" + ", ".join(f"{v:g}" for v in value) + ")"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)

@@ -19,6 +19,14 @@ Duplicate and late telemetry (documented policy):
 Violation ids are ``sha256(chart_key | rule | state | point id)`` (32 hex digits): a replay of
 the same stream produces the same ids, published with ``Nats-Msg-Id`` so JetStream drops
 repeats; the violation's ``ts`` is the telemetry timestamp of the point, not the wall clock.
+
+Per-model settings (:mod:`llmscope.proto.chartconfig`): each model has a log of settings
+changes, each applying from a telemetry stream sequence (``from_seq``; the service decides it
+and stores the log). A chart runs with the change whose ``from_seq`` is the latest at or below
+the point's sequence (the latest change for points without one), and picks a change up at its
+next point: before charting it, the chart is reconfigured (:meth:`MetricChart.reconfigure`), so
+a new baseline, with the cleared events of its open episodes, starts at that point. The same
+stream and the same log give the same violations, whenever the engine was restarted.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
+from llmscope.proto.chartconfig import ModelOverrides
 from llmscope.proto.charts import AVAILABILITY as AVAILABILITY
 from llmscope.proto.charts import ChartBaseline, ChartMeta, ChartView, chart_key
 from llmscope.proto.charts import parse_chart_key as parse_chart_key
@@ -42,7 +51,15 @@ from llmscope.spc_engine.availability import (
     AvailabilityState,
 )
 from llmscope.spc_engine.chart import Baseline, ChartState, MetricChart, Signal
-from llmscope.spc_engine.config import CHARTED_METRICS, ChartConfig, default_config
+from llmscope.spc_engine.config import (
+    BASELINE_SETTINGS,
+    CHARTED_METRICS,
+    ChartConfig,
+    apply_settings,
+    default_config,
+    describe_changes,
+    to_settings,
+)
 
 
 def violation_id(key: str, rule: str, state: str, point_id: str) -> str:
@@ -65,6 +82,8 @@ class ChartSnapshot(msgspec.Struct, kw_only=True):
     config: ChartConfig
     state: ChartState
     view: ChartView | None = None
+    settings_seq: int = 0
+    """``from_seq`` of the model's settings change the chart runs with (0: none)."""
 
 
 class AvailabilitySnapshot(msgspec.Struct, kw_only=True):
@@ -80,6 +99,32 @@ class AvailabilitySnapshot(msgspec.Struct, kw_only=True):
 
 
 Snapshot = ChartSnapshot | AvailabilitySnapshot
+
+
+class SettingsChange(msgspec.Struct, frozen=True, kw_only=True):
+    """A model's overrides (None: back to the defaults) from one telemetry stream sequence on."""
+
+    from_seq: int
+    overrides: ModelOverrides | None
+
+
+class SettingsLog(msgspec.Struct, kw_only=True):
+    """A model's settings changes in order: the KV value under ``_settings.<kv_key>``."""
+
+    version: int = 1
+    provider: str
+    model: str
+    changes: list[SettingsChange] = msgspec.field(default_factory=list)
+
+
+class _Change:
+    """A settings change with the chart configurations it gives, per metric (cached)."""
+
+    __slots__ = ("change", "configs")
+
+    def __init__(self, change: SettingsChange) -> None:
+        self.change = change
+        self.configs: dict[str, ChartConfig] = {}
 
 
 def decode_snapshot(key: str, data: bytes) -> Snapshot:
@@ -148,17 +193,23 @@ def render_view(config: ChartConfig, state: ChartState) -> ChartView:
         open_episodes=tuple(sorted(state.episodes)),
         arl0_critical=critical_arl0(config),
         rules=tuple(chart.rules()),
+        settings=to_settings(config),
     )
 
 
 class _Entry:
-    __slots__ = ("chart", "dirty", "meta", "seq")
+    __slots__ = ("chart", "checked", "dirty", "meta", "seq", "settings_seq")
 
-    def __init__(self, meta: ChartMeta, chart: MetricChart | AvailabilityChart, seq: int) -> None:
+    def __init__(
+        self, meta: ChartMeta, chart: MetricChart | AvailabilityChart, seq: int, settings_seq: int = 0
+    ) -> None:
         self.meta = meta
         self.chart = chart
         self.seq = seq
         self.dirty = False
+        self.settings_seq = settings_seq
+        # False until the configuration was compared with the settings in force (after a load).
+        self.checked = False
 
 
 Loader = Callable[[str], Awaitable[Snapshot | None]]
@@ -184,6 +235,91 @@ class Engine:
         self._load = load
         self._owns = owns
         self._charts: dict[str, _Entry] = {}
+        self._settings: dict[tuple[str, str], list[_Change]] = {}
+
+    # -- per-model settings ------------------------------------------------------------------
+    def settings_log(self, provider: str, model: str) -> SettingsLog:
+        changes = [c.change for c in self._settings.get((provider, model), [])]
+        return SettingsLog(provider=provider, model=model, changes=changes)
+
+    def load_settings_log(self, log: SettingsLog) -> None:
+        """Restore a model's settings changes (from the KV bucket, at start)."""
+        ordered = sorted(log.changes, key=lambda c: c.from_seq)
+        self._settings[(log.provider, log.model)] = [_Change(c) for c in ordered]
+
+    def current_overrides(self, provider: str, model: str) -> ModelOverrides | None:
+        changes = self._settings.get((provider, model))
+        return changes[-1].change.overrides if changes else None
+
+    def set_overrides(
+        self, provider: str, model: str, overrides: ModelOverrides | None, from_seq: int = 0
+    ) -> bool:
+        """Apply ``overrides`` from stream sequence ``from_seq`` on; False when nothing changed.
+
+        A change at the same sequence as the last one replaces it.
+        """
+        changes = self._settings.setdefault((provider, model), [])
+        if (changes[-1].change.overrides if changes else None) == overrides:
+            return False
+        if changes and changes[-1].change.from_seq >= from_seq:
+            from_seq = changes[-1].change.from_seq
+            changes.pop()
+        changes.append(_Change(SettingsChange(from_seq=from_seq, overrides=overrides)))
+        return True
+
+    def prune_settings(self, provider: str, model: str, covered_seq: int) -> None:
+        """Forget changes no replay after ``covered_seq`` can need (all but the last in force)."""
+        changes = self._settings.get((provider, model), [])
+        in_force = [i for i, c in enumerate(changes) if c.change.from_seq <= covered_seq + 1]
+        if len(in_force) > 1:
+            del changes[: in_force[-1]]
+
+    def _change_at(self, provider: str, model: str, seq: int) -> _Change | None:
+        changes = self._settings.get((provider, model))
+        if not changes:
+            return None
+        if not seq:
+            return changes[-1]
+        found = None
+        for c in changes:
+            if c.change.from_seq > seq:
+                break
+            found = c
+        return found
+
+    def _config(self, metric: str, change: _Change | None) -> ChartConfig:
+        if change is None:
+            return self._config_for(metric)
+        cfg = change.configs.get(metric)
+        if cfg is None:
+            ov = change.change.overrides
+            base = self._config_for(metric)
+            cfg = change.configs[metric] = apply_settings(base, ov.for_metric(metric) if ov else None)
+        return cfg
+
+    def effective_config(self, provider: str, model: str, metric: str, seq: int = 0) -> ChartConfig:
+        """The configuration a chart of this model and metric runs with at stream sequence seq."""
+        return self._config(metric, self._change_at(provider, model, seq))
+
+    def _reconcile(self, key: str, entry: _Entry, metric: str, ev: TelemetryEvent, seq: int) -> list[Signal]:
+        change = self._change_at(ev.provider, ev.model, seq)
+        from_seq = change.change.from_seq if change is not None else 0
+        if entry.checked and entry.settings_seq == from_seq:
+            return []
+        entry.checked = True
+        entry.settings_seq = from_seq
+        chart = entry.chart
+        assert isinstance(chart, MetricChart)
+        target = self._config(metric, change)
+        if target == chart.config:
+            return []
+        overrides = change.change.overrides if change is not None else None
+        by = overrides.updated_by if overrides is not None else "engine"
+        what = "; ".join(describe_changes(chart.config, target, BASELINE_SETTINGS))
+        if overrides is None and change is not None:
+            what = f"overrides removed: {what}"
+        why = f" ({overrides.reason})" if overrides is not None and overrides.reason else ""
+        return chart.reconfigure(target, by, f"configuration changed: {what}{why}"[:2000])
 
     @property
     def charts(self) -> dict[str, _Entry]:
@@ -192,19 +328,24 @@ class Engine:
     def owns(self, provider: str, model: str) -> bool:
         return self._owns(provider, model)
 
-    async def _entry(self, key: str, meta: ChartMeta, metric: str) -> _Entry:
+    async def _entry(self, key: str, meta: ChartMeta, metric: str, seq: int = 0) -> _Entry:
         entry = self._charts.get(key)
         if entry is not None:
             return entry
         snap = await self._load(key)
-        chart: MetricChart | AvailabilityChart
         if metric == AVAILABILITY:
             state = snap.state if snap is not None and isinstance(snap.state, AvailabilityState) else None
-            chart = AvailabilityChart(self._availability, state)
+            entry = _Entry(meta, AvailabilityChart(self._availability, state), snap.seq if snap else 0)
+        elif isinstance(snap, ChartSnapshot):
+            # The configuration the state was built with; a change since applies at the next point.
+            chart = MetricChart(snap.config, key=key, state=snap.state)
+            entry = _Entry(meta, chart, snap.seq, snap.settings_seq)
         else:
-            cstate = snap.state if snap is not None and isinstance(snap.state, ChartState) else None
-            chart = MetricChart(self._config_for(metric), key=key, state=cstate)
-        entry = self._charts[key] = _Entry(meta, chart, snap.seq if snap is not None else 0)
+            change = self._change_at(meta.provider, meta.model, seq)
+            chart = MetricChart(self._config(metric, change), key=key)
+            entry = _Entry(meta, chart, 0, change.change.from_seq if change is not None else 0)
+            entry.checked = True
+        self._charts[key] = entry
         return entry
 
     async def on_telemetry(self, ev: TelemetryEvent, seq: int = 0) -> list[ViolationEvent]:
@@ -241,11 +382,13 @@ class Engine:
                 metric=metric,
                 host=ev.host,
             )
-            entry = await self._entry(key, meta, metric)
+            entry = await self._entry(key, meta, metric, seq)
             chart = entry.chart
             assert isinstance(chart, MetricChart)
             if not self._fresh(entry, seq) or any(p.id == ev.id for p in chart.state.recent):
                 continue
+            for sig in self._reconcile(key, entry, metric, ev, seq):
+                out.append(self._metric_event(key, entry, sig, ev))
             for sig in chart.update(float(value), point_id=ev.id, ts=ev.ts):
                 out.append(self._metric_event(key, entry, sig, ev))
         return out
@@ -280,6 +423,7 @@ class Engine:
                 config=chart.config,
                 state=chart.state,
                 view=render_view(chart.config, chart.state),
+                settings_seq=entry.settings_seq,
             )
         return AvailabilitySnapshot(
             key=key,

@@ -18,6 +18,14 @@ each replica has its own durable consumer and checkpoint, sees the whole telemet
 skips what it does not own. Changing N gives new consumer names with no checkpoint: they
 replay the stream from its start, and charts skip what their snapshots already cover, so no
 chart is lost and none is processed twice.
+
+Per-model settings (:mod:`llmscope.proto.chartconfig`): the service watches the overrides bucket
+``llmscope_spc_config``. A change it sees for a model it owns is adopted before the next batch
+of telemetry is charted, from that batch's first stream sequence on: the model's settings log
+(``_settings.<provider>.<model>`` in the chart bucket) is written, and acknowledged by
+JetStream, before the batch is charted, and loaded at start, so a replay after a crash applies
+the change at the same point. Changes older than the checkpoint are pruned from the log, except
+the one still in force. At start the service also writes its defaults (``_defaults``).
 """
 
 from __future__ import annotations
@@ -33,22 +41,31 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 
 from llmscope.bus.connection import connect
 from llmscope.bus.consumer import ConsumerOptions, Delivery, DurableConsumer
 from llmscope.bus.deadletter import DeadLetters
+from llmscope.bus.kv import open_bucket, watch_bucket
 from llmscope.bus.publisher import Publisher
 from llmscope.bus.streams import ensure_streams
 from llmscope.config.logs import get_logger
 from llmscope.proto import codec, subjects
+from llmscope.proto.chartconfig import (
+    DEFAULTS_KEY,
+    METRIC_NAMES,
+    ChartSettings,
+    ModelOverrides,
+    SpcDefaults,
+    decode_overrides,
+)
 from llmscope.proto.charts import AVAILABILITY, RebaselineReply, RebaselineRequest, parse_chart_key
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.proto.violation import ViolationEvent
-from llmscope.spc_engine.config import ChartConfig, default_config
-from llmscope.spc_engine.engine import Engine, Snapshot, decode_snapshot
+from llmscope.spc_engine.config import ChartConfig, default_config, to_settings
+from llmscope.spc_engine.engine import Engine, SettingsLog, Snapshot, decode_snapshot
 from llmscope.spc_engine.settings import SpcSettings
 
 log = get_logger("llmscope.spc_engine")
@@ -70,6 +87,14 @@ def config_for(settings: SpcSettings, metric: str) -> ChartConfig:
         transform=transform,
         clear_after=settings.clear_after,
     )
+
+
+SETTINGS_PREFIX = "_settings."
+
+
+def settings_key(provider: str, model: str) -> str:
+    """Chart-bucket key of a model's settings log."""
+    return SETTINGS_PREFIX + subjects.kv_key(provider, model)
 
 
 class _ResumingConsumer(DurableConsumer[TelemetryEvent]):
@@ -108,6 +133,50 @@ class SpcService:
         self.failed: BaseException | None = None
         self._halt = asyncio.Event()
         self.published = 0
+        self._checkpointed = 0
+        # Overrides seen in the bucket and not yet adopted, by (provider, model).
+        self._pending: dict[tuple[str, str], ModelOverrides | None] = {}
+
+    def on_overrides(self, key: str, value: bytes | None) -> None:
+        """One update of the overrides bucket (a ValueError for a bad one is logged and skipped)."""
+        provider, model = subjects.parse_kv_key(key, 2)
+        if self.engine.owns(provider, model):
+            self._pending[(provider, model)] = None if value is None else decode_overrides(value)
+
+    async def adopt_overrides(self, from_seq: int) -> None:
+        """Make the pending overrides apply from ``from_seq``, durably, before charting it."""
+        pending, self._pending = self._pending, {}
+        for (provider, model), overrides in pending.items():
+            if not self.engine.set_overrides(provider, model, overrides, from_seq):
+                continue
+            self.engine.prune_settings(provider, model, self._checkpointed)
+            log_ = self.engine.settings_log(provider, model)
+            await self._kv.put(settings_key(provider, model), msgspec.json.encode(log_))
+            who = overrides.updated_by if overrides is not None else "(removed)"
+            log.info("settings adopted", provider=provider, model=model, from_seq=from_seq, by=who)
+
+    async def load_settings(self) -> None:
+        """The settings logs of the models this replica owns, from the chart bucket."""
+        try:
+            keys = await self._kv.keys()
+        except NoKeysError:
+            return
+        for key in keys:
+            if not key.startswith(SETTINGS_PREFIX):
+                continue
+            entry = await self._kv.get(key)
+            if entry.value is None:
+                continue
+            settings_log = msgspec.json.decode(entry.value, type=SettingsLog)
+            if self.engine.owns(settings_log.provider, settings_log.model):
+                self.engine.load_settings_log(settings_log)
+
+    async def write_defaults(self) -> None:
+        metrics: dict[str, ChartSettings] = {
+            m: to_settings(config_for(self.settings, m)) for m in METRIC_NAMES
+        }
+        defaults = SpcDefaults(metrics=metrics, updated_at=datetime.now(UTC))
+        await self._kv.put(DEFAULTS_KEY, msgspec.json.encode(defaults))
 
     async def _load(self, key: str) -> Snapshot | None:
         try:
@@ -115,6 +184,20 @@ class SpcService:
         except KeyNotFoundError:
             return None
         return None if entry.value is None else decode_snapshot(key, entry.value)
+
+    async def _read_overrides(self, kv: KeyValue) -> None:
+        # The current overrides, before the first batch: charts start with them.
+        try:
+            keys = await kv.keys()
+        except NoKeysError:
+            return
+        for key in keys:
+            with contextlib.suppress(KeyNotFoundError):
+                entry = await kv.get(key)
+                try:
+                    self.on_overrides(key, entry.value)
+                except ValueError as exc:
+                    log.warning("ignored malformed overrides", key=key, error=str(exc))
 
     async def checkpoint(self) -> int:
         try:
@@ -131,6 +214,8 @@ class SpcService:
     async def handle(self, batch: Sequence[Delivery[TelemetryEvent]]) -> Mapping[int, str] | None:
         async with self._lock:
             try:
+                if self._pending and batch:
+                    await self.adopt_overrides(min(d.stream_seq for d in batch))
                 for d in batch:
                     await self.publish(await self.engine.on_telemetry(d.event, d.stream_seq))
                     self._last_seq = max(self._last_seq, d.stream_seq)
@@ -150,6 +235,7 @@ class SpcService:
             await self._kv.put(key, msgspec.json.encode(self.engine.snapshot(key, now)))
         if self._last_seq:
             await self._kv.put(self._checkpoint_key, str(self._last_seq).encode())
+            self._checkpointed = self._last_seq
         self._last_snapshot = time.monotonic()
 
     async def on_rebaseline(self, msg: Msg) -> None:
@@ -180,6 +266,16 @@ class SpcService:
     async def run(self, stop: asyncio.Event) -> None:
         durable = f"spc-engine-{self._name}"
         start = await self.checkpoint() + 1
+        self._checkpointed = start - 1
+        await self.load_settings()
+        await self.write_defaults()
+        overrides_kv = await open_bucket(
+            self._js,
+            subjects.SPC_CONFIG_BUCKET,
+            description="LLMscope per-model SPC chart settings (overrides)",
+            replicas=self.settings.bus.replicas,
+        )
+        await self._read_overrides(overrides_kv)
         with contextlib.suppress(NotFoundError):
             await self._js.delete_consumer(subjects.STREAM_TELEMETRY, durable)
         consumer = _ResumingConsumer(
@@ -220,30 +316,19 @@ class SpcService:
                         await self.snapshot()
 
         tick_task = asyncio.create_task(tick())
+        watch_task = asyncio.create_task(watch_bucket(overrides_kv, self.on_overrides, inner_stop))
         try:
             await consumer.run(inner_stop)
         finally:
             relay_task.cancel()
             tick_task.cancel()
+            inner_stop.set()
+            with contextlib.suppress(Exception):
+                await watch_task
             await sub.unsubscribe()
             if self.failed is None:
                 async with self._lock:
                     await self.snapshot()
-
-
-async def open_bucket(js: JetStreamContext, bucket: str, replicas: int) -> KeyValue:
-    try:
-        return await js.key_value(bucket)
-    except BucketNotFoundError:
-        return await js.create_key_value(
-            KeyValueConfig(
-                bucket=bucket,
-                description="LLMscope SPC chart snapshots (config, state, limits)",
-                history=1,
-                storage=StorageType.FILE,
-                replicas=replicas,
-            )
-        )
 
 
 async def serve(settings: SpcSettings, stop: asyncio.Event) -> int:
@@ -252,7 +337,12 @@ async def serve(settings: SpcSettings, stop: asyncio.Event) -> int:
     try:
         js = nc.jetstream()
         await ensure_streams(js, settings.bus)
-        kv = await open_bucket(js, settings.charts_bucket, settings.bus.replicas)
+        kv = await open_bucket(
+            js,
+            settings.charts_bucket,
+            description="LLMscope SPC chart snapshots (config, state, limits)",
+            replicas=settings.bus.replicas,
+        )
         service = SpcService(settings, nc, js, kv)
         await service.run(stop)
         return 1 if service.failed is not None else 0
