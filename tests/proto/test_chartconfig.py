@@ -89,7 +89,8 @@ def test_overlay_replaces_only_what_the_top_sets_field_by_field() -> None:
     assert out.baseline_n == 1000
     assert out.rules is not None
     assert out.rules.r2 == RunTestSettings(enabled=False, k=9, severity="info")
-    assert out.rules.r1 == FULL.rules.r1 if FULL.rules else False
+    assert FULL.rules is not None
+    assert out.rules.r1 == FULL.rules.r1
     assert out.cusum == CusumSettings(enabled=True, k=(0.5,), h=(5.0,), severity="critical")
     assert out.ewma == FULL.ewma
     assert overlay(FULL, None) is FULL
@@ -111,7 +112,8 @@ def test_effective_settings_are_the_defaults_then_the_model_then_the_metric() ->
     ttft = effective(FULL, ov, "ttft_ms")
     assert (latency.transform, latency.baseline_n) == ("none", 1000)
     assert (ttft.transform, ttft.baseline_n) == ("log", 200)
-    assert latency.ewma is not None and ttft.ewma is not None
+    assert latency.ewma is not None
+    assert ttft.ewma is not None
     assert latency.ewma.lam == ttft.ewma.lam == 0.2
     assert latency.ewma.L == 3.9
     assert effective(FULL, None, "latency_ms") == FULL

@@ -199,7 +199,7 @@ def describe_changes(old: ChartConfig, new: ChartConfig, names: tuple[str, ...] 
 
 
 def _fmt(value: Any) -> str:
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return "(" + ", ".join(f"{v:g}" for v in value) + ")"
     if isinstance(value, float):
         return f"{value:g}"

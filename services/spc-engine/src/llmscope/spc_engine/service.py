@@ -137,6 +137,11 @@ class SpcService:
         # Overrides seen in the bucket and not yet adopted, by (provider, model).
         self._pending: dict[tuple[str, str], ModelOverrides | None] = {}
 
+    @property
+    def pending_overrides(self) -> frozenset[tuple[str, str]]:
+        """Models whose overrides changed and apply from the next batch."""
+        return frozenset(self._pending)
+
     def on_overrides(self, key: str, value: bytes | None) -> None:
         """One update of the overrides bucket (a ValueError for a bad one is logged and skipped)."""
         provider, model = subjects.parse_kv_key(key, 2)
