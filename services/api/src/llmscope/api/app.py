@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmscope.api.charts import EngineUnavailable
-from llmscope.api.routes import admin, charts, export, health, stats, violations
+from llmscope.api.routes import admin, alerts, charts, export, health, incidents, silences, stats, violations
 from llmscope.api.runtime import Runtime
 from llmscope.api.settings import ApiSettings
 from llmscope.api.store import BadCursor, NotReady
@@ -70,7 +70,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.runtime = rt
     auth = [Depends(rt.auth.require)]
     app.include_router(health.router(rt))
-    for module in (stats, charts, violations, admin, export):
+    for module in (stats, charts, violations, admin, export, alerts, incidents, silences):
         app.include_router(module.router(rt), dependencies=auth)
 
     @app.exception_handler(NotReady)
@@ -111,6 +111,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         rt.store,
         rt.auth,
         WebOptions(refresh_s=settings.refresh_s, session_max_age_s=int(settings.session_days * 86400)),
+        alerting=rt.alerting,
     )
     app.add_middleware(MetricsMiddleware, runtime=rt)
     return app

@@ -1,4 +1,4 @@
-"""The persister: telemetry, violations and dead letters from JetStream into Postgres.
+"""The persister: telemetry, violations, dead letters and incidents from JetStream into Postgres.
 
 Each stream has a durable consumer; a batch is written in one transaction and acked only after
 COMMIT (the consumer acks when the handler returns). Writes are idempotent by event id, so a
@@ -24,6 +24,7 @@ from asyncpg.pool import PoolConnectionProxy
 from nats.js import JetStreamContext
 
 from llmscope.api.db import create_pool
+from llmscope.api.incidents_store import incident_consumer
 from llmscope.api.metrics import ApiMetrics
 from llmscope.api.settings import ApiSettings
 from llmscope.bus.consumer import ConsumerOptions, Delivery, DurableConsumer
@@ -337,7 +338,7 @@ async def apply_retention(
 
 
 class Persister:
-    """Three durable consumers (telemetry, violations, dead letters) writing through one pool."""
+    """Durable consumers (telemetry, violations, dead letters, incidents) writing through one pool."""
 
     def __init__(
         self,
@@ -383,6 +384,9 @@ class Persister:
             dead_letters=dead,
             options=opts,
         )
+        self.incidents = incident_consumer(
+            js=js, pool=pool, dead_letters=dead, durable=f"{durable_prefix}-incidents", metrics=metrics
+        )
 
     def _count(self, kind: str, stored: int) -> None:
         if self._metrics is not None:
@@ -407,7 +411,10 @@ class Persister:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume every stream until ``stop`` is set (a crashed consumer is restarted)."""
         await asyncio.gather(
-            *(self._supervise(c, stop) for c in (self.telemetry, self.violations, self.dead_letters))
+            *(
+                self._supervise(c, stop)
+                for c in (self.telemetry, self.violations, self.dead_letters, self.incidents)
+            )
         )
 
     async def _supervise(self, consumer: DurableConsumer[Any], stop: asyncio.Event) -> None:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from nats.aio.client import Client as NATS
 
+from llmscope.api.alerting import Alerting
 from llmscope.api.auth import KeyAuth
 from llmscope.api.charts import ChartViews
 from llmscope.api.db import create_pool
@@ -38,6 +39,7 @@ class Runtime:
         self.nc: NATS | None = None
         self.publisher: Publisher | None = None
         self.persister: Persister | None = None
+        self.alerting = Alerting(lambda: self.store.pool, lambda: self.nc)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:

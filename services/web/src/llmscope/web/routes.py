@@ -16,6 +16,8 @@ from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Query, Req
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from llmscope.web.alerting import AlertingData
+from llmscope.web.alerting_routes import add_alerting_routes
 from llmscope.web.data import (
     METRICS,
     WINDOWS_H,
@@ -86,9 +88,14 @@ def _form_value(setting: SettingInfo, raw: str | None) -> object:
 
 
 def create_router(
-    data: DashboardData, auth: Authenticator, options: WebOptions | None = None, pages: Pages | None = None
+    data: DashboardData,
+    auth: Authenticator,
+    options: WebOptions | None = None,
+    pages: Pages | None = None,
+    alerting: AlertingData | None = None,
 ) -> APIRouter:
-    """All dashboard routes, bound to the injected data access and authenticator."""
+    """All dashboard routes, bound to the injected data access and authenticator (and, with
+    ``alerting``, the incidents, silences and notifications pages)."""
     opts = options or WebOptions()
     pages = pages or Pages()
     router = APIRouter(include_in_schema=False)
@@ -425,6 +432,8 @@ def create_router(
             return pages.render(request, "setup.html", ctx, fragments=("wizard",), status_code=422)
         return pages.render(request, "setup.html", await _setup_context(done=True), fragments=("wizard",))
 
+    if alerting is not None:
+        add_alerting_routes(router, alerting, Session, pages, opts.actor, _setup_context)
     return router
 
 
@@ -433,11 +442,12 @@ def install(
     data: DashboardData,
     auth: Authenticator,
     options: WebOptions | None = None,
+    alerting: AlertingData | None = None,
 ) -> None:
     """Mount the dashboard and its static files (htmx, CSS) on an application."""
     static_dir = files("llmscope.web") / "static"
     app.mount("/static", StaticFiles(directory=str(static_dir)), name="static")
-    app.include_router(create_router(data, auth, options))
+    app.include_router(create_router(data, auth, options, alerting=alerting))
 
 
 __all__ = ["SESSION_COOKIE", "Series", "WebOptions", "create_router", "install"]

@@ -1,0 +1,272 @@
+"""The API's side of alerting: implements the dashboard's :class:`~llmscope.web.alerting.AlertingData`.
+
+Incidents are read from the API's own ``incidents`` table (the persister fills it from
+``incident.v1`` events). Everything the alerter owns (test sends with its secrets, incident
+acknowledge/resolve, silences, the notification log) is asked of it by core NATS request/reply
+(:mod:`llmscope.proto.control`); the API never imports the alerter nor reads its tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import TypeVar
+
+import asyncpg
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
+
+from llmscope.api.incidents_store import IncidentQueries, incident_from_event
+from llmscope.api.store import decode_cursor, encode_cursor
+from llmscope.config.logs import get_logger
+from llmscope.proto import subjects
+from llmscope.proto.control import (
+    AlertTestReply,
+    AlertTestRequest,
+    IncidentActionReply,
+    IncidentActionRequest,
+    NotificationQuery,
+    NotificationReply,
+    SilenceCreateRequest,
+    SilenceExpireRequest,
+    SilenceListRequest,
+    SilenceRecord,
+    SilenceReply,
+    SilenceSpec,
+    WeeklyWindow,
+)
+from llmscope.web.alerting import (
+    AlerterRefused,
+    AlerterUnavailable,
+    DeliveryAttemptInfo,
+    IncidentAction,
+    IncidentActionResult,
+    IncidentDetail,
+    IncidentFilter,
+    IncidentPage,
+    NotificationFilter,
+    NotificationInfo,
+    NotificationPage,
+    SilenceInfo,
+    SilenceInput,
+    TestSendResult,
+)
+
+log = get_logger("llmscope.api.alerting")
+
+R = TypeVar("R", bound=msgspec.Struct)
+
+# A test send retries for up to ~10 s with 10 s attempts (the alerter's send_test): wait longer.
+TEST_TIMEOUT_S = 30.0
+
+
+class AlerterClient:
+    """Core NATS requests to the alerter; :class:`AlerterUnavailable` when nobody answers."""
+
+    def __init__(self, nc: Callable[[], NATS | None], timeout_s: float = 5.0) -> None:
+        self._nc = nc
+        self.timeout_s = timeout_s
+
+    async def request(
+        self, subject: str, body: msgspec.Struct, reply: type[R], wait_s: float | None = None
+    ) -> R:
+        nc = self._nc()
+        if nc is None or not nc.is_connected:
+            raise AlerterUnavailable("not connected to NATS")
+        try:
+            msg = await nc.request(subject, msgspec.json.encode(body), timeout=wait_s or self.timeout_s)
+        except NoRespondersError:
+            raise AlerterUnavailable("no alerter is running (no responders)") from None
+        except TimeoutError:  # nats' TimeoutError is a TimeoutError
+            raise AlerterUnavailable(f"no alerter answered within {wait_s or self.timeout_s:g} s") from None
+        try:
+            return msgspec.json.decode(msg.data, type=reply)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("unreadable alerter reply", subject=subject, error=str(exc))
+            raise AlerterUnavailable(f"unreadable alerter reply: {exc}") from None
+
+
+def silence_info(r: SilenceRecord) -> SilenceInfo:
+    w = r.weekly
+    return SilenceInfo(
+        id=r.id,
+        kind=r.kind,
+        reason=r.reason,
+        author=r.author,
+        models=list(r.models),
+        providers=list(r.providers),
+        rules=list(r.rules),
+        hosts=list(r.hosts),
+        starts_at=r.starts_at,
+        ends_at=r.ends_at,
+        weekly_days=list(w.days) if w else [],
+        weekly_start=w.start if w else None,
+        weekly_end=w.end if w else None,
+        timezone=w.timezone if w else "UTC",
+        created_at=r.created_at,
+        expired_at=r.expired_at,
+        active=r.active,
+    )
+
+
+def silence_spec(s: SilenceInput) -> SilenceSpec:
+    weekly = None
+    if s.weekly_days or s.weekly_start or s.weekly_end:
+        if not s.weekly_start:
+            raise AlerterRefused("weekly_start", "a weekly window needs a start (HH:MM)")
+        if not s.weekly_end:
+            raise AlerterRefused("weekly_end", "a weekly window needs an end (HH:MM)")
+        weekly = WeeklyWindow(
+            days=tuple(s.weekly_days), start=s.weekly_start, end=s.weekly_end, timezone=s.timezone or "UTC"
+        )
+    return SilenceSpec(
+        kind=s.kind,
+        reason=s.reason,
+        author=s.author,
+        models=tuple(s.models),
+        providers=tuple(s.providers),
+        rules=tuple(s.rules),
+        hosts=tuple(s.hosts),
+        starts_at=s.starts_at,
+        ends_at=s.ends_at,
+        weekly=weekly,
+    )
+
+
+# The alerter names fields of its SilenceSpec; the API's body flattens the weekly window.
+_FIELD_NAMES = {
+    "weekly.days": "weekly_days",
+    "weekly.start": "weekly_start",
+    "weekly.end": "weekly_end",
+    "weekly.timezone": "timezone",
+}
+
+
+def _silence_reply(reply: SilenceReply) -> SilenceReply:
+    if reply.status == "invalid":
+        raise AlerterRefused(_FIELD_NAMES.get(reply.field, reply.field), reply.error)
+    if reply.status == "error":
+        raise AlerterUnavailable(reply.error)
+    return reply
+
+
+class Alerting:
+    """Implements ``AlertingData`` over the API's pool and the alerter's control subjects."""
+
+    def __init__(
+        self,
+        pool: Callable[[], asyncpg.Pool],
+        nc: Callable[[], NATS | None],
+        *,
+        timeout_s: float = 5.0,
+        test_timeout_s: float = TEST_TIMEOUT_S,
+    ) -> None:
+        self.queries = IncidentQueries(pool)
+        self.client = AlerterClient(nc, timeout_s)
+        self.test_timeout_s = test_timeout_s
+
+    async def test_channel(self, channel: str) -> TestSendResult:
+        reply = await self.client.request(
+            subjects.alerter_test(), AlertTestRequest(channel=channel), AlertTestReply, self.test_timeout_s
+        )
+        return TestSendResult(reply.ok, reply.channel, reply.kind, reply.status, reply.detail, reply.attempts)
+
+    async def incidents(self, flt: IncidentFilter) -> IncidentPage:
+        return await self.queries.page(flt)
+
+    async def incident(self, incident_id: str) -> IncidentDetail | None:
+        return await self.queries.detail(incident_id)
+
+    async def incident_for_episode(self, episode_id: str) -> str | None:
+        return await self.queries.for_episode(episode_id)
+
+    async def act_on_incident(
+        self, incident_id: str, action: IncidentAction, by: str, note: str | None
+    ) -> IncidentActionResult:
+        reply = await self.client.request(
+            subjects.alerter_incident_action(),
+            IncidentActionRequest(incident_id=incident_id, action=action, by=by, note=note),
+            IncidentActionReply,
+        )
+        if reply.status == "invalid":
+            raise AlerterRefused("", reply.error)
+        if reply.status == "error":
+            raise AlerterUnavailable(reply.error)
+        if reply.incident is not None:
+            # The alerter also publishes this revision; storing it now makes the answer readable at once.
+            await self.queries.save(reply.incident)
+        incident = incident_from_event(reply.incident) if reply.incident else None
+        status = reply.status if reply.status in ("ok", "not_found") else "conflict"
+        return IncidentActionResult(status=status, incident=incident, error=reply.error)
+
+    async def silences(self, include_expired: bool = False) -> list[SilenceInfo]:
+        reply = await self.client.request(
+            subjects.alerter_silence_list(), SilenceListRequest(include_expired=include_expired), SilenceReply
+        )
+        return [silence_info(s) for s in _silence_reply(reply).silences]
+
+    async def create_silence(self, silence: SilenceInput) -> SilenceInfo:
+        reply = await self.client.request(
+            subjects.alerter_silence_create(),
+            SilenceCreateRequest(silence=silence_spec(silence)),
+            SilenceReply,
+        )
+        created = _silence_reply(reply).silences
+        if not created:
+            raise AlerterUnavailable("the alerter stored the silence but did not return it")
+        return silence_info(created[0])
+
+    async def expire_silence(self, silence_id: str) -> SilenceInfo | None:
+        reply = await self.client.request(
+            subjects.alerter_silence_expire(), SilenceExpireRequest(id=silence_id), SilenceReply
+        )
+        if reply.status == "not_found":
+            return None
+        found = _silence_reply(reply).silences
+        return silence_info(found[0]) if found else None
+
+    async def notifications(self, flt: NotificationFilter) -> NotificationPage:
+        before: datetime | None = None
+        before_id: str | None = None
+        if flt.cursor:
+            before, before_id = decode_cursor(flt.cursor)
+        limit = max(1, min(flt.limit, 1000))
+        reply = await self.client.request(
+            subjects.alerter_notifications(),
+            NotificationQuery(
+                status=flt.status,
+                channel=flt.channel,
+                since=flt.since,
+                before=before,
+                before_id=before_id,
+                limit=limit + 1,
+            ),
+            NotificationReply,
+        )
+        if reply.status != "ok":
+            raise AlerterUnavailable(reply.error or reply.status)
+        items = [
+            NotificationInfo(
+                id=n.id,
+                channel=n.channel,
+                channel_kind=n.channel_kind,
+                route=n.route,
+                group_key=n.group_key,
+                reason=n.reason,
+                status=n.status,
+                attempts=n.attempts,
+                last_error=n.last_error,
+                created_at=n.created_at,
+                sent_at=n.sent_at,
+                firing=list(n.firing),
+                resolved=list(n.resolved),
+                attempt_log=[
+                    DeliveryAttemptInfo(a.attempt, a.at, a.ok, a.retryable, a.status_code, a.detail)
+                    for a in n.attempt_log
+                ],
+            )
+            for n in reply.notifications[:limit]
+        ]
+        more = len(reply.notifications) > limit
+        return NotificationPage(items, encode_cursor(items[-1].created_at, items[-1].id) if more else None)

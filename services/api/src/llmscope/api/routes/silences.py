@@ -1,0 +1,70 @@
+"""Silences and maintenance windows, kept by the alerter and managed through it over NATS."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, HTTPException
+from pydantic import BaseModel, Field
+
+from llmscope.api.routes.alerts import alerter_error
+from llmscope.api.runtime import Runtime
+from llmscope.web.alerting import AlerterRefused, AlerterUnavailable, SilenceInfo, SilenceInput
+
+Matchers = Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(max_length=100)]
+
+
+class SilenceBody(BaseModel):
+    """One-off (``starts_at``/``ends_at``) or weekly recurring (``weekly_days``, ``weekly_start``,
+    ``weekly_end``, ``timezone``); empty matchers match anything (shell patterns allowed)."""
+
+    reason: Annotated[str, Field(min_length=1, max_length=2000)]
+    author: Annotated[str, Field(min_length=1, max_length=200)]
+    kind: Literal["silence", "maintenance"] = "silence"
+    models: Matchers = []
+    providers: Matchers = []
+    rules: Matchers = []
+    hosts: Matchers = []
+    starts_at: datetime | None = None
+    ends_at: datetime | None = None
+    weekly_days: Annotated[list[str], Field(max_length=7)] = []
+    weekly_start: Annotated[str | None, Field(description="HH:MM, local time")] = None
+    weekly_end: Annotated[str | None, Field(description="HH:MM; <= start runs past midnight")] = None
+    timezone: str = "UTC"
+
+
+def router(rt: Runtime) -> APIRouter:
+    api = APIRouter(
+        prefix="/api/silences", tags=["silences"], responses={504: {"description": "no alerter answered"}}
+    )
+
+    @api.get("", response_model=list[SilenceInfo])
+    async def list_silences(include_expired: bool = False) -> list[SilenceInfo]:
+        """Current and upcoming silences (all of them with ``include_expired``), newest first."""
+        try:
+            return await rt.alerting.silences(include_expired)
+        except (AlerterUnavailable, AlerterRefused) as exc:
+            alerter_error(exc)
+
+    @api.post("", response_model=SilenceInfo, status_code=201)
+    async def create_silence(body: SilenceBody) -> SilenceInfo:
+        """Mute matching notifications (never the recording of violations); reason and author
+        are required. 422 names the field at fault."""
+        try:
+            return await rt.alerting.create_silence(SilenceInput(**body.model_dump()))
+        except (AlerterUnavailable, AlerterRefused) as exc:
+            alerter_error(exc)
+
+    @api.delete("/{silence_id}", response_model=SilenceInfo)
+    async def expire_silence(silence_id: str) -> SilenceInfo:
+        """Expire a silence now (it stays in the history)."""
+        try:
+            found = await rt.alerting.expire_silence(silence_id)
+        except (AlerterUnavailable, AlerterRefused) as exc:
+            alerter_error(exc)
+        if found is None:
+            raise HTTPException(404, f"no silence {silence_id!r}")
+        return found
+
+    return api

@@ -1,0 +1,254 @@
+"""What the alerting pages read and change: incidents, silences, notifications, test sends.
+
+The alerter owns these (channels and their secrets, incident lifecycle, silences, the notification
+log); the API reaches it over NATS and implements :class:`AlertingData`. As in :mod:`.data`, the
+dataclasses double as the API's JSON models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal, Protocol
+
+from llmscope.web.data import Violation
+
+IncidentState = Literal["open", "acknowledged", "resolved"]
+IncidentAction = Literal["acknowledge", "resolve"]
+NotificationStatus = Literal["sending", "sent", "failed", "expired"]
+TEST_CHANNELS: tuple[str, ...] = ("email", "slack", "webhook", "pagerduty")
+
+
+class AlerterUnavailable(RuntimeError):
+    """No alerter answered (none running, or it did not answer in time)."""
+
+
+class AlerterRefused(ValueError):
+    """The alerter refused a request as invalid; ``field`` names the request field at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class TestSendResult:
+    """A channel's answer to a test message (``status``: sent, failed, not_configured, ...)."""
+
+    __test__ = False  # not a pytest class
+
+    ok: bool
+    channel: str
+    kind: str | None
+    status: str
+    detail: str
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Incident:
+    """An incident as of its latest stored revision."""
+
+    id: str
+    revision: int
+    state: IncidentState
+    title: str
+    severity: str
+    provider: str
+    host: str
+    models: list[str]
+    cascade: bool
+    violation_count: int
+    opened_at: datetime
+    last_violation_at: datetime | None = None
+    acknowledged_at: datetime | None = None
+    acknowledged_by: str | None = None
+    acknowledged_note: str | None = None
+    resolved_at: datetime | None = None
+    resolved_by: str | None = None
+    resolved_note: str | None = None
+    llm_status: str = "disabled"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricMoveInfo:
+    model: str
+    metric: str
+    baseline: float
+    observed: float
+    change_percent: float | None
+    deviation_sigma: float
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentAnalysisInfo:
+    """The deterministic summary, always; the LLM's writing only when it answered.
+
+    ``deterministic_only`` is true whenever the LLM did not answer (disabled, unreachable, slow,
+    garbage): the summary then stands alone.
+    """
+
+    summary: str
+    deterministic_only: bool
+    llm_status: str
+    llm_error: str | None = None
+    llm_model: str | None = None
+    hypothesis: str | None = None
+    engineering_email: str | None = None
+    customer_notice: str | None = None
+    rules: list[str] = field(default_factory=list)
+    moves: list[MetricMoveInfo] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class SimilarIncidentInfo:
+    incident_id: str
+    title: str
+    score: float
+    opened_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentDetail:
+    incident: Incident
+    analysis: IncidentAnalysisInfo | None
+    similar: list[SimilarIncidentInfo]
+    episode_ids: list[str]
+    violations: list[Violation]
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentFilter:
+    state: IncidentState | None = None
+    model: str | None = None
+    since: datetime | None = None
+    limit: int = 50
+    cursor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentPage:
+    items: list[Incident]
+    next_cursor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentActionResult:
+    """``ok``, ``not_found``, or ``conflict`` (e.g. acknowledging a resolved incident)."""
+
+    status: Literal["ok", "not_found", "conflict"]
+    incident: Incident | None = None
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SilenceInput:
+    """A silence or maintenance window to create: one-off (``ends_at``) or weekly recurring."""
+
+    reason: str
+    author: str
+    kind: Literal["silence", "maintenance"] = "silence"
+    models: list[str] = field(default_factory=list)
+    providers: list[str] = field(default_factory=list)
+    rules: list[str] = field(default_factory=list)
+    hosts: list[str] = field(default_factory=list)
+    starts_at: datetime | None = None
+    ends_at: datetime | None = None
+    weekly_days: list[str] = field(default_factory=list)
+    weekly_start: str | None = None
+    weekly_end: str | None = None
+    timezone: str = "UTC"
+
+
+@dataclass(frozen=True, slots=True)
+class SilenceInfo:
+    """A stored silence; ``active`` is whether it mutes matching notifications right now."""
+
+    id: str
+    kind: str
+    reason: str
+    author: str
+    models: list[str]
+    providers: list[str]
+    rules: list[str]
+    hosts: list[str]
+    starts_at: datetime | None
+    ends_at: datetime | None
+    weekly_days: list[str]
+    weekly_start: str | None
+    weekly_end: str | None
+    timezone: str
+    created_at: datetime | None
+    expired_at: datetime | None
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryAttemptInfo:
+    attempt: int
+    at: datetime
+    ok: bool
+    retryable: bool
+    status_code: int | None
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationInfo:
+    """One message of the notification log with its delivery attempts."""
+
+    id: str
+    channel: str
+    channel_kind: str
+    route: str
+    group_key: str
+    reason: str
+    status: NotificationStatus
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+    sent_at: datetime | None
+    firing: list[str]
+    resolved: list[str]
+    attempt_log: list[DeliveryAttemptInfo]
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationFilter:
+    status: NotificationStatus | None = None
+    channel: str | None = None
+    since: datetime | None = None
+    limit: int = 50
+    cursor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationPage:
+    items: list[NotificationInfo]
+    next_cursor: str | None = None
+
+
+class AlertingData(Protocol):
+    """The alerting pages' data access; the API implements it (its own tables plus the alerter
+    over NATS). Calls that need the alerter raise :class:`AlerterUnavailable` when none answers."""
+
+    async def test_channel(self, channel: str) -> TestSendResult: ...
+
+    async def incidents(self, flt: IncidentFilter) -> IncidentPage: ...
+
+    async def incident(self, incident_id: str) -> IncidentDetail | None: ...
+
+    async def incident_for_episode(self, episode_id: str) -> str | None: ...
+
+    async def act_on_incident(
+        self, incident_id: str, action: IncidentAction, by: str, note: str | None
+    ) -> IncidentActionResult: ...
+
+    async def silences(self, include_expired: bool = False) -> list[SilenceInfo]: ...
+
+    async def create_silence(self, silence: SilenceInput) -> SilenceInfo: ...
+
+    async def expire_silence(self, silence_id: str) -> SilenceInfo | None: ...
+
+    async def notifications(self, flt: NotificationFilter) -> NotificationPage: ...

@@ -1,0 +1,418 @@
+"""Alerting through the API: test sends, incidents, silences and notifications, against a real
+alerter answering over NATS (or none: 504), a real SMTP server and a local HTTP channel."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from nats.js import JetStreamContext
+
+from llmscope.api.persister import store_telemetry, store_violations
+from llmscope.bus.publisher import Publisher
+from llmscope.proto import codec, subjects
+from llmscope.proto.incident import SimilarIncident
+from tests.alerter.factories import HttpSink, Mailbox, smtp_server
+from tests.alerter.factories import violation as alerter_violation
+from tests.alerter.harness import eventually, publish
+from tests.api.alerting_harness import incident_event, live_alerter
+from tests.api.conftest import Api
+from tests.api.factories import telemetry, violation
+
+
+def field_of(response: Any) -> list[str]:
+    return [d.get("field") or ".".join(map(str, d["loc"][1:])) for d in response.json()["detail"]]
+
+
+async def test_test_send_goes_through_the_alerter_and_reports_the_channel(
+    api: Api, database_url: str, nats_url: str
+) -> None:
+    box = Mailbox()
+    smtp = smtp_server(box)
+    failing = HttpSink(lambda r, n: _status(500))
+    hook_url = await failing.start()
+    try:
+        for key, value in {
+            "alert.email.smtp_host": "127.0.0.1",
+            "alert.email.smtp_port": smtp.port,
+            "alert.email.tls": "none",
+            "alert.email.recipients": ["oncall@example.com"],
+            "alert.email.smtp_password": "hunter2-secret",
+        }.items():
+            r = await api.client.put(f"/api/settings/{key}", json={"value": value})
+            assert r.status_code == 200, r.text
+        env = {"LLMSCOPE_WEBHOOK_URL": hook_url + "/hook-s3cret"}
+        async with live_alerter(database_url, nats_url, None, env):
+            r = await api.client.post("/api/alerts/test", json={"channel": "email"})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["ok"] is True
+            assert body["status"] == "sent"
+            assert body["kind"] == "email"
+            assert body["attempts"] == 1
+            assert box.envelopes == [["oncall@example.com"]]
+            assert box.messages[0]["Subject"] == "[LLMscope] Test notification"
+            assert "hunter2" not in r.text
+
+            r = await api.client.post("/api/alerts/test", json={"channel": "webhook"})
+            assert r.status_code == 200
+            hook = r.json()
+            assert hook["ok"] is False
+            assert hook["status"] in ("failed", "expired")
+            assert hook["attempts"] >= 2
+            assert "HTTP 500" in hook["detail"]
+            assert "s3cret" not in r.text
+            assert len(failing.requests) == hook["attempts"]
+
+            r = await api.client.post("/api/alerts/test", json={"channel": "pagerduty"})
+            assert r.json()["status"] == "not_configured"
+
+            for bad in ({}, {"channel": ""}, {"channel": 5}):
+                r = await api.client.post("/api/alerts/test", json=bad)
+                assert r.status_code == 422
+                assert field_of(r) == ["channel"]
+            assert (await api.anon.post("/api/alerts/test", json={"channel": "email"})).status_code == 401
+    finally:
+        smtp.stop()
+        await failing.stop()
+
+
+async def _status(code: int) -> Any:
+    from aiohttp import web
+
+    return web.Response(status=code, text="no")
+
+
+async def test_alerter_requests_answer_504_when_no_alerter_runs(api: Api) -> None:
+    silence = {"reason": "deploy", "author": "ana", "ends_at": "2099-01-01T00:00:00Z"}
+    for method, path, body in (
+        ("POST", "/api/alerts/test", {"channel": "email"}),
+        ("GET", "/api/notifications", None),
+        ("GET", "/api/silences", None),
+        ("POST", "/api/silences", silence),
+        ("DELETE", "/api/silences/sil-1", None),
+        ("POST", "/api/incidents/inc-1/acknowledge", {"by": "ana"}),
+        ("POST", "/api/incidents/inc-1/resolve", {"by": "ana"}),
+    ):
+        r = await api.client.request(method, path, json=body)
+        assert r.status_code == 504, (path, r.text)
+        assert "alerter" in r.json()["detail"]
+    # Reads of the API's own incidents table need no alerter.
+    assert (await api.client.get("/api/incidents")).json() == {"items": [], "next_cursor": None}
+
+
+async def test_incident_events_are_persisted_once_and_served(
+    persisting_api: Api, js: JetStreamContext
+) -> None:
+    api = persisting_api
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    points = [telemetry(i) for i in range(3)]
+    members = [violation(points[0], id="ep-a"), violation(points[1], id="ep-b")]
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, points)
+        await store_violations(conn, members)
+    old = incident_event("inc-old", 2, opened_at=t0 - timedelta(days=3), state="resolved", change="resolved")
+    first = incident_event("inc-a", 1, opened_at=t0, episode_ids=("ep-a",))
+    analyzed = incident_event(
+        "inc-a",
+        3,
+        opened_at=t0,
+        change="analyzed",
+        episode_ids=("ep-a", "ep-b"),
+        llm=True,
+        similar=(
+            SimilarIncident(incident_id="inc-old", title=old.title, score=0.82, opened_at=old.opened_at),
+        ),
+    )
+    stale = incident_event("inc-a", 2, opened_at=t0, change="updated", episode_ids=("ep-a",))
+    other = incident_event(
+        "inc-b",
+        1,
+        opened_at=t0 + timedelta(minutes=10),
+        models=("qwen2:7b", "phi3"),
+        title="Cascade on gpu-1",
+    )
+    publisher = Publisher(js)
+    for ev in (old, first, analyzed, stale, other):
+        await publisher.publish_raw(
+            subjects.incidents(ev.provider, ev.change), codec.encode(ev), msg_id=ev.id
+        )
+    # A redelivered copy under another message id: the revision check keeps it harmless.
+    await publisher.publish_raw(subjects.incidents("ollama", "updated"), codec.encode(stale), msg_id="copy")
+
+    async def stored() -> bool:
+        return bool(await api.store.pool.fetchval("SELECT count(*) FROM incidents") == 3)
+
+    await eventually(stored, what="three incidents")
+    await asyncio.sleep(0.3)  # the copy of the stale revision
+    assert await api.store.pool.fetchval("SELECT revision FROM incidents WHERE id = 'inc-a'") == 3
+
+    page = (await api.client.get("/api/incidents")).json()
+    assert [i["id"] for i in page["items"]] == ["inc-b", "inc-a", "inc-old"]
+    assert page["items"][0]["cascade"] is True
+    open_ = (await api.client.get("/api/incidents", params={"state": "open"})).json()
+    assert [i["id"] for i in open_["items"]] == ["inc-b", "inc-a"]
+    by_model = (await api.client.get("/api/incidents", params={"model": "phi3"})).json()
+    assert [i["id"] for i in by_model["items"]] == ["inc-b"]
+    since = (
+        await api.client.get("/api/incidents", params={"since": (t0 - timedelta(days=1)).isoformat()})
+    ).json()
+    assert {i["id"] for i in since["items"]} == {"inc-a", "inc-b"}
+    one = (await api.client.get("/api/incidents", params={"limit": 1})).json()
+    assert [i["id"] for i in one["items"]] == ["inc-b"]
+    two = (await api.client.get("/api/incidents", params={"limit": 1, "cursor": one["next_cursor"]})).json()
+    assert [i["id"] for i in two["items"]] == ["inc-a"]
+    assert (await api.client.get("/api/incidents", params={"cursor": "garbage!"})).status_code == 422
+    assert (await api.client.get("/api/incidents", params={"state": "closed"})).status_code == 422
+
+    detail = (await api.client.get("/api/incidents/inc-a")).json()
+    assert detail["incident"]["revision"] == 3
+    a = detail["analysis"]
+    assert a["deterministic_only"] is False
+    assert a["hypothesis"] == "GPU memory pressure after a model swap"
+    assert a["engineering_email"]
+    assert a["customer_notice"]
+    assert a["moves"][0]["change_percent"] == 140.0
+    (similar,) = detail["similar"]
+    assert (similar["incident_id"], similar["title"], similar["score"]) == ("inc-old", old.title, 0.82)
+    assert datetime.fromisoformat(similar["opened_at"]) == old.opened_at
+    assert [v["id"] for v in detail["violations"]] == ["ep-a", "ep-b"]
+    plain = (await api.client.get("/api/incidents/inc-b")).json()
+    assert plain["analysis"]["deterministic_only"] is True
+    assert plain["analysis"]["hypothesis"] is None
+    assert "Deterministic analysis only" in plain["analysis"]["summary"]
+    assert (await api.client.get("/api/incidents/nope")).status_code == 404
+
+
+async def test_violations_become_an_incident_acknowledged_and_resolved_through_the_alerter(
+    persisting_api: Api, js: JetStreamContext, database_url: str, nats_url: str
+) -> None:
+    """Violations -> the alerter's incident -> incident.v1 -> the API; ack and resolve go back."""
+    api = persisting_api
+    sink = HttpSink()
+    url = await sink.start()
+    try:
+        async with live_alerter(database_url, nats_url, js, {"LLMSCOPE_WEBHOOK_URL": url + "/hook"}):
+            await publish(js, alerter_violation(1), alerter_violation(2, model="qwen2:7b"))
+
+            async def listed() -> bool:
+                items = (await api.client.get("/api/incidents")).json()["items"]
+                return len(items) == 1 and items[0]["violation_count"] == 2
+
+            await eventually(listed, what="the cascade incident in the API")
+            incident = (await api.client.get("/api/incidents")).json()["items"][0]
+            assert incident["state"] == "open"
+            assert sorted(incident["models"]) == ["llama3.1:8b", "qwen2:7b"]
+            iid = incident["id"]
+
+            # The notification log, served by the alerter (before the ack stops reminders).
+            async def notified() -> bool:
+                items = (await api.client.get("/api/notifications")).json()["items"]
+                return any(n["status"] == "sent" for n in items)
+
+            await eventually(notified, what="a sent notification")
+            items = (await api.client.get("/api/notifications")).json()["items"]
+            sent = next(n for n in items if n["status"] == "sent")
+            assert sent["channel"] == "webhook"
+            assert sent["attempts"] == 1
+            assert sent["sent_at"] is not None
+            assert sent["last_error"] is None
+            assert sent["attempt_log"][0]["ok"] is True
+            assert (await api.client.get("/api/notifications", params={"status": "failed"})).json()[
+                "items"
+            ] == []
+            assert (await api.client.get("/api/notifications", params={"channel": "email"})).json()[
+                "items"
+            ] == []
+            assert (
+                len(
+                    (await api.client.get("/api/notifications", params={"channel": "webhook"})).json()[
+                        "items"
+                    ]
+                )
+                >= 1
+            )
+            future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+            assert (await api.client.get("/api/notifications", params={"since": future})).json()[
+                "items"
+            ] == []
+            assert (await api.client.get("/api/notifications", params={"status": "lost"})).status_code == 422
+
+            r = await api.client.post(
+                f"/api/incidents/{iid}/acknowledge", json={"by": "ana", "note": "on it"}
+            )
+            assert r.status_code == 200, r.text
+            assert r.json()["state"] == "acknowledged"
+            assert r.json()["acknowledged_by"] == "ana"
+            assert r.json()["acknowledged_note"] == "on it"
+            # Stored at once (and again, idempotently, when the published event arrives).
+            detail = (await api.client.get(f"/api/incidents/{iid}")).json()
+            assert detail["incident"]["state"] == "acknowledged"
+            r = await api.client.post(f"/api/incidents/{iid}/acknowledge", json={"by": "bob"})
+            assert r.status_code == 409
+            assert "acknowledged" in r.json()["detail"]
+            r = await api.client.post(f"/api/incidents/{iid}/acknowledge", json={"note": "who?"})
+            assert r.status_code == 422
+            assert field_of(r) == ["by"]
+            r = await api.client.post(
+                f"/api/incidents/{iid}/resolve", json={"by": "ana", "note": "rolled back"}
+            )
+            assert r.status_code == 200
+            assert r.json()["state"] == "resolved"
+            assert r.json()["resolved_note"] == "rolled back"
+            assert (
+                await api.client.post("/api/incidents/nope/resolve", json={"by": "ana"})
+            ).status_code == 404
+
+            async def published() -> bool:
+                row = await api.store.pool.fetchrow("SELECT state, change FROM incidents WHERE id = $1", iid)
+                return row is not None and row["state"] == "resolved"
+
+            await eventually(published, what="the resolved revision through JetStream")
+            state = await api.store.pool.fetchval(
+                "SELECT state FROM alerter_incidents WHERE id = $1", iid
+            )  # the alerter's own record (read here only to check; the API never does)
+            assert state == "resolved"
+
+    finally:
+        await sink.stop()
+
+
+async def test_notifications_page_through_failures_with_a_cursor(
+    api: Api, js: JetStreamContext, database_url: str, nats_url: str
+) -> None:
+    failing = HttpSink(lambda r, n: _status(400))  # permanent: one attempt, failed
+    url = await failing.start()
+    try:
+        async with live_alerter(database_url, nats_url, js, {"LLMSCOPE_WEBHOOK_URL": url}):
+            await publish(js, alerter_violation(1, host="h1"), alerter_violation(2, model="m2", host="h2"))
+
+            async def two() -> bool:
+                items = (await api.client.get("/api/notifications", params={"status": "failed"})).json()[
+                    "items"
+                ]
+                return len(items) == 2
+
+            await eventually(two, what="two failed notifications")
+            first = (await api.client.get("/api/notifications", params={"limit": 1})).json()
+            assert len(first["items"]) == 1
+            assert first["items"][0]["last_error"]
+            assert "400" in first["items"][0]["last_error"]
+            assert first["items"][0]["sent_at"] is None
+            rest = (
+                await api.client.get(
+                    "/api/notifications", params={"limit": 1, "cursor": first["next_cursor"]}
+                )
+            ).json()
+            assert len(rest["items"]) == 1
+            assert rest["items"][0]["id"] != first["items"][0]["id"]
+            assert rest["next_cursor"] is None
+    finally:
+        await failing.stop()
+
+
+async def test_silences_create_list_expire_and_validation(
+    api: Api, js: JetStreamContext, database_url: str, nats_url: str
+) -> None:
+    async with live_alerter(database_url, nats_url, js):
+        ends = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+        r = await api.client.post(
+            "/api/silences",
+            json={
+                "reason": "deploy 42",
+                "author": "ana",
+                "models": ["llama3*"],
+                "rules": ["R1"],
+                "ends_at": ends,
+            },
+        )
+        assert r.status_code == 201, r.text
+        one_off = r.json()
+        assert one_off["active"] is True
+        assert one_off["models"] == ["llama3*"]
+        r = await api.client.post(
+            "/api/silences",
+            json={
+                "kind": "maintenance",
+                "reason": "weekly backup",
+                "author": "ops",
+                "providers": ["ollama"],
+                "weekly_days": ["sat", "sun"],
+                "weekly_start": "22:00",
+                "weekly_end": "02:00",
+                "timezone": "Europe/Berlin",
+            },
+        )
+        assert r.status_code == 201, r.text
+        weekly = r.json()
+        assert weekly["weekly_days"] == ["sat", "sun"]
+        assert (weekly["weekly_start"], weekly["weekly_end"], weekly["timezone"]) == (
+            "22:00",
+            "02:00",
+            "Europe/Berlin",
+        )
+
+        listed = (await api.client.get("/api/silences")).json()
+        assert {s["id"] for s in listed} == {one_off["id"], weekly["id"]}
+        # The alerter's dispatcher sees it: its store is where silences live.
+        stored = await api.store.pool.fetchval("SELECT count(*) FROM alerter_silences")
+        assert stored == 2
+
+        r = await api.client.delete(f"/api/silences/{one_off['id']}")
+        assert r.status_code == 200
+        assert r.json()["expired_at"] is not None
+        assert r.json()["active"] is False
+        assert [s["id"] for s in (await api.client.get("/api/silences")).json()] == [weekly["id"]]
+        everything = (await api.client.get("/api/silences", params={"include_expired": True})).json()
+        assert len(everything) == 2
+        assert (await api.client.delete("/api/silences/sil-nope")).status_code == 404
+
+        cases: list[tuple[dict[str, Any], str]] = [
+            ({"author": "ana", "ends_at": ends}, "reason"),
+            ({"reason": "x", "ends_at": ends}, "author"),
+            ({"reason": "  ", "author": "ana", "ends_at": ends}, "reason"),
+            ({"reason": "x", "author": " ", "ends_at": ends}, "author"),
+            ({"reason": "x", "author": "ana"}, "ends_at"),
+            ({"reason": "x", "author": "ana", "ends_at": "2001-01-01T00:00:00Z"}, "ends_at"),
+            ({"reason": "x", "author": "ana", "starts_at": ends, "ends_at": ends}, "ends_at"),
+            ({"reason": "x", "author": "ana", "ends_at": "2099-01-01T00:00:00"}, "ends_at"),
+            (
+                {
+                    "reason": "x",
+                    "author": "ana",
+                    "weekly_days": ["funday"],
+                    "weekly_start": "1:00",
+                    "weekly_end": "2:00",
+                },
+                "weekly_days",
+            ),
+            (
+                {
+                    "reason": "x",
+                    "author": "ana",
+                    "weekly_days": ["mon"],
+                    "weekly_start": "25:00",
+                    "weekly_end": "02:00",
+                },
+                "weekly_start",
+            ),
+            ({"reason": "x", "author": "ana", "weekly_days": ["mon"], "weekly_end": "02:00"}, "weekly_start"),
+            (
+                {
+                    "reason": "x",
+                    "author": "ana",
+                    "weekly_days": ["mon"],
+                    "weekly_start": "01:00",
+                    "weekly_end": "02:00",
+                    "timezone": "Mars/Base",
+                },
+                "timezone",
+            ),
+            ({"reason": "x", "author": "ana", "ends_at": ends, "kind": "forever"}, "kind"),
+        ]
+        for body, field in cases:
+            r = await api.client.post("/api/silences", json=body)
+            assert r.status_code == 422, (body, r.text)
+            assert field_of(r) == [field], (body, r.json())
+        assert len((await api.client.get("/api/silences", params={"include_expired": True})).json()) == 2

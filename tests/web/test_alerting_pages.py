@@ -1,0 +1,278 @@
+"""The alerting pages (incidents, silences, notifications, setup test sends), each as a full page
+and as the HTMX fragment it serves, with a real alerter answering over NATS or none at all."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from nats.js import JetStreamContext
+
+from llmscope.api.incidents_store import store_incidents
+from llmscope.api.persister import store_telemetry, store_violations
+from llmscope.proto.incident import SimilarIncident
+from tests.alerter.factories import HttpSink, Mailbox, smtp_server
+from tests.alerter.factories import violation as alerter_violation
+from tests.alerter.harness import eventually, publish
+from tests.api.alerting_harness import incident_event, live_alerter
+from tests.api.conftest import Api
+from tests.api.factories import telemetry, violation
+from tests.web.test_pages import HX, is_full_page, login
+
+
+async def seed_incidents(api: Api) -> None:
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    points = [telemetry(i) for i in range(2)]
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, points)
+        await store_violations(conn, [violation(points[0], id="ep-a"), violation(points[1], id="ep-b")])
+        old = incident_event(
+            "inc-old", 2, opened_at=t0 - timedelta(days=2), state="resolved", change="resolved"
+        )
+        similar = (SimilarIncident(incident_id="inc-old", title=old.title, score=0.77),)
+        await store_incidents(
+            conn,
+            [
+                old,
+                incident_event(
+                    "inc-a", 3, opened_at=t0, episode_ids=("ep-a", "ep-b"), llm=True, similar=similar
+                ),
+                incident_event("inc-b", 1, opened_at=t0 + timedelta(minutes=5), models=("qwen2:7b",)),
+            ],
+        )
+
+
+@pytest.mark.parametrize("hx", [False, True])
+async def test_incident_list_and_detail(api: Api, hx: bool) -> None:
+    await seed_incidents(api)
+    client = await login(api)
+    headers = HX if hx else {}
+    r = await client.get("/incidents", headers=headers)
+    assert r.status_code == 200
+    assert is_full_page(r.text) is not hx
+    assert r.text.index("/incidents/inc-b") < r.text.index("/incidents/inc-a")
+    assert "/incidents/inc-old" in r.text
+    r = await client.get("/incidents?state=resolved", headers={**headers, "HX-Target": "incident-table"})
+    assert "/incidents/inc-old" in r.text
+    assert "/incidents/inc-a" not in r.text
+    if hx:
+        assert r.text.lstrip().startswith('<div id="incident-table"')
+
+    r = await client.get("/incidents/inc-a", headers=headers)
+    assert r.status_code == 200
+    assert is_full_page(r.text) is not hx
+    assert "Root-cause hypothesis (LLM)" in r.text
+    assert "GPU memory pressure after a model swap" in r.text
+    assert "Customer notice (LLM)" in r.text
+    assert "0.77" in r.text  # the similar incident's score
+    assert 'href="/incidents/inc-old"' in r.text
+    assert 'href="/violations/ep-a"' in r.text
+    assert 'href="/violations/ep-b"' in r.text
+    r = await client.get("/incidents/inc-b", headers=headers)
+    assert "Deterministic analysis only" in r.text
+    assert "Root-cause hypothesis" not in r.text
+    assert (await client.get("/incidents/nope", headers=headers)).status_code == 404
+
+    # From a violation to its incident.
+    r = await client.get("/violations/ep-b", headers=headers)
+    assert 'href="/incidents/for-episode/ep-b"' in r.text
+    r = await client.get("/incidents/for-episode/ep-b", headers=headers)
+    assert r.status_code == 303
+    assert r.headers["location"] == "/incidents/inc-a"
+    assert (await client.get("/incidents/for-episode/ep-zzz", headers=headers)).status_code == 404
+    # The nav links the new pages.
+    r = await client.get("/incidents")
+    for link in ('href="/incidents"', 'href="/silences"', 'href="/notifications"'):
+        assert link in r.text
+
+
+async def test_incident_actions_go_through_the_alerter(
+    api: Api, js: JetStreamContext, database_url: str, nats_url: str
+) -> None:
+    client = await login(api)
+    async with live_alerter(database_url, nats_url, js) as live:
+        await publish(js, alerter_violation(1))
+
+        async def incident_id() -> str | None:
+            found: str | None = await api.store.pool.fetchval("SELECT id FROM alerter_incidents")
+            return found
+
+        await eventually(lambda: incident_id(), what="the alerter's incident")
+        iid = await incident_id()
+        assert iid is not None
+        ev = await live.run.store.incident(iid)
+        assert ev is not None
+        async with api.store.pool.acquire() as conn:  # what the persister would store
+            await store_incidents(conn, [ev])
+
+        target = {**HX, "HX-Target": "actions"}
+        r = await client.post(
+            f"/incidents/{iid}/acknowledge", data={"by": "ana", "note": "looking"}, headers=target
+        )
+        assert r.status_code == 200
+        assert r.text.lstrip().startswith('<div id="actions"')
+        assert "Acknowledged by <b>ana</b>" in r.text
+        assert "looking" in r.text
+        r = await client.post(f"/incidents/{iid}/acknowledge", data={"by": "bob"}, headers=target)
+        assert r.status_code == 200  # htmx swaps only 2xx; the fragment says why
+        assert 'class="error"' in r.text
+        r = await client.post(f"/incidents/{iid}/acknowledge", data={"by": "bob"})
+        assert r.status_code == 409
+        assert is_full_page(r.text)
+        r = await client.post(f"/incidents/{iid}/resolve", data={"by": ""})
+        assert r.status_code == 200
+        assert is_full_page(r.text)
+        assert "Resolved by <b>dashboard</b>" in r.text
+        assert "<button" not in r.text.split('id="actions"')[1].split("</div>")[0]
+        assert (
+            await client.post("/incidents/nope/resolve", data={"by": "x"}, headers=target)
+        ).status_code == 404
+
+
+@pytest.mark.parametrize("hx", [False, True])
+async def test_silences_page_creates_lists_and_expires(
+    api: Api, database_url: str, nats_url: str, hx: bool
+) -> None:
+    client = await login(api)
+    headers = {**HX, "HX-Target": "silence-list"} if hx else {}
+    async with live_alerter(database_url, nats_url, None):
+        r = await client.get("/silences", headers=headers)
+        assert r.status_code == 200
+        assert is_full_page(r.text) is not hx
+        assert "No silences." in r.text
+        if not hx:
+            assert 'name="reason"' in r.text
+            assert 'name="weekly_days"' in r.text
+        ends = (datetime.now(UTC) + timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M")
+        r = await client.post(
+            "/silences",
+            data={"reason": "deploy 42", "author": "ana", "models": "llama3*, qwen2:7b", "ends_at": ends},
+            headers=headers,
+        )
+        assert r.status_code == 200, r.text
+        assert "created by ana" in r.text
+        assert "model=llama3*|qwen2:7b" in r.text
+        r = await client.post(
+            "/silences",
+            data={
+                "kind": "maintenance",
+                "reason": "backups",
+                "author": "ops",
+                "weekly_days": ["sat", "sun"],
+                "weekly_start": "22:00",
+                "weekly_end": "02:00",
+                "timezone": "Europe/Berlin",
+            },
+            headers=headers,
+        )
+        assert r.status_code == 200, r.text
+        assert "sat,sun 22:00–02:00 Europe/Berlin" in r.text
+
+        r = await client.post("/silences", data={"author": "ana", "ends_at": ends}, headers=headers)
+        assert r.status_code == (200 if hx else 422)
+        assert "reason: a silence needs a reason" in r.text
+        r = await client.post("/silences", data={"reason": "x", "author": "ana"}, headers=headers)
+        assert "ends_at" in r.text
+        r = await client.post(
+            "/silences", data={"reason": "x", "author": "a", "ends_at": "soon"}, headers=headers
+        )
+        assert "ends_at: expected a date and time" in r.text
+
+        silences = await api.store.pool.fetch("SELECT id FROM alerter_silences ORDER BY created_at")
+        assert len(silences) == 2
+        sid = silences[0]["id"]
+        r = await client.post(f"/silences/{sid}/expire", headers=headers)
+        assert r.status_code == 200
+        assert f"Silence {sid} expired." in r.text
+        assert sid not in r.text.split("expired.")[1]
+        r = await client.get("/silences?expired=1", headers=headers)
+        assert sid in r.text
+        r = await client.post("/silences/sil-nope/expire", headers=headers)
+        assert r.status_code == (200 if hx else 404)
+
+
+@pytest.mark.parametrize("hx", [False, True])
+async def test_notifications_page(
+    api: Api, js: JetStreamContext, database_url: str, nats_url: str, hx: bool
+) -> None:
+    client = await login(api)
+    headers = {**HX, "HX-Target": "notification-table"} if hx else {}
+    sink = HttpSink()
+    url = await sink.start()
+    try:
+        async with live_alerter(database_url, nats_url, js, {"LLMSCOPE_WEBHOOK_URL": url}):
+            r = await client.get("/notifications", headers=headers)
+            assert r.status_code == 200
+            assert is_full_page(r.text) is not hx
+            assert "No notifications." in r.text
+            await publish(js, alerter_violation(1))
+
+            async def shown() -> bool:
+                return "<td>sent</td>" in (await client.get("/notifications", headers=headers)).text
+
+            await eventually(shown, what="the sent notification on the page")
+            r = await client.get("/notifications?status=sent&channel=webhook", headers=headers)
+            assert "webhook (webhook)" in r.text
+            if hx:
+                assert r.text.lstrip().startswith('<div id="notification-table"')
+            r = await client.get("/notifications?status=failed", headers=headers)
+            assert "No notifications." in r.text
+    finally:
+        await sink.stop()
+
+
+@pytest.mark.parametrize("hx", [False, True])
+async def test_setup_wizard_sends_a_test_message(
+    api: Api, database_url: str, nats_url: str, hx: bool
+) -> None:
+    client = await login(api)
+    headers = {**HX, "HX-Target": "test-result"} if hx else {}
+    box = Mailbox()
+    smtp = smtp_server(box)
+    try:
+        r = await client.get("/setup")
+        for channel in ("email", "slack", "webhook", "pagerduty"):
+            assert f'name="channel" value="{channel}"' in r.text
+        for key, value in {
+            "alert.email.smtp_host": "127.0.0.1",
+            "alert.email.smtp_port": smtp.port,
+            "alert.email.tls": "none",
+            "alert.email.recipients": ["ops@example.com"],
+        }.items():
+            await api.store.put_setting(key, value, "test")
+        async with live_alerter(database_url, nats_url, None):
+            r = await client.post("/setup/test", data={"channel": "email"}, headers=headers)
+            assert r.status_code == 200
+            assert is_full_page(r.text) is not hx
+            if hx:
+                assert r.text.lstrip().startswith('<div id="test-result"')
+            assert "email (email): sent" in r.text
+            assert box.envelopes == [["ops@example.com"]]
+            r = await client.post("/setup/test", data={"channel": "slack"}, headers=headers)
+            assert "not_configured" in r.text
+            r = await client.post("/setup/test", data={"channel": "carrier-pigeon"}, headers=headers)
+            assert r.status_code == (200 if hx else 422)
+            assert "channel: choose one of" in r.text
+    finally:
+        smtp.stop()
+
+
+@pytest.mark.parametrize("hx", [False, True])
+async def test_alerting_pages_say_when_no_alerter_answers(api: Api, hx: bool) -> None:
+    await seed_incidents(api)
+    client = await login(api)
+    headers = HX if hx else {}
+    expected = 200 if hx else 504
+    for method, path, data in (
+        ("GET", "/silences", None),
+        ("GET", "/notifications", None),
+        ("POST", "/setup/test", {"channel": "email"}),
+        ("POST", "/silences", {"reason": "r", "author": "a", "ends_at": "2099-01-01T00:00"}),
+        ("POST", "/incidents/inc-b/acknowledge", {"by": "ana"}),
+    ):
+        r = await client.request(method, path, data=data, headers=headers)
+        assert r.status_code == expected, (path, r.text)
+        assert "No alerter answered" in r.text
+        assert is_full_page(r.text) is not hx
+    # The incidents themselves are the API's: still readable.
+    assert (await client.get("/incidents/inc-b", headers=headers)).status_code == 200
