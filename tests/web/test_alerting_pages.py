@@ -97,7 +97,10 @@ async def test_incident_actions_go_through_the_alerter(
             found: str | None = await api.store.pool.fetchval("SELECT id FROM alerter_incidents")
             return found
 
-        await eventually(lambda: incident_id(), what="the alerter's incident")
+        async def opened() -> bool:
+            return await incident_id() is not None
+
+        await eventually(opened, what="the alerter's incident")
         iid = await incident_id()
         assert iid is not None
         ev = await live.run.store.incident(iid)
