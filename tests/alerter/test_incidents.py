@@ -14,7 +14,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from llmscope.alerter.analysis import TelemetryPoint, summarize
-from llmscope.alerter.incidents import OpenIncident, correlate
+from llmscope.alerter.incidents import OpenIncident, correlate, forms_incidents
 from llmscope.alerter.llm import LlmConfig, analyze, parse_answer
 from llmscope.proto import codec, subjects
 from llmscope.proto.incident import IncidentEvent
@@ -29,6 +29,15 @@ SIM_MODELS = (
         name="analyst:1b", host="llm-host", tokens_per_s=2000, prompt_tokens_per_s=20000, overhead_s=0.001
     ),
 )
+
+
+def test_only_signals_at_or_above_the_minimum_severity_form_incidents() -> None:
+    assert forms_incidents("critical", "critical")
+    assert not forms_incidents("warning", "critical")
+    assert not forms_incidents("info", "critical")
+    assert forms_incidents("warning", "warning")
+    assert not forms_incidents("info", "warning")
+    assert forms_incidents("info", "info")
 
 
 def test_correlation_same_model_same_host_and_window() -> None:
@@ -146,6 +155,8 @@ async def test_cascade_is_one_incident_naming_every_model_with_llm_analysis(
         models = ["llama3.1:8b", "qwen2:7b", "mistral:7b"]
         await publish(js, *(violation(i, model=m) for i, m in enumerate(models)))
         await publish(js, violation(9, model="other", host="gpu-2"))  # another host: its own incident
+        # Below the incident threshold (critical by default): recorded, but no incident of its own.
+        await publish(js, violation(10, model="noisy", host="gpu-3", rule="R2", severity="info"))
         await eventually(
             lambda: any(e.change == "analyzed" and e.cascade for e in seen), what="analysed cascade"
         )

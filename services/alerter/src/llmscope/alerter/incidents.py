@@ -51,6 +51,15 @@ def incident_id_for(first: ViolationEvent) -> str:
     return f"inc-{first.episode_id}"
 
 
+def forms_incidents(severity: str, minimum: Severity) -> bool:
+    """Whether a violation of ``severity`` opens or joins incidents.
+
+    Only signals at or above ``minimum`` do: the Nelson run tests fire as ``info`` every few
+    dozen points by design, and incidents built from them would bury the real ones.
+    """
+    return severity in SEVERITIES[: SEVERITIES.index(minimum) + 1]
+
+
 def worst_severity(severities: Iterable[str]) -> Severity:
     ranked = [s for s in SEVERITIES if s in set(severities)]
     return ranked[0] if ranked else "warning"

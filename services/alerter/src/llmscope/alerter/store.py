@@ -22,7 +22,14 @@ from asyncpg.pool import PoolConnectionProxy
 from llmscope.alerter.analysis import TelemetryPoint, summarize
 from llmscope.alerter.dedup import LastNotification
 from llmscope.alerter.grouping import ChannelView, decide, first_flush_at
-from llmscope.alerter.incidents import OpenIncident, correlate, incident_id_for, title_for, worst_severity
+from llmscope.alerter.incidents import (
+    OpenIncident,
+    correlate,
+    forms_incidents,
+    incident_id_for,
+    title_for,
+    worst_severity,
+)
 from llmscope.alerter.model import Alert, labels_of
 from llmscope.alerter.notifiers.base import ContextPoint
 from llmscope.alerter.retry import Attempt, Outcome
@@ -32,7 +39,7 @@ from llmscope.config.logs import get_logger
 from llmscope.proto import codec, subjects
 from llmscope.proto.incident import IncidentAnalysis, IncidentChange, IncidentEvent, SimilarIncident
 from llmscope.proto.telemetry import NUMERIC_METRICS
-from llmscope.proto.violation import ViolationEvent
+from llmscope.proto.violation import Severity, ViolationEvent
 
 log = get_logger("llmscope.alerter.store")
 
@@ -102,6 +109,7 @@ class Store:
         clock: Callable[[], datetime],
         lease: float = 60.0,
         incident_window: float = 300.0,
+        incident_min_severity: Severity = "critical",
         analysis_delay: float = 30.0,
         analysis_lease: float = 120.0,
     ) -> None:
@@ -110,6 +118,7 @@ class Store:
         self.clock = clock
         self.lease = timedelta(seconds=lease)
         self.incident_window = incident_window
+        self.incident_min_severity: Severity = incident_min_severity
         self.analysis_delay = timedelta(seconds=analysis_delay)
         self.analysis_lease = timedelta(seconds=analysis_lease)
         self._log = log.bind(instance=instance)
@@ -178,9 +187,10 @@ class Store:
                 group_id,
                 ev.episode_id,
             )
-        await self._incident_open(conn, ev)
-        if early is not None:
-            await self._incident_clear(conn, ev.episode_id)
+        if forms_incidents(ev.severity, self.incident_min_severity):
+            await self._incident_open(conn, ev)
+            if early is not None:
+                await self._incident_clear(conn, ev.episode_id)
 
     async def _join_group(self, conn: Conn, route: Route, labels: Mapping[str, str], episode_id: str) -> int:
         key = group_key(route, labels)
