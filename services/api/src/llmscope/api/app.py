@@ -16,7 +16,18 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmscope.api.charts import EngineUnavailable
-from llmscope.api.routes import admin, alerts, charts, export, health, incidents, silences, stats, violations
+from llmscope.api.routes import (
+    admin,
+    alerts,
+    charts,
+    export,
+    health,
+    incidents,
+    silences,
+    spc_config,
+    stats,
+    violations,
+)
 from llmscope.api.runtime import Runtime
 from llmscope.api.settings import ApiSettings
 from llmscope.api.store import BadCursor, NotReady
@@ -70,7 +81,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.runtime = rt
     auth = [Depends(rt.auth.require)]
     app.include_router(health.router(rt))
-    for module in (stats, charts, violations, admin, export, alerts, incidents, silences):
+    for module in (stats, charts, violations, admin, export, alerts, incidents, silences, spc_config):
         app.include_router(module.router(rt), dependencies=auth)
 
     @app.exception_handler(NotReady)
@@ -97,7 +108,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
         # The chart routes answer with msgspec structs: add their schemas to the components.
         if app.openapi_schema is None:
             schema = default_openapi()
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(charts.openapi_components())
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(charts.openapi_components())
+            components.update(spc_config.openapi_components())
         return app.openapi_schema or default_openapi()
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -112,6 +125,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         rt.auth,
         WebOptions(refresh_s=settings.refresh_s, session_max_age_s=int(settings.session_days * 86400)),
         alerting=rt.alerting,
+        chart_settings=rt.spc_config,
     )
     app.add_middleware(MetricsMiddleware, runtime=rt)
     return app

@@ -16,6 +16,7 @@ from llmscope.api.db import create_pool
 from llmscope.api.metrics import ApiMetrics
 from llmscope.api.persister import Persister, retention_loop
 from llmscope.api.settings import ApiSettings
+from llmscope.api.spc_config import SpcConfigStore
 from llmscope.api.store import Store
 from llmscope.api.switches import ModelSwitchWriter
 from llmscope.bus.connection import connect
@@ -34,6 +35,7 @@ class Runtime:
         self.metrics = ApiMetrics()
         self.auth = KeyAuth(settings.api_key, session_s=settings.session_days * 86400)
         self.charts = ChartViews(settings.charts_bucket, settings.spc_request_timeout_s)
+        self.spc_config = SpcConfigStore(self.charts, replicas=settings.bus.replicas)
         self.switches = ModelSwitchWriter(replicas=settings.bus.replicas)
         self.store = Store(charts=self.charts, switches=self.switches)
         self.nc: NATS | None = None
@@ -54,6 +56,7 @@ class Runtime:
             await ensure_streams(js, s.bus)
             self.publisher = Publisher(js)
             self.charts.attach(self.nc)
+            self.spc_config.attach(self.nc)
             self.switches.attach(self.nc)
             if s.persister:
                 self.persister = Persister(
@@ -75,6 +78,7 @@ class Runtime:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
             self.charts.attach(None)
+            self.spc_config.attach(None)
             self.switches.attach(None)
             if self.nc is not None:
                 with contextlib.suppress(Exception):

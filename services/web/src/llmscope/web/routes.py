@@ -18,6 +18,7 @@ from fastapi.staticfiles import StaticFiles
 
 from llmscope.web.alerting import AlertingData
 from llmscope.web.alerting_routes import add_alerting_routes
+from llmscope.web.chart_settings import ChartSettingsData, add_chart_settings_routes
 from llmscope.web.data import (
     METRICS,
     WINDOWS_H,
@@ -93,6 +94,7 @@ def create_router(
     options: WebOptions | None = None,
     pages: Pages | None = None,
     alerting: AlertingData | None = None,
+    chart_settings: ChartSettingsData | None = None,
 ) -> APIRouter:
     """All dashboard routes, bound to the injected data access and authenticator (and, with
     ``alerting``, the incidents, silences and notifications pages)."""
@@ -434,6 +436,8 @@ def create_router(
 
     if alerting is not None:
         add_alerting_routes(router, alerting, Session, pages, opts.actor, _setup_context)
+    if chart_settings is not None:
+        add_chart_settings_routes(router, chart_settings, Session, pages)
     return router
 
 
@@ -443,11 +447,12 @@ def install(
     auth: Authenticator,
     options: WebOptions | None = None,
     alerting: AlertingData | None = None,
+    chart_settings: ChartSettingsData | None = None,
 ) -> None:
     """Mount the dashboard and its static files (htmx, CSS) on an application."""
     static_dir = files("llmscope.web") / "static"
     app.mount("/static", StaticFiles(directory=str(static_dir)), name="static")
-    app.include_router(create_router(data, auth, options, alerting=alerting))
+    app.include_router(create_router(data, auth, options, alerting=alerting, chart_settings=chart_settings))
 
 
 __all__ = ["SESSION_COOKIE", "Series", "WebOptions", "create_router", "install"]

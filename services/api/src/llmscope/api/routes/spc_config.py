@@ -1,0 +1,102 @@
+"""Per-model SPC chart settings: read (defaults, overrides, effective), change, reset.
+
+The body of ``PUT`` is a :class:`~llmscope.proto.chartconfig.ModelOverrides` (every setting
+optional, ``updated_by`` required); the SPC engine applies it from the next telemetry it charts
+(see that module for which changes start a new baseline).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import JSONResponse, Response
+
+from llmscope.api.runtime import Runtime
+from llmscope.proto.chartconfig import ModelConfigView, ModelOverrides
+from llmscope.web.chart_settings import SettingsRejected, SettingsUnavailable
+
+_SCHEMAS, _COMPONENTS = msgspec.json.schema_components(
+    [ModelConfigView, ModelOverrides], ref_template="#/components/schemas/{name}"
+)
+VIEW_SCHEMA, OVERRIDES_SCHEMA = _SCHEMAS
+
+Provider = Annotated[str, Path(min_length=1, max_length=64)]
+Model = Annotated[str, Path(min_length=1, max_length=256, description="model name; may contain `/`")]
+_VIEW: dict[int | str, dict[str, Any]] = {200: {"content": {"application/json": {"schema": VIEW_SCHEMA}}}}
+_UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {"description": "not connected to NATS (starting or stopping)"}
+}
+
+
+def _json(value: object) -> Response:
+    return Response(msgspec.json.encode(value), media_type="application/json")
+
+
+def rejected(exc: SettingsRejected) -> JSONResponse:
+    """422 in FastAPI's shape, with the JSON path of the bad field (``$.cusum.h``)."""
+    loc: list[str | int] = ["body"]
+    for part in exc.path.removeprefix("$").replace("[", ".[").split("."):
+        if part.startswith("[") and part.endswith("]") and part[1:-1].isdigit():
+            loc.append(int(part[1:-1]))
+        elif part:
+            loc.append(part)
+    detail = [{"loc": loc, "path": exc.path, "msg": exc.message, "type": "value_error"}]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+def unavailable(exc: SettingsUnavailable) -> JSONResponse:
+    return JSONResponse({"detail": f"starting or stopping: {exc}"}, status_code=503)
+
+
+def router(rt: Runtime) -> APIRouter:
+    api = APIRouter(prefix="/api/spc/config", tags=["spc settings"])
+
+    @api.get("/{provider}/{model:path}", response_class=Response, responses={**_VIEW, **_UNAVAILABLE})
+    async def get_settings(provider: Provider, model: Model) -> Response:
+        """A model's chart settings: the engine's defaults per metric, the raw overrides (null
+        when none), the effective settings (defaults plus overrides; null while no engine has
+        published its defaults) and, per chart, whether it runs with them yet and its expected
+        in-control run length of critical signals."""
+        try:
+            return _json(await rt.spc_config.view(provider, model))
+        except SettingsUnavailable as exc:
+            return unavailable(exc)
+
+    @api.put(
+        "/{provider}/{model:path}",
+        response_class=Response,
+        responses={**_VIEW, 422: {"description": "a setting out of range; `path` names it"}, **_UNAVAILABLE},
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": OVERRIDES_SCHEMA}}}
+        },
+    )
+    async def put_settings(provider: Provider, model: Model, request: Request) -> Response:
+        """Replace the model's overrides; the engine applies them from the next probe it charts.
+
+        Rules on/off, K, severities, EWMA and CUSUM parameters keep the baseline; a change of
+        ``transform``, ``baseline_n`` or ``sigma_estimator`` starts a new one, recorded with
+        ``updated_by`` and the reason, and clears the chart's open violations.
+        """
+        try:
+            return _json(await rt.spc_config.put(provider, model, await request.body()))
+        except SettingsRejected as exc:
+            return rejected(exc)
+        except SettingsUnavailable as exc:
+            return unavailable(exc)
+
+    @api.delete("/{provider}/{model:path}", response_class=Response, responses={**_VIEW, **_UNAVAILABLE})
+    async def delete_settings(provider: Provider, model: Model) -> Response:
+        """Remove the model's overrides: its charts go back to the engine's defaults."""
+        try:
+            return _json(await rt.spc_config.delete(provider, model))
+        except SettingsUnavailable as exc:
+            return unavailable(exc)
+
+    return api
+
+
+def openapi_components() -> dict[str, Any]:
+    """Schemas the routes above refer to, for the app's OpenAPI document."""
+    return _COMPONENTS
