@@ -128,3 +128,50 @@ def test_up_detects_an_injected_shift_and_keeps_its_data(tmp_path: Path) -> None
     with llmscope_up(data_dir, FAST) as again, again.client() as client:
         assert again.api_key == key
         assert client.get(f"/api/violations/{kept_violation}").status_code == 200
+
+
+def _incidents(client: httpx.Client) -> list[dict[str, Any]]:
+    reply = client.get("/api/incidents", params={"limit": 50})
+    if reply.status_code != 200:
+        return []
+    body = reply.json()
+    items: list[dict[str, Any]] = body["items"] if isinstance(body, dict) else body
+    return items
+
+
+def test_a_cascade_on_one_host_becomes_one_incident_naming_every_model(tmp_path: Path) -> None:
+    on_host = {"llama3.1:8b", "qwen2.5:7b"}
+    env = {
+        **FAST,
+        "LLMSCOPE_SIM_MODELS": "llama3.1:8b@sim-gpu-1 qwen2.5:7b@sim-gpu-1 gpt-4o-mini@sim-openai",
+        "LLMSCOPE_ANALYSIS_DELAY_S": "1",
+    }
+    with llmscope_up(tmp_path / "data", env) as stack, stack.client() as client:
+        for model in on_host:
+            wait_for(lambda m=model: _points(client, m) >= 3 * 60, 150, what=f"baseline data of {model}")
+        before = {i["id"] for i in _incidents(client)}
+
+        injected = stack.llmscope("sim", "inject", "cascade", "--host", "sim-gpu-1", "--factor", "3")
+        assert injected.returncode == 0, injected.stderr
+
+        def cascade() -> list[dict[str, Any]]:
+            return [i for i in _incidents(client) if i["id"] not in before and on_host <= set(i["models"])]
+
+        found = wait_for(cascade, 60, what=f"one incident naming both models\n{stack.log()}")
+        incident = found[0]  # type: ignore[index]
+        assert incident["cascade"] is True
+        assert incident["host"] == "sim-gpu-1"
+        assert "gpt-4o-mini" not in incident["models"]
+        open_on_host = [
+            i for i in _incidents(client) if i["state"] != "resolved" and i["host"] == "sim-gpu-1"
+        ]
+        assert [i["id"] for i in open_on_host] == [incident["id"]]
+
+        def analysed() -> dict[str, Any] | None:
+            detail: dict[str, Any] = client.get(f"/api/incidents/{incident['id']}").json()
+            return detail if detail.get("analysis") else None
+
+        detail = wait_for(analysed, 30, what="the incident's analysis")
+        analysis = detail["analysis"]  # type: ignore[index]
+        assert analysis["deterministic_only"] is True  # no LLM configured here
+        assert all(model in analysis["summary"] for model in on_host)
