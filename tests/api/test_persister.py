@@ -14,6 +14,7 @@ from llmscope.api.db import create_pool, migrate, migrations
 from llmscope.api.persister import Persister, apply_retention, store_telemetry, store_violations
 from llmscope.api.settings import ApiSettings
 from llmscope.bus.publisher import Publisher
+from llmscope.bus.streams import DEFAULT_TELEMETRY_PARTITIONS, telemetry_partition
 from llmscope.config.env import Secret
 from llmscope.proto import codec, subjects
 from tests.api.factories import T0, cleared, telemetry, violation
@@ -123,7 +124,9 @@ async def test_persister_over_jetstream(pool: asyncpg.Pool, js: JetStreamContext
         reason = await pool.fetchval("SELECT reason FROM dead_letters")
         assert "malformed" in reason
         subject_dl = await pool.fetchval("SELECT subject FROM dead_letters")
-        assert subject_dl == subject
+        # The subject as stored: the telemetry stream appends the model's partition.
+        k = telemetry_partition(ev.provider, ev.model, DEFAULT_TELEMETRY_PARTITIONS)
+        assert subject_dl == f"{subject}.{k}"
         assert persister.telemetry.dead_lettered == 1
         assert await pool.fetchval("SELECT sum(n) FROM telemetry_minute") == 2
     finally:

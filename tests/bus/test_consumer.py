@@ -12,6 +12,7 @@ from nats.js import JetStreamContext
 from llmscope.bus.consumer import ConsumerOptions, Delivery, DurableConsumer
 from llmscope.bus.deadletter import DeadLetters
 from llmscope.bus.publisher import Publisher
+from llmscope.bus.streams import DEFAULT_TELEMETRY_PARTITIONS, telemetry_partition
 from llmscope.proto import codec, subjects
 from llmscope.proto.deadletter import DeadLetterEvent
 from llmscope.proto.telemetry import TelemetryEvent
@@ -83,7 +84,9 @@ async def test_malformed_messages_are_dead_lettered_and_the_rest_handled(js: Jet
     assert [e.id for e in seen] == [e.id for e in good]
     letters = await dead_letters_in(js)
     assert len(letters) == 2
-    assert all(letter.subject == SUBJECT for letter in letters)
+    # The subject as stored: the telemetry stream appends the model's partition.
+    partition = telemetry_partition("ollama", "llama3.1:8b", DEFAULT_TELEMETRY_PARTITIONS)
+    assert all(letter.subject == f"{SUBJECT}.{partition}" for letter in letters)
     assert any("malformed" in letter.reason and "$" in letter.reason for letter in letters)
     assert {letter.payload_encoding for letter in letters} == {"utf-8", "base64"}
     info = await js.consumer_info(subjects.STREAM_TELEMETRY, "test")

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from llmscope.bus.publisher import Publisher
 from llmscope.bus.settings import BusSettings
-from llmscope.bus.streams import ensure_streams
+from llmscope.bus.streams import DEFAULT_TELEMETRY_PARTITIONS, ensure_streams, telemetry_partition
 from llmscope.prober.metrics import ProberMetrics
 from llmscope.prober.outbox import Outbox
 from llmscope.prober.prompts import DEFAULT_PROMPTS
@@ -91,7 +91,9 @@ async def test_telemetry_lands_on_the_right_subjects(sim: SimServer, js: JetStre
     events = await _stream_events(js, outbox.published)
     by_target: dict[str, list[TelemetryEvent]] = {}
     for subject, event in events:
-        assert subject == subjects.telemetry(event.provider, event.model)
+        # Published on the public subject, stored with the model's partition appended.
+        k = telemetry_partition(event.provider, event.model, DEFAULT_TELEMETRY_PARTITIONS)
+        assert subject == f"{subjects.telemetry(event.provider, event.model)}.{k}"
         assert event.prober == "test-prober"
         assert event.prompt_text is None
         assert event.gpu_percent is None

@@ -6,13 +6,13 @@ import functools
 
 import msgspec
 
+from llmscope.bus.streams import telemetry_partition
 from llmscope.proto.charts import ChartMeta, chart_key, parse_chart_key
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.proto.violation import ViolationEvent
 from llmscope.spc_engine.chart import MetricChart
 from llmscope.spc_engine.config import ChartConfig, default_config
 from llmscope.spc_engine.engine import ChartSnapshot, Engine, Snapshot, decode_snapshot, render_view
-from llmscope.spc_engine.service import owner
 
 from .helpers import telemetry_stream
 
@@ -96,7 +96,7 @@ async def test_partitions_are_disjoint_and_complete() -> None:
 
 
 def owned_by(replica: int, provider: str, model: str) -> bool:
-    return owner(provider, model, 2) == replica
+    return telemetry_partition(provider, model, 16) % 2 == replica
 
 
 def test_view_reports_progress_limits_and_arl() -> None:

@@ -62,7 +62,7 @@ async def test_rebaseline_and_list_against_a_running_engine(
     stop = asyncio.Event()
     task = asyncio.create_task(serve(settings(nats_url), stop))
     try:
-        await wait_consumed(js, "spc-engine-0-of-1", len(events))
+        await wait_consumed(js, events, len(events))
         kv = await js.key_value(subjects.SPC_CHARTS_BUCKET)
 
         async def armed() -> bool:

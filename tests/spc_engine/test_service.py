@@ -12,18 +12,20 @@ import msgspec
 import nats
 from nats.js import JetStreamContext
 
+from llmscope.bus.kv import open_bucket
 from llmscope.bus.settings import BusSettings
-from llmscope.bus.streams import ensure_streams
+from llmscope.bus.streams import ensure_streams, telemetry_partition
 from llmscope.proto import codec, subjects
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.proto.violation import ViolationEvent
 from llmscope.spc_engine.engine import ChartSnapshot, Engine, decode_snapshot
-from llmscope.spc_engine.service import config_for, serve
+from llmscope.spc_engine.service import SpcService, checkpoint_key, config_for, partition_durable, serve
 from llmscope.spc_engine.settings import SpcSettings
 
 from .helpers import telemetry_stream
 
 BASELINE = 40
+PARTITIONS = 16
 
 
 async def expected_ids(events: Sequence[TelemetryEvent], settings: SpcSettings) -> list[str]:
@@ -32,6 +34,22 @@ async def expected_ids(events: Sequence[TelemetryEvent], settings: SpcSettings) 
     for seq, ev in enumerate(events, start=1):
         out += [v.id for v in await engine.on_telemetry(ev, seq)]
     return out
+
+
+def by_model(got: Sequence[ViolationEvent]) -> dict[str, list[str]]:
+    """Violation ids per model, in publication order (partitions interleave freely)."""
+    out: dict[str, list[str]] = {}
+    for v in got:
+        out.setdefault(v.model, []).append(v.id)
+    return out
+
+
+def assert_exactly(got: Sequence[ViolationEvent], expected: Sequence[str]) -> None:
+    """The same violations as one uninterrupted engine, each once, in order within each model."""
+    assert sorted(v.id for v in got) == sorted(expected)
+    order = {vid: i for i, vid in enumerate(expected)}
+    for ids in by_model(got).values():
+        assert ids == sorted(ids, key=order.__getitem__)
 
 
 async def publish_all(js: JetStreamContext, events: Sequence[TelemetryEvent]) -> None:
@@ -60,18 +78,42 @@ async def violations(js: JetStreamContext) -> list[ViolationEvent]:
     return out
 
 
-async def wait_consumed(js: JetStreamContext, durable: str, last_seq: int, within: float = 60) -> None:
+def partition_of(ev: TelemetryEvent) -> int:
+    return telemetry_partition(ev.provider, ev.model, PARTITIONS)
+
+
+def partition_ends(events: Sequence[TelemetryEvent], last_seq: int) -> dict[int, int]:
+    """The last stream sequence of each partition among the first ``last_seq`` events."""
+    return {partition_of(ev): seq for seq, ev in enumerate(events[:last_seq], start=1)}
+
+
+async def unfinished(js: JetStreamContext, events: Sequence[TelemetryEvent], last_seq: int) -> list[int]:
+    """Partitions whose consumer has not acked its share of the first ``last_seq`` events."""
+    out = []
+    for partition, seq in partition_ends(events, last_seq).items():
+        try:
+            info = await js.consumer_info(subjects.STREAM_TELEMETRY, partition_durable(partition))
+        except nats.js.errors.NotFoundError:
+            out.append(partition)
+            continue
+        if info.ack_floor is None or info.ack_floor.stream_seq < seq:
+            out.append(partition)
+    return out
+
+
+async def wait_consumed(
+    js: JetStreamContext, events: Sequence[TelemetryEvent], last_seq: int, within: float = 60
+) -> None:
+    """Wait until the partition consumers acked the first ``last_seq`` events."""
     loop = asyncio.get_running_loop()
     end = loop.time() + within
     while loop.time() < end:
-        try:
-            info = await js.consumer_info(subjects.STREAM_TELEMETRY, durable)
-            if info.ack_floor is not None and info.ack_floor.stream_seq >= last_seq:
-                return
-        except nats.js.errors.NotFoundError:
-            pass
+        if not await unfinished(js, events, last_seq):
+            return
         await asyncio.sleep(0.1)
-    raise AssertionError(f"{durable} did not reach {last_seq}")
+    raise AssertionError(
+        f"not consumed up to {last_seq}: partitions {await unfinished(js, events, last_seq)}"
+    )
 
 
 async def wait_started(js: JetStreamContext, durable: str, before: object, within: float = 30) -> object:
@@ -95,8 +137,10 @@ def settings(url: str, replicas: int = 1, replica: int = 0) -> SpcSettings:
         baseline_n=BASELINE,
         snapshot_interval_s=0.05,
         batch_size=64,
+        partitions=PARTITIONS,
         replicas=replicas,
         replica=replica,
+        lease_ttl_s=2.0,
     )
 
 
@@ -110,14 +154,15 @@ async def test_violations_published_then_acked_and_charts_in_kv(nats_url: str) -
     stop = asyncio.Event()
     task = asyncio.create_task(serve(cfg, stop))
     try:
-        await wait_consumed(js, "spc-engine-0-of-1", len(events))
+        await wait_consumed(js, events, len(events))
         got = await violations(js)
         assert [v.id for v in got] == await expected_ids(events, cfg)
         assert any(v.severity == "critical" for v in got)
         kv = await js.key_value(subjects.SPC_CHARTS_BUCKET)
         # The checkpoint and the charts are written within the snapshot interval.
         await asyncio.sleep(0.3)
-        assert int((await kv.get("_checkpoint.0-of-1")).value or b"0") == len(events)
+        checkpoint = checkpoint_key(partition_of(events[0]))
+        assert int((await kv.get(checkpoint)).value or b"0") == len(events)
         key = next(v.chart_key for v in got if v.state == "open" and v.metric == "latency_ms")
         snap = decode_snapshot(key, (await kv.get(key)).value or b"")
         assert isinstance(snap, ChartSnapshot)
@@ -155,29 +200,25 @@ async def test_kill_9_and_restart_publishes_exactly_the_uninterrupted_violations
         "LLMSCOPE_SPC_BATCH_SIZE": "32",
     }
     cmd = [sys.executable, "-m", "llmscope.spc_engine"]
-    durable = "spc-engine-0-of-1"
+    durable = partition_durable(partition_of(events[0]))
     created = None
     for kill_at in (700, 1900):  # kill it twice mid-stream, once after the shift began
         proc = await asyncio.create_subprocess_exec(*cmd, env=env, stderr=asyncio.subprocess.DEVNULL)
         try:
             created = await wait_started(js, durable, created)
-            await wait_consumed(js, durable, kill_at)
+            await wait_consumed(js, events, kill_at)
         finally:
             proc.send_signal(signal.SIGKILL)
             await proc.wait()
-        info = await js.consumer_info(subjects.STREAM_TELEMETRY, durable)
-        assert info.ack_floor is not None
-        assert info.ack_floor.stream_seq < len(events), "killed too late to test anything"
+        assert await unfinished(js, events, len(events)), "killed too late to test anything"
     proc = await asyncio.create_subprocess_exec(*cmd, env=env, stderr=asyncio.subprocess.DEVNULL)
     try:
         await wait_started(js, durable, created)
-        await wait_consumed(js, durable, len(events), within=120)
+        await wait_consumed(js, events, len(events), within=120)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
-    got = [v.id for v in await violations(js)]
-    cfg = settings(nats_url)
-    assert got == await expected_ids(events, cfg)
+    assert_exactly(await violations(js), await expected_ids(events, settings(nats_url)))
     await nc.close()
 
 
@@ -189,11 +230,91 @@ async def test_two_replicas_share_the_charts(nats_url: str) -> None:
     await publish_all(js, events)
     stop = asyncio.Event()
     tasks = [asyncio.create_task(serve(settings(nats_url, replicas=2, replica=i), stop)) for i in range(2)]
-    for i in range(2):
-        await wait_consumed(js, f"spc-engine-{i}-of-2", len(events))
+    await wait_consumed(js, events, len(events))
     stop.set()
     assert await asyncio.gather(*tasks) == [0, 0]
     got = await violations(js)
-    assert sorted(v.id for v in got) == sorted(await expected_ids(events, settings(nats_url)))
+    assert_exactly(got, await expected_ids(events, settings(nats_url)))
     assert len({v.model for v in got}) >= 2
+    await nc.close()
+
+
+class Spied:
+    """A service whose engine records which points it charted: (holder, partition, seq)."""
+
+    def __init__(self, service: SpcService, log: list[tuple[str, int, int]]) -> None:
+        self.service = service
+        inner = service.engine.on_telemetry
+
+        async def on_telemetry(ev: TelemetryEvent, seq: int = 0) -> list[ViolationEvent]:
+            if service.engine.owns(ev.provider, ev.model):
+                log.append((service.holder, service.partition_of(ev.provider, ev.model), seq))
+            return await inner(ev, seq)
+
+        service.engine.on_telemetry = on_telemetry  # type: ignore[method-assign]
+
+
+async def test_replicas_own_disjoint_partitions_and_going_from_2_to_3_changes_nothing(
+    nats_url: str,
+) -> None:
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await ensure_streams(js, BusSettings())
+    events = telemetry_stream(2400, models=tuple(f"m{i}" for i in range(8)), shift_at=1500, seed=5)
+    assert len({partition_of(ev) for ev in events}) >= 4
+    charts = await open_bucket(js, subjects.SPC_CHARTS_BUCKET, description="test")
+    charted: list[tuple[str, int, int]] = []
+
+    def start(replicas: int, stop: asyncio.Event) -> tuple[list[SpcService], list[asyncio.Task[None]]]:
+        services = [
+            Spied(SpcService(settings(nats_url, replicas, i), nc, js, charts), charted).service
+            for i in range(replicas)
+        ]
+        return services, [asyncio.create_task(s.run(stop)) for s in services]
+
+    async def held(services: list[SpcService], within: float = 30) -> None:
+        for _ in range(int(within / 0.05)):
+            if all(s.held == set(s.partitions) for s in services):
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError([(s.holder, s.held) for s in services])
+
+    await publish_all(js, events[:1000])
+    stop_two = asyncio.Event()
+    two, two_tasks = start(2, stop_two)
+    await held(two)
+    assert two[0].held.isdisjoint(two[1].held)
+    assert two[0].held | two[1].held == set(range(PARTITIONS))
+    await wait_consumed(js, events, 1000)
+
+    # The three new replicas start while the two old ones still run: they wait for the leases.
+    stop_three = asyncio.Event()
+    three, three_tasks = start(3, stop_three)
+    await publish_all(js, events[1000:1600])
+    await wait_consumed(js, events, 1600)
+    assert all(not s.held for s in three)
+    stop_two.set()
+    await asyncio.gather(*two_tasks)
+    assert all(s.failed is None for s in two)
+    await held(three)
+    for i, s in enumerate(three):
+        assert s.held == {k for k in range(PARTITIONS) if k % 3 == i}
+    await publish_all(js, events[1600:])
+    await wait_consumed(js, events, len(events))
+    stop_three.set()
+    await asyncio.gather(*three_tasks)
+    assert all(s.failed is None for s in three)
+
+    got = await violations(js)
+    assert_exactly(got, await expected_ids(events, settings(nats_url)))
+    assert any(v.severity == "critical" for v in got)
+    # Every point charted exactly once (a clean hand-over replays nothing), each partition by
+    # one old replica and then one new one, never interleaved.
+    assert sorted(seq for _, _, seq in charted) == list(range(1, len(events) + 1))
+    for partition in {p for _, p, _ in charted}:
+        holders = [h for h, p, _ in charted if p == partition]
+        runs = [h for i, h in enumerate(holders) if i == 0 or holders[i - 1] != h]
+        assert len(runs) <= 2, (partition, runs)
+        assert runs[0].startswith(f"{partition % 2}-of-2@")
+        assert all(r.startswith(f"{partition % 3}-of-3@") for r in runs[1:])
     await nc.close()

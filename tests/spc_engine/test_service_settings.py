@@ -22,13 +22,21 @@ from llmscope.proto.charts import ChartRecord, chart_key, decode_record
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.spc_engine.config import to_settings
 from llmscope.spc_engine.engine import Engine, SettingsLog
-from llmscope.spc_engine.service import SpcService, config_for, settings_key
+from llmscope.spc_engine.service import SpcService, config_for, partition_durable, settings_key
 from llmscope.spc_engine.settings import SpcSettings
 
 from .helpers import telemetry_stream
-from .test_service import BASELINE, publish_all, settings, violations, wait_consumed, wait_started
-
-DURABLE = "spc-engine-0-of-1"
+from .test_service import (
+    BASELINE,
+    assert_exactly,
+    partition_of,
+    publish_all,
+    settings,
+    unfinished,
+    violations,
+    wait_consumed,
+    wait_started,
+)
 
 
 async def expected_ids(
@@ -78,7 +86,7 @@ async def test_a_rule_switch_applies_at_once_and_a_transform_change_rebaselines(
     task = asyncio.create_task(service.run(stop))
     try:
         await publish_all(js, events[:150])
-        await wait_consumed(js, DURABLE, 150)
+        await wait_consumed(js, events, 150)
         defaults = decode_defaults((await charts.get(DEFAULTS_KEY)).value or b"")
         assert defaults.metrics["latency_ms"] == to_settings(config_for(cfg, "latency_ms"))
         assert defaults.metrics["latency_ms"].baseline_n == BASELINE
@@ -88,7 +96,7 @@ async def test_a_rule_switch_applies_at_once_and_a_transform_change_rebaselines(
         await config.put(subjects.kv_key("ollama", "m1"), body)
         await seen(service, "ollama", "m1")
         await publish_all(js, events[150:])
-        await wait_consumed(js, DURABLE, 300)
+        await wait_consumed(js, events, 300)
         await asyncio.sleep(0.3)  # the next snapshot
 
         log = await settings_log(js, "ollama", "m1")
@@ -120,7 +128,7 @@ async def test_a_rule_switch_applies_at_once_and_a_transform_change_rebaselines(
         await seen(service, "ollama", "m1")
         more = telemetry_stream(302, seed=1)[300:]
         await publish_all(js, more)
-        await wait_consumed(js, DURABLE, 302)
+        await wait_consumed(js, [*events, *more], 302)
         log = await settings_log(js, "ollama", "m1")
         assert [(c.from_seq, c.overrides is None) for c in log.changes][-1] == (301, True)
     finally:
@@ -145,11 +153,12 @@ async def test_kill_9_around_a_settings_change_publishes_exactly_the_uninterrupt
     }
     cmd = [sys.executable, "-m", "llmscope.spc_engine"]
     created = None
+    durable = partition_durable(partition_of(events[0]))
 
     async def start() -> asyncio.subprocess.Process:
         nonlocal created
         proc = await asyncio.create_subprocess_exec(*cmd, env=env, stderr=asyncio.subprocess.DEVNULL)
-        created = await wait_started(js, DURABLE, created)
+        created = await wait_started(js, durable, created)
         return proc
 
     async def kill(proc: asyncio.subprocess.Process) -> None:
@@ -159,7 +168,7 @@ async def test_kill_9_around_a_settings_change_publishes_exactly_the_uninterrupt
     await publish_all(js, events[:1200])
     proc = await start()
     try:
-        await wait_consumed(js, DURABLE, 1200)
+        await wait_consumed(js, events, 1200)
         config = await js.key_value(subjects.SPC_CONFIG_BUCKET)
         await config.put(
             subjects.kv_key("ollama", "a"),
@@ -168,20 +177,18 @@ async def test_kill_9_around_a_settings_change_publishes_exactly_the_uninterrupt
         await config.put(subjects.kv_key("ollama", "b"), overrides(cusum={"k": [0.5], "h": [5.0]}))
         await asyncio.sleep(1.0)  # seen while idle: adopted from the next batch on
         await publish_all(js, events[1200:])
-        await wait_consumed(js, DURABLE, 1260)  # soon after the change: before its snapshot, likely
+        await wait_consumed(js, events, 1260)  # soon after the change: before its snapshot, likely
     finally:
         await kill(proc)
-    info = await js.consumer_info(subjects.STREAM_TELEMETRY, DURABLE)
-    assert info.ack_floor is not None
-    assert info.ack_floor.stream_seq < len(events), "killed too late to test anything"
+    assert await unfinished(js, events, len(events)), "killed too late to test anything"
     proc = await start()
     try:
-        await wait_consumed(js, DURABLE, 2000)
+        await wait_consumed(js, events, 2000)
     finally:
         await kill(proc)
     proc = await start()
     try:
-        await wait_consumed(js, DURABLE, len(events), within=120)
+        await wait_consumed(js, events, len(events), within=120)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
@@ -190,7 +197,7 @@ async def test_kill_9_around_a_settings_change_publishes_exactly_the_uninterrupt
         assert len(log.changes) == 1
         assert 1200 < log.changes[0].from_seq < 1300
     got = await violations(js)
-    assert [v.id for v in got] == await expected_ids(events, settings(nats_url), logs)
+    assert_exactly(got, await expected_ids(events, settings(nats_url), logs))
     rebaselined = [v for v in got if v.model == "a" and v.baseline.created_by == "ann"]
     assert rebaselined, "violations after the change name the baseline the change started"
     await nc.close()

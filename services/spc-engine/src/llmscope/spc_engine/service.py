@@ -4,37 +4,58 @@ Ack after publish: the lead's :class:`~llmscope.bus.consumer.DurableConsumer` ac
 after the handler returns, and the handler returns only after JetStream acknowledged every
 violation it published (``Publisher`` awaits the PubAck, ``Nats-Msg-Id`` = violation id).
 
-Exact recovery: every ``snapshot_interval_s`` the changed charts are written to the KV bucket
-(each with the last stream sequence it applied), then the replica's checkpoint key
-``_checkpoint.<replica>-of-<replicas>`` with the sequence every chart has covered. At start the
-durable consumer is recreated to deliver from checkpoint + 1; charts load lazily from the KV
-bucket and skip sequences they already applied. Replayed points recompute the same violations
-with the same ids, and JetStream's duplicate window drops them (the API persister also stores
-by id). A publish that fails after the publisher's retries stops the service (exit 1): its
-supervisor restarts it and the replay from the checkpoint publishes what was missed.
+Partitions (scale-out): the telemetry stream stores every model's messages in one of
+``LLMSCOPE_SPC_PARTITIONS`` (P) partitions, a hash of provider and model computed by nats-server
+(:mod:`llmscope.bus.streams`). Replica i of N owns the partitions k with ``k % N == i``; each
+partition has its own durable consumer ``spc-engine-p<k>``, filtered to that partition, and its
+own checkpoint ``_checkpoint.p<k>``, so a replica reads only its share of the stream. P is fixed
+for the life of the stream; N can change at any time.
 
-Scale-out: replica i of N owns the charts of models with ``sha256(provider/model) % N == i``;
-each replica has its own durable consumer and checkpoint, sees the whole telemetry stream and
-skips what it does not own. Changing N gives new consumer names with no checkpoint: they
-replay the stream from its start, and charts skip what their snapshots already cover, so no
-chart is lost and none is processed twice.
+One holder per partition: before consuming a partition a replica takes its lease (KV key
+``_lease.p<k>``, written with compare-and-set on the revision, renewed every ``ttl / 4``). A
+lease is free when deleted (a replica releases its leases after its final snapshot on a clean
+stop), taken at once when its holder has this replica's identity (``<i>-of-<N>@<host>``: the
+same replica restarted), and taken over when its revision has not changed for
+``LLMSCOPE_SPC_LEASE_TTL_S`` (its holder died). A replica whose lease renewal fails, or that
+could not renew within ``0.75 ttl``, stops charting and acking before anybody else may take the
+partition, and exits 1. So when N changes, a partition moves only after its old owner stopped
+(or its lease expired), and the new owner resumes the partition from its checkpoint: never from
+the stream's start, never while the old owner still charts it.
+
+Exact recovery: every ``snapshot_interval_s`` the changed charts are written to the KV bucket
+(each with the last stream sequence it applied), then each partition's checkpoint with the last
+sequence of that partition every chart has covered. A partition's consumer is recreated, when it
+is taken, to deliver from its checkpoint + 1; charts load lazily from the KV bucket (so the new
+owner of a partition continues its charts) and skip sequences they already applied. Replayed
+points recompute the same violations with the same ids, and JetStream's duplicate window drops
+them (the API persister also stores by id). A publish that fails after the publisher's retries
+stops the service (exit 1): its supervisor restarts it and the replay from the checkpoint
+publishes what was missed.
+
+Migration from per-replica consumers (``spc-engine-<i>-of-<N>`` reading the whole stream, with
+checkpoints ``_checkpoint.<i>-of-<N>``): stop every old replica first. At start the service
+deletes those consumers and checkpoints; charts keep their snapshots and continue from them.
+Telemetry stored before the stream was partitioned is not read again (it has no partition).
 
 Per-model settings (:mod:`llmscope.proto.chartconfig`): the service watches the overrides bucket
-``llmscope_spc_config``. A change it sees for a model it owns is adopted before the next batch
-of telemetry is charted, from that batch's first stream sequence on: the model's settings log
-(``_settings.<provider>.<model>`` in the chart bucket) is written, and acknowledged by
-JetStream, before the batch is charted, and loaded at start, so a replay after a crash applies
-the change at the same point. Changes older than the checkpoint are pruned from the log, except
-the one still in force. At start the service also writes its defaults (``_defaults``).
+``llmscope_spc_config``. A change it sees for a model of a partition it holds is adopted before
+the partition's next batch of telemetry is charted, from that batch's first stream sequence on:
+the model's settings log (``_settings.<provider>.<model>`` in the chart bucket) is written, and
+acknowledged by JetStream, before the batch is charted, and loaded when the partition is taken,
+so a replay after a crash or a move applies the change at the same point. Changes older than the
+partition's checkpoint are pruned from the log, except the one still in force. At start the
+service also writes its defaults (``_defaults``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
+import functools
+import re
+import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 
 import msgspec
@@ -42,7 +63,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from llmscope.bus.connection import connect
@@ -50,7 +71,12 @@ from llmscope.bus.consumer import ConsumerOptions, Delivery, DurableConsumer
 from llmscope.bus.deadletter import DeadLetters
 from llmscope.bus.kv import open_bucket, watch_bucket
 from llmscope.bus.publisher import Publisher
-from llmscope.bus.streams import ensure_streams
+from llmscope.bus.streams import (
+    PartitionMismatchError,
+    ensure_streams,
+    telemetry_partition,
+    telemetry_partition_filter,
+)
 from llmscope.config.logs import get_logger
 from llmscope.proto import codec, subjects
 from llmscope.proto.chartconfig import (
@@ -71,10 +97,26 @@ from llmscope.spc_engine.settings import SpcSettings
 log = get_logger("llmscope.spc_engine")
 
 
-def owner(provider: str, model: str, replicas: int) -> int:
-    """The replica that owns a model's charts."""
-    digest = hashlib.sha256(f"{provider}/{model}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % replicas
+def owned_partitions(partitions: int, replicas: int, replica: int) -> list[int]:
+    """The partitions replica ``replica`` of ``replicas`` owns."""
+    return [k for k in range(partitions) if k % replicas == replica]
+
+
+def partition_durable(partition: int) -> str:
+    """Name of a partition's durable consumer on the telemetry stream."""
+    return f"spc-engine-p{partition}"
+
+
+def checkpoint_key(partition: int) -> str:
+    return f"_checkpoint.p{partition}"
+
+
+def lease_key(partition: int) -> str:
+    return f"_lease.p{partition}"
+
+
+_LEGACY_CONSUMER = re.compile(r"spc-engine-\d+-of-\d+")
+_LEGACY_CHECKPOINT = re.compile(r"_checkpoint\.\d+-of-\d+")
 
 
 def config_for(settings: SpcSettings, metric: str) -> ChartConfig:
@@ -97,8 +139,92 @@ def settings_key(provider: str, model: str) -> str:
     return SETTINGS_PREFIX + subjects.kv_key(provider, model)
 
 
+class LeaseLostError(RuntimeError):
+    """This replica can no longer be sure it is the only holder of a partition."""
+
+
+class PartitionLease:
+    """Exclusive hold of one partition: a KV key written with compare-and-set (see module doc)."""
+
+    def __init__(
+        self,
+        kv: KeyValue,
+        key: str,
+        holder: str,
+        ttl: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._kv = kv
+        self.key = key
+        self.holder = holder
+        self.ttl = ttl
+        self._clock = clock
+        self._revision = 0
+        self._renewed = float("-inf")
+        self._lost = False
+
+    async def acquire(self, stop: asyncio.Event) -> bool:
+        """Wait until the lease is ours (True), or until ``stop`` (False)."""
+        seen: tuple[int, float] | None = None
+        waiting_on = ""
+        while not stop.is_set():
+            try:
+                entry = await self._kv.get(self.key)
+            except KeyNotFoundError:  # never taken, or released (deleted)
+                entry = None
+            sent = self._clock()
+            try:
+                if entry is None or not entry.value:
+                    revision = await self._kv.create(self.key, self.holder.encode())
+                    return self._taken(revision, sent, "free")
+                holder = entry.value.decode()
+                revision = entry.revision or 0
+                if seen is None or seen[0] != revision:
+                    seen = (revision, sent)
+                if holder == self.holder or sent - seen[1] >= self.ttl:
+                    revision = await self._kv.update(self.key, self.holder.encode(), last=revision)
+                    return self._taken(revision, sent, holder)
+            except KeyWrongLastSequenceError:
+                continue  # somebody else moved first: look again
+            if waiting_on != holder:
+                waiting_on = holder
+                log.info("waiting for partition", lease=self.key, holder=holder, ttl_s=self.ttl)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), min(self.ttl / 4, 1.0))
+        return False
+
+    def _taken(self, revision: int, sent: float, previous: str) -> bool:
+        self._revision = revision
+        self._renewed = sent
+        self._lost = False
+        log.info("partition lease taken", lease=self.key, holder=self.holder, previous=previous)
+        return True
+
+    async def renew(self) -> None:
+        sent = self._clock()
+        try:
+            self._revision = await self._kv.update(self.key, self.holder.encode(), last=self._revision)
+        except (KeyWrongLastSequenceError, KeyNotFoundError) as exc:
+            self._lost = True
+            raise LeaseLostError(f"{self.key} was taken over") from exc
+        self._renewed = sent
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLostError` unless the lease is surely still ours."""
+        if self._lost or self._clock() - self._renewed > 0.75 * self.ttl:
+            self._lost = True
+            raise LeaseLostError(f"{self.key} was not renewed in time")
+
+    async def release(self) -> None:
+        if self._lost or not self._revision:
+            return
+        with contextlib.suppress(Exception):
+            await self._kv.delete(self.key, last=self._revision)
+        self._revision = 0
+
+
 class _ResumingConsumer(DurableConsumer[TelemetryEvent]):
-    """The shared durable consumer, recreated to start right after the checkpoint."""
+    """A partition's durable consumer, recreated to start right after its checkpoint."""
 
     def __init__(self, *, start_seq: int, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -112,34 +238,49 @@ class _ResumingConsumer(DurableConsumer[TelemetryEvent]):
 
 
 class SpcService:
-    """Wires the pure :class:`Engine` to JetStream (consumer, publisher, KV snapshots)."""
+    """Wires the pure :class:`Engine` to JetStream (consumers, publisher, KV snapshots)."""
 
-    def __init__(self, settings: SpcSettings, nc: NATS, js: JetStreamContext, kv: KeyValue) -> None:
+    def __init__(
+        self,
+        settings: SpcSettings,
+        nc: NATS,
+        js: JetStreamContext,
+        kv: KeyValue,
+        *,
+        holder: str | None = None,
+    ) -> None:
         self.settings = settings
         self._nc = nc
         self._js = js
         self._kv = kv
         self._publisher = Publisher(js)
         self._name = f"{settings.replica}-of-{settings.replicas}"
-        self._checkpoint_key = f"_checkpoint.{self._name}"
+        self.holder = holder or f"{self._name}@{socket.gethostname()}"
+        self.partitions = owned_partitions(settings.partitions, settings.replicas, settings.replica)
+        self.held: set[int] = set()
+        """Partitions whose lease this replica holds (their charts are its to process)."""
+        self._leases: dict[int, PartitionLease] = {}
         self.engine = Engine(
             config_for=lambda metric: config_for(settings, metric),
             load=self._load,
-            owns=lambda p, m: owner(p, m, settings.replicas) == settings.replica,
+            owns=lambda p, m: self.partition_of(p, m) in self.held,
         )
-        self._last_seq = 0
+        self._last_seq: dict[int, int] = {}
+        self._checkpointed: dict[int, int] = {}
         self._last_snapshot = time.monotonic()
         self._lock = asyncio.Lock()
         self.failed: BaseException | None = None
         self._halt = asyncio.Event()
         self.published = 0
-        self._checkpointed = 0
         # Overrides seen in the bucket and not yet adopted, by (provider, model).
         self._pending: dict[tuple[str, str], ModelOverrides | None] = {}
 
+    def partition_of(self, provider: str, model: str) -> int:
+        return telemetry_partition(provider, model, self.settings.partitions)
+
     @property
     def pending_overrides(self) -> frozenset[tuple[str, str]]:
-        """Models whose overrides changed and apply from the next batch."""
+        """Models whose overrides changed and apply from their partition's next batch."""
         return frozenset(self._pending)
 
     def on_overrides(self, key: str, value: bytes | None) -> None:
@@ -148,32 +289,36 @@ class SpcService:
         if self.engine.owns(provider, model):
             self._pending[(provider, model)] = None if value is None else decode_overrides(value)
 
-    async def adopt_overrides(self, from_seq: int) -> None:
-        """Make the pending overrides apply from ``from_seq``, durably, before charting it."""
-        pending, self._pending = self._pending, {}
-        for (provider, model), overrides in pending.items():
+    async def adopt_overrides(self, partition: int, from_seq: int) -> None:
+        """Make a partition's pending overrides apply from ``from_seq``, durably, before charting it."""
+        mine = [pm for pm in self._pending if self.partition_of(*pm) == partition]
+        for provider, model in mine:
+            overrides = self._pending.pop((provider, model))
             if not self.engine.set_overrides(provider, model, overrides, from_seq):
                 continue
-            self.engine.prune_settings(provider, model, self._checkpointed)
+            self.engine.prune_settings(provider, model, self._checkpointed.get(partition, 0))
             log_ = self.engine.settings_log(provider, model)
             await self._kv.put(settings_key(provider, model), msgspec.json.encode(log_))
             who = overrides.updated_by if overrides is not None else "(removed)"
             log.info("settings adopted", provider=provider, model=model, from_seq=from_seq, by=who)
 
-    async def load_settings(self) -> None:
-        """The settings logs of the models this replica owns, from the chart bucket."""
+    async def _entries(self, kv: KeyValue, keys: str) -> AsyncIterator[tuple[str, bytes]]:
+        """The current (key, value) of the keys matching ``keys`` (a KV key filter)."""
+        watcher = await kv.watch(keys, ignore_deletes=True)
         try:
-            keys = await self._kv.keys()
-        except NoKeysError:
-            return
-        for key in keys:
-            if not key.startswith(SETTINGS_PREFIX):
-                continue
-            entry = await self._kv.get(key)
-            if entry.value is None:
-                continue
-            settings_log = msgspec.json.decode(entry.value, type=SettingsLog)
-            if self.engine.owns(settings_log.provider, settings_log.model):
+            async for entry in watcher:
+                if entry is None:  # end of the current values
+                    break
+                if entry.value:
+                    yield entry.key, entry.value
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+
+    async def load_settings(self, partitions: Collection[int]) -> None:
+        """The settings logs of the models of ``partitions``, from the chart bucket."""
+        async for _key, value in self._entries(self._kv, SETTINGS_PREFIX + ">"):
+            settings_log = msgspec.json.decode(value, type=SettingsLog)
+            if self.partition_of(settings_log.provider, settings_log.model) in partitions:
                 self.engine.load_settings_log(settings_log)
 
     async def write_defaults(self) -> None:
@@ -190,23 +335,19 @@ class SpcService:
             return None
         return None if entry.value is None else decode_snapshot(key, entry.value)
 
-    async def _read_overrides(self, kv: KeyValue) -> None:
-        # The current overrides, before the first batch: charts start with them.
-        try:
-            keys = await kv.keys()
-        except NoKeysError:
-            return
-        for key in keys:
-            with contextlib.suppress(KeyNotFoundError):
-                entry = await kv.get(key)
-                try:
-                    self.on_overrides(key, entry.value)
-                except ValueError as exc:
-                    log.warning("ignored malformed overrides", key=key, error=str(exc))
+    async def _read_overrides(self, kv: KeyValue, partitions: Collection[int]) -> None:
+        # The current overrides, before a partition's first batch: its charts start with them.
+        async for key, value in self._entries(kv, ">"):
+            try:
+                provider, model = subjects.parse_kv_key(key, 2)
+                if self.partition_of(provider, model) in partitions:
+                    self.on_overrides(key, value)
+            except ValueError as exc:
+                log.warning("ignored malformed overrides", key=key, error=str(exc))
 
-    async def checkpoint(self) -> int:
+    async def checkpoint(self, partition: int) -> int:
         try:
-            entry = await self._kv.get(self._checkpoint_key)
+            entry = await self._kv.get(checkpoint_key(partition))
         except KeyNotFoundError:
             return 0
         return int(entry.value or b"0")
@@ -216,31 +357,49 @@ class SpcService:
             await self._publisher.publish(subjects.violations(v.provider, v.model, v.rule), v)
             self.published += 1
 
-    async def handle(self, batch: Sequence[Delivery[TelemetryEvent]]) -> Mapping[int, str] | None:
+    def _stop_on(self, exc: BaseException) -> None:
+        # Chart state has moved past what was published (or the partition may have a new owner):
+        # only a replay from the checkpoint can make it whole again, so stop and let the
+        # supervisor restart.
+        if self.failed is None:
+            self.failed = exc
+            log.error("stopping", error=repr(exc))
+        self._halt.set()
+
+    async def handle(
+        self, partition: int, batch: Sequence[Delivery[TelemetryEvent]]
+    ) -> Mapping[int, str] | None:
+        """Chart one batch of a partition; returns only when its violations are published."""
         async with self._lock:
             try:
+                lease = self._leases[partition]
+                lease.check()
                 if self._pending and batch:
-                    await self.adopt_overrides(min(d.stream_seq for d in batch))
+                    await self.adopt_overrides(partition, min(d.stream_seq for d in batch))
+                last = self._last_seq.get(partition, 0)
                 for d in batch:
                     await self.publish(await self.engine.on_telemetry(d.event, d.stream_seq))
-                    self._last_seq = max(self._last_seq, d.stream_seq)
+                    last = max(last, d.stream_seq)
+                self._last_seq[partition] = last
                 if time.monotonic() - self._last_snapshot >= self.settings.snapshot_interval_s:
                     await self.snapshot()
+                lease.check()  # the acks follow: only while nobody else can hold the partition
             except Exception as exc:
-                # Chart state has moved past what was published: only a replay from the
-                # checkpoint can make it whole again, so stop and let the supervisor restart.
-                self.failed = exc
-                self._halt.set()
+                self._stop_on(exc)
                 raise
         return None
 
     async def snapshot(self) -> None:
+        """Write the changed charts, then the checkpoint of every partition that moved."""
+        for lease in self._leases.values():
+            lease.check()
         now = datetime.now(UTC)
         for key in self.engine.take_dirty():
             await self._kv.put(key, msgspec.json.encode(self.engine.snapshot(key, now)))
-        if self._last_seq:
-            await self._kv.put(self._checkpoint_key, str(self._last_seq).encode())
-            self._checkpointed = self._last_seq
+        for partition, last in self._last_seq.items():
+            if last > self._checkpointed.get(partition, 0):
+                await self._kv.put(checkpoint_key(partition), str(last).encode())
+                self._checkpointed[partition] = last
         self._last_snapshot = time.monotonic()
 
     async def on_rebaseline(self, msg: Msg) -> None:
@@ -260,42 +419,72 @@ class SpcService:
             if events is None:
                 reply = RebaselineReply(ok=False, chart_key=req.chart_key, error="no such metric chart")
             else:
-                await self.publish(events)
-                await self.snapshot()
+                try:
+                    await self.publish(events)
+                    await self.snapshot()
+                except Exception as exc:
+                    self._stop_on(exc)
+                    raise
                 reply = RebaselineReply(
                     ok=True, chart_key=req.chart_key, replica=self.settings.replica, cleared=len(events)
                 )
         log.info("re-baseline", chart=req.chart_key, by=req.by, reason=req.reason, ok=reply.ok)
         await msg.respond(msgspec.json.encode(reply))
 
+    async def remove_legacy(self) -> None:
+        """Delete the per-replica consumers and checkpoints of engines before partitions."""
+        for info in await self._js.consumers_info(subjects.STREAM_TELEMETRY):
+            name = info.name or ""
+            if _LEGACY_CONSUMER.fullmatch(name):
+                with contextlib.suppress(NotFoundError):
+                    await self._js.delete_consumer(subjects.STREAM_TELEMETRY, name)
+                log.info("deleted a pre-partition consumer", consumer=name)
+        legacy = [
+            k async for k, _ in self._entries(self._kv, "_checkpoint.>") if _LEGACY_CHECKPOINT.fullmatch(k)
+        ]
+        for key in legacy:
+            await self._kv.delete(key)
+
+    async def serve_partition(self, partition: int, overrides_kv: KeyValue, stop: asyncio.Event) -> None:
+        """Take a partition's lease, then consume it from its checkpoint until ``stop``."""
+        lease = PartitionLease(self._kv, lease_key(partition), self.holder, self.settings.lease_ttl_s)
+        if not await lease.acquire(stop):
+            return
+        durable = partition_durable(partition)
+        async with self._lock:
+            self._leases[partition] = lease
+            self.held.add(partition)
+            await self.load_settings({partition})
+            await self._read_overrides(overrides_kv, {partition})
+            start = await self.checkpoint(partition) + 1
+            self._checkpointed[partition] = start - 1
+            with contextlib.suppress(NotFoundError):
+                await self._js.delete_consumer(subjects.STREAM_TELEMETRY, durable)
+        consumer = _ResumingConsumer(
+            start_seq=start,
+            js=self._js,
+            stream=subjects.STREAM_TELEMETRY,
+            durable=durable,
+            filter_subjects=[telemetry_partition_filter(partition)],
+            decode=lambda data: codec.decode_as(data, TelemetryEvent),
+            handler=functools.partial(self.handle, partition),
+            dead_letters=DeadLetters(self._publisher, "spc-engine"),
+            options=ConsumerOptions(batch_size=self.settings.batch_size),
+        )
+        log.info("resuming partition", replica=self._name, partition=partition, from_seq=start)
+        await consumer.run(stop)
+
     async def run(self, stop: asyncio.Event) -> None:
-        durable = f"spc-engine-{self._name}"
-        start = await self.checkpoint() + 1
-        self._checkpointed = start - 1
-        await self.load_settings()
         await self.write_defaults()
+        await self.remove_legacy()
         overrides_kv = await open_bucket(
             self._js,
             subjects.SPC_CONFIG_BUCKET,
             description="LLMscope per-model SPC chart settings (overrides)",
             replicas=self.settings.bus.replicas,
         )
-        await self._read_overrides(overrides_kv)
-        with contextlib.suppress(NotFoundError):
-            await self._js.delete_consumer(subjects.STREAM_TELEMETRY, durable)
-        consumer = _ResumingConsumer(
-            start_seq=start,
-            js=self._js,
-            stream=subjects.STREAM_TELEMETRY,
-            durable=durable,
-            filter_subjects=[subjects.TELEMETRY_ALL],
-            decode=lambda data: codec.decode_as(data, TelemetryEvent),
-            handler=self.handle,
-            dead_letters=DeadLetters(self._publisher, "spc-engine"),
-            options=ConsumerOptions(batch_size=self.settings.batch_size),
-        )
         sub = await self._nc.subscribe(subjects.spc_rebaseline(), cb=self.on_rebaseline)
-        log.info("resuming", replica=self._name, from_seq=start)
+        log.info("starting", replica=self._name, partitions=",".join(map(str, self.partitions)))
         inner_stop = asyncio.Event()
 
         async def relay() -> None:
@@ -307,8 +496,6 @@ class SpcService:
                     w.cancel()
                 inner_stop.set()
 
-        relay_task = asyncio.create_task(relay())
-
         async def tick() -> None:
             # An idle stream still gets its last points snapshotted.
             while True:
@@ -318,30 +505,68 @@ class SpcService:
                         self.failed is None
                         and time.monotonic() - self._last_snapshot >= self.settings.snapshot_interval_s
                     ):
-                        await self.snapshot()
+                        try:
+                            await self.snapshot()
+                        except Exception as exc:
+                            self._stop_on(exc)
+                            return
 
-        tick_task = asyncio.create_task(tick())
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self.settings.lease_ttl_s / 4)
+                for lease in list(self._leases.values()):
+                    try:
+                        await lease.renew()
+                    except LeaseLostError as exc:
+                        self._stop_on(exc)
+                        return
+                    except Exception as exc:  # e.g. a timeout: check() stops charting if it lasts
+                        log.warning("lease renewal failed", lease=lease.key, error=repr(exc))
+
+        helpers = [
+            asyncio.create_task(relay()),
+            asyncio.create_task(tick()),
+            asyncio.create_task(renew()),
+        ]
         watch_task = asyncio.create_task(watch_bucket(overrides_kv, self.on_overrides, inner_stop))
+        parts = [
+            asyncio.create_task(self.serve_partition(k, overrides_kv, inner_stop)) for k in self.partitions
+        ]
         try:
-            await consumer.run(inner_stop)
+            for result in await asyncio.gather(*parts, return_exceptions=True):
+                if isinstance(result, BaseException):
+                    self._stop_on(result)
         finally:
-            relay_task.cancel()
-            tick_task.cancel()
             inner_stop.set()
+            for task in parts:
+                task.cancel()
+            await asyncio.gather(*parts, return_exceptions=True)
+            for task in helpers:
+                task.cancel()
             with contextlib.suppress(Exception):
                 await watch_task
             await sub.unsubscribe()
-            if self.failed is None:
-                async with self._lock:
-                    await self.snapshot()
+            async with self._lock:
+                if self.failed is None:
+                    with contextlib.suppress(LeaseLostError):
+                        await self.snapshot()
+                self.held.clear()
+                for lease in self._leases.values():
+                    await lease.release()
+                self._leases.clear()
 
 
 async def serve(settings: SpcSettings, stop: asyncio.Event) -> int:
-    """Run until ``stop``; 0 on a clean stop, 1 when a publish failure ended the run."""
+    """Run until ``stop``; 0 on a clean stop, 1 when a publish failed or a lease was lost, 2
+    when the telemetry stream has another number of partitions."""
     nc = await connect(settings.bus.nats_url, f"llmscope-spc-engine-{settings.replica}")
     try:
         js = nc.jetstream()
-        await ensure_streams(js, settings.bus)
+        try:
+            await ensure_streams(js, settings.bus, settings.partitions)
+        except PartitionMismatchError as exc:
+            log.error("cannot start", error=str(exc))
+            return 2
         kv = await open_bucket(
             js,
             settings.charts_bucket,

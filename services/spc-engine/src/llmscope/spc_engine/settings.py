@@ -3,8 +3,10 @@
 | variable | default | meaning |
 | --- | --- | --- |
 | NATS_URL and the stream variables | see ``llmscope.bus.settings`` | shared bus settings |
-| LLMSCOPE_SPC_REPLICAS | 1 | number of engine replicas sharing the charts |
-| LLMSCOPE_SPC_REPLICA | 0 | this replica's index, 0 .. REPLICAS-1 (owns provider/model hashes = index) |
+| LLMSCOPE_SPC_PARTITIONS | 16 | telemetry partitions (hash of provider/model), fixed for the stream's life |
+| LLMSCOPE_SPC_REPLICAS | 1 | number of engine replicas sharing the partitions (at most PARTITIONS) |
+| LLMSCOPE_SPC_REPLICA | 0 | this replica's index, 0 .. REPLICAS-1 (owns partitions k % REPLICAS = index) |
+| LLMSCOPE_SPC_LEASE_TTL_S | 10 | a partition whose holder stopped renewing is taken over after this |
 | LLMSCOPE_SPC_BASELINE_N | 1000 | Phase I points per chart before limits freeze |
 | LLMSCOPE_SPC_SIGMA_ESTIMATOR | mr | mr (average moving range / 1.128) or sd |
 | LLMSCOPE_SPC_TOKENS_TRANSFORM | log | scale of the tokens_per_s charts: log or none |
@@ -29,9 +31,13 @@ from llmscope.spc_engine.config import DEFAULT_BASELINE_N
 
 @dataclass(frozen=True, slots=True)
 class SpcSettings:
+    """The SPC engine's settings (see the table above)."""
+
     bus: BusSettings = field(default_factory=BusSettings)
+    partitions: int = 16
     replicas: int = 1
     replica: int = 0
+    lease_ttl_s: float = 10.0
     baseline_n: int = DEFAULT_BASELINE_N
     sigma_estimator: str = "mr"
     tokens_transform: str = "log"
@@ -46,7 +52,12 @@ class SpcSettings:
     @classmethod
     def from_env(cls, env: Env | None = None) -> SpcSettings:
         env = env or Env()
+        partitions = env.integer("LLMSCOPE_SPC_PARTITIONS", 16, min=1, max=1024)
         replicas = env.integer("LLMSCOPE_SPC_REPLICAS", 1, min=1, max=1024)
+        if replicas > partitions:
+            raise ConfigError(
+                f"LLMSCOPE_SPC_REPLICAS={replicas}: more replicas than LLMSCOPE_SPC_PARTITIONS={partitions}"
+            )
         replica = env.integer("LLMSCOPE_SPC_REPLICA", 0, min=0)
         if replica >= replicas:
             raise ConfigError(
@@ -54,8 +65,10 @@ class SpcSettings:
             )
         return cls(
             bus=BusSettings.from_env(env),
+            partitions=partitions,
             replicas=replicas,
             replica=replica,
+            lease_ttl_s=env.number("LLMSCOPE_SPC_LEASE_TTL_S", 10.0, min=0.5),
             baseline_n=env.integer("LLMSCOPE_SPC_BASELINE_N", DEFAULT_BASELINE_N, min=2),
             sigma_estimator=env.choice("LLMSCOPE_SPC_SIGMA_ESTIMATOR", "mr", ("mr", "sd")),
             tokens_transform=env.choice("LLMSCOPE_SPC_TOKENS_TRANSFORM", "log", ("log", "none")),
