@@ -36,6 +36,8 @@ def test_quick_bench_prints_every_section() -> None:
     rates = re.findall(r"([\d,]+) /s", text)
     assert len(rates) >= 7
     assert all(int(r.replace(",", "")) > 0 for r in rates)
+    assert re.search(r"SPC service: consume .*?\s[\d,]+ /s", text), "the service rate is measured"
+    assert not re.search(r"\b(inf|nan)\b", text), "every figure is finite"
     # Three false-alarm lines, three detection delays and the single spike, each with a verdict.
     verdicts = re.findall(r"target .*?\b(PASS|MISS)\b", text)
     assert len(verdicts) == 7
