@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -82,17 +83,21 @@ async def js(nc: NATS) -> JetStreamContext:
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres | None]:
+def postgres_server() -> Iterator[EmbeddedPostgres | None]:
     """One PostgreSQL for the session (None when DATABASE_URL is given)."""
     if os.environ.get("DATABASE_URL"):
         yield None
         return
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", free_port(), durable=False)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    # Not under pytest's basetemp: as root the server runs as an unprivileged user, and every
+    # pytest process that starts resets /tmp/pytest-of-<user> to mode 0700, which would cut the
+    # server off from its own data directory while another pytest runs beside this one.
+    with tempfile.TemporaryDirectory(prefix="llmscope-test-pg-") as tmp:
+        server = EmbeddedPostgres(Path(tmp) / "data", free_port(), durable=False)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 @pytest.fixture

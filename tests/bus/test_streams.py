@@ -35,9 +35,10 @@ async def test_telemetry_is_stored_under_its_partition_as_python_computes_it(js:
     for (provider, model), msg in zip(names, msgs, strict=True):
         k = streams.telemetry_partition(provider, model, streams.DEFAULT_TELEMETRY_PARTITIONS)
         assert msg.subject == f"{subjects.telemetry(provider, model)}.{k}"
+        assert subjects.parse_telemetry(msg.subject) == (provider, model)
     for k in {streams.telemetry_partition(p, m, 16) for p, m in names}:
         psub = await js.pull_subscribe(
-            streams.telemetry_partition_filter(k), stream=subjects.STREAM_TELEMETRY
+            subjects.telemetry_partition_filter(k), stream=subjects.STREAM_TELEMETRY
         )
         got = await psub.fetch(10, timeout=2)
         assert {m.subject.rsplit(".", 1)[1] for m in got} == {str(k)}

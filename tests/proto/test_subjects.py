@@ -48,3 +48,12 @@ def test_subjects_parse_back() -> None:
     assert subjects.parse_violation(vsubject) == ("openai", "org/m", "R1")
     with pytest.raises(ValueError):
         subjects.parse_telemetry(vsubject)
+
+
+def test_stored_telemetry_subjects_carry_a_partition_and_parse_back() -> None:
+    subject = subjects.telemetry("ollama", "llama3.1:8b")
+    assert subjects.parse_telemetry(f"{subject}.7") == ("ollama", "llama3.1:8b")
+    with pytest.raises(ValueError):
+        subjects.parse_telemetry(f"{subject}.seven")
+    assert subjects.telemetry_partition_filter(3) == "llmscope.telemetry.v1.*.*.3"
+    assert subjects.telemetry_stored(16).endswith(".{{partition(16,1,2)}}")

@@ -9,8 +9,8 @@ the message)::
 
 ``k = fnv1a32(<provider token><model token>) % P`` (nats-server's ``{{partition(P,1,2)}}``;
 :func:`telemetry_partition` computes the same in Python), so one consumer can read exactly one
-partition (:func:`telemetry_partition_filter`) and the SPC engine can split the charts among its
-replicas without reading everything. Consumers of ``llmscope.telemetry.v1.>`` are unaffected.
+partition (``subjects.telemetry_partition_filter``) and the SPC engine can split the charts
+among its replicas without reading everything. Consumers of ``llmscope.telemetry.v1.>`` are unaffected.
 
 P is fixed for the life of the stream: the transform applies to messages as they are stored, so
 changing P would move models to other partitions mid-stream. :func:`ensure_streams` keeps the
@@ -39,7 +39,6 @@ from llmscope.proto import subjects
 DEFAULT_TELEMETRY_PARTITIONS = 16
 """Partitions of a telemetry stream created by a service that does not ask for a number."""
 
-_TELEMETRY_BASE = subjects.TELEMETRY_ALL.removesuffix(".>")
 _PARTITIONS_RE = re.compile(r"\{\{\s*partition\(\s*(\d+)\s*,\s*1\s*,\s*2\s*\)\s*\}\}")
 
 
@@ -49,10 +48,7 @@ class PartitionMismatchError(ValueError):
 
 def telemetry_transform(partitions: int) -> SubjectTransform:
     """The telemetry stream's subject transform: append the partition of provider and model."""
-    return SubjectTransform(
-        src=f"{_TELEMETRY_BASE}.*.*",
-        dest=f"{_TELEMETRY_BASE}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}.{{{{partition({partitions},1,2)}}}}",
-    )
+    return SubjectTransform(src=subjects.TELEMETRY_PUBLISHED, dest=subjects.telemetry_stored(partitions))
 
 
 def telemetry_partitions(config: StreamConfig) -> int | None:
@@ -69,11 +65,6 @@ def telemetry_partition(provider: str, model: str, partitions: int) -> int:
     for byte in (subjects.encode_token(provider) + subjects.encode_token(model)).encode():
         h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
     return h % partitions
-
-
-def telemetry_partition_filter(partition: int) -> str:
-    """Consumer filter of one telemetry partition (stored subjects)."""
-    return f"{_TELEMETRY_BASE}.*.*.{partition}"
 
 
 def stream_configs(settings: BusSettings, partitions: int | None = None) -> list[StreamConfig]:

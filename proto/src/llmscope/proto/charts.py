@@ -6,7 +6,8 @@ The SPC engine keeps one snapshot per chart in the JetStream KV bucket
 - key: :func:`chart_key` of (provider, model, target, prompt_id, metric). One chart per
   rational subgroup: latency never mixes prompts or endpoints. The availability chart of a
   provider/model/target uses prompt ``*`` and metric ``availability``. Keys starting with ``_``
-  are the engine's own bookkeeping (``_checkpoint.<replica>-of-<replicas>``), not charts.
+  are the engine's own bookkeeping (``_checkpoint.p<k>`` and ``_lease.p<k>`` per telemetry
+  partition, ``_defaults``, ``_settings.<provider>.<model>``), not charts.
 - value: one JSON object, written by the engine every ``LLMSCOPE_SPC_SNAPSHOT_INTERVAL_S`` for
   the charts that changed and at once after a re-baseline::
 

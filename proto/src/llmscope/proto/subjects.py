@@ -91,10 +91,27 @@ def deadletter(source: str) -> str:
     return f"{PREFIX}.deadletter.v1.{encode_token(source)}"
 
 
+TELEMETRY_PUBLISHED = f"{PREFIX}.telemetry.v1.*.*"
+"""What probers publish to; the telemetry stream stores it with a partition token appended."""
+
+
+def telemetry_stored(partitions: int) -> str:
+    """Subject-transform destination: the published subject plus the model's partition, ``k`` in
+    ``0 .. partitions-1`` (nats-server hashes the provider and model tokens, FNV-1a 32)."""
+    base = f"{PREFIX}.telemetry.v1"
+    return f"{base}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}.{{{{partition({partitions},1,2)}}}}"
+
+
+def telemetry_partition_filter(partition: int) -> str:
+    """Stream-consumer filter for one telemetry partition (stored subjects)."""
+    return f"{PREFIX}.telemetry.v1.*.*.{partition}"
+
+
 def parse_telemetry(subject: str) -> tuple[str, str]:
-    """(provider, model) of a telemetry subject."""
+    """(provider, model) of a telemetry subject, as published or as stored (with a partition)."""
     parts = subject.split(".")
-    if len(parts) != 5 or parts[:3] != [PREFIX, "telemetry", "v1"]:
+    stored = len(parts) == 6 and parts[5].isdigit()
+    if not (len(parts) == 5 or stored) or parts[:3] != [PREFIX, "telemetry", "v1"]:
         raise ValueError(f"not a telemetry.v1 subject: {subject!r}")
     return decode_token(parts[3]), decode_token(parts[4])
 

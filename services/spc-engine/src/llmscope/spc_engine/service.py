@@ -75,7 +75,6 @@ from llmscope.bus.streams import (
     PartitionMismatchError,
     ensure_streams,
     telemetry_partition,
-    telemetry_partition_filter,
 )
 from llmscope.config.logs import get_logger
 from llmscope.proto import codec, subjects
@@ -465,7 +464,7 @@ class SpcService:
             js=self._js,
             stream=subjects.STREAM_TELEMETRY,
             durable=durable,
-            filter_subjects=[telemetry_partition_filter(partition)],
+            filter_subjects=[subjects.telemetry_partition_filter(partition)],
             decode=lambda data: codec.decode_as(data, TelemetryEvent),
             handler=functools.partial(self.handle, partition),
             dead_letters=DeadLetters(self._publisher, "spc-engine"),
