@@ -50,7 +50,7 @@ from llmscope.spc_engine.availability import (
     AvailabilitySignal,
     AvailabilityState,
 )
-from llmscope.spc_engine.chart import Baseline, ChartState, MetricChart, Signal
+from llmscope.spc_engine.chart import RECENT, Baseline, ChartState, MetricChart, Signal
 from llmscope.spc_engine.config import (
     BASELINE_SETTINGS,
     CHARTED_METRICS,
@@ -148,6 +148,8 @@ def critical_arl0(config: ChartConfig) -> float | None:
 
 
 _ARL_CACHE: dict[tuple[str, float, float], float] = {}
+_KEY_CACHE_SIZE = 65_536
+"""Subgroups whose chart keys are kept; beyond it the cache starts again (never unbounded)."""
 
 
 def _cusum_arl(k: float, h: float) -> float:
@@ -198,7 +200,7 @@ def render_view(config: ChartConfig, state: ChartState) -> ChartView:
 
 
 class _Entry:
-    __slots__ = ("chart", "checked", "dirty", "meta", "seq", "settings_seq")
+    __slots__ = ("_ids", "chart", "checked", "dirty", "meta", "seq", "settings_seq")
 
     def __init__(
         self, meta: ChartMeta, chart: MetricChart | AvailabilityChart, seq: int, settings_seq: int = 0
@@ -210,6 +212,27 @@ class _Entry:
         self.settings_seq = settings_seq
         # False until the configuration was compared with the settings in force (after a load).
         self.checked = False
+        # A superset of the ids of the chart's recent points (a re-baseline may empty those
+        # without telling us): a hit is confirmed against the points, a miss is certain.
+        self._ids: set[str] | None = None
+
+    def seen(self, point_id: str) -> bool:
+        """Whether ``point_id`` is among the metric chart's recent points (the duplicate check)."""
+        chart = self.chart
+        assert isinstance(chart, MetricChart)
+        if self._ids is None:
+            self._ids = {p.id for p in chart.state.recent}
+        return point_id in self._ids and any(p.id == point_id for p in chart.state.recent)
+
+    def remember(self, point_id: str, evicted: str | None) -> None:
+        """Keep the id set in step after a point was charted (and ``evicted`` dropped)."""
+        if self._ids is None:
+            return
+        if evicted is not None:
+            self._ids.discard(evicted)
+        self._ids.add(point_id)
+        if len(self._ids) > 2 * RECENT:
+            self._ids = None
 
 
 Loader = Callable[[str], Awaitable[Snapshot | None]]
@@ -236,6 +259,7 @@ class Engine:
         self._owns = owns
         self._charts: dict[str, _Entry] = {}
         self._settings: dict[tuple[str, str], list[_Change]] = {}
+        self._key_cache: dict[tuple[str, str, str, str], tuple[str, tuple[str, ...]]] = {}
 
     # -- per-model settings ------------------------------------------------------------------
     def settings_log(self, provider: str, model: str) -> SettingsLog:
@@ -348,49 +372,70 @@ class Engine:
         self._charts[key] = entry
         return entry
 
+    def _keys(self, ev: TelemetryEvent) -> tuple[str, tuple[str, ...]]:
+        """Chart keys of a probe's subgroup (availability, then one per charted metric), cached:
+        building them escapes every name, and the same few subgroups come back every probe."""
+        subgroup = (ev.provider, ev.model, ev.target, ev.prompt_id)
+        keys = self._key_cache.get(subgroup)
+        if keys is None:
+            if len(self._key_cache) >= _KEY_CACHE_SIZE:
+                self._key_cache.clear()
+            keys = self._key_cache[subgroup] = (
+                chart_key(ev.provider, ev.model, ev.target, "*", AVAILABILITY),
+                tuple(chart_key(*subgroup, metric) for metric in CHARTED_METRICS),
+            )
+        return keys
+
     async def on_telemetry(self, ev: TelemetryEvent, seq: int = 0) -> list[ViolationEvent]:
         """Chart one probe; ``seq`` is its stream sequence (0: unknown, never skipped)."""
         if not self._owns(ev.provider, ev.model):
             return []
         out: list[ViolationEvent] = []
-        avail_key = chart_key(ev.provider, ev.model, ev.target, "*", AVAILABILITY)
-        meta = ChartMeta(
-            provider=ev.provider,
-            model=ev.model,
-            target=ev.target,
-            prompt_id="*",
-            metric=AVAILABILITY,
-            host=ev.host,
-        )
-        entry = await self._entry(avail_key, meta, AVAILABILITY)
+        avail_key, metric_keys = self._keys(ev)
+        entry = self._charts.get(avail_key)
+        if entry is None:
+            meta = ChartMeta(
+                provider=ev.provider,
+                model=ev.model,
+                target=ev.target,
+                prompt_id="*",
+                metric=AVAILABILITY,
+                host=ev.host,
+            )
+            entry = await self._entry(avail_key, meta, AVAILABILITY)
         if self._fresh(entry, seq):
             assert isinstance(entry.chart, AvailabilityChart)
             for asig in entry.chart.update(not ev.ok, ev.id):
                 out.append(self._availability_event(avail_key, entry, asig, ev))
         if not ev.ok:
             return out
-        for metric in CHARTED_METRICS:
+        for metric, key in zip(CHARTED_METRICS, metric_keys, strict=True):
             value = getattr(ev, metric)
             if value is None:
                 continue
-            key = chart_key(ev.provider, ev.model, ev.target, ev.prompt_id, metric)
-            meta = ChartMeta(
-                provider=ev.provider,
-                model=ev.model,
-                target=ev.target,
-                prompt_id=ev.prompt_id,
-                metric=metric,
-                host=ev.host,
-            )
-            entry = await self._entry(key, meta, metric, seq)
+            entry = self._charts.get(key)
+            if entry is None:
+                meta = ChartMeta(
+                    provider=ev.provider,
+                    model=ev.model,
+                    target=ev.target,
+                    prompt_id=ev.prompt_id,
+                    metric=metric,
+                    host=ev.host,
+                )
+                entry = await self._entry(key, meta, metric, seq)
             chart = entry.chart
             assert isinstance(chart, MetricChart)
-            if not self._fresh(entry, seq) or any(p.id == ev.id for p in chart.state.recent):
+            if not self._fresh(entry, seq) or entry.seen(ev.id):
                 continue
             for sig in self._reconcile(key, entry, metric, ev, seq):
                 out.append(self._metric_event(key, entry, sig, ev))
+            recent = chart.state.recent
+            oldest = recent[0].id if len(recent) >= RECENT else None
             for sig in chart.update(float(value), point_id=ev.id, ts=ev.ts):
                 out.append(self._metric_event(key, entry, sig, ev))
+            if recent and recent[-1].id == ev.id:  # charted (a value the transform refuses is not)
+                entry.remember(ev.id, oldest)
         return out
 
     async def ensure_loaded(self, key: str) -> bool:

@@ -58,24 +58,44 @@ class CusumChart:
 
     def update(self, z: float) -> CusumPoint:
         s = self.state
+        upper, lower, run_up, run_down = s.upper, s.lower, s.run_up, s.run_down
+        capped = self.cap != math.inf
         best = -math.inf
-        out = CusumPoint(fired=False, statistic=0.0, component=0, run=0)
+        best_value, best_run, best_sign, best_i, best_h = 0.0, 0, 1.0, 0, 1.0
         for i, (k, h) in enumerate(zip(self.k, self.h, strict=True)):
-            up = max(0.0, s.upper[i] + z - k)
-            down = max(0.0, s.lower[i] - z - k)
-            s.run_up[i] = s.run_up[i] + 1 if up > 0.0 else 0
-            s.run_down[i] = s.run_down[i] + 1 if down > 0.0 else 0
-            if self.cap != math.inf:
-                up = min(up, self.cap * h)
-                down = min(down, self.cap * h)
-            s.upper[i] = up
-            s.lower[i] = down
-            for value, run, sign in ((up, s.run_up[i], 1.0), (down, s.run_down[i], -1.0)):
-                ratio = value / h
-                if ratio > best:
-                    best = ratio
-                    out = CusumPoint(fired=value > h, statistic=sign * value, component=i, run=run)
-        return out
+            up = upper[i] + z - k
+            down = lower[i] - z - k
+            if up > 0.0:
+                run_up[i] += 1
+            else:
+                up = 0.0
+                run_up[i] = 0
+            if down > 0.0:
+                run_down[i] += 1
+            else:
+                down = 0.0
+                run_down[i] = 0
+            if capped:
+                limit = self.cap * h
+                up = min(up, limit)
+                down = min(down, limit)
+            upper[i] = up
+            lower[i] = down
+            # The most extreme component relative to its h; the upper side wins a tie.
+            if up / h > best:
+                best, best_value, best_run, best_sign, best_i, best_h = up / h, up, run_up[i], 1.0, i, h
+            if down / h > best:
+                best, best_value, best_run, best_sign, best_i, best_h = (
+                    down / h,
+                    down,
+                    run_down[i],
+                    -1.0,
+                    i,
+                    h,
+                )
+        return CusumPoint(
+            fired=best_value > best_h, statistic=best_sign * best_value, component=best_i, run=best_run
+        )
 
     def reset(self) -> None:
         m = len(self.k)
