@@ -10,11 +10,11 @@ from llmscope.bus.streams import telemetry_partition
 from llmscope.proto.charts import ChartMeta, chart_key, parse_chart_key
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.proto.violation import ViolationEvent
-from llmscope.spc_engine.chart import MetricChart
+from llmscope.spc_engine.chart import ChartState, MetricChart
 from llmscope.spc_engine.config import ChartConfig, default_config
 from llmscope.spc_engine.engine import ChartSnapshot, Engine, Snapshot, decode_snapshot, render_view
 
-from .helpers import telemetry_stream
+from .helpers import T0, telemetry_stream
 
 
 def small(metric: str) -> ChartConfig:
@@ -69,6 +69,47 @@ async def test_replay_is_deterministic_and_duplicates_are_skipped() -> None:
     assert await run(engine, events[-50:], start_seq=251) == []
     assert await run(engine, events[-5:], start_seq=1000) == []
     assert len({v.id for v in first}) == len(first)
+
+
+async def test_a_republished_id_is_skipped_while_among_the_last_64_points_of_its_chart() -> None:
+    events = [ev for ev in telemetry_stream(400) if ev.ok and ev.prompt_id == "simple"]
+    engine = Engine(config_for=small)
+    seq = await _feed(engine, events, 1)
+    key = chart_key("ollama", "m1", "t-m1", "simple", "latency_ms")
+    state = engine.charts[key].chart.state
+    assert isinstance(state, ChartState)
+    charted = state.n_points
+    assert charted == len(events) > 64 + 10
+
+    # Ids of the last 64 points come back under new stream sequences: none is charted again.
+    seq = await _feed(engine, events[-64:], seq)
+    assert state.n_points == charted
+    # An id that has left the window is new to the chart, and charted; then it is remembered.
+    seq = await _feed(engine, [events[-65]], seq)
+    assert state.n_points == charted + 1
+    seq = await _feed(engine, [events[-65]], seq)
+    assert state.n_points == charted + 1
+    # The check holds for a chart restored from its snapshot, and across a re-baseline.
+    store = {k: msgspec.json.encode(engine.snapshot(k)) for k in engine.charts}
+
+    async def load(k: str) -> Snapshot | None:
+        return decode_snapshot(k, store[k]) if k in store else None
+
+    resumed = Engine(config_for=small, load=load)
+    await _feed(resumed, events[-10:], seq)
+    restored = resumed.charts[key].chart.state
+    assert isinstance(restored, ChartState)
+    assert restored.n_points == charted + 1
+    assert resumed.rebaseline(key, "test", "why", T0) is not None
+    await _feed(resumed, events[-3:], seq + 10)
+    assert restored.n_points == charted + 1
+
+
+async def _feed(engine: Engine, events: list[TelemetryEvent], seq: int) -> int:
+    for ev in events:
+        await engine.on_telemetry(ev, seq)
+        seq += 1
+    return seq
 
 
 async def test_snapshot_restore_continues_identically() -> None:
