@@ -66,10 +66,20 @@ def test_bad_values_are_refused_with_the_path_of_the_field(
     fields: dict[str, object], path: str, message: str
 ) -> None:
     with pytest.raises(msgspec.ValidationError) as err:
-        decode_overrides(body(**fields))
+        decode_overrides(body(**fields), strict=True)
     got_path, got_message = error_path(err.value)
     assert got_path == path
     assert message in got_message
+
+
+def test_stored_overrides_from_a_newer_version_are_read_ignoring_unknown_fields() -> None:
+    newer = body(transform="none", future_knob=3, ewma={"lam": 0.2, "shape": "x"}, metrics={"cpu": {}})
+    got = decode_overrides(newer)
+    assert got.transform == "none"
+    assert got.ewma is not None
+    assert got.ewma.lam == 0.2
+    with pytest.raises(msgspec.ValidationError, match="unknown field `future_knob`"):
+        decode_overrides(newer, strict=True)
 
 
 def test_updated_by_is_required() -> None:

@@ -39,6 +39,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
+import msgspec.inspect
 from msgspec import Meta
 
 from llmscope.proto.violation import Severity, Transform
@@ -56,8 +57,12 @@ CusumK = Annotated[float, Meta(ge=0, le=5, description="reference value, sigma u
 CusumH = Annotated[float, Meta(gt=0, le=100, description="decision interval, sigma units")]
 
 
-class _Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
-    """Base of the settings structs: all fields optional, None = the engine default."""
+class _Settings(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Base of the settings structs: all fields optional, None = the engine default.
+
+    Stored values are read leniently (a field written by a newer version is ignored, as the wire
+    contract promises); a request body is read with :func:`decode_overrides` ``strict=True``,
+    which refuses unknown fields with their path."""
 
 
 class SigmaTestSettings(_Settings, frozen=True, kw_only=True):
@@ -193,13 +198,39 @@ def effective(defaults: ChartSettings, overrides: ModelOverrides | None, metric:
 
 
 _OVERRIDES = msgspec.json.Decoder(ModelOverrides)
+_OVERRIDES_TYPE = msgspec.inspect.type_info(ModelOverrides)
 _DEFAULTS = msgspec.json.Decoder(SpcDefaults)
 _PATH = re.compile(r" - at .*`(\$[^`]*)`$")
 
 
-def decode_overrides(data: bytes) -> ModelOverrides:
-    """A KV value or request body; raises ``msgspec.ValidationError`` naming the bad field."""
-    return _OVERRIDES.decode(data)
+def decode_overrides(data: bytes, *, strict: bool = False) -> ModelOverrides:
+    """A KV value, or with ``strict`` a request body that may name only known fields; raises
+    ``msgspec.ValidationError`` naming the bad field."""
+    overrides = _OVERRIDES.decode(data)
+    if strict:
+        problem = _unknown_field(msgspec.json.decode(data), _OVERRIDES_TYPE, "$")
+        if problem is not None:
+            raise msgspec.ValidationError(problem)
+    return overrides
+
+
+def _unknown_field(raw: object, t: msgspec.inspect.Type, path: str) -> str | None:
+    """The first field of ``raw`` that type ``t`` does not know, as msgspec words it."""
+    if isinstance(t, msgspec.inspect.Metadata):
+        return _unknown_field(raw, t.type, path)
+    if isinstance(t, msgspec.inspect.UnionType):
+        structs = [u for u in t.types if isinstance(u, msgspec.inspect.StructType)]
+        return _unknown_field(raw, structs[0], path) if structs and isinstance(raw, dict) else None
+    if isinstance(t, msgspec.inspect.StructType) and isinstance(raw, dict):
+        fields = {f.encode_name: f for f in t.fields}
+        for name, value in raw.items():
+            field = fields.get(name)
+            if field is None:
+                return f"Object contains unknown field `{name}` - at `{path}`"
+            found = _unknown_field(value, field.type, f"{path}.{name}")
+            if found is not None:
+                return found
+    return None
 
 
 def decode_defaults(data: bytes) -> SpcDefaults:

@@ -139,7 +139,7 @@ class SpcConfigStore:
     async def put(self, provider: str, model: str, body: bytes) -> ModelConfigView:
         """Validate a :class:`ModelOverrides` body and store it (``updated_at`` is now)."""
         try:
-            overrides = decode_overrides(body)
+            overrides = decode_overrides(body, strict=True)
         except msgspec.DecodeError as exc:
             path, message = error_path(exc)
             raise SettingsRejected(path, message) from exc
