@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 
@@ -93,6 +94,33 @@ async def test_retention_deletes_only_old_rows(pool: asyncpg.Pool, database_url:
     assert deleted["telemetry"] == 1
     assert "violations" not in deleted  # kept forever by default
     assert await pool.fetchval("SELECT count(*) FROM telemetry") == 1
+
+
+async def test_retention_deletes_resolved_incidents_with_their_violations(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
+    old, recent = T0 - timedelta(days=40), T0 - timedelta(days=1)
+    rows = [
+        ("old-resolved", "resolved", old),
+        ("old-open", "open", None),
+        ("new-resolved", "resolved", recent),
+    ]
+    for incident_id, state, resolved_at in rows:
+        await pool.execute(
+            """INSERT INTO incidents (id, revision, event_id, change, state, title, severity, provider,
+                                      models, opened_at, resolved_at, event)
+               VALUES ($1, 1, $1, 'opened', $2, 't', 'critical', 'ollama', '{m}', $3, $4, '{}')""",
+            incident_id,
+            state,
+            old,
+            resolved_at,
+        )
+    settings = ApiSettings(database_url=Secret(database_url), api_key=Secret("x" * 16))
+    assert "incidents" not in await apply_retention(pool, settings)  # kept forever by default
+    settings = dataclasses.replace(settings, retention_violations_days=30)
+    deleted = await apply_retention(pool, settings, now=T0)
+    assert deleted["incidents"] == 1
+    assert {r["id"] for r in await pool.fetch("SELECT id FROM incidents")} == {"old-open", "new-resolved"}
 
 
 async def test_persister_over_jetstream(pool: asyncpg.Pool, js: JetStreamContext) -> None:

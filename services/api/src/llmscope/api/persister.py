@@ -321,18 +321,20 @@ async def apply_retention(
     """Delete rows older than their retention (0 days keeps them forever); returns rows deleted."""
     now = now or datetime.now(UTC)
     plan = [
-        ("telemetry", "ts", settings.retention_telemetry_days),
-        ("telemetry_minute", "minute", settings.retention_rollup_days),
-        ("violations", "ts", settings.retention_violations_days),
-        ("violation_clears", "ts", settings.retention_violations_days),
-        ("dead_letters", "ts", settings.retention_deadletter_days),
+        ("telemetry", "ts", "", settings.retention_telemetry_days),
+        ("telemetry_minute", "minute", "", settings.retention_rollup_days),
+        ("violations", "ts", "", settings.retention_violations_days),
+        ("violation_clears", "ts", "", settings.retention_violations_days),
+        # An incident goes with its violations, once it is resolved (an open one is still work).
+        ("incidents", "resolved_at", "AND state = 'resolved'", settings.retention_violations_days),
+        ("dead_letters", "ts", "", settings.retention_deadletter_days),
     ]
     deleted: dict[str, int] = {}
-    for table, column, days in plan:
+    for table, column, also, days in plan:
         if days <= 0:
             continue
         cutoff = now - timedelta(days=days)
-        status = await pool.execute(f"DELETE FROM {table} WHERE {column} < $1", cutoff)
+        status = await pool.execute(f"DELETE FROM {table} WHERE {column} < $1 {also}", cutoff)
         deleted[table] = int(status.rsplit(" ", 1)[-1])
     return deleted
 

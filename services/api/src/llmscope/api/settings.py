@@ -12,7 +12,7 @@
 | LLMSCOPE_PERSIST_BATCH | 500 | messages the persister takes per batch (one transaction) |
 | LLMSCOPE_RETENTION_TELEMETRY_DAYS | 30 | days raw telemetry is kept (0: forever) |
 | LLMSCOPE_RETENTION_ROLLUP_DAYS | 400 | days per-minute rollups are kept (0: forever) |
-| LLMSCOPE_RETENTION_VIOLATIONS_DAYS | 0 | days violations are kept (0: forever) |
+| LLMSCOPE_RETENTION_VIOLATIONS_DAYS | 0 | days violations, and resolved incidents, are kept (0: forever) |
 | LLMSCOPE_RETENTION_DEADLETTER_DAYS | 30 | days stored dead letters are kept (0: forever) |
 | LLMSCOPE_SPC_CHARTS_BUCKET | llmscope_spc_charts | KV bucket of the SPC engine's charts (as the engine's) |
 | LLMSCOPE_SPC_REQUEST_TIMEOUT_S | 5 | how long a re-baseline request waits for the SPC engine's answer |
