@@ -17,7 +17,7 @@ from typing import Any
 
 import asyncpg
 
-from llmscope.api import known_settings
+from llmscope.api import health_overview, known_settings
 from llmscope.api.charts import ChartViews
 from llmscope.api.switches import ModelSwitchWriter, SwitchesUnavailable
 from llmscope.proto.charts import ChartView, chart_key
@@ -27,6 +27,7 @@ from llmscope.web.data import (
     ChartPoint,
     ChartQuery,
     ContextPoint,
+    HealthOverview,
     Limits,
     ModelInfo,
     RebaselineResult,
@@ -485,6 +486,9 @@ class Store:
     async def models(self) -> list[ModelInfo]:
         rows = await self.pool.fetch("SELECT * FROM models ORDER BY provider, model")
         return [_model_from_row(r) for r in rows]
+
+    async def model_health(self, hours: float, now: datetime | None = None) -> HealthOverview:
+        return await health_overview.model_health(self.pool, hours, now)
 
     async def set_model_enabled(self, provider: str, model: str, enabled: bool) -> ModelInfo | None:
         """Record the switch and tell the probers; neither happens unless both can."""

@@ -14,6 +14,7 @@ from typing import Any, Literal, Protocol
 Metric = Literal["latency_ms", "ttft_ms", "tokens_per_s"]
 METRICS: tuple[Metric, ...] = ("latency_ms", "ttft_ms", "tokens_per_s")
 WINDOWS_H: tuple[int, ...] = (1, 6, 24)
+HEALTH_MAX_HOURS = 7 * 24
 ViolationStateFilter = Literal["open", "cleared"]
 ChartPhase = Literal["collecting", "armed", "unknown"]
 
@@ -226,6 +227,50 @@ class ModelInfo:
     gpu_memory_percent: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ModelHealth:
+    """One provider/model/target, streaming or not, over a window: failures and latency percentiles.
+
+    ``failures`` counts failed probes by status (only kinds that occurred); ``failure_run`` is the
+    number of most recent consecutive failed probes (0 when the last probe succeeded; it cannot
+    reach back before the window). Percentiles (linear interpolation, ``percentile_cont``) cover
+    successful probes only and are null when there were none, or, for TTFT, when no probe
+    measured it. Open violations are the model's (all targets and modes): neither cleared nor
+    resolved, whenever they opened; ``worst_severity`` is the highest among them.
+    """
+
+    provider: str
+    model: str
+    target: str
+    streaming: bool
+    probes: int
+    ok: int
+    success_ratio: float
+    failures: dict[str, int]
+    failure_run: int
+    last_ts: datetime
+    last_status: str
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    latency_p99_ms: float | None = None
+    ttft_p50_ms: float | None = None
+    ttft_p95_ms: float | None = None
+    ttft_p99_ms: float | None = None
+    tokens_per_s_p50: float | None = None
+    open_violations: int = 0
+    worst_severity: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HealthOverview:
+    """Per-model health over ``[start, end]``: one row per provider/model/target/streaming, sorted."""
+
+    hours: float
+    start: datetime
+    end: datetime
+    models: list[ModelHealth]
+
+
 SettingKind = Literal["bool", "int", "float", "text", "list", "choice"]
 
 
@@ -283,6 +328,8 @@ class DashboardData(Protocol):
     async def resolve(self, violation_id: str, by: str, note: str | None) -> Violation | None: ...
 
     async def models(self) -> list[ModelInfo]: ...
+
+    async def model_health(self, hours: float) -> HealthOverview: ...
 
     async def set_model_enabled(self, provider: str, model: str, enabled: bool) -> ModelInfo | None: ...
 

@@ -20,6 +20,7 @@ from llmscope.web.alerting import AlertingData
 from llmscope.web.alerting_routes import add_alerting_routes
 from llmscope.web.chart_settings import ChartSettingsData, add_chart_settings_routes
 from llmscope.web.data import (
+    HEALTH_MAX_HOURS,
     METRICS,
     WINDOWS_H,
     Authenticator,
@@ -358,9 +359,27 @@ def create_router(
         return await _act(request, violation_id, "resolve", by, note)
 
     # ---- models --------------------------------------------------------------------------
+    models_fragments = ("models", "health_panel", "health")
+
+    async def _models_page(request: Request, hours: float, status_code: int = 200) -> HTMLResponse:
+        block = pages.block_for(request, models_fragments)
+        # Each block reads only what it shows: the polled health table skips the models query.
+        context: dict[str, Any] = {
+            "models": await data.models() if block in (None, "content", "models") else [],
+            "health": await data.model_health(hours) if block != "models" else None,
+            "windows": WINDOWS_H,
+            "hours": f"{hours:g}",
+            "refresh_s": opts.refresh_s,
+        }
+        return pages.render(
+            request, "models.html", context, fragments=models_fragments, status_code=status_code
+        )
+
     @router.get("/models", response_class=HTMLResponse, dependencies=[Session])
-    async def models_page(request: Request) -> HTMLResponse:
-        return pages.render(request, "models.html", {"models": await data.models()}, fragments=("models",))
+    async def models_page(
+        request: Request, hours: Annotated[float, Query(gt=0, le=HEALTH_MAX_HOURS)] = 1
+    ) -> HTMLResponse:
+        return await _models_page(request, hours)
 
     @router.post("/models/toggle", response_class=HTMLResponse, dependencies=[Session])
     async def toggle_model(
@@ -370,10 +389,7 @@ def create_router(
         enabled: Annotated[str, Form()],
     ) -> HTMLResponse:
         found = await data.set_model_enabled(provider, model, enabled.lower() in {"1", "true", "on"})
-        status = 200 if found else 404
-        return pages.render(
-            request, "models.html", {"models": await data.models()}, fragments=("models",), status_code=status
-        )
+        return await _models_page(request, 1, status_code=200 if found else 404)
 
     # ---- settings ------------------------------------------------------------------------
     async def _settings_page(

@@ -1,4 +1,4 @@
-"""Settings, models (enable/disable), host system metrics and stored dead letters."""
+"""Settings, models (enable/disable, health overview), host system metrics and stored dead letters."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from llmscope.api import known_settings
 from llmscope.api.runtime import Runtime
-from llmscope.web.data import ModelInfo, SettingError, SettingInfo
+from llmscope.web.data import HEALTH_MAX_HOURS, HealthOverview, ModelInfo, SettingError, SettingInfo
 
 
 class SettingBody(BaseModel):
@@ -68,6 +68,19 @@ def router(rt: Runtime) -> APIRouter:
     @api.get("/models", response_model=list[ModelInfo], tags=["models"])
     async def get_models() -> list[ModelInfo]:
         return await rt.store.models()
+
+    @api.get("/models/health", response_model=HealthOverview, tags=["models"])
+    async def get_model_health(
+        hours: Annotated[float, Query(gt=0, le=HEALTH_MAX_HOURS)] = 1.0,
+    ) -> HealthOverview:
+        """Per provider/model/target and streaming mode over the last ``hours`` (at most 168).
+
+        Probes, successes, failures by status kind, the current run of consecutive failures,
+        the last probe; latency and TTFT p50/p95/p99 and tokens/s p50 over successful probes only
+        (null when none); the model's open (neither cleared nor resolved) violations and the
+        worst severity among them.
+        """
+        return await rt.store.model_health(hours)
 
     # Model names contain "/" and ":" (org/model, llama3.1:8b): the path converter takes the rest.
     @api.put("/models/{provider}/{model:path}", response_model=ModelInfo, tags=["models"])

@@ -1,0 +1,85 @@
+"""The health overview on the Models page: full page, window fragment, polled table, highlights."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote
+
+from tests.api.conftest import Api
+from tests.api.test_health_overview import OK_LATENCIES, STREAM_TTFT, pcts, seed
+from tests.web.test_pages import HX, is_full_page, login
+
+
+def row_of(html: str, *cells: str) -> str:
+    """The health table row whose leading cells are ``cells``."""
+    lead = "\\s*".join(f"<td>{re.escape(c)}</td>" for c in cells)
+    match = re.search(r"<tr[^>]*>\s*" + lead + r".*?</tr>", html, re.S)
+    assert match, f"no row {cells}"
+    return match.group(0)
+
+
+async def test_models_page_shows_health(api: Api) -> None:
+    await seed(api)
+    client = await login(api)
+    r = await client.get("/models")
+    assert r.status_code == 200
+    assert is_full_page(r.text)
+    assert 'id="models"' in r.text  # the models table stays below
+    assert 'hx-trigger="every 2.0s"' in r.text
+    assert 'name="hours" value="1" checked' in r.text
+
+    plain = row_of(r.text, "ollama / llama3.1:8b", "local", "non-streaming")
+    assert 'class="failing"' in plain  # a run of 3 failures
+    assert '<td class="bad">95.24%</td>' in plain  # 100 of 105
+    assert "http_5xx 2 · timeout 3" in plain
+    assert '<td class="bad">3</td>' in plain
+    for value in pcts(OK_LATENCIES):
+        assert f"<td>{value:,.1f}</td>" in plain
+    href = "/violations?series=" + quote("ollama|llama3.1:8b", safe="") + "&amp;state=open"
+    assert f'<a href="{href}"' in plain
+    assert '<span class="sev warning">warning</span>' in plain
+
+    stream = row_of(r.text, "ollama / llama3.1:8b", "local", "streaming")
+    assert 'class="failing"' not in stream
+    assert '<td class="bad">95.24%</td>' in stream  # 20 of 21
+    assert '<td class="">0</td>' in stream
+    for value in pcts(STREAM_TTFT):
+        assert f"<td>{value:,.1f}</td>" in stream
+
+    gpt = row_of(r.text, "openai / org/gpt:1", "ext", "non-streaming")
+    assert '<td class="">100.00%</td>' in gpt
+    assert '<span class="sev critical">critical</span>' in gpt
+
+
+async def test_models_health_window_and_fragments(api: Api) -> None:
+    await seed(api)
+    client = await login(api)
+    r = await client.get("/models?hours=6", headers={**HX, "HX-Target": "health-panel"})
+    assert r.status_code == 200
+    assert not is_full_page(r.text)
+    assert r.text.lstrip().startswith('<section id="health-panel"')
+    assert 'name="hours" value="6" checked' in r.text
+    assert "retired:1" in r.text  # probed 3.5 h ago
+    assert 'id="models"' not in r.text
+
+    r = await client.get("/models?hours=1", headers={**HX, "HX-Target": "health"})
+    assert r.text.lstrip().startswith('<div id="health" hx-get="/models?hours=1"')
+    assert "retired:1" not in r.text
+    assert "llama3.1:8b" in r.text
+
+    r = await client.get("/models?hours=0")
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["query", "hours"]
+
+
+async def test_models_health_empty_and_toggle_keeps_it(api: Api) -> None:
+    client = await login(api)
+    r = await client.get("/models?hours=24")
+    assert "No probes in the last 24h." in r.text
+    await seed(api)
+    r = await client.post(
+        "/models/toggle", data={"provider": "openai", "model": "org/gpt:1", "enabled": "false"}, headers=HX
+    )
+    assert r.status_code == 200
+    assert 'id="health-panel"' in r.text  # no HX-Target: the whole content block
+    assert '<tr class="disabled">' in r.text
