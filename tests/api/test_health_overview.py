@@ -152,6 +152,19 @@ async def test_health_window_excludes_old_probes(api: Api) -> None:
     assert "retired:1" not in {r["model"] for r in (await health(api, hours=1))["models"]}
 
 
+async def test_enabled_models_not_probed_in_the_window_are_listed_as_silent(api: Api) -> None:
+    await seed(api)
+    assert (await health(api, hours=6))["silent"] == []
+    silent = (await health(api, hours=1))["silent"]
+    assert [(s["provider"], s["model"], s["target"]) for s in silent] == [("ollama", "retired:1", "local")]
+    assert silent[0]["last_status"] == "ok"
+    assert silent[0]["last_seen"].startswith((T0 - timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M:%S"))
+    # A model someone disabled on purpose is not news.
+    r = await api.client.put("/api/models/ollama/retired:1", json={"enabled": False})
+    assert r.status_code == 200, r.text
+    assert (await health(api, hours=1))["silent"] == []
+
+
 async def test_health_without_telemetry(api: Api) -> None:
     body = await health(api, hours=24)
     assert (body["hours"], body["models"]) == (24, [])

@@ -64,8 +64,13 @@ async def test_models_health_window_and_fragments(api: Api) -> None:
 
     r = await client.get("/models?hours=1", headers={**HX, "HX-Target": "health"})
     assert r.text.lstrip().startswith('<div id="health" hx-get="/models?hours=1"')
-    assert "retired:1" not in r.text
     assert "llama3.1:8b" in r.text
+    # Not in the table any more, but named as an enabled model that went silent.
+    assert not re.search(r"<td>ollama / retired:1</td>", r.text)
+    silent = re.search(r'<p class="bad silent">(.*?)</p>', r.text, re.S)
+    assert silent, r.text
+    assert "ollama / retired:1 (last probe" in silent.group(1)
+    assert "llama3.1:8b" not in silent.group(1)
 
     r = await client.get("/models?hours=0")
     assert r.status_code == 422

@@ -1,6 +1,7 @@
 """The per-model health overview: success, failures by kind, latency percentiles, open violations.
 
-Two queries whatever the number of models: one over the window's telemetry (through
+Three queries whatever the number of models (the third lists enabled models not probed in the
+window at all, from the models table): one over the window's telemetry (through
 ``telemetry_ts_idx``), grouped by provider/model/target/streaming, and one over open violations.
 Streaming and non-streaming probes are kept apart (their latency distributions differ), and
 failed probes never enter the percentiles.
@@ -13,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from llmscope.proto.violation import SEVERITIES
-from llmscope.web.data import HEALTH_MAX_HOURS, HealthOverview, ModelHealth
+from llmscope.web.data import HEALTH_MAX_HOURS, HealthOverview, ModelHealth, SilentModel
 
 # rn 1 is each group's latest probe; the failure run is the probes before the latest ok one.
 TELEMETRY_SQL = """
@@ -62,6 +63,14 @@ GROUP BY provider, model
 """
 
 
+# Enabled models whose last probe is older than the window (the models table keeps last_seen).
+SILENT_SQL = """
+SELECT provider, model, target, last_seen, last_status FROM models
+WHERE enabled AND last_seen < $1
+ORDER BY last_seen DESC, provider, model
+"""
+
+
 def _pct(values: list[float | None] | None, index: int) -> float | None:
     return None if values is None else values[index]
 
@@ -79,6 +88,7 @@ async def model_health(pool: asyncpg.Pool, hours: float, now: datetime | None = 
     async with pool.acquire() as conn:
         rows = await conn.fetch(TELEMETRY_SQL, start)
         open_rows = await conn.fetch(VIOLATIONS_SQL, list(SEVERITIES)) if rows else []
+        silent_rows = await conn.fetch(SILENT_SQL, start)
     open_by_model = {(r["provider"], r["model"]): (int(r["n"]), r["worst"]) for r in open_rows}
     models = []
     for r in rows:
@@ -108,4 +118,14 @@ async def model_health(pool: asyncpg.Pool, hours: float, now: datetime | None = 
                 worst_severity=worst,
             )
         )
-    return HealthOverview(hours=hours, start=start, end=end, models=models)
+    silent = [
+        SilentModel(
+            provider=r["provider"],
+            model=r["model"],
+            target=r["target"],
+            last_seen=r["last_seen"],
+            last_status=r["last_status"],
+        )
+        for r in silent_rows
+    ]
+    return HealthOverview(hours=hours, start=start, end=end, models=models, silent=silent)

@@ -262,6 +262,17 @@ class ModelHealth:
 
 
 @dataclass(frozen=True, slots=True)
+class SilentModel:
+    """An enabled model not probed in the overview's window, and when it last was."""
+
+    provider: str
+    model: str
+    target: str
+    last_seen: datetime
+    last_status: str
+
+
+@dataclass(frozen=True, slots=True)
 class HealthOverview:
     """Per-model health over ``[start, end]``: one row per provider/model/target/streaming, sorted."""
 
@@ -269,6 +280,8 @@ class HealthOverview:
     start: datetime
     end: datetime
     models: list[ModelHealth]
+    silent: list[SilentModel] = field(default_factory=list)
+    """Enabled models with no probe in the window: a prober that stopped is news too."""
 
 
 SettingKind = Literal["bool", "int", "float", "text", "list", "choice"]
