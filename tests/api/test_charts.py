@@ -207,3 +207,33 @@ async def test_spc_chart_per_target(api: Api, js: JetStreamContext, nats_url: st
     assert r.status_code == 404
     rows = await api.store.pool.fetch("SELECT target FROM series_targets ORDER BY target")
     assert [r["target"] for r in rows] == ["far", "near"]
+
+
+async def test_rollups_keep_targets_apart(api: Api) -> None:
+    """Windows over 2 h read the per-minute rollups: one target's points and failures only."""
+    near = probes(60, target="near", seed=5)
+    far = [
+        telemetry(i, id=f"far-{i}", target="far", latency_ms=3 * (e.latency_ms or 0))
+        for i, e in enumerate(near)
+    ]
+    failed = [
+        telemetry(100 + i, id=f"far-x{i}", target="far", status="timeout", latency_ms=None) for i in range(4)
+    ]
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, near + far + failed)
+
+    def mean_log(events: list[TelemetryEvent]) -> float:
+        return sum(math.log(e.latency_ms or 1) for e in events) / len(events)
+
+    got = {}
+    for target in ("near", "far"):
+        r = await api.client.get("/api/stats/spc", params={**SPC, "target": target, "hours": 24})
+        assert r.status_code == 200, r.text
+        got[target] = r.json()
+        assert got[target]["bucket_s"] > 0
+        assert sum(p["n"] for p in got[target]["points"]) == 60
+    # Each target's buckets average its own probes only (geometric mean: a log-scale metric).
+    overall = {t: sum(math.log(p["value"]) * p["n"] for p in got[t]["points"]) / 60 for t in got}
+    assert overall["near"] == pytest.approx(mean_log(near), rel=1e-9)
+    assert overall["far"] == pytest.approx(mean_log(far), rel=1e-9)
+    assert (got["near"]["failed_probes"], got["far"]["failed_probes"]) == (0, 4)

@@ -105,16 +105,16 @@ WITH ins AS (
     INSERT INTO telemetry ({_COLS})
     SELECT DISTINCT ON (id) {_COLS} FROM telemetry_in ORDER BY id
     ON CONFLICT (id) DO NOTHING
-    RETURNING provider, model, prompt_id, ts, status, latency_ms, ttft_ms, tokens_per_s
+    RETURNING provider, model, prompt_id, target, ts, status, latency_ms, ttft_ms, tokens_per_s
 ), roll AS (
-    INSERT INTO telemetry_minute AS m (provider, model, prompt_id, minute, n, n_ok, {_ROLLUP_COLS})
-    SELECT provider, model, prompt_id, date_trunc('minute', ts), count(*),
+    INSERT INTO telemetry_minute AS m (provider, model, prompt_id, target, minute, n, n_ok, {_ROLLUP_COLS})
+    SELECT provider, model, prompt_id, target, date_trunc('minute', ts), count(*),
            count(*) FILTER (WHERE status = 'ok'),
            {_metric_aggregates("latency_ms", "latency")},
            {_metric_aggregates("ttft_ms", "ttft")},
            {_metric_aggregates("tokens_per_s", "tps")}
-    FROM ins GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
-    ON CONFLICT (provider, model, prompt_id, minute) DO UPDATE SET
+    FROM ins GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
+    ON CONFLICT (provider, model, prompt_id, target, minute) DO UPDATE SET
         n = m.n + EXCLUDED.n, n_ok = m.n_ok + EXCLUDED.n_ok,
         {_metric_merge("latency")}, {_metric_merge("ttft")}, {_metric_merge("tps")}
 )

@@ -281,8 +281,8 @@ class Store:
         """Points from Postgres; phase, limits and expected false-alarm rate from the engine's chart.
 
         The engine charts each target apart: with one target the model's probes are its points;
-        with several, raw points are those of ``query.target`` (default: the most recently
-        probed target). Rollups (windows over 2 h) are per model and prompt, all targets together.
+        with several, the points are those of ``query.target`` (default: the most recently
+        probed target), raw or from the per-minute rollups (windows over 2 h) alike.
         """
         if query.metric not in METRIC_COLUMNS:
             raise ValueError(f"metric: unknown metric {query.metric!r}")
@@ -319,10 +319,12 @@ class Store:
                                sum({prefix}_sum) AS s, sum({prefix}_logsum) AS ls
                         FROM telemetry_minute
                         WHERE provider = $1 AND model = $2 AND prompt_id = $3 AND minute >= $4
+                          {tcond.format(6)}
                         GROUP BY 1 HAVING sum({prefix}_n) > 0 ORDER BY 1""",
                     *key,
                     start - timedelta(seconds=bucket_s),
                     bucket_s,
+                    *targs,
                 )
                 points = []
                 for r in rows:
@@ -331,10 +333,12 @@ class Store:
                     mid = r["bucket"] + timedelta(seconds=bucket_s / 2)
                     points.append(ChartPoint(ts=mid, value=value, n=n, lo=r["lo"], hi=r["hi"]))
             failed = await conn.fetchval(
-                """SELECT coalesce(sum(n - n_ok), 0) FROM telemetry_minute
-                   WHERE provider = $1 AND model = $2 AND prompt_id = $3 AND minute >= $4""",
+                f"""SELECT coalesce(sum(n - n_ok), 0) FROM telemetry_minute
+                    WHERE provider = $1 AND model = $2 AND prompt_id = $3 AND minute >= $4
+                      {tcond.format(5)}""",
                 *key,
                 start,
+                *targs,
             )
             marks = await conn.fetch(
                 f"""SELECT id, ts, value, rule, severity, cleared_at FROM violations
