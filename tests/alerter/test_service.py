@@ -37,9 +37,14 @@ async def test_migrations_apply_once_even_concurrently(database_url: str) -> Non
     conns = [await asyncpg.connect(database_url) for _ in range(2)]
     try:
         first, second = await asyncio.gather(*(migrate(c) for c in conns))
-        assert sorted(first + second) == ["001_alerting.sql", "002_incidents.sql", "003_incident_notes.sql"]
+        assert sorted(first + second) == [
+            "001_alerting.sql",
+            "002_incidents.sql",
+            "003_incident_notes.sql",
+            "004_retention_indexes.sql",
+        ]
         assert await migrate(conns[0]) == []
-        assert await conns[0].fetchval("SELECT count(*) FROM alerter_schema_migrations") == 3
+        assert await conns[0].fetchval("SELECT count(*) FROM alerter_schema_migrations") == 4
         assert await conns[0].fetchval("SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm'") == 1
     finally:
         for c in conns:

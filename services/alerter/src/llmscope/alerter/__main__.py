@@ -20,6 +20,7 @@ import asyncpg
 from llmscope.alerter.config import build_runtime, load_file
 from llmscope.alerter.control import ControlResponder
 from llmscope.alerter.migrate import migrate
+from llmscope.alerter.retention import RetentionPolicy
 from llmscope.alerter.service import Alerter, AlerterOptions, utcnow
 from llmscope.alerter.settings import AlerterSettings
 from llmscope.alerter.store import Store
@@ -80,6 +81,13 @@ async def serve(settings: AlerterSettings, env: Env, stop: asyncio.Event) -> Non
                         llm=settings.llm,
                         config_file=file,
                         timings=settings.timings,
+                        retention=RetentionPolicy(
+                            days=settings.retention_days,
+                            # How far back a violation can come again: see retention.py.
+                            replay_window_s=max(
+                                settings.bus.violations_max_age_s, settings.bus.telemetry_max_age_s
+                            ),
+                        ),
                     ),
                 )
                 await alerter.runtime()  # a bad file or env fails here, before consuming

@@ -25,6 +25,7 @@ from llmscope.alerter.llm import LlmConfig, LlmResult, analyze
 from llmscope.alerter.model import Alert
 from llmscope.alerter.notifiers.base import AlertView, Notification, Notifier
 from llmscope.alerter.notifiers.registry import build_notifier
+from llmscope.alerter.retention import RetentionPolicy
 from llmscope.alerter.retry import Attempt, DeliveryError, Outcome, RetryPolicy, send_with_retry
 from llmscope.alerter.store import AnalysisJob, Claim, Store
 from llmscope.bus.consumer import Delivery
@@ -68,6 +69,7 @@ class AlerterOptions:
     llm: LlmConfig | None = None
     config_file: AlerterFile | None = None
     timings: Timings = field(default_factory=Timings)
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
 
 
 class Alerter:
@@ -303,17 +305,40 @@ class Alerter:
         )
         return analysis, similar
 
+    # -- retention --------------------------------------------------------------------------
+
+    async def sweep_once(self) -> dict[str, int] | None:
+        """Delete finished records past retention (see retention.py); rows deleted per table."""
+        cutoffs = self._opts.retention.cutoffs(self.store.clock())
+        if cutoffs is None:
+            return None
+        counts = await self.store.sweep(cutoffs)
+        if counts is None:
+            log.info("retention sweep skipped: another replica is sweeping")
+        else:
+            log.info(
+                "retention sweep done",
+                records_before=cutoffs.records.isoformat(),
+                alerts_before=cutoffs.replay.isoformat(),
+                **{table.removeprefix("alerter_"): n for table, n in counts.items()},
+            )
+        return counts
+
     # -- loops ------------------------------------------------------------------------------
 
     async def run_loops(self, stop: asyncio.Event) -> None:
-        """Dispatcher, outbox publisher and analysis worker until ``stop``."""
+        """Dispatcher, outbox publisher, analysis worker and retention sweep until ``stop``."""
+        loops = [
+            self._every(stop, self._opts.tick_s, self.dispatch_once, "dispatch"),
+            self._outbox_loop(stop),
+            self._every(stop, self._opts.tick_s, self._analyze_all, "analysis"),
+        ]
+        if self._opts.retention.enabled:
+            # A failed sweep is logged by _every and tried again a period later.
+            loops.append(self._every(stop, self._opts.retention.every_s, self.sweep_once, "retention"))
         self.ready = True
         try:
-            await asyncio.gather(
-                self._every(stop, self._opts.tick_s, self.dispatch_once, "dispatch"),
-                self._outbox_loop(stop),
-                self._every(stop, self._opts.tick_s, self._analyze_all, "analysis"),
-            )
+            await asyncio.gather(*loops)
         finally:
             self.ready = False
 

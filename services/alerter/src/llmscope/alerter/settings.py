@@ -20,6 +20,7 @@
 | LLMSCOPE_ALERTER_SEND_TIMEOUT_S | 10 | timeout of one delivery attempt |
 | LLMSCOPE_ALERTER_CONCURRENCY | 16 | deliveries in flight per replica |
 | LLMSCOPE_ALERTER_SETTINGS_REFRESH_S | 10 | how often the API's settings table is re-read |
+| LLMSCOPE_ALERTER_RETENTION_DAYS | 90 | finished records older than this are deleted hourly (0: never) |
 | LLMSCOPE_ALERTER_HEALTH_HOST | 0.0.0.0 | address of /healthz, /readyz, /metrics |
 | LLMSCOPE_ALERTER_HEALTH_PORT | 9103 | port of the same (0: no health server) |
 | LLMSCOPE_INCIDENT_WINDOW_S | 300 | violations this close in time join one incident |
@@ -73,6 +74,7 @@ class AlerterSettings:
     retry: RetryPolicy
     concurrency: int
     settings_refresh_s: float
+    retention_days: float
     health_host: str
     health_port: int
     incident_window_s: float
@@ -136,6 +138,7 @@ class AlerterSettings:
             ),
             concurrency=env.integer("LLMSCOPE_ALERTER_CONCURRENCY", 16, min=1),
             settings_refresh_s=env.number("LLMSCOPE_ALERTER_SETTINGS_REFRESH_S", 10, min=0),
+            retention_days=env.number("LLMSCOPE_ALERTER_RETENTION_DAYS", 90, min=0, max=36500),
             health_host=env.text("LLMSCOPE_ALERTER_HEALTH_HOST", "0.0.0.0"),
             health_port=env.integer("LLMSCOPE_ALERTER_HEALTH_PORT", 9103, min=0, max=65535),
             incident_window_s=env.number("LLMSCOPE_INCIDENT_WINDOW_S", 300, min=1),
