@@ -97,10 +97,13 @@ async def test_charts_list_and_one_chart_in_the_engines_format(
         ("*", "availability"),
     }
     for c in mine:
-        assert set(c) == {"version", "key", "meta", "seq", "updated_at", "view"}  # no engine internals
+        # No engine internals (config, state): the public view of each kind of chart.
+        assert set(c) == {"version", "key", "meta", "seq", "updated_at", "view", "availability"}
         if c["meta"]["metric"] == "availability":
             assert c["view"] is None
+            assert (c["availability"]["phase"], c["availability"]["progress"]) == ("collecting", 12)
         else:
+            assert c["availability"] is None
             assert (c["view"]["phase"], c["view"]["progress"]) == ("collecting", 12)
             assert c["view"]["arl0_critical"] > 1e4
     other = (await api.client.get("/api/charts", params={"target": "gpu box", "metric": "latency_ms"})).json()
@@ -120,6 +123,7 @@ async def test_charts_list_and_one_chart_in_the_engines_format(
     schema = (await api.client.get("/openapi.json")).json()
     assert "ChartRecord" in schema["components"]["schemas"]
     assert "ChartView" in schema["components"]["schemas"]
+    assert "AvailabilityView" in schema["components"]["schemas"]
 
 
 async def test_an_unreadable_record_reads_as_unknown(api: Api, js: JetStreamContext, nats_url: str) -> None:

@@ -7,11 +7,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from nats.js import JetStreamContext
 
 from llmscope.api.persister import store_telemetry, store_violations
 from llmscope.proto.telemetry import TelemetryEvent
 from tests.api.conftest import Api
+from tests.api.engine import eventually, feed, running_engine
 from tests.api.factories import T0, cleared, telemetry, violation
+from tests.web.test_pages import login
 
 # 100 successful non-streaming probes, in shuffled order so that only a sort finds the percentiles.
 OK_LATENCIES = [10.0 * (1 + (k * 37) % 100) for k in range(100)]
@@ -182,3 +185,50 @@ async def test_health_needs_the_key(api: Api) -> None:
     assert r.status_code == 401
     r = await api.anon.get("/api/models/health", headers={"Authorization": "Bearer wrong-key"})
     assert r.status_code == 401
+
+
+FAILED: dict[str, Any] = {"status": "timeout", "latency_ms": None}
+
+
+@pytest.mark.usefixtures("js")
+async def test_each_target_shows_the_engines_availability_chart(
+    api: Api, js: JetStreamContext, nats_url: str
+) -> None:
+    # 'steady': enough probes to arm (200 by default), the last three failed (an open episode);
+    # 'young': still collecting; 'quiet': in Postgres only, never seen by the engine.
+    steady = [
+        telemetry(
+            i, id=f"s{i}", target="steady", **({"status": "timeout", "latency_ms": None} if i >= 207 else {})
+        )
+        for i in range(210)
+    ]
+    young = [telemetry(i, id=f"y{i}", target="young") for i in range(20)]
+    quiet = [telemetry(i, id=f"q{i}", target="quiet") for i in range(5)]
+    async with running_engine(nats_url):
+        await feed(api, js, steady + young)
+
+        async def charted() -> bool:
+            rows = {r["target"]: r for r in (await health(api, hours=24))["models"]}
+            a, b = rows["steady"]["availability"], rows["young"]["availability"]
+            return a is not None and b is not None and a["failure_run"] == 3 and b["progress"] == 20
+
+        await eventually(charted)
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, quiet)
+    rows = {r["target"]: r for r in (await health(api, hours=24))["models"]}
+    armed = rows["steady"]["availability"]
+    assert (armed["phase"], armed["progress"], armed["baseline_n"]) == ("armed", 200, 200)
+    assert armed["baseline_failure_rate"] == pytest.approx(0.01)  # (0 + 1) / 202, floored at 1 %
+    assert armed["threshold"] is not None
+    assert (armed["window_failures"], armed["fail_run"]) == (3, 3)
+    assert armed["open_episodes"] == ["AVAILABILITY"]
+    collecting = rows["young"]["availability"]
+    assert (collecting["phase"], collecting["progress"], collecting["threshold"]) == ("collecting", 20, None)
+    assert rows["quiet"]["availability"] is None
+
+    client = await login(api)
+    page = (await client.get("/models?hours=24")).text
+    assert "collecting 20/200" in page
+    assert f"alarm at 3 in a row or {armed['threshold']}/50" in page
+    assert '<span class="sev critical">AVAILABILITY</span>' in page
+    assert "not charted yet" in page

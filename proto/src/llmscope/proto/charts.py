@@ -17,8 +17,9 @@ The SPC engine keeps one snapshot per chart in the JetStream KV bucket
 
   ``config`` and ``state`` are the engine's internals and may change shape at any time: read
   the value as a :class:`ChartRecord`, which ignores them (msgspec skips unknown fields).
-  ``view`` is the public part; it is null for availability charts. Fields are only ever added,
-  with defaults, as for wire events.
+  ``view`` is the public part of a metric chart; an availability chart has ``availability``
+  (:class:`AvailabilityView`) instead. Fields are only ever added, with defaults, as for wire
+  events.
 - other keys starting with ``_``: ``_defaults`` (the engine's default settings per metric) and
   ``_settings.<provider>.<model>`` (when each override took effect); see
   :mod:`llmscope.proto.chartconfig`, which also documents the per-model overrides.
@@ -118,6 +119,27 @@ class ChartView(msgspec.Struct, frozen=True, kw_only=True):
     ] = None
 
 
+class AvailabilityView(msgspec.Struct, frozen=True, kw_only=True):
+    """What the API and dashboard show of a target's availability chart (probe outcomes)."""
+
+    phase: Phase
+    progress: Annotated[Count, Meta(description="probes of the baseline seen (= baseline_n once armed)")]
+    baseline_n: Annotated[Count, Meta(description="probes the baseline failure rate is estimated from")]
+    baseline_failure_rate: Annotated[
+        float | None,
+        Meta(description="estimated failure rate, floored (null while collecting)"),
+    ] = None
+    window: Annotated[Count, Meta(description="probes the ERROR_RATE rule counts failures over")] = 0
+    threshold: Annotated[
+        int | None,
+        Meta(description="failures in the window that signal ERROR_RATE (null while collecting)"),
+    ] = None
+    window_failures: Annotated[Count, Meta(description="failures among the last `window` probes")] = 0
+    failure_run: Annotated[Count, Meta(description="consecutive failed probes, latest first")] = 0
+    fail_run: Annotated[Count, Meta(description="consecutive failures that signal AVAILABILITY")] = 0
+    open_episodes: Annotated[tuple[str, ...], Meta(description="rules with an open violation episode")] = ()
+
+
 class ChartRecord(msgspec.Struct, frozen=True, kw_only=True):
     """The read side of a chart's KV value (the engine's ``config`` and ``state`` are skipped)."""
 
@@ -127,6 +149,7 @@ class ChartRecord(msgspec.Struct, frozen=True, kw_only=True):
     seq: Annotated[int, Meta(description="last telemetry stream sequence applied to this chart")] = 0
     updated_at: datetime | None = None
     view: ChartView | None = None
+    availability: AvailabilityView | None = None
 
 
 _RECORD_DECODER = msgspec.json.Decoder(ChartRecord)

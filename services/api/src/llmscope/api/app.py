@@ -111,6 +111,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(charts.openapi_components())
             components.update(spc_config.openapi_components())
+            components.update(admin.openapi_components())
         return app.openapi_schema or default_openapi()
 
     app.openapi = openapi  # type: ignore[method-assign]

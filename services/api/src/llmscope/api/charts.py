@@ -8,6 +8,7 @@ starts, so a missing bucket or key is normal (the chart reads as not known yet),
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -110,14 +111,18 @@ class ChartViews:
 
     async def list(self, flt: ChartFilter | None = None) -> list[ChartRecord]:
         """Records of the matching charts, by key."""
+        found = await self.get_many(await self.keys(flt))
+        return [r for r in found if r is not None]
+
+    async def get_many(self, keys: Sequence[str]) -> Sequence[ChartRecord | None]:
+        """The records of ``keys`` (None where there is none), read a bounded number at a time."""
         gate = asyncio.Semaphore(_PARALLEL_GETS)
 
         async def one(key: str) -> ChartRecord | None:
             async with gate:
                 return await self.get(key)
 
-        found = await asyncio.gather(*(one(k) for k in await self.keys(flt)))
-        return [r for r in found if r is not None]
+        return await asyncio.gather(*(one(k) for k in keys))
 
     async def rebaseline(self, chart_key: str, by: str, reason: str) -> RebaselineResult:
         """Ask the replica owning the chart to re-baseline it; ``no_engine`` when none answers."""

@@ -20,7 +20,7 @@ import asyncpg
 from llmscope.api import health_overview, known_settings
 from llmscope.api.charts import ChartViews
 from llmscope.api.switches import ModelSwitchWriter, SwitchesUnavailable
-from llmscope.proto.charts import ChartView, chart_key
+from llmscope.proto.charts import AVAILABILITY, ChartRecord, ChartView, chart_key
 from llmscope.web.data import (
     BaselineInfo,
     ChartData,
@@ -492,7 +492,18 @@ class Store:
         return [_model_from_row(r) for r in rows]
 
     async def model_health(self, hours: float, now: datetime | None = None) -> HealthOverview:
-        return await health_overview.model_health(self.pool, hours, now)
+        """The overview from Postgres, each target with its availability chart from the engine."""
+        overview = await health_overview.model_health(self.pool, hours, now)
+        targets = sorted({(m.provider, m.model, m.target) for m in overview.models})
+        keys = [chart_key(provider, model, target, "*", AVAILABILITY) for provider, model, target in targets]
+        records: dict[tuple[str, str, str], ChartRecord | None] = dict(
+            zip(targets, await self.charts.get_many(keys), strict=True)
+        )
+        rows = []
+        for row in overview.models:
+            record = records.get((row.provider, row.model, row.target))
+            rows.append(dataclasses.replace(row, availability=record.availability if record else None))
+        return dataclasses.replace(overview, models=rows)
 
     async def set_model_enabled(self, provider: str, model: str, enabled: bool) -> ModelInfo | None:
         """Record the switch and tell the probers; neither happens unless both can."""

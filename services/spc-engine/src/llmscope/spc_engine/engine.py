@@ -39,7 +39,7 @@ import msgspec
 
 from llmscope.proto.chartconfig import ModelOverrides
 from llmscope.proto.charts import AVAILABILITY as AVAILABILITY
-from llmscope.proto.charts import ChartBaseline, ChartMeta, ChartView, chart_key
+from llmscope.proto.charts import AvailabilityView, ChartBaseline, ChartMeta, ChartView, chart_key
 from llmscope.proto.charts import parse_chart_key as parse_chart_key
 from llmscope.proto.telemetry import SystemMetrics, TelemetryEvent
 from llmscope.proto.violation import BaselineRef, ChartLimits, ViolationEvent
@@ -96,6 +96,7 @@ class AvailabilitySnapshot(msgspec.Struct, kw_only=True):
     updated_at: datetime | None = None
     config: AvailabilityConfig
     state: AvailabilityState
+    availability: AvailabilityView | None = None
 
 
 Snapshot = ChartSnapshot | AvailabilitySnapshot
@@ -179,6 +180,23 @@ def _public_baseline(b: Baseline | None) -> ChartBaseline | None:
         number=b.number,
         n_excluded=b.n_excluded,
         known=b.known,
+    )
+
+
+def render_availability(config: AvailabilityConfig, state: AvailabilityState) -> AvailabilityView:
+    """Pure: the API's view of an availability chart's configuration and state."""
+    armed = state.threshold is not None
+    return AvailabilityView(
+        phase="armed" if armed else "collecting",
+        progress=config.baseline_n if armed else min(state.n, config.baseline_n),
+        baseline_n=config.baseline_n,
+        baseline_failure_rate=state.rate,
+        window=config.window,
+        threshold=state.threshold,
+        window_failures=sum(state.outcomes),
+        failure_run=state.run,
+        fail_run=config.fail_run,
+        open_episodes=tuple(sorted(state.episodes)),
     )
 
 
@@ -477,6 +495,7 @@ class Engine:
             updated_at=updated_at,
             config=chart.config,
             state=chart.state,
+            availability=render_availability(chart.config, chart.state),
         )
 
     def take_dirty(self) -> list[str]:

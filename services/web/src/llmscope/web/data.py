@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+from llmscope.proto.charts import AvailabilityView
+
 Metric = Literal["latency_ms", "ttft_ms", "tokens_per_s"]
 METRICS: tuple[Metric, ...] = ("latency_ms", "ttft_ms", "tokens_per_s")
 WINDOWS_H: tuple[int, ...] = (1, 6, 24)
@@ -259,6 +261,8 @@ class ModelHealth:
     tokens_per_s_p50: float | None = None
     open_violations: int = 0
     worst_severity: str | None = None
+    availability: AvailabilityView | None = None
+    """The engine's availability chart of this target (None: the engine has not written it)."""
 
 
 @dataclass(frozen=True, slots=True)

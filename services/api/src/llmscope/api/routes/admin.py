@@ -5,12 +5,23 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
+import msgspec
 from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from llmscope.api import known_settings
 from llmscope.api.runtime import Runtime
 from llmscope.web.data import HEALTH_MAX_HOURS, HealthOverview, ModelInfo, SettingError, SettingInfo
+
+# The overview holds the engine's availability views (msgspec structs): msgspec encodes it and
+# documents its schema, which pydantic cannot build for those.
+(_HEALTH_SCHEMA,), _HEALTH_COMPONENTS = msgspec.json.schema_components(
+    [HealthOverview], ref_template="#/components/schemas/{name}"
+)
+_HEALTH: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/json": {"schema": _HEALTH_SCHEMA}}}
+}
 
 
 class SettingBody(BaseModel):
@@ -69,18 +80,20 @@ def router(rt: Runtime) -> APIRouter:
     async def get_models() -> list[ModelInfo]:
         return await rt.store.models()
 
-    @api.get("/models/health", response_model=HealthOverview, tags=["models"])
+    @api.get("/models/health", response_class=Response, responses=_HEALTH, tags=["models"])
     async def get_model_health(
         hours: Annotated[float, Query(gt=0, le=HEALTH_MAX_HOURS)] = 1.0,
-    ) -> HealthOverview:
+    ) -> Response:
         """Per provider/model/target and streaming mode over the last ``hours`` (at most 168).
 
         Probes, successes, failures by status kind, the current run of consecutive failures,
         the last probe; latency and TTFT p50/p95/p99 and tokens/s p50 over successful probes only
         (null when none); the model's open (neither cleared nor resolved) violations and the
-        worst severity among them.
+        worst severity among them; the SPC engine's availability chart of each target (null until
+        the engine has written it); ``silent``: enabled models not probed in the window.
         """
-        return await rt.store.model_health(hours)
+        overview = await rt.store.model_health(hours)
+        return Response(msgspec.json.encode(overview), media_type="application/json")
 
     # Model names contain "/" and ":" (org/model, llama3.1:8b): the path converter takes the rest.
     @api.put("/models/{provider}/{model:path}", response_model=ModelInfo, tags=["models"])
@@ -113,3 +126,8 @@ def router(rt: Runtime) -> APIRouter:
         return [DeadLetterRow(**row) for row in await rt.store.dead_letters(limit)]
 
     return api
+
+
+def openapi_components() -> dict[str, Any]:
+    """Schemas the health overview refers to, for the app's OpenAPI document."""
+    return _HEALTH_COMPONENTS
