@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from llmscope.config.logs import get_logger
@@ -26,6 +26,37 @@ async def open_bucket(js: JetStreamContext, bucket: str, *, description: str, re
                 bucket=bucket, description=description, history=1, storage=StorageType.FILE, replicas=replicas
             )
         )
+
+
+async def bucket_keys(js: JetStreamContext, bucket: str, key_filter: str = ">") -> list[str]:
+    """Every key of ``bucket`` matching ``key_filter`` (a KV key wildcard), sorted; none when the
+    bucket does not exist.
+
+    Read from the stream's own subject index, which is complete at the moment of the call:
+    nats-py's ``KeyValue.keys()`` and a watcher's end-of-initial-values marker can come early
+    while keys are being written (nats-io/nats.py#842, #995), and this engine writes its chart
+    bucket continuously. Deleted keys may still be listed (their delete marker is a message):
+    a ``get`` of one raises ``KeyNotFoundError``.
+    """
+    prefix = f"$KV.{bucket}."
+    try:
+        info = await js.stream_info(f"KV_{bucket}", subjects_filter=prefix + key_filter)
+    except NotFoundError:
+        return []
+    return sorted(subject.removeprefix(prefix) for subject in info.state.subjects or {})
+
+
+async def current_entries(
+    js: JetStreamContext, kv: KeyValue, bucket: str, key_filter: str = ">"
+) -> AsyncIterator[tuple[str, bytes]]:
+    """The current (key, value) of every live key matching ``key_filter``, in key order."""
+    for key in await bucket_keys(js, bucket, key_filter):
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError:
+            continue  # deleted, or deleted since the listing
+        if entry.value:
+            yield key, entry.value
 
 
 async def watch_bucket(kv: KeyValue, apply: Callable[[str, bytes | None], None], stop: asyncio.Event) -> None:

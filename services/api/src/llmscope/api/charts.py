@@ -14,9 +14,10 @@ from dataclasses import dataclass
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError, NotFoundError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
+from llmscope.bus.kv import bucket_keys
 from llmscope.config.logs import get_logger
 from llmscope.proto import subjects
 from llmscope.proto.charts import (
@@ -100,12 +101,9 @@ class ChartViews:
     async def keys(self, flt: ChartFilter | None = None) -> list[str]:
         """Chart keys in the bucket (bookkeeping keys left out), sorted."""
         kv = await self._bucket()
-        if kv is None:
+        if kv is None or self._nc is None:
             return []
-        try:
-            keys = await kv.keys()
-        except NoKeysError:
-            return []
+        keys = await bucket_keys(self._nc.jetstream(), self.bucket)
         flt = flt or ChartFilter()
         return sorted(k for k in keys if is_chart_key(k) and flt.matches(k))
 

@@ -22,6 +22,7 @@ from nats.errors import NoRespondersError, NoServersError
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
 
 from llmscope.bus.connection import connect
+from llmscope.bus.kv import bucket_keys
 from llmscope.bus.settings import DEFAULT_NATS_URL
 from llmscope.proto import subjects
 from llmscope.proto.charts import RebaselineReply, RebaselineRequest, decode_record, is_chart_key
@@ -77,8 +78,9 @@ async def _list(url: str, bucket: str, wait_s: float) -> int:
     nc = await connect(url, "llmscope-spc-rebaseline", give_up_after=wait_s)
     try:
         try:
-            kv = await nc.jetstream().key_value(bucket)
-            keys = sorted(k for k in await kv.keys() if is_chart_key(k))
+            js = nc.jetstream()
+            kv = await js.key_value(bucket)
+            keys = [k for k in await bucket_keys(js, bucket) if is_chart_key(k)]
         except (BucketNotFoundError, NoKeysError):
             return OK  # no engine has written a chart yet
         for key in keys:

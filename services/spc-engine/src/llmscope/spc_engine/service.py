@@ -69,7 +69,7 @@ from nats.js.kv import KeyValue
 from llmscope.bus.connection import connect
 from llmscope.bus.consumer import ConsumerOptions, Delivery, DurableConsumer
 from llmscope.bus.deadletter import DeadLetters
-from llmscope.bus.kv import open_bucket, watch_bucket
+from llmscope.bus.kv import bucket_keys, current_entries, open_bucket, watch_bucket
 from llmscope.bus.publisher import Publisher
 from llmscope.bus.streams import (
     PartitionMismatchError,
@@ -301,21 +301,13 @@ class SpcService:
             who = overrides.updated_by if overrides is not None else "(removed)"
             log.info("settings adopted", provider=provider, model=model, from_seq=from_seq, by=who)
 
-    async def _entries(self, kv: KeyValue, keys: str) -> AsyncIterator[tuple[str, bytes]]:
+    def _entries(self, kv: KeyValue, bucket: str, keys: str) -> AsyncIterator[tuple[str, bytes]]:
         """The current (key, value) of the keys matching ``keys`` (a KV key filter)."""
-        watcher = await kv.watch(keys, ignore_deletes=True)
-        try:
-            async for entry in watcher:
-                if entry is None:  # end of the current values
-                    break
-                if entry.value:
-                    yield entry.key, entry.value
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+        return current_entries(self._js, kv, bucket, keys)
 
     async def load_settings(self, partitions: Collection[int]) -> None:
         """The settings logs of the models of ``partitions``, from the chart bucket."""
-        async for _key, value in self._entries(self._kv, SETTINGS_PREFIX + ">"):
+        async for _key, value in self._entries(self._kv, self.settings.charts_bucket, SETTINGS_PREFIX + ">"):
             settings_log = msgspec.json.decode(value, type=SettingsLog)
             if self.partition_of(settings_log.provider, settings_log.model) in partitions:
                 self.engine.load_settings_log(settings_log)
@@ -336,7 +328,7 @@ class SpcService:
 
     async def _read_overrides(self, kv: KeyValue, partitions: Collection[int]) -> None:
         # The current overrides, before a partition's first batch: its charts start with them.
-        async for key, value in self._entries(kv, ">"):
+        async for key, value in self._entries(kv, subjects.SPC_CONFIG_BUCKET, ">"):
             try:
                 provider, model = subjects.parse_kv_key(key, 2)
                 if self.partition_of(provider, model) in partitions:
@@ -438,9 +430,8 @@ class SpcService:
                 with contextlib.suppress(NotFoundError):
                     await self._js.delete_consumer(subjects.STREAM_TELEMETRY, name)
                 log.info("deleted a pre-partition consumer", consumer=name)
-        legacy = [
-            k async for k, _ in self._entries(self._kv, "_checkpoint.>") if _LEGACY_CHECKPOINT.fullmatch(k)
-        ]
+        checkpoints = await bucket_keys(self._js, self.settings.charts_bucket, "_checkpoint.>")
+        legacy = [k for k in checkpoints if _LEGACY_CHECKPOINT.fullmatch(k)]
         for key in legacy:
             await self._kv.delete(key)
 
