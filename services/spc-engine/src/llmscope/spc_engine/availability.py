@@ -1,8 +1,11 @@
 """Availability: failed probes are their own signal, never a latency point.
 
 Two rules on the sequence of probe outcomes of one target (all prompts together):
-- ``AVAILABILITY`` (critical): ``fail_run`` consecutive failed probes (default 3). With a
-  baseline failure rate of 1% a false run of 3 happens once per ~1e6 probes.
+- ``AVAILABILITY`` (critical): a run of consecutive failed probes. While the baseline is
+  collected the run is ``fail_run`` (default 3); once the baseline failure rate p is known, it is
+  the shortest run of at least ``fail_run`` whose expected in-control wait,
+  ``(1 - p^r) / ((1 - p) p^r)`` probes, is at least ``run_arl0`` (default 1e6): 3 up to p = 1 %
+  (the floor), 4 at 2 %, 5 at 5 %, so a flaky endpoint does not page every few hours.
 - ``ERROR_RATE`` (warning): at least ``c`` failures among the last ``window`` probes, where c is
   the smallest count whose binomial tail at the baseline failure rate is below ``alpha``. The
   baseline rate is estimated from the first ``baseline_n`` probes as (failures + 1) / (n + 2)
@@ -12,6 +15,7 @@ Episodes follow the chart rules: open once, clear after ``clear_after`` quiet pr
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal
 
@@ -23,6 +27,9 @@ from llmscope.spc_engine.rules import Severity
 class AvailabilityConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     enabled: bool = True
     fail_run: int = 3
+    """Shortest failure run that signals (the whole run while the baseline is collected)."""
+    run_arl0: float = 1e6
+    """In-control probes expected between false AVAILABILITY signals, once the rate is known."""
     run_severity: Severity = "critical"
     window: int = 50
     alpha: float = 1e-6
@@ -55,6 +62,24 @@ class AvailabilitySignal(msgspec.Struct, frozen=True, kw_only=True):
     episode_point_id: str = ""
 
 
+def run_wait(p: float, r: int) -> float:
+    """Expected probes until ``r`` failures in a row, each failing with probability ``p``."""
+    if p <= 0.0:
+        return math.inf
+    if p >= 1.0:
+        return float(r)
+    return (1.0 - p**r) / ((1.0 - p) * p**r)
+
+
+@functools.lru_cache(maxsize=1024)
+def run_needed(p: float, arl0: float, shortest: int, longest: int = 1000) -> int:
+    """Shortest run of at least ``shortest`` failures whose in-control wait is ``arl0`` or more."""
+    r = shortest
+    while r < longest and run_wait(p, r) < arl0:
+        r += 1
+    return r
+
+
 def binomial_threshold(n: int, p: float, alpha: float) -> int:
     """Smallest c with P(X >= c) <= alpha for X ~ Binomial(n, p)."""
     pmf = [math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(n + 1)]
@@ -73,6 +98,12 @@ class AvailabilityChart:
         self.config = config
         self.state = state if state is not None else AvailabilityState()
 
+    @property
+    def fail_run(self) -> int:
+        """The failure run that signals now: ``fail_run``, or longer for a flaky baseline."""
+        cfg, rate = self.config, self.state.rate
+        return cfg.fail_run if rate is None else run_needed(rate, cfg.run_arl0, cfg.fail_run)
+
     def update(self, failed: bool, point_id: str = "") -> list[AvailabilitySignal]:
         cfg, st = self.config, self.state
         st.n += 1
@@ -87,8 +118,9 @@ class AvailabilityChart:
                 st.rate = rate
                 st.threshold = binomial_threshold(cfg.window, rate, cfg.alpha)
         fired: dict[str, AvailabilitySignal] = {}
-        if st.run >= cfg.fail_run:
-            name = f"{cfg.fail_run} failed probes in a row"
+        fail_run = self.fail_run
+        if st.run >= fail_run:
+            name = f"{fail_run} failed probes in a row"
             fired["AVAILABILITY"] = AvailabilitySignal(
                 rule="AVAILABILITY",
                 rule_name=name,
