@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 from llmscope.spc_engine import performance
+from llmscope.spc_engine.config import default_config
+from llmscope.spc_engine.engine import critical_arl0
 from llmscope.spc_engine.performance import DETECTION_TARGETS, armed_chart
 
 
@@ -64,3 +66,19 @@ def test_sigma_of_log_latency_does_not_change_what_is_signalled() -> None:
         seqs.append(out)
     assert seqs[0] == seqs[1] == seqs[2]
     assert ("CUSUM", "open") in {(r, st) for r, st, _ in seqs[0]}
+
+
+def test_only_total_latency_pages_by_default() -> None:
+    """One paging chart per probe: TTFT and tokens/s run the same detectors one step lower."""
+    latency = default_config("latency_ms")
+    assert (latency.cusum.severity, latency.spike.severity) == ("critical", "critical")
+    assert critical_arl0(latency) is not None
+    for metric in ("ttft_ms", "tokens_per_s"):
+        config = default_config(metric)
+        assert (config.cusum.severity, config.spike.severity) == ("warning", "warning")
+        assert (config.cusum.k, config.cusum.h, config.spike.k) == (
+            latency.cusum.k,
+            latency.cusum.h,
+            latency.spike.k,
+        )
+        assert critical_arl0(config) is None

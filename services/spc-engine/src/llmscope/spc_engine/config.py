@@ -16,6 +16,12 @@ probes, while a sustained shift on the log scale is caught as ``critical`` withi
   moving range) the false-alarm *rate* averaged over baselines is about one per 145,000 probes
   (tests/spc_engine/test_defaults.py measures it). Medians of detection measured the same way:
   about 84, 24 and 7 probes at 0.5, 1 and 2 sigma.
+- One paging metric per probe: every successful probe feeds three charts (latency, TTFT,
+  tokens/s), and three critical charts would triple the per-model false-alarm rate. Total
+  latency is the one that pages by default: a slower prefill (TTFT) or slower generation
+  (tokens/s) shows in it. The TTFT and tokens/s charts run the same CUSUM and spike detectors
+  at ``warning`` (on the dashboard, in the log and in incident analyses); per-model settings
+  can make them critical.
 - The classic tests still run at lower severity: Nelson test 1 (3 sigma) at ``warning``, tests
   2-8 at ``info``, and an EWMA (lambda 0.1, in-control ARL 20,000) at ``warning``.
 - An episode clears after ``clear_after`` consecutive points without its rule firing.
@@ -118,12 +124,24 @@ MetricName = Literal["latency_ms", "ttft_ms", "tokens_per_s"]
 CHARTED_METRICS: tuple[MetricName, ...] = ("latency_ms", "ttft_ms", "tokens_per_s")
 
 
+PAGING_METRICS: tuple[MetricName, ...] = ("latency_ms",)
+"""Metrics whose CUSUM and spike signals are ``critical`` by default (the others: ``warning``)."""
+
+
 def default_config(metric: str = "latency_ms") -> ChartConfig:
     """The service's default configuration of a metric's chart (what ``--defaults`` runs).
 
-    All three charted metrics are positive and right-skewed, so all run on the log scale.
+    All three charted metrics are positive and right-skewed, so all run on the log scale; only
+    the paging metric's detectors are critical (see the module docstring).
     """
-    return ChartConfig(transform="log")
+    config = ChartConfig(transform="log")
+    if metric in PAGING_METRICS:
+        return config
+    return msgspec.structs.replace(
+        config,
+        spike=msgspec.structs.replace(config.spike, severity="warning"),
+        cusum=msgspec.structs.replace(config.cusum, severity="warning"),
+    )
 
 
 BASELINE_SETTINGS = ("transform", "baseline_n", "sigma_estimator")

@@ -49,6 +49,7 @@ from llmscope.spc_engine.availability import (
     AvailabilityConfig,
     AvailabilitySignal,
     AvailabilityState,
+    run_needed,
 )
 from llmscope.spc_engine.chart import RECENT, Baseline, ChartState, MetricChart, Signal
 from llmscope.spc_engine.config import (
@@ -195,7 +196,9 @@ def render_availability(config: AvailabilityConfig, state: AvailabilityState) ->
         threshold=state.threshold,
         window_failures=sum(state.outcomes),
         failure_run=state.run,
-        fail_run=config.fail_run,
+        fail_run=config.fail_run
+        if state.rate is None
+        else run_needed(state.rate, config.run_arl0, config.fail_run),
         open_episodes=tuple(sorted(state.episodes)),
     )
 
