@@ -22,6 +22,13 @@ async def test_streams_are_created_and_updated_idempotently(js: JetStreamContext
     assert info.config.subjects == [subjects.TELEMETRY_ALL]
     for name in (subjects.STREAM_VIOLATIONS, subjects.STREAM_DEADLETTER):
         assert (await js.stream_info(name)).config.storage is not None
+    # Violations and incidents de-duplicate for a day: an engine down for hours replays nothing twice.
+    for name in (subjects.STREAM_VIOLATIONS, subjects.STREAM_INCIDENTS):
+        assert (await js.stream_info(name)).config.duplicate_window == 24 * 3600
+    assert (await js.stream_info(subjects.STREAM_DEADLETTER)).config.duplicate_window == 30
+    short = BusSettings(violations_max_age_s=600, violations_duplicate_window_s=24 * 3600)
+    await ensure_streams(js, short)  # never beyond the stream's max age (the server refuses that)
+    assert (await js.stream_info(subjects.STREAM_VIOLATIONS)).config.duplicate_window == 600
 
 
 async def test_telemetry_is_stored_under_its_partition_as_python_computes_it(js: JetStreamContext) -> None:

@@ -7,7 +7,8 @@
 | LLMSCOPE_TELEMETRY_MAX_BYTES | -1 | byte cap of the telemetry stream (-1: none) |
 | LLMSCOPE_VIOLATIONS_MAX_AGE_H | 2160 | hours violations stay in their stream (90 days) |
 | LLMSCOPE_DEADLETTER_MAX_AGE_H | 720 | hours dead letters stay (30 days) |
-| LLMSCOPE_DUPLICATE_WINDOW_S | 120 | JetStream de-duplication window on Nats-Msg-Id |
+| LLMSCOPE_DUPLICATE_WINDOW_S | 120 | de-duplication window on Nats-Msg-Id (telemetry, dead letters) |
+| LLMSCOPE_VIOLATIONS_DUPLICATE_WINDOW_H | 24 | the same for violations and incidents |
 | LLMSCOPE_STREAM_REPLICAS | 1 | stream replicas (3 on a clustered NATS) |
 """
 
@@ -28,6 +29,7 @@ class BusSettings:
     violations_max_age_s: float = 2160 * 3600
     deadletter_max_age_s: float = 720 * 3600
     duplicate_window_s: float = 120
+    violations_duplicate_window_s: float = 24 * 3600
     replicas: int = 1
 
     @classmethod
@@ -41,5 +43,7 @@ class BusSettings:
             violations_max_age_s=env.number("LLMSCOPE_VIOLATIONS_MAX_AGE_H", 2160, min=0.01) * 3600,
             deadletter_max_age_s=env.number("LLMSCOPE_DEADLETTER_MAX_AGE_H", 720, min=0.01) * 3600,
             duplicate_window_s=env.number("LLMSCOPE_DUPLICATE_WINDOW_S", 120, min=1),
+            violations_duplicate_window_s=env.number("LLMSCOPE_VIOLATIONS_DUPLICATE_WINDOW_H", 24, min=0.001)
+            * 3600,
             replicas=env.integer("LLMSCOPE_STREAM_REPLICAS", 1, min=1, max=5),
         )

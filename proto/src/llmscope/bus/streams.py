@@ -80,6 +80,12 @@ def stream_configs(settings: BusSettings, partitions: int | None = None) -> list
         "duplicate_window": settings.duplicate_window_s,
         "num_replicas": settings.replicas,
     }
+    # Violations and incidents are few and their ids deterministic: a long window lets an engine
+    # that was down for hours replay its last seconds without publishing a single duplicate.
+    events = {
+        **common,
+        "duplicate_window": min(settings.violations_duplicate_window_s, settings.violations_max_age_s),
+    }
     return [
         StreamConfig(
             name=subjects.STREAM_TELEMETRY,
@@ -95,7 +101,7 @@ def stream_configs(settings: BusSettings, partitions: int | None = None) -> list
             description="LLMscope control-chart violations (violation.v1)",
             subjects=[subjects.VIOLATIONS_ALL],
             max_age=settings.violations_max_age_s,
-            **common,  # type: ignore[arg-type]
+            **events,  # type: ignore[arg-type]
         ),
         StreamConfig(
             name=subjects.STREAM_DEADLETTER,
@@ -109,7 +115,7 @@ def stream_configs(settings: BusSettings, partitions: int | None = None) -> list
             description="LLMscope incidents: grouped violations and their analysis (incident.v1)",
             subjects=[subjects.INCIDENTS_ALL],
             max_age=settings.violations_max_age_s,
-            **common,  # type: ignore[arg-type]
+            **events,  # type: ignore[arg-type]
         ),
     ]
 
