@@ -318,3 +318,54 @@ async def test_replicas_own_disjoint_partitions_and_going_from_2_to_3_changes_no
         assert runs[0].startswith(f"{partition % 2}-of-2@")
         assert all(r.startswith(f"{partition % 3}-of-3@") for r in runs[1:])
     await nc.close()
+
+
+async def test_a_crashed_replica_then_a_scale_down_lose_and_repeat_nothing(nats_url: str) -> None:
+    """Two replicas; one is killed with SIGKILL (its leases stay held), the other stops cleanly,
+    and a single replica takes over everything: the crashed one's partitions only after the lease
+    TTL, from their last checkpoints. The violations are exactly an uninterrupted run's."""
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await ensure_streams(js, BusSettings())
+    events = telemetry_stream(2400, models=tuple(f"m{i}" for i in range(6)), shift_at=1400, seed=11)
+    owners = {partition_of(ev) % 2 for ev in events}
+    assert owners == {0, 1}, "both replicas must own some of the models"
+    await publish_all(js, events[:1600])
+    base = {
+        **os.environ,
+        "NATS_URL": nats_url,
+        "LLMSCOPE_SPC_BASELINE_N": str(BASELINE),
+        "LLMSCOPE_SPC_SNAPSHOT_INTERVAL_S": "0.3",
+        "LLMSCOPE_SPC_BATCH_SIZE": "32",
+        "LLMSCOPE_SPC_PARTITIONS": str(PARTITIONS),
+        "LLMSCOPE_SPC_LEASE_TTL_S": "2",
+    }
+    cmd = [sys.executable, "-m", "llmscope.spc_engine"]
+
+    def start(replicas: int, replica: int) -> asyncio.Future[asyncio.subprocess.Process]:
+        env = {**base, "LLMSCOPE_SPC_REPLICAS": str(replicas), "LLMSCOPE_SPC_REPLICA": str(replica)}
+        return asyncio.ensure_future(
+            asyncio.create_subprocess_exec(*cmd, env=env, stderr=asyncio.subprocess.DEVNULL)
+        )
+
+    first, second = await start(2, 0), await start(2, 1)
+    try:
+        await wait_consumed(js, events, 1000)
+    finally:
+        second.send_signal(signal.SIGKILL)
+        await second.wait()
+        first.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(first.wait(), 20) == 0
+    assert await unfinished(js, events, 1600), "stopped too late to test anything"
+
+    await publish_all(js, events[1600:])
+    alone = await start(1, 0)
+    try:
+        await wait_consumed(js, events, len(events), within=120)
+    finally:
+        alone.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(alone.wait(), 20) == 0
+    got = await violations(js)
+    assert_exactly(got, await expected_ids(events, settings(nats_url)))
+    assert any(v.severity == "critical" for v in got)
+    await nc.close()
