@@ -232,7 +232,10 @@ def test_backoff_grows_with_jitter_and_honours_retry_after() -> None:
     for n, d in enumerate(delays, start=1):
         base = min(10, 2 ** (n - 1))
         assert base * 0.75 <= d <= base * 1.25
-    assert policy.delay(1, rng, retry_after=30) == 30
+    assert policy.delay(1, rng, retry_after=7) == 7
+    # Retry-After is capped at max_delay: the longest wait stays within the lease check's bound.
+    assert policy.delay(1, rng, retry_after=3600) == 10
+    assert policy.delay(6, rng, retry_after=3600) <= policy.longest_sleep == 12.5
 
 
 async def test_send_with_retry_retries_until_success_and_records_attempts() -> None:

@@ -50,8 +50,10 @@ async def test_sigkill_mid_delivery_then_restart_sends_each_notification_once(
         "LLMSCOPE_ALERTER_GROUP_WAIT_S": "0.2",
         "LLMSCOPE_ALERTER_GROUP_INTERVAL_S": "0.2",
         "LLMSCOPE_ALERTER_TICK_S": "0.1",
-        "LLMSCOPE_ALERTER_LEASE_S": "2",
-        "LLMSCOPE_ALERTER_SEND_TIMEOUT_S": "60",
+        # The lease must outlast an attempt plus the longest backoff (checked at start).
+        "LLMSCOPE_ALERTER_LEASE_S": "5",
+        "LLMSCOPE_ALERTER_SEND_TIMEOUT_S": "3",
+        "LLMSCOPE_ALERTER_RETRY_MAX_S": "0.5",
         "LLMSCOPE_ALERTER_HEALTH_PORT": "0",
         "LLMSCOPE_ANALYSIS_DELAY_S": "0",
     }
@@ -107,6 +109,12 @@ def test_cli_check_config_and_errors(
     assert "channel slack: kind=slack enabled=True" in out
     assert "route default: channels=slack severities=critical" in out
     assert "secret-token" not in out
+    monkeypatch.setenv("LLMSCOPE_ALERTER_LEASE_S", "30")
+    assert main(["--check-config"]) == 2
+    err = capsys.readouterr().err
+    assert "LLMSCOPE_ALERTER_LEASE_S=30: must be at least 106.25 s" in err
+    assert "LLMSCOPE_ALERTER_RETRY_MAX_S" in err
+    monkeypatch.delenv("LLMSCOPE_ALERTER_LEASE_S")
     bad = tmp_path / "a.yaml"
     bad.write_text("routes: [{name: r, channels: [nope]}]")
     assert main(["--check-config", "--config", str(bad)]) == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from datetime import timedelta
 from typing import Any
 
@@ -16,6 +17,7 @@ from llmscope.alerter.config import RuntimeConfig, Timings, load_file
 from llmscope.alerter.migrate import migrate
 from llmscope.alerter.notifiers.base import Notification, Notifier
 from llmscope.alerter.notifiers.webhook import DELIVERY_HEADER
+from llmscope.alerter.retry import RetryPolicy
 from llmscope.alerter.silences import Silence
 from llmscope.proto import codec
 from llmscope.proto.alert import NotificationEvent
@@ -42,9 +44,10 @@ async def test_migrations_apply_once_even_concurrently(database_url: str) -> Non
             "002_incidents.sql",
             "003_incident_notes.sql",
             "004_retention_indexes.sql",
+            "005_claim_generation.sql",
         ]
         assert await migrate(conns[0]) == []
-        assert await conns[0].fetchval("SELECT count(*) FROM alerter_schema_migrations") == 4
+        assert await conns[0].fetchval("SELECT count(*) FROM alerter_schema_migrations") == 5
         assert await conns[0].fetchval("SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm'") == 1
     finally:
         for c in conns:
@@ -139,6 +142,40 @@ async def test_two_replicas_never_send_twice(database_url: str, js: JetStreamCon
     finally:
         for run in runs:
             await run.close()
+        await sink.stop()
+
+
+async def test_lease_shorter_than_retries_still_sends_each_notification_once(
+    database_url: str, js: JetStreamContext
+) -> None:
+    """An attempt plus its backoff outlasts the lease: the heartbeat keeps the claim, so the
+    dispatcher of the same replica does not take it over and start a second delivery loop."""
+    answered: Counter[str] = Counter()
+    seen: Counter[str] = Counter()
+
+    async def behaviour(request: web.Request, n: int) -> web.StreamResponse:
+        delivery = request.headers[DELIVERY_HEADER]
+        seen[delivery] += 1
+        if seen[delivery] == 1:
+            return web.Response(status=503, text="try later")
+        await asyncio.sleep(1.2)  # a slow success: a second sender would overlap with this one
+        answered[delivery] += 1
+        return web.Response(text="ok")
+
+    sink = HttpSink(behaviour)
+    url = await sink.start()
+    slow = RetryPolicy(initial=1.5, max_delay=1.5, jitter=0, deadline=20, attempt_timeout=2.0)
+    env = {"LLMSCOPE_WEBHOOK_URL": url + "/hook"}
+    run = await start_alerter(database_url, js, env, lease=1.0, retry=slow)
+    try:
+        await publish(js, *(violation(i, model=f"m{i}") for i in range(3)))
+        await eventually(lambda: len(answered) == 3, within=20, what="three notifications delivered")
+        await asyncio.sleep(2.5)  # time for any second delivery loop to show itself
+        assert dict(answered) == dict.fromkeys(answered, 1), answered
+        rows = await run.pool.fetch("SELECT status, attempts FROM alerter_notifications")
+        assert sorted((r["status"], r["attempts"]) for r in rows) == [("sent", 2)] * 3
+    finally:
+        await run.close()
         await sink.stop()
 
 

@@ -1,8 +1,10 @@
 """Delivery retries: exponential backoff with jitter until a deadline, every attempt recorded.
 
 Channels raise :class:`DeliveryError` saying whether a failure is retryable: 5xx, 429 (its
-Retry-After honoured), timeouts, connection and SMTP transport errors are; other 4xx, refused
-addresses and template errors are not.
+Retry-After honoured up to the backoff cap ``max_delay``), timeouts, connection and SMTP transport
+errors are; other 4xx, refused addresses and template errors are not. Capping Retry-After keeps
+the longest wait between attempts (``max_delay`` plus jitter) known, so the claim's lease can be
+checked against it at start (settings.py).
 """
 
 from __future__ import annotations
@@ -75,11 +77,19 @@ class RetryPolicy:
     jitter: float = 0.25
     attempt_timeout: float = 10.0
 
+    @property
+    def longest_sleep(self) -> float:
+        """The longest wait between two attempts: the capped backoff with its jitter."""
+        return self.max_delay * (1 + self.jitter)
+
     def delay(self, attempt: int, rng: random.Random, retry_after: float | None = None) -> float:
         base = min(self.max_delay, self.initial * self.factor ** max(0, attempt - 1))
         jittered = base * (1 - self.jitter + 2 * self.jitter * rng.random())
-        # A server's Retry-After is a floor: asking sooner only earns another 429.
-        return max(jittered, retry_after) if retry_after is not None else jittered
+        if retry_after is None:
+            return jittered
+        # A server's Retry-After is a floor (asking sooner only earns another 429), but only up
+        # to max_delay: an hour's Retry-After would otherwise outlive the deadline and the lease.
+        return max(jittered, min(retry_after, self.max_delay))
 
 
 @dataclass(frozen=True, slots=True)

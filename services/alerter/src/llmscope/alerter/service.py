@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from llmscope.alerter.store import AnalysisJob, Claim, Store
 from llmscope.bus.consumer import Delivery
 from llmscope.bus.publisher import Publisher, PublishFailed
 from llmscope.config.env import Env
-from llmscope.config.logs import get_logger
+from llmscope.config.logs import BoundLogger, get_logger
 from llmscope.proto.incident import IncidentAnalysis
 from llmscope.proto.violation import Severity, ViolationEvent
 
@@ -97,6 +98,7 @@ class Alerter:
         self._runtime_at = 0.0
         self._sem = asyncio.Semaphore(options.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._live: set[str] = set()  # notification ids this process is delivering
         self._wake_outbox = asyncio.Event()
         self.ready = False
 
@@ -139,15 +141,20 @@ class Alerter:
             for name, spec in runtime.channels.items()
             if spec.enabled
         }
-        claims = await self.store.reclaim_expired()
+        claims = await self.store.reclaim_expired(skip=frozenset(self._live))
         claims += await self.store.claim_due(runtime.routes, views, runtime.silences)
         started = []
         for claim in claims:
             task = asyncio.create_task(self._deliver_bounded(claim, runtime), name=f"deliver {claim.id}")
             self._tasks.add(task)
+            self._live.add(claim.id)
             task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(functools.partial(self._forget, claim.id))
             started.append(task)
         return started
+
+    def _forget(self, notification_id: str, _: asyncio.Task[None]) -> None:
+        self._live.discard(notification_id)
 
     async def _deliver_bounded(self, claim: Claim, runtime: RuntimeConfig) -> None:
         async with self._sem:
@@ -189,7 +196,7 @@ class Alerter:
             outcome = Outcome(
                 "failed", (Attempt(1, self.store.clock(), False, "channel no longer configured"),)
             )
-            await self.store.fail_unbuildable(claim.id, "channel no longer configured")
+            await self.store.fail_unbuildable(claim.id, claim.generation, "channel no longer configured")
             NOTIFICATIONS.labels(claim.channel, "failed").inc()
             return outcome
         notifier = self._factory(claim.channel, runtime, self._session)
@@ -197,32 +204,71 @@ class Alerter:
         try:
             payload = notifier.build_payload(notification)
         except DeliveryError as exc:
-            await self.store.fail_unbuildable(claim.id, str(exc))
+            await self.store.fail_unbuildable(claim.id, claim.generation, str(exc))
             bound.error("cannot build the message", error=str(exc))
             NOTIFICATIONS.labels(claim.channel, "failed").inc()
             return Outcome("failed", (Attempt(1, self.store.clock(), False, str(exc)),))
 
+        # The lease is renewed on a heartbeat for the whole delivery, attempts and backoff sleeps
+        # alike; once it is lost (taken over), no further attempt starts and no sleep runs on.
+        lost = asyncio.Event()
+
         async def on_attempt(attempt: Attempt) -> None:
             ATTEMPTS.labels(claim.channel, str(attempt.ok).lower()).inc()
-            await self.store.record_attempt(claim.id, attempt)
+            if not await self.store.record_attempt(claim.id, claim.generation, attempt):
+                lost.set()
             if not attempt.ok:
                 bound.warning("delivery attempt failed", attempt=attempt.number, error=attempt.detail[:200])
 
         async def send() -> str:
             return await notifier.send(payload)
 
-        outcome = await send_with_retry(
-            send,
-            policy=self._opts.retry,
-            rng=self._rng,
-            now=self.store.clock,
-            on_attempt=on_attempt,
-            before_attempt=lambda: self.store.renew(claim.id),
-        )
-        await self.store.finish(claim.id, outcome)
+        async def before_attempt() -> bool:
+            return not lost.is_set() and await self.store.renew(claim.id, claim.generation)
+
+        async def sleep(delay: float) -> None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lost.wait(), delay)
+
+        heartbeat = asyncio.create_task(self._heartbeat(claim, lost, bound), name=f"lease {claim.id}")
+        try:
+            outcome = await send_with_retry(
+                send,
+                policy=self._opts.retry,
+                rng=self._rng,
+                now=self.store.clock,
+                sleep=sleep,
+                on_attempt=on_attempt,
+                before_attempt=before_attempt,
+            )
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+        if lost.is_set() or not await self.store.finish(claim.id, claim.generation, outcome):
+            bound.warning("claim taken over during delivery; its holder records it", status=outcome.status)
+            return outcome
         NOTIFICATIONS.labels(claim.channel, outcome.status).inc()
         bound.info("notification finished", status=outcome.status, attempts=len(outcome.attempts))
         return outcome
+
+    async def _heartbeat(self, claim: Claim, lost: asyncio.Event, bound: BoundLogger) -> None:
+        """Renew the claim's lease every third of it until cancelled or the claim is lost."""
+        period = self.store.lease.total_seconds() / 3
+        while True:
+            await asyncio.sleep(period)
+            try:
+                ok = await self.store.renew(claim.id, claim.generation)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # The lease may still hold; the next beat tries again, and the generation fences
+                # this loop off if another took the claim over meanwhile.
+                bound.warning("cannot renew the lease", error=type(exc).__name__)
+                continue
+            if not ok:
+                lost.set()
+                return
 
     async def drain_deliveries(self, grace: float) -> None:
         """Give in-flight deliveries ``grace`` seconds; unfinished ones are taken over after their lease."""

@@ -13,10 +13,10 @@
 | LLMSCOPE_ALERTER_GROUP_INTERVAL_S | 300 | minimum time between messages of a group |
 | LLMSCOPE_ALERTER_REPEAT_INTERVAL_S | 14400 | reminder interval while unacknowledged violations fire |
 | LLMSCOPE_ALERTER_TICK_S | 1 | how often due groups and expired claims are looked for |
-| LLMSCOPE_ALERTER_LEASE_S | 60 | claim lease; a dead sender's message is resent after it |
+| LLMSCOPE_ALERTER_LEASE_S | 120 | claim lease, renewed while sending; >= 1.25 x (timeout + 1.25 x max) |
 | LLMSCOPE_ALERTER_RETRY_DEADLINE_S | 600 | give up retrying a delivery after this long |
 | LLMSCOPE_ALERTER_RETRY_INITIAL_S | 1 | first backoff delay (doubles, +/-25% jitter) |
-| LLMSCOPE_ALERTER_RETRY_MAX_S | 60 | backoff cap (a longer Retry-After is honoured) |
+| LLMSCOPE_ALERTER_RETRY_MAX_S | 60 | backoff cap, +/-25% jitter; a longer Retry-After is cut to it |
 | LLMSCOPE_ALERTER_SEND_TIMEOUT_S | 10 | timeout of one delivery attempt |
 | LLMSCOPE_ALERTER_CONCURRENCY | 16 | deliveries in flight per replica |
 | LLMSCOPE_ALERTER_SETTINGS_REFRESH_S | 10 | how often the API's settings table is re-read |
@@ -57,6 +57,23 @@ from llmscope.alerter.retry import RetryPolicy
 from llmscope.bus.settings import BusSettings
 from llmscope.config.env import ConfigError, Env, Secret
 from llmscope.proto.violation import SEVERITIES, Severity
+
+LEASE_MARGIN = 1.25
+
+
+def check_lease(lease_s: float, retry: RetryPolicy) -> None:
+    """The lease must outlast one attempt plus the longest backoff, with a margin.
+
+    A heartbeat renews it meanwhile; the margin is for a heartbeat that fails for a while (a
+    database blip), so that the claim is not handed to another sender in the middle of a try.
+    """
+    needed = LEASE_MARGIN * (retry.attempt_timeout + retry.longest_sleep)
+    if lease_s < needed:
+        raise ConfigError(
+            f"LLMSCOPE_ALERTER_LEASE_S={lease_s:g}: must be at least {needed:g} s, {LEASE_MARGIN:g} x"
+            f" (LLMSCOPE_ALERTER_SEND_TIMEOUT_S={retry.attempt_timeout:g} + the longest backoff,"
+            f" LLMSCOPE_ALERTER_RETRY_MAX_S={retry.max_delay:g} + {retry.jitter:.0%} jitter)"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +116,14 @@ class AlerterSettings:
         if config and not Path(config).is_file():
             raise ConfigError(f"LLMSCOPE_ALERTER_CONFIG={config}: no such file")
         timeout = env.number("LLMSCOPE_ALERTER_SEND_TIMEOUT_S", 10, min=0.1)
+        retry = RetryPolicy(
+            initial=env.number("LLMSCOPE_ALERTER_RETRY_INITIAL_S", 1, min=0.001),
+            max_delay=env.number("LLMSCOPE_ALERTER_RETRY_MAX_S", 60, min=0.001),
+            deadline=env.number("LLMSCOPE_ALERTER_RETRY_DEADLINE_S", 600, min=0),
+            attempt_timeout=timeout,
+        )
+        lease_s = env.number("LLMSCOPE_ALERTER_LEASE_S", 120, min=0.1)
+        check_lease(lease_s, retry)
         llm_url = env.url("LLMSCOPE_ANALYSIS_LLM_URL", None, schemes=("http", "https"))
         llm = None
         if llm_url:
@@ -129,13 +154,8 @@ class AlerterSettings:
                 repeat_interval=env.number("LLMSCOPE_ALERTER_REPEAT_INTERVAL_S", 14400, min=0.01),
             ),
             tick_s=env.number("LLMSCOPE_ALERTER_TICK_S", 1, min=0.01),
-            lease_s=env.number("LLMSCOPE_ALERTER_LEASE_S", 60, min=0.1),
-            retry=RetryPolicy(
-                initial=env.number("LLMSCOPE_ALERTER_RETRY_INITIAL_S", 1, min=0.001),
-                max_delay=env.number("LLMSCOPE_ALERTER_RETRY_MAX_S", 60, min=0.001),
-                deadline=env.number("LLMSCOPE_ALERTER_RETRY_DEADLINE_S", 600, min=0),
-                attempt_timeout=timeout,
-            ),
+            lease_s=lease_s,
+            retry=retry,
             concurrency=env.integer("LLMSCOPE_ALERTER_CONCURRENCY", 16, min=1),
             settings_refresh_s=env.number("LLMSCOPE_ALERTER_SETTINGS_REFRESH_S", 10, min=0),
             retention_days=env.number("LLMSCOPE_ALERTER_RETENTION_DAYS", 90, min=0, max=36500),

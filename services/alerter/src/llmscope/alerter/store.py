@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeAlias
@@ -67,6 +67,8 @@ class Claim:
     resolved: tuple[Alert, ...]
     lead_episode_id: str
     created_at: datetime
+    generation: int = 1
+    """The claim's ``claim_gen``: renew, record_attempt and finish only count while it holds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,23 +386,30 @@ class Store:
             )
         return claims
 
-    async def reclaim_expired(self, limit: int = 50) -> list[Claim]:
-        """Take over claims whose sender died (lease expired): they are sent again, same id."""
+    async def reclaim_expired(self, limit: int = 50, *, skip: Collection[str] = ()) -> list[Claim]:
+        """Take over claims whose sender died (lease expired): they are sent again, same id.
+
+        ``skip``: ids this process is still delivering (a heartbeat that could not renew in time
+        does not mean the sender died). Each take-over bumps the claim's generation, which fences
+        off whatever the previous holder still does.
+        """
         now = self.clock()
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 "SELECT n.*, g.labels, g.lead_episode_id FROM alerter_notifications n"
                 " JOIN alerter_groups g ON g.id = n.group_id"
-                " WHERE n.status = 'sending' AND n.lease_until < $1 ORDER BY n.created_at LIMIT $2"
+                " WHERE n.status = 'sending' AND n.lease_until < $1 AND NOT (n.id = ANY($3::text[]))"
+                " ORDER BY n.created_at LIMIT $2"
                 " FOR UPDATE OF n SKIP LOCKED",
                 now,
                 limit,
+                list(skip),
             )
             claims = []
             for r in rows:
-                await conn.execute(
+                generation = await conn.fetchval(
                     "UPDATE alerter_notifications SET claimed_by = $2, lease_until = $3, updated_at"
-                    " = $4 WHERE id = $1",
+                    " = $4, claim_gen = claim_gen + 1 WHERE id = $1 RETURNING claim_gen",
                     r["id"],
                     self.instance,
                     now + self.lease,
@@ -429,33 +438,45 @@ class Store:
                         resolved=tuple(alerts[i] for i in r["announce_resolved"] if i in alerts),
                         lead_episode_id=r["lead_episode_id"],
                         created_at=r["created_at"],
+                        generation=int(generation),
                     )
                 )
             return claims
 
-    async def renew(self, notification_id: str) -> bool:
-        """Extend this instance's lease; False when another instance took the claim over."""
+    async def renew(self, notification_id: str, generation: int) -> bool:
+        """Extend the lease of this claim; False when it was taken over (even by this instance)."""
         now = self.clock()
         ok = await self.pool.fetchval(
             "UPDATE alerter_notifications SET lease_until = $3, updated_at = $4"
-            " WHERE id = $1 AND claimed_by = $2 AND status = 'sending' RETURNING 1",
+            " WHERE id = $1 AND claim_gen = $2 AND status = 'sending' RETURNING 1",
             notification_id,
-            self.instance,
+            generation,
             now + self.lease,
             now,
         )
         return ok is not None
 
-    async def record_attempt(self, notification_id: str, attempt: Attempt) -> None:
+    async def record_attempt(self, notification_id: str, generation: int, attempt: Attempt) -> bool:
+        """Record an attempt; False when the claim was taken over meanwhile.
+
+        The attempt is kept in the history either way (it happened); only the current holder
+        sets ``last_error``.
+        """
         async with self.pool.acquire() as conn, conn.transaction():
-            number = await conn.fetchval(
+            row = await conn.fetchrow(
                 "UPDATE alerter_notifications SET attempts = attempts + 1, updated_at = $2,"
-                " last_error = CASE WHEN $3 THEN last_error ELSE $4 END WHERE id = $1 RETURNING attempts",
+                " last_error = CASE WHEN $3 OR claim_gen <> $5 OR status <> 'sending' THEN last_error"
+                " ELSE $4 END WHERE id = $1"
+                " RETURNING attempts, claim_gen = $5 AND status = 'sending' AS current",
                 notification_id,
                 attempt.at,
                 attempt.ok,
                 attempt.detail[:2000],
+                generation,
             )
+            if row is None:
+                return False  # deleted meanwhile
+            number, current = row["attempts"], row["current"]
             await conn.execute(
                 "INSERT INTO alerter_delivery_attempts (notification_id, attempt, at, ok, retryable,"
                 " status_code,"
@@ -469,25 +490,30 @@ class Store:
                 attempt.detail[:2000],
                 self.instance,
             )
+        return bool(current)
 
-    async def finish(self, notification_id: str, outcome: Outcome) -> None:
+    async def finish(self, notification_id: str, generation: int, outcome: Outcome) -> bool:
+        """Record the outcome; False (nothing written) when the claim was taken over."""
         now = self.clock()
-        await self.pool.execute(
+        done = await self.pool.fetchval(
             "UPDATE alerter_notifications SET status = $3::text, sent_at = CASE WHEN $3::text ="
             " 'sent' THEN $4::timestamptz END,"
             " detail = $5, lease_until = NULL, updated_at = $4"
-            " WHERE id = $1 AND claimed_by = $2 AND status = 'sending'",
+            " WHERE id = $1 AND claim_gen = $2 AND status = 'sending' RETURNING 1",
             notification_id,
-            self.instance,
+            generation,
             outcome.status,
             now,
             outcome.detail[:2000],
         )
+        return done is not None
 
-    async def fail_unbuildable(self, notification_id: str, error: str) -> None:
+    async def fail_unbuildable(self, notification_id: str, generation: int, error: str) -> None:
         """A message that cannot even be rendered (template error, bad address): permanent."""
-        await self.record_attempt(notification_id, Attempt(1, self.clock(), False, error, False))
-        await self.finish(notification_id, Outcome("failed", (Attempt(1, self.clock(), False, error),)))
+        await self.record_attempt(notification_id, generation, Attempt(1, self.clock(), False, error, False))
+        await self.finish(
+            notification_id, generation, Outcome("failed", (Attempt(1, self.clock(), False, error),))
+        )
 
     # -- acknowledgements -----------------------------------------------------------------------
 
