@@ -11,7 +11,7 @@ import pytest
 
 from llmscope.alerter.config import Timings, build_runtime, load_file, parse_duration
 from llmscope.alerter.dedup import LastNotification, needs_update
-from llmscope.alerter.grouping import ChannelView, FlushPlan, decide, first_flush_at
+from llmscope.alerter.grouping import ChannelView, FlushPlan, GroupDecision, decide, first_flush_at
 from llmscope.alerter.model import Alert
 from llmscope.alerter.retry import (
     Attempt,
@@ -146,7 +146,25 @@ def test_group_announces_resolution_and_closes() -> None:
     assert [(p.channel, p.reason) for p in d2.plans] == [("mail", "resolved")]
     assert d2.plans[0].resolved == (done,)
     assert d2.plans[0].firing == ()
-    assert d2.close
+    assert not d2.close  # open until the resolved message is sent: it may still expire
+    told = {**last, "mail": LastNotification(T0, d2.plans[0].record_firing, d2.plans[0].record_resolved)}
+
+    def next_flush(last: dict[str, LastNotification]) -> GroupDecision:
+        return decide(
+            route=route,
+            alerts=[done],
+            channels=[ChannelView("mail"), ChannelView("quiet", send_resolved=False)],
+            last=last,
+            now=T0 + timedelta(minutes=2),
+        )
+
+    d3 = next_flush(told)
+    assert d3.plans == ()
+    assert d3.close
+    # The resolved message expired: the store leaves it out of ``last``, so it is planned again.
+    d4 = next_flush(last)
+    assert [(p.channel, p.reason) for p in d4.plans] == [("mail", "resolved")]
+    assert not d4.close
 
 
 def test_in_flight_channel_waits_and_group_stays_open() -> None:

@@ -179,6 +179,51 @@ async def test_lease_shorter_than_retries_still_sends_each_notification_once(
         await sink.stop()
 
 
+async def test_resolved_message_that_expires_is_sent_on_a_later_flush(
+    database_url: str, js: JetStreamContext
+) -> None:
+    down = False
+    delivered: list[NotificationEvent] = []
+
+    async def behaviour(request: web.Request, n: int) -> web.StreamResponse:
+        if down:
+            return web.Response(status=503, text="down")
+        delivered.append(codec.decode_as(await request.read(), NotificationEvent))
+        return web.Response(text="ok")
+
+    sink = HttpSink(behaviour)
+    url = await sink.start()
+    run = await start_alerter(database_url, js, {"LLMSCOPE_WEBHOOK_URL": url + "/hook"})
+    try:
+        ev = violation(1)
+        await publish(js, ev)
+        await eventually(lambda: len(sink.requests) >= 1, what="the firing message")
+        down = True
+        await publish(js, cleared(ev))
+
+        async def resolved_expired() -> bool:
+            n = await run.pool.fetchval(
+                "SELECT count(*) FROM alerter_notifications WHERE reason = 'resolved' AND status = 'expired'"
+            )
+            return bool(n)
+
+        await eventually(resolved_expired, what="the resolved message expired (FAST_RETRY: 2 s)")
+        down = False
+
+        def resolved_arrived() -> bool:
+            return any(ev.episode_id in {v.episode_id for v in b.resolved} for b in delivered)
+
+        await eventually(resolved_arrived, what="the resolved message once the webhook is back")
+        await asyncio.sleep(0.5)
+        rows = await run.pool.fetch("SELECT reason, status FROM alerter_notifications ORDER BY seq")
+        assert [r["reason"] for r in rows if r["status"] == "sent"] == ["first", "resolved"]
+        state = await run.pool.fetchval("SELECT state FROM alerter_groups")
+        assert state == "closed"
+    finally:
+        await run.close()
+        await sink.stop()
+
+
 class _Stuck:
     """A notifier whose send never returns: the process 'dies' between claim and delivery."""
 

@@ -4,7 +4,8 @@ A group collects the violations of one route with equal ``group_by`` labels. It 
 ``group_wait`` after its first violation, then every ``group_interval``; at each flush every
 channel is asked, through :func:`dedup.needs_update`, whether it must be told anything. Muted
 episodes are left out of the message (they stay recorded). A group whose episodes are all resolved
-closes after the flush that announces it; a later violation opens a new group.
+closes at the first flush after its resolved message was sent (or failed for good); a later
+violation opens a new group.
 """
 
 from __future__ import annotations
@@ -113,7 +114,9 @@ def decide(
                 record_resolved=told_resolved | announce,
             )
         )
-    close = not in_flight and not any(a.firing for a in alerts)
+    # Close only once nothing is left to tell: a resolved message planned now must first be sent
+    # (or fail for good); if it expires, the next flush plans it again from the last message sent.
+    close = not in_flight and not plans and not any(a.firing for a in alerts)
     return GroupDecision(
         plans=tuple(plans),
         muted=muted,
