@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import subprocess
@@ -11,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llmscope.spc_engine.analyze import main
+from llmscope.spc_engine import arl
+from llmscope.spc_engine.analyze import build_parser, config_from_args, main
+from llmscope.spc_engine.config import DEFAULT_EWMA_L, DEFAULT_EWMA_LAMBDA
 
 
 def write_csv(path: Path, rows: list[tuple[str, str, str]]) -> Path:
@@ -154,3 +157,140 @@ def test_runs_as_a_module(tmp_path: Path) -> None:
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=60)
     got = [(r["index"], r["rule"]) for r in map(json.loads, out.stdout.splitlines())]
     assert got == [(1, "SPIKE"), (1, "R1")]
+
+
+def run_main(argv: list[str]) -> object:
+    """``main``'s exit status, argparse's own errors (SystemExit) included."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code
+
+
+KNOWN = ["--transform", "none", "--center", "10", "--sigma", "2", "--chart", "individuals", "--rules", "1"]
+
+
+def test_byte_order_mark_and_spaces_in_the_header(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Excel writes a UTF-8 byte-order mark; people write "series, value".
+    text = "series, value ,timestamp\na, 10,t0\na, 25,t1\n"
+    f = tmp_path / "bom.csv"
+    f.write_text(text, encoding="utf-8-sig")
+    assert main([str(f), *KNOWN]) == 0
+    assert [(r["series"], r["index"], r["rule"]) for r in lines(capsys)] == [
+        ("a", 1, "SPIKE"),
+        ("a", 1, "R1"),
+    ]
+    monkeypatch.setattr(
+        sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode("utf-8-sig")), encoding="utf-8")
+    )
+    assert main(["-", *KNOWN]) == 0
+    assert [(r["series"], r["index"], r["rule"]) for r in lines(capsys)] == [
+        ("a", 1, "SPIKE"),
+        ("a", 1, "R1"),
+    ]
+
+
+@pytest.mark.parametrize("center", ["-3", "0"])
+def test_a_centre_the_log_scale_cannot_chart_is_an_option_error(
+    tmp_path: Path, center: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = write_csv(tmp_path / "a.csv", [("", "", "1")])
+    assert run_main([str(f), "--center", center, "--sigma", "0.3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: llmscope spc analyze")
+    assert "error: --center" in err
+    assert run_main([str(f), "--center", center, "--sigma", "0.3", "--transform", "none"]) == 0
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf"])
+def test_numeric_options_must_be_finite(
+    tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = write_csv(tmp_path / "a.csv", [("", "", "1")])
+    for option in ("--center", "--sigma", "--ewma-lambda", "--ewma-l", "--cusum-k", "--cusum-h", "--spike-k"):
+        argv = [str(f), "--transform", "none", f"{option}={text}"]  # "=": -inf looks like an option
+        if option in ("--center", "--sigma"):
+            argv += ["--sigma", "1"] if option == "--center" else ["--center", "0"]
+        assert run_main(argv) == 2, option
+        assert f"argument {option}: not a finite number" in capsys.readouterr().err
+
+
+def test_spike_is_separate_from_the_nelson_tests(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = write_csv(tmp_path / "s.csv", [("", "", v) for v in ("10", "17", "10", "21")])  # 3.5 and 5.5 sigma
+    base = [str(f), "--transform", "none", "--center", "10", "--sigma", "2", "--chart", "individuals"]
+    # As in the service, --rules leaves SPIKE (beyond 5 sigma) on.
+    assert main([*base, "--rules", "none"]) == 0
+    assert [(r["index"], r["rule"], r["severity"]) for r in lines(capsys)] == [(3, "SPIKE", "critical")]
+    assert main([*base, "--rules", "none", "--no-spike"]) == 0
+    assert lines(capsys) == []
+    assert main([*base, "--rules", "none", "--spike-k", "3"]) == 0
+    recs = lines(capsys)
+    assert [(r["index"], r["rule"]) for r in recs] == [(1, "SPIKE")]  # one episode: 3 is not quiet
+    assert recs[0]["rule_name"] == "1 point more than 3 sigma"
+    for bad in (["--spike-k", "0"], ["--no-spike", "--spike-k", "4"], ["--defaults", "--no-spike"]):
+        assert run_main([str(f), *bad]) == 2, bad
+        assert "error:" in capsys.readouterr().err
+    assert run_main([str(f), "--chart", "ewma", "--spike-k", "4"]) == 2
+    assert "--spike-k" in capsys.readouterr().err
+
+
+def test_every_option_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    for action in parser._actions:
+        assert action.help, action.option_strings or action.dest
+    assert run_main(["--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Nelson tests only" in text
+    assert "--spike-k" in text
+    assert "--no-spike" in text
+
+
+def test_ewma_lambda_alone_keeps_the_default_in_control_arl() -> None:
+    parser = build_parser()
+    target = arl.ewma_arl(DEFAULT_EWMA_LAMBDA, DEFAULT_EWMA_L)
+    cfg = config_from_args(parser.parse_args(["f.csv", "--ewma-lambda", str(DEFAULT_EWMA_LAMBDA)]))
+    assert abs(cfg.ewma.L - DEFAULT_EWMA_L) < 0.002  # the default L back
+    cfg = config_from_args(parser.parse_args(["f.csv", "--ewma-lambda", "0.3"]))
+    assert cfg.ewma.lam == 0.3
+    assert arl.ewma_arl(0.3, cfg.ewma.L) == pytest.approx(target, rel=0.01)
+    cfg = config_from_args(parser.parse_args(["f.csv", "--ewma-lambda", "0.3", "--ewma-l", "3"]))
+    assert (cfg.ewma.lam, cfg.ewma.L) == (0.3, 3.0)
+
+
+@pytest.mark.parametrize("fmt", ["table", "json"])
+@pytest.mark.parametrize("read_first", [False, True])
+def test_a_closed_pipe_ends_quietly(tmp_path: Path, fmt: str, read_first: bool) -> None:
+    # `llmscope spc analyze big.csv | head -1`: the reader goes before the output is all written,
+    # before the first write or in the middle of one (> 64 KiB, a pipe's buffer, still to come).
+    f = write_csv(tmp_path / "p.csv", [("", "", "20" if i % 12 == 0 else "10") for i in range(20_000)])
+    cmd = [sys.executable, "-m", "llmscope.spc_engine.analyze", str(f), *KNOWN, "--format", fmt]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        if read_first:
+            assert proc.stdout.readline()
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=60) == 141
+    assert err == ""
+
+
+def test_skipped_rows_and_empty_files_are_noted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    values = ["10", "", "abc", "inf", "nan", "-1", "0", "20"]
+    rows = [("a", "", v) for v in values] + [("b", "", "10"), ("b", "", "x")]
+    f = write_csv(tmp_path / "k.csv", rows)
+    assert main([str(f), "--center", "10", "--sigma", "0.1", "--chart", "individuals", "--rules", "1"]) == 0
+    out = capsys.readouterr()
+    assert [json.loads(line)["index"] for line in out.out.splitlines()] == [7, 7]  # stdout as before
+    assert out.err.splitlines() == [
+        "series 'a': skipped 6 of 8 rows: 1 empty, 1 not a number, 2 not finite, 2 not > 0 (log scale)",
+        "series 'b': skipped 1 of 2 rows: 1 not a number",
+    ]
+    empty = tmp_path / "empty.csv"
+    empty.write_text("series,value\n")
+    assert main([str(empty)]) == 0
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert "no data rows" in out.err

@@ -8,14 +8,25 @@ EWMA lambda = 0.1, L = 2.814: 500 / 10.3.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
 from llmscope.spc_engine import arl
-from llmscope.spc_engine.config import DEFAULT_CUSUM_H, DEFAULT_CUSUM_K, DEFAULT_EWMA_L, DEFAULT_EWMA_LAMBDA
+from llmscope.spc_engine.chart import MetricChart
+from llmscope.spc_engine.config import (
+    DEFAULT_CUSUM_H,
+    DEFAULT_CUSUM_K,
+    DEFAULT_EWMA_L,
+    DEFAULT_EWMA_LAMBDA,
+    ChartConfig,
+    CusumConfig,
+    EwmaConfig,
+    SpikeConfig,
+)
+from llmscope.spc_engine.rules import RulesConfig
 
 Arr = npt.NDArray[np.float64]
 Step = Callable[[Arr, Arr], tuple[Arr, npt.NDArray[np.bool_]]]
@@ -93,6 +104,7 @@ def test_default_thresholds_come_from_their_target_run_lengths() -> None:
         assert arl.cusum_arl(k, h, m=200) == pytest.approx(1e6, rel=0.01)
     assert arl.ewma_arl(DEFAULT_EWMA_LAMBDA, DEFAULT_EWMA_L, m=201) == pytest.approx(2e4, rel=0.01)
     assert arl.cusum_h_for_arl0(0.5, 465.4) == pytest.approx(5.0, abs=0.01)
+    assert arl.ewma_limit_for_arl0(0.1, 500.0) == pytest.approx(2.814, abs=0.005)
 
 
 def test_run_length_quantiles() -> None:
@@ -101,3 +113,45 @@ def test_run_length_quantiles() -> None:
     assert arl.ewma_run_length_quantile(0.1, 2.814, 1.0) == pytest.approx(9, abs=1)
     assert arl.combined_arl(100.0, 100.0) == 50.0
     assert arl.combined_arl(math.inf) == math.inf
+
+
+def engine_run_lengths(config: ChartConfig, shift: float, runs: int, seed: int) -> Arr:
+    """Points until the first signal of each of ``runs`` fresh MetricCharts fed N(shift, 1)."""
+    rng = np.random.default_rng(seed)
+    points: Iterator[float] = iter(())
+    out = np.empty(runs)
+    for i in range(runs):
+        chart = MetricChart(config)
+        n = 0
+        while True:
+            x = next(points, None)
+            if x is None:
+                points = iter((rng.standard_normal(100_000) + shift).tolist())
+                continue
+            n += 1
+            if signals := chart.update(x):
+                assert [(s.rule, s.state) for s in signals] == [("R1", "open")]
+                break
+        out[i] = n
+    return out
+
+
+def test_the_engine_individuals_chart_has_the_published_run_lengths() -> None:
+    # The service's own streaming objects (MetricChart over IndividualsChart and the Nelson
+    # rules), not a numpy model of them: known centre and sigma (no baseline), test 1 only.
+    config = ChartConfig(
+        transform="none",
+        center=0.0,
+        sigma=1.0,
+        rules=RulesConfig().only({1}),
+        spike=SpikeConfig(enabled=False),
+        ewma=EwmaConfig(enabled=False),
+        cusum=CusumConfig(enabled=False),
+    )
+    for shift, published, runs, seed in ((0.0, 370.4, 2000, 21), (1.0, 43.9, 2000, 22)):
+        # Run lengths are geometric: sd = sqrt(1 - p) / p. Four standard errors of the mean of
+        # `runs` of them (+-9% in control, +-9% at 1 sigma) fail a correct chart once in 15,000
+        # seeds; a 2.9 or 3.1 sigma limit (ARL 268 or 517) is far outside.
+        p = 1.0 / published
+        tolerance = 4.0 * math.sqrt(1.0 - p) / p / math.sqrt(runs)
+        assert engine_run_lengths(config, shift, runs, seed).mean() == pytest.approx(published, abs=tolerance)
