@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections import Counter
 from datetime import timedelta
 from typing import Any
 
 import aiohttp
 import asyncpg
+import pytest
 from aiohttp import web
 from nats.js import JetStreamContext
 
@@ -19,6 +21,8 @@ from llmscope.alerter.notifiers.base import Notification, Notifier
 from llmscope.alerter.notifiers.webhook import DELIVERY_HEADER
 from llmscope.alerter.retry import RetryPolicy
 from llmscope.alerter.silences import Silence
+from llmscope.alerter.testsend import send_test
+from llmscope.config.env import Env
 from llmscope.proto import codec
 from llmscope.proto.alert import NotificationEvent
 from tests.alerter.factories import HttpSink, Mailbox, cleared, smtp_server, violation
@@ -222,6 +226,50 @@ async def test_resolved_message_that_expires_is_sent_on_a_later_flush(
     finally:
         await run.close()
         await sink.stop()
+
+
+async def test_redirect_loop_never_reveals_the_secret_webhook_url(
+    database_url: str, js: JetStreamContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "T0001/B0002/s3cr3t-t0ken"
+
+    async def behaviour(request: web.Request, n: int) -> web.StreamResponse:
+        return web.Response(status=302, headers={"Location": request.path}, text="moved")  # to itself
+
+    sink = HttpSink(behaviour)
+    url = await sink.start()
+    env = {"LLMSCOPE_WEBHOOK_URL": f"{url}/services/{secret}"}
+    caplog.set_level(logging.DEBUG)
+    run = await start_alerter(database_url, js, env)
+    try:
+        await publish(js, violation(1))
+
+        async def finished() -> bool:
+            n = await run.pool.fetchval(
+                "SELECT count(*) FROM alerter_notifications WHERE status <> 'sending'"
+            )
+            return bool(n)
+
+        await eventually(finished, what="the notification finished")
+        row = await run.pool.fetchrow("SELECT status, last_error, detail FROM alerter_notifications")
+        assert row is not None
+        details = [r["detail"] for r in await run.pool.fetch("SELECT detail FROM alerter_delivery_attempts")]
+        reply = await send_test("webhook", {}, env=Env(env))
+    finally:
+        await run.close()
+        await sink.stop()
+    fmt = logging.Formatter()
+    logged = [
+        f"{r.getMessage()} {getattr(r, 'ctx', '')} {fmt.formatException(r.exc_info) if r.exc_info else ''}"
+        for r in caplog.records
+    ]
+    assert details
+    assert logged
+    for text in [row["last_error"], row["detail"], *details, reply.detail, *logged]:
+        assert "s3cr3t" not in str(text), text
+    assert row["status"] == reply.status == "failed"  # a redirect is a misconfiguration, not followed
+    assert "HTTP 302" in row["last_error"]
+    assert len(sink.requests) == 2  # one each: not followed
 
 
 class _Stuck:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -112,14 +113,32 @@ class Outcome:
         return self.attempts[-1].detail if self.attempts else ""
 
 
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*")
+
+
+def describe_error(exc: BaseException) -> str:
+    """The exception's type and message with every URL cut out.
+
+    Webhook URLs carry their credential in the path (Slack's token), and aiohttp's reprs name the
+    request URL (``TooManyRedirects(RequestInfo(url=...))``); this text goes to logs, the
+    notification log and the setup wizard's test-send reply.
+    """
+    if isinstance(exc, aiohttp.ClientResponseError):
+        message = f"{exc.status} {exc.message}".strip()  # str() would add url=...; request_info too
+    else:
+        message = str(exc)
+    message = _URL.sub("<url>", message)
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
 def _as_delivery_error(exc: BaseException) -> DeliveryError:
     if isinstance(exc, DeliveryError):
         return exc
     if isinstance(exc, TimeoutError):
         return DeliveryError("timed out", retryable=True)
     if isinstance(exc, aiohttp.ClientError | OSError):
-        return DeliveryError(f"transport error: {exc!r}", retryable=True)
-    return DeliveryError(f"unexpected error: {exc!r}", retryable=False)
+        return DeliveryError(f"transport error: {describe_error(exc)}", retryable=True)
+    return DeliveryError(f"unexpected error: {describe_error(exc)}", retryable=False)
 
 
 async def send_with_retry(

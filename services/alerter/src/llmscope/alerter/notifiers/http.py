@@ -1,4 +1,8 @@
-"""One HTTP POST with the failure classification every HTTP channel shares."""
+"""One HTTP POST with the failure classification every HTTP channel shares.
+
+Redirects are not followed: a webhook that answers 3xx is misconfigured (a permanent failure),
+and following a loop of them only ended in an error whose repr carried the secret URL.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from collections.abc import Mapping
 
 import aiohttp
 
-from llmscope.alerter.retry import DeliveryError, classify_http
+from llmscope.alerter.retry import DeliveryError, classify_http, describe_error
 
 
 async def post(
@@ -14,7 +18,7 @@ async def post(
 ) -> tuple[int, str]:
     """POST and return (status, body); raise DeliveryError unless the answer is 2xx."""
     try:
-        async with session.post(url, data=data, headers=dict(headers)) as resp:
+        async with session.post(url, data=data, headers=dict(headers), allow_redirects=False) as resp:
             body = await resp.text(errors="replace")
             error = classify_http(resp.status, resp.headers, body)
             if error is not None:
@@ -23,4 +27,5 @@ async def post(
     except aiohttp.InvalidURL:
         raise DeliveryError("invalid URL (not shown: it may hold a credential)", retryable=False) from None
     except aiohttp.ClientError as exc:
-        raise DeliveryError(f"transport error: {exc!r}", retryable=True) from exc
+        # from None: a traceback logged further up would print the request URL again.
+        raise DeliveryError(f"transport error: {describe_error(exc)}", retryable=True) from None
