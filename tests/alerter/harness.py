@@ -21,9 +21,10 @@ from llmscope.alerter.service import (
     NotifierFactory,
     default_notifier_factory,
     utcnow,
+    violation_consumer_options,
 )
 from llmscope.alerter.store import Store
-from llmscope.bus.consumer import ConsumerOptions, DurableConsumer
+from llmscope.bus.consumer import DurableConsumer
 from llmscope.bus.deadletter import DeadLetters
 from llmscope.bus.publisher import Publisher
 from llmscope.config.env import Env
@@ -79,6 +80,7 @@ async def start_alerter(
     llm: LlmConfig | None = None,
     incident_window: float = 60.0,
     severities: tuple[Any, ...] = ("critical",),
+    consumer_options: Mapping[str, Any] | None = None,
 ) -> Running:
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=6)
     async with pool.acquire() as conn:
@@ -117,7 +119,9 @@ async def start_alerter(
             decode=lambda data: codec.decode_as(data, ViolationEvent),
             handler=alerter.on_violations,
             dead_letters=DeadLetters(publisher, "alerter"),
-            options=ConsumerOptions(batch_size=16, fetch_timeout=0.1),
+            options=violation_consumer_options(
+                **{"batch_size": 16, "fetch_timeout": 0.1, **(consumer_options or {})}
+            ),
         )
         runs.append(consumer.run(stop))
     task = asyncio.ensure_future(asyncio.gather(*runs))

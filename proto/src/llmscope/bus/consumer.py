@@ -5,7 +5,11 @@ Handlers know nothing of NATS: they take a batch of decoded deliveries and retur
 - the handler's success acks the batch (so a message is acked only after its effect is durable);
 - the handler may reject single messages (dead-lettered with its reason, then terminated);
 - a handler exception naks the batch with backoff; after ``max_deliver`` tries the message is
-  dead-lettered with the last error instead of being dropped by the server.
+  dead-lettered with the last error instead of being dropped by the server;
+- with ``ConsumerOptions.transient`` set, an exception it accepts (the handler's own store is
+  unreachable, say) means "not processed, try later": the batch is nak'd with the capped backoff
+  without limit and the try is not counted toward dead-lettering (the server's max_deliver is
+  then unlimited; other failures are counted by this consumer, per message, in memory).
 
 Batches are pulled by :class:`PullRequests`, which sends JetStream pull requests itself instead
 of calling nats-py's ``fetch()``, which costs a task, a uuid and a ``wait_for`` per message:
@@ -60,6 +64,8 @@ class ConsumerOptions:
     max_deliver: int = 8
     backoff: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
     max_ack_pending: int = 10_000
+    transient: Callable[[Exception], bool] | None = None
+    """Handler errors that are waited out (redelivered without limit, never dead-lettered)."""
 
 
 class PullRequests:
@@ -163,6 +169,7 @@ class DurableConsumer(Generic[T]):
         self._log = log.bind(stream=stream, consumer=durable)
         self.processed = 0
         self.dead_lettered = 0
+        self._failures: dict[int, int] = {}  # stream seq -> counted failures (with ``transient``)
 
     def consumer_config(self) -> ConsumerConfig:
         return ConsumerConfig(
@@ -172,7 +179,8 @@ class DurableConsumer(Generic[T]):
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self._opts.ack_wait,
             # The server stops redelivering after max_deliver; we dead-letter on the last try ourselves.
-            max_deliver=self._opts.max_deliver + 1,
+            # Transient failures are not counted, so the server must not stop: unlimited (-1).
+            max_deliver=-1 if self._opts.transient is not None else self._opts.max_deliver + 1,
             max_ack_pending=self._opts.max_ack_pending,
             filter_subjects=self._filters if len(self._filters) > 1 else None,
             filter_subject=self._filters[0] if len(self._filters) == 1 else None,
@@ -214,25 +222,48 @@ class DurableConsumer(Generic[T]):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if self._opts.transient is not None and self._opts.transient(exc):
+                self._log.warning(
+                    "handler unavailable; will redeliver",
+                    batch=len(deliveries),
+                    error=f"{type(exc).__name__}: {exc}"[:200],
+                )
+                for delivery in deliveries:
+                    await delivery.msg.nak(delay=self._delay(delivery.num_delivered))
+                return
             self._log.exception("handler failed; will redeliver", batch=len(deliveries))
             await self._retry_or_dead_letter(deliveries, exc)
             return
         for index, delivery in enumerate(deliveries):
+            self._failures.pop(delivery.stream_seq, None)
             if index in rejected:
                 await self._reject(delivery.msg, rejected[index], delivery.stream_seq)
             else:
                 await delivery.msg.ack()
                 self.processed += 1
 
+    def _delay(self, num_delivered: int) -> float:
+        backoff = self._opts.backoff
+        return backoff[min(max(num_delivered, 1) - 1, len(backoff) - 1)]
+
+    def _count_failure(self, delivery: Delivery[T]) -> int:
+        if self._opts.transient is None:
+            return delivery.num_delivered
+        failures = self._failures.pop(delivery.stream_seq, 0) + 1
+        self._failures[delivery.stream_seq] = failures
+        if len(self._failures) > self._opts.max_ack_pending:
+            del self._failures[next(iter(self._failures))]  # the oldest: it moved to another replica
+        return failures
+
     async def _retry_or_dead_letter(self, deliveries: Sequence[Delivery[T]], exc: Exception) -> None:
         for delivery in deliveries:
-            if delivery.num_delivered >= self._opts.max_deliver:
-                reason = f"handler failed {delivery.num_delivered} times, last error: {exc!r}"
+            failures = self._count_failure(delivery)
+            if failures >= self._opts.max_deliver:
+                self._failures.pop(delivery.stream_seq, None)
+                reason = f"handler failed {failures} times, last error: {exc!r}"
                 await self._reject(delivery.msg, reason, delivery.stream_seq)
             else:
-                backoff = self._opts.backoff
-                delay = backoff[min(delivery.num_delivered - 1, len(backoff) - 1)]
-                await delivery.msg.nak(delay=delay)
+                await delivery.msg.nak(delay=self._delay(delivery.num_delivered))
 
     async def _reject(self, msg: Msg, reason: str, stream_seq: int) -> None:
         # The dead letter is published (and acked by JetStream) before the original is dropped.

@@ -21,11 +21,11 @@ from llmscope.alerter.config import build_runtime, load_file
 from llmscope.alerter.control import ControlResponder
 from llmscope.alerter.migrate import migrate
 from llmscope.alerter.retention import RetentionPolicy
-from llmscope.alerter.service import Alerter, AlerterOptions, utcnow
+from llmscope.alerter.service import Alerter, AlerterOptions, utcnow, violation_consumer_options
 from llmscope.alerter.settings import AlerterSettings
 from llmscope.alerter.store import Store
 from llmscope.bus.connection import connect
-from llmscope.bus.consumer import ConsumerOptions, DurableConsumer
+from llmscope.bus.consumer import DurableConsumer
 from llmscope.bus.deadletter import DeadLetters
 from llmscope.bus.publisher import Publisher
 from llmscope.bus.streams import ensure_streams
@@ -107,7 +107,7 @@ async def serve(settings: AlerterSettings, env: Env, stop: asyncio.Event) -> Non
                     decode=_decode,
                     handler=alerter.on_violations,
                     dead_letters=DeadLetters(publisher, "alerter"),
-                    options=ConsumerOptions(batch_size=64),
+                    options=violation_consumer_options(),
                 )
                 health = None
                 if settings.health_port:

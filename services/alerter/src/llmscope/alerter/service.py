@@ -13,8 +13,9 @@ import contextlib
 import functools
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Any
 
 import aiohttp
 from prometheus_client import Counter
@@ -28,8 +29,8 @@ from llmscope.alerter.notifiers.base import AlertView, Notification, Notifier
 from llmscope.alerter.notifiers.registry import build_notifier
 from llmscope.alerter.retention import RetentionPolicy
 from llmscope.alerter.retry import Attempt, DeliveryError, Outcome, RetryPolicy, send_with_retry
-from llmscope.alerter.store import AnalysisJob, Claim, Store
-from llmscope.bus.consumer import Delivery
+from llmscope.alerter.store import AnalysisJob, Claim, Store, database_unavailable
+from llmscope.bus.consumer import ConsumerOptions, Delivery
 from llmscope.bus.publisher import Publisher, PublishFailed
 from llmscope.config.env import Env
 from llmscope.config.logs import BoundLogger, get_logger
@@ -51,6 +52,14 @@ NotifierFactory = Callable[[str, RuntimeConfig, aiohttp.ClientSession], Notifier
 
 def default_notifier_factory(name: str, runtime: RuntimeConfig, session: aiohttp.ClientSession) -> Notifier:
     return build_notifier(runtime.channels[name], session)
+
+
+def violation_consumer_options(**overrides: Any) -> ConsumerOptions:
+    """How the alerter consumes violations: while Postgres is unreachable a violation is not
+    processed and comes back later (capped backoff, for as long as the outage lasts) instead of
+    being dead-lettered after ``max_deliver`` tries; undecodable or otherwise failing events still
+    are."""
+    return replace(ConsumerOptions(batch_size=64, transient=database_unavailable), **overrides)
 
 
 def utcnow() -> datetime:
