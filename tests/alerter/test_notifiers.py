@@ -19,7 +19,7 @@ from aiohttp import web
 from llmscope.alerter.config import ChannelSpec
 from llmscope.alerter.notifiers import base
 from llmscope.alerter.notifiers.base import AlertView, ContextPoint, Notification, Notifier
-from llmscope.alerter.notifiers.email import EmailConfig, EmailNotifier
+from llmscope.alerter.notifiers.email import EmailConfig, EmailNotifier, message_id
 from llmscope.alerter.notifiers.pagerduty import PagerDutyNotifier
 from llmscope.alerter.notifiers.registry import NOTIFIER_CLASSES, build_notifier
 from llmscope.alerter.notifiers.slack import SlackNotifier, rule_colour
@@ -86,6 +86,12 @@ def test_email_payload_has_text_html_stats_and_context() -> None:
         "mail", EmailConfig(host="h", sender="scope@example.com", recipients=("a@x.io", "b@x.io"))
     ).build_payload(n)
     assert msg["To"] == "a@x.io, b@x.io"
+    # The Message-ID is the notification id: a re-send (another replica, after a crash) repeats it.
+    assert msg["Message-ID"] == "<7.mail.1@llmscope>"
+    again = EmailNotifier("mail", EmailConfig(host="h2", sender="s@example.com", recipients=("c@x.io",)))
+    assert again.build_payload(n)["Message-ID"] == msg["Message-ID"]
+    assert message_id("12:ops mail:3") == "<12.ops.mail.3@llmscope>"
+    assert message_id("..::") == "<notification@llmscope>"
     assert "CRITICAL" in msg["Subject"]
     text = msg.get_body(("plain",))
     html = msg.get_body(("html",))

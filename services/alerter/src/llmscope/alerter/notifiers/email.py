@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import html
+import re
 import ssl
 from dataclasses import dataclass, field
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime
 from typing import Literal
 
 import aiosmtplib
@@ -131,6 +132,15 @@ def render_html(n: Notification) -> str:
     return "".join(parts)
 
 
+_NOT_ATEXT = re.compile(r"[^A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+")
+
+
+def message_id(notification_id: str) -> str:
+    """``<{notification id}@llmscope>``, the id made an RFC 5322 dot-atom (``7:mail:1`` -> ``7.mail.1``)."""
+    left = ".".join(part for part in _NOT_ATEXT.split(notification_id) if part) or "notification"
+    return f"<{left}@llmscope>"
+
+
 class EmailNotifier:
     """Sends one multipart message to every recipient."""
 
@@ -152,7 +162,8 @@ class EmailNotifier:
         msg["From"] = cfg.sender
         msg["To"] = ", ".join(cfg.recipients)
         msg["Date"] = format_datetime(notification.created_at)
-        msg["Message-ID"] = make_msgid(idstring=notification.id.replace(":", "."), domain="llmscope")
+        # Stable across re-sends (a take-over after a crash), so receivers can de-duplicate by it.
+        msg["Message-ID"] = message_id(notification.id)
         msg["X-LLMscope-Notification"] = notification.id
         try:
             msg.set_content(render_text(notification))
