@@ -394,6 +394,24 @@ def test_api_settings_overlay() -> None:
     assert [c.name for c in rt.enabled_channels()] == ["email"]
 
 
+def test_a_channel_set_up_in_the_api_settings_is_off_without_its_switch() -> None:
+    """The API shows ``alert.<kind>.enabled`` as false when there is no row: so does the alerter."""
+    env = Env({"LLMSCOPE_SLACK_WEBHOOK_URL": "http://x/hook", "LLMSCOPE_PAGERDUTY_ROUTING_KEY": "rk"})
+    settings: dict[str, object] = {
+        "alert.email.smtp_host": '"mail.local"',
+        "alert.email.recipients": '["a@x.io"]',
+        "alert.webhook.url": '"https://hooks.example.com/in"',
+        "alert.pagerduty.routing_key": '"rk2"',  # overrides the environment's key: now from settings
+    }
+    rt = build_runtime(None, env, settings, timings=Timings())
+    assert sorted(rt.channels) == ["email", "pagerduty", "slack", "webhook"]
+    # slack comes from the environment only: no switch needed, as documented
+    assert [c.name for c in rt.enabled_channels()] == ["slack"]
+    on = {**settings, "alert.email.enabled": "true", "alert.webhook.enabled": "true"}
+    rt = build_runtime(None, env, on, timings=Timings())
+    assert sorted(c.name for c in rt.enabled_channels()) == ["email", "slack", "webhook"]
+
+
 def test_the_api_settings_keys() -> None:
     """The keys of llmscope.api.known_settings, as JSON values in the settings table."""
     settings: dict[str, object] = {

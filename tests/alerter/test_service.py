@@ -444,7 +444,8 @@ async def test_email_context_table_from_the_api_telemetry_and_settings(
     await api.executemany("INSERT INTO telemetry VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)", rows)
     await api.execute(
         "INSERT INTO settings VALUES ('smtp_host', '\"127.0.0.1\"'), ('smtp_port', $1::jsonb),"
-        " ('smtp_security', '\"none\"'), ('smtp_to', '\"ops@example.com\"'), ('alert_on_rule', '[\"R1\"]')",
+        " ('smtp_security', '\"none\"'), ('smtp_to', '\"ops@example.com\"'), ('alert_on_rule', '[\"R1\"]'),"
+        " ('alert.email.enabled', 'true')",
         json.dumps(smtp.port),
     )
     run = await start_alerter(database_url, js, {})  # channels from the API's settings only

@@ -26,7 +26,10 @@ come from the environment (``LLMSCOPE_SMTP_HOST``, ``LLMSCOPE_SLACK_WEBHOOK_URL`
 ``LLMSCOPE_WEBHOOK_URL``, ``LLMSCOPE_PAGERDUTY_ROUTING_KEY``; named ``email``, ``slack``,
 ``webhook``, ``pagerduty``) and from the API's ``settings`` table, which wins over both for the
 channels named ``email``, ``slack``, ``webhook`` and ``pagerduty`` and for the enable switches
-(an explicit ``*_enabled: false`` disables every channel of that kind). Keys read, in the API's
+(an explicit ``*_enabled: false`` disables every channel of that kind). A channel whose address
+comes from the settings (SMTP host, Slack or webhook URL, PagerDuty key) is off unless its switch
+is true, as the API shows it (``alert.<kind>.enabled`` defaults to false); channels of the file
+or the environment stay enabled without a switch. Keys read, in the API's
 names (``llmscope.api.known_settings``) or the seeds' flat names: ``alert.on_rules`` /
 ``alert_on_rule`` (rules that notify at all; empty: every rule), ``alert.min_severity`` (the
 default route's lowest severity), ``alert.group_wait_s``, ``alert.group_interval_s``,
@@ -348,6 +351,7 @@ def apply_settings(
     """Overlay the API's settings on channels; returns them and the alert_on_rule filter."""
     s = normalize_settings(settings)
     out = dict(channels)
+    from_settings: set[str] = set()  # channels whose address the settings gave
     smtp_host = s.get("smtp_host")
     if isinstance(smtp_host, str) and smtp_host:
         base = out.get("email")
@@ -374,9 +378,11 @@ def apply_settings(
             timeout=timeout,
         )
         out["email"] = ChannelSpec("email", "email", email=cfg)
+        from_settings.add("email")
     slack_url = s.get("slack_webhook_url")
     if isinstance(slack_url, str) and slack_url:
         out["slack"] = ChannelSpec("slack", "slack", url=Secret(slack_url))
+        from_settings.add("slack")
     hook_url = s.get("webhook_url")
     if isinstance(hook_url, str) and hook_url:
         hook_secret = s.get("webhook_secret")
@@ -388,6 +394,7 @@ def apply_settings(
             url=Secret(hook_url),
             secret=secret or (base_hook.secret if base_hook else Secret("")),
         )
+        from_settings.add("webhook")
     pd_key = s.get("pagerduty_routing_key")
     if isinstance(pd_key, str) and pd_key:
         base_pd = out.get("pagerduty")
@@ -397,13 +404,16 @@ def apply_settings(
             secret=Secret(pd_key),
             events_url=base_pd.events_url if base_pd else DEFAULT_EVENTS_URL,
         )
+        from_settings.add("pagerduty")
     for kind in KINDS:
         switch = _as_bool(s.get(f"{kind}_enabled"))
-        if switch is None:
-            continue
         for name, spec in list(out.items()):
-            if spec.kind == kind:
+            if spec.kind != kind:
+                continue
+            if switch is not None:
                 out[name] = replace(spec, enabled=switch)
+            elif name in from_settings:
+                out[name] = replace(spec, enabled=False)  # no switch row: the API's default, off
     rules = _as_list(s.get("alert_on_rule"))
     allowed = frozenset(r.upper() for r in rules) if rules else None  # empty: every rule
     return out, allowed
