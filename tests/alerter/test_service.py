@@ -13,6 +13,7 @@ import aiohttp
 import asyncpg
 import pytest
 from aiohttp import web
+from msgspec import structs
 from nats.js import JetStreamContext
 
 from llmscope.alerter.config import RuntimeConfig, Timings, load_file
@@ -66,7 +67,8 @@ async def _api_tables(database_url: str) -> asyncpg.Connection:
         " acknowledged_by text, acknowledged_at timestamptz);"
         "CREATE TABLE settings (key text PRIMARY KEY, value jsonb NOT NULL);"
         "CREATE TABLE telemetry (id text PRIMARY KEY, ts timestamptz NOT NULL, provider text, model text,"
-        " prompt_id text, status text, latency_ms float8, ttft_ms float8, tokens_per_s float8)"
+        " prompt_id text, status text, latency_ms float8, ttft_ms float8, tokens_per_s float8,"
+        " target text NOT NULL DEFAULT '')"
     )
     return conn
 
@@ -441,7 +443,11 @@ async def test_email_context_table_from_the_api_telemetry_and_settings(
         )
         for i in range(-15, 6)
     ]
-    await api.executemany("INSERT INTO telemetry VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)", rows)
+    await api.executemany(
+        "INSERT INTO telemetry (id, ts, provider, model, prompt_id, status, latency_ms, ttft_ms,"
+        " tokens_per_s) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
+        rows,
+    )
     await api.execute(
         "INSERT INTO settings VALUES ('smtp_host', '\"127.0.0.1\"'), ('smtp_port', $1::jsonb),"
         " ('smtp_security', '\"none\"'), ('smtp_to', '\"ops@example.com\"'), ('alert_on_rule', '[\"R1\"]'),"
@@ -466,3 +472,38 @@ async def test_email_context_table_from_the_api_telemetry_and_settings(
         await run.close()
         await api.close()
         smtp.stop()
+
+
+async def test_context_table_reads_the_violation_target_only(database_url: str) -> None:
+    api = await _api_tables(database_url)
+    ev = structs.replace(violation(0), target="gpu-a")
+    rows = [
+        (
+            f"{target}-{i}",
+            ev.ts + timedelta(seconds=i),
+            "ollama",
+            "llama3.1:8b",
+            "simple-1",
+            "ok",
+            value,
+            target,
+        )
+        for i in range(-5, 3)
+        for target, value in (("gpu-a", 800.0), ("gpu-b", 5000.0))
+    ]
+    await api.executemany(
+        "INSERT INTO telemetry (id, ts, provider, model, prompt_id, status, latency_ms, target)"
+        " VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
+        rows,
+    )
+    run = await start_alerter(database_url, None, {})
+    try:
+        context = await run.store.context_for([ev])
+        points = context[ev.episode_id]
+        assert len(points) == 8  # gpu-a's 8 points; gpu-b's are another chart
+        assert {p.value for p in points} == {800.0}
+        untargeted = await run.store.context_for([violation(0)])  # an older event: every target
+        assert {p.value for p in untargeted[violation(0).episode_id]} == {800.0, 5000.0}
+    finally:
+        await run.close()
+        await api.close()

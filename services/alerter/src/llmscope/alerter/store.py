@@ -674,19 +674,21 @@ class Store:
                 pivot = max(ev.point_ts) if ev.point_ts else ev.ts
                 col = ev.metric  # whitelisted above: safe to splice
                 try:
+                    # Charts are per target (endpoint); a violation without one (older engines)
+                    # reads every target's points, as before.
+                    series = "provider = $1 AND model = $2 AND prompt_id = $3 AND ($7 = '' OR target = $7)"
                     rows = await conn.fetch(
                         f"(SELECT id, ts, {col}::float8 AS value, status FROM telemetry"
-                        "  WHERE provider = $1 AND model = $2 AND prompt_id = $3 AND ts <= $4"
-                        "  ORDER BY ts DESC LIMIT $5)"
+                        f"  WHERE {series} AND ts <= $4 ORDER BY ts DESC LIMIT $5)"
                         f" UNION ALL (SELECT id, ts, {col}::float8 AS value, status FROM telemetry"
-                        "  WHERE provider = $1 AND model = $2 AND prompt_id = $3 AND ts > $4"
-                        "  ORDER BY ts LIMIT $6)",
+                        f"  WHERE {series} AND ts > $4 ORDER BY ts LIMIT $6)",
                         ev.provider,
                         ev.model,
                         ev.prompt_id,
                         pivot,
                         CONTEXT_POINTS + 1,
                         CONTEXT_POINTS,
+                        ev.target,
                     )
                 except asyncpg.PostgresError as exc:
                     self._log.warning("cannot read telemetry context", error=str(exc))
