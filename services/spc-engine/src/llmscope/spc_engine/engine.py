@@ -220,6 +220,17 @@ def render_view(config: ChartConfig, state: ChartState) -> ChartView:
     )
 
 
+def _meta(ev: TelemetryEvent, prompt_id: str, metric: str) -> ChartMeta:
+    return ChartMeta(
+        provider=ev.provider,
+        model=ev.model,
+        target=ev.target,
+        prompt_id=prompt_id,
+        metric=metric,
+        host=ev.host,
+    )
+
+
 class _Entry:
     __slots__ = ("_ids", "chart", "checked", "dirty", "meta", "seq", "settings_seq")
 
@@ -415,15 +426,7 @@ class Engine:
         avail_key, metric_keys = self._keys(ev)
         entry = self._charts.get(avail_key)
         if entry is None:
-            meta = ChartMeta(
-                provider=ev.provider,
-                model=ev.model,
-                target=ev.target,
-                prompt_id="*",
-                metric=AVAILABILITY,
-                host=ev.host,
-            )
-            entry = await self._entry(avail_key, meta, AVAILABILITY)
+            entry = await self._entry(avail_key, _meta(ev, "*", AVAILABILITY), AVAILABILITY)
         if self._fresh(entry, seq):
             assert isinstance(entry.chart, AvailabilityChart)
             for asig in entry.chart.update(not ev.ok, ev.id):
@@ -436,15 +439,7 @@ class Engine:
                 continue
             entry = self._charts.get(key)
             if entry is None:
-                meta = ChartMeta(
-                    provider=ev.provider,
-                    model=ev.model,
-                    target=ev.target,
-                    prompt_id=ev.prompt_id,
-                    metric=metric,
-                    host=ev.host,
-                )
-                entry = await self._entry(key, meta, metric, seq)
+                entry = await self._entry(key, _meta(ev, ev.prompt_id, metric), metric, seq)
             chart = entry.chart
             assert isinstance(chart, MetricChart)
             if not self._fresh(entry, seq) or entry.seen(ev.id):
