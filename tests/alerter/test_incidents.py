@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -243,3 +244,25 @@ async def test_failing_llm_never_blocks_delivery_and_similar_incidents_are_linke
     finally:
         await run.close()
         await hook.stop()
+
+
+async def test_a_cascade_across_providers_on_one_host_is_one_incident(database_url: str) -> None:
+    """Ollama and an OpenAI-compatible vLLM on one GPU host degrade together: one incident."""
+    run = await start_alerter(database_url, None, {})
+    try:
+        routes = (await run.alerter.runtime()).routes
+        local = violation(1, provider="ollama", model="llama3.1:8b", host="gpu-9")
+        served = violation(2, provider="openai", model="qwen2.5-32b", host="gpu-9")
+        elsewhere = violation(3, provider="openai", model="gpt-4o", host="")
+        # Two replicas at once: the host's lock keeps them from opening twin incidents.
+        await asyncio.gather(
+            run.store.ingest([local], routes, None), run.store.ingest([served], routes, None)
+        )
+        await run.store.ingest([elsewhere], routes, None)
+        rows = await run.pool.fetch("SELECT host, models, cascade FROM alerter_incidents ORDER BY host DESC")
+        assert [(r["host"], sorted(r["models"]), r["cascade"]) for r in rows] == [
+            ("gpu-9", ["llama3.1:8b", "qwen2.5-32b"], True),
+            ("", ["gpt-4o"], False),
+        ]
+    finally:
+        await run.close()

@@ -149,12 +149,14 @@ class Store:
     ) -> None:
         """Record violations, place them in groups and incidents; one transaction for the batch."""
         async with self.pool.acquire() as conn, conn.transaction():
-            # Incidents are correlated per provider; replicas take these locks first and in order,
-            # so their transactions cannot deadlock on them.
-            for provider in sorted({ev.provider for ev in events}):
-                await conn.execute(
-                    "SELECT pg_advisory_xact_lock(hashtext('llmscope-incident:' || $1))", provider
-                )
+            # Incidents are correlated per provider and per host (a cascade on one GPU host spans
+            # providers); replicas take these locks first and in order, so their transactions
+            # cannot deadlock on them.
+            keys = {f"provider:{ev.provider}" for ev in events} | {
+                f"host:{ev.host}" for ev in events if ev.host
+            }
+            for key in sorted(keys):
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext('llmscope-incident:' || $1))", key)
             for ev in events:
                 if ev.state == "open":
                     await self._ingest_open(conn, ev, routes, allowed_rules)
@@ -724,13 +726,16 @@ class Store:
     # -- incidents ------------------------------------------------------------------------------
 
     async def _incident_open(self, conn: Conn, ev: ViolationEvent) -> None:
-        # ingest() holds this provider's advisory lock: one correlator at a time, no twin incidents.
+        # ingest() holds this provider's and this host's advisory locks: one correlator at a time,
+        # no twin incidents. Candidates: the provider's incidents, and any on the same host.
         since = (ev.opened_at or ev.ts) - timedelta(seconds=self.incident_window)
         rows = await conn.fetch(
             "SELECT id, provider, host, models, last_violation_at FROM alerter_incidents"
-            " WHERE state <> 'resolved' AND provider = $1 AND last_violation_at >= $2",
+            " WHERE state <> 'resolved' AND (provider = $1 OR ($3 <> '' AND host = $3))"
+            " AND last_violation_at >= $2",
             ev.provider,
             since,
+            ev.host,
         )
         candidates = [
             OpenIncident(r["id"], r["provider"], r["host"], tuple(r["models"]), r["last_violation_at"])
