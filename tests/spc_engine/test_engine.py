@@ -152,3 +152,29 @@ def test_view_reports_progress_limits_and_arl() -> None:
     meta = ChartMeta(provider="ollama", model="m", target="t", prompt_id="p", metric="latency_ms")
     snap = ChartSnapshot(key="k", meta=meta, seq=3, config=cfg, state=chart.state, view=view)
     assert decode_snapshot("k", msgspec.json.encode(snap)) == snap
+
+
+async def test_a_new_prompt_text_under_the_same_id_starts_a_new_baseline() -> None:
+    """Editing a prompt changes the process: its chart re-baselines instead of paging."""
+    simple = [ev for ev in telemetry_stream(300, shift_at=150) if ev.prompt_id == "simple"]
+    # The same prompt id, but from the 'shift' on (its 75th probe) a longer text: latency doubles.
+    events = [msgspec.structs.replace(ev, prompt_hash="h2") if i >= 75 else ev for i, ev in enumerate(simple)]
+    engine = Engine(config_for=small)
+    out = await _feed_collect(engine, events)
+    key = chart_key("ollama", "m1", "t-m1", "simple", "latency_ms")
+    state = engine.charts[key].chart.state
+    assert isinstance(state, ChartState)
+    assert state.prompt_hash == "h2"
+    assert state.baseline_number == 1
+    assert "prompt text changed" in state.pending_reason
+    assert not [v for v in out if v.state == "open" and v.severity == "critical"]
+    # Without the new hash the same data pages: the doubling is a real shift.
+    same = [msgspec.structs.replace(ev, prompt_hash="h") for ev in events]
+    assert [v for v in await _feed_collect(Engine(config_for=small), same) if v.severity == "critical"]
+
+
+async def _feed_collect(engine: Engine, events: list[TelemetryEvent]) -> list[ViolationEvent]:
+    out: list[ViolationEvent] = []
+    for seq, ev in enumerate(events, start=1):
+        out += await engine.on_telemetry(ev, seq)
+    return out

@@ -84,6 +84,8 @@ class ChartState(msgspec.Struct, kw_only=True):
     cusum: CusumState | None = None
     episodes: dict[str, EpisodeState] = msgspec.field(default_factory=dict)
     recent: list[PointRef] = msgspec.field(default_factory=list)
+    prompt_hash: str = ""
+    """Hash of the prompt text the chart's points come from ("" before the first point)."""
 
 
 class Signal(msgspec.Struct, frozen=True, kw_only=True):

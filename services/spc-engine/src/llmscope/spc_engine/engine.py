@@ -446,6 +446,9 @@ class Engine:
                 continue
             for sig in self._reconcile(key, entry, metric, ev, seq):
                 out.append(self._metric_event(key, entry, sig, ev))
+            if ev.prompt_hash != chart.state.prompt_hash:
+                for sig in self._prompt_changed(chart, ev.prompt_hash):
+                    out.append(self._metric_event(key, entry, sig, ev))
             recent = chart.state.recent
             oldest = recent[0].id if len(recent) >= RECENT else None
             for sig in chart.update(float(value), point_id=ev.id, ts=ev.ts):
@@ -453,6 +456,14 @@ class Engine:
             if recent and recent[-1].id == ev.id:  # charted (a value the transform refuses is not)
                 entry.remember(ev.id, oldest)
         return out
+
+    @staticmethod
+    def _prompt_changed(chart: MetricChart, prompt_hash: str) -> list[Signal]:
+        """A new prompt text under the same prompt id is a new process: a new baseline."""
+        old, chart.state.prompt_hash = chart.state.prompt_hash, prompt_hash
+        if not old:  # the chart's first point, or a snapshot from before prompt hashes were kept
+            return []
+        return chart.rebaseline("engine", f"prompt text changed (hash {old[:12]} -> {prompt_hash[:12]})")
 
     async def ensure_loaded(self, key: str) -> bool:
         """Load a chart from its snapshot if it is not in memory; False when there is none."""
