@@ -74,3 +74,9 @@ def title_for(events: Sequence[ViolationEvent]) -> str:
         return f"Cascade on {where}: {len(models)} models degraded ({', '.join(models)}) - {metrics}"
     rules = ", ".join(sorted({e.rule for e in events}))
     return f"{first.provider}/{first.model} on {where}: {metrics} out of control ({rules})"
+
+
+def search_text(title: str, rules: Sequence[str], events: Sequence[ViolationEvent]) -> str:
+    """What similar past incidents are found by: title, rules, metrics and models. Not the
+    summary: its figures and shared wording would make every incident look alike."""
+    return " ".join([title, *rules, *sorted({e.metric for e in events}), *sorted({e.model for e in events})])

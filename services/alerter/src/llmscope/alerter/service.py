@@ -23,6 +23,7 @@ from prometheus_client import Counter
 from llmscope.alerter.analysis import summarize
 from llmscope.alerter.config import AlerterFile, RuntimeConfig, Timings, build_runtime
 from llmscope.alerter.grouping import ChannelView
+from llmscope.alerter.incidents import search_text
 from llmscope.alerter.llm import LlmConfig, LlmResult, analyze
 from llmscope.alerter.model import Alert
 from llmscope.alerter.notifiers.base import AlertView, Notification, Notifier
@@ -333,14 +334,7 @@ class Alerter:
                 status=result.status,
                 error=(result.error or "")[:200],
             )
-        text = " ".join(
-            [
-                job.title,
-                *rules,
-                *sorted({e.metric for e in job.events}),
-                *sorted({e.model for e in job.events}),
-            ]
-        )
+        text = search_text(job.title, rules, job.events)
         similar = await self.store.similar_incidents(job.incident_id, text, job.opened_at)
         marked = (
             summary

@@ -27,6 +27,7 @@ from llmscope.alerter.incidents import (
     correlate,
     forms_incidents,
     incident_id_for,
+    search_text,
     title_for,
     worst_severity,
 )
@@ -794,7 +795,7 @@ class Store:
         title = title_for(events)
         models = sorted({e.model for e in events})
         hosts = sorted({e.host for e in events if e.host})
-        search = " ".join([title, *rules, *sorted({e.metric for e in events}), *models])
+        search = search_text(title, rules, events)
         await conn.execute(
             "UPDATE alerter_incidents SET title = $2, severity = $3, models = $4, cascade = $5,"
             " host = CASE WHEN host = '' THEN $6 ELSE host END,"
