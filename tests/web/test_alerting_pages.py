@@ -140,7 +140,7 @@ async def test_silences_page_creates_lists_and_expires(
     headers = {**HX, "HX-Target": "silence-list"} if hx else {}
     async with live_alerter(database_url, nats_url, None):
         r = await client.get("/silences", headers=headers)
-        assert r.status_code == 200
+        assert r.status_code == 200, r.text
         assert is_full_page(r.text) is not hx
         assert "No silences." in r.text
         if not hx:

@@ -327,6 +327,9 @@ class ControlResponder:
             self.on_notifications,
             lambda field, error: NotificationReply(status="invalid" if field else "error", error=error),
         )
+        # Until the server has the subscriptions, a request gets "no responders": a caller told
+        # the alerter is up (the readiness probe, a test) must be able to reach it at once.
+        await nc.flush()
 
     async def _bind(
         self,
