@@ -474,6 +474,7 @@ class SpcService:
             replicas=self.settings.bus.replicas,
         )
         sub = await self._nc.subscribe(subjects.spc_rebaseline(), cb=self.on_rebaseline)
+        await self._nc.flush()  # a re-baseline request sent right after start must find us
         log.info("starting", replica=self._name, partitions=",".join(map(str, self.partitions)))
         inner_stop = asyncio.Event()
 
