@@ -180,7 +180,7 @@ async def test_rebaseline_round_trip_through_the_engine(
         r = await api.client.post(f"/api/charts/{unknown}/rebaseline", json={"by": "ann", "reason": "x"})
         assert r.status_code == 409
         assert r.json()["ok"] is False
-        assert r.json()["error"] == "no such metric chart"
+        assert r.json()["error"] == "no such chart"
 
 
 async def test_rebaseline_without_an_engine_is_a_504(api: Api) -> None:

@@ -10,6 +10,7 @@ import pytest
 from nats.js import JetStreamContext
 
 from llmscope.api.persister import store_telemetry, store_violations
+from llmscope.proto.charts import chart_key
 from llmscope.proto.telemetry import TelemetryEvent
 from tests.api.conftest import Api
 from tests.api.engine import eventually, feed, running_engine
@@ -232,3 +233,22 @@ async def test_each_target_shows_the_engines_availability_chart(
     assert f"alarm at 3 in a row or {armed['threshold']}/50" in page
     assert '<span class="sev critical">AVAILABILITY</span>' in page
     assert "not charted yet" in page
+
+    # The endpoint was fixed: re-baselining its availability chart clears the episode and
+    # estimates the failure rate afresh.
+    key = chart_key(rows["steady"]["provider"], rows["steady"]["model"], "steady", "*", "availability")
+    async with running_engine(nats_url):
+
+        async def rebaselined() -> bool:  # once the restarted engine holds the partition
+            body = {"by": "ann", "reason": "proxy fixed"}
+            r = await api.client.post(f"/api/charts/{key}/rebaseline", json=body)
+            assert r.status_code in (200, 504), r.text
+            return r.status_code == 200 and r.json()["cleared"] == 1
+
+        await eventually(rebaselined)
+    a = {r["target"]: r for r in (await health(api, hours=24))["models"]}["steady"]["availability"]
+    assert (a["phase"], a["progress"], a["open_episodes"]) == ("collecting", 0, [])
+    assert (a["baseline_number"], a["baseline_by"], a["baseline_reason"]) == (1, "ann", "proxy fixed")
+    page = (await client.get("/models?hours=24")).text
+    assert "collecting 0/200" in page
+    assert "baseline #1 by ann" in page

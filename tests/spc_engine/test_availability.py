@@ -58,3 +58,46 @@ def test_the_failure_run_that_pages_grows_with_a_flaky_baseline() -> None:
     assert chart.fail_run == run_needed(6 / 102, 1e6, 3) == 5
     got = [(i, s.rule, s.rule_name) for i, f in enumerate([True] * 6) for s in chart.update(f)]
     assert got == [(4, "AVAILABILITY", "5 failed probes in a row")]
+
+
+def test_rebaseline_after_a_flaky_endpoint_is_fixed() -> None:
+    chart = AvailabilityChart(AvailabilityConfig(baseline_n=100, clear_after=2))
+    ids = (f"p{i}" for i in range(10_000))
+    for i in range(100):
+        chart.update(i % 20 == 0, next(ids))
+    assert chart.fail_run == 5
+    # An outage opens an episode; the endpoint is fixed and the rate re-estimated.
+    opened = [s.state for _ in range(5) for s in chart.update(True, next(ids))]
+    assert opened == ["open"]
+    cleared = chart.rebaseline("ann", "load balancer fixed")
+    assert [(s.rule, s.state, s.episode_point_id) for s in cleared] == [("AVAILABILITY", "cleared", "p104")]
+    st = chart.state
+    assert (st.rate, st.threshold, st.episodes) == (None, None, {})
+    assert (st.baseline_number, st.baseline_by, st.baseline_reason) == (1, "ann", "load balancer fixed")
+    assert chart.fail_run == 3  # collecting: the configured run
+    assert st.run == 5  # a fact about the endpoint, kept: the outage goes on and signals again
+    assert [(s.rule, s.state) for s in chart.update(True, next(ids))] == [("AVAILABILITY", "open")]
+    assert chart.rebaseline("ann", "again")[0].state == "cleared"
+    # The new baseline counts only its own probes: one failure in 100 gives the floor rate.
+    for i in range(99):
+        assert chart.update(i == 50, next(ids)) == []
+    assert st.rate is None  # 99 of 100
+    chart.update(False, next(ids))
+    assert st.rate == pytest.approx(max(0.01, 2 / 102))
+    assert chart.fail_run == run_needed(2 / 102, 1e6, 3) == 4
+
+
+def test_a_probe_counted_once_and_old_state_still_reads() -> None:
+    chart = AvailabilityChart(AvailabilityConfig(baseline_n=100, clear_after=2))
+    for _ in range(3):
+        chart.update(True, "same")
+    assert (chart.state.n, chart.state.run) == (1, 1)
+    for i in range(100):
+        chart.update(False, f"p{i}")
+    assert len(chart.state.recent_ids) == 64
+    chart.update(True, "same")  # forgotten after 64 probes: counted again
+    assert (chart.state.n, chart.state.run) == (102, 1)
+
+    old = b'{"n":250,"baseline_failures":2,"threshold":7,"rate":0.01,"run":0,"outcomes":[],"episodes":{}}'
+    state = msgspec.json.decode(old, type=AvailabilityState)
+    assert (state.baseline_start, state.baseline_number, state.recent_ids) == (0, 0, [])

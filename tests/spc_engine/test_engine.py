@@ -178,3 +178,29 @@ async def _feed_collect(engine: Engine, events: list[TelemetryEvent]) -> list[Vi
     for seq, ev in enumerate(events, start=1):
         out += await engine.on_telemetry(ev, seq)
     return out
+
+
+async def test_an_availability_chart_re_baselines_with_its_open_episode_cleared() -> None:
+    ok = [ev for ev in telemetry_stream(400) if ev.ok][:250]
+    down = [msgspec.structs.replace(ev, id=f"down-{i}", status="refused") for i, ev in enumerate(ok[:5])]
+    down = [msgspec.structs.replace(ev, latency_ms=None, ttft_ms=None, tokens_per_s=None) for ev in down]
+    engine = Engine(config_for=small)
+    out = await run(engine, ok + down)
+    opened = [v for v in out if v.rule == "AVAILABILITY"]
+    assert [v.state for v in opened] == ["open"]
+    assert opened[0].baseline.id.startswith("availability-")
+    key = opened[0].chart_key
+
+    cleared = engine.rebaseline(key, "ann", "proxy fixed", T0)
+    assert cleared is not None
+    assert [(v.rule, v.state, v.episode_id, v.ts) for v in cleared] == [
+        ("AVAILABILITY", "cleared", opened[0].id, T0)
+    ]
+    assert cleared[0].point_ids == ("down-4",)
+    assert (cleared[0].baseline.created_by, cleared[0].baseline.id) == ("ann", f"availability-{key}#1")
+    assert cleared[0].baseline.reason == "failure rate; proxy fixed"
+    # The chart collects again; the outage still going on signals at once, judged by the new baseline.
+    more = [msgspec.structs.replace(down[0], id="down-5")]
+    again = await engine.on_telemetry(more[0], 10_000)
+    assert [(v.rule, v.state, v.baseline.n) for v in again] == [("AVAILABILITY", "open", 1)]
+    assert engine.snapshot(key).availability.baseline_by == "ann"  # type: ignore[union-attr]

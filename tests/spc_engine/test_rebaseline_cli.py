@@ -83,7 +83,8 @@ async def test_rebaseline_and_list_against_a_running_engine(
         assert [c["key"] for c in listed] == sorted(c["key"] for c in listed)
         mine = next(c for c in listed if c["key"] == key)
         assert (mine["phase"], mine["metric"]) == ("armed", "latency_ms")
-        assert any(c["metric"] == "availability" and c["phase"] is None for c in listed)
+        avail = chart_key("ollama", "m1", "t-m1", "*", "availability")
+        assert next(c for c in listed if c["key"] == avail)["phase"] == "armed"  # 200 probes
 
         # Through the `llmscope` command, as a user types it.
         code = await asyncio.to_thread(cli.main, ["spc", "rebaseline", *argv])
@@ -94,9 +95,19 @@ async def test_rebaseline_and_list_against_a_running_engine(
         assert record.view is not None
         assert record.view.phase == "collecting"
 
+        # The availability chart too: the failure rate is estimated afresh.
+        argv = ["--chart", avail, "--by", "bo", "--reason", "proxy fixed", *common]
+        assert await asyncio.to_thread(rebaseline.main, argv) == 0
+        assert json.loads(capsys.readouterr().out)["ok"] is True
+        availability = decode_record((await kv.get(avail)).value or b"").availability
+        assert availability is not None
+        assert (availability.phase, availability.progress) == ("collecting", 0)
+        assert (availability.baseline_number, availability.baseline_by) == (1, "bo")
+        assert availability.baseline_reason == "proxy fixed"
+
         refused = ["--chart", key.replace("latency_ms", "nope_ms"), "--by", "ann", "--reason", "x", *common]
         assert await asyncio.to_thread(rebaseline.main, refused) == 1
-        assert json.loads(capsys.readouterr().out)["error"] == "no such metric chart"
+        assert json.loads(capsys.readouterr().out)["error"] == "no such chart"
     finally:
         stop.set()
         assert await task == 0

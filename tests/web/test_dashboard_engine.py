@@ -107,7 +107,7 @@ async def test_rebaseline_from_the_dashboard(api: Api, js: JetStreamContext, nat
         bad = {**form, "chart_key": record.key.replace("latency_ms", "nope_ms"), "by": "ann", "reason": "x"}
         r = await client.post("/charts/rebaseline", data=bad)
         assert r.status_code == 409
-        assert "Not re-baselined: no such metric chart" in r.text
+        assert "Not re-baselined: no such chart" in r.text
     r = await client.post("/charts/rebaseline", data={**form, "by": "ann", "reason": "x"})
     assert r.status_code == 504
     assert "No SPC engine answered" in r.text

@@ -138,6 +138,9 @@ class AvailabilityView(msgspec.Struct, frozen=True, kw_only=True):
     failure_run: Annotated[Count, Meta(description="consecutive failed probes, latest first")] = 0
     fail_run: Annotated[Count, Meta(description="consecutive failures that signal AVAILABILITY")] = 0
     open_episodes: Annotated[tuple[str, ...], Meta(description="rules with an open violation episode")] = ()
+    baseline_number: Annotated[int, Meta(description="0 for the first baseline, +1 per re-baseline")] = 0
+    baseline_by: Annotated[str | None, Meta(description="who asked for the current baseline")] = None
+    baseline_reason: Annotated[str | None, Meta(description="why the current baseline was started")] = None
 
 
 class ChartRecord(msgspec.Struct, frozen=True, kw_only=True):

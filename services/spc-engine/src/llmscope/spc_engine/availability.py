@@ -11,6 +11,12 @@ Two rules on the sequence of probe outcomes of one target (all prompts together)
   baseline rate is estimated from the first ``baseline_n`` probes as (failures + 1) / (n + 2)
   and floored at ``min_rate``, so a perfect baseline does not make one failure an alarm.
 Episodes follow the chart rules: open once, clear after ``clear_after`` quiet probes.
+
+A re-baseline (:meth:`AvailabilityChart.rebaseline`, e.g. after a flaky endpoint was fixed)
+forgets the estimated rate and collects a new one from the next ``baseline_n`` probes, with who
+and why recorded; open episodes clear at once, and the failure run and the window of outcomes
+stay (they are facts about the endpoint, not estimates), so an outage still going on signals
+again. A probe id among the last ``RECENT_IDS`` is a duplicate and is not counted twice.
 """
 
 from __future__ import annotations
@@ -39,8 +45,14 @@ class AvailabilityConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     clear_after: int = 5
 
 
+RECENT_IDS = 64
+"""Probe ids remembered for the duplicate check (as many as a metric chart's recent points)."""
+
+
 class AvailabilityState(msgspec.Struct, kw_only=True):
     n: int = 0
+    baseline_start: int = 0
+    """``n`` when the current baseline started (0, or the probe count at the last re-baseline)."""
     baseline_failures: int = 0
     threshold: int | None = None
     rate: float | None = None
@@ -49,6 +61,12 @@ class AvailabilityState(msgspec.Struct, kw_only=True):
     """Last ``window`` outcomes, True = failed."""
     episodes: dict[str, tuple[int, str]] = msgspec.field(default_factory=dict)
     """rule -> (quiet count, id of the opening probe) of its open episode."""
+    recent_ids: list[str] = msgspec.field(default_factory=list)
+    """Ids of the last ``RECENT_IDS`` probes, oldest first."""
+    baseline_number: int = 0
+    """0 for the first baseline, +1 per re-baseline."""
+    baseline_by: str | None = None
+    baseline_reason: str | None = None
 
 
 class AvailabilitySignal(msgspec.Struct, frozen=True, kw_only=True):
@@ -104,8 +122,45 @@ class AvailabilityChart:
         cfg, rate = self.config, self.state.rate
         return cfg.fail_run if rate is None else run_needed(rate, cfg.run_arl0, cfg.fail_run)
 
+    @property
+    def last_point_id(self) -> str:
+        """The latest probe's id ("" when none was remembered)."""
+        return self.state.recent_ids[-1] if self.state.recent_ids else ""
+
+    def rebaseline(self, by: str, reason: str) -> list[AvailabilitySignal]:
+        """Forget the failure-rate estimate and collect a new one; open episodes clear now."""
+        cfg, st = self.config, self.state
+        out = [
+            AvailabilitySignal(
+                rule="AVAILABILITY" if rule == "AVAILABILITY" else "ERROR_RATE",
+                rule_name="re-baselined",
+                severity=cfg.run_severity if rule == "AVAILABILITY" else cfg.rate_severity,
+                state="cleared",
+                failures=st.run if rule == "AVAILABILITY" else sum(st.outcomes),
+                rate=st.rate,
+                episode_point_id=st.episodes[rule][1],
+            )
+            for rule in ("AVAILABILITY", "ERROR_RATE")
+            if rule in st.episodes
+        ]
+        st.episodes = {}
+        st.threshold = st.rate = None
+        st.baseline_failures = 0
+        st.baseline_start = st.n
+        st.baseline_number += 1
+        st.baseline_by = by
+        st.baseline_reason = reason
+        return out
+
     def update(self, failed: bool, point_id: str = "") -> list[AvailabilitySignal]:
         cfg, st = self.config, self.state
+        if point_id:
+            # Beyond JetStream's duplicate window the same probe may come back: count it once.
+            if point_id in st.recent_ids:
+                return []
+            st.recent_ids.append(point_id)
+            if len(st.recent_ids) > RECENT_IDS:
+                del st.recent_ids[0]
         st.n += 1
         st.run = st.run + 1 if failed else 0
         st.outcomes.append(failed)
@@ -113,8 +168,9 @@ class AvailabilityChart:
             del st.outcomes[0]
         if st.threshold is None:
             st.baseline_failures += int(failed)
-            if st.n >= cfg.baseline_n:
-                rate = max(cfg.min_rate, (st.baseline_failures + 1) / (st.n + 2))
+            seen = st.n - st.baseline_start
+            if seen >= cfg.baseline_n:
+                rate = max(cfg.min_rate, (st.baseline_failures + 1) / (seen + 2))
                 st.rate = rate
                 st.threshold = binomial_threshold(cfg.window, rate, cfg.alpha)
         fired: dict[str, AvailabilitySignal] = {}

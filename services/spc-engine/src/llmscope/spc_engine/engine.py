@@ -189,7 +189,7 @@ def render_availability(config: AvailabilityConfig, state: AvailabilityState) ->
     armed = state.threshold is not None
     return AvailabilityView(
         phase="armed" if armed else "collecting",
-        progress=config.baseline_n if armed else min(state.n, config.baseline_n),
+        progress=config.baseline_n if armed else min(state.n - state.baseline_start, config.baseline_n),
         baseline_n=config.baseline_n,
         baseline_failure_rate=state.rate,
         window=config.window,
@@ -200,6 +200,9 @@ def render_availability(config: AvailabilityConfig, state: AvailabilityState) ->
         if state.rate is None
         else run_needed(state.rate, config.run_arl0, config.fail_run),
         open_episodes=tuple(sorted(state.episodes)),
+        baseline_number=state.baseline_number,
+        baseline_by=state.baseline_by,
+        baseline_reason=state.baseline_reason,
     )
 
 
@@ -430,7 +433,7 @@ class Engine:
         if self._fresh(entry, seq):
             assert isinstance(entry.chart, AvailabilityChart)
             for asig in entry.chart.update(not ev.ok, ev.id):
-                out.append(self._availability_event(avail_key, entry, asig, ev))
+                out.append(self._availability_event(avail_key, entry, asig, ev.id, ev.ts, ev.system))
         if not ev.ok:
             return out
         for metric, key in zip(CHARTED_METRICS, metric_keys, strict=True):
@@ -476,12 +479,18 @@ class Engine:
         return True
 
     def rebaseline(self, key: str, by: str, reason: str, ts: datetime) -> list[ViolationEvent] | None:
-        """Re-baseline one loaded metric chart; None when this replica does not hold it."""
+        """Re-baseline one loaded chart; None when this replica does not hold it."""
         entry = self._charts.get(key)
-        if entry is None or not isinstance(entry.chart, MetricChart):
+        if entry is None:
             return None
         entry.dirty = True
-        return [self._metric_event(key, entry, sig, None, ts) for sig in entry.chart.rebaseline(by, reason)]
+        chart = entry.chart
+        if isinstance(chart, MetricChart):
+            return [self._metric_event(key, entry, sig, None, ts) for sig in chart.rebaseline(by, reason)]
+        # The clears are tied to the latest probe, so a replay of the same request makes the same ids.
+        point = chart.last_point_id or f"rebaseline-{chart.state.baseline_number}"
+        signals = chart.rebaseline(by, reason)
+        return [self._availability_event(key, entry, sig, point, ts, SystemMetrics()) for sig in signals]
 
     def snapshot(self, key: str, updated_at: datetime | None = None) -> Snapshot:
         entry = self._charts[key]
@@ -568,24 +577,32 @@ class Engine:
         )
 
     def _availability_event(
-        self, key: str, entry: _Entry, sig: AvailabilitySignal, ev: TelemetryEvent
+        self,
+        key: str,
+        entry: _Entry,
+        sig: AvailabilitySignal,
+        point_id: str,
+        ts: datetime,
+        system: SystemMetrics,
     ) -> ViolationEvent:
-        chart = entry.chart
+        chart, meta = entry.chart, entry.meta
         assert isinstance(chart, AvailabilityChart)
         st, cfg = chart.state, chart.config
         rate = st.rate or 0.0
         ucl = (st.threshold or cfg.window) / cfg.window
-        vid = violation_id(key, sig.rule, sig.state, ev.id)
+        vid = violation_id(key, sig.rule, sig.state, point_id)
         episode = vid if sig.state == "open" else violation_id(key, sig.rule, "open", sig.episode_point_id)
+        # The first baseline keeps the id it always had; each re-baseline gets its own.
+        baseline_id = f"availability-{key}" + (f"#{st.baseline_number}" if st.baseline_number else "")
         return ViolationEvent(
             id=vid,
-            ts=ev.ts,
+            ts=ts,
             state=sig.state,
             episode_id=episode,
-            provider=ev.provider,
-            model=ev.model,
-            target=ev.target,
-            host=ev.host,
+            provider=meta.provider,  # type: ignore[arg-type]
+            model=meta.model,
+            target=meta.target,
+            host=meta.host,
             prompt_id="",
             metric=AVAILABILITY,
             chart="availability",
@@ -606,9 +623,12 @@ class Engine:
                 zone_b_lower=0.0,
             ),
             baseline=BaselineRef(
-                id=f"availability-{key}", n=min(st.n, cfg.baseline_n), reason="failure rate"
+                id=baseline_id,
+                n=min(st.n - st.baseline_start, cfg.baseline_n),
+                created_by=st.baseline_by or "engine",
+                reason=f"failure rate; {st.baseline_reason}" if st.baseline_reason else "failure rate",
             ),
-            point_ids=(ev.id,),
-            system=ev.system,
-            opened_at=ev.ts if sig.state == "open" else None,
+            point_ids=(point_id,),
+            system=system,
+            opened_at=ts if sig.state == "open" else None,
         )

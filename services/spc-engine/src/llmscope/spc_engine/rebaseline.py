@@ -89,7 +89,7 @@ async def _list(url: str, bucket: str, wait_s: float) -> int:
             except KeyNotFoundError:
                 continue
             record = decode_record(entry.value or b"{}")
-            view = record.view
+            view = record.view or record.availability
             _print(
                 {
                     "key": key,

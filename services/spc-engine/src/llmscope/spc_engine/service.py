@@ -86,7 +86,7 @@ from llmscope.proto.chartconfig import (
     SpcDefaults,
     decode_overrides,
 )
-from llmscope.proto.charts import AVAILABILITY, RebaselineReply, RebaselineRequest, parse_chart_key
+from llmscope.proto.charts import RebaselineReply, RebaselineRequest, parse_chart_key
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.proto.violation import ViolationEvent
 from llmscope.spc_engine.config import ChartConfig, default_config, to_settings
@@ -396,7 +396,7 @@ class SpcService:
     async def on_rebaseline(self, msg: Msg) -> None:
         try:
             req = msgspec.json.decode(msg.data, type=RebaselineRequest)
-            provider, model, _target, _prompt, metric = parse_chart_key(req.chart_key)
+            provider, model, _target, _prompt, _metric = parse_chart_key(req.chart_key)
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
             if self.settings.replica == 0:  # one answer for a bad request
                 await msg.respond(msgspec.json.encode(RebaselineReply(ok=False, error=str(exc))))
@@ -405,10 +405,10 @@ class SpcService:
             return
         async with self._lock:
             events = None
-            if metric != AVAILABILITY and await self.engine.ensure_loaded(req.chart_key):
+            if await self.engine.ensure_loaded(req.chart_key):
                 events = self.engine.rebaseline(req.chart_key, req.by, req.reason, datetime.now(UTC))
             if events is None:
-                reply = RebaselineReply(ok=False, chart_key=req.chart_key, error="no such metric chart")
+                reply = RebaselineReply(ok=False, chart_key=req.chart_key, error="no such chart")
             else:
                 try:
                     await self.publish(events)

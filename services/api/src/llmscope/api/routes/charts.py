@@ -89,7 +89,7 @@ def router(rt: Runtime) -> APIRouter:
         response_class=JSONResponse,
         responses={
             200: {"description": "re-baselined: the chart collects a new baseline", **_content(REPLY_SCHEMA)},
-            409: {"description": "the engine refused (e.g. no such metric chart)", **_content(REPLY_SCHEMA)},
+            409: {"description": "the engine refused (e.g. no such chart)", **_content(REPLY_SCHEMA)},
             504: {"description": "no SPC engine answered"},
         },
     )
