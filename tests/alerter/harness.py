@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -81,12 +82,13 @@ async def start_alerter(
     incident_window: float = 60.0,
     severities: tuple[Any, ...] = ("critical",),
     consumer_options: Mapping[str, Any] | None = None,
+    clock: Callable[[], datetime] = utcnow,
 ) -> Running:
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=6)
     async with pool.acquire() as conn:
         await migrate(conn)
     store = Store(
-        pool, instance=instance, clock=utcnow, lease=lease, incident_window=incident_window, analysis_delay=0
+        pool, instance=instance, clock=clock, lease=lease, incident_window=incident_window, analysis_delay=0
     )
     session = aiohttp.ClientSession()
     publisher = Publisher(js) if js is not None else None

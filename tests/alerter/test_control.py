@@ -1,24 +1,34 @@
-"""The control responder: silence validation (pure) and malformed requests over real NATS."""
+"""The control responder: silence validation (pure), malformed requests and a monthly
+maintenance window over real NATS, Postgres and SMTP."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import asyncio
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 import msgspec
 import pytest
 from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
 
 from llmscope.alerter.control import ControlResponder, InvalidSilence, silence_from_spec
+from llmscope.alerter.service import utcnow
+from llmscope.alerter.silences import LAST
 from llmscope.config.env import Env
 from llmscope.proto import subjects
 from llmscope.proto.control import (
     AlertTestReply,
     IncidentActionReply,
+    MonthlyWindow,
+    SilenceCreateRequest,
+    SilenceListRequest,
     SilenceReply,
     SilenceSpec,
     WeeklyWindow,
 )
-from tests.alerter.harness import start_alerter
+from tests.alerter.factories import Mailbox, smtp_server, violation
+from tests.alerter.harness import eventually, publish, start_alerter
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 
@@ -46,6 +56,25 @@ def spec(**kw: object) -> SilenceSpec:
             {"weekly": WeeklyWindow(days=("mon",), start="01:00", end="02:00", timezone="X/Y")},
             "weekly.timezone",
         ),
+        ({"monthly": MonthlyWindow(days=(0,), start="01:00", end="02:00")}, "monthly.days"),
+        ({"monthly": MonthlyWindow(days=(15, 32), start="01:00", end="02:00")}, "monthly.days"),
+        ({"monthly": MonthlyWindow(start="01:00", end="02:00")}, "monthly.days"),
+        ({"monthly": MonthlyWindow(weekdays=("fifth sun",), start="01:00", end="02:00")}, "monthly.weekdays"),
+        ({"monthly": MonthlyWindow(weekdays=("first",), start="01:00", end="02:00")}, "monthly.weekdays"),
+        ({"monthly": MonthlyWindow(days=(1,), start="2am", end="04:00")}, "monthly.start"),
+        ({"monthly": MonthlyWindow(days=(1,), start="02:00", end="24:00")}, "monthly.end"),
+        ({"monthly": MonthlyWindow(days=(1,), start="02:00", end="02:00")}, "monthly.end"),
+        (
+            {"monthly": MonthlyWindow(days=(1,), start="02:00", end="04:00", timezone="Europe/Nowhere")},
+            "monthly.timezone",
+        ),
+        (
+            {
+                "weekly": WeeklyWindow(days=("mon",), start="01:00", end="02:00"),
+                "monthly": MonthlyWindow(days=(1,), start="01:00", end="02:00"),
+            },
+            "monthly",
+        ),
     ],
 )
 def test_invalid_silences_name_their_field(kw: dict[str, object], field: str) -> None:
@@ -61,6 +90,32 @@ def test_a_weekly_window_without_an_end_date_is_valid() -> None:
     assert s.weekly.days == frozenset({5, 6})
     assert s.models == ("llama3*",)
     assert s.active_at(datetime(2026, 3, 7, 22, 30, tzinfo=UTC))  # Saturday 23:30 in Berlin
+
+
+def test_a_monthly_window_without_an_end_date_is_valid() -> None:
+    monthly = MonthlyWindow(
+        days=(15,),
+        weekdays=("Last Friday", "first sun"),
+        start="22:00",
+        end="01:00",
+        timezone="Europe/Berlin",
+    )
+    s = silence_from_spec(spec(ends_at=None, monthly=monthly), "s3", NOW)
+    assert s.monthly is not None
+    assert (s.monthly.days, s.monthly.weekdays) == (frozenset({15}), frozenset({(LAST, 4), (1, 6)}))
+    assert (s.monthly.start, s.monthly.end) == (time(22), time(1))
+    assert s.active_at(datetime(2026, 3, 15, 23, 30, tzinfo=UTC))  # the 16th, 00:30 in Berlin
+    assert not s.active_at(datetime(2026, 3, 16, 23, 30, tzinfo=UTC))
+    # Bounded by dates like any recurring silence.
+    bounded = silence_from_spec(spec(monthly=monthly, ends_at=NOW + timedelta(days=2)), "s4", NOW)
+    assert not bounded.active_at(datetime(2026, 3, 15, 23, 30, tzinfo=UTC))
+
+
+def test_old_messages_without_monthly_decode_unchanged() -> None:
+    old = b'{"reason": "r", "author": "a", "weekly": {"days": ["mon"], "start": "01:00", "end": "02:00"}}'
+    decoded = msgspec.json.decode(old, type=SilenceSpec)
+    assert decoded.monthly is None
+    assert decoded.weekly == WeeklyWindow(days=("mon",), start="01:00", end="02:00")
 
 
 async def test_malformed_requests_get_an_answer_naming_the_field(
@@ -84,3 +139,62 @@ async def test_malformed_requests_get_an_answer_naming_the_field(
     finally:
         await control.stop()
         await run.close()
+
+
+async def test_a_monthly_silence_created_over_nats_mutes_only_inside_its_window(
+    database_url: str, nc: NATS, js: JetStreamContext
+) -> None:
+    box = Mailbox()
+    smtp = smtp_server(box)
+    env = {
+        "LLMSCOPE_SMTP_HOST": "127.0.0.1",
+        "LLMSCOPE_SMTP_PORT": str(smtp.port),
+        "LLMSCOPE_SMTP_SECURITY": "none",
+        "LLMSCOPE_ALERT_EMAIL_TO": "oncall@example.com",
+    }
+    # The alerter's clock runs from 02:30 in Berlin on Sunday 2026-03-01, the month's first Sunday.
+    inside = datetime(2026, 3, 1, 2, 30, tzinfo=ZoneInfo("Europe/Berlin"))
+    shift = [inside - utcnow()]
+    run = await start_alerter(database_url, js, env, clock=lambda: utcnow() + shift[0])
+    control = ControlResponder(run.alerter, Env({}), session=run.session)
+    await control.start(nc)
+    try:
+        window = MonthlyWindow(
+            weekdays=("First Sunday",), start="02:00", end="04:00", timezone="Europe/Berlin"
+        )
+        request = SilenceCreateRequest(
+            silence=SilenceSpec(
+                kind="maintenance", reason="monthly reindex", author="ops", models=("llama*",), monthly=window
+            )
+        )
+        msg = await nc.request(subjects.alerter_silence_create(), msgspec.json.encode(request), timeout=5)
+        reply = msgspec.json.decode(msg.data, type=SilenceReply)
+        assert reply.status == "ok", reply.error
+        (record,) = reply.silences
+        assert record.monthly == MonthlyWindow(
+            weekdays=("first sun",), start="02:00", end="04:00", timezone="Europe/Berlin"
+        )
+        assert record.active
+
+        at = inside.astimezone(UTC)
+        await publish(js, violation(1, at=at), violation(2, model="qwen2:7b", at=at))
+        await eventually(lambda: len(box.messages) >= 1, what="the qwen message")
+        await asyncio.sleep(1.0)
+        assert len(box.messages) == 1
+        assert "qwen2:7b" in box.messages[0]["Subject"]
+        muted = await run.pool.fetchval("SELECT muted_by FROM alerter_alerts WHERE model = 'llama3.1:8b'")
+        assert muted == record.id
+
+        # 04:30 in Berlin: the window has closed, so the held-back notification goes out.
+        shift[0] += timedelta(hours=2)
+        await eventually(lambda: len(box.messages) >= 2, what="the message once the window closed")
+        assert "llama3.1:8b" in box.messages[1]["Subject"]
+        body = msgspec.json.encode(SilenceListRequest())
+        listed = msgspec.json.decode(
+            (await nc.request(subjects.alerter_silence_list(), body, timeout=5)).data, type=SilenceReply
+        )
+        assert [(s.id, s.active, s.monthly) for s in listed.silences] == [(record.id, False, record.monthly)]
+    finally:
+        await control.stop()
+        await run.close()
+        smtp.stop()

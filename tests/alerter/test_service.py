@@ -50,9 +50,10 @@ async def test_migrations_apply_once_even_concurrently(database_url: str) -> Non
             "003_incident_notes.sql",
             "004_retention_indexes.sql",
             "005_claim_generation.sql",
+            "006_monthly_silences.sql",
         ]
         assert await migrate(conns[0]) == []
-        assert await conns[0].fetchval("SELECT count(*) FROM alerter_schema_migrations") == 5
+        assert await conns[0].fetchval("SELECT count(*) FROM alerter_schema_migrations") == 6
         assert await conns[0].fetchval("SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm'") == 1
     finally:
         for c in conns:

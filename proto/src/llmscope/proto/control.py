@@ -69,8 +69,33 @@ class WeeklyWindow(msgspec.Struct, frozen=True, kw_only=True):
     timezone: str = "UTC"
 
 
+class MonthlyWindow(msgspec.Struct, frozen=True, kw_only=True):
+    """A monthly recurring window: days of the month and/or nth weekdays, local start and end, time zone.
+
+    The window opens on every day matching ``days`` or ``weekdays`` (at least one of them). The
+    alerter validates the values and names the field at fault (``monthly.days``, ...), so the
+    types here stay lenient.
+    """
+
+    days: Annotated[
+        tuple[int, ...],
+        Meta(description="days of the month, 1..31; a day a month lacks (31 in April) does not occur in it"),
+    ] = ()
+    weekdays: Annotated[
+        tuple[str, ...],
+        Meta(description='nth weekdays: first|second|third|fourth|last and mon..sun, e.g. "first sun"'),
+    ] = ()
+    start: Annotated[str, Meta(description="HH:MM, local time")]
+    end: Annotated[str, Meta(description="HH:MM, local time; <= start runs past midnight (and month end)")]
+    timezone: Annotated[str, Meta(description="IANA time zone of start and end, e.g. Europe/Berlin")] = "UTC"
+
+
 class SilenceSpec(msgspec.Struct, frozen=True, kw_only=True):
-    """A silence or maintenance window to create; empty matchers match anything."""
+    """A silence or maintenance window to create; empty matchers match anything.
+
+    It recurs at most one way: ``weekly`` or ``monthly`` (added later: a reader that predates it
+    ignores it); ``starts_at``/``ends_at`` bound either.
+    """
 
     kind: Literal["silence", "maintenance"] = "silence"
     reason: str
@@ -82,6 +107,7 @@ class SilenceSpec(msgspec.Struct, frozen=True, kw_only=True):
     starts_at: datetime | None = None
     ends_at: datetime | None = None
     weekly: WeeklyWindow | None = None
+    monthly: MonthlyWindow | None = None
 
 
 class SilenceRecord(SilenceSpec, frozen=True, kw_only=True):

@@ -25,7 +25,16 @@ from nats.aio.subscription import Subscription
 
 from llmscope.alerter.retry import RetryPolicy
 from llmscope.alerter.service import Alerter
-from llmscope.alerter.silences import DAY_NAMES, Silence, Weekly, parse_days
+from llmscope.alerter.silences import (
+    DAY_NAMES,
+    NTH_NAMES,
+    Monthly,
+    Silence,
+    Weekly,
+    nth_weekday_names,
+    parse_days,
+    parse_nth_weekdays,
+)
 from llmscope.alerter.store import Store
 from llmscope.alerter.testsend import send_test
 from llmscope.config.env import Env
@@ -38,6 +47,7 @@ from llmscope.proto.control import (
     DeliveryAttemptRecord,
     IncidentActionReply,
     IncidentActionRequest,
+    MonthlyWindow,
     NotificationQuery,
     NotificationRecord,
     NotificationReply,
@@ -79,6 +89,35 @@ def _clock(text: str, field: str) -> time:
         raise InvalidSilence(field, f"expected HH:MM, got {text!r}") from None
 
 
+def _window_times(start: str, end: str, timezone: str, prefix: str) -> tuple[time, time]:
+    """A recurring window's local start and end, checked with its time zone."""
+    begin, finish = _clock(start, f"{prefix}.start"), _clock(end, f"{prefix}.end")
+    if begin == finish:
+        raise InvalidSilence(f"{prefix}.end", "the window would be empty (end equals start)")
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidSilence(f"{prefix}.timezone", f"unknown time zone {timezone!r}") from None
+    return begin, finish
+
+
+def _monthly(m: MonthlyWindow) -> Monthly:
+    bad = [d for d in m.days if not 1 <= d <= 31]
+    if bad:
+        raise InvalidSilence("monthly.days", f"{bad[0]} is not a day of the month (1..31)")
+    try:
+        weekdays = parse_nth_weekdays(m.weekdays)
+    except ValueError as exc:
+        raise InvalidSilence("monthly.weekdays", str(exc)) from None
+    if not m.days and not weekdays:
+        raise InvalidSilence(
+            "monthly.days",
+            f"name days of the month (1..31) or nth weekdays ({'|'.join(NTH_NAMES)} mon..sun)",
+        )
+    start, end = _window_times(m.start, m.end, m.timezone, "monthly")
+    return Monthly(days=frozenset(m.days), weekdays=weekdays, start=start, end=end, timezone=m.timezone)
+
+
 def silence_from_spec(spec: SilenceSpec, silence_id: str, now: datetime) -> Silence:
     """Validate a requested silence (pure); raises :class:`InvalidSilence` naming the field."""
     if not spec.reason.strip():
@@ -96,16 +135,13 @@ def silence_from_spec(spec: SilenceSpec, silence_id: str, now: datetime) -> Sile
             raise InvalidSilence("weekly.days", str(exc)) from None
         if not days:
             raise InvalidSilence("weekly.days", f"name at least one weekday ({', '.join(DAY_NAMES)})")
-        start, end = _clock(w.start, "weekly.start"), _clock(w.end, "weekly.end")
-        if start == end:
-            raise InvalidSilence("weekly.end", "the window would be empty (end equals start)")
-        try:
-            ZoneInfo(w.timezone)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise InvalidSilence("weekly.timezone", f"unknown time zone {w.timezone!r}") from None
+        start, end = _window_times(w.start, w.end, w.timezone, "weekly")
         weekly = Weekly(days, start, end, w.timezone)
-    if weekly is None and spec.ends_at is None:
-        raise InvalidSilence("ends_at", "a one-off silence needs an end (or give a weekly window)")
+    if spec.monthly is not None and weekly is not None:
+        raise InvalidSilence("monthly", "a silence recurs weekly or monthly, not both")
+    monthly = _monthly(spec.monthly) if spec.monthly is not None else None
+    if weekly is None and monthly is None and spec.ends_at is None:
+        raise InvalidSilence("ends_at", "a one-off silence needs an end (or give a weekly or monthly window)")
     if spec.starts_at and spec.ends_at and spec.ends_at <= spec.starts_at:
         raise InvalidSilence("ends_at", "ends before it starts")
     if spec.ends_at is not None and spec.ends_at <= now:
@@ -127,13 +163,14 @@ def silence_from_spec(spec: SilenceSpec, silence_id: str, now: datetime) -> Sile
             starts_at=spec.starts_at,
             ends_at=spec.ends_at,
             weekly=weekly,
+            monthly=monthly,
         )
     except ValueError as exc:  # the dataclass's own checks; the ones above come first
         raise InvalidSilence("silence", str(exc)) from None
 
 
 def silence_record(s: Silence, expired_at: datetime | None, now: datetime) -> SilenceRecord:
-    w = s.weekly
+    w, m = s.weekly, s.monthly
     return SilenceRecord(
         id=s.id,
         kind=s.kind,
@@ -152,6 +189,15 @@ def silence_record(s: Silence, expired_at: datetime | None, now: datetime) -> Si
             timezone=w.timezone,
         )
         if w
+        else None,
+        monthly=MonthlyWindow(
+            days=tuple(sorted(m.days)),
+            weekdays=tuple(nth_weekday_names(m.weekdays)),
+            start=m.start.strftime("%H:%M"),
+            end=m.end.strftime("%H:%M"),
+            timezone=m.timezone,
+        )
+        if m
         else None,
         created_at=s.created_at,
         expired_at=expired_at,

@@ -36,7 +36,7 @@ from llmscope.alerter.notifiers.base import ContextPoint
 from llmscope.alerter.retention import Cutoffs
 from llmscope.alerter.retry import Attempt, Outcome
 from llmscope.alerter.routing import Route, group_key, group_labels, route_alert
-from llmscope.alerter.silences import Silence, Weekly
+from llmscope.alerter.silences import Monthly, Silence, Weekly, nth_weekday_names, parse_nth_weekdays
 from llmscope.config.logs import get_logger
 from llmscope.proto import codec, subjects
 from llmscope.proto.incident import IncidentAnalysis, IncidentChange, IncidentEvent, SimilarIncident
@@ -566,12 +566,13 @@ class Store:
     # -- silences -------------------------------------------------------------------------------
 
     async def add_silence(self, s: Silence) -> None:
-        w = s.weekly
+        w, m = s.weekly, s.monthly
         await self.pool.execute(
             "INSERT INTO alerter_silences (id, kind, reason, author, providers, models, rules,"
             " hosts, starts_at,"
-            " ends_at, weekly_days, weekly_start, weekly_end, timezone, created_at)"
-            " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15)",
+            " ends_at, weekly_days, weekly_start, weekly_end, timezone, created_at,"
+            " monthly_days, monthly_weekdays, monthly_start, monthly_end)"
+            " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19)",
             s.id,
             s.kind,
             s.reason,
@@ -585,8 +586,12 @@ class Store:
             sorted(w.days) if w else None,
             w.start if w else None,
             w.end if w else None,
-            w.timezone if w else "UTC",
+            w.timezone if w else m.timezone if m else "UTC",
             self.clock(),
+            sorted(m.days) if m else None,
+            nth_weekday_names(m.weekdays) if m else None,
+            m.start if m else None,
+            m.end if m else None,
         )
 
     async def expire_silence(self, silence_id: str) -> bool:
@@ -1173,6 +1178,15 @@ def _silence(r: asyncpg.Record) -> Silence:
     weekly = None
     if r["weekly_days"]:
         weekly = Weekly(frozenset(r["weekly_days"]), r["weekly_start"], r["weekly_end"], r["timezone"])
+    monthly = None
+    if r["monthly_start"] is not None:
+        monthly = Monthly(
+            days=frozenset(r["monthly_days"] or ()),
+            weekdays=parse_nth_weekdays(r["monthly_weekdays"] or ()),
+            start=r["monthly_start"],
+            end=r["monthly_end"],
+            timezone=r["timezone"],
+        )
     return Silence(
         id=r["id"],
         reason=r["reason"],
@@ -1185,6 +1199,7 @@ def _silence(r: asyncpg.Record) -> Silence:
         starts_at=r["starts_at"],
         ends_at=r["ends_at"],
         weekly=weekly,
+        monthly=monthly,
         created_at=r["created_at"],
     )
 
