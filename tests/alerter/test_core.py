@@ -371,6 +371,50 @@ silences:
         parse_duration("soon", "x")
 
 
+def test_config_file_monthly_silences(tmp_path: Path) -> None:
+    path = tmp_path / "alerter.yaml"
+    path.write_text(
+        """
+silences:
+  - {id: patch-sunday, kind: maintenance, reason: OS patches, author: ops,
+     monthly: {weekdays: ["first sun"], start: "02:00", end: "04:00", timezone: Europe/Berlin}}
+  - {id: billing-run, reason: month-end batch, author: ops,
+     monthly: {days: [15], start: "22:00", end: "01:00"}}
+"""
+    )
+    rt = build_runtime(load_file(path), Env({}), {}, timings=Timings())
+    patch, billing = rt.silences
+    assert patch.monthly is not None
+    assert billing.monthly is not None
+    assert patch.monthly.weekdays == frozenset({(1, 6)})
+    assert patch.active_at(datetime(2026, 3, 1, 1, 30, tzinfo=UTC))  # 02:30 in Berlin
+    assert billing.monthly.days == frozenset({15})
+    assert billing.active_at(datetime(2026, 3, 16, 0, 30, tzinfo=UTC))
+    assert not billing.active_at(datetime(2026, 3, 16, 1, 0, tzinfo=UTC))
+    bad = {
+        'weekdays: ["fifth sun"], start: "02:00", end: "04:00"': r"\[m\]\.monthly\.weekdays: unknown nth",
+        'days: [32], start: "02:00", end: "04:00"': r"\[m\]\.monthly: days of the month are 1\.\.31",
+        'start: "02:00", end: "04:00"': r"\[m\]\.monthly: a monthly window needs",
+        'days: [1], start: "2am", end: "04:00"': r"\[m\]\.monthly\.start='2am'",
+        'days: [1], start: "02:00", end: "04:00", timezone: Mars/Base': r"unknown time zone 'Mars/Base'",
+    }
+    for monthly, message in bad.items():
+        path.write_text(f"silences: [{{id: m, reason: r, author: a, monthly: {{{monthly}}}}}]")
+        with pytest.raises(ConfigError, match=message):
+            build_runtime(load_file(path), Env({}), {}, timings=Timings())
+    path.write_text(
+        "silences: [{id: m, reason: r, author: a, monthly: {days: [1], start: '01:00', end: '02:00'},"
+        " weekly: {days: [mon], start: '01:00', end: '02:00'}}]"
+    )
+    with pytest.raises(ConfigError, match="weekly or monthly, not both"):
+        build_runtime(load_file(path), Env({}), {}, timings=Timings())
+    path.write_text(
+        "silences: [{id: m, reason: r, author: a, monthly: {dayz: [1], start: '01:00', end: '02:00'}}]"
+    )
+    with pytest.raises(ConfigError, match="dayz"):
+        load_file(path)
+
+
 def test_api_settings_overlay() -> None:
     env = Env({"LLMSCOPE_SLACK_WEBHOOK_URL": "http://x/hook"})
     settings: dict[str, object] = {

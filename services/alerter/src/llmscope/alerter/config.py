@@ -16,6 +16,15 @@ File (``LLMSCOPE_ALERTER_CONFIG``, ``.yaml``/``.yml`` or ``.toml``; unknown keys
     silences:
       - {id: nightly, kind: maintenance, models: ["llama*"], reason: reindex, author: ops,
          weekly: {days: [sat, sun], start: "02:00", end: "04:00", timezone: Europe/Paris}}
+      - {id: patch-sunday, kind: maintenance, reason: OS patches, author: ops,
+         monthly: {weekdays: ["first sun"], start: "02:00", end: "04:00", timezone: Europe/Berlin}}
+      - {id: billing-run, reason: month-end batch, author: ops,
+         monthly: {days: [15], start: "22:00", end: "01:00"}}
+
+A silence recurs at most one way, ``weekly`` or ``monthly``; ``starts_at``/``ends_at`` bound it.
+``monthly`` opens on its ``days`` of the month (1..31; a day a month lacks does not occur in it)
+and on its ``weekdays`` (``first|second|third|fourth|last`` and ``mon``..``sun``); an ``end`` at or
+before ``start`` runs past midnight, into the next month if need be.
 
 Secrets are never written in the file: ``*_env`` names the environment variable holding them.
 Durations are seconds or strings like ``30s``, ``5m``, ``4h``, ``1d``.
@@ -57,7 +66,7 @@ import yaml
 from llmscope.alerter.notifiers.email import EmailConfig, Security
 from llmscope.alerter.notifiers.pagerduty import DEFAULT_EVENTS_URL
 from llmscope.alerter.routing import DEFAULT_GROUP_BY, Route
-from llmscope.alerter.silences import Silence, Weekly, parse_days
+from llmscope.alerter.silences import Monthly, Silence, Weekly, parse_days, parse_nth_weekdays
 from llmscope.config.env import ConfigError, Env, Secret
 from llmscope.proto.violation import SEVERITIES, Severity
 
@@ -163,6 +172,14 @@ class WeeklyFile(_Strict, frozen=True, kw_only=True, forbid_unknown_fields=True)
     timezone: str = "UTC"
 
 
+class MonthlyFile(_Strict, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    days: list[int] = msgspec.field(default_factory=list)
+    weekdays: list[str] = msgspec.field(default_factory=list)
+    start: str
+    end: str
+    timezone: str = "UTC"
+
+
 class SilenceFile(_Strict, frozen=True, kw_only=True, forbid_unknown_fields=True):
     id: str
     reason: str
@@ -175,6 +192,7 @@ class SilenceFile(_Strict, frozen=True, kw_only=True, forbid_unknown_fields=True
     starts_at: datetime | None = None
     ends_at: datetime | None = None
     weekly: WeeklyFile | None = None
+    monthly: MonthlyFile | None = None
 
 
 class AlerterFile(_Strict, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -568,6 +586,22 @@ def silence_from_file(s: SilenceFile) -> Silence:
                 end=_parse_time(w.end, f"silences[{s.id}].weekly.end"),
                 timezone=w.timezone,
             )
+        monthly = None
+        if s.monthly is not None:
+            m = s.monthly
+            what = f"silences[{s.id}].monthly"
+            start, end = _parse_time(m.start, f"{what}.start"), _parse_time(m.end, f"{what}.end")
+            # Caught below and prefixed with the file and the silence: these name the key.
+            try:
+                weekdays = parse_nth_weekdays(m.weekdays)
+            except ValueError as exc:
+                raise ValueError(f"{what}.weekdays: {exc}") from None
+            try:
+                monthly = Monthly(
+                    days=frozenset(m.days), weekdays=weekdays, start=start, end=end, timezone=m.timezone
+                )
+            except ValueError as exc:
+                raise ValueError(f"{what}: {exc}") from None
         return Silence(
             id=s.id,
             reason=s.reason,
@@ -580,6 +614,7 @@ def silence_from_file(s: SilenceFile) -> Silence:
             starts_at=s.starts_at,
             ends_at=s.ends_at,
             weekly=weekly,
+            monthly=monthly,
         )
     except (ValueError, KeyError) as exc:  # ZoneInfoNotFoundError is a KeyError
         raise ConfigError(f"LLMSCOPE_ALERTER_CONFIG: silence {s.id!r}: {exc}") from exc
