@@ -416,3 +416,72 @@ async def test_silences_create_list_expire_and_validation(
             assert r.status_code == 422, (body, r.text)
             assert field_of(r) == [field], (body, r.json())
         assert len((await api.client.get("/api/silences", params={"include_expired": True})).json()) == 2
+
+
+async def test_monthly_silences_create_list_and_name_the_field_at_fault(
+    api: Api, database_url: str, nats_url: str
+) -> None:
+    async with live_alerter(database_url, nats_url, None):
+        first_sunday = {
+            "kind": "maintenance",
+            "reason": "OS patches",
+            "author": "ops",
+            "monthly_weekdays": ["First Sunday"],
+            "monthly_start": "02:00",
+            "monthly_end": "04:00",
+            "timezone": "Europe/Berlin",
+        }
+        r = await api.client.post("/api/silences", json=first_sunday)
+        assert r.status_code == 201, r.text
+        created = r.json()
+        assert created["monthly_weekdays"] == ["first sun"]
+        assert created["monthly_days"] == []
+        assert (created["monthly_start"], created["monthly_end"], created["timezone"]) == (
+            "02:00",
+            "04:00",
+            "Europe/Berlin",
+        )
+        assert created["weekly_days"] == []
+        fifteenth = {
+            "reason": "billing run",
+            "author": "ops",
+            "monthly_days": [15],
+            "monthly_start": "22:00",
+            "monthly_end": "01:00",
+        }
+        r = await api.client.post("/api/silences", json=fifteenth)
+        assert r.status_code == 201, r.text
+        assert r.json()["monthly_days"] == [15]
+        listed = {s["id"]: s for s in (await api.client.get("/api/silences")).json()}
+        assert listed[created["id"]]["monthly_weekdays"] == ["first sun"]
+        assert listed[r.json()["id"]]["timezone"] == "UTC"
+
+        base = {"reason": "x", "author": "ana", "monthly_start": "01:00", "monthly_end": "02:00"}
+        cases: list[tuple[dict[str, Any], str]] = [
+            ({**base, "monthly_days": [32]}, "monthly_days"),
+            ({**base, "monthly_days": [0, 1]}, "monthly_days"),
+            (base, "monthly_days"),
+            ({**base, "monthly_weekdays": ["fifth sun"]}, "monthly_weekdays"),
+            ({**base, "monthly_days": [1], "monthly_start": "1am"}, "monthly_start"),
+            ({**base, "monthly_days": [1], "monthly_end": "01:00"}, "monthly_end"),
+            ({**base, "monthly_days": [1], "timezone": "Mars/Base"}, "timezone"),
+            ({"reason": "x", "author": "ana", "monthly_days": [1], "monthly_end": "02:00"}, "monthly_start"),
+            ({"reason": "x", "author": "ana", "monthly_days": [1], "monthly_start": "02:00"}, "monthly_end"),
+            (
+                {
+                    **base,
+                    "monthly_days": [1],
+                    "weekly_days": ["mon"],
+                    "weekly_start": "01:00",
+                    "weekly_end": "02:00",
+                },
+                "monthly_days",
+            ),
+        ]
+        for body, field in cases:
+            r = await api.client.post("/api/silences", json=body)
+            assert r.status_code == 422, (body, r.text)
+            assert field_of(r) == [field], (body, r.json())
+        r = await api.client.post("/api/silences", json={**base, "monthly_days": [32]})
+        assert "32 is not a day of the month" in r.text
+        assert len((await api.client.get("/api/silences", params={"include_expired": True})).json()) == 2

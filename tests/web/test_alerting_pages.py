@@ -195,6 +195,72 @@ async def test_silences_page_creates_lists_and_expires(
 
 
 @pytest.mark.parametrize("hx", [False, True])
+async def test_silences_page_creates_and_lists_monthly_windows(
+    api: Api, database_url: str, nats_url: str, hx: bool
+) -> None:
+    client = await login(api)
+    headers = {**HX, "HX-Target": "silence-list"} if hx else {}
+    async with live_alerter(database_url, nats_url, None):
+        if not hx:
+            page = (await client.get("/silences")).text
+            for name in ("monthly_days", "monthly_nth", "monthly_weekday", "monthly_start", "monthly_end"):
+                assert f'name="{name}"' in page
+        monthly = {"kind": "maintenance", "reason": "patches", "author": "ops"}
+        r = await client.post(
+            "/silences",
+            data={
+                **monthly,
+                "monthly_nth": "first",
+                "monthly_weekday": "sun",
+                "monthly_start": "02:00",
+                "monthly_end": "04:00",
+                "timezone": "Europe/Berlin",
+            },
+            headers=headers,
+        )
+        assert r.status_code == 200, r.text
+        assert "monthly: first sun 02:00–04:00 Europe/Berlin" in r.text
+        r = await client.post(
+            "/silences",
+            data={**monthly, "monthly_days": "15", "monthly_start": "22:00", "monthly_end": "01:00"},
+            headers=headers,
+        )
+        assert r.status_code == 200, r.text
+        assert "monthly: 15 22:00–01:00 UTC" in r.text
+        r = await client.post(
+            "/silences",
+            data={
+                **monthly,
+                "monthly_days": "1, 15",
+                "monthly_nth": "last",
+                "monthly_weekday": "fri",
+                "monthly_start": "06:00",
+                "monthly_end": "07:00",
+            },
+            headers=headers,
+        )
+        assert "monthly: 1, 15, last fri 06:00–07:00 UTC" in r.text
+
+        for data, error in (
+            (
+                {"monthly_days": "the 15th", "monthly_start": "22:00", "monthly_end": "01:00"},
+                "monthly_days: expected",
+            ),
+            (
+                {"monthly_days": "31, 40", "monthly_start": "22:00", "monthly_end": "01:00"},
+                "monthly_days: 40 is not",
+            ),
+            ({"monthly_days": "15", "monthly_end": "01:00"}, "monthly_start: a monthly window needs a start"),
+        ):
+            r = await client.post("/silences", data={**monthly, **data}, headers=headers)
+            assert r.status_code == (200 if hx else 422)
+            assert error in r.text
+            assert f'value="{data["monthly_days"]}"' in r.text or hx  # the form keeps what was typed
+        stored = await api.store.pool.fetchval("SELECT count(*) FROM alerter_silences")
+        assert stored == 3
+
+
+@pytest.mark.parametrize("hx", [False, True])
 async def test_notifications_page(
     api: Api, js: JetStreamContext, database_url: str, nats_url: str, hx: bool
 ) -> None:

@@ -26,6 +26,7 @@ from llmscope.proto.control import (
     AlertTestRequest,
     IncidentActionReply,
     IncidentActionRequest,
+    MonthlyWindow,
     NotificationQuery,
     NotificationReply,
     SilenceCreateRequest,
@@ -88,7 +89,7 @@ class AlerterClient:
 
 
 def silence_info(r: SilenceRecord) -> SilenceInfo:
-    w = r.weekly
+    w, m = r.weekly, r.monthly
     return SilenceInfo(
         id=r.id,
         kind=r.kind,
@@ -103,10 +104,14 @@ def silence_info(r: SilenceRecord) -> SilenceInfo:
         weekly_days=list(w.days) if w else [],
         weekly_start=w.start if w else None,
         weekly_end=w.end if w else None,
-        timezone=w.timezone if w else "UTC",
+        timezone=w.timezone if w else m.timezone if m else "UTC",
         created_at=r.created_at,
         expired_at=r.expired_at,
         active=r.active,
+        monthly_days=list(m.days) if m else [],
+        monthly_weekdays=list(m.weekdays) if m else [],
+        monthly_start=m.start if m else None,
+        monthly_end=m.end if m else None,
     )
 
 
@@ -120,6 +125,31 @@ def silence_spec(s: SilenceInput) -> SilenceSpec:
         weekly = WeeklyWindow(
             days=tuple(s.weekly_days), start=s.weekly_start, end=s.weekly_end, timezone=s.timezone or "UTC"
         )
+    monthly = None
+    given = [
+        name
+        for name, value in (
+            ("monthly_days", s.monthly_days),
+            ("monthly_weekdays", s.monthly_weekdays),
+            ("monthly_start", s.monthly_start),
+            ("monthly_end", s.monthly_end),
+        )
+        if value
+    ]
+    if given:
+        if weekly is not None:
+            raise AlerterRefused(given[0], "a silence recurs weekly or monthly, not both")
+        if not s.monthly_start:
+            raise AlerterRefused("monthly_start", "a monthly window needs a start (HH:MM)")
+        if not s.monthly_end:
+            raise AlerterRefused("monthly_end", "a monthly window needs an end (HH:MM)")
+        monthly = MonthlyWindow(
+            days=tuple(s.monthly_days),
+            weekdays=tuple(s.monthly_weekdays),
+            start=s.monthly_start,
+            end=s.monthly_end,
+            timezone=s.timezone or "UTC",
+        )
     return SilenceSpec(
         kind=s.kind,
         reason=s.reason,
@@ -131,15 +161,21 @@ def silence_spec(s: SilenceInput) -> SilenceSpec:
         starts_at=s.starts_at,
         ends_at=s.ends_at,
         weekly=weekly,
+        monthly=monthly,
     )
 
 
-# The alerter names fields of its SilenceSpec; the API's body flattens the weekly window.
+# The alerter names fields of its SilenceSpec; the API's body flattens the recurring windows.
 _FIELD_NAMES = {
     "weekly.days": "weekly_days",
     "weekly.start": "weekly_start",
     "weekly.end": "weekly_end",
     "weekly.timezone": "timezone",
+    "monthly.days": "monthly_days",
+    "monthly.weekdays": "monthly_weekdays",
+    "monthly.start": "monthly_start",
+    "monthly.end": "monthly_end",
+    "monthly.timezone": "timezone",
 }
 
 

@@ -144,7 +144,10 @@ class IncidentActionResult:
 
 @dataclass(frozen=True, slots=True)
 class SilenceInput:
-    """A silence or maintenance window to create: one-off (``ends_at``) or weekly recurring."""
+    """A silence or maintenance window to create: one-off (``ends_at``), weekly or monthly recurring.
+
+    ``timezone`` is the recurring window's; ``monthly_weekdays`` are like ``"first sun"``.
+    """
 
     reason: str
     author: str
@@ -159,6 +162,10 @@ class SilenceInput:
     weekly_start: str | None = None
     weekly_end: str | None = None
     timezone: str = "UTC"
+    monthly_days: list[int] = field(default_factory=list)
+    monthly_weekdays: list[str] = field(default_factory=list)
+    monthly_start: str | None = None
+    monthly_end: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +189,10 @@ class SilenceInfo:
     created_at: datetime | None
     expired_at: datetime | None
     active: bool
+    monthly_days: list[int] = field(default_factory=list)
+    monthly_weekdays: list[str] = field(default_factory=list)
+    monthly_start: str | None = None
+    monthly_end: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

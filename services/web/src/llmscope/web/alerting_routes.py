@@ -33,6 +33,7 @@ from llmscope.web.pages import Pages, is_htmx
 INCIDENT_STATES = ("open", "acknowledged", "resolved")
 NOTIFICATION_STATUSES = ("sending", "sent", "failed", "expired")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+NTH = ("first", "second", "third", "fourth", "last")
 
 
 def _status(request: Request, status: int) -> int:
@@ -58,6 +59,19 @@ def _local(text: str, tz: str, field: str) -> datetime | None:
         except (ZoneInfoNotFoundError, ValueError):
             raise AlerterRefused("timezone", f"unknown time zone {tz!r}") from None
     return value
+
+
+def _month_days(text: str) -> list[int]:
+    """Days of the month typed as ``1, 15``; the alerter checks the range."""
+    days = []
+    for item in _items(text):
+        try:
+            days.append(int(item))
+        except ValueError:
+            raise AlerterRefused(
+                "monthly_days", f"expected days of the month (1..31), got {item!r}"
+            ) from None
+    return days
 
 
 def add_alerting_routes(
@@ -193,6 +207,7 @@ def add_alerting_routes(
             "error": error,
             "form": form or {},
             "weekdays": WEEKDAYS,
+            "nths": NTH,
             "show_expired": show_expired,
         }
         return pages.render(
@@ -214,6 +229,8 @@ def add_alerting_routes(
         days = [str(d) for d in raw.getlist("weekly_days")]
         form["weekly_days"] = days
         tz = form.get("timezone", "").strip() or "UTC"
+        # One nth weekday from the form's two selects ("first" + "sun"); the API takes several.
+        nth, weekday = form.get("monthly_nth", ""), form.get("monthly_weekday", "")
         try:
             kind = form.get("kind") or "silence"
             silence = SilenceInput(
@@ -230,6 +247,10 @@ def add_alerting_routes(
                 weekly_start=form.get("weekly_start", "").strip() or None,
                 weekly_end=form.get("weekly_end", "").strip() or None,
                 timezone=tz,
+                monthly_days=_month_days(form.get("monthly_days", "")),
+                monthly_weekdays=[f"{nth} {weekday}"] if nth else [],
+                monthly_start=form.get("monthly_start", "").strip() or None,
+                monthly_end=form.get("monthly_end", "").strip() or None,
             )
             created = await data.create_silence(silence)
         except AlerterRefused as exc:

@@ -16,8 +16,11 @@ Matchers = Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], 
 
 
 class SilenceBody(BaseModel):
-    """One-off (``starts_at``/``ends_at``) or weekly recurring (``weekly_days``, ``weekly_start``,
-    ``weekly_end``, ``timezone``); empty matchers match anything (shell patterns allowed)."""
+    """One-off (``starts_at``/``ends_at``), weekly recurring (``weekly_days``, ``weekly_start``,
+    ``weekly_end``) or monthly recurring (``monthly_days`` and/or ``monthly_weekdays``,
+    ``monthly_start``, ``monthly_end``), never both weekly and monthly; ``timezone`` is the
+    recurring window's. Dates bound a recurring window. Empty matchers match anything (shell
+    patterns allowed)."""
 
     reason: Annotated[str, Field(min_length=1, max_length=2000)]
     author: Annotated[str, Field(min_length=1, max_length=200)]
@@ -31,7 +34,25 @@ class SilenceBody(BaseModel):
     weekly_days: Annotated[list[str], Field(max_length=7)] = []
     weekly_start: Annotated[str | None, Field(description="HH:MM, local time")] = None
     weekly_end: Annotated[str | None, Field(description="HH:MM; <= start runs past midnight")] = None
-    timezone: str = "UTC"
+    timezone: Annotated[str, Field(description="IANA time zone of the weekly or monthly window")] = "UTC"
+    # Ranges are checked by the alerter, whose 422 names the field (``monthly_days``).
+    monthly_days: Annotated[
+        list[int],
+        Field(
+            max_length=31, description="days of the month, 1..31; a day a month lacks does not occur in it"
+        ),
+    ] = []
+    monthly_weekdays: Annotated[
+        list[str],
+        Field(
+            max_length=35,
+            description='nth weekdays: first|second|third|fourth|last mon..sun, e.g. "first sun"',
+        ),
+    ] = []
+    monthly_start: Annotated[str | None, Field(description="HH:MM, local time")] = None
+    monthly_end: Annotated[
+        str | None, Field(description="HH:MM; <= start runs past midnight, into the next month if need be")
+    ] = None
 
 
 def router(rt: Runtime) -> APIRouter:
