@@ -1,0 +1,216 @@
+"""Per-model status for the status page and badges: a pure function of the model's recent signals.
+
+A model's status is one of ``operational``, ``degraded``, ``outage`` or ``unknown``, decided in
+this order of precedence (the first that applies wins):
+
+1. ``unknown``: none of the model's targets was probed within the policy's window. Every other
+   status is a claim about recent behaviour; without recent probes (a prober stopped, the model
+   is new) an old, never-cleared violation must not keep the model in "outage" forever.
+2. ``outage``: on a target probed within the window, the current run of failed probes reached
+   the alarm length (the engine's availability chart's ``fail_run``, else ``alarm_run``), or the
+   engine's availability chart has an open ``AVAILABILITY`` episode, or the model has an open
+   ``critical`` violation (any rule, acknowledged or not; resolved ones do not count).
+3. ``degraded``: an open ``warning`` violation, an open ``ERROR_RATE`` episode (whatever its
+   severity), or a target whose success ratio in the window is below ``min_success_ratio``
+   (only judged from ``min_probes`` probes on, so one failure among three probes is no verdict).
+4. ``operational``: none of the above.
+
+Violations attributed to a target that was not probed within the window are ignored (that
+target is stale, not failing); ``info`` violations (Nelson tests 2-8) never change the status.
+A model's status is the worst of its live targets'. ``maintenance`` is not a status here: the
+alerter's silences live behind its NATS request/reply and in its own tables, and reading them
+for every status request would couple the status page to the alerter being up.
+
+The overall status of a report ranks severities for the reader instead:
+``outage`` > ``degraded`` > ``unknown`` > ``operational`` (no models: ``unknown``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal
+
+from llmscope.proto.charts import AvailabilityView
+
+Status = Literal["operational", "degraded", "outage", "unknown"]
+STATUSES: tuple[Status, ...] = ("operational", "degraded", "outage", "unknown")
+# Worst first, for the overall status.
+_OVERALL_RANK: dict[Status, int] = {"outage": 0, "degraded": 1, "unknown": 2, "operational": 3}
+
+
+@dataclass(frozen=True, slots=True)
+class StatusPolicy:
+    """The thresholds a status is judged by."""
+
+    window_s: float = 15 * 60
+    """A target with no probe this recent is stale; success ratios are taken over this window."""
+    min_success_ratio: float = 0.95
+    min_probes: int = 20
+    alarm_run: int = 3
+    """Failed probes in a row that mean outage where the engine's chart does not say (its default)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TargetSignals:
+    """One target of a model over the status window: probe counts and the current failure run."""
+
+    target: str
+    probes: int
+    ok: int
+    failure_run: int
+    last_probe: datetime
+    run_since: datetime | None = None
+    """When the current run of failed probes started (its first failed probe)."""
+    availability: AvailabilityView | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OpenViolations:
+    """Open (neither cleared nor resolved) violations of one target, rule and severity."""
+
+    target: str
+    rule: str
+    severity: str
+    count: int
+    since: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StatusInputs:
+    """Everything one model's status is computed from."""
+
+    provider: str
+    model: str
+    last_seen: datetime | None = None
+    """The model's last probe ever (the models table): the 'since' of an unknown status."""
+    targets: Sequence[TargetSignals] = ()
+    violations: Sequence[OpenViolations] = ()
+    uptime_24h: float | None = None
+    uptime_7d: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelStatus:
+    """A model's status, since when (where known), its last probe, uptimes and why."""
+
+    provider: str
+    model: str
+    status: Status
+    since: datetime | None = None
+    last_probe: datetime | None = None
+    uptime_24h: float | None = None
+    uptime_7d: float | None = None
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    """The status of every enabled model and the overall status."""
+
+    status: Status
+    generated_at: datetime
+    models: list[ModelStatus]
+
+    def find(self, provider: str, model: str) -> ModelStatus | None:
+        return next((m for m in self.models if (m.provider, m.model) == (provider, model)), None)
+
+
+@dataclass(frozen=True, slots=True)
+class PublicModelStatus:
+    """What an anonymous reader of a public status page sees of a model: its name and status."""
+
+    provider: str
+    model: str
+    status: Status
+
+
+@dataclass(frozen=True, slots=True)
+class PublicStatusReport:
+    """The report without anything but names and statuses (no hosts, targets, errors or times)."""
+
+    status: Status
+    models: list[PublicModelStatus]
+
+
+def public_view(report: StatusReport) -> PublicStatusReport:
+    return PublicStatusReport(
+        status=report.status,
+        models=[PublicModelStatus(m.provider, m.model, m.status) for m in report.models],
+    )
+
+
+def _earliest(values: Iterable[datetime | None]) -> datetime | None:
+    known = [v for v in values if v is not None]
+    return min(known) if known else None
+
+
+def model_status(inputs: StatusInputs, now: datetime, policy: StatusPolicy | None = None) -> ModelStatus:
+    """The status of one model at ``now`` (see the module docstring for the rules)."""
+    policy = policy or StatusPolicy()
+    horizon = now - timedelta(seconds=policy.window_s)
+    live = [t for t in inputs.targets if t.last_probe >= horizon]
+    last_probe = max((t.last_probe for t in inputs.targets), default=None) or inputs.last_seen
+
+    def result(status: Status, since: datetime | None, reasons: list[str]) -> ModelStatus:
+        return ModelStatus(
+            provider=inputs.provider,
+            model=inputs.model,
+            status=status,
+            since=since,
+            last_probe=last_probe,
+            uptime_24h=inputs.uptime_24h,
+            uptime_7d=inputs.uptime_7d,
+            reasons=reasons,
+        )
+
+    if not live:
+        minutes = f"{policy.window_s / 60:g}"
+        return result("unknown", last_probe, [f"no probe in the last {minutes} min"])
+
+    names = {t.target for t in live}
+    # A violation without a target (older events) belongs to the whole model.
+    violations = [v for v in inputs.violations if v.target in names or not v.target]
+
+    outage: list[tuple[str, datetime | None]] = []
+    degraded: list[tuple[str, datetime | None]] = []
+    for t in live:
+        view = t.availability
+        alarm = view.fail_run if view is not None and view.fail_run > 0 else policy.alarm_run
+        if t.failure_run >= alarm:
+            outage.append((f"{t.failure_run} failed probes in a row on {t.target}", t.run_since))
+        episodes = view.open_episodes if view is not None else ()
+        if "AVAILABILITY" in episodes:
+            outage.append((f"open AVAILABILITY episode on {t.target}", t.run_since))
+        if "ERROR_RATE" in episodes:
+            degraded.append((f"open ERROR_RATE episode on {t.target}", None))
+        if t.probes >= policy.min_probes and t.ok / t.probes < policy.min_success_ratio:
+            degraded.append((f"{t.ok / t.probes:.1%} successful probes on {t.target}", None))
+    for v in violations:
+        what = f"{v.count} open {v.severity} {v.rule} violation{'s' if v.count > 1 else ''}"
+        if v.severity == "critical":
+            outage.append((what, v.since))
+        elif v.severity == "warning" or v.rule == "ERROR_RATE":
+            degraded.append((what, v.since))
+
+    if outage:
+        return result("outage", _earliest(s for _, s in outage), [r for r, _ in outage])
+    if degraded:
+        return result("degraded", _earliest(s for _, s in degraded), [r for r, _ in degraded])
+    return result("operational", None, [])
+
+
+def overall_status(models: Sequence[ModelStatus]) -> Status:
+    """The worst status among the models by ``outage > degraded > unknown > operational``."""
+    if not models:
+        return "unknown"
+    return min((m.status for m in models), key=_OVERALL_RANK.__getitem__)
+
+
+def status_report(
+    inputs: Sequence[StatusInputs], now: datetime, policy: StatusPolicy | None = None
+) -> StatusReport:
+    """Every model's status, sorted by provider and model, with the overall status."""
+    models = [model_status(i, now, policy) for i in sorted(inputs, key=lambda i: (i.provider, i.model))]
+    return StatusReport(status=overall_status(models), generated_at=now, models=models)

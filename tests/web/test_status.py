@@ -1,0 +1,175 @@
+"""The status rules as a pure function: each condition, and which one wins."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from llmscope.proto.charts import AvailabilityView
+from llmscope.web.status import (
+    ModelStatus,
+    OpenViolations,
+    PublicStatusReport,
+    StatusInputs,
+    StatusPolicy,
+    TargetSignals,
+    model_status,
+    overall_status,
+    public_view,
+    status_report,
+)
+
+NOW = datetime(2025, 5, 1, 12, 0, tzinfo=UTC)
+RECENT = NOW - timedelta(seconds=5)
+
+
+def target(name: str = "local", **fields: Any) -> TargetSignals:
+    values: dict[str, Any] = {"probes": 100, "ok": 100, "failure_run": 0, "last_probe": RECENT}
+    values.update(fields)
+    return TargetSignals(target=name, **values)
+
+
+def opened(severity: str, rule: str = "R1", target: str = "local", minutes: int = 10) -> OpenViolations:
+    return OpenViolations(target, rule, severity, 1, NOW - timedelta(minutes=minutes))
+
+
+def view(**fields: Any) -> AvailabilityView:
+    values: dict[str, Any] = {"phase": "armed", "progress": 200, "baseline_n": 200, "fail_run": 3}
+    values.update(fields)
+    return AvailabilityView(**values)
+
+
+def status_of(*targets: TargetSignals, violations: tuple[OpenViolations, ...] = ()) -> ModelStatus:
+    inputs = StatusInputs("ollama", "llama3.1:8b", NOW - timedelta(days=1), targets, violations)
+    return model_status(inputs, NOW)
+
+
+def test_healthy_target_is_operational() -> None:
+    got = status_of(target())
+    assert (got.status, got.since, got.reasons, got.last_probe) == ("operational", None, [], RECENT)
+
+
+def test_info_violations_change_nothing() -> None:
+    assert status_of(target(), violations=(opened("info", "R5"),)).status == "operational"
+
+
+def test_open_warning_violation_is_degraded_since_it_opened() -> None:
+    got = status_of(target(), violations=(opened("warning", "EWMA", minutes=7), opened("warning", minutes=3)))
+    assert got.status == "degraded"
+    assert got.since == NOW - timedelta(minutes=7)
+    assert got.reasons == ["1 open warning EWMA violation", "1 open warning R1 violation"]
+
+
+def test_low_success_ratio_is_degraded_from_enough_probes_only() -> None:
+    assert status_of(target(probes=100, ok=94)).status == "degraded"
+    assert status_of(target(probes=100, ok=95)).status == "operational"
+    # One failure among few probes is no verdict (the failure run rule covers outages).
+    assert status_of(target(probes=10, ok=5, failure_run=0)).status == "operational"
+
+
+def test_error_rate_episode_is_degraded_whatever_its_severity() -> None:
+    assert status_of(target(availability=view(open_episodes=("ERROR_RATE",)))).status == "degraded"
+    got = status_of(target(), violations=(opened("info", "ERROR_RATE"),))
+    assert (got.status, got.reasons) == ("degraded", ["1 open info ERROR_RATE violation"])
+
+
+def test_failure_run_at_the_alarm_length_is_an_outage_since_its_first_failure() -> None:
+    start = NOW - timedelta(seconds=6)
+    got = status_of(target(failure_run=3, run_since=start))
+    assert (got.status, got.since, got.reasons) == ("outage", start, ["3 failed probes in a row on local"])
+    assert status_of(target(failure_run=2)).status == "operational"
+
+
+def test_the_engines_alarm_length_overrides_the_default() -> None:
+    # A flaky endpoint's chart alarms at 5 in a row: 4 is not yet an outage.
+    assert status_of(target(failure_run=4, availability=view(fail_run=5))).status == "operational"
+    assert status_of(target(failure_run=5, availability=view(fail_run=5))).status == "outage"
+
+
+def test_open_availability_episode_or_critical_violation_is_an_outage() -> None:
+    assert status_of(target(availability=view(open_episodes=("AVAILABILITY",)))).status == "outage"
+    got = status_of(target(), violations=(opened("critical", "CUSUM"),))
+    assert (got.status, got.since) == ("outage", NOW - timedelta(minutes=10))
+
+
+def test_outage_wins_over_degraded() -> None:
+    got = status_of(
+        target(probes=100, ok=50), violations=(opened("warning", minutes=60), opened("critical", minutes=2))
+    )
+    assert got.status == "outage"
+    assert got.since == NOW - timedelta(minutes=2)  # since the outage, not the older warning
+    assert got.reasons == ["1 open critical R1 violation"]
+
+
+def test_no_recent_probe_is_unknown_whatever_the_violations() -> None:
+    old = NOW - timedelta(minutes=16)
+    got = status_of(target(last_probe=old, failure_run=9), violations=(opened("critical"),))
+    assert (got.status, got.since, got.last_probe) == ("unknown", old, old)
+    assert got.reasons == ["no probe in the last 15 min"]
+    never = model_status(StatusInputs("ollama", "new:1"), NOW)
+    assert (never.status, never.since, never.last_probe) == ("unknown", None, None)
+    gone = model_status(StatusInputs("ollama", "gone:1", last_seen=NOW - timedelta(days=2)), NOW)
+    assert (gone.status, gone.since) == ("unknown", NOW - timedelta(days=2))
+
+
+def test_a_stale_targets_violations_are_ignored_while_another_target_is_live() -> None:
+    stale = target("old", last_probe=NOW - timedelta(hours=2), failure_run=50)
+    got = status_of(target("live"), stale, violations=(opened("critical", target="old"),))
+    assert got.status == "operational"
+    # A violation without a target belongs to the whole model.
+    assert status_of(target("live"), stale, violations=(opened("critical", target=""),)).status == "outage"
+
+
+def test_the_worst_live_target_decides() -> None:
+    got = status_of(target("a"), target("b", failure_run=3))
+    assert (got.status, got.reasons) == ("outage", ["3 failed probes in a row on b"])
+
+
+def test_policy_thresholds_are_the_policys() -> None:
+    strict = StatusPolicy(window_s=60, min_success_ratio=0.999, min_probes=5, alarm_run=2)
+    inputs = StatusInputs("p", "m", targets=(target(probes=1000, ok=998),))
+    assert model_status(inputs, NOW, strict).status == "degraded"
+    inputs = StatusInputs("p", "m", targets=(target(failure_run=2),))
+    assert model_status(inputs, NOW, strict).status == "outage"
+    inputs = StatusInputs("p", "m", targets=(target(last_probe=NOW - timedelta(seconds=61)),))
+    assert model_status(inputs, NOW, strict).reasons == ["no probe in the last 1 min"]
+
+
+@pytest.mark.parametrize(
+    ("statuses", "overall"),
+    [
+        ((), "unknown"),
+        (("operational", "operational"), "operational"),
+        (("operational", "unknown"), "unknown"),
+        (("unknown", "degraded"), "degraded"),
+        (("degraded", "outage", "unknown"), "outage"),
+    ],
+)
+def test_overall_status_is_the_worst(statuses: tuple[str, ...], overall: str) -> None:
+    models = [ModelStatus("p", f"m{i}", s) for i, s in enumerate(statuses)]  # type: ignore[arg-type]
+    assert overall_status(models) == overall
+
+
+def test_report_is_sorted_and_its_public_view_has_names_and_statuses_only() -> None:
+    inputs = [
+        StatusInputs("openai", "org/gpt:1", targets=(target("ext"),), uptime_24h=0.5),
+        StatusInputs("ollama", "llama3.1:8b", targets=(target(failure_run=3),)),
+    ]
+    report = status_report(inputs, NOW)
+    assert [(m.provider, m.model, m.status) for m in report.models] == [
+        ("ollama", "llama3.1:8b", "outage"),
+        ("openai", "org/gpt:1", "operational"),
+    ]
+    assert (report.status, report.generated_at) == ("outage", NOW)
+    assert report.find("openai", "org/gpt:1") is report.models[1]
+    assert report.find("openai", "nope") is None
+    public = public_view(report)
+    assert public.status == "outage"
+    assert [dataclasses.astuple(m) for m in public.models] == [
+        ("ollama", "llama3.1:8b", "outage"),
+        ("openai", "org/gpt:1", "operational"),
+    ]
+    assert [f.name for f in dataclasses.fields(PublicStatusReport)] == ["status", "models"]
