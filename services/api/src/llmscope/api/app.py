@@ -3,7 +3,9 @@
 ``create_app(settings)`` builds it; the lifespan opens the Postgres pool (applying migrations),
 connects to NATS, creates the streams and, with ``settings.persister``, runs the persister.
 Everything under ``/api`` needs ``Authorization: Bearer <LLMSCOPE_API_KEY>`` (or, for reads, the
-dashboard's session cookie); ``/healthz``, ``/readyz`` and ``/metrics`` are open.
+dashboard's session cookie); ``/healthz``, ``/readyz`` and ``/metrics`` are open, and so are
+``/api/status``, ``/status`` and the badges, with names and statuses only, when
+``LLMSCOPE_STATUS_PUBLIC`` is true.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from llmscope.api.routes import (
     silences,
     spc_config,
     stats,
+    status,
     violations,
 )
 from llmscope.api.runtime import Runtime
 from llmscope.api.settings import ApiSettings
+from llmscope.api.status_queries import StatusReader
 from llmscope.api.store import BadCursor, NotReady
 from llmscope.web.data import SettingError
 from llmscope.web.routes import WebOptions, install
@@ -81,6 +85,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.runtime = rt
     auth = [Depends(rt.auth.require)]
     app.include_router(health.router(rt))
+    # Authenticates by itself: a public status page answers anonymous readers too.
+    status_reader = StatusReader(rt.store)
+    app.include_router(status.router(status_reader, rt.auth, public=settings.status_public))
     for module in (stats, charts, violations, admin, export, alerts, incidents, silences, spc_config):
         app.include_router(module.router(rt), dependencies=auth)
 
@@ -124,9 +131,14 @@ def create_app(settings: ApiSettings) -> FastAPI:
         app,
         rt.store,
         rt.auth,
-        WebOptions(refresh_s=settings.refresh_s, session_max_age_s=int(settings.session_days * 86400)),
+        WebOptions(
+            refresh_s=settings.refresh_s,
+            session_max_age_s=int(settings.session_days * 86400),
+            status_public=settings.status_public,
+        ),
         alerting=rt.alerting,
         chart_settings=rt.spc_config,
+        status=status_reader,
     )
     app.add_middleware(MetricsMiddleware, runtime=rt)
     return app

@@ -43,14 +43,18 @@ class KeyAuth:
             return False
         return int(expiry) > self._clock()
 
-    def require(self, request: Request) -> None:
-        """FastAPI dependency: ``Authorization: Bearer <key>``, or the session cookie on reads."""
+    def allows(self, request: Request) -> bool:
+        """``Authorization: Bearer <key>``, or the session cookie on reads."""
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() == "bearer" and token and self.check_key(token.strip()):
-            return
+            return True
         # The cookie is SameSite=Strict; still, only safe methods may ride on it (no CSRF).
-        if request.method in ("GET", "HEAD") and self.check_session(request.cookies.get(SESSION_COOKIE)):
+        return request.method in ("GET", "HEAD") and self.check_session(request.cookies.get(SESSION_COOKIE))
+
+    def require(self, request: Request) -> None:
+        """FastAPI dependency: :meth:`allows`, or a 401."""
+        if self.allows(request):
             return
         raise HTTPException(
             401,

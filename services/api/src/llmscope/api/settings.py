@@ -18,6 +18,7 @@
 | LLMSCOPE_SPC_REQUEST_TIMEOUT_S | 5 | how long a re-baseline request waits for the SPC engine's answer |
 | LLMSCOPE_REFRESH_S | 2 | dashboard auto-refresh interval, seconds |
 | LLMSCOPE_SESSION_DAYS | 7 | lifetime of a dashboard login |
+| LLMSCOPE_STATUS_PUBLIC | false | /status, /api/status and badges open to all (names and statuses only) |
 | LLMSCOPE_LOG_LEVEL | INFO | log level |
 
 NATS is configured by :class:`llmscope.bus.settings.BusSettings` (``NATS_URL`` and the stream limits).
@@ -53,6 +54,7 @@ class ApiSettings:
     spc_request_timeout_s: float = 5.0
     refresh_s: float = 2.0
     session_days: float = 7
+    status_public: bool = False
     log_level: str = "INFO"
 
     @classmethod
@@ -89,5 +91,6 @@ class ApiSettings:
             spc_request_timeout_s=env.number("LLMSCOPE_SPC_REQUEST_TIMEOUT_S", 5.0, min=0.1, max=300),
             refresh_s=env.number("LLMSCOPE_REFRESH_S", 2.0, min=0.5, max=3600),
             session_days=env.number("LLMSCOPE_SESSION_DAYS", 7, min=0.01, max=365),
+            status_public=env.flag("LLMSCOPE_STATUS_PUBLIC", False),
             log_level=env.choice("LLMSCOPE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         )

@@ -34,6 +34,7 @@ from llmscope.web.data import (
     ViolationFilter,
 )
 from llmscope.web.pages import Pages, is_htmx
+from llmscope.web.status_routes import StatusData, add_status_routes
 
 SESSION_COOKIE = "llmscope_session"
 SETUP_KEYS = (
@@ -55,6 +56,8 @@ class WebOptions:
     refresh_s: float = 2.0
     session_max_age_s: int = 7 * 24 * 3600
     actor: str = "dashboard"
+    status_public: bool = False
+    """``/status`` and the badges readable without a login (names and statuses only)."""
 
 
 def _safe_next(target: str | None) -> str:
@@ -96,9 +99,11 @@ def create_router(
     pages: Pages | None = None,
     alerting: AlertingData | None = None,
     chart_settings: ChartSettingsData | None = None,
+    status: StatusData | None = None,
 ) -> APIRouter:
     """All dashboard routes, bound to the injected data access and authenticator (and, with
-    ``alerting``, the incidents, silences and notifications pages)."""
+    ``alerting``, the incidents, silences and notifications pages; with ``status``, the status
+    page and badges)."""
     opts = options or WebOptions()
     pages = pages or Pages()
     router = APIRouter(include_in_schema=False)
@@ -128,6 +133,13 @@ def create_router(
                 raise HTTPException(403, "cross-origin request refused")
 
     Session = Depends(session)
+
+    def signed_in(request: Request) -> bool:
+        """A session cookie or the API key as a bearer token (badges fetched by scripts)."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and token and auth.check_key(token.strip()):
+            return True
+        return auth.check_session(request.cookies.get(SESSION_COOKIE))
 
     # ---- login ---------------------------------------------------------------------------
     @router.get("/login", response_class=HTMLResponse)
@@ -454,6 +466,10 @@ def create_router(
         add_alerting_routes(router, alerting, Session, pages, opts.actor, _setup_context)
     if chart_settings is not None:
         add_chart_settings_routes(router, chart_settings, Session, pages)
+    if status is not None:
+        add_status_routes(
+            router, status, pages, public=opts.status_public, signed_in=signed_in, session=session
+        )
     return router
 
 
@@ -464,11 +480,14 @@ def install(
     options: WebOptions | None = None,
     alerting: AlertingData | None = None,
     chart_settings: ChartSettingsData | None = None,
+    status: StatusData | None = None,
 ) -> None:
     """Mount the dashboard and its static files (htmx, CSS) on an application."""
     static_dir = files("llmscope.web") / "static"
     app.mount("/static", StaticFiles(directory=str(static_dir)), name="static")
-    app.include_router(create_router(data, auth, options, alerting=alerting, chart_settings=chart_settings))
+    app.include_router(
+        create_router(data, auth, options, alerting=alerting, chart_settings=chart_settings, status=status)
+    )
 
 
 __all__ = ["SESSION_COOKIE", "Series", "WebOptions", "create_router", "install"]

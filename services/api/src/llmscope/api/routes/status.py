@@ -1,0 +1,33 @@
+"""``GET /api/status``: each enabled model's status and the overall one.
+
+Readable with the API key (or the dashboard's session) as the rest of ``/api``; with
+``LLMSCOPE_STATUS_PUBLIC`` also without, but then only model names and statuses are answered.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from llmscope.api.auth import KeyAuth
+from llmscope.web.status import PublicStatusReport, StatusReport, public_view
+from llmscope.web.status_routes import StatusData
+
+
+def router(status: StatusData, auth: KeyAuth, *, public: bool) -> APIRouter:
+    api = APIRouter(prefix="/api", tags=["status"])
+
+    @api.get("/status", response_model=StatusReport | PublicStatusReport)
+    async def get_status(request: Request) -> StatusReport | PublicStatusReport:
+        """Overall and per-model status: ``operational``, ``degraded``, ``outage`` or ``unknown``.
+
+        With the key: since when (where known), the last probe, 24 h and 7 d uptime (successful
+        probes / probes) and the reasons. Without it, when the status page is public: provider,
+        model and status only.
+        """
+        if auth.allows(request):
+            return await status.status()
+        if not public:
+            auth.require(request)  # not allowed: raises the API's usual 401
+        return public_view(await status.status())
+
+    return api

@@ -1,0 +1,154 @@
+"""Reads what the status page needs from Postgres and the engine's charts; the verdict is pure.
+
+Four queries whatever the number of models: enabled models, each target's probes and current
+failure run in the status window (raw telemetry through ``telemetry_ts_idx``), open violations
+(the partial ``violations_open_idx``), and 24 h / 7 d uptime from the per-minute rollups (a week
+of raw probes would be 300,000 rows per model at one probe every 2 s). The availability chart
+of each live target comes from the engine's KV bucket. :func:`llmscope.web.status.status_report`
+turns them into statuses.
+
+A report is kept for ``cache_s``: a public status page and badges embedded in wiki pages are
+read by many people at once, and each would otherwise repeat the week-long rollup query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from llmscope.api.store import Store
+from llmscope.proto.charts import AVAILABILITY, chart_key
+from llmscope.web.status import (
+    OpenViolations,
+    StatusInputs,
+    StatusPolicy,
+    StatusReport,
+    TargetSignals,
+    status_report,
+)
+
+MODELS_SQL = "SELECT provider, model, last_seen FROM models WHERE enabled"
+
+# Per target, both streaming modes and all prompts together, as the engine's availability chart
+# counts them. rn 1 is the latest probe; the current failure run is the probes before the
+# latest successful one, and it started at the oldest of them.
+TARGETS_SQL = """
+WITH w AS (
+    SELECT provider, model, target, status, ts,
+           row_number() OVER (PARTITION BY provider, model, target ORDER BY ts DESC, id DESC) AS rn
+    FROM telemetry
+    WHERE ts >= $1
+),
+firsts AS (
+    SELECT provider, model, target, min(rn) FILTER (WHERE status = 'ok') AS ok_rn
+    FROM w GROUP BY provider, model, target
+)
+SELECT provider, model, target,
+       count(*) AS probes,
+       count(*) FILTER (WHERE status = 'ok') AS ok,
+       coalesce(min(ok_rn) - 1, count(*)) AS failure_run,
+       max(ts) AS last_ts,
+       min(ts) FILTER (WHERE rn < coalesce(ok_rn, 9223372036854775807)) AS run_since
+FROM w JOIN firsts USING (provider, model, target)
+GROUP BY provider, model, target
+"""
+
+# "Open" as the health overview means it: not cleared, and not resolved by someone.
+VIOLATIONS_SQL = """
+SELECT provider, model, target, rule, severity, count(*) AS n, min(ts) AS since
+FROM violations
+WHERE cleared_at IS NULL AND resolved_at IS NULL
+GROUP BY provider, model, target, rule, severity
+"""
+
+UPTIME_SQL = """
+SELECT provider, model,
+       sum(n) FILTER (WHERE minute >= $1) AS n_day,
+       sum(n_ok) FILTER (WHERE minute >= $1) AS ok_day,
+       sum(n) AS n_week,
+       sum(n_ok) AS ok_week
+FROM telemetry_minute
+WHERE minute >= $2
+GROUP BY provider, model
+"""
+
+
+def _ratio(ok: int | None, n: int | None) -> float | None:
+    return ok / n if ok is not None and n else None
+
+
+class StatusReader:
+    """Builds the status report (the web's ``StatusData``) over the API's store."""
+
+    def __init__(
+        self,
+        store: Store,
+        policy: StatusPolicy | None = None,
+        *,
+        cache_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self.policy = policy or StatusPolicy()
+        self._cache_s = cache_s
+        self._clock = clock
+        self._cached: tuple[float, StatusReport] | None = None
+        self._lock = asyncio.Lock()
+
+    async def status(self) -> StatusReport:
+        """The current report; concurrent callers share one computation."""
+        async with self._lock:
+            if self._cached is not None and self._clock() - self._cached[0] < self._cache_s:
+                return self._cached[1]
+            report = await self.compute(datetime.now(UTC))
+            self._cached = (self._clock(), report)
+            return report
+
+    async def compute(self, now: datetime) -> StatusReport:
+        """The report at ``now`` from the store, uncached."""
+        async with self._store.pool.acquire() as conn:
+            models = await conn.fetch(MODELS_SQL)
+            targets = await conn.fetch(TARGETS_SQL, now - timedelta(seconds=self.policy.window_s))
+            violations = await conn.fetch(VIOLATIONS_SQL)
+            uptime = await conn.fetch(UPTIME_SQL, now - timedelta(days=1), now - timedelta(days=7))
+        enabled = {(r["provider"], r["model"]): r["last_seen"] for r in models}
+        live = [r for r in targets if (r["provider"], r["model"]) in enabled]
+        keys = [chart_key(r["provider"], r["model"], r["target"], "*", AVAILABILITY) for r in live]
+        records = await self._store.charts.get_many(keys)
+        by_model: dict[tuple[str, str], list[TargetSignals]] = defaultdict(list)
+        for r, record in zip(live, records, strict=True):
+            by_model[(r["provider"], r["model"])].append(
+                TargetSignals(
+                    target=r["target"],
+                    probes=int(r["probes"]),
+                    ok=int(r["ok"]),
+                    failure_run=int(r["failure_run"]),
+                    last_probe=r["last_ts"],
+                    run_since=r["run_since"],
+                    availability=record.availability if record is not None else None,
+                )
+            )
+        open_by_model: dict[tuple[str, str], list[OpenViolations]] = defaultdict(list)
+        for r in violations:
+            open_by_model[(r["provider"], r["model"])].append(
+                OpenViolations(r["target"], r["rule"], r["severity"], int(r["n"]), r["since"])
+            )
+        up = {(r["provider"], r["model"]): r for r in uptime}
+        inputs = []
+        for key, last_seen in enabled.items():
+            u = up.get(key)
+            inputs.append(
+                StatusInputs(
+                    provider=key[0],
+                    model=key[1],
+                    last_seen=last_seen,
+                    targets=sorted(by_model.get(key, []), key=lambda t: t.target),
+                    violations=open_by_model.get(key, []),
+                    uptime_24h=_ratio(u["ok_day"], u["n_day"]) if u else None,
+                    uptime_7d=_ratio(u["ok_week"], u["n_week"]) if u else None,
+                )
+            )
+        return status_report(inputs, now, self.policy)

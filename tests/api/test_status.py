@@ -1,0 +1,202 @@
+"""``GET /api/status`` against real Postgres: statuses from seeded telemetry and violations, auth."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import pytest
+
+from llmscope.api.persister import store_telemetry, store_violations
+from llmscope.api.settings import ApiSettings
+from llmscope.api.status_queries import StatusReader
+from llmscope.config.env import ConfigError, Env
+from llmscope.proto.telemetry import TelemetryEvent
+from tests.api.conftest import Api, serve
+from tests.api.factories import cleared, telemetry, violation
+from tests.web.test_pages import login
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+FAILED: dict[str, Any] = {"status": "timeout", "latency_ms": None, "ttft_ms": None, "tokens_per_s": None}
+HOSTS = ("gpu-1", "gpu-7", "edge-3")
+
+
+def recent(
+    model: str, n: int, *, provider: str = "ollama", target: str = "local", **fields: Any
+) -> list[TelemetryEvent]:
+    """``n`` probes 2 s apart, the last one 10 s ago."""
+    start = NOW - timedelta(seconds=10 + 2 * (n - 1))
+    return [
+        telemetry(
+            0,
+            id=f"{model}-{target}-{i}",
+            ts=start + timedelta(seconds=2 * i),
+            provider=provider,
+            model=model,
+            target=target,
+            **fields,
+        )
+        for i in range(n)
+    ]
+
+
+@dataclasses.dataclass(frozen=True)
+class Seeded:
+    failing_since: datetime
+    last_failure: datetime
+    warning_since: datetime
+    retired_seen: datetime
+
+
+async def seed(api: Api) -> Seeded:
+    """Five models, one per status, and one disabled.
+
+    - ollama/llama3.1:8b: 40 successes, then 3 timeouts in a row (outage); 2 days ago 5 of 10 failed
+    - openai/org/gpt:1: all fine, an open warning (degraded)
+    - ollama/healthy:1: all fine; only info, cleared and resolved violations (operational)
+    - ollama/retired:1: last probed 3 hours ago (unknown)
+    - ollama/off:1: disabled (not on the status page)
+    """
+    ok = recent("llama3.1:8b", 43, host="gpu-1")
+    failing = [msgspec.structs.replace(e, **FAILED) for e in ok[40:]]
+    two_days = NOW - timedelta(days=2)
+    older = [
+        telemetry(0, id=f"old{i}", ts=two_days + timedelta(seconds=2 * i), **(FAILED if i % 2 else {}))
+        for i in range(10)
+    ]
+    gpt = recent("org/gpt:1", 30, provider="openai", target="ext", host="gpu-7")
+    healthy = recent("healthy:1", 30, target="edge", host="edge-3")
+    retired_seen = NOW - timedelta(hours=3)
+    retired = [telemetry(0, id="retired", ts=retired_seen, model="retired:1")]
+    off = recent("off:1", 5)
+    warning = violation(gpt[10], id="gpt-warning", severity="warning", rule="EWMA")
+    info = violation(healthy[5], id="h-info", severity="info", rule="R5")
+    gone = violation(healthy[6], id="h-cleared", severity="critical")
+    fixed = violation(healthy[7], id="h-resolved", severity="critical")
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, [*ok[:40], *failing, *older, *gpt, *healthy, *retired, *off])
+        await store_violations(conn, [warning, info, gone, fixed])
+        await store_violations(conn, [cleared(gone, healthy[9].ts)])
+    assert await api.store.resolve("h-resolved", "ana", "fixed") is not None
+    r = await api.client.put("/api/models/ollama/off:1", json={"enabled": False})
+    assert r.status_code == 200, r.text
+    return Seeded(failing[0].ts, failing[-1].ts, warning.ts, retired_seen)
+
+
+@pytest.fixture
+async def public_api(settings: ApiSettings) -> AsyncIterator[Api]:
+    async with serve(dataclasses.replace(settings, status_public=True)) as running:
+        yield running
+
+
+def ts(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+async def test_status_of_each_model_from_telemetry_and_violations(api: Api) -> None:
+    seeded = await seed(api)
+    r = await api.client.get("/api/status")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "outage"
+    models = {m["model"]: m for m in body["models"]}
+    assert [(m["provider"], m["model"]) for m in body["models"]] == [
+        ("ollama", "healthy:1"),
+        ("ollama", "llama3.1:8b"),
+        ("ollama", "retired:1"),
+        ("openai", "org/gpt:1"),
+    ]
+    llama = models["llama3.1:8b"]
+    assert llama["status"] == "outage"
+    assert ts(llama["since"]) == seeded.failing_since
+    assert ts(llama["last_probe"]) == seeded.last_failure
+    assert llama["reasons"] == ["3 failed probes in a row on local"]
+    # From the per-minute rollups: the last day, and the week with the older half-failed probes.
+    assert llama["uptime_24h"] == pytest.approx(40 / 43)
+    assert llama["uptime_7d"] == pytest.approx(45 / 53)
+
+    gpt = models["org/gpt:1"]
+    assert (gpt["status"], ts(gpt["since"])) == ("degraded", seeded.warning_since)
+    assert gpt["reasons"] == ["1 open warning EWMA violation"]
+    assert gpt["uptime_24h"] == gpt["uptime_7d"] == 1.0
+
+    healthy = models["healthy:1"]
+    assert (healthy["status"], healthy["since"], healthy["reasons"]) == ("operational", None, [])
+
+    retired = models["retired:1"]
+    assert (retired["status"], ts(retired["since"])) == ("unknown", seeded.retired_seen)
+    assert retired["reasons"] == ["no probe in the last 15 min"]
+    assert retired["uptime_24h"] == 1.0
+
+
+async def test_status_without_models(api: Api) -> None:
+    body = (await api.client.get("/api/status")).json()
+    assert (body["status"], body["models"]) == ("unknown", [])
+
+
+async def test_status_needs_the_key_unless_public(api: Api) -> None:
+    await seed(api)
+    r = await api.anon.get("/api/status")
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"] == "Bearer"
+    r = await api.anon.get("/api/status", headers={"Authorization": "Bearer wrong-key-0123456789"})
+    assert r.status_code == 401
+    client = await login(api)  # the dashboard's session reads it too
+    assert (await client.get("/api/status")).status_code == 200
+
+
+async def test_public_status_shows_names_and_statuses_only(public_api: Api) -> None:
+    await seed(public_api)
+    r = await public_api.anon.get("/api/status")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"status", "models"}
+    assert {tuple(sorted(m)) for m in body["models"]} == {("model", "provider", "status")}
+    assert [(m["model"], m["status"]) for m in body["models"]] == [
+        ("healthy:1", "operational"),
+        ("llama3.1:8b", "outage"),
+        ("retired:1", "unknown"),
+        ("org/gpt:1", "degraded"),
+    ]
+    for secret in (*HOSTS, "local", "ext", "edge", "timeout", "failed"):
+        assert secret not in r.text
+    # With the key, the same endpoint still answers in full.
+    full = (await public_api.client.get("/api/status")).json()
+    assert "uptime_24h" in full["models"][0]
+
+
+async def test_a_report_is_kept_for_cache_s(api: Api) -> None:
+    await seed(api)
+    clock = [100.0]
+    reader = StatusReader(api.store, cache_s=5, clock=lambda: clock[0])
+    first = await reader.status()
+    async with api.store.pool.acquire() as conn:
+        recovered = msgspec.structs.replace(recent("llama3.1:8b", 1)[0], id="recovered", ts=NOW)
+        await store_telemetry(conn, [recovered])
+    clock[0] += 4.9
+    assert await reader.status() is first
+    clock[0] += 0.2
+    again = await reader.status()
+    llama = again.find("ollama", "llama3.1:8b")
+    assert llama is not None
+    # The run is over; 41 of 44 probes in the window succeeded, below the 95 % line.
+    assert (llama.status, llama.reasons) == ("degraded", ["93.2% successful probes on local"])
+
+
+def test_status_public_setting_is_validated() -> None:
+    base = {"DATABASE_URL": "postgresql://u:p@h/db", "LLMSCOPE_API_KEY": "k" * 20}
+    assert ApiSettings.from_env(Env(base)).status_public is False
+    assert ApiSettings.from_env(Env({**base, "LLMSCOPE_STATUS_PUBLIC": "true"})).status_public is True
+    with pytest.raises(ConfigError, match="LLMSCOPE_STATUS_PUBLIC"):
+        ApiSettings.from_env(Env({**base, "LLMSCOPE_STATUS_PUBLIC": "sometimes"}))
+
+
+async def test_openapi_documents_both_answers(api: Api) -> None:
+    schema = (await api.anon.get("/openapi.json")).json()
+    answer = schema["paths"]["/api/status"]["get"]["responses"]["200"]["content"]["application/json"]
+    refs = {ref["$ref"].rsplit("/", 1)[-1] for ref in answer["schema"]["anyOf"]}
+    assert refs == {"StatusReport", "PublicStatusReport"}
+    assert not any(path.startswith(("/status", "/badge")) for path in schema["paths"])
