@@ -43,12 +43,12 @@ ALL_SERVICES = ("sim", "api", "spc-engine", "alerter", "prober")
 
 # With only the simulator to probe, a production baseline (1000 points per prompt chart at 2 s)
 # would keep the demo "collecting" for hours. The demo runs the simulator ten times faster, probes
-# every 0.25 s and freezes limits after 100 points: charts arm within a couple of minutes, at the
+# every 0.25 s and freezes limits after 50 points: charts arm within about a minute, at the
 # price of more false alarms than the production defaults. Any of these set in the environment wins.
 DEMO_PROFILE = {
     "LLMSCOPE_SIM_TIME_SCALE": "0.1",
     "LLMSCOPE_PROBER_INTERVAL_S": "0.25",
-    "LLMSCOPE_SPC_BASELINE_N": "100",
+    "LLMSCOPE_SPC_BASELINE_N": "50",
 }
 
 
@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.start_children(stack.child_env(nats_url, database_url, api_key))
         if stack.demo_profile:
             print(
-                "  demo      probing the built-in simulator: fast probes and a 100-point baseline\n"
+                "  demo      probing the built-in simulator: fast probes and a 50-point baseline\n"
                 "            (README: 'demo profile'); try llmscope sim inject shift --model llama3.1:8b",
                 flush=True,
             )
