@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 from collections import Counter
-from datetime import timedelta
+from datetime import time, timedelta
 from typing import Any
 
 import aiohttp
@@ -406,6 +406,15 @@ async def test_silence_mutes_notifications_but_not_the_record(
                 starts_at=now - timedelta(minutes=1),
                 ends_at=now + timedelta(hours=1),
             )
+        )
+        # A row this alerter cannot read (a zone it does not know: written by a newer replica or
+        # by hand) mutes nothing and stops nothing.
+        await run.pool.execute(
+            "INSERT INTO alerter_silences (id, kind, reason, author, weekly_days, weekly_start,"
+            " weekly_end, timezone) VALUES ('odd', 'silence', 'why', 'bo', $1, $2, $3, 'Mars/Olympus')",
+            [0, 1, 2, 3, 4, 5, 6],
+            time(0, 0),
+            time(23, 59),
         )
         await publish(js, violation(1), violation(2, model="qwen2:7b"))
         await eventually(lambda: len(box.messages) >= 1, what="the qwen message")

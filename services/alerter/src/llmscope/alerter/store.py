@@ -607,7 +607,15 @@ class Store:
             "SELECT * FROM alerter_silences WHERE expired_at IS NULL AND (ends_at IS NULL OR ends_at > $1)",
             now,
         )
-        return [_silence(r) for r in rows]
+        out = []
+        for r in rows:
+            try:
+                out.append(_silence(r))
+            except (ValueError, KeyError) as exc:
+                # One row this version cannot read (written by a newer replica, or edited by hand)
+                # must not stop every notification: it mutes nothing and says so.
+                log.error("unreadable silence skipped", silence=r["id"], error=str(exc))
+        return out
 
     async def silences(self, *, include_expired: bool = False) -> list[tuple[Silence, datetime | None]]:
         """Stored silences with when they were expired, newest first; by default only those
