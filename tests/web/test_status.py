@@ -89,19 +89,23 @@ def test_the_engines_alarm_length_overrides_the_default() -> None:
     assert status_of(target(failure_run=5, availability=view(fail_run=5))).status == "outage"
 
 
-def test_open_availability_episode_or_critical_violation_is_an_outage() -> None:
+def test_open_availability_episode_or_violation_is_an_outage_a_slow_model_is_degraded() -> None:
     assert status_of(target(availability=view(open_episodes=("AVAILABILITY",)))).status == "outage"
-    got = status_of(target(), violations=(opened("critical", "CUSUM"),))
+    got = status_of(target(), violations=(opened("critical", "AVAILABILITY"),))
     assert (got.status, got.since) == ("outage", NOW - timedelta(minutes=10))
+    # A critical latency shift: the model answers, only slower.
+    got = status_of(target(), violations=(opened("critical", "CUSUM"),))
+    assert (got.status, got.reasons) == ("degraded", ["1 open critical CUSUM violation"])
 
 
 def test_outage_wins_over_degraded() -> None:
     got = status_of(
-        target(probes=100, ok=50), violations=(opened("warning", minutes=60), opened("critical", minutes=2))
+        target(probes=100, ok=50),
+        violations=(opened("warning", minutes=60), opened("critical", "AVAILABILITY", minutes=2)),
     )
     assert got.status == "outage"
     assert got.since == NOW - timedelta(minutes=2)  # since the outage, not the older warning
-    assert got.reasons == ["1 open critical R1 violation"]
+    assert got.reasons == ["1 open critical AVAILABILITY violation"]
 
 
 def test_no_recent_probe_is_unknown_whatever_the_violations() -> None:
@@ -120,7 +124,8 @@ def test_a_stale_targets_violations_are_ignored_while_another_target_is_live() -
     got = status_of(target("live"), stale, violations=(opened("critical", target="old"),))
     assert got.status == "operational"
     # A violation without a target belongs to the whole model.
-    assert status_of(target("live"), stale, violations=(opened("critical", target=""),)).status == "outage"
+    model_wide = (opened("critical", "AVAILABILITY", target=""),)
+    assert status_of(target("live"), stale, violations=model_wide).status == "outage"
 
 
 def test_the_worst_live_target_decides() -> None:

@@ -9,10 +9,11 @@ this order of precedence (the first that applies wins):
 2. ``outage``: on a target probed within the window, the current run of failed probes reached
    the alarm length (the engine's availability chart's ``fail_run``, else ``alarm_run``), or the
    engine's availability chart has an open ``AVAILABILITY`` episode, or the model has an open
-   ``critical`` violation (any rule, acknowledged or not; resolved ones do not count).
-3. ``degraded``: an open ``warning`` violation, an open ``ERROR_RATE`` episode (whatever its
-   severity), or a target whose success ratio in the window is below ``min_success_ratio``
-   (only judged from ``min_probes`` probes on, so one failure among three probes is no verdict).
+   ``AVAILABILITY`` violation (acknowledged or not; resolved ones do not count).
+3. ``degraded``: any other open ``critical`` or ``warning`` violation (a model that answers,
+   only slower, is degraded, not down), an open ``ERROR_RATE`` episode (whatever its severity),
+   or a target whose success ratio in the window is below ``min_success_ratio`` (only judged
+   from ``min_probes`` probes on, so one failure among three probes is no verdict).
 4. ``operational``: none of the above.
 
 Violations attributed to a target that was not probed within the window are ignored (that
@@ -189,9 +190,9 @@ def model_status(inputs: StatusInputs, now: datetime, policy: StatusPolicy | Non
             degraded.append((f"{t.ok / t.probes:.1%} successful probes on {t.target}", None))
     for v in violations:
         what = f"{v.count} open {v.severity} {v.rule} violation{'s' if v.count > 1 else ''}"
-        if v.severity == "critical":
+        if v.rule == "AVAILABILITY" and v.severity != "info":
             outage.append((what, v.since))
-        elif v.severity == "warning" or v.rule == "ERROR_RATE":
+        elif v.severity in ("critical", "warning") or v.rule == "ERROR_RATE":
             degraded.append((what, v.since))
 
     if outage:
