@@ -47,7 +47,7 @@ def recent(
 class Seeded:
     failing_since: datetime
     last_failure: datetime
-    warning_since: datetime
+    slow_since: datetime
     retired_seen: datetime
 
 
@@ -55,8 +55,8 @@ async def seed(api: Api) -> Seeded:
     """Five models, one per status, and one disabled.
 
     - ollama/llama3.1:8b: 40 successes, then 3 timeouts in a row (outage); 2 days ago 5 of 10 failed
-    - openai/org/gpt:1: all fine, an open warning (degraded)
-    - ollama/healthy:1: all fine; only info, cleared and resolved violations (operational)
+    - openai/org/gpt:1: all probes answered, an open critical latency violation (degraded)
+    - ollama/healthy:1: all fine; only warning, info, cleared and resolved violations (operational)
     - ollama/retired:1: last probed 3 hours ago (unknown)
     - ollama/off:1: disabled (not on the status page)
     """
@@ -72,18 +72,19 @@ async def seed(api: Api) -> Seeded:
     retired_seen = NOW - timedelta(hours=3)
     retired = [telemetry(0, id="retired", ts=retired_seen, model="retired:1")]
     off = recent("off:1", 5)
-    warning = violation(gpt[10], id="gpt-warning", severity="warning", rule="EWMA")
+    slow = violation(gpt[10], id="gpt-slow", severity="critical", rule="CUSUM")
+    noise = violation(healthy[4], id="h-warning", severity="warning", rule="R1")
     info = violation(healthy[5], id="h-info", severity="info", rule="R5")
     gone = violation(healthy[6], id="h-cleared", severity="critical")
     fixed = violation(healthy[7], id="h-resolved", severity="critical")
     async with api.store.pool.acquire() as conn:
         await store_telemetry(conn, [*ok[:40], *failing, *older, *gpt, *healthy, *retired, *off])
-        await store_violations(conn, [warning, info, gone, fixed])
+        await store_violations(conn, [slow, noise, info, gone, fixed])
         await store_violations(conn, [cleared(gone, healthy[9].ts)])
     assert await api.store.resolve("h-resolved", "ana", "fixed") is not None
     r = await api.client.put("/api/models/ollama/off:1", json={"enabled": False})
     assert r.status_code == 200, r.text
-    return Seeded(failing[0].ts, failing[-1].ts, warning.ts, retired_seen)
+    return Seeded(failing[0].ts, failing[-1].ts, slow.ts, retired_seen)
 
 
 @pytest.fixture
@@ -119,8 +120,8 @@ async def test_status_of_each_model_from_telemetry_and_violations(api: Api) -> N
     assert llama["uptime_7d"] == pytest.approx(45 / 53)
 
     gpt = models["org/gpt:1"]
-    assert (gpt["status"], ts(gpt["since"])) == ("degraded", seeded.warning_since)
-    assert gpt["reasons"] == ["1 open warning EWMA violation"]
+    assert (gpt["status"], ts(gpt["since"])) == ("degraded", seeded.slow_since)
+    assert gpt["reasons"] == ["1 open critical CUSUM violation"]
     assert gpt["uptime_24h"] == gpt["uptime_7d"] == 1.0
 
     healthy = models["healthy:1"]

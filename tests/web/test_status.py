@@ -52,15 +52,20 @@ def test_healthy_target_is_operational() -> None:
     assert (got.status, got.since, got.reasons, got.last_probe) == ("operational", None, [], RECENT)
 
 
-def test_info_violations_change_nothing() -> None:
-    assert status_of(target(), violations=(opened("info", "R5"),)).status == "operational"
+def test_info_and_warning_violations_change_nothing() -> None:
+    noise = (opened("info", "R5"), opened("warning", "R1"), opened("warning", "EWMA"))
+    assert status_of(target(), violations=noise).status == "operational"
 
 
-def test_open_warning_violation_is_degraded_since_it_opened() -> None:
-    got = status_of(target(), violations=(opened("warning", "EWMA", minutes=7), opened("warning", minutes=3)))
+def test_open_critical_latency_violation_is_degraded_since_it_opened() -> None:
+    got = status_of(
+        target(), violations=(opened("critical", "CUSUM", minutes=7), opened("critical", minutes=3))
+    )
     assert got.status == "degraded"
     assert got.since == NOW - timedelta(minutes=7)
-    assert got.reasons == ["1 open warning EWMA violation", "1 open warning R1 violation"]
+    assert got.reasons == ["1 open critical CUSUM violation", "1 open critical R1 violation"]
+    # ERROR_RATE is a warning by default, and still an availability signal.
+    assert status_of(target(), violations=(opened("warning", "ERROR_RATE"),)).status == "degraded"
 
 
 def test_low_success_ratio_is_degraded_from_enough_probes_only() -> None:

@@ -10,14 +10,16 @@ this order of precedence (the first that applies wins):
    the alarm length (the engine's availability chart's ``fail_run``, else ``alarm_run``), or the
    engine's availability chart has an open ``AVAILABILITY`` episode, or the model has an open
    ``AVAILABILITY`` violation (acknowledged or not; resolved ones do not count).
-3. ``degraded``: any other open ``critical`` or ``warning`` violation (a model that answers,
-   only slower, is degraded, not down), an open ``ERROR_RATE`` episode (whatever its severity),
+3. ``degraded``: any other open ``critical`` violation (a model that answers, only slower, is
+   degraded, not down), an open ``ERROR_RATE`` episode or violation (whatever its severity),
    or a target whose success ratio in the window is below ``min_success_ratio`` (only judged
    from ``min_probes`` probes on, so one failure among three probes is no verdict).
 4. ``operational``: none of the above.
 
 Violations attributed to a target that was not probed within the window are ignored (that
-target is stale, not failing); ``info`` violations (Nelson tests 2-8) never change the status.
+target is stale, not failing). ``warning`` and ``info`` violations never change the status:
+they are the tiers below "page me" (3-sigma points, Nelson tests, TTFT and tokens/s charts),
+which on many charts fire often enough to keep every model "degraded" for nothing.
 A model's status is the worst of its live targets'. ``maintenance`` is not a status here: the
 alerter's silences live behind its NATS request/reply and in its own tables, and reading them
 for every status request would couple the status page to the alerter being up.
@@ -192,7 +194,7 @@ def model_status(inputs: StatusInputs, now: datetime, policy: StatusPolicy | Non
         what = f"{v.count} open {v.severity} {v.rule} violation{'s' if v.count > 1 else ''}"
         if v.rule == "AVAILABILITY" and v.severity != "info":
             outage.append((what, v.since))
-        elif v.severity in ("critical", "warning") or v.rule == "ERROR_RATE":
+        elif v.severity == "critical" or v.rule == "ERROR_RATE":
             degraded.append((what, v.since))
 
     if outage:
