@@ -62,6 +62,29 @@ async def publish_all(js: JetStreamContext, events: Sequence[TelemetryEvent]) ->
     await asyncio.gather(*acks)
 
 
+class Trickle:
+    """Publishes a stream in the background in small batches, slower than an engine consumes
+    it, and holds the last ``hold`` events back until :meth:`finish`: a kill while it runs
+    always lands mid-stream, however fast the engine has become."""
+
+    def __init__(self, js: JetStreamContext, events: Sequence[TelemetryEvent], hold: int = 100) -> None:
+        self._release = asyncio.Event()
+        self._task = asyncio.create_task(self._run(js, events, hold))
+
+    async def _run(self, js: JetStreamContext, events: Sequence[TelemetryEvent], hold: int) -> None:
+        head, tail = events[: len(events) - hold], events[len(events) - hold :]
+        for i in range(0, len(head), 20):
+            await publish_all(js, head[i : i + 20])
+            await asyncio.sleep(0.03)
+        await self._release.wait()
+        await publish_all(js, tail)
+
+    async def finish(self) -> None:
+        """Publish the held-back events and wait until everything is published."""
+        self._release.set()
+        await self._task
+
+
 async def violations(js: JetStreamContext) -> list[ViolationEvent]:
     info = await js.stream_info(subjects.STREAM_VIOLATIONS)
     n = info.state.messages
@@ -191,7 +214,7 @@ async def test_kill_9_and_restart_publishes_exactly_the_uninterrupted_violations
     js = nc.jetstream()
     await ensure_streams(js, BusSettings())
     events = telemetry_stream(3000, models=("a", "b"), shift_at=1500, seed=7)
-    await publish_all(js, events)
+    publishing = Trickle(js, events)
     env = {
         **os.environ,
         "NATS_URL": nats_url,
@@ -211,6 +234,7 @@ async def test_kill_9_and_restart_publishes_exactly_the_uninterrupted_violations
             proc.send_signal(signal.SIGKILL)
             await proc.wait()
         assert await unfinished(js, events, len(events)), "killed too late to test anything"
+    await publishing.finish()
     proc = await asyncio.create_subprocess_exec(*cmd, env=env, stderr=asyncio.subprocess.DEVNULL)
     try:
         await wait_started(js, durable, created)
@@ -330,7 +354,7 @@ async def test_a_crashed_replica_then_a_scale_down_lose_and_repeat_nothing(nats_
     events = telemetry_stream(2400, models=tuple(f"m{i}" for i in range(6)), shift_at=1400, seed=11)
     owners = {partition_of(ev) % 2 for ev in events}
     assert owners == {0, 1}, "both replicas must own some of the models"
-    await publish_all(js, events[:1600])
+    await publish_all(js, events[:1000])
     base = {
         **os.environ,
         "NATS_URL": nats_url,
@@ -349,14 +373,16 @@ async def test_a_crashed_replica_then_a_scale_down_lose_and_repeat_nothing(nats_
         )
 
     first, second = await start(2, 0), await start(2, 1)
+    publishing = Trickle(js, events[1000:1600])
     try:
-        await wait_consumed(js, events, 1000)
+        await wait_consumed(js, events, 1200)
     finally:
         second.send_signal(signal.SIGKILL)
         await second.wait()
         first.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(first.wait(), 20) == 0
     assert await unfinished(js, events, 1600), "stopped too late to test anything"
+    await publishing.finish()
 
     await publish_all(js, events[1600:])
     alone = await start(1, 0)

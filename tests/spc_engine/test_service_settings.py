@@ -28,6 +28,7 @@ from llmscope.spc_engine.settings import SpcSettings
 from .helpers import telemetry_stream
 from .test_service import (
     BASELINE,
+    Trickle,
     assert_exactly,
     partition_of,
     publish_all,
@@ -176,7 +177,7 @@ async def test_kill_9_around_a_settings_change_publishes_exactly_the_uninterrupt
         )
         await config.put(subjects.kv_key("ollama", "b"), overrides(cusum={"k": [0.5], "h": [5.0]}))
         await asyncio.sleep(1.0)  # seen while idle: adopted from the next batch on
-        await publish_all(js, events[1200:])
+        publishing = Trickle(js, events[1200:])
         await wait_consumed(js, events, 1260)  # soon after the change: before its snapshot, likely
     finally:
         await kill(proc)
@@ -186,6 +187,7 @@ async def test_kill_9_around_a_settings_change_publishes_exactly_the_uninterrupt
         await wait_consumed(js, events, 2000)
     finally:
         await kill(proc)
+    await publishing.finish()
     proc = await start()
     try:
         await wait_consumed(js, events, len(events), within=120)
