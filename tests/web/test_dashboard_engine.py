@@ -7,10 +7,12 @@ import re
 import pytest
 from nats.js import JetStreamContext
 
+from llmscope.api.persister import store_violations
+from llmscope.proto.charts import chart_key
 from llmscope.web.pages import _duration
 from tests.api.conftest import Api
 from tests.api.engine import BASELINE_N, feed, running_engine, wait_progress
-from tests.api.factories import telemetry
+from tests.api.factories import telemetry, violation
 from tests.api.test_charts import probes
 from tests.web.test_pages import HX, is_full_page, login
 
@@ -147,3 +149,58 @@ async def test_target_selector_when_a_model_has_several(
     assert "target near" in r.text  # the chart's label
     r = await client.get("/?target=elsewhere")
     assert '<option value="far" selected>' in r.text  # unknown target: the default
+
+
+async def test_rebaseline_from_a_violation(api: Api, js: JetStreamContext, nats_url: str) -> None:
+    client = await login(api)
+    events = probes(BASELINE_N + 2)
+    avail_key = chart_key("ollama", "llama3.1:8b", "local", "*", "availability")
+    async with api.store.pool.acquire() as conn:
+        await store_violations(
+            conn,
+            [
+                violation(events[-1], id="v-latency", chart_key=""),  # from before chart keys
+                violation(
+                    events[-1], id="v-down", metric="availability", rule="AVAILABILITY", chart_key=avail_key
+                ),
+            ],
+        )
+    async with running_engine(nats_url):
+        await feed(api, js, events)
+        record = await wait_progress(api, events[0], BASELINE_N, "armed")
+        async with api.store.pool.acquire() as conn:
+            await store_violations(conn, [violation(events[-1], id="v-slow", chart_key=record.key)])
+
+        page = (await client.get("/violations/v-slow")).text
+        assert "Re-baseline this chart" in page
+        assert 'hx-post="/violations/v-slow/rebaseline"' in page
+        assert "Re-baseline the availability chart" in (await client.get("/violations/v-down")).text
+        assert "Re-baseline" not in (await client.get("/violations/v-latency")).text  # no chart key
+
+        fragment = {**HX, "HX-Target": "rebaseline"}
+        r = await client.post("/violations/v-slow/rebaseline", data={"by": "ann"}, headers=fragment)
+        assert r.status_code == 200  # htmx swaps 2xx only; the fragment says what went wrong
+        assert r.text.lstrip().startswith('<div id="rebaseline"')
+        assert "Not re-baselined: reason: required" in r.text
+        r = await client.post("/violations/v-slow/rebaseline", data={"by": "ann"})
+        assert r.status_code == 422
+        assert is_full_page(r.text)
+
+        r = await client.post("/violations/v-slow/rebaseline", data={"by": "ann", "reason": "new GPU"})
+        assert r.status_code == 200
+        assert "Re-baselined: the chart collects a new baseline" in r.text
+        await wait_progress(api, events[0], 0, "collecting")
+        # The availability chart, armed after 200 probes: still collecting here, and re-baselined too.
+        r = await client.post("/violations/v-down/rebaseline", data={"by": "bo", "reason": "proxy fixed"})
+        assert r.status_code == 200, r.text
+        availability = await api.runtime.charts.get(avail_key)
+        assert availability is not None
+        assert availability.availability is not None
+        assert availability.availability.baseline_by == "bo"
+
+        assert (
+            await client.post("/violations/nope/rebaseline", data={"by": "a", "reason": "b"})
+        ).status_code == 404
+    r = await client.post("/violations/v-slow/rebaseline", data={"by": "ann", "reason": "again"})
+    assert r.status_code == 504
+    assert "No SPC engine answered" in r.text

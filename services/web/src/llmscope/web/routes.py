@@ -336,6 +336,37 @@ def create_router(
             request, "violation.html", {"d": detail, "v": detail.violation}, fragments=("actions",)
         )
 
+    @router.post("/violations/{violation_id}/rebaseline", response_class=HTMLResponse, dependencies=[Session])
+    async def rebaseline_from_violation(
+        request: Request,
+        violation_id: str,
+        by: Annotated[str, Form()] = "",
+        reason: Annotated[str, Form()] = "",
+    ) -> HTMLResponse:
+        """Re-baseline the chart a violation came from (metric or availability chart): where
+        people learn of a real change (a new GPU, a fixed proxy) is where they accept it."""
+        detail = await data.violation(violation_id)
+        if detail is None:
+            return pages.render(request, "not_found.html", {"what": "violation"}, status_code=404)
+        chart_key = detail.violation.chart_key
+        who, why = by.strip(), reason.strip()
+        if not who or not why:
+            missing = "by" if not who else "reason"
+            result = RebaselineResult(status="refused", chart_key=chart_key, error=f"{missing}: required")
+            status = 422
+        else:
+            result = await data.rebaseline(chart_key, who, why)
+            status = {"ok": 200, "refused": 409, "no_engine": 504}[result.status]
+        if is_htmx(request):
+            status = 200  # htmx swaps only 2xx answers, and the fragment carries the outcome
+        return pages.render(
+            request,
+            "violation.html",
+            {"d": detail, "v": detail.violation, "rebaseline": result},
+            fragments=("rebaseline",),
+            status_code=status,
+        )
+
     async def _act(request: Request, violation_id: str, action: str, by: str, note: str) -> HTMLResponse:
         who = by.strip() or opts.actor
         if action == "acknowledge":
