@@ -15,6 +15,7 @@ from llmscope.api.settings import ApiSettings
 from llmscope.api.status_queries import StatusReader
 from llmscope.config.env import ConfigError, Env
 from llmscope.proto.telemetry import TelemetryEvent
+from tests.api.alerting_harness import live_alerter
 from tests.api.conftest import Api, serve
 from tests.api.factories import cleared, telemetry, violation
 from tests.web.test_pages import login
@@ -201,3 +202,37 @@ async def test_openapi_documents_both_answers(api: Api) -> None:
     refs = {ref["$ref"].rsplit("/", 1)[-1] for ref in answer["schema"]["anyOf"]}
     assert refs == {"StatusReport", "PublicStatusReport"}
     assert not any(path.startswith(("/status", "/badge")) for path in schema["paths"])
+
+
+async def test_an_active_maintenance_window_from_the_alerter_shows(
+    api: Api, database_url: str, nats_url: str
+) -> None:
+    await seed(api)
+    ends = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    window = {"kind": "maintenance", "author": "ops", "ends_at": ends}
+    async with live_alerter(database_url, nats_url, None):
+        r = await api.client.post(
+            "/api/silences", json={**window, "reason": "OS patches", "models": ["llama3*"]}
+        )
+        assert r.status_code == 201, r.text
+        # Limited to some rules, or a plain silence: neither puts a model in maintenance.
+        limited = {**window, "reason": "load test", "models": ["org/*"], "rules": ["CUSUM"]}
+        assert (await api.client.post("/api/silences", json=limited)).status_code == 201
+        plain = {**window, "kind": "silence", "reason": "noisy", "models": ["healthy*"]}
+        assert (await api.client.post("/api/silences", json=plain)).status_code == 201
+        body = (await api.client.get("/api/status")).json()
+    models = {m["model"]: m for m in body["models"]}
+    assert (models["llama3.1:8b"]["status"], models["llama3.1:8b"]["reasons"]) == (
+        "maintenance",
+        ["maintenance: OS patches"],
+    )
+    assert models["org/gpt:1"]["status"] == "degraded"
+    assert models["healthy:1"]["status"] == "operational"
+    assert body["status"] == "degraded"  # the outage is planned work now
+
+    # No alerter answers: no model is in maintenance, and the status is still served.
+    reader = StatusReader(api.store, cache_s=0, silences=api.runtime.alerting.silences, alerter_wait_s=0.5)
+    report = await reader.compute(datetime.now(UTC))
+    llama = report.find("ollama", "llama3.1:8b")
+    assert llama is not None
+    assert llama.status == "outage"

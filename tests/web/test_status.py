@@ -10,12 +10,14 @@ import pytest
 
 from llmscope.proto.charts import AvailabilityView
 from llmscope.web.status import (
+    MaintenanceWindow,
     ModelStatus,
     OpenViolations,
     PublicStatusReport,
     StatusInputs,
     StatusPolicy,
     TargetSignals,
+    covering_window,
     model_status,
     overall_status,
     public_view,
@@ -156,6 +158,8 @@ def test_policy_thresholds_are_the_policys() -> None:
         (("operational", "unknown"), "unknown"),
         (("unknown", "degraded"), "degraded"),
         (("degraded", "outage", "unknown"), "outage"),
+        (("unknown", "maintenance", "operational"), "maintenance"),
+        (("maintenance", "degraded"), "degraded"),
     ],
 )
 def test_overall_status_is_the_worst(statuses: tuple[str, ...], overall: str) -> None:
@@ -183,3 +187,32 @@ def test_report_is_sorted_and_its_public_view_has_names_and_statuses_only() -> N
         ("openai", "org/gpt:1", "operational"),
     ]
     assert [f.name for f in dataclasses.fields(PublicStatusReport)] == ["status", "models"]
+
+
+def test_a_maintenance_window_covers_a_model_by_provider_model_and_host() -> None:
+    patches = MaintenanceWindow("OS patches", models=("llama*",))
+    gpu1 = MaintenanceWindow("GPU swap", hosts=("gpu-1",))
+    only_latency = MaintenanceWindow("load test", models=("llama*",), rules=("CUSUM",))
+    other_provider = MaintenanceWindow("openai incident", providers=("openai",))
+    windows = [only_latency, other_provider, patches, gpu1]
+    assert covering_window(windows, "ollama", "llama3.1:8b", ["gpu-9"]) is patches
+    assert covering_window(windows, "ollama", "qwen2:7b", ["gpu-9", "gpu-1"]) is gpu1
+    assert covering_window(windows, "ollama", "qwen2:7b", ["gpu-9"]) is None
+    assert covering_window([only_latency], "ollama", "llama3.1:8b", []) is None  # some rules only
+    assert covering_window(windows, "openai", "gpt-4o", []) is other_provider
+
+
+def test_maintenance_wins_over_what_the_probes_say() -> None:
+    window = MaintenanceWindow("OS patches")
+    down = StatusInputs(
+        "ollama",
+        "llama3.1:8b",
+        targets=(target(failure_run=9),),
+        violations=(opened("critical", "AVAILABILITY"),),
+        maintenance=window,
+    )
+    got = model_status(down, NOW)
+    assert (got.status, got.reasons) == ("maintenance", ["maintenance: OS patches"])
+    silent = StatusInputs("ollama", "new:1", maintenance=window)
+    assert model_status(silent, NOW).status == "maintenance"
+    assert public_view(status_report([down], NOW)).models[0].status == "maintenance"

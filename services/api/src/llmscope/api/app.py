@@ -86,7 +86,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     auth = [Depends(rt.auth.require)]
     app.include_router(health.router(rt))
     # Authenticates by itself: a public status page answers anonymous readers too.
-    status_reader = StatusReader(rt.store)
+    status_reader = StatusReader(rt.store, silences=rt.alerting.silences)
     app.include_router(status.router(status_reader, rt.auth, public=settings.status_public))
     for module in (stats, charts, violations, admin, export, alerts, incidents, silences, spc_config):
         app.include_router(module.router(rt), dependencies=auth)

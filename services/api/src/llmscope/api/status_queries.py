@@ -7,6 +7,9 @@ of raw probes would be 300,000 rows per model at one probe every 2 s). The avail
 of each live target comes from the engine's KV bucket. :func:`llmscope.web.status.status_report`
 turns them into statuses.
 
+Active maintenance windows come from the alerter (its silence list over NATS), waited for at
+most ``alerter_wait_s``: without an answer no model is in maintenance, and the page still shows.
+
 A report is kept for ``cache_s``: a public status page and badges embedded in wiki pages are
 read by many people at once, and each would otherwise repeat the week-long rollup query.
 """
@@ -16,28 +19,34 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from llmscope.api.store import Store
+from llmscope.config.logs import get_logger
 from llmscope.proto.charts import AVAILABILITY, chart_key
+from llmscope.web.alerting import AlerterUnavailable, SilenceInfo
 from llmscope.web.status import (
+    MaintenanceWindow,
     OpenViolations,
     StatusInputs,
     StatusPolicy,
     StatusReport,
     TargetSignals,
+    covering_window,
     status_report,
 )
 
-MODELS_SQL = "SELECT provider, model, last_seen FROM models WHERE enabled"
+log = get_logger("llmscope.api.status")
+
+MODELS_SQL = "SELECT provider, model, last_seen, host FROM models WHERE enabled"
 
 # Per target, both streaming modes and all prompts together, as the engine's availability chart
 # counts them. rn 1 is the latest probe; the current failure run is the probes before the
 # latest successful one, and it started at the oldest of them.
 TARGETS_SQL = """
 WITH w AS (
-    SELECT provider, model, target, status, ts,
+    SELECT provider, model, target, host, status, ts,
            row_number() OVER (PARTITION BY provider, model, target ORDER BY ts DESC, id DESC) AS rn
     FROM telemetry
     WHERE ts >= $1
@@ -51,7 +60,8 @@ SELECT provider, model, target,
        count(*) FILTER (WHERE status = 'ok') AS ok,
        coalesce(min(ok_rn) - 1, count(*)) AS failure_run,
        max(ts) AS last_ts,
-       min(ts) FILTER (WHERE rn < coalesce(ok_rn, 9223372036854775807)) AS run_since
+       min(ts) FILTER (WHERE rn < coalesce(ok_rn, 9223372036854775807)) AS run_since,
+       array_agg(DISTINCT host) FILTER (WHERE host <> '') AS hosts
 FROM w JOIN firsts USING (provider, model, target)
 GROUP BY provider, model, target
 """
@@ -90,8 +100,12 @@ class StatusReader:
         *,
         cache_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        silences: Callable[[], Awaitable[list[SilenceInfo]]] | None = None,
+        alerter_wait_s: float = 1.0,
     ) -> None:
         self._store = store
+        self._silences = silences
+        self._alerter_wait_s = alerter_wait_s
         self.policy = policy or StatusPolicy()
         self._cache_s = cache_s
         self._clock = clock
@@ -107,13 +121,45 @@ class StatusReader:
             self._cached = (self._clock(), report)
             return report
 
+    async def maintenance(self) -> list[MaintenanceWindow]:
+        """The active maintenance windows, or none when the alerter does not answer in time."""
+        if self._silences is None:
+            return []
+        try:
+            silences = await asyncio.wait_for(self._silences(), self._alerter_wait_s)
+        except (AlerterUnavailable, TimeoutError) as exc:
+            log.debug("no maintenance windows for the status page", error=str(exc))
+            return []
+        except Exception as exc:  # the status page must not fail with the alerter
+            log.warning("no maintenance windows for the status page", error=repr(exc))
+            return []
+        return [
+            MaintenanceWindow(s.reason, s.providers, s.models, s.hosts, s.rules)
+            for s in silences
+            if s.active and s.kind == "maintenance"
+        ]
+
     async def compute(self, now: datetime) -> StatusReport:
         """The report at ``now`` from the store, uncached."""
-        async with self._store.pool.acquire() as conn:
-            models = await conn.fetch(MODELS_SQL)
-            targets = await conn.fetch(TARGETS_SQL, now - timedelta(seconds=self.policy.window_s))
-            violations = await conn.fetch(VIOLATIONS_SQL)
-            uptime = await conn.fetch(UPTIME_SQL, now - timedelta(days=1), now - timedelta(days=7))
+        windows = asyncio.ensure_future(self.maintenance())
+        horizon = now - timedelta(seconds=self.policy.window_s)
+        try:
+            async with self._store.pool.acquire() as conn:
+                models = await conn.fetch(MODELS_SQL)
+                targets = await conn.fetch(TARGETS_SQL, horizon)
+                violations = await conn.fetch(VIOLATIONS_SQL)
+                uptime = await conn.fetch(UPTIME_SQL, now - timedelta(days=1), now - timedelta(days=7))
+        except BaseException:
+            windows.cancel()
+            raise
+        active = await windows
+        # A maintenance window may name hosts: those the model was probed on lately, or last.
+        hosts: dict[tuple[str, str], set[str]] = defaultdict(set)
+        for r in models:
+            if r["host"]:
+                hosts[(r["provider"], r["model"])].add(r["host"])
+        for r in targets:
+            hosts[(r["provider"], r["model"])].update(r["hosts"] or ())
         enabled = {(r["provider"], r["model"]): r["last_seen"] for r in models}
         live = [r for r in targets if (r["provider"], r["model"]) in enabled]
         keys = [chart_key(r["provider"], r["model"], r["target"], "*", AVAILABILITY) for r in live]
@@ -149,6 +195,7 @@ class StatusReader:
                     violations=open_by_model.get(key, []),
                     uptime_24h=_ratio(u["ok_day"], u["n_day"]) if u else None,
                     uptime_7d=_ratio(u["ok_week"], u["n_week"]) if u else None,
+                    maintenance=covering_window(active, key[0], key[1], hosts.get(key, ())),
                 )
             )
         return status_report(inputs, now, self.policy)

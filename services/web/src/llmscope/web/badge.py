@@ -11,12 +11,13 @@ from xml.sax.saxutils import escape, quoteattr
 
 from llmscope.web.status import Status
 
-# shields.io's named colours: brightgreen, yellow, red, lightgrey.
+# shields.io's named colours: brightgreen, yellow, red, lightgrey, blue.
 STATUS_COLOURS: dict[Status, str] = {
     "operational": "#4c1",
     "degraded": "#dfb317",
     "outage": "#e05d44",
     "unknown": "#9f9f9f",
+    "maintenance": "#007ec6",
 }
 LABEL_COLOUR = "#555"
 MAX_LABEL = 60

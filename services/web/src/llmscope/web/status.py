@@ -1,8 +1,12 @@
 """Per-model status for the status page and badges: a pure function of the model's recent signals.
 
-A model's status is one of ``operational``, ``degraded``, ``outage`` or ``unknown``, decided in
-this order of precedence (the first that applies wins):
+A model's status is one of ``maintenance``, ``operational``, ``degraded``, ``outage`` or
+``unknown``, decided in this order of precedence (the first that applies wins):
 
+0. ``maintenance``: an active maintenance window (the alerter's silences of kind
+   ``maintenance``) covers the whole model: its provider, model and one of its hosts match the
+   window's patterns (empty = any), and the window is not limited to some rules. Whatever the
+   probes say during planned work is expected; the reason is shown to signed-in readers.
 1. ``unknown``: none of the model's targets was probed within the policy's window. Every other
    status is a claim about recent behaviour; without recent probes (a prober stopped, the model
    is new) an old, never-cleared violation must not keep the model in "outage" forever.
@@ -20,12 +24,13 @@ Violations attributed to a target that was not probed within the window are igno
 target is stale, not failing). ``warning`` and ``info`` violations never change the status:
 they are the tiers below "page me" (3-sigma points, Nelson tests, TTFT and tokens/s charts),
 which on many charts fire often enough to keep every model "degraded" for nothing.
-A model's status is the worst of its live targets'. ``maintenance`` is not a status here: the
-alerter's silences live behind its NATS request/reply and in its own tables, and reading them
-for every status request would couple the status page to the alerter being up.
+A model's status is the worst of its live targets'. Maintenance windows are read from the
+alerter when it answers; when it does not, no model is in maintenance (the page never waits on
+the alerter for long, nor fails with it).
 
 The overall status of a report ranks severities for the reader instead:
-``outage`` > ``degraded`` > ``unknown`` > ``operational`` (no models: ``unknown``).
+``outage`` > ``degraded`` > ``maintenance`` > ``unknown`` > ``operational`` (no models:
+``unknown``).
 """
 
 from __future__ import annotations
@@ -33,14 +38,53 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from fnmatch import fnmatchcase
 from typing import Literal
 
 from llmscope.proto.charts import AvailabilityView
 
-Status = Literal["operational", "degraded", "outage", "unknown"]
-STATUSES: tuple[Status, ...] = ("operational", "degraded", "outage", "unknown")
+Status = Literal["operational", "degraded", "outage", "unknown", "maintenance"]
+STATUSES: tuple[Status, ...] = ("operational", "degraded", "outage", "unknown", "maintenance")
 # Worst first, for the overall status.
-_OVERALL_RANK: dict[Status, int] = {"outage": 0, "degraded": 1, "unknown": 2, "operational": 3}
+_OVERALL_RANK: dict[Status, int] = {
+    "outage": 0,
+    "degraded": 1,
+    "maintenance": 2,
+    "unknown": 3,
+    "operational": 4,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenanceWindow:
+    """An active maintenance window as the alerter reports it (shell patterns; empty = any)."""
+
+    reason: str
+    providers: Sequence[str] = ()
+    models: Sequence[str] = ()
+    hosts: Sequence[str] = ()
+    rules: Sequence[str] = ()
+
+
+def _matches(patterns: Sequence[str], values: Iterable[str]) -> bool:
+    return not patterns or any(fnmatchcase(v, p) for p in patterns for v in values)
+
+
+def covering_window(
+    windows: Iterable[MaintenanceWindow], provider: str, model: str, hosts: Iterable[str]
+) -> MaintenanceWindow | None:
+    """The first window that covers the whole model (a rule-limited one covers only some signals)."""
+    hosts = list(hosts)
+    for w in windows:
+        whole = not w.rules
+        if (
+            whole
+            and _matches(w.providers, [provider])
+            and _matches(w.models, [model])
+            and _matches(w.hosts, hosts)
+        ):
+            return w
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +136,8 @@ class StatusInputs:
     violations: Sequence[OpenViolations] = ()
     uptime_24h: float | None = None
     uptime_7d: float | None = None
+    maintenance: MaintenanceWindow | None = None
+    """The active maintenance window covering the model, if any (see :func:`covering_window`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +214,8 @@ def model_status(inputs: StatusInputs, now: datetime, policy: StatusPolicy | Non
             reasons=reasons,
         )
 
+    if inputs.maintenance is not None:
+        return result("maintenance", None, [f"maintenance: {inputs.maintenance.reason}"])
     if not live:
         minutes = f"{policy.window_s / 60:g}"
         return result("unknown", last_probe, [f"no probe in the last {minutes} min"])
@@ -205,7 +253,8 @@ def model_status(inputs: StatusInputs, now: datetime, policy: StatusPolicy | Non
 
 
 def overall_status(models: Sequence[ModelStatus]) -> Status:
-    """The worst status among the models by ``outage > degraded > unknown > operational``."""
+    """The worst status among the models by ``outage > degraded > maintenance > unknown >
+    operational``."""
     if not models:
         return "unknown"
     return min((m.status for m in models), key=_OVERALL_RANK.__getitem__)
