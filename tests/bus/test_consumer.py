@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 
 import pytest
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from llmscope.bus.consumer import ConsumerOptions, Delivery, DurableConsumer
 from llmscope.bus.deadletter import DeadLetters
@@ -32,6 +33,22 @@ async def dead_letters_in(js: JetStreamContext) -> list[DeadLetterEvent]:
     except TimeoutError:
         return []
     return [codec.decode_as(m.data, DeadLetterEvent) for m in msgs]
+
+
+async def consumer_waiting(js: JetStreamContext, durable: str = "test", within: float = 10) -> None:
+    """Wait until the consumer exists and a pull request of its is waiting on the server."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        try:
+            info = await js.consumer_info(subjects.STREAM_TELEMETRY, durable)
+        except NotFoundError:
+            info = None
+        if info is not None and (info.num_waiting or 0) >= 1:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"consumer {durable!r} never waited on a pull request: {info}")
+        await asyncio.sleep(0.01)
 
 
 async def run_until(
@@ -196,7 +213,7 @@ async def test_an_idle_consumer_takes_a_new_message_before_its_pull_request_expi
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop))
     try:
-        await asyncio.sleep(0.3)  # the consumer is idle, in its long poll
+        await consumer_waiting(js)  # the consumer is idle, in its long poll
         event = telemetry()
         await Publisher(js).publish(SUBJECT, event)
         # Well before the 30 s pull request expires.
@@ -221,7 +238,7 @@ async def test_a_deleted_consumer_neither_crashes_nor_spins(
     consumer = make_consumer(js, handler, ConsumerOptions(batch_size=10, fetch_timeout=0.2))
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop))
-    await asyncio.sleep(0.3)
+    await consumer_waiting(js)  # created, and pulling
     await js.delete_consumer(subjects.STREAM_TELEMETRY, "test")
     with caplog.at_level(logging.WARNING, logger="llmscope.bus.consumer"):
         await asyncio.sleep(1.0)
