@@ -19,7 +19,7 @@ from llmscope.stack import cli
 from llmscope.stack.ports import free_port
 
 from .helpers import telemetry_stream
-from .test_service import publish_all, settings, wait_consumed
+from .test_service import publish_all, settings, wait_checkpoint, wait_consumed
 
 
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -48,7 +48,8 @@ async def test_rebaseline_and_list_against_a_running_engine(
     js = nc.jetstream()
     await ensure_streams(js, BusSettings())
     key = chart_key("ollama", "m1", "t-m1", "simple", "latency_ms")
-    common = ["--nats-url", nats_url, "--timeout", "2"]
+    # Nobody subscribed answers at once (no responders); the running engine gets time to answer.
+    common = ["--nats-url", nats_url, "--timeout", "10"]
     argv = ["--chart", key, "--by", "ann", "--reason", "new GPU", *common]
 
     # No engine yet: nobody answers, and there is nothing to list.
@@ -72,10 +73,9 @@ async def test_rebaseline_and_list_against_a_running_engine(
                 return False
             return view is not None and view.phase == "armed"
 
-        for _ in range(200):
-            if await armed():
-                break
-            await asyncio.sleep(0.05)
+        # The snapshot after the last point: the availability chart arms only at the 200th probe,
+        # in a later snapshot than the one that first shows the latency chart armed.
+        await wait_checkpoint(js, events, len(events))
         assert await armed()
 
         assert await asyncio.to_thread(rebaseline.main, ["--list", *common]) == 0

@@ -139,6 +139,33 @@ async def wait_consumed(
     )
 
 
+async def wait_checkpoint(
+    js: JetStreamContext, events: Sequence[TelemetryEvent], last_seq: int, within: float = 30
+) -> None:
+    """Wait until the snapshot covering the first ``last_seq`` events is in the KV bucket.
+
+    Charts are written before the checkpoint (``SpcService.snapshot``), so once each partition's
+    checkpoint has reached its share, so have its charts.
+    """
+    kv = await js.key_value(subjects.SPC_CHARTS_BUCKET)
+    loop = asyncio.get_running_loop()
+    end = loop.time() + within
+    behind: dict[int, int] = {}
+    while loop.time() < end:
+        behind = {}
+        for partition, seq in partition_ends(events, last_seq).items():
+            try:
+                done = int((await kv.get(checkpoint_key(partition))).value or b"0")
+            except nats.js.errors.KeyNotFoundError:
+                done = 0
+            if done < seq:
+                behind[partition] = done
+        if not behind:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no snapshot up to {last_seq}: checkpoints {behind}")
+
+
 async def wait_started(js: JetStreamContext, durable: str, before: object, within: float = 30) -> object:
     """Wait until a (re)started engine has recreated its consumer; returns its creation time."""
     loop = asyncio.get_running_loop()
@@ -182,8 +209,8 @@ async def test_violations_published_then_acked_and_charts_in_kv(nats_url: str) -
         assert [v.id for v in got] == await expected_ids(events, cfg)
         assert any(v.severity == "critical" for v in got)
         kv = await js.key_value(subjects.SPC_CHARTS_BUCKET)
-        # The checkpoint and the charts are written within the snapshot interval.
-        await asyncio.sleep(0.3)
+        # The checkpoint and the charts are written by the next snapshot.
+        await wait_checkpoint(js, events, len(events))
         checkpoint = checkpoint_key(partition_of(events[0]))
         assert int((await kv.get(checkpoint)).value or b"0") == len(events)
         key = next(v.chart_key for v in got if v.state == "open" and v.metric == "latency_ms")

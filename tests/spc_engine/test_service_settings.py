@@ -35,6 +35,7 @@ from .test_service import (
     settings,
     unfinished,
     violations,
+    wait_checkpoint,
     wait_consumed,
     wait_started,
 )
@@ -98,7 +99,7 @@ async def test_a_rule_switch_applies_at_once_and_a_transform_change_rebaselines(
         await seen(service, "ollama", "m1")
         await publish_all(js, events[150:])
         await wait_consumed(js, events, 300)
-        await asyncio.sleep(0.3)  # the next snapshot
+        await wait_checkpoint(js, events, 300)  # the next snapshot
 
         log = await settings_log(js, "ollama", "m1")
         assert [c.from_seq for c in log.changes] == [151]
