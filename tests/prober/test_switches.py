@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 
 import aiohttp
 import msgspec
@@ -55,19 +56,26 @@ async def test_disabled_models_are_skipped_live(js: JetStreamContext) -> None:
             sample = metrics.probes.labels(f"{kind}/{model}", kind, model, "ok")._value.get()
             return float(sample)
 
-        await asyncio.sleep(0.6)
-        assert probes(off.kind, off.model) > 0
+        async def until(check: Callable[[], bool], what: str, within: float = 10.0) -> None:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + within
+            while not check():
+                if loop.time() > deadline:
+                    raise AssertionError(f"timed out waiting for {what}")
+                await asyncio.sleep(0.02)
+
+        await until(lambda: probes(off.kind, off.model) > 0, "the first probes")
         await kv.put(
             model_key(off.kind, off.model),
             msgspec.json.encode(ModelSwitch(provider=off.kind, model=off.model, enabled=False)),
         )
-        await asyncio.sleep(0.5)  # the switch reaches the watcher; a probe in flight finishes
+        await until(lambda: not switches.enabled(off.kind, off.model), "the switch at the watcher")
+        await asyncio.sleep(0.5)  # a probe in flight finishes
         frozen, running = probes(off.kind, off.model), probes(on.kind, on.model)
         await asyncio.sleep(0.8)
         assert probes(off.kind, off.model) == frozen
-        assert probes(on.kind, on.model) > running
+        await until(lambda: probes(on.kind, on.model) > running, "the other model's probes")
         await kv.delete(model_key(off.kind, off.model))
-        await asyncio.sleep(0.8)
-        assert probes(off.kind, off.model) > frozen
+        await until(lambda: probes(off.kind, off.model) > frozen, "probes once enabled again")
         stop.set()
         await asyncio.gather(*tasks)
