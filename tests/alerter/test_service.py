@@ -100,6 +100,12 @@ async def test_alert_storm_one_message_then_reminders_until_acknowledged(
         assert all("(reminder)" in m["Subject"] for m in box.messages[1:])
         await api.execute("UPDATE violations SET acknowledged_by = 'ana', acknowledged_at = now()")
         await asyncio.sleep(0.5)  # a reminder may already be on its way
+
+        async def settled() -> bool:  # ... and delivered: nothing left in flight
+            sending = "SELECT count(*) FROM alerter_notifications WHERE status = 'sending'"
+            return not await api.fetchval(sending)
+
+        await eventually(settled, what="the reminders in flight delivered")
         count = len(box.messages)
         await asyncio.sleep(2.5)
         assert len(box.messages) == count  # acknowledged: no more reminders
@@ -221,11 +227,14 @@ async def test_resolved_message_that_expires_is_sent_on_a_later_flush(
             return any(ev.episode_id in {v.episode_id for v in b.resolved} for b in delivered)
 
         await eventually(resolved_arrived, what="the resolved message once the webhook is back")
+
+        async def closed() -> bool:  # at the group's first flush after the resolved message
+            return await run.pool.fetchval("SELECT state FROM alerter_groups") == "closed"
+
+        await eventually(closed, what="the group closed")
         await asyncio.sleep(0.5)
         rows = await run.pool.fetch("SELECT reason, status FROM alerter_notifications ORDER BY seq")
         assert [r["reason"] for r in rows if r["status"] == "sent"] == ["first", "resolved"]
-        state = await run.pool.fetchval("SELECT state FROM alerter_groups")
-        assert state == "closed"
     finally:
         await run.close()
         await sink.stop()
