@@ -229,7 +229,7 @@ async def test_resolved_message_that_expires_is_sent_on_a_later_flush(
         await eventually(resolved_arrived, what="the resolved message once the webhook is back")
 
         async def closed() -> bool:  # at the group's first flush after the resolved message
-            return await run.pool.fetchval("SELECT state FROM alerter_groups") == "closed"
+            return bool(await run.pool.fetchval("SELECT state FROM alerter_groups") == "closed")
 
         await eventually(closed, what="the group closed")
         await asyncio.sleep(0.5)
