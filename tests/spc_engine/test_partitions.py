@@ -33,12 +33,14 @@ async def test_a_lease_is_exclusive_taken_over_only_after_its_holder_stops_renew
 ) -> None:
     kv = await open_bucket(js, "test_leases", description="test")
     stop = asyncio.Event()
-    old = PartitionLease(kv, "_lease.p0", "0-of-2@a", ttl=0.6)
+    # A TTL well above a loaded event loop's stalls: renewing every 0.2 s keeps it however slow
+    # a KV update is, up to 1.1 s (check() trusts a lease for 0.75 of the TTL).
+    old = PartitionLease(kv, "_lease.p0", "0-of-2@a", ttl=1.5)
     assert await old.acquire(stop)
-    new = PartitionLease(kv, "_lease.p0", "0-of-3@b", ttl=0.6)
+    new = PartitionLease(kv, "_lease.p0", "0-of-3@b", ttl=1.5)
     waiting = asyncio.create_task(new.acquire(stop))
-    for _ in range(8):  # the holder renews: the lease never expires
-        await asyncio.sleep(0.15)
+    for _ in range(10):  # the holder renews for longer than the TTL: the lease never expires
+        await asyncio.sleep(0.2)
         await old.renew()
         old.check()
         assert not waiting.done()
@@ -50,10 +52,10 @@ async def test_a_lease_is_exclusive_taken_over_only_after_its_holder_stops_renew
     new.check()
     # The same replica restarted (same identity) takes its lease back at once; a release frees it.
     again = PartitionLease(kv, "_lease.p0", "0-of-3@b", ttl=60)
-    assert await asyncio.wait_for(again.acquire(stop), 2)
+    assert await asyncio.wait_for(again.acquire(stop), 10)
     await again.release()
     other = PartitionLease(kv, "_lease.p0", "1-of-3@c", ttl=60)
-    assert await asyncio.wait_for(other.acquire(stop), 2)
+    assert await asyncio.wait_for(other.acquire(stop), 10)
     # A stop ends a wait.
     stop.set()
     assert not await PartitionLease(kv, "_lease.p0", "2-of-3@d", ttl=60).acquire(stop)
