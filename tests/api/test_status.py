@@ -20,16 +20,22 @@ from tests.api.conftest import Api, serve
 from tests.api.factories import cleared, telemetry, violation
 from tests.web.test_pages import login
 
-NOW = datetime.now(UTC).replace(microsecond=0)
+
+def now() -> datetime:
+    """Read when the data is seeded, never at import: the status page judges probes against
+    the current time (a 15 min window), and the suite may reach these tests minutes later."""
+    return datetime.now(UTC).replace(microsecond=0)
+
+
 FAILED: dict[str, Any] = {"status": "timeout", "latency_ms": None, "ttft_ms": None, "tokens_per_s": None}
 HOSTS = ("gpu-1", "gpu-7", "edge-3")
 
 
 def recent(
-    model: str, n: int, *, provider: str = "ollama", target: str = "local", **fields: Any
+    model: str, n: int, *, at: datetime, provider: str = "ollama", target: str = "local", **fields: Any
 ) -> list[TelemetryEvent]:
-    """``n`` probes 2 s apart, the last one 10 s ago."""
-    start = NOW - timedelta(seconds=10 + 2 * (n - 1))
+    """``n`` probes 2 s apart, the last one 10 s before ``at``."""
+    start = at - timedelta(seconds=10 + 2 * (n - 1))
     return [
         telemetry(
             0,
@@ -61,18 +67,19 @@ async def seed(api: Api) -> Seeded:
     - ollama/retired:1: last probed 3 hours ago (unknown)
     - ollama/off:1: disabled (not on the status page)
     """
-    ok = recent("llama3.1:8b", 43, host="gpu-1")
+    at = now()
+    ok = recent("llama3.1:8b", 43, at=at, host="gpu-1")
     failing = [msgspec.structs.replace(e, **FAILED) for e in ok[40:]]
-    two_days = NOW - timedelta(days=2)
+    two_days = at - timedelta(days=2)
     older = [
         telemetry(0, id=f"old{i}", ts=two_days + timedelta(seconds=2 * i), **(FAILED if i % 2 else {}))
         for i in range(10)
     ]
-    gpt = recent("org/gpt:1", 30, provider="openai", target="ext", host="gpu-7")
-    healthy = recent("healthy:1", 30, target="edge", host="edge-3")
-    retired_seen = NOW - timedelta(hours=3)
+    gpt = recent("org/gpt:1", 30, at=at, provider="openai", target="ext", host="gpu-7")
+    healthy = recent("healthy:1", 30, at=at, target="edge", host="edge-3")
+    retired_seen = at - timedelta(hours=3)
     retired = [telemetry(0, id="retired", ts=retired_seen, model="retired:1")]
-    off = recent("off:1", 5)
+    off = recent("off:1", 5, at=at)
     slow = violation(gpt[10], id="gpt-slow", severity="critical", rule="CUSUM")
     noise = violation(healthy[4], id="h-warning", severity="warning", rule="R1")
     info = violation(healthy[5], id="h-info", severity="info", rule="R5")
@@ -176,7 +183,8 @@ async def test_a_report_is_kept_for_cache_s(api: Api) -> None:
     reader = StatusReader(api.store, cache_s=5, clock=lambda: clock[0])
     first = await reader.status()
     async with api.store.pool.acquire() as conn:
-        recovered = msgspec.structs.replace(recent("llama3.1:8b", 1)[0], id="recovered", ts=NOW)
+        at = now()
+        recovered = msgspec.structs.replace(recent("llama3.1:8b", 1, at=at)[0], id="recovered", ts=at)
         await store_telemetry(conn, [recovered])
     clock[0] += 4.9
     assert await reader.status() is first
