@@ -185,10 +185,13 @@ async def test_a_monthly_silence_created_over_nats_mutes_only_inside_its_window(
         muted = await run.pool.fetchval("SELECT muted_by FROM alerter_alerts WHERE model = 'llama3.1:8b'")
         assert muted == record.id
 
-        # 04:30 in Berlin: the window has closed, so the held-back notification goes out.
+        # 04:30 in Berlin: the window has closed, so the held-back notification goes out (the
+        # jump of the clock may also send qwen's reminder first: its repeat interval has passed).
         shift[0] += timedelta(hours=2)
-        await eventually(lambda: len(box.messages) >= 2, what="the message once the window closed")
-        assert "llama3.1:8b" in box.messages[1]["Subject"]
+        await eventually(
+            lambda: any("llama3.1:8b" in m["Subject"] for m in box.messages[1:]),
+            what="the llama message once the window closed",
+        )
         body = msgspec.json.encode(SilenceListRequest())
         listed = msgspec.json.decode(
             (await nc.request(subjects.alerter_silence_list(), body, timeout=5)).data, type=SilenceReply
