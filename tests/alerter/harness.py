@@ -137,8 +137,9 @@ async def publish(js: JetStreamContext, *events: ViolationEvent) -> None:
 
 
 async def eventually(
-    check: Callable[[], Awaitable[bool] | bool], within: float = 10.0, what: str = ""
+    check: Callable[[], Awaitable[bool] | bool], within: float = 20.0, what: str = ""
 ) -> None:
+    """Wait until ``check`` (sync or async) holds, polling every 50 ms; fail after ``within`` s."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while True:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from nats.js import JetStreamContext
 
@@ -19,6 +19,7 @@ from llmscope.proto.charts import ChartRecord, chart_key
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.spc_engine.service import serve
 from llmscope.spc_engine.settings import SpcSettings
+from tests.alerter.harness import eventually as eventually
 from tests.api.conftest import Api
 
 BASELINE_N = 30
@@ -49,15 +50,6 @@ async def feed(api: Api, js: JetStreamContext, events: Sequence[TelemetryEvent])
     await asyncio.gather(*acks)
     async with api.store.pool.acquire() as conn:
         await store_telemetry(conn, events)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 async def chart_record(api: Api, ev: TelemetryEvent, metric: str = "latency_ms") -> ChartRecord | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import asyncpg
@@ -18,6 +18,7 @@ from llmscope.bus.publisher import Publisher
 from llmscope.bus.streams import DEFAULT_TELEMETRY_PARTITIONS, telemetry_partition
 from llmscope.config.env import Secret
 from llmscope.proto import codec, subjects
+from tests.alerter.harness import eventually
 from tests.api.factories import T0, cleared, telemetry, violation
 
 
@@ -28,14 +29,6 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
         yield pool
     finally:
         await pool.close()
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 async def test_migrations_apply_once_even_when_raced(database_url: str) -> None:
