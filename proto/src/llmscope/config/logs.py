@@ -68,9 +68,23 @@ def get_logger(name: str, **context: Any) -> BoundLogger:
     return BoundLogger(logging.getLogger(name), context)
 
 
+class _StderrHandler(logging.StreamHandler[Any]):
+    """Writes to ``sys.stderr`` as it is at each record, not as it was at set-up: a harness
+    that swaps stderr (pytest's capture, a daemoniser) and closes the old one must not turn
+    every later line into a "Logging error"."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass  # StreamHandler.__init__ assigns one; the property always answers the current one
+
+
 def setup_logging(service: str, level: str = "INFO") -> None:
     """Route the root logger to stderr in key=value form; called once by each service's main."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(_KeyValueFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
