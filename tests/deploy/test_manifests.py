@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
+from llmscope.api.settings import ApiSettings
+from llmscope.config.env import ConfigError, Env
 from llmscope.stack.cli import SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,3 +84,16 @@ def test_every_variable_the_manifests_set_is_documented() -> None:
         names |= set(re.findall(r"\b(LLMSCOPE_[A-Z0-9_]+|NATS_URL|DATABASE_URL)\b", path.read_text()))
     undocumented = sorted(n for n in names if f"`{n}`" not in readme)
     assert not undocumented, f"set in manifests but not documented in README.md: {undocumented}"
+
+
+def test_the_dev_overlay_api_key_is_one_the_api_accepts() -> None:
+    overlay = K8S / "overlays" / "dev"
+    assert {"path": "secret.yaml"} in yaml.safe_load((overlay / "kustomization.yaml").read_text())["patches"]
+    (secret,) = _documents(overlay / "secret.yaml")
+    (base_secret,) = [d for d in _documents(K8S / "base" / "config.yaml") if d["kind"] == "Secret"]
+    env = dict(base_secret["stringData"])
+    # The base's placeholder is refused, so an unedited secret never serves a known key.
+    with pytest.raises(ConfigError, match="LLMSCOPE_API_KEY"):
+        ApiSettings.from_env(Env(env))
+    settings = ApiSettings.from_env(Env({**env, **secret["stringData"]}))
+    assert settings.api_key is not None

@@ -5,7 +5,7 @@
 | LLMSCOPE_HOST | 127.0.0.1 | address the API and dashboard listen on |
 | LLMSCOPE_PORT | 8000 | port the API and dashboard listen on |
 | DATABASE_URL | (required) | PostgreSQL URL, ``postgres://`` or ``postgresql://`` |
-| LLMSCOPE_API_KEY | (required) | bearer token for the API and the dashboard login |
+| LLMSCOPE_API_KEY | (required) | bearer token for the API and the dashboard login, 16 characters or more |
 | LLMSCOPE_PERSISTER | true | run the persister (telemetry/violations/dead letters -> Postgres) in-process |
 | LLMSCOPE_DB_POOL_MIN | 1 | smallest asyncpg pool size |
 | LLMSCOPE_DB_POOL_MAX | 10 | largest asyncpg pool size |

@@ -292,10 +292,13 @@ def main(argv: list[str] | None = None) -> int:
         print("LLMscope starting…", flush=True)
         nats_url, database_url = stack.start_infrastructure()
         api_key = settings.api_key or load_or_create_api_key(settings.data_dir)
-        stack.start_children(stack.child_env(nats_url, database_url, api_key))
+        env = stack.child_env(nats_url, database_url, api_key)
+        stack.start_children(env)
         if stack.demo_profile:
+            # What runs, whether from the profile or from a variable set to override it.
             print(
-                "  demo      probing the built-in simulator: fast probes and a 50-point baseline\n"
+                f"  demo      probing the built-in simulator every {env['LLMSCOPE_PROBER_INTERVAL_S']} s,"
+                f" {env['LLMSCOPE_SPC_BASELINE_N']}-point baselines\n"
                 "            (README: 'demo profile'); try llmscope sim inject shift --model llama3.1:8b",
                 flush=True,
             )
