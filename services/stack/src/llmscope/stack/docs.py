@@ -1,6 +1,7 @@
 """Keeps the README's per-service settings tables identical to the services' own documentation.
 
-Each service documents its environment variables once, in the docstring of its settings module.
+Each service documents its environment variables once, in the docstring of its settings module
+(its ``--help`` lists them from there too, see :mod:`llmscope.config.envhelp`).
 ``python -m llmscope.stack.docs`` copies those tables into README.md between the
 ``<!-- SERVICE-SETTINGS -->`` markers; ``--check`` fails when the README has drifted.
 """
@@ -12,6 +13,8 @@ import importlib
 import re
 import sys
 from pathlib import Path
+
+from llmscope.config.envhelp import markdown_table
 
 README = Path(__file__).resolve().parents[5] / "README.md"
 BEGIN = "<!-- SERVICE-SETTINGS -->"
@@ -32,12 +35,8 @@ _VARIABLE = re.compile(r"\b([A-Z][A-Z0-9_]{2,})\b")
 
 def _table(docstring: str) -> list[str]:
     """The first markdown table of a docstring, variable names in backticks."""
-    lines = docstring.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("| variable"))
     rows = []
-    for line in lines[start:]:
-        if not line.startswith("|"):
-            break
+    for line in markdown_table(docstring):
         match = _ROW.match(line)
         if match and not line.startswith(("| variable", "| ---")):
             name = _VARIABLE.sub(r"`\1`", match.group("name").replace("`", ""))

@@ -1,0 +1,121 @@
+"""Starting a service: wait for what it needs (NATS, Postgres), yet stop at once when asked.
+
+Services start in any order (compose, Kubernetes), so a dependency that does not answer yet is
+waited for, with a log line per attempt, instead of crashing the service. SIGINT and SIGTERM set
+one ``stop`` event; everything a service awaits before it is up goes through
+:func:`unless_stopped`, so a signal during that wait ends the service at once (exit 0, as after a
+signal while running) instead of being noticed only once the dependency answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from llmscope.config.logs import get_logger
+
+T = TypeVar("T")
+
+log = get_logger("llmscope.startup")
+
+# What "the server is not there (yet)" looks like: refused, unreachable, timed out, reset.
+UNREACHABLE: tuple[type[BaseException], ...] = (OSError, TimeoutError)
+
+
+class Stopped(Exception):
+    """The service was asked to stop before it was up."""
+
+
+class Unusable(Exception):
+    """A dependency answered but refused us (bad password, no such database): retrying won't help."""
+
+
+def stop_on_signals(stop: asyncio.Event) -> None:
+    """Set ``stop`` on SIGINT and SIGTERM (from the running loop's thread)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def unless_stopped(awaitable: Awaitable[T], stop: asyncio.Event | None) -> T:
+    """Await ``awaitable``; if ``stop`` is set first, cancel it and raise :class:`Stopped`."""
+    task: asyncio.Future[T] = asyncio.ensure_future(awaitable)
+    if stop is None:
+        return await task
+    stopping = asyncio.ensure_future(stop.wait())
+    either: set[asyncio.Future[Any]] = {task, stopping}
+    try:
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        stopping.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    # Let the cancelled attempt unwind (close its socket) before the caller moves on.
+    await asyncio.gather(task, return_exceptions=True)
+    raise Stopped
+
+
+def address(url: str) -> str:
+    """``host:port/path`` of a server URL: what to name in a message, never its credentials."""
+    parsed = urlsplit(url)
+    host = parsed.hostname or "localhost"
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parsed.port
+    except ValueError:  # a malformed port: say so rather than fail while reporting
+        port = None
+    where = f"{host}:{port}" if port else host
+    return f"{where}{parsed.path}" if parsed.path not in ("", "/") else where
+
+
+async def until_reachable(
+    open_: Callable[[], Awaitable[T]],
+    *,
+    what: str,
+    url: str,
+    stop: asyncio.Event | None,
+    unreachable: tuple[type[BaseException], ...] = UNREACHABLE,
+    first_delay: float = 1.0,
+    max_delay: float = 10.0,
+) -> T:
+    """Call ``open_`` until it succeeds, logging each failed attempt; :class:`Stopped` on ``stop``.
+
+    Errors in ``unreachable`` are retried (doubling the delay up to ``max_delay``); any other
+    error means the server answered and refused, and becomes :class:`Unusable` naming ``what``
+    at ``address(url)``, without the credentials ``url`` may hold.
+    """
+    where = address(url)
+    delay = first_delay
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await unless_stopped(open_(), stop)
+        except Stopped:
+            raise
+        except unreachable as exc:
+            log.warning(
+                f"cannot reach {what}; retrying",
+                address=where,
+                attempt=attempt,
+                retry_in_s=delay,
+                error=_describe(exc),
+            )
+        except Exception as exc:
+            raise Unusable(f"cannot use {what} at {where}: {_describe(exc)}") from exc
+        await unless_stopped(asyncio.sleep(delay), stop)
+        delay = min(delay * 2, max_delay)
+
+
+def _describe(exc: BaseException) -> str:
+    # One line: the error's first line (OSError's names the address tried, never the DSN).
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
