@@ -2,32 +2,43 @@
 
 Services start in any order (compose, Kubernetes), so a first connection that fails is retried
 instead of crashing the service; ``give_up_after`` bounds that wait when a caller
-(a CLI command, a test) would rather fail fast.
+(a CLI command, a test) would rather fail fast, and ``stop`` (the service's SIGINT/SIGTERM event)
+ends it at once with :class:`~llmscope.config.startup.Stopped`.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-import nats
 from nats.aio.client import Client as NATS
 from nats.errors import NoServersError
 
 from llmscope.config.logs import get_logger
+from llmscope.config.startup import unless_stopped
 
 log = get_logger("llmscope.bus")
 
 
 async def connect(
-    url: str, name: str, *, connect_timeout: float = 5.0, give_up_after: float | None = None
+    url: str,
+    name: str,
+    *,
+    connect_timeout: float = 5.0,
+    give_up_after: float | None = None,
+    stop: asyncio.Event | None = None,
 ) -> NATS:
-    """Connect, retrying until the server answers (or ``give_up_after`` seconds pass)."""
-
+    """Connect, retrying until the server answers (or ``give_up_after`` seconds pass, or ``stop``)."""
+    nc = NATS()
     # One warning per outage: nats-py calls error_cb on every failed retry, once a second.
     warned = False
 
     async def on_disconnect() -> None:
-        log.warning("disconnected from NATS", client=name)
+        # nats-py marks the client closed before this callback when we close or drain it
+        # ourselves (a normal stop): that is no outage worth a warning.
+        if nc.is_closed:
+            log.info("NATS connection closed", client=name)
+        else:
+            log.warning("disconnected from NATS", client=name)
 
     async def on_reconnect() -> None:
         nonlocal warned
@@ -43,20 +54,19 @@ async def connect(
         log.warning("NATS error; retrying every second", client=name, url=url, error=repr(exc))
 
     # With max_reconnect_attempts=-1 nats-py itself retries the first connection forever.
-    pending = nats.connect(
+    pending = nc.connect(
         servers=[u.strip() for u in url.split(",")],
         name=name,
-        connect_timeout=connect_timeout,
+        connect_timeout=connect_timeout,  # type: ignore[arg-type]  # typed int, used as a float
         allow_reconnect=True,
         max_reconnect_attempts=-1,
-        reconnect_time_wait=1.0,
+        reconnect_time_wait=1,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
         error_cb=on_error,
     )
-    if give_up_after is None:
-        return await pending
     try:
-        return await asyncio.wait_for(pending, give_up_after)
+        await unless_stopped(asyncio.wait_for(pending, give_up_after), stop)
     except TimeoutError:
         raise NoServersError(f"no NATS server answered at {url} within {give_up_after:.0f} s") from None
+    return nc
