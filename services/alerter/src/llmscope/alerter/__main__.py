@@ -3,13 +3,15 @@
 Flags: ``--config PATH`` (overrides LLMSCOPE_ALERTER_CONFIG), ``--check-config`` (validate the
 configuration, print routes and channels without secrets, exit), ``--log-level``. Environment
 variables: see :mod:`llmscope.alerter.settings`.
+
+At start it waits for Postgres (a log line per attempt) and NATS, as long as they take; SIGINT or
+SIGTERM ends it at any time. Exit codes: 0 after a signal, 1 when Postgres answers but refuses
+(bad password, no such database: one line naming host:port/database), 2 for a configuration error.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -30,12 +32,21 @@ from llmscope.bus.deadletter import DeadLetters
 from llmscope.bus.publisher import Publisher
 from llmscope.bus.streams import ensure_streams
 from llmscope.config.env import ConfigError, Env
+from llmscope.config.envhelp import BUS_SETTINGS, service_parser
 from llmscope.config.health import HealthServer
 from llmscope.config.logs import get_logger, setup_logging
+from llmscope.config.startup import UNREACHABLE, Stopped, Unusable, stop_on_signals, until_reachable
 from llmscope.proto import codec, subjects
 from llmscope.proto.violation import ViolationEvent
 
 log = get_logger("llmscope.alerter")
+
+# Postgres not there yet: refused, unreachable, timed out, or still starting up / full.
+POSTGRES_UNREACHABLE: tuple[type[BaseException], ...] = (
+    *UNREACHABLE,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+)
 
 
 def _decode(data: bytes) -> ViolationEvent:
@@ -44,13 +55,21 @@ def _decode(data: bytes) -> ViolationEvent:
 
 async def serve(settings: AlerterSettings, env: Env, stop: asyncio.Event) -> None:
     file = load_file(settings.config_path) if settings.config_path else None
-    pool = await asyncpg.create_pool(settings.database_url.get(), min_size=1, max_size=8)
+    dsn = settings.database_url.get()
+    # Like NATS below: a database that is not up yet is waited for (a line per attempt).
+    pool = await until_reachable(
+        lambda: asyncpg.create_pool(dsn, min_size=1, max_size=8),
+        what="Postgres",
+        url=dsn,
+        stop=stop,
+        unreachable=POSTGRES_UNREACHABLE,
+    )
     try:
         async with pool.acquire() as conn:
             applied = await migrate(conn)
         if applied:
             log.info("schema migrated", applied=",".join(applied))
-        nc = await connect(settings.bus.nats_url, f"llmscope-alerter-{settings.instance}")
+        nc = await connect(settings.bus.nats_url, f"llmscope-alerter-{settings.instance}", stop=stop)
         try:
             js = nc.jetstream()
             await ensure_streams(js, settings.bus)
@@ -147,7 +166,14 @@ def check_config(settings: AlerterSettings, env: Env) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="llmscope alerter", description="LLMscope alerter service")
+    parser = service_parser(
+        "llmscope alerter",
+        "The alerter: routes violations to notification channels, groups them into incidents. "
+        "Configured by the environment; waits for Postgres and NATS at start; exits 0 on "
+        "SIGINT/SIGTERM, 1 when Postgres refuses it, 2 for a configuration error.",
+        AlerterSettings.__module__,
+        BUS_SETTINGS,
+    )
     parser.add_argument(
         "--config", type=Path, help="routes/channels file (overrides LLMSCOPE_ALERTER_CONFIG)"
     )
@@ -170,9 +196,7 @@ def main(argv: list[str] | None = None) -> int:
 
     async def run() -> None:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop_on_signals(stop)
         await serve(settings, env, stop)
 
     try:
@@ -180,6 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"llmscope alerter: configuration error: {exc}", file=sys.stderr)
         return 2
+    except Unusable as exc:
+        print(f"llmscope alerter: {exc}", file=sys.stderr)
+        return 1
+    except Stopped:
+        log.info("stopped during start-up")
     return 0
 
 

@@ -7,6 +7,7 @@ starting together never apply one twice, and is recorded in ``schema_migrations`
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from dataclasses import dataclass
@@ -15,12 +16,20 @@ from importlib.resources import files
 import asyncpg
 
 from llmscope.config.logs import get_logger
+from llmscope.config.startup import UNREACHABLE, until_reachable
 
 log = get_logger("llmscope.api.db")
 
 # Any constant works; it only has to be the same for every replica ("llmscope" in ASCII).
 MIGRATION_LOCK = 0x6C6C6D73636F7065
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+# Postgres not there yet: refused, unreachable, timed out, or still starting up / full.
+POSTGRES_UNREACHABLE: tuple[type[BaseException], ...] = (
+    *UNREACHABLE,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,3 +97,19 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
     pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection)
     assert pool is not None
     return pool
+
+
+async def open_pool(dsn: str, *, min_size: int, max_size: int, stop: asyncio.Event | None) -> asyncpg.Pool:
+    """:func:`create_pool`, waiting for a database that is not up yet (a log line per attempt).
+
+    Raises :class:`~llmscope.config.startup.Stopped` when ``stop`` is set first and
+    :class:`~llmscope.config.startup.Unusable` (host:port/database, no password) when Postgres
+    answers but refuses, as NATS is waited for at start (:mod:`llmscope.bus.connection`).
+    """
+    return await until_reachable(
+        lambda: create_pool(dsn, min_size=min_size, max_size=max_size),
+        what="Postgres",
+        url=dsn,
+        stop=stop,
+        unreachable=POSTGRES_UNREACHABLE,
+    )

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -23,7 +22,7 @@ import msgspec
 from asyncpg.pool import PoolConnectionProxy
 from nats.js import JetStreamContext
 
-from llmscope.api.db import create_pool
+from llmscope.api.db import open_pool
 from llmscope.api.incidents_store import incident_consumer
 from llmscope.api.metrics import ApiMetrics
 from llmscope.api.settings import ApiSettings
@@ -32,6 +31,7 @@ from llmscope.bus.deadletter import DeadLetters
 from llmscope.bus.publisher import Publisher
 from llmscope.bus.streams import ensure_streams
 from llmscope.config.logs import get_logger, setup_logging
+from llmscope.config.startup import Stopped, Unusable, stop_on_signals
 from llmscope.proto import codec, subjects
 from llmscope.proto.deadletter import DeadLetterEvent
 from llmscope.proto.telemetry import TelemetryEvent
@@ -449,12 +449,16 @@ async def retention_loop(
 
 
 async def run_standalone(settings: ApiSettings, stop: asyncio.Event) -> None:
-    pool = await create_pool(
-        settings.database_url.get(), min_size=settings.db_pool_min, max_size=settings.db_pool_max
+    pool = await open_pool(
+        settings.database_url.get(), min_size=settings.db_pool_min, max_size=settings.db_pool_max, stop=stop
     )
     from llmscope.bus.connection import connect
 
-    nc = await connect(settings.bus.nats_url, "llmscope-persister")
+    try:
+        nc = await connect(settings.bus.nats_url, "llmscope-persister", stop=stop)
+    except BaseException:
+        await pool.close()
+        raise
     try:
         js = nc.jetstream()
         await ensure_streams(js, settings.bus)
@@ -478,12 +482,16 @@ def main(argv: list[str] | None = None) -> int:
 
     async def _run() -> None:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop_on_signals(stop)
         await run_standalone(settings, stop)
 
-    asyncio.run(_run())
+    try:
+        asyncio.run(_run())
+    except Unusable as exc:
+        print(f"llmscope persister: {exc}", file=sys.stderr)
+        return 1
+    except Stopped:
+        log.info("stopped during start-up")
     return 0
 
 

@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import asyncpg
 from fastapi import FastAPI
 from nats.aio.client import Client as NATS
 
 from llmscope.api.alerting import Alerting
 from llmscope.api.auth import KeyAuth
 from llmscope.api.charts import ChartViews
-from llmscope.api.db import create_pool
+from llmscope.api.db import open_pool
 from llmscope.api.metrics import ApiMetrics
 from llmscope.api.persister import Persister, retention_loop
 from llmscope.api.settings import ApiSettings
@@ -42,16 +43,25 @@ class Runtime:
         self.publisher: Publisher | None = None
         self.persister: Persister | None = None
         self.alerting = Alerting(lambda: self.store.pool, lambda: self.nc)
+        self._pool: asyncpg.Pool | None = None
+        self._stop = asyncio.Event()  # ends the persister's tasks
+        self._tasks: list[asyncio.Task[None]] = []
 
-    @contextlib.asynccontextmanager
-    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+    async def start(self, stop: asyncio.Event | None = None) -> None:
+        """Open the pool (waiting for Postgres), connect to NATS (waiting too), start the persister.
+
+        Raises :class:`~llmscope.config.startup.Stopped` when ``stop`` is set before both
+        answered and :class:`~llmscope.config.startup.Unusable` when Postgres refuses us;
+        whatever was opened is closed again then.
+        """
         s = self.settings
-        pool = await create_pool(s.database_url.get(), min_size=s.db_pool_min, max_size=s.db_pool_max)
-        self.store.attach(pool)
-        stop = asyncio.Event()
-        tasks: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()  # fresh: a lifespan may run again after a close
+        self._pool = await open_pool(
+            s.database_url.get(), min_size=s.db_pool_min, max_size=s.db_pool_max, stop=stop
+        )
+        self.store.attach(self._pool)
         try:
-            self.nc = await connect(s.bus.nats_url, "llmscope-api")
+            self.nc = await connect(s.bus.nats_url, "llmscope-api", stop=stop)
             js = self.nc.jetstream()
             await ensure_streams(js, s.bus)
             self.publisher = Publisher(js)
@@ -60,28 +70,52 @@ class Runtime:
             self.switches.attach(self.nc)
             if s.persister:
                 self.persister = Persister(
-                    pool=pool,
+                    pool=self._pool,
                     js=js,
                     publisher=self.publisher,
                     batch_size=s.persist_batch,
                     metrics=self.metrics,
                 )
-                tasks.append(asyncio.create_task(self.persister.run(stop), name="persister"))
-                tasks.append(asyncio.create_task(retention_loop(pool, s, stop), name="retention"))
-            log.info("api started", persister=s.persister)
+                self._tasks.append(asyncio.create_task(self.persister.run(self._stop), name="persister"))
+                self._tasks.append(
+                    asyncio.create_task(retention_loop(self._pool, s, self._stop), name="retention")
+                )
+        except BaseException:
+            await self.close()
+            raise
+        log.info("api started", persister=s.persister)
+
+    async def close(self) -> None:
+        """Stop the persister, drain NATS, close the pool; safe after a partial start."""
+        self._stop.set()
+        tasks, self._tasks = self._tasks, []
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=10)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self.charts.attach(None)
+        self.spc_config.attach(None)
+        self.switches.attach(None)
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+            self.nc = None
+        if self._pool is not None:
+            self.store.attach(None)
+            await self._pool.close()
+            self._pool = None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        # ``llmscope api`` starts the runtime before serving, so that signals and an unusable
+        # database during start-up are its own to report; elsewhere (tests, run_api) the
+        # lifespan opens and closes it.
+        owned = self._pool is None
+        if owned:
+            await self.start()
+        try:
             yield
         finally:
-            stop.set()
-            if tasks:
-                _, pending = await asyncio.wait(tasks, timeout=10)
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-            self.charts.attach(None)
-            self.spc_config.attach(None)
-            self.switches.attach(None)
-            if self.nc is not None:
-                with contextlib.suppress(Exception):
-                    await self.nc.drain()
-            self.store.attach(None)
-            await pool.close()
+            if owned:
+                await self.close()

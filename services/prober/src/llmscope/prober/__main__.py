@@ -27,6 +27,7 @@ from llmscope.bus.kv import open_bucket, watch_bucket
 from llmscope.bus.publisher import Publisher
 from llmscope.bus.streams import ensure_streams
 from llmscope.config.env import ConfigError, Env
+from llmscope.config.envhelp import BUS_SETTINGS, service_parser
 from llmscope.config.health import HealthServer
 from llmscope.config.logs import get_logger, setup_logging
 from llmscope.prober.metrics import ProberMetrics
@@ -95,7 +96,9 @@ async def run(settings: ProberSettings, metrics: ProberMetrics, stop: asyncio.Ev
 
     async def connect_bus() -> Publisher:
         if not clients:
-            clients.append(await connect(settings.bus.nats_url, f"llmscope-prober-{settings.prober_id}"))
+            clients.append(
+                await connect(settings.bus.nats_url, f"llmscope-prober-{settings.prober_id}", stop=stop)
+            )
         js = clients[0].jetstream()
         await ensure_streams(js, settings.bus)
         if not watchers:
@@ -158,8 +161,12 @@ async def run(settings: ProberSettings, metrics: ProberMetrics, stop: asyncio.Ev
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="llmscope prober", description="Probe LLM endpoints, publish telemetry."
+    parser = service_parser(
+        "llmscope prober",
+        "Probe LLM endpoints, publish telemetry to NATS. Configured by the environment; "
+        "exits 0 on SIGINT/SIGTERM.",
+        ProberSettings.__module__,
+        BUS_SETTINGS,
     )
     parser.add_argument("--config", type=Path, help="TOML or YAML targets file (LLMSCOPE_PROBER_CONFIG)")
     parser.add_argument(

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from llmscope.bus.publisher import PublishFailed
 from llmscope.config.logs import get_logger
+from llmscope.config.startup import Stopped
 from llmscope.prober.metrics import ProberMetrics
 from llmscope.proto.base import Event
 
@@ -87,6 +88,8 @@ class Outbox:
         while not stop.is_set():
             try:
                 self._publisher = await connect()
+                return
+            except Stopped:  # connect() saw ``stop`` itself: no failure, nothing to log
                 return
             except Exception as exc:
                 failures += 1

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from llmscope.config.env import ConfigError, Env
+from llmscope.config.envhelp import environment_help
 from llmscope.config.logs import get_logger, setup_logging
 from llmscope.simulator.anomalies import OUTAGE_MODES, InjectRequest
 from llmscope.simulator.client import SimClient, SimControlError
@@ -45,7 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmscope sim", description="The simulated LLM endpoint.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="serve the Ollama, OpenAI and Anthropic APIs")
+    serve = commands.add_parser(
+        "serve",
+        help="serve the Ollama, OpenAI and Anthropic APIs",
+        description="Serve simulated LLMs on the Ollama, OpenAI and Anthropic APIs. Flags override "
+        "the environment; exits 0 on SIGINT/SIGTERM.",
+        epilog=environment_help(SimSettings.__module__),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_argument("--host", help="listen address (LLMSCOPE_SIM_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (LLMSCOPE_SIM_PORT, default 11500)")
     serve.add_argument("--seed", type=int, help="random seed (LLMSCOPE_SIM_SEED)")

@@ -1,20 +1,23 @@
 """``llmscope spc-engine`` / ``python -m llmscope.spc_engine``: the SPC engine service.
 
 Settings come from the environment (:mod:`llmscope.spc_engine.settings`). SIGINT/SIGTERM set a
-stop event: the batch in hand finishes, charts are snapshotted, the connection drains. Exit
-codes: 0 after a signal, 1 when a violation could not be published (restart to replay), 2 for a
-configuration error.
+stop event: the batch in hand finishes, charts are snapshotted, the connection drains; while it
+still waits for NATS it stops at once. Exit codes: 0 after a signal, 1 when a violation could not
+be published (restart to replay), 2 for a configuration error or bad arguments.
 """
 
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
+from collections.abc import Sequence
+from dataclasses import replace
 
 from llmscope.config.env import ConfigError
+from llmscope.config.envhelp import BUS_SETTINGS, service_parser
 from llmscope.config.health import HealthServer
 from llmscope.config.logs import get_logger, setup_logging
+from llmscope.config.startup import stop_on_signals
 from llmscope.spc_engine.service import serve
 from llmscope.spc_engine.settings import SpcSettings
 
@@ -23,9 +26,7 @@ log = get_logger("llmscope.spc_engine")
 
 async def _main(settings: SpcSettings) -> int:
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop_on_signals(stop)
     health = None
     if settings.health_port:
         health = HealthServer(settings.health_host, settings.health_port, ready=lambda: not stop.is_set())
@@ -37,16 +38,29 @@ async def _main(settings: SpcSettings) -> int:
             await health.stop()
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = service_parser(
+        "llmscope spc-engine",
+        "The SPC engine: charts the telemetry on NATS, publishes violations. "
+        "Configured by the environment; exits 0 on SIGINT/SIGTERM.",
+        SpcSettings.__module__,
+        BUS_SETTINGS,
+    )
+    parser.add_argument(
+        "--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="(LLMSCOPE_LOG_LEVEL)"
+    )
+    args = parser.parse_args(argv)
     try:
         settings = SpcSettings.from_env()
     except ConfigError as exc:
         print(f"llmscope spc-engine: {exc}", file=sys.stderr)
-        sys.exit(2)
+        return 2
+    if args.log_level:
+        settings = replace(settings, log_level=args.log_level)
     setup_logging("spc-engine", settings.log_level)
     log.info("starting", replica=settings.replica, replicas=settings.replicas, baseline_n=settings.baseline_n)
-    sys.exit(asyncio.run(_main(settings)))
+    return asyncio.run(_main(settings))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -77,6 +77,7 @@ from llmscope.bus.streams import (
     telemetry_partition,
 )
 from llmscope.config.logs import get_logger
+from llmscope.config.startup import Stopped
 from llmscope.proto import codec, subjects
 from llmscope.proto.chartconfig import (
     DEFAULTS_KEY,
@@ -549,8 +550,13 @@ class SpcService:
 
 async def serve(settings: SpcSettings, stop: asyncio.Event) -> int:
     """Run until ``stop``; 0 on a clean stop, 1 when a publish failed or a lease was lost, 2
-    when the telemetry stream has another number of partitions."""
-    nc = await connect(settings.bus.nats_url, f"llmscope-spc-engine-{settings.replica}")
+    when the telemetry stream has another number of partitions. A ``stop`` while NATS has not
+    answered yet ends the wait at once (0)."""
+    try:
+        nc = await connect(settings.bus.nats_url, f"llmscope-spc-engine-{settings.replica}", stop=stop)
+    except Stopped:
+        log.info("stopped before NATS answered")
+        return 0
     try:
         js = nc.jetstream()
         try:

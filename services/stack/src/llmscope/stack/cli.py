@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import signal
 import sys
 from collections.abc import Callable, Sequence
+from types import FrameType
 
 # command -> module whose ``main`` runs it; imported lazily so one service's import cost and
 # dependencies never burden another's start.
@@ -47,6 +49,23 @@ def _run_main(module_name: str, argv: list[str]) -> int:
     return int(result or 0)
 
 
+def _exit_quietly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
+def _run_service(module_name: str, argv: list[str]) -> int:
+    """Run a service; a signal before it installed its own handlers also ends it with 0."""
+    # A service sets its handlers once imported and configured (about a second); a SIGTERM or
+    # Ctrl-C before that must end it as quietly as one after: exit 0, no traceback.
+    previous = signal.signal(signal.SIGTERM, _exit_quietly)
+    try:
+        return _run_main(module_name, argv)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def usage() -> str:
     return (__doc__ or "").strip()
 
@@ -62,11 +81,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return up_main(rest)
     if command in SERVICES:
-        return _run_main(SERVICES[command], rest)
+        return _run_service(SERVICES[command], rest)
     if command == "spc":
         if not rest or rest[0] not in SPC_COMMANDS:
-            print(f"usage: llmscope spc {{{','.join(SPC_COMMANDS)}}} ...", file=sys.stderr)
-            return 2
+            asked = bool(rest) and rest[0] in ("-h", "--help")
+            text = f"usage: llmscope spc {{{','.join(SPC_COMMANDS)}}} ..."
+            print(text, file=sys.stdout if asked else sys.stderr)
+            return 0 if asked else 2
         return _run_main(SPC_COMMANDS[rest[0]], rest[1:])
     print(f"llmscope: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
     return 2
