@@ -459,7 +459,7 @@ def _write(records: list[dict[str, object]], fmt: str, out: TextIO) -> None:
     out.flush()
 
 
-def _discard_stdout() -> None:
+def discard_stdout() -> None:
     """Point stdout at devnull, so the interpreter's flush at exit does not fail a second time."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -493,7 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         # `analyze ... | head`: the reader has what it wanted. End quietly, as a program
         # that SIGPIPE ended would (Python ignores SIGPIPE and raises instead).
-        _discard_stdout()
+        discard_stdout()
         return EXIT_BROKEN_PIPE
     return 0
 

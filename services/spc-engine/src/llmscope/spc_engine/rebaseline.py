@@ -6,7 +6,8 @@
 The request goes to ``subjects.spc_rebaseline()``; the replica owning the chart answers and the
 reply is printed as JSON. ``--list`` prints one JSON line per chart in the engine's KV bucket
 (key, phase, progress, baseline_n). Exit codes: 0 done, 1 the engine refused (e.g. no such
-chart), 2 usage, 3 no engine answered (or NATS is unreachable).
+chart), 2 usage, 3 no engine answered (or NATS is unreachable), 141 when the reader of stdout went
+away early (``| head``), quietly.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from llmscope.bus.kv import bucket_keys
 from llmscope.bus.settings import DEFAULT_NATS_URL
 from llmscope.proto import subjects
 from llmscope.proto.charts import RebaselineReply, RebaselineRequest, decode_record, is_chart_key
+from llmscope.spc_engine.analyze import EXIT_BROKEN_PIPE, discard_stdout
 
 OK, REFUSED, USAGE, NO_ENGINE = 0, 1, 2, 3
 
@@ -125,6 +127,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(
             _rebaseline(args.nats_url, given["chart"], given["by"], given["reason"], args.timeout)
         )
+    except BrokenPipeError:
+        # `--list | head -1`: the reader has what it wanted. End quietly, as `spc analyze` does;
+        # this is no NATS problem, so it must not reach the handler below.
+        discard_stdout()
+        return EXIT_BROKEN_PIPE
     except (NoServersError, OSError) as exc:
         print(f"llmscope spc rebaseline: cannot reach NATS at {args.nats_url}: {exc}", file=sys.stderr)
         return NO_ENGINE
