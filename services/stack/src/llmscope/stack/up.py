@@ -43,7 +43,7 @@ ALL_SERVICES = ("sim", "api", "spc-engine", "alerter", "prober")
 
 # With only the simulator to probe, a production baseline (1000 points per prompt chart at 2 s)
 # would keep the demo "collecting" for hours. The demo runs the simulator four times faster, probes
-# every 0.25 s and freezes limits after 50 points: charts arm within about a minute, at the
+# every 0.25 s and freezes limits after 50 points: charts arm within a minute or two, at the
 # price of more false alarms than the production defaults. Any of these set in the environment wins.
 # Not faster still: at 0.1 a simple prompt takes ~30 ms, and a scheduling hiccup of the stack on
 # one laptop (tens of ms) is a 5-sigma SPIKE there; at 0.25 a 7-minute demo run opened one critical
