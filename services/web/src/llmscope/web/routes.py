@@ -249,6 +249,22 @@ def create_router(
             hours=hours,
         )
 
+    async def _rebaseline(
+        request: Request, chart_key: str, by: str, reason: str
+    ) -> tuple[RebaselineResult, int]:
+        """Ask the SPC engine to re-baseline a chart: the outcome and the status to answer with."""
+        who, why = by.strip(), reason.strip()
+        if not who or not why:
+            missing = "by" if not who else "reason"
+            result = RebaselineResult(status="refused", chart_key=chart_key, error=f"{missing}: required")
+            status = 422
+        else:
+            result = await data.rebaseline(chart_key, who, why)
+            status = {"ok": 200, "refused": 409, "no_engine": 504}[result.status]
+        if is_htmx(request):
+            status = 200  # htmx swaps only 2xx answers, and the fragment carries the outcome
+        return result, status
+
     @router.post("/charts/rebaseline", response_class=HTMLResponse, dependencies=[Session])
     async def rebaseline_chart(
         request: Request,
@@ -263,16 +279,7 @@ def create_router(
         hours: Annotated[float, Form(gt=0, le=24 * 31)] = 1,
     ) -> HTMLResponse:
         """Ask the SPC engine to re-baseline the chart; answers the dashboard with the outcome."""
-        who, why = by.strip(), reason.strip()
-        if not who or not why:
-            missing = "by" if not who else "reason"
-            result = RebaselineResult(status="refused", chart_key=chart_key, error=f"{missing}: required")
-            status = 422
-        else:
-            result = await data.rebaseline(chart_key, who, why)
-            status = {"ok": 200, "refused": 409, "no_engine": 504}[result.status]
-        if is_htmx(request):
-            status = 200  # htmx swaps only 2xx answers, and the fragment carries the outcome
+        result, status = await _rebaseline(request, chart_key, by, reason)
         return await _dashboard(
             request,
             series=None,
@@ -349,16 +356,7 @@ def create_router(
         if detail is None:
             return pages.render(request, "not_found.html", {"what": "violation"}, status_code=404)
         chart_key = detail.violation.chart_key
-        who, why = by.strip(), reason.strip()
-        if not who or not why:
-            missing = "by" if not who else "reason"
-            result = RebaselineResult(status="refused", chart_key=chart_key, error=f"{missing}: required")
-            status = 422
-        else:
-            result = await data.rebaseline(chart_key, who, why)
-            status = {"ok": 200, "refused": 409, "no_engine": 504}[result.status]
-        if is_htmx(request):
-            status = 200  # htmx swaps only 2xx answers, and the fragment carries the outcome
+        result, status = await _rebaseline(request, chart_key, by, reason)
         return pages.render(
             request,
             "violation.html",
