@@ -6,7 +6,7 @@
 | LLMSCOPE_SIM_PORT | 11500 | port it listens on (not Ollama's 11434, so both can run) |
 | LLMSCOPE_SIM_SEED | (random) | integer seed: same seed, same latencies and texts |
 | LLMSCOPE_SIM_TIME_SCALE | 1.0 | multiplies every simulated duration (0.05: twenty times faster) |
-| LLMSCOPE_SIM_MODELS | llama3.1:8b, qwen2.5:7b on sim-gpu-1; gpt-4o-mini; claude-3-5-haiku | whitespace-separated ``NAME@HOST[;key=value...]`` specs |
+| LLMSCOPE_SIM_MODELS | llama3.1:8b qwen2.5:7b gpt-4o-mini claude-3-5-haiku | ``NAME@HOST[;k=v...]`` specs |
 | LLMSCOPE_SIM_URL | http://127.0.0.1:11500 | where ``sim inject`` and the prober's default targets find it |
 | LLMSCOPE_LOG_LEVEL | INFO | log level |
 
