@@ -7,7 +7,14 @@ import logging
 
 import pytest
 
-from llmscope.config.startup import Stopped, Unusable, address, unless_stopped, until_reachable
+from llmscope.config.startup import (
+    Stopped,
+    Unusable,
+    address,
+    unless_stopped,
+    until_reachable,
+    wait_for_postgres,
+)
 
 
 def test_address_names_host_port_and_database_never_credentials() -> None:
@@ -89,3 +96,21 @@ async def test_until_reachable_stops_while_waiting_between_attempts() -> None:
         await asyncio.wait_for(
             until_reachable(open_, what="Postgres", url="postgresql://h/db", stop=stop, first_delay=60), 2
         )
+
+
+async def test_postgres_still_starting_is_waited_for() -> None:
+    class CannotConnectNow(Exception):
+        sqlstate = "57P03"  # as asyncpg.CannotConnectNowError: "the database system is starting up"
+
+    calls = 0
+
+    async def open_() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise CannotConnectNow("the database system is starting up")
+        return "pool"
+
+    waited = wait_for_postgres(open_, dsn="postgresql://h:1/db", stop=None)
+    assert await asyncio.wait_for(waited, 5) == "pool"
+    assert calls == 2

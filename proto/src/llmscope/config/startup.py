@@ -24,6 +24,10 @@ log = get_logger("llmscope.startup")
 # What "the server is not there (yet)" looks like: refused, unreachable, timed out, reset.
 UNREACHABLE: tuple[type[BaseException], ...] = (OSError, TimeoutError)
 
+# Postgres answering "not now": starting up or shutting down (57P03), too many connections
+# (53300). By SQLSTATE, so this package needs no database driver.
+POSTGRES_NOT_READY = frozenset({"57P03", "53300"})
+
 
 class Stopped(Exception):
     """The service was asked to stop before it was up."""
@@ -82,15 +86,16 @@ async def until_reachable(
     what: str,
     url: str,
     stop: asyncio.Event | None,
-    unreachable: tuple[type[BaseException], ...] = UNREACHABLE,
+    not_ready: frozenset[str] = frozenset(),
     first_delay: float = 1.0,
     max_delay: float = 10.0,
 ) -> T:
     """Call ``open_`` until it succeeds, logging each failed attempt; :class:`Stopped` on ``stop``.
 
-    Errors in ``unreachable`` are retried (doubling the delay up to ``max_delay``); any other
-    error means the server answered and refused, and becomes :class:`Unusable` naming ``what``
-    at ``address(url)``, without the credentials ``url`` may hold.
+    :data:`UNREACHABLE` errors, and errors whose ``sqlstate`` is in ``not_ready``, are retried
+    (doubling the delay up to ``max_delay``); any other error means the server answered and
+    refused, and becomes :class:`Unusable` naming ``what`` at ``address(url)``, without the
+    credentials ``url`` may hold.
     """
     where = address(url)
     delay = first_delay
@@ -101,7 +106,9 @@ async def until_reachable(
             return await unless_stopped(open_(), stop)
         except Stopped:
             raise
-        except unreachable as exc:
+        except Exception as exc:
+            if not isinstance(exc, UNREACHABLE) and getattr(exc, "sqlstate", None) not in not_ready:
+                raise Unusable(f"cannot use {what} at {where}: {_describe(exc)}") from exc
             log.warning(
                 f"cannot reach {what}; retrying",
                 address=where,
@@ -109,10 +116,13 @@ async def until_reachable(
                 retry_in_s=delay,
                 error=_describe(exc),
             )
-        except Exception as exc:
-            raise Unusable(f"cannot use {what} at {where}: {_describe(exc)}") from exc
         await unless_stopped(asyncio.sleep(delay), stop)
         delay = min(delay * 2, max_delay)
+
+
+async def wait_for_postgres(open_: Callable[[], Awaitable[T]], *, dsn: str, stop: asyncio.Event | None) -> T:
+    """:func:`until_reachable` for a Postgres pool or connection opened by ``open_`` on ``dsn``."""
+    return await until_reachable(open_, what="Postgres", url=dsn, stop=stop, not_ready=POSTGRES_NOT_READY)
 
 
 def _describe(exc: BaseException) -> str:

@@ -35,18 +35,11 @@ from llmscope.config.env import ConfigError, Env
 from llmscope.config.envhelp import BUS_SETTINGS, service_parser
 from llmscope.config.health import HealthServer
 from llmscope.config.logs import get_logger, setup_logging
-from llmscope.config.startup import UNREACHABLE, Stopped, Unusable, stop_on_signals, until_reachable
+from llmscope.config.startup import Stopped, Unusable, stop_on_signals, wait_for_postgres
 from llmscope.proto import codec, subjects
 from llmscope.proto.violation import ViolationEvent
 
 log = get_logger("llmscope.alerter")
-
-# Postgres not there yet: refused, unreachable, timed out, or still starting up / full.
-POSTGRES_UNREACHABLE: tuple[type[BaseException], ...] = (
-    *UNREACHABLE,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-)
 
 
 def _decode(data: bytes) -> ViolationEvent:
@@ -57,12 +50,8 @@ async def serve(settings: AlerterSettings, env: Env, stop: asyncio.Event) -> Non
     file = load_file(settings.config_path) if settings.config_path else None
     dsn = settings.database_url.get()
     # Like NATS below: a database that is not up yet is waited for (a line per attempt).
-    pool = await until_reachable(
-        lambda: asyncpg.create_pool(dsn, min_size=1, max_size=8),
-        what="Postgres",
-        url=dsn,
-        stop=stop,
-        unreachable=POSTGRES_UNREACHABLE,
+    pool = await wait_for_postgres(
+        lambda: asyncpg.create_pool(dsn, min_size=1, max_size=8), dsn=dsn, stop=stop
     )
     try:
         async with pool.acquire() as conn:

@@ -16,20 +16,13 @@ from importlib.resources import files
 import asyncpg
 
 from llmscope.config.logs import get_logger
-from llmscope.config.startup import UNREACHABLE, until_reachable
+from llmscope.config.startup import wait_for_postgres
 
 log = get_logger("llmscope.api.db")
 
 # Any constant works; it only has to be the same for every replica ("llmscope" in ASCII).
 MIGRATION_LOCK = 0x6C6C6D73636F7065
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
-
-# Postgres not there yet: refused, unreachable, timed out, or still starting up / full.
-POSTGRES_UNREACHABLE: tuple[type[BaseException], ...] = (
-    *UNREACHABLE,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,10 +99,6 @@ async def open_pool(dsn: str, *, min_size: int, max_size: int, stop: asyncio.Eve
     :class:`~llmscope.config.startup.Unusable` (host:port/database, no password) when Postgres
     answers but refuses, as NATS is waited for at start (:mod:`llmscope.bus.connection`).
     """
-    return await until_reachable(
-        lambda: create_pool(dsn, min_size=min_size, max_size=max_size),
-        what="Postgres",
-        url=dsn,
-        stop=stop,
-        unreachable=POSTGRES_UNREACHABLE,
+    return await wait_for_postgres(
+        lambda: create_pool(dsn, min_size=min_size, max_size=max_size), dsn=dsn, stop=stop
     )
