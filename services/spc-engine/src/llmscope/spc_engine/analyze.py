@@ -49,7 +49,6 @@ import csv
 import io
 import json
 import math
-import os
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -58,6 +57,7 @@ from typing import TextIO
 
 import msgspec
 
+from llmscope.config.stdout import EXIT_BROKEN_PIPE, discard_stdout
 from llmscope.spc_engine import transforms
 from llmscope.spc_engine.arl import cusum_h_for_arl0, ewma_arl, ewma_limit_for_arl0
 from llmscope.spc_engine.chart import MetricChart, Signal
@@ -90,8 +90,6 @@ CUSUM_ARL0 = 1e6
 EWMA_MARKOV_STATES = 201
 """Markov-chain states for the EWMA ARLs: the same for the target and the derived L, so
 ``--ewma-lambda`` at the default lambda gives back the default L."""
-EXIT_BROKEN_PIPE = 141
-"""128 + SIGPIPE: what a shell reports for a program that a closed pipe ended."""
 SKIP_REASONS = ("empty", "not a number", "not finite", "not > 0 (log scale)")
 """Why a row is skipped, in the order notes list them (only the log scale rejects a finite value)."""
 
@@ -457,15 +455,6 @@ def _write(records: list[dict[str, object]], fmt: str, out: TextIO) -> None:
         for line in lines:
             out.write(line)
     out.flush()
-
-
-def discard_stdout() -> None:
-    """Point stdout at devnull, so the interpreter's flush at exit does not fail a second time."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):  # no file descriptor behind stdout (an in-process caller)
-        pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -25,9 +25,9 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
 from llmscope.bus.connection import connect
 from llmscope.bus.kv import bucket_keys
 from llmscope.bus.settings import DEFAULT_NATS_URL
+from llmscope.config.stdout import EXIT_BROKEN_PIPE, discard_stdout
 from llmscope.proto import subjects
 from llmscope.proto.charts import RebaselineReply, RebaselineRequest, decode_record, is_chart_key
-from llmscope.spc_engine.analyze import EXIT_BROKEN_PIPE, discard_stdout
 
 OK, REFUSED, USAGE, NO_ENGINE = 0, 1, 2, 3
 
