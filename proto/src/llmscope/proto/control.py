@@ -60,6 +60,12 @@ class IncidentActionReply(msgspec.Struct, frozen=True, kw_only=True):
     error: str = ""
 
 
+DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+"""Weekday names in recurring windows (``WeeklyWindow.days``, ``MonthlyWindow.weekdays``)."""
+NTH_NAMES = ("first", "second", "third", "fourth", "last")
+"""Which occurrence of a weekday in its month (``"first sun"``); ``last`` is the 4th or the 5th."""
+
+
 class WeeklyWindow(msgspec.Struct, frozen=True, kw_only=True):
     """A weekly recurring window: weekdays (``mon``..``sun``), local start and end, time zone."""
 

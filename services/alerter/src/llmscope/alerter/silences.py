@@ -15,10 +15,11 @@ from fnmatch import fnmatchcase
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from llmscope.proto.control import DAY_NAMES as DAY_NAMES
+from llmscope.proto.control import NTH_NAMES as NTH_NAMES
+
 SilenceKind = Literal["silence", "maintenance"]
-DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-# Which occurrence of a weekday in its month: 1..4, or LAST (the last one, the 4th or the 5th).
-NTH_NAMES = ("first", "second", "third", "fourth", "last")
+# The occurrence of a weekday in its month: 1..4 (NTH_NAMES' first four), or LAST (the 4th or 5th).
 LAST = -1
 
 

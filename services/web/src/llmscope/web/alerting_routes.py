@@ -17,6 +17,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.params import Depends
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from llmscope.proto.control import DAY_NAMES, NTH_NAMES
 from llmscope.web.alerting import (
     TEST_CHANNELS,
     AlerterRefused,
@@ -32,8 +33,6 @@ from llmscope.web.pages import Pages, is_htmx
 
 INCIDENT_STATES = ("open", "acknowledged", "resolved")
 NOTIFICATION_STATUSES = ("sending", "sent", "failed", "expired")
-WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-NTH = ("first", "second", "third", "fourth", "last")
 
 
 def _status(request: Request, status: int) -> int:
@@ -206,8 +205,8 @@ def add_alerting_routes(
             "message": message,
             "error": error,
             "form": form or {},
-            "weekdays": WEEKDAYS,
-            "nths": NTH,
+            "weekdays": DAY_NAMES,
+            "nths": NTH_NAMES,
             "show_expired": show_expired,
         }
         return pages.render(

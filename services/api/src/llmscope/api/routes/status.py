@@ -18,7 +18,8 @@ def router(status: StatusData, auth: KeyAuth, *, public: bool) -> APIRouter:
 
     @api.get("/status", response_model=StatusReport | PublicStatusReport)
     async def get_status(request: Request) -> StatusReport | PublicStatusReport:
-        """Overall and per-model status: ``operational``, ``degraded``, ``outage`` or ``unknown``.
+        """Overall and per-model status: ``operational``, ``degraded``, ``outage``, ``maintenance``
+        or ``unknown``.
 
         With the key: since when (where known), the last probe, 24 h and 7 d uptime (successful
         probes / probes) and the reasons. Without it, when the status page is public: provider,
