@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from llmscope.proto.charts import AvailabilityView
+
+if TYPE_CHECKING:
+    from fastapi import Request
 
 Metric = Literal["latency_ms", "ttft_ms", "tokens_per_s"]
 METRICS: tuple[Metric, ...] = ("latency_ms", "ttft_ms", "tokens_per_s")
@@ -363,3 +366,7 @@ class Authenticator(Protocol):
     def issue_session(self) -> str: ...
 
     def check_session(self, token: str | None) -> bool: ...
+
+    def allows(self, request: Request) -> bool:
+        """The API key as a bearer token, or the session cookie on reads."""
+        ...

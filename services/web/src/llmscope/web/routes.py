@@ -134,13 +134,6 @@ def create_router(
 
     Session = Depends(session)
 
-    def signed_in(request: Request) -> bool:
-        """A session cookie or the API key as a bearer token (badges fetched by scripts)."""
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and token and auth.check_key(token.strip()):
-            return True
-        return auth.check_session(request.cookies.get(SESSION_COOKIE))
-
     # ---- login ---------------------------------------------------------------------------
     @router.get("/login", response_class=HTMLResponse)
     async def login_form(request: Request, next: str = "/") -> HTMLResponse:
@@ -497,7 +490,7 @@ def create_router(
         add_chart_settings_routes(router, chart_settings, Session, pages)
     if status is not None:
         add_status_routes(
-            router, status, pages, public=opts.status_public, signed_in=signed_in, session=session
+            router, status, pages, public=opts.status_public, signed_in=auth.allows, session=session
         )
     return router
 
