@@ -2,12 +2,15 @@
 
 There is no Docker engine or cluster here, so these checks are static: the compose file against
 the Compose Specification schema, every kustomization's resources present, every container
-command a real `llmscope` subcommand, and every LLMSCOPE_* variable they set documented.
+command a real `llmscope` subcommand, and every LLMSCOPE_* variable they set documented. Where
+kubectl is installed, every overlay is rendered (`kubectl kustomize`) and the rendered objects
+are checked: Pod Security "restricted" on every container, probes, one value per setting.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -55,7 +58,7 @@ def _documents(path: Path) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("kustomization", sorted(K8S.rglob("kustomization.yaml")), ids=str)
 def test_kustomization_resources_exist_and_parse(kustomization: Path) -> None:
     spec = yaml.safe_load(kustomization.read_text())
-    for resource in spec["resources"]:
+    for resource in [*spec.get("resources", []), *spec.get("components", [])]:
         target = (kustomization.parent / resource).resolve()
         assert target.exists(), f"{kustomization}: missing resource {resource}"
         if target.is_file():
@@ -63,17 +66,28 @@ def test_kustomization_resources_exist_and_parse(kustomization: Path) -> None:
                 assert {"apiVersion", "kind", "metadata"} <= doc.keys()
 
 
+WORKLOADS = ("Deployment", "StatefulSet")
+
+
+def _workloads(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [doc for doc in docs if doc.get("kind") in WORKLOADS]
+
+
 def _containers() -> list[dict[str, Any]]:
     found = []
     for path in K8S.rglob("*.yaml"):
-        for doc in _documents(path):
-            if doc.get("kind") in ("Deployment", "StatefulSet"):
-                found.extend(doc["spec"]["template"]["spec"]["containers"])
+        found.extend(
+            c for doc in _workloads(_documents(path)) for c in doc["spec"]["template"]["spec"]["containers"]
+        )
     return found
 
 
+def _ours(container: dict[str, Any]) -> bool:
+    return str(container["image"]).split("/")[-1].split(":")[0] == "llmscope"
+
+
 def test_k8s_containers_run_real_subcommands() -> None:
-    ours = [c for c in _containers() if c["image"] == "llmscope"]
+    ours = [c for c in _containers() if _ours(c)]
     assert {c["args"][0] for c in ours} == set(SERVICES)
 
 
@@ -97,3 +111,107 @@ def test_the_dev_overlay_api_key_is_one_the_api_accepts() -> None:
         ApiSettings.from_env(Env(env))
     settings = ApiSettings.from_env(Env({**env, **secret["stringData"]}))
     assert settings.api_key is not None
+
+
+def _assert_restricted(workload: dict[str, Any]) -> None:
+    """Pod Security Standard "restricted", plus a read-only root filesystem."""
+    name = workload["metadata"]["name"]
+    pod = workload["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True, name
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+    assert pod["automountServiceAccountToken"] is False, name
+    for container in pod["containers"]:
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False, name
+        assert context["capabilities"] == {"drop": ["ALL"]}, name
+        assert context["readOnlyRootFilesystem"] is True, name
+        assert "memory" in container["resources"]["limits"], name
+        assert {"readinessProbe", "livenessProbe"} <= container.keys(), name
+
+
+def test_every_workload_file_is_restricted_and_probed() -> None:
+    workloads = [doc for path in K8S.rglob("*.yaml") for doc in _workloads(_documents(path))]
+    assert len(workloads) >= 7
+    for workload in workloads:
+        _assert_restricted(workload)
+
+
+def test_our_services_have_startup_probes_and_a_writable_tmp() -> None:
+    # api and alerter open their port only after Postgres and NATS answer: without a startup
+    # probe the liveness probe would restart them while they wait.
+    for path in (K8S / "base").glob("*.yaml"):
+        for workload in _workloads(_documents(path)):
+            (container,) = workload["spec"]["template"]["spec"]["containers"]
+            assert (
+                container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"]
+                >= 120
+            )
+            assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+
+
+def test_the_base_probes_nothing_that_only_the_dev_overlay_runs() -> None:
+    (targets,) = [d for d in _documents(K8S / "base" / "prober.yaml") if d["kind"] == "ConfigMap"]
+    config = yaml.safe_load(targets["data"]["targets.yaml"])
+    dev = [d for p in (K8S / "overlays" / "dev").glob("*.yaml") for d in _documents(p)]
+    dev_services = {d["metadata"]["name"] for d in dev if d.get("kind") == "Service"}
+    assert "sim" in dev_services
+    for target in config["targets"]:
+        host = target["base_url"].split("//")[1].split(":")[0].split("/")[0]
+        assert host not in dev_services, target
+
+
+def _kustomize(directory: Path) -> list[dict[str, Any]]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (Debian's kubectl package renders kustomize)")
+    done = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+OVERLAYS = sorted(p.parent for p in (K8S / "overlays").glob("*/kustomization.yaml"))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_each_overlay_renders_restricted_consistent_objects(overlay: Path) -> None:
+    docs = _kustomize(overlay)
+    kinds = {doc["kind"] for doc in docs}
+    assert {"ServiceAccount", "PodDisruptionBudget", "NetworkPolicy", "StatefulSet", "Deployment"} <= kinds
+    # values.yaml is local configuration: it feeds the others and is never applied.
+    assert not [d for d in docs if d["metadata"]["name"] == "llmscope-values"]
+    for workload in _workloads(docs):
+        _assert_restricted(workload)
+    images = {
+        c["image"] for w in _workloads(docs) for c in w["spec"]["template"]["spec"]["containers"] if _ours(c)
+    }
+    assert len(images) == 1, f"{overlay.name}: LLMscope containers with different images: {images}"
+    (engine,) = [w for w in _workloads(docs) if w["metadata"]["name"] == "spc-engine"]
+    (container,) = engine["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["LLMSCOPE_SPC_REPLICAS"] == str(engine["spec"]["replicas"])
+
+
+def test_dev_overlay_never_pulls_the_locally_loaded_image() -> None:
+    docs = _kustomize(K8S / "overlays" / "dev")
+    ours = [c for w in _workloads(docs) for c in w["spec"]["template"]["spec"]["containers"] if _ours(c)]
+    assert {c["args"][0] for c in ours} == set(SERVICES)  # the simulator included
+    assert {c["imagePullPolicy"] for c in ours} == {"IfNotPresent"}
+
+
+def test_one_value_changes_every_object_that_uses_it(tmp_path: Path) -> None:
+    # The README's way: edit the overlay's values.yaml, nothing else.
+    shutil.copytree(K8S, tmp_path / "k8s")
+    values_path = tmp_path / "k8s" / "overlays" / "dev" / "values.yaml"
+    values = yaml.safe_load(values_path.read_text())
+    values["data"].update(spcEngineReplicas="5", image="registry.example/llmscope:9.9.9", secretName="mine")
+    values_path.write_text(yaml.safe_dump(values))
+    docs = _kustomize(values_path.parent)
+    (engine,) = [w for w in _workloads(docs) if w["metadata"]["name"] == "spc-engine"]
+    assert engine["spec"]["replicas"] == 5
+    env = {e["name"]: e.get("value") for e in engine["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["LLMSCOPE_SPC_REPLICAS"] == "5"
+    ours = [c for w in _workloads(docs) for c in w["spec"]["template"]["spec"]["containers"] if _ours(c)]
+    assert len(ours) == len(SERVICES)
+    assert {c["image"] for c in ours} == {"registry.example/llmscope:9.9.9"}
+    secrets = {ref["secretRef"]["name"] for c in ours for ref in c.get("envFrom", []) if "secretRef" in ref}
+    assert secrets == {"mine"}
