@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 
+from nats.aio.client import Client as NATS
+
 from llmscope.config.env import ConfigError
 from llmscope.config.envhelp import BUS_SETTINGS, service_parser
 from llmscope.config.health import HealthServer
@@ -27,12 +29,18 @@ log = get_logger("llmscope.spc_engine")
 async def _main(settings: SpcSettings) -> int:
     stop = asyncio.Event()
     stop_on_signals(stop)
+    clients: list[NATS] = []
+
+    def ready() -> bool:
+        # Ready only while NATS answers: an engine cut off from it charts nothing.
+        return not stop.is_set() and bool(clients) and clients[0].is_connected
+
     health = None
     if settings.health_port:
-        health = HealthServer(settings.health_host, settings.health_port, ready=lambda: not stop.is_set())
+        health = HealthServer(settings.health_host, settings.health_port, ready=ready)
         await health.start()
     try:
-        return await serve(settings, stop)
+        return await serve(settings, stop, on_connected=clients.append)
     finally:
         if health is not None:
             await health.stop()

@@ -548,10 +548,13 @@ class SpcService:
                 self._leases.clear()
 
 
-async def serve(settings: SpcSettings, stop: asyncio.Event) -> int:
+async def serve(
+    settings: SpcSettings, stop: asyncio.Event, on_connected: Callable[[NATS], None] | None = None
+) -> int:
     """Run until ``stop``; 0 on a clean stop, 1 when a publish failed or a lease was lost, 2
     when the telemetry stream has another number of partitions. A ``stop`` while NATS has not
-    answered yet ends the wait at once (0)."""
+    answered yet ends the wait at once (0). ``on_connected`` gets the connection once the
+    streams and buckets are there (readiness follows it)."""
     try:
         nc = await connect(settings.bus.nats_url, f"llmscope-spc-engine-{settings.replica}", stop=stop)
     except Stopped:
@@ -571,6 +574,8 @@ async def serve(settings: SpcSettings, stop: asyncio.Event) -> int:
             replicas=settings.bus.replicas,
         )
         service = SpcService(settings, nc, js, kv)
+        if on_connected is not None:
+            on_connected(nc)
         await service.run(stop)
         return 1 if service.failed is not None else 0
     finally:
