@@ -215,3 +215,9 @@ def test_one_value_changes_every_object_that_uses_it(tmp_path: Path) -> None:
     assert {c["image"] for c in ours} == {"registry.example/llmscope:9.9.9"}
     secrets = {ref["secretRef"]["name"] for c in ours for ref in c.get("envFrom", []) if "secretRef" in ref}
     assert secrets == {"mine"}
+
+
+def test_every_compose_service_restarts_and_has_a_healthcheck() -> None:
+    for name, service in _compose()["services"].items():
+        assert service.get("restart") == "unless-stopped", name
+        assert service["healthcheck"]["test"], name
