@@ -74,7 +74,7 @@ def _workloads(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _containers() -> list[dict[str, Any]]:
-    found = []
+    found: list[dict[str, Any]] = []
     for path in K8S.rglob("*.yaml"):
         found.extend(
             c for doc in _workloads(_documents(path)) for c in doc["spec"]["template"]["spec"]["containers"]
