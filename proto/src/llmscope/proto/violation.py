@@ -22,6 +22,7 @@ SEVERITIES: tuple[Severity, ...] = ("critical", "warning", "info")
 ChartKind = Literal["individuals", "ewma", "cusum", "availability"]
 Transform = Literal["none", "log"]
 ViolationState = Literal["open", "cleared"]
+Direction = Literal["up", "down", ""]
 
 
 class ChartLimits(msgspec.Struct, frozen=True, kw_only=True):
@@ -82,3 +83,22 @@ class ViolationEvent(Event, frozen=True, kw_only=True, tag="violation.v1"):
     point_ts: tuple[datetime, ...] = ()
     system: SystemMetrics = SystemMetrics()
     opened_at: datetime | None = None
+    direction: Annotated[
+        Direction,
+        Meta(description='which way the metric moved: "up", "down", "" (no direction: a trend or run test)'),
+    ] = ""
+    better: Annotated[
+        bool,
+        Meta(description="the move is an improvement (latency down, tokens/s up): recorded, worded 'faster'"),
+    ] = False
+    level: Annotated[
+        float | None,
+        Meta(description="the process's estimated level now, in the metric's units (null: not estimated)"),
+    ] = None
+    change_pct: Annotated[
+        float | None,
+        Meta(description="(level / baseline center - 1) * 100, signed in the metric's units"),
+    ] = None
+    detail: Annotated[
+        str, Meta(description="what the chart saw, in words: 'p50 latency 1.63 s, +85 % over the 0.88 s baseline'")
+    ] = ""
