@@ -299,7 +299,7 @@ async def test_a_stream_cut_short_is_truncated_and_keeps_its_timings(
         ("ollama", Answer(_ollama_frames(2, done_reason="stop"))),
         (  # Ollama from before done_reason existed: done alone ends the answer
             "ollama",
-            Answer(_ollama_frames(2, done_reason=None) + [ndjson({"done": True, "eval_count": 2})]),
+            Answer([*_ollama_frames(2, done_reason=None), ndjson({"done": True, "eval_count": 2})]),
         ),
         ("anthropic", Answer(_anthropic_frames(2, "end_turn"))),
     ],
@@ -346,7 +346,7 @@ async def test_a_stream_that_arrives_in_one_burst_has_no_tokens_per_s(
         paced = await run(session, target("openai", server.url))
     assert paced.status == "ok", paced.error
     assert paced.tokens_per_s is not None
-    assert 50 < paced.tokens_per_s < 1200
+    assert 10 < paced.tokens_per_s < 1200
 
 
 def test_burst_threshold() -> None:

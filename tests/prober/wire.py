@@ -39,6 +39,11 @@ class WireServer:
     in_flight: int = 0
     max_in_flight: int = 0
     bodies: list[dict[str, Any]] = field(default_factory=list)
+    arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def wait_for_requests(self, n: int) -> None:
+        async with self.arrived:
+            await self.arrived.wait_for(lambda: self.requests >= n)
 
 
 def sse(data: dict[str, Any] | str, event: str | None = None) -> bytes:
@@ -65,6 +70,8 @@ async def wire_server(answer: Answer) -> AsyncIterator[WireServer]:
         server.requests += 1
         server.in_flight += 1
         server.max_in_flight = max(server.max_in_flight, server.in_flight)
+        async with server.arrived:
+            server.arrived.notify_all()
         try:
             server.bodies.append(await request.json())
             a = server.answer
