@@ -144,6 +144,21 @@ async def test_injected_failures_map_to_error_kinds(
 
 
 @pytest.mark.parametrize("kind", KINDS)
+async def test_a_simulated_stream_cut_short_is_truncated(
+    sim: SimServer, session: aiohttp.ClientSession, kind: ProviderKind
+) -> None:
+    await SimClient(sim.url).inject(InjectRequest(kind="outage", mode="truncate"))
+    result = await run(session, target(kind, sim.url))
+    assert (result.status, result.http_status) == ("truncated", 200), result.error
+    assert "after 2 of 6 tokens" in (result.error or "")
+    assert result.ttft_ms is not None
+    assert result.tokens_per_s is None
+    # An answer that does not stream is whole: truncation is a streaming failure.
+    whole = await run(session, target(kind, sim.url, streaming=False))
+    assert whole.status == "ok", whole.error
+
+
+@pytest.mark.parametrize("kind", KINDS)
 async def test_hang_is_a_timeout_with_the_time_it_waited(
     sim: SimServer, session: aiohttp.ClientSession, kind: ProviderKind
 ) -> None:

@@ -97,9 +97,7 @@ class TelemetryEvent(Event, frozen=True, kw_only=True, tag="telemetry.v1"):
     gpu_memory_percent: Annotated[Percent, Meta(description="null when the host has no GPU")] | None = None
     system_scope: Annotated[
         SystemScope,
-        Meta(
-            description="the host metrics are the prober's host; 'target' when the target runs on it too"
-        ),
+        Meta(description="the host metrics are the prober's host; 'target' when the target runs on it too"),
     ] = "prober"
     cold_start: Annotated[
         bool,
