@@ -1,4 +1,5 @@
-"""Each provider against the real simulator over HTTP: fields, TTFT and every error kind."""
+"""Each provider over HTTP: fields, TTFT and every error kind against the real simulator;
+streams cut short and bursts against crafted wire bytes."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from llmscope.config.env import Secret
 from llmscope.prober.prompts import Prompt
 from llmscope.prober.providers import PROVIDERS, ProbeResult, probe
+from llmscope.prober.providers.base import generation_rate, tokens_per_s
 from llmscope.prober.targets import Target
 from llmscope.proto.telemetry import ProviderKind
 from llmscope.simulator.anomalies import InjectRequest
@@ -18,6 +20,7 @@ from llmscope.simulator.client import SimClient
 from llmscope.simulator.models import SimModel
 from llmscope.simulator.server import SimServer
 from llmscope.stack.ports import free_port
+from tests.prober.wire import Answer, ndjson, openai_chunk, sse, wire_server
 from tests.simulator.harness import running_sim
 
 KINDS: tuple[ProviderKind, ...] = ("ollama", "openai", "anthropic")
@@ -94,7 +97,7 @@ async def test_ttft_is_the_first_content_token_not_the_first_frame(
     # No overhead, so OpenAI's role-only chunk and Anthropic's message_start arrive at once; the
     # first content token needs ~200 ms of prompt evaluation (100 prompt tokens at 500 tokens/s).
     slow_prompt = SimModel(
-        name="slow-prompt", host="h", overhead_s=0.0, prompt_tokens_per_s=500, tokens_per_s=1000, sigma=0.01
+        name="slow-prompt", host="h", overhead_s=0.0, prompt_tokens_per_s=500, tokens_per_s=200, sigma=0.01
     )
     prompt = Prompt(id="long", prompt_class="complex", text="x" * 400, max_tokens=4)
     async with running_sim([slow_prompt]) as server:
@@ -103,7 +106,7 @@ async def test_ttft_is_the_first_content_token_not_the_first_frame(
     assert result.ttft_ms is not None
     assert result.latency_ms is not None
     assert result.ttft_ms > 180
-    # Generation after the first token is ~3 ms: the rest of the latency is before it.
+    # Generation after the first token is ~15 ms: the rest of the latency is before it.
     assert result.latency_ms - result.ttft_ms < 60
     assert result.tokens_per_s is not None
     assert result.tokens_per_s > 20
@@ -138,6 +141,21 @@ async def test_injected_failures_map_to_error_kinds(
         assert result.latency_ms is not None
     if http_status == 529:
         assert "overloaded" in (result.error or "")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_simulated_stream_cut_short_is_truncated(
+    sim: SimServer, session: aiohttp.ClientSession, kind: ProviderKind
+) -> None:
+    await SimClient(sim.url).inject(InjectRequest(kind="outage", mode="truncate"))
+    result = await run(session, target(kind, sim.url))
+    assert (result.status, result.http_status) == ("truncated", 200), result.error
+    assert "after 2 of 6 tokens" in (result.error or "")
+    assert result.ttft_ms is not None
+    assert result.tokens_per_s is None
+    # An answer that does not stream is whole: truncation is a streaming failure.
+    whole = await run(session, target(kind, sim.url, streaming=False))
+    assert whole.status == "ok", whole.error
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -180,3 +198,177 @@ async def test_api_keys_are_sent_in_each_apis_header(session: aiohttp.ClientSess
     assert openai.headers["Authorization"] == "Bearer sk-secret"
     assert openai.url == "http://x/v1/chat/completions"
     assert "sk-secret" not in repr(target("openai", "http://x", api_key=key))
+
+
+# ---- streams that end early or arrive in one burst, against crafted wire bytes -------------
+
+
+def _openai_frames(n: int, finish: str | None, *, done: bool = True) -> list[bytes]:
+    frames = [openai_chunk("")]  # the role-only first chunk
+    frames += [openai_chunk(f" w{i}") for i in range(n)]
+    if finish is not None:
+        frames.append(openai_chunk(None, finish))
+    if done:
+        frames.append(sse("[DONE]"))
+    return frames
+
+
+def _ollama_frames(n: int, *, done_reason: str | None = "stop", load_ns: int = 1_000_000) -> list[bytes]:
+    frames = [ndjson({"model": "m", "response": f" w{i}", "done": False}) for i in range(n)]
+    if done_reason is not None:
+        final: dict[str, object] = {
+            "model": "m",
+            "response": "",
+            "done": True,
+            "done_reason": done_reason,
+            "total_duration": 900_000_000 + load_ns,
+            "load_duration": load_ns,
+            "prompt_eval_count": 5,
+            "prompt_eval_duration": 10_000_000,
+            "eval_count": n,
+            "eval_duration": 40_000_000,
+        }
+        frames.append(ndjson(final))
+    return frames
+
+
+def _anthropic_frames(n: int, stop_reason: str | None, *, stop: bool = True) -> list[bytes]:
+    frames = [
+        sse(
+            {"type": "message_start", "message": {"usage": {"input_tokens": 5, "output_tokens": 1}}},
+            "message_start",
+        ),
+        sse({"type": "content_block_start", "index": 0}, "content_block_start"),
+    ]
+    frames += [
+        sse(
+            {"type": "content_block_delta", "delta": {"type": "text_delta", "text": f" w{i}"}},
+            "content_block_delta",
+        )
+        for i in range(n)
+    ]
+    if stop_reason is not None:
+        frames.append(
+            sse(
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": stop_reason},
+                    "usage": {"output_tokens": n},
+                },
+                "message_delta",
+            )
+        )
+    if stop:
+        frames.append(sse({"type": "message_stop"}, "message_stop"))
+    return frames
+
+
+CUT_SHORT: list[tuple[ProviderKind, Answer, str]] = [
+    ("openai", Answer(_openai_frames(2, None)), "with [DONE] but no finish reason after 2 of 6"),
+    (
+        "openai",
+        Answer(_openai_frames(2, None, done=False)),
+        "without [DONE] and no finish reason after 2 of 6",
+    ),
+    (
+        "openai",
+        Answer(_openai_frames(2, None, done=False), cut=True),
+        "connection closed mid-stream after 2 of 6",
+    ),
+    (
+        "ollama",
+        Answer(_ollama_frames(2, done_reason=None)),
+        "without a done message and no finish reason after 2",
+    ),
+    (
+        "ollama",
+        Answer(_ollama_frames(2, done_reason=None), cut=True),
+        "connection closed mid-stream after 2 of 6",
+    ),
+    ("anthropic", Answer(_anthropic_frames(2, None)), "with message_stop but no finish reason after 2 of 6"),
+    ("anthropic", Answer(_anthropic_frames(2, None, stop=False), cut=True), "connection closed mid-stream"),
+]
+
+
+@pytest.mark.parametrize(("kind", "answer", "needle"), CUT_SHORT)
+async def test_a_stream_cut_short_is_truncated_and_keeps_its_timings(
+    session: aiohttp.ClientSession, kind: ProviderKind, answer: Answer, needle: str
+) -> None:
+    answer.gap_s = 0.01
+    async with wire_server(answer) as server:
+        result = await run(session, target(kind, server.url))
+    assert result.status == "truncated", result.error
+    assert needle in (result.error or "")
+    assert result.http_status == 200
+    assert result.ttft_ms is not None
+    assert result.latency_ms is not None
+    assert result.ttft_ms < result.latency_ms
+    assert result.tokens_per_s is None
+    assert result.text == " w0 w1"
+
+
+@pytest.mark.parametrize(
+    ("kind", "answer"),
+    [
+        ("openai", Answer(_openai_frames(2, "stop"))),
+        ("ollama", Answer(_ollama_frames(2, done_reason="stop"))),
+        (  # Ollama from before done_reason existed: done alone ends the answer
+            "ollama",
+            Answer([*_ollama_frames(2, done_reason=None), ndjson({"done": True, "eval_count": 2})]),
+        ),
+        ("anthropic", Answer(_anthropic_frames(2, "end_turn"))),
+    ],
+)
+async def test_a_short_answer_with_a_finish_reason_is_a_normal_answer(
+    session: aiohttp.ClientSession, kind: ProviderKind, answer: Answer
+) -> None:
+    answer.gap_s = 0.01
+    async with wire_server(answer) as server:
+        result = await run(session, target(kind, server.url))
+    assert result.status == "ok", result.error
+    assert result.eval_count == 2
+    assert result.text == " w0 w1"
+
+
+async def test_all_tokens_without_a_finish_reason_is_not_truncated(session: aiohttp.ClientSession) -> None:
+    # Some OpenAI-compatible servers never send finish_reason; a full answer is still complete.
+    async with wire_server(Answer(_openai_frames(6, None), gap_s=0.005)) as server:
+        result = await run(session, target("openai", server.url))
+    assert result.status == "ok", result.error
+    assert result.eval_count == 6
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_stream_that_arrives_in_one_burst_has_no_tokens_per_s(
+    session: aiohttp.ClientSession, kind: ProviderKind
+) -> None:
+    frames = {
+        "openai": _openai_frames(6, "length"),
+        "ollama": _ollama_frames(6),
+        "anthropic": _anthropic_frames(6, "max_tokens"),
+    }[kind]
+    if kind == "ollama":
+        # Ollama reports its own generation time; a burst there is one it measured itself.
+        frames[-1] = frames[-1].replace(b'"eval_duration": 40000000', b'"eval_duration": 3000')
+    async with wire_server(Answer(frames)) as server:
+        burst = await run(session, target(kind, server.url))
+    assert burst.status == "ok", burst.error
+    assert burst.eval_count == 6
+    assert burst.ttft_ms is not None
+    assert burst.tokens_per_s is None
+    # The same tokens 5 ms apart are a speed (about 6 / 25 ms), so the check above can fail.
+    async with wire_server(Answer(_openai_frames(6, "length"), gap_s=0.005)) as server:
+        paced = await run(session, target("openai", server.url))
+    assert paced.status == "ok", paced.error
+    assert paced.tokens_per_s is not None
+    assert 10 < paced.tokens_per_s < 1200
+
+
+def test_burst_threshold() -> None:
+    assert generation_rate(6, 1.9) is None  # under the 2 ms floor
+    assert generation_rate(100, 19.0) is None  # 0.19 ms per token: faster than 5,000 tokens/s
+    assert generation_rate(100, 25.0) == pytest.approx(4000)
+    assert generation_rate(6, 30.0) == pytest.approx(200)
+    assert generation_rate(0, 30.0) is None
+    assert tokens_per_s(1, 500.0, 100.0) is None  # one streamed token: no interval to measure
+    assert tokens_per_s(1, 500.0, None) == pytest.approx(2.0)  # non-streaming: total time

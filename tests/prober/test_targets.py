@@ -126,6 +126,31 @@ def test_yaml_file_with_default_prompts(tmp_path: Path) -> None:
             ["unique"],
         ),
         ("t.toml", "[defaults]\ninterval_s = 1\n", ["no targets"]),
+        (
+            "t.toml",
+            '[[targets]]\nkind = "ollama"\nmodel = "m"\nconcurrency = 0\n',
+            ["LLMSCOPE_PROBER_CONFIG", "$.targets[0].concurrency", ">= 1"],
+        ),
+        (
+            "t.yaml",
+            "targets:\n  - kind: ollama\n    model: m\n    concurrency: 1.5\n",
+            ["$.targets[0].concurrency"],
+        ),
+        (
+            "t.toml",
+            '[defaults]\nconcurrency = 100\n[[targets]]\nkind = "ollama"\nmodel = "m"\n',
+            ["$.defaults.concurrency"],
+        ),
+        (
+            "t.toml",
+            '[[targets]]\nkind = "ollama"\nmodel = "m"\ncold_start = "sometimes"\n',
+            ["$.targets[0].cold_start", "sometimes"],
+        ),
+        (
+            "t.toml",
+            '[[targets]]\nkind = "ollama"\nmodel = "m"\ncold_start_ms = -5\n',
+            ["$.targets[0].cold_start_ms"],
+        ),
     ],
 )
 def test_bad_files_name_the_variable_and_field(
@@ -135,6 +160,23 @@ def test_bad_files_name_the_variable_and_field(
         _settings(tmp_path, name, text)
     for needle in needles:
         assert needle in str(info.value)
+
+
+def test_concurrency_and_cold_start_settings(tmp_path: Path) -> None:
+    text = (
+        "[defaults]\nconcurrency = 2\ncold_start_ms = 800\n"
+        '[[targets]]\nkind = "ollama"\nmodel = "a"\n'
+        '[[targets]]\nkind = "ollama"\nmodel = "b"\nconcurrency = 1\ncold_start = "include"\n'
+    )
+    a, b = _settings(tmp_path, "t.toml", text).targets
+    assert (a.concurrency, a.cold_start, a.cold_start_ms) == (2, "exclude", 800.0)
+    assert (b.concurrency, b.cold_start, b.cold_start_ms) == (1, "include", 800.0)
+    spec = "ollama,http://x,m,concurrency=3,cold_start=include,cold_start_ms=2000;openai,http://y/v1,n"
+    c, d = ProberSettings.from_env(Env({"LLMSCOPE_TARGETS": spec})).targets
+    assert (c.concurrency, c.cold_start, c.cold_start_ms) == (3, "include", 2000.0)
+    # Defaults: one probe of a target at a time; loads over 500 ms are cold starts kept apart.
+    assert (d.concurrency, d.cold_start, d.cold_start_ms) == (1, "exclude", 500.0)
+    assert all(t.concurrency == 1 for t in ProberSettings.from_env(Env({})).targets)
 
 
 def test_missing_file_names_the_variable(tmp_path: Path) -> None:
@@ -178,6 +220,10 @@ def test_compact_env_spec() -> None:
         ("ollama,http://x,m,interval_s=soon", "interval_s"),
         ("ollama,http://x,m,colour=red", "colour"),
         ("ollama,http://x,m;openai,nope,m", "entry 2"),
+        ("ollama,http://x,m,concurrency=two", "concurrency='two' is not a whole number"),
+        ("ollama,http://x,m,concurrency=0", "$.concurrency"),
+        ("ollama,http://x,m,cold_start=never", "$.cold_start"),
+        ("ollama,http://x,m,cold_start_ms=soon", "cold_start_ms"),
     ],
 )
 def test_bad_env_spec_names_the_variable_and_entry(spec: str, needle: str) -> None:

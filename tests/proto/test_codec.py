@@ -114,4 +114,4 @@ def test_numeric_metrics_are_numeric_telemetry_fields() -> None:
         assert name in fields
         assert "float" in str(fields[name].type) or "int" in str(fields[name].type)
     assert PROBE_STATUSES[0] == "ok"
-    assert len(PROBE_STATUSES) == 8
+    assert len(PROBE_STATUSES) == 9

@@ -148,6 +148,7 @@ async def test_violation_detail_and_actions(api: Api) -> None:
     assert is_full_page(r.text)
     assert "Frozen statistics" in r.text
     assert "Context (±10 probes)" in r.text
+    assert "the prober host, not the target's" in r.text
     assert len(re.findall(r'<tr class="trigger">', r.text)) == 1
     r = await client.get("/violations/v2", headers=HX)
     assert not is_full_page(r.text)
@@ -169,6 +170,17 @@ async def test_violation_detail_and_actions(api: Api) -> None:
     r = await client.get("/violations/missing")
     assert r.status_code == 404
     assert (await client.post("/violations/missing/acknowledge", data={}, headers=HX)).status_code == 404
+
+
+async def test_violation_names_the_target_host_when_the_target_runs_beside_the_prober(api: Api) -> None:
+    point = telemetry(0, system_scope="target")
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, [point])
+        await store_violations(conn, [violation(point, id="v-local", system=point.system)])
+    client = await login(api)
+    r = await client.get("/violations/v-local")
+    assert "the target host (it runs on the prober's host)" in r.text
+    assert "not the target" not in r.text
 
 
 async def test_models_page_toggles(api: Api) -> None:

@@ -20,10 +20,20 @@ ProbeStatus = Literal[
     "rate_limited",
     "empty_response",
     "invalid_response",
+    "truncated",
 ]
-"""Outcome of a probe. Anything but ``ok`` is a failed probe: it never enters latency charts."""
+"""Outcome of a probe. Anything but ``ok`` is a failed probe: it never enters latency charts.
+
+``truncated``: a stream that ended early, with fewer output tokens than asked and no finish
+reason (a ``[DONE]`` without ``finish_reason``, a closed connection); it would look *fast*.
+"""
 
 PROBE_STATUSES: tuple[ProbeStatus, ...] = get_args(ProbeStatus)
+
+SystemScope = Literal["prober", "target"]
+"""Whose host the system metrics describe: always the prober's; ``target`` when the target runs
+on that same host (a loopback URL or the prober's own host name or address), so they are the
+target's too."""
 
 
 class SystemMetrics(msgspec.Struct, frozen=True, kw_only=True):
@@ -33,6 +43,7 @@ class SystemMetrics(msgspec.Struct, frozen=True, kw_only=True):
     memory_percent: Percent | None = None
     gpu_percent: Percent | None = None
     gpu_memory_percent: Percent | None = None
+    scope: SystemScope = "prober"
 
 
 class TelemetryEvent(Event, frozen=True, kw_only=True, tag="telemetry.v1"):
@@ -69,11 +80,32 @@ class TelemetryEvent(Event, frozen=True, kw_only=True, tag="telemetry.v1"):
     eval_duration_ms: Milliseconds | None = None
     prompt_eval_count: Annotated[Count, Meta(description="prompt (input) tokens")] | None = None
     eval_count: Annotated[Count, Meta(description="generated (output) tokens")] | None = None
-    tokens_per_s: Annotated[float, Meta(ge=0, description="output tokens / generation seconds")] | None = None
+    tokens_per_s: (
+        Annotated[
+            float,
+            Meta(
+                ge=0,
+                description="output tokens / generation seconds; null when too few tokens or the "
+                "generation time was too short to measure (a stream that arrived in one burst)",
+            ),
+        ]
+        | None
+    ) = None
     cpu_percent: Percent | None = None
     memory_percent: Percent | None = None
     gpu_percent: Annotated[Percent, Meta(description="null when the host has no GPU")] | None = None
     gpu_memory_percent: Annotated[Percent, Meta(description="null when the host has no GPU")] | None = None
+    system_scope: Annotated[
+        SystemScope,
+        Meta(description="the host metrics are the prober's host; 'target' when the target runs on it too"),
+    ] = "prober"
+    cold_start: Annotated[
+        bool,
+        Meta(
+            description="the probe loaded the model (load duration over the target's threshold) and the "
+            "target's cold_start policy keeps such probes out of warm latency charts"
+        ),
+    ] = False
 
     @property
     def ok(self) -> bool:
@@ -86,6 +118,7 @@ class TelemetryEvent(Event, frozen=True, kw_only=True, tag="telemetry.v1"):
             memory_percent=self.memory_percent,
             gpu_percent=self.gpu_percent,
             gpu_memory_percent=self.gpu_memory_percent,
+            scope=self.system_scope,
         )
 
 

@@ -179,6 +179,7 @@ def violation_from_row(row: asyncpg.Record) -> Violation:
         resolved_by=row["resolved_by"],
         resolved_at=row["resolved_at"],
         note=row["note"],
+        system_scope="target" if system.get("scope") == "target" else "prober",
     )
 
 

@@ -19,6 +19,12 @@ class ProberMetrics:
             ["target", "provider", "model", "status"],
             registry=registry,
         )
+        self.cold_starts = Counter(
+            "llmscope_prober_cold_starts",
+            "Probes whose model load took longer than the target's cold_start_ms (any policy)",
+            ["target"],
+            registry=registry,
+        )
         self.latency = Histogram(
             "llmscope_prober_latency_seconds",
             "Latency of successful probes, request sent to last byte",

@@ -1,8 +1,11 @@
 """The probe loop: each target on its own jittered interval, all under one concurrency bound.
 
-A probe waits for a concurrency slot *before* its clock starts, so queueing never counts as
-latency. Each target rotates through its prompts. Whatever goes wrong in one probe is logged
-and the loop goes on; the event goes to the outbox, so a slow NATS never delays probing.
+A probe waits for its slots *before* its clock starts, so queueing in the prober never counts
+as latency: first a slot of its target (``concurrency`` per target, default 1: a target's
+prompts go one after the other, so on a one-slot server the prober never measures its own
+queue), then one of the prober's (``LLMSCOPE_PROBER_CONCURRENCY`` over all targets). Each target
+rotates through its prompts. Whatever goes wrong in one probe is logged and the loop goes on;
+the event goes to the outbox, so a slow NATS never delays probing.
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import aiohttp
+import msgspec
 
 from llmscope.config.logs import get_logger
 from llmscope.prober.metrics import ProberMetrics
 from llmscope.prober.outbox import Outbox
 from llmscope.prober.prompts import Prompt
 from llmscope.prober.providers import PROVIDERS, ProbeResult, Provider, probe
-from llmscope.prober.sysmetrics import SystemSampler
+from llmscope.prober.sysmetrics import SystemSampler, local_names, system_scope
 from llmscope.prober.targets import Target
 from llmscope.proto import subjects
 from llmscope.proto.base import new_id, utcnow
@@ -47,7 +51,7 @@ def build_event(
     options: ProbeOptions,
     started: datetime | None = None,
 ) -> TelemetryEvent:
-    """The telemetry of one probe (pure)."""
+    """The telemetry of one probe (pure); ``system.scope`` says whose host its metrics are."""
     return TelemetryEvent(
         id=new_id(),
         ts=started if started is not None else utcnow(),
@@ -78,6 +82,17 @@ def build_event(
         memory_percent=system.memory_percent,
         gpu_percent=system.gpu_percent,
         gpu_memory_percent=system.gpu_memory_percent,
+        system_scope=system.scope,
+        cold_start=is_cold_start(target, result),
+    )
+
+
+def is_cold_start(target: Target, result: ProbeResult) -> bool:
+    """A model load longer than the target's threshold, on a target that keeps those apart."""
+    return (
+        target.cold_start == "exclude"
+        and result.load_duration_ms is not None
+        and result.load_duration_ms > target.cold_start_ms
     )
 
 
@@ -96,6 +111,7 @@ class Scheduler:
         rng: random.Random | None = None,
         providers: dict[str, Provider] | None = None,
         switches: ModelSwitches | None = None,
+        host_names: frozenset[str] | None = None,
     ) -> None:
         self._targets = list(targets)
         self._switches = switches or ModelSwitches()
@@ -107,14 +123,21 @@ class Scheduler:
         self._rng = rng or random.Random()
         self._providers = providers or PROVIDERS
         self._slots = asyncio.Semaphore(options.concurrency)
+        self._target_slots = {t.name: asyncio.Semaphore(t.concurrency) for t in self._targets}
+        names = host_names if host_names is not None else local_names()
+        self._scopes = {t.name: system_scope(t.base_url, names) for t in self._targets}
         self.probes = 0
 
     async def probe_once(self, target: Target, prompt: Prompt) -> TelemetryEvent:
         """One probe of ``target`` with ``prompt``: measured, recorded and queued for publishing."""
-        async with self._slots:
+        own = self._target_slots.setdefault(target.name, asyncio.Semaphore(target.concurrency))
+        async with own, self._slots:
             started = utcnow()
             result = await probe(self._session, self._providers[target.kind], target, prompt)
         system = await self._sampler.sample()
+        scope = self._scopes.get(target.name) or system_scope(target.base_url, ())
+        if scope != system.scope:
+            system = msgspec.structs.replace(system, scope=scope)
         event = build_event(target, prompt, result, system, options=self._options, started=started)
         self._record(target, result)
         self._outbox.put(subjects.telemetry(target.kind, target.model), event)
@@ -123,6 +146,8 @@ class Scheduler:
 
     def _record(self, target: Target, result: ProbeResult) -> None:
         self._metrics.probes.labels(target.name, target.kind, target.model, result.status).inc()
+        if result.load_duration_ms is not None and result.load_duration_ms > target.cold_start_ms:
+            self._metrics.cold_starts.labels(target.name).inc()
         if result.status == "ok" and result.latency_ms is not None:
             self._metrics.latency.labels(target.name, str(target.streaming).lower()).observe(
                 result.latency_ms / 1000
@@ -138,31 +163,46 @@ class Scheduler:
                 error=(result.error or "")[:200],
             )
 
+    async def _probe_logged(self, target: Target, prompt: Prompt) -> None:
+        try:
+            await self.probe_once(target, prompt)
+        except Exception:  # never let one probe end the loop
+            log.exception("probe crashed", target=target.name, prompt=prompt.id)
+
     async def _loop(self, target: Target, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         # Spread the first probes over one interval so targets do not fire in lockstep.
         next_at = loop.time() + self._rng.uniform(0, target.interval_s)
         turn = 0
-        while not stop.is_set():
-            delay = next_at - loop.time()
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
-                if stop.is_set():
-                    return
-            began = loop.time()
-            if not self._switches.enabled(target.kind, target.model):
-                # Disabled from the dashboard: look again next interval, probe nothing.
-                next_at = began + target.interval_s
-                continue
-            prompt = target.prompts[turn % len(target.prompts)]
-            turn += 1
-            try:
-                await self.probe_once(target, prompt)
-            except Exception:  # never let one probe end the loop
-                log.exception("probe crashed", target=target.name, prompt=prompt.id)
-            spread = self._rng.uniform(-target.jitter, target.jitter)
-            next_at = max(loop.time(), began + target.interval_s * (1 + spread))
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            while not stop.is_set():
+                delay = next_at - loop.time()
+                if delay > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=delay)
+                    if stop.is_set():
+                        return
+                # A probe due while the target's slots are all busy waits for one to end, so
+                # probes of one target never overlap beyond its concurrency (default: never).
+                while len(in_flight) >= target.concurrency:
+                    _, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                began = loop.time()
+                if not self._switches.enabled(target.kind, target.model):
+                    # Disabled from the dashboard: look again next interval, probe nothing.
+                    next_at = began + target.interval_s
+                    continue
+                prompt = target.prompts[turn % len(target.prompts)]
+                turn += 1
+                in_flight.add(
+                    asyncio.create_task(self._probe_logged(target, prompt), name=f"probe {target.name}")
+                )
+                spread = self._rng.uniform(-target.jitter, target.jitter)
+                next_at = began + target.interval_s * (1 + spread)
+        finally:
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Probe until ``stop`` is set; probes in flight are abandoned then."""

@@ -3,20 +3,29 @@
 Sampling runs in an executor so a slow driver call never blocks the event loop. Without a GPU
 (no driver, no library, no device) the GPU fields are null; NVML is initialised once and a
 failure is logged once, never raised.
+
+The metrics describe the prober's host. They describe the target's host too only when the
+target runs there: :func:`system_scope` says so for a loopback URL, ``localhost``, or the
+prober's own host name or interface address (compared as written: no DNS lookups).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
+import ipaddress
+import socket
 import threading
+from collections.abc import Iterable
 from types import ModuleType
 from typing import Any
+from urllib.parse import urlsplit
 
 import psutil
 
 from llmscope.config.logs import get_logger
-from llmscope.proto.telemetry import SystemMetrics
+from llmscope.proto.telemetry import SystemMetrics, SystemScope
 
 log = get_logger("llmscope.prober.sysmetrics")
 
@@ -102,3 +111,30 @@ class SystemSampler:
             except Exception:
                 log.debug("nvmlShutdown failed")
             self._handles = None
+
+
+def local_names() -> frozenset[str]:
+    """This host's name and interface addresses, lower case (no DNS lookup, so quick)."""
+    names = {socket.gethostname().lower()}
+    with contextlib.suppress(OSError):
+        for addresses in psutil.net_if_addrs().values():
+            # IPv6 link-local addresses carry a zone ("fe80::1%eth0"); URLs rarely do.
+            names.update(a.address.split("%")[0].lower() for a in addresses if a.address)
+    names.discard("")
+    return frozenset(names)
+
+
+def system_scope(base_url: str, names: Iterable[str]) -> SystemScope:
+    """``target`` when ``base_url`` points at this host (so host metrics are its too), else ``prober``."""
+    host = (urlsplit(base_url).hostname or "").lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return "target"
+    with contextlib.suppress(ValueError):
+        ip = ipaddress.ip_address(host)
+        if ip.is_loopback or ip.is_unspecified:
+            return "target"
+    for name in names:
+        # A short host name also matches its qualified forms ("gpu1" and "gpu1.lan").
+        if host == name or (name and not name.replace(".", "").isdigit() and host.startswith(name + ".")):
+            return "target"
+    return "prober"

@@ -7,6 +7,9 @@ File format (TOML shown; YAML has the same keys)::
     jitter = 0.1            # +-10 % random spread of the interval
     timeout_s = 30.0        # a probe taking longer is a ``timeout``
     streaming = true        # streaming calls measure time to first token
+    concurrency = 1         # probes of one target in flight at once (1: one after the other)
+    cold_start = "exclude"  # exclude | include: cold-start probes kept out of warm charts or not
+    cold_start_ms = 500.0   # a load duration above this is a cold start (Ollama reports it)
 
     [[prompts]]             # optional; replaces the default simple/medium/complex set
     id = "haiku"
@@ -26,7 +29,7 @@ File format (TOML shown; YAML has the same keys)::
 
 LLMSCOPE_TARGETS holds targets as ``KIND,BASE_URL,MODEL[,key=value...]`` entries separated by
 ``;``, with the keys above (``name``, ``api_key_env``, ``interval_s``, ``jitter``, ``timeout_s``,
-``streaming``, ``host``, ``api``), e.g.
+``streaming``, ``host``, ``api``, ``concurrency``, ``cold_start``, ``cold_start_ms``), e.g.
 ``ollama,http://127.0.0.1:11434,llama3.1:8b;openai,https://api.openai.com/v1,gpt-4o-mini,api_key_env=OPENAI_API_KEY``.
 """
 
@@ -49,6 +52,7 @@ from llmscope.proto.telemetry import ProviderKind
 from llmscope.simulator.models import DEFAULT_MODELS, SimModel
 
 OllamaApi = Literal["generate", "chat"]
+ColdStartPolicy = Literal["exclude", "include"]
 KINDS: tuple[ProviderKind, ...] = ("ollama", "openai", "anthropic")
 DEFAULT_BASE_URLS: dict[str, str] = {
     "ollama": "http://127.0.0.1:11434",
@@ -74,6 +78,11 @@ class Target:
     streaming: bool = True
     host: str = ""
     api: OllamaApi = "generate"
+    concurrency: int = 1
+    """Probes of this target in flight at once; 1 (default) so the prober never queues behind
+    its own probes on a server with one slot."""
+    cold_start: ColdStartPolicy = "exclude"
+    cold_start_ms: float = 500.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +91,9 @@ class TargetDefaults:
     jitter: float = 0.1
     timeout_s: float = 30.0
     streaming: bool = True
+    concurrency: int = 1
+    cold_start: ColdStartPolicy = "exclude"
+    cold_start_ms: float = 500.0
 
 
 # ---- file schema: config structs forbid unknown keys so typos fail loudly.
@@ -89,6 +101,8 @@ class TargetDefaults:
 PositiveSeconds = Annotated[float, Meta(gt=0, le=86400)]
 Jitter = Annotated[float, Meta(ge=0, lt=1)]
 Name = Annotated[str, Meta(min_length=1, max_length=256)]
+Concurrency = Annotated[int, Meta(ge=1, le=64)]
+ColdStartMs = Annotated[float, Meta(ge=0, le=3_600_000)]
 
 
 class _PromptConfig(msgspec.Struct, forbid_unknown_fields=True, rename={"prompt_class": "class"}):
@@ -111,6 +125,9 @@ class _TargetConfig(msgspec.Struct, forbid_unknown_fields=True):
     host: Annotated[str, Meta(max_length=256)] | None = None
     prompts: list[str] | None = None
     api: OllamaApi | None = None
+    concurrency: Concurrency | None = None
+    cold_start: ColdStartPolicy | None = None
+    cold_start_ms: ColdStartMs | None = None
 
 
 class _DefaultsConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -118,6 +135,9 @@ class _DefaultsConfig(msgspec.Struct, forbid_unknown_fields=True):
     jitter: Jitter | None = None
     timeout_s: PositiveSeconds | None = None
     streaming: bool | None = None
+    concurrency: Concurrency | None = None
+    cold_start: ColdStartPolicy | None = None
+    cold_start_ms: ColdStartMs | None = None
 
 
 class _FileConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -170,6 +190,9 @@ def _build(
         streaming=raw.streaming if raw.streaming is not None else defaults.streaming,
         host=raw.host or "",
         api=raw.api or "generate",
+        concurrency=raw.concurrency if raw.concurrency is not None else defaults.concurrency,
+        cold_start=raw.cold_start if raw.cold_start is not None else defaults.cold_start,
+        cold_start_ms=raw.cold_start_ms if raw.cold_start_ms is not None else defaults.cold_start_ms,
     )
 
 
@@ -179,6 +202,9 @@ def _merge_defaults(base: TargetDefaults, raw: _DefaultsConfig) -> TargetDefault
         jitter=raw.jitter if raw.jitter is not None else base.jitter,
         timeout_s=raw.timeout_s if raw.timeout_s is not None else base.timeout_s,
         streaming=raw.streaming if raw.streaming is not None else base.streaming,
+        concurrency=raw.concurrency if raw.concurrency is not None else base.concurrency,
+        cold_start=raw.cold_start if raw.cold_start is not None else base.cold_start,
+        cold_start_ms=raw.cold_start_ms if raw.cold_start_ms is not None else base.cold_start_ms,
     )
 
 
@@ -268,11 +294,16 @@ def parse_targets_spec(
                 if value.lower() not in _BOOL:
                     raise ConfigError(f"{where}: streaming={value!r} is not true/false")
                 fields[key] = _BOOL[value.lower()]
-            elif key in ("interval_s", "jitter", "timeout_s"):
+            elif key in ("interval_s", "jitter", "timeout_s", "cold_start_ms"):
                 try:
                     fields[key] = float(value)
                 except ValueError:
                     raise ConfigError(f"{where}: {key}={value!r} is not a number") from None
+            elif key == "concurrency":
+                try:
+                    fields[key] = int(value)
+                except ValueError:
+                    raise ConfigError(f"{where}: {key}={value!r} is not a whole number") from None
             else:
                 fields[key] = value
         try:
@@ -304,6 +335,9 @@ def simulator_targets(
             timeout_s=defaults.timeout_s,
             streaming=defaults.streaming,
             host=m.host,
+            concurrency=defaults.concurrency,
+            cold_start=defaults.cold_start,
+            cold_start_ms=defaults.cold_start_ms,
         )
         for m in models
     ]

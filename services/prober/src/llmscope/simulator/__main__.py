@@ -4,7 +4,7 @@
     llmscope sim inject shift   --model M [--factor 2] [--duration S]
     llmscope sim inject spike   --model M [--factor 5] [--count 1]
     llmscope sim inject drift   --model M [--factor 2] [--ramp 60] [--duration S]
-    llmscope sim inject outage  --model M [--status 500 | --mode hang|empty|garbage] [--rate 1]
+    llmscope sim inject outage  --model M [--status 500 | --mode hang|empty|garbage|truncate] [--rate 1]
     llmscope sim inject cascade --host H [--factor 3] [--duration S]
     llmscope sim inject clear   [--id N]
     llmscope sim state
@@ -93,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     drift.add_argument("--ramp", type=_positive, default=60.0, help="seconds to reach FACTOR (default 60)")
     outage = kind("outage", "requests fail", factor=None)
     outage.add_argument("--status", type=int, default=500, help="HTTP status for mode error (default 500)")
-    outage.add_argument("--mode", choices=OUTAGE_MODES, default="error", help="error, hang, empty or garbage")
+    outage.add_argument(
+        "--mode", choices=OUTAGE_MODES, default="error", help="error, hang, empty, garbage or truncate"
+    )
     outage.add_argument("--rate", type=float, default=1.0, help="share of requests that fail (default 1)")
     kind("cascade", "every model on HOST slows down together", factor=3.0)
     clear = kinds.add_parser("clear", help="clear anomalies")

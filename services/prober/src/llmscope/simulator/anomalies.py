@@ -8,7 +8,10 @@ Kinds (``factor`` multiplies every phase but the model load):
 - ``outage``:  matching requests fail with probability ``rate`` (default 1): ``mode`` ``error``
                answers HTTP ``status`` (default 500; 429, 503, 529 ...), ``hang`` never answers
                (until the client gives up), ``empty`` answers 200 with no content, ``garbage``
-               answers 200 with a body that is not the API's JSON.
+               answers 200 with a body that is not the API's JSON, ``truncate`` cuts a stream
+               short after ``TRUNCATE_AFTER`` tokens with no finish reason (OpenAI: ``[DONE]``, as
+               llama.cpp does under load; Ollama and Anthropic: the connection closes); answers
+               that do not stream are whole.
 - ``cascade``: every model on ``host`` is ``factor`` (default 3) slower together.
 A ``model`` or ``host`` narrows an anomaly (none: every model); ``duration_s`` ends it by itself.
 """
@@ -26,9 +29,11 @@ from msgspec import Meta
 from llmscope.simulator.models import SimModel
 
 AnomalyKind = Literal["spike", "shift", "drift", "outage", "cascade"]
-OutageMode = Literal["error", "hang", "empty", "garbage"]
+OutageMode = Literal["error", "hang", "empty", "garbage", "truncate"]
 ANOMALY_KINDS: tuple[AnomalyKind, ...] = ("spike", "shift", "drift", "outage", "cascade")
-OUTAGE_MODES: tuple[OutageMode, ...] = ("error", "hang", "empty", "garbage")
+OUTAGE_MODES: tuple[OutageMode, ...] = ("error", "hang", "empty", "garbage", "truncate")
+TRUNCATE_AFTER = 2
+"""Tokens a ``truncate`` outage lets through before it cuts the stream."""
 
 DEFAULT_FACTOR: dict[str, float] = {"spike": 5.0, "shift": 2.0, "drift": 2.0, "cascade": 3.0, "outage": 1.0}
 

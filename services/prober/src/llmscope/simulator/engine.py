@@ -84,7 +84,7 @@ class Simulator:
             time_scale=self.time_scale,
             empty=effect.outage is not None and effect.outage.mode == "empty",
         )
-        if effect.outage is None or effect.outage.mode == "empty":
+        if effect.outage is None or effect.outage.mode in ("empty", "truncate"):
             self._last_used[name] = max(self._last_used.get(name, now), now + plan.total_s)
             if cold:
                 self._ready_at[name] = now + plan.head_s + plan.load_s

@@ -19,7 +19,7 @@ import msgspec
 from aiohttp import web
 
 from llmscope.config.logs import get_logger
-from llmscope.simulator.anomalies import InjectRequest
+from llmscope.simulator.anomalies import TRUNCATE_AFTER, InjectRequest
 from llmscope.simulator.engine import Scheduled, Simulator, UnknownModel
 
 Api = Literal["ollama", "openai", "anthropic"]
@@ -122,6 +122,21 @@ class _Clock:
             await asyncio.sleep(delay)
 
 
+def _cut_after(scheduled: Scheduled) -> int | None:
+    """Tokens a stream gets before a ``truncate`` outage cuts it; None: the whole stream."""
+    outage = scheduled.effect.outage
+    if outage is None or outage.mode != "truncate":
+        return None
+    return min(TRUNCATE_AFTER, max(0, scheduled.plan.eval_count - 1))
+
+
+def _drop_connection(request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
+    """Close the connection mid-body, as a server that drops a stream does."""
+    if request.transport is not None:
+        request.transport.close()
+    return resp
+
+
 async def _hang(request: web.Request) -> None:
     """Answer nothing until the client gives up (or the server stops)."""
     stopping = request.app[STOPPING_KEY]
@@ -162,7 +177,7 @@ async def _failure(
 ) -> web.StreamResponse | None:
     """Answer an injected outage, or None to answer normally."""
     outage = scheduled.effect.outage
-    if outage is None or outage.mode == "empty":
+    if outage is None or outage.mode in ("empty", "truncate"):
         return None
     await clock.until(scheduled.plan.head_s)
     if outage.mode == "hang":
@@ -236,7 +251,10 @@ async def _ollama(
 
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await resp.prepare(request)
-    for token, due in zip(s.plan.tokens, s.plan.token_times, strict=True):
+    cut = _cut_after(s)
+    for i, (token, due) in enumerate(zip(s.plan.tokens, s.plan.token_times, strict=True)):
+        if i == cut:
+            return _drop_connection(request, resp)
         await clock.until(due)
         line = {"model": name, "created_at": _now_iso(), **piece(token), "done": False}
         await resp.write(_json.encode(line) + b"\n")
@@ -329,7 +347,13 @@ async def _openai(request: web.Request, data: dict[str, Any], clock: _Clock) -> 
     # Like the real API: a role-only chunk (with empty content) comes long before the first token.
     await clock.until(p.head_s)
     await resp.write(chunk({"role": "assistant", "content": ""}, None))
-    for token, due in zip(p.tokens, p.token_times, strict=True):
+    cut = _cut_after(s)
+    for i, (token, due) in enumerate(zip(p.tokens, p.token_times, strict=True)):
+        if i == cut:
+            # What llama.cpp does to a stream it interrupts: [DONE], no finish_reason, no usage.
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+            return resp
         await clock.until(due)
         await resp.write(chunk({"content": token}, None))
     await clock.until(p.total_s)
@@ -408,7 +432,10 @@ async def _anthropic(request: web.Request, data: dict[str, Any], clock: _Clock) 
     await event("message_start", {"message": start})
     await event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
     await event("ping", {})
-    for token, due in zip(p.tokens, p.token_times, strict=True):
+    cut = _cut_after(s)
+    for i, (token, due) in enumerate(zip(p.tokens, p.token_times, strict=True)):
+        if i == cut:
+            return _drop_connection(request, resp)
         await clock.until(due)
         await event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": token}})
     await clock.until(p.total_s)

@@ -172,6 +172,8 @@ class Violation:
     resolved_by: str | None = None
     resolved_at: datetime | None = None
     note: str | None = None
+    system_scope: str = "prober"
+    """Whose host ``system`` describes: the prober's, or ``target`` when the target runs on it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,9 @@
 
 The first ``content_block_delta`` with non-empty text is the first token (``message_start`` and
 ``ping`` come earlier). Output tokens come from ``message_delta.usage``. An ``overloaded_error``
-(HTTP 529, or an ``error`` event inside the stream) is ``rate_limited``.
+(HTTP 529, or an ``error`` event inside the stream) is ``rate_limited``. A stream that ends
+(``message_stop`` or a closed connection) with no ``stop_reason`` in a ``message_delta`` and
+fewer tokens than asked is ``truncated``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from llmscope.prober.providers.base import (
     Timer,
     content_token,
     decode_json,
+    end_of_stream,
     expect_dict,
     sse_events,
 )
@@ -65,7 +68,9 @@ class AnthropicProvider:
             _usage(result, data.get("usage"))
             return
         stopped = False
+        events = 0
         async for event, payload in sse_events(resp):
+            events += 1
             data = expect_dict(decode_json(payload, f"the {event} event"), f"the {event} event")
             kind = data.get("type", event)
             if kind == "message_start":
@@ -78,6 +83,9 @@ class AnthropicProvider:
                     content_token(result, timer, delta.get("text"))
             elif kind == "message_delta":
                 _usage(result, data.get("usage"))
+                delta = data.get("delta")
+                if isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str):
+                    result.finish_reason = delta["stop_reason"]
             elif kind == "message_stop":
                 stopped = True
                 break
@@ -88,5 +96,7 @@ class AnthropicProvider:
                     "rate_limited" if error_type == "overloaded_error" else "invalid_response"
                 )
                 raise ProbeFailure(status, f"error inside the stream: {error}")
-        if not stopped:
-            raise ProbeFailure("invalid_response", "the stream ended without message_stop")
+        if not events:
+            # Not a stream cut short but no stream at all (an HTML error page, say).
+            raise ProbeFailure("invalid_response", "the answer carries no server-sent events")
+        end_of_stream(result, ended=stopped, marker="message_stop")

@@ -3,12 +3,21 @@
 Error kinds: ``timeout`` (no complete answer within the target's timeout), ``refused`` (no
 connection: refused, unreachable, DNS), ``rate_limited`` (HTTP 429, and Anthropic's 529
 "overloaded": both mean "back off, capacity is short", not a broken server), ``http_4xx``,
-``http_5xx``, ``empty_response`` (HTTP 200 without any content) and ``invalid_response``
-(a 200 whose body is not the API's shape, an error inside a stream, a stream cut short).
+``http_5xx``, ``empty_response`` (HTTP 200 without any content), ``truncated`` (a stream that
+ended early: fewer output tokens than asked and no finish reason, whether it then sent its end
+marker, e.g. ``data: [DONE]``, or the connection closed) and ``invalid_response`` (a 200 whose
+body is not the API's shape, an error inside a stream, a complete stream without its end marker).
+A truncated stream keeps the timings it got but is never a (fast) latency data point.
 
 Timing starts right before the request is handed to the HTTP client (after any wait for a
 concurrency slot) and ``ttft_ms`` is the first non-empty *content* token, never the role-only
 chunk, ``message_start`` or the first byte.
+
+Tokens/s is output tokens over generation time: ``total - TTFT`` when streaming (at least two
+tokens), ``total`` otherwise, Ollama's own ``eval_duration`` where it reports one. It is null
+when that time is under ``max(BURST_FLOOR_MS, BURST_MS_PER_TOKEN x tokens)`` (2 ms, or faster
+than 5,000 tokens/s): the tokens then arrived in one burst (a buffering proxy, a server that
+flushes at the end) and their spacing says nothing about generation speed.
 """
 
 from __future__ import annotations
@@ -27,6 +36,11 @@ from llmscope.prober.targets import Target
 from llmscope.proto.telemetry import ProbeStatus
 
 ERROR_SNIPPET = 300
+BURST_FLOOR_MS = 2.0
+"""Generation times below this are one burst whatever the token count (one read of the socket)."""
+BURST_MS_PER_TOKEN = 0.2
+"""Generation faster than this per token (5,000 tokens/s, about twice the fastest served models
+in 2025) is a burst, not a speed."""
 
 
 @dataclass(slots=True)
@@ -45,6 +59,10 @@ class ProbeResult:
     prompt_eval_count: int | None = None
     eval_count: int | None = None
     tokens_per_s: float | None = None
+    finish_reason: str | None = None
+    """Why the answer ended, as the API says it (``stop``, ``length``, ``end_turn`` ...)."""
+    asked_tokens: int | None = None
+    """The prompt's max_tokens: a stream with fewer tokens and no finish reason is truncated."""
     content: list[str] = field(default_factory=list, repr=False)
 
     @property
@@ -155,19 +173,44 @@ def _status_kind(code: int) -> ProbeStatus:
     return "invalid_response"
 
 
+def end_of_stream(result: ProbeResult, *, ended: bool, marker: str) -> None:
+    """Judge a stream that stopped: cut short (``truncated``) or missing its end ``marker``."""
+    tokens = result.eval_count if result.eval_count is not None else len(result.content)
+    asked = result.asked_tokens
+    if result.finish_reason is None and (asked is None or tokens < asked):
+        how = f"with {marker} but" if ended else f"without {marker} and"
+        of = f" of {asked}" if asked is not None else ""
+        raise ProbeFailure("truncated", f"the stream ended {how} no finish reason after {tokens}{of} tokens")
+    if not ended:
+        raise ProbeFailure("invalid_response", f"the stream ended without {marker}")
+
+
+def generation_rate(tokens: int | None, generation_ms: float | None) -> float | None:
+    """Tokens per second, or None when too few tokens or too short a time to measure a speed."""
+    if not tokens or generation_ms is None:
+        return None
+    if generation_ms < max(BURST_FLOOR_MS, BURST_MS_PER_TOKEN * tokens):
+        return None
+    return tokens / (generation_ms / 1000.0)
+
+
 def tokens_per_s(eval_count: int | None, total_ms: float | None, ttft_ms: float | None) -> float | None:
     """Output tokens over generation time: (total - TTFT) when streaming, else total."""
-    if not eval_count or total_ms is None:
+    if total_ms is None:
         return None
-    seconds = (total_ms - (ttft_ms or 0.0)) / 1000.0
-    return eval_count / seconds if seconds > 0 else None
+    if ttft_ms is None:
+        return generation_rate(eval_count, total_ms)
+    # One streamed token has no generation interval after it: nothing to measure.
+    if eval_count is None or eval_count < 2:
+        return None
+    return generation_rate(eval_count, total_ms - ttft_ms)
 
 
 async def probe(
     session: aiohttp.ClientSession, provider: Provider, target: Target, prompt: Prompt
 ) -> ProbeResult:
     """Send one probe and classify the outcome; never raises (but lets cancellation through)."""
-    result = ProbeResult()
+    result = ProbeResult(asked_tokens=prompt.max_tokens)
     try:
         req = provider.request(target, prompt)
     except Exception as exc:  # a bug in building the request must not stop the loop
@@ -195,7 +238,14 @@ async def probe(
     except aiohttp.ClientConnectorError as exc:
         result.status, result.error = "refused", f"cannot connect: {exc}"
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
-        result.status, result.error = "invalid_response", f"connection closed mid-response: {exc!r}"
+        if target.streaming and result.http_status == 200 and result.finish_reason is None:
+            tokens = result.eval_count if result.eval_count is not None else len(result.content)
+            result.status = "truncated"
+            result.error = (
+                f"connection closed mid-stream after {tokens} of {prompt.max_tokens} tokens: {exc!r}"
+            )
+        else:
+            result.status, result.error = "invalid_response", f"connection closed mid-response: {exc!r}"
     except aiohttp.ClientError as exc:
         result.status, result.error = (
             "refused" if result.http_status is None else "invalid_response",
@@ -207,6 +257,7 @@ async def probe(
         result.status, result.error = "invalid_response", f"unexpected answer: {exc!r}"
     if result.status != "ok":
         result.latency_ms = timer.elapsed_ms()
+        result.tokens_per_s = None  # a failed probe has no speed (a cut stream would look fast)
     if result.error is not None:
         result.error = result.error[:2000]
     return result

@@ -1,7 +1,10 @@
 """Ollama: ``/api/generate`` (default) or ``/api/chat``, NDJSON when streaming.
 
 Durations come from Ollama's own nanosecond fields (converted to ms); tokens/s is
-``eval_count / eval_duration``, the generation speed Ollama measured itself.
+``eval_count / eval_duration``, the generation speed Ollama measured itself. The ``done``
+message ends a stream (its ``done_reason`` is the finish reason; Ollama before 0.1.3x sends
+none, so ``done`` alone counts as finished); a stream that stops before it with fewer tokens
+than asked is ``truncated``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from llmscope.prober.providers.base import (
     Timer,
     content_token,
     decode_json,
+    end_of_stream,
     expect_dict,
+    generation_rate,
     lines,
 )
 from llmscope.prober.targets import Target
@@ -69,8 +74,12 @@ class OllamaProvider:
                 content_token(result, timer, self._piece(data))
                 if data.get("done") is True:
                     final = data
+                    done_reason = data.get("done_reason")
+                    result.finish_reason = done_reason if isinstance(done_reason, str) else "done"
                     break
             if final is None:
+                # Each NDJSON line carries one token, so the lines are the token count.
+                end_of_stream(result, ended=False, marker="a done message")
                 raise ProbeFailure("invalid_response", "the stream ended without a done message")
         else:
             final = expect_dict(decode_json(await resp.read(), "the body"), "the body")
@@ -87,5 +96,4 @@ class OllamaProvider:
         result.eval_duration_ms = _ms(final.get("eval_duration"))
         result.prompt_eval_count = _count(final.get("prompt_eval_count"))
         result.eval_count = _count(final.get("eval_count"))
-        if result.eval_count and result.eval_duration_ms:
-            result.tokens_per_s = result.eval_count / (result.eval_duration_ms / 1000.0)
+        result.tokens_per_s = generation_rate(result.eval_count, result.eval_duration_ms)

@@ -2,7 +2,8 @@
 
 Streaming asks for ``stream_options.include_usage`` so the last chunk carries the token counts;
 without it the content chunks are counted. The role-only first chunk (``content: ""``) does not
-count as the first token.
+count as the first token. A stream that ends (``[DONE]`` or a closed connection) with no
+``finish_reason`` and fewer tokens than asked is ``truncated``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from llmscope.prober.providers.base import (
     Timer,
     content_token,
     decode_json,
+    end_of_stream,
     expect_dict,
     sse_events,
 )
@@ -67,9 +69,10 @@ class OpenAIProvider:
                 result.content.append(content)
             _usage(result, data.get("usage"))
             return
-        chunks = 0
+        chunks = events = 0
         done = False
         async for _, payload in sse_events(resp):
+            events += 1
             if payload.strip() == "[DONE]":
                 done = True
                 break
@@ -82,7 +85,11 @@ class OpenAIProvider:
             if isinstance(delta, dict) and isinstance(delta.get("content"), str) and delta["content"]:
                 content_token(result, timer, delta["content"])
                 chunks += 1
-        if not done:
-            raise ProbeFailure("invalid_response", "the stream ended without [DONE]")
+            if choice and isinstance(choice.get("finish_reason"), str):
+                result.finish_reason = choice["finish_reason"]
+        if not events:
+            # Not a stream cut short but no stream at all (an HTML error page, say).
+            raise ProbeFailure("invalid_response", "the answer carries no server-sent events")
         if result.eval_count is None and chunks:
             result.eval_count = chunks
+        end_of_stream(result, ended=done, marker="[DONE]")
