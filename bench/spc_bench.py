@@ -10,10 +10,12 @@ next to a baseline measured in the same run, and the ratio is the figure to comp
     subscription, AckAll per batch); the consumer adapter with a no-op handler; the SPC service
     (consume -> chart -> publish violations -> ack). Python client pinned to one core, the
     server on the others.
-(c) the default configuration's critical false-alarm rate and detection delays, measured with
-    estimated parameters (``llmscope.spc_engine.performance``), each next to issue 3's target.
+(c) the default configuration's critical false-alarm rate, detection delays and pages per sustained
+    shift on realistic latency (independent, autocorrelated, heavy-tailed, both), every chart's
+    model estimated from its own baseline (``llmscope.spc_engine.performance``), each next to issue
+    7's target; on autocorrelated data also the same charts with serial dependence ignored.
 
-Usage: ``python bench/spc_bench.py [--quick] [--events N]`` (``make bench``).
+Usage: ``python bench/spc_bench.py [--quick] [--events N] [--stats-only]`` (``make bench``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import msgspec
 import nats
 import numpy as np
 from nats.aio.msg import Msg
@@ -52,7 +55,7 @@ from llmscope.bus.streams import ensure_streams
 from llmscope.proto import codec, subjects
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.spc_engine import performance
-from llmscope.spc_engine.config import DEFAULT_BASELINE_N
+from llmscope.spc_engine.config import DEFAULT_BASELINE_N, default_config
 from llmscope.spc_engine.engine import Engine
 from llmscope.spc_engine.service import SpcService, partition_durable
 from llmscope.spc_engine.settings import SpcSettings
@@ -516,49 +519,83 @@ def verdict(ok: bool) -> str:
 
 
 def statistics(quick: bool) -> None:
-    charts, probes = (200, 1000) if quick else (2000, 5000)
-    det_charts = 200 if quick else 2000
-    spike_charts = 5 if quick else 50
-    print("\n== (c) default configuration, critical signals, parameters estimated from the default baseline")
+    charts, probes = (150, 2000) if quick else (1000, 6000)
+    det_charts = 100 if quick else 600
+    page_charts, page_horizon = (60, 1500) if quick else (300, 4000)
     print(
-        f"   baseline {DEFAULT_BASELINE_N} points; sigma of log latency 0.2 / 0.4 / 0.6; "
-        f"{charts:,} charts x {probes:,} probes per sigma" + ("  [--quick: rough figures]" if quick else "")
+        "\n== (c) default configuration, critical signals, each chart's model estimated from its own baseline"
+    )
+    print(
+        f"   baseline {DEFAULT_BASELINE_N} points; {charts:,} charts x {probes:,} probes per case"
+        + ("  [--quick: rough figures]" if quick else "")
+    )
+    print(
+        "   sigma = marginal sd of log latency of the in-control body; outliers: isolated 3-5x slower answers"
     )
     print("   one paging chart per probe (total latency); TTFT and tokens/s charts signal at warning")
-    target = performance.FALSE_ALARMS_PER_100K_TARGET
-    markov = 40 if quick else 400
-    for i, sigma_log in enumerate((0.2, 0.4, 0.6)):
+    plain = msgspec.structs.replace(default_config("latency_ms"), serial=False, stability=False)
+    for i, process in enumerate(performance.PROCESSES):
         fa = performance.false_alarms(
-            np.random.default_rng(100 + i),
-            sigma_log,
-            charts=charts,
-            probes_per_chart=probes,
-            markov_charts=markov,
+            np.random.default_rng(100 + i), process, charts=charts, probes_per_chart=probes
         )
-        every = f"~1 per {100_000 / fa.per_100k_markov * 2 / 86_400:.1f} d per model at 2 s"
-        # The verdict uses the Markov-chain rate: the exact expected rate of each estimated
-        # baseline, averaged; the direct count (a few signals at most) is its noisy cross-check.
+        rules = ", ".join(f"{k} {v}" for k, v in fa.by_rule.items() if v)
         line(
-            f"false alarms per 100k probes, sigma_log {sigma_log}",
-            f"{fa.per_100k_markov:16.2f}",
-            f"target <= {target:g}  {verdict(fa.per_100k_markov <= target)}  "
-            f"(Markov over {markov:,} baselines; counted {fa.signals} in {fa.probes:,} = "
-            f"{fa.per_100k:.2f}; {every})",
+            f"false alarms /100k, {process.name}",
+            f"{fa.per_100k:10.2f}",
+            f"target <= {fa.target:g}  {verdict(fa.per_100k <= fa.target)}  ({fa.signals} in {fa.probes:,}"
+            + (f": {rules}" if rules else "")
+            + (f"; {fa.refused} baselines refused as unstable" if fa.refused else "")
+            + ")",
         )
-    medians = performance.detection_medians(np.random.default_rng(200), sigma_log=0.3, charts=det_charts)
-    for shift, bound in performance.DETECTION_TARGETS:
-        got = medians[shift]
-        line(
-            f"median detection delay, sustained {shift:g} sigma shift",
-            f"{got:16.1f}",
-            f"target <= {bound}  {verdict(got <= bound)}  (probes, {det_charts:,} charts)",
-        )
-    caught = performance.spike_caught_at_once(np.random.default_rng(300), charts=spike_charts)
-    line(
-        f"single point {performance.SPIKE_SIGMA} sigma: critical at once",
-        f"{caught:>10} / {spike_charts:<3}",
-        f"target all  {verdict(caught == spike_charts)}  (streaming MetricChart)",
+        if process.phi >= 0.3:
+            # The same data judged as if points were independent: the baseline of this comparison.
+            fb = performance.false_alarms(
+                np.random.default_rng(100 + i), process, charts=charts, probes_per_chart=probes, config=plain
+            )
+            ratio = fb.per_100k / fa.per_100k if fa.per_100k else math.inf
+            line(
+                "  same data, serial dependence ignored",
+                f"{fb.per_100k:10.2f}",
+                f"{ratio:.1f}x the fitted model's rate (same run, same seeds)",
+            )
+    for i, process in enumerate(p for p in performance.PROCESSES if p.name in DETECTION_CASES):
+        medians = performance.detection_medians(np.random.default_rng(200 + i), process, charts=det_charts)
+        for shift, got in medians.items():
+            bound = (
+                performance.DETECTION_TARGETS.get(shift, {}).get(process.phi)
+                if not process.outliers
+                else None
+            )
+            line(
+                f"median delay, {shift:g} sigma slower, {process.name}",
+                f"{got:10.1f}",
+                (f"target <= {bound}  {verdict(got <= bound)}" if bound is not None else "no target")
+                + f"  (probes, {det_charts:,} charts)",
+            )
+    for i, process in enumerate(p for p in performance.PROCESSES if p.name in PAGE_CASES):
+        for shift in (0.25, 0.5, 1.0, 2.0, 5.0):
+            mean, found = performance.pages_per_shift(
+                np.random.default_rng(300 + i), process, shift, charts=page_charts, horizon=page_horizon
+            )
+            target = performance.PAGES_PER_SHIFT_TARGET
+            line(
+                f"critical episodes per {shift:g} sigma shift, {process.name}",
+                f"{mean:10.3f}",
+                f"target <= {target:g}  {verdict(mean <= target)}  (found by {found:.0%} of"
+                f" {page_charts} charts within {page_horizon:,} probes)",
+            )
+    crit, faster = performance.critical_when_faster(
+        np.random.default_rng(400), performance.PROCESSES[4], 1.5, charts=5 if quick else 20
     )
+    line(
+        "critical signals when latency got 1.5 sigma faster",
+        f"{crit:10d}",
+        f"target 0  {verdict(crit == 0)}  (streaming charts; {faster} info 'faster' episodes recorded)",
+    )
+
+
+DETECTION_CASES = ("independent, sigma_log 0.2", "AR(1) phi 0.3", "AR(1) phi 0.5", "phi 0.3 + 1% slower")
+PAGE_CASES = ("independent, sigma_log 0.2", "phi 0.3 + 1% slower")
 
 
 # --------------------------------------------------------------------------------------------
@@ -570,6 +607,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--events", type=int, default=None, help="telemetry events (default 200,000; quick 3,000)"
     )
+    parser.add_argument("--stats-only", action="store_true", help="only (c), the detection statistics")
     args = parser.parse_args(argv)
     n = args.events if args.events is not None else (3_000 if args.quick else 200_000)
     if n < 1:
@@ -582,13 +620,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"run          {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, {n:,} events"
         + (", --quick" if args.quick else "")
     )
-    events = synthetic_telemetry(n)
-    payloads = [codec.encode(ev) for ev in events]
-
-    os.sched_setaffinity(0, {cores[0]})
-    chart_rate = chart_alone(events, payloads)
-    through_nats(events, payloads, cores, chart_rate)
-    os.sched_setaffinity(0, set(cores))
+    if not args.stats_only:
+        events = synthetic_telemetry(n)
+        payloads = [codec.encode(ev) for ev in events]
+        os.sched_setaffinity(0, {cores[0]})
+        chart_rate = chart_alone(events, payloads)
+        through_nats(events, payloads, cores, chart_rate)
+        os.sched_setaffinity(0, set(cores))
     statistics(args.quick)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\ndone in {time.perf_counter() - started:.0f} s; peak RSS {peak_mib:.0f} MiB")

@@ -121,7 +121,7 @@ def test_cusum_and_ewma_options_and_table(tmp_path: Path, capsys: pytest.Capture
     (rec,) = lines(capsys)
     assert rec["rule"] == "CUSUM"
     assert rec["index"] in range(100, 110)
-    assert "k=0.5 h=5" in rec["rule_name"]  # type: ignore[operator]
+    assert rec["rule_name"] == "sustained shift: slower than the baseline"  # words, not parameters
     assert main([*base, "--chart", "ewma", "--ewma-lambda", "0.2", "--ewma-l", "3", "--format", "table"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["series", "index", "rule", "severity", "value", "center", "lcl", "ucl"]
@@ -228,7 +228,7 @@ def test_spike_is_separate_from_the_nelson_tests(tmp_path: Path, capsys: pytest.
     assert main([*base, "--rules", "none", "--spike-k", "3"]) == 0
     recs = lines(capsys)
     assert [(r["index"], r["rule"]) for r in recs] == [(1, "SPIKE")]  # one episode: 3 is not quiet
-    assert recs[0]["rule_name"] == "1 point more than 3 sigma"
+    assert recs[0]["rule_name"] == "one answer slower than anything the baseline made plausible"
     for bad in (["--spike-k", "0"], ["--no-spike", "--spike-k", "4"], ["--defaults", "--no-spike"]):
         assert run_main([str(f), *bad]) == 2, bad
         assert "error:" in capsys.readouterr().err

@@ -101,7 +101,8 @@ def test_a_wrong_limit_is_caught() -> None:
 
 def test_default_thresholds_come_from_their_target_run_lengths() -> None:
     for k, h in zip(DEFAULT_CUSUM_K, DEFAULT_CUSUM_H, strict=True):
-        assert arl.cusum_arl(k, h, m=200) == pytest.approx(1e6, rel=0.01)
+        assert arl.cusum_arl_one_sided(k, h, m=200) == pytest.approx(1e6, rel=0.01)  # only one side pages
+        assert arl.cusum_h_for_arl0(k, 1e6, sides=1) == pytest.approx(h, abs=0.01)
     assert arl.ewma_arl(DEFAULT_EWMA_LAMBDA, DEFAULT_EWMA_L, m=201) == pytest.approx(2e4, rel=0.01)
     assert arl.cusum_h_for_arl0(0.5, 465.4) == pytest.approx(5.0, abs=0.01)
     assert arl.ewma_limit_for_arl0(0.1, 500.0) == pytest.approx(2.814, abs=0.005)

@@ -93,7 +93,7 @@ def test_a_partial_override_changes_only_what_it_names() -> None:
     assert new.rules.r3 == cfg.rules.r3
     assert (new.cusum.k, new.cusum.h, new.cusum.cap) == ((0.5,), (5.0,), cfg.cusum.cap)
     assert describe_changes(cfg, new) == [
-        "cusum.h (23.719, 12.661, 6.463) -> (5)",
+        "cusum.h (22.318, 11.965, 6.116) -> (5)",
         "cusum.k (0.25, 0.5, 1) -> (0.5)",
         "rules.r2.enabled True -> False",
         "rules.r2.k 9 -> 7",

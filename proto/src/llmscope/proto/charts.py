@@ -110,12 +110,25 @@ class ChartView(msgspec.Struct, frozen=True, kw_only=True):
     open_episodes: Annotated[tuple[str, ...], Meta(description="rules with an open violation episode")] = ()
     arl0_critical: Annotated[
         float | None,
-        Meta(description="expected in-control points between critical signals (known parameters)"),
+        Meta(description="expected in-control points between critical signals, for the fitted model"),
     ] = None
     rules: Annotated[tuple[str, ...], Meta(description="rules evaluated, in evaluation order")] = ()
     settings: Annotated[
         ChartSettings | None,
         Meta(description="the settings the chart runs with (defaults plus overrides, all set)"),
+    ] = None
+    note: Annotated[
+        str, Meta(description="why the baseline in progress was extended (an unstable baseline), or empty")
+    ] = ""
+    ar_order: Annotated[
+        int, Meta(ge=0, description="order of the fitted AR model of serial dependence (0: independent)")
+    ] = 0
+    autocorrelation: Annotated[
+        float | None, Meta(description="lag-1 autocorrelation of the baseline (chart scale)")
+    ] = None
+    tail_rate: Annotated[
+        float | None,
+        Meta(description="the baseline's rate of unusually slow points (beyond the tail rule's k)"),
     ] = None
 
 
@@ -141,6 +154,10 @@ class AvailabilityView(msgspec.Struct, frozen=True, kw_only=True):
     baseline_number: Annotated[int, Meta(description="0 for the first baseline, +1 per re-baseline")] = 0
     baseline_by: Annotated[str | None, Meta(description="who asked for the current baseline")] = None
     baseline_reason: Annotated[str | None, Meta(description="why the current baseline was started")] = None
+    cold_starts: Annotated[
+        Count,
+        Meta(description="successful probes that paid a model load: counted, not charted as warm latency"),
+    ] = 0
 
 
 class ChartRecord(msgspec.Struct, frozen=True, kw_only=True):

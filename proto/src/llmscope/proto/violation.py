@@ -100,5 +100,8 @@ class ViolationEvent(Event, frozen=True, kw_only=True, tag="violation.v1"):
         Meta(description="(level / baseline center - 1) * 100, signed in the metric's units"),
     ] = None
     detail: Annotated[
-        str, Meta(description="what the chart saw, in words: 'p50 latency 1.63 s, +85 % over the 0.88 s baseline'")
+        str,
+        Meta(
+            description="what the chart saw, in words: 'p50 latency 1.63 s, +85 % over the 0.88 s baseline'"
+        ),
     ] = ""

@@ -292,7 +292,7 @@ def config_from_args(args: argparse.Namespace) -> ChartConfig:
         k = 0.5 if args.cusum_k is None else args.cusum_k
         if k < 0:
             raise UsageError("--cusum-k must be >= 0")
-        h = cusum_h_for_arl0(k, CUSUM_ARL0) if args.cusum_h is None else args.cusum_h
+        h = cusum_h_for_arl0(k, CUSUM_ARL0, sides=1) if args.cusum_h is None else args.cusum_h
         if not h > 0:
             raise UsageError("--cusum-h must be > 0")
         cusum = msgspec.structs.replace(cusum, k=(k,), h=(h,))

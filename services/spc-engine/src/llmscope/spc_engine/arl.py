@@ -147,9 +147,10 @@ def _bisect(f: object, lo: float, hi: float, target: float, iters: int = 60) -> 
     return 0.5 * (lo + hi)
 
 
-def cusum_h_for_arl0(k: float, arl0: float, m: int = 300) -> float:
-    """The decision interval h giving a two-sided in-control ARL of ``arl0``."""
-    return _bisect(lambda h: cusum_arl(k, h, m=m), 0.1, 60.0, arl0)
+def cusum_h_for_arl0(k: float, arl0: float, m: int = 300, sides: int = 2) -> float:
+    """The decision interval h giving an in-control ARL of ``arl0`` (two-sided, or one side)."""
+    run = cusum_arl if sides == 2 else cusum_arl_one_sided
+    return _bisect(lambda h: run(k, h, 0.0, 1.0, m), 0.1, 60.0, arl0)
 
 
 def ewma_limit_for_arl0(lam: float, arl0: float, m: int = 201) -> float:

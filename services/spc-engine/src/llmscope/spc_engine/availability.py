@@ -67,6 +67,8 @@ class AvailabilityState(msgspec.Struct, kw_only=True):
     """0 for the first baseline, +1 per re-baseline."""
     baseline_by: str | None = None
     baseline_reason: str | None = None
+    cold_starts: int = 0
+    """Successful probes that paid a model load (``cold_start``): counted, kept off the charts."""
 
 
 class AvailabilitySignal(msgspec.Struct, frozen=True, kw_only=True):
@@ -96,6 +98,11 @@ def run_needed(p: float, arl0: float, shortest: int, longest: int = 1000) -> int
     while r < longest and run_wait(p, r) < arl0:
         r += 1
     return r
+
+
+def binomial_tail(n: int, p: float, c: int) -> float:
+    """P(X >= c) for X ~ Binomial(n, p)."""
+    return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(max(c, 0), n + 1))
 
 
 def binomial_threshold(n: int, p: float, alpha: float) -> int:

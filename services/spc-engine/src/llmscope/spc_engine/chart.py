@@ -1,14 +1,25 @@
-"""One metric's chart: transform, Phase I baseline, the detectors, and violation episodes.
+"""One metric's chart: transform, Phase I model, the detectors, and violation episodes.
 
 The same object runs in the service (one per provider/model/target/prompt/metric) and in the
 offline ``analyze`` command. Its whole state is a msgspec Struct (:class:`ChartState`), so a
 snapshot is ``msgspec.json.encode(chart.state)`` and ``MetricChart(config, state=decoded)``
 continues exactly where the snapshot left off.
 
-Episodes: each rule has at most one open episode. It opens at the point that completes the
-rule's pattern (one ``open`` signal), further firing points of the same run publish nothing,
-and it clears (one ``cleared`` signal) after ``clear_after`` consecutive points on which the
-rule did not fire. When a CUSUM or EWMA episode clears, that chart restarts from zero.
+Phase I collects ``baseline_n`` points and fits the in-control model (:func:`baseline.fit`): a
+baseline that is not stable is not frozen, its older part is dropped and collection goes on,
+and ``ChartState.note`` says why. Phase II judges each point by its one-step residual from the
+model's robust filter (``r``, innovation sigmas), clipped at ``clip`` for the CUSUM and EWMA.
+
+Episodes (what is published): the critical detectors of one direction (``CUSUM``, ``TAIL``,
+``SPIKE``) share one episode per direction, keyed ``PAGE:up`` / ``PAGE:down``: it opens once, at
+the first point any of them fires (named after that rule), and clears after ``clear_after``
+points on which none fired and, once a CUSUM fired in it, after the return test says the level
+is back: ``B = max(0, B + a - d)`` over the episode's signed residuals ``d`` with ``a`` half the
+shift measured so far, clearing when B passes the h that a shift still present would take
+``clear_arl`` points to reach. So a sustained shift of any size is one episode, however its
+CUSUM wanders near h, and a shift up and a later shift down are two. The other rules (EWMA,
+Nelson tests) keep one episode per rule and direction and clear after ``clear_after`` quiet
+points. When an episode clears, its CUSUM side (or the EWMA) restarts from zero.
 Phase I points are never judged; Phase II starts with the point after the baseline's last.
 """
 
@@ -21,10 +32,11 @@ from typing import Literal
 
 import msgspec
 
-from llmscope.proto.violation import ChartKind, ChartLimits
+from llmscope.proto.violation import ChartKind, ChartLimits, Direction
 from llmscope.spc_engine import transforms
-from llmscope.spc_engine.baseline import estimate
-from llmscope.spc_engine.charts.cusum import CusumChart, CusumState
+from llmscope.spc_engine.availability import binomial_threshold
+from llmscope.spc_engine.baseline import Fit, fit, spike_limit
+from llmscope.spc_engine.charts.cusum import CusumChart, CusumSide, CusumState
 from llmscope.spc_engine.charts.ewma import EwmaChart, EwmaState
 from llmscope.spc_engine.charts.individuals import IndividualsChart, IndividualsState
 from llmscope.spc_engine.config import BASELINE_SETTINGS, ChartConfig
@@ -32,7 +44,20 @@ from llmscope.spc_engine.rules import Severity
 
 RECENT = 64
 """Points kept for reporting the points that formed a pattern (longest default run: 15)."""
-RULE_ORDER = ("SPIKE", "CUSUM", "EWMA", "R1", "R2", "R3", "R4", "R5", "R6", "R7", "R8")
+RULE_ORDER = ("CUSUM", "TAIL", "SPIKE", "EWMA", "R1", "R2", "R3", "R4", "R5", "R6", "R7", "R8")
+PAGING_RULES = ("CUSUM", "TAIL", "SPIKE")
+"""The rules that share one episode per direction, in the order that names an episode."""
+SIDED_TESTS = frozenset({1, 2, 5, 6})
+"""Nelson tests with a side (the others, trends and runs within or beyond 1 sigma, have none)."""
+MODEL_VERSION = 2
+"""The in-control model's version: a state from an older one is re-baselined at its next point."""
+UPGRADE_REASON = (
+    "new in-control model (serial dependence, robust baseline, tail rate, stability check):"
+    " the limits are estimated again"
+)
+SHIFT_PRIOR_POINTS = 20
+MIN_RETURN_SHIFT = 0.1
+"""Smallest ``a`` of the return test (residual sigmas): even a tiny shift clears one day."""
 
 
 class PointRef(msgspec.Struct, frozen=True, array_like=True):
@@ -45,7 +70,11 @@ class PointRef(msgspec.Struct, frozen=True, array_like=True):
 
 
 class Baseline(msgspec.Struct, frozen=True, kw_only=True):
-    """The frozen Phase I result limits are judged against. centre and sigma in chart units."""
+    """The frozen Phase I model limits are judged against, in chart units.
+
+    ``center`` and ``sigma`` are the level and marginal sigma (the drawn limits); the detectors
+    judge one-step residuals of the AR model ``ar`` in units of ``sigma_e``.
+    """
 
     id: str
     number: int
@@ -60,12 +89,30 @@ class Baseline(msgspec.Struct, frozen=True, kw_only=True):
     ended_at: datetime | None = None
     created_by: str = "engine"
     reason: str = "initial baseline"
+    model: int = 1
+    ar: tuple[float, ...] = ()
+    sigma_e: float = 0.0
+    w_mean: float = 0.0
+    w_sd: float = 1.0
+    tail_rate: float = 0.0
+    spike_rate: float = 0.0
+    spike_excess: float = 0.0
+    worst: float = 0.0
+    lag_corr: tuple[float, ...] = ()
 
 
 class EpisodeState(msgspec.Struct, kw_only=True):
     open_index: int
     open_point_id: str
     quiet: int = 0
+    rule: str = ""
+    """The rule that opened it ("" in states from before episodes were keyed by direction)."""
+    cusum: bool = False
+    """A CUSUM fired in this episode: it clears only when the return test passes."""
+    shift_sum: float = 0.0
+    shift_n: int = 0
+    back: float = 0.0
+    """The return test's statistic."""
 
 
 class ChartState(msgspec.Struct, kw_only=True):
@@ -86,6 +133,16 @@ class ChartState(msgspec.Struct, kw_only=True):
     recent: list[PointRef] = msgspec.field(default_factory=list)
     prompt_hash: str = ""
     """Hash of the prompt text the chart's points come from ("" before the first point)."""
+    model: int = 1
+    """MODEL_VERSION the state was built with (1: before the field existed)."""
+    hist: list[float] = msgspec.field(default_factory=list)
+    """The robust filter's last ``p`` values, oldest first (the AR predictor's inputs)."""
+    tail_window: list[bool] = msgspec.field(default_factory=list)
+    """Whether each of the last ``tail.window`` points was a tail point (worse direction)."""
+    note: str = ""
+    """Why the baseline in progress was extended ("" when nothing was refused)."""
+    refused: int = 0
+    """Baselines refused as unstable since the last armed one."""
 
 
 class Signal(msgspec.Struct, frozen=True, kw_only=True):
@@ -106,14 +163,21 @@ class Signal(msgspec.Struct, frozen=True, kw_only=True):
     points: tuple[PointRef, ...]
     episode_index: int
     episode_point_id: str
+    direction: Direction = ""
+    better: bool = False
+    level: float | None = None
+    """The process's estimated level (metric units) when the signal fired, where estimated."""
 
 
-class _Fire(msgspec.Struct, frozen=True):
+class _Fire(msgspec.Struct, frozen=True, kw_only=True):
     chart: ChartKind
     severity: Severity
     name: str
-    statistic: float | None
-    n_points: int
+    statistic: float | None = None
+    n_points: int = 1
+    direction: Direction = ""
+    better: bool = False
+    level: float | None = None
 
 
 def limits_of(config: ChartConfig, baseline: Baseline) -> ChartLimits:
@@ -148,13 +212,16 @@ class MetricChart:
     def __init__(self, config: ChartConfig, key: str = "", state: ChartState | None = None) -> None:
         self.config = config
         self.key = key
-        self.state = state if state is not None else ChartState()
-        if self.state.baseline is None and config.center is not None and config.sigma is not None:
+        if state is None:
+            state = ChartState(model=MODEL_VERSION)
+        self.state = state
+        if state.baseline is None and config.center is not None and config.sigma is not None:
             center = transforms.forward(config.transform, config.center)
             if center is None:
                 raise ValueError(
                     f"center {config.center} cannot be charted with transform {config.transform}"
                 )
+            state.model = MODEL_VERSION
             self._arm(
                 Baseline(
                     id=f"known-{_baseline_id(key, 0, -1, -1)}",
@@ -165,6 +232,10 @@ class MetricChart:
                     known=True,
                     created_by="config",
                     reason="known parameters",
+                    model=MODEL_VERSION,
+                    sigma_e=config.sigma,
+                    w_sd=_clipped_normal_sd(config.clip),
+                    tail_rate=_normal_tail(config.tail.k),
                 )
             )
         else:
@@ -191,10 +262,30 @@ class MetricChart:
         enabled = {
             "SPIKE": cfg.spike.enabled,
             "CUSUM": cfg.cusum.enabled,
+            "TAIL": cfg.tail.enabled,
             "EWMA": cfg.ewma.enabled,
             **{f"R{n}": cfg.individuals and cfg.rules.test(n).enabled for n in range(1, 9)},
         }
         return [r for r in RULE_ORDER if enabled[r]]
+
+    @property
+    def spike_limit(self) -> float:
+        """Residual sigmas (worse direction) beyond which one point is a SPIKE."""
+        b = self.state.baseline
+        return math.inf if b is None else spike_limit_of(self.config, b)
+
+    @property
+    def tail_threshold(self) -> int:
+        """Tail points among the last ``tail.window`` that open a TAIL episode."""
+        b = self.state.baseline
+        return 0 if b is None else tail_threshold_of(self.config, b)
+
+    @property
+    def tail_clear(self) -> int:
+        """Tail points among the last ``tail.window`` that keep an open episode going."""
+        b, t = self.state.baseline, self.config.tail
+        rate = max(t.min_rate, b.tail_rate if b is not None else 0.0)
+        return max(1, math.ceil(2 * t.window * rate))
 
     # -- updates ---------------------------------------------------------------------------
     def update(self, x: float, point_id: str = "", ts: datetime | None = None) -> list[Signal]:
@@ -203,6 +294,10 @@ class MetricChart:
         if y is None:
             st.n_rejected += 1
             return []
+        out: list[Signal] = []
+        if st.model < MODEL_VERSION:
+            out = self.rebaseline("engine", UPGRADE_REASON)
+            st.model = MODEL_VERSION
         ref = PointRef(st.n_points, point_id, x, ts)
         st.n_points += 1
         st.recent.append(ref)
@@ -210,8 +305,8 @@ class MetricChart:
             del st.recent[0]
         if st.baseline is None:
             self._collect(y, ref)
-            return []
-        return self._judge(y, ref, st.baseline)
+            return out
+        return out + self._judge(y, ref, st.baseline)
 
     def rebaseline(self, by: str, reason: str) -> list[Signal]:
         """Forget the limits and collect a new baseline; open episodes clear now."""
@@ -220,15 +315,21 @@ class MetricChart:
         if st.baseline is not None and st.recent:
             last = st.recent[-1]
             y = transforms.forward(self.config.transform, last.value)
-            z = 0.0 if y is None else (y - st.baseline.center) / st.baseline.sigma
-            for rule in [r for r in RULE_ORDER if r in st.episodes]:
-                ep = st.episodes.pop(rule)
-                out.append(self._signal(rule, self._describe(rule), "cleared", last, z, st.baseline, ep, 1))
+            z = 0.0 if y is None or not st.baseline.sigma else (y - st.baseline.center) / st.baseline.sigma
+            for key in sorted(st.episodes, key=_episode_order):
+                ep = st.episodes.pop(key)
+                rule = _rule_of(key, ep)
+                fire = self._describe(rule, _direction_of(key))
+                out.append(self._signal(rule, fire, "cleared", last, z, st.baseline, ep))
         st.baseline = None
         st.individuals = st.ewma = st.cusum = None
         st.episodes = {}
         st.collected = []
         st.collected_first = None
+        st.hist = []
+        st.tail_window = []
+        st.note = ""
+        st.refused = 0
         st.baseline_number += 1
         st.pending_by = by
         st.pending_reason = reason
@@ -238,13 +339,16 @@ class MetricChart:
     def reconfigure(self, config: ChartConfig, by: str, reason: str) -> list[Signal]:
         """Run with ``config`` from the next point on.
 
-        A change of transform, baseline size or sigma estimator starts a new baseline (recorded
-        with ``by`` and ``reason``; open episodes clear now, as in :meth:`rebaseline`). Any other
-        change keeps the baseline and the run counters; a CUSUM whose k, h or cap changed
-        restarts from zero.
+        A change of a setting the in-control model depends on (:data:`BASELINE_SETTINGS`, the
+        tail rule's k) starts a new baseline (recorded with ``by`` and ``reason``; open episodes
+        clear now, as in :meth:`rebaseline`). Any other change keeps the baseline and the run
+        counters; a CUSUM whose k, h or cap changed restarts from zero.
         """
         old = self.config
-        if any(getattr(old, f) != getattr(config, f) for f in BASELINE_SETTINGS):
+        if (
+            any(getattr(old, f) != getattr(config, f) for f in BASELINE_SETTINGS)
+            or old.tail.k != config.tail.k
+        ):
             out = self.rebaseline(by, reason)  # judged with the old transform
             self.config = config
             self._build()
@@ -268,25 +372,64 @@ class MetricChart:
         if len(st.collected) < self.config.baseline_n:
             return
         cfg = self.config
-        est = estimate(st.collected, cfg.sigma_estimator, cfg.clean_baseline, cfg.clean_limit)
+        result = fit(
+            st.collected,
+            estimator=cfg.sigma_estimator,
+            clip=cfg.clip,
+            tail_k=cfg.tail.k,
+            worse=1.0 if cfg.worse == "up" else -1.0,
+            max_order=cfg.max_ar_order,
+            serial=cfg.serial,
+            stability=cfg.stability,
+            winsor=cfg.clean_limit,
+            level=self._format_level,
+        )
+        if not isinstance(result, Fit):
+            kept = st.collected[result.keep_from :]
+            start = ref.index - len(kept) + 1
+            st.collected = kept
+            st.collected_first = next(
+                (p for p in st.recent if p.index == start),
+                PointRef(start, "", transforms.inverse(cfg.transform, kept[0])),
+            )
+            st.note = result.reason
+            st.refused += 1
+            return
         first = st.collected_first if st.collected_first is not None else ref
+        sigma_e = max(result.sigma_e, cfg.min_sigma) if math.isfinite(result.sigma_e) else cfg.min_sigma
         baseline = Baseline(
             id=_baseline_id(self.key, st.baseline_number, first.index, ref.index),
             number=st.baseline_number,
-            center=est.center,
-            sigma=max(est.sigma, cfg.min_sigma) if math.isfinite(est.sigma) else cfg.min_sigma,
-            n=est.n,
-            n_excluded=len(est.excluded),
+            center=result.center,
+            sigma=max(result.sigma, sigma_e),
+            n=result.n,
+            n_excluded=result.n_excluded,
             first_index=first.index,
             last_index=ref.index,
             started_at=first.ts,
             ended_at=ref.ts,
             created_by=st.pending_by,
-            reason=st.pending_reason,
+            reason=st.pending_reason
+            + (f" (after {st.refused} unstable baseline{'s' * (st.refused > 1)})" if st.refused else ""),
+            model=MODEL_VERSION,
+            ar=result.ar,
+            sigma_e=sigma_e,
+            w_mean=result.w_mean,
+            w_sd=result.w_sd if result.w_sd > 0 else 1.0,
+            tail_rate=result.tail_rate,
+            spike_rate=result.spike_rate,
+            spike_excess=result.spike_excess,
+            worst=result.max_residual,
+            lag_corr=result.lag_corr,
         )
         st.collected = []
         st.collected_first = None
+        st.note = ""
+        st.refused = 0
         self._arm(baseline)
+
+    def _format_level(self, y: float) -> str:
+        return f"{transforms.inverse(self.config.transform, y):.4g}"
 
     def _arm(self, baseline: Baseline) -> None:
         st = self.state
@@ -295,6 +438,8 @@ class MetricChart:
         st.ewma = EwmaState()
         cfg = self.config.cusum
         st.cusum = CusumChart(cfg.k, cfg.h, cfg.cap).state
+        st.hist = [baseline.center] * len(baseline.ar)
+        st.tail_window = []
         self._build()
 
     def _build(self) -> None:
@@ -308,70 +453,202 @@ class MetricChart:
         assert st.individuals is not None
         assert st.ewma is not None
         assert st.cusum is not None
-        self._ind = IndividualsChart(st.baseline.center, st.baseline.sigma, cfg.rules, st.individuals)
+        # The Nelson tests read residuals, which are standardised already.
+        self._ind = IndividualsChart(0.0, 1.0, cfg.rules, st.individuals)
         self._ewma = EwmaChart(cfg.ewma.lam, cfg.ewma.L, st.ewma)
         self._cusum = CusumChart(cfg.cusum.k, cfg.cusum.h, cfg.cusum.cap, st.cusum)
+        self._spike = self.spike_limit
+        self._tail_open = self.tail_threshold
+        self._tail_keep = self.tail_clear
 
-    def _describe(self, rule: str) -> _Fire:
+    def _describe(self, rule: str, direction: Direction = "") -> _Fire:
         cfg = self.config
+        better = direction != "" and direction != cfg.worse
+        way = "faster" if better else "slower"
+        severity: Severity
         if rule == "SPIKE":
-            return _Fire(
-                "individuals", cfg.spike.severity, f"1 point more than {cfg.spike.k:g} sigma", None, 1
-            )
-        if rule == "CUSUM":
-            pairs = ", ".join(f"k={k:g} h={h:g}" for k, h in zip(cfg.cusum.k, cfg.cusum.h, strict=True))
-            return _Fire("cusum", cfg.cusum.severity, f"CUSUM beyond h ({pairs})", None, 1)
-        if rule == "EWMA":
-            name = f"EWMA beyond limits (lambda={cfg.ewma.lam:g}, L={cfg.ewma.L:g})"
-            return _Fire("ewma", cfg.ewma.severity, name, None, 1)
-        n = int(rule[1:])
-        return _Fire("individuals", cfg.rules.test(n).severity, cfg.rules.name(n), None, cfg.rules.window(n))
+            name = f"one answer {way} than anything the baseline made plausible"
+            chart: ChartKind = "individuals"
+            severity = cfg.spike.severity
+        elif rule == "CUSUM":
+            name, chart, severity = f"sustained shift: {way} than the baseline", "cusum", cfg.cusum.severity
+        elif rule == "TAIL":
+            t = cfg.tail
+            name = f"more unusually slow answers than the baseline has (>= {self._tail_open} in {t.window})"
+            chart, severity = "individuals", t.severity
+        elif rule == "EWMA":
+            name, chart, severity = f"gradual drift: {way} than the baseline", "ewma", cfg.ewma.severity
+        else:
+            n = int(rule[1:])
+            name, chart, severity = cfg.rules.name(n), "individuals", cfg.rules.test(n).severity
+        if better and not cfg.page_better:
+            severity = "info"
+        return _Fire(chart=chart, severity=severity, name=name, direction=direction, better=better)
+
+    def _level(self, baseline: Baseline, shift: float, direction: Direction) -> float:
+        """Metric units of a level ``shift`` residual-scale sigmas (clipped) from the centre."""
+        persistence = max(1e-3, 1.0 - sum(baseline.ar))
+        sign = 1.0 if direction == "up" else -1.0
+        y = baseline.center + sign * shift * baseline.w_sd * baseline.sigma_e / persistence
+        return transforms.inverse(self.config.transform, y)
 
     def _judge(self, y: float, ref: PointRef, baseline: Baseline) -> list[Signal]:
         cfg = self.config
+        st = self.state
         assert self._ind is not None
         assert self._ewma is not None
         assert self._cusum is not None
-        z, tests = self._ind.update(y)
+        b = baseline
+        worse: Direction = cfg.worse
+        better: Direction = "down" if worse == "up" else "up"
+        sign = 1.0 if worse == "up" else -1.0
+        pred = b.center
+        hist = st.hist
+        for i, phi in enumerate(b.ar):
+            pred += phi * (hist[-1 - i] - b.center)
+        r = (y - pred) / b.sigma_e
+        clip = cfg.clip
+        w = clip if r > clip else (-clip if r < -clip else r)
+        if b.ar:
+            hist.append(pred + w * b.sigma_e)
+            del hist[0]
+        u = (w - b.w_mean) / b.w_sd
+        z = (y - b.center) / b.sigma if b.sigma else 0.0
+        d = sign * u  # worse-positive
+
+        out: list[Signal] = []
+        # The critical detectors, one episode per direction.
+        paging_worse: dict[str, _Fire] = {}
+        paging_better: dict[str, _Fire] = {}
+        side_worse = side_better = None
+        if cfg.cusum.enabled:
+            pt = self._cusum.update(d)
+            side_worse, side_better = pt.up, pt.down
+            if pt.up.fired:
+                paging_worse["CUSUM"] = self._cusum_fire(b, worse, pt.up)
+            if pt.down.fired:
+                paging_better["CUSUM"] = self._cusum_fire(b, better, pt.down)
+        if cfg.tail.enabled:
+            window = st.tail_window
+            window.append(sign * r > cfg.tail.k)
+            if len(window) > cfg.tail.window:
+                del window[0]
+            if len(window) >= cfg.tail.window:
+                count = sum(window)
+                need = self._tail_keep if f"PAGE:{worse}" in st.episodes else self._tail_open
+                if count >= need:
+                    fire = self._describe("TAIL", worse)
+                    paging_worse["TAIL"] = msgspec.structs.replace(
+                        fire,
+                        name=f"{count} of the last {cfg.tail.window} answers unusually slow"
+                        f" (the baseline has {100 * b.tail_rate:.2g} %)",
+                        n_points=cfg.tail.window,
+                    )
+        if cfg.spike.enabled and sign * r > self._spike:
+            paging_worse["SPIKE"] = msgspec.structs.replace(self._describe("SPIKE", worse), level=ref.value)
+        out += self._family(worse, paging_worse, side_worse, d, ref, z, b)
+        out += self._family(better, paging_better, side_better, -d, ref, z, b)
+
+        # The other rules: one episode per rule and direction.
         fired: dict[str, _Fire] = {}
         if cfg.individuals:
+            _, tests = self._ind.update(r)
             for n in tests:
-                fired[f"R{n}"] = self._describe(f"R{n}")
-        if cfg.spike.enabled and abs(z) > cfg.spike.k:
-            fired["SPIKE"] = self._describe("SPIKE")
-        if cfg.ewma.enabled and self._ewma.update(z):
-            stat = transforms.inverse(cfg.transform, baseline.center + self._ewma.value * baseline.sigma)
-            window = min(self._ewma.state.n, max(1, round(2.0 / cfg.ewma.lam)))
-            fired["EWMA"] = msgspec.structs.replace(self._describe("EWMA"), statistic=stat, n_points=window)
-        if cfg.cusum.enabled:
-            pt = self._cusum.update(z)
-            if pt.fired:
-                fired["CUSUM"] = msgspec.structs.replace(
-                    self._describe("CUSUM"), statistic=pt.statistic, n_points=max(1, pt.run)
+                direction: Direction = ("up" if r > 0 else "down") if n in SIDED_TESTS else ""
+                key = f"R{n}:{direction}" if direction else f"R{n}"
+                fired[key] = msgspec.structs.replace(
+                    self._describe(f"R{n}", direction), n_points=cfg.rules.window(n)
                 )
-
-        st = self.state
-        out: list[Signal] = []
-        for rule in RULE_ORDER:
-            fire = fired.get(rule)
-            ep = st.episodes.get(rule)
+        if cfg.ewma.enabled and self._ewma_fired(u, sign):
+            direction = "up" if sign * self._ewma.value > 0 else "down"
+            shift = abs(self._ewma.value)
+            fired[f"EWMA:{direction}"] = msgspec.structs.replace(
+                self._describe("EWMA", direction),
+                statistic=self._level(b, shift, direction),
+                level=self._level(b, shift, direction),
+                n_points=min(self._ewma.state.n, max(1, round(2.0 / cfg.ewma.lam))),
+            )
+        for key in sorted(
+            set(fired) | {k for k in st.episodes if not k.startswith("PAGE:")}, key=_episode_order
+        ):
+            found = fired.get(key)
+            ep = st.episodes.get(key)
+            rule = key.split(":")[0]
             if ep is None:
-                if fire is not None:
-                    ep = st.episodes[rule] = EpisodeState(open_index=ref.index, open_point_id=ref.id)
-                    out.append(self._signal(rule, fire, "open", ref, z, baseline, ep, fire.n_points))
+                if found is not None:
+                    ep = st.episodes[key] = EpisodeState(
+                        open_index=ref.index, open_point_id=ref.id, rule=rule
+                    )
+                    out.append(self._signal(rule, found, "open", ref, z, b, ep))
                 continue
-            if fire is not None:
+            if found is not None:
                 ep.quiet = 0
                 continue
             ep.quiet += 1
             if ep.quiet >= cfg.clear_after:
-                del st.episodes[rule]
-                out.append(self._signal(rule, self._describe(rule), "cleared", ref, z, baseline, ep, 1))
-                if rule == "CUSUM":
-                    self._cusum.reset()
-                elif rule == "EWMA":
+                del st.episodes[key]
+                cleared = self._describe(_rule_of(key, ep), _direction_of(key))
+                out.append(self._signal(_rule_of(key, ep), cleared, "cleared", ref, z, b, ep))
+                if rule == "EWMA":
                     self._ewma.reset()
         return out
+
+    def _ewma_fired(self, u: float, sign: float) -> bool:
+        """Beyond its limit, or, with an episode open that way, beyond half of it (hysteresis:
+        an EWMA hovering at its limit during a shift is one episode, not one per crossing)."""
+        assert self._ewma is not None
+        if self._ewma.update(u):
+            return True
+        value = self._ewma.value
+        direction = "up" if sign * value > 0 else "down"
+        return f"EWMA:{direction}" in self.state.episodes and abs(value) > self._ewma.bound / 2
+
+    def _cusum_fire(self, b: Baseline, direction: Direction, side: CusumSide) -> _Fire:
+        level = self._level(b, side.shift, direction)
+        stat = side.statistic if direction == "up" else -side.statistic
+        return msgspec.structs.replace(
+            self._describe("CUSUM", direction), statistic=stat, n_points=max(1, side.run), level=level
+        )
+
+    def _family(
+        self,
+        direction: Direction,
+        fires: dict[str, _Fire],
+        side: CusumSide | None,
+        d: float,
+        ref: PointRef,
+        z: float,
+        b: Baseline,
+    ) -> list[Signal]:
+        """The shared episode of the critical detectors in one direction (``d``: that way +)."""
+        st = self.state
+        key = f"PAGE:{direction}"
+        ep = st.episodes.get(key)
+        if ep is None:
+            if not fires:
+                return []
+            rule = next(r for r in PAGING_RULES if r in fires)
+            ep = st.episodes[key] = EpisodeState(open_index=ref.index, open_point_id=ref.id, rule=rule)
+            if "CUSUM" in fires and side is not None:
+                _start_return_test(ep, side)
+            return [self._signal(rule, fires[rule], "open", ref, z, b, ep)]
+        ep.quiet = 0 if fires else ep.quiet + 1
+        a = 0.0
+        if "CUSUM" in fires and not ep.cusum and side is not None:
+            _start_return_test(ep, side)
+        elif ep.cusum:
+            ep.shift_sum += d
+            ep.shift_n += 1
+            a = max(MIN_RETURN_SHIFT, ep.shift_sum / ep.shift_n / 2.0)
+            ep.back = max(0.0, ep.back + a - d)
+        cfg = self.config
+        if ep.quiet < cfg.clear_after or (ep.cusum and ep.back <= return_h(a, cfg.clear_arl)):
+            return []
+        del st.episodes[key]
+        assert self._cusum is not None
+        self._cusum.reset("up" if direction == cfg.worse else "down")
+        fire = msgspec.structs.replace(self._describe(ep.rule, direction), level=ref.value)
+        return [self._signal(ep.rule, fire, "cleared", ref, z, b, ep)]
 
     def _signal(
         self,
@@ -382,9 +659,9 @@ class MetricChart:
         z: float,
         baseline: Baseline,
         ep: EpisodeState,
-        n_points: int,
     ) -> Signal:
         first_judged = baseline.last_index + 1
+        n_points = fire.n_points if state == "open" else 1
         points = tuple(p for p in self.state.recent[-n_points:] if p.index >= first_judged)
         return Signal(
             rule=rule,
@@ -402,4 +679,67 @@ class MetricChart:
             points=points,
             episode_index=ep.open_index,
             episode_point_id=ep.open_point_id,
+            direction=fire.direction,
+            better=fire.better,
+            level=fire.level,
         )
+
+
+def spike_limit_of(config: ChartConfig, b: Baseline) -> float:
+    """The SPIKE limit of baseline ``b`` under ``config`` (residual sigmas, worse direction)."""
+    return spike_limit(config.spike.k, b.spike_rate, b.spike_excess, b.worst, config.spike.arl0)
+
+
+def tail_threshold_of(config: ChartConfig, b: Baseline) -> int:
+    """Tail points among the last ``tail.window`` that open a TAIL episode on baseline ``b``."""
+    t = config.tail
+    return binomial_threshold(t.window, max(t.min_rate, b.tail_rate), t.alpha)
+
+
+def _start_return_test(ep: EpisodeState, side: CusumSide) -> None:
+    """Start the shift estimate from what the CUSUM measured over its run (``k + C / run``),
+    worth at most SHIFT_PRIOR_POINTS points: at the moment it signals, a CUSUM overestimates a
+    small shift (it signals when the noise helped), and a return test sized to that estimate
+    would clear a small shift that is still there."""
+    ep.cusum = True
+    weight = min(max(1, side.run), SHIFT_PRIOR_POINTS)
+    ep.shift_sum = side.shift * weight
+    ep.shift_n = weight
+    ep.back = 0.0
+
+
+def return_h(a: float, arl: float) -> float:
+    """h of the return test ``B = max(0, B + a - d)`` for a false-clear ARL of ``arl`` points
+    when the shift ``2a`` is still there (drift ``-a``, unit variance; Siegmund's approximation
+    ``(exp(2ab) - 2ab - 1) / (2a^2)`` with ``b = h + 1.166``)."""
+    if a <= 0.0:
+        return math.inf
+    b = math.log(arl * 2 * a * a + 1) / (2 * a)
+    for _ in range(3):
+        b = math.log(arl * 2 * a * a + 2 * a * b + 1) / (2 * a)
+    return b - 1.166
+
+
+def _rule_of(key: str, ep: EpisodeState) -> str:
+    return ep.rule or key.split(":")[0]
+
+
+def _direction_of(key: str) -> Direction:
+    part = key.partition(":")[2]
+    return "up" if part == "up" else ("down" if part == "down" else "")
+
+
+def _episode_order(key: str) -> tuple[int, str]:
+    rule = key.split(":")[0]
+    return (RULE_ORDER.index(rule) if rule in RULE_ORDER else len(RULE_ORDER), key)
+
+
+def _normal_tail(k: float) -> float:
+    return 0.5 * math.erfc(k / math.sqrt(2.0))
+
+
+def _clipped_normal_sd(c: float) -> float:
+    """Standard deviation of a standard normal clipped to +-c."""
+    pdf = math.exp(-c * c / 2) / math.sqrt(2 * math.pi)
+    tail = _normal_tail(c)
+    return math.sqrt((1 - 2 * tail) - 2 * c * pdf + 2 * c * c * tail)

@@ -16,7 +16,8 @@ Duplicate and late telemetry (documented policy):
 - late telemetry (a timestamp older than the chart's last point) is charted in arrival
   (stream) order, which is the order every replica and every replay sees.
 
-Violation ids are ``sha256(chart_key | rule | state | point id)`` (32 hex digits): a replay of
+Violation ids are ``sha256(chart_key | rule[:direction] | state | point id)`` (32 hex digits; the
+direction, where the rule has one, keeps a shift up and a shift down apart): a replay of
 the same stream produces the same ids, published with ``Nats-Msg-Id`` so JetStream drops
 repeats; the violation's ``ts`` is the telemetry timestamp of the point, not the wall clock.
 
@@ -32,6 +33,7 @@ stream and the same log give the same violations, whenever the engine was restar
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
@@ -49,9 +51,20 @@ from llmscope.spc_engine.availability import (
     AvailabilityConfig,
     AvailabilitySignal,
     AvailabilityState,
+    binomial_tail,
     run_needed,
 )
-from llmscope.spc_engine.chart import RECENT, Baseline, ChartState, MetricChart, Signal
+from llmscope.spc_engine.baseline import SPIKE_U
+from llmscope.spc_engine.chart import (
+    MODEL_VERSION,
+    RECENT,
+    Baseline,
+    ChartState,
+    MetricChart,
+    Signal,
+    spike_limit_of,
+    tail_threshold_of,
+)
 from llmscope.spc_engine.config import (
     BASELINE_SETTINGS,
     CHARTED_METRICS,
@@ -61,6 +74,7 @@ from llmscope.spc_engine.config import (
     describe_changes,
     to_settings,
 )
+from llmscope.spc_engine.describe import describe_signal
 
 
 def violation_id(key: str, rule: str, state: str, point_id: str) -> str:
@@ -135,13 +149,32 @@ def decode_snapshot(key: str, data: bytes) -> Snapshot:
     return msgspec.json.decode(data, type=ChartSnapshot)
 
 
-def critical_arl0(config: ChartConfig) -> float | None:
-    """Combined in-control ARL of the critical detectors with known parameters (None: none)."""
+def critical_arl0(config: ChartConfig, baseline: Baseline | None = None) -> float | None:
+    """Combined in-control ARL of the critical detectors, for the model the chart runs with.
+
+    The detectors judge one-step residuals, which the fitted model makes independent: the
+    degradation side of each CUSUM (Brook-Evans), the spike at the chart's own limit by the
+    baseline's tail model, and the tail rule at its binomial threshold. Improvements never page
+    unless ``page_better``. None: nothing is critical.
+    """
     arls: list[float] = []
+    sides = 2 if config.page_better else 1
     if config.cusum.enabled and config.cusum.severity == "critical":
-        arls += [_cusum_arl(k, h) for k, h in zip(config.cusum.k, config.cusum.h, strict=True)]
-    if config.spike.enabled and config.spike.severity == "critical":
-        arls.append(arl.shewhart_arl(config.spike.k))
+        arls += [_cusum_arl(k, h) / sides for k, h in zip(config.cusum.k, config.cusum.h, strict=True)]
+    if baseline is not None and baseline.model >= MODEL_VERSION:
+        if config.spike.enabled and config.spike.severity == "critical":
+            limit = spike_limit_of(config, baseline)
+            rate = baseline.spike_rate * math.exp(-(limit - SPIKE_U) / baseline.spike_excess)
+            arls.append(math.inf if rate <= 0 else 1.0 / rate)
+        if config.tail.enabled and config.tail.severity == "critical":
+            p = binomial_tail(
+                config.tail.window,
+                max(config.tail.min_rate, baseline.tail_rate),
+                tail_threshold_of(config, baseline),
+            )
+            arls.append(math.inf if p <= 0 else 1.0 / p)
+    elif config.spike.enabled and config.spike.severity == "critical":
+        arls.append(2.0 * arl.shewhart_arl(config.spike.k))
     if config.ewma.enabled and config.ewma.severity == "critical":
         arls.append(_ewma_arl(config.ewma.lam, config.ewma.L))
     if config.individuals and config.rules.r1.enabled and config.rules.r1.severity == "critical":
@@ -155,9 +188,10 @@ _KEY_CACHE_SIZE = 65_536
 
 
 def _cusum_arl(k: float, h: float) -> float:
+    """One-sided: only the degradation side pages."""
     key = ("cusum", k, h)
     if key not in _ARL_CACHE:
-        _ARL_CACHE[key] = arl.cusum_arl(k, h, m=200)
+        _ARL_CACHE[key] = arl.cusum_arl_one_sided(k, h, m=200)
     return _ARL_CACHE[key]
 
 
@@ -201,6 +235,7 @@ def render_availability(config: AvailabilityConfig, state: AvailabilityState) ->
         else run_needed(state.rate, config.run_arl0, config.fail_run),
         open_episodes=tuple(sorted(state.episodes)),
         baseline_number=state.baseline_number,
+        cold_starts=state.cold_starts,
         baseline_by=state.baseline_by,
         baseline_reason=state.baseline_reason,
     )
@@ -210,17 +245,30 @@ def render_view(config: ChartConfig, state: ChartState) -> ChartView:
     """Pure: the API's view of a metric chart's configuration and state."""
     chart = MetricChart(config, state=state)
     got, need = chart.progress
+    b = state.baseline
     return ChartView(
         phase="armed" if chart.armed else "collecting",
         progress=got,
         baseline_n=need,
         limits=chart.limits(),
-        baseline=_public_baseline(state.baseline),
-        open_episodes=tuple(sorted(state.episodes)),
-        arl0_critical=critical_arl0(config),
+        baseline=_public_baseline(b),
+        open_episodes=tuple(sorted(episode_names(state))),
+        arl0_critical=critical_arl0(config, b),
         rules=tuple(chart.rules()),
         settings=to_settings(config),
+        note=state.note,
+        ar_order=len(b.ar) if b is not None else 0,
+        autocorrelation=b.lag_corr[0] if b is not None and b.lag_corr else None,
+        tail_rate=b.tail_rate if b is not None and b.model >= MODEL_VERSION else None,
     )
+
+
+def episode_names(state: ChartState) -> list[str]:
+    """Open episodes as ``RULE:direction`` (a shared critical episode by the rule that opened it)."""
+    return [
+        f"{ep.rule}:{key.split(':')[1]}" if key.startswith("PAGE:") else key
+        for key, ep in state.episodes.items()
+    ]
 
 
 def _meta(ev: TelemetryEvent, prompt_id: str, metric: str) -> ChartMeta:
@@ -436,6 +484,11 @@ class Engine:
                 out.append(self._availability_event(avail_key, entry, asig, ev.id, ev.ts, ev.system))
         if not ev.ok:
             return out
+        if ev.cold_start:
+            # A model load is not warm latency: counted on the availability chart, never charted.
+            if isinstance(entry.chart, AvailabilityChart):
+                entry.chart.state.cold_starts += 1
+            return out
         for metric, key in zip(CHARTED_METRICS, metric_keys, strict=True):
             value = getattr(ev, metric)
             if value is None:
@@ -535,8 +588,11 @@ class Engine:
         self, key: str, entry: _Entry, sig: Signal, ev: TelemetryEvent | None, ts: datetime | None = None
     ) -> ViolationEvent:
         meta = entry.meta
-        vid = violation_id(key, sig.rule, sig.state, sig.point_id)
-        episode = vid if sig.state == "open" else violation_id(key, sig.rule, "open", sig.episode_point_id)
+        # The direction is part of the id: a shift up and a shift down are two episodes, and
+        # both may open or clear at one point (an id without it would be dropped as a duplicate).
+        rule = f"{sig.rule}:{sig.direction}" if sig.direction else sig.rule
+        vid = violation_id(key, rule, sig.state, sig.point_id)
+        episode = vid if sig.state == "open" else violation_id(key, rule, "open", sig.episode_point_id)
         b = sig.baseline
         when = ts if ts is not None else (ev.ts if ev is not None else None)
         if when is None:
@@ -574,6 +630,13 @@ class Engine:
             point_ts=tuple(p.ts for p in sig.points if p.ts is not None),
             system=ev.system if ev is not None else SystemMetrics(),
             opened_at=when if sig.state == "open" else None,
+            direction=sig.direction,
+            better=sig.better,
+            level=sig.level,
+            change_pct=(sig.level / sig.limits.center - 1.0) * 100.0
+            if sig.level is not None and sig.limits.center
+            else None,
+            detail=describe_signal(meta.metric, sig),
         )
 
     def _availability_event(

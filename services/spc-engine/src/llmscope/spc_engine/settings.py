@@ -8,7 +8,7 @@
 | LLMSCOPE_SPC_REPLICA | 0 | this replica's index, 0 .. REPLICAS-1 (owns partitions k % REPLICAS = index) |
 | LLMSCOPE_SPC_LEASE_TTL_S | 10 | a partition whose holder stopped renewing is taken over after this |
 | LLMSCOPE_SPC_BASELINE_N | 1000 | Phase I points per chart before limits freeze |
-| LLMSCOPE_SPC_SIGMA_ESTIMATOR | mr | mr (average moving range / 1.128) or sd |
+| LLMSCOPE_SPC_SIGMA_ESTIMATOR | sd | residual scale: sd (trimmed) or mr (moving range / 1.128) |
 | LLMSCOPE_SPC_TOKENS_TRANSFORM | log | scale of the tokens_per_s charts: log or none |
 | LLMSCOPE_SPC_CLEAR_AFTER | 10 | quiet points before an episode clears |
 | LLMSCOPE_SPC_SNAPSHOT_INTERVAL_S | 1.0 | how often changed charts are written to the KV bucket |
@@ -39,7 +39,7 @@ class SpcSettings:
     replica: int = 0
     lease_ttl_s: float = 10.0
     baseline_n: int = DEFAULT_BASELINE_N
-    sigma_estimator: str = "mr"
+    sigma_estimator: str = "sd"
     tokens_transform: str = "log"
     clear_after: int = 10
     snapshot_interval_s: float = 1.0
@@ -70,7 +70,7 @@ class SpcSettings:
             replica=replica,
             lease_ttl_s=env.number("LLMSCOPE_SPC_LEASE_TTL_S", 10.0, min=0.5),
             baseline_n=env.integer("LLMSCOPE_SPC_BASELINE_N", DEFAULT_BASELINE_N, min=2),
-            sigma_estimator=env.choice("LLMSCOPE_SPC_SIGMA_ESTIMATOR", "mr", ("mr", "sd")),
+            sigma_estimator=env.choice("LLMSCOPE_SPC_SIGMA_ESTIMATOR", "sd", ("sd", "mr")),
             tokens_transform=env.choice("LLMSCOPE_SPC_TOKENS_TRANSFORM", "log", ("log", "none")),
             clear_after=env.integer("LLMSCOPE_SPC_CLEAR_AFTER", 10, min=1),
             snapshot_interval_s=env.number("LLMSCOPE_SPC_SNAPSHOT_INTERVAL_S", 1.0, min=0),

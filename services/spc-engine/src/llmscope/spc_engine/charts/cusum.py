@@ -1,13 +1,14 @@
 """Two-sided tabular CUSUM on standardised values, with one or more reference values k.
 
-For each (k, h): ``C+ = max(0, C+ + z - k)``, ``C- = max(0, C- - z - k)``; a component signals
-while ``C > h``. Several k run side by side (small k finds small shifts, large k large ones);
-the chart signals when any component does, so it is one detector with one episode.
+For each (k, h): ``C+ = max(0, C+ + z - k)``, ``C- = max(0, C- - z - k)``; a side signals while
+any of its components is above its h. Several k run side by side (small k finds small shifts,
+large k large ones). The two sides are reported apart: a shift up and a later shift down are
+two different findings.
 
 After a component crosses h it is capped at ``cap * h`` instead of being reset: a sustained
-shift keeps the chart out of control (one episode, no re-signal every ARL1 points), and when
-the process returns the statistic falls back below h within ``(cap - 1) h / k`` points. The
-owner resets the chart when the episode clears, so a recovered chart starts afresh.
+shift keeps the side out of control (one episode, no re-signal every ARL1 points), and when the
+process returns the statistic falls back below h within ``(cap - 1) h / k`` points. The owner
+resets a side when its episode clears, so a recovered chart starts afresh.
 """
 
 from __future__ import annotations
@@ -25,15 +26,43 @@ class CusumState(msgspec.Struct, kw_only=True):
     run_down: list[int]
 
 
-class CusumPoint(msgspec.Struct, frozen=True, kw_only=True):
-    """The result of one update: the most extreme component relative to its h."""
+class CusumSide(msgspec.Struct, frozen=True, kw_only=True):
+    """One side after an update: its most extreme component relative to its h."""
 
     fired: bool
     statistic: float
-    """Signed sum of that component (+ for the upper side, - for the lower)."""
+    """That component's sum (>= 0)."""
     component: int
     run: int
     """Points since that component last sat at zero: the points that formed the signal."""
+    shift: float
+    """That component's estimate of the shift since the run began: ``k + C / run``."""
+
+
+class CusumPoint(msgspec.Struct, frozen=True, kw_only=True):
+    up: CusumSide
+    down: CusumSide
+
+    @property
+    def fired(self) -> bool:
+        return self.up.fired or self.down.fired
+
+    @property
+    def statistic(self) -> float:
+        """Signed sum of the more extreme side (+ upper, - lower; the upper side wins a tie)."""
+        return self.up.statistic if not self.down.fired or self.up.fired else -self.down.statistic
+
+
+def _side(sums: list[float], runs: list[int], ks: tuple[float, ...], hs: tuple[float, ...]) -> CusumSide:
+    best = max(range(len(sums)), key=lambda i: sums[i] / hs[i])
+    run = runs[best]
+    return CusumSide(
+        fired=any(c > h for c, h in zip(sums, hs, strict=True)),
+        statistic=sums[best],
+        component=best,
+        run=run,
+        shift=ks[best] + sums[best] / run if run else 0.0,
+    )
 
 
 class CusumChart:
@@ -60,8 +89,6 @@ class CusumChart:
         s = self.state
         upper, lower, run_up, run_down = s.upper, s.lower, s.run_up, s.run_down
         capped = self.cap != math.inf
-        best = -math.inf
-        best_value, best_run, best_sign, best_i, best_h = 0.0, 0, 1.0, 0, 1.0
         for i, (k, h) in enumerate(zip(self.k, self.h, strict=True)):
             up = upper[i] + z - k
             down = lower[i] - z - k
@@ -81,25 +108,16 @@ class CusumChart:
                 down = min(down, limit)
             upper[i] = up
             lower[i] = down
-            # The most extreme component relative to its h; the upper side wins a tie.
-            if up / h > best:
-                best, best_value, best_run, best_sign, best_i, best_h = up / h, up, run_up[i], 1.0, i, h
-            if down / h > best:
-                best, best_value, best_run, best_sign, best_i, best_h = (
-                    down / h,
-                    down,
-                    run_down[i],
-                    -1.0,
-                    i,
-                    h,
-                )
         return CusumPoint(
-            fired=best_value > best_h, statistic=best_sign * best_value, component=best_i, run=best_run
+            up=_side(upper, run_up, self.k, self.h), down=_side(lower, run_down, self.k, self.h)
         )
 
-    def reset(self) -> None:
+    def reset(self, side: str | None = None) -> None:
+        """Restart one side (``"up"`` or ``"down"``) or both."""
         m = len(self.k)
-        self.state.upper = [0.0] * m
-        self.state.lower = [0.0] * m
-        self.state.run_up = [0] * m
-        self.state.run_down = [0] * m
+        if side in (None, "up"):
+            self.state.upper = [0.0] * m
+            self.state.run_up = [0] * m
+        if side in (None, "down"):
+            self.state.lower = [0.0] * m
+            self.state.run_down = [0] * m
