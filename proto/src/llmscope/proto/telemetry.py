@@ -7,7 +7,17 @@ from typing import Annotated, Literal, get_args
 import msgspec
 from msgspec import Meta
 
-from llmscope.proto.base import Count, Event, Milliseconds, NonEmptyStr, Percent
+from llmscope.proto import subjects
+from llmscope.proto.base import (
+    Count,
+    Event,
+    Milliseconds,
+    NonEmptyStr,
+    Percent,
+    check_names,
+    check_text,
+    check_ts,
+)
 
 ProviderKind = Literal["ollama", "openai", "anthropic"]
 
@@ -69,11 +79,32 @@ class TelemetryEvent(Event, frozen=True, kw_only=True, tag="telemetry.v1"):
     eval_duration_ms: Milliseconds | None = None
     prompt_eval_count: Annotated[Count, Meta(description="prompt (input) tokens")] | None = None
     eval_count: Annotated[Count, Meta(description="generated (output) tokens")] | None = None
-    tokens_per_s: Annotated[float, Meta(ge=0, description="output tokens / generation seconds")] | None = None
+    tokens_per_s: (
+        Annotated[float, Meta(ge=0, le=1e9, description="output tokens / generation seconds")] | None
+    ) = None
     cpu_percent: Percent | None = None
     memory_percent: Percent | None = None
     gpu_percent: Annotated[Percent, Meta(description="null when the host has no GPU")] | None = None
     gpu_memory_percent: Annotated[Percent, Meta(description="null when the host has no GPU")] | None = None
+
+    def __post_init__(self) -> None:
+        # What Postgres, the subjects and the KV keys cannot hold is refused here, when the event
+        # is decoded (the API answers 422, a consumer dead-letters it), never further downstream.
+        check_ts("ts", self.ts)
+        check_names(
+            model=self.model,
+            target=self.target,
+            prompt_id=self.prompt_id,
+            host=self.host,
+            prober=self.prober,
+            prompt_class=self.prompt_class,
+            prompt_hash=self.prompt_hash,
+        )
+        check_text(error=self.error, prompt_text=self.prompt_text)
+        # Model, target and prompt become tokens of subjects and keys (a chart's KV key has all three).
+        subjects.check_token("model", self.model)
+        subjects.check_token("target", self.target)
+        subjects.check_token("prompt_id", self.prompt_id)
 
     @property
     def ok(self) -> bool:
