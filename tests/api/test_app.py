@@ -367,3 +367,36 @@ async def test_whatever_post_stats_accepts_is_stored(persisting_api: Api) -> Non
     await eventually(stored, what="the accepted events stored")
     assert await api.store.pool.fetchval("SELECT count(*) FROM dead_letters") == 0
     assert await api.store.pool.fetchval("SELECT sum(latency_n) FROM telemetry_minute") == 3
+
+
+async def test_a_resend_of_an_event_without_an_id_is_stored_once(api: Api) -> None:
+    """After a 503 (NATS away: the publish may have reached the stream) the client sends the same
+    body again: an event with a ts and no id gets an id derived from its content, so JetStream
+    drops the resend as a duplicate."""
+    body = {"provider": "ollama", "model": "m", "target": "t", "prompt_id": "p", "prompt_hash": "h"}
+    body["ts"] = datetime.now(UTC).isoformat()
+    first = await api.client.post("/api/stats", json=[body, {**body, "latency_ms": 5.0}])
+    again = await api.client.post("/api/stats", json=[body, {**body, "latency_ms": 5.0}])
+    assert first.status_code == again.status_code == 202
+    assert first.json()["ids"] == again.json()["ids"]
+    assert len(set(first.json()["ids"])) == 2
+    assert (first.json()["duplicates"], again.json()["duplicates"]) == (0, 2)
+    no_ts = await api.client.post("/api/stats", json={k: v for k, v in body.items() if k != "ts"})
+    assert no_ts.json()["ids"] != first.json()["ids"][:1]  # now, and a fresh id
+
+
+async def test_post_stats_is_503_with_the_ids_while_nats_is_away(api: Api) -> None:
+    api.runtime.publisher = None  # as before the first connection
+    body = {
+        "provider": "ollama",
+        "model": "m",
+        "target": "t",
+        "prompt_id": "p",
+        "prompt_hash": "h",
+        "id": "e-1",
+    }
+    r = await api.client.post("/api/stats", json=body)
+    assert r.status_code == 503
+    assert r.json()["ids"] == ["e-1"]
+    assert r.headers["retry-after"] == "5"
+    assert "not confirmed" in r.json()["detail"]
