@@ -101,6 +101,18 @@ def postgres_server() -> Iterator[EmbeddedPostgres | None]:
 
 
 @pytest.fixture
+def own_postgres() -> Iterator[EmbeddedPostgres]:
+    """A Postgres of this test's own, to stop and start (outside basetemp: see postgres_server)."""
+    with tempfile.TemporaryDirectory(prefix="llmscope-test-pg-own-") as tmp:
+        server = EmbeddedPostgres(Path(tmp) / "data", free_port(), durable=False)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@pytest.fixture
 async def database_url(postgres_server: EmbeddedPostgres | None) -> AsyncIterator[str]:
     """A fresh, empty database for this test, dropped afterwards."""
     admin_url = os.environ.get("DATABASE_URL") or (postgres_server.url() if postgres_server else "")

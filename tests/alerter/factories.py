@@ -13,8 +13,13 @@ from typing import Any
 from aiohttp import web
 from aiosmtpd.controller import Controller
 
+from llmscope.alerter.destinations import ALLOWED_HOSTS_ENV
 from llmscope.proto.telemetry import SystemMetrics
 from llmscope.proto.violation import BaselineRef, ChartLimits, Severity, ViolationEvent
+
+LOOPBACK_ALLOWED = {ALLOWED_HOSTS_ENV: "127.0.0.1,::1,localhost"}
+"""The tests' channels are local servers (HttpSink, aiosmtpd): the alerter refuses loopback
+destinations unless the operator allows them, so every test environment allows it explicitly."""
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)  # a Monday
 

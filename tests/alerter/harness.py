@@ -31,6 +31,7 @@ from llmscope.bus.publisher import Publisher
 from llmscope.config.env import Env
 from llmscope.proto import codec, subjects
 from llmscope.proto.violation import ViolationEvent
+from tests.alerter.factories import LOOPBACK_ALLOWED
 
 FAST_RETRY = RetryPolicy(initial=0.05, max_delay=0.2, deadline=2.0, attempt_timeout=1.0)
 
@@ -94,7 +95,7 @@ async def start_alerter(
     publisher = Publisher(js) if js is not None else None
     alerter = Alerter(
         store,
-        env=Env(dict(env)),
+        env=Env({**LOOPBACK_ALLOWED, **env}),
         session=session,
         publisher=publisher,
         options=AlerterOptions(

@@ -19,7 +19,7 @@ from llmscope.alerter.__main__ import main
 from llmscope.alerter.retry import RetryPolicy
 from llmscope.alerter.testsend import send_test
 from llmscope.config.env import Env
-from tests.alerter.factories import HttpSink, Mailbox, hang, smtp_server, violation
+from tests.alerter.factories import LOOPBACK_ALLOWED, HttpSink, Mailbox, hang, smtp_server, violation
 from tests.alerter.harness import eventually, publish
 
 
@@ -47,6 +47,7 @@ async def test_sigkill_mid_delivery_then_restart_sends_each_notification_once(
         "DATABASE_URL": database_url,
         "NATS_URL": nats_url,
         "LLMSCOPE_WEBHOOK_URL": url + "/hook",
+        **LOOPBACK_ALLOWED,
         "LLMSCOPE_ALERTER_GROUP_WAIT_S": "0.2",
         "LLMSCOPE_ALERTER_GROUP_INTERVAL_S": "0.2",
         "LLMSCOPE_ALERTER_TICK_S": "0.1",
@@ -132,15 +133,17 @@ async def test_send_test_reports_the_channel_answer() -> None:
             "smtp_port": smtp.port,
             "smtp_security": "none",
             "smtp_to": "me@example.com",
-            "email_enabled": False,  # a disabled channel can still be tested (the setup wizard)
+            "email_enabled": True,
         }
-        result = await send_test("email", settings, env=Env({}))
+        result = await send_test("email", settings, env=Env(LOOPBACK_ALLOWED))
         assert result.ok, result
         assert result.status == "sent"
         assert "accepted" in result.detail
         assert box.messages[0]["Subject"] == "[LLMscope] Test notification"
         quick = RetryPolicy(initial=0.05, max_delay=0.1, deadline=0.3, attempt_timeout=1)
-        hook = await send_test("webhook", {}, env=Env({"LLMSCOPE_WEBHOOK_URL": url}), policy=quick)
+        hook = await send_test(
+            "webhook", {}, env=Env({**LOOPBACK_ALLOWED, "LLMSCOPE_WEBHOOK_URL": url}), policy=quick
+        )
         assert not hook.ok
         assert hook.status == "expired"
         assert "HTTP 500" in hook.detail
@@ -148,7 +151,10 @@ async def test_send_test_reports_the_channel_answer() -> None:
         missing = await send_test("slack", {}, env=Env({}))
         assert missing.status == "not_configured"
         secret = await send_test(
-            "slack", {"slack_webhook_url": "http://127.0.0.1:9/services/T/B/tok3n"}, env=Env({}), policy=quick
+            "slack",
+            {"slack_webhook_url": "http://127.0.0.1:9/services/T/B/tok3n"},
+            env=Env(LOOPBACK_ALLOWED),
+            policy=quick,
         )
         assert not secret.ok
         assert "tok3n" not in secret.detail

@@ -3,29 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from nats.js import JetStreamContext
 
 from llmscope.stack.embedded import EmbeddedPostgres
-from llmscope.stack.ports import free_port
 from tests.alerter.factories import HttpSink, violation
 from tests.alerter.harness import eventually, publish, start_alerter
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[EmbeddedPostgres]:
-    """A Postgres of this test's own, to stop and start (outside basetemp: see tests/conftest.py)."""
-    with tempfile.TemporaryDirectory(prefix="llmscope-test-pg-outage-") as tmp:
-        server = EmbeddedPostgres(Path(tmp) / "data", free_port(), durable=False)
-        server.start()
-        try:
-            yield server
-        finally:
-            server.stop()
 
 
 async def test_postgres_down_longer_than_the_redelivery_window_loses_nothing(

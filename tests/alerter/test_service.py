@@ -26,7 +26,7 @@ from llmscope.alerter.testsend import send_test
 from llmscope.config.env import Env
 from llmscope.proto import codec
 from llmscope.proto.alert import NotificationEvent
-from tests.alerter.factories import HttpSink, Mailbox, cleared, smtp_server, violation
+from tests.alerter.factories import LOOPBACK_ALLOWED, HttpSink, Mailbox, cleared, smtp_server, violation
 from tests.alerter.harness import eventually, publish, start_alerter
 
 
@@ -266,7 +266,7 @@ async def test_redirect_loop_never_reveals_the_secret_webhook_url(
         row = await run.pool.fetchrow("SELECT status, last_error, detail FROM alerter_notifications")
         assert row is not None
         details = [r["detail"] for r in await run.pool.fetch("SELECT detail FROM alerter_delivery_attempts")]
-        reply = await send_test("webhook", {}, env=Env(env))
+        reply = await send_test("webhook", {}, env=Env({**LOOPBACK_ALLOWED, **env}))
     finally:
         await run.close()
         await sink.stop()

@@ -13,6 +13,7 @@ from nats.js import JetStreamContext
 from llmscope.alerter.control import ControlResponder
 from llmscope.config.env import Env
 from llmscope.proto.incident import IncidentAnalysis, IncidentEvent, MetricMove, SimilarIncident
+from tests.alerter.factories import LOOPBACK_ALLOWED
 from tests.alerter.harness import FAST_RETRY, Running, start_alerter
 
 
@@ -30,7 +31,7 @@ async def live_alerter(
     run = await start_alerter(database_url, js, env or {})
     control = ControlResponder(
         run.alerter,
-        Env(dict(env or {})),
+        Env({**LOOPBACK_ALLOWED, **(env or {})}),
         public_url="http://scope.test",
         session=run.session,
         test_policy=FAST_RETRY,

@@ -39,6 +39,7 @@ async def test_test_send_goes_through_the_alerter_and_reports_the_channel(
             "alert.email.tls": "none",
             "alert.email.recipients": ["oncall@example.com"],
             "alert.email.smtp_password": "hunter2-secret",
+            "alert.email.enabled": True,
         }.items():
             r = await api.client.put(f"/api/settings/{key}", json={"value": value})
             assert r.status_code == 200, r.text

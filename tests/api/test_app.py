@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -15,7 +15,8 @@ from llmscope.config.env import ConfigError, Env
 from llmscope.proto import subjects
 from llmscope.proto.switches import decode_switch, model_key
 from llmscope.proto.violation import ViolationEvent
-from tests.api.conftest import Api
+from tests.alerter.harness import eventually
+from tests.api.conftest import Api, serve
 from tests.api.factories import cleared, telemetry, violation
 
 
@@ -76,6 +77,19 @@ async def test_post_stats_publishes_and_persister_stores(persisting_api: Api) ->
         ({"latency_ms": -1}, "$.latency_ms"),
         ({"provider": "nope"}, "$.provider"),
         ({"model": ""}, "$.model"),
+        # What Postgres, the subjects or the dashboard could not take is refused here (issue 9).
+        ({"eval_count": 2**40}, "$.eval_count"),
+        ({"max_tokens": 2**31}, "$.max_tokens"),
+        ({"latency_ms": 1e308}, "$.latency_ms"),
+        ({"tokens_per_s": 1e300}, "$.tokens_per_s"),
+        ({"host": "gpu\u0000"}, "$.host"),
+        ({"target": "a\nb"}, "$.target"),
+        ({"error": "boom\u0000"}, "$.error"),
+        ({"model": "\U0001f600" * 256}, "$.model"),
+        ({"prompt_id": "." * 342}, "$.prompt_id"),
+        ({"ts": "0001-01-01T00:00:00Z"}, "$.ts"),
+        ({"ts": "2999-01-01T00:00:00Z"}, "$.ts"),
+        ({"ts": (datetime.now(UTC) + timedelta(days=2)).isoformat()}, "$.ts"),
     ],
 )
 async def test_post_stats_422_names_the_field(api: Api, body: dict[str, object], field: str) -> None:
@@ -286,3 +300,103 @@ async def test_old_points_outside_window_are_not_charted(api: Api) -> None:
         await api.client.get("/api/stats/spc", params={"provider": "ollama", "model": "llama3.1:8b"})
     ).json()
     assert [p["id"] for p in chart["points"]] == ["t000001"]
+
+
+async def test_rows_stored_with_impossible_timestamps_no_longer_break_the_pages(
+    api: Api, settings: ApiSettings
+) -> None:
+    """A year-0001 timestamp (before year 1 in UTC) stored by an older version answered 500 on
+    /models and /status for everyone; the migration that bounds stored times removes it."""
+    await seed(api)
+    pool = api.store.pool
+    bad = "0001-01-01 00:00+01"  # 1 BC in UTC: asyncpg cannot even decode it
+    await pool.execute("UPDATE models SET first_seen = $1::text::timestamptz", bad)
+    await pool.execute(
+        """INSERT INTO models (provider, model, first_seen, last_seen)
+           VALUES ('ollama', 'ancient', $1::text::timestamptz, $1::text::timestamptz)""",
+        bad,
+    )
+    await pool.execute(
+        """INSERT INTO telemetry (id, ts, provider, model, target, prompt_id, prompt_hash, status)
+           VALUES ('ancient', $1::text::timestamptz, 'ollama', 'llama3.1:8b', 'local', 'simple-1',
+                   'h', 'timeout')""",
+        bad,
+    )
+    with pytest.raises(OverflowError):  # a 500 for every user before the migration
+        await api.client.get("/api/status")
+    await pool.execute("DELETE FROM schema_migrations WHERE name = '0005_timestamps_in_range.sql'")
+    async with serve(settings) as again:  # a restart applies the migration
+        for path in ("/api/models", "/api/status", "/status", "/api/models/health"):
+            r = await again.client.get(path)
+            assert r.status_code == 200, (path, r.text)
+        models = {m["model"] for m in (await again.client.get("/api/models")).json()}
+        assert models == {"llama3.1:8b"}
+
+
+async def test_whatever_post_stats_accepts_is_stored(persisting_api: Api) -> None:
+    """202 means stored: events at every bound the API accepts land in Postgres, none is
+    dead-lettered (two latencies of 1e308 in one minute overflowed the rollup before)."""
+    api = persisting_api
+    longest = "é" * (subjects.MAX_TOKEN_LENGTH // 6)  # 2 UTF-8 bytes, 3 characters each encoded
+    base = {
+        "provider": "ollama",
+        "model": longest,
+        "target": longest[:-1] + "t",
+        "prompt_id": longest[:-1] + "p",
+        "prompt_hash": "h" * 128,
+        "host": "h" * 256,
+        "error": "line one\nline two",
+        "max_tokens": 2**31 - 1,
+        "eval_count": 2**31 - 1,
+        "prompt_eval_count": 2**31 - 1,
+        "latency_ms": 86_400_000,
+        "ttft_ms": 86_400_000,
+        "tokens_per_s": 1e9,
+        "cpu_percent": 100,
+    }
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    body = [{**base, "ts": (now + timedelta(seconds=i)).isoformat()} for i in range(3)]
+    r = await api.client.post("/api/stats", json=body)
+    assert r.status_code == 202, r.text
+    ids = r.json()["ids"]
+
+    async def stored() -> bool:
+        n = await api.store.pool.fetchval("SELECT count(*) FROM telemetry WHERE id = ANY($1)", ids)
+        return bool(n == 3)
+
+    await eventually(stored, what="the accepted events stored")
+    assert await api.store.pool.fetchval("SELECT count(*) FROM dead_letters") == 0
+    assert await api.store.pool.fetchval("SELECT sum(latency_n) FROM telemetry_minute") == 3
+
+
+async def test_a_resend_of_an_event_without_an_id_is_stored_once(api: Api) -> None:
+    """After a 503 (NATS away: the publish may have reached the stream) the client sends the same
+    body again: an event with a ts and no id gets an id derived from its content, so JetStream
+    drops the resend as a duplicate."""
+    body = {"provider": "ollama", "model": "m", "target": "t", "prompt_id": "p", "prompt_hash": "h"}
+    body["ts"] = datetime.now(UTC).isoformat()
+    first = await api.client.post("/api/stats", json=[body, {**body, "latency_ms": 5.0}])
+    again = await api.client.post("/api/stats", json=[body, {**body, "latency_ms": 5.0}])
+    assert first.status_code == again.status_code == 202
+    assert first.json()["ids"] == again.json()["ids"]
+    assert len(set(first.json()["ids"])) == 2
+    assert (first.json()["duplicates"], again.json()["duplicates"]) == (0, 2)
+    no_ts = await api.client.post("/api/stats", json={k: v for k, v in body.items() if k != "ts"})
+    assert no_ts.json()["ids"] != first.json()["ids"][:1]  # now, and a fresh id
+
+
+async def test_post_stats_is_503_with_the_ids_while_nats_is_away(api: Api) -> None:
+    api.runtime.publisher = None  # as before the first connection
+    body = {
+        "provider": "ollama",
+        "model": "m",
+        "target": "t",
+        "prompt_id": "p",
+        "prompt_hash": "h",
+        "id": "e-1",
+    }
+    r = await api.client.post("/api/stats", json=body)
+    assert r.status_code == 503
+    assert r.json()["ids"] == ["e-1"]
+    assert r.headers["retry-after"] == "5"
+    assert "not confirmed" in r.json()["detail"]

@@ -70,6 +70,18 @@ async def test_a_model_name_with_slashes(api: Api) -> None:
     assert again["overrides"]["updated_by"] == "bo"
 
 
+async def test_a_model_name_too_long_for_a_kv_key_is_refused(api: Api) -> None:
+    # 256 emoji: a 3 KB token; with the bucket and the reply subject the KV put's control line
+    # passed nats-server's 4 KB, and the server dropped the API's connection (issue 9).
+    url = "/api/spc/config/ollama/" + "\U0001f600" * 256
+    r = await api.client.put(url, json={"updated_by": "bo"})
+    assert r.status_code == 422
+    (detail,) = r.json()["detail"]
+    assert detail["loc"] == ["path", "model"]
+    assert "too long" in detail["msg"]
+    assert (await api.client.get(URL)).status_code == 200  # the connection is still up
+
+
 @pytest.mark.parametrize(
     ("body", "path", "loc", "message"),
     [

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import asyncpg
 import pytest
 
 from llmscope.config.startup import (
     Stopped,
     Unusable,
     address,
+    postgres_unavailable,
     unless_stopped,
     until_reachable,
     wait_for_postgres,
@@ -114,3 +116,28 @@ async def test_postgres_still_starting_is_waited_for() -> None:
     waited = wait_for_postgres(open_, dsn="postgresql://h:1/db", stop=None)
     assert await asyncio.wait_for(waited, 5) == "pool"
     assert calls == 2
+
+
+@pytest.mark.parametrize(
+    ("exc", "transient"),
+    [
+        (ConnectionRefusedError(111, "refused"), True),
+        (TimeoutError(), True),
+        (asyncpg.exceptions.AdminShutdownError("terminating connection"), True),
+        (asyncpg.exceptions.CannotConnectNowError("the database system is starting up"), True),
+        (asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed"), True),
+        (asyncpg.exceptions.TooManyConnectionsError("too many"), True),
+        (asyncpg.exceptions.DeadlockDetectedError("deadlock"), True),
+        (asyncpg.exceptions.ReadOnlySQLTransactionError("read-only"), True),
+        (asyncpg.InterfaceError("connection is closed"), True),
+        # The data's fault, or a bug: waiting would never help.
+        (asyncpg.exceptions._base.DataError("value out of int32 range"), False),
+        (asyncpg.exceptions.NumericValueOutOfRangeError("overflow"), False),
+        (asyncpg.exceptions.CharacterNotInRepertoireError("invalid byte sequence 0x00"), False),
+        (asyncpg.exceptions.QueryCanceledError("statement timeout"), False),
+        (asyncpg.exceptions.UndefinedColumnError("no such column"), False),
+        (ValueError("bug"), False),
+    ],
+)
+def test_postgres_unavailable_tells_an_outage_from_bad_data(exc: Exception, transient: bool) -> None:
+    assert postgres_unavailable(exc) is transient

@@ -307,6 +307,7 @@ async def test_setup_wizard_sends_a_test_message(
             "alert.email.smtp_port": smtp.port,
             "alert.email.tls": "none",
             "alert.email.recipients": ["ops@example.com"],
+            "alert.email.enabled": True,
         }.items():
             await api.store.put_setting(key, value, "test")
         async with live_alerter(database_url, nats_url, None):

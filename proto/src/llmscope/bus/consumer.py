@@ -7,9 +7,12 @@ Handlers know nothing of NATS: they take a batch of decoded deliveries and retur
 - a handler exception naks the batch with backoff; after ``max_deliver`` tries the message is
   dead-lettered with the last error instead of being dropped by the server;
 - with ``ConsumerOptions.transient`` set, an exception it accepts (the handler's own store is
-  unreachable, say) means "not processed, try later": the batch is nak'd with the capped backoff
-  without limit and the try is not counted toward dead-lettering (the server's max_deliver is
-  then unlimited; other failures are counted by this consumer, per message, in memory).
+  unreachable, say) means "not processed, try later": the consumer holds the batch and calls the
+  handler again with the capped backoff for as long as the outage lasts, fetching nothing else and
+  telling the server the batch is still in progress so it is not redelivered meanwhile; such a
+  try is never counted toward dead-lettering (the server's max_deliver is then unlimited; other
+  failures are counted by this consumer, per message, in memory). An outage logs one line when it
+  starts, a summary every ``outage_summary_s`` while it lasts and one line when it ends.
 
 Batches are pulled by :class:`PullRequests`, which sends JetStream pull requests itself instead
 of calling nats-py's ``fetch()``, which costs a task, a uuid and a ``wait_for`` per message:
@@ -21,6 +24,7 @@ messages keep their meaning (AckAll would ack a nak'd message along with the one
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -65,7 +69,8 @@ class ConsumerOptions:
     backoff: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
     max_ack_pending: int = 10_000
     transient: Callable[[Exception], bool] | None = None
-    """Handler errors that are waited out (redelivered without limit, never dead-lettered)."""
+    """Handler errors that are waited out (retried without limit, never dead-lettered)."""
+    outage_summary_s: float = 60.0
 
 
 class PullRequests:
@@ -170,6 +175,11 @@ class DurableConsumer(Generic[T]):
         self.processed = 0
         self.dead_lettered = 0
         self._failures: dict[int, int] = {}  # stream seq -> counted failures (with ``transient``)
+        self._stop = asyncio.Event()
+        self.outages = 0
+        """Outages waited out (or being waited out) by this consumer: transient handler errors."""
+        self.unavailable_tries = 0
+        """Handler calls that failed with a transient error (none of them counts toward dead letters)."""
 
     def consumer_config(self) -> ConsumerConfig:
         return ConsumerConfig(
@@ -188,6 +198,7 @@ class DurableConsumer(Generic[T]):
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; the batch in hand is finished before returning."""
+        self._stop = stop
         await self._js.add_consumer(self._stream, config=self.consumer_config())
         # The JetStream context's own connection (nats-py's KeyValue and ObjectStore use it too).
         puller = PullRequests(self._js._nc, self._stream, self._durable)
@@ -218,21 +229,16 @@ class DurableConsumer(Generic[T]):
         if not deliveries:
             return
         try:
-            rejected = await self._handler(deliveries) or {}
+            rejected = await self._handle(deliveries)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if self._opts.transient is not None and self._opts.transient(exc):
-                self._log.warning(
-                    "handler unavailable; will redeliver",
-                    batch=len(deliveries),
-                    error=f"{type(exc).__name__}: {exc}"[:200],
-                )
-                for delivery in deliveries:
-                    await delivery.msg.nak(delay=self._delay(delivery.num_delivered))
-                return
             self._log.exception("handler failed; will redeliver", batch=len(deliveries))
             await self._retry_or_dead_letter(deliveries, exc)
+            return
+        if rejected is None:  # stopped during an outage: the batch goes back, untouched
+            for delivery in deliveries:
+                await delivery.msg.nak()
             return
         for index, delivery in enumerate(deliveries):
             self._failures.pop(delivery.stream_seq, None)
@@ -241,6 +247,58 @@ class DurableConsumer(Generic[T]):
             else:
                 await delivery.msg.ack()
                 self.processed += 1
+
+    async def _handle(self, deliveries: Sequence[Delivery[T]]) -> Mapping[int, str] | None:
+        """The handler's rejections; transient errors are waited out here (None: stopped meanwhile)."""
+        transient = self._opts.transient
+        if transient is None:
+            return await self._handler(deliveries) or {}
+        loop = asyncio.get_running_loop()
+        started = last_summary = last_progress = 0.0
+        tries = 0
+        while True:
+            try:
+                rejected = await self._handler(deliveries) or {}
+            except Exception as exc:
+                if not transient(exc):
+                    raise
+                error = f"{type(exc).__name__}: {exc}"[:200]
+                now = loop.time()
+                tries += 1
+                self.unavailable_tries += 1
+                if tries == 1:
+                    started = last_summary = last_progress = now
+                    self.outages += 1
+                    self._log.warning(
+                        "store unavailable; holding the batch", batch=len(deliveries), error=error
+                    )
+                elif now - last_summary >= self._opts.outage_summary_s:
+                    last_summary = now
+                    self._log.warning(
+                        "store still unavailable", outage_s=round(now - started), tries=tries, error=error
+                    )
+                if now - last_progress >= self._opts.ack_wait / 3:
+                    # Not redelivered while held (to this or another replica): the wait is ours.
+                    last_progress = now
+                    await self._in_progress(deliveries)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), self._delay(tries))
+                if self._stop.is_set():
+                    self._log.info("stopping during an outage; the batch will be redelivered", tries=tries)
+                    return None
+                continue
+            if tries:
+                self._log.info(
+                    "store available again; resuming", outage_s=round(loop.time() - started, 1), tries=tries
+                )
+            return rejected
+
+    async def _in_progress(self, deliveries: Sequence[Delivery[T]]) -> None:
+        for delivery in deliveries:
+            try:
+                await delivery.msg.in_progress()
+            except Exception:  # NATS away too: the server redelivers after ack_wait, stored once
+                return
 
     def _delay(self, num_delivered: int) -> float:
         backoff = self._opts.backoff

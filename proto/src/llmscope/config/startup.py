@@ -28,6 +28,37 @@ UNREACHABLE: tuple[type[BaseException], ...] = (OSError, TimeoutError)
 # (53300). By SQLSTATE, so this package needs no database driver.
 POSTGRES_NOT_READY = frozenset({"57P03", "53300"})
 
+# Postgres failing for reasons that have nothing to do with the data sent, by SQLSTATE class or
+# code: connection exceptions (08), insufficient resources (53: too many connections, disk full),
+# operator intervention (57: shutting down, starting up; not 57014, a cancelled or timed-out
+# statement, which may be the batch's own doing), system errors (58), serialization failures
+# and deadlocks (40), and a read-only transaction (25006: a failover in progress).
+_POSTGRES_TRANSIENT_CLASSES = ("08", "53", "57", "58", "40")
+_POSTGRES_PERMANENT = frozenset({"57014"})
+_POSTGRES_TRANSIENT = frozenset({"25006"})
+
+
+def postgres_unavailable(exc: BaseException) -> bool:
+    """Postgres cannot be reached or cannot take the work just now: wait and try the same work
+    again, nothing is wrong with it. False for data errors (a value out of range, a NUL in a
+    string), constraint violations and bugs, which no amount of waiting fixes.
+
+    By SQLSTATE and the driver's class name, so this package needs no database driver; asyncpg's
+    plain ``InterfaceError`` is a closed connection or a closing pool, while its subclasses
+    (``DataError``: an argument the column type cannot hold) are the data's fault.
+    """
+    if isinstance(exc, UNREACHABLE):
+        return True
+    kind = type(exc)
+    if kind.__name__ == "InterfaceError" and kind.__module__.startswith("asyncpg"):
+        return True
+    state = getattr(exc, "sqlstate", None)
+    if not isinstance(state, str):
+        return False
+    if state in _POSTGRES_PERMANENT:
+        return False
+    return state in _POSTGRES_TRANSIENT or state[:2] in _POSTGRES_TRANSIENT_CLASSES
+
 
 class Stopped(Exception):
     """The service was asked to stop before it was up."""

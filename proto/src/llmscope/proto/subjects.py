@@ -34,6 +34,23 @@ _SAFE_CHARS = frozenset(string.ascii_letters + string.digits + "-_")
 _ESCAPE = "~"
 
 
+MAX_TOKEN_LENGTH = 1024
+"""Longest encoded token a name may make. nats-server refuses a control line (``PUB <subject>
+<reply> <size>``) over 4 KB and drops the connection; the longest subject or key LLMscope builds
+from names, a chart's KV key ``$KV.<bucket>.<provider>.<model>.<target>.<prompt>.<metric>``,
+holds three such tokens (3 KB) and stays well inside it with its reply subject."""
+
+
+def check_token(field: str, value: str) -> None:
+    """ValueError naming ``field`` when ``value`` would encode to a token over MAX_TOKEN_LENGTH."""
+    # A character encodes to at most 12 (4 UTF-8 bytes, 3 each): short names need no encoding.
+    if len(value) * 12 > MAX_TOKEN_LENGTH and len(encode_token(value)) > MAX_TOKEN_LENGTH:
+        raise ValueError(
+            f"`{field}` is too long: {len(encode_token(value))} bytes as a subject token, at most "
+            f"{MAX_TOKEN_LENGTH} (letters, digits, - and _ count 1, every other UTF-8 byte 3)"
+        )
+
+
 @functools.lru_cache(maxsize=8192)
 def encode_token(value: str) -> str:
     """Map any non-empty string to one safe subject token, reversibly.

@@ -7,7 +7,17 @@ from typing import Annotated, Literal, get_args
 import msgspec
 from msgspec import Meta
 
-from llmscope.proto.base import Count, Event, Milliseconds, NonEmptyStr, Percent
+from llmscope.proto import subjects
+from llmscope.proto.base import (
+    Count,
+    Event,
+    Milliseconds,
+    NonEmptyStr,
+    Percent,
+    check_names,
+    check_text,
+    check_ts,
+)
 
 ProviderKind = Literal["ollama", "openai", "anthropic"]
 
@@ -85,6 +95,7 @@ class TelemetryEvent(Event, frozen=True, kw_only=True, tag="telemetry.v1"):
             float,
             Meta(
                 ge=0,
+                le=1e9,
                 description="output tokens / generation seconds; null when too few tokens or the "
                 "generation time was too short to measure (a stream that arrived in one burst)",
             ),
@@ -106,6 +117,25 @@ class TelemetryEvent(Event, frozen=True, kw_only=True, tag="telemetry.v1"):
             "target's cold_start policy keeps such probes out of warm latency charts"
         ),
     ] = False
+
+    def __post_init__(self) -> None:
+        # What Postgres, the subjects and the KV keys cannot hold is refused here, when the event
+        # is decoded (the API answers 422, a consumer dead-letters it), never further downstream.
+        check_ts("ts", self.ts)
+        check_names(
+            model=self.model,
+            target=self.target,
+            prompt_id=self.prompt_id,
+            host=self.host,
+            prober=self.prober,
+            prompt_class=self.prompt_class,
+            prompt_hash=self.prompt_hash,
+        )
+        check_text(error=self.error, prompt_text=self.prompt_text)
+        # Model, target and prompt become tokens of subjects and keys (a chart's KV key has all three).
+        subjects.check_token("model", self.model)
+        subjects.check_token("target", self.target)
+        subjects.check_token("prompt_id", self.prompt_id)
 
     @property
     def ok(self) -> bool:

@@ -63,6 +63,7 @@ from typing import Any, Literal
 import msgspec
 import yaml
 
+from llmscope.alerter.destinations import Destinations
 from llmscope.alerter.notifiers.email import EmailConfig, Security
 from llmscope.alerter.notifiers.pagerduty import DEFAULT_EVENTS_URL
 from llmscope.alerter.routing import DEFAULT_GROUP_BY, Route
@@ -227,6 +228,8 @@ class ChannelSpec:
     url: Secret = field(default_factory=lambda: Secret(""))
     secret: Secret = field(default_factory=lambda: Secret(""))
     events_url: str = DEFAULT_EVENTS_URL
+    destinations: Destinations | None = None
+    """Checked before every send (from ``LLMSCOPE_ALERT_ALLOWED_HOSTS``); None only in unit tests."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -494,6 +497,8 @@ def build_runtime(
             raise ConfigError(f"LLMSCOPE_ALERTER_CONFIG: channel {c.name!r} defined twice")
         channels[c.name] = _channel_from_file(c, env, timeout)
     channels, allowed = apply_settings(channels, settings, timeout)
+    guard = Destinations.from_env(env)
+    channels = {name: replace(spec, destinations=guard) for name, spec in channels.items()}
     flat = normalize_settings(settings)
     min_sev = flat.get("min_severity")
     if isinstance(min_sev, str) and min_sev in SEVERITIES:

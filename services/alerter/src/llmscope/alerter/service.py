@@ -30,11 +30,12 @@ from llmscope.alerter.notifiers.base import AlertView, Notification, Notifier
 from llmscope.alerter.notifiers.registry import build_notifier
 from llmscope.alerter.retention import RetentionPolicy
 from llmscope.alerter.retry import Attempt, DeliveryError, Outcome, RetryPolicy, send_with_retry
-from llmscope.alerter.store import AnalysisJob, Claim, Store, database_unavailable
+from llmscope.alerter.store import AnalysisJob, Claim, Store
 from llmscope.bus.consumer import ConsumerOptions, Delivery
 from llmscope.bus.publisher import Publisher, PublishFailed
 from llmscope.config.env import Env
 from llmscope.config.logs import BoundLogger, get_logger
+from llmscope.config.startup import postgres_unavailable
 from llmscope.proto.incident import IncidentAnalysis
 from llmscope.proto.violation import Severity, ViolationEvent
 
@@ -57,10 +58,10 @@ def default_notifier_factory(name: str, runtime: RuntimeConfig, session: aiohttp
 
 def violation_consumer_options(**overrides: Any) -> ConsumerOptions:
     """How the alerter consumes violations: while Postgres is unreachable a violation is not
-    processed and comes back later (capped backoff, for as long as the outage lasts) instead of
+    processed and is tried again (capped backoff, for as long as the outage lasts) instead of
     being dead-lettered after ``max_deliver`` tries; undecodable or otherwise failing events still
     are."""
-    return replace(ConsumerOptions(batch_size=64, transient=database_unavailable), **overrides)
+    return replace(ConsumerOptions(batch_size=64, transient=postgres_unavailable), **overrides)
 
 
 def utcnow() -> datetime:

@@ -41,6 +41,7 @@
 | LLMSCOPE_WEBHOOK_URL / LLMSCOPE_WEBHOOK_SECRET | (none) | enables the `webhook` channel; HMAC key (secret) |
 | LLMSCOPE_PAGERDUTY_ROUTING_KEY | (none) | enables the `pagerduty` channel (secret) |
 | LLMSCOPE_PAGERDUTY_EVENTS_URL | https://events.pagerduty.com/v2/enqueue | Events API v2 URL |
+| LLMSCOPE_ALERT_ALLOWED_HOSTS | (none) | non-public hosts, addresses, networks channels may reach |
 | LLMSCOPE_LOG_LEVEL | INFO | log level |
 """
 

@@ -52,22 +52,6 @@ TELEMETRY_METRICS = frozenset(NUMERIC_METRICS)
 CONTEXT_POINTS = 10
 
 
-def database_unavailable(exc: Exception) -> bool:
-    """Postgres cannot be reached or cannot take the work just now: retry later, nothing is wrong
-    with the event (refused or lost connections, a server starting or shutting down, too many
-    connections, serialization failures and deadlocks)."""
-    return isinstance(
-        exc,
-        OSError
-        | TimeoutError
-        | asyncpg.PostgresConnectionError
-        | asyncpg.InterfaceError
-        | asyncpg.exceptions.OperatorInterventionError
-        | asyncpg.exceptions.InsufficientResourcesError
-        | asyncpg.exceptions.TransactionRollbackError,
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class Claim:
     """A notification this instance has claimed and must now send."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,7 +15,7 @@ import aiohttp
 from llmscope.alerter.config import Timings, build_runtime, load_file
 from llmscope.alerter.notifiers.base import AlertView, Notification
 from llmscope.alerter.notifiers.registry import build_notifier
-from llmscope.alerter.retry import DeliveryError, RetryPolicy, send_with_retry
+from llmscope.alerter.retry import Attempt, DeliveryError, RetryPolicy, send_with_retry
 from llmscope.config.env import ConfigError, Env
 from llmscope.proto.base import new_id
 from llmscope.proto.telemetry import SystemMetrics
@@ -85,7 +86,10 @@ async def send_test(
 
     ``settings`` is the API's settings as key -> value (the ``settings`` table); the alerter's
     config file (``config_path`` or ``LLMSCOPE_ALERTER_CONFIG``) and environment are read too.
-    A disabled channel is still tested. Retries briefly (10 s) so the wizard gets an answer.
+    A disabled channel sends nothing, not even a test: enable it first. Retries briefly (10 s)
+    so the wizard gets an answer. The answer names the outcome with a fixed reason (the HTTP or
+    SMTP status, "timed out", "could not connect", a refused destination...), never the text the
+    remote end sent back: with it, a test send read internal services' answers.
     """
     env = env or Env()
     try:
@@ -101,6 +105,10 @@ async def send_test(
         known = ", ".join(sorted(runtime.channels)) or "none"
         return TestResult(
             False, channel_name, None, "not_configured", f"no channel {channel_name!r} (configured: {known})"
+        )
+    if not spec.enabled:
+        return TestResult(
+            False, spec.name, spec.kind, "failed", f"channel {spec.name!r} is disabled: enable it to send"
         )
     now = datetime.now(UTC)
     notification = Notification(
@@ -119,7 +127,7 @@ async def send_test(
         notifier = build_notifier(spec, http)
         try:
             payload = notifier.build_payload(notification)
-        except DeliveryError as exc:
+        except DeliveryError as exc:  # our own checks of the configuration: no remote answer in it
             return TestResult(False, spec.name, spec.kind, "failed", str(exc))
 
         async def send() -> str:
@@ -134,5 +142,29 @@ async def send_test(
         if own_session:
             await http.close()
     return TestResult(
-        outcome.status == "sent", spec.name, spec.kind, outcome.status, outcome.detail, len(outcome.attempts)
+        outcome.status == "sent",
+        spec.name,
+        spec.kind,
+        outcome.status,
+        fixed_reason(outcome.attempts[-1]) if outcome.attempts else "",
+        len(outcome.attempts),
     )
+
+
+_STATUS = re.compile(r"^(HTTP \d{3}|SMTP \d{3}|SMTP accepted|SMTP authentication failed: \d{3})")
+# Reasons written by LLMscope itself, from the configuration alone: safe to show whole.
+_OWN = ("destination not allowed", "no ", "bad email address", "invalid URL", "template error", "timed out")
+
+
+def fixed_reason(attempt: Attempt) -> str:
+    """What the last attempt came to, without anything the remote end wrote (pure)."""
+    if attempt.status_code is not None:
+        return f"HTTP {attempt.status_code}"
+    detail = attempt.detail
+    if detail.startswith(_OWN):
+        return detail
+    if (match := _STATUS.match(detail)) is not None:
+        return match.group(1)
+    if "transport error" in detail:
+        return "could not connect"
+    return "delivered" if attempt.ok else "failed"

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmscope.api.charts import EngineUnavailable
+from llmscope.api.frontdoor import FrontDoor
 from llmscope.api.routes import (
     admin,
     alerts,
@@ -140,5 +141,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         chart_settings=rt.spc_config,
         status=status_reader,
     )
+    # Around every route: nothing reads a body before its credential and its size are checked.
+    app.add_middleware(FrontDoor, auth=rt.auth, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, runtime=rt)
     return app

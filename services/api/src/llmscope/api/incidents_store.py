@@ -14,13 +14,8 @@ from typing import Any
 import asyncpg
 import msgspec
 from asyncpg.pool import PoolConnectionProxy
-from nats.js import JetStreamContext
 
-from llmscope.api.metrics import ApiMetrics
 from llmscope.api.store import decode_cursor, encode_cursor, violation_from_row
-from llmscope.bus.consumer import ConsumerOptions, Delivery, DurableConsumer
-from llmscope.bus.deadletter import DeadLetters
-from llmscope.proto import codec, subjects
 from llmscope.proto.incident import IncidentEvent
 from llmscope.web.alerting import (
     Incident,
@@ -86,36 +81,6 @@ async def store_incidents(conn: Conn, events: Sequence[IncidentEvent]) -> int:
         async with conn.transaction():
             await conn.executemany(UPSERT_INCIDENT, [incident_record(ev) for ev in events])
     return len(events)
-
-
-def incident_consumer(
-    *,
-    js: JetStreamContext,
-    pool: asyncpg.Pool,
-    dead_letters: DeadLetters,
-    durable: str,
-    options: ConsumerOptions | None = None,
-    metrics: ApiMetrics | None = None,
-) -> DurableConsumer[IncidentEvent]:
-    """The persister's durable consumer of ``LLMSCOPE_INCIDENTS``."""
-
-    async def on_incidents(batch: Sequence[Delivery[IncidentEvent]]) -> None:
-        async with pool.acquire() as conn:
-            stored = await store_incidents(conn, [d.event for d in batch])
-        if metrics is not None:
-            metrics.persisted.labels("incidents").inc(stored)
-            metrics.batches.labels("incidents").inc()
-
-    return DurableConsumer[IncidentEvent](
-        js=js,
-        stream=subjects.STREAM_INCIDENTS,
-        durable=durable,
-        filter_subjects=[subjects.INCIDENTS_ALL],
-        decode=lambda b: codec.decode_as(b, IncidentEvent),
-        handler=on_incidents,
-        dead_letters=dead_letters,
-        options=options,
-    )
 
 
 def _event(row: asyncpg.Record) -> IncidentEvent:

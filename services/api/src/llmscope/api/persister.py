@@ -5,6 +5,13 @@ COMMIT (the consumer acks when the handler returns). Writes are idempotent by ev
 redelivered batch stores nothing twice, and the per-minute rollups count each probe once because
 they aggregate only the rows the insert actually added.
 
+Postgres being down is never a reason to drop or dead-letter anything: the consumer holds its
+batch and retries with a capped backoff for as long as the outage lasts (one log line when it
+starts, a summary a minute, one when it ends; :mod:`llmscope.bus.consumer`). A batch that
+Postgres refuses for its data (a value out of range, a NUL in a string, a key too long to index)
+is written again one event at a time, so only the events at fault are dead-lettered, each with
+Postgres's reason; the rest of the batch is stored.
+
 Runs inside the API process (``LLMSCOPE_PERSISTER=true``) or alone: ``python -m llmscope.api.persister``.
 """
 
@@ -13,9 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
@@ -23,7 +31,7 @@ from asyncpg.pool import PoolConnectionProxy
 from nats.js import JetStreamContext
 
 from llmscope.api.db import open_pool
-from llmscope.api.incidents_store import incident_consumer
+from llmscope.api.incidents_store import store_incidents
 from llmscope.api.metrics import ApiMetrics
 from llmscope.api.settings import ApiSettings
 from llmscope.bus.consumer import ConsumerOptions, Delivery, DurableConsumer
@@ -31,9 +39,10 @@ from llmscope.bus.deadletter import DeadLetters
 from llmscope.bus.publisher import Publisher
 from llmscope.bus.streams import ensure_streams
 from llmscope.config.logs import get_logger, setup_logging
-from llmscope.config.startup import Stopped, Unusable, stop_on_signals
+from llmscope.config.startup import Stopped, Unusable, postgres_unavailable, stop_on_signals
 from llmscope.proto import codec, subjects
 from llmscope.proto.deadletter import DeadLetterEvent
+from llmscope.proto.incident import IncidentEvent
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.proto.violation import ViolationEvent
 
@@ -42,6 +51,7 @@ log = get_logger("llmscope.api.persister")
 SOURCE = "api-persister"
 
 Conn = asyncpg.Connection | PoolConnectionProxy
+E = TypeVar("E")
 
 TELEMETRY_COLUMNS: tuple[str, ...] = (
     "id",
@@ -181,6 +191,20 @@ INSERT INTO dead_letters (id, ts, source, subject, reason, payload, payload_enco
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 ON CONFLICT (id) DO NOTHING
 """
+
+
+# SQLSTATE classes that blame the data: data exception (22: out of range, bad encoding, NUL),
+# integrity constraint violation (23) and program limit exceeded (54: an index row too large).
+_DATA_ERROR_CLASSES = ("22", "23", "54")
+
+
+def refused_for_its_data(exc: BaseException) -> bool:
+    """Postgres (or the driver, before sending) refuses the values themselves: retrying the same
+    event can never succeed, so it is dead-lettered at once with the reason."""
+    if isinstance(exc, asyncpg.exceptions._base.DataError):  # an argument its column cannot hold
+        return True
+    state = getattr(exc, "sqlstate", None)
+    return isinstance(state, str) and state[:2] in _DATA_ERROR_CLASSES
 
 
 def telemetry_record(ev: TelemetryEvent) -> tuple[Any, ...]:
@@ -339,6 +363,18 @@ async def apply_retention(
     return deleted
 
 
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def persister_consumer_options(**overrides: Any) -> ConsumerOptions:
+    """How the persister consumes: a Postgres outage of any length is waited out (the batch is
+    held and retried with capped backoff, never dead-lettered); a batch refused for its data is
+    split so only the guilty events are dead-lettered (:meth:`Persister._write`)."""
+    return replace(ConsumerOptions(batch_size=500, transient=postgres_unavailable), **overrides)
+
+
 class Persister:
     """Durable consumers (telemetry, violations, dead letters, incidents) writing through one pool."""
 
@@ -351,11 +387,12 @@ class Persister:
         batch_size: int = 500,
         metrics: ApiMetrics | None = None,
         durable_prefix: str = "api-persister",
+        options: ConsumerOptions | None = None,
     ) -> None:
         self._pool = pool
         self._metrics = metrics
         dead = DeadLetters(publisher, SOURCE)
-        opts = ConsumerOptions(batch_size=batch_size)
+        opts = options or persister_consumer_options(batch_size=batch_size)
         self.telemetry = DurableConsumer[TelemetryEvent](
             js=js,
             stream=subjects.STREAM_TELEMETRY,
@@ -386,8 +423,15 @@ class Persister:
             dead_letters=dead,
             options=opts,
         )
-        self.incidents = incident_consumer(
-            js=js, pool=pool, dead_letters=dead, durable=f"{durable_prefix}-incidents", metrics=metrics
+        self.incidents = DurableConsumer[IncidentEvent](
+            js=js,
+            stream=subjects.STREAM_INCIDENTS,
+            durable=f"{durable_prefix}-incidents",
+            filter_subjects=[subjects.INCIDENTS_ALL],
+            decode=lambda b: codec.decode_as(b, IncidentEvent),
+            handler=self.on_incidents,
+            dead_letters=dead,
+            options=opts,
         )
 
     def _count(self, kind: str, stored: int) -> None:
@@ -395,20 +439,57 @@ class Persister:
             self._metrics.persisted.labels(kind).inc(stored)
             self._metrics.batches.labels(kind).inc()
 
-    async def on_telemetry(self, batch: Sequence[Delivery[TelemetryEvent]]) -> None:
-        async with self._pool.acquire() as conn:
-            stored = await store_telemetry(conn, [d.event for d in batch])
-        self._count("telemetry", stored)
+    async def on_telemetry(self, batch: Sequence[Delivery[TelemetryEvent]]) -> Mapping[int, str]:
+        return await self._write("telemetry", batch, store_telemetry)
 
-    async def on_violations(self, batch: Sequence[Delivery[ViolationEvent]]) -> None:
-        async with self._pool.acquire() as conn:
-            stored = await store_violations(conn, [d.event for d in batch])
-        self._count("violations", stored)
+    async def on_violations(self, batch: Sequence[Delivery[ViolationEvent]]) -> Mapping[int, str]:
+        return await self._write("violations", batch, store_violations)
 
-    async def on_dead_letters(self, batch: Sequence[Delivery[DeadLetterEvent]]) -> None:
+    async def on_dead_letters(self, batch: Sequence[Delivery[DeadLetterEvent]]) -> Mapping[int, str]:
+        return await self._write("dead_letters", batch, store_dead_letters)
+
+    async def on_incidents(self, batch: Sequence[Delivery[IncidentEvent]]) -> Mapping[int, str]:
+        return await self._write("incidents", batch, store_incidents)
+
+    async def _write(
+        self,
+        kind: str,
+        batch: Sequence[Delivery[E]],
+        store: Callable[[Conn, Sequence[E]], Awaitable[int]],
+    ) -> Mapping[int, str]:
+        """Store the batch; events Postgres refuses for their data are returned as rejected."""
+        try:
+            async with self._pool.acquire() as conn:
+                stored = await store(conn, [d.event for d in batch])
+        except Exception as exc:
+            if not refused_for_its_data(exc):
+                raise  # unavailable: waited out by the consumer; anything else: counted tries
+            if len(batch) == 1:
+                return {0: f"refused by Postgres: {_describe(exc)}"}
+            return await self._write_one_by_one(kind, batch, store)
+        self._count(kind, stored)
+        return {}
+
+    async def _write_one_by_one(
+        self,
+        kind: str,
+        batch: Sequence[Delivery[E]],
+        store: Callable[[Conn, Sequence[E]], Awaitable[int]],
+    ) -> Mapping[int, str]:
+        # Each event in its own transaction; an outage meanwhile propagates (what was stored
+        # stays stored: the retry of the whole batch writes it once, by id).
+        rejected: dict[int, str] = {}
+        stored = 0
         async with self._pool.acquire() as conn:
-            stored = await store_dead_letters(conn, [d.event for d in batch])
-        self._count("dead_letters", stored)
+            for index, delivery in enumerate(batch):
+                try:
+                    stored += await store(conn, [delivery.event])
+                except Exception as exc:
+                    if not refused_for_its_data(exc):
+                        raise
+                    rejected[index] = f"refused by Postgres: {_describe(exc)}"
+        self._count(kind, stored)
+        return rejected
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume every stream until ``stop`` is set (a crashed consumer is restarted)."""

@@ -13,6 +13,7 @@ from typing import Literal
 
 import aiosmtplib
 
+from llmscope.alerter.destinations import Destinations
 from llmscope.alerter.notifiers.base import AlertView, Notification, describe, fmt_value, metric_unit
 from llmscope.alerter.retry import DeliveryError
 from llmscope.config.env import Secret
@@ -146,8 +147,16 @@ class EmailNotifier:
 
     kind = "email"
 
-    def __init__(self, name: str, config: EmailConfig, *, send_resolved: bool = True) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: EmailConfig,
+        *,
+        send_resolved: bool = True,
+        destinations: Destinations | None = None,
+    ) -> None:
         self.name = name
+        self._destinations = destinations
         self.config = config
         self.send_resolved = send_resolved
 
@@ -174,6 +183,8 @@ class EmailNotifier:
 
     async def send(self, payload: EmailMessage) -> str:
         cfg = self.config
+        if self._destinations is not None:
+            await self._destinations.check(cfg.host, cfg.port)
         context = ssl.create_default_context()
         if not cfg.validate_certs:
             context.check_hostname = False

@@ -10,13 +10,22 @@ from collections.abc import Mapping
 
 import aiohttp
 
+from llmscope.alerter.destinations import Destinations
 from llmscope.alerter.retry import DeliveryError, classify_http, describe_error
 
 
 async def post(
-    session: aiohttp.ClientSession, url: str, *, data: bytes, headers: Mapping[str, str]
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    data: bytes,
+    headers: Mapping[str, str],
+    destinations: Destinations | None = None,
 ) -> tuple[int, str]:
-    """POST and return (status, body); raise DeliveryError unless the answer is 2xx."""
+    """POST and return (status, body); raise DeliveryError unless the answer is 2xx, or before
+    sending anything when ``destinations`` refuses the URL's host."""
+    if destinations is not None:
+        await destinations.check_url(url)
     try:
         async with session.post(url, data=data, headers=dict(headers), allow_redirects=False) as resp:
             body = await resp.text(errors="replace")

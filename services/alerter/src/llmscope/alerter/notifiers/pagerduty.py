@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 
+from llmscope.alerter.destinations import Destinations
 from llmscope.alerter.notifiers.base import Notification, describe
 from llmscope.alerter.notifiers.http import post
 from llmscope.alerter.retry import DeliveryError
@@ -31,8 +32,10 @@ class PagerDutyNotifier:
         *,
         events_url: str = DEFAULT_EVENTS_URL,
         send_resolved: bool = True,
+        destinations: Destinations | None = None,
     ) -> None:
         self.name = name
+        self._destinations = destinations
         self._routing_key = routing_key
         self._session = session
         self.events_url = events_url
@@ -78,7 +81,11 @@ class PagerDutyNotifier:
         for event in payload:
             body = json.dumps({**event, "routing_key": self._routing_key.get()}).encode()
             status, text = await post(
-                self._session, self.events_url, data=body, headers={"Content-Type": "application/json"}
+                self._session,
+                self.events_url,
+                data=body,
+                headers={"Content-Type": "application/json"},
+                destinations=self._destinations,
             )
             answers.append(f"HTTP {status} {text.strip()[:100]}")
         return "; ".join(answers)

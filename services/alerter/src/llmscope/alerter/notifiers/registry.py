@@ -23,15 +23,29 @@ def build_notifier(spec: ChannelSpec, session: aiohttp.ClientSession) -> Notifie
     match spec.kind:
         case "email":
             assert spec.email is not None
-            return EmailNotifier(spec.name, spec.email, send_resolved=spec.send_resolved)
+            return EmailNotifier(
+                spec.name, spec.email, send_resolved=spec.send_resolved, destinations=spec.destinations
+            )
         case "slack":
-            return SlackNotifier(spec.name, spec.url, session, send_resolved=spec.send_resolved)
+            return SlackNotifier(
+                spec.name, spec.url, session, send_resolved=spec.send_resolved, destinations=spec.destinations
+            )
         case "webhook":
             return WebhookNotifier(
-                spec.name, spec.url, session, secret=spec.secret, send_resolved=spec.send_resolved
+                spec.name,
+                spec.url,
+                session,
+                secret=spec.secret,
+                send_resolved=spec.send_resolved,
+                destinations=spec.destinations,
             )
         case "pagerduty":
             return PagerDutyNotifier(
-                spec.name, spec.secret, session, events_url=spec.events_url, send_resolved=spec.send_resolved
+                spec.name,
+                spec.secret,
+                session,
+                events_url=spec.events_url,
+                send_resolved=spec.send_resolved,
+                destinations=spec.destinations,
             )
     raise ValueError(f"unknown channel kind {spec.kind!r}")

@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 
+from llmscope.alerter.destinations import Destinations
 from llmscope.alerter.notifiers.base import AlertView, Notification, describe
 from llmscope.alerter.notifiers.http import post
 from llmscope.alerter.retry import DeliveryError
@@ -68,9 +69,16 @@ class SlackNotifier:
     kind = "slack"
 
     def __init__(
-        self, name: str, url: Secret, session: aiohttp.ClientSession, *, send_resolved: bool = True
+        self,
+        name: str,
+        url: Secret,
+        session: aiohttp.ClientSession,
+        *,
+        send_resolved: bool = True,
+        destinations: Destinations | None = None,
     ) -> None:
         self.name = name
+        self._destinations = destinations
         self._url = url
         self._session = session
         self.send_resolved = send_resolved
@@ -98,5 +106,6 @@ class SlackNotifier:
             self._url.get(),
             data=json.dumps(payload).encode(),
             headers={"Content-Type": "application/json"},
+            destinations=self._destinations,
         )
         return f"HTTP {status} {body.strip()[:100]}"

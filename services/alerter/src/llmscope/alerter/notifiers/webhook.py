@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 
 import aiohttp
 
+from llmscope.alerter.destinations import Destinations
 from llmscope.alerter.notifiers.base import AlertView, Notification
 from llmscope.alerter.notifiers.http import post
 from llmscope.config.env import Secret
@@ -78,8 +79,10 @@ class WebhookNotifier:
         secret: Secret | None = None,
         send_resolved: bool = True,
         clock: Callable[[], float] = time.time,
+        destinations: Destinations | None = None,
     ) -> None:
         self.name = name
+        self._destinations = destinations
         self._url = url
         self._secret = secret or Secret("")
         self._session = session
@@ -95,5 +98,7 @@ class WebhookNotifier:
         headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: str(ts), DELIVERY_HEADER: delivery}
         if self._secret:
             headers[SIGNATURE_HEADER] = sign(self._secret.get(), ts, body)
-        status, text = await post(self._session, self._url.get(), data=body, headers=headers)
+        status, text = await post(
+            self._session, self._url.get(), data=body, headers=headers, destinations=self._destinations
+        )
         return f"HTTP {status} {text.strip()[:100]}"

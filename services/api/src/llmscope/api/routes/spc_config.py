@@ -12,8 +12,10 @@ from typing import Annotated, Any
 import msgspec
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import AfterValidator
 
 from llmscope.api.runtime import Runtime
+from llmscope.proto import subjects
 from llmscope.proto.chartconfig import ModelConfigView, ModelOverrides
 from llmscope.web.chart_settings import SettingsRejected, SettingsUnavailable
 
@@ -23,7 +25,20 @@ _SCHEMAS, _COMPONENTS = msgspec.json.schema_components(
 VIEW_SCHEMA, OVERRIDES_SCHEMA = _SCHEMAS
 
 Provider = Annotated[str, Path(min_length=1, max_length=64)]
-Model = Annotated[str, Path(min_length=1, max_length=256, description="model name; may contain `/`")]
+
+
+def _fits_a_key(model: str) -> str:
+    # The overrides' KV key holds the model as a token: nats-server drops a connection whose
+    # control line passes 4 KB, so the name is bounded as telemetry's is.
+    subjects.check_token("model", model)
+    return model
+
+
+Model = Annotated[
+    str,
+    Path(min_length=1, max_length=256, description="model name; may contain `/`"),
+    AfterValidator(_fits_a_key),
+]
 _VIEW: dict[int | str, dict[str, Any]] = {200: {"content": {"application/json": {"schema": VIEW_SCHEMA}}}}
 _UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     503: {"description": "not connected to NATS (starting or stopping)"}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
+from datetime import timedelta
 from typing import Annotated, Any
 
 import msgspec
@@ -18,7 +20,10 @@ from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.web.data import ChartData, ChartQuery, Metric
 
 MAX_BATCH = 1000
+MAX_EVENT_BYTES = 256 * 1024  # well under nats-server's 1 MB max_payload
+MAX_AHEAD = timedelta(days=1)
 _PATH = re.compile(r"at `(\$[^`]*)`")
+_FIELD = re.compile(r"`([a-z_]+)` ")
 
 
 class Accepted(BaseModel):
@@ -37,10 +42,38 @@ def _loc(path: str) -> list[str | int]:
     return loc
 
 
-def _invalid(message: str, path: str = "$") -> JSONResponse:
+def _invalid(message: str, path: str = "$", status: int = 422) -> JSONResponse:
     return JSONResponse(
         {"detail": [{"loc": _loc(path), "field": path, "msg": message, "type": "value_error"}]},
-        status_code=422,
+        status_code=status,
+    )
+
+
+def _located(message: str, prefix: str) -> tuple[str, str]:
+    """The decoder's message with its path under ``prefix``; a struct-level check (``__post_init__``)
+    names its field in backticks at the start, which then becomes the path."""
+    match = _PATH.search(message)
+    path = prefix + (match.group(1)[1:] if match else "")
+    if match:
+        message = message.replace(f"`{match.group(1)}`", f"`{path}`")
+    field = _FIELD.match(message)
+    if field and path == prefix:
+        path = f"{prefix}.{field.group(1)}"
+        message = message.split(" - at `", 1)[0].replace(f"`{field.group(1)}`", f"`{path}`", 1)
+    return message, path
+
+
+def _content_id(item: dict[str, Any]) -> str:
+    """An id that is the same for the same event sent twice (a retry after a 503 or a timeout)."""
+    return hashlib.sha256(msgspec.json.encode(item, order="sorted")).hexdigest()[:32]
+
+
+def _unconfirmed(reason: str, ids: list[str]) -> JSONResponse:
+    # Not a plain "failed": the publish may have reached the stream before the ack was lost.
+    return JSONResponse(
+        {"detail": f"{reason}; not confirmed stored: retry with the same ids (deduplicated)", "ids": ids},
+        status_code=503,
+        headers={"Retry-After": "5"},
     )
 
 
@@ -51,7 +84,11 @@ def router(rt: Runtime) -> APIRouter:
         "",
         status_code=202,
         response_model=Accepted,
-        responses={422: {"description": "invalid telemetry; `field` names it, e.g. `$.latency_ms`"}},
+        responses={
+            413: {"description": "an event over 256 KiB or a body over LLMSCOPE_MAX_BODY_BYTES"},
+            422: {"description": "invalid telemetry; `field` names it, e.g. `$.latency_ms`"},
+            503: {"description": "not confirmed stored (NATS away): retry with the same `ids`"},
+        },
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -62,8 +99,18 @@ def router(rt: Runtime) -> APIRouter:
     async def post_stats(request: Request) -> Any:
         """Validate ``telemetry.v1`` (one object or a list) and publish it to JetStream.
 
-        ``type``, ``id`` and ``ts`` may be left out: they default to ``telemetry.v1``, a fresh id
-        and now. A resent id is accepted once (JetStream de-duplicates on it).
+        202 means stored: every event was acknowledged by JetStream, and the persister and the
+        SPC engine accept whatever passes this validation (names that fit every subject and key,
+        no control characters, numbers within their column types, ``ts`` from 2000 to 2100 and
+        at most a day ahead of this server's clock). A field that does not is named in a 422;
+        an event over 256 KiB, or a body over ``LLMSCOPE_MAX_BODY_BYTES``, is a 413.
+
+        ``type``, ``id`` and ``ts`` may be left out: they default to ``telemetry.v1``, now, and
+        an id derived from the event's content when it has a ``ts`` (a fresh one otherwise). A
+        resent id is stored once (JetStream de-duplicates on it within
+        ``LLMSCOPE_DUPLICATE_WINDOW_S``). A 503 means not confirmed: the events may or may not
+        have reached the stream; send the same body again (with the ``ids`` of the 503's answer,
+        or a ``ts`` of your own) and nothing is stored twice.
         """
         body = await request.body()
         try:
@@ -76,6 +123,7 @@ def router(rt: Runtime) -> APIRouter:
         if not items or len(items) > MAX_BATCH:
             rt.metrics.telemetry_rejected.inc()
             return _invalid(f"expected 1 to {MAX_BATCH} events, got {len(items)}")
+        latest = utcnow() + MAX_AHEAD
         events: list[TelemetryEvent] = []
         for index, item in enumerate(items):
             prefix = f"$[{index}]" if many else "$"
@@ -83,29 +131,36 @@ def router(rt: Runtime) -> APIRouter:
                 rt.metrics.telemetry_rejected.inc()
                 return _invalid("expected a JSON object", prefix)
             item.setdefault("type", "telemetry.v1")
-            item.setdefault("id", new_id())
+            if "id" not in item:
+                item["id"] = _content_id(item) if "ts" in item else new_id()
             item.setdefault("ts", utcnow().isoformat())
+            encoded = msgspec.json.encode(item)
+            if len(encoded) > MAX_EVENT_BYTES:
+                rt.metrics.telemetry_rejected.inc()
+                return _invalid(f"event is {len(encoded)} bytes, at most {MAX_EVENT_BYTES}", prefix, 413)
             try:
-                events.append(codec.decode_as(msgspec.json.encode(item), TelemetryEvent))
+                event = codec.decode_as(encoded, TelemetryEvent)
             except codec.DecodeError as exc:
                 rt.metrics.telemetry_rejected.inc()
-                message = str(exc)
-                match = _PATH.search(message)
-                path = prefix + (match.group(1)[1:] if match else "")
-                if match:
-                    message = message.replace(f"`{match.group(1)}`", f"`{path}`")
+                message, path = _located(str(exc), prefix)
                 return _invalid(message, path)
+            if event.ts > latest:
+                rt.metrics.telemetry_rejected.inc()
+                path = f"{prefix}.ts"
+                return _invalid(f"`{path}` is more than a day ahead of this server's clock", path)
+            events.append(event)
+        ids = [e.id for e in events]
         if rt.publisher is None:
-            raise HTTPException(503, "not connected to NATS yet")
+            return _unconfirmed("not connected to NATS yet", ids)
         duplicates = 0
         try:
             for ev in events:
                 ack = await rt.publisher.publish(subjects.telemetry(ev.provider, ev.model), ev, deadline=5.0)
                 duplicates += bool(ack.duplicate)
         except PublishFailed as exc:
-            raise HTTPException(503, f"could not publish to JetStream: {exc}") from exc
+            return _unconfirmed(f"could not publish to JetStream: {exc}", ids)
         rt.metrics.telemetry_accepted.inc(len(events))
-        return Accepted(id=events[0].id, ids=[e.id for e in events], duplicates=duplicates)
+        return Accepted(id=events[0].id, ids=ids, duplicates=duplicates)
 
     @api.get("/spc", response_model=ChartData)
     async def spc(
