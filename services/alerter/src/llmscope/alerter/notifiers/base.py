@@ -57,6 +57,13 @@ class AlertView:
     def episode_id(self) -> str:
         return self.event.episode_id
 
+    @property
+    def began(self) -> datetime:
+        """When the problem began: an outage's first failed probe, else the signal's first point."""
+        if self.outage is not None and self.outage.since is not None:
+            return min(self.outage.since, m.since(self.event))
+        return m.since(self.event)
+
     def context_points(self) -> tuple[ContextPoint, ...]:
         """Telemetry context when we have it, else the points that formed the pattern."""
         if self.context:
@@ -135,7 +142,7 @@ class Notification:
             if len(self.resolved) == 1:
                 a = self.resolved[0]
                 end = a.cleared.ts if a.cleared else self.created_at
-                lasted = f" after {m.duration(end - m.since(a.event))}"
+                lasted = f" after {m.duration(end - a.began)}"
             what = "cascade " if self.cascade else ""
             return f"[LLMscope] RESOLVED: {what}{self.scope}{lasted}"
         events = [a.event for a in self.firing]
@@ -147,8 +154,13 @@ class Notification:
             head = f"Cascade on {where}: {len(models)} models degraded ({', '.join(models)})"
         elif len(events) == 1:
             head = f"{m.subject(events[0])}: {m.movement(events[0])}"
+            outage = self.firing[0].outage
+            if outage is not None and outage.recent:
+                last = outage.recent[0]
+                http = f", HTTP {last.http_status}" if last.http_status is not None else ""
+                head += f"; last failure {last.status}{http}"
         else:
-            head = f"{len(events)} signals on {self.scope}: {m.movement(events[0])}"
+            head = f"{len(events)} violations on {self.scope}: {m.movement(events[0])}"
         if self.resolved:
             # An update where most has cleared says so first, not "CRITICAL: 1 violation".
             label = f"UPDATE, still {label}"
@@ -161,7 +173,7 @@ class Notification:
         else, where to look."""
         ev = a.event
         rows = [("What", m.one_line(ev))]
-        began = m.since(ev)
+        began = a.began
         if a.cleared is not None:
             rows.append(
                 (

@@ -21,6 +21,14 @@ DEFAULT_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
 _SEVERITY = {"critical": "critical", "warning": "warning", "info": "info"}
 
 
+def _details(facts: list[tuple[str, str]]) -> dict[str, str]:
+    """Facts as PagerDuty's custom details; repeated labels (outage lines) joined, not lost."""
+    out: dict[str, str] = {}
+    for key, value in facts:
+        out[key] = f"{out[key]}\n{value}" if key in out else value
+    return out
+
+
 class PagerDutyNotifier:
     kind = "pagerduty"
 
@@ -66,7 +74,7 @@ class PagerDutyNotifier:
                     "group": ev.provider,
                     "class": ",".join(sorted({a.event.rule for a in n.firing})),
                     "custom_details": {
-                        "firing": [dict(n.facts(a)) for a in n.firing[:20]],
+                        "firing": [_details(n.facts(a)) for a in n.firing[:20]],
                         "resolved": [m.one_line(a.event) for a in n.resolved[:20]],
                         "models": list(n.incident.models) if n.incident else [ev.model],
                         "reason": n.reason,
