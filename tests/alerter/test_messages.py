@@ -42,7 +42,9 @@ def shift(n: int = 1, *, model: str = "llama3.1:8b", engine_fields: bool = True)
         ev,
         target="gpu-1-ollama",
         rule_name="sustained shift",
-        limits=structs.replace(ev.limits, center=880.0, ucl=1320.0, lcl=590.0, transform="log", sigma=0.08837),
+        limits=structs.replace(
+            ev.limits, center=880.0, ucl=1320.0, lcl=590.0, transform="log", sigma=0.08837
+        ),
         point_ids=tuple(f"p{n}-{i}" for i in range(6)),
         point_values=(1500.0, 1580.0, 1610.0, 1640.0, 1650.0, 1630.0),
         point_ts=tuple(T0 - timedelta(seconds=30 * (5 - i)) for i in range(6)),
@@ -66,7 +68,14 @@ def outage_event() -> ViolationEvent:
         prompt_id="",
         rule_name="3 failed probes in a row",
         limits=ChartLimits(
-            center=0.01, sigma=0, ucl=0.14, lcl=0, zone_a_upper=0.14, zone_a_lower=0, zone_b_upper=0.14, zone_b_lower=0
+            center=0.01,
+            sigma=0,
+            ucl=0.14,
+            lcl=0,
+            zone_a_upper=0.14,
+            zone_a_lower=0,
+            zone_b_upper=0.14,
+            zone_b_lower=0,
         ),
         point_values=(),
         point_ts=(),
@@ -82,7 +91,9 @@ OUTAGE = Outage(
         FailedProbe(T0 - timedelta(seconds=30), "timeout", None, "no answer within 30 s"),
     ),
 )
-SINGLE = IncidentRef("inc-v1", "ollama/llama3.1:8b on gpu-1: latency_ms out of control (CUSUM)", ("llama3.1:8b",))
+SINGLE = IncidentRef(
+    "inc-v1", "ollama/llama3.1:8b on gpu-1: latency_ms out of control (CUSUM)", ("llama3.1:8b",)
+)
 CASCADE = IncidentRef(
     "inc-v1",
     "Cascade on gpu-1: 2 models degraded (llama3.1:8b, qwen2:7b) - latency_ms",
@@ -104,10 +115,15 @@ def notification(case: str) -> Notification:
         lead_episode_id=shift().episode_id,
         incident=SINGLE,
     )
-    ctx = tuple(
-        ContextPoint(T0 + timedelta(seconds=30 * (i - 10)), 880.0 + (750.0 if i >= 5 else 0.0) + i, f"c{i}", i >= 5)
-        for i in range(11)
-    ) + (ContextPoint(T0 + timedelta(seconds=330), None, "c11", status="timeout"),)
+    ctx = (
+        *tuple(
+            ContextPoint(
+                T0 + timedelta(seconds=30 * (i - 10)), 880.0 + (750.0 if i >= 5 else 0.0) + i, f"c{i}", i >= 5
+            )
+            for i in range(11)
+        ),
+        ContextPoint(T0 + timedelta(seconds=330), None, "c11", status="timeout"),
+    )
     match case:
         case "firing":
             return replace(base, firing=(AlertView(shift(), context=ctx, incident=SINGLE),))
@@ -118,13 +134,17 @@ def notification(case: str) -> Notification:
                 AlertView(shift(i), cleared(shift(i), at=T0 + timedelta(minutes=4)), incident=SINGLE)
                 for i in (2, 3, 4)
             )
-            return replace(base, id="7:oncall:2", reason="new_violations", firing=(AlertView(shift()),), resolved=done)
+            return replace(
+                base, id="7:oncall:2", reason="new_violations", firing=(AlertView(shift()),), resolved=done
+            )
         case "resolved":
             return replace(
                 base,
                 id="7:oncall:3",
                 reason="resolved",
-                resolved=(AlertView(shift(), cleared(shift(), at=T0 + timedelta(minutes=9)), incident=SINGLE),),
+                resolved=(
+                    AlertView(shift(), cleared(shift(), at=T0 + timedelta(minutes=9)), incident=SINGLE),
+                ),
             )
         case "outage":
             ev = outage_event()
@@ -170,7 +190,9 @@ CASES = ("firing", "firing_old_event", "update", "resolved", "outage", "outage_r
 
 def rendered(case: str) -> dict[str, str]:
     n = notification(case)
-    mail = EmailNotifier("oncall", EmailConfig(host="h", sender="scope@example.com", recipients=("oncall@example.com",)))
+    mail = EmailNotifier(
+        "oncall", EmailConfig(host="h", sender="scope@example.com", recipients=("oncall@example.com",))
+    )
     msg = mail.build_payload(n)
     text = msg.get_body(("plain",))
     assert text is not None
@@ -241,7 +263,14 @@ def test_a_shift_says_slower_by_how_much_in_ms_for_which_prompt() -> None:
 def test_an_outage_names_failure_kind_status_error_count_since_and_last_success() -> None:
     out = rendered("outage")
     for text in out.values():
-        for needle in ("http_5xx", "503", "upstream connect error", "timeout", "4 failed probe(s)", "Last success"):
+        for needle in (
+            "http_5xx",
+            "503",
+            "upstream connect error",
+            "timeout",
+            "4 failed probe(s)",
+            "Last success",
+        ):
             assert needle in text.replace("\\u", ""), needle
     assert "+29900" not in out["email.txt"]
     assert "Lasted:" in rendered("outage_resolved")["email.txt"]
@@ -251,7 +280,8 @@ def test_an_outage_names_failure_kind_status_error_count_since_and_last_success(
 def test_titles_and_colours_follow_the_state() -> None:
     assert notification("firing").title.startswith("[LLMscope] CRITICAL: ")
     update = notification("update").title
-    assert update.startswith("[LLMscope] UPDATE, still CRITICAL: ") and "[1 still firing, 3 resolved]" in update
+    assert update.startswith("[LLMscope] UPDATE, still CRITICAL: ")
+    assert "[1 still firing, 3 resolved]" in update
     assert notification("resolved").title.startswith("[LLMscope] RESOLVED: ")
     assert notification("cascade").title.startswith("[LLMscope] CRITICAL: Cascade on gpu-1: 2 models")
     slack = json.loads(rendered("firing")["slack.json"])
@@ -266,7 +296,8 @@ def test_titles_and_colours_follow_the_state() -> None:
 def test_the_cascade_is_one_message_naming_both_models_and_the_incident() -> None:
     out = rendered("cascade")
     for text in out.values():
-        assert "llama3.1:8b" in text and "qwen2:7b" in text
+        assert "llama3.1:8b" in text
+        assert "qwen2:7b" in text
         assert f"{URL}/incidents/inc-v1" in text
     hook = json.loads(out["webhook.json"])
     assert hook["cascade_models"] == ["llama3.1:8b", "qwen2:7b"]

@@ -117,7 +117,9 @@ def test_email_payload_has_text_html_stats_and_context() -> None:
         assert never not in body, never
     assert body.count("\n   ") >= 21  # the 21-row context table
     # The context table says where each point stands, never the probe status "ok".
-    assert "within limits" in body and "2.4 s  above UCL" in body and "  ok" not in body
+    assert "within limits" in body
+    assert "2.4 s  above UCL" in body
+    assert "  ok" not in body
     assert "<table" in html.get_content()
     assert "background:#fdd" in html.get_content()
     assert "#D0021B" in html.get_content()  # critical in red
@@ -144,7 +146,8 @@ def test_slack_colours_by_severity_and_links() -> None:
     colours = [a["color"] for a in payload["attachments"]]
     assert colours == ["#D0021B", "#D0021B", "#D0021B", "#2EB67D"]  # critical red, resolved green
     warn = replace(notification(1), firing=(AlertView(violation(1, severity="warning")),))
-    assert SlackNotifier("c", Secret("http://x"), None).build_payload(warn)["attachments"][0]["color"] == "#F5A623"  # type: ignore[arg-type]
+    warned = SlackNotifier("c", Secret("http://x"), None).build_payload(warn)  # type: ignore[arg-type]
+    assert warned["attachments"][0]["color"] == "#F5A623"
     buttons = payload["attachments"][0]["blocks"][-1]["elements"]
     assert [b["text"]["text"] for b in buttons] == ["View details", "Chart"]
     assert buttons[0]["url"] == f"https://scope.example/violations/{violation(0, rule='R1').episode_id}"
