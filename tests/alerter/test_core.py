@@ -45,7 +45,11 @@ def test_routes_match_rules_models_first_match_wins_and_continue() -> None:
     other = Alert(violation(model="qwen2:7b", rule="R2", severity="warning")).labels
     assert route_alert([pager, chat, rest], other) == [chat]
     assert route_alert([pager, chat], labels, allowed_rules=frozenset({"R2"})) == []
-    assert group_key(chat, labels) == "provider=ollama,model=llama3.1:8b"
+    # By default a group is an incident; outside any, one model.
+    assert group_key(chat, labels) == "incident=ollama/llama3.1:8b"
+    assert group_key(chat, {**labels, "incident": "inc-1"}) == "incident=inc-1"
+    by_model = Route("m", ("slack",), group_by=("provider", "model"))
+    assert group_key(by_model, labels) == "provider=ollama,model=llama3.1:8b"
 
 
 def test_dedup_reasons() -> None:

@@ -42,13 +42,33 @@ def test_only_signals_at_or_above_the_minimum_severity_form_incidents() -> None:
 
 
 def test_correlation_same_model_same_host_and_window() -> None:
-    inc = OpenIncident("i1", "ollama", "gpu-1", ("llama3.1:8b",), T0)
-    assert correlate(violation(1, model="qwen2:7b"), [inc], 300) is inc  # same host: cascade
-    assert correlate(violation(1, model="qwen2:7b", host="gpu-2"), [inc], 300) is None
+    inc = OpenIncident("i1", "ollama", "gpu-1", ("llama3.1:8b",), T0, sustained_open=("llama3.1:8b",))
+    # same host, a sustained signal on each model, overlapping in time: a cascade
+    assert correlate(violation(1, model="qwen2:7b", rule="CUSUM"), [inc], 300) is inc
+    # one stray point on a second model is not a cascade (R1 or SPIKE, one probe)
+    assert correlate(violation(1, model="qwen2:7b"), [inc], 300) is None
+    assert correlate(violation(1, model="qwen2:7b", rule="SPIKE"), [inc], 300) is None
+    # the first model's signal is a lone point, or has cleared: nothing to cascade with
+    lone = OpenIncident("i3", "ollama", "gpu-1", ("llama3.1:8b",), T0)
+    assert correlate(violation(1, model="qwen2:7b", rule="CUSUM"), [lone], 300) is None
+    assert correlate(violation(1, model="qwen2:7b", rule="CUSUM", host="gpu-2"), [inc], 300) is None
     assert correlate(violation(1, host="gpu-2"), [inc], 300) is inc  # same model elsewhere
     assert correlate(violation(1, at=T0 + timedelta(minutes=10)), [inc], 300) is None
-    bare = OpenIncident("i2", "openai", "", ("gpt-4o",), T0)
-    assert correlate(violation(1, provider="openai", model="gpt-4o-mini", host=""), [bare], 300) is bare
+    # no host label: never a cascade through the empty label ("Cascade on openai")
+    bare = OpenIncident("i2", "openai", "", ("gpt-4o",), T0, sustained_open=("gpt-4o",))
+    other = violation(1, provider="openai", model="gpt-4o-mini", host="", rule="CUSUM")
+    assert correlate(other, [bare], 300) is None
+
+
+def test_an_outage_summary_counts_failures_and_never_compares_a_count_with_a_rate() -> None:
+    from msgspec import structs
+
+    down = violation(1, rule="AVAILABILITY", metric="availability", value=3.0)
+    down = structs.replace(down, limits=structs.replace(down.limits, center=0.01, ucl=0.14, lcl=0.0))
+    text, moves, _ = summarize([down])
+    assert "llama3.1:8b: down: 3 failed probes in a row (baseline failure rate 1.0%)" in text
+    assert moves[0].change_percent is None
+    assert "29900" not in text
 
 
 def test_deterministic_summary_names_moves_rules_split_and_host() -> None:
@@ -67,7 +87,7 @@ def test_deterministic_summary_names_moves_rules_split_and_host() -> None:
     }
     assert "2 model(s) on host gpu-1 (2 still open)" in text
     assert "cascade" in text
-    assert "+200%" in text  # 2400 ms against 800 ms
+    assert "2.4 s against a baseline of 800 ms, +200 % (slower)" in text
     assert "before the first token" in text  # 1800 of 2400 ms
     assert "12.5 tokens/s" in text
     assert "CPU up to 95% (saturated)" in text
@@ -154,7 +174,7 @@ async def test_cascade_is_one_incident_naming_every_model_with_llm_analysis(
     )
     try:
         models = ["llama3.1:8b", "qwen2:7b", "mistral:7b"]
-        await publish(js, *(violation(i, model=m) for i, m in enumerate(models)))
+        await publish(js, *(violation(i, model=m, rule="CUSUM") for i, m in enumerate(models)))
         await publish(js, violation(9, model="other", host="gpu-2"))  # another host: its own incident
         # Below the incident threshold (critical by default): recorded, but no incident of its own.
         await publish(js, violation(10, model="noisy", host="gpu-3", rule="R2", severity="info"))
@@ -181,7 +201,7 @@ async def test_cascade_is_one_incident_naming_every_model_with_llm_analysis(
         assert "updated" in changes
         # lifecycle: acknowledged (who, when), then resolved when every violation cleared
         assert await run.store.acknowledge_incident(cascade.incident_id, "ana")
-        await publish(js, *(cleared(violation(i, model=m)) for i, m in enumerate(models)))
+        await publish(js, *(cleared(violation(i, model=m, rule="CUSUM")) for i, m in enumerate(models)))
         await eventually(
             lambda: any(e.change == "resolved" and e.incident_id == cascade.incident_id for e in seen),
             what="resolved incident",
@@ -255,9 +275,9 @@ async def test_a_cascade_across_providers_on_one_host_is_one_incident(database_u
     run = await start_alerter(database_url, None, {})
     try:
         routes = (await run.alerter.runtime()).routes
-        local = violation(1, provider="ollama", model="llama3.1:8b", host="gpu-9")
-        served = violation(2, provider="openai", model="qwen2.5-32b", host="gpu-9")
-        elsewhere = violation(3, provider="openai", model="gpt-4o", host="")
+        local = violation(1, provider="ollama", model="llama3.1:8b", host="gpu-9", rule="CUSUM")
+        served = violation(2, provider="openai", model="qwen2.5-32b", host="gpu-9", rule="CUSUM")
+        elsewhere = violation(3, provider="openai", model="gpt-4o", host="", rule="CUSUM")
         # Two replicas at once: the host's lock keeps them from opening twin incidents.
         await asyncio.gather(
             run.store.ingest([local], routes, None), run.store.ingest([served], routes, None)

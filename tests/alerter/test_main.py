@@ -139,7 +139,7 @@ async def test_send_test_reports_the_channel_answer() -> None:
         assert result.ok, result
         assert result.status == "sent"
         assert "accepted" in result.detail
-        assert box.messages[0]["Subject"] == "[LLMscope] Test notification"
+        assert box.messages[0]["Subject"] == "[LLMscope] Test notification (sample data, nothing is wrong)"
         quick = RetryPolicy(initial=0.05, max_delay=0.1, deadline=0.3, attempt_timeout=1)
         hook = await send_test(
             "webhook", {}, env=Env({**LOOPBACK_ALLOWED, "LLMSCOPE_WEBHOOK_URL": url}), policy=quick

@@ -22,7 +22,7 @@ from llmscope.alerter.notifiers.base import AlertView, ContextPoint, Notificatio
 from llmscope.alerter.notifiers.email import EmailConfig, EmailNotifier, message_id
 from llmscope.alerter.notifiers.pagerduty import PagerDutyNotifier
 from llmscope.alerter.notifiers.registry import NOTIFIER_CLASSES, build_notifier
-from llmscope.alerter.notifiers.slack import SlackNotifier, rule_colour
+from llmscope.alerter.notifiers.slack import SlackNotifier
 from llmscope.alerter.notifiers.webhook import DELIVERY_HEADER, WebhookNotifier, verify
 from llmscope.alerter.retry import DeliveryError, RetryPolicy, send_with_retry
 from llmscope.config.env import Secret
@@ -99,19 +99,37 @@ def test_email_payload_has_text_html_stats_and_context() -> None:
     assert html is not None
     body = text.get_content()
     for needle in (
-        "UCL / LCL",
-        "1,700.0 ms",
-        "Zone A",
-        "Baseline",
-        "b1 (n=30, initial baseline)",
+        "What:",
+        "latency 2.4 s, +200 % over the 800 ms baseline (slower)",
+        "prompt simple-1",
+        "How sure:",
+        "one probe beyond the control limits",
+        "Control limits:",
+        "0 ms .. 1.7 s",
+        "800 ms (30 probes, initial baseline)",
         "CPU 95%",
         "RESOLVED",
         "https://scope.example/violations/",
+        "https://scope.example/?provider=ollama",
     ):
         assert needle in body, needle
+    for never in ("Sigma", "sigma", "Zone A", "k="):
+        assert never not in body, never
     assert body.count("\n   ") >= 21  # the 21-row context table
+    # The context table says where each point stands, never the probe status "ok".
+    assert "within limits" in body
+    assert "2.4 s  above UCL" in body
+    assert "  ok" not in body
     assert "<table" in html.get_content()
     assert "background:#fdd" in html.get_content()
+    assert "#D0021B" in html.get_content()  # critical in red
+
+
+def test_context_note_is_against_the_limits() -> None:
+    ev = violation(1)
+    assert ContextPoint(T0, 2400.0, "p").note(ev) == "above UCL"
+    assert ContextPoint(T0, 900.0, "p").note(ev) == "within limits"
+    assert ContextPoint(T0, None, "p", status="timeout").note(ev) == "failed: timeout"
 
 
 def test_email_bad_address_is_permanent() -> None:
@@ -123,16 +141,16 @@ def test_email_bad_address_is_permanent() -> None:
     assert not err.value.retryable
 
 
-def test_slack_colours_and_view_details() -> None:
-    assert (rule_colour("R1"), rule_colour("R2"), rule_colour("R3")) == ("#FF0000", "#FFA500", "#0099FF")
-    assert rule_colour("R7") == rule_colour("r7")
-    assert rule_colour("X9") == rule_colour("X9")
+def test_slack_colours_by_severity_and_links() -> None:
     payload = SlackNotifier("chat", Secret("http://x"), None).build_payload(notification(3, resolved=1))  # type: ignore[arg-type]
     colours = [a["color"] for a in payload["attachments"]]
-    assert colours == ["#FF0000", "#FFA500", "#0099FF", "#2EB67D"]
-    button = payload["attachments"][0]["blocks"][-1]["elements"][0]
-    assert button["text"]["text"] == "View details"
-    assert button["url"] == f"https://scope.example/violations/{violation(0, rule='R1').episode_id}"
+    assert colours == ["#D0021B", "#D0021B", "#D0021B", "#2EB67D"]  # critical red, resolved green
+    warn = replace(notification(1), firing=(AlertView(violation(1, severity="warning")),))
+    warned = SlackNotifier("c", Secret("http://x"), None).build_payload(warn)  # type: ignore[arg-type]
+    assert warned["attachments"][0]["color"] == "#F5A623"
+    buttons = payload["attachments"][0]["blocks"][-1]["elements"]
+    assert [b["text"]["text"] for b in buttons] == ["View details", "Chart"]
+    assert buttons[0]["url"] == f"https://scope.example/violations/{violation(0, rule='R1').episode_id}"
     big = SlackNotifier("chat", Secret("http://x"), None).build_payload(notification(50))  # type: ignore[arg-type]
     assert len(big["attachments"]) == 10
     assert "and 40 more" in json.dumps(big["blocks"])
@@ -145,7 +163,7 @@ def test_pagerduty_trigger_and_resolve_use_the_episode_id() -> None:
     assert trigger["event_action"] == "trigger"
     assert trigger["dedup_key"] == n.lead_episode_id
     assert trigger["payload"]["severity"] == "critical"
-    assert trigger["links"][0]["text"] == "View details"
+    assert trigger["links"][0]["text"] == "Violation"
     done = replace(n, firing=(), resolved=n.firing)
     assert pd.build_payload(done) == [{"event_action": "resolve", "dedup_key": n.lead_episode_id}]
 
@@ -281,4 +299,4 @@ async def test_email_through_real_smtp_plain_starttls_and_ssl() -> None:
 
 
 def test_describe_units() -> None:
-    assert "2,400.0 ms" in base.describe(violation(1))
+    assert "latency 2.4 s, +200 % over the 800 ms baseline (slower)" in base.describe(violation(1))

@@ -69,7 +69,7 @@ async def _api_tables(database_url: str) -> asyncpg.Connection:
         "CREATE TABLE settings (key text PRIMARY KEY, value jsonb NOT NULL);"
         "CREATE TABLE telemetry (id text PRIMARY KEY, ts timestamptz NOT NULL, provider text, model text,"
         " prompt_id text, status text, latency_ms float8, ttft_ms float8, tokens_per_s float8,"
-        " target text NOT NULL DEFAULT '')"
+        " target text NOT NULL DEFAULT '', http_status smallint, error text)"
     )
     return conn
 
@@ -94,7 +94,7 @@ async def test_alert_storm_one_message_then_reminders_until_acknowledged(
         await publish(js, *storm)  # 50 violations on one model, well within 10 s
         await eventually(lambda: len(box.messages) >= 1, what="the grouped email")
         first = box.messages[0]
-        assert "50 violation(s) on ollama/llama3.1:8b" in first["Subject"]
+        assert "50 violations on ollama/llama3.1:8b on gpu-1" in first["Subject"]
         assert box.envelopes[0] == ["oncall@example.com", "lead@example.com"]
         await eventually(lambda: len(box.messages) >= 3, within=6, what="two reminders")
         assert all("(reminder)" in m["Subject"] for m in box.messages[1:])
@@ -143,8 +143,9 @@ async def test_two_replicas_never_send_twice(database_url: str, js: JetStreamCon
         told_firing: dict[str, set[str]] = {m: set() for m in models}
         told_resolved: dict[str, set[str]] = {m: set() for m in models}
         for b in bodies:
-            told_firing[b.group_labels["model"]] |= {v.episode_id for v in b.firing}
-            told_resolved[b.group_labels["model"]] |= {v.episode_id for v in b.resolved}
+            (model,) = {v.model for v in (*b.firing, *b.resolved)}  # one model's incident per group
+            told_firing[model] |= {v.episode_id for v in b.firing}
+            told_resolved[model] |= {v.episode_id for v in b.resolved}
         assert all(len(told_firing[m]) == 3 for m in models)
         assert all(len(told_resolved[m]) == 3 for m in models)
         # group_wait gathers each model's three violations: normally one message each way
@@ -483,8 +484,9 @@ async def test_email_context_table_from_the_api_telemetry_and_settings(
         body = box.messages[0].get_body(("plain",))
         assert body is not None
         text = body.get_content()
-        assert "(R1)" in box.messages[0]["Subject"]
-        table = [line for line in text.splitlines() if line.startswith("   ") and " ms " in line]
+        assert "latency 2.4 s, +200 % over the 800 ms baseline" in box.messages[0]["Subject"]
+        assert "one probe beyond the control limits [R1, critical]" in text
+        table = [line for line in text.splitlines() if line.startswith("   ") and "+00:00" in line]
         assert len(table) == 16  # 10 before + the signalling point + 5 after (all there is)
         assert sum(line.startswith("   *") for line in table) == 1
     finally:

@@ -318,6 +318,12 @@ async def test_setup_wizard_sends_a_test_message(
                 assert r.text.lstrip().startswith('<div id="test-result"')
             assert "email (email): sent" in r.text
             assert box.envelopes == [["ops@example.com"]]
+            # STARTTLS asked of a plain server: a configuration error, told at once, not retried.
+            await api.store.put_setting("alert.email.tls", "starttls", "test")
+            r = await client.post("/setup/test", data={"channel": "email"}, headers=headers)
+            assert "email (email): failed" in r.text
+            assert "after 1 attempt<" in r.text
+            assert "does not offer STARTTLS" in r.text
             r = await client.post("/setup/test", data={"channel": "slack"}, headers=headers)
             assert "not_configured" in r.text
             r = await client.post("/setup/test", data={"channel": "carrier-pigeon"}, headers=headers)

@@ -244,13 +244,26 @@ async def test_setup_wizard(api: Api, hx: bool) -> None:
         data={
             "alert.email.recipients": "ops@example.com",
             "alert.email.smtp_host": "smtp.example.com",
+            "alert.email.tls": "none",
+            "alert.email.smtp_port": "25",
             "alert.slack.webhook_url": "https://hooks.slack.test/x",
+            "alert.webhook.url": "http://hooks.internal:8080/llmscope",
+            "alert.webhook.signing_secret": "s3cret",
+            "alert.pagerduty.routing_key": "R0UTING",
             "alert.min_severity": "warning",
         },
         headers=headers,
     )
     assert r.status_code == 200
     assert "Saved" in r.text
+    # After Save the form is still there and shows what is stored (secrets only as "set").
+    assert 'value="smtp.example.com"' in r.text
+    assert 'value="25"' in r.text
+    assert "<option selected>none</option>" in r.text
+    assert "Channels on: email, slack, webhook, pagerduty" in r.text
+    assert "s3cret" not in r.text
+    assert "R0UTING" not in r.text
+    assert r.text.count("(set)") >= 3
     values = {s.key: (s.value, s.is_set) for s in await api.store.settings()}
     assert values["alert.email.recipients"] == (["ops@example.com"], True)
     assert values["alert.email.enabled"] == (True, True)
@@ -258,3 +271,6 @@ async def test_setup_wizard(api: Api, hx: bool) -> None:
     assert values["alert.slack.webhook_url"] == (None, True)
     assert values["alert.min_severity"] == ("warning", True)
     assert values["setup.completed"] == (True, True)
+    assert values["alert.email.tls"] == ("none", True)
+    assert values["alert.webhook.enabled"] == (True, True)
+    assert values["alert.pagerduty.enabled"] == (True, True)

@@ -32,3 +32,13 @@ class NotificationEvent(Event, frozen=True, kw_only=True, tag="notification.v1")
     resolved: tuple[ViolationEvent, ...] = ()
     acknowledged: Annotated[tuple[str, ...], Meta(description="episode ids acknowledged")] = ()
     dashboard_url: str = ""
+    title: Annotated[str, Meta(description="the message's title: state, models, what moved")] = ""
+    text: Annotated[
+        str,
+        Meta(description="the message in plain text: what, since when, how sure, what else, links"),
+    ] = ""
+    incident_id: Annotated[str, Meta(description="the incident the group belongs to ('' if none)")] = ""
+    incident_url: str = ""
+    cascade_models: Annotated[
+        tuple[str, ...], Meta(description="every model of the incident when it is a cascade")
+    ] = ()

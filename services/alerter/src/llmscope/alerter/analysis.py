@@ -8,7 +8,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from statistics import fmean
 
-from llmscope.alerter.notifiers.base import fmt_value, metric_unit
+from llmscope.alerter.messages import (
+    change_pct,
+    is_outage,
+    level,
+    metric_words,
+    outage_movement,
+    quantity,
+    verdict,
+)
+from llmscope.alerter.notifiers.base import fmt_value
 from llmscope.proto.incident import MetricMove
 from llmscope.proto.violation import ViolationEvent
 
@@ -26,24 +35,30 @@ class TelemetryPoint:
     status: str = "ok"
 
 
-def metric_moves(events: Sequence[ViolationEvent]) -> tuple[MetricMove, ...]:
-    """Per model and metric, the worst point against the frozen baseline center."""
+def worst_per_series(events: Sequence[ViolationEvent]) -> dict[tuple[str, str], ViolationEvent]:
+    """Per (model, metric), the violation furthest from its baseline."""
     worst: dict[tuple[str, str], ViolationEvent] = {}
     for ev in events:
         key = (ev.model, ev.metric)
         if key not in worst or abs(ev.deviation_sigma) > abs(worst[key].deviation_sigma):
             worst[key] = ev
+    return worst
+
+
+def metric_moves(events: Sequence[ViolationEvent]) -> tuple[MetricMove, ...]:
+    """Per model and metric, the worst point against the frozen baseline center."""
+    worst = worst_per_series(events)
     moves = []
     for (model, metric), ev in sorted(worst.items()):
         center = ev.limits.center
-        change = (ev.value - center) / center * 100 if center else None
         moves.append(
             MetricMove(
                 model=model,
                 metric=metric,
                 baseline=center,
-                observed=ev.value,
-                change_percent=change,
+                # An outage's value is a failure count and its center a rate: no percentage.
+                observed=ev.value if is_outage(ev) else level(ev),
+                change_percent=change_pct(ev),
                 deviation_sigma=ev.deviation_sigma,
             )
         )
@@ -75,12 +90,18 @@ def summarize(
         + (" Several models degraded together: a cascade." if len(models) > 1 else "")
     ]
     moves = metric_moves(events)
-    for m in moves:
-        unit = metric_unit(m.metric)
-        pct = f"{m.change_percent:+.0f}%, " if m.change_percent is not None else ""
+    by_key = worst_per_series(events)
+    for mv in moves:
+        ev = by_key[(mv.model, mv.metric)]
+        if is_outage(ev):
+            lines.append(f"- {mv.model}: {outage_movement(ev)}.")
+            continue
+        name, q = metric_words(mv.metric), quantity
+        pct = f", {mv.change_percent:+.0f} %" if mv.change_percent is not None else ""
+        word = verdict(ev)
         lines.append(
-            f"- {m.model} {m.metric}: {fmt_value(m.observed, unit)} against a baseline of "
-            f"{fmt_value(m.baseline, unit)} ({pct}{m.deviation_sigma:+.1f} sigma)."
+            f"- {mv.model} {name}: {q(mv.observed, mv.metric)} against a baseline of "
+            f"{q(mv.baseline, mv.metric)}{pct}" + (f" ({word})" if word else "") + "."
         )
     lines.append("Rules: " + ", ".join(f"{r} x{n}" if n > 1 else r for r, n in sorted(rules.items())) + ".")
     ok = [p for p in telemetry if p.status == "ok"]

@@ -2,7 +2,7 @@
 
 File (``LLMSCOPE_ALERTER_CONFIG``, ``.yaml``/``.yml`` or ``.toml``; unknown keys are errors)::
 
-    defaults: {group_wait: 30s, group_interval: 5m, repeat_interval: 4h, group_by: [provider, model]}
+    defaults: {group_wait: 30s, group_interval: 5m, repeat_interval: 4h, group_by: [incident]}
     channels:
       - {name: oncall, kind: email, host: smtp.example.com, port: 587, security: starttls,
          username: alerts, password_env: SMTP_PASSWORD, sender: llmscope@example.com,

@@ -1,8 +1,10 @@
 """Correlating violations into incidents (pure).
 
 A violation joins an open incident when it comes within ``window`` of the incident's last
-violation and either concerns a model already in it, or shares its host (or, when neither has a
-host label, its provider): several models degrading together is one cascade, not many incidents.
+violation and concerns a model already in it. A violation of another model joins only as part of
+a cascade: it shares the incident's host label (targets without one never cascade through the
+empty label), and both it and a still-open signal of another model in the incident are sustained
+(not one stray point: a single SPIKE or R1 point on a second model is its own incident).
 """
 
 from __future__ import annotations
@@ -21,6 +23,17 @@ class OpenIncident:
     host: str
     models: tuple[str, ...]
     last_violation_at: datetime
+    sustained_open: tuple[str, ...] = ()
+    """models with a still-open sustained signal in the incident"""
+
+
+# Single-point tests: one probe beyond the limits says little about a whole host.
+SINGLE_POINT_RULES = frozenset({"SPIKE", "R1"})
+
+
+def sustained(rule: str, points: int) -> bool:
+    """A signal built on more than one probe (CUSUM, EWMA, TAIL, runs, outages), not one point."""
+    return rule.upper() not in SINGLE_POINT_RULES or points > 1
 
 
 def at(event: ViolationEvent) -> datetime:
@@ -37,11 +50,13 @@ def correlate(
         if abs((when - inc.last_violation_at).total_seconds()) > window:
             continue
         same_model = inc.provider == event.provider and event.model in inc.models
-        same_host = bool(event.host) and inc.host == event.host
-        same_provider = not event.host and not inc.host and inc.provider == event.provider
-        if (same_model or same_host or same_provider) and (
-            best is None or inc.last_violation_at > best.last_violation_at
-        ):
+        cascade = (
+            bool(event.host)
+            and inc.host == event.host
+            and sustained(event.rule, len(event.point_ids))
+            and any(model != event.model for model in inc.sustained_open)
+        )
+        if (same_model or cascade) and (best is None or inc.last_violation_at > best.last_violation_at):
             best = inc
     return best
 

@@ -7,7 +7,18 @@ from datetime import datetime
 
 from llmscope.proto.violation import ViolationEvent
 
-LABELS = ("provider", "model", "host", "target", "rule", "severity", "metric", "chart", "prompt_id")
+LABELS = (
+    "provider",
+    "model",
+    "host",
+    "target",
+    "rule",
+    "severity",
+    "metric",
+    "chart",
+    "prompt_id",
+    "incident",  # set at ingest (store.py): the incident id, "" outside any
+)
 
 
 def labels_of(event: ViolationEvent) -> dict[str, str]:

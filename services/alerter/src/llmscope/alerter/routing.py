@@ -14,7 +14,9 @@ from fnmatch import fnmatchcase
 
 from llmscope.proto.violation import Severity
 
-DEFAULT_GROUP_BY = ("provider", "model")
+# One incident (a model's episode, or a cascade of several models on one host) is one group, so
+# one message thread per channel. A violation outside any incident groups by provider/model.
+DEFAULT_GROUP_BY = ("incident",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +72,11 @@ def route_alert(
 
 
 def group_labels(route: Route, labels: Mapping[str, str]) -> dict[str, str]:
-    return {key: labels.get(key, "") for key in route.group_by}
+    out = {key: labels.get(key, "") for key in route.group_by}
+    if "incident" in out and not out["incident"]:
+        # Below the incident severity: grouped per model, never all together under "".
+        out["incident"] = f"{labels.get('provider', '')}/{labels.get('model', '')}"
+    return out
 
 
 def group_key(route: Route, labels: Mapping[str, str]) -> str:

@@ -180,9 +180,21 @@ class Alerter:
     async def notification_for(self, claim: Claim, runtime: RuntimeConfig | None = None) -> Notification:
         events = [a.event for a in (*claim.firing, *claim.resolved)]
         context = await self.store.context_for(events)
+        outages = await self.store.outages_for([*claim.firing, *claim.resolved], claim.created_at)
+        incidents = await self.store.incidents_for([e.episode_id for e in events])
+        lead = incidents.get(claim.lead_episode_id) or next(
+            (incidents[e.episode_id] for e in events if e.episode_id in incidents), None
+        )
 
         def view(a: Alert) -> AlertView:
-            return AlertView(a.event, a.cleared, a.acknowledged_by, context.get(a.episode_id, ()))
+            return AlertView(
+                a.event,
+                a.cleared,
+                a.acknowledged_by,
+                context.get(a.episode_id, ()),
+                outage=outages.get(a.episode_id),
+                incident=incidents.get(a.episode_id),
+            )
 
         return Notification(
             id=claim.id,
@@ -196,6 +208,7 @@ class Alerter:
             group_labels=claim.group_labels,
             public_url=(runtime.public_url if runtime else None) or self._opts.public_url,
             lead_episode_id=claim.lead_episode_id,
+            incident=lead,
         )
 
     async def deliver(self, claim: Claim, runtime: RuntimeConfig) -> Outcome:

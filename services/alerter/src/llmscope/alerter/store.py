@@ -28,9 +28,11 @@ from llmscope.alerter.incidents import (
     forms_incidents,
     incident_id_for,
     search_text,
+    sustained,
     title_for,
     worst_severity,
 )
+from llmscope.alerter.messages import FailedProbe, IncidentRef, Outage, is_outage, since
 from llmscope.alerter.model import Alert, labels_of
 from llmscope.alerter.notifiers.base import ContextPoint
 from llmscope.alerter.retention import Cutoffs
@@ -184,7 +186,13 @@ class Store:
                 cleared.ts,
                 early,
             )
-        labels = labels_of(ev)
+        incident_id = ""
+        if forms_incidents(ev.severity, self.incident_min_severity):
+            incident_id = await self._incident_open(conn, ev)
+            if early is not None:
+                await self._incident_clear(conn, ev.episode_id)
+        # The incident is a label, so grouping by it makes one cascade one message per channel.
+        labels = {**labels_of(ev), "incident": incident_id}
         for route in route_alert(routes, labels, allowed_rules=allowed_rules):
             group_id = await self._join_group(conn, route, labels, ev.episode_id)
             await conn.execute(
@@ -193,10 +201,6 @@ class Store:
                 group_id,
                 ev.episode_id,
             )
-        if forms_incidents(ev.severity, self.incident_min_severity):
-            await self._incident_open(conn, ev)
-            if early is not None:
-                await self._incident_clear(conn, ev.episode_id)
 
     async def _join_group(self, conn: Conn, route: Route, labels: Mapping[str, str], episode_id: str) -> int:
         key = group_key(route, labels)
@@ -701,6 +705,79 @@ class Store:
                 )
         return out
 
+    async def outages_for(
+        self, alerts: Sequence[Alert], until: datetime, recent: int = 3
+    ) -> dict[str, Outage]:
+        """For availability violations: the target's failed probes since its last success up to
+        ``until``, from the API's telemetry table (read as context_for does; {} without it)."""
+        out: dict[str, Outage] = {}
+        wanted = [a for a in alerts if is_outage(a.event)]
+        if not wanted:
+            return out
+        series = "provider = $1 AND model = $2 AND ($3 = '' OR target = $3)"
+        async with self.pool.acquire() as conn:
+            if await conn.fetchval("SELECT to_regclass('telemetry')") is None:
+                return out
+            for alert in wanted:
+                ev = alert.event
+                # A cleared outage is described up to its clear, an open one up to now.
+                end = alert.cleared.ts if alert.cleared is not None else until
+                try:
+                    last_ok = await conn.fetchval(
+                        f"SELECT max(ts) FROM telemetry WHERE {series} AND status = 'ok' AND ts <= $4",
+                        ev.provider,
+                        ev.model,
+                        ev.target,
+                        since(ev),
+                    )
+                    after = last_ok or datetime.min.replace(tzinfo=end.tzinfo)
+                    stats = await conn.fetchrow(
+                        f"SELECT count(*) AS n, min(ts) AS first FROM telemetry WHERE {series}"
+                        " AND status <> 'ok' AND ts > $4 AND ts <= $5",
+                        ev.provider,
+                        ev.model,
+                        ev.target,
+                        after,
+                        end,
+                    )
+                    rows = await conn.fetch(
+                        f"SELECT ts, status, http_status, error FROM telemetry WHERE {series}"
+                        " AND status <> 'ok' AND ts > $4 AND ts <= $5 ORDER BY ts DESC LIMIT $6",
+                        ev.provider,
+                        ev.model,
+                        ev.target,
+                        after,
+                        end,
+                        recent,
+                    )
+                except asyncpg.PostgresError as exc:
+                    self._log.warning("cannot read failed probes", error=str(exc))
+                    return out
+                assert stats is not None
+                out[ev.episode_id] = Outage(
+                    count=int(stats["n"]),
+                    since=stats["first"],
+                    last_success=last_ok,
+                    recent=tuple(
+                        FailedProbe(r["ts"], r["status"], r["http_status"], r["error"]) for r in rows
+                    ),
+                )
+        return out
+
+    async def incidents_for(self, episode_ids: Sequence[str]) -> dict[str, IncidentRef]:
+        """episode id -> the incident it belongs to, as messages name it."""
+        if not episode_ids:
+            return {}
+        rows = await self.pool.fetch(
+            "SELECT e.episode_id, i.id, i.title, i.models, i.cascade, i.host FROM alerter_incident_episodes e"
+            " JOIN alerter_incidents i ON i.id = e.incident_id WHERE e.episode_id = ANY($1::text[])",
+            list(episode_ids),
+        )
+        return {
+            r["episode_id"]: IncidentRef(r["id"], r["title"], tuple(r["models"]), r["cascade"], r["host"])
+            for r in rows
+        }
+
     async def telemetry_points(self, events: Sequence[ViolationEvent]) -> list[TelemetryPoint]:
         ids = sorted({pid for ev in events for pid in ev.point_ids})
         async with self.pool.acquire() as conn:
@@ -723,7 +800,8 @@ class Store:
 
     # -- incidents ------------------------------------------------------------------------------
 
-    async def _incident_open(self, conn: Conn, ev: ViolationEvent) -> None:
+    async def _incident_open(self, conn: Conn, ev: ViolationEvent) -> str:
+        """Open or join an incident; its id."""
         # ingest() holds this provider's and this host's advisory locks: one correlator at a time,
         # no twin incidents. Candidates: the provider's incidents, and any on the same host.
         since = (ev.opened_at or ev.ts) - timedelta(seconds=self.incident_window)
@@ -735,8 +813,24 @@ class Store:
             since,
             ev.host,
         )
+        live: dict[str, set[str]] = {}
+        for r in await conn.fetch(
+            "SELECT e.incident_id, a.model, a.rule, jsonb_array_length(a.open_event->'point_ids') AS n"
+            " FROM alerter_incident_episodes e JOIN alerter_alerts a USING (episode_id)"
+            " WHERE e.incident_id = ANY($1::text[]) AND a.cleared_at IS NULL",
+            [r["id"] for r in rows],
+        ):
+            if sustained(r["rule"], r["n"] or 0):
+                live.setdefault(r["incident_id"], set()).add(r["model"])
         candidates = [
-            OpenIncident(r["id"], r["provider"], r["host"], tuple(r["models"]), r["last_violation_at"])
+            OpenIncident(
+                r["id"],
+                r["provider"],
+                r["host"],
+                tuple(r["models"]),
+                r["last_violation_at"],
+                tuple(sorted(live.get(r["id"], ()))),
+            )
             for r in rows
         ]
         match = correlate(ev, candidates, self.incident_window)
@@ -765,6 +859,7 @@ class Store:
             incident_id,
         )
         await self._refresh_incident(conn, incident_id, change, last_violation_at=when)
+        return str(incident_id)
 
     async def _incident_events(
         self, conn: Conn, incident_id: str

@@ -40,13 +40,24 @@ SESSION_COOKIE = "llmscope_session"
 SETUP_KEYS = (
     "alert.email.recipients",
     "alert.email.smtp_host",
+    "alert.email.tls",
     "alert.email.smtp_port",
     "alert.email.smtp_user",
     "alert.email.smtp_password",
     "alert.email.from_addr",
     "alert.slack.webhook_url",
+    "alert.webhook.url",
+    "alert.webhook.signing_secret",
+    "alert.pagerduty.routing_key",
     "alert.min_severity",
 )
+# A channel is switched on when the wizard is given the field that makes it work.
+SETUP_ENABLES = {
+    "alert.email.recipients": "alert.email.enabled",
+    "alert.slack.webhook_url": "alert.slack.enabled",
+    "alert.webhook.url": "alert.webhook.enabled",
+    "alert.pagerduty.routing_key": "alert.pagerduty.enabled",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -452,9 +463,18 @@ def create_router(
         return await _settings_page(request, message=f"{key} saved")
 
     # ---- first-run setup -----------------------------------------------------------------
-    async def _setup_context(error: str | None = None, done: bool = False) -> dict[str, Any]:
+    async def _setup_context(
+        error: str | None = None, done: bool = False, saved: list[str] | None = None
+    ) -> dict[str, Any]:
         known = {s.key: s for s in await data.settings()}
-        return {"fields": [known[k] for k in SETUP_KEYS if k in known], "error": error, "done": done}
+        enabled = [k.split(".")[1] for k in SETUP_ENABLES.values() if k in known and known[k].value is True]
+        return {
+            "fields": [known[k] for k in SETUP_KEYS if k in known],
+            "error": error,
+            "done": done,
+            "saved": saved or [],
+            "enabled": enabled,
+        }
 
     @router.get("/setup", response_class=HTMLResponse, dependencies=[Session])
     async def setup_page(request: Request) -> HTMLResponse:
@@ -464,25 +484,26 @@ def create_router(
     async def setup_submit(request: Request) -> HTMLResponse:
         form = await request.form()
         known = {s.key: s for s in await data.settings()}
+        saved: list[str] = []
         try:
             for key in SETUP_KEYS:
                 raw = form.get(key)
                 if key not in known or not isinstance(raw, str) or not raw.strip():
                     continue  # blank fields keep their current value (and secrets stay hidden)
                 await data.put_setting(key, _form_value(known[key], raw), opts.actor)
-            enabled = {
-                "alert.email.enabled": bool(str(form.get("alert.email.recipients") or "").strip()),
-                "alert.slack.enabled": bool(str(form.get("alert.slack.webhook_url") or "").strip()),
-            }
-            for key, on in enabled.items():
-                if on and key in known:
-                    await data.put_setting(key, True, opts.actor)
+                saved.append(known[key].description)
+            for field_key, enable in SETUP_ENABLES.items():
+                if str(form.get(field_key) or "").strip() and enable in known:
+                    await data.put_setting(enable, True, opts.actor)
             if "setup.completed" in known:
                 await data.put_setting("setup.completed", True, opts.actor)
         except SettingError as exc:
             ctx = await _setup_context(error=str(exc))
             return pages.render(request, "setup.html", ctx, fragments=("wizard",), status_code=422)
-        return pages.render(request, "setup.html", await _setup_context(done=True), fragments=("wizard",))
+        # The form stays, showing what is now stored (secrets as "set"), so the next step, a
+        # test message, can follow and a mistake can be corrected in place.
+        ctx = await _setup_context(done=True, saved=saved)
+        return pages.render(request, "setup.html", ctx, fragments=("wizard",))
 
     if alerting is not None:
         add_alerting_routes(router, alerting, Session, pages, opts.actor, _setup_context)

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from llmscope.alerter import messages as m
+from llmscope.alerter.messages import IncidentRef, Outage
 from llmscope.proto.alert import NotifyReason
 from llmscope.proto.violation import ViolationEvent
 
@@ -25,6 +27,20 @@ class ContextPoint:
     in_pattern: bool = False
     status: str = "ok"
 
+    def note(self, event: ViolationEvent) -> str:
+        """Where the point stands against the limits, or why the probe failed (never a bare "ok"
+        beside a point far above the UCL: that was the probe's status, not the chart's)."""
+        if self.status != "ok":
+            return f"failed: {self.status}"
+        lim, v = event.limits, self.value
+        if v is None or m.is_outage(event):
+            return ""
+        if v > lim.ucl:
+            return "above UCL"
+        if v < lim.lcl:
+            return "below LCL"
+        return "within limits"
+
 
 @dataclass(frozen=True, slots=True)
 class AlertView:
@@ -34,10 +50,19 @@ class AlertView:
     cleared: ViolationEvent | None = None
     acknowledged_by: str | None = None
     context: tuple[ContextPoint, ...] = ()
+    outage: Outage | None = None
+    incident: IncidentRef | None = None
 
     @property
     def episode_id(self) -> str:
         return self.event.episode_id
+
+    @property
+    def began(self) -> datetime:
+        """When the problem began: an outage's first failed probe, else the signal's first point."""
+        if self.outage is not None and self.outage.since is not None:
+            return min(self.outage.since, m.since(self.event))
+        return m.since(self.event)
 
     def context_points(self) -> tuple[ContextPoint, ...]:
         """Telemetry context when we have it, else the points that formed the pattern."""
@@ -66,31 +91,112 @@ class Notification:
     group_labels: Mapping[str, str] = field(default_factory=dict)
     public_url: str = "http://127.0.0.1:8000"
     lead_episode_id: str = ""
+    incident: IncidentRef | None = None
+    """the incident the group belongs to (a cascade names every model in it)"""
 
     @property
     def status(self) -> Literal["firing", "resolved"]:
         return "firing" if self.firing else "resolved"
 
     def details_url(self, episode_id: str) -> str:
+        if self.reason == "test":
+            # The sample violation is not stored: link to the list, which exists.
+            return f"{self.public_url.rstrip('/')}/violations"
         return f"{self.public_url.rstrip('/')}/violations/{episode_id}"
+
+    def incident_url(self) -> str | None:
+        return m.incident_url(self.public_url, self.incident.id) if self.incident else None
+
+    @property
+    def alerts(self) -> tuple[AlertView, ...]:
+        return self.firing + self.resolved
+
+    @property
+    def cascade(self) -> bool:
+        return self.incident is not None and self.incident.cascade
 
     @property
     def scope(self) -> str:
-        labels = {k: v for k, v in self.group_labels.items() if v}
-        return "/".join(labels.values()) or self.group_key or "LLMscope"
+        """The models this message is about: ``ollama/llama3.1:8b`` or ``gpu-1: a, b``."""
+        events = [a.event for a in self.alerts]
+        if self.cascade and self.incident is not None:
+            where = self.incident.host or (events[0].provider if events else "")
+            return f"{where}: {', '.join(self.incident.models)}"
+        models = sorted({f"{e.provider}/{e.model}" for e in events})
+        if not models:
+            return "LLMscope"
+        hosts = sorted({e.host for e in events if e.host})
+        return ", ".join(models) + (f" on {', '.join(hosts)}" if hosts else "")
+
+    @property
+    def tone(self) -> m.Tone:
+        return m.tone([a.event for a in self.firing])
 
     @property
     def title(self) -> str:
+        """The state in words: what fires, how bad, and whether it is getting better."""
         if self.reason == "test":
-            return "[LLMscope] Test notification"
+            return "[LLMscope] Test notification (sample data, nothing is wrong)"
         if not self.firing:
-            return f"[LLMscope] RESOLVED: {len(self.resolved)} violation(s) on {self.scope}"
-        rules = sorted({a.event.rule for a in self.firing})
+            lasted = ""
+            if len(self.resolved) == 1:
+                a = self.resolved[0]
+                end = a.cleared.ts if a.cleared else self.created_at
+                lasted = f" after {m.duration(end - a.began)}"
+            what = "cascade " if self.cascade else ""
+            return f"[LLMscope] RESOLVED: {what}{self.scope}{lasted}"
+        events = [a.event for a in self.firing]
+        tone = self.tone
+        label = "IMPROVED" if tone == "improved" else m.worst(events).upper()
+        if self.cascade and self.incident is not None:
+            where = self.incident.host or events[0].provider
+            models = self.incident.models
+            head = f"Cascade on {where}: {len(models)} models degraded ({', '.join(models)})"
+        elif len(events) == 1:
+            head = f"{m.subject(events[0])}: {m.movement(events[0])}"
+            outage = self.firing[0].outage
+            if outage is not None and outage.recent:
+                last = outage.recent[0]
+                http = f", HTTP {last.http_status}" if last.http_status is not None else ""
+                head += f"; last failure {last.status}{http}"
+        else:
+            head = f"{len(events)} violations on {self.scope}: {m.movement(events[0])}"
+        if self.resolved:
+            # An update where most has cleared says so first, not "CRITICAL: 1 violation".
+            label = f"UPDATE, still {label}"
+            head += f" [{len(self.firing)} still firing, {len(self.resolved)} resolved]"
         reminder = " (reminder)" if self.reason == "repeat" else ""
-        return (
-            f"[LLMscope] {self.firing[0].event.severity.upper()}: {len(self.firing)} violation(s) "
-            f"on {self.scope} ({', '.join(rules)}){reminder}"
-        )
+        return f"[LLMscope] {label}: {head}{reminder}"
+
+    def facts(self, a: AlertView) -> list[tuple[str, str]]:
+        """The first lines of every message about one alert: what, since when, how sure, what
+        else, where to look."""
+        ev = a.event
+        rows = [("What", m.one_line(ev))]
+        began = a.began
+        if a.cleared is not None:
+            rows.append(
+                (
+                    "Lasted",
+                    f"{m.duration(a.cleared.ts - began)} ({m.clock(began)} to {m.clock(a.cleared.ts)})",
+                )
+            )
+        else:
+            rows.append(("Since", f"{m.clock(began)} ({m.duration(self.created_at - began)} ago)"))
+        rows.append(("How sure", m.how_sure(ev)))
+        rows.extend(("Outage", line) for line in m.outage_lines(a.outage, self.created_at))
+        incident = a.incident or self.incident
+        if incident is not None:
+            others = [x for x in incident.models if x != ev.model]
+            also = f"; also affected: {', '.join(others)}" if others else ""
+            rows.append(("Incident", f"{incident.title}{also}"))
+            rows.append(("Incident link", m.incident_url(self.public_url, incident.id)))
+        rows.append(("Violation", self.details_url(ev.episode_id)))
+        if self.reason != "test":
+            rows.append(("Chart", m.chart_url(self.public_url, ev)))
+        if a.acknowledged_by:
+            rows.append(("Acknowledged by", a.acknowledged_by))
+        return rows
 
 
 @runtime_checkable
@@ -126,10 +232,5 @@ def metric_unit(metric: str) -> str:
 
 
 def describe(event: ViolationEvent) -> str:
-    """One line: ``R1 Beyond limits on latency_ms: 2,480.0 ms (+4.2 sigma)``."""
-    unit = metric_unit(event.metric)
-    name = f" {event.rule_name}" if event.rule_name else ""
-    return (
-        f"{event.rule}{name} on {event.metric}: {fmt_value(event.value, unit)} "
-        f"({event.deviation_sigma:+.1f} sigma) [{event.provider}/{event.model}]"
-    )
+    """One line in words: ``ollama/llama3.1:8b on gpu-1 (prompt simple-1): latency 2.4 s, ...``."""
+    return m.one_line(event)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import email.generator
+import email.policy
+import functools
 import html
+import io
 import re
+import socket
 import ssl
 from dataclasses import dataclass, field
 from email.headerregistry import Address
@@ -13,8 +18,9 @@ from typing import Literal
 
 import aiosmtplib
 
+from llmscope.alerter import messages as m
 from llmscope.alerter.destinations import Destinations
-from llmscope.alerter.notifiers.base import AlertView, Notification, describe, fmt_value, metric_unit
+from llmscope.alerter.notifiers.base import AlertView, Notification
 from llmscope.alerter.retry import DeliveryError
 from llmscope.config.env import Secret
 
@@ -44,21 +50,17 @@ def _check_address(addr: str) -> None:
 
 
 def _stats_lines(a: AlertView) -> list[tuple[str, str]]:
+    """The chart's figures, after the facts, in the metric's units (no sigma in log units)."""
     ev, lim = a.event, a.event.limits
-    unit = metric_unit(ev.metric)
-    rows = [
-        ("Model", f"{ev.provider}/{ev.model}" + (f" on {ev.host}" if ev.host else "")),
-        ("Rule", f"{ev.rule} {ev.rule_name}".strip() + f" ({ev.severity})"),
-        ("Metric", f"{ev.metric} ({ev.chart} chart, {lim.transform} scale)"),
-        ("Value", f"{fmt_value(ev.value, unit)} ({ev.deviation_sigma:+.2f} sigma)"),
-        ("Center", fmt_value(lim.center, unit)),
-        ("Sigma", f"{lim.sigma:.4g}" + (" (log units)" if lim.transform == "log" else f" {unit}")),
-        ("UCL / LCL", f"{fmt_value(lim.ucl, unit)} / {fmt_value(lim.lcl, unit)}"),
-        ("Zone A (2 sigma)", f"{fmt_value(lim.zone_a_lower, unit)} .. {fmt_value(lim.zone_a_upper, unit)}"),
-        ("Zone B (1 sigma)", f"{fmt_value(lim.zone_b_lower, unit)} .. {fmt_value(lim.zone_b_upper, unit)}"),
-        ("Baseline", f"{ev.baseline.id} (n={ev.baseline.n}, {ev.baseline.reason})"),
-        ("Opened", format_datetime(ev.opened_at or ev.ts)),
-    ]
+    if m.is_outage(ev):
+        rows = [("Baseline failure rate", f"{lim.center:.1%} over {ev.baseline.n} probes")]
+    else:
+        q = functools.partial(m.quantity, metric=ev.metric)
+        rows = [
+            ("Baseline", f"{q(lim.center)} ({ev.baseline.n} probes, {ev.baseline.reason})"),
+            ("Control limits", f"{q(lim.lcl)} .. {q(lim.ucl)}"),
+            ("Signalling value", q(ev.value)),
+        ]
     sysm = ev.system
     system = ", ".join(
         f"{k} {v:.0f}%"
@@ -70,61 +72,92 @@ def _stats_lines(a: AlertView) -> list[tuple[str, str]]:
         )
         if v is not None
     )
-    rows.append(("System", system or "not reported"))
-    if a.cleared is not None:
-        rows.append(("Cleared", format_datetime(a.cleared.ts)))
-    if a.acknowledged_by:
-        rows.append(("Acknowledged by", a.acknowledged_by))
+    rows.append(("Host load", system or "not reported"))
     return rows
 
 
+def _intro(n: Notification) -> list[str]:
+    """A cascade's message names every model and the incident before any detail."""
+    if not n.cascade or n.incident is None:
+        return []
+    inc = n.incident
+    where = f" on host {inc.host}" if inc.host else ""
+    lines = [f"Cascade{where}: {len(inc.models)} models degraded together: {', '.join(inc.models)}."]
+    url = n.incident_url()
+    if url:
+        lines.append(f"Incident: {url}")
+    return lines
+
+
 def render_text(n: Notification) -> str:
-    out = [n.title, ""]
+    out = [n.title, "", *_intro(n)]
+    if out[-1]:
+        out.append("")
     sections = [("FIRING", n.firing), ("RESOLVED", n.resolved)]
     for heading, alerts in sections:
         if not alerts:
             continue
         out.append(f"== {heading} ({len(alerts)}) ==")
         for a in alerts:
-            out.append(describe(a.event))
-            out.extend(f"  {k:<17} {v}" for k, v in _stats_lines(a))
-            unit = metric_unit(a.event.metric)
+            out.extend(f"{k + ':':<15} {v}" for k, v in n.facts(a))
+            out.append("  Chart figures:")
+            out.extend(f"    {k + ':':<22} {v}" for k, v in _stats_lines(a))
             points = a.context_points()
-            if points:
-                out.append("  Context (* = part of the pattern):")
+            if points and not m.is_outage(a.event):
+                out.append("  Probes around it (* = part of the pattern):")
                 for p in points:
                     ts = p.ts.isoformat(timespec="seconds") if p.ts else "-"
                     mark = "*" if p.in_pattern else " "
-                    out.append(f"   {mark} {ts:<25} {fmt_value(p.value, unit):>14}  {p.status}")
-            out.append(f"  View details: {n.details_url(a.episode_id)}")
+                    value = m.quantity(p.value, a.event.metric)
+                    out.append(f"   {mark} {ts:<25} {value:>12}  {p.note(a.event)}".rstrip())
             out.append("")
     return "\n".join(out)
 
 
+def _link(url: str) -> str:
+    u = html.escape(url, quote=True)
+    return f"<a href='{u}'>{html.escape(url)}</a>"
+
+
 def render_html(n: Notification) -> str:
     e = html.escape
-    parts = [f"<html><body style='font-family:sans-serif'><h2>{e(n.title)}</h2>"]
+    colour = m.colour(n.tone)
+    parts = [
+        "<html><body style='font-family:sans-serif'>",
+        f"<h2 style='color:{colour};border-left:6px solid {colour};padding-left:8px'>{e(n.title)}</h2>",
+    ]
+    intro = _intro(n)
+    if intro:
+        parts.append(f"<p><strong>{e(intro[0])}</strong>")
+        url = n.incident_url()
+        if url:
+            parts.append(f"<br>Incident: {_link(url)}")
+        parts.append("</p>")
     for heading, alerts in (("Firing", n.firing), ("Resolved", n.resolved)):
         if not alerts:
             continue
         parts.append(f"<h3>{heading} ({len(alerts)})</h3>")
         for a in alerts:
-            unit = metric_unit(a.event.metric)
-            parts.append(f"<h4>{e(describe(a.event))}</h4><table border='1' cellpadding='4'>")
+            tint = m.RESOLVED_COLOUR if a.cleared is not None else m.colour(m.tone([a.event]))
+            parts.append(f"<table cellpadding='4' style='border-left:6px solid {tint}'>")
+            for k, v in n.facts(a):
+                cell = _link(v) if v.startswith(("http://", "https://")) else e(v)
+                parts.append(f"<tr><th align='left' valign='top'>{e(k)}</th><td>{cell}</td></tr>")
+            parts.append("</table><p><small>Chart figures</small></p><table border='1' cellpadding='3'>")
             parts.extend(f"<tr><th align='left'>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in _stats_lines(a))
             parts.append("</table>")
             points = a.context_points()
-            if points:
+            if points and not m.is_outage(a.event):
                 parts.append(
-                    "<p>Context</p><table border='1' cellpadding='3'>"
-                    "<tr><th>time</th><th>value</th><th>status</th><th>pattern</th></tr>"
+                    "<p><small>Probes around it</small></p><table border='1' cellpadding='3'>"
+                    "<tr><th>time</th><th>value</th><th>against the limits</th><th>pattern</th></tr>"
                 )
                 for p in points:
                     style = " style='background:#fdd'" if p.in_pattern else ""
                     ts = p.ts.isoformat(timespec="seconds") if p.ts else "-"
                     parts.append(
-                        f"<tr{style}><td>{e(ts)}</td><td>{e(fmt_value(p.value, unit))}</td>"
-                        f"<td>{e(p.status)}</td><td>{'yes' if p.in_pattern else ''}</td></tr>"
+                        f"<tr{style}><td>{e(ts)}</td><td>{e(m.quantity(p.value, a.event.metric))}</td>"
+                        f"<td>{e(p.note(a.event))}</td><td>{'yes' if p.in_pattern else ''}</td></tr>"
                     )
                 parts.append("</table>")
             url = e(n.details_url(a.episode_id), quote=True)
@@ -134,6 +167,44 @@ def render_html(n: Notification) -> str:
 
 
 _NOT_ATEXT = re.compile(r"[^A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+")
+
+
+# Headers are written on one line up to RFC 5322's 998 characters: folded at 78, a subject whose
+# first word is long left "Subject:" alone on its line, and some clients showed it empty.
+WIRE_POLICY = email.policy.SMTP.clone(max_line_length=998)
+SUBJECT_MAX = 250
+_THREAD = re.compile(r"^(?P<group>[^:]+):(?P<channel>.+):(?P<seq>[0-9]+)$")
+
+
+def thread_root(notification_id: str) -> str | None:
+    """The Message-ID of the group's first message on this channel, for ``In-Reply-To`` and
+    ``References`` of its follow-ups (updates, reminders, resolution); None for the first."""
+    match = _THREAD.match(notification_id)
+    if match is None or int(match["seq"]) <= 1:
+        return None
+    return message_id(f"{match['group']}:{match['channel']}:1")
+
+
+def flatten(msg: EmailMessage) -> bytes:
+    out = io.BytesIO()
+    email.generator.BytesGenerator(out, policy=WIRE_POLICY).flatten(msg)
+    return out.getvalue()
+
+
+_NO_SUCH_HOST = frozenset({socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)})
+
+
+def permanent_smtp_error(exc: BaseException) -> str | None:
+    """The reason when an SMTP failure is a configuration error that retrying cannot fix."""
+    text = str(exc)
+    cause = exc.__cause__ or exc.__context__
+    if "STARTTLS extension not supported" in text:
+        return "the server does not offer STARTTLS: choose security 'none' (plain) or 'ssl'"
+    if isinstance(cause, ssl.SSLError) or "WRONG_VERSION_NUMBER" in text:
+        return f"TLS handshake failed ({text[:160]}): check the security mode and port"
+    if isinstance(cause, socket.gaierror) and cause.errno in _NO_SUCH_HOST:
+        return f"unknown SMTP host: {text[:160]}"
+    return None
 
 
 def message_id(notification_id: str) -> str:
@@ -167,13 +238,19 @@ class EmailNotifier:
         for addr in (cfg.sender, *cfg.recipients):
             _check_address(addr)
         msg = EmailMessage()
-        msg["Subject"] = notification.title
+        title = notification.title
+        msg["Subject"] = title if len(title) <= SUBJECT_MAX else title[: SUBJECT_MAX - 3] + "..."
         msg["From"] = cfg.sender
         msg["To"] = ", ".join(cfg.recipients)
         msg["Date"] = format_datetime(notification.created_at)
         # Stable across re-sends (a take-over after a crash), so receivers can de-duplicate by it.
         msg["Message-ID"] = message_id(notification.id)
         msg["X-LLMscope-Notification"] = notification.id
+        root = thread_root(notification.id)
+        if root is not None:
+            # Updates and the resolution thread under the first message in mail clients.
+            msg["In-Reply-To"] = root
+            msg["References"] = root
         try:
             msg.set_content(render_text(notification))
             msg.add_alternative(render_html(notification), subtype="html")
@@ -191,7 +268,9 @@ class EmailNotifier:
             context.verify_mode = ssl.CERT_NONE
         try:
             errors, answer = await aiosmtplib.send(
-                payload,
+                flatten(payload),
+                sender=cfg.sender,
+                recipients=list(cfg.recipients),
                 hostname=cfg.host,
                 port=cfg.port,
                 username=cfg.username or None,
@@ -209,6 +288,9 @@ class EmailNotifier:
             # 4yz is transient by definition in SMTP; 5yz is permanent.
             raise DeliveryError(f"SMTP {exc.code}: {exc.message}", retryable=exc.code < 500) from exc
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            reason = permanent_smtp_error(exc)
+            if reason is not None:
+                raise DeliveryError(reason, retryable=False) from exc
             raise DeliveryError(f"SMTP transport error: {exc!r}", retryable=True) from exc
         refused = f"; refused: {', '.join(sorted(errors))}" if errors else ""
         return f"SMTP accepted: {answer.strip()[:200]}{refused}"

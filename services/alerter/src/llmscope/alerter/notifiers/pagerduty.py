@@ -11,14 +11,23 @@ from typing import Any
 
 import aiohttp
 
+from llmscope.alerter import messages as m
 from llmscope.alerter.destinations import Destinations
-from llmscope.alerter.notifiers.base import Notification, describe
+from llmscope.alerter.notifiers.base import Notification
 from llmscope.alerter.notifiers.http import post
 from llmscope.alerter.retry import DeliveryError
 from llmscope.config.env import Secret
 
 DEFAULT_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
 _SEVERITY = {"critical": "critical", "warning": "warning", "info": "info"}
+
+
+def _details(facts: list[tuple[str, str]]) -> dict[str, str]:
+    """Facts as PagerDuty's custom details; repeated labels (outage lines) joined, not lost."""
+    out: dict[str, str] = {}
+    for key, value in facts:
+        out[key] = f"{out[key]}\n{value}" if key in out else value
+    return out
 
 
 class PagerDutyNotifier:
@@ -43,32 +52,39 @@ class PagerDutyNotifier:
 
     def build_payload(self, notification: Notification) -> list[dict[str, Any]]:
         n = notification
-        dedup_key = n.lead_episode_id or (n.firing or n.resolved)[0].episode_id
+        # One incident is one PagerDuty incident: its updates and resolution share the key.
+        dedup_key = (n.incident.id if n.incident else "") or n.lead_episode_id or n.alerts[0].episode_id
         resolve = {"event_action": "resolve", "dedup_key": dedup_key}
         if not n.firing:
             return [resolve]
-        first = n.firing[0].event
-        summary = f"{n.title.removeprefix('[LLMscope] ')}: {describe(first)}"[:1024]
+        first = n.firing[0]
+        ev = first.event
+        links = [{"href": n.details_url(ev.episode_id), "text": "Violation"}]
+        if (url := n.incident_url()) is not None:
+            links.insert(0, {"href": url, "text": "Incident"})
+        if n.reason != "test":
+            links.append({"href": m.chart_url(n.public_url, ev), "text": "Chart"})
         return [
             {
                 "event_action": "trigger",
                 "dedup_key": dedup_key,
                 "payload": {
-                    "summary": summary,
-                    "source": first.host or f"{first.provider}/{first.model}",
-                    "severity": _SEVERITY.get(first.severity, "warning"),
-                    "timestamp": (first.opened_at or first.ts).isoformat(),
-                    "component": first.model,
-                    "group": first.provider,
+                    "summary": n.title.removeprefix("[LLMscope] ")[:1024],
+                    "source": ev.host or f"{ev.provider}/{ev.model}",
+                    "severity": _SEVERITY.get(m.worst([a.event for a in n.firing]), "warning"),
+                    "timestamp": (ev.opened_at or ev.ts).isoformat(),
+                    "component": ev.model,
+                    "group": ev.provider,
                     "class": ",".join(sorted({a.event.rule for a in n.firing})),
                     "custom_details": {
-                        "violations": [describe(a.event) for a in n.firing[:50]],
+                        "firing": [_details(n.facts(a)) for a in n.firing[:20]],
+                        "resolved": [m.one_line(a.event) for a in n.resolved[:20]],
+                        "models": list(n.incident.models) if n.incident else [ev.model],
                         "reason": n.reason,
-                        "group": n.group_key,
                         "notification_id": n.id,
                     },
                 },
-                "links": [{"href": n.details_url(first.episode_id), "text": "View details"}],
+                "links": links,
                 "client": "LLMscope",
                 "client_url": n.public_url,
             }

@@ -1,66 +1,46 @@
-"""Slack incoming webhooks: Block Kit blocks in an attachment coloured by the rule."""
+"""Slack incoming webhooks: the facts of each alert in an attachment coloured by severity."""
 
 from __future__ import annotations
 
 import json
-import zlib
 from typing import Any
 
 import aiohttp
 
+from llmscope.alerter import messages as m
 from llmscope.alerter.destinations import Destinations
-from llmscope.alerter.notifiers.base import AlertView, Notification, describe
+from llmscope.alerter.notifiers.base import AlertView, Notification
 from llmscope.alerter.notifiers.http import post
 from llmscope.alerter.retry import DeliveryError
 from llmscope.config.env import Secret
 
-RULE_COLOURS = {
-    "R1": "#FF0000",
-    "R2": "#FFA500",
-    "R3": "#0099FF",
-    "R4": "#9B59B6",
-    "R5": "#E91E63",
-    "R6": "#795548",
-    "R7": "#009688",
-    "R8": "#607D8B",
-    "EWMA": "#8E44AD",
-    "CUSUM": "#D35400",
-    "AVAILABILITY": "#000000",
-}
-RESOLVED_COLOUR = "#2EB67D"
-_FALLBACK = ("#C0392B", "#16A085", "#2C3E50", "#F39C12", "#7F8C8D")
 MAX_ALERTS = 10  # Slack caps blocks per message; the rest are counted
 
 
-def rule_colour(rule: str) -> str:
-    """The seeds' colours for R1-R3, fixed ones for the other rules, a stable pick otherwise."""
-    key = rule.upper()
-    return RULE_COLOURS.get(key) or _FALLBACK[zlib.crc32(key.encode()) % len(_FALLBACK)]
+_BUTTONS = (("Incident link", "Open incident"), ("Violation", "View details"), ("Chart", "Chart"))
+
+
+def _mrkdwn(text: str) -> str:
+    # Slack's three control characters; everything else is shown as written.
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _alert_blocks(n: Notification, a: AlertView, resolved: bool) -> list[dict[str, Any]]:
-    ev, lim = a.event, a.event.limits
+    facts = n.facts(a)
+    links = {k: v for k, v in facts if v.startswith(("http://", "https://"))}
+    lines = [f"*{_mrkdwn(k)}:* {_mrkdwn(v)}" for k, v in facts if k not in links]
     state = "Resolved" if resolved else "Firing"
-    fields = [
-        f"*Center*\n{lim.center:.4g}",
-        f"*UCL / LCL*\n{lim.ucl:.4g} / {lim.lcl:.4g}",
-        f"*Sigma*\n{lim.sigma:.4g}",
-        f"*Baseline*\n{ev.baseline.id} (n={ev.baseline.n})",
+    buttons = [
+        {"type": "button", "text": {"type": "plain_text", "text": text}, "url": links[key]}
+        for key, text in _BUTTONS
+        if key in links
     ]
-    return [
-        {"type": "section", "text": {"type": "mrkdwn", "text": f"*{state}* {describe(ev)}"}},
-        {"type": "section", "fields": [{"type": "mrkdwn", "text": f} for f in fields]},
-        {
-            "type": "actions",
-            "elements": [
-                {
-                    "type": "button",
-                    "text": {"type": "plain_text", "text": "View details"},
-                    "url": n.details_url(a.episode_id),
-                }
-            ],
-        },
+    blocks: list[dict[str, Any]] = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"*{state}*\n" + "\n".join(lines)}},
     ]
+    if buttons:
+        blocks.append({"type": "actions", "elements": buttons})
+    return blocks
 
 
 class SlackNotifier:
@@ -88,11 +68,19 @@ class SlackNotifier:
         attachments: list[dict[str, Any]] = []
         shown = [(a, False) for a in n.firing] + [(a, True) for a in n.resolved]
         for alert, resolved in shown[:MAX_ALERTS]:
-            colour = RESOLVED_COLOUR if resolved else rule_colour(alert.event.rule)
-            attachments.append({"color": colour, "blocks": _alert_blocks(n, alert, resolved)})
+            # Coloured by severity (critical red), green once resolved, blue for an improvement.
+            tone = "resolved" if resolved else m.tone([alert.event])
+            attachments.append({"color": m.colour(tone), "blocks": _alert_blocks(n, alert, resolved)})
         blocks: list[dict[str, Any]] = [
             {"type": "header", "text": {"type": "plain_text", "text": n.title[:150]}}
         ]
+        if n.cascade and n.incident is not None:
+            inc = n.incident
+            url = n.incident_url()
+            text = f"*Cascade*: {len(inc.models)} models degraded together: {_mrkdwn(', '.join(inc.models))}"
+            if url:
+                text += f"\n<{url}|Open the incident>"
+            blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": text}})
         if len(shown) > MAX_ALERTS:
             more = len(shown) - MAX_ALERTS
             blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"and {more} more"}]})

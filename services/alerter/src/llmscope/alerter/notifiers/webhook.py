@@ -17,6 +17,7 @@ import aiohttp
 
 from llmscope.alerter.destinations import Destinations
 from llmscope.alerter.notifiers.base import AlertView, Notification
+from llmscope.alerter.notifiers.email import render_text
 from llmscope.alerter.notifiers.http import post
 from llmscope.config.env import Secret
 from llmscope.proto import codec
@@ -62,6 +63,11 @@ def to_event(n: Notification) -> NotificationEvent:
         resolved=tuple(a.cleared or a.event for a in n.resolved),
         acknowledged=tuple(a.episode_id for a in n.firing if ack(a)),
         dashboard_url=n.public_url,
+        title=n.title,
+        text=render_text(n),
+        incident_id=n.incident.id if n.incident else "",
+        incident_url=n.incident_url() or "",
+        cascade_models=n.incident.models if n.incident and n.cascade else (),
     )
 
 
