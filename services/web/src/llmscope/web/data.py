@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from llmscope.proto.charts import AvailabilityView
+from llmscope.proto.charts import AvailabilityView, RebaselinedChart
 
 if TYPE_CHECKING:
     from fastapi import Request
@@ -321,6 +321,20 @@ class RebaselineResult:
     error: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class ModelRebaselineResult:
+    """The answer to a model-wide re-baseline: the charts re-baselined, or why none was."""
+
+    status: Literal["ok", "refused", "no_engine"]
+    provider: str
+    model: str
+    target: str = ""
+    replica: int = 0
+    charts: tuple[RebaselinedChart, ...] = ()
+    cleared: int = 0
+    error: str = ""
+
+
 class SettingError(ValueError):
     """A setting key is unknown or its value is invalid; the message names the key."""
 
@@ -338,6 +352,10 @@ class DashboardData(Protocol):
     async def chart(self, query: ChartQuery) -> ChartData: ...
 
     async def rebaseline(self, chart_key: str, by: str, reason: str) -> RebaselineResult: ...
+
+    async def rebaseline_model(
+        self, provider: str, model: str, target: str, by: str, reason: str
+    ) -> ModelRebaselineResult: ...
 
     async def violations(self, flt: ViolationFilter) -> ViolationPage: ...
 
