@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from llmscope.proto.charts import AvailabilityView, RebaselinedChart
+from llmscope.proto.charts import AVAILABILITY, AvailabilityView, RebaselinedChart, parse_chart_key
 
 if TYPE_CHECKING:
     from fastapi import Request
@@ -333,6 +333,16 @@ class ModelRebaselineResult:
     charts: tuple[RebaselinedChart, ...] = ()
     cleared: int = 0
     error: str = ""
+
+    @property
+    def chart_names(self) -> list[str]:
+        """Each chart re-baselined as "target · prompt · metric" ("target · availability")."""
+        out = []
+        for chart in self.charts:
+            _provider, _model, target, prompt_id, metric = parse_chart_key(chart.chart_key)
+            parts = (target, metric) if metric == AVAILABILITY else (target, prompt_id, metric)
+            out.append(" · ".join(parts))
+        return out
 
 
 class SettingError(ValueError):
