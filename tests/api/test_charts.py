@@ -14,7 +14,7 @@ from llmscope.proto import subjects
 from llmscope.proto.charts import chart_key
 from llmscope.proto.telemetry import TelemetryEvent
 from tests.api.conftest import Api
-from tests.api.engine import BASELINE_N, feed, running_engine, wait_progress
+from tests.api.engine import BASELINE_N, eventually, feed, running_engine, wait_progress
 from tests.api.factories import telemetry
 
 pytestmark = pytest.mark.usefixtures("js")
@@ -186,6 +186,63 @@ async def test_rebaseline_round_trip_through_the_engine(
 async def test_rebaseline_without_an_engine_is_a_504(api: Api) -> None:
     key = chart_key("ollama", "llama3.1:8b", "local", "simple-1", "latency_ms")
     r = await api.client.post(f"/api/charts/{key}/rebaseline", json={"by": "ann", "reason": "new GPU"})
+    assert r.status_code == 504
+    assert "no SPC engine answered" in r.json()["detail"]
+
+
+async def test_rebaseline_every_chart_of_a_model_in_one_request(
+    api: Api, js: JetStreamContext, nats_url: str
+) -> None:
+    events = probes(BASELINE_N + 5)
+    other = probes(BASELINE_N + 5, seed=4, prompt_id="long-1")
+    async with running_engine(nats_url):
+        fed = [e for pair in zip(events, other, strict=True) for e in pair]
+        await feed(api, js, fed)
+        availability = chart_key("ollama", "llama3.1:8b", events[0].target, "*", "availability")
+
+        async def all_charted() -> bool:  # the availability chart sees every probe of the target
+            record = await api.runtime.charts.get(availability)
+            return record is not None and record.seq == len(fed)
+
+        await eventually(all_charted)
+        url = "/api/charts/rebaseline"
+        body = {"provider": "ollama", "model": "llama3.1:8b", "by": "ann", "reason": "new GPU"}
+
+        for field in ("provider", "model", "by", "reason"):
+            r = await api.client.post(url, json={**body, field: " "})
+            assert r.status_code == 422
+            assert r.json()["detail"][0]["loc"] == ["body", field]
+        r = await api.anon.post(url, json=body)
+        assert r.status_code == 401
+
+        r = await api.client.post(url, json=body)
+        assert r.status_code == 200, r.text
+        reply = r.json()
+        assert (reply["ok"], reply["provider"], reply["model"], reply["target"]) == (
+            True,
+            "ollama",
+            "llama3.1:8b",
+            "",
+        )
+        keys = [c["chart_key"] for c in reply["charts"]]
+        listed = (await api.client.get("/api/charts", params={"model": "llama3.1:8b"})).json()
+        assert keys == sorted(c["key"] for c in listed)
+        assert {c["meta"]["prompt_id"] for c in listed} == {"simple-1", "long-1", "*"}  # and availability
+        for chart in listed:
+            view = chart["view"] or chart["availability"]
+            assert (view["phase"], view["progress"]) == ("collecting", 0), chart["key"]
+
+        r = await api.client.post(url, json={**body, "target": "elsewhere"})
+        assert r.status_code == 409
+        assert r.json()["error"] == "no charts of ollama/llama3.1:8b on target 'elsewhere'"
+        r = await api.client.post(url, json={**body, "model": "nope"})
+        assert r.status_code == 409
+        assert (r.json()["ok"], r.json()["charts"]) == (False, [])
+
+
+async def test_rebaseline_a_model_without_an_engine_is_a_504(api: Api) -> None:
+    body = {"provider": "ollama", "model": "llama3.1:8b", "by": "ann", "reason": "new GPU"}
+    r = await api.client.post("/api/charts/rebaseline", json=body)
     assert r.status_code == 504
     assert "no SPC engine answered" in r.json()["detail"]
 

@@ -13,6 +13,9 @@ from llmscope.spc_engine.availability import (
     run_needed,
     run_wait,
 )
+from llmscope.spc_engine.engine import Engine
+
+from .helpers import telemetry_stream
 
 
 def test_binomial_threshold() -> None:
@@ -101,3 +104,54 @@ def test_a_probe_counted_once_and_old_state_still_reads() -> None:
     old = b'{"n":250,"baseline_failures":2,"threshold":7,"rate":0.01,"run":0,"outcomes":[],"episodes":{}}'
     state = msgspec.json.decode(old, type=AvailabilityState)
     assert (state.baseline_start, state.baseline_number, state.recent_ids) == (0, 0, [])
+
+
+def test_an_episode_clears_under_the_id_of_the_probe_that_opened_it() -> None:
+    # The clear names the opening probe, so the cleared event's episode id (derived from it by
+    # the engine) is the open event's id: AVAILABILITY and ERROR_RATE episodes end downstream.
+    cfg = AvailabilityConfig(baseline_n=100, window=50, clear_after=5)
+    chart = AvailabilityChart(cfg)
+    ids = iter(f"p{i}" for i in range(10_000))
+    assert [s for _ in range(100) for s in chart.update(False, next(ids))] == []
+    assert chart.state.threshold == 7  # at the 1 % floor rate
+    outage = [(pid, s) for pid in (next(ids) for _ in range(8)) for s in chart.update(True, pid)]
+    assert [(pid, s.rule, s.state, s.episode_point_id) for pid, s in outage] == [
+        ("p102", "AVAILABILITY", "open", "p102"),
+        ("p106", "ERROR_RATE", "open", "p106"),
+    ]
+    recovery = [(pid, s) for pid in (next(ids) for _ in range(60)) for s in chart.update(False, pid)]
+    # AVAILABILITY clears after 5 successes; ERROR_RATE once the failures left the window.
+    assert [(pid, s.rule, s.state, s.episode_point_id) for pid, s in recovery] == [
+        ("p112", "AVAILABILITY", "cleared", "p102"),
+        ("p155", "ERROR_RATE", "cleared", "p106"),
+    ]
+    assert chart.state.episodes == {}
+
+    # The same after a restart from a snapshot taken while the episode was open.
+    chart = AvailabilityChart(cfg)
+    for i in range(4):
+        chart.update(True, f"q{i}")
+    restored = msgspec.json.decode(msgspec.json.encode(chart.state), type=AvailabilityState)
+    chart = AvailabilityChart(cfg, restored)
+    signals = [s for i in range(5) for s in chart.update(False, f"r{i}")]
+    assert [(s.rule, s.state, s.episode_point_id) for s in signals] == [("AVAILABILITY", "cleared", "q2")]
+
+
+async def test_the_engine_clears_an_outage_under_the_open_events_episode_id() -> None:
+    ok = [ev for ev in telemetry_stream(200) if ev.ok]
+    down = [
+        msgspec.structs.replace(ev, id=f"down-{i}", status="refused", latency_ms=None, ttft_ms=None)
+        for i, ev in enumerate(ok[:4])
+    ]
+    back = [msgspec.structs.replace(ev, id=f"back-{i}") for i, ev in enumerate(ok[4:10])]
+    engine = Engine()
+    out = []
+    for seq, ev in enumerate(ok[10:50] + down + back, start=1):
+        out += [v for v in await engine.on_telemetry(ev, seq) if v.metric == "availability"]
+    assert [(v.rule, v.state, v.point_ids) for v in out] == [
+        ("AVAILABILITY", "open", ("down-2",)),
+        ("AVAILABILITY", "cleared", ("back-4",)),
+    ]
+    opened, cleared = out
+    assert opened.episode_id == opened.id
+    assert cleared.episode_id == opened.id

@@ -112,3 +112,55 @@ async def test_rebaseline_and_list_against_a_running_engine(
         stop.set()
         assert await task == 0
         await nc.close()
+
+
+def test_model_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert rebaseline.main(["--model", "ollama/m1", "--by", "ann"]) == 2
+    assert "missing --reason" in capsys.readouterr().err
+    assert rebaseline.main(["--model", "m1", "--by", "ann", "--reason", "x"]) == 2
+    assert "--model: PROVIDER/MODEL" in capsys.readouterr().err
+    assert (
+        rebaseline.main(["--model", "ollama/m1", "--chart", "a.b.c.d.e", "--by", "a", "--reason", "x"]) == 2
+    )
+    assert "one or the other" in capsys.readouterr().err
+    assert rebaseline.main(["--chart", "a.b.c.d.e", "--target", "t", "--by", "a", "--reason", "x"]) == 2
+    assert "--target goes with --model" in capsys.readouterr().err
+
+
+async def test_a_whole_model_re_baselined_by_one_command(
+    nats_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await ensure_streams(js, BusSettings())
+    common = ["--by", "ann", "--reason", "new GPU", "--nats-url", nats_url, "--timeout", "10"]
+    assert await asyncio.to_thread(rebaseline.main, ["--model", "ollama/m1", *common]) == 3
+    assert "no SPC engine answered" in capsys.readouterr().err
+
+    events = telemetry_stream(200)
+    await publish_all(js, events)
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(settings(nats_url), stop))
+    try:
+        await wait_consumed(js, events, len(events))
+        code = await asyncio.to_thread(cli.main, ["spc", "rebaseline", "--model", "ollama/m1", *common])
+        assert code == 0
+        reply = json.loads(capsys.readouterr().out)
+        assert (reply["ok"], reply["provider"], reply["model"], reply["target"]) == (True, "ollama", "m1", "")
+        keys = [c["chart_key"] for c in reply["charts"]]
+        assert len(keys) == 2 * 3 + 1  # two prompts, three metrics, and the availability chart
+        assert chart_key("ollama", "m1", "t-m1", "*", "availability") in keys
+        kv = await js.key_value(subjects.SPC_CHARTS_BUCKET)
+        for key in keys:
+            record = decode_record((await kv.get(key)).value or b"")
+            view = record.view or record.availability
+            assert view is not None
+            assert view.phase == "collecting", key
+
+        argv = ["--model", "ollama/m1", "--target", "t-other", *common]
+        assert await asyncio.to_thread(rebaseline.main, argv) == 1
+        assert json.loads(capsys.readouterr().out)["error"] == "no charts of ollama/m1 on target 't-other'"
+    finally:
+        stop.set()
+        assert await task == 0
+        await nc.close()

@@ -11,7 +11,7 @@ from llmscope.api.persister import store_violations
 from llmscope.proto.charts import chart_key
 from llmscope.web.pages import _duration
 from tests.api.conftest import Api
-from tests.api.engine import BASELINE_N, feed, running_engine, wait_progress
+from tests.api.engine import BASELINE_N, eventually, feed, running_engine, wait_progress
 from tests.api.factories import telemetry, violation
 from tests.api.test_charts import probes
 from tests.web.test_pages import HX, is_full_page, login
@@ -128,6 +128,76 @@ async def test_rebaseline_from_the_dashboard(api: Api, js: JetStreamContext, nat
     assert r.status_code == 403
     client.cookies.clear()
     r = await client.post("/charts/rebaseline", data={**form, "by": "x", "reason": "y"})
+    assert r.status_code == 303  # no session: to the login page
+
+
+async def test_rebaseline_a_whole_model_from_the_dashboard(
+    api: Api, js: JetStreamContext, nats_url: str
+) -> None:
+    client = await login(api)
+    events = probes(BASELINE_N + 2)
+    other = probes(BASELINE_N + 2, seed=4, prompt_id="long-1")
+    fed = [e for pair in zip(events, other, strict=True) for e in pair]
+    form = {
+        "provider": "ollama",
+        "model": "llama3.1:8b",
+        "prompt_id": "simple-1",
+        "target": "local",
+        "metric": "latency_ms",
+        "hours": "1",
+    }
+    fragment = {**HX, "HX-Target": "rebaseline"}
+    async with running_engine(nats_url):
+        await feed(api, js, fed)
+        availability = chart_key("ollama", "llama3.1:8b", "local", "*", "availability")
+
+        async def all_charted() -> bool:
+            record = await api.runtime.charts.get(availability)
+            return record is not None and record.seq == len(fed)
+
+        await eventually(all_charted)
+        page = (await client.get("/")).text
+        assert "Re-baseline every chart of ollama / llama3.1:8b" in page
+        assert 'hx-post="/models/rebaseline"' in page
+
+        for headers, status in (({}, 422), (fragment, 200)):
+            r = await client.post("/models/rebaseline", data={**form, "by": "ann"}, headers=headers)
+            assert r.status_code == status
+            assert is_full_page(r.text) == (headers == {})
+            assert "Model not re-baselined: reason: required" in r.text
+
+        r = await client.post(
+            "/models/rebaseline", data={**form, "by": "ann", "reason": "new GPU"}, headers=fragment
+        )
+        assert r.status_code == 200
+        assert r.text.lstrip().startswith('<div id="rebaseline"')
+        keys = sorted(c.key for c in await api.runtime.charts.list())
+        assert f"Re-baselined {len(keys)} charts of ollama / llama3.1:8b" in r.text
+        for name in ("local · simple-1 · latency_ms", "local · long-1 · ttft_ms", "local · availability"):
+            assert f"<li>{name}</li>" in r.text
+        for record in await api.runtime.charts.list():
+            view = record.view or record.availability
+            assert view is not None
+            assert (view.phase, view.progress) == ("collecting", 0), record.key
+
+        r = await client.post("/models/rebaseline", data={**form, "model": "nope", "by": "a", "reason": "b"})
+        assert r.status_code == 409
+        assert is_full_page(r.text)
+        assert "Model not re-baselined: no charts of ollama/nope" in r.text
+    r = await client.post("/models/rebaseline", data={**form, "by": "ann", "reason": "x"})
+    assert r.status_code == 504
+    assert "No SPC engine answered" in r.text
+    r = await client.post("/models/rebaseline", data={**form, "by": "x", "reason": "y"}, headers=fragment)
+    assert r.status_code == 200
+    assert "No SPC engine answered" in r.text
+    r = await client.post(
+        "/models/rebaseline",
+        data={**form, "by": "x", "reason": "y"},
+        headers={"Origin": "https://evil.example"},
+    )
+    assert r.status_code == 403
+    client.cookies.clear()
+    r = await client.post("/models/rebaseline", data={**form, "by": "x", "reason": "y"})
     assert r.status_code == 303  # no session: to the login page
 
 

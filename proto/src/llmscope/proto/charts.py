@@ -30,6 +30,10 @@ the engine is not running): readers show it as collecting, with no limits.
 Re-baselining is a core NATS request on ``subjects.spc_rebaseline()`` with a
 :class:`RebaselineRequest` JSON body; the replica owning the chart answers a
 :class:`RebaselineReply`. No answer (no responders, or a timeout) means no engine holds it.
+A whole model (every prompt, metric and availability chart, optionally of one target) is
+re-baselined by one request on ``subjects.spc_rebaseline_model()`` with a
+:class:`ModelRebaselineRequest`; the replica owning the model answers a
+:class:`ModelRebaselineReply` listing the charts it re-baselined.
 """
 
 from __future__ import annotations
@@ -64,6 +68,11 @@ def parse_chart_key(key: str) -> tuple[str, str, str, str, str]:
     except ValueError as exc:
         raise ValueError(f"not a chart key: {key!r}") from exc
     return parts[0], parts[1], parts[2], parts[3], parts[4]
+
+
+def model_charts_filter(provider: str, model: str, target: str = "") -> str:
+    """KV key filter of every chart of a model, or of one of its targets (``target`` non-empty)."""
+    return subjects.kv_key(provider, model, *((target,) if target else ())) + ".>"
 
 
 def is_chart_key(key: str) -> bool:
@@ -195,4 +204,38 @@ class RebaselineReply(msgspec.Struct, frozen=True, kw_only=True):
     chart_key: str = ""
     replica: int = 0
     cleared: Annotated[int, Meta(description="open violation episodes cleared by the re-baseline")] = 0
+    error: str = ""
+
+
+NonEmpty = Annotated[str, Meta(min_length=1)]
+
+
+class ModelRebaselineRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Request body on ``subjects.spc_rebaseline_model()``: every chart of a model, who and why."""
+
+    provider: NonEmpty
+    model: NonEmpty
+    target: str = ""
+    """Only this target's charts; empty: every target of the model."""
+    by: NonEmpty
+    reason: NonEmpty
+
+
+class RebaselinedChart(msgspec.Struct, frozen=True, kw_only=True):
+    """One chart a model-wide re-baseline reset, with the open episodes that cleared."""
+
+    chart_key: str
+    cleared: Count = 0
+
+
+class ModelRebaselineReply(msgspec.Struct, frozen=True, kw_only=True):
+    """The owning replica's answer: ``ok`` with the charts re-baselined (by key), or an error."""
+
+    ok: bool
+    provider: str = ""
+    model: str = ""
+    target: str = ""
+    replica: int = 0
+    charts: tuple[RebaselinedChart, ...] = ()
+    cleared: Annotated[int, Meta(description="open violation episodes cleared, all charts together")] = 0
     error: str = ""

@@ -5,6 +5,7 @@ Subjects (``<m>`` and ``<p>`` are escaped tokens, see :func:`encode_token`):
 - ``llmscope.violations.v1.<provider>.<model>.<rule>``  violation.v1 (open and cleared)
 - ``llmscope.deadletter.v1.<source>``               deadletter.v1
 - ``llmscope.control.v1.spc.rebaseline``            request: re-baseline an SPC chart
+- ``llmscope.control.v1.spc.rebaseline.model``      request: re-baseline every chart of a model
 - ``llmscope.control.v1.alerter.<op>``              requests to the alerter (llmscope.proto.control):
   ``test``, ``incident``, ``silences.create``, ``silences.list``, ``silences.expire``,
   ``notifications``
@@ -161,6 +162,11 @@ SPC_CHARTS_BUCKET = "llmscope_spc_charts"
 def spc_rebaseline() -> str:
     """Request subject for re-baselining an SPC chart (core NATS request/reply, JSON body)."""
     return f"{PREFIX}.control.v1.spc.rebaseline"
+
+
+def spc_rebaseline_model() -> str:
+    """Request subject for re-baselining every SPC chart of a model (core NATS request/reply)."""
+    return f"{PREFIX}.control.v1.spc.rebaseline.model"
 
 
 MODELS_BUCKET = "llmscope_models"

@@ -8,6 +8,7 @@ starts, so a missing bucket or key is normal (the chart reads as not known yet),
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,13 +23,15 @@ from llmscope.config.logs import get_logger
 from llmscope.proto import subjects
 from llmscope.proto.charts import (
     ChartRecord,
+    ModelRebaselineReply,
+    ModelRebaselineRequest,
     RebaselineReply,
     RebaselineRequest,
     decode_record,
     is_chart_key,
     parse_chart_key,
 )
-from llmscope.web.data import RebaselineResult
+from llmscope.web.data import ModelRebaselineResult, RebaselineResult
 
 log = get_logger("llmscope.api.charts")
 
@@ -139,6 +142,32 @@ class ChartViews:
             status="ok" if reply.ok else "refused",
             chart_key=reply.chart_key or chart_key,
             replica=reply.replica,
+            cleared=reply.cleared,
+            error=reply.error,
+        )
+
+    async def rebaseline_model(
+        self, provider: str, model: str, target: str, by: str, reason: str
+    ) -> ModelRebaselineResult:
+        """Ask the replica owning the model to re-baseline all its charts (or one target's)."""
+        if self._nc is None:
+            raise EngineUnavailable("not connected to NATS")
+        request = ModelRebaselineRequest(provider=provider, model=model, target=target, by=by, reason=reason)
+        result = functools.partial(ModelRebaselineResult, provider=provider, model=model, target=target)
+        try:
+            msg = await self._nc.request(
+                subjects.spc_rebaseline_model(), msgspec.json.encode(request), timeout=self.request_timeout_s
+            )
+        except (NoRespondersError, TimeoutError):
+            return result(status="no_engine", error="no SPC engine answered")
+        try:
+            reply = msgspec.json.decode(msg.data, type=ModelRebaselineReply)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return result(status="refused", error=f"unreadable reply: {exc}")
+        return result(
+            status="ok" if reply.ok else "refused",
+            replica=reply.replica,
+            charts=reply.charts,
             cleared=reply.cleared,
             error=reply.error,
         )

@@ -30,6 +30,7 @@ from llmscope.web.data import (
     HealthOverview,
     Limits,
     ModelInfo,
+    ModelRebaselineResult,
     RebaselineResult,
     Series,
     SettingInfo,
@@ -402,6 +403,11 @@ class Store:
 
     async def rebaseline(self, chart_key: str, by: str, reason: str) -> RebaselineResult:
         return await self.charts.rebaseline(chart_key, by, reason)
+
+    async def rebaseline_model(
+        self, provider: str, model: str, target: str, by: str, reason: str
+    ) -> ModelRebaselineResult:
+        return await self.charts.rebaseline_model(provider, model, target, by, reason)
 
     # ---- violations ------------------------------------------------------------------------
     async def violations(self, flt: ViolationFilter) -> ViolationPage:

@@ -226,6 +226,9 @@ class AvailabilityChart:
                             state="cleared",
                             failures=st.run if rule == "AVAILABILITY" else window_failures,
                             rate=st.rate,
+                            # The episode is named by its opening probe: without it the clear
+                            # names no episode and the outage it ends never clears downstream.
+                            episode_point_id=opened_by,
                         )
                     )
         return out

@@ -1,13 +1,16 @@
 """``llmscope spc rebaseline``: ask the running SPC engine to re-baseline a chart, or list charts.
 
     llmscope spc rebaseline --chart KEY --by WHO --reason WHY [--nats-url URL] [--timeout S]
+    llmscope spc rebaseline --model PROVIDER/MODEL [--target T] --by WHO --reason WHY [...]
     llmscope spc rebaseline --list [--nats-url URL]
 
 The request goes to ``subjects.spc_rebaseline()``; the replica owning the chart answers and the
-reply is printed as JSON. ``--list`` prints one JSON line per chart in the engine's KV bucket
-(key, phase, progress, baseline_n). Exit codes: 0 done, 1 the engine refused (e.g. no such
-chart), 2 usage, 3 no engine answered (or NATS is unreachable), 141 when the reader of stdout went
-away early (``| head``), quietly.
+reply is printed as JSON. ``--model`` re-baselines every chart of the model (all prompts and
+metrics, and availability; ``--target`` only that target's) in one request on
+``subjects.spc_rebaseline_model()``; the reply lists the charts. ``--list`` prints one JSON line
+per chart in the engine's KV bucket (key, phase, progress, baseline_n). Exit codes: 0 done, 1
+the engine refused (e.g. no such chart), 2 usage, 3 no engine answered (or NATS is
+unreachable), 141 when the reader of stdout went away early (``| head``), quietly.
 """
 
 from __future__ import annotations
@@ -27,7 +30,14 @@ from llmscope.bus.kv import bucket_keys
 from llmscope.bus.settings import DEFAULT_NATS_URL
 from llmscope.config.stdout import EXIT_BROKEN_PIPE, discard_stdout
 from llmscope.proto import subjects
-from llmscope.proto.charts import RebaselineReply, RebaselineRequest, decode_record, is_chart_key
+from llmscope.proto.charts import (
+    ModelRebaselineReply,
+    ModelRebaselineRequest,
+    RebaselineReply,
+    RebaselineRequest,
+    decode_record,
+    is_chart_key,
+)
 
 OK, REFUSED, USAGE, NO_ENGINE = 0, 1, 2, 3
 
@@ -35,9 +45,16 @@ OK, REFUSED, USAGE, NO_ENGINE = 0, 1, 2, 3
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="llmscope spc rebaseline",
-        description="Re-baseline one SPC chart (who and why are recorded), or list the charts.",
+        description="Re-baseline one SPC chart or every chart of a model (who and why are recorded),"
+        " or list the charts.",
     )
     p.add_argument("--chart", metavar="KEY", help="chart key, as in a violation's chart_key")
+    p.add_argument(
+        "--model",
+        metavar="PROVIDER/MODEL",
+        help="every chart of this model: all prompts and metrics, and availability",
+    )
+    p.add_argument("--target", metavar="T", default="", help="with --model: only this target's charts")
     p.add_argument("--by", metavar="WHO", help="who asks (recorded in the new baseline)")
     p.add_argument("--reason", metavar="WHY", help="why (recorded in the new baseline)")
     p.add_argument("--list", action="store_true", help="print the engine's charts as JSON lines")
@@ -76,6 +93,29 @@ async def _rebaseline(url: str, key: str, by: str, reason: str, wait_s: float) -
         await nc.close()
 
 
+async def _rebaseline_model(url: str, request: ModelRebaselineRequest, wait_s: float) -> int:
+    nc = await connect(url, "llmscope-spc-rebaseline", give_up_after=wait_s)
+    try:
+        try:
+            msg = await nc.request(
+                subjects.spc_rebaseline_model(), msgspec.json.encode(request), timeout=wait_s
+            )
+        except (NoRespondersError, TimeoutError):
+            print(f"llmscope spc rebaseline: no SPC engine answered within {wait_s:g} s", file=sys.stderr)
+            return NO_ENGINE
+        reply = msgspec.json.decode(msg.data, type=ModelRebaselineReply)
+        _print(reply)
+        return OK if reply.ok else REFUSED
+    finally:
+        await nc.close()
+
+
+def _usage(p: argparse.ArgumentParser, problem: str) -> int:
+    p.print_usage(sys.stderr)
+    print(f"llmscope spc rebaseline: {problem}", file=sys.stderr)
+    return USAGE
+
+
 async def _list(url: str, bucket: str, wait_s: float) -> int:
     nc = await connect(url, "llmscope-spc-rebaseline", give_up_after=wait_s)
     try:
@@ -106,6 +146,26 @@ async def _list(url: str, bucket: str, wait_s: float) -> int:
         await nc.close()
 
 
+def _main_model(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.chart:
+        return _usage(p, "--chart and --model: one or the other")
+    provider, _, model = args.model.strip().partition("/")
+    if not provider or not model.strip():
+        return _usage(p, f"--model: PROVIDER/MODEL, e.g. ollama/llama3.1:8b (got {args.model!r})")
+    given = {name: (getattr(args, name) or "").strip() for name in ("by", "reason")}
+    missing = [f"--{name}" for name, value in given.items() if not value]
+    if missing:
+        return _usage(p, f"missing {', '.join(missing)}")
+    request = ModelRebaselineRequest(
+        provider=provider,
+        model=model.strip(),
+        target=args.target.strip(),
+        by=given["by"],
+        reason=given["reason"],
+    )
+    return asyncio.run(_rebaseline_model(args.nats_url, request, args.timeout))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     try:
@@ -115,12 +175,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.list:
             return asyncio.run(_list(args.nats_url, args.bucket, args.timeout))
+        if args.model is not None:
+            return _main_model(p, args)
+        if args.target:
+            return _usage(p, "--target goes with --model")
         given = {name: (getattr(args, name) or "").strip() for name in ("chart", "by", "reason")}
         missing = [f"--{name}" for name, value in given.items() if not value]
         if missing:
-            p.print_usage(sys.stderr)
-            print(f"llmscope spc rebaseline: missing {', '.join(missing)} (or use --list)", file=sys.stderr)
-            return USAGE
+            return _usage(p, f"missing {', '.join(missing)} (or use --model or --list)")
         if not is_chart_key(given["chart"]):
             print(f"llmscope spc rebaseline: not a chart key: {given['chart']!r}", file=sys.stderr)
             return USAGE

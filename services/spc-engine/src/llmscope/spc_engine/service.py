@@ -87,7 +87,16 @@ from llmscope.proto.chartconfig import (
     SpcDefaults,
     decode_overrides,
 )
-from llmscope.proto.charts import RebaselineReply, RebaselineRequest, parse_chart_key
+from llmscope.proto.charts import (
+    ModelRebaselineReply,
+    ModelRebaselineRequest,
+    RebaselinedChart,
+    RebaselineReply,
+    RebaselineRequest,
+    is_chart_key,
+    model_charts_filter,
+    parse_chart_key,
+)
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.proto.violation import ViolationEvent
 from llmscope.spc_engine.config import ChartConfig, default_config, to_settings
@@ -423,6 +432,74 @@ class SpcService:
         log.info("re-baseline", chart=req.chart_key, by=req.by, reason=req.reason, ok=reply.ok)
         await msg.respond(msgspec.json.encode(reply))
 
+    async def on_rebaseline_model(self, msg: Msg) -> None:
+        """Re-baseline every chart of a model (or of one target) at once: one request, one answer."""
+        try:
+            req = msgspec.json.decode(msg.data, type=ModelRebaselineRequest)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            if self.settings.replica == 0:  # one answer for a bad request
+                await msg.respond(msgspec.json.encode(ModelRebaselineReply(ok=False, error=str(exc))))
+            return
+        if not self.engine.owns(req.provider, req.model):
+            return
+        which = f"{req.provider}/{req.model}" + (f" on target {req.target!r}" if req.target else "")
+        async with self._lock:
+            try:
+                # Charts that got their first points since the last snapshot are written now, so
+                # the bucket lists every chart of the model, those in memory and those only stored.
+                await self.snapshot()
+            except Exception as exc:
+                self._stop_on(exc)
+                raise
+            try:
+                keys = await bucket_keys(
+                    self._js,
+                    self.settings.charts_bucket,
+                    model_charts_filter(req.provider, req.model, req.target),
+                )
+            except Exception as exc:  # nothing changed yet: refuse, and let the caller try again
+                reply = ModelRebaselineReply(ok=False, error=f"cannot list the charts: {exc!r}")
+                await msg.respond(msgspec.json.encode(reply))
+                return
+            now = datetime.now(UTC)
+            done: list[RebaselinedChart] = []
+            events: list[ViolationEvent] = []
+            for key in keys:
+                if not is_chart_key(key) or not await self.engine.ensure_loaded(key):
+                    continue  # a deleted key is still listed until the bucket compacts
+                cleared = self.engine.rebaseline(key, req.by, req.reason, now)
+                if cleared is not None:
+                    events += cleared
+                    done.append(RebaselinedChart(chart_key=key, cleared=len(cleared)))
+            if done:
+                try:
+                    await self.publish(events)
+                    await self.snapshot()
+                except Exception as exc:
+                    self._stop_on(exc)
+                    raise
+                reply = ModelRebaselineReply(
+                    ok=True,
+                    provider=req.provider,
+                    model=req.model,
+                    target=req.target,
+                    replica=self.settings.replica,
+                    charts=tuple(done),
+                    cleared=len(events),
+                )
+            else:
+                reply = ModelRebaselineReply(
+                    ok=False,
+                    provider=req.provider,
+                    model=req.model,
+                    target=req.target,
+                    error=f"no charts of {which}",
+                )
+        log.info(
+            "re-baseline model", model=which, by=req.by, reason=req.reason, charts=len(done), ok=reply.ok
+        )
+        await msg.respond(msgspec.json.encode(reply))
+
     async def remove_legacy(self) -> None:
         """Delete the per-replica consumers and checkpoints of engines before partitions."""
         for info in await self._js.consumers_info(subjects.STREAM_TELEMETRY):
@@ -475,6 +552,7 @@ class SpcService:
             replicas=self.settings.bus.replicas,
         )
         sub = await self._nc.subscribe(subjects.spc_rebaseline(), cb=self.on_rebaseline)
+        model_sub = await self._nc.subscribe(subjects.spc_rebaseline_model(), cb=self.on_rebaseline_model)
         await self._nc.flush()  # a re-baseline request sent right after start must find us
         log.info("starting", replica=self._name, partitions=",".join(map(str, self.partitions)))
         inner_stop = asyncio.Event()
@@ -538,6 +616,7 @@ class SpcService:
             with contextlib.suppress(Exception):
                 await watch_task
             await sub.unsubscribe()
+            await model_sub.unsubscribe()
             async with self._lock:
                 if self.failed is None:
                     with contextlib.suppress(LeaseLostError):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from llmscope.proto.charts import AvailabilityView
+from llmscope.proto.charts import AVAILABILITY, AvailabilityView, RebaselinedChart, parse_chart_key
 
 if TYPE_CHECKING:
     from fastapi import Request
@@ -323,6 +323,30 @@ class RebaselineResult:
     error: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class ModelRebaselineResult:
+    """The answer to a model-wide re-baseline: the charts re-baselined, or why none was."""
+
+    status: Literal["ok", "refused", "no_engine"]
+    provider: str
+    model: str
+    target: str = ""
+    replica: int = 0
+    charts: tuple[RebaselinedChart, ...] = ()
+    cleared: int = 0
+    error: str = ""
+
+    @property
+    def chart_names(self) -> list[str]:
+        """Each chart re-baselined as "target · prompt · metric" ("target · availability")."""
+        out = []
+        for chart in self.charts:
+            _provider, _model, target, prompt_id, metric = parse_chart_key(chart.chart_key)
+            parts = (target, metric) if metric == AVAILABILITY else (target, prompt_id, metric)
+            out.append(" · ".join(parts))
+        return out
+
+
 class SettingError(ValueError):
     """A setting key is unknown or its value is invalid; the message names the key."""
 
@@ -340,6 +364,10 @@ class DashboardData(Protocol):
     async def chart(self, query: ChartQuery) -> ChartData: ...
 
     async def rebaseline(self, chart_key: str, by: str, reason: str) -> RebaselineResult: ...
+
+    async def rebaseline_model(
+        self, provider: str, model: str, target: str, by: str, reason: str
+    ) -> ModelRebaselineResult: ...
 
     async def violations(self, flt: ViolationFilter) -> ViolationPage: ...
 

@@ -27,6 +27,7 @@ from llmscope.web.data import (
     ChartQuery,
     DashboardData,
     Metric,
+    ModelRebaselineResult,
     RebaselineResult,
     Series,
     SettingError,
@@ -185,6 +186,7 @@ def create_router(
         metric: Metric,
         hours: float,
         rebaseline: RebaselineResult | None = None,
+        model_rebaseline: ModelRebaselineResult | None = None,
         status_code: int = 200,
     ) -> HTMLResponse:
         if series and "|" in series:
@@ -222,6 +224,7 @@ def create_router(
             "log": log.items,
             "refresh_s": opts.refresh_s,
             "rebaseline": rebaseline,
+            "model_rebaseline": model_rebaseline,
         }
         return pages.render(
             request,
@@ -294,6 +297,53 @@ def create_router(
             metric=metric,
             hours=hours,
             rebaseline=result,
+            status_code=status,
+        )
+
+    @router.post("/models/rebaseline", response_class=HTMLResponse, dependencies=[Session])
+    async def rebaseline_model(
+        request: Request,
+        provider: Annotated[str, Form()] = "",
+        model: Annotated[str, Form()] = "",
+        only_target: Annotated[str, Form()] = "",
+        by: Annotated[str, Form()] = "",
+        reason: Annotated[str, Form()] = "",
+        prompt_id: Annotated[str, Form()] = "",
+        target: Annotated[str, Form()] = "",
+        metric: Annotated[Metric, Form()] = "latency_ms",
+        hours: Annotated[float, Form(gt=0, le=24 * 31)] = 1,
+    ) -> HTMLResponse:
+        """Ask the SPC engine to re-baseline every chart of the model (``only_target``: one
+        target's); answers the dashboard with the charts re-baselined."""
+        fields = {"provider": provider, "model": model, "by": by, "reason": reason}
+        given = {name: value.strip() for name, value in fields.items()}
+        missing = [name for name, value in given.items() if not value]
+        if missing:
+            result = ModelRebaselineResult(
+                status="refused",
+                provider=given["provider"],
+                model=given["model"],
+                target=only_target.strip(),
+                error=f"{missing[0]}: required",
+            )
+            status = 422
+        else:
+            result = await data.rebaseline_model(
+                given["provider"], given["model"], only_target.strip(), given["by"], given["reason"]
+            )
+            status = {"ok": 200, "refused": 409, "no_engine": 504}[result.status]
+        if is_htmx(request):
+            status = 200  # htmx swaps only 2xx answers, and the fragment carries the outcome
+        return await _dashboard(
+            request,
+            series=None,
+            provider=provider,
+            model=model,
+            prompt_id=prompt_id,
+            target=target,
+            metric=metric,
+            hours=hours,
+            model_rebaseline=result,
             status_code=status,
         )
 

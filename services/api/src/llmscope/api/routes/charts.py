@@ -1,4 +1,5 @@
-"""The SPC engine's charts: list, one chart, and re-baseline (forwarded to the engine over NATS).
+"""The SPC engine's charts: list, one chart, and re-baseline one chart or every chart of a model
+(forwarded to the engine over NATS).
 
 Records are the engine's KV values read as :class:`~llmscope.proto.charts.ChartRecord` (see
 that module for the contract); the JSON returned is exactly that struct.
@@ -15,12 +16,13 @@ from pydantic import BaseModel, Field, StringConstraints
 
 from llmscope.api.charts import ChartFilter
 from llmscope.api.runtime import Runtime
-from llmscope.proto.charts import ChartRecord, RebaselineReply, is_chart_key
+from llmscope.proto.charts import ChartRecord, ModelRebaselineReply, RebaselineReply, is_chart_key
 
 _SCHEMAS, _COMPONENTS = msgspec.json.schema_components(
-    [ChartRecord, list[ChartRecord], RebaselineReply], ref_template="#/components/schemas/{name}"
+    [ChartRecord, list[ChartRecord], RebaselineReply, ModelRebaselineReply],
+    ref_template="#/components/schemas/{name}",
 )
-RECORD_SCHEMA, RECORDS_SCHEMA, REPLY_SCHEMA = _SCHEMAS
+RECORD_SCHEMA, RECORDS_SCHEMA, REPLY_SCHEMA, MODEL_REPLY_SCHEMA = _SCHEMAS
 
 KeyPath = Annotated[str, Path(description="chart key, as in a violation's `chart_key`")]
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
@@ -29,6 +31,16 @@ Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max
 class RebaselineBody(BaseModel):
     """Who asks for the re-baseline and why (both recorded in the new baseline)."""
 
+    by: Annotated[Text, Field(max_length=200)]
+    reason: Text
+
+
+class ModelRebaselineBody(BaseModel):
+    """Which model (optionally only one of its targets), who asks and why."""
+
+    provider: Annotated[Text, Field(max_length=200)]
+    model: Annotated[Text, Field(max_length=500)]
+    target: Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)] = ""
     by: Annotated[Text, Field(max_length=200)]
     reason: Text
 
@@ -83,6 +95,47 @@ def router(rt: Runtime) -> APIRouter:
         if record is None:
             raise HTTPException(404, f"the SPC engine has no chart {chart_key!r} (yet)")
         return _json(record)
+
+    @api.post(
+        "/rebaseline",
+        response_class=JSONResponse,
+        responses={
+            200: {
+                "description": "re-baselined: every chart listed collects a new baseline",
+                **_content(MODEL_REPLY_SCHEMA),
+            },
+            409: {
+                "description": "the engine refused (no charts of that model or target)",
+                **_content(MODEL_REPLY_SCHEMA),
+            },
+            504: {"description": "no SPC engine answered"},
+        },
+    )
+    async def rebaseline_model(body: ModelRebaselineBody) -> Response:
+        """Re-baseline every chart of a model in one request: all prompts and metrics, and its
+        availability chart (with ``target``, only that target's charts).
+
+        The engine replica owning the model answers with the charts re-baselined; open violation
+        episodes of each clear at once, and ``by`` and ``reason`` are recorded in every new
+        baseline, as for one chart.
+        """
+        result = await rt.charts.rebaseline_model(
+            body.provider, body.model, body.target, body.by, body.reason
+        )
+        if result.status == "no_engine":
+            timeout = rt.charts.request_timeout_s
+            raise HTTPException(504, f"no SPC engine answered within {timeout:g} s")
+        reply = ModelRebaselineReply(
+            ok=result.status == "ok",
+            provider=result.provider,
+            model=result.model,
+            target=result.target,
+            replica=result.replica,
+            charts=result.charts,
+            cleared=result.cleared,
+            error=result.error,
+        )
+        return _json(reply, 200 if reply.ok else 409)
 
     @api.post(
         "/{chart_key}/rebaseline",
