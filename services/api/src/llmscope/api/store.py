@@ -181,6 +181,9 @@ def violation_from_row(row: asyncpg.Record) -> Violation:
         resolved_at=row["resolved_at"],
         note=row["note"],
         system_scope="target" if system.get("scope") == "target" else "prober",
+        detail=str(event.get("detail") or ""),
+        direction=str(event.get("direction") or ""),
+        better=bool(event.get("better")),
     )
 
 
@@ -399,6 +402,10 @@ class Store:
             false_alarm_every_s=arl0 * spacing if arl0 is not None and spacing else None,
             open_episodes=list(view.open_episodes) if view is not None else [],
             targets=sorted(targets),
+            note=view.note if view is not None else "",
+            ar_order=view.ar_order if view is not None else 0,
+            autocorrelation=view.autocorrelation if view is not None else None,
+            tail_rate=view.tail_rate if view is not None else None,
         )
 
     async def rebaseline(self, chart_key: str, by: str, reason: str) -> RebaselineResult:

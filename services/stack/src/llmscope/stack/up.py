@@ -43,15 +43,17 @@ ALL_SERVICES = ("sim", "api", "spc-engine", "alerter", "prober")
 
 # With only the simulator to probe, a production baseline (1000 points per prompt chart at 2 s)
 # would keep the demo "collecting" for hours. The demo runs the simulator four times faster, probes
-# every 0.25 s and freezes limits after 50 points: charts arm within a minute or two, at the
-# price of more false alarms than the production defaults. Any of these set in the environment wins.
+# every 0.25 s and freezes limits after 200 points: charts arm within a few minutes. Not fewer:
+# limits estimated from 50 points false-alarm 16-33 times per 100,000 probes (make bench's
+# machinery, baseline_n=50), a critical every few demo minutes over the 12 paging charts; from
+# 200 points 2-5, so a quiet demo stays quiet. Any of these set in the environment wins.
 # Not faster still: at 0.1 a simple prompt takes ~30 ms, and a scheduling hiccup of the stack on
 # one laptop (tens of ms) is a 5-sigma SPIKE there; at 0.25 a 7-minute demo run opened one critical
 # episode without any injection, against six at 0.1.
 DEMO_PROFILE = {
     "LLMSCOPE_SIM_TIME_SCALE": "0.25",
     "LLMSCOPE_PROBER_INTERVAL_S": "0.25",
-    "LLMSCOPE_SPC_BASELINE_N": "50",
+    "LLMSCOPE_SPC_BASELINE_N": "200",
 }
 
 

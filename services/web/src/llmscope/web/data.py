@@ -122,6 +122,11 @@ class ChartData:
     false_alarm_every_s: float | None = None
     open_episodes: list[str] = field(default_factory=list)
     targets: list[str] = field(default_factory=list)
+    note: str = ""
+    """Why the baseline in progress was extended (an unstable baseline), or empty."""
+    ar_order: int = 0
+    autocorrelation: float | None = None
+    tail_rate: float | None = None
 
     @property
     def collecting_baseline(self) -> bool:
@@ -174,6 +179,10 @@ class Violation:
     note: str | None = None
     system_scope: str = "prober"
     """Whose host ``system`` describes: the prober's, or ``target`` when the target runs on it."""
+    detail: str = ""
+    """The engine's sentence: the metric in its units, which way, by how much, the rule in words."""
+    direction: str = ""
+    better: bool = False
 
 
 @dataclass(frozen=True, slots=True)
