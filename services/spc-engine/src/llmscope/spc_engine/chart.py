@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Literal
 
@@ -35,7 +36,7 @@ import msgspec
 from llmscope.proto.violation import ChartKind, ChartLimits, Direction
 from llmscope.spc_engine import transforms
 from llmscope.spc_engine.availability import binomial_threshold
-from llmscope.spc_engine.baseline import Fit, fit, spike_limit
+from llmscope.spc_engine.baseline import Fit, Unstable, fit, spike_limit
 from llmscope.spc_engine.charts.cusum import CusumChart, CusumSide, CusumState
 from llmscope.spc_engine.charts.ewma import EwmaChart, EwmaState
 from llmscope.spc_engine.charts.individuals import IndividualsChart, IndividualsState
@@ -372,18 +373,7 @@ class MetricChart:
         if len(st.collected) < self.config.baseline_n:
             return
         cfg = self.config
-        result = fit(
-            st.collected,
-            estimator=cfg.sigma_estimator,
-            clip=cfg.clip,
-            tail_k=cfg.tail.k,
-            worse=1.0 if cfg.worse == "up" else -1.0,
-            max_order=cfg.max_ar_order,
-            serial=cfg.serial,
-            stability=cfg.stability,
-            winsor=cfg.clean_limit,
-            level=self._format_level,
-        )
+        result = fit_baseline(cfg, st.collected, self._format_level)
         if not isinstance(result, Fit):
             kept = st.collected[result.keep_from :]
             start = ref.index - len(kept) + 1
@@ -683,6 +673,24 @@ class MetricChart:
             better=fire.better,
             level=fire.level,
         )
+
+
+def fit_baseline(
+    config: ChartConfig, values: Sequence[float], level: Callable[[float], str] = "{:.4g}".format
+) -> Fit | Unstable:
+    """:func:`baseline.fit` with a chart configuration's settings."""
+    return fit(
+        values,
+        estimator=config.sigma_estimator,
+        clip=config.clip,
+        tail_k=config.tail.k,
+        worse=1.0 if config.worse == "up" else -1.0,
+        max_order=config.max_ar_order,
+        serial=config.serial,
+        stability=config.stability,
+        winsor=config.clean_limit,
+        level=level,
+    )
 
 
 def spike_limit_of(config: ChartConfig, b: Baseline) -> float:

@@ -32,8 +32,14 @@ import numpy as np
 import numpy.typing as npt
 
 from llmscope.spc_engine.availability import binomial_threshold
-from llmscope.spc_engine.baseline import Fit, Unstable, fit, spike_limit
-from llmscope.spc_engine.chart import MIN_RETURN_SHIFT, SHIFT_PRIOR_POINTS, MetricChart, return_h
+from llmscope.spc_engine.baseline import Fit, spike_limit
+from llmscope.spc_engine.chart import (
+    MIN_RETURN_SHIFT,
+    SHIFT_PRIOR_POINTS,
+    MetricChart,
+    fit_baseline,
+    return_h,
+)
 from llmscope.spc_engine.config import ChartConfig, default_config
 
 Arr = npt.NDArray[np.float64]
@@ -139,7 +145,7 @@ def charts_from(
     refused = 0
     for i, y in enumerate(baselines):
         while True:
-            result = _fit(y, cfg)
+            result = fit_baseline(cfg, y.tolist())
             if isinstance(result, Fit):
                 break
             if more is None:
@@ -169,20 +175,6 @@ def charts_from(
         tail_open=np.array([binomial_threshold(t.window, r, t.alpha) for r in rates], dtype=np.float64),
         tail_keep=np.array([max(1, math.ceil(2 * t.window * r)) for r in rates], dtype=np.float64),
         refused=refused,
-    )
-
-
-def _fit(y: Arr, cfg: ChartConfig) -> Fit | Unstable:
-    return fit(
-        y,
-        estimator=cfg.sigma_estimator,
-        clip=cfg.clip,
-        tail_k=cfg.tail.k,
-        worse=1.0 if cfg.worse == "up" else -1.0,
-        max_order=cfg.max_ar_order,
-        serial=cfg.serial,
-        stability=cfg.stability,
-        winsor=cfg.clean_limit,
     )
 
 
