@@ -53,7 +53,9 @@ async def test_test_send_goes_through_the_alerter_and_reports_the_channel(
             assert body["kind"] == "email"
             assert body["attempts"] == 1
             assert box.envelopes == [["oncall@example.com"]]
-            assert box.messages[0]["Subject"] == "[LLMscope] Test notification"
+            assert (
+                box.messages[0]["Subject"] == "[LLMscope] Test notification (sample data, nothing is wrong)"
+            )
             assert "hunter2" not in r.text
 
             r = await api.client.post("/api/alerts/test", json={"channel": "webhook"})
@@ -195,7 +197,10 @@ async def test_violations_become_an_incident_acknowledged_and_resolved_through_t
     url = await sink.start()
     try:
         async with live_alerter(database_url, nats_url, js, {"LLMSCOPE_WEBHOOK_URL": url + "/hook"}):
-            await publish(js, alerter_violation(1), alerter_violation(2, model="qwen2:7b"))
+            # Sustained signals on two models of one host: a cascade (a one-point R1 would not be).
+            await publish(
+                js, alerter_violation(1, rule="CUSUM"), alerter_violation(2, model="qwen2:7b", rule="CUSUM")
+            )
 
             async def listed() -> bool:
                 items = (await api.client.get("/api/incidents")).json()["items"]

@@ -38,8 +38,12 @@ def test_quick_bench_prints_every_section() -> None:
     assert all(int(r.replace(",", "")) > 0 for r in rates)
     assert re.search(r"SPC service: consume .*?\s[\d,]+ /s", text), "the service rate is measured"
     assert not re.search(r"\b(inf|nan)\b", text), "every figure is finite"
-    # Three false-alarm lines, three detection delays and the single spike, each with a verdict.
+    # A false-alarm line per process, delays, pages per shift and the faster case, with verdicts.
+    from llmscope.spc_engine.performance import PROCESSES
+
     verdicts = re.findall(r"target .*?\b(PASS|MISS)\b", text)
-    assert len(verdicts) == 7
-    assert text.count("false alarms per 100k probes") == 3
-    assert text.count("median detection delay") == 3
+    assert text.count("false alarms /100k") == len(PROCESSES)
+    assert text.count("median delay") == 12
+    assert text.count("critical episodes per") == 10
+    assert "serial dependence ignored" in text
+    assert len(verdicts) == len(PROCESSES) + 6 + 10 + 1

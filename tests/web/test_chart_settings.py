@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from nats.js import JetStreamContext
 from nats.js.errors import NoKeysError
@@ -77,7 +79,13 @@ async def test_panel_with_and_without_htmx_save_refuse_and_reset(
             assert is_full_page(r.text) == (headers == {})
             assert r.text.lstrip().startswith("<!doctype") == (headers == {})
             assert "Chart settings · ollama / llama3.1:8b · latency_ms" in r.text
-            assert "Expected false alarms: about one per 6." in r.text  # ~2.8e5 probes at 2 s: 6.5 days
+            # The engine's expected interval for the model it fitted, at one probe per 2 s.
+            assert record.view is not None
+            assert record.view.arl0_critical is not None
+            days = record.view.arl0_critical * 2 / 86_400
+            shown = re.search(r"Expected false alarms: about one per ([\d.]+) days", r.text)
+            assert shown, r.text
+            assert float(shown.group(1)) == pytest.approx(days, rel=0.1)
             assert '<span class="badge armed">applied</span>' in r.text
             assert '<select id="set-transform" name="transform">' in r.text
             assert f"<td>{BASELINE_N}</td>" in r.text  # the effective baseline size
@@ -123,7 +131,7 @@ async def test_panel_with_and_without_htmx_save_refuse_and_reset(
             f"/charts/settings?{Q}&chart_key={record.key}", headers={**HX, "HX-Target": "settings-status"}
         )
         assert r.text.lstrip().startswith('<div id="settings-status"')
-        assert "about one per 4" in r.text  # k=0.5, h=5 with the 5-sigma spike: about 460 probes
+        assert "about one per 9" in r.text  # k=0.5, h=5, one-sided (only slowdowns page): about 930 probes
 
         r = await client.post("/charts/settings", data={**form, "action": "reset"})
         assert r.status_code == 200

@@ -55,16 +55,18 @@ async def test_collecting_then_armed_with_and_without_htmx(
             assert 'class="center"' not in r.text
 
         await feed(api, js, events[12:])
-        await wait_progress(api, events[0], BASELINE_N, "armed")
+        record = await wait_progress(api, events[0], BASELINE_N, "armed")
     for headers in ({}, PANEL):
         r = await client.get("/", headers=headers)
         assert r.status_code == 200
         assert is_full_page(r.text) == (headers == {})
         assert '<span class="badge armed">armed</span>' in r.text
-        # ARL0 of the default configuration (~2.8e5 points) at one probe per 2 s: about 6.5 days.
+        # The engine's expected interval for the model it fitted, at one probe per 2 s.
+        assert record.view is not None
+        assert record.view.arl0_critical is not None
         match = re.search(r"about one false alarm per ([\d.]+) days", r.text)
         assert match, r.text
-        assert 5 < float(match.group(1)) < 9
+        assert float(match.group(1)) == pytest.approx(record.view.arl0_critical * 2 / 86_400, rel=0.1)
         assert "baseline of 30 probes by engine (initial baseline)" in r.text
         assert 'class="center"' in r.text  # the engine's limits and zones are drawn
         assert r.text.count('class="zone"') == 4

@@ -153,7 +153,18 @@ async def send_test(
 
 _STATUS = re.compile(r"^(HTTP \d{3}|SMTP \d{3}|SMTP accepted|SMTP authentication failed: \d{3})")
 # Reasons written by LLMscope itself, from the configuration alone: safe to show whole.
-_OWN = ("destination not allowed", "no ", "bad email address", "invalid URL", "template error", "timed out")
+_OWN = (
+    "destination not allowed",
+    "no ",
+    "bad email address",
+    "invalid URL",
+    "template error",
+    "timed out",
+    # SMTP configuration errors (notifiers/email.py): our words, the local TLS library's at most.
+    "the server does not offer STARTTLS",
+    "TLS handshake failed",
+    "unknown SMTP host",
+)
 
 
 def fixed_reason(attempt: Attempt) -> str:
