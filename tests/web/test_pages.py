@@ -274,3 +274,19 @@ async def test_setup_wizard(api: Api, hx: bool) -> None:
     assert values["alert.email.tls"] == ("none", True)
     assert values["alert.webhook.enabled"] == (True, True)
     assert values["alert.pagerduty.enabled"] == (True, True)
+
+
+async def test_api_docs_load_nothing_from_another_host(api: Api) -> None:
+    r = await api.anon.get("/docs")
+    assert r.status_code == 200
+    assets = re.findall(r'(?:src|href)=["\']([^"\']+)["\']', r.text) + re.findall(
+        r"url:\s*'([^']+)'", r.text
+    )
+    assert assets, r.text
+    assert all(a.startswith("/") and not a.startswith("//") for a in assets), assets
+    assert "://" not in r.text
+    for asset in assets:
+        reply = await api.anon.get(asset)
+        assert reply.status_code == 200, asset
+    js = await api.anon.get("/static/swagger-ui/swagger-ui-bundle.js")
+    assert "SwaggerUIBundle" in js.text
