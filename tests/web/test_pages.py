@@ -172,6 +172,59 @@ async def test_violation_detail_and_actions(api: Api) -> None:
     assert (await client.post("/violations/missing/acknowledge", data={}, headers=HX)).status_code == 404
 
 
+async def test_violation_page_names_the_metric_once_and_unknown_gpu_plainly(api: Api) -> None:
+    await seed(api)
+    client = await login(api)
+    for headers in ({}, HX):
+        r = await client.get("/violations/v2", headers=headers)
+        assert r.status_code == 200
+        assert "latency_ms</th>" not in r.text  # one column per metric, the violation's marked
+        assert r.text.count('<th class="this-metric"') == 1
+        assert "– %" not in r.text  # no system metrics in this event: "–", not "– %"
+        assert "<th>GPU</th><td>–</td>" in r.text
+
+
+async def test_availability_violation_lists_the_failed_probes_around_it(api: Api) -> None:
+    # Every prompt of the target: the availability chart has none of its own.
+    events = [telemetry(i, prompt_id=f"p{i % 2}") for i in range(10)]
+    events += [
+        telemetry(i, prompt_id=f"p{i % 2}", status="timeout", error=f"no answer in 30 s #{i}", latency_ms=None)
+        for i in range(10, 14)
+    ]
+    outage = violation(
+        events[12],
+        id="v-out",
+        prompt_id="",
+        metric="availability",
+        chart="availability",
+        chart_key="ollama/llama3.1:8b/local/*/availability",
+        rule="AVAILABILITY",
+        value=3.0,
+        point_values=(),
+        point_ts=(),
+    )
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, events)
+        await store_violations(conn, [outage])
+    client = await login(api)
+    for headers in ({}, HX):
+        r = await client.get("/violations/v-out", headers=headers)
+        assert r.status_code == 200
+        assert "No stored probes around this violation" not in r.text
+        assert "no answer in 30 s #12" in r.text
+        assert r.text.count('class="trigger failed"') == 1
+        assert r.text.count(" failed\"") == 4  # all four failed probes, before and after it
+        assert "timeout" in r.text
+
+
+async def test_login_page_has_no_navigation(api: Api) -> None:
+    for headers in ({}, HX):
+        r = await api.anon.get("/login", headers=headers)
+        assert r.status_code == 200
+        assert 'href="/violations"' not in r.text
+        assert 'name="key"' in r.text
+
+
 async def test_violation_names_the_target_host_when_the_target_runs_beside_the_prober(api: Api) -> None:
     point = telemetry(0, system_scope="target")
     async with api.store.pool.acquire() as conn:

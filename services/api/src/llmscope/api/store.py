@@ -440,17 +440,24 @@ class Store:
             if trigger_id is not None:
                 found = await conn.fetchval("SELECT ts FROM telemetry WHERE id = $1", trigger_id)
                 anchor = found or (v.point_ts[-1] if v.point_ts else v.ts)
+            if v.metric == AVAILABILITY:
+                # An availability chart spans the target's prompts (its violations have none):
+                # the probes around it are the target's, failed ones with their error.
+                where = "provider = $1 AND model = $2 AND ($3 = '' OR target = $3)"
+                scope = v.target
+            else:
+                where = "provider = $1 AND model = $2 AND prompt_id = $3"
+                scope = v.prompt_id
+            cols = "id, ts, status, error, prompt_id, latency_ms, ttft_ms, tokens_per_s"
             rows = await conn.fetch(
-                """(SELECT id, ts, status, latency_ms, ttft_ms, tokens_per_s FROM telemetry
-                    WHERE provider = $1 AND model = $2 AND prompt_id = $3 AND ts <= $4
+                f"""(SELECT {cols} FROM telemetry WHERE {where} AND ts <= $4
                     ORDER BY ts DESC LIMIT 11)
                    UNION ALL
-                   (SELECT id, ts, status, latency_ms, ttft_ms, tokens_per_s FROM telemetry
-                    WHERE provider = $1 AND model = $2 AND prompt_id = $3 AND ts > $4
+                   (SELECT {cols} FROM telemetry WHERE {where} AND ts > $4
                     ORDER BY ts LIMIT 10)""",
                 v.provider,
                 v.model,
-                v.prompt_id,
+                scope,
                 anchor,
             )
         pattern = set(v.point_ids)
@@ -466,6 +473,8 @@ class Store:
                 tokens_per_s=r["tokens_per_s"],
                 in_pattern=r["id"] in pattern,
                 trigger=r["id"] == trigger_id,
+                error=r["error"],
+                prompt_id=r["prompt_id"],
             )
             for r in sorted(rows, key=lambda r: (r["ts"], r["id"]))
         ]

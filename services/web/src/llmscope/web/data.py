@@ -18,6 +18,13 @@ if TYPE_CHECKING:
 
 Metric = Literal["latency_ms", "ttft_ms", "tokens_per_s"]
 METRICS: tuple[Metric, ...] = ("latency_ms", "ttft_ms", "tokens_per_s")
+# What a reader sees for each metric: its name and unit, once (axis labels, table headers).
+METRIC_LABELS: dict[str, str] = {
+    "latency_ms": "latency (ms)",
+    "ttft_ms": "TTFT (ms)",
+    "tokens_per_s": "tokens/s",
+    "availability": "failed probes",
+}
 WINDOWS_H: tuple[int, ...] = (1, 6, 24)
 HEALTH_MAX_HOURS = 7 * 24
 ViolationStateFilter = Literal["open", "cleared"]
@@ -198,6 +205,9 @@ class ContextPoint:
     tokens_per_s: float | None
     in_pattern: bool
     trigger: bool
+    error: str | None = None
+    """Why a failed probe failed (the prober's error text)."""
+    prompt_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
