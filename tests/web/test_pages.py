@@ -188,7 +188,9 @@ async def test_availability_violation_lists_the_failed_probes_around_it(api: Api
     # Every prompt of the target: the availability chart has none of its own.
     events = [telemetry(i, prompt_id=f"p{i % 2}") for i in range(10)]
     events += [
-        telemetry(i, prompt_id=f"p{i % 2}", status="timeout", error=f"no answer in 30 s #{i}", latency_ms=None)
+        telemetry(
+            i, prompt_id=f"p{i % 2}", status="timeout", error=f"no answer in 30 s #{i}", latency_ms=None
+        )
         for i in range(10, 14)
     ]
     outage = violation(
@@ -213,7 +215,7 @@ async def test_availability_violation_lists_the_failed_probes_around_it(api: Api
         assert "No stored probes around this violation" not in r.text
         assert "no answer in 30 s #12" in r.text
         assert r.text.count('class="trigger failed"') == 1
-        assert r.text.count(" failed\"") == 4  # all four failed probes, before and after it
+        assert r.text.count(' failed"') == 4  # all four failed probes, before and after it
         assert "timeout" in r.text
 
 
@@ -332,9 +334,7 @@ async def test_setup_wizard(api: Api, hx: bool) -> None:
 async def test_api_docs_load_nothing_from_another_host(api: Api) -> None:
     r = await api.anon.get("/docs")
     assert r.status_code == 200
-    assets = re.findall(r'(?:src|href)=["\']([^"\']+)["\']', r.text) + re.findall(
-        r"url:\s*'([^']+)'", r.text
-    )
+    assets = re.findall(r'(?:src|href)=["\']([^"\']+)["\']', r.text) + re.findall(r"url:\s*'([^']+)'", r.text)
     assert assets, r.text
     assert all(a.startswith("/") and not a.startswith("//") for a in assets), assets
     assert "://" not in r.text
