@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from itertools import pairwise
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -107,7 +108,7 @@ def test_line_labels_never_overprint_in_a_large_excursion() -> None:
     svg = str(render_chart(replace(data, points=spike)))
     ys = sorted(float(y) for y in re.findall(r'<text x="[\d.]+" y="([\d.]+)" class="\w+-label"', svg))
     assert ys
-    assert all(b - a >= LABEL_GAP for a, b in zip(ys, ys[1:], strict=False))
+    assert all(b - a >= LABEL_GAP for a, b in pairwise(ys))
     assert "UCL 110" in svg
     assert svg.count('class="zone"') == 4  # every line is still drawn
     # With room, every line has its label.

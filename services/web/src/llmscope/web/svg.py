@@ -137,7 +137,8 @@ def render_chart(data: ChartData, *, width: int = WIDTH, height: int = HEIGHT) -
             if not (lo <= value <= hi):
                 continue
             ly = y(value)
-            out.append(f'<line x1="{PAD_L}" x2="{PAD_L + plot_w}" y1="{ly:.1f}" y2="{ly:.1f}" class="{cls}"/>')
+            x2 = PAD_L + plot_w
+            out.append(f'<line x1="{PAD_L}" x2="{x2}" y1="{ly:.1f}" y2="{ly:.1f}" class="{cls}"/>')
             if all(abs(ly - other) >= LABEL_GAP for other in labelled):
                 labelled.append(ly)
                 out.append(
