@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from itertools import pairwise
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 
 from llmscope.web.data import ChartData, ChartPhase, ChartPoint, ChartQuery, Limits, ViolationMark
 from llmscope.web.svg import LABEL_GAP, PAD_L, PAD_R, WIDTH, render_chart
