@@ -16,7 +16,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from jinja2_fragments import render_block
 
 from llmscope.web.data import METRIC_LABELS
-from llmscope.web.svg import render_chart
+from llmscope.web.svg import render_chart, render_sparkline
 
 
 def _ago(ts: datetime | None, now: datetime | None = None) -> str:
@@ -76,6 +76,7 @@ def build_environment() -> Environment:
     env.globals["metric_labels"] = METRIC_LABELS
     env.filters["duration"] = _duration
     env.globals["render_chart"] = render_chart
+    env.globals["render_sparkline"] = render_sparkline
     return env
 
 

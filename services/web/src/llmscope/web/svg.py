@@ -13,7 +13,7 @@ from html import escape
 
 from markupsafe import Markup
 
-from llmscope.web.data import METRIC_LABELS, ChartData
+from llmscope.web.data import METRIC_LABELS, ChartData, Sparkline
 
 WIDTH = 960
 HEIGHT = 320
@@ -185,6 +185,60 @@ def render_chart(data: ChartData, *, width: int = WIDTH, height: int = HEIGHT) -
         out.append(
             f'<text x="{PAD_L + plot_w / 2:.1f}" y="{PAD_T + plot_h / 2:.1f}" class="empty-note" '
             'text-anchor="middle">no successful probes in this window</text>'
+        )
+    out.append("</svg>")
+    return Markup("".join(out))
+
+
+def render_sparkline(
+    line: Sparkline, start: datetime, end: datetime, *, width: int = 240, height: int = 44
+) -> Markup:
+    """A model's latency over the window against its control limits, small enough for a row.
+
+    The x axis is the whole window for every row (rows compare at a glance); the y axis spans the
+    points and the limits, so a point above the UCL sits above the red line.
+    """
+    t0, t1 = start.timestamp(), max(end.timestamp(), start.timestamp() + 1)
+    pad = 3.0
+    values = [p.value for p in line.points]
+    lim = line.limits
+    if lim is not None:
+        values += [lim.ucl, lim.lcl, lim.center]
+    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+    if hi - lo < 1e-9:
+        lo, hi = lo - 1, hi + 1
+
+    def x(ts: datetime) -> float:
+        return pad + (ts.timestamp() - t0) / (t1 - t0) * (width - 2 * pad)
+
+    def y(v: float) -> float:
+        return pad + (hi - v) / (hi - lo) * (height - 2 * pad)
+
+    label = f"{line.model} {METRIC_LABELS.get(line.metric, line.metric)}"
+    out = [
+        f'<svg class="sparkline" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+        f'role="img" aria-label="{escape(label)}" xmlns="http://www.w3.org/2000/svg">'
+    ]
+    if lim is not None:
+        for value, cls in ((lim.ucl, "limit"), (lim.lcl, "limit"), (lim.center, "center")):
+            out.append(f'<line x1="0" x2="{width}" y1="{y(value):.1f}" y2="{y(value):.1f}" class="{cls}"/>')
+    pts = [p for p in line.points if t0 <= p.ts.timestamp() <= t1]
+    if pts:
+        coords = " ".join(f"{x(p.ts):.1f},{y(p.value):.1f}" for p in pts)
+        out.append(f'<polyline points="{coords}" class="series"/>')
+        last = pts[-1]
+        for p in pts:
+            out_of_limits = lim is not None and not (lim.lcl <= p.value <= lim.ucl)
+            if out_of_limits or p is last:
+                cls = "point out" if out_of_limits else "point"
+                out.append(
+                    f'<circle cx="{x(p.ts):.1f}" cy="{y(p.value):.1f}" r="2" class="{cls}">'
+                    f"<title>{p.ts.strftime('%H:%M')} {_fmt(p.value)}</title></circle>"
+                )
+    else:
+        out.append(
+            f'<text x="{width / 2:.0f}" y="{height / 2 + 4:.0f}" class="empty-note" '
+            'text-anchor="middle">no probes</text>'
         )
     out.append("</svg>")
     return Markup("".join(out))
