@@ -7,8 +7,8 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 
-from llmscope.web.data import ChartData, ChartPhase, ChartPoint, ChartQuery, Limits, ViolationMark
-from llmscope.web.svg import LABEL_GAP, PAD_L, PAD_R, WIDTH, render_chart
+from llmscope.web.data import ChartData, ChartPhase, ChartPoint, ChartQuery, Limits, Sparkline, ViolationMark
+from llmscope.web.svg import LABEL_GAP, PAD_L, PAD_R, WIDTH, render_chart, render_sparkline
 
 END = datetime(2026, 1, 1, 12, tzinfo=UTC)
 
@@ -114,3 +114,19 @@ def test_line_labels_never_overprint_in_a_large_excursion() -> None:
     # With room, every line has its label.
     roomy = str(render_chart(chart(LIMITS)))
     assert roomy.count('class="zone-label"') == 4
+
+
+def test_sparkline_marks_points_beyond_the_limits() -> None:
+    points = [
+        ChartPoint(ts=END - timedelta(minutes=60 - i), value=100.0 + (50 if i == 40 else 0))
+        for i in range(60)
+    ]
+    line = Sparkline("ollama", "llama3.1:8b", "p1", "local", "latency_ms", 60, points, LIMITS)
+    svg = str(render_sparkline(line, END - timedelta(hours=1), END))
+    assert svg.startswith('<svg class="sparkline"')
+    assert svg.count('class="limit"') == 2
+    assert svg.count('class="center"') == 1
+    assert svg.count('class="point out"') == 1  # the 150 ms bucket, above the UCL of 110
+    assert svg.count('class="point"') == 1  # and the latest bucket
+    empty = str(render_sparkline(replace(line, points=[], limits=None), END - timedelta(hours=1), END))
+    assert "no probes" in empty

@@ -266,10 +266,15 @@ def create_router(
         view = await data.overview(hours)
         incidents = await _active_incidents()
         rows = overview_rows(report, view, incidents)
+        # One x range for every row (they compare at a glance), from the first point shown: a
+        # fresh install would otherwise squeeze each sparkline into its right edge.
+        firsts = [line.points[0].ts for line in view.sparklines if line.points]
+        x_start = max(view.start, min(firsts, default=view.start))
         context: dict[str, Any] = {
             "rows": rows,
             "summary": summary(rows, view, incidents),
             "view": view,
+            "x_start": x_start,
             "windows": OVERVIEW_WINDOWS_H,
             "hours": f"{hours:g}",
             # A wall screen: fresh within ~10 s of an outage, without a query storm per tab.
