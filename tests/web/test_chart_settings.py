@@ -71,7 +71,7 @@ async def test_panel_with_and_without_htmx_save_refuse_and_reset(
         await feed(api, js, events[: BASELINE_N + 2])
         record = await wait_progress(api, events[0], BASELINE_N, "armed")
 
-        page = await client.get("/")
+        page = await client.get("/dashboard")
         assert '<div id="chart-settings" hx-get="/charts/settings?' in page.text
         for headers in ({}, PANEL):
             r = await client.get(f"/charts/settings?{Q}&chart_key={record.key}&interval_s=2", headers=headers)

@@ -47,7 +47,7 @@ async def test_collecting_then_armed_with_and_without_htmx(
         await feed(api, js, events[:12])
         await wait_progress(api, events[0], 12, "collecting")
         for headers in ({}, PANEL):
-            r = await client.get("/", headers=headers)
+            r = await client.get("/dashboard", headers=headers)
             assert r.status_code == 200
             assert is_full_page(r.text) == (headers == {})
             assert f"collecting baseline 12/{BASELINE_N}" in r.text
@@ -57,7 +57,7 @@ async def test_collecting_then_armed_with_and_without_htmx(
         await feed(api, js, events[12:])
         record = await wait_progress(api, events[0], BASELINE_N, "armed")
     for headers in ({}, PANEL):
-        r = await client.get("/", headers=headers)
+        r = await client.get("/dashboard", headers=headers)
         assert r.status_code == 200
         assert is_full_page(r.text) == (headers == {})
         assert '<span class="badge armed">armed</span>' in r.text
@@ -79,7 +79,7 @@ async def test_rebaseline_from_the_dashboard(api: Api, js: JetStreamContext, nat
     async with running_engine(nats_url):
         await feed(api, js, events)
         record = await wait_progress(api, events[0], BASELINE_N, "armed")
-        page = (await client.get("/")).text
+        page = (await client.get("/dashboard")).text
         assert "Re-baseline this chart" in page
         assert f'name="chart_key" value="{record.key}"' in page
         assert 'hx-post="/charts/rebaseline"' in page
@@ -105,7 +105,7 @@ async def test_rebaseline_from_the_dashboard(api: Api, js: JetStreamContext, nat
         assert is_full_page(r.text)
         assert "Re-baselined: the chart collects a new baseline" in r.text
         await wait_progress(api, events[0], 0, "collecting")
-        r = await client.get("/", headers=PANEL)
+        r = await client.get("/dashboard", headers=PANEL)
         assert f"collecting baseline 0/{BASELINE_N}" in r.text
 
         bad = {**form, "chart_key": record.key.replace("latency_ms", "nope_ms"), "by": "ann", "reason": "x"}
@@ -158,7 +158,7 @@ async def test_rebaseline_a_whole_model_from_the_dashboard(
             return record is not None and record.seq == len(fed)
 
         await eventually(all_charted)
-        page = (await client.get("/")).text
+        page = (await client.get("/dashboard")).text
         assert "Re-baseline every chart of ollama / llama3.1:8b" in page
         assert 'hx-post="/models/rebaseline"' in page
 
@@ -213,13 +213,13 @@ async def test_target_selector_when_a_model_has_several(
         await feed(api, js, near + far)
         await wait_progress(api, near[0], 6, "collecting")
         await wait_progress(api, far[0], 6, "collecting")
-    r = await client.get("/", headers={**HX, "HX-Target": "panel"})
+    r = await client.get("/dashboard", headers={**HX, "HX-Target": "panel"})
     assert '<select name="target">' in r.text
     assert '<option value="far" selected>' in r.text  # the most recently probed
-    r = await client.get("/?target=near", headers={**HX, "HX-Target": "panel"})
+    r = await client.get("/dashboard?target=near", headers={**HX, "HX-Target": "panel"})
     assert '<option value="near" selected>' in r.text
     assert "target near" in r.text  # the chart's label
-    r = await client.get("/?target=elsewhere")
+    r = await client.get("/dashboard?target=elsewhere")
     assert '<option value="far" selected>' in r.text  # unknown target: the default
 
 

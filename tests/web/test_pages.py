@@ -83,7 +83,7 @@ async def test_static_htmx_is_served_locally(api: Api) -> None:
 async def test_dashboard_page_and_fragments(api: Api) -> None:
     await seed(api)
     client = await login(api)
-    r = await client.get("/")
+    r = await client.get("/dashboard")
     assert r.status_code == 200
     assert is_full_page(r.text)
     assert "<svg" in r.text
@@ -94,35 +94,113 @@ async def test_dashboard_page_and_fragments(api: Api) -> None:
     assert "org/other:1" in r.text  # the model selector
 
     r = await client.get(
-        "/?provider=ollama&model=llama3.1:8b&hours=1", headers={**HX, "HX-Target": "chart-panel"}
+        "/dashboard?provider=ollama&model=llama3.1:8b&hours=1", headers={**HX, "HX-Target": "chart-panel"}
     )
     assert not is_full_page(r.text)
     assert r.text.lstrip().startswith('<div id="chart-panel"')
     assert "<svg" in r.text
     assert r.headers["vary"] == "HX-Request, HX-Target"
 
-    r = await client.get("/?series=ollama|org/other:1", headers={**HX, "HX-Target": "panel"})
+    r = await client.get("/dashboard?series=ollama|org/other:1", headers={**HX, "HX-Target": "panel"})
     assert r.text.lstrip().startswith('<section id="panel"')
     assert "waiting for the SPC engine" in r.text
     assert 'id="rebaseline"' in r.text
     assert "Re-baseline this chart" not in r.text  # nothing to re-baseline before the engine has it
 
-    r = await client.get("/?hours=24", headers={**HX, "HX-Target": "violation-log"})
+    r = await client.get("/dashboard?hours=24", headers={**HX, "HX-Target": "violation-log"})
     assert r.text.lstrip().startswith('<section id="violation-log"')
     assert "v1" in r.text
 
-    r = await client.get("/", headers=HX)  # no known target: the page's content block
+    r = await client.get("/dashboard", headers=HX)  # no known target: the page's content block
     assert not is_full_page(r.text)
     assert 'id="panel"' in r.text
     assert 'id="violation-log"' in r.text
 
 
+async def test_old_dashboard_links_lead_to_the_chart(api: Api) -> None:
+    client = await login(api)
+    for headers in ({}, HX):
+        r = await client.get("/?series=ollama|llama3.1:8b&metric=ttft_ms&hours=6", headers=headers)
+        assert r.status_code == 303
+        assert r.headers["location"] == "/dashboard?series=ollama%7Cllama3.1:8b&metric=ttft_ms&hours=6"
+
+
+async def test_overview_shows_every_model_worst_first(api: Api) -> None:
+    # "other" is down: its last three probes failed, and it has an open critical AVAILABILITY
+    # episode; llama only has a warning (which changes no status).
+    # Within the status window (15 min): T0 is 30 min ago, 2 s per index.
+    events = [telemetry(700 + i) for i in range(40)]
+    events += [telemetry(600 + i, model="org/other:1") for i in range(30)]
+    events += [
+        telemetry(630 + i, model="org/other:1", status="timeout", error="no answer", latency_ms=None)
+        for i in range(3)
+    ]
+    outage = violation(
+        events[-1],
+        id="v-down",
+        prompt_id="",
+        metric="availability",
+        chart="availability",
+        rule="AVAILABILITY",
+    )
+    vs = [outage, violation(events[30], id="v-warn", rule="R5", severity="warning")]
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, events)
+        await store_violations(conn, vs)
+    client = await login(api)
+    for headers in ({}, HX, {**HX, "HX-Target": "overview"}):
+        r = await client.get("/", headers=headers)
+        assert r.status_code == 200
+        assert is_full_page(r.text) is not bool(headers)
+        # The page's content is the polled block: its fragment, whatever the HX-Target.
+        assert r.text.lstrip().startswith('<div id="overview"') is bool(headers)
+        rows = re.findall(r'<tr class="row-(\w+)">.*?<b>([^<]+)</b>', r.text, re.S)
+        assert rows == [("outage", "org/other:1"), ("operational", "llama3.1:8b")]
+        assert r.text.count('<svg class="sparkline"') == 2
+        assert '/violations/v-down"' in r.text  # the open critical episode, linked
+        assert "/violations/v-warn" not in r.text  # warnings are not on the overview
+        assert "1 down" in r.text
+        assert "3 failed probes in a row" in r.text
+        assert 'href="/dashboard?provider=ollama&amp;model=org%2Fother%3A1&amp;prompt_id=simple-1' in r.text
+    r = await client.get("/?hours=168", headers={**HX, "HX-Target": "overview"})
+    assert "Latency over 7 days" in r.text
+    assert r.text.count('<svg class="sparkline"') == 2
+
+
+async def test_dashboard_shows_info_violations_only_when_asked(api: Api) -> None:
+    events = [telemetry(i) for i in range(40)]
+    vs = [
+        violation(events[10], id="v-crit"),
+        violation(events[20], id="v-warn", rule="R5", severity="warning"),
+        violation(events[30], id="v-info", rule="R2", severity="info"),
+    ]
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, events)
+        await store_violations(conn, vs)
+    client = await login(api)
+    for headers in ({}, HX):
+        r = await client.get("/dashboard", headers=headers)
+        assert "/violations/v-crit" in r.text
+        assert "/violations/v-warn" in r.text
+        assert "/violations/v-info" not in r.text  # neither on the chart nor in the list
+        assert 'class="violation info"' not in r.text
+        r = await client.get("/dashboard?severity=info", headers=headers)
+        assert 'class="violation info"' in r.text
+        assert r.text.count("/violations/v-info") == 2  # its mark and its row
+        r = await client.get("/dashboard?severity=critical", headers=headers)
+        assert "/violations/v-warn" not in r.text
+        assert "/violations/v-crit" in r.text
+
+
 async def test_dashboard_without_telemetry(api: Api) -> None:
     client = await login(api)
     for headers in ({}, HX):
-        r = await client.get("/", headers=headers)
+        r = await client.get("/dashboard", headers=headers)
         assert r.status_code == 200
         assert "No telemetry yet" in r.text
+        r = await client.get("/", headers=headers)
+        assert r.status_code == 200
+        assert "No models yet" in r.text
 
 
 async def test_violations_page_and_table_fragment(api: Api) -> None:
@@ -170,6 +248,61 @@ async def test_violation_detail_and_actions(api: Api) -> None:
     r = await client.get("/violations/missing")
     assert r.status_code == 404
     assert (await client.post("/violations/missing/acknowledge", data={}, headers=HX)).status_code == 404
+
+
+async def test_violation_page_names_the_metric_once_and_unknown_gpu_plainly(api: Api) -> None:
+    await seed(api)
+    client = await login(api)
+    for headers in ({}, HX):
+        r = await client.get("/violations/v2", headers=headers)
+        assert r.status_code == 200
+        assert "latency_ms</th>" not in r.text  # one column per metric, the violation's marked
+        assert r.text.count('<th class="this-metric"') == 1
+        assert "– %" not in r.text  # no system metrics in this event: "–", not "– %"
+        assert "<th>GPU</th><td>–</td>" in r.text
+
+
+async def test_availability_violation_lists_the_failed_probes_around_it(api: Api) -> None:
+    # Every prompt of the target: the availability chart has none of its own.
+    events = [telemetry(i, prompt_id=f"p{i % 2}") for i in range(10)]
+    events += [
+        telemetry(
+            i, prompt_id=f"p{i % 2}", status="timeout", error=f"no answer in 30 s #{i}", latency_ms=None
+        )
+        for i in range(10, 14)
+    ]
+    outage = violation(
+        events[12],
+        id="v-out",
+        prompt_id="",
+        metric="availability",
+        chart="availability",
+        chart_key="ollama/llama3.1:8b/local/*/availability",
+        rule="AVAILABILITY",
+        value=3.0,
+        point_values=(),
+        point_ts=(),
+    )
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, events)
+        await store_violations(conn, [outage])
+    client = await login(api)
+    for headers in ({}, HX):
+        r = await client.get("/violations/v-out", headers=headers)
+        assert r.status_code == 200
+        assert "No stored probes around this violation" not in r.text
+        assert "no answer in 30 s #12" in r.text
+        assert r.text.count('class="trigger failed"') == 1
+        assert r.text.count(' failed"') == 4  # all four failed probes, before and after it
+        assert "timeout" in r.text
+
+
+async def test_login_page_has_no_navigation(api: Api) -> None:
+    for headers in ({}, HX):
+        r = await api.anon.get("/login", headers=headers)
+        assert r.status_code == 200
+        assert 'href="/violations"' not in r.text
+        assert 'name="key"' in r.text
 
 
 async def test_violation_names_the_target_host_when_the_target_runs_beside_the_prober(api: Api) -> None:
@@ -274,3 +407,17 @@ async def test_setup_wizard(api: Api, hx: bool) -> None:
     assert values["alert.email.tls"] == ("none", True)
     assert values["alert.webhook.enabled"] == (True, True)
     assert values["alert.pagerduty.enabled"] == (True, True)
+
+
+async def test_api_docs_load_nothing_from_another_host(api: Api) -> None:
+    r = await api.anon.get("/docs")
+    assert r.status_code == 200
+    assets = re.findall(r'(?:src|href)=["\']([^"\']+)["\']', r.text) + re.findall(r"url:\s*'([^']+)'", r.text)
+    assert assets, r.text
+    assert all(a.startswith("/") and not a.startswith("//") for a in assets), assets
+    assert "://" not in r.text
+    for asset in assets:
+        reply = await api.anon.get(asset)
+        assert reply.status_code == 200, asset
+    js = await api.anon.get("/static/swagger-ui/swagger-ui-bundle.js")
+    assert "SwaggerUIBundle" in js.text

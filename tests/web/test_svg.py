@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 
-from llmscope.web.data import ChartData, ChartPhase, ChartPoint, ChartQuery, Limits, ViolationMark
-from llmscope.web.svg import render_chart
+from llmscope.web.data import ChartData, ChartPhase, ChartPoint, ChartQuery, Limits, Sparkline, ViolationMark
+from llmscope.web.svg import LABEL_GAP, PAD_L, PAD_R, WIDTH, render_chart, render_sparkline
 
 END = datetime(2026, 1, 1, 12, tzinfo=UTC)
 
@@ -76,3 +79,54 @@ def test_empty_chart() -> None:
     data = chart(None)
     empty = ChartData(**{**{f: getattr(data, f) for f in data.__dataclass_fields__}, "points": []})
     assert "no successful probes" in str(render_chart(empty))
+
+
+def _xs(svg: str, cls: str) -> list[float]:
+    return [float(x) for x in re.findall(rf'<circle cx="([\d.]+)" cy="[\d.]+" r="[\d.]+" class="{cls}"', svg)]
+
+
+def test_a_fresh_chart_spans_the_plot_from_its_first_point() -> None:
+    # 50 probes over the last 100 s of a 24 h window: before, they filled the right 0.1 %.
+    data = replace(chart(LIMITS), start=END - timedelta(hours=24))
+    xs = _xs(str(render_chart(data)), "point")
+    assert len(xs) == 50
+    assert min(xs) == PAD_L
+    assert max(xs) == WIDTH - PAD_R
+    assert ">11:58:22</text>" in str(render_chart(data))  # the axis starts at the first probe
+
+
+def test_y_axis_names_the_metric_and_its_unit() -> None:
+    assert ">latency (ms), log-scale limits</text>" in str(render_chart(chart(LIMITS)))
+    tps = replace(chart(None), query=ChartQuery("ollama", "llama3.1:8b", "p1", "tokens_per_s"))
+    assert ">tokens/s</text>" in str(render_chart(tps))
+
+
+def test_line_labels_never_overprint_in_a_large_excursion() -> None:
+    # A 50x spike squeezes the zones into a few pixels: the limits keep their labels.
+    data = chart(LIMITS)
+    spike = [*data.points, ChartPoint(ts=END - timedelta(seconds=1), value=5000.0)]
+    svg = str(render_chart(replace(data, points=spike)))
+    ys = sorted(float(y) for y in re.findall(r'<text x="[\d.]+" y="([\d.]+)" class="\w+-label"', svg))
+    assert ys
+    assert all(b - a >= LABEL_GAP for a, b in pairwise(ys))
+    assert "UCL 110" in svg
+    assert svg.count('class="zone"') == 4  # every line is still drawn
+    # With room, every line has its label.
+    roomy = str(render_chart(chart(LIMITS)))
+    assert roomy.count('class="zone-label"') == 4
+
+
+def test_sparkline_marks_points_beyond_the_limits() -> None:
+    points = [
+        ChartPoint(ts=END - timedelta(minutes=60 - i), value=100.0 + (50 if i == 40 else 0))
+        for i in range(60)
+    ]
+    line = Sparkline("ollama", "llama3.1:8b", "p1", "local", "latency_ms", 60, points, LIMITS)
+    svg = str(render_sparkline(line, END - timedelta(hours=1), END))
+    assert svg.startswith('<svg class="sparkline"')
+    assert svg.count('class="limit"') == 2
+    assert svg.count('class="center"') == 1
+    assert svg.count('class="point out"') == 1  # the 150 ms bucket, above the UCL of 110
+    assert svg.count('class="point"') == 1  # and the latest bucket
+    empty = str(render_sparkline(replace(line, points=[], limits=None), END - timedelta(hours=1), END))
+    assert "no probes" in empty

@@ -11,10 +11,13 @@ dashboard's session cookie); ``/healthz``, ``/readyz`` and ``/metrics`` are open
 from __future__ import annotations
 
 import time
+from importlib.util import find_spec
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmscope.api.charts import EngineUnavailable
@@ -40,6 +43,17 @@ from llmscope.web.data import SettingError
 from llmscope.web.routes import WebOptions, install
 
 VERSION = "0.1.0"
+# Swagger UI's files come from the swagger-ui-py wheel (its ``static`` folder), served by us: a
+# self-hosted monitor's /docs must work without internet access. Found by path, not imported:
+# the package's Python half (framework handlers) is of no use here.
+SWAGGER_UI_URL = "/static/swagger-ui"
+
+
+def swagger_ui_dir() -> str:
+    spec = find_spec("swagger_ui")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("swagger-ui-py is not installed (a dependency of llmscope-api)")
+    return f"{next(iter(spec.submodule_search_locations))}/static"
 
 
 class MetricsMiddleware:
@@ -80,7 +94,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         description="Statistical Process Control for LLM endpoints. "
         "Authenticate with `Authorization: Bearer <LLMSCOPE_API_KEY>`.",
         lifespan=rt.lifespan,
-        docs_url="/docs",
+        docs_url=None,
         redoc_url=None,
     )
     app.state.runtime = rt
@@ -127,6 +141,19 @@ def create_app(settings: ApiSettings) -> FastAPI:
     @app.get("/favicon.ico", include_in_schema=False)
     async def favicon() -> RedirectResponse:
         return RedirectResponse("/static/favicon.svg")
+
+    # Before the dashboard's own /static mount, which would otherwise answer these paths.
+    app.mount(SWAGGER_UI_URL, StaticFiles(directory=swagger_ui_dir()), name="swagger-ui")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} · docs",
+            swagger_js_url=f"{SWAGGER_UI_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{SWAGGER_UI_URL}/swagger-ui.css",
+            swagger_favicon_url="/static/favicon.svg",
+        )
 
     install(
         app,

@@ -31,9 +31,12 @@ from llmscope.web.data import (
     Limits,
     ModelInfo,
     ModelRebaselineResult,
+    OpenEpisode,
+    Overview,
     RebaselineResult,
     Series,
     SettingInfo,
+    Sparkline,
     Violation,
     ViolationDetail,
     ViolationFilter,
@@ -44,6 +47,8 @@ from llmscope.web.data import (
 RAW_MAX_HOURS = 2.0
 MAX_BUCKETS = 360
 RAW_POINT_CAP = 20_000
+# A sparkline is a glance: about this many buckets over any window.
+OVERVIEW_BUCKETS = 60
 # Probe spacing for "one false alarm per ..." is the median gap over this many recent probes.
 SPACING_POINTS = 200
 
@@ -220,6 +225,8 @@ def _where(flt: ViolationFilter) -> tuple[str, list[Any]]:
         add("rule = {}", flt.rule)
     if flt.severity:
         add("severity = {}", flt.severity)
+    if flt.severities:
+        add("severity = ANY({})", list(flt.severities))
     if flt.acknowledged is True:
         clauses.append("acknowledged_at IS NOT NULL")
     elif flt.acknowledged is False:
@@ -345,15 +352,20 @@ class Store:
                 start,
                 *targs,
             )
+            # The latest marks (a noisy chart has more than fit), of the severities asked for.
+            sev = f"AND severity = ANY(${6 + len(targs)})" if query.severities else ""
             marks = await conn.fetch(
-                f"""SELECT id, ts, value, rule, severity, cleared_at FROM violations
-                    WHERE provider = $1 AND model = $2 AND prompt_id = $3 AND metric = $4 AND ts >= $5
-                      {tcond.format(6)}
-                    ORDER BY ts LIMIT 1000""",
+                f"""SELECT * FROM (
+                        SELECT id, ts, value, rule, severity, cleared_at FROM violations
+                        WHERE provider = $1 AND model = $2 AND prompt_id = $3 AND metric = $4
+                          AND ts >= $5 {tcond.format(6)} {sev}
+                        ORDER BY ts DESC LIMIT 1000) AS latest
+                    ORDER BY ts""",
                 *key,
                 query.metric,
                 start,
                 *targs,
+                *([list(query.severities)] if query.severities else []),
             )
             record = (
                 await self.charts.get(chart_key(*key[:2], target, key[2], query.metric)) if target else None
@@ -440,17 +452,24 @@ class Store:
             if trigger_id is not None:
                 found = await conn.fetchval("SELECT ts FROM telemetry WHERE id = $1", trigger_id)
                 anchor = found or (v.point_ts[-1] if v.point_ts else v.ts)
+            if v.metric == AVAILABILITY:
+                # An availability chart spans the target's prompts (its violations have none):
+                # the probes around it are the target's, failed ones with their error.
+                where = "provider = $1 AND model = $2 AND ($3 = '' OR target = $3)"
+                scope = v.target
+            else:
+                where = "provider = $1 AND model = $2 AND prompt_id = $3"
+                scope = v.prompt_id
+            cols = "id, ts, status, error, prompt_id, latency_ms, ttft_ms, tokens_per_s"
             rows = await conn.fetch(
-                """(SELECT id, ts, status, latency_ms, ttft_ms, tokens_per_s FROM telemetry
-                    WHERE provider = $1 AND model = $2 AND prompt_id = $3 AND ts <= $4
+                f"""(SELECT {cols} FROM telemetry WHERE {where} AND ts <= $4
                     ORDER BY ts DESC LIMIT 11)
                    UNION ALL
-                   (SELECT id, ts, status, latency_ms, ttft_ms, tokens_per_s FROM telemetry
-                    WHERE provider = $1 AND model = $2 AND prompt_id = $3 AND ts > $4
+                   (SELECT {cols} FROM telemetry WHERE {where} AND ts > $4
                     ORDER BY ts LIMIT 10)""",
                 v.provider,
                 v.model,
-                v.prompt_id,
+                scope,
                 anchor,
             )
         pattern = set(v.point_ids)
@@ -466,6 +485,8 @@ class Store:
                 tokens_per_s=r["tokens_per_s"],
                 in_pattern=r["id"] in pattern,
                 trigger=r["id"] == trigger_id,
+                error=r["error"],
+                prompt_id=r["prompt_id"],
             )
             for r in sorted(rows, key=lambda r: (r["ts"], r["id"]))
         ]
@@ -499,6 +520,103 @@ class Store:
             note,
         )
         return None if row is None else violation_from_row(row)
+
+    # ---- overview --------------------------------------------------------------------------
+    async def overview(self, hours: float, now: datetime | None = None) -> Overview:
+        """Each model's latency sparkline from the rollups (one query for all models), the
+        engine's limits of those charts (one KV read each, concurrently) and open criticals.
+
+        A model's sparkline is the chart the dashboard opens for it: its first prompt, on the
+        target probed last.
+        """
+        end = now or datetime.now(UTC)
+        start = end - timedelta(hours=hours)
+        bucket_s = max(60, math.ceil(hours * 3600 / OVERVIEW_BUCKETS / 60) * 60)
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                """SELECT provider, model, prompt_id, target,
+                          to_timestamp(floor(extract(epoch FROM minute) / $2) * $2) AS bucket,
+                          sum(latency_n) AS n, sum(latency_logsum) AS ls,
+                          min(latency_min) AS lo, max(latency_max) AS hi
+                   FROM telemetry_minute WHERE minute >= $1
+                   GROUP BY 1, 2, 3, 4, 5 HAVING sum(latency_n) > 0 ORDER BY 5""",
+                start - timedelta(seconds=bucket_s),
+                bucket_s,
+            )
+            episodes = await conn.fetch(
+                """SELECT id, ts, provider, model, target, prompt_id, metric, rule, severity,
+                          event->>'detail' AS detail
+                   FROM violations
+                   WHERE cleared_at IS NULL AND resolved_at IS NULL AND severity = 'critical'
+                   ORDER BY ts DESC LIMIT 500"""
+            )
+            critical_24h = await conn.fetchval(
+                "SELECT count(*) FROM violations WHERE severity = 'critical' AND ts >= $1",
+                end - timedelta(hours=24),
+            )
+        subgroups: dict[tuple[str, str, str, str], list[ChartPoint]] = {}
+        for r in rows:
+            mid = r["bucket"] + timedelta(seconds=bucket_s / 2)
+            if mid < start:
+                continue
+            point = ChartPoint(
+                ts=mid, value=math.exp(r["ls"] / r["n"]), n=int(r["n"]), lo=r["lo"], hi=r["hi"]
+            )
+            subgroups.setdefault((r["provider"], r["model"], r["prompt_id"], r["target"]), []).append(point)
+        first_prompt: dict[tuple[str, str], str] = {}
+        for provider, model, prompt_id, _target in sorted(subgroups):
+            first_prompt.setdefault((provider, model), prompt_id)
+        picks: list[tuple[str, str, str, str]] = []
+        for (provider, model), prompt_id in sorted(first_prompt.items()):
+            targets = [t for (p, m, pr, t) in subgroups if (p, m, pr) == (provider, model, prompt_id)]
+            # Rollups written before targets were kept apart have none: a named target wins,
+            # the one probed last.
+            named = [t for t in targets if t] or targets
+            target = max(named, key=lambda t: (subgroups[(provider, model, prompt_id, t)][-1].ts, t))
+            picks.append((provider, model, prompt_id, target))
+        keys = [
+            chart_key(p, m, target, prompt, "latency_ms") if target else "" for p, m, prompt, target in picks
+        ]
+        wanted = [k for k in keys if k]
+        by_key = dict(zip(wanted, await self.charts.get_many(wanted), strict=True))
+        sparklines = []
+        for key, (provider, model, prompt_id, target) in zip(keys, picks, strict=True):
+            record = by_key.get(key)
+            view = record.view if record is not None else None
+            sparklines.append(
+                Sparkline(
+                    provider=provider,
+                    model=model,
+                    prompt_id=prompt_id,
+                    target=target,
+                    metric="latency_ms",
+                    bucket_s=bucket_s,
+                    points=subgroups[(provider, model, prompt_id, target)],
+                    limits=limits_from_view(view) if view is not None else None,
+                )
+            )
+        return Overview(
+            hours=hours,
+            start=start,
+            end=end,
+            sparklines=sparklines,
+            critical=[
+                OpenEpisode(
+                    id=e["id"],
+                    ts=e["ts"],
+                    provider=e["provider"],
+                    model=e["model"],
+                    target=e["target"],
+                    prompt_id=e["prompt_id"],
+                    metric=e["metric"],
+                    rule=e["rule"],
+                    severity=e["severity"],
+                    detail=e["detail"] or "",
+                )
+                for e in episodes
+            ],
+            critical_24h=int(critical_24h or 0),
+        )
 
     # ---- models and system -----------------------------------------------------------------
     async def models(self) -> list[ModelInfo]:

@@ -18,7 +18,22 @@ if TYPE_CHECKING:
 
 Metric = Literal["latency_ms", "ttft_ms", "tokens_per_s"]
 METRICS: tuple[Metric, ...] = ("latency_ms", "ttft_ms", "tokens_per_s")
+# What a reader sees for each metric: its name and unit, once (axis labels, table headers).
+METRIC_LABELS: dict[str, str] = {
+    "latency_ms": "latency (ms)",
+    "ttft_ms": "TTFT (ms)",
+    "tokens_per_s": "tokens/s",
+    "availability": "failed probes",
+}
 WINDOWS_H: tuple[int, ...] = (1, 6, 24)
+OVERVIEW_WINDOWS_H: tuple[int, ...] = (1, 6, 24, 168)
+Severity = Literal["critical", "warning", "info"]
+# A severity filter shows that level and the ones above it ("info": everything).
+SEVERITY_AT_LEAST: dict[str, tuple[str, ...]] = {
+    "critical": ("critical",),
+    "warning": ("critical", "warning"),
+    "info": ("critical", "warning", "info"),
+}
 HEALTH_MAX_HOURS = 7 * 24
 ViolationStateFilter = Literal["open", "cleared"]
 ChartPhase = Literal["collecting", "armed", "unknown"]
@@ -37,6 +52,8 @@ class ChartQuery:
     metric: Metric = "latency_ms"
     hours: float = 1.0
     target: str = ""
+    severities: tuple[str, ...] = ()
+    """The violations marked on the chart by severity (empty: all of them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +215,9 @@ class ContextPoint:
     tokens_per_s: float | None
     in_pattern: bool
     trigger: bool
+    error: str | None = None
+    """Why a failed probe failed (the prober's error text)."""
+    prompt_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +232,8 @@ class ViolationFilter:
     model: str | None = None
     rule: str | None = None
     severity: str | None = None
+    severities: tuple[str, ...] = ()
+    """Any of these severities (empty: no restriction)."""
     acknowledged: bool | None = None
     state: ViolationStateFilter | None = None
     since: datetime | None = None
@@ -302,6 +324,53 @@ class HealthOverview:
     """Enabled models with no probe in the window: a prober that stopped is news too."""
 
 
+@dataclass(frozen=True, slots=True)
+class Sparkline:
+    """One chart of a model over the overview's window, in buckets of the per-minute rollups.
+
+    Each point is a bucket's geometric mean (close to its median for latencies), with the
+    engine's limits of that chart (None while it collects its baseline).
+    """
+
+    provider: str
+    model: str
+    prompt_id: str
+    target: str
+    metric: Metric
+    bucket_s: int
+    points: list[ChartPoint]
+    limits: Limits | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OpenEpisode:
+    """An open (neither cleared nor resolved) violation episode."""
+
+    id: str
+    ts: datetime
+    provider: str
+    model: str
+    target: str
+    prompt_id: str
+    metric: str
+    rule: str
+    severity: str
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    """Every model at a glance over ``[start, end]``: a latency sparkline each, open criticals."""
+
+    hours: float
+    start: datetime
+    end: datetime
+    sparklines: list[Sparkline]
+    critical: list[OpenEpisode]
+    critical_24h: int = 0
+    """Critical episodes opened in the last 24 h (each one a page, unless silenced)."""
+
+
 SettingKind = Literal["bool", "int", "float", "text", "list", "choice"]
 
 
@@ -387,6 +456,8 @@ class DashboardData(Protocol):
     async def resolve(self, violation_id: str, by: str, note: str | None) -> Violation | None: ...
 
     async def models(self) -> list[ModelInfo]: ...
+
+    async def overview(self, hours: float) -> Overview: ...
 
     async def model_health(self, hours: float) -> HealthOverview: ...
 

@@ -15,7 +15,8 @@ from fastapi.responses import HTMLResponse
 from jinja2 import Environment, PackageLoader, select_autoescape
 from jinja2_fragments import render_block
 
-from llmscope.web.svg import render_chart
+from llmscope.web.data import METRIC_LABELS
+from llmscope.web.svg import render_chart, render_sparkline
 
 
 def _ago(ts: datetime | None, now: datetime | None = None) -> str:
@@ -52,6 +53,11 @@ def _duration(seconds: float | None) -> str:
     raise AssertionError("unreachable")
 
 
+def _pct(value: float | None, digits: int = 1) -> str:
+    """``12.5`` -> "12.5 %"; unknown is a bare "–" (never "– %")."""
+    return "–" if value is None else f"{value:,.{digits}f} %"
+
+
 def _ts(value: datetime | None) -> str:
     return "–" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
@@ -66,8 +72,11 @@ def build_environment() -> Environment:
     env.filters["ago"] = _ago
     env.filters["num"] = _num
     env.filters["ts"] = _ts
+    env.filters["pct"] = _pct
+    env.globals["metric_labels"] = METRIC_LABELS
     env.filters["duration"] = _duration
     env.globals["render_chart"] = render_chart
+    env.globals["render_sparkline"] = render_sparkline
     return env
 
 

@@ -16,12 +16,14 @@ from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Query, Req
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from llmscope.web.alerting import AlertingData
+from llmscope.web.alerting import AlertingData, Incident, IncidentFilter
 from llmscope.web.alerting_routes import add_alerting_routes
 from llmscope.web.chart_settings import ChartSettingsData, add_chart_settings_routes
 from llmscope.web.data import (
     HEALTH_MAX_HOURS,
     METRICS,
+    OVERVIEW_WINDOWS_H,
+    SEVERITY_AT_LEAST,
     WINDOWS_H,
     Authenticator,
     ChartQuery,
@@ -32,12 +34,16 @@ from llmscope.web.data import (
     Series,
     SettingError,
     SettingInfo,
+    Severity,
     ViolationFilter,
 )
+from llmscope.web.overview import overview_rows, summary
 from llmscope.web.pages import Pages, is_htmx
 from llmscope.web.status_routes import StatusData, add_status_routes
 
 SESSION_COOKIE = "llmscope_session"
+# Query parameters of a chart: a link to "/" with any of them is an old link to the dashboard.
+CHART_PARAMS = frozenset({"series", "provider", "model", "prompt_id", "target", "metric"})
 SETUP_KEYS = (
     "alert.email.recipients",
     "alert.email.smtp_host",
@@ -114,8 +120,8 @@ def create_router(
     status: StatusData | None = None,
 ) -> APIRouter:
     """All dashboard routes, bound to the injected data access and authenticator (and, with
-    ``alerting``, the incidents, silences and notifications pages; with ``status``, the status
-    page and badges)."""
+    ``alerting``, the incidents, silences and notifications pages and the overview's incident
+    links; with ``status``, the status page, badges and the overview's statuses)."""
     opts = options or WebOptions()
     pages = pages or Pages()
     router = APIRouter(include_in_schema=False)
@@ -185,6 +191,7 @@ def create_router(
         target: str | None,
         metric: Metric,
         hours: float,
+        severity: Severity = "warning",
         rebaseline: RebaselineResult | None = None,
         model_rebaseline: ModelRebaselineResult | None = None,
         status_code: int = 200,
@@ -199,12 +206,15 @@ def create_router(
         if prompt_id not in prompts and prompts:
             prompt_id = prompts[0]
         chart = None
+        # Info-level tests fire by the hundred on a busy chart: shown only when asked for.
+        shown = SEVERITY_AT_LEAST[severity]
         if provider and model and prompt_id:
-            chart = await data.chart(ChartQuery(provider, model, prompt_id, metric, hours, target or ""))
+            chart_query = ChartQuery(provider, model, prompt_id, metric, hours, target or "", shown)
+            chart = await data.chart(chart_query)
             if target and chart.query.target not in chart.targets:
                 target = ""  # a target of another model: this one's default
-                chart = await data.chart(ChartQuery(provider, model, prompt_id, metric, hours))
-        log = await data.violations(ViolationFilter(limit=15))
+                chart = await data.chart(ChartQuery(provider, model, prompt_id, metric, hours, "", shown))
+        log = await data.violations(ViolationFilter(severities=shown, limit=15))
         query = {
             "provider": provider or "",
             "model": model or "",
@@ -212,12 +222,14 @@ def create_router(
             "target": (chart.query.target if chart else target) or "",
             "metric": metric,
             "hours": f"{hours:g}",
+            "severity": severity,
         }
         context: dict[str, Any] = {
             "models": models,
             "prompts": prompts,
             "metrics": METRICS,
             "windows": WINDOWS_H,
+            "severities": tuple(SEVERITY_AT_LEAST),
             "q": query,
             "qs": urlencode(query),
             "chart": chart,
@@ -234,7 +246,44 @@ def create_router(
             status_code=status_code,
         )
 
-    @router.get("/", response_class=HTMLResponse, dependencies=[Session])
+    # ---- overview (the landing page) -----------------------------------------------------
+    async def _active_incidents() -> list[Incident]:
+        if alerting is None:
+            return []
+        found: list[Incident] = []
+        for state in ("open", "acknowledged"):
+            found += (await alerting.incidents(IncidentFilter(state=state, limit=200))).items
+        return found
+
+    @router.get("/", response_class=HTMLResponse, response_model=None, dependencies=[Session])
+    async def overview(
+        request: Request, hours: Annotated[float, Query(gt=0, le=HEALTH_MAX_HOURS)] = 1
+    ) -> Response:
+        if CHART_PARAMS & set(request.query_params):
+            # A link from before the overview was the landing page: the chart it meant.
+            return RedirectResponse(f"/dashboard?{request.url.query}", status_code=303)
+        report = await status.status() if status is not None else None
+        view = await data.overview(hours)
+        incidents = await _active_incidents()
+        rows = overview_rows(report, view, incidents)
+        # One x range for every row (they compare at a glance), from the first point shown: a
+        # fresh install would otherwise squeeze each sparkline into its right edge.
+        firsts = [line.points[0].ts for line in view.sparklines if line.points]
+        x_start = max(view.start, min(firsts, default=view.start))
+        context: dict[str, Any] = {
+            "rows": rows,
+            "summary": summary(rows, view, incidents),
+            "view": view,
+            "x_start": x_start,
+            "windows": OVERVIEW_WINDOWS_H,
+            "hours": f"{hours:g}",
+            # A wall screen: fresh within ~10 s of an outage, without a query storm per tab.
+            "refresh_s": max(opts.refresh_s * 2.5, 5.0),
+        }
+        return pages.render(request, "overview.html", context, fragments=("overview",))
+
+    # ---- dashboard -----------------------------------------------------------------------
+    @router.get("/dashboard", response_class=HTMLResponse, dependencies=[Session])
     async def dashboard(
         request: Request,
         series: str | None = None,
@@ -244,6 +293,7 @@ def create_router(
         target: str | None = None,
         metric: Metric = "latency_ms",
         hours: Annotated[float, Query(gt=0, le=24 * 31)] = 1,
+        severity: Severity = "warning",
     ) -> HTMLResponse:
         return await _dashboard(
             request,
@@ -254,6 +304,7 @@ def create_router(
             target=target,
             metric=metric,
             hours=hours,
+            severity=severity,
         )
 
     async def _rebaseline(
@@ -284,6 +335,7 @@ def create_router(
         target: Annotated[str, Form()] = "",
         metric: Annotated[Metric, Form()] = "latency_ms",
         hours: Annotated[float, Form(gt=0, le=24 * 31)] = 1,
+        severity: Annotated[Severity, Form()] = "warning",
     ) -> HTMLResponse:
         """Ask the SPC engine to re-baseline the chart; answers the dashboard with the outcome."""
         result, status = await _rebaseline(request, chart_key, by, reason)
@@ -296,6 +348,7 @@ def create_router(
             target=target,
             metric=metric,
             hours=hours,
+            severity=severity,
             rebaseline=result,
             status_code=status,
         )
@@ -312,6 +365,7 @@ def create_router(
         target: Annotated[str, Form()] = "",
         metric: Annotated[Metric, Form()] = "latency_ms",
         hours: Annotated[float, Form(gt=0, le=24 * 31)] = 1,
+        severity: Annotated[Severity, Form()] = "warning",
     ) -> HTMLResponse:
         """Ask the SPC engine to re-baseline every chart of the model (``only_target``: one
         target's); answers the dashboard with the charts re-baselined."""
@@ -343,6 +397,7 @@ def create_router(
             target=target,
             metric=metric,
             hours=hours,
+            severity=severity,
             model_rebaseline=result,
             status_code=status,
         )

@@ -13,11 +13,14 @@ from html import escape
 
 from markupsafe import Markup
 
-from llmscope.web.data import ChartData
+from llmscope.web.data import METRIC_LABELS, ChartData, Sparkline
 
 WIDTH = 960
 HEIGHT = 320
-PAD_L, PAD_R, PAD_T, PAD_B = 64, 96, 16, 28
+PAD_L, PAD_R, PAD_T, PAD_B = 72, 96, 16, 28
+# Right-hand line labels closer than this (px) would overprint each other.
+LABEL_GAP = 12.0
+MIN_SPAN_S = 60.0
 
 
 def _fmt(v: float) -> str:
@@ -50,6 +53,11 @@ def render_chart(data: ChartData, *, width: int = WIDTH, height: int = HEIGHT) -
     plot_h = height - PAD_T - PAD_B
     t0 = data.start.timestamp()
     t1 = max(data.end.timestamp(), t0 + 1)
+    # A window that starts before the first probe (a fresh install, a new model) would squeeze
+    # the data into its right edge: the x axis starts at the first point shown instead.
+    shown = [p.ts.timestamp() for p in data.points] + [v.ts.timestamp() for v in data.violations]
+    first = min((t for t in shown if t0 <= t <= t1), default=t0)
+    t0 = max(t0, min(first, t1 - MIN_SPAN_S))
 
     values: list[float] = []
     for p in data.points:
@@ -94,33 +102,49 @@ def render_chart(data: ChartData, *, width: int = WIDTH, height: int = HEIGHT) -
             f'<line x1="{PAD_L}" x2="{PAD_L + plot_w}" y1="{ty:.1f}" y2="{ty:.1f}" class="grid"/>'
             f'<text x="{PAD_L - 6}" y="{ty + 4:.1f}" class="tick" text-anchor="end">{_fmt(tick)}</text>'
         )
+    time_format = "%m-%d %H:%M" if t1 - t0 > 86400 else "%H:%M:%S" if t1 - t0 < 300 else "%H:%M"
     for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
         ts = datetime.fromtimestamp(t0 + frac * (t1 - t0), tz=data.start.tzinfo)
         tx = PAD_L + frac * plot_w
+        anchor = "start" if frac == 0 else "end" if frac == 1 else "middle"
         out.append(
-            f'<text x="{tx:.1f}" y="{height - 8}" class="tick" text-anchor="middle">'
-            f"{ts.strftime('%H:%M')}</text>"
+            f'<text x="{tx:.1f}" y="{height - 8}" class="tick" text-anchor="{anchor}">'
+            f"{ts.strftime(time_format)}</text>"
         )
+    unit = METRIC_LABELS.get(q.metric, q.metric)
+    if lim is not None and lim.transform == "log":
+        unit += ", log-scale limits"
+    mid_y = PAD_T + plot_h / 2
+    out.append(
+        f'<text x="14" y="{mid_y:.1f}" class="axis-label" text-anchor="middle" '
+        f'transform="rotate(-90 14 {mid_y:.1f})">{escape(unit)}</text>'
+    )
 
     if lim is not None:
+        # Most important first: where a large excursion squeezes the zones together, the
+        # limits and the center keep their labels and the sigma lines lose theirs.
         lines = [
-            (lim.zone_b_upper, "zone", "+1σ"),
-            (lim.zone_b_lower, "zone", "−1σ"),
-            (lim.zone_a_upper, "zone", "+2σ"),
-            (lim.zone_a_lower, "zone", "−2σ"),
             (lim.ucl, "limit", "UCL"),
             (lim.lcl, "limit", "LCL"),
             (lim.center, "center", "CL"),
+            (lim.zone_a_upper, "zone", "+2σ"),
+            (lim.zone_a_lower, "zone", "−2σ"),
+            (lim.zone_b_upper, "zone", "+1σ"),
+            (lim.zone_b_lower, "zone", "−1σ"),
         ]
+        labelled: list[float] = []
         for value, cls, name in lines:
             if not (lo <= value <= hi):
                 continue
             ly = y(value)
-            out.append(
-                f'<line x1="{PAD_L}" x2="{PAD_L + plot_w}" y1="{ly:.1f}" y2="{ly:.1f}" class="{cls}"/>'
-                f'<text x="{PAD_L + plot_w + 4}" y="{ly + 4:.1f}" class="{cls}-label">'
-                f"{name} {_fmt(value)}</text>"
-            )
+            x2 = PAD_L + plot_w
+            out.append(f'<line x1="{PAD_L}" x2="{x2}" y1="{ly:.1f}" y2="{ly:.1f}" class="{cls}"/>')
+            if all(abs(ly - other) >= LABEL_GAP for other in labelled):
+                labelled.append(ly)
+                out.append(
+                    f'<text x="{PAD_L + plot_w + 4}" y="{ly + 4:.1f}" class="{cls}-label">'
+                    f"{name} {_fmt(value)}</text>"
+                )
 
     pts = [p for p in data.points if t0 <= p.ts.timestamp() <= t1]
     if data.bucket_s and pts:
@@ -161,6 +185,60 @@ def render_chart(data: ChartData, *, width: int = WIDTH, height: int = HEIGHT) -
         out.append(
             f'<text x="{PAD_L + plot_w / 2:.1f}" y="{PAD_T + plot_h / 2:.1f}" class="empty-note" '
             'text-anchor="middle">no successful probes in this window</text>'
+        )
+    out.append("</svg>")
+    return Markup("".join(out))
+
+
+def render_sparkline(
+    line: Sparkline, start: datetime, end: datetime, *, width: int = 240, height: int = 44
+) -> Markup:
+    """A model's latency over the window against its control limits, small enough for a row.
+
+    The x axis is the whole window for every row (rows compare at a glance); the y axis spans the
+    points and the limits, so a point above the UCL sits above the red line.
+    """
+    t0, t1 = start.timestamp(), max(end.timestamp(), start.timestamp() + 1)
+    pad = 3.0
+    values = [p.value for p in line.points]
+    lim = line.limits
+    if lim is not None:
+        values += [lim.ucl, lim.lcl, lim.center]
+    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+    if hi - lo < 1e-9:
+        lo, hi = lo - 1, hi + 1
+
+    def x(ts: datetime) -> float:
+        return pad + (ts.timestamp() - t0) / (t1 - t0) * (width - 2 * pad)
+
+    def y(v: float) -> float:
+        return pad + (hi - v) / (hi - lo) * (height - 2 * pad)
+
+    label = f"{line.model} {METRIC_LABELS.get(line.metric, line.metric)}"
+    out = [
+        f'<svg class="sparkline" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+        f'role="img" aria-label="{escape(label)}" xmlns="http://www.w3.org/2000/svg">'
+    ]
+    if lim is not None:
+        for value, cls in ((lim.ucl, "limit"), (lim.lcl, "limit"), (lim.center, "center")):
+            out.append(f'<line x1="0" x2="{width}" y1="{y(value):.1f}" y2="{y(value):.1f}" class="{cls}"/>')
+    pts = [p for p in line.points if t0 <= p.ts.timestamp() <= t1]
+    if pts:
+        coords = " ".join(f"{x(p.ts):.1f},{y(p.value):.1f}" for p in pts)
+        out.append(f'<polyline points="{coords}" class="series"/>')
+        last = pts[-1]
+        for p in pts:
+            out_of_limits = lim is not None and not (lim.lcl <= p.value <= lim.ucl)
+            if out_of_limits or p is last:
+                cls = "point out" if out_of_limits else "point"
+                out.append(
+                    f'<circle cx="{x(p.ts):.1f}" cy="{y(p.value):.1f}" r="2" class="{cls}">'
+                    f"<title>{p.ts.strftime('%H:%M')} {_fmt(p.value)}</title></circle>"
+                )
+    else:
+        out.append(
+            f'<text x="{width / 2:.0f}" y="{height / 2 + 4:.0f}" class="empty-note" '
+            'text-anchor="middle">no probes</text>'
         )
     out.append("</svg>")
     return Markup("".join(out))

@@ -1,0 +1,84 @@
+"""The overview, the landing page: every model in one row, worst first, and a summary on top.
+
+A row joins what three sources know of a model: its status (the status page's verdict, see
+:mod:`llmscope.web.status`), its latency sparkline and open critical episodes (the store's
+:class:`~llmscope.web.data.Overview`), and its active incident (the alerter's incidents, stored
+in Postgres). Pure: the route gathers the inputs.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from llmscope.web.alerting import Incident
+from llmscope.web.data import OpenEpisode, Overview, Sparkline
+from llmscope.web.status import STATUSES, ModelStatus, Status, StatusReport
+
+# Worst first, for people deciding what to look at: a model nobody probes any more (unknown)
+# is news, planned maintenance is not.
+ROW_RANK: dict[Status, int] = {"outage": 0, "degraded": 1, "unknown": 2, "maintenance": 3, "operational": 4}
+
+
+@dataclass(frozen=True, slots=True)
+class OverviewRow:
+    """One model: its status, latency sparkline, open critical episodes and active incident."""
+
+    provider: str
+    model: str
+    status: ModelStatus
+    sparkline: Sparkline | None = None
+    critical: list[OpenEpisode] = field(default_factory=list)
+    incident: Incident | None = None
+
+    @property
+    def latest(self) -> float | None:
+        """The sparkline's last bucket, in the metric's units."""
+        return self.sparkline.points[-1].value if self.sparkline and self.sparkline.points else None
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """The card on top: how many models in each status, open incidents, pages in 24 h."""
+
+    models: int
+    by_status: dict[Status, int]
+    open_incidents: int
+    critical_open: int
+    critical_24h: int
+
+
+def overview_rows(
+    report: StatusReport | None, overview: Overview, incidents: Sequence[Incident] = ()
+) -> list[OverviewRow]:
+    """A row per model (enabled in the status report, or with a sparkline), worst first."""
+    statuses = {(m.provider, m.model): m for m in report.models} if report else {}
+    lines = {(s.provider, s.model): s for s in overview.sparklines}
+    episodes: dict[tuple[str, str], list[OpenEpisode]] = {}
+    for e in overview.critical:
+        episodes.setdefault((e.provider, e.model), []).append(e)
+    active = [i for i in incidents if i.state != "resolved"]
+    rows = []
+    for key in statuses.keys() | lines.keys():
+        provider, model = key
+        status = statuses.get(key) or ModelStatus(provider, model, "unknown", reasons=["not enabled"])
+        # The newest incident that names the model (a cascade's may name no provider).
+        mine = [i for i in active if model in i.models and i.provider in ("", provider)]
+        incident = max(mine, key=lambda i: i.opened_at, default=None)
+        rows.append(OverviewRow(provider, model, status, lines.get(key), episodes.get(key, []), incident))
+    rows.sort(
+        key=lambda r: (ROW_RANK[r.status.status], -len(r.critical), r.incident is None, r.provider, r.model)
+    )
+    return rows
+
+
+def summary(rows: Sequence[OverviewRow], overview: Overview, incidents: Sequence[Incident] = ()) -> Summary:
+    counts = Counter(r.status.status for r in rows)
+    return Summary(
+        models=len(rows),
+        by_status={s: counts.get(s, 0) for s in STATUSES},
+        open_incidents=sum(1 for i in incidents if i.state != "resolved"),
+        critical_open=sum(len(r.critical) for r in rows),
+        critical_24h=overview.critical_24h,
+    )
