@@ -11,7 +11,6 @@ speaks.
 from __future__ import annotations
 
 import json
-import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +22,7 @@ import httpx
 import pytest
 
 from llmscope.stack.ports import free_port
+from tests.alerter.factories import LOOPBACK_ALLOWED
 from tests.e2e.stack import llmscope_up, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -99,14 +99,6 @@ def _incident_of(client: httpx.Client, episode_id: str) -> dict[str, Any] | None
     return None
 
 
-@pytest.fixture
-def data_dir() -> Iterator[Path]:
-    """The stack's data, not under pytest's basetemp: as root the embedded Postgres runs as an
-    unprivileged user, cut off from /tmp/pytest-of-root (mode 0700; see tests/conftest.py)."""
-    with tempfile.TemporaryDirectory(prefix="llmscope-e2e-outage-") as tmp:
-        yield Path(tmp) / "data"
-
-
 def test_an_outage_clears_resolves_its_incident_and_the_status_recovers(data_dir: Path) -> None:
     with webhook_receiver() as (hook_url, received):
         env = {
@@ -116,6 +108,7 @@ def test_an_outage_clears_resolves_its_incident_and_the_status_recovers(data_dir
             "LLMSCOPE_PROBER_INTERVAL_S": "0.05",
             "LLMSCOPE_SPC_BASELINE_N": "1000000",
             "LLMSCOPE_WEBHOOK_URL": hook_url,
+            **LOOPBACK_ALLOWED,  # the receiver is on loopback, which channels refuse by default
             "LLMSCOPE_ALERTER_GROUP_WAIT_S": "1",
             "LLMSCOPE_ALERTER_GROUP_INTERVAL_S": "1",
         }
