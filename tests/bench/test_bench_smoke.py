@@ -46,4 +46,4 @@ def test_quick_bench_prints_every_section() -> None:
     assert text.count("median delay") == 12
     assert text.count("critical episodes per") == 10
     assert "serial dependence ignored" in text
-    assert len(verdicts) == len(PROCESSES) + 6 + 10 + 1
+    assert len(verdicts) == len(PROCESSES) + 4 + 10 + 1  # delays have targets at phi 0 and 0.3
