@@ -14,7 +14,7 @@ from llmscope.prober.prompts import Prompt
 from llmscope.prober.providers import PROVIDERS, ProbeResult, probe
 from llmscope.prober.providers.base import generation_rate, tokens_per_s
 from llmscope.prober.targets import Target
-from llmscope.proto.telemetry import ProviderKind
+from llmscope.proto.telemetry import ProbeKind
 from llmscope.simulator.anomalies import InjectRequest
 from llmscope.simulator.client import SimClient
 from llmscope.simulator.models import SimModel
@@ -23,7 +23,7 @@ from llmscope.stack.ports import free_port
 from tests.prober.wire import Answer, ndjson, openai_chunk, sse, wire_server
 from tests.simulator.harness import running_sim
 
-KINDS: tuple[ProviderKind, ...] = ("ollama", "openai", "anthropic")
+KINDS: tuple[ProbeKind, ...] = ("ollama", "openai", "anthropic")
 PROMPT = Prompt(id="p1", prompt_class="simple", text="Say something short.", max_tokens=6)
 
 
@@ -40,7 +40,7 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 def target(
-    kind: ProviderKind, url: str, *, model: str = "fast-a:1b", streaming: bool = True, **kw: object
+    kind: ProbeKind, url: str, *, model: str = "fast-a:1b", streaming: bool = True, **kw: object
 ) -> Target:
     base = f"{url}/v1" if kind == "openai" else url
     t = Target(
@@ -56,7 +56,7 @@ async def run(session: aiohttp.ClientSession, t: Target, prompt: Prompt = PROMPT
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("streaming", [True, False])
 async def test_successful_probe_fields(
-    sim: SimServer, session: aiohttp.ClientSession, kind: ProviderKind, streaming: bool
+    sim: SimServer, session: aiohttp.ClientSession, kind: ProbeKind, streaming: bool
 ) -> None:
     result = await run(session, target(kind, sim.url, streaming=streaming))
     assert result.status == "ok", result.error
@@ -92,7 +92,7 @@ async def test_ollama_chat_api(sim: SimServer, session: aiohttp.ClientSession) -
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_ttft_is_the_first_content_token_not_the_first_frame(
-    session: aiohttp.ClientSession, kind: ProviderKind
+    session: aiohttp.ClientSession, kind: ProbeKind
 ) -> None:
     # No overhead, so OpenAI's role-only chunk and Anthropic's message_start arrive at once; the
     # first content token needs ~200 ms of prompt evaluation (100 prompt tokens at 500 tokens/s).
@@ -128,7 +128,7 @@ async def test_ttft_is_the_first_content_token_not_the_first_frame(
 async def test_injected_failures_map_to_error_kinds(
     sim: SimServer,
     session: aiohttp.ClientSession,
-    kind: ProviderKind,
+    kind: ProbeKind,
     inject: InjectRequest,
     status: str,
     http_status: int,
@@ -145,7 +145,7 @@ async def test_injected_failures_map_to_error_kinds(
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_a_simulated_stream_cut_short_is_truncated(
-    sim: SimServer, session: aiohttp.ClientSession, kind: ProviderKind
+    sim: SimServer, session: aiohttp.ClientSession, kind: ProbeKind
 ) -> None:
     await SimClient(sim.url).inject(InjectRequest(kind="outage", mode="truncate"))
     result = await run(session, target(kind, sim.url))
@@ -160,7 +160,7 @@ async def test_a_simulated_stream_cut_short_is_truncated(
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_hang_is_a_timeout_with_the_time_it_waited(
-    sim: SimServer, session: aiohttp.ClientSession, kind: ProviderKind
+    sim: SimServer, session: aiohttp.ClientSession, kind: ProbeKind
 ) -> None:
     await SimClient(sim.url).inject(InjectRequest(kind="outage", mode="hang"))
     result = await run(session, target(kind, sim.url, timeout_s=0.3))
@@ -180,7 +180,7 @@ async def test_slow_stream_times_out_but_keeps_its_ttft(session: aiohttp.ClientS
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_refused_port_and_unknown_model(
-    sim: SimServer, session: aiohttp.ClientSession, kind: ProviderKind
+    sim: SimServer, session: aiohttp.ClientSession, kind: ProbeKind
 ) -> None:
     refused = await run(session, target(kind, f"http://127.0.0.1:{free_port()}"))
     assert refused.status == "refused"
@@ -263,7 +263,7 @@ def _anthropic_frames(n: int, stop_reason: str | None, *, stop: bool = True) -> 
     return frames
 
 
-CUT_SHORT: list[tuple[ProviderKind, Answer, str]] = [
+CUT_SHORT: list[tuple[ProbeKind, Answer, str]] = [
     ("openai", Answer(_openai_frames(2, None)), "with [DONE] but no finish reason after 2 of 6"),
     (
         "openai",
@@ -292,7 +292,7 @@ CUT_SHORT: list[tuple[ProviderKind, Answer, str]] = [
 
 @pytest.mark.parametrize(("kind", "answer", "needle"), CUT_SHORT)
 async def test_a_stream_cut_short_is_truncated_and_keeps_its_timings(
-    session: aiohttp.ClientSession, kind: ProviderKind, answer: Answer, needle: str
+    session: aiohttp.ClientSession, kind: ProbeKind, answer: Answer, needle: str
 ) -> None:
     answer.gap_s = 0.01
     async with wire_server(answer) as server:
@@ -320,7 +320,7 @@ async def test_a_stream_cut_short_is_truncated_and_keeps_its_timings(
     ],
 )
 async def test_a_short_answer_with_a_finish_reason_is_a_normal_answer(
-    session: aiohttp.ClientSession, kind: ProviderKind, answer: Answer
+    session: aiohttp.ClientSession, kind: ProbeKind, answer: Answer
 ) -> None:
     answer.gap_s = 0.01
     async with wire_server(answer) as server:
@@ -340,7 +340,7 @@ async def test_all_tokens_without_a_finish_reason_is_not_truncated(session: aioh
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_a_stream_that_arrives_in_one_burst_has_no_tokens_per_s(
-    session: aiohttp.ClientSession, kind: ProviderKind
+    session: aiohttp.ClientSession, kind: ProbeKind
 ) -> None:
     frames = {
         "openai": _openai_frames(6, "length"),

@@ -114,4 +114,14 @@ def test_numeric_metrics_are_numeric_telemetry_fields() -> None:
         assert name in fields
         assert "float" in str(fields[name].type) or "int" in str(fields[name].type)
     assert PROBE_STATUSES[0] == "ok"
-    assert len(PROBE_STATUSES) == 9
+    assert len(PROBE_STATUSES) == 10  # "error" (failed traffic) added last
+
+
+def test_a_telemetry_v1_message_from_before_the_traffic_fields_still_decodes() -> None:
+    """Fields added to telemetry.v1 have defaults: an older probe message is a probe."""
+    old = (
+        b'{"type":"telemetry.v1","id":"e1","ts":"2025-01-01T00:00:00Z","provider":"ollama",'
+        b'"model":"m","target":"t","prompt_id":"p","prompt_hash":"h","latency_ms":12.5}'
+    )
+    event = codec.decode_as(old, TelemetryEvent)
+    assert (event.source, event.service_name, event.error_type, event.trace_id) == ("probe", "", None, "")

@@ -1,4 +1,16 @@
-"""``telemetry.v1``: one probe of one LLM endpoint, with the host's system metrics at that moment."""
+"""``telemetry.v1``: one probe of one LLM endpoint, with the host's system metrics at that moment,
+or one request of real traffic (``source="traffic"``, from the OTLP receiver).
+
+Additions to ``telemetry.v1`` since its first release (fields with defaults, so an old message
+still decodes; new literal values, so an *old reader* refuses a message that uses them: upgrade
+readers, the SPC engine and the persister, before a writer that sends them):
+
+- ``source``, ``service_name``, ``provider_name``, ``response_model``, ``error_type``,
+  ``trace_id``: what the OTLP receiver knows about a request of real traffic;
+- provider ``"other"``: traffic of a provider whose API flavour LLMscope does not speak
+  (``provider_name`` says which, e.g. ``gcp.gemini``);
+- status ``"error"``: a failed request of traffic whose ``error_type`` names no class below.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +31,15 @@ from llmscope.proto.base import (
     check_ts,
 )
 
-ProviderKind = Literal["ollama", "openai", "anthropic"]
+ProbeKind = Literal["ollama", "openai", "anthropic"]
+"""API flavours the prober speaks."""
+
+ProviderKind = Literal["ollama", "openai", "anthropic", "other"]
+"""API flavour of the endpoint; ``other`` only for traffic (see the module docstring)."""
+
+Source = Literal["probe", "traffic"]
+"""Where an event comes from: a probe (a fixed prompt, like for like) or a request of real traffic
+(prompts and outputs of every length: never charted as if it were a probe)."""
 
 ProbeStatus = Literal[
     "ok",
@@ -31,11 +51,13 @@ ProbeStatus = Literal[
     "empty_response",
     "invalid_response",
     "truncated",
+    "error",
 ]
 """Outcome of a probe. Anything but ``ok`` is a failed probe: it never enters latency charts.
 
 ``truncated``: a stream that ended early, with fewer output tokens than asked and no finish
 reason (a ``[DONE]`` without ``finish_reason``, a closed connection); it would look *fast*.
+``error``: a failed request of traffic whose ``error_type`` fits none of the others (added later).
 """
 
 PROBE_STATUSES: tuple[ProbeStatus, ...] = get_args(ProbeStatus)
@@ -117,6 +139,24 @@ class TelemetryEvent(Event, frozen=True, kw_only=True, tag="telemetry.v1"):
             "target's cold_start policy keeps such probes out of warm latency charts"
         ),
     ] = False
+    # Added for traffic (the OTLP receiver); probes leave them at their defaults.
+    source: Annotated[Source, Meta(description="probe, or a request of real traffic")] = "probe"
+    service_name: Annotated[
+        str, Meta(max_length=256, description="traffic: the sending application (service.name)")
+    ] = ""
+    provider_name: Annotated[
+        str, Meta(max_length=256, description="traffic: the provider as the span named it, e.g. gcp.gemini")
+    ] = ""
+    response_model: Annotated[
+        str, Meta(max_length=256, description="traffic: the model that answered (gen_ai.response.model)")
+    ] = ""
+    error_type: (
+        Annotated[str, Meta(max_length=256, description="traffic: the span's error.type, when it failed")]
+        | None
+    ) = None
+    trace_id: Annotated[
+        str, Meta(max_length=32, pattern="^([0-9a-f]{32})?$", description="traffic: the span's trace id")
+    ] = ""
 
     def __post_init__(self) -> None:
         # What Postgres, the subjects and the KV keys cannot hold is refused here, when the event
@@ -130,8 +170,11 @@ class TelemetryEvent(Event, frozen=True, kw_only=True, tag="telemetry.v1"):
             prober=self.prober,
             prompt_class=self.prompt_class,
             prompt_hash=self.prompt_hash,
+            service_name=self.service_name,
+            provider_name=self.provider_name,
+            response_model=self.response_model,
         )
-        check_text(error=self.error, prompt_text=self.prompt_text)
+        check_text(error=self.error, prompt_text=self.prompt_text, error_type=self.error_type)
         # Model, target and prompt become tokens of subjects and keys (a chart's KV key has all three).
         subjects.check_token("model", self.model)
         subjects.check_token("target", self.target)

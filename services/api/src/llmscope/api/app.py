@@ -5,7 +5,8 @@ connects to NATS, creates the streams and, with ``settings.persister``, runs the
 Everything under ``/api`` needs ``Authorization: Bearer <LLMSCOPE_API_KEY>`` (or, for reads, the
 dashboard's session cookie); ``/healthz``, ``/readyz`` and ``/metrics`` are open, and so are
 ``/api/status``, ``/status`` and the badges, with names and statuses only, when
-``LLMSCOPE_STATUS_PUBLIC`` is true.
+``LLMSCOPE_STATUS_PUBLIC`` is true. With ``LLMSCOPE_OTLP_INGEST_KEY`` set, ``POST /v1/traces``
+is the OTLP receiver (:mod:`llmscope.api.otlp`), open to that key only.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from llmscope.api.auth import IngestKeyAuth
 from llmscope.api.charts import EngineUnavailable
 from llmscope.api.frontdoor import FrontDoor
+from llmscope.api.otlp import receiver as otlp
 from llmscope.api.routes import (
     admin,
     alerts,
@@ -105,6 +108,11 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(status.router(status_reader, rt.auth, public=settings.status_public))
     for module in (stats, charts, violations, admin, export, alerts, incidents, silences, spc_config):
         app.include_router(module.router(rt), dependencies=auth)
+    ingest = IngestKeyAuth(settings.otlp_ingest_key) if settings.otlp_ingest_key else None
+    if ingest is not None:
+        # The front door checks the ingest key (and the body's size) before the route runs.
+        traces = otlp.TraceReceiver(lambda: rt.publisher, rt.metrics, max_body_bytes=settings.max_body_bytes)
+        app.include_router(otlp.router(traces))
 
     @app.exception_handler(NotReady)
     async def not_ready(_: Request, exc: NotReady) -> JSONResponse:
@@ -169,6 +177,6 @@ def create_app(settings: ApiSettings) -> FastAPI:
         status=status_reader,
     )
     # Around every route: nothing reads a body before its credential and its size are checked.
-    app.add_middleware(FrontDoor, auth=rt.auth, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(FrontDoor, auth=rt.auth, max_body_bytes=settings.max_body_bytes, ingest=ingest)
     app.add_middleware(MetricsMiddleware, runtime=rt)
     return app

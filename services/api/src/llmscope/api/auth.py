@@ -61,3 +61,17 @@ class KeyAuth:
             "missing or invalid API key: send 'Authorization: Bearer <LLMSCOPE_API_KEY>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
+
+
+class IngestKeyAuth:
+    """The OTLP receiver's credential: ``Authorization: Bearer <LLMSCOPE_OTLP_INGEST_KEY>``.
+
+    Scoped on purpose: it sits in every instrumented application's exporter configuration, so it
+    opens the receiver and nothing else, and the API key does not open the receiver."""
+
+    def __init__(self, key: Secret) -> None:
+        self._key = key.get().encode()
+
+    def allows(self, request: Request) -> bool:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self._key)

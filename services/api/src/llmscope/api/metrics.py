@@ -28,6 +28,13 @@ class ApiMetrics:
         self.telemetry_rejected = Counter(
             "llmscope_api_telemetry_rejected", "telemetry refused at POST /api/stats", registry=self.registry
         )
+        self.otlp_spans = Counter(
+            "llmscope_otlp_spans",
+            "spans the OTLP receiver took (accepted: published as traffic telemetry; rejected: GenAI "
+            "spans it could not map; ignored: spans that are no GenAI inference)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.persisted = Counter(
             "llmscope_persister_events",
             "events the persister stored (new rows)",

@@ -6,6 +6,7 @@
 | LLMSCOPE_PORT | 8000 | port the API and dashboard listen on |
 | DATABASE_URL | (required) | PostgreSQL URL, ``postgres://`` or ``postgresql://`` |
 | LLMSCOPE_API_KEY | (required) | bearer token for the API and the dashboard login, 16 characters or more |
+| LLMSCOPE_OTLP_INGEST_KEY | (unset) | key of the OTLP receiver /v1/traces only (unset: off); 16+ characters |
 | LLMSCOPE_PERSISTER | true | run the persister (telemetry/violations/dead letters -> Postgres) in-process |
 | LLMSCOPE_DB_POOL_MIN | 1 | smallest asyncpg pool size |
 | LLMSCOPE_DB_POOL_MAX | 10 | largest asyncpg pool size |
@@ -18,7 +19,7 @@
 | LLMSCOPE_SPC_REQUEST_TIMEOUT_S | 5 | how long a re-baseline request waits for the SPC engine's answer |
 | LLMSCOPE_REFRESH_S | 2 | dashboard auto-refresh interval, seconds |
 | LLMSCOPE_SESSION_DAYS | 7 | lifetime of a dashboard login |
-| LLMSCOPE_MAX_BODY_BYTES | 4194304 | largest request body accepted (413 beyond), checked before it is read |
+| LLMSCOPE_MAX_BODY_BYTES | 4194304 | largest body (413 beyond), checked before reading; OTLP: gunzipped too |
 | LLMSCOPE_STATUS_PUBLIC | false | /status, /api/status and badges open to all (names and statuses only) |
 | LLMSCOPE_LOG_LEVEL | INFO | log level |
 
@@ -40,6 +41,7 @@ class ApiSettings:
 
     database_url: Secret
     api_key: Secret
+    otlp_ingest_key: Secret = field(default_factory=lambda: Secret(""))
     bus: BusSettings = field(default_factory=BusSettings)
     host: str = "127.0.0.1"
     port: int = 8000
@@ -71,6 +73,13 @@ class ApiSettings:
             raise ConfigError("LLMSCOPE_API_KEY is not set: the API refuses to run without a key")
         if key and len(key.get()) < 16:
             raise ConfigError("LLMSCOPE_API_KEY is too short: use at least 16 characters")
+        ingest = env.secret("LLMSCOPE_OTLP_INGEST_KEY")
+        if ingest and len(ingest.get()) < 16:
+            raise ConfigError("LLMSCOPE_OTLP_INGEST_KEY is too short: use at least 16 characters")
+        if ingest and ingest == key:
+            # The ingest key sits in every instrumented application's exporter configuration: it
+            # must not also open the API and the dashboard.
+            raise ConfigError("LLMSCOPE_OTLP_INGEST_KEY must differ from LLMSCOPE_API_KEY")
         pool_min = env.integer("LLMSCOPE_DB_POOL_MIN", 1, min=0, max=100)
         pool_max = env.integer("LLMSCOPE_DB_POOL_MAX", 10, min=1, max=200)
         if pool_max < max(pool_min, 1):
@@ -78,6 +87,7 @@ class ApiSettings:
         return cls(
             database_url=Secret(db),
             api_key=key,
+            otlp_ingest_key=ingest,
             bus=BusSettings.from_env(env),
             host=env.text("LLMSCOPE_HOST", "127.0.0.1"),
             port=env.integer("LLMSCOPE_PORT", 8000, min=0, max=65535),

@@ -48,12 +48,12 @@ from msgspec import Meta
 
 from llmscope.config.env import ConfigError, Env, Secret
 from llmscope.prober.prompts import DEFAULT_PROMPTS, Prompt
-from llmscope.proto.telemetry import ProviderKind
+from llmscope.proto.telemetry import ProbeKind
 from llmscope.simulator.models import DEFAULT_MODELS, SimModel
 
 OllamaApi = Literal["generate", "chat"]
 ColdStartPolicy = Literal["exclude", "include"]
-KINDS: tuple[ProviderKind, ...] = ("ollama", "openai", "anthropic")
+KINDS: tuple[ProbeKind, ...] = ("ollama", "openai", "anthropic")
 DEFAULT_BASE_URLS: dict[str, str] = {
     "ollama": "http://127.0.0.1:11434",
     "openai": "https://api.openai.com/v1",
@@ -66,7 +66,7 @@ class Target:
     """One endpoint and model to probe, and how."""
 
     name: str
-    kind: ProviderKind
+    kind: ProbeKind
     base_url: str
     model: str
     prompts: tuple[Prompt, ...]
@@ -113,7 +113,7 @@ class _PromptConfig(msgspec.Struct, forbid_unknown_fields=True, rename={"prompt_
 
 
 class _TargetConfig(msgspec.Struct, forbid_unknown_fields=True):
-    kind: ProviderKind
+    kind: ProbeKind
     model: Name
     base_url: str | None = None
     name: Name | None = None

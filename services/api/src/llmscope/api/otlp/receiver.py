@@ -1,0 +1,178 @@
+"""The OTLP/HTTP trace receiver: ``POST /v1/traces`` -> traffic telemetry on the bus.
+
+Answers as the OTLP specification asks of a server:
+
+- 200 once JetStream has acknowledged every event: an ``ExportTraceServiceResponse`` whose
+  ``partial_success`` counts the rejected GenAI spans and says why, and says how many other spans
+  were ignored (with ``rejected_spans`` 0 that is a warning, not a failure);
+- 400 with a ``google.rpc.Status`` for a body that cannot be decoded (not retryable);
+- 413 for a body over ``LLMSCOPE_MAX_BODY_BYTES``, before or after gzip; 415 for another
+  content type or encoding;
+- 503 with ``Retry-After`` when NATS is away or did not confirm in time (the exporter retries;
+  event ids derived from the span ids make the retry store nothing twice), 429 with
+  ``Retry-After`` when too many spans are already waiting for NATS.
+
+Answers are encoded like the request: protobuf for ``application/x-protobuf``, JSON otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from fastapi import APIRouter, Request, Response
+
+from llmscope.api.metrics import ApiMetrics
+from llmscope.api.otlp import wire
+from llmscope.api.otlp.genai import Mapped, map_traces
+from llmscope.bus.publisher import Publisher, PublishFailed
+from llmscope.config.logs import get_logger
+from llmscope.proto import subjects
+from llmscope.proto.base import utcnow
+
+log = get_logger("llmscope.api.otlp")
+
+# google.rpc.Code values for the Status bodies of failed requests.
+INVALID_ARGUMENT = 3
+RESOURCE_EXHAUSTED = 8
+UNAVAILABLE = 14
+
+RETRY_AFTER_S = 5
+PUBLISH_CONCURRENCY = 256  # publishes awaiting their ack at once, per request
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An HTTP answer, before FastAPI makes a response of it."""
+
+    status: int
+    body: bytes
+    encoding: wire.Encoding = "json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def response(self) -> Response:
+        return Response(
+            self.body, self.status, headers=self.headers, media_type=wire.CONTENT_TYPES[self.encoding]
+        )
+
+
+class TraceReceiver:
+    """Decodes, maps and publishes one export request; knows nothing of HTTP frameworks."""
+
+    def __init__(
+        self,
+        publisher: Callable[[], Publisher | None],
+        metrics: ApiMetrics,
+        *,
+        max_body_bytes: int,
+        max_in_flight: int = 50_000,
+        publish_deadline_s: float = 5.0,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._publisher = publisher
+        self._metrics = metrics
+        self._limit = max_body_bytes
+        self._max_in_flight = max_in_flight
+        self._deadline = publish_deadline_s
+        self._clock = clock
+        self._in_flight = 0
+
+    async def export(self, content_type: str, content_encoding: str, data: bytes) -> Answer:
+        try:
+            encoding = wire.encoding_of(content_type)
+        except wire.UnsupportedMediaType as exc:
+            return _failed("json", 415, INVALID_ARGUMENT, str(exc))
+        try:
+            body = wire.Body(wire.decompress(content_encoding, data, limit=self._limit), encoding)
+        except wire.UnsupportedMediaType as exc:
+            return _failed(encoding, 415, INVALID_ARGUMENT, str(exc))
+        except wire.TooLarge as exc:
+            return _failed(encoding, 413, INVALID_ARGUMENT, str(exc))
+        except wire.BadBody as exc:
+            return _failed(encoding, 400, INVALID_ARGUMENT, str(exc))
+        try:
+            # Decoding and mapping a few MB of spans is CPU work: off the event loop.
+            mapped = await asyncio.to_thread(self._map, body)
+        except wire.BadBody as exc:
+            return _failed(body.encoding, 400, INVALID_ARGUMENT, str(exc))
+        m = self._metrics.otlp_spans
+        m.labels("rejected").inc(len(mapped.rejected))
+        m.labels("ignored").inc(mapped.ignored)
+        if mapped.rejected:
+            log.info("GenAI spans rejected", count=len(mapped.rejected), first=mapped.rejected[0][:300])
+        refused = await self._publish(mapped, body.encoding)
+        if refused is not None:
+            return refused
+        m.labels("accepted").inc(len(mapped.events))
+        return Answer(
+            200, wire.traces_response(body.encoding, len(mapped.rejected), mapped.message()), body.encoding
+        )
+
+    def _map(self, body: wire.Body) -> Mapped:
+        return map_traces(wire.decode_traces(body), now=self._clock())
+
+    async def _publish(self, mapped: Mapped, encoding: wire.Encoding) -> Answer | None:
+        """None once every event is acknowledged; the refusal (429/503) otherwise."""
+        events = mapped.events
+        if not events:
+            return None
+        publisher = self._publisher()
+        if publisher is None:
+            return _failed(encoding, 503, UNAVAILABLE, "not connected to NATS yet", retry=True)
+        if self._in_flight + len(events) > self._max_in_flight and self._in_flight:
+            return _failed(encoding, 429, RESOURCE_EXHAUSTED, "too many spans waiting for NATS", retry=True)
+        self._in_flight += len(events)
+        try:
+            for start in range(0, len(events), PUBLISH_CONCURRENCY):
+                chunk = events[start : start + PUBLISH_CONCURRENCY]
+                await asyncio.gather(
+                    *(
+                        publisher.publish(
+                            subjects.telemetry(ev.provider, ev.model), ev, deadline=self._deadline
+                        )
+                        for ev in chunk
+                    )
+                )
+        except PublishFailed as exc:
+            log.warning("traffic not confirmed stored", spans=len(events), error=str(exc)[:300])
+            return _failed(encoding, 503, UNAVAILABLE, f"not confirmed stored, retry: {exc}", retry=True)
+        finally:
+            self._in_flight -= len(events)
+        return None
+
+
+def _failed(encoding: wire.Encoding, status: int, code: int, message: str, *, retry: bool = False) -> Answer:
+    headers = {"Retry-After": str(RETRY_AFTER_S if status == 503 else 1)} if retry else {}
+    return Answer(status, wire.status(encoding, code, message), encoding, headers)
+
+
+def router(receiver: TraceReceiver) -> APIRouter:
+    """``POST /v1/traces``; the front door has checked the ingest key and the body's size."""
+    api = APIRouter(tags=["otlp"])
+
+    @api.post(
+        "/v1/traces",
+        response_class=Response,
+        responses={
+            200: {"description": "ExportTraceServiceResponse (partial_success when spans were rejected)"},
+            400: {"description": "undecodable body (google.rpc.Status)"},
+            401: {"description": "missing or invalid LLMSCOPE_OTLP_INGEST_KEY"},
+            413: {"description": "body over LLMSCOPE_MAX_BODY_BYTES, before or after gzip"},
+            415: {"description": "neither application/x-protobuf nor application/json"},
+            429: {"description": "too many spans waiting for NATS: retry after Retry-After"},
+            503: {"description": "NATS away or not confirmed: retry after Retry-After (deduplicated)"},
+        },
+    )
+    async def export_traces(request: Request) -> Response:
+        """OTLP/HTTP trace export (protobuf or JSON, gzip or not): GenAI spans become traffic
+        telemetry; authenticate with ``Authorization: Bearer <LLMSCOPE_OTLP_INGEST_KEY>``."""
+        answer = await receiver.export(
+            request.headers.get("content-type", ""),
+            request.headers.get("content-encoding", ""),
+            await request.body(),
+        )
+        return answer.response()
+
+    return api
