@@ -155,7 +155,9 @@ def router(rt: Runtime) -> APIRouter:
         try:
             if len(events) == 1:
                 ev = events[0]
-                acks = [await rt.publisher.publish(subjects.telemetry(ev.provider, ev.model), ev, deadline=5.0)]
+                acks = [
+                    await rt.publisher.publish(subjects.telemetry(ev.provider, ev.model), ev, deadline=5.0)
+                ]
             else:
                 # Pipelined: every event in flight at once, the acks awaited together (still all
                 # of them before the 202).
