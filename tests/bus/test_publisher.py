@@ -9,7 +9,7 @@ import pytest
 from nats.js import JetStreamContext
 
 from llmscope.bus.connection import connect
-from llmscope.bus.publisher import PublishFailed, Publisher
+from llmscope.bus.publisher import Publisher, PublishFailed
 from llmscope.bus.settings import BusSettings
 from llmscope.bus.streams import ensure_streams
 from llmscope.proto import codec, subjects
@@ -43,7 +43,7 @@ async def test_publish_many_returns_every_ack_in_order_and_flags_duplicates(js: 
     assert [a.seq for a in acks] == sorted(a.seq for a in acks)
     assert await stored_ids(js) == [ev.id for ev in events]
 
-    again = await publisher.publish_many([(SUBJECT, ev) for ev in events[:10] + [telemetry()]])
+    again = await publisher.publish_many([(SUBJECT, ev) for ev in [*events[:10], telemetry()]])
     assert [bool(a.duplicate) for a in again] == [True] * 10 + [False]
     assert len(await stored_ids(js)) == 301
 

@@ -277,7 +277,9 @@ async def store_telemetry(conn: Conn, events: Sequence[TelemetryEvent]) -> int:
             await conn.copy_records_to_table("telemetry_in", records=records, columns=TELEMETRY_COLUMNS)
             inserted = await conn.fetchval(INSERT_TELEMETRY)
         else:
-            inserted = await conn.fetchval(INSERT_TELEMETRY_ARRAYS, *(list(c) for c in zip(*records)))
+            inserted = await conn.fetchval(
+                INSERT_TELEMETRY_ARRAYS, *(list(c) for c in zip(*records, strict=True))
+            )
         keys = sorted(series)
         await conn.execute(
             UPSERT_SERIES,
