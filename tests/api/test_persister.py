@@ -12,7 +12,15 @@ import pytest
 from nats.js import JetStreamContext
 
 from llmscope.api.db import create_pool, migrate, migrations
-from llmscope.api.persister import Persister, apply_retention, store_telemetry, store_violations
+from llmscope.api.persister import (
+    COPY_MIN_ROWS,
+    TELEMETRY_COLUMNS,
+    Persister,
+    apply_retention,
+    store_telemetry,
+    store_violations,
+    telemetry_record,
+)
 from llmscope.api.settings import ApiSettings
 from llmscope.bus.publisher import Publisher
 from llmscope.bus.streams import DEFAULT_TELEMETRY_PARTITIONS, telemetry_partition
@@ -62,6 +70,33 @@ async def test_redelivered_batch_is_stored_once_and_rollups_count_once(pool: asy
     assert model is not None
     assert (model["provider"], model["model"], model["last_status"]) == ("ollama", "llama3.1:8b", "timeout")
     assert await pool.fetchval("SELECT count(*) FROM series") == 1
+
+
+@pytest.mark.parametrize("size", [1, COPY_MIN_ROWS - 1, COPY_MIN_ROWS])
+async def test_small_and_large_batches_store_the_same_rows(pool: asyncpg.Pool, size: int) -> None:
+    """A small batch goes as array parameters, a large one through COPY: the same rows either way."""
+    events = [
+        telemetry(
+            i,
+            model=f"m{i % 3}",
+            streaming=bool(i % 2),
+            max_tokens=64 if i % 2 else None,
+            http_status=200 if i % 3 else 503,
+            status="ok" if i % 3 else "http_5xx",
+            error=None if i % 3 else "upstream 503",
+            prompt_text="why?\n" if i % 4 == 0 else None,
+            gpu_percent=None if i % 2 else 99.5,
+            prompt_eval_count=7,
+        )
+        for i in range(size)
+    ]
+    async with pool.acquire() as conn:
+        assert await store_telemetry(conn, events + events[:1]) == size  # a duplicate in the batch too
+        assert await store_telemetry(conn, events) == 0
+    rows = await pool.fetch(f"SELECT {', '.join(TELEMETRY_COLUMNS)} FROM telemetry ORDER BY id")
+    assert [tuple(r) for r in rows] == [telemetry_record(ev) for ev in sorted(events, key=lambda e: e.id)]
+    assert await pool.fetchval("SELECT sum(n) FROM telemetry_minute") == size
+    assert await pool.fetchval("SELECT count(*) FROM models") == min(size, 3)
 
 
 async def test_cleared_event_closes_its_episode_in_either_order(pool: asyncpg.Pool) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 
 import pytest
 from nats.js import JetStreamContext
+from nats.js.api import AckPolicy
 from nats.js.errors import NotFoundError
 
 from llmscope.bus.consumer import ConsumerOptions, Delivery, DurableConsumer
@@ -249,3 +250,75 @@ async def test_a_deleted_consumer_neither_crashes_nor_spins(
     # One refused pull request per fetch_timeout, not a tight loop of them.
     refused = [r for r in caplog.records if "pull request refused" in r.getMessage()]
     assert 1 <= len(refused) <= 6
+
+
+async def test_ack_all_acks_each_batch_once_after_terminating_its_rejects(js: JetStreamContext) -> None:
+    events = [telemetry(model="m2" if i == 7 else "m1") for i in range(24)]
+    publisher = Publisher(js)
+    for i, event in enumerate(events):
+        if i == 12:
+            await js.publish(SUBJECT, b"\xff\xfe")
+        await publisher.publish(SUBJECT, event)
+    seen: list[str] = []
+    done = asyncio.Event()
+
+    async def handler(batch: Sequence[Delivery[TelemetryEvent]]) -> Mapping[int, str]:
+        seen.extend(d.event.id for d in batch)
+        if len(seen) == len(events):
+            done.set()
+        return {i: "model disabled" for i, d in enumerate(batch) if d.event.model == "m2"}
+
+    consumer = make_consumer(js, handler, ConsumerOptions(batch_size=10, fetch_timeout=0.2, ack_all=True))
+    await run_until(consumer, done)
+    assert seen == [e.id for e in events]
+    info = await js.consumer_info(subjects.STREAM_TELEMETRY, "test")
+    assert info.config.ack_policy == AckPolicy.ALL
+    assert (info.num_ack_pending, info.num_pending, info.num_redelivered) == (0, 0, 0)
+    assert info.ack_floor.stream_seq == len(events) + 1
+    assert sorted(letter.reason[:9] for letter in await dead_letters_in(js)) == ["malformed", "model dis"]
+    assert consumer.processed == len(events) - 1
+
+
+async def test_ack_all_ends_the_run_on_a_failure_and_nothing_is_acked_past_it(js: JetStreamContext) -> None:
+    events = [telemetry() for _ in range(3)]
+    for event in events:
+        await Publisher(js).publish(SUBJECT, event)
+
+    async def failing(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        raise RuntimeError("chart state lost")
+
+    options = ConsumerOptions(batch_size=10, fetch_timeout=0.2, ack_all=True, backoff=(0.05,))
+    with pytest.raises(RuntimeError, match="chart state lost"):
+        await asyncio.wait_for(make_consumer(js, failing, options).run(asyncio.Event()), 10)
+    redelivered: list[int] = []
+    done = asyncio.Event()
+
+    async def handler(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        redelivered.extend(d.num_delivered for d in batch)
+        if len(redelivered) == len(events):
+            done.set()
+
+    await run_until(make_consumer(js, handler, options), done)
+    assert redelivered == [2, 2, 2]
+
+
+async def test_fill_wait_gathers_the_burst_behind_the_first_message(js: JetStreamContext) -> None:
+    sizes: list[int] = []
+    done = asyncio.Event()
+
+    async def handler(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        sizes.append(len(batch))
+        if sum(sizes) == 5:
+            done.set()
+
+    options = ConsumerOptions(batch_size=10, fetch_timeout=5, fill_wait=0.5)
+    stop = asyncio.Event()
+    task = asyncio.create_task(make_consumer(js, handler, options).run(stop))
+    try:
+        await consumer_waiting(js)
+        await Publisher(js).publish_many([(SUBJECT, telemetry()) for _ in range(5)])
+        await asyncio.wait_for(done.wait(), 10)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert sizes == [5]

@@ -110,6 +110,16 @@ async def test_dashboard_page_and_fragments(api: Api) -> None:
     r = await client.get("/dashboard?hours=24", headers={**HX, "HX-Target": "violation-log"})
     assert r.text.lstrip().startswith('<section id="violation-log"')
     assert "v1" in r.text
+    # The log's poll answers from its own query and keeps the page's selection for the next poll.
+    poll = "/dashboard?provider=ollama&model=m&prompt_id=p&target=t&metric=ttft_ms&hours=6&severity=critical"
+    r = await client.get(poll, headers={**HX, "HX-Target": "violation-log"})
+    assert r.text.lstrip().startswith('<section id="violation-log"')
+    assert 'hx-trigger="every 5.0s"' in r.text  # refresh_s 2 in the test: the log every 2.5x
+    assert (
+        'hx-get="/dashboard?provider=ollama&amp;model=m&amp;prompt_id=p&amp;target=t&amp;metric=ttft_ms'
+        in r.text
+    )
+    assert "Latest critical violations" in r.text
 
     r = await client.get("/dashboard", headers=HX)  # no known target: the page's content block
     assert not is_full_page(r.text)

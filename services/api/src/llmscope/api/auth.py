@@ -52,8 +52,8 @@ class KeyAuth:
         # The cookie is SameSite=Strict; still, only safe methods may ride on it (no CSRF).
         return request.method in ("GET", "HEAD") and self.check_session(request.cookies.get(SESSION_COOKIE))
 
-    def require(self, request: Request) -> None:
-        """FastAPI dependency: :meth:`allows`, or a 401."""
+    def demand(self, request: Request) -> None:
+        """:meth:`allows`, or a 401."""
         if self.allows(request):
             return
         raise HTTPException(
@@ -61,6 +61,13 @@ class KeyAuth:
             "missing or invalid API key: send 'Authorization: Bearer <LLMSCOPE_API_KEY>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
+
+    async def require(self, request: Request) -> None:
+        """FastAPI dependency: :meth:`demand`.
+
+        A coroutine on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, a
+        thread hop per request that cost as much as the ``POST /api/stats`` handler itself."""
+        self.demand(request)
 
 
 class IngestKeyAuth:

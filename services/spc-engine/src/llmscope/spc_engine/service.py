@@ -2,7 +2,9 @@
 
 Ack after publish: the lead's :class:`~llmscope.bus.consumer.DurableConsumer` acks a batch only
 after the handler returns, and the handler returns only after JetStream acknowledged every
-violation it published (``Publisher`` awaits the PubAck, ``Nats-Msg-Id`` = violation id).
+violation it published (the batch's violations go pipelined, ``Publisher.publish_many``, and
+every PubAck is awaited; ``Nats-Msg-Id`` = violation id). One ack per batch: AckAll on its
+highest sequence (a partition has one reader, its lease holder).
 
 Partitions (scale-out): the telemetry stream stores every model's messages in one of
 ``LLMSCOPE_SPC_PARTITIONS`` (P) partitions, a hash of provider and model computed by nats-server
@@ -354,9 +356,13 @@ class SpcService:
         return int(entry.value or b"0")
 
     async def publish(self, events: Sequence[ViolationEvent]) -> None:
-        for v in events:
-            await self._publisher.publish(subjects.violations(v.provider, v.model, v.rule), v)
-            self.published += 1
+        """Publish pipelined and return when JetStream acknowledged every one."""
+        if not events:
+            return
+        await self._publisher.publish_many(
+            [(subjects.violations(v.provider, v.model, v.rule), v) for v in events]
+        )
+        self.published += len(events)
 
     def _stop_on(self, exc: BaseException) -> None:
         # Chart state has moved past what was published (or the partition may have a new owner):
@@ -377,10 +383,15 @@ class SpcService:
                 lease.check()
                 if self._pending and batch:
                     await self.adopt_overrides(partition, min(d.stream_seq for d in batch))
+                if self.failed is not None:  # nothing more is charted once the service stops
+                    raise RuntimeError("the service is stopping") from self.failed
                 last = self._last_seq.get(partition, 0)
+                violations: list[ViolationEvent] = []
                 for d in batch:
-                    await self.publish(await self.engine.on_telemetry(d.event, d.stream_seq))
+                    violations += await self.engine.on_telemetry(d.event, d.stream_seq)
                     last = max(last, d.stream_seq)
+                # The batch's violations in one go, in order; the batch is acked (AckAll) after.
+                await self.publish(violations)
                 self._last_seq[partition] = last
                 if time.monotonic() - self._last_snapshot >= self.settings.snapshot_interval_s:
                     await self.snapshot()
@@ -537,7 +548,9 @@ class SpcService:
             decode=lambda data: codec.decode_as(data, TelemetryEvent),
             handler=functools.partial(self.handle, partition),
             dead_letters=DeadLetters(self._publisher, "spc-engine"),
-            options=ConsumerOptions(batch_size=self.settings.batch_size),
+            # One AckAll per batch: this replica is the partition's only reader (its lease), and
+            # the consumer is recreated from the checkpoint whenever the partition is taken.
+            options=ConsumerOptions(batch_size=self.settings.batch_size, ack_all=True),
         )
         log.info("resuming partition", replica=self._name, partition=partition, from_seq=start)
         await consumer.run(stop)

@@ -181,6 +181,29 @@ def create_router(
         return response
 
     # ---- dashboard -----------------------------------------------------------------------
+    async def _violation_log(
+        request: Request,
+        provider: str | None,
+        model: str | None,
+        prompt_id: str | None,
+        target: str | None,
+        metric: Metric,
+        hours: float,
+        severity: Severity,
+    ) -> HTMLResponse:
+        log = await data.violations(ViolationFilter(severities=SEVERITY_AT_LEAST[severity], limit=15))
+        query = {
+            "provider": provider or "",
+            "model": model or "",
+            "prompt_id": prompt_id or "",
+            "target": target or "",
+            "metric": metric,
+            "hours": f"{hours:g}",
+            "severity": severity,
+        }
+        context = {"q": query, "qs": urlencode(query), "log": log.items, "refresh_s": opts.refresh_s}
+        return pages.render(request, "dashboard.html", context, fragments=("violation_log",))
+
     async def _dashboard(
         request: Request,
         *,
@@ -198,6 +221,9 @@ def create_router(
     ) -> HTMLResponse:
         if series and "|" in series:
             provider, model = series.split("|", 1)
+        if is_htmx(request) and request.headers.get("HX-Target") == "violation-log":
+            # The log's own poll (every few seconds per open tab): its query alone, no chart.
+            return await _violation_log(request, provider, model, prompt_id, target, metric, hours, severity)
         all_series = await data.series()
         models = sorted({(s.provider, s.model) for s in all_series})
         if (provider, model) not in models and models:

@@ -152,15 +152,22 @@ def router(rt: Runtime) -> APIRouter:
         ids = [e.id for e in events]
         if rt.publisher is None:
             return _unconfirmed("not connected to NATS yet", ids)
-        duplicates = 0
         try:
-            for ev in events:
-                ack = await rt.publisher.publish(subjects.telemetry(ev.provider, ev.model), ev, deadline=5.0)
-                duplicates += bool(ack.duplicate)
+            if len(events) == 1:
+                ev = events[0]
+                acks = [
+                    await rt.publisher.publish(subjects.telemetry(ev.provider, ev.model), ev, deadline=5.0)
+                ]
+            else:
+                # Pipelined: every event in flight at once, the acks awaited together (still all
+                # of them before the 202).
+                acks = await rt.publisher.publish_many(
+                    [(subjects.telemetry(ev.provider, ev.model), ev) for ev in events], deadline=5.0
+                )
         except PublishFailed as exc:
             return _unconfirmed(f"could not publish to JetStream: {exc}", ids)
         rt.metrics.telemetry_accepted.inc(len(events))
-        return Accepted(id=events[0].id, ids=ids, duplicates=duplicates)
+        return Accepted(id=events[0].id, ids=ids, duplicates=sum(bool(ack.duplicate) for ack in acks))
 
     @api.get("/spc", response_model=ChartData)
     async def spc(

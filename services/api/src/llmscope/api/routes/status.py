@@ -28,7 +28,7 @@ def router(status: StatusData, auth: KeyAuth, *, public: bool) -> APIRouter:
         if auth.allows(request):
             return await status.status()
         if not public:
-            auth.require(request)  # not allowed: raises the API's usual 401
+            auth.demand(request)  # not allowed: raises the API's usual 401
         return public_view(await status.status())
 
     return api

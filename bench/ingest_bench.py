@@ -1,0 +1,326 @@
+"""Ingest benchmark: the API's front door, batched publishing, the persister's writes, batched acks.
+
+Not a test: it prints figures. Every rate is printed next to a baseline measured in the same run
+(the way it was done before issue 13, or the library's ceiling), and the ratio is the figure to
+compare; the machine is printed first. Real components: an embedded nats-server (JetStream, file
+storage) and an embedded PostgreSQL (fsync on).
+
+(a) the bearer check as a FastAPI dependency: ``async def`` against a plain ``def`` (which FastAPI
+    runs in its thread pool), one POST per request, in process (httpx ASGI transport).
+(b) a 1000-event ``POST /api/stats`` list's publishing: ``Publisher.publish_many`` (pipelined,
+    acks awaited together) against ``Publisher.publish`` per event (the old path), and bare
+    ``publish_async`` as the ceiling.
+(c) the persister's ``store_telemetry``: one-event batches as array parameters against the
+    temporary table + COPY of before; 500-event batches against a bare ``copy_records_to_table``
+    into the same table and indexes (the ceiling).
+(d) the consumer adapter with a no-op handler: one AckAll per batch against an ack per message.
+
+Usage: ``python bench/ingest_bench.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.metadata
+import os
+import platform
+import random
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import httpx
+import nats
+from fastapi import Depends, FastAPI, Request
+from nats.js import JetStreamContext
+
+from llmscope.api import persister
+from llmscope.api.auth import KeyAuth
+from llmscope.api.db import create_pool
+from llmscope.bus.consumer import ConsumerOptions, Delivery, DurableConsumer
+from llmscope.bus.deadletter import DeadLetters
+from llmscope.bus.publisher import Publisher
+from llmscope.bus.settings import BusSettings
+from llmscope.bus.streams import ensure_streams
+from llmscope.config.env import Secret
+from llmscope.proto import codec, subjects
+from llmscope.proto.telemetry import TelemetryEvent
+from llmscope.stack.embedded import EmbeddedNats, EmbeddedPostgres
+from llmscope.stack.ports import free_port
+
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+KEY = "bench-key-0123456789abcdef"
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for text in Path("/proc/cpuinfo").read_text().splitlines():
+            if text.startswith("model name"):
+                return text.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def print_machine() -> None:
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    print("== machine")
+    print(f"cpu          {_cpu_model()}, {os.cpu_count()} cores, {mem:.1f} GiB")
+    print(f"os           {platform.system()} {platform.release()}, Python {platform.python_version()}")
+    versions = ", ".join(
+        f"{d} {importlib.metadata.version(d)}" for d in ("nats-py", "asyncpg", "msgspec", "fastapi")
+    )
+    print(f"versions     {versions}")
+    print("event loop   asyncio")
+
+
+def line(label: str, value: float, baseline: float | None = None, note: str = "") -> None:
+    ratio = f"= {value / baseline:5.2f} x baseline" if baseline else "baseline"
+    print(f"{label:<58} {value:>10,.0f} /s  {ratio}  {note}".rstrip())
+
+
+def events(n: int, models: int = 100, seed: int = 1) -> list[TelemetryEvent]:
+    rng = random.Random(seed)
+    return [
+        TelemetryEvent(
+            id=f"e{seed}-{i:08d}",
+            ts=T0 + timedelta(milliseconds=20 * i),
+            provider="ollama",
+            model=f"model-{i % models}",
+            target="local",
+            host="gpu-1",
+            prompt_id="simple",
+            prompt_hash="ab" * 32,
+            latency_ms=rng.lognormvariate(5.7, 0.3),
+            ttft_ms=rng.lognormvariate(4.0, 0.3),
+            tokens_per_s=rng.gauss(50, 5),
+            eval_count=64,
+            cpu_percent=12.5,
+        )
+        for i in range(n)
+    ]
+
+
+async def timed(n: int, work: Callable[[], Awaitable[object]]) -> float:
+    t0 = time.perf_counter()
+    await work()
+    return n / (time.perf_counter() - t0)
+
+
+# -- (a) ------------------------------------------------------------------------------------
+
+
+async def auth_dependency(n: int) -> None:
+    print("\n== (a) bearer check as a dependency, POST with a 400-byte body, in process")
+    auth = KeyAuth(Secret(KEY))
+
+    def sync_require(request: Request) -> None:  # the dependency before issue 13
+        auth.demand(request)
+
+    headers = {"Authorization": f"Bearer {KEY}"}
+    body = b'{"provider":"ollama","model":"m","prompt_id":"p"}' * 8
+    rates: dict[str, float] = {"def": 0.0, "async def": 0.0}
+    # Interleaved rounds, best of each: the machine is shared and noisy.
+    for name, dep in [("def", sync_require), ("async def", auth.require)] * 3:
+        app = FastAPI()
+
+        @app.post("/api/stats", status_code=202, dependencies=[Depends(dep)])
+        async def post(request: Request) -> dict[str, str]:
+            await request.body()
+            return {"id": "x"}
+
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+
+            async def run(client: httpx.AsyncClient = client) -> None:
+                for _ in range(n):
+                    r = await client.post("/api/stats", content=body, headers=headers)
+                    assert r.status_code == 202
+
+            await run()  # warm-up
+            rates[name] = max(rates[name], await timed(n, run))
+    line("auth as a plain def (thread pool), requests", rates["def"])
+    line("auth as async def (issue 13), requests", rates["async def"], rates["def"])
+
+
+# -- (b) and (d) ----------------------------------------------------------------------------
+
+
+async def publishing(js: JetStreamContext, n: int) -> None:
+    print("\n== (b) publishing a POST of 1000 events (JetStream, file storage)")
+    pub = Publisher(js)
+    batches = [events(1000, seed=s) for s in range(3 * n // 1000)]
+    one, many, ceiling = batches[0::3], batches[1::3], batches[2::3]
+
+    async def serial() -> None:
+        for batch in one:
+            for ev in batch:
+                await pub.publish(subjects.telemetry(ev.provider, ev.model), ev)
+
+    async def pipelined() -> None:
+        for batch in many:
+            await pub.publish_many([(subjects.telemetry(ev.provider, ev.model), ev) for ev in batch])
+
+    async def bare() -> None:
+        for batch in ceiling:
+            futures = [
+                await js.publish_async(
+                    subjects.telemetry(ev.provider, ev.model),
+                    codec.encode(ev),
+                    headers={"Nats-Msg-Id": ev.id},
+                )
+                for ev in batch
+            ]
+            await asyncio.gather(*futures)
+
+    base = await timed(len(one) * 1000, serial)
+    line("Publisher.publish per event, ack awaited each (before)", base)
+    line("Publisher.publish_many (issue 13)", await timed(len(many) * 1000, pipelined), base)
+    line("bare js.publish_async + gather (ceiling)", await timed(len(ceiling) * 1000, bare), base)
+
+
+async def _consume_once(js: JetStreamContext, durable: str, n: int, ack_all: bool) -> float:
+    done = asyncio.Event()
+    seen = 0
+
+    async def handler(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        nonlocal seen
+        seen += len(batch)
+        if seen >= n:
+            done.set()
+
+    consumer = DurableConsumer[TelemetryEvent](
+        js=js,
+        stream=subjects.STREAM_TELEMETRY,
+        durable=durable,
+        filter_subjects=[subjects.TELEMETRY_ALL],
+        decode=lambda b: codec.decode_as(b, TelemetryEvent),
+        handler=handler,
+        dead_letters=DeadLetters(Publisher(js), "bench"),
+        options=ConsumerOptions(batch_size=256, fetch_timeout=0.5, ack_all=ack_all),
+    )
+    stop = asyncio.Event()
+    t0 = time.perf_counter()
+    task = asyncio.create_task(consumer.run(stop))
+    await done.wait()
+    elapsed = time.perf_counter() - t0
+    stop.set()
+    await task
+    return n / elapsed
+
+
+async def consuming(js: JetStreamContext, n: int) -> None:
+    print(f"\n== (d) consumer adapter, no-op handler, {n:,} stored events, batches of 256")
+    rates: dict[bool, float] = {False: 0.0, True: 0.0}
+    # Interleaved rounds on fresh durables, best of each: the machine is shared and noisy.
+    for round_, ack_all in enumerate([False, True] * 3):
+        rates[ack_all] = max(rates[ack_all], await _consume_once(js, f"bench-{round_}", n, ack_all))
+    line("ack per message (persister; SPC engine before)", rates[False])
+    line("AckAll per batch (SPC engine, issue 13)", rates[True], rates[False])
+
+
+async def through_nats(n_publish: int, n_consume: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="llmscope-bench-") as tmp:
+        server = EmbeddedNats(Path(tmp) / "nats", free_port())
+        server.start()
+        try:
+            nc = await nats.connect(server.url)
+            js = nc.jetstream()
+            await ensure_streams(js, BusSettings())
+            await publishing(js, n_publish)
+            await js.purge_stream(subjects.STREAM_TELEMETRY)
+            stored = events(n_consume, seed=99)
+            for start in range(0, n_consume, 1000):
+                chunk = stored[start : start + 1000]
+                await Publisher(js).publish_many(
+                    [(subjects.telemetry(e.provider, e.model), e) for e in chunk]
+                )
+            await consuming(js, n_consume)
+            await nc.close()
+        finally:
+            server.stop()
+
+
+# -- (c) ------------------------------------------------------------------------------------
+
+
+async def storing(n_single: int, n_bulk: int) -> None:
+    print("\n== (c) persister store_telemetry (PostgreSQL, fsync on, a fresh database)")
+    with tempfile.TemporaryDirectory(prefix="llmscope-bench-pg-") as tmp:
+        server = EmbeddedPostgres(Path(tmp) / "data", free_port())
+        server.start()
+        try:
+            pool = await create_pool(server.url(), min_size=1, max_size=2)
+            try:
+                await _storing(pool, n_single, n_bulk)
+            finally:
+                await pool.close()
+        finally:
+            server.stop()
+
+
+async def _storing(pool: asyncpg.Pool, n_single: int, n_bulk: int) -> None:
+    singles = events(2 * n_single, seed=7)
+    copy_min = persister.COPY_MIN_ROWS
+
+    async def one_by_one(batch: Sequence[TelemetryEvent]) -> None:
+        async with pool.acquire() as conn:
+            for ev in batch:
+                await persister.store_telemetry(conn, [ev])
+
+    persister.COPY_MIN_ROWS = 1  # every batch through the temporary table, as before
+    try:
+        base = await timed(n_single, lambda: one_by_one(singles[:n_single]))
+    finally:
+        persister.COPY_MIN_ROWS = copy_min
+    line("1-event batches, temp table + COPY (before)", base)
+    line(
+        "1-event batches, array parameters (issue 13)",
+        await timed(n_single, lambda: one_by_one(singles[n_single:])),
+        base,
+    )
+
+    bulk = [events(500, seed=1000 + s) for s in range(2 * n_bulk // 500)]
+
+    async def ceiling(batches: Sequence[Sequence[TelemetryEvent]]) -> None:
+        async with pool.acquire() as conn:
+            for batch in batches:
+                async with conn.transaction():
+                    await conn.copy_records_to_table(
+                        "telemetry",
+                        records=[persister.telemetry_record(ev) for ev in batch],
+                        columns=persister.TELEMETRY_COLUMNS,
+                    )
+
+    async def stored(batches: Sequence[Sequence[TelemetryEvent]]) -> None:
+        async with pool.acquire() as conn:
+            for batch in batches:
+                await persister.store_telemetry(conn, batch)
+
+    half = len(bulk) // 2
+    top = await timed(half * 500, lambda: ceiling(bulk[:half]))
+    line("500-event batches, bare copy_records_to_table (ceiling)", top)
+    line(
+        "500-event batches, store_telemetry (rollups, series)",
+        await timed(half * 500, lambda: stored(bulk[half:])),
+        top,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="small samples: a smoke run, rough figures")
+    args = parser.parse_args(argv)
+    print_machine()
+    quick = args.quick
+    asyncio.run(auth_dependency(300 if quick else 3000))
+    asyncio.run(through_nats(3000 if quick else 30_000, 20_000 if quick else 100_000))
+    asyncio.run(storing(100 if quick else 500, 5000 if quick else 50_000))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
