@@ -265,3 +265,27 @@ def test_a_cold_start_is_counted_and_kept_off_the_charts() -> None:
     assert isinstance(avail.chart, AvailabilityChart)
     assert avail.chart.state.n == 2
     assert avail.chart.state.cold_starts == 1
+
+
+def test_an_ewma_on_tokens_per_second_names_the_way_the_metric_moved() -> None:
+    config = msgspec.structs.replace(
+        default_config("tokens_per_s"),
+        baseline_n=BASE,
+        cusum=msgspec.structs.replace(default_config().cusum, enabled=False),
+    )
+    chart = armed(config)
+    signals = feed(chart, 0.3 * (ar1(np.random.default_rng(12), 300) - 1.0), start=BASE)
+    ewma = [s for s in signals if s.rule == "EWMA" and s.state == "open"]
+    assert ewma
+    assert ewma[0].direction == "down"  # generation got slower: the metric went down
+    assert not ewma[0].better
+    assert "slower" in ewma[0].rule_name
+
+
+def test_the_reported_level_is_the_level_of_the_points_not_a_model_extrapolation() -> None:
+    chart = armed(msgspec.structs.replace(LATENCY, baseline_n=1000), seed=9, phi=0.8)
+    signals = feed(chart, 0.3 * (ar1(np.random.default_rng(13), 400, phi=0.8) + 1.5), start=1000)
+    (opened,) = critical(signals)
+    assert opened.level is not None
+    true_level = math.exp(6.5 + 0.3 * 1.5)
+    assert opened.level == pytest.approx(true_level, rel=0.35)

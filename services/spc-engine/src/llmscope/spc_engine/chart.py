@@ -475,12 +475,14 @@ class MetricChart:
             severity = "info"
         return _Fire(chart=chart, severity=severity, name=name, direction=direction, better=better)
 
-    def _level(self, baseline: Baseline, shift: float, direction: Direction) -> float:
-        """Metric units of a level ``shift`` residual-scale sigmas (clipped) from the centre."""
-        persistence = max(1e-3, 1.0 - sum(baseline.ar))
-        sign = 1.0 if direction == "up" else -1.0
-        y = baseline.center + sign * shift * baseline.w_sd * baseline.sigma_e / persistence
-        return transforms.inverse(self.config.transform, y)
+    def _level(self, n: int) -> float:
+        """The process's level now, in metric units: the (log-scale) mean of the last ``n`` points.
+
+        Measured, not modelled: converting a residual shift back to a level divides by
+        ``1 - sum(phi)``, which under strong autocorrelation turned a 0.9 s level into "3.4 s"."""
+        t = self.config.transform
+        ys = [y for p in self.state.recent[-max(1, n) :] if (y := transforms.forward(t, p.value)) is not None]
+        return transforms.inverse(t, sum(ys) / len(ys)) if ys else math.nan
 
     def _judge(self, y: float, ref: PointRef, baseline: Baseline) -> list[Signal]:
         cfg = self.config
@@ -515,9 +517,9 @@ class MetricChart:
             pt = self._cusum.update(d)
             side_worse, side_better = pt.up, pt.down
             if pt.up.fired:
-                paging_worse["CUSUM"] = self._cusum_fire(b, worse, pt.up)
+                paging_worse["CUSUM"] = self._cusum_fire(worse, pt.up)
             if pt.down.fired:
-                paging_better["CUSUM"] = self._cusum_fire(b, better, pt.down)
+                paging_better["CUSUM"] = self._cusum_fire(better, pt.down)
         if cfg.tail.enabled:
             window = st.tail_window
             window.append(sign * r > cfg.tail.k)
@@ -549,14 +551,13 @@ class MetricChart:
                 fired[key] = msgspec.structs.replace(
                     self._describe(f"R{n}", direction), n_points=cfg.rules.window(n)
                 )
-        if cfg.ewma.enabled and self._ewma_fired(u, sign):
-            direction = "up" if sign * self._ewma.value > 0 else "down"
-            shift = abs(self._ewma.value)
+        if cfg.ewma.enabled and self._ewma_fired(u):
+            # u is not oriented: a positive EWMA is the metric going up, whichever way is worse.
+            direction = "up" if self._ewma.value > 0 else "down"
+            span = min(self._ewma.state.n, max(1, round(2.0 / cfg.ewma.lam)))
+            level = self._level(span)
             fired[f"EWMA:{direction}"] = msgspec.structs.replace(
-                self._describe("EWMA", direction),
-                statistic=self._level(b, shift, direction),
-                level=self._level(b, shift, direction),
-                n_points=min(self._ewma.state.n, max(1, round(2.0 / cfg.ewma.lam))),
+                self._describe("EWMA", direction), statistic=level, level=level, n_points=span
             )
         for key in sorted(
             set(fired) | {k for k in st.episodes if not k.startswith("PAGE:")}, key=_episode_order
@@ -583,21 +584,21 @@ class MetricChart:
                     self._ewma.reset()
         return out
 
-    def _ewma_fired(self, u: float, sign: float) -> bool:
+    def _ewma_fired(self, u: float) -> bool:
         """Beyond its limit, or, with an episode open that way, beyond half of it (hysteresis:
         an EWMA hovering at its limit during a shift is one episode, not one per crossing)."""
         assert self._ewma is not None
         if self._ewma.update(u):
             return True
         value = self._ewma.value
-        direction = "up" if sign * value > 0 else "down"
+        direction = "up" if value > 0 else "down"
         return f"EWMA:{direction}" in self.state.episodes and abs(value) > self._ewma.bound / 2
 
-    def _cusum_fire(self, b: Baseline, direction: Direction, side: CusumSide) -> _Fire:
-        level = self._level(b, side.shift, direction)
+    def _cusum_fire(self, direction: Direction, side: CusumSide) -> _Fire:
         stat = side.statistic if direction == "up" else -side.statistic
+        run = max(1, side.run)
         return msgspec.structs.replace(
-            self._describe("CUSUM", direction), statistic=stat, n_points=max(1, side.run), level=level
+            self._describe("CUSUM", direction), statistic=stat, n_points=run, level=self._level(run)
         )
 
     def _family(
