@@ -6,6 +6,8 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+__all__ = ["Sample", "scrape", "total", "values"]
+
 
 async def scrape(session: aiohttp.ClientSession, url: str) -> list[Sample]:
     """Every sample of the exposition at ``url`` (raises on a non-200 answer or a bad format)."""
