@@ -139,7 +139,8 @@ async def test_metrics_count_deliveries_incidents_lag_and_dead_letters(
                 return (
                     total(samples, "llmscope_alerter_notifications_total", status="sent", **webhook) == 1
                     # Sampled from Postgres and from the server every 10 s.
-                    and values(samples, "llmscope_alerter_incidents", state="open", severity="critical") == [1]
+                    and values(samples, "llmscope_alerter_incidents", state="open", severity="critical")
+                    == [1]
                     and values(samples, "llmscope_consumer_pending_messages", consumer="alerter") == [0]
                     and values(samples, "llmscope_dead_letters_total", consumer="alerter") == [1]
                 )
