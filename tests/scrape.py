@@ -6,7 +6,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-__all__ = ["Sample", "scrape", "total", "values"]
+__all__ = ["Sample", "parse", "scrape", "total", "values"]
 
 
 async def scrape(session: aiohttp.ClientSession, url: str) -> list[Sample]:
@@ -15,6 +15,10 @@ async def scrape(session: aiohttp.ClientSession, url: str) -> list[Sample]:
         assert resp.status == 200, resp.status
         assert resp.headers["Content-Type"].startswith("text/plain; version=")
         text = await resp.text()
+    return parse(text)
+
+
+def parse(text: str) -> list[Sample]:
     return [s for family in text_string_to_metric_families(text) for s in family.samples]
 
 
