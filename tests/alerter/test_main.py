@@ -10,6 +10,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import pytest
 from aiohttp import web
@@ -19,8 +20,11 @@ from llmscope.alerter.__main__ import main
 from llmscope.alerter.retry import RetryPolicy
 from llmscope.alerter.testsend import send_test
 from llmscope.config.env import Env
+from llmscope.proto import subjects
+from llmscope.stack.ports import free_port
 from tests.alerter.factories import LOOPBACK_ALLOWED, HttpSink, Mailbox, hang, smtp_server, violation
 from tests.alerter.harness import eventually, publish
+from tests.scrape import Sample, scrape, total, values
 
 
 def _spawn(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -93,6 +97,66 @@ async def test_sigkill_mid_delivery_then_restart_sends_each_notification_once(
             except subprocess.TimeoutExpired:
                 proc.kill()
         await db.close()
+        await sink.stop()
+    assert proc.returncode == 0, log.read_text()[-3000:]
+
+
+async def test_metrics_count_deliveries_incidents_lag_and_dead_letters(
+    database_url: str, nats_url: str, js: JetStreamContext, tmp_path: Path
+) -> None:
+    async def behaviour(request: web.Request, n: int) -> web.StreamResponse:
+        return web.Response(status=503 if n == 1 else 200, text="ok")  # the first attempt fails
+
+    sink = HttpSink(behaviour)
+    url = await sink.start()
+    port = free_port()
+    env = {
+        "DATABASE_URL": database_url,
+        "NATS_URL": nats_url,
+        "LLMSCOPE_WEBHOOK_URL": url + "/hook",
+        **LOOPBACK_ALLOWED,
+        "LLMSCOPE_ALERTER_GROUP_WAIT_S": "0.2",
+        "LLMSCOPE_ALERTER_TICK_S": "0.1",
+        "LLMSCOPE_ALERTER_RETRY_INITIAL_S": "0.1",
+        "LLMSCOPE_ALERTER_HEALTH_HOST": "127.0.0.1",
+        "LLMSCOPE_ALERTER_HEALTH_PORT": str(port),
+    }
+    log = tmp_path / "alerter.log"
+    proc = _spawn(env, log)
+    try:
+        await publish(js, violation(1))
+        await js.publish(subjects.violations("ollama", "m", "R1"), b"not a violation")
+        samples: list[Sample] = []
+        async with aiohttp.ClientSession() as session:
+
+            async def all_reported() -> bool:
+                nonlocal samples
+                try:
+                    samples = await scrape(session, f"http://127.0.0.1:{port}/metrics")
+                except aiohttp.ClientConnectionError:
+                    return False  # not listening yet
+                webhook = {"channel": "webhook"}
+                return (
+                    total(samples, "llmscope_alerter_notifications_total", status="sent", **webhook) == 1
+                    # Sampled from Postgres and from the server every 10 s.
+                    and values(samples, "llmscope_alerter_incidents", state="open", severity="critical")
+                    == [1]
+                    and values(samples, "llmscope_consumer_pending_messages", consumer="alerter") == [0]
+                    and values(samples, "llmscope_dead_letters_total", consumer="alerter") == [1]
+                )
+
+            await eventually(all_reported, within=40, what="delivery, incident, lag and dead letter reported")
+        assert total(samples, "llmscope_alerter_delivery_attempts_total", channel="webhook", ok="false") == 1
+        assert total(samples, "llmscope_alerter_delivery_attempts_total", channel="webhook", ok="true") == 1
+        assert total(samples, "llmscope_alerter_delivery_attempt_seconds_count", channel="webhook") == 2
+        assert total(samples, "llmscope_alerter_violations_total", state="open") == 1
+        assert values(samples, "llmscope_build_info", service="alerter") == [1.0]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
         await sink.stop()
     assert proc.returncode == 0, log.read_text()[-3000:]
 

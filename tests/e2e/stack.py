@@ -28,6 +28,8 @@ class RunningStack:
     env: dict[str, str]
     api_key: str = ""
     output: list[str] = field(default_factory=list)
+    metrics_urls: dict[str, str] = field(default_factory=dict)
+    """Each service's /metrics."""
 
     def client(self) -> httpx.Client:
         return httpx.Client(
@@ -58,6 +60,7 @@ def _pump(proc: subprocess.Popen[str], sink: list[str]) -> None:
 def llmscope_up(data_dir: Path, extra_env: Mapping[str, str] | None = None) -> Iterator[RunningStack]:
     """Start `llmscope up`, wait for its banner, yield, then Ctrl-C it and check it exits cleanly."""
     port, sim_port, nats_port, pg_port = (free_port() for _ in range(4))
+    metrics_ports = {service: free_port() for service in ("prober", "spc-engine", "alerter")}
     env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DATABASE_URL", "LLMSCOPE_API_KEY")}
     env.update(
         LLMSCOPE_DATA_DIR=str(data_dir),
@@ -66,6 +69,9 @@ def llmscope_up(data_dir: Path, extra_env: Mapping[str, str] | None = None) -> I
         LLMSCOPE_NATS_PORT=str(nats_port),
         LLMSCOPE_PG_PORT=str(pg_port),
         PYTHONUNBUFFERED="1",
+        LLMSCOPE_PROBER_HEALTH_PORT=str(metrics_ports["prober"]),
+        LLMSCOPE_SPC_HEALTH_PORT=str(metrics_ports["spc-engine"]),
+        LLMSCOPE_ALERTER_HEALTH_PORT=str(metrics_ports["alerter"]),
         **(extra_env or {}),
     )
     proc = subprocess.Popen(
@@ -82,6 +88,10 @@ def llmscope_up(data_dir: Path, extra_env: Mapping[str, str] | None = None) -> I
         sim_url=f"http://127.0.0.1:{sim_port}",
         data_dir=data_dir,
         env={**env, "LLMSCOPE_SIM_URL": f"http://127.0.0.1:{sim_port}"},
+        metrics_urls={
+            "api": f"http://127.0.0.1:{port}/metrics",
+            **{service: f"http://127.0.0.1:{p}/metrics" for service, p in metrics_ports.items()},
+        },
     )
     reader = threading.Thread(target=_pump, args=(proc, stack.output), daemon=True)
     reader.start()

@@ -23,6 +23,7 @@ import pytest
 
 from llmscope.proto import subjects
 from tests.e2e.stack import RunningStack, llmscope_up, wait_for
+from tests.scrape import parse, total
 
 pytestmark = pytest.mark.e2e
 
@@ -116,6 +117,26 @@ def test_up_detects_an_injected_shift_and_keeps_its_data(data_dir: Path) -> None
         assert frozen["point_ids"]
         assert frozen["baseline"]["n"] >= 1
         assert detail.json()["context"], "the detail view shows the points around the violation"
+
+        # Every service reports its own work on its own /metrics port.
+        def reported(service: str, name: str) -> float:
+            try:
+                return total(parse(httpx.get(stack.metrics_urls[service], timeout=5).text), name)
+            except httpx.TransportError:
+                return 0
+
+        for service, series in (
+            ("api", "llmscope_persister_events_total"),
+            ("prober", "gen_ai_client_operation_duration_seconds_count"),
+            ("spc-engine", "llmscope_spc_violations_total"),
+            ("spc-engine", "llmscope_dead_letters_total"),
+            ("alerter", "llmscope_alerter_violations_total"),
+        ):
+            wait_for(
+                lambda s=service, n=series: reported(s, n) > 0,
+                30,
+                what=f"{series} on the {service}'s /metrics",
+            )
         # The dashboard lists it too.
         log = httpx.get(f"{stack.base_url}/violations", params={"key": stack.api_key}, follow_redirects=True)
         assert violation["id"] in log.text

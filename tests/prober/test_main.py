@@ -16,6 +16,7 @@ from llmscope.prober.__main__ import main
 from llmscope.proto import codec, subjects
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.stack.ports import free_port
+from tests.scrape import scrape, total, values
 from tests.simulator.harness import running_sim
 
 
@@ -47,10 +48,19 @@ async def test_runs_publishes_serves_metrics_and_stops_cleanly(nats_url: str, js
                 base = f"http://127.0.0.1:{health_port}"
                 async with session.get(f"{base}/readyz") as resp:
                     assert resp.status == 200
-                async with session.get(f"{base}/metrics") as resp:
-                    text = await resp.text()
-            assert 'llmscope_prober_probes_total{model="fast-a:1b",provider="ollama",status="ok"' in text
-            assert "llmscope_prober_latency_seconds_bucket" in text
+                samples = await scrape(session, f"{base}/metrics")
+            ok = {"model": "fast-a:1b", "provider": "ollama", "status": "ok"}
+            assert total(samples, "llmscope_prober_probes_total", **ok) >= 1
+            # GenAI client metrics: streaming Ollama /api/generate has a TTFT, OpenAI unary has none.
+            ollama = {"gen_ai_provider_name": "ollama", "gen_ai_request_model": "fast-a:1b"}
+            duration = "gen_ai_client_operation_duration_seconds_count"
+            assert total(samples, duration, gen_ai_operation_name="text_completion", **ollama) >= 1
+            assert total(samples, duration, gen_ai_operation_name="chat", gen_ai_provider_name="openai") >= 1
+            ttft = "gen_ai_client_operation_time_to_first_chunk_seconds_count"
+            assert total(samples, ttft, **ollama) >= 1
+            assert values(samples, ttft, gen_ai_provider_name="openai") == []
+            assert values(samples, "llmscope_build_info", service="prober") == [1.0]
+            assert total(samples, "process_resident_memory_bytes") > 0
             proc.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(proc.wait(), 10) == 0
         finally:

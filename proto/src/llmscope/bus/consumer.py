@@ -46,6 +46,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from llmscope.bus.deadletter import DeadLetters
+from llmscope.bus.metrics import ConsumerMetrics
 from llmscope.config.logs import get_logger
 from llmscope.proto.codec import DecodeError
 
@@ -180,6 +181,7 @@ class DurableConsumer(Generic[T]):
         handler: BatchHandler[T],
         dead_letters: DeadLetters,
         options: ConsumerOptions | None = None,
+        metrics: ConsumerMetrics | None = None,
     ) -> None:
         self._js = js
         self._stream = stream
@@ -189,6 +191,7 @@ class DurableConsumer(Generic[T]):
         self._handler = handler
         self._dead_letters = dead_letters
         self._opts = options or ConsumerOptions()
+        self._metrics = metrics
         self._log = log.bind(stream=stream, consumer=durable)
         self.processed = 0
         self.dead_lettered = 0
@@ -361,4 +364,6 @@ class DurableConsumer(Generic[T]):
         )
         await msg.term()
         self.dead_lettered += 1
+        if self._metrics is not None:
+            self._metrics.dead_letters.labels(self._durable).inc()
         self._log.warning("dead-lettered", subject=msg.subject, seq=stream_seq, reason=reason[:200])

@@ -6,15 +6,17 @@ from collections.abc import Callable
 
 import prometheus_client
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 
 class HealthServer:
-    """Serves liveness, readiness (from a callable) and Prometheus metrics on one port."""
+    """Serves liveness, readiness (from a callable) and the service's registry on one port."""
 
-    def __init__(self, host: str, port: int, ready: Callable[[], bool]) -> None:
+    def __init__(self, host: str, port: int, ready: Callable[[], bool], registry: CollectorRegistry) -> None:
         self._host = host
         self._port = port
         self._ready = ready
+        self._registry = registry
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -39,5 +41,5 @@ class HealthServer:
         return web.json_response({"ready": ready}, status=200 if ready else 503)
 
     async def _metrics(self, _: web.Request) -> web.Response:
-        body = prometheus_client.generate_latest()
+        body = prometheus_client.generate_latest(self._registry)
         return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})

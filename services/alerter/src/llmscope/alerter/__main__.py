@@ -21,6 +21,7 @@ import asyncpg
 
 from llmscope.alerter.config import build_runtime, load_file
 from llmscope.alerter.control import ControlResponder
+from llmscope.alerter.metrics import AlerterMetrics
 from llmscope.alerter.migrate import migrate
 from llmscope.alerter.retention import RetentionPolicy
 from llmscope.alerter.service import Alerter, AlerterOptions, utcnow, violation_consumer_options
@@ -29,6 +30,7 @@ from llmscope.alerter.store import Store
 from llmscope.bus.connection import connect
 from llmscope.bus.consumer import DurableConsumer
 from llmscope.bus.deadletter import DeadLetters
+from llmscope.bus.metrics import sample_consumers
 from llmscope.bus.publisher import Publisher
 from llmscope.bus.streams import ensure_streams
 from llmscope.config.env import ConfigError, Env
@@ -40,6 +42,9 @@ from llmscope.proto import codec, subjects
 from llmscope.proto.violation import ViolationEvent
 
 log = get_logger("llmscope.alerter")
+
+LAG_SAMPLE_S = 10.0
+"""How often the violation consumer's lag is read from the server (a third of a 30 s scrape)."""
 
 
 def _decode(data: bytes) -> ViolationEvent:
@@ -73,6 +78,7 @@ async def serve(settings: AlerterSettings, env: Env, stop: asyncio.Event) -> Non
                 analysis_delay=settings.analysis_delay_s,
                 analysis_lease=(settings.llm.timeout if settings.llm else 0) + 60,
             )
+            metrics = AlerterMetrics()
             async with aiohttp.ClientSession() as session:
                 alerter = Alerter(
                     store,
@@ -97,6 +103,7 @@ async def serve(settings: AlerterSettings, env: Env, stop: asyncio.Event) -> Non
                             ),
                         ),
                     ),
+                    metrics=metrics,
                 )
                 await alerter.runtime()  # a bad file or env fails here, before consuming
                 control = ControlResponder(
@@ -116,14 +123,28 @@ async def serve(settings: AlerterSettings, env: Env, stop: asyncio.Event) -> Non
                     handler=alerter.on_violations,
                     dead_letters=DeadLetters(publisher, "alerter"),
                     options=violation_consumer_options(),
+                    metrics=metrics.consumers,
                 )
                 health = None
                 if settings.health_port:
-                    health = HealthServer(settings.health_host, settings.health_port, lambda: alerter.ready)
+                    health = HealthServer(
+                        settings.health_host,
+                        settings.health_port,
+                        lambda: alerter.ready,
+                        registry=metrics.registry,
+                    )
                     await health.start()
                 log.info("alerter running", instance=settings.instance, durable=settings.durable)
+                lag = sample_consumers(
+                    metrics.consumers,
+                    js,
+                    subjects.STREAM_VIOLATIONS,
+                    lambda: (settings.durable,),
+                    stop,
+                    every=LAG_SAMPLE_S,
+                )
                 try:
-                    await asyncio.gather(consumer.run(stop), alerter.run_loops(stop))
+                    await asyncio.gather(consumer.run(stop), alerter.run_loops(stop), lag)
                 finally:
                     await control.stop()
                     await alerter.drain_deliveries(grace=5.0)

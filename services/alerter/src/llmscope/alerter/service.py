@@ -12,19 +12,20 @@ import asyncio
 import contextlib
 import functools
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
-from prometheus_client import Counter
 
 from llmscope.alerter.analysis import summarize
 from llmscope.alerter.config import AlerterFile, RuntimeConfig, Timings, build_runtime
 from llmscope.alerter.grouping import ChannelView
 from llmscope.alerter.incidents import search_text
 from llmscope.alerter.llm import LlmConfig, LlmResult, analyze
+from llmscope.alerter.metrics import AlerterMetrics
 from llmscope.alerter.model import Alert
 from llmscope.alerter.notifiers.base import AlertView, Notification, Notifier
 from llmscope.alerter.notifiers.registry import build_notifier
@@ -37,17 +38,9 @@ from llmscope.config.env import Env
 from llmscope.config.logs import BoundLogger, get_logger
 from llmscope.config.startup import postgres_unavailable
 from llmscope.proto.incident import IncidentAnalysis
-from llmscope.proto.violation import Severity, ViolationEvent
+from llmscope.proto.violation import SEVERITIES, Severity, ViolationEvent
 
 log = get_logger("llmscope.alerter")
-
-NOTIFICATIONS = Counter(
-    "llmscope_alerter_notifications_total",
-    "Notifications finished, by channel and status",
-    ["channel", "status"],
-)
-ATTEMPTS = Counter("llmscope_alerter_delivery_attempts_total", "Delivery attempts", ["channel", "ok"])
-VIOLATIONS = Counter("llmscope_alerter_violations_total", "Violation events recorded", ["state"])
 
 NotifierFactory = Callable[[str, RuntimeConfig, aiohttp.ClientSession], Notifier]
 
@@ -82,6 +75,8 @@ class AlerterOptions:
     config_file: AlerterFile | None = None
     timings: Timings = field(default_factory=Timings)
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+    gauges_s: float = 10.0
+    """How often the incident gauges are read from Postgres."""
 
 
 class Alerter:
@@ -97,8 +92,10 @@ class Alerter:
         options: AlerterOptions,
         notifier_factory: NotifierFactory = default_notifier_factory,
         rng: random.Random | None = None,
+        metrics: AlerterMetrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics or AlerterMetrics()
         self._env = env
         self._session = session
         self._publisher = publisher
@@ -139,7 +136,7 @@ class Alerter:
         events = [d.event for d in deliveries]
         await self.store.ingest(events, runtime.routes, runtime.allowed_rules)
         for ev in events:
-            VIOLATIONS.labels(ev.state).inc()
+            self.metrics.violations.labels(ev.state).inc()
         self._wake_outbox.set()
 
     # -- dispatch ---------------------------------------------------------------------------
@@ -221,7 +218,7 @@ class Alerter:
                 "failed", (Attempt(1, self.store.clock(), False, "channel no longer configured"),)
             )
             await self.store.fail_unbuildable(claim.id, claim.generation, "channel no longer configured")
-            NOTIFICATIONS.labels(claim.channel, "failed").inc()
+            self.metrics.notifications.labels(claim.channel, "failed").inc()
             return outcome
         notifier = self._factory(claim.channel, runtime, self._session)
         notification = await self.notification_for(claim, runtime)
@@ -230,7 +227,7 @@ class Alerter:
         except DeliveryError as exc:
             await self.store.fail_unbuildable(claim.id, claim.generation, str(exc))
             bound.error("cannot build the message", error=str(exc))
-            NOTIFICATIONS.labels(claim.channel, "failed").inc()
+            self.metrics.notifications.labels(claim.channel, "failed").inc()
             return Outcome("failed", (Attempt(1, self.store.clock(), False, str(exc)),))
 
         # The lease is renewed on a heartbeat for the whole delivery, attempts and backoff sleeps
@@ -238,14 +235,18 @@ class Alerter:
         lost = asyncio.Event()
 
         async def on_attempt(attempt: Attempt) -> None:
-            ATTEMPTS.labels(claim.channel, str(attempt.ok).lower()).inc()
+            self.metrics.attempts.labels(claim.channel, str(attempt.ok).lower()).inc()
             if not await self.store.record_attempt(claim.id, claim.generation, attempt):
                 lost.set()
             if not attempt.ok:
                 bound.warning("delivery attempt failed", attempt=attempt.number, error=attempt.detail[:200])
 
         async def send() -> str:
-            return await notifier.send(payload)
+            started = time.perf_counter()
+            try:
+                return await notifier.send(payload)
+            finally:
+                self.metrics.delivery_seconds.labels(claim.channel).observe(time.perf_counter() - started)
 
         async def before_attempt() -> bool:
             return not lost.is_set() and await self.store.renew(claim.id, claim.generation)
@@ -272,7 +273,7 @@ class Alerter:
         if lost.is_set() or not await self.store.finish(claim.id, claim.generation, outcome):
             bound.warning("claim taken over during delivery; its holder records it", status=outcome.status)
             return outcome
-        NOTIFICATIONS.labels(claim.channel, outcome.status).inc()
+        self.metrics.notifications.labels(claim.channel, outcome.status).inc()
         bound.info("notification finished", status=outcome.status, attempts=len(outcome.attempts))
         return outcome
 
@@ -387,6 +388,15 @@ class Alerter:
             )
         return counts
 
+    # -- metrics ----------------------------------------------------------------------------
+
+    async def sample_gauges(self) -> None:
+        """Set the incident gauges from Postgres (every state and severity, 0 when none)."""
+        counts = await self.store.unresolved_incidents()
+        for state in ("open", "acknowledged"):
+            for severity in SEVERITIES:
+                self.metrics.incidents.labels(state, severity).set(counts.get((state, severity), 0))
+
     # -- loops ------------------------------------------------------------------------------
 
     async def run_loops(self, stop: asyncio.Event) -> None:
@@ -396,6 +406,7 @@ class Alerter:
             self._outbox_loop(stop),
             self._every(stop, self._opts.tick_s, self._analyze_all, "analysis"),
         ]
+        loops.append(self._every(stop, self._opts.gauges_s, self.sample_gauges, "incident gauges"))
         if self._opts.retention.enabled:
             # A failed sweep is logged by _every and tried again a period later.
             loops.append(self._every(stop, self._opts.retention.every_s, self.sweep_once, "retention"))

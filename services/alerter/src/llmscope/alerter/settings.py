@@ -22,7 +22,7 @@
 | LLMSCOPE_ALERTER_SETTINGS_REFRESH_S | 10 | how often the API's settings table is re-read |
 | LLMSCOPE_ALERTER_RETENTION_DAYS | 90 | finished records older than this are deleted hourly (0: never) |
 | LLMSCOPE_ALERTER_HEALTH_HOST | 0.0.0.0 | address of /healthz, /readyz, /metrics |
-| LLMSCOPE_ALERTER_HEALTH_PORT | 9103 | port of the same (0: no health server) |
+| LLMSCOPE_ALERTER_HEALTH_PORT | 8003 | port of the same (0: no health server) |
 | LLMSCOPE_INCIDENT_WINDOW_S | 300 | violations this close in time join one incident |
 | LLMSCOPE_INCIDENT_MIN_SEVERITY | critical | least severity that forms incidents: critical, warning, info |
 | LLMSCOPE_ANALYSIS_DELAY_S | 30 | settle time after an incident's last change before analysis |
@@ -161,7 +161,7 @@ class AlerterSettings:
             settings_refresh_s=env.number("LLMSCOPE_ALERTER_SETTINGS_REFRESH_S", 10, min=0),
             retention_days=env.number("LLMSCOPE_ALERTER_RETENTION_DAYS", 90, min=0, max=36500),
             health_host=env.text("LLMSCOPE_ALERTER_HEALTH_HOST", "0.0.0.0"),
-            health_port=env.integer("LLMSCOPE_ALERTER_HEALTH_PORT", 9103, min=0, max=65535),
+            health_port=env.integer("LLMSCOPE_ALERTER_HEALTH_PORT", 8003, min=0, max=65535),
             incident_window_s=env.number("LLMSCOPE_INCIDENT_WINDOW_S", 300, min=1),
             incident_min_severity=env.choice(  # type: ignore[arg-type]  # choice() narrows to SEVERITIES
                 "LLMSCOPE_INCIDENT_MIN_SEVERITY", "critical", SEVERITIES

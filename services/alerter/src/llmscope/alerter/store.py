@@ -1052,6 +1052,14 @@ class Store:
             )
         )
 
+    async def unresolved_incidents(self) -> dict[tuple[str, str], int]:
+        """How many incidents are open or acknowledged, by (state, severity)."""
+        rows = await self.pool.fetch(
+            "SELECT state, severity, count(*) AS n FROM alerter_incidents"
+            " WHERE state <> 'resolved' GROUP BY state, severity"
+        )
+        return {(r["state"], r["severity"]): r["n"] for r in rows}
+
     async def mark_published(self, outbox_id: int) -> None:
         await self.pool.execute(
             "UPDATE alerter_outbox SET published_at = $2 WHERE id = $1", outbox_id, self.clock()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+from llmscope.config.metrics import service_registry
+
 
 class ApiMetrics:
     """Counters the routes and the persister update; ``render()`` is the /metrics body."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
+        self.registry = registry or service_registry("api")
         self.http_requests = Counter(
             "llmscope_api_http_requests",
             "HTTP requests served",

@@ -120,6 +120,7 @@ async def run(settings: ProberSettings, metrics: ProberMetrics, stop: asyncio.Ev
             settings.health_host,
             settings.health_port,
             ready=lambda: streams_ready.is_set() and clients[0].is_connected,
+            registry=metrics.registry,
         )
         try:
             await health.start()

@@ -96,6 +96,11 @@ def is_cold_start(target: Target, result: ProbeResult) -> bool:
     )
 
 
+def _operation_name(target: Target) -> str:
+    """The GenAI conventions' ``gen_ai.operation.name``: Ollama's /api/generate completes text."""
+    return "text_completion" if target.kind == "ollama" and target.api == "generate" else "chat"
+
+
 class Scheduler:
     """Probes every target forever (until stopped) and hands each event to the outbox."""
 
@@ -149,11 +154,12 @@ class Scheduler:
         if result.load_duration_ms is not None and result.load_duration_ms > target.cold_start_ms:
             self._metrics.cold_starts.labels(target.name).inc()
         if result.status == "ok" and result.latency_ms is not None:
-            self._metrics.latency.labels(target.name, str(target.streaming).lower()).observe(
+            genai = (_operation_name(target), target.kind, target.model, target.name)
+            self._metrics.latency.labels(*genai, str(target.streaming).lower()).observe(
                 result.latency_ms / 1000
             )
             if result.ttft_ms is not None:
-                self._metrics.ttft.labels(target.name).observe(result.ttft_ms / 1000)
+                self._metrics.ttft.labels(*genai).observe(result.ttft_ms / 1000)
         else:
             log.info(
                 "probe failed",

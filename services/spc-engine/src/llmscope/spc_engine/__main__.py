@@ -2,8 +2,11 @@
 
 Settings come from the environment (:mod:`llmscope.spc_engine.settings`). SIGINT/SIGTERM set a
 stop event: the batch in hand finishes, charts are snapshotted, the connection drains; while it
-still waits for NATS it stops at once. Exit codes: 0 after a signal, 1 when a violation could not
-be published (restart to replay), 2 for a configuration error or bad arguments.
+still waits for NATS it stops at once, and with NATS away it stops without the final snapshot
+(the next start replays from the last checkpoint). Exit codes: 0 after a signal, 1 when a
+violation could not be published or a partition lease was lost (restart to replay), 2 for a
+configuration error or bad arguments. ``/metrics`` on the health port: see
+:mod:`llmscope.spc_engine.metrics`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from llmscope.config.envhelp import BUS_SETTINGS, service_parser
 from llmscope.config.health import HealthServer
 from llmscope.config.logs import get_logger, setup_logging
 from llmscope.config.startup import stop_on_signals
+from llmscope.spc_engine.metrics import SpcMetrics
 from llmscope.spc_engine.service import serve
 from llmscope.spc_engine.settings import SpcSettings
 
@@ -35,12 +39,15 @@ async def _main(settings: SpcSettings) -> int:
         # Ready only while NATS answers: an engine cut off from it charts nothing.
         return not stop.is_set() and bool(clients) and clients[0].is_connected
 
+    metrics = SpcMetrics()
     health = None
     if settings.health_port:
-        health = HealthServer(settings.health_host, settings.health_port, ready=ready)
+        health = HealthServer(
+            settings.health_host, settings.health_port, ready=ready, registry=metrics.registry
+        )
         await health.start()
     try:
-        return await serve(settings, stop, on_connected=clients.append)
+        return await serve(settings, stop, on_connected=clients.append, metrics=metrics)
     finally:
         if health is not None:
             await health.stop()

@@ -63,15 +63,17 @@ from datetime import UTC, datetime
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import ConnectionReconnectingError, NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from llmscope.bus.connection import connect
 from llmscope.bus.consumer import ConsumerOptions, Delivery, DurableConsumer
 from llmscope.bus.deadletter import DeadLetters
 from llmscope.bus.kv import bucket_keys, current_entries, open_bucket, watch_bucket
+from llmscope.bus.metrics import sample_consumers
 from llmscope.bus.publisher import Publisher
 from llmscope.bus.streams import (
     PartitionMismatchError,
@@ -103,6 +105,7 @@ from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.proto.violation import ViolationEvent
 from llmscope.spc_engine.config import ChartConfig, default_config, to_settings
 from llmscope.spc_engine.engine import Engine, SettingsLog, Snapshot, decode_snapshot
+from llmscope.spc_engine.metrics import EngineCollector, Ownership, SpcMetrics
 from llmscope.spc_engine.settings import SpcSettings
 
 log = get_logger("llmscope.spc_engine")
@@ -150,6 +153,13 @@ def settings_key(provider: str, model: str) -> str:
     return SETTINGS_PREFIX + subjects.kv_key(provider, model)
 
 
+def nats_unavailable(exc: BaseException) -> bool:
+    """NATS or JetStream cannot answer just now (disconnected, restarting, electing a leader)."""
+    if isinstance(exc, (TimeoutError, NoRespondersError, ConnectionReconnectingError)):
+        return True
+    return isinstance(exc, APIError) and exc.code == 503
+
+
 class LeaseLostError(RuntimeError):
     """This replica can no longer be sure it is the only holder of a partition."""
 
@@ -183,6 +193,13 @@ class PartitionLease:
                 entry = await self._kv.get(self.key)
             except KeyNotFoundError:  # never taken, or released (deleted)
                 entry = None
+            except Exception as exc:
+                # An outage while waiting for a partition is waited out like the holder is.
+                if not nats_unavailable(exc):
+                    raise
+                await self._pause(stop, f"NATS unavailable: {exc!r}")
+                waiting_on = ""
+                continue
             sent = self._clock()
             try:
                 if entry is None or not entry.value:
@@ -197,12 +214,25 @@ class PartitionLease:
                     return self._taken(revision, sent, holder)
             except KeyWrongLastSequenceError:
                 continue  # somebody else moved first: look again
+            except Exception as exc:
+                if not nats_unavailable(exc):
+                    raise
+                # Whether the write landed is unknown: the next read tells (a lease holding our
+                # identity is taken at once).
+                await self._pause(stop, f"NATS unavailable: {exc!r}")
+                waiting_on = ""
+                continue
             if waiting_on != holder:
                 waiting_on = holder
                 log.info("waiting for partition", lease=self.key, holder=holder, ttl_s=self.ttl)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), min(self.ttl / 4, 1.0))
+            await self._pause(stop)
         return False
+
+    async def _pause(self, stop: asyncio.Event, why: str = "") -> None:
+        if why:
+            log.warning("waiting for partition", lease=self.key, reason=why)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), min(self.ttl / 4, 1.0))
 
     def _taken(self, revision: int, sent: float, previous: str) -> bool:
         self._revision = revision
@@ -259,8 +289,10 @@ class SpcService:
         kv: KeyValue,
         *,
         holder: str | None = None,
+        metrics: SpcMetrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics or SpcMetrics()
         self._nc = nc
         self._js = js
         self._kv = kv
@@ -285,6 +317,15 @@ class SpcService:
         self.published = 0
         # Overrides seen in the bucket and not yet adopted, by (provider, model).
         self._pending: dict[tuple[str, str], ModelOverrides | None] = {}
+        self._stop = asyncio.Event()
+        self.ownership = Ownership(settings.lease_ttl_s)
+        self.metrics.registry.register(
+            EngineCollector(
+                lambda: ((e.meta.metric, e.chart) for e in self.engine.charts.values()),
+                lambda: self.held,
+                self.ownership,
+            )
+        )
 
     def partition_of(self, provider: str, model: str) -> int:
         return telemetry_partition(provider, model, self.settings.partitions)
@@ -363,6 +404,8 @@ class SpcService:
             [(subjects.violations(v.provider, v.model, v.rule), v) for v in events]
         )
         self.published += len(events)
+        for v in events:
+            self.metrics.violations.labels(v.rule, v.severity, v.state).inc()
 
     def _stop_on(self, exc: BaseException) -> None:
         # Chart state has moved past what was published (or the partition may have a new owner):
@@ -370,7 +413,10 @@ class SpcService:
         # supervisor restart.
         if self.failed is None:
             self.failed = exc
-            log.error("stopping", error=repr(exc))
+            if self._stop.is_set():  # e.g. NATS away while asked to stop: the signal decides
+                log.warning("stopping; a step failed on the way", error=repr(exc))
+            else:
+                log.error("stopping", error=repr(exc))
         self._halt.set()
 
     async def handle(
@@ -378,6 +424,7 @@ class SpcService:
     ) -> Mapping[int, str] | None:
         """Chart one batch of a partition; returns only when its violations are published."""
         async with self._lock:
+            started = time.perf_counter()  # charting, not waiting for another partition's batch
             try:
                 lease = self._leases[partition]
                 lease.check()
@@ -399,6 +446,8 @@ class SpcService:
             except Exception as exc:
                 self._stop_on(exc)
                 raise
+        self.metrics.telemetry.labels(str(partition)).inc(len(batch))
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
         return None
 
     async def snapshot(self) -> None:
@@ -531,7 +580,11 @@ class SpcService:
             return
         durable = partition_durable(partition)
         async with self._lock:
-            self._leases[partition] = lease
+            self._leases[partition] = lease  # released with the others at stop
+            if stop.is_set():
+                # Partitions queue here for the lock; with NATS away each setup below takes a
+                # request timeout or more, and a stop must not wait for all of them in turn.
+                return
             self.held.add(partition)
             await self.load_settings({partition})
             await self._read_overrides(overrides_kv, {partition})
@@ -551,11 +604,48 @@ class SpcService:
             # One AckAll per batch: this replica is the partition's only reader (its lease), and
             # the consumer is recreated from the checkpoint whenever the partition is taken.
             options=ConsumerOptions(batch_size=self.settings.batch_size, ack_all=True),
+            metrics=self.metrics.consumers,
         )
         log.info("resuming partition", replica=self._name, partition=partition, from_seq=start)
         await consumer.run(stop)
 
+    async def watch_ownership(self, stop: asyncio.Event, every: float) -> None:
+        """Read every partition's lease each ``every`` s; say loudly when one has no owner."""
+        while not stop.is_set():
+            try:
+                for partition in range(self.settings.partitions):
+                    try:
+                        entry = await self._kv.get(lease_key(partition))
+                        holder = (entry.value or b"").decode()
+                        self.ownership.observe(partition, holder, entry.revision or 0)
+                    except KeyNotFoundError:  # never taken, or released
+                        self.ownership.observe(partition, None, 0)
+            except Exception as exc:
+                log.debug("partition leases not read", error=repr(exc))
+                self.ownership.forget()
+            else:
+                reported, unowned = self.ownership.reported, self.ownership.unowned()
+                self.ownership.reported = unowned
+                for partition in sorted(unowned.keys() - reported.keys()):
+                    last = self.ownership.holders.get(partition)
+                    log.error(
+                        "partition has no owner: its telemetry is not charted",
+                        partition=partition,
+                        lease=f"{last}, not renewed" if last else "free",
+                        for_s=round(unowned[partition]),
+                        hint="is every replica 0..LLMSCOPE_SPC_REPLICAS-1 running?",
+                    )
+                for partition in sorted(reported.keys() - unowned.keys()):
+                    log.info(
+                        "partition has an owner again",
+                        partition=partition,
+                        holder=self.ownership.holders.get(partition, ""),
+                    )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
+
     async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
         await self.write_defaults()
         await self.remove_legacy()
         overrides_kv = await open_bucket(
@@ -606,10 +696,23 @@ class SpcService:
                     except Exception as exc:  # e.g. a timeout: check() stops charting if it lasts
                         log.warning("lease renewal failed", lease=lease.key, error=repr(exc))
 
+        # Leases are read, and lag sampled, a few times per TTL (at most every 10 s): an
+        # unowned partition is reported two TTLs after its lease last changed.
+        every = min(10.0, self.settings.lease_ttl_s)
+        lag = sample_consumers(
+            self.metrics.consumers,
+            self._js,
+            subjects.STREAM_TELEMETRY,
+            lambda: [partition_durable(k) for k in self.held],
+            inner_stop,
+            every,
+        )
         helpers = [
             asyncio.create_task(relay()),
             asyncio.create_task(tick()),
             asyncio.create_task(renew()),
+            asyncio.create_task(self.watch_ownership(inner_stop, every)),
+            asyncio.create_task(lag),
         ]
         watch_task = asyncio.create_task(watch_bucket(overrides_kv, self.on_overrides, inner_stop))
         parts = [
@@ -631,22 +734,40 @@ class SpcService:
             await sub.unsubscribe()
             await model_sub.unsubscribe()
             async with self._lock:
-                if self.failed is None:
-                    with contextlib.suppress(LeaseLostError):
-                        await self.snapshot()
+                await self._final_snapshot()
                 self.held.clear()
-                for lease in self._leases.values():
-                    await lease.release()
+                if self._nc.is_connected:
+                    # At once, not one request timeout after another when NATS is slow.
+                    await asyncio.gather(*(lease.release() for lease in self._leases.values()))
                 self._leases.clear()
+
+    async def _final_snapshot(self) -> None:
+        """The last snapshot before stopping, unless it cannot be written: then the next owner
+        replays from the last checkpoint (charts skip what they applied), which is as exact."""
+        if self.failed is not None:
+            return
+        if not self._nc.is_connected:
+            log.warning("NATS unavailable at stop: no final snapshot; leases expire after their TTL")
+            return
+        try:
+            await self.snapshot()
+        except LeaseLostError:
+            pass
+        except Exception as exc:
+            log.warning("final snapshot not written", error=repr(exc))
 
 
 async def serve(
-    settings: SpcSettings, stop: asyncio.Event, on_connected: Callable[[NATS], None] | None = None
+    settings: SpcSettings,
+    stop: asyncio.Event,
+    on_connected: Callable[[NATS], None] | None = None,
+    metrics: SpcMetrics | None = None,
 ) -> int:
-    """Run until ``stop``; 0 on a clean stop, 1 when a publish failed or a lease was lost, 2
-    when the telemetry stream has another number of partitions. A ``stop`` while NATS has not
-    answered yet ends the wait at once (0). ``on_connected`` gets the connection once the
-    streams and buckets are there (readiness follows it)."""
+    """Run until ``stop``; 0 once ``stop`` is set (whatever failed while stopping, e.g. with NATS
+    away), 1 when a publish failed or a lease was lost before that, 2 when the telemetry stream
+    has another number of partitions. A ``stop`` while NATS has not answered yet ends the wait
+    at once (0). ``on_connected`` gets the connection once the streams and buckets are there
+    (readiness follows it)."""
     try:
         nc = await connect(settings.bus.nats_url, f"llmscope-spc-engine-{settings.replica}", stop=stop)
     except Stopped:
@@ -665,10 +786,24 @@ async def serve(
             description="LLMscope SPC chart snapshots (config, state, limits)",
             replicas=settings.bus.replicas,
         )
-        service = SpcService(settings, nc, js, kv)
+        service = SpcService(settings, nc, js, kv, metrics=metrics)
         if on_connected is not None:
             on_connected(nc)
-        await service.run(stop)
+        try:
+            await service.run(stop)
+        except Exception as exc:
+            if not stop.is_set():
+                raise
+            if nats_unavailable(exc):
+                log.warning("stopping with NATS unavailable", error=repr(exc))
+            else:
+                log.warning("stopping; a step failed on the way", exc_info=True)
+        if stop.is_set():
+            return 0  # asked to stop: whatever failed on the way, the next start replays it
         return 1 if service.failed is not None else 0
     finally:
-        await nc.drain()
+        try:
+            await nc.drain()
+        except (ConnectionReconnectingError, TimeoutError):  # NATS away: nothing left to flush
+            with contextlib.suppress(OSError):  # the socket is gone already
+                await nc.close()

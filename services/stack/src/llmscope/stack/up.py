@@ -17,6 +17,9 @@ in reverse order and the embedded servers last. A child that dies is restarted w
 | LLMSCOPE_SIM_PORT | 11500 | port of the simulated LLM endpoint |
 | LLMSCOPE_SIMULATOR | true | start the simulator and point the default prober at it |
 | LLMSCOPE_UP_SERVICES | sim,api,spc-engine,alerter,prober | which services `up` runs |
+| LLMSCOPE_PROBER_HEALTH_PORT | PORT + 1 | prober's /metrics (and /healthz, /readyz); 0: none |
+| LLMSCOPE_SPC_HEALTH_PORT | PORT + 2 | SPC engine's /metrics (and /healthz, /readyz); 0: none |
+| LLMSCOPE_ALERTER_HEALTH_PORT | PORT + 3 | alerter's /metrics (and /healthz, /readyz); 0: none |
 | NATS_URL / DATABASE_URL | unset | use these servers instead of embedded ones |
 """
 
@@ -40,6 +43,14 @@ from llmscope.stack.embedded import EmbeddedNats, EmbeddedPostgres
 from llmscope.stack.ports import PortInUseError, port_in_use
 
 ALL_SERVICES = ("sim", "api", "spc-engine", "alerter", "prober")
+
+# Each service's /metrics port under `up`, next to the API's (8001-8003 by default, the ports of
+# compose and Kubernetes): (service, variable, offset from LLMSCOPE_PORT).
+METRICS_PORTS = (
+    ("prober", "LLMSCOPE_PROBER_HEALTH_PORT", 1),
+    ("spc-engine", "LLMSCOPE_SPC_HEALTH_PORT", 2),
+    ("alerter", "LLMSCOPE_ALERTER_HEALTH_PORT", 3),
+)
 
 # With only the simulator to probe, a production baseline (1000 points per prompt chart at 2 s)
 # would keep the demo "collecting" for hours. The demo runs the simulator four times faster, probes
@@ -70,6 +81,8 @@ class UpSettings:
     sim_port: int
     simulator: bool
     services: tuple[str, ...]
+    metrics_ports: dict[str, int]
+    """/metrics port of each service that runs and has one of its own (the API serves its own)."""
 
     @classmethod
     def from_env(cls, env: Env) -> UpSettings:
@@ -80,10 +93,16 @@ class UpSettings:
         simulator = env.flag("LLMSCOPE_SIMULATOR", True)
         if not simulator:
             services = tuple(s for s in services if s != "sim")
+        port = env.integer("LLMSCOPE_PORT", 8000, min=1, max=65535)
+        metrics_ports = {
+            service: env.integer(variable, min(port + offset, 65535), min=0, max=65535)
+            for service, variable, offset in METRICS_PORTS
+            if service in services
+        }
         return cls(
             data_dir=Path(env.text("LLMSCOPE_DATA_DIR", ".llmscope")).expanduser().resolve(),
             host=env.text("LLMSCOPE_HOST", "127.0.0.1"),
-            port=env.integer("LLMSCOPE_PORT", 8000, min=1, max=65535),
+            port=port,
             api_key=env.optional_text("LLMSCOPE_API_KEY"),
             nats_url=env.url("NATS_URL", None, schemes=("nats", "tls", "ws", "wss")),
             database_url=env.url("DATABASE_URL", None, schemes=("postgres", "postgresql")),
@@ -92,6 +111,7 @@ class UpSettings:
             sim_port=env.integer("LLMSCOPE_SIM_PORT", 11500, min=1, max=65535),
             simulator=simulator,
             services=services,
+            metrics_ports={service: p for service, p in metrics_ports.items() if p},
         )
 
 
@@ -152,6 +172,9 @@ class Stack:
         wanted = [(s.port, "the API and dashboard", "LLMSCOPE_PORT")]
         if "sim" in s.services:
             wanted.append((s.sim_port, "the simulated LLM endpoint", "LLMSCOPE_SIM_PORT"))
+        for service, variable, _ in METRICS_PORTS:
+            if service in s.metrics_ports:
+                wanted.append((s.metrics_ports[service], f"the {service}'s /metrics", variable))
         if s.nats_url is None:
             wanted.append((s.nats_port, "the embedded NATS server", "LLMSCOPE_NATS_PORT"))
         if s.database_url is None:
@@ -188,13 +211,9 @@ class Stack:
             LLMSCOPE_PUBLIC_URL=env.get("LLMSCOPE_PUBLIC_URL", f"http://{_display_host(s.host)}:{s.port}"),
             PYTHONUNBUFFERED="1",
         )
-        # One /metrics port per child would collide on a laptop; the API serves /metrics.
-        for variable in (
-            "LLMSCOPE_PROBER_HEALTH_PORT",
-            "LLMSCOPE_SPC_HEALTH_PORT",
-            "LLMSCOPE_ALERTER_HEALTH_PORT",
-        ):
-            env.setdefault(variable, "0")
+        for service, variable, _ in METRICS_PORTS:
+            env[variable] = str(s.metrics_ports.get(service, 0))
+            env.setdefault(variable.replace("_PORT", "_HOST"), s.host)
         if "sim" in s.services:
             env.setdefault("LLMSCOPE_SIM_HOST", "127.0.0.1")
             env["LLMSCOPE_SIM_PORT"] = str(s.sim_port)
@@ -310,9 +329,13 @@ def main(argv: list[str] | None = None) -> int:
         if "api" in settings.services:
             if stack.wait_for_api():
                 base = f"http://{_display_host(settings.host)}:{settings.port}"
+                host = _display_host(settings.host)
+                metrics = "".join(f", :{p} {name}" for name, p in settings.metrics_ports.items())
                 print(
                     f"\n  Dashboard  {base}/?key={api_key}\n  API        {base}/docs\n"
-                    f"  API key    {api_key}\n\n  Ctrl-C stops everything.\n",
+                    f"  API key    {api_key}\n"
+                    f"  Metrics    http://{host}:{{port}}/metrics: :{settings.port} api{metrics}\n"
+                    "\n  Ctrl-C stops everything.\n",
                     flush=True,
                 )
             elif not stack.stopping:
