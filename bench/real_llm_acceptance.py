@@ -52,7 +52,19 @@ from llmscope.stack.embedded import EmbeddedNats
 from llmscope.stack.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVE_SH = ROOT.parent / "shared" / "real-llm" / "serve.sh"
+# ../shared/real-llm/serve.sh from the main checkout, ../../shared/... from a worktree under it.
+SERVE_SH = (
+    next(
+        (
+            p
+            for p in (ROOT.parent / "shared", ROOT.parent.parent / "shared")
+            if (p / "real-llm" / "serve.sh").exists()
+        ),
+        ROOT.parent / "shared",
+    )
+    / "real-llm"
+    / "serve.sh"
+)
 MAIN, OUTAGE = "real-main", "real-outage"
 MODEL = "tiny-llama"
 PROMPT = "simple-capital"  # the shortest of the prober's prompts: 16 tokens
@@ -115,13 +127,14 @@ def is_critical_open(ev: ViolationEvent) -> bool:
 class OwnServer:
     """A llama.cpp server this script starts and stops with serve.sh (never the one given by --url)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, serve_sh: Path, port: int) -> None:
+        self.serve_sh = serve_sh
         self.port = port
         self.pid: int | None = None
 
     def start(self) -> None:
         out = subprocess.run(
-            [str(SERVE_SH)],
+            [str(self.serve_sh)],
             env={**os.environ, "PORT": str(self.port)},
             capture_output=True,
             text=True,
@@ -250,7 +263,7 @@ async def wait_for(pred: Callable[[], bool], within: float, step: float = 1.0) -
 async def main_async(args: argparse.Namespace, run: Run, tmp: Path, events_out: TextIO) -> int:
     results: list[tuple[str, bool, str]] = []
     nats_server = EmbeddedNats(tmp / "nats", free_port())
-    own = OwnServer(args.outage_port)
+    own = OwnServer(Path(args.serve_sh), args.outage_port)
     prober: subprocess.Popen[bytes] | None = None
     engine: subprocess.Popen[bytes] | None = None
     nc: Client | None = None
@@ -509,6 +522,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", default="http://127.0.0.1:18080/v1", help="running server to probe and load")
     p.add_argument("--outage-port", type=int, default=18081, help="port of the server this script stops")
+    p.add_argument("--serve-sh", default=str(SERVE_SH), help="script that starts a server (PORT=...)")
     p.add_argument("--interval", type=float, default=0.1, help="prober interval_s (probes are serialized)")
     p.add_argument("--idle-min", type=float, default=30.0)
     p.add_argument("--load-s", type=float, default=180.0)
