@@ -480,6 +480,17 @@ async def main_async(args: argparse.Namespace, run: Run, tmp: Path, events_out: 
                 else "not cleared"
             )
         )
+        # A `cleared` of the same chart under another episode id never resolves the open one.
+        other = [
+            r
+            for r in run.between(
+                t_out, run.now() + 1, lambda e: e.state == "cleared" and e.rule == "AVAILABILITY"
+            )
+            if a_first is not None and r.ev.episode_id != a_first.ev.episode_id and r.ev.target == OUTAGE
+        ]
+        if other:
+            late = other[0].t - t_restart
+            odetail += f"; a cleared event {late:.0f} s after the restart carries another episode id"
         say("step 4 outage: " + odetail)
         results.append(("4 outage: one AVAILABILITY critical", len(aopen) == 1, odetail))
         results.append(("4 outage: cleared on restart, same episode", bool(a_clear) and clear_ok, odetail))
