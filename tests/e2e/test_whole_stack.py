@@ -170,9 +170,20 @@ def test_a_cascade_on_one_host_becomes_one_incident_naming_every_model(data_dir:
     with llmscope_up(data_dir, env) as stack, stack.client() as client:
         for model in on_host:
             wait_for(lambda m=model: _points(client, m) >= 3 * 60, 150, what=f"baseline data of {model}")
-        # The demo pace (40-point baselines) gives false alarms, so an incident on the host may
-        # already be open when the cascade starts. What matters is one incident holding critical
-        # violations of both models from after the start.
+
+        # The demo pace (40-point baselines) gives false alarms. A critical episode still open
+        # when the cascade starts would absorb the cascade's shift on that model (one episode per
+        # direction), so the cascade starts once no critical episode is open on the host.
+        def quiet() -> bool:
+            return not any(
+                v["severity"] == "critical" and v["state"] == "open"
+                for m in on_host
+                for v in _violations(client, m)
+            )
+
+        wait_for(quiet, 180, what=f"no critical episode open on the host\n{stack.log()}")
+        # An incident on the host may already be open (an earlier one-point signal). What
+        # matters is one incident holding critical violations of both models from after the start.
         started = datetime.now(UTC)
         injected = stack.llmscope("sim", "inject", "cascade", "--host", "sim-gpu-1", "--factor", "3")
         assert injected.returncode == 0, injected.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -138,11 +139,19 @@ async def test_old_dashboard_links_lead_to_the_chart(api: Api) -> None:
 async def test_overview_shows_every_model_worst_first(api: Api) -> None:
     # "other" is down: its last three probes failed, and it has an open critical AVAILABILITY
     # episode; llama only has a warning (which changes no status).
-    # Within the status window (15 min): T0 is 30 min ago, 2 s per index.
-    events = [telemetry(700 + i) for i in range(40)]
-    events += [telemetry(600 + i, model="org/other:1") for i in range(30)]
+    # Within the status window (15 min), taken now: the suite may reach this test long after
+    # the factories' T0 was set at import.
+    start = datetime.now(UTC) - timedelta(minutes=5)
+
+    def at(i: int) -> datetime:
+        return start + timedelta(seconds=2 * (i - 600))
+
+    events = [telemetry(700 + i, ts=at(700 + i)) for i in range(40)]
+    events += [telemetry(600 + i, model="org/other:1", ts=at(600 + i)) for i in range(30)]
     events += [
-        telemetry(630 + i, model="org/other:1", status="timeout", error="no answer", latency_ms=None)
+        telemetry(
+            630 + i, model="org/other:1", status="timeout", error="no answer", latency_ms=None, ts=at(630 + i)
+        )
         for i in range(3)
     ]
     outage = violation(
