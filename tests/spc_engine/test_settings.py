@@ -83,11 +83,11 @@ def test_a_partial_override_changes_only_what_it_names() -> None:
     new = apply_settings(
         cfg,
         ChartSettings(
-            rules=RulesSettings(r2=RunTestSettings(enabled=False, k=7)),
+            rules=RulesSettings(r2=RunTestSettings(enabled=True, k=7)),
             cusum=CusumSettings(k=(0.5,), h=(5.0,)),
         ),
     )
-    assert new.rules.r2.enabled is False
+    assert new.rules.r2.enabled is True  # off by default
     assert new.rules.r2.k == 7.0
     assert new.rules.r2.severity == cfg.rules.r2.severity
     assert new.rules.r3 == cfg.rules.r3
@@ -95,7 +95,7 @@ def test_a_partial_override_changes_only_what_it_names() -> None:
     assert describe_changes(cfg, new) == [
         "cusum.h (22.318, 11.965, 6.116) -> (5)",
         "cusum.k (0.25, 0.5, 1) -> (0.5)",
-        "rules.r2.enabled True -> False",
+        "rules.r2.enabled False -> True",
         "rules.r2.k 9 -> 7",
     ]
 

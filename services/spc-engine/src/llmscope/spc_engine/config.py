@@ -22,8 +22,9 @@ exactly one critical episode. ``make bench`` measures all of it (``performance``
 - One paging metric per probe: total latency pages by default; TTFT and tokens/s run the same
   detectors at ``warning`` (per-model settings can make them critical).
 - The classic tests still run, on the residuals, at lower severity: Nelson test 1 (3 sigma) at
-  ``warning``, tests 2-8 at ``info``, and an EWMA (lambda 0.1, in-control ARL 20,000) at
-  ``warning``.
+  ``warning`` and an EWMA (lambda 0.1, in-control ARL 20,000) at ``warning``. Tests 2-8 are off
+  by default (on at ``info`` with a per-model setting): together they false-alarm about once per
+  70 in-control points.
 - Episodes: the critical detectors of one direction share one episode, which opens once and
   clears when the chart has been quiet for ``clear_after`` points and, after a CUSUM signal, a
   return test (a CUSUM towards the baseline, sized to the shift it measured) says the process is
@@ -174,7 +175,10 @@ def default_config(metric: str = "latency_ms") -> ChartConfig:
     All three charted metrics are positive and right-skewed, so all run on the log scale; only
     the paging metric's detectors are critical (see the module docstring).
     """
-    config = ChartConfig(transform="log", worse=WORSE.get(metric, "up"))
+    # Nelson test 1 only, as Minitab enables by default: each run test adds its own false alarms
+    # (together about one per 70 in-control points), which drowned the dashboard's signal in
+    # info rows. Tests 2-8 stay one per-model setting away.
+    config = ChartConfig(transform="log", worse=WORSE.get(metric, "up"), rules=RulesConfig().only({1}))
     if metric in PAGING_METRICS:
         return config
     return msgspec.structs.replace(
