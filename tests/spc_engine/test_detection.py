@@ -289,3 +289,15 @@ def test_the_reported_level_is_the_level_of_the_points_not_a_model_extrapolation
     assert opened.level is not None
     true_level = math.exp(6.5 + 0.3 * 1.5)
     assert opened.level == pytest.approx(true_level, rel=0.35)
+
+
+def test_a_shift_that_eases_off_but_stays_above_the_baseline_is_still_one_episode() -> None:
+    # Seen on a real server under contention: +55 % falling back to +35 % cleared and re-paged.
+    chart = armed()
+    rng = np.random.default_rng(14)
+    signals = feed(chart, 0.3 * (ar1(rng, 200) + 4.0), start=BASE)
+    signals += feed(chart, 0.3 * (ar1(rng, 400) + 1.5), start=BASE + 200)
+    assert len(critical(signals)) == 1
+    assert critical(signals, "cleared") == []
+    back = feed(chart, 0.3 * ar1(rng, 300), start=BASE + 600)
+    assert len(critical(back, "cleared")) == 1

@@ -15,12 +15,13 @@ Episodes (what is published): the critical detectors of one direction (``CUSUM``
 the first point any of them fires (named after that rule), and clears after ``clear_after``
 points on which none fired and, once a CUSUM fired in it, after the return test says the level
 is back: ``B = max(0, B + a - d)`` over the episode's signed residuals ``d`` with ``a`` half the
-shift measured so far, clearing when B passes the h that a shift still present would take
-``clear_arl`` points to reach. So a sustained shift of any size is one episode, however its
-CUSUM wanders near h, and a shift up and a later shift down are two. The other rules (EWMA,
-Nelson tests) keep one episode per rule and direction and clear after ``clear_after`` quiet
-points. When an episode clears, its CUSUM side (or the EWMA) restarts from zero.
-Phase I points are never judged; Phase II starts with the point after the baseline's last.
+shift measured so far (at most MAX_RETURN_SHIFT), clearing when B passes the h that a shift
+still present would take ``clear_arl`` points to reach. So a sustained shift of any size is one
+episode, however its CUSUM wanders near h or the shift eases off, and a shift up and a later
+shift down are two. The other rules (EWMA, Nelson tests) keep one episode per rule and direction
+and clear after ``clear_after`` quiet points. When an episode clears, its CUSUM side (or the
+EWMA) restarts from zero. Phase I points are never judged; Phase II starts with the point after
+the baseline's last.
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ UPGRADE_REASON = (
 )
 SHIFT_PRIOR_POINTS = 20
 MIN_RETURN_SHIFT = 0.1
+MAX_RETURN_SHIFT = 0.5
+"""Largest ``a`` of the return test: a large shift that eases off but stays well above the
+baseline (+55 % falling to +35 %, seen on a real server) is still one episode; the chart clears
+only when the level is back within about half a residual sigma of the baseline."""
 """Smallest ``a`` of the return test (residual sigmas): even a tiny shift clears one day."""
 
 
@@ -630,7 +635,7 @@ class MetricChart:
         elif ep.cusum:
             ep.shift_sum += d
             ep.shift_n += 1
-            a = max(MIN_RETURN_SHIFT, ep.shift_sum / ep.shift_n / 2.0)
+            a = min(MAX_RETURN_SHIFT, max(MIN_RETURN_SHIFT, ep.shift_sum / ep.shift_n / 2.0))
             ep.back = max(0.0, ep.back + a - d)
         cfg = self.config
         if ep.quiet < cfg.clear_after or (ep.cusum and ep.back <= return_h(a, cfg.clear_arl)):

@@ -34,6 +34,7 @@ import numpy.typing as npt
 from llmscope.spc_engine.availability import binomial_threshold
 from llmscope.spc_engine.baseline import Fit, spike_limit
 from llmscope.spc_engine.chart import (
+    MAX_RETURN_SHIFT,
     MIN_RETURN_SHIFT,
     SHIFT_PRIOR_POINTS,
     MetricChart,
@@ -259,7 +260,9 @@ def run_critical(y: Arr, charts: Charts, config: ChartConfig | None = None) -> R
         track = continuing & seen & ~start
         shift_sum = np.where(track, shift_sum + d, shift_sum)
         shift_n = np.where(track, shift_n + 1, shift_n)
-        a = np.maximum(MIN_RETURN_SHIFT, shift_sum / np.maximum(shift_n, 1) / 2.0)
+        a = np.minimum(
+            MAX_RETURN_SHIFT, np.maximum(MIN_RETURN_SHIFT, shift_sum / np.maximum(shift_n, 1) / 2.0)
+        )
         back = np.where(track, np.maximum(0.0, back + a - d), back)
         seen |= start
         is_open |= new
