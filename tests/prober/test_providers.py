@@ -342,10 +342,12 @@ async def test_all_tokens_without_a_finish_reason_is_not_truncated(session: aioh
 async def test_a_stream_that_arrives_in_one_burst_has_no_tokens_per_s(
     session: aiohttp.ClientSession, kind: ProbeKind
 ) -> None:
+    # 60 tokens in one write: the burst threshold is then 12 ms (0.2 ms a token), far above
+    # what parsing the frames takes even on a loaded machine (6 tokens' 2 ms floor was not).
     frames = {
-        "openai": _openai_frames(6, "length"),
-        "ollama": _ollama_frames(6),
-        "anthropic": _anthropic_frames(6, "max_tokens"),
+        "openai": _openai_frames(60, "length"),
+        "ollama": _ollama_frames(60),
+        "anthropic": _anthropic_frames(60, "max_tokens"),
     }[kind]
     if kind == "ollama":
         # Ollama reports its own generation time; a burst there is one it measured itself.
@@ -353,7 +355,7 @@ async def test_a_stream_that_arrives_in_one_burst_has_no_tokens_per_s(
     async with wire_server(Answer(frames)) as server:
         burst = await run(session, target(kind, server.url))
     assert burst.status == "ok", burst.error
-    assert burst.eval_count == 6
+    assert burst.eval_count == 60
     assert burst.ttft_ms is not None
     assert burst.tokens_per_s is None
     # The same tokens 5 ms apart are a speed (about 6 / 25 ms), so the check above can fail.
