@@ -185,7 +185,9 @@ def test_a_cascade_on_one_host_becomes_one_incident_naming_every_model(data_dir:
         # An incident on the host may already be open (an earlier one-point signal). What
         # matters is one incident holding critical violations of both models from after the start.
         started = datetime.now(UTC)
-        injected = stack.llmscope("sim", "inject", "cascade", "--host", "sim-gpu-1", "--factor", "3")
+        # A moderate shift: a 3x jump opens each chart's episode as a SPIKE, which the cascade rule
+        # does not count as sustained (see the note below).
+        injected = stack.llmscope("sim", "inject", "cascade", "--host", "sim-gpu-1", "--factor", "1.6")
         assert injected.returncode == 0, injected.stderr
 
         def cascade() -> list[dict[str, Any]]:
@@ -203,7 +205,7 @@ def test_a_cascade_on_one_host_becomes_one_incident_naming_every_model(data_dir:
                     found.append(item)
             return found
 
-        found = wait_for(cascade, 60, what=f"one incident naming both models\n{stack.log()}")
+        found = wait_for(cascade, 120, what=f"one incident naming both models\n{stack.log()}")
         assert len(found) == 1, found  # type: ignore[arg-type]
         incident = found[0]  # type: ignore[index]
         assert incident["cascade"] is True
