@@ -178,12 +178,16 @@ async def test_cascade_is_one_incident_naming_every_model_with_llm_analysis(
         await publish(js, violation(9, model="other", host="gpu-2"))  # another host: its own incident
         # Below the incident threshold (critical by default): recorded, but no incident of its own.
         await publish(js, violation(10, model="noisy", host="gpu-3", rule="R2", severity="info"))
-        await eventually(
-            lambda: any(e.change == "analyzed" and e.cascade for e in seen), what="analysed cascade"
-        )
+
+        # On a loaded machine an analysis may run before the third model joined: wait for the one
+        # that covers all three.
+        def analysed_all() -> bool:
+            return any(e.change == "analyzed" and e.cascade and len(e.models) == 3 for e in seen)
+
+        await eventually(analysed_all, what="analysed cascade of the three models")
         ids = {e.incident_id for e in seen}
         assert len(ids) == 2
-        cascade = [e for e in seen if e.cascade and e.change == "analyzed"][-1]
+        cascade = [e for e in seen if e.cascade and e.change == "analyzed" and len(e.models) == 3][-1]
         assert sorted(cascade.models) == sorted(models)
         assert cascade.title.startswith("Cascade on gpu-1: 3 models degraded")
         assert cascade.violation_count == 3
