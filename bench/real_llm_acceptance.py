@@ -163,7 +163,8 @@ class OwnServer:
             os.kill(pid, signal.SIGKILL)
 
 
-def prober_config(path: Path, main_url: str, outage_url: str, interval: float) -> None:
+def prober_config(path: Path, main_url: str, outage_url: str | None, interval: float) -> None:
+    pairs = [(MAIN, main_url)] + ([(OUTAGE, outage_url)] if outage_url else [])
     targets = "".join(
         f"""
 [[targets]]
@@ -174,7 +175,7 @@ name = "{name}"
 host = "localhost"
 prompts = ["{PROMPT}"]
 """
-        for name, url in ((MAIN, main_url), (OUTAGE, outage_url))
+        for name, url in pairs
     )
     path.write_text(f"[defaults]\ninterval_s = {interval}\ntimeout_s = 30.0\n{targets}")
 
@@ -270,11 +271,13 @@ async def main_async(args: argparse.Namespace, run: Run, tmp: Path, events_out: 
     sampler: asyncio.Task[None] | None = None
     try:
         url = nats_server.start()
-        say(f"NATS at {url}; starting own server on port {args.outage_port}")
-        own.start()
-        say(f"own server pid {own.pid}")
+        outage_url: str | None = None
+        if not args.no_outage:
+            say(f"NATS at {url}; starting own server on port {args.outage_port}")
+            own.start()
+            say(f"own server pid {own.pid}")
+            outage_url = f"http://127.0.0.1:{args.outage_port}/v1"
         cfg = tmp / "prober.toml"
-        outage_url = f"http://127.0.0.1:{args.outage_port}/v1"
         prober_config(cfg, args.url, outage_url, args.interval)
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("LLMSCOPE_")}
         base_env.update(NATS_URL=url, LLMSCOPE_LOG_LEVEL="INFO")
@@ -327,7 +330,7 @@ async def main_async(args: argparse.Namespace, run: Run, tmp: Path, events_out: 
                     raise RuntimeError(f"the {name} exited with {p.returncode}; see {tmp}")
             charts = await read_charts(nc)
             need = needed(charts)
-            if len(need) >= 3 and all(armed(r) for r in need):
+            if len(need) >= (1 if args.no_outage else 3) and all(armed(r) for r in need):
                 ok_arm = True
                 break
             if time.monotonic() - last_print > 60:
@@ -438,6 +441,8 @@ async def main_async(args: argparse.Namespace, run: Run, tmp: Path, events_out: 
             say(f"  note: {len(others)} critical on other targets during the load (shared CPU)")
 
         # 4. Outage ---------------------------------------------------------------------------
+        if args.no_outage:
+            return report(run, results)
         await asyncio.sleep(args.settle_s)  # let the load's tail settle before the next step
         t_out = run.now()
         say(f"step 4 outage: stopping own server (pid {own.pid}) for {args.outage_s} s")
@@ -542,6 +547,11 @@ def main() -> int:
     p.add_argument("--clear-timeout-s", type=float, default=600.0)
     p.add_argument("--detect-within-s", type=float, default=180.0, help="'a few minutes' for step 3")
     p.add_argument("--settle-s", type=float, default=30.0)
+    p.add_argument(
+        "--no-outage",
+        action="store_true",
+        help="probe only the running server and skip step 4 (a quieter host: one server, not two)",
+    )
     p.add_argument("--events", help="JSON lines of every violation event (default: in the log directory)")
     args = p.parse_args()
     # SIGTERM ends the run like Ctrl-C: the finally blocks stop every process started here.
