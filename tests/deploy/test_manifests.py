@@ -221,3 +221,63 @@ def test_every_compose_service_restarts_and_has_a_healthcheck() -> None:
     for name, service in _compose()["services"].items():
         assert service.get("restart") == "unless-stopped", name
         assert service["healthcheck"]["test"], name
+
+
+def test_autoscaling_owns_the_api_replica_count_within_the_values_bounds() -> None:
+    overlay = K8S / "overlays" / "example"
+    docs = _kustomize(overlay)
+    (values,) = _documents(overlay / "values.yaml")
+    (hpa,) = [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"]
+    assert hpa["metadata"]["namespace"] == "llmscope"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "api"}
+    assert hpa["spec"]["minReplicas"] == int(values["data"]["apiReplicas"])
+    assert hpa["spec"]["maxReplicas"] == int(values["data"]["apiMaxReplicas"])
+    assert hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+    (api,) = [w for w in _workloads(docs) if w["metadata"]["name"] == "api"]
+    # A replica count in the Deployment would be reset by every `kubectl apply`, fighting the HPA.
+    assert "replicas" not in api["spec"]
+    (container,) = api["spec"]["template"]["spec"]["containers"]
+    assert "cpu" in container["resources"]["requests"]  # utilization is measured against it
+
+
+def test_the_nats_cluster_component_replicates_every_stream_on_three_servers(tmp_path: Path) -> None:
+    shutil.copytree(K8S, tmp_path / "k8s")
+    overlay = tmp_path / "k8s" / "overlays" / "cluster"
+    overlay.mkdir()
+    shutil.copy(K8S / "overlays" / "example" / "values.yaml", overlay / "values.yaml")
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": ["../../base", "values.yaml"],
+                "components": [
+                    "../../components/nats-cluster",
+                    "../../components/network-policies",
+                    "../../components/values",
+                ],
+            }
+        )
+    )
+    docs = _kustomize(overlay)
+    (nats_sts,) = [w for w in _workloads(docs) if w["metadata"]["name"] == "nats"]
+    _assert_restricted(nats_sts)
+    size = nats_sts["spec"]["replicas"]
+    assert size == 3
+    assert nats_sts["spec"]["podManagementPolicy"] == "Parallel"
+    (container,) = nats_sts["spec"]["template"]["spec"]["containers"]
+    (routes,) = [a for a in container["args"] if a.startswith("--routes=")]
+    assert sorted(routes.removeprefix("--routes=").split(",")) == [
+        f"nats://nats-{i}.{nats_sts['spec']['serviceName']}:6222" for i in range(size)
+    ]
+    (config,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "llmscope"]
+    assert config["data"]["LLMSCOPE_STREAM_REPLICAS"] == str(size)
+    (secret,) = [d for d in docs if d["kind"] == "Secret"]
+    assert secret["stringData"]["NATS_URL"] == "nats://nats:4222"
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    assert services[nats_sts["spec"]["serviceName"]]["spec"]["clusterIP"] == "None"
+    assert "nats" in services
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    assert any(p["spec"]["ingress"][0].get("ports") == [{"port": 6222}] for p in policies)
+    (pdb,) = [d for d in docs if d["kind"] == "PodDisruptionBudget" and d["metadata"]["name"] == "nats"]
+    assert pdb["spec"]["maxUnavailable"] == 1  # quorum kept through a drain
