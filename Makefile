@@ -28,6 +28,7 @@ test: install
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m llmscope.proto.schemagen --check
 	$(VENV)/bin/python -m llmscope.stack.docs --check
+	bash .ci/system-packages
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 lint: install
