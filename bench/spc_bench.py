@@ -55,7 +55,12 @@ from llmscope.bus.streams import ensure_streams
 from llmscope.proto import codec, subjects
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.spc_engine import performance
-from llmscope.spc_engine.config import DEFAULT_BASELINE_N, default_config
+from llmscope.spc_engine.config import (
+    DEFAULT_BASELINE_N,
+    DEFAULT_MIN_CHANGE,
+    DEFAULT_MIN_SPIKE_CHANGE,
+    default_config,
+)
 from llmscope.spc_engine.engine import Engine
 from llmscope.spc_engine.service import SpcService, partition_durable
 from llmscope.spc_engine.settings import SpcSettings
@@ -558,8 +563,36 @@ def statistics(quick: bool) -> None:
                 f"{fb.per_100k:10.2f}",
                 f"{ratio:.1f}x the fitted model's rate (same run, same seeds)",
             )
+    for i, process in enumerate(performance.WANDER_PROCESSES):
+        # A level that keeps moving fails the stability test again and again: after max_refusals
+        # refusals in a row the chart arms anyway. Compared with the charts whose baseline passed.
+        fa = performance.false_alarms(
+            np.random.default_rng(150 + i), process, charts=charts, probes_per_chart=probes
+        )
+        rest = fa.charts - fa.forced_charts
+        passed = 100_000 * (fa.signals - fa.forced_signals) / (rest * probes) if rest else math.nan
+        forced = 100_000 * fa.forced_signals / (fa.forced_charts * probes) if fa.forced_charts else math.nan
+        line(
+            f"false alarms /100k, {process.name}",
+            f"{fa.per_100k:10.2f}",
+            "no target (the level really moves: real slow changes)"
+            f"  ({fa.signals} in {fa.probes:,};"
+            f" {fa.refused} baselines refused; {fa.forced_charts} charts armed after"
+            f" {default_config('latency_ms').max_refusals} refusals: {forced:.2f} /100k against"
+            f" {passed:.2f} for the charts whose baseline passed, ratio {forced / passed:.2f})",
+        )
+    # The issue's detection targets are in sigma units: they measure the detectors' power, so
+    # they run without the practical floor (min_change), which by default keeps any shift below
+    # 1.5x (a 1 sigma shift is 1.22x at sigma_log 0.2) from paging.
+    detectors = msgspec.structs.replace(default_config("latency_ms"), min_change=0.0, min_spike_change=0.0)
+    print(
+        "   detection below: the detectors alone (min_change 0); by default a page also needs the"
+        f" level {1 + DEFAULT_MIN_CHANGE:g}x the baseline (one answer {1 + DEFAULT_MIN_SPIKE_CHANGE:g}x)"
+    )
     for i, process in enumerate(p for p in performance.PROCESSES if p.name in DETECTION_CASES):
-        medians = performance.detection_medians(np.random.default_rng(200 + i), process, charts=det_charts)
+        medians = performance.detection_medians(
+            np.random.default_rng(200 + i), process, charts=det_charts, config=detectors
+        )
         for shift, got in medians.items():
             bound = (
                 performance.DETECTION_TARGETS.get(shift, {}).get(process.phi)
@@ -567,19 +600,39 @@ def statistics(quick: bool) -> None:
                 else None
             )
             line(
-                f"median delay, {shift:g} sigma slower, {process.name}",
+                f"median delay, {shift:g} sigma slower (detectors alone), {process.name}",
                 f"{got:10.1f}",
                 (f"target <= {bound}  {verdict(got <= bound)}" if bound is not None else "no target")
                 + f"  (probes, {det_charts:,} charts)",
             )
+    for i, process in enumerate(p for p in performance.PROCESSES if p.name in DETECTION_CASES):
+        # What pages by default: shifts as factors of the latency, whatever its sigma.
+        factors = (2.0, 3.0)
+        medians = performance.detection_medians(
+            np.random.default_rng(250 + i),
+            process,
+            shifts=tuple(math.log(f) / process.sigma_log for f in factors),
+            charts=det_charts,
+        )
+        for factor, got in zip(factors, medians.values(), strict=True):
+            line(
+                f"median delay, default config, {factor:g}x slower, {process.name}",
+                f"{got:10.1f}",
+                f"({math.log(factor) / process.sigma_log:.2f} sigma; probes, {det_charts:,} charts)",
+            )
     for i, process in enumerate(p for p in performance.PROCESSES if p.name in PAGE_CASES):
         for shift in (0.25, 0.5, 1.0, 2.0, 5.0):
             mean, found = performance.pages_per_shift(
-                np.random.default_rng(300 + i), process, shift, charts=page_charts, horizon=page_horizon
+                np.random.default_rng(300 + i),
+                process,
+                shift,
+                charts=page_charts,
+                horizon=page_horizon,
+                config=detectors,
             )
             target = performance.PAGES_PER_SHIFT_TARGET
             line(
-                f"critical episodes per {shift:g} sigma shift, {process.name}",
+                f"critical episodes per {shift:g} sigma shift (detectors alone), {process.name}",
                 f"{mean:10.3f}",
                 f"target <= {target:g}  {verdict(mean <= target)}  (found by {found:.0%} of"
                 f" {page_charts} charts within {page_horizon:,} probes)",

@@ -18,7 +18,11 @@ from llmscope.spc_engine.engine import Engine
 from .helpers import T0
 
 BASE = 200
-LATENCY = msgspec.structs.replace(default_config("latency_ms"), baseline_n=BASE)
+# The detectors alone: min_change (a page needs the level 1.5x worse by default) is tested below.
+LATENCY = msgspec.structs.replace(
+    default_config("latency_ms"), baseline_n=BASE, min_change=0.0, min_spike_change=0.0
+)
+DEFAULTS = msgspec.structs.replace(default_config("latency_ms"), baseline_n=BASE)
 
 
 def ar1(rng: np.random.Generator, n: int, phi: float = 0.0) -> np.ndarray:
@@ -216,6 +220,39 @@ def test_an_unstable_baseline_is_not_frozen_and_the_chart_says_why() -> None:
     assert abs(b.center - 6.5) < 0.2  # the limits describe the settled process
 
 
+def _stepping(rng: np.random.Generator, n: int, every: int) -> np.ndarray:
+    """AR(1) whose level moves by 1.5 sigma every ``every`` points: never stable for long."""
+    y = 0.3 * ar1(rng, n, 0.3)
+    for start in range(0, n, every):
+        y[start : start + every] += 0.45 * ((start // every) % 2)
+    return y
+
+
+@pytest.mark.parametrize("max_refusals", [1, 3])
+def test_a_level_that_keeps_moving_arms_after_max_refusals_and_says_so(max_refusals: int) -> None:
+    config = msgspec.structs.replace(LATENCY, max_refusals=max_refusals)
+    chart = MetricChart(config, key="busy-host")
+    y = _stepping(np.random.default_rng(21), 20 * BASE, every=BASE // 2)
+    fed = 0
+    while chart.state.baseline is None and fed < y.size:
+        feed(chart, y[fed : fed + 1], start=fed)
+        fed += 1
+    b = frozen(chart)
+    assert b is not None, chart.state.note
+    assert f"after {max_refusals} unstable baseline" in b.reason
+    assert "armed on the latest" in b.reason
+    # Each refusal keeps the newest 40 % of the points: the chart armed on its fourth try.
+    assert fed == BASE + max_refusals * (BASE - 2 * (BASE // 5))
+
+
+def test_without_a_cap_a_level_that_keeps_moving_is_refused_for_ever() -> None:
+    config = msgspec.structs.replace(LATENCY, max_refusals=0)
+    chart = MetricChart(config, key="busy-host")
+    feed(chart, _stepping(np.random.default_rng(21), 10 * BASE, every=BASE // 2))
+    assert chart.state.baseline is None
+    assert "not stable" in chart.state.note
+
+
 def test_a_state_from_the_previous_model_clears_its_episodes_and_rebaselines() -> None:
     chart = armed()
     old = msgspec.structs.replace(chart.state.baseline, model=1)  # type: ignore[type-var]
@@ -301,3 +338,48 @@ def test_a_shift_that_eases_off_but_stays_above_the_baseline_is_still_one_episod
     assert critical(signals, "cleared") == []
     back = feed(chart, 0.3 * ar1(rng, 300), start=BASE + 600)
     assert len(critical(back, "cleared")) == 1
+
+
+def test_a_real_drift_below_min_change_is_a_warning_and_a_larger_shift_then_pages_at_once() -> None:
+    chart = armed(DEFAULTS, seed=31, phi=0.3)
+    center = math.exp(frozen(chart).center)  # type: ignore[union-attr]
+    rng = np.random.default_rng(32)
+    drift = feed(chart, 0.3 * ar1(rng, 400, 0.3) + math.log(1.25), start=BASE)
+    assert critical(drift) == []  # 1.25x for 400 probes: real, but not a page
+    assert [s.rule for s in drift if s.state == "open" and s.severity == "warning"]
+    big = feed(chart, 0.3 * ar1(rng, 300, 0.3) + math.log(2.0), start=BASE + 400)
+    (page,) = critical(big)
+    # Judged by the level now (the newest 50 points), not by the mean since the drift began
+    # (which needs 400 more probes to reach 1.5x): found once 2x makes up a third of those 50.
+    assert int(page.point_id[1:]) - (BASE + 400) <= 25
+    assert page.level is not None
+    assert page.level >= 1.5 * center
+
+
+def test_one_slow_answer_pages_only_from_min_spike_change() -> None:
+    chart = armed(DEFAULTS, seed=33, sigma=0.05)
+    b = frozen(chart)
+    assert b is not None
+    center = math.exp(b.center)
+    spike = 9 * b.sigma
+    assert math.exp(spike) < 2.0  # 9 sigma out (far past the SPIKE limit), yet less than 2x
+    assert critical(feed(chart, np.array([spike]), start=BASE)) == []
+    feed(chart, 0.05 * ar1(np.random.default_rng(34), 30), start=BASE + 1)
+    (page,) = critical(chart.update(2.5 * center, point_id="big"))
+    assert page.rule == "SPIKE"
+    assert page.level == 2.5 * center
+
+
+def test_min_change_applies_to_tokens_per_s_as_a_factor_slower() -> None:
+    config = msgspec.structs.replace(default_config("tokens_per_s"), baseline_n=BASE, min_change=0.5)
+    chart = armed(config, seed=35, sigma=0.1)
+    rng = np.random.default_rng(36)
+
+    def pages(signals: list[Signal]) -> list[Signal]:
+        return [s for s in signals if s.rule in ("CUSUM", "TAIL", "SPIKE") and s.state == "open"]
+
+    # 1.3x fewer tokens/s is a warning drift only; 2x fewer opens the chart's page (symmetric on
+    # the log scale; tokens/s pages at warning by default).
+    assert pages(feed(chart, 0.1 * ar1(rng, 300) - math.log(1.3), start=BASE)) == []
+    (opened,) = pages(feed(chart, 0.1 * ar1(rng, 100) - math.log(2.0), start=BASE + 300))
+    assert opened.direction == "down"

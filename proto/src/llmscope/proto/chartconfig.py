@@ -133,6 +133,16 @@ class ChartSettings(_Settings, frozen=True, kw_only=True):
     baseline_n: Annotated[int, Meta(ge=10, le=100_000, description="Phase I points")] | None = None
     sigma_estimator: SigmaEstimator | None = None
     clear_after: Annotated[int, Meta(ge=1, le=10_000, description="quiet points to clear")] | None = None
+    min_change: (
+        Annotated[
+            float,
+            Meta(ge=0, le=100, description="a sustained shift pages from (1 + this) x worse"),
+        ]
+        | None
+    ) = None
+    min_spike_change: (
+        Annotated[float, Meta(ge=0, le=100, description="one answer pages from (1 + this) x worse")] | None
+    ) = None
     rules: RulesSettings | None = None
     spike: SpikeSettings | None = None
     ewma: EwmaSettings | None = None

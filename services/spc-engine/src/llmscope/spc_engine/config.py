@@ -125,6 +125,9 @@ class ChartConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     max_ar_order: int = 5
     stability: bool = True
     """Refuse a baseline whose blocks differ by more than its own noise (and collect more)."""
+    max_refusals: int = 3
+    """Unstable baselines in a row after which the next one is armed anyway, its reason saying
+    so (a level that keeps moving must not leave a chart unarmed for ever); 0: refuse for ever."""
     clip: float = 3.0
     """Residual sigmas beyond which a point counts only this much (CUSUM, EWMA, filter)."""
     clean_limit: float | None = None
@@ -141,6 +144,14 @@ class ChartConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     ewma: EwmaConfig = msgspec.field(default_factory=EwmaConfig)
     cusum: CusumConfig = msgspec.field(default_factory=CusumConfig)
     tail: TailConfig = msgspec.field(default_factory=TailConfig)
+    min_change: float = 0.0
+    """How much worse than the baseline's centre, as a factor ``1 + min_change`` in the metric's
+    own units (0.5: 1.5x slower, or 1.5x fewer tokens/s), the level of a sustained signal (CUSUM:
+    the mean since its run began; TAIL: of its window) must be to open the chart's page; a
+    smaller drift that is statistically real is left to the EWMA warning. Once the page is open,
+    any signal keeps it open (hysteresis). 0: every statistical signal opens it."""
+    min_spike_change: float = 0.0
+    """The same for one answer (SPIKE)."""
     clear_after: int = 10
     clear_arl: float = 1e5
     """In-control points expected before the return test wrongly clears a shift still there."""
@@ -156,9 +167,19 @@ class ChartConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
             raise ValueError("clear_after must be at least 1")
         if not self.clip > 0:
             raise ValueError("clip must be > 0")
+        if self.min_change < 0 or self.min_spike_change < 0:
+            raise ValueError("min_change and min_spike_change must be >= 0")
+        if self.max_refusals < 0:
+            raise ValueError("max_refusals must be >= 0")
         if not 0 <= self.max_ar_order <= 20:
             raise ValueError("max_ar_order must be within 0..20")
 
+
+DEFAULT_MIN_CHANGE = 0.5
+"""Measured against a real inference server on a quiet host (README, "Measured against a real
+inference server"): its latency level wandered up to 1.3x for minutes at a time with nothing
+changing; a page means at least 1.5x."""
+DEFAULT_MIN_SPIKE_CHANGE = 1.0
 
 MetricName = Literal["latency_ms", "ttft_ms", "tokens_per_s"]
 CHARTED_METRICS: tuple[MetricName, ...] = ("latency_ms", "ttft_ms", "tokens_per_s")
@@ -178,7 +199,13 @@ def default_config(metric: str = "latency_ms") -> ChartConfig:
     # Nelson test 1 only, as Minitab enables by default: each run test adds its own false alarms
     # (together about one per 70 in-control points), which drowned the dashboard's signal in
     # info rows. Tests 2-8 stay one per-model setting away.
-    config = ChartConfig(transform="log", worse=WORSE.get(metric, "up"), rules=RulesConfig().only({1}))
+    config = ChartConfig(
+        transform="log",
+        worse=WORSE.get(metric, "up"),
+        rules=RulesConfig().only({1}),
+        min_change=DEFAULT_MIN_CHANGE,
+        min_spike_change=DEFAULT_MIN_SPIKE_CHANGE,
+    )
     if metric in PAGING_METRICS:
         return config
     return msgspec.structs.replace(
@@ -210,6 +237,8 @@ def to_settings(config: ChartConfig) -> ChartSettings:
         baseline_n=config.baseline_n,
         sigma_estimator=config.sigma_estimator,
         clear_after=config.clear_after,
+        min_change=config.min_change,
+        min_spike_change=config.min_spike_change,
         rules=RulesSettings(
             r1=SigmaTestSettings(enabled=r.r1.enabled, k=r.r1.k, severity=r.r1.severity),
             **{

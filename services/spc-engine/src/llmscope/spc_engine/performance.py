@@ -34,12 +34,14 @@ import numpy.typing as npt
 from llmscope.spc_engine.availability import binomial_threshold
 from llmscope.spc_engine.baseline import Fit, spike_limit
 from llmscope.spc_engine.chart import (
+    LEVEL_POINTS,
     MAX_RETURN_SHIFT,
     MIN_RETURN_SHIFT,
+    RECENT,
     SHIFT_PRIOR_POINTS,
     MetricChart,
-    fit_baseline,
     return_h,
+    settle_baseline,
 )
 from llmscope.spc_engine.config import ChartConfig, default_config
 
@@ -65,10 +67,14 @@ class Process:
     outliers: float = 0.0
     """Fraction of answers slower by a factor drawn uniformly from ``slow``."""
     slow: tuple[float, float] = (3.0, 5.0)
+    wander: float = 0.0
+    """Marginal sd (in units of the body's) of a level that wanders slowly: an AR(1) with time
+    constant ``wander_tau`` points, added to the body (load that comes and goes over hours)."""
+    wander_tau: float = 2000.0
 
     @property
     def dependent_or_heavy(self) -> bool:
-        return self.phi != 0.0 or self.outliers != 0.0
+        return self.phi != 0.0 or self.outliers != 0.0 or self.wander != 0.0
 
 
 PROCESSES: tuple[Process, ...] = (
@@ -86,6 +92,12 @@ PROCESSES: tuple[Process, ...] = (
     Process("phi 0.5 + 2% slower", phi=0.5, outliers=0.02),
     Process("phi 0.3 + 2% slower, sigma_log 0.6", sigma_log=0.6, phi=0.3, outliers=0.02),
 )
+WANDER_PROCESSES: tuple[Process, ...] = (
+    Process("phi 0.5, level wanders 0.6 sd over ~2000", phi=0.5, wander=0.6),
+    Process("phi 0.5, level wanders 1.0 sd over ~2000", phi=0.5, wander=1.0),
+    Process("phi 0.5, level wanders 0.6 sd over ~500", phi=0.5, wander=0.6, wander_tau=500.0),
+)
+"""Slow level changes that make baselines fail the stability test (``max_refusals`` at work)."""
 
 
 class Stream:
@@ -95,6 +107,8 @@ class Stream:
         self.rng = rng
         self.p = process
         self.state = rng.standard_normal(reps)
+        # Drawn only for a wandering process, so the others' figures stay what they were.
+        self.level = rng.standard_normal(reps) * process.wander if process.wander else None
 
     def take(self, n: int, shift: float = 0.0, rows: npt.NDArray[np.intp] | None = None) -> Arr:
         """The next ``n`` log latencies of each endpoint (of ``rows`` only, if given)."""
@@ -111,7 +125,25 @@ class Stream:
         else:
             self.state[rows] = state
         slow = (rng.random((reps, n)) < p.outliers) * np.log(rng.uniform(p.slow[0], p.slow[1], (reps, n)))
+        if self.level is not None:
+            body += self._wander(n, rows)
         return _MU + p.sigma_log * (body + shift) + slow
+
+    def _wander(self, n: int, rows: npt.NDArray[np.intp] | None) -> Arr:
+        assert self.level is not None
+        p, rng = self.p, self.rng
+        keep = 1.0 - 1.0 / p.wander_tau
+        level = self.level if rows is None else self.level[rows]
+        innov = rng.standard_normal((level.size, n)) * p.wander * math.sqrt(1.0 - keep * keep)
+        out = np.empty((level.size, n))
+        for t in range(n):
+            level = keep * level + innov[:, t]
+            out[:, t] = level
+        if rows is None:
+            self.level = level
+        else:
+            self.level[rows] = level
+        return out
 
 
 @dataclass(slots=True)
@@ -129,6 +161,8 @@ class Charts:
     tail_keep: Arr
     refused: int
     """Baselines refused as unstable (collection went on)."""
+    forced: npt.NDArray[np.bool_] | None = None
+    """Charts armed without the stability test after ``max_refusals`` refusals in a row."""
 
 
 def fit_charts(stream: Stream, reps: int, config: ChartConfig | None = None) -> Charts:
@@ -144,16 +178,20 @@ def charts_from(
     cfg = config or default_config("latency_ms")
     fits: list[Fit] = []
     refused = 0
+    forced: list[bool] = []
     for i, y in enumerate(baselines):
+        in_a_row = 0
         while True:
-            result = fit_baseline(cfg, y.tolist())
+            result = settle_baseline(cfg, y.tolist(), in_a_row)
             if isinstance(result, Fit):
                 break
             if more is None:
                 raise ValueError(f"baseline {i} was refused: {result.reason}")
             refused += 1
+            in_a_row += 1
             y = np.concatenate([y[result.keep_from :], more(i, result.keep_from)])
         fits.append(result)
+        forced.append(bool(cfg.max_refusals) and in_a_row >= cfg.max_refusals)
     reps = len(fits)
     order = max(1, cfg.max_ar_order)
     ar = np.zeros((reps, order))
@@ -176,6 +214,7 @@ def charts_from(
         tail_open=np.array([binomial_threshold(t.window, r, t.alpha) for r in rates], dtype=np.float64),
         tail_keep=np.array([max(1, math.ceil(2 * t.window * r)) for r in rates], dtype=np.float64),
         refused=refused,
+        forced=np.array(forced, dtype=np.bool_),
     )
 
 
@@ -219,6 +258,18 @@ def run_critical(y: Arr, charts: Charts, config: ChartConfig | None = None) -> R
     by_rule = {"CUSUM": 0, "TAIL": 0, "SPIKE": 0}
     cols = np.arange(reps)
     h_of = np.vectorize(lambda a: return_h(float(a), cfg.clear_arl))
+    # min_change: the level a signal reports must be far enough from the centre to open a page
+    # (the mean of the newest points, at most RECENT of them, as MetricChart._level).
+    floor = math.log1p(cfg.min_change) if cfg.min_change else None
+    spike_floor = math.log1p(cfg.min_spike_change) if cfg.min_spike_change else None
+    csum = np.zeros((n + 1, reps))
+    np.cumsum(y.T, axis=0, out=csum[1:])
+
+    def mean_last(t: int, m: Arr) -> Arr:
+        m = np.minimum(np.maximum(m, 1), min(RECENT, t + 1)).astype(np.intp)
+        out: Arr = (csum[t + 1] - csum[t + 1 - m, cols]) / m
+        return out
+
     for t in range(n):
         pred = c.center + ((hist - c.center[:, None]) * c.ar).sum(axis=1)
         r = (y[:, t] - pred) / c.sigma_e
@@ -238,16 +289,25 @@ def run_critical(y: Arr, charts: Charts, config: ChartConfig | None = None) -> R
         else:
             f_tail = np.zeros(reps, dtype=bool)
         fire = f_cusum | f_spike | f_tail
-        new = ~is_open & fire
+        o_cusum, o_spike, o_tail = f_cusum, f_spike, f_tail
+        if floor is not None and (f_cusum & ~is_open).any():
+            best_k = np.argmax(up / hs, axis=0)
+            now = mean_last(t, np.minimum(run[best_k, cols], LEVEL_POINTS))
+            o_cusum = f_cusum & (now - c.center >= floor)
+        if floor is not None and (f_tail & ~is_open).any():
+            o_tail = f_tail & (mean_last(t, np.full(reps, min(window, LEVEL_POINTS))) - c.center >= floor)
+        if spike_floor is not None:
+            o_spike = f_spike & (y[:, t] - c.center >= spike_floor)
+        new = ~is_open & (o_cusum | o_spike | o_tail)
         if new.any():
             opens += new
             first[new & (first > n)] = t + 1
-            by_rule["CUSUM"] += int((new & f_cusum).sum())
-            by_rule["TAIL"] += int((new & f_tail & ~f_cusum).sum())
-            by_rule["SPIKE"] += int((new & f_spike & ~f_cusum & ~f_tail).sum())
+            by_rule["CUSUM"] += int((new & o_cusum).sum())
+            by_rule["TAIL"] += int((new & o_tail & ~o_cusum).sum())
+            by_rule["SPIKE"] += int((new & o_spike & ~o_cusum & ~o_tail).sum())
         continuing = is_open & ~new
         quiet = np.where(new | (continuing & fire), 0.0, quiet + 1)
-        start = (new | continuing) & ~seen & f_cusum
+        start = ((new & o_cusum) | continuing) & ~seen & f_cusum
         if start.any():
             best = np.argmax(up / hs, axis=0)
             big_c = up[best, cols]
@@ -287,6 +347,9 @@ class FalseAlarms:
     signals: int
     by_rule: dict[str, int]
     refused: int
+    forced_charts: int = 0
+    """Charts armed after ``max_refusals`` unstable baselines in a row."""
+    forced_signals: int = 0
 
     @property
     def per_100k(self) -> float:
@@ -313,8 +376,16 @@ def false_alarms(
     stream = Stream(rng, process, charts)
     fitted = fit_charts(stream, charts, config)
     result = run_critical(stream.take(probes_per_chart), fitted, config)
+    forced = fitted.forced if fitted.forced is not None else np.zeros(charts, dtype=np.bool_)
     return FalseAlarms(
-        process, charts, charts * probes_per_chart, int(result.opens.sum()), result.by_rule, fitted.refused
+        process,
+        charts,
+        charts * probes_per_chart,
+        int(result.opens.sum()),
+        result.by_rule,
+        fitted.refused,
+        forced_charts=int(forced.sum()),
+        forced_signals=int(result.opens[forced].sum()),
     )
 
 

@@ -142,6 +142,8 @@ def config_for(settings: SpcSettings, metric: str) -> ChartConfig:
         sigma_estimator=settings.sigma_estimator,
         transform=transform,
         clear_after=settings.clear_after,
+        min_change=settings.min_change,
+        min_spike_change=settings.min_spike_change,
     )
 
 

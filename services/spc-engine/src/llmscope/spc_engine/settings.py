@@ -11,6 +11,8 @@
 | LLMSCOPE_SPC_SIGMA_ESTIMATOR | sd | residual scale: sd (trimmed) or mr (moving range / 1.128) |
 | LLMSCOPE_SPC_TOKENS_TRANSFORM | log | scale of the tokens_per_s charts: log or none |
 | LLMSCOPE_SPC_CLEAR_AFTER | 10 | quiet points before an episode clears |
+| LLMSCOPE_SPC_MIN_CHANGE | 0.5 | a sustained shift pages from (1 + this)x worse (1.5x slower); 0: any |
+| LLMSCOPE_SPC_MIN_SPIKE_CHANGE | 1.0 | one answer pages from (1 + this)x worse (2x slower) |
 | LLMSCOPE_SPC_SNAPSHOT_INTERVAL_S | 1.0 | how often changed charts are written to the KV bucket |
 | LLMSCOPE_SPC_CHARTS_BUCKET | llmscope_spc_charts | KV bucket of chart snapshots |
 | LLMSCOPE_SPC_BATCH_SIZE | 256 | telemetry messages pulled per batch |
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 from llmscope.bus.settings import BusSettings
 from llmscope.config.env import ConfigError, Env
 from llmscope.proto import subjects
-from llmscope.spc_engine.config import DEFAULT_BASELINE_N
+from llmscope.spc_engine.config import DEFAULT_BASELINE_N, DEFAULT_MIN_CHANGE, DEFAULT_MIN_SPIKE_CHANGE
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,8 @@ class SpcSettings:
     sigma_estimator: str = "sd"
     tokens_transform: str = "log"
     clear_after: int = 10
+    min_change: float = DEFAULT_MIN_CHANGE
+    min_spike_change: float = DEFAULT_MIN_SPIKE_CHANGE
     snapshot_interval_s: float = 1.0
     charts_bucket: str = subjects.SPC_CHARTS_BUCKET
     batch_size: int = 256
@@ -73,6 +77,10 @@ class SpcSettings:
             sigma_estimator=env.choice("LLMSCOPE_SPC_SIGMA_ESTIMATOR", "sd", ("sd", "mr")),
             tokens_transform=env.choice("LLMSCOPE_SPC_TOKENS_TRANSFORM", "log", ("log", "none")),
             clear_after=env.integer("LLMSCOPE_SPC_CLEAR_AFTER", 10, min=1),
+            min_change=env.number("LLMSCOPE_SPC_MIN_CHANGE", DEFAULT_MIN_CHANGE, min=0, max=100),
+            min_spike_change=env.number(
+                "LLMSCOPE_SPC_MIN_SPIKE_CHANGE", DEFAULT_MIN_SPIKE_CHANGE, min=0, max=100
+            ),
             snapshot_interval_s=env.number("LLMSCOPE_SPC_SNAPSHOT_INTERVAL_S", 1.0, min=0),
             charts_bucket=env.text("LLMSCOPE_SPC_CHARTS_BUCKET", subjects.SPC_CHARTS_BUCKET),
             batch_size=env.integer("LLMSCOPE_SPC_BATCH_SIZE", 256, min=1, max=10_000),
