@@ -177,7 +177,7 @@ class ChartConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 DEFAULT_MIN_CHANGE = 0.5
 """Measured against a real inference server on a quiet host (README, "Measured against a real
-inference server"): its latency level wandered up to 1.3x for minutes at a time with nothing
+inference server"): its latency level wandered up to 1.38x for minutes at a time with nothing
 changing; a page means at least 1.5x."""
 DEFAULT_MIN_SPIKE_CHANGE = 1.0
 
