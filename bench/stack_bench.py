@@ -371,7 +371,9 @@ async def run(stack: Stack, rates: Sequence[int], seconds: float) -> list[tuple[
             bare = Component("bare FastAPI endpoint", stack.children["bare"].pid)
             b0 = bare.cpu()
             _, trips, b_elapsed = await post_at_rate(session, f"{stack.bare_url}/api/stats", bodies, rate)
-            bare_phase = Phase(f"bare at {rate}/s", n, b_elapsed, {bare.name: cpu_used(b0, bare.cpu())}, trips)
+            bare_phase = Phase(
+                f"bare at {rate}/s", n, b_elapsed, {bare.name: cpu_used(b0, bare.cpu())}, trips
+            )
             out.append((whole, bare_phase))
             report(whole, bare_phase)
     await conn.close()
@@ -386,7 +388,9 @@ def report(whole: Phase, bare: Phase) -> None:
     for name, cpu in whole.cpu.items():
         print(f"{name:<32} {cpu:>8.2f} {1000 * cpu / n:>10.3f}")
     total = sum(whole.cpu.values())
-    print(f"{'whole stack':<32} {total:>8.2f} {1000 * total / n:>10.3f}  = {1000 * total / n / bare_ms:.1f} x bare")
+    print(
+        f"{'whole stack':<32} {total:>8.2f} {1000 * total / n:>10.3f}  = {1000 * total / n / bare_ms:.1f} x bare"
+    )
     print(
         f"{'bare FastAPI endpoint (baseline)':<32} {sum(bare.cpu.values()):>8.2f} {bare_ms:>10.3f}"
         f"  ({bare.rate:,.0f}/s achieved)"
