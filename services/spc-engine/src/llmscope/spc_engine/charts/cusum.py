@@ -97,8 +97,7 @@ class CusumChart:
         cap = self.cap
         capped = cap != math.inf
         fired_up = fired_down = False
-        i = 0
-        for k, h in zip(self.k, self.h, strict=True):
+        for i, (k, h) in enumerate(zip(self.k, self.h, strict=True)):
             up = upper[i] + z - k
             down = lower[i] - z - k
             if up > 0.0:
@@ -123,7 +122,6 @@ class CusumChart:
                 fired_up = True
             if down > h:
                 fired_down = True
-            i += 1
         return fired_up, fired_down
 
     def side(self, which: str) -> CusumSide:
