@@ -39,6 +39,7 @@ from llmscope.bus.deadletter import DeadLetters
 from llmscope.bus.metrics import sample_consumers
 from llmscope.bus.publisher import Publisher
 from llmscope.bus.streams import ensure_streams
+from llmscope.config import eventloop
 from llmscope.config.logs import get_logger, setup_logging
 from llmscope.config.startup import Stopped, Unusable, postgres_unavailable, stop_on_signals
 from llmscope.proto import codec, subjects
@@ -640,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
         await run_standalone(settings, stop)
 
     try:
-        asyncio.run(_run())
+        eventloop.run(_run())  # uvloop when installed, as the API under uvicorn
     except Unusable as exc:
         print(f"llmscope persister: {exc}", file=sys.stderr)
         return 1
