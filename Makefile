@@ -46,6 +46,7 @@ docs: install
 
 bench: install
 	$(VENV)/bin/python bench/spc_bench.py
+	$(VENV)/bin/python bench/stack_bench.py
 
 clean:
 	rm -rf $(VENV) .uv .pytest_cache .mypy_cache .ruff_cache

@@ -15,7 +15,9 @@ next to a baseline measured in the same run, and the ratio is the figure to comp
     model estimated from its own baseline (``llmscope.spc_engine.performance``), each next to issue
     7's target; on autocorrelated data also the same charts with serial dependence ignored.
 
-Usage: ``python bench/spc_bench.py [--quick] [--events N] [--stats-only]`` (``make bench``).
+Section (b) runs on asyncio's event loop and then on uvloop's (``--loops``), in the same run.
+
+Usage: ``python bench/spc_bench.py [--quick] [--events N] [--stats-only | --no-stats]`` (``make bench``).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from llmscope.bus.kv import open_bucket
 from llmscope.bus.publisher import Publisher
 from llmscope.bus.settings import BusSettings
 from llmscope.bus.streams import ensure_streams
+from llmscope.config import eventloop
 from llmscope.proto import codec, subjects
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.spc_engine import performance
@@ -477,11 +480,18 @@ async def _through_nats(url: str, events: Sequence[TelemetryEvent], payloads: Se
 
 
 def through_nats(
-    events: Sequence[TelemetryEvent], payloads: Sequence[bytes], cores: list[int], chart_rate: float
+    events: Sequence[TelemetryEvent],
+    payloads: Sequence[bytes],
+    cores: list[int],
+    chart_rate: float,
+    loop: eventloop.LoopName = "asyncio",
 ) -> None:
     n = len(events)
     client_core, server_cores = cores[0], (cores[1:] or cores[:1])
-    print(f"\n== (b) through NATS: {n:,} events on the telemetry stream (JetStream, file storage)")
+    print(
+        f"\n== (b) through NATS: {n:,} events on the telemetry stream (JetStream, file storage),"
+        f" {loop} event loop"
+    )
     print(f"   client (this Python process) on core {client_core}; nats-server on cores {server_cores}")
     with tempfile.TemporaryDirectory(prefix="llmscope-bench-") as tmp:
         # The server inherits the affinity in force when it starts.
@@ -490,7 +500,7 @@ def through_nats(
         url = server.start()
         os.sched_setaffinity(0, {client_core})
         try:
-            f = asyncio.run(_through_nats(url, events, payloads))
+            f = eventloop.run(_through_nats(url, events, payloads), loop)
         finally:
             server.stop()
     raw = f.raw_fetch
@@ -661,6 +671,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--events", type=int, default=None, help="telemetry events (default 200,000; quick 3,000)"
     )
     parser.add_argument("--stats-only", action="store_true", help="only (c), the detection statistics")
+    parser.add_argument("--no-stats", action="store_true", help="only (a) and (b), the throughput")
+    parser.add_argument(
+        "--loops",
+        default="asyncio,uvloop",
+        help="event loops section (b) runs on, one after the other (default asyncio,uvloop)",
+    )
     args = parser.parse_args(argv)
     n = args.events if args.events is not None else (3_000 if args.quick else 200_000)
     if n < 1:
@@ -678,9 +694,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         payloads = [codec.encode(ev) for ev in events]
         os.sched_setaffinity(0, {cores[0]})
         chart_rate = chart_alone(events, payloads)
-        through_nats(events, payloads, cores, chart_rate)
+        for loop in args.loops.split(","):
+            if loop not in ("asyncio", "uvloop"):
+                parser.error(f"--loops: unknown loop {loop!r}")
+            through_nats(events, payloads, cores, chart_rate, "uvloop" if loop == "uvloop" else "asyncio")
         os.sched_setaffinity(0, set(cores))
-    statistics(args.quick)
+    if not args.no_stats:
+        statistics(args.quick)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\ndone in {time.perf_counter() - started:.0f} s; peak RSS {peak_mib:.0f} MiB")
     return 0

@@ -7,13 +7,16 @@ import csv
 import io
 from datetime import UTC, datetime, timedelta
 
+import nats
 import pytest
+from nats.aio.msg import Msg
 
 from llmscope.api.persister import store_telemetry, store_violations
 from llmscope.api.settings import ApiSettings
 from llmscope.config.env import ConfigError, Env
-from llmscope.proto import subjects
+from llmscope.proto import codec, subjects
 from llmscope.proto.switches import decode_switch, model_key
+from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.proto.violation import ViolationEvent
 from tests.alerter.harness import eventually
 from tests.api.conftest import Api, serve
@@ -400,3 +403,51 @@ async def test_post_stats_is_503_with_the_ids_while_nats_is_away(api: Api) -> No
     assert r.json()["ids"] == ["e-1"]
     assert r.headers["retry-after"] == "5"
     assert "not confirmed" in r.json()["detail"]
+
+
+async def test_complete_events_publish_what_the_general_path_publishes(api: Api, nats_url: str) -> None:
+    """A batch of complete events is decoded once, straight into structs; the same events with
+    their ids left out take the general path (which derives the ids from the content) and
+    publish the very same bytes."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    general = [
+        {
+            "ts": (now + timedelta(seconds=i)).isoformat(),
+            "provider": "ollama",
+            "model": "m",
+            "target": "t",
+            "prompt_id": "p",
+            "prompt_hash": "h",
+            "latency_ms": 100 + i,
+            "unknown_field": "dropped",
+        }
+        for i in range(3)
+    ]
+    seen: list[bytes] = []
+
+    async def on_msg(msg: Msg) -> None:
+        seen.append(msg.data)
+
+    watcher = await nats.connect(nats_url)
+    sub = await watcher.subscribe(subjects.TELEMETRY_ALL, cb=on_msg)
+    await watcher.flush()
+    try:
+        slow = await api.client.post("/api/stats", json=general)
+        assert slow.status_code == 202, slow.text
+        ids = slow.json()["ids"]
+        complete = [{"type": "telemetry.v1", "id": i, **item} for i, item in zip(ids, general, strict=True)]
+        fast = await api.client.post("/api/stats", json=complete)
+        assert fast.status_code == 202, fast.text
+        assert fast.json()["ids"] == ids
+        assert (slow.json()["duplicates"], fast.json()["duplicates"]) == (0, 3)
+
+        async def both() -> bool:
+            return len(seen) == 6
+
+        await eventually(both, what="both batches published")
+    finally:
+        await sub.unsubscribe()
+        await watcher.close()
+    assert seen[:3] == seen[3:]
+    assert seen[0] == codec.encode(codec.decode_as(seen[0], TelemetryEvent))
+    assert b"unknown_field" not in seen[0]

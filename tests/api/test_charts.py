@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import math
 import random
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import nats
 import pytest
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from llmscope.api.persister import store_telemetry
+from llmscope.api.persister import store_telemetry, store_violations
 from llmscope.proto import subjects
 from llmscope.proto.charts import chart_key
 from llmscope.proto.telemetry import TelemetryEvent
 from tests.api.conftest import Api
 from tests.api.engine import BASELINE_N, eventually, feed, running_engine, wait_progress
-from tests.api.factories import telemetry
+from tests.api.factories import telemetry, violation
 
 pytestmark = pytest.mark.usefixtures("js")
 
@@ -301,3 +304,47 @@ async def test_rollups_keep_targets_apart(api: Api) -> None:
     assert overall["near"] == pytest.approx(mean_log(near), rel=1e-9)
     assert overall["far"] == pytest.approx(mean_log(far), rel=1e-9)
     assert (got["near"]["failed_probes"], got["far"]["failed_probes"]) == (0, 4)
+
+
+async def test_the_day_chart_reads_its_record_once_and_draws_the_newest_marks(
+    api: Api, js: JetStreamContext, nats_url: str
+) -> None:
+    events = probes(5)
+    async with running_engine(nats_url):
+        await feed(api, js, events)
+        await wait_progress(api, events[0], 5, "collecting")
+    # 1,050 marks over the last 21 minutes, more than the chart draws (1,000): the newest are drawn.
+    now = datetime.now(UTC)
+    marks = [
+        violation(
+            events[0], id=f"mark-{i:04d}", ts=now - timedelta(seconds=1.2 * (1050 - i)), severity="warning"
+        )
+        for i in range(1050)
+    ]
+    async with api.store.pool.acquire() as conn:
+        await store_violations(conn, marks)
+
+    # Every KV read is a JetStream API request on the bucket's stream: count them on the wire.
+    reads: list[str] = []
+    watcher = await nats.connect(nats_url)
+    stream = f"KV_{subjects.SPC_CHARTS_BUCKET}"
+
+    async def seen(msg: Msg) -> None:
+        if msg.subject.endswith(stream) or f".{stream}." in msg.subject:
+            reads.append(msg.subject)
+
+    sub = await watcher.subscribe("$JS.API.>", cb=seen)
+    await watcher.flush()
+    try:
+        day = (await api.client.get("/api/stats/spc", params={**SPC, "hours": 24})).json()
+        await watcher.flush()
+        # The API caches the bucket handle (one lookup at first use); the record is read once.
+        gets = [s for s in reads if "GET" in s]
+        assert len(gets) == 1, reads
+    finally:
+        await sub.unsubscribe()
+        await watcher.close()
+    assert day["phase"] == "collecting"  # the record read once still feeds the view
+    ids = [v["id"] for v in day["violations"]]
+    assert len(ids) == 1000
+    assert ids == [f"mark-{i:04d}" for i in range(50, 1050)]  # the newest, in time order

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -12,6 +13,7 @@ import pytest
 from nats.js import JetStreamContext
 
 from llmscope.api.db import create_pool, migrate, migrations
+from llmscope.api.metrics import ApiMetrics
 from llmscope.api.persister import (
     COPY_MIN_ROWS,
     TELEMETRY_COLUMNS,
@@ -188,3 +190,41 @@ async def test_persister_over_jetstream(pool: asyncpg.Pool, js: JetStreamContext
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
+
+
+async def test_consumer_lag_is_sampled_per_consumer(pool: asyncpg.Pool, js: JetStreamContext) -> None:
+    """/metrics of the API shows each persister consumer's lag, read from the server: it rises
+    while Postgres holds the persister's writes and falls to zero once they go through."""
+    metrics = ApiMetrics()
+    publisher = Publisher(js)
+    persister = Persister(pool=pool, js=js, publisher=publisher, metrics=metrics, lag_sample_s=0.1)
+    events = [telemetry(i, id=f"lag-{i}") for i in range(20)]
+
+    def lag(consumer: str) -> float | None:
+        labels = {"consumer": consumer}
+        pending = metrics.registry.get_sample_value("llmscope_consumer_pending_messages", labels)
+        acking = metrics.registry.get_sample_value("llmscope_consumer_ack_pending_messages", labels)
+        return None if pending is None or acking is None else pending + acking
+
+    stop = asyncio.Event()
+    locker = await pool.acquire()
+    lock = locker.transaction()
+    await lock.start()
+    await locker.execute("LOCK TABLE telemetry IN ACCESS EXCLUSIVE MODE")  # the writes wait here
+    task = asyncio.create_task(persister.run(stop))
+    try:
+        for ev in events:
+            await publisher.publish(subjects.telemetry(ev.provider, ev.model), ev)
+        await eventually(lambda: lag("api-persister-telemetry") == 20, what="the lag of 20 held events")
+        for consumer in ("violations", "deadletter", "incidents"):
+            assert lag(f"api-persister-{consumer}") == 0
+        await lock.rollback()
+        await eventually(lambda: lag("api-persister-telemetry") == 0, what="the lag gone once stored")
+        assert await pool.fetchval("SELECT count(*) FROM telemetry WHERE id LIKE 'lag-%'") == 20
+        assert "llmscope_consumer_pending_messages" in metrics.render().decode()
+    finally:
+        with contextlib.suppress(asyncpg.InterfaceError):  # rolled back already
+            await lock.rollback()
+        await pool.release(locker)
+        stop.set()
+        await asyncio.wait_for(task, 20)

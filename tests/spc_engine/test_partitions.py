@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from urllib.parse import urlparse
 
+import nats
 import pytest
 from nats.js import JetStreamContext
 
 from llmscope.bus.kv import open_bucket
 from llmscope.config.env import ConfigError, Env
-from llmscope.spc_engine.service import LeaseLostError, PartitionLease, owned_partitions
+from llmscope.spc_engine.service import LeaseLostError, PartitionLease, owned_partitions, renew_leases
 from llmscope.spc_engine.settings import SpcSettings
 
 
@@ -59,3 +62,81 @@ async def test_a_lease_is_exclusive_taken_over_only_after_its_holder_stops_renew
     # A stop ends a wait.
     stop.set()
     assert not await PartitionLease(kv, "_lease.p0", "2-of-3@d", ttl=60).acquire(stop)
+
+
+class SlowLink:
+    """A TCP relay to nats-server that holds every chunk ``delay`` seconds each way: a real
+    connection over a slow link (a congested network, a server catching up after a stall)."""
+
+    def __init__(self, target: str) -> None:
+        parsed = urlparse(target)
+        self.host, self.port = parsed.hostname or "127.0.0.1", parsed.port or 4222
+        self.delay = 0.0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return f"nats://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection(self.host, self.port)
+        for reader, writer in ((client_r, server_w), (server_r, client_w)):
+            task = asyncio.create_task(self._pipe(reader, writer))
+            self._tasks.add(task)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        held: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def forward() -> None:
+            while True:
+                due, data = await held.get()
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                writer.write(data)
+                await writer.drain()
+
+        sender = asyncio.create_task(forward())
+        try:
+            while data := await reader.read(65536):
+                held.put_nowait((loop.time() + self.delay, data))
+        finally:
+            sender.cancel()
+            writer.close()
+
+
+async def test_leases_are_renewed_together_so_a_slow_nats_costs_one_round_trip(nats_url: str) -> None:
+    """A replica renews all its leases at once: with NATS slow to answer (0.6 s a request here),
+    one round for 8 partitions takes about one round trip, not eight (4.8 s, past the 3 s a lease
+    of 4 s is trusted: one after another, the replica gave up partitions it still held)."""
+    link = SlowLink(nats_url)
+    nc = await nats.connect(await link.start())
+    try:
+        kv = await open_bucket(nc.jetstream(), "test_leases_slow", description="test")
+        stop = asyncio.Event()
+        leases = [PartitionLease(kv, f"_lease.p{k}", "0-of-1@a", ttl=4.0) for k in range(8)]
+        for lease in leases:
+            assert await lease.acquire(stop)
+        link.delay = 0.3
+        started = time.monotonic()
+        await renew_leases(leases)
+        elapsed = time.monotonic() - started
+        assert 0.6 <= elapsed < 2.4, elapsed  # the slow link is in the way, and crossed once
+        for lease in leases:
+            lease.check()  # every one renewed within the bound
+        # A lease taken over meanwhile is reported as lost (the others are still renewed).
+        link.delay = 0.0
+        await kv.put("_lease.p3", b"1-of-2@b")
+        with pytest.raises(LeaseLostError):
+            await renew_leases(leases)
+        leases[0].check()
+    finally:
+        await nc.close()
+        await link.close()

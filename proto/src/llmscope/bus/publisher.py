@@ -80,9 +80,16 @@ class Publisher:
         with :meth:`publish_raw`'s retries until the deadline: its ``Nats-Msg-Id`` makes a
         resend stored once. Raises :class:`PublishFailed` like :meth:`publish`.
         """
+        sends = [(subject, codec.encode(ev), ev.id) for subject, ev in events]
+        return await self.publish_many_raw(sends, deadline=deadline)
+
+    async def publish_many_raw(
+        self, sends: Sequence[tuple[str, bytes, str]], *, deadline: float | None = None
+    ) -> list[PubAck]:
+        """:meth:`publish_many` of ``(subject, payload, msg_id)`` already encoded (the API
+        encodes each event once, for its size check and for this)."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + (self._deadline if deadline is None else deadline)
-        sends = [(subject, codec.encode(ev), ev.id) for subject, ev in events]
         futures: list[asyncio.Future[PubAck]] = []
         try:
             for subject, payload, msg_id in sends:

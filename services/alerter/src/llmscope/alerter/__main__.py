@@ -33,6 +33,7 @@ from llmscope.bus.deadletter import DeadLetters
 from llmscope.bus.metrics import sample_consumers
 from llmscope.bus.publisher import Publisher
 from llmscope.bus.streams import ensure_streams
+from llmscope.config import eventloop
 from llmscope.config.env import ConfigError, Env
 from llmscope.config.envhelp import BUS_SETTINGS, service_parser
 from llmscope.config.health import HealthServer
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         await serve(settings, env, stop)
 
     try:
-        asyncio.run(run())
+        eventloop.run(run())  # uvloop when installed, as the SPC engine
     except ConfigError as exc:
         print(f"llmscope alerter: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+from llmscope.bus.metrics import ConsumerMetrics
 from llmscope.config.metrics import service_registry
 
 
@@ -46,6 +47,8 @@ class ApiMetrics:
         self.batches = Counter(
             "llmscope_persister_batches", "batches the persister committed", ["kind"], registry=self.registry
         )
+        # The persister's durable consumers: lag sampled from the server, dead letters counted.
+        self.consumers = ConsumerMetrics(self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

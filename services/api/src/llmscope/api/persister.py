@@ -36,8 +36,10 @@ from llmscope.api.metrics import ApiMetrics
 from llmscope.api.settings import ApiSettings
 from llmscope.bus.consumer import ConsumerOptions, Delivery, DurableConsumer
 from llmscope.bus.deadletter import DeadLetters
+from llmscope.bus.metrics import sample_consumers
 from llmscope.bus.publisher import Publisher
 from llmscope.bus.streams import ensure_streams
+from llmscope.config import eventloop
 from llmscope.config.logs import get_logger, setup_logging
 from llmscope.config.startup import Stopped, Unusable, postgres_unavailable, stop_on_signals
 from llmscope.proto import codec, subjects
@@ -50,6 +52,8 @@ log = get_logger("llmscope.api.persister")
 
 SOURCE = "api-persister"
 FILL_WAIT_S = 0.003
+LAG_SAMPLE_S = 5.0
+"""How often each consumer's lag is read from the server (one request per consumer)."""
 
 Conn = asyncpg.Connection | PoolConnectionProxy
 E = TypeVar("E")
@@ -436,9 +440,19 @@ class Persister:
         metrics: ApiMetrics | None = None,
         durable_prefix: str = "api-persister",
         options: ConsumerOptions | None = None,
+        lag_sample_s: float = LAG_SAMPLE_S,
     ) -> None:
         self._pool = pool
         self._metrics = metrics
+        self._js = js
+        self.lag_sample_s = lag_sample_s
+        self._durables = {
+            subjects.STREAM_TELEMETRY: f"{durable_prefix}-telemetry",
+            subjects.STREAM_VIOLATIONS: f"{durable_prefix}-violations",
+            subjects.STREAM_DEADLETTER: f"{durable_prefix}-deadletter",
+            subjects.STREAM_INCIDENTS: f"{durable_prefix}-incidents",
+        }
+        consumers = metrics.consumers if metrics is not None else None
         dead = DeadLetters(publisher, SOURCE)
         opts = options or persister_consumer_options(batch_size=batch_size)
         self.telemetry = DurableConsumer[TelemetryEvent](
@@ -450,6 +464,7 @@ class Persister:
             handler=self.on_telemetry,
             dead_letters=dead,
             options=opts,
+            metrics=consumers,
         )
         self.violations = DurableConsumer[ViolationEvent](
             js=js,
@@ -460,6 +475,7 @@ class Persister:
             handler=self.on_violations,
             dead_letters=dead,
             options=opts,
+            metrics=consumers,
         )
         self.dead_letters = DurableConsumer[DeadLetterEvent](
             js=js,
@@ -470,6 +486,7 @@ class Persister:
             handler=self.on_dead_letters,
             dead_letters=dead,
             options=opts,
+            metrics=consumers,
         )
         self.incidents = DurableConsumer[IncidentEvent](
             js=js,
@@ -480,6 +497,7 @@ class Persister:
             handler=self.on_incidents,
             dead_letters=dead,
             options=opts,
+            metrics=consumers,
         )
 
     def _count(self, kind: str, stored: int) -> None:
@@ -540,13 +558,17 @@ class Persister:
         return rejected
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume every stream until ``stop`` is set (a crashed consumer is restarted)."""
-        await asyncio.gather(
-            *(
-                self._supervise(c, stop)
-                for c in (self.telemetry, self.violations, self.dead_letters, self.incidents)
-            )
-        )
+        """Consume every stream until ``stop`` is set (a crashed consumer is restarted), and
+        sample each consumer's lag from the server (with metrics)."""
+        consumers = (self.telemetry, self.violations, self.dead_letters, self.incidents)
+        lag = []
+        if self._metrics is not None:
+            metrics = self._metrics.consumers
+            lag = [
+                sample_consumers(metrics, self._js, stream, _constant((durable,)), stop, self.lag_sample_s)
+                for stream, durable in self._durables.items()
+            ]
+        await asyncio.gather(*(self._supervise(c, stop) for c in consumers), *lag)
 
     async def _supervise(self, consumer: DurableConsumer[Any], stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -558,6 +580,10 @@ class Persister:
                 log.exception("consumer crashed; restarting in 1 s")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 1.0)
+
+
+def _constant(durables: tuple[str, ...]) -> Callable[[], tuple[str, ...]]:
+    return lambda: durables
 
 
 async def retention_loop(
@@ -615,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
         await run_standalone(settings, stop)
 
     try:
-        asyncio.run(_run())
+        eventloop.run(_run())  # uvloop when installed, as the API under uvicorn
     except Unusable as exc:
         print(f"llmscope persister: {exc}", file=sys.stderr)
         return 1

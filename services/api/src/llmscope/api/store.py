@@ -310,6 +310,7 @@ class Store:
         targs = [target] if by_target else []
         bucket_s = bucket_seconds(query.hours)
         ckey = chart_key(query.provider, query.model, target, query.prompt_id, query.metric) if target else ""
+        # The chart's record, read once per request (issue 13: it was read twice).
         record = await self.charts.get(ckey) if ckey else None
         view = record.view if record is not None else None
         async with self.pool.acquire() as conn:
@@ -367,10 +368,6 @@ class Store:
                 *targs,
                 *([list(query.severities)] if query.severities else []),
             )
-            record = (
-                await self.charts.get(chart_key(*key[:2], target, key[2], query.metric)) if target else None
-            )
-            view = record.view if record is not None else None
             spacing = None
             if view is not None and view.arl0_critical is not None:
                 spacing = await conn.fetchval(

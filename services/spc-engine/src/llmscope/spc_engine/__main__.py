@@ -18,6 +18,7 @@ from dataclasses import replace
 
 from nats.aio.client import Client as NATS
 
+from llmscope.config import eventloop
 from llmscope.config.env import ConfigError
 from llmscope.config.envhelp import BUS_SETTINGS, service_parser
 from llmscope.config.health import HealthServer
@@ -74,7 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = replace(settings, log_level=args.log_level)
     setup_logging("spc-engine", settings.log_level)
     log.info("starting", replica=settings.replica, replicas=settings.replicas, baseline_n=settings.baseline_n)
-    return asyncio.run(_main(settings))
+    # uvloop when installed: the consume -> chart -> publish path runs faster on it (make bench (b)).
+    return eventloop.run(_main(settings))
 
 
 if __name__ == "__main__":

@@ -314,7 +314,8 @@ class MetricChart:
         if st.baseline is None:
             self._collect(y, ref)
             return out
-        return out + self._judge(y, ref, st.baseline)
+        judged = self._judge(y, ref, st.baseline)
+        return out + judged if out else judged
 
     def rebaseline(self, by: str, reason: str) -> list[Signal]:
         """Forget the limits and collect a new baseline; open episodes clear now."""
@@ -456,6 +457,9 @@ class MetricChart:
         self._spike = self.spike_limit
         self._tail_open = self.tail_threshold
         self._tail_keep = self.tail_clear
+        # Per-point constants, so the hot path formats and sums nothing it did before.
+        self._tail_count = sum(st.tail_window)
+        self._page_worse = f"PAGE:{cfg.worse}"
 
     def _describe(self, rule: str, direction: Direction = "") -> _Fire:
         cfg = self.config
@@ -500,14 +504,19 @@ class MetricChart:
         worse: Direction = cfg.worse
         better: Direction = "down" if worse == "up" else "up"
         sign = 1.0 if worse == "up" else -1.0
-        pred = b.center
+        center = b.center
+        pred = center
         hist = st.hist
-        for i, phi in enumerate(b.ar):
-            pred += phi * (hist[-1 - i] - b.center)
+        ar = b.ar
+        if ar:
+            i = -1
+            for phi in ar:
+                pred += phi * (hist[i] - center)
+                i -= 1
         r = (y - pred) / b.sigma_e
         clip = cfg.clip
         w = clip if r > clip else (-clip if r < -clip else r)
-        if b.ar:
+        if ar:
             hist.append(pred + w * b.sigma_e)
             del hist[0]
         u = (w - b.w_mean) / b.w_sd
@@ -520,20 +529,25 @@ class MetricChart:
         paging_better: dict[str, _Fire] = {}
         side_worse = side_better = None
         if cfg.cusum.enabled:
-            pt = self._cusum.update(d)
-            side_worse, side_better = pt.up, pt.down
-            if pt.up.fired:
-                paging_worse["CUSUM"] = self._cusum_fire(worse, pt.up)
-            if pt.down.fired:
-                paging_better["CUSUM"] = self._cusum_fire(better, pt.down)
-        if cfg.tail.enabled:
+            # The sides are built only when they signal: nothing reads them otherwise.
+            up_fired, down_fired = self._cusum.step(d)
+            if up_fired:
+                side_worse = self._cusum.side("up")
+                paging_worse["CUSUM"] = self._cusum_fire(worse, side_worse)
+            if down_fired:
+                side_better = self._cusum.side("down")
+                paging_better["CUSUM"] = self._cusum_fire(better, side_better)
+        tail = cfg.tail
+        if tail.enabled:
             window = st.tail_window
-            window.append(sign * r > cfg.tail.k)
-            if len(window) > cfg.tail.window:
-                del window[0]
-            if len(window) >= cfg.tail.window:
-                count = sum(window)
-                need = self._tail_keep if f"PAGE:{worse}" in st.episodes else self._tail_open
+            hit = sign * r > tail.k
+            window.append(hit)
+            count = self._tail_count + hit  # kept in step with the window, not summed per point
+            if len(window) > tail.window:
+                count -= window.pop(0)
+            self._tail_count = count
+            if len(window) >= tail.window:
+                need = self._tail_keep if self._page_worse in st.episodes else self._tail_open
                 if count >= need:
                     fire = self._describe("TAIL", worse)
                     paging_worse["TAIL"] = msgspec.structs.replace(
@@ -544,10 +558,13 @@ class MetricChart:
                     )
         if cfg.spike.enabled and sign * r > self._spike:
             paging_worse["SPIKE"] = msgspec.structs.replace(self._describe("SPIKE", worse), level=ref.value)
-        if paging_worse and (cfg.min_change or cfg.min_spike_change) and f"PAGE:{worse}" not in st.episodes:
+        episodes = st.episodes
+        if paging_worse and (cfg.min_change or cfg.min_spike_change) and self._page_worse not in episodes:
             paging_worse = self._large_enough(paging_worse, b)
-        out += self._family(worse, paging_worse, side_worse, d, ref, z, b)
-        out += self._family(better, paging_better, side_better, -d, ref, z, b)
+        if paging_worse or episodes:
+            out += self._family(worse, paging_worse, side_worse, d, ref, z, b)
+        if paging_better or episodes:
+            out += self._family(better, paging_better, side_better, -d, ref, z, b)
 
         # The other rules: one episode per rule and direction.
         fired: dict[str, _Fire] = {}
@@ -567,6 +584,8 @@ class MetricChart:
             fired[f"EWMA:{direction}"] = msgspec.structs.replace(
                 self._describe("EWMA", direction), statistic=level, level=level, n_points=span
             )
+        if not fired and not st.episodes:
+            return out
         for key in sorted(
             set(fired) | {k for k in st.episodes if not k.startswith("PAGE:")}, key=_episode_order
         ):

@@ -147,6 +147,10 @@ class NelsonRules:
             del s.recent[0]
 
         fired: list[int] = []
+        if self._enabled == (1,):  # the default: skip the dispatch below
+            if abs(z) > k[1]:
+                fired.append(1)
+            return fired
         for n in self._enabled:
             if n == 1:
                 hit = abs(z) > k[1]

@@ -266,6 +266,23 @@ class PartitionLease:
         self._revision = 0
 
 
+async def renew_leases(leases: Sequence[PartitionLease]) -> None:
+    """Renew every lease at once, so a round takes one round trip however many partitions this
+    replica holds: one after another, a NATS hiccup of a few seconds (each renewal waiting out its
+    timeout in turn) left the last leases unrenewed past ``check()``'s bound, and the replica gave
+    up partitions it still held. Raises :class:`LeaseLostError` when one was taken over; other
+    failures are logged (``check()`` stops charting a partition whose lease stays unrenewed)."""
+    results = await asyncio.gather(*(lease.renew() for lease in leases), return_exceptions=True)
+    lost: LeaseLostError | None = None
+    for lease, result in zip(leases, results, strict=True):
+        if isinstance(result, LeaseLostError):
+            lost = lost or result
+        elif isinstance(result, BaseException):
+            log.warning("lease renewal failed", lease=lease.key, error=repr(result))
+    if lost is not None:
+        raise lost
+
+
 class _ResumingConsumer(DurableConsumer[TelemetryEvent]):
     """A partition's durable consumer, recreated to start right after its checkpoint."""
 
@@ -689,14 +706,11 @@ class SpcService:
         async def renew() -> None:
             while True:
                 await asyncio.sleep(self.settings.lease_ttl_s / 4)
-                for lease in list(self._leases.values()):
-                    try:
-                        await lease.renew()
-                    except LeaseLostError as exc:
-                        self._stop_on(exc)
-                        return
-                    except Exception as exc:  # e.g. a timeout: check() stops charting if it lasts
-                        log.warning("lease renewal failed", lease=lease.key, error=repr(exc))
+                try:
+                    await renew_leases(list(self._leases.values()))
+                except LeaseLostError as exc:
+                    self._stop_on(exc)
+                    return
 
         # Leases are read, and lag sampled, a few times per TTL (at most every 10 s): an
         # unowned partition is reported two TTLs after its lease last changed.

@@ -86,9 +86,17 @@ class CusumChart:
         )
 
     def update(self, z: float) -> CusumPoint:
+        self.step(z)
+        return CusumPoint(up=self.side("up"), down=self.side("down"))
+
+    def step(self, z: float) -> tuple[bool, bool]:
+        """Feed one point; whether the upper and the lower side signal (:meth:`side` has the
+        details). The chart's per-point path: no objects built unless a side signals."""
         s = self.state
         upper, lower, run_up, run_down = s.upper, s.lower, s.run_up, s.run_down
-        capped = self.cap != math.inf
+        cap = self.cap
+        capped = cap != math.inf
+        fired_up = fired_down = False
         for i, (k, h) in enumerate(zip(self.k, self.h, strict=True)):
             up = upper[i] + z - k
             down = lower[i] - z - k
@@ -103,14 +111,25 @@ class CusumChart:
                 down = 0.0
                 run_down[i] = 0
             if capped:
-                limit = self.cap * h
-                up = min(up, limit)
-                down = min(down, limit)
+                limit = cap * h
+                if limit < up:  # min(up, limit), without the call
+                    up = limit
+                if limit < down:
+                    down = limit
             upper[i] = up
             lower[i] = down
-        return CusumPoint(
-            up=_side(upper, run_up, self.k, self.h), down=_side(lower, run_down, self.k, self.h)
-        )
+            if up > h:
+                fired_up = True
+            if down > h:
+                fired_down = True
+        return fired_up, fired_down
+
+    def side(self, which: str) -> CusumSide:
+        """One side (``"up"`` or ``"down"``) as it stands."""
+        s = self.state
+        if which == "up":
+            return _side(s.upper, s.run_up, self.k, self.h)
+        return _side(s.lower, s.run_down, self.k, self.h)
 
     def reset(self, side: str | None = None) -> None:
         """Restart one side (``"up"`` or ``"down"``) or both."""

@@ -1,0 +1,491 @@
+"""Whole-stack benchmark: CPU per ingested event per process, and posted -> stored latency.
+
+Not a test: it prints figures. It starts the stack as ``llmscope up`` does, each component its own
+process: an embedded nats-server (JetStream, file storage) and PostgreSQL (fsync on), the API
+(with its in-process persister), the SPC engine and the alerter. Then it posts telemetry over
+HTTP, one event per ``POST /api/stats`` (as an external prober does), at a fixed rate, and
+measures:
+
+- CPU seconds per ingested event of each process (psutil; Postgres is the postmaster and every
+  backend), between the first post and the moment every consumer has caught up (nothing
+  pending or unacknowledged on any durable consumer), so the work an event causes downstream
+  is counted, and so is whatever the processes do on their own meanwhile (timers, snapshots);
+- posted -> stored: from just before the POST is sent to the moment Postgres delivers the
+  row's NOTIFY (a trigger the benchmark adds to its own database; notifications are delivered
+  at commit), p50 / p95 / p99;
+- the baseline, in the same run at the same rate: a bare FastAPI endpoint (uvicorn, the same
+  event loop as the API, reads the body and answers 202), its CPU per request and its round
+  trip. The whole stack's CPU is printed as a ratio to it.
+
+The engine's charts are armed first (``LLMSCOPE_SPC_BASELINE_N``, 10 models), so the figures
+include armed charts. The benchmark client runs in this process and is not counted.
+
+Then lists of 1000 events (4 POSTs in flight): the API's batched ingest rate and the whole
+stack's CPU per event that way.
+
+Usage: ``python bench/stack_bench.py [--quick] [--rates 100,1000] [--seconds S] [--batched N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.metadata
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import nats
+import psutil
+
+from llmscope.proto import codec
+from llmscope.proto.telemetry import TelemetryEvent
+from llmscope.stack.embedded import EmbeddedNats, EmbeddedPostgres
+from llmscope.stack.ports import free_port
+
+KEY = "bench-key-0123456789abcdef"
+MODELS = 10
+BASELINE_N = 100
+SERVICES = ("api", "spc-engine", "alerter")
+
+NOTIFY_SQL = """
+CREATE OR REPLACE FUNCTION bench_stored() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_notify('bench_stored', NEW.id); RETURN NULL; END $$;
+CREATE TRIGGER bench_stored AFTER INSERT ON telemetry FOR EACH ROW EXECUTE FUNCTION bench_stored();
+"""
+
+BARE_APP = """
+import sys, uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+app = FastAPI()
+@app.post("/api/stats")
+async def post(request: Request) -> JSONResponse:
+    await request.body()
+    return JSONResponse({"id": "x"}, status_code=202)
+config = uvicorn.Config(app, host="127.0.0.1", port=int(sys.argv[1]), log_config=None, access_log=False)
+uvicorn.Server(config).run()
+"""
+
+
+# --------------------------------------------------------------------------------------------
+# Machine
+
+
+def print_machine() -> None:
+    cpu = platform.processor() or "?"
+    with contextlib.suppress(OSError):
+        for row in Path("/proc/cpuinfo").read_text().splitlines():
+            if row.startswith("model name"):
+                cpu = row.split(":", 1)[1].strip()
+                break
+    ram = psutil.virtual_memory().total / 2**30
+    versions = ", ".join(
+        f"{d} {importlib.metadata.version(d)}"
+        for d in ("fastapi", "uvicorn", "nats-py", "asyncpg", "msgspec", "uvloop")
+        if _installed(d)
+    )
+    print(f"machine      {cpu}, {os.cpu_count()} cores, {ram:.1f} GiB; Python {platform.python_version()}")
+    print(f"libraries    {versions}")
+    print(f"load average {', '.join(f'{v:.2f}' for v in os.getloadavg())} (other jobs share the machine)")
+
+
+def _installed(dist: str) -> bool:
+    try:
+        importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# Processes and their CPU
+
+
+@dataclass
+class Component:
+    """One measured process (or a process tree: Postgres)."""
+
+    name: str
+    pid: int
+    tree: bool = False
+
+    def cpu(self) -> dict[int, float]:
+        """CPU seconds of each live process of the component, by pid."""
+        out: dict[int, float] = {}
+        try:
+            root = psutil.Process(self.pid)
+            procs = [root, *(root.children(recursive=True) if self.tree else [])]
+        except psutil.NoSuchProcess:
+            return out
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                t = p.cpu_times()
+                out[p.pid] = t.user + t.system
+        return out
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU between two snapshots; a process started in between counts from zero (one that ended
+    in between is lost: Postgres backends of the API's pool live as long as the pool)."""
+    return sum(t - before.get(pid, 0.0) for pid, t in after.items())
+
+
+@dataclass
+class Stack:
+    tmp: Path
+    nats: EmbeddedNats | None = None
+    postgres: EmbeddedPostgres | None = None
+    database_url: str = ""
+    api_url: str = ""
+    bare_url: str = ""
+    children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self) -> None:
+        self.nats = EmbeddedNats(self.tmp / "nats", free_port())
+        nats_url = self.nats.start()
+        self.postgres = EmbeddedPostgres(self.tmp / "pg", free_port())
+        self.postgres.start()
+        self.database_url = self.postgres.create_database("llmscope")
+        port = free_port()
+        self.api_url = f"http://127.0.0.1:{port}"
+        env = dict(os.environ)
+        env.update(
+            NATS_URL=nats_url,
+            DATABASE_URL=self.database_url,
+            LLMSCOPE_API_KEY=KEY,
+            LLMSCOPE_HOST="127.0.0.1",
+            LLMSCOPE_PORT=str(port),
+            LLMSCOPE_SPC_BASELINE_N=str(BASELINE_N),
+            LLMSCOPE_SPC_HEALTH_PORT="0",
+            LLMSCOPE_ALERTER_HEALTH_PORT="0",
+            PYTHONUNBUFFERED="1",
+        )
+        launcher = [sys.executable, "-m", "llmscope.stack.cli"]
+        for name in SERVICES:
+            log = (self.tmp / f"{name}.log").open("ab")
+            self.children[name] = subprocess.Popen(
+                [*launcher, name], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        bare_port = free_port()
+        self.bare_url = f"http://127.0.0.1:{bare_port}"
+        log = (self.tmp / "bare.log").open("ab")
+        self.children["bare"] = subprocess.Popen(
+            [sys.executable, "-c", BARE_APP, str(bare_port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def components(self) -> list[Component]:
+        assert self.nats is not None
+        assert self.nats._proc is not None
+        pg_pid = int((self.tmp / "pg" / "postmaster.pid").read_text().split()[0])
+        out = [Component(name, proc.pid) for name, proc in self.children.items() if name != "bare"]
+        out.append(Component("nats-server", self.nats._proc.pid))
+        out.append(Component("postgres (all backends)", pg_pid, tree=True))
+        return out
+
+    def stop(self) -> None:
+        for proc in self.children.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.children.values():
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if self.postgres is not None:
+            self.postgres.stop()
+        if self.nats is not None:
+            self.nats.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# Load
+
+
+def telemetry(n: int, start: int) -> Iterator[TelemetryEvent]:
+    """Complete events (type, id and ts given) over MODELS models, latency varying a little."""
+    for i in range(start, start + n):
+        m = i % MODELS
+        latency = 400.0 + 40.0 * math.sin(i * 0.7) + 5.0 * (i % 13)
+        yield TelemetryEvent(
+            id=f"stack-{i:08d}",
+            ts=datetime.now(UTC),
+            provider="ollama",
+            model=f"bench-{m:02d}:8b",
+            target="local",
+            host="gpu-1",
+            prober="bench",
+            prompt_id="simple",
+            prompt_hash="ab" * 32,
+            streaming=True,
+            latency_ms=latency,
+            ttft_ms=latency / 5,
+            eval_count=64,
+            tokens_per_s=50.0 + (i % 7),
+            cpu_percent=12.5,
+            memory_percent=40.0,
+        )
+
+
+@dataclass
+class Phase:
+    name: str
+    events: int
+    seconds: float
+    cpu: dict[str, float]
+    latencies: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else math.inf
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+async def post_at_rate(
+    session: aiohttp.ClientSession, url: str, bodies: Sequence[tuple[str, bytes]], rate: float
+) -> tuple[dict[str, float], list[float], float]:
+    """POST each body at ``rate`` per second (open loop: late posts go at once); returns the send
+    time of each id, each request's round trip, and the seconds from first send to last answer."""
+    loop = asyncio.get_running_loop()
+    sent: dict[str, float] = {}
+    trips: list[float] = []
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+
+    async def one(event_id: str, body: bytes) -> None:
+        t = time.perf_counter()
+        sent[event_id] = t
+        async with session.post(url, data=body, headers=headers) as r:
+            await r.read()
+            if r.status != 202:
+                raise RuntimeError(f"POST answered {r.status}")
+        trips.append(time.perf_counter() - t)
+
+    t0 = loop.time()
+    started = time.perf_counter()
+    tasks = []
+    for i, (event_id, body) in enumerate(bodies):
+        delay = t0 + i / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(event_id, body)))
+    await asyncio.gather(*tasks)
+    return sent, trips, time.perf_counter() - started
+
+
+async def caught_up(nats_url: str, within: float = 120.0) -> None:
+    """Wait until no durable consumer of any stream has anything pending or unacknowledged
+    (asked every 0.2 s: these requests are a small part of nats-server's CPU in a phase)."""
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            behind = 0
+            for stream in await js.streams_info():
+                for consumer in await js.consumers_info(stream.config.name or ""):
+                    behind += (consumer.num_pending or 0) + (consumer.num_ack_pending or 0)
+            if behind == 0:
+                return
+            await asyncio.sleep(0.2)
+        raise TimeoutError("consumers did not catch up")
+    finally:
+        await nc.close()
+
+
+async def wait_http(url: str, within: float = 90.0) -> None:
+    deadline = time.monotonic() + within
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                async with session.get(url) as r:
+                    if r.status in (200, 404, 405):
+                        return
+            await asyncio.sleep(0.25)
+    raise TimeoutError(f"{url} did not answer")
+
+
+class Stored:
+    """Rows Postgres reported stored (its NOTIFY, delivered at commit), with the time seen."""
+
+    def __init__(self) -> None:
+        self.at: dict[str, float] = {}
+        self._expected: set[str] = set()
+        self._done = asyncio.Event()
+
+    def on_notify(self, _c: object, _pid: int, _channel: str, payload: object) -> None:
+        event_id = str(payload)
+        self.at[event_id] = time.perf_counter()
+        self._expected.discard(event_id)
+        if not self._expected:
+            self._done.set()
+
+    def expect(self, ids: Sequence[str]) -> None:
+        self._expected.update(i for i in ids if i not in self.at)
+        if self._expected:
+            self._done.clear()
+
+    async def wait(self, within: float = 120.0) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._done.wait(), within)
+
+
+async def run(stack: Stack, rates: Sequence[int], seconds: float, batch_events: int) -> None:
+    assert stack.nats is not None
+    await wait_http(f"{stack.api_url}/healthz")
+    await wait_http(f"{stack.bare_url}/api/stats")
+    conn = await asyncpg.connect(stack.database_url)
+    stored = Stored()
+    # The API ran its migrations before answering /healthz.
+    await conn.execute(NOTIFY_SQL)
+    await conn.add_listener("bench_stored", stored.on_notify)
+    components = stack.components()
+    api = f"{stack.api_url}/api/stats"
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    next_id = 0
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=128)) as session:
+        # Arm every chart first (not measured): BASELINE_N points per model, in lists of 100.
+        warm = list(telemetry(MODELS * (BASELINE_N + 20), next_id))
+        next_id += len(warm)
+        for i in range(0, len(warm), 100):
+            body = b"[" + b",".join(codec.encode(e) for e in warm[i : i + 100]) + b"]"
+            async with session.post(api, data=body, headers=headers) as r:
+                assert r.status == 202, await r.text()
+        await caught_up(stack.nats.url)
+        for rate in rates:
+            n = max(1, int(rate * seconds))
+            events = list(telemetry(n, next_id))
+            next_id += n
+            bodies = [(e.id, codec.encode(e)) for e in events]
+            stored.expect([e.id for e in events])
+            before = {c.name: c.cpu() for c in components}
+            sent, _, elapsed = await post_at_rate(session, api, bodies, rate)
+            await stored.wait()
+            await caught_up(stack.nats.url)
+            after = {c.name: c.cpu() for c in components}
+            latencies = [stored.at[i] - t for i, t in sent.items() if i in stored.at]
+            cpu = {c.name: cpu_used(before[c.name], after[c.name]) for c in components}
+            whole = Phase(f"{rate}/s", n, elapsed, cpu, latencies)
+            # The baseline: the bare endpoint, the same bodies at the same rate.
+            bare = Component("bare FastAPI endpoint", stack.children["bare"].pid)
+            b0 = bare.cpu()
+            _, trips, b_elapsed = await post_at_rate(session, f"{stack.bare_url}/api/stats", bodies, rate)
+            report(whole, Phase(f"{rate}/s", n, b_elapsed, {bare.name: cpu_used(b0, bare.cpu())}, trips))
+        if batch_events:
+            await batched(stack, session, components, stored, next_id, batch_events)
+    await conn.close()
+
+
+async def batched(
+    stack: Stack,
+    session: aiohttp.ClientSession,
+    components: Sequence[Component],
+    stored: Stored,
+    first_id: int,
+    n: int,
+) -> None:
+    """Lists of 1000 events, 4 POSTs in flight: the API's batched ingest rate (202 = in
+    JetStream) and the whole stack's CPU per event until everything is stored and charted."""
+    assert stack.nats is not None
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    events = list(telemetry(n, first_id))
+    bodies = [
+        b"[" + b",".join(codec.encode(e) for e in events[i : i + 1000]) + b"]" for i in range(0, n, 1000)
+    ]
+    stored.expect([e.id for e in events])
+    gate = asyncio.Semaphore(4)
+
+    async def one(body: bytes) -> None:
+        async with gate, session.post(f"{stack.api_url}/api/stats", data=body, headers=headers) as r:
+            assert r.status == 202, await r.text()
+
+    before = {c.name: c.cpu() for c in components}
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(b) for b in bodies))
+    accepted = time.perf_counter() - t0
+    await stored.wait()
+    stored_s = max(stored.at[e.id] for e in events if e.id in stored.at) - t0
+    await caught_up(stack.nats.url)
+    after = {c.name: c.cpu() for c in components}
+    print(f"\n== {n:,} events in lists of 1000, 4 POSTs in flight")
+    print(f"accepted (202, in JetStream)      {n / accepted:>10,.0f} events/s")
+    print(f"stored (last row committed)       {n / stored_s:>10,.0f} events/s")
+    total = 0.0
+    for c in components:
+        cpu = cpu_used(before[c.name], after[c.name])
+        total += cpu
+        print(f"{c.name:<32} {cpu:>8.2f} s {1000 * cpu / n:>8.3f} ms/event")
+    print(f"{'whole stack':<32} {total:>8.2f} s {1000 * total / n:>8.3f} ms/event")
+
+
+def report(whole: Phase, bare: Phase) -> None:
+    n = whole.events
+    bare_ms = 1000 * sum(bare.cpu.values()) / n
+    print(f"\n== {n:,} events, one per POST, asked {whole.name}, achieved {whole.rate:,.0f}/s")
+    print(f"{'process':<32} {'CPU s':>8} {'ms/event':>10}")
+    for name, cpu in whole.cpu.items():
+        print(f"{name:<32} {cpu:>8.2f} {1000 * cpu / n:>10.3f}")
+    total = sum(whole.cpu.values())
+    ratio = 1000 * total / n / bare_ms
+    print(f"{'whole stack':<32} {total:>8.2f} {1000 * total / n:>10.3f}  = {ratio:.1f} x bare")
+    print(
+        f"{'bare FastAPI endpoint (baseline)':<32} {sum(bare.cpu.values()):>8.2f} {bare_ms:>10.3f}"
+        f"  ({bare.rate:,.0f}/s achieved)"
+    )
+    lat = [1000 * v for v in whole.latencies]
+    trips = [1000 * v for v in bare.latencies]
+    print(
+        f"posted -> stored ms, p50 / p95 / p99   {percentile(lat, 50):.1f} / {percentile(lat, 95):.1f}"
+        f" / {percentile(lat, 99):.1f}  ({len(lat):,} of {n:,} rows seen)"
+    )
+    print(
+        f"bare endpoint round trip ms, p50 / p95 / p99   {percentile(trips, 50):.1f} /"
+        f" {percentile(trips, 95):.1f} / {percentile(trips, 99):.1f}"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="a short smoke run (2 s per rate)")
+    parser.add_argument("--rates", default="100,1000", help="events per second, comma-separated")
+    parser.add_argument("--seconds", type=float, default=None, help="seconds per rate (default 10)")
+    parser.add_argument(
+        "--batched", type=int, default=None, help="events posted in lists of 1000 (default 20,000; 0: none)"
+    )
+    args = parser.parse_args(argv)
+    rates = [int(r) for r in args.rates.split(",") if r]
+    seconds = args.seconds if args.seconds is not None else (2.0 if args.quick else 10.0)
+    batch_events = args.batched if args.batched is not None else (2000 if args.quick else 20_000)
+    print_machine()
+    print(f"run          {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, rates {rates}/s, {seconds:g} s each")
+    with tempfile.TemporaryDirectory(prefix="llmscope-stack-bench-") as tmp:
+        stack = Stack(Path(tmp))
+        try:
+            stack.start()
+            asyncio.run(run(stack, rates, seconds, batch_events))
+        finally:
+            stack.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,31 @@
+"""``bench/stack_bench.py`` runs the whole stack end to end and prints every figure (behaviour, not
+timing): CPU per event of each process, the bare endpoint's, latency percentiles, batched ingest."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "stack_bench.py"
+
+
+def test_quick_stack_bench_measures_every_process() -> None:
+    out = subprocess.run(
+        [sys.executable, str(BENCH), "--rates", "50", "--seconds", "1", "--batched", "1000"],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    assert "machine " in text
+    for name in ("api", "spc-engine", "alerter", "nats-server", "postgres (all backends)", "whole stack"):
+        assert re.search(rf"^{re.escape(name)}\s+\d+\.\d\d", text, re.M), name
+    assert re.search(r"= [\d.]+ x bare", text)
+    assert "(50 of 50 rows seen)" in text  # every posted event reached Postgres
+    assert re.search(r"posted -> stored ms, p50 / p95 / p99\s+[\d.]+ / [\d.]+ / [\d.]+", text)
+    assert re.search(r"accepted \(202, in JetStream\)\s+[\d,]+ events/s", text)
+    assert not re.search(r"\b(inf|nan)\b", text), "every figure is finite"
