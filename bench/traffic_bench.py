@@ -113,7 +113,7 @@ class Traffic:
 
 
 def _q(xs: np.ndarray) -> np.ndarray:
-    return np.quantile(xs, QUANTILES)
+    return np.asarray(np.quantile(xs, QUANTILES))
 
 
 def minute_points(m: dict[str, np.ndarray | int], t: int) -> list[tuple[str, Point]]:
@@ -121,8 +121,8 @@ def minute_points(m: dict[str, np.ndarray | int], t: int) -> list[tuple[str, Poi
     computes them)."""
     ts = T0 + timedelta(minutes=t)
     pid = f"m{t}"
-    n = int(m["n"])  # type: ignore[arg-type]
-    out = [(ERROR_RATE, Point(id=pid, ts=ts, v=int(m["errors"]) / n if n else 0.0, n=n))]  # type: ignore[arg-type]
+    n = int(m["n"])
+    out = [(ERROR_RATE, Point(id=pid, ts=ts, v=int(m["errors"]) / n if n else 0.0, n=n))]
     lpt, ttft = m["lpt"], m["ttft"]
     assert isinstance(lpt, np.ndarray)
     assert isinstance(ttft, np.ndarray)
@@ -140,7 +140,7 @@ def configs(
 ) -> dict[str, SubgroupConfig]:
     """The engine's default configurations, with another variance model, estimator or baseline."""
     return {
-        m: msgspec.structs.replace(c, variance=variance, estimator=estimator)  # type: ignore[arg-type]
+        m: msgspec.structs.replace(c, variance=variance, estimator=estimator)
         for m, c in default_configs(baseline_minutes=baseline).items()
     }
 
@@ -234,7 +234,7 @@ def baseline_charts(rate: float, seed: int) -> tuple[Charts, dict[str, MetricCha
         feed(charts, m, i)
         if pr_done < 2000:  # the per-request charts need 1000 requests
             per_request(pr, m, i)
-            pr_done += int(m["n"])  # type: ignore[arg-type]
+            pr_done += int(m["n"])
         i += 1
     return charts, pr
 

@@ -3,8 +3,8 @@
 Requests of real traffic differ in prompt and output length, so they are not like with like and
 are never charted one by one. The SPC engine (the owner of the model's telemetry partition)
 aggregates them into rational subgroups: one event per minute per provider / model / service /
-operation, closed once the stream is ``grace_s`` past the minute's end. The SPC engine charts
-these events (error rate against ``n``; latency per output token and TTFT quantiles with limits
+operation, closed once the stream is ``grace_s`` past the minute's end (a "minute" is
+``LLMSCOPE_SPC_TRAFFIC_WINDOW_S``, 60 s by default). The SPC engine charts these events (error rate against ``n``; latency per output token and TTFT quantiles with limits
 that depend on ``n``); other teams may subscribe to them as they are.
 
 Quantiles are empty (null) when no request of the minute had the value (e.g. no streamed request
@@ -50,7 +50,11 @@ class TrafficMinuteEvent(Event, frozen=True, kw_only=True, tag="traffic_minute.v
         NonEmptyStr, Meta(description="the sending application (service.name; unknown_service if none)")
     ]
     operation: Annotated[NonEmptyStr, Meta(description="gen_ai.operation.name: chat, embeddings, ...")]
-    minute_end: Annotated[datetime, Meta(tz=True, description="end of the minute (ts + 60 s)")]
+    window_end: Annotated[datetime, Meta(tz=True, description="end of the minute: ts + window_s")]
+    window_s: Annotated[
+        int,
+        Meta(ge=1, le=3600, description="length of the subgroup, 60 s unless the engine was told otherwise"),
+    ] = 60
     n: Annotated[Count, Meta(description="requests that started in the minute")]
     errors: Annotated[Count, Meta(description="failed requests among them")]
     late: Annotated[Count, Meta(description="requests that came after their minute had closed")] = 0

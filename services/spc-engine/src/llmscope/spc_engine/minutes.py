@@ -54,7 +54,7 @@ class Subgroup(msgspec.Struct, kw_only=True):
     service_name: str
     operation: str
     minutes: dict[int, OpenMinute] = msgspec.field(default_factory=dict)
-    """Open minutes by their start (epoch seconds / 60)."""
+    """Open minutes by their start (epoch seconds / window)."""
     late: int = 0
     """Late requests not yet reported in a closed minute."""
 
@@ -77,8 +77,12 @@ def subgroup_of(ev: TelemetryEvent) -> tuple[str, str, str, str]:
     return ev.provider, ev.model, ev.service_name or UNKNOWN_SERVICE, operation
 
 
-def minute_id(provider: str, model: str, service: str, operation: str, minute: int) -> str:
-    digest = hashlib.sha256(f"{provider}|{model}|{service}|{operation}|{minute}".encode()).hexdigest()
+def minute_id(
+    provider: str, model: str, service: str, operation: str, minute: int, window_s: int = 60
+) -> str:
+    """The event id of a closed minute (``minute``: its start in windows since the epoch)."""
+    window = "" if window_s == 60 else f"|{window_s}"
+    digest = hashlib.sha256(f"{provider}|{model}|{service}|{operation}|{minute}{window}".encode()).hexdigest()
     return "tm-" + digest[:32]
 
 
@@ -114,17 +118,19 @@ class MinuteAggregator:
         self,
         *,
         grace_s: float = 10.0,
+        window_s: int = 60,
         min_requests: int = 10,
         max_values: int = 10_000,
         state: AggregatorState | None = None,
     ) -> None:
         self.grace_s = grace_s
+        self.window_s = window_s
         self.min_requests = min_requests
         self.max_values = max_values
         self.state = state or AggregatorState()
 
     def closed(self, minute: int) -> bool:
-        return (minute + 1) * 60 + self.grace_s <= self.state.watermark
+        return (minute + 1) * self.window_s + self.grace_s <= self.state.watermark
 
     def add(self, ev: TelemetryEvent, stored: datetime, seq: int = 0) -> list[TrafficMinuteEvent]:
         """Count one request stored at ``stored`` (the stream's time); skipped when its ``seq``
@@ -135,7 +141,7 @@ class MinuteAggregator:
         if seq:
             st.seq = seq
         out = self.advance(stored)
-        minute = math.floor(ev.ts.timestamp() / 60)
+        minute = math.floor(ev.ts.timestamp() / self.window_s)
         key = "|".join(subgroup_of(ev))
         group = st.groups.get(key)
         if group is None:
@@ -195,13 +201,14 @@ class MinuteAggregator:
         return out
 
     def _close(self, g: Subgroup, minute: int, m: OpenMinute) -> TrafficMinuteEvent:
-        start = datetime.fromtimestamp(minute * 60, UTC)
+        start = datetime.fromtimestamp(minute * self.window_s, UTC)
         late, g.late = g.late, 0
         self.state.closed_total += 1
         return TrafficMinuteEvent(
-            id=minute_id(g.provider, g.model, g.service_name, g.operation, minute),
+            id=minute_id(g.provider, g.model, g.service_name, g.operation, minute, self.window_s),
             ts=start,
-            minute_end=start + timedelta(minutes=1),
+            window_end=start + timedelta(seconds=self.window_s),
+            window_s=self.window_s,
             provider=g.provider,  # type: ignore[arg-type]
             model=g.model,
             service_name=g.service_name,

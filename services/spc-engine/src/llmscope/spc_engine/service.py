@@ -429,6 +429,7 @@ class SpcService:
         self.traffic[partition] = TrafficPartition(
             configs.__getitem__,
             grace_s=self.settings.traffic_grace_s,
+            window_s=self.settings.traffic_window_s,
             state=state,
         )
         self._caught_up[partition] = False

@@ -124,6 +124,7 @@ class TrafficPartition:
         config_for: Callable[[str], SubgroupConfig],
         *,
         grace_s: float = 10.0,
+        window_s: int = 60,
         max_values: int = 10_000,
         state: TrafficState | None = None,
     ) -> None:
@@ -131,6 +132,7 @@ class TrafficPartition:
         self._config_for = config_for
         self.aggregator = MinuteAggregator(
             grace_s=grace_s,
+            window_s=window_s,
             min_requests=config_for(ERROR_RATE).min_requests,
             max_values=max_values,
             state=self.state.aggregator,
