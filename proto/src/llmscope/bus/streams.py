@@ -117,6 +117,14 @@ def stream_configs(settings: BusSettings, partitions: int | None = None) -> list
             max_age=settings.violations_max_age_s,
             **events,  # type: ignore[arg-type]
         ),
+        StreamConfig(
+            # Minute ids are deterministic like violation ids: the same long duplicate window.
+            name=subjects.STREAM_TRAFFIC,
+            description="LLMscope real traffic per minute and subgroup (traffic_minute.v1)",
+            subjects=[subjects.TRAFFIC_MINUTES_ALL],
+            max_age=settings.telemetry_max_age_s,
+            **events,  # type: ignore[arg-type]
+        ),
     ]
 
 

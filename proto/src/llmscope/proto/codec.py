@@ -10,15 +10,19 @@ from llmscope.proto.alert import NotificationEvent
 from llmscope.proto.deadletter import DeadLetterEvent
 from llmscope.proto.incident import IncidentEvent
 from llmscope.proto.telemetry import TelemetryEvent
+from llmscope.proto.traffic import TrafficMinuteEvent
 from llmscope.proto.violation import ViolationEvent
 
-AnyEvent = TelemetryEvent | ViolationEvent | DeadLetterEvent | IncidentEvent | NotificationEvent
+AnyEvent = (
+    TelemetryEvent | ViolationEvent | DeadLetterEvent | IncidentEvent | NotificationEvent | TrafficMinuteEvent
+)
 EVENT_TYPES: tuple[type[msgspec.Struct], ...] = (
     TelemetryEvent,
     ViolationEvent,
     DeadLetterEvent,
     IncidentEvent,
     NotificationEvent,
+    TrafficMinuteEvent,
 )
 
 E = TypeVar("E", bound=msgspec.Struct)

@@ -11,6 +11,7 @@ Subjects (``<m>`` and ``<p>`` are escaped tokens, see :func:`encode_token`):
   ``notifications``
 - ``llmscope.incidents.v1.<provider>.<change>``     incident.v1 (opened, updated, acknowledged,
   resolved, analyzed)
+- ``llmscope.traffic_minute.v1.<provider>.<model>`` traffic_minute.v1 (a minute of real traffic)
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ STREAM_TELEMETRY = "LLMSCOPE_TELEMETRY"
 STREAM_VIOLATIONS = "LLMSCOPE_VIOLATIONS"
 STREAM_DEADLETTER = "LLMSCOPE_DEADLETTER"
 STREAM_INCIDENTS = "LLMSCOPE_INCIDENTS"
+STREAM_TRAFFIC = "LLMSCOPE_TRAFFIC"
 
 TELEMETRY_ALL = f"{PREFIX}.telemetry.v1.>"
 VIOLATIONS_ALL = f"{PREFIX}.violations.v1.>"
 DEADLETTER_ALL = f"{PREFIX}.deadletter.v1.>"
 INCIDENTS_ALL = f"{PREFIX}.incidents.v1.>"
+TRAFFIC_MINUTES_ALL = f"{PREFIX}.traffic_minute.v1.>"
 
 _SAFE_CHARS = frozenset(string.ascii_letters + string.digits + "-_")
 _ESCAPE = "~"
@@ -103,6 +106,11 @@ def violations(provider: str, model: str, rule: str) -> str:
 def violations_for_model(provider: str, model: str) -> str:
     """Wildcard for every violation of one model."""
     return f"{PREFIX}.violations.v1.{encode_token(provider)}.{encode_token(model)}.*"
+
+
+def traffic_minute(provider: str, model: str) -> str:
+    """Subject of a model's per-minute traffic subgroups (``traffic_minute.v1``)."""
+    return f"{PREFIX}.traffic_minute.v1.{encode_token(provider)}.{encode_token(model)}"
 
 
 def deadletter(source: str) -> str:

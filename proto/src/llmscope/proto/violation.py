@@ -19,7 +19,9 @@ from llmscope.proto.telemetry import ProviderKind, SystemMetrics
 
 Severity = Literal["critical", "warning", "info"]
 SEVERITIES: tuple[Severity, ...] = ("critical", "warning", "info")
-ChartKind = Literal["individuals", "ewma", "cusum", "availability"]
+ChartKind = Literal["individuals", "ewma", "cusum", "availability", "p", "subgroup"]
+"""``p`` (an error-rate chart of traffic minutes) and ``subgroup`` (a quantile of traffic minutes)
+were added later in v1: readers must be upgraded before the SPC engine that sends them."""
 Transform = Literal["none", "log"]
 ViolationState = Literal["open", "cleared"]
 Direction = Literal["up", "down", ""]

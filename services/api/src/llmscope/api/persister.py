@@ -88,6 +88,13 @@ TELEMETRY_COLUMNS: tuple[str, ...] = (
     "memory_percent",
     "gpu_percent",
     "gpu_memory_percent",
+    # Real traffic (migrations/0006_telemetry_traffic.sql); a probe's are its defaults.
+    "source",
+    "service_name",
+    "provider_name",
+    "response_model",
+    "error_type",
+    "trace_id",
 )
 
 _COLS = ", ".join(TELEMETRY_COLUMNS)

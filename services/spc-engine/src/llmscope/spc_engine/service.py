@@ -102,11 +102,14 @@ from llmscope.proto.charts import (
     parse_chart_key,
 )
 from llmscope.proto.telemetry import TelemetryEvent
+from llmscope.proto.traffic import TrafficMinuteEvent
 from llmscope.proto.violation import ViolationEvent
 from llmscope.spc_engine.config import ChartConfig, default_config, to_settings
 from llmscope.spc_engine.engine import Engine, SettingsLog, Snapshot, decode_snapshot
 from llmscope.spc_engine.metrics import EngineCollector, Ownership, SpcMetrics
 from llmscope.spc_engine.settings import SpcSettings
+from llmscope.spc_engine.subgroup import SubgroupConfig
+from llmscope.spc_engine.traffic import TrafficPartition, default_configs, traffic_key
 
 log = get_logger("llmscope.spc_engine")
 
@@ -148,6 +151,21 @@ def config_for(settings: SpcSettings, metric: str) -> ChartConfig:
 
 
 SETTINGS_PREFIX = "_settings."
+CATCH_UP_SLACK_S = 2.0
+"""A quiet partition's minutes close by the wall clock this long behind it: a message stored a
+moment ago may not have been delivered yet."""
+
+
+def traffic_configs(settings: SpcSettings) -> dict[str, SubgroupConfig]:
+    return default_configs(settings.traffic_min_requests, settings.traffic_baseline_minutes)
+
+
+def stored_at(d: Delivery[TelemetryEvent]) -> datetime:
+    """When JetStream stored the message (the stream's clock, the same on every replay)."""
+    try:
+        return d.msg.metadata.timestamp
+    except Exception:  # not a JetStream message (never from the consumer): the wall clock
+        return datetime.now(UTC)
 
 
 def settings_key(provider: str, model: str) -> str:
@@ -160,6 +178,14 @@ def nats_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, (TimeoutError, NoRespondersError, ConnectionReconnectingError)):
         return True
     return isinstance(exc, APIError) and exc.code == 503
+
+
+def _pending(d: Delivery[TelemetryEvent]) -> int:
+    """Messages of the partition still to deliver after this one (-1: unknown)."""
+    try:
+        return d.msg.metadata.num_pending
+    except Exception:
+        return -1
 
 
 class LeaseLostError(RuntimeError):
@@ -328,6 +354,9 @@ class SpcService:
             owns=lambda p, m: self.partition_of(p, m) in self.held,
         )
         self._last_seq: dict[int, int] = {}
+        self.traffic: dict[int, TrafficPartition] = {}
+        """Per held partition: its traffic minutes and their charts (module ``traffic``)."""
+        self._caught_up: dict[int, bool] = {}
         self._checkpointed: dict[int, int] = {}
         self._last_snapshot = time.monotonic()
         self._lock = asyncio.Lock()
@@ -408,12 +437,45 @@ class SpcService:
             except ValueError as exc:
                 log.warning("ignored malformed overrides", key=key, error=str(exc))
 
+    async def load_traffic(self, partition: int) -> None:
+        """The partition's traffic minutes and charts as of its checkpoint."""
+        try:
+            entry = await self._kv.get(traffic_key(partition))
+            state = TrafficPartition.load(entry.value) if entry.value else None
+        except KeyNotFoundError:
+            state = None
+        configs = traffic_configs(self.settings)
+        self.traffic[partition] = TrafficPartition(
+            configs.__getitem__,
+            grace_s=self.settings.traffic_grace_s,
+            window_s=self.settings.traffic_window_s,
+            state=state,
+        )
+        self._caught_up[partition] = False
+
     async def checkpoint(self, partition: int) -> int:
         try:
             entry = await self._kv.get(checkpoint_key(partition))
         except KeyNotFoundError:
             return 0
         return int(entry.value or b"0")
+
+    async def publish_minutes(self, minutes: Sequence[TrafficMinuteEvent]) -> None:
+        if minutes:
+            await self._publisher.publish_many(
+                [(subjects.traffic_minute(m.provider, m.model), m) for m in minutes]
+            )
+
+    async def close_quiet_minutes(self) -> None:
+        """Close the minutes of caught-up partitions by the wall clock, and publish them."""
+        now = datetime.fromtimestamp(time.time() - CATCH_UP_SLACK_S, UTC)
+        for partition, traffic in list(self.traffic.items()):
+            if partition not in self.held or not self._caught_up.get(partition, False):
+                continue
+            self._leases[partition].check()
+            minutes, violations = traffic.advance(now)
+            await self.publish_minutes(minutes)
+            await self.publish(violations)
 
     async def publish(self, events: Sequence[ViolationEvent]) -> None:
         """Publish pipelined and return when JetStream acknowledged every one."""
@@ -453,10 +515,25 @@ class SpcService:
                     raise RuntimeError("the service is stopping") from self.failed
                 last = self._last_seq.get(partition, 0)
                 violations: list[ViolationEvent] = []
+                traffic = self.traffic.get(partition)
+                minutes: list[TrafficMinuteEvent] = []
                 for d in batch:
-                    violations += await self.engine.on_telemetry(d.event, d.stream_seq)
                     last = max(last, d.stream_seq)
-                # The batch's violations in one go, in order; the batch is acked (AckAll) after.
+                    if traffic is not None:
+                        if d.event.source == "traffic":
+                            closed, found = traffic.on_request(d.event, stored_at(d), d.stream_seq)
+                        else:
+                            closed, found = traffic.observe(stored_at(d), d.stream_seq)
+                        minutes += closed
+                        violations += found
+                        if d.event.source == "traffic" and not self.settings.traffic_per_request:
+                            continue  # requests are not like for like: only their minutes are charted
+                    violations += await self.engine.on_telemetry(d.event, d.stream_seq)
+                if batch:
+                    self._caught_up[partition] = _pending(batch[-1]) == 0
+                # The closed minutes, then the batch's violations, in order; the batch is acked
+                # (AckAll) after both.
+                await self.publish_minutes(minutes)
                 await self.publish(violations)
                 self._last_seq[partition] = last
                 if time.monotonic() - self._last_snapshot >= self.settings.snapshot_interval_s:
@@ -476,6 +553,10 @@ class SpcService:
         now = datetime.now(UTC)
         for key in self.engine.take_dirty():
             await self._kv.put(key, msgspec.json.encode(self.engine.snapshot(key, now)))
+        for partition, traffic in self.traffic.items():
+            if traffic.dirty and partition in self._leases:
+                await self._kv.put(traffic_key(partition), traffic.dump())
+                traffic.dirty = False
         for partition, last in self._last_seq.items():
             if last > self._checkpointed.get(partition, 0):
                 await self._kv.put(checkpoint_key(partition), str(last).encode())
@@ -609,6 +690,7 @@ class SpcService:
             await self._read_overrides(overrides_kv, {partition})
             start = await self.checkpoint(partition) + 1
             self._checkpointed[partition] = start - 1
+            await self.load_traffic(partition)
             with contextlib.suppress(NotFoundError):
                 await self._js.delete_consumer(subjects.STREAM_TELEMETRY, durable)
         consumer = _ResumingConsumer(
@@ -698,6 +780,7 @@ class SpcService:
                         and time.monotonic() - self._last_snapshot >= self.settings.snapshot_interval_s
                     ):
                         try:
+                            await self.close_quiet_minutes()
                             await self.snapshot()
                         except Exception as exc:
                             self._stop_on(exc)

@@ -16,6 +16,11 @@
 | LLMSCOPE_SPC_SNAPSHOT_INTERVAL_S | 1.0 | how often changed charts are written to the KV bucket |
 | LLMSCOPE_SPC_CHARTS_BUCKET | llmscope_spc_charts | KV bucket of chart snapshots |
 | LLMSCOPE_SPC_BATCH_SIZE | 256 | telemetry messages pulled per batch |
+| LLMSCOPE_SPC_TRAFFIC_MIN_REQUESTS | 10 | requests a traffic minute needs to be a chart point |
+| LLMSCOPE_SPC_TRAFFIC_BASELINE_MINUTES | 1440 | traffic chart points before its limits freeze |
+| LLMSCOPE_SPC_TRAFFIC_GRACE_S | 10 | a traffic minute closes this long after its end (late after) |
+| LLMSCOPE_SPC_TRAFFIC_WINDOW_S | 60 | length of a traffic subgroup ("minute"); 300 suits a trickle |
+| LLMSCOPE_SPC_TRAFFIC_PER_REQUEST | false | also chart each traffic request on its own (not like for like) |
 | LLMSCOPE_SPC_HEALTH_PORT | 0 | port of /healthz, /readyz, /metrics (0: no server) |
 | LLMSCOPE_SPC_HEALTH_HOST | 127.0.0.1 | address the health server binds |
 | LLMSCOPE_LOG_LEVEL | INFO | log level |
@@ -49,6 +54,11 @@ class SpcSettings:
     snapshot_interval_s: float = 1.0
     charts_bucket: str = subjects.SPC_CHARTS_BUCKET
     batch_size: int = 256
+    traffic_min_requests: int = 10
+    traffic_baseline_minutes: int = 1440
+    traffic_grace_s: float = 10.0
+    traffic_window_s: int = 60
+    traffic_per_request: bool = False
     health_port: int = 0
     health_host: str = "127.0.0.1"
     log_level: str = "INFO"
@@ -84,6 +94,11 @@ class SpcSettings:
             snapshot_interval_s=env.number("LLMSCOPE_SPC_SNAPSHOT_INTERVAL_S", 1.0, min=0),
             charts_bucket=env.text("LLMSCOPE_SPC_CHARTS_BUCKET", subjects.SPC_CHARTS_BUCKET),
             batch_size=env.integer("LLMSCOPE_SPC_BATCH_SIZE", 256, min=1, max=10_000),
+            traffic_min_requests=env.integer("LLMSCOPE_SPC_TRAFFIC_MIN_REQUESTS", 10, min=1),
+            traffic_baseline_minutes=env.integer("LLMSCOPE_SPC_TRAFFIC_BASELINE_MINUTES", 1440, min=5),
+            traffic_grace_s=env.number("LLMSCOPE_SPC_TRAFFIC_GRACE_S", 10.0, min=0),
+            traffic_window_s=env.integer("LLMSCOPE_SPC_TRAFFIC_WINDOW_S", 60, min=1, max=3600),
+            traffic_per_request=env.flag("LLMSCOPE_SPC_TRAFFIC_PER_REQUEST", False),
             health_port=env.integer("LLMSCOPE_SPC_HEALTH_PORT", 0, min=0, max=65535),
             health_host=env.text("LLMSCOPE_SPC_HEALTH_HOST", "127.0.0.1"),
             log_level=env.choice("LLMSCOPE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),

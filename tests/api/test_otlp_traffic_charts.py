@@ -1,0 +1,131 @@
+"""Real traffic end to end on a real nats-server: OTLP spans -> the API's receiver -> the SPC
+engine's per-minute subgroups (``traffic_minute.v1``) -> a traffic chart -> one page.
+
+A "minute" is one second here (``LLMSCOPE_SPC_TRAFFIC_WINDOW_S``), so the test takes seconds;
+the spans start in the seconds after they are sent, and each window closes by the wall clock
+once the engine has read everything (a quiet partition)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+import random
+import time
+from collections.abc import AsyncIterator
+
+import nats
+import pytest
+from nats.js import JetStreamContext
+
+from llmscope.api.settings import ApiSettings
+from llmscope.bus.settings import BusSettings
+from llmscope.config.env import Secret
+from llmscope.proto import codec, subjects
+from llmscope.proto.traffic import TrafficMinuteEvent
+from llmscope.proto.violation import ViolationEvent
+from llmscope.spc_engine import service as spc
+from llmscope.spc_engine.settings import SpcSettings
+from llmscope.spc_engine.traffic import LPT_P50
+from tests.alerter.harness import eventually
+from tests.api.conftest import Api, serve
+from tests.api.otlp_payloads import chat, export, span
+from tests.api.test_otlp_receiver import INGEST_KEY, PROTOBUF
+
+WINDOWS, SLOW_FROM, PER_WINDOW = 14, 8, 8
+
+
+@pytest.fixture
+async def otlp_api(settings: ApiSettings) -> AsyncIterator[Api]:
+    """The API with the OTLP receiver on and the persister running."""
+    changed = dataclasses.replace(settings, otlp_ingest_key=Secret(INGEST_KEY), persister=True)
+    async with serve(changed) as running:
+        yield running
+
+
+async def stored(js: JetStreamContext, stream: str) -> list[bytes]:
+    state = (await js.stream_info(stream)).state
+    out = []
+    for seq in range(state.first_seq, state.last_seq + 1) if state.messages else ():
+        msg = await js.get_msg(stream, seq)
+        assert msg.data is not None
+        out.append(msg.data)
+    return out
+
+
+async def test_traffic_is_charted_per_minute_and_a_slowdown_pages_once(
+    otlp_api: Api,
+    nats_url: str,
+) -> None:
+    settings = SpcSettings(
+        bus=BusSettings(nats_url=nats_url),
+        snapshot_interval_s=0.05,
+        traffic_window_s=1,
+        traffic_grace_s=0.5,
+        traffic_min_requests=5,
+        traffic_baseline_minutes=6,
+    )
+    stop = asyncio.Event()
+    engine = asyncio.create_task(spc.serve(settings, stop))
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    try:
+        rng = random.Random(12)
+        first = math.ceil(time.time()) + 2  # the first window starts after the spans are sent
+        spans = []
+        for w in range(WINDOWS):
+            for j in range(PER_WINDOW):
+                tokens = rng.randint(20, 200)
+                per_token = 10.0 * math.exp(rng.gauss(0, 0.1)) * (3.0 if w >= SLOW_FROM else 1.0)
+                attrs = chat(w * PER_WINDOW + j, **{"gen_ai.usage.output_tokens": tokens})
+                start_ns = (first + w) * 1_000_000_000 + j * 100_000_000
+                spans.append(
+                    span(w * PER_WINDOW + j, attrs, start_ns=start_ns, duration_ms=tokens * per_token)
+                )
+        r = await otlp_api.anon.post(
+            "/v1/traces", content=export(*spans).SerializeToString(), headers=PROTOBUF
+        )
+        assert r.status_code == 200, r.content
+
+        async def paged() -> bool:
+            return any(
+                codec.decode_as(d, ViolationEvent).state == "open"
+                for d in await stored(js, subjects.STREAM_VIOLATIONS)
+            )
+
+        async def all_windows() -> bool:
+            return len(await stored(js, subjects.STREAM_TRAFFIC)) >= WINDOWS
+
+        await eventually(all_windows, within=90, what="every window closed and published")
+        await eventually(paged, within=30, what="the slowdown paged")
+        minutes = [codec.decode_as(d, TrafficMinuteEvent) for d in await stored(js, subjects.STREAM_TRAFFIC)]
+        assert [m.ts.timestamp() for m in minutes] == [first + w for w in range(WINDOWS)]
+        assert all((m.n, m.errors, m.late, m.window_s) == (PER_WINDOW, 0, 0, 1) for m in minutes)
+        assert all(
+            (m.service_name, m.model, m.operation) == ("checkout", "gpt-4o-mini", "chat") for m in minutes
+        )
+        lpt = minutes[-1].latency_per_token_ms
+        assert lpt is not None
+        assert 20 < lpt.p50 < 45  # 30 ms per token once slow
+
+        violations = [
+            codec.decode_as(d, ViolationEvent) for d in await stored(js, subjects.STREAM_VIOLATIONS)
+        ]
+        (page,) = [v for v in violations if v.state == "open"]
+        assert (page.metric, page.chart, page.severity) == (LPT_P50, "subgroup", "critical")
+        assert (page.target, page.prompt_id, page.direction) == ("checkout", "traffic:chat", "up")
+        assert page.ts.timestamp() >= first + SLOW_FROM
+        assert page.point_ids[-1] == next(m.id for m in minutes if m.ts == page.ts)
+        assert page.limits.center < page.limits.ucl < page.value
+        # Requests are not charted one by one: no per-request chart of this traffic exists.
+        kv = await js.key_value(subjects.SPC_CHARTS_BUCKET)
+        all_keys = await kv.keys()
+        assert [k for k in all_keys if not k.startswith("_")] == []
+        # The minutes and their charts are in the snapshot the next owner would resume from.
+        (key,) = [k for k in all_keys if k.startswith("_traffic.p")]
+        snapshot = (await kv.get(key)).value or b""
+        assert LPT_P50.encode() in snapshot
+    finally:
+        stop.set()
+        assert await engine == 0
+        await nc.close()
