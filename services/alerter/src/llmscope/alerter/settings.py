@@ -24,6 +24,7 @@
 | LLMSCOPE_ALERTER_HEALTH_HOST | 0.0.0.0 | address of /healthz, /readyz, /metrics |
 | LLMSCOPE_ALERTER_HEALTH_PORT | 8003 | port of the same (0: no health server) |
 | LLMSCOPE_INCIDENT_WINDOW_S | 300 | violations this close in time join one incident |
+| LLMSCOPE_INCIDENT_SUSTAINED_S | 60 | one-point episode (SPIKE, R1) open this long: sustained (cascades) |
 | LLMSCOPE_INCIDENT_MIN_SEVERITY | critical | least severity that forms incidents: critical, warning, info |
 | LLMSCOPE_ANALYSIS_DELAY_S | 30 | settle time after an incident's last change before analysis |
 | LLMSCOPE_ANALYSIS_LLM_URL | (none) | OpenAI-compatible or Ollama base URL; unset: no LLM analysis |
@@ -96,6 +97,7 @@ class AlerterSettings:
     health_host: str
     health_port: int
     incident_window_s: float
+    incident_sustained_s: float
     incident_min_severity: Severity
     analysis_delay_s: float
     llm: LlmConfig | None
@@ -163,6 +165,7 @@ class AlerterSettings:
             health_host=env.text("LLMSCOPE_ALERTER_HEALTH_HOST", "0.0.0.0"),
             health_port=env.integer("LLMSCOPE_ALERTER_HEALTH_PORT", 8003, min=0, max=65535),
             incident_window_s=env.number("LLMSCOPE_INCIDENT_WINDOW_S", 300, min=1),
+            incident_sustained_s=env.number("LLMSCOPE_INCIDENT_SUSTAINED_S", 60, min=0),
             incident_min_severity=env.choice(  # type: ignore[arg-type]  # choice() narrows to SEVERITIES
                 "LLMSCOPE_INCIDENT_MIN_SEVERITY", "critical", SEVERITIES
             ),

@@ -24,11 +24,13 @@ from llmscope.alerter.dedup import LastNotification
 from llmscope.alerter.grouping import ChannelView, decide, first_flush_at
 from llmscope.alerter.incidents import (
     OpenIncident,
+    OpenSignal,
     correlate,
     forms_incidents,
     incident_id_for,
     search_text,
     sustained,
+    sustained_models,
     title_for,
     worst_severity,
 )
@@ -115,6 +117,7 @@ class Store:
         clock: Callable[[], datetime],
         lease: float = 60.0,
         incident_window: float = 300.0,
+        sustain_after: float = 60.0,
         incident_min_severity: Severity = "critical",
         analysis_delay: float = 30.0,
         analysis_lease: float = 120.0,
@@ -124,6 +127,7 @@ class Store:
         self.clock = clock
         self.lease = timedelta(seconds=lease)
         self.incident_window = incident_window
+        self.sustain_after = sustain_after
         self.incident_min_severity: Severity = incident_min_severity
         self.analysis_delay = timedelta(seconds=analysis_delay)
         self.analysis_lease = timedelta(seconds=analysis_lease)
@@ -813,14 +817,38 @@ class Store:
             since,
             ev.host,
         )
+        when = ev.opened_at or ev.ts
+        # The host's models with a sustained open signal at this violation's time: they confirm
+        # their own one-point episodes (a shift that opened with a jump is still one SPIKE).
+        confirmed: frozenset[str] = frozenset()
+        if ev.host:
+            confirmed = sustained_models(
+                (
+                    OpenSignal(r["model"], r["rule"], r["n"] or 0, r["opened_at"])
+                    for r in await conn.fetch(
+                        "SELECT model, rule, severity, opened_at,"
+                        " jsonb_array_length(open_event->'point_ids') AS n"
+                        " FROM alerter_alerts WHERE host = $1 AND cleared_at IS NULL AND opened_at <= $2",
+                        ev.host,
+                        when,
+                    )
+                    if forms_incidents(r["severity"], self.incident_min_severity)
+                ),
+                when,
+                self.sustain_after,
+            )
         live: dict[str, set[str]] = {}
         for r in await conn.fetch(
-            "SELECT e.incident_id, a.model, a.rule, jsonb_array_length(a.open_event->'point_ids') AS n"
+            "SELECT e.incident_id, a.model, a.rule, a.opened_at,"
+            " jsonb_array_length(a.open_event->'point_ids') AS n"
             " FROM alerter_incident_episodes e JOIN alerter_alerts a USING (episode_id)"
             " WHERE e.incident_id = ANY($1::text[]) AND a.cleared_at IS NULL",
             [r["id"] for r in rows],
         ):
-            if sustained(r["rule"], r["n"] or 0):
+            age = (when - r["opened_at"]).total_seconds()
+            if r["model"] in confirmed or sustained(
+                r["rule"], r["n"] or 0, open_for_s=age, sustain_s=self.sustain_after
+            ):
                 live.setdefault(r["incident_id"], set()).add(r["model"])
         candidates = [
             OpenIncident(
@@ -833,8 +861,7 @@ class Store:
             )
             for r in rows
         ]
-        match = correlate(ev, candidates, self.incident_window)
-        when = ev.opened_at or ev.ts
+        match = correlate(ev, candidates, self.incident_window, confirmed)
         if match is None:
             incident_id = incident_id_for(ev)
             await conn.execute(
