@@ -658,6 +658,74 @@ class Store:
 
     # -- what other services keep ---------------------------------------------------------------
 
+    # -- channel threads (Slack's thread_ts per incident) ----------------------------------------
+
+    async def thread_get(self, channel: str, key: str) -> str | None:
+        ref = await self.pool.fetchval(
+            "SELECT ref FROM alerter_threads WHERE channel = $1 AND thread_key = $2", channel, key
+        )
+        return None if ref is None else str(ref)
+
+    async def thread_put(self, channel: str, key: str, ref: str) -> str:
+        """Keep ``ref`` as the thread's first message unless one is kept; the kept one."""
+        kept = await self.pool.fetchval(
+            "INSERT INTO alerter_threads (channel, thread_key, ref) VALUES ($1, $2, $3)"
+            " ON CONFLICT (channel, thread_key) DO UPDATE SET ref = alerter_threads.ref RETURNING ref",
+            channel,
+            key,
+            ref,
+        )
+        return str(kept)
+
+    # -- re-sends (Alertmanager) -----------------------------------------------------------------
+
+    async def resend_candidates(self, channels: Collection[str]) -> list[tuple[Claim, datetime]]:
+        """What each of ``channels`` was last told per active group, as it stands now: alerts
+        still firing, and those that have cleared since (to be told resolved), with when that
+        message was sent. Nothing is claimed or recorded: a re-send repeats what the receiver
+        has (Alertmanager drops alerts that are not re-sent; it de-duplicates by labels)."""
+        if not channels:
+            return []
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT DISTINCT ON (n.group_id, n.channel) n.id, n.group_id, n.route, n.group_key,"
+                " n.channel, n.channel_kind, n.firing, n.sent_at, g.labels, g.lead_episode_id"
+                " FROM alerter_notifications n JOIN alerter_groups g ON g.id = n.group_id"
+                " WHERE g.state = 'active' AND n.status = 'sent' AND n.channel = ANY($1::text[])"
+                " ORDER BY n.group_id, n.channel, n.seq DESC",
+                list(channels),
+            )
+            out = []
+            now = self.clock()
+            for r in rows:
+                if not r["firing"]:
+                    continue
+                alerts = [
+                    _alert(a)
+                    for a in await conn.fetch(
+                        "SELECT * FROM alerter_alerts WHERE episode_id = ANY($1::text[])"
+                        " ORDER BY opened_at, episode_id",
+                        list(r["firing"]),
+                    )
+                ]
+                claim = Claim(
+                    id=f"{r['id']}:resend",
+                    group_id=r["group_id"],
+                    route=r["route"],
+                    group_key=r["group_key"],
+                    group_labels=dict(json.loads(r["labels"])),
+                    channel=r["channel"],
+                    channel_kind=r["channel_kind"],
+                    reason="repeat",
+                    firing=tuple(a for a in alerts if a.firing),
+                    resolved=tuple(a for a in alerts if not a.firing),
+                    lead_episode_id=r["lead_episode_id"],
+                    created_at=now,
+                    generation=0,
+                )
+                out.append((claim, r["sent_at"]))
+        return out
+
     async def read_settings(self) -> dict[str, object]:
         """The API's ``settings`` table as key -> value; empty when the table is not there."""
         async with self.pool.acquire() as conn:
@@ -1256,6 +1324,11 @@ _SWEEPS = (
             (
                 "alerter_incident_episodes",
                 "DELETE FROM alerter_incident_episodes WHERE incident_id = ANY($1::text[])",
+            ),
+            (
+                "alerter_threads",
+                "DELETE FROM alerter_threads WHERE thread_key IN"
+                " (SELECT 'incident:' || k FROM unnest($1::text[]) AS k)",
             ),
             ("alerter_incidents", "DELETE FROM alerter_incidents WHERE id = ANY($1::text[])"),
         ),
