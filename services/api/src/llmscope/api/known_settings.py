@@ -90,6 +90,23 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec(
         "alert.pagerduty.routing_key", "text", Text, "", "PagerDuty Events v2 routing key", secret=True
     ),
+    SettingSpec("alert.alertmanager.enabled", "bool", bool, False, "Send alerts to Prometheus Alertmanager"),
+    SettingSpec(
+        "alert.alertmanager.url",
+        "text",
+        HttpsUrl,
+        "",
+        "Alertmanager base URL (http://alertmanager:9093); may carry user:password@",
+        secret=True,
+    ),
+    SettingSpec("alert.teams.enabled", "bool", bool, False, "Send alerts to Microsoft Teams"),
+    SettingSpec("alert.teams.webhook_url", "text", HttpsUrl, "", "Teams Workflows webhook URL", secret=True),
+    SettingSpec("alert.discord.enabled", "bool", bool, False, "Send alerts to Discord"),
+    SettingSpec("alert.discord.webhook_url", "text", HttpsUrl, "", "Discord webhook URL", secret=True),
+    SettingSpec("alert.mattermost.enabled", "bool", bool, False, "Send alerts to Mattermost"),
+    SettingSpec(
+        "alert.mattermost.webhook_url", "text", HttpsUrl, "", "Mattermost incoming webhook URL", secret=True
+    ),
     SettingSpec("dashboard.base_url", "text", Text, "", "Public URL of this dashboard, for links in alerts"),
     SettingSpec("setup.completed", "bool", bool, False, "The first-run setup wizard was completed"),
 )

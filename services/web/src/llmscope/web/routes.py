@@ -56,6 +56,10 @@ SETUP_KEYS = (
     "alert.webhook.url",
     "alert.webhook.signing_secret",
     "alert.pagerduty.routing_key",
+    "alert.alertmanager.url",
+    "alert.teams.webhook_url",
+    "alert.discord.webhook_url",
+    "alert.mattermost.webhook_url",
     "alert.min_severity",
 )
 # A channel is switched on when the wizard is given the field that makes it work.
@@ -64,6 +68,10 @@ SETUP_ENABLES = {
     "alert.slack.webhook_url": "alert.slack.enabled",
     "alert.webhook.url": "alert.webhook.enabled",
     "alert.pagerduty.routing_key": "alert.pagerduty.enabled",
+    "alert.alertmanager.url": "alert.alertmanager.enabled",
+    "alert.teams.webhook_url": "alert.teams.enabled",
+    "alert.discord.webhook_url": "alert.discord.enabled",
+    "alert.mattermost.webhook_url": "alert.mattermost.enabled",
 }
 
 
