@@ -39,9 +39,17 @@
 | LLMSCOPE_SMTP_FROM | llmscope@localhost | sender address |
 | LLMSCOPE_ALERT_EMAIL_TO | (none) | comma-separated recipients |
 | LLMSCOPE_SLACK_WEBHOOK_URL | (none) | enables the `slack` channel (secret) |
+| LLMSCOPE_SLACK_BOT_TOKEN | (none) | Slack bot token: chat.postMessage, incident threads (secret) |
+| LLMSCOPE_SLACK_CHANNEL | (none) | channel id the bot posts to (required with the token) |
+| LLMSCOPE_SLACK_API_URL | https://slack.com/api | Slack Web API base URL |
 | LLMSCOPE_WEBHOOK_URL / LLMSCOPE_WEBHOOK_SECRET | (none) | enables the `webhook` channel; HMAC key (secret) |
 | LLMSCOPE_PAGERDUTY_ROUTING_KEY | (none) | enables the `pagerduty` channel (secret) |
 | LLMSCOPE_PAGERDUTY_EVENTS_URL | https://events.pagerduty.com/v2/enqueue | Events API v2 URL |
+| LLMSCOPE_ALERTMANAGER_URL | (none) | enables the `alertmanager` channel: base URL (secret) |
+| LLMSCOPE_ALERTMANAGER_RESEND_S | 60 | re-send firing alerts this often (< resolve_timeout) |
+| LLMSCOPE_TEAMS_WEBHOOK_URL | (none) | enables the `teams` channel: Workflows URL (secret) |
+| LLMSCOPE_DISCORD_WEBHOOK_URL | (none) | enables the `discord` channel (secret) |
+| LLMSCOPE_MATTERMOST_WEBHOOK_URL | (none) | enables the `mattermost` channel (secret) |
 | LLMSCOPE_ALERT_ALLOWED_HOSTS | (none) | non-public hosts, addresses, networks channels may reach |
 | LLMSCOPE_LOG_LEVEL | INFO | log level |
 """
