@@ -82,6 +82,10 @@ def test_environment_and_settings_channels() -> None:
     assert not ch["discord"].enabled
     assert ch["mattermost"].enabled
     assert ch["teams"].enabled  # from the environment: no switch needed
+    # a bot token from the settings threads Slack (the webhook URL, if any, is then unused)
+    bot = {"alert.slack.bot_token": '"xoxb-3"', "alert.slack.channel": '"C9"', "alert.slack.enabled": "true"}
+    slack = build_runtime(None, Env({}), bot, timings=Timings()).channels["slack"]
+    assert (slack.token.get(), slack.slack_channel, slack.enabled) == ("xoxb-3", "C9", True)
     # an explicit switch off disables the kind wherever it came from
     off = build_runtime(None, env, {"alert.teams.enabled": "false"}, timings=Timings()).channels
     assert not off["teams"].enabled

@@ -57,7 +57,8 @@ default route's lowest severity), ``alert.group_wait_s``, ``alert.group_interval
 ``alert.repeat_interval_s`` (default timers; the file's ``defaults`` and routes still win),
 ``alert.email.*`` / ``smtp_host``, ``smtp_port``, ``smtp_security``, ``smtp_user``,
 ``smtp_password``, ``smtp_from``, ``smtp_to``, ``email_enabled``; ``alert.slack.*`` /
-``slack_webhook_url``, ``slack_enabled``; ``alert.webhook.*`` (``url``, ``signing_secret``);
+``slack_webhook_url``, ``slack_enabled``, ``bot_token``,
+``channel``; ``alert.webhook.*`` (``url``, ``signing_secret``);
 ``alert.pagerduty.*`` (``routing_key``); ``alert.alertmanager.*`` (``url``);
 ``alert.teams.*``, ``alert.discord.*``, ``alert.mattermost.*`` (``webhook_url``);
 ``dashboard.base_url`` (links in messages).
@@ -540,6 +541,16 @@ def apply_settings(
             else ChannelSpec("slack", "slack", url=Secret(slack_url))
         )
         from_settings.add("slack")
+    bot_token = s.get("slack_bot_token")
+    if isinstance(bot_token, str) and bot_token:
+        base_bot = out.get("slack")
+        bot_channel = s.get("slack_channel")
+        out["slack"] = replace(
+            base_bot if base_bot is not None and base_bot.kind == "slack" else ChannelSpec("slack", "slack"),
+            token=Secret(bot_token),
+            slack_channel=bot_channel if isinstance(bot_channel, str) and bot_channel else "",
+        )
+        from_settings.add("slack")
     am_url = s.get("alertmanager_url")
     if isinstance(am_url, str) and am_url:
         base_am = out.get("alertmanager")
@@ -600,6 +611,8 @@ API_KEYS = {
     "alert.email.tls": "smtp_security",
     "alert.slack.enabled": "slack_enabled",
     "alert.slack.webhook_url": "slack_webhook_url",
+    "alert.slack.bot_token": "slack_bot_token",
+    "alert.slack.channel": "slack_channel",
     "alert.webhook.enabled": "webhook_enabled",
     "alert.webhook.url": "webhook_url",
     "alert.webhook.signing_secret": "webhook_secret",

@@ -76,6 +76,15 @@ SPECS: tuple[SettingSpec, ...] = (
     _choice("alert.email.tls", ("starttls", "ssl", "none"), "starttls", "SMTP transport security"),
     SettingSpec("alert.slack.enabled", "bool", bool, False, "Send alerts to Slack"),
     SettingSpec("alert.slack.webhook_url", "text", HttpsUrl, "", "Slack incoming webhook URL", secret=True),
+    SettingSpec(
+        "alert.slack.bot_token",
+        "text",
+        Text,
+        "",
+        "Slack bot token (chat:write): threads an incident's updates; instead of the webhook",
+        secret=True,
+    ),
+    SettingSpec("alert.slack.channel", "text", Text, "", "Slack channel id the bot posts to (C0123ABCD)"),
     SettingSpec("alert.webhook.enabled", "bool", bool, False, "Send alerts to a generic webhook"),
     SettingSpec("alert.webhook.url", "text", HttpsUrl, "", "Generic webhook URL", secret=True),
     SettingSpec(

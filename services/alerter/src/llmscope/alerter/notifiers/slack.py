@@ -121,6 +121,8 @@ class SlackNotifier:
         body = self.message(notification)
         if not self.threaded:
             return SlackPayload(body)
+        if not self.channel:
+            raise DeliveryError("a Slack bot token needs the channel id to post to", retryable=False)
         n = notification
         body = {"channel": self.channel, **body}
         return SlackPayload(body, thread_key=thread_key(n), broadcast=not n.firing and n.reason != "test")
