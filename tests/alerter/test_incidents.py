@@ -15,7 +15,14 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from llmscope.alerter.analysis import TelemetryPoint, summarize
-from llmscope.alerter.incidents import OpenIncident, correlate, forms_incidents
+from llmscope.alerter.incidents import (
+    OpenIncident,
+    OpenSignal,
+    correlate,
+    forms_incidents,
+    sustained,
+    sustained_models,
+)
 from llmscope.alerter.llm import LlmConfig, analyze, parse_answer
 from llmscope.proto import codec, subjects
 from llmscope.proto.incident import IncidentEvent
@@ -58,6 +65,44 @@ def test_correlation_same_model_same_host_and_window() -> None:
     bare = OpenIncident("i2", "openai", "", ("gpt-4o",), T0, sustained_open=("gpt-4o",))
     other = violation(1, provider="openai", model="gpt-4o-mini", host="", rule="CUSUM")
     assert correlate(other, [bare], 300) is None
+
+
+def test_a_one_point_episode_still_open_after_its_quiet_period_is_sustained() -> None:
+    # A shift that starts with a jump opens its chart's one episode as a SPIKE: one point.
+    assert not sustained("SPIKE", 1)
+    assert not sustained("SPIKE", 1, open_for_s=59, sustain_s=60)  # may still clear quietly
+    assert sustained("SPIKE", 1, open_for_s=60, sustain_s=60)  # the chart kept firing
+    assert sustained("R1", 1, open_for_s=600, sustain_s=60)
+    assert sustained("CUSUM", 1)
+    assert sustained("R1", 3)
+    signals = [
+        OpenSignal("llama3.1:8b", "SPIKE", 1, T0),
+        OpenSignal("qwen2:7b", "SPIKE", 1, T0 + timedelta(seconds=50)),
+        OpenSignal("mistral:7b", "SPIKE", 1, T0 + timedelta(seconds=50)),
+        OpenSignal("mistral:7b", "TAIL", 4, T0 + timedelta(seconds=55)),  # confirms its SPIKE
+    ]
+    at = T0 + timedelta(seconds=70)
+    assert sustained_models(signals, at, 60) == {"llama3.1:8b", "mistral:7b"}
+    assert sustained_models(signals, at + timedelta(seconds=40), 60) == {
+        "llama3.1:8b",
+        "qwen2:7b",
+        "mistral:7b",
+    }
+
+
+def test_a_cascade_that_opened_with_jumps_joins_once_its_spikes_are_sustained() -> None:
+    # Both models' latency charts opened as SPIKEs; the first is open past its quiet period.
+    first = OpenIncident("i1", "ollama", "gpu-1", ("llama3.1:8b",), T0, sustained_open=("llama3.1:8b",))
+    later = T0 + timedelta(seconds=90)
+    spike = violation(1, model="qwen2:7b", rule="SPIKE", at=later)
+    assert correlate(spike, [first], 300) is None  # a fresh stray point is not a cascade
+    # ... unless its model's shift is confirmed: an aged SPIKE or a CUSUM on another chart
+    assert correlate(spike, [first], 300, confirmed={"qwen2:7b"}) is first
+    assert correlate(spike, [first], 300, confirmed={"llama3.1:8b"}) is None
+    # no host label: confirmation does not open the empty-label cascade either
+    bare = OpenIncident("i2", "openai", "", ("gpt-4o",), T0, sustained_open=("gpt-4o",))
+    mini = violation(1, provider="openai", model="gpt-4o-mini", host="", rule="SPIKE")
+    assert correlate(mini, [bare], 300, confirmed={"gpt-4o-mini"}) is None
 
 
 def test_an_outage_summary_counts_failures_and_never_compares_a_count_with_a_rate() -> None:
@@ -272,6 +317,35 @@ async def test_failing_llm_never_blocks_delivery_and_similar_incidents_are_linke
     finally:
         await run.close()
         await hook.stop()
+
+
+async def test_spikes_still_open_after_their_quiet_period_form_a_cascade(database_url: str) -> None:
+    """A 3x jump opens each chart's episode as a SPIKE; once both are still open past the quiet
+    period, the second model's next signal joins the first model's incident as a cascade."""
+    run = await start_alerter(database_url, None, {})
+    try:
+        routes = (await run.alerter.runtime()).routes
+        assert run.store.sustain_after == 60  # the default; shorter here, within the 60 s window
+        run.store.sustain_after = 30
+        a = violation(1, model="llama3.1:8b", host="gpu-7", rule="SPIKE", at=T0)
+        b = violation(2, model="qwen2:7b", host="gpu-7", rule="SPIKE", at=T0 + timedelta(seconds=2))
+        # the second model's TTFT chart, one more jump, once both SPIKEs outlived the quiet period
+        b2 = violation(
+            3, model="qwen2:7b", host="gpu-7", rule="SPIKE", metric="ttft_ms", at=T0 + timedelta(seconds=40)
+        )
+        for ev in (a, b, b2):
+            await run.store.ingest([ev], routes, None)
+        rows = await run.pool.fetch(
+            "SELECT e.episode_id, i.models, i.cascade FROM alerter_incident_episodes e"
+            " JOIN alerter_incidents i ON i.id = e.incident_id ORDER BY e.episode_id"
+        )
+        got = {r["episode_id"]: (sorted(r["models"]), r["cascade"]) for r in rows}
+        # b came 2 s after a, both fresh single points: apart; b2 found both sustained: joined
+        assert got[a.episode_id] == (["llama3.1:8b", "qwen2:7b"], True)
+        assert got[b2.episode_id] == got[a.episode_id]
+        assert got[b.episode_id] == (["qwen2:7b"], False)
+    finally:
+        await run.close()
 
 
 async def test_a_cascade_across_providers_on_one_host_is_one_incident(database_url: str) -> None:

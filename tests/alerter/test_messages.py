@@ -1,8 +1,11 @@
 """Every message the product can send, per channel and case, against golden files.
 
 The files in ``tests/alerter/golden/`` are what a reviewer reads: ``<case>.email.txt`` (the
-Subject and the plain-text body), ``<case>.slack.json``, ``<case>.webhook.json`` and
-``<case>.pagerduty.json``. After an intended change, regenerate them with
+Subject and the plain-text body), ``<case>.slack.json`` (incoming webhook),
+``<case>.slack-bot.json`` (chat.postMessage: the body and the incident thread it goes to),
+``<case>.webhook.json``, ``<case>.pagerduty.json``, ``<case>.alertmanager.json`` (the
+postableAlerts), ``<case>.teams.json``, ``<case>.discord.json`` and ``<case>.mattermost.json``.
+After an intended change, regenerate them with
 ``LLMSCOPE_UPDATE_GOLDEN=1 pytest tests/alerter/test_messages.py`` and review the diff.
 """
 
@@ -20,10 +23,14 @@ from msgspec import structs
 
 from llmscope.alerter import messages as m
 from llmscope.alerter.messages import FailedProbe, IncidentRef, Outage
+from llmscope.alerter.notifiers.alertmanager import AlertmanagerNotifier
 from llmscope.alerter.notifiers.base import AlertView, ContextPoint, Notification
+from llmscope.alerter.notifiers.discord import DiscordNotifier
 from llmscope.alerter.notifiers.email import EmailConfig, EmailNotifier
+from llmscope.alerter.notifiers.mattermost import MattermostNotifier
 from llmscope.alerter.notifiers.pagerduty import PagerDutyNotifier
 from llmscope.alerter.notifiers.slack import SlackNotifier
+from llmscope.alerter.notifiers.teams import TeamsNotifier
 from llmscope.alerter.notifiers.webhook import WebhookNotifier
 from llmscope.alerter.testsend import sample_violation
 from llmscope.config.env import Secret
@@ -196,9 +203,20 @@ def rendered(case: str) -> dict[str, str]:
     msg = mail.build_payload(n)
     text = msg.get_body(("plain",))
     assert text is not None
-    slack = SlackNotifier("oncall", Secret("http://x"), None).build_payload(n)  # type: ignore[arg-type]
+    slack = SlackNotifier("oncall", Secret("http://x"), None).build_payload(n).body  # type: ignore[arg-type]
     _, hook_body = WebhookNotifier("oncall", Secret("http://x"), None).build_payload(n)  # type: ignore[arg-type]
     pd = PagerDutyNotifier("oncall", Secret("k"), None).build_payload(n)  # type: ignore[arg-type]
+    bot = SlackNotifier("oncall", Secret(""), None, token=Secret("xoxb-1"), channel="C0ONCALL")  # type: ignore[arg-type]
+    bot_payload = bot.build_payload(n)
+    am = AlertmanagerNotifier("oncall", Secret("http://x"), None).build_payload(n)  # type: ignore[arg-type]
+    chats = {
+        kind: cls("oncall", Secret("http://x"), None).build_payload(n)  # type: ignore[arg-type]
+        for kind, cls in (
+            ("teams", TeamsNotifier),
+            ("discord", DiscordNotifier),
+            ("mattermost", MattermostNotifier),
+        )
+    }
 
     def pretty(obj: Any) -> str:
         return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
@@ -209,6 +227,15 @@ def rendered(case: str) -> dict[str, str]:
         "slack.json": pretty(slack),
         "webhook.json": pretty(json.loads(hook_body)),
         "pagerduty.json": pretty(pd),
+        "slack-bot.json": pretty(
+            {
+                "thread_key": bot_payload.thread_key,
+                "broadcast_to_channel": bot_payload.broadcast,
+                "body": bot_payload.body,
+            }
+        ),
+        "alertmanager.json": pretty(am),
+        **{f"{kind}.json": pretty(body) for kind, body in chats.items()},
     }
 
 
@@ -235,7 +262,8 @@ def test_every_message_answers_first_what_since_how_sure_and_where(case: str) ->
     assert "How sure:" in head
     assert ("Since:" in head) or ("Lasted:" in head)
     hook = json.loads(out["webhook.json"])
-    human = [out["email.txt"], out["slack.json"], out["pagerduty.json"], hook["title"], hook["text"]]
+    chats = [out[f"{k}.json"] for k in ("teams", "discord", "mattermost", "alertmanager")]
+    human = [out["email.txt"], out["slack.json"], out["pagerduty.json"], hook["title"], hook["text"], *chats]
     for text in human:
         # no parameters or log-scale statistics in what people read (the webhook's events keep
         # the chart's full statistics for machines)

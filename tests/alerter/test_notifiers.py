@@ -65,6 +65,10 @@ async def test_every_channel_satisfies_the_protocol(session: aiohttp.ClientSessi
         "slack": ChannelSpec("s", "slack", url=Secret("http://x")),
         "webhook": ChannelSpec("w", "webhook", url=Secret("http://x")),
         "pagerduty": ChannelSpec("p", "pagerduty", secret=Secret("k")),
+        "alertmanager": ChannelSpec("a", "alertmanager", url=Secret("http://x"), resend_s=60),
+        "teams": ChannelSpec("t", "teams", url=Secret("http://x")),
+        "discord": ChannelSpec("d", "discord", url=Secret("http://x")),
+        "mattermost": ChannelSpec("m", "mattermost", url=Secret("http://x")),
     }
     assert set(specs) == set(NOTIFIER_CLASSES)
     for kind, spec in specs.items():
@@ -142,16 +146,16 @@ def test_email_bad_address_is_permanent() -> None:
 
 
 def test_slack_colours_by_severity_and_links() -> None:
-    payload = SlackNotifier("chat", Secret("http://x"), None).build_payload(notification(3, resolved=1))  # type: ignore[arg-type]
+    payload = SlackNotifier("chat", Secret("http://x"), None).build_payload(notification(3, resolved=1)).body  # type: ignore[arg-type]
     colours = [a["color"] for a in payload["attachments"]]
     assert colours == ["#D0021B", "#D0021B", "#D0021B", "#2EB67D"]  # critical red, resolved green
     warn = replace(notification(1), firing=(AlertView(violation(1, severity="warning")),))
-    warned = SlackNotifier("c", Secret("http://x"), None).build_payload(warn)  # type: ignore[arg-type]
+    warned = SlackNotifier("c", Secret("http://x"), None).build_payload(warn).body  # type: ignore[arg-type]
     assert warned["attachments"][0]["color"] == "#F5A623"
     buttons = payload["attachments"][0]["blocks"][-1]["elements"]
     assert [b["text"]["text"] for b in buttons] == ["View details", "Chart"]
     assert buttons[0]["url"] == f"https://scope.example/violations/{violation(0, rule='R1').episode_id}"
-    big = SlackNotifier("chat", Secret("http://x"), None).build_payload(notification(50))  # type: ignore[arg-type]
+    big = SlackNotifier("chat", Secret("http://x"), None).build_payload(notification(50)).body  # type: ignore[arg-type]
     assert len(big["attachments"]) == 10
     assert "and 40 more" in json.dumps(big["blocks"])
 

@@ -30,6 +30,7 @@ TABLES = (
     "alerter_groups",
     "alerter_incident_similar",
     "alerter_incident_episodes",
+    "alerter_threads",
     "alerter_incidents",
     "alerter_alerts",
     "alerter_early_clears",
@@ -43,6 +44,7 @@ KEYS = {
     "alerter_groups": "id::text",
     "alerter_incident_similar": "incident_id || '~' || similar_id",
     "alerter_incident_episodes": "episode_id || '@' || incident_id",
+    "alerter_threads": "channel || '#' || thread_key",
     "alerter_incidents": "id",
     "alerter_alerts": "episode_id",
     "alerter_early_clears": "episode_id",
@@ -318,6 +320,11 @@ async def seed(pool: asyncpg.Pool) -> dict[str, set[str]]:
             ("i-open", "i-acked"),
         ):
             await conn.execute("INSERT INTO alerter_incident_similar VALUES ($1, $2, 0.5)", a, b)
+        # Slack threads: a swept incident's thread goes; an open incident's and a group's stay.
+        for key in ("incident:i-done", "incident:i-open", "group:7"):
+            await conn.execute(
+                "INSERT INTO alerter_threads (channel, thread_key, ref) VALUES ('chat', $1, '1.2')", key
+            )
 
         # Outbox: published long ago (goes), never published (stays), published recently.
         await outbox(conn, "o-sent-old", age=100 * DAY, published=True)
@@ -344,6 +351,7 @@ async def seed(pool: asyncpg.Pool) -> dict[str, set[str]]:
         "alerter_groups": {str(await gid_of(pool, "g-done"))},
         "alerter_incident_similar": {"i-done~i-done-2", "i-recent~i-done"},
         "alerter_incident_episodes": {"a-incident@i-done", "a-linked@i-done"},
+        "alerter_threads": {"chat#incident:i-done"},
         "alerter_incidents": {"i-done", "i-done-2"},
         "alerter_alerts": {"a-grouped", "a-incident", "a-free", "a-linked"},
         "alerter_early_clears": {"e-old"},

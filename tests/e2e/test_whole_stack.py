@@ -211,9 +211,10 @@ def test_a_cascade_on_one_host_becomes_one_incident_naming_every_model(data_dir:
         assert incident["cascade"] is True
         assert "gpt-4o-mini" not in incident["models"]
 
-        # Known limit (issue 8): a shift that starts with a jump opens its chart's episode as a
-        # SPIKE, which the alerter does not count as sustained, so that chart's first incident
-        # may stay apart from the cascade's. The cascade itself is the one incident above.
+        # A shift that starts with a jump opens its chart's episode as a SPIKE: one point, which
+        # counts as sustained only once still open past LLMSCOPE_INCIDENT_SUSTAINED_S or confirmed
+        # by a sustained signal of its model, so that chart's first incident may stay apart
+        # (incidents are not merged). The cascade itself is the one incident above.
         def analysed() -> dict[str, Any] | None:
             detail: dict[str, Any] = client.get(f"/api/incidents/{incident['id']}").json()
             return detail if detail.get("analysis") else None

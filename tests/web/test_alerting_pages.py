@@ -300,7 +300,16 @@ async def test_setup_wizard_sends_a_test_message(
     smtp = smtp_server(box)
     try:
         r = await client.get("/setup")
-        for channel in ("email", "slack", "webhook", "pagerduty"):
+        for channel in (
+            "email",
+            "slack",
+            "webhook",
+            "pagerduty",
+            "alertmanager",
+            "teams",
+            "discord",
+            "mattermost",
+        ):
             assert f'name="channel" value="{channel}"' in r.text
         for key, value in {
             "alert.email.smtp_host": "127.0.0.1",

@@ -402,6 +402,8 @@ async def test_setup_wizard(api: Api, hx: bool) -> None:
             "alert.webhook.url": "http://hooks.internal:8080/llmscope",
             "alert.webhook.signing_secret": "s3cret",
             "alert.pagerduty.routing_key": "R0UTING",
+            "alert.alertmanager.url": "http://alertmanager.internal:9093",
+            "alert.teams.webhook_url": "https://teams.example/workflows/x",
             "alert.min_severity": "warning",
         },
         headers=headers,
@@ -412,7 +414,7 @@ async def test_setup_wizard(api: Api, hx: bool) -> None:
     assert 'value="smtp.example.com"' in r.text
     assert 'value="25"' in r.text
     assert "<option selected>none</option>" in r.text
-    assert "Channels on: email, slack, webhook, pagerduty" in r.text
+    assert "Channels on: email, slack, webhook, pagerduty, alertmanager, teams" in r.text
     assert "s3cret" not in r.text
     assert "R0UTING" not in r.text
     assert r.text.count("(set)") >= 3
@@ -426,6 +428,9 @@ async def test_setup_wizard(api: Api, hx: bool) -> None:
     assert values["alert.email.tls"] == ("none", True)
     assert values["alert.webhook.enabled"] == (True, True)
     assert values["alert.pagerduty.enabled"] == (True, True)
+    assert values["alert.alertmanager.enabled"] == (True, True)
+    assert values["alert.alertmanager.url"] == (None, True)  # a secret: it may carry a password
+    assert values["alert.teams.enabled"] == (True, True)
 
 
 async def test_api_docs_load_nothing_from_another_host(api: Api) -> None:

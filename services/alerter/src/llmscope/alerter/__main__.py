@@ -75,6 +75,7 @@ async def serve(settings: AlerterSettings, env: Env, stop: asyncio.Event) -> Non
                 clock=utcnow,
                 lease=settings.lease_s,
                 incident_window=settings.incident_window_s,
+                sustain_after=settings.incident_sustained_s,
                 incident_min_severity=settings.incident_min_severity,
                 analysis_delay=settings.analysis_delay_s,
                 analysis_lease=(settings.llm.timeout if settings.llm else 0) + 60,

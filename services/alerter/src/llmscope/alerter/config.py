@@ -10,6 +10,11 @@ File (``LLMSCOPE_ALERTER_CONFIG``, ``.yaml``/``.yml`` or ``.toml``; unknown keys
       - {name: chat, kind: slack, url_env: SLACK_WEBHOOK_URL}
       - {name: hooks, kind: webhook, url: https://hooks.example.com/llmscope, secret_env: HOOK_SECRET}
       - {name: pager, kind: pagerduty, routing_key_env: PD_ROUTING_KEY}
+      - {name: am, kind: alertmanager, url: http://alertmanager:9093, resend_interval: 60s}
+      - {name: teams, kind: teams, url_env: TEAMS_WEBHOOK_URL}
+      - {name: discord, kind: discord, url_env: DISCORD_WEBHOOK_URL}
+      - {name: mm, kind: mattermost, url_env: MATTERMOST_WEBHOOK_URL}
+      - {name: threads, kind: slack, token_env: SLACK_BOT_TOKEN, slack_channel: C0123ABCD}
     routes:          # first match wins unless continue_matching: true
       - {name: pager, channels: [pager, chat], severities: [critical], rules: [R1], models: ["llama*"]}
       - {name: rest, channels: [oncall], severities: [critical, warning], repeat_interval: 1h}
@@ -29,12 +34,19 @@ before ``start`` runs past midnight, into the next month if need be.
 Secrets are never written in the file: ``*_env`` names the environment variable holding them.
 Durations are seconds or strings like ``30s``, ``5m``, ``4h``, ``1d``.
 
+A Slack channel posts to an incoming webhook (``url_env``) or, with a bot token (``token_env``
+and ``slack_channel``), through ``chat.postMessage``, which threads an incident's updates under
+its first message. An ``alertmanager`` channel re-sends its firing alerts every
+``resend_interval`` (keep it below Alertmanager's ``resolve_timeout``, 5m by default).
+
 Without routes in the file, one ``default`` route sends the severities of
 ``LLMSCOPE_ALERTER_SEVERITIES`` (default ``critical``) to every enabled channel. Channels also
 come from the environment (``LLMSCOPE_SMTP_HOST``, ``LLMSCOPE_SLACK_WEBHOOK_URL``,
-``LLMSCOPE_WEBHOOK_URL``, ``LLMSCOPE_PAGERDUTY_ROUTING_KEY``; named ``email``, ``slack``,
-``webhook``, ``pagerduty``) and from the API's ``settings`` table, which wins over both for the
-channels named ``email``, ``slack``, ``webhook`` and ``pagerduty`` and for the enable switches
+``LLMSCOPE_WEBHOOK_URL``, ``LLMSCOPE_PAGERDUTY_ROUTING_KEY``, ``LLMSCOPE_ALERTMANAGER_URL``,
+``LLMSCOPE_TEAMS_WEBHOOK_URL``, ``LLMSCOPE_DISCORD_WEBHOOK_URL``,
+``LLMSCOPE_MATTERMOST_WEBHOOK_URL``; each channel named after its kind) and from the API's
+``settings`` table, which wins over both for the channels named after their kind and for the
+enable switches
 (an explicit ``*_enabled: false`` disables every channel of that kind). A channel whose address
 comes from the settings (SMTP host, Slack or webhook URL, PagerDuty key) is off unless its switch
 is true, as the API shows it (``alert.<kind>.enabled`` defaults to false); channels of the file
@@ -45,8 +57,11 @@ default route's lowest severity), ``alert.group_wait_s``, ``alert.group_interval
 ``alert.repeat_interval_s`` (default timers; the file's ``defaults`` and routes still win),
 ``alert.email.*`` / ``smtp_host``, ``smtp_port``, ``smtp_security``, ``smtp_user``,
 ``smtp_password``, ``smtp_from``, ``smtp_to``, ``email_enabled``; ``alert.slack.*`` /
-``slack_webhook_url``, ``slack_enabled``; ``alert.webhook.*`` (``url``, ``signing_secret``);
-``alert.pagerduty.*`` (``routing_key``); ``dashboard.base_url`` (links in messages).
+``slack_webhook_url``, ``slack_enabled``, ``bot_token``,
+``channel``; ``alert.webhook.*`` (``url``, ``signing_secret``);
+``alert.pagerduty.*`` (``routing_key``); ``alert.alertmanager.*`` (``url``);
+``alert.teams.*``, ``alert.discord.*``, ``alert.mattermost.*`` (``webhook_url``);
+``dashboard.base_url`` (links in messages).
 """
 
 from __future__ import annotations
@@ -66,14 +81,29 @@ import yaml
 from llmscope.alerter.destinations import Destinations
 from llmscope.alerter.notifiers.email import EmailConfig, Security
 from llmscope.alerter.notifiers.pagerduty import DEFAULT_EVENTS_URL
+from llmscope.alerter.notifiers.slack import DEFAULT_SLACK_API
 from llmscope.alerter.routing import DEFAULT_GROUP_BY, Route
 from llmscope.alerter.silences import Monthly, Silence, Weekly, parse_days, parse_nth_weekdays
 from llmscope.config.env import ConfigError, Env, Secret
 from llmscope.proto.violation import SEVERITIES, Severity
 
 Duration = float | str
-ChannelKind = Literal["email", "slack", "webhook", "pagerduty"]
-KINDS: tuple[ChannelKind, ...] = ("email", "slack", "webhook", "pagerduty")
+ChannelKind = Literal[
+    "email", "slack", "webhook", "pagerduty", "alertmanager", "teams", "discord", "mattermost"
+]
+KINDS: tuple[ChannelKind, ...] = (
+    "email",
+    "slack",
+    "webhook",
+    "pagerduty",
+    "alertmanager",
+    "teams",
+    "discord",
+    "mattermost",
+)
+CHAT_KINDS: tuple[ChannelKind, ...] = ("teams", "discord", "mattermost")
+"""Incoming-webhook chats whose URL is the credential (as Slack's)."""
+DEFAULT_RESEND_S = 60.0
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -115,6 +145,48 @@ class SlackChannelFile(
     _Strict, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="slack", tag_field="kind"
 ):
     name: str
+    url_env: str = ""
+    token_env: str = ""
+    """a bot token (xoxb-...): chat.postMessage, which threads an incident's updates"""
+    slack_channel: str = ""
+    api_url: str = DEFAULT_SLACK_API
+    send_resolved: bool = True
+    enabled: bool = True
+
+
+class AlertmanagerChannelFile(
+    _Strict, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="alertmanager", tag_field="kind"
+):
+    name: str
+    url: str = ""
+    url_env: str = ""
+    resend_interval: Duration = DEFAULT_RESEND_S
+    send_resolved: bool = True
+    enabled: bool = True
+
+
+class TeamsChannelFile(
+    _Strict, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="teams", tag_field="kind"
+):
+    name: str
+    url_env: str
+    send_resolved: bool = True
+    enabled: bool = True
+
+
+class DiscordChannelFile(
+    _Strict, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="discord", tag_field="kind"
+):
+    name: str
+    url_env: str
+    send_resolved: bool = True
+    enabled: bool = True
+
+
+class MattermostChannelFile(
+    _Strict, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="mattermost", tag_field="kind"
+):
+    name: str
     url_env: str
     send_resolved: bool = True
     enabled: bool = True
@@ -141,7 +213,16 @@ class PagerDutyChannelFile(
     enabled: bool = True
 
 
-ChannelFile = EmailChannelFile | SlackChannelFile | WebhookChannelFile | PagerDutyChannelFile
+ChannelFile = (
+    EmailChannelFile
+    | SlackChannelFile
+    | WebhookChannelFile
+    | PagerDutyChannelFile
+    | AlertmanagerChannelFile
+    | TeamsChannelFile
+    | DiscordChannelFile
+    | MattermostChannelFile
+)
 
 
 class DefaultsFile(_Strict, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -228,6 +309,12 @@ class ChannelSpec:
     url: Secret = field(default_factory=lambda: Secret(""))
     secret: Secret = field(default_factory=lambda: Secret(""))
     events_url: str = DEFAULT_EVENTS_URL
+    resend_s: float = 0.0
+    """Re-send firing alerts this often (Alertmanager expires alerts that are not); 0: never."""
+    token: Secret = field(default_factory=lambda: Secret(""))
+    """Slack bot token: chat.postMessage (threads) instead of the incoming webhook"""
+    slack_channel: str = ""
+    api_url: str = DEFAULT_SLACK_API
     destinations: Destinations | None = None
     """Checked before every send (from ``LLMSCOPE_ALERT_ALLOWED_HOSTS``); None only in unit tests."""
 
@@ -280,8 +367,33 @@ def _channel_from_file(c: ChannelFile, env: Env, timeout: float) -> ChannelSpec:
             )
             return ChannelSpec(c.name, "email", c.enabled, c.send_resolved, email=cfg)
         case SlackChannelFile():
+            token = _secret_from(env, c.token_env, what)
+            if token and not c.slack_channel:
+                raise ConfigError(f"{what}: token_env needs slack_channel (the channel id to post to)")
+            if not token and not c.url_env:
+                raise ConfigError(f"{what}: needs url_env (incoming webhook) or token_env (bot token)")
             return ChannelSpec(
-                c.name, "slack", c.enabled, c.send_resolved, url=_secret_from(env, c.url_env, what)
+                c.name,
+                "slack",
+                c.enabled,
+                c.send_resolved,
+                url=_secret_from(env, c.url_env, what),
+                token=token,
+                slack_channel=c.slack_channel,
+                api_url=c.api_url,
+            )
+        case AlertmanagerChannelFile():
+            am_url = _secret_from(env, c.url_env, what) if c.url_env else Secret(c.url)
+            if not am_url:
+                raise ConfigError(f"{what}: needs url or url_env")
+            resend = parse_duration(c.resend_interval, f"channels[{c.name}].resend_interval")
+            return ChannelSpec(
+                c.name, "alertmanager", c.enabled, c.send_resolved, url=am_url, resend_s=resend
+            )
+        case TeamsChannelFile() | DiscordChannelFile() | MattermostChannelFile():
+            kind: ChannelKind = c.__struct_config__.tag  # type: ignore[assignment]  # the file's `kind`
+            return ChannelSpec(
+                c.name, kind, c.enabled, c.send_resolved, url=_secret_from(env, c.url_env, what)
             )
         case WebhookChannelFile():
             url = _secret_from(env, c.url_env, what) if c.url_env else Secret(c.url)
@@ -318,8 +430,20 @@ def channels_from_env(env: Env, timeout: float) -> dict[str, ChannelSpec]:
             ),
         )
     slack = env.secret("LLMSCOPE_SLACK_WEBHOOK_URL")
-    if slack:
-        out["slack"] = ChannelSpec("slack", "slack", url=slack)
+    slack_token = env.secret("LLMSCOPE_SLACK_BOT_TOKEN")
+    if slack or slack_token:
+        slack_channel = env.text("LLMSCOPE_SLACK_CHANNEL", "")
+        if slack_token and not slack_channel:
+            raise ConfigError("LLMSCOPE_SLACK_CHANNEL: required with LLMSCOPE_SLACK_BOT_TOKEN")
+        out["slack"] = ChannelSpec(
+            "slack",
+            "slack",
+            url=slack,
+            token=slack_token,
+            slack_channel=slack_channel,
+            api_url=env.url("LLMSCOPE_SLACK_API_URL", DEFAULT_SLACK_API, schemes=("http", "https"))
+            or DEFAULT_SLACK_API,
+        )
     hook = env.secret("LLMSCOPE_WEBHOOK_URL")
     if hook:
         out["webhook"] = ChannelSpec(
@@ -329,6 +453,14 @@ def channels_from_env(env: Env, timeout: float) -> dict[str, ChannelSpec]:
     if key:
         events = env.url("LLMSCOPE_PAGERDUTY_EVENTS_URL", DEFAULT_EVENTS_URL, schemes=("http", "https"))
         out["pagerduty"] = ChannelSpec("pagerduty", "pagerduty", secret=key, events_url=events or "")
+    am = env.secret("LLMSCOPE_ALERTMANAGER_URL")
+    if am:
+        resend = env.number("LLMSCOPE_ALERTMANAGER_RESEND_S", DEFAULT_RESEND_S, min=1)
+        out["alertmanager"] = ChannelSpec("alertmanager", "alertmanager", url=am, resend_s=resend)
+    for kind in CHAT_KINDS:
+        url = env.secret(f"LLMSCOPE_{kind.upper()}_WEBHOOK_URL")
+        if url:
+            out[kind] = ChannelSpec(kind, kind, url=url)
     return out
 
 
@@ -402,8 +534,34 @@ def apply_settings(
         from_settings.add("email")
     slack_url = s.get("slack_webhook_url")
     if isinstance(slack_url, str) and slack_url:
-        out["slack"] = ChannelSpec("slack", "slack", url=Secret(slack_url))
+        base_slack = out.get("slack")
+        out["slack"] = (
+            replace(base_slack, url=Secret(slack_url))
+            if base_slack is not None and base_slack.kind == "slack"
+            else ChannelSpec("slack", "slack", url=Secret(slack_url))
+        )
         from_settings.add("slack")
+    bot_token = s.get("slack_bot_token")
+    if isinstance(bot_token, str) and bot_token:
+        base_bot = out.get("slack")
+        bot_channel = s.get("slack_channel")
+        out["slack"] = replace(
+            base_bot if base_bot is not None and base_bot.kind == "slack" else ChannelSpec("slack", "slack"),
+            token=Secret(bot_token),
+            slack_channel=bot_channel if isinstance(bot_channel, str) and bot_channel else "",
+        )
+        from_settings.add("slack")
+    am_url = s.get("alertmanager_url")
+    if isinstance(am_url, str) and am_url:
+        base_am = out.get("alertmanager")
+        resend = base_am.resend_s if base_am is not None and base_am.resend_s > 0 else DEFAULT_RESEND_S
+        out["alertmanager"] = ChannelSpec("alertmanager", "alertmanager", url=Secret(am_url), resend_s=resend)
+        from_settings.add("alertmanager")
+    for kind in CHAT_KINDS:
+        chat_url = s.get(f"{kind}_webhook_url")
+        if isinstance(chat_url, str) and chat_url:
+            out[kind] = ChannelSpec(kind, kind, url=Secret(chat_url))
+            from_settings.add(kind)
     hook_url = s.get("webhook_url")
     if isinstance(hook_url, str) and hook_url:
         hook_secret = s.get("webhook_secret")
@@ -453,11 +611,21 @@ API_KEYS = {
     "alert.email.tls": "smtp_security",
     "alert.slack.enabled": "slack_enabled",
     "alert.slack.webhook_url": "slack_webhook_url",
+    "alert.slack.bot_token": "slack_bot_token",
+    "alert.slack.channel": "slack_channel",
     "alert.webhook.enabled": "webhook_enabled",
     "alert.webhook.url": "webhook_url",
     "alert.webhook.signing_secret": "webhook_secret",
     "alert.pagerduty.enabled": "pagerduty_enabled",
     "alert.pagerduty.routing_key": "pagerduty_routing_key",
+    "alert.alertmanager.enabled": "alertmanager_enabled",
+    "alert.alertmanager.url": "alertmanager_url",
+    "alert.teams.enabled": "teams_enabled",
+    "alert.teams.webhook_url": "teams_webhook_url",
+    "alert.discord.enabled": "discord_enabled",
+    "alert.discord.webhook_url": "discord_webhook_url",
+    "alert.mattermost.enabled": "mattermost_enabled",
+    "alert.mattermost.webhook_url": "mattermost_webhook_url",
     "alert.min_severity": "min_severity",
     "alert.group_wait_s": "group_wait_s",
     "alert.group_interval_s": "group_interval_s",
@@ -493,7 +661,7 @@ def build_runtime(
     file = file or AlerterFile()
     channels = channels_from_env(env, timeout)
     for c in file.channels:
-        if c.name in channels and c.name not in {"email", "slack", "webhook", "pagerduty"}:
+        if c.name in channels and c.name not in KINDS:
             raise ConfigError(f"LLMSCOPE_ALERTER_CONFIG: channel {c.name!r} defined twice")
         channels[c.name] = _channel_from_file(c, env, timeout)
     channels, allowed = apply_settings(channels, settings, timeout)

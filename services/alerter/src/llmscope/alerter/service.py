@@ -29,6 +29,7 @@ from llmscope.alerter.metrics import AlerterMetrics
 from llmscope.alerter.model import Alert
 from llmscope.alerter.notifiers.base import AlertView, Notification, Notifier
 from llmscope.alerter.notifiers.registry import build_notifier
+from llmscope.alerter.notifiers.slack import ThreadStore
 from llmscope.alerter.retention import RetentionPolicy
 from llmscope.alerter.retry import Attempt, DeliveryError, Outcome, RetryPolicy, send_with_retry
 from llmscope.alerter.store import AnalysisJob, Claim, Store
@@ -45,8 +46,10 @@ log = get_logger("llmscope.alerter")
 NotifierFactory = Callable[[str, RuntimeConfig, aiohttp.ClientSession], Notifier]
 
 
-def default_notifier_factory(name: str, runtime: RuntimeConfig, session: aiohttp.ClientSession) -> Notifier:
-    return build_notifier(runtime.channels[name], session)
+def default_notifier_factory(
+    name: str, runtime: RuntimeConfig, session: aiohttp.ClientSession, threads: ThreadStore | None = None
+) -> Notifier:
+    return build_notifier(runtime.channels[name], session, threads=threads)
 
 
 def violation_consumer_options(**overrides: Any) -> ConsumerOptions:
@@ -100,7 +103,13 @@ class Alerter:
         self._session = session
         self._publisher = publisher
         self._opts = options
-        self._factory = notifier_factory
+        # The product's channels keep Slack threads in Postgres; a test's factory brings its own.
+        self._factory: NotifierFactory = (
+            functools.partial(default_notifier_factory, threads=store)
+            if notifier_factory is default_notifier_factory
+            else notifier_factory
+        )
+        self._resent: dict[tuple[int, str], datetime] = {}
         self._rng = rng or random.Random()
         self._runtime: RuntimeConfig | None = None
         self._runtime_at = 0.0
@@ -300,6 +309,48 @@ class Alerter:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=grace)
 
+    # -- re-sends: receivers that expire alerts not sent again (Alertmanager) ----------------
+
+    async def resend_once(self) -> int:
+        """Re-send what each re-sending channel was last told per active group, once its
+        ``resend_s`` passed since that message or the last re-send; the number re-sent.
+
+        A re-send is not a notification: not claimed, not recorded in the log (Alertmanager
+        de-duplicates by labels, so replicas re-sending the same alerts do no harm); a failure
+        is logged and counted, and the next period tries again.
+        """
+        runtime = await self.runtime()
+        every = {n: c.resend_s for n, c in runtime.channels.items() if c.enabled and c.resend_s > 0}
+        candidates = await self.store.resend_candidates(every)
+        now = self.store.clock()
+        live = {(claim.group_id, claim.channel) for claim, _ in candidates}
+        self._resent = {k: v for k, v in self._resent.items() if k in live}  # closed groups
+        due = []
+        for claim, sent_at in candidates:
+            last = max(sent_at, self._resent.get((claim.group_id, claim.channel), sent_at))
+            if (now - last).total_seconds() >= every[claim.channel]:
+                due.append(claim)
+        results = await asyncio.gather(*(self._resend(claim, runtime) for claim in due))
+        return sum(results)
+
+    async def _resend(self, claim: Claim, runtime: RuntimeConfig) -> bool:
+        async with self._sem:
+            bound = log.bind(channel=claim.channel, group=claim.group_key)
+            try:
+                notifier = self._factory(claim.channel, runtime, self._session)
+                payload = notifier.build_payload(await self.notification_for(claim, runtime))
+                await asyncio.wait_for(notifier.send(payload), self._opts.retry.attempt_timeout)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                error = str(exc) if isinstance(exc, DeliveryError) else type(exc).__name__
+                self.metrics.attempts.labels(claim.channel, "false").inc()
+                bound.warning("re-send failed; tried again next period", error=error[:200])
+                return False
+            self.metrics.attempts.labels(claim.channel, "true").inc()
+            self._resent[(claim.group_id, claim.channel)] = self.store.clock()
+            return True
+
     # -- outbox: incident events ------------------------------------------------------------
 
     async def publish_outbox(self) -> int:
@@ -407,6 +458,7 @@ class Alerter:
             self._every(stop, self._opts.tick_s, self._analyze_all, "analysis"),
         ]
         loops.append(self._every(stop, self._opts.gauges_s, self.sample_gauges, "incident gauges"))
+        loops.append(self._every(stop, self._opts.tick_s, self.resend_once, "re-send"))
         if self._opts.retention.enabled:
             # A failed sweep is logged by _every and tried again a period later.
             loops.append(self._every(stop, self._opts.retention.every_s, self.sweep_once, "retention"))

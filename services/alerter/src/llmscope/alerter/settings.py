@@ -24,6 +24,7 @@
 | LLMSCOPE_ALERTER_HEALTH_HOST | 0.0.0.0 | address of /healthz, /readyz, /metrics |
 | LLMSCOPE_ALERTER_HEALTH_PORT | 8003 | port of the same (0: no health server) |
 | LLMSCOPE_INCIDENT_WINDOW_S | 300 | violations this close in time join one incident |
+| LLMSCOPE_INCIDENT_SUSTAINED_S | 60 | one-point episode (SPIKE, R1) open this long: sustained (cascades) |
 | LLMSCOPE_INCIDENT_MIN_SEVERITY | critical | least severity that forms incidents: critical, warning, info |
 | LLMSCOPE_ANALYSIS_DELAY_S | 30 | settle time after an incident's last change before analysis |
 | LLMSCOPE_ANALYSIS_LLM_URL | (none) | OpenAI-compatible or Ollama base URL; unset: no LLM analysis |
@@ -38,9 +39,17 @@
 | LLMSCOPE_SMTP_FROM | llmscope@localhost | sender address |
 | LLMSCOPE_ALERT_EMAIL_TO | (none) | comma-separated recipients |
 | LLMSCOPE_SLACK_WEBHOOK_URL | (none) | enables the `slack` channel (secret) |
+| LLMSCOPE_SLACK_BOT_TOKEN | (none) | Slack bot token: chat.postMessage, incident threads (secret) |
+| LLMSCOPE_SLACK_CHANNEL | (none) | channel id the bot posts to (required with the token) |
+| LLMSCOPE_SLACK_API_URL | https://slack.com/api | Slack Web API base URL |
 | LLMSCOPE_WEBHOOK_URL / LLMSCOPE_WEBHOOK_SECRET | (none) | enables the `webhook` channel; HMAC key (secret) |
 | LLMSCOPE_PAGERDUTY_ROUTING_KEY | (none) | enables the `pagerduty` channel (secret) |
 | LLMSCOPE_PAGERDUTY_EVENTS_URL | https://events.pagerduty.com/v2/enqueue | Events API v2 URL |
+| LLMSCOPE_ALERTMANAGER_URL | (none) | enables the `alertmanager` channel: base URL (secret) |
+| LLMSCOPE_ALERTMANAGER_RESEND_S | 60 | re-send firing alerts this often (< resolve_timeout) |
+| LLMSCOPE_TEAMS_WEBHOOK_URL | (none) | enables the `teams` channel: Workflows URL (secret) |
+| LLMSCOPE_DISCORD_WEBHOOK_URL | (none) | enables the `discord` channel (secret) |
+| LLMSCOPE_MATTERMOST_WEBHOOK_URL | (none) | enables the `mattermost` channel (secret) |
 | LLMSCOPE_ALERT_ALLOWED_HOSTS | (none) | non-public hosts, addresses, networks channels may reach |
 | LLMSCOPE_LOG_LEVEL | INFO | log level |
 """
@@ -96,6 +105,7 @@ class AlerterSettings:
     health_host: str
     health_port: int
     incident_window_s: float
+    incident_sustained_s: float
     incident_min_severity: Severity
     analysis_delay_s: float
     llm: LlmConfig | None
@@ -163,6 +173,7 @@ class AlerterSettings:
             health_host=env.text("LLMSCOPE_ALERTER_HEALTH_HOST", "0.0.0.0"),
             health_port=env.integer("LLMSCOPE_ALERTER_HEALTH_PORT", 8003, min=0, max=65535),
             incident_window_s=env.number("LLMSCOPE_INCIDENT_WINDOW_S", 300, min=1),
+            incident_sustained_s=env.number("LLMSCOPE_INCIDENT_SUSTAINED_S", 60, min=0),
             incident_min_severity=env.choice(  # type: ignore[arg-type]  # choice() narrows to SEVERITIES
                 "LLMSCOPE_INCIDENT_MIN_SEVERITY", "critical", SEVERITIES
             ),

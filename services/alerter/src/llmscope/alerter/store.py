@@ -24,11 +24,13 @@ from llmscope.alerter.dedup import LastNotification
 from llmscope.alerter.grouping import ChannelView, decide, first_flush_at
 from llmscope.alerter.incidents import (
     OpenIncident,
+    OpenSignal,
     correlate,
     forms_incidents,
     incident_id_for,
     search_text,
     sustained,
+    sustained_models,
     title_for,
     worst_severity,
 )
@@ -115,6 +117,7 @@ class Store:
         clock: Callable[[], datetime],
         lease: float = 60.0,
         incident_window: float = 300.0,
+        sustain_after: float = 60.0,
         incident_min_severity: Severity = "critical",
         analysis_delay: float = 30.0,
         analysis_lease: float = 120.0,
@@ -124,6 +127,7 @@ class Store:
         self.clock = clock
         self.lease = timedelta(seconds=lease)
         self.incident_window = incident_window
+        self.sustain_after = sustain_after
         self.incident_min_severity: Severity = incident_min_severity
         self.analysis_delay = timedelta(seconds=analysis_delay)
         self.analysis_lease = timedelta(seconds=analysis_lease)
@@ -654,6 +658,74 @@ class Store:
 
     # -- what other services keep ---------------------------------------------------------------
 
+    # -- channel threads (Slack's thread_ts per incident) ----------------------------------------
+
+    async def thread_get(self, channel: str, key: str) -> str | None:
+        ref = await self.pool.fetchval(
+            "SELECT ref FROM alerter_threads WHERE channel = $1 AND thread_key = $2", channel, key
+        )
+        return None if ref is None else str(ref)
+
+    async def thread_put(self, channel: str, key: str, ref: str) -> str:
+        """Keep ``ref`` as the thread's first message unless one is kept; the kept one."""
+        kept = await self.pool.fetchval(
+            "INSERT INTO alerter_threads (channel, thread_key, ref) VALUES ($1, $2, $3)"
+            " ON CONFLICT (channel, thread_key) DO UPDATE SET ref = alerter_threads.ref RETURNING ref",
+            channel,
+            key,
+            ref,
+        )
+        return str(kept)
+
+    # -- re-sends (Alertmanager) -----------------------------------------------------------------
+
+    async def resend_candidates(self, channels: Collection[str]) -> list[tuple[Claim, datetime]]:
+        """What each of ``channels`` was last told per active group, as it stands now: alerts
+        still firing, and those that have cleared since (to be told resolved), with when that
+        message was sent. Nothing is claimed or recorded: a re-send repeats what the receiver
+        has (Alertmanager drops alerts that are not re-sent; it de-duplicates by labels)."""
+        if not channels:
+            return []
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT DISTINCT ON (n.group_id, n.channel) n.id, n.group_id, n.route, n.group_key,"
+                " n.channel, n.channel_kind, n.firing, n.sent_at, g.labels, g.lead_episode_id"
+                " FROM alerter_notifications n JOIN alerter_groups g ON g.id = n.group_id"
+                " WHERE g.state = 'active' AND n.status = 'sent' AND n.channel = ANY($1::text[])"
+                " ORDER BY n.group_id, n.channel, n.seq DESC",
+                list(channels),
+            )
+            out = []
+            now = self.clock()
+            for r in rows:
+                if not r["firing"]:
+                    continue
+                alerts = [
+                    _alert(a)
+                    for a in await conn.fetch(
+                        "SELECT * FROM alerter_alerts WHERE episode_id = ANY($1::text[])"
+                        " ORDER BY opened_at, episode_id",
+                        list(r["firing"]),
+                    )
+                ]
+                claim = Claim(
+                    id=f"{r['id']}:resend",
+                    group_id=r["group_id"],
+                    route=r["route"],
+                    group_key=r["group_key"],
+                    group_labels=dict(json.loads(r["labels"])),
+                    channel=r["channel"],
+                    channel_kind=r["channel_kind"],
+                    reason="repeat",
+                    firing=tuple(a for a in alerts if a.firing),
+                    resolved=tuple(a for a in alerts if not a.firing),
+                    lead_episode_id=r["lead_episode_id"],
+                    created_at=now,
+                    generation=0,
+                )
+                out.append((claim, r["sent_at"]))
+        return out
+
     async def read_settings(self) -> dict[str, object]:
         """The API's ``settings`` table as key -> value; empty when the table is not there."""
         async with self.pool.acquire() as conn:
@@ -813,14 +885,38 @@ class Store:
             since,
             ev.host,
         )
+        when = ev.opened_at or ev.ts
+        # The host's models with a sustained open signal at this violation's time: they confirm
+        # their own one-point episodes (a shift that opened with a jump is still one SPIKE).
+        confirmed: frozenset[str] = frozenset()
+        if ev.host:
+            confirmed = sustained_models(
+                (
+                    OpenSignal(r["model"], r["rule"], r["n"] or 0, r["opened_at"])
+                    for r in await conn.fetch(
+                        "SELECT model, rule, severity, opened_at,"
+                        " jsonb_array_length(open_event->'point_ids') AS n"
+                        " FROM alerter_alerts WHERE host = $1 AND cleared_at IS NULL AND opened_at <= $2",
+                        ev.host,
+                        when,
+                    )
+                    if forms_incidents(r["severity"], self.incident_min_severity)
+                ),
+                when,
+                self.sustain_after,
+            )
         live: dict[str, set[str]] = {}
         for r in await conn.fetch(
-            "SELECT e.incident_id, a.model, a.rule, jsonb_array_length(a.open_event->'point_ids') AS n"
+            "SELECT e.incident_id, a.model, a.rule, a.opened_at,"
+            " jsonb_array_length(a.open_event->'point_ids') AS n"
             " FROM alerter_incident_episodes e JOIN alerter_alerts a USING (episode_id)"
             " WHERE e.incident_id = ANY($1::text[]) AND a.cleared_at IS NULL",
             [r["id"] for r in rows],
         ):
-            if sustained(r["rule"], r["n"] or 0):
+            age = (when - r["opened_at"]).total_seconds()
+            if r["model"] in confirmed or sustained(
+                r["rule"], r["n"] or 0, open_for_s=age, sustain_s=self.sustain_after
+            ):
                 live.setdefault(r["incident_id"], set()).add(r["model"])
         candidates = [
             OpenIncident(
@@ -833,8 +929,7 @@ class Store:
             )
             for r in rows
         ]
-        match = correlate(ev, candidates, self.incident_window)
-        when = ev.opened_at or ev.ts
+        match = correlate(ev, candidates, self.incident_window, confirmed)
         if match is None:
             incident_id = incident_id_for(ev)
             await conn.execute(
@@ -1229,6 +1324,11 @@ _SWEEPS = (
             (
                 "alerter_incident_episodes",
                 "DELETE FROM alerter_incident_episodes WHERE incident_id = ANY($1::text[])",
+            ),
+            (
+                "alerter_threads",
+                "DELETE FROM alerter_threads WHERE thread_key IN"
+                " (SELECT 'incident:' || k FROM unnest($1::text[]) AS k)",
             ),
             ("alerter_incidents", "DELETE FROM alerter_incidents WHERE id = ANY($1::text[])"),
         ),

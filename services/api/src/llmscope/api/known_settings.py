@@ -76,6 +76,15 @@ SPECS: tuple[SettingSpec, ...] = (
     _choice("alert.email.tls", ("starttls", "ssl", "none"), "starttls", "SMTP transport security"),
     SettingSpec("alert.slack.enabled", "bool", bool, False, "Send alerts to Slack"),
     SettingSpec("alert.slack.webhook_url", "text", HttpsUrl, "", "Slack incoming webhook URL", secret=True),
+    SettingSpec(
+        "alert.slack.bot_token",
+        "text",
+        Text,
+        "",
+        "Slack bot token (chat:write): threads an incident's updates; instead of the webhook",
+        secret=True,
+    ),
+    SettingSpec("alert.slack.channel", "text", Text, "", "Slack channel id the bot posts to (C0123ABCD)"),
     SettingSpec("alert.webhook.enabled", "bool", bool, False, "Send alerts to a generic webhook"),
     SettingSpec("alert.webhook.url", "text", HttpsUrl, "", "Generic webhook URL", secret=True),
     SettingSpec(
@@ -89,6 +98,23 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("alert.pagerduty.enabled", "bool", bool, False, "Send critical alerts to PagerDuty"),
     SettingSpec(
         "alert.pagerduty.routing_key", "text", Text, "", "PagerDuty Events v2 routing key", secret=True
+    ),
+    SettingSpec("alert.alertmanager.enabled", "bool", bool, False, "Send alerts to Prometheus Alertmanager"),
+    SettingSpec(
+        "alert.alertmanager.url",
+        "text",
+        HttpsUrl,
+        "",
+        "Alertmanager base URL (http://alertmanager:9093); may carry user:password@",
+        secret=True,
+    ),
+    SettingSpec("alert.teams.enabled", "bool", bool, False, "Send alerts to Microsoft Teams"),
+    SettingSpec("alert.teams.webhook_url", "text", HttpsUrl, "", "Teams Workflows webhook URL", secret=True),
+    SettingSpec("alert.discord.enabled", "bool", bool, False, "Send alerts to Discord"),
+    SettingSpec("alert.discord.webhook_url", "text", HttpsUrl, "", "Discord webhook URL", secret=True),
+    SettingSpec("alert.mattermost.enabled", "bool", bool, False, "Send alerts to Mattermost"),
+    SettingSpec(
+        "alert.mattermost.webhook_url", "text", HttpsUrl, "", "Mattermost incoming webhook URL", secret=True
     ),
     SettingSpec("dashboard.base_url", "text", Text, "", "Public URL of this dashboard, for links in alerts"),
     SettingSpec("setup.completed", "bool", bool, False, "The first-run setup wizard was completed"),

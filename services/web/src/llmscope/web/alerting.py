@@ -16,7 +16,16 @@ from llmscope.web.data import Violation
 IncidentState = Literal["open", "acknowledged", "resolved"]
 IncidentAction = Literal["acknowledge", "resolve"]
 NotificationStatus = Literal["sending", "sent", "failed", "expired"]
-TEST_CHANNELS: tuple[str, ...] = ("email", "slack", "webhook", "pagerduty")
+TEST_CHANNELS: tuple[str, ...] = (
+    "email",
+    "slack",
+    "webhook",
+    "pagerduty",
+    "alertmanager",
+    "teams",
+    "discord",
+    "mattermost",
+)
 
 
 class AlerterUnavailable(RuntimeError):

@@ -53,17 +53,28 @@ SETUP_KEYS = (
     "alert.email.smtp_password",
     "alert.email.from_addr",
     "alert.slack.webhook_url",
+    "alert.slack.bot_token",
+    "alert.slack.channel",
     "alert.webhook.url",
     "alert.webhook.signing_secret",
     "alert.pagerduty.routing_key",
+    "alert.alertmanager.url",
+    "alert.teams.webhook_url",
+    "alert.discord.webhook_url",
+    "alert.mattermost.webhook_url",
     "alert.min_severity",
 )
 # A channel is switched on when the wizard is given the field that makes it work.
 SETUP_ENABLES = {
     "alert.email.recipients": "alert.email.enabled",
     "alert.slack.webhook_url": "alert.slack.enabled",
+    "alert.slack.bot_token": "alert.slack.enabled",
     "alert.webhook.url": "alert.webhook.enabled",
     "alert.pagerduty.routing_key": "alert.pagerduty.enabled",
+    "alert.alertmanager.url": "alert.alertmanager.enabled",
+    "alert.teams.webhook_url": "alert.teams.enabled",
+    "alert.discord.webhook_url": "alert.discord.enabled",
+    "alert.mattermost.webhook_url": "alert.mattermost.enabled",
 }
 
 
@@ -598,7 +609,8 @@ def create_router(
         error: str | None = None, done: bool = False, saved: list[str] | None = None
     ) -> dict[str, Any]:
         known = {s.key: s for s in await data.settings()}
-        enabled = [k.split(".")[1] for k in SETUP_ENABLES.values() if k in known and known[k].value is True]
+        switches = dict.fromkeys(SETUP_ENABLES.values())  # in order, once (Slack has two fields)
+        enabled = [k.split(".")[1] for k in switches if k in known and known[k].value is True]
         return {
             "fields": [known[k] for k in SETUP_KEYS if k in known],
             "error": error,
