@@ -29,6 +29,7 @@ TABLES = (
     "alerter_group_alerts",
     "alerter_groups",
     "alerter_incident_similar",
+    "alerter_incident_tickets",
     "alerter_incident_episodes",
     "alerter_incidents",
     "alerter_alerts",
@@ -42,6 +43,7 @@ KEYS = {
     "alerter_group_alerts": "group_id || '/' || episode_id",
     "alerter_groups": "id::text",
     "alerter_incident_similar": "incident_id || '~' || similar_id",
+    "alerter_incident_tickets": "incident_id",
     "alerter_incident_episodes": "episode_id || '@' || incident_id",
     "alerter_incidents": "id",
     "alerter_alerts": "episode_id",
@@ -318,6 +320,14 @@ async def seed(pool: asyncpg.Pool) -> dict[str, set[str]]:
             ("i-open", "i-acked"),
         ):
             await conn.execute("INSERT INTO alerter_incident_similar VALUES ($1, $2, 0.5)", a, b)
+        # Tickets go with their incident.
+        for i in ("i-done", "i-open"):
+            await conn.execute(
+                "INSERT INTO alerter_incident_tickets (incident_id, tracker, marker, ticket_key, state,"
+                " next_try_at, created_at, updated_at) VALUES ($1, 'github', $1, '7', 'open', $2, $2, $2)",
+                i,
+                NOW - 100 * DAY,
+            )
 
         # Outbox: published long ago (goes), never published (stays), published recently.
         await outbox(conn, "o-sent-old", age=100 * DAY, published=True)
@@ -343,6 +353,7 @@ async def seed(pool: asyncpg.Pool) -> dict[str, set[str]]:
         },
         "alerter_groups": {str(await gid_of(pool, "g-done"))},
         "alerter_incident_similar": {"i-done~i-done-2", "i-recent~i-done"},
+        "alerter_incident_tickets": {"i-done"},
         "alerter_incident_episodes": {"a-incident@i-done", "a-linked@i-done"},
         "alerter_incidents": {"i-done", "i-done-2"},
         "alerter_alerts": {"a-grouped", "a-incident", "a-free", "a-linked"},
