@@ -25,6 +25,7 @@ from llmscope.alerter.service import (
     violation_consumer_options,
 )
 from llmscope.alerter.store import Store
+from llmscope.alerter.tickets.base import TicketConfig
 from llmscope.bus.consumer import DurableConsumer
 from llmscope.bus.deadletter import DeadLetters
 from llmscope.bus.publisher import Publisher
@@ -84,6 +85,7 @@ async def start_alerter(
     severities: tuple[Any, ...] = ("critical",),
     consumer_options: Mapping[str, Any] | None = None,
     clock: Callable[[], datetime] = utcnow,
+    tickets: TicketConfig | None = None,
 ) -> Running:
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=6)
     async with pool.acquire() as conn:
@@ -107,6 +109,7 @@ async def start_alerter(
             llm=llm,
             config_file=config_file,
             timings=timings or Timings(group_wait=0.3, group_interval=0.2, repeat_interval=3600),
+            tickets=tickets,
         ),
         notifier_factory=factory,
     )

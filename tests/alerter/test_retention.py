@@ -29,6 +29,7 @@ TABLES = (
     "alerter_group_alerts",
     "alerter_groups",
     "alerter_incident_similar",
+    "alerter_incident_tickets",
     "alerter_incident_episodes",
     "alerter_threads",
     "alerter_incidents",
@@ -43,6 +44,7 @@ KEYS = {
     "alerter_group_alerts": "group_id || '/' || episode_id",
     "alerter_groups": "id::text",
     "alerter_incident_similar": "incident_id || '~' || similar_id",
+    "alerter_incident_tickets": "incident_id",
     "alerter_incident_episodes": "episode_id || '@' || incident_id",
     "alerter_threads": "channel || '#' || thread_key",
     "alerter_incidents": "id",
@@ -325,6 +327,14 @@ async def seed(pool: asyncpg.Pool) -> dict[str, set[str]]:
             await conn.execute(
                 "INSERT INTO alerter_threads (channel, thread_key, ref) VALUES ('chat', $1, '1.2')", key
             )
+        # Tickets go with their incident.
+        for i in ("i-done", "i-open"):
+            await conn.execute(
+                "INSERT INTO alerter_incident_tickets (incident_id, tracker, marker, ticket_key, state,"
+                " next_try_at, created_at, updated_at) VALUES ($1, 'github', $1, '7', 'open', $2, $2, $2)",
+                i,
+                NOW - 100 * DAY,
+            )
 
         # Outbox: published long ago (goes), never published (stays), published recently.
         await outbox(conn, "o-sent-old", age=100 * DAY, published=True)
@@ -350,6 +360,7 @@ async def seed(pool: asyncpg.Pool) -> dict[str, set[str]]:
         },
         "alerter_groups": {str(await gid_of(pool, "g-done"))},
         "alerter_incident_similar": {"i-done~i-done-2", "i-recent~i-done"},
+        "alerter_incident_tickets": {"i-done"},
         "alerter_incident_episodes": {"a-incident@i-done", "a-linked@i-done"},
         "alerter_threads": {"chat#incident:i-done"},
         "alerter_incidents": {"i-done", "i-done-2"},

@@ -42,6 +42,28 @@ class SimilarIncident(msgspec.Struct, frozen=True, kw_only=True):
     opened_at: datetime | None = None
 
 
+class ResembledIncident(msgspec.Struct, frozen=True, kw_only=True):
+    """A resolved incident this one closely resembles (same models, metrics, directions, sizes)."""
+
+    incident_id: str
+    title: str
+    score: Annotated[float, Meta(ge=0, le=1, description="resemblance, 0-1")]
+    resolved_at: datetime | None = None
+    resolved_by: str | None = None
+    resolved_note: Annotated[str, Meta(description="how it was resolved, as its resolver wrote")] | None = (
+        None
+    )
+
+
+class TicketRef(msgspec.Struct, frozen=True, kw_only=True):
+    """The ticket opened for the incident in the team's tracker."""
+
+    tracker: Annotated[str, Meta(description="github, jira or gitlab")]
+    key: Annotated[str, Meta(description="issue number (GitHub, GitLab) or key (Jira)")]
+    url: str = ""
+    state: Literal["open", "closed"] = "open"
+
+
 class IncidentAnalysis(msgspec.Struct, frozen=True, kw_only=True):
     """The deterministic summary, always present, and the LLM's writing when it answered."""
 
@@ -81,3 +103,5 @@ class IncidentEvent(Event, frozen=True, kw_only=True, tag="incident.v1"):
     resolved_note: str | None = None
     analysis: IncidentAnalysis | None = None
     similar: tuple[SimilarIncident, ...] = ()
+    resembles: ResembledIncident | None = None
+    ticket: TicketRef | None = None

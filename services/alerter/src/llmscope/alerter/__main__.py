@@ -95,6 +95,7 @@ async def serve(settings: AlerterSettings, env: Env, stop: asyncio.Event) -> Non
                         concurrency=settings.concurrency,
                         settings_refresh_s=settings.settings_refresh_s,
                         llm=settings.llm,
+                        tickets=settings.tickets,
                         config_file=file,
                         timings=settings.timings,
                         retention=RetentionPolicy(

@@ -87,6 +87,17 @@ class Outage:
 
 
 @dataclass(frozen=True, slots=True)
+class PastIncident:
+    """A resolved incident the current one closely resembles (resemblance.py), and how it ended."""
+
+    id: str
+    title: str
+    resolved_at: datetime | None = None
+    resolved_by: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class IncidentRef:
     """The incident a violation belongs to, as messages name it."""
 
@@ -95,6 +106,15 @@ class IncidentRef:
     models: tuple[str, ...] = ()
     cascade: bool = False
     host: str = ""
+    seen_before: PastIncident | None = None
+
+
+def seen_before_line(past: PastIncident) -> str:
+    """``Looks like <title> (resolved 03-02 12:05 by ann): restarted the GPU node``."""
+    how = f"resolved {clock(past.resolved_at)}" if past.resolved_at else "resolved"
+    if past.resolved_by:
+        how += f" by {past.resolved_by}"
+    return f"Looks like {past.title} ({how}): {past.note or 'no resolution note'}"
 
 
 # -- numbers in the metric's own units --------------------------------------------------------

@@ -33,6 +33,9 @@ from llmscope.alerter.notifiers.slack import ThreadStore
 from llmscope.alerter.retention import RetentionPolicy
 from llmscope.alerter.retry import Attempt, DeliveryError, Outcome, RetryPolicy, send_with_retry
 from llmscope.alerter.store import AnalysisJob, Claim, Store
+from llmscope.alerter.tickets.base import TicketConfig
+from llmscope.alerter.tickets.settings import build_tracker
+from llmscope.alerter.tickets.sync import TicketSync
 from llmscope.bus.consumer import ConsumerOptions, Delivery
 from llmscope.bus.publisher import Publisher, PublishFailed
 from llmscope.config.env import Env
@@ -80,6 +83,8 @@ class AlerterOptions:
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     gauges_s: float = 10.0
     """How often the incident gauges are read from Postgres."""
+    tickets: TicketConfig | None = None
+    """Where critical incidents open tickets; None: no tickets."""
 
 
 class Alerter:
@@ -117,6 +122,11 @@ class Alerter:
         self._tasks: set[asyncio.Task[None]] = set()
         self._live: set[str] = set()  # notification ids this process is delivering
         self._wake_outbox = asyncio.Event()
+        self.tickets: TicketSync | None = None
+        if options.tickets is not None:
+            self.tickets = TicketSync(
+                store, build_tracker(options.tickets, session), options.tickets, options.public_url
+            )
         self.ready = False
 
     # -- configuration ----------------------------------------------------------------------
@@ -459,6 +469,8 @@ class Alerter:
         ]
         loops.append(self._every(stop, self._opts.gauges_s, self.sample_gauges, "incident gauges"))
         loops.append(self._every(stop, self._opts.tick_s, self.resend_once, "re-send"))
+        if self.tickets is not None:
+            loops.append(self._every(stop, self._opts.tick_s, self.tickets.run_all, "tickets"))
         if self._opts.retention.enabled:
             # A failed sweep is logged by _every and tried again a period later.
             loops.append(self._every(stop, self._opts.retention.every_s, self.sweep_once, "retention"))

@@ -32,6 +32,18 @@
 | LLMSCOPE_ANALYSIS_LLM_KIND | openai | openai or ollama |
 | LLMSCOPE_ANALYSIS_LLM_API_KEY | (none) | bearer token for the LLM endpoint (secret) |
 | LLMSCOPE_ANALYSIS_LLM_TIMEOUT_S | 30 | the LLM's answer is abandoned after this |
+| LLMSCOPE_TICKETS_TRACKER | none | none, github, jira or gitlab: critical incidents open a ticket there |
+| LLMSCOPE_TICKETS_URL | GitHub, GitLab: their public API | API base URL; Jira: the site URL (required) |
+| LLMSCOPE_TICKETS_PROJECT | (none) | owner/repo (github), project key (jira), project id or path (gitlab) |
+| LLMSCOPE_TICKETS_TOKEN | (none) | API token (secret); GitHub/Jira Bearer, GitLab PRIVATE-TOKEN |
+| LLMSCOPE_TICKETS_USER | (none) | Jira Cloud account email: Basic auth with the token instead of Bearer |
+| LLMSCOPE_TICKETS_LABELS | llmscope | comma-separated labels put on each ticket |
+| LLMSCOPE_TICKETS_MIN_SEVERITY | critical | least incident severity that opens a ticket |
+| LLMSCOPE_TICKETS_WAIT_S | 120 | longest wait for the incident's analysis (the ticket's body) |
+| LLMSCOPE_TICKETS_TIMEOUT_S | 10 | timeout of one tracker request |
+| LLMSCOPE_TICKETS_JIRA_API | 2 | Jira REST API version, 2 (wiki markup) or 3 (ADF) |
+| LLMSCOPE_TICKETS_JIRA_ISSUE_TYPE | Task | issue type of new Jira tickets |
+| LLMSCOPE_TICKETS_JIRA_DONE | Done | Jira transition that closes; else any into a done status |
 | LLMSCOPE_SMTP_HOST | (none) | enables the `email` channel |
 | LLMSCOPE_SMTP_PORT | 587 (465 with ssl) | SMTP port |
 | LLMSCOPE_SMTP_SECURITY | starttls | none, starttls or ssl |
@@ -64,6 +76,8 @@ from pathlib import Path
 from llmscope.alerter.config import Timings
 from llmscope.alerter.llm import LlmConfig
 from llmscope.alerter.retry import RetryPolicy
+from llmscope.alerter.tickets.base import TicketConfig
+from llmscope.alerter.tickets.settings import ticket_config
 from llmscope.bus.settings import BusSettings
 from llmscope.config.env import ConfigError, Env, Secret
 from llmscope.proto.violation import SEVERITIES, Severity
@@ -110,6 +124,7 @@ class AlerterSettings:
     analysis_delay_s: float
     llm: LlmConfig | None
     log_level: str
+    tickets: TicketConfig | None = None
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> AlerterSettings:
@@ -180,4 +195,5 @@ class AlerterSettings:
             analysis_delay_s=env.number("LLMSCOPE_ANALYSIS_DELAY_S", 30, min=0),
             llm=llm,
             log_level=env.choice("LLMSCOPE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+            tickets=ticket_config(env),
         )

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeAlias
+from typing import Any
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
 from llmscope.alerter.analysis import TelemetryPoint, summarize
 from llmscope.alerter.dedup import LastNotification
@@ -34,22 +33,24 @@ from llmscope.alerter.incidents import (
     title_for,
     worst_severity,
 )
-from llmscope.alerter.messages import FailedProbe, IncidentRef, Outage, is_outage, since
+from llmscope.alerter.messages import FailedProbe, IncidentRef, Outage, PastIncident, is_outage, since
 from llmscope.alerter.model import Alert, labels_of
 from llmscope.alerter.notifiers.base import ContextPoint
+from llmscope.alerter.resemblance_store import link_resembling, resembled
 from llmscope.alerter.retention import Cutoffs
 from llmscope.alerter.retry import Attempt, Outcome
 from llmscope.alerter.routing import Route, group_key, group_labels, route_alert
 from llmscope.alerter.silences import Monthly, Silence, Weekly, nth_weekday_names, parse_nth_weekdays
-from llmscope.config.logs import get_logger
+from llmscope.alerter.store_base import Conn as Conn  # re-exported: tests and callers import it from here
+from llmscope.alerter.store_base import alert_from_row as _alert
+from llmscope.alerter.store_base import decode_event as _event
+from llmscope.alerter.store_base import encode_event as _json
+from llmscope.alerter.store_base import log
+from llmscope.alerter.ticket_store import TicketStore, ticket_ref
 from llmscope.proto import codec, subjects
 from llmscope.proto.incident import IncidentAnalysis, IncidentChange, IncidentEvent, SimilarIncident
 from llmscope.proto.telemetry import NUMERIC_METRICS
-from llmscope.proto.violation import Severity, ViolationEvent
-
-log = get_logger("llmscope.alerter.store")
-
-Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+from llmscope.proto.violation import ViolationEvent
 
 # Numeric telemetry columns a violation's metric may name (the context table reads one of them).
 TELEMETRY_METRICS = frozenset(NUMERIC_METRICS)
@@ -87,51 +88,8 @@ class AnalysisJob:
     opened_at: datetime
 
 
-def _json(event: ViolationEvent) -> str:
-    return codec.encode(event).decode()
-
-
-def _event(raw: str | None) -> ViolationEvent | None:
-    return None if raw is None else codec.decode_as(raw.encode(), ViolationEvent)
-
-
-def _alert(row: asyncpg.Record) -> Alert:
-    event = _event(row["open_event"])
-    assert event is not None
-    return Alert(
-        event=event,
-        cleared=_event(row["cleared_event"]),
-        acknowledged_at=row["acknowledged_at"],
-        acknowledged_by=row["acknowledged_by"],
-    )
-
-
-class Store:
+class Store(TicketStore):
     """All of the alerter's SQL. ``clock`` gives aware UTC datetimes (injected for tests)."""
-
-    def __init__(
-        self,
-        pool: asyncpg.Pool,
-        *,
-        instance: str,
-        clock: Callable[[], datetime],
-        lease: float = 60.0,
-        incident_window: float = 300.0,
-        sustain_after: float = 60.0,
-        incident_min_severity: Severity = "critical",
-        analysis_delay: float = 30.0,
-        analysis_lease: float = 120.0,
-    ) -> None:
-        self.pool = pool
-        self.instance = instance
-        self.clock = clock
-        self.lease = timedelta(seconds=lease)
-        self.incident_window = incident_window
-        self.sustain_after = sustain_after
-        self.incident_min_severity: Severity = incident_min_severity
-        self.analysis_delay = timedelta(seconds=analysis_delay)
-        self.analysis_lease = timedelta(seconds=analysis_lease)
-        self._log = log.bind(instance=instance)
 
     # -- ingest (on the JetStream ack path) ---------------------------------------------------
 
@@ -841,12 +799,26 @@ class Store:
         if not episode_ids:
             return {}
         rows = await self.pool.fetch(
-            "SELECT e.episode_id, i.id, i.title, i.models, i.cascade, i.host FROM alerter_incident_episodes e"
-            " JOIN alerter_incidents i ON i.id = e.incident_id WHERE e.episode_id = ANY($1::text[])",
+            "SELECT e.episode_id, i.id, i.title, i.models, i.cascade, i.host, p.id AS p_id,"
+            " p.title AS p_title, p.resolved_at AS p_resolved_at, p.resolved_by AS p_resolved_by,"
+            " p.resolved_note AS p_note FROM alerter_incident_episodes e"
+            " JOIN alerter_incidents i ON i.id = e.incident_id"
+            " LEFT JOIN alerter_incidents p ON p.id = i.resembles_id WHERE e.episode_id = ANY($1::text[])",
             list(episode_ids),
         )
         return {
-            r["episode_id"]: IncidentRef(r["id"], r["title"], tuple(r["models"]), r["cascade"], r["host"])
+            r["episode_id"]: IncidentRef(
+                r["id"],
+                r["title"],
+                tuple(r["models"]),
+                r["cascade"],
+                r["host"],
+                seen_before=None
+                if r["p_id"] is None
+                else PastIncident(
+                    r["p_id"], r["p_title"], r["p_resolved_at"], r["p_resolved_by"], r["p_note"]
+                ),
+            )
             for r in rows
         }
 
@@ -1001,6 +973,7 @@ class Store:
             search,
             self.clock() + self.analysis_delay,
         )
+        await link_resembling(conn, incident_id, events)
         await self._outbox_incident(conn, incident_id, change)
 
     async def _incident_clear(self, conn: Conn, episode_id: str) -> None:
@@ -1127,6 +1100,8 @@ class Store:
                 )
                 for s in similar
             ),
+            resembles=await resembled(conn, incident_id),
+            ticket=await ticket_ref(conn, incident_id),
         )
 
     async def _outbox_incident(self, conn: Conn, incident_id: str, change: IncidentChange) -> None:
@@ -1320,6 +1295,10 @@ _SWEEPS = (
                 "alerter_incident_similar",
                 "DELETE FROM alerter_incident_similar WHERE incident_id = ANY($1::text[])"
                 " OR similar_id = ANY($1::text[])",
+            ),
+            (
+                "alerter_incident_tickets",
+                "DELETE FROM alerter_incident_tickets WHERE incident_id = ANY($1::text[])",
             ),
             (
                 "alerter_incident_episodes",

@@ -191,6 +191,9 @@ class Notification:
             also = f"; also affected: {', '.join(others)}" if others else ""
             rows.append(("Incident", f"{incident.title}{also}"))
             rows.append(("Incident link", m.incident_url(self.public_url, incident.id)))
+            if incident.seen_before is not None:
+                rows.append(("Seen before", m.seen_before_line(incident.seen_before)))
+                rows.append(("Seen before link", m.incident_url(self.public_url, incident.seen_before.id)))
         rows.append(("Violation", self.details_url(ev.episode_id)))
         if self.reason != "test":
             rows.append(("Chart", m.chart_url(self.public_url, ev)))

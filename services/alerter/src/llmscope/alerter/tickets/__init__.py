@@ -1,0 +1,1 @@
+"""Tickets in the team's tracker for critical incidents (GitHub Issues, Jira, GitLab)."""
