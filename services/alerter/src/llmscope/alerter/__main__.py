@@ -55,8 +55,19 @@ async def serve(settings: AlerterSettings, env: Env, stop: asyncio.Event) -> Non
     file = load_file(settings.config_path) if settings.config_path else None
     dsn = settings.database_url.get()
     # Like NATS below: a database that is not up yet is waited for (a line per attempt).
+    limit = settings.db_statement_timeout_s
+    # Every query bounded, as the API's: Postgres ends a slow one, the client a frozen server.
     pool = await wait_for_postgres(
-        lambda: asyncpg.create_pool(dsn, min_size=1, max_size=8), dsn=dsn, stop=stop
+        lambda: asyncpg.create_pool(
+            dsn,
+            min_size=1,
+            max_size=8,
+            timeout=10,
+            command_timeout=limit + 5 if limit > 0 else None,
+            server_settings={"statement_timeout": str(int(limit * 1000))} if limit > 0 else None,
+        ),
+        dsn=dsn,
+        stop=stop,
     )
     try:
         async with pool.acquire() as conn:

@@ -57,7 +57,11 @@ class Runtime:
         s = self.settings
         self._stop = asyncio.Event()  # fresh: a lifespan may run again after a close
         self._pool = await open_pool(
-            s.database_url.get(), min_size=s.db_pool_min, max_size=s.db_pool_max, stop=stop
+            s.database_url.get(),
+            min_size=s.db_pool_min,
+            max_size=s.db_pool_max,
+            stop=stop,
+            statement_timeout_s=s.db_statement_timeout_s,
         )
         self.store.attach(self._pool)
         try:
