@@ -15,12 +15,13 @@ import asyncio
 import sys
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
-import aiohttp
 import asyncpg
 
 from llmscope.alerter.config import build_runtime, load_file
 from llmscope.alerter.control import ControlResponder
+from llmscope.alerter.destinations import Destinations, guarded_session
 from llmscope.alerter.metrics import AlerterMetrics
 from llmscope.alerter.migrate import migrate
 from llmscope.alerter.retention import RetentionPolicy
@@ -90,7 +91,13 @@ async def serve(settings: AlerterSettings, env: Env, stop: asyncio.Event) -> Non
                 analysis_lease=(settings.llm.timeout if settings.llm else 0) + 60,
             )
             metrics = AlerterMetrics()
-            async with aiohttp.ClientSession() as session:
+            # Every HTTP connection of the alerter goes through the outbound policy's resolver
+            # (DNS rebinding: llmscope.config.outbound); the LLM analysis URL comes from the
+            # operator's environment, never from the API, so its host is allowed as configured.
+            policy = Destinations.from_env(env)
+            if settings.llm is not None:
+                policy = policy.also_allowing(urlsplit(settings.llm.url).hostname or "")
+            async with guarded_session(policy) as session:
                 alerter = Alerter(
                     store,
                     env=env,

@@ -24,6 +24,7 @@ from llmscope.bus.connection import connect
 from llmscope.bus.publisher import Publisher
 from llmscope.bus.streams import ensure_streams
 from llmscope.config.logs import get_logger
+from llmscope.config.outbound import OutboundPolicy
 
 log = get_logger("llmscope.api")
 
@@ -38,7 +39,9 @@ class Runtime:
         self.charts = ChartViews(settings.charts_bucket, settings.spc_request_timeout_s)
         self.spc_config = SpcConfigStore(self.charts, replicas=settings.bus.replicas)
         self.switches = ModelSwitchWriter(replicas=settings.bus.replicas)
-        self.store = Store(charts=self.charts, switches=self.switches)
+        self.store = Store(
+            charts=self.charts, switches=self.switches, outbound=OutboundPolicy(settings.alert_allowed_hosts)
+        )
         self.nc: NATS | None = None
         self.publisher: Publisher | None = None
         self.persister: Persister | None = None

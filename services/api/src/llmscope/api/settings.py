@@ -21,6 +21,7 @@
 | LLMSCOPE_REFRESH_S | 2 | dashboard auto-refresh interval, seconds |
 | LLMSCOPE_SESSION_DAYS | 7 | lifetime of a dashboard login |
 | LLMSCOPE_MAX_BODY_BYTES | 4194304 | largest body (413 beyond), checked before reading; OTLP: gunzipped too |
+| LLMSCOPE_ALERT_ALLOWED_HOSTS | (none) | non-public hosts, addresses, networks a saved channel may name |
 | LLMSCOPE_STATUS_PUBLIC | false | /status, /api/status and badges open to all (names and statuses only) |
 | LLMSCOPE_LOG_LEVEL | INFO | log level |
 
@@ -60,6 +61,7 @@ class ApiSettings:
     refresh_s: float = 2.0
     session_days: float = 7
     status_public: bool = False
+    alert_allowed_hosts: tuple[str, ...] = ()
     max_body_bytes: int = 4 * 1024 * 1024
     log_level: str = "INFO"
 
@@ -107,6 +109,7 @@ class ApiSettings:
             refresh_s=env.number("LLMSCOPE_REFRESH_S", 2.0, min=0.5, max=3600),
             session_days=env.number("LLMSCOPE_SESSION_DAYS", 7, min=0.01, max=365),
             status_public=env.flag("LLMSCOPE_STATUS_PUBLIC", False),
+            alert_allowed_hosts=env.items("LLMSCOPE_ALERT_ALLOWED_HOSTS"),
             max_body_bytes=env.integer("LLMSCOPE_MAX_BODY_BYTES", 4 * 1024 * 1024, min=1024, max=1 << 30),
             log_level=env.choice("LLMSCOPE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         )
