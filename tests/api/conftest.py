@@ -19,6 +19,7 @@ from llmscope.bus.settings import BusSettings
 from llmscope.config.env import Secret
 
 API_KEY = "test-key-0123456789abcdef"
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 @pytest.fixture
@@ -30,6 +31,7 @@ def settings(database_url: str, nats_url: str) -> ApiSettings:
         port=0,
         spc_request_timeout_s=2.0,
         persister=False,  # tests seed Postgres directly; `persisting_api` runs the persister
+        alert_allowed_hosts=LOOPBACK,  # local SMTP and HTTP sinks, as an operator's allow-list
     )
 
 

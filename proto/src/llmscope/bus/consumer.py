@@ -360,7 +360,11 @@ class DurableConsumer(Generic[T]):
     async def _reject(self, msg: Msg, reason: str, stream_seq: int) -> None:
         # The dead letter is published (and acked by JetStream) before the original is dropped.
         await self._dead_letters.send(
-            subject=msg.subject, payload=msg.data, reason=reason, stream_seq=stream_seq
+            subject=msg.subject,
+            payload=msg.data,
+            reason=reason,
+            stream_seq=stream_seq,
+            msg_id=(msg.headers or {}).get("Nats-Msg-Id"),
         )
         await msg.term()
         self.dead_lettered += 1

@@ -11,7 +11,13 @@ from llmscope.proto.deadletter import DeadLetterEvent
 
 
 def dead_letter_event(
-    *, source: str, subject: str, payload: bytes, reason: str, stream_seq: int | None = None
+    *,
+    source: str,
+    subject: str,
+    payload: bytes,
+    reason: str,
+    stream_seq: int | None = None,
+    msg_id: str | None = None,
 ) -> DeadLetterEvent:
     """Wrap raw bytes and a reason into a ``deadletter.v1`` event (pure)."""
     try:
@@ -27,6 +33,7 @@ def dead_letter_event(
         payload=text,
         payload_encoding=encoding,  # type: ignore[arg-type]
         stream_seq=stream_seq,
+        msg_id=msg_id,
     )
 
 
@@ -39,10 +46,21 @@ class DeadLetters:
         self._subject = subjects.deadletter(source)
 
     async def send(
-        self, *, subject: str, payload: bytes, reason: str, stream_seq: int | None = None
+        self,
+        *,
+        subject: str,
+        payload: bytes,
+        reason: str,
+        stream_seq: int | None = None,
+        msg_id: str | None = None,
     ) -> DeadLetterEvent:
         event = dead_letter_event(
-            source=self._source, subject=subject, payload=payload, reason=reason, stream_seq=stream_seq
+            source=self._source,
+            subject=subject,
+            payload=payload,
+            reason=reason,
+            stream_seq=stream_seq,
+            msg_id=msg_id,
         )
         await self._publisher.publish(self._subject, event)
         return event

@@ -16,3 +16,5 @@ class DeadLetterEvent(Event, frozen=True, kw_only=True, tag="deadletter.v1"):
     payload: str
     payload_encoding: Literal["utf-8", "base64"] = "utf-8"
     stream_seq: int | None = None
+    msg_id: str | None = None
+    """The original's ``Nats-Msg-Id`` (a replay reuses it, so the stream de-duplicates it)."""

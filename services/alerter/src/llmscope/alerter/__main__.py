@@ -15,12 +15,13 @@ import asyncio
 import sys
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
-import aiohttp
 import asyncpg
 
 from llmscope.alerter.config import build_runtime, load_file
 from llmscope.alerter.control import ControlResponder
+from llmscope.alerter.destinations import Destinations, guarded_session
 from llmscope.alerter.metrics import AlerterMetrics
 from llmscope.alerter.migrate import migrate
 from llmscope.alerter.retention import RetentionPolicy
@@ -56,8 +57,19 @@ async def serve(settings: AlerterSettings, env: Env, stop: asyncio.Event) -> Non
     file = load_file(settings.config_path) if settings.config_path else None
     dsn = settings.database_url.get()
     # Like NATS below: a database that is not up yet is waited for (a line per attempt).
+    limit = settings.db_statement_timeout_s
+    # Every query bounded, as the API's: Postgres ends a slow one, the client a frozen server.
     pool = await wait_for_postgres(
-        lambda: asyncpg.create_pool(dsn, min_size=1, max_size=8), dsn=dsn, stop=stop
+        lambda: asyncpg.create_pool(
+            dsn,
+            min_size=1,
+            max_size=8,
+            timeout=10,
+            command_timeout=limit + 5 if limit > 0 else None,
+            server_settings={"statement_timeout": str(int(limit * 1000))} if limit > 0 else None,
+        ),
+        dsn=dsn,
+        stop=stop,
     )
     try:
         async with pool.acquire() as conn:
@@ -81,7 +93,13 @@ async def serve(settings: AlerterSettings, env: Env, stop: asyncio.Event) -> Non
                 analysis_lease=(settings.llm.timeout if settings.llm else 0) + 60,
             )
             metrics = AlerterMetrics()
-            async with aiohttp.ClientSession() as session:
+            # Every HTTP connection of the alerter goes through the outbound policy's resolver
+            # (DNS rebinding: llmscope.config.outbound); the LLM analysis URL comes from the
+            # operator's environment, never from the API, so its host is allowed as configured.
+            policy = Destinations.from_env(env)
+            if settings.llm is not None:
+                policy = policy.also_allowing(urlsplit(settings.llm.url).hostname or "")
+            async with guarded_session(policy) as session:
                 alerter = Alerter(
                     store,
                     env=env,

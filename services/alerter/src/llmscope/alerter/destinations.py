@@ -1,104 +1,47 @@
-"""Where notifications may go: never to this host, the cloud's metadata service or the private
-network, unless the operator names the destination in ``LLMSCOPE_ALERT_ALLOWED_HOSTS``.
+"""Where notifications may go: the shared outbound policy (:mod:`llmscope.config.outbound`),
+with refusals as permanent delivery errors.
 
-Channel URLs and the SMTP host are set through the API by anyone holding the key; without this
-check a Slack or webhook URL of ``http://169.254.169.254/...`` or ``http://10.0.0.5:6379`` turned
-the alerter into a proxy into its own network (and the test send into a port scanner). Every
-address a destination resolves to must be global (``ipaddress``'s ``is_global``: not loopback,
-private, link-local, shared, reserved or multicast) unless an allow-list entry covers it: a host
-name as written in the URL, an address, or a network (``127.0.0.1,10.0.0.0/8,hooks.internal``).
-The check runs before every send (test sends included); redirects are never followed
-(:mod:`llmscope.alerter.notifiers.http`). A name that resolves differently between this check and
-the connection (DNS rebinding) is not covered.
+Every address a destination resolves to must be public unless ``LLMSCOPE_ALERT_ALLOWED_HOSTS``
+names it; the check runs before every send (test sends included) and again inside the
+connection: HTTP channels connect through :func:`guarded_session`'s resolver, the email channel
+to the address :meth:`Destinations.addresses` checked, so a name that resolves differently
+between the check and the connection (DNS rebinding) reaches nothing. Redirects are never
+followed (:mod:`llmscope.alerter.notifiers.http`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
-import socket
-from collections.abc import Iterable
-from urllib.parse import urlsplit
+import aiohttp
+from aiohttp.abc import ResolveResult
 
 from llmscope.alerter.retry import DeliveryError
-from llmscope.config.env import ConfigError, Env
+from llmscope.config.outbound import ALLOWED_HOSTS_ENV, DestinationRefused, GuardedResolver, OutboundPolicy
 
-ALLOWED_HOSTS_ENV = "LLMSCOPE_ALERT_ALLOWED_HOSTS"
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+__all__ = ["ALLOWED_HOSTS_ENV", "DestinationRefused", "Destinations", "guarded_session"]
 
 
-def _kind(address: IPAddress) -> str:
-    address = getattr(address, "ipv4_mapped", None) or address
-    if address.is_unspecified:
-        return "unspecified"
-    if address.is_loopback:
-        return "loopback"
-    if address.is_link_local:
-        return "link-local (cloud metadata)"
-    if address.is_private:
-        return "private"
-    if address.is_multicast:
-        return "multicast"
-    return "non-public"
+def refused(exc: DestinationRefused) -> DeliveryError:
+    return DeliveryError(str(exc), retryable=False)
 
 
-class Destinations:
-    """The allow-list, and the check of one host against it."""
-
-    def __init__(self, allowed: Iterable[str] = ()) -> None:
-        self._names: set[str] = set()
-        self._networks: list[IPNetwork] = []
-        for entry in allowed:
-            entry = entry.strip().lower().strip("[]")
-            if not entry:
-                continue
-            try:
-                self._networks.append(ipaddress.ip_network(entry, strict=False))
-            except ValueError:
-                self._names.add(entry)
-
-    @classmethod
-    def from_env(cls, env: Env) -> Destinations:
-        try:
-            return cls(env.items(ALLOWED_HOSTS_ENV))
-        except ValueError as exc:  # pragma: no cover - items() only splits
-            raise ConfigError(f"{ALLOWED_HOSTS_ENV}: {exc}") from exc
-
-    def _allowed(self, address: IPAddress) -> bool:
-        if address.is_global and not address.is_multicast:
-            return True
-        mapped = getattr(address, "ipv4_mapped", None)
-        candidates = [address] if mapped is None else [address, mapped]
-        return any(a in net for a in candidates for net in self._networks if a.version == net.version)
+class Destinations(OutboundPolicy):
+    """The outbound policy, raising a permanent :class:`DeliveryError` instead."""
 
     async def check(self, host: str, port: int | None = None) -> None:
-        """Raise a permanent :class:`DeliveryError` when ``host`` may not be sent to."""
-        name = host.strip().lower().strip("[]")
-        if not name or name in self._names:
-            return
         try:
-            addresses: list[IPAddress] = [ipaddress.ip_address(name)]
-        except ValueError:
-            try:
-                infos = await asyncio.get_running_loop().getaddrinfo(name, port or 0, type=socket.SOCK_STREAM)
-            except OSError:
-                return  # unresolvable: the send itself fails, with a transport error
-            addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
-        for address in addresses:
-            if not self._allowed(address):
-                raise DeliveryError(
-                    f"destination not allowed: {name} is a {_kind(address)} address "
-                    f"(name it in {ALLOWED_HOSTS_ENV} to allow it)",
-                    retryable=False,
-                )
+            await super().check(host, port)
+        except DestinationRefused as exc:
+            raise refused(exc) from None
 
-    async def check_url(self, url: str) -> None:
-        """:meth:`check` of a URL's host (the URL itself is never named: it may hold a token)."""
+    async def addresses(self, host: str, port: int | None = None) -> list[ResolveResult] | None:
+        """The checked addresses to connect to (None: the name does not resolve)."""
         try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError:
-            return  # malformed: aiohttp refuses it as an invalid URL
-        await self.check(parts.hostname or "", port)
+            return await self.resolve(host, port)
+        except DestinationRefused as exc:
+            raise refused(exc) from None
+
+
+def guarded_session(policy: OutboundPolicy, **kwargs: object) -> aiohttp.ClientSession:
+    """A client session whose connections go only where ``policy`` allows (see the module)."""
+    connector = aiohttp.TCPConnector(resolver=GuardedResolver(policy))
+    return aiohttp.ClientSession(connector=connector, **kwargs)  # type: ignore[arg-type]

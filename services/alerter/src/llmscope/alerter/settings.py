@@ -3,6 +3,7 @@
 | variable | default | meaning |
 | --- | --- | --- |
 | DATABASE_URL | (required) | Postgres DSN; the alerter creates its own `alerter_*` tables |
+| LLMSCOPE_DB_STATEMENT_TIMEOUT_S | 30 | longest a query may run (as the API's); 0: no limit |
 | NATS_URL | nats://127.0.0.1:4222 | NATS server(s); stream limits: see llmscope.bus.settings |
 | LLMSCOPE_ALERTER_CONFIG | (none) | YAML/TOML file of channels, routes, silences (see config.py) |
 | LLMSCOPE_PUBLIC_URL | http://127.0.0.1:8000 | dashboard URL for "View details" links (/violations/{id}) |
@@ -125,6 +126,7 @@ class AlerterSettings:
     llm: LlmConfig | None
     log_level: str
     tickets: TicketConfig | None = None
+    db_statement_timeout_s: float = 30.0
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> AlerterSettings:
@@ -196,4 +198,5 @@ class AlerterSettings:
             llm=llm,
             log_level=env.choice("LLMSCOPE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
             tickets=ticket_config(env),
+            db_statement_timeout_s=env.number("LLMSCOPE_DB_STATEMENT_TIMEOUT_S", 30, min=0, max=86400),
         )

@@ -13,6 +13,7 @@ from typing import Literal
 import aiohttp
 
 from llmscope.alerter.config import Timings, build_runtime, load_file
+from llmscope.alerter.destinations import Destinations, guarded_session
 from llmscope.alerter.notifiers.base import AlertView, Notification
 from llmscope.alerter.notifiers.registry import build_notifier
 from llmscope.alerter.retry import Attempt, DeliveryError, RetryPolicy, send_with_retry
@@ -122,7 +123,8 @@ async def send_test(
         public_url=public_url,
     )
     own_session = session is None
-    http = session or aiohttp.ClientSession()
+    # Without a session of the caller's, one that connects only where the channel may go.
+    http = session or guarded_session(spec.destinations or Destinations.from_env(env))
     try:
         notifier = build_notifier(spec, http)
         try:

@@ -21,6 +21,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from llmscope.api import unavailable
 from llmscope.api.auth import IngestKeyAuth
 from llmscope.api.charts import EngineUnavailable
 from llmscope.api.frontdoor import FrontDoor
@@ -114,13 +115,16 @@ def create_app(settings: ApiSettings) -> FastAPI:
         traces = otlp.TraceReceiver(lambda: rt.publisher, rt.metrics, max_body_bytes=settings.max_body_bytes)
         app.include_router(otlp.router(traces))
 
+    unavailable.install(app)
+    retry = {"Retry-After": str(unavailable.RETRY_AFTER_S)}
+
     @app.exception_handler(NotReady)
     async def not_ready(_: Request, exc: NotReady) -> JSONResponse:
-        return JSONResponse({"detail": f"starting or stopping: {exc}"}, status_code=503)
+        return JSONResponse({"detail": f"starting or stopping: {exc}"}, status_code=503, headers=retry)
 
     @app.exception_handler(EngineUnavailable)
     async def engine_unavailable(_: Request, exc: EngineUnavailable) -> JSONResponse:
-        return JSONResponse({"detail": f"starting or stopping: {exc}"}, status_code=503)
+        return JSONResponse({"detail": f"starting or stopping: {exc}"}, status_code=503, headers=retry)
 
     @app.exception_handler(BadCursor)
     async def bad_cursor(_: Request, exc: BadCursor) -> JSONResponse:

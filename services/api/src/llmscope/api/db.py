@@ -80,19 +80,53 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    """A pool whose connections decode JSON/JSONB to Python objects; migrations applied first."""
-    conn = await asyncpg.connect(dsn)
+DEFAULT_STATEMENT_TIMEOUT_S = 30.0
+"""Longest a query may run (``LLMSCOPE_DB_STATEMENT_TIMEOUT_S``); 0 turns the limit off."""
+CONNECT_TIMEOUT_S = 10.0
+"""Longest a new connection may take: a frozen server must not hold a request for a minute."""
+CLIENT_MARGIN_S = 5.0
+"""The client gives up this much after the server's statement timeout: Postgres cancels a slow
+query itself, the client's limit catches a server that does not answer at all (frozen, a dead
+network path), where no server-side setting can fire."""
+
+
+async def create_pool(
+    dsn: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    statement_timeout_s: float = DEFAULT_STATEMENT_TIMEOUT_S,
+) -> asyncpg.Pool:
+    """A pool whose connections decode JSON/JSONB to Python objects and end any query after
+    ``statement_timeout_s``; migrations applied first (without that limit: an index build may
+    take longer)."""
+    conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
     try:
         await migrate(conn)
     finally:
         await conn.close()
-    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection)
+    limited = statement_timeout_s > 0
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        timeout=CONNECT_TIMEOUT_S,
+        command_timeout=statement_timeout_s + CLIENT_MARGIN_S if limited else None,
+        server_settings={"statement_timeout": str(int(statement_timeout_s * 1000))} if limited else None,
+    )
     assert pool is not None
     return pool
 
 
-async def open_pool(dsn: str, *, min_size: int, max_size: int, stop: asyncio.Event | None) -> asyncpg.Pool:
+async def open_pool(
+    dsn: str,
+    *,
+    min_size: int,
+    max_size: int,
+    stop: asyncio.Event | None,
+    statement_timeout_s: float = DEFAULT_STATEMENT_TIMEOUT_S,
+) -> asyncpg.Pool:
     """:func:`create_pool`, waiting for a database that is not up yet (a log line per attempt).
 
     Raises :class:`~llmscope.config.startup.Stopped` when ``stop`` is set first and
@@ -100,5 +134,9 @@ async def open_pool(dsn: str, *, min_size: int, max_size: int, stop: asyncio.Eve
     answers but refuses, as NATS is waited for at start (:mod:`llmscope.bus.connection`).
     """
     return await wait_for_postgres(
-        lambda: create_pool(dsn, min_size=min_size, max_size=max_size), dsn=dsn, stop=stop
+        lambda: create_pool(
+            dsn, min_size=min_size, max_size=max_size, statement_timeout_s=statement_timeout_s
+        ),
+        dsn=dsn,
+        stop=stop,
     )

@@ -122,6 +122,13 @@ SPECS: tuple[SettingSpec, ...] = (
 
 BY_KEY: dict[str, SettingSpec] = {s.key: s for s in SPECS}
 
+DESTINATIONS: dict[str, Literal["url", "host"]] = {
+    "alert.slack.webhook_url": "url",
+    "alert.webhook.url": "url",
+    "alert.email.smtp_host": "host",
+}
+"""Settings the alerter connects to: checked against the outbound policy when saved."""
+
 
 def spec(key: str) -> SettingSpec:
     try:

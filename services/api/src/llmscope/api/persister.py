@@ -51,6 +51,7 @@ from llmscope.proto.violation import ViolationEvent
 log = get_logger("llmscope.api.persister")
 
 SOURCE = "api-persister"
+RETENTION_TIMEOUT_S = 900.0
 FILL_WAIT_S = 0.003
 LAG_SAMPLE_S = 5.0
 """How often each consumer's lag is read from the server (one request per consumer)."""
@@ -411,7 +412,13 @@ async def apply_retention(
         if days <= 0:
             continue
         cutoff = now - timedelta(days=days)
-        status = await pool.execute(f"DELETE FROM {table} WHERE {column} < $1 {also}", cutoff)
+        # The first run after retention is turned on may delete months at once: a limit of its
+        # own, not the one meant for the dashboard's reads.
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(f"SET LOCAL statement_timeout = {int(RETENTION_TIMEOUT_S * 1000)}")
+            status = await conn.execute(
+                f"DELETE FROM {table} WHERE {column} < $1 {also}", cutoff, timeout=RETENTION_TIMEOUT_S + 5
+            )
         deleted[table] = int(status.rsplit(" ", 1)[-1])
     return deleted
 
@@ -612,7 +619,11 @@ async def retention_loop(
 
 async def run_standalone(settings: ApiSettings, stop: asyncio.Event) -> None:
     pool = await open_pool(
-        settings.database_url.get(), min_size=settings.db_pool_min, max_size=settings.db_pool_max, stop=stop
+        settings.database_url.get(),
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        stop=stop,
+        statement_timeout_s=settings.db_statement_timeout_s,
     )
     from llmscope.bus.connection import connect
 

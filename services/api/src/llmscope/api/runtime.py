@@ -24,6 +24,7 @@ from llmscope.bus.connection import connect
 from llmscope.bus.publisher import Publisher
 from llmscope.bus.streams import ensure_streams
 from llmscope.config.logs import get_logger
+from llmscope.config.outbound import OutboundPolicy
 
 log = get_logger("llmscope.api")
 
@@ -38,7 +39,9 @@ class Runtime:
         self.charts = ChartViews(settings.charts_bucket, settings.spc_request_timeout_s)
         self.spc_config = SpcConfigStore(self.charts, replicas=settings.bus.replicas)
         self.switches = ModelSwitchWriter(replicas=settings.bus.replicas)
-        self.store = Store(charts=self.charts, switches=self.switches)
+        self.store = Store(
+            charts=self.charts, switches=self.switches, outbound=OutboundPolicy(settings.alert_allowed_hosts)
+        )
         self.nc: NATS | None = None
         self.publisher: Publisher | None = None
         self.persister: Persister | None = None
@@ -57,7 +60,11 @@ class Runtime:
         s = self.settings
         self._stop = asyncio.Event()  # fresh: a lifespan may run again after a close
         self._pool = await open_pool(
-            s.database_url.get(), min_size=s.db_pool_min, max_size=s.db_pool_max, stop=stop
+            s.database_url.get(),
+            min_size=s.db_pool_min,
+            max_size=s.db_pool_max,
+            stop=stop,
+            statement_timeout_s=s.db_statement_timeout_s,
         )
         self.store.attach(self._pool)
         try:

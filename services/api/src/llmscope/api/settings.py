@@ -10,6 +10,7 @@
 | LLMSCOPE_PERSISTER | true | run the persister (telemetry/violations/dead letters -> Postgres) in-process |
 | LLMSCOPE_DB_POOL_MIN | 1 | smallest asyncpg pool size |
 | LLMSCOPE_DB_POOL_MAX | 10 | largest asyncpg pool size |
+| LLMSCOPE_DB_STATEMENT_TIMEOUT_S | 30 | longest a query may run (then 503 on the API); 0: no limit |
 | LLMSCOPE_PERSIST_BATCH | 500 | messages the persister takes per batch (one transaction) |
 | LLMSCOPE_RETENTION_TELEMETRY_DAYS | 30 | days raw telemetry is kept (0: forever) |
 | LLMSCOPE_RETENTION_ROLLUP_DAYS | 400 | days per-minute rollups are kept (0: forever) |
@@ -20,6 +21,7 @@
 | LLMSCOPE_REFRESH_S | 2 | dashboard auto-refresh interval, seconds |
 | LLMSCOPE_SESSION_DAYS | 7 | lifetime of a dashboard login |
 | LLMSCOPE_MAX_BODY_BYTES | 4194304 | largest body (413 beyond), checked before reading; OTLP: gunzipped too |
+| LLMSCOPE_ALERT_ALLOWED_HOSTS | (none) | non-public hosts, addresses, networks a saved channel may name |
 | LLMSCOPE_STATUS_PUBLIC | false | /status, /api/status and badges open to all (names and statuses only) |
 | LLMSCOPE_LOG_LEVEL | INFO | log level |
 
@@ -48,6 +50,7 @@ class ApiSettings:
     persister: bool = True
     db_pool_min: int = 1
     db_pool_max: int = 10
+    db_statement_timeout_s: float = 30.0
     persist_batch: int = 500
     retention_telemetry_days: float = 30
     retention_rollup_days: float = 400
@@ -58,6 +61,7 @@ class ApiSettings:
     refresh_s: float = 2.0
     session_days: float = 7
     status_public: bool = False
+    alert_allowed_hosts: tuple[str, ...] = ()
     max_body_bytes: int = 4 * 1024 * 1024
     log_level: str = "INFO"
 
@@ -94,6 +98,7 @@ class ApiSettings:
             persister=env.flag("LLMSCOPE_PERSISTER", True),
             db_pool_min=pool_min,
             db_pool_max=pool_max,
+            db_statement_timeout_s=env.number("LLMSCOPE_DB_STATEMENT_TIMEOUT_S", 30, min=0, max=86400),
             persist_batch=env.integer("LLMSCOPE_PERSIST_BATCH", 500, min=1, max=10_000),
             retention_telemetry_days=env.number("LLMSCOPE_RETENTION_TELEMETRY_DAYS", 30, min=0),
             retention_rollup_days=env.number("LLMSCOPE_RETENTION_ROLLUP_DAYS", 400, min=0),
@@ -104,6 +109,7 @@ class ApiSettings:
             refresh_s=env.number("LLMSCOPE_REFRESH_S", 2.0, min=0.5, max=3600),
             session_days=env.number("LLMSCOPE_SESSION_DAYS", 7, min=0.01, max=365),
             status_public=env.flag("LLMSCOPE_STATUS_PUBLIC", False),
+            alert_allowed_hosts=env.items("LLMSCOPE_ALERT_ALLOWED_HOSTS"),
             max_body_bytes=env.integer("LLMSCOPE_MAX_BODY_BYTES", 4 * 1024 * 1024, min=1024, max=1 << 30),
             log_level=env.choice("LLMSCOPE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         )

@@ -20,6 +20,7 @@ import asyncpg
 from llmscope.api import health_overview, known_settings
 from llmscope.api.charts import ChartViews
 from llmscope.api.switches import ModelSwitchWriter, SwitchesUnavailable
+from llmscope.config.outbound import DestinationRefused, OutboundPolicy
 from llmscope.proto.charts import AVAILABILITY, ChartRecord, ChartView, chart_key
 from llmscope.web.data import (
     BaselineInfo,
@@ -35,6 +36,7 @@ from llmscope.web.data import (
     Overview,
     RebaselineResult,
     Series,
+    SettingError,
     SettingInfo,
     Sparkline,
     Violation,
@@ -253,10 +255,12 @@ class Store:
         *,
         charts: ChartViews | None = None,
         switches: ModelSwitchWriter | None = None,
+        outbound: OutboundPolicy | None = None,
     ) -> None:
         self._pool = pool
         self.charts = charts or ChartViews()
         self.switches = switches or ModelSwitchWriter()
+        self.outbound = outbound or OutboundPolicy()
 
     def attach(self, pool: asyncpg.Pool | None) -> None:
         """Set (or clear) the pool; the app opens it in its lifespan, after routes exist."""
@@ -678,6 +682,7 @@ class Store:
     async def put_setting(self, key: str, value: object, by: str) -> SettingInfo:
         spec = known_settings.spec(key)
         clean = spec.validate(value)
+        await self._check_destination(key, clean)
         await self.pool.execute(
             """INSERT INTO settings (key, value, updated_at, updated_by) VALUES ($1, $2, now(), $3)
                ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now(),
@@ -687,6 +692,19 @@ class Store:
             by,
         )
         return next(s for s in await self.settings() if s.key == key)
+
+    async def _check_destination(self, key: str, value: object) -> None:
+        """A channel URL or SMTP host that reaches a non-public address is refused when saved
+        (the alerter checks again at every send and connection: llmscope.config.outbound)."""
+        if key not in known_settings.DESTINATIONS or not isinstance(value, str) or not value:
+            return
+        try:
+            if known_settings.DESTINATIONS[key] == "url":
+                await self.outbound.check_url(value)
+            else:
+                await self.outbound.check(value)
+        except DestinationRefused as exc:
+            raise SettingError(key, str(exc)) from None
 
     # ---- dead letters and exports ----------------------------------------------------------
     async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ llmscope up                      embedded NATS + Postgres (unless NATS_URL / DAT
 llmscope api|prober|spc-engine|alerter [ARGS]   one service, configured by environment
 llmscope sim serve|inject ...    the simulated LLM endpoint and its anomaly injection
 llmscope spc analyze FILE ...    offline SPC analysis of a CSV, same chart code as the service
+llmscope deadletter list|show|replay   messages no service could take: inspect, replay once fixed
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return up_main(rest)
     if command in SERVICES:
         return _run_service(SERVICES[command], rest)
+    if command == "deadletter":
+        return _run_main("llmscope.stack.deadletter", rest)
     if command == "spc":
         if not rest or rest[0] not in SPC_COMMANDS:
             asked = bool(rest) and rest[0] in ("-h", "--help")

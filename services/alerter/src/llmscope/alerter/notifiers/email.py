@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.generator
 import email.policy
 import functools
@@ -17,6 +18,7 @@ from email.utils import format_datetime
 from typing import Literal
 
 import aiosmtplib
+from aiohttp.abc import ResolveResult
 
 from llmscope.alerter import messages as m
 from llmscope.alerter.destinations import Destinations
@@ -213,6 +215,23 @@ def message_id(notification_id: str) -> str:
     return f"<{left}@llmscope>"
 
 
+async def _connect(found: list[ResolveResult], port: int, limit_s: float) -> socket.socket:
+    """A connected socket to the first of the checked addresses that answers."""
+    loop = asyncio.get_running_loop()
+    last: OSError | None = None
+    for result in found:
+        sock = socket.socket(result["family"], socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, (result["host"], port)), limit_s)
+        except OSError as exc:  # TimeoutError included
+            sock.close()
+            last = exc
+            continue
+        return sock
+    raise last or OSError(f"no address to connect to for port {port}")
+
+
 class EmailNotifier:
     """Sends one multipart message to every recipient."""
 
@@ -260,19 +279,25 @@ class EmailNotifier:
 
     async def send(self, payload: EmailMessage) -> str:
         cfg = self.config
+        found = None
         if self._destinations is not None:
-            await self._destinations.check(cfg.host, cfg.port)
+            # Resolved and checked once; the connection goes to that address (no second lookup
+            # for a rebinding name to answer differently), the host name still names the server
+            # for TLS.
+            found = await self._destinations.addresses(cfg.host, cfg.port)
         context = ssl.create_default_context()
         if not cfg.validate_certs:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         try:
+            sock = await _connect(found, cfg.port, cfg.timeout) if found else None
             errors, answer = await aiosmtplib.send(
                 flatten(payload),
                 sender=cfg.sender,
                 recipients=list(cfg.recipients),
                 hostname=cfg.host,
-                port=cfg.port,
+                port=None if sock else cfg.port,
+                sock=sock,
                 username=cfg.username or None,
                 password=cfg.password.get() or None,
                 use_tls=cfg.security == "ssl",

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 import aiohttp
 
-from llmscope.alerter.destinations import Destinations
+from llmscope.alerter.destinations import DestinationRefused, Destinations
 from llmscope.alerter.retry import DeliveryError, classify_http, describe_error
 
 
@@ -33,6 +33,9 @@ async def post(
             if error is not None:
                 raise error
             return resp.status, body
+    except DestinationRefused as exc:
+        # The connector's resolver refused what the name resolves to now (see destinations).
+        raise DeliveryError(str(exc), retryable=False) from None
     except aiohttp.InvalidURL:
         raise DeliveryError("invalid URL (not shown: it may hold a credential)", retryable=False) from None
     except aiohttp.ClientError as exc:
