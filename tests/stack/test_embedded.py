@@ -4,11 +4,10 @@ and, given credentials, refuse everyone without them."""
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import stat
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -18,6 +17,7 @@ import pytest
 
 from llmscope.stack.embedded import EmbeddedNats, EmbeddedPostgres
 from llmscope.stack.ports import PortInUseError, free_port
+from tests.stack.access import nats_answer, pg_refusal
 
 
 @pytest.fixture
@@ -82,16 +82,6 @@ def _local_addresses() -> list[str]:
     ]
 
 
-def _nats_answer(port: int, connect: Mapping[str, object]) -> str:
-    """What nats-server answers a client that sends ``connect`` (the protocol, spoken by hand)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock, sock.makefile("rwb") as wire:
-        info = json.loads(wire.readline().decode().removeprefix("INFO "))
-        assert info["auth_required"] is True
-        wire.write(b"CONNECT " + json.dumps({"verbose": False, **connect}).encode() + b"\r\nPING\r\n")
-        wire.flush()
-        return wire.readline().decode().strip()
-
-
 async def _nats_round_trip(url: str) -> bytes:
     nc = await nats.connect(url, allow_reconnect=False, connect_timeout=5)
     try:
@@ -106,11 +96,11 @@ def test_nats_with_users_refuses_anonymous_and_wrong_passwords(tmp_path: Path) -
     server = EmbeddedNats(tmp_path / "nats", free_port(), users={"llmscope": "s3cret-pass"})
     server.start()
     try:
-        assert _nats_answer(server.port, {}) == "-ERR 'Authorization Violation'"
+        assert nats_answer(server.port, {}) == "-ERR 'Authorization Violation'"
         wrong = {"user": "llmscope", "pass": "guess"}
-        assert _nats_answer(server.port, wrong) == "-ERR 'Authorization Violation'"
+        assert nats_answer(server.port, wrong) == "-ERR 'Authorization Violation'"
         right = {"user": "llmscope", "pass": "s3cret-pass"}
-        assert _nats_answer(server.port, right) == "PONG"
+        assert nats_answer(server.port, right) == "PONG"
         assert asyncio.run(_nats_round_trip(server.url_for("llmscope"))) == b"in"
         # The password is in a file only the owner reads, never on the public command line.
         config = tmp_path / "nats" / "nats-server.conf"
@@ -122,33 +112,19 @@ def test_nats_with_users_refuses_anonymous_and_wrong_passwords(tmp_path: Path) -
         server.stop()
 
 
-def _pg_refusal(url: str) -> str:
-    """Why PostgreSQL refused ``url`` ("" when it let the client in)."""
-
-    async def attempt() -> str:
-        try:
-            conn = await asyncpg.connect(url, timeout=10)
-        except (asyncpg.PostgresError, OSError) as exc:
-            return f"{type(exc).__name__}: {exc}"
-        await conn.close()
-        return ""
-
-    return asyncio.run(attempt())
-
-
 def test_postgres_with_a_password_refuses_clients_without_it(pg_tmp: Path) -> None:
     server = EmbeddedPostgres(pg_tmp / "pg", free_port(), durable=False, password="pg-s3cret")
     server.start()
     try:
         url = server.create_database("llmscope")
         base = f"127.0.0.1:{server.port}/llmscope"
-        assert "password authentication failed" in _pg_refusal(f"postgresql://postgres@{base}")
-        assert "password authentication failed" in _pg_refusal(f"postgresql://postgres:guess@{base}")
-        assert "password authentication failed" in _pg_refusal(f"postgresql://nobody@{base}")
+        assert "password authentication failed" in pg_refusal(f"postgresql://postgres@{base}")
+        assert "password authentication failed" in pg_refusal(f"postgresql://postgres:guess@{base}")
+        assert "password authentication failed" in pg_refusal(f"postgresql://nobody@{base}")
         # The server's own socket asks for the password too.
         socket_url = f"postgresql://postgres@/llmscope?host={pg_tmp / 'pg'}&port={server.port}"
-        assert "password authentication failed" in _pg_refusal(socket_url)
-        assert _pg_refusal(url) == ""
+        assert "password authentication failed" in pg_refusal(socket_url)
+        assert pg_refusal(url) == ""
         assert asyncio.run(_fetchval(url, "SHOW listen_addresses")) == "127.0.0.1"
         rules = asyncio.run(_fetchval(url, "SELECT array_agg(DISTINCT auth_method) FROM pg_hba_file_rules"))
         assert rules == ["scram-sha-256"]
@@ -165,7 +141,7 @@ def test_postgres_listens_on_loopback_only(pg_tmp: Path) -> None:
     server.start()
     try:
         for address in others:
-            refused = _pg_refusal(f"postgresql://postgres:pg-s3cret@{address}:{server.port}/postgres")
+            refused = pg_refusal(f"postgresql://postgres:pg-s3cret@{address}:{server.port}/postgres")
             assert "refused" in refused.lower(), (address, refused)
     finally:
         server.stop()
@@ -184,7 +160,7 @@ def test_a_cluster_created_open_is_closed_at_its_next_start(pg_tmp: Path) -> Non
     closed.start()
     try:
         base = f"127.0.0.1:{closed.port}/llmscope"
-        assert "password authentication failed" in _pg_refusal(f"postgresql://postgres@{base}")
+        assert "password authentication failed" in pg_refusal(f"postgresql://postgres@{base}")
         assert asyncio.run(_fetchval(closed.url("llmscope"), "SELECT v FROM kept")) == 7
         rules = asyncio.run(
             _fetchval(closed.url(), "SELECT array_agg(DISTINCT auth_method) FROM pg_hba_file_rules")

@@ -360,6 +360,9 @@ class EmbeddedPostgres:
             str(self.data_dir),
             "-c",
             "max_connections=200",
+            # The socket is the owner's alone, like the directory it lives in (default 0777).
+            "-c",
+            "unix_socket_permissions=0700",
         ]
         if not self.durable:
             # Throwaway test clusters: no fsync, the OS page cache is enough.
