@@ -79,6 +79,15 @@ def llmscope_up(data_dir: Path, extra_env: Mapping[str, str] | None = None) -> I
         LLMSCOPE_ALERTER_HEALTH_PORT=str(metrics_ports["alerter"]),
     )
     env.update(extra_env or {})  # may name the ports too (a second `up` on a first one's ports)
+    port, sim_port = int(env["LLMSCOPE_PORT"]), int(env["LLMSCOPE_SIM_PORT"])
+    metrics_ports = {
+        service: int(env[variable])
+        for service, variable in (
+            ("prober", "LLMSCOPE_PROBER_HEALTH_PORT"),
+            ("spc-engine", "LLMSCOPE_SPC_HEALTH_PORT"),
+            ("alerter", "LLMSCOPE_ALERTER_HEALTH_PORT"),
+        )
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "llmscope.stack.cli", "up"],
         env=env,

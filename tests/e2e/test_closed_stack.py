@@ -11,6 +11,7 @@ from __future__ import annotations
 import grp
 import os
 import stat
+import time
 from pathlib import Path
 
 import httpx
@@ -50,8 +51,23 @@ def _assert_owner_only(data_dir: Path) -> None:
             assert stat.S_IMODE(path.stat().st_mode) & stat.S_IRWXO == 0, path
 
 
+def _cmdline(proc: psutil.Process) -> str:
+    """Its command line; "" once gone (PostgreSQL's backends come and go)."""
+    try:
+        return " ".join(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return ""
+
+
+def _name(proc: psutil.Process) -> str:
+    try:
+        return proc.name()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return ""
+
+
 def _children(stack: RunningStack, name: str) -> list[psutil.Process]:
-    return [p for p in psutil.Process(stack.proc.pid).children() if p.name() == name]
+    return [p for p in psutil.Process(stack.proc.pid).children() if _name(p) == name]
 
 
 def _restarted(stack: RunningStack, name: str, before: int) -> bool:
@@ -59,11 +75,21 @@ def _restarted(stack: RunningStack, name: str, before: int) -> bool:
     return line in stack.log() and any(p.pid != before for p in _children(stack, name))
 
 
-def _ready(stack: RunningStack) -> bool:
-    try:
-        return httpx.get(f"{stack.base_url}/readyz", timeout=5).status_code == 200
-    except httpx.TransportError:
-        return False
+def _wait_ready(stack: RunningStack, timeout: float = 90) -> None:
+    """Until /readyz says the API reaches PostgreSQL and NATS; its last answer on failure."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            reply = httpx.get(f"{stack.base_url}/readyz", timeout=5)
+        except httpx.TransportError as exc:
+            last = repr(exc)
+        else:
+            if reply.status_code == 200:
+                return
+            last = f"{reply.status_code} {reply.text}"
+        time.sleep(0.5)
+    raise AssertionError(f"/readyz not ready within {timeout} s: {last}\n{stack.log()}")
 
 
 def test_up_is_closed_restarts_its_servers_and_leaves_nothing_behind(data_dir: Path) -> None:
@@ -86,12 +112,12 @@ def test_up_is_closed_restarts_its_servers_and_leaves_nothing_behind(data_dir: P
         assert pg_refusal(urls["DATABASE_URL"]) == ""
         # Neither password is on a command line (public in /proc), nor in what `up` prints.
         for proc in psutil.Process(stack.proc.pid).children(recursive=True):
-            assert password not in " ".join(proc.cmdline())
+            assert password not in _cmdline(proc)
         assert password not in stack.log()
         assert (data_dir / "pg_password").read_text().strip() not in stack.log()
 
         # Embedded servers are supervised like the services.
-        wait_for(lambda: _ready(stack), 60, what=f"the API ready\n{stack.log()}")
+        _wait_ready(stack)
         for name in ("nats-server", "postgres"):
             [server] = _children(stack, name)
             server.kill()
@@ -102,12 +128,12 @@ def test_up_is_closed_restarts_its_servers_and_leaves_nothing_behind(data_dir: P
             )
         assert nats_answer(int(nats_port), {"user": "llmscope", "pass": password}) == "PONG"
         wait_for(lambda: pg_refusal(urls["DATABASE_URL"]) == "", 60, what="postgres back")
-        wait_for(lambda: _ready(stack), 60, what=f"the API ready again\n{stack.log()}")
+        _wait_ready(stack)
 
         # SIGKILL leaves `up` no chance to stop anything: the kernel's parent-death signal does.
         descendants = psutil.Process(stack.proc.pid).children(recursive=True)
-        assert {"nats-server", "postgres"} <= {p.name() for p in descendants}
-        assert len([p for p in descendants if "llmscope.stack.cli" in " ".join(p.cmdline())]) == 5
+        assert {"nats-server", "postgres"} <= {_name(p) for p in descendants}
+        assert len([p for p in descendants if "llmscope.stack.cli" in _cmdline(p)]) == 5
         stack.proc.kill()
         _, alive = psutil.wait_procs(descendants, timeout=60)
         assert not alive, [(p.pid, p.cmdline()) for p in alive]
@@ -117,6 +143,6 @@ def test_up_is_closed_restarts_its_servers_and_leaves_nothing_behind(data_dir: P
     # No orphan holds a port: the same ports, the same data, the same key.
     with llmscope_up(data_dir, same_ports) as again:
         assert again.api_key == key
-        wait_for(lambda: _ready(again), 60, what=f"the second stack ready\n{again.log()}")
+        _wait_ready(again)
         _assert_owner_only(data_dir)
     assert again.proc.returncode == 0, again.log()
