@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from llmscope.bus.settings import BusSettings
-from llmscope.config.env import ConfigError, Env, Secret
+from llmscope.config.env import ConfigError, Env, Secret, redact_url
 
 
 def test_defaults_apply_when_unset_or_blank() -> None:
@@ -34,6 +34,14 @@ def test_url_errors_hide_passwords() -> None:
     with pytest.raises(ConfigError) as caught:
         Env({"DATABASE_URL": "mysql://u:hunter2@h/db"}).url("DATABASE_URL", None, schemes=("postgresql",))
     assert "hunter2" not in str(caught.value)
+
+
+def test_redacted_urls_keep_everything_but_passwords() -> None:
+    assert redact_url("nats://llmscope:hunter2@127.0.0.1:4222") == "nats://llmscope:****@127.0.0.1:4222"
+    assert (
+        redact_url("nats://a:p1@h1:4222,nats://b:p2@h2:4222") == "nats://a:****@h1:4222,nats://b:****@h2:4222"
+    )
+    assert redact_url("postgresql://postgres@h/db") == "postgresql://postgres@h/db"
 
 
 def test_secrets_never_show_their_value() -> None:

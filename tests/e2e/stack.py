@@ -49,6 +49,11 @@ class RunningStack:
     def log(self) -> str:
         return "".join(self.output[-400:])
 
+    def client_env(self) -> dict[str, str]:
+        """What `up` wrote to DATA_DIR/client.env: the URLs, with their generated passwords."""
+        lines = (self.data_dir / "client.env").read_text().splitlines()
+        return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
 
 def _pump(proc: subprocess.Popen[str], sink: list[str]) -> None:
     assert proc.stdout is not None
@@ -72,8 +77,17 @@ def llmscope_up(data_dir: Path, extra_env: Mapping[str, str] | None = None) -> I
         LLMSCOPE_PROBER_HEALTH_PORT=str(metrics_ports["prober"]),
         LLMSCOPE_SPC_HEALTH_PORT=str(metrics_ports["spc-engine"]),
         LLMSCOPE_ALERTER_HEALTH_PORT=str(metrics_ports["alerter"]),
-        **(extra_env or {}),
     )
+    env.update(extra_env or {})  # may name the ports too (a second `up` on a first one's ports)
+    port, sim_port = int(env["LLMSCOPE_PORT"]), int(env["LLMSCOPE_SIM_PORT"])
+    metrics_ports = {
+        service: int(env[variable])
+        for service, variable in (
+            ("prober", "LLMSCOPE_PROBER_HEALTH_PORT"),
+            ("spc-engine", "LLMSCOPE_SPC_HEALTH_PORT"),
+            ("alerter", "LLMSCOPE_ALERTER_HEALTH_PORT"),
+        )
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "llmscope.stack.cli", "up"],
         env=env,

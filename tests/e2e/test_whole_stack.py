@@ -69,7 +69,7 @@ def _processes_of(data_dir: Path) -> list[psutil.Process]:
 
 
 async def _publish_garbage(stack: RunningStack) -> None:
-    nc = await nats.connect(f"nats://127.0.0.1:{stack.env['LLMSCOPE_NATS_PORT']}")
+    nc = await nats.connect(stack.client_env()["NATS_URL"])
     try:
         js = nc.jetstream()
         await js.publish(subjects.telemetry("ollama", MODEL), b'{"type":"telemetry.v1","latency_ms":"fast"}')

@@ -1,12 +1,18 @@
 from __future__ import annotations
 
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from llmscope.config.env import ConfigError, Env
 from llmscope.stack import cli
-from llmscope.stack.up import Stack, UpSettings, load_or_create_api_key
+from llmscope.stack.up import Child, Stack, UpSettings, load_or_create_api_key, load_or_create_secret
 
 
 def test_help_lists_every_service(capsys: pytest.CaptureFixture[str]) -> None:
@@ -66,3 +72,56 @@ def test_api_key_is_generated_once_and_kept_private(tmp_path: Path) -> None:
     assert len(key) >= 40
     assert load_or_create_api_key(tmp_path) == key
     assert (tmp_path / "api_key").stat().st_mode & 0o077 == 0
+
+
+def test_generated_secrets_are_private_and_older_files_are_tightened(tmp_path: Path) -> None:
+    older = tmp_path / "nats_password"
+    older.write_text("kept\n")
+    older.chmod(0o644)
+    assert load_or_create_secret(tmp_path, "nats_password") == "kept"
+    assert stat.S_IMODE(older.stat().st_mode) == 0o600
+    password = load_or_create_secret(tmp_path, "pg_password")
+    assert len(password) >= 40
+    assert password != load_or_create_api_key(tmp_path)
+    assert stat.S_IMODE((tmp_path / "pg_password").stat().st_mode) == 0o600
+
+
+def _until(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def test_an_embedded_server_that_dies_or_cannot_start_is_restarted_one_line_each(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack = Stack(UpSettings.from_env(Env({"LLMSCOPE_DATA_DIR": str(tmp_path)})))
+    calls = 0
+
+    def launch() -> subprocess.Popen[bytes]:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # as when another process took the port meanwhile
+            raise RuntimeError("port 4222 is already in use")
+        # The first process exits at once, the third stays up.
+        code = "pass" if calls == 1 else "import time; time.sleep(120)"
+        return subprocess.Popen([sys.executable, "-c", code])
+
+    server = Child(name="nats-server", launch=launch)
+    server.start()
+    stack.infra.append(server)
+    supervisor = threading.Thread(target=stack.supervise)
+    supervisor.start()
+    try:
+        assert _until(lambda: calls == 3 and server.running, 30), calls
+    finally:
+        stack.request_stop()
+        supervisor.join()
+        server.stop()
+    assert capsys.readouterr().out.splitlines() == [
+        "llmscope: nats-server exited with code 0; restarting in 1 s",
+        "llmscope: nats-server failed to start (port 4222 is already in use); restarting in 2 s",
+    ]

@@ -13,6 +13,7 @@ import asyncio
 from nats.aio.client import Client as NATS
 from nats.errors import NoServersError
 
+from llmscope.config.env import redact_url
 from llmscope.config.logs import get_logger
 from llmscope.config.startup import unless_stopped
 
@@ -51,7 +52,7 @@ async def connect(
             log.debug("NATS error", client=name, error=repr(exc))
             return
         warned = True
-        log.warning("NATS error; retrying every second", client=name, url=url, error=repr(exc))
+        log.warning("NATS error; retrying every second", client=name, url=redact_url(url), error=repr(exc))
 
     # With max_reconnect_attempts=-1 nats-py itself retries the first connection forever.
     pending = nc.connect(

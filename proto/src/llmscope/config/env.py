@@ -145,3 +145,8 @@ def _redact(url: str) -> str:
     if parsed.password:
         return url.replace(parsed.password, "****")
     return url
+
+
+def redact_url(url: str) -> str:
+    """``url``, or a comma-separated list of URLs, with every password replaced by ``****``."""
+    return ",".join(_redact(part) for part in url.split(","))

