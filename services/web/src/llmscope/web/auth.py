@@ -112,7 +112,8 @@ def change_refusal(auth: Authenticator, session: Session, request: Request) -> s
     # A browser names the page's origin on every POST: one that names another site (or "null", a
     # sandboxed frame or a data: URL) is refused whatever else is sent; without one, the token or
     # a same-origin Referer is needed.
-    if (origin is not None and not _names_this_host(origin, request)) or not (token_ok or same_origin(request)):
+    foreign = origin is not None and not _names_this_host(origin, request)
+    if foreign or not (token_ok or same_origin(request)):
         return "cross-site request refused: no valid CSRF token and no same-origin Origin or Referer"
     if request.url.path != "/logout" and not grants(session.scope, "admin"):
         return f"this session's scope is '{session.scope}'; changes need 'admin' ({SCOPE_KEYS['admin']})"
