@@ -17,6 +17,7 @@ from collections.abc import Callable
 from importlib.util import find_spec
 from typing import Any
 
+import asyncpg
 from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -124,6 +125,13 @@ def create_app(settings: ApiSettings, *, clock: Callable[[], float] = time.time)
     async def sessions_unavailable(_: Request, exc: AuthUnavailable) -> Response:
         return unavailable(exc)
 
+    @app.exception_handler(asyncpg.DataError)
+    async def unstorable(_: Request, exc: asyncpg.DataError) -> JSONResponse:
+        # A value Postgres cannot take (a NUL in a JSON string, a number out of its column's
+        # range) is the caller's to fix: a 422 with Postgres's reason, never a 500.
+        detail = [{"loc": ["body"], "msg": f"value cannot be stored: {exc}", "type": "value_error"}]
+        return JSONResponse({"detail": detail}, status_code=422)
+
     @app.exception_handler(NotReady)
     async def not_ready(_: Request, exc: NotReady) -> JSONResponse:
         return JSONResponse({"detail": f"starting or stopping: {exc}"}, status_code=503)
@@ -152,6 +160,7 @@ def create_app(settings: ApiSettings, *, clock: Callable[[], float] = time.time)
             components.update(charts.openapi_components())
             components.update(spc_config.openapi_components())
             components.update(admin.openapi_components())
+            components.update(stats.openapi_components())
         return app.openapi_schema or default_openapi()
 
     app.openapi = openapi  # type: ignore[method-assign]

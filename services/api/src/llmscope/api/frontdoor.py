@@ -13,6 +13,8 @@ took the process to 1.26 GB. This ASGI middleware runs first:
   (:func:`~llmscope.web.auth.change_refusal`), before its form is read;
 - a client with too many failed authentications gets 429 with ``Retry-After``; a session that
   cannot be checked (database away) 503;
+- a NUL character in the path or a query parameter is 422 naming it (Postgres text cannot hold
+  one: it was a 500 from the query that tried);
 - a body over ``max_body_bytes`` is refused with 413: at once when ``Content-Length`` says so,
   or as soon as a streamed (chunked) body passes the limit.
 """
@@ -55,6 +57,23 @@ def unavailable(exc: AuthUnavailable) -> Response:
     )
 
 
+def _nul_in(request: Request) -> Response | None:
+    where: list[str] | None = None
+    if "\x00" in request.url.path:
+        where = ["path"]
+    else:
+        where = next((["query", k] for k, v in request.query_params.multi_items() if "\x00" in k + v), None)
+    if where is None:
+        return None
+    detail = {
+        "loc": where,
+        "field": where[-1],
+        "msg": "a NUL character is not allowed",
+        "type": "value_error",
+    }
+    return JSONResponse({"detail": [detail]}, status_code=422)
+
+
 class FrontDoor:
     """Auth before the body, and a cap on the body's size (see the module docstring)."""
 
@@ -71,6 +90,10 @@ class FrontDoor:
             await self.app(scope, receive, send)
             return
         request = Request(scope)  # headers and cookies only: nothing is received here
+        nul = _nul_in(request)
+        if nul is not None:
+            await nul(scope, receive, send)
+            return
         try:
             refused = await self._refuse(request)
         except RateLimited as exc:
