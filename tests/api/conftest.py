@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import httpx
@@ -67,8 +68,8 @@ async def persisting_api(settings: ApiSettings) -> AsyncIterator[Api]:
 
 
 @contextlib.asynccontextmanager
-async def serve(settings: ApiSettings) -> AsyncIterator[Api]:
-    app = create_app(settings)
+async def serve(settings: ApiSettings, *, clock: Callable[[], float] = time.time) -> AsyncIterator[Api]:
+    app = create_app(settings, clock=clock)
     transport = httpx.ASGITransport(app=app)
     async with (
         app.router.lifespan_context(app),

@@ -91,3 +91,16 @@ def test_the_limit_is_configurable() -> None:
     )
     with pytest.raises(ConfigError):
         ApiSettings.from_env(bad)
+
+
+async def test_a_nul_character_is_422_naming_where_not_a_500(api: Api) -> None:
+    """Found by schemathesis (issue 9): Postgres text cannot hold NUL, and the query failed."""
+    r = await api.client.get("/api/violations", params={"provider": "a\x00b"})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["query", "provider"]
+    r = await api.client.get("/api/spc/config/ollama/a%00b")
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["path"]
+    # In a JSON body: Postgres refuses it where it is stored; that is the caller's 422 too.
+    r = await api.client.put("/api/settings/alert.email.from_addr", json={"value": "a\x00@example.com"})
+    assert r.status_code == 422, r.text

@@ -29,7 +29,7 @@ JSON = {"Content-Type": "application/json", "Authorization": f"Bearer {INGEST_KE
 @pytest.fixture
 async def otlp_api(settings: ApiSettings) -> AsyncIterator[Api]:
     """The API with the OTLP receiver on and the persister running."""
-    changed = dataclasses.replace(settings, otlp_ingest_key=Secret(INGEST_KEY), persister=True)
+    changed = dataclasses.replace(settings, ingest_key=Secret(INGEST_KEY), persister=True)
     async with serve(changed) as running:
         yield running
 
@@ -171,7 +171,7 @@ async def test_an_exporter_retry_is_stored_once(otlp_api: Api, nats_url: str) ->
 
 
 async def test_bad_bodies_and_credentials(settings: ApiSettings) -> None:
-    small = dataclasses.replace(settings, otlp_ingest_key=Secret(INGEST_KEY), max_body_bytes=4096)
+    small = dataclasses.replace(settings, ingest_key=Secret(INGEST_KEY), max_body_bytes=4096)
     async with serve(small) as api:
         post = api.anon.post
         garbage = await post("/v1/traces", content=b"\xff\xff\xff not protobuf", headers=PROTOBUF)
@@ -193,13 +193,15 @@ async def test_bad_bodies_and_credentials(settings: ApiSettings) -> None:
         r = await post("/v1/traces", content=bomb, headers={**JSON, "Content-Encoding": "gzip"})
         assert r.status_code == 413
         assert "decompressed" in r.json()["message"]
-        # The ingest key and nothing else: not the API key, and the ingest key opens no API route.
-        for key in ("", API_KEY, "wrong-key-0123456789"):
+        # The ingest scope (the admin key has every scope), and the ingest key opens no other route.
+        for key in ("", "wrong-key-0123456789"):
             r = await post("/v1/traces", content=b"{}", headers={**JSON, "Authorization": f"Bearer {key}"})
             assert r.status_code == 401, key
-        assert (
-            await api.anon.get("/api/models", headers={"Authorization": f"Bearer {INGEST_KEY}"})
-        ).status_code == 401
+        admin = {**JSON, "Authorization": f"Bearer {API_KEY}"}
+        assert (await post("/v1/traces", content=b"{}", headers=admin)).status_code == 200
+        r = await api.anon.get("/api/models", headers={"Authorization": f"Bearer {INGEST_KEY}"})
+        assert r.status_code == 403
+        assert "needs scope 'read'" in r.json()["detail"]
         # An empty export is a valid one.
         assert (await post("/v1/traces", content=b"{}", headers=JSON)).json() == {}
         assert "/v1/traces" in (await api.anon.get("/openapi.json")).json()["paths"]
@@ -208,7 +210,7 @@ async def test_bad_bodies_and_credentials(settings: ApiSettings) -> None:
 async def test_receiver_off_without_an_ingest_key(api: Api) -> None:
     r = await api.anon.post("/v1/traces", content=b"{}", headers=JSON)
     assert r.status_code == 404
-    assert "LLMSCOPE_OTLP_INGEST_KEY" in r.json()["detail"]
+    assert "LLMSCOPE_INGEST_KEY" in r.json()["detail"]
 
 
 async def test_503_with_retry_after_while_nats_is_away(otlp_api: Api, nats_url: str) -> None:
@@ -229,9 +231,9 @@ async def test_503_with_retry_after_while_nats_is_away(otlp_api: Api, nats_url: 
 def test_ingest_key_is_validated_at_start() -> None:
     base = {"DATABASE_URL": "postgresql://u:p@h/db", "LLMSCOPE_API_KEY": API_KEY}
     settings = ApiSettings.from_env(Env({**base, "LLMSCOPE_OTLP_INGEST_KEY": INGEST_KEY}))
-    assert settings.otlp_ingest_key.get() == INGEST_KEY
+    assert settings.ingest_key.get() == INGEST_KEY
     assert INGEST_KEY not in repr(settings)
-    assert not ApiSettings.from_env(Env(base)).otlp_ingest_key
+    assert not ApiSettings.from_env(Env(base)).ingest_key
     with pytest.raises(ConfigError, match="too short"):
         ApiSettings.from_env(Env({**base, "LLMSCOPE_OTLP_INGEST_KEY": "short"}))
     with pytest.raises(ConfigError, match="must differ"):

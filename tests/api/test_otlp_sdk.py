@@ -77,7 +77,7 @@ def instrumented_app(endpoint: str, key: str) -> list[SpanExportResult]:
 async def test_the_sdk_exporter_is_answered_and_its_spans_become_traffic(
     settings: ApiSettings, nats_url: str
 ) -> None:
-    served = dataclasses.replace(settings, otlp_ingest_key=Secret(INGEST_KEY), host="127.0.0.1", port=0)
+    served = dataclasses.replace(settings, ingest_key=Secret(INGEST_KEY), host="127.0.0.1", port=0)
     async with run_api(served) as url:
         results = await asyncio.to_thread(instrumented_app, url, INGEST_KEY)
         assert results

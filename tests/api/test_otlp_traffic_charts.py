@@ -38,7 +38,7 @@ WINDOWS, SLOW_FROM, PER_WINDOW = 14, 8, 8
 @pytest.fixture
 async def otlp_api(settings: ApiSettings) -> AsyncIterator[Api]:
     """The API with the OTLP receiver on and the persister running."""
-    changed = dataclasses.replace(settings, otlp_ingest_key=Secret(INGEST_KEY), persister=True)
+    changed = dataclasses.replace(settings, ingest_key=Secret(INGEST_KEY), persister=True)
     async with serve(changed) as running:
         yield running
 

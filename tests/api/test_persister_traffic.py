@@ -25,7 +25,7 @@ TRAFFIC = ("source", "service_name", "provider_name", "response_model", "error_t
 @pytest.fixture
 async def otlp_api(settings: ApiSettings) -> AsyncIterator[Api]:
     """The API with the OTLP receiver on and the persister running."""
-    changed = dataclasses.replace(settings, otlp_ingest_key=Secret(INGEST_KEY), persister=True)
+    changed = dataclasses.replace(settings, ingest_key=Secret(INGEST_KEY), persister=True)
     async with serve(changed) as running:
         yield running
 

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from llmscope.api.persister import store_telemetry, store_violations
+from llmscope.web.auth import CSRF_HEADER
 from llmscope.web.routes import SESSION_COOKIE
 from tests.api.conftest import API_KEY, Api
 from tests.api.factories import cleared, telemetry, violation
@@ -31,7 +32,16 @@ async def login(api: Api) -> httpx.AsyncClient:
     cookie = r.headers["set-cookie"]
     assert "HttpOnly" in cookie
     assert "SameSite=Strict" in cookie
+    # As htmx does from the page body's hx-headers: every change sends the session's CSRF token.
+    api.anon.headers[CSRF_HEADER] = csrf_token(await api.anon.get("/settings"))
     return api.anon
+
+
+def csrf_token(page: httpx.Response) -> str:
+    found = re.search(r'<meta name="csrf-token" content="([0-9a-f]{64})">', page.text)
+    assert found is not None, page.text[:500]
+    assert f'hx-headers=\'{{"X-CSRF-Token": "{found.group(1)}"}}\'' in page.text
+    return found.group(1)
 
 
 def is_full_page(html: str) -> bool:

@@ -2,29 +2,32 @@
 
 ``create_app(settings)`` builds it; the lifespan opens the Postgres pool (applying migrations),
 connects to NATS, creates the streams and, with ``settings.persister``, runs the persister.
-Everything under ``/api`` needs ``Authorization: Bearer <LLMSCOPE_API_KEY>`` (or, for reads, the
-dashboard's session cookie); ``/healthz``, ``/readyz`` and ``/metrics`` are open, and so are
-``/api/status``, ``/status`` and the badges, with names and statuses only, when
-``LLMSCOPE_STATUS_PUBLIC`` is true. With ``LLMSCOPE_OTLP_INGEST_KEY`` set, ``POST /v1/traces``
-is the OTLP receiver (:mod:`llmscope.api.otlp`), open to that key only.
+Everything under ``/api`` needs a key of the route's scope as ``Authorization: Bearer <key>``
+(:mod:`llmscope.api.auth`; for reads, the dashboard's session cookie does too); ``/healthz``,
+``/readyz`` and ``/metrics`` are open, and so are ``/api/status``, ``/status`` and the badges,
+with names and statuses only, when ``LLMSCOPE_STATUS_PUBLIC`` is true. With
+``LLMSCOPE_INGEST_KEY`` set, ``POST /v1/traces`` is the OTLP receiver (:mod:`llmscope.api.otlp`),
+open to the ingest scope.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from importlib.util import find_spec
 from typing import Any
 
+import asyncpg
 from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmscope.api import unavailable
-from llmscope.api.auth import IngestKeyAuth
 from llmscope.api.charts import EngineUnavailable
-from llmscope.api.frontdoor import FrontDoor
+from llmscope.api.frontdoor import FrontDoor, rate_limited
+from llmscope.api.frontdoor import unavailable as auth_unavailable
 from llmscope.api.otlp import receiver as otlp
 from llmscope.api.routes import (
     admin,
@@ -43,6 +46,7 @@ from llmscope.api.runtime import Runtime
 from llmscope.api.settings import ApiSettings
 from llmscope.api.status_queries import StatusReader
 from llmscope.api.store import BadCursor, NotReady
+from llmscope.web.auth import AuthUnavailable, RateLimited
 from llmscope.web.data import SettingError
 from llmscope.web.routes import WebOptions, install
 
@@ -89,14 +93,15 @@ class MetricsMiddleware:
             self.metrics.http_seconds.labels(name).observe(time.perf_counter() - started)
 
 
-def create_app(settings: ApiSettings) -> FastAPI:
-    """The API and dashboard for one process."""
-    rt = Runtime(settings)
+def create_app(settings: ApiSettings, *, clock: Callable[[], float] = time.time) -> FastAPI:
+    """The API and dashboard for one process; ``clock`` times sessions and the failure limit."""
+    rt = Runtime(settings, clock=clock)
     app = FastAPI(
         title="LLMscope API",
         version=VERSION,
         description="Statistical Process Control for LLM endpoints. "
-        "Authenticate with `Authorization: Bearer <LLMSCOPE_API_KEY>`.",
+        "Authenticate with `Authorization: Bearer <key>`: `LLMSCOPE_API_KEY` (admin, every route), "
+        "`LLMSCOPE_READ_KEY` (GET routes) or `LLMSCOPE_INGEST_KEY` (`POST /api/stats`, `/v1/traces`).",
         lifespan=rt.lifespan,
         docs_url=None,
         redoc_url=None,
@@ -109,14 +114,28 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(status.router(status_reader, rt.auth, public=settings.status_public))
     for module in (stats, charts, violations, admin, export, alerts, incidents, silences, spc_config):
         app.include_router(module.router(rt), dependencies=auth)
-    ingest = IngestKeyAuth(settings.otlp_ingest_key) if settings.otlp_ingest_key else None
-    if ingest is not None:
-        # The front door checks the ingest key (and the body's size) before the route runs.
+    if settings.ingest_key:
+        # The front door checks the ingest scope (and the body's size) before the route runs.
         traces = otlp.TraceReceiver(lambda: rt.publisher, rt.metrics, max_body_bytes=settings.max_body_bytes)
         app.include_router(otlp.router(traces))
 
     unavailable.install(app)
     retry = {"Retry-After": str(unavailable.RETRY_AFTER_S)}
+
+    @app.exception_handler(RateLimited)
+    async def too_many_failures(_: Request, exc: RateLimited) -> Response:
+        return rate_limited(exc)
+
+    @app.exception_handler(AuthUnavailable)
+    async def sessions_unavailable(_: Request, exc: AuthUnavailable) -> Response:
+        return auth_unavailable(exc)
+
+    @app.exception_handler(asyncpg.DataError)
+    async def unstorable(_: Request, exc: asyncpg.DataError) -> JSONResponse:
+        # A value Postgres cannot take (a NUL in a JSON string, a number out of its column's
+        # range) is the caller's to fix: a 422 with Postgres's reason, never a 500.
+        detail = [{"loc": ["body"], "msg": f"value cannot be stored: {exc}", "type": "value_error"}]
+        return JSONResponse({"detail": detail}, status_code=422)
 
     @app.exception_handler(NotReady)
     async def not_ready(_: Request, exc: NotReady) -> JSONResponse:
@@ -146,6 +165,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             components.update(charts.openapi_components())
             components.update(spc_config.openapi_components())
             components.update(admin.openapi_components())
+            components.update(stats.openapi_components())
         return app.openapi_schema or default_openapi()
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -181,6 +201,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
         status=status_reader,
     )
     # Around every route: nothing reads a body before its credential and its size are checked.
-    app.add_middleware(FrontDoor, auth=rt.auth, max_body_bytes=settings.max_body_bytes, ingest=ingest)
+    app.add_middleware(
+        FrontDoor, auth=rt.auth, max_body_bytes=settings.max_body_bytes, receiver_on=bool(settings.ingest_key)
+    )
     app.add_middleware(MetricsMiddleware, runtime=rt)
     return app

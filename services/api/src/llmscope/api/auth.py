@@ -1,84 +1,171 @@
-"""One credential, the API key: bearer tokens for the API, signed session cookies for the dashboard.
+"""Scoped keys, rate-limited failures, revocable sessions: the API's :class:`Authenticator`.
 
-A session token is ``<expiry>.<hmac-sha256(key, expiry)>``: stateless, so every replica accepts
-it, and changing the key logs every browser out. All comparisons are constant-time.
+Keys: ``LLMSCOPE_API_KEY`` (admin), ``LLMSCOPE_READ_KEY`` (read) and ``LLMSCOPE_INGEST_KEY``
+(ingest), each compared in constant time, all of them on every check. Which scope a route needs
+is :func:`needed_scope`; :func:`refusal` says what to answer when the caller's is not enough.
+
+A session token is ``<id>.<scope>.<expiry>.<hmac>``, signed with the API key over a fingerprint
+of its scope's key too: changing either key logs those browsers out. It is accepted by every
+replica, survives restarts, and stops working at logout (:class:`RevokedSessions`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from fastapi import HTTPException, Request
 
+from llmscope.api.ratelimit import FailureLimiter
+from llmscope.api.sessions import RevokedSessions
 from llmscope.config.env import Secret
-from llmscope.web.routes import SESSION_COOKIE
+from llmscope.web.auth import (
+    SCOPE_KEYS,
+    SCOPES,
+    SESSION_COOKIE,
+    Principal,
+    RateLimited,
+    Scope,
+    Session,
+    client_of,
+    grants,
+)
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_PRINCIPAL = "llmscope_principal"  # request.state: identified once, by the front door
+
+
+def needed_scope(method: str, path: str) -> Scope | None:
+    """The scope a route needs; None outside ``/api`` and ``/v1`` (the dashboard's own rules)."""
+    if path.startswith("/v1/") or (path == "/api/stats" and method == "POST"):
+        return "ingest"
+    if path.startswith("/api/"):
+        return "read" if method in SAFE_METHODS else "admin"
+    return None
+
+
+def refusal(principal: Principal | None, method: str, path: str) -> tuple[int, str] | None:
+    """(status, detail) when ``principal`` may not call the route, else None."""
+    need = needed_scope(method, path)
+    if need is None:
+        return None
+    # The dashboard's cookie reads the API but never changes anything through it: changes from
+    # the dashboard go through its own routes, which check the CSRF token.
+    if principal is not None and principal.session is not None and method not in SAFE_METHODS:
+        principal = None
+    if principal is None:
+        return 401, f"missing or invalid API key: send 'Authorization: Bearer <{SCOPE_KEYS[need]}>'"
+    if not grants(principal.scope, need):
+        return 403, (
+            f"this key's scope is '{principal.scope}'; {method} {path} needs scope '{need}' "
+            f"({SCOPE_KEYS[need]})"
+        )
+    return None
+
+
+def _fingerprint(key: bytes) -> str:
+    return hashlib.sha256(key).hexdigest()[:16]
 
 
 class KeyAuth:
-    """Checks the API key and issues/validates session tokens (the web's ``Authenticator``)."""
+    """Checks keys and issues/validates/revokes session tokens (the web's ``Authenticator``)."""
 
-    def __init__(self, key: Secret, *, session_s: float = 7 * 86400, clock: Callable[[], float] = time.time):
-        self._key = key.get().encode()
+    def __init__(
+        self,
+        keys: Mapping[Scope, Secret],
+        *,
+        revoked: RevokedSessions,
+        limiter: FailureLimiter,
+        session_s: float = 7 * 86400,
+        clock: Callable[[], float] = time.time,
+    ):
+        admin = keys["admin"].get().encode()
+        self._keys = [(scope, keys[scope].get().encode()) for scope in SCOPES if keys.get(scope)]
+        self._sign_key = admin
+        self._fingerprints = {scope: _fingerprint(key) for scope, key in self._keys}
+        self.revoked = revoked
+        self.limiter = limiter
         self._session_s = session_s
         self._clock = clock
 
-    def check_key(self, candidate: str) -> bool:
-        return hmac.compare_digest(candidate.encode(), self._key)
+    # ---- keys ------------------------------------------------------------------------------
+    def key_scope(self, candidate: str, client: str) -> Scope | None:
+        wait = self.limiter.retry_after(client)
+        if wait is not None:
+            raise RateLimited(wait)
+        sent = candidate.encode()
+        found: Scope | None = None
+        for scope, key in self._keys:  # every key, always: the time taken says nothing
+            if hmac.compare_digest(sent, key):
+                found = scope
+        if found is None:
+            self.limiter.fail(client)
+        return found
 
-    def _sign(self, expiry: str) -> str:
-        return hmac.new(self._key, f"llmscope-session:{expiry}".encode(), hashlib.sha256).hexdigest()
+    # ---- sessions --------------------------------------------------------------------------
+    def _sign(self, body: str, scope: Scope) -> str:
+        message = f"llmscope-session:{body}:{self._fingerprints[scope]}".encode()
+        return hmac.new(self._sign_key, message, hashlib.sha256).hexdigest()
 
-    def issue_session(self) -> str:
-        expiry = str(int(self._clock() + self._session_s))
-        return f"{expiry}.{self._sign(expiry)}"
+    def issue_session(self, scope: Scope) -> str:
+        body = f"{secrets.token_urlsafe(16)}.{scope}.{int(self._clock() + self._session_s)}"
+        return f"{body}.{self._sign(body, scope)}"
 
-    def check_session(self, token: str | None) -> bool:
-        if not token or "." not in token:
-            return False
-        expiry, sig = token.split(".", 1)
-        if not expiry.isdigit() or not hmac.compare_digest(sig, self._sign(expiry)):
-            return False
-        return int(expiry) > self._clock()
+    def _parse(self, token: str) -> Session | None:
+        parts = token.split(".")
+        if len(parts) != 4:
+            return None
+        sid, scope, expiry, sig = parts
+        if scope not in self._fingerprints or scope == "ingest" or not expiry.isdigit():
+            return None
+        body = f"{sid}.{scope}.{expiry}"
+        # As bytes: compare_digest raises on non-ASCII text, and a cookie is whatever was sent.
+        if not hmac.compare_digest(sig.encode(), self._sign(body, scope).encode()):
+            return None
+        if int(expiry) <= self._clock():
+            return None
+        return Session(sid, scope, int(expiry))
 
-    def allows(self, request: Request) -> bool:
-        """``Authorization: Bearer <key>``, or the session cookie on reads."""
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() == "bearer" and token and self.check_key(token.strip()):
-            return True
-        # The cookie is SameSite=Strict; still, only safe methods may ride on it (no CSRF).
-        return request.method in ("GET", "HEAD") and self.check_session(request.cookies.get(SESSION_COOKIE))
+    async def session(self, token: str | None) -> Session | None:
+        found = self._parse(token) if token else None
+        if found is None or await self.revoked.is_revoked(found.id):
+            return None
+        return found
 
-    def demand(self, request: Request) -> None:
-        """:meth:`allows`, or a 401."""
-        if self.allows(request):
-            return
-        raise HTTPException(
-            401,
-            "missing or invalid API key: send 'Authorization: Bearer <LLMSCOPE_API_KEY>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    async def revoke(self, session: Session) -> None:
+        await self.revoked.revoke(session.id, session.expires)
+
+    def csrf_token(self, session: Session) -> str:
+        return hmac.new(self._sign_key, f"llmscope-csrf:{session.id}".encode(), hashlib.sha256).hexdigest()
+
+    # ---- requests --------------------------------------------------------------------------
+    async def principal(self, request: Request) -> Principal | None:
+        """A bearer key's scope, else the session cookie's; computed once per request."""
+        state = request.scope.setdefault("state", {})
+        if _PRINCIPAL in state:
+            cached: Principal | None = state[_PRINCIPAL]
+            return cached
+        found: Principal | None = None
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            scope = self.key_scope(token.strip(), client_of(request))
+            found = Principal(scope) if scope is not None else None
+        else:
+            session = await self.session(request.cookies.get(SESSION_COOKIE))
+            found = Principal(session.scope, session) if session is not None else None
+        state[_PRINCIPAL] = found
+        return found
 
     async def require(self, request: Request) -> None:
-        """FastAPI dependency: :meth:`demand`.
+        """FastAPI dependency: the route's scope (the front door checked it first already).
 
         A coroutine on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, a
         thread hop per request that cost as much as the ``POST /api/stats`` handler itself."""
-        self.demand(request)
-
-
-class IngestKeyAuth:
-    """The OTLP receiver's credential: ``Authorization: Bearer <LLMSCOPE_OTLP_INGEST_KEY>``.
-
-    Scoped on purpose: it sits in every instrumented application's exporter configuration, so it
-    opens the receiver and nothing else, and the API key does not open the receiver."""
-
-    def __init__(self, key: Secret) -> None:
-        self._key = key.get().encode()
-
-    def allows(self, request: Request) -> bool:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self._key)
+        refused = refusal(await self.principal(request), request.method, request.url.path)
+        if refused is not None:
+            status, detail = refused
+            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            raise HTTPException(status, detail, headers=headers)

@@ -1,13 +1,20 @@
-"""The front door: who may send a body, and how big it may be, decided before any of it is read.
+"""The front door: who may send a request, and how big its body may be, decided before any is read.
 
 FastAPI reads and parses a route's body before it runs the route's dependencies, the auth check
 among them, and Starlette reads a body of any size into memory: one anonymous 48 MB JSON body
 took the process to 1.26 GB. This ASGI middleware runs first:
 
-- a changing request (anything but GET, HEAD, OPTIONS) needs its credential before its body is
-  read: the API key as a bearer token under ``/api``, the dashboard's session cookie elsewhere
-  (``/login`` and ``/logout`` excepted); the route's own check still runs afterwards; under
-  ``/v1/`` (the OTLP receiver) only the ingest key, and a 404 when the receiver is off;
+- under ``/api`` and ``/v1`` (the OTLP receiver) every request needs a key of the route's scope
+  (:func:`~llmscope.api.auth.needed_scope`): 401 without one, 403 naming the scope needed when
+  the key's is another; the dashboard's cookie opens reads only; ``/v1`` answers 404 while the
+  receiver is off; ``GET /api/status`` answers anonymous readers itself (a public status page);
+- a dashboard change (anything but GET, HEAD, OPTIONS; ``/login`` excepted) needs the session
+  cookie, the admin scope and the CSRF token or a strict same-origin ``Origin``
+  (:func:`~llmscope.web.auth.change_refusal`), before its form is read;
+- a client with too many failed authentications gets 429 with ``Retry-After``; a session that
+  cannot be checked (database away) 503;
+- a NUL character in the path or a query parameter is 422 naming it (Postgres text cannot hold
+  one: it was a 500 from the query that tried);
 - a body over ``max_body_bytes`` is refused with 413: at once when ``Content-Length`` says so,
   or as soon as a streamed (chunked) body passes the limit.
 """
@@ -19,13 +26,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llmscope.api.auth import IngestKeyAuth
-from llmscope.web.data import Authenticator
-from llmscope.web.routes import SESSION_COOKIE
+from llmscope.api.auth import SAFE_METHODS, refusal
+from llmscope.web.auth import Authenticator, AuthUnavailable, RateLimited, change_refusal
 
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-OPEN_WRITES = frozenset({"/login", "/logout"})
+OPEN_WRITES = frozenset({"/login"})
 OTLP_PREFIX = "/v1/"
+UNAVAILABLE_RETRY_S = 5
 
 
 class BodyTooLarge(HTTPException):
@@ -35,15 +41,48 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"request body over {limit} bytes (LLMSCOPE_MAX_BODY_BYTES)")
 
 
+def rate_limited(exc: RateLimited) -> Response:
+    return JSONResponse(
+        {"detail": f"{exc}; LLMSCOPE_AUTH_FAILURES"},
+        status_code=429,
+        headers={"Retry-After": str(exc.retry_after_s)},
+    )
+
+
+def unavailable(exc: AuthUnavailable) -> Response:
+    return JSONResponse(
+        {"detail": f"cannot check the session now: {exc}"},
+        status_code=503,
+        headers={"Retry-After": str(UNAVAILABLE_RETRY_S)},
+    )
+
+
+def _nul_in(request: Request) -> Response | None:
+    where: list[str] | None = None
+    if "\x00" in request.url.path:
+        where = ["path"]
+    else:
+        where = next((["query", k] for k, v in request.query_params.multi_items() if "\x00" in k + v), None)
+    if where is None:
+        return None
+    detail = {
+        "loc": where,
+        "field": where[-1],
+        "msg": "a NUL character is not allowed",
+        "type": "value_error",
+    }
+    return JSONResponse({"detail": [detail]}, status_code=422)
+
+
 class FrontDoor:
     """Auth before the body, and a cap on the body's size (see the module docstring)."""
 
     def __init__(
-        self, app: ASGIApp, *, auth: Authenticator, max_body_bytes: int, ingest: IngestKeyAuth | None = None
+        self, app: ASGIApp, *, auth: Authenticator, max_body_bytes: int, receiver_on: bool = False
     ) -> None:
         self.app = app
         self.auth = auth
-        self.ingest = ingest
+        self.receiver_on = receiver_on
         self.limit = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -51,7 +90,16 @@ class FrontDoor:
             await self.app(scope, receive, send)
             return
         request = Request(scope)  # headers and cookies only: nothing is received here
-        refused = self._refuse(request)
+        nul = _nul_in(request)
+        if nul is not None:
+            await nul(scope, receive, send)
+            return
+        try:
+            refused = await self._refuse(request)
+        except RateLimited as exc:
+            refused = rate_limited(exc)
+        except AuthUnavailable as exc:
+            refused = unavailable(exc)
         if refused is not None:
             await refused(scope, receive, send)
             return
@@ -61,37 +109,34 @@ class FrontDoor:
             return
         await self.app(scope, self._capped(receive), send)
 
-    def _refuse(self, request: Request) -> Response | None:
-        if request.url.path.startswith(OTLP_PREFIX):
-            return self._refuse_ingest(request)
-        if request.method in SAFE_METHODS or request.url.path in OPEN_WRITES:
-            return None
-        if request.url.path.startswith("/api/"):
-            if self.auth.allows(request):
+    async def _refuse(self, request: Request) -> Response | None:
+        path, method = request.url.path, request.method
+        if path.startswith(OTLP_PREFIX) and not self.receiver_on:
+            return JSONResponse(
+                {"detail": "the OTLP receiver is off: set LLMSCOPE_INGEST_KEY"}, status_code=404
+            )
+        if path.startswith(("/api/", OTLP_PREFIX)):
+            principal = await self.auth.principal(request)
+            if path == "/api/status" and method in SAFE_METHODS:
+                return None  # public or not, the route decides what an anonymous reader sees
+            refused = refusal(principal, method, path)
+            if refused is None:
                 return None
-            return JSONResponse(
-                {"detail": "missing or invalid API key: send 'Authorization: Bearer <LLMSCOPE_API_KEY>'"},
-                status_code=401,
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        if self.auth.allows(request) or self.auth.check_session(request.cookies.get(SESSION_COOKIE)):
-            return None
-        if request.headers.get("hx-request") == "true":
-            return PlainTextResponse("login required", status_code=401, headers={"HX-Redirect": "/login"})
-        return PlainTextResponse("login required", status_code=303, headers={"Location": "/login"})
-
-    def _refuse_ingest(self, request: Request) -> Response | None:
-        if self.ingest is None:
-            return JSONResponse(
-                {"detail": "the OTLP receiver is off: set LLMSCOPE_OTLP_INGEST_KEY"}, status_code=404
-            )
-        if self.ingest.allows(request):
-            return None
-        return JSONResponse(
-            {"detail": "missing or invalid key: send 'Authorization: Bearer <LLMSCOPE_OTLP_INGEST_KEY>'"},
-            status_code=401,
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+            status, detail = refused
+            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+        if method in SAFE_METHODS or path in OPEN_WRITES:
+            return None  # the pages' own session check sends an anonymous reader to the login
+        principal = await self.auth.principal(request)
+        session = principal.session if principal is not None else None
+        if session is None:
+            if path == "/logout":
+                return None  # nothing to end: the route clears the cookie
+            if request.headers.get("hx-request") == "true":
+                return PlainTextResponse("login required", status_code=401, headers={"HX-Redirect": "/login"})
+            return PlainTextResponse("login required", status_code=303, headers={"Location": "/login"})
+        why = change_refusal(self.auth, session, request)
+        return None if why is None else PlainTextResponse(why, status_code=403)
 
     def _too_large(self) -> Response:
         return JSONResponse(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 from fastapi import FastAPI
@@ -16,6 +17,8 @@ from llmscope.api.charts import ChartViews
 from llmscope.api.db import open_pool
 from llmscope.api.metrics import ApiMetrics
 from llmscope.api.persister import Persister, retention_loop
+from llmscope.api.ratelimit import FailureLimiter
+from llmscope.api.sessions import RevokedSessions
 from llmscope.api.settings import ApiSettings
 from llmscope.api.spc_config import SpcConfigStore
 from llmscope.api.store import Store
@@ -32,10 +35,18 @@ log = get_logger("llmscope.api")
 class Runtime:
     """Created with the app; its resources are opened by the lifespan and closed after."""
 
-    def __init__(self, settings: ApiSettings) -> None:
+    def __init__(self, settings: ApiSettings, *, clock: Callable[[], float] = time.time) -> None:
+        """``clock`` (Unix seconds) times sessions and the failed-authentication limit."""
         self.settings = settings
         self.metrics = ApiMetrics()
-        self.auth = KeyAuth(settings.api_key, session_s=settings.session_days * 86400)
+        self._pool: asyncpg.Pool | None = None
+        self.auth = KeyAuth(
+            {"admin": settings.api_key, "read": settings.read_key, "ingest": settings.ingest_key},
+            revoked=RevokedSessions(lambda: self._pool),
+            limiter=FailureLimiter(settings.auth_failures, settings.auth_failure_window_s, clock=clock),
+            session_s=settings.session_days * 86400,
+            clock=clock,
+        )
         self.charts = ChartViews(settings.charts_bucket, settings.spc_request_timeout_s)
         self.spc_config = SpcConfigStore(self.charts, replicas=settings.bus.replicas)
         self.switches = ModelSwitchWriter(replicas=settings.bus.replicas)
@@ -46,7 +57,6 @@ class Runtime:
         self.publisher: Publisher | None = None
         self.persister: Persister | None = None
         self.alerting = Alerting(lambda: self.store.pool, lambda: self.nc)
-        self._pool: asyncpg.Pool | None = None
         self._stop = asyncio.Event()  # ends the persister's tasks
         self._tasks: list[asyncio.Task[None]] = []
 

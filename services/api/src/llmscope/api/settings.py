@@ -5,8 +5,12 @@
 | LLMSCOPE_HOST | 127.0.0.1 | address the API and dashboard listen on |
 | LLMSCOPE_PORT | 8000 | port the API and dashboard listen on |
 | DATABASE_URL | (required) | PostgreSQL URL, ``postgres://`` or ``postgresql://`` |
-| LLMSCOPE_API_KEY | (required) | bearer token for the API and the dashboard login, 16 characters or more |
-| LLMSCOPE_OTLP_INGEST_KEY | (unset) | key of the OTLP receiver /v1/traces only (unset: off); 16+ characters |
+| LLMSCOPE_API_KEY | (required) | admin key: every route and the dashboard, 16 characters or more |
+| LLMSCOPE_READ_KEY | (unset) | read-only key: GET routes, dashboard viewing (unset: off); 16+ characters |
+| LLMSCOPE_INGEST_KEY | (unset) | ingest-only key: POST /api/stats, OTLP /v1/traces (unset: receiver off) |
+| LLMSCOPE_OTLP_INGEST_KEY | (unset) | older name of LLMSCOPE_INGEST_KEY, read when that is unset |
+| LLMSCOPE_AUTH_FAILURES | 10 | failed authentications a client address may make before 429 (0: no limit) |
+| LLMSCOPE_AUTH_FAILURE_WINDOW_S | 60 | seconds in which that many failures are forgiven again |
 | LLMSCOPE_PERSISTER | true | run the persister (telemetry/violations/dead letters -> Postgres) in-process |
 | LLMSCOPE_DB_POOL_MIN | 1 | smallest asyncpg pool size |
 | LLMSCOPE_DB_POOL_MAX | 10 | largest asyncpg pool size |
@@ -43,7 +47,10 @@ class ApiSettings:
 
     database_url: Secret
     api_key: Secret
-    otlp_ingest_key: Secret = field(default_factory=lambda: Secret(""))
+    ingest_key: Secret = field(default_factory=lambda: Secret(""))
+    read_key: Secret = field(default_factory=lambda: Secret(""))
+    auth_failures: int = 10
+    auth_failure_window_s: float = 60.0
     bus: BusSettings = field(default_factory=BusSettings)
     host: str = "127.0.0.1"
     port: int = 8000
@@ -75,15 +82,19 @@ class ApiSettings:
         key = env.secret("LLMSCOPE_API_KEY")
         if not key and require_api_key:
             raise ConfigError("LLMSCOPE_API_KEY is not set: the API refuses to run without a key")
-        if key and len(key.get()) < 16:
-            raise ConfigError("LLMSCOPE_API_KEY is too short: use at least 16 characters")
-        ingest = env.secret("LLMSCOPE_OTLP_INGEST_KEY")
-        if ingest and len(ingest.get()) < 16:
-            raise ConfigError("LLMSCOPE_OTLP_INGEST_KEY is too short: use at least 16 characters")
-        if ingest and ingest == key:
-            # The ingest key sits in every instrumented application's exporter configuration: it
-            # must not also open the API and the dashboard.
-            raise ConfigError("LLMSCOPE_OTLP_INGEST_KEY must differ from LLMSCOPE_API_KEY")
+        ingest = env.secret("LLMSCOPE_INGEST_KEY") or env.secret("LLMSCOPE_OTLP_INGEST_KEY")
+        read = env.secret("LLMSCOPE_READ_KEY")
+        named = {"LLMSCOPE_API_KEY": key, "LLMSCOPE_INGEST_KEY": ingest, "LLMSCOPE_READ_KEY": read}
+        for name, value in named.items():
+            if value and len(value.get()) < 16:
+                raise ConfigError(f"{name} is too short: use at least 16 characters")
+        given = [(name, value) for name, value in named.items() if value]
+        for i, (name, value) in enumerate(given):
+            for other, other_value in given[i + 1 :]:
+                if value == other_value:
+                    # One key per scope: the ingest key sits in every exporter's configuration
+                    # and must not also open settings; a shared key would be the widest scope.
+                    raise ConfigError(f"{other} must differ from {name}")
         pool_min = env.integer("LLMSCOPE_DB_POOL_MIN", 1, min=0, max=100)
         pool_max = env.integer("LLMSCOPE_DB_POOL_MAX", 10, min=1, max=200)
         if pool_max < max(pool_min, 1):
@@ -91,7 +102,10 @@ class ApiSettings:
         return cls(
             database_url=Secret(db),
             api_key=key,
-            otlp_ingest_key=ingest,
+            ingest_key=ingest,
+            read_key=read,
+            auth_failures=env.integer("LLMSCOPE_AUTH_FAILURES", 10, min=0, max=1_000_000),
+            auth_failure_window_s=env.number("LLMSCOPE_AUTH_FAILURE_WINDOW_S", 60.0, min=1, max=86400),
             bus=BusSettings.from_env(env),
             host=env.text("LLMSCOPE_HOST", "127.0.0.1"),
             port=env.integer("LLMSCOPE_PORT", 8000, min=0, max=65535),

@@ -1,7 +1,8 @@
 """What the dashboard reads and changes, as plain data and one Protocol the API implements.
 
 The web package knows nothing of Postgres or NATS: ``llmscope.api`` builds a :class:`DashboardData`
-over its store and an :class:`Authenticator` over its API key, and mounts the web router with them.
+over its store and an :class:`~llmscope.web.auth.Authenticator` over its keys, and mounts the web
+router with them.
 The same dataclasses are the API's JSON response models, so the dashboard and the API never drift.
 """
 
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from llmscope.proto.charts import AVAILABILITY, AvailabilityView, RebaselinedChart, parse_chart_key
 
 if TYPE_CHECKING:
-    from fastapi import Request
+    pass
 
 Metric = Literal["latency_ms", "ttft_ms", "tokens_per_s"]
 METRICS: tuple[Metric, ...] = ("latency_ms", "ttft_ms", "tokens_per_s")
@@ -466,17 +467,3 @@ class DashboardData(Protocol):
     async def settings(self) -> list[SettingInfo]: ...
 
     async def put_setting(self, key: str, value: object, by: str) -> SettingInfo: ...
-
-
-class Authenticator(Protocol):
-    """Checks the API key and issues/validates the dashboard's session tokens."""
-
-    def check_key(self, candidate: str) -> bool: ...
-
-    def issue_session(self) -> str: ...
-
-    def check_session(self, token: str | None) -> bool: ...
-
-    def allows(self, request: Request) -> bool:
-        """The API key as a bearer token, or the session cookie on reads."""
-        ...

@@ -1,8 +1,11 @@
 """The dashboard's routes: pages, their HTMX fragments, login and static files.
 
-Authentication: the API key is the only credential. ``/login`` asks for it (or a page is opened
-once with ``?key=...``); the answer is a signed session cookie (HttpOnly, SameSite=Strict) issued by
-the injected :class:`Authenticator`. Changing requests also check ``Origin`` against ``Host``.
+Authentication: ``/login`` asks for the API key or the read-only key (or a page is opened once with
+``?key=...``); the answer is a signed session cookie (HttpOnly, SameSite=Strict) of that key's scope,
+issued by the injected :class:`~llmscope.web.auth.Authenticator`, and ended for good by ``/logout``.
+Changes need the admin scope and the CSRF token (sent by htmx from the body's ``hx-headers``) or a
+strict same-origin ``Origin`` (:func:`~llmscope.web.auth.change_refusal`); failed keys count
+towards the per-client limit (429).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Annotated, Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -18,6 +21,13 @@ from fastapi.staticfiles import StaticFiles
 
 from llmscope.web.alerting import AlertingData, Incident, IncidentFilter
 from llmscope.web.alerting_routes import add_alerting_routes
+from llmscope.web.auth import (
+    SESSION_COOKIE,
+    Authenticator,
+    RateLimited,
+    change_refusal,
+    client_of,
+)
 from llmscope.web.chart_settings import ChartSettingsData, add_chart_settings_routes
 from llmscope.web.data import (
     HEALTH_MAX_HOURS,
@@ -25,7 +35,6 @@ from llmscope.web.data import (
     OVERVIEW_WINDOWS_H,
     SEVERITY_AT_LEAST,
     WINDOWS_H,
-    Authenticator,
     ChartQuery,
     DashboardData,
     Metric,
@@ -41,7 +50,6 @@ from llmscope.web.overview import overview_rows, summary
 from llmscope.web.pages import Pages, is_htmx
 from llmscope.web.status_routes import StatusData, add_status_routes
 
-SESSION_COOKIE = "llmscope_session"
 # Query parameters of a chart: a link to "/" with any of them is an old link to the dashboard.
 CHART_PARAMS = frozenset({"series", "provider", "model", "prompt_id", "target", "metric"})
 SETUP_KEYS = (
@@ -148,18 +156,33 @@ def create_router(
         """Require the session cookie; accept ``?key=`` once and trade it for a cookie."""
         key = request.query_params.get("key")
         if key is not None and request.method == "GET":
-            if not auth.check_key(key):
+            scope = auth.key_scope(key, client_of(request))  # RateLimited: the app's 429
+            if scope is None or scope == "ingest":
                 raise login_redirect(request)
             rest = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "key"])
             location = request.url.path + (f"?{rest}" if rest else "")
-            cookie = _session_cookie(auth.issue_session(), request, opts.session_max_age_s)
+            cookie = _session_cookie(auth.issue_session(scope), request, opts.session_max_age_s)
             raise HTTPException(303, "logged in", headers={"Location": location, "Set-Cookie": cookie})
-        if not auth.check_session(request.cookies.get(SESSION_COOKIE)):
+        found = await auth.session(request.cookies.get(SESSION_COOKIE))
+        if found is None:
             raise login_redirect(request)
         if request.method not in ("GET", "HEAD"):
-            origin = request.headers.get("origin")
-            if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
-                raise HTTPException(403, "cross-origin request refused")
+            # The front door refused these already; checked again here, where the route is.
+            why = change_refusal(auth, found, request)
+            if why is not None:
+                raise HTTPException(403, why)
+        # For the page's <meta> and the body's hx-headers: every htmx request sends it back.
+        request.state.csrf_token = auth.csrf_token(found)
+
+    async def signed_in(request: Request) -> bool:
+        """A reader: the read scope as a bearer key, or any session (the status page, badges)."""
+        try:
+            principal = await auth.principal(request)
+        except RateLimited:
+            return False
+        if principal is not None and principal.session is not None:
+            request.state.csrf_token = auth.csrf_token(principal.session)
+        return principal is not None and principal.scope in ("admin", "read")
 
     Session = Depends(session)
 
@@ -172,21 +195,36 @@ def create_router(
     async def login(
         request: Request, key: Annotated[str, Form()], next: Annotated[str, Form()] = "/"
     ) -> Response:
-        if not auth.check_key(key):
-            return pages.render(
-                request,
-                "login.html",
-                {"next": _safe_next(next), "error": "That is not the API key."},
-                status_code=401,
+        def refused(error: str, status_code: int, headers: dict[str, str] | None = None) -> HTMLResponse:
+            context = {"next": _safe_next(next), "error": error}
+            return pages.render(request, "login.html", context, status_code=status_code, headers=headers)
+
+        try:
+            scope = auth.key_scope(key, client_of(request))
+        except RateLimited as exc:
+            wait = str(exc.retry_after_s)
+            return refused(f"Too many failed attempts: try again in {wait} s.", 429, {"Retry-After": wait})
+        if scope is None:
+            return refused("That is not the API key (nor the read-only key).", 401)
+        if scope == "ingest":
+            return refused(
+                "The ingest key only sends data: log in with the API key or the read-only key.", 403
             )
         response = RedirectResponse(_safe_next(next), status_code=303)
         response.headers["Set-Cookie"] = _session_cookie(
-            auth.issue_session(), request, opts.session_max_age_s
+            auth.issue_session(scope), request, opts.session_max_age_s
         )
         return response
 
     @router.post("/logout")
-    async def logout() -> Response:
+    async def logout(request: Request) -> Response:
+        """End the session for good: a copy of the cookie no longer works either."""
+        found = await auth.session(request.cookies.get(SESSION_COOKIE))
+        if found is not None:
+            why = change_refusal(auth, found, request)
+            if why is not None:
+                raise HTTPException(403, why)
+            await auth.revoke(found)
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response
@@ -654,7 +692,7 @@ def create_router(
         add_chart_settings_routes(router, chart_settings, Session, pages)
     if status is not None:
         add_status_routes(
-            router, status, pages, public=opts.status_public, signed_in=auth.allows, session=session
+            router, status, pages, public=opts.status_public, signed_in=signed_in, session=session
         )
     return router
 

@@ -37,14 +37,14 @@ def add_status_routes(
     pages: Pages,
     *,
     public: bool,
-    signed_in: Callable[[Request], bool],
+    signed_in: Callable[[Request], Awaitable[bool]],
     session: Callable[[Request], Awaitable[None]],
 ) -> None:
     """Add the status page and badges; ``session`` raises the login redirect (or trades ``?key=``)."""
 
     @router.get("/status", response_class=HTMLResponse)
     async def status_page(request: Request) -> HTMLResponse:
-        full = signed_in(request)
+        full = await signed_in(request)
         if not full and (not public or "key" in request.query_params):
             await session(request)  # answers with a login redirect, or a cookie for ?key=
         report = await data.status()
@@ -68,7 +68,7 @@ def add_status_routes(
         # A shared cache may keep a public badge; one shown after a login is the reader's alone.
         scope = "public" if public else "private"
         cache = f"{scope}, max-age={BADGE_MAX_AGE_S}"
-        if not signed_in(request) and not public:
+        if not await signed_in(request) and not public:
             # Still an image, so an embedding page shows why instead of a broken image; and no
             # lookup, so an anonymous reader learns nothing of which models exist.
             body = render_badge(name or "status", "login required", "#9f9f9f")

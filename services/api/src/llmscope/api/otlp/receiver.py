@@ -158,7 +158,7 @@ def router(receiver: TraceReceiver) -> APIRouter:
         responses={
             200: {"description": "ExportTraceServiceResponse (partial_success when spans were rejected)"},
             400: {"description": "undecodable body (google.rpc.Status)"},
-            401: {"description": "missing or invalid LLMSCOPE_OTLP_INGEST_KEY"},
+            401: {"description": "missing or invalid ingest key (LLMSCOPE_INGEST_KEY)"},
             413: {"description": "body over LLMSCOPE_MAX_BODY_BYTES, before or after gzip"},
             415: {"description": "neither application/x-protobuf nor application/json"},
             429: {"description": "too many spans waiting for NATS: retry after Retry-After"},
@@ -167,7 +167,7 @@ def router(receiver: TraceReceiver) -> APIRouter:
     )
     async def export_traces(request: Request) -> Response:
         """OTLP/HTTP trace export (protobuf or JSON, gzip or not): GenAI spans become traffic
-        telemetry; authenticate with ``Authorization: Bearer <LLMSCOPE_OTLP_INGEST_KEY>``."""
+        telemetry; authenticate with ``Authorization: Bearer <LLMSCOPE_INGEST_KEY>``."""
         answer = await receiver.export(
             request.headers.get("content-type", ""),
             request.headers.get("content-encoding", ""),

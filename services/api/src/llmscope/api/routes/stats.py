@@ -26,6 +26,18 @@ _batch_decoder: msgspec.json.Decoder[list[TelemetryEvent] | TelemetryEvent] = ms
     list[TelemetryEvent] | TelemetryEvent
 )
 _PATH = re.compile(r"at `(\$[^`]*)`")
+# The request body's schema, as OpenAPI components: msgspec's own ``schema()`` refers to
+# "#/$defs/...", which does not exist in an OpenAPI document (issue 9: the schema was invalid).
+# As sent, ``type``, ``id`` and ``ts`` may be left out (see ``post_stats``).
+(_EVENT_REF,), _COMPONENTS = msgspec.json.schema_components(
+    [TelemetryEvent], ref_template="#/components/schemas/{name}"
+)
+_IN = dict(_COMPONENTS["TelemetryEvent"])
+_IN["title"] = "TelemetryIn"
+_IN["required"] = [f for f in _IN["required"] if f not in ("type", "id", "ts")]
+_COMPONENTS["TelemetryIn"] = _IN
+_IN_REF = {"$ref": "#/components/schemas/TelemetryIn"}
+BODY_SCHEMA = {"anyOf": [_IN_REF, {"type": "array", "items": _IN_REF, "minItems": 1, "maxItems": MAX_BATCH}]}
 _FIELD = re.compile(r"`([a-z_]+)` ")
 
 
@@ -95,7 +107,7 @@ def router(rt: Runtime) -> APIRouter:
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": msgspec.json.schema(TelemetryEvent)}},
+                "content": {"application/json": {"schema": BODY_SCHEMA}},
             }
         },
     )
@@ -222,3 +234,8 @@ def router(rt: Runtime) -> APIRouter:
         return await rt.store.chart(ChartQuery(provider, model, prompt_id, metric, hours, target or ""))
 
     return api
+
+
+def openapi_components() -> dict[str, Any]:
+    """``TelemetryEvent`` and ``TelemetryIn`` (the request body), for the app's OpenAPI document."""
+    return _COMPONENTS

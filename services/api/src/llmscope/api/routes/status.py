@@ -1,6 +1,6 @@
 """``GET /api/status``: each enabled model's status and the overall one.
 
-Readable with the API key (or the dashboard's session) as the rest of ``/api``; with
+Readable with the read scope (or the dashboard's session) as the rest of ``/api``; with
 ``LLMSCOPE_STATUS_PUBLIC`` also without, but then only model names and statuses are answered.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from llmscope.api.auth import KeyAuth
+from llmscope.api.auth import KeyAuth, refusal
 from llmscope.web.status import PublicStatusReport, StatusReport, public_view
 from llmscope.web.status_routes import StatusData
 
@@ -25,10 +25,12 @@ def router(status: StatusData, auth: KeyAuth, *, public: bool) -> APIRouter:
         probes / probes) and the reasons. Without it, when the status page is public: provider,
         model and status only.
         """
-        if auth.allows(request):
+        principal = await auth.principal(request)
+        refused = refusal(principal, request.method, request.url.path)
+        if refused is None:
             return await status.status()
         if not public:
-            auth.demand(request)  # not allowed: raises the API's usual 401
+            await auth.require(request)  # raises the API's usual 401, or 403 for another scope
         return public_view(await status.status())
 
     return api
