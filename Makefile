@@ -6,7 +6,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 PYPROJECTS := pyproject.toml $(wildcard proto/pyproject.toml services/*/pyproject.toml)
 
-.PHONY: install up test lint typecheck schemas docs bench clean
+.PHONY: install up test lint typecheck schemas docs bench clean browser
 
 $(UV):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "LLMscope needs Python 3.11 or newer; set PYTHON=/path/to/python3.11")'
@@ -22,7 +22,17 @@ install: $(STAMP)
 up: install
 	$(VENV)/bin/llmscope up
 
-test: install
+# The browser tests drive Debian's chromium (Playwright's own browser download needs a host this
+# network does not reach): installed here when missing and apt-get is at hand; without either,
+# those tests skip and say why.
+browser:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+			|| echo "chromium could not be installed: the browser tests will skip"; \
+	else echo "no chromium and no apt-get: the browser tests will skip"; fi
+
+test: install browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
