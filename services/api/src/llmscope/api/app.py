@@ -171,6 +171,12 @@ def create_app(settings: ApiSettings) -> FastAPI:
             refresh_s=settings.refresh_s,
             session_max_age_s=int(settings.session_days * 86400),
             status_public=settings.status_public,
+            retention_days={
+                "telemetry": settings.retention_telemetry_days,
+                "rollups": settings.retention_rollup_days,
+                "violations": settings.retention_violations_days,
+                "deadletters": settings.retention_deadletter_days,
+            },
         ),
         alerting=rt.alerting,
         chart_settings=rt.spc_config,

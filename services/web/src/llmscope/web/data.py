@@ -224,6 +224,9 @@ class ContextPoint:
 class ViolationDetail:
     violation: Violation
     context: list[ContextPoint]
+    """The ±10 probes around the trigger, for the table."""
+    nearby: list[ContextPoint] = field(default_factory=list)
+    """The ±30 probes around the trigger, for the mini-chart (``context`` is a slice of it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,6 +437,14 @@ class SettingError(ValueError):
         self.message = message
 
 
+class SettingErrors(ValueError):
+    """Several settings refused at once: the message for each key."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{k}: {m}" for k, m in errors.items()))
+        self.errors = errors
+
+
 class DashboardData(Protocol):
     """The dashboard's data access; the API implements it over Postgres."""
 
@@ -466,6 +477,10 @@ class DashboardData(Protocol):
     async def settings(self) -> list[SettingInfo]: ...
 
     async def put_setting(self, key: str, value: object, by: str) -> SettingInfo: ...
+
+    async def put_settings(self, values: dict[str, object], by: str) -> list[SettingInfo]:
+        """Store all of ``values`` or none: :class:`SettingErrors` names each refused key."""
+        ...
 
 
 class Authenticator(Protocol):
