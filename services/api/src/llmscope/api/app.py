@@ -42,6 +42,7 @@ from llmscope.api.runtime import Runtime
 from llmscope.api.settings import ApiSettings
 from llmscope.api.status_queries import StatusReader
 from llmscope.api.store import BadCursor, NotReady
+from llmscope.api.trends import TrendQueries
 from llmscope.web.data import SettingError
 from llmscope.web.routes import WebOptions, install
 
@@ -181,6 +182,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         alerting=rt.alerting,
         chart_settings=rt.spc_config,
         status=status_reader,
+        trends=TrendQueries(rt.store),
     )
     # Around every route: nothing reads a body before its credential and its size are checked.
     app.add_middleware(FrontDoor, auth=rt.auth, max_body_bytes=settings.max_body_bytes, ingest=ingest)

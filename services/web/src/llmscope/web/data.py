@@ -25,7 +25,7 @@ METRIC_LABELS: dict[str, str] = {
     "tokens_per_s": "tokens/s",
     "availability": "failed probes",
 }
-WINDOWS_H: tuple[int, ...] = (1, 6, 24)
+WINDOWS_H: tuple[int, ...] = (1, 6, 24, 168, 720)
 OVERVIEW_WINDOWS_H: tuple[int, ...] = (1, 6, 24, 168)
 Severity = Literal["critical", "warning", "info"]
 # A severity filter shows that level and the ones above it ("info": everything).

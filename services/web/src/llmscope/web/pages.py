@@ -20,6 +20,8 @@ from llmscope.web.data import METRIC_LABELS
 from llmscope.web.minichart import render_minichart
 from llmscope.web.rules_legend import BY_CODE, RULES
 from llmscope.web.svg import render_chart, render_sparkline
+from llmscope.web.trend_svg import color, render_availability, render_comparison
+from llmscope.web.trends import window_label
 
 
 def _ago(ts: datetime | None, now: datetime | None = None) -> str:
@@ -80,9 +82,13 @@ def build_environment() -> Environment:
     env.globals["rules_legend"] = RULES
     env.globals["rule_meaning"] = BY_CODE
     env.filters["duration"] = _duration
+    env.filters["window"] = window_label
     env.globals["render_chart"] = render_chart
     env.globals["render_sparkline"] = render_sparkline
     env.globals["render_minichart"] = render_minichart
+    env.globals["render_comparison"] = render_comparison
+    env.globals["render_availability"] = render_availability
+    env.globals["series_color"] = color
     return env
 
 

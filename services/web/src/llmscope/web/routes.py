@@ -42,6 +42,8 @@ from llmscope.web.overview import overview_rows, summary
 from llmscope.web.pages import Pages, is_htmx, toast_trigger
 from llmscope.web.settings_form import BY_ID, SECTIONS, SectionView, fixed_settings, parse_field, section_view
 from llmscope.web.status_routes import StatusData, add_status_routes
+from llmscope.web.trend_routes import add_trend_routes
+from llmscope.web.trends import COMPARE_MAX_HOURS, AvailabilityHistory, TrendsData
 
 SESSION_COOKIE = "llmscope_session"
 # Query parameters of a chart: a link to "/" with any of them is an old link to the dashboard.
@@ -130,6 +132,7 @@ def create_router(
     alerting: AlertingData | None = None,
     chart_settings: ChartSettingsData | None = None,
     status: StatusData | None = None,
+    trends: TrendsData | None = None,
 ) -> APIRouter:
     """All dashboard routes, bound to the injected data access and authenticator (and, with
     ``alerting``, the incidents, silences and notifications pages and the overview's incident
@@ -254,6 +257,9 @@ def create_router(
                 target = ""  # a target of another model: this one's default
                 chart = await data.chart(ChartQuery(provider, model, prompt_id, metric, hours, "", shown))
         log = await data.violations(ViolationFilter(severities=shown, limit=15))
+        availability: AvailabilityHistory | None = None
+        if trends is not None and provider and model:
+            availability = await trends.availability(provider, model, hours)
         query = {
             "provider": provider or "",
             "model": model or "",
@@ -276,6 +282,7 @@ def create_router(
             "refresh_s": opts.refresh_s,
             "rebaseline": rebaseline,
             "model_rebaseline": model_rebaseline,
+            "availability": availability,
         }
         return pages.render(
             request,
@@ -332,7 +339,7 @@ def create_router(
         prompt_id: str | None = None,
         target: str | None = None,
         metric: Metric = "latency_ms",
-        hours: Annotated[float, Query(gt=0, le=24 * 31)] = 1,
+        hours: Annotated[float, Query(gt=0, le=COMPARE_MAX_HOURS)] = 1,
         severity: Severity = "warning",
     ) -> HTMLResponse:
         return await _dashboard(
@@ -565,7 +572,7 @@ def create_router(
         context: dict[str, Any] = {
             "models": await data.models() if block in (None, "content", "models") else [],
             "health": await data.model_health(hours) if block != "models" else None,
-            "windows": WINDOWS_H,
+            "windows": OVERVIEW_WINDOWS_H,
             "hours": f"{hours:g}",
             "refresh_s": opts.refresh_s,
         }
@@ -725,6 +732,8 @@ def create_router(
         add_alerting_routes(router, alerting, Session, pages, opts.actor, _setup_context)
     if chart_settings is not None:
         add_chart_settings_routes(router, chart_settings, Session, pages)
+    if trends is not None:
+        add_trend_routes(router, trends, data, alerting, Session, pages)
     if status is not None:
         add_status_routes(
             router, status, pages, public=opts.status_public, signed_in=auth.allows, session=session
@@ -740,12 +749,21 @@ def install(
     alerting: AlertingData | None = None,
     chart_settings: ChartSettingsData | None = None,
     status: StatusData | None = None,
+    trends: TrendsData | None = None,
 ) -> None:
     """Mount the dashboard and its static files (htmx, CSS) on an application."""
     static_dir = files("llmscope.web") / "static"
     app.mount("/static", StaticFiles(directory=str(static_dir)), name="static")
     app.include_router(
-        create_router(data, auth, options, alerting=alerting, chart_settings=chart_settings, status=status)
+        create_router(
+            data,
+            auth,
+            options,
+            alerting=alerting,
+            chart_settings=chart_settings,
+            status=status,
+            trends=trends,
+        )
     )
 
 
