@@ -145,16 +145,25 @@ async def test_silences_page_creates_lists_and_expires(
         assert "No silences." in r.text
         if not hx:
             assert 'name="reason"' in r.text
-            assert 'name="weekly_days"' in r.text
+            # Each weekday box inside its own label, beside its name.
+            assert '<label class="check" for="wd-sat"><input type="checkbox" id="wd-sat"' in r.text
+            assert 'name="hosts"' in r.text
         ends = (datetime.now(UTC) + timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M")
         r = await client.post(
             "/silences",
-            data={"reason": "deploy 42", "author": "ana", "models": "llama3*, qwen2:7b", "ends_at": ends},
+            data={
+                "reason": "deploy 42",
+                "author": "ana",
+                "models": "llama3*, qwen2:7b",
+                "hosts": "gpu-*",
+                "ends_at": ends,
+            },
             headers=headers,
         )
         assert r.status_code == 200, r.text
         assert "created by ana" in r.text
-        assert "model=llama3*|qwen2:7b" in r.text
+        assert "model=llama3*|qwen2:7b host=gpu-*" in r.text
+        assert "created by ana" in r.headers["hx-trigger"]
         r = await client.post(
             "/silences",
             data={
@@ -174,6 +183,7 @@ async def test_silences_page_creates_lists_and_expires(
         r = await client.post("/silences", data={"author": "ana", "ends_at": ends}, headers=headers)
         assert r.status_code == (200 if hx else 422)
         assert "reason: a silence needs a reason" in r.text
+        assert '"level": "error"' in r.headers["hx-trigger"]
         r = await client.post("/silences", data={"reason": "x", "author": "ana"}, headers=headers)
         assert "ends_at" in r.text
         r = await client.post(

@@ -368,14 +368,19 @@ async def test_settings_page_saves_and_hides_secrets(api: Api) -> None:
     client = await login(api)
     r = await client.get("/settings")
     assert is_full_page(r.text)
-    assert "alert.email.smtp_password" in r.text
+    assert 'name="alert.email.smtp_password"' in r.text
+    for group in ("Detection", "Alerting channels", "Retention", "Authentication"):
+        assert f">{group}</h2>" in r.text
+    assert "LLMSCOPE_RETENTION_TELEMETRY_DAYS" in r.text
+    assert 'id="rule-CUSUM"' in r.text
+    # The key-by-key route stays for scripts: its outcome is a toast.
     r = await client.post("/settings/alert.email.smtp_password", data={"value": "hunter2-secret"}, headers=HX)
     assert r.status_code == 200
-    assert "saved" in r.text
+    assert "saved" in r.headers["hx-trigger"]
     assert "hunter2-secret" not in r.text
     r = await client.post("/settings/alert.email.smtp_port", data={"value": "nope"}, headers=HX)
     assert r.status_code == 422
-    assert "alert.email.smtp_port" in r.text
+    assert "alert.email.smtp_port" in r.headers["hx-trigger"]
     r = await client.post("/settings/alert.email.recipients", data={"value": "a@x.io, b@x.io"}, headers=HX)
     assert r.status_code == 200
     assert not is_full_page(r.text)
@@ -384,6 +389,47 @@ async def test_settings_page_saves_and_hides_secrets(api: Api) -> None:
     assert values["alert.email.recipients"] == ["a@x.io", "b@x.io"]
     assert values["alert.email.enabled"] is True
     assert values["alert.email.smtp_password"] is None  # never read back
+
+
+async def test_settings_section_saves_whole_or_names_the_bad_field(api: Api) -> None:
+    client = await login(api)
+    form = {
+        "alert.email.enabled": ["false", "true"],
+        "alert.email.recipients": "ops@x.io",
+        "alert.email.smtp_host": "mail.x.io",
+        "alert.email.smtp_port": "70000",
+        "alert.email.tls": "ssl",
+        "alert.email.smtp_user": "",
+        "alert.email.smtp_password": "",
+        "alert.email.from_addr": "llmscope@x.io",
+    }
+    headers = {**HX, "HX-Target": "section-email"}
+    r = await client.post("/settings/section/email", data=form, headers=headers)
+    assert r.status_code == 200  # htmx swaps only 2xx: the fragment carries the errors
+    assert r.text.lstrip().startswith('<section class="card settings-section" id="section-email"')
+    assert '<p class="field-error" id="f-alert-email-smtp_port-error">SMTP port:' in r.text
+    assert 'value="70000"' in r.text  # what was typed stays, to be corrected
+    assert "not saved" in r.headers["hx-trigger"]
+    values = {s.key: s.value for s in await api.store.settings()}
+    assert values["alert.email.smtp_host"] == ""  # nothing of the section was stored
+    r = await client.post("/settings/section/email", data={**form, "alert.email.smtp_port": "x"})
+    assert r.status_code == 422
+    assert is_full_page(r.text)
+    assert "SMTP port: expected a whole number" in r.text
+
+    r = await client.post(
+        "/settings/section/email", data={**form, "alert.email.smtp_port": "465"}, headers=headers
+    )
+    assert r.status_code == 200
+    assert "field-error" not in r.text
+    assert "Email settings saved." in r.headers["hx-trigger"]
+    values = {s.key: s.value for s in await api.store.settings()}
+    assert values["alert.email.smtp_port"] == 465
+    assert values["alert.email.enabled"] is True
+    assert values["alert.email.tls"] == "ssl"
+    assert values["alert.email.smtp_password"] is None
+    r = await client.post("/settings/section/nope", data={}, headers=HX)
+    assert r.status_code == 404
 
 
 @pytest.mark.parametrize("hx", [False, True])

@@ -46,6 +46,7 @@ from llmscope.api.runtime import Runtime
 from llmscope.api.settings import ApiSettings
 from llmscope.api.status_queries import StatusReader
 from llmscope.api.store import BadCursor, NotReady
+from llmscope.api.trends import TrendQueries
 from llmscope.web.auth import AuthUnavailable, RateLimited
 from llmscope.web.data import SettingError
 from llmscope.web.routes import WebOptions, install
@@ -195,10 +196,17 @@ def create_app(settings: ApiSettings, *, clock: Callable[[], float] = time.time)
             refresh_s=settings.refresh_s,
             session_max_age_s=int(settings.session_days * 86400),
             status_public=settings.status_public,
+            retention_days={
+                "telemetry": settings.retention_telemetry_days,
+                "rollups": settings.retention_rollup_days,
+                "violations": settings.retention_violations_days,
+                "deadletters": settings.retention_deadletter_days,
+            },
         ),
         alerting=rt.alerting,
         chart_settings=rt.spc_config,
         status=status_reader,
+        trends=TrendQueries(rt.store),
     )
     # Around every route: nothing reads a body before its credential and its size are checked.
     app.add_middleware(

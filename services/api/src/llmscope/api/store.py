@@ -37,6 +37,7 @@ from llmscope.web.data import (
     RebaselineResult,
     Series,
     SettingError,
+    SettingErrors,
     SettingInfo,
     Sparkline,
     Violation,
@@ -53,6 +54,9 @@ RAW_POINT_CAP = 20_000
 OVERVIEW_BUCKETS = 60
 # Probe spacing for "one false alarm per ..." is the median gap over this many recent probes.
 SPACING_POINTS = 200
+# Probes around a violation: its table shows CONTEXT on each side, its mini-chart NEARBY.
+CONTEXT = 10
+NEARBY = 30
 
 # metric -> (telemetry column, rollup prefix, charted on the log scale)
 METRIC_COLUMNS: dict[str, tuple[str, str, bool]] = {
@@ -464,10 +468,10 @@ class Store:
             cols = "id, ts, status, error, prompt_id, latency_ms, ttft_ms, tokens_per_s"
             rows = await conn.fetch(
                 f"""(SELECT {cols} FROM telemetry WHERE {where} AND ts <= $4
-                    ORDER BY ts DESC LIMIT 11)
+                    ORDER BY ts DESC LIMIT {NEARBY + 1})
                    UNION ALL
                    (SELECT {cols} FROM telemetry WHERE {where} AND ts > $4
-                    ORDER BY ts LIMIT 10)""",
+                    ORDER BY ts LIMIT {NEARBY})""",
                 v.provider,
                 v.model,
                 scope,
@@ -475,7 +479,7 @@ class Store:
             )
         pattern = set(v.point_ids)
         column = METRIC_COLUMNS.get(v.metric, (None, "", False))[0]
-        context = [
+        nearby = [
             ContextPoint(
                 id=r["id"],
                 ts=r["ts"],
@@ -491,7 +495,10 @@ class Store:
             )
             for r in sorted(rows, key=lambda r: (r["ts"], r["id"]))
         ]
-        return ViolationDetail(violation=v, context=context)
+        # The table shows ±CONTEXT of them around the anchor (the last probe at or before it).
+        at = sum(1 for p in nearby if p.ts <= anchor) - 1
+        context = nearby[max(0, at - CONTEXT) : at + CONTEXT + 1]
+        return ViolationDetail(violation=v, context=context, nearby=nearby)
 
     async def acknowledge(self, violation_id: str, by: str, note: str | None) -> Violation | None:
         row = await self.pool.fetchrow(
@@ -705,6 +712,30 @@ class Store:
                 await self.outbound.check(value)
         except DestinationRefused as exc:
             raise SettingError(key, str(exc)) from None
+
+    async def put_settings(self, values: dict[str, object], by: str) -> list[SettingInfo]:
+        """Validate every value first, then store them in one transaction: a form saves whole."""
+        clean: dict[str, object] = {}
+        errors: dict[str, str] = {}
+        for key, value in values.items():
+            try:
+                clean[key] = known_settings.spec(key).validate(value)
+                await self._check_destination(key, clean[key])
+            except SettingError as exc:
+                errors[key] = exc.message
+        if errors:
+            raise SettingErrors(errors)
+        async with self.pool.acquire() as conn, conn.transaction():
+            for key, value in clean.items():
+                await conn.execute(
+                    """INSERT INTO settings (key, value, updated_at, updated_by) VALUES ($1, $2, now(), $3)
+                       ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now(),
+                           updated_by = EXCLUDED.updated_by""",
+                    key,
+                    value,
+                    by,
+                )
+        return await self.settings()
 
     # ---- dead letters and exports ----------------------------------------------------------
     async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:

@@ -98,12 +98,16 @@ def add_alerting_routes(
             except AlerterUnavailable as exc:
                 error, status = f"No alerter answered: {exc}", 504
         context = {**await setup_context(), "test": result, "test_error": error, "test_channel": channel}
+        toast: tuple[str, str] = (error, "error") if error else (f"Test message: {channel}", "ok")
+        if result is not None:
+            toast = (f"Test message via {channel}: {result.status}", "ok" if result.ok else "error")
         return pages.render(
             request,
             "setup.html",
             context,
             fragments=("test_result",),
             status_code=_status(request, status),
+            toast=toast,
         )
 
     # ---- incidents -------------------------------------------------------------------------
@@ -138,13 +142,24 @@ def add_alerting_routes(
         return RedirectResponse(f"/incidents/{found}", status_code=303)
 
     async def _incident(
-        request: Request, incident_id: str, error: str | None = None, status: int = 200
+        request: Request,
+        incident_id: str,
+        error: str | None = None,
+        status: int = 200,
+        toast: str | None = None,
     ) -> HTMLResponse:
         detail = await data.incident(incident_id)
         if detail is None:
             return pages.render(request, "not_found.html", {"what": "incident"}, status_code=404)
         context = {"d": detail, "i": detail.incident, "a": detail.analysis, "error": error}
-        return pages.render(request, "incident.html", context, fragments=("actions",), status_code=status)
+        return pages.render(
+            request,
+            "incident.html",
+            context,
+            fragments=("actions",),
+            status_code=status,
+            toast=(error, "error") if error else toast,
+        )
 
     @router.get("/incidents/{incident_id}", response_class=HTMLResponse, dependencies=[session])
     async def incident_page(request: Request, incident_id: str) -> HTMLResponse:
@@ -165,7 +180,8 @@ def add_alerting_routes(
             return pages.render(request, "not_found.html", {"what": "incident"}, status_code=404)
         if result.status == "conflict":
             return await _incident(request, incident_id, result.error, _status(request, 409))
-        return await _incident(request, incident_id)
+        done = "acknowledged" if action == "acknowledge" else "resolved"
+        return await _incident(request, incident_id, toast=f"Incident {done} by {by.strip() or actor}.")
 
     @router.post("/incidents/{incident_id}/acknowledge", response_class=HTMLResponse, dependencies=[session])
     async def acknowledge(
@@ -215,6 +231,7 @@ def add_alerting_routes(
             context,
             fragments=("silence_list",),
             status_code=_status(request, status),
+            toast=(error, "error") if error else message,
         )
 
     @router.get("/silences", response_class=HTMLResponse, dependencies=[session])

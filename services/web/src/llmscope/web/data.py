@@ -26,7 +26,7 @@ METRIC_LABELS: dict[str, str] = {
     "tokens_per_s": "tokens/s",
     "availability": "failed probes",
 }
-WINDOWS_H: tuple[int, ...] = (1, 6, 24)
+WINDOWS_H: tuple[int, ...] = (1, 6, 24, 168, 720)
 OVERVIEW_WINDOWS_H: tuple[int, ...] = (1, 6, 24, 168)
 Severity = Literal["critical", "warning", "info"]
 # A severity filter shows that level and the ones above it ("info": everything).
@@ -225,6 +225,9 @@ class ContextPoint:
 class ViolationDetail:
     violation: Violation
     context: list[ContextPoint]
+    """The ±10 probes around the trigger, for the table."""
+    nearby: list[ContextPoint] = field(default_factory=list)
+    """The ±30 probes around the trigger, for the mini-chart (``context`` is a slice of it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,6 +438,14 @@ class SettingError(ValueError):
         self.message = message
 
 
+class SettingErrors(ValueError):
+    """Several settings refused at once: the message for each key."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{k}: {m}" for k, m in errors.items()))
+        self.errors = errors
+
+
 class DashboardData(Protocol):
     """The dashboard's data access; the API implements it over Postgres."""
 
@@ -467,3 +478,7 @@ class DashboardData(Protocol):
     async def settings(self) -> list[SettingInfo]: ...
 
     async def put_setting(self, key: str, value: object, by: str) -> SettingInfo: ...
+
+    async def put_settings(self, values: dict[str, object], by: str) -> list[SettingInfo]:
+        """Store all of ``values`` or none: :class:`SettingErrors` names each refused key."""
+        ...

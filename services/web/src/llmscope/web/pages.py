@@ -6,6 +6,7 @@ when the page declares it as a fragment; any other HTMX request gets the page's 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -16,7 +17,11 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from jinja2_fragments import render_block
 
 from llmscope.web.data import METRIC_LABELS
+from llmscope.web.minichart import render_minichart
+from llmscope.web.rules_legend import BY_CODE, RULES
 from llmscope.web.svg import render_chart, render_sparkline
+from llmscope.web.trend_svg import color, render_availability, render_comparison
+from llmscope.web.trends import window_label
 
 
 def _ago(ts: datetime | None, now: datetime | None = None) -> str:
@@ -74,10 +79,25 @@ def build_environment() -> Environment:
     env.filters["ts"] = _ts
     env.filters["pct"] = _pct
     env.globals["metric_labels"] = METRIC_LABELS
+    env.globals["rules_legend"] = RULES
+    env.globals["rule_meaning"] = BY_CODE
     env.filters["duration"] = _duration
+    env.filters["window"] = window_label
     env.globals["render_chart"] = render_chart
     env.globals["render_sparkline"] = render_sparkline
+    env.globals["render_minichart"] = render_minichart
+    env.globals["render_comparison"] = render_comparison
+    env.globals["render_availability"] = render_availability
+    env.globals["series_color"] = color
     return env
+
+
+def toast_trigger(message: str, level: str = "ok") -> dict[str, str]:
+    """The ``HX-Trigger`` header that makes ``static/toast.js`` show ``message``.
+
+    ASCII JSON: header values are Latin-1, and htmx decodes the ``\\u`` escapes.
+    """
+    return {"HX-Trigger": json.dumps({"toast": {"message": message, "level": level}})}
 
 
 def is_htmx(request: Request) -> bool:
@@ -106,13 +126,20 @@ class Pages:
         fragments: Iterable[str] = (),
         status_code: int = 200,
         headers: Mapping[str, str] | None = None,
+        toast: str | tuple[str, str] | None = None,
+        block: str | None = None,
     ) -> HTMLResponse:
+        """``toast``: a message for ``static/toast.js``, or ``(message, level)``; ``block``: the
+        block to render whatever the request (one of several forms that share a template)."""
         ctx = {"request": request, "path": request.url.path, **context}
-        block = self.block_for(request, fragments)
+        block = block or self.block_for(request, fragments)
         if block is None:
             html = self.env.get_template(template).render(ctx)
         else:
             html = render_block(self.env, template, block, ctx)
         response = HTMLResponse(html, status_code=status_code, headers=dict(headers or {}))
         response.headers["Vary"] = "HX-Request, HX-Target"
+        if toast:
+            message, level = (toast, "ok") if isinstance(toast, str) else toast
+            response.headers.update(toast_trigger(message, level))
         return response

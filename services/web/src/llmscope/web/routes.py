@@ -10,7 +10,7 @@ towards the per-client limit (429).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -42,13 +42,17 @@ from llmscope.web.data import (
     RebaselineResult,
     Series,
     SettingError,
+    SettingErrors,
     SettingInfo,
     Severity,
     ViolationFilter,
 )
 from llmscope.web.overview import overview_rows, summary
-from llmscope.web.pages import Pages, is_htmx
+from llmscope.web.pages import Pages, is_htmx, toast_trigger
+from llmscope.web.settings_form import BY_ID, SECTIONS, SectionView, fixed_settings, parse_field, section_view
 from llmscope.web.status_routes import StatusData, add_status_routes
+from llmscope.web.trend_routes import add_trend_routes
+from llmscope.web.trends import COMPARE_MAX_HOURS, AvailabilityHistory, TrendsData
 
 # Query parameters of a chart: a link to "/" with any of them is an old link to the dashboard.
 CHART_PARAMS = frozenset({"series", "provider", "model", "prompt_id", "target", "metric"})
@@ -95,6 +99,8 @@ class WebOptions:
     actor: str = "dashboard"
     status_public: bool = False
     """``/status`` and the badges readable without a login (names and statuses only)."""
+    retention_days: dict[str, float] = field(default_factory=dict)
+    """Days each kind of data is kept (``telemetry``, ``rollups``, ...; 0: forever), for Settings."""
 
 
 def _safe_next(target: str | None) -> str:
@@ -107,6 +113,14 @@ def _safe_next(target: str | None) -> str:
 def _session_cookie(token: str, request: Request, max_age: int) -> str:
     secure = "; Secure" if request.url.scheme == "https" else ""
     return f"{SESSION_COOKIE}={token}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}"
+
+
+def _rebaseline_toast(status: str, error: str, done: str) -> tuple[str, str]:
+    if status == "ok":
+        return f"{done}.", "ok"
+    if status == "no_engine":
+        return "No SPC engine answered: nothing was re-baselined.", "error"
+    return f"Re-baseline refused: {error}", "error"
 
 
 def _form_value(setting: SettingInfo, raw: str | None) -> object:
@@ -137,6 +151,7 @@ def create_router(
     alerting: AlertingData | None = None,
     chart_settings: ChartSettingsData | None = None,
     status: StatusData | None = None,
+    trends: TrendsData | None = None,
 ) -> APIRouter:
     """All dashboard routes, bound to the injected data access and authenticator (and, with
     ``alerting``, the incidents, silences and notifications pages and the overview's incident
@@ -267,6 +282,7 @@ def create_router(
         rebaseline: RebaselineResult | None = None,
         model_rebaseline: ModelRebaselineResult | None = None,
         status_code: int = 200,
+        toast: tuple[str, str] | None = None,
     ) -> HTMLResponse:
         if series and "|" in series:
             provider, model = series.split("|", 1)
@@ -290,6 +306,9 @@ def create_router(
                 target = ""  # a target of another model: this one's default
                 chart = await data.chart(ChartQuery(provider, model, prompt_id, metric, hours, "", shown))
         log = await data.violations(ViolationFilter(severities=shown, limit=15))
+        availability: AvailabilityHistory | None = None
+        if trends is not None and provider and model:
+            availability = await trends.availability(provider, model, hours)
         query = {
             "provider": provider or "",
             "model": model or "",
@@ -312,6 +331,7 @@ def create_router(
             "refresh_s": opts.refresh_s,
             "rebaseline": rebaseline,
             "model_rebaseline": model_rebaseline,
+            "availability": availability,
         }
         return pages.render(
             request,
@@ -319,6 +339,7 @@ def create_router(
             context,
             fragments=("panel", "chart_panel", "violation_log", "rebaseline"),
             status_code=status_code,
+            toast=toast,
         )
 
     # ---- overview (the landing page) -----------------------------------------------------
@@ -367,7 +388,7 @@ def create_router(
         prompt_id: str | None = None,
         target: str | None = None,
         metric: Metric = "latency_ms",
-        hours: Annotated[float, Query(gt=0, le=24 * 31)] = 1,
+        hours: Annotated[float, Query(gt=0, le=COMPARE_MAX_HOURS)] = 1,
         severity: Severity = "warning",
     ) -> HTMLResponse:
         return await _dashboard(
@@ -426,6 +447,7 @@ def create_router(
             severity=severity,
             rebaseline=result,
             status_code=status,
+            toast=_rebaseline_toast(result.status, result.error, "Chart re-baselined"),
         )
 
     @router.post("/models/rebaseline", response_class=HTMLResponse, dependencies=[Session])
@@ -475,6 +497,7 @@ def create_router(
             severity=severity,
             model_rebaseline=result,
             status_code=status,
+            toast=_rebaseline_toast(result.status, result.error, f"{result.model}: charts re-baselined"),
         )
 
     # ---- violations ----------------------------------------------------------------------
@@ -547,6 +570,7 @@ def create_router(
             {"d": detail, "v": detail.violation, "rebaseline": result},
             fragments=("rebaseline",),
             status_code=status,
+            toast=_rebaseline_toast(result.status, result.error, "Chart re-baselined"),
         )
 
     async def _act(request: Request, violation_id: str, action: str, by: str, note: str) -> HTMLResponse:
@@ -559,8 +583,13 @@ def create_router(
             return pages.render(request, "not_found.html", {"what": "violation"}, status_code=404)
         detail = await data.violation(violation_id)
         assert detail is not None
+        done = "acknowledged" if action == "acknowledge" else "resolved"
         return pages.render(
-            request, "violation.html", {"d": detail, "v": detail.violation}, fragments=("actions",)
+            request,
+            "violation.html",
+            {"d": detail, "v": detail.violation},
+            fragments=("actions",),
+            toast=f"Violation {done} by {who}.",
         )
 
     @router.post(
@@ -592,7 +621,7 @@ def create_router(
         context: dict[str, Any] = {
             "models": await data.models() if block in (None, "content", "models") else [],
             "health": await data.model_health(hours) if block != "models" else None,
-            "windows": WINDOWS_H,
+            "windows": OVERVIEW_WINDOWS_H,
             "hours": f"{hours:g}",
             "refresh_s": opts.refresh_s,
         }
@@ -617,30 +646,93 @@ def create_router(
         return await _models_page(request, 1, status_code=200 if found else 404)
 
     # ---- settings ------------------------------------------------------------------------
-    async def _settings_page(
-        request: Request, message: str | None = None, error: str | None = None, status: int = 200
-    ) -> HTMLResponse:
-        context = {"settings": await data.settings(), "message": message, "error": error}
-        return pages.render(
-            request, "settings.html", context, fragments=("settings_table",), status_code=status
-        )
+    fixed = fixed_settings(opts.retention_days, opts.session_max_age_s / 86400, opts.status_public)
+
+    async def _settings_page(request: Request, views: dict[str, SectionView] | None = None) -> HTMLResponse:
+        stored = await data.settings()
+        sections = [(views or {}).get(s.id) or section_view(s, stored) for s in SECTIONS]
+        context = {
+            "sections": sections,
+            "fixed": fixed,
+            "models": sorted({(s.provider, s.model) for s in await data.series()}),
+        }
+        return pages.render(request, "settings.html", context)
 
     @router.get("/settings", response_class=HTMLResponse, dependencies=[Session])
     async def settings_page(request: Request) -> HTMLResponse:
         return await _settings_page(request)
 
+    @router.post("/settings/section/{section_id}", response_class=HTMLResponse, dependencies=[Session])
+    async def save_section(request: Request, section_id: str) -> HTMLResponse:
+        """Save one form of the settings page whole; errors are shown under their fields."""
+        section = BY_ID.get(section_id)
+        if section is None:
+            return pages.render(request, "not_found.html", {"what": "settings section"}, status_code=404)
+        form = await request.form()
+        stored = {s.key: s for s in await data.settings()}
+        typed: dict[str, str] = {}
+        values: dict[str, object] = {}
+        errors: dict[str, str] = {}
+        for spec in section.fields:
+            setting = stored.get(spec.key)
+            if setting is None:
+                continue
+            # A checkbox sends "true" after its hidden "false": the last value is the one ticked.
+            raw = [str(v) for v in form.getlist(spec.key)]
+            text = raw[-1] if raw else ""
+            typed[spec.key] = text
+            if setting.secret and not text.strip():
+                continue  # write-only: blank keeps the stored secret
+            try:
+                values[spec.key] = parse_field(setting, text)
+            except SettingError as exc:
+                errors[spec.key] = exc.message
+        if not errors:
+            try:
+                await data.put_settings(values, opts.actor)
+            except SettingErrors as exc:
+                errors = exc.errors
+        if errors:
+            labels = {f.key: f.label for f in section.fields}
+            view = section_view(section, await data.settings(), errors=errors, typed=typed)
+            named = ", ".join(labels.get(k, k) for k in errors)
+            toast = (f"{section.title}: not saved, check {named}.", "error")
+            status = 200 if is_htmx(request) else 422
+        else:
+            view = section_view(section, await data.settings(), message="Saved.")
+            toast = (f"{section.title} settings saved.", "ok")
+            status = 200
+        if is_htmx(request):
+            return pages.render(
+                request,
+                "settings.html",
+                {"sec": view},
+                block="section",
+                status_code=status,
+                toast=toast,
+            )
+        response = await _settings_page(request, {section.id: view})
+        response.status_code = status
+        return response
+
     @router.post("/settings/{key}", response_class=HTMLResponse, dependencies=[Session])
     async def put_setting(
         request: Request, key: str, value: Annotated[str | None, Form()] = None
     ) -> HTMLResponse:
+        """One setting by key (the page before the sections; kept for scripts and old tabs)."""
         known = {s.key: s for s in await data.settings()}
         try:
             if key not in known:
                 raise SettingError(key, "unknown setting")
             await data.put_setting(key, _form_value(known[key], value), opts.actor)
         except SettingError as exc:
-            return await _settings_page(request, error=str(exc), status=422)
-        return await _settings_page(request, message=f"{key} saved")
+            response = await _settings_page(request)
+            response.status_code = 422
+            response.headers.update(toast_trigger(str(exc), "error"))
+            return response
+        response = await _settings_page(request)
+        response.headers.update(toast_trigger(f"{key} saved"))
+        return response
 
     # ---- first-run setup -----------------------------------------------------------------
     async def _setup_context(
@@ -690,6 +782,8 @@ def create_router(
         add_alerting_routes(router, alerting, Session, pages, opts.actor, _setup_context)
     if chart_settings is not None:
         add_chart_settings_routes(router, chart_settings, Session, pages)
+    if trends is not None:
+        add_trend_routes(router, trends, data, alerting, Session, pages)
     if status is not None:
         add_status_routes(
             router, status, pages, public=opts.status_public, signed_in=signed_in, session=session
@@ -705,12 +799,21 @@ def install(
     alerting: AlertingData | None = None,
     chart_settings: ChartSettingsData | None = None,
     status: StatusData | None = None,
+    trends: TrendsData | None = None,
 ) -> None:
     """Mount the dashboard and its static files (htmx, CSS) on an application."""
     static_dir = files("llmscope.web") / "static"
     app.mount("/static", StaticFiles(directory=str(static_dir)), name="static")
     app.include_router(
-        create_router(data, auth, options, alerting=alerting, chart_settings=chart_settings, status=status)
+        create_router(
+            data,
+            auth,
+            options,
+            alerting=alerting,
+            chart_settings=chart_settings,
+            status=status,
+            trends=trends,
+        )
     )
 
 

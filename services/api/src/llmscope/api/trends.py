@@ -1,0 +1,152 @@
+"""The dashboard's long-window history over the per-minute rollups: implements
+:class:`llmscope.web.trends.TrendsData` (comparison chart, availability chart, report counts).
+
+Every query reads ``telemetry_minute`` by its ``minute`` index and regroups it in SQL into at
+most ~240 buckets, so a 30-day chart of several models reads rollups, never raw probes.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+from llmscope.api.store import METRIC_COLUMNS, Store
+from llmscope.web.data import ChartPoint, Metric
+from llmscope.web.trends import (
+    AvailabilityBucket,
+    AvailabilityHistory,
+    AvailabilityLine,
+    ChartEvent,
+    ComparedLine,
+    Comparison,
+    RuleCount,
+    compare_bucket_s,
+)
+
+MAX_EVENTS = 200
+
+
+class TrendQueries:
+    """Rollup queries for the comparison and availability charts and the report."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store  # its pool opens with the app's lifespan
+
+    async def comparison(
+        self, models: list[tuple[str, str]], metric: Metric, hours: float, end: datetime | None = None
+    ) -> Comparison:
+        end = end or datetime.now(UTC)
+        start = end - timedelta(hours=hours)
+        bucket_s = compare_bucket_s(hours)
+        prefix = METRIC_COLUMNS[metric][1]
+        providers = [p for p, _ in models]
+        names = [m for _, m in models]
+        # Every prompt and target of a model pooled: the model's typical value over the bucket.
+        rows = await self.store.pool.fetch(
+            f"""SELECT provider, model,
+                       to_timestamp(floor(extract(epoch FROM minute) / $3) * $3) AS bucket,
+                       sum({prefix}_n) AS n, sum({prefix}_logsum) AS ls,
+                       min({prefix}_min) AS lo, max({prefix}_max) AS hi
+                FROM telemetry_minute
+                WHERE minute >= $1 AND minute < $2
+                  AND (provider, model) IN (SELECT * FROM unnest($4::text[], $5::text[]))
+                GROUP BY 1, 2, 3 HAVING sum({prefix}_n) > 0 ORDER BY 3""",
+            start - timedelta(seconds=bucket_s),
+            end,
+            bucket_s,
+            providers,
+            names,
+        )
+        events = await self.store.pool.fetch(
+            f"""SELECT id, ts, provider, model, rule, severity FROM violations
+                WHERE ts >= $1 AND ts < $2 AND severity IN ('critical', 'warning')
+                  AND (provider, model) IN (SELECT * FROM unnest($3::text[], $4::text[]))
+                ORDER BY (severity = 'critical') DESC, ts DESC LIMIT {MAX_EVENTS}""",
+            start,
+            end,
+            providers,
+            names,
+        )
+        by_model: dict[tuple[str, str], list[ChartPoint]] = {m: [] for m in models}
+        for r in rows:
+            mid = r["bucket"] + timedelta(seconds=bucket_s / 2)
+            if mid < start:
+                continue
+            value = math.exp(r["ls"] / r["n"])
+            by_model.setdefault((r["provider"], r["model"]), []).append(
+                ChartPoint(ts=mid, value=value, n=int(r["n"]), lo=r["lo"], hi=r["hi"])
+            )
+        return Comparison(
+            metric=metric,
+            hours=hours,
+            start=start,
+            end=end,
+            bucket_s=bucket_s,
+            lines=[ComparedLine(p, m, pts) for (p, m), pts in by_model.items()],
+            events=sorted(
+                (
+                    ChartEvent(
+                        ts=e["ts"],
+                        kind="violation",
+                        provider=e["provider"],
+                        model=e["model"],
+                        label=e["rule"],
+                        severity=e["severity"],
+                        id=e["id"],
+                    )
+                    for e in events
+                ),
+                key=lambda e: e.ts,
+            ),
+        )
+
+    async def availability(
+        self, provider: str, model: str, hours: float, end: datetime | None = None
+    ) -> AvailabilityHistory:
+        end = end or datetime.now(UTC)
+        start = end - timedelta(hours=hours)
+        bucket_s = compare_bucket_s(hours)
+        rows = await self.store.pool.fetch(
+            """SELECT target, to_timestamp(floor(extract(epoch FROM minute) / $4) * $4) AS bucket,
+                      sum(n) AS n, sum(n_ok) AS ok
+               FROM telemetry_minute
+               WHERE provider = $1 AND model = $2 AND minute >= $3 AND minute < $5
+               GROUP BY 1, 2 ORDER BY 1, 2""",
+            provider,
+            model,
+            start - timedelta(seconds=bucket_s),
+            bucket_s,
+            end,
+        )
+        lines: dict[str, list[AvailabilityBucket]] = {}
+        for r in rows:
+            if r["bucket"] + timedelta(seconds=bucket_s) <= start:
+                continue
+            lines.setdefault(r["target"], []).append(
+                AvailabilityBucket(ts=r["bucket"], probes=int(r["n"]), ok=int(r["ok"]))
+            )
+        return AvailabilityHistory(
+            provider=provider,
+            model=model,
+            hours=hours,
+            start=start,
+            end=end,
+            bucket_s=bucket_s,
+            lines=[AvailabilityLine(t, b) for t, b in sorted(lines.items())],
+        )
+
+    async def rule_counts(
+        self, start: datetime, end: datetime, provider: str | None = None, model: str | None = None
+    ) -> list[RuleCount]:
+        rows = await self.store.pool.fetch(
+            """SELECT rule, severity, count(*) AS n FROM violations
+               WHERE ts >= $1 AND ts < $2 AND ($3::text IS NULL OR provider = $3)
+                 AND ($4::text IS NULL OR model = $4)
+               GROUP BY 1, 2
+               ORDER BY array_position(ARRAY['critical', 'warning', 'info'], severity), 3 DESC, 1""",
+            start,
+            end,
+            provider,
+            model,
+        )
+        return [RuleCount(r["rule"], r["severity"], int(r["n"])) for r in rows]

@@ -1,0 +1,130 @@
+"""The violation page's mini-chart: the ±30 probes around a violation against the limits frozen
+in it (not today's), drawn server-side as inline SVG like the main chart.
+
+The x axis is the probe's order, not its time: around one event the spacing carries no meaning,
+and equal steps keep the pattern readable. Failed probes have no value: a red tick on the axis.
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+from markupsafe import Markup
+
+from llmscope.proto.charts import AVAILABILITY
+from llmscope.web.data import METRIC_LABELS, ContextPoint, Violation
+from llmscope.web.svg import _fmt, _nice_ticks
+
+WIDTH, HEIGHT = 960, 240
+PAD_L, PAD_R, PAD_T, PAD_B = 72, 96, 14, 34
+LIMIT_LINES = (
+    ("ucl", "limit", "UCL"),
+    ("lcl", "limit", "LCL"),
+    ("center", "center", "CL"),
+    ("zone_a_upper", "zone", "+2σ"),
+    ("zone_a_lower", "zone", "−2σ"),
+)
+
+
+def _metric_value(p: ContextPoint, metric: str) -> float | None:
+    if p.status != "ok":
+        return None
+    if metric == AVAILABILITY:
+        return p.latency_ms  # the successful probes' latency, for a sense of the load
+    return p.value
+
+
+def render_minichart(v: Violation, points: list[ContextPoint]) -> Markup:
+    """The probes around ``v`` with its frozen limits, its pattern points and the trigger ringed."""
+    plot_w, plot_h = WIDTH - PAD_L - PAD_R, HEIGHT - PAD_T - PAD_B
+    values = [_metric_value(p, v.metric) for p in points]
+    limits: dict[str, float] = {}
+    if v.metric != AVAILABILITY:
+        # An availability violation's limits are failure rates, not latencies: none drawn.
+        limits = {
+            k: float(v.limits[k]) for k, _, _ in LIMIT_LINES if isinstance(v.limits.get(k), int | float)
+        }
+    known = [x for x in values if x is not None]
+    span = known + [limits[k] for k in ("ucl", "lcl", "center") if k in limits]
+    lo, hi = (min(span), max(span)) if span else (0.0, 1.0)
+    if hi - lo < 1e-9:
+        lo, hi = lo - 1, hi + 1
+    margin = (hi - lo) * 0.08
+    lo, hi = max(lo - margin, 0.0) if lo >= 0 else lo - margin, hi + margin
+    n = max(len(points), 2)
+
+    def x(i: int) -> float:
+        return PAD_L + (i + 0.5) / n * plot_w
+
+    def y(value: float) -> float:
+        return PAD_T + (hi - value) / (hi - lo) * plot_h
+
+    unit = METRIC_LABELS.get("latency_ms" if v.metric == AVAILABILITY else v.metric, v.metric)
+    out = [
+        f'<svg class="mini-chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
+        f'aria-label="{escape(unit)} around the violation" xmlns="http://www.w3.org/2000/svg">',
+        f'<rect x="{PAD_L}" y="{PAD_T}" width="{plot_w}" height="{plot_h}" class="plot-bg"/>',
+    ]
+    for tick in _nice_ticks(lo, hi, 4):
+        ty = y(tick)
+        out.append(
+            f'<line x1="{PAD_L}" x2="{PAD_L + plot_w}" y1="{ty:.1f}" y2="{ty:.1f}" class="grid"/>'
+            f'<text x="{PAD_L - 6}" y="{ty + 4:.1f}" class="tick" text-anchor="end">{_fmt(tick)}</text>'
+        )
+    mid = PAD_T + plot_h / 2
+    out.append(
+        f'<text x="14" y="{mid:.1f}" class="axis-label" text-anchor="middle" '
+        f'transform="rotate(-90 14 {mid:.1f})">{escape(unit)}</text>'
+    )
+    labelled: list[float] = []
+    for key, cls, name in LIMIT_LINES:
+        if key not in limits or not lo <= limits[key] <= hi:
+            continue
+        ly = y(limits[key])
+        out.append(f'<line x1="{PAD_L}" x2="{PAD_L + plot_w}" y1="{ly:.1f}" y2="{ly:.1f}" class="{cls}"/>')
+        if all(abs(ly - other) >= 12 for other in labelled):
+            labelled.append(ly)
+            out.append(
+                f'<text x="{PAD_L + plot_w + 4}" y="{ly + 4:.1f}" class="{cls}-label">'
+                f"{name} {_fmt(limits[key])}</text>"
+            )
+    trigger = next((i for i, p in enumerate(points) if p.trigger), None)
+    if trigger is not None:
+        tx = x(trigger)
+        out.append(
+            f'<line x1="{tx:.1f}" x2="{tx:.1f}" y1="{PAD_T}" y2="{PAD_T + plot_h}" class="trigger-line"/>'
+        )
+    coords = " ".join(f"{x(i):.1f},{y(val):.1f}" for i, val in enumerate(values) if val is not None)
+    if coords:
+        out.append(f'<polyline points="{coords}" class="series"/>')
+    for i, (p, val) in enumerate(zip(points, values, strict=True)):
+        when = p.ts.strftime("%H:%M:%S")
+        if val is None:
+            out.append(
+                f'<line x1="{x(i):.1f}" x2="{x(i):.1f}" y1="{PAD_T + plot_h - 10:.1f}" '
+                f'y2="{PAD_T + plot_h:.1f}" class="failed-tick"><title>{when} {escape(p.status)}'
+                f"</title></line>"
+            )
+            continue
+        cls = "point pattern" if p.in_pattern else "point"
+        radius = 4 if p.in_pattern else 2.5
+        out.append(
+            f'<circle cx="{x(i):.1f}" cy="{y(val):.1f}" r="{radius}" class="{cls}">'
+            f"<title>{when} {_fmt(val)}</title></circle>"
+        )
+        if p.trigger:
+            out.append(f'<circle cx="{x(i):.1f}" cy="{y(val):.1f}" r="8" class="trigger-ring"/>')
+    if points:
+        for i in sorted({0, len(points) - 1} | ({trigger} if trigger is not None else set())):
+            anchor = "start" if i == 0 else "end" if i == len(points) - 1 else "middle"
+            out.append(
+                f'<text x="{x(i):.1f}" y="{HEIGHT - 10}" class="tick" text-anchor="{anchor}">'
+                f"{points[i].ts.strftime('%H:%M:%S')}</text>"
+            )
+    else:
+        out.append(
+            f'<text x="{PAD_L + plot_w / 2:.1f}" y="{mid:.1f}" class="empty-note" '
+            'text-anchor="middle">no stored probes around this violation</text>'
+        )
+    out.append("</svg>")
+    return Markup("".join(out))

@@ -1,0 +1,266 @@
+"""The settings page's layout: stored settings grouped into forms by concern, with labels and help.
+
+Each :class:`Section` is one form with one Save button; a value that does not parse or that the
+API refuses is shown under its own field. Settings the environment fixes (retention, the API key,
+sessions) are shown read-only with the variable that changes them: they are read once at start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from llmscope.web.data import SettingError, SettingInfo
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """How one stored setting reads on the page."""
+
+    key: str
+    label: str
+    help: str = ""
+    placeholder: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """One form of the settings page."""
+
+    id: str
+    title: str
+    help: str
+    fields: tuple[FieldSpec, ...]
+    group: str
+
+
+@dataclass(frozen=True, slots=True)
+class FixedSetting:
+    """A setting the environment fixes at start: shown, not edited here."""
+
+    label: str
+    value: str
+    env: str
+    help: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FieldView:
+    """A field as rendered: its spec, the stored setting, and the error found for it."""
+
+    spec: FieldSpec
+    setting: SettingInfo
+    error: str = ""
+    raw: str | None = None
+    """What was typed, shown again next to its error so it can be corrected."""
+
+
+@dataclass(frozen=True, slots=True)
+class SectionView:
+    section: Section
+    fields: list[FieldView]
+    message: str = ""
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+SECTIONS: tuple[Section, ...] = (
+    Section(
+        "policy",
+        "What notifies",
+        "Violations are always recorded and shown; these decide which of them send a message, "
+        "and how bursts are grouped into one (as Alertmanager does).",
+        (
+            FieldSpec(
+                "alert.min_severity",
+                "Lowest severity that notifies",
+                "critical pages only on outages and sustained shifts; warning adds EWMA and "
+                "Nelson test 1; info adds every run rule (noisy).",
+            ),
+            FieldSpec(
+                "alert.on_rules",
+                "Only these rules",
+                "Rule codes, comma-separated (CUSUM, EWMA, SPIKE, TAIL, AVAILABILITY, R1..R8). "
+                "Empty: every rule at or above the severity.",
+                "e.g. CUSUM, AVAILABILITY",
+            ),
+            FieldSpec(
+                "alert.group_wait_s",
+                "Group wait (s)",
+                "How long to gather violations of one group before its first message.",
+            ),
+            FieldSpec(
+                "alert.group_interval_s",
+                "Group interval (s)",
+                "The least time between two messages about one group.",
+            ),
+            FieldSpec(
+                "alert.repeat_interval_s",
+                "Repeat interval (s)",
+                "When to remind of a group still open and not acknowledged.",
+            ),
+        ),
+        "alerting",
+    ),
+    Section(
+        "email",
+        "Email",
+        "Alerts by SMTP. The password is write-only: leave it blank to keep the stored one.",
+        (
+            FieldSpec("alert.email.enabled", "Send alerts by email"),
+            FieldSpec(
+                "alert.email.recipients", "Recipients", "Addresses, comma-separated.", "ops@example.com"
+            ),
+            FieldSpec("alert.email.smtp_host", "SMTP host", "", "smtp.example.com"),
+            FieldSpec("alert.email.smtp_port", "SMTP port", "587 for STARTTLS, 465 for SSL."),
+            FieldSpec("alert.email.tls", "Transport security"),
+            FieldSpec("alert.email.smtp_user", "SMTP user"),
+            FieldSpec("alert.email.smtp_password", "SMTP password"),
+            FieldSpec("alert.email.from_addr", "Sender address"),
+        ),
+        "channels",
+    ),
+    Section(
+        "slack",
+        "Slack",
+        "An incoming webhook of the channel to post to.",
+        (
+            FieldSpec("alert.slack.enabled", "Send alerts to Slack"),
+            FieldSpec(
+                "alert.slack.webhook_url",
+                "Webhook URL",
+                "Write-only: blank keeps the stored one.",
+                "https://hooks.slack.com/services/…",
+            ),
+        ),
+        "channels",
+    ),
+    Section(
+        "webhook",
+        "Webhook",
+        "A JSON POST per notification, signed with HMAC-SHA256 when a key is set.",
+        (
+            FieldSpec("alert.webhook.enabled", "Send alerts to the webhook"),
+            FieldSpec("alert.webhook.url", "URL", "Write-only: blank keeps the stored one.", "https://…"),
+            FieldSpec(
+                "alert.webhook.signing_secret", "Signing key", "Write-only: blank keeps the stored one."
+            ),
+        ),
+        "channels",
+    ),
+    Section(
+        "pagerduty",
+        "PagerDuty",
+        "Critical alerts only, through the Events API v2.",
+        (
+            FieldSpec("alert.pagerduty.enabled", "Send critical alerts to PagerDuty"),
+            FieldSpec(
+                "alert.pagerduty.routing_key", "Routing key", "Write-only: blank keeps the stored one."
+            ),
+        ),
+        "channels",
+    ),
+    Section(
+        "dashboard",
+        "Dashboard",
+        "How alerts link back here.",
+        (
+            FieldSpec(
+                "dashboard.base_url",
+                "Public URL",
+                "The address people open this dashboard at; links in alerts start with it.",
+                "https://llmscope.example.com",
+            ),
+        ),
+        "alerting",
+    ),
+)
+BY_ID: dict[str, Section] = {s.id: s for s in SECTIONS}
+
+
+def section_view(
+    section: Section,
+    settings: list[SettingInfo],
+    *,
+    message: str = "",
+    errors: dict[str, str] | None = None,
+    typed: dict[str, str] | None = None,
+) -> SectionView:
+    """The section's fields over the stored settings (keys the API does not know are left out)."""
+    known = {s.key: s for s in settings}
+    errs = errors or {}
+    fields = [
+        FieldView(f, known[f.key], errs.get(f.key, ""), (typed or {}).get(f.key) if f.key in errs else None)
+        for f in section.fields
+        if f.key in known
+    ]
+    return SectionView(section, fields, message, errs)
+
+
+def parse_field(setting: SettingInfo, raw: str | None) -> object:
+    """Turn a form field into the setting's JSON value (the API validates it further)."""
+    text = (raw or "").strip()
+    if setting.kind == "bool":
+        return text.lower() in {"1", "true", "on", "yes"}
+    if setting.kind == "list":
+        return [item.strip() for item in text.replace("\n", ",").split(",") if item.strip()]
+    if setting.kind == "int":
+        try:
+            return int(text)
+        except ValueError:
+            raise SettingError(setting.key, f"expected a whole number, got {text!r}") from None
+    if setting.kind == "float":
+        try:
+            return float(text)
+        except ValueError:
+            raise SettingError(setting.key, f"expected a number, got {text!r}") from None
+    return text
+
+
+def _days(value: float) -> str:
+    return "forever" if value <= 0 else f"{value:g} days"
+
+
+def fixed_settings(
+    retention_days: dict[str, float], session_days: float, status_public: bool
+) -> dict[str, list[FixedSetting]]:
+    """Retention and authentication, as the environment set them at start."""
+    names = {
+        "telemetry": ("Raw probes", "LLMSCOPE_RETENTION_TELEMETRY_DAYS", "Every probe with its timings."),
+        "rollups": (
+            "Per-minute rollups",
+            "LLMSCOPE_RETENTION_ROLLUP_DAYS",
+            "What the comparison and 7/30-day charts read.",
+        ),
+        "violations": (
+            "Violations and resolved incidents",
+            "LLMSCOPE_RETENTION_VIOLATIONS_DAYS",
+            "",
+        ),
+        "deadletters": (
+            "Dead letters",
+            "LLMSCOPE_RETENTION_DEADLETTER_DAYS",
+            "Messages no service could read.",
+        ),
+    }
+    retention = [
+        FixedSetting(label, _days(retention_days[key]), env, help)
+        for key, (label, env, help) in names.items()
+        if key in retention_days
+    ]
+    auth = [
+        FixedSetting(
+            "API key",
+            "set (never shown)",
+            "LLMSCOPE_API_KEY",
+            "The one credential: a bearer token for the API, typed once here at login.",
+        ),
+        FixedSetting(
+            "Session lifetime", _days(session_days), "LLMSCOPE_SESSION_DAYS", "How long a login lasts."
+        ),
+        FixedSetting(
+            "Public status page",
+            "yes" if status_public else "no (login required)",
+            "LLMSCOPE_STATUS_PUBLIC",
+            "Whether /status and the badges are readable without a login.",
+        ),
+    ]
+    return {"retention": retention, "auth": auth}

@@ -1,0 +1,197 @@
+"""The comparison page (several models on one chart, 1 h to 30 d) and the report (a printable
+page and CSV exports of violations and incidents over a window).
+
+The report prints to PDF from the browser (its print stylesheet drops the navigation and keeps
+tables whole); no PDF library is needed on the server.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Query, Request
+from fastapi.params import Depends
+from fastapi.responses import HTMLResponse, Response
+
+from llmscope.web.alerting import AlertingData, Incident, IncidentFilter
+from llmscope.web.data import HEALTH_MAX_HOURS, METRICS, DashboardData, Metric, ViolationFilter
+from llmscope.web.pages import Pages
+from llmscope.web.trend_svg import color
+from llmscope.web.trends import (
+    COMPARE_MAX_HOURS,
+    COMPARE_WINDOWS_H,
+    MAX_COMPARED,
+    TrendsData,
+    window_label,
+)
+
+REPORT_WINDOWS_H: tuple[int, ...] = (24, 168, 720)
+REPORT_VIOLATIONS = 500
+INCIDENT_COLUMNS = (
+    "id", "state", "severity", "title", "provider", "host", "models", "cascade", "violation_count",
+    "opened_at", "acknowledged_at", "acknowledged_by", "resolved_at", "resolved_by",
+    "seconds_to_acknowledge", "seconds_to_resolve",
+)  # fmt: skip
+
+
+def _split(series: str) -> tuple[str, str] | None:
+    provider, sep, model = series.partition("|")
+    return (provider, model) if sep and provider and model else None
+
+
+def _seconds(later: datetime | None, earlier: datetime) -> float | None:
+    return None if later is None else (later - earlier).total_seconds()
+
+
+async def _incidents_since(
+    alerting: AlertingData | None, since: datetime, model: str | None
+) -> list[Incident]:
+    """Every incident opened since ``since`` (all pages of them, newest first)."""
+    if alerting is None:
+        return []
+    found: list[Incident] = []
+    cursor: str | None = None
+    while True:
+        page = await alerting.incidents(IncidentFilter(model=model, since=since, limit=200, cursor=cursor))
+        found += page.items
+        if not page.next_cursor or len(found) >= 5000:
+            return found
+        cursor = page.next_cursor
+
+
+def add_trend_routes(
+    router: APIRouter,
+    trends: TrendsData,
+    data: DashboardData,
+    alerting: AlertingData | None,
+    session: Depends,
+    pages: Pages,
+) -> None:
+    """Register /compare, /report and /report/incidents.csv behind the session dependency."""
+
+    @router.get("/compare", response_class=HTMLResponse, dependencies=[session])
+    async def compare(
+        request: Request,
+        series: Annotated[list[str] | None, Query()] = None,
+        metric: Metric = "latency_ms",
+        hours: Annotated[float, Query(gt=0, le=COMPARE_MAX_HOURS)] = 24,
+    ) -> HTMLResponse:
+        known = sorted({(s.provider, s.model) for s in await data.series()})
+        chosen = [m for m in (_split(s) for s in series or []) if m is not None and m in known]
+        # No choice yet: the first few models, so the page is never an empty chart.
+        picked = (chosen or known)[:MAX_COMPARED]
+        comparison = await trends.comparison(picked, metric, hours)
+        context: dict[str, Any] = {
+            "models": known,
+            "picked": picked,
+            "comparison": comparison,
+            "colors": {m: color(i) for i, m in enumerate(picked)},
+            "metrics": METRICS,
+            "windows": [(h, window_label(h)) for h in COMPARE_WINDOWS_H],
+            "q": {"metric": metric, "hours": f"{hours:g}"},
+            "max_compared": MAX_COMPARED,
+        }
+        return pages.render(request, "compare.html", context, fragments=("compare_card",))
+
+    async def _report_context(hours: float, series: str) -> dict[str, Any]:
+        end = datetime.now(UTC)
+        start = end - timedelta(hours=hours)
+        one = _split(series)
+        provider, model = one if one else (None, None)
+        health = await data.model_health(min(hours, HEALTH_MAX_HOURS))
+        rows = [h for h in health.models if one is None or (h.provider, h.model) == one]
+        counts = await trends.rule_counts(start, end, provider, model)
+        violations = await data.violations(
+            ViolationFilter(
+                provider=provider,
+                model=model,
+                since=start,
+                severities=("critical", "warning"),
+                limit=REPORT_VIOLATIONS,
+            )
+        )
+        incidents = [
+            i
+            for i in await _incidents_since(alerting, start, model)
+            if one is None or (model in i.models and i.provider == provider)
+        ]
+        known = sorted({(s.provider, s.model) for s in await data.series()})
+        picked = [one] if one else known[:MAX_COMPARED]
+        comparison = await trends.comparison(picked, "latency_ms", hours, end)
+        qs = urlencode({"hours": f"{hours:g}", "series": series})
+        export = {"since": start.isoformat(), "until": end.isoformat()}
+        if one:
+            export |= {"provider": one[0], "model": one[1]}
+        return {
+            "start": start,
+            "end": end,
+            "hours": f"{hours:g}",
+            "window": window_label(hours),
+            "health_hours": min(hours, HEALTH_MAX_HOURS),
+            "series": series,
+            "models": known,
+            "rows": rows,
+            "counts": counts,
+            "total": sum(c.count for c in counts),
+            "violations": violations.items,
+            "violations_capped": violations.next_cursor is not None,
+            "incidents": incidents,
+            "comparison": comparison,
+            "colors": {m: color(i) for i, m in enumerate(picked)},
+            "windows": [(h, window_label(h)) for h in REPORT_WINDOWS_H],
+            "violations_csv": "/api/export/violations.csv?" + urlencode(export),
+            "incidents_csv": "/report/incidents.csv?" + qs,
+        }
+
+    @router.get("/report", response_class=HTMLResponse, dependencies=[session])
+    async def report(
+        request: Request,
+        hours: Annotated[float, Query(gt=0, le=COMPARE_MAX_HOURS)] = 24,
+        series: str = "",
+    ) -> HTMLResponse:
+        """Status, uptime, latency, violations by rule and severity, incidents with their times to
+        acknowledge and resolve: one page to print (the browser saves it as PDF)."""
+        return pages.render(request, "report.html", await _report_context(hours, series))
+
+    @router.get("/report/incidents.csv", dependencies=[session])
+    async def incidents_csv(
+        hours: Annotated[float, Query(gt=0, le=COMPARE_MAX_HOURS)] = 24, series: str = ""
+    ) -> Response:
+        start = datetime.now(UTC) - timedelta(hours=hours)
+        one = _split(series)
+        items = await _incidents_since(alerting, start, one[1] if one else None)
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(INCIDENT_COLUMNS)
+        for i in sorted(items, key=lambda i: (i.opened_at, i.id)):
+            if one and (i.provider != one[0] or one[1] not in i.models):
+                continue
+            writer.writerow(
+                [
+                    i.id,
+                    i.state,
+                    i.severity,
+                    i.title,
+                    i.provider,
+                    i.host,
+                    " ".join(i.models),
+                    i.cascade,
+                    i.violation_count,
+                    i.opened_at.isoformat(),
+                    i.acknowledged_at.isoformat() if i.acknowledged_at else "",
+                    i.acknowledged_by or "",
+                    i.resolved_at.isoformat() if i.resolved_at else "",
+                    i.resolved_by or "",
+                    _seconds(i.acknowledged_at, i.opened_at) or "",
+                    _seconds(i.resolved_at, i.opened_at) or "",
+                ]
+            )
+        return Response(
+            buf.getvalue(),
+            media_type="text/csv",
+            headers={"Content-Disposition": 'attachment; filename="incidents.csv"'},
+        )

@@ -1,0 +1,192 @@
+"""Server-side SVG of the comparison chart (several models on one time axis) and of the
+availability chart (success rate per target, outages as shaded bands), styled like the control
+chart (``svg.py``) and needing no JavaScript.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from html import escape
+
+from markupsafe import Markup
+
+from llmscope.web.data import METRIC_LABELS
+from llmscope.web.svg import _fmt, _nice_ticks
+from llmscope.web.trends import AvailabilityHistory, Comparison
+
+# Tableau 10: distinct to most eyes, and the control chart's blue first.
+PALETTE = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#17becf",
+    "#bcbd22",
+    "#7f7f7f",
+    "#d62728",
+)
+PAD_L, PAD_R, PAD_T, PAD_B = 72, 24, 18, 28
+
+
+def color(i: int) -> str:
+    return PALETTE[i % len(PALETTE)]
+
+
+def _time_axis(out: list[str], t0: float, t1: float, tz: object, width: int, height: int) -> None:
+    plot_w = width - PAD_L - PAD_R
+    fmt = "%m-%d %H:%M" if t1 - t0 > 86400 else "%H:%M"
+    for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
+        ts = datetime.fromtimestamp(t0 + frac * (t1 - t0), tz=tz)  # type: ignore[arg-type]
+        anchor = "start" if frac == 0 else "end" if frac == 1 else "middle"
+        out.append(
+            f'<text x="{PAD_L + frac * plot_w:.1f}" y="{height - 8}" class="tick" '
+            f'text-anchor="{anchor}">{ts.strftime(fmt)}</text>'
+        )
+
+
+def _y_label(out: list[str], text: str, top: float, plot_h: float) -> None:
+    mid = top + plot_h / 2
+    out.append(
+        f'<text x="14" y="{mid:.1f}" class="axis-label" text-anchor="middle" '
+        f'transform="rotate(-90 14 {mid:.1f})">{escape(text)}</text>'
+    )
+
+
+def render_comparison(data: Comparison, *, width: int = 960, height: int = 340) -> Markup:
+    """One line per model (its typical value per bucket), violations as marks along the top."""
+    plot_w, plot_h = width - PAD_L - PAD_R, height - PAD_T - PAD_B - 10
+    top = PAD_T + 10  # room for the event marks
+    t0, t1 = data.start.timestamp(), max(data.end.timestamp(), data.start.timestamp() + 1)
+    firsts = [line.points[0].ts.timestamp() for line in data.lines if line.points]
+    # A window longer than the history: the axis starts at the first point (as the main chart).
+    t0 = max(t0, min(min(firsts, default=t0) - data.bucket_s / 2, t1 - 60))
+    values = [p.value for line in data.lines for p in line.points]
+    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+    if hi - lo < 1e-9:
+        lo, hi = lo - 1, hi + 1
+    margin = (hi - lo) * 0.08
+    lo, hi = max(0.0, lo - margin), hi + margin
+
+    def x(ts: datetime) -> float:
+        return PAD_L + (ts.timestamp() - t0) / (t1 - t0) * plot_w
+
+    def y(v: float) -> float:
+        return top + (hi - v) / (hi - lo) * plot_h
+
+    label = f"{METRIC_LABELS.get(data.metric, data.metric)} of {len(data.lines)} models"
+    out = [
+        f'<svg class="comparison-chart" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="{escape(label)}" xmlns="http://www.w3.org/2000/svg">',
+        f'<rect x="{PAD_L}" y="{top}" width="{plot_w}" height="{plot_h}" class="plot-bg"/>',
+    ]
+    for tick in _nice_ticks(lo, hi):
+        ty = y(tick)
+        out.append(
+            f'<line x1="{PAD_L}" x2="{PAD_L + plot_w}" y1="{ty:.1f}" y2="{ty:.1f}" class="grid"/>'
+            f'<text x="{PAD_L - 6}" y="{ty + 4:.1f}" class="tick" text-anchor="end">{_fmt(tick)}</text>'
+        )
+    _time_axis(out, t0, t1, data.start.tzinfo, width, height)
+    _y_label(out, METRIC_LABELS.get(data.metric, data.metric), top, plot_h)
+    gap = timedelta(seconds=data.bucket_s * 3)
+    for i, line in enumerate(data.lines):
+        pts = [p for p in line.points if p.ts.timestamp() >= t0]
+        # A gap of several buckets (nothing probed) breaks the line rather than bridging it.
+        runs: list[list[str]] = []
+        prev: datetime | None = None
+        for p in pts:
+            if prev is None or p.ts - prev > gap:
+                runs.append([])
+            runs[-1].append(f"{x(p.ts):.1f},{y(p.value):.1f}")
+            prev = p.ts
+        name = escape(f"{line.provider}/{line.model}")
+        for run in runs:
+            if len(run) == 1:
+                cx, cy = run[0].split(",")
+                out.append(
+                    f'<circle cx="{cx}" cy="{cy}" r="2" fill="{color(i)}"><title>{name}</title></circle>'
+                )
+            else:
+                out.append(
+                    f'<polyline points="{" ".join(run)}" class="compare-line" stroke="{color(i)}">'
+                    f"<title>{name}</title></polyline>"
+                )
+    index = {(line.provider, line.model): i for i, line in enumerate(data.lines)}
+    for ev in data.events:
+        if not t0 <= ev.ts.timestamp() <= t1:
+            continue
+        ex = x(ev.ts)
+        stroke = color(index.get((ev.provider, ev.model), 0))
+        out.append(
+            f'<a href="/violations/{escape(ev.id)}"><path d="M{ex - 4:.1f},{PAD_T} L{ex + 4:.1f},{PAD_T} '
+            f'L{ex:.1f},{PAD_T + 8}" class="event {escape(ev.severity)}" stroke="{stroke}">'
+            f"<title>{escape(ev.ts.strftime('%m-%d %H:%M'))} {escape(ev.model)} {escape(ev.label)} "
+            f"{escape(ev.severity)}</title></path></a>"
+        )
+    if not values:
+        out.append(
+            f'<text x="{PAD_L + plot_w / 2:.1f}" y="{top + plot_h / 2:.1f}" class="empty-note" '
+            'text-anchor="middle">no probes of these models in this window</text>'
+        )
+    out.append("</svg>")
+    return Markup("".join(out))
+
+
+def render_availability(data: AvailabilityHistory, *, width: int = 960, height: int = 170) -> Markup:
+    """Success rate per target over the window; buckets where most probes failed are shaded red."""
+    plot_w, plot_h = width - PAD_L - PAD_R, height - PAD_T - PAD_B
+    t0, t1 = data.start.timestamp(), max(data.end.timestamp(), data.start.timestamp() + 1)
+    firsts = [line.buckets[0].ts.timestamp() for line in data.lines if line.buckets]
+    t0 = max(t0, min(min(firsts, default=t0), t1 - 60))
+    step = data.bucket_s
+
+    def x(ts: float) -> float:
+        return PAD_L + (min(max(ts, t0), t1) - t0) / (t1 - t0) * plot_w
+
+    def y(share: float) -> float:
+        return PAD_T + (1 - share) * plot_h
+
+    out = [
+        f'<svg class="availability-chart" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="success rate of {escape(data.model)} per target" xmlns="http://www.w3.org/2000/svg">',
+        f'<rect x="{PAD_L}" y="{PAD_T}" width="{plot_w}" height="{plot_h}" class="plot-bg"/>',
+    ]
+    for share in (0.0, 0.5, 1.0):
+        out.append(
+            f'<line x1="{PAD_L}" x2="{PAD_L + plot_w}" y1="{y(share):.1f}" y2="{y(share):.1f}" class="grid"/>'
+            f'<text x="{PAD_L - 6}" y="{y(share) + 4:.1f}" class="tick" text-anchor="end">{share:.0%}</text>'
+        )
+    for line in data.lines:
+        for b in line.buckets:
+            if b.failed:
+                # Shaded by the share that failed: a full outage deep red, a blip faint.
+                bx = x(b.ts.timestamp())
+                bw = max(x(b.ts.timestamp() + step) - bx, 2.0)
+                cls = "outage-band" if b.outage else "failure-band"
+                opacity = 0.1 + 0.3 * b.failed / b.probes
+                out.append(
+                    f'<rect x="{bx:.1f}" y="{PAD_T}" width="{bw:.1f}" height="{plot_h}" class="{cls}" '
+                    f'fill-opacity="{opacity:.2f}"><title>{escape(line.target or "target")} '
+                    f"{b.ts.strftime('%m-%d %H:%M')}: {b.failed} of {b.probes} probes failed</title></rect>"
+                )
+    for i, line in enumerate(data.lines):
+        coords = " ".join(f"{x(b.ts.timestamp() + step / 2):.1f},{y(b.success):.1f}" for b in line.buckets)
+        if len(line.buckets) > 1:
+            out.append(f'<polyline points="{coords}" class="compare-line" stroke="{color(i)}"/>')
+        for b in line.buckets:
+            if b.failed:
+                out.append(
+                    f'<circle cx="{x(b.ts.timestamp() + step / 2):.1f}" cy="{y(b.success):.1f}" r="2.5" '
+                    f'class="failed-point"><title>{escape(line.target or "target")} '
+                    f"{b.ts.strftime('%H:%M')}: {b.failed} of {b.probes} failed</title></circle>"
+                )
+    _time_axis(out, t0, t1, data.start.tzinfo, width, height)
+    _y_label(out, "probes succeeding", PAD_T, plot_h)
+    if not data.lines:
+        out.append(
+            f'<text x="{PAD_L + plot_w / 2:.1f}" y="{PAD_T + plot_h / 2:.1f}" class="empty-note" '
+            'text-anchor="middle">no probes in this window</text>'
+        )
+    out.append("</svg>")
+    return Markup("".join(out))

@@ -1,0 +1,137 @@
+"""What the comparison chart, the availability chart and the report read: plain data and one
+Protocol the API implements over the per-minute rollups (``telemetry_minute``) and violations.
+
+Rollups keep per minute the count, the successes, and for each metric the sum of logs, min and
+max; a bucket's typical value is their geometric mean, which for latencies (close to lognormal)
+sits near the median. Percentiles would need the raw probes, which a 30-day chart must not read.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from llmscope.web.data import ChartPoint, Metric
+
+# Windows of the comparison chart, in hours: an hour to 30 days (the API serves 744 h).
+COMPARE_WINDOWS_H: tuple[int, ...] = (1, 6, 24, 168, 720)
+COMPARE_MAX_HOURS = 744
+COMPARE_BUCKETS = 240
+MAX_COMPARED = 8
+# A bucket where most probes failed is drawn as an outage band.
+OUTAGE_SHARE = 0.5
+
+
+def compare_bucket_s(hours: float) -> int:
+    """Whole minutes, at most ~COMPARE_BUCKETS buckets over the window."""
+    return max(1, math.ceil(hours * 60 / COMPARE_BUCKETS)) * 60
+
+
+def window_label(hours: float) -> str:
+    return f"{hours / 24:g} d" if hours >= 48 and hours % 24 == 0 else f"{hours:g} h"
+
+
+@dataclass(frozen=True, slots=True)
+class ComparedLine:
+    """One model's typical value per bucket (``value``), with the bucket's min and max."""
+
+    provider: str
+    model: str
+    points: list[ChartPoint]
+
+
+@dataclass(frozen=True, slots=True)
+class ChartEvent:
+    """Something to mark on a time chart: a violation episode or a re-baseline."""
+
+    ts: datetime
+    kind: str
+    """``violation`` or ``rebaseline``."""
+    provider: str
+    model: str
+    label: str
+    severity: str = ""
+    id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    metric: Metric
+    hours: float
+    start: datetime
+    end: datetime
+    bucket_s: int
+    lines: list[ComparedLine]
+    events: list[ChartEvent] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class AvailabilityBucket:
+    ts: datetime
+    """The bucket's start."""
+    probes: int
+    ok: int
+
+    @property
+    def failed(self) -> int:
+        return self.probes - self.ok
+
+    @property
+    def success(self) -> float:
+        return self.ok / self.probes if self.probes else 1.0
+
+    @property
+    def outage(self) -> bool:
+        return self.probes > 0 and self.failed / self.probes > OUTAGE_SHARE
+
+
+@dataclass(frozen=True, slots=True)
+class AvailabilityLine:
+    """One target of a model: its probes and successes per bucket."""
+
+    target: str
+    buckets: list[AvailabilityBucket]
+
+    @property
+    def probes(self) -> int:
+        return sum(b.probes for b in self.buckets)
+
+    @property
+    def failed(self) -> int:
+        return sum(b.failed for b in self.buckets)
+
+
+@dataclass(frozen=True, slots=True)
+class AvailabilityHistory:
+    provider: str
+    model: str
+    hours: float
+    start: datetime
+    end: datetime
+    bucket_s: int
+    lines: list[AvailabilityLine]
+
+
+@dataclass(frozen=True, slots=True)
+class RuleCount:
+    rule: str
+    severity: str
+    count: int
+
+
+class TrendsData(Protocol):
+    """History over long windows, from the rollups; the API implements it over Postgres."""
+
+    async def comparison(
+        self, models: list[tuple[str, str]], metric: Metric, hours: float, end: datetime | None = None
+    ) -> Comparison: ...
+
+    async def availability(
+        self, provider: str, model: str, hours: float, end: datetime | None = None
+    ) -> AvailabilityHistory: ...
+
+    async def rule_counts(
+        self, start: datetime, end: datetime, provider: str | None = None, model: str | None = None
+    ) -> list[RuleCount]: ...

@@ -1,0 +1,148 @@
+"""The comparison page, the availability chart, the report and its CSV, from the rollups."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from datetime import UTC, datetime, timedelta
+
+from llmscope.api.incidents_store import store_incidents
+from llmscope.api.persister import store_telemetry, store_violations
+from llmscope.api.trends import TrendQueries
+from llmscope.proto.telemetry import TelemetryEvent
+from llmscope.web.trends import compare_bucket_s
+from tests.api.alerting_harness import incident_event
+from tests.api.conftest import Api
+from tests.api.factories import telemetry, violation
+from tests.web.test_pages import HX, is_full_page, login
+
+# Four minutes of probes of two models; the first fails for the whole third minute.
+T0 = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=10)
+
+
+def _probes() -> list[TelemetryEvent]:
+    events = []
+    for i in range(120):
+        ts = T0 + timedelta(seconds=2 * i)
+        failed = 60 <= i < 90
+        events.append(
+            telemetry(
+                i,
+                id=f"a{i}",
+                ts=ts,
+                latency_ms=None if failed else 100.0 + i % 5,
+                status="timeout" if failed else "ok",
+                error="no answer in 30 s" if failed else None,
+            )
+        )
+        events.append(telemetry(i, id=f"b{i}", ts=ts, model="org/other:1", latency_ms=400.0))
+    return events
+
+
+async def seed(api: Api) -> None:
+    events = _probes()
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, events)
+        await store_violations(
+            conn,
+            [
+                violation(events[100], id="v-crit", rule="CUSUM"),
+                violation(events[102], id="v-warn", rule="EWMA", severity="warning"),
+                violation(events[104], id="v-info", rule="R2", severity="info"),
+            ],
+        )
+        await store_incidents(
+            conn,
+            [
+                incident_event(
+                    "inc-1",
+                    2,
+                    opened_at=T0 + timedelta(minutes=2),
+                    state="acknowledged",
+                    change="acknowledged",
+                )
+            ],
+        )
+
+
+async def test_comparison_reads_each_model_from_the_rollups(api: Api) -> None:
+    await seed(api)
+    trends = TrendQueries(api.store)
+    models = [("ollama", "llama3.1:8b"), ("ollama", "org/other:1")]
+    cmp = await trends.comparison(models, "latency_ms", 1)
+    assert cmp.bucket_s == compare_bucket_s(1) == 60
+    lines = {line.model: line for line in cmp.lines}
+    assert len(lines["org/other:1"].points) == 4
+    assert all(abs(p.value - 400.0) < 1e-6 for p in lines["org/other:1"].points)
+    assert len(lines["llama3.1:8b"].points) == 3  # the minute of failures has no latency
+    assert {e.id for e in cmp.events} == {"v-crit", "v-warn"}  # info is not marked
+    assert compare_bucket_s(720) == 180 * 60  # 30 days in 240 buckets
+
+
+async def test_availability_counts_failures_per_bucket(api: Api) -> None:
+    await seed(api)
+    hist = await TrendQueries(api.store).availability("ollama", "llama3.1:8b", 1)
+    (line,) = hist.lines
+    assert line.target == "local"
+    assert [(b.probes, b.failed) for b in line.buckets] == [(30, 0), (30, 0), (30, 30), (30, 0)]
+    assert [b.outage for b in line.buckets] == [False, False, True, False]
+
+
+async def test_compare_page_and_fragment(api: Api) -> None:
+    await seed(api)
+    client = await login(api)
+    r = await client.get("/compare?hours=1")
+    assert r.status_code == 200
+    assert is_full_page(r.text)
+    assert r.text.count('class="compare-line"') == 2  # every model when none is chosen
+    r = await client.get(
+        "/compare?hours=168&metric=ttft_ms&series=ollama|org/other:1",
+        headers={**HX, "HX-Target": "compare-card"},
+    )
+    assert r.text.lstrip().startswith('<section class="card" id="compare-card"')
+    assert r.text.count('class="compare-line"') == 1
+    assert 'value="ollama|org/other:1" checked' in r.text
+    assert (await client.get("/compare?hours=745")).status_code == 422
+
+
+async def test_dashboard_shows_the_outage_as_a_band(api: Api) -> None:
+    await seed(api)
+    client = await login(api)
+    for headers in ({}, {**HX, "HX-Target": "chart-panel"}):
+        r = await client.get("/dashboard?series=ollama|llama3.1:8b&hours=1", headers=headers)
+        assert r.status_code == 200
+        assert len(re.findall(r'<rect [^>]*class="outage-band"', r.text)) == 1
+        assert "30 failed" in r.text
+    r = await client.get("/dashboard?series=ollama|org/other:1&hours=720")
+    assert r.status_code == 200
+    assert "outage-band" not in r.text
+    assert "0 failed" in r.text
+
+
+async def test_report_page_and_csv(api: Api) -> None:
+    await seed(api)
+    client = await login(api)
+    r = await client.get("/report?hours=24")
+    assert r.status_code == 200
+    assert "/incidents/inc-1" in r.text
+    assert r.text.count("<code>CUSUM</code>") >= 2  # counted by rule, and listed
+    assert "R2" in r.text  # in the counts, though info is not listed
+    assert "@media print" not in r.text  # print rules live in the stylesheet
+    r = await client.get("/report?hours=24&series=ollama|org/other:1")
+    assert "No critical or warning violations." in r.text
+    assert "No incidents." in r.text
+
+    r = await client.get("/report/incidents.csv?hours=24")
+    assert r.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    assert [row["id"] for row in rows] == ["inc-1"]
+    assert rows[0]["state"] == "acknowledged"
+    r = await client.get("/report?hours=24")
+    link = re.search(r'href="(/api/export/violations\.csv\?[^"]+)"', r.text)
+    assert link is not None
+    r = await client.get(link.group(1).replace("&amp;", "&"))
+    ids = {row["id"] for row in csv.DictReader(io.StringIO(r.text))}
+    assert ids == {"v-crit", "v-warn", "v-info"}
+    css = (await client.get("/static/style.css")).text
+    assert "@media print" in css
