@@ -43,7 +43,6 @@ from llmscope.web.data import (
     Series,
     SettingError,
     SettingErrors,
-    SettingInfo,
     Severity,
     ViolationFilter,
 )
@@ -121,26 +120,6 @@ def _rebaseline_toast(status: str, error: str, done: str) -> tuple[str, str]:
     if status == "no_engine":
         return "No SPC engine answered: nothing was re-baselined.", "error"
     return f"Re-baseline refused: {error}", "error"
-
-
-def _form_value(setting: SettingInfo, raw: str | None) -> object:
-    """Turn a form field into the setting's JSON value (the API validates it)."""
-    text = (raw or "").strip()
-    if setting.kind == "bool":
-        return text.lower() in {"1", "true", "on", "yes"}
-    if setting.kind == "list":
-        return [item.strip() for item in text.replace("\n", ",").split(",") if item.strip()]
-    if setting.kind == "int":
-        try:
-            return int(text)
-        except ValueError:
-            raise SettingError(setting.key, f"expected an integer, got {text!r}") from None
-    if setting.kind == "float":
-        try:
-            return float(text)
-        except ValueError:
-            raise SettingError(setting.key, f"expected a number, got {text!r}") from None
-    return text
 
 
 def create_router(
@@ -724,7 +703,7 @@ def create_router(
         try:
             if key not in known:
                 raise SettingError(key, "unknown setting")
-            await data.put_setting(key, _form_value(known[key], value), opts.actor)
+            await data.put_setting(key, parse_field(known[key], value), opts.actor)
         except SettingError as exc:
             response = await _settings_page(request)
             response.status_code = 422
@@ -763,7 +742,7 @@ def create_router(
                 raw = form.get(key)
                 if key not in known or not isinstance(raw, str) or not raw.strip():
                     continue  # blank fields keep their current value (and secrets stay hidden)
-                await data.put_setting(key, _form_value(known[key], raw), opts.actor)
+                await data.put_setting(key, parse_field(known[key], raw), opts.actor)
                 saved.append(known[key].description)
             for field_key, enable in SETUP_ENABLES.items():
                 if str(form.get(field_key) or "").strip() and enable in known:
