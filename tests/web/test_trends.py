@@ -97,7 +97,7 @@ async def test_compare_page_and_fragment(api: Api) -> None:
     assert is_full_page(r.text)
     assert r.text.count('class="compare-line"') == 2  # every model when none is chosen
     r = await client.get(
-        "/compare?hours=168&metric=ttft_ms&series=ollama|org/other:1",
+        "/compare?hours=1&metric=ttft_ms&series=ollama|org/other:1",
         headers={**HX, "HX-Target": "compare-card"},
     )
     assert r.text.lstrip().startswith('<section class="card" id="compare-card"')
