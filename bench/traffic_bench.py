@@ -323,7 +323,10 @@ def main(argv: list[str] | None = None) -> int:
         "\n== (a) false alarms per 100,000 minutes (one subgroup, four charts), in control after the baseline"
     )
     for rate in rates:
-        minutes = args.minutes or (3_000 if args.quick else (100_000 if rate <= 10 else 20_000))
+        # Enough minutes for a count per chart, on a shared machine; the figure is scaled to 100k.
+        minutes = args.minutes or (
+            3_000 if args.quick else int(min(40_000, 4_000 + 400_000 / max(rate, 1.0)))
+        )
         opens = run_minutes(rate, minutes, seed=int(rate * 1000) + 7, variants=variants)
         print(f"rate {rate:g}/s over {minutes:,} minutes:")
         for name, found in opens.items():
@@ -331,9 +334,13 @@ def main(argv: list[str] | None = None) -> int:
             counted = [(i, m) for i, m in found if i >= baseline]
             by_metric = {m: sum(1 for _, mm in counted if mm == m) for m in TRAFFIC_METRICS}
             detail = " ".join(f"{m.removeprefix('traffic_')}={c}" for m, c in by_metric.items() if c)
-            print(f"  {name:28s} {per_100k(len(counted), minutes - baseline):8.1f}  ({detail or 'none'})")
+            print(
+                f"  {name:28s} {per_100k(len(counted), minutes - baseline):8.1f}  "
+                f"({len(counted)} in {minutes - baseline:,} minutes: {detail or 'none'})",
+                flush=True,
+            )
         # The per-request charts feed every request through Python: a shorter stretch, scaled.
-        pr_minutes = max(30, int((200 if args.quick else 3_000) / max(rate, 1.0)))
+        pr_minutes = max(10, int((200 if args.quick else 1_500) / max(rate, 1.0)))
         tr = Traffic(np.random.default_rng(int(rate * 1000) + 7), rate)
         pr = {m: MetricChart(default_config(m)) for m in PER_REQUEST_METRICS}
         pages = sum(per_request(pr, tr.next_minute(), i) for i in range(pr_minutes))
@@ -341,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         pr_rate, own = per_100k(pages, pr_minutes), per_100k(len(mine), minutes - 1440)
         ratio = f"{pr_rate / own:,.0f}x the minute charts" if own else "the minute charts had none"
         print(f"  {'per-request (before)':28s} {pr_rate:8.1f}  (every request on the latency, TTFT and")
-        print(f"  {'':28s} {'':8s}  tokens/s charts, {pr_minutes:,} minutes scaled; {ratio})")
+        print(f"  {'':28s} {'':8s}  tokens/s charts, {pages} in {pr_minutes:,} minutes; {ratio})", flush=True)
 
     print("\n== (b) detection delay after the default one-day baseline, changes at any time of day")
     changes = [
@@ -350,15 +357,16 @@ def main(argv: list[str] | None = None) -> int:
         ("errors 1% -> 3%", Shift(p=0.03)),
         ("errors 1% -> 5%", Shift(p=0.05)),
     ]
-    trials = args.trials or (4 if args.quick else 100)
+    trials = args.trials or (4 if args.quick else 30)
     for rate in rates:
         base = baseline_charts(rate, seed=int(rate * 1000) + 99)
         for label, shift in changes:
-            with_pr = 0 if shift.p is not None else (2 if args.quick else max(3, int(20 / max(rate, 1.0))))
+            with_pr = 0 if shift.p is not None else (2 if args.quick else max(3, int(10 / max(rate, 1.0))))
             d, r = delay_trials(rate, base, trials, shift, 60, with_pr)
             print(
                 f"rate {rate:g}/s {label:16s} minute charts: {d.line()}; "
-                f"paged in the 30 minutes before in {d.early}"
+                f"paged in the 30 minutes before in {d.early}",
+                flush=True,
             )
             if with_pr:
                 print(f"{'':24s} per-request:   {r.line()}; paged before in {r.early}/{with_pr}")

@@ -122,9 +122,10 @@ async def test_traffic_is_charted_per_minute_and_a_slowdown_pages_once(
         all_keys = await kv.keys()
         assert [k for k in all_keys if not k.startswith("_")] == []
         # The minutes and their charts are in the snapshot the next owner would resume from.
-        (key,) = [k for k in all_keys if k.startswith("_traffic.p")]
+        (key,) = [k for k in all_keys if k.startswith("_traffic.p") and k.count(".") == 2]
         snapshot = (await kv.get(key)).value or b""
         assert LPT_P50.encode() in snapshot
+        assert b'"service_name":"checkout"' in snapshot
     finally:
         stop.set()
         assert await engine == 0

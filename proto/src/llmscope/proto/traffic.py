@@ -5,8 +5,8 @@ are never charted one by one. The SPC engine (the owner of the model's telemetry
 aggregates them into rational subgroups: one event per minute per provider / model / service /
 operation, closed once the stream is ``grace_s`` past the minute's end (a "minute" is
 ``LLMSCOPE_SPC_TRAFFIC_WINDOW_S``, 60 s by default). The SPC engine charts these events (error
-rate against ``n``; latency per output token and TTFT quantiles with limits that depend on
-``n``); other teams may subscribe to them as they are.
+rate against ``n``; latency per output token and TTFT quantiles with limits that depend on ``n``);
+other teams may subscribe to them as they are.
 
 Quantiles are empty (null) when no request of the minute had the value (e.g. no streamed request
 for TTFT). ``late`` counts requests that arrived after an earlier minute of the same subgroup had

@@ -60,7 +60,8 @@ class Subgroup(msgspec.Struct, kw_only=True):
 
 
 class AggregatorState(msgspec.Struct, kw_only=True):
-    """Everything needed to continue exactly (snapshotted with the partition's checkpoint)."""
+    """Everything needed to continue exactly (snapshotted with the partition's checkpoint; the
+    service stores each subgroup under a key of its own)."""
 
     version: int = 1
     seq: int = 0
@@ -70,6 +71,10 @@ class AggregatorState(msgspec.Struct, kw_only=True):
     groups: dict[str, Subgroup] = msgspec.field(default_factory=dict)
     late_total: int = 0
     closed_total: int = 0
+
+
+def group_key(provider: str, model: str, service: str, operation: str) -> str:
+    return f"{provider}|{model}|{service}|{operation}"
 
 
 def subgroup_of(ev: TelemetryEvent) -> tuple[str, str, str, str]:
@@ -128,6 +133,8 @@ class MinuteAggregator:
         self.min_requests = min_requests
         self.max_values = max_values
         self.state = state or AggregatorState()
+        self.touched: set[str] = set()
+        """Subgroups changed since the caller last emptied this (what a snapshot must write)."""
 
     def closed(self, minute: int) -> bool:
         return (minute + 1) * self.window_s + self.grace_s <= self.state.watermark
@@ -142,7 +149,8 @@ class MinuteAggregator:
             st.seq = seq
         out = self.advance(stored)
         minute = math.floor(ev.ts.timestamp() / self.window_s)
-        key = "|".join(subgroup_of(ev))
+        key = group_key(*subgroup_of(ev))
+        self.touched.add(key)
         group = st.groups.get(key)
         if group is None:
             provider, model, service, operation = subgroup_of(ev)
@@ -197,6 +205,7 @@ class MinuteAggregator:
         out = []
         for minute, key in sorted(due):
             group = st.groups[key]
+            self.touched.add(key)
             out.append(self._close(group, minute, group.minutes.pop(minute)))
         return out
 

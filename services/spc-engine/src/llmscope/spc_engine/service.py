@@ -441,15 +441,22 @@ class SpcService:
         """The partition's traffic minutes and charts as of its checkpoint."""
         try:
             entry = await self._kv.get(traffic_key(partition))
-            state = TrafficPartition.load(entry.value) if entry.value else None
+            head = TrafficPartition.load_head(entry.value) if entry.value else None
         except KeyNotFoundError:
-            state = None
+            head = None
+        records = [
+            TrafficPartition.load_record(value)
+            async for _key, value in self._entries(
+                self._kv, self.settings.charts_bucket, traffic_key(partition) + ".*"
+            )
+        ]
         configs = traffic_configs(self.settings)
         self.traffic[partition] = TrafficPartition(
             configs.__getitem__,
             grace_s=self.settings.traffic_grace_s,
             window_s=self.settings.traffic_window_s,
-            state=state,
+            head=head,
+            records=records,
         )
         self._caught_up[partition] = False
 
@@ -555,8 +562,9 @@ class SpcService:
             await self._kv.put(key, msgspec.json.encode(self.engine.snapshot(key, now)))
         for partition, traffic in self.traffic.items():
             if traffic.dirty and partition in self._leases:
-                await self._kv.put(traffic_key(partition), traffic.dump())
-                traffic.dirty = False
+                # The subgroups, then the head (its clock): all before the checkpoint below.
+                for key, value in traffic.take_dirty(partition):
+                    await self._kv.put(key, value)
         for partition, last in self._last_seq.items():
             if last > self._checkpointed.get(partition, 0):
                 await self._kv.put(checkpoint_key(partition), str(last).encode())

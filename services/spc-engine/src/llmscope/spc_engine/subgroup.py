@@ -12,10 +12,12 @@ per output token, of the median TTFT). Its variance has two parts:
 - between minutes, which no ``n`` removes: load, the mix of prompts, the time of day.
 
 ``variance="components"`` (the default, chosen by measurement) models it as ``a / n + tau^2``,
-``tau^2`` estimated from the baseline's spread net of its sampling part: limits narrow with ``n``
-but never below the minute-to-minute variation. ``variance="laney"`` is Laney's p' (and its
-analogue for quantiles): ``sigma_z^2 a / n``, one inflation factor fitted at the baseline's
-typical ``n``, too narrow for busier minutes.
+``tau^2`` estimated from the baseline's spread (``estimator``: ``sd`` by default; the moving range
+``mr`` sees only the short-term part and under-estimates it when minutes are autocorrelated and the
+day has a load cycle, ``mad`` ignores the skewed upper tail of error rates) net of its sampling
+part: limits narrow with ``n`` but never below the minute-to-minute variation.
+``variance="laney"`` is Laney's p' (and its analogue for quantiles): ``sigma_z^2 a / n``, one
+inflation factor fitted at the baseline's typical ``n``, too narrow for busier minutes.
 
 The error rate is judged by an exact binomial tail (mid-p) at the effective size
 ``n_eff = p(1 - p) / variance``, not a normal approximation, which pages on two errors among ten
@@ -82,7 +84,10 @@ class SubgroupBaseline(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class SubgroupState(msgspec.Struct, kw_only=True):
-    collected: list[Point] = msgspec.field(default_factory=list)
+    collected: bytearray = msgspec.field(default_factory=bytearray)
+    """Baseline points so far: (v, n, a) as float64 triples (a day of them fits a KV value)."""
+    first: Point | None = None
+    """The baseline's first point (its id and time name the baseline)."""
     baseline: SubgroupBaseline | None = None
     last_z: float | None = None
     episode: str | None = None
@@ -127,14 +132,21 @@ def fit_baseline(config: SubgroupConfig, points: list[Point]) -> SubgroupBaselin
     """The frozen Phase I estimates from ``points`` (at least two)."""
     v = np.array([p.v for p in points])
     n = np.array([p.n for p in points], dtype=float)
+    a = np.array([p.a for p in points])
+    return fit_arrays(config, v, n, a, points[0], points[-1])
+
+
+def fit_arrays(
+    config: SubgroupConfig, v: np.ndarray, n: np.ndarray, per_request: np.ndarray, first: Point, last: Point
+) -> SubgroupBaseline:
+    """:func:`fit_baseline` of the points' values, sizes and per-request variances."""
     if config.kind == "p":
         # A baseline without an error still has a rate: half an error over its requests.
         center = max(float(np.sum(v * n) / np.sum(n)), 0.5 / float(np.sum(n)))
         a = center * (1.0 - center)
     else:
         center = float(np.median(v))
-        a = float(np.median([p.a for p in points]))
-        a = max(a, 1e-12)
+        a = max(float(np.median(per_request)), 1e-12)
     w = a / n
     if config.variance == "laney":
         z = (v - center) / np.sqrt(w)
@@ -144,15 +156,14 @@ def fit_baseline(config: SubgroupConfig, points: list[Point]) -> SubgroupBaselin
     else:
         total = estimate(v, config.estimator) ** 2
         sigma_z, tau2 = 1.0, max(0.0, total - float(np.mean(w)))
-    first, last = points[0], points[-1]
-    digest = hashlib.sha256(f"{first.id}|{last.id}|{len(points)}".encode()).hexdigest()[:16]
+    digest = hashlib.sha256(f"{first.id}|{last.id}|{len(v)}".encode()).hexdigest()[:16]
     return SubgroupBaseline(
         id=f"subgroup-{digest}",
         center=center,
         a=a,
         tau2=tau2,
         sigma_z=sigma_z,
-        minutes=len(points),
+        minutes=len(v),
         mean_n=float(np.mean(n)),
         started_at=first.ts,
         ended_at=last.ts,
@@ -221,10 +232,13 @@ class SubgroupChart:
         st.recent = [*st.recent[-(RECENT_POINTS - 1) :], point]
         b = st.baseline
         if b is None:
-            st.collected.append(point)
-            if len(st.collected) >= cfg.baseline_minutes:
-                st.baseline = fit_baseline(cfg, st.collected)
-                st.collected = []
+            if st.first is None:
+                st.first = point
+            st.collected += np.array([point.v, point.n, point.a], dtype=np.float64).tobytes()
+            if len(st.collected) >= 24 * cfg.baseline_minutes:
+                vna = np.frombuffer(bytes(st.collected), dtype=np.float64).reshape(-1, 3)
+                st.baseline = fit_arrays(cfg, vna[:, 0], vna[:, 1], vna[:, 2], st.first, point)
+                st.collected, st.first = bytearray(), None
             return []
         z, sd = score(cfg, b, point.v, point.n)
         last, st.last_z = st.last_z, z

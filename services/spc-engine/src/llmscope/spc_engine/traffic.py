@@ -3,8 +3,11 @@
 The owner of a telemetry partition owns its models' traffic too (a model's requests all land in
 its partition), so no other process aggregates them and no second consumer reads the stream.
 :class:`TrafficPartition` is one partition's state: the :class:`MinuteAggregator` and one
-:class:`SubgroupChart` per subgroup and metric. The service snapshots it under
-``_traffic.p<k>`` in the chart bucket before it writes the partition's checkpoint, so a replay
+:class:`SubgroupChart` per subgroup and metric. The service snapshots it in the
+chart bucket before it writes the partition's checkpoint, each subgroup (its open minutes and
+charts) under ``_traffic.p<k>.<digest>`` and the partition's clock under ``_traffic.p<k>``
+(a busy subgroup's open minute holds thousands of values: one value per subgroup stays well under
+NATS's message size), so a replay
 from the checkpoint continues it exactly; the minutes it closes are published, and their
 violations too, before the batch that closed them is acknowledged.
 
@@ -29,7 +32,7 @@ from llmscope.proto.charts import chart_key
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.proto.traffic import Quantiles, TrafficMinuteEvent
 from llmscope.proto.violation import BaselineRef, ChartLimits, ViolationEvent
-from llmscope.spc_engine.minutes import AggregatorState, MinuteAggregator
+from llmscope.spc_engine.minutes import AggregatorState, MinuteAggregator, Subgroup, group_key
 from llmscope.spc_engine.subgroup import (
     Point,
     SubgroupChart,
@@ -103,21 +106,25 @@ class TrafficChartEntry(msgspec.Struct, kw_only=True):
     state: SubgroupState
 
 
-class TrafficState(msgspec.Struct, kw_only=True):
-    """The KV value under ``_traffic.p<k>``."""
+class SubgroupRecord(msgspec.Struct, kw_only=True):
+    """A subgroup's open minutes and charts: the KV value under ``_traffic.p<k>.<digest>``."""
 
     version: int = 1
-    aggregator: AggregatorState = msgspec.field(default_factory=AggregatorState)
+    group: Subgroup
     charts: dict[str, TrafficChartEntry] = msgspec.field(default_factory=dict)
+    """By chart key."""
 
 
-def traffic_key(partition: int) -> str:
-    return f"_traffic.p{partition}"
+def traffic_key(partition: int, group: str = "") -> str:
+    """KV key of a partition's traffic head (its clock and counts), or of one of its subgroups."""
+    if not group:
+        return f"_traffic.p{partition}"
+    return f"_traffic.p{partition}.{hashlib.sha256(group.encode()).hexdigest()[:24]}"
 
 
 class TrafficPartition:
-    """One partition's traffic: ``on_request`` / ``advance`` return the minutes they closed and
-    the violations of those minutes."""
+    """One partition's traffic: ``on_request`` / ``observe`` / ``advance`` return the minutes they
+    closed and the violations of those minutes."""
 
     def __init__(
         self,
@@ -126,35 +133,46 @@ class TrafficPartition:
         grace_s: float = 10.0,
         window_s: int = 60,
         max_values: int = 10_000,
-        state: TrafficState | None = None,
+        head: AggregatorState | None = None,
+        records: list[SubgroupRecord] = (),  # type: ignore[assignment]
     ) -> None:
-        self.state = state or TrafficState()
+        state = head or AggregatorState()
+        self.charts: dict[str, dict[str, TrafficChartEntry]] = {}
+        for record in records:
+            g = record.group
+            key = group_key(g.provider, g.model, g.service_name, g.operation)
+            state.groups[key] = g
+            self.charts[key] = record.charts
         self._config_for = config_for
         self.aggregator = MinuteAggregator(
             grace_s=grace_s,
             window_s=window_s,
             min_requests=config_for(ERROR_RATE).min_requests,
             max_values=max_values,
-            state=self.state.aggregator,
+            state=state,
         )
-        self.dirty = False
+        self.head_dirty = False
+
+    @property
+    def dirty(self) -> bool:
+        return self.head_dirty or bool(self.aggregator.touched)
 
     def on_request(self, ev: TelemetryEvent, stored: datetime, seq: int = 0) -> Closed:
-        self.dirty = True
+        self.head_dirty = True
         return self._chart(self.aggregator.add(ev, stored, seq))
 
     def observe(self, stored: datetime, seq: int = 0) -> Closed:
         """Another message of the partition (a probe): its stream time may close minutes."""
         if not self.aggregator.state.groups:  # nothing to close, nothing worth a snapshot
             return [], []
-        self.dirty = True
+        self.head_dirty = True
         return self._chart(self.aggregator.observe(stored, seq))
 
     def advance(self, now: datetime) -> Closed:
         """Close what the wall clock says is over (a caught-up, quiet partition)."""
         minutes = self.aggregator.advance(now)
         if minutes:
-            self.dirty = True
+            self.head_dirty = True
         return self._chart(minutes)
 
     def _chart(self, minutes: list[TrafficMinuteEvent]) -> Closed:
@@ -166,11 +184,12 @@ class TrafficPartition:
     def on_minute(self, ev: TrafficMinuteEvent) -> list[ViolationEvent]:
         out: list[ViolationEvent] = []
         prompt_id = f"traffic:{ev.operation}"
+        charts = self.charts.setdefault(group_key(ev.provider, ev.model, ev.service_name, ev.operation), {})
         for metric, point in points_of(ev):
             key = chart_key(ev.provider, ev.model, ev.service_name, prompt_id, metric)
-            entry = self.state.charts.get(key)
+            entry = charts.get(key)
             if entry is None:
-                entry = self.state.charts[key] = TrafficChartEntry(
+                entry = charts[key] = TrafficChartEntry(
                     provider=ev.provider,
                     model=ev.model,
                     service_name=ev.service_name,
@@ -179,17 +198,31 @@ class TrafficPartition:
                     state=SubgroupState(),
                 )
             config = self._config_for(metric)
-            chart = SubgroupChart(config, entry.state)
-            for sig in chart.update(point):
+            for sig in SubgroupChart(config, entry.state).update(point):
                 out.append(violation_of(key, entry, config, sig))
         return out
 
-    def dump(self) -> bytes:
-        return msgspec.json.encode(self.state)
+    def take_dirty(self, partition: int) -> list[tuple[str, bytes]]:
+        """(KV key, value) of what changed since the last call: the subgroups, then the head."""
+        out = []
+        groups = self.aggregator.state.groups
+        for key in sorted(self.aggregator.touched):
+            record = SubgroupRecord(group=groups[key], charts=self.charts.get(key, {}))
+            out.append((traffic_key(partition, key), msgspec.json.encode(record)))
+        self.aggregator.touched.clear()
+        if out or self.head_dirty:
+            head = msgspec.structs.replace(self.aggregator.state, groups={})
+            out.append((traffic_key(partition), msgspec.json.encode(head)))
+        self.head_dirty = False
+        return out
 
     @staticmethod
-    def load(data: bytes) -> TrafficState:
-        return msgspec.json.decode(data, type=TrafficState)
+    def load_head(data: bytes) -> AggregatorState:
+        return msgspec.json.decode(data, type=AggregatorState)
+
+    @staticmethod
+    def load_record(data: bytes) -> SubgroupRecord:
+        return msgspec.json.decode(data, type=SubgroupRecord)
 
 
 def _vid(key: str, state: str, point_id: str) -> str:
