@@ -6,11 +6,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from msgspec import structs
 from nats.js import JetStreamContext
 
 from llmscope.api.incidents_store import store_incidents
 from llmscope.api.persister import store_telemetry, store_violations
-from llmscope.proto.incident import SimilarIncident
+from llmscope.proto.incident import ResembledIncident, SimilarIncident, TicketRef
 from tests.alerter.factories import HttpSink, Mailbox, smtp_server
 from tests.alerter.factories import violation as alerter_violation
 from tests.alerter.harness import eventually, publish
@@ -34,8 +35,21 @@ async def seed_incidents(api: Api) -> None:
             conn,
             [
                 old,
-                incident_event(
-                    "inc-a", 3, opened_at=t0, episode_ids=("ep-a", "ep-b"), llm=True, similar=similar
+                structs.replace(
+                    incident_event(
+                        "inc-a", 3, opened_at=t0, episode_ids=("ep-a", "ep-b"), llm=True, similar=similar
+                    ),
+                    resembles=ResembledIncident(
+                        incident_id="inc-old",
+                        title=old.title,
+                        score=0.93,
+                        resolved_at=t0 - timedelta(days=1),
+                        resolved_by="ana",
+                        resolved_note="Drained gpu-1 and restarted ollama.",
+                    ),
+                    ticket=TicketRef(
+                        tracker="github", key="42", url="https://github.example/acme/llm/issues/42"
+                    ),
                 ),
                 incident_event("inc-b", 1, opened_at=t0 + timedelta(minutes=5), models=("qwen2:7b",)),
             ],
@@ -67,6 +81,11 @@ async def test_incident_list_and_detail(api: Api, hx: bool) -> None:
     assert "0.77" in r.text  # the similar incident's score
     assert 'href="/incidents/inc-old"' in r.text
     assert 'href="/violations/ep-a"' in r.text
+    # the resembled incident's resolution note, and the ticket
+    assert "Seen before" in r.text
+    assert "Drained gpu-1 and restarted ollama." in r.text
+    assert "resemblance 0.93" in r.text
+    assert 'href="https://github.example/acme/llm/issues/42">github 42</a> (open)' in r.text
     assert 'href="/violations/ep-b"' in r.text
     r = await client.get("/incidents/inc-b", headers=headers)
     assert "Deterministic analysis only" in r.text

@@ -137,6 +137,7 @@ class EmailChannelFile(
     username: str = ""
     password_env: str = ""
     validate_certs: bool = True
+    ca_file: str = ""
     send_resolved: bool = True
     enabled: bool = True
 
@@ -363,6 +364,7 @@ def _channel_from_file(c: ChannelFile, env: Env, timeout: float) -> ChannelSpec:
                 sender=c.sender,
                 recipients=tuple(c.recipients),
                 validate_certs=c.validate_certs,
+                ca_file=c.ca_file,
                 timeout=timeout,
             )
             return ChannelSpec(c.name, "email", c.enabled, c.send_resolved, email=cfg)
@@ -426,6 +428,8 @@ def channels_from_env(env: Env, timeout: float) -> dict[str, ChannelSpec]:
                 password=env.secret("LLMSCOPE_SMTP_PASSWORD"),
                 sender=env.text("LLMSCOPE_SMTP_FROM", "llmscope@localhost"),
                 recipients=env.items("LLMSCOPE_ALERT_EMAIL_TO"),
+                validate_certs=env.choice("LLMSCOPE_SMTP_VERIFY_CERT", "true", ("true", "false")) == "true",
+                ca_file=env.text("LLMSCOPE_SMTP_CA_FILE", ""),
                 timeout=timeout,
             ),
         )
@@ -528,6 +532,10 @@ def apply_settings(
             password=Secret(password) if isinstance(password, str) and password else cfg.password,
             sender=str(s.get("smtp_from") or cfg.sender),
             recipients=tuple(recipients),
+            validate_certs=_verify
+            if (_verify := _as_bool(s.get("smtp_verify_cert"))) is not None
+            else cfg.validate_certs,
+            ca_file=str(s.get("smtp_ca_file") or cfg.ca_file),
             timeout=timeout,
         )
         out["email"] = ChannelSpec("email", "email", email=cfg)
@@ -609,6 +617,8 @@ API_KEYS = {
     "alert.email.smtp_password": "smtp_password",
     "alert.email.from_addr": "smtp_from",
     "alert.email.tls": "smtp_security",
+    "alert.email.verify_cert": "smtp_verify_cert",
+    "alert.email.ca_file": "smtp_ca_file",
     "alert.slack.enabled": "slack_enabled",
     "alert.slack.webhook_url": "slack_webhook_url",
     "alert.slack.bot_token": "slack_bot_token",

@@ -49,6 +49,8 @@
 | LLMSCOPE_SMTP_PORT | 587 (465 with ssl) | SMTP port |
 | LLMSCOPE_SMTP_SECURITY | starttls | none, starttls or ssl |
 | LLMSCOPE_SMTP_USER / LLMSCOPE_SMTP_PASSWORD | (none) | SMTP login (password is a secret) |
+| LLMSCOPE_SMTP_VERIFY_CERT | true | false: accept any certificate (STARTTLS/SSL), e.g. a self-signed relay |
+| LLMSCOPE_SMTP_CA_FILE | (none) | PEM CA (or self-signed certificate) to trust instead of the system's |
 | LLMSCOPE_SMTP_FROM | llmscope@localhost | sender address |
 | LLMSCOPE_ALERT_EMAIL_TO | (none) | comma-separated recipients |
 | LLMSCOPE_SLACK_WEBHOOK_URL | (none) | enables the `slack` channel (secret) |

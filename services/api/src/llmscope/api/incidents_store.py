@@ -24,7 +24,9 @@ from llmscope.web.alerting import (
     IncidentFilter,
     IncidentPage,
     MetricMoveInfo,
+    ResembledIncidentInfo,
     SimilarIncidentInfo,
+    TicketInfo,
 )
 
 Conn = asyncpg.Connection | PoolConnectionProxy
@@ -188,6 +190,12 @@ class IncidentQueries:
             similar=[SimilarIncidentInfo(s.incident_id, s.title, s.score, s.opened_at) for s in ev.similar],
             episode_ids=list(ev.episode_ids),
             violations=[violation_from_row(r) for r in violations],
+            resembles=None
+            if (r := ev.resembles) is None
+            else ResembledIncidentInfo(
+                r.incident_id, r.title, r.score, r.resolved_at, r.resolved_by, r.resolved_note
+            ),
+            ticket=None if (t := ev.ticket) is None else TicketInfo(t.tracker, t.key, t.url, t.state),
         )
 
     async def for_episode(self, episode_id: str) -> str | None:

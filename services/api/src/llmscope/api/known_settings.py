@@ -74,6 +74,16 @@ SPECS: tuple[SettingSpec, ...] = (
         "alert.email.from_addr", "text", Email, "llmscope@localhost", "Sender address of alert email"
     ),
     _choice("alert.email.tls", ("starttls", "ssl", "none"), "starttls", "SMTP transport security"),
+    SettingSpec(
+        "alert.email.verify_cert", "bool", bool, True, "Verify the SMTP server's certificate (STARTTLS/SSL)"
+    ),
+    SettingSpec(
+        "alert.email.ca_file",
+        "text",
+        Text,
+        "",
+        "CA file (PEM) the alerter trusts for SMTP, e.g. a self-signed relay's certificate",
+    ),
     SettingSpec("alert.slack.enabled", "bool", bool, False, "Send alerts to Slack"),
     SettingSpec("alert.slack.webhook_url", "text", HttpsUrl, "", "Slack incoming webhook URL", secret=True),
     SettingSpec(

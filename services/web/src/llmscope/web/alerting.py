@@ -119,12 +119,36 @@ class SimilarIncidentInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class ResembledIncidentInfo:
+    """A resolved incident this one closely resembles, and how it was resolved."""
+
+    incident_id: str
+    title: str
+    score: float
+    resolved_at: datetime | None = None
+    resolved_by: str | None = None
+    resolved_note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TicketInfo:
+    """The incident's ticket in the team's tracker."""
+
+    tracker: str
+    key: str
+    url: str
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
 class IncidentDetail:
     incident: Incident
     analysis: IncidentAnalysisInfo | None
     similar: list[SimilarIncidentInfo]
     episode_ids: list[str]
     violations: list[Violation]
+    resembles: ResembledIncidentInfo | None = None
+    ticket: TicketInfo | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,6 +59,8 @@ SETUP_KEYS = (
     "alert.email.recipients",
     "alert.email.smtp_host",
     "alert.email.tls",
+    "alert.email.verify_cert",
+    "alert.email.ca_file",
     "alert.email.smtp_port",
     "alert.email.smtp_user",
     "alert.email.smtp_password",
