@@ -19,7 +19,7 @@ TIMEOUT_S = 5.0
 
 
 class RevokedSessions:
-    """The ``revoked_sessions`` table (migration 0006)."""
+    """The ``revoked_sessions`` table (migration 0007)."""
 
     def __init__(self, pool: Callable[[], asyncpg.Pool | None]) -> None:
         self._pool = pool
