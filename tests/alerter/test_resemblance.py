@@ -143,5 +143,5 @@ def test_messages_show_the_resembled_incidents_resolution_note() -> None:
     assert "Looks like ollama/llama3.1:8b slow (resolved" in body
     assert "by ana): restarted the GPU node" in body
     assert "https://scope.example/incidents/inc-old" in body
-    slack = json.dumps(SlackNotifier("chat", Secret("http://x"), session=None).build_payload(n))  # type: ignore[arg-type]
+    slack = json.dumps(SlackNotifier("chat", Secret("http://x"), session=None).build_payload(n).body)  # type: ignore[arg-type]
     assert "restarted the GPU node" in slack
