@@ -580,16 +580,18 @@ def statistics(quick: bool) -> None:
             np.random.default_rng(150 + i), process, charts=charts, probes_per_chart=probes
         )
         rest = fa.charts - fa.forced_charts
-        passed = 100_000 * (fa.signals - fa.forced_signals) / (rest * probes) if rest else math.nan
-        forced = 100_000 * fa.forced_signals / (fa.forced_charts * probes) if fa.forced_charts else math.nan
+        if fa.forced_charts and rest and fa.signals > fa.forced_signals:
+            passed = 100_000 * (fa.signals - fa.forced_signals) / (rest * probes)
+            forced = 100_000 * fa.forced_signals / (fa.forced_charts * probes)
+            compare = f": {forced:.2f} /100k against {passed:.2f} for the others, ratio {forced / passed:.2f}"
+        else:
+            compare = ""
         line(
             f"false alarms /100k, {process.name}",
             f"{fa.per_100k:10.2f}",
             "no target (the level really moves: real slow changes)"
-            f"  ({fa.signals} in {fa.probes:,};"
-            f" {fa.refused} baselines refused; {fa.forced_charts} charts armed after"
-            f" {default_config('latency_ms').max_refusals} refusals: {forced:.2f} /100k against"
-            f" {passed:.2f} for the charts whose baseline passed, ratio {forced / passed:.2f})",
+            f"  ({fa.signals} in {fa.probes:,}; {fa.refused} baselines refused; {fa.forced_charts} charts"
+            f" armed after {default_config('latency_ms').max_refusals} refusals in a row{compare})",
         )
     # The issue's detection targets are in sigma units: they measure the detectors' power, so
     # they run without the practical floor (min_change), which by default keeps any shift below

@@ -51,9 +51,11 @@ async def test_migrations_apply_once_even_concurrently(database_url: str) -> Non
             "004_retention_indexes.sql",
             "005_claim_generation.sql",
             "006_monthly_silences.sql",
+            "007_tickets_and_resemblance.sql",
+            "008_channel_threads.sql",
         ]
         assert await migrate(conns[0]) == []
-        assert await conns[0].fetchval("SELECT count(*) FROM alerter_schema_migrations") == 6
+        assert await conns[0].fetchval("SELECT count(*) FROM alerter_schema_migrations") == 8
         assert await conns[0].fetchval("SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm'") == 1
     finally:
         for c in conns:
@@ -131,7 +133,13 @@ async def test_two_replicas_never_send_twice(database_url: str, js: JetStreamCon
     runs = [await start_alerter(database_url, js, env, instance=n, timings=timings) for n in ("a", "b")]
     try:
         models = [f"m{i}" for i in range(10)]
-        events = [violation(i, model=m, rule=r) for i, m in enumerate(models) for r in ("R1", "R2", "R3")]
+        # One host per model: ten models of one host with sustained signals at once are a cascade
+        # (one incident naming all of them), not ten groups.
+        events = [
+            violation(i, model=m, host=f"gpu-{m}", rule=r)
+            for i, m in enumerate(models)
+            for r in ("R1", "R2", "R3")
+        ]
         await publish(js, *events)
         await eventually(lambda: len(sink.requests) >= 10, what="10 grouped messages")
         await publish(js, *(cleared(e) for e in events))

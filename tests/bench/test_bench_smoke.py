@@ -39,11 +39,11 @@ def test_quick_bench_prints_every_section() -> None:
     assert re.search(r"SPC service: consume .*?\s[\d,]+ /s", text), "the service rate is measured"
     assert not re.search(r"\b(inf|nan)\b", text), "every figure is finite"
     # A false-alarm line per process, delays, pages per shift and the faster case, with verdicts.
-    from llmscope.spc_engine.performance import PROCESSES
+    from llmscope.spc_engine.performance import PROCESSES, WANDER_PROCESSES
 
     verdicts = re.findall(r"target .*?\b(PASS|MISS)\b", text)
-    assert text.count("false alarms /100k") == len(PROCESSES)
-    assert text.count("median delay") == 12
+    assert text.count("false alarms /100k") == len(PROCESSES) + len(WANDER_PROCESSES)
+    assert text.count("median delay") == 12 + 4 * 2  # sigma shifts (detectors alone), 2x and 3x (defaults)
     assert text.count("critical episodes per") == 10
     assert "serial dependence ignored" in text
     assert len(verdicts) == len(PROCESSES) + 4 + 10 + 1  # delays have targets at phi 0 and 0.3

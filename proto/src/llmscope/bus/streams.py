@@ -86,6 +86,8 @@ def stream_configs(settings: BusSettings, partitions: int | None = None) -> list
         **common,
         "duplicate_window": min(settings.violations_duplicate_window_s, settings.violations_max_age_s),
     }
+    traffic_window = min(settings.violations_duplicate_window_s, settings.violations_max_age_s)
+    traffic_window = min(traffic_window, settings.telemetry_max_age_s)
     return [
         StreamConfig(
             name=subjects.STREAM_TELEMETRY,
@@ -123,7 +125,8 @@ def stream_configs(settings: BusSettings, partitions: int | None = None) -> list
             description="LLMscope real traffic per minute and subgroup (traffic_minute.v1)",
             subjects=[subjects.TRAFFIC_MINUTES_ALL],
             max_age=settings.telemetry_max_age_s,
-            **events,  # type: ignore[arg-type]
+            # ... within the stream's own max age (the server refuses a longer window).
+            **{**events, "duplicate_window": traffic_window},  # type: ignore[arg-type]
         ),
     ]
 

@@ -72,6 +72,8 @@ from llmscope.spc_engine.config import (
 
 CHART_OPTIONS = (
     "chart",
+    "min_change",
+    "min_spike_change",
     "rules",
     "spike_k",
     "no_spike",
@@ -216,6 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="known sigma, in chart units (log units with --transform log); with --center",
     )
     p.add_argument(
+        "--min-change",
+        type=float,
+        help="a sustained signal opens a page only when its level is (1 + this)x worse than the"
+        " centre (the service's default 0.5 with --defaults; 0, the detectors alone, otherwise)",
+    )
+    p.add_argument(
+        "--min-spike-change",
+        type=float,
+        help="the same for one point (SPIKE): the service's 1.0 with --defaults, else 0",
+    )
+    p.add_argument(
         "--defaults",
         action="store_true",
         help="exactly the service's default configuration (no other chart option)",
@@ -240,6 +253,9 @@ def config_from_args(args: argparse.Namespace) -> ChartConfig:
     if (args.center is None) != (args.sigma is None):
         raise UsageError("--center and --sigma go together")
     changes: dict[str, object] = {}
+    # Chart options describe the statistics: the practical floor only when asked for.
+    changes["min_change"] = args.min_change or 0.0
+    changes["min_spike_change"] = args.min_spike_change or 0.0
     transform = cfg.transform if args.transform is None else args.transform
     changes["transform"] = transform
     if args.baseline is not None:

@@ -22,6 +22,10 @@ VIOLATION_COLUMNS = (
 )  # fmt: skip
 
 
+MAX_HOURS = 24 * 365 * 100
+"""A window longer than a century is a mistake (and past ``datetime``'s range): 422, not 500."""
+
+
 def _filters(
     provider: str | None, model: str | None, start: datetime, end: datetime
 ) -> tuple[str, list[Any]]:
@@ -67,7 +71,7 @@ def router(rt: Runtime) -> APIRouter:
         model: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
-        hours: Annotated[float, Query(gt=0)] = 24 * 365,
+        hours: Annotated[float, Query(gt=0, le=MAX_HOURS)] = 24 * 365,
     ) -> StreamingResponse:
         """Violation episodes in the window (default: the last year), oldest first."""
         where, args = _filters(provider, model, *window(since, until, hours))
@@ -84,7 +88,7 @@ def router(rt: Runtime) -> APIRouter:
         model: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
-        hours: Annotated[float, Query(gt=0)] = 24,
+        hours: Annotated[float, Query(gt=0, le=MAX_HOURS)] = 24,
     ) -> StreamingResponse:
         """Raw probes in the window (default: the last 24 h), oldest first."""
         where, args = _filters(provider, model, *window(since, until, hours))

@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field
 
 from llmscope.api.routes.alerts import alerter_error
+from llmscope.api.routes.fields import NO_NUL
 from llmscope.api.runtime import Runtime
 from llmscope.web.alerting import (
     AlerterRefused,
@@ -22,8 +23,8 @@ from llmscope.web.alerting import (
 
 
 class ActionBody(BaseModel):
-    by: Annotated[str, Field(min_length=1, max_length=200)]
-    note: Annotated[str | None, Field(max_length=4000)] = None
+    by: Annotated[str, Field(min_length=1, max_length=200), NO_NUL]
+    note: Annotated[str | None, Field(max_length=4000), NO_NUL] = None
 
 
 def router(rt: Runtime) -> APIRouter:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
 from llmscope.api.routes.alerts import alerter_error
+from llmscope.api.routes.fields import NO_NUL
 from llmscope.api.runtime import Runtime
 from llmscope.web.alerting import AlerterRefused, AlerterUnavailable, SilenceInfo, SilenceInput
 
@@ -22,7 +23,7 @@ class SilenceBody(BaseModel):
     recurring window's. Dates bound a recurring window. Empty matchers match anything (shell
     patterns allowed)."""
 
-    reason: Annotated[str, Field(min_length=1, max_length=2000)]
+    reason: Annotated[str, Field(min_length=1, max_length=2000), NO_NUL]
     author: Annotated[str, Field(min_length=1, max_length=200)]
     kind: Literal["silence", "maintenance"] = "silence"
     models: Matchers = []

@@ -8,18 +8,19 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field
 
+from llmscope.api.routes.fields import NO_NUL
 from llmscope.api.runtime import Runtime
 from llmscope.web.data import Violation, ViolationDetail, ViolationFilter, ViolationPage
 
 
 class AckBody(BaseModel):
-    acknowledged_by: Annotated[str, Field(min_length=1, max_length=200)]
-    note: Annotated[str | None, Field(max_length=4000)] = None
+    acknowledged_by: Annotated[str, Field(min_length=1, max_length=200), NO_NUL]
+    note: Annotated[str | None, Field(max_length=4000), NO_NUL] = None
 
 
 class ResolveBody(BaseModel):
-    resolved_by: Annotated[str, Field(min_length=1, max_length=200)]
-    note: Annotated[str | None, Field(max_length=4000)] = None
+    resolved_by: Annotated[str, Field(min_length=1, max_length=200), NO_NUL]
+    note: Annotated[str | None, Field(max_length=4000), NO_NUL] = None
 
 
 def router(rt: Runtime) -> APIRouter:
