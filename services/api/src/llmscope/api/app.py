@@ -128,8 +128,8 @@ def create_app(settings: ApiSettings, *, clock: Callable[[], float] = time.time)
         return rate_limited(exc)
 
     @app.exception_handler(AuthUnavailable)
-    async def sessions_unavailable(_: Request, exc: AuthUnavailable) -> Response:
-        return auth_unavailable(exc)
+    async def sessions_unavailable(request: Request, exc: AuthUnavailable) -> Response:
+        return auth_unavailable(request, exc)
 
     @app.exception_handler(asyncpg.DataError)
     async def unstorable(_: Request, exc: asyncpg.DataError) -> JSONResponse:

@@ -27,11 +27,11 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmscope.api.auth import SAFE_METHODS, refusal
+from llmscope.api.unavailable import unavailable_response
 from llmscope.web.auth import Authenticator, AuthUnavailable, RateLimited, change_refusal
 
 OPEN_WRITES = frozenset({"/login"})
 OTLP_PREFIX = "/v1/"
-UNAVAILABLE_RETRY_S = 5
 
 
 class BodyTooLarge(HTTPException):
@@ -49,12 +49,9 @@ def rate_limited(exc: RateLimited) -> Response:
     )
 
 
-def unavailable(exc: AuthUnavailable) -> Response:
-    return JSONResponse(
-        {"detail": f"cannot check the session now: {exc}"},
-        status_code=503,
-        headers={"Retry-After": str(UNAVAILABLE_RETRY_S)},
-    )
+def unavailable(request: Request, exc: AuthUnavailable) -> Response:
+    """503 + Retry-After: JSON for the API, a page that retries by itself for the dashboard."""
+    return unavailable_response(request, f"cannot check the session now ({exc})")
 
 
 def _nul_in(request: Request) -> Response | None:
@@ -99,7 +96,7 @@ class FrontDoor:
         except RateLimited as exc:
             refused = rate_limited(exc)
         except AuthUnavailable as exc:
-            refused = unavailable(exc)
+            refused = unavailable(request, exc)
         if refused is not None:
             await refused(scope, receive, send)
             return
