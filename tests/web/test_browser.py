@@ -167,7 +167,7 @@ async def test_login_and_overview(site: Site) -> None:
         await shot(page, "login")
         await page.fill("input[name=key]", "not the key at all")
         await page.click("button[type=submit]")
-        await page.wait_for_selector("text=That is not the API key.")
+        await page.wait_for_selector("text=That is not the API key")
         assert site.errors == [
             "console: Failed to load resource: the server responded with a status of 401 (Unauthorized)"
         ]

@@ -165,6 +165,7 @@ _OWN = (
     # SMTP configuration errors (notifiers/email.py): our words, the local TLS library's at most.
     "the server does not offer STARTTLS",
     "TLS handshake failed",
+    "the server's TLS certificate was refused",
     "unknown SMTP host",
 )
 

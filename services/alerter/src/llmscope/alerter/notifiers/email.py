@@ -215,8 +215,21 @@ def permanent_smtp_error(exc: BaseException) -> str | None:
     """The reason when an SMTP failure is a configuration error that retrying cannot fix."""
     text = str(exc)
     cause = exc.__cause__ or exc.__context__
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and seen not in chain and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
     if "STARTTLS extension not supported" in text:
         return "the server does not offer STARTTLS: choose security 'none' (plain) or 'ssl'"
+    if any(
+        isinstance(e, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(e)
+        for e in chain[1:]
+    ) or ("CERTIFICATE_VERIFY_FAILED" in text):
+        return (
+            f"the server's TLS certificate was refused ({text[:160]}): give its CA file"
+            " (alert.email.ca_file) or turn verification off (alert.email.verify_cert)"
+        )
     if isinstance(cause, ssl.SSLError) or "WRONG_VERSION_NUMBER" in text:
         return f"TLS handshake failed ({text[:160]}): check the security mode and port"
     if isinstance(cause, socket.gaierror) and cause.errno in _NO_SUCH_HOST:
