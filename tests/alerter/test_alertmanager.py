@@ -101,11 +101,16 @@ async def test_firing_is_resent_while_it_fires_and_resolved_with_ends_at(
         assert am.alerts[key].ends_at == done.ts
         assert len(am.alerts) == 1  # the same alert (same labels) ended, no second one
         assert am.rejected == []
+
         # The log records the two notifications, not the re-sends.
-        rows = await run.pool.fetch(
-            "SELECT reason, status FROM alerter_notifications WHERE channel = 'alertmanager' ORDER BY seq"
-        )
-        assert [(r["reason"], r["status"]) for r in rows] == [("first", "sent"), ("resolved", "sent")]
+        # (The resolved one is recorded as sent just after Alertmanager has it: wait for the row.)
+        async def logged() -> bool:
+            rows = await run.pool.fetch(
+                "SELECT reason, status FROM alerter_notifications WHERE channel = 'alertmanager' ORDER BY seq"
+            )
+            return [(r["reason"], r["status"]) for r in rows] == [("first", "sent"), ("resolved", "sent")]
+
+        await eventually(logged, what="both notifications recorded as sent")
         # Once resolved, the group closes and nothing is re-sent (counted from the close: the
         # background re-send may still post once while the group is closing).
         await eventually(
