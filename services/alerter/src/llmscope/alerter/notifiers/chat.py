@@ -1,21 +1,21 @@
-"""What the incoming-webhook chats (Teams, Discord, Mattermost) share: the facts split into
-text and links, and one JSON POST to a URL that is itself the credential."""
+"""What the incoming-webhook chats (Slack, Teams, Discord, Mattermost) share: the alerts a message
+shows, their facts split into text and links, and (but for Slack, which also posts with a bot
+token) one JSON POST to a URL that is itself the credential."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import aiohttp
 
 from llmscope.alerter.destinations import Destinations
 from llmscope.alerter.notifiers.base import AlertView, Notification
-from llmscope.alerter.notifiers.http import post
+from llmscope.alerter.notifiers.http import post_json
 from llmscope.alerter.retry import DeliveryError
 from llmscope.config.env import Secret
 
 MAX_ALERTS = 10
-"""Alerts shown per message (Discord allows 10 embeds); the rest are counted."""
+"""Alerts shown per message (Discord allows 10 embeds, Slack caps blocks); the rest are counted."""
 LINK_TITLES = (("Incident link", "Open incident"), ("Violation", "View details"), ("Chart", "Chart"))
 
 
@@ -66,11 +66,6 @@ class JsonWebhookNotifier:
     async def send(self, payload: dict[str, Any]) -> str:
         if not self._url:
             raise DeliveryError(f"no {self.what} URL configured", retryable=False)
-        status, body = await post(
-            self._session,
-            self._url.get(),
-            data=json.dumps(payload).encode(),
-            headers={"Content-Type": "application/json"},
-            destinations=self._destinations,
-        )
+        url = self._url.get()
+        status, body = await post_json(self._session, url, payload, destinations=self._destinations)
         return f"HTTP {status} {body.strip()[:100]}".strip()
