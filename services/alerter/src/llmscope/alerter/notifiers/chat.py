@@ -39,11 +39,11 @@ def cascade_line(n: Notification) -> str | None:
     return f"Cascade: {len(n.incident.models)} models degraded together: {', '.join(n.incident.models)}"
 
 
-class JsonWebhookNotifier:
-    """POSTs a JSON body to the channel's incoming-webhook URL."""
+class UrlNotifier:
+    """A channel whose incoming-webhook URL is its credential (a secret): Slack and the chats."""
 
-    kind = "json-webhook"
     what = "webhook"
+    """the URL's name in the error when none is configured"""
 
     def __init__(
         self,
@@ -60,12 +60,21 @@ class JsonWebhookNotifier:
         self._destinations = destinations
         self.send_resolved = send_resolved
 
+    async def _post_to_url(self, payload: Any) -> tuple[int, str]:
+        """POST the payload as JSON to the URL: (status, body), DeliveryError otherwise."""
+        if not self._url:
+            raise DeliveryError(f"no {self.what} URL configured", retryable=False)
+        return await post_json(self._session, self._url.get(), payload, destinations=self._destinations)
+
+
+class JsonWebhookNotifier(UrlNotifier):
+    """POSTs a JSON body to the channel's incoming-webhook URL."""
+
+    kind = "json-webhook"
+
     def build_payload(self, notification: Notification) -> dict[str, Any]:
         raise NotImplementedError
 
     async def send(self, payload: dict[str, Any]) -> str:
-        if not self._url:
-            raise DeliveryError(f"no {self.what} URL configured", retryable=False)
-        url = self._url.get()
-        status, body = await post_json(self._session, url, payload, destinations=self._destinations)
+        status, body = await self._post_to_url(payload)
         return f"HTTP {status} {body.strip()[:100]}".strip()

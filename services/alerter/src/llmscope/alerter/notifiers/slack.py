@@ -19,7 +19,7 @@ import aiohttp
 from llmscope.alerter import messages as m
 from llmscope.alerter.destinations import Destinations
 from llmscope.alerter.notifiers.base import AlertView, Notification
-from llmscope.alerter.notifiers.chat import shown, split_facts
+from llmscope.alerter.notifiers.chat import UrlNotifier, shown, split_facts
 from llmscope.alerter.notifiers.http import post_json
 from llmscope.alerter.retry import DeliveryError
 from llmscope.config.env import Secret
@@ -78,10 +78,11 @@ def _alert_blocks(n: Notification, a: AlertView, resolved: bool) -> list[dict[st
     return blocks
 
 
-class SlackNotifier:
-    """Posts to an incoming-webhook URL (a secret: it is the credential)."""
+class SlackNotifier(UrlNotifier):
+    """Posts to an incoming-webhook URL (a secret: it is the credential), or with a bot token."""
 
     kind = "slack"
+    what = "Slack webhook"
 
     def __init__(
         self,
@@ -96,11 +97,7 @@ class SlackNotifier:
         api_url: str = DEFAULT_SLACK_API,
         threads: ThreadStore | None = None,
     ) -> None:
-        self.name = name
-        self._destinations = destinations
-        self._url = url
-        self._session = session
-        self.send_resolved = send_resolved
+        super().__init__(name, url, session, send_resolved=send_resolved, destinations=destinations)
         self._token = token or Secret("")
         self.channel = channel
         self.api_url = api_url.rstrip("/")
@@ -147,11 +144,7 @@ class SlackNotifier:
     async def send(self, payload: SlackPayload) -> str:
         if self.threaded:
             return await self._post_message(payload)
-        if not self._url:
-            raise DeliveryError("no Slack webhook URL configured", retryable=False)
-        status, body = await post_json(
-            self._session, self._url.get(), payload.body, destinations=self._destinations
-        )
+        status, body = await self._post_to_url(payload.body)
         return f"HTTP {status} {body.strip()[:100]}"
 
     async def _post_message(self, payload: SlackPayload) -> str:
