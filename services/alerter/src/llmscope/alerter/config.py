@@ -125,10 +125,15 @@ class _Strict(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     pass
 
 
-class EmailChannelFile(
-    _Strict, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="email", tag_field="kind"
-):
+class _ChannelFile(_Strict, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What every channel of the file has; each kind adds its own keys and its ``kind`` tag."""
+
     name: str
+    send_resolved: bool = True
+    enabled: bool = True
+
+
+class EmailChannelFile(_ChannelFile, frozen=True, kw_only=True, tag="email", tag_field="kind"):
     host: str
     sender: str
     recipients: list[str]
@@ -138,80 +143,49 @@ class EmailChannelFile(
     password_env: str = ""
     validate_certs: bool = True
     ca_file: str = ""
-    send_resolved: bool = True
-    enabled: bool = True
 
 
-class SlackChannelFile(
-    _Strict, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="slack", tag_field="kind"
-):
-    name: str
+class SlackChannelFile(_ChannelFile, frozen=True, kw_only=True, tag="slack", tag_field="kind"):
     url_env: str = ""
     token_env: str = ""
     """a bot token (xoxb-...): chat.postMessage, which threads an incident's updates"""
     slack_channel: str = ""
     api_url: str = DEFAULT_SLACK_API
-    send_resolved: bool = True
-    enabled: bool = True
 
 
-class AlertmanagerChannelFile(
-    _Strict, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="alertmanager", tag_field="kind"
-):
-    name: str
+class AlertmanagerChannelFile(_ChannelFile, frozen=True, kw_only=True, tag="alertmanager", tag_field="kind"):
     url: str = ""
     url_env: str = ""
     resend_interval: Duration = DEFAULT_RESEND_S
-    send_resolved: bool = True
-    enabled: bool = True
 
 
-class TeamsChannelFile(
-    _Strict, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="teams", tag_field="kind"
-):
-    name: str
+class _ChatChannelFile(_ChannelFile, frozen=True, kw_only=True):
+    """An incoming-webhook chat: its URL is the credential, so it only comes from the environment."""
+
     url_env: str
-    send_resolved: bool = True
-    enabled: bool = True
 
 
-class DiscordChannelFile(
-    _Strict, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="discord", tag_field="kind"
-):
-    name: str
-    url_env: str
-    send_resolved: bool = True
-    enabled: bool = True
+class TeamsChannelFile(_ChatChannelFile, frozen=True, kw_only=True, tag="teams", tag_field="kind"):
+    pass
 
 
-class MattermostChannelFile(
-    _Strict, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="mattermost", tag_field="kind"
-):
-    name: str
-    url_env: str
-    send_resolved: bool = True
-    enabled: bool = True
+class DiscordChannelFile(_ChatChannelFile, frozen=True, kw_only=True, tag="discord", tag_field="kind"):
+    pass
 
 
-class WebhookChannelFile(
-    _Strict, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="webhook", tag_field="kind"
-):
-    name: str
+class MattermostChannelFile(_ChatChannelFile, frozen=True, kw_only=True, tag="mattermost", tag_field="kind"):
+    pass
+
+
+class WebhookChannelFile(_ChannelFile, frozen=True, kw_only=True, tag="webhook", tag_field="kind"):
     url: str = ""
     url_env: str = ""
     secret_env: str = ""
-    send_resolved: bool = True
-    enabled: bool = True
 
 
-class PagerDutyChannelFile(
-    _Strict, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="pagerduty", tag_field="kind"
-):
-    name: str
+class PagerDutyChannelFile(_ChannelFile, frozen=True, kw_only=True, tag="pagerduty", tag_field="kind"):
     routing_key_env: str
     events_url: str = DEFAULT_EVENTS_URL
-    send_resolved: bool = True
-    enabled: bool = True
 
 
 ChannelFile = (
@@ -351,6 +325,14 @@ def _secret_from(env: Env, var: str, what: str) -> Secret:
     return Secret(value)
 
 
+def _url_from(env: Env, url: str, url_env: str, what: str) -> Secret:
+    """The URL written in the file, or the secret one ``url_env`` names; one is required."""
+    value = _secret_from(env, url_env, what) if url_env else Secret(url)
+    if not value:
+        raise ConfigError(f"{what}: needs url or url_env")
+    return value
+
+
 def _channel_from_file(c: ChannelFile, env: Env, timeout: float) -> ChannelSpec:
     what = f"channel {c.name!r}"
     match c:
@@ -385,9 +367,7 @@ def _channel_from_file(c: ChannelFile, env: Env, timeout: float) -> ChannelSpec:
                 api_url=c.api_url,
             )
         case AlertmanagerChannelFile():
-            am_url = _secret_from(env, c.url_env, what) if c.url_env else Secret(c.url)
-            if not am_url:
-                raise ConfigError(f"{what}: needs url or url_env")
+            am_url = _url_from(env, c.url, c.url_env, what)
             resend = parse_duration(c.resend_interval, f"channels[{c.name}].resend_interval")
             return ChannelSpec(
                 c.name, "alertmanager", c.enabled, c.send_resolved, url=am_url, resend_s=resend
@@ -398,9 +378,7 @@ def _channel_from_file(c: ChannelFile, env: Env, timeout: float) -> ChannelSpec:
                 c.name, kind, c.enabled, c.send_resolved, url=_secret_from(env, c.url_env, what)
             )
         case WebhookChannelFile():
-            url = _secret_from(env, c.url_env, what) if c.url_env else Secret(c.url)
-            if not url:
-                raise ConfigError(f"{what}: needs url or url_env")
+            url = _url_from(env, c.url, c.url_env, what)
             secret = _secret_from(env, c.secret_env, what)
             return ChannelSpec(c.name, "webhook", c.enabled, c.send_resolved, url=url, secret=secret)
         case PagerDutyChannelFile():
@@ -478,6 +456,12 @@ def _setting_value(raw: object) -> object:
     return raw
 
 
+def _text(settings: Mapping[str, object], key: str) -> str:
+    """A setting that is a string, else "" (unset, or a number or list where text belongs)."""
+    value = settings.get(key)
+    return value if isinstance(value, str) else ""
+
+
 def _as_bool(value: object) -> bool | None:
     if isinstance(value, bool):
         return value
@@ -509,8 +493,8 @@ def apply_settings(
     s = normalize_settings(settings)
     out = dict(channels)
     from_settings: set[str] = set()  # channels whose address the settings gave
-    smtp_host = s.get("smtp_host")
-    if isinstance(smtp_host, str) and smtp_host:
+    smtp_host = _text(s, "smtp_host")
+    if smtp_host:
         base = out.get("email")
         cfg = (
             base.email
@@ -522,14 +506,14 @@ def apply_settings(
             security = cfg.security
         port = s.get("smtp_port")
         recipients = _as_list(s.get("smtp_to") or s.get("email_to") or list(cfg.recipients))
-        password = s.get("smtp_password")
+        password = _text(s, "smtp_password")
         cfg = replace(
             cfg,
             host=smtp_host,
             port=int(port) if isinstance(port, int | str) and str(port).isdigit() else cfg.port,
             security=security,  # type: ignore[arg-type]
             username=str(s.get("smtp_user") or s.get("smtp_username") or cfg.username),
-            password=Secret(password) if isinstance(password, str) and password else cfg.password,
+            password=Secret(password) if password else cfg.password,
             sender=str(s.get("smtp_from") or cfg.sender),
             recipients=tuple(recipients),
             validate_certs=_verify
@@ -540,8 +524,8 @@ def apply_settings(
         )
         out["email"] = ChannelSpec("email", "email", email=cfg)
         from_settings.add("email")
-    slack_url = s.get("slack_webhook_url")
-    if isinstance(slack_url, str) and slack_url:
+    slack_url = _text(s, "slack_webhook_url")
+    if slack_url:
         base_slack = out.get("slack")
         out["slack"] = (
             replace(base_slack, url=Secret(slack_url))
@@ -549,31 +533,30 @@ def apply_settings(
             else ChannelSpec("slack", "slack", url=Secret(slack_url))
         )
         from_settings.add("slack")
-    bot_token = s.get("slack_bot_token")
-    if isinstance(bot_token, str) and bot_token:
+    bot_token = _text(s, "slack_bot_token")
+    if bot_token:
         base_bot = out.get("slack")
-        bot_channel = s.get("slack_channel")
         out["slack"] = replace(
             base_bot if base_bot is not None and base_bot.kind == "slack" else ChannelSpec("slack", "slack"),
             token=Secret(bot_token),
-            slack_channel=bot_channel if isinstance(bot_channel, str) and bot_channel else "",
+            slack_channel=_text(s, "slack_channel"),
         )
         from_settings.add("slack")
-    am_url = s.get("alertmanager_url")
-    if isinstance(am_url, str) and am_url:
+    am_url = _text(s, "alertmanager_url")
+    if am_url:
         base_am = out.get("alertmanager")
         resend = base_am.resend_s if base_am is not None and base_am.resend_s > 0 else DEFAULT_RESEND_S
         out["alertmanager"] = ChannelSpec("alertmanager", "alertmanager", url=Secret(am_url), resend_s=resend)
         from_settings.add("alertmanager")
     for kind in CHAT_KINDS:
-        chat_url = s.get(f"{kind}_webhook_url")
-        if isinstance(chat_url, str) and chat_url:
+        chat_url = _text(s, f"{kind}_webhook_url")
+        if chat_url:
             out[kind] = ChannelSpec(kind, kind, url=Secret(chat_url))
             from_settings.add(kind)
-    hook_url = s.get("webhook_url")
-    if isinstance(hook_url, str) and hook_url:
-        hook_secret = s.get("webhook_secret")
-        secret = Secret(hook_secret) if isinstance(hook_secret, str) and hook_secret else None
+    hook_url = _text(s, "webhook_url")
+    if hook_url:
+        hook_secret = _text(s, "webhook_secret")
+        secret = Secret(hook_secret) if hook_secret else None
         base_hook = out.get("webhook")
         out["webhook"] = ChannelSpec(
             "webhook",
@@ -582,8 +565,8 @@ def apply_settings(
             secret=secret or (base_hook.secret if base_hook else Secret("")),
         )
         from_settings.add("webhook")
-    pd_key = s.get("pagerduty_routing_key")
-    if isinstance(pd_key, str) and pd_key:
+    pd_key = _text(s, "pagerduty_routing_key")
+    if pd_key:
         base_pd = out.get("pagerduty")
         out["pagerduty"] = ChannelSpec(
             "pagerduty",
@@ -678,8 +661,8 @@ def build_runtime(
     guard = Destinations.from_env(env)
     channels = {name: replace(spec, destinations=guard) for name, spec in channels.items()}
     flat = normalize_settings(settings)
-    min_sev = flat.get("min_severity")
-    if isinstance(min_sev, str) and min_sev in SEVERITIES:
+    min_sev = _text(flat, "min_severity")
+    if min_sev in SEVERITIES:
         severities = SEVERITIES[: SEVERITIES.index(min_sev) + 1]
     wait = _seconds(flat.get("group_wait_s"))
     timings = Timings(
@@ -688,7 +671,7 @@ def build_runtime(
         repeat_interval=_seconds(flat.get("repeat_interval_s")) or timings.repeat_interval,
         group_by=timings.group_by,
     )
-    public_url = flat.get("public_url")
+    public_url = _text(flat, "public_url")
     d = file.defaults or DefaultsFile()
     base = Timings(
         group_wait=parse_duration(d.group_wait, "defaults.group_wait")
@@ -747,7 +730,7 @@ def build_runtime(
         routes=tuple(routes),
         silences=tuple(silence_from_file(s) for s in file.silences),
         allowed_rules=allowed,
-        public_url=public_url if isinstance(public_url, str) and public_url else None,
+        public_url=public_url or None,
     )
 
 

@@ -12,7 +12,6 @@ resolved alert carries ``endsAt``, the time its violation cleared.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,7 +20,7 @@ import aiohttp
 from llmscope.alerter import messages as m
 from llmscope.alerter.destinations import Destinations
 from llmscope.alerter.notifiers.base import AlertView, Notification
-from llmscope.alerter.notifiers.http import post
+from llmscope.alerter.notifiers.http import post_json
 from llmscope.alerter.retry import DeliveryError
 from llmscope.config.env import Secret
 
@@ -130,11 +129,7 @@ class AlertmanagerNotifier:
             raise DeliveryError("no Alertmanager URL configured", retryable=False)
         if not payload:
             return "nothing to send"
-        status, body = await post(
-            self._session,
-            alerts_url(self._url.get()),
-            data=json.dumps(payload).encode(),
-            headers={"Content-Type": "application/json"},
-            destinations=self._destinations,
+        status, body = await post_json(
+            self._session, alerts_url(self._url.get()), payload, destinations=self._destinations
         )
         return f"HTTP {status} {len(payload)} alert(s) {body.strip()[:80]}".strip()

@@ -1,21 +1,21 @@
-"""What the incoming-webhook chats (Teams, Discord, Mattermost) share: the facts split into
-text and links, and one JSON POST to a URL that is itself the credential."""
+"""What the incoming-webhook chats (Slack, Teams, Discord, Mattermost) share: the alerts a message
+shows, their facts split into text and links, and (but for Slack, which also posts with a bot
+token) one JSON POST to a URL that is itself the credential."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import aiohttp
 
 from llmscope.alerter.destinations import Destinations
 from llmscope.alerter.notifiers.base import AlertView, Notification
-from llmscope.alerter.notifiers.http import post
+from llmscope.alerter.notifiers.http import post_json
 from llmscope.alerter.retry import DeliveryError
 from llmscope.config.env import Secret
 
 MAX_ALERTS = 10
-"""Alerts shown per message (Discord allows 10 embeds); the rest are counted."""
+"""Alerts shown per message (Discord allows 10 embeds, Slack caps blocks); the rest are counted."""
 LINK_TITLES = (("Incident link", "Open incident"), ("Violation", "View details"), ("Chart", "Chart"))
 
 
@@ -39,11 +39,11 @@ def cascade_line(n: Notification) -> str | None:
     return f"Cascade: {len(n.incident.models)} models degraded together: {', '.join(n.incident.models)}"
 
 
-class JsonWebhookNotifier:
-    """POSTs a JSON body to the channel's incoming-webhook URL."""
+class UrlNotifier:
+    """A channel whose incoming-webhook URL is its credential (a secret): Slack and the chats."""
 
-    kind = "json-webhook"
     what = "webhook"
+    """the URL's name in the error when none is configured"""
 
     def __init__(
         self,
@@ -60,17 +60,21 @@ class JsonWebhookNotifier:
         self._destinations = destinations
         self.send_resolved = send_resolved
 
+    async def _post_to_url(self, payload: Any) -> tuple[int, str]:
+        """POST the payload as JSON to the URL: (status, body), DeliveryError otherwise."""
+        if not self._url:
+            raise DeliveryError(f"no {self.what} URL configured", retryable=False)
+        return await post_json(self._session, self._url.get(), payload, destinations=self._destinations)
+
+
+class JsonWebhookNotifier(UrlNotifier):
+    """POSTs a JSON body to the channel's incoming-webhook URL."""
+
+    kind = "json-webhook"
+
     def build_payload(self, notification: Notification) -> dict[str, Any]:
         raise NotImplementedError
 
     async def send(self, payload: dict[str, Any]) -> str:
-        if not self._url:
-            raise DeliveryError(f"no {self.what} URL configured", retryable=False)
-        status, body = await post(
-            self._session,
-            self._url.get(),
-            data=json.dumps(payload).encode(),
-            headers={"Content-Type": "application/json"},
-            destinations=self._destinations,
-        )
+        status, body = await self._post_to_url(payload)
         return f"HTTP {status} {body.strip()[:100]}".strip()

@@ -6,7 +6,9 @@ and following a loop of them only ended in an error whose repr carried the secre
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from typing import Any
 
 import aiohttp
 
@@ -41,3 +43,22 @@ async def post(
     except aiohttp.ClientError as exc:
         # from None: a traceback logged further up would print the request URL again.
         raise DeliveryError(f"transport error: {describe_error(exc)}", retryable=True) from None
+
+
+async def post_json(
+    session: aiohttp.ClientSession,
+    url: str,
+    payload: Any,
+    *,
+    headers: Mapping[str, str] | None = None,
+    destinations: Destinations | None = None,
+) -> tuple[int, str]:
+    """:func:`post` of ``payload`` encoded as JSON; ``headers`` add to (or replace) the JSON
+    content type."""
+    return await post(
+        session,
+        url,
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json", **(headers or {})},
+        destinations=destinations,
+    )

@@ -6,7 +6,6 @@ PagerDuty incident (reminders re-trigger the same key, which PagerDuty de-duplic
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import aiohttp
@@ -14,7 +13,7 @@ import aiohttp
 from llmscope.alerter import messages as m
 from llmscope.alerter.destinations import Destinations
 from llmscope.alerter.notifiers.base import Notification
-from llmscope.alerter.notifiers.http import post
+from llmscope.alerter.notifiers.http import post_json
 from llmscope.alerter.retry import DeliveryError
 from llmscope.config.env import Secret
 
@@ -95,12 +94,10 @@ class PagerDutyNotifier:
             raise DeliveryError("no PagerDuty routing key configured", retryable=False)
         answers = []
         for event in payload:
-            body = json.dumps({**event, "routing_key": self._routing_key.get()}).encode()
-            status, text = await post(
+            status, text = await post_json(
                 self._session,
                 self.events_url,
-                data=body,
-                headers={"Content-Type": "application/json"},
+                {**event, "routing_key": self._routing_key.get()},
                 destinations=self._destinations,
             )
             answers.append(f"HTTP {status} {text.strip()[:100]}")

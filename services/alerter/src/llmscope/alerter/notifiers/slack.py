@@ -19,11 +19,11 @@ import aiohttp
 from llmscope.alerter import messages as m
 from llmscope.alerter.destinations import Destinations
 from llmscope.alerter.notifiers.base import AlertView, Notification
-from llmscope.alerter.notifiers.http import post
+from llmscope.alerter.notifiers.chat import UrlNotifier, shown, split_facts
+from llmscope.alerter.notifiers.http import post_json
 from llmscope.alerter.retry import DeliveryError
 from llmscope.config.env import Secret
 
-MAX_ALERTS = 10  # Slack caps blocks per message; the rest are counted
 DEFAULT_SLACK_API = "https://slack.com/api"
 # chat.postMessage answers HTTP 200 with {"ok": false, "error": ...}: these are worth a retry,
 # every other error (invalid_auth, channel_not_found, not_in_channel, ...) is configuration.
@@ -58,23 +58,17 @@ def thread_key(n: Notification) -> str:
     return f"group:{n.id.split(':', 1)[0]}" if n.reason != "test" else ""
 
 
-_BUTTONS = (("Incident link", "Open incident"), ("Violation", "View details"), ("Chart", "Chart"))
-
-
 def _mrkdwn(text: str) -> str:
     # Slack's three control characters; everything else is shown as written.
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _alert_blocks(n: Notification, a: AlertView, resolved: bool) -> list[dict[str, Any]]:
-    facts = n.facts(a)
-    links = {k: v for k, v in facts if v.startswith(("http://", "https://"))}
-    lines = [f"*{_mrkdwn(k)}:* {_mrkdwn(v)}" for k, v in facts if k not in links]
+    facts, links = split_facts(n, a)
+    lines = [f"*{_mrkdwn(k)}:* {_mrkdwn(v)}" for k, v in facts]
     state = "Resolved" if resolved else "Firing"
     buttons = [
-        {"type": "button", "text": {"type": "plain_text", "text": text}, "url": links[key]}
-        for key, text in _BUTTONS
-        if key in links
+        {"type": "button", "text": {"type": "plain_text", "text": title}, "url": url} for title, url in links
     ]
     blocks: list[dict[str, Any]] = [
         {"type": "section", "text": {"type": "mrkdwn", "text": f"*{state}*\n" + "\n".join(lines)}},
@@ -84,10 +78,11 @@ def _alert_blocks(n: Notification, a: AlertView, resolved: bool) -> list[dict[st
     return blocks
 
 
-class SlackNotifier:
-    """Posts to an incoming-webhook URL (a secret: it is the credential)."""
+class SlackNotifier(UrlNotifier):
+    """Posts to an incoming-webhook URL (a secret: it is the credential), or with a bot token."""
 
     kind = "slack"
+    what = "Slack webhook"
 
     def __init__(
         self,
@@ -102,11 +97,7 @@ class SlackNotifier:
         api_url: str = DEFAULT_SLACK_API,
         threads: ThreadStore | None = None,
     ) -> None:
-        self.name = name
-        self._destinations = destinations
-        self._url = url
-        self._session = session
-        self.send_resolved = send_resolved
+        super().__init__(name, url, session, send_resolved=send_resolved, destinations=destinations)
         self._token = token or Secret("")
         self.channel = channel
         self.api_url = api_url.rstrip("/")
@@ -131,8 +122,8 @@ class SlackNotifier:
         """The message itself, the same for a webhook and for chat.postMessage."""
         n = notification
         attachments: list[dict[str, Any]] = []
-        shown = [(a, False) for a in n.firing] + [(a, True) for a in n.resolved]
-        for alert, resolved in shown[:MAX_ALERTS]:
+        alerts, more = shown(n)
+        for alert, resolved in alerts:
             # Coloured by severity (critical red), green once resolved, blue for an improvement.
             tone = "resolved" if resolved else m.tone([alert.event])
             attachments.append({"color": m.colour(tone), "blocks": _alert_blocks(n, alert, resolved)})
@@ -146,23 +137,14 @@ class SlackNotifier:
             if url:
                 text += f"\n<{url}|Open the incident>"
             blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": text}})
-        if len(shown) > MAX_ALERTS:
-            more = len(shown) - MAX_ALERTS
+        if more:
             blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"and {more} more"}]})
         return {"text": n.title, "blocks": blocks, "attachments": attachments}
 
     async def send(self, payload: SlackPayload) -> str:
         if self.threaded:
             return await self._post_message(payload)
-        if not self._url:
-            raise DeliveryError("no Slack webhook URL configured", retryable=False)
-        status, body = await post(
-            self._session,
-            self._url.get(),
-            data=json.dumps(payload.body).encode(),
-            headers={"Content-Type": "application/json"},
-            destinations=self._destinations,
-        )
+        status, body = await self._post_to_url(payload.body)
         return f"HTTP {status} {body.strip()[:100]}"
 
     async def _post_message(self, payload: SlackPayload) -> str:
@@ -173,10 +155,10 @@ class SlackNotifier:
             body["thread_ts"] = root
             if payload.broadcast:
                 body["reply_broadcast"] = True
-        status, text = await post(
+        status, text = await post_json(
             self._session,
             f"{self.api_url}/chat.postMessage",
-            data=json.dumps(body).encode(),
+            body,
             headers={
                 "Content-Type": "application/json; charset=utf-8",
                 "Authorization": f"Bearer {self._token.get()}",

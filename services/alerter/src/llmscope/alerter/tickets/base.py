@@ -67,6 +67,35 @@ class Tracker(Protocol):
     async def close(self, ticket: Ticket) -> None: ...
 
 
+class RestTracker:
+    """What every tracker client holds: its configuration, the HTTP session and its credential
+    headers, applied to each request with the configured timeout."""
+
+    kind: str
+
+    def __init__(self, config: TicketConfig, session: aiohttp.ClientSession) -> None:
+        self._cfg = config
+        self._session = session
+
+    def _headers(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    async def _call(
+        self, method: str, url: str, *, body: Any = None, params: Mapping[str, str] | None = None
+    ) -> Any:
+        """The decoded JSON answer (or None) of one authenticated request."""
+        answer, _ = await call(
+            self._session,
+            method,
+            url,
+            headers=self._headers(),
+            body=body,
+            params=params,
+            timeout_s=self._cfg.timeout_s,
+        )
+        return answer
+
+
 async def call(
     session: aiohttp.ClientSession,
     method: str,

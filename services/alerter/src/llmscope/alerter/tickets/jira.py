@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 
 from llmscope.alerter.retry import DeliveryError
-from llmscope.alerter.tickets.base import Ticket, TicketConfig, call
+from llmscope.alerter.tickets.base import RestTracker, Ticket, TicketConfig
 from llmscope.alerter.tickets.text import Section
 
 
@@ -43,7 +43,7 @@ def adf(sections: list[Section]) -> dict[str, Any]:
     return {"type": "doc", "version": 1, "content": content}
 
 
-class JiraTracker:
+class JiraTracker(RestTracker):
     kind = "jira"
 
     def __init__(self, config: TicketConfig, session: aiohttp.ClientSession) -> None:
@@ -51,8 +51,7 @@ class JiraTracker:
             raise ValueError("Jira: the site URL is required (https://your-site.atlassian.net)")
         if not config.project:
             raise ValueError("Jira: the project key is required")
-        self._cfg = config
-        self._session = session
+        super().__init__(config, session)
         self._site = config.url.rstrip("/")
         self._api = f"{self._site}/rest/api/{config.jira_api}"
 
@@ -73,27 +72,22 @@ class JiraTracker:
     async def find(self, marker: str, since: datetime) -> Ticket | None:
         # v3's /search is retired on Jira Cloud in favour of /search/jql; v2 keeps /search.
         path = "search/jql" if self._cfg.jira_api == 3 else "search"
-        found, _ = await call(
-            self._session,
+        found = await self._call(
             "GET",
             f"{self._api}/{path}",
-            headers=self._headers(),
             params={
                 "jql": f'project = "{self._cfg.project}" AND labels = "{marker}" ORDER BY created ASC',
                 "fields": "key",
                 "maxResults": "1",
             },
-            timeout_s=self._cfg.timeout_s,
         )
         issues = (found or {}).get("issues") or []
         return self._ticket(str(issues[0]["key"])) if issues else None
 
     async def create(self, title: str, body: list[Section], marker: str) -> Ticket:
-        issue, _ = await call(
-            self._session,
+        issue = await self._call(
             "POST",
             f"{self._api}/issue",
-            headers=self._headers(),
             body={
                 "fields": {
                     "project": {"key": self._cfg.project},
@@ -103,25 +97,15 @@ class JiraTracker:
                     "labels": [*self._cfg.labels, marker],
                 }
             },
-            timeout_s=self._cfg.timeout_s,
         )
         return self._ticket(str(issue["key"]))
 
     async def comment(self, ticket: Ticket, text: list[Section]) -> None:
-        await call(
-            self._session,
-            "POST",
-            f"{self._api}/issue/{ticket.key}/comment",
-            headers=self._headers(),
-            body={"body": self._doc(text)},
-            timeout_s=self._cfg.timeout_s,
-        )
+        await self._call("POST", f"{self._api}/issue/{ticket.key}/comment", body={"body": self._doc(text)})
 
     async def close(self, ticket: Ticket) -> None:
         url = f"{self._api}/issue/{ticket.key}/transitions"
-        answer, _ = await call(
-            self._session, "GET", url, headers=self._headers(), timeout_s=self._cfg.timeout_s
-        )
+        answer = await self._call("GET", url)
         transitions = (answer or {}).get("transitions") or []
         wanted = self._cfg.jira_done.casefold()
         chosen = next((t for t in transitions if str(t.get("name", "")).casefold() == wanted), None) or next(
@@ -139,11 +123,4 @@ class JiraTracker:
                 f" (available: {names})",
                 retryable=False,
             )
-        await call(
-            self._session,
-            "POST",
-            url,
-            headers=self._headers(),
-            body={"transition": {"id": str(chosen["id"])}},
-            timeout_s=self._cfg.timeout_s,
-        )
+        await self._call("POST", url, body={"transition": {"id": str(chosen["id"])}})
