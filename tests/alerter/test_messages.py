@@ -337,3 +337,16 @@ def test_the_cascade_is_one_message_naming_both_models_and_the_incident() -> Non
 def test_follow_ups_thread_under_the_first_email() -> None:
     assert "In-Reply-To: <7.oncall.1@llmscope>" in rendered("update")["email.txt"]
     assert "In-Reply-To" not in rendered("firing")["email.txt"]
+
+
+def test_identical_failures_are_one_line_with_their_count_and_the_status_is_said_once() -> None:
+    def down(seconds: int) -> FailedProbe:
+        return FailedProbe(T0 - timedelta(seconds=seconds), "http_5xx", 503, "HTTP 503: service unavailable")
+
+    timeout = FailedProbe(T0 - timedelta(seconds=6), "timeout", None, "no answer")
+    recent = [down(0), down(2), down(4), timeout, down(8)]
+    assert m.failure_lines(recent) == [
+        f"{m.clock(T0 - timedelta(seconds=4))}-{m.clock(T0)} http_5xx, HTTP 503: service unavailable (x3)",
+        f"{m.clock(T0 - timedelta(seconds=6))} timeout, no HTTP status: no answer",
+        f"{m.clock(T0 - timedelta(seconds=8))} http_5xx, HTTP 503: service unavailable",
+    ]

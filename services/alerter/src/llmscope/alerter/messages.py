@@ -247,10 +247,36 @@ def duration(delta: timedelta) -> str:
     return f"{h} h {m} min" if m else f"{h} h"
 
 
-def failure_line(p: FailedProbe) -> str:
+def failure_line(p: FailedProbe, repeats: int = 1, oldest: datetime | None = None) -> str:
     http = f"HTTP {p.http_status}" if p.http_status is not None else "no HTTP status"
-    error = f": {p.error.strip()[:200]}" if p.error and p.error.strip() else ""
-    return f"{clock(p.ts)} {p.status}, {http}{error}"
+    text = (p.error or "").strip()
+    # The prober's error text often starts with the status it already reported ("HTTP 503 ...").
+    if p.http_status is not None and text.startswith(http):
+        text = text[len(http) :].lstrip(" :-")
+    error = f": {text[:200]}" if text else ""
+    when = clock(p.ts) if oldest is None or repeats == 1 else f"{clock(oldest)}-{clock(p.ts)}"
+    times = f" (x{repeats})" if repeats > 1 else ""
+    return f"{when} {p.status}, {http}{error}{times}"
+
+
+def _same_failure(a: FailedProbe, b: FailedProbe) -> bool:
+    same_text = (a.error or "").strip() == (b.error or "").strip()
+    return same_text and (a.status, a.http_status) == (b.status, b.http_status)
+
+
+def failure_lines(recent: Sequence[FailedProbe]) -> list[str]:
+    """One line per run of identical failures (same kind, status and text; ``recent`` newest
+    first), with its count and time span: an outage's probes usually fail the same way, and a page
+    of repeated lines hides the one that differs."""
+    out: list[str] = []
+    i = 0
+    while i < len(recent):
+        j = i
+        while j + 1 < len(recent) and _same_failure(recent[j + 1], recent[i]):
+            j += 1
+        out.append(failure_line(recent[i], repeats=j - i + 1, oldest=recent[j].ts))
+        i = j + 1
+    return out
 
 
 def outage_lines(outage: Outage | None, now: datetime) -> list[str]:
@@ -263,7 +289,7 @@ def outage_lines(outage: Outage | None, now: datetime) -> list[str]:
     lines.append(
         f"Last success: {clock(outage.last_success)}" if outage.last_success else "Last success: none stored"
     )
-    lines.extend(f"Failed: {failure_line(p)}" for p in outage.recent)
+    lines.extend(f"Failed: {line}" for line in failure_lines(outage.recent))
     return lines
 
 
