@@ -1278,6 +1278,12 @@ _SWEEPS = (
             ),
             ("alerter_notifications", "DELETE FROM alerter_notifications WHERE group_id = ANY($1::bigint[])"),
             ("alerter_group_alerts", "DELETE FROM alerter_group_alerts WHERE group_id = ANY($1::bigint[])"),
+            (
+                # A Slack thread outside any incident is keyed to its group (notifiers/slack.py).
+                "alerter_threads",
+                "DELETE FROM alerter_threads WHERE thread_key IN"
+                " (SELECT 'group:' || k FROM unnest($1::bigint[]) AS k)",
+            ),
             ("alerter_groups", "DELETE FROM alerter_groups WHERE id = ANY($1::bigint[])"),
         ),
     ),
