@@ -168,6 +168,10 @@ class Alerter:
             for name, spec in runtime.channels.items()
             if spec.enabled
         }
+        # Merges first: a held incident whose point became sustained is folded into the host's
+        # cascade before its group's first flush could page on its own.
+        if await self.store.merge_cascades(runtime.routes):
+            self._wake_outbox.set()
         claims = await self.store.reclaim_expired(skip=frozenset(self._live))
         claims += await self.store.claim_due(runtime.routes, views, runtime.silences)
         started = []
