@@ -25,7 +25,7 @@
 | LLMSCOPE_ALERTER_HEALTH_HOST | 0.0.0.0 | address of /healthz, /readyz, /metrics |
 | LLMSCOPE_ALERTER_HEALTH_PORT | 8003 | port of the same (0: no health server) |
 | LLMSCOPE_INCIDENT_WINDOW_S | 300 | violations this close in time join one incident |
-| LLMSCOPE_INCIDENT_SUSTAINED_S | 60 | one-point episode (SPIKE, R1) open this long: sustained (cascades, merges); a second model's lone point holds its page this long |
+| LLMSCOPE_INCIDENT_SUSTAINED_S | 60 | one-point episode (SPIKE, R1) open this long: sustained (cascades) |
 | LLMSCOPE_INCIDENT_MIN_SEVERITY | critical | least severity that forms incidents: critical, warning, info |
 | LLMSCOPE_ANALYSIS_DELAY_S | 30 | settle time after an incident's last change before analysis |
 | LLMSCOPE_ANALYSIS_LLM_URL | (none) | OpenAI-compatible or Ollama base URL; unset: no LLM analysis |
