@@ -79,12 +79,33 @@ def test_one_model_alone_is_no_cascade_and_unconfirmed_points_stay_apart() -> No
 
 def test_a_lone_point_holds_its_page_only_while_another_model_has_an_incident() -> None:
     spike = OpenSignal(B, "SPIKE", 1, T0)
-    held = hold_until(spike, confirmed=(), other_models_open=True, sustain_s=60)
+    shift = [OpenSignal(A, "CUSUM", 6, T0 - 30 * S)]
+    held = hold_until(spike, others=shift, confirmed=(A,), sustain_s=60)
     assert held == T0 + 60 * S + HOLD_GRACE
-    assert hold_until(spike, confirmed=(), other_models_open=False, sustain_s=60) is None  # pages
-    assert hold_until(spike, confirmed=(B,), other_models_open=True, sustain_s=60) is None  # confirmed
+    assert hold_until(spike, others=(), confirmed=(), sustain_s=60) is None  # alone on its host: pages
+    assert hold_until(spike, others=shift, confirmed=(A, B), sustain_s=60) is None  # B confirmed
     sustained = OpenSignal(B, "CUSUM", 6, T0)
-    assert hold_until(sustained, confirmed=(), other_models_open=True, sustain_s=60) is None
+    assert hold_until(sustained, others=shift, confirmed=(A, B), sustain_s=60) is None
+
+
+def test_a_shift_next_to_another_models_fresh_point_waits_for_that_point() -> None:
+    # B's lone SPIKE paged first (nothing else on the host); A's sustained shift comes 10 s later.
+    # If B's point turns out sustained the two are one cascade, merged into B's incident: A's own
+    # must not have paged meanwhile. If B's point clears, A's incident pages at the hold's end.
+    b_point = [OpenSignal(B, "SPIKE", 1, T0)]
+    a_shift = OpenSignal(A, "CUSUM", 6, T0 + 10 * S)
+    assert hold_until(a_shift, others=b_point, confirmed=(A,), sustain_s=60) == T0 + 60 * S + HOLD_GRACE
+    # a point of its own and another's: until the later of the two would count as sustained
+    a_point = OpenSignal(A, "SPIKE", 1, T0 + 10 * S)
+    assert hold_until(a_point, others=b_point, confirmed=(), sustain_s=60) == T0 + 70 * S + HOLD_GRACE
+
+
+def test_the_incident_already_told_of_survives() -> None:
+    told = HostIncident(
+        "i9", T0 + 5 * S, T0 + 5 * S, False, (OpenSignal(B, "CUSUM", 4, T0 + 5 * S),), told=True
+    )
+    held = HostIncident("i1", T0, T0, False, (OpenSignal(A, "CUSUM", 4, T0),))
+    assert plan_merge([held, told], T0 + 6 * S, 60, 300) == Merge("i9", ("i1",))
 
 
 # -- the store: crafted violation sequences, a hand-moved clock ---------------------------------
@@ -232,6 +253,30 @@ async def test_a_second_models_lone_spike_is_held_then_merged_into_the_cascade(s
     assert (await setup.incident_of(a.episode_id))["state"] == "resolved"
     await setup.dispatch(T0 + 640 * S)
     assert [m["incident_id"] for m in setup.messages()] == [first["id"]] * 3
+
+
+async def test_a_shift_after_another_models_paged_point_waits_and_merges_into_it(setup: Setup) -> None:
+    b = violation(1, model=B, host="gpu-3", rule="SPIKE", at=T0)
+    a = violation(2, model=A, host="gpu-3", rule="CUSUM", at=T0 + 10 * S)
+    await setup.ingest(b)  # alone on its host: its incident pages as usual
+    setup.clock.now = T0 + 10 * S
+    await setup.ingest(a)  # sustained, but next to B's fresh point: held until that is judged
+    own_b, own_a = await setup.incident_of(b.episode_id), await setup.incident_of(a.episode_id)
+    assert own_a["id"] != own_b["id"]
+    assert own_b["held_until"] is None
+    assert own_a["held_until"] == T0 + 60 * S + HOLD_GRACE
+    await setup.dispatch(T0 + 31 * S)
+    assert [(m["incident_id"], m["cascade_models"]) for m in setup.messages()] == [(own_b["id"], [])]
+    await setup.dispatch(T0 + 61 * S)  # B's point is sustained: one cascade, in B's incident
+    cascade = await setup.incident_of(a.episode_id)
+    assert cascade["id"] == own_b["id"]
+    assert (cascade["cascade"], sorted(cascade["models"])) == (True, [A, B])
+    await setup.dispatch(T0 + 70 * S)
+    await setup.dispatch(T0 + 331 * S)
+    assert [(m["incident_id"], sorted(m["cascade_models"])) for m in setup.messages()] == [
+        (own_b["id"], []),
+        (own_b["id"], [A, B]),
+    ]
 
 
 async def test_a_stray_spike_that_clears_in_time_pages_nobody_and_makes_no_cascade(setup: Setup) -> None:

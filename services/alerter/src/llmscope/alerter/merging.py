@@ -34,6 +34,8 @@ class HostIncident:
     last_violation_at: datetime
     cascade: bool
     signals: tuple[OpenSignal, ...]
+    told: bool = False
+    """whether a message about it went out already (its alert groups notified)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +54,13 @@ def plan_merge(
     (as a violation joins an incident: incidents.correlate). Incidents with only unconfirmed
     one-point signals stay apart (a stray SPIKE turns nothing into a cascade). The survivor is an
     incident that already is a cascade, else the earliest opened: the one people were told of first.
+    An incident already told of (its groups notified) is preferred over one that never paged.
     """
     confirmed = sustained_models((s for inc in incidents for s in inc.signals), when, sustain_s)
     live = [inc for inc in incidents if any(s.model in confirmed for s in inc.signals)]
     if len(live) < 2:
         return None
-    survivor = min(live, key=lambda inc: (not inc.cascade, inc.opened_at, inc.id))
+    survivor = min(live, key=lambda inc: (not inc.told, not inc.cascade, inc.opened_at, inc.id))
     near = [
         inc
         for inc in live
@@ -72,15 +75,24 @@ def plan_merge(
 def hold_until(
     signal: OpenSignal,
     *,
+    others: Sequence[OpenSignal],
     confirmed: Collection[str],
-    other_models_open: bool,
     sustain_s: float,
 ) -> datetime | None:
     """When the first message of a new incident opened by ``signal`` may go out, or None for at
-    once: a lone unconfirmed one-point signal while another model of its host has an open
-    incident waits until it would count as sustained (then it is merged, or stands on its own)."""
-    if not other_models_open or signal.model in confirmed:
+    once. ``others``: the open signals of the host's other models in its open incidents.
+
+    With none, nothing to merge with: at once. Otherwise it waits until every unconfirmed
+    one-point signal among its own and theirs would count as sustained: a lone point of its own
+    is then merged into the host's cascade or stands alone; a sustained signal of its own next to
+    another model's fresh point waits for that point, so that if both turn out to be one cascade,
+    the incident merged away never paged (the survivor is the one told first).
+    """
+    if not others:
         return None
-    if sustained(signal.rule, signal.points):
+    pending = [s.opened_at for s in others if s.model not in confirmed and not sustained(s.rule, s.points)]
+    if signal.model not in confirmed and not sustained(signal.rule, signal.points):
+        pending.append(signal.opened_at)
+    if not pending:
         return None
-    return signal.opened_at + timedelta(seconds=sustain_s) + HOLD_GRACE
+    return max(pending) + timedelta(seconds=sustain_s) + HOLD_GRACE

@@ -194,8 +194,12 @@ class Alerter:
         }
         # Merges first: a held incident whose point became sustained is folded into the host's
         # cascade before its group's first flush could page on its own.
-        if await self.store.merge_cascades(runtime.routes):
-            self._wake_outbox.set()
+        try:
+            if await self.store.merge_cascades(runtime.routes):
+                self._wake_outbox.set()
+        except Exception:
+            # Deliveries go on; the next tick tries the merge again.
+            log.exception("incident merge pass failed")
         claims = await self.store.reclaim_expired(skip=frozenset(self._live))
         claims += await self.store.claim_due(runtime.routes, views, runtime.silences)
         started = []

@@ -878,22 +878,25 @@ class Store(MergeStore):
         # The host's models with a sustained open signal at this violation's time: they confirm
         # their own one-point episodes (a shift that opened with a jump is still one SPIKE).
         confirmed: frozenset[str] = frozenset()
+        others: list[OpenSignal] = []  # other models' open signals in the host's open incidents
         if ev.host:
-            confirmed = sustained_models(
-                (
-                    OpenSignal(r["model"], r["rule"], r["n"] or 0, r["opened_at"])
-                    for r in await conn.fetch(
-                        "SELECT model, rule, severity, opened_at,"
-                        " jsonb_array_length(open_event->'point_ids') AS n"
-                        " FROM alerter_alerts WHERE host = $1 AND cleared_at IS NULL AND opened_at <= $2",
-                        ev.host,
-                        when,
-                    )
-                    if forms_incidents(r["severity"], self.incident_min_severity)
-                ),
-                when,
-                self.sustain_after,
-            )
+            host_signals = [
+                (OpenSignal(r["model"], r["rule"], r["n"] or 0, r["opened_at"]), bool(r["in_open"]))
+                for r in await conn.fetch(
+                    "SELECT a.model, a.rule, a.severity, a.opened_at,"
+                    " jsonb_array_length(a.open_event->'point_ids') AS n,"
+                    " i.state <> 'resolved' AND i.last_violation_at >= $3 AS in_open"
+                    " FROM alerter_alerts a LEFT JOIN alerter_incident_episodes e USING (episode_id)"
+                    " LEFT JOIN alerter_incidents i ON i.id = e.incident_id"
+                    " WHERE a.host = $1 AND a.cleared_at IS NULL AND a.opened_at <= $2",
+                    ev.host,
+                    when,
+                    since,
+                )
+                if forms_incidents(r["severity"], self.incident_min_severity)
+            ]
+            confirmed = sustained_models((s for s, _ in host_signals), when, self.sustain_after)
+            others = [s for s, in_open in host_signals if in_open and s.model != ev.model]
         live: dict[str, set[str]] = {}
         for r in await conn.fetch(
             "SELECT e.incident_id, a.model, a.rule, a.opened_at,"
@@ -924,9 +927,8 @@ class Store(MergeStore):
             incident_id = incident_id_for(ev)
             held = hold_until(
                 OpenSignal(ev.model, ev.rule, len(ev.point_ids), when),
+                others=others,
                 confirmed=confirmed,
-                other_models_open=bool(ev.host)
-                and any(c.host == ev.host and ev.model not in c.models for c in candidates),
                 sustain_s=self.sustain_after,
             )
             await conn.execute(
