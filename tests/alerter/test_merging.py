@@ -279,6 +279,39 @@ async def test_a_shift_after_another_models_paged_point_waits_and_merges_into_it
     ]
 
 
+async def test_the_incident_whose_group_already_notified_is_the_survivor(setup: Setup) -> None:
+    a = violation(1, model=A, host="gpu-2", rule="CUSUM", at=T0)
+    b = violation(2, model=B, host="gpu-2", rule="SPIKE", at=T0 + 2 * S)
+    await setup.ingest(a)
+    setup.clock.now = T0 + 2 * S
+    await setup.ingest(b)
+    own_b = await setup.incident_of(b.episode_id)
+    # As if B's held group had paged (its hold cut short): a notification row in its group.
+    group = await setup.pool.fetchrow(
+        "SELECT id, group_key FROM alerter_groups WHERE labels::text LIKE '%' || $1 || '%'", own_b["id"]
+    )
+    assert group is not None
+    await setup.pool.execute(
+        "INSERT INTO alerter_notifications (id, group_id, route, group_key, channel, channel_kind, seq,"
+        " reason, status, firing, resolved, announce_resolved, created_at, updated_at)"
+        " VALUES ('n1', $1, 'default', $2, 'webhook', 'webhook', 1, 'first', 'sent', $3, '{}', '{}', $4, $4)",
+        group["id"],
+        group["group_key"],
+        [b.episode_id],
+        T0 + 3 * S,
+    )
+    # A's own group never flushed (the merge pass runs before the flush in the same tick).
+    await setup.dispatch(T0 + 62 * S)
+    assert (await setup.incident_of(a.episode_id))["id"] == own_b["id"]
+    assert (
+        await setup.pool.fetchval(
+            "SELECT merged_into FROM alerter_incidents WHERE id = $1", f"inc-{a.episode_id}"
+        )
+        == own_b["id"]
+    )
+    assert setup.messages() == []  # A's group was emptied before its first flush
+
+
 async def test_a_stray_spike_that_clears_in_time_pages_nobody_and_makes_no_cascade(setup: Setup) -> None:
     a = violation(1, model=A, host="gpu-6", rule="CUSUM", at=T0)
     b = violation(2, model=B, host="gpu-6", rule="SPIKE", at=T0 + 2 * S)
