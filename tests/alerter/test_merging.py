@@ -241,6 +241,12 @@ async def test_a_second_models_lone_spike_is_held_then_merged_into_the_cascade(s
     assert now.ticket is not None
     assert now.ticket.key == "12"
 
+    # A later incident finds the cascade among similar past ones, never the incident merged away
+    # (it was resolved by no one; the same goes for the stricter resemblance link).
+    similar = dict(await setup.store.similar_incidents("inc-later", merged["search_text"], T0 + 900 * S))
+    assert first["id"] in similar
+    assert own["id"] not in similar
+
     await setup.dispatch(T0 + 70 * S)  # the held flush time: the emptied group tells nobody
     assert len(setup.messages()) == 1
     await setup.dispatch(T0 + 331 * S)  # the survivor's group tells the news in its own thread

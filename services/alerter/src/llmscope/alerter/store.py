@@ -1197,7 +1197,8 @@ class Store(MergeStore):
             if trgm:
                 rows = await conn.fetch(
                     "SELECT id, similarity(search_text, $2) AS score FROM alerter_incidents"
-                    " WHERE id <> $1 AND opened_at < $3 AND similarity(search_text, $2) >= 0.3"
+                    " WHERE id <> $1 AND opened_at < $3 AND merged_into IS NULL"
+                    " AND similarity(search_text, $2) >= 0.3"
                     " ORDER BY score DESC LIMIT $4",
                     incident_id,
                     text,
@@ -1208,7 +1209,7 @@ class Store(MergeStore):
                 rows = await conn.fetch(
                     "SELECT id, score FROM (SELECT id, ts_rank_cd(to_tsvector('english', search_text),"
                     " to_tsquery('english', $2), 32) AS score FROM alerter_incidents WHERE id <> $1"
-                    " AND opened_at < $3) s"
+                    " AND opened_at < $3 AND merged_into IS NULL) s"
                     " WHERE score >= 0.1 ORDER BY score DESC LIMIT $4",
                     incident_id,
                     " | ".join(w for w in _words(text)) or "nothing",
