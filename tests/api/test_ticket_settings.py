@@ -9,6 +9,7 @@ import pytest
 
 from llmscope.api.ticket_settings import ticket_errors
 from tests.api.conftest import Api
+from tests.web.test_pages import login
 
 TOKEN = "ghp_never-shown-0123456789"
 
@@ -79,8 +80,6 @@ async def test_ticket_settings_are_refused_naming_the_field_and_the_token_is_nev
 
 @pytest.mark.parametrize("tracker", ["none", "gitlab"])
 async def test_the_ticket_section_of_the_settings_page_saves_whole(api: Api, tracker: str) -> None:
-    from tests.web.test_pages import login
-
     client = await login(api)
     form = {
         "alert.tickets.tracker": "github",
