@@ -327,7 +327,8 @@ async def test_failing_llm_never_blocks_delivery_and_similar_incidents_are_linke
 
 async def test_spikes_still_open_after_their_quiet_period_form_a_cascade(database_url: str) -> None:
     """A 3x jump opens each chart's episode as a SPIKE; once both are still open past the quiet
-    period, the second model's next signal joins the first model's incident as a cascade."""
+    period, the second model's next signal joins the first model's incident as a cascade, and
+    the incident its first SPIKE opened is merged into it."""
     run = await start_alerter(database_url, None, {})
     try:
         routes = (await run.alerter.runtime()).routes
@@ -346,10 +347,18 @@ async def test_spikes_still_open_after_their_quiet_period_form_a_cascade(databas
             " JOIN alerter_incidents i ON i.id = e.incident_id ORDER BY e.episode_id"
         )
         got = {r["episode_id"]: (sorted(r["models"]), r["cascade"]) for r in rows}
-        # b came 2 s after a, both fresh single points: apart; b2 found both sustained: joined
+        # b came 2 s after a, both fresh single points: apart; b2 found both sustained: joined,
+        # and b's own incident was merged into the cascade (merging.py)
         assert got[a.episode_id] == (["llama3.1:8b", "qwen2:7b"], True)
         assert got[b2.episode_id] == got[a.episode_id]
-        assert got[b.episode_id] == (["qwen2:7b"], False)
+        assert got[b.episode_id] == got[a.episode_id]
+        merged = await run.pool.fetch(
+            "SELECT merged_into FROM alerter_incidents WHERE merged_into IS NOT NULL"
+        )
+        assert [r["merged_into"] for r in merged] == [a_incident := f"inc-{a.episode_id}"]
+        assert a_incident == await run.pool.fetchval(
+            "SELECT incident_id FROM alerter_incident_episodes WHERE episode_id = $1", b.episode_id
+        )
     finally:
         await run.close()
 

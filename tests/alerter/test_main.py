@@ -66,7 +66,8 @@ async def test_sigkill_mid_delivery_then_restart_sends_each_notification_once(
     log = tmp_path / "alerter.log"
     proc = _spawn({**env, "LLMSCOPE_ALERTER_INSTANCE": "first"}, log)
     try:
-        await publish(js, *(violation(i, model=f"m{i}") for i in range(3)))
+        # one host per model: three old single points of one host, still open, are a cascade
+        await publish(js, *(violation(i, model=f"m{i}", host=f"gpu-m{i}") for i in range(3)))
 
         async def two_sent_one_stuck() -> bool:
             if await db.fetchval("SELECT to_regclass('alerter_notifications')") is None:

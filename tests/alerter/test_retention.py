@@ -322,8 +322,10 @@ async def seed(pool: asyncpg.Pool) -> dict[str, set[str]]:
             ("i-open", "i-acked"),
         ):
             await conn.execute("INSERT INTO alerter_incident_similar VALUES ($1, $2, 0.5)", a, b)
-        # Slack threads: a swept incident's thread goes; an open incident's and a group's stay.
-        for key in ("incident:i-done", "incident:i-open", "group:7"):
+        # Slack threads: a swept incident's or group's thread goes; an open incident's, an active
+        # or recently closed group's stay.
+        groups = [f"group:{await gid_of(conn, g)}" for g in ("g-done", "g-active", "g-recent")]
+        for key in ("incident:i-done", "incident:i-open", *groups):
             await conn.execute(
                 "INSERT INTO alerter_threads (channel, thread_key, ref) VALUES ('chat', $1, '1.2')", key
             )
@@ -362,7 +364,7 @@ async def seed(pool: asyncpg.Pool) -> dict[str, set[str]]:
         "alerter_incident_similar": {"i-done~i-done-2", "i-recent~i-done"},
         "alerter_incident_tickets": {"i-done"},
         "alerter_incident_episodes": {"a-incident@i-done", "a-linked@i-done"},
-        "alerter_threads": {"chat#incident:i-done"},
+        "alerter_threads": {"chat#incident:i-done", f"chat#group:{await gid_of(pool, 'g-done')}"},
         "alerter_incidents": {"i-done", "i-done-2"},
         "alerter_alerts": {"a-grouped", "a-incident", "a-free", "a-linked"},
         "alerter_early_clears": {"e-old"},
@@ -374,7 +376,7 @@ async def seed(pool: asyncpg.Pool) -> dict[str, set[str]]:
     return {table: everything[table] - gone[table] for table in TABLES}
 
 
-async def gid_of(pool: asyncpg.Pool, name: str) -> int:
+async def gid_of(pool: asyncpg.Pool | Conn, name: str) -> int:
     return int(await pool.fetchval("SELECT id FROM alerter_groups WHERE group_key = $1", name))
 
 

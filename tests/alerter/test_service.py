@@ -53,9 +53,10 @@ async def test_migrations_apply_once_even_concurrently(database_url: str) -> Non
             "006_monthly_silences.sql",
             "007_tickets_and_resemblance.sql",
             "008_channel_threads.sql",
+            "009_incident_merges.sql",
         ]
         assert await migrate(conns[0]) == []
-        assert await conns[0].fetchval("SELECT count(*) FROM alerter_schema_migrations") == 8
+        assert await conns[0].fetchval("SELECT count(*) FROM alerter_schema_migrations") == 9
         assert await conns[0].fetchval("SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm'") == 1
     finally:
         for c in conns:
@@ -190,7 +191,8 @@ async def test_lease_shorter_than_retries_still_sends_each_notification_once(
     env = {"LLMSCOPE_WEBHOOK_URL": url + "/hook"}
     run = await start_alerter(database_url, js, env, lease=1.0, retry=slow)
     try:
-        await publish(js, *(violation(i, model=f"m{i}") for i in range(3)))
+        # one host per model: three old single points of one host, still open, are a cascade
+        await publish(js, *(violation(i, model=f"m{i}", host=f"gpu-m{i}") for i in range(3)))
         await eventually(lambda: len(answered) == 3, within=20, what="three notifications delivered")
         await asyncio.sleep(2.5)  # time for any second delivery loop to show itself
         assert dict(answered) == dict.fromkeys(answered, 1), answered

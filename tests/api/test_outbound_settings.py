@@ -30,6 +30,7 @@ async def closed(settings: ApiSettings) -> AsyncIterator[Api]:
         ("alert.email.smtp_host", "127.0.0.1", "loopback"),
         ("alert.email.smtp_host", "localhost", "loopback"),
         ("alert.email.smtp_host", "192.168.1.10", "private"),
+        ("alert.tickets.url", "http://169.254.169.254/rest/api/2", "link-local"),
     ],
 )
 async def test_saving_an_internal_destination_is_refused_naming_the_setting(

@@ -214,8 +214,8 @@ def test_a_cascade_on_one_host_becomes_one_incident_naming_every_model(data_dir:
 
         # A shift that starts with a jump opens its chart's episode as a SPIKE: one point, which
         # counts as sustained only once still open past LLMSCOPE_INCIDENT_SUSTAINED_S or confirmed
-        # by a sustained signal of its model, so that chart's first incident may stay apart
-        # (incidents are not merged). The cascade itself is the one incident above.
+        # by a sustained signal of its model; the incident such a point opened is then merged into
+        # the cascade (alerter merging.py). The cascade itself is the one incident above.
         def analysed() -> dict[str, Any] | None:
             detail: dict[str, Any] = client.get(f"/api/incidents/{incident['id']}").json()
             return detail if detail.get("analysis") else None

@@ -52,6 +52,12 @@ async def seed_incidents(api: Api) -> None:
                     ),
                 ),
                 incident_event("inc-b", 1, opened_at=t0 + timedelta(minutes=5), models=("qwen2:7b",)),
+                structs.replace(
+                    incident_event(
+                        "inc-m", 2, opened_at=t0, models=("qwen2:7b",), state="resolved", change="resolved"
+                    ),
+                    merged_into="inc-a",
+                ),
             ],
         )
 
@@ -87,6 +93,9 @@ async def test_incident_list_and_detail(api: Api, hx: bool) -> None:
     assert "resemblance 0.93" in r.text
     assert 'href="https://github.example/acme/llm/issues/42">github 42</a> (open)' in r.text
     assert 'href="/violations/ep-b"' in r.text
+    assert "Merged into" not in r.text
+    r = await client.get("/incidents/inc-m", headers=headers)
+    assert 'Merged into <a href="/incidents/inc-a">incident inc-a</a>' in r.text
     r = await client.get("/incidents/inc-b", headers=headers)
     assert "Deterministic analysis only" in r.text
     assert "Root-cause hypothesis" not in r.text

@@ -105,3 +105,6 @@ class IncidentEvent(Event, frozen=True, kw_only=True, tag="incident.v1"):
     similar: tuple[SimilarIncident, ...] = ()
     resembles: ResembledIncident | None = None
     ticket: TicketRef | None = None
+    merged_into: (
+        Annotated[str, Meta(description="the incident this one was merged into (resolved then)")] | None
+    ) = None

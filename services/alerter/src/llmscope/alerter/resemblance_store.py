@@ -19,7 +19,9 @@ async def link_resembling(conn: Conn, incident_id: str, events: Sequence[Violati
         return
     new = signature(events)
     rows = await conn.fetch(
-        "SELECT id FROM alerter_incidents WHERE state = 'resolved' AND id <> $1 AND models && $2::text[]"
+        # An incident merged into a cascade was not resolved by anyone: nothing to learn from it.
+        "SELECT id FROM alerter_incidents WHERE state = 'resolved' AND merged_into IS NULL AND id <> $1"
+        " AND models && $2::text[]"
         " AND CASE WHEN $3 <> '' THEN host = $3 ELSE provider = $4 AND host = '' END"
         " ORDER BY resolved_at DESC NULLS LAST, id LIMIT $5",
         incident_id,

@@ -13,7 +13,7 @@ import contextlib
 import functools
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -34,11 +34,12 @@ from llmscope.alerter.retention import RetentionPolicy
 from llmscope.alerter.retry import Attempt, DeliveryError, Outcome, RetryPolicy, send_with_retry
 from llmscope.alerter.store import AnalysisJob, Claim, Store
 from llmscope.alerter.tickets.base import TicketConfig
+from llmscope.alerter.tickets.from_settings import ticket_config_from
 from llmscope.alerter.tickets.settings import build_tracker
 from llmscope.alerter.tickets.sync import TicketSync
 from llmscope.bus.consumer import ConsumerOptions, Delivery
 from llmscope.bus.publisher import Publisher, PublishFailed
-from llmscope.config.env import Env
+from llmscope.config.env import ConfigError, Env
 from llmscope.config.logs import BoundLogger, get_logger
 from llmscope.config.startup import postgres_unavailable
 from llmscope.proto.incident import IncidentAnalysis
@@ -123,10 +124,9 @@ class Alerter:
         self._live: set[str] = set()  # notification ids this process is delivering
         self._wake_outbox = asyncio.Event()
         self.tickets: TicketSync | None = None
-        if options.tickets is not None:
-            self.tickets = TicketSync(
-                store, build_tracker(options.tickets, session), options.tickets, options.public_url
-            )
+        self._tickets_cfg: TicketConfig | None = None
+        self._tickets_error = ""
+        self._use_tickets(options.tickets)
         self.ready = False
 
     # -- configuration ----------------------------------------------------------------------
@@ -145,7 +145,31 @@ class Alerter:
                 timeout=self._opts.retry.attempt_timeout,
             )
             self._runtime_at = loop.time()
+            self._tickets_from(settings)
         return self._runtime
+
+    def _tickets_from(self, settings: Mapping[str, object]) -> None:
+        """The tracker the settings choose (else the environment's): the ticket worker follows
+        a change of the settings page without a restart."""
+        try:
+            config, error = ticket_config_from(settings, self._opts.tickets), ""
+        except ConfigError as exc:
+            config, error = None, str(exc)
+        if error != self._tickets_error:
+            self._tickets_error = error
+            if error:
+                log.warning("ticket settings unusable: no tickets until they are fixed", error=error)
+        if config != self._tickets_cfg:
+            self._use_tickets(config)
+            log.info("ticket tracker configured", tracker=config.kind if config else "none")
+
+    def _use_tickets(self, config: TicketConfig | None) -> None:
+        self._tickets_cfg = config
+        self.tickets = (
+            None
+            if config is None
+            else TicketSync(self.store, build_tracker(config, self._session), config, self._opts.public_url)
+        )
 
     # -- ingest: the JetStream handler ------------------------------------------------------
 
@@ -168,6 +192,14 @@ class Alerter:
             for name, spec in runtime.channels.items()
             if spec.enabled
         }
+        # Merges first: a held incident whose point became sustained is folded into the host's
+        # cascade before its group's first flush could page on its own.
+        try:
+            if await self.store.merge_cascades(runtime.routes):
+                self._wake_outbox.set()
+        except Exception:
+            # Deliveries go on; the next tick tries the merge again.
+            log.exception("incident merge pass failed")
         claims = await self.store.reclaim_expired(skip=frozenset(self._live))
         claims += await self.store.claim_due(runtime.routes, views, runtime.silences)
         started = []
@@ -469,8 +501,7 @@ class Alerter:
         ]
         loops.append(self._every(stop, self._opts.gauges_s, self.sample_gauges, "incident gauges"))
         loops.append(self._every(stop, self._opts.tick_s, self.resend_once, "re-send"))
-        if self.tickets is not None:
-            loops.append(self._every(stop, self._opts.tick_s, self.tickets.run_all, "tickets"))
+        loops.append(self._every(stop, self._opts.tick_s, self._tickets_round, "tickets"))
         if self._opts.retention.enabled:
             # A failed sweep is logged by _every and tried again a period later.
             loops.append(self._every(stop, self._opts.retention.every_s, self.sweep_once, "retention"))
@@ -479,6 +510,10 @@ class Alerter:
             await asyncio.gather(*loops)
         finally:
             self.ready = False
+
+    async def _tickets_round(self) -> None:
+        if self.tickets is not None:
+            await self.tickets.run_all()
 
     async def _analyze_all(self) -> None:
         while await self.analyze_once():

@@ -33,6 +33,8 @@ from llmscope.alerter.incidents import (
     title_for,
     worst_severity,
 )
+from llmscope.alerter.merge_store import MergeStore, lock_key
+from llmscope.alerter.merging import hold_until
 from llmscope.alerter.messages import FailedProbe, IncidentRef, Outage, PastIncident, is_outage, since
 from llmscope.alerter.model import Alert, labels_of
 from llmscope.alerter.notifiers.base import ContextPoint
@@ -46,7 +48,7 @@ from llmscope.alerter.store_base import alert_from_row as _alert
 from llmscope.alerter.store_base import decode_event as _event
 from llmscope.alerter.store_base import encode_event as _json
 from llmscope.alerter.store_base import log
-from llmscope.alerter.ticket_store import TicketStore, ticket_ref
+from llmscope.alerter.ticket_store import ticket_ref
 from llmscope.proto import codec, subjects
 from llmscope.proto.incident import IncidentAnalysis, IncidentChange, IncidentEvent, SimilarIncident
 from llmscope.proto.telemetry import NUMERIC_METRICS
@@ -88,7 +90,7 @@ class AnalysisJob:
     opened_at: datetime
 
 
-class Store(TicketStore):
+class Store(MergeStore):
     """All of the alerter's SQL. ``clock`` gives aware UTC datetimes (injected for tests)."""
 
     # -- ingest (on the JetStream ack path) ---------------------------------------------------
@@ -101,14 +103,15 @@ class Store(TicketStore):
             # Incidents are correlated per provider and per host (a cascade on one GPU host spans
             # providers); replicas take these locks first and in order, so their transactions
             # cannot deadlock on them.
-            keys = {f"provider:{ev.provider}" for ev in events} | {
-                f"host:{ev.host}" for ev in events if ev.host
+            providers = frozenset(ev.provider for ev in events)
+            keys = {lock_key("provider", p) for p in providers} | {
+                lock_key("host", ev.host) for ev in events if ev.host
             }
             for key in sorted(keys):
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext('llmscope-incident:' || $1))", key)
             for ev in events:
                 if ev.state == "open":
-                    await self._ingest_open(conn, ev, routes, allowed_rules)
+                    await self._ingest_open(conn, ev, routes, allowed_rules, providers)
                 else:
                     await self._ingest_clear(conn, ev)
 
@@ -118,6 +121,7 @@ class Store(TicketStore):
         ev: ViolationEvent,
         routes: Sequence[Route],
         allowed_rules: frozenset[str] | None,
+        locked_providers: Collection[str],
     ) -> None:
         opened = ev.opened_at or ev.ts
         inserted = await conn.fetchval(
@@ -148,23 +152,36 @@ class Store(TicketStore):
                 cleared.ts,
                 early,
             )
-        incident_id = ""
+        incident_id, held = "", None
         if forms_incidents(ev.severity, self.incident_min_severity):
-            incident_id = await self._incident_open(conn, ev)
+            incident_id, held = await self._incident_open(conn, ev)
             if early is not None:
                 await self._incident_clear(conn, ev.episode_id)
         # The incident is a label, so grouping by it makes one cascade one message per channel.
         labels = {**labels_of(ev), "incident": incident_id}
         for route in route_alert(routes, labels, allowed_rules=allowed_rules):
-            group_id = await self._join_group(conn, route, labels, ev.episode_id)
+            group_id = await self._join_group(conn, route, labels, ev.episode_id, not_before=held)
             await conn.execute(
                 "INSERT INTO alerter_group_alerts (group_id, episode_id) VALUES ($1, $2) ON CONFLICT"
                 " DO NOTHING",
                 group_id,
                 ev.episode_id,
             )
+        if incident_id and ev.host:
+            # This violation may have made the host a cascade: its models' own incidents join it.
+            await self.merge_host(conn, ev.host, routes, locked=locked_providers, when=opened)
 
-    async def _join_group(self, conn: Conn, route: Route, labels: Mapping[str, str], episode_id: str) -> int:
+    async def _join_group(
+        self,
+        conn: Conn,
+        route: Route,
+        labels: Mapping[str, str],
+        episode_id: str,
+        *,
+        not_before: datetime | None = None,
+    ) -> int:
+        """The route's active group for ``labels``; a new one first flushes after ``group_wait``,
+        and not before ``not_before`` (a held incident, merging.py)."""
         key = group_key(route, labels)
         while True:
             # FOR SHARE waits for a flush holding the group; a group it closed is then skipped.
@@ -187,7 +204,7 @@ class Store(TicketStore):
                 json.dumps(list(group_labels(route, labels).items())),  # pairs keep group_by order
                 episode_id,
                 now,
-                first_flush_at(route, now),
+                max(first_flush_at(route, now), not_before or now),
             )
             if group_id is not None:
                 return int(group_id)
@@ -844,8 +861,8 @@ class Store(TicketStore):
 
     # -- incidents ------------------------------------------------------------------------------
 
-    async def _incident_open(self, conn: Conn, ev: ViolationEvent) -> str:
-        """Open or join an incident; its id."""
+    async def _incident_open(self, conn: Conn, ev: ViolationEvent) -> tuple[str, datetime | None]:
+        """Open or join an incident; its id, and until when a new one holds its first message."""
         # ingest() holds this provider's and this host's advisory locks: one correlator at a time,
         # no twin incidents. Candidates: the provider's incidents, and any on the same host.
         since = (ev.opened_at or ev.ts) - timedelta(seconds=self.incident_window)
@@ -861,22 +878,25 @@ class Store(TicketStore):
         # The host's models with a sustained open signal at this violation's time: they confirm
         # their own one-point episodes (a shift that opened with a jump is still one SPIKE).
         confirmed: frozenset[str] = frozenset()
+        others: list[OpenSignal] = []  # other models' open signals in the host's open incidents
         if ev.host:
-            confirmed = sustained_models(
-                (
-                    OpenSignal(r["model"], r["rule"], r["n"] or 0, r["opened_at"])
-                    for r in await conn.fetch(
-                        "SELECT model, rule, severity, opened_at,"
-                        " jsonb_array_length(open_event->'point_ids') AS n"
-                        " FROM alerter_alerts WHERE host = $1 AND cleared_at IS NULL AND opened_at <= $2",
-                        ev.host,
-                        when,
-                    )
-                    if forms_incidents(r["severity"], self.incident_min_severity)
-                ),
-                when,
-                self.sustain_after,
-            )
+            host_signals = [
+                (OpenSignal(r["model"], r["rule"], r["n"] or 0, r["opened_at"]), bool(r["in_open"]))
+                for r in await conn.fetch(
+                    "SELECT a.model, a.rule, a.severity, a.opened_at,"
+                    " jsonb_array_length(a.open_event->'point_ids') AS n,"
+                    " i.state <> 'resolved' AND i.last_violation_at >= $3 AS in_open"
+                    " FROM alerter_alerts a LEFT JOIN alerter_incident_episodes e USING (episode_id)"
+                    " LEFT JOIN alerter_incidents i ON i.id = e.incident_id"
+                    " WHERE a.host = $1 AND a.cleared_at IS NULL AND a.opened_at <= $2",
+                    ev.host,
+                    when,
+                    since,
+                )
+                if forms_incidents(r["severity"], self.incident_min_severity)
+            ]
+            confirmed = sustained_models((s for s, _ in host_signals), when, self.sustain_after)
+            others = [s for s, in_open in host_signals if in_open and s.model != ev.model]
         live: dict[str, set[str]] = {}
         for r in await conn.fetch(
             "SELECT e.incident_id, a.model, a.rule, a.opened_at,"
@@ -902,19 +922,27 @@ class Store(TicketStore):
             for r in rows
         ]
         match = correlate(ev, candidates, self.incident_window, confirmed)
+        held: datetime | None = None
         if match is None:
             incident_id = incident_id_for(ev)
+            held = hold_until(
+                OpenSignal(ev.model, ev.rule, len(ev.point_ids), when),
+                others=others,
+                confirmed=confirmed,
+                sustain_s=self.sustain_after,
+            )
             await conn.execute(
                 "INSERT INTO alerter_incidents (id, state, title, severity, provider, host, models,"
                 " opened_at,"
-                " last_violation_at, revision) VALUES ($1,'open','',$2,$3,$4,$5,$6,$6,0) ON CONFLICT"
-                " DO NOTHING",
+                " last_violation_at, revision, held_until) VALUES ($1,'open','',$2,$3,$4,$5,$6,$6,0,$7)"
+                " ON CONFLICT DO NOTHING",
                 incident_id,
                 ev.severity,
                 ev.provider,
                 ev.host,
                 [ev.model],
                 when,
+                held,
             )
             change: IncidentChange = "opened"
         else:
@@ -926,7 +954,7 @@ class Store(TicketStore):
             incident_id,
         )
         await self._refresh_incident(conn, incident_id, change, last_violation_at=when)
-        return str(incident_id)
+        return str(incident_id), held
 
     async def _incident_events(
         self, conn: Conn, incident_id: str
@@ -1102,6 +1130,7 @@ class Store(TicketStore):
             ),
             resembles=await resembled(conn, incident_id),
             ticket=await ticket_ref(conn, incident_id),
+            merged_into=r["merged_into"],
         )
 
     async def _outbox_incident(self, conn: Conn, incident_id: str, change: IncidentChange) -> None:
@@ -1168,7 +1197,8 @@ class Store(TicketStore):
             if trgm:
                 rows = await conn.fetch(
                     "SELECT id, similarity(search_text, $2) AS score FROM alerter_incidents"
-                    " WHERE id <> $1 AND opened_at < $3 AND similarity(search_text, $2) >= 0.3"
+                    " WHERE id <> $1 AND opened_at < $3 AND merged_into IS NULL"
+                    " AND similarity(search_text, $2) >= 0.3"
                     " ORDER BY score DESC LIMIT $4",
                     incident_id,
                     text,
@@ -1179,7 +1209,7 @@ class Store(TicketStore):
                 rows = await conn.fetch(
                     "SELECT id, score FROM (SELECT id, ts_rank_cd(to_tsvector('english', search_text),"
                     " to_tsquery('english', $2), 32) AS score FROM alerter_incidents WHERE id <> $1"
-                    " AND opened_at < $3) s"
+                    " AND opened_at < $3 AND merged_into IS NULL) s"
                     " WHERE score >= 0.1 ORDER BY score DESC LIMIT $4",
                     incident_id,
                     " | ".join(w for w in _words(text)) or "nothing",
@@ -1278,6 +1308,12 @@ _SWEEPS = (
             ),
             ("alerter_notifications", "DELETE FROM alerter_notifications WHERE group_id = ANY($1::bigint[])"),
             ("alerter_group_alerts", "DELETE FROM alerter_group_alerts WHERE group_id = ANY($1::bigint[])"),
+            (
+                # A Slack thread outside any incident is keyed to its group (notifiers/slack.py).
+                "alerter_threads",
+                "DELETE FROM alerter_threads WHERE thread_key IN"
+                " (SELECT 'group:' || k FROM unnest($1::bigint[]) AS k)",
+            ),
             ("alerter_groups", "DELETE FROM alerter_groups WHERE id = ANY($1::bigint[])"),
         ),
     ),

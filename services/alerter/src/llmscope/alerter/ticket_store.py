@@ -69,9 +69,12 @@ class TicketStore(StoreBase):
             for new in await conn.fetch(
                 "SELECT i.id FROM alerter_incidents i WHERE i.state <> 'resolved'"
                 " AND i.severity = ANY($1::text[]) AND (i.analysis ? 'llm_status' OR i.opened_at < $2)"
+                # A held incident (a lone point, merging.py) may yet be merged: no ticket of its own.
+                " AND (i.held_until IS NULL OR i.held_until <= $3)"
                 " AND NOT EXISTS (SELECT 1 FROM alerter_incident_tickets t WHERE t.incident_id = i.id)",
                 list(severities),
                 now - timedelta(seconds=wait),
+                now,
             ):
                 await conn.execute(
                     "INSERT INTO alerter_incident_tickets (incident_id, tracker, marker, next_try_at,"

@@ -112,6 +112,7 @@ def incident_from_event(ev: IncidentEvent) -> Incident:
         resolved_by=ev.resolved_by,
         resolved_note=ev.resolved_note,
         llm_status=ev.analysis.llm_status if ev.analysis else "disabled",
+        merged_into=ev.merged_into,
     )
 
 

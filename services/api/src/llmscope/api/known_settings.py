@@ -126,6 +126,46 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec(
         "alert.mattermost.webhook_url", "text", HttpsUrl, "", "Mattermost incoming webhook URL", secret=True
     ),
+    _choice(
+        "alert.tickets.tracker",
+        ("none", "github", "jira", "gitlab"),
+        "none",
+        "Tracker critical incidents open a ticket in (replaces the LLMSCOPE_TICKETS_* variables)",
+    ),
+    SettingSpec(
+        "alert.tickets.url",
+        "text",
+        HttpsUrl,
+        "",
+        "Tracker base URL (Jira: https://acme.atlassian.net; empty: api.github.com / gitlab.com)",
+    ),
+    SettingSpec(
+        "alert.tickets.project",
+        "text",
+        Text,
+        "",
+        "owner/repo (GitHub), project key (Jira), project id or group/project path (GitLab)",
+    ),
+    SettingSpec("alert.tickets.token", "text", Text, "", "Tracker API token", secret=True),
+    SettingSpec(
+        "alert.tickets.user", "text", Text, "", "Jira Cloud account email (Basic auth); empty: Bearer token"
+    ),
+    SettingSpec(
+        "alert.tickets.labels",
+        "list",
+        list[Annotated[str, Meta(min_length=1, max_length=100)]],
+        ["llmscope"],
+        "Labels of new tickets",
+    ),
+    _choice(
+        "alert.tickets.min_severity",
+        ("critical", "warning", "info"),
+        "critical",
+        "Least incident severity that opens a ticket",
+    ),
+    SettingSpec("alert.tickets.jira_issue_type", "text", Text, "Task", "Issue type of new Jira tickets"),
+    SettingSpec("alert.tickets.jira_done", "text", Text, "Done", "Jira transition that closes a ticket"),
+    _choice("alert.tickets.jira_api", ("2", "3"), "2", "Jira REST API version (3: rich text as ADF)"),
     SettingSpec("dashboard.base_url", "text", Text, "", "Public URL of this dashboard, for links in alerts"),
     SettingSpec("setup.completed", "bool", bool, False, "The first-run setup wizard was completed"),
 )
@@ -136,6 +176,7 @@ DESTINATIONS: dict[str, Literal["url", "host"]] = {
     "alert.slack.webhook_url": "url",
     "alert.webhook.url": "url",
     "alert.email.smtp_host": "host",
+    "alert.tickets.url": "url",
 }
 """Settings the alerter connects to: checked against the outbound policy when saved."""
 

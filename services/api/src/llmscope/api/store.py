@@ -11,13 +11,13 @@ import binascii
 import dataclasses
 import json
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 
-from llmscope.api import health_overview, known_settings
+from llmscope.api import health_overview, known_settings, ticket_settings
 from llmscope.api.charts import ChartViews
 from llmscope.api.switches import ModelSwitchWriter, SwitchesUnavailable
 from llmscope.config.outbound import DestinationRefused, OutboundPolicy
@@ -690,6 +690,8 @@ class Store:
         spec = known_settings.spec(key)
         clean = spec.validate(value)
         await self._check_destination(key, clean)
+        for field, message in (await self._ticket_errors({key: clean})).items():
+            raise SettingError(field, message)
         await self.pool.execute(
             """INSERT INTO settings (key, value, updated_at, updated_by) VALUES ($1, $2, now(), $3)
                ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now(),
@@ -713,6 +715,15 @@ class Store:
         except DestinationRefused as exc:
             raise SettingError(key, str(exc)) from None
 
+    async def _ticket_errors(self, changes: Mapping[str, object]) -> dict[str, str]:
+        """The ticket settings as they would stand after ``changes``, checked together."""
+        if not any(k.startswith(ticket_settings.PREFIX) for k in changes):
+            return {}
+        rows = await self.pool.fetch(
+            "SELECT key, value FROM settings WHERE starts_with(key, $1)", ticket_settings.PREFIX
+        )
+        return ticket_settings.ticket_errors({**{r["key"]: r["value"] for r in rows}, **changes})
+
     async def put_settings(self, values: dict[str, object], by: str) -> list[SettingInfo]:
         """Validate every value first, then store them in one transaction: a form saves whole."""
         clean: dict[str, object] = {}
@@ -723,6 +734,8 @@ class Store:
                 await self._check_destination(key, clean[key])
             except SettingError as exc:
                 errors[key] = exc.message
+        if not errors:
+            errors = await self._ticket_errors(clean)
         if errors:
             raise SettingErrors(errors)
         async with self.pool.acquire() as conn, conn.transaction():

@@ -78,6 +78,8 @@ class Incident:
     resolved_by: str | None = None
     resolved_note: str | None = None
     llm_status: str = "disabled"
+    merged_into: str | None = None
+    """the incident this one was merged into (a host's cascade)"""
 
 
 @dataclass(frozen=True, slots=True)

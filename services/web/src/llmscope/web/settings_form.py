@@ -159,6 +159,39 @@ SECTIONS: tuple[Section, ...] = (
         "channels",
     ),
     Section(
+        "tickets",
+        "Tickets",
+        "A critical incident opens one ticket in the team's tracker; updates and the resolution "
+        "become comments. Chosen here, the tracker is configured here alone (the alerter's "
+        "LLMSCOPE_TICKETS_* variables then do not apply). The token is write-only: leave it blank "
+        "to keep the stored one.",
+        (
+            FieldSpec("alert.tickets.tracker", "Tracker", "none: no tickets."),
+            FieldSpec(
+                "alert.tickets.project",
+                "Project",
+                "owner/repo on GitHub, a project key on Jira, a project id or group/project on GitLab.",
+                "acme/llm-platform",
+            ),
+            FieldSpec("alert.tickets.token", "API token", "Write-only: blank keeps the stored one."),
+            FieldSpec(
+                "alert.tickets.url",
+                "Tracker URL",
+                "Required for Jira; empty: api.github.com or gitlab.com.",
+                "https://acme.atlassian.net",
+            ),
+            FieldSpec(
+                "alert.tickets.user", "Jira account email", "Jira Cloud (Basic auth with an API token)."
+            ),
+            FieldSpec("alert.tickets.labels", "Labels", "Comma-separated.", "llmscope"),
+            FieldSpec("alert.tickets.min_severity", "Least severity that opens a ticket"),
+            FieldSpec("alert.tickets.jira_issue_type", "Jira issue type"),
+            FieldSpec("alert.tickets.jira_done", "Jira closing transition"),
+            FieldSpec("alert.tickets.jira_api", "Jira REST API version"),
+        ),
+        "channels",
+    ),
+    Section(
         "dashboard",
         "Dashboard",
         "How alerts link back here.",

@@ -73,7 +73,9 @@ def router(rt: Runtime) -> APIRouter:
             return await rt.store.put_setting(key, body.value, body.updated_by)
         except SettingError as exc:
             raise HTTPException(
-                422, [{"loc": ["body", "value"], "field": key, "msg": exc.message, "type": "value_error"}]
+                # The setting at fault: the saved one, or one it must agree with (ticket_settings.py).
+                422,
+                [{"loc": ["body", "value"], "field": exc.key, "msg": exc.message, "type": "value_error"}],
             ) from exc
 
     @api.get("/models", response_model=list[ModelInfo], tags=["models"])

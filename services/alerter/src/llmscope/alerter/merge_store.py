@@ -1,0 +1,211 @@
+"""Folding a host's incidents into its cascade in Postgres (the decision: merging.py).
+
+A merge runs under the host's advisory lock (the one ingest takes), at ingest right after a
+violation of the host was placed, and from the dispatcher every tick (a one-point episode becomes
+sustained with time alone, no new violation needed). The incidents' providers are locked too, but
+only if free at once: a replica correlating one of them meanwhile makes this pass skip the host,
+and the next tick tries again (no lock is ever waited for out of order).
+
+What an absorbed incident had moves to the survivor: its violations, their places in the
+active alert groups (so the survivor's group tells of them as news in its own thread, and the
+absorbed group, left empty, closes without paging again), its Slack threads and its ticket where
+the survivor has none. It is then resolved, ``merged_into`` naming the survivor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime
+
+from llmscope.alerter.incidents import OpenSignal, forms_incidents
+from llmscope.alerter.merging import HostIncident, plan_merge
+from llmscope.alerter.model import labels_of
+from llmscope.alerter.routing import Route, group_key
+from llmscope.alerter.store_base import Conn, decode_event
+from llmscope.alerter.ticket_store import TicketStore
+from llmscope.proto.incident import IncidentChange
+
+
+def lock_key(kind: str, name: str) -> str:
+    """The advisory lock ingest and merges take per provider and per host."""
+    return f"{kind}:{name}"
+
+
+class MergeStore(TicketStore):
+    """SQL of incident merges; the incident and group parts are Store's (store.py)."""
+
+    async def merge_cascades(self, routes: Sequence[Route]) -> int:
+        """One merge pass over every host with several unresolved incidents; incidents merged."""
+        hosts = await self.pool.fetch(
+            "SELECT host FROM alerter_incidents WHERE state <> 'resolved' AND host <> ''"
+            " GROUP BY host HAVING count(*) > 1"
+        )
+        merged = 0
+        for r in hosts:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext('llmscope-incident:' || $1))",
+                    lock_key("host", r["host"]),
+                )
+                merged += await self.merge_host(conn, r["host"], routes, locked=(), when=self.clock())
+        return merged
+
+    async def merge_host(
+        self, conn: Conn, host: str, routes: Sequence[Route], *, locked: Collection[str], when: datetime
+    ) -> int:
+        """Merge the host's incidents if they now form a cascade; incidents merged. The caller
+        holds the host's lock; ``locked``: the providers whose locks it holds too."""
+        rows = await conn.fetch(
+            "SELECT i.id, i.provider, i.opened_at, i.cascade, i.last_violation_at, EXISTS (SELECT 1"
+            " FROM alerter_groups g JOIN alerter_notifications n ON n.group_id = g.id"
+            " WHERE g.labels @> jsonb_build_array(jsonb_build_array('incident', i.id))) AS told"
+            " FROM alerter_incidents i WHERE i.host = $1 AND i.state <> 'resolved' ORDER BY i.id",
+            host,
+        )
+        if len(rows) < 2:
+            return 0
+        for provider in sorted({r["provider"] for r in rows} - set(locked)):
+            if not await conn.fetchval(
+                "SELECT pg_try_advisory_xact_lock(hashtext('llmscope-incident:' || $1))",
+                lock_key("provider", provider),
+            ):
+                return 0  # a replica is correlating this provider; the next pass merges
+        signals: dict[str, list[OpenSignal]] = {}
+        for s in await conn.fetch(
+            "SELECT e.incident_id, a.model, a.rule, a.severity, a.opened_at,"
+            " jsonb_array_length(a.open_event->'point_ids') AS n"
+            " FROM alerter_incident_episodes e JOIN alerter_alerts a USING (episode_id)"
+            " WHERE e.incident_id = ANY($1::text[]) AND a.cleared_at IS NULL AND a.opened_at <= $2",
+            [r["id"] for r in rows],
+            when,
+        ):
+            if forms_incidents(s["severity"], self.incident_min_severity):
+                signals.setdefault(s["incident_id"], []).append(
+                    OpenSignal(s["model"], s["rule"], s["n"] or 0, s["opened_at"])
+                )
+        plan = plan_merge(
+            [
+                HostIncident(
+                    r["id"],
+                    r["opened_at"],
+                    r["last_violation_at"],
+                    r["cascade"],
+                    tuple(signals.get(r["id"], ())),
+                    told=r["told"],
+                )
+                for r in rows
+            ],
+            when,
+            self.sustain_after,
+            self.incident_window,
+        )
+        if plan is None:
+            return 0
+        told = {r["id"] for r in rows if r["told"]}
+        for absorbed in plan.absorbed:
+            if absorbed in told:
+                # Both paged before the merge (one was held too briefly): see the README's note.
+                self._log.warning(
+                    "incident merged away had already paged; its thread gets no closing message",
+                    incident=absorbed,
+                    survivor=plan.survivor,
+                )
+            await self._absorb(conn, absorbed, plan.survivor, {r.name: r for r in routes})
+        last = max(r["last_violation_at"] for r in rows if r["id"] in {plan.survivor, *plan.absorbed})
+        await self._refresh_incident(conn, plan.survivor, "updated", last_violation_at=last)
+        self._log.info(
+            "incidents merged into the host's cascade",
+            host=host,
+            survivor=plan.survivor,
+            absorbed=plan.absorbed,
+        )
+        return len(plan.absorbed)
+
+    async def _absorb(self, conn: Conn, absorbed: str, survivor: str, routes: Mapping[str, Route]) -> None:
+        now = self.clock()
+        episodes = [
+            r["episode_id"]
+            for r in await conn.fetch(
+                "UPDATE alerter_incident_episodes SET incident_id = $2 WHERE incident_id = $1"
+                " RETURNING episode_id",
+                absorbed,
+                survivor,
+            )
+        ]
+        emptied: set[int] = set()
+        for r in await conn.fetch(
+            "SELECT ga.group_id, g.route, g.group_key, a.episode_id, a.open_event::text AS open_event"
+            " FROM alerter_group_alerts ga JOIN alerter_groups g ON g.id = ga.group_id"
+            " JOIN alerter_alerts a USING (episode_id)"
+            " WHERE ga.episode_id = ANY($1::text[]) AND g.state = 'active' ORDER BY ga.group_id, a.opened_at",
+            episodes,
+        ):
+            route = routes.get(r["route"])
+            event = decode_event(r["open_event"])
+            if route is None or event is None:
+                continue
+            labels = {**labels_of(event), "incident": survivor}
+            if group_key(route, labels) == r["group_key"]:
+                continue  # this route does not group by incident: the group stays as it is
+            target = await self._join_group(conn, route, labels, r["episode_id"])
+            await conn.execute(
+                "INSERT INTO alerter_group_alerts (group_id, episode_id) VALUES ($1, $2)"
+                " ON CONFLICT DO NOTHING",
+                target,
+                r["episode_id"],
+            )
+            await conn.execute(
+                "DELETE FROM alerter_group_alerts WHERE group_id = $1 AND episode_id = $2",
+                r["group_id"],
+                r["episode_id"],
+            )
+            emptied.add(r["group_id"])
+        if emptied:
+            # A message of the emptied group still being sent finishes; the group tells nothing more.
+            await conn.execute(
+                "UPDATE alerter_groups g SET state = 'closed', closed_at = $2 WHERE g.id = ANY($1::bigint[])"
+                " AND NOT EXISTS (SELECT 1 FROM alerter_group_alerts ga WHERE ga.group_id = g.id)",
+                list(emptied),
+                now,
+            )
+        # The thread people already follow carries on where the survivor has none on that channel.
+        await conn.execute(
+            "UPDATE alerter_threads t SET thread_key = 'incident:' || $2"
+            " WHERE t.thread_key = 'incident:' || $1"
+            " AND NOT EXISTS (SELECT 1 FROM alerter_threads s WHERE s.channel = t.channel"
+            " AND s.thread_key = 'incident:' || $2)",
+            absorbed,
+            survivor,
+        )
+        # Likewise its ticket: one ticket for the cascade. If both have one, the absorbed one is
+        # closed by the ticket worker with the resolution note naming the survivor.
+        await conn.execute(
+            "UPDATE alerter_incident_tickets SET incident_id = $2 WHERE incident_id = $1"
+            " AND NOT EXISTS (SELECT 1 FROM alerter_incident_tickets WHERE incident_id = $2)",
+            absorbed,
+            survivor,
+        )
+        await conn.execute(
+            "UPDATE alerter_incidents SET state = 'resolved', resolved_at = $3,"
+            " resolved_by = 'llmscope (merged into ' || $2 || ')',"
+            " resolved_note = 'Merged into incident ' || $2 || ', the cascade on its host.',"
+            " merged_into = $2, held_until = NULL, analysis_status = 'done', revision = revision + 1"
+            " WHERE id = $1",
+            absorbed,
+            survivor,
+            now,
+        )
+        await self._outbox_incident(conn, absorbed, "resolved")
+
+    # Store's incident and group parts (store.py).
+
+    async def _join_group(self, conn: Conn, route: Route, labels: Mapping[str, str], episode_id: str) -> int:
+        raise NotImplementedError
+
+    async def _refresh_incident(
+        self, conn: Conn, incident_id: str, change: IncidentChange, *, last_violation_at: datetime
+    ) -> None:
+        raise NotImplementedError
+
+    async def _outbox_incident(self, conn: Conn, incident_id: str, change: IncidentChange) -> None:
+        raise NotImplementedError
