@@ -130,7 +130,9 @@ async def test_two_replicas_never_send_twice(database_url: str, js: JetStreamCon
     sink = HttpSink()
     url = await sink.start()
     env = {"LLMSCOPE_WEBHOOK_URL": url + "/hook"}
-    timings = Timings(group_wait=1.0, group_interval=0.2, repeat_interval=3600)
+    # group_wait long enough that a loaded machine still gathers each model's three violations
+    # (published together) before the first message: the bound on messages below relies on it.
+    timings = Timings(group_wait=3.0, group_interval=0.2, repeat_interval=3600)
     runs = [await start_alerter(database_url, js, env, instance=n, timings=timings) for n in ("a", "b")]
     try:
         models = [f"m{i}" for i in range(10)]
