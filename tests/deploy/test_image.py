@@ -1,10 +1,11 @@
 """The image starts every service: each Dockerfile step is replayed here, without a Docker engine.
 
-No container engine runs on this machine or in CI, so the test reads deploy/docker/Dockerfile and
-replays it into a temporary directory that stands for the image's `/`: the build stage's COPYs
-and its `uv sync` (with the same pinned uv), then the final stage's `COPY --from=build` into a
-fresh tree at the same root with the build stage gone, as in the real image. It then runs the
-ENTRYPOINT, found on the image's PATH, for every service. A venv built at one path and copied to
+A fast check that needs no container tool (test_image_build.py builds the real image with
+buildah where it is installed): the test reads deploy/docker/Dockerfile and replays it into a
+temporary directory that stands for the image's `/`: the build stage's COPYs and its `uv sync`
+(with the same pinned uv), then the final stage's `COPY --from=build` into a fresh tree at the
+same root with the build stage gone, as in the real image. It then runs the ENTRYPOINT, found on
+the image's PATH, for every service. A venv built at one path and copied to
 another fails here as it fails in the image: its scripts' first line names an interpreter that is
 not there (exit 127 in a container).
 
