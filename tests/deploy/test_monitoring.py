@@ -122,7 +122,7 @@ def test_each_service_exposition_passes_promtool_check_metrics(service: str) -> 
 def test_the_example_overlay_ships_scraping_alerts_and_the_dashboard() -> None:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        pytest.skip("kubectl is not installed (Debian's kubectl package renders kustomize)")
+        pytest.skip("kubectl is not installed (.ci/system-packages installs a pinned one from PyPI)")
     overlay = ROOT / "deploy" / "k8s" / "overlays" / "example"
     done = subprocess.run([kubectl, "kustomize", str(overlay)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
