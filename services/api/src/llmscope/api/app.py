@@ -196,6 +196,9 @@ def create_app(settings: ApiSettings, *, clock: Callable[[], float] = time.time)
             refresh_s=settings.refresh_s,
             session_max_age_s=int(settings.session_days * 86400),
             status_public=settings.status_public,
+            scoped_keys=frozenset(
+                scope for scope, key in (("read", settings.read_key), ("ingest", settings.ingest_key)) if key
+            ),
             retention_days={
                 "telemetry": settings.retention_telemetry_days,
                 "rollups": settings.retention_rollup_days,
