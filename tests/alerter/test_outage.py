@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from nats.js import JetStreamContext
 
 from llmscope.stack.embedded import EmbeddedPostgres
 from tests.alerter.factories import HttpSink, violation
 from tests.alerter.harness import eventually, publish, start_alerter
+
+pytestmark = pytest.mark.fault
 
 
 async def test_postgres_down_longer_than_the_redelivery_window_loses_nothing(

@@ -9,6 +9,7 @@ import contextlib
 from datetime import UTC, datetime, timedelta
 
 import nats
+import pytest
 from nats.js.errors import NotFoundError
 
 from llmscope.api.settings import ApiSettings
@@ -18,6 +19,8 @@ from llmscope.proto import subjects
 from llmscope.stack.embedded import EmbeddedNats
 from tests.alerter.harness import eventually
 from tests.api.conftest import API_KEY, serve
+
+pytestmark = pytest.mark.fault
 
 BATCH = 40
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)

@@ -254,7 +254,7 @@ def fixed_settings(
             "Admin key",
             "set (never shown)",
             "LLMSCOPE_API_KEY",
-            "Scope admin: every API route, the dashboard and its changes. A bearer token, or typed once at login.",
+            "Scope admin: every API route, the dashboard and its changes; a bearer token, or typed at login.",
         ),
         FixedSetting(
             "Read key",
