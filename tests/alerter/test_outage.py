@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 from nats.js import JetStreamContext
@@ -15,22 +16,29 @@ pytestmark = pytest.mark.fault
 
 
 async def test_postgres_down_longer_than_the_redelivery_window_loses_nothing(
-    own_postgres: EmbeddedPostgres, js: JetStreamContext
+    own_postgres: EmbeddedPostgres, js: JetStreamContext, caplog: pytest.LogCaptureFixture
 ) -> None:
     sink = HttpSink()
     url = await sink.start()
     database_url = own_postgres.create_database("alerter")
     # Shortened redelivery: the old limits dead-lettered after 3 tries, about 0.5 s.
-    shortened = {"backoff": (0.1, 0.2), "max_deliver": 3}
+    old_tries = 3
+    shortened = {"backoff": (0.1, 0.2), "max_deliver": old_tries}
     run = await start_alerter(
         database_url, js, {"LLMSCOPE_WEBHOOK_URL": url + "/hook"}, consumer_options=shortened
     )
     try:
+        caplog.set_level(logging.INFO, logger="llmscope.bus.consumer")
         await asyncio.to_thread(own_postgres.stop)
         ev = violation(1)
         await publish(js, ev)
-        await asyncio.sleep(3.0)  # six times the old window
         assert run.consumer is not None
+        consumer = run.consumer
+        # Three times as many failed tries as the old limit allowed, none of them given up.
+        await eventually(
+            lambda: consumer.unavailable_tries > 3 * old_tries,
+            what="the alerter waiting out the outage",
+        )
         assert run.consumer.dead_lettered == 0
         assert sink.requests == []
         await asyncio.to_thread(own_postgres.start)
@@ -43,6 +51,11 @@ async def test_postgres_down_longer_than_the_redelivery_window_loses_nothing(
         info = await js.consumer_info("LLMSCOPE_VIOLATIONS", "alerter")
         assert info.num_pending == 0
         assert info.num_ack_pending == 0
+        # One line when the outage starts and one when it ends; no traceback per try.
+        records = [r for r in caplog.records if r.name == "llmscope.bus.consumer"]
+        assert len([r for r in records if "store unavailable" in r.getMessage()]) == 1
+        assert len([r for r in records if "store available again" in r.getMessage()]) == 1
+        assert not [r for r in records if r.exc_info]
     finally:
         await run.close()
         await sink.stop()
