@@ -6,7 +6,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 PYPROJECTS := pyproject.toml $(wildcard proto/pyproject.toml services/*/pyproject.toml)
 
-.PHONY: install up test lint typecheck schemas docs bench clean
+.PHONY: install up test test-faults lint typecheck schemas docs bench clean
 
 $(UV):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "LLMscope needs Python 3.11 or newer; set PYTHON=/path/to/python3.11")'
@@ -30,6 +30,11 @@ test: install
 	$(VENV)/bin/python -m llmscope.stack.docs --check
 	bash .ci/system-packages
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The fault-injection suite alone (also part of `make test`): processes killed with SIGKILL,
+# nats-server and Postgres stopped or frozen, poison events. README "Guarantees" lists each.
+test-faults: install
+	$(VENV)/bin/python -m pytest -m fault $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -34,6 +34,7 @@ def _spawn(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         )
 
 
+@pytest.mark.fault
 async def test_sigkill_mid_delivery_then_restart_sends_each_notification_once(
     database_url: str, nats_url: str, js: JetStreamContext, tmp_path: Path
 ) -> None:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from llmscope.api import known_settings
 from llmscope.api.settings import ApiSettings
 from tests.api.conftest import API_KEY, Api, serve
 
@@ -31,6 +32,10 @@ async def closed(settings: ApiSettings) -> AsyncIterator[Api]:
         ("alert.email.smtp_host", "localhost", "loopback"),
         ("alert.email.smtp_host", "192.168.1.10", "private"),
         ("alert.tickets.url", "http://169.254.169.254/rest/api/2", "link-local"),
+        ("alert.alertmanager.url", "http://127.0.0.1:9093", "loopback"),
+        ("alert.teams.webhook_url", "https://169.254.169.254/hook", "link-local"),
+        ("alert.discord.webhook_url", "https://10.1.2.3/api/webhooks/1/x", "private"),
+        ("alert.mattermost.webhook_url", "http://localhost/hooks/x", "loopback"),
     ],
 )
 async def test_saving_an_internal_destination_is_refused_naming_the_setting(
@@ -45,6 +50,14 @@ async def test_saving_an_internal_destination_is_refused_naming_the_setting(
     assert "s3cret" not in r.text  # the URL is never echoed: it may hold a token
     settings = {s["key"]: s for s in (await closed.client.get("/api/settings")).json()}
     assert settings[key]["is_set"] is False
+
+
+def test_every_url_setting_is_checked_as_a_destination() -> None:
+    urls = {
+        s.key for s in known_settings.SPECS if s.key.endswith(("url", "_url")) and s.key.startswith("alert.")
+    }
+    assert urls
+    assert urls <= set(known_settings.DESTINATIONS)
 
 
 async def test_public_and_unresolvable_destinations_and_clearing_are_saved(closed: Api) -> None:

@@ -19,6 +19,8 @@ from llmscope.stack.embedded import EmbeddedPostgres
 from tests.alerter.harness import eventually
 from tests.api.factories import telemetry, violation
 
+pytestmark = pytest.mark.fault
+
 # The old limits, shortened: they dead-lettered a message after its 3rd failed try (about 0.3 s).
 OLD_TRIES = 3
 SHORTENED: dict[str, Any] = {

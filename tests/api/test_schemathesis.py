@@ -3,7 +3,7 @@
 A real API (real Postgres and nats-server) on a socket, with a real alerter and SPC engine
 answering its requests (silences, test sends, re-baselines); the schemathesis CLI reads
 ``/openapi.json`` from it, sends generated requests, valid and invalid, with the admin key,
-and fails on any 5xx. Bounded: a fixed seed,
+and fails on any 5xx and on any answer the document does not describe. Bounded: a fixed seed,
 deterministic generation and a few examples per operation, so it runs in about a minute.
 """
 
@@ -20,12 +20,22 @@ from tests.api.alerting_harness import live_alerter
 from tests.api.conftest import API_KEY
 from tests.api.engine import running_engine
 
-# No 5xx, as the issue asks. Conformance (status codes and content types the document does not
-# list: 404s of missing ids among them) is not checked yet: issue 9's note lists what it found.
-CHECKS = "not_a_server_error"
+# No 5xx, as the issue asks, and every answer as documented: its status code, its content type
+# and its body's schema (the 404s of missing ids, 400/413/422 of bad bodies, 503, ...: see
+# llmscope.api.openapi_errors). Not checked: whether the API's validation is exactly the
+# schema's (schemathesis's positive/negative data checks find constraints the document does
+# not state, and requests the API accepts more loosely than it says, e.g. a number as `since`).
+CHECKS = ",".join(
+    (
+        "not_a_server_error",
+        "status_code_conformance",
+        "content_type_conformance",
+        "response_schema_conformance",
+    )
+)
 
 
-async def test_no_5xx_on_anything_the_schema_allows(
+async def test_no_5xx_and_every_answer_as_documented(
     settings: ApiSettings, database_url: str, nats_url: str, tmp_path: Path
 ) -> None:
     served = dataclasses.replace(settings, host="127.0.0.1", port=0)

@@ -1,6 +1,7 @@
 """nats-server killed (SIGKILL) in the middle of batched ``POST /api/stats``: every event that was
 answered 202 is in the stream after the restart, and a 503 means "not confirmed", not "lost" nor
-"refused": the same body sent again is stored, each event exactly once."""
+"refused": the same body sent again is stored, each event exactly once. The in-process persister
+reconnects by itself and stores every event in Postgres once."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import contextlib
 from datetime import UTC, datetime, timedelta
 
 import nats
+import pytest
 from nats.js.errors import NotFoundError
 
 from llmscope.api.settings import ApiSettings
@@ -18,6 +20,8 @@ from llmscope.proto import subjects
 from llmscope.stack.embedded import EmbeddedNats
 from tests.alerter.harness import eventually
 from tests.api.conftest import API_KEY, serve
+
+pytestmark = pytest.mark.fault
 
 BATCH = 40
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
@@ -67,7 +71,7 @@ async def test_nats_killed_mid_batch_loses_nothing_accepted(
         api_key=Secret(API_KEY),
         bus=BusSettings(nats_url=embedded_nats.url),
         port=0,
-        persister=False,
+        persister=True,  # and the persister, consuming from the same server, goes on after it
     )
     accepted: set[str] = set()
     unconfirmed: dict[int, list[dict[str, object]]] = {}
@@ -123,3 +127,15 @@ async def test_nats_killed_mid_batch_loses_nothing_accepted(
         ids = await stored_ids(embedded_nats.url)
         assert (accepted | retried) <= set(ids)
         assert len(ids) == len(set(ids)), "an event stored twice"
+
+        # The in-process persister lived through the kill: every event in the stream reaches
+        # Postgres once, counted once in the rollups, and nothing is dead-lettered.
+        pool = api.store.pool
+
+        async def all_in_postgres() -> bool:
+            return bool(await pool.fetchval("SELECT count(*) FROM telemetry") == len(ids))
+
+        await eventually(all_in_postgres, within=90, what="the persister storing every event after the kill")
+        assert {r["id"] for r in await pool.fetch("SELECT id FROM telemetry")} == set(ids)
+        assert await pool.fetchval("SELECT sum(n) FROM telemetry_minute") == len(ids)
+        assert await pool.fetchval("SELECT count(*) FROM dead_letters") == 0

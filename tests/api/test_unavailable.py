@@ -17,6 +17,8 @@ from llmscope.stack.embedded import EmbeddedPostgres
 from tests.alerter.harness import eventually
 from tests.api.conftest import API_KEY, Api, serve
 
+pytestmark = pytest.mark.fault
+
 HTML = {"accept": "text/html"}
 
 

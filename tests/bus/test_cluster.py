@@ -93,6 +93,7 @@ async def retrying(what: Callable[[], Awaitable[T]], within: float = 120.0) -> T
             await asyncio.sleep(0.2)
 
 
+@pytest.mark.fault
 async def test_replicated_streams_survive_the_loss_of_a_stream_leader(
     cluster: tuple[list[str], list[subprocess.Popen[bytes]]],
 ) -> None:

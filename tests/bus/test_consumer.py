@@ -80,6 +80,7 @@ def make_consumer(
     )
 
 
+@pytest.mark.fault
 async def test_malformed_messages_are_dead_lettered_and_the_rest_handled(js: JetStreamContext) -> None:
     publisher = Publisher(js)
     good = [telemetry() for _ in range(3)]
@@ -130,6 +131,7 @@ async def test_messages_are_not_acked_when_the_handler_fails(js: JetStreamContex
     assert await dead_letters_in(js) == []
 
 
+@pytest.mark.fault
 async def test_a_message_failing_every_try_ends_in_the_dead_letters(js: JetStreamContext) -> None:
     await Publisher(js).publish(SUBJECT, telemetry())
     done = asyncio.Event()

@@ -48,6 +48,7 @@ async def test_publish_many_returns_every_ack_in_order_and_flags_duplicates(js: 
     assert len(await stored_ids(js)) == 301
 
 
+@pytest.mark.fault
 async def test_publish_many_fails_when_nats_stays_away(embedded_nats: EmbeddedNats) -> None:
     nc = await connect(embedded_nats.url, "away", connect_timeout=0.5)
     try:
@@ -64,6 +65,7 @@ async def test_publish_many_fails_when_nats_stays_away(embedded_nats: EmbeddedNa
             await nc.close()
 
 
+@pytest.mark.fault
 async def test_publish_many_across_a_restart_stores_each_event_once(embedded_nats: EmbeddedNats) -> None:
     """Sent while the server is down (buffered by the client), unconfirmed, resent after it is
     back: all acked, each stored once."""

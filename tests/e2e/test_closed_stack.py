@@ -22,7 +22,7 @@ from llmscope.stack.embedded import PG_SYSTEM_USER
 from tests.e2e.stack import RunningStack, llmscope_up, wait_for
 from tests.stack.access import nats_answer, pg_refusal
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.fault]
 
 PORT_VARIABLES = (
     "LLMSCOPE_PORT",

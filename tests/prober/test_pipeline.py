@@ -141,6 +141,7 @@ def _event(n: int) -> TelemetryEvent:
     )
 
 
+@pytest.mark.fault
 async def test_outbox_keeps_probing_while_nats_is_away_and_delivers_after(
     embedded_nats: EmbeddedNats, sim: SimServer
 ) -> None:

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
+import pytest
 from nats.js import JetStreamContext
 
 from llmscope.proto import subjects
@@ -56,6 +57,7 @@ async def status_is(session: aiohttp.ClientSession, port: int, expected: int) ->
         return False
 
 
+@pytest.mark.fault
 async def test_readyz_follows_nats_and_sigterm_exits_0_after_an_outage(
     embedded_nats: EmbeddedNats, tmp_path: Path
 ) -> None:

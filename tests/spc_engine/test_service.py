@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import msgspec
 import nats
+import pytest
 from nats.js import JetStreamContext
 
 from llmscope.bus.kv import open_bucket
@@ -236,6 +237,7 @@ async def test_violations_published_then_acked_and_charts_in_kv(nats_url: str) -
     await nc.close()
 
 
+@pytest.mark.fault
 async def test_kill_9_and_restart_publishes_exactly_the_uninterrupted_violations(nats_url: str) -> None:
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
@@ -371,6 +373,7 @@ async def test_replicas_own_disjoint_partitions_and_going_from_2_to_3_changes_no
     await nc.close()
 
 
+@pytest.mark.fault
 async def test_a_crashed_replica_then_a_scale_down_lose_and_repeat_nothing(nats_url: str) -> None:
     """Two replicas; one is killed with SIGKILL (its leases stay held), the other stops cleanly,
     and a single replica takes over everything: the crashed one's partitions only after the lease

@@ -12,6 +12,7 @@ import asyncio
 import msgspec
 import nats
 import nats.js.errors
+import pytest
 from nats.js import JetStreamContext
 
 from llmscope.bus.settings import BusSettings
@@ -21,6 +22,8 @@ from llmscope.proto.deadletter import DeadLetterEvent
 from llmscope.spc_engine.service import partition_durable, serve
 from tests.spc_engine.helpers import telemetry_stream
 from tests.spc_engine.test_service import PARTITIONS, expected_ids, publish_all, settings, violations
+
+pytestmark = pytest.mark.fault
 
 
 async def acked_up_to(js: JetStreamContext, ends: dict[int, int]) -> bool:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import msgspec
 import nats
+import pytest
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
@@ -139,6 +140,7 @@ async def test_a_rule_switch_applies_at_once_and_a_transform_change_rebaselines(
     await nc.close()
 
 
+@pytest.mark.fault
 async def test_kill_9_around_a_settings_change_publishes_exactly_the_uninterrupted_violations(
     nats_url: str,
 ) -> None:

@@ -49,6 +49,7 @@ async def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, 
     return code, out, err
 
 
+@pytest.mark.fault
 async def test_poison_event_is_listed_then_replayed_once_after_the_fix(
     running: tuple[Persister, asyncpg.Pool],
     js: JetStreamContext,
@@ -124,6 +125,7 @@ async def test_poison_event_is_listed_then_replayed_once_after_the_fix(
     assert await pool.fetchval("SELECT count(*) FROM telemetry") == 5
 
 
+@pytest.mark.fault
 async def test_a_replay_cut_short_before_the_delete_is_deduplicated(js: JetStreamContext) -> None:
     """Publish done, delete not: the next replay is a duplicate for JetStream, not a second copy."""
     ev = telemetry(7)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -9,9 +10,11 @@ import httpx
 import pytest
 
 from llmscope.api.persister import store_telemetry, store_violations
+from llmscope.api.settings import ApiSettings
+from llmscope.config.env import Secret
 from llmscope.web.auth import CSRF_HEADER
 from llmscope.web.routes import SESSION_COOKIE
-from tests.api.conftest import API_KEY, Api
+from tests.api.conftest import API_KEY, Api, serve
 from tests.api.factories import cleared, telemetry, violation
 
 HX = {"HX-Request": "true"}
@@ -389,6 +392,25 @@ async def test_settings_page_saves_and_hides_secrets(api: Api) -> None:
     assert values["alert.email.recipients"] == ["a@x.io", "b@x.io"]
     assert values["alert.email.enabled"] is True
     assert values["alert.email.smtp_password"] is None  # never read back
+
+
+async def test_settings_page_names_the_three_key_scopes_and_which_are_set(settings: ApiSettings) -> None:
+    read_key = "read-key-0123456789abcdef"
+    with_read = dataclasses.replace(settings, read_key=Secret(read_key))
+    async with serve(with_read) as api:
+        client = await login(api)
+        r = await client.get("/settings")
+        auth = r.text[r.text.index(">Authentication</h2>") :]
+        # Not "the one credential": three keys, each with its scope, and whether it is set.
+        assert "one credential" not in r.text
+        for env in ("LLMSCOPE_API_KEY", "LLMSCOPE_READ_KEY", "LLMSCOPE_INGEST_KEY"):
+            assert env in auth
+        rows = dict(re.findall(r"<dt>([^<]+)</dt>\s*<dd><b>([^<]+)</b>", auth))
+        assert rows["Admin key"] == "set (never shown)"
+        assert rows["Read key"] == "set (never shown)"
+        assert rows["Ingest key"] == "not set (off)"
+        assert read_key not in r.text
+        assert API_KEY not in r.text
 
 
 async def test_settings_section_saves_whole_or_names_the_bad_field(api: Api) -> None:

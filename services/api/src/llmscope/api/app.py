@@ -24,7 +24,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llmscope.api import unavailable
+from llmscope.api import openapi_errors, unavailable
 from llmscope.api.charts import EngineUnavailable
 from llmscope.api.frontdoor import FrontDoor, rate_limited
 from llmscope.api.frontdoor import unavailable as auth_unavailable
@@ -162,11 +162,13 @@ def create_app(settings: ApiSettings, *, clock: Callable[[], float] = time.time)
         # The chart routes answer with msgspec structs: add their schemas to the components.
         if app.openapi_schema is None:
             schema = default_openapi()
+            openapi_errors.document_errors(schema)
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(charts.openapi_components())
             components.update(spc_config.openapi_components())
             components.update(admin.openapi_components())
             components.update(stats.openapi_components())
+            components.update(openapi_errors.openapi_components())
         return app.openapi_schema or default_openapi()
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -196,6 +198,9 @@ def create_app(settings: ApiSettings, *, clock: Callable[[], float] = time.time)
             refresh_s=settings.refresh_s,
             session_max_age_s=int(settings.session_days * 86400),
             status_public=settings.status_public,
+            scoped_keys=frozenset(
+                scope for scope, key in (("read", settings.read_key), ("ingest", settings.ingest_key)) if key
+            ),
             retention_days={
                 "telemetry": settings.retention_telemetry_days,
                 "rollups": settings.retention_rollup_days,

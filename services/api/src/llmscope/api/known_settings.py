@@ -173,8 +173,9 @@ SPECS: tuple[SettingSpec, ...] = (
 BY_KEY: dict[str, SettingSpec] = {s.key: s for s in SPECS}
 
 DESTINATIONS: dict[str, Literal["url", "host"]] = {
-    "alert.slack.webhook_url": "url",
-    "alert.webhook.url": "url",
+    # Every URL setting is one the alerter posts to: derived, so a new channel cannot miss it
+    # (the Alertmanager, Teams, Discord and Mattermost URLs were saved unchecked).
+    **{s.key: "url" for s in SPECS if s.type is HttpsUrl},
     "alert.email.smtp_host": "host",
     "alert.tickets.url": "url",
 }

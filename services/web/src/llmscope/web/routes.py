@@ -102,6 +102,8 @@ class WebOptions:
     """``/status`` and the badges readable without a login (names and statuses only)."""
     retention_days: dict[str, float] = field(default_factory=dict)
     """Days each kind of data is kept (``telemetry``, ``rollups``, ...; 0: forever), for Settings."""
+    scoped_keys: frozenset[str] = frozenset()
+    """Which keys besides the admin key are set (``read``, ``ingest``), for Settings; never the keys."""
 
 
 def _safe_next(target: str | None) -> str:
@@ -627,7 +629,9 @@ def create_router(
         return await _models_page(request, 1, status_code=200 if found else 404)
 
     # ---- settings ------------------------------------------------------------------------
-    fixed = fixed_settings(opts.retention_days, opts.session_max_age_s / 86400, opts.status_public)
+    fixed = fixed_settings(
+        opts.retention_days, opts.session_max_age_s / 86400, opts.status_public, opts.scoped_keys
+    )
 
     async def _settings_page(request: Request, views: dict[str, SectionView] | None = None) -> HTMLResponse:
         stored = await data.settings()

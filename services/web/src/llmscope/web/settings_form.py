@@ -253,7 +253,10 @@ def _days(value: float) -> str:
 
 
 def fixed_settings(
-    retention_days: dict[str, float], session_days: float, status_public: bool
+    retention_days: dict[str, float],
+    session_days: float,
+    status_public: bool,
+    scoped_keys: frozenset[str] = frozenset(),
 ) -> dict[str, list[FixedSetting]]:
     """Retention and authentication, as the environment set them at start."""
     names = {
@@ -281,10 +284,22 @@ def fixed_settings(
     ]
     auth = [
         FixedSetting(
-            "API key",
+            "Admin key",
             "set (never shown)",
             "LLMSCOPE_API_KEY",
-            "The one credential: a bearer token for the API, typed once here at login.",
+            "Scope admin: every API route, the dashboard and its changes; a bearer token, or typed at login.",
+        ),
+        FixedSetting(
+            "Read key",
+            "set (never shown)" if "read" in scoped_keys else "not set (off)",
+            "LLMSCOPE_READ_KEY",
+            "Scope read: GET routes under /api and viewing the dashboard; a login with it changes nothing.",
+        ),
+        FixedSetting(
+            "Ingest key",
+            "set (never shown)" if "ingest" in scoped_keys else "not set (off)",
+            "LLMSCOPE_INGEST_KEY",
+            "Scope ingest: POST /api/stats and POST /v1/traces only (an external prober's key); no login.",
         ),
         FixedSetting(
             "Session lifetime", _days(session_days), "LLMSCOPE_SESSION_DAYS", "How long a login lasts."

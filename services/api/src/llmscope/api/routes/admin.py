@@ -11,6 +11,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from llmscope.api import known_settings
+from llmscope.api.openapi_errors import not_found
 from llmscope.api.runtime import Runtime
 from llmscope.web.data import HEALTH_MAX_HOURS, HealthOverview, ModelInfo, SettingError, SettingInfo
 
@@ -65,7 +66,7 @@ def router(rt: Runtime) -> APIRouter:
         """Every known setting; secrets show only ``is_set``, never their value."""
         return await rt.store.settings()
 
-    @api.put("/settings/{key}", response_model=SettingInfo, tags=["settings"])
+    @api.put("/settings/{key}", response_model=SettingInfo, tags=["settings"], responses=not_found("setting"))
     async def put_setting(key: str, body: SettingBody) -> SettingInfo:
         if key not in known_settings.BY_KEY:
             raise HTTPException(404, f"unknown setting {key!r}; known: {', '.join(known_settings.BY_KEY)}")
@@ -98,7 +99,12 @@ def router(rt: Runtime) -> APIRouter:
         return Response(msgspec.json.encode(overview), media_type="application/json")
 
     # Model names contain "/" and ":" (org/model, llama3.1:8b): the path converter takes the rest.
-    @api.put("/models/{provider}/{model:path}", response_model=ModelInfo, tags=["models"])
+    @api.put(
+        "/models/{provider}/{model:path}",
+        response_model=ModelInfo,
+        tags=["models"],
+        responses=not_found("model (none seen by that name)"),
+    )
     async def put_model(provider: str, model: str, body: ModelBody) -> ModelInfo:
         found = await rt.store.set_model_enabled(provider, model, body.enabled)
         if found is None:

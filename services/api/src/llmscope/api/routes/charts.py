@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, StringConstraints
 
 from llmscope.api.charts import ChartFilter
+from llmscope.api.openapi_errors import not_found
 from llmscope.api.runtime import Runtime
 from llmscope.proto.charts import ChartRecord, ModelRebaselineReply, RebaselineReply, is_chart_key
 
@@ -86,7 +87,7 @@ def router(rt: Runtime) -> APIRouter:
     @api.get(
         "/{chart_key}",
         response_class=Response,
-        responses={200: _content(RECORD_SCHEMA), 404: {"description": "the engine has no such chart"}},
+        responses={200: _content(RECORD_SCHEMA), **not_found("chart (the engine has none by that key yet)")},
     )
     async def get_chart(chart_key: KeyPath) -> Response:
         """One chart as the engine last snapshotted it."""

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field
 
+from llmscope.api.openapi_errors import not_found
 from llmscope.api.routes.alerts import alerter_error
 from llmscope.api.routes.fields import NO_NUL
 from llmscope.api.runtime import Runtime
@@ -43,7 +44,7 @@ def router(rt: Runtime) -> APIRouter:
         flt = IncidentFilter(state=state, model=model, since=since, limit=limit, cursor=cursor)
         return await rt.alerting.incidents(flt)
 
-    @api.get("/{incident_id}", response_model=IncidentDetail)
+    @api.get("/{incident_id}", response_model=IncidentDetail, responses=not_found("incident"))
     async def get_incident(incident_id: str) -> IncidentDetail:
         """One incident with its analysis (the deterministic summary, and the LLM's hypothesis,
         draft email and customer notice when it answered; ``deterministic_only`` otherwise),
@@ -67,7 +68,8 @@ def router(rt: Runtime) -> APIRouter:
         assert result.incident is not None
         return result.incident
 
-    responses: dict[int | str, dict[str, str]] = {
+    responses: dict[int | str, dict[str, Any]] = {
+        **not_found("incident"),
         409: {"description": "the incident's state does not allow it"},
         504: {"description": "no alerter answered"},
     }

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
+from llmscope.api.openapi_errors import not_found
 from llmscope.api.routes.alerts import alerter_error
 from llmscope.api.routes.fields import NO_NUL
 from llmscope.api.runtime import Runtime
@@ -78,7 +79,7 @@ def router(rt: Runtime) -> APIRouter:
         except (AlerterUnavailable, AlerterRefused) as exc:
             alerter_error(exc)
 
-    @api.delete("/{silence_id}", response_model=SilenceInfo)
+    @api.delete("/{silence_id}", response_model=SilenceInfo, responses=not_found("silence"))
     async def expire_silence(silence_id: str) -> SilenceInfo:
         """Expire a silence now (it stays in the history)."""
         try:

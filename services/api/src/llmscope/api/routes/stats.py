@@ -12,6 +12,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from llmscope.api.openapi_errors import not_found
 from llmscope.api.runtime import Runtime
 from llmscope.bus.publisher import PublishFailed
 from llmscope.proto import codec, subjects
@@ -199,7 +200,7 @@ def router(rt: Runtime) -> APIRouter:
         rt.metrics.telemetry_accepted.inc(len(events))
         return Accepted(id=events[0].id, ids=ids, duplicates=sum(bool(ack.duplicate) for ack in acks))
 
-    @api.get("/spc", response_model=ChartData)
+    @api.get("/spc", response_model=ChartData, responses=not_found("telemetry for that model (or target)"))
     async def spc(
         provider: str,
         model: str,

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field
 
+from llmscope.api.openapi_errors import not_found
 from llmscope.api.routes.fields import NO_NUL
 from llmscope.api.runtime import Runtime
 from llmscope.web.data import Violation, ViolationDetail, ViolationFilter, ViolationPage
@@ -52,7 +53,7 @@ def router(rt: Runtime) -> APIRouter:
         )
         return await rt.store.violations(flt)
 
-    @api.get("/{violation_id}", response_model=ViolationDetail)
+    @api.get("/{violation_id}", response_model=ViolationDetail, responses=not_found("violation"))
     async def get_violation(violation_id: str) -> ViolationDetail:
         """One episode with its frozen statistics and the ±10 probes around its trigger point."""
         detail = await rt.store.violation(violation_id)
@@ -60,7 +61,7 @@ def router(rt: Runtime) -> APIRouter:
             raise HTTPException(404, f"no violation {violation_id!r}")
         return detail
 
-    @api.post("/{violation_id}/acknowledge", response_model=Violation)
+    @api.post("/{violation_id}/acknowledge", response_model=Violation, responses=not_found("violation"))
     async def acknowledge(violation_id: str, body: AckBody) -> Violation:
         """Acknowledge (stops reminders); the first acknowledgement is kept."""
         v = await rt.store.acknowledge(violation_id, body.acknowledged_by, body.note)
@@ -68,7 +69,7 @@ def router(rt: Runtime) -> APIRouter:
             raise HTTPException(404, f"no violation {violation_id!r}")
         return v
 
-    @api.post("/{violation_id}/resolve", response_model=Violation)
+    @api.post("/{violation_id}/resolve", response_model=Violation, responses=not_found("violation"))
     async def resolve(violation_id: str, body: ResolveBody) -> Violation:
         """Mark resolved by a person (distinct from the engine's statistical ``cleared``)."""
         v = await rt.store.resolve(violation_id, body.resolved_by, body.note)
