@@ -7,9 +7,11 @@ most ~240 buckets, so a 30-day chart of several models reads rollups, never raw 
 
 from __future__ import annotations
 
+import asyncio
 import math
 from datetime import UTC, datetime, timedelta
 
+from llmscope.api.charts import ChartFilter
 from llmscope.api.store import METRIC_COLUMNS, Store
 from llmscope.web.data import ChartPoint, Metric
 from llmscope.web.trends import (
@@ -41,6 +43,8 @@ class TrendQueries:
         prefix = METRIC_COLUMNS[metric][1]
         providers = [p for p, _ in models]
         names = [m for _, m in models]
+        # The engine's chart records are read while Postgres answers the two queries.
+        rebaselines = asyncio.ensure_future(self.rebaselines(models, start, end))
         # Every prompt and target of a model pooled: the model's typical value over the bucket.
         rows = await self.store.pool.fetch(
             f"""SELECT provider, model,
@@ -84,7 +88,7 @@ class TrendQueries:
             bucket_s=bucket_s,
             lines=[ComparedLine(p, m, pts) for (p, m), pts in by_model.items()],
             events=sorted(
-                (
+                [
                     ChartEvent(
                         ts=e["ts"],
                         kind="violation",
@@ -95,10 +99,46 @@ class TrendQueries:
                         id=e["id"],
                     )
                     for e in events
-                ),
+                ]
+                + await rebaselines,
                 key=lambda e: e.ts,
             ),
         )
+
+    async def rebaselines(
+        self, models: list[tuple[str, str]], start: datetime, end: datetime
+    ) -> list[ChartEvent]:
+        """Re-baselines started within the window, one mark per model and start (a model's
+        re-baseline restarts all its charts at once).
+
+        Read from the engine's chart records, which keep only each chart's current baseline: an
+        earlier re-baseline of a chart re-baselined again since is not shown.
+        """
+        records = [
+            r
+            for chunk in await asyncio.gather(
+                *(self.store.charts.list(ChartFilter(provider=p, model=m)) for p, m in models)
+            )
+            for r in chunk
+        ]
+        marks: dict[tuple[str, str, datetime], ChartEvent] = {}
+        for r in records:
+            b = r.view.baseline if r.view else None
+            started = b.started_at if b else None
+            if b is None or started is None or b.number == 0 or not start <= started < end:
+                continue
+            at = started.replace(second=0, microsecond=0)
+            marks.setdefault(
+                (r.meta.provider, r.meta.model, at),
+                ChartEvent(
+                    ts=started,
+                    kind="rebaseline",
+                    provider=r.meta.provider,
+                    model=r.meta.model,
+                    label=f"re-baseline #{b.number} by {b.created_by}: {b.reason}",
+                ),
+            )
+        return list(marks.values())
 
     async def availability(
         self, provider: str, model: str, hours: float, end: datetime | None = None

@@ -7,8 +7,11 @@ tables whole); no PDF library is needed on the server.
 
 from __future__ import annotations
 
+import asyncio
 import csv
+import dataclasses
 import io
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -17,17 +20,22 @@ from fastapi import APIRouter, Query, Request
 from fastapi.params import Depends
 from fastapi.responses import HTMLResponse, Response
 
-from llmscope.web.alerting import AlertingData, Incident, IncidentFilter
+from llmscope.config.logs import get_logger
+from llmscope.web.alerting import AlerterUnavailable, AlertingData, Incident, IncidentFilter
 from llmscope.web.data import HEALTH_MAX_HOURS, METRICS, DashboardData, Metric, ViolationFilter
+from llmscope.web.maintenance_spans import maintenance_spans
 from llmscope.web.pages import Pages
 from llmscope.web.trend_svg import color
 from llmscope.web.trends import (
     COMPARE_MAX_HOURS,
     COMPARE_WINDOWS_H,
     MAX_COMPARED,
+    Comparison,
     TrendsData,
     window_label,
 )
+
+log = get_logger("llmscope.web.trends")
 
 REPORT_WINDOWS_H: tuple[int, ...] = (24, 168, 720)
 REPORT_VIOLATIONS = 500
@@ -63,6 +71,27 @@ async def _incidents_since(
         cursor = page.next_cursor
 
 
+async def with_maintenance(query: Awaitable[Comparison], alerting: AlertingData | None) -> Comparison:
+    """The comparison with the maintenance windows of its models (kept by the alerter, asked over
+    NATS while Postgres answers); without an answer the chart says none could be drawn."""
+    if alerting is None:
+        return dataclasses.replace(await query, maintenance_known=False)
+    asked = asyncio.ensure_future(alerting.silences(include_expired=True))
+    try:
+        comparison = await query
+    except BaseException:
+        asked.cancel()
+        raise
+    try:
+        windows = await asked
+    except AlerterUnavailable as exc:
+        log.debug("no maintenance windows for the comparison", error=str(exc))
+        return dataclasses.replace(comparison, maintenance_known=False)
+    models = [(line.provider, line.model) for line in comparison.lines]
+    spans = maintenance_spans(windows, models, comparison.start, comparison.end)
+    return dataclasses.replace(comparison, maintenance=spans)
+
+
 def add_trend_routes(
     router: APIRouter,
     trends: TrendsData,
@@ -84,7 +113,7 @@ def add_trend_routes(
         chosen = [m for m in (_split(s) for s in series or []) if m is not None and m in known]
         # No choice yet: the first few models, so the page is never an empty chart.
         picked = (chosen or known)[:MAX_COMPARED]
-        comparison = await trends.comparison(picked, metric, hours)
+        comparison = await with_maintenance(trends.comparison(picked, metric, hours), alerting)
         context: dict[str, Any] = {
             "models": known,
             "picked": picked,
@@ -121,7 +150,7 @@ def add_trend_routes(
         ]
         known = sorted({(s.provider, s.model) for s in await data.series()})
         picked = [one] if one else known[:MAX_COMPARED]
-        comparison = await trends.comparison(picked, "latency_ms", hours, end)
+        comparison = await with_maintenance(trends.comparison(picked, "latency_ms", hours, end), alerting)
         qs = urlencode({"hours": f"{hours:g}", "series": series})
         export = {"since": start.isoformat(), "until": end.isoformat()}
         if one:

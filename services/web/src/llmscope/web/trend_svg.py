@@ -55,7 +55,8 @@ def _y_label(out: list[str], text: str, top: float, plot_h: float) -> None:
 
 
 def render_comparison(data: Comparison, *, width: int = 960, height: int = 340) -> Markup:
-    """One line per model (its typical value per bucket), violations as marks along the top."""
+    """One line per model (its typical value per bucket), violations as marks along the top,
+    re-baselines as dashed verticals and maintenance windows as grey bands behind the lines."""
     plot_w, plot_h = width - PAD_L - PAD_R, height - PAD_T - PAD_B - 10
     top = PAD_T + 10  # room for the event marks
     t0, t1 = data.start.timestamp(), max(data.end.timestamp(), data.start.timestamp() + 1)
@@ -81,6 +82,17 @@ def render_comparison(data: Comparison, *, width: int = 960, height: int = 340) 
         f'aria-label="{escape(label)}" xmlns="http://www.w3.org/2000/svg">',
         f'<rect x="{PAD_L}" y="{top}" width="{plot_w}" height="{plot_h}" class="plot-bg"/>',
     ]
+    for span in data.maintenance:
+        a, b = max(span.start.timestamp(), t0), min(span.end.timestamp(), t1)
+        if a >= b:
+            continue
+        xa = PAD_L + (a - t0) / (t1 - t0) * plot_w
+        xw = max((b - a) / (t1 - t0) * plot_w, 2.0)
+        when = f"{span.start.strftime('%m-%d %H:%M')}–{span.end.strftime('%m-%d %H:%M')}"
+        out.append(
+            f'<rect x="{xa:.1f}" y="{top}" width="{xw:.1f}" height="{plot_h}" class="maintenance-band">'
+            f"<title>maintenance {escape(when)}: {escape(span.label)}</title></rect>"
+        )
     for tick in _nice_ticks(lo, hi):
         ty = y(tick)
         out.append(
@@ -118,6 +130,14 @@ def render_comparison(data: Comparison, *, width: int = 960, height: int = 340) 
             continue
         ex = x(ev.ts)
         stroke = color(index.get((ev.provider, ev.model), 0))
+        title = f"{escape(ev.ts.strftime('%m-%d %H:%M'))} {escape(ev.model)} {escape(ev.label)}"
+        if ev.kind == "rebaseline":
+            out.append(
+                f'<g class="rebaseline"><line x1="{ex:.1f}" x2="{ex:.1f}" y1="{top}" y2="{top + plot_h}" '
+                f'stroke="{stroke}" class="rebaseline-line"/><rect x="{ex - 4:.1f}" y="{top}" width="8" '
+                f'height="8" fill="{stroke}"/><title>{title}</title></g>'
+            )
+            continue
         out.append(
             f'<a href="/violations/{escape(ev.id)}"><path d="M{ex - 4:.1f},{PAD_T} L{ex + 4:.1f},{PAD_T} '
             f'L{ex:.1f},{PAD_T + 8}" class="event {escape(ev.severity)}" stroke="{stroke}">'

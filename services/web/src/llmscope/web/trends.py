@@ -57,6 +57,16 @@ class ChartEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class MaintenanceSpan:
+    """A maintenance window's occurrence over a chart's window (recurring ones, each time)."""
+
+    start: datetime
+    end: datetime
+    label: str
+    """The window's reason and what it covers (``model=… host=…``)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Comparison:
     metric: Metric
     hours: float
@@ -65,6 +75,9 @@ class Comparison:
     bucket_s: int
     lines: list[ComparedLine]
     events: list[ChartEvent] = field(default_factory=list)
+    maintenance: list[MaintenanceSpan] = field(default_factory=list)
+    maintenance_known: bool = True
+    """False when the alerter (which keeps the windows) did not answer: none could be drawn."""
 
 
 @dataclass(frozen=True, slots=True)
