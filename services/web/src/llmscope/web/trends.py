@@ -25,8 +25,10 @@ OUTAGE_SHARE = 0.5
 
 
 def compare_bucket_s(hours: float) -> int:
-    """Whole minutes, at most ~COMPARE_BUCKETS buckets over the window."""
-    return max(1, math.ceil(hours * 60 / COMPARE_BUCKETS)) * 60
+    """Whole minutes, at most ~COMPARE_BUCKETS buckets over the window; whole hours once a bucket
+    would exceed half an hour, so that long windows read the hourly rollups (7 days: 168 points)."""
+    minutes = max(1, math.ceil(hours * 60 / COMPARE_BUCKETS))
+    return (minutes if minutes <= 30 else math.ceil(minutes / 60) * 60) * 60
 
 
 def window_label(hours: float) -> str:
