@@ -23,9 +23,10 @@ from pathlib import Path
 import pytest
 import uvicorn
 from nats.js import JetStreamContext
-from playwright.async_api import ConsoleMessage, Page, Response, async_playwright
+from playwright.async_api import ConsoleMessage, Page, Request, Response, async_playwright
 
 from llmscope.api.persister import store_violations
+from llmscope.bus.publisher import Publisher
 from llmscope.proto import codec, subjects
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.web.alerting import IncidentFilter
@@ -119,6 +120,7 @@ async def site(
         try:
             yield Site(api, f"http://127.0.0.1:{port}")
         finally:
+            api.runtime.live.close_all()  # open event streams would hold uvicorn's shutdown
             server.should_exit = True
             await asyncio.wait_for(task, 20)
 
@@ -140,7 +142,14 @@ async def browser_page(site: Site) -> AsyncIterator[Page]:
 
             page.on("console", console)
             page.on("pageerror", lambda e: site.errors.append(f"page error: {e}"))
-            page.on("requestfailed", lambda r: site.errors.append(f"failed: {r.method} {r.url}"))
+
+            def failed(request: Request) -> None:
+                # Leaving a page aborts its event stream: the end of a stream, not a failure.
+                if request.url.endswith("/events") and request.failure == "net::ERR_ABORTED":
+                    return
+                site.errors.append(f"failed: {request.method} {request.url}")
+
+            page.on("requestfailed", failed)
             page.on("response", answered)
             yield page
         finally:
@@ -179,6 +188,24 @@ async def test_login_and_overview(site: Site) -> None:
         assert "llama3.1:8b" in await rows.first.inner_text()
         assert await page.locator("svg.sparkline").count() >= 2
         await shot(page, "overview")
+
+        # Live: a violation published on the bus reaches the tab's event stream, and the overview
+        # re-reads itself for it (its fallback poll is 30 s away).
+        await page.evaluate(
+            """() => { window.seen = [];
+                document.body.addEventListener('htmx:sseMessage', e => window.seen.push(e.detail.type)); }"""
+        )
+        await page.wait_for_function(
+            "() => htmx.find('body') && document.body['htmx-internal-data']?.sseEventSource?.readyState === 1"
+        )
+        point = telemetry(SHIFT_AT + 9, id=f"p1-{SHIFT_AT + 9:05d}")
+        live = violation(point, id="v-live", rule="AVAILABILITY", severity="critical")
+        async with page.expect_request(lambda r: r.url.startswith(f"{site.url}/?hours=")) as reread:
+            await Publisher(site.api.runtime.nc.jetstream()).publish(  # type: ignore[union-attr]
+                subjects.violations(live.provider, live.model, live.rule), live
+            )
+        assert (await reread.value).headers.get("hx-request") == "true"
+        assert "status" in await page.evaluate("() => window.seen")
     assert site.errors == [], "\n".join(site.errors)
 
 

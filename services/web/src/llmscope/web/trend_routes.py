@@ -2,7 +2,8 @@
 page and CSV exports of violations and incidents over a window).
 
 The report prints to PDF from the browser (its print stylesheet drops the navigation and keeps
-tables whole); no PDF library is needed on the server.
+tables whole), and ``/report.pdf`` prints the same page on the server with a headless Chromium
+when one is installed (:mod:`llmscope.web.report_pdf`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import csv
 import dataclasses
 import io
+import re
 from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -25,6 +27,7 @@ from llmscope.web.alerting import AlerterUnavailable, AlertingData, Incident, In
 from llmscope.web.data import HEALTH_MAX_HOURS, METRICS, DashboardData, Metric, ViolationFilter
 from llmscope.web.maintenance_spans import maintenance_spans
 from llmscope.web.pages import Pages
+from llmscope.web.report_pdf import PdfPrinter, PdfUnavailable
 from llmscope.web.trend_svg import color
 from llmscope.web.trends import (
     COMPARE_MAX_HOURS,
@@ -99,8 +102,11 @@ def add_trend_routes(
     alerting: AlertingData | None,
     session: Depends,
     pages: Pages,
+    printer: PdfPrinter | None = None,
 ) -> None:
-    """Register /compare, /report and /report/incidents.csv behind the session dependency."""
+    """Register /compare, /report, /report.pdf and /report/incidents.csv behind the session
+    dependency; ``printer`` defaults to a Chromium found on the PATH."""
+    printer = printer or PdfPrinter()
 
     @router.get("/compare", response_class=HTMLResponse, dependencies=[session])
     async def compare(
@@ -185,6 +191,29 @@ def add_trend_routes(
         """Status, uptime, latency, violations by rule and severity, incidents with their times to
         acknowledge and resolve: one page to print (the browser saves it as PDF)."""
         return pages.render(request, "report.html", await _report_context(hours, series))
+
+    @router.get("/report.pdf", dependencies=[session], response_model=None)
+    async def report_pdf(
+        request: Request,
+        hours: Annotated[float, Query(gt=0, le=COMPARE_MAX_HOURS)] = 24,
+        series: str = "",
+    ) -> Response:
+        """The report page printed to PDF on the server (503 with the reason without Chromium)."""
+        context = await _report_context(hours, series)
+        html = pages.env.get_template("report.html").render(
+            {"request": request, "path": "/report", "live": False, **context}
+        )
+        try:
+            pdf = await printer.print_html(html)
+        except PdfUnavailable as exc:
+            return Response(str(exc), status_code=503, media_type="text/plain")
+        # Model names may hold anything; a file name in a header must not.
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", series or "all") + f"-{hours:g}h"
+        return Response(
+            pdf,
+            media_type="application/pdf",
+            headers={"Content-Disposition": f'attachment; filename="llmscope-report-{name}.pdf"'},
+        )
 
     @router.get("/report/incidents.csv", dependencies=[session])
     async def incidents_csv(
