@@ -51,7 +51,7 @@ async def test_maintenance_windows_on_the_comparison(api: Api, database_url: str
     assert r.status_code == 200
     assert r.text.count('class="maintenance-band"') == 1
     assert "driver update (model=llama3*)" in r.text
-    assert "1 maintenance windows marked" in r.text
+    assert "1 maintenance window marked" in r.text
     assert "none drawn" not in r.text
 
 
@@ -71,4 +71,4 @@ async def test_a_rebaseline_on_the_comparison(api: Api, js: JetStreamContext, na
         page = (await client.get("/compare?hours=1")).text
     assert page.count('class="rebaseline-line"') == 1
     assert "re-baseline #1 by ann: new GPU" in page
-    assert "1 re-baselines" in page
+    assert "1 re-baseline and" in page

@@ -34,6 +34,13 @@ def color(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
 
 
+def _tick(value: float, ticks: list[float]) -> str:
+    """One format for a whole axis: "750" beside "1,000", not "750.0"."""
+    if all(float(t).is_integer() for t in ticks):
+        return f"{value:,.0f}"
+    return _fmt(value)
+
+
 def _time_axis(out: list[str], t0: float, t1: float, tz: object, width: int, height: int) -> None:
     plot_w = width - PAD_L - PAD_R
     fmt = "%m-%d %H:%M" if t1 - t0 > 86400 else "%H:%M"
@@ -93,11 +100,13 @@ def render_comparison(data: Comparison, *, width: int = 960, height: int = 340) 
             f'<rect x="{xa:.1f}" y="{top}" width="{xw:.1f}" height="{plot_h}" class="maintenance-band">'
             f"<title>maintenance {escape(when)}: {escape(span.label)}</title></rect>"
         )
-    for tick in _nice_ticks(lo, hi):
+    ticks = _nice_ticks(lo, hi)
+    for tick in ticks:
         ty = y(tick)
         out.append(
             f'<line x1="{PAD_L}" x2="{PAD_L + plot_w}" y1="{ty:.1f}" y2="{ty:.1f}" class="grid"/>'
-            f'<text x="{PAD_L - 6}" y="{ty + 4:.1f}" class="tick" text-anchor="end">{_fmt(tick)}</text>'
+            f'<text x="{PAD_L - 6}" y="{ty + 4:.1f}" class="tick" '
+            f'text-anchor="end">{_tick(tick, ticks)}</text>'
         )
     _time_axis(out, t0, t1, data.start.tzinfo, width, height)
     _y_label(out, METRIC_LABELS.get(data.metric, data.metric), top, plot_h)
