@@ -52,6 +52,7 @@ docs: install
 bench: install
 	$(VENV)/bin/python bench/spc_bench.py
 	$(VENV)/bin/python bench/stack_bench.py
+	$(VENV)/bin/python bench/compare_bench.py
 
 clean:
 	rm -rf $(VENV) .uv .pytest_cache .mypy_cache .ruff_cache

@@ -120,10 +120,16 @@ async def test_retention_deletes_only_old_rows(pool: asyncpg.Pool, database_url:
     async with pool.acquire() as conn:
         await store_telemetry(conn, [telemetry(0, ts=T0 - timedelta(days=40)), telemetry(1)])
     settings = ApiSettings(database_url=Secret(database_url), api_key=Secret("x" * 16))
+    assert await pool.fetchval("SELECT count(*) FROM telemetry_hour") == 2
     deleted = await apply_retention(pool, settings)
     assert deleted["telemetry"] == 1
     assert "violations" not in deleted  # kept forever by default
     assert await pool.fetchval("SELECT count(*) FROM telemetry") == 1
+    settings = ApiSettings(
+        database_url=Secret(database_url), api_key=Secret("x" * 16), retention_rollup_days=30
+    )
+    assert (await apply_retention(pool, settings))["telemetry_hour"] == 1  # the hour rollups with the minutes
+    assert await pool.fetchval("SELECT count(*) FROM telemetry_hour") == 1
 
 
 async def test_retention_deletes_resolved_incidents_with_their_violations(

@@ -18,22 +18,25 @@ import shutil
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import uvicorn
+from msgspec import structs
 from nats.js import JetStreamContext
-from playwright.async_api import ConsoleMessage, Page, Response, async_playwright
+from playwright.async_api import ConsoleMessage, Page, Request, Response, async_playwright
 
 from llmscope.api.persister import store_violations
+from llmscope.bus.publisher import Publisher
 from llmscope.proto import codec, subjects
 from llmscope.proto.telemetry import TelemetryEvent
-from llmscope.web.alerting import IncidentFilter
+from llmscope.web.alerting import IncidentFilter, SilenceInput
 from llmscope.web.data import ViolationFilter
 from tests.api.alerting_harness import live_alerter
 from tests.api.conftest import API_KEY, Api
 from tests.api.engine import BASELINE_N, eventually, running_engine
-from tests.api.factories import telemetry, violation
+from tests.api.factories import T0, limits, telemetry, violation
 from tests.api.test_charts import probes
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -52,6 +55,13 @@ SHOTS = Path(os.environ.get("LLMSCOPE_SCREENSHOTS", "build/screenshots"))
 VIEWPORT = {"width": 1400, "height": 900}
 SHIFT_AT = BASELINE_N + 150
 OUTAGE = range(BASELINE_N + 60, BASELINE_N + 105)  # 90 s: a whole minute of failures
+# The factories' probes start 30 min ago; moved so that the last ends now, the pages (and their
+# screenshots, the README's tour) show models probed a moment ago, not "no recent probes".
+OFFSET = datetime.now(UTC) - (T0 + timedelta(seconds=2 * (SHIFT_AT + 59)))
+
+
+def fresh(event: TelemetryEvent) -> TelemetryEvent:
+    return structs.replace(event, ts=event.ts + OFFSET)
 
 
 @dataclass
@@ -78,7 +88,7 @@ def _events() -> list[TelemetryEvent]:
         ev = main[i]
         assert ev.latency_ms is not None
         main[i] = telemetry(i, id=ev.id, latency_ms=ev.latency_ms * 1.8, ttft_ms=ev.latency_ms * 0.36)
-    return main + probes(BASELINE_N + 100, seed=2, model="org/other:1")
+    return [fresh(e) for e in main + probes(BASELINE_N + 100, seed=2, model="org/other:1")]
 
 
 @pytest.fixture
@@ -107,9 +117,19 @@ async def site(
 
         await eventually(incident, within=60, what="the alerter's incident in Postgres")
         # One of each severity the page filters on, known ids for the tests to open.
-        point = telemetry(SHIFT_AT + 5, id=f"p1-{SHIFT_AT + 5:05d}")
+        point = fresh(telemetry(SHIFT_AT + 5, id=f"p1-{SHIFT_AT + 5:05d}"))
+        # Limits like the engine's for this model (center ~840 ms), so the mini-chart reads true.
+        seeded = violation(
+            point,
+            id="v-browser",
+            rule="CUSUM",
+            rule_name="sustained shift up",
+            value=1500.0,
+            deviation_sigma=5.5,
+            limits=limits(center=840.0, sigma=120.0),
+        )
         async with api.store.pool.acquire() as conn:
-            await store_violations(conn, [violation(point, id="v-browser", rule="CUSUM", value=1500.0)])
+            await store_violations(conn, [seeded])
         server = uvicorn.Server(
             uvicorn.Config(api.app, host="127.0.0.1", port=_free_port(), lifespan="off", log_level="warning")
         )
@@ -119,6 +139,7 @@ async def site(
         try:
             yield Site(api, f"http://127.0.0.1:{port}")
         finally:
+            api.runtime.live.close_all()  # open event streams would hold uvicorn's shutdown
             server.should_exit = True
             await asyncio.wait_for(task, 20)
 
@@ -140,7 +161,14 @@ async def browser_page(site: Site) -> AsyncIterator[Page]:
 
             page.on("console", console)
             page.on("pageerror", lambda e: site.errors.append(f"page error: {e}"))
-            page.on("requestfailed", lambda r: site.errors.append(f"failed: {r.method} {r.url}"))
+
+            def failed(request: Request) -> None:
+                # Leaving a page aborts its event stream: the end of a stream, not a failure.
+                if request.url.endswith("/events") and request.failure == "net::ERR_ABORTED":
+                    return
+                site.errors.append(f"failed: {request.method} {request.url}")
+
+            page.on("requestfailed", failed)
             page.on("response", answered)
             yield page
         finally:
@@ -179,6 +207,24 @@ async def test_login_and_overview(site: Site) -> None:
         assert "llama3.1:8b" in await rows.first.inner_text()
         assert await page.locator("svg.sparkline").count() >= 2
         await shot(page, "overview")
+
+        # Live: a violation published on the bus reaches the tab's event stream, and the overview
+        # re-reads itself for it (its fallback poll is 30 s away).
+        await page.evaluate(
+            """() => { window.seen = [];
+                document.body.addEventListener('htmx:sseMessage', e => window.seen.push(e.detail.type)); }"""
+        )
+        await page.wait_for_function(
+            "() => htmx.find('body') && document.body['htmx-internal-data']?.sseEventSource?.readyState === 1"
+        )
+        point = fresh(telemetry(SHIFT_AT + 9, id=f"p1-{SHIFT_AT + 9:05d}"))
+        live = violation(point, id="v-live", rule="AVAILABILITY", severity="critical")
+        async with page.expect_request(lambda r: r.url.startswith(f"{site.url}/?hours=")) as reread:
+            await Publisher(site.api.runtime.nc.jetstream()).publish(  # type: ignore[union-attr]
+                subjects.violations(live.provider, live.model, live.rule), live
+            )
+        assert (await reread.value).headers.get("hx-request") == "true"
+        assert "status" in await page.evaluate("() => window.seen")
     assert site.errors == [], "\n".join(site.errors)
 
 
@@ -197,8 +243,20 @@ async def test_dashboard_chart_availability_and_comparison(site: Site) -> None:
         # Switching the metric swaps the panel in place.
         await page.select_option("select[name=metric]", "ttft_ms")
         await page.wait_for_selector("svg.control-chart[aria-label*=ttft_ms]")
+        # A maintenance window under way on the first model: a grey band on the comparison.
+        await site.api.runtime.alerting.create_silence(
+            SilenceInput(
+                reason="driver update",
+                author="ops",
+                kind="maintenance",
+                models=["llama3*"],
+                starts_at=datetime.now(UTC) - timedelta(minutes=3),
+                ends_at=datetime.now(UTC) + timedelta(hours=1),
+            )
+        )
         await page.goto(f"{site.url}/compare?hours=1")
         await page.locator("svg.comparison-chart polyline.compare-line").nth(1).wait_for()
+        assert await page.locator("svg.comparison-chart rect.maintenance-band").count() == 1
         await shot(page, "compare")
     assert site.errors == [], "\n".join(site.errors)
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import re
 from datetime import UTC, datetime, timedelta
+from importlib.resources import files
+
+import pytest
 
 from llmscope.api.incidents_store import store_incidents
 from llmscope.api.persister import store_telemetry, store_violations
@@ -146,3 +150,43 @@ async def test_report_page_and_csv(api: Api) -> None:
     assert ids == {"v-crit", "v-warn", "v-info"}
     css = (await client.get("/static/style.css")).text
     assert "@media print" in css
+
+
+async def test_long_windows_read_the_hourly_rollups(api: Api) -> None:
+    """A week's comparison reads one row per model and hour, with the same figures as the probes."""
+    hour0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
+    events = [
+        telemetry(i, id=f"h{i}", ts=hour0 + timedelta(minutes=7 * i), latency_ms=100.0 + 10 * (i % 4))
+        for i in range(26)  # 3 hours, 8 or 9 probes in each
+    ]
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, events)
+        assert await conn.fetchval("SELECT count(*) FROM telemetry_hour") == 3
+    assert compare_bucket_s(168) == 3600
+    cmp = await TrendQueries(api.store).comparison([("ollama", "llama3.1:8b")], "latency_ms", 168)
+    (line,) = cmp.lines
+    by_hour: dict[datetime, list[float]] = {}
+    for e in events:
+        assert e.latency_ms is not None
+        by_hour.setdefault(e.ts.replace(minute=0, second=0), []).append(e.latency_ms)
+    assert [(p.ts - timedelta(minutes=30), p.n) for p in line.points] == [
+        (h, len(v)) for h, v in by_hour.items()
+    ]
+    for p, values in zip(line.points, by_hour.values(), strict=True):
+        assert p.value == pytest.approx(math.exp(sum(math.log(v) for v in values) / len(values)))
+        assert (p.lo, p.hi) == (min(values), max(values))
+
+    # The migration's backfill folds the minute rollups into the same hours.
+    stored = await api.store.pool.fetch("SELECT * FROM telemetry_hour ORDER BY hour")
+    sql = (files("llmscope.api") / "migrations" / "0008_telemetry_hour.sql").read_text()
+    backfill = sql[sql.index("INSERT INTO telemetry_hour") :]
+    async with api.store.pool.acquire() as conn, conn.transaction():
+        await conn.execute("DELETE FROM telemetry_hour")
+        await conn.execute(backfill)
+        rebuilt = await conn.fetch("SELECT * FROM telemetry_hour ORDER BY hour")
+    assert [(r["model"], r["hour"], r["n"]) for r in rebuilt] == [
+        (r["model"], r["hour"], r["n"]) for r in stored
+    ]
+    for again, kept in zip(rebuilt, stored, strict=True):
+        numbers = {k: v for k, v in dict(kept).items() if isinstance(v, float)}
+        assert {k: again[k] for k in numbers} == pytest.approx(numbers)  # sums in another order

@@ -42,6 +42,8 @@ async def serve(config: uvicorn.Config, runtime: Runtime) -> int:
         serving = asyncio.create_task(server._serve())
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        # Open event streams would hold uvicorn's graceful shutdown forever: end them first.
+        runtime.live.close_all()
         server.should_exit = True
         stopping.cancel()
         await serving

@@ -212,6 +212,7 @@ def create_app(settings: ApiSettings, *, clock: Callable[[], float] = time.time)
         chart_settings=rt.spc_config,
         status=status_reader,
         trends=TrendQueries(rt.store),
+        live=rt.live,
     )
     # Around every route: nothing reads a body before its credential and its size are checked.
     app.add_middleware(

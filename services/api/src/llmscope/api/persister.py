@@ -156,7 +156,7 @@ def _metric_merge(prefix: str) -> str:
 
 _ROLLUP_COLS = ", ".join(f"{p}_n, {p}_min, {p}_max, {p}_sum, {p}_logsum" for p in ("latency", "ttft", "tps"))
 
-# One statement: insert the new rows, and fold exactly those rows into the minute rollups.
+# One statement: insert the new rows, and fold exactly those rows into the minute and hour rollups.
 _INSERT_TELEMETRY = f"""
 WITH ins AS (
     INSERT INTO telemetry ({_COLS})
@@ -172,6 +172,17 @@ WITH ins AS (
            {_metric_aggregates("tokens_per_s", "tps")}
     FROM ins GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
     ON CONFLICT (provider, model, prompt_id, target, minute) DO UPDATE SET
+        n = m.n + EXCLUDED.n, n_ok = m.n_ok + EXCLUDED.n_ok,
+        {_metric_merge("latency")}, {_metric_merge("ttft")}, {_metric_merge("tps")}
+), roll_hour AS (
+    INSERT INTO telemetry_hour AS m (provider, model, hour, n, n_ok, {_ROLLUP_COLS})
+    SELECT provider, model, date_trunc('hour', ts), count(*),
+           count(*) FILTER (WHERE status = 'ok'),
+           {_metric_aggregates("latency_ms", "latency")},
+           {_metric_aggregates("ttft_ms", "ttft")},
+           {_metric_aggregates("tokens_per_s", "tps")}
+    FROM ins GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (provider, model, hour) DO UPDATE SET
         n = m.n + EXCLUDED.n, n_ok = m.n_ok + EXCLUDED.n_ok,
         {_metric_merge("latency")}, {_metric_merge("ttft")}, {_metric_merge("tps")}
 )
@@ -401,6 +412,7 @@ async def apply_retention(
     plan = [
         ("telemetry", "ts", "", settings.retention_telemetry_days),
         ("telemetry_minute", "minute", "", settings.retention_rollup_days),
+        ("telemetry_hour", "hour", "", settings.retention_rollup_days),
         ("violations", "ts", "", settings.retention_violations_days),
         ("violation_clears", "ts", "", settings.retention_violations_days),
         # An incident goes with its violations, once it is resolved (an open one is still work).

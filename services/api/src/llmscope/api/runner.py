@@ -19,8 +19,9 @@ from llmscope.api.settings import ApiSettings
 @contextlib.asynccontextmanager
 async def run_api(settings: ApiSettings, *, startup_timeout: float = 60.0) -> AsyncIterator[str]:
     """Serve the app until the block exits; yields its base URL once it accepts requests."""
+    app = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,
@@ -44,5 +45,7 @@ async def run_api(settings: ApiSettings, *, startup_timeout: float = 60.0) -> As
     try:
         yield f"http://{settings.host}:{port}"
     finally:
+        # Open event streams would hold uvicorn's graceful shutdown forever: end them first.
+        app.state.runtime.live.close_all()
         server.should_exit = True
         await task

@@ -15,6 +15,7 @@ from llmscope.api.alerting import Alerting
 from llmscope.api.auth import KeyAuth
 from llmscope.api.charts import ChartViews
 from llmscope.api.db import open_pool
+from llmscope.api.live import LiveFeed
 from llmscope.api.metrics import ApiMetrics
 from llmscope.api.persister import Persister, retention_loop
 from llmscope.api.ratelimit import FailureLimiter
@@ -28,6 +29,7 @@ from llmscope.bus.publisher import Publisher
 from llmscope.bus.streams import ensure_streams
 from llmscope.config.logs import get_logger
 from llmscope.config.outbound import OutboundPolicy
+from llmscope.web.live import Broadcaster
 
 log = get_logger("llmscope.api")
 
@@ -56,6 +58,8 @@ class Runtime:
         self.nc: NATS | None = None
         self.publisher: Publisher | None = None
         self.persister: Persister | None = None
+        self.live = Broadcaster()  # the dashboard's open tabs, fed from the bus while connected
+        self._live_feed = LiveFeed(self.live)
         self.alerting = Alerting(lambda: self.store.pool, lambda: self.nc)
         self._stop = asyncio.Event()  # ends the persister's tasks
         self._tasks: list[asyncio.Task[None]] = []
@@ -85,6 +89,7 @@ class Runtime:
             self.charts.attach(self.nc)
             self.spc_config.attach(self.nc)
             self.switches.attach(self.nc)
+            await self._live_feed.start(self.nc)
             if s.persister:
                 self.persister = Persister(
                     pool=self._pool,
@@ -114,6 +119,7 @@ class Runtime:
         self.charts.attach(None)
         self.spc_config.attach(None)
         self.switches.attach(None)
+        await self._live_feed.stop()
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await self.nc.drain()

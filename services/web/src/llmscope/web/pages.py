@@ -13,7 +13,8 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse
-from jinja2 import Environment, PackageLoader, select_autoescape
+from jinja2 import Environment, PackageLoader, pass_context, select_autoescape
+from jinja2.runtime import Context
 from jinja2_fragments import render_block
 
 from llmscope.web.data import METRIC_LABELS
@@ -67,6 +68,29 @@ def _ts(value: datetime | None) -> str:
     return "–" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+# With live updates, a fragment also polls this slowly: the fallback for a tab whose event
+# stream is down (a proxy that cuts it, the API restarting).
+LIVE_FALLBACK_S = 30.0
+
+
+def live_page(ctx: Mapping[str, Any] | Context) -> bool:
+    """Whether the page listens to ``/events``: live updates are on and a session is signed in
+    (the public status page polls)."""
+    request = ctx.get("request")
+    state = getattr(request, "state", None)
+    return bool(ctx.get("live")) and getattr(state, "csrf_token", None) is not None
+
+
+@pass_context
+def _live_trigger(ctx: Context, events: str, refresh_s: float) -> str:
+    """An ``hx-trigger``: re-read on these server-sent events (a burst within 1 s is one
+    re-read) with a slow poll as the fallback, or poll every ``refresh_s`` without live updates."""
+    if not live_page(ctx):
+        return f"every {refresh_s}s"
+    listen = ", ".join(f"sse:{name} delay:1s" for name in events.split())
+    return f"{listen}, every {max(refresh_s, LIVE_FALLBACK_S):g}s"
+
+
 def build_environment() -> Environment:
     env = Environment(
         loader=PackageLoader("llmscope.web", "templates"),
@@ -89,6 +113,8 @@ def build_environment() -> Environment:
     env.globals["render_comparison"] = render_comparison
     env.globals["render_availability"] = render_availability
     env.globals["series_color"] = color
+    env.globals["live_trigger"] = _live_trigger
+    env.globals["live_page"] = pass_context(live_page)
     return env
 
 
@@ -107,8 +133,10 @@ def is_htmx(request: Request) -> bool:
 class Pages:
     """Renders pages and their fragments."""
 
-    def __init__(self, env: Environment | None = None) -> None:
+    def __init__(self, env: Environment | None = None, *, live: bool = False) -> None:
+        """``live``: the app serves ``/events`` (pages listen to it instead of polling)."""
         self.env = env or build_environment()
+        self.live = live
 
     def block_for(self, request: Request, fragments: Iterable[str]) -> str | None:
         """The block an HTMX request wants, or None for a full page."""
@@ -131,7 +159,7 @@ class Pages:
     ) -> HTMLResponse:
         """``toast``: a message for ``static/toast.js``, or ``(message, level)``; ``block``: the
         block to render whatever the request (one of several forms that share a template)."""
-        ctx = {"request": request, "path": request.url.path, **context}
+        ctx = {"request": request, "path": request.url.path, "live": self.live, **context}
         block = block or self.block_for(request, fragments)
         if block is None:
             html = self.env.get_template(template).render(ctx)

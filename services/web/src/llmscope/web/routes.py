@@ -46,6 +46,7 @@ from llmscope.web.data import (
     Severity,
     ViolationFilter,
 )
+from llmscope.web.live import Broadcaster, add_live_routes
 from llmscope.web.overview import overview_rows, summary
 from llmscope.web.pages import Pages, is_htmx, toast_trigger
 from llmscope.web.settings_form import BY_ID, SECTIONS, SectionView, fixed_settings, parse_field, section_view
@@ -135,12 +136,13 @@ def create_router(
     chart_settings: ChartSettingsData | None = None,
     status: StatusData | None = None,
     trends: TrendsData | None = None,
+    live: Broadcaster | None = None,
 ) -> APIRouter:
     """All dashboard routes, bound to the injected data access and authenticator (and, with
     ``alerting``, the incidents, silences and notifications pages and the overview's incident
     links; with ``status``, the status page, badges and the overview's statuses)."""
     opts = options or WebOptions()
-    pages = pages or Pages()
+    pages = pages or Pages(live=live is not None)
     router = APIRouter(include_in_schema=False)
 
     def login_redirect(request: Request) -> HTTPException:
@@ -769,6 +771,12 @@ def create_router(
         add_chart_settings_routes(router, chart_settings, Session, pages)
     if trends is not None:
         add_trend_routes(router, trends, data, alerting, Session, pages)
+    if live is not None:
+
+        async def still_signed_in(request: Request) -> bool:
+            return await auth.session(request.cookies.get(SESSION_COOKIE)) is not None
+
+        add_live_routes(router, live, Session, still_signed_in)
     if status is not None:
         add_status_routes(
             router, status, pages, public=opts.status_public, signed_in=signed_in, session=session
@@ -785,6 +793,7 @@ def install(
     chart_settings: ChartSettingsData | None = None,
     status: StatusData | None = None,
     trends: TrendsData | None = None,
+    live: Broadcaster | None = None,
 ) -> None:
     """Mount the dashboard and its static files (htmx, CSS) on an application."""
     static_dir = files("llmscope.web") / "static"
@@ -798,6 +807,7 @@ def install(
             chart_settings=chart_settings,
             status=status,
             trends=trends,
+            live=live,
         )
     )
 

@@ -2,13 +2,18 @@
 page and CSV exports of violations and incidents over a window).
 
 The report prints to PDF from the browser (its print stylesheet drops the navigation and keeps
-tables whole); no PDF library is needed on the server.
+tables whole), and ``/report.pdf`` prints the same page on the server with a headless Chromium
+when one is installed (:mod:`llmscope.web.report_pdf`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import csv
+import dataclasses
 import io
+import re
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -17,17 +22,23 @@ from fastapi import APIRouter, Query, Request
 from fastapi.params import Depends
 from fastapi.responses import HTMLResponse, Response
 
-from llmscope.web.alerting import AlertingData, Incident, IncidentFilter
+from llmscope.config.logs import get_logger
+from llmscope.web.alerting import AlerterUnavailable, AlertingData, Incident, IncidentFilter
 from llmscope.web.data import HEALTH_MAX_HOURS, METRICS, DashboardData, Metric, ViolationFilter
+from llmscope.web.maintenance_spans import maintenance_spans
 from llmscope.web.pages import Pages
+from llmscope.web.report_pdf import PdfPrinter, PdfUnavailable
 from llmscope.web.trend_svg import color
 from llmscope.web.trends import (
     COMPARE_MAX_HOURS,
     COMPARE_WINDOWS_H,
     MAX_COMPARED,
+    Comparison,
     TrendsData,
     window_label,
 )
+
+log = get_logger("llmscope.web.trends")
 
 REPORT_WINDOWS_H: tuple[int, ...] = (24, 168, 720)
 REPORT_VIOLATIONS = 500
@@ -63,6 +74,27 @@ async def _incidents_since(
         cursor = page.next_cursor
 
 
+async def with_maintenance(query: Awaitable[Comparison], alerting: AlertingData | None) -> Comparison:
+    """The comparison with the maintenance windows of its models (kept by the alerter, asked over
+    NATS while Postgres answers); without an answer the chart says none could be drawn."""
+    if alerting is None:
+        return dataclasses.replace(await query, maintenance_known=False)
+    asked = asyncio.ensure_future(alerting.silences(include_expired=True))
+    try:
+        comparison = await query
+    except BaseException:
+        asked.cancel()
+        raise
+    try:
+        windows = await asked
+    except AlerterUnavailable as exc:
+        log.debug("no maintenance windows for the comparison", error=str(exc))
+        return dataclasses.replace(comparison, maintenance_known=False)
+    models = [(line.provider, line.model) for line in comparison.lines]
+    spans = maintenance_spans(windows, models, comparison.start, comparison.end)
+    return dataclasses.replace(comparison, maintenance=spans)
+
+
 def add_trend_routes(
     router: APIRouter,
     trends: TrendsData,
@@ -70,8 +102,11 @@ def add_trend_routes(
     alerting: AlertingData | None,
     session: Depends,
     pages: Pages,
+    printer: PdfPrinter | None = None,
 ) -> None:
-    """Register /compare, /report and /report/incidents.csv behind the session dependency."""
+    """Register /compare, /report, /report.pdf and /report/incidents.csv behind the session
+    dependency; ``printer`` defaults to a Chromium found on the PATH."""
+    printer = printer or PdfPrinter()
 
     @router.get("/compare", response_class=HTMLResponse, dependencies=[session])
     async def compare(
@@ -84,7 +119,7 @@ def add_trend_routes(
         chosen = [m for m in (_split(s) for s in series or []) if m is not None and m in known]
         # No choice yet: the first few models, so the page is never an empty chart.
         picked = (chosen or known)[:MAX_COMPARED]
-        comparison = await trends.comparison(picked, metric, hours)
+        comparison = await with_maintenance(trends.comparison(picked, metric, hours), alerting)
         context: dict[str, Any] = {
             "models": known,
             "picked": picked,
@@ -121,7 +156,7 @@ def add_trend_routes(
         ]
         known = sorted({(s.provider, s.model) for s in await data.series()})
         picked = [one] if one else known[:MAX_COMPARED]
-        comparison = await trends.comparison(picked, "latency_ms", hours, end)
+        comparison = await with_maintenance(trends.comparison(picked, "latency_ms", hours, end), alerting)
         qs = urlencode({"hours": f"{hours:g}", "series": series})
         export = {"since": start.isoformat(), "until": end.isoformat()}
         if one:
@@ -156,6 +191,29 @@ def add_trend_routes(
         """Status, uptime, latency, violations by rule and severity, incidents with their times to
         acknowledge and resolve: one page to print (the browser saves it as PDF)."""
         return pages.render(request, "report.html", await _report_context(hours, series))
+
+    @router.get("/report.pdf", dependencies=[session], response_model=None)
+    async def report_pdf(
+        request: Request,
+        hours: Annotated[float, Query(gt=0, le=COMPARE_MAX_HOURS)] = 24,
+        series: str = "",
+    ) -> Response:
+        """The report page printed to PDF on the server (503 with the reason without Chromium)."""
+        context = await _report_context(hours, series)
+        html = pages.env.get_template("report.html").render(
+            {"request": request, "path": "/report", "live": False, **context}
+        )
+        try:
+            pdf = await printer.print_html(html)
+        except PdfUnavailable as exc:
+            return Response(str(exc), status_code=503, media_type="text/plain")
+        # Model names may hold anything; a file name in a header must not.
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", series or "all") + f"-{hours:g}h"
+        return Response(
+            pdf,
+            media_type="application/pdf",
+            headers={"Content-Disposition": f'attachment; filename="llmscope-report-{name}.pdf"'},
+        )
 
     @router.get("/report/incidents.csv", dependencies=[session])
     async def incidents_csv(

@@ -34,6 +34,13 @@ def color(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
 
 
+def _tick(value: float, ticks: list[float]) -> str:
+    """One format for a whole axis: "750" beside "1,000", not "750.0"."""
+    if all(float(t).is_integer() for t in ticks):
+        return f"{value:,.0f}"
+    return _fmt(value)
+
+
 def _time_axis(out: list[str], t0: float, t1: float, tz: object, width: int, height: int) -> None:
     plot_w = width - PAD_L - PAD_R
     fmt = "%m-%d %H:%M" if t1 - t0 > 86400 else "%H:%M"
@@ -55,7 +62,8 @@ def _y_label(out: list[str], text: str, top: float, plot_h: float) -> None:
 
 
 def render_comparison(data: Comparison, *, width: int = 960, height: int = 340) -> Markup:
-    """One line per model (its typical value per bucket), violations as marks along the top."""
+    """One line per model (its typical value per bucket), violations as marks along the top,
+    re-baselines as dashed verticals and maintenance windows as grey bands behind the lines."""
     plot_w, plot_h = width - PAD_L - PAD_R, height - PAD_T - PAD_B - 10
     top = PAD_T + 10  # room for the event marks
     t0, t1 = data.start.timestamp(), max(data.end.timestamp(), data.start.timestamp() + 1)
@@ -81,11 +89,24 @@ def render_comparison(data: Comparison, *, width: int = 960, height: int = 340) 
         f'aria-label="{escape(label)}" xmlns="http://www.w3.org/2000/svg">',
         f'<rect x="{PAD_L}" y="{top}" width="{plot_w}" height="{plot_h}" class="plot-bg"/>',
     ]
-    for tick in _nice_ticks(lo, hi):
+    for span in data.maintenance:
+        a, b = max(span.start.timestamp(), t0), min(span.end.timestamp(), t1)
+        if a >= b:
+            continue
+        xa = PAD_L + (a - t0) / (t1 - t0) * plot_w
+        xw = max((b - a) / (t1 - t0) * plot_w, 2.0)
+        when = f"{span.start.strftime('%m-%d %H:%M')}–{span.end.strftime('%m-%d %H:%M')}"
+        out.append(
+            f'<rect x="{xa:.1f}" y="{top}" width="{xw:.1f}" height="{plot_h}" class="maintenance-band">'
+            f"<title>maintenance {escape(when)}: {escape(span.label)}</title></rect>"
+        )
+    ticks = _nice_ticks(lo, hi)
+    for tick in ticks:
         ty = y(tick)
         out.append(
             f'<line x1="{PAD_L}" x2="{PAD_L + plot_w}" y1="{ty:.1f}" y2="{ty:.1f}" class="grid"/>'
-            f'<text x="{PAD_L - 6}" y="{ty + 4:.1f}" class="tick" text-anchor="end">{_fmt(tick)}</text>'
+            f'<text x="{PAD_L - 6}" y="{ty + 4:.1f}" class="tick" '
+            f'text-anchor="end">{_tick(tick, ticks)}</text>'
         )
     _time_axis(out, t0, t1, data.start.tzinfo, width, height)
     _y_label(out, METRIC_LABELS.get(data.metric, data.metric), top, plot_h)
@@ -118,6 +139,14 @@ def render_comparison(data: Comparison, *, width: int = 960, height: int = 340) 
             continue
         ex = x(ev.ts)
         stroke = color(index.get((ev.provider, ev.model), 0))
+        title = f"{escape(ev.ts.strftime('%m-%d %H:%M'))} {escape(ev.model)} {escape(ev.label)}"
+        if ev.kind == "rebaseline":
+            out.append(
+                f'<g class="rebaseline"><line x1="{ex:.1f}" x2="{ex:.1f}" y1="{top}" y2="{top + plot_h}" '
+                f'stroke="{stroke}" class="rebaseline-line"/><rect x="{ex - 4:.1f}" y="{top}" width="8" '
+                f'height="8" fill="{stroke}"/><title>{title}</title></g>'
+            )
+            continue
         out.append(
             f'<a href="/violations/{escape(ev.id)}"><path d="M{ex - 4:.1f},{PAD_T} L{ex + 4:.1f},{PAD_T} '
             f'L{ex:.1f},{PAD_T + 8}" class="event {escape(ev.severity)}" stroke="{stroke}">'

@@ -25,8 +25,10 @@ OUTAGE_SHARE = 0.5
 
 
 def compare_bucket_s(hours: float) -> int:
-    """Whole minutes, at most ~COMPARE_BUCKETS buckets over the window."""
-    return max(1, math.ceil(hours * 60 / COMPARE_BUCKETS)) * 60
+    """Whole minutes, at most ~COMPARE_BUCKETS buckets over the window; whole hours once a bucket
+    would exceed half an hour, so that long windows read the hourly rollups (7 days: 168 points)."""
+    minutes = max(1, math.ceil(hours * 60 / COMPARE_BUCKETS))
+    return (minutes if minutes <= 30 else math.ceil(minutes / 60) * 60) * 60
 
 
 def window_label(hours: float) -> str:
@@ -57,6 +59,16 @@ class ChartEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class MaintenanceSpan:
+    """A maintenance window's occurrence over a chart's window (recurring ones, each time)."""
+
+    start: datetime
+    end: datetime
+    label: str
+    """The window's reason and what it covers (``model=… host=…``)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Comparison:
     metric: Metric
     hours: float
@@ -65,6 +77,9 @@ class Comparison:
     bucket_s: int
     lines: list[ComparedLine]
     events: list[ChartEvent] = field(default_factory=list)
+    maintenance: list[MaintenanceSpan] = field(default_factory=list)
+    maintenance_known: bool = True
+    """False when the alerter (which keeps the windows) did not answer: none could be drawn."""
 
 
 @dataclass(frozen=True, slots=True)

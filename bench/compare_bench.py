@@ -1,0 +1,163 @@
+"""Comparison chart benchmark (issue 11): a 7-day chart of 4 models from the rollups, server time.
+
+Not a test: it prints figures, each next to a baseline measured in the same run on the same
+tables. An embedded PostgreSQL holds what a 30-day retention keeps of 8 models probed every 2 s
+(3 prompts x 2 targets each): 2.07 M minute rollups, and the hourly rollups migration 0008 folds
+from them. Figures are the median of several runs after a warm-up (the shared machine is noisy).
+
+(a) the 7-day query as it was (``telemetry_minute``, bucket by ``floor(extract(epoch ...))``);
+(b) the same window from the minute rollups with ``date_bin`` (the fix without the new table);
+(c) ``TrendQueries.comparison`` as the page calls it now: 7 days from ``telemetry_hour``;
+(d) (c) plus the SVG the page draws: the server's work for the chart;
+(e) 24 h and 30 days as the page calls them (minute and hour rollups).
+
+Usage: ``python bench/compare_bench.py [--quick]`` (--quick: 7 days of history, 3 runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from llmscope.api.charts import ChartViews
+from llmscope.api.db import create_pool
+from llmscope.api.store import Store
+from llmscope.api.switches import ModelSwitchWriter
+from llmscope.api.trends import TrendQueries
+from llmscope.config.outbound import OutboundPolicy
+from llmscope.stack.embedded import EmbeddedPostgres
+from llmscope.stack.ports import free_port
+from llmscope.web.trend_svg import render_comparison
+from llmscope.web.trends import compare_bucket_s
+
+MODELS = 8
+COMPARED = [("ollama", f"model-{i}") for i in range(4)]
+BEFORE = """SELECT provider, model,
+           to_timestamp(floor(extract(epoch FROM minute) / $3) * $3) AS bucket,
+           sum(latency_n) AS n, sum(latency_logsum) AS ls, min(latency_min) AS lo, max(latency_max) AS hi
+    FROM telemetry_minute
+    WHERE minute >= $1 AND minute < $2
+      AND (provider, model) IN (SELECT * FROM unnest($4::text[], $5::text[]))
+    GROUP BY 1, 2, 3 HAVING sum(latency_n) > 0 ORDER BY 3"""
+MINUTES_DATE_BIN = """SELECT t.provider, t.model,
+           date_bin(make_interval(secs => $3), t.minute, 'epoch') AS bucket,
+           sum(latency_n) AS n, sum(latency_logsum) AS ls, min(latency_min) AS lo, max(latency_max) AS hi
+    FROM unnest($4::text[], $5::text[]) AS m(provider, model)
+    JOIN telemetry_minute t ON t.provider = m.provider AND t.model = m.model
+    WHERE t.minute >= $1 AND t.minute < $2
+    GROUP BY 1, 2, 3 HAVING sum(latency_n) > 0 ORDER BY 3"""
+
+
+async def seed(pool: asyncpg.Pool, days: int) -> int:
+    # 5 probes per minute per prompt and target: 30 a minute per model, one every 2 s.
+    await pool.execute(
+        """INSERT INTO telemetry_minute (provider, model, prompt_id, target, minute, n, n_ok,
+               latency_n, latency_min, latency_max, latency_sum, latency_logsum)
+           SELECT 'ollama', 'model-' || m, 'p' || p, 't' || tg,
+                  date_trunc('minute', now()) - make_interval(mins => i), 5, 5, 5,
+                  80 + m * 10, 140 + m * 10, 5 * (100 + m * 10), 5 * ln(100 + m * 10 + (i % 17))
+           FROM generate_series(0, $1 - 1) m, generate_series(0, 2) p, generate_series(0, 1) tg,
+                generate_series(0, $2 * 1440 - 1) i""",
+        MODELS,
+        days,
+    )
+    sql = (files("llmscope.api") / "migrations" / "0008_telemetry_hour.sql").read_text()
+    await pool.execute(sql[sql.index("INSERT INTO telemetry_hour") :])
+    await pool.execute("ANALYZE telemetry_minute; ANALYZE telemetry_hour")
+    return int(await pool.fetchval("SELECT count(*) FROM telemetry_minute"))
+
+
+async def timed(runs: int, call: Callable[[], Awaitable[Any]]) -> float:
+    await call()  # warm-up: plans and pages cached
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        await call()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def line(label: str, ms: float, base: float | None = None) -> None:
+    ratio = f"   {base / ms:5.1f}x faster than (a)" if base else ""
+    print(f"  {label:<58} {ms:8.1f} ms{ratio}")
+
+
+async def run(days: int, runs: int) -> None:
+    print(
+        f"== machine: {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, load {os.getloadavg()[0]:.1f}"
+    )
+    with tempfile.TemporaryDirectory(prefix="llmscope-bench-pg-") as tmp:
+        server = EmbeddedPostgres(Path(tmp) / "data", free_port())
+        server.start()
+        try:
+            pool = await create_pool(server.url(), min_size=1, max_size=2, statement_timeout_s=0)
+            try:
+                started = time.perf_counter()
+                rows = await seed(pool, days)
+                hours = await pool.fetchval("SELECT count(*) FROM telemetry_hour")
+                print(
+                    f"== {rows:,} minute rollups, {hours:,} hour rollups ({MODELS} models, {days} days), "
+                    f"seeded in {time.perf_counter() - started:.0f} s"
+                )
+                await measure(pool, runs)
+            finally:
+                await pool.close()
+        finally:
+            server.stop()
+
+
+async def measure(pool: asyncpg.Pool, runs: int) -> None:
+    store = Store(charts=ChartViews(), switches=ModelSwitchWriter(), outbound=OutboundPolicy(()))
+    store.attach(pool)
+    trends = TrendQueries(store)
+    end = datetime.now(UTC)
+    week_bucket = 2520  # 7 d / 240 buckets, as the page bucketed it before whole hours
+    args = (end - timedelta(days=7, seconds=week_bucket), end, week_bucket)
+    names = ([p for p, _ in COMPARED], [m for _, m in COMPARED])
+    print(f"== 7-day comparison of {len(COMPARED)} models, median of {runs} runs")
+    base = await timed(runs, lambda: pool.fetch(BEFORE, *args, *names))
+    line("(a) minute rollups, floor(extract(epoch)) (before)", base)
+    line(
+        "(b) minute rollups, date_bin",
+        await timed(runs, lambda: pool.fetch(MINUTES_DATE_BIN, *args, *names)),
+        base,
+    )
+    assert compare_bucket_s(168) == 3600
+    line(
+        "(c) TrendQueries.comparison: hour rollups",
+        await timed(runs, lambda: trends.comparison(COMPARED, "latency_ms", 168)),
+        base,
+    )
+
+    async def with_svg(hours: float) -> None:
+        render_comparison(await trends.comparison(COMPARED, "latency_ms", hours))
+
+    line("(d) (c) and its SVG: the chart's server time", await timed(runs, lambda: with_svg(168)), base)
+    print("== the page's other windows, with the SVG")
+    line("(e) 24 h (6-minute buckets, minute rollups)", await timed(runs, lambda: with_svg(24)))
+    line("(e) 30 days (3-hour buckets, hour rollups)", await timed(runs, lambda: with_svg(720)))
+    store.attach(None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="7 days of history, 3 runs")
+    opts = parser.parse_args()
+    asyncio.run(run(days=7 if opts.quick else 30, runs=3 if opts.quick else 9))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Live updates: a violation published on the bus reaches a signed-in tab's event stream, on the
+real stack (uvicorn on a socket, nats-server, Postgres, the persister running)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+from nats.aio.client import Client as NATS
+
+from llmscope.api.runner import run_api
+from llmscope.api.settings import ApiSettings
+from llmscope.bus.publisher import Publisher
+from llmscope.proto import subjects
+from llmscope.web.auth import SESSION_COOKIE
+from tests.api.conftest import API_KEY
+from tests.api.factories import telemetry, violation
+
+# Generous: the machine may be at load 10; a healthy run takes milliseconds.
+WAIT_S = 30.0
+
+
+@dataclasses.dataclass
+class Frame:
+    event: str
+    data: str
+
+
+async def frames(lines: AsyncIterator[str]) -> AsyncIterator[Frame]:
+    """Server-sent events as a browser's EventSource reads them; a comment is a frame named
+    ``:`` (the stream's ``: connected`` says the tab is subscribed)."""
+    event, data = "message", list[str]()
+    async for line in lines:
+        if line.startswith(":"):
+            yield Frame(":", line[1:].strip())
+        elif not line:
+            if data:
+                yield Frame(event, "\n".join(data))
+            event, data = "message", list[str]()
+        elif line.startswith("event:"):
+            event = line.removeprefix("event:").strip()
+        elif line.startswith("data:"):
+            data.append(line.removeprefix("data:").strip())
+
+
+async def next_frame(stream: AsyncIterator[Frame], event: str) -> Frame:
+    async def find() -> Frame:
+        async for frame in stream:
+            if frame.event == event:
+                return frame
+        raise AssertionError(f"the stream ended before an {event!r} frame")
+
+    return await asyncio.wait_for(find(), WAIT_S)
+
+
+@contextlib.asynccontextmanager
+async def signed_in(url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=url, timeout=WAIT_S) as browser:
+        r = await browser.post("/login", data={"key": API_KEY, "next": "/"})
+        assert r.status_code == 303, r.text
+        assert SESSION_COOKIE in browser.cookies
+        yield browser
+
+
+async def test_a_published_violation_reaches_the_event_stream(settings: ApiSettings, nc: NATS) -> None:
+    served = dataclasses.replace(settings, host="127.0.0.1", port=0, persister=True)
+    point = telemetry(1, model="live-model")
+    info = violation(point, id="live-info", rule="R5", severity="info")
+    critical = violation(point, id="live-v1", rule="AVAILABILITY", severity="critical")
+    async with run_api(served) as url, signed_in(url) as browser:
+        page = await browser.get("/")
+        assert 'sse-connect="/events"' in page.text
+        assert "sse:status delay:1s" in page.text
+        assert (await browser.get("/static/htmx-ext-sse.min.js")).status_code == 200
+        async with httpx.AsyncClient(base_url=url) as anon:
+            assert (await anon.get("/events")).status_code == 303  # to the login, like any page
+            assert "sse-connect" not in (await anon.get("/status")).text
+
+        async with browser.stream("GET", "/events") as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            stream = frames(response.aiter_lines())
+            await next_frame(stream, ":")  # subscribed: what is published from now on arrives
+            publisher = Publisher(nc.jetstream())
+            for event in (info, critical):
+                await publisher.publish(subjects.violations(event.provider, event.model, event.rule), event)
+            first = await next_frame(stream, "violation-info")
+            assert json.loads(first.data)["id"] == "live-info"
+            seen = await next_frame(stream, "violation-critical")
+            assert json.loads(seen.data) == {
+                "id": "live-v1",
+                "episode_id": "live-v1",
+                "state": "open",
+                "provider": critical.provider,
+                "model": "live-model",
+                "rule": "AVAILABILITY",
+                "severity": "critical",
+                "ts": critical.ts.isoformat(),
+            }
+            status = await next_frame(stream, "status")
+            assert json.loads(status.data)["id"] == "live-v1"
+
+
+async def test_open_streams_end_when_the_api_stops(settings: ApiSettings) -> None:
+    """An open event stream must not hold the server's graceful shutdown (uvicorn waits for
+    every response to finish)."""
+    served = dataclasses.replace(settings, host="127.0.0.1", port=0)
+    server = run_api(served)
+    url = await server.__aenter__()
+    try:
+        async with signed_in(url) as browser, browser.stream("GET", "/events") as response:
+            stream = frames(response.aiter_lines())
+            await next_frame(stream, ":")
+            await asyncio.wait_for(server.__aexit__(None, None, None), WAIT_S)
+            with contextlib.suppress(httpx.RemoteProtocolError):
+                async for frame in stream:
+                    assert frame.event == ":", frame  # heartbeats at most, then the end
+    except BaseException:
+        await server.__aexit__(None, None, None)
+        raise
