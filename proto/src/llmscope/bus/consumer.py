@@ -334,7 +334,10 @@ class DurableConsumer(Generic[T]):
                 if tries == 1:
                     started = last_summary = last_progress = now
                     self.outages += 1
-                    await self._give_back_ahead()  # held for the outage, it would outlive ack_wait
+                    # Held through the outage it would outlive ack_wait. A failed nak (NATS away
+                    # too) is no handler failure: the server redelivers after ack_wait.
+                    with contextlib.suppress(Exception):
+                        await self._give_back_ahead()
                     self._log.warning(
                         "store unavailable; holding the batch", batch=len(deliveries), error=error
                     )
