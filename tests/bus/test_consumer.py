@@ -444,3 +444,20 @@ def test_prefetch_needs_explicit_acks() -> None:
                 options=ConsumerOptions(prefetch=True, ack_all=True),
             ).run(asyncio.Event())
         )
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "$JS.ACK.TELEMETRY.persister.3.1234567.99.1733470000123456789.42",
+        "$JS.ACK.hub.ACCHASH.TELEMETRY.persister.3.1234567.99.1733470000123456789.42.rand",
+    ],
+)
+def test_a_delivery_position_is_read_as_nats_py_reads_it(reply: str) -> None:
+    from nats.aio.msg import Msg
+
+    from llmscope.bus.consumer import _position
+
+    meta = Msg(_client=None, subject="s", reply=reply, data=b"").metadata  # type: ignore[arg-type]
+    msg = Msg(_client=None, subject="s", reply=reply, data=b"")  # type: ignore[arg-type]
+    assert _position(msg) == (meta.sequence.stream, meta.num_delivered) == (1234567, 3)

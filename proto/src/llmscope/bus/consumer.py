@@ -68,6 +68,17 @@ class Delivery(Generic[T]):
     msg: Msg = field(repr=False, compare=False)
 
 
+def _position(msg: Msg) -> tuple[int, int]:
+    """(stream sequence, times delivered), read from the ack subject without nats-py's
+    ``Metadata`` (a datetime and three objects per message: ~3 µs, an eighth of the adapter's cost)."""
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>
+        return int(tokens[5]), int(tokens[4])
+    meta = msg.metadata  # the form with a domain and account hash, or anything unexpected
+    return meta.sequence.stream, meta.num_delivered
+
+
 BatchHandler = Callable[[Sequence[Delivery[T]]], Awaitable[Mapping[int, str] | None]]
 """Handles a batch; returns {index in batch: reason} for messages it rejects, or None."""
 
@@ -273,13 +284,13 @@ class DurableConsumer(Generic[T]):
     async def process(self, msgs: Sequence[Msg]) -> None:
         deliveries: list[Delivery[T]] = []
         for msg in msgs:
-            meta = msg.metadata
+            stream_seq, delivered = _position(msg)
             try:
                 event = self._decode(msg.data)
             except (DecodeError, ValueError) as exc:
-                await self._reject(msg, f"malformed message: {exc}", meta.sequence.stream)
+                await self._reject(msg, f"malformed message: {exc}", stream_seq)
                 continue
-            deliveries.append(Delivery(event, msg.subject, meta.sequence.stream, meta.num_delivered, msg))
+            deliveries.append(Delivery(event, msg.subject, stream_seq, delivered, msg))
         if not deliveries:
             return
         try:
