@@ -10,12 +10,20 @@ storage) and an embedded PostgreSQL (fsync on).
 (b) a 1000-event ``POST /api/stats`` list's publishing: ``Publisher.publish_many`` (pipelined,
     acks awaited together) against ``Publisher.publish`` per event (the old path), and bare
     ``publish_async`` as the ceiling.
-(c) the persister's ``store_telemetry``: one-event batches as array parameters against the
-    temporary table + COPY of before; 500-event batches against a bare ``copy_records_to_table``
-    into the same table and indexes (the ceiling).
+(c) the persister's ``store_telemetry``: one-event batches as one statement of array parameters
+    against the large batches' path (COPY, then the aggregates' statement), which is why small
+    batches take the other; 500-event batches against a bare ``copy_records_to_table`` into the
+    same table and indexes (the ceiling).
 (d) the consumer adapter with a no-op handler: one AckAll per batch against an ack per message.
+(e) the persister draining a backlog: the API's ``Persister`` (its telemetry consumer with its
+    default options: 500-event batches, the next batch pulled while one is written, each message
+    acked after its batch's COMMIT) takes N events from JetStream into Postgres; the ceiling is
+    the same number of events written with bare ``copy_records_to_table`` in 500-row
+    transactions into the same table and indexes. Rounds alternate copy and drain, and
+    asyncio's event loop and uvloop's (each round a fresh loop), so both ratios come from
+    interleaved measurements: drain / COPY on each loop, and uvloop / asyncio for each.
 
-Usage: ``python bench/ingest_bench.py [--quick]``.
+Usage: ``python bench/ingest_bench.py [--quick] [--only e]``.
 """
 
 from __future__ import annotations
@@ -29,13 +37,15 @@ import platform
 import random
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import httpx
 import nats
+import psutil
 from fastapi import Depends, FastAPI, HTTPException, Request
 from nats.js import JetStreamContext
 
@@ -49,6 +59,7 @@ from llmscope.bus.deadletter import DeadLetters
 from llmscope.bus.publisher import Publisher
 from llmscope.bus.settings import BusSettings
 from llmscope.bus.streams import ensure_streams
+from llmscope.config import eventloop
 from llmscope.config.env import Secret
 from llmscope.proto import codec, subjects
 from llmscope.proto.telemetry import TelemetryEvent
@@ -76,7 +87,7 @@ def print_machine() -> None:
         f"{d} {importlib.metadata.version(d)}" for d in ("nats-py", "asyncpg", "msgspec", "fastapi")
     )
     print(f"versions     {versions}")
-    print("event loop   asyncio")
+    print("event loop   asyncio; section (e) alternates asyncio and uvloop")
 
 
 def line(label: str, value: float, baseline: float | None = None, note: str = "") -> None:
@@ -278,14 +289,14 @@ async def _storing(pool: asyncpg.Pool, n_single: int, n_bulk: int) -> None:
             for ev in batch:
                 await persister.store_telemetry(conn, [ev])
 
-    persister.COPY_MIN_ROWS = 1  # every batch through the temporary table, as before
+    persister.COPY_MIN_ROWS = 1  # every batch through the large batches' path (COPY)
     try:
         base = await timed(n_single, lambda: one_by_one(singles[:n_single]))
     finally:
         persister.COPY_MIN_ROWS = copy_min
-    line("1-event batches, temp table + COPY (before)", base)
+    line("1-event batches, the large batches' path (COPY + aggregates)", base)
     line(
-        "1-event batches, array parameters (issue 13)",
+        "1-event batches, one statement of array parameters",
         await timed(n_single, lambda: one_by_one(singles[n_single:])),
         base,
     )
@@ -317,15 +328,246 @@ async def _storing(pool: asyncpg.Pool, n_single: int, n_bulk: int) -> None:
     )
 
 
+# -- (e) ------------------------------------------------------------------------------------
+
+
+Cpu = Callable[[], dict[int, float]]
+
+
+def process_cpu(pid: int, tree: bool = False) -> Cpu:
+    """CPU seconds of a process (and its children: Postgres's backends), by pid."""
+
+    def read() -> dict[int, float]:
+        out: dict[int, float] = {}
+        with contextlib.suppress(psutil.NoSuchProcess):
+            root = psutil.Process(pid)
+            for p in [root, *(root.children(recursive=True) if tree else [])]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    t = p.cpu_times()
+                    out[p.pid] = t.user + t.system
+        return out
+
+    return read
+
+
+def cpu_between(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(t - before.get(pid, 0.0) for pid, t in after.items())
+
+
+@dataclass
+class Round:
+    copy_rate: float
+    consume_rate: float
+    """The persister's consumer (same options) with a handler that stores nothing."""
+    drain_rate: float
+    copy_cpu: dict[str, float]
+    """CPU per event, µs, of each process: this one (the client), Postgres, nats-server."""
+    drain_cpu: dict[str, float]
+
+    @property
+    def copy_cpu_us(self) -> float:
+        return sum(self.copy_cpu.values())
+
+    @property
+    def drain_cpu_us(self) -> float:
+        return sum(self.drain_cpu.values())
+
+
+Cpus = dict[str, Cpu]
+
+
+def snapshot(parts: Cpus) -> dict[str, dict[int, float]]:
+    return {name: read() for name, read in parts.items()}
+
+
+def per_event(before: dict[str, dict[int, float]], parts: Cpus, n: int) -> dict[str, float]:
+    after = snapshot(parts)
+    return {name: 1e6 * cpu_between(before[name], after[name]) / n for name in parts}
+
+
+async def _consume_backlog(js: JetStreamContext, n: int, durable: str) -> float:
+    """The persister's consumer options, a handler that does nothing: the NATS client's share."""
+    seen = 0
+    done = asyncio.Event()
+
+    async def nothing(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        nonlocal seen
+        seen += len(batch)
+        if seen >= n:
+            done.set()
+
+    consumer = DurableConsumer[TelemetryEvent](
+        js=js,
+        stream=subjects.STREAM_TELEMETRY,
+        durable=durable,
+        filter_subjects=[subjects.TELEMETRY_ALL],
+        decode=lambda b: codec.decode_as(b, TelemetryEvent),
+        handler=nothing,
+        dead_letters=DeadLetters(Publisher(js), "bench"),
+        options=persister.persister_consumer_options(),
+    )
+    stop = asyncio.Event()
+    t0 = time.perf_counter()
+    task = asyncio.create_task(consumer.run(stop))
+    await asyncio.wait_for(done.wait(), 600)
+    rate = n / (time.perf_counter() - t0)
+    stop.set()
+    await task
+    return rate
+
+
+async def _drain_round(nats_url: str, dsn: str, n: int, seed: int, cpu: Cpus) -> Round:
+    """One round on the running loop: bare COPY of n events, then the persister draining n others."""
+    nc = await nats.connect(nats_url)
+    pool = await create_pool(dsn, min_size=2, max_size=4)
+    try:
+        js = nc.jetstream()
+        await js.purge_stream(subjects.STREAM_TELEMETRY)
+        backlog = events(n, seed=seed)
+        publisher = Publisher(js)
+        for start in range(0, n, 1000):
+            await publisher.publish_many(
+                [(subjects.telemetry(e.provider, e.model), e) for e in backlog[start : start + 1000]]
+            )
+        copied = events(n, seed=seed + 1)
+
+        async def bare_copy() -> None:
+            async with pool.acquire() as conn:
+                for start in range(0, n, 500):
+                    async with conn.transaction():
+                        await conn.copy_records_to_table(
+                            "telemetry",
+                            records=[persister.telemetry_record(e) for e in copied[start : start + 500]],
+                            columns=persister.TELEMETRY_COLUMNS,
+                        )
+
+        c0 = snapshot(cpu)
+        copy_rate = await timed(n, bare_copy)
+        copy_cpu = per_event(c0, cpu, n)
+
+        consume_rate = await _consume_backlog(js, n, f"bench-noop-{seed}")
+
+        p = persister.Persister(pool=pool, js=js, publisher=publisher, durable_prefix=f"bench-{seed}")
+        stored = 0
+        done = asyncio.Event()
+        on_telemetry = p.on_telemetry
+
+        async def counting(batch: Sequence[Delivery[TelemetryEvent]]) -> Mapping[int, str]:
+            nonlocal stored
+            rejected = await on_telemetry(batch)
+            stored += len(batch)  # committed; the consumer acks them as this returns
+            if stored >= n:
+                done.set()
+            return rejected
+
+        p.telemetry._handler = counting
+        stop = asyncio.Event()
+        c0 = snapshot(cpu)
+        t0 = time.perf_counter()
+        task = asyncio.create_task(p.telemetry.run(stop))
+        await asyncio.wait_for(done.wait(), 600)
+        drain_rate = n / (time.perf_counter() - t0)
+        drain_cpu = per_event(c0, cpu, n)
+        stop.set()
+        await task
+        return Round(copy_rate, consume_rate, drain_rate, copy_cpu, drain_cpu)
+    finally:
+        await pool.close()
+        await nc.close()
+
+
+def draining(n: int, rounds: int, loops: Sequence[eventloop.LoopName]) -> None:
+    print(
+        f"\n== (e) persister draining {n:,} stored events into Postgres (fsync on), {rounds} rounds per"
+        " loop; CPU is this process + Postgres + nats-server"
+    )
+    results: dict[str, list[Round]] = {loop: [] for loop in loops}
+    with tempfile.TemporaryDirectory(prefix="llmscope-bench-drain-") as tmp:
+        nats_server = EmbeddedNats(Path(tmp) / "nats", free_port())
+        nats_url = nats_server.start()
+        pg = EmbeddedPostgres(Path(tmp) / "pg", free_port())
+        pg.start()
+        try:
+            assert nats_server._proc is not None
+            cpu: Cpus = {
+                "client": process_cpu(os.getpid()),
+                "postgres": process_cpu(
+                    int((pg.data_dir / "postmaster.pid").read_text().split()[0]), tree=True
+                ),
+                "nats-server": process_cpu(nats_server._proc.pid),
+            }
+
+            async def setup() -> None:
+                nc = await nats.connect(nats_url)
+                await ensure_streams(nc.jetstream(), BusSettings())
+                await nc.close()
+
+            asyncio.run(setup())
+            seed = 10_000
+            for _ in range(rounds):
+                for loop in loops:  # interleaved: the machine's load changes under a long run
+                    seed += 2
+                    results[loop].append(eventloop.run(_drain_round(nats_url, pg.url(), n, seed, cpu), loop))
+        finally:
+            pg.stop()
+            nats_server.stop()
+    for loop in loops:
+        rs = results[loop]
+        top = max(r.copy_rate for r in rs)
+        line(f"bare copy_records_to_table, 500-row transactions ({loop})", top)
+        line(f"persister drain: pull, store, ack after COMMIT ({loop})", max(r.drain_rate for r in rs), top)
+        consume = max(r.consume_rate for r in rs)
+        line(f"  its consumer alone, storing nothing ({loop})", consume)
+        line("  persister drain against its consumer alone", max(r.drain_rate for r in rs), consume)
+        c = min(rs, key=lambda r: r.copy_cpu_us)
+        d = min(rs, key=lambda r: r.drain_cpu_us)
+
+        def parts(cpu: dict[str, float]) -> str:
+            return ", ".join(f"{name} {us:.0f}" for name, us in cpu.items())
+
+        print(
+            f"  CPU µs per event, least of {len(rs)}: COPY {c.copy_cpu_us:.0f} ({parts(c.copy_cpu)}),"
+            f" persister {d.drain_cpu_us:.0f} ({parts(d.drain_cpu)})"
+            f" = {c.copy_cpu_us / d.drain_cpu_us:.2f} x COPY's events per CPU second"
+        )
+    if len(loops) == 2:
+        a, b = loops
+
+        def best(loop: str, f: Callable[[Round], float]) -> float:
+            return max(f(r) for r in results[loop])
+
+        drain = best(b, lambda r: r.drain_rate) / best(a, lambda r: r.drain_rate)
+        cpu_ratio = min(r.drain_cpu_us for r in results[a]) / min(r.drain_cpu_us for r in results[b])
+        copy = best(b, lambda r: r.copy_rate) / best(a, lambda r: r.copy_rate)
+        print(
+            f"{b} / {a}: persister drain {drain:.2f} x the rate, {cpu_ratio:.2f} x the events per CPU"
+            f" second; bare COPY {copy:.2f} x (interleaved rounds)"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="small samples: a smoke run, rough figures")
+    parser.add_argument("--only", default="abcde", help="sections to run (default abcde)")
+    parser.add_argument(
+        "--loops", default="asyncio,uvloop", help="event loops (e) alternates (default asyncio,uvloop)"
+    )
     args = parser.parse_args(argv)
+    loops: list[eventloop.LoopName] = []
+    for loop in args.loops.split(","):
+        if loop not in ("asyncio", "uvloop"):
+            parser.error(f"--loops: unknown loop {loop!r}")
+        loops.append("uvloop" if loop == "uvloop" else "asyncio")
     print_machine()
     quick = args.quick
-    asyncio.run(auth_dependency(300 if quick else 3000))
-    asyncio.run(through_nats(3000 if quick else 30_000, 20_000 if quick else 100_000))
-    asyncio.run(storing(100 if quick else 500, 5000 if quick else 50_000))
+    if "a" in args.only:
+        asyncio.run(auth_dependency(300 if quick else 3000))
+    if "b" in args.only or "d" in args.only:
+        asyncio.run(through_nats(3000 if quick else 30_000, 20_000 if quick else 100_000))
+    if "c" in args.only:
+        asyncio.run(storing(100 if quick else 500, 5000 if quick else 50_000))
+    if "e" in args.only:
+        draining(5000 if quick else 20_000, 1 if quick else 3, loops)
     return 0
 
 

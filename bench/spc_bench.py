@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -280,6 +280,8 @@ class NatsFigures:
     adapter: float = 0.0
     service: float = 0.0
     service_published: int = 0
+    cpu_us: dict[str, float] = field(default_factory=dict)
+    """CPU of this process per event, µs, by path: robust where the wall clock is shared."""
 
 
 async def _publish(
@@ -472,10 +474,22 @@ async def _through_nats(url: str, events: Sequence[TelemetryEvent], payloads: Se
         figures.publish = await _publish(js, events, payloads)
     finally:
         await nc.close()
+    cpu = time.process_time()
+
+    def took(path: str) -> None:
+        nonlocal cpu
+        now = time.process_time()
+        figures.cpu_us[path] = 1e6 * (now - cpu) / n
+        cpu = now
+
     figures.raw_fetch = await _raw_fetch(url, n)
+    took("raw")
     figures.raw_by_hand = await _raw_by_hand(url, n)
+    took("by hand")
     figures.adapter = await _adapter(url, n)
+    took("adapter")
     figures.service, figures.service_published = await _service(url, n)
+    took("service")
     return figures
 
 
@@ -523,6 +537,17 @@ def through_nats(
     )
     line("  the same, against the chart code alone (a)", f"{f.service / chart_rate:16.2f}", "x chart alone")
     line("violation events the service published", f"{f.service_published:>16,}")
+    cpu = f.cpu_us
+    print(
+        "   CPU of this process per event (includes the service's start: leases, KV reads):"
+        f" raw {cpu['raw']:.0f} µs, by hand {cpu['by hand']:.0f} µs, adapter {cpu['adapter']:.0f} µs,"
+        f" service {cpu['service']:.0f} µs"
+    )
+    line(
+        "SPC service, events per CPU second against raw",
+        f"{cpu['raw'] / cpu['service']:16.2f}",
+        "x raw (less sensitive to a shared machine than the rates)",
+    )
 
 
 # --------------------------------------------------------------------------------------------

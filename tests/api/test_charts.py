@@ -306,18 +306,22 @@ async def test_rollups_keep_targets_apart(api: Api) -> None:
     assert (got["near"]["failed_probes"], got["far"]["failed_probes"]) == (0, 4)
 
 
-async def test_the_day_chart_reads_its_record_once_and_draws_the_newest_marks(
+async def test_the_day_chart_reads_its_record_once_and_draws_the_most_severe_then_newest_marks(
     api: Api, js: JetStreamContext, nats_url: str
 ) -> None:
     events = probes(5)
     async with running_engine(nats_url):
         await feed(api, js, events)
         await wait_progress(api, events[0], 5, "collecting")
-    # 1,050 marks over the last 21 minutes, more than the chart draws (1,000): the newest are drawn.
+    # 1,050 marks over the last 21 minutes, more than the chart draws (1,000): the most severe (the
+    # 30 oldest are critical) and then the newest are drawn.
     now = datetime.now(UTC)
     marks = [
         violation(
-            events[0], id=f"mark-{i:04d}", ts=now - timedelta(seconds=1.2 * (1050 - i)), severity="warning"
+            events[0],
+            id=f"mark-{i:04d}",
+            ts=now - timedelta(seconds=1.2 * (1050 - i)),
+            severity="critical" if i < 30 else "warning",
         )
         for i in range(1050)
     ]
@@ -347,4 +351,5 @@ async def test_the_day_chart_reads_its_record_once_and_draws_the_newest_marks(
     assert day["phase"] == "collecting"  # the record read once still feeds the view
     ids = [v["id"] for v in day["violations"]]
     assert len(ids) == 1000
-    assert ids == [f"mark-{i:04d}" for i in range(50, 1050)]  # the newest, in time order
+    # The criticals, then the newest warnings, in time order.
+    assert ids == [f"mark-{i:04d}" for i in [*range(30), *range(80, 1050)]]

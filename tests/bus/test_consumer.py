@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pytest
 from nats.js import JetStreamContext
@@ -18,6 +20,7 @@ from llmscope.bus.streams import DEFAULT_TELEMETRY_PARTITIONS, telemetry_partiti
 from llmscope.proto import codec, subjects
 from llmscope.proto.deadletter import DeadLetterEvent
 from llmscope.proto.telemetry import TelemetryEvent
+from tests.alerter.harness import eventually
 from tests.proto.test_codec import telemetry
 
 SUBJECT = subjects.telemetry("ollama", "llama3.1:8b")
@@ -324,3 +327,139 @@ async def test_fill_wait_gathers_the_burst_behind_the_first_message(js: JetStrea
         stop.set()
         await asyncio.wait_for(task, 10)
     assert sizes == [5]
+
+
+async def _in_hand(js: JetStreamContext, durable: str = "test") -> int:
+    """Messages the server has delivered to the durable and not yet seen acked."""
+    info = await js.consumer_info(subjects.STREAM_TELEMETRY, durable)
+    return info.num_ack_pending or 0
+
+
+async def test_prefetch_pulls_the_next_batch_while_one_is_handled_and_acks_each_after_its_own(
+    js: JetStreamContext,
+) -> None:
+    events = [telemetry() for _ in range(30)]
+    await Publisher(js).publish_many([(SUBJECT, e) for e in events])
+    seen: list[str] = []
+    in_hand_while_first: list[int] = []
+    done = asyncio.Event()
+
+    async def handler(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        if not seen:
+            # The next 10 are fetched (delivered, unacked) while this batch is in the handler.
+            await eventually(lambda: _in_hand_is(js, 20), within=10, what="the next batch fetched")
+            in_hand_while_first.append(await _in_hand(js))
+        seen.extend(d.event.id for d in batch)
+        if len(seen) == len(events):
+            done.set()
+
+    options = ConsumerOptions(batch_size=10, fetch_timeout=0.2, prefetch=True)
+    await run_until(make_consumer(js, handler, options), done)
+    assert seen == [e.id for e in events]  # in order, each once
+    assert in_hand_while_first == [20]
+    await eventually(lambda: _all_acked(js), within=10, what="every message acked")
+
+
+async def _all_acked(js: JetStreamContext) -> bool:
+    info = await js.consumer_info(subjects.STREAM_TELEMETRY, "test")
+    return (info.num_ack_pending or 0) == 0 and (info.num_pending or 0) == 0
+
+
+def _options(**overrides: Any) -> ConsumerOptions:
+    """Prefetch, and an ack wait far longer than the test waits: only a nak frees a message."""
+    return dataclasses.replace(
+        ConsumerOptions(batch_size=10, fetch_timeout=0.2, prefetch=True, ack_wait=60), **overrides
+    )
+
+
+async def test_an_outage_gives_back_the_batch_fetched_ahead_at_once(js: JetStreamContext) -> None:
+    """Held through an outage, a prefetched batch would wait out ack_wait before another
+    replica could store it: it is nak'd when the outage begins, and another replica takes it."""
+    events = [telemetry() for _ in range(30)]
+    await Publisher(js).publish_many([(SUBJECT, e) for e in events])
+    first_batch = asyncio.Event()
+    stop = asyncio.Event()
+
+    async def down(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        first_batch.set()
+        raise ConnectionRefusedError("store down")
+
+    options = _options(backoff=(0.05,), transient=lambda exc: isinstance(exc, ConnectionRefusedError))
+    held = asyncio.create_task(make_consumer(js, down, options).run(stop))
+    other_seen: list[str] = []
+
+    async def other(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        other_seen.extend(d.event.id for d in batch)
+
+    try:
+        await asyncio.wait_for(first_batch.wait(), 10)
+        # Another replica on the same durable consumer, while the first holds its batch.
+        replica = asyncio.create_task(make_consumer(js, other, _options()).run(stop))
+        await eventually(lambda: len(other_seen) == 20, within=10, what="the other replica's 20")
+        assert set(other_seen) == {e.id for e in events[10:]}
+    finally:
+        stop.set()
+        await asyncio.wait_for(held, 10)
+        await asyncio.wait_for(replica, 10)
+
+
+async def test_a_stop_gives_back_the_batch_fetched_ahead_at_once(js: JetStreamContext) -> None:
+    events = [telemetry() for _ in range(30)]
+    await Publisher(js).publish_many([(SUBJECT, e) for e in events])
+    stop = asyncio.Event()
+    stored: list[str] = []
+
+    async def slow(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        await eventually(lambda: _in_hand_is(js, 20), within=10, what="the next batch fetched")
+        stop.set()  # stopping with a batch fetched ahead
+        stored.extend(d.event.id for d in batch)
+
+    await asyncio.wait_for(make_consumer(js, slow, _options()).run(stop), 10)
+    assert stored == [e.id for e in events[:10]]
+    rest: list[str] = []
+    done = asyncio.Event()
+
+    async def after(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        rest.extend(d.event.id for d in batch)
+        if len(rest) >= 20:
+            done.set()
+
+    await run_until(make_consumer(js, after, _options(prefetch=False)), done, 10)
+    assert sorted(rest) == sorted(e.id for e in events[10:])
+
+
+async def _in_hand_is(js: JetStreamContext, n: int) -> bool:
+    return await _in_hand(js) == n
+
+
+def test_prefetch_needs_explicit_acks() -> None:
+    with pytest.raises(ValueError, match="explicit acks"):
+        asyncio.run(
+            DurableConsumer[TelemetryEvent](
+                js=None,  # type: ignore[arg-type]
+                stream=subjects.STREAM_TELEMETRY,
+                durable="x",
+                filter_subjects=[SUBJECT],
+                decode=decode,
+                handler=lambda batch: asyncio.sleep(0),
+                dead_letters=None,  # type: ignore[arg-type]
+                options=ConsumerOptions(prefetch=True, ack_all=True),
+            ).run(asyncio.Event())
+        )
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "$JS.ACK.TELEMETRY.persister.3.1234567.99.1733470000123456789.42",
+        "$JS.ACK.hub.ACCHASH.TELEMETRY.persister.3.1234567.99.1733470000123456789.42.rand",
+    ],
+)
+def test_a_delivery_position_is_read_as_nats_py_reads_it(reply: str) -> None:
+    from nats.aio.msg import Msg
+
+    from llmscope.bus.consumer import _position
+
+    meta = Msg(_client=None, subject="s", reply=reply, data=b"").metadata  # type: ignore[arg-type]
+    msg = Msg(_client=None, subject="s", reply=reply, data=b"")  # type: ignore[arg-type]
+    assert _position(msg) == (meta.sequence.stream, meta.num_delivered) == (1234567, 3)

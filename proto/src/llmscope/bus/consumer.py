@@ -27,7 +27,9 @@ checkpoint of its owner after a failure (the SPC engine's partitions): a handler
 batch and ends :meth:`DurableConsumer.run` with the error, so nothing after a nak'd message is
 ever acked past it. ``ConsumerOptions.fill_wait`` lets an idle consumer that just woke for a
 message wait that long for the burst behind it, so the handler gets batches instead of single
-messages when traffic allows.
+messages when traffic allows. ``ConsumerOptions.prefetch`` (explicit acks only) pulls the next
+batch while a full one is handled; a batch fetched ahead is nak'd when an outage begins or the
+consumer stops, so it never waits out ``ack_wait`` in a process that is not using it.
 """
 
 from __future__ import annotations
@@ -66,6 +68,17 @@ class Delivery(Generic[T]):
     msg: Msg = field(repr=False, compare=False)
 
 
+def _position(msg: Msg) -> tuple[int, int]:
+    """(stream sequence, times delivered), read from the ack subject without nats-py's
+    ``Metadata`` (a datetime and three objects per message: ~3 µs, an eighth of the adapter's cost)."""
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>
+        return int(tokens[5]), int(tokens[4])
+    meta = msg.metadata  # the form with a domain and account hash, or anything unexpected
+    return meta.sequence.stream, meta.num_delivered
+
+
 BatchHandler = Callable[[Sequence[Delivery[T]]], Awaitable[Mapping[int, str] | None]]
 """Handles a batch; returns {index in batch: reason} for messages it rejects, or None."""
 
@@ -85,6 +98,8 @@ class ConsumerOptions:
     """One AckAll per batch instead of an ack per message; a handler failure ends ``run`` (see above)."""
     fill_wait: float = 0.0
     """After waking for one message, wait this long (s) before taking the rest of the batch."""
+    prefetch: bool = False
+    """While a full batch is handled, pull the next (explicit acks only; :meth:`DurableConsumer.run`)."""
 
 
 class PullRequests:
@@ -197,6 +212,7 @@ class DurableConsumer(Generic[T]):
         self.dead_lettered = 0
         self._failures: dict[int, int] = {}  # stream seq -> counted failures (with ``transient``)
         self._stop = asyncio.Event()
+        self._ahead: asyncio.Task[list[Msg]] | None = None
         self.outages = 0
         """Outages waited out (or being waited out) by this consumer: transient handler errors."""
         self.unavailable_tries = 0
@@ -218,37 +234,63 @@ class DurableConsumer(Generic[T]):
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until ``stop`` is set; the batch in hand is finished before returning."""
+        """Consume until ``stop`` is set; the batch in hand is finished before returning.
+
+        With ``ConsumerOptions.prefetch``, a full batch (a backlog) is handled while the next one
+        is pulled, so the client's parsing and decoding of the next batch overlap the handler's
+        wait on its store. Each message is still acked only after its own batch's handler
+        returned. Fetched-ahead messages are never left to the server's ack wait: they are nak'd
+        (redelivered at once) when an outage begins (:meth:`_handle`) and when the consumer stops.
+        """
         self._stop = stop
+        if self._opts.prefetch and self._opts.ack_all:
+            raise ValueError("prefetch needs explicit acks: an AckAll would ack the batch fetched ahead")
         await self._js.add_consumer(self._stream, config=self.consumer_config())
         # The JetStream context's own connection (nats-py's KeyValue and ObjectStore use it too).
         puller = PullRequests(self._js._nc, self._stream, self._durable)
         await puller.start()
         self._log.info("consuming", filters=",".join(self._filters))
+        opts = self._opts
         try:
             while not stop.is_set():
-                msgs = await puller.fetch(
-                    self._opts.batch_size, self._opts.fetch_timeout, self._opts.fill_wait
-                )
+                ahead, self._ahead = self._ahead, None
+                if ahead is not None:
+                    msgs = await ahead
+                else:
+                    msgs = await puller.fetch(opts.batch_size, opts.fetch_timeout, opts.fill_wait)
                 if msgs:
+                    if opts.prefetch and len(msgs) >= opts.batch_size:
+                        self._ahead = asyncio.create_task(
+                            puller.fetch(opts.batch_size, opts.fetch_timeout, opts.fill_wait)
+                        )
                     await self.process(msgs)
                 elif puller.status not in ("", "404", "408"):
                     # e.g. 409 consumer deleted: no busy loop while the server refuses.
                     self._log.warning("pull request refused", status=puller.status, reason=puller.description)
-                    await asyncio.sleep(self._opts.fetch_timeout)
+                    await asyncio.sleep(opts.fetch_timeout)
         finally:
+            with contextlib.suppress(Exception):
+                await self._give_back_ahead()
             await puller.stop()
+
+    async def _give_back_ahead(self) -> None:
+        """Nak the batch fetched ahead (if any), so the server redelivers it now, not after ack_wait."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return
+        for msg in await ahead:  # a no_wait pull, or at most a fetch_timeout long poll
+            await msg.nak()
 
     async def process(self, msgs: Sequence[Msg]) -> None:
         deliveries: list[Delivery[T]] = []
         for msg in msgs:
-            meta = msg.metadata
+            stream_seq, delivered = _position(msg)
             try:
                 event = self._decode(msg.data)
             except (DecodeError, ValueError) as exc:
-                await self._reject(msg, f"malformed message: {exc}", meta.sequence.stream)
+                await self._reject(msg, f"malformed message: {exc}", stream_seq)
                 continue
-            deliveries.append(Delivery(event, msg.subject, meta.sequence.stream, meta.num_delivered, msg))
+            deliveries.append(Delivery(event, msg.subject, stream_seq, delivered, msg))
         if not deliveries:
             return
         try:
@@ -303,6 +345,10 @@ class DurableConsumer(Generic[T]):
                 if tries == 1:
                     started = last_summary = last_progress = now
                     self.outages += 1
+                    # Held through the outage it would outlive ack_wait. A failed nak (NATS away
+                    # too) is no handler failure: the server redelivers after ack_wait.
+                    with contextlib.suppress(Exception):
+                        await self._give_back_ahead()
                     self._log.warning(
                         "store unavailable; holding the batch", batch=len(deliveries), error=error
                     )

@@ -3,7 +3,10 @@
 Each stream has a durable consumer; a batch is written in one transaction and acked only after
 COMMIT (the consumer acks when the handler returns). Writes are idempotent by event id, so a
 redelivered batch stores nothing twice, and the per-minute rollups count each probe once because
-they aggregate only the rows the insert actually added.
+they aggregate only the rows the insert actually added. A large batch of telemetry none of which
+is stored yet (the common case) is COPY'd straight into its table, its rollups computed here; one
+that COPY finds partly stored (a redelivery) is written again through a temporary table and
+``ON CONFLICT DO NOTHING``, the rollups then taken from the rows actually inserted.
 
 Postgres being down is never a reason to drop or dead-letter anything: the consumer holds its
 batch and retries with a capped backoff for as long as the outage lasts (one log line when it
@@ -19,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import operator
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
@@ -127,10 +132,18 @@ TELEMETRY_TYPES: dict[str, str] = {
 
 COPY_MIN_ROWS = 128
 """A batch this large goes through COPY into a temporary table; a smaller one is sent as one array
-parameter per column (the temporary table's CREATE and DROP cost ~10 ms, a one-event batch's
-insert ~1.5 ms)."""
+parameter per column (a statement of its own: one round trip, ~1.5 ms for one event)."""
 
-_UNNEST = "unnest({}) AS t({})".format(
+# Made once per connection and emptied at each COMMIT (a CREATE and DROP per transaction cost
+# ~10 ms, a fifth of a 500-event batch's write). Created inside the writing transaction, so it is
+# there whatever connection a pool (or a transaction-mode pgbouncer) hands out. ``ord`` is the
+# event's place in the batch: the later of two equal timestamps is the model's latest.
+CREATE_TELEMETRY_IN = (
+    "CREATE TEMP TABLE IF NOT EXISTS telemetry_in (LIKE telemetry INCLUDING DEFAULTS, ord integer)"
+    " ON COMMIT DELETE ROWS"
+)
+
+_UNNEST = "unnest({}) WITH ORDINALITY AS t({}, ord)".format(
     ", ".join(f"${i}::{TELEMETRY_TYPES[c]}[]" for i, c in enumerate(TELEMETRY_COLUMNS, 1)), _COLS
 )
 
@@ -156,11 +169,15 @@ def _metric_merge(prefix: str) -> str:
 
 _ROLLUP_COLS = ", ".join(f"{p}_n, {p}_min, {p}_max, {p}_sum, {p}_logsum" for p in ("latency", "ttft", "tps"))
 
-# One statement: insert the new rows, and fold exactly those rows into the minute and hour rollups.
-_INSERT_TELEMETRY = f"""
-WITH ins AS (
+# One statement, one round trip: insert the new rows and fold exactly those rows into the minute
+# rollups; widen each series' (and series target's) first/last seen; set each model's latest
+# state. Every upsert takes its rows in key order, so concurrent persisters lock in one order.
+_STORE_TELEMETRY = f"""
+WITH src AS MATERIALIZED (
+    SELECT {_COLS}, ord FROM {{source}}
+), ins AS (
     INSERT INTO telemetry ({_COLS})
-    SELECT DISTINCT ON (id) {_COLS} FROM {{source}} ORDER BY id
+    SELECT DISTINCT ON (id) {_COLS} FROM src ORDER BY id
     ON CONFLICT (id) DO NOTHING
     RETURNING provider, model, prompt_id, target, ts, status, latency_ms, ttft_ms, tokens_per_s
 ), roll AS (
@@ -185,41 +202,169 @@ WITH ins AS (
     ON CONFLICT (provider, model, hour) DO UPDATE SET
         n = m.n + EXCLUDED.n, n_ok = m.n_ok + EXCLUDED.n_ok,
         {_metric_merge("latency")}, {_metric_merge("ttft")}, {_metric_merge("tps")}
+), ser AS (
+    INSERT INTO series AS s (provider, model, prompt_id, first_seen, last_seen)
+    SELECT provider, model, prompt_id, min(ts), max(ts) FROM src GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (provider, model, prompt_id) DO UPDATE SET
+        first_seen = LEAST(s.first_seen, EXCLUDED.first_seen),
+        last_seen = GREATEST(s.last_seen, EXCLUDED.last_seen)
+), tgt AS (
+    INSERT INTO series_targets AS s (provider, model, prompt_id, target, first_seen, last_seen)
+    SELECT provider, model, prompt_id, target, min(ts), max(ts) FROM src
+    GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    ON CONFLICT (provider, model, prompt_id, target) DO UPDATE SET
+        first_seen = LEAST(s.first_seen, EXCLUDED.first_seen),
+        last_seen = GREATEST(s.last_seen, EXCLUDED.last_seen)
+), mdl AS (
+    INSERT INTO models AS m (provider, model, first_seen, last_seen, target, host, last_status,
+                             cpu_percent, memory_percent, gpu_percent, gpu_memory_percent)
+    SELECT l.provider, l.model, f.first_seen, l.ts, l.target, l.host, l.status,
+           l.cpu_percent, l.memory_percent, l.gpu_percent, l.gpu_memory_percent
+    FROM (SELECT DISTINCT ON (provider, model) * FROM src ORDER BY provider, model, ts DESC, ord DESC) AS l
+    JOIN (SELECT provider, model, min(ts) AS first_seen FROM src GROUP BY 1, 2) AS f
+      ON f.provider = l.provider AND f.model = l.model
+    ORDER BY l.provider, l.model
+    ON CONFLICT (provider, model) DO UPDATE SET
+        first_seen = LEAST(m.first_seen, EXCLUDED.first_seen),
+        last_seen = EXCLUDED.last_seen, target = EXCLUDED.target, host = EXCLUDED.host,
+        last_status = EXCLUDED.last_status, cpu_percent = EXCLUDED.cpu_percent,
+        memory_percent = EXCLUDED.memory_percent, gpu_percent = EXCLUDED.gpu_percent,
+        gpu_memory_percent = EXCLUDED.gpu_memory_percent, updated_at = now()
+    WHERE EXCLUDED.last_seen >= m.last_seen
 )
 SELECT count(*) FROM ins
 """
-INSERT_TELEMETRY = _INSERT_TELEMETRY.format(source="telemetry_in")
-INSERT_TELEMETRY_ARRAYS = _INSERT_TELEMETRY.format(source=_UNNEST)
+STORE_TELEMETRY = _STORE_TELEMETRY.format(source="telemetry_in")
+STORE_TELEMETRY_ARRAYS = _STORE_TELEMETRY.format(source=_UNNEST)
 
-UPSERT_SERIES = """
-INSERT INTO series (provider, model, prompt_id, first_seen, last_seen)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[])
-ON CONFLICT (provider, model, prompt_id) DO UPDATE SET
-    first_seen = LEAST(series.first_seen, EXCLUDED.first_seen),
-    last_seen = GREATEST(series.last_seen, EXCLUDED.last_seen)
-"""
+_ROLLUP_ARRAYS = ", ".join(
+    f"${i}::{t}[]"
+    for i, t in enumerate(
+        ["text"] * 4 + ["timestamptz", "integer", "integer"] + ["integer", *["double precision"] * 4] * 3, 1
+    )
+)
+_SERIES_ARRAYS = "$23::text[], $24::text[], $25::text[], $26::timestamptz[], $27::timestamptz[]"
+_TARGET_ARRAYS = "$28::text[], $29::text[], $30::text[], $31::text[], $32::timestamptz[], $33::timestamptz[]"
+_MODEL_ARRAYS = (
+    "$34::text[], $35::text[], $36::timestamptz[], $37::timestamptz[], $38::text[], $39::text[], "
+    "$40::text[], $41::real[], $42::real[], $43::real[], $44::real[]"
+)
 
-UPSERT_SERIES_TARGETS = """
-INSERT INTO series_targets (provider, model, prompt_id, target, first_seen, last_seen)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
-                     $6::timestamptz[])
-ON CONFLICT (provider, model, prompt_id, target) DO UPDATE SET
-    first_seen = LEAST(series_targets.first_seen, EXCLUDED.first_seen),
-    last_seen = GREATEST(series_targets.last_seen, EXCLUDED.last_seen)
-"""
+# Minute rollups folded into hours (what the hour table holds: every prompt and target pooled).
+_HOUR_FOLD = ", ".join(
+    f"sum({p}_n), min({p}_min), max({p}_max), sum({p}_sum), sum({p}_logsum)"
+    for p in ("latency", "ttft", "tps")
+)
 
-UPSERT_MODEL = """
-INSERT INTO models (provider, model, first_seen, last_seen, target, host, last_status,
-                    cpu_percent, memory_percent, gpu_percent, gpu_memory_percent)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+# After a COPY that stored every event of the batch (none was there yet): the rollups, series,
+# series targets and models of the batch, aggregated by :func:`_batch_aggregates`, in one
+# statement. Rows go in key order, as in STORE_TELEMETRY.
+UPSERT_AGGREGATES = f"""
+WITH mins AS MATERIALIZED (
+    SELECT * FROM unnest({_ROLLUP_ARRAYS})
+        AS u(provider, model, prompt_id, target, minute, n, n_ok, {_ROLLUP_COLS})
+), roll AS (
+    INSERT INTO telemetry_minute AS m (provider, model, prompt_id, target, minute, n, n_ok, {_ROLLUP_COLS})
+    SELECT * FROM mins
+    ON CONFLICT (provider, model, prompt_id, target, minute) DO UPDATE SET
+        n = m.n + EXCLUDED.n, n_ok = m.n_ok + EXCLUDED.n_ok,
+        {_metric_merge("latency")}, {_metric_merge("ttft")}, {_metric_merge("tps")}
+), roll_hour AS (
+    INSERT INTO telemetry_hour AS m (provider, model, hour, n, n_ok, {_ROLLUP_COLS})
+    SELECT provider, model, date_trunc('hour', minute), sum(n), sum(n_ok), {_HOUR_FOLD}
+    FROM mins GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (provider, model, hour) DO UPDATE SET
+        n = m.n + EXCLUDED.n, n_ok = m.n_ok + EXCLUDED.n_ok,
+        {_metric_merge("latency")}, {_metric_merge("ttft")}, {_metric_merge("tps")}
+), ser AS (
+    INSERT INTO series AS s (provider, model, prompt_id, first_seen, last_seen)
+    SELECT * FROM unnest({_SERIES_ARRAYS})
+    ON CONFLICT (provider, model, prompt_id) DO UPDATE SET
+        first_seen = LEAST(s.first_seen, EXCLUDED.first_seen),
+        last_seen = GREATEST(s.last_seen, EXCLUDED.last_seen)
+), tgt AS (
+    INSERT INTO series_targets AS s (provider, model, prompt_id, target, first_seen, last_seen)
+    SELECT * FROM unnest({_TARGET_ARRAYS})
+    ON CONFLICT (provider, model, prompt_id, target) DO UPDATE SET
+        first_seen = LEAST(s.first_seen, EXCLUDED.first_seen),
+        last_seen = GREATEST(s.last_seen, EXCLUDED.last_seen)
+)
+INSERT INTO models AS m (provider, model, first_seen, last_seen, target, host, last_status,
+                         cpu_percent, memory_percent, gpu_percent, gpu_memory_percent)
+SELECT * FROM unnest({_MODEL_ARRAYS})
 ON CONFLICT (provider, model) DO UPDATE SET
-    first_seen = LEAST(models.first_seen, EXCLUDED.first_seen),
+    first_seen = LEAST(m.first_seen, EXCLUDED.first_seen),
     last_seen = EXCLUDED.last_seen, target = EXCLUDED.target, host = EXCLUDED.host,
     last_status = EXCLUDED.last_status, cpu_percent = EXCLUDED.cpu_percent,
     memory_percent = EXCLUDED.memory_percent, gpu_percent = EXCLUDED.gpu_percent,
     gpu_memory_percent = EXCLUDED.gpu_memory_percent, updated_at = now()
-WHERE EXCLUDED.last_seen >= models.last_seen
+WHERE EXCLUDED.last_seen >= m.last_seen
 """
+
+_ROLLUP_METRICS = tuple(operator.attrgetter(c) for c in ("latency_ms", "ttft_ms", "tokens_per_s"))
+_ts = operator.attrgetter("ts")
+_LOG_FLOOR = math.log(1e-9)
+
+
+def _metric_rollup(values: list[float]) -> list[Any]:
+    """n, min, max, sum and sum of logs (floored at 1e-9), as STORE_TELEMETRY's aggregates."""
+    if not values:
+        return [0, None, None, 0.0, 0.0]
+    logs = [math.log(v) if v > 1e-9 else _LOG_FLOOR for v in values]
+    return [len(values), min(values), max(values), sum(values), sum(logs)]
+
+
+def _batch_aggregates(events: Sequence[TelemetryEvent]) -> list[list[Any]]:
+    """UPSERT_AGGREGATES's parameters: what STORE_TELEMETRY computes in SQL, for new events.
+    Events are grouped in one pass; the sums and extremes are taken by builtins, per group."""
+    minutes: dict[tuple[str, str, str, str, datetime], list[TelemetryEvent]] = {}
+    by_model: dict[tuple[str, str], list[TelemetryEvent]] = {}
+    for ev in events:
+        provider: str = ev.provider
+        key = (provider, ev.model, ev.prompt_id, ev.target, ev.ts.replace(second=0, microsecond=0))
+        group = minutes.get(key)
+        if group is None:
+            minutes[key] = [ev]
+        else:
+            group.append(ev)
+        group = by_model.get(key[:2])
+        if group is None:
+            by_model[key[:2]] = [ev]
+        else:
+            group.append(ev)
+    rollups: list[tuple[Any, ...]] = []
+    series: dict[tuple[Any, ...], list[datetime]] = {}
+    targets: dict[tuple[Any, ...], list[datetime]] = {}
+    for key in sorted(minutes):
+        group = minutes[key]
+        ok = [ev for ev in group if ev.status == "ok"]
+        row: list[Any] = [*key, len(group), len(ok)]
+        for metric in _ROLLUP_METRICS:
+            row += _metric_rollup([v for v in map(metric, ok) if v is not None])
+        rollups.append(tuple(row))
+        stamps = list(map(_ts, group))
+        lo, hi = min(stamps), max(stamps)
+        for spans, span_key in ((series, key[:3]), (targets, key[:4])):
+            span = spans.get(span_key)
+            if span is None:
+                spans[span_key] = [lo, hi]
+            else:
+                span[0], span[1] = min(span[0], lo), max(span[1], hi)
+    out: list[list[Any]] = [list(column) for column in zip(*rollups, strict=True)]
+    for spans, width in ((series, 3), (targets, 4)):
+        keys = sorted(spans)
+        out += ([k[i] for k in keys] for i in range(width))
+        out += ([spans[k][i] for k in keys] for i in range(2))
+    mkeys = sorted(by_model)
+    # The latest of a model's events; of two at the same time, the later in the batch.
+    latest = [max(reversed(by_model[k]), key=_ts) for k in mkeys]
+    out += ([k[i] for k in mkeys] for i in range(2))
+    out.append([min(map(_ts, by_model[k])) for k in mkeys])
+    for col in ("ts", "target", "host", "status", "cpu_percent", "memory_percent", "gpu_percent"):
+        out.append([getattr(ev, col) for ev in latest])
+    out.append([ev.gpu_memory_percent for ev in latest])
+    return out
+
 
 INSERT_VIOLATION = """
 INSERT INTO violations (
@@ -267,78 +412,47 @@ def refused_for_its_data(exc: BaseException) -> bool:
     return isinstance(state, str) and state[:2] in _DATA_ERROR_CLASSES
 
 
+_telemetry_values = operator.attrgetter(*TELEMETRY_COLUMNS)
+
+
 def telemetry_record(ev: TelemetryEvent) -> tuple[Any, ...]:
-    return tuple(getattr(ev, col) for col in TELEMETRY_COLUMNS)
+    values: tuple[Any, ...] = _telemetry_values(ev)  # one C call for the 35 columns
+    return values
 
 
 async def store_telemetry(conn: Conn, events: Sequence[TelemetryEvent]) -> int:
     """Store a batch in one transaction; returns how many were new."""
     if not events:
         return 0
-    series: dict[tuple[str, str, str], tuple[datetime, datetime]] = {}
-    targets: dict[tuple[str, str, str, str], tuple[datetime, datetime]] = {}
-    latest: dict[tuple[str, str], TelemetryEvent] = {}
-    first: dict[tuple[str, str], datetime] = {}
-    for ev in events:
-        key = (ev.provider, ev.model, ev.prompt_id)
-        lo, hi = series.get(key, (ev.ts, ev.ts))
-        series[key] = (min(lo, ev.ts), max(hi, ev.ts))
-        tkey = (*key, ev.target)
-        lo, hi = targets.get(tkey, (ev.ts, ev.ts))
-        targets[tkey] = (min(lo, ev.ts), max(hi, ev.ts))
-        mkey = (ev.provider, ev.model)
-        if mkey not in latest or ev.ts >= latest[mkey].ts:
-            latest[mkey] = ev
-        first[mkey] = min(first.get(mkey, ev.ts), ev.ts)
-    async with conn.transaction():
+    if len(events) < COPY_MIN_ROWS:
+        # One statement is its own transaction: no BEGIN and COMMIT round trips.
         records = [telemetry_record(ev) for ev in events]
-        inserted: int
-        if len(records) >= COPY_MIN_ROWS:
-            await conn.execute(
-                "CREATE TEMP TABLE telemetry_in (LIKE telemetry INCLUDING DEFAULTS) ON COMMIT DROP"
-            )
-            await conn.copy_records_to_table("telemetry_in", records=records, columns=TELEMETRY_COLUMNS)
-            inserted = await conn.fetchval(INSERT_TELEMETRY)
-        else:
-            inserted = await conn.fetchval(
-                INSERT_TELEMETRY_ARRAYS, *(list(c) for c in zip(*records, strict=True))
-            )
-        keys = sorted(series)
-        await conn.execute(
-            UPSERT_SERIES,
-            [k[0] for k in keys],
-            [k[1] for k in keys],
-            [k[2] for k in keys],
-            [series[k][0] for k in keys],
-            [series[k][1] for k in keys],
+        columns = [list(c) for c in zip(*records, strict=True)]
+        inserted: int = await conn.fetchval(STORE_TELEMETRY_ARRAYS, *columns)
+        return inserted
+    firsts: dict[str, TelemetryEvent] = {}
+    for ev in events:
+        firsts.setdefault(ev.id, ev)  # a duplicate inside the batch is the same event
+    unique = list(firsts.values())
+    records = [telemetry_record(ev) for ev in unique]
+    try:
+        # The common case, no event stored yet: COPY straight into the table (as fast as
+        # Postgres takes rows), the batch's aggregates computed here.
+        async with conn.transaction():
+            await conn.copy_records_to_table("telemetry", records=records, columns=TELEMETRY_COLUMNS)
+            await conn.execute(UPSERT_AGGREGATES, *_batch_aggregates(unique))
+        return len(unique)
+    except asyncpg.UniqueViolationError:
+        pass  # a redelivery (or another persister's copy): the rows not stored yet, and only those
+    async with conn.transaction():
+        await conn.execute(CREATE_TELEMETRY_IN)
+        await conn.copy_records_to_table(
+            "telemetry_in",
+            records=[(*r, i) for i, r in enumerate(records, 1)],
+            columns=(*TELEMETRY_COLUMNS, "ord"),
         )
-        tkeys = sorted(targets)
-        await conn.execute(
-            UPSERT_SERIES_TARGETS,
-            *([k[i] for k in tkeys] for i in range(4)),
-            [targets[k][0] for k in tkeys],
-            [targets[k][1] for k in tkeys],
-        )
-        await conn.executemany(
-            UPSERT_MODEL,
-            [
-                (
-                    p,
-                    m,
-                    first[(p, m)],
-                    ev.ts,
-                    ev.target,
-                    ev.host,
-                    ev.status,
-                    ev.cpu_percent,
-                    ev.memory_percent,
-                    ev.gpu_percent,
-                    ev.gpu_memory_percent,
-                )
-                for (p, m), ev in sorted(latest.items())
-            ],
-        )
-    return inserted
+        stored: int = await conn.fetchval(STORE_TELEMETRY)
+    return stored
 
 
 def violation_record(ev: ViolationEvent) -> tuple[Any, ...]:
@@ -448,8 +562,12 @@ def persister_consumer_options(**overrides: Any) -> ConsumerOptions:
     An idle persister that wakes for one event waits ``FILL_WAIT_S`` for the events behind it, so
     a trickle is written in batches (a transaction per event cost ~1.5 ms each). Acks stay one
     per message: several API processes may run a persister on the same durable consumer, and an
-    AckAll from one would ack what another has not committed yet."""
-    options = ConsumerOptions(batch_size=500, transient=postgres_unavailable, fill_wait=FILL_WAIT_S)
+    AckAll from one would ack what another has not committed yet. With a backlog, the next batch
+    is pulled while one is written (``prefetch``): the client's parsing of one batch overlaps
+    Postgres's work on the other."""
+    options = ConsumerOptions(
+        batch_size=500, transient=postgres_unavailable, fill_wait=FILL_WAIT_S, prefetch=True
+    )
     return replace(options, **overrides)
 
 

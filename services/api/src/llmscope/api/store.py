@@ -361,14 +361,17 @@ class Store:
                 start,
                 *targs,
             )
-            # The latest marks (a noisy chart has more than fit), of the severities asked for.
+            # A noisy chart has more marks than are drawn: the most severe, and of those the
+            # newest, of the severities asked for (never the oldest).
             sev = f"AND severity = ANY(${6 + len(targs)})" if query.severities else ""
             marks = await conn.fetch(
                 f"""SELECT * FROM (
                         SELECT id, ts, value, rule, severity, cleared_at FROM violations
                         WHERE provider = $1 AND model = $2 AND prompt_id = $3 AND metric = $4
                           AND ts >= $5 {tcond.format(6)} {sev}
-                        ORDER BY ts DESC LIMIT 1000) AS latest
+                        ORDER BY CASE severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END,
+                                 ts DESC
+                        LIMIT 1000) AS drawn
                     ORDER BY ts""",
                 *key,
                 query.metric,
