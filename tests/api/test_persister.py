@@ -126,6 +126,7 @@ def _mixed_batch(n: int) -> list[TelemetryEvent]:
 
 _AGGREGATE_TABLES = {
     "telemetry_minute": "provider, model, prompt_id, target, minute",
+    "telemetry_hour": "provider, model, hour",
     "series": "provider, model, prompt_id",
     "series_targets": "provider, model, prompt_id, target",
     "models": "provider, model",
@@ -166,6 +167,7 @@ async def test_every_write_path_keeps_the_same_rollups_series_and_models(pool: a
     assert seen[1] == seen[0]
     assert seen[2] == seen[0]
     assert await pool.fetchval("SELECT sum(n) FROM telemetry_minute") == len(events)
+    assert await pool.fetchval("SELECT sum(n) FROM telemetry_hour") == len(events)
     assert await pool.fetchval("SELECT count(DISTINCT target) FROM telemetry_minute") == 2
     assert len(seen[0]["telemetry_minute"]) > 10
     # The tie for m1's latest went to the later event of the batch (its host).
