@@ -22,6 +22,7 @@ from llmscope.api.settings import ApiSettings
 from llmscope.bus.settings import BusSettings
 from llmscope.config.env import Secret
 from llmscope.proto import codec, subjects
+from llmscope.proto.charts import chart_key, is_traffic_chart
 from llmscope.proto.traffic import TrafficMinuteEvent
 from llmscope.proto.violation import ViolationEvent
 from llmscope.spc_engine import service as spc
@@ -117,10 +118,50 @@ async def test_traffic_is_charted_per_minute_and_a_slowdown_pages_once(
         assert page.ts.timestamp() >= first + SLOW_FROM
         assert page.point_ids[-1] == next(m.id for m in minutes if m.ts == page.ts)
         assert page.limits.center < page.limits.ucl < page.value
-        # Requests are not charted one by one: no per-request chart of this traffic exists.
+        # Requests are not charted one by one: the only charts are the minutes' (no TTFT: the
+        # spans are not streamed).
         kv = await js.key_value(subjects.SPC_CHARTS_BUCKET)
         all_keys = await kv.keys()
-        assert [k for k in all_keys if not k.startswith("_")] == []
+        charts = [k for k in all_keys if not k.startswith("_")]
+        assert len(charts) == 3 and all(is_traffic_chart(k) for k in charts)
+
+        # The API lists them as it lists probe charts, armed, with the slow minutes above the limit.
+        key = chart_key("openai", "gpt-4o-mini", "checkout", "traffic:chat", LPT_P50)
+
+        async def every_minute_listed() -> bool:
+            r = await otlp_api.client.get("/api/charts", params={"target": "checkout", "metric": LPT_P50})
+            assert r.status_code == 200, r.text
+            return len(r.json()) == 1 and len(r.json()[0]["traffic"]["recent"]) == WINDOWS
+
+        await eventually(every_minute_listed, within=30, what="the chart record with every minute")
+        (listed,) = (
+            await otlp_api.client.get("/api/charts", params={"target": "checkout", "metric": LPT_P50})
+        ).json()
+        assert listed["key"] == key
+        assert (listed["view"]["phase"], listed["view"]["open_episodes"]) == ("armed", ["TRAFFIC"])
+        assert listed["traffic"]["service_name"] == "checkout"
+        recent = listed["traffic"]["recent"]
+        assert len(recent) == WINDOWS
+        assert all(p["value"] > p["ucl"] for p in recent[SLOW_FROM:])
+
+        # Re-baselined through the same action as a probe chart: the page clears at once.
+        r = await otlp_api.client.post(
+            f"/api/charts/{key}/rebaseline", json={"by": "ops", "reason": "the slower model is intended"}
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["cleared"] == 1
+
+        async def collecting() -> bool:
+            got = (await otlp_api.client.get(f"/api/charts/{key}")).json()
+            return bool(got["view"]["phase"] == "collecting")
+
+        await eventually(collecting, within=30, what="the re-baselined chart collecting again")
+        violations = [
+            codec.decode_as(d, ViolationEvent) for d in await stored(js, subjects.STREAM_VIOLATIONS)
+        ]
+        (cleared,) = [v for v in violations if v.state == "cleared"]
+        assert (cleared.episode_id, cleared.chart_key) == (page.episode_id, key)
+        all_keys = await kv.keys()
         # The minutes and their charts are in the snapshot the next owner would resume from.
         (key,) = [k for k in all_keys if k.startswith("_traffic.p") and k.count(".") == 2]
         snapshot = (await kv.get(key)).value or b""
