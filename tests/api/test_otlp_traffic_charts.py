@@ -13,6 +13,7 @@ import math
 import random
 import time
 from collections.abc import AsyncIterator
+from urllib.parse import urlencode
 
 import nats
 import pytest
@@ -32,6 +33,7 @@ from tests.alerter.harness import eventually
 from tests.api.conftest import Api, serve
 from tests.api.otlp_payloads import chat, export, span
 from tests.api.test_otlp_receiver import INGEST_KEY, PROTOBUF
+from tests.web.test_pages import HX, is_full_page, login
 
 WINDOWS, SLOW_FROM, PER_WINDOW = 14, 8, 8
 
@@ -123,7 +125,8 @@ async def test_traffic_is_charted_per_minute_and_a_slowdown_pages_once(
         kv = await js.key_value(subjects.SPC_CHARTS_BUCKET)
         all_keys = await kv.keys()
         charts = [k for k in all_keys if not k.startswith("_")]
-        assert len(charts) == 3 and all(is_traffic_chart(k) for k in charts)
+        assert len(charts) == 3
+        assert all(is_traffic_chart(k) for k in charts)
 
         # The API lists them as it lists probe charts, armed, with the slow minutes above the limit.
         key = chart_key("openai", "gpt-4o-mini", "checkout", "traffic:chat", LPT_P50)
@@ -144,6 +147,30 @@ async def test_traffic_is_charted_per_minute_and_a_slowdown_pages_once(
         assert len(recent) == WINDOWS
         assert all(p["value"] > p["ucl"] for p in recent[SLOW_FROM:])
 
+        # The dashboard: the traffic page lists the service's charts; a chart's page draws its
+        # minutes against each minute's own limit; with htmx, only the chart's fragment.
+        web = await login(otlp_api)
+        r = await web.get("/traffic")
+        assert r.status_code == 200, r.text
+        assert "checkout" in r.text
+        assert f"/traffic/chart?{urlencode({'chart': key})}" in r.text
+        page_url = f"/traffic/chart?{urlencode({'chart': key})}"
+        r = await web.get(page_url)
+        assert r.status_code == 200, r.text
+        assert is_full_page(r.text)
+        assert '<span class="badge traffic">traffic</span>' in r.text
+        assert "service checkout" in r.text
+        assert r.text.count('class="point out"') >= WINDOWS - SLOW_FROM
+        assert "UCL at n" in r.text
+        r = await web.get(page_url, headers={**HX, "HX-Target": "traffic-chart"})
+        assert r.status_code == 200
+        assert not is_full_page(r.text)
+        assert r.text.lstrip().startswith('<div id="traffic-chart"')
+        other = (
+            await web.get("/traffic/chart", params={"chart": "openai.gpt-4o-mini.x.p.latency_ms"})
+        ).status_code
+        assert other == 404
+
         # Re-baselined through the same action as a probe chart: the page clears at once.
         r = await otlp_api.client.post(
             f"/api/charts/{key}/rebaseline", json={"by": "ops", "reason": "the slower model is intended"}
@@ -156,6 +183,17 @@ async def test_traffic_is_charted_per_minute_and_a_slowdown_pages_once(
             return bool(got["view"]["phase"] == "collecting")
 
         await eventually(collecting, within=30, what="the re-baselined chart collecting again")
+        # And from the dashboard (the error rate chart: nothing open to clear).
+        errors_key = chart_key("openai", "gpt-4o-mini", "checkout", "traffic:chat", "traffic_error_rate")
+        r = await web.post(
+            "/traffic/rebaseline", data={"chart_key": errors_key, "by": "ana", "reason": "new rollout"}
+        )
+        assert r.status_code == 200, r.text
+        assert "Re-baselined: the chart collects a new baseline." in r.text
+        assert "collecting 0/6 minutes" in r.text
+        r = await web.post("/traffic/rebaseline", data={"chart_key": errors_key, "by": "ana"})
+        assert r.status_code == 422
+        assert "reason: required" in r.text
         violations = [
             codec.decode_as(d, ViolationEvent) for d in await stored(js, subjects.STREAM_VIOLATIONS)
         ]

@@ -112,7 +112,8 @@ def test_each_traffic_chart_has_a_record_readers_decode_with_its_minutes_and_lim
     assert {r.meta.metric for r in shop.values()} == {ERROR_RATE, LPT_P50, LPT_P90, TTFT_P50}
     # 12 requests a minute: the p90 needs 50, so no minute is a point of it.
     p90 = shop[chart_key("openai", "gpt-4o", "shop", "traffic:chat", LPT_P90)]
-    assert p90.traffic is not None and p90.view is not None
+    assert p90.traffic is not None
+    assert p90.view is not None
     assert (p90.view.phase, p90.traffic.points, p90.traffic.skipped, p90.traffic.recent) == (
         "collecting",
         0,
@@ -121,16 +122,19 @@ def test_each_traffic_chart_has_a_record_readers_decode_with_its_minutes_and_lim
     )
     assert all(is_traffic_chart(k) and r.key == k for k, r in records.items())
     lpt = shop[chart_key("openai", "gpt-4o", "shop", "traffic:chat", LPT_P50)]
-    assert lpt.view is not None and lpt.traffic is not None
+    assert lpt.view is not None
+    assert lpt.traffic is not None
     assert (lpt.view.phase, lpt.view.progress, lpt.view.baseline_n) == ("armed", 8, 8)
-    assert lpt.view.limits is not None and lpt.view.baseline is not None
+    assert lpt.view.limits is not None
+    assert lpt.view.baseline is not None
     assert lpt.view.baseline.created_by == "engine"
     assert lpt.view.open_episodes == ("TRAFFIC",)  # still 3x slower
     assert (lpt.traffic.service_name, lpt.traffic.operation, lpt.traffic.kind) == ("shop", "chat", "quantile")
     # Every closed minute but the last (still open) is a point; baseline minutes have no limit.
     recent = lpt.traffic.recent
     assert len(recent) == lpt.traffic.points == 29
-    assert all(p.ucl is None for p in recent[:8]) and all(p.ucl is not None for p in recent[8:])
+    assert all(p.ucl is None for p in recent[:8])
+    assert all(p.ucl is not None for p in recent[8:])
     assert 15 < recent[0].value < 25  # ms per token, not its log
     assert all(p.value > p.ucl for p in recent[20:] if p.ucl is not None)
     assert all(p.value < p.ucl for p in recent[8:20] if p.ucl is not None)
@@ -145,17 +149,21 @@ def test_a_rebaseline_clears_the_open_episode_and_collects_again() -> None:
     run(tp, events[: 24 * 30])
     key = chart_key("openai", "gpt-4o", "shop", "traffic:chat", LPT_P50)
     assert tp.rebaseline(chart_key("openai", "gpt-4o", "nobody", "traffic:chat", LPT_P50), "a", "b") is None
-    (cleared,) = tp.rebaseline(key, "ops@example.com", "new model version")
+    cleared_events = tp.rebaseline(key, "ops@example.com", "new model version")
+    assert cleared_events is not None
+    (cleared,) = cleared_events
     assert (cleared.state, cleared.chart_key, cleared.rule) == ("cleared", key, "TRAFFIC")
     assert "ops@example.com" in cleared.detail
     record = records_of(tp)[key]
-    assert record.view is not None and record.traffic is not None
+    assert record.view is not None
+    assert record.traffic is not None
     assert (record.view.phase, record.view.progress, record.view.open_episodes) == ("collecting", 0, ())
     # The new baseline is the slow traffic: once it is collected, nothing pages.
     pages = [v for v in (run_violations(tp, events[24 * 30 :], 24 * 30 + 1)) if v.state == "open"]
     assert pages == []
     record = records_of(tp)[key]
-    assert record.view is not None and record.view.baseline is not None
+    assert record.view is not None
+    assert record.view.baseline is not None
     assert (record.view.phase, record.view.baseline.number) == ("armed", 1)
     assert (record.view.baseline.created_by, record.view.baseline.reason) == (
         "ops@example.com",

@@ -207,6 +207,7 @@ def create_app(settings: ApiSettings, *, clock: Callable[[], float] = time.time)
         chart_settings=rt.spc_config,
         status=status_reader,
         trends=TrendQueries(rt.store),
+        traffic=rt.charts,
     )
     # Around every route: nothing reads a body before its credential and its size are checked.
     app.add_middleware(

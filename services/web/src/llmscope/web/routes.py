@@ -50,6 +50,8 @@ from llmscope.web.overview import overview_rows, summary
 from llmscope.web.pages import Pages, is_htmx, toast_trigger
 from llmscope.web.settings_form import BY_ID, SECTIONS, SectionView, fixed_settings, parse_field, section_view
 from llmscope.web.status_routes import StatusData, add_status_routes
+from llmscope.web.traffic import TrafficData
+from llmscope.web.traffic_routes import add_traffic_routes
 from llmscope.web.trend_routes import add_trend_routes
 from llmscope.web.trends import COMPARE_MAX_HOURS, AvailabilityHistory, TrendsData
 
@@ -133,6 +135,7 @@ def create_router(
     chart_settings: ChartSettingsData | None = None,
     status: StatusData | None = None,
     trends: TrendsData | None = None,
+    traffic: TrafficData | None = None,
 ) -> APIRouter:
     """All dashboard routes, bound to the injected data access and authenticator (and, with
     ``alerting``, the incidents, silences and notifications pages and the overview's incident
@@ -769,6 +772,8 @@ def create_router(
         add_status_routes(
             router, status, pages, public=opts.status_public, signed_in=signed_in, session=session
         )
+    if traffic is not None:
+        add_traffic_routes(router, traffic, data, Session, pages, opts.refresh_s)
     return router
 
 
@@ -781,6 +786,7 @@ def install(
     chart_settings: ChartSettingsData | None = None,
     status: StatusData | None = None,
     trends: TrendsData | None = None,
+    traffic: TrafficData | None = None,
 ) -> None:
     """Mount the dashboard and its static files (htmx, CSS) on an application."""
     static_dir = files("llmscope.web") / "static"
@@ -794,6 +800,7 @@ def install(
             chart_settings=chart_settings,
             status=status,
             trends=trends,
+            traffic=traffic,
         )
     )
 
