@@ -118,7 +118,10 @@ def create_app(settings: ApiSettings, *, clock: Callable[[], float] = time.time)
     if settings.ingest_key:
         # The front door checks the ingest scope (and the body's size) before the route runs.
         traces = otlp.TraceReceiver(lambda: rt.publisher, rt.metrics, max_body_bytes=settings.max_body_bytes)
-        app.include_router(otlp.router(traces))
+        metrics = otlp.MetricsReceiver(
+            lambda: rt.publisher, rt.metrics, max_body_bytes=settings.max_body_bytes
+        )
+        app.include_router(otlp.router(traces, metrics))
 
     unavailable.install(app)
     retry = {"Retry-After": str(unavailable.RETRY_AFTER_S)}
