@@ -194,6 +194,19 @@ async def test_traffic_is_charted_per_minute_and_a_slowdown_pages_once(
         r = await web.post("/traffic/rebaseline", data={"chart_key": errors_key, "by": "ana"})
         assert r.status_code == 422
         assert "reason: required" in r.text
+        # A model-wide re-baseline (of the service's charts, as a target's) includes them all.
+        r = await otlp_api.client.post(
+            "/api/charts/rebaseline",
+            json={
+                "provider": "openai",
+                "model": "gpt-4o-mini",
+                "target": "checkout",
+                "by": "ops",
+                "reason": "r",
+            },
+        )
+        assert r.status_code == 200, r.text
+        assert sorted(c["chart_key"] for c in r.json()["charts"]) == sorted(charts)
         violations = [
             codec.decode_as(d, ViolationEvent) for d in await stored(js, subjects.STREAM_VIOLATIONS)
         ]
