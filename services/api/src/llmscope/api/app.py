@@ -6,8 +6,8 @@ Everything under ``/api`` needs a key of the route's scope as ``Authorization: B
 (:mod:`llmscope.api.auth`; for reads, the dashboard's session cookie does too); ``/healthz``,
 ``/readyz`` and ``/metrics`` are open, and so are ``/api/status``, ``/status`` and the badges,
 with names and statuses only, when ``LLMSCOPE_STATUS_PUBLIC`` is true. With
-``LLMSCOPE_INGEST_KEY`` set, ``POST /v1/traces`` is the OTLP receiver (:mod:`llmscope.api.otlp`),
-open to the ingest scope.
+``LLMSCOPE_INGEST_KEY`` set, ``POST /v1/traces`` and ``/v1/metrics`` are the OTLP receiver
+(:mod:`llmscope.api.otlp`), open to the ingest scope.
 """
 
 from __future__ import annotations
