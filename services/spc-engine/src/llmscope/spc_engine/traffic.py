@@ -163,8 +163,8 @@ class TrafficPartition:
         self.head_dirty = False
         self.recent: dict[str, list[TrafficPoint]] = {}
         """The latest charted minutes per chart key, for its chart record (see ``seed``)."""
-        self.dirty_charts: set[str] = set()
-        """Charts whose record changed since ``take_records``."""
+        self.dirty_charts: dict[str, str] = {}
+        """Charts whose record changed since ``take_records``: chart key -> subgroup key."""
 
     def seed(self, key: str, recent: tuple[TrafficPoint, ...]) -> None:
         """The recent minutes of a chart as its stored record had them (after a restart or a move)."""
@@ -201,7 +201,8 @@ class TrafficPartition:
     def on_minute(self, ev: TrafficMinuteEvent) -> list[ViolationEvent]:
         out: list[ViolationEvent] = []
         prompt_id = f"traffic:{ev.operation}"
-        charts = self.charts.setdefault(group_key(ev.provider, ev.model, ev.service_name, ev.operation), {})
+        group = group_key(ev.provider, ev.model, ev.service_name, ev.operation)
+        charts = self.charts.setdefault(group, {})
         for metric, point in points_of(ev):
             key = chart_key(ev.provider, ev.model, ev.service_name, prompt_id, metric)
             entry = charts.get(key)
@@ -218,7 +219,7 @@ class TrafficPartition:
             before = entry.state.baseline
             for sig in SubgroupChart(config, entry.state).update(point):
                 out.append(violation_of(key, entry, config, sig))
-            self.dirty_charts.add(key)
+            self.dirty_charts[key] = group
             if point.n >= config.min_requests:
                 recent = self.recent.setdefault(key, [])
                 # A replay from the checkpoint closes minutes the stored record may have already.
@@ -267,17 +268,14 @@ class TrafficPartition:
         entry.baseline_number += 1
         entry.baseline_by, entry.baseline_reason = by, reason
         self.aggregator.touched.add(group)  # the subgroup's record is written with the next snapshot
-        self.dirty_charts.add(key)
+        self.dirty_charts[key] = group
         return out
 
     def take_records(self, updated_at: datetime) -> list[tuple[str, bytes]]:
         """(chart key, chart record) of the traffic charts changed since the last call."""
         out = []
-        for key in sorted(self.dirty_charts):
-            found = self.entry(key)
-            if found is None:
-                continue
-            _group, e = found
+        for key, group in sorted(self.dirty_charts.items()):
+            e = self.charts[group][key]
             config = self._config_for(e.metric)
             st = e.state
             record = render(
