@@ -171,6 +171,19 @@ async def test_traffic_is_charted_per_minute_and_a_slowdown_pages_once(
         ).status_code
         assert other == 404
 
+        # The probe dashboard does not offer the traffic's requests as a prompt of their own.
+        async def persisted() -> bool:
+            async with otlp_api.store.pool.acquire() as conn:
+                return bool(
+                    await conn.fetchval("SELECT count(*) FROM series WHERE prompt_id = 'traffic:chat'")
+                )
+
+        await eventually(persisted, within=30, what="the traffic's requests persisted")
+        r = await web.get("/dashboard")
+        assert r.status_code == 200
+        assert '<option value="traffic:chat"' not in r.text
+        assert "traffic:chat" in r.text  # its violation is in the log, as any other
+
         # Re-baselined through the same action as a probe chart: the page clears at once.
         r = await otlp_api.client.post(
             f"/api/charts/{key}/rebaseline", json={"by": "ops", "reason": "the slower model is intended"}
