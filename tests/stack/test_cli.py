@@ -152,13 +152,11 @@ def test_the_demo_profile_traces_simulated_traffic_to_the_api_with_a_kept_ingest
     assert Stack(settings).child_env("nats://n", "postgresql://d", "key")["LLMSCOPE_INGEST_KEY"] == key
     # What the simulator makes of it: traffic on, to this API's receiver, with the API's key.
     traffic = TrafficSettings.from_env(Env(env))
-    assert (traffic.rps, traffic.otlp_url) == (8.0, "http://127.0.0.1:9100/v1/traces")
+    assert (traffic.rps, traffic.otlp_url) == (4.0, "http://127.0.0.1:9100/v1/traces")
     assert traffic.key is not None
     assert traffic.key.get() == key
-    assert (env["LLMSCOPE_SPC_TRAFFIC_WINDOW_S"], env["LLMSCOPE_SPC_TRAFFIC_BASELINE_MINUTES"]) == (
-        "30",
-        "20",
-    )
+    assert env["LLMSCOPE_SPC_TRAFFIC_BASELINE_MINUTES"] == "15"
+    assert "LLMSCOPE_SPC_TRAFFIC_WINDOW_S" not in env  # real minutes
     # Traffic off by choice: no ingest key is opened for it.
     monkeypatch.setenv("LLMSCOPE_SIM_TRAFFIC_RPS", "0")
     off = Stack(settings).child_env("nats://n", "postgresql://d", "key")

@@ -82,14 +82,14 @@ DEMO_PROFILE = {
     "LLMSCOPE_SPC_BASELINE_N": "200",
 }
 # Simulated application traffic traced to the API's OTLP receiver (an ingest key is generated
-# for it), so the traffic charts fill too: 8 requests/s over 4 models and 2 services is ~1 a
-# second per subgroup, so a "minute" of 30 s holds ~30 requests (a point needs 10; the p90 chart,
-# which needs 50, stays empty), and 20 of them arm the chart in 10 minutes. A production traffic
-# chart keeps 60 s minutes and a one-day baseline.
+# for it), so the traffic charts fill too: 4 requests/s over 4 models and 2 services is ~30 a
+# minute per subgroup (a point needs 10; the p90 chart, which needs 50, stays empty), and 15
+# minutes arm the charts. Not more: the simulator serves the probes too, and at 8 requests/s its
+# process spent ~9 % of a core on the traffic (7 % at 4), time its probes could wait behind. A
+# production traffic chart keeps a one-day baseline.
 DEMO_TRAFFIC = {
-    "LLMSCOPE_SIM_TRAFFIC_RPS": "8",
-    "LLMSCOPE_SPC_TRAFFIC_WINDOW_S": "30",
-    "LLMSCOPE_SPC_TRAFFIC_BASELINE_MINUTES": "20",
+    "LLMSCOPE_SIM_TRAFFIC_RPS": "4",
+    "LLMSCOPE_SPC_TRAFFIC_BASELINE_MINUTES": "15",
 }
 
 
@@ -451,7 +451,8 @@ def main(argv: list[str] | None = None) -> int:
                 f" {env['LLMSCOPE_SPC_BASELINE_N']}-point baselines\n"
                 + (
                     f"            simulated traffic {env['LLMSCOPE_SIM_TRAFFIC_RPS']} req/s traced to"
-                    f" /v1/traces, {env['LLMSCOPE_SPC_TRAFFIC_WINDOW_S']} s minutes (dashboard: Traffic)\n"
+                    f" /v1/traces, {env.get('LLMSCOPE_SPC_TRAFFIC_BASELINE_MINUTES')}-minute baselines"
+                    " (dashboard: Traffic)\n"
                     if env.get("LLMSCOPE_SIM_TRAFFIC_RPS", "0") != "0"
                     else ""
                 )
