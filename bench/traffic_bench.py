@@ -306,6 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rates", default="1,10,100", help="requests per second at the daily mean")
     parser.add_argument("--minutes", type=int, default=0, help="in-control minutes per rate")
     parser.add_argument("--trials", type=int, default=0, help="detection trials per change")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="independent runs per rate in (a), each with its own baseline; counts are summed",
+    )
     args = parser.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",")]
     started = time.perf_counter()
@@ -327,16 +333,24 @@ def main(argv: list[str] | None = None) -> int:
         minutes = args.minutes or (
             3_000 if args.quick else int(min(40_000, 4_000 + 400_000 / max(rate, 1.0)))
         )
-        opens = run_minutes(rate, minutes, seed=int(rate * 1000) + 7, variants=variants)
-        print(f"rate {rate:g}/s over {minutes:,} minutes:")
-        for name, found in opens.items():
+        # The baseline is most of the variation between runs: independent runs, counts summed.
+        runs = [
+            run_minutes(rate, minutes, seed=int(rate * 1000) + 7 + 100_003 * k, variants=variants)
+            for k in range(args.seeds)
+        ]
+        opens = runs[0]
+        print(f"rate {rate:g}/s over {minutes:,} minutes x {args.seeds} run(s), each with its own baseline:")
+        for name in variants:
             baseline = variants[name][ERROR_RATE].baseline_minutes
-            counted = [(i, m) for i, m in found if i >= baseline]
+            per_run = [[(i, m) for i, m in run[name] if i >= baseline] for run in runs]
+            counted = [x for run in per_run for x in run]
+            after = (minutes - baseline) * args.seeds
             by_metric = {m: sum(1 for _, mm in counted if mm == m) for m in TRAFFIC_METRICS}
             detail = " ".join(f"{m.removeprefix('traffic_')}={c}" for m, c in by_metric.items() if c)
+            spread = f"; per run {', '.join(str(len(r)) for r in per_run)}" if args.seeds > 1 else ""
             print(
-                f"  {name:28s} {per_100k(len(counted), minutes - baseline):8.1f}  "
-                f"({len(counted)} in {minutes - baseline:,} minutes: {detail or 'none'})",
+                f"  {name:28s} {per_100k(len(counted), after):8.1f}  "
+                f"({len(counted)} in {after:,} minutes: {detail or 'none'}{spread})",
                 flush=True,
             )
         # The per-request charts feed every request through Python: a shorter stretch, scaled.

@@ -101,7 +101,8 @@ async def test_charts_list_and_one_chart_in_the_engines_format(
     }
     for c in mine:
         # No engine internals (config, state): the public view of each kind of chart.
-        assert set(c) == {"version", "key", "meta", "seq", "updated_at", "view", "availability"}
+        assert set(c) == {"version", "key", "meta", "seq", "updated_at", "view", "availability", "traffic"}
+        assert c["traffic"] is None  # a probe chart
         if c["meta"]["metric"] == "availability":
             assert c["view"] is None
             assert (c["availability"]["phase"], c["availability"]["progress"]) == ("collecting", 12)

@@ -13,6 +13,7 @@ import math
 import random
 import time
 from collections.abc import AsyncIterator
+from urllib.parse import urlencode
 
 import nats
 import pytest
@@ -22,6 +23,7 @@ from llmscope.api.settings import ApiSettings
 from llmscope.bus.settings import BusSettings
 from llmscope.config.env import Secret
 from llmscope.proto import codec, subjects
+from llmscope.proto.charts import chart_key, is_traffic_chart
 from llmscope.proto.traffic import TrafficMinuteEvent
 from llmscope.proto.violation import ViolationEvent
 from llmscope.spc_engine import service as spc
@@ -31,6 +33,7 @@ from tests.alerter.harness import eventually
 from tests.api.conftest import Api, serve
 from tests.api.otlp_payloads import chat, export, span
 from tests.api.test_otlp_receiver import INGEST_KEY, PROTOBUF
+from tests.web.test_pages import HX, is_full_page, login
 
 WINDOWS, SLOW_FROM, PER_WINDOW = 14, 8, 8
 
@@ -117,10 +120,112 @@ async def test_traffic_is_charted_per_minute_and_a_slowdown_pages_once(
         assert page.ts.timestamp() >= first + SLOW_FROM
         assert page.point_ids[-1] == next(m.id for m in minutes if m.ts == page.ts)
         assert page.limits.center < page.limits.ucl < page.value
-        # Requests are not charted one by one: no per-request chart of this traffic exists.
+        # Requests are not charted one by one: the only charts are the minutes' (no TTFT: the
+        # spans are not streamed).
         kv = await js.key_value(subjects.SPC_CHARTS_BUCKET)
         all_keys = await kv.keys()
-        assert [k for k in all_keys if not k.startswith("_")] == []
+        charts = [k for k in all_keys if not k.startswith("_")]
+        assert len(charts) == 3
+        assert all(is_traffic_chart(k) for k in charts)
+
+        # The API lists them as it lists probe charts, armed, with the slow minutes above the limit.
+        key = chart_key("openai", "gpt-4o-mini", "checkout", "traffic:chat", LPT_P50)
+
+        async def every_minute_listed() -> bool:
+            r = await otlp_api.client.get("/api/charts", params={"target": "checkout", "metric": LPT_P50})
+            assert r.status_code == 200, r.text
+            return len(r.json()) == 1 and len(r.json()[0]["traffic"]["recent"]) == WINDOWS
+
+        await eventually(every_minute_listed, within=30, what="the chart record with every minute")
+        (listed,) = (
+            await otlp_api.client.get("/api/charts", params={"target": "checkout", "metric": LPT_P50})
+        ).json()
+        assert listed["key"] == key
+        assert (listed["view"]["phase"], listed["view"]["open_episodes"]) == ("armed", ["TRAFFIC"])
+        assert listed["traffic"]["service_name"] == "checkout"
+        recent = listed["traffic"]["recent"]
+        assert len(recent) == WINDOWS
+        assert all(p["value"] > p["ucl"] for p in recent[SLOW_FROM:])
+
+        # The dashboard: the traffic page lists the service's charts; a chart's page draws its
+        # minutes against each minute's own limit; with htmx, only the chart's fragment.
+        web = await login(otlp_api)
+        r = await web.get("/traffic")
+        assert r.status_code == 200, r.text
+        assert "checkout" in r.text
+        assert f"/traffic/chart?{urlencode({'chart': key})}" in r.text
+        page_url = f"/traffic/chart?{urlencode({'chart': key})}"
+        r = await web.get(page_url)
+        assert r.status_code == 200, r.text
+        assert is_full_page(r.text)
+        assert '<span class="badge traffic">traffic</span>' in r.text
+        assert "service checkout" in r.text
+        assert r.text.count('class="point out"') >= WINDOWS - SLOW_FROM
+        assert "UCL at n" in r.text
+        r = await web.get(page_url, headers={**HX, "HX-Target": "traffic-chart"})
+        assert r.status_code == 200
+        assert not is_full_page(r.text)
+        assert r.text.lstrip().startswith('<div id="traffic-chart"')
+        other = (
+            await web.get("/traffic/chart", params={"chart": "openai.gpt-4o-mini.x.p.latency_ms"})
+        ).status_code
+        assert other == 404
+
+        # The probe dashboard does not offer the traffic's requests as a prompt of their own.
+        async def persisted() -> bool:
+            async with otlp_api.store.pool.acquire() as conn:
+                return bool(
+                    await conn.fetchval("SELECT count(*) FROM series WHERE prompt_id = 'traffic:chat'")
+                )
+
+        await eventually(persisted, within=30, what="the traffic's requests persisted")
+        r = await web.get("/dashboard")
+        assert r.status_code == 200
+        assert '<option value="traffic:chat"' not in r.text
+        assert "traffic:chat" in r.text  # its violation is in the log, as any other
+
+        # Re-baselined through the same action as a probe chart: the page clears at once.
+        r = await otlp_api.client.post(
+            f"/api/charts/{key}/rebaseline", json={"by": "ops", "reason": "the slower model is intended"}
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["cleared"] == 1
+
+        async def collecting() -> bool:
+            got = (await otlp_api.client.get(f"/api/charts/{key}")).json()
+            return bool(got["view"]["phase"] == "collecting")
+
+        await eventually(collecting, within=30, what="the re-baselined chart collecting again")
+        # And from the dashboard (the error rate chart: nothing open to clear).
+        errors_key = chart_key("openai", "gpt-4o-mini", "checkout", "traffic:chat", "traffic_error_rate")
+        r = await web.post(
+            "/traffic/rebaseline", data={"chart_key": errors_key, "by": "ana", "reason": "new rollout"}
+        )
+        assert r.status_code == 200, r.text
+        assert "Re-baselined: the chart collects a new baseline." in r.text
+        assert "collecting 0/6 minutes" in r.text
+        r = await web.post("/traffic/rebaseline", data={"chart_key": errors_key, "by": "ana"})
+        assert r.status_code == 422
+        assert "reason: required" in r.text
+        # A model-wide re-baseline (of the service's charts, as a target's) includes them all.
+        r = await otlp_api.client.post(
+            "/api/charts/rebaseline",
+            json={
+                "provider": "openai",
+                "model": "gpt-4o-mini",
+                "target": "checkout",
+                "by": "ops",
+                "reason": "r",
+            },
+        )
+        assert r.status_code == 200, r.text
+        assert sorted(c["chart_key"] for c in r.json()["charts"]) == sorted(charts)
+        violations = [
+            codec.decode_as(d, ViolationEvent) for d in await stored(js, subjects.STREAM_VIOLATIONS)
+        ]
+        (cleared,) = [v for v in violations if v.state == "cleared"]
+        assert (cleared.episode_id, cleared.chart_key) == (page.episode_id, key)
+        all_keys = await kv.keys()
         # The minutes and their charts are in the snapshot the next owner would resume from.
         (key,) = [k for k in all_keys if k.startswith("_traffic.p") and k.count(".") == 2]
         snapshot = (await kv.get(key)).value or b""

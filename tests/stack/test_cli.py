@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from llmscope.config.env import ConfigError, Env
+from llmscope.simulator.traffic import TrafficSettings
 from llmscope.stack import cli
 from llmscope.stack.up import Child, Stack, UpSettings, load_or_create_api_key, load_or_create_secret
 
@@ -125,3 +126,45 @@ def test_an_embedded_server_that_dies_or_cannot_start_is_restarted_one_line_each
         "llmscope: nats-server exited with code 0; restarting in 1 s",
         "llmscope: nats-server failed to start (port 4222 is already in use); restarting in 2 s",
     ]
+
+
+def test_the_demo_profile_traces_simulated_traffic_to_the_api_with_a_kept_ingest_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in (
+        "LLMSCOPE_PROBER_CONFIG",
+        "LLMSCOPE_TARGETS",
+        "LLMSCOPE_INGEST_KEY",
+        "LLMSCOPE_OTLP_INGEST_KEY",
+        "LLMSCOPE_SIM_TRAFFIC_RPS",
+        "LLMSCOPE_SIM_TRAFFIC_OTLP_URL",
+        "LLMSCOPE_SPC_TRAFFIC_WINDOW_S",
+        "LLMSCOPE_SPC_TRAFFIC_BASELINE_MINUTES",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    settings = UpSettings.from_env(Env({"LLMSCOPE_DATA_DIR": str(tmp_path), "LLMSCOPE_PORT": "9100"}))
+    stack = Stack(settings)
+    assert stack.demo_profile
+    env = stack.child_env("nats://n", "postgresql://d", "key")
+    key = env["LLMSCOPE_INGEST_KEY"]
+    assert len(key) >= 32
+    assert (tmp_path / "ingest_key").stat().st_mode & 0o077 == 0
+    assert Stack(settings).child_env("nats://n", "postgresql://d", "key")["LLMSCOPE_INGEST_KEY"] == key
+    # What the simulator makes of it: traffic on, to this API's receiver, with the API's key.
+    traffic = TrafficSettings.from_env(Env(env))
+    assert (traffic.rps, traffic.otlp_url) == (4.0, "http://127.0.0.1:9100/v1/traces")
+    assert traffic.key is not None
+    assert traffic.key.get() == key
+    assert env["LLMSCOPE_SPC_TRAFFIC_BASELINE_MINUTES"] == "15"
+    assert "LLMSCOPE_SPC_TRAFFIC_WINDOW_S" not in env  # real minutes
+    # Traffic off by choice: no ingest key is opened for it.
+    monkeypatch.setenv("LLMSCOPE_SIM_TRAFFIC_RPS", "0")
+    off = Stack(settings).child_env("nats://n", "postgresql://d", "key")
+    assert "LLMSCOPE_INGEST_KEY" not in off
+    assert TrafficSettings.from_env(Env(off)).rps == 0
+    # Without the API nothing would receive the spans.
+    monkeypatch.delenv("LLMSCOPE_SIM_TRAFFIC_RPS")
+    no_api = UpSettings.from_env(
+        Env({"LLMSCOPE_DATA_DIR": str(tmp_path), "LLMSCOPE_UP_SERVICES": "sim,prober"})
+    )
+    assert "LLMSCOPE_SIM_TRAFFIC_RPS" not in Stack(no_api).child_env("nats://n", "postgresql://d", "key")

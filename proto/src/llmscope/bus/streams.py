@@ -122,8 +122,9 @@ def stream_configs(settings: BusSettings, partitions: int | None = None) -> list
         StreamConfig(
             # Minute ids are deterministic like violation ids: the same long duplicate window.
             name=subjects.STREAM_TRAFFIC,
-            description="LLMscope real traffic per minute and subgroup (traffic_minute.v1)",
-            subjects=[subjects.TRAFFIC_MINUTES_ALL],
+            description="LLMscope real traffic per minute and subgroup (traffic_minute.v1) and GenAI"
+            " metric data points (traffic_histogram.v1)",
+            subjects=[subjects.TRAFFIC_MINUTES_ALL, subjects.TRAFFIC_HISTOGRAMS_ALL],
             max_age=settings.telemetry_max_age_s,
             # ... within the stream's own max age (the server refuses a longer window).
             **{**events, "duplicate_window": traffic_window},  # type: ignore[arg-type]

@@ -27,6 +27,13 @@ The SPC engine keeps one snapshot per chart in the JetStream KV bucket
 A chart that is not in the bucket yet has not received a point since the engine started (or
 the engine is not running): readers show it as collecting, with no limits.
 
+Traffic charts (one point per minute of real traffic; prompt ``traffic:<operation>``, target the
+service name, metric one of :data:`TRAFFIC_METRICS`) are records too: ``view`` has the phase, the
+baseline and the limits at the baseline's mean requests per minute, and ``traffic``
+(:class:`TrafficView`) the recent minutes with each one's own limit (limits depend on ``n``).
+The engine's own state of them lives under ``_traffic.*`` keys. They are re-baselined by the same
+requests as probe charts.
+
 Re-baselining is a core NATS request on ``subjects.spc_rebaseline()`` with a
 :class:`RebaselineRequest` JSON body; the replica owning the chart answers a
 :class:`RebaselineReply`. No answer (no responders, or a timeout) means no engine holds it.
@@ -51,6 +58,14 @@ from llmscope.proto.violation import BaselineRef, ChartLimits
 
 AVAILABILITY = "availability"
 """Metric name of the per-target availability chart (its prompt is ``*``)."""
+TRAFFIC_METRICS = (
+    "traffic_error_rate",
+    "traffic_latency_per_token_p50",
+    "traffic_latency_per_token_p90",
+    "traffic_ttft_p50",
+)
+"""Metrics of the per-minute traffic charts (their prompt is ``traffic:<operation>``)."""
+TRAFFIC_PROMPT_PREFIX = "traffic:"
 CHART_RECORD_VERSION = 1
 
 Phase = Literal["collecting", "armed"]
@@ -84,6 +99,15 @@ def is_chart_key(key: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def is_traffic_chart(key: str) -> bool:
+    """True for the key of a per-minute traffic chart (not of a per-request chart of traffic)."""
+    try:
+        _provider, _model, _service, prompt_id, metric = parse_chart_key(key)
+    except ValueError:
+        return False
+    return prompt_id.startswith(TRAFFIC_PROMPT_PREFIX) and metric in TRAFFIC_METRICS
 
 
 class ChartMeta(msgspec.Struct, frozen=True, kw_only=True):
@@ -169,6 +193,35 @@ class AvailabilityView(msgspec.Struct, frozen=True, kw_only=True):
     ] = 0
 
 
+class TrafficPoint(msgspec.Struct, frozen=True, kw_only=True):
+    """One minute of a traffic chart: its statistic in metric units and the limit at its size."""
+
+    ts: Annotated[datetime, Meta(description="start of the minute")]
+    value: Annotated[float, Meta(description="error rate (0-1), or ms (per output token, or TTFT)")]
+    n: Annotated[Count, Meta(description="requests the statistic is over")]
+    ucl: Annotated[
+        float | None,
+        Meta(description="upper limit at this n (null in the baseline); the error rate is judged exactly"),
+    ] = None
+    z: Annotated[float | None, Meta(description="sigmas above the baseline (null in the baseline)")] = None
+
+
+class TrafficView(msgspec.Struct, frozen=True, kw_only=True):
+    """What the dashboard shows of a traffic chart beyond :class:`ChartView`: who, and its minutes."""
+
+    service_name: str
+    operation: str
+    kind: Annotated[Literal["p", "quantile"], Meta(description="error rate, or a log-scale quantile")]
+    min_requests: Annotated[Count, Meta(description="requests a minute needs to be a point")]
+    points: Annotated[Count, Meta(description="minutes charted since the chart began")] = 0
+    skipped: Annotated[Count, Meta(description="minutes with too few requests to be a point")] = 0
+    k: Annotated[float, Meta(description="sigmas of the one-minute limit")] = 4.5
+    k_run: Annotated[float, Meta(description="sigmas two minutes in a row must exceed")] = 3.5
+    recent: Annotated[
+        tuple[TrafficPoint, ...], Meta(description="the latest minutes, oldest first (a few hours)")
+    ] = ()
+
+
 class ChartRecord(msgspec.Struct, frozen=True, kw_only=True):
     """The read side of a chart's KV value (the engine's ``config`` and ``state`` are skipped)."""
 
@@ -179,6 +232,7 @@ class ChartRecord(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: datetime | None = None
     view: ChartView | None = None
     availability: AvailabilityView | None = None
+    traffic: TrafficView | None = None
 
 
 _RECORD_DECODER = msgspec.json.Decoder(ChartRecord)

@@ -11,10 +11,17 @@ from llmscope.proto.deadletter import DeadLetterEvent
 from llmscope.proto.incident import IncidentEvent
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.proto.traffic import TrafficMinuteEvent
+from llmscope.proto.traffic_histogram import TrafficHistogramEvent
 from llmscope.proto.violation import ViolationEvent
 
 AnyEvent = (
-    TelemetryEvent | ViolationEvent | DeadLetterEvent | IncidentEvent | NotificationEvent | TrafficMinuteEvent
+    TelemetryEvent
+    | ViolationEvent
+    | DeadLetterEvent
+    | IncidentEvent
+    | NotificationEvent
+    | TrafficMinuteEvent
+    | TrafficHistogramEvent
 )
 EVENT_TYPES: tuple[type[msgspec.Struct], ...] = (
     TelemetryEvent,
@@ -23,6 +30,7 @@ EVENT_TYPES: tuple[type[msgspec.Struct], ...] = (
     IncidentEvent,
     NotificationEvent,
     TrafficMinuteEvent,
+    TrafficHistogramEvent,
 )
 
 E = TypeVar("E", bound=msgspec.Struct)

@@ -12,6 +12,8 @@ Subjects (``<m>`` and ``<p>`` are escaped tokens, see :func:`encode_token`):
 - ``llmscope.incidents.v1.<provider>.<change>``     incident.v1 (opened, updated, acknowledged,
   resolved, analyzed)
 - ``llmscope.traffic_minute.v1.<provider>.<model>`` traffic_minute.v1 (a minute of real traffic)
+- ``llmscope.traffic_histogram.v1.<provider>.<model>`` traffic_histogram.v1 (a GenAI metric's data
+  point, from the OTLP metrics receiver)
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ VIOLATIONS_ALL = f"{PREFIX}.violations.v1.>"
 DEADLETTER_ALL = f"{PREFIX}.deadletter.v1.>"
 INCIDENTS_ALL = f"{PREFIX}.incidents.v1.>"
 TRAFFIC_MINUTES_ALL = f"{PREFIX}.traffic_minute.v1.>"
+TRAFFIC_HISTOGRAMS_ALL = f"{PREFIX}.traffic_histogram.v1.>"
 
 _SAFE_CHARS = frozenset(string.ascii_letters + string.digits + "-_")
 _ESCAPE = "~"
@@ -106,6 +109,11 @@ def violations(provider: str, model: str, rule: str) -> str:
 def violations_for_model(provider: str, model: str) -> str:
     """Wildcard for every violation of one model."""
     return f"{PREFIX}.violations.v1.{encode_token(provider)}.{encode_token(model)}.*"
+
+
+def traffic_histogram(provider: str, model: str) -> str:
+    """Subject of a model's GenAI metric data points (``traffic_histogram.v1``)."""
+    return f"{PREFIX}.traffic_histogram.v1.{encode_token(provider)}.{encode_token(model)}"
 
 
 def traffic_minute(provider: str, model: str) -> str:

@@ -6,8 +6,8 @@ Everything under ``/api`` needs a key of the route's scope as ``Authorization: B
 (:mod:`llmscope.api.auth`; for reads, the dashboard's session cookie does too); ``/healthz``,
 ``/readyz`` and ``/metrics`` are open, and so are ``/api/status``, ``/status`` and the badges,
 with names and statuses only, when ``LLMSCOPE_STATUS_PUBLIC`` is true. With
-``LLMSCOPE_INGEST_KEY`` set, ``POST /v1/traces`` is the OTLP receiver (:mod:`llmscope.api.otlp`),
-open to the ingest scope.
+``LLMSCOPE_INGEST_KEY`` set, ``POST /v1/traces`` and ``/v1/metrics`` are the OTLP receiver
+(:mod:`llmscope.api.otlp`), open to the ingest scope.
 """
 
 from __future__ import annotations
@@ -118,7 +118,10 @@ def create_app(settings: ApiSettings, *, clock: Callable[[], float] = time.time)
     if settings.ingest_key:
         # The front door checks the ingest scope (and the body's size) before the route runs.
         traces = otlp.TraceReceiver(lambda: rt.publisher, rt.metrics, max_body_bytes=settings.max_body_bytes)
-        app.include_router(otlp.router(traces))
+        metrics = otlp.MetricsReceiver(
+            lambda: rt.publisher, rt.metrics, max_body_bytes=settings.max_body_bytes
+        )
+        app.include_router(otlp.router(traces, metrics))
 
     unavailable.install(app)
     retry = {"Retry-After": str(unavailable.RETRY_AFTER_S)}
@@ -213,6 +216,7 @@ def create_app(settings: ApiSettings, *, clock: Callable[[], float] = time.time)
         status=status_reader,
         trends=TrendQueries(rt.store),
         live=rt.live,
+        traffic=rt.charts,
     )
     # Around every route: nothing reads a body before its credential and its size are checked.
     app.add_middleware(

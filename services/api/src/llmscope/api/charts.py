@@ -8,6 +8,7 @@ starts, so a missing bucket or key is normal (the chart reads as not known yet),
 from __future__ import annotations
 
 import asyncio
+import builtins
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from llmscope.proto.charts import (
     RebaselineRequest,
     decode_record,
     is_chart_key,
+    is_traffic_chart,
     parse_chart_key,
 )
 from llmscope.web.data import ModelRebaselineResult, RebaselineResult
@@ -114,6 +116,20 @@ class ChartViews:
         """Records of the matching charts, by key."""
         found = await self.get_many(await self.keys(flt))
         return [r for r in found if r is not None]
+
+    async def traffic_charts(
+        self, provider: str | None = None, model: str | None = None
+    ) -> builtins.list[ChartRecord]:
+        """The traffic charts (:class:`~llmscope.web.traffic.TrafficData`), of one model when given."""
+        keys = [
+            k for k in await self.keys(ChartFilter(provider=provider, model=model)) if is_traffic_chart(k)
+        ]
+        return [r for r in await self.get_many(keys) if r is not None and r.traffic is not None]
+
+    async def traffic_chart(self, chart_key: str) -> ChartRecord | None:
+        """One traffic chart's record; None for another chart or none."""
+        record = await self.get(chart_key) if is_traffic_chart(chart_key) else None
+        return record if record is not None and record.traffic is not None else None
 
     async def get_many(self, keys: Sequence[str]) -> Sequence[ChartRecord | None]:
         """The records of ``keys`` (None where there is none), read a bounded number at a time."""

@@ -38,6 +38,13 @@ class ApiMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.otlp_data_points = Counter(
+            "llmscope_otlp_data_points",
+            "metric data points the OTLP receiver took (accepted: published as traffic_histogram.v1; "
+            "rejected: GenAI data points it could not map; ignored: other metrics)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.persisted = Counter(
             "llmscope_persister_events",
             "events the persister stored (new rows)",

@@ -111,7 +111,7 @@ class SpcConfigStore:
         charts = []
         for record in await self.charts.list(ChartFilter(provider=provider, model=model)):
             view = record.view
-            if view is None:  # availability: no settings
+            if view is None or record.traffic is not None:  # availability, traffic: no overrides
                 continue
             want = (eff or {}).get(record.meta.metric)
             charts.append(

@@ -281,8 +281,11 @@ class Store:
 
     # ---- charts ----------------------------------------------------------------------------
     async def series(self) -> list[Series]:
+        """The probe charts' subgroups. Real traffic (prompt ``traffic:<operation>``) is charted per
+        minute, on the dashboard's Traffic page, not request by request here."""
         rows = await self.pool.fetch(
-            "SELECT provider, model, prompt_id, last_seen FROM series ORDER BY provider, model, prompt_id"
+            """SELECT provider, model, prompt_id, last_seen FROM series
+               WHERE prompt_id NOT LIKE 'traffic:%' ORDER BY provider, model, prompt_id"""
         )
         return [Series(r["provider"], r["model"], r["prompt_id"], r["last_seen"]) for r in rows]
 

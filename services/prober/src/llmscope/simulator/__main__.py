@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import signal
 import sys
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ from llmscope.simulator.client import SimClient, SimControlError
 from llmscope.simulator.engine import Simulator
 from llmscope.simulator.server import SimServer
 from llmscope.simulator.settings import SimSettings, parse_models, sim_url
+from llmscope.simulator.traffic import TrafficGenerator
 
 log = get_logger("llmscope.simulator")
 
@@ -143,10 +145,18 @@ async def serve(settings: SimSettings, stop: asyncio.Event | None = None) -> Non
         seed=settings.seed,
         time_scale=settings.time_scale,
     )
+    traffic = None
+    if settings.traffic.rps > 0:
+        generator = TrafficGenerator(
+            settings.traffic, server.url, settings.models, rng=random.Random(settings.seed)
+        )
+        traffic = asyncio.create_task(generator.run(stop))
     try:
         await stop.wait()
     finally:
         log.info("stopping")
+        if traffic is not None:
+            await traffic  # its last spans are exported before the endpoint goes
         await server.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

@@ -8,6 +8,10 @@
 | LLMSCOPE_SIM_TIME_SCALE | 1.0 | multiplies every simulated duration (0.05: twenty times faster) |
 | LLMSCOPE_SIM_MODELS | llama3.1:8b qwen2.5:7b gpt-4o-mini claude-3-5-haiku | ``NAME@HOST[;k=v...]`` specs |
 | LLMSCOPE_SIM_URL | http://127.0.0.1:11500 | where ``sim inject`` and the prober's default targets find it |
+| LLMSCOPE_SIM_TRAFFIC_RPS | 0 | mean requests/s of simulated traffic traced to LLMscope over OTLP (0: none) |
+| LLMSCOPE_SIM_TRAFFIC_OTLP_URL | http://127.0.0.1:8000/v1/traces | where the simulated traffic's spans go |
+| LLMSCOPE_SIM_TRAFFIC_KEY | (LLMSCOPE_INGEST_KEY) | ingest key the simulated traffic sends |
+| LLMSCOPE_SIM_TRAFFIC_SERVICES | checkout support-bot | ``service.name`` of the simulated applications |
 | LLMSCOPE_LOG_LEVEL | INFO | log level |
 
 Default models: ``llama3.1:8b`` and ``qwen2.5:7b`` on host ``sim-gpu-1`` (Ollama-like, with a
@@ -17,10 +21,11 @@ Every model answers on all three APIs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from llmscope.config.env import ConfigError, Env
 from llmscope.simulator.models import DEFAULT_MODELS, SimModel, parse_model_spec
+from llmscope.simulator.traffic import TrafficSettings
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11500
@@ -47,6 +52,8 @@ class SimSettings:
     time_scale: float = 1.0
     models: tuple[SimModel, ...] = DEFAULT_MODELS
     log_level: str = "INFO"
+    traffic: TrafficSettings = field(default_factory=TrafficSettings)
+    """Simulated application traffic traced over OTLP (:mod:`llmscope.simulator.traffic`)."""
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> SimSettings:
@@ -61,6 +68,7 @@ class SimSettings:
             time_scale=env.number("LLMSCOPE_SIM_TIME_SCALE", 1.0, min=1e-4, max=1000),
             models=DEFAULT_MODELS if specs is None else parse_models(specs.split(), "LLMSCOPE_SIM_MODELS"),
             log_level=env.choice("LLMSCOPE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+            traffic=TrafficSettings.from_env(env),
         )
 
 

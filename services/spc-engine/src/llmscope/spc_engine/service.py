@@ -97,7 +97,9 @@ from llmscope.proto.charts import (
     RebaselinedChart,
     RebaselineReply,
     RebaselineRequest,
+    decode_record,
     is_chart_key,
+    is_traffic_chart,
     model_charts_filter,
     parse_chart_key,
 )
@@ -455,13 +457,26 @@ class SpcService:
             )
         ]
         configs = traffic_configs(self.settings)
-        self.traffic[partition] = TrafficPartition(
+        traffic = self.traffic[partition] = TrafficPartition(
             configs.__getitem__,
             grace_s=self.settings.traffic_grace_s,
             window_s=self.settings.traffic_window_s,
             head=head,
             records=records,
         )
+        # The recent minutes the dashboard shows are only in the charts' records: carry them on.
+        for key in sorted({key for record in records for key in record.charts}):
+            try:
+                entry = await self._kv.get(key)
+            except KeyNotFoundError:
+                continue
+            try:
+                stored = decode_record(entry.value or b"")
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                log.warning("unreadable traffic chart record", key=key, error=str(exc))
+                continue
+            if stored.traffic is not None:
+                traffic.seed(key, stored.traffic.recent)
         self._caught_up[partition] = False
 
     async def checkpoint(self, partition: int) -> int:
@@ -566,7 +581,10 @@ class SpcService:
             await self._kv.put(key, msgspec.json.encode(self.engine.snapshot(key, now)))
         for partition, traffic in self.traffic.items():
             if traffic.dirty and partition in self._leases:
-                # The subgroups, then the head (its clock): all before the checkpoint below.
+                # The charts' records (what readers see), the subgroups, then the head (its
+                # clock): all before the checkpoint below.
+                for key, value in traffic.take_records(now):
+                    await self._kv.put(key, value)
                 for key, value in traffic.take_dirty(partition):
                     await self._kv.put(key, value)
         for partition, last in self._last_seq.items():
@@ -587,7 +605,11 @@ class SpcService:
             return
         async with self._lock:
             events = None
-            if await self.engine.ensure_loaded(req.chart_key):
+            if is_traffic_chart(req.chart_key):
+                traffic = self.traffic.get(self.partition_of(provider, model))
+                if traffic is not None:
+                    events = traffic.rebaseline(req.chart_key, req.by, req.reason)
+            elif await self.engine.ensure_loaded(req.chart_key):
                 events = self.engine.rebaseline(req.chart_key, req.by, req.reason, datetime.now(UTC))
             if events is None:
                 reply = RebaselineReply(ok=False, chart_key=req.chart_key, error="no such chart")
@@ -636,10 +658,14 @@ class SpcService:
             now = datetime.now(UTC)
             done: list[RebaselinedChart] = []
             events: list[ViolationEvent] = []
+            traffic = self.traffic.get(self.partition_of(req.provider, req.model))
             for key in keys:
-                if not is_chart_key(key) or not await self.engine.ensure_loaded(key):
+                if is_traffic_chart(key):
+                    cleared = traffic.rebaseline(key, req.by, req.reason) if traffic is not None else None
+                elif not is_chart_key(key) or not await self.engine.ensure_loaded(key):
                     continue  # a deleted key is still listed until the bucket compacts
-                cleared = self.engine.rebaseline(key, req.by, req.reason, now)
+                else:
+                    cleared = self.engine.rebaseline(key, req.by, req.reason, now)
                 if cleared is not None:
                     events += cleared
                     done.append(RebaselinedChart(chart_key=key, cleared=len(cleared)))

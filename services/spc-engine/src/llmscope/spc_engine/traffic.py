@@ -28,7 +28,8 @@ from datetime import datetime
 
 import msgspec
 
-from llmscope.proto.charts import chart_key
+from llmscope.proto import charts as charts_contract
+from llmscope.proto.charts import ChartMeta, TrafficPoint, chart_key
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.proto.traffic import Quantiles, TrafficMinuteEvent
 from llmscope.proto.violation import BaselineRef, ChartLimits, ViolationEvent
@@ -39,13 +40,16 @@ from llmscope.spc_engine.subgroup import (
     SubgroupConfig,
     SubgroupSignal,
     SubgroupState,
+    score,
 )
+from llmscope.spc_engine.traffic_view import RECENT_MINUTES, minute_point, render
 
 ERROR_RATE = "traffic_error_rate"
 LPT_P50 = "traffic_latency_per_token_p50"
 LPT_P90 = "traffic_latency_per_token_p90"
 TTFT_P50 = "traffic_ttft_p50"
-TRAFFIC_METRICS = (ERROR_RATE, LPT_P50, LPT_P90, TTFT_P50)
+TRAFFIC_METRICS = charts_contract.TRAFFIC_METRICS
+"""(ERROR_RATE, LPT_P50, LPT_P90, TTFT_P50): the readers' list, in :mod:`llmscope.proto.charts`."""
 _WORDS = {
     ERROR_RATE: "error rate",
     LPT_P50: "p50 latency per output token",
@@ -104,6 +108,11 @@ class TrafficChartEntry(msgspec.Struct, kw_only=True):
     operation: str
     metric: str
     state: SubgroupState
+    baseline_number: int = 0
+    """0 for the first baseline, +1 per re-baseline."""
+    baseline_by: str = ""
+    """Who asked for the baseline in progress or in force ("": the engine, at the chart's start)."""
+    baseline_reason: str = ""
 
 
 class SubgroupRecord(msgspec.Struct, kw_only=True):
@@ -152,10 +161,18 @@ class TrafficPartition:
             state=state,
         )
         self.head_dirty = False
+        self.recent: dict[str, list[TrafficPoint]] = {}
+        """The latest charted minutes per chart key, for its chart record (see ``seed``)."""
+        self.dirty_charts: dict[str, str] = {}
+        """Charts whose record changed since ``take_records``: chart key -> subgroup key."""
+
+    def seed(self, key: str, recent: tuple[TrafficPoint, ...]) -> None:
+        """The recent minutes of a chart as its stored record had them (after a restart or a move)."""
+        self.recent[key] = list(recent[-RECENT_MINUTES:])
 
     @property
     def dirty(self) -> bool:
-        return self.head_dirty or bool(self.aggregator.touched)
+        return self.head_dirty or bool(self.aggregator.touched) or bool(self.dirty_charts)
 
     def on_request(self, ev: TelemetryEvent, stored: datetime, seq: int = 0) -> Closed:
         self.head_dirty = True
@@ -184,7 +201,8 @@ class TrafficPartition:
     def on_minute(self, ev: TrafficMinuteEvent) -> list[ViolationEvent]:
         out: list[ViolationEvent] = []
         prompt_id = f"traffic:{ev.operation}"
-        charts = self.charts.setdefault(group_key(ev.provider, ev.model, ev.service_name, ev.operation), {})
+        group = group_key(ev.provider, ev.model, ev.service_name, ev.operation)
+        charts = self.charts.setdefault(group, {})
         for metric, point in points_of(ev):
             key = chart_key(ev.provider, ev.model, ev.service_name, prompt_id, metric)
             entry = charts.get(key)
@@ -198,8 +216,93 @@ class TrafficPartition:
                     state=SubgroupState(),
                 )
             config = self._config_for(metric)
+            before = entry.state.baseline
             for sig in SubgroupChart(config, entry.state).update(point):
                 out.append(violation_of(key, entry, config, sig))
+            self.dirty_charts[key] = group
+            if point.n >= config.min_requests:
+                recent = self.recent.setdefault(key, [])
+                # A replay from the checkpoint closes minutes the stored record may have already.
+                if not recent or point.ts > recent[-1].ts:
+                    recent.append(minute_point(config, before, point))
+                    del recent[:-RECENT_MINUTES]
+        return out
+
+    def entry(self, key: str) -> tuple[str, TrafficChartEntry] | None:
+        """(subgroup key, chart) of a traffic chart key, or None when this partition has no such chart."""
+        for group, charts in self.charts.items():
+            found = charts.get(key)
+            if found is not None:
+                return group, found
+        return None
+
+    def rebaseline(self, key: str, by: str, reason: str) -> list[ViolationEvent] | None:
+        """Drop a chart's baseline (it collects a new one); None when there is no such chart.
+
+        An open episode clears at once, tied to the chart's latest point, so a repeat makes the
+        same id."""
+        found = self.entry(key)
+        if found is None:
+            return None
+        group, entry = found
+        config = self._config_for(entry.metric)
+        st = entry.state
+        out: list[ViolationEvent] = []
+        if st.episode is not None and st.baseline is not None and st.recent:
+            p = st.recent[-1]
+            z, sd = score(config, st.baseline, p.v, p.n)
+            sig = SubgroupSignal(
+                state="cleared",
+                rule="TRAFFIC",
+                rule_name="re-baselined",
+                point=p,
+                z=z,
+                sd=sd,
+                baseline=st.baseline,
+                episode_point_id=st.episode,
+                points=tuple(st.recent),
+            )
+            ev = violation_of(key, entry, config, sig)
+            out.append(msgspec.structs.replace(ev, detail=f"re-baselined by {by}: {reason}"[:2000]))
+        entry.state = SubgroupState()
+        entry.baseline_number += 1
+        entry.baseline_by, entry.baseline_reason = by, reason
+        self.aggregator.touched.add(group)  # the subgroup's record is written with the next snapshot
+        self.dirty_charts[key] = group
+        return out
+
+    def take_records(self, updated_at: datetime) -> list[tuple[str, bytes]]:
+        """(chart key, chart record) of the traffic charts changed since the last call."""
+        out = []
+        for key, group in sorted(self.dirty_charts.items()):
+            e = self.charts[group][key]
+            config = self._config_for(e.metric)
+            st = e.state
+            record = render(
+                key=key,
+                meta=ChartMeta(
+                    provider=e.provider,
+                    model=e.model,
+                    target=e.service_name,
+                    prompt_id=f"traffic:{e.operation}",
+                    metric=e.metric,
+                ),
+                config=config,
+                baseline=st.baseline,
+                collected=len(st.collected) // 24,
+                episode_open=st.episode is not None,
+                baseline_number=e.baseline_number,
+                baseline_by=e.baseline_by,
+                baseline_reason=e.baseline_reason,
+                service_name=e.service_name,
+                operation=e.operation,
+                points=st.points,
+                skipped=st.skipped,
+                recent=self.recent.get(key, []),
+                updated_at=updated_at,
+            )
+            out.append((key, msgspec.json.encode(record)))
+        self.dirty_charts.clear()
         return out
 
     def take_dirty(self, partition: int) -> list[tuple[str, bytes]]:
@@ -289,8 +392,9 @@ def violation_of(
             n=b.minutes,
             started_at=b.started_at,
             ended_at=b.ended_at,
-            created_by="engine",
-            reason=f"first {b.minutes} minutes of traffic with at least {config.min_requests} requests",
+            created_by=entry.baseline_by or "engine",
+            reason=entry.baseline_reason
+            or f"first {b.minutes} minutes of traffic with at least {config.min_requests} requests",
         ),
         point_ids=tuple(q.id for q in sig.points),
         point_values=tuple(nat(q.v) for q in sig.points),

@@ -81,6 +81,16 @@ DEMO_PROFILE = {
     "LLMSCOPE_PROBER_INTERVAL_S": "0.25",
     "LLMSCOPE_SPC_BASELINE_N": "200",
 }
+# Simulated application traffic traced to the API's OTLP receiver (an ingest key is generated
+# for it), so the traffic charts fill too: 4 requests/s over 4 models and 2 services is ~30 a
+# minute per subgroup (a point needs 10; the p90 chart, which needs 50, stays empty), and 15
+# minutes arm the charts. Not more: the simulator serves the probes too, and at 8 requests/s its
+# process spent ~9 % of a core on the traffic (7 % at 4), time its probes could wait behind. A
+# production traffic chart keeps a one-day baseline.
+DEMO_TRAFFIC = {
+    "LLMSCOPE_SIM_TRAFFIC_RPS": "4",
+    "LLMSCOPE_SPC_TRAFFIC_BASELINE_MINUTES": "15",
+}
 
 
 @dataclass(frozen=True)
@@ -324,6 +334,12 @@ class Stack:
             if self.demo_profile:
                 for variable, value in DEMO_PROFILE.items():
                     env.setdefault(variable, value)
+                if "api" in s.services and env.get("LLMSCOPE_SIM_TRAFFIC_RPS") != "0":
+                    for variable, value in DEMO_TRAFFIC.items():
+                        env.setdefault(variable, value)
+                    env.setdefault("LLMSCOPE_SIM_TRAFFIC_OTLP_URL", f"{_api_url(s)}/v1/traces")
+                    if not (env.get("LLMSCOPE_INGEST_KEY") or env.get("LLMSCOPE_OTLP_INGEST_KEY")):
+                        env["LLMSCOPE_INGEST_KEY"] = load_or_create_secret(s.data_dir, "ingest_key")
         return env
 
     @property
@@ -394,6 +410,10 @@ class Stack:
             child.stop()
 
 
+def _api_url(s: UpSettings) -> str:
+    return f"http://{_display_host(s.host)}:{s.port}"
+
+
 def _display_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
@@ -429,7 +449,14 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"  demo      probing the built-in simulator every {env['LLMSCOPE_PROBER_INTERVAL_S']} s,"
                 f" {env['LLMSCOPE_SPC_BASELINE_N']}-point baselines\n"
-                "            (README: 'demo profile'); try llmscope sim inject shift --model llama3.1:8b",
+                + (
+                    f"            simulated traffic {env['LLMSCOPE_SIM_TRAFFIC_RPS']} req/s traced to"
+                    f" /v1/traces, {env.get('LLMSCOPE_SPC_TRAFFIC_BASELINE_MINUTES')}-minute baselines"
+                    " (dashboard: Traffic)\n"
+                    if env.get("LLMSCOPE_SIM_TRAFFIC_RPS", "0") != "0"
+                    else ""
+                )
+                + "            (README: 'demo profile'); try llmscope sim inject shift --model llama3.1:8b",
                 flush=True,
             )
         if "api" in settings.services:

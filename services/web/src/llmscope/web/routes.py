@@ -51,6 +51,8 @@ from llmscope.web.overview import overview_rows, summary
 from llmscope.web.pages import Pages, is_htmx, toast_trigger
 from llmscope.web.settings_form import BY_ID, SECTIONS, SectionView, fixed_settings, parse_field, section_view
 from llmscope.web.status_routes import StatusData, add_status_routes
+from llmscope.web.traffic import TrafficData
+from llmscope.web.traffic_routes import add_traffic_routes
 from llmscope.web.trend_routes import add_trend_routes
 from llmscope.web.trends import COMPARE_MAX_HOURS, AvailabilityHistory, TrendsData
 
@@ -137,6 +139,7 @@ def create_router(
     status: StatusData | None = None,
     trends: TrendsData | None = None,
     live: Broadcaster | None = None,
+    traffic: TrafficData | None = None,
 ) -> APIRouter:
     """All dashboard routes, bound to the injected data access and authenticator (and, with
     ``alerting``, the incidents, silences and notifications pages and the overview's incident
@@ -781,6 +784,8 @@ def create_router(
         add_status_routes(
             router, status, pages, public=opts.status_public, signed_in=signed_in, session=session
         )
+    if traffic is not None:
+        add_traffic_routes(router, traffic, data, Session, pages, opts.refresh_s)
     return router
 
 
@@ -794,6 +799,7 @@ def install(
     status: StatusData | None = None,
     trends: TrendsData | None = None,
     live: Broadcaster | None = None,
+    traffic: TrafficData | None = None,
 ) -> None:
     """Mount the dashboard and its static files (htmx, CSS) on an application."""
     static_dir = files("llmscope.web") / "static"
@@ -808,6 +814,7 @@ def install(
             status=status,
             trends=trends,
             live=live,
+            traffic=traffic,
         )
     )
 

@@ -1,4 +1,5 @@
-"""The OTLP/HTTP trace receiver: ``POST /v1/traces`` -> traffic telemetry on the bus.
+"""The OTLP/HTTP receivers: ``POST /v1/traces`` -> traffic telemetry on the bus, and
+``POST /v1/metrics`` -> GenAI metric data points (``traffic_histogram.v1``) on the bus.
 
 Answers as the OTLP specification asks of a server:
 
@@ -18,19 +19,23 @@ Answers are encoded like the request: protobuf for ``application/x-protobuf``, J
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from fastapi import APIRouter, Request, Response
+from prometheus_client import Counter
 
 from llmscope.api.metrics import ApiMetrics
 from llmscope.api.otlp import wire
 from llmscope.api.otlp.genai import Mapped, map_traces
+from llmscope.api.otlp.genai_metrics import MappedMetrics, map_metrics
 from llmscope.bus.publisher import Publisher, PublishFailed
 from llmscope.config.logs import get_logger
 from llmscope.proto import subjects
-from llmscope.proto.base import utcnow
+from llmscope.proto.base import Event, utcnow
+from llmscope.proto.telemetry import TelemetryEvent
+from llmscope.proto.traffic_histogram import TrafficHistogramEvent
 
 log = get_logger("llmscope.api.otlp")
 
@@ -59,7 +64,9 @@ class Answer:
 
 
 class TraceReceiver:
-    """Decodes, maps and publishes one export request; knows nothing of HTTP frameworks."""
+    """Decodes, maps and publishes one trace export request; knows nothing of HTTP frameworks."""
+
+    what = "spans"
 
     def __init__(
         self,
@@ -97,50 +104,77 @@ class TraceReceiver:
             mapped = await asyncio.to_thread(self._map, body)
         except wire.BadBody as exc:
             return _failed(body.encoding, 400, INVALID_ARGUMENT, str(exc))
-        m = self._metrics.otlp_spans
+        m = self._counter()
         m.labels("rejected").inc(len(mapped.rejected))
         m.labels("ignored").inc(mapped.ignored)
         if mapped.rejected:
-            log.info("GenAI spans rejected", count=len(mapped.rejected), first=mapped.rejected[0][:300])
-        refused = await self._publish(mapped, body.encoding)
+            log.info(
+                f"GenAI {self.what} rejected", count=len(mapped.rejected), first=mapped.rejected[0][:300]
+            )
+        refused = await self._publish(mapped.events, body.encoding)
         if refused is not None:
             return refused
         m.labels("accepted").inc(len(mapped.events))
         return Answer(
-            200, wire.traces_response(body.encoding, len(mapped.rejected), mapped.message()), body.encoding
+            200, self._response(body.encoding, len(mapped.rejected), mapped.message()), body.encoding
         )
 
-    def _map(self, body: wire.Body) -> Mapped:
+    def _counter(self) -> Counter:
+        return self._metrics.otlp_spans
+
+    def _map(self, body: wire.Body) -> Mapped | MappedMetrics:
         return map_traces(wire.decode_traces(body), now=self._clock())
 
-    async def _publish(self, mapped: Mapped, encoding: wire.Encoding) -> Answer | None:
+    def _response(self, encoding: wire.Encoding, rejected: int, message: str) -> bytes:
+        return wire.traces_response(encoding, rejected, message)
+
+    def _subject(self, ev: Event) -> str:
+        assert isinstance(ev, TelemetryEvent)
+        return subjects.telemetry(ev.provider, ev.model)
+
+    async def _publish(self, events: Sequence[Event], encoding: wire.Encoding) -> Answer | None:
         """None once every event is acknowledged; the refusal (429/503) otherwise."""
-        events = mapped.events
         if not events:
             return None
         publisher = self._publisher()
         if publisher is None:
             return _failed(encoding, 503, UNAVAILABLE, "not connected to NATS yet", retry=True)
         if self._in_flight + len(events) > self._max_in_flight and self._in_flight:
-            return _failed(encoding, 429, RESOURCE_EXHAUSTED, "too many spans waiting for NATS", retry=True)
+            return _failed(
+                encoding, 429, RESOURCE_EXHAUSTED, f"too many {self.what} waiting for NATS", retry=True
+            )
         self._in_flight += len(events)
         try:
             for start in range(0, len(events), PUBLISH_CONCURRENCY):
                 chunk = events[start : start + PUBLISH_CONCURRENCY]
                 await asyncio.gather(
-                    *(
-                        publisher.publish(
-                            subjects.telemetry(ev.provider, ev.model), ev, deadline=self._deadline
-                        )
-                        for ev in chunk
-                    )
+                    *(publisher.publish(self._subject(ev), ev, deadline=self._deadline) for ev in chunk)
                 )
         except PublishFailed as exc:
-            log.warning("traffic not confirmed stored", spans=len(events), error=str(exc)[:300])
+            log.warning("traffic not confirmed stored", what=self.what, n=len(events), error=str(exc)[:300])
             return _failed(encoding, 503, UNAVAILABLE, f"not confirmed stored, retry: {exc}", retry=True)
         finally:
             self._in_flight -= len(events)
         return None
+
+
+class MetricsReceiver(TraceReceiver):
+    """Decodes, maps and publishes one metrics export request (the GenAI client histograms)."""
+
+    what = "data points"
+
+    def _counter(self) -> Counter:
+        return self._metrics.otlp_data_points
+
+    def _map(self, body: wire.Body) -> Mapped | MappedMetrics:
+        return map_metrics(wire.decode_metrics(body), now=self._clock())
+
+    def _response(self, encoding: wire.Encoding, rejected: int, message: str) -> bytes:
+        return wire.metrics_response(encoding, rejected, message)
+
+    def _subject(self, ev: Event) -> str:
+        assert isinstance(ev, TrafficHistogramEvent)
+        return subjects.traffic_histogram(ev.provider, ev.model)
 
 
 def _failed(encoding: wire.Encoding, status: int, code: int, message: str, *, retry: bool = False) -> Answer:
@@ -148,8 +182,9 @@ def _failed(encoding: wire.Encoding, status: int, code: int, message: str, *, re
     return Answer(status, wire.status(encoding, code, message), encoding, headers)
 
 
-def router(receiver: TraceReceiver) -> APIRouter:
-    """``POST /v1/traces``; the front door has checked the ingest key and the body's size."""
+def router(receiver: TraceReceiver, metrics: MetricsReceiver | None = None) -> APIRouter:
+    """``POST /v1/traces`` and ``/v1/metrics``; the front door has checked the ingest key and the
+    body's size."""
     api = APIRouter(tags=["otlp"])
 
     @api.post(
@@ -169,6 +204,35 @@ def router(receiver: TraceReceiver) -> APIRouter:
         """OTLP/HTTP trace export (protobuf or JSON, gzip or not): GenAI spans become traffic
         telemetry; authenticate with ``Authorization: Bearer <LLMSCOPE_INGEST_KEY>``."""
         answer = await receiver.export(
+            request.headers.get("content-type", ""),
+            request.headers.get("content-encoding", ""),
+            await request.body(),
+        )
+        return answer.response()
+
+    if metrics is None:
+        return api
+
+    @api.post(
+        "/v1/metrics",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "ExportMetricsServiceResponse (partial_success when data points were rejected)"
+            },
+            400: {"description": "undecodable body (google.rpc.Status)"},
+            401: {"description": "missing or invalid ingest key (LLMSCOPE_INGEST_KEY)"},
+            413: {"description": "body over LLMSCOPE_MAX_BODY_BYTES, before or after gzip"},
+            415: {"description": "neither application/x-protobuf nor application/json"},
+            429: {"description": "too many data points waiting for NATS: retry after Retry-After"},
+            503: {"description": "NATS away or not confirmed: retry after Retry-After (deduplicated)"},
+        },
+    )
+    async def export_metrics(request: Request) -> Response:
+        """OTLP/HTTP metrics export (protobuf or JSON, gzip or not): the GenAI client histograms
+        (``gen_ai.client.operation.duration``, ``...time_to_first_chunk``, ``gen_ai.client.token.usage``)
+        become ``traffic_histogram.v1`` events; other metrics are ignored."""
+        answer = await metrics.export(
             request.headers.get("content-type", ""),
             request.headers.get("content-encoding", ""),
             await request.body(),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -18,6 +19,10 @@ import msgspec
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 from google.rpc import status_pb2
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -86,24 +91,47 @@ def gunzip(data: bytes, limit: int) -> bytes:
 def decode_traces(b: Body) -> ExportTraceServiceRequest:
     """An ``ExportTraceServiceRequest``, or :class:`BadBody`."""
     request = ExportTraceServiceRequest()
+    _decode(b, request, _hex_ids_to_base64)
+    return request
+
+
+def decode_metrics(b: Body) -> ExportMetricsServiceRequest:
+    """An ``ExportMetricsServiceRequest``, or :class:`BadBody`."""
+    request = ExportMetricsServiceRequest()
+    _decode(b, request, _drop_exemplars)
+    return request
+
+
+def _decode(b: Body, request: Message, fix_json: Callable[[dict[str, Any]], None]) -> None:
+    name = type(request).__name__
     if b.encoding == "protobuf":
         try:
             request.ParseFromString(b.data)
         except DecodeError as exc:
-            raise BadBody(f"body is not an OTLP protobuf ExportTraceServiceRequest: {exc}") from None
-        return request
+            raise BadBody(f"body is not an OTLP protobuf {name}: {exc}") from None
+        return
     try:
         raw = msgspec.json.decode(b.data)
     except msgspec.DecodeError as exc:
         raise BadBody(f"body is not JSON: {exc}") from None
     if not isinstance(raw, dict):
-        raise BadBody("body is not an OTLP/JSON ExportTraceServiceRequest: expected an object")
-    _hex_ids_to_base64(raw)
+        raise BadBody(f"body is not an OTLP/JSON {name}: expected an object")
+    fix_json(raw)
     try:
         json_format.ParseDict(raw, request, ignore_unknown_fields=True)
     except json_format.ParseError as exc:
-        raise BadBody(f"body is not an OTLP/JSON ExportTraceServiceRequest: {exc}") from None
-    return request
+        raise BadBody(f"body is not an OTLP/JSON {name}: {exc}") from None
+
+
+def _drop_exemplars(raw: dict[str, Any]) -> None:
+    """Remove exemplars (unused here) in place: their trace and span ids are hex in OTLP/JSON."""
+    for rm in _dicts(raw.get("resourceMetrics", raw.get("resource_metrics"))):
+        for sm in _dicts(rm.get("scopeMetrics", rm.get("scope_metrics"))):
+            for metric in _dicts(sm.get("metrics")):
+                for kind in metric.values():
+                    if isinstance(kind, dict):
+                        for point in _dicts(kind.get("dataPoints", kind.get("data_points"))):
+                            point.pop("exemplars", None)
 
 
 _ID_FIELDS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
@@ -138,6 +166,15 @@ def traces_response(encoding: Encoding, rejected: int = 0, message: str = "") ->
     response = ExportTraceServiceResponse()
     if rejected or message:
         response.partial_success.rejected_spans = rejected
+        response.partial_success.error_message = message
+    return encode(response, encoding)
+
+
+def metrics_response(encoding: Encoding, rejected: int = 0, message: str = "") -> bytes:
+    """``ExportMetricsServiceResponse``; ``partial_success`` only when something was rejected or said."""
+    response = ExportMetricsServiceResponse()
+    if rejected or message:
+        response.partial_success.rejected_data_points = rejected
         response.partial_success.error_message = message
     return encode(response, encoding)
 
