@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.log_level:
         settings = replace(settings, log_level=args.log_level)
     setup_logging("spc-engine", settings.log_level)
-    log.info("starting", replica=settings.replica, replicas=settings.replicas, baseline_n=settings.baseline_n)
+    log.info("starting", replica=settings.replica, baseline_n=settings.baseline_n)
     # uvloop when installed: the consume -> chart -> publish path runs faster on it (make bench (b)).
     return eventloop.run(_main(settings))
 
