@@ -160,9 +160,9 @@ async def test_members_find_each_other_leave_expire_and_a_twin_is_refused(nats_u
         js = nc.jetstream()
         settings = SpcSettings(lease_ttl_s=1.0)
         kv = await open_members(js, settings)
-        assert (await kv.status()).ttl == 2.0  # two lease TTLs
+        assert (await kv.status()).ttl == 1.0  # one lease TTL
         await open_members(js, SpcSettings(lease_ttl_s=5.0))  # the next replica opens it as it is
-        assert (await kv.status()).ttl == 2.0
+        assert (await kv.status()).ttl == 1.0
         a = Membership(js, kv, settings.members_bucket, "0@a")
         b = Membership(js, kv, settings.members_bucket, "1@b")
         await a.announce()

@@ -15,7 +15,7 @@ at any time, and nothing tells a replica how many there are: they find each othe
 
 Membership (who shares the partitions): every replica announces itself in the KV bucket
 ``llmscope_spc_members`` (key ``m.<hex of its identity>``, value its identity and a random
-instance id) every ``ttl / 4``; the bucket's max age (``2 * LLMSCOPE_SPC_LEASE_TTL_S``, set by the
+instance id) every ``ttl / 4``; the bucket's max age (``LLMSCOPE_SPC_LEASE_TTL_S``, set by the
 first replica that creates it) removes a replica that stopped announcing, and a replica that stops
 cleanly deletes its key. Each round a replica reads the live members, sorts their identities, and
 wants the partitions k with ``k % len(members) == its rank``: it starts taking the ones it wants
@@ -140,9 +140,11 @@ def owned_partitions(partitions: int, replicas: int, replica: int) -> list[int]:
 
 
 MEMBERS_BUCKET = "llmscope_spc_members"
-MEMBER_TTLS = 2.0
+MEMBER_TTLS = 1.0
 """The members bucket's max age, in lease TTLs: a replica that stopped announcing itself is
-dropped after this, so its partitions are wanted by others about when its leases expire."""
+dropped after this, so its partitions are wanted by others when its leases expire. No shorter
+than a lease needs: a replica that could not announce itself for a TTL has given up its leases
+(``PartitionLease.check``)."""
 
 
 def member_key(holder: str) -> str:
@@ -970,12 +972,14 @@ class SpcService:
             description="LLMscope per-model SPC chart settings (overrides)",
             replicas=self.settings.bus.replicas,
         )
-        sub = await self._nc.subscribe(subjects.spc_rebaseline(), cb=self.on_rebaseline)
-        model_sub = await self._nc.subscribe(subjects.spc_rebaseline_model(), cb=self.on_rebaseline_model)
-        await self._nc.flush()  # a re-baseline request sent right after start must find us
         members_kv = await open_members(self._js, self.settings)
         membership = Membership(self._js, members_kv, self.settings.members_bucket, self.holder)
         member_ttl = (await members_kv.status()).ttl or MEMBER_TTLS * self.settings.lease_ttl_s
+        await membership.announce()
+        self.members = await membership.live()  # who answers a malformed request, from the start
+        sub = await self._nc.subscribe(subjects.spc_rebaseline(), cb=self.on_rebaseline)
+        model_sub = await self._nc.subscribe(subjects.spc_rebaseline_model(), cb=self.on_rebaseline_model)
+        await self._nc.flush()  # a re-baseline request sent right after start must find us
         log.info("starting", holder=self.holder, partitions=self.settings.partitions)
         inner_stop = self._closing
 
