@@ -838,8 +838,11 @@ class SpcService:
             return
         durable = partition_durable(partition)
         start = 0
+        # Renewed from now on, not once the lock is free: the setup of a partition taken while the
+        # others are charted may wait for the lock a while. Released at a hand-over, or with the
+        # others at stop.
+        self._leases[partition] = lease
         async with self._lock:
-            self._leases[partition] = lease  # released at a hand-over, or with the others at stop
             if not stop.is_set():
                 # Partitions queue here for the lock; with NATS away each setup below takes a
                 # request timeout or more, and a stop must not wait for all of them in turn.
