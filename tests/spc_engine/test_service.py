@@ -364,12 +364,13 @@ async def test_partitions_rebalance_from_1_to_3_to_2_replicas_while_telemetry_fl
     assert running["a"][0].held == set(range(PARTITIONS))
     start("b")
     start("c")
-    await asyncio.gather(balanced(), publish_slowly(js, events[600:1500]))
+    await asyncio.gather(balanced(), publish_slowly(js, events[600:1200]))
     assert all(len(s.held) in (5, 6) for s, _, _ in running.values())
+    await publish_slowly(js, events[1200:1500])  # every model has points here: each new owner charts
     await wait_consumed(js, events, 1500)
     assert {h for h, _, _ in charted} == {"a", "b", "c"}
-    await asyncio.gather(stop("c"), balanced(), publish_slowly(js, events[1500:2100]))
-    await publish_all(js, events[2100:])
+    await asyncio.gather(stop("c"), balanced(), publish_slowly(js, events[1500:1800]))
+    await publish_all(js, events[1800:])
     await wait_consumed(js, events, len(events))
     await asyncio.gather(stop("a"), stop("b"))
 
