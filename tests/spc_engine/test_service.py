@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -335,8 +336,11 @@ async def test_partitions_rebalance_from_1_to_3_to_2_replicas_while_telemetry_fl
     charted: list[tuple[str, int, int]] = []
     running: dict[str, tuple[SpcService, asyncio.Task[None], asyncio.Event]] = {}
 
+    # A lease TTL longer than the test: every move is a hand-over or a clean stop, never an expiry.
+    slow = dataclasses.replace(settings(nats_url), lease_ttl_s=600)
+
     def start(holder: str) -> None:
-        service = Spied(SpcService(settings(nats_url), nc, js, charts, holder=holder), charted).service
+        service = Spied(SpcService(slow, nc, js, charts, holder=holder), charted).service
         stop = asyncio.Event()
         running[holder] = (service, asyncio.create_task(service.run(stop)), stop)
 

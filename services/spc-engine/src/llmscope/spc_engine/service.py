@@ -15,7 +15,7 @@ at any time, and nothing tells a replica how many there are: they find each othe
 
 Membership (who shares the partitions): every replica announces itself in the KV bucket
 ``llmscope_spc_members`` (key ``m.<hex of its identity>``, value its identity and a random
-instance id) every ``ttl / 4``; the bucket's max age (``LLMSCOPE_SPC_LEASE_TTL_S``, set by the
+instance id) every ``ttl / 4`` or second; the bucket's max age (``LLMSCOPE_SPC_LEASE_TTL_S``, set by the
 first replica that creates it) removes a replica that stopped announcing, and a replica that stops
 cleanly deletes its key. Each round a replica reads the live members, sorts their identities, and
 wants the partitions k with ``k % len(members) == its rank``: it starts taking the ones it wants
@@ -1012,8 +1012,9 @@ class SpcService:
                             return
 
         async def members() -> None:
-            # Announced at least four times per max age, whatever TTL the bucket was made with.
-            every = min(self.settings.lease_ttl_s, member_ttl) / 4
+            # Announced at least four times per max age, whatever TTL the bucket was made with,
+            # and at least every second: a replica that joins or leaves is noticed that fast.
+            every = min(self.settings.lease_ttl_s / 4, member_ttl / 4, 1.0)
             while not inner_stop.is_set():
                 try:
                     await membership.announce()
