@@ -1064,8 +1064,7 @@ class SpcService:
         finally:
             inner_stop.set()  # first: the partitions stop without handing over one by one
             assigning.cancel()  # not awaited through a request timeout with NATS away
-            with contextlib.suppress(BaseException):
-                await assigning
+            await asyncio.wait([assigning])
             parts = [task for task, _ in self._parts.values()]
             for _, part_stop in self._parts.values():
                 part_stop.set()
