@@ -5,8 +5,8 @@ stop event: the batch in hand finishes, charts are snapshotted, the connection d
 still waits for NATS it stops at once, and with NATS away it stops without the final snapshot
 (the next start replays from the last checkpoint). Exit codes: 0 after a signal, 1 when a
 violation could not be published, a partition lease was lost (restart to replay) or another
-live replica announces the same identity, 2 for a configuration error or bad arguments. ``/metrics`` on the health port: see
-:mod:`llmscope.spc_engine.metrics`.
+live replica announces the same identity, 2 for a configuration error or bad arguments.
+``/metrics`` on the health port: see :mod:`llmscope.spc_engine.metrics`.
 """
 
 from __future__ import annotations

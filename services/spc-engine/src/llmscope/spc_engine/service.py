@@ -1109,10 +1109,9 @@ async def serve(
 ) -> int:
     """Run until ``stop``; 0 once ``stop`` is set (whatever failed while stopping, e.g. with NATS
     away), 1 when a publish failed, a lease was lost or another live replica has this one's
-    identity before that, 2 when the telemetry stream
-    has another number of partitions. A ``stop`` while NATS has not answered yet ends the wait
-    at once (0). ``on_connected`` gets the connection once the streams and buckets are there
-    (readiness follows it)."""
+    identity before that, 2 when the telemetry stream has another number of partitions. A
+    ``stop`` while NATS has not answered yet ends the wait at once (0). ``on_connected`` gets the
+    connection once the streams and buckets are there (readiness follows it)."""
     try:
         nc = await connect(settings.bus.nats_url, f"llmscope-spc-engine-{settings.replica}", stop=stop)
     except Stopped:
