@@ -158,11 +158,11 @@ async def test_members_find_each_other_leave_expire_and_a_twin_is_refused(nats_u
     nc = await nats.connect(nats_url)
     try:
         js = nc.jetstream()
-        settings = SpcSettings(lease_ttl_s=1.0)
+        settings = SpcSettings(lease_ttl_s=2.0)
         kv = await open_members(js, settings)
-        assert (await kv.status()).ttl == 1.0  # one lease TTL
+        assert (await kv.status()).ttl == 2.0  # one lease TTL
         await open_members(js, SpcSettings(lease_ttl_s=5.0))  # the next replica opens it as it is
-        assert (await kv.status()).ttl == 1.0
+        assert (await kv.status()).ttl == 2.0
         a = Membership(js, kv, settings.members_bucket, "0@a")
         b = Membership(js, kv, settings.members_bucket, "1@b")
         await a.announce()
