@@ -49,8 +49,8 @@ def _registries() -> dict[str, CollectorRegistry]:
     spc.telemetry.labels("0").inc()
     spc.batch_seconds.observe(0.01)
     ownership = Ownership(10)
-    ownership.observe(0, "0-of-1@host", 3)
-    spc.registry.register(EngineCollector(list, lambda: {0}, ownership))
+    ownership.observe(0, "0@host", 3)
+    spc.registry.register(EngineCollector(list, lambda: {0}, ownership, members=lambda: 1))
     for consumers, durable in ((alerter.consumers, "alerter"), (spc.consumers, "spc-engine-p0")):
         consumers.pending.labels(durable).set(0)
         consumers.ack_pending.labels(durable).set(0)

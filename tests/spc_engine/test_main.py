@@ -14,12 +14,19 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
+import nats
 import pytest
 from nats.js import JetStreamContext
 
 from llmscope.proto import subjects
 from llmscope.spc_engine.engine import Engine
-from llmscope.spc_engine.service import config_for, partition_durable
+from llmscope.spc_engine.service import (
+    MEMBERS_BUCKET,
+    Membership,
+    config_for,
+    open_members,
+    partition_durable,
+)
 from llmscope.spc_engine.settings import SpcSettings
 from llmscope.stack.embedded import EmbeddedNats
 from llmscope.stack.ports import free_port
@@ -151,27 +158,54 @@ async def test_metrics_report_charting_violations_lag_and_dead_letters(
 
 
 async def test_a_partition_nobody_owns_is_logged_and_counted(nats_url: str, tmp_path: Path) -> None:
-    # Replica 0 of 2 alone (the other one scaled away): the odd partitions have no owner.
+    """A member that announces itself but takes nothing (a wedged replica, here a ghost the test
+    writes): its partitions have no owner, which the engine logs and counts; once the ghost stops
+    announcing, the engine takes them and says so."""
     log = tmp_path / "engine.log"
-    env = {"LLMSCOPE_SPC_PARTITIONS": "4", "LLMSCOPE_SPC_REPLICAS": "2", "LLMSCOPE_SPC_LEASE_TTL_S": "1"}
-    async with aiohttp.ClientSession() as session:
+    env = {"LLMSCOPE_SPC_PARTITIONS": "4", "LLMSCOPE_SPC_LEASE_TTL_S": "1"}
+    nc = await nats.connect(nats_url)  # no streams made here: the engine makes them, 4 partitions
+    js = nc.jetstream()
+    members = await open_members(js, SpcSettings(lease_ttl_s=1.0))
+    # Ranked after the engine ("0@<host>"): the ghost's share is partitions 1 and 3.
+    ghost = Membership(js, members, MEMBERS_BUCKET, "zz-ghost@nowhere")
+    haunting = True
 
-        async def unowned(port: int, n: int) -> bool:
-            try:
+    async def haunt() -> None:
+        while haunting:
+            await ghost.announce()
+            await asyncio.sleep(0.2)
+
+    haunt_task = asyncio.create_task(haunt())
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def unowned(port: int, n: int) -> bool:
+                try:
+                    samples = await scrape(session, f"http://127.0.0.1:{port}/metrics")
+                except aiohttp.ClientConnectionError:
+                    return False
+                return values(samples, "llmscope_spc_partitions_unowned") == [n]
+
+            async with engine_process(nats_url, log, **env) as (first, port):
+                await eventually(lambda: unowned(port, 2), within=30, what="partitions 1 and 3 unowned")
+                lines = [line for line in log.read_text().splitlines() if "partition has no owner" in line]
+                assert [re.search(r"partition=(\d+)", line)[1] for line in lines] == ["1", "3"]  # type: ignore[index]
+                assert all("lease=free" in line for line in lines)
                 samples = await scrape(session, f"http://127.0.0.1:{port}/metrics")
-            except aiohttp.ClientConnectionError:
-                return False
-            return values(samples, "llmscope_spc_partitions_unowned") == [n]
-
-        async with engine_process(nats_url, log, LLMSCOPE_SPC_REPLICA="0", **env) as (first, port):
-            await eventually(lambda: unowned(port, 2), within=30, what="partitions 1 and 3 unowned")
-            lines = [line for line in log.read_text().splitlines() if "partition has no owner" in line]
-            assert [re.search(r"partition=(\d+)", line)[1] for line in lines] == ["1", "3"]  # type: ignore[index]
-            assert all("lease=free" in line for line in lines)
-            async with engine_process(nats_url, log, LLMSCOPE_SPC_REPLICA="1", **env) as (second, _):
+                assert values(samples, "llmscope_spc_members") == [2]
+                assert values(samples, "llmscope_spc_partitions_held") == [2]
+                haunting = False
+                await haunt_task
                 await eventually(lambda: unowned(port, 0), within=30, what="every partition owned again")
                 assert log.read_text().count("partition has an owner again") == 2
-                second.send_signal(signal.SIGTERM)
-                assert await asyncio.wait_for(second.wait(), 30) == 0
-            first.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(first.wait(), 30) == 0
+                samples = await scrape(session, f"http://127.0.0.1:{port}/metrics")
+                assert values(samples, "llmscope_spc_partitions_held") == [4]
+                assert values(samples, "llmscope_spc_members") == [1]
+                assigned = [line for line in log.read_text().splitlines() if "partitions assigned" in line]
+                assert "partitions=0,1,2,3" in assigned[-1]
+                first.send_signal(signal.SIGTERM)
+                assert await asyncio.wait_for(first.wait(), 30) == 0
+    finally:
+        haunting = False
+        await haunt_task
+        await nc.close()

@@ -12,8 +12,17 @@ from nats.js import JetStreamContext
 
 from llmscope.bus.kv import open_bucket
 from llmscope.config.env import ConfigError, Env
-from llmscope.spc_engine.service import LeaseLostError, PartitionLease, owned_partitions, renew_leases
+from llmscope.spc_engine.service import (
+    LeaseLostError,
+    MemberConflictError,
+    Membership,
+    PartitionLease,
+    open_members,
+    owned_partitions,
+    renew_leases,
+)
 from llmscope.spc_engine.settings import SpcSettings
+from tests.alerter.harness import eventually
 
 
 def test_replicas_own_disjoint_partitions_that_cover_all() -> None:
@@ -23,12 +32,15 @@ def test_replicas_own_disjoint_partitions_that_cover_all() -> None:
         assert sum(len(o) for o in owned) == 16
 
 
-def test_settings_read_partitions_and_refuse_more_replicas_than_partitions() -> None:
+def test_settings_read_partitions_and_accept_the_old_replica_count() -> None:
     env = {"LLMSCOPE_SPC_PARTITIONS": "8", "LLMSCOPE_SPC_REPLICAS": "3", "LLMSCOPE_SPC_REPLICA": "2"}
     s = SpcSettings.from_env(Env(env))
-    assert (s.partitions, s.replicas, s.replica, s.lease_ttl_s) == (8, 3, 2, 10.0)
+    assert (s.partitions, s.replica, s.lease_ttl_s) == (8, 2, 10.0)
+    # The replicas find each other: more than partitions is allowed (the extra ones wait).
+    s = SpcSettings.from_env(Env({"LLMSCOPE_SPC_PARTITIONS": "2", "LLMSCOPE_SPC_REPLICAS": "3"}))
+    assert s.partitions == 2
     with pytest.raises(ConfigError):
-        SpcSettings.from_env(Env({"LLMSCOPE_SPC_PARTITIONS": "2", "LLMSCOPE_SPC_REPLICAS": "3"}))
+        SpcSettings.from_env(Env({"LLMSCOPE_SPC_REPLICA": "-1"}))
 
 
 async def test_a_lease_is_exclusive_taken_over_only_after_its_holder_stops_renewing(
@@ -140,3 +152,40 @@ async def test_leases_are_renewed_together_so_a_slow_nats_costs_one_round_trip(n
     finally:
         await nc.close()
         await link.close()
+
+
+async def test_members_find_each_other_leave_expire_and_a_twin_is_refused(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        settings = SpcSettings(lease_ttl_s=2.0)
+        kv = await open_members(js, settings)
+        assert (await kv.status()).ttl == 2.0  # one lease TTL
+        await open_members(js, SpcSettings(lease_ttl_s=5.0))  # the next replica opens it as it is
+        assert (await kv.status()).ttl == 2.0
+        a = Membership(js, kv, settings.members_bucket, "0@a")
+        b = Membership(js, kv, settings.members_bucket, "1@b")
+        await a.announce()
+        assert await a.live() == ["0@a"]
+        await b.announce()
+        assert await a.live() == await b.live() == ["0@a", "1@b"]
+        await b.leave()  # a clean stop: gone at once
+        assert await a.live() == ["0@a"]
+        await b.announce()
+        assert await a.live() == ["0@a", "1@b"]
+
+        async def only_a() -> bool:  # b stopped announcing (killed): gone after the max age
+            await a.announce()
+            return await a.live() == ["0@a"]
+
+        await eventually(only_a, within=20, what="b expired")
+        # A second live process with a's identity would share its leases: refused. The same
+        # identity restarted after a crash is not a twin (its first announcement replaces the key).
+        twin = Membership(js, kv, settings.members_bucket, "0@a")
+        await twin.announce()
+        with pytest.raises(MemberConflictError):
+            await a.announce()
+        await twin.announce()
+        assert await twin.live() == ["0@a"]
+    finally:
+        await nc.close()

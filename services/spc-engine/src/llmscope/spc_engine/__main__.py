@@ -4,9 +4,9 @@ Settings come from the environment (:mod:`llmscope.spc_engine.settings`). SIGINT
 stop event: the batch in hand finishes, charts are snapshotted, the connection drains; while it
 still waits for NATS it stops at once, and with NATS away it stops without the final snapshot
 (the next start replays from the last checkpoint). Exit codes: 0 after a signal, 1 when a
-violation could not be published or a partition lease was lost (restart to replay), 2 for a
-configuration error or bad arguments. ``/metrics`` on the health port: see
-:mod:`llmscope.spc_engine.metrics`.
+violation could not be published, a partition lease was lost (restart to replay) or another
+live replica announces the same identity, 2 for a configuration error or bad arguments.
+``/metrics`` on the health port: see :mod:`llmscope.spc_engine.metrics`.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.log_level:
         settings = replace(settings, log_level=args.log_level)
     setup_logging("spc-engine", settings.log_level)
-    log.info("starting", replica=settings.replica, replicas=settings.replicas, baseline_n=settings.baseline_n)
+    log.info("starting", replica=settings.replica, baseline_n=settings.baseline_n)
     # uvloop when installed: the consume -> chart -> publish path runs faster on it (make bench (b)).
     return eventloop.run(_main(settings))
 

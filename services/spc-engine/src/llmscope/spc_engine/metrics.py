@@ -53,10 +53,11 @@ class SpcMetrics:
 class Ownership:
     """Who holds each partition's lease, from reading the leases now and then.
 
-    A held lease changes at every renewal (``ttl / 4``), and a lease whose holder died is taken
-    over after ``ttl`` by any replica that owns the partition; a lease that stayed free, or
-    unchanged, for two TTLs therefore has nobody to take it: the partition's telemetry is not
-    charted (typically a replica count lowered without lowering ``LLMSCOPE_SPC_REPLICAS``).
+    A held lease changes at every renewal (``ttl / 4``), a lease whose holder died is taken over
+    after ``ttl`` by the replica that wants the partition, and a partition handed over is taken
+    within a round; a lease that stayed free, or unchanged, for two TTLs therefore has nobody to
+    take it: the partition's telemetry is not charted (no replica runs, or a member that still
+    announces itself does not take its partitions).
     """
 
     def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
@@ -97,10 +98,12 @@ class EngineCollector(Collector):
         charts: Callable[[], Iterable[tuple[str, MetricChart | AvailabilityChart]]],
         held: Callable[[], set[int]],
         ownership: Ownership,
+        members: Callable[[], int] | None = None,
     ) -> None:
         self._charts = charts
         self._held = held
         self._ownership = ownership
+        self._members = members
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         states: Tally[tuple[str, str]] = Tally()
@@ -142,6 +145,12 @@ class EngineCollector(Collector):
         for partition, holder in sorted(self._ownership.holders.items()):
             owners.add_metric([str(partition), holder], 1)
         yield owners
+        if self._members is not None:
+            yield GaugeMetricFamily(
+                "llmscope_spc_members",
+                "Engine replicas alive as this replica last read them (they share the partitions)",
+                value=self._members(),
+            )
         yield GaugeMetricFamily(
             "llmscope_spc_partitions_unowned",
             "Partitions whose lease nobody took or renewed for two TTLs: their telemetry is not charted",

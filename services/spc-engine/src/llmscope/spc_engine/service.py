@@ -8,21 +8,33 @@ highest sequence (a partition has one reader, its lease holder).
 
 Partitions (scale-out): the telemetry stream stores every model's messages in one of
 ``LLMSCOPE_SPC_PARTITIONS`` (P) partitions, a hash of provider and model computed by nats-server
-(:mod:`llmscope.bus.streams`). Replica i of N owns the partitions k with ``k % N == i``; each
-partition has its own durable consumer ``spc-engine-p<k>``, filtered to that partition, and its
-own checkpoint ``_checkpoint.p<k>``, so a replica reads only its share of the stream. P is fixed
-for the life of the stream; N can change at any time.
+(:mod:`llmscope.bus.streams`). Each partition has its own durable consumer ``spc-engine-p<k>``,
+filtered to that partition, and its own checkpoint ``_checkpoint.p<k>``, so a replica reads only
+its share of the stream. P is fixed for the life of the stream; the number of replicas can change
+at any time, and nothing tells a replica how many there are: they find each other.
+
+Membership (who shares the partitions): every replica announces itself in the KV bucket
+``llmscope_spc_members`` (key ``m.<hex of its identity>``, value its identity and a random
+instance id) every ``ttl / 4`` or second; the bucket's max age (``LLMSCOPE_SPC_LEASE_TTL_S``, set by the
+first replica that creates it) removes a replica that stopped announcing, and a replica that stops
+cleanly deletes its key. Each round a replica reads the live members, sorts their identities, and
+wants the partitions k with ``k % len(members) == its rank``: it starts taking the ones it wants
+and hands over the ones it no longer wants (it stops that partition's consumer after the batch in
+hand, snapshots, forgets the partition's charts and releases its lease), so the replica that wants
+it next takes it at once. Replicas that briefly see different members may both want a partition
+(the lease lets only one chart it) or neither (it is taken one round later). A second live
+process announcing the same identity is refused (exit 1): it would share this one's leases.
 
 One holder per partition: before consuming a partition a replica takes its lease (KV key
 ``_lease.p<k>``, written with compare-and-set on the revision, renewed every ``ttl / 4``). A
-lease is free when deleted (a replica releases its leases after its final snapshot on a clean
-stop), taken at once when its holder has this replica's identity (``<i>-of-<N>@<host>``: the
-same replica restarted), and taken over when its revision has not changed for
-``LLMSCOPE_SPC_LEASE_TTL_S`` (its holder died). A replica whose lease renewal fails, or that
-could not renew within ``0.75 ttl``, stops charting and acking before anybody else may take the
-partition, and exits 1. So when N changes, a partition moves only after its old owner stopped
-(or its lease expired), and the new owner resumes the partition from its checkpoint: never from
-the stream's start, never while the old owner still charts it.
+lease is free when deleted (released after a hand-over or on a clean stop), taken at once when
+its holder has this replica's identity (``<LLMSCOPE_SPC_REPLICA>@<host>``: the same replica
+restarted), and taken over when its revision has not changed for ``LLMSCOPE_SPC_LEASE_TTL_S``
+(its holder died). A replica whose lease renewal fails, or that could not renew within
+``0.75 ttl``, stops charting and acking before anybody else may take the partition, and exits 1.
+So a partition moves only after its old owner stopped charting it (or its lease expired), and the
+new owner resumes the partition from its checkpoint: never from the stream's start, never while
+the old owner still charts it. Safety comes from the leases, liveness from the membership.
 
 Exact recovery: every ``snapshot_interval_s`` the changed charts are written to the KV bucket
 (each with the last stream sequence it applied), then each partition's checkpoint with the last
@@ -57,6 +69,7 @@ import functools
 import re
 import socket
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 
@@ -65,8 +78,15 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import ConnectionReconnectingError, NoRespondersError
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType
+from nats.js.errors import (
+    APIError,
+    BadRequestError,
+    BucketNotFoundError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NotFoundError,
+)
 from nats.js.kv import KeyValue
 
 from llmscope.bus.connection import connect
@@ -117,8 +137,21 @@ log = get_logger("llmscope.spc_engine")
 
 
 def owned_partitions(partitions: int, replicas: int, replica: int) -> list[int]:
-    """The partitions replica ``replica`` of ``replicas`` owns."""
+    """The partitions the member ranked ``replica`` among ``replicas`` live members wants."""
     return [k for k in range(partitions) if k % replicas == replica]
+
+
+MEMBERS_BUCKET = "llmscope_spc_members"
+MEMBER_TTLS = 1.0
+"""The members bucket's max age, in lease TTLs: a replica that stopped announcing itself is
+dropped after this, so its partitions are wanted by others when its leases expire. No shorter
+than a lease needs: a replica that could not announce itself for a TTL has given up its leases
+(``PartitionLease.check``)."""
+
+
+def member_key(holder: str) -> str:
+    # Identities hold characters KV keys refuse ('@'); hex keeps every identity apart.
+    return "m." + holder.encode().hex()
 
 
 def partition_durable(partition: int) -> str:
@@ -217,6 +250,10 @@ class PartitionLease:
         self._revision = 0
         self._renewed = float("-inf")
         self._lost = False
+        # A renewal in flight when the lease is released (a hand-over) must neither fail the
+        # release nor be taken for a lost lease.
+        self._io = asyncio.Lock()
+        self._released = False
 
     async def acquire(self, stop: asyncio.Event) -> bool:
         """Wait until the lease is ours (True), or until ``stop`` (False)."""
@@ -272,17 +309,21 @@ class PartitionLease:
         self._revision = revision
         self._renewed = sent
         self._lost = False
+        self._released = False
         log.info("partition lease taken", lease=self.key, holder=self.holder, previous=previous)
         return True
 
     async def renew(self) -> None:
-        sent = self._clock()
-        try:
-            self._revision = await self._kv.update(self.key, self.holder.encode(), last=self._revision)
-        except (KeyWrongLastSequenceError, KeyNotFoundError) as exc:
-            self._lost = True
-            raise LeaseLostError(f"{self.key} was taken over") from exc
-        self._renewed = sent
+        async with self._io:
+            if self._released:
+                return
+            sent = self._clock()
+            try:
+                self._revision = await self._kv.update(self.key, self.holder.encode(), last=self._revision)
+            except (KeyWrongLastSequenceError, KeyNotFoundError) as exc:
+                self._lost = True
+                raise LeaseLostError(f"{self.key} was taken over") from exc
+            self._renewed = sent
 
     def check(self) -> None:
         """Raise :class:`LeaseLostError` unless the lease is surely still ours."""
@@ -291,11 +332,13 @@ class PartitionLease:
             raise LeaseLostError(f"{self.key} was not renewed in time")
 
     async def release(self) -> None:
-        if self._lost or not self._revision:
-            return
-        with contextlib.suppress(Exception):
-            await self._kv.delete(self.key, last=self._revision)
-        self._revision = 0
+        async with self._io:
+            self._released = True
+            if self._lost or not self._revision:
+                return
+            with contextlib.suppress(Exception):
+                await self._kv.delete(self.key, last=self._revision)
+            self._revision = 0
 
 
 async def renew_leases(leases: Sequence[PartitionLease]) -> None:
@@ -313,6 +356,102 @@ async def renew_leases(leases: Sequence[PartitionLease]) -> None:
             log.warning("lease renewal failed", lease=lease.key, error=repr(result))
     if lost is not None:
         raise lost
+
+
+class Member(msgspec.Struct, frozen=True, kw_only=True):
+    """A replica's announcement in the members bucket."""
+
+    holder: str
+    instance: str
+
+
+class MemberConflictError(RuntimeError):
+    """Another live process announces itself with this replica's identity (it would share its leases)."""
+
+
+async def open_members(js: JetStreamContext, settings: SpcSettings) -> KeyValue:
+    """The members bucket, created with a max age of ``MEMBER_TTLS`` lease TTLs if missing."""
+    config = KeyValueConfig(
+        bucket=settings.members_bucket,
+        description="LLMscope SPC engine replicas alive (each renews its key; the max age drops the dead)",
+        history=1,
+        ttl=MEMBER_TTLS * settings.lease_ttl_s,
+        storage=StorageType.MEMORY,
+        replicas=settings.bus.replicas,
+    )
+    for _ in range(3):
+        try:
+            return await js.key_value(settings.members_bucket)
+        except BucketNotFoundError:
+            pass
+        with contextlib.suppress(BadRequestError):  # created by another replica meanwhile
+            return await js.create_key_value(config)
+    return await js.key_value(settings.members_bucket)
+
+
+class Membership:
+    """This replica's key in the members bucket, and the live members (see the module doc)."""
+
+    def __init__(self, js: JetStreamContext, kv: KeyValue, bucket: str, holder: str) -> None:
+        self._js = js
+        self._kv = kv
+        self._bucket = bucket
+        self.holder = holder
+        self.key = member_key(holder)
+        self.instance = uuid.uuid4().hex
+        self._value = msgspec.json.encode(Member(holder=holder, instance=self.instance))
+        self._revision = 0
+
+    async def announce(self) -> None:
+        """Put this replica's key; raise :class:`MemberConflictError` if another process took it."""
+        if self._revision:
+            try:
+                self._revision = await self._kv.update(self.key, self._value, last=self._revision)
+                return
+            except KeyWrongLastSequenceError:
+                other = await self._instance()
+                if other is not None and other != self.instance:
+                    raise MemberConflictError(
+                        f"another live replica announces itself as {self.holder!r}: give every "
+                        "replica on a host its own LLMSCOPE_SPC_REPLICA"
+                    ) from None
+        # The first announcement, or after the key expired (this replica stalled past the max
+        # age) or an update whose answer was lost: an unconditional put (a crashed predecessor
+        # with the same identity is replaced).
+        self._revision = await self._kv.put(self.key, self._value)
+
+    async def _instance(self) -> str | None:
+        try:
+            entry = await self._kv.get(self.key)
+        except KeyNotFoundError:
+            return None
+        try:
+            return msgspec.json.decode(entry.value or b"", type=Member).instance
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+
+    async def live(self) -> list[str]:
+        """The identities of the live members, sorted (this replica always among them)."""
+        keys = await bucket_keys(self._js, self._bucket)
+
+        async def holder(key: str) -> str | None:
+            try:
+                entry = await self._kv.get(key)
+                return msgspec.json.decode(entry.value or b"", type=Member).holder
+            except KeyNotFoundError:  # left, or expired, since listed
+                return None
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                log.warning("ignored a malformed member", key=key)
+                return None
+
+        found = await asyncio.gather(*(holder(k) for k in keys))
+        return sorted({h for h in found if h} | {self.holder})
+
+    async def leave(self) -> None:
+        if self._revision:
+            with contextlib.suppress(Exception):
+                await self._kv.delete(self.key, last=self._revision)
+            self._revision = 0
 
 
 class _ResumingConsumer(DurableConsumer[TelemetryEvent]):
@@ -348,11 +487,15 @@ class SpcService:
         self._js = js
         self._kv = kv
         self._publisher = Publisher(js)
-        self._name = f"{settings.replica}-of-{settings.replicas}"
-        self.holder = holder or f"{self._name}@{socket.gethostname()}"
-        self.partitions = owned_partitions(settings.partitions, settings.replicas, settings.replica)
+        self.holder = holder or f"{settings.replica}@{socket.gethostname()}"
+        self.members: list[str] = []
+        """The live members as of the last round, sorted (see the module doc)."""
+        self.partitions: set[int] = set()
+        """The partitions this replica wants (its rank among :attr:`members`)."""
         self.held: set[int] = set()
         """Partitions whose lease this replica holds (their charts are its to process)."""
+        self._parts: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
+        self._closing = asyncio.Event()
         self._leases: dict[int, PartitionLease] = {}
         self.engine = Engine(
             config_for=lambda metric: config_for(settings, metric),
@@ -378,11 +521,17 @@ class SpcService:
                 lambda: ((e.meta.metric, e.chart) for e in self.engine.charts.values()),
                 lambda: self.held,
                 self.ownership,
+                members=lambda: len(self.members),
             )
         )
 
     def partition_of(self, provider: str, model: str) -> int:
         return telemetry_partition(provider, model, self.settings.partitions)
+
+    @property
+    def answers_for_all(self) -> bool:
+        """Whether this replica answers requests no partition owner can (the lowest-ranked member)."""
+        return bool(self.members) and self.members[0] == self.holder
 
     @property
     def pending_overrides(self) -> frozenset[tuple[str, str]]:
@@ -598,7 +747,7 @@ class SpcService:
             req = msgspec.json.decode(msg.data, type=RebaselineRequest)
             provider, model, _target, _prompt, _metric = parse_chart_key(req.chart_key)
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
-            if self.settings.replica == 0:  # one answer for a bad request
+            if self.answers_for_all:  # one answer for a bad request
                 await msg.respond(msgspec.json.encode(RebaselineReply(ok=False, error=str(exc))))
             return
         if not self.engine.owns(provider, model):
@@ -631,7 +780,7 @@ class SpcService:
         try:
             req = msgspec.json.decode(msg.data, type=ModelRebaselineRequest)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            if self.settings.replica == 0:  # one answer for a bad request
+            if self.answers_for_all:  # one answer for a bad request
                 await msg.respond(msgspec.json.encode(ModelRebaselineReply(ok=False, error=str(exc))))
             return
         if not self.engine.owns(req.provider, req.model):
@@ -712,41 +861,104 @@ class SpcService:
             await self._kv.delete(key)
 
     async def serve_partition(self, partition: int, overrides_kv: KeyValue, stop: asyncio.Event) -> None:
-        """Take a partition's lease, then consume it from its checkpoint until ``stop``."""
+        """Take a partition's lease, consume it from its checkpoint until ``stop``, then hand it
+        over (unless the whole service is stopping: :meth:`run` then releases every lease)."""
         lease = PartitionLease(self._kv, lease_key(partition), self.holder, self.settings.lease_ttl_s)
         if not await lease.acquire(stop):
             return
         durable = partition_durable(partition)
+        start = 0
+        # Renewed from now on, not once the lock is free: the setup of a partition taken while the
+        # others are charted may wait for the lock a while. Released at a hand-over, or with the
+        # others at stop.
+        self._leases[partition] = lease
         async with self._lock:
-            self._leases[partition] = lease  # released with the others at stop
-            if stop.is_set():
+            if not stop.is_set():
                 # Partitions queue here for the lock; with NATS away each setup below takes a
                 # request timeout or more, and a stop must not wait for all of them in turn.
+                self.held.add(partition)
+                await self.load_settings({partition})
+                await self._read_overrides(overrides_kv, {partition})
+                start = await self.checkpoint(partition) + 1
+                self._checkpointed[partition] = start - 1
+                await self.load_traffic(partition)
+                with contextlib.suppress(NotFoundError):
+                    await self._js.delete_consumer(subjects.STREAM_TELEMETRY, durable)
+        if not stop.is_set():
+            consumer = _ResumingConsumer(
+                start_seq=start,
+                js=self._js,
+                stream=subjects.STREAM_TELEMETRY,
+                durable=durable,
+                filter_subjects=[subjects.telemetry_partition_filter(partition)],
+                decode=lambda data: codec.decode_as(data, TelemetryEvent),
+                handler=functools.partial(self.handle, partition),
+                dead_letters=DeadLetters(self._publisher, "spc-engine"),
+                # One AckAll per batch: this replica is the partition's only reader (its lease),
+                # and the consumer is recreated from the checkpoint whenever the partition is taken.
+                options=ConsumerOptions(batch_size=self.settings.batch_size, ack_all=True),
+                metrics=self.metrics.consumers,
+            )
+            log.info("resuming partition", holder=self.holder, partition=partition, from_seq=start)
+            await consumer.run(stop)
+        if not self._closing.is_set():
+            await self.hand_over(partition)
+
+    async def hand_over(self, partition: int) -> None:
+        """Give up a partition whose consumer stopped: snapshot, forget it, release its lease, so
+        the replica that wants it takes it at once and resumes exactly where this one stopped."""
+        async with self._lock:
+            if self.failed is not None:
+                return  # the service stops: its leases are released then, its checkpoints replayed
+            try:
+                await self.snapshot()
+            except Exception as exc:
+                self._stop_on(exc)
                 return
-            self.held.add(partition)
-            await self.load_settings({partition})
-            await self._read_overrides(overrides_kv, {partition})
-            start = await self.checkpoint(partition) + 1
-            self._checkpointed[partition] = start - 1
-            await self.load_traffic(partition)
-            with contextlib.suppress(NotFoundError):
-                await self._js.delete_consumer(subjects.STREAM_TELEMETRY, durable)
-        consumer = _ResumingConsumer(
-            start_seq=start,
-            js=self._js,
-            stream=subjects.STREAM_TELEMETRY,
-            durable=durable,
-            filter_subjects=[subjects.telemetry_partition_filter(partition)],
-            decode=lambda data: codec.decode_as(data, TelemetryEvent),
-            handler=functools.partial(self.handle, partition),
-            dead_letters=DeadLetters(self._publisher, "spc-engine"),
-            # One AckAll per batch: this replica is the partition's only reader (its lease), and
-            # the consumer is recreated from the checkpoint whenever the partition is taken.
-            options=ConsumerOptions(batch_size=self.settings.batch_size, ack_all=True),
-            metrics=self.metrics.consumers,
-        )
-        log.info("resuming partition", replica=self._name, partition=partition, from_seq=start)
-        await consumer.run(stop)
+            self.held.discard(partition)
+            for key, entry in list(self.engine.charts.items()):
+                if self.partition_of(entry.meta.provider, entry.meta.model) == partition:
+                    # Reloaded from its snapshot if the partition comes back: the next owner
+                    # changes it meanwhile.
+                    del self.engine.charts[key]
+            for pm in [pm for pm in self._pending if self.partition_of(*pm) == partition]:
+                del self._pending[pm]
+            for per_partition in (self.traffic, self._caught_up, self._last_seq, self._checkpointed):
+                per_partition.pop(partition, None)
+            lease = self._leases.pop(partition, None)
+        if lease is not None:
+            await lease.release()
+            log.info("partition handed over", holder=self.holder, partition=partition)
+
+    async def _serve(self, partition: int, overrides_kv: KeyValue, stop: asyncio.Event) -> None:
+        try:
+            await self.serve_partition(partition, overrides_kv, stop)
+        except Exception as exc:
+            self._stop_on(exc)
+
+    def assign(self, members: Sequence[str], overrides_kv: KeyValue) -> None:
+        """Want the partitions of this replica's rank among ``members``: start taking the new
+        ones, hand over the others (their consumers stop after the batch in hand)."""
+        members = sorted(set(members) | {self.holder})
+        wanted = set(owned_partitions(self.settings.partitions, len(members), members.index(self.holder)))
+        if members != self.members or wanted != self.partitions:
+            log.info(
+                "partitions assigned",
+                holder=self.holder,
+                members=",".join(members),
+                partitions=",".join(map(str, sorted(wanted))) or "none",
+            )
+        self.members, self.partitions = members, wanted
+        for partition, (task, _) in list(self._parts.items()):
+            if task.done():
+                del self._parts[partition]
+        for partition in sorted(wanted - self._parts.keys()):
+            stop = asyncio.Event()
+            task = asyncio.create_task(self._serve(partition, overrides_kv, stop))
+            self._parts[partition] = (task, stop)
+        for partition, (_, stop) in self._parts.items():
+            if partition not in wanted and not stop.is_set():
+                stop.set()
 
     async def watch_ownership(self, stop: asyncio.Event, every: float) -> None:
         """Read every partition's lease each ``every`` s; say loudly when one has no owner."""
@@ -772,7 +984,7 @@ class SpcService:
                         partition=partition,
                         lease=f"{last}, not renewed" if last else "free",
                         for_s=round(unowned[partition]),
-                        hint="is every replica 0..LLMSCOPE_SPC_REPLICAS-1 running?",
+                        hint="is any replica running? see its 'partitions assigned' log",
                     )
                 for partition in sorted(reported.keys() - unowned.keys()):
                     log.info(
@@ -793,11 +1005,16 @@ class SpcService:
             description="LLMscope per-model SPC chart settings (overrides)",
             replicas=self.settings.bus.replicas,
         )
+        members_kv = await open_members(self._js, self.settings)
+        membership = Membership(self._js, members_kv, self.settings.members_bucket, self.holder)
+        member_ttl = (await members_kv.status()).ttl or MEMBER_TTLS * self.settings.lease_ttl_s
+        await membership.announce()
+        self.members = await membership.live()  # who answers a malformed request, from the start
         sub = await self._nc.subscribe(subjects.spc_rebaseline(), cb=self.on_rebaseline)
         model_sub = await self._nc.subscribe(subjects.spc_rebaseline_model(), cb=self.on_rebaseline_model)
         await self._nc.flush()  # a re-baseline request sent right after start must find us
-        log.info("starting", replica=self._name, partitions=",".join(map(str, self.partitions)))
-        inner_stop = asyncio.Event()
+        log.info("starting", holder=self.holder, partitions=self.settings.partitions)
+        inner_stop = self._closing
 
         async def relay() -> None:
             waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._halt.wait())]
@@ -823,6 +1040,25 @@ class SpcService:
                         except Exception as exc:
                             self._stop_on(exc)
                             return
+
+        async def members() -> None:
+            # Announced at least four times per max age, whatever TTL the bucket was made with,
+            # and at least every second: a replica that joins or leaves is noticed that fast.
+            every = min(self.settings.lease_ttl_s / 4, member_ttl / 4, 1.0)
+            while not inner_stop.is_set():
+                try:
+                    await membership.announce()
+                    live = await membership.live()
+                except MemberConflictError as exc:
+                    self._stop_on(exc)
+                    return
+                except Exception as exc:
+                    log.warning("members not read: the partitions stay as they are", error=repr(exc))
+                else:
+                    if not inner_stop.is_set():
+                        self.assign(live, overrides_kv)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(inner_stop.wait(), every)
 
         async def renew() -> None:
             while True:
@@ -852,17 +1088,16 @@ class SpcService:
             asyncio.create_task(lag),
         ]
         watch_task = asyncio.create_task(watch_bucket(overrides_kv, self.on_overrides, inner_stop))
-        parts = [
-            asyncio.create_task(self.serve_partition(k, overrides_kv, inner_stop)) for k in self.partitions
-        ]
+        assigning = asyncio.create_task(members())
         try:
-            for result in await asyncio.gather(*parts, return_exceptions=True):
-                if isinstance(result, BaseException):
-                    self._stop_on(result)
+            await inner_stop.wait()
         finally:
-            inner_stop.set()
-            for task in parts:
-                task.cancel()
+            inner_stop.set()  # first: the partitions stop without handing over one by one
+            assigning.cancel()  # not awaited through a request timeout with NATS away
+            await asyncio.wait([assigning])
+            parts = [task for task, _ in self._parts.values()]
+            for _, part_stop in self._parts.values():
+                part_stop.set()
             await asyncio.gather(*parts, return_exceptions=True)
             for task in helpers:
                 task.cancel()
@@ -870,6 +1105,8 @@ class SpcService:
                 await watch_task
             await sub.unsubscribe()
             await model_sub.unsubscribe()
+            if self._nc.is_connected:
+                await membership.leave()  # the others want this replica's partitions at once
             async with self._lock:
                 await self._final_snapshot()
                 self.held.clear()
@@ -901,10 +1138,10 @@ async def serve(
     metrics: SpcMetrics | None = None,
 ) -> int:
     """Run until ``stop``; 0 once ``stop`` is set (whatever failed while stopping, e.g. with NATS
-    away), 1 when a publish failed or a lease was lost before that, 2 when the telemetry stream
-    has another number of partitions. A ``stop`` while NATS has not answered yet ends the wait
-    at once (0). ``on_connected`` gets the connection once the streams and buckets are there
-    (readiness follows it)."""
+    away), 1 when a publish failed, a lease was lost or another live replica has this one's
+    identity before that, 2 when the telemetry stream has another number of partitions. A
+    ``stop`` while NATS has not answered yet ends the wait at once (0). ``on_connected`` gets the
+    connection once the streams and buckets are there (readiness follows it)."""
     try:
         nc = await connect(settings.bus.nats_url, f"llmscope-spc-engine-{settings.replica}", stop=stop)
     except Stopped:

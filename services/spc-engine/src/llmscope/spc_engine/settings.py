@@ -4,8 +4,8 @@
 | --- | --- | --- |
 | NATS_URL and the stream variables | see ``llmscope.bus.settings`` | shared bus settings |
 | LLMSCOPE_SPC_PARTITIONS | 16 | telemetry partitions (hash of provider/model), fixed for the stream's life |
-| LLMSCOPE_SPC_REPLICAS | 1 | number of engine replicas sharing the partitions (at most PARTITIONS) |
-| LLMSCOPE_SPC_REPLICA | 0 | this replica's index, 0 .. REPLICAS-1 (owns partitions k % REPLICAS = index) |
+| LLMSCOPE_SPC_REPLICAS | 1 | ignored: replicas find each other (kept so old configurations start) |
+| LLMSCOPE_SPC_REPLICA | 0 | identity `<REPLICA>@<host>`: give replicas on one host distinct numbers |
 | LLMSCOPE_SPC_LEASE_TTL_S | 10 | a partition whose holder stopped renewing is taken over after this |
 | LLMSCOPE_SPC_BASELINE_N | 1000 | Phase I points per chart before limits freeze |
 | LLMSCOPE_SPC_SIGMA_ESTIMATOR | sd | residual scale: sd (trimmed) or mr (moving range / 1.128) |
@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from llmscope.bus.settings import BusSettings
-from llmscope.config.env import ConfigError, Env
+from llmscope.config.env import Env
 from llmscope.proto import subjects
 from llmscope.spc_engine.config import DEFAULT_BASELINE_N, DEFAULT_MIN_CHANGE, DEFAULT_MIN_SPIKE_CHANGE
 
@@ -45,6 +45,7 @@ class SpcSettings:
     replicas: int = 1
     replica: int = 0
     lease_ttl_s: float = 10.0
+    members_bucket: str = "llmscope_spc_members"
     baseline_n: int = DEFAULT_BASELINE_N
     sigma_estimator: str = "sd"
     tokens_transform: str = "log"
@@ -67,16 +68,10 @@ class SpcSettings:
     def from_env(cls, env: Env | None = None) -> SpcSettings:
         env = env or Env()
         partitions = env.integer("LLMSCOPE_SPC_PARTITIONS", 16, min=1, max=1024)
+        # Read (and validated) only so that old configurations still start: the replicas find
+        # each other in the members bucket and share the partitions among themselves.
         replicas = env.integer("LLMSCOPE_SPC_REPLICAS", 1, min=1, max=1024)
-        if replicas > partitions:
-            raise ConfigError(
-                f"LLMSCOPE_SPC_REPLICAS={replicas}: more replicas than LLMSCOPE_SPC_PARTITIONS={partitions}"
-            )
         replica = env.integer("LLMSCOPE_SPC_REPLICA", 0, min=0)
-        if replica >= replicas:
-            raise ConfigError(
-                f"LLMSCOPE_SPC_REPLICA={replica}: must be below LLMSCOPE_SPC_REPLICAS={replicas}"
-            )
         return cls(
             bus=BusSettings.from_env(env),
             partitions=partitions,
