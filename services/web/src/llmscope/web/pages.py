@@ -17,7 +17,7 @@ from jinja2 import Environment, PackageLoader, pass_context, select_autoescape
 from jinja2.runtime import Context
 from jinja2_fragments import render_block
 
-from llmscope.web.data import METRIC_LABELS
+from llmscope.web.data import METRIC_LABELS, DashboardData, RebaselineResult
 from llmscope.web.minichart import render_minichart
 from llmscope.web.rules_legend import BY_CODE, RULES
 from llmscope.web.svg import render_chart, render_sparkline
@@ -128,6 +128,24 @@ def toast_trigger(message: str, level: str = "ok") -> dict[str, str]:
 
 def is_htmx(request: Request) -> bool:
     return request.headers.get("HX-Request") == "true"
+
+
+async def ask_rebaseline(
+    data: DashboardData, request: Request, chart_key: str, by: str, reason: str
+) -> tuple[RebaselineResult, int]:
+    """Ask the SPC engine to re-baseline a chart (probe or traffic): the outcome and the status to
+    answer with."""
+    who, why = by.strip(), reason.strip()
+    if not who or not why:
+        missing = "by" if not who else "reason"
+        result = RebaselineResult(status="refused", chart_key=chart_key, error=f"{missing}: required")
+        status = 422
+    else:
+        result = await data.rebaseline(chart_key, who, why)
+        status = {"ok": 200, "refused": 409, "no_engine": 504}[result.status]
+    if is_htmx(request):
+        status = 200  # htmx swaps only 2xx answers, and the fragment carries the outcome
+    return result, status
 
 
 class Pages:

@@ -48,7 +48,7 @@ from llmscope.web.data import (
 )
 from llmscope.web.live import Broadcaster, add_live_routes
 from llmscope.web.overview import overview_rows, summary
-from llmscope.web.pages import Pages, is_htmx, toast_trigger
+from llmscope.web.pages import Pages, ask_rebaseline, is_htmx, toast_trigger
 from llmscope.web.settings_form import BY_ID, SECTIONS, SectionView, fixed_settings, parse_field, section_view
 from llmscope.web.status_routes import StatusData, add_status_routes
 from llmscope.web.traffic import TrafficData
@@ -394,18 +394,7 @@ def create_router(
     async def _rebaseline(
         request: Request, chart_key: str, by: str, reason: str
     ) -> tuple[RebaselineResult, int]:
-        """Ask the SPC engine to re-baseline a chart: the outcome and the status to answer with."""
-        who, why = by.strip(), reason.strip()
-        if not who or not why:
-            missing = "by" if not who else "reason"
-            result = RebaselineResult(status="refused", chart_key=chart_key, error=f"{missing}: required")
-            status = 422
-        else:
-            result = await data.rebaseline(chart_key, who, why)
-            status = {"ok": 200, "refused": 409, "no_engine": 504}[result.status]
-        if is_htmx(request):
-            status = 200  # htmx swaps only 2xx answers, and the fragment carries the outcome
-        return result, status
+        return await ask_rebaseline(data, request, chart_key, by, reason)
 
     @router.post("/charts/rebaseline", response_class=HTMLResponse, dependencies=[Session])
     async def rebaseline_chart(

@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse
 
 from llmscope.proto.charts import is_traffic_chart
 from llmscope.web.data import DashboardData, RebaselineResult
-from llmscope.web.pages import Pages, is_htmx
+from llmscope.web.pages import Pages, ask_rebaseline
 from llmscope.web.traffic import TRAFFIC_LABELS, TrafficData, series_of
 from llmscope.web.traffic_svg import render_traffic_chart
 
@@ -83,16 +83,7 @@ def add_traffic_routes(
         """Ask the SPC engine to re-baseline a traffic chart; answers with the chart page."""
         if not is_traffic_chart(chart_key):
             raise HTTPException(404, "not a traffic chart")
-        who, why = by.strip(), reason.strip()
-        if not who or not why:
-            missing = "by" if not who else "reason"
-            result = RebaselineResult(status="refused", chart_key=chart_key, error=f"{missing}: required")
-            status = 422
-        else:
-            result = await data.rebaseline(chart_key, who, why)
-            status = {"ok": 200, "refused": 409, "no_engine": 504}[result.status]
-        if is_htmx(request):
-            status = 200  # htmx swaps only 2xx answers; the fragment says what happened
+        result, status = await ask_rebaseline(data, request, chart_key, by, reason)
         if result.status == "ok":
             toast = ("Traffic chart re-baselined.", "ok")
         elif result.status == "no_engine":

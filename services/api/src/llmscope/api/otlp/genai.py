@@ -94,17 +94,21 @@ class Mapped:
 
     def message(self) -> str:
         """The ``partial_success.error_message``: empty when every span was taken."""
-        parts = []
-        if self.rejected:
-            # The first few reasons: a batch of one broken instrumentation repeats the same one.
-            reasons = "; ".join(list(dict.fromkeys(self.rejected))[:3])
-            parts.append(f"{len(self.rejected)} GenAI spans rejected: {reasons}")
-        if self.ignored:
-            parts.append(
-                f"{self.ignored} spans ignored: not a GenAI inference "
-                f"(gen_ai.operation.name not one of {', '.join(sorted(OPERATIONS))})"
-            )
-        return "; ".join(parts)
+        why = f"not a GenAI inference (gen_ai.operation.name not one of {', '.join(sorted(OPERATIONS))})"
+        return partial_message("GenAI spans", self.rejected, "spans", self.ignored, why)
+
+
+def partial_message(kind: str, rejected: list[str], other: str, ignored: int, why_ignored: str) -> str:
+    """An OTLP ``partial_success.error_message``: how many items were rejected and why, how many
+    were ignored; empty when every item was taken."""
+    parts = []
+    if rejected:
+        # The first few reasons: a batch of one broken instrumentation repeats the same one.
+        reasons = "; ".join(list(dict.fromkeys(rejected))[:3])
+        parts.append(f"{len(rejected)} {kind} rejected: {reasons}")
+    if ignored:
+        parts.append(f"{ignored} {other} ignored: {why_ignored}")
+    return "; ".join(parts)
 
 
 def map_traces(request: ExportTraceServiceRequest, *, now: datetime) -> Mapped:

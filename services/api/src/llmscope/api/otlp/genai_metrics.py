@@ -27,7 +27,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     HistogramDataPoint,
 )
 
-from llmscope.api.otlp.genai import PROVIDER_KINDS, _clean, _text, _value
+from llmscope.api.otlp.genai import PROVIDER_KINDS, _clean, _text, _value, partial_message
 from llmscope.proto.base import EARLIEST, LATEST
 from llmscope.proto.traffic_histogram import TrafficHistogramEvent
 
@@ -66,13 +66,8 @@ class MappedMetrics:
 
     def message(self) -> str:
         """The ``partial_success.error_message``: empty when every data point was taken."""
-        parts = []
-        if self.rejected:
-            reasons = "; ".join(list(dict.fromkeys(self.rejected))[:3])
-            parts.append(f"{len(self.rejected)} GenAI data points rejected: {reasons}")
-        if self.ignored:
-            parts.append(f"{self.ignored} data points ignored: not one of {', '.join(sorted(METRICS))}")
-        return "; ".join(parts)
+        why = f"not one of {', '.join(sorted(METRICS))}"
+        return partial_message("GenAI data points", self.rejected, "data points", self.ignored, why)
 
 
 def map_metrics(request: ExportMetricsServiceRequest, *, now: datetime) -> MappedMetrics:
