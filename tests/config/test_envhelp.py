@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from llmscope.config.envhelp import BUS_SETTINGS, environment_help, service_parser, settings_rows
@@ -45,7 +47,8 @@ def test_service_parser_prints_the_table_after_the_options(capsys: pytest.Captur
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert out.index("options:") < out.index("environment variables:")
-    assert "  LLMSCOPE_SIM_PORT        11500" in out
+    # Columns are as wide as the longest name, so only the order on the line is fixed.
+    assert re.search(r"^  LLMSCOPE_SIM_PORT +11500 ", out, re.M), out
     with pytest.raises(SystemExit) as exit_:
         parser.parse_args(["--nope"])
     assert exit_.value.code == 2
