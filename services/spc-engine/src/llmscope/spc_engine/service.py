@@ -1179,5 +1179,7 @@ async def serve(
         try:
             await nc.drain()
         except (ConnectionReconnectingError, TimeoutError):  # NATS away: nothing left to flush
-            with contextlib.suppress(OSError):  # the socket is gone already
+            # The socket is gone already: asyncio says OSError, uvloop RuntimeError ("the handler
+            # is closed") when nats-py flushes its pending bytes into the closed transport.
+            with contextlib.suppress(OSError, RuntimeError):
                 await nc.close()
