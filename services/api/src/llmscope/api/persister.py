@@ -167,6 +167,15 @@ def _metric_merge(prefix: str) -> str:
     )
 
 
+# A model's row takes the batch's latest state, never an older batch's (the same on every path).
+_MODEL_UPSERT = """ON CONFLICT (provider, model) DO UPDATE SET
+    first_seen = LEAST(m.first_seen, EXCLUDED.first_seen),
+    last_seen = EXCLUDED.last_seen, target = EXCLUDED.target, host = EXCLUDED.host,
+    last_status = EXCLUDED.last_status, cpu_percent = EXCLUDED.cpu_percent,
+    memory_percent = EXCLUDED.memory_percent, gpu_percent = EXCLUDED.gpu_percent,
+    gpu_memory_percent = EXCLUDED.gpu_memory_percent, updated_at = now()
+WHERE EXCLUDED.last_seen >= m.last_seen"""
+
 _ROLLUP_COLS = ", ".join(f"{p}_n, {p}_min, {p}_max, {p}_sum, {p}_logsum" for p in ("latency", "ttft", "tps"))
 
 # One statement, one round trip: insert the new rows and fold exactly those rows into the minute
@@ -224,13 +233,7 @@ WITH src AS MATERIALIZED (
     JOIN (SELECT provider, model, min(ts) AS first_seen FROM src GROUP BY 1, 2) AS f
       ON f.provider = l.provider AND f.model = l.model
     ORDER BY l.provider, l.model
-    ON CONFLICT (provider, model) DO UPDATE SET
-        first_seen = LEAST(m.first_seen, EXCLUDED.first_seen),
-        last_seen = EXCLUDED.last_seen, target = EXCLUDED.target, host = EXCLUDED.host,
-        last_status = EXCLUDED.last_status, cpu_percent = EXCLUDED.cpu_percent,
-        memory_percent = EXCLUDED.memory_percent, gpu_percent = EXCLUDED.gpu_percent,
-        gpu_memory_percent = EXCLUDED.gpu_memory_percent, updated_at = now()
-    WHERE EXCLUDED.last_seen >= m.last_seen
+    {_MODEL_UPSERT}
 )
 SELECT count(*) FROM ins
 """
@@ -292,13 +295,7 @@ WITH mins AS MATERIALIZED (
 INSERT INTO models AS m (provider, model, first_seen, last_seen, target, host, last_status,
                          cpu_percent, memory_percent, gpu_percent, gpu_memory_percent)
 SELECT * FROM unnest({_MODEL_ARRAYS})
-ON CONFLICT (provider, model) DO UPDATE SET
-    first_seen = LEAST(m.first_seen, EXCLUDED.first_seen),
-    last_seen = EXCLUDED.last_seen, target = EXCLUDED.target, host = EXCLUDED.host,
-    last_status = EXCLUDED.last_status, cpu_percent = EXCLUDED.cpu_percent,
-    memory_percent = EXCLUDED.memory_percent, gpu_percent = EXCLUDED.gpu_percent,
-    gpu_memory_percent = EXCLUDED.gpu_memory_percent, updated_at = now()
-WHERE EXCLUDED.last_seen >= m.last_seen
+{_MODEL_UPSERT}
 """
 
 _ROLLUP_METRICS = tuple(operator.attrgetter(c) for c in ("latency_ms", "ttft_ms", "tokens_per_s"))
