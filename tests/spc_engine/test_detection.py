@@ -220,6 +220,31 @@ def test_an_unstable_baseline_is_not_frozen_and_the_chart_says_why() -> None:
     assert abs(b.center - 6.5) < 0.2  # the limits describe the settled process
 
 
+def test_with_the_page_floor_a_small_step_arms_and_a_large_one_is_refused() -> None:
+    # A real server's level moves by a few per cent with nothing wrong; on a tight process
+    # (sigma_log 0.02) a 5 % step is many sigmas, which the test in sigma units alone refuses.
+    rng = np.random.default_rng(12)
+    small = 0.02 * ar1(rng, BASE, 0.3)
+    small[: BASE // 2] += math.log(1.05)
+    strict = MetricChart(LATENCY, key="strict")  # no floor: the statistical test alone
+    assert feed(strict, small) == []
+    assert strict.state.baseline is None
+    assert "not stable" in strict.state.note
+    practical = MetricChart(DEFAULTS, key="practical")  # floor 1.5x: refuses 1.25x apart or more
+    assert feed(practical, small) == []
+    assert practical.armed, practical.state.note
+    assert practical.state.baseline is not None
+    assert practical.state.baseline.reason == "initial baseline"
+    # A host still starting up (first half 1.4x slower) is refused with the defaults too.
+    large = 0.02 * ar1(rng, BASE, 0.3)
+    large[: BASE // 2] += math.log(1.4)
+    starting = MetricChart(DEFAULTS, key="starting")
+    assert feed(starting, large) == []
+    assert starting.state.baseline is None
+    assert "not stable" in starting.state.note
+    assert "1.25x refuses" in starting.state.note
+
+
 def _stepping(rng: np.random.Generator, n: int, every: int) -> np.ndarray:
     """AR(1) whose level moves by 1.5 sigma every ``every`` points: never stable for long."""
     y = 0.3 * ar1(rng, n, 0.3)

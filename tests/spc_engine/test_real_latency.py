@@ -66,3 +66,20 @@ def test_without_the_floor_the_same_idle_minutes_page_on_real_wander() -> None:
 @pytest.mark.parametrize("metric", ["ttft_ms", "tokens_per_s"])
 def test_the_other_metrics_raise_no_critical(metric: str) -> None:
     assert _critical(_replay(default_config(metric), metric)) == []
+
+
+def test_the_first_baseline_arms_with_the_floor_and_is_refused_without() -> None:
+    # The live run without a floor refused its first baseline for block levels 174-197 ms (13 %
+    # apart, many sigmas on this tight server): with the page floor the stability test needs
+    # 1.25x, so the same first 1000 points arm the chart.
+    values = [
+        float(r["latency_ms"]) for r in _rows() if r["status"] == "ok" and isinstance(r["latency_ms"], float)
+    ]
+    for config, arms in (
+        (default_config("latency_ms"), True),
+        (msgspec.structs.replace(default_config("latency_ms"), min_change=0.0, min_spike_change=0.0), False),
+    ):
+        chart = MetricChart(config, key="latency_ms")
+        for i, v in enumerate(values[: config.baseline_n]):
+            chart.update(v, point_id=f"p{i}")
+        assert chart.armed is arms, chart.state.note

@@ -22,7 +22,8 @@ then (a heavy right tail). Limits built for independent points page for both. Th
   a single point only beyond anything the baseline made plausible (``spike_limit``).
 - Stability: before anything is frozen, the baseline is split into ``BLOCKS`` blocks; when their
   means differ by more than the model's own long-run noise allows (a step, a trend, a host still
-  starting up), the baseline is not used: the older blocks are dropped and collection goes on.
+  starting up), and, with a practical floor, by at least a given factor, the baseline is not
+  used: the older blocks are dropped and collection goes on.
 """
 
 from __future__ import annotations
@@ -185,8 +186,18 @@ def _scale_of(r: Arr, estimator: SigmaEstimator) -> float:
     return float(kept.std(ddof=1)) / _TRIM_SD if kept.size > 1 else 0.0
 
 
-def _stability(xw: Arr, max_order: int, serial: bool, level: Callable[[float], str]) -> Unstable | None:
-    """The block-means test: None when the baseline's blocks agree within the model's noise."""
+def _stability(
+    xw: Arr,
+    max_order: int,
+    serial: bool,
+    level: Callable[[float], str],
+    min_spread: float = 1.0,
+    inverse: Callable[[float], float] = float,
+) -> Unstable | None:
+    """The block-means test: None when the baseline's blocks agree within the model's noise, or
+    when their levels (``inverse`` takes them to the metric's units) are less than ``min_spread``
+    times apart: a step too small to matter in practice (a real server's level wanders by a few
+    per cent with nothing wrong, which the test in sigma units calls real)."""
     n = xw.size
     if n < MIN_STABILITY_N:
         return None
@@ -211,13 +222,21 @@ def _stability(xw: Arr, max_order: int, serial: bool, level: Callable[[float], s
     limit = _chi2_quantile(BLOCKS - 1, 1.0 - STABILITY_P)
     if q <= limit:
         return None
+    practical = ""
+    if min_spread > 1.0:
+        units = [inverse(float(v)) for v in means]
+        lo, hi = min(units), max(units)
+        spread = hi / lo if lo > 0 else math.inf
+        if spread < min_spread:
+            return None
+        practical = f" and {spread:.2f}x apart (at least {min_spread:.2f}x refuses)"
     keep_from = n - 2 * m
     levels = ", ".join(level(float(v)) for v in means)
     return Unstable(
         reason=(
             f"baseline not stable: its {BLOCKS} blocks have levels {levels}, further apart than"
-            f" its own noise allows (chi-square {q:.1f} > {limit:.1f}); kept the last {n - keep_from}"
-            " points and collecting more"
+            f" its own noise allows (chi-square {q:.1f} > {limit:.1f}){practical}; kept the last"
+            f" {n - keep_from} points and collecting more"
         ),
         keep_from=keep_from,
     )
@@ -251,11 +270,14 @@ def fit(
     stability: bool = True,
     winsor: float | None = None,
     level: Callable[[float], str] = "{:.3g}".format,
+    min_spread: float = 1.0,
+    inverse: Callable[[float], float] = float,
 ) -> Fit | Unstable:
     """Fit the in-control model to ``values`` (chart units, time order), or refuse them.
 
     ``worse`` is +1 when larger values are degradations (latency), -1 when smaller ones are
-    (tokens/s). ``level`` formats a block's level (chart units in) for the refusal's reason.
+    (tokens/s). ``level`` formats a block's level (chart units in) for the refusal's reason;
+    ``min_spread`` and ``inverse`` are the stability test's practical floor (:func:`_stability`).
     """
     x = np.asarray(values, dtype=np.float64)
     n = x.size
@@ -270,7 +292,7 @@ def fit(
     else:
         xw, n_excluded = x, 0
     if stability:
-        unstable = _stability(xw, max_order, serial, level)
+        unstable = _stability(xw, max_order, serial, level, min_spread, inverse)
         if unstable is not None:
             return unstable
     r = autocorr(xw, 3)
