@@ -128,7 +128,7 @@ async def test_sigkill_mid_delivery_then_restart_sends_each_notification_once(
             (1, False, "interrupted", "first"),
             (2, True, "done", restarted_as),
         ]
-        assert attempts[0]["detail"].startswith("interrupted")
+        assert attempts[0]["detail"].startswith("the sender (first) stopped during this attempt")
         assert await db.fetchval("SELECT count(*) FROM alerter_delivery_attempts WHERE ok") == 3
         # ... and so it reads through the control subject the API's /api/alerts/notifications uses.
         reply = await AlerterClient(lambda: nc).request(

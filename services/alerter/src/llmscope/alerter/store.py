@@ -410,9 +410,9 @@ class Store(MergeStore):
                     now,
                 )
                 interrupted = await conn.execute(
-                    "UPDATE alerter_delivery_attempts SET state = 'interrupted', detail = 'interrupted:"
-                    " the sender stopped during this attempt (' || instance || '); the receiver may"
-                    " have got it' WHERE notification_id = $1 AND state = 'in_flight'",
+                    "UPDATE alerter_delivery_attempts SET state = 'interrupted', detail = 'the sender ('"
+                    " || instance || ') stopped during this attempt; the receiver may have got it'"
+                    " WHERE notification_id = $1 AND state = 'in_flight'",
                     r["id"],
                 )
                 ids = list(r["firing"]) + list(r["announce_resolved"])
