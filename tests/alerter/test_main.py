@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -14,17 +13,24 @@ import aiohttp
 import asyncpg
 import pytest
 from aiohttp import web
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from llmscope.alerter.__main__ import main
 from llmscope.alerter.retry import RetryPolicy
 from llmscope.alerter.testsend import send_test
+from llmscope.api.alerting import AlerterClient
 from llmscope.config.env import Env
 from llmscope.proto import subjects
+from llmscope.proto.control import NotificationQuery, NotificationReply
 from llmscope.stack.ports import free_port
 from tests.alerter.factories import LOOPBACK_ALLOWED, HttpSink, Mailbox, hang, smtp_server, violation
 from tests.alerter.harness import eventually, publish
 from tests.scrape import Sample, scrape, total, values
+
+
+async def _all_finished(db: asyncpg.Connection) -> bool:
+    return not await db.fetchval("SELECT count(*) FROM alerter_notifications WHERE status = 'sending'")
 
 
 def _spawn(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -35,8 +41,23 @@ def _spawn(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 
 
 @pytest.mark.fault
+@pytest.mark.parametrize(
+    ("restarted_as", "lease_s"),
+    [
+        # Another name: the claim is taken over once its lease runs out.
+        ("second", "5"),
+        # The same name: taken back at start, long before the lease (60 s) could run out.
+        ("first", "60"),
+    ],
+)
 async def test_sigkill_mid_delivery_then_restart_sends_each_notification_once(
-    database_url: str, nats_url: str, js: JetStreamContext, tmp_path: Path
+    database_url: str,
+    nats_url: str,
+    nc: NATS,
+    js: JetStreamContext,
+    tmp_path: Path,
+    restarted_as: str,
+    lease_s: str,
 ) -> None:
     answered: Counter[str] = Counter()
 
@@ -57,7 +78,7 @@ async def test_sigkill_mid_delivery_then_restart_sends_each_notification_once(
         "LLMSCOPE_ALERTER_GROUP_INTERVAL_S": "0.2",
         "LLMSCOPE_ALERTER_TICK_S": "0.1",
         # The lease must outlast an attempt plus the longest backoff (checked at start).
-        "LLMSCOPE_ALERTER_LEASE_S": "5",
+        "LLMSCOPE_ALERTER_LEASE_S": lease_s,
         "LLMSCOPE_ALERTER_SEND_TIMEOUT_S": "3",
         "LLMSCOPE_ALERTER_RETRY_MAX_S": "0.5",
         "LLMSCOPE_ALERTER_HEALTH_PORT": "0",
@@ -70,24 +91,52 @@ async def test_sigkill_mid_delivery_then_restart_sends_each_notification_once(
         # one host per model: three old single points of one host, still open, are a cascade
         await publish(js, *(violation(i, model=f"m{i}", host=f"gpu-m{i}") for i in range(3)))
 
-        async def two_sent_one_stuck() -> bool:
+        async def two_sent_one_held_by_the_sink() -> bool:
             if await db.fetchval("SELECT to_regclass('alerter_notifications')") is None:
                 return False
             rows = await db.fetch("SELECT status FROM alerter_notifications")
-            return sorted(r["status"] for r in rows) == ["sending", "sent", "sent"]
+            in_flight = await db.fetchval(
+                "SELECT count(*) FROM alerter_delivery_attempts WHERE state = 'in_flight'"
+            )
+            return (
+                sorted(r["status"] for r in rows) == ["sending", "sent", "sent"]
+                and in_flight == 1
+                and len(sink.requests) == 3  # the sink holds the third request open
+            )
 
-        await eventually(two_sent_one_stuck, within=30, what="two sent, one stuck in flight")
+        await eventually(two_sent_one_held_by_the_sink, within=30, what="two sent, one held by the sink")
+        stuck = await db.fetchval("SELECT id FROM alerter_notifications WHERE status = 'sending'")
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        assert len(sink.requests) == 3
-        proc = _spawn({**env, "LLMSCOPE_ALERTER_INSTANCE": "second"}, log)
+        proc = _spawn({**env, "LLMSCOPE_ALERTER_INSTANCE": restarted_as}, log)
         await eventually(lambda: len(answered) == 3, within=30, what="the stuck notification after restart")
-        await asyncio.sleep(1.0)
+        await eventually(
+            lambda: _all_finished(db), within=10, what="the re-sent notification recorded as sent"
+        )
         assert set(answered.values()) == {1}  # every notification answered exactly once
         assert len(sink.requests) == 4  # 3 + the one re-sent after the kill (it never got its answer)
         rows = await db.fetch("SELECT status, claimed_by FROM alerter_notifications ORDER BY id")
         assert [r["status"] for r in rows] == ["sent"] * 3
-        assert Counter(r["claimed_by"] for r in rows) == {"first": 2, "second": 1}
+        assert Counter(r["claimed_by"] for r in rows) == Counter(["first", "first", restarted_as])
+        # The interrupted attempt is in the log, by the dead process, and exactly one success.
+        attempts = await db.fetch(
+            "SELECT attempt, ok, state, instance, detail FROM alerter_delivery_attempts"
+            " WHERE notification_id = $1 ORDER BY attempt",
+            stuck,
+        )
+        assert [(a["attempt"], a["ok"], a["state"], a["instance"]) for a in attempts] == [
+            (1, False, "interrupted", "first"),
+            (2, True, "done", restarted_as),
+        ]
+        assert attempts[0]["detail"].startswith("the sender (first) stopped during this attempt")
+        assert await db.fetchval("SELECT count(*) FROM alerter_delivery_attempts WHERE ok") == 3
+        # ... and so it reads through the control subject the API's /api/alerts/notifications uses.
+        reply = await AlerterClient(lambda: nc).request(
+            subjects.alerter_notifications(), NotificationQuery(limit=10), NotificationReply
+        )
+        (record,) = (n for n in reply.notifications if n.id == stuck)
+        assert [(a.state, a.ok) for a in record.attempt_log] == [("interrupted", False), ("done", True)]
+        assert record.status == "sent"
         info = await js.consumer_info("LLMSCOPE_VIOLATIONS", "alerter")
         assert info.num_pending == 0
         assert info.num_ack_pending == 0

@@ -20,7 +20,7 @@ import pytest
 from llmscope.stack.ports import free_port
 from tests.alerter.harness import eventually
 from tests.api.conftest import API_KEY
-from tests.api.test_stats_nats_killed import stored_ids
+from tests.api.faults import stored_ids
 
 pytestmark = pytest.mark.fault
 

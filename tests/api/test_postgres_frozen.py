@@ -22,13 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from llmscope.api.settings import ApiSettings
-from llmscope.bus.settings import BusSettings
-from llmscope.config.env import Secret
 from llmscope.stack.embedded import EmbeddedPostgres
 from tests.alerter.harness import eventually
-from tests.api.conftest import API_KEY, serve
-from tests.api.test_stats_nats_killed import stored_ids
+from tests.api.conftest import serve
+from tests.api.faults import assert_stored_once, persister_settings, stored_ids, telemetry_batch
 
 pytestmark = pytest.mark.fault
 
@@ -37,20 +34,7 @@ T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=20)
 
 
 def batch(n: int) -> list[dict[str, object]]:
-    return [
-        {
-            "id": f"f{n:04d}-{i:02d}",
-            "ts": (T0 + timedelta(milliseconds=n * BATCH + i)).isoformat(),
-            "provider": "ollama",
-            "model": f"m{i % 3}",
-            "target": "local",
-            "host": "gpu-1",
-            "prompt_id": "p1",
-            "prompt_hash": "ab" * 32,
-            "latency_ms": 100.0 + i,
-        }
-        for i in range(BATCH)
-    ]
+    return telemetry_batch(n, prefix="f", size=BATCH, t0=T0, models=3)
 
 
 def children(pid: int) -> list[int]:
@@ -97,15 +81,9 @@ async def test_postgres_frozen_while_events_are_posted_loses_and_dead_letters_no
     own_postgres: EmbeddedPostgres, nats_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     dsn = own_postgres.create_database("frozen")
-    settings = ApiSettings(
-        database_url=Secret(dsn),
-        api_key=Secret(API_KEY),
-        bus=BusSettings(nats_url=nats_url),
-        port=0,
-        persister=True,
-        # The client gives up 5 s past this (CLIENT_MARGIN_S): a try on a frozen server takes ~6 s.
-        db_statement_timeout_s=1.0,
-    )
+    # The client gives up 5 s past the statement timeout (CLIENT_MARGIN_S): a try on a frozen
+    # server takes ~6 s.
+    settings = persister_settings(dsn, nats_url, db_statement_timeout_s=1.0)
     caplog.set_level(logging.INFO, logger="llmscope.bus.consumer")
     accepted: set[str] = set()
     async with serve(settings) as api:
@@ -155,14 +133,7 @@ async def test_postgres_frozen_while_events_are_posted_loses_and_dead_letters_no
             await asyncio.wait_for(sending, 60)
         assert during > BATCH  # events were accepted while Postgres was frozen
 
-        async def all_stored() -> bool:
-            return bool(await pool.fetchval("SELECT count(*) FROM telemetry") == len(accepted))
-
-        await eventually(all_stored, within=90, what="every accepted event stored after SIGCONT")
-        rows = {r["id"] for r in await pool.fetch("SELECT id FROM telemetry")}
-        assert rows == accepted
-        assert await pool.fetchval("SELECT sum(n) FROM telemetry_minute") == len(accepted)  # counted once
-        assert await pool.fetchval("SELECT count(*) FROM dead_letters") == 0
+        await assert_stored_once(pool, accepted, within=90, what="every accepted event stored after SIGCONT")
         for consumer in (persister.telemetry, persister.violations):
             assert consumer.dead_lettered == 0
         assert persister.telemetry.outages >= 1
@@ -175,7 +146,7 @@ async def test_postgres_frozen_while_events_are_posted_loses_and_dead_letters_no
 
         await eventually(ready_again, within=30, what="/readyz 200 again")
         await post(10_000)
-        await eventually(all_stored, within=30, what="an event posted after the freeze stored")
+        await assert_stored_once(pool, accepted, within=30, what="an event posted after the freeze stored")
 
     records = [r for r in caplog.records if r.name == "llmscope.bus.consumer"]
     assert [r for r in records if "store unavailable" in r.getMessage()]

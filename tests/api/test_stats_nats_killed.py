@@ -9,17 +9,12 @@ import asyncio
 import contextlib
 from datetime import UTC, datetime, timedelta
 
-import nats
 import pytest
-from nats.js.errors import NotFoundError
 
-from llmscope.api.settings import ApiSettings
-from llmscope.bus.settings import BusSettings
-from llmscope.config.env import Secret
-from llmscope.proto import subjects
 from llmscope.stack.embedded import EmbeddedNats
 from tests.alerter.harness import eventually
-from tests.api.conftest import API_KEY, serve
+from tests.api.conftest import serve
+from tests.api.faults import assert_stored_once, persister_settings, stored_ids, telemetry_batch
 
 pytestmark = pytest.mark.fault
 
@@ -28,51 +23,14 @@ T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
 
 
 def batch(n: int) -> list[dict[str, object]]:
-    return [
-        {
-            "id": f"b{n:04d}-{i:02d}",
-            "ts": (T0 + timedelta(milliseconds=n * BATCH + i)).isoformat(),
-            "provider": "ollama",
-            "model": f"m{i % 4}",
-            "target": "local",
-            "host": "gpu-1",
-            "prompt_id": "p1",
-            "prompt_hash": "ab" * 32,
-            "latency_ms": 100.0 + i,
-        }
-        for i in range(BATCH)
-    ]
-
-
-async def stored_ids(url: str) -> list[str]:
-    """Every telemetry message's Nats-Msg-Id, duplicates included (one per stored message)."""
-    nc = await nats.connect(url)
-    try:
-        js = nc.jetstream()
-        ids: list[str] = []
-        seq = 1
-        while True:
-            try:
-                msg = await js.get_msg(subjects.STREAM_TELEMETRY, seq=seq, next=True)
-            except NotFoundError:
-                return ids
-            assert msg.seq is not None
-            seq = msg.seq + 1
-            ids.append((msg.headers or {})["Nats-Msg-Id"])
-    finally:
-        await nc.close()
+    return telemetry_batch(n, prefix="b", size=BATCH, t0=T0, models=4)
 
 
 async def test_nats_killed_mid_batch_loses_nothing_accepted(
     embedded_nats: EmbeddedNats, database_url: str
 ) -> None:
-    settings = ApiSettings(
-        database_url=Secret(database_url),
-        api_key=Secret(API_KEY),
-        bus=BusSettings(nats_url=embedded_nats.url),
-        port=0,
-        persister=True,  # and the persister, consuming from the same server, goes on after it
-    )
+    # The persister, consuming from the same server, goes on after the kill too.
+    settings = persister_settings(database_url, embedded_nats.url)
     accepted: set[str] = set()
     unconfirmed: dict[int, list[dict[str, object]]] = {}
 
@@ -130,12 +88,6 @@ async def test_nats_killed_mid_batch_loses_nothing_accepted(
 
         # The in-process persister lived through the kill: every event in the stream reaches
         # Postgres once, counted once in the rollups, and nothing is dead-lettered.
-        pool = api.store.pool
-
-        async def all_in_postgres() -> bool:
-            return bool(await pool.fetchval("SELECT count(*) FROM telemetry") == len(ids))
-
-        await eventually(all_in_postgres, within=90, what="the persister storing every event after the kill")
-        assert {r["id"] for r in await pool.fetch("SELECT id FROM telemetry")} == set(ids)
-        assert await pool.fetchval("SELECT sum(n) FROM telemetry_minute") == len(ids)
-        assert await pool.fetchval("SELECT count(*) FROM dead_letters") == 0
+        await assert_stored_once(
+            api.store.pool, ids, within=90, what="the persister storing every event after the kill"
+        )

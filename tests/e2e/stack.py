@@ -61,12 +61,26 @@ def _pump(proc: subprocess.Popen[str], sink: list[str]) -> None:
         sink.append(line)
 
 
+# What a process needs from the machine to run at all; everything else, LLMSCOPE_*, NATS_URL and
+# DATABASE_URL above all, comes from the test, so an exported variable cannot steer the stack.
+_MACHINE = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP"}
+    | {"VIRTUAL_ENV", "PYTHONPATH", "SSL_CERT_FILE", "SSL_CERT_DIR", "SYSTEMROOT"}
+)
+
+
+def scrubbed_environ(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The caller's environment reduced to the machine's basics: no LLMscope setting passes."""
+    source = os.environ if environ is None else environ
+    return {k: v for k, v in source.items() if k in _MACHINE or k.startswith("LC_")}
+
+
 @contextmanager
 def llmscope_up(data_dir: Path, extra_env: Mapping[str, str] | None = None) -> Iterator[RunningStack]:
     """Start `llmscope up`, wait for its banner, yield, then Ctrl-C it and check it exits cleanly."""
     port, sim_port, nats_port, pg_port = (free_port() for _ in range(4))
     metrics_ports = {service: free_port() for service in ("prober", "spc-engine", "alerter")}
-    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DATABASE_URL", "LLMSCOPE_API_KEY")}
+    env = scrubbed_environ()
     env.update(
         LLMSCOPE_DATA_DIR=str(data_dir),
         LLMSCOPE_PORT=str(port),

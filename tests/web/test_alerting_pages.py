@@ -324,6 +324,20 @@ async def test_notifications_page(
                 assert r.text.lstrip().startswith('<div id="notification-table"')
             r = await client.get("/notifications?status=failed", headers=headers)
             assert "No notifications." in r.text
+            # What a take-over leaves when the sender died mid-send (tests/alerter/test_main.py).
+            pool = api.store.pool
+            nid = await pool.fetchval("SELECT id FROM alerter_notifications")
+            await pool.execute(
+                "UPDATE alerter_delivery_attempts SET attempt = attempt + 1 WHERE notification_id = $1", nid
+            )
+            await pool.execute(
+                "INSERT INTO alerter_delivery_attempts (notification_id, attempt, at, ok, retryable,"
+                " detail, instance, state) VALUES ($1, 1, now(), false, true, 'the sender (gone) stopped',"
+                " 'gone', 'interrupted')",
+                nid,
+            )
+            r = await client.get("/notifications", headers=headers)
+            assert "interrupted: the sender (gone) stopped" in r.text
     finally:
         await sink.stop()
 

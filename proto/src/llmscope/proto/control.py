@@ -179,6 +179,9 @@ class DeliveryAttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
     status_code: int | None = None
     detail: str = ""
     instance: str = ""
+    state: Literal["in_flight", "done", "interrupted"] = "done"
+    """in_flight: being sent now (or its sender died and no one took over yet); interrupted: the
+    sender died during it, so the receiver may or may not have got it."""
 
 
 class NotificationRecord(msgspec.Struct, frozen=True, kw_only=True):

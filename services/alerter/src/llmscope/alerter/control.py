@@ -329,6 +329,7 @@ class ControlResponder:
                             status_code=a["status_code"],
                             detail=a["detail"],
                             instance=a["instance"],
+                            state=a["state"],
                         )
                         for a in attempts
                     ),

@@ -122,6 +122,7 @@ class Alerter:
         self._sem = asyncio.Semaphore(options.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._live: set[str] = set()  # notification ids this process is delivering
+        self._started = False  # the first dispatch pass has run
         self._wake_outbox = asyncio.Event()
         self.tickets: TicketSync | None = None
         self._tickets_cfg: TicketConfig | None = None
@@ -200,7 +201,9 @@ class Alerter:
         except Exception:
             # Deliveries go on; the next tick tries the merge again.
             log.exception("incident merge pass failed")
-        claims = await self.store.reclaim_expired(skip=frozenset(self._live))
+        # The first pass takes back at once what a dead predecessor of the same instance name held.
+        claims = await self.store.reclaim_expired(skip=frozenset(self._live), own=not self._started)
+        self._started = True
         claims += await self.store.claim_due(runtime.routes, views, runtime.silences)
         started = []
         for claim in claims:
@@ -285,9 +288,11 @@ class Alerter:
         # alike; once it is lost (taken over), no further attempt starts and no sleep runs on.
         lost = asyncio.Event()
 
+        in_flight: int | None = None  # the attempt row written before the send
+
         async def on_attempt(attempt: Attempt) -> None:
             self.metrics.attempts.labels(claim.channel, str(attempt.ok).lower()).inc()
-            if not await self.store.record_attempt(claim.id, claim.generation, attempt):
+            if not await self.store.record_attempt(claim.id, claim.generation, attempt, number=in_flight):
                 lost.set()
             if not attempt.ok:
                 bound.warning("delivery attempt failed", attempt=attempt.number, error=attempt.detail[:200])
@@ -300,7 +305,11 @@ class Alerter:
                 self.metrics.delivery_seconds.labels(claim.channel).observe(time.perf_counter() - started)
 
         async def before_attempt() -> bool:
-            return not lost.is_set() and await self.store.renew(claim.id, claim.generation)
+            nonlocal in_flight
+            if lost.is_set() or not await self.store.renew(claim.id, claim.generation):
+                return False
+            in_flight = await self.store.begin_attempt(claim.id, claim.generation)
+            return in_flight is not None
 
         async def sleep(delay: float) -> None:
             with contextlib.suppress(TimeoutError):

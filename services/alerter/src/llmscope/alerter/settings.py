@@ -8,7 +8,7 @@
 | LLMSCOPE_ALERTER_CONFIG | (none) | YAML/TOML file of channels, routes, silences (see config.py) |
 | LLMSCOPE_PUBLIC_URL | http://127.0.0.1:8000 | dashboard URL for "View details" links (/violations/{id}) |
 | LLMSCOPE_ALERTER_DURABLE | alerter | durable consumer name, shared by replicas |
-| LLMSCOPE_ALERTER_INSTANCE | <hostname>-<pid> | this replica's id in claims and attempt records |
+| LLMSCOPE_ALERTER_INSTANCE | <hostname>-<pid> | claim owner; unique per live replica (retaken at start) |
 | LLMSCOPE_ALERTER_SEVERITIES | critical | severities the default route notifies |
 | LLMSCOPE_ALERTER_GROUP_WAIT_S | 30 | wait after a group's first violation before its first message |
 | LLMSCOPE_ALERTER_GROUP_INTERVAL_S | 300 | minimum time between messages of a group |

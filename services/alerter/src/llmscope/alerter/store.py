@@ -372,24 +372,32 @@ class Store(MergeStore):
             )
         return claims
 
-    async def reclaim_expired(self, limit: int = 50, *, skip: Collection[str] = ()) -> list[Claim]:
+    async def reclaim_expired(
+        self, limit: int = 50, *, skip: Collection[str] = (), own: bool = False
+    ) -> list[Claim]:
         """Take over claims whose sender died (lease expired): they are sent again, same id.
 
         ``skip``: ids this process is still delivering (a heartbeat that could not renew in time
-        does not mean the sender died). Each take-over bumps the claim's generation, which fences
-        off whatever the previous holder still does.
+        does not mean the sender died). ``own`` (at start only): claims held under this instance's
+        own name are taken at once, lease or not, since instance names are unique among live
+        replicas and this process has sent nothing yet. Each take-over bumps the claim's
+        generation, which fences off whatever the previous holder still does, and marks the
+        attempts it left in flight as interrupted.
         """
         now = self.clock()
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 "SELECT n.*, g.labels, g.lead_episode_id FROM alerter_notifications n"
                 " JOIN alerter_groups g ON g.id = n.group_id"
-                " WHERE n.status = 'sending' AND n.lease_until < $1 AND NOT (n.id = ANY($3::text[]))"
+                " WHERE n.status = 'sending' AND (n.lease_until < $1 OR ($4 AND n.claimed_by = $5))"
+                " AND NOT (n.id = ANY($3::text[]))"
                 " ORDER BY n.created_at LIMIT $2"
                 " FOR UPDATE OF n SKIP LOCKED",
                 now,
                 limit,
                 list(skip),
+                own,
+                self.instance,
             )
             claims = []
             for r in rows:
@@ -401,6 +409,12 @@ class Store(MergeStore):
                     now + self.lease,
                     now,
                 )
+                interrupted = await conn.execute(
+                    "UPDATE alerter_delivery_attempts SET state = 'interrupted', detail = 'the sender ('"
+                    " || instance || ') stopped during this attempt; the receiver may have got it'"
+                    " WHERE notification_id = $1 AND state = 'in_flight'",
+                    r["id"],
+                )
                 ids = list(r["firing"]) + list(r["announce_resolved"])
                 alerts = {
                     a.episode_id: a
@@ -409,7 +423,12 @@ class Store(MergeStore):
                         await conn.fetch("SELECT * FROM alerter_alerts WHERE episode_id = ANY($1)", ids),
                     )
                 }
-                self._log.warning("taking over a notification whose sender died", notification=r["id"])
+                self._log.warning(
+                    "taking over a notification whose sender died",
+                    notification=r["id"],
+                    previous=r["claimed_by"],
+                    interrupted_attempts=int(interrupted.split()[-1]),
+                )
                 claims.append(
                     Claim(
                         id=r["id"],
@@ -442,13 +461,70 @@ class Store(MergeStore):
         )
         return ok is not None
 
-    async def record_attempt(self, notification_id: str, generation: int, attempt: Attempt) -> bool:
+    async def begin_attempt(self, notification_id: str, generation: int) -> int | None:
+        """Write an 'in_flight' attempt before the send; its number, or None when the claim is lost.
+
+        Committed before any I/O: a process killed while the receiver holds the request leaves
+        this row, and the take-over marks it interrupted (reclaim_expired).
+        """
+        now = self.clock()
+        async with self.pool.acquire() as conn, conn.transaction():
+            number = await conn.fetchval(
+                "UPDATE alerter_notifications SET attempts = attempts + 1, updated_at = $2"
+                " WHERE id = $1 AND claim_gen = $3 AND status = 'sending' RETURNING attempts",
+                notification_id,
+                now,
+                generation,
+            )
+            if number is None:
+                return None
+            await conn.execute(
+                "INSERT INTO alerter_delivery_attempts (notification_id, attempt, at, ok, retryable,"
+                " detail, instance, state) VALUES ($1, $2, $3, false, true, 'in flight', $4, 'in_flight')",
+                notification_id,
+                number,
+                now,
+                self.instance,
+            )
+        return int(number)
+
+    async def record_attempt(
+        self, notification_id: str, generation: int, attempt: Attempt, *, number: int | None = None
+    ) -> bool:
         """Record an attempt; False when the claim was taken over meanwhile.
 
+        ``number``: the row begin_attempt wrote, completed here; without it a new row is added.
         The attempt is kept in the history either way (it happened); only the current holder
         sets ``last_error``.
         """
         async with self.pool.acquire() as conn, conn.transaction():
+            if number is not None:
+                current = await conn.fetchval(
+                    "UPDATE alerter_notifications SET updated_at = $2,"
+                    " last_error = CASE WHEN $3 OR claim_gen <> $5 OR status <> 'sending' THEN last_error"
+                    " ELSE $4 END WHERE id = $1 RETURNING claim_gen = $5 AND status = 'sending'",
+                    notification_id,
+                    attempt.at,
+                    attempt.ok,
+                    attempt.detail[:2000],
+                    generation,
+                )
+                if current is None:
+                    return False
+                # A take-over may have marked the row interrupted meanwhile; the real outcome wins.
+                await conn.execute(
+                    "UPDATE alerter_delivery_attempts SET at = $3, ok = $4, retryable = $5,"
+                    " status_code = $6, detail = $7, state = 'done'"
+                    " WHERE notification_id = $1 AND attempt = $2",
+                    notification_id,
+                    number,
+                    attempt.at,
+                    attempt.ok,
+                    attempt.retryable,
+                    attempt.status_code,
+                    attempt.detail[:2000],
+                )
+                return bool(current)
             row = await conn.fetchrow(
                 "UPDATE alerter_notifications SET attempts = attempts + 1, updated_at = $2,"
                 " last_error = CASE WHEN $3 OR claim_gen <> $5 OR status <> 'sending' THEN last_error"

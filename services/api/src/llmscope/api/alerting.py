@@ -298,7 +298,7 @@ class Alerting:
                 firing=list(n.firing),
                 resolved=list(n.resolved),
                 attempt_log=[
-                    DeliveryAttemptInfo(a.attempt, a.at, a.ok, a.retryable, a.status_code, a.detail)
+                    DeliveryAttemptInfo(a.attempt, a.at, a.ok, a.retryable, a.status_code, a.detail, a.state)
                     for a in n.attempt_log
                 ],
             )

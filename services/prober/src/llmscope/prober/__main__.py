@@ -30,6 +30,7 @@ from llmscope.config.env import ConfigError, Env, redact_url
 from llmscope.config.envhelp import BUS_SETTINGS, service_parser
 from llmscope.config.health import HealthServer
 from llmscope.config.logs import get_logger, setup_logging
+from llmscope.prober.journal import Journal
 from llmscope.prober.metrics import ProberMetrics
 from llmscope.prober.outbox import Outbox
 from llmscope.prober.scheduler import ProbeOptions, Scheduler
@@ -112,7 +113,8 @@ async def run(settings: ProberSettings, metrics: ProberMetrics, stop: asyncio.Ev
         streams_ready.set()
         return Publisher(js)
 
-    outbox = Outbox(None, metrics, maxsize=settings.outbox_size)
+    journal = Journal(settings.outbox_dir, settings.prober_id) if settings.outbox_dir else None
+    outbox = Outbox(None, metrics, maxsize=settings.outbox_size, journal=journal)
     sampler = SystemSampler()
     health: HealthServer | None = None
     if settings.health_port:
@@ -155,6 +157,8 @@ async def run(settings: ProberSettings, metrics: ProberMetrics, stop: asyncio.Ev
             watcher.cancel()
         await asyncio.gather(*watchers, return_exceptions=True)
         sampler.close()
+        if journal is not None:
+            journal.close()
         if health is not None:
             await health.stop()
         if clients:

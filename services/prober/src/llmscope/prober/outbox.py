@@ -2,7 +2,9 @@
 
 Events queue here and one worker publishes them in order, retrying while NATS is away. When
 the outbox is full the oldest event is dropped (counted and logged): recent telemetry matters
-more than old. Re-publishing an event is safe: JetStream de-duplicates on its id.
+more than old. Re-publishing an event is safe: JetStream de-duplicates on its id. With a
+:class:`~llmscope.prober.journal.Journal` the events also go to a file and a restarted prober
+publishes what its predecessor had not.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Protocol
 from llmscope.bus.publisher import PublishFailed
 from llmscope.config.logs import get_logger
 from llmscope.config.startup import Stopped
+from llmscope.prober.journal import Journal
 from llmscope.prober.metrics import ProberMetrics
 from llmscope.proto.base import Event
 
@@ -37,6 +40,7 @@ class Outbox:
         maxsize: int = 10_000,
         publish_deadline: float = 5.0,
         retry_delay: float = 1.0,
+        journal: Journal | None = None,
     ) -> None:
         self._publisher = publisher
         self._metrics = metrics
@@ -47,20 +51,34 @@ class Outbox:
         self._ready = asyncio.Event()
         self.dropped = 0
         self.published = 0
+        self._journal = journal
+        self.recovered = 0
+        """Events read back from the journal at start (left by a previous process)."""
+        if journal is not None:
+            for subject, event in journal.load():
+                self.put(subject, event, journaled=True)
+            self.recovered = len(self._queue)
 
     def __len__(self) -> int:
         return len(self._queue)
 
-    def put(self, subject: str, event: Event) -> None:
+    def put(self, subject: str, event: Event, *, journaled: bool = False) -> None:
         """Queue an event; never blocks. Drops the oldest when full."""
         if len(self._queue) >= self._maxsize:
             self._drop_oldest()
+        if self._journal is not None and not journaled:
+            self._journal.put(subject, event)
         self._queue.append((subject, event))
         self._metrics.outbox_size.set(len(self._queue))
         self._ready.set()
 
+    def _done(self, event: Event) -> None:
+        if self._journal is not None:
+            self._journal.done(event.id)
+
     def _drop_oldest(self) -> None:
-        self._queue.popleft()
+        _, event = self._queue.popleft()
+        self._done(event)
         self.dropped += 1
         self._metrics.dropped.inc()
         # One line per thousand drops: an outage of NATS must not flood the log as well.
@@ -110,6 +128,7 @@ class Outbox:
             self._metrics.publish_failures.inc()
             # Back to the front, unless newer events filled the outbox meanwhile: then it is the oldest.
             if len(self._queue) >= self._maxsize:
+                self._done(event)
                 self.dropped += 1
                 self._metrics.dropped.inc()
             else:
@@ -118,6 +137,7 @@ class Outbox:
                 "publish failed; will retry", subject=subject, waiting=len(self._queue), error=str(exc)[:200]
             )
             return False
+        self._done(event)
         self.published += 1
         self._metrics.published.inc()
         self._metrics.outbox_size.set(len(self._queue))

@@ -13,6 +13,7 @@
 | LLMSCOPE_PROBER_CONCURRENCY | 4 | probes in flight at once, over all targets |
 | LLMSCOPE_PROBER_INCLUDE_PROMPT_TEXT | false | add the prompt text to telemetry (its hash is always sent) |
 | LLMSCOPE_PROBER_OUTBOX_SIZE | 10000 | telemetry kept while NATS is away; the oldest is dropped beyond |
+| LLMSCOPE_PROBER_OUTBOX_DIR | (none; up: DATA_DIR/prober) | outbox also in a file there: survives a kill |
 | LLMSCOPE_PROBER_ID | host name | id of this prober in telemetry |
 | LLMSCOPE_PROBER_HEALTH_HOST | 127.0.0.1 | address of /healthz, /readyz and /metrics |
 | LLMSCOPE_PROBER_HEALTH_PORT | 8001 | their port; 0 disables the server |
@@ -52,6 +53,8 @@ class ProberSettings:
     concurrency: int = 4
     include_prompt_text: bool = False
     outbox_size: int = 10_000
+    outbox_dir: Path | None = None
+    """Where the outbox's journal lives; None: in memory only."""
     prober_id: str = "prober"
     health_host: str = "127.0.0.1"
     health_port: int = 8001
@@ -96,6 +99,7 @@ class ProberSettings:
             concurrency=env.integer("LLMSCOPE_PROBER_CONCURRENCY", 4, min=1, max=1024),
             include_prompt_text=env.flag("LLMSCOPE_PROBER_INCLUDE_PROMPT_TEXT", False),
             outbox_size=env.integer("LLMSCOPE_PROBER_OUTBOX_SIZE", 10_000, min=1, max=10_000_000),
+            outbox_dir=Path(d) if (d := env.optional_text("LLMSCOPE_PROBER_OUTBOX_DIR")) else None,
             prober_id=env.text("LLMSCOPE_PROBER_ID", socket.gethostname() or "prober")[:256],
             health_host=env.text("LLMSCOPE_PROBER_HEALTH_HOST", "127.0.0.1"),
             health_port=env.integer("LLMSCOPE_PROBER_HEALTH_PORT", 8001, min=0, max=65535),

@@ -324,6 +324,8 @@ class Stack:
             LLMSCOPE_PUBLIC_URL=env.get("LLMSCOPE_PUBLIC_URL", f"http://{_display_host(s.host)}:{s.port}"),
             PYTHONUNBUFFERED="1",
         )
+        # The prober's unpublished telemetry outlives a kill of the prober (prober/journal.py).
+        env.setdefault("LLMSCOPE_PROBER_OUTBOX_DIR", str(s.data_dir / "prober"))
         for service, variable, _ in METRICS_PORTS:
             env[variable] = str(s.metrics_ports.get(service, 0))
             env.setdefault(variable.replace("_PORT", "_HOST"), s.host)

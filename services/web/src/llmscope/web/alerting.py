@@ -238,6 +238,8 @@ class DeliveryAttemptInfo:
     retryable: bool
     status_code: int | None
     detail: str
+    state: str = "done"
+    """done, in_flight, or interrupted (the alerter died during the attempt; see the README)."""
 
 
 @dataclass(frozen=True, slots=True)
