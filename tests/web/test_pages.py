@@ -553,6 +553,28 @@ async def test_setup_wizard(api: Api, hx: bool) -> None:
     assert "expected owner/repo for github" in r.text
 
 
+async def test_setup_wizard_makes_a_webhook_signing_secret_and_shows_it_once(api: Api) -> None:
+    client = await login(api)
+    r = await client.post("/setup", data={"alert.webhook.url": "http://hooks.internal:8080/llmscope"})
+    assert r.status_code == 200, r.text
+    shown = re.search(r'<code id="webhook-secret">([^<]+)</code>', r.text)
+    assert shown is not None, r.text
+    secret = shown.group(1)
+    assert len(secret) >= 40
+    assert (
+        await api.store.pool.fetchval("SELECT value FROM settings WHERE key = 'alert.webhook.signing_secret'")
+        == secret
+    )
+    assert secret not in (await client.get("/setup")).text  # once
+    # a later save (the secret now set) keeps it and shows nothing
+    r = await client.post("/setup", data={"alert.webhook.url": "http://hooks.internal:8080/other"})
+    assert "webhook-secret" not in r.text
+    assert (
+        await api.store.pool.fetchval("SELECT value FROM settings WHERE key = 'alert.webhook.signing_secret'")
+        == secret
+    )
+
+
 async def test_api_docs_load_nothing_from_another_host(api: Api) -> None:
     r = await api.anon.get("/docs")
     assert r.status_code == 200

@@ -10,6 +10,7 @@ towards the per-client limit (429).
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Annotated, Any
@@ -82,6 +83,7 @@ SETUP_KEYS = (
     *(f.key for f in BY_ID["tickets"].fields),
     "alert.min_severity",
 )
+WEBHOOK_SECRET = "alert.webhook.signing_secret"
 # A channel is switched on when the wizard is given the field that makes it work.
 SETUP_ENABLES = {
     "alert.email.recipients": "alert.email.enabled",
@@ -748,6 +750,13 @@ def create_router(
                 values[key] = parse_field(known[key], raw)
             except SettingError as exc:
                 errors[key] = exc.message
+        generated = None
+        secret = known.get(WEBHOOK_SECRET)
+        if "alert.webhook.url" in values and WEBHOOK_SECRET not in values and secret and not secret.is_set:
+            # A webhook without a signing key is unsigned: make one, shown once below for the
+            # receiver's side (a typed one is used as given).
+            generated = secrets.token_urlsafe(32)
+            values[WEBHOOK_SECRET] = generated
         saved = [known[k].description for k in values]
         for field_key, enable in SETUP_ENABLES.items():
             if str(form.get(field_key) or "").strip() and enable in known:
@@ -771,6 +780,7 @@ def create_router(
         # The form stays, showing what is now stored (secrets as "set"), so the next step, a
         # test message, can follow and a mistake can be corrected in place.
         ctx = await _setup_context(done=True, saved=saved)
+        ctx["generated_secret"] = generated
         return pages.render(request, "setup.html", ctx, fragments=("wizard",))
 
     if alerting is not None:
