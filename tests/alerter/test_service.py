@@ -54,9 +54,10 @@ async def test_migrations_apply_once_even_concurrently(database_url: str) -> Non
             "007_tickets_and_resemblance.sql",
             "008_channel_threads.sql",
             "009_incident_merges.sql",
+            "010_merged_groups.sql",
         ]
         assert await migrate(conns[0]) == []
-        assert await conns[0].fetchval("SELECT count(*) FROM alerter_schema_migrations") == 9
+        assert await conns[0].fetchval("SELECT count(*) FROM alerter_schema_migrations") == 10
         assert await conns[0].fetchval("SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm'") == 1
     finally:
         for c in conns:
