@@ -178,6 +178,20 @@ def notification(case: str) -> Notification:
                     AlertView(shift(2, model="qwen2:7b"), incident=CASCADE),
                 ),
             )
+        case "merged":
+            # Both incidents of gpu-1 had paged; this one was folded into the host's cascade.
+            return replace(
+                base,
+                id="7:oncall:3",
+                reason="merged",
+                merged_into=IncidentRef(
+                    "inc-v0",
+                    "Cascade on gpu-1: 2 models degraded (llama3.1:8b, qwen2:7b) - latency_ms",
+                    ("llama3.1:8b", "qwen2:7b"),
+                    cascade=True,
+                    host="gpu-1",
+                ),
+            )
         case "test":
             return replace(
                 base,
@@ -192,7 +206,18 @@ def notification(case: str) -> Notification:
     raise AssertionError(case)
 
 
-CASES = ("firing", "firing_old_event", "update", "resolved", "outage", "outage_resolved", "cascade", "test")
+CASES = (
+    "firing",
+    "firing_old_event",
+    "update",
+    "resolved",
+    "outage",
+    "outage_resolved",
+    "cascade",
+    "merged",
+    "test",
+)
+ALERT_CASES = tuple(c for c in CASES if c != "merged")  # a closing message carries no alert
 
 
 def rendered(case: str) -> dict[str, str]:
@@ -251,7 +276,7 @@ def test_golden_messages(case: str) -> None:
         assert content == path.read_text(), f"{path.name} differs from the golden file"
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", ALERT_CASES)
 def test_every_message_answers_first_what_since_how_sure_and_where(case: str) -> None:
     out = rendered(case)
     body = out["email.txt"]
@@ -332,6 +357,20 @@ def test_the_cascade_is_one_message_naming_both_models_and_the_incident() -> Non
     assert hook["incident_id"] == "inc-v1"
     (trigger,) = json.loads(out["pagerduty.json"])
     assert trigger["dedup_key"] == "inc-v1"  # one incident, one PagerDuty incident
+
+
+def test_a_merged_incidents_closing_message_names_and_links_the_survivor_in_its_own_thread() -> None:
+    out = rendered("merged")
+    for kind in ("email.txt", "slack.json", "slack-bot.json", "webhook.json", "teams.json", "discord.json"):
+        assert "merged into incident inc-v0" in out[kind], kind
+    for kind in ("email.txt", "slack.json", "webhook.json", "teams.json", "discord.json", "mattermost.json"):
+        assert f"{URL}/incidents/inc-v0" in out[kind], kind
+    assert "In-Reply-To: <7.oncall.1@llmscope>" in out["email.txt"]  # the absorbed incident's thread
+    assert json.loads(out["slack-bot.json"])["thread_key"] == "incident:inc-v1"
+    hook = json.loads(out["webhook.json"])
+    assert (hook["reason"], hook["incident_id"], hook["merged_into"]) == ("merged", "inc-v1", "inc-v0")
+    # PagerDuty: the absorbed incident's alert is resolved (its own key), nothing triggered
+    assert json.loads(out["pagerduty.json"]) == [{"event_action": "resolve", "dedup_key": "inc-v1"}]
 
 
 def test_follow_ups_thread_under_the_first_email() -> None:

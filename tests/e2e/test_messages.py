@@ -292,7 +292,7 @@ def test_an_outage_and_its_recovery_in_every_channel_with_one_ticket(data_dir: P
 SHIFT_FACTS = (
     (r"\bslower\b", "which way"),
     (
-        r"\+\d+ % (over|against) the [\d.,]+ (ms|s) baseline",
+        r"\+\d+ % over the [\d.,]+ (ms|s) baseline",
         "how much, in the metric's unit, over the baseline",
     ),
     (r"prompt [\w-]+", "which prompt"),

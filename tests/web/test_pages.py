@@ -511,6 +511,69 @@ async def test_setup_wizard(api: Api, hx: bool) -> None:
     assert values["alert.alertmanager.url"] == (None, True)  # a secret: it may carry a password
     assert values["alert.teams.enabled"] == (True, True)
 
+    # Tickets, as the settings page's Tickets section: a tracker without its token is refused
+    # whole (the checks that span settings apply), naming the setting at fault.
+    assert 'name="alert.tickets.tracker"' in r.text
+    assert '<input type="password" name="alert.tickets.token"' in r.text
+    r = await client.post(
+        "/setup",
+        data={
+            "alert.tickets.tracker": "github",
+            "alert.tickets.project": "acme/llm",
+            "alert.min_severity": "info",
+        },
+        headers=headers,
+    )
+    assert r.status_code == 422
+    assert "alert.tickets.token" in r.text
+    assert 'name="alert.tickets.project"' in r.text  # the form is still there to correct
+    values = {s.key: (s.value, s.is_set) for s in await api.store.settings()}
+    assert values["alert.tickets.tracker"][0] == "none"
+    assert values["alert.min_severity"] == ("warning", True)  # nothing of the refused form saved
+    r = await client.post(
+        "/setup",
+        data={
+            "alert.tickets.tracker": "github",
+            "alert.tickets.project": "acme/llm",
+            "alert.tickets.token": "ghp_T0KEN",
+            "alert.tickets.labels": "llmscope, oncall",
+        },
+        headers=headers,
+    )
+    assert r.status_code == 200, r.text
+    assert "ghp_T0KEN" not in r.text
+    assert "<option selected>github</option>" in r.text
+    assert 'value="acme/llm"' in r.text
+    values = {s.key: (s.value, s.is_set) for s in await api.store.settings()}
+    assert values["alert.tickets.tracker"] == ("github", True)
+    assert values["alert.tickets.token"] == (None, True)
+    assert values["alert.tickets.labels"] == (["llmscope", "oncall"], True)
+    r = await client.post("/setup", data={"alert.tickets.project": "no-slash"}, headers=headers)
+    assert r.status_code == 422
+    assert "expected owner/repo for github" in r.text
+
+
+async def test_setup_wizard_makes_a_webhook_signing_secret_and_shows_it_once(api: Api) -> None:
+    client = await login(api)
+    r = await client.post("/setup", data={"alert.webhook.url": "http://hooks.internal:8080/llmscope"})
+    assert r.status_code == 200, r.text
+    shown = re.search(r'<code id="webhook-secret">([^<]+)</code>', r.text)
+    assert shown is not None, r.text
+    secret = shown.group(1)
+    assert len(secret) >= 40
+    assert (
+        await api.store.pool.fetchval("SELECT value FROM settings WHERE key = 'alert.webhook.signing_secret'")
+        == secret
+    )
+    assert secret not in (await client.get("/setup")).text  # once
+    # a later save (the secret now set) keeps it and shows nothing
+    r = await client.post("/setup", data={"alert.webhook.url": "http://hooks.internal:8080/other"})
+    assert "webhook-secret" not in r.text
+    assert (
+        await api.store.pool.fetchval("SELECT value FROM settings WHERE key = 'alert.webhook.signing_secret'")
+        == secret
+    )
+
 
 async def test_api_docs_load_nothing_from_another_host(api: Api) -> None:
     r = await api.anon.get("/docs")

@@ -15,7 +15,8 @@ from msgspec import Meta
 from llmscope.proto.base import Event
 from llmscope.proto.violation import ViolationEvent
 
-NotifyReason = Literal["first", "new_violations", "repeat", "resolved", "test"]
+NotifyReason = Literal["first", "new_violations", "repeat", "resolved", "test", "merged"]
+"""``merged``: the closing message of an incident folded into its host's cascade (no alerts)."""
 NotificationStatus = Literal["firing", "resolved"]
 
 
@@ -42,3 +43,7 @@ class NotificationEvent(Event, frozen=True, kw_only=True, tag="notification.v1")
     cascade_models: Annotated[
         tuple[str, ...], Meta(description="every model of the incident when it is a cascade")
     ] = ()
+    merged_into: Annotated[
+        str, Meta(description="reason merged: the incident this one continues as ('' otherwise)")
+    ] = ""
+    merged_into_url: str = ""

@@ -14,14 +14,19 @@ the survivor has none. It is then resolved, ``merged_into`` naming the survivor.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 
+import asyncpg
+
+from llmscope.alerter.grouping import ChannelView
 from llmscope.alerter.incidents import OpenSignal, forms_incidents
 from llmscope.alerter.merging import HostIncident, plan_merge
+from llmscope.alerter.messages import IncidentRef
 from llmscope.alerter.model import labels_of
 from llmscope.alerter.routing import Route, group_key
-from llmscope.alerter.store_base import Conn, decode_event
+from llmscope.alerter.store_base import Claim, Conn, decode_event
 from llmscope.alerter.ticket_store import TicketStore
 from llmscope.proto.incident import IncidentChange
 
@@ -161,9 +166,22 @@ class MergeStore(TicketStore):
             )
             emptied.add(r["group_id"])
         if emptied:
-            # A message of the emptied group still being sent finishes; the group tells nothing more.
+            # An emptied group that already told a channel flushes once more, at once: a closing
+            # message per such channel (_flush_merged), through the usual claim, retry and record.
+            await conn.execute(
+                "UPDATE alerter_groups g SET merged_into = $3, next_flush_at = $2"
+                " WHERE g.id = ANY($1::bigint[])"
+                " AND NOT EXISTS (SELECT 1 FROM alerter_group_alerts ga WHERE ga.group_id = g.id)"
+                " AND EXISTS (SELECT 1 FROM alerter_notifications n WHERE n.group_id = g.id"
+                " AND n.status IN ('sent', 'sending'))",
+                list(emptied),
+                now,
+                survivor,
+            )
+            # One that told nobody closes; a message of it still being sent finishes.
             await conn.execute(
                 "UPDATE alerter_groups g SET state = 'closed', closed_at = $2 WHERE g.id = ANY($1::bigint[])"
+                " AND g.merged_into IS NULL"
                 " AND NOT EXISTS (SELECT 1 FROM alerter_group_alerts ga WHERE ga.group_id = g.id)",
                 list(emptied),
                 now,
@@ -196,6 +214,81 @@ class MergeStore(TicketStore):
             now,
         )
         await self._outbox_incident(conn, absorbed, "resolved")
+
+    async def _flush_merged(
+        self, conn: Conn, g: asyncpg.Record, route: Route, channels: Mapping[str, ChannelView], now: datetime
+    ) -> list[Claim]:
+        """The closing message of a merged incident's group, one per channel it had told (a
+        PagerDuty channel's resolves the absorbed incident's key); then the group closes.
+
+        Alertmanager is left out: the merged violations now fire under the survivor's labels, and
+        the absorbed labels, no longer re-sent, expire at Alertmanager's resolve timeout."""
+        told = await conn.fetch(
+            "SELECT DISTINCT channel FROM alerter_notifications WHERE group_id = $1"
+            " AND status IN ('sent', 'sending') AND reason <> 'merged' ORDER BY channel",
+            g["id"],
+        )
+        claims = []
+        labels = dict(json.loads(g["labels"]))
+        for r in told:
+            view = channels.get(r["channel"])
+            if view is None or view.kind == "alertmanager":
+                continue
+            seq = await conn.fetchval(
+                "SELECT coalesce(max(seq), 0) + 1 FROM alerter_notifications WHERE group_id = $1 AND"
+                " channel = $2",
+                g["id"],
+                view.name,
+            )
+            nid = f"{g['id']}:{view.name}:{seq}"
+            await conn.execute(
+                "INSERT INTO alerter_notifications (id, group_id, route, group_key, channel,"
+                " channel_kind, seq, reason, status, firing, resolved, announce_resolved, claimed_by,"
+                " lease_until, created_at)"
+                " VALUES ($1,$2,$3,$4,$5,$6,$7,'merged','sending','{}','{}','{}',$8,$9,$10)",
+                nid,
+                g["id"],
+                route.name,
+                g["group_key"],
+                view.name,
+                view.kind,
+                seq,
+                self.instance,
+                now + self.lease,
+                now,
+            )
+            claims.append(
+                Claim(
+                    id=nid,
+                    group_id=g["id"],
+                    route=route.name,
+                    group_key=g["group_key"],
+                    group_labels=labels,
+                    channel=view.name,
+                    channel_kind=view.kind,
+                    reason="merged",
+                    firing=(),
+                    resolved=(),
+                    lead_episode_id=g["lead_episode_id"],
+                    created_at=now,
+                    merged_into=g["merged_into"],
+                )
+            )
+        await conn.execute(
+            "UPDATE alerter_groups SET state = 'closed', closed_at = $2 WHERE id = $1", g["id"], now
+        )
+        return claims
+
+    async def incident_refs(self, incident_ids: Collection[str]) -> dict[str, IncidentRef]:
+        """Incidents by id, as messages name them (a merged group's and its survivor)."""
+        rows = await self.pool.fetch(
+            "SELECT id, title, models, cascade, host FROM alerter_incidents WHERE id = ANY($1::text[])",
+            list(incident_ids),
+        )
+        return {
+            r["id"]: IncidentRef(r["id"], r["title"], tuple(r["models"]), r["cascade"], r["host"])
+            for r in rows
+        }
 
     # Store's incident and group parts (store.py).
 

@@ -25,6 +25,7 @@ from llmscope.alerter.config import AlerterFile, RuntimeConfig, Timings, build_r
 from llmscope.alerter.grouping import ChannelView
 from llmscope.alerter.incidents import search_text
 from llmscope.alerter.llm import LlmConfig, LlmResult, analyze
+from llmscope.alerter.messages import IncidentRef
 from llmscope.alerter.metrics import AlerterMetrics
 from llmscope.alerter.model import Alert
 from llmscope.alerter.notifiers.base import AlertView, Notification, Notifier
@@ -229,6 +230,23 @@ class Alerter:
                 log.exception("delivery crashed", notification=claim.id)
 
     async def notification_for(self, claim: Claim, runtime: RuntimeConfig | None = None) -> Notification:
+        if claim.merged_into:
+            absorbed = claim.group_labels.get("incident", "")
+            refs = await self.store.incident_refs({absorbed, claim.merged_into})
+            return Notification(
+                id=claim.id,
+                created_at=claim.created_at,
+                reason="merged",
+                route=claim.route,
+                group_key=claim.group_key,
+                channel=claim.channel,
+                group_labels=claim.group_labels,
+                public_url=(runtime.public_url if runtime else None) or self._opts.public_url,
+                lead_episode_id=claim.lead_episode_id,
+                incident=refs.get(absorbed) or IncidentRef(absorbed, f"incident {absorbed}"),
+                merged_into=refs.get(claim.merged_into)
+                or IncidentRef(claim.merged_into, f"incident {claim.merged_into}"),
+            )
         events = [a.event for a in (*claim.firing, *claim.resolved)]
         context = await self.store.context_for(events)
         outages = await self.store.outages_for([*claim.firing, *claim.resolved], claim.created_at)

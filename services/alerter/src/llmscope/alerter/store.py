@@ -43,6 +43,7 @@ from llmscope.alerter.retention import Cutoffs
 from llmscope.alerter.retry import Attempt, Outcome
 from llmscope.alerter.routing import Route, group_key, group_labels, route_alert
 from llmscope.alerter.silences import Monthly, Silence, Weekly, nth_weekday_names, parse_nth_weekdays
+from llmscope.alerter.store_base import Claim as Claim  # re-exported: callers import it from here
 from llmscope.alerter.store_base import Conn as Conn  # re-exported: tests and callers import it from here
 from llmscope.alerter.store_base import alert_from_row as _alert
 from llmscope.alerter.store_base import decode_event as _event
@@ -57,26 +58,6 @@ from llmscope.proto.violation import ViolationEvent
 # Numeric telemetry columns a violation's metric may name (the context table reads one of them).
 TELEMETRY_METRICS = frozenset(NUMERIC_METRICS)
 CONTEXT_POINTS = 10
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """A notification this instance has claimed and must now send."""
-
-    id: str
-    group_id: int
-    route: str
-    group_key: str
-    group_labels: Mapping[str, str]
-    channel: str
-    channel_kind: str
-    reason: str
-    firing: tuple[Alert, ...]
-    resolved: tuple[Alert, ...]
-    lead_episode_id: str
-    created_at: datetime
-    generation: int = 1
-    """The claim's ``claim_gen``: renew, record_attempt and finish only count while it holds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +256,8 @@ class Store(MergeStore):
                 "UPDATE alerter_groups SET state = 'closed', closed_at = $2 WHERE id = $1", g["id"], now
             )
             return []
+        if g["merged_into"] is not None:
+            return await self._flush_merged(conn, g, route, channels, now)
         rows = await conn.fetch(
             "SELECT a.* FROM alerter_alerts a JOIN alerter_group_alerts ga USING (episode_id)"
             " WHERE ga.group_id = $1 ORDER BY a.opened_at, a.episode_id",
@@ -387,7 +370,7 @@ class Store(MergeStore):
         now = self.clock()
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                "SELECT n.*, g.labels, g.lead_episode_id FROM alerter_notifications n"
+                "SELECT n.*, g.labels, g.lead_episode_id, g.merged_into FROM alerter_notifications n"
                 " JOIN alerter_groups g ON g.id = n.group_id"
                 " WHERE n.status = 'sending' AND (n.lease_until < $1 OR ($4 AND n.claimed_by = $5))"
                 " AND NOT (n.id = ANY($3::text[]))"
@@ -444,6 +427,7 @@ class Store(MergeStore):
                         lead_episode_id=r["lead_episode_id"],
                         created_at=r["created_at"],
                         generation=int(generation),
+                        merged_into=(r["merged_into"] or "") if r["reason"] == "merged" else "",
                     )
                 )
             return claims

@@ -4,7 +4,8 @@ class per concern (silences, retention, tickets, reads of other services' tables
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeAlias
 
@@ -39,6 +40,28 @@ def alert_from_row(row: asyncpg.Record) -> Alert:
         acknowledged_at=row["acknowledged_at"],
         acknowledged_by=row["acknowledged_by"],
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A notification this instance has claimed and must now send."""
+
+    id: str
+    group_id: int
+    route: str
+    group_key: str
+    group_labels: Mapping[str, str]
+    channel: str
+    channel_kind: str
+    reason: str
+    firing: tuple[Alert, ...]
+    resolved: tuple[Alert, ...]
+    lead_episode_id: str
+    created_at: datetime
+    generation: int = 1
+    """The claim's ``claim_gen``: renew, record_attempt and finish only count while it holds."""
+    merged_into: str = ""
+    """reason ``merged``: the incident the group's incident was folded into."""
 
 
 class StoreBase:

@@ -33,10 +33,10 @@ def describe_signal(metric: str, sig: Signal) -> str:
     level = sig.level if sig.level is not None else sig.value
     if base > 0:
         change = (level / base - 1.0) * 100.0
+        # "over"/"under" as the alerter words its own lines, so every rule reads alike.
+        way = "over" if change >= 0 else "under"
         how = (
-            f"{change:+.0f} % against {base_text}"
-            if abs(change) < 1000
-            else f"{level / base:.3g}x {base_text}"
+            f"{change:+.0f} % {way} {base_text}" if abs(change) < 1000 else f"{level / base:.3g}x {base_text}"
         )
     else:
         how = f"against {base_text}"

@@ -10,6 +10,7 @@ towards the per-client limit (429).
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Annotated, Any
@@ -78,8 +79,11 @@ SETUP_KEYS = (
     "alert.teams.webhook_url",
     "alert.discord.webhook_url",
     "alert.mattermost.webhook_url",
+    # The tickets as the settings page's Tickets section has them: the same keys, in its order.
+    *(f.key for f in BY_ID["tickets"].fields),
     "alert.min_severity",
 )
+WEBHOOK_SECRET = "alert.webhook.signing_secret"
 # A channel is switched on when the wizard is given the field that makes it work.
 SETUP_ENABLES = {
     "alert.email.recipients": "alert.email.enabled",
@@ -736,25 +740,47 @@ def create_router(
     async def setup_submit(request: Request) -> HTMLResponse:
         form = await request.form()
         known = {s.key: s for s in await data.settings()}
-        saved: list[str] = []
-        try:
-            for key in SETUP_KEYS:
-                raw = form.get(key)
-                if key not in known or not isinstance(raw, str) or not raw.strip():
-                    continue  # blank fields keep their current value (and secrets stay hidden)
-                await data.put_setting(key, parse_field(known[key], raw), opts.actor)
-                saved.append(known[key].description)
-            for field_key, enable in SETUP_ENABLES.items():
-                if str(form.get(field_key) or "").strip() and enable in known:
-                    await data.put_setting(enable, True, opts.actor)
-            if "setup.completed" in known:
-                await data.put_setting("setup.completed", True, opts.actor)
-        except SettingError as exc:
-            ctx = await _setup_context(error=str(exc))
+        values: dict[str, object] = {}
+        errors: dict[str, str] = {}
+        for key in SETUP_KEYS:
+            raw = form.get(key)
+            if key not in known or not isinstance(raw, str) or not raw.strip():
+                continue  # blank fields keep their current value (and secrets stay hidden)
+            try:
+                values[key] = parse_field(known[key], raw)
+            except SettingError as exc:
+                errors[key] = exc.message
+        generated = None
+        secret = known.get(WEBHOOK_SECRET)
+        if "alert.webhook.url" in values and WEBHOOK_SECRET not in values and secret and not secret.is_set:
+            # A webhook without a signing key is unsigned: make one, shown once below for the
+            # receiver's side (a typed one is used as given).
+            generated = secrets.token_urlsafe(32)
+            values[WEBHOOK_SECRET] = generated
+        saved = [known[k].description for k in values]
+        for field_key, enable in SETUP_ENABLES.items():
+            if str(form.get(field_key) or "").strip() and enable in known:
+                values[enable] = True
+        if "setup.completed" in known:
+            values["setup.completed"] = True
+        if not errors:
+            # Saved whole, as a settings page section is: settings checked together (the ticket
+            # tracker's project, token and URL) are judged as they will stand, and a refusal
+            # leaves nothing half saved.
+            try:
+                await data.put_settings(values, opts.actor)
+            except SettingErrors as exc:
+                errors = exc.errors
+        if errors:
+            named = "; ".join(
+                f"{k} ({known[k].description if k in known else k}): {m}" for k, m in errors.items()
+            )
+            ctx = await _setup_context(error=f"Not saved: {named}")
             return pages.render(request, "setup.html", ctx, fragments=("wizard",), status_code=422)
         # The form stays, showing what is now stored (secrets as "set"), so the next step, a
         # test message, can follow and a mistake can be corrected in place.
         ctx = await _setup_context(done=True, saved=saved)
+        ctx["generated_secret"] = generated
         return pages.render(request, "setup.html", ctx, fragments=("wizard",))
 
     if alerting is not None:

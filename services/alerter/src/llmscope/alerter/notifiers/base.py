@@ -93,6 +93,8 @@ class Notification:
     lead_episode_id: str = ""
     incident: IncidentRef | None = None
     """the incident the group belongs to (a cascade names every model in it)"""
+    merged_into: IncidentRef | None = None
+    """reason ``merged``: the incident ``incident`` was folded into (its thread carries on there)"""
 
     @property
     def status(self) -> Literal["firing", "resolved"]:
@@ -106,6 +108,20 @@ class Notification:
 
     def incident_url(self) -> str | None:
         return m.incident_url(self.public_url, self.incident.id) if self.incident else None
+
+    def merged_url(self) -> str | None:
+        return m.incident_url(self.public_url, self.merged_into.id) if self.merged_into else None
+
+    def merge_line(self) -> str | None:
+        """The closing line of an incident merged away: which incident carries on, and where."""
+        into = self.merged_into
+        if into is None:
+            return None
+        was = f"Incident {self.incident.id} " if self.incident else "This incident "
+        return (
+            f"{was}was merged into incident {into.id} ({into.title}); its updates and resolution"
+            f" follow there, nothing more is sent here: {self.merged_url()}"
+        )
 
     @property
     def alerts(self) -> tuple[AlertView, ...]:
@@ -137,6 +153,10 @@ class Notification:
         """The state in words: what fires, how bad, and whether it is getting better."""
         if self.reason == "test":
             return "[LLMscope] Test notification (sample data, nothing is wrong)"
+        if self.merged_into is not None:
+            what = f"incident {self.incident.id}" if self.incident else "incident"
+            into = self.merged_into
+            return f"[LLMscope] MERGED: {what} merged into incident {into.id}: {into.title}"
         if not self.firing:
             lasted = ""
             if len(self.resolved) == 1:

@@ -34,6 +34,9 @@ def shown(n: Notification) -> tuple[list[tuple[AlertView, bool]], int]:
 
 
 def cascade_line(n: Notification) -> str | None:
+    """The line before any alert: a merged incident's closing line, else a cascade's models."""
+    if (merged := n.merge_line()) is not None:
+        return merged
     if not (n.cascade and n.incident is not None):
         return None
     return f"Cascade: {len(n.incident.models)} models degraded together: {', '.join(n.incident.models)}"

@@ -94,7 +94,10 @@ def _stats_lines(a: AlertView) -> list[tuple[str, str]]:
 
 
 def _intro(n: Notification) -> list[str]:
-    """A cascade's message names every model and the incident before any detail."""
+    """A cascade's message names every model and the incident before any detail; a merged
+    incident's closing message says which incident carries on."""
+    if (merged := n.merge_line()) is not None:
+        return [merged]
     if not n.cascade or n.incident is None:
         return []
     inc = n.incident
@@ -146,7 +149,7 @@ def render_html(n: Notification) -> str:
     intro = _intro(n)
     if intro:
         parts.append(f"<p><strong>{e(intro[0])}</strong>")
-        url = n.incident_url()
+        url = n.merged_url() or n.incident_url()
         if url:
             parts.append(f"<br>Incident: {_link(url)}")
         parts.append("</p>")

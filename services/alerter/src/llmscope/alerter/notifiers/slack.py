@@ -116,7 +116,9 @@ class SlackNotifier(UrlNotifier):
             raise DeliveryError("a Slack bot token needs the channel id to post to", retryable=False)
         n = notification
         body = {"channel": self.channel, **body}
-        return SlackPayload(body, thread_key=thread_key(n), broadcast=not n.firing and n.reason != "test")
+        return SlackPayload(
+            body, thread_key=thread_key(n), broadcast=not n.firing and n.reason not in ("test", "merged")
+        )
 
     def message(self, notification: Notification) -> dict[str, Any]:
         """The message itself, the same for a webhook and for chat.postMessage."""
@@ -130,7 +132,15 @@ class SlackNotifier(UrlNotifier):
         blocks: list[dict[str, Any]] = [
             {"type": "header", "text": {"type": "plain_text", "text": n.title[:150]}}
         ]
-        if n.cascade and n.incident is not None:
+        if n.merged_into is not None and (url := n.merged_url()):
+            inc = n.merged_into
+            was = f"Incident {n.incident.id}" if n.incident else "This incident"
+            text = (
+                f"{_mrkdwn(was)} was merged into incident {_mrkdwn(inc.id)}: {_mrkdwn(inc.title)}."
+                f" Its updates and resolution follow there.\n<{url}|Open incident {_mrkdwn(inc.id)}>"
+            )
+            blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": text}})
+        elif n.cascade and n.incident is not None:
             inc = n.incident
             url = n.incident_url()
             text = f"*Cascade*: {len(inc.models)} models degraded together: {_mrkdwn(', '.join(inc.models))}"

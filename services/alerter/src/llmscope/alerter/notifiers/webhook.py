@@ -68,6 +68,8 @@ def to_event(n: Notification) -> NotificationEvent:
         incident_id=n.incident.id if n.incident else "",
         incident_url=n.incident_url() or "",
         cascade_models=n.incident.models if n.incident and n.cascade else (),
+        merged_into=n.merged_into.id if n.merged_into else "",
+        merged_into_url=n.merged_url() or "",
     )
 
 

@@ -1,0 +1,215 @@
+"""An incident merged into its host's cascade after both had paged: the absorbed incident's
+threads get a closing message naming and linking the survivor, and its PagerDuty alert is
+resolved, through the usual claim, retry and record path.
+
+Real local servers: aiosmtpd, a webhook sink, a PagerDuty Events v2 server that checks each event
+(and refuses the first resolve with a 503, so the closing message is seen retried) and Slack's
+chat.postMessage (threads checked). Postgres with a hand-moved clock.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from email.message import EmailMessage
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp import web
+
+from llmscope.alerter.config import Timings
+from llmscope.alerter.migrate import migrate
+from llmscope.alerter.retry import RetryPolicy
+from llmscope.alerter.service import Alerter, AlerterOptions
+from llmscope.alerter.store import Store
+from llmscope.config.env import Env
+from tests.alerter.factories import LOOPBACK_ALLOWED, T0, HttpSink, Mailbox, smtp_server, violation
+from tests.alerter.test_chat_channels import TOKEN, SlackApi
+from tests.alerter.test_merging import A, B, Clock, S
+
+URL = "http://scope.test"
+
+
+class PagerDuty:
+    """Events API v2 as PagerDuty checks it; the first ``resolve`` is answered 503 (retryable)."""
+
+    def __init__(self) -> None:
+        self.accepted: list[dict[str, Any]] = []
+        self.refused_resolves = 0
+        self.sink = HttpSink(self._answer)
+
+    async def _answer(self, request: web.Request, _: int) -> web.StreamResponse:
+        body = await request.json()
+        action = body.get("event_action")
+        if body.get("routing_key") != "R0UTING" or action not in ("trigger", "resolve"):
+            return web.json_response({"status": "invalid event"}, status=400)
+        if not body.get("dedup_key"):
+            return web.json_response({"status": "invalid event"}, status=400)
+        if action == "trigger" and not all(body["payload"].get(k) for k in ("summary", "source", "severity")):
+            return web.json_response({"status": "invalid event"}, status=400)
+        if action == "resolve" and self.refused_resolves == 0:
+            self.refused_resolves += 1
+            return web.json_response({"status": "unavailable"}, status=503)
+        self.accepted.append(body)
+        return web.json_response({"status": "success", "dedup_key": body["dedup_key"]}, status=202)
+
+
+@dataclass
+class Sinks:
+    mail: Mailbox
+    hook: HttpSink
+    pd: PagerDuty
+    slack: SlackApi
+
+    def hooks(self) -> list[dict[str, Any]]:
+        return [json.loads(body) for _, body, _ in self.hook.requests]
+
+
+@pytest.fixture
+async def sinks() -> AsyncIterator[tuple[Sinks, dict[str, str]]]:
+    box = Mailbox()
+    smtp = smtp_server(box)
+    hook, pd, slack = HttpSink(), PagerDuty(), SlackApi()
+    for s in (hook, pd.sink, slack.sink):
+        await s.start()
+    env = {
+        **LOOPBACK_ALLOWED,
+        "LLMSCOPE_SMTP_HOST": "127.0.0.1",
+        "LLMSCOPE_SMTP_PORT": str(smtp.port),
+        "LLMSCOPE_SMTP_SECURITY": "none",
+        "LLMSCOPE_SMTP_FROM": "scope@example.com",
+        "LLMSCOPE_ALERT_EMAIL_TO": "oncall@example.com",
+        "LLMSCOPE_WEBHOOK_URL": hook.url + "/hook",
+        "LLMSCOPE_PAGERDUTY_ROUTING_KEY": "R0UTING",
+        "LLMSCOPE_PAGERDUTY_EVENTS_URL": pd.sink.url + "/v2/enqueue",
+        "LLMSCOPE_SLACK_BOT_TOKEN": TOKEN,
+        "LLMSCOPE_SLACK_CHANNEL": "C0ONCALL",
+        "LLMSCOPE_SLACK_API_URL": slack.sink.url + "/api",
+    }
+    try:
+        yield Sinks(box, hook, pd, slack), env
+    finally:
+        smtp.stop()
+        for s in (hook, pd.sink, slack.sink):
+            await s.stop()
+
+
+async def test_both_paged_then_merged_the_absorbed_threads_close_naming_the_survivor(
+    database_url: str, sinks: tuple[Sinks, dict[str, str]]
+) -> None:
+    out, env = sinks
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+    async with pool.acquire() as conn:
+        await migrate(conn)
+    clock = Clock(T0)
+    store = Store(pool, instance="a", clock=clock, incident_window=300, sustain_after=60)
+    session = aiohttp.ClientSession()
+    alerter = Alerter(
+        store,
+        env=Env(env),
+        session=session,
+        publisher=None,
+        options=AlerterOptions(
+            public_url=URL,
+            settings_refresh_s=0,
+            timings=Timings(group_wait=30, group_interval=300, repeat_interval=3600),
+            retry=RetryPolicy(initial=0.05, max_delay=0.2, jitter=0.0),
+        ),
+    )
+
+    async def dispatch(at: Any) -> None:
+        clock.now = at
+        await alerter.dispatch_once()
+        await alerter.drain_deliveries(grace=20)
+
+    async def incident_of(episode_id: str) -> str:
+        return str(
+            await pool.fetchval(
+                "SELECT incident_id FROM alerter_incident_episodes WHERE episode_id = $1", episode_id
+            )
+        )
+
+    try:
+        a = violation(1, model=A, host="gpu-7", rule="CUSUM", at=T0)
+        b = violation(2, model=B, host="gpu-7", rule="SPIKE", at=T0 + 2 * S)
+        runtime = await alerter.runtime()
+        await store.ingest([a], runtime.routes, runtime.allowed_rules)
+        clock.now = T0 + 2 * S
+        await store.ingest([b], runtime.routes, runtime.allowed_rules)
+        first, second = await incident_of(a.episode_id), await incident_of(b.episode_id)
+        assert first != second
+        # The second model's page was held (its lone point); as if that hold had been cut short
+        # (the gap this closes: both incidents paged before the merge), its group flushes now.
+        await pool.execute("UPDATE alerter_incidents SET held_until = NULL WHERE id = $1", second)
+        await pool.execute(
+            "UPDATE alerter_groups SET next_flush_at = $2 WHERE labels::text LIKE '%' || $1 || '%'",
+            second,
+            T0 + 31 * S,
+        )
+        await dispatch(T0 + 31 * S)
+        assert sorted(h["incident_id"] for h in out.hooks()) == sorted([first, second])
+        assert len(out.mail.messages) == 2
+        assert sorted(e["dedup_key"] for e in out.pd.accepted) == sorted([first, second])
+        roots = {inc: await store.thread_get("slack", f"incident:{inc}") for inc in (first, second)}
+        assert None not in roots.values()
+        assert len(set(roots.values())) == 2
+
+        await dispatch(T0 + 62 * S)  # B's point is sustained: the incidents merge
+        survivor = await incident_of(b.episode_id)
+        assert survivor == await incident_of(a.episode_id)
+        absorbed = second if survivor == first else first
+        assert (
+            await pool.fetchval("SELECT merged_into FROM alerter_incidents WHERE id = $1", absorbed)
+            == survivor
+        )
+        link = f"{URL}/incidents/{survivor}"
+
+        # webhook: the closing message, about the absorbed incident, naming the survivor
+        closing = out.hooks()[2:]
+        assert len(closing) == 1
+        assert (closing[0]["reason"], closing[0]["incident_id"]) == ("merged", absorbed)
+        assert (closing[0]["merged_into"], closing[0]["merged_into_url"]) == (survivor, link)
+        assert f"merged into incident {survivor}" in closing[0]["title"]
+        assert link in closing[0]["text"]
+        # PagerDuty: the absorbed incident's alert resolved (after one refused try)
+        assert out.pd.refused_resolves == 1
+        assert out.pd.accepted[2:] == [
+            {"event_action": "resolve", "dedup_key": absorbed, "routing_key": "R0UTING"}
+        ]
+        # email: a reply in the absorbed incident's thread
+        mail: EmailMessage = out.mail.messages[2]
+        assert len(out.mail.messages) == 3
+        root = next(m for m in out.mail.messages[:2] if absorbed in str(m.get_body(("plain",))))
+        assert mail["In-Reply-To"] == root["Message-ID"]
+        assert f"merged into incident {survivor}" in mail["Subject"]
+        body = mail.get_body(("plain",))
+        assert body is not None
+        assert link in body.get_content()
+        # Slack: in the absorbed incident's thread, linking the survivor
+        post = out.slack.bodies()[-1]
+        assert len(out.slack.bodies()) == 3
+        assert post["thread_ts"] == roots[absorbed]
+        assert link in json.dumps(post)
+
+        # recorded like every message: sent, with its attempts (PagerDuty's two)
+        rows = await pool.fetch(
+            "SELECT channel, status, attempts FROM alerter_notifications WHERE reason = 'merged'"
+        )
+        assert sorted((r["channel"], r["status"], r["attempts"]) for r in rows) == [
+            ("email", "sent", 1),
+            ("pagerduty", "sent", 2),
+            ("slack", "sent", 1),
+            ("webhook", "sent", 1),
+        ]
+        # once: the absorbed group is closed; the survivor's group goes on in its own threads
+        await dispatch(T0 + 331 * S)
+        later = out.hooks()[3:]
+        assert [h["incident_id"] for h in later] == [survivor]
+        assert sorted(later[0]["cascade_models"]) == [A, B]
+        assert [p.get("thread_ts") for p in out.slack.bodies()[3:]] == [roots[survivor]]
+    finally:
+        await session.close()
+        await pool.close()
