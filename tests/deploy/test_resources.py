@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -33,6 +35,9 @@ MANIFESTS = {
     "nats": K8S / "overlays" / "dev" / "nats.yaml",
     "postgres": K8S / "overlays" / "dev" / "postgres.yaml",
 }
+# The base's services whose resources an overlay's values.yaml sets (components/values).
+VALUE_KEYS = {"api": "api", "spc-engine": "spcEngine", "alerter": "alerter", "prober": "prober"}
+OVERLAYS = ("dev", "example")
 
 
 def _bench() -> ModuleType:
@@ -87,3 +92,53 @@ def test_every_container_of_the_base_and_dev_overlay_was_measured() -> None:
     files = {*(K8S / "base").glob("*.yaml"), *(K8S / "overlays" / "dev").glob("*.yaml")}
     names = {name for path in files for name in _containers(path)}
     assert names == set(MANIFESTS) == set(MEASURED["resources"])
+
+
+def _from_values(data: dict[str, str], service: str) -> dict[str, dict[str, str]]:
+    key = VALUE_KEYS[service]
+    return {
+        "requests": {"cpu": data[f"{key}CpuRequest"], "memory": data[f"{key}MemoryRequest"]},
+        "limits": {"memory": data[f"{key}MemoryLimit"]},
+    }
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_overlays_values_are_the_measured_resources(overlay: str) -> None:
+    (values,) = [d for d in yaml.safe_load_all((K8S / "overlays" / overlay / "values.yaml").read_text()) if d]
+    for service in VALUE_KEYS:
+        assert _from_values(values["data"], service) == MEASURED["resources"][service], (overlay, service)
+
+
+def _rendered(overlay: Path) -> dict[str, dict[str, Any]]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("rendering needs kubectl (.ci/system-packages installs it)")
+    done = subprocess.run([kubectl, "kustomize", str(overlay)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    containers: dict[str, dict[str, Any]] = {}
+    for doc in yaml.safe_load_all(done.stdout):
+        if doc and doc.get("kind") in ("Deployment", "StatefulSet"):
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                containers[container["name"]] = container
+    return containers
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_rendered_container_gets_the_measured_resources(overlay: str) -> None:
+    rendered = _rendered(K8S / "overlays" / overlay)
+    assert rendered
+    for name, container in rendered.items():
+        assert container["resources"] == MEASURED["resources"][name], (overlay, name)
+
+
+def test_a_resource_value_reaches_its_container_and_no_other(tmp_path: Path) -> None:
+    shutil.copytree(K8S, tmp_path / "k8s")
+    values_path = tmp_path / "k8s" / "overlays" / "dev" / "values.yaml"
+    values = yaml.safe_load(values_path.read_text())
+    values["data"].update(spcEngineMemoryLimit="999Mi", proberCpuRequest="123m")
+    values_path.write_text(yaml.safe_dump(values))
+    rendered = _rendered(values_path.parent)
+    assert rendered["spc-engine"]["resources"]["limits"]["memory"] == "999Mi"
+    assert rendered["prober"]["resources"]["requests"]["cpu"] == "123m"
+    for name in set(rendered) - {"spc-engine", "prober"}:
+        assert rendered[name]["resources"] == MEASURED["resources"][name], name
