@@ -211,7 +211,7 @@ def stand_in_dockerfile(text: str) -> str:
     bases = PINNED_BASE.findall(text)
     froms = [line for line in text.splitlines() if line.startswith("FROM ")]
     assert froms
-    assert len(bases) == len(froms), f"every FROM pins a python:X.Y-slim image by digest: {froms}"
+    assert len(bases) == len(froms), f"every FROM pins python:X.Y-slim by digest: {froms}"
     rewritten = PINNED_BASE.sub(f"FROM {STAND_IN}", text)
     changed = [
         (old, new) for old, new in zip(text.splitlines(), rewritten.splitlines(), strict=True) if old != new
