@@ -1,19 +1,25 @@
 """The image is built by buildah from deploy/docker/Dockerfile and every service starts from it.
 
 No Docker engine runs here and no container registry can be reached, so the one thing this test
-cannot use is the base image the Dockerfile pins. It builds a stand-in for it: a Debian root
-filesystem made by debootstrap, with Python and pip where the official image has them, pip free
-to install as root (no EXTERNALLY-MANAGED marker, as in the official image) and the build host's
-CA bundle (the build downloads from PyPI, through whatever TLS proxy the host trusts). Every
-other step of the Dockerfile runs as written: the FROM lines are the only ones rewritten, and
-the test checks that. buildah keeps its images in a temporary directory (vfs storage, chroot
-isolation: no daemon, no user namespaces), and each container runs as the image's USER, in its
-WORKDIR, with its environment; chroot isolation shares the host's network, so the test reaches
-the ports of `llmscope up` inside the container on 127.0.0.1.
+cannot use is the base image the Dockerfile pins. It builds a stand-in for it, with the Python
+the pinned base has: a Debian root filesystem made by debootstrap, and under /usr/local (where
+the official image builds its CPython) a CPython of the base's version taken from the build host
+(pyenv's, built from source as the official image's is), its standard library without tests,
+tkinter and site-packages, then pip from its own ensurepip; the Debian packages are those of the
+libraries its extension modules link to (found by ldd and dpkg), plus ca-certificates, netbase
+and tzdata as in the slim image, and the build host's CA bundle (the build downloads from PyPI,
+through whatever TLS proxy the host trusts). Every other step of the Dockerfile runs as written:
+the FROM lines are the only ones rewritten, and the test checks that, and that the image and its
+venv run the Python version the pinned base names. buildah keeps its images in a temporary
+directory (vfs storage, chroot isolation: no daemon, no user namespaces), and each container
+runs as the image's USER, in its WORKDIR, with its environment; chroot isolation shares the
+host's network, so the test reaches the ports of `llmscope up` inside the container on
+127.0.0.1.
 
-Needs root, buildah and debootstrap (`.ci/system-packages` installs them) and a Debian mirror;
-without the tools it skips, saying so. tests/deploy/test_image.py replays the same steps with no
-container engine at all and runs everywhere.
+Needs root, buildah, debootstrap (`.ci/system-packages` installs them), a Debian mirror and a
+CPython of the base's version installed in a prefix of its own (PATH or ~/.pyenv); without them
+it skips, saying so. tests/deploy/test_image.py replays the same steps with no container engine
+at all and runs everywhere.
 """
 
 from __future__ import annotations
@@ -39,13 +45,25 @@ from tests.scrape import parse, total
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
-PINNED_BASE = re.compile(r"^FROM (python:3\.12-slim@sha256:[0-9a-f]{64})(?= AS |$)", re.MULTILINE)
+PINNED_BASE = re.compile(r"^FROM (python:(\d+\.\d+)-slim@sha256:[0-9a-f]{64})(?= AS |$)", re.MULTILINE)
 STAND_IN = "localhost/llmscope-base-stand-in:test"
 IMAGE = "localhost/llmscope:test"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
+# The host's: the borrowed CPython was built against its libraries.
 SUITE = "bookworm"
-# What the official python image has that a minimal Debian lacks.
-STAND_IN_PACKAGES = "python3,python3-pip,python3-venv,ca-certificates"
+# What the official slim image installs beside the libraries its CPython links to.
+STAND_IN_PACKAGES = ("ca-certificates", "netbase", "tzdata")
+# Not in the stand-in's /usr/local: what the official slim image lacks or nothing here uses.
+NOT_COPIED = (
+    "site-packages",
+    "test",
+    "tests",
+    "idlelib",
+    "tkinter",
+    "turtledemo",
+    "__pycache__",
+    "_tkinter*",
+)
 
 pytestmark = pytest.mark.timeout(1800)
 
@@ -82,18 +100,94 @@ class Buildah:
         return done
 
 
-def _stand_in_base(buildah: Buildah, debootstrap: str, work: Path) -> None:
+def base_python(dockerfile: str) -> str:
+    """The Python version (major.minor) of the base image every FROM line pins."""
+    versions: set[str] = {version for _, version in PINNED_BASE.findall(dockerfile)}
+    assert len(versions) == 1, f"one Python version in every FROM line: {versions}"
+    return versions.pop()
+
+
+def host_python(version: str) -> Path:
+    """The prefix of a CPython of this version installed on its own (as /usr/local is in the image)."""
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    found = [
+        shutil.which(f"python{version}"),
+        *map(str, sorted(pyenv.glob(f"versions/{version}.*/bin/python{version}"))),
+    ]
+    for candidate in filter(None, found):
+        done = subprocess.run(
+            [candidate, "-c", "import sys; print(sys.base_prefix); print(*sys.version_info[:2], sep='.')"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        prefix, _, actual = done.stdout.strip().partition("\n")
+        # Debian's /usr Python is spread over the system's directories: not one that moves.
+        if done.returncode == 0 and actual == version and prefix not in ("/usr", "/"):
+            return Path(prefix)
+    pytest.skip(f"the stand-in base needs a CPython {version} in a prefix of its own (PATH or pyenv)")
+
+
+def _linked_packages(prefix: Path, version: str) -> list[str]:
+    """The Debian packages of the libraries this CPython links to (tkinter's are not copied)."""
+    dynload = prefix / "lib" / f"python{version}" / "lib-dynload"
+    linked = [
+        prefix / "bin" / f"python{version}",
+        *(prefix / "lib").glob("libpython3*.so*"),
+        *(module for module in dynload.glob("*.so") if not module.name.startswith("_tkinter")),
+    ]
+    libraries: set[str] = set()
+    for binary in linked:
+        done = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, timeout=60)
+        libraries.update(re.findall(r"=> (/\S+) \(", done.stdout))
+    packages: set[str] = set()
+    for library in sorted(libraries):
+        if library.startswith(str(prefix)):
+            continue
+        real = os.path.realpath(library)
+        # usrmerge: dpkg knows a library by one of its two paths.
+        for path in (library, real, re.sub(r"^/lib", "/usr/lib", real), re.sub(r"^/usr/lib", "/lib", real)):
+            done = subprocess.run(["dpkg", "-S", path], capture_output=True, text=True, timeout=60)
+            if done.returncode == 0:
+                packages.add(done.stdout.split(":", 1)[0])
+                break
+        else:
+            raise AssertionError(f"no Debian package has {library}, which CPython {version} links to")
+    return sorted(packages)
+
+
+def _install_python(prefix: Path, version: str, rootfs: Path) -> None:
+    """Copy the CPython under the root's /usr/local, where the official image builds its own."""
+    local = rootfs / "usr" / "local"
+    (local / "bin").mkdir(parents=True, exist_ok=True)
+    (local / "lib").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(prefix / "bin" / f"python{version}", local / "bin" / f"python{version}")
+    for name in ("python3", "python"):
+        (local / "bin" / name).symlink_to(f"python{version}")
+    for library in (prefix / "lib").glob("libpython3*.so*"):
+        shutil.copy2(library, local / "lib" / library.name, follow_symlinks=False)
+    shutil.copytree(
+        prefix / "lib" / f"python{version}",
+        local / "lib" / f"python{version}",
+        symlinks=True,
+        ignore=shutil.ignore_patterns(*NOT_COPIED, "config-*"),
+    )
+    (local / "lib" / f"python{version}" / "site-packages").mkdir()
+    shutil.copytree(prefix / "include", local / "include", symlinks=True, dirs_exist_ok=True)
+
+
+def _stand_in_base(buildah: Buildah, debootstrap: str, work: Path, version: str) -> None:
+    prefix = host_python(version)
     rootfs = work / "rootfs"
-    minbase = [debootstrap, "--variant=minbase", f"--include={STAND_IN_PACKAGES}"]
+    include = ",".join((*STAND_IN_PACKAGES, *_linked_packages(prefix, version)))
     done = subprocess.run(
-        [*minbase, SUITE, str(rootfs), DEBIAN_MIRROR],
+        [debootstrap, "--variant=minbase", f"--include={include}", SUITE, str(rootfs), DEBIAN_MIRROR],
         capture_output=True,
         text=True,
         timeout=900,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    for marker in rootfs.glob("usr/lib/python3*/EXTERNALLY-MANAGED"):
-        marker.unlink()
+    _install_python(prefix, version, rootfs)
     shutil.copy(Path("/etc/ssl/certs/ca-certificates.crt"), rootfs / "etc/ssl/certs/ca-certificates.crt")
     context = work / "base"
     context.mkdir()
@@ -102,9 +196,11 @@ def _stand_in_base(buildah: Buildah, debootstrap: str, work: Path) -> None:
     shutil.rmtree(rootfs)
     (context / "Containerfile").write_text(
         "FROM scratch\nADD rootfs.tar /\n"
-        # uv reads SSL_CERT_FILE; pip in Debian reads the system bundle itself.
-        "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-        " SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt\n"
+        # uv reads SSL_CERT_FILE and pip PIP_CERT (its own bundle does not know the host's proxy).
+        "ENV PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8"
+        " SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt PIP_CERT=/etc/ssl/certs/ca-certificates.crt\n"
+        # The official image runs ldconfig after installing into /usr/local, and has pip as `pip`.
+        "RUN ldconfig && python -m ensurepip --default-pip && python -m pip --version\n"
     )
     buildah("bud", "--isolation", "chroot", "-t", STAND_IN, str(context), timeout=600)
     shutil.rmtree(context)
@@ -115,7 +211,7 @@ def stand_in_dockerfile(text: str) -> str:
     bases = PINNED_BASE.findall(text)
     froms = [line for line in text.splitlines() if line.startswith("FROM ")]
     assert froms
-    assert len(bases) == len(froms), f"every FROM pins python:3.12-slim by digest: {froms}"
+    assert len(bases) == len(froms), f"every FROM pins python:X.Y-slim by digest: {froms}"
     rewritten = PINNED_BASE.sub(f"FROM {STAND_IN}", text)
     changed = [
         (old, new) for old, new in zip(text.splitlines(), rewritten.splitlines(), strict=True) if old != new
@@ -153,7 +249,7 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Image]:
     work = tmp_path_factory.mktemp("image-build")
     buildah = Buildah(binary, work / "storage")
     try:
-        _stand_in_base(buildah, debootstrap, work)
+        _stand_in_base(buildah, debootstrap, work, base_python(DOCKERFILE.read_text()))
         dockerfile = work / "Dockerfile"
         dockerfile.write_text(stand_in_dockerfile(DOCKERFILE.read_text()))
         # The build context is the repository, as in the README's `docker build`; .dockerignore applies.
@@ -175,6 +271,16 @@ def test_the_image_runs_as_its_numeric_non_root_user(image: Image) -> None:
     done = image.run("id", "-u")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "10001"
+
+
+def test_the_image_runs_the_python_of_its_pinned_base(image: Image) -> None:
+    version = base_python(DOCKERFILE.read_text())
+    check = "import sys; print(*sys.version_info[:2], sep='.', end=' '); print(sys.prefix)"
+    # The interpreter the build stage's uv found, and the venv every service runs in.
+    for python, prefix in (("/usr/local/bin/python3", "/usr/local"), ("python", "/app/.venv")):
+        done = image.run(python, "-c", check)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == [version, prefix]
 
 
 def test_the_entrypoint_starts_in_the_image(image: Image) -> None:
@@ -291,6 +397,11 @@ def test_only_the_from_lines_are_rewritten_for_the_stand_in() -> None:
     text = DOCKERFILE.read_text()
     rewritten = stand_in_dockerfile(text)
     assert rewritten.count(f"FROM {STAND_IN}") == len(PINNED_BASE.findall(text)) == 2
+    version = base_python(text)
+    assert re.fullmatch(r"3\.\d+", version)
+    # Two stages on two Python versions cannot share a venv: refused.
+    with pytest.raises(AssertionError, match="one Python version"):
+        base_python(text.replace(f"FROM python:{version}-slim", "FROM python:3.99-slim", 1))
     # The pattern matches nothing else: an unpinned base is refused.
     with pytest.raises(AssertionError, match="pins python"):
         stand_in_dockerfile(text.replace("@sha256:", "-unpinned:", 1))
