@@ -75,6 +75,9 @@ class Traffic:
     err: float = 0.0
     minute: int = 0
     shift: Shift = field(default_factory=Shift)
+    provider_cycle: bool = False
+    """The day's slowdown follows the provider's load (its peak 6 hours from this traffic's), not
+    this traffic's rate: nothing in the minute's ``n`` explains it."""
 
     def next_minute(self) -> dict[str, np.ndarray | int]:
         rng, t = self.rng, self.minute
@@ -91,6 +94,8 @@ class Traffic:
         out = np.clip(np.round(rng.lognormal(math.log(150), 0.9, n)), 1, 4000)
         ttft = (40.0 + 0.08 * prompt) * rng.lognormal(0, 0.25, n)
         load_factor = 1.0 + 0.15 * (lam / (self.rate * 60.0) - 1.0) / 0.7
+        if self.provider_cycle:
+            load_factor = 1.0 + 0.15 * math.sin(2 * math.pi * (t - 360) / 1440.0)
         shifted = t >= self.shift.at
         tpot = 18.0 * load_factor * math.exp(self.drift) * rng.lognormal(0, 0.15, n)
         if shifted:
@@ -136,11 +141,12 @@ def minute_points(m: dict[str, np.ndarray | int], t: int) -> list[tuple[str, Poi
 
 
 def configs(
-    variance: str = "components", estimator: str = "sd", baseline: int = 1440
+    variance: str = "components", estimator: str = "sd", baseline: int = 1440, load_adjust: bool = True
 ) -> dict[str, SubgroupConfig]:
-    """The engine's default configurations, with another variance model, estimator or baseline."""
+    """The engine's default configurations, with another variance model, estimator or baseline, or
+    without the load adjustment (the default before it)."""
     return {
-        m: msgspec.structs.replace(c, variance=variance, estimator=estimator)
+        m: msgspec.structs.replace(c, variance=variance, estimator=estimator, load_adjust=load_adjust)
         for m, c in default_configs(baseline_minutes=baseline).items()
     }
 
@@ -221,10 +227,12 @@ class Delay:
         )
 
 
-def baseline_charts(rate: float, seed: int) -> tuple[Charts, dict[str, MetricChart]]:
+def baseline_charts(
+    rate: float, seed: int, load_adjust: bool = True, provider_cycle: bool = False
+) -> tuple[Charts, dict[str, MetricChart]]:
     """Both kinds of charts after one simulated day (the minute charts' default baseline)."""
-    tr = Traffic(np.random.default_rng(seed), rate)
-    charts = {m: SubgroupChart(c) for m, c in configs().items()}
+    tr = Traffic(np.random.default_rng(seed), rate, provider_cycle=provider_cycle)
+    charts = {m: SubgroupChart(c) for m, c in configs(load_adjust=load_adjust).items()}
     pr = {m: MetricChart(default_config(m)) for m in PER_REQUEST_METRICS}
     pr_done = 0
     i = 0
@@ -246,6 +254,7 @@ def delay_trials(
     shift: Shift,
     horizon: int,
     with_per_request: int,
+    provider_cycle: bool = False,
 ) -> tuple[Delay, Delay]:
     """From the armed charts: 30 minutes in control at a random time of day, then the change;
     minutes from the change to the first page (minute charts; per-request charts, the first
@@ -254,7 +263,13 @@ def delay_trials(
     for trial in range(trials):
         rng = np.random.default_rng(10_000 + trial)
         start = 1440 + int(rng.integers(0, 1440))
-        tr = Traffic(rng, rate, minute=start, shift=Shift(at=start + 30, slow=shift.slow, p=shift.p))
+        tr = Traffic(
+            rng,
+            rate,
+            minute=start,
+            shift=Shift(at=start + 30, slow=shift.slow, p=shift.p),
+            provider_cycle=provider_cycle,
+        )
         charts = copy.deepcopy(base[0])
         pr = copy.deepcopy(base[1]) if trial < with_per_request else None
         first_m = first_r = None
@@ -287,6 +302,76 @@ def delay_trials(
     return minute, request
 
 
+def limit_lines(rate: float, charts: Charts, shift: float = 1.5) -> list[str]:
+    """How each quantile chart's limit is built after its baseline: the sampling part at the mean
+    minute size, the between-minute part (tau) without and with the load adjustment, and where a
+    ``shift``x slowdown of the statistic lands in sigmas of one minute."""
+    out = []
+    for metric in (LPT_P50, LPT_P90, TTFT_P50):
+        c = charts[metric]
+        b = c.state.baseline
+        if b is None:
+            out.append(f"  {metric}: no baseline")
+            continue
+        samp = math.sqrt(b.a / b.mean_n)
+        sd = math.sqrt(b.a / b.mean_n + b.tau2)
+        out.append(
+            f"  rate {rate:g}/s {metric.removeprefix('traffic_'):26s} n {b.mean_n:6.0f}  sampling sd "
+            f"{samp:.3f}  between-minute sd (tau) {math.sqrt(b.tau2):.3f}  load slope "
+            f"{b.load_slope:+.3f} (x {b.load_lo:.2f}..{b.load_hi:.2f})  limit center x "
+            f"{math.exp(c.config.k * sd):.2f} (k {c.config.k:g}), run x {math.exp(c.config.k_run * sd):.2f}; "
+            f"a {shift:g}x shift = {math.log(shift) / sd:.1f} sd"
+        )
+    return out
+
+
+DURATION_BOUNDS_MS = 1000.0 * np.array(
+    [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92]
+)
+"""The bucket bounds the GenAI conventions advise for ``gen_ai.client.operation.duration``."""
+
+
+def bucket_median(x: np.ndarray) -> float:
+    """The median as a histogram of :data:`DURATION_BOUNDS_MS` gives it (linear in its bucket, as
+    Prometheus' ``histogram_quantile``)."""
+    counts = np.bincount(
+        np.searchsorted(DURATION_BOUNDS_MS, x, side="left"), minlength=len(DURATION_BOUNDS_MS) + 1
+    )
+    cum = np.cumsum(counts)
+    half = cum[-1] / 2
+    i = int(np.searchsorted(cum, half))
+    lo = DURATION_BOUNDS_MS[i - 1] if i > 0 else 0.0
+    hi = DURATION_BOUNDS_MS[i] if i < len(DURATION_BOUNDS_MS) else 2 * DURATION_BOUNDS_MS[-1]
+    below = cum[i - 1] if i > 0 else 0
+    return float(lo + (half - below) / counts[i] * (hi - lo))
+
+
+def histogram_lines(rate: float, seed: int) -> list[str]:
+    """One simulated day, in control and 1.5x slower: the minute's log median duration exact and
+    from the advised buckets, and the log median latency per output token (the span charts')."""
+    out = []
+    for slow in (1.0, 1.5):
+        tr = Traffic(np.random.default_rng(seed), rate, shift=Shift(at=0, slow=slow))
+        rows = []
+        for _ in range(1440):
+            m = tr.next_minute()
+            lat, lpt = m["latency"], m["lpt"]
+            assert isinstance(lat, np.ndarray)
+            assert isinstance(lpt, np.ndarray)
+            if len(lat) >= 10:
+                rows.append(
+                    (math.log(np.median(lat)), math.log(bucket_median(lat)), math.log(np.median(lpt)))
+                )
+        a = np.array(rows)
+        mean, sd = a.mean(axis=0), a.std(axis=0, ddof=1)
+        out.append(
+            f"  rate {rate:g}/s x{slow:g}: log median duration exact {mean[0]:.3f} (sd {sd[0]:.3f}), "
+            f"from buckets {mean[1]:.3f} (sd {sd[1]:.3f}); log median latency per token {mean[2]:.3f} "
+            f"(sd {sd[2]:.3f})"
+        )
+    return out
+
+
 def machine() -> None:
     print("== machine")
     print(f"cpu {platform.processor() or platform.machine()}, cores {os.cpu_count()}")
@@ -312,6 +397,20 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="independent runs per rate in (a), each with its own baseline; counts are summed",
     )
+    parser.add_argument("--changes", default="", help="(b) only these changes, comma separated labels")
+    parser.add_argument("--skip-a", action="store_true", help="(b) only")
+    parser.add_argument(
+        "--provider-cycle",
+        action="store_true",
+        help="(b) also with the day's slowdown following the provider's load, not this traffic's rate",
+    )
+    parser.add_argument(
+        "--per-request",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="(b) per-request delays too",
+    )
+    parser.add_argument("--histograms", action="store_true", help="(c): the duration histograms' medians")
     args = parser.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",")]
     started = time.perf_counter()
@@ -319,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
 
     variants = {
         "components/sd (default)": configs(),
+        "no load adjustment (before)": configs(load_adjust=False),
         "components/mad": configs(estimator="mad"),
         "components/mr": configs(estimator="mr"),
         "laney/sd": configs(variance="laney"),
@@ -328,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "\n== (a) false alarms per 100,000 minutes (one subgroup, four charts), in control after the baseline"
     )
-    for rate in rates:
+    for rate in [] if args.skip_a else rates:
         # Enough minutes for a count per chart, on a shared machine; the figure is scaled to 100k.
         minutes = args.minutes or (
             3_000 if args.quick else int(min(40_000, 4_000 + 400_000 / max(rate, 1.0)))
@@ -372,18 +472,53 @@ def main(argv: list[str] | None = None) -> int:
         ("errors 1% -> 5%", Shift(p=0.05)),
     ]
     trials = args.trials or (4 if args.quick else 30)
+    if args.changes:
+        changes = [c for c in changes if c[0] in args.changes.split(",")]
     for rate in rates:
         base = baseline_charts(rate, seed=int(rate * 1000) + 99)
+        before = baseline_charts(rate, seed=int(rate * 1000) + 99, load_adjust=False)
+        print("how the limits are built, before (no load adjustment) and now:")
+        for line in limit_lines(rate, before[0]) + limit_lines(rate, base[0]):
+            print(line)
         for label, shift in changes:
             with_pr = 0 if shift.p is not None else (2 if args.quick else max(3, int(10 / max(rate, 1.0))))
+            with_pr = with_pr if args.per_request else 0
             d, r = delay_trials(rate, base, trials, shift, 60, with_pr)
+            b, _ = delay_trials(rate, before, trials, shift, 60, 0)
             print(
                 f"rate {rate:g}/s {label:16s} minute charts: {d.line()}; "
                 f"paged in the 30 minutes before in {d.early}",
                 flush=True,
             )
+            print(
+                f"{'':24s} before (no load adjustment): {b.line()}; paged before in {b.early}",
+                flush=True,
+            )
             if with_pr:
                 print(f"{'':24s} per-request:   {r.line()}; paged before in {r.early}/{with_pr}")
+        if args.provider_cycle:
+            seed = int(rate * 1000) + 99
+            pc_now = baseline_charts(rate, seed, provider_cycle=True)
+            pc_before = baseline_charts(rate, seed, load_adjust=False, provider_cycle=True)
+            print("the day's slowdown following the provider's load, not this traffic's rate:")
+            for line in limit_lines(rate, pc_before[0]) + limit_lines(rate, pc_now[0]):
+                print(line)
+            for label, shift in changes:
+                if shift.p is not None:
+                    continue
+                d, _ = delay_trials(rate, pc_now, trials, shift, 60, 0, provider_cycle=True)
+                b, _ = delay_trials(rate, pc_before, trials, shift, 60, 0, provider_cycle=True)
+                print(
+                    f"rate {rate:g}/s {label:16s} provider cycle, now: {d.line()}; paged before in {d.early}"
+                )
+                print(
+                    f"{'':24s} before (no load adjustment): {b.line()}; paged before in {b.early}", flush=True
+                )
+    if args.histograms:
+        print("\n== (c) /v1/metrics histograms: the minute's median duration from the advised buckets")
+        for rate in rates:
+            for line in histogram_lines(rate, seed=int(rate * 1000) + 5):
+                print(line, flush=True)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     return 0
 

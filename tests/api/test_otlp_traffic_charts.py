@@ -184,6 +184,31 @@ async def test_traffic_is_charted_per_minute_and_a_slowdown_pages_once(
         assert '<option value="traffic:chat"' not in r.text
         assert "traffic:chat" in r.text  # its violation is in the log, as any other
 
+        # The chart data route is for the per-request charts: it names the model's traffic charts.
+        r = await otlp_api.client.get("/api/stats/spc", params={"provider": "openai", "model": "gpt-4o-mini"})
+        assert r.status_code == 404
+        assert "no probe telemetry" in r.json()["detail"]
+        assert key in r.json()["detail"]
+        params = {"provider": "openai", "model": "gpt-4o-mini", "prompt_id": "traffic:chat"}
+        r = await otlp_api.client.get("/api/stats/spc", params=params)
+        assert r.status_code == 404
+        assert "charted per minute" in r.json()["detail"]
+        assert key in r.json()["detail"]
+
+        # Links both ways: the model's probe charts to its traffic charts and back, and the page's
+        # violation to the traffic chart it came from.
+        model_q = "provider=openai&amp;model=gpt-4o-mini"  # as the HTML attribute has it
+        r = await web.get("/dashboard", params={"provider": "openai", "model": "gpt-4o-mini"})
+        assert f'href="/traffic?{model_q}"' in r.text
+        r = await web.get(page_url)
+        assert f'href="/dashboard?{model_q}"' in r.text
+
+        async def violation_links_chart() -> bool:
+            r = await web.get(f"/violations/{page.id}")
+            return r.status_code == 200 and f'href="{page_url}"' in r.text
+
+        await eventually(violation_links_chart, within=30, what="the violation page links its chart")
+
         # Re-baselined through the same action as a probe chart: the page clears at once.
         r = await otlp_api.client.post(
             f"/api/charts/{key}/rebaseline", json={"by": "ops", "reason": "the slower model is intended"}

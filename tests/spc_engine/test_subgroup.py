@@ -16,6 +16,7 @@ from llmscope.spc_engine.subgroup import (
     SubgroupConfig,
     SubgroupState,
     binomial_upper,
+    center_at,
     fit_baseline,
     score,
     variance,
@@ -45,6 +46,56 @@ def test_components_recover_the_between_minute_variance() -> None:
     assert b.tau2 == pytest.approx(tau**2, rel=0.15)
     # The limits narrow with n, but never below the minute-to-minute variation.
     assert variance(b, 10) > variance(b, 100) > variance(b, 10_000) > tau**2 * 0.8
+
+
+def test_the_load_adjustment_removes_the_part_of_the_between_minute_variance_the_load_explains() -> None:
+    rng = np.random.default_rng(5)
+    a, tau, slope = 0.25, 0.04, 0.2
+    ns = rng.integers(20, 2000, 3000)
+    x = ns / ns.mean()
+    v = 3.0 + slope * (x - 1.0) + rng.normal(0, tau, len(ns)) + rng.normal(0, np.sqrt(a / ns))
+    points = [pt(i, float(y), int(n), a) for i, (y, n) in enumerate(zip(v, ns, strict=True))]
+    plain = fit_baseline(SubgroupConfig(baseline_minutes=len(ns), load_adjust=False), points)
+    b = fit_baseline(SubgroupConfig(baseline_minutes=len(ns)), points)
+    assert plain.load_slope == 0.0
+    assert plain.tau2 > 3 * tau**2  # the load's share is counted as noise without the adjustment
+    assert b.load_slope == pytest.approx(slope, rel=0.1)
+    assert b.tau2 == pytest.approx(tau**2, rel=0.15)
+    assert center_at(b, int(ns.mean())) == pytest.approx(3.0, abs=0.01)
+    # The center follows the load, but not beyond the loads the baseline saw.
+    assert center_at(b, 1000 * int(ns.max())) == center_at(b, int(ns.max()))
+    assert center_at(b, int(ns.max())) > center_at(b, int(ns.mean())) > center_at(b, int(ns.min()))
+    # A quiet hour's slowdown, within the between-minute spread unadjusted, is a signal adjusted.
+    busy, quiet = int(ns.max() * 0.9), 200
+    shifted = center_at(b, quiet) + 0.3
+    assert (
+        score(SubgroupConfig(), b, shifted, quiet)[0]
+        > 4.5
+        > score(SubgroupConfig(), plain, shifted, quiet)[0]
+    )
+    assert score(SubgroupConfig(), b, center_at(b, busy), busy)[0] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_load_that_explains_little_is_not_adjusted_for() -> None:
+    rng = np.random.default_rng(6)
+    ns = rng.integers(20, 2000, 3000)
+    v = 3.0 + 0.01 * (ns / ns.mean() - 1.0) + rng.normal(0, 0.05, len(ns))
+    b = fit_baseline(
+        SubgroupConfig(baseline_minutes=len(ns)),
+        [pt(i, float(y), int(n), 0.25) for i, (y, n) in enumerate(zip(v, ns, strict=True))],
+    )
+    assert b.load_slope == 0.0
+    assert center_at(b, 10_000) == b.center
+
+
+def test_the_error_rate_is_not_load_adjusted() -> None:
+    ns = np.arange(100, 1100)
+    v = 0.01 + 0.01 * (ns / ns.mean() - 1.0)
+    b = fit_baseline(
+        SubgroupConfig(kind="p", baseline_minutes=len(ns)),
+        [pt(i, float(y), int(n)) for i, (y, n) in enumerate(zip(v, ns, strict=True))],
+    )
+    assert b.load_slope == 0.0
 
 
 def test_laney_scales_one_factor_that_does_not_depend_on_n() -> None:

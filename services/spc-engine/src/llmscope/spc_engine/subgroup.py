@@ -59,6 +59,9 @@ class SubgroupConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     k: float = 4.5
     k_run: float = 3.5
     clear_after: int = 5
+    load_adjust: bool = True
+    """Quantile charts: let the center follow the minute's relative load when the baseline shows
+    that the load moves the statistic (see :func:`load_fit`)."""
 
 
 class Point(msgspec.Struct, frozen=True, kw_only=True):
@@ -81,6 +84,11 @@ class SubgroupBaseline(msgspec.Struct, frozen=True, kw_only=True):
     mean_n: float
     started_at: datetime
     ended_at: datetime
+    load_slope: float = 0.0
+    """Change of a quantile chart's center per unit of relative load ``n / mean_n`` (0: none)."""
+    load_lo: float = 1.0
+    load_hi: float = 1.0
+    """The relative loads the baseline saw: the center is not extrapolated beyond them."""
 
 
 class SubgroupState(msgspec.Struct, kw_only=True):
@@ -148,6 +156,12 @@ def fit_arrays(
         center = float(np.median(v))
         a = max(float(np.median(per_request)), 1e-12)
     w = a / n
+    slope, lo, hi = 0.0, 1.0, 1.0
+    if config.kind == "quantile" and config.load_adjust and len(v) >= LOAD_MIN_POINTS:
+        slope, lo, hi = load_fit(v, n)
+        if slope:
+            v = v - slope * (np.clip(n / float(np.mean(n)), lo, hi) - 1.0)
+            center = float(np.median(v))
     if config.variance == "laney":
         z = (v - center) / np.sqrt(w)
         s = estimate(z, config.estimator)
@@ -167,7 +181,36 @@ def fit_arrays(
         mean_n=float(np.mean(n)),
         started_at=first.ts,
         ended_at=last.ts,
+        load_slope=slope,
+        load_lo=lo,
+        load_hi=hi,
     )
+
+
+LOAD_MIN_POINTS = 60
+LOAD_MIN_SHARE = 0.1
+"""The share of the baseline's minute-to-minute variance the load must explain to be adjusted for."""
+
+
+def load_fit(v: np.ndarray, n: np.ndarray) -> tuple[float, float, float]:
+    """(slope, lo, hi): least squares of the minute statistic on the relative load ``n / mean_n``,
+    slope 0 when the load explains less than :data:`LOAD_MIN_SHARE` of its variance."""
+    x = n / float(np.mean(n))
+    sxx = float(np.sum((x - 1.0) ** 2))
+    if sxx <= 0.0:
+        return 0.0, 1.0, 1.0
+    slope = float(np.sum((x - 1.0) * (v - np.mean(v)))) / sxx
+    explained = slope**2 * sxx / max(float(np.sum((v - np.mean(v)) ** 2)), 1e-300)
+    if explained < LOAD_MIN_SHARE:
+        return 0.0, 1.0, 1.0
+    return slope, float(np.min(x)), float(np.max(x))
+
+
+def center_at(b: SubgroupBaseline, n: float) -> float:
+    """The baseline's center for a minute of ``n`` requests (its load, within the baseline's)."""
+    if not b.load_slope:
+        return b.center
+    return b.center + b.load_slope * (min(max(n / b.mean_n, b.load_lo), b.load_hi) - 1.0)
 
 
 def variance(b: SubgroupBaseline, n: int) -> float:
@@ -204,7 +247,8 @@ def score(config: SubgroupConfig, b: SubgroupBaseline, v: float, n: int) -> tupl
     var = variance(b, n)
     sd = math.sqrt(var)
     if config.kind != "p" or v <= b.center:
-        return (v - b.center) / sd if sd > 0 else 0.0, sd
+        c = center_at(b, n)
+        return (v - c) / sd if sd > 0 else 0.0, sd
     # Exact tail at the binomial size with this variance (n itself when nothing inflates it).
     n_eff = max(1, round(b.center * (1.0 - b.center) / var))
     x_eff = round(v * n_eff)

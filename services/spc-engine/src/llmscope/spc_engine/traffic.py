@@ -40,6 +40,7 @@ from llmscope.spc_engine.subgroup import (
     SubgroupConfig,
     SubgroupSignal,
     SubgroupState,
+    center_at,
     score,
 )
 from llmscope.spc_engine.traffic_view import RECENT_MINUTES, minute_point, render
@@ -339,21 +340,22 @@ def violation_of(
     b, p, sd, k = sig.baseline, sig.point, sig.sd, config.k
     vid = _vid(key, sig.state, p.id)
     is_p = config.kind == "p"
+    c = center_at(b, p.n)  # a load-adjusted chart's center at this minute's load
 
     def nat(x: float) -> float:
         return x if is_p else math.exp(x)
 
-    value, center = nat(p.v), nat(b.center)
+    value, center = nat(p.v), nat(c)
     limits = ChartLimits(
         transform="none" if is_p else "log",
         center=center,
         sigma=sd,
-        ucl=nat(b.center + k * sd),
-        lcl=max(0.0, b.center - k * sd) if is_p else math.exp(b.center - k * sd),
-        zone_a_upper=nat(b.center + 2 * sd),
-        zone_a_lower=max(0.0, b.center - 2 * sd) if is_p else math.exp(b.center - 2 * sd),
-        zone_b_upper=nat(b.center + sd),
-        zone_b_lower=max(0.0, b.center - sd) if is_p else math.exp(b.center - sd),
+        ucl=nat(c + k * sd),
+        lcl=max(0.0, c - k * sd) if is_p else math.exp(c - k * sd),
+        zone_a_upper=nat(c + 2 * sd),
+        zone_a_lower=max(0.0, c - 2 * sd) if is_p else math.exp(c - 2 * sd),
+        zone_b_upper=nat(c + sd),
+        zone_b_lower=max(0.0, c - sd) if is_p else math.exp(c - sd),
     )
     words = _WORDS.get(entry.metric, entry.metric)
     if is_p:

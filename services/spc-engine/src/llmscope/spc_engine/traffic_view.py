@@ -22,7 +22,7 @@ from llmscope.proto.charts import (
     TrafficView,
 )
 from llmscope.proto.violation import ChartLimits
-from llmscope.spc_engine.subgroup import Point, SubgroupBaseline, SubgroupConfig, score
+from llmscope.spc_engine.subgroup import Point, SubgroupBaseline, SubgroupConfig, center_at, score
 
 RECENT_MINUTES = 360
 """Minutes a record keeps for the dashboard (6 hours of 60 s minutes; ~35 kB of JSON)."""
@@ -50,7 +50,7 @@ def minute_point(config: SubgroupConfig, baseline: SubgroupBaseline | None, p: P
     if baseline is None:
         return TrafficPoint(ts=p.ts, value=natural(config, p.v), n=p.n)
     z, sd = score(config, baseline, p.v, p.n)
-    ucl = baseline.center + config.k * sd
+    ucl = center_at(baseline, p.n) + config.k * sd
     return TrafficPoint(
         ts=p.ts,
         value=natural(config, p.v),
@@ -63,7 +63,7 @@ def minute_point(config: SubgroupConfig, baseline: SubgroupBaseline | None, p: P
 def limits_at(config: SubgroupConfig, b: SubgroupBaseline, n: float) -> ChartLimits:
     """Limits in metric units for a minute of ``n`` requests (the error rate's are approximate)."""
     sd = math.sqrt(b.sigma_z**2 * b.a / max(n, 1.0) + b.tau2)
-    c = b.center
+    c = center_at(b, n)
 
     def at(sigmas: float) -> float:
         x = c + sigmas * sd

@@ -17,6 +17,7 @@ from jinja2 import Environment, PackageLoader, pass_context, select_autoescape
 from jinja2.runtime import Context
 from jinja2_fragments import render_block
 
+from llmscope.proto.charts import is_traffic_chart
 from llmscope.web.data import METRIC_LABELS, DashboardData, RebaselineResult
 from llmscope.web.minichart import render_minichart
 from llmscope.web.rules_legend import BY_CODE, RULES
@@ -105,6 +106,7 @@ def build_environment() -> Environment:
     env.globals["metric_labels"] = METRIC_LABELS
     env.globals["rules_legend"] = RULES
     env.globals["rule_meaning"] = BY_CODE
+    env.globals["is_traffic_chart"] = is_traffic_chart
     env.filters["duration"] = _duration
     env.filters["window"] = window_label
     env.globals["render_chart"] = render_chart

@@ -5,18 +5,21 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
+from urllib.parse import urlencode
 
 import msgspec
 from fastapi import APIRouter, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
+from llmscope.api.charts import ChartFilter
 from llmscope.api.openapi_errors import not_found
 from llmscope.api.runtime import Runtime
 from llmscope.bus.publisher import PublishFailed
 from llmscope.proto import codec, subjects
 from llmscope.proto.base import new_id, utcnow
+from llmscope.proto.charts import TRAFFIC_PROMPT_PREFIX, is_traffic_chart
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.web.data import ChartData, ChartQuery, Metric
 
@@ -202,6 +205,7 @@ def router(rt: Runtime) -> APIRouter:
 
     @api.get("/spc", response_model=ChartData, responses=not_found("telemetry for that model (or target)"))
     async def spc(
+        response: Response,
         provider: str,
         model: str,
         prompt_id: str | None = None,
@@ -220,19 +224,48 @@ def router(rt: Runtime) -> APIRouter:
         yet). ``arl0_critical`` is the engine's expected in-control run length between critical
         signals, in points; ``false_alarm_every_s`` converts it to time with
         ``probe_interval_s``, the median spacing of this chart's recent probes.
+
+        These are the per-request (probe) charts. Real traffic is charted per minute (its
+        ``traffic_*`` charts: ``GET /api/charts?provider=…&model=…``): when the model has
+        traffic charts, the answer's ``Link`` header (``rel="related"``) points there and
+        ``X-Traffic-Charts`` counts them; a ``traffic:<operation>`` prompt, or a model with
+        traffic and no probes, is a 404 that names its traffic charts.
         """
+        traffic_q = urlencode({"provider": provider, "model": model})
+        if prompt_id is not None and prompt_id.startswith(TRAFFIC_PROMPT_PREFIX):
+            await _no_traffic_here(provider, model, f"{prompt_id} is real traffic")
         if prompt_id is None:
             prompts = sorted(
                 s.prompt_id for s in await rt.store.series() if (s.provider, s.model) == (provider, model)
             )
             if not prompts:
-                raise HTTPException(404, f"no telemetry for model {provider}/{model}")
+                await _no_traffic_here(provider, model, f"no probe telemetry for model {provider}/{model}")
             prompt_id = prompts[0]
         if target and target not in await rt.store.targets(provider, model, prompt_id):
             raise HTTPException(
                 404, f"no telemetry from target {target!r} for {provider}/{model}/{prompt_id}"
             )
-        return await rt.store.chart(ChartQuery(provider, model, prompt_id, metric, hours, target or ""))
+        chart = await rt.store.chart(ChartQuery(provider, model, prompt_id, metric, hours, target or ""))
+        # Keys only (no record reads): this route is polled.
+        keys = await rt.charts.keys(ChartFilter(provider=provider, model=model))
+        traffic = [k for k in keys if is_traffic_chart(k)]
+        if traffic:
+            # The dashboard shows these charts beside this one: say where they are.
+            response.headers["Link"] = f'</api/charts?{traffic_q}>; rel="related"; title="traffic charts"'
+            response.headers["X-Traffic-Charts"] = str(len(traffic))
+        return chart
+
+    async def _no_traffic_here(provider: str, model: str, why: str) -> NoReturn:
+        """A 404 that names the model's traffic charts (charted per minute, under /api/charts)."""
+        keys = sorted(r.key for r in await rt.charts.traffic_charts(provider, model))
+        if not keys:
+            raise HTTPException(404, f"{why}; no telemetry for model {provider}/{model}")
+        raise HTTPException(
+            404,
+            f"{why}; real traffic is charted per minute, not request by request: "
+            f"GET /api/charts?{urlencode({'provider': provider, 'model': model})} lists its "
+            f"{len(keys)} traffic charts ({', '.join(keys)})",
+        )
 
     return api
 
