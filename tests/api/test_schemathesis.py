@@ -6,7 +6,7 @@ answering its requests (silences, test sends, re-baselines); the schemathesis CL
 and runs every check it has (schemathesis.toml, beside this file): it fails on any 5xx, any
 answer the document does not describe, a wrong ``Allow``, an undocumented method answered
 other than 405, a schema-invalid request accepted, or a schema-valid one refused (but on the
-four operations the configuration names, each with why). Bounded: deterministic generation
+three operations the configuration names, each with why). Bounded: deterministic generation
 and 8 examples per operation, so it runs in one to three minutes on two busy cores.
 """
 
