@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
@@ -280,3 +281,30 @@ async def test_send_test_reports_the_channel_answer() -> None:
 
 async def _status(status: int) -> web.Response:
     return web.Response(status=status, text="boom")
+
+
+@pytest.mark.parametrize(
+    ("url", "kind"),
+    [
+        ("http://169.254.169.254/latest/meta-data", "link-local (cloud metadata)"),
+        ("http://10.0.0.5:11434", "private"),
+        ("http://127.0.0.1:11434/v1", "loopback"),
+    ],
+)
+def test_llm_analysis_url_goes_through_the_outbound_policy(
+    url: str, kind: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 9: the LLM analysis URL was allowed as configured, whatever it pointed at."""
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u:pw@127.0.0.1:1/db")
+    monkeypatch.delenv("LLMSCOPE_ALERT_ALLOWED_HOSTS", raising=False)
+    monkeypatch.setenv("LLMSCOPE_ANALYSIS_LLM_URL", url)
+    monkeypatch.setenv("LLMSCOPE_ANALYSIS_LLM_MODEL", "judge")
+    assert main(["--check-config"]) == 2
+    err = capsys.readouterr().err
+    assert f"LLMSCOPE_ANALYSIS_LLM_URL: destination not allowed: {urlsplit(url).hostname} is a {kind}" in err
+    # The service itself refuses before waiting for its database (port 1 never answers).
+    assert main([]) == 2
+    assert "LLMSCOPE_ANALYSIS_LLM_URL: destination not allowed" in capsys.readouterr().err
+    # The operator's allow-list, the same as the channels', admits it.
+    monkeypatch.setenv("LLMSCOPE_ALERT_ALLOWED_HOSTS", f"{urlsplit(url).hostname}")
+    assert main(["--check-config"]) == 0

@@ -15,7 +15,6 @@ import asyncio
 import sys
 from dataclasses import replace
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -39,6 +38,7 @@ from llmscope.config.env import ConfigError, Env
 from llmscope.config.envhelp import BUS_SETTINGS, service_parser
 from llmscope.config.health import HealthServer
 from llmscope.config.logs import get_logger, setup_logging
+from llmscope.config.outbound import DestinationRefused, OutboundPolicy
 from llmscope.config.startup import Stopped, Unusable, stop_on_signals, wait_for_postgres
 from llmscope.proto import codec, subjects
 from llmscope.proto.violation import ViolationEvent
@@ -53,8 +53,21 @@ def _decode(data: bytes) -> ViolationEvent:
     return codec.decode_as(data, ViolationEvent)
 
 
+async def check_llm_destination(settings: AlerterSettings, policy: OutboundPolicy) -> None:
+    """Refuse an LLM analysis URL the outbound policy refuses, as a configuration error naming
+    the variable (issue 9: it was allowed as configured, so ``http://169.254.169.254/`` made the
+    alerter post incident summaries to the metadata service; the answer is stored and shown)."""
+    if settings.llm is None:
+        return
+    try:
+        await policy.check_url(settings.llm.url)
+    except DestinationRefused as exc:
+        raise ConfigError(f"LLMSCOPE_ANALYSIS_LLM_URL: {exc}") from None
+
+
 async def serve(settings: AlerterSettings, env: Env, stop: asyncio.Event) -> None:
     file = load_file(settings.config_path) if settings.config_path else None
+    await check_llm_destination(settings, OutboundPolicy.from_env(env))
     dsn = settings.database_url.get()
     # Like NATS below: a database that is not up yet is waited for (a line per attempt).
     limit = settings.db_statement_timeout_s
@@ -94,12 +107,9 @@ async def serve(settings: AlerterSettings, env: Env, stop: asyncio.Event) -> Non
             )
             metrics = AlerterMetrics()
             # Every HTTP connection of the alerter goes through the outbound policy's resolver
-            # (DNS rebinding: llmscope.config.outbound); the LLM analysis URL comes from the
-            # operator's environment, never from the API, so its host is allowed as configured.
-            policy = Destinations.from_env(env)
-            if settings.llm is not None:
-                policy = policy.also_allowing(urlsplit(settings.llm.url).hostname or "")
-            async with guarded_session(policy) as session:
+            # (DNS rebinding: llmscope.config.outbound), the LLM analysis endpoint's too: its
+            # address was checked at start (check_llm_destination), its name is at each connect.
+            async with guarded_session(Destinations.from_env(env)) as session:
                 alerter = Alerter(
                     store,
                     env=env,
@@ -179,6 +189,7 @@ async def serve(settings: AlerterSettings, env: Env, stop: asyncio.Event) -> Non
 
 def check_config(settings: AlerterSettings, env: Env) -> int:
     file = load_file(settings.config_path) if settings.config_path else None
+    asyncio.run(check_llm_destination(settings, OutboundPolicy.from_env(env)))
     runtime = build_runtime(file, env, {}, timings=settings.timings, severities=settings.severities)
     for spec in runtime.channels.values():
         print(

@@ -116,9 +116,11 @@ async def analyze(
     headers = {"Authorization": f"Bearer {cfg.api_key.get()}"} if cfg.api_key else {}
     try:
         async with asyncio.timeout(cfg.timeout):
-            async with session.post(_endpoint(cfg), json=body, headers=headers) as resp:
+            async with session.post(
+                _endpoint(cfg), json=body, headers=headers, allow_redirects=False
+            ) as resp:
                 raw = await resp.text(errors="replace")
-                if resp.status >= 400:
+                if resp.status >= 300:  # a redirect is not followed (outbound policy)
                     return LlmResult("unreachable", f"HTTP {resp.status}: {raw[:200]}")
     except TimeoutError:
         return LlmResult("timeout", f"no answer within {cfg.timeout:.0f} s")

@@ -220,7 +220,11 @@ def create_app(settings: ApiSettings, *, clock: Callable[[], float] = time.time)
     )
     # Around every route: nothing reads a body before its credential and its size are checked.
     app.add_middleware(
-        FrontDoor, auth=rt.auth, max_body_bytes=settings.max_body_bytes, receiver_on=bool(settings.ingest_key)
+        FrontDoor,
+        auth=rt.auth,
+        max_body_bytes=settings.max_body_bytes,
+        receiver_on=bool(settings.ingest_key),
+        routes=app.router.routes,
     )
     app.add_middleware(MetricsMiddleware, runtime=rt)
     return app

@@ -21,12 +21,16 @@ took the process to 1.26 GB. This ASGI middleware runs first:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmscope.api.auth import SAFE_METHODS, refusal
+from llmscope.api.methods import wrong_method
 from llmscope.api.unavailable import unavailable_response
 from llmscope.web.auth import Authenticator, AuthUnavailable, RateLimited, change_refusal
 
@@ -75,9 +79,16 @@ class FrontDoor:
     """Auth before the body, and a cap on the body's size (see the module docstring)."""
 
     def __init__(
-        self, app: ASGIApp, *, auth: Authenticator, max_body_bytes: int, receiver_on: bool = False
+        self,
+        app: ASGIApp,
+        *,
+        auth: Authenticator,
+        max_body_bytes: int,
+        receiver_on: bool = False,
+        routes: Sequence[BaseRoute] = (),
     ) -> None:
         self.app = app
+        self.routes = routes
         self.auth = auth
         self.receiver_on = receiver_on
         self.limit = max_body_bytes
@@ -92,7 +103,7 @@ class FrontDoor:
             await nul(scope, receive, send)
             return
         try:
-            refused = await self._refuse(request)
+            refused = await self._refuse(request, scope)
         except RateLimited as exc:
             refused = rate_limited(exc)
         except AuthUnavailable as exc:
@@ -106,7 +117,7 @@ class FrontDoor:
             return
         await self.app(scope, self._capped(receive), send)
 
-    async def _refuse(self, request: Request) -> Response | None:
+    async def _refuse(self, request: Request, scope: Scope) -> Response | None:
         path, method = request.url.path, request.method
         if path.startswith(OTLP_PREFIX) and not self.receiver_on:
             return JSONResponse(
@@ -118,10 +129,13 @@ class FrontDoor:
                 return None  # public or not, the route decides what an anonymous reader sees
             refused = refusal(principal, method, path)
             if refused is None:
-                return None
+                return wrong_method(self.routes, scope)
             status, detail = refused
             headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
             return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+        wrong = wrong_method(self.routes, scope)
+        if wrong is not None:
+            return wrong  # before the session check: TRACE /healthz was redirected to the login
         if method in SAFE_METHODS or path in OPEN_WRITES:
             return None  # the pages' own session check sends an anonymous reader to the login
         principal = await self.auth.principal(request)

@@ -77,8 +77,22 @@ def document_errors(document: dict[str, Any]) -> None:
                 common |= {"400": MALFORMED_BODY, "413": TOO_LARGE}
             for code, answer in common.items():
                 responses.setdefault(code, answer)
+            for parameter in operation.get("parameters", []):
+                _no_nul(parameter.get("schema", {}))
             if path.startswith("/v1/"):
                 continue  # the OTLP receiver answers in OTLP's own encodings: its bodies are its own
             for code, answer in responses.items():
                 if code.isdigit() and int(code) >= 400 and "content" not in answer:
                     answer["content"] = INVALID["content"] if code == "422" else _PROBLEM_CONTENT
+
+
+def _no_nul(schema: dict[str, Any]) -> None:
+    # The front door refuses a NUL in the path or any query parameter (422): say so, or every
+    # generated string with one is a "valid request rejected".
+    if schema.get("type") == "string" and not {"pattern", "enum", "format"} & schema.keys():
+        schema["pattern"] = NO_NUL_PATTERN
+    for alternative in schema.get("anyOf", []):
+        _no_nul(alternative)
+
+
+NO_NUL_PATTERN = r"^[^\x00]*$"

@@ -6,10 +6,7 @@ Charts read raw probes for short windows and per-minute rollups, regrouped into 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
-import json
 import math
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
@@ -74,18 +71,22 @@ class BadCursor(ValueError):
     """A pagination cursor this API did not issue."""
 
 
+CURSOR_PATTERN = r"^[0-9]{1,16}~[^\x00]*$"
+"""A page cursor: the last item's time in microseconds since the epoch, ``~``, its id. Not
+opaque, so the document can state exactly which strings are cursors (issue 9: a base64 cursor
+of any string was "valid" to the schema and refused by the API)."""
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def encode_cursor(ts: datetime, vid: str) -> str:
-    raw = json.dumps([ts.isoformat(), vid]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return f"{(ts - _EPOCH) // timedelta(microseconds=1)}~{vid}"
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        ts_text, vid = json.loads(raw)
-        return datetime.fromisoformat(ts_text), str(vid)
-    except (ValueError, TypeError, binascii.Error) as exc:
-        raise BadCursor(f"invalid cursor: {exc}") from None
+    micros, sep, vid = cursor.partition("~")
+    if not sep or not micros.isascii() or not micros.isdigit() or len(micros) > 16:
+        raise BadCursor("invalid cursor: pass back a `next_cursor` as it was given")
+    return _EPOCH + timedelta(microseconds=int(micros)), vid
 
 
 def bucket_seconds(hours: float) -> int:

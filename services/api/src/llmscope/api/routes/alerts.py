@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal, NoReturn
 
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field
 
+from llmscope.api.routes.fields import Cursor, Instant
 from llmscope.api.runtime import Runtime
 from llmscope.web.alerting import (
     AlerterRefused,
@@ -61,9 +61,9 @@ def router(rt: Runtime) -> APIRouter:
     async def notifications(
         status: Literal["sending", "sent", "failed", "expired"] | None = None,
         channel: str | None = None,
-        since: datetime | None = None,
+        since: Instant | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-        cursor: str | None = None,
+        cursor: Cursor = None,
     ) -> NotificationPage:
         """The notification log, newest first, each with its delivery attempts, last error and
         sent time. Pass ``next_cursor`` back as ``cursor`` for the next page."""

@@ -25,7 +25,30 @@ _SCHEMAS, _COMPONENTS = msgspec.json.schema_components(
 )
 RECORD_SCHEMA, RECORDS_SCHEMA, REPLY_SCHEMA, MODEL_REPLY_SCHEMA = _SCHEMAS
 
-KeyPath = Annotated[str, Path(description="chart key, as in a violation's `chart_key`")]
+_C = "=[89AB][0-9A-F]"  # a UTF-8 continuation byte, escaped
+_UTF8 = "|".join(
+    (
+        "=[0-7][0-9A-F]",
+        f"=[CD][2-9A-F]{_C}",
+        f"=E0=[AB][0-9A-F]{_C}",
+        f"=E[1-9A-CEF]{_C}{_C}",
+        f"=ED=[89][0-9A-F]{_C}",
+        f"=F0=[9AB][0-9A-F]{_C}{_C}",
+        f"=F[1-3]{_C}{_C}{_C}",
+        f"=F4=8[0-9A-F]{_C}{_C}",
+    )
+)
+_TOKEN = f"(?:[A-Za-z0-9_-]|{_UTF8})+"
+CHART_KEY_PATTERN = rf"^{_TOKEN}(?:\.{_TOKEN}){{4}}$"
+"""Exactly the keys :func:`is_chart_key` reads: five tokens of :func:`subjects.kv_key`, each
+escape a whole UTF-8 character (in the document, so generated keys are keys: issue 9)."""
+KeyPath = Annotated[
+    str,
+    Path(
+        description="chart key, as in a violation's `chart_key`",
+        json_schema_extra={"pattern": CHART_KEY_PATTERN},
+    ),
+]
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
 
 

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
 from llmscope.api.persister import TELEMETRY_COLUMNS
+from llmscope.api.routes.fields import Instant
 from llmscope.api.runtime import Runtime
 
 VIOLATION_COLUMNS = (
@@ -69,8 +70,8 @@ def router(rt: Runtime) -> APIRouter:
     async def violations_csv(
         provider: str | None = None,
         model: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
+        since: Instant | None = None,
+        until: Instant | None = None,
         hours: Annotated[float, Query(gt=0, le=MAX_HOURS)] = 24 * 365,
     ) -> StreamingResponse:
         """Violation episodes in the window (default: the last year), oldest first."""
@@ -86,8 +87,8 @@ def router(rt: Runtime) -> APIRouter:
     async def telemetry_csv(
         provider: str | None = None,
         model: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
+        since: Instant | None = None,
+        until: Instant | None = None,
         hours: Annotated[float, Query(gt=0, le=MAX_HOURS)] = 24,
     ) -> StreamingResponse:
         """Raw probes in the window (default: the last 24 h), oldest first."""

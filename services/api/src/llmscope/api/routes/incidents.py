@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
@@ -10,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from llmscope.api.openapi_errors import not_found
 from llmscope.api.routes.alerts import alerter_error
-from llmscope.api.routes.fields import NO_NUL
+from llmscope.api.routes.fields import NO_NUL, Cursor, Instant
 from llmscope.api.runtime import Runtime
 from llmscope.web.alerting import (
     AlerterRefused,
@@ -35,9 +34,9 @@ def router(rt: Runtime) -> APIRouter:
     async def list_incidents(
         state: Literal["open", "acknowledged", "resolved"] | None = None,
         model: str | None = None,
-        since: datetime | None = None,
+        since: Instant | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-        cursor: str | None = None,
+        cursor: Cursor = None,
     ) -> IncidentPage:
         """Newest first (by opening time); ``since`` keeps incidents active since then.
         Pass ``next_cursor`` back as ``cursor`` for the next page."""

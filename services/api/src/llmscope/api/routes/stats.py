@@ -30,6 +30,24 @@ _batch_decoder: msgspec.json.Decoder[list[TelemetryEvent] | TelemetryEvent] = ms
     list[TelemetryEvent] | TelemetryEvent
 )
 _PATH = re.compile(r"at `(\$[^`]*)`")
+
+
+def _int_fields() -> frozenset[str]:
+    def is_int(t: msgspec.inspect.Type) -> bool:
+        while isinstance(t, msgspec.inspect.Metadata):
+            t = t.type
+        if isinstance(t, msgspec.inspect.UnionType):
+            return any(is_int(u) for u in t.types)
+        return isinstance(t, msgspec.inspect.IntType)
+
+    fields = msgspec.inspect.type_info(TelemetryEvent).fields  # type: ignore[attr-defined]
+    return frozenset(f.encode_name for f in fields if is_int(f.type))
+
+
+INT_FIELDS = _int_fields()
+"""The event's integer fields: JSON Schema counts ``1.0`` as an integer, msgspec does not, so
+the general path reads a whole number written with a fraction as the integer it is (issue 9,
+schemathesis: a schema-valid ``prompt_eval_count`` of ``0.0`` was refused)."""
 # The request body's schema, as OpenAPI components: msgspec's own ``schema()`` refers to
 # "#/$defs/...", which does not exist in an OpenAPI document (issue 9: the schema was invalid).
 # As sent, ``type``, ``id`` and ``ts`` may be left out (see ``post_stats``).
@@ -159,6 +177,10 @@ def router(rt: Runtime) -> APIRouter:
             if not isinstance(item, dict):
                 rt.metrics.telemetry_rejected.inc()
                 return _invalid("expected a JSON object", prefix)
+            for name in INT_FIELDS & item.keys():
+                value = item[name]
+                if type(value) is float and value.is_integer():
+                    item[name] = int(value)
             item.setdefault("type", "telemetry.v1")
             if "id" not in item:
                 item["id"] = _content_id(item) if "ts" in item else new_id()

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field
 
 from llmscope.api.openapi_errors import not_found
-from llmscope.api.routes.fields import NO_NUL
+from llmscope.api.routes.fields import NO_NUL, Cursor, Instant
 from llmscope.api.runtime import Runtime
 from llmscope.web.data import Violation, ViolationDetail, ViolationFilter, ViolationPage
 
@@ -35,9 +34,9 @@ def router(rt: Runtime) -> APIRouter:
         severity: Literal["critical", "warning", "info"] | None = None,
         acknowledged: bool | None = None,
         state: Literal["open", "cleared"] | None = None,
-        since: datetime | None = None,
+        since: Instant | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-        cursor: str | None = None,
+        cursor: Cursor = None,
     ) -> ViolationPage:
         """Newest first. Pass ``next_cursor`` back as ``cursor`` for the next page."""
         flt = ViolationFilter(
