@@ -97,6 +97,7 @@ class Runtime:
                     publisher=self.publisher,
                     batch_size=s.persist_batch,
                     metrics=self.metrics,
+                    on_stored=self._live_feed.on_stored,
                 )
                 self._tasks.append(asyncio.create_task(self.persister.run(self._stop), name="persister"))
                 self._tasks.append(
