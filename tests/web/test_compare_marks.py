@@ -47,11 +47,26 @@ async def test_maintenance_windows_on_the_comparison(api: Api, database_url: str
                 ends_at=now + timedelta(hours=1),
             )
         )
+        # Host-scoped: drawn only where the model's probes ran on that host (the seed's: gpu-1).
+        for host in ("gpu-1", "gpu-2"):
+            await api.runtime.alerting.create_silence(
+                SilenceInput(
+                    reason=f"{host} firmware",
+                    author="ops",
+                    kind="maintenance",
+                    models=["llama3*"],
+                    hosts=[host],
+                    starts_at=now - timedelta(hours=2),
+                    ends_at=now + timedelta(hours=1),
+                )
+            )
         r = await client.get("/compare?hours=1")
     assert r.status_code == 200
-    assert r.text.count('class="maintenance-band"') == 1
+    assert r.text.count('class="maintenance-band"') == 2
     assert "driver update (model=llama3*)" in r.text
-    assert "1 maintenance window marked" in r.text
+    assert "gpu-1 firmware (model=llama3* host=gpu-1)" in r.text
+    assert "gpu-2 firmware" not in r.text
+    assert "2 maintenance windows marked" in r.text
     assert "none drawn" not in r.text
 
 

@@ -144,6 +144,20 @@ class TrendQueries:
             )
         return list(marks.values())
 
+    async def hosts(self, models: list[tuple[str, str]], start: datetime, end: datetime) -> set[str]:
+        # By time first (telemetry_ts_idx): a maintenance occurrence is hours, the models' whole
+        # history (the chart index's prefix) may be weeks.
+        rows = await self.store.pool.fetch(
+            """SELECT DISTINCT host FROM telemetry
+               WHERE ts >= $1 AND ts < $2
+                 AND (provider, model) IN (SELECT * FROM unnest($3::text[], $4::text[]))""",
+            start,
+            end,
+            [p for p, _ in models],
+            [m for _, m in models],
+        )
+        return {r["host"] for r in rows}
+
     async def availability(
         self, provider: str, model: str, hours: float, end: datetime | None = None
     ) -> AvailabilityHistory:
