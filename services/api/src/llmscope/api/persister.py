@@ -35,6 +35,7 @@ import msgspec
 from asyncpg.pool import PoolConnectionProxy
 from nats.js import JetStreamContext
 
+from llmscope.api.baseline_history import BaselineHistory
 from llmscope.api.db import open_pool
 from llmscope.api.incidents_store import store_incidents
 from llmscope.api.metrics import ApiMetrics
@@ -777,7 +778,8 @@ async def run_standalone(settings: ApiSettings, stop: asyncio.Event) -> None:
         js = nc.jetstream()
         await ensure_streams(js, settings.bus)
         persister = Persister(pool=pool, js=js, publisher=Publisher(js), batch_size=settings.persist_batch)
-        await asyncio.gather(persister.run(stop), retention_loop(pool, settings, stop))
+        history = BaselineHistory(lambda: pool, settings.charts_bucket)
+        await asyncio.gather(persister.run(stop), retention_loop(pool, settings, stop), history.run(nc, stop))
     finally:
         await nc.drain()
         await pool.close()
