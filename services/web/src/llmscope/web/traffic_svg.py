@@ -28,7 +28,8 @@ def render_traffic_chart(record: ChartRecord, *, width: int = WIDTH, height: int
     lo = 0.0 if lo >= 0 else lo
     hi = hi * 1.06 if hi > lo else lo + 1.0
     t0 = points[0].ts.timestamp() if points else 0.0
-    t1 = max(points[-1].ts.timestamp() if points else 1.0, t0 + 60.0)
+    # The points span the plot; one point alone sits at the left of a minute.
+    t1 = points[-1].ts.timestamp() if len(points) > 1 else t0 + 60.0
 
     def x(ts: datetime) -> float:
         return PAD_L + (ts.timestamp() - t0) / (t1 - t0) * plot_w
