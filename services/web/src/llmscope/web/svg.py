@@ -89,6 +89,7 @@ def render_chart(data: ChartData, *, width: int = WIDTH, height: int = HEIGHT) -
             'class="rebaseline-line">'
             f"<title>re-baseline #{mark.number} at {mark.ts.strftime('%m-%d %H:%M:%S')} by "
             f"{escape(mark.created_by)}: {escape(mark.reason)}</title></line>"
+            f'<text x="{mx + 3:.1f}" y="{PAD_T + 11}" class="rebaseline-label">#{mark.number}</text>'
         )
 
     if lim is not None:
