@@ -9,6 +9,7 @@ import dataclasses
 import json
 from collections.abc import AsyncIterator
 
+import asyncpg
 import httpx
 from nats.aio.client import Client as NATS
 
@@ -17,6 +18,7 @@ from llmscope.api.settings import ApiSettings
 from llmscope.bus.publisher import Publisher
 from llmscope.proto import subjects
 from llmscope.web.auth import SESSION_COOKIE
+from llmscope.web.live import point_event
 from tests.api.conftest import API_KEY
 from tests.api.factories import telemetry, violation
 
@@ -122,3 +124,33 @@ async def test_open_streams_end_when_the_api_stops(settings: ApiSettings) -> Non
     except BaseException:
         await server.__aexit__(None, None, None)
         raise
+
+
+async def test_stored_probes_reach_the_event_stream_after_they_are_stored(
+    settings: ApiSettings, nc: NATS
+) -> None:
+    """The chart panel re-reads Postgres on ``point-<key>``: the event must follow the commit."""
+    served = dataclasses.replace(settings, host="127.0.0.1", port=0, persister=True)
+    probe = telemetry(7, id="live-point-7", model="live-model")
+    other = telemetry(8, id="live-point-8", model="other-model")
+    name = point_event(probe.provider, "live-model")
+    async with run_api(served) as url, signed_in(url) as browser:
+        page = await browser.get("/dashboard", params={"provider": probe.provider, "model": "live-model"})
+        assert f"sse:{name} throttle:2s" in page.text
+        async with browser.stream("GET", "/events") as response:
+            stream = frames(response.aiter_lines())
+            await next_frame(stream, ":")
+            await Publisher(nc.jetstream()).publish(subjects.telemetry(other.provider, other.model), other)
+            await Publisher(nc.jetstream()).publish(subjects.telemetry(probe.provider, probe.model), probe)
+            seen = await next_frame(stream, name)
+            assert json.loads(seen.data) == {
+                "provider": probe.provider,
+                "model": "live-model",
+                "ts": probe.ts.isoformat(),
+            }
+            conn = await asyncpg.connect(settings.database_url.get())
+            try:
+                stored = await conn.fetchval("SELECT count(*) FROM telemetry WHERE id = $1", probe.id)
+            finally:
+                await conn.close()
+            assert stored == 1

@@ -34,6 +34,7 @@ from llmscope.stack.cli import SERVICES
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
 UV = ROOT / ".uv" / "bin" / "uv"
+PDF_STEP = 'if [ "$PDF_REPORTS" = "true" ]; then'
 
 # The replayed image: its ENTRYPOINT resolved under the stand-in root, its env and its WORKDIR.
 Image = tuple[list[str], dict[str, str], Path]
@@ -170,6 +171,10 @@ def _replay_final(stage: Stage, build_root: Path, root: Path) -> tuple[list[str]
                 pass
             case "RUN" if re.match(r"(groupadd|useradd) ", rest):
                 pass
+            case "ARG" if rest == "PDF_REPORTS=false":
+                pass
+            case "RUN" if rest.startswith(PDF_STEP):
+                pass  # off by default (test_pdf_reports_are_a_build_argument)
             case _:
                 pytest.fail(f"the final stage has a step this test does not replay: {instruction} {rest}")
     return entrypoint, _stage_env(stage), workdir
@@ -234,6 +239,20 @@ def test_the_image_runs_as_a_numeric_non_root_user_the_manifests_name() -> None:
     assert int(uid) > 0, user
     assert not gid or gid.isdigit(), user
     assert f"runAsUser: {uid}" in (ROOT / "deploy" / "k8s" / "base" / "api.yaml").read_text()
+
+
+def test_pdf_reports_are_a_build_argument_off_by_default() -> None:
+    """The default image stays small; ``--build-arg PDF_REPORTS=true`` adds Debian's chromium
+    as root, before the image drops to its user (the README's "PDF reports in the container")."""
+    final = parse_dockerfile(DOCKERFILE.read_text())[-1]
+    steps = [f"{instruction} {rest}" for instruction, rest in final.steps]
+    arg = steps.index("ARG PDF_REPORTS=false")
+    (install,) = [i for i, step in enumerate(steps) if step.startswith(f"RUN {PDF_STEP}")]
+    user = next(i for i, step in enumerate(steps) if step.startswith("USER "))
+    assert arg < install < user
+    assert "apt-get install -y --no-install-recommends chromium " in steps[install]
+    assert "rm -rf /var/lib/apt/lists/*" in steps[install]
+    assert "--build-arg PDF_REPORTS=true" in (ROOT / "README.md").read_text()
 
 
 def test_both_stages_share_one_base_so_the_venv_interpreter_resolves() -> None:

@@ -33,6 +33,7 @@ from llmscope.proto import codec, subjects
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.web.alerting import IncidentFilter, SilenceInput
 from llmscope.web.data import ViolationFilter
+from llmscope.web.live import point_event
 from tests.api.alerting_harness import live_alerter
 from tests.api.conftest import API_KEY, Api
 from tests.api.engine import BASELINE_N, eventually, running_engine
@@ -240,6 +241,27 @@ async def test_dashboard_chart_availability_and_comparison(site: Site) -> None:
         assert await outage.count() >= 1
         assert await page.locator("#rule-CUSUM").is_visible()
         await shot(page, "dashboard")
+        # Live: a probe the persister stores reaches the tab as its model's point event, and the
+        # chart re-reads itself for it (its fallback poll is 30 s away).
+        await page.evaluate(
+            """() => { window.seen = [];
+                document.body.addEventListener('htmx:sseMessage', e => window.seen.push(e.detail.type)); }"""
+        )
+        await page.wait_for_function(
+            "() => document.body['htmx-internal-data']?.sseEventSource?.readyState === 1"
+        )
+        probe = fresh(telemetry(SHIFT_AT + 60, id="p1-live", latency_ms=777.7, ttft_ms=250.0))
+        name = point_event(probe.provider, probe.model)
+        async with page.expect_request(lambda r: r.url.startswith(f"{site.url}/dashboard?")) as reread:
+            await Publisher(site.api.runtime.nc.jetstream()).publish(  # type: ignore[union-attr]
+                subjects.telemetry(probe.provider, probe.model), probe
+            )
+            await page.wait_for_function(f"() => window.seen.includes('{name}')")
+        assert (await reread.value).headers.get("hx-request") == "true"
+        await page.wait_for_function(
+            """() => [...document.querySelectorAll('svg.control-chart circle.point title')]
+                .some(t => t.textContent.endsWith(' 777.7'))"""
+        )
         # Switching the metric swaps the panel in place.
         await page.select_option("select[name=metric]", "ttft_ms")
         await page.wait_for_selector("svg.control-chart[aria-label*=ttft_ms]")

@@ -3,14 +3,16 @@ a real alerter."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 from nats.js import JetStreamContext
 
+from llmscope.api.baseline_history import BaselineHistory
 from llmscope.web.alerting import SilenceInput
 from tests.api.alerting_harness import live_alerter
 from tests.api.conftest import Api
-from tests.api.engine import BASELINE_N, feed, running_engine, wait_progress
+from tests.api.engine import BASELINE_N, eventually, feed, running_engine, wait_progress
 from tests.api.test_charts import probes
 from tests.web.test_pages import login
 from tests.web.test_trends import seed
@@ -47,28 +49,75 @@ async def test_maintenance_windows_on_the_comparison(api: Api, database_url: str
                 ends_at=now + timedelta(hours=1),
             )
         )
+        # Host-scoped: drawn only where the model's probes ran on that host (the seed's: gpu-1).
+        for host in ("gpu-1", "gpu-2"):
+            await api.runtime.alerting.create_silence(
+                SilenceInput(
+                    reason=f"{host} firmware",
+                    author="ops",
+                    kind="maintenance",
+                    models=["llama3*"],
+                    hosts=[host],
+                    starts_at=now - timedelta(hours=2),
+                    ends_at=now + timedelta(hours=1),
+                )
+            )
         r = await client.get("/compare?hours=1")
     assert r.status_code == 200
-    assert r.text.count('class="maintenance-band"') == 1
+    assert r.text.count('class="maintenance-band"') == 2
     assert "driver update (model=llama3*)" in r.text
-    assert "1 maintenance window marked" in r.text
+    assert "gpu-1 firmware (model=llama3* host=gpu-1)" in r.text
+    assert "gpu-2 firmware" not in r.text
+    assert "2 maintenance windows marked" in r.text
     assert "none drawn" not in r.text
 
 
-async def test_a_rebaseline_on_the_comparison(api: Api, js: JetStreamContext, nats_url: str) -> None:
+async def test_every_rebaseline_on_the_comparison_and_the_chart(
+    api: Api, js: JetStreamContext, nats_url: str
+) -> None:
+    """The engine's record keeps only a chart's current baseline; the API's history keeps each."""
     client = await login(api)
-    first = probes(BASELINE_N + 2)
-    async with running_engine(nats_url):
-        await feed(api, js, first)
-        record = await wait_progress(api, first[0], BASELINE_N, "armed")
-        assert 'class="rebaseline-line"' not in (await client.get("/compare?hours=1")).text
-        r = await api.client.post(
-            f"/api/charts/{record.key}/rebaseline", json={"by": "ann", "reason": "new GPU"}
-        )
-        assert r.status_code == 200, r.text
-        await feed(api, js, probes(BASELINE_N + 2, start=BASELINE_N + 2))
-        await wait_progress(api, first[0], BASELINE_N, "armed")
-        page = (await client.get("/compare?hours=1")).text
-    assert page.count('class="rebaseline-line"') == 1
+    batch = BASELINE_N + 2
+    first = probes(batch)
+    stop = asyncio.Event()
+    history = BaselineHistory(lambda: api.store.pool, retry_s=0.2)
+    watching = asyncio.create_task(history.run(api.runtime.nc, stop))  # type: ignore[arg-type]
+    try:
+        async with running_engine(nats_url):
+            await feed(api, js, first)
+            record = await wait_progress(api, first[0], BASELINE_N, "armed")
+            assert 'class="rebaseline-line"' not in (await client.get("/compare?hours=1")).text
+            for n, (by, reason) in enumerate((("ann", "new GPU"), ("bob", "driver update")), start=1):
+                r = await api.client.post(
+                    f"/api/charts/{record.key}/rebaseline", json={"by": by, "reason": reason}
+                )
+                assert r.status_code == 200, r.text
+                await feed(api, js, probes(batch, start=n * batch))
+
+                async def recorded(number: int = n) -> bool:
+                    found = await api.store.pool.fetchval(
+                        "SELECT count(*) FROM baseline_history WHERE chart_key = $1 AND number = $2",
+                        record.key,
+                        number,
+                    )
+                    return bool(found)
+
+                await eventually(recorded, within=60, what=f"re-baseline #{n} in baseline_history")
+            page = (await client.get("/compare?hours=1")).text
+            chart = (
+                await client.get(
+                    "/dashboard?provider=ollama&model=llama3.1:8b&hours=1",
+                    headers={"HX-Request": "true", "HX-Target": "chart-panel"},
+                )
+            ).text
+    finally:
+        stop.set()
+        await watching
+    assert page.count('class="rebaseline-line"') == 2
     assert "re-baseline #1 by ann: new GPU" in page
-    assert "1 re-baseline and" in page
+    assert "re-baseline #2 by bob: driver update" in page
+    assert "2 re-baselines and" in page
+    assert chart.count('class="rebaseline-line"') == 2
+    assert "re-baseline #1 at" in chart
+    assert "by ann: new GPU" in chart
+    assert "by bob: driver update" in chart

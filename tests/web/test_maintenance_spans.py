@@ -41,22 +41,40 @@ def window(**fields: Any) -> SilenceInfo:
     return SilenceInfo(**{**base, **fields})
 
 
-def test_one_off_window_is_clipped_to_the_chart() -> None:
+async def test_one_off_window_is_clipped_to_the_chart() -> None:
     w = window(starts_at=START - timedelta(hours=1), ends_at=START + timedelta(hours=2), models=["llama3*"])
-    assert maintenance_spans([w], MODELS, START, END) == [
+    assert await maintenance_spans([w], MODELS, START, END) == [
         MaintenanceSpan(START, START + timedelta(hours=2), "backups (model=llama3*)")
     ]
 
 
-def test_silences_and_other_models_windows_are_not_drawn() -> None:
+async def test_silences_and_other_models_windows_are_not_drawn() -> None:
     silence = window(kind="silence", ends_at=END)
     other = window(ends_at=END, models=["qwen*"])
-    assert maintenance_spans([silence, other], MODELS, START, END) == []
+    assert await maintenance_spans([silence, other], MODELS, START, END) == []
 
 
-def test_weekly_window_across_midnight_in_its_time_zone() -> None:
+async def test_a_host_scoped_window_only_where_a_matched_model_ran_on_that_host() -> None:
+    asked: list[tuple[list[tuple[str, str]], datetime, datetime]] = []
+
+    async def hosts_of(models: list[tuple[str, str]], a: datetime, b: datetime) -> set[str]:
+        asked.append((models, a, b))
+        return {"gpu-1"}
+
+    models = [*MODELS, ("ollama", "qwen2:7b")]
+    on_gpu1 = window(ends_at=END, models=["llama3*"], hosts=["gpu-?"], reason="one")
+    on_gpu2 = window(ends_at=END, hosts=["gpu-2"], reason="two")
+    spans = await maintenance_spans([on_gpu1, on_gpu2], models, START, END, hosts_of)
+    assert [s.label for s in spans] == ["one (model=llama3* host=gpu-?)"]
+    # Only the models the window's patterns match are asked about, over the occurrence.
+    assert asked == [(MODELS, START, END), (models, START, END)]
+    # Nobody to ask: a host-scoped window is drawn nowhere rather than on every model.
+    assert await maintenance_spans([on_gpu1], models, START, END) == []
+
+
+async def test_weekly_window_across_midnight_in_its_time_zone() -> None:
     w = window(weekly_days=["sat"], weekly_start="22:00", weekly_end="02:00", timezone="Europe/Berlin")
-    spans = maintenance_spans([w], MODELS, START, END)
+    spans = await maintenance_spans([w], MODELS, START, END)
     berlin = ZoneInfo("Europe/Berlin")
     # The Saturdays of June 2026: the 6th, 13th, 20th and 27th; each window ends on Sunday.
     assert [s.start.astimezone(berlin).day for s in spans] == [6, 13, 20, 27]
@@ -64,9 +82,9 @@ def test_weekly_window_across_midnight_in_its_time_zone() -> None:
     assert spans[0].start == datetime(2026, 6, 6, 20, tzinfo=UTC)  # 22:00 CEST
 
 
-def test_monthly_last_friday_and_an_early_expiry() -> None:
+async def test_monthly_last_friday_and_an_early_expiry() -> None:
     w = window(monthly_weekdays=["last fri"], monthly_start="01:00", monthly_end="03:00")
-    (span,) = maintenance_spans([w], MODELS, START, END)
+    (span,) = await maintenance_spans([w], MODELS, START, END)
     assert span.start == datetime(2026, 6, 26, 1, tzinfo=UTC)
     expired = window(
         weekly_days=["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
@@ -75,7 +93,7 @@ def test_monthly_last_friday_and_an_early_expiry() -> None:
         expired_at=START + timedelta(days=2, minutes=30),
     )
     # Days 1, 2 and half of day 3's hour: ended early by someone, drawn as it really ran.
-    spans = maintenance_spans([expired], MODELS, START, END)
+    spans = await maintenance_spans([expired], MODELS, START, END)
     assert [s.end - s.start for s in spans] == [timedelta(hours=1)] * 2 + [timedelta(minutes=30)]
 
 

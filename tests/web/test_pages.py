@@ -13,6 +13,7 @@ from llmscope.api.persister import store_telemetry, store_violations
 from llmscope.api.settings import ApiSettings
 from llmscope.config.env import Secret
 from llmscope.web.auth import CSRF_HEADER
+from llmscope.web.live import point_event
 from llmscope.web.routes import SESSION_COOKIE
 from tests.api.conftest import API_KEY, Api, serve
 from tests.api.factories import cleared, telemetry, violation
@@ -104,7 +105,9 @@ async def test_dashboard_page_and_fragments(api: Api) -> None:
     assert 'class="center"' not in r.text  # no SPC engine ran: no limits, whatever violations say
     assert "waiting for the SPC engine" in r.text
     assert 'class="violation critical"' in r.text
-    assert 'hx-trigger="every 2.0s"' in r.text
+    # The chart panel re-reads on its model's stored probes, polling slowly as the fallback.
+    name = point_event("ollama", "llama3.1:8b")
+    assert f'hx-trigger="sse:{name} throttle:2s, every 30s"' in r.text
     assert "org/other:1" in r.text  # the model selector
 
     r = await client.get(

@@ -7,6 +7,8 @@ re-reads its page when it opens). The JetStream-published events reach core subs
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -15,8 +17,9 @@ from llmscope.config.logs import get_logger
 from llmscope.proto import subjects
 from llmscope.proto.codec import DecodeError, decode
 from llmscope.proto.incident import IncidentEvent
+from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.proto.violation import ViolationEvent
-from llmscope.web.live import Broadcaster, LiveEvent
+from llmscope.web.live import Broadcaster, LiveEvent, point_event
 
 log = get_logger("llmscope.api.live")
 
@@ -50,6 +53,23 @@ def live_events(event: object) -> list[LiveEvent]:
     return []
 
 
+def stored_events(kind: str, events: Sequence[object]) -> list[LiveEvent]:
+    """What a committed persister write tells the open tabs: one ``point-<key>`` event per model
+    with new probes (the chart re-reads them from Postgres, so only after they are stored)."""
+    if kind != "telemetry":
+        return []
+    latest: dict[tuple[str, str], TelemetryEvent] = {}
+    for ev in events:
+        if isinstance(ev, TelemetryEvent):
+            key = (ev.provider, ev.model)
+            if key not in latest or ev.ts > latest[key].ts:
+                latest[key] = ev
+    return [
+        LiveEvent(point_event(p, m), {"provider": p, "model": m, "ts": ev.ts.isoformat()})
+        for (p, m), ev in latest.items()
+    ]
+
+
 class LiveFeed:
     """Subscribes the process's NATS connection and republishes to the broadcaster."""
 
@@ -70,6 +90,11 @@ class LiveFeed:
             log.debug("live feed skips an undecodable message", subject=msg.subject, error=str(exc))
             return
         for live in live_events(event):
+            self.broadcaster.publish(live)
+
+    def on_stored(self, kind: str, events: Sequence[object]) -> None:
+        """The persister's hook (:class:`llmscope.api.persister.Persister`'s ``on_stored``)."""
+        for live in stored_events(kind, events):
             self.broadcaster.publish(live)
 
     async def stop(self) -> None:

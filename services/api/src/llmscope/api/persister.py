@@ -35,6 +35,7 @@ import msgspec
 from asyncpg.pool import PoolConnectionProxy
 from nats.js import JetStreamContext
 
+from llmscope.api.baseline_history import BaselineHistory
 from llmscope.api.db import open_pool
 from llmscope.api.incidents_store import store_incidents
 from llmscope.api.metrics import ApiMetrics
@@ -582,8 +583,12 @@ class Persister:
         durable_prefix: str = "api-persister",
         options: ConsumerOptions | None = None,
         lag_sample_s: float = LAG_SAMPLE_S,
+        on_stored: Callable[[str, Sequence[Any]], None] | None = None,
     ) -> None:
         self._pool = pool
+        # Told after each committed write (kind, the events written): the open dashboard tabs
+        # re-read a chart once its new points can be read, never before.
+        self._on_stored = on_stored
         self._metrics = metrics
         self._js = js
         self.lag_sample_s = lag_sample_s
@@ -675,7 +680,16 @@ class Persister:
                 return {0: f"refused by Postgres: {_describe(exc)}"}
             return await self._write_one_by_one(kind, batch, store)
         self._count(kind, stored)
+        self._tell(kind, [d.event for d in batch])
         return {}
+
+    def _tell(self, kind: str, events: Sequence[Any]) -> None:
+        if self._on_stored is None or not events:
+            return
+        try:
+            self._on_stored(kind, events)
+        except Exception:  # a listener's bug must not make the bus redeliver stored events
+            log.exception("on_stored listener failed", kind=kind)
 
     async def _write_one_by_one(
         self,
@@ -696,6 +710,7 @@ class Persister:
                         raise
                     rejected[index] = f"refused by Postgres: {_describe(exc)}"
         self._count(kind, stored)
+        self._tell(kind, [d.event for i, d in enumerate(batch) if i not in rejected])
         return rejected
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -763,7 +778,8 @@ async def run_standalone(settings: ApiSettings, stop: asyncio.Event) -> None:
         js = nc.jetstream()
         await ensure_streams(js, settings.bus)
         persister = Persister(pool=pool, js=js, publisher=Publisher(js), batch_size=settings.persist_batch)
-        await asyncio.gather(persister.run(stop), retention_loop(pool, settings, stop))
+        history = BaselineHistory(lambda: pool, settings.charts_bucket)
+        await asyncio.gather(persister.run(stop), retention_loop(pool, settings, stop), history.run(nc, stop))
     finally:
         await nc.drain()
         await pool.close()

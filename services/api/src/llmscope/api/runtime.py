@@ -13,6 +13,7 @@ from nats.aio.client import Client as NATS
 
 from llmscope.api.alerting import Alerting
 from llmscope.api.auth import KeyAuth
+from llmscope.api.baseline_history import BaselineHistory
 from llmscope.api.charts import ChartViews
 from llmscope.api.db import open_pool
 from llmscope.api.live import LiveFeed
@@ -58,6 +59,7 @@ class Runtime:
         self.nc: NATS | None = None
         self.publisher: Publisher | None = None
         self.persister: Persister | None = None
+        self.baseline_history: BaselineHistory | None = None
         self.live = Broadcaster()  # the dashboard's open tabs, fed from the bus while connected
         self._live_feed = LiveFeed(self.live)
         self.alerting = Alerting(lambda: self.store.pool, lambda: self.nc)
@@ -97,10 +99,18 @@ class Runtime:
                     publisher=self.publisher,
                     batch_size=s.persist_batch,
                     metrics=self.metrics,
+                    on_stored=self._live_feed.on_stored,
                 )
                 self._tasks.append(asyncio.create_task(self.persister.run(self._stop), name="persister"))
                 self._tasks.append(
                     asyncio.create_task(retention_loop(self._pool, s, self._stop), name="retention")
+                )
+                pool = self._pool
+                self.baseline_history = BaselineHistory(lambda: pool, s.charts_bucket)
+                self._tasks.append(
+                    asyncio.create_task(
+                        self.baseline_history.run(self.nc, self._stop), name="baseline-history"
+                    )
                 )
         except BaseException:
             await self.close()

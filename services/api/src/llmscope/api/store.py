@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -31,6 +31,7 @@ from llmscope.web.data import (
     ModelRebaselineResult,
     OpenEpisode,
     Overview,
+    RebaselineMark,
     RebaselineResult,
     Series,
     SettingError,
@@ -251,6 +252,21 @@ def _where(flt: ViolationFilter) -> tuple[str, list[Any]]:
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
 
 
+def rebaseline_marks(
+    history: Sequence[asyncpg.Record], view: ChartView | None, start: datetime, end: datetime
+) -> list[RebaselineMark]:
+    """The chart's re-baselines in its window: those recorded in ``baseline_history`` and its
+    current baseline (which the history may not have recorded yet)."""
+    marks = {
+        r["number"]: RebaselineMark(r["started_at"], r["number"], r["created_by"], r["reason"])
+        for r in history
+    }
+    b = view.baseline if view is not None else None
+    if b is not None and b.number > 0 and b.started_at is not None and start <= b.started_at < end:
+        marks.setdefault(b.number, RebaselineMark(b.started_at, b.number, b.created_by, b.reason))
+    return sorted(marks.values(), key=lambda m: m.ts)
+
+
 class Store:
     """The API's data access over an asyncpg pool."""
 
@@ -383,6 +399,14 @@ class Store:
                 *targs,
                 *([list(query.severities)] if query.severities else []),
             )
+            history = await conn.fetch(
+                """SELECT number, started_at, created_by, reason FROM baseline_history
+                   WHERE chart_key = $1 AND number > 0 AND started_at >= $2 AND started_at < $3
+                   ORDER BY started_at LIMIT 200""",
+                ckey,
+                start,
+                end,
+            )
             spacing = None
             if view is not None and view.arl0_critical is not None:
                 spacing = await conn.fetchval(
@@ -430,6 +454,7 @@ class Store:
             ar_order=view.ar_order if view is not None else 0,
             autocorrelation=view.autocorrelation if view is not None else None,
             tail_rate=view.tail_rate if view is not None else None,
+            rebaselines=rebaseline_marks(history, view, start, end),
         )
 
     async def rebaseline(self, chart_key: str, by: str, reason: str) -> RebaselineResult:

@@ -28,6 +28,8 @@ from llmscope.web.trends import (
 )
 
 MAX_EVENTS = 200
+# The charts of one model re-baselined together freeze their new baselines a few probes apart.
+REBASELINE_GROUP = timedelta(minutes=1)
 
 
 class TrendQueries:
@@ -112,37 +114,72 @@ class TrendQueries:
     async def rebaselines(
         self, models: list[tuple[str, str]], start: datetime, end: datetime
     ) -> list[ChartEvent]:
-        """Re-baselines started within the window, one mark per model and start (a model's
-        re-baseline restarts all its charts at once).
+        """Re-baselines started within the window, one mark per model and re-baseline (a model's
+        re-baseline restarts all its charts at once: their marks within a minute of each other,
+        by the same person for the same reason, are one).
 
-        Read from the engine's chart records, which keep only each chart's current baseline: an
-        earlier re-baseline of a chart re-baselined again since is not shown.
+        From ``baseline_history`` (every baseline the API saw the engine freeze) and the engine's
+        chart records (each chart's current baseline, for one the history has not recorded yet).
         """
-        records = [
-            r
-            for chunk in await asyncio.gather(
-                *(self.store.charts.list(ChartFilter(provider=p, model=m)) for p, m in models)
+        current = asyncio.gather(
+            *(self.store.charts.list(ChartFilter(provider=p, model=m)) for p, m in models)
+        )
+        try:
+            rows = await self.store.pool.fetch(
+                """SELECT provider, model, number, started_at, created_by, reason
+                   FROM baseline_history
+                   WHERE number > 0 AND started_at >= $1 AND started_at < $2
+                     AND (provider, model) IN (SELECT * FROM unnest($3::text[], $4::text[]))
+                   ORDER BY started_at LIMIT 2000""",
+                start,
+                end,
+                [p for p, _ in models],
+                [m for _, m in models],
             )
-            for r in chunk
+        except BaseException:
+            current.cancel()
+            raise
+        seen = [
+            (r["provider"], r["model"], r["number"], r["started_at"], r["created_by"], r["reason"])
+            for r in rows
         ]
-        marks: dict[tuple[str, str, datetime], ChartEvent] = {}
-        for r in records:
-            b = r.view.baseline if r.view else None
-            started = b.started_at if b else None
-            if b is None or started is None or b.number == 0 or not start <= started < end:
+        for chunk in await current:
+            for rec in chunk:
+                b = rec.view.baseline if rec.view else None
+                at = b.started_at if b is not None else None
+                if b is not None and b.number > 0 and at is not None and start <= at < end:
+                    seen.append((rec.meta.provider, rec.meta.model, b.number, at, b.created_by, b.reason))
+        marks: list[ChartEvent] = []
+        last: dict[tuple[str, str, str, str], datetime] = {}
+        for provider, model, number, started, by, reason in sorted(seen, key=lambda x: x[3]):
+            who = (provider, model, by, reason)
+            if who in last and started - last[who] < REBASELINE_GROUP:
                 continue
-            at = started.replace(second=0, microsecond=0)
-            marks.setdefault(
-                (r.meta.provider, r.meta.model, at),
+            last[who] = started
+            marks.append(
                 ChartEvent(
                     ts=started,
                     kind="rebaseline",
-                    provider=r.meta.provider,
-                    model=r.meta.model,
-                    label=f"re-baseline #{b.number} by {b.created_by}: {b.reason}",
-                ),
+                    provider=provider,
+                    model=model,
+                    label=f"re-baseline #{number} by {by}: {reason}",
+                )
             )
-        return list(marks.values())
+        return marks
+
+    async def hosts(self, models: list[tuple[str, str]], start: datetime, end: datetime) -> set[str]:
+        # By time first (telemetry_ts_idx): a maintenance occurrence is hours, the models' whole
+        # history (the chart index's prefix) may be weeks.
+        rows = await self.store.pool.fetch(
+            """SELECT DISTINCT host FROM telemetry
+               WHERE ts >= $1 AND ts < $2
+                 AND (provider, model) IN (SELECT * FROM unnest($3::text[], $4::text[]))""",
+            start,
+            end,
+            [p for p, _ in models],
+            [m for _, m in models],
+        )
+        return {r["host"] for r in rows}
 
     async def availability(
         self, provider: str, model: str, hours: float, end: datetime | None = None

@@ -101,6 +101,16 @@ class BaselineInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class RebaselineMark:
+    """A re-baseline of a chart: when its new baseline started, who asked and why."""
+
+    ts: datetime
+    number: int
+    created_by: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class ViolationMark:
     """Where a violation sits on a chart."""
 
@@ -145,6 +155,8 @@ class ChartData:
     ar_order: int = 0
     autocorrelation: float | None = None
     tail_rate: float | None = None
+    rebaselines: list[RebaselineMark] = field(default_factory=list)
+    """Every re-baseline of this chart within the window (dashed lines on the chart)."""
 
     @property
     def collecting_baseline(self) -> bool:

@@ -7,15 +7,18 @@ the bus (:mod:`llmscope.api.live`) with one :class:`LiveEvent` per violation or 
 extension (``hx-trigger="sse:violation-critical delay:1s"``: a burst becomes one refresh) and
 keep a slow poll as the fallback for a tab whose stream is down.
 
-Event names: ``violation-<severity>`` (opened or cleared), ``incident`` (any change), and
-``status`` (either: the overview and the status page read both). The data is a small JSON object
-naming what changed; the pages re-read the fragment rather than trust a pushed copy.
+Event names: ``violation-<severity>`` (opened or cleared), ``incident`` (any change),
+``status`` (either: the overview and the status page read both), and ``point-<key>`` (new probes
+of one model are stored: :func:`point_event`; the control chart of that model re-reads itself).
+The data is a small JSON object naming what changed; the pages re-read the fragment rather
+than trust a pushed copy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -31,6 +34,14 @@ QUEUE_SIZE = 256
 HEARTBEAT_S = 15.0
 # Tells EventSource how long to wait before reconnecting after the stream ends.
 RETRY_MS = 3000
+
+
+def point_event(provider: str, model: str) -> str:
+    """The event name for new stored probes of one model: a tab listens only to its chart's
+    model. Hashed: model names hold characters (spaces, commas, colons) that an ``hx-trigger``
+    would split on."""
+    digest = hashlib.sha256(f"{provider}\0{model}".encode()).hexdigest()[:16]
+    return f"point-{digest}"
 
 
 @dataclass(frozen=True, slots=True)

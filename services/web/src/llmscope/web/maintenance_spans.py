@@ -9,7 +9,7 @@ month lacks not occurring, ``"last fri"`` the month's last Friday.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from datetime import date, datetime, time, timedelta
 from fnmatch import fnmatchcase
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -21,14 +21,24 @@ from llmscope.web.trends import MaintenanceSpan
 MAX_SPANS = 200
 
 
+def _any_match(patterns: list[str], value: str) -> bool:
+    return not patterns or any(fnmatchcase(value, p) for p in patterns)
+
+
+def covered(silence: SilenceInfo, models: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The (provider, model) pairs the window's provider and model patterns match. A window
+    scoped by rule is drawn too (its label says so); one scoped by host only where a matched
+    model ran on that host (:func:`maintenance_spans`' ``hosts_of``)."""
+    return [(p, m) for p, m in models if _any_match(silence.providers, p) and _any_match(silence.models, m)]
+
+
 def covers(silence: SilenceInfo, models: Iterable[tuple[str, str]]) -> bool:
-    """Whether the window matches any of these (provider, model) pairs. A window scoped by host
-    or rule is drawn too (its label says so): a model on that host is in maintenance."""
+    """Whether the window matches any of these (provider, model) pairs by provider and model."""
+    return bool(covered(silence, models))
 
-    def any_match(patterns: list[str], value: str) -> bool:
-        return not patterns or any(fnmatchcase(value, p) for p in patterns)
 
-    return any(any_match(silence.providers, p) and any_match(silence.models, m) for p, m in models)
+HostsOf = Callable[[list[tuple[str, str]], datetime, datetime], Awaitable[set[str]]]
+"""The hosts these models' probes ran on between two instants (the API reads its telemetry)."""
 
 
 def _label(s: SilenceInfo) -> str:
@@ -115,17 +125,31 @@ def _occurrences(s: SilenceInfo, start: datetime, end: datetime) -> Iterator[tup
         day += timedelta(days=1)
 
 
-def maintenance_spans(
-    silences: Iterable[SilenceInfo], models: Iterable[tuple[str, str]], start: datetime, end: datetime
+async def maintenance_spans(
+    silences: Iterable[SilenceInfo],
+    models: Iterable[tuple[str, str]],
+    start: datetime,
+    end: datetime,
+    hosts_of: HostsOf | None = None,
 ) -> list[MaintenanceSpan]:
-    """The occurrences of maintenance windows covering any of ``models`` within start..end."""
+    """The occurrences of maintenance windows covering any of ``models`` within start..end.
+
+    A host-scoped window's occurrence is drawn only when a model it matches ran on one of its
+    hosts during that occurrence (asked of ``hosts_of``; without it, never: a window on
+    ``gpu-2`` must not mark a model served from ``gpu-1``).
+    """
     picked = list(models)
     spans: list[MaintenanceSpan] = []
     for s in silences:
-        if s.kind != "maintenance" or not covers(s, picked):
+        matched = covered(s, picked) if s.kind == "maintenance" else []
+        if not matched:
             continue
         label = _label(s)
         for a, b in _occurrences(s, start, end):
+            if s.hosts:
+                hosts = await hosts_of(matched, a, b) if hosts_of is not None else set()
+                if not any(_any_match(s.hosts, h) for h in hosts):
+                    continue
             spans.append(MaintenanceSpan(a, b, label))
             if len(spans) >= MAX_SPANS:
                 return sorted(spans, key=lambda m: m.start)

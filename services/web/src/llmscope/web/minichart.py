@@ -13,7 +13,7 @@ from markupsafe import Markup
 
 from llmscope.proto.charts import AVAILABILITY
 from llmscope.web.data import METRIC_LABELS, ContextPoint, Violation
-from llmscope.web.svg import _fmt, _nice_ticks
+from llmscope.web.svg_axes import Frame, fmt, nice_ticks, unit_label, value_axis
 
 WIDTH, HEIGHT = 960, 240
 PAD_L, PAD_R, PAD_T, PAD_B = 72, 96, 14, 34
@@ -65,17 +65,9 @@ def render_minichart(v: Violation, points: list[ContextPoint]) -> Markup:
         f'aria-label="{escape(unit)} around the violation" xmlns="http://www.w3.org/2000/svg">',
         f'<rect x="{PAD_L}" y="{PAD_T}" width="{plot_w}" height="{plot_h}" class="plot-bg"/>',
     ]
-    for tick in _nice_ticks(lo, hi, 4):
-        ty = y(tick)
-        out.append(
-            f'<line x1="{PAD_L}" x2="{PAD_L + plot_w}" y1="{ty:.1f}" y2="{ty:.1f}" class="grid"/>'
-            f'<text x="{PAD_L - 6}" y="{ty + 4:.1f}" class="tick" text-anchor="end">{_fmt(tick)}</text>'
-        )
-    mid = PAD_T + plot_h / 2
-    out.append(
-        f'<text x="14" y="{mid:.1f}" class="axis-label" text-anchor="middle" '
-        f'transform="rotate(-90 14 {mid:.1f})">{escape(unit)}</text>'
-    )
+    frame = Frame(PAD_L, PAD_T, plot_w, plot_h, HEIGHT)
+    value_axis(out, frame, nice_ticks(lo, hi, 4), y)
+    unit_label(out, frame, unit)
     labelled: list[float] = []
     for key, cls, name in LIMIT_LINES:
         if key not in limits or not lo <= limits[key] <= hi:
@@ -86,7 +78,7 @@ def render_minichart(v: Violation, points: list[ContextPoint]) -> Markup:
             labelled.append(ly)
             out.append(
                 f'<text x="{PAD_L + plot_w + 4}" y="{ly + 4:.1f}" class="{cls}-label">'
-                f"{name} {_fmt(limits[key])}</text>"
+                f"{name} {fmt(limits[key])}</text>"
             )
     trigger = next((i for i, p in enumerate(points) if p.trigger), None)
     if trigger is not None:
@@ -110,7 +102,7 @@ def render_minichart(v: Violation, points: list[ContextPoint]) -> Markup:
         radius = 4 if p.in_pattern else 2.5
         out.append(
             f'<circle cx="{x(i):.1f}" cy="{y(val):.1f}" r="{radius}" class="{cls}">'
-            f"<title>{when} {_fmt(val)}</title></circle>"
+            f"<title>{when} {fmt(val)}</title></circle>"
         )
         if p.trigger:
             out.append(f'<circle cx="{x(i):.1f}" cy="{y(val):.1f}" r="8" class="trigger-ring"/>')
@@ -123,7 +115,7 @@ def render_minichart(v: Violation, points: list[ContextPoint]) -> Markup:
             )
     else:
         out.append(
-            f'<text x="{PAD_L + plot_w / 2:.1f}" y="{mid:.1f}" class="empty-note" '
+            f'<text x="{PAD_L + plot_w / 2:.1f}" y="{PAD_T + plot_h / 2:.1f}" class="empty-note" '
             'text-anchor="middle">no stored probes around this violation</text>'
         )
     out.append("</svg>")

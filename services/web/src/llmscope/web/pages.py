@@ -19,6 +19,7 @@ from jinja2_fragments import render_block
 
 from llmscope.proto.charts import is_traffic_chart
 from llmscope.web.data import METRIC_LABELS, DashboardData, RebaselineResult
+from llmscope.web.live import point_event
 from llmscope.web.minichart import render_minichart
 from llmscope.web.rules_legend import BY_CODE, RULES
 from llmscope.web.svg import render_chart, render_sparkline
@@ -83,12 +84,14 @@ def live_page(ctx: Mapping[str, Any] | Context) -> bool:
 
 
 @pass_context
-def _live_trigger(ctx: Context, events: str, refresh_s: float) -> str:
-    """An ``hx-trigger``: re-read on these server-sent events (a burst within 1 s is one
-    re-read) with a slow poll as the fallback, or poll every ``refresh_s`` without live updates."""
+def _live_trigger(ctx: Context, events: str, refresh_s: float, pace: str = "delay:1s") -> str:
+    """An ``hx-trigger``: re-read on these server-sent events (by default a burst within 1 s is
+    one re-read) with a slow poll as the fallback, or poll every ``refresh_s`` without live
+    updates. A steady stream (a chart's points) takes ``throttle:…``: a delay would keep
+    restarting and never fire."""
     if not live_page(ctx):
         return f"every {refresh_s}s"
-    listen = ", ".join(f"sse:{name} delay:1s" for name in events.split())
+    listen = ", ".join(f"sse:{name} {pace}" for name in events.split())
     return f"{listen}, every {max(refresh_s, LIVE_FALLBACK_S):g}s"
 
 
@@ -116,6 +119,7 @@ def build_environment() -> Environment:
     env.globals["render_availability"] = render_availability
     env.globals["series_color"] = color
     env.globals["live_trigger"] = _live_trigger
+    env.globals["point_event"] = point_event
     env.globals["live_page"] = pass_context(live_page)
     return env
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import shutil
 import tempfile
@@ -63,8 +64,9 @@ class PdfPrinter:
     async def print_html(self, html: str) -> bytes:
         if self.chromium is None:
             raise PdfUnavailable(
-                "no Chromium on this server to print the report with (install Debian's `chromium` "
-                "package in the API's image), or print the report page from the browser"
+                "no Chromium on this server to print the report with (build the API's image with "
+                "`--build-arg PDF_REPORTS=true`, or install Debian's `chromium` package), or print "
+                "the report page from the browser"
             )
         async with self._gate:
             with tempfile.TemporaryDirectory(prefix="llmscope-report-") as tmp:
@@ -83,6 +85,8 @@ class PdfPrinter:
                     page.as_uri(),
                     stdout=asyncio.subprocess.DEVNULL,
                     stderr=asyncio.subprocess.PIPE,
+                    # The image's home is read-only: Chromium's caches and NSS database go here.
+                    env={**os.environ, "HOME": tmp},
                 )
                 try:
                     _, err = await asyncio.wait_for(proc.communicate(), self.timeout_s)

@@ -7,13 +7,13 @@ the SPC engine has no chart for it yet).
 
 from __future__ import annotations
 
-import math
 from datetime import datetime
 from html import escape
 
 from markupsafe import Markup
 
 from llmscope.web.data import METRIC_LABELS, ChartData, Sparkline
+from llmscope.web.svg_axes import Frame, fmt, nice_ticks, time_axis, unit_label, value_axis
 
 WIDTH = 960
 HEIGHT = 320
@@ -21,30 +21,6 @@ PAD_L, PAD_R, PAD_T, PAD_B = 72, 96, 16, 28
 # Right-hand line labels closer than this (px) would overprint each other.
 LABEL_GAP = 12.0
 MIN_SPAN_S = 60.0
-
-
-def _fmt(v: float) -> str:
-    if abs(v) >= 1000:
-        return f"{v:,.0f}"
-    if abs(v) >= 10:
-        return f"{v:.1f}"
-    return f"{v:.2f}"
-
-
-def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-    span = hi - lo
-    if span <= 0:
-        return [lo]
-    raw = span / count
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    first = math.ceil(lo / step) * step
-    ticks = []
-    t = first
-    while t <= hi + 1e-9:
-        ticks.append(round(t, 10))
-        t += step
-    return ticks
 
 
 def render_chart(data: ChartData, *, width: int = WIDTH, height: int = HEIGHT) -> Markup:
@@ -96,29 +72,25 @@ def render_chart(data: ChartData, *, width: int = WIDTH, height: int = HEIGHT) -
         f'aria-label="{escape(label)}" xmlns="http://www.w3.org/2000/svg">',
         f'<rect x="{PAD_L}" y="{PAD_T}" width="{plot_w}" height="{plot_h}" class="plot-bg"/>',
     ]
-    for tick in _nice_ticks(lo, hi):
-        ty = y(tick)
-        out.append(
-            f'<line x1="{PAD_L}" x2="{PAD_L + plot_w}" y1="{ty:.1f}" y2="{ty:.1f}" class="grid"/>'
-            f'<text x="{PAD_L - 6}" y="{ty + 4:.1f}" class="tick" text-anchor="end">{_fmt(tick)}</text>'
-        )
-    time_format = "%m-%d %H:%M" if t1 - t0 > 86400 else "%H:%M:%S" if t1 - t0 < 300 else "%H:%M"
-    for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
-        ts = datetime.fromtimestamp(t0 + frac * (t1 - t0), tz=data.start.tzinfo)
-        tx = PAD_L + frac * plot_w
-        anchor = "start" if frac == 0 else "end" if frac == 1 else "middle"
-        out.append(
-            f'<text x="{tx:.1f}" y="{height - 8}" class="tick" text-anchor="{anchor}">'
-            f"{ts.strftime(time_format)}</text>"
-        )
+    frame = Frame(PAD_L, PAD_T, plot_w, plot_h, height)
+    value_axis(out, frame, nice_ticks(lo, hi), y)
+    time_axis(out, frame, t0, t1, data.start.tzinfo)
     unit = METRIC_LABELS.get(q.metric, q.metric)
     if lim is not None and lim.transform == "log":
         unit += ", log-scale limits"
-    mid_y = PAD_T + plot_h / 2
-    out.append(
-        f'<text x="14" y="{mid_y:.1f}" class="axis-label" text-anchor="middle" '
-        f'transform="rotate(-90 14 {mid_y:.1f})">{escape(unit)}</text>'
-    )
+    unit_label(out, frame, unit)
+    # Behind the data: each re-baseline in the window, where its new baseline started.
+    for mark in data.rebaselines:
+        if not (t0 <= mark.ts.timestamp() <= t1):
+            continue
+        mx = x(mark.ts)
+        out.append(
+            f'<line x1="{mx:.1f}" x2="{mx:.1f}" y1="{PAD_T}" y2="{PAD_T + plot_h}" stroke="#555" '
+            'class="rebaseline-line">'
+            f"<title>re-baseline #{mark.number} at {mark.ts.strftime('%m-%d %H:%M:%S')} by "
+            f"{escape(mark.created_by)}: {escape(mark.reason)}</title></line>"
+            f'<text x="{mx + 3:.1f}" y="{PAD_T + 11}" class="rebaseline-label">#{mark.number}</text>'
+        )
 
     if lim is not None:
         # Most important first: where a large excursion squeezes the zones together, the
@@ -143,7 +115,7 @@ def render_chart(data: ChartData, *, width: int = WIDTH, height: int = HEIGHT) -
                 labelled.append(ly)
                 out.append(
                     f'<text x="{PAD_L + plot_w + 4}" y="{ly + 4:.1f}" class="{cls}-label">'
-                    f"{name} {_fmt(value)}</text>"
+                    f"{name} {fmt(value)}</text>"
                 )
 
     pts = [p for p in data.points if t0 <= p.ts.timestamp() <= t1]
@@ -162,7 +134,7 @@ def render_chart(data: ChartData, *, width: int = WIDTH, height: int = HEIGHT) -
                 cls = "point out" if out_of_limits else "point"
                 out.append(
                     f'<circle cx="{x(p.ts):.1f}" cy="{y(p.value):.1f}" r="2.5" class="{cls}">'
-                    f"<title>{p.ts.strftime('%H:%M:%S')} {_fmt(p.value)}</title></circle>"
+                    f"<title>{p.ts.strftime('%H:%M:%S')} {fmt(p.value)}</title></circle>"
                 )
     for v in data.violations:
         if not (t0 <= v.ts.timestamp() <= t1):
@@ -170,7 +142,7 @@ def render_chart(data: ChartData, *, width: int = WIDTH, height: int = HEIGHT) -
         out.append(
             f'<a href="/violations/{escape(v.id)}"><circle cx="{x(v.ts):.1f}" cy="{y(v.value):.1f}" '
             f'r="5" class="violation {escape(v.severity)}"><title>{escape(v.rule)} {escape(v.severity)} '
-            f"{_fmt(v.value)}</title></circle></a>"
+            f"{fmt(v.value)}</title></circle></a>"
         )
     if lim is None:
         if data.phase == "collecting":
@@ -233,7 +205,7 @@ def render_sparkline(
                 cls = "point out" if out_of_limits else "point"
                 out.append(
                     f'<circle cx="{x(p.ts):.1f}" cy="{y(p.value):.1f}" r="2" class="{cls}">'
-                    f"<title>{p.ts.strftime('%H:%M')} {_fmt(p.value)}</title></circle>"
+                    f"<title>{p.ts.strftime('%H:%M')} {fmt(p.value)}</title></circle>"
                 )
     else:
         out.append(

@@ -10,7 +10,8 @@ from html import escape
 from markupsafe import Markup
 
 from llmscope.proto.charts import ChartRecord
-from llmscope.web.svg import HEIGHT, PAD_B, PAD_L, PAD_R, PAD_T, WIDTH, _fmt, _nice_ticks
+from llmscope.web.svg import HEIGHT, PAD_B, PAD_L, PAD_R, PAD_T, WIDTH
+from llmscope.web.svg_axes import Frame, fmt, nice_ticks, time_axis, unit_label, value_axis
 from llmscope.web.traffic import TRAFFIC_LABELS
 
 
@@ -27,7 +28,8 @@ def render_traffic_chart(record: ChartRecord, *, width: int = WIDTH, height: int
     lo = 0.0 if lo >= 0 else lo
     hi = hi * 1.06 if hi > lo else lo + 1.0
     t0 = points[0].ts.timestamp() if points else 0.0
-    t1 = max(points[-1].ts.timestamp() if points else 1.0, t0 + 60.0)
+    # The points span the plot; one point alone sits at the left of a minute.
+    t1 = points[-1].ts.timestamp() if len(points) > 1 else t0 + 60.0
 
     def x(ts: datetime) -> float:
         return PAD_L + (ts.timestamp() - t0) / (t1 - t0) * plot_w
@@ -42,31 +44,17 @@ def render_traffic_chart(record: ChartRecord, *, width: int = WIDTH, height: int
         f'aria-label="{escape(label)}" xmlns="http://www.w3.org/2000/svg">',
         f'<rect x="{PAD_L}" y="{PAD_T}" width="{plot_w}" height="{plot_h}" class="plot-bg"/>',
     ]
-    for tick in _nice_ticks(lo, hi):
-        ty = y(tick)
-        out.append(
-            f'<line x1="{PAD_L}" x2="{PAD_L + plot_w}" y1="{ty:.1f}" y2="{ty:.1f}" class="grid"/>'
-            f'<text x="{PAD_L - 6}" y="{ty + 4:.1f}" class="tick" text-anchor="end">{_fmt(tick)}</text>'
-        )
+    frame = Frame(PAD_L, PAD_T, plot_w, plot_h, height)
+    value_axis(out, frame, nice_ticks(lo, hi), y)
     if points:
-        for frac in (0.0, 0.5, 1.0):
-            ts = datetime.fromtimestamp(t0 + frac * (t1 - t0), tz=points[0].ts.tzinfo)
-            anchor = "start" if frac == 0 else "end" if frac == 1 else "middle"
-            out.append(
-                f'<text x="{PAD_L + frac * plot_w:.1f}" y="{height - 8}" class="tick" '
-                f'text-anchor="{anchor}">{ts.strftime("%H:%M")}</text>'
-            )
+        time_axis(out, frame, t0, t1, points[0].ts.tzinfo, (0.0, 0.5, 1.0))
     mid_y = PAD_T + plot_h / 2
-    unit = TRAFFIC_LABELS.get(meta.metric, meta.metric)
-    out.append(
-        f'<text x="14" y="{mid_y:.1f}" class="axis-label" text-anchor="middle" '
-        f'transform="rotate(-90 14 {mid_y:.1f})">{escape(unit)}</text>'
-    )
+    unit_label(out, frame, TRAFFIC_LABELS.get(meta.metric, meta.metric))
     if center is not None:
         cy = y(center)
         out.append(f'<line x1="{PAD_L}" x2="{PAD_L + plot_w}" y1="{cy:.1f}" y2="{cy:.1f}" class="center"/>')
         out.append(
-            f'<text x="{PAD_L + plot_w + 4}" y="{cy + 4:.1f}" class="center-label">CL {_fmt(center)}</text>'
+            f'<text x="{PAD_L + plot_w + 4}" y="{cy + 4:.1f}" class="center-label">CL {fmt(center)}</text>'
         )
     steps = [(x(p.ts), y(p.ucl)) for p in points if p.ucl is not None]
     if steps:
@@ -82,8 +70,8 @@ def render_traffic_chart(record: ChartRecord, *, width: int = WIDTH, height: int
             cls = "point out" if p.ucl is not None and p.value > p.ucl else "point"
             out.append(
                 f'<circle cx="{x(p.ts):.1f}" cy="{y(p.value):.1f}" r="2.5" class="{cls}">'
-                f"<title>{p.ts.strftime('%H:%M')} {_fmt(p.value)} over {p.n} requests"
-                f"{'' if p.ucl is None else f' (limit {_fmt(p.ucl)})'}</title></circle>"
+                f"<title>{p.ts.strftime('%H:%M')} {fmt(p.value)} over {p.n} requests"
+                f"{'' if p.ucl is None else f' (limit {fmt(p.ucl)})'}</title></circle>"
             )
     else:
         out.append(

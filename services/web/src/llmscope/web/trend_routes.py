@@ -74,7 +74,9 @@ async def _incidents_since(
         cursor = page.next_cursor
 
 
-async def with_maintenance(query: Awaitable[Comparison], alerting: AlertingData | None) -> Comparison:
+async def with_maintenance(
+    query: Awaitable[Comparison], alerting: AlertingData | None, trends: TrendsData
+) -> Comparison:
     """The comparison with the maintenance windows of its models (kept by the alerter, asked over
     NATS while Postgres answers); without an answer the chart says none could be drawn."""
     if alerting is None:
@@ -91,7 +93,7 @@ async def with_maintenance(query: Awaitable[Comparison], alerting: AlertingData 
         log.debug("no maintenance windows for the comparison", error=str(exc))
         return dataclasses.replace(comparison, maintenance_known=False)
     models = [(line.provider, line.model) for line in comparison.lines]
-    spans = maintenance_spans(windows, models, comparison.start, comparison.end)
+    spans = await maintenance_spans(windows, models, comparison.start, comparison.end, trends.hosts)
     return dataclasses.replace(comparison, maintenance=spans)
 
 
@@ -119,7 +121,7 @@ def add_trend_routes(
         chosen = [m for m in (_split(s) for s in series or []) if m is not None and m in known]
         # No choice yet: the first few models, so the page is never an empty chart.
         picked = (chosen or known)[:MAX_COMPARED]
-        comparison = await with_maintenance(trends.comparison(picked, metric, hours), alerting)
+        comparison = await with_maintenance(trends.comparison(picked, metric, hours), alerting, trends)
         context: dict[str, Any] = {
             "models": known,
             "picked": picked,
@@ -156,7 +158,9 @@ def add_trend_routes(
         ]
         known = sorted({(s.provider, s.model) for s in await data.series()})
         picked = [one] if one else known[:MAX_COMPARED]
-        comparison = await with_maintenance(trends.comparison(picked, "latency_ms", hours, end), alerting)
+        comparison = await with_maintenance(
+            trends.comparison(picked, "latency_ms", hours, end), alerting, trends
+        )
         qs = urlencode({"hours": f"{hours:g}", "series": series})
         export = {"since": start.isoformat(), "until": end.isoformat()}
         if one:

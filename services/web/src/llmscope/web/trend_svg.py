@@ -11,7 +11,7 @@ from html import escape
 from markupsafe import Markup
 
 from llmscope.web.data import METRIC_LABELS
-from llmscope.web.svg import _fmt, _nice_ticks
+from llmscope.web.svg_axes import Frame, nice_ticks, time_axis, unit_label, value_axis
 from llmscope.web.trends import AvailabilityHistory, Comparison
 
 # Tableau 10: distinct to most eyes, and the control chart's blue first.
@@ -34,31 +34,8 @@ def color(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
 
 
-def _tick(value: float, ticks: list[float]) -> str:
-    """One format for a whole axis: "750" beside "1,000", not "750.0"."""
-    if all(float(t).is_integer() for t in ticks):
-        return f"{value:,.0f}"
-    return _fmt(value)
-
-
-def _time_axis(out: list[str], t0: float, t1: float, tz: object, width: int, height: int) -> None:
-    plot_w = width - PAD_L - PAD_R
-    fmt = "%m-%d %H:%M" if t1 - t0 > 86400 else "%H:%M"
-    for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
-        ts = datetime.fromtimestamp(t0 + frac * (t1 - t0), tz=tz)  # type: ignore[arg-type]
-        anchor = "start" if frac == 0 else "end" if frac == 1 else "middle"
-        out.append(
-            f'<text x="{PAD_L + frac * plot_w:.1f}" y="{height - 8}" class="tick" '
-            f'text-anchor="{anchor}">{ts.strftime(fmt)}</text>'
-        )
-
-
-def _y_label(out: list[str], text: str, top: float, plot_h: float) -> None:
-    mid = top + plot_h / 2
-    out.append(
-        f'<text x="14" y="{mid:.1f}" class="axis-label" text-anchor="middle" '
-        f'transform="rotate(-90 14 {mid:.1f})">{escape(text)}</text>'
-    )
+def _frame(width: int, height: int, top: float = PAD_T) -> Frame:
+    return Frame(PAD_L, top, width - PAD_L - PAD_R, height - top - PAD_B, height)
 
 
 def render_comparison(data: Comparison, *, width: int = 960, height: int = 340) -> Markup:
@@ -100,16 +77,10 @@ def render_comparison(data: Comparison, *, width: int = 960, height: int = 340) 
             f'<rect x="{xa:.1f}" y="{top}" width="{xw:.1f}" height="{plot_h}" class="maintenance-band">'
             f"<title>maintenance {escape(when)}: {escape(span.label)}</title></rect>"
         )
-    ticks = _nice_ticks(lo, hi)
-    for tick in ticks:
-        ty = y(tick)
-        out.append(
-            f'<line x1="{PAD_L}" x2="{PAD_L + plot_w}" y1="{ty:.1f}" y2="{ty:.1f}" class="grid"/>'
-            f'<text x="{PAD_L - 6}" y="{ty + 4:.1f}" class="tick" '
-            f'text-anchor="end">{_tick(tick, ticks)}</text>'
-        )
-    _time_axis(out, t0, t1, data.start.tzinfo, width, height)
-    _y_label(out, METRIC_LABELS.get(data.metric, data.metric), top, plot_h)
+    frame = _frame(width, height, top)
+    value_axis(out, frame, nice_ticks(lo, hi), y)
+    time_axis(out, frame, t0, t1, data.start.tzinfo)
+    unit_label(out, frame, METRIC_LABELS.get(data.metric, data.metric))
     gap = timedelta(seconds=data.bucket_s * 3)
     for i, line in enumerate(data.lines):
         pts = [p for p in line.points if p.ts.timestamp() >= t0]
@@ -181,11 +152,8 @@ def render_availability(data: AvailabilityHistory, *, width: int = 960, height: 
         f'aria-label="success rate of {escape(data.model)} per target" xmlns="http://www.w3.org/2000/svg">',
         f'<rect x="{PAD_L}" y="{PAD_T}" width="{plot_w}" height="{plot_h}" class="plot-bg"/>',
     ]
-    for share in (0.0, 0.5, 1.0):
-        out.append(
-            f'<line x1="{PAD_L}" x2="{PAD_L + plot_w}" y1="{y(share):.1f}" y2="{y(share):.1f}" class="grid"/>'
-            f'<text x="{PAD_L - 6}" y="{y(share) + 4:.1f}" class="tick" text-anchor="end">{share:.0%}</text>'
-        )
+    frame = _frame(width, height)
+    value_axis(out, frame, (0.0, 0.5, 1.0), y, lambda share: f"{share:.0%}")
     for line in data.lines:
         for b in line.buckets:
             if b.failed:
@@ -210,8 +178,8 @@ def render_availability(data: AvailabilityHistory, *, width: int = 960, height: 
                     f'class="failed-point"><title>{escape(line.target or "target")} '
                     f"{b.ts.strftime('%H:%M')}: {b.failed} of {b.probes} failed</title></circle>"
                 )
-    _time_axis(out, t0, t1, data.start.tzinfo, width, height)
-    _y_label(out, "probes succeeding", PAD_T, plot_h)
+    time_axis(out, frame, t0, t1, data.start.tzinfo)
+    unit_label(out, frame, "probes succeeding")
     if not data.lines:
         out.append(
             f'<text x="{PAD_L + plot_w / 2:.1f}" y="{PAD_T + plot_h / 2:.1f}" class="empty-note" '

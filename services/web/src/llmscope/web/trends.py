@@ -150,3 +150,7 @@ class TrendsData(Protocol):
     async def rule_counts(
         self, start: datetime, end: datetime, provider: str | None = None, model: str | None = None
     ) -> list[RuleCount]: ...
+
+    async def hosts(self, models: list[tuple[str, str]], start: datetime, end: datetime) -> set[str]:
+        """The hosts these models' probes ran on within start..end (host-scoped maintenance)."""
+        ...

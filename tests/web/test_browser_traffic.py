@@ -1,0 +1,106 @@
+"""The Traffic pages in a real browser, with real traffic charted: OTLP spans -> the API's receiver
+-> the SPC engine's per-minute subgroups (a "minute" is one second here) -> the list and a chart
+page in Chromium, screenshotted like the other pages (``tests/web/test_browser.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections.abc import AsyncIterator
+from urllib.parse import urlencode
+
+import pytest
+import uvicorn
+
+from llmscope.bus.settings import BusSettings
+from llmscope.proto.charts import chart_key
+from llmscope.spc_engine import service as spc
+from llmscope.spc_engine.settings import SpcSettings
+from llmscope.spc_engine.traffic import LPT_P50
+from tests.api.conftest import Api
+from tests.api.engine import eventually
+from tests.api.otlp_payloads import chat, export, span
+from tests.api.test_otlp_receiver import PROTOBUF
+from tests.api.test_otlp_traffic_charts import otlp_api
+from tests.web.test_browser import Site, _free_port, browser_page, log_in, shot
+
+__all__ = ["otlp_api"]  # the fixture, imported to be used here
+
+pytestmark = [pytest.mark.timeout(240)]
+
+WINDOWS, SLOW_FROM, PER_WINDOW = 16, 11, 8
+KEY = chart_key("openai", "gpt-4o-mini", "checkout", "traffic:chat", LPT_P50)
+
+
+@pytest.fixture
+async def traffic_site(otlp_api: Api, nats_url: str) -> AsyncIterator[Site]:
+    settings = SpcSettings(
+        bus=BusSettings(nats_url=nats_url),
+        snapshot_interval_s=0.05,
+        traffic_window_s=1,
+        traffic_grace_s=0.5,
+        traffic_min_requests=5,
+        traffic_baseline_minutes=6,
+    )
+    stop = asyncio.Event()
+    engine = asyncio.create_task(spc.serve(settings, stop))
+    server = uvicorn.Server(
+        uvicorn.Config(otlp_api.app, host="127.0.0.1", port=_free_port(), lifespan="off", log_level="warning")
+    )
+    serving = asyncio.create_task(server.serve())
+    try:
+        rng = random.Random(7)
+        first = math.ceil(time.time()) + 2
+        spans = []
+        for w in range(WINDOWS):
+            for j in range(PER_WINDOW):
+                tokens = rng.randint(20, 200)
+                per_token = 10.0 * math.exp(rng.gauss(0, 0.1)) * (2.5 if w >= SLOW_FROM else 1.0)
+                attrs = chat(w * PER_WINDOW + j, **{"gen_ai.usage.output_tokens": tokens})
+                start_ns = (first + w) * 1_000_000_000 + j * 100_000_000
+                spans.append(
+                    span(w * PER_WINDOW + j, attrs, start_ns=start_ns, duration_ms=tokens * per_token)
+                )
+        r = await otlp_api.anon.post(
+            "/v1/traces", content=export(*spans).SerializeToString(), headers=PROTOBUF
+        )
+        assert r.status_code == 200, r.content
+
+        async def charted() -> bool:
+            got = await otlp_api.client.get(f"/api/charts/{KEY}")
+            if got.status_code != 200:
+                return False
+            body = got.json()
+            return body["view"]["phase"] == "armed" and len(body["traffic"]["recent"]) == WINDOWS
+
+        await eventually(charted, within=180, what="the traffic chart armed with every minute")
+        await eventually(lambda: server.started, within=20, what="uvicorn to listen")
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield Site(otlp_api, f"http://127.0.0.1:{port}")
+    finally:
+        otlp_api.runtime.live.close_all()
+        server.should_exit = True
+        await asyncio.wait_for(serving, 20)
+        stop.set()
+        await asyncio.wait_for(engine, 30)
+
+
+async def test_traffic_list_and_chart_pages(traffic_site: Site) -> None:
+    site = traffic_site
+    async with browser_page(site) as page:
+        await log_in(page, site, "/traffic")
+        listed = page.locator(f"a[href='/traffic/chart?{urlencode({'chart': KEY})}']")
+        await listed.first.wait_for()
+        assert "checkout" in await page.locator("main").inner_text()
+        await shot(page, "traffic")
+        await listed.first.click()
+        chart = page.locator("svg.control-chart")
+        await chart.wait_for()
+        assert await chart.locator("circle.point").count() == WINDOWS
+        assert await chart.locator("circle.point.out").count() >= WINDOWS - SLOW_FROM
+        assert await chart.locator("polyline.ucl-steps").count() == 1
+        assert await chart.locator("text.axis-label").text_content() == "p50 latency per output token (ms)"
+        await shot(page, "traffic-chart")
+    assert site.errors == [], "\n".join(site.errors)
