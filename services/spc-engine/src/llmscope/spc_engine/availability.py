@@ -122,12 +122,19 @@ class AvailabilityChart:
     def __init__(self, config: AvailabilityConfig, state: AvailabilityState | None = None) -> None:
         self.config = config
         self.state = state if state is not None else AvailabilityState()
+        self._fail_run: tuple[AvailabilityConfig, float | None, int] | None = None
 
     @property
     def fail_run(self) -> int:
         """The failure run that signals now: ``fail_run``, or longer for a flaky baseline."""
         cfg, rate = self.config, self.state.rate
-        return cfg.fail_run if rate is None else run_needed(rate, cfg.run_arl0, cfg.fail_run)
+        cached = self._fail_run
+        # Asked at every probe; it changes only with the baseline's rate (or the configuration).
+        if cached is not None and cached[0] is cfg and cached[1] == rate:
+            return cached[2]
+        run = cfg.fail_run if rate is None else run_needed(rate, cfg.run_arl0, cfg.fail_run)
+        self._fail_run = (cfg, rate, run)
+        return run
 
     @property
     def last_point_id(self) -> str:
@@ -204,6 +211,8 @@ class AvailabilityChart:
                 rate=st.rate,
             )
         out: list[AvailabilitySignal] = []
+        if not fired and not st.episodes:
+            return out
         for rule in ("AVAILABILITY", "ERROR_RATE"):
             sig = fired.get(rule)
             if rule not in st.episodes:
