@@ -123,6 +123,8 @@ class AvailabilityChart:
         self.config = config
         self.state = state if state is not None else AvailabilityState()
         self._fail_run: tuple[AvailabilityConfig, float | None, int] | None = None
+        self._ids: set[str] | None = None
+        """The ids in ``state.recent_ids`` (unique there), for the duplicate check."""
 
     @property
     def fail_run(self) -> int:
@@ -170,11 +172,16 @@ class AvailabilityChart:
         cfg, st = self.config, self.state
         if point_id:
             # Beyond JetStream's duplicate window the same probe may come back: count it once.
-            if point_id in st.recent_ids:
+            ids = self._ids
+            recent = st.recent_ids
+            if ids is None:
+                ids = self._ids = set(recent)
+            if point_id in ids:
                 return []
-            st.recent_ids.append(point_id)
-            if len(st.recent_ids) > RECENT_IDS:
-                del st.recent_ids[0]
+            recent.append(point_id)
+            ids.add(point_id)
+            if len(recent) > RECENT_IDS:
+                ids.discard(recent.pop(0))
         st.n += 1
         st.run = st.run + 1 if failed else 0
         st.outcomes.append(failed)
