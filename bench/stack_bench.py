@@ -61,7 +61,9 @@ SERVICES = ("api", "spc-engine", "alerter")
 
 NOTIFY_SQL = """
 CREATE OR REPLACE FUNCTION bench_stored() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN PERFORM pg_notify('bench_stored', NEW.id); RETURN NULL; END $$;
+BEGIN
+PERFORM pg_notify('bench_stored', NEW.id || ' ' || extract(epoch FROM NEW.received_at)); RETURN NULL;
+END $$;
 CREATE TRIGGER bench_stored AFTER INSERT ON telemetry FOR EACH ROW EXECUTE FUNCTION bench_stored();
 """
 
@@ -248,6 +250,10 @@ class Phase:
     seconds: float
     cpu: dict[str, float]
     latencies: list[float]
+    writing: list[float] = field(default_factory=list)
+    """Of each latency, the part from the storing transaction's start to the row seen stored."""
+    answered: list[float] = field(default_factory=list)
+    """POST round trips (202: published and acked by JetStream)."""
 
     @property
     def rate(self) -> float:
@@ -329,12 +335,17 @@ class Stored:
 
     def __init__(self) -> None:
         self.at: dict[str, float] = {}
+        self.writing: dict[str, float] = {}
+        """Seconds from the storing transaction's start (the row's ``received_at``, Postgres'
+        ``now()``) to the NOTIFY seen here: the write, the commit and the notification."""
         self._expected: set[str] = set()
         self._done = asyncio.Event()
 
     def on_notify(self, _c: object, _pid: int, _channel: str, payload: object) -> None:
-        event_id = str(payload)
+        event_id, _, began = str(payload).partition(" ")
         self.at[event_id] = time.perf_counter()
+        if began:
+            self.writing[event_id] = time.time() - float(began)  # one host, one wall clock
         self._expected.discard(event_id)
         if not self._expected:
             self._done.set()
@@ -378,13 +389,14 @@ async def run(stack: Stack, rates: Sequence[int], seconds: float, batch_events: 
             bodies = [(e.id, codec.encode(e)) for e in events]
             stored.expect([e.id for e in events])
             before = {c.name: c.cpu() for c in components}
-            sent, _, elapsed = await post_at_rate(session, api, bodies, rate)
+            sent, answered, elapsed = await post_at_rate(session, api, bodies, rate)
             await stored.wait()
             await caught_up(stack.nats.url)
             after = {c.name: c.cpu() for c in components}
             latencies = [stored.at[i] - t for i, t in sent.items() if i in stored.at]
             cpu = {c.name: cpu_used(before[c.name], after[c.name]) for c in components}
-            whole = Phase(f"{rate}/s", n, elapsed, cpu, latencies)
+            writing = [stored.writing[i] for i in sent if i in stored.writing]
+            whole = Phase(f"{rate}/s", n, elapsed, cpu, latencies, writing, answered)
             # The baseline: the bare endpoint, the same bodies at the same rate.
             bare = Component("bare FastAPI endpoint", stack.children["bare"].pid)
             b0 = bare.cpu()
@@ -457,6 +469,22 @@ def report(whole: Phase, bare: Phase) -> None:
         f"posted -> stored ms, p50 / p95 / p99   {percentile(lat, 50):.1f} / {percentile(lat, 95):.1f}"
         f" / {percentile(lat, 99):.1f}  ({len(lat):,} of {n:,} rows seen)"
     )
+    if whole.writing and whole.answered:
+        # Where the time goes: the POST (API + JetStream ack), then the wait until the persister's
+        # transaction starts (delivery, its batching wait, the batch before), then the write.
+        for label, values in (
+            ("  POST answered 202", whole.answered),
+            ("  transaction start -> stored", whole.writing),
+            (
+                "  posted -> transaction start",
+                [a - w for a, w in zip(whole.latencies, whole.writing, strict=False)],
+            ),
+        ):
+            ms = [1000 * v for v in values]
+            print(
+                f"{label + ' ms, p50 / p95 / p99':<38} {percentile(ms, 50):.1f} / {percentile(ms, 95):.1f}"
+                f" / {percentile(ms, 99):.1f}"
+            )
     print(
         f"bare endpoint round trip ms, p50 / p95 / p99   {percentile(trips, 50):.1f} /"
         f" {percentile(trips, 95):.1f} / {percentile(trips, 99):.1f}"

@@ -122,12 +122,21 @@ class AvailabilityChart:
     def __init__(self, config: AvailabilityConfig, state: AvailabilityState | None = None) -> None:
         self.config = config
         self.state = state if state is not None else AvailabilityState()
+        self._fail_run: tuple[AvailabilityConfig, float | None, int] | None = None
+        self._ids: set[str] | None = None
+        """The ids in ``state.recent_ids`` (unique there), for the duplicate check."""
 
     @property
     def fail_run(self) -> int:
         """The failure run that signals now: ``fail_run``, or longer for a flaky baseline."""
         cfg, rate = self.config, self.state.rate
-        return cfg.fail_run if rate is None else run_needed(rate, cfg.run_arl0, cfg.fail_run)
+        cached = self._fail_run
+        # Asked at every probe; it changes only with the baseline's rate (or the configuration).
+        if cached is not None and cached[0] is cfg and cached[1] == rate:
+            return cached[2]
+        run = cfg.fail_run if rate is None else run_needed(rate, cfg.run_arl0, cfg.fail_run)
+        self._fail_run = (cfg, rate, run)
+        return run
 
     @property
     def last_point_id(self) -> str:
@@ -163,11 +172,16 @@ class AvailabilityChart:
         cfg, st = self.config, self.state
         if point_id:
             # Beyond JetStream's duplicate window the same probe may come back: count it once.
-            if point_id in st.recent_ids:
+            ids = self._ids
+            recent = st.recent_ids
+            if ids is None:
+                ids = self._ids = set(recent)
+            if point_id in ids:
                 return []
-            st.recent_ids.append(point_id)
-            if len(st.recent_ids) > RECENT_IDS:
-                del st.recent_ids[0]
+            recent.append(point_id)
+            ids.add(point_id)
+            if len(recent) > RECENT_IDS:
+                ids.discard(recent.pop(0))
         st.n += 1
         st.run = st.run + 1 if failed else 0
         st.outcomes.append(failed)
@@ -204,6 +218,8 @@ class AvailabilityChart:
                 rate=st.rate,
             )
         out: list[AvailabilitySignal] = []
+        if not fired and not st.episodes:
+            return out
         for rule in ("AVAILABILITY", "ERROR_RATE"):
             sig = fired.get(rule)
             if rule not in st.episodes:

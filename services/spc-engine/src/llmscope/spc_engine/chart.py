@@ -68,6 +68,11 @@ only when the level is back within about half a residual sigma of the baseline."
 """Smallest ``a`` of the return test (residual sigmas): even a tiny shift clears one day."""
 
 
+_log = math.log
+_isfinite = math.isfinite
+_INF = math.inf
+
+
 class PointRef(msgspec.Struct, frozen=True, array_like=True):
     """A charted point: its index in the series, telemetry id, value (metric units), time."""
 
@@ -188,6 +193,10 @@ class _Fire(msgspec.Struct, frozen=True, kw_only=True):
     level: float | None = None
 
 
+_NO_FIRES: dict[str, _Fire] = {}
+"""Shared and never written: the per-point path makes a dict only when a detector fires."""
+
+
 def limits_of(config: ChartConfig, baseline: Baseline) -> ChartLimits:
     """Centre, control limits and zone bounds in metric units (asymmetric on the log scale)."""
     c, s, t = baseline.center, baseline.sigma, config.transform
@@ -297,7 +306,12 @@ class MetricChart:
 
     # -- updates ---------------------------------------------------------------------------
     def update(self, x: float, point_id: str = "", ts: datetime | None = None) -> list[Signal]:
-        y = transforms.forward(self.config.transform, x)
+        # transforms.forward, inlined: this runs for every point of every chart.
+        y: float | None
+        if self.config.transform == "log":
+            y = _log(x) if x > 0.0 and x != _INF else None  # x > 0 is False for NaN
+        else:
+            y = x if _isfinite(x) else None
         st = self.state
         if y is None:
             st.n_rejected += 1
@@ -316,6 +330,17 @@ class MetricChart:
             return out
         judged = self._judge(y, ref, st.baseline)
         return out + judged if out else judged
+
+    def _hot(self) -> None:
+        """Constants of the per-point path that follow from the configuration alone."""
+        cfg = self.config
+        self._hot_config = cfg
+        worse: Direction = cfg.worse
+        self._worse = worse
+        self._better: Direction = "down" if worse == "up" else "up"
+        self._sign = 1.0 if worse == "up" else -1.0
+        self._ewma_on = cfg.ewma.enabled
+        self._nelson = self._ind.nelson if self._ind is not None and cfg.individuals else None
 
     def rebaseline(self, by: str, reason: str) -> list[Signal]:
         """Forget the limits and collect a new baseline; open episodes clear now."""
@@ -460,6 +485,7 @@ class MetricChart:
         # Per-point constants, so the hot path formats and sums nothing it did before.
         self._tail_count = sum(st.tail_window)
         self._page_worse = f"PAGE:{cfg.worse}"
+        self._hot()
 
     def _describe(self, rule: str, direction: Direction = "") -> _Fire:
         cfg = self.config
@@ -491,19 +517,26 @@ class MetricChart:
         Measured, not modelled: converting a residual shift back to a level divides by
         ``1 - sum(phi)``, which under strong autocorrelation turned a 0.9 s level into "3.4 s"."""
         t = self.config.transform
-        ys = [y for p in self.state.recent[-max(1, n) :] if (y := transforms.forward(t, p.value)) is not None]
+        points = self.state.recent[-max(1, n) :]
+        # transforms.forward, inlined: a CUSUM above its h asks for this at every point.
+        if t == "log":
+            ys = [_log(v) for p in points if (v := p.value) > 0.0 and v != _INF]
+        else:
+            ys = [v for p in points if _isfinite(v := p.value)]
         return transforms.inverse(t, sum(ys) / len(ys)) if ys else math.nan
 
     def _judge(self, y: float, ref: PointRef, baseline: Baseline) -> list[Signal]:
         cfg = self.config
         st = self.state
-        assert self._ind is not None
-        assert self._ewma is not None
+        ewma = self._ewma
+        assert ewma is not None
         assert self._cusum is not None
+        if self._hot_config is not cfg:
+            self._hot()
         b = baseline
-        worse: Direction = cfg.worse
-        better: Direction = "down" if worse == "up" else "up"
-        sign = 1.0 if worse == "up" else -1.0
+        worse = self._worse
+        better = self._better
+        sign = self._sign
         center = b.center
         pred = center
         hist = st.hist
@@ -524,19 +557,19 @@ class MetricChart:
         d = sign * u  # worse-positive
 
         out: list[Signal] = []
-        # The critical detectors, one episode per direction.
-        paging_worse: dict[str, _Fire] = {}
-        paging_better: dict[str, _Fire] = {}
+        # The critical detectors, one episode per direction (the dicts are made when one fires).
+        paging_worse: dict[str, _Fire] = _NO_FIRES
+        paging_better: dict[str, _Fire] = _NO_FIRES
         side_worse = side_better = None
         if cfg.cusum.enabled:
             # The sides are built only when they signal: nothing reads them otherwise.
             up_fired, down_fired = self._cusum.step(d)
             if up_fired:
                 side_worse = self._cusum.side("up")
-                paging_worse["CUSUM"] = self._cusum_fire(worse, side_worse)
+                paging_worse = {"CUSUM": self._cusum_fire(worse, side_worse)}
             if down_fired:
                 side_better = self._cusum.side("down")
-                paging_better["CUSUM"] = self._cusum_fire(better, side_better)
+                paging_better = {"CUSUM": self._cusum_fire(better, side_better)}
         tail = cfg.tail
         if tail.enabled:
             window = st.tail_window
@@ -550,6 +583,8 @@ class MetricChart:
                 need = self._tail_keep if self._page_worse in st.episodes else self._tail_open
                 if count >= need:
                     fire = self._describe("TAIL", worse)
+                    if paging_worse is _NO_FIRES:
+                        paging_worse = {}
                     paging_worse["TAIL"] = msgspec.structs.replace(
                         fire,
                         name=f"{count} of the last {cfg.tail.window} answers unusually slow"
@@ -557,6 +592,8 @@ class MetricChart:
                         n_points=cfg.tail.window,
                     )
         if cfg.spike.enabled and sign * r > self._spike:
+            if paging_worse is _NO_FIRES:
+                paging_worse = {}
             paging_worse["SPIKE"] = msgspec.structs.replace(self._describe("SPIKE", worse), level=ref.value)
         episodes = st.episodes
         if paging_worse and (cfg.min_change or cfg.min_spike_change) and self._page_worse not in episodes:
@@ -568,18 +605,22 @@ class MetricChart:
 
         # The other rules: one episode per rule and direction.
         fired: dict[str, _Fire] = {}
-        if cfg.individuals:
-            _, tests = self._ind.update(r)
-            for n in tests:
+        nelson = self._nelson
+        if nelson is not None:
+            # IndividualsChart.update on residuals (centre 0, sigma 1: z is r), without the call.
+            st_ind = st.individuals
+            assert st_ind is not None
+            st_ind.n += 1
+            for n in nelson.update(r, r):
                 direction: Direction = ("up" if r > 0 else "down") if n in SIDED_TESTS else ""
                 key = f"R{n}:{direction}" if direction else f"R{n}"
                 fired[key] = msgspec.structs.replace(
                     self._describe(f"R{n}", direction), n_points=cfg.rules.window(n)
                 )
-        if cfg.ewma.enabled and self._ewma_fired(u):
+        if self._ewma_on and self._ewma_fired(ewma, u):
             # u is not oriented: a positive EWMA is the metric going up, whichever way is worse.
-            direction = "up" if self._ewma.value > 0 else "down"
-            span = min(self._ewma.state.n, max(1, round(2.0 / cfg.ewma.lam)))
+            direction = "up" if ewma.state.value > 0 else "down"
+            span = min(ewma.state.n, max(1, round(2.0 / cfg.ewma.lam)))
             level = self._level(span)
             fired[f"EWMA:{direction}"] = msgspec.structs.replace(
                 self._describe("EWMA", direction), statistic=level, level=level, n_points=span
@@ -608,18 +649,20 @@ class MetricChart:
                 cleared = self._describe(_rule_of(key, ep), _direction_of(key))
                 out.append(self._signal(_rule_of(key, ep), cleared, "cleared", ref, z, b, ep))
                 if rule == "EWMA":
-                    self._ewma.reset()
+                    ewma.reset()
         return out
 
-    def _ewma_fired(self, u: float) -> bool:
+    def _ewma_fired(self, ewma: EwmaChart, u: float) -> bool:
         """Beyond its limit, or, with an episode open that way, beyond half of it (hysteresis:
         an EWMA hovering at its limit during a shift is one episode, not one per crossing)."""
-        assert self._ewma is not None
-        if self._ewma.update(u):
+        if ewma.update(u):
             return True
-        value = self._ewma.value
+        episodes = self.state.episodes
+        if not episodes:
+            return False
+        value = ewma.state.value
         direction = "up" if value > 0 else "down"
-        return f"EWMA:{direction}" in self.state.episodes and abs(value) > self._ewma.bound / 2
+        return f"EWMA:{direction}" in episodes and abs(value) > ewma.bound / 2
 
     def _large_enough(self, fires: dict[str, _Fire], b: Baseline) -> dict[str, _Fire]:
         """The fires whose change is large enough to open the page (``min_change``,

@@ -408,8 +408,9 @@ class Engine:
         """The configuration a chart of this model and metric runs with at stream sequence seq."""
         return self._config(metric, self._change_at(provider, model, seq))
 
-    def _reconcile(self, key: str, entry: _Entry, metric: str, ev: TelemetryEvent, seq: int) -> list[Signal]:
-        change = self._change_at(ev.provider, ev.model, seq)
+    def _reconcile(self, entry: _Entry, metric: str, change: _Change | None) -> list[Signal]:
+        """Reconfigure the chart when the settings change in force (``change``) is not the one it
+        runs with; the signals of a new baseline's start."""
         from_seq = change.change.from_seq if change is not None else 0
         if entry.checked and entry.settings_seq == from_seq:
             return []
@@ -489,19 +490,27 @@ class Engine:
             if isinstance(entry.chart, AvailabilityChart):
                 entry.chart.state.cold_starts += 1
             return out
+        # The same for the probe's every metric: looked up once.
+        change = self._change_at(ev.provider, ev.model, seq)
+        from_seq = change.change.from_seq if change is not None else 0
+        charts = self._charts
         for metric, key in zip(CHARTED_METRICS, metric_keys, strict=True):
             value = getattr(ev, metric)
             if value is None:
                 continue
-            entry = self._charts.get(key)
+            entry = charts.get(key)
             if entry is None:
                 entry = await self._entry(key, _meta(ev, ev.prompt_id, metric), metric, seq)
+                # Settings may have changed while the snapshot was read.
+                change = self._change_at(ev.provider, ev.model, seq)
+                from_seq = change.change.from_seq if change is not None else 0
             chart = entry.chart
             assert isinstance(chart, MetricChart)
             if not self._fresh(entry, seq) or entry.seen(ev.id):
                 continue
-            for sig in self._reconcile(key, entry, metric, ev, seq):
-                out.append(self._metric_event(key, entry, sig, ev))
+            if not entry.checked or entry.settings_seq != from_seq:
+                for sig in self._reconcile(entry, metric, change):
+                    out.append(self._metric_event(key, entry, sig, ev))
             if ev.prompt_hash != chart.state.prompt_hash:
                 for sig in self._prompt_changed(chart, ev.prompt_hash):
                     out.append(self._metric_event(key, entry, sig, ev))

@@ -119,6 +119,8 @@ class NelsonRules:
         self._enabled = tuple(n for n in range(1, 9) if config.test(n).enabled)
         self._k = {n: config.test(n).k for n in range(1, 9)}
         self._keep = max(int(self._k[5]), int(self._k[6])) + 1
+        self._only_1 = self._enabled == (1,)
+        self._k1 = self._k[1]
 
     def update(self, y: float, z: float) -> list[int]:
         """Feed one Phase II point (value ``y`` in chart units, ``z`` standardised)."""
@@ -128,29 +130,28 @@ class NelsonRules:
         s.side_run = s.side_run + 1 if side != 0 and side == s.side else (1 if side != 0 else 0)
         s.side = side
         direction = 0
-        if s.prev_y is not None:
-            direction = 1 if y > s.prev_y else (-1 if y < s.prev_y else 0)
-            s.trend_run = (
-                s.trend_run + 1
-                if direction != 0 and direction == s.prev_dir
-                else (1 if direction != 0 else 0)
-            )
-            s.alt_run = (
-                s.alt_run + 1 if direction != 0 and direction == -s.prev_dir else (1 if direction != 0 else 0)
-            )
+        prev_y = s.prev_y
+        if prev_y is not None:
+            direction = 1 if y > prev_y else (-1 if y < prev_y else 0)
+            if direction != 0:
+                prev_dir = s.prev_dir
+                s.trend_run = s.trend_run + 1 if direction == prev_dir else 1
+                s.alt_run = s.alt_run + 1 if direction == -prev_dir else 1
+            else:
+                s.trend_run = s.alt_run = 0
         s.prev_y = y
         s.prev_dir = direction
-        s.within_run = s.within_run + 1 if abs(z) < 1.0 else 0
-        s.beyond_run = s.beyond_run + 1 if abs(z) > 1.0 else 0
-        s.recent.append(z)
-        if len(s.recent) > self._keep:
-            del s.recent[0]
+        az = abs(z)
+        s.within_run = s.within_run + 1 if az < 1.0 else 0
+        s.beyond_run = s.beyond_run + 1 if az > 1.0 else 0
+        recent = s.recent
+        recent.append(z)
+        if len(recent) > self._keep:
+            del recent[0]
 
+        if self._only_1:  # the default: skip the dispatch below
+            return [1] if az > self._k1 else []
         fired: list[int] = []
-        if self._enabled == (1,):  # the default: skip the dispatch below
-            if abs(z) > k[1]:
-                fired.append(1)
-            return fired
         for n in self._enabled:
             if n == 1:
                 hit = abs(z) > k[1]

@@ -84,6 +84,9 @@ class CusumChart:
             if state is not None
             else CusumState(upper=[0.0] * m, lower=[0.0] * m, run_up=[0] * m, run_down=[0] * m)
         )
+        # Per component (index, k, h, the cap's limit): the per-point loop unpacks one tuple.
+        pairs = enumerate(zip(self.k, self.h, strict=True))
+        self._steps = tuple((i, kk, hh, cap * hh) for i, (kk, hh) in pairs)
 
     def update(self, z: float) -> CusumPoint:
         self.step(z)
@@ -94,10 +97,9 @@ class CusumChart:
         details). The chart's per-point path: no objects built unless a side signals."""
         s = self.state
         upper, lower, run_up, run_down = s.upper, s.lower, s.run_up, s.run_down
-        cap = self.cap
-        capped = cap != math.inf
+        capped = self.cap != math.inf
         fired_up = fired_down = False
-        for i, (k, h) in enumerate(zip(self.k, self.h, strict=True)):
+        for i, k, h, limit in self._steps:
             up = upper[i] + z - k
             down = lower[i] - z - k
             if up > 0.0:
@@ -111,7 +113,6 @@ class CusumChart:
                 down = 0.0
                 run_down[i] = 0
             if capped:
-                limit = cap * h
                 if limit < up:  # min(up, limit), without the call
                     up = limit
                 if limit < down:

@@ -23,9 +23,9 @@ class IndividualsChart:
         self.center = center
         self.sigma = sigma
         self.state = state if state is not None else IndividualsState()
-        self._rules = NelsonRules(rules, self.state.rules)
+        self.nelson = NelsonRules(rules, self.state.rules)
 
     def update(self, y: float) -> tuple[float, list[int]]:
         z = (y - self.center) / self.sigma
         self.state.n += 1
-        return z, self._rules.update(y, z)
+        return z, self.nelson.update(y, z)
