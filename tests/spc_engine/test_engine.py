@@ -154,6 +154,19 @@ def test_view_reports_progress_limits_and_arl() -> None:
     assert decode_snapshot("k", msgspec.json.encode(snap)) == snap
 
 
+def test_a_chart_on_known_parameters_has_a_view_and_arl() -> None:
+    # No baseline was fitted, so no tail was learned: the spike's rate comes from normal residuals
+    # (it divided by the unlearned mean excess, 0, and every snapshot of such a chart failed).
+    cfg = msgspec.structs.replace(default_config(), center=500.0, sigma=0.2)
+    chart = MetricChart(cfg)
+    chart.update(510.0, point_id="p0")
+    assert chart.armed
+    view = render_view(cfg, chart.state)
+    assert view.phase == "armed"
+    assert view.arl0_critical is not None
+    assert 1e5 < view.arl0_critical < 1e6
+
+
 async def test_a_new_prompt_text_under_the_same_id_starts_a_new_baseline() -> None:
     """Editing a prompt changes the process: its chart re-baselines instead of paging."""
     simple = [ev for ev in telemetry_stream(300, shift_at=150) if ev.prompt_id == "simple"]

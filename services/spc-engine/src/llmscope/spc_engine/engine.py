@@ -36,6 +36,7 @@ import hashlib
 import math
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from statistics import NormalDist
 
 import msgspec
 
@@ -164,7 +165,10 @@ def critical_arl0(config: ChartConfig, baseline: Baseline | None = None) -> floa
     if baseline is not None and baseline.model >= MODEL_VERSION:
         if config.spike.enabled and config.spike.severity == "critical":
             limit = spike_limit_of(config, baseline)
-            rate = baseline.spike_rate * math.exp(-(limit - SPIKE_U) / baseline.spike_excess)
+            if baseline.spike_rate > 0 and baseline.spike_excess > 0:
+                rate = baseline.spike_rate * math.exp(-(limit - SPIKE_U) / baseline.spike_excess)
+            else:  # known parameters: no baseline tail was learned, the residuals are taken as normal
+                rate = NormalDist().cdf(-limit)
             arls.append(math.inf if rate <= 0 else 1.0 / rate)
         if config.tail.enabled and config.tail.severity == "critical":
             p = binomial_tail(
