@@ -1,4 +1,8 @@
-"""Postgres state of the alerter: alerts, groups, the notification log, silences, incidents, outbox.
+"""Postgres state of the alerter: alerts, groups, the notification log, incidents, outbox.
+
+``Store`` is assembled from one part per concern on ``store_base.StoreBase``: this module (ingest,
+grouping and delivery claims, incidents), ``merge_store`` and ``ticket_store``, ``silence_store``,
+``context_store`` (reads of the API's tables) and ``retention_store``.
 
 Every decision that leads to a message is taken in a transaction that also claims the
 notification row (status ``sending`` with a lease); the message is sent only after that commit.
@@ -18,7 +22,8 @@ from typing import Any
 
 import asyncpg
 
-from llmscope.alerter.analysis import TelemetryPoint, summarize
+from llmscope.alerter.analysis import summarize
+from llmscope.alerter.context_store import ContextStore
 from llmscope.alerter.dedup import LastNotification
 from llmscope.alerter.grouping import ChannelView, decide, first_flush_at
 from llmscope.alerter.incidents import (
@@ -35,29 +40,23 @@ from llmscope.alerter.incidents import (
 )
 from llmscope.alerter.merge_store import MergeStore, lock_key
 from llmscope.alerter.merging import hold_until
-from llmscope.alerter.messages import FailedProbe, IncidentRef, Outage, PastIncident, is_outage, since
-from llmscope.alerter.model import Alert, labels_of
-from llmscope.alerter.notifiers.base import ContextPoint
+from llmscope.alerter.messages import IncidentRef, PastIncident
+from llmscope.alerter.model import labels_of
 from llmscope.alerter.resemblance_store import link_resembling, resembled
-from llmscope.alerter.retention import Cutoffs
+from llmscope.alerter.retention_store import RetentionStore
 from llmscope.alerter.retry import Attempt, Outcome
 from llmscope.alerter.routing import Route, group_key, group_labels, route_alert
-from llmscope.alerter.silences import Monthly, Silence, Weekly, nth_weekday_names, parse_nth_weekdays
+from llmscope.alerter.silence_store import SilenceStore
+from llmscope.alerter.silences import Silence
 from llmscope.alerter.store_base import Claim as Claim  # re-exported: callers import it from here
 from llmscope.alerter.store_base import Conn as Conn  # re-exported: tests and callers import it from here
 from llmscope.alerter.store_base import alert_from_row as _alert
 from llmscope.alerter.store_base import decode_event as _event
 from llmscope.alerter.store_base import encode_event as _json
-from llmscope.alerter.store_base import log
 from llmscope.alerter.ticket_store import ticket_ref
 from llmscope.proto import codec, subjects
 from llmscope.proto.incident import IncidentAnalysis, IncidentChange, IncidentEvent, SimilarIncident
-from llmscope.proto.telemetry import NUMERIC_METRICS
 from llmscope.proto.violation import ViolationEvent
-
-# Numeric telemetry columns a violation's metric may name (the context table reads one of them).
-TELEMETRY_METRICS = frozenset(NUMERIC_METRICS)
-CONTEXT_POINTS = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +70,7 @@ class AnalysisJob:
     opened_at: datetime
 
 
-class Store(MergeStore):
+class Store(MergeStore, SilenceStore, ContextStore, RetentionStore):
     """All of the alerter's SQL. ``clock`` gives aware UTC datetimes (injected for tests)."""
 
     # -- ingest (on the JetStream ack path) ---------------------------------------------------
@@ -590,71 +589,6 @@ class Store(MergeStore):
         )
         return int(result.split()[-1])
 
-    # -- silences -------------------------------------------------------------------------------
-
-    async def add_silence(self, s: Silence) -> None:
-        w, m = s.weekly, s.monthly
-        await self.pool.execute(
-            "INSERT INTO alerter_silences (id, kind, reason, author, providers, models, rules,"
-            " hosts, starts_at,"
-            " ends_at, weekly_days, weekly_start, weekly_end, timezone, created_at,"
-            " monthly_days, monthly_weekdays, monthly_start, monthly_end)"
-            " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19)",
-            s.id,
-            s.kind,
-            s.reason,
-            s.author,
-            list(s.providers),
-            list(s.models),
-            list(s.rules),
-            list(s.hosts),
-            s.starts_at,
-            s.ends_at,
-            sorted(w.days) if w else None,
-            w.start if w else None,
-            w.end if w else None,
-            w.timezone if w else m.timezone if m else "UTC",
-            self.clock(),
-            sorted(m.days) if m else None,
-            nth_weekday_names(m.weekdays) if m else None,
-            m.start if m else None,
-            m.end if m else None,
-        )
-
-    async def expire_silence(self, silence_id: str) -> bool:
-        result = await self.pool.execute(
-            "UPDATE alerter_silences SET expired_at = $2 WHERE id = $1 AND expired_at IS NULL",
-            silence_id,
-            self.clock(),
-        )
-        return result.endswith(" 1")
-
-    async def _db_silences(self, conn: Conn, now: datetime) -> list[Silence]:
-        rows = await conn.fetch(
-            "SELECT * FROM alerter_silences WHERE expired_at IS NULL AND (ends_at IS NULL OR ends_at > $1)",
-            now,
-        )
-        out = []
-        for r in rows:
-            try:
-                out.append(_silence(r))
-            except (ValueError, KeyError) as exc:
-                # One row this version cannot read (written by a newer replica, or edited by hand)
-                # must not stop every notification: it mutes nothing and says so.
-                log.error("unreadable silence skipped", silence=r["id"], error=str(exc))
-        return out
-
-    async def silences(self, *, include_expired: bool = False) -> list[tuple[Silence, datetime | None]]:
-        """Stored silences with when they were expired, newest first; by default only those
-        not expired by hand nor past their end."""
-        rows = await self.pool.fetch(
-            "SELECT * FROM alerter_silences WHERE $1 OR (expired_at IS NULL AND (ends_at IS NULL OR"
-            " ends_at > $2)) ORDER BY created_at DESC, id",
-            include_expired,
-            self.clock(),
-        )
-        return [(_silence(r), r["expired_at"]) for r in rows]
-
     # -- the notification log, for the API ------------------------------------------------------
 
     async def notifications(
@@ -690,8 +624,6 @@ class Store(MergeStore):
             ):
                 attempts[a["notification_id"]].append(a)
         return [(r, attempts[r["id"]]) for r in rows]
-
-    # -- what other services keep ---------------------------------------------------------------
 
     # -- channel threads (Slack's thread_ts per incident) ----------------------------------------
 
@@ -761,116 +693,6 @@ class Store(MergeStore):
                 out.append((claim, r["sent_at"]))
         return out
 
-    async def read_settings(self) -> dict[str, object]:
-        """The API's ``settings`` table as key -> value; empty when the table is not there."""
-        async with self.pool.acquire() as conn:
-            if await conn.fetchval("SELECT to_regclass('settings')") is None:
-                return {}
-            try:
-                rows = await conn.fetch("SELECT key, value FROM settings")
-            except asyncpg.PostgresError as exc:
-                self._log.warning("cannot read the API's settings table", error=str(exc))
-                return {}
-        return {r["key"]: r["value"] for r in rows}
-
-    async def context_for(self, events: Sequence[ViolationEvent]) -> dict[str, tuple[ContextPoint, ...]]:
-        """+/-10 telemetry points around each violation from the API's table; {} without it."""
-        out: dict[str, tuple[ContextPoint, ...]] = {}
-        async with self.pool.acquire() as conn:
-            if await conn.fetchval("SELECT to_regclass('telemetry')") is None:
-                return out
-            for ev in events:
-                if ev.metric not in TELEMETRY_METRICS:
-                    continue
-                pivot = max(ev.point_ts) if ev.point_ts else ev.ts
-                col = ev.metric  # whitelisted above: safe to splice
-                try:
-                    # Charts are per target (endpoint); a violation without one (older engines)
-                    # reads every target's points, as before.
-                    series = "provider = $1 AND model = $2 AND prompt_id = $3 AND ($7 = '' OR target = $7)"
-                    rows = await conn.fetch(
-                        f"(SELECT id, ts, {col}::float8 AS value, status FROM telemetry"
-                        f"  WHERE {series} AND ts <= $4 ORDER BY ts DESC LIMIT $5)"
-                        f" UNION ALL (SELECT id, ts, {col}::float8 AS value, status FROM telemetry"
-                        f"  WHERE {series} AND ts > $4 ORDER BY ts LIMIT $6)",
-                        ev.provider,
-                        ev.model,
-                        ev.prompt_id,
-                        pivot,
-                        CONTEXT_POINTS + 1,
-                        CONTEXT_POINTS,
-                        ev.target,
-                    )
-                except asyncpg.PostgresError as exc:
-                    self._log.warning("cannot read telemetry context", error=str(exc))
-                    return out
-                pattern = set(ev.point_ids)
-                points = sorted(rows, key=lambda r: r["ts"])
-                out[ev.episode_id] = tuple(
-                    ContextPoint(r["ts"], r["value"], r["id"], r["id"] in pattern, r["status"])
-                    for r in points
-                )
-        return out
-
-    async def outages_for(
-        self, alerts: Sequence[Alert], until: datetime, recent: int = 3
-    ) -> dict[str, Outage]:
-        """For availability violations: the target's failed probes since its last success up to
-        ``until``, from the API's telemetry table (read as context_for does; {} without it)."""
-        out: dict[str, Outage] = {}
-        wanted = [a for a in alerts if is_outage(a.event)]
-        if not wanted:
-            return out
-        series = "provider = $1 AND model = $2 AND ($3 = '' OR target = $3)"
-        async with self.pool.acquire() as conn:
-            if await conn.fetchval("SELECT to_regclass('telemetry')") is None:
-                return out
-            for alert in wanted:
-                ev = alert.event
-                # A cleared outage is described up to its clear, an open one up to now.
-                end = alert.cleared.ts if alert.cleared is not None else until
-                try:
-                    last_ok = await conn.fetchval(
-                        f"SELECT max(ts) FROM telemetry WHERE {series} AND status = 'ok' AND ts <= $4",
-                        ev.provider,
-                        ev.model,
-                        ev.target,
-                        since(ev),
-                    )
-                    after = last_ok or datetime.min.replace(tzinfo=end.tzinfo)
-                    stats = await conn.fetchrow(
-                        f"SELECT count(*) AS n, min(ts) AS first FROM telemetry WHERE {series}"
-                        " AND status <> 'ok' AND ts > $4 AND ts <= $5",
-                        ev.provider,
-                        ev.model,
-                        ev.target,
-                        after,
-                        end,
-                    )
-                    rows = await conn.fetch(
-                        f"SELECT ts, status, http_status, error FROM telemetry WHERE {series}"
-                        " AND status <> 'ok' AND ts > $4 AND ts <= $5 ORDER BY ts DESC LIMIT $6",
-                        ev.provider,
-                        ev.model,
-                        ev.target,
-                        after,
-                        end,
-                        recent,
-                    )
-                except asyncpg.PostgresError as exc:
-                    self._log.warning("cannot read failed probes", error=str(exc))
-                    return out
-                assert stats is not None
-                out[ev.episode_id] = Outage(
-                    count=int(stats["n"]),
-                    since=stats["first"],
-                    last_success=last_ok,
-                    recent=tuple(
-                        FailedProbe(r["ts"], r["status"], r["http_status"], r["error"]) for r in rows
-                    ),
-                )
-        return out
-
     async def incidents_for(self, episode_ids: Sequence[str]) -> dict[str, IncidentRef]:
         """episode id -> the incident it belongs to, as messages name it."""
         if not episode_ids:
@@ -898,26 +720,6 @@ class Store(MergeStore):
             )
             for r in rows
         }
-
-    async def telemetry_points(self, events: Sequence[ViolationEvent]) -> list[TelemetryPoint]:
-        ids = sorted({pid for ev in events for pid in ev.point_ids})
-        async with self.pool.acquire() as conn:
-            if not ids or await conn.fetchval("SELECT to_regclass('telemetry')") is None:
-                return []
-            try:
-                rows = await conn.fetch(
-                    "SELECT id, ts, model, latency_ms, ttft_ms, tokens_per_s, status FROM telemetry"
-                    " WHERE id = ANY($1)",
-                    ids,
-                )
-            except asyncpg.PostgresError:
-                return []
-        return [
-            TelemetryPoint(
-                r["id"], r["ts"], r["model"], r["latency_ms"], r["ttft_ms"], r["tokens_per_s"], r["status"]
-            )
-            for r in rows
-        ]
 
     # -- incidents ------------------------------------------------------------------------------
 
@@ -1306,172 +1108,6 @@ class Store(MergeStore):
                 job.due_at,
             )
             await self._outbox_incident(conn, job.incident_id, "analyzed")
-
-    # -- retention (off the ack path; why each condition is safe: retention.py) -----------------
-
-    async def sweep(self, cutoffs: Cutoffs, batch: int = 500) -> dict[str, int] | None:
-        """Delete finished records older than the cutoffs: rows deleted per table, or None when
-        another replica is sweeping. Short transactions of ``batch`` parent rows, in key order."""
-        counts = {table: 0 for sweep in _SWEEPS for table, _ in sweep.deletes}
-        async with self.pool.acquire() as conn:
-            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RETENTION_LOCK_ID):
-                return None
-            try:
-                for sweep in _SWEEPS:
-                    cutoff = cutoffs.replay if sweep.replay else cutoffs.records
-                    after: int | str = 0 if sweep.key == "bigint" else ""
-                    while True:
-                        async with conn.transaction():
-                            args = (after, batch, cutoff, *((cutoffs.now,) if sweep.uses_now else ()))
-                            keys = [r["k"] for r in await conn.fetch(sweep.select, *args)]
-                            for table, sql in sweep.deletes:
-                                if keys:
-                                    counts[table] += int((await conn.execute(sql, keys)).split()[-1])
-                        if len(keys) < batch:
-                            break
-                        after = keys[-1]
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock($1)", RETENTION_LOCK_ID)
-        return counts
-
-
-RETENTION_LOCK_ID = 0x4C4C4D_525445  # "LLM" "RTE": one sweeper at a time; the others skip a round
-
-
-@dataclass(frozen=True, slots=True)
-class _Sweep:
-    """Parents selected in key order after $1 (limit $2, cutoff $3, now $4 if used), then deletes
-    of the selected keys ($1), children first: the foreign keys have no ON DELETE CASCADE."""
-
-    key: str
-    replay: bool  # the replay cutoff (alerts, early clears) rather than the records cutoff
-    select: str
-    deletes: tuple[tuple[str, str], ...]
-    uses_now: bool = False
-
-
-# SKIP LOCKED leaves rows that a flush, a claim or an analysis holds to the next sweep.
-_SWEEPS = (
-    _Sweep(
-        "bigint",
-        False,
-        "SELECT g.id AS k FROM alerter_groups g WHERE g.id > $1 AND g.state = 'closed'"
-        " AND g.closed_at < $3 AND NOT EXISTS (SELECT 1 FROM"
-        " alerter_notifications n WHERE n.group_id = g.id"
-        " AND (n.status NOT IN ('sent', 'failed', 'expired') OR n.created_at >= $3))"
-        " ORDER BY g.id LIMIT $2 FOR UPDATE OF g SKIP LOCKED",
-        (
-            (
-                "alerter_delivery_attempts",
-                "DELETE FROM alerter_delivery_attempts WHERE notification_id IN"
-                " (SELECT id FROM alerter_notifications WHERE group_id = ANY($1::bigint[]))",
-            ),
-            ("alerter_notifications", "DELETE FROM alerter_notifications WHERE group_id = ANY($1::bigint[])"),
-            ("alerter_group_alerts", "DELETE FROM alerter_group_alerts WHERE group_id = ANY($1::bigint[])"),
-            (
-                # A Slack thread outside any incident is keyed to its group (notifiers/slack.py).
-                "alerter_threads",
-                "DELETE FROM alerter_threads WHERE thread_key IN"
-                " (SELECT 'group:' || k FROM unnest($1::bigint[]) AS k)",
-            ),
-            ("alerter_groups", "DELETE FROM alerter_groups WHERE id = ANY($1::bigint[])"),
-        ),
-    ),
-    _Sweep(
-        "text",
-        False,
-        "SELECT i.id AS k FROM alerter_incidents i WHERE i.id > $1 AND i.state = 'resolved'"
-        " AND i.resolved_at < $3 AND i.last_violation_at < $3"
-        " AND (i.analysis_lease_until IS NULL OR i.analysis_lease_until < $4)"
-        " AND NOT EXISTS (SELECT 1 FROM alerter_incident_episodes e JOIN alerter_alerts a"
-        " USING (episode_id) WHERE e.incident_id = i.id AND a.cleared_at IS NULL)"
-        " ORDER BY i.id LIMIT $2 FOR UPDATE OF i SKIP LOCKED",
-        (
-            (
-                "alerter_incident_similar",
-                "DELETE FROM alerter_incident_similar WHERE incident_id = ANY($1::text[])"
-                " OR similar_id = ANY($1::text[])",
-            ),
-            (
-                "alerter_incident_tickets",
-                "DELETE FROM alerter_incident_tickets WHERE incident_id = ANY($1::text[])",
-            ),
-            (
-                "alerter_incident_episodes",
-                "DELETE FROM alerter_incident_episodes WHERE incident_id = ANY($1::text[])",
-            ),
-            (
-                "alerter_threads",
-                "DELETE FROM alerter_threads WHERE thread_key IN"
-                " (SELECT 'incident:' || k FROM unnest($1::text[]) AS k)",
-            ),
-            ("alerter_incidents", "DELETE FROM alerter_incidents WHERE id = ANY($1::text[])"),
-        ),
-        uses_now=True,
-    ),
-    _Sweep(
-        "text",
-        True,
-        "SELECT a.episode_id AS k FROM alerter_alerts a WHERE a.episode_id > $1"
-        " AND a.cleared_at < $3 AND a.received_at < $3"
-        " AND NOT EXISTS (SELECT 1 FROM alerter_group_alerts ga WHERE ga.episode_id = a.episode_id)"
-        " AND NOT EXISTS (SELECT 1 FROM alerter_incident_episodes e WHERE e.episode_id = a.episode_id)"
-        " ORDER BY a.episode_id LIMIT $2 FOR UPDATE OF a SKIP LOCKED",
-        (("alerter_alerts", "DELETE FROM alerter_alerts WHERE episode_id = ANY($1::text[])"),),
-    ),
-    _Sweep(
-        "text",
-        True,
-        "SELECT episode_id AS k FROM alerter_early_clears WHERE episode_id > $1 AND received_at < $3"
-        " ORDER BY episode_id LIMIT $2 FOR UPDATE SKIP LOCKED",
-        (("alerter_early_clears", "DELETE FROM alerter_early_clears WHERE episode_id = ANY($1::text[])"),),
-    ),
-    _Sweep(
-        "bigint",
-        False,
-        "SELECT id AS k FROM alerter_outbox WHERE id > $1 AND published_at < $3"
-        " ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
-        (("alerter_outbox", "DELETE FROM alerter_outbox WHERE id = ANY($1::bigint[])"),),
-    ),
-    _Sweep(
-        "text",
-        False,
-        # Expired by hand or past its end: never active again. Open-ended silences stay.
-        "SELECT id AS k FROM alerter_silences WHERE id > $1 AND (expired_at < $3 OR ends_at < $3)"
-        " ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
-        (("alerter_silences", "DELETE FROM alerter_silences WHERE id = ANY($1::text[])"),),
-    ),
-)
-
-
-def _silence(r: asyncpg.Record) -> Silence:
-    weekly = None
-    if r["weekly_days"]:
-        weekly = Weekly(frozenset(r["weekly_days"]), r["weekly_start"], r["weekly_end"], r["timezone"])
-    monthly = None
-    if r["monthly_start"] is not None:
-        monthly = Monthly(
-            days=frozenset(r["monthly_days"] or ()),
-            weekdays=parse_nth_weekdays(r["monthly_weekdays"] or ()),
-            start=r["monthly_start"],
-            end=r["monthly_end"],
-            timezone=r["timezone"],
-        )
-    return Silence(
-        id=r["id"],
-        reason=r["reason"],
-        author=r["author"],
-        kind=r["kind"],
-        providers=tuple(r["providers"]),
-        models=tuple(r["models"]),
-        rules=tuple(r["rules"]),
-        hosts=tuple(r["hosts"]),
-        starts_at=r["starts_at"],
-        ends_at=r["ends_at"],
-        weekly=weekly,
-        monthly=monthly,
-        created_at=r["created_at"],
-    )
 
 
 def _words(text: str) -> list[str]:
