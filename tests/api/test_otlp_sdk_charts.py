@@ -23,18 +23,17 @@ from opentelemetry.trace import SpanKind
 
 from llmscope.api.runner import run_api
 from llmscope.api.settings import ApiSettings
-from llmscope.bus.settings import BusSettings
 from llmscope.config.env import Secret
 from llmscope.proto import codec, subjects
 from llmscope.proto.charts import chart_key
 from llmscope.proto.traffic import TrafficMinuteEvent
 from llmscope.proto.violation import ViolationEvent
 from llmscope.spc_engine import service as spc
-from llmscope.spc_engine.settings import SpcSettings
 from llmscope.spc_engine.traffic import LPT_P50
 from tests.alerter.harness import eventually
 from tests.api.test_otlp_receiver import INGEST_KEY
 from tests.api.test_otlp_traffic_charts import stored
+from tests.api.traffic_harness import fast_traffic_settings
 
 WINDOWS, SLOW_FROM, PER_WINDOW = 14, 8, 8
 
@@ -76,14 +75,7 @@ def application(endpoint: str, first: int) -> None:
 async def test_an_sdk_instrumented_application_is_charted_and_its_slowdown_pages_once(
     settings: ApiSettings, nats_url: str
 ) -> None:
-    engine_settings = SpcSettings(
-        bus=BusSettings(nats_url=nats_url),
-        snapshot_interval_s=0.05,
-        traffic_window_s=1,
-        traffic_grace_s=0.5,
-        traffic_min_requests=5,
-        traffic_baseline_minutes=6,
-    )
+    engine_settings = fast_traffic_settings(nats_url)
     stop = asyncio.Event()
     engine = asyncio.create_task(spc.serve(engine_settings, stop))
     served = dataclasses.replace(settings, ingest_key=Secret(INGEST_KEY), host="127.0.0.1", port=0)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
-import random
 import time
 from collections.abc import AsyncIterator
 from urllib.parse import urlencode
@@ -20,19 +19,18 @@ import pytest
 from nats.js import JetStreamContext
 
 from llmscope.api.settings import ApiSettings
-from llmscope.bus.settings import BusSettings
 from llmscope.config.env import Secret
 from llmscope.proto import codec, subjects
 from llmscope.proto.charts import chart_key, is_traffic_chart
 from llmscope.proto.traffic import TrafficMinuteEvent
 from llmscope.proto.violation import ViolationEvent
 from llmscope.spc_engine import service as spc
-from llmscope.spc_engine.settings import SpcSettings
 from llmscope.spc_engine.traffic import LPT_P50
 from tests.alerter.harness import eventually
 from tests.api.conftest import Api, serve
-from tests.api.otlp_payloads import chat, export, span
+from tests.api.otlp_payloads import export
 from tests.api.test_otlp_receiver import INGEST_KEY, PROTOBUF
+from tests.api.traffic_harness import fast_traffic_settings, slowing_spans
 from tests.web.test_pages import HX, is_full_page, login
 
 WINDOWS, SLOW_FROM, PER_WINDOW = 14, 8, 8
@@ -60,31 +58,14 @@ async def test_traffic_is_charted_per_minute_and_a_slowdown_pages_once(
     otlp_api: Api,
     nats_url: str,
 ) -> None:
-    settings = SpcSettings(
-        bus=BusSettings(nats_url=nats_url),
-        snapshot_interval_s=0.05,
-        traffic_window_s=1,
-        traffic_grace_s=0.5,
-        traffic_min_requests=5,
-        traffic_baseline_minutes=6,
-    )
+    settings = fast_traffic_settings(nats_url)
     stop = asyncio.Event()
     engine = asyncio.create_task(spc.serve(settings, stop))
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
     try:
-        rng = random.Random(12)
         first = math.ceil(time.time()) + 2  # the first window starts after the spans are sent
-        spans = []
-        for w in range(WINDOWS):
-            for j in range(PER_WINDOW):
-                tokens = rng.randint(20, 200)
-                per_token = 10.0 * math.exp(rng.gauss(0, 0.1)) * (3.0 if w >= SLOW_FROM else 1.0)
-                attrs = chat(w * PER_WINDOW + j, **{"gen_ai.usage.output_tokens": tokens})
-                start_ns = (first + w) * 1_000_000_000 + j * 100_000_000
-                spans.append(
-                    span(w * PER_WINDOW + j, attrs, start_ns=start_ns, duration_ms=tokens * per_token)
-                )
+        spans = slowing_spans(12, first, WINDOWS, PER_WINDOW, SLOW_FROM, 3.0)
         r = await otlp_api.anon.post(
             "/v1/traces", content=export(*spans).SerializeToString(), headers=PROTOBUF
         )

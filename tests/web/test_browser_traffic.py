@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 import time
 from collections.abc import AsyncIterator
 from urllib.parse import urlencode
@@ -14,16 +13,15 @@ from urllib.parse import urlencode
 import pytest
 import uvicorn
 
-from llmscope.bus.settings import BusSettings
 from llmscope.proto.charts import chart_key
 from llmscope.spc_engine import service as spc
-from llmscope.spc_engine.settings import SpcSettings
 from llmscope.spc_engine.traffic import LPT_P50
 from tests.api.conftest import Api
 from tests.api.engine import eventually
-from tests.api.otlp_payloads import chat, export, span
+from tests.api.otlp_payloads import export
 from tests.api.test_otlp_receiver import PROTOBUF
 from tests.api.test_otlp_traffic_charts import otlp_api
+from tests.api.traffic_harness import fast_traffic_settings, slowing_spans
 from tests.web.test_browser import Site, _free_port, browser_page, log_in, shot
 
 __all__ = ["otlp_api"]  # the fixture, imported to be used here
@@ -36,14 +34,7 @@ KEY = chart_key("openai", "gpt-4o-mini", "checkout", "traffic:chat", LPT_P50)
 
 @pytest.fixture
 async def traffic_site(otlp_api: Api, nats_url: str) -> AsyncIterator[Site]:
-    settings = SpcSettings(
-        bus=BusSettings(nats_url=nats_url),
-        snapshot_interval_s=0.05,
-        traffic_window_s=1,
-        traffic_grace_s=0.5,
-        traffic_min_requests=5,
-        traffic_baseline_minutes=6,
-    )
+    settings = fast_traffic_settings(nats_url)
     stop = asyncio.Event()
     engine = asyncio.create_task(spc.serve(settings, stop))
     server = uvicorn.Server(
@@ -51,18 +42,8 @@ async def traffic_site(otlp_api: Api, nats_url: str) -> AsyncIterator[Site]:
     )
     serving = asyncio.create_task(server.serve())
     try:
-        rng = random.Random(7)
         first = math.ceil(time.time()) + 2
-        spans = []
-        for w in range(WINDOWS):
-            for j in range(PER_WINDOW):
-                tokens = rng.randint(20, 200)
-                per_token = 10.0 * math.exp(rng.gauss(0, 0.1)) * (2.5 if w >= SLOW_FROM else 1.0)
-                attrs = chat(w * PER_WINDOW + j, **{"gen_ai.usage.output_tokens": tokens})
-                start_ns = (first + w) * 1_000_000_000 + j * 100_000_000
-                spans.append(
-                    span(w * PER_WINDOW + j, attrs, start_ns=start_ns, duration_ms=tokens * per_token)
-                )
+        spans = slowing_spans(7, first, WINDOWS, PER_WINDOW, SLOW_FROM, 2.5)
         r = await otlp_api.anon.post(
             "/v1/traces", content=export(*spans).SerializeToString(), headers=PROTOBUF
         )
