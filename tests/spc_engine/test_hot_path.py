@@ -26,6 +26,7 @@ from llmscope.spc_engine.charts.individuals import IndividualsState
 from llmscope.spc_engine.config import ChartConfig, default_config
 from llmscope.spc_engine.engine import Engine
 from llmscope.spc_engine.rules import RulesConfig
+from tests.spc_engine.helpers import probe
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 N = 12_000
@@ -130,22 +131,9 @@ def _events(n: int) -> list[TelemetryEvent]:
         failed = rng.random() < 0.03
         factor = 1.8 if 3000 <= i < 3600 else (0.6 if 5000 <= i < 5400 else 1.0)
         latency = (300.0 if prompt == "simple" else 1200.0) * factor * math.exp(0.25 * rng.gauss(0, 1))
-        out.append(
-            TelemetryEvent(
-                id=f"ev-{i}" if i % 501 else f"ev-{i - 1}",  # now and then an id seen before
-                ts=T0 + timedelta(seconds=i),
-                provider="ollama",
-                model=model,
-                target=f"t-{model}",
-                prompt_id=prompt,
-                prompt_hash="h",
-                streaming=True,
-                status="timeout" if failed else "ok",
-                latency_ms=None if failed else latency,
-                ttft_ms=None if failed else latency * 0.2,
-                tokens_per_s=None if failed else 50.0 / factor * math.exp(0.1 * rng.gauss(0, 1)),
-            )
-        )
+        tokens_per_s = None if failed else 50.0 / factor * math.exp(0.1 * rng.gauss(0, 1))
+        event_id = f"ev-{i}" if i % 501 else f"ev-{i - 1}"  # now and then an id seen before
+        out.append(probe(i, event_id, model, prompt, None if failed else latency, tokens_per_s))
     return out
 
 
