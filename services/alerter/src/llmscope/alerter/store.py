@@ -481,19 +481,21 @@ class Store(MergeStore, SilenceStore, ContextStore, RetentionStore):
         sets ``last_error``.
         """
         async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "UPDATE alerter_notifications SET attempts = attempts + $6::int, updated_at = $2,"
+                " last_error = CASE WHEN $3 OR claim_gen <> $5 OR status <> 'sending' THEN last_error"
+                " ELSE $4 END WHERE id = $1"
+                " RETURNING attempts, claim_gen = $5 AND status = 'sending' AS current",
+                notification_id,
+                attempt.at,
+                attempt.ok,
+                attempt.detail[:2000],
+                generation,
+                0 if number is not None else 1,
+            )
+            if row is None:
+                return False  # deleted meanwhile
             if number is not None:
-                current = await conn.fetchval(
-                    "UPDATE alerter_notifications SET updated_at = $2,"
-                    " last_error = CASE WHEN $3 OR claim_gen <> $5 OR status <> 'sending' THEN last_error"
-                    " ELSE $4 END WHERE id = $1 RETURNING claim_gen = $5 AND status = 'sending'",
-                    notification_id,
-                    attempt.at,
-                    attempt.ok,
-                    attempt.detail[:2000],
-                    generation,
-                )
-                if current is None:
-                    return False
                 # A take-over may have marked the row interrupted meanwhile; the real outcome wins.
                 await conn.execute(
                     "UPDATE alerter_delivery_attempts SET at = $3, ok = $4, retryable = $5,"
@@ -507,35 +509,20 @@ class Store(MergeStore, SilenceStore, ContextStore, RetentionStore):
                     attempt.status_code,
                     attempt.detail[:2000],
                 )
-                return bool(current)
-            row = await conn.fetchrow(
-                "UPDATE alerter_notifications SET attempts = attempts + 1, updated_at = $2,"
-                " last_error = CASE WHEN $3 OR claim_gen <> $5 OR status <> 'sending' THEN last_error"
-                " ELSE $4 END WHERE id = $1"
-                " RETURNING attempts, claim_gen = $5 AND status = 'sending' AS current",
-                notification_id,
-                attempt.at,
-                attempt.ok,
-                attempt.detail[:2000],
-                generation,
-            )
-            if row is None:
-                return False  # deleted meanwhile
-            number, current = row["attempts"], row["current"]
-            await conn.execute(
-                "INSERT INTO alerter_delivery_attempts (notification_id, attempt, at, ok, retryable,"
-                " status_code,"
-                " detail, instance) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
-                notification_id,
-                number,
-                attempt.at,
-                attempt.ok,
-                attempt.retryable,
-                attempt.status_code,
-                attempt.detail[:2000],
-                self.instance,
-            )
-        return bool(current)
+            else:
+                await conn.execute(
+                    "INSERT INTO alerter_delivery_attempts (notification_id, attempt, at, ok, retryable,"
+                    " status_code, detail, instance) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
+                    notification_id,
+                    row["attempts"],
+                    attempt.at,
+                    attempt.ok,
+                    attempt.retryable,
+                    attempt.status_code,
+                    attempt.detail[:2000],
+                    self.instance,
+                )
+        return bool(row["current"])
 
     async def finish(self, notification_id: str, generation: int, outcome: Outcome) -> bool:
         """Record the outcome; False (nothing written) when the claim was taken over."""
