@@ -17,10 +17,11 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import msgspec
 import pytest
 from aiohttp import web
 
-from llmscope.alerter.config import Timings
+from llmscope.alerter.config import AlerterFile, Timings
 from llmscope.alerter.migrate import migrate
 from llmscope.alerter.retry import RetryPolicy
 from llmscope.alerter.service import Alerter, AlerterOptions
@@ -210,6 +211,110 @@ async def test_both_paged_then_merged_the_absorbed_threads_close_naming_the_surv
         assert [h["incident_id"] for h in later] == [survivor]
         assert sorted(later[0]["cascade_models"]) == [A, B]
         assert [p.get("thread_ts") for p in out.slack.bodies()[3:]] == [roots[survivor]]
+    finally:
+        await session.close()
+        await pool.close()
+
+
+async def test_a_channel_without_resolved_messages_gets_no_merge_closing(
+    database_url: str, sinks: tuple[Sinks, dict[str, str]]
+) -> None:
+    """The closing message ends the absorbed incident as a resolution would: a channel with
+    ``send_resolved: false`` (PagerDuty's too: its alert is left for people to resolve) gets none,
+    while one beside it that takes resolutions does."""
+    out, env = sinks
+    env = {k: v for k, v in env.items() if not k.startswith(("LLMSCOPE_PAGERDUTY", "LLMSCOPE_SLACK"))}
+    env["PD_KEY"] = "R0UTING"
+    file = msgspec.convert(
+        {
+            "channels": [
+                {
+                    "name": "quiet-hook",
+                    "kind": "webhook",
+                    "url": out.hook.url + "/quiet",
+                    "send_resolved": False,
+                },
+                {
+                    "name": "quiet-pager",
+                    "kind": "pagerduty",
+                    "routing_key_env": "PD_KEY",
+                    "events_url": out.pd.sink.url + "/v2/enqueue",
+                    "send_resolved": False,
+                },
+            ]
+        },
+        AlerterFile,
+    )
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+    async with pool.acquire() as conn:
+        await migrate(conn)
+    clock = Clock(T0)
+    store = Store(pool, instance="a", clock=clock, incident_window=300, sustain_after=60)
+    session = aiohttp.ClientSession()
+    alerter = Alerter(
+        store,
+        env=Env(env),
+        session=session,
+        publisher=None,
+        options=AlerterOptions(
+            public_url=URL,
+            settings_refresh_s=0,
+            config_file=file,
+            timings=Timings(group_wait=30, group_interval=300, repeat_interval=3600),
+            retry=RetryPolicy(initial=0.05, max_delay=0.2, jitter=0.0),
+        ),
+    )
+
+    async def dispatch(at: Any) -> None:
+        clock.now = at
+        await alerter.dispatch_once()
+        await alerter.drain_deliveries(grace=20)
+
+    def paths() -> list[str]:
+        return [path for _, _, path in out.hook.requests]
+
+    try:
+        a = violation(1, model=A, host="gpu-7", rule="CUSUM", at=T0)
+        b = violation(2, model=B, host="gpu-7", rule="SPIKE", at=T0 + 2 * S)
+        runtime = await alerter.runtime()
+        assert {n: v.send_resolved for n, v in runtime.channels.items()} == {
+            "email": True,
+            "webhook": True,
+            "quiet-hook": False,
+            "quiet-pager": False,
+        }
+        await store.ingest([a], runtime.routes, runtime.allowed_rules)
+        clock.now = T0 + 2 * S
+        await store.ingest([b], runtime.routes, runtime.allowed_rules)
+        second = await pool.fetchval(
+            "SELECT incident_id FROM alerter_incident_episodes WHERE episode_id = $1", b.episode_id
+        )
+        await pool.execute("UPDATE alerter_incidents SET held_until = NULL WHERE id = $1", second)
+        await pool.execute(
+            "UPDATE alerter_groups SET next_flush_at = $2 WHERE labels::text LIKE '%' || $1 || '%'",
+            second,
+            T0 + 31 * S,
+        )
+        await dispatch(T0 + 31 * S)  # both incidents page every channel
+        assert sorted(paths()) == ["/hook", "/hook", "/quiet", "/quiet"]
+        assert [e["event_action"] for e in out.pd.accepted] == ["trigger", "trigger"]
+        assert len(out.mail.messages) == 2
+
+        await dispatch(T0 + 62 * S)  # the incidents merge
+        merged = await pool.fetch("SELECT channel, status FROM alerter_notifications WHERE reason = 'merged'")
+        assert sorted((r["channel"], r["status"]) for r in merged) == [("email", "sent"), ("webhook", "sent")]
+        assert paths()[4:] == ["/hook"]
+        assert json.loads(out.hook.requests[4][1])["reason"] == "merged"
+        assert len(out.mail.messages) == 3
+        # PagerDuty was neither sent the resolve nor even tried (its first resolve would be refused)
+        assert (out.pd.refused_resolves, len(out.pd.accepted)) == (0, 2)
+        # the absorbed group closed all the same: nothing is sent to anyone later on its behalf
+        assert (
+            await pool.fetchval(
+                "SELECT count(*) FROM alerter_groups WHERE merged_into IS NOT NULL AND state <> 'closed'"
+            )
+            == 0
+        )
     finally:
         await session.close()
         await pool.close()

@@ -556,6 +556,51 @@ async def test_setup_wizard(api: Api, hx: bool) -> None:
     assert "expected owner/repo for github" in r.text
 
 
+@pytest.mark.parametrize("hx", [False, True])
+async def test_setup_wizard_refused_save_shows_what_was_typed_never_a_secret(api: Api, hx: bool) -> None:
+    client = await login(api)
+    headers = {**HX, "HX-Target": "wizard"} if hx else {}
+    r = await client.post(
+        "/setup",
+        data={"alert.email.smtp_host": "stored.example.com", "alert.email.tls": "ssl"},
+        headers=headers,
+    )
+    assert r.status_code == 200, r.text
+    r = await client.post(
+        "/setup",
+        data={
+            "alert.email.smtp_host": "typed.example.com",
+            "alert.email.smtp_port": "not-a-port",
+            "alert.email.tls": "none",
+            "alert.email.recipients": "ops@example.com, oncall@example.com",
+            "alert.email.smtp_password": "pa55word",
+            "alert.pagerduty.routing_key": "R0UTING",
+            "alert.min_severity": "warning",
+        },
+        headers=headers,
+    )
+    assert r.status_code == 422
+    assert is_full_page(r.text) is not hx
+    # the refusal names the setting, beside its field too
+    assert "Not saved: alert.email.smtp_port (SMTP server port)" in r.text
+    assert '<p class="field-error">alert.email.smtp_port: expected a whole number' in r.text
+    # what was typed, not what is stored
+    assert 'value="typed.example.com"' in r.text
+    assert "stored.example.com" not in r.text
+    assert 'value="not-a-port"' in r.text
+    assert 'value="ops@example.com, oncall@example.com"' in r.text
+    assert "<option selected>none</option>" in r.text
+    assert "<option selected>warning</option>" in r.text
+    # secrets are never sent back
+    assert "pa55word" not in r.text
+    assert "R0UTING" not in r.text
+    # nothing of it was stored
+    values = {s.key: s.value for s in await api.store.settings()}
+    assert (values["alert.email.smtp_host"], values["alert.email.tls"]) == ("stored.example.com", "ssl")
+    assert values["alert.email.smtp_password"] is None
+    assert not (await client.get("/setup")).text.count("typed.example.com")
+
+
 async def test_setup_wizard_makes_a_webhook_signing_secret_and_shows_it_once(api: Api) -> None:
     client = await login(api)
     r = await client.post("/setup", data={"alert.webhook.url": "http://hooks.internal:8080/llmscope"})

@@ -222,7 +222,10 @@ class MergeStore(TicketStore):
         PagerDuty channel's resolves the absorbed incident's key); then the group closes.
 
         Alertmanager is left out: the merged violations now fire under the survivor's labels, and
-        the absorbed labels, no longer re-sent, expire at Alertmanager's resolve timeout."""
+        the absorbed labels, no longer re-sent, expire at Alertmanager's resolve timeout. So is a
+        channel with ``send_resolved: false``: the closing message ends the absorbed incident as
+        a resolution does, and such a channel (PagerDuty's included, whose alerts it leaves for
+        people to resolve) asked for no resolutions."""
         told = await conn.fetch(
             "SELECT DISTINCT channel FROM alerter_notifications WHERE group_id = $1"
             " AND status IN ('sent', 'sending') AND reason <> 'merged' ORDER BY channel",
@@ -232,7 +235,7 @@ class MergeStore(TicketStore):
         labels = dict(json.loads(g["labels"]))
         for r in told:
             view = channels.get(r["channel"])
-            if view is None or view.kind == "alertmanager":
+            if view is None or view.kind == "alertmanager" or not view.send_resolved:
                 continue
             seq = await conn.fetchval(
                 "SELECT coalesce(max(seq), 0) + 1 FROM alerter_notifications WHERE group_id = $1 AND"

@@ -11,6 +11,7 @@ towards the per-client limit (429).
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Annotated, Any
@@ -719,7 +720,11 @@ def create_router(
 
     # ---- first-run setup -----------------------------------------------------------------
     async def _setup_context(
-        error: str | None = None, done: bool = False, saved: list[str] | None = None
+        error: str | None = None,
+        done: bool = False,
+        saved: list[str] | None = None,
+        typed: Mapping[str, str] | None = None,
+        field_errors: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         known = {s.key: s for s in await data.settings()}
         switches = dict.fromkeys(SETUP_ENABLES.values())  # in order, once (Slack has two fields)
@@ -730,6 +735,8 @@ def create_router(
             "done": done,
             "saved": saved or [],
             "enabled": enabled,
+            "typed": typed or {},
+            "field_errors": field_errors or {},
         }
 
     @router.get("/setup", response_class=HTMLResponse, dependencies=[Session])
@@ -775,7 +782,14 @@ def create_router(
             named = "; ".join(
                 f"{k} ({known[k].description if k in known else k}): {m}" for k, m in errors.items()
             )
-            ctx = await _setup_context(error=f"Not saved: {named}")
+            # A refused form comes back as typed, to be corrected rather than typed again; never
+            # a secret (the page would carry it), and a blank field still shows what it keeps.
+            typed = {
+                k: raw
+                for k in SETUP_KEYS
+                if k in known and not known[k].secret and isinstance(raw := form.get(k), str) and raw.strip()
+            }
+            ctx = await _setup_context(error=f"Not saved: {named}", typed=typed, field_errors=errors)
             return pages.render(request, "setup.html", ctx, fragments=("wizard",), status_code=422)
         # The form stays, showing what is now stored (secrets as "set"), so the next step, a
         # test message, can follow and a mistake can be corrected in place.
