@@ -11,14 +11,17 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import httpx
+import msgspec
 from nats.aio.client import Client as NATS
+from nats.js.api import KeyValueConfig
 
 from llmscope.api.runner import run_api
 from llmscope.api.settings import ApiSettings
 from llmscope.bus.publisher import Publisher
 from llmscope.proto import subjects
+from llmscope.proto.charts import ChartMeta, ChartRecord, TrafficView, chart_key
 from llmscope.web.auth import SESSION_COOKIE
-from llmscope.web.live import point_event
+from llmscope.web.live import point_event, traffic_event
 from tests.api.conftest import API_KEY
 from tests.api.factories import telemetry, violation
 
@@ -154,3 +157,49 @@ async def test_stored_probes_reach_the_event_stream_after_they_are_stored(
             finally:
                 await conn.close()
             assert stored == 1
+
+
+def chart_record(key: str, traffic: bool) -> bytes:
+    provider, model, target, prompt_id, metric = subjects.parse_kv_key(key, 5)
+    meta = ChartMeta(provider=provider, model=model, target=target, prompt_id=prompt_id, metric=metric)
+    view = TrafficView(service_name=target, operation="chat", kind="p", min_requests=20) if traffic else None
+    return msgspec.json.encode(ChartRecord(key=key, meta=meta, traffic=view))
+
+
+async def test_a_traffic_charts_new_record_reaches_the_event_stream(settings: ApiSettings, nc: NATS) -> None:
+    """The traffic chart page re-reads on ``traffic-<key>`` (a minute closed: the engine wrote the
+    chart's record), the traffic list on ``traffic``; a probe chart's record tells neither."""
+    kv = await nc.jetstream().create_key_value(KeyValueConfig(bucket=settings.charts_bucket))
+    key = chart_key("openai", "live-traffic", "svc", "traffic:chat", "traffic_error_rate")
+    other = chart_key("openai", "live-traffic", "svc", "traffic:chat", "traffic_ttft_p50")
+    probe_key = chart_key("openai", "live-traffic", "default", "p1", "latency_ms")
+    await kv.put(key, chart_record(key, traffic=True))
+    served = dataclasses.replace(settings, host="127.0.0.1", port=0, persister=True)
+    name = traffic_event(key)
+    async with run_api(served) as url, signed_in(url) as browser:
+        page = await browser.get("/traffic/chart", params={"chart": key})
+        assert page.status_code == 200, page.text
+        assert f"sse:{name} delay:1s, every 30s" in page.text
+        listing = await browser.get("/traffic")
+        assert "sse:traffic delay:1s, every 30s" in listing.text
+        async with browser.stream("GET", "/events") as response:
+            stream = frames(response.aiter_lines())
+            await next_frame(stream, ":")
+            # In watch order: were the probe chart's record an event, it would come before the
+            # second traffic chart's (the first one's record may be replayed by a watch just started).
+            await kv.put(probe_key, chart_record(probe_key, traffic=False))
+            await kv.put(other, chart_record(other, traffic=True))
+
+            async def until_other() -> list[tuple[str, str]]:
+                seen: list[tuple[str, str]] = []
+                async for frame in stream:
+                    if frame.event != ":":
+                        seen.append((frame.event, json.loads(frame.data)["chart"]))
+                    if seen and seen[-1] == ("traffic", other):
+                        return seen
+                raise AssertionError("the stream ended before the traffic chart's frames")
+
+            seen = await asyncio.wait_for(until_other(), WAIT_S)
+            assert all(chart != probe_key for _, chart in seen), seen
+            assert seen[-2:] == [(traffic_event(other), other), ("traffic", other)]
+            assert traffic_event(other) != name

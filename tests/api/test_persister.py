@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 from nats.js import JetStreamContext
 
+from llmscope.api.baseline_history import INSERT as INSERT_BASELINE
 from llmscope.api.db import create_pool, migrate, migrations
 from llmscope.api.metrics import ApiMetrics
 from llmscope.api.persister import (
@@ -230,6 +231,65 @@ async def test_retention_deletes_resolved_incidents_with_their_violations(
     deleted = await apply_retention(pool, settings, now=T0)
     assert deleted["incidents"] == 1
     assert {r["id"] for r in await pool.fetch("SELECT id FROM incidents")} == {"old-open", "new-resolved"}
+
+
+async def test_retention_deletes_old_rebaselines_but_each_charts_latest(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
+    """Re-baselines go once no chart can show their time (the longer of the telemetry and rollup
+    retentions); each chart's latest baseline stays however old, since its chart still draws it."""
+    now = T0
+    rows = [  # (chart, number, started days ago)
+        ("a", 0, 500),
+        ("a", 1, 450),  # old, not the latest: deleted
+        ("a", 2, 420),  # a's latest, as old as the rest: kept
+        ("b", 3, 500),  # old, not the latest: deleted
+        ("b", 4, 10),  # recent: kept
+        ("b", 5, 1),
+        ("c", 7, 900),  # c's only row: kept
+    ]
+    for chart, number, days in rows:
+        started = now - timedelta(days=days)
+        await pool.execute(
+            INSERT_BASELINE,
+            chart,
+            f"{chart}-{number}",
+            number,
+            "ollama",
+            "m",
+            "",
+            "p",
+            "latency_ms",
+            100,
+            started,
+            started + timedelta(hours=1),
+            "engine",
+            "",
+        )
+        await pool.execute(
+            "UPDATE baseline_history SET seen_at = $1 WHERE chart_key = $2 AND number = $3",
+            started + timedelta(hours=1),
+            chart,
+            number,
+        )
+    settings = ApiSettings(database_url=Secret(database_url), api_key=Secret("x" * 16))
+
+    async def left() -> set[tuple[str, int]]:
+        return {(r["chart_key"], r["number"]) for r in await pool.fetch("SELECT * FROM baseline_history")}
+
+    everything = await left()
+    # Rollups kept forever: any re-baseline may still be on a chart.
+    forever = dataclasses.replace(settings, retention_rollup_days=0)
+    assert "baseline_history" not in await apply_retention(pool, forever, now=now)
+    assert await left() == everything
+    deleted = await apply_retention(pool, settings, now=now)  # 30 days raw, 400 days of rollups
+    assert deleted["baseline_history"] == 3
+    assert await left() == {("a", 2), ("b", 4), ("b", 5), ("c", 7)}
+    # Shorter retention: b's re-baseline of 10 days ago goes, its latest (1 day ago) stays.
+    short = dataclasses.replace(settings, retention_telemetry_days=2, retention_rollup_days=5)
+    assert (await apply_retention(pool, short, now=now))["baseline_history"] == 1
+    assert await left() == {("a", 2), ("b", 5), ("c", 7)}
+    assert (await apply_retention(pool, short, now=now))["baseline_history"] == 0
 
 
 async def test_persister_over_jetstream(pool: asyncpg.Pool, js: JetStreamContext) -> None:

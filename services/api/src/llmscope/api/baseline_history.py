@@ -67,8 +67,12 @@ class BaselineHistory:
         pool: Callable[[], asyncpg.Pool],
         bucket: str = subjects.SPC_CHARTS_BUCKET,
         retry_s: float = RETRY_S,
+        on_record: Callable[[str], None] | None = None,
     ) -> None:
         self._pool = pool
+        # Told the key of every chart record the watch sees (the dashboard's live updates of
+        # traffic charts), so the bucket is watched once per process, not once per use.
+        self._on_record = on_record
         self.bucket = bucket
         self.retry_s = retry_s
         # The last baseline written per chart: a record changes with every point, its baseline
@@ -110,6 +114,8 @@ class BaselineHistory:
         """Record the baseline of one chart record's value, if it is new."""
         if not is_chart_key(key):
             return
+        if self._on_record is not None:
+            self._on_record(key)
         try:
             record = decode_record(value)
         except (msgspec.DecodeError, msgspec.ValidationError):

@@ -15,11 +15,12 @@ from nats.aio.subscription import Subscription
 
 from llmscope.config.logs import get_logger
 from llmscope.proto import subjects
+from llmscope.proto.charts import is_traffic_chart
 from llmscope.proto.codec import DecodeError, decode
 from llmscope.proto.incident import IncidentEvent
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.proto.violation import ViolationEvent
-from llmscope.web.live import Broadcaster, LiveEvent, point_event
+from llmscope.web.live import Broadcaster, LiveEvent, point_event, traffic_event
 
 log = get_logger("llmscope.api.live")
 
@@ -70,6 +71,15 @@ def stored_events(kind: str, events: Sequence[object]) -> list[LiveEvent]:
     ]
 
 
+def chart_events(key: str) -> list[LiveEvent]:
+    """What a chart record written by the engine tells the open tabs: a traffic chart's page and
+    the traffic list re-read (its record changes when a minute closes or on a re-baseline); a
+    probe chart's record changes with every point, and its panel listens to stored points."""
+    if not is_traffic_chart(key):
+        return []
+    return [LiveEvent(traffic_event(key), {"chart": key}), LiveEvent("traffic", {"chart": key})]
+
+
 class LiveFeed:
     """Subscribes the process's NATS connection and republishes to the broadcaster."""
 
@@ -95,6 +105,11 @@ class LiveFeed:
     def on_stored(self, kind: str, events: Sequence[object]) -> None:
         """The persister's hook (:class:`llmscope.api.persister.Persister`'s ``on_stored``)."""
         for live in stored_events(kind, events):
+            self.broadcaster.publish(live)
+
+    def on_chart(self, key: str) -> None:
+        """The chart bucket watch's hook (:class:`llmscope.api.baseline_history.BaselineHistory`)."""
+        for live in chart_events(key):
             self.broadcaster.publish(live)
 
     async def stop(self) -> None:

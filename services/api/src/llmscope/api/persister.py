@@ -516,6 +516,14 @@ async def store_dead_letters(conn: Conn, events: Sequence[DeadLetterEvent]) -> i
     return len(events)
 
 
+# "Latest" is the row the API saw last (a chart whose engine state was reset numbers from 0 again);
+# a baseline with no recorded start ages from when the API first saw it.
+DELETE_OLD_BASELINES = """DELETE FROM baseline_history b
+    WHERE coalesce(b.started_at, b.seen_at) < $1
+      AND EXISTS (SELECT 1 FROM baseline_history n
+                  WHERE n.chart_key = b.chart_key AND (n.seen_at, n.number) > (b.seen_at, b.number))"""
+
+
 async def apply_retention(
     pool: asyncpg.Pool, settings: ApiSettings, now: datetime | None = None
 ) -> dict[str, int]:
@@ -544,6 +552,16 @@ async def apply_retention(
                 f"DELETE FROM {table} WHERE {column} < $1 {also}", cutoff, timeout=RETENTION_TIMEOUT_S + 5
             )
         deleted[table] = int(status.rsplit(" ", 1)[-1])
+    # A re-baseline is a mark on a chart drawn from telemetry or the rollups, so its row goes once
+    # neither can show its time any more; each chart's latest row stays whatever its age (the
+    # chart's current baseline, still drawn however long ago it was frozen).
+    drawn = (settings.retention_telemetry_days, settings.retention_rollup_days)
+    if min(drawn) > 0:
+        cutoff = now - timedelta(days=max(drawn))
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(f"SET LOCAL statement_timeout = {int(RETENTION_TIMEOUT_S * 1000)}")
+            status = await conn.execute(DELETE_OLD_BASELINES, cutoff, timeout=RETENTION_TIMEOUT_S + 5)
+        deleted["baseline_history"] = int(status.rsplit(" ", 1)[-1])
     return deleted
 
 

@@ -106,7 +106,9 @@ class Runtime:
                     asyncio.create_task(retention_loop(self._pool, s, self._stop), name="retention")
                 )
                 pool = self._pool
-                self.baseline_history = BaselineHistory(lambda: pool, s.charts_bucket)
+                self.baseline_history = BaselineHistory(
+                    lambda: pool, s.charts_bucket, on_record=self._live_feed.on_chart
+                )
                 self._tasks.append(
                     asyncio.create_task(
                         self.baseline_history.run(self.nc, self._stop), name="baseline-history"

@@ -8,8 +8,11 @@ extension (``hx-trigger="sse:violation-critical delay:1s"``: a burst becomes one
 keep a slow poll as the fallback for a tab whose stream is down.
 
 Event names: ``violation-<severity>`` (opened or cleared), ``incident`` (any change),
-``status`` (either: the overview and the status page read both), and ``point-<key>`` (new probes
-of one model are stored: :func:`point_event`; the control chart of that model re-reads itself).
+``status`` (either: the overview and the status page read both), ``point-<key>`` (new probes
+of one model are stored: :func:`point_event`; the control chart of that model re-reads itself),
+``traffic-<key>`` (the engine wrote one traffic chart's record, a minute closed or it was
+re-baselined: :func:`traffic_event`; that chart's page re-reads it) and ``traffic`` (any traffic
+chart's record: the list of traffic charts re-reads).
 The data is a small JSON object naming what changed; the pages re-read the fragment rather
 than trust a pushed copy.
 """
@@ -42,6 +45,11 @@ def point_event(provider: str, model: str) -> str:
     would split on."""
     digest = hashlib.sha256(f"{provider}\0{model}".encode()).hexdigest()[:16]
     return f"point-{digest}"
+
+
+def traffic_event(chart_key: str) -> str:
+    """The event name for a new record of one traffic chart (hashed like :func:`point_event`)."""
+    return f"traffic-{hashlib.sha256(chart_key.encode()).hexdigest()[:16]}"
 
 
 @dataclass(frozen=True, slots=True)

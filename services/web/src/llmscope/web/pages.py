@@ -19,7 +19,7 @@ from jinja2_fragments import render_block
 
 from llmscope.proto.charts import is_traffic_chart
 from llmscope.web.data import METRIC_LABELS, DashboardData, RebaselineResult
-from llmscope.web.live import point_event
+from llmscope.web.live import point_event, traffic_event
 from llmscope.web.minichart import render_minichart
 from llmscope.web.rules_legend import BY_CODE, RULES
 from llmscope.web.svg import render_chart, render_sparkline
@@ -120,6 +120,7 @@ def build_environment() -> Environment:
     env.globals["series_color"] = color
     env.globals["live_trigger"] = _live_trigger
     env.globals["point_event"] = point_event
+    env.globals["traffic_event"] = traffic_event
     env.globals["live_page"] = pass_context(live_page)
     return env
 

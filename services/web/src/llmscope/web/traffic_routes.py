@@ -16,6 +16,11 @@ from llmscope.web.pages import Pages, ask_rebaseline
 from llmscope.web.traffic import TRAFFIC_LABELS, TrafficData, series_of
 from llmscope.web.traffic_svg import render_traffic_chart
 
+# A traffic chart gains a point once a minute: with live updates its page re-reads on the
+# engine's new record (``traffic-<key>``) and polls only as the fallback; without them, polling
+# per-minute data every 2 s would re-read the same minutes some 30 times for each new one.
+MINUTE_POLL_S = 15.0
+
 
 def add_traffic_routes(
     router: APIRouter,
@@ -37,7 +42,7 @@ def add_traffic_routes(
             "labels": TRAFFIC_LABELS,
             "provider": provider or "",
             "model": model or "",
-            "refresh_s": max(refresh_s, 5.0),
+            "refresh_s": max(refresh_s, MINUTE_POLL_S),
         }
         return pages.render(request, "traffic.html", context, fragments=("traffic_list",))
 
@@ -58,7 +63,7 @@ def add_traffic_routes(
             "svg": render_traffic_chart(record),
             "label": TRAFFIC_LABELS.get(record.meta.metric, record.meta.metric),
             "rebaseline": rebaseline,
-            "refresh_s": max(refresh_s, 5.0),
+            "refresh_s": max(refresh_s, MINUTE_POLL_S),
         }
         return pages.render(
             request,
