@@ -322,6 +322,26 @@ async def test_settings_save_shows_the_error_under_its_field(site: Site) -> None
     assert values["alert.email.smtp_port"] == 465
 
 
+async def test_setup_wizard_refused_save_keeps_what_was_typed(site: Site) -> None:
+    async with browser_page(site) as page:
+        await log_in(page, site, "/setup")
+        await page.fill("input[name='alert.email.smtp_host']", "smtp.typed.example")
+        await page.fill("input[name='alert.email.smtp_port']", "seventy")
+        await page.fill("input[name='alert.email.smtp_password']", "pa55word")
+        await page.click("#wizard form button[type=submit]:has-text('Save')")
+        await page.locator("p.field-error").wait_for()
+        assert "alert.email.smtp_port" in await page.locator("p.field-error").inner_text()
+        assert await page.input_value("input[name='alert.email.smtp_host']") == "smtp.typed.example"
+        assert await page.input_value("input[name='alert.email.smtp_port']") == "seventy"
+        assert await page.input_value("input[name='alert.email.smtp_password']") == ""
+        await page.locator("#toasts .toast-error").wait_for()
+        await page.locator("p.field-error").scroll_into_view_if_needed()
+        await shot(page, "setup-refused")
+    assert site.errors == [], "\n".join(site.errors)
+    values = {s.key: s.value for s in await site.api.store.settings()}
+    assert values["alert.email.smtp_host"] != "smtp.typed.example"  # nothing of it was saved
+
+
 async def test_report_and_other_pages_render_cleanly(site: Site) -> None:
     async with browser_page(site) as page:
         await log_in(page, site, "/report?hours=24")

@@ -790,7 +790,16 @@ def create_router(
                 if k in known and not known[k].secret and isinstance(raw := form.get(k), str) and raw.strip()
             }
             ctx = await _setup_context(error=f"Not saved: {named}", typed=typed, field_errors=errors)
-            return pages.render(request, "setup.html", ctx, fragments=("wizard",), status_code=422)
+            # htmx swaps only 2xx answers: as a settings section does, the refusal is a 200 to the
+            # page's own request (the form with its errors replaces the form) and a 422 otherwise.
+            return pages.render(
+                request,
+                "setup.html",
+                ctx,
+                fragments=("wizard",),
+                status_code=200 if is_htmx(request) else 422,
+                toast=(f"Not saved: check {', '.join(errors)}.", "error"),
+            )
         # The form stays, showing what is now stored (secrets as "set"), so the next step, a
         # test message, can follow and a mistake can be corrected in place.
         ctx = await _setup_context(done=True, saved=saved)
