@@ -27,7 +27,7 @@ from llmscope.bus.settings import BusSettings
 from llmscope.bus.streams import ensure_streams
 from llmscope.proto import subjects
 from llmscope.stack.embedded import nats_server_binary
-from llmscope.stack.ports import free_port
+from llmscope.stack.ports import free_port, free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ROOT / "deploy" / "k8s" / "components" / "nats-cluster" / "nats.yaml"
@@ -61,8 +61,8 @@ def cluster(tmp_path: Path) -> Iterator[tuple[list[str], list[subprocess.Popen[b
     sts = statefulset()
     (container,) = sts["spec"]["template"]["spec"]["containers"]
     size = sts["spec"]["replicas"]
-    routes = [free_port() for _ in range(size)]
-    clients = [free_port() for _ in range(size)]
+    ports = free_ports(2 * size)  # asked together: never the same port twice
+    routes, clients = ports[:size], ports[size:]
     procs = []
     for i in range(size):
         cmd = [

@@ -39,7 +39,7 @@ import httpx
 import pytest
 
 from llmscope.stack.cli import SERVICES
-from llmscope.stack.ports import free_port
+from llmscope.stack.ports import free_ports
 from tests.e2e.stack import wait_for
 from tests.scrape import parse, total
 
@@ -302,7 +302,8 @@ def test_every_service_starts_in_the_image(image: Image, service: str) -> None:
 
 
 def test_llmscope_up_runs_the_whole_stack_in_the_image(image: Image, tmp_path: Path) -> None:
-    ports = {name: free_port() for name in ("api", "nats", "pg", "sim", "prober", "spc-engine", "alerter")}
+    names = ("api", "nats", "pg", "sim", "prober", "spc-engine", "alerter")
+    ports = dict(zip(names, free_ports(len(names)), strict=True))  # asked together: all distinct
     env = {
         # The image listens on 0.0.0.0 for Kubernetes; the host's network is shared here.
         "LLMSCOPE_HOST": "127.0.0.1",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from llmscope.stack.ports import free_port
+from llmscope.stack.ports import free_ports
 
 
 @dataclass
@@ -78,8 +78,9 @@ def scrubbed_environ(environ: Mapping[str, str] | None = None) -> dict[str, str]
 @contextmanager
 def llmscope_up(data_dir: Path, extra_env: Mapping[str, str] | None = None) -> Iterator[RunningStack]:
     """Start `llmscope up`, wait for its banner, yield, then Ctrl-C it and check it exits cleanly."""
-    port, sim_port, nats_port, pg_port = (free_port() for _ in range(4))
-    metrics_ports = {service: free_port() for service in ("prober", "spc-engine", "alerter")}
+    # Seven ports asked for at once: separate asks once gave the simulator Postgres's port.
+    port, sim_port, nats_port, pg_port, *health = free_ports(7)
+    metrics_ports = dict(zip(("prober", "spc-engine", "alerter"), health, strict=True))
     env = scrubbed_environ()
     env.update(
         LLMSCOPE_DATA_DIR=str(data_dir),
