@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -31,6 +30,7 @@ from llmscope.api.persister import store_violations
 from llmscope.bus.publisher import Publisher
 from llmscope.proto import codec, subjects
 from llmscope.proto.telemetry import TelemetryEvent
+from llmscope.stack.ports import free_port
 from llmscope.web.alerting import IncidentFilter, SilenceInput
 from llmscope.web.data import ViolationFilter
 from llmscope.web.live import point_event
@@ -70,12 +70,6 @@ class Site:
     api: Api
     url: str
     errors: list[str] = field(default_factory=list)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _events() -> list[TelemetryEvent]:
@@ -132,7 +126,7 @@ async def site(
         async with api.store.pool.acquire() as conn:
             await store_violations(conn, [seeded])
         server = uvicorn.Server(
-            uvicorn.Config(api.app, host="127.0.0.1", port=_free_port(), lifespan="off", log_level="warning")
+            uvicorn.Config(api.app, host="127.0.0.1", port=free_port(), lifespan="off", log_level="warning")
         )
         task = asyncio.create_task(server.serve())
         await eventually(lambda: server.started, within=20, what="uvicorn to listen")
