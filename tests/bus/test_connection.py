@@ -4,9 +4,11 @@ import asyncio
 import logging
 from pathlib import Path
 
+import nats
 import pytest
+from nats.aio.msg import Msg
 
-from llmscope.bus.connection import connect
+from llmscope.bus.connection import connect, subscriptions_in_place
 from llmscope.config.startup import Stopped
 from llmscope.stack.embedded import EmbeddedNats
 from llmscope.stack.ports import free_port
@@ -63,3 +65,25 @@ async def test_closing_our_own_connection_is_no_warning_an_outage_is(
         assert lost.levelname == "WARNING"
     finally:
         await nc.close()
+
+
+async def test_subscriptions_are_in_place_for_the_next_request(nats_url: str) -> None:
+    # A responder that says it is ready must answer the very next request from anyone.
+    asker = await nats.connect(nats_url)
+    try:
+        for i in range(150):
+            responder = await nats.connect(nats_url)
+            try:
+
+                async def answer(msg: Msg) -> None:
+                    await msg.respond(b"ok")
+
+                for name in ("list", "create", "expire"):
+                    await responder.subscribe(f"ready{i}.{name}", queue="q", cb=answer)
+                await subscriptions_in_place(responder)
+                reply = await asker.request(f"ready{i}.create", b"", timeout=10)
+                assert reply.data == b"ok"
+            finally:
+                await responder.close()
+    finally:
+        await asker.close()

@@ -16,13 +16,14 @@ import uvicorn
 from llmscope.proto.charts import chart_key
 from llmscope.spc_engine import service as spc
 from llmscope.spc_engine.traffic import LPT_P50
+from llmscope.stack.ports import free_port
 from tests.api.conftest import Api
 from tests.api.engine import eventually
 from tests.api.otlp_payloads import export
 from tests.api.test_otlp_receiver import PROTOBUF
 from tests.api.test_otlp_traffic_charts import otlp_api
 from tests.api.traffic_harness import fast_traffic_settings, slowing_spans
-from tests.web.test_browser import Site, _free_port, browser_page, log_in, shot
+from tests.web.test_browser import Site, browser_page, log_in, shot
 
 __all__ = ["otlp_api"]  # the fixture, imported to be used here
 
@@ -38,7 +39,7 @@ async def traffic_site(otlp_api: Api, nats_url: str) -> AsyncIterator[Site]:
     stop = asyncio.Event()
     engine = asyncio.create_task(spc.serve(settings, stop))
     server = uvicorn.Server(
-        uvicorn.Config(otlp_api.app, host="127.0.0.1", port=_free_port(), lifespan="off", log_level="warning")
+        uvicorn.Config(otlp_api.app, host="127.0.0.1", port=free_port(), lifespan="off", log_level="warning")
     )
     serving = asyncio.create_task(server.serve())
     try:

@@ -71,3 +71,16 @@ async def connect(
     except TimeoutError:
         raise NoServersError(f"no NATS server answered at {url} within {give_up_after:.0f} s") from None
     return nc
+
+
+async def subscriptions_in_place(nc: NATS) -> None:
+    """Return once the server holds every subscription made so far on ``nc``.
+
+    One ``flush()`` is not enough with nats-py 2.x: its PING is written to the socket at once,
+    while SUB commands wait in the client's pending buffer for the flusher task, so the PONG can
+    come back before the server has seen the SUBs (a request sent then got "no responders" in
+    about 4 % of tries here). The first round trip lets the flusher write the buffer; the
+    second PING then travels behind the SUBs.
+    """
+    await nc.flush()
+    await nc.flush()

@@ -37,6 +37,7 @@ from llmscope.alerter.silences import (
 )
 from llmscope.alerter.store import Store
 from llmscope.alerter.testsend import send_test
+from llmscope.bus.connection import subscriptions_in_place
 from llmscope.config.env import Env
 from llmscope.config.logs import get_logger
 from llmscope.proto import subjects
@@ -376,7 +377,7 @@ class ControlResponder:
         )
         # Until the server has the subscriptions, a request gets "no responders": a caller told
         # the alerter is up (the readiness probe, a test) must be able to reach it at once.
-        await nc.flush()
+        await subscriptions_in_place(nc)
 
     async def _bind(
         self,

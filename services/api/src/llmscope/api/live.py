@@ -13,6 +13,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from llmscope.bus.connection import subscriptions_in_place
 from llmscope.config.logs import get_logger
 from llmscope.proto import subjects
 from llmscope.proto.charts import is_traffic_chart
@@ -91,7 +92,7 @@ class LiveFeed:
         self.broadcaster.open()
         for subject in (subjects.VIOLATIONS_ALL, subjects.INCIDENTS_ALL):
             self._subs.append(await nc.subscribe(subject, cb=self._on_message))
-        await nc.flush()  # subscribed on the server before the first tab can connect
+        await subscriptions_in_place(nc)  # subscribed on the server before the first tab can connect
 
     async def _on_message(self, msg: Msg) -> None:
         try:

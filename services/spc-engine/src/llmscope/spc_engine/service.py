@@ -89,7 +89,7 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
-from llmscope.bus.connection import connect
+from llmscope.bus.connection import connect, subscriptions_in_place
 from llmscope.bus.consumer import ConsumerOptions, Delivery, DurableConsumer
 from llmscope.bus.deadletter import DeadLetters
 from llmscope.bus.kv import bucket_keys, current_entries, open_bucket, watch_bucket
@@ -1012,7 +1012,7 @@ class SpcService:
         self.members = await membership.live()  # who answers a malformed request, from the start
         sub = await self._nc.subscribe(subjects.spc_rebaseline(), cb=self.on_rebaseline)
         model_sub = await self._nc.subscribe(subjects.spc_rebaseline_model(), cb=self.on_rebaseline_model)
-        await self._nc.flush()  # a re-baseline request sent right after start must find us
+        await subscriptions_in_place(self._nc)  # a re-baseline request sent right after start must find us
         log.info("starting", holder=self.holder, partitions=self.settings.partitions)
         inner_stop = self._closing
 
