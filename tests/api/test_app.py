@@ -13,6 +13,7 @@ from nats.aio.msg import Msg
 
 from llmscope.api.persister import store_telemetry, store_violations
 from llmscope.api.settings import ApiSettings
+from llmscope.bus.connection import subscriptions_in_place
 from llmscope.config.env import ConfigError, Env
 from llmscope.proto import codec, subjects
 from llmscope.proto.switches import decode_switch, model_key
@@ -443,7 +444,7 @@ async def test_complete_events_publish_what_the_general_path_publishes(api: Api,
 
     watcher = await nats.connect(nats_url)
     sub = await watcher.subscribe(subjects.TELEMETRY_ALL, cb=on_msg)
-    await watcher.flush()
+    await subscriptions_in_place(watcher)
     try:
         slow = await api.client.post("/api/stats", json=general)
         assert slow.status_code == 202, slow.text

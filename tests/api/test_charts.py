@@ -13,6 +13,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from llmscope.api.persister import store_telemetry, store_violations
+from llmscope.bus.connection import subscriptions_in_place
 from llmscope.proto import subjects
 from llmscope.proto.charts import chart_key
 from llmscope.proto.telemetry import TelemetryEvent
@@ -339,7 +340,7 @@ async def test_the_day_chart_reads_its_record_once_and_draws_the_most_severe_the
             reads.append(msg.subject)
 
     sub = await watcher.subscribe("$JS.API.>", cb=seen)
-    await watcher.flush()
+    await subscriptions_in_place(watcher)
     try:
         day = (await api.client.get("/api/stats/spc", params={**SPC, "hours": 24})).json()
         await watcher.flush()

@@ -74,7 +74,7 @@ async def test_partitions_are_added_once_kept_by_others_and_never_changed(nc: NA
     sub = await nc.subscribe(subjects.TELEMETRY_ALL, cb=on_msg)
     await js.publish(subjects.telemetry("ollama", "m1"), b"{}")
     await nc.flush()
-    for _ in range(50):
+    for _ in range(1500):  # up to 30 s on a loaded machine; done at the first delivery
         if seen:
             break
         await asyncio.sleep(0.02)
