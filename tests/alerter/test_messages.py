@@ -4,7 +4,8 @@ The files in ``tests/alerter/golden/`` are what a reviewer reads: ``<case>.email
 Subject and the plain-text body), ``<case>.slack.json`` (incoming webhook),
 ``<case>.slack-bot.json`` (chat.postMessage: the body and the incident thread it goes to),
 ``<case>.webhook.json``, ``<case>.pagerduty.json``, ``<case>.alertmanager.json`` (the
-postableAlerts), ``<case>.teams.json``, ``<case>.discord.json`` and ``<case>.mattermost.json``.
+postableAlerts), ``<case>.teams.json``, ``<case>.discord.json`` and ``<case>.mattermost.json``;
+the tickets' texts are ``ticket-<case>.<markup>`` (test_ticket_golden.py).
 After an intended change, regenerate them with
 ``LLMSCOPE_UPDATE_GOLDEN=1 pytest tests/alerter/test_messages.py`` and review the diff.
 """

@@ -434,9 +434,12 @@ def test_a_cascade_on_one_host_is_one_message_per_channel_naming_both_models(dat
             assert {f["model"] for f in page["firing"]} == set(ON_HOST), page["firing"]
             slack = [t for t in s.slack_messages() if link in t]
             mails = [(subj, b) for subj, b in s.emails() if link in b]
-            roots = [
-                m for m in s.mailbox.messages if link in str(m.get_body(("plain",))) and not m["In-Reply-To"]
-            ]
+
+            def plain(msg: EmailMessage) -> str:
+                part = msg.get_body(("plain",))
+                return part.get_content() if isinstance(part, EmailMessage) else ""
+
+            roots = [m for m in s.mailbox.messages if link in plain(m) and not m["In-Reply-To"]]
             assert len(roots) == 1, [m["Subject"] for m in roots]
             for what, text in (("webhook", page["text"]), ("slack", slack[0]), ("email", mails[0][1])):
                 for model in ON_HOST:
