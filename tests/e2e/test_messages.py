@@ -285,8 +285,11 @@ def test_an_outage_and_its_recovery_in_every_channel_with_one_ticket(data_dir: P
             assert any("resolved" in str(c).lower() for c in ticket.comments), ticket.comments
             assert s.github.problems == []
             # One message per channel for the outage, and one resolved message.
+            assert len(_firing(s.webhooks(), episode)) == 1
             assert len(_resolved(s.webhooks(), episode)) == 1
-            assert len(resolved_texts(s.slack_messages())) == 1
+            for texts in (s.slack_messages(), [b for _, b in s.emails()]):
+                naming = _naming(texts, episode)
+                assert (len(naming) - len(resolved_texts(texts)), len(resolved_texts(texts))) == (1, 1)
 
 
 SHIFT_FACTS = (
