@@ -363,6 +363,9 @@ def test_a_2x_latency_shift_says_slower_by_how_much_in_every_channel(data_dir: P
                 assert f"prompt {alert['prompt_id']}" in text, f"{what}: prompt {alert['prompt_id']}\n{text}"
                 _common_facts(text, what)
             assert "slower" in subject, subject
+            # One first message per channel for the shift's incident; what follows is in its thread.
+            firsts = [n for n in s.webhooks() if n["reason"] == "first"]
+            assert [n["incident_id"] for n in firsts].count(hook["incident_id"]) == 1
             links = _links(mail)
             _assert_resolves(stack, links["Incident link"], hook["incident_id"])
             _assert_resolves(stack, links["Chart"], MODEL)
