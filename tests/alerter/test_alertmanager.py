@@ -13,18 +13,22 @@ from llmscope.alerter.notifiers.alertmanager import alerts_url
 from tests.alerter.alertmanager_api import FakeAlertmanager, validate_postable_alerts
 from tests.alerter.factories import cleared, violation
 from tests.alerter.harness import eventually, publish, start_alerter
-from tests.alerter.test_messages import CASES, notification, rendered
+from tests.alerter.test_messages import CASES, for_alertmanager, rendered
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_every_alertmanager_payload_is_a_valid_postable_alerts(case: str) -> None:
     body = json.loads(rendered(case)["alertmanager.json"])
     assert validate_postable_alerts(body) == []
-    n = notification(case)
+    n = for_alertmanager(case)
     assert len(body) == len(n.alerts)  # one Alertmanager alert per violation
     ends = ["endsAt" in a for a in body]
-    # resolved ones end when they cleared; firing ones stay open (a test ends by itself)
+    # resolved ones end when they cleared (or were merged away); firing ones stay open (a test
+    # ends by itself)
     assert ends == [case == "test"] * len(n.firing) + [True] * len(n.resolved)
+    if case == "merged":
+        assert body[0]["labels"]["incident"] == "inc-v1"  # the absorbed incident's alert ends
+        assert body[0]["annotations"]["merged_into"] == "inc-v0"
 
 
 def test_the_schema_checks_reject_what_alertmanager_rejects() -> None:

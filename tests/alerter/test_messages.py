@@ -4,7 +4,8 @@ The files in ``tests/alerter/golden/`` are what a reviewer reads: ``<case>.email
 Subject and the plain-text body), ``<case>.slack.json`` (incoming webhook),
 ``<case>.slack-bot.json`` (chat.postMessage: the body and the incident thread it goes to),
 ``<case>.webhook.json``, ``<case>.pagerduty.json``, ``<case>.alertmanager.json`` (the
-postableAlerts), ``<case>.teams.json``, ``<case>.discord.json`` and ``<case>.mattermost.json``.
+postableAlerts), ``<case>.teams.json``, ``<case>.discord.json`` and ``<case>.mattermost.json``;
+the tickets' texts are ``ticket-<case>.<markup>`` (test_ticket_golden.py).
 After an intended change, regenerate them with
 ``LLMSCOPE_UPDATE_GOLDEN=1 pytest tests/alerter/test_messages.py`` and review the diff.
 """
@@ -220,6 +221,16 @@ CASES = (
 ALERT_CASES = tuple(c for c in CASES if c != "merged")  # a closing message carries no alert
 
 
+def for_alertmanager(case: str) -> Notification:
+    """What an Alertmanager channel is given: a merge's closing message also carries the alerts
+    it was last told firing, to end them under the absorbed incident's labels (the other channels'
+    closing messages carry none; service.notification_for)."""
+    n = notification(case)
+    if case == "merged":
+        return replace(n, resolved=(AlertView(shift(), incident=SINGLE),))
+    return n
+
+
 def rendered(case: str) -> dict[str, str]:
     n = notification(case)
     mail = EmailNotifier(
@@ -233,7 +244,7 @@ def rendered(case: str) -> dict[str, str]:
     pd = PagerDutyNotifier("oncall", Secret("k"), None).build_payload(n)  # type: ignore[arg-type]
     bot = SlackNotifier("oncall", Secret(""), None, token=Secret("xoxb-1"), channel="C0ONCALL")  # type: ignore[arg-type]
     bot_payload = bot.build_payload(n)
-    am = AlertmanagerNotifier("oncall", Secret("http://x"), None).build_payload(n)  # type: ignore[arg-type]
+    am = AlertmanagerNotifier("oncall", Secret("http://x"), None).build_payload(for_alertmanager(case))  # type: ignore[arg-type]
     chats = {
         kind: cls("oncall", Secret("http://x"), None).build_payload(n)  # type: ignore[arg-type]
         for kind, cls in (

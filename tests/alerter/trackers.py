@@ -177,6 +177,8 @@ class FakeJira(_Server):
         self.api = api
         self.project = project
         self.user = user
+        self.transitions = list(JIRA_TRANSITIONS)
+        """the workflow's transitions from any status (a test may take "Done" away)"""
 
     async def start(self) -> str:  # type: ignore[override]
         app = web.Application(middlewares=[self._check])
@@ -263,7 +265,7 @@ class FakeJira(_Server):
     async def _transitions(self, request: web.Request) -> web.Response:
         if request.match_info["key"] not in self.issues:
             return self.problem(f"transitions {request.path}", 404)
-        return web.json_response({"transitions": JIRA_TRANSITIONS})
+        return web.json_response({"transitions": self.transitions})
 
     async def _transition(self, request: web.Request) -> web.Response:
         issue = self.issues.get(request.match_info["key"])

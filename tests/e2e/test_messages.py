@@ -285,8 +285,11 @@ def test_an_outage_and_its_recovery_in_every_channel_with_one_ticket(data_dir: P
             assert any("resolved" in str(c).lower() for c in ticket.comments), ticket.comments
             assert s.github.problems == []
             # One message per channel for the outage, and one resolved message.
+            assert len(_firing(s.webhooks(), episode)) == 1
             assert len(_resolved(s.webhooks(), episode)) == 1
-            assert len(resolved_texts(s.slack_messages())) == 1
+            for texts in (s.slack_messages(), [b for _, b in s.emails()]):
+                naming = _naming(texts, episode)
+                assert (len(naming) - len(resolved_texts(texts)), len(resolved_texts(texts))) == (1, 1)
 
 
 SHIFT_FACTS = (
@@ -360,6 +363,108 @@ def test_a_2x_latency_shift_says_slower_by_how_much_in_every_channel(data_dir: P
                 assert f"prompt {alert['prompt_id']}" in text, f"{what}: prompt {alert['prompt_id']}\n{text}"
                 _common_facts(text, what)
             assert "slower" in subject, subject
+            # One first message per channel for the shift's incident; what follows is in its thread.
+            firsts = [n for n in s.webhooks() if n["reason"] == "first"]
+            assert [n["incident_id"] for n in firsts].count(hook["incident_id"]) == 1
             links = _links(mail)
             _assert_resolves(stack, links["Incident link"], hook["incident_id"])
             _assert_resolves(stack, links["Chart"], MODEL)
+
+
+ON_HOST = ("llama3.1:8b", "qwen2.5:7b")
+
+
+def test_a_cascade_on_one_host_is_one_message_per_channel_naming_both_models(data_dir: Path) -> None:
+    with sinks() as s:
+        env = {
+            **s.env(time_scale=0.05, baseline_n=40),
+            "LLMSCOPE_SIM_MODELS": " ".join(f"{m}@sim-gpu-1" for m in ON_HOST),
+            # The product's default wait before an incident's first message: the second model's
+            # signal, seconds after the first's, joins the incident before anyone is told.
+            "LLMSCOPE_ALERTER_GROUP_WAIT_S": "30",
+        }
+        with llmscope_up(data_dir, env) as stack, stack.client() as client:
+
+            def points(model: str) -> int:
+                reply = client.get(
+                    "/api/stats/spc", params={"provider": "ollama", "model": model, "hours": 1}
+                )
+                return len(reply.json().get("points", [])) if reply.status_code == 200 else 0
+
+            def violations(model: str) -> list[dict[str, Any]]:
+                reply = client.get("/api/violations", params={"model": model, "limit": 200})
+                body = reply.json() if reply.status_code == 200 else []
+                items: list[dict[str, Any]] = body["items"] if isinstance(body, dict) else body
+                return items
+
+            for model in ON_HOST:
+                wait_for(lambda m=model: points(m) >= 3 * 60, 180, what=f"baseline data of {model}")
+
+            # As in the whole-stack cascade test: an open critical episode would absorb the
+            # cascade's shift on its model, so the cascade starts once none is open.
+            def quiet() -> bool:
+                return not any(
+                    v["severity"] == "critical" and v["state"] == "open"
+                    for m in ON_HOST
+                    for v in violations(m)
+                )
+
+            wait_for(quiet, 180, what=f"no critical episode open on the host\n{stack.log()}")
+            started = datetime.now(UTC)
+            injected = stack.llmscope("sim", "inject", "cascade", "--host", "sim-gpu-1", "--factor", "1.6")
+            assert injected.returncode == 0, injected.stderr
+
+            def cascade_pages() -> list[dict[str, Any]]:
+                return [
+                    n
+                    for n in s.webhooks()
+                    if n["reason"] == "first"
+                    and set(ON_HOST) <= set(n["cascade_models"])
+                    and any(datetime.fromisoformat(f["ts"]) >= started for f in n["firing"])
+                ]
+
+            found: list[dict[str, Any]] = wait_for(  # type: ignore[assignment]
+                cascade_pages, 300, what=f"a webhook naming the cascade\n{stack.log()}"
+            )
+            page = found[0]
+            incident = page["incident_id"]
+            link = f"/incidents/{incident}"
+            wait_for(
+                lambda: [t for t in s.slack_messages() if link in t], 60, what="the cascade's Slack message"
+            )
+            wait_for(lambda: [b for _, b in s.emails() if link in b], 60, what="the cascade's email")
+
+            # One first message per channel for the incident, naming both models and the cascade.
+            assert [n["incident_id"] for n in s.webhooks() if n["reason"] == "first"].count(incident) == 1
+            assert "Cascade on sim-gpu-1" in page["title"], page["title"]
+            assert {f["model"] for f in page["firing"]} == set(ON_HOST), page["firing"]
+            slack = [t for t in s.slack_messages() if link in t]
+            mails = [(subj, b) for subj, b in s.emails() if link in b]
+
+            def plain(msg: EmailMessage) -> str:
+                part = msg.get_body(("plain",))
+                return part.get_content() if isinstance(part, EmailMessage) else ""
+
+            roots = [m for m in s.mailbox.messages if link in plain(m) and not m["In-Reply-To"]]
+            assert len(roots) == 1, [m["Subject"] for m in roots]
+            for what, text in (("webhook", page["text"]), ("slack", slack[0]), ("email", mails[0][1])):
+                for model in ON_HOST:
+                    assert model in text, f"{what}: {model} missing in\n{text}"
+                assert "Cascade" in text, f"{what}: not named a cascade\n{text}"
+            assert mails[0][0].startswith("[LLMscope] CRITICAL: Cascade on sim-gpu-1: 2 models degraded"), (
+                mails[0][0]
+            )
+            # No page of its own for either model: every first message since the injection about a
+            # model of the host is the cascade's.
+            others = [
+                n
+                for n in s.webhooks()
+                if n["reason"] == "first"
+                and n["incident_id"] != incident
+                and any(
+                    datetime.fromisoformat(f["ts"]) >= started and f["model"] in ON_HOST for f in n["firing"]
+                )
+            ]
+            assert others == [], [(n["incident_id"], n["title"]) for n in others]
+            assert page["incident_url"].endswith(link)
+            _assert_resolves(stack, page["incident_url"], incident)

@@ -37,6 +37,7 @@ from llmscope.alerter.silences import (
 )
 from llmscope.alerter.store import Store
 from llmscope.alerter.testsend import send_test
+from llmscope.alerter.tickets.testsend import TICKETS, send_ticket_test
 from llmscope.bus.connection import subscriptions_in_place
 from llmscope.config.env import Env
 from llmscope.config.logs import get_logger
@@ -235,15 +236,20 @@ class ControlResponder:
     async def on_test(self, req: AlertTestRequest) -> AlertTestReply:
         runtime = await self.alerter.runtime()
         settings = await self.store.read_settings()
-        result = await send_test(
-            req.channel,
-            settings,
-            env=self.env,
-            config_path=self.config_path,
-            public_url=runtime.public_url or self.public_url,
-            session=self.session,
-            policy=self.test_policy,
-        )
+        if req.channel == TICKETS:
+            result = await send_ticket_test(
+                settings, env=self.env, public_url=runtime.public_url or self.public_url, session=self.session
+            )
+        else:
+            result = await send_test(
+                req.channel,
+                settings,
+                env=self.env,
+                config_path=self.config_path,
+                public_url=runtime.public_url or self.public_url,
+                session=self.session,
+                policy=self.test_policy,
+            )
         log.info("test message", channel=result.channel, kind=result.kind, status=result.status)
         return AlertTestReply(
             ok=result.ok,

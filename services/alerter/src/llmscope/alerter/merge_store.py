@@ -8,8 +8,9 @@ and the next tick tries again (no lock is ever waited for out of order).
 
 What an absorbed incident had moves to the survivor: its violations, their places in the
 active alert groups (so the survivor's group tells of them as news in its own thread, and the
-absorbed group, left empty, closes without paging again), its Slack threads and its ticket where
-the survivor has none. It is then resolved, ``merged_into`` naming the survivor.
+absorbed group, left empty, closes without paging again), its Slack threads (copied: its closing
+message still replies in them) and its ticket where the survivor has none. It is then resolved,
+``merged_into`` naming the survivor.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from llmscope.alerter.merging import HostIncident, plan_merge
 from llmscope.alerter.messages import IncidentRef
 from llmscope.alerter.model import labels_of
 from llmscope.alerter.routing import Route, group_key
-from llmscope.alerter.store_base import Claim, Conn, decode_event
+from llmscope.alerter.store_base import Claim, Conn, alert_from_row, decode_event
 from llmscope.alerter.ticket_store import TicketStore
 from llmscope.proto.incident import IncidentChange
 
@@ -109,9 +110,10 @@ class MergeStore(TicketStore):
         told = {r["id"] for r in rows if r["told"]}
         for absorbed in plan.absorbed:
             if absorbed in told:
-                # Both paged before the merge (one was held too briefly): see the README's note.
+                # Both paged before the merge (one was held too briefly): its group's closing
+                # message (_flush_merged) tells each channel it told where the incident went.
                 self._log.warning(
-                    "incident merged away had already paged; its thread gets no closing message",
+                    "incident merged away had already paged; its threads get a closing message",
                     incident=absorbed,
                     survivor=plan.survivor,
                 )
@@ -187,11 +189,11 @@ class MergeStore(TicketStore):
                 now,
             )
         # The thread people already follow carries on where the survivor has none on that channel.
+        # Copied, not moved: the absorbed incident's closing message still replies in its thread.
         await conn.execute(
-            "UPDATE alerter_threads t SET thread_key = 'incident:' || $2"
-            " WHERE t.thread_key = 'incident:' || $1"
-            " AND NOT EXISTS (SELECT 1 FROM alerter_threads s WHERE s.channel = t.channel"
-            " AND s.thread_key = 'incident:' || $2)",
+            "INSERT INTO alerter_threads (channel, thread_key, ref, created_at)"
+            " SELECT channel, 'incident:' || $2, ref, created_at FROM alerter_threads"
+            " WHERE thread_key = 'incident:' || $1 ON CONFLICT (channel, thread_key) DO NOTHING",
             absorbed,
             survivor,
         )
@@ -221,11 +223,13 @@ class MergeStore(TicketStore):
         """The closing message of a merged incident's group, one per channel it had told (a
         PagerDuty channel's resolves the absorbed incident's key); then the group closes.
 
-        Alertmanager is left out: the merged violations now fire under the survivor's labels, and
-        the absorbed labels, no longer re-sent, expire at Alertmanager's resolve timeout. So is a
-        channel with ``send_resolved: false``: the closing message ends the absorbed incident as
-        a resolution does, and such a channel (PagerDuty's included, whose alerts it leaves for
-        people to resolve) asked for no resolutions."""
+        An Alertmanager's carries the alerts it was last told firing, to be told resolved under
+        the absorbed incident's labels with an explicit ``endsAt`` (the merged violations fire on
+        under the survivor's labels, a different alert to Alertmanager), rather than left to
+        expire at its resolve timeout. A channel with ``send_resolved: false`` gets none: the
+        closing message ends the absorbed incident as a resolution does, and such a channel
+        (PagerDuty's included, whose alerts it leaves for people to resolve) asked for no
+        resolutions."""
         told = await conn.fetch(
             "SELECT DISTINCT channel FROM alerter_notifications WHERE group_id = $1"
             " AND status IN ('sent', 'sending') AND reason <> 'merged' ORDER BY channel",
@@ -235,8 +239,21 @@ class MergeStore(TicketStore):
         labels = dict(json.loads(g["labels"]))
         for r in told:
             view = channels.get(r["channel"])
-            if view is None or view.kind == "alertmanager" or not view.send_resolved:
+            if view is None or not view.send_resolved:
                 continue
+            ended: list[str] = []
+            if view.kind == "alertmanager":
+                ended = list(
+                    await conn.fetchval(
+                        "SELECT firing FROM alerter_notifications WHERE group_id = $1 AND channel = $2"
+                        " AND status IN ('sent', 'sending') AND reason <> 'merged' ORDER BY seq DESC LIMIT 1",
+                        g["id"],
+                        view.name,
+                    )
+                    or ()
+                )
+                if not ended:
+                    continue  # it was last told these alerts resolved: nothing fires there
             seq = await conn.fetchval(
                 "SELECT coalesce(max(seq), 0) + 1 FROM alerter_notifications WHERE group_id = $1 AND"
                 " channel = $2",
@@ -248,7 +265,7 @@ class MergeStore(TicketStore):
                 "INSERT INTO alerter_notifications (id, group_id, route, group_key, channel,"
                 " channel_kind, seq, reason, status, firing, resolved, announce_resolved, claimed_by,"
                 " lease_until, created_at)"
-                " VALUES ($1,$2,$3,$4,$5,$6,$7,'merged','sending','{}','{}','{}',$8,$9,$10)",
+                " VALUES ($1,$2,$3,$4,$5,$6,$7,'merged','sending','{}',$11,$11,$8,$9,$10)",
                 nid,
                 g["id"],
                 route.name,
@@ -259,7 +276,10 @@ class MergeStore(TicketStore):
                 self.instance,
                 now + self.lease,
                 now,
+                ended,
             )
+            rows = await conn.fetch("SELECT * FROM alerter_alerts WHERE episode_id = ANY($1::text[])", ended)
+            alerts = {a.episode_id: a for a in map(alert_from_row, rows)}
             claims.append(
                 Claim(
                     id=nid,
@@ -271,7 +291,7 @@ class MergeStore(TicketStore):
                     channel_kind=view.kind,
                     reason="merged",
                     firing=(),
-                    resolved=(),
+                    resolved=tuple(alerts[e] for e in ended if e in alerts),
                     lead_episode_id=g["lead_episode_id"],
                     created_at=now,
                     merged_into=g["merged_into"],

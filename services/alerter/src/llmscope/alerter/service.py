@@ -233,6 +233,7 @@ class Alerter:
         if claim.merged_into:
             absorbed = claim.group_labels.get("incident", "")
             refs = await self.store.incident_refs({absorbed, claim.merged_into})
+            was = refs.get(absorbed) or IncidentRef(absorbed, f"incident {absorbed}")
             return Notification(
                 id=claim.id,
                 created_at=claim.created_at,
@@ -243,7 +244,10 @@ class Alerter:
                 group_labels=claim.group_labels,
                 public_url=(runtime.public_url if runtime else None) or self._opts.public_url,
                 lead_episode_id=claim.lead_episode_id,
-                incident=refs.get(absorbed) or IncidentRef(absorbed, f"incident {absorbed}"),
+                incident=was,
+                # An Alertmanager's: the alerts it holds under the absorbed incident's labels (their
+                # episodes now belong to the survivor), to be told resolved.
+                resolved=tuple(AlertView(a.event, a.cleared, incident=was) for a in claim.resolved),
                 merged_into=refs.get(claim.merged_into)
                 or IncidentRef(claim.merged_into, f"incident {claim.merged_into}"),
             )

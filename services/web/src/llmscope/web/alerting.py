@@ -25,7 +25,10 @@ TEST_CHANNELS: tuple[str, ...] = (
     "teams",
     "discord",
     "mattermost",
+    "tickets",
 )
+"""What the wizard's test buttons send: the channels by kind, and ``tickets`` (the tracker: a test
+ticket is opened and closed)."""
 
 
 class AlerterUnavailable(RuntimeError):

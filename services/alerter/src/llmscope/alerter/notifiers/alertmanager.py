@@ -7,7 +7,10 @@ empty ones left out, as Alertmanager treats an empty label as absent), with ``su
 ``description`` and the links as annotations and the chart as ``generatorURL``. A firing alert
 carries no ``endsAt``: Alertmanager then keeps it for its ``resolve_timeout`` (5m by default),
 and the alerter re-sends firing alerts every ``resend_s`` (service.py) as Prometheus does. A
-resolved alert carries ``endsAt``, the time its violation cleared.
+resolved alert carries ``endsAt``, the time its violation cleared. An incident merged into
+another has its alerts told resolved (``endsAt`` the merge, unless they cleared before) under its
+own labels, with the surviving incident as ``merged_into`` annotations; they fire on under the
+survivor's.
 """
 
 from __future__ import annotations
@@ -73,6 +76,9 @@ def annotations_of(n: Notification, a: AlertView) -> dict[str, str]:
     }
     names = {"Incident link": "incident_url", "Violation": "violation_url", "Chart": "chart_url"}
     out.update({names[k]: v for k, v in links.items() if k in names})
+    if n.merged_into is not None and (url := n.merged_url()):
+        out["merged_into"] = n.merged_into.id
+        out["merged_into_url"] = url
     return out
 
 

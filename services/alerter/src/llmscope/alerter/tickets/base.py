@@ -14,6 +14,7 @@ from typing import Any, Literal, Protocol
 
 import aiohttp
 
+from llmscope.alerter.destinations import DestinationRefused
 from llmscope.alerter.retry import DeliveryError, classify_http, describe_error
 from llmscope.alerter.tickets.text import Section
 from llmscope.config.env import Secret
@@ -129,6 +130,9 @@ async def call(
                 return (json.loads(text) if text.strip() else None), resp.headers
             except ValueError:
                 raise DeliveryError(f"{method} {resp.url.path}: not JSON", retryable=True) from None
+    except DestinationRefused as exc:
+        # The guarded session's resolver refused what the name resolves to now (destinations.py).
+        raise DeliveryError(str(exc), retryable=False) from None
     except aiohttp.InvalidURL:
         raise DeliveryError("invalid tracker URL", retryable=False) from None
     except (aiohttp.ClientError, TimeoutError) as exc:

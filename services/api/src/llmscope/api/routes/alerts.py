@@ -19,7 +19,8 @@ from llmscope.web.alerting import (
 
 
 class TestBody(BaseModel):
-    """Which channel: a configured channel's name, or a kind (email, slack, webhook, pagerduty)."""
+    """Which channel: a configured channel's name, or a kind (email, slack, webhook, pagerduty),
+    or ``tickets``: the ticket tracker (a test ticket is opened, commented on and closed)."""
 
     __test__ = False  # not a pytest class
 

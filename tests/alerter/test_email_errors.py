@@ -1,0 +1,100 @@
+"""Permanent SMTP errors fail at once, with a reason to act on: bad credentials (a real aiosmtpd
+server refusing the login) and a host name that does not exist; a refused connection is
+transient and retried."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from typing import Any
+
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from llmscope.alerter.notifiers.email import EmailConfig, EmailNotifier
+from llmscope.alerter.retry import Outcome, RetryPolicy, send_with_retry
+from llmscope.config.env import Secret
+from tests.alerter.factories import Mailbox, smtp_server
+from tests.alerter.test_notifiers import notification
+
+QUICK = RetryPolicy(initial=0.01, max_delay=0.02, deadline=2.0, attempt_timeout=2.0, jitter=0.0)
+
+
+def only(user: str, password: str) -> Any:
+    """An aiosmtpd authenticator accepting one login."""
+
+    def check(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+        ok = isinstance(data, LoginPassword) and (data.login, data.password) == (
+            user.encode(),
+            password.encode(),
+        )
+        return AuthResult(success=ok, handled=False)  # aiosmtpd answers 535 itself
+
+    return check
+
+
+async def _send(cfg: EmailConfig) -> Outcome:
+    mail = EmailNotifier("mail", cfg)
+    payload = mail.build_payload(notification())
+
+    async def send() -> str:
+        return await mail.send(payload)
+
+    return await send_with_retry(send, policy=QUICK, rng=random.Random(1))
+
+
+async def test_bad_smtp_credentials_fail_at_once_good_ones_send() -> None:
+    box = Mailbox()
+    server = smtp_server(box, authenticator=only("alerts", "right"), auth_require_tls=False)
+    try:
+        cfg = EmailConfig(
+            host="127.0.0.1",
+            port=server.port,
+            security="none",
+            sender="scope@example.com",
+            recipients=("oncall@example.com",),
+            username="alerts",
+            password=Secret("wrong"),
+        )
+        refused = await _send(cfg)
+        assert refused.status == "failed"
+        assert len(refused.attempts) == 1  # permanent: not retried
+        assert refused.attempts[0].detail == "SMTP authentication failed: 535"
+        assert box.messages == []
+        sent = await _send(replace(cfg, password=Secret("right")))
+        assert sent.status == "sent"
+        assert len(box.messages) == 1
+    finally:
+        server.stop()
+
+
+async def test_an_unknown_smtp_host_fails_at_once_a_refused_connection_is_retried() -> None:
+    unknown = await _send(
+        EmailConfig(
+            host="no-such-host.invalid",
+            port=25,
+            security="none",
+            sender="scope@example.com",
+            recipients=("oncall@example.com",),
+        )
+    )
+    assert unknown.status == "failed"
+    assert len(unknown.attempts) == 1
+    assert unknown.attempts[0].detail.startswith("unknown SMTP host")
+
+    box = Mailbox()
+    server = smtp_server(box)
+    port = server.port
+    server.stop()  # nothing listens there now
+    refused = await _send(
+        EmailConfig(
+            host="127.0.0.1",
+            port=port,
+            security="none",
+            sender="scope@example.com",
+            recipients=("oncall@example.com",),
+            timeout=1,
+        )
+    )
+    assert refused.status in ("failed", "expired")
+    assert len(refused.attempts) > 1  # transient: tried again until the deadline
+    assert all("transport error" in a.detail for a in refused.attempts)
