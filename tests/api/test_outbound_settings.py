@@ -71,6 +71,18 @@ async def test_public_and_unresolvable_destinations_and_clearing_are_saved(close
         assert r.status_code == 200, r.text
 
 
+async def test_a_name_no_dns_could_answer_is_refused_not_a_500(closed: Api) -> None:
+    # IDNA's UnicodeError escaped the policy: a 500 (schemathesis, issue 9).
+    for key, value in [
+        ("alert.discord.webhook_url", "http://" + "0" * 64 + "/x"),  # a label over 63 characters
+        ("alert.webhook.url", "https://a\x9db.example/in"),
+        ("alert.email.smtp_host", "a" * 64 + ".example"),
+    ]:
+        r = await closed.client.put(f"/api/settings/{key}", json={"value": value})
+        assert r.status_code == 422, (key, r.text)
+        assert "not a host name" in r.json()["detail"][0]["msg"]
+
+
 async def test_the_allow_list_lets_a_local_destination_be_saved(api: Api) -> None:
     for key, value in [("alert.email.smtp_host", "127.0.0.1"), ("alert.webhook.url", "http://localhost:9/x")]:
         r = await api.client.put(f"/api/settings/{key}", json={"value": value})

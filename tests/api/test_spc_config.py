@@ -80,6 +80,28 @@ async def test_a_model_name_too_long_for_a_kv_key_is_refused(api: Api) -> None:
     assert detail["loc"] == ["path", "model"]
     assert "too long" in detail["msg"]
     assert (await api.client.get(URL)).status_code == 200  # the connection is still up
+    # What the document states, exactly: any 85 characters, or ASCII up to 256 (issue 9:
+    # schemathesis's schema-valid data is accepted).
+    for model, status in [
+        ("\U0001f600" * 85, 200),
+        ("\U0001f600" * 86, 422),
+        ("a.b:" * 64, 200),
+        ("a.b:" * 64 + "c", 422),
+        ("\u00e9" * 86, 422),  # its 516 encoded bytes would fit, but the document says no
+    ]:
+        r = await api.client.put(f"/api/spc/config/ollama/{model}", json={"updated_by": "bo"})
+        assert r.status_code == status, (model[:8], len(model), r.text)
+
+
+async def test_updated_at_is_the_servers_whatever_the_body_says(api: Api) -> None:
+    # The document (ModelOverridesBody) says any value is taken and ignored; msgspec's RFC 3339
+    # refused some of JSON Schema's date-times (issue 9, schemathesis).
+    for sent in ["1937-01-01T12:00:27.87+00:20", "not a time", 5, None]:
+        r = await api.client.put(URL, json={"updated_by": "bo", "updated_at": sent})
+        assert r.status_code == 200, (sent, r.text)
+        stored = r.json()["overrides"]["updated_at"]
+        assert stored != sent, stored
+        assert stored.startswith("20"), stored
 
 
 @pytest.mark.parametrize(

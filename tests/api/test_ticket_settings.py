@@ -1,5 +1,6 @@
-"""The ticket tracker's settings through the API: validated alone and together (422 naming the
-setting at fault), the token write-only (never read back, never echoed)."""
+"""The ticket tracker's settings through the API: validated alone (422) and together (409: valid
+alone, in conflict with the others as stored), naming the setting at fault; the token write-only
+(never read back, never echoed)."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ async def test_ticket_settings_are_refused_naming_the_field_and_the_token_is_nev
     api: Api,
 ) -> None:
     status, body = await put(api, "alert.tickets.tracker", "github")
-    assert status == 422
+    assert status == 409
     assert field_of(body) == "alert.tickets.project"  # nothing configured yet
     status, body = await put(api, "alert.tickets.tracker", "trac")
     assert (status, field_of(body)) == (422, "alert.tickets.tracker")
@@ -61,13 +62,13 @@ async def test_ticket_settings_are_refused_naming_the_field_and_the_token_is_nev
     status, _ = await put(api, "alert.tickets.tracker", "github")
     assert status == 200
     status, body = await put(api, "alert.tickets.project", "acme")
-    assert status == 422
+    assert status == 409
     assert field_of(body) == "alert.tickets.project"
     assert "owner/repo" in body["detail"][0]["msg"]
     status, body = await put(api, "alert.tickets.token", "")
-    assert (status, field_of(body)) == (422, "alert.tickets.token")
+    assert (status, field_of(body)) == (409, "alert.tickets.token")
     status, body = await put(api, "alert.tickets.tracker", "jira")
-    assert (status, field_of(body)) == (422, "alert.tickets.url")
+    assert (status, field_of(body)) == (409, "alert.tickets.url")
 
     r = await api.client.get("/api/settings")
     assert TOKEN not in r.text

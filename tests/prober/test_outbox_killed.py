@@ -23,6 +23,8 @@ from tests.alerter.harness import eventually
 from tests.api.faults import stored_ids
 from tests.simulator.harness import running_sim
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 def _event(n: int) -> TelemetryEvent:
     return TelemetryEvent(
@@ -63,17 +65,86 @@ def test_the_journal_gives_back_what_was_put_and_not_done(tmp_path: Path) -> Non
     again.close()
 
 
-def test_an_outbox_over_its_size_drops_the_oldest_from_the_file_too(tmp_path: Path) -> None:
+async def test_an_outbox_over_its_size_drops_the_oldest_from_the_file_too(tmp_path: Path) -> None:
     subject = subjects.telemetry("ollama", "m")
     metrics = ProberMetrics(CollectorRegistry())
-    outbox = Outbox(None, metrics, maxsize=3, journal=Journal(tmp_path, "p"))
+    journal = Journal(tmp_path, "p")
+    outbox = Outbox(None, metrics, maxsize=3, journal=journal)
+    assert await outbox.recover() == 0
     events = [_event(n) for n in range(5)]
     for event in events:
         outbox.put(subject, event)
     assert outbox.dropped == 2
+    await journal.aclose()
     reborn = Outbox(None, metrics, maxsize=3, journal=Journal(tmp_path, "p"))
-    assert reborn.recovered == 3
+    assert await reborn.recover() == 3
     assert len(reborn) == 3
+
+
+async def test_the_file_is_fsynced_once_per_batch_of_writes_off_the_event_loop(tmp_path: Path) -> None:
+    subject = subjects.telemetry("ollama", "m")
+    journal = Journal(tmp_path / "new" / "dir", "p")
+    await asyncio.to_thread(journal.load)
+    assert journal.directory.stat().st_mode & 0o077 == 0
+    events = [_event(n) for n in range(200)]
+    for event in events:  # one burst: the loop never yields between these writes
+        journal.put(subject, event)
+    await journal.synced()
+    # One fsync for the burst (a second at most, had a write come after the first one began);
+    # one per line would be 200.
+    assert 1 <= journal.syncs <= 2, journal.syncs
+    before = journal.syncs
+    journal.done(events[0].id)
+    await journal.synced()
+    assert journal.syncs == before + 1
+    await journal.aclose()
+    assert [e.id for _, e in Journal(journal.directory, "p").load()] == [e.id for e in events[1:]]
+
+
+# A prober's outbox in miniature: puts events one at a time on an event loop and says so on
+# stdout once each put has returned, then waits to be killed.
+_PUTTER = """
+import asyncio, sys
+from pathlib import Path
+from llmscope.prober.journal import Journal
+from tests.prober.test_outbox_killed import _event
+from llmscope.proto import subjects
+
+async def main() -> None:
+    journal = Journal(Path(sys.argv[1]), "k")
+    await asyncio.to_thread(journal.load)
+    for n in range(int(sys.argv[2])):
+        event = _event(n)
+        journal.put(subjects.telemetry("ollama", "m"), event)
+        print(event.id, flush=True)
+        await asyncio.sleep(0)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.fault
+async def test_an_event_put_survives_a_sigkill_right_after_the_put_returns(tmp_path: Path) -> None:
+    # (fsync itself only shows in a power cut: this is the kill of the process, the common case.)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _PUTTER, str(tmp_path), "50", stdout=asyncio.subprocess.PIPE, cwd=ROOT
+    )
+    assert proc.stdout is not None
+    put: list[str] = []
+    try:
+        while len(put) < 50:
+            line = await asyncio.wait_for(proc.stdout.readline(), 30)
+            assert line, "the putter ended early"
+            put.append(line.decode().strip())
+        proc.send_signal(signal.SIGKILL)  # at once: no chance to close or flush anything
+        await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert [e.id for _, e in Journal(tmp_path, "k").load()] == put
 
 
 @pytest.mark.fault

@@ -138,6 +138,11 @@ class OutboundPolicy:
                 results = await self.resolver.resolve(name, port or 0, family=socket.AF_UNSPEC)
             except OSError:
                 return None
+            except UnicodeError:
+                # IDNA cannot encode it (a label over 63 characters, a character no host name
+                # has): no DNS could ever answer, so it is refused now rather than at every send
+                # (it escaped as a 500 from PUT /api/settings: schemathesis, issue 9).
+                raise DestinationRefused("not a host name: IDNA cannot encode it") from None
             return self.checked(name, results)
         if not self.allows_name(name) and not self.allows(address):
             raise self.refusal(name, address)

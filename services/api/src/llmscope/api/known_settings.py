@@ -15,11 +15,12 @@ from msgspec import Meta
 
 from llmscope.web.data import SettingError, SettingKind
 
-Email = Annotated[str, Meta(pattern=r"^[^@\s]+@[^@\s]+$", max_length=320)]
-HttpsUrl = Annotated[str, Meta(pattern=r"^(https?://\S+)?$", max_length=2000)]  # "" clears it
+# No NUL in any of them: Postgres's JSON cannot hold one (stated, so the API's document says it).
+Email = Annotated[str, Meta(pattern=r"^[^@\s\x00]+@[^@\s\x00]+$", max_length=320)]
+HttpsUrl = Annotated[str, Meta(pattern=r"^(https?://[^\s\x00]+)?$", max_length=2000)]  # "" clears it
 Port = Annotated[int, Meta(ge=1, le=65535)]
 Seconds = Annotated[int, Meta(ge=0, le=7 * 24 * 3600)]
-Text = Annotated[str, Meta(max_length=2000)]
+Text = Annotated[str, Meta(max_length=2000, pattern=r"^[^\x00]*$")]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +54,7 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec(
         "alert.on_rules",
         "list",
-        list[Annotated[str, Meta(min_length=1, max_length=32)]],
+        list[Annotated[str, Meta(min_length=1, max_length=32, pattern=r"^[^\x00]*$")]],
         [],
         "Rules that notify (empty: every rule at the minimum severity)",
     ),
@@ -153,7 +154,7 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec(
         "alert.tickets.labels",
         "list",
-        list[Annotated[str, Meta(min_length=1, max_length=100)]],
+        list[Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[^\x00]*$")]],
         ["llmscope"],
         "Labels of new tickets",
     ),

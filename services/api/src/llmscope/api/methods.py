@@ -9,22 +9,12 @@ instead of 405. Found by schemathesis's ``unsupported_method`` and Allow-header 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
+from fastapi.routing import iter_route_contexts
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import Scope
-
-
-def _leaves(routes: Sequence[BaseRoute]) -> Iterator[BaseRoute]:
-    # FastAPI >= 0.165 keeps an included router as one route whose match is PARTIAL for any
-    # method: its routes, with their prefixes, are its effective candidates.
-    for route in routes:
-        candidates = getattr(route, "effective_candidates", None)
-        if callable(candidates):
-            yield from _leaves(candidates())
-        else:
-            yield route
 
 
 def wrong_method(routes: Sequence[BaseRoute], scope: Scope) -> Response | None:
@@ -33,12 +23,14 @@ def wrong_method(routes: Sequence[BaseRoute], scope: Scope) -> Response | None:
     allowed: set[str] = set()
     literal: set[str] = set()
     served = served_literally = False
-    for route in _leaves(routes):
+    # An included router is one route whose match says nothing of its routes' methods (FastAPI
+    # >= 0.137): iter_route_contexts, FastAPI's public walk, gives each route with its prefix.
+    for route in iter_route_contexts(routes):
         match, _ = route.matches(scope)
         if match is Match.NONE:
             continue
-        is_literal = "{" not in getattr(route, "path", "{")
-        methods: set[str] = getattr(route, "methods", None) or set()
+        is_literal = "{" not in (route.path or "{")
+        methods: set[str] = route.methods or set()
         if match is Match.FULL:
             served = True
             served_literally |= is_literal

@@ -139,6 +139,11 @@ class SpcConfigStore:
     async def put(self, provider: str, model: str, body: bytes) -> ModelConfigView:
         """Validate a :class:`ModelOverrides` body and store it (``updated_at`` is now)."""
         try:
+            raw = msgspec.json.decode(body)
+            if isinstance(raw, dict) and "updated_at" in raw:
+                # the server's to set (below): what a client sends there is ignored, whatever it is
+                del raw["updated_at"]
+                body = msgspec.json.encode(raw)
             overrides = decode_overrides(body, strict=True)
         except msgspec.DecodeError as exc:
             path, message = error_path(exc)

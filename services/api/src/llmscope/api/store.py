@@ -723,7 +723,7 @@ class Store:
         clean = spec.validate(value)
         await self._check_destination(key, clean)
         for field, message in (await self._ticket_errors({key: clean})).items():
-            raise SettingError(field, message)
+            raise ticket_settings.TicketConflict(field, message)
         await self.pool.execute(
             """INSERT INTO settings (key, value, updated_at, updated_by) VALUES ($1, $2, now(), $3)
                ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now(),

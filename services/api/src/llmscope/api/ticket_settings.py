@@ -10,9 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from llmscope.web.data import SettingError
+
 PREFIX = "alert.tickets."
 TRACKER = "alert.tickets.tracker"
 TOKEN = "alert.tickets.token"
+
+
+class TicketConflict(SettingError):
+    """A ticket setting valid alone that does not agree with the others as stored (409: the
+    request is well formed; the state it would leave is not)."""
 
 
 def ticket_errors(values: Mapping[str, object]) -> dict[str, str]:

@@ -115,6 +115,7 @@ async def run(settings: ProberSettings, metrics: ProberMetrics, stop: asyncio.Ev
 
     journal = Journal(settings.outbox_dir, settings.prober_id) if settings.outbox_dir else None
     outbox = Outbox(None, metrics, maxsize=settings.outbox_size, journal=journal)
+    await outbox.recover()
     sampler = SystemSampler()
     health: HealthServer | None = None
     if settings.health_port:
@@ -158,7 +159,7 @@ async def run(settings: ProberSettings, metrics: ProberMetrics, stop: asyncio.Ev
         await asyncio.gather(*watchers, return_exceptions=True)
         sampler.close()
         if journal is not None:
-            journal.close()
+            await journal.aclose()
         if health is not None:
             await health.stop()
         if clients:

@@ -4,7 +4,7 @@ Events queue here and one worker publishes them in order, retrying while NATS is
 the outbox is full the oldest event is dropped (counted and logged): recent telemetry matters
 more than old. Re-publishing an event is safe: JetStream de-duplicates on its id. With a
 :class:`~llmscope.prober.journal.Journal` the events also go to a file and a restarted prober
-publishes what its predecessor had not.
+publishes what its predecessor had not (:meth:`Outbox.recover`, before the first put).
 """
 
 from __future__ import annotations
@@ -54,10 +54,16 @@ class Outbox:
         self._journal = journal
         self.recovered = 0
         """Events read back from the journal at start (left by a previous process)."""
-        if journal is not None:
-            for subject, event in journal.load():
+
+    async def recover(self) -> int:
+        """Queue what the journal's file holds (a previous process's outbox); before any put.
+
+        The file is read, rewritten and fsynced in a thread: never on the event loop."""
+        if self._journal is not None:
+            for subject, event in await asyncio.to_thread(self._journal.load):
                 self.put(subject, event, journaled=True)
             self.recovered = len(self._queue)
+        return self.recovered
 
     def __len__(self) -> int:
         return len(self._queue)

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from msgspec import Meta
+from pydantic import BaseModel
 
-from llmscope.api import known_settings
-from llmscope.api.openapi_errors import not_found
+from llmscope.api import known_settings, ticket_settings
+from llmscope.api.openapi_errors import INVALID, not_found
 from llmscope.api.runtime import Runtime
+from llmscope.api.ticket_settings import TicketConflict
+from llmscope.proto.chartconfig import error_path
 from llmscope.web.data import HEALTH_MAX_HOURS, HealthOverview, ModelInfo, SettingError, SettingInfo
 
 # The overview holds the engine's availability views (msgspec structs): msgspec encodes it and
@@ -25,9 +29,39 @@ _HEALTH: dict[int | str, dict[str, Any]] = {
 }
 
 
-class SettingBody(BaseModel):
-    value: Any
-    updated_by: Annotated[str, Field(min_length=1, max_length=200)] = "api"
+# One operation per setting, each with its value's own schema: the value's type depends on the
+# key, which a body schema under one ``/api/settings/{key}`` cannot say (issue 9: schemathesis
+# sent schema-valid values the key's type refused).
+_UPDATED_BY = Annotated[str, Meta(min_length=1, max_length=200)]
+_SETTING_BODIES: dict[str, type[msgspec.Struct]] = {
+    spec.key: msgspec.defstruct(
+        "Set_" + spec.key.replace(".", "_"),
+        [("value", spec.type), ("updated_by", _UPDATED_BY, "api")],
+        kw_only=True,
+    )
+    for spec in known_settings.SPECS
+}
+_SETTING_SCHEMAS, _SETTING_COMPONENTS = msgspec.json.schema_components(
+    list(_SETTING_BODIES.values()), ref_template="#/components/schemas/{name}"
+)
+_JSON = "application/json"
+_CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: {
+        "description": "valid alone, but not with the other ticket settings as stored; `field` names "
+        "the one at fault",
+        "content": INVALID["content"],
+    }
+}
+
+
+def _invalid(key: str, path: str, message: str) -> HTTPException:
+    loc: list[str | int] = ["body"]
+    for part in path.removeprefix("$").replace("[", ".[").split("."):
+        if part.startswith("[") and part.endswith("]") and part[1:-1].isdigit():
+            loc.append(int(part[1:-1]))
+        elif part:
+            loc.append(part)
+    return HTTPException(422, [{"loc": loc, "field": key, "msg": message, "type": "value_error"}])
 
 
 class ModelBody(BaseModel):
@@ -66,18 +100,45 @@ def router(rt: Runtime) -> APIRouter:
         """Every known setting; secrets show only ``is_set``, never their value."""
         return await rt.store.settings()
 
-    @api.put("/settings/{key}", response_model=SettingInfo, tags=["settings"], responses=not_found("setting"))
-    async def put_setting(key: str, body: SettingBody) -> SettingInfo:
-        if key not in known_settings.BY_KEY:
-            raise HTTPException(404, f"unknown setting {key!r}; known: {', '.join(known_settings.BY_KEY)}")
-        try:
-            return await rt.store.put_setting(key, body.value, body.updated_by)
-        except SettingError as exc:
-            raise HTTPException(
-                # The setting at fault: the saved one, or one it must agree with (ticket_settings.py).
-                422,
-                [{"loc": ["body", "value"], "field": exc.key, "msg": exc.message, "type": "value_error"}],
-            ) from exc
+    def setter(key: str) -> Callable[[Request], Awaitable[SettingInfo]]:
+        decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(_SETTING_BODIES[key])
+
+        async def put_setting(request: Request) -> SettingInfo:
+            try:
+                body = decoder.decode(await request.body())
+            except msgspec.ValidationError as exc:
+                raise _invalid(key, *error_path(exc)) from None
+            except msgspec.DecodeError as exc:
+                raise HTTPException(400, f"the body is not JSON: {exc}") from None
+            try:
+                return await rt.store.put_setting(key, body.value, body.updated_by)
+            except TicketConflict as exc:  # the setting at fault may be another one
+                why = {"loc": ["body", "value"], "field": exc.key, "msg": exc.message, "type": "conflict"}
+                raise HTTPException(409, [why]) from exc
+            except SettingError as exc:  # a destination the outbound policy refuses
+                raise _invalid(exc.key, "$.value", exc.message) from exc
+
+        return put_setting
+
+    for spec, schema in zip(known_settings.SPECS, _SETTING_SCHEMAS, strict=True):
+        api.add_api_route(
+            f"/settings/{spec.key}",
+            setter(spec.key),
+            methods=["PUT"],
+            response_model=SettingInfo,
+            tags=["settings"],
+            summary=f"Set {spec.key}",
+            description=spec.description + (" (write-only: never read back)" if spec.secret else ""),
+            operation_id="put_setting_" + spec.key.replace(".", "_"),
+            responses=_CONFLICT if spec.key.startswith(ticket_settings.PREFIX) else None,
+            openapi_extra={"requestBody": {"required": True, "content": {_JSON: {"schema": schema}}}},
+        )
+
+    # Left out of the document: each known key has its own operation above; this one says which
+    # keys there are.
+    @api.put("/settings/{key}", include_in_schema=False)
+    async def put_unknown_setting(key: str) -> None:
+        raise HTTPException(404, f"unknown setting {key!r}; known: {', '.join(known_settings.BY_KEY)}")
 
     @api.get("/models", response_model=list[ModelInfo], tags=["models"])
     async def get_models() -> list[ModelInfo]:
@@ -137,5 +198,5 @@ def router(rt: Runtime) -> APIRouter:
 
 
 def openapi_components() -> dict[str, Any]:
-    """Schemas the health overview refers to, for the app's OpenAPI document."""
-    return _HEALTH_COMPONENTS
+    """Schemas the health overview and the settings refer to, for the app's OpenAPI document."""
+    return {**_HEALTH_COMPONENTS, **_SETTING_COMPONENTS}

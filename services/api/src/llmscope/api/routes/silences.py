@@ -17,6 +17,27 @@ from llmscope.web.alerting import AlerterRefused, AlerterUnavailable, SilenceInf
 Matchers = Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(max_length=100)]
 
 
+def _anycase(word: str) -> str:
+    # ECMA regexes have no inline (?i): each letter as a class. "İ" lowers to "i" + a dot, so
+    # the alerter's `lower()[:3]` reads "FRİ" as "fri".
+    return "".join("[iIİ]" if c == "i" else f"[{c}{c.upper()}]" for c in word)
+
+
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_NTH = ("first", "second", "third", "fourth", "last")
+# What the alerter takes, stated in the document (it still checks, and its 422 says what is
+# wrong in words): a weekday is anything that starts, past blanks, with mon..sun in any case; an
+# nth weekday is two words, first..fourth|last and a weekday. Never narrower than the alerter,
+# or schemathesis's schema-invalid requests would be accepted.
+_DAY = "(" + "|".join(_anycase(d) for d in _DAYS) + ")"
+_WEEKDAY_PATTERN = r"^\s*" + _DAY
+_NTH_PATTERN = (
+    r"^\s*(" + "|".join("".join(f"[{c}{c.upper()}]" for c in n) for n in _NTH) + r")\s+" + _DAY + r"\S*\s*$"
+)
+# Not blank: the alerter strips them (NUL: the front door refuses it anywhere).
+_NOT_BLANK = {"pattern": r"^[^\x00]*[^\x00\s][^\x00]*$"}
+
+
 class SilenceBody(BaseModel):
     """One-off (``starts_at``/``ends_at``), weekly recurring (``weekly_days``, ``weekly_start``,
     ``weekly_end``) or monthly recurring (``monthly_days`` and/or ``monthly_weekdays``,
@@ -24,8 +45,8 @@ class SilenceBody(BaseModel):
     recurring window's. Dates bound a recurring window. Empty matchers match anything (shell
     patterns allowed)."""
 
-    reason: Annotated[str, Field(min_length=1, max_length=2000), NO_NUL]
-    author: Annotated[str, Field(min_length=1, max_length=200)]
+    reason: Annotated[str, Field(min_length=1, max_length=2000, json_schema_extra=_NOT_BLANK), NO_NUL]
+    author: Annotated[str, Field(min_length=1, max_length=200, json_schema_extra=_NOT_BLANK)]
     kind: Literal["silence", "maintenance"] = "silence"
     models: Matchers = []
     providers: Matchers = []
@@ -33,7 +54,14 @@ class SilenceBody(BaseModel):
     hosts: Matchers = []
     starts_at: datetime | None = None
     ends_at: datetime | None = None
-    weekly_days: Annotated[list[str], Field(max_length=7)] = []
+    weekly_days: Annotated[
+        list[str],
+        Field(
+            max_length=7,
+            description="mon..sun (a longer name is read by its first three letters)",
+            json_schema_extra={"items": {"type": "string", "pattern": _WEEKDAY_PATTERN}},
+        ),
+    ] = []
     weekly_start: Annotated[str | None, Field(description="HH:MM, local time")] = None
     weekly_end: Annotated[str | None, Field(description="HH:MM; <= start runs past midnight")] = None
     timezone: Annotated[str, Field(description="IANA time zone of the weekly or monthly window")] = "UTC"
@@ -41,7 +69,9 @@ class SilenceBody(BaseModel):
     monthly_days: Annotated[
         list[int],
         Field(
-            max_length=31, description="days of the month, 1..31; a day a month lacks does not occur in it"
+            max_length=31,
+            description="days of the month, 1..31; a day a month lacks does not occur in it",
+            json_schema_extra={"items": {"type": "integer", "minimum": 1, "maximum": 31}},
         ),
     ] = []
     monthly_weekdays: Annotated[
@@ -49,6 +79,7 @@ class SilenceBody(BaseModel):
         Field(
             max_length=35,
             description='nth weekdays: first|second|third|fourth|last mon..sun, e.g. "first sun"',
+            json_schema_extra={"items": {"type": "string", "pattern": _NTH_PATTERN}},
         ),
     ] = []
     monthly_start: Annotated[str | None, Field(description="HH:MM, local time")] = None

@@ -23,19 +23,55 @@ from llmscope.web.chart_settings import SettingsRejected, SettingsUnavailable
 _SCHEMAS, _COMPONENTS = msgspec.json.schema_components(
     [ModelConfigView, ModelOverrides], ref_template="#/components/schemas/{name}"
 )
-VIEW_SCHEMA, OVERRIDES_SCHEMA = _SCHEMAS
+VIEW_SCHEMA, _ = _SCHEMAS
 for _name, _schema in _COMPONENTS.items():
     # msgspec's schema leaves out that these structs refuse unknown fields (the API answers 422)
     if _schema.get("type") == "object":
         _schema.setdefault("additionalProperties", False)
+# CusumSettings.__post_init__: k and h come together (both absent or null, or both lists) and
+# with one h per k; JSON Schema compares no two fields, so each length (1..8) is a branch.
+_COMPONENTS["CusumSettings"]["anyOf"] = [
+    {"properties": {"k": {"type": "null"}, "h": {"type": "null"}}},
+    *(
+        {
+            "required": ["k", "h"],
+            "properties": {
+                "k": {"type": "array", "minItems": n, "maxItems": n},
+                "h": {"type": "array", "minItems": n, "maxItems": n},
+            },
+        }
+        for n in range(1, 9)
+    ),
+]
+# The request's body: a ModelOverrides whose ``updated_at`` is the server's to set (the time it
+# stored the change): whatever a client sends there is ignored, so any value is accepted.
+_COMPONENTS["ModelOverridesBody"] = {
+    **_COMPONENTS["ModelOverrides"],
+    "title": "ModelOverridesBody",
+    "properties": {
+        **_COMPONENTS["ModelOverrides"]["properties"],
+        "updated_at": {"description": "ignored: the server records when it stored the change"},
+    },
+}
+OVERRIDES_SCHEMA = {"$ref": "#/components/schemas/ModelOverridesBody"}
 
 Provider = Annotated[str, Path(min_length=1, max_length=64)]
 
+# The overrides' KV key holds the model as a subject token, at most subjects.MAX_TOKEN_LENGTH
+# (1024) bytes encoded: a character takes at most 12 (4 UTF-8 bytes, 3 each) and an ASCII one at
+# most 3, so any name of 85 characters fits, and any ASCII name of 256. Stated as such rather
+# than in encoded bytes, which a schema cannot count; a name past both is refused even where its
+# bytes would fit, so that the API takes exactly what its document says.
+_ANY_CHARS = subjects.MAX_TOKEN_LENGTH // 12
+_ASCII_CHARS = 256
+
 
 def _fits_a_key(model: str) -> str:
-    # The overrides' KV key holds the model as a token: nats-server drops a connection whose
-    # control line passes 4 KB, so the name is bounded as telemetry's is.
-    subjects.check_token("model", model)
+    if len(model) > _ANY_CHARS and not (model.isascii() and len(model) <= _ASCII_CHARS):
+        raise ValueError(
+            f"too long for a subject token: a model name over {_ANY_CHARS} characters must be ASCII "
+            f"(at most {_ASCII_CHARS})"
+        )
     return model
 
 
@@ -43,11 +79,14 @@ Model = Annotated[
     str,
     Path(
         min_length=1,
-        max_length=256,
-        description="model name; may contain `/`",
-        # the router's `{model:path}` matches no line break (404): stated, as the NUL the
-        # front door refuses (issue 9, schemathesis)
-        json_schema_extra={"pattern": r"^[^\n\x00]+$"},
+        max_length=_ASCII_CHARS,
+        description=f"model name; may contain `/`; over {_ANY_CHARS} characters, ASCII only",
+        json_schema_extra={
+            # the router's `{model:path}` matches no line break (404): stated, as the NUL the
+            # front door refuses (issue 9, schemathesis)
+            "pattern": r"^[^\n\x00]+$",
+            "anyOf": [{"maxLength": _ANY_CHARS}, {"pattern": r"^[\x00-\x7f]*$"}],
+        },
     ),
     AfterValidator(_fits_a_key),
 ]
