@@ -22,6 +22,7 @@ from llmscope.alerter.incidents import (
     forms_incidents,
     sustained,
     sustained_models,
+    title_for,
 )
 from llmscope.alerter.llm import LlmConfig, analyze, parse_answer
 from llmscope.proto import codec, subjects
@@ -46,6 +47,17 @@ def test_only_signals_at_or_above_the_minimum_severity_form_incidents() -> None:
     assert forms_incidents("warning", "warning")
     assert not forms_incidents("info", "warning")
     assert forms_incidents("info", "info")
+
+
+def test_titles_say_what_is_wrong() -> None:
+    assert (
+        title_for([violation(0, rule="CUSUM")])
+        == "ollama/llama3.1:8b on gpu-1: latency_ms out of control (CUSUM)"
+    )
+    outage = violation(0, rule="AVAILABILITY", metric="availability", value=3)
+    assert title_for([outage]) == "ollama/llama3.1:8b on gpu-1: probes failing (AVAILABILITY)"
+    both = [violation(0, rule="CUSUM"), violation(1, model="qwen2:7b", rule="CUSUM")]
+    assert title_for(both) == "Cascade on gpu-1: 2 models degraded (llama3.1:8b, qwen2:7b) - latency_ms"
 
 
 def test_correlation_same_model_same_host_and_window() -> None:

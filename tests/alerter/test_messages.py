@@ -102,6 +102,7 @@ OUTAGE = Outage(
 SINGLE = IncidentRef(
     "inc-v1", "ollama/llama3.1:8b on gpu-1: latency_ms out of control (CUSUM)", ("llama3.1:8b",)
 )
+DOWN = IncidentRef("inc-v2", "ollama/llama3.1:8b on gpu-1: probes failing (AVAILABILITY)", ("llama3.1:8b",))
 CASCADE = IncidentRef(
     "inc-v1",
     "Cascade on gpu-1: 2 models degraded (llama3.1:8b, qwen2:7b) - latency_ms",
@@ -159,7 +160,7 @@ def notification(case: str) -> Notification:
             return replace(
                 base,
                 lead_episode_id=ev.episode_id,
-                firing=(AlertView(ev, outage=OUTAGE, incident=SINGLE),),
+                firing=(AlertView(ev, outage=OUTAGE, incident=DOWN),),
             )
         case "outage_resolved":
             ev = outage_event()

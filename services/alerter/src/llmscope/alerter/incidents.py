@@ -129,6 +129,8 @@ def title_for(events: Sequence[ViolationEvent]) -> str:
     if len(models) > 1:
         return f"Cascade on {where}: {len(models)} models degraded ({', '.join(models)}) - {metrics}"
     rules = ", ".join(sorted({e.rule for e in events}))
+    if metrics == "availability":  # "availability out of control" reads oddly for an outage
+        return f"{first.provider}/{first.model} on {where}: probes failing ({rules})"
     return f"{first.provider}/{first.model} on {where}: {metrics} out of control ({rules})"
 
 
