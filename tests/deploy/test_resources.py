@@ -142,3 +142,26 @@ def test_a_resource_value_reaches_its_container_and_no_other(tmp_path: Path) -> 
     assert rendered["prober"]["resources"]["requests"]["cpu"] == "123m"
     for name in set(rendered) - {"spc-engine", "prober"}:
         assert rendered[name]["resources"] == MEASURED["resources"][name], name
+
+
+def _millicores(quantity: str) -> float:
+    return float(quantity[:-1]) if quantity.endswith("m") else float(quantity) * 1000
+
+
+def test_the_api_autoscaler_leaves_the_measured_loads_alone() -> None:
+    # A target relative to the request (the typical load's p95) would add pods at the typical
+    # load itself; the target is an absolute CPU per pod, well above every measured level and
+    # below the one core a pod's event loop can use.
+    (hpa,) = [
+        d
+        for d in yaml.safe_load_all((K8S / "components" / "autoscaling" / "hpa.yaml").read_text())
+        if d and d["kind"] == "HorizontalPodAutoscaler"
+    ]
+    ((metric,),) = [hpa["spec"]["metrics"]]
+    assert metric["resource"]["name"] == "cpu"
+    assert metric["resource"]["target"]["type"] == "AverageValue"
+    target_m = _millicores(metric["resource"]["target"]["averageValue"])
+    busiest_m = max(MEASURED["figures"][level]["api"]["cpu_max"] for level in MEASURED["figures"]) * 1000
+    assert target_m >= 4 * busiest_m, (target_m, busiest_m)
+    assert target_m >= 4 * _millicores(MEASURED["resources"]["api"]["requests"]["cpu"])
+    assert target_m <= 500
