@@ -40,8 +40,8 @@ VALUE_KEYS = {"api": "api", "spc-engine": "spcEngine", "alerter": "alerter", "pr
 OVERLAYS = ("dev", "example")
 
 
-def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("resources_bench", ROOT / "bench" / "resources_bench.py")
+def _bench(name: str = "resources_bench") -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -165,3 +165,49 @@ def test_the_api_autoscaler_leaves_the_measured_loads_alone() -> None:
     assert target_m >= 4 * busiest_m, (target_m, busiest_m)
     assert target_m >= 4 * _millicores(MEASURED["resources"]["api"]["requests"]["cpu"])
     assert target_m <= 500
+
+
+# components/nats-cluster: sized by bench/nats_bench.py (three servers, streams replicated).
+NATS_CLUSTER = K8S / "components" / "nats-cluster" / "nats.yaml"
+
+
+def _nats_statefulset() -> dict[str, Any]:
+    (sts,) = [d for d in yaml.safe_load_all(NATS_CLUSTER.read_text()) if d and d["kind"] == "StatefulSet"]
+    return sts  # type: ignore[no-any-return]
+
+
+def test_the_nats_cluster_record_follows_from_its_figures() -> None:
+    bench = _bench("nats_bench")
+    record = MEASURED["nats-cluster"]
+    assert record["rule"] == bench.RULE
+    derived = bench.derive(record["figures"])
+    assert {key: record[key] for key in derived} == derived
+    # Measured on the component's own topology: every stream and bucket on three servers.
+    assert record["figures"]["servers"] == _nats_statefulset()["spec"]["replicas"] == 3
+    assert {s["replicas"] for s in record["figures"]["streams"].values()} == {3}
+    assert "LLMSCOPE_TELEMETRY" in record["figures"]["streams"]
+
+
+def test_the_nats_rule_follows_the_figures() -> None:
+    bench = _bench("nats_bench")
+    figures = json.loads(json.dumps(MEASURED["nats-cluster"]["figures"]))
+    before = bench.derive(figures)
+    figures["streams"]["LLMSCOPE_TELEMETRY"]["bytes_per_s"] *= 10
+    figures["streams"]["LLMSCOPE_VIOLATIONS"]["msgs_per_s"] += 50  # a day's de-duplication map
+    figures["server"]["cpu_p95"] += 0.1
+    after = bench.derive(figures)
+    assert after["storage"] != before["storage"]
+    assert after["resources"]["limits"]["memory"] != before["resources"]["limits"]["memory"]
+    assert after["resources"]["requests"]["cpu"] != before["resources"]["requests"]["cpu"]
+
+
+def test_the_nats_cluster_manifest_uses_the_measured_sizing() -> None:
+    sts = _nats_statefulset()
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    record = MEASURED["nats-cluster"]
+    assert container["resources"] == record["resources"], (
+        "components/nats-cluster and deploy/k8s/resources.json disagree; "
+        "rerun `python bench/nats_bench.py --write` and copy its sizing, or fix the manifest"
+    )
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == record["storage"]
