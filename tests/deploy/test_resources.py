@@ -24,16 +24,16 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 MEASURED = json.loads((K8S / "resources.json").read_text())
-# Where each measured service's container is defined (the dev overlay bundles NATS, PostgreSQL
-# and the simulator for trying the stack).
+# Where each measured service's container is defined (components/bundled has single-node NATS
+# and PostgreSQL, the dev overlay the simulator, for trying the stack).
 MANIFESTS = {
     "api": K8S / "base" / "api.yaml",
     "spc-engine": K8S / "base" / "spc-engine.yaml",
     "alerter": K8S / "base" / "alerter.yaml",
     "prober": K8S / "base" / "prober.yaml",
     "sim": K8S / "overlays" / "dev" / "sim.yaml",
-    "nats": K8S / "overlays" / "dev" / "nats.yaml",
-    "postgres": K8S / "overlays" / "dev" / "postgres.yaml",
+    "nats": K8S / "components" / "bundled" / "nats.yaml",
+    "postgres": K8S / "components" / "bundled" / "postgres.yaml",
 }
 # The base's services whose resources an overlay's values.yaml sets (components/values).
 VALUE_KEYS = {"api": "api", "spc-engine": "spcEngine", "alerter": "alerter", "prober": "prober"}
@@ -89,7 +89,11 @@ def test_the_manifests_use_the_measured_resources(service: str) -> None:
 
 
 def test_every_container_of_the_base_and_dev_overlay_was_measured() -> None:
-    files = {*(K8S / "base").glob("*.yaml"), *(K8S / "overlays" / "dev").glob("*.yaml")}
+    files = {
+        *(K8S / "base").glob("*.yaml"),
+        *(K8S / "overlays" / "dev").glob("*.yaml"),
+        *(K8S / "components" / "bundled").glob("*.yaml"),
+    }
     names = {name for path in files for name in _containers(path)}
     assert names == set(MANIFESTS) == set(MEASURED["resources"])
 
