@@ -54,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / "deploy" / "k8s" / "resources.json"
 MANIFEST = ROOT / "deploy" / "k8s" / "components" / "nats-cluster" / "nats.yaml"
 KEY = "nats-cluster"
+TELEMETRY = "LLMSCOPE_TELEMETRY"
 GIB = 2**30
 MIB = 2**20
 # nats-server keeps a map entry and a slice element per de-duplicated message id (the id's
@@ -68,17 +69,23 @@ RULE = (
     "volume: what every stream holds at its maximum age at the measured byte rate (a bucket: "
     "its size at the end) + what a server's store directory held beyond its streams' bytes at the "
     "end (Raft logs, indexes, overwritten values not yet compacted: bounded, not growing with "
-    "retention), x 1.5 (bursts, slack), rounded up to 1Gi (at least 1Gi)"
+    "retention), x 1.5 (bursts, slack), rounded up to 1Gi (at least 1Gi); "
+    "telemetry byte cap (LLMSCOPE_TELEMETRY_MAX_BYTES): the volume less (the other streams and "
+    "buckets + the store's own files) x 1.5, rounded down to 1Gi, so that a longer retention or "
+    "more targets drop the oldest telemetry instead of filling the volume"
 )
 
 
 def derive(figures: dict[str, Any]) -> dict[str, Any]:
     """Requests, memory limit and volume size of one server from the measured figures."""
     retained = 0.0
+    others = 0.0
     dedup_entries = 0.0
-    for stream in figures["streams"].values():
+    for name, stream in figures["streams"].items():
         rate = stream["bytes_per_s"]
-        retained += rate * stream["max_age_s"] if stream["max_age_s"] > 0 else stream["bytes_end"]
+        held = rate * stream["max_age_s"] if stream["max_age_s"] > 0 else stream["bytes_end"]
+        retained += held
+        others += 0 if name == TELEMETRY else held
         dedup_entries += stream["msgs_per_s"] * stream["duplicate_window_s"]
     dedup_mib = dedup_entries * DEDUP_ENTRY_BYTES / MIB
     peak = figures["server"]["peak_mib"]
@@ -87,9 +94,11 @@ def derive(figures: dict[str, Any]) -> dict[str, Any]:
     limit_mib = math.ceil((max(peak * 2, peak + 256) + dedup_mib) / 64) * 64
     overhead = max(0, figures["server"]["store_bytes_end"] - figures["server"]["stream_bytes_end"])
     storage_gib = max(1, math.ceil((retained + overhead) * 1.5 / GIB))
+    telemetry_cap_gib = math.floor(storage_gib - (others + overhead) * 1.5 / GIB)
     return {
         "resources": {"requests": {"cpu": f"{cpu_m}m", "memory": f"{request_mib}Mi"}, "limits": {"memory": f"{limit_mib}Mi"}},
         "storage": f"{storage_gib}Gi",
+        "telemetry_max_bytes": telemetry_cap_gib * GIB,
         "retained_gib": round(retained / GIB, 2),
         "dedup_mib": round(dedup_mib, 1),
     }

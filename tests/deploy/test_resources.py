@@ -215,3 +215,14 @@ def test_the_nats_cluster_manifest_uses_the_measured_sizing() -> None:
     )
     (claim,) = sts["spec"]["volumeClaimTemplates"]
     assert claim["spec"]["resources"]["requests"]["storage"] == record["storage"]
+
+
+def test_the_nats_cluster_caps_telemetry_below_its_volume() -> None:
+    component = yaml.safe_load((K8S / "components" / "nats-cluster" / "kustomization.yaml").read_text())
+    (patch,) = component["patches"]
+    operations = {op["path"]: op["value"] for op in yaml.safe_load(patch["patch"])}
+    cap = int(operations["/data/LLMSCOPE_TELEMETRY_MAX_BYTES"])
+    record = MEASURED["nats-cluster"]
+    assert cap == record["telemetry_max_bytes"]
+    volume = int(record["storage"].removesuffix("Gi")) * 2**30
+    assert 0 < cap < volume
