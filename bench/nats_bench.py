@@ -29,6 +29,7 @@ Usage: ``python bench/nats_bench.py [--minutes 5] [--warmup 30] [--sample 10] [-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -48,7 +49,7 @@ import psutil
 import yaml
 
 from llmscope.stack.embedded import nats_server_binary
-from llmscope.stack.ports import free_port, free_ports
+from llmscope.stack.ports import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / "deploy" / "k8s" / "resources.json"
@@ -96,7 +97,10 @@ def derive(figures: dict[str, Any]) -> dict[str, Any]:
     storage_gib = max(1, math.ceil((retained + overhead) * 1.5 / GIB))
     telemetry_cap_gib = math.floor(storage_gib - (others + overhead) * 1.5 / GIB)
     return {
-        "resources": {"requests": {"cpu": f"{cpu_m}m", "memory": f"{request_mib}Mi"}, "limits": {"memory": f"{limit_mib}Mi"}},
+        "resources": {
+            "requests": {"cpu": f"{cpu_m}m", "memory": f"{request_mib}Mi"},
+            "limits": {"memory": f"{limit_mib}Mi"},
+        },
         "storage": f"{storage_gib}Gi",
         "telemetry_max_bytes": telemetry_cap_gib * GIB,
         "retained_gib": round(retained / GIB, 2),
@@ -150,10 +154,9 @@ def dir_bytes(path: Path) -> int:
     total = 0
     for folder, _dirs, files in os.walk(path):
         for name in files:
-            try:
+            # A block compacted away between listing and stat counts nothing.
+            with contextlib.suppress(FileNotFoundError):
                 total += (Path(folder) / name).stat().st_blocks * 512
-            except FileNotFoundError:
-                pass  # a block compacted away between listing and stat
     return total
 
 
@@ -189,7 +192,12 @@ def run(minutes: float, warmup: float, sample_s: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="llmscope-nats-bench-") as tmp_name:
         tmp = Path(tmp_name)
         ports = free_ports(3 * size + 7)
-        routes, clients, monitors, stack = ports[:size], ports[size : 2 * size], ports[2 * size : 3 * size], ports[3 * size :]
+        routes, clients, monitors, stack = (
+            ports[:size],
+            ports[size : 2 * size],
+            ports[2 * size : 3 * size],
+            ports[3 * size :],
+        )
         servers: list[subprocess.Popen[bytes]] = []
         up: subprocess.Popen[bytes] | None = None
         try:
@@ -201,7 +209,9 @@ def run(minutes: float, warmup: float, sample_s: float) -> dict[str, Any]:
                     f"--port={clients[i]}",
                 ]
                 log = (tmp / f"nats-{i}.log").open("ab")
-                servers.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+                servers.append(
+                    subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                )
             for monitor in monitors:
                 wait_for(f"http://127.0.0.1:{monitor}/healthz?js-enabled-only=true", 60, servers)
             env = dict(os.environ)
@@ -292,7 +302,9 @@ def run(minutes: float, warmup: float, sample_s: float) -> dict[str, Any]:
             "cpu_max": round(ordered[-1] if ordered else 0.0, 4),
             "peak_mib": round(max(rss, default=0.0), 1),
             "store_bytes_end": max(store_end),
-            "store_bytes_per_s": round(max(e - b for e, b in zip(store_end, store_first, strict=True)) / seconds, 1),
+            "store_bytes_per_s": round(
+                max(e - b for e, b in zip(store_end, store_first, strict=True)) / seconds, 1
+            ),
             "stream_bytes_end": stream_bytes,
         },
     }
@@ -303,7 +315,9 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=5, help="sampled minutes")
     parser.add_argument("--warmup", type=float, default=30, help="seconds after the API answers, not sampled")
     parser.add_argument("--sample", type=float, default=10, help="seconds between samples")
-    parser.add_argument("--write", action="store_true", help=f"write the figures to {OUTPUT.relative_to(ROOT)}")
+    parser.add_argument(
+        "--write", action="store_true", help=f"write the figures to {OUTPUT.relative_to(ROOT)}"
+    )
     args = parser.parse_args()
 
     load_before = os.getloadavg()
@@ -323,7 +337,8 @@ def main() -> int:
     print(
         f"server: cpu p50 {server['cpu_p50']:.3f} p95 {server['cpu_p95']:.3f}, peak {server['peak_mib']} MiB,"
         f" store {server['store_bytes_per_s'] * 86400 / MIB:.1f} MiB/day on disk,"
-        f" {server['store_bytes_end'] / MIB:.1f} MiB on disk for {server['stream_bytes_end'] / MIB:.1f} MiB of streams"
+        f" {server['store_bytes_end'] / MIB:.1f} MiB on disk"
+        f" for {server['stream_bytes_end'] / MIB:.1f} MiB of streams"
     )
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
     print(f"rule: {RULE}")
@@ -341,8 +356,12 @@ def main() -> int:
                 ).stdout.strip(),
                 "shared": "yes: the whole stack and other sessions' work run beside the servers",
             },
-            "load_average": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in load_after]},
-            "load": "llmscope up's demo profile (probes every 0.25 s, 4 traffic requests/s), LLMSCOPE_STREAM_REPLICAS=3",
+            "load_average": {
+                "before": [round(x, 2) for x in load_before],
+                "after": [round(x, 2) for x in load_after],
+            },
+            "load": "llmscope up's demo profile (probes every 0.25 s, 4 traffic requests/s),"
+            " LLMSCOPE_STREAM_REPLICAS=3",
             "figures": figures,
             "rule": RULE,
             **derived,

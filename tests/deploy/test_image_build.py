@@ -80,7 +80,7 @@ def _tools() -> tuple[str, str]:
 def pinned_buildah() -> str:
     """The Debian version of buildah that .ci/system-packages pins (e.g. 1.28.2+ds1-3+deb12u1+b3)."""
     (version,) = re.findall(r'"buildah buildah=(\S+)"', SYSTEM_PACKAGES.read_text())
-    return version
+    return str(version)
 
 
 def _assert_pinned_buildah(binary: str, pinned: str | None = None) -> None:
