@@ -302,7 +302,9 @@ def main() -> int:
     for service, values in resources.items():
         print(f"  {service:<11} requests {values['requests']}  limits {values['limits']}")
     if args.write:
-        record = {
+        # Other benches' records in the same file (bench/nats_bench.py's nats-cluster) stay.
+        record = json.loads(OUTPUT.read_text()) if OUTPUT.exists() else {}
+        record |= {
             "measured": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": info,
             "load_average": {

@@ -45,6 +45,7 @@ from tests.scrape import parse, total
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
+SYSTEM_PACKAGES = ROOT / ".ci" / "system-packages"
 PINNED_BASE = re.compile(r"^FROM (python:(\d+\.\d+)-slim@sha256:[0-9a-f]{64})(?= AS |$)", re.MULTILINE)
 STAND_IN = "localhost/llmscope-base-stand-in:test"
 IMAGE = "localhost/llmscope:test"
@@ -72,7 +73,24 @@ def _tools() -> tuple[str, str]:
     buildah, debootstrap = shutil.which("buildah"), shutil.which("debootstrap")
     if buildah is None or debootstrap is None or os.geteuid() != 0:
         pytest.skip("building the image needs root, buildah and debootstrap (.ci/system-packages)")
+    _assert_pinned_buildah(buildah)
     return buildah, debootstrap
+
+
+def pinned_buildah() -> str:
+    """The Debian version of buildah that .ci/system-packages pins (e.g. 1.28.2+ds1-3+deb12u1+b3)."""
+    (version,) = re.findall(r'"buildah buildah=(\S+)"', SYSTEM_PACKAGES.read_text())
+    return str(version)
+
+
+def _assert_pinned_buildah(binary: str, pinned: str | None = None) -> None:
+    pinned = pinned or pinned_buildah()
+    # The upstream part of the Debian version (before +ds / -revision) is what `--version` shows.
+    upstream = re.split(r"[+~-]", pinned, maxsplit=1)[0]
+    shown = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30).stdout
+    assert re.match(rf"buildah version {re.escape(upstream)} ", shown), (
+        f"the image is built by the pinned buildah {pinned} (.ci/system-packages), this one says: {shown}"
+    )
 
 
 @dataclass(frozen=True)
@@ -392,6 +410,16 @@ def test_llmscope_up_runs_the_whole_stack_in_the_image(image: Image, tmp_path: P
     assert proc.returncode == 0, log()
     assert "up exited 0" in "".join(output), log()
     assert "Traceback" not in "".join(output), log()
+
+
+def test_the_build_tool_is_the_pinned_buildah() -> None:
+    binary = shutil.which("buildah")
+    if binary is None:
+        pytest.skip("buildah is not installed (.ci/system-packages installs the pinned one)")
+    _assert_pinned_buildah(binary)
+    # A pin to another version is refused.
+    with pytest.raises(AssertionError, match="pinned buildah"):
+        _assert_pinned_buildah(binary, "1.0.0+ds1-1")
 
 
 def test_only_the_from_lines_are_rewritten_for_the_stand_in() -> None:

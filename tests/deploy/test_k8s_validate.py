@@ -23,7 +23,9 @@ K8S = ROOT / "deploy" / "k8s"
 # The SPC engine needs 1.28 for its pod index label (README: Kubernetes).
 VERSIONS = ("1.28.0", kubernetes_validate.latest_version())
 CUSTOM_KINDS = {("monitoring.coreos.com/v1", "PodMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
-OPTIONAL = ("autoscaling", "ingress", "monitoring", "nats-cluster", "network-policies")
+OPTIONAL = ("autoscaling", "ingress", "monitoring", "network-policies")
+# Where NATS comes from: by URL (no component), bundled with PostgreSQL, or a 3-node cluster.
+NATS_CHOICES: tuple[tuple[str, ...], ...] = ((), ("bundled",), ("nats-cluster",))
 OVERLAYS = sorted(p.parent for p in (K8S / "overlays").glob("*/kustomization.yaml"))
 
 
@@ -80,13 +82,19 @@ def test_every_combination_of_components_renders_and_validates(tmp_path: Path) -
     shutil.copytree(K8S, tmp_path / "k8s")
     shutil.rmtree(tmp_path / "k8s" / "overlays")
     kinds_seen: set[str] = set()
-    for size in range(len(OPTIONAL) + 1):
-        for components in itertools.combinations(OPTIONAL, size):
-            overlay = _overlay_with(tmp_path, components)
-            docs = _render(overlay)
-            assert _invalid(docs) == [], components
-            kinds_seen |= {doc["kind"] for doc in docs}
-            shutil.rmtree(overlay)
+    combinations = [
+        nats + optional
+        for nats in NATS_CHOICES
+        for size in range(len(OPTIONAL) + 1)
+        for optional in itertools.combinations(OPTIONAL, size)
+    ]
+    assert len(combinations) == 48
+    for components in combinations:
+        overlay = _overlay_with(tmp_path, components)
+        docs = _render(overlay)
+        assert _invalid(docs) == [], components
+        kinds_seen |= {doc["kind"] for doc in docs}
+        shutil.rmtree(overlay)
     # Every component contributed its objects in some combination.
     assert {"HorizontalPodAutoscaler", "Ingress", "PodMonitor", "NetworkPolicy", "StatefulSet"} <= kinds_seen
 
