@@ -49,6 +49,7 @@ class Publisher:
         self._deadline = deadline
         self._sleep = sleep
         self._inbox: _AckInbox | None = None
+        self._inbox_lock = asyncio.Lock()
 
     async def publish(self, subject: str, event: Event, *, deadline: float | None = None) -> PubAck:
         return await self.publish_raw(subject, codec.encode(event), msg_id=event.id, deadline=deadline)
@@ -114,14 +115,12 @@ class Publisher:
         return confirmed
 
     async def _ack_inbox(self) -> _AckInbox:
-        if self._inbox is None:
-            inbox = _AckInbox(self._js._nc)
-            await inbox.start()
-            if self._inbox is None:  # another batch started one meanwhile: keep that one
+        async with self._inbox_lock:  # batches in flight together share one subscription
+            if self._inbox is None:
+                inbox = _AckInbox(self._js._nc)
+                await inbox.start()
                 self._inbox = inbox
-            else:
-                await inbox.stop()
-        return self._inbox
+            return self._inbox
 
 
 class _PubAckReply(msgspec.Struct):
