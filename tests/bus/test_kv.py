@@ -1,4 +1,5 @@
-"""Key-value helpers on a real nats-server: complete key listings while keys are being written."""
+"""Key-value helpers on a real nats-server: complete key listings while keys are being written,
+pipelined puts."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import asyncio
 import contextlib
 import random
 
+import pytest
 from nats.js import JetStreamContext
 
-from llmscope.bus.kv import bucket_keys, current_entries, open_bucket
+from llmscope.bus.kv import bucket_keys, current_entries, open_bucket, put_many
 
 BUCKET = "llmscope_test_kv"
 
@@ -49,3 +51,25 @@ async def test_current_entries_skip_deleted_keys_and_a_missing_bucket_has_none(j
     assert got == [("a", b"a"), ("c", b"c")]
     with contextlib.suppress(Exception):
         await js.delete_key_value(BUCKET)
+
+
+@pytest.mark.parametrize("ack_wait", [2.0, 0.0])
+async def test_put_many_stores_every_key_pipelined_or_one_by_one(
+    js: JetStreamContext, ack_wait: float
+) -> None:
+    # ack_wait 0: no pipelined ack is waited for, so every put goes again alone (the fallback).
+    kv = await open_bucket(js, BUCKET, description="test")
+    await kv.put("k.000", b"old")
+    items = [(f"k.{i:03d}", f"v{i}".encode()) for i in range(300)]
+    await put_many(kv, items, ack_wait=ack_wait)
+    assert [(k, v) async for k, v in current_entries(js, kv, BUCKET)] == items
+    await put_many(kv, [])
+    with contextlib.suppress(Exception):
+        await js.delete_key_value(BUCKET)
+
+
+async def test_put_many_raises_when_the_bucket_is_gone(js: JetStreamContext) -> None:
+    kv = await open_bucket(js, BUCKET, description="test")
+    await js.delete_key_value(BUCKET)
+    with pytest.raises(Exception):  # noqa: B017 - nats-py's no-responders or API error, as KeyValue.put raises
+        await put_many(kv, [("a", b"1"), ("b", b"2")], ack_wait=0.5)

@@ -92,7 +92,7 @@ from nats.js.kv import KeyValue
 from llmscope.bus.connection import connect, subscriptions_in_place
 from llmscope.bus.consumer import ConsumerOptions, Delivery, DurableConsumer
 from llmscope.bus.deadletter import DeadLetters
-from llmscope.bus.kv import bucket_keys, current_entries, open_bucket, watch_bucket
+from llmscope.bus.kv import bucket_keys, current_entries, open_bucket, put_many, watch_bucket
 from llmscope.bus.metrics import sample_consumers
 from llmscope.bus.publisher import Publisher
 from llmscope.bus.streams import (
@@ -692,18 +692,28 @@ class SpcService:
                 violations: list[ViolationEvent] = []
                 traffic = self.traffic.get(partition)
                 minutes: list[TrafficMinuteEvent] = []
+                on_telemetry = self.engine.on_telemetry
                 for d in batch:
-                    last = max(last, d.stream_seq)
+                    seq = d.stream_seq
+                    if seq > last:
+                        last = seq
+                    ev = d.event
                     if traffic is not None:
-                        if d.event.source == "traffic":
-                            closed, found = traffic.on_request(d.event, stored_at(d), d.stream_seq)
-                        else:
-                            closed, found = traffic.observe(stored_at(d), d.stream_seq)
-                        minutes += closed
+                        if ev.source == "traffic":
+                            closed, found = traffic.on_request(ev, stored_at(d), seq)
+                            minutes += closed
+                            violations += found
+                            if not self.settings.traffic_per_request:
+                                continue  # requests are not like for like: only their minutes are charted
+                        elif traffic.aggregator.state.groups:
+                            # A probe only moves the traffic clock: with no traffic groups
+                            # (``observe`` does nothing then) its store time is never read.
+                            closed, found = traffic.observe(stored_at(d), seq)
+                            minutes += closed
+                            violations += found
+                    found = await on_telemetry(ev, seq)
+                    if found:
                         violations += found
-                        if d.event.source == "traffic" and not self.settings.traffic_per_request:
-                            continue  # requests are not like for like: only their minutes are charted
-                    violations += await self.engine.on_telemetry(d.event, d.stream_seq)
                 if batch:
                     self._caught_up[partition] = _pending(batch[-1]) == 0
                 # The closed minutes, then the batch's violations, in order; the batch is acked
@@ -726,14 +736,16 @@ class SpcService:
         for lease in self._leases.values():
             lease.check()
         now = datetime.now(UTC)
-        for key in self.engine.take_dirty():
-            await self._kv.put(key, msgspec.json.encode(self.engine.snapshot(key, now)))
+        # Each chart has its own key: they go pipelined, all stored before the checkpoints.
+        encode = msgspec.json.encode
+        await put_many(
+            self._kv, [(key, encode(self.engine.snapshot(key, now))) for key in self.engine.take_dirty()]
+        )
         for partition, traffic in self.traffic.items():
             if traffic.dirty and partition in self._leases:
                 # The charts' records (what readers see), the subgroups, then the head (its
                 # clock): all before the checkpoint below.
-                for key, value in traffic.take_records(now):
-                    await self._kv.put(key, value)
+                await put_many(self._kv, traffic.take_records(now))
                 for key, value in traffic.take_dirty(partition):
                     await self._kv.put(key, value)
         for partition, last in self._last_seq.items():
