@@ -49,7 +49,7 @@ from llmscope.web.data import (
     ViolationFilter,
 )
 from llmscope.web.live import Broadcaster, add_live_routes
-from llmscope.web.overview import overview_rows, summary
+from llmscope.web.overview import BudgetCache, overview_rows, summary
 from llmscope.web.pages import Pages, ask_rebaseline, is_htmx, toast_trigger
 from llmscope.web.settings_form import BY_ID, SECTIONS, SectionView, fixed_settings, parse_field, section_view
 from llmscope.web.status_routes import StatusData, add_status_routes
@@ -344,6 +344,8 @@ def create_router(
             found += (await alerting.incidents(IncidentFilter(state=state, limit=200))).items
         return found
 
+    budget = BudgetCache(data.false_alarm_budget)
+
     @router.get("/", response_class=HTMLResponse, response_model=None, dependencies=[Session])
     async def overview(
         request: Request, hours: Annotated[float, Query(gt=0, le=HEALTH_MAX_HOURS)] = 1
@@ -361,7 +363,7 @@ def create_router(
         x_start = max(view.start, min(firsts, default=view.start))
         context: dict[str, Any] = {
             "rows": rows,
-            "summary": summary(rows, view, incidents),
+            "summary": summary(rows, view, incidents, await budget.get()),
             "view": view,
             "x_start": x_start,
             "windows": OVERVIEW_WINDOWS_H,
