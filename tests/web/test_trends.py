@@ -131,6 +131,13 @@ async def test_report_page_and_csv(api: Api) -> None:
     assert r.status_code == 200
     assert "/incidents/inc-1" in r.text
     assert r.text.count("<code>CUSUM</code>") >= 2  # counted by rule, and listed
+    # Every rule code links to its line in the rules legend.
+    codes = re.findall(r"<code>([A-Z0-9_]+)</code>", r.text)
+    assert codes
+    link = r'<a class="rule-code" href="/settings#rule-(\w+)"[^>]*><code>(\w+)</code></a>'
+    linked = re.findall(link, r.text)
+    assert [code for _, code in linked] == codes
+    assert all(target == code for target, code in linked), linked
     assert "R2" in r.text  # in the counts, though info is not listed
     assert "@media print" not in r.text  # print rules live in the stylesheet
     r = await client.get("/report?hours=24&series=ollama|org/other:1")
