@@ -285,6 +285,11 @@ async def test_dashboard_chart_availability_and_comparison(site: Site) -> None:
         await page.locator("svg.comparison-chart polyline.compare-line").nth(1).wait_for()
         assert await page.locator("svg.comparison-chart rect.maintenance-band").count() == 1
         await shot(page, "compare")
+        # One line per prompt of one model: chosen in the form, swapped in place.
+        async with page.expect_response(lambda r: "by=prompt" in r.url):
+            await page.select_option("select[name=by]", "prompt")
+        await page.locator("#compare-card .chart-key li", has_text=" · ").first.wait_for()
+        await shot(page, "compare-prompts")
     assert site.errors == [], "\n".join(site.errors)
 
 

@@ -110,6 +110,47 @@ async def test_compare_page_and_fragment(api: Api) -> None:
     assert (await client.get("/compare?hours=745")).status_code == 422
 
 
+async def test_one_models_prompts_and_targets_compared(api: Api) -> None:
+    """By prompt or target: one line each, of the first model only, from the minute rollups
+    (the hourly ones pool them), whatever the window."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    events = [
+        telemetry(
+            i,
+            id=f"split-{i}",
+            ts=now - timedelta(minutes=50 - i),
+            prompt_id=f"prompt-{i % 2}",
+            target=f"gpu-{i % 3}",
+            latency_ms=100.0 * (1 + i % 2) + 10 * (i % 3),
+        )
+        for i in range(48)
+    ]
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, events)
+    trends = TrendQueries(api.store)
+    models = [("ollama", "llama3.1:8b"), ("ollama", "org/other:1")]
+    for hours in (1, 168):
+        by_prompt = await trends.comparison(models, "latency_ms", hours, by="prompt")
+        assert [(line.model, line.part) for line in by_prompt.lines] == [
+            ("llama3.1:8b", "prompt-0"),
+            ("llama3.1:8b", "prompt-1"),
+        ]
+        for line in by_prompt.lines:
+            mine = [e.latency_ms for e in events if e.prompt_id == line.part and e.latency_ms]
+            assert sum(p.n for p in line.points) == len(mine)
+            assert min(p.lo for p in line.points if p.lo is not None) == min(mine)
+        by_target = await trends.comparison(models, "latency_ms", hours, by="target")
+        assert [line.part for line in by_target.lines] == ["gpu-0", "gpu-1", "gpu-2"]
+    client = await login(api)
+    r = await client.get("/compare?hours=1&by=target&series=ollama|llama3.1:8b")
+    assert r.status_code == 200
+    assert r.text.count('class="compare-line"') == 3
+    assert "ollama/llama3.1:8b · gpu-2" in r.text
+    assert '<option value="target" selected>' in r.text
+    assert "each target of the model apart" in r.text
+    assert (await client.get("/compare?by=host")).status_code == 422
+
+
 async def test_dashboard_shows_the_outage_as_a_band(api: Api) -> None:
     await seed(api)
     client = await login(api)

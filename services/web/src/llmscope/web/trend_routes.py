@@ -30,9 +30,11 @@ from llmscope.web.pages import Pages
 from llmscope.web.report_pdf import PdfPrinter, PdfUnavailable
 from llmscope.web.trend_svg import color
 from llmscope.web.trends import (
+    COMPARE_BY,
     COMPARE_MAX_HOURS,
     COMPARE_WINDOWS_H,
     MAX_COMPARED,
+    CompareBy,
     Comparison,
     TrendsData,
     window_label,
@@ -116,21 +118,24 @@ def add_trend_routes(
         series: Annotated[list[str] | None, Query()] = None,
         metric: Metric = "latency_ms",
         hours: Annotated[float, Query(gt=0, le=COMPARE_MAX_HOURS)] = 24,
+        by: CompareBy = "model",
     ) -> HTMLResponse:
         known = sorted({(s.provider, s.model) for s in await data.series()})
         chosen = [m for m in (_split(s) for s in series or []) if m is not None and m in known]
         # No choice yet: the first few models, so the page is never an empty chart.
-        picked = (chosen or known)[:MAX_COMPARED]
-        comparison = await with_maintenance(trends.comparison(picked, metric, hours), alerting, trends)
+        picked = (chosen or known)[: MAX_COMPARED if by == "model" else 1]
+        comparison = await with_maintenance(trends.comparison(picked, metric, hours, by=by), alerting, trends)
         context: dict[str, Any] = {
             "models": known,
             "picked": picked,
             "comparison": comparison,
-            "colors": {m: color(i) for i, m in enumerate(picked)},
+            "colors": {m: color(i) for i, m in enumerate(picked)} if by == "model" else {},
+            "line_colors": [color(i) for i in range(len(comparison.lines))],
             "metrics": METRICS,
             "windows": [(h, window_label(h)) for h in COMPARE_WINDOWS_H],
-            "q": {"metric": metric, "hours": f"{hours:g}"},
+            "q": {"metric": metric, "hours": f"{hours:g}", "by": by},
             "max_compared": MAX_COMPARED,
+            "compare_by": COMPARE_BY,
         }
         return pages.render(request, "compare.html", context, fragments=("compare_card",))
 

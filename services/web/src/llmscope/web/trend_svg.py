@@ -92,7 +92,7 @@ def render_comparison(data: Comparison, *, width: int = 960, height: int = 340) 
                 runs.append([])
             runs[-1].append(f"{x(p.ts):.1f},{y(p.value):.1f}")
             prev = p.ts
-        name = escape(f"{line.provider}/{line.model}")
+        name = escape(line.label)
         for run in runs:
             if len(run) == 1:
                 cx, cy = run[0].split(",")
