@@ -10,6 +10,7 @@ from them. Figures are the median of several runs after a warm-up (the shared ma
 (c) ``TrendQueries.comparison`` as the page calls it now: 7 days from ``telemetry_hour``;
 (d) (c) plus the SVG the page draws: the server's work for the chart;
 (e) 24 h and 30 days as the page calls them (minute and hour rollups);
+(g) one model's prompts, one line each, over 7 and 30 days (``by="prompt"``: minute rollups);
 (f) the part of (c) that reads the re-baseline marks (``baseline_history``, every chart of every
     model re-baselined twice a day over the whole history: far more than a team does).
 
@@ -173,6 +174,13 @@ async def measure(pool: asyncpg.Pool, runs: int) -> None:
     print("== the page's other windows, with the SVG")
     line("(e) 24 h (6-minute buckets, minute rollups)", await timed(runs, lambda: with_svg(24)))
     line("(e) 30 days (3-hour buckets, hour rollups)", await timed(runs, lambda: with_svg(720)))
+    print("== one model, a line per prompt (minute rollups whatever the window), with the SVG")
+    for hours in (168, 720):
+
+        async def split(h: float = hours) -> None:
+            render_comparison(await trends.comparison(COMPARED[:1], "latency_ms", h, by="prompt"))
+
+        line(f"(g) {hours // 24} days by prompt", await timed(runs, split))
     store.attach(None)
 
 

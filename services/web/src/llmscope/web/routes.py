@@ -599,7 +599,9 @@ def create_router(
     # ---- models --------------------------------------------------------------------------
     models_fragments = ("models", "health_panel", "health")
 
-    async def _models_page(request: Request, hours: float, status_code: int = 200) -> HTMLResponse:
+    async def _models_page(
+        request: Request, hours: float, status_code: int = 200, toast: tuple[str, str] | None = None
+    ) -> HTMLResponse:
         block = pages.block_for(request, models_fragments)
         # Each block reads only what it shows: the polled health table skips the models query.
         context: dict[str, Any] = {
@@ -610,7 +612,7 @@ def create_router(
             "refresh_s": opts.refresh_s,
         }
         return pages.render(
-            request, "models.html", context, fragments=models_fragments, status_code=status_code
+            request, "models.html", context, fragments=models_fragments, status_code=status_code, toast=toast
         )
 
     @router.get("/models", response_class=HTMLResponse, dependencies=[Session])
@@ -626,8 +628,14 @@ def create_router(
         model: Annotated[str, Form()],
         enabled: Annotated[str, Form()],
     ) -> HTMLResponse:
-        found = await data.set_model_enabled(provider, model, enabled.lower() in {"1", "true", "on"})
-        return await _models_page(request, 1, status_code=200 if found else 404)
+        on = enabled.lower() in {"1", "true", "on"}
+        found = await data.set_model_enabled(provider, model, on)
+        toast = (
+            (f"{provider}/{model} {'enabled: probed again' if on else 'disabled: no more probes'}.", "ok")
+            if found
+            else (f"No model {provider}/{model}.", "error")
+        )
+        return await _models_page(request, 1, status_code=200 if found else 404, toast=toast)
 
     # ---- settings ------------------------------------------------------------------------
     fixed = fixed_settings(
