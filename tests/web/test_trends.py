@@ -149,6 +149,9 @@ async def test_one_models_prompts_and_targets_compared(api: Api) -> None:
     assert '<option value="target" selected>' in r.text
     assert "each target of the model apart" in r.text
     assert (await client.get("/compare?by=host")).status_code == 422
+    r = await client.get("/compare?hours=720&by=prompt")
+    assert "over 7 days at most" in r.text
+    assert '<input type="radio" name="hours" value="168" checked>' in r.text
 
 
 async def test_dashboard_shows_the_outage_as_a_band(api: Api) -> None:

@@ -24,6 +24,9 @@ CompareBy = Literal["model", "prompt", "target"]
 """What one line of the comparison is: a model (every prompt and target pooled), or one prompt
 or one target of a single model."""
 COMPARE_BY: tuple[CompareBy, ...] = ("model", "prompt", "target")
+SPLIT_MAX_HOURS = 168
+"""The longest window of one model's prompts or targets: only the minute rollups keep them apart,
+and 30 days of them for one model took over 2 s (bench/compare_bench.py)."""
 # A bucket where most probes failed is drawn as an outage band.
 OUTAGE_SHARE = 0.5
 
