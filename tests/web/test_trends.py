@@ -183,6 +183,25 @@ async def test_report_page_and_csv(api: Api) -> None:
     assert [code for _, code in linked] == codes
     assert all(target == code for target, code in linked), linked
     assert "R2" in r.text  # in the counts, though info is not listed
+    # A control chart per model (limits, violations) and each incident's analysis.
+    assert r.text.count('<svg class="control-chart"') == 2
+    assert "Control chart: ollama/llama3.1:8b" in r.text
+    assert "<b>Analysis:</b> latency_ms rose 140% against the baseline (R1)" in r.text
+
+    r = await client.get("/report.json?hours=24")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("application/json")
+    assert 'filename="llmscope-report-all-24h.json"' in r.headers["content-disposition"]
+    body = r.json()
+    assert {row["model"] for row in body["status"]} == {"llama3.1:8b", "org/other:1"}
+    assert {(c["rule"], c["severity"]) for c in body["violations_by_rule"]} >= {("CUSUM", "critical")}
+    assert {v["id"] for v in body["violations"]} == {"v-crit", "v-warn"}
+    (incident,) = body["incidents"]
+    assert incident["id"] == "inc-1"
+    assert incident["state"] == "acknowledged"
+    assert {"seconds_to_acknowledge", "seconds_to_resolve"} <= incident.keys()
+    assert incident["analysis"]["summary"].startswith("latency_ms rose 140%")
+    assert {line["model"] for line in body["latency"]} == {"llama3.1:8b", "org/other:1"}
     assert "@media print" not in r.text  # print rules live in the stylesheet
     r = await client.get("/report?hours=24&series=ollama|org/other:1")
     assert "No critical or warning violations." in r.text
