@@ -178,8 +178,8 @@ async def test_report_page_and_csv(api: Api) -> None:
     # Every rule code links to its line in the rules legend.
     codes = re.findall(r"<code>([A-Z0-9_]+)</code>", r.text)
     assert codes
-    link = r'<a class="rule-code" href="/settings#rule-(\w+)"[^>]*><code>(\w+)</code></a>'
-    linked = re.findall(link, r.text)
+    rule_link = r'<a class="rule-code" href="/settings#rule-(\w+)"[^>]*><code>(\w+)</code></a>'
+    linked = re.findall(rule_link, r.text)
     assert [code for _, code in linked] == codes
     assert all(target == code for target, code in linked), linked
     assert "R2" in r.text  # in the counts, though info is not listed
