@@ -67,10 +67,11 @@ async def seed(pool: asyncpg.Pool, days: int) -> int:
     # 5 probes per minute per prompt and target: 30 a minute per model, one every 2 s.
     await pool.execute(
         """INSERT INTO telemetry_minute (provider, model, prompt_id, target, minute, n, n_ok,
-               latency_n, latency_min, latency_max, latency_sum, latency_logsum)
+               latency_n, latency_min, latency_max, latency_sum, latency_logsum, latency_logsq)
            SELECT 'ollama', 'model-' || m, 'p' || p, 't' || tg,
                   date_trunc('minute', now()) - make_interval(mins => i), 5, 5, 5,
-                  80 + m * 10, 140 + m * 10, 5 * (100 + m * 10), 5 * ln(100 + m * 10 + (i % 17))
+                  80 + m * 10, 140 + m * 10, 5 * (100 + m * 10), 5 * ln(100 + m * 10 + (i % 17)),
+                  5 * ln(100 + m * 10 + (i % 17)) ^ 2 + 0.2
            FROM generate_series(0, $1 - 1) m, generate_series(0, 2) p, generate_series(0, 1) tg,
                 generate_series(0, $2 * 1440 - 1) i""",
         MODELS,
@@ -78,6 +79,13 @@ async def seed(pool: asyncpg.Pool, days: int) -> int:
     )
     sql = (files("llmscope.api") / "migrations" / "0008_telemetry_hour.sql").read_text()
     await pool.execute(sql[sql.index("INSERT INTO telemetry_hour") :])
+    # 0008's fold predates the sums of squared logs (0010): the p95 bands need them.
+    await pool.execute(
+        """UPDATE telemetry_hour h SET latency_logsq = s.lq
+           FROM (SELECT provider, model, date_trunc('hour', minute) AS hour, sum(latency_logsq) AS lq
+                 FROM telemetry_minute GROUP BY 1, 2, 3) AS s
+           WHERE (h.provider, h.model, h.hour) = (s.provider, s.model, s.hour)"""
+    )
     # Every chart (3 prompts x 2 targets x 4 metrics of each model) re-baselined twice a day: far
     # more than a team does, so the comparison's read of the re-baseline marks is not flattered.
     await pool.execute(

@@ -284,6 +284,7 @@ async def test_dashboard_chart_availability_and_comparison(site: Site) -> None:
         await page.goto(f"{site.url}/compare?hours=1")
         await page.locator("svg.comparison-chart polyline.compare-line").nth(1).wait_for()
         assert await page.locator("svg.comparison-chart rect.maintenance-band").count() == 1
+        assert await page.locator("svg.comparison-chart polygon.p95-band").count() >= 2  # both models
         await shot(page, "compare")
         # One line per prompt of one model: chosen in the form, swapped in place.
         async with page.expect_response(lambda r: "by=prompt" in r.url):

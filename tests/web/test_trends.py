@@ -13,9 +13,11 @@ import pytest
 
 from llmscope.api.incidents_store import store_incidents
 from llmscope.api.persister import store_telemetry, store_violations
-from llmscope.api.trends import TrendQueries
+from llmscope.api.trends import TrendQueries, lognormal_p95
 from llmscope.proto.telemetry import TelemetryEvent
-from llmscope.web.trends import compare_bucket_s
+from llmscope.web.data import ChartPoint
+from llmscope.web.trend_svg import render_comparison
+from llmscope.web.trends import ComparedLine, Comparison, compare_bucket_s
 from tests.api.alerting_harness import incident_event
 from tests.api.conftest import Api
 from tests.api.factories import telemetry, violation
@@ -245,6 +247,10 @@ async def test_long_windows_read_the_hourly_rollups(api: Api) -> None:
     for p, values in zip(line.points, by_hour.values(), strict=True):
         assert p.value == pytest.approx(math.exp(sum(math.log(v) for v in values) / len(values)))
         assert (p.lo, p.hi) == (min(values), max(values))
+        logs = [math.log(v) for v in values]
+        mean = sum(logs) / len(logs)
+        sd = math.sqrt(sum((v - mean) ** 2 for v in logs) / (len(logs) - 1))
+        assert p.p95 == pytest.approx(min(math.exp(mean + 1.6448536 * sd), max(values)))
 
     # The migration's backfill folds the minute rollups into the same hours.
     stored = await api.store.pool.fetch("SELECT * FROM telemetry_hour ORDER BY hour")
@@ -258,5 +264,39 @@ async def test_long_windows_read_the_hourly_rollups(api: Api) -> None:
         (r["model"], r["hour"], r["n"]) for r in stored
     ]
     for again, kept in zip(rebuilt, stored, strict=True):
-        numbers = {k: v for k, v in dict(kept).items() if isinstance(v, float)}
+        # The sums of squared logs came later (0010): the backfill of 0008 leaves them 0.
+        numbers = {k: v for k, v in dict(kept).items() if isinstance(v, float) and not k.endswith("_logsq")}
         assert {k: again[k] for k in numbers} == pytest.approx(numbers)  # sums in another order
+        assert all(again[f"{p}_logsq"] == 0 for p in ("latency", "ttft", "tps"))
+
+
+def test_the_p95_band_comes_from_the_rollups_and_is_left_out_where_they_cannot_tell() -> None:
+    values = [100.0, 120.0, 90.0, 300.0, 110.0]
+    logs = [math.log(v) for v in values]
+    mean = sum(logs) / len(logs)
+    p95 = lognormal_p95(mean, sum(v * v for v in logs), len(logs), max(values))
+    sd = math.sqrt(sum((v - mean) ** 2 for v in logs) / (len(logs) - 1))
+    assert p95 == pytest.approx(math.exp(mean + 1.6448536 * sd))
+    assert lognormal_p95(mean, sum(v * v for v in logs), len(logs), 150.0) == 150.0  # never above the max
+    assert lognormal_p95(mean, 0.0, len(logs), max(values)) is None  # rolled up before 0010
+    assert lognormal_p95(mean, mean * mean, 1, values[0]) is None  # one value has no spread
+    # Equal values: no spread, the band is the line.
+    assert lognormal_p95(math.log(5.0), 3 * math.log(5.0) ** 2, 3, 5.0) == pytest.approx(5.0)
+
+    start = datetime.now(UTC) - timedelta(hours=1)
+    points = [
+        ChartPoint(ts=start + timedelta(minutes=i), value=100.0, n=30, p95=None if i == 3 else 150.0)
+        for i in range(6)
+    ]
+    cmp = Comparison(
+        metric="latency_ms",
+        hours=1,
+        start=start,
+        end=start + timedelta(hours=1),
+        bucket_s=60,
+        lines=[ComparedLine("ollama", "m", points)],
+    )
+    svg = str(render_comparison(cmp))
+    # Buckets 0-2 and 4-5: two stretches; bucket 3 (no p95) breaks the band.
+    assert svg.count('class="p95-band"') == 2
+    assert "median to p95" in svg

@@ -30,6 +30,23 @@ from llmscope.web.trends import (
 )
 
 MAX_EVENTS = 200
+Z95 = 1.6448536269514722  # the standard normal's 95th percentile
+
+
+def lognormal_p95(mean_log: float, logsq: float, n: int, hi: float | None) -> float | None:
+    """A bucket's p95 from its rollups: the logs' mean and spread (``logsq`` their sum of squares),
+    as a lognormal, never above the bucket's max. None for fewer than 2 values or a spread the
+    sums cannot have (rows rolled up before the sum of squares was kept count 0 in it)."""
+    if n < 2:
+        return None
+    var = logsq / n - mean_log * mean_log
+    # Rounding of equal values can leave a hair below zero; more means missing sums of squares.
+    if var < -1e-9 * max(1.0, mean_log * mean_log):
+        return None
+    p95 = math.exp(mean_log + Z95 * math.sqrt(max(var, 0.0) * n / (n - 1)))
+    return min(p95, hi) if hi is not None else p95
+
+
 # One model's prompts or targets: as many lines as there are distinct colours.
 MAX_PARTS = len(PALETTE)
 # The charts of one model re-baselined together freeze their new baselines a few probes apart.
@@ -71,7 +88,7 @@ class TrendQueries:
         rows = await self.store.pool.fetch(
             f"""SELECT t.provider, t.model, {part} AS part,
                        date_bin(make_interval(secs => $3), t.{column}, 'epoch') AS bucket,
-                       sum({prefix}_n) AS n, sum({prefix}_logsum) AS ls,
+                       sum({prefix}_n) AS n, sum({prefix}_logsum) AS ls, sum({prefix}_logsq) AS lq,
                        min({prefix}_min) AS lo, max({prefix}_max) AS hi
                 FROM unnest($4::text[], $5::text[]) AS m(provider, model)
                 JOIN {table} t ON t.provider = m.provider AND t.model = m.model
@@ -100,9 +117,16 @@ class TrendQueries:
             mid = r["bucket"] + timedelta(seconds=bucket_s / 2)
             if mid < start:
                 continue
-            value = math.exp(r["ls"] / r["n"])
+            mean = r["ls"] / r["n"]
             by_line.setdefault((r["provider"], r["model"], r["part"]), []).append(
-                ChartPoint(ts=mid, value=value, n=int(r["n"]), lo=r["lo"], hi=r["hi"])
+                ChartPoint(
+                    ts=mid,
+                    value=math.exp(mean),
+                    n=int(r["n"]),
+                    lo=r["lo"],
+                    hi=r["hi"],
+                    p95=lognormal_p95(mean, r["lq"], int(r["n"]), r["hi"]),
+                )
             )
         if by != "model":
             # One line per prompt or target, by name, as many as there are colours.

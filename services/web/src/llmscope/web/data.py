@@ -67,6 +67,9 @@ class ChartPoint:
     lo: float | None = None
     hi: float | None = None
     id: str | None = None
+    p95: float | None = None
+    """A bucket's 95th percentile as a lognormal of its logs' mean and spread (the comparison's
+    band above its median ``value``); None where the rollups cannot tell."""
 
 
 @dataclass(frozen=True, slots=True)
