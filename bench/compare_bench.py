@@ -9,7 +9,10 @@ from them. Figures are the median of several runs after a warm-up (the shared ma
 (b) the same window from the minute rollups with ``date_bin`` (the fix without the new table);
 (c) ``TrendQueries.comparison`` as the page calls it now: 7 days from ``telemetry_hour``;
 (d) (c) plus the SVG the page draws: the server's work for the chart;
-(e) 24 h and 30 days as the page calls them (minute and hour rollups).
+(e) 24 h and 30 days as the page calls them (minute and hour rollups);
+(g) one model's prompts, one line each, over 7 and 30 days (``by="prompt"``: minute rollups);
+(f) the part of (c) that reads the re-baseline marks (``baseline_history``, every chart of every
+    model re-baselined twice a day over the whole history: far more than a team does).
 
 Usage: ``python bench/compare_bench.py [--quick]`` (--quick: 7 days of history, 3 runs).
 """
@@ -64,10 +67,11 @@ async def seed(pool: asyncpg.Pool, days: int) -> int:
     # 5 probes per minute per prompt and target: 30 a minute per model, one every 2 s.
     await pool.execute(
         """INSERT INTO telemetry_minute (provider, model, prompt_id, target, minute, n, n_ok,
-               latency_n, latency_min, latency_max, latency_sum, latency_logsum)
+               latency_n, latency_min, latency_max, latency_sum, latency_logsum, latency_logsq)
            SELECT 'ollama', 'model-' || m, 'p' || p, 't' || tg,
                   date_trunc('minute', now()) - make_interval(mins => i), 5, 5, 5,
-                  80 + m * 10, 140 + m * 10, 5 * (100 + m * 10), 5 * ln(100 + m * 10 + (i % 17))
+                  80 + m * 10, 140 + m * 10, 5 * (100 + m * 10), 5 * ln(100 + m * 10 + (i % 17)),
+                  5 * ln(100 + m * 10 + (i % 17)) ^ 2 + 0.2
            FROM generate_series(0, $1 - 1) m, generate_series(0, 2) p, generate_series(0, 1) tg,
                 generate_series(0, $2 * 1440 - 1) i""",
         MODELS,
@@ -75,7 +79,29 @@ async def seed(pool: asyncpg.Pool, days: int) -> int:
     )
     sql = (files("llmscope.api") / "migrations" / "0008_telemetry_hour.sql").read_text()
     await pool.execute(sql[sql.index("INSERT INTO telemetry_hour") :])
-    await pool.execute("ANALYZE telemetry_minute; ANALYZE telemetry_hour")
+    # 0008's fold predates the sums of squared logs (0010): the p95 bands need them.
+    await pool.execute(
+        """UPDATE telemetry_hour h SET latency_logsq = s.lq
+           FROM (SELECT provider, model, date_trunc('hour', minute) AS hour, sum(latency_logsq) AS lq
+                 FROM telemetry_minute GROUP BY 1, 2, 3) AS s
+           WHERE (h.provider, h.model, h.hour) = (s.provider, s.model, s.hour)"""
+    )
+    # Every chart (3 prompts x 2 targets x 4 metrics of each model) re-baselined twice a day: far
+    # more than a team does, so the comparison's read of the re-baseline marks is not flattered.
+    await pool.execute(
+        """INSERT INTO baseline_history (chart_key, baseline_id, number, provider, model, target,
+               prompt_id, metric, n, started_at, ended_at, created_by, reason)
+           SELECT concat_ws('.', 'ollama', 'model-' || m, 't' || tg, 'p' || p, x), 'b' || k, k,
+                  'ollama', 'model-' || m, 't' || tg, 'p' || p, x, 300,
+                  now() - make_interval(hours => 12 * k), now() - make_interval(hours => 12 * k - 1),
+                  'bench', 'scheduled'
+           FROM generate_series(0, $1 - 1) m, generate_series(0, 2) p, generate_series(0, 1) tg,
+                unnest(ARRAY['latency_ms', 'ttft_ms', 'tokens_per_s', 'availability']) x,
+                generate_series(1, $2 * 2) k""",
+        MODELS,
+        days,
+    )
+    await pool.execute("ANALYZE telemetry_minute; ANALYZE telemetry_hour; ANALYZE baseline_history")
     return int(await pool.fetchval("SELECT count(*) FROM telemetry_minute"))
 
 
@@ -108,8 +134,10 @@ async def run(days: int, runs: int) -> None:
                 started = time.perf_counter()
                 rows = await seed(pool, days)
                 hours = await pool.fetchval("SELECT count(*) FROM telemetry_hour")
+                marks = await pool.fetchval("SELECT count(*) FROM baseline_history")
                 print(
-                    f"== {rows:,} minute rollups, {hours:,} hour rollups ({MODELS} models, {days} days), "
+                    f"== {rows:,} minute rollups, {hours:,} hour rollups, {marks:,} baselines in "
+                    f"baseline_history ({MODELS} models, {days} days), "
                     f"seeded in {time.perf_counter() - started:.0f} s"
                 )
                 await measure(pool, runs)
@@ -146,9 +174,22 @@ async def measure(pool: asyncpg.Pool, runs: int) -> None:
         render_comparison(await trends.comparison(COMPARED, "latency_ms", hours))
 
     line("(d) (c) and its SVG: the chart's server time", await timed(runs, lambda: with_svg(168)), base)
+    week = (end - timedelta(days=7), end)
+    line(
+        "(f) of (c): the re-baseline marks (baseline_history)",
+        await timed(runs, lambda: trends.rebaselines(COMPARED, *week)),
+    )
     print("== the page's other windows, with the SVG")
     line("(e) 24 h (6-minute buckets, minute rollups)", await timed(runs, lambda: with_svg(24)))
     line("(e) 30 days (3-hour buckets, hour rollups)", await timed(runs, lambda: with_svg(720)))
+    print("== one model, a line per prompt (minute rollups whatever the window), with the SVG")
+    for hours in (168, 720):
+
+        async def split(h: float = hours) -> None:
+            render_comparison(await trends.comparison(COMPARED[:1], "latency_ms", h, by="prompt"))
+
+        label = f"(g) {hours // 24} days by prompt" + (" (the page caps it at 7)" if hours > 168 else "")
+        line(label, await timed(runs, split))
     store.attach(None)
 
 

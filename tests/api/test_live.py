@@ -203,3 +203,45 @@ async def test_a_traffic_charts_new_record_reaches_the_event_stream(settings: Ap
             assert all(chart != probe_key for _, chart in seen), seen
             assert seen[-2:] == [(traffic_event(other), other), ("traffic", other)]
             assert traffic_event(other) != name
+
+
+async def test_an_api_process_without_the_persister_streams_stored_points_and_traffic_charts(
+    settings: ApiSettings, nc: NATS
+) -> None:
+    """A replica (``LLMSCOPE_PERSISTER=false``) neither commits probes nor watches the chart
+    bucket: the process that does tells it over core NATS, and its own tabs get the events."""
+    kv = await nc.jetstream().create_key_value(KeyValueConfig(bucket=settings.charts_bucket))
+    key = chart_key("openai", "replica-traffic", "svc", "traffic:chat", "traffic_error_rate")
+    probe = telemetry(9, id="replica-point-9", model="replica-model")
+    name = point_event(probe.provider, "replica-model")
+    writer = dataclasses.replace(settings, host="127.0.0.1", port=0, persister=True)
+    replica = dataclasses.replace(settings, host="127.0.0.1", port=0, persister=False)
+    async with (
+        run_api(writer) as writer_url,
+        run_api(replica) as url,
+        signed_in(url) as browser,
+        signed_in(writer_url) as writer_browser,
+    ):
+        assert url != writer_url
+        async with (
+            browser.stream("GET", "/events") as response,
+            writer_browser.stream("GET", "/events") as writer_response,
+        ):
+            stream = frames(response.aiter_lines())
+            writer_stream = frames(writer_response.aiter_lines())
+            await next_frame(stream, ":")
+            await next_frame(writer_stream, ":")
+            await Publisher(nc.jetstream()).publish(subjects.telemetry(probe.provider, probe.model), probe)
+            seen = await next_frame(stream, name)
+            assert json.loads(seen.data) == {
+                "provider": probe.provider,
+                "model": "replica-model",
+                "ts": probe.ts.isoformat(),
+            }
+            # The persister's own process hears the same notice (one path for both).
+            mine = await next_frame(writer_stream, name)
+            assert mine.data == seen.data
+            await kv.put(key, chart_record(key, traffic=True))
+            traffic = await next_frame(stream, traffic_event(key))
+            assert json.loads(traffic.data) == {"chart": key}
+            assert json.loads((await next_frame(stream, "traffic")).data) == {"chart": key}

@@ -203,6 +203,9 @@ async def test_login_and_overview(site: Site) -> None:
         # The model with the outage and the shift is the worst: first.
         assert "llama3.1:8b" in await rows.first.inner_text()
         assert await page.locator("svg.sparkline").count() >= 2
+        budget = await page.locator(".summary-figures .budget").inner_text()
+        assert "FALSE-ALARM BUDGET" in budget.upper(), budget
+        assert "armed chart" in budget, budget
         await shot(page, "overview")
 
         # Live: a violation published on the bus reaches the tab's event stream, and the overview
@@ -275,7 +278,13 @@ async def test_dashboard_chart_availability_and_comparison(site: Site) -> None:
         await page.goto(f"{site.url}/compare?hours=1")
         await page.locator("svg.comparison-chart polyline.compare-line").nth(1).wait_for()
         assert await page.locator("svg.comparison-chart rect.maintenance-band").count() == 1
+        assert await page.locator("svg.comparison-chart polygon.p95-band").count() >= 2  # both models
         await shot(page, "compare")
+        # One line per prompt of one model: chosen in the form, swapped in place.
+        async with page.expect_response(lambda r: "by=prompt" in r.url):
+            await page.select_option("select[name=by]", "prompt")
+        await page.locator("#compare-card .chart-key li", has_text=" · ").first.wait_for()
+        await shot(page, "compare-prompts")
     assert site.errors == [], "\n".join(site.errors)
 
 

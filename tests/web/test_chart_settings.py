@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -95,6 +96,9 @@ async def test_panel_with_and_without_htmx_save_refuse_and_reset(
         assert r.status_code == 200  # htmx swaps 2xx only; the fragment says what went wrong
         assert r.text.lstrip().startswith('<div id="chart-settings"')
         assert "Not saved: <code>$.ewma.lam</code> Expected `float` &lt;= 1.0" in r.text
+        toast = json.loads(r.headers["hx-trigger"])["toast"]
+        assert toast["level"] == "error"
+        assert toast["message"].startswith("Not saved: $.ewma.lam: Expected `float` <= 1.0")
         r = await client.post("/charts/settings", data={**form, "ewma.lam": "0.2x"})
         assert r.status_code == 422
         assert is_full_page(r.text)
@@ -110,6 +114,7 @@ async def test_panel_with_and_without_htmx_save_refuse_and_reset(
         )
         assert r.status_code == 200
         assert "Saved: the engine applies the settings" in r.text
+        assert json.loads(r.headers["hx-trigger"])["toast"]["message"].startswith("Saved: the engine")
         assert '<span class="badge collecting">pending</span>' in r.text
         assert 'hx-trigger="every 2s"' in r.text
         assert '<option value="off" selected>off</option>' in r.text

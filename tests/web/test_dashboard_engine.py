@@ -73,6 +73,30 @@ async def test_collecting_then_armed_with_and_without_htmx(
         assert "collecting baseline" not in r.text
 
 
+async def test_the_overview_shows_the_false_alarm_budget_of_the_armed_charts(
+    api: Api, js: JetStreamContext, nats_url: str
+) -> None:
+    client = await login(api)
+    events = probes(BASELINE_N + 5)
+    async with running_engine(nats_url):
+        await feed(api, js, events)
+        await wait_progress(api, events[0], BASELINE_N, "armed")
+        records = await api.store.charts.list()
+    armed = [r for r in records if r.view is not None and r.view.phase == "armed"]
+    assert armed
+    # One probe every 2 s: each armed chart false-alarms once per ARL x 2 s.
+    arls = [r.view.arl0_critical for r in armed if r.view and r.view.arl0_critical]
+    per_day = sum(86_400 / (arl * 2) for arl in arls)
+    assert per_day > 0
+    for headers in ({}, {**HX, "HX-Target": "overview"}):
+        page = (await client.get("/", headers=headers)).text
+        assert "Pages in 24 h" in page
+        match = re.search(r"False-alarm budget</dt>\s*<dd>([\d.,]+)<span", page)
+        assert match, page
+        assert float(match.group(1).replace(",", "")) == pytest.approx(per_day, rel=0.1, abs=0.06)
+        assert f"{len(arls)} armed chart{'' if len(arls) == 1 else 's'}</div>" in page
+
+
 async def test_rebaseline_from_the_dashboard(api: Api, js: JetStreamContext, nats_url: str) -> None:
     client = await login(api)
     events = probes(BASELINE_N + 2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from urllib.parse import quote
 
@@ -86,5 +87,9 @@ async def test_models_health_empty_and_toggle_keeps_it(api: Api) -> None:
         "/models/toggle", data={"provider": "openai", "model": "org/gpt:1", "enabled": "false"}, headers=HX
     )
     assert r.status_code == 200
+    assert json.loads(r.headers["hx-trigger"])["toast"] == {
+        "message": "openai/org/gpt:1 disabled: no more probes.",
+        "level": "ok",
+    }
     assert 'id="health-panel"' in r.text  # no HX-Target: the whole content block
     assert '<tr class="disabled">' in r.text

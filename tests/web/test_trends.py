@@ -13,9 +13,11 @@ import pytest
 
 from llmscope.api.incidents_store import store_incidents
 from llmscope.api.persister import store_telemetry, store_violations
-from llmscope.api.trends import TrendQueries
+from llmscope.api.trends import TrendQueries, lognormal_p95
 from llmscope.proto.telemetry import TelemetryEvent
-from llmscope.web.trends import compare_bucket_s
+from llmscope.web.data import ChartPoint
+from llmscope.web.trend_svg import render_comparison
+from llmscope.web.trends import ComparedLine, Comparison, compare_bucket_s
 from tests.api.alerting_harness import incident_event
 from tests.api.conftest import Api
 from tests.api.factories import telemetry, violation
@@ -110,6 +112,50 @@ async def test_compare_page_and_fragment(api: Api) -> None:
     assert (await client.get("/compare?hours=745")).status_code == 422
 
 
+async def test_one_models_prompts_and_targets_compared(api: Api) -> None:
+    """By prompt or target: one line each, of the first model only, from the minute rollups
+    (the hourly ones pool them), whatever the window."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    events = [
+        telemetry(
+            i,
+            id=f"split-{i}",
+            ts=now - timedelta(minutes=50 - i),
+            prompt_id=f"prompt-{i % 2}",
+            target=f"gpu-{i % 3}",
+            latency_ms=100.0 * (1 + i % 2) + 10 * (i % 3),
+        )
+        for i in range(48)
+    ]
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, events)
+    trends = TrendQueries(api.store)
+    models = [("ollama", "llama3.1:8b"), ("ollama", "org/other:1")]
+    for hours in (1, 168):
+        by_prompt = await trends.comparison(models, "latency_ms", hours, by="prompt")
+        assert [(line.model, line.part) for line in by_prompt.lines] == [
+            ("llama3.1:8b", "prompt-0"),
+            ("llama3.1:8b", "prompt-1"),
+        ]
+        for line in by_prompt.lines:
+            mine = [e.latency_ms for e in events if e.prompt_id == line.part and e.latency_ms]
+            assert sum(p.n for p in line.points) == len(mine)
+            assert min(p.lo for p in line.points if p.lo is not None) == min(mine)
+        by_target = await trends.comparison(models, "latency_ms", hours, by="target")
+        assert [line.part for line in by_target.lines] == ["gpu-0", "gpu-1", "gpu-2"]
+    client = await login(api)
+    r = await client.get("/compare?hours=1&by=target&series=ollama|llama3.1:8b")
+    assert r.status_code == 200
+    assert r.text.count('class="compare-line"') == 3
+    assert "ollama/llama3.1:8b · gpu-2" in r.text
+    assert '<option value="target" selected>' in r.text
+    assert "each target of the model apart" in r.text
+    assert (await client.get("/compare?by=host")).status_code == 422
+    r = await client.get("/compare?hours=720&by=prompt")
+    assert "over 7 days at most" in r.text
+    assert '<input type="radio" name="hours" value="168" checked>' in r.text
+
+
 async def test_dashboard_shows_the_outage_as_a_band(api: Api) -> None:
     await seed(api)
     client = await login(api)
@@ -131,7 +177,33 @@ async def test_report_page_and_csv(api: Api) -> None:
     assert r.status_code == 200
     assert "/incidents/inc-1" in r.text
     assert r.text.count("<code>CUSUM</code>") >= 2  # counted by rule, and listed
+    # Every rule code links to its line in the rules legend.
+    codes = re.findall(r"<code>([A-Z0-9_]+)</code>", r.text)
+    assert codes
+    rule_link = r'<a class="rule-code" href="/settings#rule-(\w+)"[^>]*><code>(\w+)</code></a>'
+    linked = re.findall(rule_link, r.text)
+    assert [code for _, code in linked] == codes
+    assert all(target == code for target, code in linked), linked
     assert "R2" in r.text  # in the counts, though info is not listed
+    # A control chart per model (limits, violations) and each incident's analysis.
+    assert r.text.count('<svg class="control-chart"') == 2
+    assert "Control chart: ollama/llama3.1:8b" in r.text
+    assert "<b>Analysis:</b> latency_ms rose 140% against the baseline (R1)" in r.text
+
+    r = await client.get("/report.json?hours=24")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("application/json")
+    assert 'filename="llmscope-report-all-24h.json"' in r.headers["content-disposition"]
+    body = r.json()
+    assert {row["model"] for row in body["status"]} == {"llama3.1:8b", "org/other:1"}
+    assert {(c["rule"], c["severity"]) for c in body["violations_by_rule"]} >= {("CUSUM", "critical")}
+    assert {v["id"] for v in body["violations"]} == {"v-crit", "v-warn"}
+    (incident,) = body["incidents"]
+    assert incident["id"] == "inc-1"
+    assert incident["state"] == "acknowledged"
+    assert {"seconds_to_acknowledge", "seconds_to_resolve"} <= incident.keys()
+    assert incident["analysis"]["summary"].startswith("latency_ms rose 140%")
+    assert {line["model"] for line in body["latency"]} == {"llama3.1:8b", "org/other:1"}
     assert "@media print" not in r.text  # print rules live in the stylesheet
     r = await client.get("/report?hours=24&series=ollama|org/other:1")
     assert "No critical or warning violations." in r.text
@@ -175,6 +247,10 @@ async def test_long_windows_read_the_hourly_rollups(api: Api) -> None:
     for p, values in zip(line.points, by_hour.values(), strict=True):
         assert p.value == pytest.approx(math.exp(sum(math.log(v) for v in values) / len(values)))
         assert (p.lo, p.hi) == (min(values), max(values))
+        logs = [math.log(v) for v in values]
+        mean = sum(logs) / len(logs)
+        sd = math.sqrt(sum((v - mean) ** 2 for v in logs) / (len(logs) - 1))
+        assert p.p95 == pytest.approx(min(math.exp(mean + 1.6448536 * sd), max(values)))
 
     # The migration's backfill folds the minute rollups into the same hours.
     stored = await api.store.pool.fetch("SELECT * FROM telemetry_hour ORDER BY hour")
@@ -188,5 +264,39 @@ async def test_long_windows_read_the_hourly_rollups(api: Api) -> None:
         (r["model"], r["hour"], r["n"]) for r in stored
     ]
     for again, kept in zip(rebuilt, stored, strict=True):
-        numbers = {k: v for k, v in dict(kept).items() if isinstance(v, float)}
+        # The sums of squared logs came later (0010): the backfill of 0008 leaves them 0.
+        numbers = {k: v for k, v in dict(kept).items() if isinstance(v, float) and not k.endswith("_logsq")}
         assert {k: again[k] for k in numbers} == pytest.approx(numbers)  # sums in another order
+        assert all(again[f"{p}_logsq"] == 0 for p in ("latency", "ttft", "tps"))
+
+
+def test_the_p95_band_comes_from_the_rollups_and_is_left_out_where_they_cannot_tell() -> None:
+    values = [100.0, 120.0, 90.0, 300.0, 110.0]
+    logs = [math.log(v) for v in values]
+    mean = sum(logs) / len(logs)
+    p95 = lognormal_p95(mean, sum(v * v for v in logs), len(logs), max(values))
+    sd = math.sqrt(sum((v - mean) ** 2 for v in logs) / (len(logs) - 1))
+    assert p95 == pytest.approx(math.exp(mean + 1.6448536 * sd))
+    assert lognormal_p95(mean, sum(v * v for v in logs), len(logs), 150.0) == 150.0  # never above the max
+    assert lognormal_p95(mean, 0.0, len(logs), max(values)) is None  # rolled up before 0010
+    assert lognormal_p95(mean, mean * mean, 1, values[0]) is None  # one value has no spread
+    # Equal values: no spread, the band is the line.
+    assert lognormal_p95(math.log(5.0), 3 * math.log(5.0) ** 2, 3, 5.0) == pytest.approx(5.0)
+
+    start = datetime.now(UTC) - timedelta(hours=1)
+    points = [
+        ChartPoint(ts=start + timedelta(minutes=i), value=100.0, n=30, p95=None if i == 3 else 150.0)
+        for i in range(6)
+    ]
+    cmp = Comparison(
+        metric="latency_ms",
+        hours=1,
+        start=start,
+        end=start + timedelta(hours=1),
+        bucket_s=60,
+        lines=[ComparedLine("ollama", "m", points)],
+    )
+    svg = str(render_comparison(cmp))
+    # Buckets 0-2 and 4-5: two stretches; bucket 3 (no p95) breaks the band.
+    assert svg.count('class="p95-band"') == 2
+    assert "median to p95" in svg

@@ -14,6 +14,8 @@ Subjects (``<m>`` and ``<p>`` are escaped tokens, see :func:`encode_token`):
 - ``llmscope.traffic_minute.v1.<provider>.<model>`` traffic_minute.v1 (a minute of real traffic)
 - ``llmscope.traffic_histogram.v1.<provider>.<model>`` traffic_histogram.v1 (a GenAI metric's data
   point, from the OTLP metrics receiver)
+- ``llmscope.live.v1.api``                          core NATS only: the API's live notices
+  (:mod:`llmscope.proto.live`)
 """
 
 from __future__ import annotations
@@ -241,3 +243,9 @@ def alerter_silence_expire() -> str:
 def alerter_notifications() -> str:
     """Request subject: query the notification log (``NotificationQuery``)."""
     return f"{PREFIX}.control.v1.alerter.notifications"
+
+
+def api_live() -> str:
+    """Core NATS subject (no stream) of :class:`llmscope.proto.live.LiveNotice`: what the API
+    process running the persister stored or saw, for the open tabs of every API process."""
+    return f"{PREFIX}.live.v1.api"

@@ -3,12 +3,17 @@
 A plain core-NATS subscription to the violation and incident subjects, not a durable consumer:
 every API process pushes to its own open tabs, and a tab that was closed needs no replay (it
 re-reads its page when it opens). The JetStream-published events reach core subscribers too.
+What only the process running the persister knows (a batch of probes committed, a traffic
+chart's record written) it publishes as a :class:`~llmscope.proto.live.LiveNotice` on core
+NATS, which every API process, itself included, hears the same way.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
+import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -19,11 +24,14 @@ from llmscope.proto import subjects
 from llmscope.proto.charts import is_traffic_chart
 from llmscope.proto.codec import DecodeError, decode
 from llmscope.proto.incident import IncidentEvent
+from llmscope.proto.live import LiveNotice
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.proto.violation import ViolationEvent
 from llmscope.web.live import Broadcaster, LiveEvent, point_event, traffic_event
 
 log = get_logger("llmscope.api.live")
+_notice_encoder = msgspec.json.Encoder()
+_notice_decoder = msgspec.json.Decoder(LiveNotice)
 
 
 def live_events(event: object) -> list[LiveEvent]:
@@ -55,9 +63,10 @@ def live_events(event: object) -> list[LiveEvent]:
     return []
 
 
-def stored_events(kind: str, events: Sequence[object]) -> list[LiveEvent]:
-    """What a committed persister write tells the open tabs: one ``point-<key>`` event per model
-    with new probes (the chart re-reads them from Postgres, so only after they are stored)."""
+def stored_notices(kind: str, events: Sequence[object]) -> list[LiveNotice]:
+    """What a committed persister write tells the other API processes: one ``stored`` notice per
+    model with new probes, naming its latest probe (the chart re-reads them from Postgres, so
+    only after they are stored)."""
     if kind != "telemetry":
         return []
     latest: dict[tuple[str, str], TelemetryEvent] = {}
@@ -66,32 +75,40 @@ def stored_events(kind: str, events: Sequence[object]) -> list[LiveEvent]:
             key = (ev.provider, ev.model)
             if key not in latest or ev.ts > latest[key].ts:
                 latest[key] = ev
-    return [
-        LiveEvent(point_event(p, m), {"provider": p, "model": m, "ts": ev.ts.isoformat()})
-        for (p, m), ev in latest.items()
-    ]
+    return [LiveNotice(kind="stored", provider=p, model=m, ts=ev.ts) for (p, m), ev in latest.items()]
 
 
-def chart_events(key: str) -> list[LiveEvent]:
-    """What a chart record written by the engine tells the open tabs: a traffic chart's page and
-    the traffic list re-read (its record changes when a minute closes or on a re-baseline); a
+def notice_events(notice: LiveNotice) -> list[LiveEvent]:
+    """What a notice tells the open tabs: ``point-<key>`` for stored probes of one model (the
+    chart panel of that model re-reads); for a traffic chart's new record (a minute closed, or a
+    re-baseline), its page re-reads on ``traffic-<key>`` and the traffic list on ``traffic``. A
     probe chart's record changes with every point, and its panel listens to stored points."""
-    if not is_traffic_chart(key):
-        return []
-    return [LiveEvent(traffic_event(key), {"chart": key}), LiveEvent("traffic", {"chart": key})]
+    match notice.kind:
+        case "stored" if notice.ts is not None:
+            data = {"provider": notice.provider, "model": notice.model, "ts": notice.ts.isoformat()}
+            return [LiveEvent(point_event(notice.provider, notice.model), data)]
+        case "chart" if is_traffic_chart(notice.chart):
+            what = {"chart": notice.chart}
+            return [LiveEvent(traffic_event(notice.chart), what), LiveEvent("traffic", what)]
+    return []
 
 
 class LiveFeed:
-    """Subscribes the process's NATS connection and republishes to the broadcaster."""
+    """Subscribes the process's NATS connection and republishes to the broadcaster; in the
+    process running the persister, also publishes what it stored for every API process."""
 
     def __init__(self, broadcaster: Broadcaster) -> None:
         self.broadcaster = broadcaster
         self._subs: list[Subscription] = []
+        self._nc: NATS | None = None
+        self._sending: set[asyncio.Task[None]] = set()
 
     async def start(self, nc: NATS) -> None:
         self.broadcaster.open()
+        self._nc = nc
         for subject in (subjects.VIOLATIONS_ALL, subjects.INCIDENTS_ALL):
             self._subs.append(await nc.subscribe(subject, cb=self._on_message))
+        self._subs.append(await nc.subscribe(subjects.api_live(), cb=self._on_notice))
         await subscriptions_in_place(nc)  # subscribed on the server before the first tab can connect
 
     async def _on_message(self, msg: Msg) -> None:
@@ -103,18 +120,45 @@ class LiveFeed:
         for live in live_events(event):
             self.broadcaster.publish(live)
 
+    async def _on_notice(self, msg: Msg) -> None:
+        try:
+            notice = _notice_decoder.decode(msg.data)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            log.debug("live feed skips an undecodable notice", error=str(exc))
+            return
+        for live in notice_events(notice):
+            self.broadcaster.publish(live)
+
+    def _send(self, notices: list[LiveNotice]) -> None:
+        # Every API process hears it, this one too: one path, so no tab sees an event twice.
+        nc = self._nc
+        if nc is None or not notices:
+            return
+        task = asyncio.get_running_loop().create_task(self._publish(nc, notices))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _publish(self, nc: NATS, notices: list[LiveNotice]) -> None:
+        try:
+            for notice in notices:
+                await nc.publish(subjects.api_live(), _notice_encoder.encode(notice))
+        except Exception as exc:  # the tabs' fallback poll covers a lost notice
+            log.debug("live notice not published", error=repr(exc))
+
     def on_stored(self, kind: str, events: Sequence[object]) -> None:
         """The persister's hook (:class:`llmscope.api.persister.Persister`'s ``on_stored``)."""
-        for live in stored_events(kind, events):
-            self.broadcaster.publish(live)
+        self._send(stored_notices(kind, events))
 
     def on_chart(self, key: str) -> None:
         """The chart bucket watch's hook (:class:`llmscope.api.baseline_history.BaselineHistory`)."""
-        for live in chart_events(key):
-            self.broadcaster.publish(live)
+        if is_traffic_chart(key):
+            self._send([LiveNotice(kind="chart", chart=key)])
 
     async def stop(self) -> None:
         subs, self._subs = self._subs, []
+        self._nc = None
+        if self._sending:
+            await asyncio.wait(set(self._sending), timeout=2)
         for sub in subs:
             try:
                 await sub.unsubscribe()

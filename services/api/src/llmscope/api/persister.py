@@ -154,7 +154,8 @@ def _metric_aggregates(col: str, prefix: str) -> str:
     return (
         f"count({col}) FILTER (WHERE {ok}), min({col}) FILTER (WHERE {ok}), max({col}) FILTER (WHERE {ok}), "
         f"coalesce(sum({col}) FILTER (WHERE {ok}), 0), "
-        f"coalesce(sum(ln(greatest({col}, 1e-9))) FILTER (WHERE {ok}), 0)"
+        f"coalesce(sum(ln(greatest({col}, 1e-9))) FILTER (WHERE {ok}), 0), "
+        f"coalesce(sum(ln(greatest({col}, 1e-9)) ^ 2) FILTER (WHERE {ok}), 0)"
     )
 
 
@@ -164,7 +165,8 @@ def _metric_merge(prefix: str) -> str:
         f"{prefix}_min = LEAST(m.{prefix}_min, EXCLUDED.{prefix}_min), "
         f"{prefix}_max = GREATEST(m.{prefix}_max, EXCLUDED.{prefix}_max), "
         f"{prefix}_sum = m.{prefix}_sum + EXCLUDED.{prefix}_sum, "
-        f"{prefix}_logsum = m.{prefix}_logsum + EXCLUDED.{prefix}_logsum"
+        f"{prefix}_logsum = m.{prefix}_logsum + EXCLUDED.{prefix}_logsum, "
+        f"{prefix}_logsq = m.{prefix}_logsq + EXCLUDED.{prefix}_logsq"
     )
 
 
@@ -177,7 +179,9 @@ _MODEL_UPSERT = """ON CONFLICT (provider, model) DO UPDATE SET
     gpu_memory_percent = EXCLUDED.gpu_memory_percent, updated_at = now()
 WHERE EXCLUDED.last_seen >= m.last_seen"""
 
-_ROLLUP_COLS = ", ".join(f"{p}_n, {p}_min, {p}_max, {p}_sum, {p}_logsum" for p in ("latency", "ttft", "tps"))
+_ROLLUP_COLS = ", ".join(
+    f"{p}_n, {p}_min, {p}_max, {p}_sum, {p}_logsum, {p}_logsq" for p in ("latency", "ttft", "tps")
+)
 
 # One statement, one round trip: insert the new rows and fold exactly those rows into the minute
 # rollups; widen each series' (and series target's) first/last seen; set each model's latest
@@ -244,19 +248,19 @@ STORE_TELEMETRY_ARRAYS = _STORE_TELEMETRY.format(source=_UNNEST)
 _ROLLUP_ARRAYS = ", ".join(
     f"${i}::{t}[]"
     for i, t in enumerate(
-        ["text"] * 4 + ["timestamptz", "integer", "integer"] + ["integer", *["double precision"] * 4] * 3, 1
+        ["text"] * 4 + ["timestamptz", "integer", "integer"] + ["integer", *["double precision"] * 5] * 3, 1
     )
 )
-_SERIES_ARRAYS = "$23::text[], $24::text[], $25::text[], $26::timestamptz[], $27::timestamptz[]"
-_TARGET_ARRAYS = "$28::text[], $29::text[], $30::text[], $31::text[], $32::timestamptz[], $33::timestamptz[]"
+_SERIES_ARRAYS = "$26::text[], $27::text[], $28::text[], $29::timestamptz[], $30::timestamptz[]"
+_TARGET_ARRAYS = "$31::text[], $32::text[], $33::text[], $34::text[], $35::timestamptz[], $36::timestamptz[]"
 _MODEL_ARRAYS = (
-    "$34::text[], $35::text[], $36::timestamptz[], $37::timestamptz[], $38::text[], $39::text[], "
-    "$40::text[], $41::real[], $42::real[], $43::real[], $44::real[]"
+    "$37::text[], $38::text[], $39::timestamptz[], $40::timestamptz[], $41::text[], $42::text[], "
+    "$43::text[], $44::real[], $45::real[], $46::real[], $47::real[]"
 )
 
 # Minute rollups folded into hours (what the hour table holds: every prompt and target pooled).
 _HOUR_FOLD = ", ".join(
-    f"sum({p}_n), min({p}_min), max({p}_max), sum({p}_sum), sum({p}_logsum)"
+    f"sum({p}_n), min({p}_min), max({p}_max), sum({p}_sum), sum({p}_logsum), sum({p}_logsq)"
     for p in ("latency", "ttft", "tps")
 )
 
@@ -305,11 +309,12 @@ _LOG_FLOOR = math.log(1e-9)
 
 
 def _metric_rollup(values: list[float]) -> list[Any]:
-    """n, min, max, sum and sum of logs (floored at 1e-9), as STORE_TELEMETRY's aggregates."""
+    """n, min, max, sum, sum of logs (floored at 1e-9) and of their squares, as STORE_TELEMETRY's
+    aggregates."""
     if not values:
-        return [0, None, None, 0.0, 0.0]
+        return [0, None, None, 0.0, 0.0, 0.0]
     logs = [math.log(v) if v > 1e-9 else _LOG_FLOOR for v in values]
-    return [len(values), min(values), max(values), sum(values), sum(logs)]
+    return [len(values), min(values), max(values), sum(values), sum(logs), sum([x * x for x in logs])]
 
 
 def _batch_aggregates(events: Sequence[TelemetryEvent]) -> list[list[Any]]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from llmscope.api import health_overview, known_settings, ticket_settings
+from llmscope.api import false_alarms, health_overview, known_settings, ticket_settings
 from llmscope.api.charts import ChartViews
 from llmscope.api.switches import ModelSwitchWriter, SwitchesUnavailable
 from llmscope.config.outbound import DestinationRefused, OutboundPolicy
@@ -25,6 +25,7 @@ from llmscope.web.data import (
     ChartPoint,
     ChartQuery,
     ContextPoint,
+    FalseAlarmBudget,
     HealthOverview,
     Limits,
     ModelInfo,
@@ -657,6 +658,10 @@ class Store:
             ],
             critical_24h=int(critical_24h or 0),
         )
+
+    async def false_alarm_budget(self, now: datetime | None = None) -> FalseAlarmBudget:
+        """The overview's false-alarm budget (:mod:`llmscope.api.false_alarms`)."""
+        return await false_alarms.false_alarm_budget(self.pool, self.charts, now or datetime.now(UTC))
 
     # ---- models and system -----------------------------------------------------------------
     async def models(self) -> list[ModelInfo]:

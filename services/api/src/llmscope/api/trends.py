@@ -16,11 +16,13 @@ from datetime import UTC, datetime, timedelta
 from llmscope.api.charts import ChartFilter
 from llmscope.api.store import METRIC_COLUMNS, Store
 from llmscope.web.data import ChartPoint, Metric
+from llmscope.web.trend_svg import PALETTE
 from llmscope.web.trends import (
     AvailabilityBucket,
     AvailabilityHistory,
     AvailabilityLine,
     ChartEvent,
+    CompareBy,
     ComparedLine,
     Comparison,
     RuleCount,
@@ -28,6 +30,25 @@ from llmscope.web.trends import (
 )
 
 MAX_EVENTS = 200
+Z95 = 1.6448536269514722  # the standard normal's 95th percentile
+
+
+def lognormal_p95(mean_log: float, logsq: float, n: int, hi: float | None) -> float | None:
+    """A bucket's p95 from its rollups: the logs' mean and spread (``logsq`` their sum of squares),
+    as a lognormal, never above the bucket's max. None for fewer than 2 values or a spread the
+    sums cannot have (rows rolled up before the sum of squares was kept count 0 in it)."""
+    if n < 2:
+        return None
+    var = logsq / n - mean_log * mean_log
+    # Rounding of equal values can leave a hair below zero; more means missing sums of squares.
+    if var < -1e-9 * max(1.0, mean_log * mean_log):
+        return None
+    p95 = math.exp(mean_log + Z95 * math.sqrt(max(var, 0.0) * n / (n - 1)))
+    return min(p95, hi) if hi is not None else p95
+
+
+# One model's prompts or targets: as many lines as there are distinct colours.
+MAX_PARTS = len(PALETTE)
 # The charts of one model re-baselined together freeze their new baselines a few probes apart.
 REBASELINE_GROUP = timedelta(minutes=1)
 
@@ -39,28 +60,40 @@ class TrendQueries:
         self.store = store  # its pool opens with the app's lifespan
 
     async def comparison(
-        self, models: list[tuple[str, str]], metric: Metric, hours: float, end: datetime | None = None
+        self,
+        models: list[tuple[str, str]],
+        metric: Metric,
+        hours: float,
+        end: datetime | None = None,
+        by: CompareBy = "model",
     ) -> Comparison:
+        """One line per model; ``by`` prompt or target: one line per prompt or target of the first
+        model (from the minute rollups, the only ones that keep them apart)."""
         end = end or datetime.now(UTC)
         start = end - timedelta(hours=hours)
         bucket_s = compare_bucket_s(hours)
         prefix = METRIC_COLUMNS[metric][1]
+        if by != "model":
+            models = models[:1]
         providers = [p for p, _ in models]
         names = [m for _, m in models]
         # The engine's chart records are read while Postgres answers the two queries.
         rebaselines = asyncio.ensure_future(self.rebaselines(models, start, end))
-        # Every prompt and target of a model pooled: the model's typical value over the bucket.
+        # By model, every prompt and target pooled: the model's typical value over the bucket.
         # date_bin, not floor(extract(epoch ...)): numeric arithmetic per row cost 3x the time.
         table, column = ("telemetry_hour", "hour") if bucket_s % 3600 == 0 else ("telemetry_minute", "minute")
+        part = {"model": "''", "prompt": "t.prompt_id", "target": "t.target"}[by]
+        if by != "model":
+            table, column = "telemetry_minute", "minute"
         rows = await self.store.pool.fetch(
-            f"""SELECT t.provider, t.model,
+            f"""SELECT t.provider, t.model, {part} AS part,
                        date_bin(make_interval(secs => $3), t.{column}, 'epoch') AS bucket,
-                       sum({prefix}_n) AS n, sum({prefix}_logsum) AS ls,
+                       sum({prefix}_n) AS n, sum({prefix}_logsum) AS ls, sum({prefix}_logsq) AS lq,
                        min({prefix}_min) AS lo, max({prefix}_max) AS hi
                 FROM unnest($4::text[], $5::text[]) AS m(provider, model)
                 JOIN {table} t ON t.provider = m.provider AND t.model = m.model
                 WHERE t.{column} >= $1 AND t.{column} < $2
-                GROUP BY 1, 2, 3 HAVING sum({prefix}_n) > 0 ORDER BY 3""",
+                GROUP BY 1, 2, 3, 4 HAVING sum({prefix}_n) > 0 ORDER BY 4""",
             start - timedelta(seconds=bucket_s),
             end,
             bucket_s,
@@ -77,22 +110,34 @@ class TrendQueries:
             providers,
             names,
         )
-        by_model: dict[tuple[str, str], list[ChartPoint]] = {m: [] for m in models}
+        by_line: dict[tuple[str, str, str], list[ChartPoint]] = (
+            {(p, m, ""): [] for p, m in models} if by == "model" else {}
+        )
         for r in rows:
             mid = r["bucket"] + timedelta(seconds=bucket_s / 2)
             if mid < start:
                 continue
-            value = math.exp(r["ls"] / r["n"])
-            by_model.setdefault((r["provider"], r["model"]), []).append(
-                ChartPoint(ts=mid, value=value, n=int(r["n"]), lo=r["lo"], hi=r["hi"])
+            mean = r["ls"] / r["n"]
+            by_line.setdefault((r["provider"], r["model"], r["part"]), []).append(
+                ChartPoint(
+                    ts=mid,
+                    value=math.exp(mean),
+                    n=int(r["n"]),
+                    lo=r["lo"],
+                    hi=r["hi"],
+                    p95=lognormal_p95(mean, r["lq"], int(r["n"]), r["hi"]),
+                )
             )
+        if by != "model":
+            # One line per prompt or target, by name, as many as there are colours.
+            by_line = dict(sorted(by_line.items())[:MAX_PARTS])
         return Comparison(
             metric=metric,
             hours=hours,
             start=start,
             end=end,
             bucket_s=bucket_s,
-            lines=[ComparedLine(p, m, pts) for (p, m), pts in by_model.items()],
+            lines=[ComparedLine(p, m, pts, part) for (p, m, part), pts in by_line.items()],
             events=sorted(
                 [
                     ChartEvent(

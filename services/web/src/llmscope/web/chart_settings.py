@@ -224,6 +224,8 @@ def add_chart_settings_routes(
             context,
             fragments=("chart_settings", "settings_status"),
             status_code=status,
+            # The outcome is also written beside the form; the toast is seen wherever one scrolled.
+            toast=(f"Not saved: {error}", "error") if error else message,
         )
 
     @router.get("/charts/settings", response_class=HTMLResponse, dependencies=[session])

@@ -67,6 +67,9 @@ class ChartPoint:
     lo: float | None = None
     hi: float | None = None
     id: str | None = None
+    p95: float | None = None
+    """A bucket's 95th percentile as a lognormal of its logs' mean and spread (the comparison's
+    band above its median ``value``); None where the rollups cannot tell."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,6 +390,17 @@ class Overview:
     """Critical episodes opened in the last 24 h (each one a page, unless silenced)."""
 
 
+@dataclass(frozen=True, slots=True)
+class FalseAlarmBudget:
+    """Critical signals a day the armed charts raise from noise alone (their in-control ARLs at
+    their probes' pace): what the pages of a quiet day should come close to."""
+
+    armed_charts: int
+    counted_charts: int
+    """Armed charts with an ARL and a known pace (availability charts publish no ARL)."""
+    per_day: float
+
+
 SettingKind = Literal["bool", "int", "float", "text", "list", "choice"]
 
 
@@ -482,6 +496,8 @@ class DashboardData(Protocol):
     async def models(self) -> list[ModelInfo]: ...
 
     async def overview(self, hours: float) -> Overview: ...
+
+    async def false_alarm_budget(self) -> FalseAlarmBudget: ...
 
     async def model_health(self, hours: float) -> HealthOverview: ...
 

@@ -8,13 +8,20 @@ in Postgres). Pure: the route gathers the inputs.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from llmscope.config.logs import get_logger
 from llmscope.web.alerting import Incident
-from llmscope.web.data import OpenEpisode, Overview, Sparkline
+from llmscope.web.data import FalseAlarmBudget, OpenEpisode, Overview, Sparkline
 from llmscope.web.status import STATUSES, ModelStatus, Status, StatusReport
+
+log = get_logger("llmscope.web.overview")
+# The budget reads every chart's record: once a minute is plenty for a figure that moves with
+# re-baselines, and a wall of tabs re-reading the overview on every event does not multiply it.
+BUDGET_TTL_S = 60.0
 
 # Worst first, for people deciding what to look at: a model nobody probes any more (unknown)
 # is news, planned maintenance is not.
@@ -47,6 +54,7 @@ class Summary:
     open_incidents: int
     critical_open: int
     critical_24h: int
+    budget: FalseAlarmBudget | None = None
 
 
 def overview_rows(
@@ -73,7 +81,12 @@ def overview_rows(
     return rows
 
 
-def summary(rows: Sequence[OverviewRow], overview: Overview, incidents: Sequence[Incident] = ()) -> Summary:
+def summary(
+    rows: Sequence[OverviewRow],
+    overview: Overview,
+    incidents: Sequence[Incident] = (),
+    budget: FalseAlarmBudget | None = None,
+) -> Summary:
     counts = Counter(r.status.status for r in rows)
     return Summary(
         models=len(rows),
@@ -81,4 +94,33 @@ def summary(rows: Sequence[OverviewRow], overview: Overview, incidents: Sequence
         open_incidents=sum(1 for i in incidents if i.state != "resolved"),
         critical_open=sum(len(r.critical) for r in rows),
         critical_24h=overview.critical_24h,
+        budget=budget,
     )
+
+
+class BudgetCache:
+    """The false-alarm budget, read at most once per ``ttl_s``; None while it cannot be read
+    (the overview shows the rest rather than fail with it)."""
+
+    def __init__(
+        self,
+        load: Callable[[], Awaitable[FalseAlarmBudget]],
+        ttl_s: float = BUDGET_TTL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._load = load
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._value: FalseAlarmBudget | None = None
+        self._at: float | None = None
+
+    async def get(self) -> FalseAlarmBudget | None:
+        now = self._clock()
+        if self._at is None or now - self._at >= self._ttl_s:
+            try:
+                self._value = await self._load()
+            except Exception as exc:  # a missing figure, never a failed overview
+                log.warning("false-alarm budget unavailable", error=repr(exc))
+                self._value = None
+            self._at = now
+        return self._value

@@ -49,7 +49,7 @@ from llmscope.web.data import (
     ViolationFilter,
 )
 from llmscope.web.live import Broadcaster, add_live_routes
-from llmscope.web.overview import overview_rows, summary
+from llmscope.web.overview import BudgetCache, overview_rows, summary
 from llmscope.web.pages import Pages, ask_rebaseline, is_htmx, toast_trigger
 from llmscope.web.settings_form import BY_ID, SECTIONS, SectionView, fixed_settings, parse_field, section_view
 from llmscope.web.status_routes import StatusData, add_status_routes
@@ -344,6 +344,8 @@ def create_router(
             found += (await alerting.incidents(IncidentFilter(state=state, limit=200))).items
         return found
 
+    budget = BudgetCache(data.false_alarm_budget)
+
     @router.get("/", response_class=HTMLResponse, response_model=None, dependencies=[Session])
     async def overview(
         request: Request, hours: Annotated[float, Query(gt=0, le=HEALTH_MAX_HOURS)] = 1
@@ -361,7 +363,7 @@ def create_router(
         x_start = max(view.start, min(firsts, default=view.start))
         context: dict[str, Any] = {
             "rows": rows,
-            "summary": summary(rows, view, incidents),
+            "summary": summary(rows, view, incidents, await budget.get()),
             "view": view,
             "x_start": x_start,
             "windows": OVERVIEW_WINDOWS_H,
@@ -597,7 +599,9 @@ def create_router(
     # ---- models --------------------------------------------------------------------------
     models_fragments = ("models", "health_panel", "health")
 
-    async def _models_page(request: Request, hours: float, status_code: int = 200) -> HTMLResponse:
+    async def _models_page(
+        request: Request, hours: float, status_code: int = 200, toast: tuple[str, str] | None = None
+    ) -> HTMLResponse:
         block = pages.block_for(request, models_fragments)
         # Each block reads only what it shows: the polled health table skips the models query.
         context: dict[str, Any] = {
@@ -608,7 +612,7 @@ def create_router(
             "refresh_s": opts.refresh_s,
         }
         return pages.render(
-            request, "models.html", context, fragments=models_fragments, status_code=status_code
+            request, "models.html", context, fragments=models_fragments, status_code=status_code, toast=toast
         )
 
     @router.get("/models", response_class=HTMLResponse, dependencies=[Session])
@@ -624,8 +628,14 @@ def create_router(
         model: Annotated[str, Form()],
         enabled: Annotated[str, Form()],
     ) -> HTMLResponse:
-        found = await data.set_model_enabled(provider, model, enabled.lower() in {"1", "true", "on"})
-        return await _models_page(request, 1, status_code=200 if found else 404)
+        on = enabled.lower() in {"1", "true", "on"}
+        found = await data.set_model_enabled(provider, model, on)
+        toast = (
+            (f"{provider}/{model} {'enabled: probed again' if on else 'disabled: no more probes'}.", "ok")
+            if found
+            else (f"No model {provider}/{model}.", "error")
+        )
+        return await _models_page(request, 1, status_code=200 if found else 404, toast=toast)
 
     # ---- settings ------------------------------------------------------------------------
     fixed = fixed_settings(

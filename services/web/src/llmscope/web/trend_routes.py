@@ -19,20 +19,30 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.params import Depends
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from llmscope.config.logs import get_logger
-from llmscope.web.alerting import AlerterUnavailable, AlertingData, Incident, IncidentFilter
-from llmscope.web.data import HEALTH_MAX_HOURS, METRICS, DashboardData, Metric, ViolationFilter
+from llmscope.web.alerting import (
+    AlerterUnavailable,
+    AlertingData,
+    Incident,
+    IncidentAnalysisInfo,
+    IncidentFilter,
+)
+from llmscope.web.data import HEALTH_MAX_HOURS, METRICS, ChartQuery, DashboardData, Metric, ViolationFilter
 from llmscope.web.maintenance_spans import maintenance_spans
 from llmscope.web.pages import Pages
 from llmscope.web.report_pdf import PdfPrinter, PdfUnavailable
 from llmscope.web.trend_svg import color
 from llmscope.web.trends import (
+    COMPARE_BY,
     COMPARE_MAX_HOURS,
     COMPARE_WINDOWS_H,
     MAX_COMPARED,
+    SPLIT_MAX_HOURS,
+    CompareBy,
     Comparison,
     TrendsData,
     window_label,
@@ -42,6 +52,8 @@ log = get_logger("llmscope.web.trends")
 
 REPORT_WINDOWS_H: tuple[int, ...] = (24, 168, 720)
 REPORT_VIOLATIONS = 500
+# Each analysis is one more read of the alerter's tables: the latest incidents' are enough to read.
+REPORT_ANALYSES = 20
 INCIDENT_COLUMNS = (
     "id", "state", "severity", "title", "provider", "host", "models", "cascade", "violation_count",
     "opened_at", "acknowledged_at", "acknowledged_by", "resolved_at", "resolved_by",
@@ -72,6 +84,23 @@ async def _incidents_since(
         if not page.next_cursor or len(found) >= 5000:
             return found
         cursor = page.next_cursor
+
+
+async def _analyses(
+    alerting: AlertingData | None, incidents: list[Incident]
+) -> dict[str, IncidentAnalysisInfo]:
+    """The analysis of each of the latest incidents (by id); one the alerter cannot give is left out."""
+    if alerting is None:
+        return {}
+    latest = sorted(incidents, key=lambda i: i.opened_at, reverse=True)[:REPORT_ANALYSES]
+    found = await asyncio.gather(*(alerting.incident(i.id) for i in latest), return_exceptions=True)
+    out: dict[str, IncidentAnalysisInfo] = {}
+    for incident, detail in zip(latest, found, strict=True):
+        if isinstance(detail, BaseException):
+            log.warning("incident analysis unavailable", incident=incident.id, error=repr(detail))
+        elif detail is not None and detail.analysis is not None:
+            out[incident.id] = detail.analysis
+    return out
 
 
 async def with_maintenance(
@@ -116,21 +145,27 @@ def add_trend_routes(
         series: Annotated[list[str] | None, Query()] = None,
         metric: Metric = "latency_ms",
         hours: Annotated[float, Query(gt=0, le=COMPARE_MAX_HOURS)] = 24,
+        by: CompareBy = "model",
     ) -> HTMLResponse:
         known = sorted({(s.provider, s.model) for s in await data.series()})
         chosen = [m for m in (_split(s) for s in series or []) if m is not None and m in known]
         # No choice yet: the first few models, so the page is never an empty chart.
-        picked = (chosen or known)[:MAX_COMPARED]
-        comparison = await with_maintenance(trends.comparison(picked, metric, hours), alerting, trends)
+        picked = (chosen or known)[: MAX_COMPARED if by == "model" else 1]
+        clamped = by != "model" and hours > SPLIT_MAX_HOURS
+        hours = SPLIT_MAX_HOURS if clamped else hours
+        comparison = await with_maintenance(trends.comparison(picked, metric, hours, by=by), alerting, trends)
         context: dict[str, Any] = {
             "models": known,
             "picked": picked,
             "comparison": comparison,
-            "colors": {m: color(i) for i, m in enumerate(picked)},
+            "colors": {m: color(i) for i, m in enumerate(picked)} if by == "model" else {},
+            "line_colors": [color(i) for i in range(len(comparison.lines))],
             "metrics": METRICS,
             "windows": [(h, window_label(h)) for h in COMPARE_WINDOWS_H],
-            "q": {"metric": metric, "hours": f"{hours:g}"},
+            "q": {"metric": metric, "hours": f"{hours:g}", "by": by},
             "max_compared": MAX_COMPARED,
+            "compare_by": COMPARE_BY,
+            "clamped": clamped,
         }
         return pages.render(request, "compare.html", context, fragments=("compare_card",))
 
@@ -156,11 +191,29 @@ def add_trend_routes(
             for i in await _incidents_since(alerting, start, model)
             if one is None or (model in i.models and i.provider == provider)
         ]
-        known = sorted({(s.provider, s.model) for s in await data.series()})
+        all_series = await data.series()
+        known = sorted({(s.provider, s.model) for s in all_series})
         picked = [one] if one else known[:MAX_COMPARED]
         comparison = await with_maintenance(
             trends.comparison(picked, "latency_ms", hours, end), alerting, trends
         )
+        # Each model's control chart: the one the dashboard opens for it (its first prompt).
+        first_prompt: dict[tuple[str, str], str] = {}
+        for s in sorted(all_series, key=lambda s: (s.provider, s.model, s.prompt_id)):
+            first_prompt.setdefault((s.provider, s.model), s.prompt_id)
+        charts = [
+            await data.chart(
+                ChartQuery(
+                    provider=p,
+                    model=m,
+                    prompt_id=first_prompt[(p, m)],
+                    hours=hours,
+                    severities=("critical", "warning"),
+                )
+            )
+            for p, m in picked
+            if (p, m) in first_prompt
+        ]
         qs = urlencode({"hours": f"{hours:g}", "series": series})
         export = {"since": start.isoformat(), "until": end.isoformat()}
         if one:
@@ -179,6 +232,8 @@ def add_trend_routes(
             "violations": violations.items,
             "violations_capped": violations.next_cursor is not None,
             "incidents": incidents,
+            "analyses": await _analyses(alerting, incidents),
+            "charts": charts,
             "comparison": comparison,
             "colors": {m: color(i) for i, m in enumerate(picked)},
             "windows": [(h, window_label(h)) for h in REPORT_WINDOWS_H],
@@ -217,6 +272,40 @@ def add_trend_routes(
             pdf,
             media_type="application/pdf",
             headers={"Content-Disposition": f'attachment; filename="llmscope-report-{name}.pdf"'},
+        )
+
+    @router.get("/report.json", dependencies=[session])
+    async def report_json(
+        hours: Annotated[float, Query(gt=0, le=COMPARE_MAX_HOURS)] = 24, series: str = ""
+    ) -> JSONResponse:
+        """The report's figures as JSON: status and uptime, violations by rule and severity, the
+        critical and warning violations, incidents with times to acknowledge and resolve and the
+        latest ones' analyses, and each model's latency per bucket (no SVG)."""
+        c = await _report_context(hours, series)
+        body = {
+            "start": c["start"],
+            "end": c["end"],
+            "hours": hours,
+            "series": series,
+            "status": c["rows"],
+            "violations_by_rule": c["counts"],
+            "violations": c["violations"],
+            "violations_capped": c["violations_capped"],
+            "incidents": [
+                {
+                    **dataclasses.asdict(i),
+                    "seconds_to_acknowledge": _seconds(i.acknowledged_at, i.opened_at),
+                    "seconds_to_resolve": _seconds(i.resolved_at, i.opened_at),
+                    "analysis": c["analyses"].get(i.id),
+                }
+                for i in c["incidents"]
+            ],
+            "latency": c["comparison"].lines,
+        }
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", series or "all") + f"-{hours:g}h"
+        return JSONResponse(
+            jsonable_encoder(body),
+            headers={"Content-Disposition": f'attachment; filename="llmscope-report-{name}.json"'},
         )
 
     @router.get("/report/incidents.csv", dependencies=[session])

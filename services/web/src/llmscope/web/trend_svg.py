@@ -10,7 +10,7 @@ from html import escape
 
 from markupsafe import Markup
 
-from llmscope.web.data import METRIC_LABELS
+from llmscope.web.data import METRIC_LABELS, ChartPoint
 from llmscope.web.svg_axes import Frame, nice_ticks, time_axis, unit_label, value_axis
 from llmscope.web.trends import AvailabilityHistory, Comparison
 
@@ -38,6 +38,21 @@ def _frame(width: int, height: int, top: float = PAD_T) -> Frame:
     return Frame(PAD_L, top, width - PAD_L - PAD_R, height - top - PAD_B, height)
 
 
+def _band_runs(points: list[ChartPoint], gap: timedelta) -> list[list[ChartPoint]]:
+    """Runs of consecutive buckets that know their p95 (2 at least: a band needs a width)."""
+    runs: list[list[ChartPoint]] = []
+    prev: datetime | None = None
+    for p in points:
+        if p.p95 is None:
+            prev = None
+            continue
+        if prev is None or p.ts - prev > gap:
+            runs.append([])
+        runs[-1].append(p)
+        prev = p.ts
+    return [r for r in runs if len(r) > 1]
+
+
 def render_comparison(data: Comparison, *, width: int = 960, height: int = 340) -> Markup:
     """One line per model (its typical value per bucket), violations as marks along the top,
     re-baselines as dashed verticals and maintenance windows as grey bands behind the lines."""
@@ -47,7 +62,7 @@ def render_comparison(data: Comparison, *, width: int = 960, height: int = 340) 
     firsts = [line.points[0].ts.timestamp() for line in data.lines if line.points]
     # A window longer than the history: the axis starts at the first point (as the main chart).
     t0 = max(t0, min(min(firsts, default=t0) - data.bucket_s / 2, t1 - 60))
-    values = [p.value for line in data.lines for p in line.points]
+    values = [v for line in data.lines for p in line.points for v in (p.value, p.p95) if v is not None]
     lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
     if hi - lo < 1e-9:
         lo, hi = lo - 1, hi + 1
@@ -82,6 +97,16 @@ def render_comparison(data: Comparison, *, width: int = 960, height: int = 340) 
     time_axis(out, frame, t0, t1, data.start.tzinfo)
     unit_label(out, frame, METRIC_LABELS.get(data.metric, data.metric))
     gap = timedelta(seconds=data.bucket_s * 3)
+    # Each model's p50-p95 band first, under every line: a band of one model never hides a line.
+    for i, line in enumerate(data.lines):
+        band = [p for p in line.points if p.ts.timestamp() >= t0]
+        for stretch in _band_runs(band, gap):
+            upper = " ".join(f"{x(p.ts):.1f},{y(p.p95 or p.value):.1f}" for p in stretch)
+            lower = " ".join(f"{x(p.ts):.1f},{y(p.value):.1f}" for p in reversed(stretch))
+            out.append(
+                f'<polygon points="{upper} {lower}" class="p95-band" fill="{color(i)}">'
+                f"<title>{escape(line.label)}: median to p95</title></polygon>"
+            )
     for i, line in enumerate(data.lines):
         pts = [p for p in line.points if p.ts.timestamp() >= t0]
         # A gap of several buckets (nothing probed) breaks the line rather than bridging it.
@@ -92,7 +117,7 @@ def render_comparison(data: Comparison, *, width: int = 960, height: int = 340) 
                 runs.append([])
             runs[-1].append(f"{x(p.ts):.1f},{y(p.value):.1f}")
             prev = p.ts
-        name = escape(f"{line.provider}/{line.model}")
+        name = escape(line.label)
         for run in runs:
             if len(run) == 1:
                 cx, cy = run[0].split(",")

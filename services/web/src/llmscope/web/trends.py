@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Literal, Protocol
 
 from llmscope.web.data import ChartPoint, Metric
 
@@ -20,6 +20,13 @@ COMPARE_WINDOWS_H: tuple[int, ...] = (1, 6, 24, 168, 720)
 COMPARE_MAX_HOURS = 744
 COMPARE_BUCKETS = 240
 MAX_COMPARED = 8
+CompareBy = Literal["model", "prompt", "target"]
+"""What one line of the comparison is: a model (every prompt and target pooled), or one prompt
+or one target of a single model."""
+COMPARE_BY: tuple[CompareBy, ...] = ("model", "prompt", "target")
+SPLIT_MAX_HOURS = 168
+"""The longest window of one model's prompts or targets: only the minute rollups keep them apart,
+and 30 days of them for one model took over 2 s (bench/compare_bench.py)."""
 # A bucket where most probes failed is drawn as an outage band.
 OUTAGE_SHARE = 0.5
 
@@ -37,11 +44,17 @@ def window_label(hours: float) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ComparedLine:
-    """One model's typical value per bucket (``value``), with the bucket's min and max."""
+    """One model's typical value per bucket (``value``), with the bucket's min and max; ``part``
+    names the prompt or target when the comparison splits one model."""
 
     provider: str
     model: str
     points: list[ChartPoint]
+    part: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.provider}/{self.model}" + (f" · {self.part}" if self.part else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +153,12 @@ class TrendsData(Protocol):
     """History over long windows, from the rollups; the API implements it over Postgres."""
 
     async def comparison(
-        self, models: list[tuple[str, str]], metric: Metric, hours: float, end: datetime | None = None
+        self,
+        models: list[tuple[str, str]],
+        metric: Metric,
+        hours: float,
+        end: datetime | None = None,
+        by: CompareBy = "model",
     ) -> Comparison: ...
 
     async def availability(
