@@ -7,6 +7,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from msgspec import structs
 from nats.js import JetStreamContext
 
 from llmscope.api.persister import store_telemetry, store_violations
@@ -129,12 +130,15 @@ async def test_incident_events_are_persisted_once_and_served(
         ),
     )
     stale = incident_event("inc-a", 2, opened_at=t0, change="updated", episode_ids=("ep-a",))
-    other = incident_event(
-        "inc-b",
-        1,
-        opened_at=t0 + timedelta(minutes=10),
-        models=("qwen2:7b", "phi3"),
-        title="Cascade on gpu-1",
+    other = structs.replace(
+        incident_event(
+            "inc-b",
+            1,
+            opened_at=t0 + timedelta(minutes=10),
+            models=("qwen2:7b", "phi3"),
+            title="Cascade on gpu-1",
+        ),
+        severity="warning",
     )
     publisher = Publisher(js)
     for ev in (old, first, analyzed, stale, other):
@@ -156,6 +160,13 @@ async def test_incident_events_are_persisted_once_and_served(
     assert page["items"][0]["cascade"] is True
     open_ = (await api.client.get("/api/incidents", params={"state": "open"})).json()
     assert [i["id"] for i in open_["items"]] == ["inc-b", "inc-a"]
+    critical = (await api.client.get("/api/incidents", params={"severity": "critical"})).json()
+    assert [i["id"] for i in critical["items"]] == ["inc-a", "inc-old"]
+    warning_up = (await api.client.get("/api/incidents", params={"severity": "warning"})).json()
+    assert [i["id"] for i in warning_up["items"]] == ["inc-b", "inc-a", "inc-old"]
+    bad = await api.client.get("/api/incidents", params={"severity": "urgent"})
+    assert bad.status_code == 422
+    assert "severity" in bad.text
     by_model = (await api.client.get("/api/incidents", params={"model": "phi3"})).json()
     assert [i["id"] for i in by_model["items"]] == ["inc-b"]
     since = (

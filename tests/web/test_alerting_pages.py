@@ -51,7 +51,10 @@ async def seed_incidents(api: Api) -> None:
                         tracker="github", key="42", url="https://github.example/acme/llm/issues/42"
                     ),
                 ),
-                incident_event("inc-b", 1, opened_at=t0 + timedelta(minutes=5), models=("qwen2:7b",)),
+                structs.replace(
+                    incident_event("inc-b", 1, opened_at=t0 + timedelta(minutes=5), models=("qwen2:7b",)),
+                    severity="warning",
+                ),
                 structs.replace(
                     incident_event(
                         "inc-m", 2, opened_at=t0, models=("qwen2:7b",), state="resolved", change="resolved"
@@ -77,6 +80,12 @@ async def test_incident_list_and_detail(api: Api, hx: bool) -> None:
     assert "/incidents/inc-a" not in r.text
     if hx:
         assert r.text.lstrip().startswith('<div id="incident-table"')
+    r = await client.get("/incidents?severity=critical", headers=headers)
+    assert "/incidents/inc-a" in r.text
+    assert "/incidents/inc-b" not in r.text
+    r = await client.get("/incidents?severity=warning", headers=headers)
+    assert "/incidents/inc-a" in r.text
+    assert "/incidents/inc-b" in r.text
 
     r = await client.get("/incidents/inc-a", headers=headers)
     assert r.status_code == 200

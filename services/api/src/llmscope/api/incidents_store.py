@@ -161,6 +161,8 @@ class IncidentQueries:
             add("state = {}", flt.state)
         if flt.model:
             add("{} = ANY(models)", flt.model)
+        if flt.severities:
+            add("severity = ANY({})", list(flt.severities))
         if flt.since:
             add("coalesce(last_violation_at, opened_at) >= {}", flt.since)
         if flt.cursor:

@@ -163,6 +163,8 @@ class IncidentFilter:
     since: datetime | None = None
     limit: int = 50
     cursor: str | None = None
+    severities: tuple[str, ...] = ()
+    """Any of these severities (empty: no restriction)."""
 
 
 @dataclass(frozen=True, slots=True)

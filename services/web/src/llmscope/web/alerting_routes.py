@@ -29,6 +29,7 @@ from llmscope.web.alerting import (
     SilenceInput,
     TestSendResult,
 )
+from llmscope.web.data import SEVERITY_AT_LEAST
 from llmscope.web.pages import Pages, is_htmx
 
 INCIDENT_STATES = ("open", "acknowledged", "resolved")
@@ -113,19 +114,26 @@ def add_alerting_routes(
     # ---- incidents -------------------------------------------------------------------------
     @router.get("/incidents", response_class=HTMLResponse, dependencies=[session])
     async def incidents_page(
-        request: Request, state: str | None = None, model: str | None = None, cursor: str | None = None
+        request: Request,
+        state: str | None = None,
+        model: str | None = None,
+        severity: str | None = None,
+        cursor: str | None = None,
     ) -> HTMLResponse:
+        severity = severity if severity in SEVERITY_AT_LEAST else None
         flt = IncidentFilter(
             state=state if state in INCIDENT_STATES else None,  # type: ignore[arg-type]
             model=model or None,
+            severities=SEVERITY_AT_LEAST[severity] if severity else (),
             limit=50,
             cursor=cursor or None,
         )
         page = await data.incidents(flt)
-        params = {"state": state or "", "model": model or ""}
+        params = {"state": state or "", "model": model or "", "severity": severity or ""}
         context = {
             "page": page,
             "states": INCIDENT_STATES,
+            "severities": tuple(SEVERITY_AT_LEAST),
             "f": params,
             "next_qs": urlencode({**params, "cursor": page.next_cursor}) if page.next_cursor else None,
         }

@@ -11,6 +11,7 @@ from llmscope.api.openapi_errors import not_found
 from llmscope.api.routes.alerts import alerter_error
 from llmscope.api.routes.fields import NO_NUL, Cursor, Instant
 from llmscope.api.runtime import Runtime
+from llmscope.proto.violation import SEVERITIES, Severity
 from llmscope.web.alerting import (
     AlerterRefused,
     AlerterUnavailable,
@@ -34,13 +35,19 @@ def router(rt: Runtime) -> APIRouter:
     async def list_incidents(
         state: Literal["open", "acknowledged", "resolved"] | None = None,
         model: str | None = None,
+        severity: Annotated[
+            Severity | None, Query(description="this severity and the ones above it (info: every one)")
+        ] = None,
         since: Instant | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
         cursor: Cursor = None,
     ) -> IncidentPage:
         """Newest first (by opening time); ``since`` keeps incidents active since then.
         Pass ``next_cursor`` back as ``cursor`` for the next page."""
-        flt = IncidentFilter(state=state, model=model, since=since, limit=limit, cursor=cursor)
+        shown = SEVERITIES[: SEVERITIES.index(severity) + 1] if severity else ()
+        flt = IncidentFilter(
+            state=state, model=model, severities=shown, since=since, limit=limit, cursor=cursor
+        )
         return await rt.alerting.incidents(flt)
 
     @api.get("/{incident_id}", response_model=IncidentDetail, responses=not_found("incident"))
