@@ -301,6 +301,8 @@ SELECT * FROM unnest({_MODEL_ARRAYS})
 
 _ROLLUP_METRICS = tuple(operator.attrgetter(c) for c in ("latency_ms", "ttft_ms", "tokens_per_s"))
 _ts = operator.attrgetter("ts")
+_MINUTE = timedelta(minutes=1)
+_NEVER = datetime(1, 1, 1, tzinfo=UTC)
 _LOG_FLOOR = math.log(1e-9)
 
 
@@ -308,8 +310,12 @@ def _metric_rollup(values: list[float]) -> list[Any]:
     """n, min, max, sum and sum of logs (floored at 1e-9), as STORE_TELEMETRY's aggregates."""
     if not values:
         return [0, None, None, 0.0, 0.0]
-    logs = [math.log(v) if v > 1e-9 else _LOG_FLOOR for v in values]
-    return [len(values), min(values), max(values), sum(values), sum(logs)]
+    low = min(values)
+    if low > 1e-9:
+        logsum = sum(map(math.log, values))
+    else:
+        logsum = sum(math.log(v) if v > 1e-9 else _LOG_FLOOR for v in values)
+    return [len(values), low, max(values), sum(values), logsum]
 
 
 def _batch_aggregates(events: Sequence[TelemetryEvent]) -> list[list[Any]]:
@@ -317,9 +323,17 @@ def _batch_aggregates(events: Sequence[TelemetryEvent]) -> list[list[Any]]:
     Events are grouped in one pass; the sums and extremes are taken by builtins, per group."""
     minutes: dict[tuple[str, str, str, str, datetime], list[TelemetryEvent]] = {}
     by_model: dict[tuple[str, str], list[TelemetryEvent]] = {}
+    # The minute of the previous event, reused while events stay in it: a batch is mostly in time
+    # order, and ``datetime.replace`` was a fifth of this function's time.
+    minute = end = _NEVER
+    zone = None
     for ev in events:
         provider: str = ev.provider
-        key = (provider, ev.model, ev.prompt_id, ev.target, ev.ts.replace(second=0, microsecond=0))
+        ts = ev.ts
+        if not (minute <= ts < end and ts.tzinfo is zone):
+            minute = ts.replace(second=0, microsecond=0)
+            end, zone = minute + _MINUTE, ts.tzinfo
+        key = (provider, ev.model, ev.prompt_id, ev.target, minute)
         group = minutes.get(key)
         if group is None:
             minutes[key] = [ev]
