@@ -19,9 +19,10 @@ storage) and an embedded PostgreSQL (fsync on).
     default options: batches of ``persister.PERSIST_BATCH`` events, the next batch pulled while
     one is written, each message acked after its batch's COMMIT) takes N events from JetStream
     into Postgres; the ceiling is the same number of events written with bare
-    ``copy_records_to_table`` in transactions of as many rows into the same table and indexes. Rounds alternate copy and drain, and
-    asyncio's event loop and uvloop's (each round a fresh loop), so both ratios come from
-    interleaved measurements: drain / COPY on each loop, and uvloop / asyncio for each.
+    ``copy_records_to_table`` in transactions of as many rows into the same table and indexes.
+    Rounds alternate copy and drain, and asyncio's event loop and uvloop's (each round a fresh
+    loop), so both ratios come from interleaved measurements: drain / COPY on each loop, and
+    uvloop / asyncio for each.
 
 Usage: ``python bench/ingest_bench.py [--quick] [--only e]``.
 """
