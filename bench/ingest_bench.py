@@ -19,7 +19,8 @@ storage) and an embedded PostgreSQL (fsync on).
     default options: batches of ``persister.PERSIST_BATCH`` events, the next batch pulled while
     one is written, each message acked after its batch's COMMIT) takes N events from JetStream
     into Postgres; the ceiling is the same number of events written with bare
-    ``copy_records_to_table`` in transactions of as many rows into the same table and indexes.
+    ``copy_records_to_table`` in transactions of as many rows into the same table and indexes,
+    the garbage collector set as the persister's process sets it (``persister.tune_gc``).
     Rounds alternate copy and drain, and asyncio's event loop and uvloop's (each round a fresh
     loop), so both ratios come from interleaved measurements: drain / COPY on each loop, and
     uvloop / asyncio for each.
@@ -505,6 +506,7 @@ def draining(n: int, rounds: int, loops: Sequence[eventloop.LoopName]) -> None:
                 await nc.close()
 
             asyncio.run(setup())
+            persister.tune_gc()  # as the process that runs the persister does at start
             seed = 10_000
             for _ in range(rounds):
                 for loop in loops:  # interleaved: the machine's load changes under a long run
