@@ -17,12 +17,14 @@ storage) and an embedded PostgreSQL (fsync on).
     same table and indexes (the ceiling).
 (d) the consumer adapter with a no-op handler: one AckAll per batch against an ack per message.
 (e) the persister draining a backlog: the API's ``Persister`` (its telemetry consumer with its
-    default options: 500-event batches, the next batch pulled while one is written, each message
-    acked after its batch's COMMIT) takes N events from JetStream into Postgres; the ceiling is
-    the same number of events written with bare ``copy_records_to_table`` in 500-row
-    transactions into the same table and indexes. Rounds alternate copy and drain, and
-    asyncio's event loop and uvloop's (each round a fresh loop), so both ratios come from
-    interleaved measurements: drain / COPY on each loop, and uvloop / asyncio for each.
+    default options: batches of ``persister.PERSIST_BATCH`` events, the next batch pulled while
+    one is written, each message acked after its batch's COMMIT) takes N events from JetStream
+    into Postgres; the ceiling is the same number of events written with bare
+    ``copy_records_to_table`` in transactions of as many rows into the same table and indexes,
+    the garbage collector set as the persister's process sets it (``persister.tune_gc``).
+    Rounds alternate copy and drain, and asyncio's event loop and uvloop's (each round a fresh
+    loop), so both ratios come from interleaved measurements: drain / COPY on each loop, and
+    uvloop / asyncio for each.
 
 Usage: ``python bench/ingest_bench.py [--quick] [--only e]``.
 """
@@ -431,14 +433,15 @@ async def _drain_round(nats_url: str, dsn: str, n: int, seed: int, cpu: Cpus) ->
                 [(subjects.telemetry(e.provider, e.model), e) for e in backlog[start : start + 1000]]
             )
         copied = events(n, seed=seed + 1)
+        size = persister.PERSIST_BATCH  # the persister's transactions, as large as its batches
 
         async def bare_copy() -> None:
             async with pool.acquire() as conn:
-                for start in range(0, n, 500):
+                for start in range(0, n, size):
                     async with conn.transaction():
                         await conn.copy_records_to_table(
                             "telemetry",
-                            records=[persister.telemetry_record(e) for e in copied[start : start + 500]],
+                            records=[persister.telemetry_record(e) for e in copied[start : start + size]],
                             columns=persister.TELEMETRY_COLUMNS,
                         )
 
@@ -504,6 +507,7 @@ def draining(n: int, rounds: int, loops: Sequence[eventloop.LoopName]) -> None:
                 await nc.close()
 
             asyncio.run(setup())
+            persister.tune_gc()  # as the process that runs the persister does at start
             seed = 10_000
             for _ in range(rounds):
                 for loop in loops:  # interleaved: the machine's load changes under a long run
@@ -515,7 +519,7 @@ def draining(n: int, rounds: int, loops: Sequence[eventloop.LoopName]) -> None:
     for loop in loops:
         rs = results[loop]
         top = max(r.copy_rate for r in rs)
-        line(f"bare copy_records_to_table, 500-row transactions ({loop})", top)
+        line(f"bare copy_records_to_table, {persister.PERSIST_BATCH}-row transactions ({loop})", top)
         line(f"persister drain: pull, store, ack after COMMIT ({loop})", max(r.drain_rate for r in rs), top)
         consume = max(r.consume_rate for r in rs)
         line(f"  its consumer alone, storing nothing ({loop})", consume)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -18,12 +19,14 @@ from llmscope.api.db import create_pool, migrate, migrations
 from llmscope.api.metrics import ApiMetrics
 from llmscope.api.persister import (
     COPY_MIN_ROWS,
+    GC_YOUNGEST_THRESHOLD,
     TELEMETRY_COLUMNS,
     Persister,
     apply_retention,
     store_telemetry,
     store_violations,
     telemetry_record,
+    tune_gc,
 )
 from llmscope.api.settings import ApiSettings
 from llmscope.bus.publisher import Publisher
@@ -367,3 +370,15 @@ async def test_consumer_lag_is_sampled_per_consumer(pool: asyncpg.Pool, js: JetS
         await pool.release(locker)
         stop.set()
         await asyncio.wait_for(task, 20)
+
+
+def test_tune_gc_raises_only_the_youngest_generations_threshold() -> None:
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 7, 9)
+        tune_gc()
+        assert gc.get_threshold() == (GC_YOUNGEST_THRESHOLD, 7, 9)
+        tune_gc()  # the API and a standalone persister may both call it
+        assert gc.get_threshold() == (GC_YOUNGEST_THRESHOLD, 7, 9)
+    finally:
+        gc.set_threshold(*before)

@@ -18,7 +18,7 @@ from llmscope.api.charts import ChartViews
 from llmscope.api.db import open_pool
 from llmscope.api.live import LiveFeed
 from llmscope.api.metrics import ApiMetrics
-from llmscope.api.persister import Persister, retention_loop
+from llmscope.api.persister import Persister, retention_loop, tune_gc
 from llmscope.api.ratelimit import FailureLimiter
 from llmscope.api.sessions import RevokedSessions
 from llmscope.api.settings import ApiSettings
@@ -93,6 +93,7 @@ class Runtime:
             self.switches.attach(self.nc)
             await self._live_feed.start(self.nc)
             if s.persister:
+                tune_gc()  # a batch's young objects are not walked again every 700 allocations
                 self.persister = Persister(
                     pool=self._pool,
                     js=js,

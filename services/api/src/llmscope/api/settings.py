@@ -15,7 +15,7 @@
 | LLMSCOPE_DB_POOL_MIN | 1 | smallest asyncpg pool size |
 | LLMSCOPE_DB_POOL_MAX | 10 | largest asyncpg pool size |
 | LLMSCOPE_DB_STATEMENT_TIMEOUT_S | 30 | longest a query may run (then 503 on the API); 0: no limit |
-| LLMSCOPE_PERSIST_BATCH | 500 | messages the persister takes per batch (one transaction) |
+| LLMSCOPE_PERSIST_BATCH | 2000 | messages the persister takes per batch (one transaction) |
 | LLMSCOPE_RETENTION_TELEMETRY_DAYS | 30 | days raw telemetry is kept (0: forever) |
 | LLMSCOPE_RETENTION_ROLLUP_DAYS | 400 | days per-minute rollups are kept (0: forever) |
 | LLMSCOPE_RETENTION_VIOLATIONS_DAYS | 0 | days violations, and resolved incidents, are kept (0: forever) |
@@ -58,7 +58,7 @@ class ApiSettings:
     db_pool_min: int = 1
     db_pool_max: int = 10
     db_statement_timeout_s: float = 30.0
-    persist_batch: int = 500
+    persist_batch: int = 2000
     retention_telemetry_days: float = 30
     retention_rollup_days: float = 400
     retention_violations_days: float = 0
@@ -113,7 +113,7 @@ class ApiSettings:
             db_pool_min=pool_min,
             db_pool_max=pool_max,
             db_statement_timeout_s=env.number("LLMSCOPE_DB_STATEMENT_TIMEOUT_S", 30, min=0, max=86400),
-            persist_batch=env.integer("LLMSCOPE_PERSIST_BATCH", 500, min=1, max=10_000),
+            persist_batch=env.integer("LLMSCOPE_PERSIST_BATCH", 2000, min=1, max=10_000),
             retention_telemetry_days=env.number("LLMSCOPE_RETENTION_TELEMETRY_DAYS", 30, min=0),
             retention_rollup_days=env.number("LLMSCOPE_RETENTION_ROLLUP_DAYS", 400, min=0),
             retention_violations_days=env.number("LLMSCOPE_RETENTION_VIOLATIONS_DAYS", 0, min=0),
