@@ -163,7 +163,11 @@ async def test_traffic_is_charted_per_minute_and_a_slowdown_pages_once(
         r = await web.get("/dashboard")
         assert r.status_code == 200
         assert '<option value="traffic:chat"' not in r.text
-        assert "traffic:chat" in r.text  # its violation is in the log, as any other
+        # Its violation is in the log, as any other, saying it came from traffic.
+        assert (
+            '<span class="badge traffic" title="real traffic (OTLP spans)">traffic</span> traffic:chat'
+            in r.text
+        )
 
         # The chart data route is for the per-request charts: it names the model's traffic charts.
         r = await otlp_api.client.get("/api/stats/spc", params={"provider": "openai", "model": "gpt-4o-mini"})
@@ -186,7 +190,11 @@ async def test_traffic_is_charted_per_minute_and_a_slowdown_pages_once(
 
         async def violation_links_chart() -> bool:
             r = await web.get(f"/violations/{page.id}")
-            return r.status_code == 200 and f'href="{page_url}"' in r.text
+            return (
+                r.status_code == 200
+                and f'href="{page_url}"' in r.text
+                and "From real traffic, charted per minute" in r.text
+            )
 
         await eventually(violation_links_chart, within=30, what="the violation page links its chart")
 
