@@ -185,6 +185,13 @@ async def test_traffic_is_charted_per_minute_and_a_slowdown_pages_once(
         model_q = "provider=openai&amp;model=gpt-4o-mini"  # as the HTML attribute has it
         r = await web.get("/dashboard", params={"provider": "openai", "model": "gpt-4o-mini"})
         assert f'href="/traffic?{model_q}"' in r.text
+        # Beside the probe chart: the model's traffic charts, their phase and the open page.
+        beside = r.text[r.text.index('class="traffic traffic-beside"') :]
+        beside = beside[: beside.index("</table>")]
+        assert "checkout · chat" in beside
+        assert f'href="{page_url.replace("&", "&amp;")}"' in beside
+        assert beside.count('href="/traffic/chart?') == len(charts)
+        assert beside.count('<span class="sev critical">open</span>') == 1
         r = await web.get(page_url)
         assert f'href="/dashboard?{model_q}"' in r.text
 
