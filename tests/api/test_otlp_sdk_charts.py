@@ -1,6 +1,6 @@
 """Issue 12's acceptance, in one test: a small application instrumented with the OpenTelemetry SDK
 and the stock OTLP/HTTP exporter sends GenAI spans to LLMscope, which charts them per minute; a
-slowdown of its traffic pages once.
+slowdown of its traffic pages once: one critical violation, and one message from the alerter.
 
 A "minute" is one second here (``LLMSCOPE_SPC_TRAFFIC_WINDOW_S``); the application gives its
 spans their start and end times, as an instrumentation does when it records a call."""
@@ -25,12 +25,14 @@ from llmscope.api.runner import run_api
 from llmscope.api.settings import ApiSettings
 from llmscope.config.env import Secret
 from llmscope.proto import codec, subjects
+from llmscope.proto.alert import NotificationEvent
 from llmscope.proto.charts import chart_key
 from llmscope.proto.traffic import TrafficMinuteEvent
 from llmscope.proto.violation import ViolationEvent
 from llmscope.spc_engine import service as spc
 from llmscope.spc_engine.traffic import LPT_P50
-from tests.alerter.harness import eventually
+from tests.alerter.factories import HttpSink
+from tests.alerter.harness import eventually, start_alerter
 from tests.api.test_otlp_receiver import INGEST_KEY
 from tests.api.test_otlp_traffic_charts import stored
 from tests.api.traffic_harness import fast_traffic_settings
@@ -73,7 +75,7 @@ def application(endpoint: str, first: int) -> None:
 
 
 async def test_an_sdk_instrumented_application_is_charted_and_its_slowdown_pages_once(
-    settings: ApiSettings, nats_url: str
+    settings: ApiSettings, nats_url: str, database_url: str
 ) -> None:
     engine_settings = fast_traffic_settings(nats_url)
     stop = asyncio.Event()
@@ -81,6 +83,9 @@ async def test_an_sdk_instrumented_application_is_charted_and_its_slowdown_pages
     served = dataclasses.replace(settings, ingest_key=Secret(INGEST_KEY), host="127.0.0.1", port=0)
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
+    hook = HttpSink()
+    hook_url = await hook.start()
+    alerter = None
     try:
         async with run_api(served) as url:
             first = math.ceil(time.time()) + 2  # the first window starts after the spans are sent
@@ -97,6 +102,9 @@ async def test_an_sdk_instrumented_application_is_charted_and_its_slowdown_pages
 
             await eventually(all_windows, within=90, what="every window closed and published")
             await eventually(paged, within=30, what="the slowdown paged")
+        # The alerter reads the violations as it would any (from the start of the stream).
+        alerter = await start_alerter(database_url, js, {"LLMSCOPE_WEBHOOK_URL": f"{hook_url}/hook"})
+        await eventually(lambda: len(hook.requests) >= 1, within=30, what="the page delivered")
         minutes = [codec.decode_as(d, TrafficMinuteEvent) for d in await stored(js, subjects.STREAM_TRAFFIC)]
         assert [m.ts.timestamp() for m in minutes] == [first + w for w in range(WINDOWS)]
         assert all((m.n, m.service_name, m.model) == (PER_WINDOW, "checkout", "gpt-4o-mini") for m in minutes)
@@ -110,7 +118,17 @@ async def test_an_sdk_instrumented_application_is_charted_and_its_slowdown_pages
         assert page.ts.timestamp() >= first + SLOW_FROM
         kv = await js.key_value(subjects.SPC_CHARTS_BUCKET)
         assert page.chart_key in await kv.keys()  # its chart record, as the dashboard reads it
+        # One message, naming that violation: every minute had closed before the alerter read the
+        # stream, so no later violation can join its group.
+        assert alerter is not None
+        await alerter.close()
+        (message,) = [codec.decode_as(body, NotificationEvent) for _, body, _ in hook.requests]
+        assert [v.id for v in message.firing] == [page.id]
+        assert message.status == "firing"
     finally:
         stop.set()
         assert await asyncio.wait_for(engine, 30) == 0
+        if alerter is not None:
+            await alerter.close()
+        await hook.stop()
         await nc.close()

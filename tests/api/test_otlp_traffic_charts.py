@@ -163,7 +163,11 @@ async def test_traffic_is_charted_per_minute_and_a_slowdown_pages_once(
         r = await web.get("/dashboard")
         assert r.status_code == 200
         assert '<option value="traffic:chat"' not in r.text
-        assert "traffic:chat" in r.text  # its violation is in the log, as any other
+        # Its violation is in the log, as any other, saying it came from traffic.
+        assert (
+            '<span class="badge traffic" title="real traffic (OTLP spans)">traffic</span> traffic:chat'
+            in r.text
+        )
 
         # The chart data route is for the per-request charts: it names the model's traffic charts.
         r = await otlp_api.client.get("/api/stats/spc", params={"provider": "openai", "model": "gpt-4o-mini"})
@@ -181,12 +185,23 @@ async def test_traffic_is_charted_per_minute_and_a_slowdown_pages_once(
         model_q = "provider=openai&amp;model=gpt-4o-mini"  # as the HTML attribute has it
         r = await web.get("/dashboard", params={"provider": "openai", "model": "gpt-4o-mini"})
         assert f'href="/traffic?{model_q}"' in r.text
+        # Beside the probe chart: the model's traffic charts, their phase and the open page.
+        beside = r.text[r.text.index('class="traffic traffic-beside"') :]
+        beside = beside[: beside.index("</table>")]
+        assert "checkout · chat" in beside
+        assert f'href="{page_url.replace("&", "&amp;")}"' in beside
+        assert beside.count('href="/traffic/chart?') == len(charts)
+        assert beside.count('<span class="sev critical">open</span>') == 1
         r = await web.get(page_url)
         assert f'href="/dashboard?{model_q}"' in r.text
 
         async def violation_links_chart() -> bool:
             r = await web.get(f"/violations/{page.id}")
-            return r.status_code == 200 and f'href="{page_url}"' in r.text
+            return (
+                r.status_code == 200
+                and f'href="{page_url}"' in r.text
+                and "From real traffic, charted per minute" in r.text
+            )
 
         await eventually(violation_links_chart, within=30, what="the violation page links its chart")
 

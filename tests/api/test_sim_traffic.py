@@ -1,12 +1,14 @@
 """The simulator's traffic generator against a real simulator, API (OTLP receiver) and nats-server:
 its calls become traffic telemetry with the lengths, streams and failures a real application has;
-an outage injected into the simulator reaches its traffic as failed requests."""
+an outage injected into the simulator reaches its traffic as failed requests, a shift as slower ones."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import random
+import statistics
+import time
 
 from llmscope.api.runner import run_api
 from llmscope.api.settings import ApiSettings
@@ -36,9 +38,12 @@ async def test_simulated_traffic_is_traced_to_llmscope_and_feels_injected_outage
                 return generator.stats.exported >= n
 
             await eventually(lambda: exported(60), within=60, what="60 spans exported")
-            await SimClient(sim.url).inject(InjectRequest(kind="outage", model="fast-c", status=503))
+            injected = time.time()
+            client = SimClient(sim.url)
+            await client.inject(InjectRequest(kind="outage", model="fast-c", status=503))
+            await client.inject(InjectRequest(kind="shift", model="fast-a:1b", factor=3.0, ramp_s=0.01))
             before = generator.stats.exported
-            await eventually(lambda: exported(before + 60), within=60, what="60 more spans exported")
+            await eventually(lambda: exported(before + 120), within=60, what="120 more spans exported")
         finally:
             stop.set()
             await running
@@ -61,3 +66,13 @@ async def test_simulated_traffic_is_traced_to_llmscope_and_feels_injected_outage
     failed = [e for e in events if e.status != "ok"]
     assert failed
     assert {(e.model, e.status, e.error_type) for e in failed} == {("fast-c", "http_5xx", "503")}
+    # The shift: fast-a's time per output token triples for the requests started after it.
+
+    def per_token(after: bool) -> float:
+        return statistics.median(
+            (e.latency_ms or 0) / e.eval_count
+            for e in ok
+            if e.model == "fast-a:1b" and e.eval_count and (e.ts.timestamp() > injected + 0.5) == after
+        )
+
+    assert per_token(after=True) > 2 * per_token(after=False)

@@ -28,9 +28,10 @@ def test_otlp_bench_prints_every_case_for_every_encoding() -> None:
             "(b) bare FastAPI",
             "(c) receiver decode",
             "(d) receiver route",
+            "(e) as (d), each span's publish",
         ):
             assert re.search(rf"^{re.escape(body)}\s+{re.escape(case)}.*\d", text, re.M), (body, case)
-    # Every span of (d) reached JetStream once: the route answered 200 only after the acks.
+    # Every span of (d) and (e) reached JetStream once: the route answered 200 only after the acks.
     stored = re.search(r"JetStream stored ([\d,]+) traffic events", text)
     assert stored is not None
     assert int(stored.group(1).replace(",", "")) > 0

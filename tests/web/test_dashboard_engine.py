@@ -270,6 +270,8 @@ async def test_rebaseline_from_a_violation(api: Api, js: JetStreamContext, nats_
         page = (await client.get("/violations/v-slow")).text
         assert "Re-baseline this chart" in page
         assert 'hx-post="/violations/v-slow/rebaseline"' in page
+        assert "From LLMscope's synthetic probes." in page  # not from traffic
+        assert "From real traffic" not in page
         assert "Re-baseline the availability chart" in (await client.get("/violations/v-down")).text
         assert "Re-baseline" not in (await client.get("/violations/v-latency")).text  # no chart key
 

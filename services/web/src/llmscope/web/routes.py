@@ -53,7 +53,7 @@ from llmscope.web.overview import BudgetCache, overview_rows, summary
 from llmscope.web.pages import Pages, ask_rebaseline, is_htmx, toast_trigger
 from llmscope.web.settings_form import BY_ID, SECTIONS, SectionView, fixed_settings, parse_field, section_view
 from llmscope.web.status_routes import StatusData, add_status_routes
-from llmscope.web.traffic import TrafficData
+from llmscope.web.traffic import TRAFFIC_LABELS, TrafficData, TrafficSeries, series_of
 from llmscope.web.traffic_routes import add_traffic_routes
 from llmscope.web.trend_routes import add_trend_routes
 from llmscope.web.trends import COMPARE_MAX_HOURS, AvailabilityHistory, TrendsData
@@ -302,6 +302,10 @@ def create_router(
         availability: AvailabilityHistory | None = None
         if trends is not None and provider and model:
             availability = await trends.availability(provider, model, hours)
+        # The model's traffic charts (real traffic, per minute) beside its probe chart.
+        traffic_series: list[TrafficSeries] = []
+        if traffic is not None and provider and model:
+            traffic_series = series_of(await traffic.traffic_charts(provider, model))
         query = {
             "provider": provider or "",
             "model": model or "",
@@ -325,6 +329,8 @@ def create_router(
             "rebaseline": rebaseline,
             "model_rebaseline": model_rebaseline,
             "availability": availability,
+            "traffic_series": traffic_series,
+            "traffic_labels": TRAFFIC_LABELS,
         }
         return pages.render(
             request,

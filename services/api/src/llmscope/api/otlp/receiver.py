@@ -45,7 +45,7 @@ RESOURCE_EXHAUSTED = 8
 UNAVAILABLE = 14
 
 RETRY_AFTER_S = 5
-PUBLISH_CONCURRENCY = 256  # publishes awaiting their ack at once, per request
+PUBLISH_BATCH = 1024  # messages sent before their acks are awaited together, per request
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +85,11 @@ class TraceReceiver:
         self._deadline = publish_deadline_s
         self._clock = clock
         self._in_flight = 0
+
+    @property
+    def waiting(self) -> int:
+        """Events of requests in progress that JetStream has not acknowledged yet."""
+        return self._in_flight
 
     async def export(self, content_type: str, content_encoding: str, data: bytes) -> Answer:
         try:
@@ -133,7 +138,12 @@ class TraceReceiver:
         return subjects.telemetry(ev.provider, ev.model)
 
     async def _publish(self, events: Sequence[Event], encoding: wire.Encoding) -> Answer | None:
-        """None once every event is acknowledged; the refusal (429/503) otherwise."""
+        """None once every event is acknowledged; the refusal (429/503) otherwise.
+
+        One JetStream message per event (a retried export then deduplicates span by span), sent
+        pipelined: every message of the request goes out before any ack is awaited, and the acks
+        are awaited together (:meth:`Publisher.publish_many`), a few times the rate of awaiting
+        each in turn."""
         if not events:
             return None
         publisher = self._publisher()
@@ -145,11 +155,10 @@ class TraceReceiver:
             )
         self._in_flight += len(events)
         try:
-            for start in range(0, len(events), PUBLISH_CONCURRENCY):
-                chunk = events[start : start + PUBLISH_CONCURRENCY]
-                await asyncio.gather(
-                    *(publisher.publish(self._subject(ev), ev, deadline=self._deadline) for ev in chunk)
-                )
+            # Chunks bound the ack wait of one publish_many (its timeout is per call, not per event).
+            for start in range(0, len(events), PUBLISH_BATCH):
+                chunk = [(self._subject(ev), ev) for ev in events[start : start + PUBLISH_BATCH]]
+                await publisher.publish_many(chunk, deadline=self._deadline)
         except PublishFailed as exc:
             log.warning("traffic not confirmed stored", what=self.what, n=len(events), error=str(exc)[:300])
             return _failed(encoding, 503, UNAVAILABLE, f"not confirmed stored, retry: {exc}", retry=True)
