@@ -131,6 +131,7 @@ def _mixed_batch(n: int) -> list[TelemetryEvent]:
 _AGGREGATE_TABLES = {
     "telemetry_minute": "provider, model, prompt_id, target, minute",
     "telemetry_hour": "provider, model, hour",
+    "telemetry_series_hour": "provider, model, prompt_id, target, hour",
     "series": "provider, model, prompt_id",
     "series_targets": "provider, model, prompt_id, target",
     "models": "provider, model",
@@ -172,6 +173,21 @@ async def test_every_write_path_keeps_the_same_rollups_series_and_models(pool: a
     assert seen[2] == seen[0]
     assert await pool.fetchval("SELECT sum(n) FROM telemetry_minute") == len(events)
     assert await pool.fetchval("SELECT sum(n) FROM telemetry_hour") == len(events)
+    assert await pool.fetchval("SELECT sum(n) FROM telemetry_series_hour") == len(events)
+    # Each series' hours: the minute rollups of that prompt on that target, folded.
+    folded = await pool.fetch(
+        """SELECT provider, model, prompt_id, target, date_trunc('hour', minute) AS hour, sum(n) AS n,
+                  sum(latency_n) AS latency_n, min(latency_min) AS latency_min,
+                  sum(ttft_logsq) AS ttft_logsq
+           FROM telemetry_minute GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5"""
+    )
+    hours = await pool.fetch(
+        f"""SELECT {', '.join(folded[0].keys())} FROM telemetry_series_hour
+            ORDER BY provider, model, prompt_id, target, hour"""
+    )
+    assert len(hours) > len(seen[0]["telemetry_hour"])  # prompts and targets kept apart
+    assert [tuple(r.values())[:-1] for r in hours] == [tuple(r.values())[:-1] for r in folded]
+    assert [r["ttft_logsq"] for r in hours] == pytest.approx([r["ttft_logsq"] for r in folded])
     assert await pool.fetchval("SELECT count(DISTINCT target) FROM telemetry_minute") == 2
     assert len(seen[0]["telemetry_minute"]) > 10
     # The tie for m1's latest went to the later event of the batch (its host).
@@ -198,6 +214,7 @@ async def test_retention_deletes_only_old_rows(pool: asyncpg.Pool, database_url:
         await store_telemetry(conn, [telemetry(0, ts=T0 - timedelta(days=40)), telemetry(1)])
     settings = ApiSettings(database_url=Secret(database_url), api_key=Secret("x" * 16))
     assert await pool.fetchval("SELECT count(*) FROM telemetry_hour") == 2
+    assert await pool.fetchval("SELECT count(*) FROM telemetry_series_hour") == 2
     deleted = await apply_retention(pool, settings)
     assert deleted["telemetry"] == 1
     assert "violations" not in deleted  # kept forever by default
@@ -205,8 +222,11 @@ async def test_retention_deletes_only_old_rows(pool: asyncpg.Pool, database_url:
     settings = ApiSettings(
         database_url=Secret(database_url), api_key=Secret("x" * 16), retention_rollup_days=30
     )
-    assert (await apply_retention(pool, settings))["telemetry_hour"] == 1  # the hour rollups with the minutes
+    deleted = await apply_retention(pool, settings)
+    assert deleted["telemetry_hour"] == 1  # the hour rollups with the minutes
+    assert deleted["telemetry_series_hour"] == 1
     assert await pool.fetchval("SELECT count(*) FROM telemetry_hour") == 1
+    assert await pool.fetchval("SELECT count(*) FROM telemetry_series_hour") == 1
 
 
 async def test_retention_deletes_resolved_incidents_with_their_violations(

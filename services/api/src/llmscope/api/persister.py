@@ -191,9 +191,16 @@ _ROLLUP_COLS = ", ".join(
     f"{p}_n, {p}_min, {p}_max, {p}_sum, {p}_logsum, {p}_logsq" for p in ("latency", "ttft", "tps")
 )
 
+# The hourly rollups of each series (its prompt on one target), in their key's order (the hour
+# before the prompt and target, migration 0011): what the comparison of one model's prompts or
+# targets reads over 7 or 30 days.
+_SERIES_HOUR_MERGE = f"""ON CONFLICT (provider, model, hour, prompt_id, target) DO UPDATE SET
+        n = m.n + EXCLUDED.n, n_ok = m.n_ok + EXCLUDED.n_ok,
+        {_metric_merge("latency")}, {_metric_merge("ttft")}, {_metric_merge("tps")}"""
+
 # One statement, one round trip: insert the new rows and fold exactly those rows into the minute
-# rollups; widen each series' (and series target's) first/last seen; set each model's latest
-# state. Every upsert takes its rows in key order, so concurrent persisters lock in one order.
+# and hour rollups; widen each series' (and series target's) first/last seen; set each model's
+# latest state. Every upsert takes its rows in key order, so concurrent persisters lock in one order.
 _STORE_TELEMETRY = f"""
 WITH src AS MATERIALIZED (
     SELECT {_COLS}, ord FROM {{source}}
@@ -224,6 +231,15 @@ WITH src AS MATERIALIZED (
     ON CONFLICT (provider, model, hour) DO UPDATE SET
         n = m.n + EXCLUDED.n, n_ok = m.n_ok + EXCLUDED.n_ok,
         {_metric_merge("latency")}, {_metric_merge("ttft")}, {_metric_merge("tps")}
+), roll_series_hour AS (
+    INSERT INTO telemetry_series_hour AS m (provider, model, hour, prompt_id, target, n, n_ok, {_ROLLUP_COLS})
+    SELECT provider, model, date_trunc('hour', ts), prompt_id, target, count(*),
+           count(*) FILTER (WHERE status = 'ok'),
+           {_metric_aggregates("latency_ms", "latency")},
+           {_metric_aggregates("ttft_ms", "ttft")},
+           {_metric_aggregates("tokens_per_s", "tps")}
+    FROM ins GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
+    {_SERIES_HOUR_MERGE}
 ), ser AS (
     INSERT INTO series AS s (provider, model, prompt_id, first_seen, last_seen)
     SELECT provider, model, prompt_id, min(ts), max(ts) FROM src GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
@@ -266,7 +282,7 @@ _MODEL_ARRAYS = (
     "$43::text[], $44::real[], $45::real[], $46::real[], $47::real[]"
 )
 
-# Minute rollups folded into hours (what the hour table holds: every prompt and target pooled).
+# Minute rollups folded into hours: by model (every prompt and target pooled) and by series.
 _HOUR_FOLD = ", ".join(
     f"sum({p}_n), min({p}_min), max({p}_max), sum({p}_sum), sum({p}_logsum), sum({p}_logsq)"
     for p in ("latency", "ttft", "tps")
@@ -292,6 +308,11 @@ WITH mins AS MATERIALIZED (
     ON CONFLICT (provider, model, hour) DO UPDATE SET
         n = m.n + EXCLUDED.n, n_ok = m.n_ok + EXCLUDED.n_ok,
         {_metric_merge("latency")}, {_metric_merge("ttft")}, {_metric_merge("tps")}
+), roll_series_hour AS (
+    INSERT INTO telemetry_series_hour AS m (provider, model, hour, prompt_id, target, n, n_ok, {_ROLLUP_COLS})
+    SELECT provider, model, date_trunc('hour', minute), prompt_id, target, sum(n), sum(n_ok), {_HOUR_FOLD}
+    FROM mins GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
+    {_SERIES_HOUR_MERGE}
 ), ser AS (
     INSERT INTO series AS s (provider, model, prompt_id, first_seen, last_seen)
     SELECT * FROM unnest({_SERIES_ARRAYS})
@@ -559,6 +580,7 @@ async def apply_retention(
         ("telemetry", "ts", "", settings.retention_telemetry_days),
         ("telemetry_minute", "minute", "", settings.retention_rollup_days),
         ("telemetry_hour", "hour", "", settings.retention_rollup_days),
+        ("telemetry_series_hour", "hour", "", settings.retention_rollup_days),
         ("violations", "ts", "", settings.retention_violations_days),
         ("violation_clears", "ts", "", settings.retention_violations_days),
         # An incident goes with its violations, once it is resolved (an open one is still work).
