@@ -182,7 +182,7 @@ async def test_every_write_path_keeps_the_same_rollups_series_and_models(pool: a
            FROM telemetry_minute GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5"""
     )
     hours = await pool.fetch(
-        f"""SELECT {', '.join(folded[0].keys())} FROM telemetry_series_hour
+        f"""SELECT {", ".join(folded[0].keys())} FROM telemetry_series_hour
             ORDER BY provider, model, prompt_id, target, hour"""
     )
     assert len(hours) > len(seen[0]["telemetry_hour"])  # prompts and targets kept apart

@@ -113,8 +113,8 @@ async def test_compare_page_and_fragment(api: Api) -> None:
 
 
 async def test_one_models_prompts_and_targets_compared(api: Api) -> None:
-    """By prompt or target: one line each, of the first model only, from the minute rollups
-    (the hourly ones pool them), whatever the window."""
+    """By prompt or target: one line each, of the first model only, over any window up to 30 days
+    (minute rollups, or each series' hourly rollups)."""
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     events = [
         telemetry(
@@ -131,7 +131,7 @@ async def test_one_models_prompts_and_targets_compared(api: Api) -> None:
         await store_telemetry(conn, events)
     trends = TrendQueries(api.store)
     models = [("ollama", "llama3.1:8b"), ("ollama", "org/other:1")]
-    for hours in (1, 168):
+    for hours in (1, 168, 720):
         by_prompt = await trends.comparison(models, "latency_ms", hours, by="prompt")
         assert [(line.model, line.part) for line in by_prompt.lines] == [
             ("llama3.1:8b", "prompt-0"),
@@ -151,9 +151,103 @@ async def test_one_models_prompts_and_targets_compared(api: Api) -> None:
     assert '<option value="target" selected>' in r.text
     assert "each target of the model apart" in r.text
     assert (await client.get("/compare?by=host")).status_code == 422
-    r = await client.get("/compare?hours=720&by=prompt")
-    assert "over 7 days at most" in r.text
-    assert '<input type="radio" name="hours" value="168" checked>' in r.text
+    # 30 days of one model's prompts: no longer cut to 7 days.
+    r = await client.get("/compare?hours=720&by=prompt&series=ollama|llama3.1:8b")
+    assert r.status_code == 200
+    assert '<input type="radio" name="hours" value="720" checked>' in r.text
+    # 50 minutes in 3-hour buckets: each prompt a point or two, drawn.
+    for prompt in ("prompt-0", "prompt-1"):
+        assert f"ollama/llama3.1:8b · {prompt}</title>" in r.text
+    assert "over 7 days at most" not in r.text
+
+
+def _series_probes() -> list[TelemetryEvent]:
+    """One model's 2 prompts on 2 targets, an hour and a half of probes 25, 10 and 1 days ago."""
+    hour0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
+    return [
+        telemetry(
+            i,
+            id=f"s{days}-{i}",
+            ts=hour0 - timedelta(days=days) + timedelta(minutes=7 * i),
+            prompt_id=f"p-{i % 2}",
+            target=f"g-{i // 2 % 2}",
+            latency_ms=100.0 + 10 * (i % 4) + days + (i % 3),
+        )
+        for days in (25, 10, 1)
+        for i in range(13)
+    ]
+
+
+async def test_one_models_prompts_over_30_days_read_each_series_hourly_rollups(api: Api) -> None:
+    """30 days by prompt (or target) reads ``telemetry_series_hour``: each line's buckets hold
+    exactly that prompt's probes, with its p95 band, and they stay when the minute rollups are
+    gone (which a 30-day chart never reads)."""
+    events = _series_probes()
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, events)
+        # The minute rollups pruned: only the hourly ones can draw the chart now.
+        await conn.execute("DELETE FROM telemetry_minute")
+    trends = TrendQueries(api.store)
+    bucket_s = compare_bucket_s(720)
+    assert bucket_s == 3 * 3600
+    for by in ("prompt", "target"):
+        cmp = await trends.comparison([("ollama", "llama3.1:8b")], "latency_ms", 720, by=by)
+        assert cmp.bucket_s == bucket_s
+        assert [line.part for line in cmp.lines] == (
+            [f"p-{k}" for k in (0, 1)] if by == "prompt" else ["g-0", "g-1"]
+        )
+        for line in cmp.lines:
+            buckets: dict[datetime, list[float]] = {}
+            for e in events:
+                if (e.prompt_id if by == "prompt" else e.target) == line.part and e.latency_ms:
+                    start = datetime.fromtimestamp(e.ts.timestamp() // bucket_s * bucket_s, UTC)
+                    buckets.setdefault(start, []).append(e.latency_ms)
+            assert [p.ts - timedelta(seconds=bucket_s / 2) for p in line.points] == sorted(buckets)
+            for p in line.points:
+                values = buckets[p.ts - timedelta(seconds=bucket_s / 2)]
+                logs = [math.log(v) for v in values]
+                mean = sum(logs) / len(logs)
+                sd = math.sqrt(sum((v - mean) ** 2 for v in logs) / (len(logs) - 1))
+                assert p.n == len(values)
+                assert (p.lo, p.hi) == (min(values), max(values))
+                assert p.value == pytest.approx(math.exp(mean))
+                assert p.p95 == pytest.approx(min(math.exp(mean + 1.6448536 * sd), max(values)))
+    # Windows of minutes read the minute rollups, gone here: the same model draws nothing.
+    assert (await trends.comparison([("ollama", "llama3.1:8b")], "latency_ms", 24, by="prompt")).lines == []
+    client = await login(api)
+    r = await client.get("/compare?hours=720&by=target&series=ollama|llama3.1:8b")
+    assert r.status_code == 200
+    for target in ("g-0", "g-1"):
+        assert f"ollama/llama3.1:8b · {target}</title>" in r.text
+    assert "the geometric mean of the hourly rollups" in r.text
+
+
+async def test_the_series_hour_backfill_folds_the_minute_rollups(api: Api) -> None:
+    """Migration 0011 fills ``telemetry_series_hour`` from the minute rollups: the same rows the
+    persister writes, sums of squared logs included."""
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, _series_probes())
+    stored = await api.store.pool.fetch(
+        "SELECT * FROM telemetry_series_hour ORDER BY provider, model, prompt_id, target, hour"
+    )
+    assert len(stored) >= 3 * 2 * 2 * 2  # 3 days, 2 prompts, 2 targets, 2 hours or more each
+    sql = (files("llmscope.api") / "migrations" / "0011_series_hour.sql").read_text()
+    backfill = sql[sql.index("INSERT INTO telemetry_series_hour") :]
+    async with api.store.pool.acquire() as conn, conn.transaction():
+        await conn.execute("DELETE FROM telemetry_series_hour")
+        await conn.execute(backfill)
+        rebuilt = await conn.fetch(
+            "SELECT * FROM telemetry_series_hour ORDER BY provider, model, prompt_id, target, hour"
+        )
+        # Run again (a retried migration): nothing is counted twice.
+        await conn.execute(backfill)
+        assert await conn.fetchval("SELECT sum(n) FROM telemetry_series_hour") == sum(r["n"] for r in stored)
+    key = ("provider", "model", "prompt_id", "target", "hour", "n", "n_ok", "latency_n", "ttft_n", "tps_n")
+    assert [tuple(r[k] for k in key) for r in rebuilt] == [tuple(r[k] for k in key) for r in stored]
+    for again, kept in zip(rebuilt, stored, strict=True):
+        numbers = {k: v for k, v in dict(kept).items() if isinstance(v, float)}
+        assert any(k.endswith("_logsq") and v > 0 for k, v in numbers.items())
+        assert {k: again[k] for k in numbers} == pytest.approx(numbers)  # sums in another order
 
 
 async def test_dashboard_shows_the_outage_as_a_band(api: Api) -> None:

@@ -4,7 +4,8 @@
 Every query reads rollups and regroups them in SQL into at most ~240 buckets, so a 30-day chart of
 several models never reads raw probes: ``telemetry_minute`` for buckets of minutes, and for
 buckets of whole hours (windows over 5 days) the comparison reads ``telemetry_hour``, a model's
-hour in one row (``make bench``'s compare_bench measures both).
+hour in one row, or ``telemetry_series_hour``, one row per prompt, target and hour, for one
+model's prompts or targets (``make bench``'s compare_bench measures them).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class TrendQueries:
         by: CompareBy = "model",
     ) -> Comparison:
         """One line per model; ``by`` prompt or target: one line per prompt or target of the first
-        model (from the minute rollups, the only ones that keep them apart)."""
+        model (over 5 days from the hourly rollups of each series, ``telemetry_series_hour``)."""
         end = end or datetime.now(UTC)
         start = end - timedelta(hours=hours)
         bucket_s = compare_bucket_s(hours)
@@ -81,10 +82,11 @@ class TrendQueries:
         rebaselines = asyncio.ensure_future(self.rebaselines(models, start, end))
         # By model, every prompt and target pooled: the model's typical value over the bucket.
         # date_bin, not floor(extract(epoch ...)): numeric arithmetic per row cost 3x the time.
-        table, column = ("telemetry_hour", "hour") if bucket_s % 3600 == 0 else ("telemetry_minute", "minute")
+        # Buckets of whole hours read the hourly rollups: a model's (every prompt and target
+        # pooled), or each series' when its prompts or targets are lines of their own.
+        hourly = "telemetry_hour" if by == "model" else "telemetry_series_hour"
+        table, column = (hourly, "hour") if bucket_s % 3600 == 0 else ("telemetry_minute", "minute")
         part = {"model": "''", "prompt": "t.prompt_id", "target": "t.target"}[by]
-        if by != "model":
-            table, column = "telemetry_minute", "minute"
         rows = await self.store.pool.fetch(
             f"""SELECT t.provider, t.model, {part} AS part,
                        date_bin(make_interval(secs => $3), t.{column}, 'epoch') AS bucket,

@@ -41,7 +41,6 @@ from llmscope.web.trends import (
     COMPARE_MAX_HOURS,
     COMPARE_WINDOWS_H,
     MAX_COMPARED,
-    SPLIT_MAX_HOURS,
     CompareBy,
     Comparison,
     TrendsData,
@@ -151,8 +150,6 @@ def add_trend_routes(
         chosen = [m for m in (_split(s) for s in series or []) if m is not None and m in known]
         # No choice yet: the first few models, so the page is never an empty chart.
         picked = (chosen or known)[: MAX_COMPARED if by == "model" else 1]
-        clamped = by != "model" and hours > SPLIT_MAX_HOURS
-        hours = SPLIT_MAX_HOURS if clamped else hours
         comparison = await with_maintenance(trends.comparison(picked, metric, hours, by=by), alerting, trends)
         context: dict[str, Any] = {
             "models": known,
@@ -165,7 +162,6 @@ def add_trend_routes(
             "q": {"metric": metric, "hours": f"{hours:g}", "by": by},
             "max_compared": MAX_COMPARED,
             "compare_by": COMPARE_BY,
-            "clamped": clamped,
         }
         return pages.render(request, "compare.html", context, fragments=("compare_card",))
 

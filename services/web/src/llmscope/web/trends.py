@@ -1,7 +1,8 @@
 """What the comparison chart, the availability chart and the report read: plain data and one
-Protocol the API implements over the per-minute rollups (``telemetry_minute``) and violations.
+Protocol the API implements over the rollups (per minute, and per hour by model and by prompt and
+target) and violations.
 
-Rollups keep per minute the count, the successes, and for each metric the sum of logs, min and
+Rollups keep per minute or hour the count, the successes, and for each metric the sum of logs, min and
 max; a bucket's typical value is their geometric mean, which for latencies (close to lognormal)
 sits near the median. Percentiles would need the raw probes, which a 30-day chart must not read.
 """
@@ -24,9 +25,6 @@ CompareBy = Literal["model", "prompt", "target"]
 """What one line of the comparison is: a model (every prompt and target pooled), or one prompt
 or one target of a single model."""
 COMPARE_BY: tuple[CompareBy, ...] = ("model", "prompt", "target")
-SPLIT_MAX_HOURS = 168
-"""The longest window of one model's prompts or targets: only the minute rollups keep them apart,
-and 30 days of them for one model took over 2 s (bench/compare_bench.py)."""
 # A bucket where most probes failed is drawn as an outage band.
 OUTAGE_SHARE = 0.5
 
