@@ -2,15 +2,18 @@
 
 Not a test: it prints figures, each next to a baseline measured in the same run on the same
 tables. An embedded PostgreSQL holds what a 30-day retention keeps of 8 models probed every 2 s
-(3 prompts x 2 targets each): 2.07 M minute rollups, and the hourly rollups migration 0008 folds
-from them. Figures are the median of several runs after a warm-up (the shared machine is noisy).
+(3 prompts x 2 targets each): 2.07 M minute rollups, and the hourly rollups migrations 0008 (per
+model) and 0011 (per prompt and target) fold from them. Figures are the median of several runs
+after a warm-up (the shared machine is noisy).
 
 (a) the 7-day query as it was (``telemetry_minute``, bucket by ``floor(extract(epoch ...))``);
 (b) the same window from the minute rollups with ``date_bin`` (the fix without the new table);
 (c) ``TrendQueries.comparison`` as the page calls it now: 7 days from ``telemetry_hour``;
 (d) (c) plus the SVG the page draws: the server's work for the chart;
 (e) 24 h and 30 days as the page calls them (minute and hour rollups);
-(g) one model's prompts, one line each, over 7 and 30 days (``by="prompt"``: minute rollups);
+(g) one model's prompts, one line each, over 7 and 30 days (``by="prompt"``: the hourly rollups
+    of each series, ``telemetry_series_hour``), against (h) the 30-day query as it was (the
+    minute rollups, the only ones that kept prompts apart before 0011);
 (f) the part of (c) that reads the re-baseline marks (``baseline_history``, every chart of every
     model re-baselined twice a day over the whole history: far more than a team does).
 
@@ -61,6 +64,15 @@ MINUTES_DATE_BIN = """SELECT t.provider, t.model,
     JOIN telemetry_minute t ON t.provider = m.provider AND t.model = m.model
     WHERE t.minute >= $1 AND t.minute < $2
     GROUP BY 1, 2, 3 HAVING sum(latency_n) > 0 ORDER BY 3"""
+# What TrendQueries.comparison asked by prompt before migration 0011, whatever the window.
+PROMPTS_FROM_MINUTES = """SELECT t.provider, t.model, t.prompt_id AS part,
+           date_bin(make_interval(secs => $3), t.minute, 'epoch') AS bucket,
+           sum(latency_n) AS n, sum(latency_logsum) AS ls, sum(latency_logsq) AS lq,
+           min(latency_min) AS lo, max(latency_max) AS hi
+    FROM unnest($4::text[], $5::text[]) AS m(provider, model)
+    JOIN telemetry_minute t ON t.provider = m.provider AND t.model = m.model
+    WHERE t.minute >= $1 AND t.minute < $2
+    GROUP BY 1, 2, 3, 4 HAVING sum(latency_n) > 0 ORDER BY 4"""
 
 
 async def seed(pool: asyncpg.Pool, days: int) -> int:
@@ -86,6 +98,8 @@ async def seed(pool: asyncpg.Pool, days: int) -> int:
                  FROM telemetry_minute GROUP BY 1, 2, 3) AS s
            WHERE (h.provider, h.model, h.hour) = (s.provider, s.model, s.hour)"""
     )
+    sql = (files("llmscope.api") / "migrations" / "0011_series_hour.sql").read_text()
+    await pool.execute(sql[sql.index("INSERT INTO telemetry_series_hour") :])
     # Every chart (3 prompts x 2 targets x 4 metrics of each model) re-baselined twice a day: far
     # more than a team does, so the comparison's read of the re-baseline marks is not flattered.
     await pool.execute(
@@ -101,7 +115,10 @@ async def seed(pool: asyncpg.Pool, days: int) -> int:
         MODELS,
         days,
     )
-    await pool.execute("ANALYZE telemetry_minute; ANALYZE telemetry_hour; ANALYZE baseline_history")
+    await pool.execute(
+        "ANALYZE telemetry_minute; ANALYZE telemetry_hour; ANALYZE telemetry_series_hour;"
+        " ANALYZE baseline_history"
+    )
     return int(await pool.fetchval("SELECT count(*) FROM telemetry_minute"))
 
 
@@ -115,8 +132,8 @@ async def timed(runs: int, call: Callable[[], Awaitable[Any]]) -> float:
     return statistics.median(times) * 1000
 
 
-def line(label: str, ms: float, base: float | None = None) -> None:
-    ratio = f"   {base / ms:5.1f}x faster than (a)" if base else ""
+def line(label: str, ms: float, base: float | None = None, than: str = "(a)") -> None:
+    ratio = f"   {base / ms:5.1f}x faster than {than}" if base else ""
     print(f"  {label:<58} {ms:8.1f} ms{ratio}")
 
 
@@ -134,9 +151,11 @@ async def run(days: int, runs: int) -> None:
                 started = time.perf_counter()
                 rows = await seed(pool, days)
                 hours = await pool.fetchval("SELECT count(*) FROM telemetry_hour")
+                series_hours = await pool.fetchval("SELECT count(*) FROM telemetry_series_hour")
                 marks = await pool.fetchval("SELECT count(*) FROM baseline_history")
                 print(
-                    f"== {rows:,} minute rollups, {hours:,} hour rollups, {marks:,} baselines in "
+                    f"== {rows:,} minute rollups, {hours:,} hour rollups by model, "
+                    f"{series_hours:,} by prompt and target, {marks:,} baselines in "
                     f"baseline_history ({MODELS} models, {days} days), "
                     f"seeded in {time.perf_counter() - started:.0f} s"
                 )
@@ -182,14 +201,20 @@ async def measure(pool: asyncpg.Pool, runs: int) -> None:
     print("== the page's other windows, with the SVG")
     line("(e) 24 h (6-minute buckets, minute rollups)", await timed(runs, lambda: with_svg(24)))
     line("(e) 30 days (3-hour buckets, hour rollups)", await timed(runs, lambda: with_svg(720)))
-    print("== one model, a line per prompt (minute rollups whatever the window), with the SVG")
+    print("== one model, a line per prompt, with the SVG")
+    month_bucket = compare_bucket_s(720)
+    month = (end - timedelta(days=30, seconds=month_bucket), end, month_bucket)
+    one = ([COMPARED[0][0]], [COMPARED[0][1]])
+    before = await timed(runs, lambda: pool.fetch(PROMPTS_FROM_MINUTES, *month, *one))
+    line("(h) 30 days by prompt, minute rollups (before 0011)", before)
     for hours in (168, 720):
 
         async def split(h: float = hours) -> None:
             render_comparison(await trends.comparison(COMPARED[:1], "latency_ms", h, by="prompt"))
 
-        label = f"(g) {hours // 24} days by prompt" + (" (the page caps it at 7)" if hours > 168 else "")
-        line(label, await timed(runs, split))
+        label = f"(g) {hours // 24} days by prompt (series hour rollups)"
+        ratio = before if hours == 720 else None
+        line(label, await timed(runs, split), ratio, "(h)")
     store.attach(None)
 
 
