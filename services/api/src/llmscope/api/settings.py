@@ -17,7 +17,7 @@
 | LLMSCOPE_DB_STATEMENT_TIMEOUT_S | 30 | longest a query may run (then 503 on the API); 0: no limit |
 | LLMSCOPE_PERSIST_BATCH | 2000 | messages the persister takes per batch (one transaction) |
 | LLMSCOPE_RETENTION_TELEMETRY_DAYS | 30 | days raw telemetry is kept (0: forever) |
-| LLMSCOPE_RETENTION_ROLLUP_DAYS | 400 | days per-minute rollups are kept (0: forever) |
+| LLMSCOPE_RETENTION_ROLLUP_DAYS | 400 | days rollups (per minute and per hour) are kept (0: forever) |
 | LLMSCOPE_RETENTION_VIOLATIONS_DAYS | 0 | days violations, and resolved incidents, are kept (0: forever) |
 | LLMSCOPE_RETENTION_DEADLETTER_DAYS | 30 | days stored dead letters are kept (0: forever) |
 | LLMSCOPE_SPC_CHARTS_BUCKET | llmscope_spc_charts | KV bucket of the SPC engine's charts (as the engine's) |
