@@ -102,10 +102,10 @@ def test_up_is_closed_restarts_its_servers_and_leaves_nothing_behind(data_dir: P
         # Nobody gets in without the generated passwords.
         assert nats_answer(int(nats_port), {}) == "-ERR 'Authorization Violation'"
         assert (
-            nats_answer(int(nats_port), {"user": "llmscope", "pass": "guess"})
+            nats_answer(int(nats_port), {"user": "operator", "pass": "guess"})
             == "-ERR 'Authorization Violation'"
         )
-        assert nats_answer(int(nats_port), {"user": "llmscope", "pass": password}) == "PONG"
+        assert nats_answer(int(nats_port), {"user": "operator", "pass": password}) == "PONG"
         for user in ("postgres", "postgres:guess", "llmscope"):
             refused = pg_refusal(f"postgresql://{user}@127.0.0.1:{pg_port}/llmscope")
             assert "password authentication failed" in refused, (user, refused)
@@ -126,7 +126,7 @@ def test_up_is_closed_restarts_its_servers_and_leaves_nothing_behind(data_dir: P
                 60,
                 what=f"{name} restarted\n{stack.log()}",
             )
-        assert nats_answer(int(nats_port), {"user": "llmscope", "pass": password}) == "PONG"
+        assert nats_answer(int(nats_port), {"user": "operator", "pass": password}) == "PONG"
         wait_for(lambda: pg_refusal(urls["DATABASE_URL"]) == "", 60, what="postgres back")
         _wait_ready(stack)
 

@@ -9,6 +9,7 @@ ends it at once with :class:`~llmscope.config.startup.Stopped`.
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import unquote, urlsplit
 
 from nats.aio.client import Client as NATS
 from nats.errors import NoServersError
@@ -16,6 +17,7 @@ from nats.errors import NoServersError
 from llmscope.config.env import redact_url
 from llmscope.config.logs import get_logger
 from llmscope.config.startup import unless_stopped
+from llmscope.proto.permissions import inbox_prefix
 
 log = get_logger("llmscope.bus")
 
@@ -54,9 +56,11 @@ async def connect(
         warned = True
         log.warning("NATS error; retrying every second", client=name, url=redact_url(url), error=repr(exc))
 
+    servers = [u.strip() for u in url.split(",")]
     # With max_reconnect_attempts=-1 nats-py itself retries the first connection forever.
     pending = nc.connect(
-        servers=[u.strip() for u in url.split(",")],
+        servers=servers,
+        inbox_prefix=_inbox_prefix(servers),
         name=name,
         connect_timeout=connect_timeout,  # type: ignore[arg-type]  # typed int, used as a float
         allow_reconnect=True,
@@ -71,3 +75,14 @@ async def connect(
     except TimeoutError:
         raise NoServersError(f"no NATS server answered at {url} within {give_up_after:.0f} s") from None
     return nc
+
+
+def _inbox_prefix(servers: list[str]) -> str:
+    """``_INBOX.<user>`` for a URL with a user and password (see llmscope.proto.permissions),
+    else ``_INBOX``: a user allowed only its own replies can read no one else's. A token alone
+    (``nats://TOKEN@host``) is a secret and never goes into a subject."""
+    for server in servers:
+        parts = urlsplit(server if "://" in server else f"nats://{server}")
+        if parts.username and parts.password is not None:
+            return inbox_prefix(unquote(parts.username))
+    return "_INBOX"
