@@ -5,6 +5,7 @@ stream deletion and the alerter's control subjects."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -88,7 +89,8 @@ async def test_the_probers_user_publishes_telemetry_and_nothing_else(server: Emb
         watching = asyncio.create_task(
             watch_bucket(await pjs.key_value(subjects.MODELS_BUCKET), switches.apply, stop)
         )
-        await models.put(model_key("ollama", "m"), msgspec.json.encode(ModelSwitch(provider="ollama", model="m", enabled=False)))
+        switch = ModelSwitch(provider="ollama", model="m", enabled=False)
+        await models.put(model_key("ollama", "m"), msgspec.json.encode(switch))
         await eventually(lambda: not switches.enabled("ollama", "m"), within=20)
         stop.set()
         await watching
@@ -111,7 +113,7 @@ async def test_the_probers_user_publishes_telemetry_and_nothing_else(server: Emb
         for subject in (subjects.alerter_silence_list(), "_INBOX.>", f"{permissions.inbox_prefix('api')}.>"):
             await prober.nc.subscribe(subject)
             await prober.nc.flush()
-            await eventually(lambda s=subject: _violation_seen(prober, "subscription", s), within=10)
+            await eventually(functools.partial(_violation_seen, prober, "subscription", subject), within=10)
     finally:
         await prober.nc.close()
         await operator.close()
@@ -132,7 +134,9 @@ async def test_each_service_user_does_what_it_did_with_one_user(server: Embedded
         async def answer(msg: object) -> None:
             await msg.respond(b"done")  # type: ignore[attr-defined]
 
-        await alerter.subscribe(subjects.alerter_silence_list(), queue=subjects.ALERTER_CONTROL_QUEUE, cb=answer)
+        await alerter.subscribe(
+            subjects.alerter_silence_list(), queue=subjects.ALERTER_CONTROL_QUEUE, cb=answer
+        )
         await engine.subscribe(subjects.spc_rebaseline(), cb=answer)
         await alerter.flush()
         await engine.flush()
@@ -146,3 +150,17 @@ async def test_each_service_user_does_what_it_did_with_one_user(server: Embedded
     finally:
         for nc in (api, alerter, engine):
             await nc.close()
+
+
+def test_the_readme_lists_every_allowed_subject() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    table = readme[readme.index("The embedded NATS's users") :]
+    lines = table.splitlines()[2:9]
+    rows = {line.split("|")[1].strip(" `"): line for line in lines if line.startswith("| `")}
+    for user, allowed in permissions.service_permissions().items():
+        for subject in (*allowed.publish, *allowed.subscribe):
+            # The prober's CONSUMER.CREATE pair is written once, "(and `.>`)".
+            pair = "CONSUMER.CREATE" in subject and subject.endswith(".>")
+            shown = subject.removesuffix(".>") if pair else subject
+            assert f"`{shown}`" in rows[user], (user, subject)
+        assert ("replies to requests it received" in rows[user]) == allowed.allow_responses, user

@@ -88,6 +88,7 @@ def _spc_engine() -> Permissions:
             subjects.DEADLETTER_ALL,
             subjects.TRAFFIC_MINUTES_ALL,
             _kv(subjects.SPC_CHARTS_BUCKET),
+            _kv(subjects.SPC_MEMBERS_BUCKET),
             *_JS_ALL,
         ),
         subscribe=(f"{subjects.PREFIX}.control.v1.spc.>", f"{inbox_prefix(SPC_ENGINE)}.>"),

@@ -120,7 +120,9 @@ async def run(settings: ProberSettings, metrics: ProberMetrics, stop: asyncio.Ev
             # NotFoundError until another service has made the stream: connect_bus is retried.
             await js.stream_info(subjects.STREAM_TELEMETRY)
             if not watchers:
-                watchers.append(asyncio.create_task(_watch_switches_once_made(js, switches, stop), name="switches"))
+                watchers.append(
+                    asyncio.create_task(_watch_switches_once_made(js, switches, stop), name="switches")
+                )
         streams_ready.set()
         return Publisher(js)
 
@@ -177,7 +179,9 @@ async def run(settings: ProberSettings, metrics: ProberMetrics, stop: asyncio.Ev
             await clients[0].close()
 
 
-async def _watch_switches_once_made(js: JetStreamContext, switches: ModelSwitches, stop: asyncio.Event) -> None:
+async def _watch_switches_once_made(
+    js: JetStreamContext, switches: ModelSwitches, stop: asyncio.Event
+) -> None:
     """Watch the model switches once the API has made their bucket; probing does not wait for it
     (a stack without the API has none, and every model is then enabled)."""
     while not stop.is_set():

@@ -17,7 +17,7 @@
 | LLMSCOPE_PROBER_ID | host name | id of this prober in telemetry |
 | LLMSCOPE_PROBER_HEALTH_HOST | 127.0.0.1 | address of /healthz, /readyz and /metrics |
 | LLMSCOPE_PROBER_HEALTH_PORT | 8001 | their port; 0 disables the server |
-| LLMSCOPE_PROBER_MANAGE_STREAMS | true | create and update the streams and the switches bucket; false (up): only publish, once others made them |
+| LLMSCOPE_PROBER_MANAGE_STREAMS | true | create the streams; false (up): publish once others made them |
 | LLMSCOPE_LOG_LEVEL | INFO | log level |
 | NATS_URL and stream limits | see llmscope.bus.settings | |
 

@@ -263,7 +263,9 @@ class Stack:
             nats = EmbeddedNats(
                 s.data_dir / "nats",
                 s.nats_port,
-                users={user: load_or_create_secret(s.data_dir, _nats_secret(user)) for user in permissions.USERS},
+                users={
+                    user: load_or_create_secret(s.data_dir, _nats_secret(user)) for user in permissions.USERS
+                },
                 permissions=permissions.service_permissions(),
                 tie_to_parent=True,
             )
