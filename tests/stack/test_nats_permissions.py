@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,16 +16,19 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import NotFoundError
 
-from llmscope.bus.connection import connect
+from llmscope.bus.connection import _inbox_prefix, connect
 from llmscope.bus.kv import open_bucket, watch_bucket
 from llmscope.bus.settings import BusSettings
 from llmscope.bus.streams import ensure_streams
-from llmscope.proto import permissions, subjects
+from llmscope.proto import codec, permissions, subjects
 from llmscope.proto.switches import ModelSwitch, ModelSwitches, model_key
+from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.stack.embedded import EmbeddedNats
 from llmscope.stack.ports import free_port
 from tests.alerter.harness import eventually
+from tests.simulator.harness import running_sim
 
 PASSWORDS = {user: f"pw-{user}" for user in permissions.USERS}
 
@@ -164,3 +170,49 @@ def test_the_readme_lists_every_allowed_subject() -> None:
             shown = subject.removesuffix(".>") if pair else subject
             assert f"`{shown}`" in rows[user], (user, subject)
         assert ("replies to requests it received" in rows[user]) == allowed.allow_responses, user
+
+
+def test_a_client_reads_replies_on_its_users_inbox_and_a_token_stays_out_of_subjects() -> None:
+    assert _inbox_prefix(["nats://spc-engine:pw@127.0.0.1:4222"]) == "_INBOX.spc-engine"
+    assert _inbox_prefix(["nats://127.0.0.1:4222", "nats://prober:p%40w@h:4222"]) == "_INBOX.prober"
+    assert _inbox_prefix(["nats://s3cret-token@127.0.0.1:4222"]) == "_INBOX"
+    assert _inbox_prefix(["127.0.0.1:4222"]) == "_INBOX"
+
+
+async def test_the_prober_runs_as_its_user_once_others_made_the_streams(server: EmbeddedNats) -> None:
+    """The prober under ``up`` (LLMSCOPE_PROBER_MANAGE_STREAMS=false): it waits for the streams
+    instead of making them, then publishes without one permissions violation."""
+    async with running_sim() as sim:
+        env = {
+            **os.environ,
+            "NATS_URL": server.url_for(permissions.PROBER),
+            "LLMSCOPE_PROBER_MANAGE_STREAMS": "false",
+            "LLMSCOPE_TARGETS": f"ollama,{sim.url},fast-a:1b",
+            "LLMSCOPE_PROBER_INTERVAL_S": "0.1",
+            "LLMSCOPE_PROBER_HEALTH_PORT": "0",
+        }
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "llmscope.prober", env=env, stderr=asyncio.subprocess.PIPE
+        )
+        operator = await connect(server.url_for(permissions.OPERATOR), "test-operator", give_up_after=10)
+        try:
+            js = operator.jetstream()
+            assert proc.stderr is not None
+            async with asyncio.timeout(30):
+                while b"NATS not ready" not in await proc.stderr.readline():
+                    assert proc.returncode is None
+            with pytest.raises(NotFoundError):  # the prober waits: it made no stream
+                await js.stream_info(subjects.STREAM_TELEMETRY)
+            await ensure_streams(js, BusSettings())
+            await open_bucket(js, subjects.MODELS_BUCKET, description="switches")
+            sub = await js.subscribe(subjects.TELEMETRY_ALL, ordered_consumer=True)
+            event = codec.decode_as((await sub.next_msg(timeout=30)).data, TelemetryEvent)
+            assert event.target == "ollama/fast-a:1b"
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 15) == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            await operator.close()
+    assert "Violation" not in (server.store_dir / "nats-server.log").read_text()
