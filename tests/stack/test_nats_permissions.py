@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 import signal
 import sys
@@ -153,6 +154,11 @@ async def test_each_service_user_does_what_it_did_with_one_user(server: Embedded
         )
         assert ack.stream == subjects.STREAM_VIOLATIONS
         assert (await (await api.jetstream().key_value(subjects.SPC_CHARTS_BUCKET)).get("k")).value == b"v"
+        # None of them deletes a stream: none may.
+        for nc in (api, alerter, engine):
+            with pytest.raises(NatsTimeoutError):
+                await nc.jetstream(timeout=2).delete_stream(subjects.STREAM_VIOLATIONS)
+        assert (await api.jetstream().stream_info(subjects.STREAM_VIOLATIONS)).state.messages == 1
     finally:
         for nc in (api, alerter, engine):
             await nc.close()
@@ -170,6 +176,8 @@ def test_the_readme_lists_every_allowed_subject() -> None:
             shown = subject.removesuffix(".>") if pair else subject
             assert f"`{shown}`" in rows[user], (user, subject)
         assert ("replies to requests it received" in rows[user]) == allowed.allow_responses, user
+        for subject in allowed.deny_publish:
+            assert f"`{subject}`" in table[: table.index("To run a command")], (user, subject)
 
 
 def test_a_client_reads_replies_on_its_users_inbox_and_a_token_stays_out_of_subjects() -> None:
@@ -216,3 +224,26 @@ async def test_the_prober_runs_as_its_user_once_others_made_the_streams(server: 
                 await proc.wait()
             await operator.close()
     assert "Violation" not in (server.store_dir / "nats-server.log").read_text()
+
+
+async def test_a_refused_subject_is_logged_once_as_an_error_and_the_connection_stays(
+    server: EmbeddedNats, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="llmscope.bus")
+    nc = await connect(server.url_for(permissions.PROBER), "refused", give_up_after=10)
+    try:
+        forged = subjects.violations("ollama", "m", "spike")
+        for _ in range(3):
+            await nc.publish(forged, b"{}")
+            await nc.flush()
+
+        def refusals() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if r.getMessage() == "NATS refused a subject to this user"]
+
+        await eventually(lambda: len(refusals()) == 1, within=10, what="the refusal's error line")
+        [line] = refusals()
+        assert line.levelname == "ERROR"
+        assert nc.is_connected
+        assert not [r for r in caplog.records if "retrying" in r.getMessage()]
+    finally:
+        await nc.close()

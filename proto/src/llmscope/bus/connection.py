@@ -13,6 +13,7 @@ from urllib.parse import unquote, urlsplit
 
 from nats.aio.client import Client as NATS
 from nats.errors import NoServersError
+from nats.protocol.parser import PERMISSIONS_ERR
 
 from llmscope.config.env import redact_url
 from llmscope.config.logs import get_logger
@@ -48,8 +49,18 @@ async def connect(
         warned = False
         log.info("reconnected to NATS", client=name)
 
+    refused: set[str] = set()
+
     async def on_error(exc: Exception) -> None:
         nonlocal warned
+        if PERMISSIONS_ERR in str(exc).lower():
+            # The server refused one subject to this user (llmscope.proto.permissions): not an
+            # outage, nothing is retried, and the connection stays. Once per subject, as an error:
+            # a user's allow list is missing something this client needs.
+            if len(refused) < 100 and str(exc) not in refused:
+                refused.add(str(exc))
+                log.error("NATS refused a subject to this user", client=name, error=str(exc))
+            return
         if warned:
             log.debug("NATS error", client=name, error=repr(exc))
             return

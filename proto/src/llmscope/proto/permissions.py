@@ -10,7 +10,8 @@ new subject comes with its permission.
 The prober is the one service that may run on other hosts, so its user is the narrowest: it
 publishes telemetry and reads the model switches, and it cannot publish a violation, an
 incident or a control request, create, change or delete a stream, or read anyone's replies.
-The others manage their streams and consumers (``$JS.API.>``) as they did with one user.
+The others manage their streams and consumers (``$JS.API.>``) as they did with one user, less
+deleting or purging a stream or deleting a stored message, which none of them does.
 
 Every user reads replies on its own inbox prefix, ``_INBOX.<user>``
 (:func:`inbox_prefix`, which :func:`llmscope.bus.connection.connect` takes from the user in
@@ -52,10 +53,15 @@ class Permissions:
     subscribe: tuple[str, ...]
     allow_responses: bool = False
     """Publish to the reply subject of a request received (for request/reply servers)."""
+    deny_publish: tuple[str, ...] = ()
+    """Refused even where ``publish`` allows it (nats-server's deny wins over allow)."""
 
 
 # JetStream's API, message acks, flow-control answers (push and ordered consumers: KV watchers).
 _JS_ALL = ("$JS.API.>", "$JS.ACK.>", "$JS.FC.>")
+# ... but no service deletes or purges a stream or deletes a stored message: only the operator
+# does (``llmscope deadletter`` removes a replayed dead letter).
+_JS_DESTRUCTIVE = ("$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>", "$JS.API.STREAM.MSG.DELETE.>")
 
 
 def _kv(bucket: str) -> str:
@@ -93,6 +99,7 @@ def _spc_engine() -> Permissions:
         ),
         subscribe=(f"{subjects.PREFIX}.control.v1.spc.>", f"{inbox_prefix(SPC_ENGINE)}.>"),
         allow_responses=True,
+        deny_publish=_JS_DESTRUCTIVE,
     )
 
 
@@ -101,6 +108,7 @@ def _alerter() -> Permissions:
         publish=(subjects.INCIDENTS_ALL, subjects.DEADLETTER_ALL, *_JS_ALL),
         subscribe=(f"{subjects.PREFIX}.control.v1.alerter.>", f"{inbox_prefix(ALERTER)}.>"),
         allow_responses=True,
+        deny_publish=_JS_DESTRUCTIVE,
     )
 
 
@@ -120,6 +128,7 @@ def _api() -> Permissions:
         ),
         # The dashboard's live feed.
         subscribe=(subjects.VIOLATIONS_ALL, subjects.INCIDENTS_ALL, f"{inbox_prefix(API)}.>"),
+        deny_publish=_JS_DESTRUCTIVE,
     )
 
 

@@ -182,13 +182,14 @@ def _nats_permissions(permissions: Permissions | None) -> str:
     if permissions is None:
         return ""
 
-    def allow(items: tuple[str, ...]) -> str:
-        return "{allow: [" + ", ".join(_nats_string(s) for s in items) + "]}"
+    def listed(items: tuple[str, ...]) -> str:
+        return "[" + ", ".join(_nats_string(s) for s in items) + "]"
 
+    deny = f", deny: {listed(permissions.deny_publish)}" if permissions.deny_publish else ""
     responses = ", allow_responses: true" if permissions.allow_responses else ""
     return (
-        f", permissions: {{publish: {allow(permissions.publish)},"
-        f" subscribe: {allow(permissions.subscribe)}{responses}}}"
+        f", permissions: {{publish: {{allow: {listed(permissions.publish)}{deny}}},"
+        f" subscribe: {{allow: {listed(permissions.subscribe)}}}{responses}}}"
     )
 
 
