@@ -247,3 +247,9 @@ async def test_a_refused_subject_is_logged_once_as_an_error_and_the_connection_s
         assert not [r for r in caplog.records if "retrying" in r.getMessage()]
     finally:
         await nc.close()
+
+
+def test_a_renamed_chart_bucket_is_the_engines_to_write() -> None:
+    engine = permissions.service_permissions("team_charts")[permissions.SPC_ENGINE]
+    assert "$KV.team_charts.>" in engine.publish
+    assert f"$KV.{subjects.SPC_CHARTS_BUCKET}.>" not in engine.publish

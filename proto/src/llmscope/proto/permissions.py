@@ -87,13 +87,13 @@ def _prober() -> Permissions:
     )
 
 
-def _spc_engine() -> Permissions:
+def _spc_engine(charts_bucket: str) -> Permissions:
     return Permissions(
         publish=(
             subjects.VIOLATIONS_ALL,
             subjects.DEADLETTER_ALL,
             subjects.TRAFFIC_MINUTES_ALL,
-            _kv(subjects.SPC_CHARTS_BUCKET),
+            _kv(charts_bucket),
             _kv(subjects.SPC_MEMBERS_BUCKET),
             *_JS_ALL,
         ),
@@ -132,6 +132,7 @@ def _api() -> Permissions:
     )
 
 
-def service_permissions() -> dict[str, Permissions]:
-    """Each service user's permissions (the operator has none: unrestricted)."""
-    return {PROBER: _prober(), SPC_ENGINE: _spc_engine(), ALERTER: _alerter(), API: _api()}
+def service_permissions(charts_bucket: str = subjects.SPC_CHARTS_BUCKET) -> dict[str, Permissions]:
+    """Each service user's permissions (the operator has none: unrestricted); ``charts_bucket``
+    as ``LLMSCOPE_SPC_CHARTS_BUCKET`` names it."""
+    return {PROBER: _prober(), SPC_ENGINE: _spc_engine(charts_bucket), ALERTER: _alerter(), API: _api()}

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmscope.config.env import ConfigError, Env, redact_url
-from llmscope.proto import permissions
+from llmscope.proto import permissions, subjects
 from llmscope.stack.embedded import EmbeddedNats, EmbeddedPostgres, write_private
 from llmscope.stack.lifetime import die_with_parent
 from llmscope.stack.ports import PortInUseError, port_in_use
@@ -111,6 +111,8 @@ class UpSettings:
     services: tuple[str, ...]
     metrics_ports: dict[str, int]
     """/metrics port of each service that runs and has one of its own (the API serves its own)."""
+    charts_bucket: str = subjects.SPC_CHARTS_BUCKET
+    """The SPC engine's chart bucket (LLMSCOPE_SPC_CHARTS_BUCKET): its NATS user may write it."""
 
     @classmethod
     def from_env(cls, env: Env) -> UpSettings:
@@ -140,6 +142,7 @@ class UpSettings:
             simulator=simulator,
             services=services,
             metrics_ports={service: p for service, p in metrics_ports.items() if p},
+            charts_bucket=env.text("LLMSCOPE_SPC_CHARTS_BUCKET", subjects.SPC_CHARTS_BUCKET),
         )
 
 
@@ -266,7 +269,7 @@ class Stack:
                 users={
                     user: load_or_create_secret(s.data_dir, _nats_secret(user)) for user in permissions.USERS
                 },
-                permissions=permissions.service_permissions(),
+                permissions=permissions.service_permissions(s.charts_bucket),
                 tie_to_parent=True,
             )
             self.nats = nats
