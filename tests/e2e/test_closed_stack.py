@@ -118,6 +118,10 @@ def test_up_is_closed_restarts_its_servers_and_leaves_nothing_behind(data_dir: P
                 p for p in psutil.Process(stack.proc.pid).children() if _cmdline(p).endswith(f"cli {service}")
             ]
             assert child.environ()["NATS_URL"].startswith(f"nats://{service}:"), service
+        [sim] = [
+            p for p in psutil.Process(stack.proc.pid).children() if _cmdline(p).endswith("cli sim serve")
+        ]
+        assert "NATS_URL" not in sim.environ()
         # No password is on a command line (public in /proc), nor in what `up` prints.
         nats_passwords = [(data_dir / name).read_text().strip() for name in NATS_SECRETS]
         for proc in psutil.Process(stack.proc.pid).children(recursive=True):

@@ -363,11 +363,15 @@ class Stack:
         return "sim" in self.settings.services and not configured
 
     def service_env(self, name: str, env: dict[str, str]) -> dict[str, str]:
-        """``env`` with the service's own NATS user, when the embedded server has one for it."""
+        """``env`` with the service's own NATS user on the embedded server (the simulator, which
+        uses no NATS, gets none: not the operator's password either)."""
+        if not self.service_nats_urls:
+            return env  # the operator's own NATS_URL
+        own = {k: v for k, v in env.items() if k != "NATS_URL"}
         url = self.service_nats_urls.get(name)
         if url is None:
-            return env
-        own = {**env, "NATS_URL": url}
+            return own
+        own["NATS_URL"] = url
         if name == "prober":
             # Its user may not create or change streams: it waits for the others to make them.
             own["LLMSCOPE_PROBER_MANAGE_STREAMS"] = "false"
