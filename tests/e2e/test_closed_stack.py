@@ -18,6 +18,7 @@ import httpx
 import psutil
 import pytest
 
+from llmscope.proto import permissions
 from llmscope.stack.embedded import PG_SYSTEM_USER
 from tests.e2e.stack import RunningStack, llmscope_up, wait_for
 from tests.stack.access import nats_answer, pg_refusal
@@ -33,7 +34,8 @@ PORT_VARIABLES = (
     "LLMSCOPE_SPC_HEALTH_PORT",
     "LLMSCOPE_ALERTER_HEALTH_PORT",
 )
-KEY_FILES = ("api_key", "nats_password", "pg_password", "client.env", "nats/nats-server.conf")
+NATS_SECRETS = ("nats_password", *(f"nats_password_{user}" for user in permissions.SERVICE_USERS))
+KEY_FILES = ("api_key", *NATS_SECRETS, "pg_password", "client.env", "nats/nats-server.conf")
 
 
 def _assert_owner_only(data_dir: Path) -> None:
@@ -102,18 +104,29 @@ def test_up_is_closed_restarts_its_servers_and_leaves_nothing_behind(data_dir: P
         # Nobody gets in without the generated passwords.
         assert nats_answer(int(nats_port), {}) == "-ERR 'Authorization Violation'"
         assert (
-            nats_answer(int(nats_port), {"user": "llmscope", "pass": "guess"})
+            nats_answer(int(nats_port), {"user": "operator", "pass": "guess"})
             == "-ERR 'Authorization Violation'"
         )
-        assert nats_answer(int(nats_port), {"user": "llmscope", "pass": password}) == "PONG"
+        assert nats_answer(int(nats_port), {"user": "operator", "pass": password}) == "PONG"
         for user in ("postgres", "postgres:guess", "llmscope"):
             refused = pg_refusal(f"postgresql://{user}@127.0.0.1:{pg_port}/llmscope")
             assert "password authentication failed" in refused, (user, refused)
         assert pg_refusal(urls["DATABASE_URL"]) == ""
-        # Neither password is on a command line (public in /proc), nor in what `up` prints.
+        # Each service connects as its own NATS user (llmscope.proto.permissions).
+        for service in permissions.SERVICE_USERS:
+            [child] = [
+                p for p in psutil.Process(stack.proc.pid).children() if _cmdline(p).endswith(f"cli {service}")
+            ]
+            assert child.environ()["NATS_URL"].startswith(f"nats://{service}:"), service
+        [sim] = [
+            p for p in psutil.Process(stack.proc.pid).children() if _cmdline(p).endswith("cli sim serve")
+        ]
+        assert "NATS_URL" not in sim.environ()
+        # No password is on a command line (public in /proc), nor in what `up` prints.
+        nats_passwords = [(data_dir / name).read_text().strip() for name in NATS_SECRETS]
         for proc in psutil.Process(stack.proc.pid).children(recursive=True):
-            assert password not in _cmdline(proc)
-        assert password not in stack.log()
+            assert not any(secret in _cmdline(proc) for secret in nats_passwords)
+        assert not any(secret in stack.log() for secret in nats_passwords)
         assert (data_dir / "pg_password").read_text().strip() not in stack.log()
 
         # Embedded servers are supervised like the services.
@@ -126,7 +139,7 @@ def test_up_is_closed_restarts_its_servers_and_leaves_nothing_behind(data_dir: P
                 60,
                 what=f"{name} restarted\n{stack.log()}",
             )
-        assert nats_answer(int(nats_port), {"user": "llmscope", "pass": password}) == "PONG"
+        assert nats_answer(int(nats_port), {"user": "operator", "pass": password}) == "PONG"
         wait_for(lambda: pg_refusal(urls["DATABASE_URL"]) == "", 60, what="postgres back")
         _wait_ready(stack)
 

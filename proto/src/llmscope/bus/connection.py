@@ -9,13 +9,16 @@ ends it at once with :class:`~llmscope.config.startup.Stopped`.
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import unquote, urlsplit
 
 from nats.aio.client import Client as NATS
 from nats.errors import NoServersError
+from nats.protocol.parser import PERMISSIONS_ERR
 
 from llmscope.config.env import redact_url
 from llmscope.config.logs import get_logger
 from llmscope.config.startup import unless_stopped
+from llmscope.proto.permissions import inbox_prefix
 
 log = get_logger("llmscope.bus")
 
@@ -46,17 +49,29 @@ async def connect(
         warned = False
         log.info("reconnected to NATS", client=name)
 
+    refused: set[str] = set()
+
     async def on_error(exc: Exception) -> None:
         nonlocal warned
+        if PERMISSIONS_ERR in str(exc).lower():
+            # The server refused one subject to this user (llmscope.proto.permissions): not an
+            # outage, nothing is retried, and the connection stays. Once per subject, as an error:
+            # a user's allow list is missing something this client needs.
+            if len(refused) < 100 and str(exc) not in refused:
+                refused.add(str(exc))
+                log.error("NATS refused a subject to this user", client=name, error=str(exc))
+            return
         if warned:
             log.debug("NATS error", client=name, error=repr(exc))
             return
         warned = True
         log.warning("NATS error; retrying every second", client=name, url=redact_url(url), error=repr(exc))
 
+    servers = [u.strip() for u in url.split(",")]
     # With max_reconnect_attempts=-1 nats-py itself retries the first connection forever.
     pending = nc.connect(
-        servers=[u.strip() for u in url.split(",")],
+        servers=servers,
+        inbox_prefix=_inbox_prefix(servers),
         name=name,
         connect_timeout=connect_timeout,  # type: ignore[arg-type]  # typed int, used as a float
         allow_reconnect=True,
@@ -84,3 +99,14 @@ async def subscriptions_in_place(nc: NATS) -> None:
     """
     await nc.flush()
     await nc.flush()
+
+
+def _inbox_prefix(servers: list[str]) -> str:
+    """``_INBOX.<user>`` for a URL with a user and password (see llmscope.proto.permissions),
+    else ``_INBOX``: a user allowed only its own replies can read no one else's. A token alone
+    (``nats://TOKEN@host``) is a secret and never goes into a subject."""
+    for server in servers:
+        parts = urlsplit(server if "://" in server else f"nats://{server}")
+        if parts.username and parts.password is not None:
+            return inbox_prefix(unquote(parts.username))
+    return "_INBOX"

@@ -187,6 +187,9 @@ def spc_rebaseline_model() -> str:
     return f"{PREFIX}.control.v1.spc.rebaseline.model"
 
 
+SPC_MEMBERS_BUCKET = "llmscope_spc_members"
+"""JetStream KV bucket where SPC engine replicas announce themselves (partition leases)."""
+
 MODELS_BUCKET = "llmscope_models"
 """JetStream KV bucket of model switches (enabled or not), keyed by :func:`kv_key` of provider
 and model; written by the API, watched by the prober. A missing key means enabled."""

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import aiohttp
 from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.errors import BucketNotFoundError
 
 from llmscope.bus.connection import connect
 from llmscope.bus.kv import open_bucket, watch_bucket
@@ -43,6 +45,7 @@ from llmscope.proto.switches import ModelSwitches
 log = get_logger("llmscope.prober")
 
 DRAIN_S = 5.0
+BUCKET_RETRY_S = 2.0
 
 
 def http_session(concurrency: int) -> aiohttp.ClientSession:
@@ -101,15 +104,25 @@ async def run(settings: ProberSettings, metrics: ProberMetrics, stop: asyncio.Ev
                 await connect(settings.bus.nats_url, f"llmscope-prober-{settings.prober_id}", stop=stop)
             )
         js = clients[0].jetstream()
-        await ensure_streams(js, settings.bus)
-        if not watchers:
-            models = await open_bucket(
-                js,
-                subjects.MODELS_BUCKET,
-                description="LLMscope model switches",
-                replicas=settings.bus.replicas,
-            )
-            watchers.append(asyncio.create_task(watch_bucket(models, switches.apply, stop), name="switches"))
+        if settings.manage_streams:
+            await ensure_streams(js, settings.bus)
+            if not watchers:
+                models = await open_bucket(
+                    js,
+                    subjects.MODELS_BUCKET,
+                    description="LLMscope model switches",
+                    replicas=settings.bus.replicas,
+                )
+                watchers.append(
+                    asyncio.create_task(watch_bucket(models, switches.apply, stop), name="switches")
+                )
+        else:
+            # NotFoundError until another service has made the stream: connect_bus is retried.
+            await js.stream_info(subjects.STREAM_TELEMETRY)
+            if not watchers:
+                watchers.append(
+                    asyncio.create_task(_watch_switches_once_made(js, switches, stop), name="switches")
+                )
         streams_ready.set()
         return Publisher(js)
 
@@ -164,6 +177,22 @@ async def run(settings: ProberSettings, metrics: ProberMetrics, stop: asyncio.Ev
             await health.stop()
         if clients:
             await clients[0].close()
+
+
+async def _watch_switches_once_made(
+    js: JetStreamContext, switches: ModelSwitches, stop: asyncio.Event
+) -> None:
+    """Watch the model switches once the API has made their bucket; probing does not wait for it
+    (a stack without the API has none, and every model is then enabled)."""
+    while not stop.is_set():
+        try:
+            models = await js.key_value(subjects.MODELS_BUCKET)
+        except BucketNotFoundError:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), BUCKET_RETRY_S)
+            continue
+        await watch_bucket(models, switches.apply, stop)
+        return
 
 
 def build_parser() -> argparse.ArgumentParser:

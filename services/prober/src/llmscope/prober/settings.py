@@ -17,6 +17,7 @@
 | LLMSCOPE_PROBER_ID | host name | id of this prober in telemetry |
 | LLMSCOPE_PROBER_HEALTH_HOST | 127.0.0.1 | address of /healthz, /readyz and /metrics |
 | LLMSCOPE_PROBER_HEALTH_PORT | 8001 | their port; 0 disables the server |
+| LLMSCOPE_PROBER_MANAGE_STREAMS | true | create the streams; false (up): publish once others made them |
 | LLMSCOPE_LOG_LEVEL | INFO | log level |
 | NATS_URL and stream limits | see llmscope.bus.settings | |
 
@@ -58,6 +59,8 @@ class ProberSettings:
     prober_id: str = "prober"
     health_host: str = "127.0.0.1"
     health_port: int = 8001
+    manage_streams: bool = True
+    """Create and update the streams (false: a NATS user allowed only to publish telemetry)."""
     log_level: str = "INFO"
     bus: BusSettings = field(default_factory=BusSettings)
 
@@ -103,6 +106,7 @@ class ProberSettings:
             prober_id=env.text("LLMSCOPE_PROBER_ID", socket.gethostname() or "prober")[:256],
             health_host=env.text("LLMSCOPE_PROBER_HEALTH_HOST", "127.0.0.1"),
             health_port=env.integer("LLMSCOPE_PROBER_HEALTH_PORT", 8001, min=0, max=65535),
+            manage_streams=env.flag("LLMSCOPE_PROBER_MANAGE_STREAMS", True),
             log_level=env.choice("LLMSCOPE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
             bus=BusSettings.from_env(env),
         )

@@ -141,7 +141,7 @@ def owned_partitions(partitions: int, replicas: int, replica: int) -> list[int]:
     return [k for k in range(partitions) if k % replicas == replica]
 
 
-MEMBERS_BUCKET = "llmscope_spc_members"
+MEMBERS_BUCKET = subjects.SPC_MEMBERS_BUCKET
 MEMBER_TTLS = 1.0
 """The members bucket's max age, in lease TTLs: a replica that stopped announcing itself is
 dropped after this, so its partitions are wanted by others when its leases expire. No shorter

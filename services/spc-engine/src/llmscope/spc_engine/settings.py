@@ -45,7 +45,7 @@ class SpcSettings:
     replicas: int = 1
     replica: int = 0
     lease_ttl_s: float = 10.0
-    members_bucket: str = "llmscope_spc_members"
+    members_bucket: str = subjects.SPC_MEMBERS_BUCKET
     baseline_n: int = DEFAULT_BASELINE_N
     sigma_estimator: str = "sd"
     tokens_transform: str = "log"

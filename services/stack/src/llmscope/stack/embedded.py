@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
+from llmscope.proto.permissions import Permissions
 from llmscope.stack.lifetime import die_with_parent
 from llmscope.stack.ports import PortInUseError, port_in_use
 
@@ -83,6 +84,8 @@ class EmbeddedNats:
     """A nats-server with JetStream on 127.0.0.1, storing under ``store_dir``.
 
     ``users`` (user -> password): only they may connect; None leaves the server open.
+    ``permissions`` (user -> allow lists): what each user may publish and subscribe to; a user
+    without an entry may do anything.
     ``tie_to_parent``: the server gets SIGTERM when this process dies (see ``lifetime``).
     """
 
@@ -93,12 +96,14 @@ class EmbeddedNats:
         host: str = "127.0.0.1",
         *,
         users: dict[str, str] | None = None,
+        permissions: dict[str, Permissions] | None = None,
         tie_to_parent: bool = False,
     ) -> None:
         self.store_dir = store_dir
         self.port = port
         self.host = host
         self.users = users
+        self.permissions = permissions or {}
         self.tie_to_parent = tie_to_parent
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: Path = store_dir / "nats-server.log"
@@ -120,12 +125,13 @@ class EmbeddedNats:
     def _write_config(self) -> Path:
         """The authorization block, in a file only we can read."""
         config = self.store_dir / "nats-server.conf"
-        entries = ", ".join(
-            f"{{user: {_nats_string(user)}, password: {_nats_string(password)}}}"
+        entries = "".join(
+            f"  {{user: {_nats_string(user)}, password: {_nats_string(password)}"
+            f"{_nats_permissions(self.permissions.get(user))}}}\n"
             for user, password in (self.users or {}).items()
         )
         write_private(
-            config, f"# Written by LLMscope at every start.\nauthorization {{ users: [{entries}] }}\n"
+            config, f"# Written by LLMscope at every start.\nauthorization {{ users: [\n{entries}] }}\n"
         )
         return config
 
@@ -169,6 +175,22 @@ class EmbeddedNats:
         """Hard kill, for failure tests."""
         _stop(self._proc, signal.SIGKILL, 5)
         self._proc = None
+
+
+def _nats_permissions(permissions: Permissions | None) -> str:
+    """``, permissions: {...}`` of one user in nats-server's configuration language."""
+    if permissions is None:
+        return ""
+
+    def listed(items: tuple[str, ...]) -> str:
+        return "[" + ", ".join(_nats_string(s) for s in items) + "]"
+
+    deny = f", deny: {listed(permissions.deny_publish)}" if permissions.deny_publish else ""
+    responses = ", allow_responses: true" if permissions.allow_responses else ""
+    return (
+        f", permissions: {{publish: {{allow: {listed(permissions.publish)}{deny}}},"
+        f" subscribe: {{allow: {listed(permissions.subscribe)}}}{responses}}}"
+    )
 
 
 def _nats_string(value: str) -> str:

@@ -8,7 +8,8 @@ in reverse order and the embedded servers last. A child that dies, embedded serv
 restarted with backoff, with one line saying so; children get a stop signal from the kernel when
 this supervisor dies, however it dies (see ``lifetime``).
 
-The embedded servers are closed: on first start ``up`` generates a NATS password and a PostgreSQL
+The embedded servers are closed: on first start ``up`` generates a NATS password per service (each
+allowed only its own subjects, see ``llmscope.proto.permissions``) and a PostgreSQL
 password, keeps them in the data directory (0700; files 0600, like everything ``up`` and its
 children create: umask 077) and hands the children URLs that carry them. ``DATA_DIR/client.env``
 holds the URLs and API key for commands run from another terminal.
@@ -48,16 +49,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmscope.config.env import ConfigError, Env, redact_url
+from llmscope.proto import permissions, subjects
 from llmscope.stack.embedded import EmbeddedNats, EmbeddedPostgres, write_private
 from llmscope.stack.lifetime import die_with_parent
 from llmscope.stack.ports import PortInUseError, port_in_use
 
 ALL_SERVICES = ("sim", "api", "spc-engine", "alerter", "prober")
 
-# The one NATS user of the services under `up`. One user, not one per service: every service runs
-# as the same local user with the same data directory, so separate passwords would keep nobody
-# out that one password does not.
-NATS_USER = "llmscope"
+# Under `up` each service connects to the embedded NATS as its own user, allowed only the subjects
+# it uses (llmscope.proto.permissions); commands run from another terminal (client.env) connect
+# as the unrestricted operator. The prober's user cannot forge a violation or touch a stream: the
+# prober is the service that runs on other hosts, and its password is the one copied there.
+NATS_USER = permissions.OPERATOR
 
 # Each service's /metrics port under `up`, next to the API's (8001-8003 by default, the ports of
 # compose and Kubernetes): (service, variable, offset from LLMSCOPE_PORT).
@@ -108,6 +111,8 @@ class UpSettings:
     services: tuple[str, ...]
     metrics_ports: dict[str, int]
     """/metrics port of each service that runs and has one of its own (the API serves its own)."""
+    charts_bucket: str = subjects.SPC_CHARTS_BUCKET
+    """The SPC engine's chart bucket (LLMSCOPE_SPC_CHARTS_BUCKET): its NATS user may write it."""
 
     @classmethod
     def from_env(cls, env: Env) -> UpSettings:
@@ -137,6 +142,7 @@ class UpSettings:
             simulator=simulator,
             services=services,
             metrics_ports={service: p for service, p in metrics_ports.items() if p},
+            charts_bucket=env.text("LLMSCOPE_SPC_CHARTS_BUCKET", subjects.SPC_CHARTS_BUCKET),
         )
 
 
@@ -230,6 +236,8 @@ class Stack:
         self.infra: list[Child] = []
         """The embedded servers, in start order."""
         self.children: list[Child] = []
+        self.service_nats_urls: dict[str, str] = {}
+        """Each service's own NATS URL (with its password) on the embedded server."""
         self._stopping = threading.Event()
 
     def check_ports(self) -> None:
@@ -258,12 +266,16 @@ class Stack:
             nats = EmbeddedNats(
                 s.data_dir / "nats",
                 s.nats_port,
-                users={NATS_USER: load_or_create_secret(s.data_dir, "nats_password")},
+                users={
+                    user: load_or_create_secret(s.data_dir, _nats_secret(user)) for user in permissions.USERS
+                },
+                permissions=permissions.service_permissions(s.charts_bucket),
                 tie_to_parent=True,
             )
             self.nats = nats
             self._start_infra("nats-server", nats.start, lambda: nats.process, nats.stop)
             nats_url = nats.url_for(NATS_USER)
+            self.service_nats_urls = {user: nats.url_for(user) for user in permissions.SERVICE_USERS}
             print(f"  nats      embedded at {nats.url} (data in {s.data_dir / 'nats'})", flush=True)
         database_url = s.database_url
         if database_url is None:
@@ -350,13 +362,28 @@ class Stack:
         configured = any(os.environ.get(v) for v in ("LLMSCOPE_PROBER_CONFIG", "LLMSCOPE_TARGETS"))
         return "sim" in self.settings.services and not configured
 
+    def service_env(self, name: str, env: dict[str, str]) -> dict[str, str]:
+        """``env`` with the service's own NATS user on the embedded server (the simulator, which
+        uses no NATS, gets none: not the operator's password either)."""
+        if not self.service_nats_urls:
+            return env  # the operator's own NATS_URL
+        own = {k: v for k, v in env.items() if k != "NATS_URL"}
+        url = self.service_nats_urls.get(name)
+        if url is None:
+            return own
+        own["NATS_URL"] = url
+        if name == "prober":
+            # Its user may not create or change streams: it waits for the others to make them.
+            own["LLMSCOPE_PROBER_MANAGE_STREAMS"] = "false"
+        return own
+
     def start_children(self, env: dict[str, str]) -> None:
         launcher = [sys.executable, "-m", "llmscope.stack.cli"]
         for name in ALL_SERVICES:
             if name not in self.settings.services:
                 continue
             argv = [*launcher, name, *(["serve"] if name == "sim" else [])]
-            child = Child.service(name, argv, env)
+            child = Child.service(name, argv, self.service_env(name, env))
             child.start()
             self.children.append(child)
 
@@ -410,6 +437,12 @@ class Stack:
             child.stop()
         for child in reversed(self.infra):
             child.stop()
+
+
+def _nats_secret(user: str) -> str:
+    """The file of ``user``'s NATS password in the data directory (the operator's is the one
+    older versions generated for their single user)."""
+    return "nats_password" if user == permissions.OPERATOR else f"nats_password_{user}"
 
 
 def _api_url(s: UpSettings) -> str:

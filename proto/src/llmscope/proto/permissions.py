@@ -1,0 +1,138 @@
+"""The NATS subjects each LLMscope service may publish and subscribe to, one user per service.
+
+``llmscope up`` writes these into the embedded nats-server's configuration (one generated
+password per user); an operator running their own NATS (compose, Kubernetes) gives the same
+lists to the users they create. Found by running every service under ``up`` with these users
+and reading nats-server's "Permissions Violation" lines (tests/stack/test_nats_permissions.py
+and the whole-stack test), not guessed; keep them next to :mod:`llmscope.proto.subjects` so a
+new subject comes with its permission.
+
+The prober is the one service that may run on other hosts, so its user is the narrowest: it
+publishes telemetry and reads the model switches, and it cannot publish a violation, an
+incident or a control request, create, change or delete a stream, or read anyone's replies.
+The others manage their streams and consumers (``$JS.API.>``) as they did with one user, less
+deleting or purging a stream or deleting a stored message, which none of them does.
+
+Every user reads replies on its own inbox prefix, ``_INBOX.<user>``
+(:func:`inbox_prefix`, which :func:`llmscope.bus.connection.connect` takes from the user in
+the URL): with the shared ``_INBOX.>`` any user could read the answers meant for others.
+Services that answer requests (the SPC engine, the alerter) publish their answers through
+nats-server's ``allow_responses``, only to the reply subject of a request they received.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmscope.proto import subjects
+
+PROBER = "prober"
+SPC_ENGINE = "spc-engine"
+ALERTER = "alerter"
+API = "api"
+OPERATOR = "operator"
+"""The CLI commands an operator runs against the stack (``llmscope deadletter``, ``llmscope spc
+rebaseline``, ``llmscope sim``...): unrestricted, like the person holding the data directory."""
+
+SERVICE_USERS = (PROBER, SPC_ENGINE, ALERTER, API)
+"""The users ``llmscope up`` starts services as; each service's NATS_URL carries its own."""
+
+USERS = (*SERVICE_USERS, OPERATOR)
+
+
+def inbox_prefix(user: str) -> str:
+    """The prefix of ``user``'s reply subjects (nats-py's ``inbox_prefix``)."""
+    return f"_INBOX.{subjects.encode_token(user)}"
+
+
+@dataclass(frozen=True)
+class Permissions:
+    """Allow lists of one NATS user; a subject not listed is refused by the server."""
+
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    allow_responses: bool = False
+    """Publish to the reply subject of a request received (for request/reply servers)."""
+    deny_publish: tuple[str, ...] = ()
+    """Refused even where ``publish`` allows it (nats-server's deny wins over allow)."""
+
+
+# JetStream's API, message acks, flow-control answers (push and ordered consumers: KV watchers).
+_JS_ALL = ("$JS.API.>", "$JS.ACK.>", "$JS.FC.>")
+# ... but no service deletes or purges a stream or deletes a stored message: only the operator
+# does (``llmscope deadletter`` removes a replayed dead letter).
+_JS_DESTRUCTIVE = ("$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>", "$JS.API.STREAM.MSG.DELETE.>")
+
+
+def _kv(bucket: str) -> str:
+    return f"$KV.{bucket}.>"
+
+
+def _prober() -> Permissions:
+    models = f"KV_{subjects.MODELS_BUCKET}"
+    return Permissions(
+        publish=(
+            subjects.TELEMETRY_PUBLISHED,
+            # That the telemetry stream exists before publishing (no create, update or delete).
+            f"$JS.API.STREAM.INFO.{subjects.STREAM_TELEMETRY}",
+            # Watching the model switches: the bucket's stream, an ordered consumer of it.
+            f"$JS.API.STREAM.INFO.{models}",
+            f"$JS.API.CONSUMER.CREATE.{models}",
+            f"$JS.API.CONSUMER.CREATE.{models}.>",
+            f"$JS.API.CONSUMER.INFO.{models}.>",
+            f"$JS.API.CONSUMER.DELETE.{models}.>",
+            f"$JS.FC.{models}.>",
+        ),
+        subscribe=(f"{inbox_prefix(PROBER)}.>",),
+    )
+
+
+def _spc_engine(charts_bucket: str) -> Permissions:
+    return Permissions(
+        publish=(
+            subjects.VIOLATIONS_ALL,
+            subjects.DEADLETTER_ALL,
+            subjects.TRAFFIC_MINUTES_ALL,
+            _kv(charts_bucket),
+            _kv(subjects.SPC_MEMBERS_BUCKET),
+            *_JS_ALL,
+        ),
+        subscribe=(f"{subjects.PREFIX}.control.v1.spc.>", f"{inbox_prefix(SPC_ENGINE)}.>"),
+        allow_responses=True,
+        deny_publish=_JS_DESTRUCTIVE,
+    )
+
+
+def _alerter() -> Permissions:
+    return Permissions(
+        publish=(subjects.INCIDENTS_ALL, subjects.DEADLETTER_ALL, *_JS_ALL),
+        subscribe=(f"{subjects.PREFIX}.control.v1.alerter.>", f"{inbox_prefix(ALERTER)}.>"),
+        allow_responses=True,
+        deny_publish=_JS_DESTRUCTIVE,
+    )
+
+
+def _api() -> Permissions:
+    return Permissions(
+        publish=(
+            # POST /api/stats and the OTLP receiver.
+            subjects.TELEMETRY_PUBLISHED,
+            subjects.TRAFFIC_MINUTES_ALL,
+            subjects.TRAFFIC_HISTOGRAMS_ALL,
+            subjects.DEADLETTER_ALL,
+            # Requests to the SPC engine and the alerter.
+            f"{subjects.PREFIX}.control.v1.>",
+            _kv(subjects.MODELS_BUCKET),
+            _kv(subjects.SPC_CONFIG_BUCKET),
+            *_JS_ALL,
+        ),
+        # The dashboard's live feed.
+        subscribe=(subjects.VIOLATIONS_ALL, subjects.INCIDENTS_ALL, f"{inbox_prefix(API)}.>"),
+        deny_publish=_JS_DESTRUCTIVE,
+    )
+
+
+def service_permissions(charts_bucket: str = subjects.SPC_CHARTS_BUCKET) -> dict[str, Permissions]:
+    """Each service user's permissions (the operator has none: unrestricted); ``charts_bucket``
+    as ``LLMSCOPE_SPC_CHARTS_BUCKET`` names it."""
+    return {PROBER: _prober(), SPC_ENGINE: _spc_engine(charts_bucket), ALERTER: _alerter(), API: _api()}
