@@ -144,6 +144,14 @@ def test_up_detects_an_injected_shift_and_keeps_its_data(data_dir: Path) -> None
 
     assert stack.proc.returncode == 0, stack.log()
     wait_for(lambda: not _processes_of(data_dir), 15, what="every process of the stack to exit")
+    # Every service did its work as its own NATS user: the server refused none of them a subject.
+    nats_logs = list(data_dir.rglob("nats-server.log"))
+    assert nats_logs, "the embedded nats-server's log"
+    for path in nats_logs:
+        refused = [
+            line for line in path.read_text().splitlines() if " Violation - " in line
+        ]  # "Publish Violation - Subject ..."
+        assert not refused, refused[:5]
 
     # The second start reuses the data directory: same key, same violations.
     with llmscope_up(data_dir, FAST) as again, again.client() as client:

@@ -19,7 +19,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import NotFoundError
 
-from llmscope.bus.connection import _inbox_prefix, connect
+from llmscope.bus.connection import _inbox_prefix, connect, subscriptions_in_place
 from llmscope.bus.kv import open_bucket, watch_bucket
 from llmscope.bus.settings import BusSettings
 from llmscope.bus.streams import ensure_streams
@@ -145,8 +145,8 @@ async def test_each_service_user_does_what_it_did_with_one_user(server: Embedded
             subjects.alerter_silence_list(), queue=subjects.ALERTER_CONTROL_QUEUE, cb=answer
         )
         await engine.subscribe(subjects.spc_rebaseline(), cb=answer)
-        await alerter.flush()
-        await engine.flush()
+        await subscriptions_in_place(alerter)
+        await subscriptions_in_place(engine)
         for subject in (subjects.alerter_silence_list(), subjects.spc_rebaseline()):
             assert (await api.request(subject, b"{}", timeout=5)).data == b"done"
         ack = await engine.jetstream().publish(
@@ -154,6 +154,11 @@ async def test_each_service_user_does_what_it_did_with_one_user(server: Embedded
         )
         assert ack.stream == subjects.STREAM_VIOLATIONS
         assert (await (await api.jetstream().key_value(subjects.SPC_CHARTS_BUCKET)).get("k")).value == b"v"
+        # The live notices one API process sends to every API process's tabs.
+        notices = await api.subscribe(subjects.api_live())
+        await subscriptions_in_place(api)
+        await api.publish(subjects.api_live(), b"{}")
+        assert (await notices.next_msg(timeout=10)).data == b"{}"
         # None of them deletes a stream: none may.
         for nc in (api, alerter, engine):
             with pytest.raises(NatsTimeoutError):

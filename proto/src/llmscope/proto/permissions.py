@@ -124,10 +124,17 @@ def _api() -> Permissions:
             f"{subjects.PREFIX}.control.v1.>",
             _kv(subjects.MODELS_BUCKET),
             _kv(subjects.SPC_CONFIG_BUCKET),
+            # What the persister stored, for every API process's open tabs.
+            subjects.api_live(),
             *_JS_ALL,
         ),
         # The dashboard's live feed.
-        subscribe=(subjects.VIOLATIONS_ALL, subjects.INCIDENTS_ALL, f"{inbox_prefix(API)}.>"),
+        subscribe=(
+            subjects.VIOLATIONS_ALL,
+            subjects.INCIDENTS_ALL,
+            subjects.api_live(),
+            f"{inbox_prefix(API)}.>",
+        ),
         deny_publish=_JS_DESTRUCTIVE,
     )
 
