@@ -463,3 +463,63 @@ def test_a_delivery_position_is_read_as_nats_py_reads_it(reply: str) -> None:
     meta = Msg(_client=None, subject="s", reply=reply, data=b"").metadata  # type: ignore[arg-type]
     msg = Msg(_client=None, subject="s", reply=reply, data=b"")  # type: ignore[arg-type]
     assert _position(msg) == (meta.sequence.stream, meta.num_delivered) == (1234567, 3)
+
+
+async def test_a_standing_pull_takes_a_trickle_with_one_open_request_and_stops_at_once(
+    js: JetStreamContext,
+) -> None:
+    seen: list[str] = []
+    batches: list[int] = []
+    release = asyncio.Event()
+
+    async def handler(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        batches.append(len(batch))
+        seen.extend(d.event.id for d in batch)
+        await release.wait()  # the first batch is held: what arrives meanwhile makes the next
+
+    options = ConsumerOptions(batch_size=10, fetch_timeout=30, ack_all=True, standing=True)
+    consumer = make_consumer(js, handler, options)
+    nc = js._nc
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    publisher = Publisher(js)
+    events = [telemetry() for _ in range(5)]
+    try:
+        await consumer_waiting(js)
+        # Idle: nothing is sent while the one request (30 s) is open.
+        sent = nc.stats["out_msgs"]
+        await asyncio.sleep(0.5)
+        assert nc.stats["out_msgs"] == sent
+        await publisher.publish(SUBJECT, events[0])
+        await eventually(lambda: seen == [events[0].id])  # long before the request expires
+        received = nc.stats["in_msgs"]
+        for event in events[1:]:
+            await publisher.publish(SUBJECT, event)
+        # Each publish's ack and each delivery to the open request have reached the client.
+        await eventually(lambda: nc.stats["in_msgs"] >= received + 2 * len(events[1:]))
+        release.set()
+        await eventually(lambda: seen == [e.id for e in events])
+        assert batches == [1, 4]  # stored while the first batch was handled: one batch
+        info = await js.consumer_info(subjects.STREAM_TELEMETRY, "test")
+        assert (info.num_ack_pending, info.num_pending) == (0, 0)
+        assert info.ack_floor.stream_seq == len(events)
+    finally:
+        stop.set()
+        # The open request does not hold the stop back for its 30 s.
+        await asyncio.wait_for(task, 3)
+
+
+def test_a_standing_pull_needs_ack_all() -> None:
+    with pytest.raises(ValueError, match="AckAll"):
+        asyncio.run(
+            DurableConsumer[TelemetryEvent](
+                js=None,  # type: ignore[arg-type]
+                stream=subjects.STREAM_TELEMETRY,
+                durable="x",
+                filter_subjects=[SUBJECT],
+                decode=decode,
+                handler=lambda batch: asyncio.sleep(0),
+                dead_letters=None,  # type: ignore[arg-type]
+                options=ConsumerOptions(standing=True),
+            ).run(asyncio.Event())
+        )

@@ -185,6 +185,10 @@ def config_for(settings: SpcSettings, metric: str) -> ChartConfig:
     )
 
 
+PULL_EXPIRES_S = 5.0
+"""A partition's open pull request expires after this (a request lost with the connection is
+given up then, so a partition resumes at most this long after NATS comes back)."""
+
 SETTINGS_PREFIX = "_settings."
 CATCH_UP_SLACK_S = 2.0
 """A quiet partition's minutes close by the wall clock this long behind it: a message stored a
@@ -908,7 +912,14 @@ class SpcService:
                 dead_letters=DeadLetters(self._publisher, "spc-engine"),
                 # One AckAll per batch: this replica is the partition's only reader (its lease),
                 # and the consumer is recreated from the checkpoint whenever the partition is taken.
-                options=ConsumerOptions(batch_size=self.settings.batch_size, ack_all=True),
+                # So one pull request may stay open (filled as telemetry arrives, idle it costs a
+                # request per PULL_EXPIRES_S): not a few requests per probe event at a trickle.
+                options=ConsumerOptions(
+                    batch_size=self.settings.batch_size,
+                    ack_all=True,
+                    standing=True,
+                    fetch_timeout=PULL_EXPIRES_S,
+                ),
                 metrics=self.metrics.consumers,
             )
             log.info("resuming partition", holder=self.holder, partition=partition, from_seq=start)
