@@ -211,7 +211,7 @@ class StandingPull:
         self._buffer: list[Msg] = []
         self._request = 0
         self._owed = 0  # messages the open request may still bring (0: none open)
-        self._deadline = 0.0
+        self._expiry: asyncio.TimerHandle | None = None
         self._ready = asyncio.Event()
         self.status = ""
         """Status code that ended the last request ("" when it was filled or is still open)."""
@@ -221,6 +221,8 @@ class StandingPull:
         self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_msg)
 
     async def stop(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
         if self._sub is not None:
             await self._sub.unsubscribe()
             self._sub = None
@@ -228,6 +230,13 @@ class StandingPull:
     def interrupt(self) -> None:
         """End a wait in :meth:`fetch` now (the consumer is stopping)."""
         self._ready.set()
+
+    def _expired(self, request: int) -> None:
+        # No status came for the request within its expiry and the margin: lost (a reconnect).
+        if request == self._request and self._owed > 0:
+            self._owed = 0
+            self._request += 1  # whatever that request still sends is no longer awaited
+            self._ready.set()
 
     async def _on_msg(self, msg: Msg) -> None:
         status = JetStreamContext.is_status_msg(msg)
@@ -246,25 +255,23 @@ class StandingPull:
         self._request += 1
         self._owed = batch
         self.status = self.description = ""
-        self._deadline = asyncio.get_running_loop().time() + expires + 0.5
+        if self._expiry is not None:
+            self._expiry.cancel()
+        # One timer per request, not an ``asyncio.wait_for`` (a task and a timer) per wake-up.
+        # The margin covers the server's own expiry.
+        self._expiry = asyncio.get_running_loop().call_later(expires + 0.5, self._expired, self._request)
         request = {"batch": batch, "expires": int(expires * 1e9)}
         await self._nc.publish(self._api, json.dumps(request).encode(), reply=f"{self._inbox}.{self._request}")
 
     async def fetch(self, batch: int, expires: float, fill_wait: float = 0.0) -> list[Msg]:
         """What arrived since the last call, waiting up to ``expires`` for a first message; []
         when the request expired (or was refused: :attr:`status`) or :meth:`interrupt` was called."""
-        loop = asyncio.get_running_loop()
         if not self._buffer:
             self._ready.clear()  # before the send: an interrupt during it must not be lost
             if self._owed <= 0:
                 await self._send(batch, expires)
             if not self._buffer and self._owed > 0:
-                try:
-                    # The margin covers the server's own expiry; a request lost to a reconnect ends here.
-                    await asyncio.wait_for(self._ready.wait(), max(self._deadline - loop.time(), 0.0))
-                except TimeoutError:
-                    self._owed = 0
-                    self._request += 1  # whatever that request still sends is no longer awaited
+                await self._ready.wait()  # a message, a status, the request's expiry, or interrupt()
             if self._buffer and fill_wait > 0 and batch > 1 and self._owed > 0:
                 await asyncio.sleep(fill_wait)  # a linger, as Kafka's linger.ms: batches, not singles
         msgs, self._buffer = self._buffer, []

@@ -225,6 +225,9 @@ def nats_unavailable(exc: BaseException) -> bool:
 
 def _pending(d: Delivery[TelemetryEvent]) -> int:
     """Messages of the partition still to deliver after this one (-1: unknown)."""
+    tokens = (d.msg.reply or "").split(".")
+    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        return int(tokens[8])  # as nats-py's Metadata reads it, without building the rest of it
     try:
         return d.msg.metadata.num_pending
     except Exception:
