@@ -523,3 +523,31 @@ def test_a_standing_pull_needs_ack_all() -> None:
                 options=ConsumerOptions(standing=True),
             ).run(asyncio.Event())
         )
+
+
+async def test_a_standing_pull_gives_up_a_request_lost_on_the_way_and_sends_another(
+    js: JetStreamContext,
+) -> None:
+    from llmscope.bus.consumer import StandingPull
+
+    nc = js._nc
+    requests: list[str] = []
+
+    async def swallow(msg: Any) -> None:  # a request nobody answers, as one lost in a reconnect
+        requests.append(msg.reply)
+
+    sink = await nc.subscribe("test.pull.sink", cb=swallow)
+    puller = StandingPull(nc, subjects.STREAM_TELEMETRY, "nobody")
+    puller._api = "test.pull.sink"
+    await puller.start()
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert await asyncio.wait_for(puller.fetch(10, 0.2), 5) == []
+        assert loop.time() - started >= 0.6  # its expiry and the margin, no status having come
+        assert await asyncio.wait_for(puller.fetch(10, 0.2), 5) == []
+        await eventually(lambda: len(requests) == 2)
+        assert requests[0] != requests[1]  # each request its own reply subject
+    finally:
+        await puller.stop()
+        await sink.unsubscribe()

@@ -30,6 +30,8 @@ message wait that long for the burst behind it, so the handler gets batches inst
 messages when traffic allows. ``ConsumerOptions.prefetch`` (explicit acks only) pulls the next
 batch while a full one is handled; a batch fetched ahead is nak'd when an outage begins or the
 consumer stops, so it never waits out ``ack_wait`` in a process that is not using it.
+``ConsumerOptions.standing`` (AckAll only) keeps one pull request open instead
+(:class:`StandingPull`): no request per wake-up at a trickle, one per expiry when idle.
 """
 
 from __future__ import annotations
@@ -261,7 +263,8 @@ class StandingPull:
         # The margin covers the server's own expiry.
         self._expiry = asyncio.get_running_loop().call_later(expires + 0.5, self._expired, self._request)
         request = {"batch": batch, "expires": int(expires * 1e9)}
-        await self._nc.publish(self._api, json.dumps(request).encode(), reply=f"{self._inbox}.{self._request}")
+        reply = f"{self._inbox}.{self._request}"
+        await self._nc.publish(self._api, json.dumps(request).encode(), reply=reply)
 
     async def fetch(self, batch: int, expires: float, fill_wait: float = 0.0) -> list[Msg]:
         """What arrived since the last call, waiting up to ``expires`` for a first message; []
