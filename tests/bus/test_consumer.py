@@ -551,3 +551,40 @@ async def test_a_standing_pull_gives_up_a_request_lost_on_the_way_and_sends_anot
     finally:
         await puller.stop()
         await sink.unsubscribe()
+
+
+async def test_ack_all_every_acks_a_trickle_once_per_period_and_the_last_batch_on_time(
+    js: JetStreamContext,
+) -> None:
+    seen: list[str] = []
+    publisher = Publisher(js)
+    options = ConsumerOptions(batch_size=10, fetch_timeout=30, ack_all=True, standing=True, ack_all_every=4.0)
+
+    async def handler(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        seen.extend(d.event.id for d in batch)
+
+    consumer = make_consumer(js, handler, options)
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    events = [telemetry() for _ in range(4)]
+    acks: list[str] = []
+
+    async def count_acks(msg: Any) -> None:
+        acks.append(msg.subject)
+
+    ack_sub = await js._nc.subscribe("$JS.ACK.>", cb=count_acks)  # this client's acks, as sent
+    try:
+        await consumer_waiting(js)
+        for i, event in enumerate(events):
+            await publisher.publish(SUBJECT, event)
+            await eventually(lambda i=i: len(seen) == i + 1)  # each event its own batch
+        # The first batch is acked at once, the next three by one AckAll within the period.
+        await eventually(lambda: len(acks) == 2, within=10)
+        info = await js.consumer_info(subjects.STREAM_TELEMETRY, "test")
+        assert (info.num_ack_pending, info.ack_floor.stream_seq) == (0, len(events))
+        await asyncio.sleep(0.3)
+        assert len(acks) == 2
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        await ack_sub.unsubscribe()

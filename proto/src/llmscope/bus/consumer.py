@@ -102,6 +102,10 @@ class ConsumerOptions:
     """After waking for one message, wait this long (s) before taking the rest of the batch."""
     prefetch: bool = False
     """While a full batch is handled, pull the next (explicit acks only; :meth:`DurableConsumer.run`)."""
+    ack_all_every: float = 0.0
+    """With ``ack_all``: send an AckAll at most this often (s); a batch handled sooner is acked
+    by the next AckAll, at the latest this long after it (or when :meth:`DurableConsumer.run`
+    ends). Each is still sent only after its batch's handler returned."""
     standing: bool = False
     """Keep one pull request open (:class:`StandingPull`, expiring after ``fetch_timeout``)
     instead of a few requests per wake-up: AckAll only (``ack_all``)."""
@@ -315,6 +319,11 @@ class DurableConsumer(Generic[T]):
         self._failures: dict[int, int] = {}  # stream seq -> counted failures (with ``transient``)
         self._stop = asyncio.Event()
         self._ahead: asyncio.Task[list[Msg]] | None = None
+        # ``ack_all_every``: the AckAll not sent yet (its batch is handled), and when one last went.
+        self._ack_due: Msg | None = None
+        self._acked_at = float("-inf")
+        self._ack_timer: asyncio.TimerHandle | None = None
+        self._ack_tasks: set[asyncio.Task[None]] = set()
         self.outages = 0
         """Outages waited out (or being waited out) by this consumer: transient handler errors."""
         self.unavailable_tries = 0
@@ -388,6 +397,8 @@ class DurableConsumer(Generic[T]):
             if waker is not None:
                 waker.cancel()
             with contextlib.suppress(Exception):
+                await self._send_ack_due()  # its batches were handled: their effects are durable
+            with contextlib.suppress(Exception):
                 await self._give_back_ahead()
             await puller.stop()
 
@@ -440,7 +451,41 @@ class DurableConsumer(Generic[T]):
                     last = delivery
                 self.processed += 1
         if last is not None:
-            await last.msg.ack()  # AckAll: every message of the batch up to it
+            await self._ack_all(last.msg)  # AckAll: every message of the batch up to it
+
+    async def _ack_all(self, msg: Msg) -> None:
+        every = self._opts.ack_all_every
+        loop = asyncio.get_running_loop()
+        if every <= 0 or loop.time() - self._acked_at >= every:
+            self._ack_due = msg
+            await self._send_ack_due()
+            return
+        # At a trickle every event is a batch: one AckAll per ``every`` for all of them, not one
+        # each (a write for this process and an ack for the server per event).
+        self._ack_due = msg
+        if self._ack_timer is None:
+            self._ack_timer = loop.call_at(self._acked_at + every, self._ack_soon)
+
+    def _ack_soon(self) -> None:
+        self._ack_timer = None
+        task = asyncio.ensure_future(self._send_ack_due())
+        self._ack_tasks.add(task)
+        task.add_done_callback(self._acked)
+
+    def _acked(self, task: asyncio.Task[None]) -> None:
+        self._ack_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # NATS away: the server redelivers after ack_wait; the consumer's owner replays anyway.
+            self._log.warning("deferred AckAll failed", error=repr(task.exception()))
+
+    async def _send_ack_due(self) -> None:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        msg, self._ack_due = self._ack_due, None
+        if msg is not None:
+            self._acked_at = asyncio.get_running_loop().time()
+            await msg.ack()
 
     async def _handle(self, deliveries: Sequence[Delivery[T]]) -> Mapping[int, str] | None:
         """The handler's rejections; transient errors are waited out here (None: stopped meanwhile)."""

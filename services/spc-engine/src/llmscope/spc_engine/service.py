@@ -185,6 +185,12 @@ def config_for(settings: SpcSettings, metric: str) -> ChartConfig:
     )
 
 
+ACK_EVERY_S = 0.5
+"""A partition's AckAll is sent at most this often: at a trickle each probe event is a batch of
+its own, and one ack each cost a write and a server ack per event. Acks still follow the effect
+(the batch's violations published); the consumer is recreated from the checkpoint whenever the
+partition is taken, so an ack not sent before a crash changes nothing."""
+
 PULL_EXPIRES_S = 5.0
 """A partition's open pull request expires after this (a request lost with the connection is
 given up then, so a partition resumes at most this long after NATS comes back)."""
@@ -920,6 +926,7 @@ class SpcService:
                 options=ConsumerOptions(
                     batch_size=self.settings.batch_size,
                     ack_all=True,
+                    ack_all_every=ACK_EVERY_S,
                     standing=True,
                     fetch_timeout=PULL_EXPIRES_S,
                 ),
