@@ -4,7 +4,9 @@ Ack after publish: the lead's :class:`~llmscope.bus.consumer.DurableConsumer` ac
 after the handler returns, and the handler returns only after JetStream acknowledged every
 violation it published (the batch's violations go pipelined, ``Publisher.publish_many``, and
 every PubAck is awaited; ``Nats-Msg-Id`` = violation id). One ack per batch: AckAll on its
-highest sequence (a partition has one reader, its lease holder).
+highest sequence (a partition has one reader, its lease holder), sent at most every
+``ACK_EVERY_S`` (a trickle's one-event batches share one). Each partition keeps one pull request
+open (``ConsumerOptions.standing``): no request per event at a trickle.
 
 Partitions (scale-out): the telemetry stream stores every model's messages in one of
 ``LLMSCOPE_SPC_PARTITIONS`` (P) partitions, a hash of provider and model computed by nats-server
