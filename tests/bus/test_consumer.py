@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -553,6 +554,10 @@ async def test_a_standing_pull_gives_up_a_request_lost_on_the_way_and_sends_anot
         await sink.unsubscribe()
 
 
+def _seen_n(seen: list[str], n: int) -> bool:
+    return len(seen) == n
+
+
 async def test_ack_all_every_acks_a_trickle_once_per_period_and_the_last_batch_on_time(
     js: JetStreamContext,
 ) -> None:
@@ -577,7 +582,7 @@ async def test_ack_all_every_acks_a_trickle_once_per_period_and_the_last_batch_o
         await consumer_waiting(js)
         for i, event in enumerate(events):
             await publisher.publish(SUBJECT, event)
-            await eventually(lambda i=i: len(seen) == i + 1)  # each event its own batch
+            await eventually(functools.partial(_seen_n, seen, i + 1))  # each event its own batch
         # The first batch is acked at once, the next three by one AckAll within the period.
         await eventually(lambda: len(acks) == 2, within=10)
         info = await js.consumer_info(subjects.STREAM_TELEMETRY, "test")
