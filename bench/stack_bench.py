@@ -23,7 +23,11 @@ include armed charts. The benchmark client runs in this process and is not count
 Then lists of 1000 events (4 POSTs in flight): the API's batched ingest rate and the whole
 stack's CPU per event that way.
 
-Usage: ``python bench/stack_bench.py [--quick] [--rates 100,1000] [--seconds S] [--batched N]``.
+Before the rates, ``--idle S`` seconds with no traffic at all: each process's CPU per second by
+the clock (timers, snapshots, pull requests, renewals), the part of the per-event figure that
+shrinks as the rate grows.
+
+Usage: ``python bench/stack_bench.py [--quick] [--rates 100,1000] [--seconds S] [--batched N] [--idle S]``.
 """
 
 from __future__ import annotations
@@ -360,7 +364,26 @@ class Stored:
             await asyncio.wait_for(self._done.wait(), within)
 
 
-async def run(stack: Stack, rates: Sequence[int], seconds: float, batch_events: int) -> None:
+async def idle(components: Sequence[Component], seconds: float) -> None:
+    """CPU of each process per second with no traffic at all (charts armed, every consumer caught
+    up): what the stack costs by the clock, whatever the rate (timers, snapshots, pull requests,
+    lease renewals, member announcements)."""
+    before = {c.name: c.cpu() for c in components}
+    await asyncio.sleep(seconds)
+    after = {c.name: c.cpu() for c in components}
+    print(f"\n== idle {seconds:g} s (no traffic, charts armed)")
+    print(f"{'process':<32} {'CPU ms/s':>10}")
+    total = 0.0
+    for c in components:
+        used = cpu_used(before[c.name], after[c.name])
+        total += used
+        print(f"{c.name:<32} {1000 * used / seconds:>10.1f}")
+    print(f"{'whole stack':<32} {1000 * total / seconds:>10.1f}")
+
+
+async def run(
+    stack: Stack, rates: Sequence[int], seconds: float, batch_events: int, idle_s: float = 0.0
+) -> None:
     assert stack.nats is not None
     await wait_http(f"{stack.api_url}/healthz")
     await wait_http(f"{stack.bare_url}/api/stats")
@@ -382,6 +405,8 @@ async def run(stack: Stack, rates: Sequence[int], seconds: float, batch_events: 
             async with session.post(api, data=body, headers=headers) as r:
                 assert r.status == 202, await r.text()
         await caught_up(stack.nats.url)
+        if idle_s > 0:
+            await idle(components, idle_s)
         for rate in rates:
             n = max(1, int(rate * seconds))
             events = list(telemetry(n, next_id))
@@ -499,6 +524,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--batched", type=int, default=None, help="events posted in lists of 1000 (default 20,000; 0: none)"
     )
+    parser.add_argument(
+        "--idle", type=float, default=None, help="seconds of no traffic measured first (default 10; 0: none)"
+    )
     args = parser.parse_args(argv)
     rates = [int(r) for r in args.rates.split(",") if r]
     seconds = args.seconds if args.seconds is not None else (2.0 if args.quick else 10.0)
@@ -509,7 +537,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stack = Stack(Path(tmp))
         try:
             stack.start()
-            asyncio.run(run(stack, rates, seconds, batch_events))
+            idle_s = args.idle if args.idle is not None else (2.0 if args.quick else 10.0)
+            asyncio.run(run(stack, rates, seconds, batch_events, idle_s))
         finally:
             stack.stop()
     return 0

@@ -1,5 +1,6 @@
 """``bench/stack_bench.py`` runs the whole stack end to end and prints every figure (behaviour, not
-timing): CPU per event of each process, the bare endpoint's, latency percentiles, batched ingest."""
+timing): CPU per event of each process and per second with no traffic, the bare endpoint's,
+latency percentiles, batched ingest."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "stack_bench.py"
 
 def test_quick_stack_bench_measures_every_process() -> None:
     out = subprocess.run(
-        [sys.executable, str(BENCH), "--rates", "50", "--seconds", "1", "--batched", "1000"],
+        [sys.executable, str(BENCH), "--rates", "50", "--seconds", "1", "--batched", "1000", "--idle", "1"],
         capture_output=True,
         text=True,
         timeout=280,
@@ -25,6 +26,8 @@ def test_quick_stack_bench_measures_every_process() -> None:
     for name in ("api", "spc-engine", "alerter", "nats-server", "postgres (all backends)", "whole stack"):
         assert re.search(rf"^{re.escape(name)}\s+\d+\.\d\d", text, re.M), name
     assert re.search(r"= [\d.]+ x bare", text)
+    assert "== idle 1 s (no traffic, charts armed)" in text
+    assert re.search(r"^spc-engine\s+\d+\.\d$", text, re.M), "CPU ms per second with no traffic"
     assert "(50 of 50 rows seen)" in text  # every posted event reached Postgres
     assert re.search(r"posted -> stored ms, p50 / p95 / p99\s+[\d.]+ / [\d.]+ / [\d.]+", text)
     assert re.search(r"accepted \(202, in JetStream\)\s+[\d,]+ events/s", text)

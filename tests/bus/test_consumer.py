@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -463,3 +464,132 @@ def test_a_delivery_position_is_read_as_nats_py_reads_it(reply: str) -> None:
     meta = Msg(_client=None, subject="s", reply=reply, data=b"").metadata  # type: ignore[arg-type]
     msg = Msg(_client=None, subject="s", reply=reply, data=b"")  # type: ignore[arg-type]
     assert _position(msg) == (meta.sequence.stream, meta.num_delivered) == (1234567, 3)
+
+
+async def test_a_standing_pull_takes_a_trickle_with_one_open_request_and_stops_at_once(
+    js: JetStreamContext,
+) -> None:
+    seen: list[str] = []
+    batches: list[int] = []
+    release = asyncio.Event()
+
+    async def handler(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        batches.append(len(batch))
+        seen.extend(d.event.id for d in batch)
+        await release.wait()  # the first batch is held: what arrives meanwhile makes the next
+
+    options = ConsumerOptions(batch_size=10, fetch_timeout=30, ack_all=True, standing=True)
+    consumer = make_consumer(js, handler, options)
+    nc = js._nc
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    publisher = Publisher(js)
+    events = [telemetry() for _ in range(5)]
+    try:
+        await consumer_waiting(js)
+        # Idle: nothing is sent while the one request (30 s) is open.
+        sent = nc.stats["out_msgs"]
+        await asyncio.sleep(0.5)
+        assert nc.stats["out_msgs"] == sent
+        await publisher.publish(SUBJECT, events[0])
+        await eventually(lambda: seen == [events[0].id])  # long before the request expires
+        received = nc.stats["in_msgs"]
+        for event in events[1:]:
+            await publisher.publish(SUBJECT, event)
+        # Each publish's ack and each delivery to the open request have reached the client.
+        await eventually(lambda: nc.stats["in_msgs"] >= received + 2 * len(events[1:]))
+        release.set()
+        await eventually(lambda: seen == [e.id for e in events])
+        assert batches == [1, 4]  # stored while the first batch was handled: one batch
+        info = await js.consumer_info(subjects.STREAM_TELEMETRY, "test")
+        assert (info.num_ack_pending, info.num_pending) == (0, 0)
+        assert info.ack_floor.stream_seq == len(events)
+    finally:
+        stop.set()
+        # The open request does not hold the stop back for its 30 s.
+        await asyncio.wait_for(task, 3)
+
+
+def test_a_standing_pull_needs_ack_all() -> None:
+    with pytest.raises(ValueError, match="AckAll"):
+        asyncio.run(
+            DurableConsumer[TelemetryEvent](
+                js=None,  # type: ignore[arg-type]
+                stream=subjects.STREAM_TELEMETRY,
+                durable="x",
+                filter_subjects=[SUBJECT],
+                decode=decode,
+                handler=lambda batch: asyncio.sleep(0),
+                dead_letters=None,  # type: ignore[arg-type]
+                options=ConsumerOptions(standing=True),
+            ).run(asyncio.Event())
+        )
+
+
+async def test_a_standing_pull_gives_up_a_request_lost_on_the_way_and_sends_another(
+    js: JetStreamContext,
+) -> None:
+    from llmscope.bus.consumer import StandingPull
+
+    nc = js._nc
+    requests: list[str] = []
+
+    async def swallow(msg: Any) -> None:  # a request nobody answers, as one lost in a reconnect
+        requests.append(msg.reply)
+
+    sink = await nc.subscribe("test.pull.sink", cb=swallow)
+    puller = StandingPull(nc, subjects.STREAM_TELEMETRY, "nobody")
+    puller._api = "test.pull.sink"
+    await puller.start()
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert await asyncio.wait_for(puller.fetch(10, 0.2), 5) == []
+        assert loop.time() - started >= 0.6  # its expiry and the margin, no status having come
+        assert await asyncio.wait_for(puller.fetch(10, 0.2), 5) == []
+        await eventually(lambda: len(requests) == 2)
+        assert requests[0] != requests[1]  # each request its own reply subject
+    finally:
+        await puller.stop()
+        await sink.unsubscribe()
+
+
+def _seen_n(seen: list[str], n: int) -> bool:
+    return len(seen) == n
+
+
+async def test_ack_all_every_acks_a_trickle_once_per_period_and_the_last_batch_on_time(
+    js: JetStreamContext,
+) -> None:
+    seen: list[str] = []
+    publisher = Publisher(js)
+    options = ConsumerOptions(batch_size=10, fetch_timeout=30, ack_all=True, standing=True, ack_all_every=4.0)
+
+    async def handler(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        seen.extend(d.event.id for d in batch)
+
+    consumer = make_consumer(js, handler, options)
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    events = [telemetry() for _ in range(4)]
+    acks: list[str] = []
+
+    async def count_acks(msg: Any) -> None:
+        acks.append(msg.subject)
+
+    ack_sub = await js._nc.subscribe("$JS.ACK.>", cb=count_acks)  # this client's acks, as sent
+    try:
+        await consumer_waiting(js)
+        for i, event in enumerate(events):
+            await publisher.publish(SUBJECT, event)
+            await eventually(functools.partial(_seen_n, seen, i + 1))  # each event its own batch
+        # The first batch is acked at once, the next three by one AckAll within the period.
+        await eventually(lambda: len(acks) == 2, within=10)
+        info = await js.consumer_info(subjects.STREAM_TELEMETRY, "test")
+        assert (info.num_ack_pending, info.ack_floor.stream_seq) == (0, len(events))
+        await asyncio.sleep(0.3)
+        assert len(acks) == 2
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        await ack_sub.unsubscribe()

@@ -30,6 +30,8 @@ message wait that long for the burst behind it, so the handler gets batches inst
 messages when traffic allows. ``ConsumerOptions.prefetch`` (explicit acks only) pulls the next
 batch while a full one is handled; a batch fetched ahead is nak'd when an outage begins or the
 consumer stops, so it never waits out ``ack_wait`` in a process that is not using it.
+``ConsumerOptions.standing`` (AckAll only) keeps one pull request open instead
+(:class:`StandingPull`): no request per wake-up at a trickle, one per expiry when idle.
 """
 
 from __future__ import annotations
@@ -100,6 +102,13 @@ class ConsumerOptions:
     """After waking for one message, wait this long (s) before taking the rest of the batch."""
     prefetch: bool = False
     """While a full batch is handled, pull the next (explicit acks only; :meth:`DurableConsumer.run`)."""
+    ack_all_every: float = 0.0
+    """With ``ack_all``: send an AckAll at most this often (s); a batch handled sooner is acked
+    by the next AckAll, at the latest this long after it (or when :meth:`DurableConsumer.run`
+    ends). Each is still sent only after its batch's handler returned."""
+    standing: bool = False
+    """Keep one pull request open (:class:`StandingPull`, expiring after ``fetch_timeout``)
+    instead of a few requests per wake-up: AckAll only (``ack_all``)."""
 
 
 class PullRequests:
@@ -182,6 +191,103 @@ class PullRequests:
         return msgs
 
 
+class StandingPull:
+    """Keeps one pull request open that the server fills as messages are stored.
+
+    :class:`PullRequests` sends two or three requests per wake-up (a ``no_wait`` pull, a long poll
+    for one message, the ``no_wait`` pull after it) and, idle, two per ``expires``: at a trickle
+    (a partition of the SPC engine gets a few probe events a second) that is a request, a status
+    and a wake-up per event, and 16 idle partitions cost 32 requests a second. Here one request
+    for ``batch`` messages stays open until it is filled or expires: each message is handed over
+    as it arrives (the messages stored while the handler runs make the next batch), and the next
+    request is sent as soon as a batch is taken from a filled one. Idle, a partition costs one
+    request and one expiry status per ``expires``.
+
+    For a consumer that acks with AckAll and that nobody else reads (the SPC engine's partitions):
+    messages delivered to the open request and not yet taken when the consumer stops are not
+    acked, and are delivered again to the consumer's next reader (which recreates it from its
+    checkpoint). A request lost with the connection is given up after ``expires`` + 0.5 s.
+    """
+
+    def __init__(self, nc: NATS, stream: str, durable: str) -> None:
+        self._nc = nc
+        self._api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._inbox = nc.new_inbox()
+        self._sub: Subscription | None = None
+        self._buffer: list[Msg] = []
+        self._request = 0
+        self._owed = 0  # messages the open request may still bring (0: none open)
+        self._expiry: asyncio.TimerHandle | None = None
+        self._ready = asyncio.Event()
+        self.status = ""
+        """Status code that ended the last request ("" when it was filled or is still open)."""
+        self.description = ""
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_msg)
+
+    async def stop(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+
+    def interrupt(self) -> None:
+        """End a wait in :meth:`fetch` now (the consumer is stopping)."""
+        self._ready.set()
+
+    def _expired(self, request: int) -> None:
+        # No status came for the request within its expiry and the margin: lost (a reconnect).
+        if request == self._request and self._owed > 0:
+            self._owed = 0
+            self._request += 1  # whatever that request still sends is no longer awaited
+            self._ready.set()
+
+    async def _on_msg(self, msg: Msg) -> None:
+        status = JetStreamContext.is_status_msg(msg)
+        if not status:
+            self._buffer.append(msg)
+            self._owed -= 1
+            self._ready.set()
+        elif status != "100" and msg.subject == f"{self._inbox}.{self._request}":
+            # 408 request expired, 409 consumer deleted/leadership change...: the request is over.
+            self._owed = 0
+            self.status = status
+            self.description = ((msg.headers or {}).get("Description") or "").strip()
+            self._ready.set()
+
+    async def _send(self, batch: int, expires: float) -> None:
+        self._request += 1
+        self._owed = batch
+        self.status = self.description = ""
+        if self._expiry is not None:
+            self._expiry.cancel()
+        # One timer per request, not an ``asyncio.wait_for`` (a task and a timer) per wake-up.
+        # The margin covers the server's own expiry.
+        self._expiry = asyncio.get_running_loop().call_later(expires + 0.5, self._expired, self._request)
+        request = {"batch": batch, "expires": int(expires * 1e9)}
+        reply = f"{self._inbox}.{self._request}"
+        await self._nc.publish(self._api, json.dumps(request).encode(), reply=reply)
+
+    async def fetch(self, batch: int, expires: float, fill_wait: float = 0.0) -> list[Msg]:
+        """What arrived since the last call, waiting up to ``expires`` for a first message; []
+        when the request expired (or was refused: :attr:`status`) or :meth:`interrupt` was called."""
+        if not self._buffer:
+            self._ready.clear()  # before the send: an interrupt during it must not be lost
+            if self._owed <= 0:
+                await self._send(batch, expires)
+            if not self._buffer and self._owed > 0:
+                await self._ready.wait()  # a message, a status, the request's expiry, or interrupt()
+            if self._buffer and fill_wait > 0 and batch > 1 and self._owed > 0:
+                await asyncio.sleep(fill_wait)  # a linger, as Kafka's linger.ms: batches, not singles
+        msgs, self._buffer = self._buffer, []
+        if msgs and self._owed <= 0:
+            # Filled: the next batch streams in while this one is handled (at most two in hand).
+            await self._send(batch, expires)
+        return msgs
+
+
 class DurableConsumer(Generic[T]):
     """Pulls batches from a durable consumer and applies the ack policy around a handler."""
 
@@ -213,6 +319,11 @@ class DurableConsumer(Generic[T]):
         self._failures: dict[int, int] = {}  # stream seq -> counted failures (with ``transient``)
         self._stop = asyncio.Event()
         self._ahead: asyncio.Task[list[Msg]] | None = None
+        # ``ack_all_every``: the AckAll not sent yet (its batch is handled), and when one last went.
+        self._ack_due: Msg | None = None
+        self._acked_at = float("-inf")
+        self._ack_timer: asyncio.TimerHandle | None = None
+        self._ack_tasks: set[asyncio.Task[None]] = set()
         self.outages = 0
         """Outages waited out (or being waited out) by this consumer: transient handler errors."""
         self.unavailable_tries = 0
@@ -245,9 +356,23 @@ class DurableConsumer(Generic[T]):
         self._stop = stop
         if self._opts.prefetch and self._opts.ack_all:
             raise ValueError("prefetch needs explicit acks: an AckAll would ack the batch fetched ahead")
+        if self._opts.standing and not self._opts.ack_all:
+            raise ValueError("a standing pull needs AckAll: its undelivered messages wait out ack_wait")
         await self._js.add_consumer(self._stream, config=self.consumer_config())
         # The JetStream context's own connection (nats-py's KeyValue and ObjectStore use it too).
-        puller = PullRequests(self._js._nc, self._stream, self._durable)
+        puller: PullRequests | StandingPull
+        waker: asyncio.Task[None] | None = None
+        if self._opts.standing:
+            puller = standing = StandingPull(self._js._nc, self._stream, self._durable)
+
+            async def wake() -> None:
+                # A long-open request must not hold a stop (a hand-over of the partition) back.
+                await stop.wait()
+                standing.interrupt()
+
+            waker = asyncio.create_task(wake())
+        else:
+            puller = PullRequests(self._js._nc, self._stream, self._durable)
         await puller.start()
         self._log.info("consuming", filters=",".join(self._filters))
         opts = self._opts
@@ -267,8 +392,12 @@ class DurableConsumer(Generic[T]):
                 elif puller.status not in ("", "404", "408"):
                     # e.g. 409 consumer deleted: no busy loop while the server refuses.
                     self._log.warning("pull request refused", status=puller.status, reason=puller.description)
-                    await asyncio.sleep(opts.fetch_timeout)
+                    await asyncio.sleep(min(opts.fetch_timeout, 1.0))
         finally:
+            if waker is not None:
+                waker.cancel()
+            with contextlib.suppress(Exception):
+                await self._send_ack_due()  # its batches were handled: their effects are durable
             with contextlib.suppress(Exception):
                 await self._give_back_ahead()
             await puller.stop()
@@ -322,7 +451,41 @@ class DurableConsumer(Generic[T]):
                     last = delivery
                 self.processed += 1
         if last is not None:
-            await last.msg.ack()  # AckAll: every message of the batch up to it
+            await self._ack_all(last.msg)  # AckAll: every message of the batch up to it
+
+    async def _ack_all(self, msg: Msg) -> None:
+        every = self._opts.ack_all_every
+        loop = asyncio.get_running_loop()
+        if every <= 0 or loop.time() - self._acked_at >= every:
+            self._ack_due = msg
+            await self._send_ack_due()
+            return
+        # At a trickle every event is a batch: one AckAll per ``every`` for all of them, not one
+        # each (a write for this process and an ack for the server per event).
+        self._ack_due = msg
+        if self._ack_timer is None:
+            self._ack_timer = loop.call_at(self._acked_at + every, self._ack_soon)
+
+    def _ack_soon(self) -> None:
+        self._ack_timer = None
+        task = asyncio.ensure_future(self._send_ack_due())
+        self._ack_tasks.add(task)
+        task.add_done_callback(self._acked)
+
+    def _acked(self, task: asyncio.Task[None]) -> None:
+        self._ack_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # NATS away: the server redelivers after ack_wait; the consumer's owner replays anyway.
+            self._log.warning("deferred AckAll failed", error=repr(task.exception()))
+
+    async def _send_ack_due(self) -> None:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        msg, self._ack_due = self._ack_due, None
+        if msg is not None:
+            self._acked_at = asyncio.get_running_loop().time()
+            await msg.ack()
 
     async def _handle(self, deliveries: Sequence[Delivery[T]]) -> Mapping[int, str] | None:
         """The handler's rejections; transient errors are waited out here (None: stopped meanwhile)."""

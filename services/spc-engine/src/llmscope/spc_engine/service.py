@@ -4,7 +4,9 @@ Ack after publish: the lead's :class:`~llmscope.bus.consumer.DurableConsumer` ac
 after the handler returns, and the handler returns only after JetStream acknowledged every
 violation it published (the batch's violations go pipelined, ``Publisher.publish_many``, and
 every PubAck is awaited; ``Nats-Msg-Id`` = violation id). One ack per batch: AckAll on its
-highest sequence (a partition has one reader, its lease holder).
+highest sequence (a partition has one reader, its lease holder), sent at most every
+``ACK_EVERY_S`` (a trickle's one-event batches share one). Each partition keeps one pull request
+open (``ConsumerOptions.standing``): no request per event at a trickle.
 
 Partitions (scale-out): the telemetry stream stores every model's messages in one of
 ``LLMSCOPE_SPC_PARTITIONS`` (P) partitions, a hash of provider and model computed by nats-server
@@ -185,6 +187,16 @@ def config_for(settings: SpcSettings, metric: str) -> ChartConfig:
     )
 
 
+ACK_EVERY_S = 0.5
+"""A partition's AckAll is sent at most this often: at a trickle each probe event is a batch of
+its own, and one ack each cost a write and a server ack per event. Acks still follow the effect
+(the batch's violations published); the consumer is recreated from the checkpoint whenever the
+partition is taken, so an ack not sent before a crash changes nothing."""
+
+PULL_EXPIRES_S = 5.0
+"""A partition's open pull request expires after this (a request lost with the connection is
+given up then, so a partition resumes at most this long after NATS comes back)."""
+
 SETTINGS_PREFIX = "_settings."
 CATCH_UP_SLACK_S = 2.0
 """A quiet partition's minutes close by the wall clock this long behind it: a message stored a
@@ -221,6 +233,9 @@ def nats_unavailable(exc: BaseException) -> bool:
 
 def _pending(d: Delivery[TelemetryEvent]) -> int:
     """Messages of the partition still to deliver after this one (-1: unknown)."""
+    tokens = (d.msg.reply or "").split(".")
+    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        return int(tokens[8])  # as nats-py's Metadata reads it, without building the rest of it
     try:
         return d.msg.metadata.num_pending
     except Exception:
@@ -908,7 +923,15 @@ class SpcService:
                 dead_letters=DeadLetters(self._publisher, "spc-engine"),
                 # One AckAll per batch: this replica is the partition's only reader (its lease),
                 # and the consumer is recreated from the checkpoint whenever the partition is taken.
-                options=ConsumerOptions(batch_size=self.settings.batch_size, ack_all=True),
+                # So one pull request may stay open (filled as telemetry arrives, idle it costs a
+                # request per PULL_EXPIRES_S): not a few requests per probe event at a trickle.
+                options=ConsumerOptions(
+                    batch_size=self.settings.batch_size,
+                    ack_all=True,
+                    ack_all_every=ACK_EVERY_S,
+                    standing=True,
+                    fetch_timeout=PULL_EXPIRES_S,
+                ),
                 metrics=self.metrics.consumers,
             )
             log.info("resuming partition", holder=self.holder, partition=partition, from_seq=start)
