@@ -361,7 +361,12 @@ async def test_report_and_other_pages_render_cleanly(site: Site) -> None:
             await page.click("a:has-text('Violations CSV')")
         csv_path = await (await download.value).path()
         assert "CUSUM" in await asyncio.to_thread(Path(csv_path).read_text)
-        for path, name in (("/silences", "silences"), ("/models", "models"), ("/violations", "violations")):
+        for path, name in (
+            ("/silences", "silences"),
+            ("/models", "models"),
+            ("/violations", "violations"),
+            ("/incidents?severity=warning", "incidents"),
+        ):
             await page.goto(f"{site.url}{path}")
             await page.wait_for_selector("main .card")
             await shot(page, name)
