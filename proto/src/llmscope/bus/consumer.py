@@ -36,6 +36,7 @@ consumer stops, so it never waits out ``ack_wait`` in a process that is not usin
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import json
@@ -111,7 +112,45 @@ class ConsumerOptions:
     instead of a few requests per wake-up: AckAll only (``ack_all``)."""
 
 
-class PullRequests:
+class _InboxPull(abc.ABC):
+    """Pull requests sent by hand to one inbox, each with its own reply subject (``<inbox>.<n>``),
+    so a late status of an abandoned request never ends the current one."""
+
+    def __init__(self, nc: NATS, stream: str, durable: str) -> None:
+        self._nc = nc
+        self._api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._inbox = nc.new_inbox()
+        self._sub: Subscription | None = None
+        self._buffer: list[Msg] = []
+        self._request = 0
+        self._owed = 0  # messages the open request may still bring (0: none open)
+        self.status = ""
+        """Status code that ended the last request ("" when it was filled, timed out or is open)."""
+        self.description = ""
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_msg)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+
+    @abc.abstractmethod
+    async def _on_msg(self, msg: Msg) -> None:
+        """A message or a status on the inbox: each way of pulling reacts in its own way."""
+
+    def _ends_request(self, msg: Msg, status: str) -> bool:
+        """Whether ``msg`` is the status that ends the current request (kept in :attr:`status`)."""
+        if status == "100" or msg.subject != f"{self._inbox}.{self._request}":
+            return False
+        # 404 no messages, 408 request expired, 409 consumer deleted/leadership change...
+        self.status = status
+        self.description = ((msg.headers or {}).get("Description") or "").strip()
+        return True
+
+
+class PullRequests(_InboxPull):
     """Pulls batches from a durable consumer with pull requests sent by hand to one inbox.
 
     A batch is a ``no_wait`` request for up to ``batch`` messages (the server sends what it has,
@@ -124,25 +163,8 @@ class PullRequests:
     """
 
     def __init__(self, nc: NATS, stream: str, durable: str) -> None:
-        self._nc = nc
-        self._api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
-        self._inbox = nc.new_inbox()
-        self._sub: Subscription | None = None
-        self._buffer: list[Msg] = []
-        self._request = 0
-        self._owed = 0
+        super().__init__(nc, stream, durable)
         self._ended = asyncio.Event()
-        self.status = ""
-        """Status code that ended the last request ("" when it was filled or timed out)."""
-        self.description = ""
-
-    async def start(self) -> None:
-        self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_msg)
-
-    async def stop(self) -> None:
-        if self._sub is not None:
-            await self._sub.unsubscribe()
-            self._sub = None
 
     async def _on_msg(self, msg: Msg) -> None:
         status = JetStreamContext.is_status_msg(msg)
@@ -151,10 +173,7 @@ class PullRequests:
             self._owed -= 1
             if self._owed <= 0:
                 self._ended.set()
-        elif status != "100" and msg.subject == f"{self._inbox}.{self._request}":
-            # 404 no messages, 408 request expired, 409 consumer deleted/leadership change...
-            self.status = status
-            self.description = ((msg.headers or {}).get("Description") or "").strip()
+        elif self._ends_request(msg, status):
             self._ended.set()
 
     async def _pull(self, batch: int, expires: float, *, no_wait: bool) -> None:
@@ -191,7 +210,7 @@ class PullRequests:
         return msgs
 
 
-class StandingPull:
+class StandingPull(_InboxPull):
     """Keeps one pull request open that the server fills as messages are stored.
 
     :class:`PullRequests` sends two or three requests per wake-up (a ``no_wait`` pull, a long poll
@@ -210,28 +229,14 @@ class StandingPull:
     """
 
     def __init__(self, nc: NATS, stream: str, durable: str) -> None:
-        self._nc = nc
-        self._api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
-        self._inbox = nc.new_inbox()
-        self._sub: Subscription | None = None
-        self._buffer: list[Msg] = []
-        self._request = 0
-        self._owed = 0  # messages the open request may still bring (0: none open)
+        super().__init__(nc, stream, durable)
         self._expiry: asyncio.TimerHandle | None = None
         self._ready = asyncio.Event()
-        self.status = ""
-        """Status code that ended the last request ("" when it was filled or is still open)."""
-        self.description = ""
-
-    async def start(self) -> None:
-        self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_msg)
 
     async def stop(self) -> None:
         if self._expiry is not None:
             self._expiry.cancel()
-        if self._sub is not None:
-            await self._sub.unsubscribe()
-            self._sub = None
+        await super().stop()
 
     def interrupt(self) -> None:
         """End a wait in :meth:`fetch` now (the consumer is stopping)."""
@@ -250,11 +255,8 @@ class StandingPull:
             self._buffer.append(msg)
             self._owed -= 1
             self._ready.set()
-        elif status != "100" and msg.subject == f"{self._inbox}.{self._request}":
-            # 408 request expired, 409 consumer deleted/leadership change...: the request is over.
+        elif self._ends_request(msg, status):
             self._owed = 0
-            self.status = status
-            self.description = ((msg.headers or {}).get("Description") or "").strip()
             self._ready.set()
 
     async def _send(self, batch: int, expires: float) -> None:
