@@ -49,6 +49,8 @@ from llmscope.web.data import (
 RAW_MAX_HOURS = 2.0
 MAX_BUCKETS = 360
 RAW_POINT_CAP = 20_000
+# Violation marks one chart draws at most: past it, the most severe and then the newest.
+MARKS_BUDGET = 1000
 # A sparkline is a glance: about this many buckets over any window.
 OVERVIEW_BUCKETS = 60
 # Probe spacing for "one false alarm per ..." is the median gap over this many recent probes.
@@ -392,7 +394,7 @@ class Store:
                           AND ts >= $5 {tcond.format(6)} {sev}
                         ORDER BY CASE severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END,
                                  ts DESC
-                        LIMIT 1000) AS drawn
+                        LIMIT {MARKS_BUDGET}) AS drawn
                     ORDER BY ts""",
                 *key,
                 query.metric,
