@@ -58,7 +58,6 @@ from llmscope.api.charts import ChartViews
 from llmscope.api.persister import store_telemetry, store_violations
 from llmscope.api.runtime import Runtime
 from llmscope.api.settings import ApiSettings
-from llmscope.api.store import MARKS_BUDGET
 from llmscope.bus.settings import BusSettings
 from llmscope.bus.streams import ensure_streams
 from llmscope.config.env import Secret
@@ -71,6 +70,7 @@ from llmscope.spc_engine.service import serve as serve_engine
 from llmscope.spc_engine.settings import SpcSettings
 from llmscope.stack.embedded import EmbeddedNats, EmbeddedPostgres
 from llmscope.stack.ports import free_port
+from llmscope.web.svg import MARKS_DRAWN
 
 API_KEY = "bench-key-0123456789abcdef"
 PROVIDER, MODEL = "ollama", "llama3.1:8b"
@@ -189,16 +189,16 @@ def violations(
     for i in range(n):
         ts = start + timedelta(seconds=span * (i + rng.random()) / n)
         severity = rng.choices(("critical", "warning", "info"), (8, 50, 42))[0]
-        charted.append(violation(ts, severity, TARGET, METRIC, 2400 + 400 * rng.random(), f"v-{i:05d}"))
+        charted.append(violation(ts, severity, TARGET, METRIC, 2400 + 400 * rng.random(), new_id()))
     for i in range(RECENT_CRITICAL):
         ts = end - timedelta(seconds=3000 * (i + 1) / (RECENT_CRITICAL + 1))
-        charted.append(violation(ts, "critical", TARGET, METRIC, 3000.0 + i, f"recent-critical-{i:02d}"))
+        charted.append(violation(ts, "critical", TARGET, METRIC, 3000.0 + i, new_id()))
     others = []
-    for i in range(n // 4):
+    for _ in range(n // 4):
         ts = start + timedelta(seconds=span * rng.random())
         target, metric = rng.choice(((TARGETS[1], METRIC), (TARGET, "ttft_ms"), (TARGET, "tokens_per_s")))
         severity = rng.choice(("critical", "warning", "info"))
-        others.append(violation(ts, severity, target, metric, 500.0, f"o-{i:05d}"))
+        others.append(violation(ts, severity, target, metric, 500.0, new_id()))
     return charted, others
 
 
@@ -296,19 +296,21 @@ def drawn_marks(html: str) -> list[str]:
 def check_marks(html: str, seeded: Seeded, start: datetime) -> None:
     """The chart draws the most severe, then newest, marks of its window within the budget."""
     shown = [v for v in seeded.violations if v.severity in SHOWN and v.ts >= start]
-    want = sorted(shown, key=lambda v: (SEVERITY_RANK[v.severity], -v.ts.timestamp()))[:MARKS_BUDGET]
+    want = sorted(shown, key=lambda v: (SEVERITY_RANK[v.severity], -v.ts.timestamp()))[:MARKS_DRAWN]
     drawn = drawn_marks(html)
-    recent = [v.id for v in seeded.violations if v.id.startswith("recent-critical-")]
+    last_hour = start + timedelta(hours=23)
+    recent = [v.id for v in seeded.violations if v.severity == "critical" and v.ts >= last_hour]
     criticals = [v.id for v in shown if v.severity == "critical"]
     warnings = sorted((v for v in shown if v.severity == "warning"), key=lambda v: v.ts)
     ok = set(drawn) == {v.id for v in want} and len(drawn) == len(want)
-    ok = ok and set(recent) <= set(drawn) and set(criticals) <= set(drawn)
-    over = len(shown) > MARKS_BUDGET
+    ok = ok and set(recent) <= set(drawn) and set(criticals[-MARKS_DRAWN:]) <= set(drawn)
+    over = len(shown) > MARKS_DRAWN
     ok = ok and warnings[-1].id in drawn and (not over or warnings[0].id not in drawn)
     print(
         f"== marks: {len(drawn):,} drawn of {len(shown):,} {'+'.join(SHOWN)} violations in the window "
-        f"(budget {MARKS_BUDGET:,}); all {len(criticals)} critical drawn, {len(recent)} of the last "
-        f"hour among them; newest warning drawn, oldest {'not drawn' if over else 'drawn (under budget)'}: "
+        f"(budget {MARKS_DRAWN:,}); {len(set(criticals) & set(drawn))} of {len(criticals)} critical "
+        f"drawn, the {len(recent)} of the last hour among them; newest warning drawn, oldest "
+        f"{'not drawn' if over else 'drawn (under budget)'}: "
         f"{'OK' if ok else 'WRONG'}"
     )
     if not ok:
@@ -320,7 +322,9 @@ def triggers(html: str, element_id: str) -> str:
     return found.group(1) if found else "(none)"
 
 
-async def measure(app: FastAPI, client: httpx.AsyncClient, pool: asyncpg.Pool, seeded: Seeded, runs: int) -> None:
+async def measure(
+    app: FastAPI, client: httpx.AsyncClient, pool: asyncpg.Pool, seeded: Seeded, runs: int, save: Path | None
+) -> None:
     r = await client.post("/login", data={"key": API_KEY, "next": "/dashboard"})
     assert r.status_code == 303, r.text
     query = {
@@ -395,6 +399,9 @@ async def measure(app: FastAPI, client: httpx.AsyncClient, pool: asyncpg.Pool, s
         f"== (a) is {a / e:.1f}x (e) and {a / f:.1f}x (f); target < 100 KB and < 50 ms: "
         f"{kb:.1f} KB {'met' if kb < 100 else 'NOT met'}, {a:.1f} ms {'met' if a < 50 else 'NOT met'}"
     )
+    if save is not None:
+        for name, body in bodies.items():
+            (save / f"{name}.html").write_bytes(body)
     html = bodies["a"].decode()
     check_marks(html, seeded, start)
     page = bodies["c"].decode()
@@ -404,7 +411,7 @@ async def measure(app: FastAPI, client: httpx.AsyncClient, pool: asyncpg.Pool, s
     print(f"== content-encoding of the answers (asked for gzip): {', '.join(sorted(encodings))}")
 
 
-async def run(every_s: float, n_violations: int, runs: int) -> None:
+async def run(every_s: float, n_violations: int, runs: int, save: Path | None = None) -> None:
     print(
         f"== machine: {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
         f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, "
@@ -429,7 +436,7 @@ async def run(every_s: float, n_violations: int, runs: int) -> None:
                     f"{len(seeded.violations):,} violations on the chart and {seeded.other_violations:,} "
                     f"on its other charts, KV record {seeded.record_bytes:,} B (armed by the engine)"
                 )
-                await measure(app, client, pool, seeded, runs)
+                await measure(app, client, pool, seeded, runs, save)
         finally:
             bus.stop()
             pg.stop()
@@ -438,14 +445,15 @@ async def run(every_s: float, n_violations: int, runs: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a probe every 10 s, 1,500 violations, 5 runs")
+    parser.add_argument("--quick", action="store_true", help="a probe every 10 s, 2,000 violations, 5 runs")
     parser.add_argument("--runs", type=int, default=0, help="runs per figure (default 30, quick 5)")
+    parser.add_argument("--save", type=Path, help="write each answer's body into this folder")
     opts = parser.parse_args()
     runs = opts.runs or (5 if opts.quick else 30)
     if opts.quick:
-        asyncio.run(run(every_s=10.0, n_violations=1500, runs=runs))
+        asyncio.run(run(every_s=10.0, n_violations=2000, runs=runs, save=opts.save))
     else:
-        asyncio.run(run(every_s=2.0, n_violations=2400, runs=runs))
+        asyncio.run(run(every_s=2.0, n_violations=2400, runs=runs, save=opts.save))
 
 
 if __name__ == "__main__":

@@ -49,7 +49,8 @@ from llmscope.web.data import (
 RAW_MAX_HOURS = 2.0
 MAX_BUCKETS = 360
 RAW_POINT_CAP = 20_000
-# Violation marks one chart draws at most: past it, the most severe and then the newest.
+# Violation marks of one chart read at most (the API's answer): past it, the most severe and
+# then the newest. The dashboard asks for fewer (``llmscope.web.svg.MARKS_DRAWN``).
 MARKS_BUDGET = 1000
 # A sparkline is a glance: about this many buckets over any window.
 OVERVIEW_BUCKETS = 60
@@ -320,8 +321,13 @@ class Store:
         )
         return [r["target"] for r in rows]
 
-    async def chart(self, query: ChartQuery, now: datetime | None = None) -> ChartData:
+    async def chart(
+        self, query: ChartQuery, now: datetime | None = None, *, marks: int = MARKS_BUDGET
+    ) -> ChartData:
         """Points from Postgres; phase, limits and expected false-alarm rate from the engine's chart.
+
+        ``marks``: the violation marks read at most (the most severe, then the newest, of the
+        window); ``violations_total`` counts them all.
 
         The engine charts each target apart: with one target the model's probes are its points;
         with several, the points are those of ``query.target`` (default: the most recently
@@ -387,14 +393,15 @@ class Store:
             # A noisy chart has more marks than are drawn: the most severe, and of those the
             # newest, of the severities asked for (never the oldest).
             sev = f"AND severity = ANY(${6 + len(targs)})" if query.severities else ""
-            marks = await conn.fetch(
+            drawn = await conn.fetch(
                 f"""SELECT * FROM (
-                        SELECT id, ts, value, rule, severity, cleared_at FROM violations
+                        SELECT id, ts, value, rule, severity, cleared_at, count(*) OVER () AS total
+                        FROM violations
                         WHERE provider = $1 AND model = $2 AND prompt_id = $3 AND metric = $4
                           AND ts >= $5 {tcond.format(6)} {sev}
                         ORDER BY CASE severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END,
                                  ts DESC
-                        LIMIT {MARKS_BUDGET}) AS drawn
+                        LIMIT {max(0, int(marks))}) AS drawn
                     ORDER BY ts""",
                 *key,
                 query.metric,
@@ -440,8 +447,9 @@ class Store:
                     severity=m["severity"],
                     state="cleared" if m["cleared_at"] else "open",
                 )
-                for m in marks
+                for m in drawn
             ],
+            violations_total=int(drawn[0]["total"]) if drawn else 0,
             failed_probes=int(failed),
             chart_key=ckey,
             phase=view.phase if view is not None else "unknown",

@@ -144,6 +144,9 @@ class ChartData:
     violations: list[ViolationMark]
     failed_probes: int = 0
     chart_key: str = ""
+    violations_total: int = 0
+    """Violations of the severities asked for in the window: more than ``violations`` when the
+    chart is over its marks budget (the most severe, then the newest, are marked)."""
     phase: ChartPhase = "unknown"
     progress: int = 0
     baseline_n: int | None = None
@@ -477,7 +480,9 @@ class DashboardData(Protocol):
 
     async def series(self) -> list[Series]: ...
 
-    async def chart(self, query: ChartQuery) -> ChartData: ...
+    async def chart(self, query: ChartQuery, *, marks: int = ...) -> ChartData:
+        """``marks``: the violation marks wanted at most (the most severe, then the newest)."""
+        ...
 
     async def rebaseline(self, chart_key: str, by: str, reason: str) -> RebaselineResult: ...
 

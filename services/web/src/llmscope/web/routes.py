@@ -53,6 +53,7 @@ from llmscope.web.overview import BudgetCache, overview_rows, summary
 from llmscope.web.pages import Pages, ask_rebaseline, is_htmx, toast_trigger
 from llmscope.web.settings_form import BY_ID, SECTIONS, SectionView, fixed_settings, parse_field, section_view
 from llmscope.web.status_routes import StatusData, add_status_routes
+from llmscope.web.svg import MARKS_DRAWN
 from llmscope.web.traffic import TRAFFIC_LABELS, TrafficData, TrafficSeries, series_of
 from llmscope.web.traffic_routes import add_traffic_routes
 from llmscope.web.trend_routes import add_trend_routes
@@ -294,17 +295,22 @@ def create_router(
         shown = SEVERITY_AT_LEAST[severity]
         if provider and model and prompt_id:
             chart_query = ChartQuery(provider, model, prompt_id, metric, hours, target or "", shown)
-            chart = await data.chart(chart_query)
+            chart = await data.chart(chart_query, marks=MARKS_DRAWN)
             if target and chart.query.target not in chart.targets:
                 target = ""  # a target of another model: this one's default
-                chart = await data.chart(ChartQuery(provider, model, prompt_id, metric, hours, "", shown))
-        log = await data.violations(ViolationFilter(severities=shown, limit=15))
+                chart = await data.chart(
+                    ChartQuery(provider, model, prompt_id, metric, hours, "", shown), marks=MARKS_DRAWN
+                )
+        # The chart panel's own re-read (on every stored probe of its model, per open tab) shows
+        # neither the log nor the traffic charts: their queries and KV reads are skipped.
+        panel_only = is_htmx(request) and request.headers.get("HX-Target") == "chart-panel"
+        log = None if panel_only else await data.violations(ViolationFilter(severities=shown, limit=15))
         availability: AvailabilityHistory | None = None
         if trends is not None and provider and model:
             availability = await trends.availability(provider, model, hours)
         # The model's traffic charts (real traffic, per minute) beside its probe chart.
         traffic_series: list[TrafficSeries] = []
-        if traffic is not None and provider and model:
+        if traffic is not None and provider and model and not panel_only:
             traffic_series = series_of(await traffic.traffic_charts(provider, model))
         query = {
             "provider": provider or "",
@@ -324,7 +330,7 @@ def create_router(
             "q": query,
             "qs": urlencode(query),
             "chart": chart,
-            "log": log.items,
+            "log": log.items if log is not None else [],
             "refresh_s": opts.refresh_s,
             "rebaseline": rebaseline,
             "model_rebaseline": model_rebaseline,

@@ -21,6 +21,13 @@ PAD_L, PAD_R, PAD_T, PAD_B = 72, 96, 16, 28
 # Right-hand line labels closer than this (px) would overprint each other.
 LABEL_GAP = 12.0
 MIN_SPAN_S = 60.0
+# Violation marks the dashboard draws at most on one chart (the most severe, then the newest,
+# of its window). A mark is 10 px across on a 792-px plot: 250 of them already overprint each
+# other, and each is ~160 bytes of the answer (issue 13: a 24 h chart under 100 KB).
+MARKS_DRAWN = 250
+# Every point gets its own circle (and tooltip) while they are this far apart on average (px);
+# denser, the line and band show them and only points beyond the limits and the latest are drawn.
+POINT_SPACING_PX = 4.0
 
 
 def render_chart(data: ChartData, *, width: int = WIDTH, height: int = HEIGHT) -> Markup:
@@ -128,9 +135,12 @@ def render_chart(data: ChartData, *, width: int = WIDTH, height: int = HEIGHT) -
     if pts:
         line = " ".join(f"{x(p.ts):.1f},{y(p.value):.1f}" for p in pts)
         out.append(f'<polyline points="{line}" class="series"/>')
-        if len(pts) <= 400:
-            for p in pts:
-                out_of_limits = lim is not None and not (lim.lcl <= p.value <= lim.ucl)
+        every = plot_w / len(pts) >= POINT_SPACING_PX
+        last = pts[-1]
+        for p in pts:
+            out_of_limits = lim is not None and not (lim.lcl <= p.value <= lim.ucl)
+            # (Over 400 points, a raw hour, only the line: a shifted hour is hundreds beyond.)
+            if every or ((out_of_limits or p is last) and len(pts) <= 400):
                 cls = "point out" if out_of_limits else "point"
                 out.append(
                     f'<circle cx="{x(p.ts):.1f}" cy="{y(p.value):.1f}" r="2.5" class="{cls}">'

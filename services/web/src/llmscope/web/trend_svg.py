@@ -12,7 +12,7 @@ from markupsafe import Markup
 
 from llmscope.web.data import METRIC_LABELS, ChartPoint
 from llmscope.web.svg_axes import Frame, nice_ticks, time_axis, unit_label, value_axis
-from llmscope.web.trends import AvailabilityHistory, Comparison
+from llmscope.web.trends import AvailabilityBucket, AvailabilityHistory, Comparison
 
 # Tableau 10: distinct to most eyes, and the control chart's blue first.
 PALETTE = (
@@ -158,6 +158,23 @@ def render_comparison(data: Comparison, *, width: int = 960, height: int = 340) 
     return Markup("".join(out))
 
 
+def _failure_runs(buckets: list[AvailabilityBucket], step: int) -> list[list[AvailabilityBucket]]:
+    """Buckets with failures, adjacent ones without an outage grouped; an outage stands alone."""
+    runs: list[list[AvailabilityBucket]] = []
+    for b in buckets:
+        if not b.failed:
+            continue
+        prev = runs[-1][-1] if runs else None
+        joins = (
+            prev is not None and not b.outage and not prev.outage and (b.ts - prev.ts).total_seconds() <= step
+        )
+        if joins:
+            runs[-1].append(b)
+        else:
+            runs.append([b])
+    return runs
+
+
 def render_availability(data: AvailabilityHistory, *, width: int = 960, height: int = 170) -> Markup:
     """Success rate per target over the window; buckets where most probes failed are shaded red."""
     plot_w, plot_h = width - PAD_L - PAD_R, height - PAD_T - PAD_B
@@ -180,24 +197,33 @@ def render_availability(data: AvailabilityHistory, *, width: int = 960, height: 
     frame = _frame(width, height)
     value_axis(out, frame, (0.0, 0.5, 1.0), y, lambda share: f"{share:.0%}")
     for line in data.lines:
-        for b in line.buckets:
-            if b.failed:
-                # Shaded by the share that failed: a full outage deep red, a blip faint.
-                bx = x(b.ts.timestamp())
-                bw = max(x(b.ts.timestamp() + step) - bx, 2.0)
-                cls = "outage-band" if b.outage else "failure-band"
-                opacity = 0.1 + 0.3 * b.failed / b.probes
-                out.append(
-                    f'<rect x="{bx:.1f}" y="{PAD_T}" width="{bw:.1f}" height="{plot_h}" class="{cls}" '
-                    f'fill-opacity="{opacity:.2f}"><title>{escape(line.target or "target")} '
-                    f"{b.ts.strftime('%m-%d %H:%M')}: {b.failed} of {b.probes} probes failed</title></rect>"
-                )
+        for run in _failure_runs(line.buckets, step):
+            # Shaded by the share that failed: a full outage deep red, a blip faint. Adjacent
+            # buckets with a few failures each are one band (at 24 h a bucket is 3.6 px, and
+            # a steady 0.5 % of failed probes touches most of them): drawn as seen, in a few rects.
+            first, last = run[0], run[-1]
+            bx = x(first.ts.timestamp())
+            bw = max(x(last.ts.timestamp() + step) - bx, 2.0)
+            failed, probes = sum(b.failed for b in run), sum(b.probes for b in run)
+            cls = "outage-band" if first.outage else "failure-band"
+            opacity = 0.1 + 0.3 * failed / probes
+            when = first.ts.strftime("%m-%d %H:%M")
+            if len(run) > 1:
+                when += (last.ts + timedelta(seconds=step)).strftime("–%H:%M")
+            out.append(
+                f'<rect x="{bx:.1f}" y="{PAD_T}" width="{bw:.1f}" height="{plot_h}" class="{cls}" '
+                f'fill-opacity="{opacity:.2f}"><title>{escape(line.target or "target")} '
+                f"{when}: {failed} of {probes} probes failed</title></rect>"
+            )
     for i, line in enumerate(data.lines):
         coords = " ".join(f"{x(b.ts.timestamp() + step / 2):.1f},{y(b.success):.1f}" for b in line.buckets)
         if len(line.buckets) > 1:
             out.append(f'<polyline points="{coords}" class="compare-line" stroke="{color(i)}"/>')
+        # A point of its own where the line dips visibly (or every failed bucket, with room): the
+        # band behind says how many failed.
+        roomy = plot_w / max(len(line.buckets), 1) >= 4
         for b in line.buckets:
-            if b.failed:
+            if b.failed and (roomy or (1 - b.success) * plot_h >= 2):
                 out.append(
                     f'<circle cx="{x(b.ts.timestamp() + step / 2):.1f}" cy="{y(b.success):.1f}" r="2.5" '
                     f'class="failed-point"><title>{escape(line.target or "target")} '
