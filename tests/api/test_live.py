@@ -179,9 +179,9 @@ async def test_a_traffic_charts_new_record_reaches_the_event_stream(settings: Ap
     async with run_api(served) as url, signed_in(url) as browser:
         page = await browser.get("/traffic/chart", params={"chart": key})
         assert page.status_code == 200, page.text
-        assert f"sse:{name} delay:1s, every 30s" in page.text
+        assert f"sse:{name} delay:1s, live-resumed from:body, every 30s [!llmscopeLive]" in page.text
         listing = await browser.get("/traffic")
-        assert "sse:traffic delay:1s, every 30s" in listing.text
+        assert "sse:traffic delay:1s, live-resumed from:body, every 30s [!llmscopeLive]" in listing.text
         async with browser.stream("GET", "/events") as response:
             stream = frames(response.aiter_lines())
             await next_frame(stream, ":")

@@ -70,8 +70,11 @@ def test_live_trigger_listens_when_signed_in_and_polls_otherwise() -> None:
     tpl = env.from_string("{{ live_trigger('status incident', 5) }}")
     signed_in = SimpleNamespace(state=SimpleNamespace(csrf_token="t"))
     anonymous = SimpleNamespace(state=SimpleNamespace())
+    # Live: the events, a re-read when the stream resumes, and the fallback poll only while the
+    # stream is down (static/live.js sets llmscopeLive while it is open).
     assert tpl.render(request=signed_in, live=True) == (
-        f"sse:status delay:1s, sse:incident delay:1s, every {LIVE_FALLBACK_S:g}s"
+        "sse:status delay:1s, sse:incident delay:1s, live-resumed from:body, "
+        f"every {LIVE_FALLBACK_S:g}s [!llmscopeLive]"
     )
     assert tpl.render(request=anonymous, live=True) == "every 5s"
     assert tpl.render(request=signed_in, live=False) == "every 5s"

@@ -26,7 +26,7 @@ async def test_models_page_shows_health(api: Api) -> None:
     assert r.status_code == 200
     assert is_full_page(r.text)
     assert 'id="models"' in r.text  # the models table stays below
-    assert 'hx-trigger="sse:status delay:1s, every 30s"' in r.text
+    assert 'hx-trigger="sse:status delay:1s, live-resumed from:body, every 30s [!llmscopeLive]"' in r.text
     assert 'name="hours" value="1" checked' in r.text
 
     plain = row_of(r.text, "ollama / llama3.1:8b", "local", "non-streaming")

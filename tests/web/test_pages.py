@@ -107,7 +107,7 @@ async def test_dashboard_page_and_fragments(api: Api) -> None:
     assert 'class="violation critical"' in r.text
     # The chart panel re-reads on its model's stored probes, polling slowly as the fallback.
     name = point_event("ollama", "llama3.1:8b")
-    assert f'hx-trigger="sse:{name} throttle:2s, every 30s"' in r.text
+    assert f'hx-trigger="sse:{name} throttle:2s, live-resumed from:body, every 30s [!llmscopeLive]"' in r.text
     assert "org/other:1" in r.text  # the model selector
 
     r = await client.get(
@@ -132,7 +132,10 @@ async def test_dashboard_page_and_fragments(api: Api) -> None:
     r = await client.get(poll, headers={**HX, "HX-Target": "violation-log"})
     assert r.text.lstrip().startswith('<section id="violation-log"')
     # Signed in: re-read on the live events of the chosen severities, a slow poll as fallback.
-    assert 'hx-trigger="sse:violation-critical delay:1s, every 30s"' in r.text
+    assert (
+        'hx-trigger="sse:violation-critical delay:1s, live-resumed from:body, every 30s [!llmscopeLive]"'
+        in r.text
+    )
     assert (
         'hx-get="/dashboard?provider=ollama&amp;model=m&amp;prompt_id=p&amp;target=t&amp;metric=ttft_ms'
         in r.text

@@ -46,7 +46,9 @@ async def test_status_page_full_and_fragment(api: Api) -> None:
     html = r.text
     assert is_full_page(html)
     assert '<a href="/status" class="active">Status</a>' in html
-    assert 'hx-trigger="sse:status delay:1s, every 30s"' in html  # signed in: live
+    assert (
+        'hx-trigger="sse:status delay:1s, live-resumed from:body, every 30s [!llmscopeLive]"' in html
+    )  # signed in: live
     assert '<span class="status outage">outage</span>' in html  # the overall status
     assert "ollama / llama3.1:8b" in html
     assert '<span class="status degraded">degraded</span>' in html

@@ -47,6 +47,13 @@ def point_event(provider: str, model: str) -> str:
     return f"point-{digest}"
 
 
+def chart_pace_s(bucket_s: int) -> int:
+    """The least time between two re-reads of a control chart on its model's stored probes: 2 s
+    for raw probes, a quarter bucket for a long window (its last bucket moves a little with
+    each probe: a 24 h chart of 4-minute buckets re-reads once a minute, not every 2 s)."""
+    return max(2, bucket_s // 4)
+
+
 def traffic_event(chart_key: str) -> str:
     """The event name for a new record of one traffic chart (hashed like :func:`point_event`)."""
     return f"traffic-{hashlib.sha256(chart_key.encode()).hexdigest()[:16]}"

@@ -19,7 +19,7 @@ from jinja2_fragments import render_block
 
 from llmscope.proto.charts import is_traffic_chart
 from llmscope.web.data import METRIC_LABELS, DashboardData, RebaselineResult
-from llmscope.web.live import point_event, traffic_event
+from llmscope.web.live import chart_pace_s, point_event, traffic_event
 from llmscope.web.minichart import render_minichart
 from llmscope.web.rules_legend import BY_CODE, RULES
 from llmscope.web.svg import render_chart, render_sparkline
@@ -71,8 +71,12 @@ def _ts(value: datetime | None) -> str:
 
 
 # With live updates, a fragment also polls this slowly: the fallback for a tab whose event
-# stream is down (a proxy that cuts it, the API restarting).
+# stream is down (a proxy that cuts it, the API restarting). While the stream is up the poll's
+# filter stops it (``static/live.js`` keeps ``window.llmscopeLive``): an idle tab asks nothing.
 LIVE_FALLBACK_S = 30.0
+LIVE_FALLBACK_FILTER = "[!llmscopeLive]"
+# Fired on the body when the stream is back after a break: every live fragment re-reads once.
+LIVE_RESUMED = "live-resumed from:body"
 
 
 def live_page(ctx: Mapping[str, Any] | Context) -> bool:
@@ -86,13 +90,14 @@ def live_page(ctx: Mapping[str, Any] | Context) -> bool:
 @pass_context
 def _live_trigger(ctx: Context, events: str, refresh_s: float, pace: str = "delay:1s") -> str:
     """An ``hx-trigger``: re-read on these server-sent events (by default a burst within 1 s is
-    one re-read) with a slow poll as the fallback, or poll every ``refresh_s`` without live
-    updates. A steady stream (a chart's points) takes ``throttle:…``: a delay would keep
-    restarting and never fire."""
+    one re-read) and once when the stream resumes after a break, with a slow poll as the
+    fallback while the stream is down; or poll every ``refresh_s`` without live updates. A
+    steady stream (a chart's points) takes ``throttle:…``: a delay would keep restarting and
+    never fire."""
     if not live_page(ctx):
         return f"every {refresh_s}s"
     listen = ", ".join(f"sse:{name} {pace}" for name in events.split())
-    return f"{listen}, every {max(refresh_s, LIVE_FALLBACK_S):g}s"
+    return f"{listen}, {LIVE_RESUMED}, every {max(refresh_s, LIVE_FALLBACK_S):g}s {LIVE_FALLBACK_FILTER}"
 
 
 def build_environment() -> Environment:
@@ -120,6 +125,7 @@ def build_environment() -> Environment:
     env.globals["series_color"] = color
     env.globals["live_trigger"] = _live_trigger
     env.globals["point_event"] = point_event
+    env.globals["chart_pace_s"] = chart_pace_s
     env.globals["traffic_event"] = traffic_event
     env.globals["live_page"] = pass_context(live_page)
     return env

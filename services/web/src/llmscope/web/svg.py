@@ -25,8 +25,9 @@ MIN_SPAN_S = 60.0
 # of its window). A mark is 10 px across on a 792-px plot: 250 of them already overprint each
 # other, and each is ~160 bytes of the answer (issue 13: a 24 h chart under 100 KB).
 MARKS_DRAWN = 250
-# Every point gets its own circle (and tooltip) while they are this far apart on average (px);
-# denser, the line and band show them and only points beyond the limits and the latest are drawn.
+# Raw probes get a circle (and tooltip) each, up to 400; buckets only while they are this far
+# apart on average (px): denser, the line and the min-max band show them, and only buckets beyond
+# the limits and the latest get a circle (a 24 h chart has 360 buckets on 792 px).
 POINT_SPACING_PX = 4.0
 
 
@@ -135,7 +136,7 @@ def render_chart(data: ChartData, *, width: int = WIDTH, height: int = HEIGHT) -
     if pts:
         line = " ".join(f"{x(p.ts):.1f},{y(p.value):.1f}" for p in pts)
         out.append(f'<polyline points="{line}" class="series"/>')
-        every = plot_w / len(pts) >= POINT_SPACING_PX
+        every = len(pts) <= (plot_w / POINT_SPACING_PX if data.bucket_s else 400)
         last = pts[-1]
         for p in pts:
             out_of_limits = lim is not None and not (lim.lcl <= p.value <= lim.ucl)
