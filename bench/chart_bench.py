@@ -70,6 +70,7 @@ from llmscope.spc_engine.service import serve as serve_engine
 from llmscope.spc_engine.settings import SpcSettings
 from llmscope.stack.embedded import EmbeddedNats, EmbeddedPostgres
 from llmscope.stack.ports import free_port
+from llmscope.web.pages import LIVE_FALLBACK_FILTER
 from llmscope.web.svg import MARKS_DRAWN
 
 API_KEY = "bench-key-0123456789abcdef"
@@ -405,8 +406,23 @@ async def measure(
     html = bodies["a"].decode()
     check_marks(html, seeded, start)
     page = bodies["c"].decode()
-    print(f"== idle tab: chart panel hx-trigger = {triggers(page, 'chart-panel')!r}")
-    print(f"== idle tab: violation log hx-trigger = {triggers(page, 'violation-log')!r}")
+    chart_trigger, log_trigger = triggers(page, "chart-panel"), triggers(page, "violation-log")
+    print(f"== idle tab: chart panel hx-trigger = {chart_trigger!r}")
+    print(f"== idle tab: violation log hx-trigger = {log_trigger!r}")
+    # What the page asks of the server while it is open and nothing is clicked: the fallback
+    # polls run only while its event stream is down (static/live.js), the chart re-reads on its
+    # model's stored probes no more often than its pace.
+    quiet = all(LIVE_FALLBACK_FILTER in t for t in (chart_trigger, log_trigger))
+    found = re.search(r"throttle:(\d+)s", chart_trigger)
+    pace_s = int(found.group(1)) if found else 0
+    per_minute = stats("a")[0] * 60 / pace_s if pace_s else float("nan")
+    print(
+        f"== idle tab, event stream open: fallback polls {'stand still' if quiet else 'RUN'}; "
+        f"no new data: 0 requests; new probes of its model: one chart re-read per {pace_s} s at "
+        f"most ({per_minute:.0f} ms of server time a minute)"
+    )
+    if not quiet:
+        raise SystemExit("an idle tab polls while its event stream is open")
     # httpx asks for gzip: an app that compresses would answer with it.
     print(f"== content-encoding of the answers (asked for gzip): {', '.join(sorted(encodings))}")
 
