@@ -1,0 +1,36 @@
+"""``bench/chart_bench.py --quick`` runs end to end, prints every figure, and its checks hold:
+the day chart draws the most severe and newest marks within its budget, and an idle tab's
+fallback polls stand still while its event stream is open (the figures of a full run are in
+the README)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "chart_bench.py"
+
+
+def test_quick_chart_bench_prints_every_figure_and_its_checks_hold() -> None:
+    out = subprocess.run(
+        [sys.executable, str(BENCH), "--quick"], capture_output=True, text=True, timeout=400, check=False
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert re.search(r"^== machine: \d+ cores, .*load [\d.]+$", out.stdout, re.MULTILINE), out.stdout
+    figures = dict(re.findall(r"^\s+\((\w)\) .*?\s([\d.]+) /\s+[\d.]+ ms", out.stdout, re.MULTILINE))
+    assert set(figures) == set("abcdef"), out.stdout
+    sizes = dict(re.findall(r"^\s+\((\w)\) .* ms\s+([\d,]+) B \(gzip", out.stdout, re.MULTILINE))
+    assert set(sizes) == set("abcde"), out.stdout
+    assert "34,560 probes (8,640 per chart" in out.stdout  # 2 prompts x 2 targets, one every 10 s
+    marks = re.search(r"^== marks: ([\d,]+) drawn of ([\d,]+) .*: (\w+)$", out.stdout, re.MULTILINE)
+    assert marks is not None, out.stdout
+    drawn, shown, verdict = int(marks[1].replace(",", "")), int(marks[2].replace(",", "")), marks[3]
+    assert shown > drawn  # over the budget: the check is of the choice, not of drawing all
+    assert verdict == "OK"
+    assert "oldest not drawn" in marks[0]
+    assert "== idle tab, event stream open: fallback polls stand still; no new data: 0 requests" in out.stdout
+    assert "target < 100 KB and < 50 ms:" in out.stdout
+    # Bytes are behaviour, not timing: the day chart's answer stays under 100 KB.
+    assert int(sizes["a"].replace(",", "")) < 100_000, out.stdout
