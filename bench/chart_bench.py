@@ -46,6 +46,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Final
 from urllib.parse import urlencode
 
 import asyncpg
@@ -74,7 +75,8 @@ from llmscope.web.pages import LIVE_FALLBACK_FILTER
 from llmscope.web.svg import MARKS_DRAWN
 
 API_KEY = "bench-key-0123456789abcdef"
-PROVIDER, MODEL = "ollama", "llama3.1:8b"
+PROVIDER: Final = "ollama"
+MODEL = "llama3.1:8b"
 PROMPTS = ("simple-1", "medium-1")
 TARGETS = ("gpu-a", "gpu-b")
 # The chart the page shows: the first prompt, the first target, latency.
@@ -83,7 +85,33 @@ SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
 # As the dashboard's severity filter "warning and above" (its default) shows them.
 SHOWN = ("critical", "warning")
 RECENT_CRITICAL = 12
+# Days of rollups and violations before the charted day (a month of running).
+HISTORY_DAYS = 29
 HX = {"HX-Request": "true"}
+
+
+async def add_history(pool: asyncpg.Pool, days: int) -> None:
+    """The days before: the day's minute rollups and violations copied back one day at a time, so
+    the tables hold what a month of running keeps (raw probes are not copied: a 24 h chart reads
+    rollups) and the planner sees tables of that size."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            """CREATE TEMP TABLE day_m ON COMMIT DROP AS SELECT * FROM telemetry_minute;
+               CREATE TEMP TABLE day_v ON COMMIT DROP AS SELECT * FROM violations"""
+        )
+        for _ in range(days):
+            await conn.execute(
+                """UPDATE day_m SET minute = minute - interval '1 day';
+                   INSERT INTO telemetry_minute SELECT * FROM day_m ON CONFLICT DO NOTHING;
+                   UPDATE day_v SET ts = ts - interval '1 day', id = id || 'h',
+                                    episode_id = episode_id || 'h',
+                                    cleared_at = cleared_at - interval '1 day';
+                   INSERT INTO violations SELECT * FROM day_v"""
+            )
+    # Vacuumed as autovacuum keeps a month-old store (the visibility map lets index-only scans
+    # skip the heap).
+    for table in ("telemetry", "telemetry_minute", "violations"):
+        await pool.execute(f"VACUUM ANALYZE {table}")
 
 
 @dataclass(frozen=True)
@@ -93,6 +121,7 @@ class Seeded:
     minutes: int
     violations: list[ViolationEvent]  # the charted prompt's and target's latency violations
     other_violations: int
+    all_violations: int
     record_bytes: int
 
 
@@ -253,7 +282,7 @@ async def seed(pool: asyncpg.Pool, nats_url: str, every_s: float, n_violations: 
     async with pool.acquire() as conn:
         await store_violations(conn, [*charted, *others])
         await store_violations(conn, clears)
-        await conn.execute("ANALYZE telemetry; ANALYZE telemetry_minute; ANALYZE violations")
+    await add_history(pool, HISTORY_DAYS)
     chart_events = [e for e in events if (e.prompt_id, e.target) == (PROMPT, TARGET)]
     # The engine needs its baseline (1,000 probes) and a little more to arm.
     record_bytes = await arm_the_chart(nats_url, ChartViews(), chart_events[-1200:])
@@ -263,6 +292,7 @@ async def seed(pool: asyncpg.Pool, nats_url: str, every_s: float, n_violations: 
         minutes=int(await pool.fetchval("SELECT count(*) FROM telemetry_minute")),
         violations=charted,
         other_violations=len(others),
+        all_violations=int(await pool.fetchval("SELECT count(*) FROM violations")),
         record_bytes=record_bytes,
     )
 
@@ -450,7 +480,9 @@ async def run(every_s: float, n_violations: int, runs: int, save: Path | None = 
                     f"({seeded.per_chart:,} per chart, {len(PROMPTS)} prompts x {len(TARGETS)} targets, "
                     f"one every {every_s:g} s), {seeded.minutes:,} minute rollups, "
                     f"{len(seeded.violations):,} violations on the chart and {seeded.other_violations:,} "
-                    f"on its other charts, KV record {seeded.record_bytes:,} B (armed by the engine)"
+                    f"on its other charts, and {HISTORY_DAYS} days of rollups and violations before "
+                    f"({seeded.all_violations:,} violations in all), KV record {seeded.record_bytes:,} B "
+                    "(armed by the engine)"
                 )
                 await measure(app, client, pool, seeded, runs, save)
         finally:

@@ -5,6 +5,7 @@ availability blips as one band per run, and live re-reads paced to its buckets."
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from llmscope.api.persister import store_telemetry, store_violations
@@ -119,20 +120,12 @@ def test_dense_buckets_get_circles_only_beyond_the_limits_and_the_latest() -> No
     assert svg.count('class="point out"') == 1  # the 150 ms bucket
     assert svg.count('class="point"') == 1  # the latest
     # Few buckets (a fresh chart): every one has its circle and tooltip.
-    svg = str(render_chart(ChartData(**{**_fields(data), "points": points[-100:]})))
+    svg = str(render_chart(replace(data, points=points[-100:])))
     assert svg.count('class="point') == 100
     # Raw probes keep a circle each up to 400.
     raw = [ChartPoint(ts=END - timedelta(seconds=2 * i), value=100.0) for i in range(300)][::-1]
-    svg = str(
-        render_chart(
-            ChartData(**{**_fields(data), "points": raw, "bucket_s": 0, "start": END - timedelta(hours=1)})
-        )
-    )
+    svg = str(render_chart(replace(data, points=raw, bucket_s=0, start=END - timedelta(hours=1))))
     assert svg.count('class="point') == 300
-
-
-def _fields(data: ChartData) -> dict[str, object]:
-    return {name: getattr(data, name) for name in data.__dataclass_fields__}
 
 
 def test_availability_blips_in_a_row_are_one_band_and_an_outage_stands_alone() -> None:

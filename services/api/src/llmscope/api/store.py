@@ -52,6 +52,7 @@ RAW_POINT_CAP = 20_000
 # Violation marks of one chart read at most (the API's answer): past it, the most severe and
 # then the newest. The dashboard asks for fewer (``llmscope.web.svg.MARKS_DRAWN``).
 MARKS_BUDGET = 1000
+SEVERITY_ORDER = ("critical", "warning", "info")
 # A sparkline is a glance: about this many buckets over any window.
 OVERVIEW_BUCKETS = 60
 # Probe spacing for "one false alarm per ..." is the median gap over this many recent probes.
@@ -362,52 +363,64 @@ class Store:
                     *targs,
                 )
                 points = [ChartPoint(ts=r["ts"], value=r["v"], id=r["id"]) for r in rows]
+                failed = await conn.fetchval(
+                    f"""SELECT coalesce(sum(n - n_ok), 0) FROM telemetry_minute
+                        WHERE provider = $1 AND model = $2 AND prompt_id = $3 AND minute >= $4
+                          {tcond.format(5)}""",
+                    *key,
+                    start,
+                    *targs,
+                )
             else:
+                # The failed probes of the window from the same rows (the bucket before the window
+                # is read for its points only): one scan of the rollups, not two.
                 rows = await conn.fetch(
                     f"""SELECT to_timestamp(floor(extract(epoch FROM minute) / $5) * $5) AS bucket,
                                sum({prefix}_n) AS n, min({prefix}_min) AS lo, max({prefix}_max) AS hi,
-                               sum({prefix}_sum) AS s, sum({prefix}_logsum) AS ls
+                               sum({prefix}_sum) AS s, sum({prefix}_logsum) AS ls,
+                               coalesce(sum(n - n_ok) FILTER (WHERE minute >= $6), 0) AS failed
                         FROM telemetry_minute
                         WHERE provider = $1 AND model = $2 AND prompt_id = $3 AND minute >= $4
-                          {tcond.format(6)}
-                        GROUP BY 1 HAVING sum({prefix}_n) > 0 ORDER BY 1""",
+                          {tcond.format(7)}
+                        GROUP BY 1 ORDER BY 1""",
                     *key,
                     start - timedelta(seconds=bucket_s),
                     bucket_s,
+                    start,
                     *targs,
                 )
                 points = []
+                failed = 0
                 for r in rows:
-                    n = int(r["n"])
+                    failed += r["failed"]
+                    n = int(r["n"] or 0)
+                    if n == 0:
+                        continue  # every probe of the bucket failed: no point, its failures count
                     value = math.exp(r["ls"] / n) if log_scale else r["s"] / n
                     mid = r["bucket"] + timedelta(seconds=bucket_s / 2)
                     points.append(ChartPoint(ts=mid, value=value, n=n, lo=r["lo"], hi=r["hi"]))
-            failed = await conn.fetchval(
-                f"""SELECT coalesce(sum(n - n_ok), 0) FROM telemetry_minute
-                    WHERE provider = $1 AND model = $2 AND prompt_id = $3 AND minute >= $4
-                      {tcond.format(5)}""",
-                *key,
-                start,
-                *targs,
-            )
             # A noisy chart has more marks than are drawn: the most severe, and of those the
-            # newest, of the severities asked for (never the oldest).
-            sev = f"AND severity = ANY(${6 + len(targs)})" if query.severities else ""
+            # newest, of the severities asked for (never the oldest). Each severity's newest from
+            # the marks index (migration 0012): work in proportion to the marks, not the window.
+            severities = [sv for sv in SEVERITY_ORDER if not query.severities or sv in query.severities]
+            tsev = "AND v.target = $7" if by_target else ""
             drawn = await conn.fetch(
-                f"""SELECT * FROM (
-                        SELECT id, ts, value, rule, severity, cleared_at, count(*) OVER () AS total
-                        FROM violations
-                        WHERE provider = $1 AND model = $2 AND prompt_id = $3 AND metric = $4
-                          AND ts >= $5 {tcond.format(6)} {sev}
-                        ORDER BY CASE severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END,
-                                 ts DESC
-                        LIMIT {max(0, int(marks))}) AS drawn
-                    ORDER BY ts""",
+                f"""SELECT m.*, (SELECT count(*) FROM violations v
+                                 WHERE v.provider = $1 AND v.model = $2 AND v.prompt_id = $3
+                                   AND v.metric = $4 AND v.severity = ANY($6) AND v.ts >= $5 {tsev}) AS total
+                    FROM (SELECT m.* FROM unnest($6::text[]) WITH ORDINALITY AS s(severity, rank)
+                          CROSS JOIN LATERAL (
+                              SELECT v.id, v.ts, v.value, v.rule, v.severity, v.cleared_at FROM violations v
+                              WHERE v.provider = $1 AND v.model = $2 AND v.prompt_id = $3 AND v.metric = $4
+                                AND v.severity = s.severity AND v.ts >= $5 {tsev}
+                              ORDER BY v.ts DESC LIMIT {max(0, int(marks))}) AS m
+                          ORDER BY s.rank, m.ts DESC LIMIT {max(0, int(marks))}) AS m
+                    ORDER BY m.ts""",
                 *key,
                 query.metric,
                 start,
+                severities,
                 *targs,
-                *([list(query.severities)] if query.severities else []),
             )
             history = await conn.fetch(
                 """SELECT number, started_at, created_by, reason FROM baseline_history
