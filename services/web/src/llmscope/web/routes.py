@@ -10,6 +10,7 @@ towards the per-client limit (429).
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from llmscope.web.data import (
     OVERVIEW_WINDOWS_H,
     SEVERITY_AT_LEAST,
     WINDOWS_H,
+    ChartData,
     ChartQuery,
     DashboardData,
     Metric,
@@ -46,6 +48,7 @@ from llmscope.web.data import (
     SettingError,
     SettingErrors,
     Severity,
+    Violation,
     ViolationFilter,
 )
 from llmscope.web.live import Broadcaster, add_live_routes
@@ -290,28 +293,45 @@ def create_router(
         prompts = sorted(s.prompt_id for s in all_series if (s.provider, s.model) == (provider, model))
         if prompt_id not in prompts and prompts:
             prompt_id = prompts[0]
-        chart = None
         # Info-level tests fire by the hundred on a busy chart: shown only when asked for.
         shown = SEVERITY_AT_LEAST[severity]
-        if provider and model and prompt_id:
-            chart_query = ChartQuery(provider, model, prompt_id, metric, hours, target or "", shown)
-            chart = await data.chart(chart_query, marks=MARKS_DRAWN)
-            if target and chart.query.target not in chart.targets:
-                target = ""  # a target of another model: this one's default
-                chart = await data.chart(
+        # The chart panel's own re-read (on its model's stored probes, per open tab) shows neither
+        # the log nor the traffic charts: their queries and KV reads are skipped.
+        panel_only = is_htmx(request) and request.headers.get("HX-Target") == "chart-panel"
+
+        async def the_chart() -> ChartData | None:
+            if not (provider and model and prompt_id):
+                return None
+            found = await data.chart(
+                ChartQuery(provider, model, prompt_id, metric, hours, target or "", shown), marks=MARKS_DRAWN
+            )
+            if target and found.query.target not in found.targets:
+                # A target of another model: this one's default.
+                found = await data.chart(
                     ChartQuery(provider, model, prompt_id, metric, hours, "", shown), marks=MARKS_DRAWN
                 )
-        # The chart panel's own re-read (on every stored probe of its model, per open tab) shows
-        # neither the log nor the traffic charts: their queries and KV reads are skipped.
-        panel_only = is_htmx(request) and request.headers.get("HX-Target") == "chart-panel"
-        log = None if panel_only else await data.violations(ViolationFilter(severities=shown, limit=15))
-        availability: AvailabilityHistory | None = None
-        if trends is not None and provider and model:
-            availability = await trends.availability(provider, model, hours)
-        # The model's traffic charts (real traffic, per minute) beside its probe chart.
-        traffic_series: list[TrafficSeries] = []
-        if traffic is not None and provider and model and not panel_only:
-            traffic_series = series_of(await traffic.traffic_charts(provider, model))
+            return found
+
+        async def the_log() -> list[Violation]:
+            if panel_only:
+                return []
+            return (await data.violations(ViolationFilter(severities=shown, limit=15))).items
+
+        async def the_availability() -> AvailabilityHistory | None:
+            if trends is None or not (provider and model):
+                return None
+            return await trends.availability(provider, model, hours)
+
+        async def the_traffic() -> list[TrafficSeries]:
+            # The model's traffic charts (real traffic, per minute) beside its probe chart.
+            if traffic is None or not (provider and model) or panel_only:
+                return []
+            return series_of(await traffic.traffic_charts(provider, model))
+
+        # Independent reads, each on its own pooled connection: the page waits for the slowest.
+        chart, log, availability, traffic_series = await asyncio.gather(
+            the_chart(), the_log(), the_availability(), the_traffic()
+        )
         query = {
             "provider": provider or "",
             "model": model or "",
@@ -330,7 +350,7 @@ def create_router(
             "q": query,
             "qs": urlencode(query),
             "chart": chart,
-            "log": log.items if log is not None else [],
+            "log": log,
             "refresh_s": opts.refresh_s,
             "rebaseline": rebaseline,
             "model_rebaseline": model_rebaseline,
