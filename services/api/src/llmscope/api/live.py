@@ -11,6 +11,7 @@ NATS, which every API process, itself included, hears the same way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 
 import msgspec
@@ -102,6 +103,7 @@ class LiveFeed:
         self._subs: list[Subscription] = []
         self._nc: NATS | None = None
         self._sending: set[asyncio.Task[None]] = set()
+        self._watch: asyncio.Task[None] | None = None
 
     async def start(self, nc: NATS) -> None:
         self.broadcaster.open()
@@ -110,6 +112,19 @@ class LiveFeed:
             self._subs.append(await nc.subscribe(subject, cb=self._on_message))
         self._subs.append(await nc.subscribe(subjects.api_live(), cb=self._on_notice))
         await subscriptions_in_place(nc)  # subscribed on the server before the first tab can connect
+        self._watch = asyncio.get_running_loop().create_task(self._watch_reconnects(nc))
+
+    async def _watch_reconnects(self, nc: NATS, every_s: float = 1.0) -> None:
+        """After a reconnect the process may have missed events (core NATS keeps none for it):
+        every open tab's stream ends, so each reconnects and re-reads (tabs with their stream up
+        do not poll)."""
+        seen = nc.stats["reconnects"]
+        while True:
+            await asyncio.sleep(every_s)
+            if nc.stats["reconnects"] != seen:
+                seen = nc.stats["reconnects"]
+                log.info("live feed reconnected to NATS: open tabs re-read", tabs=self.broadcaster.listeners)
+                self.broadcaster.drop_all()
 
     async def _on_message(self, msg: Msg) -> None:
         try:
@@ -142,8 +157,10 @@ class LiveFeed:
         try:
             for notice in notices:
                 await nc.publish(subjects.api_live(), _notice_encoder.encode(notice))
-        except Exception as exc:  # the tabs' fallback poll covers a lost notice
+        except Exception as exc:
+            # A lost notice: the tabs reconnect and re-read (with their stream up they do not poll).
             log.debug("live notice not published", error=repr(exc))
+            self.broadcaster.drop_all()
 
     def on_stored(self, kind: str, events: Sequence[object]) -> None:
         """The persister's hook (:class:`llmscope.api.persister.Persister`'s ``on_stored``)."""
@@ -155,6 +172,11 @@ class LiveFeed:
             self._send([LiveNotice(kind="chart", chart=key)])
 
     async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
         subs, self._subs = self._subs, []
         self._nc = None
         if self._sending:

@@ -100,6 +100,17 @@ class Broadcaster:
                     queue.get_nowait()
                 queue.put_nowait(None)
 
+    def drop_all(self) -> None:
+        """End every open stream, accepting new ones: each tab reconnects and re-reads what it
+        shows (``static/live.js``: ``live-resumed``). For events the process may have missed
+        (its bus connection came back): a tab with its stream up does not poll."""
+        for queue in list(self._queues):
+            with contextlib.suppress(asyncio.QueueEmpty):
+                while True:
+                    queue.get_nowait()  # what is queued is re-read anyway
+            queue.put_nowait(None)
+        self._queues.clear()
+
     def close_all(self) -> None:
         """End every stream (shutdown): a stream never outlives the process's bus connection."""
         self._closed = True
