@@ -457,10 +457,18 @@ async def measure(
     print(f"== content-encoding of the answers (asked for gzip): {', '.join(sorted(encodings))}")
 
 
+def cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for row in Path("/proc/cpuinfo").read_text().splitlines():
+            if row.startswith("model name"):
+                return row.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 async def run(every_s: float, n_violations: int, runs: int, save: Path | None = None) -> None:
     print(
         f"== machine: {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
-        f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, "
+        f"{cpu_name()}, Python {platform.python_version()}, "
         f"load {os.getloadavg()[0]:.1f}"
     )
     with tempfile.TemporaryDirectory(prefix="llmscope-chart-bench-") as tmp:
