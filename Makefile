@@ -6,7 +6,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 PYPROJECTS := pyproject.toml $(wildcard proto/pyproject.toml services/*/pyproject.toml)
 
-.PHONY: install up test test-faults lint typecheck schemas docs bench clean
+.PHONY: install up test test-faults lint typecheck schemas docs nats-users bench clean
 
 $(UV):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "LLMscope needs Python 3.11 or newer; set PYTHON=/path/to/python3.11")'
@@ -28,6 +28,7 @@ test: install
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m llmscope.proto.schemagen --check
 	$(VENV)/bin/python -m llmscope.stack.docs --check
+	$(VENV)/bin/python -m llmscope.stack.natsconf --check
 	bash .ci/system-packages
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
@@ -48,6 +49,10 @@ schemas: install
 
 docs: install
 	$(VENV)/bin/python -m llmscope.stack.docs
+
+# The NATS users of compose and Kubernetes, from llmscope.proto.permissions.
+nats-users: install
+	$(VENV)/bin/python -m llmscope.stack.natsconf
 
 bench: install
 	$(VENV)/bin/python bench/spc_bench.py

@@ -4,7 +4,6 @@ failed probes answered, the raw email is well formed, SMTP misconfiguration fail
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -21,6 +20,7 @@ from llmscope.alerter.retry import DeliveryError, RetryPolicy, send_with_retry
 from llmscope.proto import codec
 from llmscope.proto.alert import NotificationEvent
 from tests.alerter.factories import HttpSink, Mailbox, cleared, smtp_server, violation
+from tests.alerter.flushes import TIMINGS, group_flushed_after, planned
 from tests.alerter.harness import eventually, publish, start_alerter
 from tests.alerter.test_notifiers import notification
 
@@ -52,6 +52,7 @@ async def _pagerduty(request: web.Request, _: int) -> web.StreamResponse:
 
 
 Sinks = tuple[Mailbox, HttpSink, HttpSink, HttpSink, dict[str, str]]
+CHANNELS = ("email", "slack", "webhook", "pagerduty")
 
 
 @pytest.fixture
@@ -73,7 +74,7 @@ async def test_a_cascade_is_one_message_per_channel_and_a_stray_spike_is_not_a_c
     database_url: str, js: JetStreamContext, sinks: Sinks
 ) -> None:
     box, slack, hook, pd, env = sinks
-    run = await start_alerter(database_url, js, env)
+    run = await start_alerter(database_url, js, env, timings=TIMINGS)
     try:
         # Now, not at the factories' past T0: a one-point episode open since long ago counts as
         # sustained, and this test needs the spike below to be fresh.
@@ -84,7 +85,17 @@ async def test_a_cascade_is_one_message_per_channel_and_a_stray_spike_is_not_a_c
         await eventually(
             lambda: all((box.messages, slack.requests, hook.requests, pd.requests)), what="one of each"
         )
-        await asyncio.sleep(1.0)  # group_interval is 0.2 s: a second message would be here by now
+        # No second message: the group flushed again since (every group_interval), and that flush,
+        # which would have planned one, planned none (a plan is a notification row, written in
+        # the flush's own transaction).
+        ((cascade_group, first_next),) = await run.pool.fetch(
+            "SELECT id, next_flush_at FROM alerter_groups WHERE state = 'active'"
+        )
+        await eventually(
+            lambda: group_flushed_after(run.pool, cascade_group, first_next, TIMINGS.group_interval),
+            what="a later flush",
+        )
+        assert await planned(run.pool, cascade_group) == dict.fromkeys(CHANNELS, 1)
         assert (len(box.messages), len(slack.requests), len(hook.requests), len(pd.requests)) == (1, 1, 1, 1)
         subject = box.messages[0]["Subject"]
         assert subject.startswith("[LLMscope] CRITICAL: Cascade on gpu-1: 2 models degraded")
@@ -117,7 +128,24 @@ async def test_a_cascade_is_one_message_per_channel_and_a_stray_spike_is_not_a_c
 
         await publish(js, spike)
         await eventually(held, what="the spike's held incident")
-        await asyncio.sleep(1.0)  # group_wait is 0.3 s: an unheld message would be here by now
+        # Its group's first flush waits for the hold; an unheld one would have been due
+        # group_wait after the group opened. The cascade's group, flushed by the same loop in
+        # order of due time, flushing after that moment proves that the spike's group would have
+        # been flushed by then, and it planned nothing.
+        ((spike_group, opened, first_flush),) = await run.pool.fetch(
+            "SELECT id, created_at, next_flush_at FROM alerter_groups WHERE id <> $1 AND state = 'active'",
+            cascade_group,
+        )
+        held_until = await run.pool.fetchval(
+            "SELECT held_until FROM alerter_incidents WHERE 'mistral:7b' = ANY(models)"
+        )
+        assert first_flush >= held_until
+        unheld_due = opened + timedelta(seconds=TIMINGS.group_wait)
+        await eventually(
+            lambda: group_flushed_after(run.pool, cascade_group, unheld_due, TIMINGS.group_interval),
+            what="a flush past it",
+        )
+        assert await planned(run.pool, spike_group) == {}
         assert (len(box.messages), len(slack.requests), len(hook.requests), len(pd.requests)) == (1, 1, 1, 1)
         rows = await run.pool.fetch("SELECT models, cascade FROM alerter_incidents ORDER BY opened_at")
         assert [(sorted(r["models"]), r["cascade"]) for r in rows] == [

@@ -3,7 +3,6 @@ maintenance window over real NATS, Postgres and SMTP."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -28,6 +27,7 @@ from llmscope.proto.control import (
     WeeklyWindow,
 )
 from tests.alerter.factories import Mailbox, smtp_server, violation
+from tests.alerter.flushes import TIMINGS, all_flushed_after, planned
 from tests.alerter.harness import eventually, publish, start_alerter
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -155,7 +155,7 @@ async def test_a_monthly_silence_created_over_nats_mutes_only_inside_its_window(
     # The alerter's clock runs from 02:30 in Berlin on Sunday 2026-03-01, the month's first Sunday.
     inside = datetime(2026, 3, 1, 2, 30, tzinfo=ZoneInfo("Europe/Berlin"))
     shift = [inside - utcnow()]
-    run = await start_alerter(database_url, js, env, clock=lambda: utcnow() + shift[0])
+    run = await start_alerter(database_url, js, env, clock=lambda: utcnow() + shift[0], timings=TIMINGS)
     control = ControlResponder(run.alerter, Env({}), session=run.session)
     await control.start(nc)
     try:
@@ -181,7 +181,12 @@ async def test_a_monthly_silence_created_over_nats_mutes_only_inside_its_window(
         # (merging.py) longer than this test waits.
         await publish(js, violation(1, at=at), violation(2, model="qwen2:7b", host="gpu-2", at=at))
         await eventually(lambda: len(box.messages) >= 1, what="the qwen message")
-        await asyncio.sleep(1.0)
+        # Every group flushed since, and the qwen message is the only one any flush planned.
+        seen = run.store.clock()
+        await eventually(
+            lambda: all_flushed_after(run.pool, seen, TIMINGS.group_interval), what="later flushes"
+        )
+        assert sum((await planned(run.pool)).values()) == 1
         assert len(box.messages) == 1
         assert "qwen2:7b" in box.messages[0]["Subject"]
         muted = await run.pool.fetchval("SELECT muted_by FROM alerter_alerts WHERE model = 'llama3.1:8b'")

@@ -15,6 +15,7 @@ from llmscope.bus.settings import BusSettings
 from llmscope.bus.streams import ensure_streams
 from llmscope.stack.embedded import EmbeddedNats, EmbeddedPostgres
 from tests.alerter.factories import HttpSink, violation
+from tests.alerter.flushes import TIMINGS, all_flushed_after
 from tests.alerter.harness import eventually, publish, start_alerter
 
 pytestmark = pytest.mark.fault
@@ -30,7 +31,7 @@ async def test_postgres_down_longer_than_the_redelivery_window_loses_nothing(
     old_tries = 3
     shortened = {"backoff": (0.1, 0.2), "max_deliver": old_tries}
     run = await start_alerter(
-        database_url, js, {"LLMSCOPE_WEBHOOK_URL": url + "/hook"}, consumer_options=shortened
+        database_url, js, {"LLMSCOPE_WEBHOOK_URL": url + "/hook"}, consumer_options=shortened, timings=TIMINGS
     )
     try:
         caplog.set_level(logging.INFO, logger="llmscope.bus.consumer")
@@ -48,7 +49,11 @@ async def test_postgres_down_longer_than_the_redelivery_window_loses_nothing(
         assert sink.requests == []
         await asyncio.to_thread(own_postgres.start)
         await eventually(lambda: len(sink.requests) >= 1, within=20, what="the violation notified")
-        await asyncio.sleep(1.0)
+        # Every group flushed since: a second message (the violation taken twice) would be a row.
+        seen = run.store.clock()
+        await eventually(
+            lambda: all_flushed_after(run.pool, seen, TIMINGS.group_interval), what="later flushes"
+        )
         assert len(sink.requests) == 1
         assert run.consumer.dead_lettered == 0
         rows = await run.pool.fetch("SELECT status, firing FROM alerter_notifications")

@@ -19,6 +19,7 @@ from llmscope.alerter.settings import AlerterSettings
 from llmscope.alerter.store import Conn, Store
 from llmscope.config.env import ConfigError, Env
 from tests.alerter.factories import HttpSink, violation
+from tests.alerter.flushes import TIMINGS, all_flushed_after, planned
 from tests.alerter.harness import eventually, publish, start_alerter
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -483,7 +484,7 @@ async def test_the_start_up_sweep_keeps_an_active_silence_and_the_alerter_workin
         )
     finally:
         await conn.close()
-    run = await start_alerter(database_url, js, {"LLMSCOPE_WEBHOOK_URL": url + "/hook"})
+    run = await start_alerter(database_url, js, {"LLMSCOPE_WEBHOOK_URL": url + "/hook"}, timings=TIMINGS)
     try:
 
         async def swept() -> bool:
@@ -496,7 +497,12 @@ async def test_the_start_up_sweep_keeps_an_active_silence_and_the_alerter_workin
         assert await run.pool.fetchval("SELECT id FROM alerter_silences") == "s-long"
         await publish(js, violation(1), violation(2, model="qwen2:7b"))
         await eventually(lambda: len(sink.requests) >= 1, what="the qwen message")
-        await asyncio.sleep(1.0)
+        # Every group flushed since, and the qwen message is the only one any flush planned.
+        seen = run.store.clock()
+        await eventually(
+            lambda: all_flushed_after(run.pool, seen, TIMINGS.group_interval), what="later flushes"
+        )
+        assert sum((await planned(run.pool)).values()) == 1
         assert len(sink.requests) == 1
         assert b"qwen2:7b" in sink.requests[0][1]
         muted = await run.pool.fetchval("SELECT muted_by FROM alerter_alerts WHERE model = 'llama3.1:8b'")

@@ -27,6 +27,7 @@ from llmscope.config.env import Env
 from llmscope.proto import codec
 from llmscope.proto.alert import NotificationEvent
 from tests.alerter.factories import LOOPBACK_ALLOWED, HttpSink, Mailbox, cleared, smtp_server, violation
+from tests.alerter.flushes import TIMINGS, all_flushed_after, nothing_in_flight, planned, settled
 from tests.alerter.harness import eventually, publish, start_alerter
 
 
@@ -89,6 +90,7 @@ async def test_alert_storm_one_message_then_reminders_until_acknowledged(
     await api.executemany(
         "INSERT INTO violations (id, episode_id) VALUES ($1, $1)", [(v.episode_id,) for v in storm]
     )
+    # (The checks below read the group_interval and repeat_interval.)
     run = await start_alerter(
         database_url,
         js,
@@ -104,15 +106,18 @@ async def test_alert_storm_one_message_then_reminders_until_acknowledged(
         await eventually(lambda: len(box.messages) >= 3, within=6, what="two reminders")
         assert all("(reminder)" in m["Subject"] for m in box.messages[1:])
         await api.execute("UPDATE violations SET acknowledged_by = 'ana', acknowledged_at = now()")
-        await asyncio.sleep(0.5)  # a reminder may already be on its way
-
-        async def settled() -> bool:  # ... and delivered: nothing left in flight
-            sending = "SELECT count(*) FROM alerter_notifications WHERE status = 'sending'"
-            return not await api.fetchval(sending)
-
-        await eventually(settled, what="the reminders in flight delivered")
+        # A reminder planned before the acknowledgement may still be on its way: once the group
+        # flushed after it, and what was planned is delivered, nothing else is in flight.
+        acked = run.store.clock()
+        await eventually(lambda: all_flushed_after(run.pool, acked, 0.2), what="a flush after the ack")
+        await eventually(lambda: nothing_in_flight(run.pool), what="the reminders in flight delivered")
         count = len(box.messages)
-        await asyncio.sleep(2.5)
+        # No more reminders: the group flushed past the moment the next one was due (repeat
+        # interval after the last), and that flush planned nothing.
+        last = await run.pool.fetchval("SELECT max(created_at) FROM alerter_notifications")
+        due = last + timedelta(seconds=1.0)
+        await eventually(lambda: all_flushed_after(run.pool, due, 0.2), what="a flush past the next reminder")
+        assert sum((await planned(run.pool)).values()) == count
         assert len(box.messages) == count  # acknowledged: no more reminders
         rows = await api.fetch(
             "SELECT reason, status, attempts FROM alerter_notifications ORDER BY created_at"
@@ -149,7 +154,8 @@ async def test_two_replicas_never_send_twice(database_url: str, js: JetStreamCon
         await eventually(lambda: len(sink.requests) >= 10, what="10 grouped messages")
         await publish(js, *(cleared(e) for e in events))
         await eventually(lambda: len(sink.requests) >= 20, what="10 resolved messages")
-        await asyncio.sleep(1.0)
+        # Every group closed and every row sent: no replica has anything left to send.
+        await eventually(lambda: settled(runs[0].pool), what="both replicas done")
         deliveries = [h[DELIVERY_HEADER] for h, _, _ in sink.requests]
         assert len(set(deliveries)) == len(deliveries)  # no notification sent twice
         bodies = [codec.decode_as(b, NotificationEvent) for _, b, _ in sink.requests]
@@ -247,7 +253,8 @@ async def test_resolved_message_that_expires_is_sent_on_a_later_flush(
             return bool(await run.pool.fetchval("SELECT state FROM alerter_groups") == "closed")
 
         await eventually(closed, what="the group closed")
-        await asyncio.sleep(0.5)
+        # A closed group plans nothing more; what it planned is sent or given up.
+        await eventually(lambda: nothing_in_flight(run.pool), what="nothing in flight")
         rows = await run.pool.fetch("SELECT reason, status FROM alerter_notifications ORDER BY seq")
         assert [r["reason"] for r in rows if r["status"] == "sent"] == ["first", "resolved"]
     finally:
@@ -343,7 +350,8 @@ async def test_crash_between_claim_and_send_delivers_exactly_once_after_restart(
     second = await start_alerter(database_url, js, smtp_env(smtp.port), instance="lives", lease=1.0)
     try:
         await eventually(lambda: len(box.messages) >= 1, what="the message after the lease expired")
-        await asyncio.sleep(1.5)
+        # Sent and recorded: a row is sent again only while it is still 'sending'.
+        await eventually(lambda: nothing_in_flight(second.pool), what="the row recorded as sent")
         assert len(box.messages) == 1
         rows = await second.pool.fetch("SELECT id, status, claimed_by FROM alerter_notifications")
         assert [(r["status"], r["claimed_by"]) for r in rows] == [("sent", "lives")]
@@ -418,7 +426,7 @@ async def test_silence_mutes_notifications_but_not_the_record(
 ) -> None:
     box = Mailbox()
     smtp = smtp_server(box)
-    run = await start_alerter(database_url, js, smtp_env(smtp.port))
+    run = await start_alerter(database_url, js, smtp_env(smtp.port), timings=TIMINGS)
     try:
         now = run.store.clock()
         await run.store.add_silence(
@@ -442,7 +450,12 @@ async def test_silence_mutes_notifications_but_not_the_record(
         )
         await publish(js, violation(1), violation(2, model="qwen2:7b"))
         await eventually(lambda: len(box.messages) >= 1, what="the qwen message")
-        await asyncio.sleep(1.0)
+        # Every group flushed since, and the qwen message is the only one any flush planned.
+        seen = run.store.clock()
+        await eventually(
+            lambda: all_flushed_after(run.pool, seen, TIMINGS.group_interval), what="later flushes"
+        )
+        assert sum((await planned(run.pool)).values()) == 1
         assert len(box.messages) == 1
         assert "qwen2:7b" in box.messages[0]["Subject"]
         muted = await run.pool.fetchrow("SELECT muted_by FROM alerter_alerts WHERE model = 'llama3.1:8b'")
@@ -488,11 +501,17 @@ async def test_email_context_table_from_the_api_telemetry_and_settings(
         " ('alert.email.enabled', 'true')",
         json.dumps(smtp.port),
     )
-    run = await start_alerter(database_url, js, {})  # channels from the API's settings only
+    # channels from the API's settings only
+    run = await start_alerter(database_url, js, {}, timings=TIMINGS)
     try:
         await publish(js, violation(5, rule="R2"), ev)  # R2 is not in alert_on_rule
         await eventually(lambda: len(box.messages) >= 1, what="email configured through settings")
-        await asyncio.sleep(0.5)
+        # Every group flushed since, and only the R1 message was ever planned.
+        seen = run.store.clock()
+        await eventually(
+            lambda: all_flushed_after(run.pool, seen, TIMINGS.group_interval), what="later flushes"
+        )
+        assert sum((await planned(run.pool)).values()) == 1
         assert len(box.messages) == 1
         assert box.envelopes[0] == ["ops@example.com"]
         body = box.messages[0].get_body(("plain",))

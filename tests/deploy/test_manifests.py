@@ -91,11 +91,14 @@ def test_k8s_containers_run_real_subcommands() -> None:
     assert {c["args"][0] for c in ours} == set(SERVICES)
 
 
+VARIABLE = re.compile(r"\b(LLMSCOPE_[A-Z0-9_]+|NATS_URL|NATS_USER|NATS_PASSWORD[A-Z_]*|DATABASE_URL)\b")
+
+
 def test_every_variable_the_manifests_set_is_documented() -> None:
     readme = (ROOT / "README.md").read_text()
     names: set[str] = set()
     for path in [ROOT / "docker-compose.yml", *K8S.rglob("*.yaml")]:
-        names |= set(re.findall(r"\b(LLMSCOPE_[A-Z0-9_]+|NATS_URL|DATABASE_URL)\b", path.read_text()))
+        names |= set(re.findall(VARIABLE, path.read_text()))
     undocumented = sorted(n for n in names if f"`{n}`" not in readme)
     assert not undocumented, f"set in manifests but not documented in README.md: {undocumented}"
 
@@ -103,8 +106,9 @@ def test_every_variable_the_manifests_set_is_documented() -> None:
 def test_the_dev_overlay_api_key_is_one_the_api_accepts() -> None:
     overlay = K8S / "overlays" / "dev"
     assert {"path": "secret.yaml"} in yaml.safe_load((overlay / "kustomization.yaml").read_text())["patches"]
-    (secret,) = _documents(overlay / "secret.yaml")
-    (base_secret,) = [d for d in _documents(K8S / "base" / "config.yaml") if d["kind"] == "Secret"]
+    (secret,) = [d for d in _documents(overlay / "secret.yaml") if d["metadata"]["name"] == "llmscope"]
+    base = _documents(K8S / "base" / "config.yaml")
+    (base_secret,) = [d for d in base if d["kind"] == "Secret" and d["metadata"]["name"] == "llmscope"]
     env = dict(base_secret["stringData"])
     # The base's placeholder is refused, so an unedited secret never serves a known key.
     with pytest.raises(ConfigError, match="LLMSCOPE_API_KEY"):
@@ -204,7 +208,12 @@ def test_one_value_changes_every_object_that_uses_it(tmp_path: Path) -> None:
     shutil.copytree(K8S, tmp_path / "k8s")
     values_path = tmp_path / "k8s" / "overlays" / "dev" / "values.yaml"
     values = yaml.safe_load(values_path.read_text())
-    values["data"].update(spcEngineReplicas="5", image="registry.example/llmscope:9.9.9", secretName="mine")
+    values["data"].update(
+        spcEngineReplicas="5",
+        image="registry.example/llmscope:9.9.9",
+        secretName="mine",
+        natsSecretName="my-nats",
+    )
     values_path.write_text(yaml.safe_dump(values))
     docs = _kustomize(values_path.parent)
     (engine,) = [w for w in _workloads(docs) if w["metadata"]["name"] == "spc-engine"]
@@ -214,6 +223,16 @@ def test_one_value_changes_every_object_that_uses_it(tmp_path: Path) -> None:
     assert {c["image"] for c in ours} == {"registry.example/llmscope:9.9.9"}
     secrets = {ref["secretRef"]["name"] for c in ours for ref in c.get("envFrom", []) if "secretRef" in ref}
     assert secrets == {"mine"}
+    # The NATS passwords: each service's own key, and all of them for the bundled NATS.
+    (nats,) = [w for w in _workloads(docs) if w["metadata"]["name"] == "nats"]
+    nats_containers = [*ours, *nats["spec"]["template"]["spec"]["containers"]]
+    keyed = {
+        e["valueFrom"]["secretKeyRef"]["name"]
+        for c in nats_containers
+        for e in c.get("env", [])
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    assert keyed == {"my-nats"}
 
 
 def test_every_compose_service_restarts_and_has_a_healthcheck() -> None:
@@ -271,7 +290,7 @@ def test_the_nats_cluster_component_replicates_every_stream_on_three_servers(tmp
     ]
     (config,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "llmscope"]
     assert config["data"]["LLMSCOPE_STREAM_REPLICAS"] == str(size)
-    (secret,) = [d for d in docs if d["kind"] == "Secret"]
+    (secret,) = [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "llmscope"]
     assert secret["stringData"]["NATS_URL"] == "nats://nats:4222"
     services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
     assert services[nats_sts["spec"]["serviceName"]]["spec"]["clusterIP"] == "None"

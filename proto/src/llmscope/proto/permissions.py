@@ -1,17 +1,22 @@
 """The NATS subjects each LLMscope service may publish and subscribe to, one user per service.
 
 ``llmscope up`` writes these into the embedded nats-server's configuration (one generated
-password per user); an operator running their own NATS (compose, Kubernetes) gives the same
-lists to the users they create. Found by running every service under ``up`` with these users
-and reading nats-server's "Permissions Violation" lines (tests/stack/test_nats_permissions.py
-and the whole-stack test), not guessed; keep them next to :mod:`llmscope.proto.subjects` so a
-new subject comes with its permission.
+password per user); ``python -m llmscope.stack.natsconf`` writes them for compose and Kubernetes
+(``deploy/nats/users.conf``, ``deploy/k8s/components/nats-users``), and an operator running their
+own NATS gives the same lists to the users they create. Found by running every service under
+``up`` with these users and reading nats-server's "Permissions Violation" lines
+(tests/stack/test_nats_permissions.py and the whole-stack test), not guessed; keep them next to
+:mod:`llmscope.proto.subjects` so a new subject comes with its permission.
 
 The prober is the one service that may run on other hosts, so its user is the narrowest: it
 publishes telemetry and reads the model switches, and it cannot publish a violation, an
 incident or a control request, create, change or delete a stream, or read anyone's replies.
 The others manage their streams and consumers (``$JS.API.>``) as they did with one user, less
-deleting or purging a stream or deleting a stored message, which none of them does.
+deleting or purging a stream or deleting a stored message, which none of them does. They keep
+creating and updating streams because each creates any missing one and updates all of them to
+its own limits at every start (:func:`llmscope.bus.streams.ensure_streams`, and the key-value
+buckets it opens): see the README, "Why the API, engine and alerter may still create and change
+streams".
 
 Every user reads replies on its own inbox prefix, ``_INBOX.<user>``
 (:func:`inbox_prefix`, which :func:`llmscope.bus.connection.connect` takes from the user in

