@@ -45,12 +45,13 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from llmscope.bus import inbox
 from llmscope.bus.deadletter import DeadLetters
+from llmscope.bus.inbox import JsMsg
 from llmscope.bus.metrics import ConsumerMetrics
 from llmscope.config.logs import get_logger
 from llmscope.proto.codec import DecodeError
@@ -68,10 +69,10 @@ class Delivery(Generic[T]):
     subject: str
     stream_seq: int
     num_delivered: int
-    msg: Msg = field(repr=False, compare=False)
+    msg: JsMsg = field(repr=False, compare=False)
 
 
-def _position(msg: Msg) -> tuple[int, int]:
+def _position(msg: JsMsg) -> tuple[int, int]:
     """(stream sequence, times delivered), read from the ack subject without nats-py's
     ``Metadata`` (a datetime and three objects per message: ~3 µs, an eighth of the adapter's cost)."""
     tokens = (msg.reply or "").split(".")
@@ -121,7 +122,7 @@ class _InboxPull(abc.ABC):
         self._api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self._inbox = nc.new_inbox()
         self._sub: Subscription | None = None
-        self._buffer: list[Msg] = []
+        self._buffer: list[JsMsg] = []
         self._request = 0
         self._owed = 0  # messages the open request may still bring (0: none open)
         self.status = ""
@@ -129,18 +130,21 @@ class _InboxPull(abc.ABC):
         self.description = ""
 
     async def start(self) -> None:
+        # nats-py's callback (with its Msg objects) only where the lean path cannot hook in.
         self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_msg)
+        inbox.route(self._nc, self._sub._id, self._on_msg)
 
     async def stop(self) -> None:
         if self._sub is not None:
+            inbox.unroute(self._nc, self._sub._id)
             await self._sub.unsubscribe()
             self._sub = None
 
     @abc.abstractmethod
-    async def _on_msg(self, msg: Msg) -> None:
+    async def _on_msg(self, msg: JsMsg) -> None:
         """A message or a status on the inbox: each way of pulling reacts in its own way."""
 
-    def _ends_request(self, msg: Msg, status: str) -> bool:
+    def _ends_request(self, msg: JsMsg, status: str) -> bool:
         """Whether ``msg`` is the status that ends the current request (kept in :attr:`status`)."""
         if status == "100" or msg.subject != f"{self._inbox}.{self._request}":
             return False
@@ -166,8 +170,8 @@ class PullRequests(_InboxPull):
         super().__init__(nc, stream, durable)
         self._ended = asyncio.Event()
 
-    async def _on_msg(self, msg: Msg) -> None:
-        status = JetStreamContext.is_status_msg(msg)
+    async def _on_msg(self, msg: JsMsg) -> None:
+        status = inbox.status_of(msg)
         if not status:
             self._buffer.append(msg)
             self._owed -= 1
@@ -195,7 +199,7 @@ class PullRequests(_InboxPull):
         except TimeoutError:
             self._request += 1  # whatever that request still sends is no longer awaited
 
-    async def fetch(self, batch: int, expires: float, fill_wait: float = 0.0) -> list[Msg]:
+    async def fetch(self, batch: int, expires: float, fill_wait: float = 0.0) -> list[JsMsg]:
         """Up to ``batch`` messages (more only when an abandoned request's arrive late); [] when idle.
 
         ``fill_wait``: after waking for a first message, wait that long and take what came since."""
@@ -249,8 +253,8 @@ class StandingPull(_InboxPull):
             self._request += 1  # whatever that request still sends is no longer awaited
             self._ready.set()
 
-    async def _on_msg(self, msg: Msg) -> None:
-        status = JetStreamContext.is_status_msg(msg)
+    async def _on_msg(self, msg: JsMsg) -> None:
+        status = inbox.status_of(msg)
         if not status:
             self._buffer.append(msg)
             self._owed -= 1
@@ -272,7 +276,7 @@ class StandingPull(_InboxPull):
         reply = f"{self._inbox}.{self._request}"
         await self._nc.publish(self._api, json.dumps(request).encode(), reply=reply)
 
-    async def fetch(self, batch: int, expires: float, fill_wait: float = 0.0) -> list[Msg]:
+    async def fetch(self, batch: int, expires: float, fill_wait: float = 0.0) -> list[JsMsg]:
         """What arrived since the last call, waiting up to ``expires`` for a first message; []
         when the request expired (or was refused: :attr:`status`) or :meth:`interrupt` was called."""
         if not self._buffer:
@@ -320,9 +324,9 @@ class DurableConsumer(Generic[T]):
         self.dead_lettered = 0
         self._failures: dict[int, int] = {}  # stream seq -> counted failures (with ``transient``)
         self._stop = asyncio.Event()
-        self._ahead: asyncio.Task[list[Msg]] | None = None
+        self._ahead: asyncio.Task[list[JsMsg]] | None = None
         # ``ack_all_every``: the AckAll not sent yet (its batch is handled), and when one last went.
-        self._ack_due: Msg | None = None
+        self._ack_due: JsMsg | None = None
         self._acked_at = float("-inf")
         self._ack_timer: asyncio.TimerHandle | None = None
         self._ack_tasks: set[asyncio.Task[None]] = set()
@@ -412,7 +416,7 @@ class DurableConsumer(Generic[T]):
         for msg in await ahead:  # a no_wait pull, or at most a fetch_timeout long poll
             await msg.nak()
 
-    async def process(self, msgs: Sequence[Msg]) -> None:
+    async def process(self, msgs: Sequence[JsMsg]) -> None:
         deliveries: list[Delivery[T]] = []
         for msg in msgs:
             stream_seq, delivered = _position(msg)
@@ -442,20 +446,26 @@ class DurableConsumer(Generic[T]):
                 await delivery.msg.nak()
             return
         last: Delivery[T] | None = None
+        acks: list[JsMsg] = []
+        failures = self._failures
         for index, delivery in enumerate(deliveries):
-            self._failures.pop(delivery.stream_seq, None)
+            if failures:
+                failures.pop(delivery.stream_seq, None)
             if index in rejected:
                 await self._reject(delivery.msg, rejected[index], delivery.stream_seq)
             else:
                 if not self._opts.ack_all:
-                    await delivery.msg.ack()
+                    acks.append(delivery.msg)
                 elif last is None or delivery.stream_seq > last.stream_seq:
                     last = delivery
                 self.processed += 1
+        if acks:
+            # Still one +ACK per message (the durable consumer may be shared), in one write.
+            await inbox.ack_many(self._js._nc, acks)
         if last is not None:
             await self._ack_all(last.msg)  # AckAll: every message of the batch up to it
 
-    async def _ack_all(self, msg: Msg) -> None:
+    async def _ack_all(self, msg: JsMsg) -> None:
         every = self._opts.ack_all_every
         loop = asyncio.get_running_loop()
         if every <= 0 or loop.time() - self._acked_at >= every:
@@ -568,7 +578,7 @@ class DurableConsumer(Generic[T]):
             else:
                 await delivery.msg.nak(delay=self._delay(delivery.num_delivered))
 
-    async def _reject(self, msg: Msg, reason: str, stream_seq: int) -> None:
+    async def _reject(self, msg: JsMsg, reason: str, stream_seq: int) -> None:
         # The dead letter is published (and acked by JetStream) before the original is dropped.
         await self._dead_letters.send(
             subject=msg.subject,
