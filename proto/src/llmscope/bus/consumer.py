@@ -83,6 +83,19 @@ def _position(msg: JsMsg) -> tuple[int, int]:
     return meta.sequence.stream, meta.num_delivered
 
 
+@dataclass(slots=True)
+class _Batch(Generic[T]):
+    """Pulled messages, decoded: deliveries for the handler, malformed ones with the reason."""
+
+    msgs: Sequence[JsMsg]
+    deliveries: list[Delivery[T]]
+    malformed: list[tuple[JsMsg, str, int]]
+
+
+_DECODE_SLICE = 256
+"""Messages decoded between two yields to the event loop while a batch is decoded ahead."""
+
+
 BatchHandler = Callable[[Sequence[Delivery[T]]], Awaitable[Mapping[int, str] | None]]
 """Handles a batch; returns {index in batch: reason} for messages it rejects, or None."""
 
@@ -108,6 +121,10 @@ class ConsumerOptions:
     """With ``ack_all``: send an AckAll at most this often (s); a batch handled sooner is acked
     by the next AckAll, at the latest this long after it (or when :meth:`DurableConsumer.run`
     ends). Each is still sent only after its batch's handler returned."""
+    concurrent: int = 1
+    """Full batches handled at once (explicit acks only): with a backlog, the next full batch's
+    handler starts while the previous one's still runs (waiting on its store's COMMIT, say);
+    each batch is acked when its own handler returned. A batch that is not full waits for them."""
     standing: bool = False
     """Keep one pull request open (:class:`StandingPull`, expiring after ``fetch_timeout``)
     instead of a few requests per wake-up: AckAll only (``ack_all``)."""
@@ -324,12 +341,14 @@ class DurableConsumer(Generic[T]):
         self.dead_lettered = 0
         self._failures: dict[int, int] = {}  # stream seq -> counted failures (with ``transient``)
         self._stop = asyncio.Event()
-        self._ahead: asyncio.Task[list[JsMsg]] | None = None
+        self._ahead: asyncio.Task[_Batch[T]] | None = None
         # ``ack_all_every``: the AckAll not sent yet (its batch is handled), and when one last went.
         self._ack_due: JsMsg | None = None
         self._acked_at = float("-inf")
         self._ack_timer: asyncio.TimerHandle | None = None
         self._ack_tasks: set[asyncio.Task[None]] = set()
+        self._held = 0  # batches held through the current outage (several with ``concurrent``)
+        self._outage_started = 0.0
         self.outages = 0
         """Outages waited out (or being waited out) by this consumer: transient handler errors."""
         self.unavailable_tries = 0
@@ -364,6 +383,8 @@ class DurableConsumer(Generic[T]):
             raise ValueError("prefetch needs explicit acks: an AckAll would ack the batch fetched ahead")
         if self._opts.standing and not self._opts.ack_all:
             raise ValueError("a standing pull needs AckAll: its undelivered messages wait out ack_wait")
+        if self._opts.concurrent > 1 and self._opts.ack_all:
+            raise ValueError("concurrent batches need explicit acks: an AckAll would ack the other batch")
         await self._js.add_consumer(self._stream, config=self.consumer_config())
         # The JetStream context's own connection (nats-py's KeyValue and ObjectStore use it too).
         puller: PullRequests | StandingPull
@@ -382,24 +403,33 @@ class DurableConsumer(Generic[T]):
         await puller.start()
         self._log.info("consuming", filters=",".join(self._filters))
         opts = self._opts
+        handling: set[asyncio.Task[None]] = set()  # full batches in their handlers (``concurrent``)
         try:
             while not stop.is_set():
                 ahead, self._ahead = self._ahead, None
                 if ahead is not None:
-                    msgs = await ahead
+                    batch = await ahead
                 else:
                     msgs = await puller.fetch(opts.batch_size, opts.fetch_timeout, opts.fill_wait)
-                if msgs:
-                    if opts.prefetch and len(msgs) >= opts.batch_size:
-                        self._ahead = asyncio.create_task(
-                            puller.fetch(opts.batch_size, opts.fetch_timeout, opts.fill_wait)
-                        )
-                    await self.process(msgs)
+                    batch = await self._decoded(msgs)
+                if batch.msgs:
+                    full = len(batch.msgs) >= opts.batch_size
+                    if opts.prefetch and full:
+                        self._ahead = asyncio.create_task(self._fetch_ahead(puller))
+                    if opts.concurrent > 1 and full:
+                        handling.add(asyncio.create_task(self._process(batch)))
+                        await self._settle(handling, opts.concurrent - 1)
+                    else:
+                        await self._settle(handling, 0)
+                        await self._process(batch)
                 elif puller.status not in ("", "404", "408"):
                     # e.g. 409 consumer deleted: no busy loop while the server refuses.
                     self._log.warning("pull request refused", status=puller.status, reason=puller.description)
                     await asyncio.sleep(min(opts.fetch_timeout, 1.0))
+            await self._settle(handling, 0)
         finally:
+            if handling:  # run is ending on an error: the other batches still finish (or are nak'd)
+                await asyncio.gather(*handling, return_exceptions=True)
             if waker is not None:
                 waker.cancel()
             with contextlib.suppress(Exception):
@@ -408,24 +438,51 @@ class DurableConsumer(Generic[T]):
                 await self._give_back_ahead()
             await puller.stop()
 
+    @staticmethod
+    async def _settle(handling: set[asyncio.Task[None]], most: int) -> None:
+        """Wait until at most ``most`` batches are still in their handlers; raise what one raised."""
+        while len(handling) > most:
+            done, _ = await asyncio.wait(handling, return_when=asyncio.FIRST_COMPLETED)
+            handling.difference_update(done)
+            for task in done:
+                task.result()
+
     async def _give_back_ahead(self) -> None:
         """Nak the batch fetched ahead (if any), so the server redelivers it now, not after ack_wait."""
         ahead, self._ahead = self._ahead, None
         if ahead is None:
             return
-        for msg in await ahead:  # a no_wait pull, or at most a fetch_timeout long poll
+        for msg in (await ahead).msgs:  # a no_wait pull, or at most a fetch_timeout long poll
             await msg.nak()
 
-    async def process(self, msgs: Sequence[JsMsg]) -> None:
-        deliveries: list[Delivery[T]] = []
-        for msg in msgs:
+    async def _fetch_ahead(self, puller: PullRequests | StandingPull) -> _Batch[T]:
+        """The next batch, pulled and decoded while the handler waits on its store for this one:
+        the client's parsing and decoding overlap the store's own work."""
+        opts = self._opts
+        return await self._decoded(await puller.fetch(opts.batch_size, opts.fetch_timeout, opts.fill_wait))
+
+    async def _decoded(self, msgs: Sequence[JsMsg]) -> _Batch[T]:
+        batch = _Batch[T](msgs, [], [])
+        deliveries, decode = batch.deliveries, self._decode
+        for index, msg in enumerate(msgs):
+            if index and not index % _DECODE_SLICE:
+                await asyncio.sleep(0)  # the handler's replies from its store are not held up
             stream_seq, delivered = _position(msg)
             try:
-                event = self._decode(msg.data)
+                event = decode(msg.data)
             except (DecodeError, ValueError) as exc:
-                await self._reject(msg, f"malformed message: {exc}", stream_seq)
+                batch.malformed.append((msg, f"malformed message: {exc}", stream_seq))
                 continue
             deliveries.append(Delivery(event, msg.subject, stream_seq, delivered, msg))
+        return batch
+
+    async def process(self, msgs: Sequence[JsMsg]) -> None:
+        await self._process(await self._decoded(msgs))
+
+    async def _process(self, batch: _Batch[T]) -> None:
+        for msg, reason, stream_seq in batch.malformed:
+            await self._reject(msg, reason, stream_seq)
+        deliveries = batch.deliveries
         if not deliveries:
             return
         try:
@@ -500,53 +557,72 @@ class DurableConsumer(Generic[T]):
             await msg.ack()
 
     async def _handle(self, deliveries: Sequence[Delivery[T]]) -> Mapping[int, str] | None:
-        """The handler's rejections; transient errors are waited out here (None: stopped meanwhile)."""
+        """The handler's rejections; transient errors are waited out here (None: stopped meanwhile).
+
+        With ``concurrent`` batches, an outage holds each of them; it is one outage all the same
+        (one line when it starts, the summaries, one line when it ends)."""
         transient = self._opts.transient
         if transient is None:
             return await self._handler(deliveries) or {}
         loop = asyncio.get_running_loop()
-        started = last_summary = last_progress = 0.0
+        last_summary = last_progress = 0.0
         tries = 0
-        while True:
-            try:
-                rejected = await self._handler(deliveries) or {}
-            except Exception as exc:
-                if not transient(exc):
-                    raise
-                error = f"{type(exc).__name__}: {exc}"[:200]
-                now = loop.time()
-                tries += 1
-                self.unavailable_tries += 1
-                if tries == 1:
-                    started = last_summary = last_progress = now
-                    self.outages += 1
-                    # Held through the outage it would outlive ack_wait. A failed nak (NATS away
-                    # too) is no handler failure: the server redelivers after ack_wait.
-                    with contextlib.suppress(Exception):
-                        await self._give_back_ahead()
-                    self._log.warning(
-                        "store unavailable; holding the batch", batch=len(deliveries), error=error
+        opened = False  # this batch's failure began the outage: it logs the summaries
+        try:
+            while True:
+                try:
+                    rejected = await self._handler(deliveries) or {}
+                except Exception as exc:
+                    if not transient(exc):
+                        raise
+                    error = f"{type(exc).__name__}: {exc}"[:200]
+                    now = loop.time()
+                    tries += 1
+                    self.unavailable_tries += 1
+                    if tries == 1:
+                        last_summary = last_progress = now
+                        self._held += 1
+                        opened = self._held == 1
+                        # Held through the outage it would outlive ack_wait. A failed nak (NATS
+                        # away too) is no handler failure: the server redelivers after ack_wait.
+                        with contextlib.suppress(Exception):
+                            await self._give_back_ahead()
+                        if opened:
+                            self._outage_started = now
+                            self.outages += 1
+                            self._log.warning(
+                                "store unavailable; holding the batch", batch=len(deliveries), error=error
+                            )
+                    elif opened and now - last_summary >= self._opts.outage_summary_s:
+                        last_summary = now
+                        self._log.warning(
+                            "store still unavailable",
+                            outage_s=round(now - self._outage_started),
+                            tries=tries,
+                            error=error,
+                        )
+                    if now - last_progress >= self._opts.ack_wait / 3:
+                        # Not redelivered while held (to this or another replica): the wait is ours.
+                        last_progress = now
+                        await self._in_progress(deliveries)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), self._delay(tries))
+                    if self._stop.is_set():
+                        self._log.info(
+                            "stopping during an outage; the batch will be redelivered", tries=tries
+                        )
+                        return None
+                    continue
+                if tries and self._held == 1:
+                    self._log.info(
+                        "store available again; resuming",
+                        outage_s=round(loop.time() - self._outage_started, 1),
+                        tries=tries,
                     )
-                elif now - last_summary >= self._opts.outage_summary_s:
-                    last_summary = now
-                    self._log.warning(
-                        "store still unavailable", outage_s=round(now - started), tries=tries, error=error
-                    )
-                if now - last_progress >= self._opts.ack_wait / 3:
-                    # Not redelivered while held (to this or another replica): the wait is ours.
-                    last_progress = now
-                    await self._in_progress(deliveries)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), self._delay(tries))
-                if self._stop.is_set():
-                    self._log.info("stopping during an outage; the batch will be redelivered", tries=tries)
-                    return None
-                continue
+                return rejected
+        finally:
             if tries:
-                self._log.info(
-                    "store available again; resuming", outage_s=round(loop.time() - started, 1), tries=tries
-                )
-            return rejected
+                self._held -= 1
 
     async def _in_progress(self, deliveries: Sequence[Delivery[T]]) -> None:
         for delivery in deliveries:
