@@ -32,6 +32,13 @@ batch while a full one is handled; a batch fetched ahead is nak'd when an outage
 consumer stops, so it never waits out ``ack_wait`` in a process that is not using it.
 ``ConsumerOptions.standing`` (AckAll only) keeps one pull request open instead
 (:class:`StandingPull`): no request per wake-up at a trickle, one per expiry when idle.
+``ConsumerOptions.concurrent`` (explicit acks only) lets the next full batch's handler start
+while the previous one's still runs (the persister's telemetry: one batch COPY'd while the other
+commits); each is acked when its own handler returned.
+
+The pullers take their messages from nats-py's parser as :class:`llmscope.bus.inbox.InboxMsg`
+(no ``Msg``, header dict or queue per message) and a batch's acks go in one write
+(:func:`llmscope.bus.inbox.ack_many`, still one ``+ACK`` per message).
 """
 
 from __future__ import annotations
