@@ -671,3 +671,26 @@ def test_concurrent_batches_need_explicit_acks() -> None:
                 options=ConsumerOptions(concurrent=2, ack_all=True),
             ).run(asyncio.Event())
         )
+
+
+async def test_cancelling_a_run_cancels_the_concurrent_batches_unacked(js: JetStreamContext) -> None:
+    events = [telemetry() for _ in range(30)]
+    await Publisher(js).publish_many([(SUBJECT, e) for e in events])
+    started = 0
+    never = asyncio.Event()
+
+    async def stuck(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        nonlocal started
+        started += 1
+        await never.wait()
+
+    options = ConsumerOptions(batch_size=10, fetch_timeout=0.2, prefetch=True, concurrent=2)
+    task = asyncio.create_task(make_consumer(js, stuck, options).run(asyncio.Event()))
+    await eventually(lambda: started == 2, within=10, what="two batches in their handlers")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    # Nothing acked: the batches in their handlers are redelivered after ack_wait.
+    info = await js.consumer_info(subjects.STREAM_TELEMETRY, "test")
+    assert (info.ack_floor.stream_seq or 0) == 0
+    assert await _in_hand(js) >= 20

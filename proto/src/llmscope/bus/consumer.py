@@ -434,6 +434,10 @@ class DurableConsumer(Generic[T]):
                     self._log.warning("pull request refused", status=puller.status, reason=puller.description)
                     await asyncio.sleep(min(opts.fetch_timeout, 1.0))
             await self._settle(handling, 0)
+        except asyncio.CancelledError:
+            for task in handling:  # unacked, they are redelivered after ack_wait
+                task.cancel()
+            raise
         finally:
             if handling:  # run is ending on an error: the other batches still finish (or are nak'd)
                 await asyncio.gather(*handling, return_exceptions=True)
