@@ -181,3 +181,18 @@ async def test_the_consumer_works_with_and_without_the_hook(
         return (info.num_ack_pending or 0) == 0 and (info.num_pending or 0) == 0
 
     await eventually(all_acked, within=10, what="every message acked or terminated")
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "$JS.ACK.TELEMETRY.persister.3.1234567.99.1733470000123456789.42",
+        "$JS.ACK.hub.ACCHASH.TELEMETRY.persister.3.1234567.99.1733470000123456789.42.rand",
+    ],
+)
+def test_metadata_is_read_as_nats_py_reads_it(reply: str) -> None:
+    """The SPC engine reads a delivery's stored time and pending count from it (ack subjects
+    with a domain go through ``metadata``)."""
+    ours = InboxMsg(NATS(), "s", reply, b"{}", None).metadata
+    assert ours == Msg(_client=NATS(), subject="s", reply=reply).metadata
+    assert (ours.sequence.stream, ours.num_delivered, ours.num_pending) == (1234567, 3, 42)
