@@ -21,7 +21,9 @@ storage) and an embedded PostgreSQL (fsync on).
     one is written, each message acked after its batch's COMMIT) takes N events from JetStream
     into Postgres; the ceiling is the same number of events written with bare
     ``copy_records_to_table`` in transactions of as many rows into the same table and indexes,
-    the garbage collector set as the persister's process sets it (``persister.tune_gc``).
+    the garbage collector set as the persister's process sets it (``persister.tune_gc``); since
+    the persister stores ``persister.TELEMETRY_CONCURRENT`` batches at once, each on its own
+    connection, bare COPY on as many connections at once is printed beside it too.
     Rounds alternate copy and drain, and asyncio's event loop and uvloop's (each round a fresh
     loop), so both ratios come from interleaved measurements: drain / COPY on each loop, and
     uvloop / asyncio for each.
@@ -360,6 +362,8 @@ def cpu_between(before: dict[int, float], after: dict[int, float]) -> float:
 @dataclass
 class Round:
     copy_rate: float
+    copy2_rate: float
+    """Bare COPY on as many connections at once as the persister stores telemetry batches."""
     consume_rate: float
     """The persister's consumer (same options) with a handler that stores nothing."""
     drain_rate: float
@@ -449,6 +453,24 @@ async def _drain_round(nats_url: str, dsn: str, n: int, seed: int, cpu: Cpus) ->
         copy_rate = await timed(n, bare_copy)
         copy_cpu = per_event(c0, cpu, n)
 
+        at_once = persister.TELEMETRY_CONCURRENT
+        copied2 = events(n, seed=seed + 50_000)
+
+        async def bare_copy_at_once() -> None:
+            async def part(rows: Sequence[TelemetryEvent]) -> None:
+                async with pool.acquire() as conn:
+                    for start in range(0, len(rows), size):
+                        async with conn.transaction():
+                            await conn.copy_records_to_table(
+                                "telemetry",
+                                records=[persister.telemetry_record(e) for e in rows[start : start + size]],
+                                columns=persister.TELEMETRY_COLUMNS,
+                            )
+
+            await asyncio.gather(*(part(copied2[i::at_once]) for i in range(at_once)))
+
+        copy2_rate = await timed(n, bare_copy_at_once)
+
         consume_rate = await _consume_backlog(js, n, f"bench-noop-{seed}")
 
         p = persister.Persister(pool=pool, js=js, publisher=publisher, durable_prefix=f"bench-{seed}")
@@ -474,7 +496,7 @@ async def _drain_round(nats_url: str, dsn: str, n: int, seed: int, cpu: Cpus) ->
         drain_cpu = per_event(c0, cpu, n)
         stop.set()
         await task
-        return Round(copy_rate, consume_rate, drain_rate, copy_cpu, drain_cpu)
+        return Round(copy_rate, copy2_rate, consume_rate, drain_rate, copy_cpu, drain_cpu)
     finally:
         await pool.close()
         await nc.close()
@@ -521,6 +543,10 @@ def draining(n: int, rounds: int, loops: Sequence[eventloop.LoopName]) -> None:
         top = max(r.copy_rate for r in rs)
         line(f"bare copy_records_to_table, {persister.PERSIST_BATCH}-row transactions ({loop})", top)
         line(f"persister drain: pull, store, ack after COMMIT ({loop})", max(r.drain_rate for r in rs), top)
+        top2 = max(r.copy2_rate for r in rs)
+        at_once = persister.TELEMETRY_CONCURRENT
+        line(f"  bare COPY on {at_once} connections at once, as the persister's batches ({loop})", top2)
+        line("  persister drain against it", max(r.drain_rate for r in rs), top2)
         consume = max(r.consume_rate for r in rs)
         line(f"  its consumer alone, storing nothing ({loop})", consume)
         line("  persister drain against its consumer alone", max(r.drain_rate for r in rs), consume)

@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from llmscope.api.baseline_history import INSERT as INSERT_BASELINE
 from llmscope.api.db import create_pool, migrate, migrations
@@ -402,3 +403,62 @@ def test_tune_gc_raises_only_the_youngest_generations_threshold() -> None:
         assert gc.get_threshold() == (GC_YOUNGEST_THRESHOLD, 7, 9)
     finally:
         gc.set_threshold(*before)
+
+
+async def test_a_backlog_stored_two_batches_at_once_counts_each_event_once(
+    pool: asyncpg.Pool, js: JetStreamContext
+) -> None:
+    """Full batches are stored two at once (one COPYs while the other commits): with events
+    published twice under other message ids into the batch before, still in its transaction,
+    every event is stored once and the rollups, series and models are those of one plain write."""
+    events = _mixed_batch(6 * COPY_MIN_ROWS)
+    async with pool.acquire() as conn:
+        await store_telemetry(conn, events)
+    expected = await _aggregates(pool)
+    async with pool.acquire() as conn:
+        await conn.execute(f"TRUNCATE telemetry, {', '.join(_AGGREGATE_TABLES)}")
+    publisher = Publisher(js)
+    sends: list[tuple[str, bytes, str]] = []
+    for i, ev in enumerate(events):
+        sends.append((subjects.telemetry(ev.provider, ev.model), codec.encode(ev), ev.id))
+        if i >= COPY_MIN_ROWS + 10 and i % 7 == 0:  # again, one batch later: a redelivery's twin
+            twin = events[i - COPY_MIN_ROWS - 10]
+            sends.append((subjects.telemetry(twin.provider, twin.model), codec.encode(twin), f"{twin.id}-2"))
+    sends.insert(300, (subjects.telemetry("ollama", "x"), b'{"type": "telemetry.v1"}', "bad"))
+    for start in range(0, len(sends), 500):
+        await publisher.publish_many_raw(sends[start : start + 500])
+    persister = Persister(pool=pool, js=js, publisher=publisher, batch_size=COPY_MIN_ROWS)
+    assert persister.telemetry._opts.concurrent == 2
+    in_store = 0
+    most_in_store = 0
+    on_telemetry = persister.on_telemetry
+
+    async def counting(batch: Any) -> Any:
+        nonlocal in_store, most_in_store
+        in_store += 1
+        most_in_store = max(most_in_store, in_store)
+        try:
+            return await on_telemetry(batch)
+        finally:
+            in_store -= 1
+
+    persister.telemetry._handler = counting
+    stop = asyncio.Event()
+    task = asyncio.create_task(persister.run(stop))
+    try:
+
+        async def drained() -> bool:
+            try:
+                info = await js.consumer_info(subjects.STREAM_TELEMETRY, "api-persister-telemetry")
+            except NotFoundError:  # not made yet
+                return False
+            return (info.num_ack_pending or 0) == 0 and (info.num_pending or 0) == 0
+
+        await eventually(drained, within=60, what="the backlog stored and acked")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert await pool.fetchval("SELECT count(*) FROM telemetry") == len(events)
+    assert await _aggregates(pool) == expected
+    assert persister.telemetry.dead_lettered == 1
+    assert most_in_store == 2

@@ -26,6 +26,7 @@ def test_the_persister_drain_section_prints_its_baselines_ratios_and_cpu() -> No
         assert re.search(rf"bare copy_records_to_table.*\({loop}\)\s+[\d,]+ /s\s+baseline", text)
         assert re.search(rf"persister drain: .*\({loop}\)\s+[\d,]+ /s\s+=\s+[\d.]+ x baseline", text)
         assert re.search(rf"its consumer alone, storing nothing \({loop}\)\s+[\d,]+ /s", text)
+        assert re.search(rf"bare COPY on \d+ connections at once.*\({loop}\)\s+[\d,]+ /s", text)
     # CPU per event split by process, for COPY and the persister, on each loop.
     cpu = re.findall(r"COPY (\d+) \(client \d+, postgres \d+, nats-server \d+\), persister (\d+) \(", text)
     assert len(cpu) == 2
@@ -33,4 +34,5 @@ def test_the_persister_drain_section_prints_its_baselines_ratios_and_cpu() -> No
     assert re.search(r"uvloop / asyncio: persister drain [\d.]+ x the rate", text)
     rates = re.findall(r"([\d,]+) /s", text)
     assert all(int(r.replace(",", "")) > 0 for r in rates)
+    assert len(re.findall(r"persister drain against it\s+[\d,]+ /s\s+=\s+[\d.]+ x", text)) == 2
     assert not re.search(r"\b(inf|nan)\b", text), "every figure is finite"

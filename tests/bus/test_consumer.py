@@ -599,3 +599,104 @@ async def test_ack_all_every_acks_a_trickle_once_per_period_and_the_last_batch_o
         stop.set()
         await asyncio.wait_for(task, 5)
         await ack_sub.unsubscribe()
+
+
+async def test_concurrent_full_batches_are_handled_at_once_and_each_acked_after_its_own(
+    js: JetStreamContext,
+) -> None:
+    events = [telemetry() for _ in range(40)]
+    await Publisher(js).publish_many([(SUBJECT, e) for e in events])
+    seen: list[str] = []
+    done = asyncio.Event()
+    calls = 0
+
+    async def handler(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            # While this batch is in its handler, the other three are handled and each acked.
+            async def others_acked() -> bool:
+                return len(seen) == 30 and await _in_hand_is(js, 10)
+
+            await eventually(others_acked, within=10, what="the other batches handled and acked")
+        seen.extend(d.event.id for d in batch)
+        if len(seen) == len(events):
+            done.set()
+
+    options = ConsumerOptions(batch_size=10, fetch_timeout=0.2, prefetch=True, concurrent=2)
+    await run_until(make_consumer(js, handler, options), done)
+    assert seen == [e.id for e in events[10:]] + [e.id for e in events[:10]]
+    await eventually(lambda: _all_acked(js), within=10, what="every message acked")
+
+
+async def test_an_outage_holding_concurrent_batches_is_one_outage(
+    js: JetStreamContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    events = [telemetry() for _ in range(40)]
+    await Publisher(js).publish_many([(SUBJECT, e) for e in events])
+    failing = 0
+    stored: list[str] = []
+    done = asyncio.Event()
+
+    async def handler(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        nonlocal failing
+        if failing < 6:  # the first two batches each fail a few times, both held at once
+            failing += 1
+            await asyncio.sleep(0.01)
+            raise ConnectionRefusedError("store down")
+        stored.extend(d.event.id for d in batch)
+        if len(stored) == len(events):
+            done.set()
+
+    options = _options(
+        backoff=(0.05,), transient=lambda exc: isinstance(exc, ConnectionRefusedError), concurrent=2
+    )
+    consumer = make_consumer(js, handler, options)
+    with caplog.at_level(logging.INFO, logger="llmscope.bus.consumer"):
+        await run_until(consumer, done, 20)
+    assert sorted(stored) == sorted(e.id for e in events)
+    assert len(stored) == len(events)
+    messages = [r.getMessage() for r in caplog.records if r.name == "llmscope.bus.consumer"]
+    assert sum("store unavailable" in m for m in messages) == 1
+    assert sum("store available again" in m for m in messages) == 1
+    assert consumer.outages == 1
+    await eventually(lambda: _all_acked(js), within=10, what="every message acked")
+
+
+def test_concurrent_batches_need_explicit_acks() -> None:
+    with pytest.raises(ValueError, match="explicit acks"):
+        asyncio.run(
+            DurableConsumer[TelemetryEvent](
+                js=None,  # type: ignore[arg-type]
+                stream=subjects.STREAM_TELEMETRY,
+                durable="x",
+                filter_subjects=[SUBJECT],
+                decode=decode,
+                handler=lambda batch: asyncio.sleep(0),
+                dead_letters=None,  # type: ignore[arg-type]
+                options=ConsumerOptions(concurrent=2, ack_all=True),
+            ).run(asyncio.Event())
+        )
+
+
+async def test_cancelling_a_run_cancels_the_concurrent_batches_unacked(js: JetStreamContext) -> None:
+    events = [telemetry() for _ in range(30)]
+    await Publisher(js).publish_many([(SUBJECT, e) for e in events])
+    started = 0
+    never = asyncio.Event()
+
+    async def stuck(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        nonlocal started
+        started += 1
+        await never.wait()
+
+    options = ConsumerOptions(batch_size=10, fetch_timeout=0.2, prefetch=True, concurrent=2)
+    task = asyncio.create_task(make_consumer(js, stuck, options).run(asyncio.Event()))
+    await eventually(lambda: started == 2, within=10, what="two batches in their handlers")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    # Nothing acked: the batches in their handlers are redelivered after ack_wait.
+    info = await js.consumer_info(subjects.STREAM_TELEMETRY, "test")
+    assert (info.ack_floor.stream_seq or 0) == 0
+    assert await _in_hand(js) >= 20

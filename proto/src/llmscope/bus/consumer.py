@@ -32,6 +32,13 @@ batch while a full one is handled; a batch fetched ahead is nak'd when an outage
 consumer stops, so it never waits out ``ack_wait`` in a process that is not using it.
 ``ConsumerOptions.standing`` (AckAll only) keeps one pull request open instead
 (:class:`StandingPull`): no request per wake-up at a trickle, one per expiry when idle.
+``ConsumerOptions.concurrent`` (explicit acks only) lets the next full batch's handler start
+while the previous one's still runs (the persister's telemetry: one batch COPY'd while the other
+commits); each is acked when its own handler returned.
+
+The pullers take their messages from nats-py's parser as :class:`llmscope.bus.inbox.InboxMsg`
+(no ``Msg``, header dict or queue per message) and a batch's acks go in one write
+(:func:`llmscope.bus.inbox.ack_many`, still one ``+ACK`` per message).
 """
 
 from __future__ import annotations
@@ -45,12 +52,13 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from llmscope.bus import inbox
 from llmscope.bus.deadletter import DeadLetters
+from llmscope.bus.inbox import JsMsg
 from llmscope.bus.metrics import ConsumerMetrics
 from llmscope.config.logs import get_logger
 from llmscope.proto.codec import DecodeError
@@ -68,10 +76,10 @@ class Delivery(Generic[T]):
     subject: str
     stream_seq: int
     num_delivered: int
-    msg: Msg = field(repr=False, compare=False)
+    msg: JsMsg = field(repr=False, compare=False)
 
 
-def _position(msg: Msg) -> tuple[int, int]:
+def _position(msg: JsMsg) -> tuple[int, int]:
     """(stream sequence, times delivered), read from the ack subject without nats-py's
     ``Metadata`` (a datetime and three objects per message: ~3 µs, an eighth of the adapter's cost)."""
     tokens = (msg.reply or "").split(".")
@@ -80,6 +88,19 @@ def _position(msg: Msg) -> tuple[int, int]:
         return int(tokens[5]), int(tokens[4])
     meta = msg.metadata  # the form with a domain and account hash, or anything unexpected
     return meta.sequence.stream, meta.num_delivered
+
+
+@dataclass(slots=True)
+class _Batch(Generic[T]):
+    """Pulled messages, decoded: deliveries for the handler, malformed ones with the reason."""
+
+    msgs: Sequence[JsMsg]
+    deliveries: list[Delivery[T]]
+    malformed: list[tuple[JsMsg, str, int]]
+
+
+_DECODE_SLICE = 256
+"""Messages decoded between two yields to the event loop while a batch is decoded ahead."""
 
 
 BatchHandler = Callable[[Sequence[Delivery[T]]], Awaitable[Mapping[int, str] | None]]
@@ -107,6 +128,10 @@ class ConsumerOptions:
     """With ``ack_all``: send an AckAll at most this often (s); a batch handled sooner is acked
     by the next AckAll, at the latest this long after it (or when :meth:`DurableConsumer.run`
     ends). Each is still sent only after its batch's handler returned."""
+    concurrent: int = 1
+    """Full batches handled at once (explicit acks only): with a backlog, the next full batch's
+    handler starts while the previous one's still runs (waiting on its store's COMMIT, say);
+    each batch is acked when its own handler returned. A batch that is not full waits for them."""
     standing: bool = False
     """Keep one pull request open (:class:`StandingPull`, expiring after ``fetch_timeout``)
     instead of a few requests per wake-up: AckAll only (``ack_all``)."""
@@ -121,7 +146,7 @@ class _InboxPull(abc.ABC):
         self._api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self._inbox = nc.new_inbox()
         self._sub: Subscription | None = None
-        self._buffer: list[Msg] = []
+        self._buffer: list[JsMsg] = []
         self._request = 0
         self._owed = 0  # messages the open request may still bring (0: none open)
         self.status = ""
@@ -129,18 +154,21 @@ class _InboxPull(abc.ABC):
         self.description = ""
 
     async def start(self) -> None:
+        # nats-py's callback (with its Msg objects) only where the lean path cannot hook in.
         self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_msg)
+        inbox.route(self._nc, self._sub._id, self._on_msg)
 
     async def stop(self) -> None:
         if self._sub is not None:
+            inbox.unroute(self._nc, self._sub._id)
             await self._sub.unsubscribe()
             self._sub = None
 
     @abc.abstractmethod
-    async def _on_msg(self, msg: Msg) -> None:
+    async def _on_msg(self, msg: JsMsg) -> None:
         """A message or a status on the inbox: each way of pulling reacts in its own way."""
 
-    def _ends_request(self, msg: Msg, status: str) -> bool:
+    def _ends_request(self, msg: JsMsg, status: str) -> bool:
         """Whether ``msg`` is the status that ends the current request (kept in :attr:`status`)."""
         if status == "100" or msg.subject != f"{self._inbox}.{self._request}":
             return False
@@ -166,8 +194,8 @@ class PullRequests(_InboxPull):
         super().__init__(nc, stream, durable)
         self._ended = asyncio.Event()
 
-    async def _on_msg(self, msg: Msg) -> None:
-        status = JetStreamContext.is_status_msg(msg)
+    async def _on_msg(self, msg: JsMsg) -> None:
+        status = inbox.status_of(msg)
         if not status:
             self._buffer.append(msg)
             self._owed -= 1
@@ -195,7 +223,7 @@ class PullRequests(_InboxPull):
         except TimeoutError:
             self._request += 1  # whatever that request still sends is no longer awaited
 
-    async def fetch(self, batch: int, expires: float, fill_wait: float = 0.0) -> list[Msg]:
+    async def fetch(self, batch: int, expires: float, fill_wait: float = 0.0) -> list[JsMsg]:
         """Up to ``batch`` messages (more only when an abandoned request's arrive late); [] when idle.
 
         ``fill_wait``: after waking for a first message, wait that long and take what came since."""
@@ -249,8 +277,8 @@ class StandingPull(_InboxPull):
             self._request += 1  # whatever that request still sends is no longer awaited
             self._ready.set()
 
-    async def _on_msg(self, msg: Msg) -> None:
-        status = JetStreamContext.is_status_msg(msg)
+    async def _on_msg(self, msg: JsMsg) -> None:
+        status = inbox.status_of(msg)
         if not status:
             self._buffer.append(msg)
             self._owed -= 1
@@ -272,7 +300,7 @@ class StandingPull(_InboxPull):
         reply = f"{self._inbox}.{self._request}"
         await self._nc.publish(self._api, json.dumps(request).encode(), reply=reply)
 
-    async def fetch(self, batch: int, expires: float, fill_wait: float = 0.0) -> list[Msg]:
+    async def fetch(self, batch: int, expires: float, fill_wait: float = 0.0) -> list[JsMsg]:
         """What arrived since the last call, waiting up to ``expires`` for a first message; []
         when the request expired (or was refused: :attr:`status`) or :meth:`interrupt` was called."""
         if not self._buffer:
@@ -320,12 +348,14 @@ class DurableConsumer(Generic[T]):
         self.dead_lettered = 0
         self._failures: dict[int, int] = {}  # stream seq -> counted failures (with ``transient``)
         self._stop = asyncio.Event()
-        self._ahead: asyncio.Task[list[Msg]] | None = None
+        self._ahead: asyncio.Task[_Batch[T]] | None = None
         # ``ack_all_every``: the AckAll not sent yet (its batch is handled), and when one last went.
-        self._ack_due: Msg | None = None
+        self._ack_due: JsMsg | None = None
         self._acked_at = float("-inf")
         self._ack_timer: asyncio.TimerHandle | None = None
         self._ack_tasks: set[asyncio.Task[None]] = set()
+        self._held = 0  # batches held through the current outage (several with ``concurrent``)
+        self._outage_started = 0.0
         self.outages = 0
         """Outages waited out (or being waited out) by this consumer: transient handler errors."""
         self.unavailable_tries = 0
@@ -360,6 +390,8 @@ class DurableConsumer(Generic[T]):
             raise ValueError("prefetch needs explicit acks: an AckAll would ack the batch fetched ahead")
         if self._opts.standing and not self._opts.ack_all:
             raise ValueError("a standing pull needs AckAll: its undelivered messages wait out ack_wait")
+        if self._opts.concurrent > 1 and self._opts.ack_all:
+            raise ValueError("concurrent batches need explicit acks: an AckAll would ack the other batch")
         await self._js.add_consumer(self._stream, config=self.consumer_config())
         # The JetStream context's own connection (nats-py's KeyValue and ObjectStore use it too).
         puller: PullRequests | StandingPull
@@ -378,24 +410,37 @@ class DurableConsumer(Generic[T]):
         await puller.start()
         self._log.info("consuming", filters=",".join(self._filters))
         opts = self._opts
+        handling: set[asyncio.Task[None]] = set()  # full batches in their handlers (``concurrent``)
         try:
             while not stop.is_set():
                 ahead, self._ahead = self._ahead, None
                 if ahead is not None:
-                    msgs = await ahead
+                    batch = await ahead
                 else:
                     msgs = await puller.fetch(opts.batch_size, opts.fetch_timeout, opts.fill_wait)
-                if msgs:
-                    if opts.prefetch and len(msgs) >= opts.batch_size:
-                        self._ahead = asyncio.create_task(
-                            puller.fetch(opts.batch_size, opts.fetch_timeout, opts.fill_wait)
-                        )
-                    await self.process(msgs)
+                    batch = await self._decoded(msgs)
+                if batch.msgs:
+                    full = len(batch.msgs) >= opts.batch_size
+                    if opts.prefetch and full:
+                        self._ahead = asyncio.create_task(self._fetch_ahead(puller))
+                    if opts.concurrent > 1 and full:
+                        handling.add(asyncio.create_task(self._process(batch)))
+                        await self._settle(handling, opts.concurrent - 1)
+                    else:
+                        await self._settle(handling, 0)
+                        await self._process(batch)
                 elif puller.status not in ("", "404", "408"):
                     # e.g. 409 consumer deleted: no busy loop while the server refuses.
                     self._log.warning("pull request refused", status=puller.status, reason=puller.description)
                     await asyncio.sleep(min(opts.fetch_timeout, 1.0))
+            await self._settle(handling, 0)
+        except asyncio.CancelledError:
+            for task in handling:  # unacked, they are redelivered after ack_wait
+                task.cancel()
+            raise
         finally:
+            if handling:  # run is ending on an error: the other batches still finish (or are nak'd)
+                await asyncio.gather(*handling, return_exceptions=True)
             if waker is not None:
                 waker.cancel()
             with contextlib.suppress(Exception):
@@ -404,24 +449,51 @@ class DurableConsumer(Generic[T]):
                 await self._give_back_ahead()
             await puller.stop()
 
+    @staticmethod
+    async def _settle(handling: set[asyncio.Task[None]], most: int) -> None:
+        """Wait until at most ``most`` batches are still in their handlers; raise what one raised."""
+        while len(handling) > most:
+            done, _ = await asyncio.wait(handling, return_when=asyncio.FIRST_COMPLETED)
+            handling.difference_update(done)
+            for task in done:
+                task.result()
+
     async def _give_back_ahead(self) -> None:
         """Nak the batch fetched ahead (if any), so the server redelivers it now, not after ack_wait."""
         ahead, self._ahead = self._ahead, None
         if ahead is None:
             return
-        for msg in await ahead:  # a no_wait pull, or at most a fetch_timeout long poll
+        for msg in (await ahead).msgs:  # a no_wait pull, or at most a fetch_timeout long poll
             await msg.nak()
 
-    async def process(self, msgs: Sequence[Msg]) -> None:
-        deliveries: list[Delivery[T]] = []
-        for msg in msgs:
+    async def _fetch_ahead(self, puller: PullRequests | StandingPull) -> _Batch[T]:
+        """The next batch, pulled and decoded while the handler waits on its store for this one:
+        the client's parsing and decoding overlap the store's own work."""
+        opts = self._opts
+        return await self._decoded(await puller.fetch(opts.batch_size, opts.fetch_timeout, opts.fill_wait))
+
+    async def _decoded(self, msgs: Sequence[JsMsg]) -> _Batch[T]:
+        batch = _Batch[T](msgs, [], [])
+        deliveries, decode = batch.deliveries, self._decode
+        for index, msg in enumerate(msgs):
+            if index and not index % _DECODE_SLICE:
+                await asyncio.sleep(0)  # the handler's replies from its store are not held up
             stream_seq, delivered = _position(msg)
             try:
-                event = self._decode(msg.data)
+                event = decode(msg.data)
             except (DecodeError, ValueError) as exc:
-                await self._reject(msg, f"malformed message: {exc}", stream_seq)
+                batch.malformed.append((msg, f"malformed message: {exc}", stream_seq))
                 continue
             deliveries.append(Delivery(event, msg.subject, stream_seq, delivered, msg))
+        return batch
+
+    async def process(self, msgs: Sequence[JsMsg]) -> None:
+        await self._process(await self._decoded(msgs))
+
+    async def _process(self, batch: _Batch[T]) -> None:
+        for msg, reason, stream_seq in batch.malformed:
+            await self._reject(msg, reason, stream_seq)
+        deliveries = batch.deliveries
         if not deliveries:
             return
         try:
@@ -442,20 +514,26 @@ class DurableConsumer(Generic[T]):
                 await delivery.msg.nak()
             return
         last: Delivery[T] | None = None
+        acks: list[JsMsg] = []
+        failures = self._failures
         for index, delivery in enumerate(deliveries):
-            self._failures.pop(delivery.stream_seq, None)
+            if failures:
+                failures.pop(delivery.stream_seq, None)
             if index in rejected:
                 await self._reject(delivery.msg, rejected[index], delivery.stream_seq)
             else:
                 if not self._opts.ack_all:
-                    await delivery.msg.ack()
+                    acks.append(delivery.msg)
                 elif last is None or delivery.stream_seq > last.stream_seq:
                     last = delivery
                 self.processed += 1
+        if acks:
+            # Still one +ACK per message (the durable consumer may be shared), in one write.
+            await inbox.ack_many(self._js._nc, acks)
         if last is not None:
             await self._ack_all(last.msg)  # AckAll: every message of the batch up to it
 
-    async def _ack_all(self, msg: Msg) -> None:
+    async def _ack_all(self, msg: JsMsg) -> None:
         every = self._opts.ack_all_every
         loop = asyncio.get_running_loop()
         if every <= 0 or loop.time() - self._acked_at >= every:
@@ -490,53 +568,72 @@ class DurableConsumer(Generic[T]):
             await msg.ack()
 
     async def _handle(self, deliveries: Sequence[Delivery[T]]) -> Mapping[int, str] | None:
-        """The handler's rejections; transient errors are waited out here (None: stopped meanwhile)."""
+        """The handler's rejections; transient errors are waited out here (None: stopped meanwhile).
+
+        With ``concurrent`` batches, an outage holds each of them; it is one outage all the same
+        (one line when it starts, the summaries, one line when it ends)."""
         transient = self._opts.transient
         if transient is None:
             return await self._handler(deliveries) or {}
         loop = asyncio.get_running_loop()
-        started = last_summary = last_progress = 0.0
+        last_summary = last_progress = 0.0
         tries = 0
-        while True:
-            try:
-                rejected = await self._handler(deliveries) or {}
-            except Exception as exc:
-                if not transient(exc):
-                    raise
-                error = f"{type(exc).__name__}: {exc}"[:200]
-                now = loop.time()
-                tries += 1
-                self.unavailable_tries += 1
-                if tries == 1:
-                    started = last_summary = last_progress = now
-                    self.outages += 1
-                    # Held through the outage it would outlive ack_wait. A failed nak (NATS away
-                    # too) is no handler failure: the server redelivers after ack_wait.
-                    with contextlib.suppress(Exception):
-                        await self._give_back_ahead()
-                    self._log.warning(
-                        "store unavailable; holding the batch", batch=len(deliveries), error=error
+        opened = False  # this batch's failure began the outage: it logs the summaries
+        try:
+            while True:
+                try:
+                    rejected = await self._handler(deliveries) or {}
+                except Exception as exc:
+                    if not transient(exc):
+                        raise
+                    error = f"{type(exc).__name__}: {exc}"[:200]
+                    now = loop.time()
+                    tries += 1
+                    self.unavailable_tries += 1
+                    if tries == 1:
+                        last_summary = last_progress = now
+                        self._held += 1
+                        opened = self._held == 1
+                        # Held through the outage it would outlive ack_wait. A failed nak (NATS
+                        # away too) is no handler failure: the server redelivers after ack_wait.
+                        with contextlib.suppress(Exception):
+                            await self._give_back_ahead()
+                        if opened:
+                            self._outage_started = now
+                            self.outages += 1
+                            self._log.warning(
+                                "store unavailable; holding the batch", batch=len(deliveries), error=error
+                            )
+                    elif opened and now - last_summary >= self._opts.outage_summary_s:
+                        last_summary = now
+                        self._log.warning(
+                            "store still unavailable",
+                            outage_s=round(now - self._outage_started),
+                            tries=tries,
+                            error=error,
+                        )
+                    if now - last_progress >= self._opts.ack_wait / 3:
+                        # Not redelivered while held (to this or another replica): the wait is ours.
+                        last_progress = now
+                        await self._in_progress(deliveries)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), self._delay(tries))
+                    if self._stop.is_set():
+                        self._log.info(
+                            "stopping during an outage; the batch will be redelivered", tries=tries
+                        )
+                        return None
+                    continue
+                if tries and self._held == 1:
+                    self._log.info(
+                        "store available again; resuming",
+                        outage_s=round(loop.time() - self._outage_started, 1),
+                        tries=tries,
                     )
-                elif now - last_summary >= self._opts.outage_summary_s:
-                    last_summary = now
-                    self._log.warning(
-                        "store still unavailable", outage_s=round(now - started), tries=tries, error=error
-                    )
-                if now - last_progress >= self._opts.ack_wait / 3:
-                    # Not redelivered while held (to this or another replica): the wait is ours.
-                    last_progress = now
-                    await self._in_progress(deliveries)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), self._delay(tries))
-                if self._stop.is_set():
-                    self._log.info("stopping during an outage; the batch will be redelivered", tries=tries)
-                    return None
-                continue
+                return rejected
+        finally:
             if tries:
-                self._log.info(
-                    "store available again; resuming", outage_s=round(loop.time() - started, 1), tries=tries
-                )
-            return rejected
+                self._held -= 1
 
     async def _in_progress(self, deliveries: Sequence[Delivery[T]]) -> None:
         for delivery in deliveries:
@@ -568,7 +665,7 @@ class DurableConsumer(Generic[T]):
             else:
                 await delivery.msg.nak(delay=self._delay(delivery.num_delivered))
 
-    async def _reject(self, msg: Msg, reason: str, stream_seq: int) -> None:
+    async def _reject(self, msg: JsMsg, reason: str, stream_seq: int) -> None:
         # The dead letter is published (and acked by JetStream) before the original is dropped.
         await self._dead_letters.send(
             subject=msg.subject,

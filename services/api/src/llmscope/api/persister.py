@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import math
 import operator
@@ -67,6 +68,10 @@ to 2000 cut Postgres's CPU per drained event from 15-16 to 8-10 us (``bench/inge
 A trickle is not held back by it: a pull takes what is there (``ConsumerOptions.fill_wait``)."""
 LAG_SAMPLE_S = 5.0
 """How often each consumer's lag is read from the server (one request per consumer)."""
+TELEMETRY_CONCURRENT = 2
+"""Full telemetry batches stored at once, each on its own connection (``ConsumerOptions.concurrent``):
+one batch's rows are COPY'd while the other's aggregates are upserted and its COMMIT waits on
+the disk; the aggregates and COMMITs themselves go one after the other (``store_telemetry``)."""
 GC_YOUNGEST_THRESHOLD = 20_000
 """Allocations between two collections of the youngest generation (CPython's default: 700)."""
 
@@ -465,15 +470,25 @@ def telemetry_record(ev: TelemetryEvent) -> tuple[Any, ...]:
     return values
 
 
-async def store_telemetry(conn: Conn, events: Sequence[TelemetryEvent]) -> int:
-    """Store a batch in one transaction; returns how many were new."""
+async def store_telemetry(
+    conn: Conn, events: Sequence[TelemetryEvent], *, serial: asyncio.Lock | None = None
+) -> int:
+    """Store a batch in one transaction; returns how many were new.
+
+    ``serial``: held from the batch's aggregates statement until its COMMIT is done, so that
+    batches stored at once on other connections (``ConsumerOptions.concurrent``) COPY their rows
+    meanwhile but upsert the shared rollup, series and model rows one transaction after the
+    other (each would wait for the other's row locks anyway; taken in two orders at once they
+    could deadlock)."""
     if not events:
         return 0
+    held: contextlib.AbstractAsyncContextManager[object] = serial or contextlib.nullcontext()
     if len(events) < COPY_MIN_ROWS:
         # One statement is its own transaction: no BEGIN and COMMIT round trips.
         records = [telemetry_record(ev) for ev in events]
         columns = [list(c) for c in zip(*records, strict=True)]
-        inserted: int = await conn.fetchval(STORE_TELEMETRY_ARRAYS, *columns)
+        async with held:
+            inserted: int = await conn.fetchval(STORE_TELEMETRY_ARRAYS, *columns)
         return inserted
     firsts: dict[str, TelemetryEvent] = {}
     for ev in events:
@@ -483,19 +498,23 @@ async def store_telemetry(conn: Conn, events: Sequence[TelemetryEvent]) -> int:
     try:
         # The common case, no event stored yet: COPY straight into the table (as fast as
         # Postgres takes rows), the batch's aggregates computed here.
-        async with conn.transaction():
+        # The stack is left after the transaction: ``serial`` is released once COMMIT is done.
+        async with contextlib.AsyncExitStack() as until_committed, conn.transaction():
             await conn.copy_records_to_table("telemetry", records=records, columns=TELEMETRY_COLUMNS)
-            await conn.execute(UPSERT_AGGREGATES, *_batch_aggregates(unique))
+            aggregates = _batch_aggregates(unique)
+            await until_committed.enter_async_context(held)
+            await conn.execute(UPSERT_AGGREGATES, *aggregates)
         return len(unique)
     except asyncpg.UniqueViolationError:
         pass  # a redelivery (or another persister's copy): the rows not stored yet, and only those
-    async with conn.transaction():
+    async with contextlib.AsyncExitStack() as until_committed, conn.transaction():
         await conn.execute(CREATE_TELEMETRY_IN)
         await conn.copy_records_to_table(
             "telemetry_in",
             records=[(*r, i) for i, r in enumerate(records, 1)],
             columns=(*TELEMETRY_COLUMNS, "ord"),
         )
+        await until_committed.enter_async_context(held)
         stored: int = await conn.fetchval(STORE_TELEMETRY)
     return stored
 
@@ -680,6 +699,7 @@ class Persister:
         consumers = metrics.consumers if metrics is not None else None
         dead = DeadLetters(publisher, SOURCE)
         opts = options or persister_consumer_options(batch_size=batch_size)
+        self._serial = asyncio.Lock()
         self.telemetry = DurableConsumer[TelemetryEvent](
             js=js,
             stream=subjects.STREAM_TELEMETRY,
@@ -688,7 +708,8 @@ class Persister:
             decode=lambda b: codec.decode_as(b, TelemetryEvent),
             handler=self.on_telemetry,
             dead_letters=dead,
-            options=opts,
+            # Only telemetry: a violation batch's clears must find the episodes opened before them.
+            options=replace(opts, concurrent=TELEMETRY_CONCURRENT) if not opts.ack_all else opts,
             metrics=consumers,
         )
         self.violations = DurableConsumer[ViolationEvent](
@@ -731,7 +752,7 @@ class Persister:
             self._metrics.batches.labels(kind).inc()
 
     async def on_telemetry(self, batch: Sequence[Delivery[TelemetryEvent]]) -> Mapping[int, str]:
-        return await self._write("telemetry", batch, store_telemetry)
+        return await self._write("telemetry", batch, functools.partial(store_telemetry, serial=self._serial))
 
     async def on_violations(self, batch: Sequence[Delivery[ViolationEvent]]) -> Mapping[int, str]:
         return await self._write("violations", batch, store_violations)

@@ -1,0 +1,252 @@
+"""A lean receive path for pull inboxes, and acks sent as one write per batch.
+
+nats-py turns every message it parses into a ``Msg`` dataclass with a parsed header dict, puts
+it on the subscription's queue and hands it to the callback from the subscription's task: about
+a third of the persister's client CPU per event when it drains a backlog (py-spy,
+``bench/ingest_bench.py`` (e)). A pull inbox needs none of that: its messages are JetStream
+deliveries whose position is in the reply subject, and statuses that end a request. Here such a
+subscription's messages are handed, as the parser reads them, to a callback as :class:`InboxMsg`
+(subject and reply decoded, the headers kept as bytes and parsed only when read: a dead letter's
+``Nats-Msg-Id``, a status's description). :func:`ack_many` sends a batch's acks (one ``+ACK`` per
+message, as ``Msg.ack`` sends them) in one write.
+
+Both hook into nats-py's client (pinned to 2.16 by the lock file): the parser calls
+``client._process_msg(sid, subject, reply, payload, headers)`` for each message, and a publish
+is ``client._send_command`` then ``client._flush_pending``. :func:`route` checks for those
+attributes and returns False when they are missing (another nats-py), and the subscription then
+goes through nats-py's ordinary callback with ``Msg`` objects, which this module's users accept
+too (``tests/bus/test_inbox.py`` runs both paths against a real server).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import (
+    ConnectionClosedError,
+    ConnectionDrainingError,
+    MsgAlreadyAckdError,
+    NotJSMessageError,
+    OutboundBufferLimitError,
+)
+
+from llmscope.config.logs import get_logger
+
+_HDR_LINE = b"NATS/1.0"
+
+log = get_logger("llmscope.bus.inbox")
+
+
+class JsMsg(Protocol):
+    """What the consumer adapter and its handlers read of a delivery: nats-py's ``Msg`` or
+    :class:`InboxMsg`."""
+
+    @property
+    def subject(self) -> str: ...
+    @property
+    def reply(self) -> str: ...
+    @property
+    def data(self) -> bytes: ...
+    @property
+    def headers(self) -> dict[str, str] | None: ...
+    @property
+    def metadata(self) -> Msg.Metadata: ...
+
+    async def ack(self) -> None: ...
+    async def nak(self, delay: int | float | None = None) -> None: ...
+    async def term(self) -> None: ...
+    async def in_progress(self) -> None: ...
+
+
+def parse_headers(raw: bytes | None) -> dict[str, str] | None:
+    """A NATS header block as nats-py 2.16 reads it: an inline status (``NATS/1.0 404 No
+    Messages``) as ``Status`` and ``Description``, then ``Name: Value`` lines."""
+    if not raw:
+        return None
+    first, _, rest = raw.partition(b"\r\n")
+    out: dict[str, str] = {}
+    inline = first[len(_HDR_LINE) :].strip()
+    if inline:
+        status, _, description = inline.partition(b" ")
+        if status.isdigit():
+            out["Status"] = status.decode()
+        if description:
+            out["Description"] = description.decode("utf-8", "replace")
+    for line in rest.split(b"\r\n"):
+        name, sep, value = line.partition(b":")
+        if not sep:
+            continue
+        try:
+            key = name.strip().decode("ascii")
+        except UnicodeDecodeError:
+            continue
+        if any(c.isspace() for c in key):
+            continue
+        out[key] = value.strip().decode("utf-8", "replace")
+    return out or None
+
+
+def status_of(msg: JsMsg) -> str:
+    """The inline status of a message ("404", "408", "100"...), "" for a delivery."""
+    if isinstance(msg, InboxMsg):
+        return msg.status
+    return (msg.headers or {}).get("Status", "") if not msg.data else ""
+
+
+class InboxMsg:
+    """A message of a routed subscription: nats-py ``Msg``'s fields and JetStream acks, without
+    its dataclass, header dict or queue."""
+
+    __slots__ = (
+        "_ackd",
+        "_headers",
+        "_metadata",
+        "_nc",
+        "_raw_headers",
+        "data",
+        "reply",
+        "status",
+        "subject",
+    )
+
+    def __init__(self, nc: NATS, subject: str, reply: str, data: bytes, raw_headers: bytes | None) -> None:
+        self._nc = nc
+        self.subject = subject
+        self.reply = reply
+        self.data = data
+        self._raw_headers = raw_headers
+        self._headers: dict[str, str] | bool | None = False  # False: not parsed yet
+        self._metadata: Msg.Metadata | None = None
+        self._ackd = False
+        # An inline status sits right after "NATS/1.0 " in a message without data.
+        self.status = (
+            raw_headers[9:12].decode()
+            if not data and raw_headers and raw_headers[8:9] == b" " and raw_headers[9:12].isdigit()
+            else ""
+        )
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        if self._headers is False:
+            self._headers = parse_headers(self._raw_headers)
+        return self._headers  # type: ignore[return-value]
+
+    @property
+    def metadata(self) -> Msg.Metadata:
+        if self._metadata is None:
+            self._metadata = Msg.Metadata._from_reply(self.reply)
+        return self._metadata
+
+    def _check(self) -> None:
+        if not self.reply:
+            raise NotJSMessageError
+        if self._ackd:
+            raise MsgAlreadyAckdError(self)
+
+    async def ack(self) -> None:
+        self._check()
+        await self._nc.publish(self.reply)
+        self._ackd = True
+
+    async def nak(self, delay: int | float | None = None) -> None:
+        self._check()
+        payload = b"-NAK"
+        if delay:
+            payload += b" " + json.dumps({"delay": int(delay * 10**9)}).encode()
+        await self._nc.publish(self.reply, payload)
+        self._ackd = True
+
+    async def term(self) -> None:
+        self._check()
+        await self._nc.publish(self.reply, b"+TERM")
+        self._ackd = True
+
+    async def in_progress(self) -> None:
+        if not self.reply:
+            raise NotJSMessageError
+        await self._nc.publish(self.reply, b"+WPI")
+
+    def __repr__(self) -> str:
+        return f"InboxMsg(subject={self.subject!r}, reply={self.reply!r}, data={len(self.data)} bytes)"
+
+
+InboxCallback = Callable[[InboxMsg], Awaitable[None]]
+
+_ROUTES = "_llmscope_routes"
+
+
+def _hookable(nc: NATS) -> bool:
+    return all(hasattr(nc, a) for a in ("_process_msg", "_subs", "_send_command", "_flush_pending", "stats"))
+
+
+def route(nc: NATS, sid: int, cb: InboxCallback) -> bool:
+    """Hand subscription ``sid``'s messages to ``cb`` as the parser reads them (in the client's
+    read loop: ``cb`` must not block). False when this nats-py cannot be hooked."""
+    if not _hookable(nc):
+        return False
+    routes: dict[int, InboxCallback] | None = getattr(nc, _ROUTES, None)
+    if routes is None:
+        routes = {}
+        original = nc._process_msg
+        stats = nc.stats
+
+        async def process_msg(sid: int, subject: bytes, reply: bytes, data: bytes, headers: Any) -> None:
+            callback = routes.get(sid)
+            if callback is None:
+                await original(sid, subject, reply, data, headers)
+                return
+            stats["in_msgs"] += 1
+            stats["in_bytes"] += len(data)
+            try:
+                await callback(InboxMsg(nc, subject.decode(), reply.decode(), data, headers))
+            except Exception:  # the client's read loop must go on, as with a subscription's task
+                log.exception("inbox callback failed", sid=sid)
+
+        setattr(nc, _ROUTES, routes)
+        nc._process_msg = process_msg  # type: ignore[method-assign]
+    routes[sid] = cb
+    return True
+
+
+def unroute(nc: NATS, sid: int) -> None:
+    routes: dict[int, InboxCallback] | None = getattr(nc, _ROUTES, None)
+    if routes is not None:
+        routes.pop(sid, None)
+
+
+async def ack_many(nc: NATS, msgs: Sequence[JsMsg]) -> None:
+    """Ack each message (an empty publish to its reply subject, as ``Msg.ack``) in one write.
+
+    Raises as ``Client.publish`` does when the connection is closed, draining or, while it
+    reconnects, its pending buffer is full; nothing is marked acked then."""
+    if not msgs:
+        return
+    if not _hookable(nc):
+        for msg in msgs:
+            await msg.ack()
+        return
+    replies = []
+    for msg in msgs:
+        if not msg.reply:
+            raise NotJSMessageError
+        if getattr(msg, "_ackd", False):  # both InboxMsg and nats-py's Msg keep it there
+            raise MsgAlreadyAckdError(msg)
+        replies.append(msg.reply)
+    cmd = ("PUB " + " 0\r\n\r\nPUB ".join(replies) + " 0\r\n\r\n").encode()
+    if nc.is_closed:
+        raise ConnectionClosedError
+    if nc.is_draining_pubs:
+        raise ConnectionDrainingError
+    limit = nc._max_pending_size
+    if not nc.is_connected and (limit <= 0 or len(cmd) + nc._pending_data_size > limit):
+        raise OutboundBufferLimitError
+    nc.stats["out_msgs"] += len(replies)
+    await nc._send_command(cmd)
+    if nc._flush_queue is not None and nc._flush_queue.empty():  # as Client.publish does
+        await nc._flush_pending()
+    for msg in msgs:
+        msg._ackd = True  # type: ignore[attr-defined]
