@@ -708,6 +708,8 @@ class SpcService:
                 traffic = self.traffic.get(partition)
                 minutes: list[TrafficMinuteEvent] = []
                 on_telemetry = self.engine.on_telemetry
+                # No coroutine per event while the probe's charts are in memory.
+                on_loaded = self.engine.on_telemetry_loaded
                 for d in batch:
                     seq = d.stream_seq
                     if seq > last:
@@ -726,7 +728,9 @@ class SpcService:
                             closed, found = traffic.observe(stored_at(d), seq)
                             minutes += closed
                             violations += found
-                    found = await on_telemetry(ev, seq)
+                    found = on_loaded(ev, seq)
+                    if found is None:
+                        found = await on_telemetry(ev, seq)
                     if found:
                         violations += found
                 if batch:
