@@ -292,7 +292,7 @@ def _meta(ev: TelemetryEvent, prompt_id: str, metric: str) -> ChartMeta:
 
 
 class _Entry:
-    __slots__ = ("chart", "checked", "dirty", "ids", "meta", "seq", "settings_seq")
+    __slots__ = ("chart", "checked", "dirty", "ids", "meta", "seq", "settings_seq", "view", "view_key")
 
     def __init__(
         self, meta: ChartMeta, chart: MetricChart | AvailabilityChart, seq: int, settings_seq: int = 0
@@ -307,6 +307,9 @@ class _Entry:
         # A superset of the ids of the chart's recent points (a re-baseline may empty those
         # without telling us): a hit is confirmed against the points, a miss is certain.
         self.ids: set[str] | None = None
+        # The metric chart's last rendered view and what it was rendered from (Engine._view).
+        self.view: ChartView | None = None
+        self.view_key: tuple[object, ...] = ()
 
     def seen(self, point_id: str) -> bool:
         """Whether ``point_id`` is among the metric chart's recent points (the duplicate check)."""
@@ -618,7 +621,7 @@ class Engine:
                 updated_at=updated_at,
                 config=chart.config,
                 state=chart.state,
-                view=render_view(chart.config, chart.state),
+                view=self._view(entry, chart),
                 settings_seq=entry.settings_seq,
             )
         return AvailabilitySnapshot(
@@ -630,6 +633,27 @@ class Engine:
             state=chart.state,
             availability=render_availability(chart.config, chart.state),
         )
+
+    @staticmethod
+    def _view(entry: _Entry, chart: MetricChart) -> ChartView:
+        """``render_view``, reused while everything it reads is unchanged: the configuration and
+        the baseline (frozen, compared by identity), the points collected, the note and the open
+        episodes. Every chart that took a point is written each second, its view with it."""
+        st = chart.state
+        episodes = tuple((key, ep.rule) for key, ep in st.episodes.items())
+        got = entry.view_key
+        if (
+            entry.view is not None
+            and got[0] is chart.config
+            and got[1] is st.baseline
+            and got[2] == len(st.collected)
+            and got[3] == st.note
+            and got[4] == episodes
+        ):
+            return entry.view
+        view = entry.view = render_view(chart.config, st)
+        entry.view_key = (chart.config, st.baseline, len(st.collected), st.note, episodes)
+        return view
 
     def take_dirty(self) -> list[str]:
         keys = [k for k, e in self._charts.items() if e.dirty]

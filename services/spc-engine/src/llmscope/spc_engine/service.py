@@ -515,7 +515,7 @@ class SpcService:
         self.engine = Engine(
             config_for=lambda metric: config_for(settings, metric),
             load=self._load,
-            owns=lambda p, m: self.partition_of(p, m) in self.held,
+            owns=self._owns,
         )
         self._last_seq: dict[int, int] = {}
         self.traffic: dict[int, TrafficPartition] = {}
@@ -542,6 +542,10 @@ class SpcService:
 
     def partition_of(self, provider: str, model: str) -> int:
         return telemetry_partition(provider, model, self.settings.partitions)
+
+    def _owns(self, provider: str, model: str) -> bool:
+        # partition_of without the extra call: the engine asks this for every probe.
+        return telemetry_partition(provider, model, self.settings.partitions) in self.held
 
     @property
     def answers_for_all(self) -> bool:
