@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import importlib.metadata
 import json
 import math
@@ -65,7 +66,7 @@ from llmscope.spc_engine.config import (
     default_config,
 )
 from llmscope.spc_engine.engine import Engine
-from llmscope.spc_engine.service import SpcService, partition_durable
+from llmscope.spc_engine.service import SpcService, partition_durable, tune_gc
 from llmscope.spc_engine.settings import SpcSettings
 from llmscope.stack.embedded import EmbeddedNats, nats_server_binary
 from llmscope.stack.ports import free_port
@@ -449,6 +450,10 @@ async def _service(url: str, n: int) -> tuple[float, int]:
         mjs = monitor.jetstream()
         durables = [partition_durable(k) for k in range(settings.partitions)]
         stop = asyncio.Event()
+        # The collector as the engine's process sets it at start (``serve``), for this run only:
+        # the raw consume baseline runs with CPython's default.
+        threshold = gc.get_threshold()
+        tune_gc()
         t0 = time.perf_counter()
         task = asyncio.create_task(service.run(stop))
         elapsed = math.nan
@@ -464,6 +469,7 @@ async def _service(url: str, n: int) -> tuple[float, int]:
         finally:
             stop.set()
             await asyncio.wait_for(task, 30)
+            gc.set_threshold(*threshold)
         if service.failed is not None:
             raise RuntimeError(f"the service failed: {service.failed!r}")
         if math.isnan(elapsed):
