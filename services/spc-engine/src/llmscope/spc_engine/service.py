@@ -749,11 +749,11 @@ class SpcService:
                             closed, found = traffic.observe(stored_at(d), seq)
                             minutes += closed
                             violations += found
-                    found = on_loaded(ev, seq)
-                    if found is None:
-                        found = await on_telemetry(ev, seq)
-                    if found:
-                        violations += found
+                    charted = on_loaded(ev, seq)
+                    if charted is None:
+                        charted = await on_telemetry(ev, seq)
+                    if charted:
+                        violations += charted
                 if batch:
                     self._caught_up[partition] = _pending(batch[-1]) == 0
                 # The closed minutes, then the batch's violations, in order; the batch is acked
