@@ -307,14 +307,17 @@ class Spied:
 
     def __init__(self, service: SpcService, log: list[tuple[str, int, int]]) -> None:
         self.service = service
-        inner = service.engine.on_telemetry
+        # Every probe is charted by on_telemetry_loaded: the service calls it, and on_telemetry
+        # calls it again once a chart was loaded (None, nothing charted, before that).
+        inner = service.engine.on_telemetry_loaded
 
-        async def on_telemetry(ev: TelemetryEvent, seq: int = 0) -> list[ViolationEvent]:
-            if service.engine.owns(ev.provider, ev.model):
+        def on_telemetry_loaded(ev: TelemetryEvent, seq: int = 0) -> list[ViolationEvent] | None:
+            out = inner(ev, seq)
+            if out is not None and service.engine.owns(ev.provider, ev.model):
                 log.append((service.holder, service.partition_of(ev.provider, ev.model), seq))
-            return await inner(ev, seq)
+            return out
 
-        service.engine.on_telemetry = on_telemetry  # type: ignore[method-assign]
+        service.engine.on_telemetry_loaded = on_telemetry_loaded  # type: ignore[method-assign]
 
 
 async def publish_slowly(js: JetStreamContext, events: Sequence[TelemetryEvent]) -> None:

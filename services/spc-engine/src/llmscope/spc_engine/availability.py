@@ -125,6 +125,9 @@ class AvailabilityChart:
         self._fail_run: tuple[AvailabilityConfig, float | None, int] | None = None
         self._ids: set[str] | None = None
         """The ids in ``state.recent_ids`` (unique there), for the duplicate check."""
+        self._counted: list[bool] | None = None
+        self._failures = 0
+        """``sum(self._counted)``, kept in step with the window instead of summed per probe."""
 
     @property
     def fail_run(self) -> int:
@@ -184,9 +187,15 @@ class AvailabilityChart:
                 ids.discard(recent.pop(0))
         st.n += 1
         st.run = st.run + 1 if failed else 0
-        st.outcomes.append(failed)
-        if len(st.outcomes) > cfg.window:
-            del st.outcomes[0]
+        outcomes = st.outcomes
+        if outcomes is not self._counted:  # a new chart or state: counted once
+            self._counted = outcomes
+            self._failures = sum(outcomes)
+        outcomes.append(failed)
+        window_failures = self._failures + failed
+        if len(outcomes) > cfg.window:
+            window_failures -= outcomes.pop(0)
+        self._failures = window_failures
         if st.threshold is None:
             st.baseline_failures += int(failed)
             seen = st.n - st.baseline_start
@@ -206,7 +215,6 @@ class AvailabilityChart:
                 failures=st.run,
                 rate=st.rate,
             )
-        window_failures = sum(st.outcomes)
         if st.threshold is not None and len(st.outcomes) >= cfg.window and window_failures >= st.threshold:
             name = f">= {st.threshold} failures in the last {cfg.window} probes"
             fired["ERROR_RATE"] = AvailabilitySignal(

@@ -316,19 +316,21 @@ class MetricChart:
         if y is None:
             st.n_rejected += 1
             return []
-        out: list[Signal] = []
+        out: list[Signal] | None = None
         if st.model < MODEL_VERSION:
             out = self.rebaseline("engine", UPGRADE_REASON)
             st.model = MODEL_VERSION
         ref = PointRef(st.n_points, point_id, x, ts)
         st.n_points += 1
-        st.recent.append(ref)
-        if len(st.recent) > RECENT:
-            del st.recent[0]
-        if st.baseline is None:
+        recent = st.recent
+        recent.append(ref)
+        if len(recent) > RECENT:
+            del recent[0]
+        baseline = st.baseline
+        if baseline is None:
             self._collect(y, ref)
-            return out
-        judged = self._judge(y, ref, st.baseline)
+            return out if out is not None else []
+        judged = self._judge(y, ref, baseline)
         return out + judged if out else judged
 
     def _hot(self) -> None:
@@ -341,6 +343,14 @@ class MetricChart:
         self._sign = 1.0 if worse == "up" else -1.0
         self._ewma_on = cfg.ewma.enabled
         self._nelson = self._ind.nelson if self._ind is not None and cfg.individuals else None
+        self._cusum_on = cfg.cusum.enabled
+        tail = cfg.tail
+        self._tail_on = tail.enabled
+        self._tail_k = tail.k
+        self._tail_n = tail.window
+        self._spike_on = cfg.spike.enabled
+        self._clip = cfg.clip
+        self._floors = bool(cfg.min_change or cfg.min_spike_change)
 
     def rebaseline(self, by: str, reason: str) -> list[Signal]:
         """Forget the limits and collect a new baseline; open episodes clear now."""
@@ -547,7 +557,7 @@ class MetricChart:
                 pred += phi * (hist[i] - center)
                 i -= 1
         r = (y - pred) / b.sigma_e
-        clip = cfg.clip
+        clip = self._clip
         w = clip if r > clip else (-clip if r < -clip else r)
         if ar:
             hist.append(pred + w * b.sigma_e)
@@ -561,25 +571,54 @@ class MetricChart:
         paging_worse: dict[str, _Fire] = _NO_FIRES
         paging_better: dict[str, _Fire] = _NO_FIRES
         side_worse = side_better = None
-        if cfg.cusum.enabled:
+        if self._cusum_on:
+            # CusumChart.step, inlined (the same arithmetic in the same order).
+            cusum = self._cusum
+            cs = cusum.state
+            upper, lower, run_up, run_down = cs.upper, cs.lower, cs.run_up, cs.run_down
+            capped = cusum.capped
+            up_fired = down_fired = False
+            for i, k, h, limit in cusum.steps:
+                up = upper[i] + d - k
+                down = lower[i] - d - k
+                if up > 0.0:
+                    run_up[i] += 1
+                else:
+                    up = 0.0
+                    run_up[i] = 0
+                if down > 0.0:
+                    run_down[i] += 1
+                else:
+                    down = 0.0
+                    run_down[i] = 0
+                if capped:
+                    if limit < up:
+                        up = limit
+                    if limit < down:
+                        down = limit
+                upper[i] = up
+                lower[i] = down
+                if up > h:
+                    up_fired = True
+                if down > h:
+                    down_fired = True
             # The sides are built only when they signal: nothing reads them otherwise.
-            up_fired, down_fired = self._cusum.step(d)
             if up_fired:
                 side_worse = self._cusum.side("up")
                 paging_worse = {"CUSUM": self._cusum_fire(worse, side_worse)}
             if down_fired:
                 side_better = self._cusum.side("down")
                 paging_better = {"CUSUM": self._cusum_fire(better, side_better)}
-        tail = cfg.tail
-        if tail.enabled:
+        if self._tail_on:
             window = st.tail_window
-            hit = sign * r > tail.k
+            hit = sign * r > self._tail_k
             window.append(hit)
             count = self._tail_count + hit  # kept in step with the window, not summed per point
-            if len(window) > tail.window:
+            tail_n = self._tail_n
+            if len(window) > tail_n:
                 count -= window.pop(0)
             self._tail_count = count
-            if len(window) >= tail.window:
+            if len(window) >= tail_n:
                 need = self._tail_keep if self._page_worse in st.episodes else self._tail_open
                 if count >= need:
                     fire = self._describe("TAIL", worse)
@@ -591,20 +630,20 @@ class MetricChart:
                         f" (the baseline has {100 * b.tail_rate:.2g} %)",
                         n_points=cfg.tail.window,
                     )
-        if cfg.spike.enabled and sign * r > self._spike:
+        if self._spike_on and sign * r > self._spike:
             if paging_worse is _NO_FIRES:
                 paging_worse = {}
             paging_worse["SPIKE"] = msgspec.structs.replace(self._describe("SPIKE", worse), level=ref.value)
         episodes = st.episodes
-        if paging_worse and (cfg.min_change or cfg.min_spike_change) and self._page_worse not in episodes:
+        if paging_worse and self._floors and self._page_worse not in episodes:
             paging_worse = self._large_enough(paging_worse, b)
         if paging_worse or episodes:
             out += self._family(worse, paging_worse, side_worse, d, ref, z, b)
         if paging_better or episodes:
             out += self._family(better, paging_better, side_better, -d, ref, z, b)
 
-        # The other rules: one episode per rule and direction.
-        fired: dict[str, _Fire] = {}
+        # The other rules: one episode per rule and direction (the dict is made when one fires).
+        fired: dict[str, _Fire] = _NO_FIRES
         nelson = self._nelson
         if nelson is not None:
             # IndividualsChart.update on residuals (centre 0, sigma 1: z is r), without the call.
@@ -614,22 +653,46 @@ class MetricChart:
             for n in nelson.update(r, r):
                 direction: Direction = ("up" if r > 0 else "down") if n in SIDED_TESTS else ""
                 key = f"R{n}:{direction}" if direction else f"R{n}"
+                if fired is _NO_FIRES:
+                    fired = {}
                 fired[key] = msgspec.structs.replace(
                     self._describe(f"R{n}", direction), n_points=cfg.rules.window(n)
                 )
-        if self._ewma_on and self._ewma_fired(ewma, u):
-            # u is not oriented: a positive EWMA is the metric going up, whichever way is worse.
-            direction = "up" if ewma.state.value > 0 else "down"
-            span = min(ewma.state.n, max(1, round(2.0 / cfg.ewma.lam)))
-            level = self._level(span)
-            fired[f"EWMA:{direction}"] = msgspec.structs.replace(
-                self._describe("EWMA", direction), statistic=level, level=level, n_points=span
+        if self._ewma_on:
+            # EwmaChart.update and _ewma_fired, inlined (the same arithmetic in the same order).
+            es = ewma.state
+            value = es.value = ewma.keep * es.value + ewma.lam * u
+            es.n += 1
+            bound = ewma.bound
+            if abs(value) > bound:
+                ewma_fired = True
+            elif st.episodes:
+                # Hysteresis: an EWMA hovering at its limit during a shift is one episode.
+                ewma_fired = f"EWMA:{'up' if value > 0 else 'down'}" in st.episodes and abs(value) > bound / 2
+            else:
+                ewma_fired = False
+            if ewma_fired:
+                # u is not oriented: a positive EWMA is the metric going up, whichever way is worse.
+                direction = "up" if ewma.state.value > 0 else "down"
+                span = min(ewma.state.n, max(1, round(2.0 / cfg.ewma.lam)))
+                level = self._level(span)
+                if fired is _NO_FIRES:
+                    fired = {}
+                fired[f"EWMA:{direction}"] = msgspec.structs.replace(
+                    self._describe("EWMA", direction), statistic=level, level=level, n_points=span
+                )
+        if not fired:
+            if not st.episodes:
+                return out
+            rest = [k for k in st.episodes if not k.startswith("PAGE:")]
+            if not rest:
+                return out
+            order = sorted(rest, key=_episode_order)
+        else:
+            order = sorted(
+                set(fired) | {k for k in st.episodes if not k.startswith("PAGE:")}, key=_episode_order
             )
-        if not fired and not st.episodes:
-            return out
-        for key in sorted(
-            set(fired) | {k for k in st.episodes if not k.startswith("PAGE:")}, key=_episode_order
-        ):
+        for key in order:
             found = fired.get(key)
             ep = st.episodes.get(key)
             rule = key.split(":")[0]
@@ -651,18 +714,6 @@ class MetricChart:
                 if rule == "EWMA":
                     ewma.reset()
         return out
-
-    def _ewma_fired(self, ewma: EwmaChart, u: float) -> bool:
-        """Beyond its limit, or, with an episode open that way, beyond half of it (hysteresis:
-        an EWMA hovering at its limit during a shift is one episode, not one per crossing)."""
-        if ewma.update(u):
-            return True
-        episodes = self.state.episodes
-        if not episodes:
-            return False
-        value = ewma.state.value
-        direction = "up" if value > 0 else "down"
-        return f"EWMA:{direction}" in episodes and abs(value) > ewma.bound / 2
 
     def _large_enough(self, fires: dict[str, _Fire], b: Baseline) -> dict[str, _Fire]:
         """The fires whose change is large enough to open the page (``min_change``,

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import operator
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from statistics import NormalDist
@@ -275,6 +276,10 @@ def episode_names(state: ChartState) -> list[str]:
     ]
 
 
+_metric_values: Callable[[TelemetryEvent], tuple[float | None, ...]] = operator.attrgetter(*CHARTED_METRICS)
+"""A probe's values of the charted metrics, in ``CHARTED_METRICS`` order."""
+
+
 def _meta(ev: TelemetryEvent, prompt_id: str, metric: str) -> ChartMeta:
     return ChartMeta(
         provider=ev.provider,
@@ -287,7 +292,7 @@ def _meta(ev: TelemetryEvent, prompt_id: str, metric: str) -> ChartMeta:
 
 
 class _Entry:
-    __slots__ = ("_ids", "chart", "checked", "dirty", "meta", "seq", "settings_seq")
+    __slots__ = ("chart", "checked", "dirty", "ids", "meta", "seq", "settings_seq", "view", "view_key")
 
     def __init__(
         self, meta: ChartMeta, chart: MetricChart | AvailabilityChart, seq: int, settings_seq: int = 0
@@ -301,25 +306,28 @@ class _Entry:
         self.checked = False
         # A superset of the ids of the chart's recent points (a re-baseline may empty those
         # without telling us): a hit is confirmed against the points, a miss is certain.
-        self._ids: set[str] | None = None
+        self.ids: set[str] | None = None
+        # The metric chart's last rendered view and what it was rendered from (Engine._view).
+        self.view: ChartView | None = None
+        self.view_key: tuple[object, ...] = ()
 
     def seen(self, point_id: str) -> bool:
         """Whether ``point_id`` is among the metric chart's recent points (the duplicate check)."""
         chart = self.chart
         assert isinstance(chart, MetricChart)
-        if self._ids is None:
-            self._ids = {p.id for p in chart.state.recent}
-        return point_id in self._ids and any(p.id == point_id for p in chart.state.recent)
+        if self.ids is None:
+            self.ids = {p.id for p in chart.state.recent}
+        return point_id in self.ids and any(p.id == point_id for p in chart.state.recent)
 
     def remember(self, point_id: str, evicted: str | None) -> None:
         """Keep the id set in step after a point was charted (and ``evicted`` dropped)."""
-        if self._ids is None:
+        if self.ids is None:
             return
         if evicted is not None:
-            self._ids.discard(evicted)
-        self._ids.add(point_id)
-        if len(self._ids) > 2 * RECENT:
-            self._ids = None
+            self.ids.discard(evicted)
+        self.ids.add(point_id)
+        if len(self.ids) > 2 * RECENT:
+            self.ids = None
 
 
 Loader = Callable[[str], Awaitable[Snapshot | None]]
@@ -476,41 +484,79 @@ class Engine:
 
     async def on_telemetry(self, ev: TelemetryEvent, seq: int = 0) -> list[ViolationEvent]:
         """Chart one probe; ``seq`` is its stream sequence (0: unknown, never skipped)."""
+        out = self.on_telemetry_loaded(ev, seq)
+        if out is None:
+            await self._load_charts(ev, seq)
+            out = self.on_telemetry_loaded(ev, seq)
+            assert out is not None  # every chart it needs is in memory now
+        return out
+
+    async def _load_charts(self, ev: TelemetryEvent, seq: int) -> None:
+        """Load (or create) the charts a probe updates that are not in memory."""
+        avail_key, metric_keys = self._keys(ev)
+        if avail_key not in self._charts:
+            await self._entry(avail_key, _meta(ev, "*", AVAILABILITY), AVAILABILITY)
+        if not ev.ok or ev.cold_start:
+            return
+        for metric, key, value in zip(CHARTED_METRICS, metric_keys, _metric_values(ev), strict=True):
+            if value is not None and key not in self._charts:
+                await self._entry(key, _meta(ev, ev.prompt_id, metric), metric, seq)
+
+    def on_telemetry_loaded(self, ev: TelemetryEvent, seq: int = 0) -> list[ViolationEvent] | None:
+        """:meth:`on_telemetry` without a coroutine when every chart the probe updates is in
+        memory (the usual case: the service's per-event path); None, with nothing done, when one
+        must be loaded first."""
         if not self._owns(ev.provider, ev.model):
             return []
-        out: list[ViolationEvent] = []
         avail_key, metric_keys = self._keys(ev)
-        entry = self._charts.get(avail_key)
+        charts = self._charts
+        entry = charts.get(avail_key)
         if entry is None:
-            entry = await self._entry(avail_key, _meta(ev, "*", AVAILABILITY), AVAILABILITY)
-        if self._fresh(entry, seq):
-            assert isinstance(entry.chart, AvailabilityChart)
-            for asig in entry.chart.update(not ev.ok, ev.id):
-                out.append(self._availability_event(avail_key, entry, asig, ev.id, ev.ts, ev.system))
-        if not ev.ok:
-            return out
-        if ev.cold_start:
-            # A model load is not warm latency: counted on the availability chart, never charted.
-            if isinstance(entry.chart, AvailabilityChart):
+            return None
+        ok = ev.ok
+        charted = ok and not ev.cold_start
+        values = _metric_values(ev)
+        if charted:
+            for key, value in zip(metric_keys, values, strict=True):
+                if value is not None and key not in charts:
+                    return None
+        out: list[ViolationEvent] = []
+        # Engine._fresh, inlined here and below: this runs for every chart of every probe.
+        if not (seq and seq <= entry.seq):
+            if seq:
+                entry.seq = seq
+            entry.dirty = True
+            achart = entry.chart
+            assert isinstance(achart, AvailabilityChart)
+            asigs = achart.update(not ok, ev.id)
+            if asigs:
+                for asig in asigs:
+                    out.append(self._availability_event(avail_key, entry, asig, ev.id, ev.ts, ev.system))
+        if not charted:
+            if ok and isinstance(entry.chart, AvailabilityChart):
+                # A model load is not warm latency: counted on the availability chart, never charted.
                 entry.chart.state.cold_starts += 1
             return out
         # The same for the probe's every metric: looked up once.
         change = self._change_at(ev.provider, ev.model, seq)
         from_seq = change.change.from_seq if change is not None else 0
-        charts = self._charts
-        for metric, key in zip(CHARTED_METRICS, metric_keys, strict=True):
-            value = getattr(ev, metric)
+        point_id = ev.id
+        for metric, key, value in zip(CHARTED_METRICS, metric_keys, values, strict=True):
             if value is None:
                 continue
-            entry = charts.get(key)
-            if entry is None:
-                entry = await self._entry(key, _meta(ev, ev.prompt_id, metric), metric, seq)
-                # Settings may have changed while the snapshot was read.
-                change = self._change_at(ev.provider, ev.model, seq)
-                from_seq = change.change.from_seq if change is not None else 0
+            entry = charts[key]
+            if seq and seq <= entry.seq:
+                continue
+            if seq:
+                entry.seq = seq
+            entry.dirty = True
             chart = entry.chart
             assert isinstance(chart, MetricChart)
-            if not self._fresh(entry, seq) or entry.seen(ev.id):
+            # _Entry.seen and _Entry.remember, inlined.
+            ids = entry.ids
+            if ids is None:
+                ids = entry.ids = {p.id for p in chart.state.recent}
+            if point_id in ids and any(p.id == point_id for p in chart.state.recent):
                 continue
             if not entry.checked or entry.settings_seq != from_seq:
                 for sig in self._reconcile(entry, metric, change):
@@ -520,10 +566,16 @@ class Engine:
                     out.append(self._metric_event(key, entry, sig, ev))
             recent = chart.state.recent
             oldest = recent[0].id if len(recent) >= RECENT else None
-            for sig in chart.update(float(value), point_id=ev.id, ts=ev.ts):
-                out.append(self._metric_event(key, entry, sig, ev))
-            if recent and recent[-1].id == ev.id:  # charted (a value the transform refuses is not)
-                entry.remember(ev.id, oldest)
+            signals = chart.update(float(value), point_id, ev.ts)
+            if signals:
+                for sig in signals:
+                    out.append(self._metric_event(key, entry, sig, ev))
+            if recent and recent[-1].id == point_id:  # charted (a value the transform refuses is not)
+                if oldest is not None:
+                    ids.discard(oldest)
+                ids.add(point_id)
+                if len(ids) > 2 * RECENT:
+                    entry.ids = None
         return out
 
     @staticmethod
@@ -569,7 +621,7 @@ class Engine:
                 updated_at=updated_at,
                 config=chart.config,
                 state=chart.state,
-                view=render_view(chart.config, chart.state),
+                view=self._view(entry, chart),
                 settings_seq=entry.settings_seq,
             )
         return AvailabilitySnapshot(
@@ -581,6 +633,27 @@ class Engine:
             state=chart.state,
             availability=render_availability(chart.config, chart.state),
         )
+
+    @staticmethod
+    def _view(entry: _Entry, chart: MetricChart) -> ChartView:
+        """``render_view``, reused while everything it reads is unchanged: the configuration and
+        the baseline (frozen, compared by identity), the points collected, the note and the open
+        episodes. Every chart that took a point is written each second, its view with it."""
+        st = chart.state
+        episodes = tuple((key, ep.rule) for key, ep in st.episodes.items())
+        got = entry.view_key
+        if (
+            entry.view is not None
+            and got[0] is chart.config
+            and got[1] is st.baseline
+            and got[2] == len(st.collected)
+            and got[3] == st.note
+            and got[4] == episodes
+        ):
+            return entry.view
+        view = entry.view = render_view(chart.config, st)
+        entry.view_key = (chart.config, st.baseline, len(st.collected), st.note, episodes)
+        return view
 
     def take_dirty(self) -> list[str]:
         keys = [k for k, e in self._charts.items() if e.dirty]

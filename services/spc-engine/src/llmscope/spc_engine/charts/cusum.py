@@ -86,7 +86,8 @@ class CusumChart:
         )
         # Per component (index, k, h, the cap's limit): the per-point loop unpacks one tuple.
         pairs = enumerate(zip(self.k, self.h, strict=True))
-        self._steps = tuple((i, kk, hh, cap * hh) for i, (kk, hh) in pairs)
+        self.steps = tuple((i, kk, hh, cap * hh) for i, (kk, hh) in pairs)
+        self.capped = cap != math.inf
 
     def update(self, z: float) -> CusumPoint:
         self.step(z)
@@ -97,9 +98,9 @@ class CusumChart:
         details). The chart's per-point path: no objects built unless a side signals."""
         s = self.state
         upper, lower, run_up, run_down = s.upper, s.lower, s.run_up, s.run_down
-        capped = self.cap != math.inf
+        capped = self.capped
         fired_up = fired_down = False
-        for i, k, h, limit in self._steps:
+        for i, k, h, limit in self.steps:
             up = upper[i] + z - k
             down = lower[i] - z - k
             if up > 0.0:

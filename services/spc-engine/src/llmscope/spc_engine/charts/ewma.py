@@ -27,6 +27,8 @@ class EwmaChart:
         if not 0.0 < lam <= 1.0:
             raise ValueError("EWMA lambda must be in (0, 1]")
         self.lam = lam
+        self.keep = 1.0 - lam
+        """The weight of the previous value (``1 - lambda``)."""
         self.limit = limit
         self.bound = limit * math.sqrt(lam / (2.0 - lam))
         self.state = state if state is not None else EwmaState()
@@ -37,7 +39,7 @@ class EwmaChart:
 
     def update(self, z: float) -> bool:
         s = self.state
-        s.value = (1.0 - self.lam) * s.value + self.lam * z
+        s.value = self.keep * s.value + self.lam * z
         s.n += 1
         return abs(s.value) > self.bound
 
