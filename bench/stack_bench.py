@@ -551,6 +551,22 @@ class Feed:
         await self.proc.wait()
 
 
+async def stream_seqs(url: str) -> dict[str, int]:
+    """Each stream's last sequence: what was written to JetStream between two calls (a KV
+    bucket's stream counts every put, however few keys it keeps)."""
+    nc = await nats.connect(url)
+    try:
+        return {s.config.name or "": s.state.last_seq for s in await nc.jetstream().streams_info()}
+    finally:
+        await nc.close()
+
+
+def print_writes(before: dict[str, int], after: dict[str, int], n: int) -> None:
+    writes = {name: after[name] - before.get(name, 0) for name in after}
+    shown = ", ".join(f"{name} {v / n:.2f}" for name, v in sorted(writes.items()) if v)
+    print(f"JetStream writes per event: {shown}")
+
+
 def probers_for(rate: float) -> int:
     return max(1, math.ceil(rate / PROBER_RATE))
 
@@ -637,6 +653,7 @@ async def probe_phases(
             first += n
             # The stack.
             feed = await Feed.start(common, stack.tmp / f"probe-{rate}.times")
+            seqs = await stream_seqs(url)
             before = {c.name: c.cpu() for c in components}
             f0 = feed.component.cpu()
             elapsed = await feed.go()
@@ -646,6 +663,7 @@ async def probe_phases(
             await caught_up(url)
             after = {c.name: c.cpu() for c in components}
             publisher_cpu = cpu_used(f0, feed.component.cpu())
+            seqs_after = await stream_seqs(url)
             await feed.stop()
             cpu = {c.name: cpu_used(before[c.name], after[c.name]) for c in components}
             latencies = [stored.at[i] - t for i, t in put.items() if i in stored.at]
@@ -663,6 +681,7 @@ async def probe_phases(
             report_probe(
                 rate, n, probers, elapsed, cpu, publisher_cpu, latencies, writing, c_elapsed, ceiling
             )
+            print_writes(seqs, seqs_after, n)
     finally:
         for left in list(Feed.live):
             await left.stop()
