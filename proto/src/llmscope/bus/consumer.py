@@ -157,7 +157,9 @@ class PullRequests(_InboxPull):
     then a status that ends the request); when that finds nothing, a long poll for a single
     message that expires after ``expires`` seconds, so an idle consumer wakes for the first new
     message at once (``fetch()`` waited out its timeout to fill a batch) and the burst behind it
-    comes with the next ``no_wait`` request. Each request has its
+    comes with the next ``no_wait`` request. With a fill wait, a ``no_wait`` request that found
+    the stream drained is not followed by another: the next wake-up starts with the long poll.
+    Each request has its
     own reply subject (``<inbox>.<n>``), so a late status of an abandoned request never ends the
     current one; messages of an abandoned request still arrive and join the next batch.
     """
