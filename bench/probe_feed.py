@@ -6,7 +6,7 @@ awaited publish per event, ``Nats-Msg-Id`` = event id), publish prober-shaped te
 targets and models, every field a probe fills, a few failed probes) straight to JetStream at a
 fixed rate, open loop: an event is put into its prober's outbox when it is due, as a finished
 probe is. Prints ``ready`` once connected, starts on a line from stdin, prints ``done`` once
-every outbox is empty and writes ``<id> <monotonic time put>`` per event to ``--times`` (the
+every outbox is empty and writes ``<id> <time put> <time acked>`` per event to ``--times`` (the
 clock is the host's CLOCK_MONOTONIC, the benchmark's ``time.perf_counter``).
 
 ``consume``: the ceiling's bare consumer: one durable pull consumer on ``--stream`` read with
@@ -25,7 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import nats
-from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, PubAck
 from prometheus_client import CollectorRegistry
 
 from llmscope.bus.publisher import Publisher
@@ -33,7 +34,7 @@ from llmscope.config import eventloop
 from llmscope.prober.metrics import ProberMetrics
 from llmscope.prober.outbox import Outbox
 from llmscope.proto import subjects
-from llmscope.proto.base import new_id
+from llmscope.proto.base import Event, new_id
 from llmscope.proto.telemetry import TelemetryEvent
 
 PROVIDERS = ("ollama", "openai", "anthropic")
@@ -116,14 +117,29 @@ def probe_events(
         )
 
 
+class TimedPublisher(Publisher):
+    """The prober's publisher, noting when JetStream acknowledged each event (the benchmark's
+    split of published -> stored: the prober's side, then the stack's)."""
+
+    def __init__(self, js: JetStreamContext, acked: dict[str, float]) -> None:
+        super().__init__(js)
+        self._acked = acked
+
+    async def publish(self, subject: str, event: Event, *, deadline: float | None = None) -> PubAck:
+        ack = await super().publish(subject, event, deadline=deadline)
+        self._acked[event.id] = time.perf_counter()
+        return ack
+
+
 async def publish(args: argparse.Namespace) -> None:
     models = model_names(args.models)
     clients = [await nats.connect(args.nats, name=f"bench-prober-{p}") for p in range(args.probers)]
     stop = asyncio.Event()
     outboxes = []
+    acked: dict[str, float] = {}
     for nc in clients:
         metrics = ProberMetrics(CollectorRegistry())
-        outboxes.append(Outbox(Publisher(nc.jetstream()), metrics, maxsize=1_000_000))
+        outboxes.append(Outbox(TimedPublisher(nc.jetstream(), acked), metrics, maxsize=1_000_000))
     # Every event made first (not timed: a probe's own work is the prober's, not the stack's).
     # A model belongs to one prober, as a target belongs to the prober whose config names it.
     order = [
@@ -155,7 +171,7 @@ async def publish(args: argparse.Namespace) -> None:
     elapsed = loop.time() - t0
     stop.set()
     await asyncio.gather(*runs)
-    Path(args.times).write_text("".join(f"{i} {t!r}\n" for i, t in put))  # noqa: ASYNC240 (after the timing)
+    Path(args.times).write_text("".join(f"{i} {t!r} {acked.get(i, t)!r}\n" for i, t in put))  # noqa: ASYNC240 (after the timing)
     print(f"done {elapsed!r}", flush=True)
     # The benchmark reads this process's CPU, then ends it; or its end closes stdin.
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)

@@ -537,12 +537,14 @@ class Feed:
         await self.proc.stdin.drain()
         return float((await self._line("done")).split()[1])
 
-    def put_times(self) -> dict[str, float]:
-        out = {}
+    def put_times(self) -> tuple[dict[str, float], dict[str, float]]:
+        """When each event was put into its prober's outbox, and when JetStream acked it."""
+        put, acked = {}, {}
         for row in self.times.read_text().splitlines():
-            event_id, _, t = row.partition(" ")
-            out[event_id] = float(t)
-        return out
+            event_id, t_put, t_acked = row.split(" ")
+            put[event_id] = float(t_put)
+            acked[event_id] = float(t_acked)
+        return put, acked
 
     async def stop(self) -> None:
         Feed.live.discard(self)
@@ -657,7 +659,7 @@ async def probe_phases(
             before = {c.name: c.cpu() for c in components}
             f0 = feed.component.cpu()
             elapsed = await feed.go()
-            put = feed.put_times()
+            put, acked = feed.put_times()
             stored.expect(list(put))
             await stored.wait()
             await caught_up(url)
@@ -668,6 +670,8 @@ async def probe_phases(
             cpu = {c.name: cpu_used(before[c.name], after[c.name]) for c in components}
             latencies = [stored.at[i] - t for i, t in put.items() if i in stored.at]
             writing = [stored.writing[i] for i in put if i in stored.writing]
+            # The prober's side: the outbox's queue and the publish round trip.
+            publishing = [acked[i] - t for i, t in put.items() if i in stored.at]
             # The ceiling: the same feed, a plain stream, a bare consumer.
             ceil_feed = await Feed.start(
                 [*common, "--subject-prefix", CEILING_SUBJECTS], stack.tmp / f"ceiling-{rate}.times"
@@ -679,7 +683,17 @@ async def probe_phases(
             await ceil_feed.stop()
             ceiling = {name: cpu_used(c_before[name], c_after[name]) for name in c_before}
             report_probe(
-                rate, n, probers, elapsed, cpu, publisher_cpu, latencies, writing, c_elapsed, ceiling
+                rate,
+                n,
+                probers,
+                elapsed,
+                cpu,
+                publisher_cpu,
+                latencies,
+                writing,
+                publishing,
+                c_elapsed,
+                ceiling,
             )
             print_writes(seqs, seqs_after, n)
     finally:
@@ -698,6 +712,7 @@ def report_probe(
     publisher_cpu: float,
     latencies: Sequence[float],
     writing: Sequence[float],
+    publishing: Sequence[float],
     ceiling_elapsed: float,
     ceiling: dict[str, float],
 ) -> None:
@@ -726,12 +741,22 @@ def report_probe(
         f"published -> stored ms, p50 / p95 / p99   {percentile(lat, 50):.1f} / {percentile(lat, 95):.1f}"
         f" / {percentile(lat, 99):.1f}  ({len(lat):,} of {n:,} rows seen; from the put into the outbox)"
     )
-    if writing:
-        ms = [1000 * v for v in writing]
-        print(
-            f"  transaction start -> stored ms, p50 / p95 / p99   {percentile(ms, 50):.1f} /"
-            f" {percentile(ms, 95):.1f} / {percentile(ms, 99):.1f}"
-        )
+    if writing and publishing:
+        # Where the time goes: the prober's outbox and publish (acked by JetStream), then the
+        # wait until the persister's transaction starts, then the write, COMMIT and NOTIFY.
+        for label, values in (
+            ("  put -> acked by JetStream", publishing),
+            (
+                "  acked -> transaction start",
+                [a - w - p for a, w, p in zip(latencies, writing, publishing, strict=False)],
+            ),
+            ("  transaction start -> stored", writing),
+        ):
+            ms = [1000 * v for v in values]
+            print(
+                f"{label + ' ms, p50 / p95 / p99':<38} {percentile(ms, 50):.1f} / {percentile(ms, 95):.1f}"
+                f" / {percentile(ms, 99):.1f}"
+            )
 
 
 def report(whole: Phase, bare: Phase) -> None:
