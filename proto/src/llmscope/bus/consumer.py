@@ -158,8 +158,7 @@ class PullRequests(_InboxPull):
     message that expires after ``expires`` seconds, so an idle consumer wakes for the first new
     message at once (``fetch()`` waited out its timeout to fill a batch) and the burst behind it
     comes with the next ``no_wait`` request. With a fill wait, a ``no_wait`` request that found
-    the stream drained is not followed by another unless the arrival rate says messages came
-    since: the next wake-up starts with the long poll.
+    the stream drained is not followed by another: the next wake-up starts with the long poll.
     Each request has its
     own reply subject (``<inbox>.<n>``), so a late status of an abandoned request never ends the
     current one; messages of an abandoned request still arrive and join the next batch.
@@ -169,9 +168,6 @@ class PullRequests(_InboxPull):
         super().__init__(nc, stream, durable)
         self._ended = asyncio.Event()
         self._drained = False  # the last ``no_wait`` pull ended before it was filled
-        self._drained_at = 0.0
-        self._rate = 0.0  # messages per second, smoothed over the batches taken
-        self._taken_at: float | None = None
 
     async def _on_msg(self, msg: Msg) -> None:
         status = JetStreamContext.is_status_msg(msg)
@@ -206,31 +202,22 @@ class PullRequests(_InboxPull):
         """Up to ``batch`` messages (more only when an abandoned request's arrive late); [] when idle.
 
         ``fill_wait``: after waking for a first message, wait that long and take what came since."""
-        loop = asyncio.get_running_loop()
-        # After a pull that found the stream drained, a trickle goes straight to the long poll
-        # (what arrived meanwhile comes at once, the rest after the fill wait): two requests per
-        # wake-up, not three. When the arrival rate says messages came since that pull (the
-        # handler's time at 1,000/s), one ``no_wait`` pull takes them, with no fill wait.
-        if not self._buffer and (
-            not self._drained or fill_wait <= 0 or self._rate * (loop.time() - self._drained_at) >= 1.0
-        ):
+        if not self._buffer and not (self._drained and fill_wait > 0):
             await self._drain(batch, expires)
         if not self._buffer:
+            # After a pull that found the stream drained, a trickle goes straight to the long
+            # poll (what arrived meanwhile comes at once, the rest after the fill wait): two
+            # requests per wake-up, not three.
             await self._pull(1, expires, no_wait=False)
             if self._buffer and fill_wait > 0 and batch > 1:
                 await asyncio.sleep(fill_wait)  # a linger, as Kafka's linger.ms: batches, not singles
                 await self._drain(batch - len(self._buffer), expires)
         msgs, self._buffer = self._buffer, []
-        now = loop.time()
-        if self._taken_at is not None and now > self._taken_at:
-            self._rate += 0.5 * (len(msgs) / (now - self._taken_at) - self._rate)
-        self._taken_at = now
         return msgs
 
     async def _drain(self, batch: int, expires: float) -> None:
         await self._pull(batch, expires, no_wait=True)
         self._drained = self._owed > 0
-        self._drained_at = asyncio.get_running_loop().time()
 
 
 class StandingPull(_InboxPull):
