@@ -54,10 +54,18 @@ docs: install
 nats-users: install
 	$(VENV)/bin/python -m llmscope.stack.natsconf
 
+# Every figure of issue 13's "Done when" in one run, each beside its ceiling measured in the same
+# run and with the machine printed (README "Benchmarks"); BENCH_ARGS=--quick for a smoke run.
+# stack_bench: CPU per probe event per process at 100, 1,000 and 5,000 events/s, published ->
+# stored p50/p95/p99, the POST path (posted -> stored) and batched ingest; ingest_bench e: the
+# persister against COPY; spc_bench: the SPC service against raw consume; chart_bench: the 24 h
+# chart; compare_bench: issue 11's comparison chart.
 bench: install
-	$(VENV)/bin/python bench/spc_bench.py
-	$(VENV)/bin/python bench/stack_bench.py
-	$(VENV)/bin/python bench/compare_bench.py
+	$(VENV)/bin/python bench/stack_bench.py $(BENCH_ARGS)
+	$(VENV)/bin/python bench/ingest_bench.py --only e $(BENCH_ARGS)
+	$(VENV)/bin/python bench/spc_bench.py $(BENCH_ARGS)
+	$(VENV)/bin/python bench/chart_bench.py $(BENCH_ARGS)
+	$(VENV)/bin/python bench/compare_bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .uv .pytest_cache .mypy_cache .ruff_cache

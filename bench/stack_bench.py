@@ -47,11 +47,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import ClassVar
 
 import aiohttp
 import asyncpg
 import nats
 import psutil
+from nats.js.api import StorageType
 
 from llmscope.proto import codec
 from llmscope.proto.telemetry import TelemetryEvent
@@ -382,7 +384,13 @@ async def idle(components: Sequence[Component], seconds: float) -> None:
 
 
 async def run(
-    stack: Stack, rates: Sequence[int], seconds: float, batch_events: int, idle_s: float = 0.0
+    stack: Stack,
+    rates: Sequence[int],
+    seconds: float,
+    batch_events: int,
+    idle_s: float = 0.0,
+    probe_rates: Sequence[int] = (),
+    probe_models: int = 200,
 ) -> None:
     assert stack.nats is not None
     await wait_http(f"{stack.api_url}/healthz")
@@ -405,6 +413,8 @@ async def run(
             async with session.post(api, data=body, headers=headers) as r:
                 assert r.status == 202, await r.text()
         await caught_up(stack.nats.url)
+        if probe_rates:
+            await probe_phases(stack, components, stored, probe_rates, seconds, probe_models)
         if idle_s > 0:
             await idle(components, idle_s)
         for rate in rates:
@@ -474,6 +484,281 @@ async def batched(
     print(f"{'whole stack':<32} {total:>8.2f} s {1000 * total / n:>8.3f} ms/event")
 
 
+# --------------------------------------------------------------------------------------------
+# Probe events: published straight to JetStream, as probers do
+
+FEED = str(Path(__file__).with_name("probe_feed.py"))
+CEILING_STREAM = "BENCH_CEILING"
+CEILING_SUBJECTS = "bench.ceiling"
+PROBER_RATE = 250
+"""Events per second one prober of the feed publishes (500 models at a 2 s interval): the feed
+runs ``ceil(rate / PROBER_RATE)`` probers, each with its own connection, outbox and publisher."""
+
+
+class Feed:
+    """One ``probe_feed.py publish`` process: ready, go, done, then its CPU and put times read."""
+
+    live: ClassVar[set[Feed]] = set()
+    """Feeds started and not stopped yet (ended if the benchmark fails)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, times: Path) -> None:
+        self.proc = proc
+        self.times = times
+        self.component = Component("publisher (probers)", proc.pid)
+
+    @classmethod
+    async def start(cls, args: Sequence[str], times: Path) -> Feed:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            FEED,
+            "publish",
+            *args,
+            "--times",
+            str(times),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        feed = cls(proc, times)
+        cls.live.add(feed)
+        await feed._line("ready")
+        return feed
+
+    async def _line(self, expected: str) -> str:
+        assert self.proc.stdout is not None
+        line = (await self.proc.stdout.readline()).decode().strip()
+        if not line.startswith(expected):
+            raise RuntimeError(f"probe feed said {line!r}, not {expected!r}")
+        return line
+
+    async def go(self) -> float:
+        """Publish; returns the seconds from the first put to the last event acked by JetStream."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"go\n")
+        await self.proc.stdin.drain()
+        return float((await self._line("done")).split()[1])
+
+    def put_times(self) -> tuple[dict[str, float], dict[str, float]]:
+        """When each event was put into its prober's outbox, and when JetStream acked it."""
+        put, acked = {}, {}
+        for row in self.times.read_text().splitlines():
+            event_id, t_put, t_acked = row.split(" ")
+            put[event_id] = float(t_put)
+            acked[event_id] = float(t_acked)
+        return put, acked
+
+    async def stop(self) -> None:
+        Feed.live.discard(self)
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.terminate()
+        await self.proc.wait()
+
+
+async def stream_seqs(url: str) -> dict[str, int]:
+    """Each stream's last sequence: what was written to JetStream between two calls (a KV
+    bucket's stream counts every put, however few keys it keeps)."""
+    nc = await nats.connect(url)
+    try:
+        return {s.config.name or "": s.state.last_seq for s in await nc.jetstream().streams_info()}
+    finally:
+        await nc.close()
+
+
+def print_writes(before: dict[str, int], after: dict[str, int], n: int) -> None:
+    writes = {name: after[name] - before.get(name, 0) for name in after}
+    shown = ", ".join(f"{name} {v / n:.2f}" for name, v in sorted(writes.items()) if v)
+    print(f"JetStream writes per event: {shown}")
+
+
+def probers_for(rate: float) -> int:
+    return max(1, math.ceil(rate / PROBER_RATE))
+
+
+async def probe_phases(
+    stack: Stack,
+    components: Sequence[Component],
+    stored: Stored,
+    rates: Sequence[int],
+    seconds: float,
+    models: int,
+) -> None:
+    """For each rate: the stack fed by probers (published to JetStream, as ``llmscope prober``
+    does), then the ceiling in the same minute: the same feed into a plain stream read by a bare
+    consumer (nats-py ``fetch``, one AckAll per batch): what nats-server and the publisher cost
+    whatever the stack does."""
+    assert stack.nats is not None
+    url = stack.nats.url
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await js.add_stream(
+        name=CEILING_STREAM,
+        subjects=[f"{CEILING_SUBJECTS}.>"],
+        storage=StorageType.FILE,
+        duplicate_window=120,
+    )
+    await nc.close()
+    bare = subprocess.Popen(  # noqa: ASYNC220 (started once, before anything is measured)
+        [sys.executable, FEED, "consume", "--nats", url, "--stream", CEILING_STREAM],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert bare.stdout is not None
+    await asyncio.get_running_loop().run_in_executor(None, bare.stdout.readline)
+    bare_c = Component("bare consumer (ceiling)", bare.pid)
+    nats_c = next(c for c in components if c.name == "nats-server")
+    first = 0
+    try:
+        # Arm the probed models' charts first (not measured): BASELINE_N + 20 points each.
+        warm_n = models * (BASELINE_N + 20)
+        feed = await Feed.start(
+            [
+                "--nats",
+                url,
+                "--rate",
+                "1e9",
+                "--events",
+                str(warm_n),
+                "--models",
+                str(models),
+                "--probers",
+                "8",
+                "--first",
+                str(first),
+            ],
+            stack.tmp / "warm.times",
+        )
+        await feed.go()
+        await feed.stop()
+        first += warm_n
+        stored.expect([])
+        await caught_up(url, within=600)
+        print(
+            f"\n== probe events: {models} models, published to JetStream by probers"
+            " (the prober's Outbox and Publisher)"
+        )
+        for rate in rates:
+            n = max(1, int(rate * seconds))
+            probers = probers_for(rate)
+            common = [
+                "--nats",
+                url,
+                "--rate",
+                str(rate),
+                "--events",
+                str(n),
+                "--models",
+                str(models),
+                "--probers",
+                str(probers),
+                "--first",
+                str(first),
+            ]
+            first += n
+            # The stack.
+            feed = await Feed.start(common, stack.tmp / f"probe-{rate}.times")
+            seqs = await stream_seqs(url)
+            before = {c.name: c.cpu() for c in components}
+            f0 = feed.component.cpu()
+            elapsed = await feed.go()
+            put, acked = feed.put_times()
+            stored.expect(list(put))
+            await stored.wait()
+            await caught_up(url)
+            after = {c.name: c.cpu() for c in components}
+            publisher_cpu = cpu_used(f0, feed.component.cpu())
+            seqs_after = await stream_seqs(url)
+            await feed.stop()
+            cpu = {c.name: cpu_used(before[c.name], after[c.name]) for c in components}
+            latencies = [stored.at[i] - t for i, t in put.items() if i in stored.at]
+            writing = [stored.writing[i] for i in put if i in stored.writing]
+            # The prober's side: the outbox's queue and the publish round trip.
+            publishing = [acked[i] - t for i, t in put.items() if i in stored.at]
+            # The ceiling: the same feed, a plain stream, a bare consumer.
+            ceil_feed = await Feed.start(
+                [*common, "--subject-prefix", CEILING_SUBJECTS], stack.tmp / f"ceiling-{rate}.times"
+            )
+            c_before = {c.name: c.cpu() for c in (nats_c, bare_c, ceil_feed.component)}
+            c_elapsed = await ceil_feed.go()
+            await caught_up(url)
+            c_after = {c.name: c.cpu() for c in (nats_c, bare_c, ceil_feed.component)}
+            await ceil_feed.stop()
+            ceiling = {name: cpu_used(c_before[name], c_after[name]) for name in c_before}
+            report_probe(
+                rate,
+                n,
+                probers,
+                elapsed,
+                cpu,
+                publisher_cpu,
+                latencies,
+                writing,
+                publishing,
+                c_elapsed,
+                ceiling,
+            )
+            print_writes(seqs, seqs_after, n)
+    finally:
+        for left in list(Feed.live):
+            await left.stop()
+        bare.terminate()
+        bare.wait(10)
+
+
+def report_probe(
+    rate: int,
+    n: int,
+    probers: int,
+    elapsed: float,
+    cpu: dict[str, float],
+    publisher_cpu: float,
+    latencies: Sequence[float],
+    writing: Sequence[float],
+    publishing: Sequence[float],
+    ceiling_elapsed: float,
+    ceiling: dict[str, float],
+) -> None:
+    print(
+        f"\n== {n:,} probe events, asked {rate:,}/s, published {n / elapsed:,.0f}/s"
+        f" by {probers} prober{'s' if probers > 1 else ''}"
+    )
+    print(f"{'process':<32} {'CPU s':>8} {'ms/event':>10}   ceiling (same feed, bare consumer), ms/event")
+    ceil_ms = {name: 1000 * v / n for name, v in ceiling.items()}
+    for name, v in cpu.items():
+        beside = f"   {ceil_ms['nats-server']:.3f}" if name == "nats-server" else ""
+        print(f"{name:<32} {v:>8.2f} {1000 * v / n:>10.3f}{beside}")
+    total = sum(cpu.values())
+    bare_total = ceil_ms["nats-server"] + ceil_ms["bare consumer (ceiling)"]
+    print(
+        f"{'whole stack':<32} {total:>8.2f} {1000 * total / n:>10.3f}   {bare_total:.3f}"
+        f" (nats-server + bare consumer {ceil_ms['bare consumer (ceiling)']:.3f})"
+        f"  = {1000 * total / n / bare_total:.1f} x ceiling"
+    )
+    print(
+        f"{'publisher (probers), apart':<32} {publisher_cpu:>8.2f} {1000 * publisher_cpu / n:>10.3f}"
+        f"   {ceil_ms['publisher (probers)']:.3f}  (ceiling published {n / ceiling_elapsed:,.0f}/s)"
+    )
+    lat = [1000 * v for v in latencies]
+    print(
+        f"published -> stored ms, p50 / p95 / p99   {percentile(lat, 50):.1f} / {percentile(lat, 95):.1f}"
+        f" / {percentile(lat, 99):.1f}  ({len(lat):,} of {n:,} rows seen; from the put into the outbox)"
+    )
+    if writing and publishing:
+        # Where the time goes: the prober's outbox and publish (acked by JetStream), then the
+        # wait until the persister's transaction starts, then the write, COMMIT and NOTIFY.
+        for label, values in (
+            ("  put -> acked by JetStream", publishing),
+            (
+                "  acked -> transaction start",
+                [a - w - p for a, w, p in zip(latencies, writing, publishing, strict=False)],
+            ),
+            ("  transaction start -> stored", writing),
+        ):
+            ms = [1000 * v for v in values]
+            print(
+                f"{label + ' ms, p50 / p95 / p99':<38} {percentile(ms, 50):.1f} / {percentile(ms, 95):.1f}"
+                f" / {percentile(ms, 99):.1f}"
+            )
+
+
 def report(whole: Phase, bare: Phase) -> None:
     n = whole.events
     bare_ms = 1000 * sum(bare.cpu.values()) / n
@@ -525,6 +810,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--batched", type=int, default=None, help="events posted in lists of 1000 (default 20,000; 0: none)"
     )
     parser.add_argument(
+        "--probe-rates",
+        default="100,1000,5000",
+        help="probe events per second published to JetStream, comma-separated ('': none)",
+    )
+    parser.add_argument("--models", type=int, default=None, help="probed models (default 200; --quick 50)")
+    parser.add_argument(
         "--idle", type=float, default=None, help="seconds of no traffic measured first (default 10; 0: none)"
     )
     args = parser.parse_args(argv)
@@ -538,7 +829,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             stack.start()
             idle_s = args.idle if args.idle is not None else (2.0 if args.quick else 10.0)
-            asyncio.run(run(stack, rates, seconds, batch_events, idle_s))
+            probe_rates = [int(r) for r in args.probe_rates.split(",") if r]
+            models = args.models if args.models is not None else (50 if args.quick else 200)
+            asyncio.run(run(stack, rates, seconds, batch_events, idle_s, probe_rates, models))
         finally:
             stack.stop()
     return 0

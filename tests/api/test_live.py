@@ -15,11 +15,13 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig
 
+from llmscope.api.live import notice_events, stored_notices
 from llmscope.api.runner import run_api
 from llmscope.api.settings import ApiSettings
 from llmscope.bus.publisher import Publisher
 from llmscope.proto import subjects
 from llmscope.proto.charts import ChartMeta, ChartRecord, TrafficView, chart_key
+from llmscope.proto.live import POINTS_PER_NOTICE, LiveNotice
 from llmscope.web.auth import SESSION_COOKIE
 from llmscope.web.live import point_event, traffic_event
 from tests.api.conftest import API_KEY
@@ -245,3 +247,30 @@ async def test_an_api_process_without_the_persister_streams_stored_points_and_tr
             traffic = await next_frame(stream, traffic_event(key))
             assert json.loads(traffic.data) == {"chart": key}
             assert json.loads((await next_frame(stream, "traffic")).data) == {"chart": key}
+
+
+def test_a_committed_batch_is_told_in_one_notice_naming_each_models_latest_probe() -> None:
+    """Not a message per model: with many models a trickle's batch names a model per event."""
+    events = [
+        telemetry(i, id=f"batch-{i}", model=f"model-{i % (POINTS_PER_NOTICE + 10)}")
+        for i in range(2 * (POINTS_PER_NOTICE + 10))
+    ]
+    notices = stored_notices("telemetry", events)
+    assert len(notices) == 2  # POINTS_PER_NOTICE + 10 models: two notices, each well under 1 MB
+    heard = [
+        e
+        for n in notices
+        for e in notice_events(msgspec.json.decode(msgspec.json.encode(n), type=LiveNotice))
+    ]
+    latest = {ev.model: ev for ev in events}  # the later of each model's two probes
+    assert sorted(e.name for e in heard) == sorted(point_event(ev.provider, m) for m, ev in latest.items())
+    for e in heard:
+        ev = latest[e.data["model"]]
+        assert e.data == {"provider": ev.provider, "model": ev.model, "ts": ev.ts.isoformat()}
+    assert stored_notices("violations", events) == []
+
+
+def test_a_notice_of_one_model_from_the_version_before_is_still_heard() -> None:
+    probe = telemetry(3, id="old-form", model="old-model")
+    old = LiveNotice(kind="stored", provider=probe.provider, model=probe.model, ts=probe.ts)
+    assert [e.name for e in notice_events(old)] == [point_event(probe.provider, "old-model")]

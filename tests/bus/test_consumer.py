@@ -336,6 +336,45 @@ async def test_fill_wait_gathers_the_burst_behind_the_first_message(js: JetStrea
     assert sizes == [5]
 
 
+async def test_a_trickle_with_fill_wait_costs_two_pull_requests_per_wake_up(js: JetStreamContext) -> None:
+    """After a pull that found the stream drained, the next wake-up needs no ``no_wait`` pull
+    first: a long poll, then after the fill wait one pull for the rest (was three requests)."""
+    seen: list[str] = []
+
+    async def handler(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        seen.extend(d.event.id for d in batch)
+
+    requests: list[bytes] = []
+
+    async def tap(msg: Any) -> None:
+        requests.append(msg.data)
+
+    nc = js._nc
+    sub = await nc.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{subjects.STREAM_TELEMETRY}.test", cb=tap)
+    options = ConsumerOptions(batch_size=10, fetch_timeout=5, fill_wait=0.01)
+    stop = asyncio.Event()
+    task = asyncio.create_task(make_consumer(js, handler, options).run(stop))
+    publisher = Publisher(js)
+    events = [telemetry() for _ in range(5)]
+    try:
+        await publisher.publish(SUBJECT, events[0])
+        await eventually(lambda: seen == [events[0].id])
+        await consumer_waiting(js)  # the long poll after the first wake-up is open
+        before = len(requests)
+        for n, event in enumerate(events[1:], start=2):
+            await publisher.publish(SUBJECT, event)
+            await eventually(lambda n=n: len(seen) == n)  # type: ignore[misc]
+            await consumer_waiting(js)
+        await eventually(lambda: len(requests) - before >= 2 * len(events[1:]))
+        await asyncio.sleep(0.2)  # a third request per wake-up would have come by now
+        assert len(requests) - before == 2 * len(events[1:])
+        assert seen == [e.id for e in events]
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)  # the open long poll ends within its 5 s
+        await sub.unsubscribe()
+
+
 async def _in_hand(js: JetStreamContext, durable: str = "test") -> int:
     """Messages the server has delivered to the durable and not yet seen acked."""
     info = await js.consumer_info(subjects.STREAM_TELEMETRY, durable)

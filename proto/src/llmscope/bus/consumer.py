@@ -185,7 +185,9 @@ class PullRequests(_InboxPull):
     then a status that ends the request); when that finds nothing, a long poll for a single
     message that expires after ``expires`` seconds, so an idle consumer wakes for the first new
     message at once (``fetch()`` waited out its timeout to fill a batch) and the burst behind it
-    comes with the next ``no_wait`` request. Each request has its
+    comes with the next ``no_wait`` request. With a fill wait, a ``no_wait`` request that found
+    the stream drained is not followed by another: the next wake-up starts with the long poll.
+    Each request has its
     own reply subject (``<inbox>.<n>``), so a late status of an abandoned request never ends the
     current one; messages of an abandoned request still arrive and join the next batch.
     """
@@ -193,6 +195,7 @@ class PullRequests(_InboxPull):
     def __init__(self, nc: NATS, stream: str, durable: str) -> None:
         super().__init__(nc, stream, durable)
         self._ended = asyncio.Event()
+        self._drained = False  # the last ``no_wait`` pull ended before it was filled
 
     async def _on_msg(self, msg: JsMsg) -> None:
         status = inbox.status_of(msg)
@@ -227,15 +230,22 @@ class PullRequests(_InboxPull):
         """Up to ``batch`` messages (more only when an abandoned request's arrive late); [] when idle.
 
         ``fill_wait``: after waking for a first message, wait that long and take what came since."""
+        if not self._buffer and not (self._drained and fill_wait > 0):
+            await self._drain(batch, expires)
         if not self._buffer:
-            await self._pull(batch, expires, no_wait=True)
-        if not self._buffer:
+            # After a pull that found the stream drained, a trickle goes straight to the long
+            # poll (what arrived meanwhile comes at once, the rest after the fill wait): two
+            # requests per wake-up, not three.
             await self._pull(1, expires, no_wait=False)
             if self._buffer and fill_wait > 0 and batch > 1:
                 await asyncio.sleep(fill_wait)  # a linger, as Kafka's linger.ms: batches, not singles
-                await self._pull(batch - len(self._buffer), expires, no_wait=True)
+                await self._drain(batch - len(self._buffer), expires)
         msgs, self._buffer = self._buffer, []
         return msgs
+
+    async def _drain(self, batch: int, expires: float) -> None:
+        await self._pull(batch, expires, no_wait=True)
+        self._drained = self._owed > 0
 
 
 class StandingPull(_InboxPull):

@@ -25,7 +25,7 @@ from llmscope.proto import subjects
 from llmscope.proto.charts import is_traffic_chart
 from llmscope.proto.codec import DecodeError, decode
 from llmscope.proto.incident import IncidentEvent
-from llmscope.proto.live import LiveNotice
+from llmscope.proto.live import POINTS_PER_NOTICE, LiveNotice, StoredPoint
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.proto.violation import ViolationEvent
 from llmscope.web.live import Broadcaster, LiveEvent, point_event, traffic_event
@@ -65,9 +65,11 @@ def live_events(event: object) -> list[LiveEvent]:
 
 
 def stored_notices(kind: str, events: Sequence[object]) -> list[LiveNotice]:
-    """What a committed persister write tells the other API processes: one ``stored`` notice per
-    model with new probes, naming its latest probe (the chart re-reads them from Postgres, so
-    only after they are stored)."""
+    """What a committed persister write tells the other API processes: ``stored`` notices naming
+    each model with new probes and its latest probe (the chart re-reads them from Postgres, so
+    only after they are stored). One notice per batch, not per model: with many models each
+    batch of a trickle names a model or two per event, and a message per model was two NATS
+    messages per probe event (published, delivered back)."""
     if kind != "telemetry":
         return []
     latest: dict[tuple[str, str], TelemetryEvent] = {}
@@ -76,7 +78,11 @@ def stored_notices(kind: str, events: Sequence[object]) -> list[LiveNotice]:
             key = (ev.provider, ev.model)
             if key not in latest or ev.ts > latest[key].ts:
                 latest[key] = ev
-    return [LiveNotice(kind="stored", provider=p, model=m, ts=ev.ts) for (p, m), ev in latest.items()]
+    points = [StoredPoint(p, m, ev.ts) for (p, m), ev in latest.items()]
+    return [
+        LiveNotice(kind="stored", points=points[i : i + POINTS_PER_NOTICE])
+        for i in range(0, len(points), POINTS_PER_NOTICE)
+    ]
 
 
 def notice_events(notice: LiveNotice) -> list[LiveEvent]:
@@ -85,7 +91,15 @@ def notice_events(notice: LiveNotice) -> list[LiveEvent]:
     re-baseline), its page re-reads on ``traffic-<key>`` and the traffic list on ``traffic``. A
     probe chart's record changes with every point, and its panel listens to stored points."""
     match notice.kind:
-        case "stored" if notice.ts is not None:
+        case "stored" if notice.points:
+            return [
+                LiveEvent(
+                    point_event(p.provider, p.model),
+                    {"provider": p.provider, "model": p.model, "ts": p.ts.isoformat()},
+                )
+                for p in notice.points
+            ]
+        case "stored" if notice.ts is not None:  # from an API process of the version before
             data = {"provider": notice.provider, "model": notice.model, "ts": notice.ts.isoformat()}
             return [LiveEvent(point_event(notice.provider, notice.model), data)]
         case "chart" if is_traffic_chart(notice.chart):
