@@ -24,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+import msgspec
 import nats
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, PubAck
@@ -60,34 +61,7 @@ def probe_events(
         prober = f"bench-{i % len(models) % probers}"
         level = 600.0 + 37.0 * (i % len(models) % 20)
         prompt_id, max_tokens = PROMPTS[0]
-        if rng.random() < 0.005:
-            yield TelemetryEvent(
-                id=new_id(),
-                ts=datetime.now(UTC),
-                provider=provider,  # type: ignore[arg-type]
-                model=model,
-                target=target,
-                host=target,
-                prober=prober,
-                prompt_id=prompt_id,
-                prompt_class=prompt_id,
-                prompt_hash="ab" * 32,
-                streaming=True,
-                max_tokens=max_tokens,
-                status="timeout",
-                error="no answer within 30 s",
-                latency_ms=30_000.0,
-                cpu_percent=rng.uniform(5, 30),
-                memory_percent=rng.uniform(30, 60),
-                gpu_percent=rng.uniform(0, 100),
-                gpu_memory_percent=rng.uniform(40, 90),
-            )
-            continue
-        latency = max(50.0, rng.gauss(level, level * 0.05))
-        ttft = max(5.0, rng.gauss(level / 6, level / 120))
-        eval_count = max(1, int(rng.gauss(60, 3)))
-        eval_ms = latency - ttft
-        yield TelemetryEvent(
+        probe = TelemetryEvent(
             id=new_id(),
             ts=datetime.now(UTC),
             provider=provider,  # type: ignore[arg-type]
@@ -100,6 +74,22 @@ def probe_events(
             prompt_hash="ab" * 32,
             streaming=True,
             max_tokens=max_tokens,
+            cpu_percent=rng.uniform(5, 30),
+            memory_percent=rng.uniform(30, 60),
+            gpu_percent=rng.uniform(0, 100),
+            gpu_memory_percent=rng.uniform(40, 90),
+        )
+        if rng.random() < 0.005:
+            yield msgspec.structs.replace(
+                probe, status="timeout", error="no answer within 30 s", latency_ms=30_000.0
+            )
+            continue
+        latency = max(50.0, rng.gauss(level, level * 0.05))
+        ttft = max(5.0, rng.gauss(level / 6, level / 120))
+        eval_count = max(1, int(rng.gauss(60, 3)))
+        eval_ms = latency - ttft
+        yield msgspec.structs.replace(
+            probe,
             http_status=200,
             latency_ms=latency,
             ttft_ms=ttft,
@@ -110,10 +100,6 @@ def probe_events(
             prompt_eval_count=24,
             eval_count=eval_count,
             tokens_per_s=1000.0 * eval_count / eval_ms,
-            cpu_percent=rng.uniform(5, 30),
-            memory_percent=rng.uniform(30, 60),
-            gpu_percent=rng.uniform(0, 100),
-            gpu_memory_percent=rng.uniform(40, 90),
         )
 
 
