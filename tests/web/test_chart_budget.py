@@ -74,6 +74,13 @@ async def test_the_day_chart_marks_the_most_severe_then_the_newest_within_its_bu
     assert sorted(drawn(r.text)) == [f"m{i:04d}" for i in range(40)]
     assert "most severe and newest marked" not in r.text
 
+    # The printable report's control chart keeps the same budget, most severe and newest.
+    r = await client.get("/report", params={"hours": "24"})
+    assert r.status_code == 200, r.text
+    ids = drawn(r.text)
+    assert len(ids) == MARKS_DRAWN
+    assert set(ids) == {f"m{i:04d}" for i in [*range(40), *range(40 + extra, n)]}
+
 
 async def test_live_script_is_served_and_loaded_by_signed_in_pages(api: Api) -> None:
     client = await login(api)

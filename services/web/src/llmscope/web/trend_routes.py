@@ -35,6 +35,7 @@ from llmscope.web.data import HEALTH_MAX_HOURS, METRICS, ChartQuery, DashboardDa
 from llmscope.web.maintenance_spans import maintenance_spans
 from llmscope.web.pages import Pages
 from llmscope.web.report_pdf import PdfPrinter, PdfUnavailable
+from llmscope.web.svg import MARKS_DRAWN
 from llmscope.web.trend_svg import color
 from llmscope.web.trends import (
     COMPARE_BY,
@@ -205,7 +206,9 @@ def add_trend_routes(
                     prompt_id=first_prompt[(p, m)],
                     hours=hours,
                     severities=("critical", "warning"),
-                )
+                ),
+                # As many marks as the dashboard draws: more only overprint one another.
+                marks=MARKS_DRAWN,
             )
             for p, m in picked
             if (p, m) in first_prompt
