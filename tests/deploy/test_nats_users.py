@@ -31,6 +31,7 @@ from llmscope.stack import natsconf
 from llmscope.stack.embedded import nats_server_binary
 from llmscope.stack.ports import free_port
 from tests.alerter.harness import eventually
+from tests.deploy.test_manifests import _kustomize
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -60,15 +61,6 @@ def test_compose_gives_nats_every_user_and_each_service_its_own() -> None:
         assert env["NATS_URL"] == "nats://nats:4222"
     assert compose["prober"]["environment"]["LLMSCOPE_PROBER_MANAGE_STREAMS"] == "false"
     assert "NATS_USER" not in compose["sim"]["environment"]  # the simulator uses no NATS
-
-
-def _kustomize(directory: Path) -> list[dict[str, Any]]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not installed (.ci/system-packages installs a pinned one from PyPI)")
-    done = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
 
 def _overlay_with(tmp_path: Path, nats_component: str | None) -> Path:
