@@ -144,6 +144,9 @@ async def ensure_bucket(js: JetStreamContext, config: KeyValueConfig, *, update:
     ):
         return
     current.max_age = wanted_age
+    if wanted_age and (current.duplicate_window or 0) > wanted_age:
+        # The server refuses a window longer than the max age (nats-py sizes a new bucket's so).
+        current.duplicate_window = wanted_age
     current.num_replicas = config.replicas
     current.description = config.description
     await js.update_stream(current)

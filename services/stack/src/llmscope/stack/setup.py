@@ -25,6 +25,8 @@ import sys
 from collections.abc import Sequence
 
 from nats.errors import Error as NatsError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import APIError
 
 from llmscope.bus.connection import connect
 from llmscope.bus.layout import Layout, apply, layout
@@ -68,13 +70,21 @@ async def run(nats_url: str, wanted: Layout, *, wait_s: float) -> int:
         except PartitionMismatchError as exc:
             log.error("cannot set up", error=str(exc))
             return USAGE
-        except (NatsError, TimeoutError) as exc:
+        except (NatsTimeoutError, TimeoutError) as exc:
             # A user without the right: nats-server answers nothing and the request times out.
             log.error(
-                "a stream or bucket could not be created or updated",
+                "a stream or bucket could not be created or updated: no answer",
                 error=repr(exc),
                 hint="run as the setup user (NATS_USER=setup), whose permissions allow it",
             )
+            return FAILED
+        except APIError as exc:
+            log.error(
+                "a stream or bucket could not be created or updated", error=exc.description, code=exc.err_code
+            )
+            return FAILED
+        except NatsError as exc:
+            log.error("a stream or bucket could not be created or updated", error=repr(exc))
             return FAILED
         for config in wanted.streams:
             log.info(
