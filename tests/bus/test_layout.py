@@ -25,6 +25,14 @@ def test_the_setting_defaults_to_managing_and_false_checks_only() -> None:
     assert BusSettings.from_env(Env({"LLMSCOPE_MANAGE_STREAMS": "false"})).manage_streams is False
 
 
+def test_every_bucket_named_in_subjects_is_declared() -> None:
+    """A new ``subjects.*_BUCKET`` must be one more entry of ``bucket_configs``: a service whose
+    user may not create buckets (compose, Kubernetes, ``up``) would otherwise wait for a bucket
+    that ``llmscope setup`` never makes."""
+    named = {value for name, value in vars(subjects).items() if name.endswith("_BUCKET")}
+    assert named <= {c.bucket for c in bucket_configs(BusSettings())}
+
+
 def test_every_bucket_a_service_opens_is_declared() -> None:
     names = {c.bucket for c in bucket_configs(BusSettings(), charts_bucket="team_charts")}
     assert names == {
