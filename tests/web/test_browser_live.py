@@ -26,6 +26,14 @@ document.addEventListener('htmx:beforeRequest', (e) => {
 POLLED = ("chart-panel", "violation-log")
 
 
+def server_304s(site: Site) -> float:
+    """The 304s the dashboard's route has answered (the API's own request counter)."""
+    labels = {"method": "GET", "route": "/dashboard", "status": "304"}
+    return (
+        site.api.runtime.metrics.registry.get_sample_value("llmscope_api_http_requests_total", labels) or 0.0
+    )
+
+
 async def polls(page: Page) -> dict[str, int]:
     """The fallback polls of the chart panel and the violation log made so far."""
     made: list[str] = await page.evaluate("() => window.testPolls")
@@ -57,10 +65,27 @@ async def test_the_fallback_poll_stands_still_while_the_stream_is_up(site: Site)
                 r.url.startswith(f"{site.url}/dashboard?") and r.headers.get("hx-target") == "chart-panel"
             )
         ) as asked:
-            await page.evaluate("() => { window.llmscopeLive = false; }")
+            await page.evaluate(
+                """() => { document.getElementById('violation-log').dataset.before = '1';
+                           window.llmscopeLive = false; }"""
+            )
             await page.clock.run_for(30_000)
         assert await polls(page) == {"chart-panel": 1, "violation-log": 1}
         assert (await asked.value).headers.get("hx-request") == "true"
+
+        # The log's next poll, nothing new in it: Chrome's cache asks with its tag (the log has its
+        # own URL, so the chart panel's answer does not replace it) and the server answers 304.
+        # (Its first answer swapped in first: the new element's poll timer starts then.)
+        await page.wait_for_function("() => !document.querySelector('#violation-log').dataset.before")
+        answered_304 = server_304s(site)
+        async with page.expect_request(
+            lambda r: "part=log" in r.url and r.headers.get("hx-target") == "violation-log"
+        ) as log_poll:
+            await page.clock.run_for(31_000)
+        request = await log_poll.value
+        assert (await request.all_headers()).get("if-none-match", "").startswith('W/"')
+        await request.response()
+        assert server_304s(site) == answered_304 + 1
 
     async with browser_page(site) as page:
         await log_in(page, site, "/dashboard")
