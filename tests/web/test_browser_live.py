@@ -1,5 +1,8 @@
 """In real Chromium: an open tab with its event stream up does not poll (issue 13: idle tabs cost
-nothing), polls while the stream is down, and re-reads what it shows when the stream resumes."""
+nothing), polls while the stream is down, and re-reads what it shows when the stream resumes.
+
+The page's timers run on Playwright's clock (``page.clock``): poll intervals are run through, not
+waited for, so what does not happen is proved without a wall-clock wait."""
 
 from __future__ import annotations
 
