@@ -91,6 +91,19 @@ def accepts_gzip(accept_encoding: str) -> bool:
     return star
 
 
+def add_vary(headers: MutableHeaders) -> None:
+    vary = headers.get("vary", "")
+    if "accept-encoding" not in vary.lower():
+        headers.add_vary_header("Accept-Encoding")
+
+
+def weaken(headers: MutableHeaders) -> None:
+    """A strong tag names exact bytes; the gzip form's bytes are not the identity form's."""
+    etag = headers.get("etag")
+    if etag and not etag.startswith("W/"):
+        headers["ETag"] = f"W/{etag}"
+
+
 def is_public_path(path: str, prefixes: Iterable[str] = PUBLIC_PREFIXES) -> bool:
     return any(path.startswith(p) for p in prefixes)
 
@@ -134,6 +147,9 @@ class _Responder:
     async def run(self, receive: Receive) -> None:
         await self.mw.app(self.scope, receive, self.on_send)
 
+    def declared(self) -> bool:
+        return self.public or bool(self.scope.get("state", {}).get(SECRET_FREE))
+
     def eligible(self, start: Message) -> bool:
         if start["status"] != 200:
             return False
@@ -143,7 +159,7 @@ class _Responder:
         media_type = headers.get("content-type", "").partition(";")[0].strip().lower()
         if media_type not in COMPRESSIBLE_TYPES:
             return False
-        return self.public or bool(self.scope.get("state", {}).get(SECRET_FREE))
+        return self.declared()
 
     async def on_send(self, message: Message) -> None:
         if self.decided:
@@ -163,12 +179,18 @@ class _Responder:
         await self.first_body(self.start, message)
 
     async def first_body(self, start: Message, message: Message) -> None:
+        if start["status"] == 304 and self.declared():
+            # What the 200 would have said: a cache keeps its stored answer's headers in step.
+            headers = MutableHeaders(raw=start["headers"])
+            add_vary(headers)
+            if self.wants_gzip:
+                weaken(headers)
         if not self.eligible(start):
             await self.send(start)
             await self.send(message)
             return
         headers = MutableHeaders(raw=start["headers"])
-        headers.add_vary_header("Accept-Encoding")
+        add_vary(headers)
         body: bytes = message.get("body", b"")
         more = bool(message.get("more_body", False))
         if not self.wants_gzip or (len(body) < self.mw.minimum_size and not more):
@@ -192,9 +214,7 @@ class _Responder:
                 return
         compressed = await self.compress(body, final=not more)
         headers["Content-Encoding"] = "gzip"
-        etag = headers.get("etag")
-        if etag and not etag.startswith("W/"):
-            headers["ETag"] = f"W/{etag}"
+        weaken(headers)
         if more:
             del headers["Content-Length"]
         else:

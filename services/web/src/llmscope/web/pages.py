@@ -222,7 +222,7 @@ class Pages:
         mark_secret_free(request)
         body = html.encode()
         etag = f'"{hashlib.blake2b(body, digest_size=16).hexdigest()}"'
-        headers |= {"ETag": etag, "Cache-Control": "private, no-cache", "Vary": vary}
+        headers |= {"ETag": etag, "Cache-Control": "private, no-cache", "Vary": f"{vary}, Accept-Encoding"}
         if etag_matches(request.headers.get("If-None-Match", ""), etag):
             return HTMLResponse(b"", status_code=304, headers=headers)
         return HTMLResponse(body, headers=headers)
