@@ -263,7 +263,9 @@ def create_router(
             "severity": severity,
         }
         context = {"q": query, "qs": urlencode(query), "log": log.items, "refresh_s": opts.refresh_s}
-        return pages.render(request, "dashboard.html", context, fragments=("violation_log",))
+        return pages.render(
+            request, "dashboard.html", context, fragments=("violation_log",), polled=("violation_log",)
+        )
 
     async def _dashboard(
         request: Request,
@@ -365,6 +367,7 @@ def create_router(
             fragments=("panel", "chart_panel", "violation_log", "rebaseline"),
             status_code=status_code,
             toast=toast,
+            polled=("panel", "chart_panel"),
         )
 
     # ---- overview (the landing page) -----------------------------------------------------
@@ -403,7 +406,7 @@ def create_router(
             # A wall screen: fresh within ~10 s of an outage, without a query storm per tab.
             "refresh_s": max(opts.refresh_s * 2.5, 5.0),
         }
-        return pages.render(request, "overview.html", context, fragments=("overview",))
+        return pages.render(request, "overview.html", context, fragments=("overview",), polled=("overview",))
 
     # ---- dashboard -----------------------------------------------------------------------
     @router.get("/dashboard", response_class=HTMLResponse, dependencies=[Session])
@@ -644,7 +647,13 @@ def create_router(
             "refresh_s": opts.refresh_s,
         }
         return pages.render(
-            request, "models.html", context, fragments=models_fragments, status_code=status_code, toast=toast
+            request,
+            "models.html",
+            context,
+            fragments=models_fragments,
+            status_code=status_code,
+            toast=toast,
+            polled=("health",),
         )
 
     @router.get("/models", response_class=HTMLResponse, dependencies=[Session])

@@ -55,7 +55,9 @@ def add_status_routes(
             "generated_at": report.generated_at if full else None,
             "refresh_s": STATUS_REFRESH_S,
         }
-        return pages.render(request, "status.html", context, fragments=("status_list",))
+        return pages.render(
+            request, "status.html", context, fragments=("status_list",), polled=("status_list",)
+        )
 
     def svg(body: str, status_code: int, cache: str) -> Response:
         return Response(body, status_code=status_code, media_type=SVG, headers={"Cache-Control": cache})
