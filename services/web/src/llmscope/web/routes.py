@@ -796,9 +796,16 @@ def create_router(
             if key not in known or not isinstance(raw, str) or not raw.strip():
                 continue  # blank fields keep their current value (and secrets stay hidden)
             try:
-                values[key] = parse_field(known[key], raw)
+                value = parse_field(known[key], raw)
             except SettingError as exc:
                 errors[key] = exc.message
+                continue
+            if not known[key].secret and value == known[key].value:
+                # The form shows every default filled in; stored back untouched they would pin
+                # it and override the environment (a tracker "none" turns LLMSCOPE_TICKETS_*
+                # off), and the answer would list fields nobody changed.
+                continue
+            values[key] = value
         generated = None
         secret = known.get(WEBHOOK_SECRET)
         if "alert.webhook.url" in values and WEBHOOK_SECRET not in values and secret and not secret.is_set:
