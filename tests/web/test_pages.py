@@ -267,6 +267,9 @@ async def test_violation_detail_and_actions(api: Api) -> None:
     assert "Context (±10 probes)" in r.text
     assert "the prober host, not the target's" in r.text
     assert len(re.findall(r'<tr class="trigger">', r.text)) == 1
+    # The frozen limits are latencies: each says so, as the value does.
+    for row in ("Center", "UCL / LCL", "Zone A (±2σ)", "Zone B (±1σ)"):
+        assert re.search(rf"<tr><th>{re.escape(row)}</th><td>[^<]* ms</td></tr>", r.text), row
     r = await client.get("/violations/v2", headers=HX)
     assert not is_full_page(r.text)
     assert "Frozen statistics" in r.text
