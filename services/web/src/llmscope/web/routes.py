@@ -402,6 +402,11 @@ def create_router(
             "hours": f"{hours:g}",
             # A wall screen: fresh within ~10 s of an outage, without a query storm per tab.
             "refresh_s": max(opts.refresh_s * 2.5, 5.0),
+            # Until the wizard is saved once, the landing page points to it: a fresh install
+            # records violations and tells nobody.
+            "setup_due": not any(
+                s.key == "setup.completed" and s.value is True for s in await data.settings()
+            ),
         }
         return pages.render(request, "overview.html", context, fragments=("overview",))
 
