@@ -200,6 +200,11 @@ async def test_overview_shows_every_model_worst_first(api: Api) -> None:
         assert "/violations/v-warn" not in r.text  # warnings are not on the overview
         assert "1 down" in r.text
         assert "3 failed probes in a row" in r.text
+        # "Now" is not the latency of the last answer while the model answers nothing.
+        now_cells = re.findall(r'<td class="num">(.*?)</td>', r.text, re.S)
+        assert '<span class="now-failing">no answers</span>' in now_cells[0]
+        assert "last answered in" in now_cells[0]
+        assert "no answers" not in now_cells[2]  # llama's row (each row has two num cells)
         assert 'href="/dashboard?provider=ollama&amp;model=org%2Fother%3A1&amp;prompt_id=simple-1' in r.text
     r = await client.get("/?hours=168", headers={**HX, "HX-Target": "overview"})
     assert "Latency over 7 days" in r.text
