@@ -346,6 +346,10 @@ async def test_availability_violation_lists_the_failed_probes_around_it(api: Api
         assert r.text.count('class="trigger failed"') == 1
         assert r.text.count(' failed"') == 4  # all four failed probes, before and after it
         assert "timeout" in r.text
+        # The pattern's one point is the trigger: its time and status, not "–" twice.
+        points = r.text.split('<table class="points">')[1].split("</table>")[0]
+        assert "<td>–</td>" not in points
+        assert "<td>timeout</td>" in points
 
 
 async def test_login_page_has_no_navigation(api: Api) -> None:
