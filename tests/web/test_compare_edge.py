@@ -6,9 +6,13 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
+from llmscope.api.persister import store_telemetry
 from llmscope.web.data import ChartPoint
 from llmscope.web.trend_svg import PAD_L, PAD_R, render_comparison
 from llmscope.web.trends import ComparedLine, Comparison
+from tests.api.conftest import Api
+from tests.api.factories import telemetry
+from tests.web.test_pages import login
 
 WIDTH = 960
 
@@ -46,3 +50,15 @@ def test_the_bucket_still_filling_is_drawn_at_now_not_past_the_plot() -> None:
     assert xs, svg
     assert all(PAD_L <= x <= right + 0.05 for x in xs), (xs, right)
     assert max(_xs(svg, "polyline")) == round(right, 1)  # the partial bucket is drawn at now
+
+
+async def test_the_legend_counts_one_bucket_in_the_singular(api: Api) -> None:
+    """A fresh install's first minute: "1 bucket", not "1 buckets"."""
+    now = datetime.now(UTC)
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, [telemetry(0, ts=now - timedelta(seconds=30))])
+    client = await login(api)
+    r = await client.get("/compare?hours=1&series=ollama|llama3.1:8b")
+    assert r.status_code == 200
+    assert '<span class="muted">1 bucket</span>' in r.text
+    assert "1 buckets" not in r.text
