@@ -7,9 +7,15 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.js.api import KeyValueConfig
+
 from llmscope.api.persister import store_telemetry, store_violations
+from llmscope.api.settings import ApiSettings
+from llmscope.proto.charts import ChartMeta, ChartRecord, ChartView, chart_key
 from tests.api.conftest import Api
-from tests.api.factories import telemetry, violation
+from tests.api.factories import limits, telemetry, violation
 from tests.web.test_pages import login
 
 
@@ -44,3 +50,21 @@ async def test_the_overview_points_to_the_setup_page_until_it_is_saved(api: Api)
         after = await client.get("/", headers=headers)
         assert after.status_code == 200
         assert "First run" not in after.text
+
+
+async def test_the_limits_under_the_latest_value_carry_its_unit(
+    api: Api, settings: ApiSettings, nc: NATS
+) -> None:
+    start = datetime.now(UTC) - timedelta(minutes=5)  # within the status window: "Now" is shown
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, [telemetry(i, ts=start + timedelta(seconds=2 * i)) for i in range(40)])
+    key = chart_key("ollama", "llama3.1:8b", "local", "simple-1", "latency_ms")
+    meta = ChartMeta(
+        provider="ollama", model="llama3.1:8b", target="local", prompt_id="simple-1", metric="latency_ms"
+    )
+    view = ChartView(phase="armed", progress=200, baseline_n=200, limits=limits(center=1200.0, sigma=50.0))
+    kv = await nc.jetstream().create_key_value(KeyValueConfig(bucket=settings.charts_bucket))
+    await kv.put(key, msgspec.json.encode(ChartRecord(key=key, meta=meta, view=view)))
+    client = await login(api)
+    r = await client.get("/")
+    assert '<div class="muted small">CL 1,200 · UCL 1,350 ms</div>' in r.text
