@@ -68,3 +68,14 @@ async def test_the_limits_under_the_latest_value_carry_its_unit(
     client = await login(api)
     r = await client.get("/")
     assert '<div class="muted small">CL 1,200 · UCL 1,350 ms</div>' in r.text
+
+
+async def test_now_of_a_model_without_recent_probes_says_so(api: Api) -> None:
+    # The factories' probes are 30 minutes old: beyond the status window, the model is unknown.
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, [telemetry(i) for i in range(40)])
+    client = await login(api)
+    r = await client.get("/?hours=1")
+    now = re.findall(r'<td class="num">(.*?)</td>', r.text, re.S)[0]
+    assert '<span class="muted">no recent probe</span>' in now
+    assert re.search(r"last [\d,]+ ms", now)
