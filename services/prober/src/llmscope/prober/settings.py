@@ -4,7 +4,7 @@
 | --- | --- | --- |
 | LLMSCOPE_PROBER_CONFIG | (none) | TOML or YAML file of targets and prompts (see targets.py) |
 | LLMSCOPE_TARGETS | (none) | compact targets ``KIND,BASE_URL,MODEL[,key=value...];...`` |
-| LLMSCOPE_SIM_URL | http://127.0.0.1:11500 | the simulator probed when neither of the two above is set |
+| LLMSCOPE_SIM_URL | http://127.0.0.1:SIM_PORT | the simulator probed when neither of the two above is set |
 | LLMSCOPE_SIM_MODELS | all four | simulated models probed then (specs as for ``llmscope sim``) |
 | LLMSCOPE_PROBER_INTERVAL_S | 2.0 | default seconds between probes of one target |
 | LLMSCOPE_PROBER_JITTER | 0.1 | default random spread of the interval (0.1 = +-10 %) |

@@ -54,6 +54,7 @@ def add_status_routes(
             "models": report.models if full else public_view(report).models,
             "generated_at": report.generated_at if full else None,
             "refresh_s": STATUS_REFRESH_S,
+            "public": public,
         }
         return pages.render(
             request, "status.html", context, fragments=("status_list",), polled=("status_list",)
