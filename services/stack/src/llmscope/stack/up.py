@@ -511,11 +511,14 @@ def main(argv: list[str] | None = None) -> int:
             if stack.wait_for_api():
                 base = f"http://{_display_host(settings.host)}:{settings.port}"
                 host = _display_host(settings.host)
-                metrics = "".join(f", :{p} {name}" for name, p in settings.metrics_ports.items())
+                ports = {"api": settings.port, **settings.metrics_ports}
+                metrics = "\n             ".join(
+                    f"http://{host}:{p}/metrics ({name})" for name, p in ports.items()
+                )
                 print(
                     f"\n  Dashboard  {base}/?key={api_key}\n  API        {base}/docs\n"
                     f"  API key    {api_key}\n"
-                    f"  Metrics    http://{host}:{{port}}/metrics: :{settings.port} api{metrics}\n"
+                    f"  Metrics    {metrics}\n"
                     "\n  Ctrl-C stops everything.\n",
                     flush=True,
                 )
