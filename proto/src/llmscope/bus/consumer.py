@@ -48,7 +48,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from nats.aio.client import Client as NATS
@@ -68,15 +68,53 @@ T = TypeVar("T")
 log = get_logger("llmscope.bus.consumer")
 
 
-@dataclass(frozen=True, slots=True)
 class Delivery(Generic[T]):
-    """One decoded message and where it sits in the stream."""
+    """One decoded message and where it sits in the stream.
 
-    event: T
-    subject: str
-    stream_seq: int
-    num_delivered: int
-    msg: JsMsg = field(repr=False, compare=False)
+    Immutable by convention, compared and hashed by (event, subject, stream_seq, num_delivered).
+    Made for every message consumed, so kept lean: plain slots, no frozen dataclass's
+    ``object.__setattr__`` per field, and the position read from the ack subject only when asked
+    (the persister's explicit acks never need it): ~1 µs of the consumer's CPU per event."""
+
+    __slots__ = ("_delivered", "_seq", "event", "msg", "subject")
+
+    def __init__(
+        self, event: T, subject: str, stream_seq: int | None, num_delivered: int | None, msg: JsMsg
+    ) -> None:
+        self.event = event
+        self.subject = subject
+        self._seq = stream_seq  # None: read from ``msg`` when first asked
+        self._delivered = num_delivered
+        self.msg = msg
+
+    @property
+    def stream_seq(self) -> int:
+        if self._seq is None:
+            self._seq, self._delivered = _position(self.msg)
+        return self._seq
+
+    @property
+    def num_delivered(self) -> int:
+        if self._delivered is None:
+            self._seq, self._delivered = _position(self.msg)
+        return self._delivered
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.event, self.subject, self.stream_seq, self.num_delivered)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._key() == other._key()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (
+            f"Delivery(event={self.event!r}, subject={self.subject!r}, stream_seq={self.stream_seq!r},"
+            f" num_delivered={self.num_delivered!r})"
+        )
 
 
 def _position(msg: JsMsg) -> tuple[int, int]:
@@ -156,7 +194,7 @@ class _InboxPull(abc.ABC):
     async def start(self) -> None:
         # nats-py's callback (with its Msg objects) only where the lean path cannot hook in.
         self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_msg)
-        inbox.route(self._nc, self._sub._id, self._on_msg)
+        inbox.route(self._nc, self._sub._id, self._take)
 
     async def stop(self) -> None:
         if self._sub is not None:
@@ -165,8 +203,12 @@ class _InboxPull(abc.ABC):
             self._sub = None
 
     @abc.abstractmethod
+    def _take(self, msg: JsMsg) -> None:
+        """A message or a status on the inbox: each way of pulling reacts in its own way (a plain
+        call from the client's parser on the lean path: no coroutine per message)."""
+
     async def _on_msg(self, msg: JsMsg) -> None:
-        """A message or a status on the inbox: each way of pulling reacts in its own way."""
+        self._take(msg)  # nats-py's own callback, where the lean path cannot hook in
 
     def _ends_request(self, msg: JsMsg, status: str) -> bool:
         """Whether ``msg`` is the status that ends the current request (kept in :attr:`status`)."""
@@ -197,7 +239,7 @@ class PullRequests(_InboxPull):
         self._ended = asyncio.Event()
         self._drained = False  # the last ``no_wait`` pull ended before it was filled
 
-    async def _on_msg(self, msg: JsMsg) -> None:
+    def _take(self, msg: JsMsg) -> None:
         status = inbox.status_of(msg)
         if not status:
             self._buffer.append(msg)
@@ -287,7 +329,7 @@ class StandingPull(_InboxPull):
             self._request += 1  # whatever that request still sends is no longer awaited
             self._ready.set()
 
-    async def _on_msg(self, msg: JsMsg) -> None:
+    def _take(self, msg: JsMsg) -> None:
         status = inbox.status_of(msg)
         if not status:
             self._buffer.append(msg)
@@ -488,13 +530,12 @@ class DurableConsumer(Generic[T]):
         for index, msg in enumerate(msgs):
             if index and not index % _DECODE_SLICE:
                 await asyncio.sleep(0)  # the handler's replies from its store are not held up
-            stream_seq, delivered = _position(msg)
             try:
                 event = decode(msg.data)
             except (DecodeError, ValueError) as exc:
-                batch.malformed.append((msg, f"malformed message: {exc}", stream_seq))
+                batch.malformed.append((msg, f"malformed message: {exc}", _position(msg)[0]))
                 continue
-            deliveries.append(Delivery(event, msg.subject, stream_seq, delivered, msg))
+            deliveries.append(Delivery(event, msg.subject, None, None, msg))
         return batch
 
     async def process(self, msgs: Sequence[JsMsg]) -> None:

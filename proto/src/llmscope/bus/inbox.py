@@ -174,7 +174,8 @@ class InboxMsg:
         return f"InboxMsg(subject={self.subject!r}, reply={self.reply!r}, data={len(self.data)} bytes)"
 
 
-InboxCallback = Callable[[InboxMsg], Awaitable[None]]
+InboxCallback = Callable[[InboxMsg], Awaitable[None] | None]
+"""A plain function (the pullers: no coroutine made per message) or a coroutine function."""
 
 _ROUTES = "_llmscope_routes"
 
@@ -202,7 +203,9 @@ def route(nc: NATS, sid: int, cb: InboxCallback) -> bool:
             stats["in_msgs"] += 1
             stats["in_bytes"] += len(data)
             try:
-                await callback(InboxMsg(nc, subject.decode(), reply.decode(), data, headers))
+                pending = callback(InboxMsg(nc, subject.decode(), reply.decode(), data, headers))
+                if pending is not None:
+                    await pending
             except Exception:  # the client's read loop must go on, as with a subscription's task
                 log.exception("inbox callback failed", sid=sid)
 
