@@ -30,8 +30,8 @@ message wait that long for the burst behind it, so the handler gets batches inst
 messages when traffic allows. ``ConsumerOptions.prefetch`` (explicit acks only) pulls the next
 batch while a full one is handled; a batch fetched ahead is nak'd when an outage begins or the
 consumer stops, so it never waits out ``ack_wait`` in a process that is not using it.
-``ConsumerOptions.standing`` (AckAll only) keeps one pull request open instead
-(:class:`StandingPull`): no request per wake-up at a trickle, one per expiry when idle.
+``ConsumerOptions.standing`` keeps one pull request open instead (:class:`StandingPull`): no
+request per wake-up at a trickle, one per expiry when idle.
 ``ConsumerOptions.concurrent`` (explicit acks only) lets the next full batch's handler start
 while the previous one's still runs (the persister's telemetry: one batch COPY'd while the other
 commits); each is acked when its own handler returned.
@@ -117,6 +117,13 @@ class Delivery(Generic[T]):
         )
 
 
+def _pending(msg: JsMsg) -> bool:
+    """Whether the consumer had messages left to deliver after ``msg`` (its ack subject's last
+    token); False when the subject has another form."""
+    tail = (msg.reply or "").rpartition(".")[2]
+    return tail.isdigit() and tail != "0"
+
+
 def _position(msg: JsMsg) -> tuple[int, int]:
     """(stream sequence, times delivered), read from the ack subject without nats-py's
     ``Metadata`` (a datetime and three objects per message: ~3 µs, an eighth of the adapter's cost)."""
@@ -172,7 +179,7 @@ class ConsumerOptions:
     each batch is acked when its own handler returned. A batch that is not full waits for them."""
     standing: bool = False
     """Keep one pull request open (:class:`StandingPull`, expiring after ``fetch_timeout``)
-    instead of a few requests per wake-up: AckAll only (``ack_all``)."""
+    instead of a few requests per wake-up."""
 
 
 class _InboxPull(abc.ABC):
@@ -302,16 +309,26 @@ class StandingPull(_InboxPull):
     request is sent as soon as a batch is taken from a filled one. Idle, a partition costs one
     request and one expiry status per ``expires``.
 
-    For a consumer that acks with AckAll and that nobody else reads (the SPC engine's partitions):
-    messages delivered to the open request and not yet taken when the consumer stops are not
-    acked, and are delivered again to the consumer's next reader (which recreates it from its
-    checkpoint). A request lost with the connection is given up after ``expires`` + 0.5 s.
+    With a fill wait (the persister), a wake-up from nothing lingers that long for the burst
+    behind it, and while the newest message says more are pending for the consumer (the last
+    token of its ack subject) the open request is left to fill the batch: with a backlog the
+    handler still gets full batches, as from a ``no_wait`` pull.
+
+    With AckAll, for a consumer that nobody else reads (the SPC engine's partitions): messages
+    delivered to the open request and not yet taken when the consumer stops are not acked, and
+    are delivered again to the consumer's next reader (which recreates it from its checkpoint).
+    With explicit acks (the persister's consumers, which several processes may share): those are
+    nak'd once the inbox is unsubscribed (the server drops a request whose reply subject lost
+    its interest, so nothing more comes to it), and while a batch is held through an outage the
+    ones that came meanwhile are kept in progress with it. A request lost with the connection is
+    given up after ``expires`` + 0.5 s.
     """
 
     def __init__(self, nc: NATS, stream: str, durable: str) -> None:
         super().__init__(nc, stream, durable)
         self._expiry: asyncio.TimerHandle | None = None
         self._ready = asyncio.Event()
+        self._interrupted = False
 
     async def stop(self) -> None:
         if self._expiry is not None:
@@ -320,7 +337,17 @@ class StandingPull(_InboxPull):
 
     def interrupt(self) -> None:
         """End a wait in :meth:`fetch` now (the consumer is stopping)."""
+        self._interrupted = True
         self._ready.set()
+
+    def taken_meanwhile(self) -> list[JsMsg]:
+        """Messages delivered to the open request and not taken by :meth:`fetch` yet."""
+        return list(self._buffer)
+
+    def give_back(self) -> list[JsMsg]:
+        """Empty the buffer (after :meth:`stop`): what the caller should nak."""
+        msgs, self._buffer = self._buffer, []
+        return msgs
 
     def _expired(self, request: int) -> None:
         # No status came for the request within its expiry and the margin: lost (a reconnect).
@@ -363,6 +390,16 @@ class StandingPull(_InboxPull):
                 await self._ready.wait()  # a message, a status, the request's expiry, or interrupt()
             if self._buffer and fill_wait > 0 and batch > 1 and self._owed > 0:
                 await asyncio.sleep(fill_wait)  # a linger, as Kafka's linger.ms: batches, not singles
+        if fill_wait > 0 and self._buffer:
+            # A backlog: the open request is still being filled, so the batch is made full.
+            while (
+                not self._interrupted
+                and len(self._buffer) < batch
+                and self._owed > 0
+                and _pending(self._buffer[-1])
+            ):
+                self._ready.clear()
+                await self._ready.wait()
         msgs, self._buffer = self._buffer, []
         if msgs and self._owed <= 0:
             # Filled: the next batch streams in while this one is handled (at most two in hand).
@@ -407,6 +444,7 @@ class DurableConsumer(Generic[T]):
         self._ack_timer: asyncio.TimerHandle | None = None
         self._ack_tasks: set[asyncio.Task[None]] = set()
         self._held = 0  # batches held through the current outage (several with ``concurrent``)
+        self._standing: StandingPull | None = None  # the open request, while ``run`` has one
         self._outage_started = 0.0
         self.outages = 0
         """Outages waited out (or being waited out) by this consumer: transient handler errors."""
@@ -440,8 +478,6 @@ class DurableConsumer(Generic[T]):
         self._stop = stop
         if self._opts.prefetch and self._opts.ack_all:
             raise ValueError("prefetch needs explicit acks: an AckAll would ack the batch fetched ahead")
-        if self._opts.standing and not self._opts.ack_all:
-            raise ValueError("a standing pull needs AckAll: its undelivered messages wait out ack_wait")
         if self._opts.concurrent > 1 and self._opts.ack_all:
             raise ValueError("concurrent batches need explicit acks: an AckAll would ack the other batch")
         await self._js.add_consumer(self._stream, config=self.consumer_config())
@@ -449,7 +485,7 @@ class DurableConsumer(Generic[T]):
         puller: PullRequests | StandingPull
         waker: asyncio.Task[None] | None = None
         if self._opts.standing:
-            puller = standing = StandingPull(self._js._nc, self._stream, self._durable)
+            puller = standing = self._standing = StandingPull(self._js._nc, self._stream, self._durable)
 
             async def wake() -> None:
                 # A long-open request must not hold a stop (a hand-over of the partition) back.
@@ -500,6 +536,13 @@ class DurableConsumer(Generic[T]):
             with contextlib.suppress(Exception):
                 await self._give_back_ahead()
             await puller.stop()
+            self._standing = None
+            if isinstance(puller, StandingPull) and not opts.ack_all:
+                # Unsubscribed: nothing more comes to the open request. What came and was not
+                # handled goes back now (another process may take it), not after ack_wait.
+                with contextlib.suppress(Exception):
+                    for msg in puller.give_back():
+                        await msg.nak()
 
     @staticmethod
     async def _settle(handling: set[asyncio.Task[None]], most: int) -> None:
@@ -687,9 +730,13 @@ class DurableConsumer(Generic[T]):
                 self._held -= 1
 
     async def _in_progress(self, deliveries: Sequence[Delivery[T]]) -> None:
-        for delivery in deliveries:
+        msgs = [delivery.msg for delivery in deliveries]
+        if self._standing is not None and not self._opts.ack_all:
+            # Delivered to the open request while the batch is held: kept in progress with it.
+            msgs += self._standing.taken_meanwhile()
+        for msg in msgs:
             try:
-                await delivery.msg.in_progress()
+                await msg.in_progress()
             except Exception:  # NATS away too: the server redelivers after ack_wait, stored once
                 return
 

@@ -699,14 +699,20 @@ def persister_consumer_options(**overrides: Any) -> ConsumerOptions:
     dead-lettered); a batch refused for its data is split so only the guilty events are
     dead-lettered (:meth:`Persister._write`).
 
-    An idle persister that wakes for one event waits ``FILL_WAIT_S`` for the events behind it, so
-    a trickle is written in batches (a transaction per event cost ~1.5 ms each). Acks stay one
-    per message: several API processes may run a persister on the same durable consumer, and an
-    AckAll from one would ack what another has not committed yet. With a backlog, the next batch
-    is pulled while one is written (``prefetch``): the client's parsing of one batch overlaps
-    Postgres's work on the other."""
+    Each consumer keeps one pull request open (``standing``): at a trickle one request and one
+    expiry status a second, not two requests per wake-up, and what arrives while a batch is
+    written is the next batch at once (no fill wait for it). An idle persister that wakes for one
+    event waits ``FILL_WAIT_S`` for the events behind it, so a trickle is written in batches (a
+    transaction per event cost ~1.5 ms each). Acks stay one per message: several API processes
+    may run a persister on the same durable consumer, and an AckAll from one would ack what
+    another has not committed yet. With a backlog, the next batch is pulled while one is written
+    (``prefetch``): the client's parsing of one batch overlaps Postgres's work on the other."""
     options = ConsumerOptions(
-        batch_size=PERSIST_BATCH, transient=postgres_unavailable, fill_wait=FILL_WAIT_S, prefetch=True
+        batch_size=PERSIST_BATCH,
+        transient=postgres_unavailable,
+        fill_wait=FILL_WAIT_S,
+        prefetch=True,
+        standing=True,
     )
     return replace(options, **overrides)
 
