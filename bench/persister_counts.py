@@ -61,8 +61,8 @@ def count_bus(counts: Counter[str]) -> None:
         counts["acks"] += len(msgs)
         await ack_many(nc, msgs)
 
-    inbox.status_of = counted_status  # type: ignore[assignment]
-    inbox.ack_many = counted_acks  # type: ignore[assignment]
+    inbox.status_of = counted_status
+    inbox.ack_many = counted_acks
 
 
 async def commits(pool: asyncpg.Pool) -> int:

@@ -27,7 +27,7 @@ import gc
 import math
 import operator
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -72,6 +72,10 @@ TELEMETRY_CONCURRENT = 2
 """Full telemetry batches stored at once, each on its own connection (``ConsumerOptions.concurrent``):
 one batch's rows are COPY'd while the other's aggregates are upserted and its COMMIT waits on
 the disk; the aggregates and COMMITs themselves go one after the other (``store_telemetry``)."""
+KEEP_CONNECTION_S = 5.0
+"""How long the persister keeps a pool connection after a batch for the next one. A pool's
+release runs a reset (``RESET ALL; CLOSE ALL; UNLISTEN *``...: a round trip and a transaction
+of its own), which at a trickle, a batch or two per event, was a third of Postgres's work."""
 GC_YOUNGEST_THRESHOLD = 20_000
 """Allocations between two collections of the youngest generation (CPython's default: 700)."""
 
@@ -386,8 +390,8 @@ def _batch_aggregates(
     series targets and models take every event of the batch, as that statement's ``src``.
     Events are grouped in one pass; the sums and extremes are taken by builtins, per group."""
     if new is not None and len(new) != len(events):
-        out = _batch_aggregates(new)[:_ROLLUP_PARAMS] if new else [[] for _ in range(_ROLLUP_PARAMS)]
-        return out + _batch_aggregates(events)[_ROLLUP_PARAMS:]
+        counted = _batch_aggregates(new)[:_ROLLUP_PARAMS] if new else [[] for _ in range(_ROLLUP_PARAMS)]
+        return counted + _batch_aggregates(events)[_ROLLUP_PARAMS:]
     minutes: dict[tuple[str, str, str, str, datetime], list[TelemetryEvent]] = {}
     by_model: dict[tuple[str, str], list[TelemetryEvent]] = {}
     # The minute of the previous event, reused while events stay in it: a batch is mostly in time
@@ -555,8 +559,8 @@ async def store_telemetry(
         # The rows are inserted before ``serial`` is taken, as COPY's are: a batch holding it
         # never waits for a telemetry row of the batch that waits for it (a wait Postgres
         # cannot see, so it would never break it).
-        inserted = {row[0] for row in await conn.fetch(INSERT_NEW_TELEMETRY)}
-        new = [ev for ev in unique if ev.id in inserted]
+        ids = {row[0] for row in await conn.fetch(INSERT_NEW_TELEMETRY)}
+        new = [ev for ev in unique if ev.id in ids]
         aggregates = _batch_aggregates(unique, new)
         await until_committed.enter_async_context(held)
         await conn.execute(UPSERT_AGGREGATES, *aggregates)
@@ -717,6 +721,60 @@ def persister_consumer_options(**overrides: Any) -> ConsumerOptions:
     return replace(options, **overrides)
 
 
+class KeptConnections:
+    """Pool connections kept between batches instead of released (and reset) after each.
+
+    Only the persister's own writes use them, and those leave no session state behind but the
+    temporary table meant to stay (``CREATE_TELEMETRY_IN``): a connection whose batch failed
+    in any way goes back through the pool's release (reset, or closed if broken), and one left
+    unused for ``keep_s`` is released."""
+
+    def __init__(self, pool: asyncpg.Pool, keep_s: float = KEEP_CONNECTION_S) -> None:
+        self._pool = pool
+        self._keep_s = keep_s
+        self._idle: list[tuple[PoolConnectionProxy, asyncio.TimerHandle | None]] = []
+        self._releasing: set[asyncio.Task[None]] = set()
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[PoolConnectionProxy]:
+        if self._idle:
+            conn, timer = self._idle.pop()
+            if timer is not None:
+                timer.cancel()
+        else:
+            conn = await self._pool.acquire()
+        try:
+            yield conn
+        except BaseException:
+            await self._pool.release(conn)
+            raise
+        if self._keep_s <= 0 or conn.is_closed():
+            await self._pool.release(conn)
+            return
+        timer = asyncio.get_running_loop().call_later(self._keep_s, self._expire, conn)
+        self._idle.append((conn, timer))
+
+    def _expire(self, conn: PoolConnectionProxy) -> None:
+        for i, (kept, _) in enumerate(self._idle):
+            if kept is conn:
+                del self._idle[i]
+                task = asyncio.ensure_future(self._pool.release(conn))
+                self._releasing.add(task)
+                task.add_done_callback(self._releasing.discard)
+                return
+
+    async def close(self) -> None:
+        """Give every kept connection back to the pool."""
+        idle, self._idle = self._idle, []
+        for conn, timer in idle:
+            if timer is not None:
+                timer.cancel()
+            with contextlib.suppress(Exception):
+                await self._pool.release(conn)
+        if self._releasing:
+            await asyncio.gather(*self._releasing, return_exceptions=True)
+
+
 class Persister:
     """Durable consumers (telemetry, violations, dead letters, incidents) writing through one pool."""
 
@@ -734,6 +792,7 @@ class Persister:
         on_stored: Callable[[str, Sequence[Any]], None] | None = None,
     ) -> None:
         self._pool = pool
+        self._kept = KeptConnections(pool)
         # Told after each committed write (kind, the events written): the open dashboard tabs
         # re-read a chart once its new points can be read, never before.
         self._on_stored = on_stored
@@ -827,7 +886,7 @@ class Persister:
         """Store the batch; events Postgres refuses for their data are returned as rejected
         (each event then written alone by ``store_each``, by default ``store``)."""
         try:
-            async with self._pool.acquire() as conn:
+            async with self._kept.connection() as conn:
                 stored = await store(conn, [d.event for d in batch])
         except Exception as exc:
             if not refused_for_its_data(exc):
@@ -880,7 +939,10 @@ class Persister:
                 sample_consumers(metrics, self._js, stream, _constant((durable,)), stop, self.lag_sample_s)
                 for stream, durable in self._durables.items()
             ]
-        await asyncio.gather(*(self._supervise(c, stop) for c in consumers), *lag)
+        try:
+            await asyncio.gather(*(self._supervise(c, stop) for c in consumers), *lag)
+        finally:
+            await self._kept.close()
 
     async def _supervise(self, consumer: DurableConsumer[Any], stop: asyncio.Event) -> None:
         while not stop.is_set():
