@@ -4,7 +4,7 @@ Embedded NATS and Postgres; the API's ``Persister`` consuming telemetry in this 
 own options and event loop: uvloop when installed, as the API under uvicorn); probers in another
 process (``probe_feed.py``, as ``stack_bench.py`` feeds the stack) publishing at each rate. Per
 event: pull requests sent, request statuses received, ack writes and acks, batches handed to the
-handler (each one transaction), Postgres's commits (``pg_stat_database``), CPU of this process,
+handler (each one transaction), statements sent to Postgres (asyncpg's count), CPU of this process,
 Postgres and nats-server; and published -> stored split as ``stack_bench.py`` splits it (the
 row's NOTIFY at commit, its transaction's start). The counters wrap the bus's functions by
 name, so the same script measures an older checkout of the code.
@@ -20,7 +20,6 @@ import contextlib
 import os
 import sys
 import tempfile
-import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,18 +30,18 @@ import nats
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import stack_bench  # noqa: E402
-from ingest_bench import cpu_between, process_cpu  # noqa: E402
+import stack_bench
+from ingest_bench import cpu_between, process_cpu
 
-from llmscope.api import persister  # noqa: E402
-from llmscope.api.db import create_pool  # noqa: E402
-from llmscope.bus import inbox  # noqa: E402
-from llmscope.bus.publisher import Publisher  # noqa: E402
-from llmscope.bus.settings import BusSettings  # noqa: E402
-from llmscope.bus.streams import ensure_streams  # noqa: E402
-from llmscope.config import eventloop  # noqa: E402
-from llmscope.stack.embedded import EmbeddedNats, EmbeddedPostgres  # noqa: E402
-from llmscope.stack.ports import free_port  # noqa: E402
+from llmscope.api import persister
+from llmscope.api.db import create_pool
+from llmscope.bus import inbox
+from llmscope.bus.publisher import Publisher
+from llmscope.bus.settings import BusSettings
+from llmscope.bus.streams import ensure_streams
+from llmscope.config import eventloop
+from llmscope.stack.embedded import EmbeddedNats, EmbeddedPostgres
+from llmscope.stack.ports import free_port
 
 PULL = "$JS.API.CONSUMER.MSG.NEXT."
 
@@ -65,18 +64,29 @@ def count_bus(counts: Counter[str]) -> None:
     inbox.ack_many = counted_acks
 
 
-async def commits(pool: asyncpg.Pool) -> int:
-    return int(await pool.fetchval("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"))
+def queries(pool: asyncpg.Pool) -> int:
+    """Statements the pool's connections sent so far (a release's reset included): asyncpg's
+    own count per connection, each a round trip to Postgres."""
+    total = 0
+    for holder in pool._holders:
+        conn = holder._con
+        if conn is not None:
+            total += conn._protocol.queries_count
+    return total
 
 
-async def measure(nats_url: str, dsn: str, tmp: Path, rates: Sequence[int], seconds: float, models: int) -> None:
+async def measure(
+    nats_url: str, dsn: str, tmp: Path, rates: Sequence[int], seconds: float, models: int
+) -> None:
     print(f"event loop {type(asyncio.get_running_loop()).__module__}")
     counts: Counter[str] = Counter()
     count_bus(counts)
     nc = await nats.connect(nats_url)
     publish = nc.publish
 
-    async def counted_publish(subject: str, payload: bytes = b"", reply: str = "", headers: Any = None) -> None:
+    async def counted_publish(
+        subject: str, payload: bytes = b"", reply: str = "", headers: Any = None
+    ) -> None:
         if subject.startswith(PULL):
             counts["pull requests"] += 1
         await publish(subject, payload, reply=reply, headers=headers)
@@ -116,19 +126,23 @@ async def measure(nats_url: str, dsn: str, tmp: Path, rates: Sequence[int], seco
             await asyncio.sleep(0.5)  # the idle consumer's state before the feed starts
             counts.clear()
             c0 = {name: read() for name, read in cpu.items()}
-            x0 = await commits(pool)
+            q0 = queries(pool)
             elapsed = await feed.go()
             put, acked = feed.put_times()
             stored.expect(list(put))
             await stored.wait()
             c1 = {name: read() for name, read in cpu.items()}
-            xacts = await commits(pool) - x0 - 1  # less this query's own
+            statements = queries(pool) - q0
             seen = dict(counts)
             await feed.stop()
-            print(f"\n== {n:,} probe events at {rate:,}/s asked, {n / elapsed:,.0f}/s published, {models} models")
+            print(
+                f"\n== {n:,} probe events at {rate:,}/s asked, {n / elapsed:,.0f}/s published, {models} models"
+            )
             for name in ("pull requests", "statuses", "ack writes", "acks", "batches"):
                 print(f"  {name + ' per event':<28} {seen.get(name, 0) / n:7.3f}")
-            print(f"  {'Postgres commits per event':<28} {xacts / n:7.3f}  (the pool's own queries included)")
+            print(
+                f"  {'Postgres statements per event':<28} {statements / n:7.3f}  (round trips: BEGIN, COMMIT, resets)"
+            )
             for name in cpu:
                 print(f"  CPU ms per event, {name:<10} {1000 * cpu_between(c0[name], c1[name]) / n:7.3f}")
             ids = [i for i in put if i in stored.at and i in stored.writing]
