@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import os
 import sys
 import tempfile
@@ -28,11 +29,6 @@ from typing import Any
 import asyncpg
 import nats
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-import stack_bench
-from ingest_bench import cpu_between, process_cpu
-
 from llmscope.api import persister
 from llmscope.api.db import create_pool
 from llmscope.bus import inbox
@@ -42,6 +38,11 @@ from llmscope.bus.streams import ensure_streams
 from llmscope.config import eventloop
 from llmscope.stack.embedded import EmbeddedNats, EmbeddedPostgres
 from llmscope.stack.ports import free_port
+
+# The other benchmarks' helpers (the probers' feed, the NOTIFY of stored rows, CPU readers).
+sys.path.insert(0, str(Path(__file__).parent))
+stack_bench: Any = importlib.import_module("stack_bench")
+ingest_bench: Any = importlib.import_module("ingest_bench")
 
 PULL = "$JS.API.CONSUMER.MSG.NEXT."
 
@@ -68,7 +69,8 @@ def queries(pool: asyncpg.Pool) -> int:
     """Statements the pool's connections sent so far (a release's reset included): asyncpg's
     own count per connection, each a round trip to Postgres."""
     total = 0
-    for holder in pool._holders:
+    holders: list[Any] = pool._holders  # type: ignore[attr-defined]
+    for holder in holders:
         conn = holder._con
         if conn is not None:
             total += conn._protocol.queries_count
@@ -110,7 +112,10 @@ async def measure(
     stop = asyncio.Event()
     task = asyncio.create_task(p.telemetry.run(stop))
     pg_pid = int((tmp / "pg" / "postmaster.pid").read_text().split()[0])
-    cpu = {"persister": process_cpu(os.getpid()), "postgres": process_cpu(pg_pid, tree=True)}
+    cpu = {
+        "persister": ingest_bench.process_cpu(os.getpid()),
+        "postgres": ingest_bench.process_cpu(pg_pid, tree=True),
+    }
     first = 0
     try:
         for rate in rates:
@@ -136,15 +141,18 @@ async def measure(
             seen = dict(counts)
             await feed.stop()
             print(
-                f"\n== {n:,} probe events at {rate:,}/s asked, {n / elapsed:,.0f}/s published, {models} models"
+                f"\n== {n:,} probe events at {rate:,}/s asked, {n / elapsed:,.0f}/s published,"
+                f" {models} models"
             )
             for name in ("pull requests", "statuses", "ack writes", "acks", "batches"):
                 print(f"  {name + ' per event':<28} {seen.get(name, 0) / n:7.3f}")
             print(
-                f"  {'Postgres statements per event':<28} {statements / n:7.3f}  (round trips: BEGIN, COMMIT, resets)"
+                f"  {'Postgres statements per event':<28} {statements / n:7.3f}"
+                "  (round trips: BEGIN, COMMIT, resets)"
             )
             for name in cpu:
-                print(f"  CPU ms per event, {name:<10} {1000 * cpu_between(c0[name], c1[name]) / n:7.3f}")
+                used = ingest_bench.cpu_between(c0[name], c1[name])
+                print(f"  CPU ms per event, {name:<10} {1000 * used / n:7.3f}")
             ids = [i for i in put if i in stored.at and i in stored.writing]
             total = [1000 * (stored.at[i] - put[i]) for i in ids]
             wait = [1000 * (stored.at[i] - acked[i] - stored.writing[i]) for i in ids]

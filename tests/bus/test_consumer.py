@@ -583,7 +583,7 @@ async def test_a_standing_pull_with_explicit_acks_gives_back_what_it_did_not_han
 
         async def delivered() -> bool:
             info = await js.consumer_info(subjects.STREAM_TELEMETRY, "test")
-            return info.num_ack_pending == len(events) and info.num_pending == 0
+            return bool(info.num_ack_pending == len(events) and info.num_pending == 0)
 
         await eventually(delivered, what="every event delivered to the open request")
         stop.set()

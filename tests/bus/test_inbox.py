@@ -204,7 +204,9 @@ class _Recorder:
     def __init__(self) -> None:
         self.seen: list[tuple[object, ...]] = []
 
-    async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: object) -> None:
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: object
+    ) -> None:
         self.seen.append(("msg", sid, subject, reply, data, headers))
 
     async def _process_ping(self) -> None:

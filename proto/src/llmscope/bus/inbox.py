@@ -27,9 +27,6 @@ from typing import Any, Protocol
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.protocol.parser import AWAITING_CONTROL_LINE as _AWAITING_CONTROL_LINE
-from nats.protocol.parser import MAX_CONTROL_LINE_SIZE as _MAX_CONTROL_LINE_SIZE
-from nats.protocol.parser import Parser
 from nats.errors import (
     ConnectionClosedError,
     ConnectionDrainingError,
@@ -38,6 +35,9 @@ from nats.errors import (
     OutboundBufferLimitError,
     ProtocolError,
 )
+from nats.protocol.parser import AWAITING_CONTROL_LINE as _AWAITING_CONTROL_LINE
+from nats.protocol.parser import MAX_CONTROL_LINE_SIZE as _MAX_CONTROL_LINE_SIZE
+from nats.protocol.parser import Parser
 
 from llmscope.config.logs import get_logger
 

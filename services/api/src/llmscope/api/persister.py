@@ -272,7 +272,8 @@ WITH src AS MATERIALIZED (
     {_SERIES_HOUR_MERGE}
 ), ser AS (
     INSERT INTO series AS s (provider, model, prompt_id, first_seen, last_seen)
-    SELECT provider, model, prompt_id, min(ts), max(ts) FROM src GROUP BY 1, 2, 3 ORDER BY {_key_order("provider", "model", "prompt_id")}
+    SELECT provider, model, prompt_id, min(ts), max(ts) FROM src
+    GROUP BY 1, 2, 3 ORDER BY {_key_order("provider", "model", "prompt_id")}
     ON CONFLICT (provider, model, prompt_id) DO UPDATE SET
         first_seen = LEAST(s.first_seen, EXCLUDED.first_seen),
         last_seen = GREATEST(s.last_seen, EXCLUDED.last_seen)
