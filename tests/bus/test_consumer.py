@@ -614,8 +614,9 @@ async def test_a_standing_pull_with_a_fill_wait_hands_a_backlog_over_in_full_bat
     """While the newest delivery says more are pending, the open request is left to fill the
     batch: a backlog is handled in full batches (the persister's concurrent COPY path), and the
     batch that ends it has the rest."""
-    events = [telemetry() for _ in range(95)]
-    await Publisher(js).publish_many([(SUBJECT, e) for e in events])
+    events = [telemetry() for _ in range(1250)]
+    for start in range(0, len(events), 250):
+        await Publisher(js).publish_many([(SUBJECT, e) for e in events[start : start + 250]])
     batches: list[int] = []
     done = asyncio.Event()
 
@@ -624,7 +625,8 @@ async def test_a_standing_pull_with_a_fill_wait_hands_a_backlog_over_in_full_bat
         if sum(batches) == len(events):
             done.set()
 
-    options = ConsumerOptions(batch_size=20, standing=True, fill_wait=0.001, prefetch=True)
+    # A fill wait far shorter than 500 deliveries take to arrive: only the pending count fills them.
+    options = ConsumerOptions(batch_size=500, standing=True, fill_wait=0.0001, prefetch=True)
     consumer = make_consumer(js, handler, options)
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop))
@@ -633,7 +635,7 @@ async def test_a_standing_pull_with_a_fill_wait_hands_a_backlog_over_in_full_bat
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
-    assert batches == [20, 20, 20, 20, 15]
+    assert batches == [500, 500, 250]
 
 
 async def test_a_standing_pull_gives_up_a_request_lost_on_the_way_and_sends_another(
