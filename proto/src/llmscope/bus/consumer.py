@@ -309,8 +309,9 @@ class StandingPull(_InboxPull):
     request is sent as soon as a batch is taken from a filled one. Idle, a partition costs one
     request and one expiry status per ``expires``.
 
-    With a fill wait (the persister), a wake-up from nothing lingers that long for the burst
-    behind it, and while the newest message says more are pending for the consumer (the last
+    With a fill wait (the persister), a batch is handed over once its first message has waited
+    that long (a linger counted from the first message, as Kafka's ``linger.ms``), and while the
+    newest message says more are pending for the consumer (the last
     token of its ack subject) the open request is left to fill the batch: with a backlog the
     handler still gets full batches, as from a ``no_wait`` pull.
 
@@ -329,6 +330,8 @@ class StandingPull(_InboxPull):
         self._expiry: asyncio.TimerHandle | None = None
         self._ready = asyncio.Event()
         self._interrupted = False
+        self._loop = asyncio.get_running_loop()
+        self._first_at = 0.0  # when the oldest message in the buffer arrived
 
     async def stop(self) -> None:
         if self._expiry is not None:
@@ -359,6 +362,8 @@ class StandingPull(_InboxPull):
     def _take(self, msg: JsMsg) -> None:
         status = inbox.status_of(msg)
         if not status:
+            if not self._buffer:
+                self._first_at = self._loop.time()
             self._buffer.append(msg)
             self._owed -= 1
             self._ready.set()
@@ -388,8 +393,14 @@ class StandingPull(_InboxPull):
                 await self._send(batch, expires)
             if not self._buffer and self._owed > 0:
                 await self._ready.wait()  # a message, a status, the request's expiry, or interrupt()
-            if self._buffer and fill_wait > 0 and batch > 1 and self._owed > 0:
-                await asyncio.sleep(fill_wait)  # a linger, as Kafka's linger.ms: batches, not singles
+        if self._buffer and fill_wait > 0 and batch > 1 and self._owed > 0 and len(self._buffer) < batch:
+            # A linger, as Kafka's linger.ms, counted from the batch's first message: a batch goes
+            # when its oldest message has waited ``fill_wait`` (what arrived during the previous
+            # batch's transaction has mostly waited that long already), so a steady rate is
+            # written in batches of at least ``fill_wait`` of traffic, not one transaction each.
+            linger = self._first_at + fill_wait - asyncio.get_running_loop().time()
+            if linger > 0:
+                await asyncio.sleep(linger)
         if fill_wait > 0 and self._buffer:
             # A backlog: the open request is still being filled, so the batch is made full.
             while (
