@@ -555,20 +555,87 @@ async def test_a_standing_pull_takes_a_trickle_with_one_open_request_and_stops_a
         await asyncio.wait_for(task, 3)
 
 
-def test_a_standing_pull_needs_ack_all() -> None:
-    with pytest.raises(ValueError, match="AckAll"):
-        asyncio.run(
-            DurableConsumer[TelemetryEvent](
-                js=None,  # type: ignore[arg-type]
-                stream=subjects.STREAM_TELEMETRY,
-                durable="x",
-                filter_subjects=[SUBJECT],
-                decode=decode,
-                handler=lambda batch: asyncio.sleep(0),
-                dead_letters=None,  # type: ignore[arg-type]
-                options=ConsumerOptions(standing=True),
-            ).run(asyncio.Event())
-        )
+async def test_a_standing_pull_with_explicit_acks_gives_back_what_it_did_not_handle_at_stop(
+    js: JetStreamContext,
+) -> None:
+    """Several processes may share an explicit-ack consumer (the persister's): messages delivered
+    to the open request and never handed to the handler are nak'd when the consumer stops, so
+    the next reader gets them at once, not after ack_wait (60 s here)."""
+    batches: list[list[str]] = []
+    release = asyncio.Event()
+
+    async def handler(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        batches.append([d.event.id for d in batch])
+        await release.wait()
+
+    options = ConsumerOptions(batch_size=10, fetch_timeout=30, standing=True, ack_wait=60)
+    consumer = make_consumer(js, handler, options)
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    publisher = Publisher(js)
+    events = [telemetry() for _ in range(4)]
+    try:
+        await consumer_waiting(js)
+        await publisher.publish(SUBJECT, events[0])
+        await eventually(lambda: len(batches) == 1)
+        for event in events[1:]:  # delivered to the open request while the first batch is held
+            await publisher.publish(SUBJECT, event)
+
+        async def delivered() -> bool:
+            info = await js.consumer_info(subjects.STREAM_TELEMETRY, "test")
+            return bool(info.num_ack_pending == len(events) and info.num_pending == 0)
+
+        await eventually(delivered, what="every event delivered to the open request")
+        stop.set()
+        release.set()
+        await asyncio.wait_for(task, 5)
+    finally:
+        stop.set()
+        release.set()
+    assert batches == [[events[0].id]]  # the first was handled (and acked), the rest never
+    seen: list[str] = []
+
+    async def next_reader(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        seen.extend(d.event.id for d in batch)
+
+    again = make_consumer(js, next_reader, options)
+    stop = asyncio.Event()
+    task = asyncio.create_task(again.run(stop))
+    try:
+        await eventually(lambda: sorted(seen) == sorted(e.id for e in events[1:]), within=10)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+async def test_a_standing_pull_with_a_fill_wait_hands_a_backlog_over_in_full_batches(
+    js: JetStreamContext,
+) -> None:
+    """While the newest delivery says more are pending, the open request is left to fill the
+    batch: a backlog is handled in full batches (the persister's concurrent COPY path), and the
+    batch that ends it has the rest."""
+    events = [telemetry() for _ in range(1250)]
+    for start in range(0, len(events), 250):
+        await Publisher(js).publish_many([(SUBJECT, e) for e in events[start : start + 250]])
+    batches: list[int] = []
+    done = asyncio.Event()
+
+    async def handler(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        batches.append(len(batch))
+        if sum(batches) == len(events):
+            done.set()
+
+    # A fill wait far shorter than 500 deliveries take to arrive: only the pending count fills them.
+    options = ConsumerOptions(batch_size=500, standing=True, fill_wait=0.0001, prefetch=True)
+    consumer = make_consumer(js, handler, options)
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        await asyncio.wait_for(done.wait(), 10)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    assert batches == [500, 500, 250]
 
 
 async def test_a_standing_pull_gives_up_a_request_lost_on_the_way_and_sends_another(

@@ -196,3 +196,78 @@ def test_metadata_is_read_as_nats_py_reads_it(reply: str) -> None:
     ours = InboxMsg(NATS(), "s", reply, b"{}", None).metadata
     assert ours == Msg(_client=NATS(), subject="s", reply=reply).metadata
     assert (ours.sequence.stream, ours.num_delivered, ours.num_pending) == (1234567, 3, 42)
+
+
+class _Recorder:
+    """What a parser hands the client: each message, PING, PONG, INFO and -ERR, in order."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[object, ...]] = []
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: object
+    ) -> None:
+        self.seen.append(("msg", sid, subject, reply, data, headers))
+
+    async def _process_ping(self) -> None:
+        self.seen.append(("ping",))
+
+    async def _process_pong(self) -> None:
+        self.seen.append(("pong",))
+
+    async def _process_info(self, info: object) -> None:
+        self.seen.append(("info", info))
+
+    async def _process_err(self, err: str) -> None:
+        self.seen.append(("err", err))
+
+
+def _hmsg(subject: bytes, sid: int, reply: bytes, headers: bytes, payload: bytes) -> bytes:
+    sizes = b"%d %d" % (len(headers), len(headers) + len(payload))
+    line = b" ".join(p for p in (b"HMSG", subject, b"%d" % sid, reply, sizes) if p)
+    return line + b"\r\n" + headers + payload + b"\r\n"
+
+
+WIRE = b"".join(
+    [
+        b'INFO {"server_id":"x","max_payload":1048576}\r\n',
+        b"MSG llmscope.a 1 5\r\nhello\r\n",
+        b"MSG llmscope.b 22 _INBOX.abc.7 0\r\n\r\n",
+        _hmsg(b"_INBOX.x.1", 3, b"$JS.ACK.T.c.1.2.3.1733470000123456789.0", HEADER_BLOCKS[0], b'{"a":1}'),
+        _hmsg(b"_INBOX.x.2", 3, b"", HEADER_BLOCKS[1], b""),
+        b"PING\r\n",
+        b"MSG  spaced\t 4   _INBOX.r   3\r\nabc\r\n",
+        b"PONG\r\n",
+        b"+OK\r\n",
+        _hmsg(b"s", 5, b"r", HEADER_BLOCKS[2], b"\r\n\r\n"),
+        b"-ERR 'Stale Connection'\r\n",
+        b"MSG tail 6 2\r\n\r\n\r\n",
+    ]
+)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 16, 64, len(WIRE)])
+async def test_the_fast_parser_hands_over_what_nats_pys_parser_does(chunk: int) -> None:
+    """Any cut of the stream into reads: the same messages (subject, sid, reply, payload,
+    headers), PINGs, PONGs, INFO and -ERR, in the same order, as nats-py's own parser."""
+    from nats.protocol.parser import Parser
+
+    ours, theirs = _Recorder(), _Recorder()
+    fast, plain = Parser(ours), Parser(theirs)
+    fast.parse = inbox._parse.__get__(fast)  # type: ignore[method-assign]
+    for start in range(0, len(WIRE), chunk):
+        await fast.parse(WIRE[start : start + chunk])
+        await plain.parse(WIRE[start : start + chunk])
+    assert ours.seen == theirs.seen
+    assert len([s for s in ours.seen if s[0] == "msg"]) == 7
+    assert not fast.buf
+
+
+async def test_the_fast_parser_refuses_a_malformed_message_as_nats_py_does() -> None:
+    from nats.errors import ProtocolError
+    from nats.protocol.parser import Parser
+
+    fast = Parser(_Recorder())
+    fast.parse = inbox._parse.__get__(fast)  # type: ignore[method-assign]
+    with pytest.raises(ProtocolError):
+        await fast.parse(b"MSG subject notasid 5\r\nhello\r\n")

@@ -30,8 +30,8 @@ message wait that long for the burst behind it, so the handler gets batches inst
 messages when traffic allows. ``ConsumerOptions.prefetch`` (explicit acks only) pulls the next
 batch while a full one is handled; a batch fetched ahead is nak'd when an outage begins or the
 consumer stops, so it never waits out ``ack_wait`` in a process that is not using it.
-``ConsumerOptions.standing`` (AckAll only) keeps one pull request open instead
-(:class:`StandingPull`): no request per wake-up at a trickle, one per expiry when idle.
+``ConsumerOptions.standing`` keeps one pull request open instead (:class:`StandingPull`): no
+request per wake-up at a trickle, one per expiry when idle.
 ``ConsumerOptions.concurrent`` (explicit acks only) lets the next full batch's handler start
 while the previous one's still runs (the persister's telemetry: one batch COPY'd while the other
 commits); each is acked when its own handler returned.
@@ -48,7 +48,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from nats.aio.client import Client as NATS
@@ -68,15 +68,60 @@ T = TypeVar("T")
 log = get_logger("llmscope.bus.consumer")
 
 
-@dataclass(frozen=True, slots=True)
 class Delivery(Generic[T]):
-    """One decoded message and where it sits in the stream."""
+    """One decoded message and where it sits in the stream.
 
-    event: T
-    subject: str
-    stream_seq: int
-    num_delivered: int
-    msg: JsMsg = field(repr=False, compare=False)
+    Immutable by convention, compared and hashed by (event, subject, stream_seq, num_delivered).
+    Made for every message consumed, so kept lean: plain slots, no frozen dataclass's
+    ``object.__setattr__`` per field, and the position read from the ack subject only when asked
+    (the persister's explicit acks never need it): ~1 µs of the consumer's CPU per event."""
+
+    __slots__ = ("_delivered", "_seq", "event", "msg", "subject")
+
+    def __init__(
+        self, event: T, subject: str, stream_seq: int | None, num_delivered: int | None, msg: JsMsg
+    ) -> None:
+        self.event = event
+        self.subject = subject
+        self._seq = stream_seq  # None: read from ``msg`` when first asked
+        self._delivered = num_delivered
+        self.msg = msg
+
+    @property
+    def stream_seq(self) -> int:
+        if self._seq is None:
+            self._seq, self._delivered = _position(self.msg)
+        return self._seq
+
+    @property
+    def num_delivered(self) -> int:
+        if self._delivered is None:
+            self._seq, self._delivered = _position(self.msg)
+        return self._delivered
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.event, self.subject, self.stream_seq, self.num_delivered)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (
+            f"Delivery(event={self.event!r}, subject={self.subject!r}, stream_seq={self.stream_seq!r},"
+            f" num_delivered={self.num_delivered!r})"
+        )
+
+
+def _pending(msg: JsMsg) -> bool:
+    """Whether the consumer had messages left to deliver after ``msg`` (its ack subject's last
+    token); False when the subject has another form."""
+    tail = (msg.reply or "").rpartition(".")[2]
+    return tail.isdigit() and tail != "0"
 
 
 def _position(msg: JsMsg) -> tuple[int, int]:
@@ -134,7 +179,7 @@ class ConsumerOptions:
     each batch is acked when its own handler returned. A batch that is not full waits for them."""
     standing: bool = False
     """Keep one pull request open (:class:`StandingPull`, expiring after ``fetch_timeout``)
-    instead of a few requests per wake-up: AckAll only (``ack_all``)."""
+    instead of a few requests per wake-up."""
 
 
 class _InboxPull(abc.ABC):
@@ -156,7 +201,7 @@ class _InboxPull(abc.ABC):
     async def start(self) -> None:
         # nats-py's callback (with its Msg objects) only where the lean path cannot hook in.
         self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_msg)
-        inbox.route(self._nc, self._sub._id, self._on_msg)
+        inbox.route(self._nc, self._sub._id, self._take)
 
     async def stop(self) -> None:
         if self._sub is not None:
@@ -165,8 +210,12 @@ class _InboxPull(abc.ABC):
             self._sub = None
 
     @abc.abstractmethod
+    def _take(self, msg: JsMsg) -> None:
+        """A message or a status on the inbox: each way of pulling reacts in its own way (a plain
+        call from the client's parser on the lean path: no coroutine per message)."""
+
     async def _on_msg(self, msg: JsMsg) -> None:
-        """A message or a status on the inbox: each way of pulling reacts in its own way."""
+        self._take(msg)  # nats-py's own callback, where the lean path cannot hook in
 
     def _ends_request(self, msg: JsMsg, status: str) -> bool:
         """Whether ``msg`` is the status that ends the current request (kept in :attr:`status`)."""
@@ -197,7 +246,7 @@ class PullRequests(_InboxPull):
         self._ended = asyncio.Event()
         self._drained = False  # the last ``no_wait`` pull ended before it was filled
 
-    async def _on_msg(self, msg: JsMsg) -> None:
+    def _take(self, msg: JsMsg) -> None:
         status = inbox.status_of(msg)
         if not status:
             self._buffer.append(msg)
@@ -260,16 +309,29 @@ class StandingPull(_InboxPull):
     request is sent as soon as a batch is taken from a filled one. Idle, a partition costs one
     request and one expiry status per ``expires``.
 
-    For a consumer that acks with AckAll and that nobody else reads (the SPC engine's partitions):
-    messages delivered to the open request and not yet taken when the consumer stops are not
-    acked, and are delivered again to the consumer's next reader (which recreates it from its
-    checkpoint). A request lost with the connection is given up after ``expires`` + 0.5 s.
+    With a fill wait (the persister), a batch is handed over once its first message has waited
+    that long (a linger counted from the first message, as Kafka's ``linger.ms``), and while the
+    newest message says more are pending for the consumer (the last
+    token of its ack subject) the open request is left to fill the batch: with a backlog the
+    handler still gets full batches, as from a ``no_wait`` pull.
+
+    With AckAll, for a consumer that nobody else reads (the SPC engine's partitions): messages
+    delivered to the open request and not yet taken when the consumer stops are not acked, and
+    are delivered again to the consumer's next reader (which recreates it from its checkpoint).
+    With explicit acks (the persister's consumers, which several processes may share): those are
+    nak'd once the inbox is unsubscribed (the server drops a request whose reply subject lost
+    its interest, so nothing more comes to it), and while a batch is held through an outage the
+    ones that came meanwhile are kept in progress with it. A request lost with the connection is
+    given up after ``expires`` + 0.5 s.
     """
 
     def __init__(self, nc: NATS, stream: str, durable: str) -> None:
         super().__init__(nc, stream, durable)
         self._expiry: asyncio.TimerHandle | None = None
         self._ready = asyncio.Event()
+        self._interrupted = False
+        self._loop = asyncio.get_running_loop()
+        self._first_at = 0.0  # when the oldest message in the buffer arrived
 
     async def stop(self) -> None:
         if self._expiry is not None:
@@ -278,7 +340,17 @@ class StandingPull(_InboxPull):
 
     def interrupt(self) -> None:
         """End a wait in :meth:`fetch` now (the consumer is stopping)."""
+        self._interrupted = True
         self._ready.set()
+
+    def taken_meanwhile(self) -> list[JsMsg]:
+        """Messages delivered to the open request and not taken by :meth:`fetch` yet."""
+        return list(self._buffer)
+
+    def give_back(self) -> list[JsMsg]:
+        """Empty the buffer (after :meth:`stop`): what the caller should nak."""
+        msgs, self._buffer = self._buffer, []
+        return msgs
 
     def _expired(self, request: int) -> None:
         # No status came for the request within its expiry and the margin: lost (a reconnect).
@@ -287,9 +359,11 @@ class StandingPull(_InboxPull):
             self._request += 1  # whatever that request still sends is no longer awaited
             self._ready.set()
 
-    async def _on_msg(self, msg: JsMsg) -> None:
+    def _take(self, msg: JsMsg) -> None:
         status = inbox.status_of(msg)
         if not status:
+            if not self._buffer:
+                self._first_at = self._loop.time()
             self._buffer.append(msg)
             self._owed -= 1
             self._ready.set()
@@ -319,8 +393,24 @@ class StandingPull(_InboxPull):
                 await self._send(batch, expires)
             if not self._buffer and self._owed > 0:
                 await self._ready.wait()  # a message, a status, the request's expiry, or interrupt()
-            if self._buffer and fill_wait > 0 and batch > 1 and self._owed > 0:
-                await asyncio.sleep(fill_wait)  # a linger, as Kafka's linger.ms: batches, not singles
+        if self._buffer and fill_wait > 0 and batch > 1 and self._owed > 0 and len(self._buffer) < batch:
+            # A linger, as Kafka's linger.ms, counted from the batch's first message: a batch goes
+            # when its oldest message has waited ``fill_wait`` (what arrived during the previous
+            # batch's transaction has mostly waited that long already), so a steady rate is
+            # written in batches of at least ``fill_wait`` of traffic, not one transaction each.
+            linger = self._first_at + fill_wait - asyncio.get_running_loop().time()
+            if linger > 0:
+                await asyncio.sleep(linger)
+        if fill_wait > 0 and self._buffer:
+            # A backlog: the open request is still being filled, so the batch is made full.
+            while (
+                not self._interrupted
+                and len(self._buffer) < batch
+                and self._owed > 0
+                and _pending(self._buffer[-1])
+            ):
+                self._ready.clear()
+                await self._ready.wait()
         msgs, self._buffer = self._buffer, []
         if msgs and self._owed <= 0:
             # Filled: the next batch streams in while this one is handled (at most two in hand).
@@ -365,6 +455,7 @@ class DurableConsumer(Generic[T]):
         self._ack_timer: asyncio.TimerHandle | None = None
         self._ack_tasks: set[asyncio.Task[None]] = set()
         self._held = 0  # batches held through the current outage (several with ``concurrent``)
+        self._standing: StandingPull | None = None  # the open request, while ``run`` has one
         self._outage_started = 0.0
         self.outages = 0
         """Outages waited out (or being waited out) by this consumer: transient handler errors."""
@@ -398,8 +489,6 @@ class DurableConsumer(Generic[T]):
         self._stop = stop
         if self._opts.prefetch and self._opts.ack_all:
             raise ValueError("prefetch needs explicit acks: an AckAll would ack the batch fetched ahead")
-        if self._opts.standing and not self._opts.ack_all:
-            raise ValueError("a standing pull needs AckAll: its undelivered messages wait out ack_wait")
         if self._opts.concurrent > 1 and self._opts.ack_all:
             raise ValueError("concurrent batches need explicit acks: an AckAll would ack the other batch")
         await self._js.add_consumer(self._stream, config=self.consumer_config())
@@ -407,7 +496,7 @@ class DurableConsumer(Generic[T]):
         puller: PullRequests | StandingPull
         waker: asyncio.Task[None] | None = None
         if self._opts.standing:
-            puller = standing = StandingPull(self._js._nc, self._stream, self._durable)
+            puller = standing = self._standing = StandingPull(self._js._nc, self._stream, self._durable)
 
             async def wake() -> None:
                 # A long-open request must not hold a stop (a hand-over of the partition) back.
@@ -458,6 +547,13 @@ class DurableConsumer(Generic[T]):
             with contextlib.suppress(Exception):
                 await self._give_back_ahead()
             await puller.stop()
+            self._standing = None
+            if isinstance(puller, StandingPull) and not opts.ack_all:
+                # Unsubscribed: nothing more comes to the open request. What came and was not
+                # handled goes back now (another process may take it), not after ack_wait.
+                with contextlib.suppress(Exception):
+                    for msg in puller.give_back():
+                        await msg.nak()
 
     @staticmethod
     async def _settle(handling: set[asyncio.Task[None]], most: int) -> None:
@@ -488,13 +584,12 @@ class DurableConsumer(Generic[T]):
         for index, msg in enumerate(msgs):
             if index and not index % _DECODE_SLICE:
                 await asyncio.sleep(0)  # the handler's replies from its store are not held up
-            stream_seq, delivered = _position(msg)
             try:
                 event = decode(msg.data)
             except (DecodeError, ValueError) as exc:
-                batch.malformed.append((msg, f"malformed message: {exc}", stream_seq))
+                batch.malformed.append((msg, f"malformed message: {exc}", _position(msg)[0]))
                 continue
-            deliveries.append(Delivery(event, msg.subject, stream_seq, delivered, msg))
+            deliveries.append(Delivery(event, msg.subject, None, None, msg))
         return batch
 
     async def process(self, msgs: Sequence[JsMsg]) -> None:
@@ -646,9 +741,13 @@ class DurableConsumer(Generic[T]):
                 self._held -= 1
 
     async def _in_progress(self, deliveries: Sequence[Delivery[T]]) -> None:
-        for delivery in deliveries:
+        msgs = [delivery.msg for delivery in deliveries]
+        if self._standing is not None and not self._opts.ack_all:
+            # Delivered to the open request while the batch is held: kept in progress with it.
+            msgs += self._standing.taken_meanwhile()
+        for msg in msgs:
             try:
-                await delivery.msg.in_progress()
+                await msg.in_progress()
             except Exception:  # NATS away too: the server redelivers after ack_wait, stored once
                 return
 

@@ -21,6 +21,7 @@ too (``tests/bus/test_inbox.py`` runs both paths against a real server).
 from __future__ import annotations
 
 import json
+import types
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
@@ -32,11 +33,16 @@ from nats.errors import (
     MsgAlreadyAckdError,
     NotJSMessageError,
     OutboundBufferLimitError,
+    ProtocolError,
 )
+from nats.protocol.parser import AWAITING_CONTROL_LINE as _AWAITING_CONTROL_LINE
+from nats.protocol.parser import MAX_CONTROL_LINE_SIZE as _MAX_CONTROL_LINE_SIZE
+from nats.protocol.parser import Parser
 
 from llmscope.config.logs import get_logger
 
 _HDR_LINE = b"NATS/1.0"
+_original_parse = Parser.parse
 
 log = get_logger("llmscope.bus.inbox")
 
@@ -174,13 +180,91 @@ class InboxMsg:
         return f"InboxMsg(subject={self.subject!r}, reply={self.reply!r}, data={len(self.data)} bytes)"
 
 
-InboxCallback = Callable[[InboxMsg], Awaitable[None]]
+InboxCallback = Callable[[InboxMsg], Awaitable[None] | None]
+"""A plain function (the pullers: no coroutine made per message) or a coroutine function."""
 
 _ROUTES = "_llmscope_routes"
 
 
 def _hookable(nc: NATS) -> bool:
     return all(hasattr(nc, a) for a in ("_process_msg", "_subs", "_send_command", "_flush_pending", "stats"))
+
+
+_MSG = b"MSG "
+_HMSG = b"HMSG "
+
+
+async def _parse(parser: Any, data: bytes = b"") -> None:
+    """nats-py 2.16's ``Parser.parse`` for the messages a client reads, without its regular
+    expressions: a control line found with ``bytearray.find`` and split, the payload sliced as
+    nats-py slices it, then the client's ``_process_msg`` as nats-py calls it. Everything else
+    (PING, PONG, INFO, -ERR, +OK, and a message nats-py's parser is already in the middle of) is
+    left to nats-py's own ``parse``. A drain of 2,000-message batches spent ~4 µs per message in
+    nats-py's parser, a fifth of the persister's client CPU per event; this takes under 1."""
+    if parser.state != _AWAITING_CONTROL_LINE:
+        await _original_parse(parser, data)
+        return
+    buf: bytearray = parser.buf
+    buf.extend(data)
+    size = len(buf)
+    pos = 0
+    process = parser.nc._process_msg
+    other = False
+    try:
+        while pos < size:
+            end = buf.find(b"\r\n", pos)
+            if end < 0:
+                other = size - pos > _MAX_CONTROL_LINE_SIZE  # nats-py raises on it
+                break
+            if buf.startswith(_HMSG, pos):
+                args = bytes(buf[pos + 5 : end]).split()
+                headed = True
+            elif buf.startswith(_MSG, pos):
+                args = bytes(buf[pos + 4 : end]).split()
+                headed = False
+            else:
+                other = True
+                break
+            try:
+                if headed:
+                    if len(args) == 5:
+                        subject, sid, reply, header_size, total = args
+                    else:
+                        (subject, sid, header_size, total), reply = args, b""
+                    hsize = int(header_size)
+                else:
+                    if len(args) == 4:
+                        subject, sid, reply, total = args
+                    else:
+                        (subject, sid, total), reply = args, b""
+                    hsize = 0
+                sid_n, needed = int(sid), int(total)
+            except ValueError as exc:
+                raise ProtocolError("nats: malformed MSG") from exc
+            start = end + 2
+            if size < start + needed + 2:
+                break  # the payload is not all here yet
+            headers = bytes(buf[start : start + hsize]) if hsize > 0 else None
+            payload = bytes(buf[start + hsize : start + needed])
+            pos = start + needed + 2
+            await process(sid_n, subject, reply, payload, headers)
+            if parser.buf is not buf:  # reset meanwhile (a reconnect): the rest is stale
+                return
+    finally:
+        if parser.buf is buf:
+            del buf[:pos]
+    if other:
+        await _original_parse(parser, b"")
+
+
+def fast_parser(nc: NATS) -> bool:
+    """Parse ``nc``'s messages with :func:`_parse` (its state kept: it may be mid-stream). False
+    when its parser is not nats-py 2.16's."""
+    parser = getattr(nc, "_ps", None)
+    if type(parser) is not Parser or not all(hasattr(parser, a) for a in ("buf", "state", "nc")):
+        return False
+    parser.parse = types.MethodType(_parse, parser)  # type: ignore[method-assign]
+    return True
 
 
 def route(nc: NATS, sid: int, cb: InboxCallback) -> bool:
@@ -202,12 +286,15 @@ def route(nc: NATS, sid: int, cb: InboxCallback) -> bool:
             stats["in_msgs"] += 1
             stats["in_bytes"] += len(data)
             try:
-                await callback(InboxMsg(nc, subject.decode(), reply.decode(), data, headers))
+                pending = callback(InboxMsg(nc, subject.decode(), reply.decode(), data, headers))
+                if pending is not None:
+                    await pending
             except Exception:  # the client's read loop must go on, as with a subscription's task
                 log.exception("inbox callback failed", sid=sid)
 
         setattr(nc, _ROUTES, routes)
         nc._process_msg = process_msg  # type: ignore[method-assign]
+        fast_parser(nc)
     routes[sid] = cb
     return True
 

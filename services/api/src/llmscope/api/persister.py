@@ -27,7 +27,7 @@ import gc
 import math
 import operator
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -72,6 +72,10 @@ TELEMETRY_CONCURRENT = 2
 """Full telemetry batches stored at once, each on its own connection (``ConsumerOptions.concurrent``):
 one batch's rows are COPY'd while the other's aggregates are upserted and its COMMIT waits on
 the disk; the aggregates and COMMITs themselves go one after the other (``store_telemetry``)."""
+KEEP_CONNECTION_S = 5.0
+"""How long the persister keeps a pool connection after a batch for the next one. A pool's
+release runs a reset (``RESET ALL; CLOSE ALL; UNLISTEN *``...: a round trip and a transaction
+of its own), which at a trickle, a batch or two per event, was a third of Postgres's work."""
 GC_YOUNGEST_THRESHOLD = 20_000
 """Allocations between two collections of the youngest generation (CPython's default: 700)."""
 
@@ -150,12 +154,32 @@ parameter per column (a statement of its own: one round trip, ~1.5 ms for one ev
 
 # Made once per connection and emptied at each COMMIT (a CREATE and DROP per transaction cost
 # ~10 ms, a fifth of a 500-event batch's write). Created inside the writing transaction, so it is
-# there whatever connection a pool (or a transaction-mode pgbouncer) hands out. ``ord`` is the
-# event's place in the batch: the later of two equal timestamps is the model's latest.
+# there whatever connection a pool (or a transaction-mode pgbouncer) hands out.
 CREATE_TELEMETRY_IN = (
-    "CREATE TEMP TABLE IF NOT EXISTS telemetry_in (LIKE telemetry INCLUDING DEFAULTS, ord integer)"
-    " ON COMMIT DELETE ROWS"
+    "CREATE TEMP TABLE IF NOT EXISTS telemetry_in (LIKE telemetry INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
 )
+
+# Every write takes its row locks in one order, whatever the database's collation: telemetry rows
+# by id, then each rollup, series and model row by its key, text compared by code point (COLLATE
+# "C", the order of Python's ``sorted``, which orders the rows a COPY and UPSERT_AGGREGATES send).
+# Two transactions that insert the same ids (a redelivery's twins in two batches stored at once,
+# or in two persisters) then never each hold a row the other waits for.
+_ID_ORDER = 'id COLLATE "C"'
+
+
+def _key_order(*cols: str) -> str:
+    return ", ".join(c if c.isdigit() else f'{c} COLLATE "C"' for c in cols)
+
+
+# The rows of a large batch that no write stored yet (a redelivery's COPY found some there): sent
+# to a temporary table, inserted in id order, and their ids returned so that only those are
+# folded into the rollups (by UPSERT_AGGREGATES, after, under the persister's ``serial`` lock).
+INSERT_NEW_TELEMETRY = f"""
+INSERT INTO telemetry ({_COLS})
+SELECT DISTINCT ON ({_ID_ORDER}) {_COLS} FROM telemetry_in ORDER BY {_ID_ORDER}
+ON CONFLICT (id) DO NOTHING
+RETURNING id
+"""
 
 _UNNEST = "unnest({}) WITH ORDINALITY AS t({}, ord)".format(
     ", ".join(f"${i}::{TELEMETRY_TYPES[c]}[]" for i, c in enumerate(TELEMETRY_COLUMNS, 1)), _COLS
@@ -203,15 +227,16 @@ _SERIES_HOUR_MERGE = f"""ON CONFLICT (provider, model, hour, prompt_id, target) 
         n = m.n + EXCLUDED.n, n_ok = m.n_ok + EXCLUDED.n_ok,
         {_metric_merge("latency")}, {_metric_merge("ttft")}, {_metric_merge("tps")}"""
 
-# One statement, one round trip: insert the new rows and fold exactly those rows into the minute
-# and hour rollups; widen each series' (and series target's) first/last seen; set each model's
-# latest state. Every upsert takes its rows in key order, so concurrent persisters lock in one order.
-_STORE_TELEMETRY = f"""
+# A small batch's one statement, one round trip: insert the new rows and fold exactly those rows
+# into the minute and hour rollups; widen each series' (and series target's) first/last seen; set
+# each model's latest state. Every upsert takes its rows in key order (code point order, as
+# UPSERT_AGGREGATES), so concurrent persisters lock in one order.
+STORE_TELEMETRY_ARRAYS = f"""
 WITH src AS MATERIALIZED (
-    SELECT {_COLS}, ord FROM {{source}}
+    SELECT {_COLS}, ord FROM {_UNNEST}
 ), ins AS (
     INSERT INTO telemetry ({_COLS})
-    SELECT DISTINCT ON (id) {_COLS} FROM src ORDER BY id
+    SELECT DISTINCT ON ({_ID_ORDER}) {_COLS} FROM src ORDER BY {_ID_ORDER}
     ON CONFLICT (id) DO NOTHING
     RETURNING provider, model, prompt_id, target, ts, status, latency_ms, ttft_ms, tokens_per_s
 ), roll AS (
@@ -221,7 +246,7 @@ WITH src AS MATERIALIZED (
            {_metric_aggregates("latency_ms", "latency")},
            {_metric_aggregates("ttft_ms", "ttft")},
            {_metric_aggregates("tokens_per_s", "tps")}
-    FROM ins GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
+    FROM ins GROUP BY 1, 2, 3, 4, 5 ORDER BY {_key_order("provider", "model", "prompt_id", "target", "5")}
     ON CONFLICT (provider, model, prompt_id, target, minute) DO UPDATE SET
         n = m.n + EXCLUDED.n, n_ok = m.n_ok + EXCLUDED.n_ok,
         {_metric_merge("latency")}, {_metric_merge("ttft")}, {_metric_merge("tps")}
@@ -232,7 +257,7 @@ WITH src AS MATERIALIZED (
            {_metric_aggregates("latency_ms", "latency")},
            {_metric_aggregates("ttft_ms", "ttft")},
            {_metric_aggregates("tokens_per_s", "tps")}
-    FROM ins GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    FROM ins GROUP BY 1, 2, 3 ORDER BY {_key_order("provider", "model", "3")}
     ON CONFLICT (provider, model, hour) DO UPDATE SET
         n = m.n + EXCLUDED.n, n_ok = m.n_ok + EXCLUDED.n_ok,
         {_metric_merge("latency")}, {_metric_merge("ttft")}, {_metric_merge("tps")}
@@ -243,18 +268,19 @@ WITH src AS MATERIALIZED (
            {_metric_aggregates("latency_ms", "latency")},
            {_metric_aggregates("ttft_ms", "ttft")},
            {_metric_aggregates("tokens_per_s", "tps")}
-    FROM ins GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
+    FROM ins GROUP BY 1, 2, 3, 4, 5 ORDER BY {_key_order("provider", "model", "3", "prompt_id", "target")}
     {_SERIES_HOUR_MERGE}
 ), ser AS (
     INSERT INTO series AS s (provider, model, prompt_id, first_seen, last_seen)
-    SELECT provider, model, prompt_id, min(ts), max(ts) FROM src GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    SELECT provider, model, prompt_id, min(ts), max(ts) FROM src
+    GROUP BY 1, 2, 3 ORDER BY {_key_order("provider", "model", "prompt_id")}
     ON CONFLICT (provider, model, prompt_id) DO UPDATE SET
         first_seen = LEAST(s.first_seen, EXCLUDED.first_seen),
         last_seen = GREATEST(s.last_seen, EXCLUDED.last_seen)
 ), tgt AS (
     INSERT INTO series_targets AS s (provider, model, prompt_id, target, first_seen, last_seen)
     SELECT provider, model, prompt_id, target, min(ts), max(ts) FROM src
-    GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    GROUP BY 1, 2, 3, 4 ORDER BY {_key_order("provider", "model", "prompt_id", "target")}
     ON CONFLICT (provider, model, prompt_id, target) DO UPDATE SET
         first_seen = LEAST(s.first_seen, EXCLUDED.first_seen),
         last_seen = GREATEST(s.last_seen, EXCLUDED.last_seen)
@@ -266,13 +292,11 @@ WITH src AS MATERIALIZED (
     FROM (SELECT DISTINCT ON (provider, model) * FROM src ORDER BY provider, model, ts DESC, ord DESC) AS l
     JOIN (SELECT provider, model, min(ts) AS first_seen FROM src GROUP BY 1, 2) AS f
       ON f.provider = l.provider AND f.model = l.model
-    ORDER BY l.provider, l.model
+    ORDER BY {_key_order("l.provider", "l.model")}
     {_MODEL_UPSERT}
 )
 SELECT count(*) FROM ins
 """
-STORE_TELEMETRY = _STORE_TELEMETRY.format(source="telemetry_in")
-STORE_TELEMETRY_ARRAYS = _STORE_TELEMETRY.format(source=_UNNEST)
 
 _ROLLUP_ARRAYS = ", ".join(
     f"${i}::{t}[]"
@@ -280,6 +304,8 @@ _ROLLUP_ARRAYS = ", ".join(
         ["text"] * 4 + ["timestamptz", "integer", "integer"] + ["integer", *["double precision"] * 5] * 3, 1
     )
 )
+_ROLLUP_PARAMS = 25
+"""UPSERT_AGGREGATES's parameters that are minute rollups; the series, targets and models follow."""
 _SERIES_ARRAYS = "$26::text[], $27::text[], $28::text[], $29::timestamptz[], $30::timestamptz[]"
 _TARGET_ARRAYS = "$31::text[], $32::text[], $33::text[], $34::text[], $35::timestamptz[], $36::timestamptz[]"
 _MODEL_ARRAYS = (
@@ -295,7 +321,8 @@ _HOUR_FOLD = ", ".join(
 
 # After a COPY that stored every event of the batch (none was there yet): the rollups, series,
 # series targets and models of the batch, aggregated by :func:`_batch_aggregates`, in one
-# statement. Rows go in key order, as in STORE_TELEMETRY.
+# statement (also after the temporary table's insert, for the rows it inserted). Rows go in key
+# order, as in STORE_TELEMETRY_ARRAYS.
 UPSERT_AGGREGATES = f"""
 WITH mins AS MATERIALIZED (
     SELECT * FROM unnest({_ROLLUP_ARRAYS})
@@ -309,14 +336,14 @@ WITH mins AS MATERIALIZED (
 ), roll_hour AS (
     INSERT INTO telemetry_hour AS m (provider, model, hour, n, n_ok, {_ROLLUP_COLS})
     SELECT provider, model, date_trunc('hour', minute), sum(n), sum(n_ok), {_HOUR_FOLD}
-    FROM mins GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    FROM mins GROUP BY 1, 2, 3 ORDER BY {_key_order("provider", "model", "3")}
     ON CONFLICT (provider, model, hour) DO UPDATE SET
         n = m.n + EXCLUDED.n, n_ok = m.n_ok + EXCLUDED.n_ok,
         {_metric_merge("latency")}, {_metric_merge("ttft")}, {_metric_merge("tps")}
 ), roll_series_hour AS (
     INSERT INTO telemetry_series_hour AS m (provider, model, hour, prompt_id, target, n, n_ok, {_ROLLUP_COLS})
     SELECT provider, model, date_trunc('hour', minute), prompt_id, target, sum(n), sum(n_ok), {_HOUR_FOLD}
-    FROM mins GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
+    FROM mins GROUP BY 1, 2, 3, 4, 5 ORDER BY {_key_order("provider", "model", "3", "prompt_id", "target")}
     {_SERIES_HOUR_MERGE}
 ), ser AS (
     INSERT INTO series AS s (provider, model, prompt_id, first_seen, last_seen)
@@ -345,7 +372,7 @@ _LOG_FLOOR = math.log(1e-9)
 
 
 def _metric_rollup(values: list[float]) -> list[Any]:
-    """n, min, max, sum, sum of logs (floored at 1e-9) and of their squares, as STORE_TELEMETRY's
+    """n, min, max, sum, sum of logs (floored at 1e-9) and of their squares, as STORE_TELEMETRY_ARRAYS's
     aggregates."""
     if not values:
         return [0, None, None, 0.0, 0.0, 0.0]
@@ -356,9 +383,16 @@ def _metric_rollup(values: list[float]) -> list[Any]:
     return [len(values), min(values), max(values), sum(values), sum(logs), sum([x * x for x in logs])]
 
 
-def _batch_aggregates(events: Sequence[TelemetryEvent]) -> list[list[Any]]:
-    """UPSERT_AGGREGATES's parameters: what STORE_TELEMETRY computes in SQL, for new events.
+def _batch_aggregates(
+    events: Sequence[TelemetryEvent], new: Sequence[TelemetryEvent] | None = None
+) -> list[list[Any]]:
+    """UPSERT_AGGREGATES's parameters: what STORE_TELEMETRY_ARRAYS computes in SQL. The rollups
+    count ``new`` (the events this write inserted; all of ``events`` when None), the series,
+    series targets and models take every event of the batch, as that statement's ``src``.
     Events are grouped in one pass; the sums and extremes are taken by builtins, per group."""
+    if new is not None and len(new) != len(events):
+        counted = _batch_aggregates(new)[:_ROLLUP_PARAMS] if new else [[] for _ in range(_ROLLUP_PARAMS)]
+        return counted + _batch_aggregates(events)[_ROLLUP_PARAMS:]
     minutes: dict[tuple[str, str, str, str, datetime], list[TelemetryEvent]] = {}
     by_model: dict[tuple[str, str], list[TelemetryEvent]] = {}
     # The minute of the previous event, reused while events stay in it: a batch is mostly in time
@@ -465,13 +499,20 @@ def refused_for_its_data(exc: BaseException) -> bool:
 _telemetry_values = operator.attrgetter(*TELEMETRY_COLUMNS)
 
 
+_record_id = operator.itemgetter(0)  # TELEMETRY_COLUMNS[0] is the id
+
+
 def telemetry_record(ev: TelemetryEvent) -> tuple[Any, ...]:
     values: tuple[Any, ...] = _telemetry_values(ev)  # one C call for the 35 columns
     return values
 
 
 async def store_telemetry(
-    conn: Conn, events: Sequence[TelemetryEvent], *, serial: asyncio.Lock | None = None
+    conn: Conn,
+    events: Sequence[TelemetryEvent],
+    *,
+    serial: asyncio.Lock | None = None,
+    copy_min_rows: int = COPY_MIN_ROWS,
 ) -> int:
     """Store a batch in one transaction; returns how many were new.
 
@@ -479,11 +520,14 @@ async def store_telemetry(
     batches stored at once on other connections (``ConsumerOptions.concurrent``) COPY their rows
     meanwhile but upsert the shared rollup, series and model rows one transaction after the
     other (each would wait for the other's row locks anyway; taken in two orders at once they
-    could deadlock)."""
+    could deadlock). A batch of ``copy_min_rows`` or more takes its telemetry rows before
+    ``serial`` and never waits for one while it holds it; a smaller batch's one statement runs
+    under it whole, so it is for a batch that no other batch's store overlaps (the consumer
+    handles a batch that is not full alone) or with ``copy_min_rows`` 1."""
     if not events:
         return 0
     held: contextlib.AbstractAsyncContextManager[object] = serial or contextlib.nullcontext()
-    if len(events) < COPY_MIN_ROWS:
+    if len(events) < copy_min_rows:
         # One statement is its own transaction: no BEGIN and COMMIT round trips.
         records = [telemetry_record(ev) for ev in events]
         columns = [list(c) for c in zip(*records, strict=True)]
@@ -493,8 +537,11 @@ async def store_telemetry(
     firsts: dict[str, TelemetryEvent] = {}
     for ev in events:
         firsts.setdefault(ev.id, ev)  # a duplicate inside the batch is the same event
-    unique = list(firsts.values())
-    records = [telemetry_record(ev) for ev in unique]
+    unique = list(firsts.values())  # batch order: of two equal times, the later is a model's latest
+    # Rows go in id order (code point order, as _ID_ORDER): two batches stored at once that each
+    # hold twins of the other's events (a redelivery) lock the ids they share in one order, so one
+    # waits for the other's COMMIT instead of both waiting for each other (a deadlock, aborted).
+    records = sorted(map(telemetry_record, unique), key=_record_id)
     try:
         # The common case, no event stored yet: COPY straight into the table (as fast as
         # Postgres takes rows), the batch's aggregates computed here.
@@ -509,14 +556,16 @@ async def store_telemetry(
         pass  # a redelivery (or another persister's copy): the rows not stored yet, and only those
     async with contextlib.AsyncExitStack() as until_committed, conn.transaction():
         await conn.execute(CREATE_TELEMETRY_IN)
-        await conn.copy_records_to_table(
-            "telemetry_in",
-            records=[(*r, i) for i, r in enumerate(records, 1)],
-            columns=(*TELEMETRY_COLUMNS, "ord"),
-        )
+        await conn.copy_records_to_table("telemetry_in", records=records, columns=TELEMETRY_COLUMNS)
+        # The rows are inserted before ``serial`` is taken, as COPY's are: a batch holding it
+        # never waits for a telemetry row of the batch that waits for it (a wait Postgres
+        # cannot see, so it would never break it).
+        ids = {row[0] for row in await conn.fetch(INSERT_NEW_TELEMETRY)}
+        new = [ev for ev in unique if ev.id in ids]
+        aggregates = _batch_aggregates(unique, new)
         await until_committed.enter_async_context(held)
-        stored: int = await conn.fetchval(STORE_TELEMETRY)
-    return stored
+        await conn.execute(UPSERT_AGGREGATES, *aggregates)
+    return len(new)
 
 
 def violation_record(ev: ViolationEvent) -> tuple[Any, ...]:
@@ -655,16 +704,76 @@ def persister_consumer_options(**overrides: Any) -> ConsumerOptions:
     dead-lettered); a batch refused for its data is split so only the guilty events are
     dead-lettered (:meth:`Persister._write`).
 
-    An idle persister that wakes for one event waits ``FILL_WAIT_S`` for the events behind it, so
-    a trickle is written in batches (a transaction per event cost ~1.5 ms each). Acks stay one
-    per message: several API processes may run a persister on the same durable consumer, and an
-    AckAll from one would ack what another has not committed yet. With a backlog, the next batch
-    is pulled while one is written (``prefetch``): the client's parsing of one batch overlaps
-    Postgres's work on the other."""
+    Each consumer keeps one pull request open (``standing``): at a trickle one request and one
+    expiry status a second, not two requests per wake-up, and what arrives while a batch is
+    written is the next batch at once (no fill wait for it). An idle persister that wakes for one
+    event waits ``FILL_WAIT_S`` for the events behind it, so a trickle is written in batches (a
+    transaction per event cost ~1.5 ms each). Acks stay one per message: several API processes
+    may run a persister on the same durable consumer, and an AckAll from one would ack what
+    another has not committed yet. With a backlog, the next batch is pulled while one is written
+    (``prefetch``): the client's parsing of one batch overlaps Postgres's work on the other."""
     options = ConsumerOptions(
-        batch_size=PERSIST_BATCH, transient=postgres_unavailable, fill_wait=FILL_WAIT_S, prefetch=True
+        batch_size=PERSIST_BATCH,
+        transient=postgres_unavailable,
+        fill_wait=FILL_WAIT_S,
+        prefetch=True,
+        standing=True,
     )
     return replace(options, **overrides)
+
+
+class KeptConnections:
+    """Pool connections kept between batches instead of released (and reset) after each.
+
+    Only the persister's own writes use them, and those leave no session state behind but the
+    temporary table meant to stay (``CREATE_TELEMETRY_IN``): a connection whose batch failed
+    in any way goes back through the pool's release (reset, or closed if broken), and one left
+    unused for ``keep_s`` is released."""
+
+    def __init__(self, pool: asyncpg.Pool, keep_s: float = KEEP_CONNECTION_S) -> None:
+        self._pool = pool
+        self._keep_s = keep_s
+        self._idle: list[tuple[PoolConnectionProxy, asyncio.TimerHandle | None]] = []
+        self._releasing: set[asyncio.Task[None]] = set()
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[PoolConnectionProxy]:
+        if self._idle:
+            conn, timer = self._idle.pop()
+            if timer is not None:
+                timer.cancel()
+        else:
+            conn = await self._pool.acquire()
+        try:
+            yield conn
+        except BaseException:
+            await self._pool.release(conn)
+            raise
+        if self._keep_s <= 0 or conn.is_closed():
+            await self._pool.release(conn)
+            return
+        timer = asyncio.get_running_loop().call_later(self._keep_s, self._expire, conn)
+        self._idle.append((conn, timer))
+
+    def _expire(self, conn: PoolConnectionProxy) -> None:
+        for i, (kept, _) in enumerate(self._idle):
+            if kept is conn:
+                del self._idle[i]
+                task = asyncio.ensure_future(self._pool.release(conn))
+                self._releasing.add(task)
+                task.add_done_callback(self._releasing.discard)
+                return
+
+    async def close(self) -> None:
+        """Give every kept connection back to the pool."""
+        idle, self._idle = self._idle, []
+        for conn, timer in idle:
+            if timer is not None:
+                timer.cancel()
+            with contextlib.suppress(Exception):
+                await self._pool.release(conn)
+        if self._releasing:
+            await asyncio.gather(*self._releasing, return_exceptions=True)
 
 
 class Persister:
@@ -684,6 +793,7 @@ class Persister:
         on_stored: Callable[[str, Sequence[Any]], None] | None = None,
     ) -> None:
         self._pool = pool
+        self._kept = KeptConnections(pool)
         # Told after each committed write (kind, the events written): the open dashboard tabs
         # re-read a chart once its new points can be read, never before.
         self._on_stored = on_stored
@@ -752,7 +862,11 @@ class Persister:
             self._metrics.batches.labels(kind).inc()
 
     async def on_telemetry(self, batch: Sequence[Delivery[TelemetryEvent]]) -> Mapping[int, str]:
-        return await self._write("telemetry", batch, functools.partial(store_telemetry, serial=self._serial))
+        store = functools.partial(store_telemetry, serial=self._serial)
+        # One by one (a batch refused for its data), while another batch may be in its store:
+        # each event takes its row before ``serial``, as a large batch does (store_telemetry).
+        each = functools.partial(store_telemetry, serial=self._serial, copy_min_rows=1)
+        return await self._write("telemetry", batch, store, each)
 
     async def on_violations(self, batch: Sequence[Delivery[ViolationEvent]]) -> Mapping[int, str]:
         return await self._write("violations", batch, store_violations)
@@ -768,17 +882,19 @@ class Persister:
         kind: str,
         batch: Sequence[Delivery[E]],
         store: Callable[[Conn, Sequence[E]], Awaitable[int]],
+        store_each: Callable[[Conn, Sequence[E]], Awaitable[int]] | None = None,
     ) -> Mapping[int, str]:
-        """Store the batch; events Postgres refuses for their data are returned as rejected."""
+        """Store the batch; events Postgres refuses for their data are returned as rejected
+        (each event then written alone by ``store_each``, by default ``store``)."""
         try:
-            async with self._pool.acquire() as conn:
+            async with self._kept.connection() as conn:
                 stored = await store(conn, [d.event for d in batch])
         except Exception as exc:
             if not refused_for_its_data(exc):
                 raise  # unavailable: waited out by the consumer; anything else: counted tries
             if len(batch) == 1:
                 return {0: f"refused by Postgres: {_describe(exc)}"}
-            return await self._write_one_by_one(kind, batch, store)
+            return await self._write_one_by_one(kind, batch, store_each or store)
         self._count(kind, stored)
         self._tell(kind, [d.event for d in batch])
         return {}
@@ -824,7 +940,10 @@ class Persister:
                 sample_consumers(metrics, self._js, stream, _constant((durable,)), stop, self.lag_sample_s)
                 for stream, durable in self._durables.items()
             ]
-        await asyncio.gather(*(self._supervise(c, stop) for c in consumers), *lag)
+        try:
+            await asyncio.gather(*(self._supervise(c, stop) for c in consumers), *lag)
+        finally:
+            await self._kept.close()
 
     async def _supervise(self, consumer: DurableConsumer[Any], stop: asyncio.Event) -> None:
         while not stop.is_set():
