@@ -282,6 +282,10 @@ class Alerter:
             public_url=(runtime.public_url if runtime else None) or self._opts.public_url,
             lead_episode_id=claim.lead_episode_id,
             incident=lead,
+            # An Alertmanager is sent every alert in full each time (it de-duplicates by labels).
+            told_before={}
+            if claim.channel_kind == "alertmanager"
+            else await self.store.told_before(claim.group_id, claim.channel, claim.id),
         )
 
     async def deliver(self, claim: Claim, runtime: RuntimeConfig) -> Outcome:
