@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+from msgspec import structs
 
 from llmscope.alerter.analysis import summarize
 from llmscope.alerter.config import AlerterFile, RuntimeConfig, Timings, build_runtime
@@ -462,7 +463,19 @@ class Alerter:
 
     async def analysis_for(self, job: AnalysisJob) -> tuple[IncidentAnalysis, list[tuple[str, float]]]:
         telemetry = await self.store.telemetry_points(job.events)
-        summary, moves, rules = summarize(job.events, cleared=job.cleared, telemetry=telemetry)
+        now = self.store.clock()
+        # Every failed probe of an outage, not only the few that tripped its rule (kinds of the
+        # latest 200 read: enough to name them, bounded for an outage of days).
+        alerts = [
+            Alert(e, cleared=structs.replace(e, state="cleared", ts=job.cleared_at[e.episode_id]))
+            if e.episode_id in job.cleared_at
+            else Alert(e)
+            for e in job.events
+        ]
+        outages = await self.store.outages_for(alerts, now, recent=200)
+        summary, moves, rules = summarize(
+            job.events, cleared=job.cleared, telemetry=telemetry, outages=outages, at=now
+        )
         llm = self._opts.llm
         if llm is None:
             result = LlmResult("disabled")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -68,6 +68,8 @@ class AnalysisJob:
     cleared: frozenset[str]
     due_at: datetime
     opened_at: datetime
+    cleared_at: Mapping[str, datetime] = field(default_factory=dict)
+    """when each cleared episode cleared (an outage's failed probes are counted up to then)"""
 
 
 class Store(MergeStore, SilenceStore, ContextStore, RetentionStore):
@@ -973,9 +975,11 @@ class Store(MergeStore, SilenceStore, ContextStore, RetentionStore):
         )
         if still_open:
             return
+        # The analysis is written again once resolved: its counts of open violations and failed
+        # probes were those of the time it was written.
         done = await conn.fetchval(
             "UPDATE alerter_incidents SET state = 'resolved', resolved_at = $2, resolved_by ="
-            " 'llmscope (all violations cleared)',"
+            " 'llmscope (all violations cleared)', analysis_status = 'pending', analysis_due_at = $2,"
             " revision = revision + 1 WHERE id = $1 AND state <> 'resolved' RETURNING 1",
             incident_id,
             self.clock(),
@@ -1014,7 +1018,7 @@ class Store(MergeStore, SilenceStore, ContextStore, RetentionStore):
         async with self.pool.acquire() as conn, conn.transaction():
             ok = await conn.fetchval(
                 "UPDATE alerter_incidents SET state = 'resolved', resolved_at = $2, resolved_by = $3,"
-                " resolved_note = $4,"
+                " resolved_note = $4, analysis_status = 'pending', analysis_due_at = $2,"
                 " revision = revision + 1 WHERE id = $1 AND state <> 'resolved' RETURNING 1",
                 incident_id,
                 self.clock(),
@@ -1140,8 +1144,20 @@ class Store(MergeStore, SilenceStore, ContextStore, RetentionStore):
                 now + self.analysis_lease,
             )
             events, cleared = await self._incident_events(conn, r["id"])
+            ends = await conn.fetch(
+                "SELECT episode_id, cleared_at FROM alerter_alerts WHERE episode_id = ANY($1::text[])"
+                " AND cleared_at IS NOT NULL",
+                sorted(cleared),
+            )
         return AnalysisJob(
-            r["id"], r["title"], r["severity"], tuple(events), cleared, r["analysis_due_at"], r["opened_at"]
+            r["id"],
+            r["title"],
+            r["severity"],
+            tuple(events),
+            cleared,
+            r["analysis_due_at"],
+            r["opened_at"],
+            {e["episode_id"]: e["cleared_at"] for e in ends},
         )
 
     async def similar_incidents(
