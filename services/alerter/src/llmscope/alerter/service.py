@@ -203,6 +203,10 @@ class Alerter:
         except Exception:
             # Deliveries go on; the next tick tries the merge again.
             log.exception("incident merge pass failed")
+        try:
+            await self.store.sync_hand_resolutions()
+        except Exception:
+            log.exception("reading hand resolutions failed")
         # The first pass takes back at once what a dead predecessor of the same instance name held.
         claims = await self.store.reclaim_expired(skip=frozenset(self._live), own=not self._started)
         self._started = True
@@ -268,6 +272,9 @@ class Alerter:
                 context.get(a.episode_id, ()),
                 outage=outages.get(a.episode_id),
                 incident=incidents.get(a.episode_id),
+                resolved_by=a.resolved_by if a.cleared is None else None,
+                resolved_at=a.resolved_at if a.cleared is None else None,
+                resolved_note=a.resolved_note if a.cleared is None else None,
             )
 
         return Notification(

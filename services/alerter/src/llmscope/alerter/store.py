@@ -1026,8 +1026,71 @@ class Store(MergeStore, SilenceStore, ContextStore, RetentionStore):
                 note,
             )
             if ok:
+                # Its violations (and the warnings grouped under it) that still fire are resolved
+                # by this person: the channels they paged are told so now (_hand_resolved).
+                episodes = await conn.fetch(
+                    "SELECT episode_id FROM alerter_incident_episodes WHERE incident_id = $1"
+                    " UNION SELECT ga.episode_id FROM alerter_group_alerts ga"
+                    " JOIN alerter_groups g ON g.id = ga.group_id WHERE g.state = 'active'"
+                    " AND g.labels @> jsonb_build_array(jsonb_build_array('incident', $1::text))",
+                    incident_id,
+                )
+                await self._hand_resolved(conn, [r["episode_id"] for r in episodes], by, note)
                 await self._outbox_incident(conn, incident_id, "resolved")
             return bool(ok)
+
+    async def _hand_resolved(
+        self, conn: Conn, episode_ids: Sequence[str], by: str, note: str | None, at: datetime | None = None
+    ) -> int:
+        """Mark still-firing episodes resolved by a person and flush their groups at once.
+
+        The flush sends the usual ``resolved`` message to each channel told of them (naming who),
+        and records them as told resolved: their later clear sends nothing more. A channel that
+        was never told (the group still in group_wait) gets nothing: the group closes silently.
+        """
+        now = self.clock()
+        marked = [
+            r["episode_id"]
+            for r in await conn.fetch(
+                "UPDATE alerter_alerts SET resolved_at = $2, resolved_by = $3, resolved_note = $4"
+                " WHERE episode_id = ANY($1::text[]) AND cleared_at IS NULL AND resolved_at IS NULL"
+                " RETURNING episode_id",
+                list(episode_ids),
+                at or now,
+                by,
+                note,
+            )
+        ]
+        if marked:
+            await conn.execute(
+                "UPDATE alerter_groups SET next_flush_at = least(next_flush_at, $2) WHERE state = 'active'"
+                " AND id IN (SELECT group_id FROM alerter_group_alerts WHERE episode_id = ANY($1::text[]))",
+                marked,
+                now,
+            )
+        return len(marked)
+
+    async def sync_hand_resolutions(self) -> int:
+        """Violations a person resolved through the API (its ``violations`` table) while they
+        still fire here; how many. Without that table (or its columns), none."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            if await conn.fetchval("SELECT to_regclass('violations')") is None:
+                return 0
+            try:
+                async with conn.transaction():
+                    rows = await conn.fetch(
+                        "SELECT a.episode_id, v.resolved_by, v.resolved_at, v.note FROM alerter_alerts a"
+                        " JOIN violations v ON v.episode_id = a.episode_id"
+                        " WHERE a.cleared_at IS NULL AND a.resolved_at IS NULL AND v.resolved_at IS NOT NULL"
+                    )
+            except asyncpg.PostgresError:
+                return 0  # an API schema without hand resolutions
+            done = 0
+            for r in rows:
+                done += await self._hand_resolved(
+                    conn, [r["episode_id"]], r["resolved_by"] or "someone", r["note"], r["resolved_at"]
+                )
+            return done
 
     async def incident(self, incident_id: str, change: IncidentChange = "updated") -> IncidentEvent | None:
         """The incident as it stands, or None when there is no such incident."""

@@ -52,6 +52,10 @@ class AlertView:
     context: tuple[ContextPoint, ...] = ()
     outage: Outage | None = None
     incident: IncidentRef | None = None
+    resolved_by: str | None = None
+    """a person resolved it (or its incident) before it cleared"""
+    resolved_at: datetime | None = None
+    resolved_note: str | None = None
 
     @property
     def episode_id(self) -> str:
@@ -160,6 +164,10 @@ class Notification:
             what = f"incident {self.incident.id}" if self.incident else "incident"
             into = self.merged_into
             return f"[LLMscope] MERGED: {what} merged into incident {into.id}: {into.title}"
+        by_hand = sorted({a.resolved_by for a in self.resolved if a.resolved_by})
+        if not self.firing and by_hand:
+            what = "cascade " if self.cascade else ""
+            return f"[LLMscope] RESOLVED by {', '.join(by_hand)}: {what}{self.scope}"
         if not self.firing:
             lasted = ""
             if len(self.resolved) == 1:
@@ -223,6 +231,10 @@ class Notification:
                     f"{m.duration(a.cleared.ts - began)} ({m.clock(began)} to {m.clock(a.cleared.ts)})",
                 )
             )
+        elif a.resolved_by and a.resolved_at is not None:
+            note = f": {a.resolved_note}" if a.resolved_note else ""
+            rows.append(("Resolved by", f"{a.resolved_by} at {m.clock(a.resolved_at)}{note}"))
+            rows.append(("Since", f"{m.clock(began)} (not yet cleared by the engine when resolved by hand)"))
         else:
             rows.append(("Since", f"{m.clock(began)} ({m.duration(self.created_at - began)} ago)"))
         rows.append(("How sure", m.how_sure(ev)))
