@@ -75,7 +75,7 @@ def test_an_outage_counts_every_failed_probe_not_the_points_of_its_rule() -> Non
 
 def test_open_counts_say_when_they_held_and_all_cleared_says_so() -> None:
     ev = violation(1)
-    assert "(1 still open at 2026-03-02 12:05:00 UTC)" in summarize([ev], at=T0 + timedelta(minutes=5))[0]
+    assert "(1 still open when this analysis was written)" in summarize([ev])[0]
     assert "(all cleared)" in summarize([ev], cleared=frozenset({ev.episode_id}))[0]
 
 
@@ -93,7 +93,7 @@ async def test_the_analysis_is_written_again_once_the_incident_resolves(
             return inc.analysis.summary if inc is not None and inc.analysis is not None else ""
 
         async def analysed_open() -> bool:
-            return "1 still open at" in await summary()
+            return "1 still open when this analysis was written" in await summary()
 
         await eventually(analysed_open, what="the first analysis")
         await publish(js, cleared(ev))

@@ -144,7 +144,7 @@ def test_deterministic_summary_names_moves_rules_split_and_host() -> None:
         ("qwen2:7b", "latency_ms"),
         ("llama3.1:8b", "ttft_ms"),
     }
-    assert "2 model(s) on host gpu-1 (2 still open)" in text
+    assert "2 model(s) on host gpu-1 (2 still open when this analysis was written)" in text
     assert "cascade" in text
     assert "2.4 s against this prompt's baseline of 800 ms, +200 % (slower)" in text
     assert "before the first token" in text  # 1800 of 2400 ms

@@ -85,10 +85,11 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return fmean(present) if present else None
 
 
-def _open_words(open_count: int, at: datetime | None) -> str:
+def _open_words(open_count: int) -> str:
     if open_count == 0:
         return "all cleared"
-    return f"{open_count} still open" + (f" at {clock(at)}" if at is not None else "")
+    # No clock time (tickets compare the text across analyses); the resolution rewrites it.
+    return f"{open_count} still open when this analysis was written"
 
 
 def summarize(
@@ -97,13 +98,12 @@ def summarize(
     cleared: frozenset[str] = frozenset(),
     telemetry: Sequence[TelemetryPoint] = (),
     outages: Mapping[str, Outage] | None = None,
-    at: datetime | None = None,
 ) -> tuple[str, tuple[MetricMove, ...], tuple[str, ...]]:
     """(summary text, metric moves, rules) from the incident's violations and their telemetry.
 
     ``outages``: per outage episode, the target's failed probes since its last success (the
-    violation's own points are only the few that tripped the rule); ``at``: when the text is
-    written, so a count of open violations says when it held.
+    violation's own points are only the few that tripped the rule). Its count of open violations
+    says when it held: the analysis is written again when the incident resolves.
     """
     if not events:
         return "No violations.", (), ()
@@ -114,7 +114,7 @@ def summarize(
     where = f" on host {', '.join(hosts)}" if hosts else f" at provider {events[0].provider}"
     lines = [
         f"{len(events)} violation(s) on {len(models)} model(s){where} "
-        f"({_open_words(open_count, at)}): {', '.join(models)}."
+        f"({_open_words(open_count)}): {', '.join(models)}."
         + (" Several models degraded together: a cascade." if len(models) > 1 else "")
     ]
     moves = metric_moves(events)

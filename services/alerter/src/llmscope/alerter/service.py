@@ -481,7 +481,7 @@ class Alerter:
         ]
         outages = await self.store.outages_for(alerts, now, recent=200)
         summary, moves, rules = summarize(
-            job.events, cleared=job.cleared, telemetry=telemetry, outages=outages, at=now
+            job.events, cleared=job.cleared, telemetry=telemetry, outages=outages
         )
         llm = self._opts.llm
         if llm is None:
