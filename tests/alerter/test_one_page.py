@@ -17,6 +17,7 @@ from llmscope.proto.alert import NotificationEvent
 from tests.alerter.factories import HttpSink, cleared, violation
 from tests.alerter.flushes import all_flushed_after, nothing_in_flight
 from tests.alerter.harness import Running, eventually, publish, start_alerter
+from tests.alerter.test_chat_channels import TOKEN, SlackApi
 
 
 async def _sink() -> tuple[HttpSink, list[NotificationEvent]]:
@@ -145,3 +146,28 @@ async def test_a_warning_after_the_critical_is_news_in_the_incident_thread(
     finally:
         await run.close()
         await sink.stop()
+
+
+async def test_the_critical_replies_in_the_slack_thread_its_warning_started(
+    database_url: str, js: JetStreamContext
+) -> None:
+    slack = SlackApi()
+    await slack.sink.start()
+    env = {
+        "LLMSCOPE_SLACK_BOT_TOKEN": TOKEN,
+        "LLMSCOPE_SLACK_CHANNEL": "C0ONCALL",
+        "LLMSCOPE_SLACK_API_URL": slack.sink.url + "/api",
+    }
+    run = await start_alerter(database_url, js, env, severities=("critical", "warning"))
+    try:
+        await publish(js, violation(1, rule="EWMA", severity="warning", metric="tokens_per_s", value=20.0))
+        await eventually(lambda: len(slack.issued) >= 1, what="the warning")
+        root = slack.issued[0]
+        await publish(js, violation(9, rule="CUSUM", metric="latency_ms", value=2400.0))
+        await eventually(lambda: len(slack.issued) >= 2, what="the critical")
+        critical = slack.bodies()[1]
+        assert critical["thread_ts"] == root
+        assert "CRITICAL" in critical["text"]
+    finally:
+        await run.close()
+        await slack.sink.stop()

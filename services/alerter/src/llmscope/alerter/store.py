@@ -248,6 +248,14 @@ class Store(MergeStore, SilenceStore, ContextStore, RetentionStore):
             self.clock(),
             target,
         )
+        # The Slack thread its warning started carries on as the incident's (where it has none).
+        await conn.execute(
+            "INSERT INTO alerter_threads (channel, thread_key, ref, created_at)"
+            " SELECT channel, 'incident:' || $2, ref, created_at FROM alerter_threads"
+            " WHERE thread_key = 'group:' || $1::bigint ON CONFLICT (channel, thread_key) DO NOTHING",
+            folded,
+            labels["incident"],
+        )
         self._log.info("warnings of the model folded into its incident's group", group=folded, into=target)
 
     async def told_before(self, group_id: int, channel: str, notification_id: str) -> dict[str, datetime]:
