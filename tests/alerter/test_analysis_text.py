@@ -67,10 +67,13 @@ def test_an_outage_counts_every_failed_probe_not_the_points_of_its_rule() -> Non
     )
     # The rule's own points: one failed probe of the three it counted is in the telemetry table.
     telemetry = [TelemetryPoint("p1", T0, "llama3.1:8b", status="refused")]
-    text, _, _ = summarize([down], telemetry=telemetry, outages={down.episode_id: outage})
+    text, moves, _ = summarize([down], telemetry=telemetry, outages={down.episode_id: outage})
     assert "Failed probes of llama3.1:8b: 50 from 2026-03-02 12:00:11 UTC" in text
     assert "last success 2026-03-02 12:00:10 UTC; refused x50." in text
     assert "refused x1" not in text
+    assert "down: 50 failed probes since the last success (AVAILABILITY fired at 3;" in text
+    assert "down: 3 failed probes" not in text
+    assert moves[0].observed == 50.0
 
 
 def test_open_counts_say_when_they_held_and_all_cleared_says_so() -> None:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from statistics import fmean
 
+from msgspec import structs
+
 from llmscope.alerter.messages import (
     Outage,
     change_pct,
@@ -117,14 +119,35 @@ def summarize(
         f"({_open_words(open_count)}): {', '.join(models)}."
         + (" Several models degraded together: a cascade." if len(models) > 1 else "")
     ]
-    moves = metric_moves(events)
     by_key = worst_per_series(events)
     outages = outages or {}
+    # An outage goes on failing after its rule fired (at 3 probes, say): its series' figure is
+    # every failed probe since the last success when that is known.
+    failing: dict[SeriesKey, Outage] = {}
+    for ev in events:
+        known = outages.get(ev.episode_id)
+        key = (ev.model, ev.metric, ev.prompt_id, ev.target)
+        before = failing[key].count if key in failing else 0
+        if known is not None and is_outage(ev) and known.count > before:
+            failing[key] = known
     # metric_moves walks the same sorted series: one move per series, in this order.
+    moves = tuple(
+        structs.replace(mv, observed=float(max(mv.observed, failing[key].count))) if key in failing else mv
+        for key, mv in zip(sorted(by_key), metric_moves(events), strict=True)
+    )
     for ((model, _metric, _prompt, _target), ev), mv in zip(sorted(by_key.items()), moves, strict=True):
         series = _series_words(ev)
         if is_outage(ev):
-            lines.append(f"- {model}{series}: {outage_movement(ev)}.")
+            if (key := (model, ev.metric, ev.prompt_id, ev.target)) in failing:
+                rate = ev.limits.center
+                lines.append(
+                    f"- {model}{series}: down: {failing[key].count} failed probes since the last success"
+                    f" ({ev.rule} fired at {int(ev.value)}"
+                    + (f"; baseline failure rate {rate:.1%}" if rate else "")
+                    + ")."
+                )
+            else:
+                lines.append(f"- {model}{series}: {outage_movement(ev)}.")
             continue
         name, q = metric_words(mv.metric), quantity
         pct = f", {mv.change_percent:+.0f} %" if mv.change_percent is not None else ""
