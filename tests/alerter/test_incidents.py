@@ -123,7 +123,9 @@ def test_an_outage_summary_counts_failures_and_never_compares_a_count_with_a_rat
     down = violation(1, rule="AVAILABILITY", metric="availability", value=3.0)
     down = structs.replace(down, limits=structs.replace(down.limits, center=0.01, ucl=0.14, lcl=0.0))
     text, moves, _ = summarize([down])
-    assert "llama3.1:8b: down: 3 failed probes in a row (baseline failure rate 1.0%)" in text
+    assert (
+        "llama3.1:8b (prompt simple-1): down: 3 failed probes in a row (baseline failure rate 1.0%)" in text
+    )
     assert moves[0].change_percent is None
     assert "29900" not in text
 
@@ -142,9 +144,9 @@ def test_deterministic_summary_names_moves_rules_split_and_host() -> None:
         ("qwen2:7b", "latency_ms"),
         ("llama3.1:8b", "ttft_ms"),
     }
-    assert "2 model(s) on host gpu-1 (2 still open)" in text
+    assert "2 model(s) on host gpu-1 (2 still open when this analysis was written)" in text
     assert "cascade" in text
-    assert "2.4 s against a baseline of 800 ms, +200 % (slower)" in text
+    assert "2.4 s against this prompt's baseline of 800 ms, +200 % (slower)" in text
     assert "before the first token" in text  # 1800 of 2400 ms
     assert "12.5 tokens/s" in text
     assert "CPU up to 95% (saturated)" in text

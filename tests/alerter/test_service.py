@@ -57,9 +57,10 @@ async def test_migrations_apply_once_even_concurrently(database_url: str) -> Non
             "009_incident_merges.sql",
             "010_attempt_state.sql",
             "011_merged_groups.sql",
+            "012_folded_groups.sql",
         ]
         assert await migrate(conns[0]) == []
-        assert await conns[0].fetchval("SELECT count(*) FROM alerter_schema_migrations") == 11
+        assert await conns[0].fetchval("SELECT count(*) FROM alerter_schema_migrations") == 12
         assert await conns[0].fetchval("SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm'") == 1
     finally:
         for c in conns:

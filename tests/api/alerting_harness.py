@@ -70,6 +70,7 @@ def incident_event(
                 observed=1920.0,
                 change_percent=140.0,
                 deviation_sigma=4.2,
+                prompt_id="long-1",
             ),
         ),
         rules=("R1",),

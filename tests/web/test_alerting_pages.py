@@ -93,6 +93,9 @@ async def test_incident_list_and_detail(api: Api, hx: bool) -> None:
     assert "Root-cause hypothesis (LLM)" in r.text
     assert "GPU memory pressure after a model swap" in r.text
     assert "Customer notice (LLM)" in r.text
+    # The analysis table: its chart's prompt, and every figure in its units.
+    assert "<td>long-1</td><td>latency_ms</td><td>800 ms</td><td>1.92 s</td>" in r.text
+    assert "<td>+140 %</td><td>+4.20 σ</td>" in r.text
     assert "0.77" in r.text  # the similar incident's score
     assert 'href="/incidents/inc-old"' in r.text
     assert 'href="/violations/ep-a"' in r.text

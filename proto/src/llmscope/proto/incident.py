@@ -31,6 +31,9 @@ class MetricMove(msgspec.Struct, frozen=True, kw_only=True):
     observed: Annotated[float, Meta(description="worst value seen in the incident, metric units")]
     change_percent: float | None = None
     deviation_sigma: float
+    prompt_id: Annotated[
+        str, Meta(description="the prompt whose chart moved: prompts differ in length, so in baseline")
+    ] = ""
 
 
 class SimilarIncident(msgspec.Struct, frozen=True, kw_only=True):

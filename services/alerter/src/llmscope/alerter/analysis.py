@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from statistics import fmean
 
+from msgspec import structs
+
 from llmscope.alerter.messages import (
+    Outage,
     change_pct,
+    clock,
     is_outage,
     level,
     metric_words,
@@ -17,7 +21,6 @@ from llmscope.alerter.messages import (
     quantity,
     verdict,
 )
-from llmscope.alerter.notifiers.base import fmt_value
 from llmscope.proto.incident import MetricMove
 from llmscope.proto.violation import ViolationEvent
 
@@ -33,28 +36,42 @@ class TelemetryPoint:
     ttft_ms: float | None = None
     tokens_per_s: float | None = None
     status: str = "ok"
+    prompt_id: str = ""
 
 
-def worst_per_series(events: Sequence[ViolationEvent]) -> dict[tuple[str, str], ViolationEvent]:
-    """Per (model, metric), the violation furthest from its baseline."""
-    worst: dict[tuple[str, str], ViolationEvent] = {}
+SeriesKey = tuple[str, str, str, str]
+"""(model, metric, prompt id, target): one chart. Prompts of different lengths have their own
+baselines, so figures are never compared or averaged across them."""
+
+
+def worst_per_series(events: Sequence[ViolationEvent]) -> dict[SeriesKey, ViolationEvent]:
+    """Per chart (model, metric, prompt, target), the violation furthest from its baseline."""
+    worst: dict[SeriesKey, ViolationEvent] = {}
     for ev in events:
-        key = (ev.model, ev.metric)
+        key = (ev.model, ev.metric, ev.prompt_id, ev.target)
         if key not in worst or abs(ev.deviation_sigma) > abs(worst[key].deviation_sigma):
             worst[key] = ev
     return worst
 
 
+def _series_words(ev: ViolationEvent) -> str:
+    """`` (prompt long-1, target local)``: which chart of the model a figure belongs to."""
+    parts = [f"prompt {ev.prompt_id}" if ev.prompt_id else "", f"target {ev.target}" if ev.target else ""]
+    named = ", ".join(p for p in parts if p)
+    return f" ({named})" if named else ""
+
+
 def metric_moves(events: Sequence[ViolationEvent]) -> tuple[MetricMove, ...]:
-    """Per model and metric, the worst point against the frozen baseline center."""
+    """Per chart (model, metric, prompt, target), the worst point against its frozen baseline."""
     worst = worst_per_series(events)
     moves = []
-    for (model, metric), ev in sorted(worst.items()):
+    for (model, metric, prompt_id, _target), ev in sorted(worst.items()):
         center = ev.limits.center
         moves.append(
             MetricMove(
                 model=model,
                 metric=metric,
+                prompt_id=prompt_id,
                 baseline=center,
                 # An outage's value is a failure count and its center a rate: no percentage.
                 observed=ev.value if is_outage(ev) else level(ev),
@@ -70,13 +87,26 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return fmean(present) if present else None
 
 
+def _open_words(open_count: int) -> str:
+    if open_count == 0:
+        return "all cleared"
+    # No clock time (tickets compare the text across analyses); the resolution rewrites it.
+    return f"{open_count} still open when this analysis was written"
+
+
 def summarize(
     events: Sequence[ViolationEvent],
     *,
     cleared: frozenset[str] = frozenset(),
     telemetry: Sequence[TelemetryPoint] = (),
+    outages: Mapping[str, Outage] | None = None,
 ) -> tuple[str, tuple[MetricMove, ...], tuple[str, ...]]:
-    """(summary text, metric moves, rules) from the incident's violations and their telemetry."""
+    """(summary text, metric moves, rules) from the incident's violations and their telemetry.
+
+    ``outages``: per outage episode, the target's failed probes since its last success (the
+    violation's own points are only the few that tripped the rule). Its count of open violations
+    says when it held: the analysis is written again when the incident resolves.
+    """
     if not events:
         return "No violations.", (), ()
     models = sorted({e.model for e in events})
@@ -86,38 +116,51 @@ def summarize(
     where = f" on host {', '.join(hosts)}" if hosts else f" at provider {events[0].provider}"
     lines = [
         f"{len(events)} violation(s) on {len(models)} model(s){where} "
-        f"({open_count} still open): {', '.join(models)}."
+        f"({_open_words(open_count)}): {', '.join(models)}."
         + (" Several models degraded together: a cascade." if len(models) > 1 else "")
     ]
-    moves = metric_moves(events)
     by_key = worst_per_series(events)
-    for mv in moves:
-        ev = by_key[(mv.model, mv.metric)]
+    outages = outages or {}
+    # An outage goes on failing after its rule fired (at 3 probes, say): its series' figure is
+    # every failed probe since the last success when that is known.
+    failing: dict[SeriesKey, Outage] = {}
+    for ev in events:
+        known = outages.get(ev.episode_id)
+        key = (ev.model, ev.metric, ev.prompt_id, ev.target)
+        before = failing[key].count if key in failing else 0
+        if known is not None and is_outage(ev) and known.count > before:
+            failing[key] = known
+    # metric_moves walks the same sorted series: one move per series, in this order.
+    moves = tuple(
+        structs.replace(mv, observed=float(max(mv.observed, failing[key].count))) if key in failing else mv
+        for key, mv in zip(sorted(by_key), metric_moves(events), strict=True)
+    )
+    for ((model, _metric, _prompt, _target), ev), mv in zip(sorted(by_key.items()), moves, strict=True):
+        series = _series_words(ev)
         if is_outage(ev):
-            lines.append(f"- {mv.model}: {outage_movement(ev)}.")
+            if (key := (model, ev.metric, ev.prompt_id, ev.target)) in failing:
+                rate = ev.limits.center
+                lines.append(
+                    f"- {model}{series}: down: {failing[key].count} failed probes since the last success"
+                    f" ({ev.rule} fired at {int(ev.value)}"
+                    + (f"; baseline failure rate {rate:.1%}" if rate else "")
+                    + ")."
+                )
+            else:
+                lines.append(f"- {model}{series}: {outage_movement(ev)}.")
             continue
         name, q = metric_words(mv.metric), quantity
         pct = f", {mv.change_percent:+.0f} %" if mv.change_percent is not None else ""
         word = verdict(ev)
         lines.append(
-            f"- {mv.model} {name}: {q(mv.observed, mv.metric)} against a baseline of "
+            f"- {model} {name}{series}: {q(mv.observed, mv.metric)} against this prompt's baseline of "
             f"{q(mv.baseline, mv.metric)}{pct}" + (f" ({word})" if word else "") + "."
         )
     lines.append("Rules: " + ", ".join(f"{r} x{n}" if n > 1 else r for r, n in sorted(rules.items())) + ".")
     ok = [p for p in telemetry if p.status == "ok"]
-    ttft = _mean([p.ttft_ms for p in ok])
-    total = _mean([p.latency_ms for p in ok if p.ttft_ms is not None])
-    if ttft is not None and total:
-        share = ttft / total
-        where_time = (
-            "before the first token (queueing, model load or prompt evaluation)"
-            if share >= 0.5
-            else "in generation (decoding), after the first token"
-        )
-        lines.append(
-            f"Time to first token averaged {fmt_value(ttft, 'ms')} of {fmt_value(total, 'ms')} total "
-            f"({share:.0%}): most of the time is spent {where_time}."
-        )
+    splits = _ttft_splits(ok)
+    if splits:
+        lines.extend(splits)
     else:
         ttft_moves = [m for m in moves if m.metric == "ttft_ms"]
         lat_moves = [m for m in moves if m.metric == "latency_ms"]
@@ -127,13 +170,25 @@ def summarize(
             )
         elif lat_moves:
             lines.append("No time-to-first-token data: the split between waiting and generation is unknown.")
-    tps = _mean([p.tokens_per_s for p in ok])
-    if tps is not None:
-        lines.append(f"Generation speed at the signalling points: {tps:.1f} tokens/s.")
-    failed = [p for p in telemetry if p.status != "ok"]
-    if failed:
-        kinds = Counter(p.status for p in failed)
-        lines.append("Failed probes: " + ", ".join(f"{k} x{n}" for k, n in sorted(kinds.items())) + ".")
+    speeds = []
+    for (model, prompt), points in _per_prompt(ok).items():
+        tps = _mean([p.tokens_per_s for p in points])
+        if tps is not None:
+            speeds.append(f"{tps:.1f} tokens/s ({model}" + (f", prompt {prompt})" if prompt else ")"))
+    if speeds:
+        lines.append("Generation speed at the signalling points: " + "; ".join(speeds) + ".")
+    outage_lines_ = _outage_lines(events, outages)
+    if outage_lines_:
+        lines.extend(outage_lines_)
+    else:
+        failed = [p for p in telemetry if p.status != "ok"]
+        if failed:
+            kinds = Counter(p.status for p in failed)
+            lines.append(
+                "Failed probes among the signalling points: "
+                + ", ".join(f"{k} x{n}" for k, n in sorted(kinds.items()))
+                + "."
+            )
     system = [e.system for e in events]
     parts = []
     for label, values in (
@@ -148,3 +203,70 @@ def summarize(
             parts.append(f"{label} up to {peak:.0f}%" + (" (saturated)" if peak >= 90 else ""))
     lines.append("Host at the time: " + (", ".join(parts) if parts else "no system metrics reported") + ".")
     return "\n".join(lines), moves, tuple(sorted(rules))
+
+
+def _per_prompt(points: Sequence[TelemetryPoint]) -> dict[tuple[str, str], list[TelemetryPoint]]:
+    out: dict[tuple[str, str], list[TelemetryPoint]] = {}
+    for p in points:
+        out.setdefault((p.model, p.prompt_id), []).append(p)
+    return dict(sorted(out.items()))
+
+
+def _where_time(share: float) -> str:
+    if share >= 0.5:
+        return "before the first token (queueing, model load or prompt evaluation)"
+    return "in generation (decoding), after the first token"
+
+
+def _ttft_splits(ok: Sequence[TelemetryPoint]) -> list[str]:
+    """Where the time goes, per prompt: a total averaged over prompts of different lengths
+    means nothing, a share of each prompt's own total does."""
+    rows = []
+    for (model, prompt), points in _per_prompt(ok).items():
+        ttft = _mean([p.ttft_ms for p in points])
+        total = _mean([p.latency_ms for p in points if p.ttft_ms is not None])
+        if ttft is not None and total:
+            rows.append((model, prompt, ttft, total, ttft / total))
+    if not rows:
+        return []
+    if len(rows) == 1:
+        model, prompt, ttft, total, share = rows[0]
+        of = f" ({model}, prompt {prompt})" if prompt else f" ({model})"
+        return [
+            f"Time to first token{of} averaged {quantity(ttft, 'ttft_ms')} of {quantity(total, 'latency_ms')}"
+            f" total ({share:.0%}): most of the time is spent {_where_time(share)}."
+        ]
+    lines = ["Time to first token at the signalling points, per prompt (each against its own total):"]
+    for model, prompt, ttft, total, share in rows:
+        name = f"{model}, prompt {prompt}" if prompt else model
+        lines.append(
+            f"- {name}: {quantity(ttft, 'ttft_ms')} of {quantity(total, 'latency_ms')} total ({share:.0%}),"
+            f" mostly {_where_time(share)}."
+        )
+    return lines
+
+
+def _outage_lines(events: Sequence[ViolationEvent], outages: Mapping[str, Outage]) -> list[str]:
+    """Per target, the failed probes since its last success, counted in full (not only the
+    points that tripped the rule), with their kinds among the latest ones read."""
+    lines = []
+    seen: set[tuple[str, str, str]] = set()
+    for ev in events:
+        outage = outages.get(ev.episode_id)
+        key = (ev.provider, ev.model, ev.target)
+        if outage is None or key in seen or outage.count == 0:
+            continue
+        seen.add(key)
+        target = f" (target {ev.target})" if ev.target else ""
+        since = f" from {clock(outage.since)}" if outage.since else ""
+        last = f"; last success {clock(outage.last_success)}" if outage.last_success else ""
+        kinds = Counter(p.status for p in outage.recent)
+        read = len(outage.recent)
+        scope = "" if read >= outage.count else f" (kinds of the latest {read})"
+        what = ", ".join(f"{k} x{n}" for k, n in sorted(kinds.items()))
+        lines.append(
+            f"Failed probes of {ev.model}{target}: {outage.count}{since}{last}"
+            + (f"; {what}{scope}" if what else "")
+            + "."
+        )
+    return lines

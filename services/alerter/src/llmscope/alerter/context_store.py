@@ -142,15 +142,22 @@ class ContextStore(StoreBase):
                 return []
             try:
                 rows = await conn.fetch(
-                    "SELECT id, ts, model, latency_ms, ttft_ms, tokens_per_s, status FROM telemetry"
-                    " WHERE id = ANY($1)",
+                    "SELECT id, ts, model, latency_ms, ttft_ms, tokens_per_s, status,"
+                    " coalesce(prompt_id, '') AS prompt_id FROM telemetry WHERE id = ANY($1)",
                     ids,
                 )
             except asyncpg.PostgresError:
                 return []
         return [
             TelemetryPoint(
-                r["id"], r["ts"], r["model"], r["latency_ms"], r["ttft_ms"], r["tokens_per_s"], r["status"]
+                r["id"],
+                r["ts"],
+                r["model"],
+                r["latency_ms"],
+                r["ttft_ms"],
+                r["tokens_per_s"],
+                r["status"],
+                r["prompt_id"],
             )
             for r in rows
         ]

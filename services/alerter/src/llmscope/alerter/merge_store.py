@@ -139,6 +139,17 @@ class MergeStore(TicketStore):
                 survivor,
             )
         ]
+        # Warnings grouped under the absorbed incident (store.py) are not its episodes: they move too.
+        episodes += [
+            r["episode_id"]
+            for r in await conn.fetch(
+                "SELECT ga.episode_id FROM alerter_group_alerts ga"
+                " JOIN alerter_groups g ON g.id = ga.group_id WHERE g.state = 'active'"
+                " AND g.labels @> jsonb_build_array(jsonb_build_array('incident', $1::text))",
+                absorbed,
+            )
+            if r["episode_id"] not in episodes
+        ]
         emptied: set[int] = set()
         for r in await conn.fetch(
             "SELECT ga.group_id, g.route, g.group_key, a.episode_id, a.open_event::text AS open_event"

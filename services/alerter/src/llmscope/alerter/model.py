@@ -44,6 +44,10 @@ class Alert:
     cleared: ViolationEvent | None = None
     acknowledged_at: datetime | None = None
     acknowledged_by: str | None = None
+    resolved_at: datetime | None = None
+    """set when a person resolved it (or its incident) before it cleared"""
+    resolved_by: str | None = None
+    resolved_note: str | None = None
 
     @property
     def episode_id(self) -> str:
@@ -51,7 +55,8 @@ class Alert:
 
     @property
     def firing(self) -> bool:
-        return self.cleared is None
+        """Until it clears, or a person resolves it: either ends the page, once."""
+        return self.cleared is None and self.resolved_at is None
 
     @property
     def acknowledged(self) -> bool:

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+from msgspec import structs
 
 from llmscope.alerter.analysis import summarize
 from llmscope.alerter.config import AlerterFile, RuntimeConfig, Timings, build_runtime
@@ -202,6 +203,10 @@ class Alerter:
         except Exception:
             # Deliveries go on; the next tick tries the merge again.
             log.exception("incident merge pass failed")
+        try:
+            await self.store.sync_hand_resolutions()
+        except Exception:
+            log.exception("reading hand resolutions failed")
         # The first pass takes back at once what a dead predecessor of the same instance name held.
         claims = await self.store.reclaim_expired(skip=frozenset(self._live), own=not self._started)
         self._started = True
@@ -267,6 +272,9 @@ class Alerter:
                 context.get(a.episode_id, ()),
                 outage=outages.get(a.episode_id),
                 incident=incidents.get(a.episode_id),
+                resolved_by=a.resolved_by if a.cleared is None else None,
+                resolved_at=a.resolved_at if a.cleared is None else None,
+                resolved_note=a.resolved_note if a.cleared is None else None,
             )
 
         return Notification(
@@ -282,6 +290,10 @@ class Alerter:
             public_url=(runtime.public_url if runtime else None) or self._opts.public_url,
             lead_episode_id=claim.lead_episode_id,
             incident=lead,
+            # An Alertmanager is sent every alert in full each time (it de-duplicates by labels).
+            told_before={}
+            if claim.channel_kind == "alertmanager"
+            else await self.store.told_before(claim.group_id, claim.channel, claim.id),
         )
 
     async def deliver(self, claim: Claim, runtime: RuntimeConfig) -> Outcome:
@@ -458,7 +470,19 @@ class Alerter:
 
     async def analysis_for(self, job: AnalysisJob) -> tuple[IncidentAnalysis, list[tuple[str, float]]]:
         telemetry = await self.store.telemetry_points(job.events)
-        summary, moves, rules = summarize(job.events, cleared=job.cleared, telemetry=telemetry)
+        now = self.store.clock()
+        # Every failed probe of an outage, not only the few that tripped its rule (kinds of the
+        # latest 200 read: enough to name them, bounded for an outage of days).
+        alerts = [
+            Alert(e, cleared=structs.replace(e, state="cleared", ts=job.cleared_at[e.episode_id]))
+            if e.episode_id in job.cleared_at
+            else Alert(e)
+            for e in job.events
+        ]
+        outages = await self.store.outages_for(alerts, now, recent=200)
+        summary, moves, rules = summarize(
+            job.events, cleared=job.cleared, telemetry=telemetry, outages=outages
+        )
         llm = self._opts.llm
         if llm is None:
             result = LlmResult("disabled")

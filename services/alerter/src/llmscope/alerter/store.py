@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -68,6 +68,8 @@ class AnalysisJob:
     cleared: frozenset[str]
     due_at: datetime
     opened_at: datetime
+    cleared_at: Mapping[str, datetime] = field(default_factory=dict)
+    """when each cleared episode cleared (an outage's failed probes are counted up to then)"""
 
 
 class Store(MergeStore, SilenceStore, ContextStore, RetentionStore):
@@ -133,10 +135,15 @@ class Store(MergeStore, SilenceStore, ContextStore, RetentionStore):
                 early,
             )
         incident_id, held = "", None
-        if forms_incidents(ev.severity, self.incident_min_severity):
+        forms = forms_incidents(ev.severity, self.incident_min_severity)
+        if forms:
             incident_id, held = await self._incident_open(conn, ev)
             if early is not None:
                 await self._incident_clear(conn, ev.episode_id)
+        else:
+            # A warning of a model in an unresolved incident is news in that incident's thread,
+            # not a page of its own (it stays out of the incident's episodes).
+            incident_id = await self._unresolved_incident_of(conn, ev)
         # The incident is a label, so grouping by it makes one cascade one message per channel.
         labels = {**labels_of(ev), "incident": incident_id}
         for route in route_alert(routes, labels, allowed_rules=allowed_rules):
@@ -147,7 +154,9 @@ class Store(MergeStore, SilenceStore, ContextStore, RetentionStore):
                 group_id,
                 ev.episode_id,
             )
-        if incident_id and ev.host:
+            if forms and incident_id:
+                await self._fold_model_group(conn, route, labels, group_id)
+        if forms and incident_id and ev.host:
             # This violation may have made the host a cascade: its models' own incidents join it.
             await self.merge_host(conn, ev.host, routes, locked=locked_providers, when=opened)
 
@@ -188,6 +197,94 @@ class Store(MergeStore, SilenceStore, ContextStore, RetentionStore):
             )
             if group_id is not None:
                 return int(group_id)
+
+    async def _unresolved_incident_of(self, conn: Conn, ev: ViolationEvent) -> str:
+        """The newest unresolved incident naming this provider/model, or ""."""
+        found = await conn.fetchval(
+            "SELECT id FROM alerter_incidents WHERE state <> 'resolved' AND provider = $1"
+            " AND $2 = ANY(models) AND merged_into IS NULL ORDER BY opened_at DESC LIMIT 1",
+            ev.provider,
+            ev.model,
+        )
+        return "" if found is None else str(found)
+
+    async def _fold_model_group(
+        self, conn: Conn, route: Route, labels: Mapping[str, str], target: int
+    ) -> None:
+        """One page per degradation: the model's group of warnings on this route (grouped by
+        provider/model while outside any incident) joins the critical's incident group.
+
+        Its alerts move there and it closes without sending anything more. If it told nobody
+        yet, its warnings go out in the critical's message (which keeps its own timing, never
+        later); if it told a channel, that channel's first message of the incident group counts
+        it as already told (no "first" page again: an escalation of what it knows) and refers
+        to it instead of repeating it; the resolution of all comes once, from the incident group.
+        """
+        if "incident" not in route.group_by:
+            return
+        key = group_key(route, {**labels, "incident": ""})
+        if key == group_key(route, labels):
+            return
+        # FOR UPDATE waits for a flush of that group in progress: what it sent is then recorded.
+        folded = await conn.fetchval(
+            "SELECT id FROM alerter_groups WHERE route = $1 AND group_key = $2 AND state = 'active'"
+            " AND merged_into IS NULL AND id <> $3 FOR UPDATE",
+            route.name,
+            key,
+            target,
+        )
+        if folded is None:
+            return
+        await conn.execute(
+            "INSERT INTO alerter_group_alerts (group_id, episode_id) SELECT $2, episode_id"
+            " FROM alerter_group_alerts WHERE group_id = $1 ON CONFLICT DO NOTHING",
+            folded,
+            target,
+        )
+        await conn.execute("DELETE FROM alerter_group_alerts WHERE group_id = $1", folded)
+        await conn.execute(
+            "UPDATE alerter_groups SET state = 'closed', closed_at = $2, folded_into = $3 WHERE id = $1",
+            folded,
+            self.clock(),
+            target,
+        )
+        # The Slack thread its warning started carries on as the incident's (where it has none).
+        await conn.execute(
+            "INSERT INTO alerter_threads (channel, thread_key, ref, created_at)"
+            " SELECT channel, 'incident:' || $2, ref, created_at FROM alerter_threads"
+            " WHERE thread_key = 'group:' || $1::bigint ON CONFLICT (channel, thread_key) DO NOTHING",
+            folded,
+            labels["incident"],
+        )
+        self._log.info("warnings of the model folded into its incident's group", group=folded, into=target)
+
+    async def told_before(self, group_id: int, channel: str, notification_id: str) -> dict[str, datetime]:
+        """Episodes a group folded into this one had told ``channel`` firing, and when, for the
+        channel's first message of this group (later ones are updates of that first one)."""
+        rows = await self.pool.fetch(
+            "SELECT n.firing, coalesce(n.sent_at, n.created_at) AS at FROM alerter_notifications n"
+            " JOIN alerter_groups f ON f.id = n.group_id WHERE f.folded_into = $1 AND n.channel = $2"
+            " AND n.status IN ('sent', 'sending') ORDER BY at",
+            group_id,
+            channel,
+        )
+        if not rows:
+            return {}
+        earlier = await self.pool.fetchval(
+            "SELECT 1 FROM alerter_notifications WHERE group_id = $1 AND channel = $2 AND id <> $3"
+            " AND status IN ('sent', 'sending') AND seq < (SELECT seq FROM alerter_notifications"
+            " WHERE id = $3) LIMIT 1",
+            group_id,
+            channel,
+            notification_id,
+        )
+        if earlier:
+            return {}
+        told: dict[str, datetime] = {}
+        for r in rows:
+            for episode in r["firing"]:
+                told.setdefault(episode, r["at"])
+        return told
 
     async def _ingest_clear(self, conn: Conn, ev: ViolationEvent) -> None:
         updated = await conn.fetchval(
@@ -280,6 +377,26 @@ class Store(MergeStore, SilenceStore, ContextStore, RetentionStore):
             for r in latest
         }
         in_flight = frozenset(r["channel"] for r in latest if r["status"] == "sending")
+        # A channel told by a folded warning group (_fold_model_group) and not yet by this one was
+        # told those warnings: the critical is news to it, and their resolution is owed to it.
+        for r in await conn.fetch(
+            "SELECT DISTINCT ON (n.group_id, n.channel) n.channel, n.created_at, n.firing, n.resolved"
+            " FROM alerter_notifications n JOIN alerter_groups f ON f.id = n.group_id"
+            " WHERE f.folded_into = $1 AND n.status IN ('sent', 'sending')"
+            " ORDER BY n.group_id, n.channel, n.seq DESC",
+            g["id"],
+        ):
+            if any(x["channel"] == r["channel"] for x in latest):
+                continue
+            prev = last.get(r["channel"])
+            told = LastNotification(r["created_at"], frozenset(r["firing"]), frozenset(r["resolved"]))
+            last[r["channel"]] = (
+                told
+                if prev is None
+                else LastNotification(
+                    max(prev.sent_at, told.sent_at), prev.firing | told.firing, prev.resolved | told.resolved
+                )
+            )
         views = [channels[c] for c in route.channels if c in channels]
         decision = decide(
             route=route,
@@ -866,9 +983,11 @@ class Store(MergeStore, SilenceStore, ContextStore, RetentionStore):
         )
         if still_open:
             return
+        # The analysis is written again once resolved: its counts of open violations and failed
+        # probes were those of the time it was written.
         done = await conn.fetchval(
             "UPDATE alerter_incidents SET state = 'resolved', resolved_at = $2, resolved_by ="
-            " 'llmscope (all violations cleared)',"
+            " 'llmscope (all violations cleared)', analysis_status = 'pending', analysis_due_at = $2,"
             " revision = revision + 1 WHERE id = $1 AND state <> 'resolved' RETURNING 1",
             incident_id,
             self.clock(),
@@ -907,7 +1026,7 @@ class Store(MergeStore, SilenceStore, ContextStore, RetentionStore):
         async with self.pool.acquire() as conn, conn.transaction():
             ok = await conn.fetchval(
                 "UPDATE alerter_incidents SET state = 'resolved', resolved_at = $2, resolved_by = $3,"
-                " resolved_note = $4,"
+                " resolved_note = $4, analysis_status = 'pending', analysis_due_at = $2,"
                 " revision = revision + 1 WHERE id = $1 AND state <> 'resolved' RETURNING 1",
                 incident_id,
                 self.clock(),
@@ -915,8 +1034,71 @@ class Store(MergeStore, SilenceStore, ContextStore, RetentionStore):
                 note,
             )
             if ok:
+                # Its violations (and the warnings grouped under it) that still fire are resolved
+                # by this person: the channels they paged are told so now (_hand_resolved).
+                episodes = await conn.fetch(
+                    "SELECT episode_id FROM alerter_incident_episodes WHERE incident_id = $1"
+                    " UNION SELECT ga.episode_id FROM alerter_group_alerts ga"
+                    " JOIN alerter_groups g ON g.id = ga.group_id WHERE g.state = 'active'"
+                    " AND g.labels @> jsonb_build_array(jsonb_build_array('incident', $1::text))",
+                    incident_id,
+                )
+                await self._hand_resolved(conn, [r["episode_id"] for r in episodes], by, note)
                 await self._outbox_incident(conn, incident_id, "resolved")
             return bool(ok)
+
+    async def _hand_resolved(
+        self, conn: Conn, episode_ids: Sequence[str], by: str, note: str | None, at: datetime | None = None
+    ) -> int:
+        """Mark still-firing episodes resolved by a person and flush their groups at once.
+
+        The flush sends the usual ``resolved`` message to each channel told of them (naming who),
+        and records them as told resolved: their later clear sends nothing more. A channel that
+        was never told (the group still in group_wait) gets nothing: the group closes silently.
+        """
+        now = self.clock()
+        marked = [
+            r["episode_id"]
+            for r in await conn.fetch(
+                "UPDATE alerter_alerts SET resolved_at = $2, resolved_by = $3, resolved_note = $4"
+                " WHERE episode_id = ANY($1::text[]) AND cleared_at IS NULL AND resolved_at IS NULL"
+                " RETURNING episode_id",
+                list(episode_ids),
+                at or now,
+                by,
+                note,
+            )
+        ]
+        if marked:
+            await conn.execute(
+                "UPDATE alerter_groups SET next_flush_at = least(next_flush_at, $2) WHERE state = 'active'"
+                " AND id IN (SELECT group_id FROM alerter_group_alerts WHERE episode_id = ANY($1::text[]))",
+                marked,
+                now,
+            )
+        return len(marked)
+
+    async def sync_hand_resolutions(self) -> int:
+        """Violations a person resolved through the API (its ``violations`` table) while they
+        still fire here; how many. Without that table (or its columns), none."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            if await conn.fetchval("SELECT to_regclass('violations')") is None:
+                return 0
+            try:
+                async with conn.transaction():
+                    rows = await conn.fetch(
+                        "SELECT a.episode_id, v.resolved_by, v.resolved_at, v.note FROM alerter_alerts a"
+                        " JOIN violations v ON v.episode_id = a.episode_id"
+                        " WHERE a.cleared_at IS NULL AND a.resolved_at IS NULL AND v.resolved_at IS NOT NULL"
+                    )
+            except asyncpg.PostgresError:
+                return 0  # an API schema without hand resolutions
+            done = 0
+            for r in rows:
+                done += await self._hand_resolved(
+                    conn, [r["episode_id"]], r["resolved_by"] or "someone", r["note"], r["resolved_at"]
+                )
+            return done
 
     async def incident(self, incident_id: str, change: IncidentChange = "updated") -> IncidentEvent | None:
         """The incident as it stands, or None when there is no such incident."""
@@ -1033,8 +1215,20 @@ class Store(MergeStore, SilenceStore, ContextStore, RetentionStore):
                 now + self.analysis_lease,
             )
             events, cleared = await self._incident_events(conn, r["id"])
+            ends = await conn.fetch(
+                "SELECT episode_id, cleared_at FROM alerter_alerts WHERE episode_id = ANY($1::text[])"
+                " AND cleared_at IS NOT NULL",
+                sorted(cleared),
+            )
         return AnalysisJob(
-            r["id"], r["title"], r["severity"], tuple(events), cleared, r["analysis_due_at"], r["opened_at"]
+            r["id"],
+            r["title"],
+            r["severity"],
+            tuple(events),
+            cleared,
+            r["analysis_due_at"],
+            r["opened_at"],
+            {e["episode_id"]: e["cleared_at"] for e in ends},
         )
 
     async def similar_incidents(

@@ -39,6 +39,9 @@ def alert_from_row(row: asyncpg.Record) -> Alert:
         cleared=decode_event(row["cleared_event"]),
         acknowledged_at=row["acknowledged_at"],
         acknowledged_by=row["acknowledged_by"],
+        resolved_at=row["resolved_at"],
+        resolved_by=row["resolved_by"],
+        resolved_note=row["resolved_note"],
     )
 
 

@@ -132,7 +132,9 @@ def analysis_info(ev: IncidentEvent) -> IncidentAnalysisInfo | None:
         customer_notice=a.customer_notice if llm else None,
         rules=list(a.rules),
         moves=[
-            MetricMoveInfo(m.model, m.metric, m.baseline, m.observed, m.change_percent, m.deviation_sigma)
+            MetricMoveInfo(
+                m.model, m.metric, m.baseline, m.observed, m.change_percent, m.deviation_sigma, m.prompt_id
+            )
             for m in a.moves
         ],
     )

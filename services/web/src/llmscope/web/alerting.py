@@ -85,14 +85,56 @@ class Incident:
     """the incident this one was merged into (a host's cascade)"""
 
 
+_FAILURE_METRICS = frozenset({"availability", "error_rate"})
+
+
+def _in_units(value: float, metric: str) -> str:
+    """``1.63 s``, ``880 ms``, ``42.1 tok/s``, ``12 %``: the alerter's wording of a figure."""
+    if metric.endswith("_ms"):
+        return f"{value / 1000:.3g} s" if abs(value) >= 1000 else f"{value:.3g} ms"
+    if metric == "tokens_per_s":
+        return f"{value:.3g} tok/s"
+    if metric.endswith("_percent"):
+        return f"{value:.0f} %"
+    return f"{value:.3g}"
+
+
 @dataclass(frozen=True, slots=True)
 class MetricMoveInfo:
+    """One chart's move in an incident's analysis, and its figures in words with units."""
+
     model: str
     metric: str
     baseline: float
     observed: float
     change_percent: float | None
     deviation_sigma: float
+    prompt_id: str = ""
+
+    @property
+    def outage(self) -> bool:
+        """An outage's baseline is a failure rate and its observed value a count of failures."""
+        return self.metric in _FAILURE_METRICS
+
+    @property
+    def baseline_text(self) -> str:
+        if self.outage:
+            return f"{self.baseline * 100:.1f} % of probes failing"
+        return _in_units(self.baseline, self.metric)
+
+    @property
+    def observed_text(self) -> str:
+        if self.outage:
+            return f"{self.observed:.0f} failed probes in a row"
+        return _in_units(self.observed, self.metric)
+
+    @property
+    def change_text(self) -> str:
+        return "–" if self.change_percent is None or self.outage else f"{self.change_percent:+.0f} %"
+
+    @property
+    def sigma_text(self) -> str:
+        return "–" if self.outage else f"{self.deviation_sigma:+.2f} σ"
 
 
 @dataclass(frozen=True, slots=True)

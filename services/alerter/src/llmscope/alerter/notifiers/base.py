@@ -52,6 +52,10 @@ class AlertView:
     context: tuple[ContextPoint, ...] = ()
     outage: Outage | None = None
     incident: IncidentRef | None = None
+    resolved_by: str | None = None
+    """a person resolved it (or its incident) before it cleared"""
+    resolved_at: datetime | None = None
+    resolved_note: str | None = None
 
     @property
     def episode_id(self) -> str:
@@ -95,6 +99,9 @@ class Notification:
     """the incident the group belongs to (a cascade names every model in it)"""
     merged_into: IncidentRef | None = None
     """reason ``merged``: the incident ``incident`` was folded into (its thread carries on there)"""
+    told_before: Mapping[str, datetime] = field(default_factory=dict)
+    """firing episodes this channel was already told by a warning message folded into this
+    incident's group (episode id -> when): referred to, not repeated"""
 
     @property
     def status(self) -> Literal["firing", "resolved"]:
@@ -157,6 +164,10 @@ class Notification:
             what = f"incident {self.incident.id}" if self.incident else "incident"
             into = self.merged_into
             return f"[LLMscope] MERGED: {what} merged into incident {into.id}: {into.title}"
+        by_hand = sorted({a.resolved_by for a in self.resolved if a.resolved_by})
+        if not self.firing and by_hand:
+            what = "cascade " if self.cascade else ""
+            return f"[LLMscope] RESOLVED by {', '.join(by_hand)}: {what}{self.scope}"
         if not self.firing:
             lasted = ""
             if len(self.resolved) == 1:
@@ -166,6 +177,7 @@ class Notification:
             what = "cascade " if self.cascade else ""
             return f"[LLMscope] RESOLVED: {what}{self.scope}{lasted}"
         events = [a.event for a in self.firing]
+        lead = self.lead_event()
         tone = self.tone
         label = "IMPROVED" if tone == "improved" else m.worst(events).upper()
         if self.cascade and self.incident is not None:
@@ -173,14 +185,16 @@ class Notification:
             models = self.incident.models
             head = f"Cascade on {where}: {len(models)} models degraded ({', '.join(models)})"
         elif len(events) == 1:
-            head = f"{m.subject(events[0])}: {m.movement(events[0])}"
+            head = f"{m.subject(lead)}: {m.movement(lead)}"
             outage = self.firing[0].outage
             if outage is not None and outage.recent:
                 last = outage.recent[0]
                 http = f", HTTP {last.http_status}" if last.http_status is not None else ""
                 head += f"; last failure {last.status}{http}"
         else:
-            head = f"{len(events)} violations on {self.scope}: {m.movement(events[0])}"
+            head = f"{len(events)} violations on {self.scope}: {m.movement(lead)}"
+        if self.told_before:
+            head += f" (follows the message of {m.clock(min(self.told_before.values()))})"
         if self.resolved:
             # An update where most has cleared says so first, not "CRITICAL: 1 violation".
             label = f"UPDATE, still {label}"
@@ -188,10 +202,26 @@ class Notification:
         reminder = " (reminder)" if self.reason == "repeat" else ""
         return f"[LLMscope] {label}: {head}{reminder}"
 
+    def lead_event(self) -> ViolationEvent:
+        """What the title names: the most severe firing violation this channel was not told yet
+        (a critical leads, not the warning that came first), the earliest among equals."""
+        fresh = [a.event for a in self.firing if a.episode_id not in self.told_before]
+        events = fresh or [a.event for a in self.firing]
+        rank = {sev: i for i, sev in enumerate(("critical", "warning", "info"))}
+        return min(events, key=lambda e: rank.get(e.severity, len(rank)))
+
     def facts(self, a: AlertView) -> list[tuple[str, str]]:
         """The first lines of every message about one alert: what, since when, how sure, what
         else, where to look."""
         ev = a.event
+        if a.episode_id in self.told_before and a.cleared is None:
+            # Already told in full by the folded warning message: one line and the link.
+            told = m.clock(self.told_before[a.episode_id])
+            return [
+                ("What", m.one_line(ev)),
+                ("Already sent", f"{ev.severity} message of {told}; not repeated here"),
+                ("Violation", self.details_url(ev.episode_id)),
+            ]
         rows = [("What", m.one_line(ev))]
         began = a.began
         if a.cleared is not None:
@@ -201,6 +231,10 @@ class Notification:
                     f"{m.duration(a.cleared.ts - began)} ({m.clock(began)} to {m.clock(a.cleared.ts)})",
                 )
             )
+        elif a.resolved_by and a.resolved_at is not None:
+            note = f": {a.resolved_note}" if a.resolved_note else ""
+            rows.append(("Resolved by", f"{a.resolved_by} at {m.clock(a.resolved_at)}{note}"))
+            rows.append(("Since", f"{m.clock(began)} (not yet cleared by the engine when resolved by hand)"))
         else:
             rows.append(("Since", f"{m.clock(began)} ({m.duration(self.created_at - began)} ago)"))
         rows.append(("How sure", m.how_sure(ev)))

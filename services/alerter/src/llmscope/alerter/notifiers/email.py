@@ -120,6 +120,9 @@ def render_text(n: Notification) -> str:
         out.append(f"== {heading} ({len(alerts)}) ==")
         for a in alerts:
             out.extend(f"{k + ':':<15} {v}" for k, v in n.facts(a))
+            if a.episode_id in n.told_before and a.cleared is None:
+                out.append("")
+                continue  # its figures went out in the message it refers to
             out.append("  Chart figures:")
             out.extend(f"    {k + ':':<22} {v}" for k, v in _stats_lines(a))
             points = a.context_points()
@@ -163,6 +166,9 @@ def render_html(n: Notification) -> str:
             for k, v in n.facts(a):
                 cell = _link(v) if v.startswith(("http://", "https://")) else e(v)
                 parts.append(f"<tr><th align='left' valign='top'>{e(k)}</th><td>{cell}</td></tr>")
+            if a.episode_id in n.told_before and a.cleared is None:
+                parts.append("</table>")
+                continue  # its figures went out in the message it refers to
             parts.append("</table><p><small>Chart figures</small></p><table border='1' cellpadding='3'>")
             parts.extend(f"<tr><th align='left'>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in _stats_lines(a))
             parts.append("</table>")

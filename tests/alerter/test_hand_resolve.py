@@ -1,0 +1,98 @@
+"""A person resolving an incident or a violation by hand tells the channels that were paged, once.
+
+Real NATS, Postgres and a local webhook server; the API's ``violations`` table is the slice the
+alerter reads (acknowledgements and hand resolutions).
+"""
+
+from __future__ import annotations
+
+import asyncpg
+from aiohttp import web
+from nats.js import JetStreamContext
+
+from llmscope.alerter.config import Timings
+from llmscope.proto import codec
+from llmscope.proto.alert import NotificationEvent
+from tests.alerter.factories import HttpSink, cleared, violation
+from tests.alerter.flushes import all_flushed_after, nothing_in_flight
+from tests.alerter.harness import eventually, publish, start_alerter
+
+
+async def _sink() -> tuple[HttpSink, list[NotificationEvent]]:
+    got: list[NotificationEvent] = []
+
+    async def behaviour(request: web.Request, n: int) -> web.StreamResponse:
+        got.append(codec.decode_as(await request.read(), NotificationEvent))
+        return web.Response(text="ok")
+
+    sink = HttpSink(behaviour)
+    await sink.start()
+    return sink, got
+
+
+async def test_an_incident_resolved_by_hand_is_told_at_once_and_its_later_clear_sends_nothing(
+    database_url: str, js: JetStreamContext
+) -> None:
+    sink, got = await _sink()
+    timings = Timings(group_wait=0.3, group_interval=0.2, repeat_interval=3600)
+    run = await start_alerter(database_url, js, {"LLMSCOPE_WEBHOOK_URL": sink.url + "/hook"}, timings=timings)
+    try:
+        ev = violation(1, rule="CUSUM")
+        await publish(js, ev)
+        await eventually(lambda: len(got) >= 1, what="the page")
+        assert await run.store.resolve_incident(got[0].incident_id, "ana", "restarted ollama")
+        await eventually(lambda: len(got) >= 2, what="the hand resolution's message")
+        told = got[1]
+        assert told.status == "resolved"
+        assert told.reason == "resolved"
+        assert told.title.startswith("[LLMscope] RESOLVED by ana: ollama/llama3.1:8b"), told.title
+        assert "Resolved by:    ana at " in told.text, told.text
+        assert ": restarted ollama" in told.text
+        # The engine's clear comes later: the channel was told already.
+        await publish(js, cleared(ev))
+        await eventually(
+            lambda: run.pool.fetchval(
+                "SELECT cleared_at IS NOT NULL FROM alerter_alerts WHERE episode_id = $1", ev.episode_id
+            ),
+            what="the clear recorded",
+        )
+        moment = run.store.clock()
+        await eventually(lambda: all_flushed_after(run.pool, moment, timings.group_interval), what="a flush")
+        await eventually(lambda: nothing_in_flight(run.pool), what="nothing in flight")
+        assert len(got) == 2, [g.title for g in got]
+    finally:
+        await run.close()
+        await sink.stop()
+
+
+async def test_a_violation_resolved_through_the_api_is_told_without_waiting_for_the_group_interval(
+    database_url: str, js: JetStreamContext
+) -> None:
+    api = await asyncpg.connect(database_url)
+    await api.execute(
+        "CREATE TABLE violations (id text PRIMARY KEY, episode_id text NOT NULL, acknowledged_by text,"
+        " acknowledged_at timestamptz, resolved_by text, resolved_at timestamptz, note text)"
+    )
+    sink, got = await _sink()
+    # A group interval far beyond the test's waits: only the hand resolution's own flush can send.
+    timings = Timings(group_wait=0.3, group_interval=600, repeat_interval=3600)
+    run = await start_alerter(database_url, js, {"LLMSCOPE_WEBHOOK_URL": sink.url + "/hook"}, timings=timings)
+    try:
+        ev = violation(1, rule="CUSUM")
+        await api.execute("INSERT INTO violations (id, episode_id) VALUES ($1, $1)", ev.episode_id)
+        await publish(js, ev)
+        await eventually(lambda: len(got) >= 1, what="the page")
+        await api.execute(
+            "UPDATE violations SET resolved_by = 'bo', resolved_at = now(), note = 'false alarm: a deploy'"
+        )
+        await eventually(lambda: len(got) >= 2, within=10, what="the hand resolution's message")
+        assert got[1].title.startswith("[LLMscope] RESOLVED by bo:"), got[1].title
+        assert "false alarm: a deploy" in got[1].text
+        state = await run.pool.fetchval(
+            "SELECT resolved_by FROM alerter_alerts WHERE episode_id = $1", ev.episode_id
+        )
+        assert state == "bo"
+    finally:
+        await run.close()
+        await sink.stop()
+        await api.close()

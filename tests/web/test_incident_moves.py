@@ -1,0 +1,27 @@
+"""The figures of an incident's analysis table, in words with units."""
+
+from __future__ import annotations
+
+from llmscope.web.alerting import MetricMoveInfo
+
+
+def test_an_outage_row_names_a_failure_rate_and_a_count_not_bare_numbers() -> None:
+    row = MetricMoveInfo("llama3.1:8b", "availability", 0.01, 3.0, None, 0.0)
+    assert (row.baseline_text, row.observed_text, row.change_text, row.sigma_text) == (
+        "1.0 % of probes failing",
+        "3 failed probes in a row",
+        "–",
+        "–",
+    )
+
+
+def test_a_latency_row_carries_its_units_and_prompt() -> None:
+    row = MetricMoveInfo("llama3.1:8b", "latency_ms", 103.0, 207.0, 101.0, 10.4, "short")
+    assert (row.baseline_text, row.observed_text, row.change_text, row.sigma_text) == (
+        "103 ms",
+        "207 ms",
+        "+101 %",
+        "+10.40 σ",
+    )
+    speed = MetricMoveInfo("llama3.1:8b", "tokens_per_s", 42.0, 20.5, -51.2, -4.0)
+    assert (speed.baseline_text, speed.observed_text) == ("42 tok/s", "20.5 tok/s")
