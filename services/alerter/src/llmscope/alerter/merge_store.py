@@ -324,7 +324,7 @@ class MergeStore(TicketStore):
             for r in rows
         }
 
-    # Store's incident and group parts (store.py).
+    # Store's group part (store.py) and incident part (incident_store.py); those come first in its MRO.
 
     async def _join_group(self, conn: Conn, route: Route, labels: Mapping[str, str], episode_id: str) -> int:
         raise NotImplementedError
