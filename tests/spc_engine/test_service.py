@@ -21,7 +21,8 @@ from llmscope.bus.streams import ensure_streams, telemetry_partition
 from llmscope.proto import codec, subjects
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.proto.violation import ViolationEvent
-from llmscope.spc_engine.engine import ChartSnapshot, Engine, decode_snapshot
+from llmscope.proto.charts import decode_record
+from llmscope.spc_engine.engine import ChartSnapshot, Engine
 from llmscope.spc_engine.service import (
     SpcService,
     checkpoint_key,
@@ -32,6 +33,7 @@ from llmscope.spc_engine.service import (
     serve,
 )
 from llmscope.spc_engine.settings import SpcSettings
+from llmscope.spc_engine.store import ChartStore
 
 from .helpers import telemetry_stream
 
@@ -225,20 +227,23 @@ async def test_violations_published_then_acked_and_charts_in_kv(nats_url: str) -
         checkpoint = checkpoint_key(partition_of(events[0]))
         assert int((await kv.get(checkpoint)).value or b"0") == len(events)
         key = next(v.chart_key for v in got if v.state == "open" and v.metric == "latency_ms")
-        snap = decode_snapshot(key, (await kv.get(key)).value or b"")
-        assert isinstance(snap, ChartSnapshot)
-        assert snap.seq > 0
-        assert snap.view is not None
-        assert snap.view.phase == "armed"
+        record = decode_record((await kv.get(key)).value or b"")
+        assert record.seq > 0
+        assert record.view is not None
+        assert record.view.phase == "armed"
+        # The chart's state is in the engine's own bucket, not in the record readers watch.
+        assert b'"state"' not in ((await kv.get(key)).value or b"")
+        state = await js.key_value(subjects.SPC_STATE_BUCKET)
         # Re-baseline on request, with who and why: open episodes clear, the chart collects again.
         body = msgspec.json.encode({"chart_key": key, "by": "ann", "reason": "new GPU"})
         reply = msgspec.json.decode((await nc.request(subjects.spc_rebaseline(), body, timeout=5)).data)
         assert reply["ok"] is True
-        snap = decode_snapshot(key, (await kv.get(key)).value or b"")
+        record = decode_record((await kv.get(key)).value or b"")
+        assert record.view is not None
+        assert record.view.phase == "collecting"
+        snap = await ChartStore(kv, state).load(key)
         assert isinstance(snap, ChartSnapshot)
         assert snap.state.pending_by == "ann"
-        assert snap.view is not None
-        assert snap.view.phase == "collecting"
         cleared = [v for v in await violations(js) if v.state == "cleared" and v.chart_key == key]
         assert len(cleared) >= reply["cleared"]
     finally:

@@ -130,9 +130,10 @@ from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.proto.traffic import TrafficMinuteEvent
 from llmscope.proto.violation import ViolationEvent
 from llmscope.spc_engine.config import ChartConfig, default_config, to_settings
-from llmscope.spc_engine.engine import Engine, SettingsLog, Snapshot, decode_snapshot
+from llmscope.spc_engine.engine import Engine, SettingsLog, Snapshot
 from llmscope.spc_engine.metrics import EngineCollector, Ownership, SpcMetrics
 from llmscope.spc_engine.settings import SpcSettings
+from llmscope.spc_engine.store import ChartStore
 from llmscope.spc_engine.subgroup import SubgroupConfig
 from llmscope.spc_engine.traffic import TrafficPartition, default_configs, traffic_key
 
@@ -486,6 +487,16 @@ class Membership:
             self._revision = 0
 
 
+async def open_state_bucket(js: JetStreamContext, settings: SpcSettings) -> KeyValue:
+    """The engine's private chart state (file storage, history 1): nobody else reads it."""
+    return await open_bucket(
+        js,
+        settings.state_bucket,
+        description="LLMscope SPC engine's private chart state (exact recovery; read by the engine only)",
+        replicas=settings.bus.replicas,
+    )
+
+
 class _ResumingConsumer(DurableConsumer[TelemetryEvent]):
     """A partition's durable consumer, recreated to start right after its checkpoint."""
 
@@ -510,6 +521,7 @@ class SpcService:
         js: JetStreamContext,
         kv: KeyValue,
         *,
+        state: KeyValue | None = None,
         holder: str | None = None,
         metrics: SpcMetrics | None = None,
     ) -> None:
@@ -518,6 +530,9 @@ class SpcService:
         self._nc = nc
         self._js = js
         self._kv = kv
+        # The charts' public records go to ``kv``, their state to the state bucket (opened at
+        # first use when not given): see :mod:`llmscope.spc_engine.store`.
+        self._store = ChartStore(kv, state) if state is not None else None
         self._publisher = Publisher(js)
         self.holder = holder or f"{settings.replica}@{socket.gethostname()}"
         self.members: list[str] = []
@@ -611,12 +626,16 @@ class SpcService:
         defaults = SpcDefaults(metrics=metrics, updated_at=datetime.now(UTC))
         await self._kv.put(DEFAULTS_KEY, msgspec.json.encode(defaults))
 
+    async def store(self) -> ChartStore:
+        """Where charts are loaded from and written to (the state bucket opened at first use)."""
+        if self._store is None:
+            state = await open_state_bucket(self._js, self.settings)
+            if self._store is None:  # not opened meanwhile by another task
+                self._store = ChartStore(self._kv, state)
+        return self._store
+
     async def _load(self, key: str) -> Snapshot | None:
-        try:
-            entry = await self._kv.get(key)
-        except KeyNotFoundError:
-            return None
-        return None if entry.value is None else decode_snapshot(key, entry.value)
+        return await (await self.store()).load(key)
 
     async def _read_overrides(self, kv: KeyValue, partitions: Collection[int]) -> None:
         # The current overrides, before a partition's first batch: its charts start with them.
@@ -776,11 +795,10 @@ class SpcService:
         for lease in self._leases.values():
             lease.check()
         now = datetime.now(UTC)
-        # Each chart has its own key: they go pipelined, all stored before the checkpoints.
-        encode = msgspec.json.encode
-        await put_many(
-            self._kv, [(key, encode(self.engine.snapshot(key, now))) for key in self.engine.take_dirty()]
-        )
+        store = await self.store()
+        # The state of every chart that took a point and the public records that changed, each
+        # pipelined, all stored before the checkpoints.
+        await store.write(self.engine, self.engine.take_dirty(), now)
         for partition, traffic in self.traffic.items():
             if traffic.dirty and partition in self._leases:
                 # The charts' records (what readers see), the subgroups, then the head (its
@@ -976,11 +994,18 @@ class SpcService:
                 self._stop_on(exc)
                 return
             self.held.discard(partition)
-            for key, entry in list(self.engine.charts.items()):
-                if self.partition_of(entry.meta.provider, entry.meta.model) == partition:
-                    # Reloaded from its snapshot if the partition comes back: the next owner
-                    # changes it meanwhile.
-                    del self.engine.charts[key]
+            gone = [
+                key
+                for key, entry in self.engine.charts.items()
+                if self.partition_of(entry.meta.provider, entry.meta.model) == partition
+            ]
+            for key in gone:
+                # Reloaded from its snapshot if the partition comes back: the next owner
+                # changes it meanwhile.
+                del self.engine.charts[key]
+            if self._store is not None:
+                self._store.forget(gone)
+                self._store.forget_series(lambda p, m: self.partition_of(p, m) == partition)
             for pm in [pm for pm in self._pending if self.partition_of(*pm) == partition]:
                 del self._pending[pm]
             for per_partition in (self.traffic, self._caught_up, self._last_seq, self._checkpointed):
@@ -1218,10 +1243,11 @@ async def serve(
         kv = await open_bucket(
             js,
             settings.charts_bucket,
-            description="LLMscope SPC chart snapshots (config, state, limits)",
+            description="LLMscope SPC charts as readers see them (phase, limits, baseline, view)",
             replicas=settings.bus.replicas,
         )
-        service = SpcService(settings, nc, js, kv, metrics=metrics)
+        state = await open_state_bucket(js, settings)
+        service = SpcService(settings, nc, js, kv, state=state, metrics=metrics)
         if on_connected is not None:
             on_connected(nc)
         try:
