@@ -19,9 +19,9 @@ from llmscope.bus.kv import open_bucket
 from llmscope.bus.settings import BusSettings
 from llmscope.bus.streams import ensure_streams, telemetry_partition
 from llmscope.proto import codec, subjects
+from llmscope.proto.charts import decode_record
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.proto.violation import ViolationEvent
-from llmscope.proto.charts import decode_record
 from llmscope.spc_engine.engine import ChartSnapshot, Engine
 from llmscope.spc_engine.service import (
     SpcService,

@@ -125,10 +125,10 @@ class _MetricOut(msgspec.Struct, array_like=True):
     config: msgspec.Raw
     state: Any
     index: list[int]
-    """The recent points' indexes, the first as is and each next as the step from the previous."""
+    """The recent points' indexes: ``[first]`` when consecutive, else every one."""
     values: list[float]
     refs: list[int]
-    """Each recent point's row in the series' table of (id, ts)."""
+    """Each recent point's row in the series' table of (id, ts); empty: the table's rows in order."""
 
 
 class _MetricIn(msgspec.Struct, array_like=True):
@@ -146,15 +146,15 @@ class _MetricIn(msgspec.Struct, array_like=True):
 
 class _SeriesOut(msgspec.Struct, array_like=True):
     version: int
-    ids: list[Any]
-    ts: list[Any]
+    ids: bytes | list[str]
+    ts: list[datetime | str | None]
     charts: list[_MetricOut]
 
 
 class _SeriesIn(msgspec.Struct, array_like=True):
     version: int
-    ids: list[Any]
-    ts: list[Any]
+    ids: Any
+    ts: list[datetime | None]
     charts: list[_MetricIn]
 
 
@@ -165,7 +165,7 @@ class _AvailabilityOut(msgspec.Struct, array_like=True):
     base: int
     config: msgspec.Raw
     state: Any
-    ids: list[Any]
+    ids: bytes | list[str]
 
 
 class _AvailabilityIn(msgspec.Struct, array_like=True):
@@ -175,7 +175,7 @@ class _AvailabilityIn(msgspec.Struct, array_like=True):
     base: int
     config: AvailabilityConfig
     state: AvailabilityState
-    ids: list[Any]
+    ids: Any
 
 
 class Saved(msgspec.Struct, kw_only=True):
@@ -193,81 +193,85 @@ _stored_decoder = msgspec.json.Decoder(_Stored)
 _json = msgspec.json.encode
 
 
-def pack_id(point_id: str) -> str | bytes:
-    """16 bytes for an id of 32 lower-case hex digits (a UUID4 as probers write it), else as is."""
-    if len(point_id) == 32:
+def pack_ids(ids: list[str]) -> bytes | list[str]:
+    """16 bytes each when every id is 32 lower-case hex digits (UUID4s as probers write them)."""
+    joined = "".join(ids)
+    if len(joined) == 32 * len(ids) and all(len(i) == 32 for i in ids):
         try:
-            raw = bytes.fromhex(point_id)
+            raw = bytes.fromhex(joined)
         except ValueError:
-            return point_id
-        if raw.hex() == point_id:
+            return ids
+        if raw.hex() == joined:
             return raw
-    return point_id
+    return ids
 
 
-def unpack_id(packed: str | bytes) -> str:
-    return packed.hex() if isinstance(packed, bytes) else packed
+def unpack_ids(packed: bytes | list[str]) -> list[str]:
+    if isinstance(packed, bytes):
+        text = packed.hex()
+        return [text[i : i + 32] for i in range(0, len(text), 32)]
+    return packed
 
 
-def pack_ts(ts: datetime | None) -> int | str | None:
-    """Microseconds since the epoch for UTC, RFC 3339 otherwise (its offset kept)."""
-    if ts is None:
-        return None
-    if ts.tzinfo is UTC:
-        return (ts - _EPOCH) // _US
-    return ts.isoformat()
-
-
-def unpack_ts(packed: int | str | None) -> datetime | None:
-    if packed is None:
-        return None
-    if isinstance(packed, int):
-        return _EPOCH + timedelta(microseconds=packed)
-    return datetime.fromisoformat(packed)
+def pack_ts(ts: list[datetime | None]) -> list[datetime | str | None]:
+    """As they are when UTC (msgpack timestamps), else RFC 3339 with the offset each had: a
+    msgpack timestamp comes back as UTC, and a replayed violation's times must read the same."""
+    if all(t is None or t.tzinfo is UTC for t in ts):
+        return ts  # type: ignore[return-value]
+    return [t if t is None else t.isoformat() for t in ts]
 
 
 class _Table:
-    """The (id, ts) rows of a series' recent points, each once."""
+    """The (id, ts) rows of a series' recent points: those of its first chart, then any other."""
 
     __slots__ = ("ids", "rows", "ts")
 
     def __init__(self) -> None:
-        self.rows: dict[tuple[str, datetime | None], int] = {}
-        self.ids: list[Any] = []
-        self.ts: list[Any] = []
+        self.rows: dict[tuple[str, datetime | None], int] | None = None
+        self.ids: list[str] = []
+        self.ts: list[datetime | None] = []
 
-    def refs(self, points: Sequence[PointRef]) -> tuple[list[int], list[float], list[int]]:
+    def refs(self, points: Sequence[PointRef]) -> list[int]:
+        ids = [p.id for p in points]
+        ts = [p.ts for p in points]
+        if not self.ids and not self.rows:
+            self.ids, self.ts = ids, ts
+            return []
+        if ids == self.ids and ts == self.ts:  # the usual case: the same probes
+            return []
         rows = self.rows
-        index: list[int] = []
-        values: list[float] = []
-        refs: list[int] = []
-        previous = 0
-        for p in points:
-            row = rows.get((p.id, p.ts))
-            if row is None:
-                row = rows[(p.id, p.ts)] = len(self.ids)
-                self.ids.append(pack_id(p.id))
-                self.ts.append(pack_ts(p.ts))
-            refs.append(row)
-            index.append(p.index - previous)
-            previous = p.index
-            values.append(p.value)
-        return index, values, refs
+        if rows is None:
+            rows = self.rows = {}
+            for row, pair in enumerate(zip(self.ids, self.ts, strict=True)):
+                rows.setdefault(pair, row)
+            self.ids, self.ts = list(self.ids), list(self.ts)
+        out: list[int] = []
+        for pair in zip(ids, ts, strict=True):
+            found = rows.get(pair)
+            if found is None:
+                found = rows[pair] = len(self.ids)
+                self.ids.append(pair[0])
+                self.ts.append(pair[1])
+            out.append(found)
+        return out
+
+
+def _index(points: Sequence[PointRef]) -> list[int]:
+    index = [p.index for p in points]
+    if index and index[-1] - index[0] == len(index) - 1 and index == list(range(index[0], index[-1] + 1)):
+        return index[:1]
+    return index
 
 
 def _points(
-    index: Sequence[int],
-    values: Sequence[float],
-    refs: Sequence[int],
+    c: _MetricIn,
     ids: list[str],
     ts: list[datetime | None],
 ) -> list[PointRef]:
-    out: list[PointRef] = []
-    at = 0
-    for step, value, row in zip(index, values, refs, strict=True):
-        at += step
-        out.append(PointRef(at, ids[row], value, ts[row]))
-    return out
+    n = len(c.values)
+    index = c.index if len(c.index) == n else list(range(c.index[0], c.index[0] + n)) if n else []
+    rows = c.refs or range(n)
+    return [PointRef(i, ids[row], v, ts[row]) for i, v, row in zip(index, c.values, rows, strict=True)]
 
 
 class _ConfigCache:
@@ -287,6 +291,20 @@ class _ConfigCache:
         return raw
 
 
+def _utc(ts: datetime | None) -> bool:
+    return ts is None or ts.tzinfo is UTC
+
+
+def _rest(state: ChartState) -> object:
+    """The state but its recent points, encodable as msgpack: as is when its times are UTC,
+    else with every time written as RFC 3339 (a msgpack timestamp comes back as UTC)."""
+    rest = msgspec.structs.replace(state, recent=[])
+    b, first = state.baseline, state.collected_first
+    if (b is None or (_utc(b.started_at) and _utc(b.ended_at))) and (first is None or _utc(first.ts)):
+        return rest
+    return msgspec.to_builtins(rest)
+
+
 def encode_series(
     charts: Iterable[tuple[str, ChartSnapshot, int, int]], configs: _ConfigCache | None = None
 ) -> bytes:
@@ -296,9 +314,9 @@ def encode_series(
     out: list[_MetricOut] = []
     for metric, snap, gen, base in charts:
         state = snap.state
-        index, values, refs = table.refs(state.recent)
-        # Datetimes as RFC 3339 strings: msgpack's timestamps would come back as UTC.
-        rest = msgspec.to_builtins(msgspec.structs.replace(state, recent=[]))
+        recent = state.recent
+        refs = table.refs(recent)
+        rest = _rest(state)
         out.append(
             _MetricOut(
                 metric=metric,
@@ -308,22 +326,23 @@ def encode_series(
                 base=base,
                 config=configs.raw(snap.config),
                 state=rest,
-                index=index,
-                values=values,
+                index=_index(recent),
+                values=[p.value for p in recent],
                 refs=refs,
             )
         )
-    return _encode(_SeriesOut(version=STATE_VERSION, ids=table.ids, ts=table.ts, charts=out))
+    return _encode(
+        _SeriesOut(version=STATE_VERSION, ids=pack_ids(table.ids), ts=pack_ts(table.ts), charts=out)
+    )
 
 
 def decode_series(provider: str, model: str, target: str, prompt_id: str, data: bytes) -> dict[str, Saved]:
     """The metric charts of a series' state record, by metric."""
     record = _series_decoder.decode(data)
-    ids = [unpack_id(i) for i in record.ids]
-    ts = [unpack_ts(t) for t in record.ts]
+    ids = unpack_ids(record.ids)
     out: dict[str, Saved] = {}
     for c in record.charts:
-        c.state.recent = _points(c.index, c.values, c.refs, ids, ts)
+        c.state.recent = _points(c, ids, record.ts)
         key = chart_key(provider, model, target, prompt_id, c.metric)
         meta = ChartMeta(provider=provider, model=model, target=target, prompt_id=prompt_id, metric=c.metric)
         snap = ChartSnapshot(
@@ -347,14 +366,14 @@ def encode_availability(
             base=base,
             config=configs.raw(snap.config),
             state=rest,
-            ids=[pack_id(i) for i in state.recent_ids],
+            ids=pack_ids(state.recent_ids),
         )
     )
 
 
 def decode_availability(key: str, data: bytes) -> Saved:
     record = _availability_decoder.decode(data)
-    record.state.recent_ids = [unpack_id(i) for i in record.ids]
+    record.state.recent_ids = unpack_ids(record.ids)
     provider, model, target, prompt_id, metric = parse_chart_key(key)
     meta = ChartMeta(provider=provider, model=model, target=target, prompt_id=prompt_id, metric=metric)
     snap = AvailabilitySnapshot(key=key, meta=meta, seq=record.seq, config=record.config, state=record.state)
