@@ -93,7 +93,8 @@ async def test_a_series_record_reads_back_exactly(ids: str, tz: timezone) -> Non
 async def test_collecting_charts_and_points_out_of_order_read_back_exactly() -> None:
     engine = await charted(telemetry_stream(30))  # collecting: no baseline yet
     members = series_of(engine, "simple")
-    assert members[0][1].state.baseline is None and members[0][1].state.collected
+    assert members[0][1].state.baseline is None
+    assert members[0][1].state.collected
     assert_same(members, encode_series(members))
     # Indexes that are not consecutive, a point without a time, an id used twice at two times.
     snap = members[0][1]
@@ -114,7 +115,8 @@ async def test_an_availability_record_reads_back_exactly() -> None:
     key = chart_key("ollama", "m1", "t-m1", "*", "availability")
     snap = engine.snapshot(key)
     assert isinstance(snap, AvailabilitySnapshot)
-    assert snap.state.threshold is not None and snap.state.recent_ids
+    assert snap.state.threshold is not None
+    assert snap.state.recent_ids
     back = decode_availability(key, encode_availability(snap, 5, 9))
     assert (back.gen, back.base) == (5, 9)
     assert isinstance(back.snapshot, AvailabilitySnapshot)

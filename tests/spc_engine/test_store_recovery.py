@@ -1,0 +1,230 @@
+"""Exact recovery with the charts split in two: a public record readers watch and the engine's state.
+
+Each test ends with the charts of an engine that never stopped: the same state, the same
+violations (ids, in order per model) and what readers see rendered from that state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import msgspec
+import nats
+import pytest
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from llmscope.bus.kv import open_bucket
+from llmscope.bus.settings import BusSettings
+from llmscope.bus.streams import ensure_streams
+from llmscope.proto import subjects
+from llmscope.proto.charts import decode_record
+from llmscope.proto.telemetry import TelemetryEvent
+from llmscope.spc_engine.engine import ChartSnapshot, Engine
+from llmscope.spc_engine.service import checkpoint_key, config_for, serve
+from llmscope.spc_engine.settings import SpcSettings
+from llmscope.spc_engine.store import ChartStore
+
+from .helpers import telemetry_stream
+from .test_service import (
+    assert_exactly,
+    partition_ends,
+    publish_all,
+    settings,
+    violations,
+    wait_checkpoint,
+    wait_consumed,
+)
+
+T_REBASELINE = datetime(2025, 1, 2, tzinfo=UTC)
+
+
+class Reference:
+    """One engine that never stops, fed the same stream (the sequences as the stream numbers them)."""
+
+    def __init__(self, cfg: SpcSettings) -> None:
+        self.engine = Engine(config_for=lambda metric: config_for(cfg, metric))
+        self.seq = 0
+
+    async def feed(self, events: Sequence[TelemetryEvent]) -> list[str]:
+        out: list[str] = []
+        for ev in events:
+            self.seq += 1
+            out += [v.id for v in await self.engine.on_telemetry(ev, self.seq)]
+        return out
+
+    def rebaseline(self, key: str, by: str, reason: str) -> list[str]:
+        got = self.engine.rebaseline(key, by, reason, T_REBASELINE)
+        assert got is not None
+        return [v.id for v in got]
+
+
+async def run_until(
+    js: JetStreamContext, cfg: SpcSettings, events: Sequence[TelemetryEvent], upto: int
+) -> None:
+    """Serve until the first ``upto`` events are charted and snapshotted, then stop cleanly."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(cfg, stop))
+    try:
+        await wait_consumed(js, events, upto)
+        await wait_checkpoint(js, events, upto)
+    finally:
+        stop.set()
+        assert await task == 0
+
+
+async def assert_same_charts(js: JetStreamContext, reference: Reference) -> None:
+    """Every chart's state as the reference's, and its public record rendered from that state."""
+    charts = await js.key_value(subjects.SPC_CHARTS_BUCKET)
+    store = ChartStore(charts, await js.key_value(subjects.SPC_STATE_BUCKET))
+    for key in sorted(reference.engine.charts):
+        want = reference.engine.snapshot(key)
+        got = await store.load(key)
+        assert got is not None, key
+        assert (got.seq, got.config, got.state) == (want.seq, want.config, want.state), key
+        public = (await charts.get(key)).value or b""
+        assert b'"state"' not in public, key
+        record = decode_record(public)
+        if isinstance(want, ChartSnapshot):
+            assert msgspec.json.encode(record.view) == msgspec.json.encode(want.view), key
+        else:
+            assert record.availability == want.availability, key
+
+
+async def write_previous_version(
+    js: JetStreamContext, reference: Reference, events: Sequence[TelemetryEvent]
+) -> KeyValue:
+    """The chart bucket as the engine before the split left it: one full record per chart (its
+    configuration and state in it) and the partitions' checkpoints; no state bucket."""
+    charts = await open_bucket(js, subjects.SPC_CHARTS_BUCKET, description="test")
+    now = datetime.now(UTC)
+    for key in reference.engine.charts:
+        await charts.put(key, msgspec.json.encode(reference.engine.snapshot(key, now)))
+    for partition, seq in partition_ends(events, reference.seq).items():
+        await charts.put(checkpoint_key(partition), str(seq).encode())
+    return charts
+
+
+async def finish(
+    js: JetStreamContext, cfg: SpcSettings, events: Sequence[TelemetryEvent], tail_from: int
+) -> None:
+    """Start an engine of this version, publish the rest of the stream, chart it all, stop."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(cfg, stop))
+    try:
+        await publish_all(js, events[tail_from:])
+        await wait_consumed(js, events, len(events))
+        await wait_checkpoint(js, events, len(events))
+    finally:
+        stop.set()
+        assert await task == 0
+
+
+async def test_a_rebaseline_whose_public_write_failed_is_kept_and_shown_after_restart(nats_url: str) -> None:
+    """The engine dies between a re-baseline's state write and its public write (the chart
+    bucket refuses records of that size from then on). Restarted, the chart continues from the
+    re-baselined state and its public record shows it: as an engine that never stopped. Writing
+    the public record first, or trusting it over the state, loses the re-baseline."""
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await ensure_streams(js, BusSettings())
+    events = telemetry_stream(1100, models=("m1", "m2"), shift_at=600, seed=9)
+    head = 800
+    await publish_all(js, events[:head])
+    cfg = settings(nats_url)
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(cfg, stop))
+    await wait_consumed(js, events, head)
+    await wait_checkpoint(js, events, head)
+    first = await violations(js)
+    key = next(
+        v.chart_key for v in first if v.state == "open" and v.model == "m1" and v.metric == "latency_ms"
+    )
+    charts = await js.key_value(subjects.SPC_CHARTS_BUCKET)
+    shown = decode_record((await charts.get(key)).value or b"")
+    assert shown.view is not None
+    assert shown.view.phase == "armed"
+
+    stream = await js.stream_info(f"KV_{subjects.SPC_CHARTS_BUCKET}")
+    stream.config.max_msg_size = 256  # leases and checkpoints still fit, a chart's record does not
+    await js.update_stream(stream.config)
+    body = msgspec.json.encode({"chart_key": key, "by": "ann", "reason": "new GPU"})
+    with pytest.raises(nats.errors.TimeoutError):  # the engine stopped before it could answer
+        await nc.request(subjects.spc_rebaseline(), body, timeout=5)
+    assert await task == 1
+    assert decode_record((await charts.get(key)).value or b"") == shown  # the public write failed
+    stream.config.max_msg_size = -1
+    await js.update_stream(stream.config)
+
+    await finish(js, cfg, events, head)
+    reference = Reference(cfg)
+    expected = await reference.feed(events[:head])
+    expected += reference.rebaseline(key, "ann", "new GPU")
+    expected += await reference.feed(events[head:])
+    assert_exactly(await violations(js), expected)
+    await assert_same_charts(js, reference)
+    record = decode_record((await charts.get(key)).value or b"")
+    assert record.view is not None
+    assert record.view.baseline is not None
+    assert record.view.baseline.created_by == "ann"
+    await nc.close()
+
+
+async def test_an_engine_of_this_version_continues_exactly_from_the_previous_versions_records(
+    nats_url: str,
+) -> None:
+    """A chart bucket written by the engine before the split (full records, no state bucket):
+    this version loads each chart from its record and continues exactly."""
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await ensure_streams(js, BusSettings())
+    events = telemetry_stream(1400, models=("m1", "m2", "m3"), shift_at=1000, seed=13)
+    head = 800
+    await publish_all(js, events[:head])
+    cfg = settings(nats_url)
+    reference = Reference(cfg)
+    await reference.feed(events[:head])
+    await write_previous_version(js, reference, events)
+    names = {stream.config.name for stream in await js.streams_info()}
+    assert f"KV_{subjects.SPC_STATE_BUCKET}" not in names
+
+    await finish(js, cfg, events, head)
+    expected = await reference.feed(events[head:])
+    assert expected, "the shift after the upgrade opens episodes"
+    assert_exactly(await violations(js), expected)
+    await assert_same_charts(js, reference)
+    await nc.close()
+
+
+async def test_a_stale_state_record_from_an_older_baseline_is_not_used(nats_url: str) -> None:
+    """This version ran first (its state records: the first baselines); then an engine of the
+    previous version ran on, re-baselined m1 and wrote full records again (a downgrade). Back on
+    this version, the full records win: the state records name no record they continued from.
+    Using them would chart m1 on its old baseline and skip what the previous version charted."""
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await ensure_streams(js, BusSettings())
+    events = telemetry_stream(1500, models=("m1", "m2"), shift_at=1150, seed=17)
+    first, downgraded = 500, 900
+    await publish_all(js, events[:first])
+    cfg = settings(nats_url)
+    await run_until(js, cfg, events, first)
+    published = len(await violations(js))
+
+    await publish_all(js, events[first:downgraded])
+    reference = Reference(cfg)
+    await reference.feed(events[:first])
+    rebaselined = [k for k in reference.engine.charts if k.startswith("ollama.m1.")]
+    for key in rebaselined:
+        reference.rebaseline(key, "ann", "new GPU")
+    await reference.feed(events[first:downgraded])
+    await write_previous_version(js, reference, events)
+
+    await finish(js, cfg, events, downgraded)
+    expected = await reference.feed(events[downgraded:])
+    assert expected, "the shift after the upgrade opens episodes"
+    assert_exactly((await violations(js))[published:], expected)
+    await assert_same_charts(js, reference)
+    await nc.close()
