@@ -20,12 +20,13 @@ from llmscope.bus.kv import open_bucket
 from llmscope.bus.settings import BusSettings
 from llmscope.bus.streams import ensure_streams
 from llmscope.proto import subjects
-from llmscope.proto.charts import decode_record
+from llmscope.proto.charts import chart_key, decode_record
 from llmscope.proto.telemetry import TelemetryEvent
+from llmscope.spc_engine.config import CHARTED_METRICS
 from llmscope.spc_engine.engine import ChartSnapshot, Engine
 from llmscope.spc_engine.service import checkpoint_key, config_for, serve
 from llmscope.spc_engine.settings import SpcSettings
-from llmscope.spc_engine.store import ChartStore
+from llmscope.spc_engine.store import ChartStore, series_key
 
 from .helpers import telemetry_stream
 from .test_service import (
@@ -226,5 +227,51 @@ async def test_a_stale_state_record_from_an_older_baseline_is_not_used(nats_url:
     expected = await reference.feed(events[downgraded:])
     assert expected, "the shift after the upgrade opens episodes"
     assert_exactly((await violations(js))[published:], expected)
+    await assert_same_charts(js, reference)
+    await nc.close()
+
+
+async def test_probes_that_change_nothing_readers_see_write_state_but_no_public_record(nats_url: str) -> None:
+    """In control and armed, every probe changes a chart's state, not what readers see: its
+    state record is written each snapshot, its public record (watched by every API process) not."""
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await ensure_streams(js, BusSettings())
+    events = telemetry_stream(1000, models=("m1",), seed=21)
+    head = 600
+    await publish_all(js, events[:head])
+    cfg = settings(nats_url)
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(cfg, stop))
+    try:
+        await wait_consumed(js, events, head)
+        await wait_checkpoint(js, events, head)
+        charts = await js.key_value(subjects.SPC_CHARTS_BUCKET)
+        state = await js.key_value(subjects.SPC_STATE_BUCKET)
+        keys = [
+            chart_key("ollama", "m1", "t-m1", prompt, metric)
+            for prompt in ("simple", "medium")
+            for metric in CHARTED_METRICS
+        ]
+        series = [series_key("ollama", "m1", "t-m1", prompt) for prompt in ("simple", "medium")]
+
+        async def revisions(kv: KeyValue, names: Sequence[str]) -> list[int]:
+            return [(await kv.get(name)).revision or 0 for name in names]
+
+        public_before, state_before = await revisions(charts, keys), await revisions(state, series)
+        for i in range(head, len(events), 20):  # several snapshots while they arrive
+            await publish_all(js, events[i : i + 20])
+            await asyncio.sleep(0.1)
+        await wait_consumed(js, events, len(events))
+        await wait_checkpoint(js, events, len(events))
+        public_after, state_after = await revisions(charts, keys), await revisions(state, series)
+    finally:
+        stop.set()
+        assert await task == 0
+    assert all(a > b for a, b in zip(state_after, state_before, strict=True))
+    unchanged = [k for k, a, b in zip(keys, public_after, public_before, strict=True) if a == b]
+    assert len(unchanged) >= len(keys) // 2, "public records rewritten though nothing shown changed"
+    reference = Reference(cfg)
+    await reference.feed(events)
     await assert_same_charts(js, reference)
     await nc.close()
