@@ -38,11 +38,13 @@ So a partition moves only after its old owner stopped charting it (or its lease 
 new owner resumes the partition from its checkpoint: never from the stream's start, never while
 the old owner still charts it. Safety comes from the leases, liveness from the membership.
 
-Exact recovery: every ``snapshot_interval_s`` the changed charts are written to the KV bucket
-(each with the last stream sequence it applied), then each partition's checkpoint with the last
-sequence of that partition every chart has covered. A partition's consumer is recreated, when it
-is taken, to deliver from its checkpoint + 1; charts load lazily from the KV bucket (so the new
-owner of a partition continues its charts) and skip sequences they already applied. Replayed
+Exact recovery: every ``snapshot_interval_s`` the state of the charts that took points is
+written to the state bucket (each chart with the last stream sequence it applied), then the
+public records whose view changed to the chart bucket, then each partition's checkpoint with the
+last sequence of that partition every chart has covered (:mod:`llmscope.spc_engine.store`). A
+partition's consumer is recreated, when it is taken, to deliver from its checkpoint + 1; charts
+load lazily from the state bucket (so the new owner of a partition continues its charts) and
+skip sequences they already applied. Replayed
 points recompute the same violations with the same ids, and JetStream's duplicate window drops
 them (the API persister also stores by id). A publish that fails after the publisher's retries
 stops the service (exit 1): its supervisor restarts it and the replay from the checkpoint
