@@ -63,6 +63,8 @@ from llmscope.stack.ports import free_port
 KEY = "bench-key-0123456789abcdef"
 MODELS = 10
 BASELINE_N = 100
+AVAILABILITY_BASELINE_N = 200
+"""Probes an availability chart's baseline takes (the engine's default, ``AvailabilityConfig``)."""
 SERVICES = ("api", "spc-engine", "alerter")
 
 NOTIFY_SQL = """
@@ -631,8 +633,10 @@ async def probe_phases(
     nats_c = next(c for c in components if c.name == "nats-server")
     first = 0
     try:
-        # Arm the probed models' charts first (not measured): BASELINE_N + 20 points each.
-        warm_n = models * (BASELINE_N + 20)
+        # Arm the probed models' charts first (not measured): enough points for the metric
+        # charts' baselines and the availability chart's (AvailabilityConfig.baseline_n, 200),
+        # and 20 more. A chart still collecting shows its progress, and so changes, every probe.
+        warm_n = models * (max(BASELINE_N, AVAILABILITY_BASELINE_N) + 20)
         feed = await Feed.start(
             [
                 "--nats",
