@@ -357,7 +357,7 @@ def encode_availability(
 ) -> bytes:
     configs = configs or _ConfigCache()
     state = snap.state
-    rest = msgspec.to_builtins(msgspec.structs.replace(state, recent_ids=[]))
+    rest = msgspec.structs.replace(state, recent_ids=[])  # no times in it: msgpack as it is
     return _encode(
         _AvailabilityOut(
             version=STATE_VERSION,
@@ -409,8 +409,6 @@ class ChartStore:
         """State read back, per series, of metric charts not loaded into the engine yet: written
         again with the series' loaded ones (a record holds every chart of its series)."""
         self._configs = _ConfigCache()
-        self.public_puts = 0
-        self.state_puts = 0
 
     # -- loading -----------------------------------------------------------------------------
     async def _get(self, kv: KeyValue, key: str) -> tuple[bytes, int] | None:
@@ -564,9 +562,7 @@ class ChartStore:
                     members.append((metric, saved.snapshot, saved.gen, saved.base))
             state.append((skey, encode_series(members, self._configs)))
         await put_many(self._state, state)
-        self.state_puts += len(state)
         await put_many(self._charts, public)
-        self.public_puts += len(public)
 
     def forget(self, keys: Iterable[str]) -> None:
         """Drop what is known of these charts (their partition moves: the next owner writes them)."""
