@@ -38,10 +38,12 @@ So a partition moves only after its old owner stopped charting it (or its lease 
 new owner resumes the partition from its checkpoint: never from the stream's start, never while
 the old owner still charts it. Safety comes from the leases, liveness from the membership.
 
-Exact recovery: every ``snapshot_interval_s`` the state of the charts that took points is
-written to the state bucket (each chart with the last stream sequence it applied), then the
-public records whose view changed to the chart bucket, then each partition's checkpoint with the
-last sequence of that partition every chart has covered (:mod:`llmscope.spc_engine.store`). A
+Exact recovery: every ``state_interval_s`` the state of the charts that took points is written
+to the state bucket (each chart with the last stream sequence it applied), then the public
+records whose view changed to the chart bucket, then each partition's checkpoint with the last
+sequence of that partition every chart has covered (:mod:`llmscope.spc_engine.store`); every
+``snapshot_interval_s`` in between, only the public records whose view changed. A re-baseline,
+a hand-over and a stop write everything at once. A
 partition's consumer is recreated, when it is taken, to deliver from its checkpoint + 1; charts
 load lazily from the state bucket (so the new owner of a partition continues its charts) and
 skip sequences they already applied. Replayed
@@ -557,6 +559,7 @@ class SpcService:
         self._caught_up: dict[int, bool] = {}
         self._checkpointed: dict[int, int] = {}
         self._last_snapshot = time.monotonic()
+        self._last_state = self._last_snapshot
         self._lock = asyncio.Lock()
         self.failed: BaseException | None = None
         self._halt = asyncio.Event()
@@ -783,7 +786,7 @@ class SpcService:
                 await self.publish(violations)
                 self._last_seq[partition] = last
                 if time.monotonic() - self._last_snapshot >= self.settings.snapshot_interval_s:
-                    await self.snapshot()
+                    await self.snapshot(state=self.state_due)
                 lease.check()  # the acks follow: only while nobody else can hold the partition
             except Exception as exc:
                 self._stop_on(exc)
@@ -792,15 +795,27 @@ class SpcService:
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         return None
 
-    async def snapshot(self) -> None:
-        """Write the changed charts, then the checkpoint of every partition that moved."""
+    @property
+    def state_due(self) -> bool:
+        """Whether the next snapshot writes the charts' state (``LLMSCOPE_SPC_STATE_INTERVAL_S``)."""
+        return time.monotonic() - self._last_state >= self.settings.state_interval_s
+
+    async def snapshot(self, *, state: bool = True) -> None:
+        """Write the changed charts' public records and, with ``state``, the state of every chart
+        that took a point since the last such write, the traffic charts, then the checkpoint of
+        every partition that moved. Without ``state`` the checkpoints stay where they are: a
+        takeover replays from them, so the public records may run ahead of the state (see
+        :mod:`llmscope.spc_engine.store`)."""
         for lease in self._leases.values():
             lease.check()
         now = datetime.now(UTC)
         store = await self.store()
         # The state of every chart that took a point and the public records that changed, each
         # pipelined, all stored before the checkpoints.
-        await store.write(self.engine, self.engine.take_dirty(), now)
+        await store.write(self.engine, self.engine.take_dirty(), now, state=state)
+        if not state:
+            self._last_snapshot = time.monotonic()
+            return
         for partition, traffic in self.traffic.items():
             if traffic.dirty and partition in self._leases:
                 # The charts' records (what readers see), the subgroups, then the head (its
@@ -812,7 +827,7 @@ class SpcService:
             if last > self._checkpointed.get(partition, 0):
                 await self._kv.put(checkpoint_key(partition), str(last).encode())
                 self._checkpointed[partition] = last
-        self._last_snapshot = time.monotonic()
+        self._last_snapshot = self._last_state = time.monotonic()
 
     async def on_rebaseline(self, msg: Msg) -> None:
         try:
@@ -1123,7 +1138,7 @@ class SpcService:
                     ):
                         try:
                             await self.close_quiet_minutes()
-                            await self.snapshot()
+                            await self.snapshot(state=self.state_due)
                         except Exception as exc:
                             self._stop_on(exc)
                             return

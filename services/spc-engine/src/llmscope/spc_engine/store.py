@@ -8,33 +8,37 @@ Two KV buckets, written by the engine alone:
   had applied when the record was written (the state its view renders), ``updated_at`` when it
   was written, and ``gen`` its generation: 1 for a chart's first record, +1 per write.
 - the state bucket (``llmscope_spc_state``): everything exact recovery needs, in msgpack, written
-  every snapshot interval for each probe series that took a point: one record per probe series
+  every ``LLMSCOPE_SPC_STATE_INTERVAL_S`` for each probe series that took a point: one record per probe series
   (provider, model, target, prompt: its metric charts together, key :func:`series_key`) and one
   per availability chart (its chart key). Each chart in it carries its own ``seq`` and the
   ``gen`` of the public record that shows it.
 
 Consistency rule: a snapshot writes the state records first, then the public records, then the
-partitions' checkpoints. So a chart's state record is never older than its public record
-(``state.gen >= public.gen``) nor than its partition's checkpoint, and the state record alone
-decides where a chart resumes; the public record is a view of it, re-rendered when it lags
-(``state.gen > public.gen``: a crash between the two writes, e.g. of a re-baseline). A public
+partitions' checkpoints. So a chart's state record is never older than its partition's
+checkpoint, and the state record alone decides where a chart resumes; the public record is a view
+of it, re-rendered when it differs. It lags the state (``state.gen > public.gen``) after a crash
+between the two writes, e.g. of a re-baseline; it runs ahead (``state.gen < public.gen``, or no
+state at all) when ``LLMSCOPE_SPC_STATE_INTERVAL_S`` is longer than the snapshot interval: the
+public records are then written every snapshot interval and the state, with the checkpoints, only
+every state interval (and at once for a re-baseline, a hand-over and a stop), so the replay
+from the checkpoint brings the chart back to what its record showed, exactly. A public
 record with ``config`` and ``state`` in it was written by an engine before this split: its state
 is used unless a state record names that very record (its KV revision, ``base``) as the one it
 continued from; a state record naming another (an older run, before a downgrade wrote the
 public record again) is stale and ignored. A state record older than a new-style public record
-cannot come from this order of writes (only from a state bucket that lost writes): it is used,
-the newest state there is, and logged as an error; a chart with a new-style public record and
-no state at all starts again (logged).
+is used as it is, for the reason above (a state bucket that lost writes looks the same and
+cannot be told apart: exact recovery needs the state bucket kept, as the chart bucket was).
 
 The recent points of a series' metric charts (the same probes, mostly) share one table of
-(id, ts), ids of 32 hex digits stored as 16 bytes, and timestamps in microseconds when UTC (as
-written otherwise, so a replayed violation's times read exactly as the uninterrupted run's).
+(id, ts), ids of 32 hex digits stored as 16 bytes, and times as msgpack timestamps when UTC (as
+RFC 3339 otherwise, offset kept, so a replayed violation's times read exactly as the
+uninterrupted run's).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -66,8 +70,6 @@ from llmscope.spc_engine.engine import (
 log = get_logger("llmscope.spc_engine.store")
 
 STATE_VERSION = 1
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_US = timedelta(microseconds=1)
 
 
 def series_key(provider: str, model: str, target: str, prompt_id: str) -> str:
@@ -409,6 +411,8 @@ class ChartStore:
         """State read back, per series, of metric charts not loaded into the engine yet: written
         again with the series' loaded ones (a record holds every chart of its series)."""
         self._configs = _ConfigCache()
+        self._unsaved: dict[str, None] = {}
+        """Charts that took points since their state was last written (in order)."""
 
     # -- loading -----------------------------------------------------------------------------
     async def _get(self, kv: KeyValue, key: str) -> tuple[bytes, int] | None:
@@ -464,15 +468,12 @@ class ChartStore:
             return self._named(full, stored)
         self._gen[key] = max(stored.gen, saved.gen if saved is not None else 0)
         if saved is None:
-            log.error("chart has no state in the state bucket: it starts again", key=key)
+            # Shown before its state was first written (LLMSCOPE_SPC_STATE_INTERVAL_S): every
+            # point it took is after the checkpoint, and the replay charts them again.
+            log.info("chart has no state yet: charted again from the replay", key=key)
             return None
-        if saved.gen < stored.gen:
-            log.error(
-                "chart state older than its public record (the state bucket lost writes): continued from it",
-                key=key,
-                state_gen=saved.gen,
-                public_gen=stored.gen,
-            )
+        # A state behind its public record (written between two state writes) is as exact: the
+        # checkpoint is no further than the state, and the replay shows the same again.
         if saved.base:
             self._base[key] = saved.base
         if saved.gen == stored.gen:
@@ -501,12 +502,19 @@ class ChartStore:
             return shown.meta is not meta or shown.view != view
         return shown.meta is not meta or shown.view is not view
 
-    async def write(self, engine: Engine, dirty: Sequence[str], now: datetime) -> None:
-        """Write the state of the series and availability charts of ``dirty``, then the public
-        records whose view changed: state first (the consistency rule)."""
+    async def write(self, engine: Engine, dirty: Sequence[str], now: datetime, *, state: bool = True) -> None:
+        """Write the public records of ``dirty`` whose view changed; with ``state``, first the
+        state of the series and availability charts that took points since the last time (the
+        consistency rule: the state never behind the public record, but where the checkpoints
+        are not moved either)."""
         charts = engine.charts
+        self._unsaved.update(dict.fromkeys(dirty))
+        if state:
+            dirty, self._unsaved = [k for k in self._unsaved if k in charts], {}
+        else:
+            dirty = [k for k in dirty if k in charts]
         public: list[tuple[str, bytes]] = []
-        state: list[tuple[str, bytes]] = []
+        saves: list[tuple[str, bytes]] = []
         series: dict[str, tuple[str, str, str, str]] = {}
         snaps: dict[str, Snapshot] = {}
         for key in dirty:
@@ -531,8 +539,10 @@ class ChartStore:
                         gen=gen,
                     )
                 public.append((key, _json(record)))
+            if not state:
+                continue
             if isinstance(snap, AvailabilitySnapshot):
-                state.append(
+                saves.append(
                     (
                         key,
                         encode_availability(
@@ -560,13 +570,14 @@ class ChartStore:
                     saved = unloaded[metric]
                     assert isinstance(saved.snapshot, ChartSnapshot)
                     members.append((metric, saved.snapshot, saved.gen, saved.base))
-            state.append((skey, encode_series(members, self._configs)))
-        await put_many(self._state, state)
+            saves.append((skey, encode_series(members, self._configs)))
+        await put_many(self._state, saves)
         await put_many(self._charts, public)
 
     def forget(self, keys: Iterable[str]) -> None:
         """Drop what is known of these charts (their partition moves: the next owner writes them)."""
         for key in keys:
+            self._unsaved.pop(key, None)
             self._gen.pop(key, None)
             self._base.pop(key, None)
             self._shown.pop(key, None)
