@@ -253,7 +253,12 @@ async def test_violations_published_then_acked_and_charts_in_kv(nats_url: str) -
 
 
 @pytest.mark.fault
-async def test_kill_9_and_restart_publishes_exactly_the_uninterrupted_violations(nats_url: str) -> None:
+@pytest.mark.parametrize("state_interval", ["0.3", "2"], ids=["state-each-snapshot", "state-every-2s"])
+async def test_kill_9_and_restart_publishes_exactly_the_uninterrupted_violations(
+    nats_url: str, state_interval: str
+) -> None:
+    """Killed twice mid-stream: with the state written at each snapshot, and with the public
+    records written every 0.3 s and the state every 2 s (public records ahead of the state)."""
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
     await ensure_streams(js, BusSettings())
@@ -264,6 +269,7 @@ async def test_kill_9_and_restart_publishes_exactly_the_uninterrupted_violations
         "NATS_URL": nats_url,
         "LLMSCOPE_SPC_BASELINE_N": str(BASELINE),
         "LLMSCOPE_SPC_SNAPSHOT_INTERVAL_S": "0.3",
+        "LLMSCOPE_SPC_STATE_INTERVAL_S": state_interval,
         "LLMSCOPE_SPC_BATCH_SIZE": "32",
     }
     cmd = [sys.executable, "-m", "llmscope.spc_engine"]

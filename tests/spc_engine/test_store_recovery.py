@@ -7,6 +7,8 @@ violations (ids, in order per model) and what readers see rendered from that sta
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -14,6 +16,7 @@ import msgspec
 import nats
 import pytest
 from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from llmscope.bus.kv import open_bucket
@@ -27,11 +30,13 @@ from llmscope.spc_engine.engine import ChartSnapshot, Engine
 from llmscope.spc_engine.service import checkpoint_key, config_for, serve
 from llmscope.spc_engine.settings import SpcSettings
 from llmscope.spc_engine.store import ChartStore, series_key
+from tests.alerter.harness import eventually
 
 from .helpers import telemetry_stream
 from .test_service import (
     assert_exactly,
     partition_ends,
+    partition_of,
     publish_all,
     settings,
     violations,
@@ -271,6 +276,44 @@ async def test_probes_that_change_nothing_readers_see_write_state_but_no_public_
     assert all(a > b for a, b in zip(state_after, state_before, strict=True))
     unchanged = [k for k, a, b in zip(keys, public_after, public_before, strict=True) if a == b]
     assert len(unchanged) >= len(keys) // 2, "public records rewritten though nothing shown changed"
+    reference = Reference(cfg)
+    await reference.feed(events)
+    await assert_same_charts(js, reference)
+    await nc.close()
+
+
+async def test_readers_see_each_change_at_once_while_the_state_waits_for_its_interval(nats_url: str) -> None:
+    """With a state interval far longer than the snapshot interval, the public records follow the
+    charts (an episode opening shows within a snapshot interval) while no state and no checkpoint
+    is written; the stop writes both, and the charts are then exactly an uninterrupted engine's."""
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await ensure_streams(js, BusSettings())
+    events = telemetry_stream(700, models=("m1",), shift_at=500, seed=23)
+    await publish_all(js, events)
+    cfg = dataclasses.replace(settings(nats_url), state_interval_s=600)
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(cfg, stop))
+    key = chart_key("ollama", "m1", "t-m1", "simple", "latency_ms")
+    try:
+        await wait_consumed(js, events, len(events))
+        charts = await js.key_value(subjects.SPC_CHARTS_BUCKET)
+
+        async def shown_open() -> bool:
+            with contextlib.suppress(KeyNotFoundError):
+                record = decode_record((await charts.get(key)).value or b"")
+                return record.view is not None and bool(record.view.open_episodes)
+            return False
+
+        await eventually(shown_open, what="the open episode in the public record")
+        state = await js.key_value(subjects.SPC_STATE_BUCKET)
+        with pytest.raises(KeyNotFoundError):  # no state written yet
+            await state.get(series_key("ollama", "m1", "t-m1", "simple"))
+        with pytest.raises(KeyNotFoundError):  # nor a checkpoint: a takeover would replay it all
+            await charts.get(checkpoint_key(partition_of(events[0])))
+    finally:
+        stop.set()
+        assert await task == 0
     reference = Reference(cfg)
     await reference.feed(events)
     await assert_same_charts(js, reference)
