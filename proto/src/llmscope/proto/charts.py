@@ -1,6 +1,6 @@
 """SPC charts as the engine publishes them: the KV contract readers (API, dashboard, CLI) rely on.
 
-The SPC engine keeps one snapshot per chart in the JetStream KV bucket
+The SPC engine keeps one record per chart, what readers show of it, in the JetStream KV bucket
 ``subjects.SPC_CHARTS_BUCKET`` (``llmscope_spc_charts``, history 1, file storage):
 
 - key: :func:`chart_key` of (provider, model, target, prompt_id, metric). One chart per
@@ -22,7 +22,7 @@ The SPC engine keeps one snapshot per chart in the JetStream KV bucket
   shows last changed. ``gen`` is the engine's own bookkeeping (the record's generation). Records
   written by engines before the split of chart state also hold ``config`` and ``state``; none
   written since do. The engine's state lives in its own bucket, ``subjects.SPC_STATE_BUCKET``
-  (``llmscope_spc_state``), which is not a contract: read the value as a
+  (``llmscope_spc_state``), which is not a contract and which readers never need: read the value as a
   :class:`ChartRecord`, which ignores the fields it does not know (msgspec skips unknown fields).
   ``view`` is the public part of a metric chart; an availability chart has ``availability``
   (:class:`AvailabilityView`) instead. Fields are only ever added, with defaults, as for wire
