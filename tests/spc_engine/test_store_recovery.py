@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
+import signal
+import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -316,5 +319,56 @@ async def test_readers_see_each_change_at_once_while_the_state_waits_for_its_int
         assert await task == 0
     reference = Reference(cfg)
     await reference.feed(events)
+    await assert_same_charts(js, reference)
+    await nc.close()
+
+
+@pytest.mark.fault
+async def test_a_previous_versions_record_stays_until_the_state_that_replaces_it_is_written(
+    nats_url: str,
+) -> None:
+    """Upgraded with a long state interval: a chart loaded from a full record of the previous
+    version takes points, but its record (the only copy of its past) is not replaced by a public
+    record before its state is written. Killed with SIGKILL before that, the next engine starts
+    from the full records again and ends exactly as an engine that never stopped."""
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await ensure_streams(js, BusSettings())
+    events = telemetry_stream(1300, models=("m1", "m2"), shift_at=1000, seed=29)
+    head = 800
+    await publish_all(js, events[:head])
+    cfg = settings(nats_url)
+    reference = Reference(cfg)
+    await reference.feed(events[:head])
+    charts = await write_previous_version(js, reference, events)
+    env = {
+        **os.environ,
+        "NATS_URL": nats_url,
+        "LLMSCOPE_SPC_BASELINE_N": str(cfg.baseline_n),
+        "LLMSCOPE_SPC_SNAPSHOT_INTERVAL_S": "0.05",
+        "LLMSCOPE_SPC_BATCH_SIZE": "32",
+    }
+    cmd = [sys.executable, "-m", "llmscope.spc_engine"]
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, env={**env, "LLMSCOPE_SPC_STATE_INTERVAL_S": "600"}, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        await publish_all(js, events[head:])
+        await wait_consumed(js, events, len(events))
+        await asyncio.sleep(0.3)  # a few snapshot intervals: public records would be out by now
+        key = chart_key("ollama", "m1", "t-m1", "simple", "latency_ms")
+        assert b'"state"' in ((await charts.get(key)).value or b""), "replaced before its state was written"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+    proc = await asyncio.create_subprocess_exec(*cmd, env=env, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        await wait_checkpoint(js, events, len(events), within=60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    expected = await reference.feed(events[head:])
+    assert expected, "the shift after the upgrade opens episodes"
+    assert_exactly(await violations(js), expected)
     await assert_same_charts(js, reference)
     await nc.close()

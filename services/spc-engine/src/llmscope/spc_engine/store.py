@@ -25,7 +25,9 @@ from the checkpoint brings the chart back to what its record showed, exactly. A 
 record with ``config`` and ``state`` in it was written by an engine before this split: its state
 is used unless a state record names that very record (its KV revision, ``base``) as the one it
 continued from; a state record naming another (an older run, before a downgrade wrote the
-public record again) is stale and ignored. A state record older than a new-style public record
+public record again) is stale and ignored. A chart continued from such a record keeps it, the
+only copy of its past, until its state is written (no public-only write replaces it). A state
+record older than a new-style public record
 is used as it is, for the reason above (a state bucket that lost writes looks the same and
 cannot be told apart: exact recovery needs the state bucket kept, as the chart bucket was).
 
@@ -413,6 +415,8 @@ class ChartStore:
         self._configs = _ConfigCache()
         self._unsaved: dict[str, None] = {}
         """Charts that took points since their state was last written (in order)."""
+        self._legacy: set[str] = set()
+        """Charts loaded from a record of an engine before the split, their state not written yet."""
 
     # -- loading -----------------------------------------------------------------------------
     async def _get(self, kv: KeyValue, key: str) -> tuple[bytes, int] | None:
@@ -445,6 +449,7 @@ class ChartStore:
     def _choose(self, key: str, public: tuple[bytes, int] | None, saved: Saved | None) -> Snapshot | None:
         self._shown.pop(key, None)
         self._base.pop(key, None)
+        self._legacy.discard(key)
         if public is None:
             # Never shown (a crash between the state write and the public write): shown next.
             self._gen[key] = saved.gen if saved is not None else 0
@@ -464,6 +469,9 @@ class ChartStore:
                     "chart state older than its public record ignored", key=key, seq=saved.snapshot.seq
                 )
             self._base[key] = revision
+            # Its record holds the only copy of its past until its state is written: not
+            # replaced before that (a public-only snapshot, LLMSCOPE_SPC_STATE_INTERVAL_S).
+            self._legacy.add(key)
             full = decode_snapshot(key, data)
             return self._named(full, stored)
         self._gen[key] = max(stored.gen, saved.gen if saved is not None else 0)
@@ -522,7 +530,7 @@ class ChartStore:
             meta = entry.meta
             snap = snaps[key] = engine.snapshot(key, now)
             view: object = snap.view if isinstance(snap, ChartSnapshot) else snap.availability
-            if self._changed(key, meta, view):
+            if (state or key not in self._legacy) and self._changed(key, meta, view):
                 gen = self._gen[key] = self._gen.get(key, 0) + 1
                 self._shown[key] = _Shown(meta, view)
                 if isinstance(snap, ChartSnapshot):
@@ -572,12 +580,15 @@ class ChartStore:
                     members.append((metric, saved.snapshot, saved.gen, saved.base))
             saves.append((skey, encode_series(members, self._configs)))
         await put_many(self._state, saves)
+        if state:
+            self._legacy.difference_update(dirty)  # their state is written now
         await put_many(self._charts, public)
 
     def forget(self, keys: Iterable[str]) -> None:
         """Drop what is known of these charts (their partition moves: the next owner writes them)."""
         for key in keys:
             self._unsaved.pop(key, None)
+            self._legacy.discard(key)
             self._gen.pop(key, None)
             self._base.pop(key, None)
             self._shown.pop(key, None)
