@@ -20,6 +20,11 @@ signed in with a session cookie, HTMX headers as htmx sends them:
 ceilings: (e) ``GET /api/violations?limit=15`` (JSON, bearer key) and (f) the bare rollup query
 of (a)'s chart, by itself on the pool (no HTTP, no rendering).
 
+Every request accepts gzip, as a browser's does, except (a), which is asked both ways in turn: in
+the clear (what every answer was before the app compressed anything) and gzip; the bytes as sent
+are printed beside the decoded size, and the CPU time of gzipping (a)'s body by itself, at the
+app's level 6 and at level 9, is measured in the same rounds.
+
 Then it checks that the chart draws, of the violations in its window, the most severe and of
 those the newest within its marks budget (never the oldest), and reads off the page what an idle
 tab costs: its fragments' ``hx-trigger``.
@@ -34,6 +39,7 @@ import argparse
 import asyncio
 import contextlib
 import gzip
+import hashlib
 import math
 import os
 import platform
@@ -42,6 +48,7 @@ import re
 import statistics
 import tempfile
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -315,8 +322,8 @@ async def running_api(database_url: str, nats_url: str) -> AsyncIterator[tuple[F
         yield app, client
 
 
-def line(label: str, ms: tuple[float, float], body: bytes | None = None) -> None:
-    size = f"   {len(body):>9,} B (gzip {len(gzip.compress(body, 6)):,} B)" if body is not None else ""
+def line(label: str, ms: tuple[float, float], body: bytes | None = None, sent: str = "") -> None:
+    size = f"   {len(body):>9,} B (sent: {sent})" if body is not None else ""
     print(f"  {label:<60} {ms[0]:7.1f} / {ms[1]:7.1f} ms{size}")
 
 
@@ -368,17 +375,37 @@ async def measure(
         "severity": "warning",
     }
     url = f"/dashboard?{urlencode(query)}"
-    bodies: dict[str, bytes] = {}
-    encodings: set[str] = set()
+    bodies: dict[str, bytes] = {}  # as decoded
+    wire: dict[str, bytes] = {}  # as sent
+    tags: dict[str, str] = {}
+    encodings: dict[str, str] = {}
 
     def get(name: str, path: str, headers: dict[str, str]) -> Callable[[], Awaitable[None]]:
         async def call() -> None:
-            resp = await client.get(path, headers=headers)
-            assert resp.status_code == 200, (path, resp.status_code, resp.text[:300])
-            bodies[name] = resp.content
-            encodings.add(resp.headers.get("content-encoding", "none"))
+            async with client.stream("GET", path, headers=headers) as resp:
+                raw = b"".join([chunk async for chunk in resp.aiter_raw()])
+            assert resp.status_code == 200, (path, resp.status_code, raw[:300])
+            coding = resp.headers.get("content-encoding", "none")
+            wire[name], bodies[name] = raw, gzip.decompress(raw) if coding == "gzip" else raw
+            encodings[name], tags[name] = coding, resp.headers.get("etag", "")
 
         return call
+
+    def gzip_cpu(level: int) -> Callable[[], Awaitable[None]]:
+        """What the middleware does to (a)'s body, by itself: CPU time, not wall time."""
+
+        async def call() -> None:
+            body = bodies["a"]
+            started = time.process_time()
+            packer = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+            packed = packer.compress(body) + packer.flush()
+            cpu[level].append((time.process_time() - started) * 1000)
+            sizes[level] = len(packed)
+
+        return call
+
+    cpu: dict[int, list[float]] = {6: [], 9: []}
+    sizes: dict[int, int] = {}
 
     bearer = {"Authorization": f"Bearer {API_KEY}"}
     rt = app.state.runtime
@@ -397,17 +424,25 @@ async def measure(
 
     print(f"== 24 h control chart of one prompt and target, median / p95 of {runs} runs, server time")
     # Interleaved rounds: the subject and its ceilings see the same moments of a noisy machine.
+    # As a browser asks: gzip accepted. (a) is asked both ways, alternately: identity is what
+    # every answer was before compression (and what a client that does not accept gzip gets).
+    gz, plain = {"Accept-Encoding": "gzip, deflate"}, {"Accept-Encoding": "identity"}
     calls = {
-        "a": get("a", url, {**HX, "HX-Target": "chart-panel"}),
-        "b": get("b", url, {**HX, "HX-Target": "panel"}),
-        "c": get("c", url, {}),
-        "d": get("d", url, {**HX, "HX-Target": "violation-log"}),
-        "e": get("e", "/api/violations?limit=15", bearer),
+        "a": get("a", url, {**HX, "HX-Target": "chart-panel", **plain}),
+        "a+gz": get("a+gz", url, {**HX, "HX-Target": "chart-panel", **gz}),
+        "b": get("b", url, {**HX, "HX-Target": "panel", **gz}),
+        "c": get("c", url, gz),
+        "d": get("d", url, {**HX, "HX-Target": "violation-log", **gz}),
+        "e": get("e", "/api/violations?limit=15", {**bearer, **gz}),
         "f": rollups,
+        "gzip-6": gzip_cpu(6),
+        "gzip-9": gzip_cpu(9),
     }
     samples: dict[str, list[float]] = {k: [] for k in calls}
     for call in calls.values():
         await call()  # warm-up: plans, templates and the bucket handle cached
+    cpu[6].clear()
+    cpu[9].clear()
     for _ in range(runs):
         for name, call in calls.items():
             started = time.perf_counter()
@@ -418,12 +453,34 @@ async def measure(
         times = sorted(samples[name])
         return statistics.median(times), times[min(len(times) - 1, math.ceil(0.95 * len(times)) - 1)]
 
-    line("(a) chart panel, 24 h (HX-Target chart-panel: live re-read)", stats("a"), bodies["a"])
-    line("(b) panel, 24 h (HX-Target panel: the window picked)", stats("b"), bodies["b"])
-    line("(c) whole page /dashboard?...&hours=24", stats("c"), bodies["c"])
-    line("(d) violation-log poll (HX-Target violation-log)", stats("d"), bodies["d"])
-    line("(e) ceiling: GET /api/violations?limit=15 (JSON)", stats("e"), bodies["e"])
+    def sent(name: str) -> str:
+        return f"{len(wire[name]):,} B {encodings[name]}"
+
+    line("(a) chart panel, 24 h (HX-Target chart-panel: live re-read)", stats("a"), bodies["a"], sent("a"))
+    line("(a) the same, gzip accepted", stats("a+gz"), bodies["a+gz"], sent("a+gz"))
+    line("(b) panel, 24 h (HX-Target panel: the window picked)", stats("b"), bodies["b"], sent("b"))
+    line("(c) whole page /dashboard?...&hours=24", stats("c"), bodies["c"], sent("c"))
+    line("(d) violation-log poll (HX-Target violation-log)", stats("d"), bodies["d"], sent("d"))
+    line("(e) ceiling: GET /api/violations?limit=15 (JSON)", stats("e"), bodies["e"], sent("e"))
     line("(f) ceiling: the chart's bare rollup query (pool, no HTTP)", stats("f"))
+    # The gzip answer decodes to the bytes its tag was made from (the identity answer's, when
+    # the chart has not moved on between the two reads).
+    same = (
+        tags["a+gz"].removeprefix("W/") == f'"{hashlib.blake2b(bodies["a+gz"], digest_size=16).hexdigest()}"'
+    )
+    c6, c9 = sorted(cpu[6]), sorted(cpu[9])
+    print(
+        f"== (a) on the wire: {len(wire['a']):,} B identity -> {len(wire['a+gz']):,} B gzip "
+        f"({len(wire['a']) / len(wire['a+gz']):.1f}x smaller; decodes to the bytes its ETag names: "
+        f"{'yes' if same else 'NO'}); server time {stats('a')[0]:.1f} -> {stats('a+gz')[0]:.1f} ms (median)"
+    )
+    print(
+        f"== gzip of (a)'s {len(bodies['a']):,} B by itself, CPU median / max of {runs}: level 6 (the "
+        f"app's) {statistics.median(c6):.2f} / {c6[-1]:.2f} ms -> {sizes[6]:,} B; level 9 "
+        f"{statistics.median(c9):.2f} / {c9[-1]:.2f} ms -> {sizes[9]:,} B"
+    )
+    if not same or encodings["a+gz"] != "gzip" or encodings["c"] != "none":
+        raise SystemExit("the chart panel is not gzip, or the page (with its CSRF token) is")
     a, e, f = stats("a")[0], stats("e")[0], stats("f")[0]
     kb = len(bodies["a"]) / 1000
     print(
@@ -453,8 +510,8 @@ async def measure(
     )
     if not quiet:
         raise SystemExit("an idle tab polls while its event stream is open")
-    # httpx asks for gzip: an app that compresses would answer with it.
-    print(f"== content-encoding of the answers (asked for gzip): {', '.join(sorted(encodings))}")
+    asked = ", ".join(f"{k} {v}" for k, v in encodings.items() if k != "a")
+    print(f"== content-encoding with gzip accepted: {asked} (the page holds the CSRF token: never gzip)")
 
 
 def cpu_name() -> str:

@@ -192,10 +192,11 @@ async def test_each_service_connects_as_its_own_user_with_its_own_allow_list(
         return _settings(url, user, passwords[VARIABLES[user]])
 
     operator = await connect(own(permissions.OPERATOR).nats_url, "test-operator", give_up_after=20)
+    setup = await connect(own(permissions.SETUP).nats_url, "test-setup", give_up_after=10)
     api = await connect(own(permissions.API).nats_url, "test-api", give_up_after=10)
     prober = await connect(own(permissions.PROBER).nats_url, "test-prober", give_up_after=10)
     try:
-        await ensure_streams(api.jetstream(), BusSettings())  # the API's user makes the streams
+        await ensure_streams(setup.jetstream(), BusSettings())  # the setup user makes the streams
         pjs = prober.jetstream(timeout=2)
         ack = await pjs.publish(subjects.telemetry("ollama", "m"), b"{}", headers={"Nats-Msg-Id": "t1"})
         assert ack.stream == subjects.STREAM_TELEMETRY
@@ -207,7 +208,7 @@ async def test_each_service_connects_as_its_own_user_with_its_own_allow_list(
         info = await operator.jetstream().stream_info(subjects.STREAM_VIOLATIONS)
         assert info.state.messages == 0
     finally:
-        for nc in (prober, api, operator):
+        for nc in (prober, api, setup, operator):
             await nc.close()
 
     # Another service's password, or none, gets no connection at all.

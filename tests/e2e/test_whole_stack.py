@@ -84,6 +84,13 @@ def test_up_detects_an_injected_shift_and_keeps_its_data(data_dir: Path) -> None
         page = httpx.get(f"{stack.base_url}/", params={"key": stack.api_key}, follow_redirects=True)
         assert page.status_code == 200
         assert "<svg" in page.text
+        # The banner names each service's metrics URL as it is (no '{port}' template left in it).
+        wait_for(
+            lambda: all(url in "".join(stack.output) for url in stack.metrics_urls.values()),
+            10,
+            what=f"every metrics URL in the banner\n{stack.log()}",
+        )
+        assert "{port}" not in "".join(stack.output)
 
         # Bad input is refused with a reason, on the HTTP door and on the bus, and nothing stops.
         bad = client.post("/api/stats", json={"provider": "ollama", "model": MODEL, "latency_ms": -3})

@@ -80,6 +80,22 @@ def test_inject_commands_drive_a_running_simulator(
     assert json.loads(capsys.readouterr().out) == {"cleared": 5}
 
 
+def test_inject_finds_the_simulator_on_llmscope_sim_port(
+    sim_process: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A shell that ran ``make up`` with LLMSCOPE_SIM_PORT steers that simulator, not 11500's."""
+    port = sim_process.rsplit(":", 1)[1]
+    env = Env({"LLMSCOPE_SIM_PORT": port})
+    assert main(["inject", "shift", "--model", "llama3.1:8b", "--factor", "2"], env=env) == 0
+    assert json.loads(capsys.readouterr().out)["anomaly"]["kind"] == "shift"
+    assert main(["inject", "clear"], env=env) == 0
+    assert json.loads(capsys.readouterr().out) == {"cleared": 1}
+    # LLMSCOPE_SIM_URL still wins: an unreachable one is an error, whatever the port says.
+    elsewhere = Env({"LLMSCOPE_SIM_PORT": port, "LLMSCOPE_SIM_URL": f"http://127.0.0.1:{free_port()}"})
+    assert main(["state"], env=elsewhere) == 1
+    assert "cannot reach the simulator" in capsys.readouterr().err
+
+
 def test_unreachable_simulator_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     assert main(["inject", "shift", "--model", "m", "--url", url]) == 1

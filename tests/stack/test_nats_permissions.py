@@ -21,8 +21,9 @@ from nats.js.errors import NotFoundError
 
 from llmscope.bus.connection import _inbox_prefix, connect, subscriptions_in_place
 from llmscope.bus.kv import open_bucket, watch_bucket
+from llmscope.bus.layout import apply, layout, prepare
 from llmscope.bus.settings import BusSettings
-from llmscope.bus.streams import ensure_streams
+from llmscope.bus.streams import DEFAULT_TELEMETRY_PARTITIONS, ensure_streams
 from llmscope.proto import codec, permissions, subjects
 from llmscope.proto.switches import ModelSwitch, ModelSwitches, model_key
 from llmscope.proto.telemetry import TelemetryEvent
@@ -127,13 +128,16 @@ async def test_the_probers_user_publishes_telemetry_and_nothing_else(server: Emb
 
 
 async def test_each_service_user_does_what_it_did_with_one_user(server: EmbeddedNats) -> None:
-    """Streams and buckets as the services make them, control requests answered across users."""
+    """Streams and buckets as the setup user makes them, then used by the services' users;
+    control requests answered across users."""
+    setup = await connect(server.url_for(permissions.SETUP), "test-setup", give_up_after=10)
     api = await connect(server.url_for(permissions.API), "test-api", give_up_after=10)
     alerter = await connect(server.url_for(permissions.ALERTER), "test-alerter", give_up_after=10)
     engine = await connect(server.url_for(permissions.SPC_ENGINE), "test-engine", give_up_after=10)
     try:
-        for nc in (api, alerter, engine):
-            await ensure_streams(nc.jetstream(), BusSettings())
+        await apply(setup.jetstream(), layout(BusSettings(), partitions=DEFAULT_TELEMETRY_PARTITIONS))
+        for nc in (api, alerter, engine):  # what a service with LLMSCOPE_MANAGE_STREAMS=false does
+            await prepare(nc.jetstream(), BusSettings(manage_streams=False), None)
         await open_bucket(api.jetstream(), subjects.MODELS_BUCKET, description="switches")
         charts = await open_bucket(engine.jetstream(), subjects.SPC_CHARTS_BUCKET, description="charts")
         await charts.put("k", b"v")
@@ -161,13 +165,20 @@ async def test_each_service_user_does_what_it_did_with_one_user(server: Embedded
         await subscriptions_in_place(api)
         await api.publish(subjects.api_live(), b"{}")
         assert (await notices.next_msg(timeout=10)).data == b"{}"
-        # None of them deletes a stream: none may.
+        # None of them creates, changes or deletes a stream: none may.
         for nc in (api, alerter, engine):
+            sjs = nc.jetstream(timeout=2)
             with pytest.raises(NatsTimeoutError):
-                await nc.jetstream(timeout=2).delete_stream(subjects.STREAM_VIOLATIONS)
+                await sjs.delete_stream(subjects.STREAM_VIOLATIONS)
+            with pytest.raises(NatsTimeoutError):
+                await sjs.add_stream(name="FORGED", subjects=["forged.>"])
+            with pytest.raises(NatsTimeoutError):
+                await ensure_streams(sjs, BusSettings(violations_max_age_s=60))
         assert (await api.jetstream().stream_info(subjects.STREAM_VIOLATIONS)).state.messages == 1
+        info = await setup.jetstream().stream_info(subjects.STREAM_VIOLATIONS)
+        assert info.config.max_age == BusSettings().violations_max_age_s
     finally:
-        for nc in (api, alerter, engine):
+        for nc in (api, alerter, engine, setup):
             await nc.close()
 
 

@@ -156,3 +156,53 @@ def test_availability_blips_in_a_row_are_one_band_and_an_outage_stands_alone() -
     assert "2 of 240 probes failed" in bands[3][1]
     # A blip does not dip the line by a pixel: no circle; the outage does.
     assert svg.count('class="failed-point"') == 1
+
+
+async def test_the_json_chart_chooses_its_marks_as_the_dashboard_draws_them(api: Api) -> None:
+    now = datetime.now(UTC)
+    probes = [telemetry(i, id=f"p{i:03d}", ts=now - timedelta(minutes=10 * (144 - i))) for i in range(144)]
+    # 40 criticals, the day's oldest; 270 warnings after them; 5 info marks, the newest of all.
+    n = MARKS_DRAWN + 60
+    marks = [
+        violation(
+            probes[0],
+            id=f"m{i:04d}",
+            ts=now - timedelta(hours=23) + timedelta(seconds=i)
+            if i < 40
+            else now - timedelta(seconds=40 * (n - i)),
+            severity="critical" if i < 40 else "warning",
+        )
+        for i in range(n)
+    ]
+    info = [
+        violation(probes[0], id=f"i{i}", ts=now - timedelta(seconds=5 + i), severity="info") for i in range(5)
+    ]
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, probes)
+        await store_violations(conn, [*marks, *info])
+    spc = {"provider": "ollama", "model": "llama3.1:8b", "prompt_id": "simple-1", "hours": "24"}
+    r = await api.client.get("/api/stats/spc", params=spc)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    ids = [v["id"] for v in body["violations"]]
+    # The dashboard's budget and choice: every critical, then the newest warnings; no info.
+    assert len(ids) == MARKS_DRAWN
+    assert set(ids) == {f"m{i:04d}" for i in [*range(40), *range(n + 40 - MARKS_DRAWN, n)]}
+    assert body["violations_total"] == n + 5
+    # More on request, up to the store's ceiling: every mark of the window.
+    r = await api.client.get("/api/stats/spc", params={**spc, "marks": "1000"})
+    assert len(r.json()["violations"]) == n + 5
+    r = await api.client.get("/api/stats/spc", params={**spc, "marks": "12"})
+    assert len(r.json()["violations"]) == 12
+    assert {v["severity"] for v in r.json()["violations"]} == {"critical"}
+    # Out of range or not a number: a 422 that names the field.
+    for bad in ("1001", "-1", "many"):
+        r = await api.client.get("/api/stats/spc", params={**spc, "marks": bad})
+        assert r.status_code == 422, (bad, r.text)
+        assert r.json()["detail"][0]["loc"] == ["query", "marks"]
+    # Documented: the parameter, its default and its maximum are in the OpenAPI document.
+    params = (await api.client.get("/openapi.json")).json()["paths"]["/api/stats/spc"]["get"]["parameters"]
+    (documented,) = [p for p in params if p["name"] == "marks"]
+    assert documented["schema"]["default"] == MARKS_DRAWN
+    assert documented["schema"]["maximum"] == 1000
+    assert "most severe, then the newest" in documented["description"]

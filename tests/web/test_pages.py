@@ -116,7 +116,7 @@ async def test_dashboard_page_and_fragments(api: Api) -> None:
     assert not is_full_page(r.text)
     assert r.text.lstrip().startswith('<div id="chart-panel"')
     assert "<svg" in r.text
-    assert r.headers["vary"] == "HX-Request, HX-Target"
+    assert r.headers["vary"] == "HX-Request, HX-Target, Accept-Encoding"
 
     r = await client.get("/dashboard?series=ollama|org/other:1", headers={**HX, "HX-Target": "panel"})
     assert r.text.lstrip().startswith('<section id="panel"')
@@ -200,6 +200,11 @@ async def test_overview_shows_every_model_worst_first(api: Api) -> None:
         assert "/violations/v-warn" not in r.text  # warnings are not on the overview
         assert "1 down" in r.text
         assert "3 failed probes in a row" in r.text
+        # "Now" is not the latency of the last answer while the model answers nothing.
+        now_cells = re.findall(r'<td class="num">(.*?)</td>', r.text, re.S)
+        assert '<span class="now-failing">no answers</span>' in now_cells[0]
+        assert "last answered in" in now_cells[0]
+        assert "no answers" not in now_cells[2]  # llama's row (each row has two num cells)
         assert 'href="/dashboard?provider=ollama&amp;model=org%2Fother%3A1&amp;prompt_id=simple-1' in r.text
     r = await client.get("/?hours=168", headers={**HX, "HX-Target": "overview"})
     assert "Latency over 7 days" in r.text
@@ -267,6 +272,9 @@ async def test_violation_detail_and_actions(api: Api) -> None:
     assert "Context (±10 probes)" in r.text
     assert "the prober host, not the target's" in r.text
     assert len(re.findall(r'<tr class="trigger">', r.text)) == 1
+    # The frozen limits are latencies: each says so, as the value does.
+    for row in ("Center", "UCL / LCL", "Zone A (±2σ)", "Zone B (±1σ)"):
+        assert re.search(rf"<tr><th>{re.escape(row)}</th><td>[^<]* ms</td></tr>", r.text), row
     r = await client.get("/violations/v2", headers=HX)
     assert not is_full_page(r.text)
     assert "Frozen statistics" in r.text
@@ -282,6 +290,10 @@ async def test_violation_detail_and_actions(api: Api) -> None:
     r = await client.post("/violations/v2/resolve", data={"by": ""}, headers={**HX, "HX-Target": "actions"})
     assert "Resolved by <b>dashboard</b>" in r.text
     assert "<button" not in r.text
+    # The engine's episode is still open (the chart has not recovered); the page says both, as
+    # the violations list does, rather than "open" beside "Resolved by".
+    r = await client.get("/violations/v2")
+    assert '<td class="state">open · resolved</td>' in r.text
     r = await client.post("/violations/v2/resolve", data={}, headers={"Origin": "https://evil.example"})
     assert r.status_code == 403
     r = await client.get("/violations/missing")
@@ -334,6 +346,12 @@ async def test_availability_violation_lists_the_failed_probes_around_it(api: Api
         assert r.text.count('class="trigger failed"') == 1
         assert r.text.count(' failed"') == 4  # all four failed probes, before and after it
         assert "timeout" in r.text
+        assert '<tr><th>Value</th><td>3 <span class="muted">failed probes</span>' in r.text  # a count
+        assert re.search(r"<tr><th>Baseline</th><td>n=\d+, ", r.text)  # no escaped chart key as its id
+        # The pattern's one point is the trigger: its time and status, not "–" twice.
+        points = r.text.split('<table class="points">')[1].split("</table>")[0]
+        assert "<td>–</td>" not in points
+        assert "<td>timeout</td>" in points
 
 
 async def test_login_page_has_no_navigation(api: Api) -> None:

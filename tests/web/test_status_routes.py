@@ -55,6 +55,9 @@ async def test_status_page_full_and_fragment(api: Api) -> None:
     assert "93.02%" in html  # llama3.1:8b's 24 h uptime, 40 of 43
     assert "3 failed probes in a row on local" in html
     assert "ollama / off:1" not in html  # disabled
+    # The badge hint says what a wiki needs: its readers are not signed in, so a private badge
+    # is a 401 there.
+    assert "LLMSCOPE_STATUS_PUBLIC=true</code> makes this page and the\n      badges public" in html
 
     r = await client.get("/status", headers={**HX, "HX-Target": "status-list"})
     assert not is_full_page(r.text)
@@ -84,7 +87,10 @@ async def test_public_status_page_shows_names_and_statuses_only(public_api: Api)
     assert "<nav>" not in r.text
     # Signed in, the public page is the full one.
     client = await login(public_api)
-    assert "3 failed probes in a row on local" in (await client.get("/status")).text
+    full = (await client.get("/status")).text
+    assert "3 failed probes in a row on local" in full
+    assert "/badge/PROVIDER/MODEL.svg" in full
+    assert "LLMSCOPE_STATUS_PUBLIC" not in full  # already public: nothing to add
 
 
 async def test_badges_need_the_key_unless_public(api: Api) -> None:

@@ -12,6 +12,7 @@
 | LLMSCOPE_DUPLICATE_WINDOW_S | 120 | de-duplication window on Nats-Msg-Id (telemetry, dead letters) |
 | LLMSCOPE_VIOLATIONS_DUPLICATE_WINDOW_H | 24 | the same for violations and incidents |
 | LLMSCOPE_STREAM_REPLICAS | 1 | stream replicas (3 on a clustered NATS) |
+| LLMSCOPE_MANAGE_STREAMS | true | create and update streams and buckets; false: wait for `llmscope setup` |
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ class BusSettings:
     duplicate_window_s: float = 120
     violations_duplicate_window_s: float = 24 * 3600
     replicas: int = 1
+    manage_streams: bool = True
+    """Create and update the streams and buckets at start (``llmscope.bus.layout``); False:
+    only check them, waiting for the setup step (the user may not create streams)."""
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> BusSettings:
@@ -54,6 +58,7 @@ class BusSettings:
             violations_duplicate_window_s=env.number("LLMSCOPE_VIOLATIONS_DUPLICATE_WINDOW_H", 24, min=0.001)
             * 3600,
             replicas=env.integer("LLMSCOPE_STREAM_REPLICAS", 1, min=1, max=5),
+            manage_streams=env.flag("LLMSCOPE_MANAGE_STREAMS", True),
         )
 
 

@@ -11,12 +11,12 @@ own NATS gives the same lists to the users they create. Found by running every s
 The prober is the one service that may run on other hosts, so its user is the narrowest: it
 publishes telemetry and reads the model switches, and it cannot publish a violation, an
 incident or a control request, create, change or delete a stream, or read anyone's replies.
-The others manage their streams and consumers (``$JS.API.>``) as they did with one user, less
-deleting or purging a stream or deleting a stored message, which none of them does. They keep
-creating and updating streams because each creates any missing one and updates all of them to
-its own limits at every start (:func:`llmscope.bus.streams.ensure_streams`, and the key-value
-buckets it opens): see the README, "Why the API, engine and alerter may still create and change
-streams".
+The others manage their consumers (``$JS.API.>``) as they did with one user, less creating,
+changing, deleting or purging a stream (a key-value bucket is a stream, ``KV_<bucket>``) or
+deleting a stored message. Streams and buckets are made by the setup step
+(:mod:`llmscope.stack.setup`, ``llmscope setup``) as the :data:`SETUP` user, before or while the
+services start; the services run with ``LLMSCOPE_MANAGE_STREAMS=false`` and only check them
+(:mod:`llmscope.bus.layout`).
 
 Every user reads replies on its own inbox prefix, ``_INBOX.<user>``
 (:func:`inbox_prefix`, which :func:`llmscope.bus.connection.connect` takes from the user in
@@ -35,6 +35,9 @@ PROBER = "prober"
 SPC_ENGINE = "spc-engine"
 ALERTER = "alerter"
 API = "api"
+SETUP = "setup"
+"""The setup step (``llmscope setup``): creates, updates and deletes streams and buckets, nothing
+else (it cannot publish an event or read one)."""
 OPERATOR = "operator"
 """The CLI commands an operator runs against the stack (``llmscope deadletter``, ``llmscope spc
 rebaseline``, ``llmscope sim``...): unrestricted, like the person holding the data directory."""
@@ -42,7 +45,7 @@ rebaseline``, ``llmscope sim``...): unrestricted, like the person holding the da
 SERVICE_USERS = (PROBER, SPC_ENGINE, ALERTER, API)
 """The users ``llmscope up`` starts services as; each service's NATS_URL carries its own."""
 
-USERS = (*SERVICE_USERS, OPERATOR)
+USERS = (*SERVICE_USERS, SETUP, OPERATOR)
 
 
 def inbox_prefix(user: str) -> str:
@@ -64,9 +67,11 @@ class Permissions:
 
 # JetStream's API, message acks, flow-control answers (push and ordered consumers: KV watchers).
 _JS_ALL = ("$JS.API.>", "$JS.ACK.>", "$JS.FC.>")
-# ... but no service deletes or purges a stream or deletes a stored message: only the operator
-# does (``llmscope deadletter`` removes a replayed dead letter).
-_JS_DESTRUCTIVE = ("$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>", "$JS.API.STREAM.MSG.DELETE.>")
+# ... but no service creates, changes, deletes or purges a stream (nor a bucket: a stream) or
+# deletes a stored message: the setup user makes and changes streams, the operator removes
+# (``llmscope deadletter`` deletes a replayed dead letter).
+_JS_STREAM_MANAGEMENT = ("$JS.API.STREAM.CREATE.>", "$JS.API.STREAM.UPDATE.>", "$JS.API.STREAM.DELETE.>")
+_JS_DESTRUCTIVE = (*_JS_STREAM_MANAGEMENT, "$JS.API.STREAM.PURGE.>", "$JS.API.STREAM.MSG.DELETE.>")
 
 
 def _kv(bucket: str) -> str:
@@ -146,15 +151,29 @@ def _api() -> Permissions:
     )
 
 
+def _setup() -> Permissions:
+    return Permissions(
+        publish=(
+            "$JS.API.INFO",
+            "$JS.API.STREAM.NAMES",
+            "$JS.API.STREAM.LIST",
+            "$JS.API.STREAM.INFO.>",
+            *_JS_STREAM_MANAGEMENT,
+        ),
+        subscribe=(f"{inbox_prefix(SETUP)}.>",),
+    )
+
+
 def service_permissions(
     charts_bucket: str = subjects.SPC_CHARTS_BUCKET, state_bucket: str = subjects.SPC_STATE_BUCKET
 ) -> dict[str, Permissions]:
-    """Each service user's permissions (the operator has none: unrestricted); ``charts_bucket``
-    and ``state_bucket`` as ``LLMSCOPE_SPC_CHARTS_BUCKET`` and ``LLMSCOPE_SPC_STATE_BUCKET`` name
-    them."""
+    """Each restricted user's permissions, the setup user's included (the operator has none:
+    unrestricted); ``charts_bucket`` and ``state_bucket`` as ``LLMSCOPE_SPC_CHARTS_BUCKET`` and
+    ``LLMSCOPE_SPC_STATE_BUCKET`` name them."""
     return {
         PROBER: _prober(),
         SPC_ENGINE: _spc_engine(charts_bucket, state_bucket),
         ALERTER: _alerter(),
         API: _api(),
+        SETUP: _setup(),
     }

@@ -30,9 +30,9 @@ from llmscope.alerter.store import Store
 from llmscope.bus.connection import connect
 from llmscope.bus.consumer import DurableConsumer
 from llmscope.bus.deadletter import DeadLetters
+from llmscope.bus.layout import prepare
 from llmscope.bus.metrics import sample_consumers
 from llmscope.bus.publisher import Publisher
-from llmscope.bus.streams import ensure_streams
 from llmscope.config import eventloop
 from llmscope.config.env import ConfigError, Env
 from llmscope.config.envhelp import BUS_SETTINGS, service_parser
@@ -92,7 +92,7 @@ async def serve(settings: AlerterSettings, env: Env, stop: asyncio.Event) -> Non
         nc = await connect(settings.bus.nats_url, f"llmscope-alerter-{settings.instance}", stop=stop)
         try:
             js = nc.jetstream()
-            await ensure_streams(js, settings.bus)
+            await prepare(js, settings.bus, stop)
             publisher = Publisher(js)
             store = Store(
                 pool,

@@ -48,6 +48,7 @@ from llmscope.api.status_queries import StatusReader
 from llmscope.api.store import BadCursor, NotReady
 from llmscope.api.trends import TrendQueries
 from llmscope.web.auth import AuthUnavailable, RateLimited
+from llmscope.web.compression import SecretFreeGZip, secret_free
 from llmscope.web.data import SettingError
 from llmscope.web.routes import WebOptions, install
 
@@ -109,12 +110,17 @@ def create_app(settings: ApiSettings, *, clock: Callable[[], float] = time.time)
     )
     app.state.runtime = rt
     auth = [Depends(rt.auth.require)]
-    app.include_router(health.router(rt))
+    # The JSON API's answers never echo a key or a token (settings say only whether a secret is
+    # set): they may be gzipped (llmscope.web.compression: pages, with the CSRF token, never are).
+    public = [Depends(secret_free)]
+    app.include_router(health.router(rt), dependencies=public)
     # Authenticates by itself: a public status page answers anonymous readers too.
     status_reader = StatusReader(rt.store, silences=rt.alerting.silences)
-    app.include_router(status.router(status_reader, rt.auth, public=settings.status_public))
+    app.include_router(
+        status.router(status_reader, rt.auth, public=settings.status_public), dependencies=public
+    )
     for module in (stats, charts, violations, admin, export, alerts, incidents, silences, spc_config):
-        app.include_router(module.router(rt), dependencies=auth)
+        app.include_router(module.router(rt), dependencies=[*auth, *public])
     if settings.ingest_key:
         # The front door checks the ingest scope (and the body's size) before the route runs.
         traces = otlp.TraceReceiver(lambda: rt.publisher, rt.metrics, max_body_bytes=settings.max_body_bytes)
@@ -218,6 +224,8 @@ def create_app(settings: ApiSettings, *, clock: Callable[[], float] = time.time)
         live=rt.live,
         traffic=rt.charts,
     )
+    # Innermost: what the routes marked is read after they ran; FrontDoor's refusals stay as they are.
+    app.add_middleware(SecretFreeGZip)
     # Around every route: nothing reads a body before its credential and its size are checked.
     app.add_middleware(
         FrontDoor,

@@ -44,9 +44,9 @@ from llmscope.api.metrics import ApiMetrics
 from llmscope.api.settings import ApiSettings
 from llmscope.bus.consumer import ConsumerOptions, Delivery, DurableConsumer
 from llmscope.bus.deadletter import DeadLetters
+from llmscope.bus.layout import prepare
 from llmscope.bus.metrics import sample_consumers
 from llmscope.bus.publisher import Publisher
-from llmscope.bus.streams import ensure_streams
 from llmscope.config import eventloop
 from llmscope.config.logs import get_logger, setup_logging
 from llmscope.config.startup import Stopped, Unusable, postgres_unavailable, stop_on_signals
@@ -876,7 +876,7 @@ async def run_standalone(settings: ApiSettings, stop: asyncio.Event) -> None:
         raise
     try:
         js = nc.jetstream()
-        await ensure_streams(js, settings.bus)
+        await prepare(js, settings.bus, stop)
         persister = Persister(pool=pool, js=js, publisher=Publisher(js), batch_size=settings.persist_batch)
         history = BaselineHistory(lambda: pool, settings.charts_bucket)
         await asyncio.gather(persister.run(stop), retention_loop(pool, settings, stop), history.run(nc, stop))

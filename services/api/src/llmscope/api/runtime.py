@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 import asyncpg
 from fastapi import FastAPI
 from nats.aio.client import Client as NATS
+from nats.js.api import KeyValueConfig
 
 from llmscope.api.alerting import Alerting
 from llmscope.api.auth import KeyAuth
@@ -26,13 +27,22 @@ from llmscope.api.spc_config import SpcConfigStore
 from llmscope.api.store import Store
 from llmscope.api.switches import ModelSwitchWriter
 from llmscope.bus.connection import connect
+from llmscope.bus.layout import bucket_configs, prepare
 from llmscope.bus.publisher import Publisher
-from llmscope.bus.streams import ensure_streams
 from llmscope.config.logs import get_logger
 from llmscope.config.outbound import OutboundPolicy
+from llmscope.proto import subjects
 from llmscope.web.live import Broadcaster
 
 log = get_logger("llmscope.api")
+
+
+# The buckets the API writes (switches, chart settings); the chart bucket it only reads.
+API_BUCKETS = (subjects.MODELS_BUCKET, subjects.SPC_CONFIG_BUCKET)
+
+
+def api_buckets(settings: ApiSettings) -> list[KeyValueConfig]:
+    return [c for c in bucket_configs(settings.bus) if c.bucket in API_BUCKETS]
 
 
 class Runtime:
@@ -86,7 +96,7 @@ class Runtime:
         try:
             self.nc = await connect(s.bus.nats_url, "llmscope-api", stop=stop)
             js = self.nc.jetstream()
-            await ensure_streams(js, s.bus)
+            await prepare(js, s.bus, stop, buckets=api_buckets(s))
             self.publisher = Publisher(js)
             self.charts.attach(self.nc)
             self.spc_config.attach(self.nc)

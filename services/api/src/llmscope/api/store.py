@@ -49,8 +49,9 @@ from llmscope.web.data import (
 RAW_MAX_HOURS = 2.0
 MAX_BUCKETS = 360
 RAW_POINT_CAP = 20_000
-# Violation marks of one chart read at most (the API's answer): past it, the most severe and
-# then the newest. The dashboard asks for fewer (``llmscope.web.svg.MARKS_DRAWN``).
+# Violation marks of one chart read at most: past it, the most severe and then the newest. The
+# dashboard draws fewer (``llmscope.web.svg.MARKS_DRAWN``), and ``GET /api/stats/spc`` answers
+# with as many unless its ``marks`` asks for more, up to this.
 MARKS_BUDGET = 1000
 SEVERITY_ORDER = ("critical", "warning", "info")
 # A sparkline is a glance: about this many buckets over any window.

@@ -22,10 +22,11 @@ from pathlib import Path
 import aiohttp
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError
+from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from llmscope.bus.connection import connect
 from llmscope.bus.kv import open_bucket, watch_bucket
+from llmscope.bus.layout import SETUP_COMMAND
 from llmscope.bus.publisher import Publisher
 from llmscope.bus.streams import ensure_streams
 from llmscope.config.env import ConfigError, Env, redact_url
@@ -97,6 +98,7 @@ async def run(settings: ProberSettings, metrics: ProberMetrics, stop: asyncio.Ev
     streams_ready = asyncio.Event()
     switches = ModelSwitches()
     watchers: list[asyncio.Task[None]] = []
+    streams_missing_logged: list[bool] = []
 
     async def connect_bus() -> Publisher:
         if not clients:
@@ -117,8 +119,19 @@ async def run(settings: ProberSettings, metrics: ProberMetrics, stop: asyncio.Ev
                     asyncio.create_task(watch_bucket(models, switches.apply, stop), name="switches")
                 )
         else:
-            # NotFoundError until another service has made the stream: connect_bus is retried.
-            await js.stream_info(subjects.STREAM_TELEMETRY)
+            # NotFoundError until the setup step has made the stream: connect_bus is retried.
+            try:
+                await js.stream_info(subjects.STREAM_TELEMETRY)
+            except NotFoundError:
+                if not streams_missing_logged:
+                    streams_missing_logged.append(True)
+                    log.error(
+                        "a stream this service needs is not set up; waiting for the setup step",
+                        stream=subjects.STREAM_TELEMETRY,
+                        problem="missing",
+                        hint=f"run `{SETUP_COMMAND}` as the setup user; the prober may not create streams",
+                    )
+                raise
             if not watchers:
                 watchers.append(
                     asyncio.create_task(_watch_switches_once_made(js, switches, stop), name="switches")

@@ -4,7 +4,7 @@
 | --- | --- | --- |
 | LLMSCOPE_PROBER_CONFIG | (none) | TOML or YAML file of targets and prompts (see targets.py) |
 | LLMSCOPE_TARGETS | (none) | compact targets ``KIND,BASE_URL,MODEL[,key=value...];...`` |
-| LLMSCOPE_SIM_URL | http://127.0.0.1:11500 | the simulator probed when neither of the two above is set |
+| LLMSCOPE_SIM_URL | http://127.0.0.1:SIM_PORT | the simulator probed when neither of the two above is set |
 | LLMSCOPE_SIM_MODELS | all four | simulated models probed then (specs as for ``llmscope sim``) |
 | LLMSCOPE_PROBER_INTERVAL_S | 2.0 | default seconds between probes of one target |
 | LLMSCOPE_PROBER_JITTER | 0.1 | default random spread of the interval (0.1 = +-10 %) |
@@ -17,7 +17,7 @@
 | LLMSCOPE_PROBER_ID | host name | id of this prober in telemetry |
 | LLMSCOPE_PROBER_HEALTH_HOST | 127.0.0.1 | address of /healthz, /readyz and /metrics |
 | LLMSCOPE_PROBER_HEALTH_PORT | 8001 | their port; 0 disables the server |
-| LLMSCOPE_PROBER_MANAGE_STREAMS | true | create the streams; false (up): publish once others made them |
+| LLMSCOPE_PROBER_MANAGE_STREAMS | LLMSCOPE_MANAGE_STREAMS | false: publish once setup made the streams |
 | LLMSCOPE_LOG_LEVEL | INFO | log level |
 | NATS_URL and stream limits | see llmscope.bus.settings | |
 
@@ -67,6 +67,7 @@ class ProberSettings:
     @classmethod
     def from_env(cls, env: Env | None = None, *, config_path: Path | None = None) -> ProberSettings:
         env = env or Env()
+        bus = BusSettings.from_env(env)
         defaults = TargetDefaults(
             interval_s=env.number("LLMSCOPE_PROBER_INTERVAL_S", 2.0, min=0.01, max=86400),
             jitter=env.number("LLMSCOPE_PROBER_JITTER", 0.1, min=0, max=0.99),
@@ -106,7 +107,7 @@ class ProberSettings:
             prober_id=env.text("LLMSCOPE_PROBER_ID", socket.gethostname() or "prober")[:256],
             health_host=env.text("LLMSCOPE_PROBER_HEALTH_HOST", "127.0.0.1"),
             health_port=env.integer("LLMSCOPE_PROBER_HEALTH_PORT", 8001, min=0, max=65535),
-            manage_streams=env.flag("LLMSCOPE_PROBER_MANAGE_STREAMS", True),
+            manage_streams=env.flag("LLMSCOPE_PROBER_MANAGE_STREAMS", bus.manage_streams),
             log_level=env.choice("LLMSCOPE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
-            bus=BusSettings.from_env(env),
+            bus=bus,
         )

@@ -7,7 +7,7 @@
 | LLMSCOPE_SIM_SEED | (random) | integer seed: same seed, same latencies and texts |
 | LLMSCOPE_SIM_TIME_SCALE | 1.0 | multiplies every simulated duration (0.05: twenty times faster) |
 | LLMSCOPE_SIM_MODELS | llama3.1:8b qwen2.5:7b gpt-4o-mini claude-3-5-haiku | ``NAME@HOST[;k=v...]`` specs |
-| LLMSCOPE_SIM_URL | http://127.0.0.1:11500 | where ``sim inject`` and the prober's default targets find it |
+| LLMSCOPE_SIM_URL | http://127.0.0.1:SIM_PORT | where ``sim inject`` and the prober's default targets go |
 | LLMSCOPE_SIM_TRAFFIC_RPS | 0 | mean requests/s of simulated traffic traced to LLMscope over OTLP (0: none) |
 | LLMSCOPE_SIM_TRAFFIC_OTLP_URL | http://127.0.0.1:8000/v1/traces | where the simulated traffic's spans go |
 | LLMSCOPE_SIM_TRAFFIC_KEY | (LLMSCOPE_INGEST_KEY) | ingest key the simulated traffic sends |
@@ -73,6 +73,11 @@ class SimSettings:
 
 
 def sim_url(env: Env | None = None) -> str:
-    """The simulator's base URL from LLMSCOPE_SIM_URL."""
-    url = (env or Env()).url("LLMSCOPE_SIM_URL", DEFAULT_URL, schemes=("http", "https"))
-    return (url or DEFAULT_URL).rstrip("/")
+    """The simulator's base URL from LLMSCOPE_SIM_URL, else on loopback at LLMSCOPE_SIM_PORT."""
+    env = env or Env()
+    # The port ``up`` and ``sim serve`` listen on: a shell that moved the simulator off 11500
+    # must not steer (or probe) whichever simulator still answers there.
+    port = env.integer("LLMSCOPE_SIM_PORT", DEFAULT_PORT, min=0, max=65535)
+    default = f"http://{DEFAULT_HOST}:{port or DEFAULT_PORT}"  # 0: a port chosen at start, unknown here
+    url = env.url("LLMSCOPE_SIM_URL", default, schemes=("http", "https"))
+    return (url or default).rstrip("/")

@@ -100,13 +100,10 @@ from llmscope.bus.connection import connect, subscriptions_in_place
 from llmscope.bus.consumer import ConsumerOptions, Delivery, DurableConsumer
 from llmscope.bus.deadletter import DeadLetters
 from llmscope.bus.kv import bucket_keys, current_entries, open_bucket, put_many, watch_bucket
+from llmscope.bus.layout import bucket_configs, prepare
 from llmscope.bus.metrics import sample_consumers
 from llmscope.bus.publisher import Publisher
-from llmscope.bus.streams import (
-    PartitionMismatchError,
-    ensure_streams,
-    telemetry_partition,
-)
+from llmscope.bus.streams import PartitionMismatchError, telemetry_partition
 from llmscope.config.logs import get_logger
 from llmscope.config.startup import Stopped
 from llmscope.proto import codec, subjects
@@ -400,6 +397,23 @@ class Member(msgspec.Struct, frozen=True, kw_only=True):
 
     holder: str
     instance: str
+
+
+def engine_buckets(settings: SpcSettings) -> list[KeyValueConfig]:
+    """The buckets the engine writes, as ``llmscope.bus.layout`` declares them."""
+    declared = bucket_configs(
+        settings.bus,
+        charts_bucket=settings.charts_bucket,
+        state_bucket=settings.state_bucket,
+        member_ttl_s=MEMBER_TTLS * settings.lease_ttl_s,
+    )
+    names = {
+        settings.charts_bucket,
+        settings.state_bucket,
+        subjects.SPC_CONFIG_BUCKET,
+        settings.members_bucket,
+    }
+    return [config for config in declared if config.bucket in names]
 
 
 class MemberConflictError(RuntimeError):
@@ -1253,10 +1267,15 @@ async def serve(
     try:
         js = nc.jetstream()
         try:
-            await ensure_streams(js, settings.bus, settings.partitions)
+            await prepare(
+                js, settings.bus, stop, buckets=engine_buckets(settings), partitions=settings.partitions
+            )
         except PartitionMismatchError as exc:
             log.error("cannot start", error=str(exc))
             return 2
+        except Stopped:
+            log.info("stopped before the streams were set up")
+            return 0
         kv = await open_bucket(
             js,
             settings.charts_bucket,

@@ -6,6 +6,7 @@ llmscope api|prober|spc-engine|alerter [ARGS]   one service, configured by envir
 llmscope sim serve|inject ...    the simulated LLM endpoint and its anomaly injection
 llmscope spc analyze FILE ...    offline SPC analysis of a CSV, same chart code as the service
 llmscope deadletter list|show|replay   messages no service could take: inspect, replay once fixed
+llmscope setup                   create or update every stream and bucket (as the setup user)
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_service(SERVICES[command], rest)
     if command == "deadletter":
         return _run_main("llmscope.stack.deadletter", rest)
+    if command == "setup":
+        return _run_main("llmscope.stack.setup", rest)
     if command == "spc":
         if not rest or rest[0] not in SPC_COMMANDS:
             asked = bool(rest) and rest[0] in ("-h", "--help")

@@ -375,10 +375,22 @@ class Stack:
         if url is None:
             return own
         own["NATS_URL"] = url
+        # Its user may not create or change streams: run_setup made them, the service checks.
+        own["LLMSCOPE_MANAGE_STREAMS"] = "false"
         if name == "prober":
-            # Its user may not create or change streams: it waits for the others to make them.
             own["LLMSCOPE_PROBER_MANAGE_STREAMS"] = "false"
         return own
+
+    def run_setup(self, env: dict[str, str]) -> None:
+        """``llmscope setup`` as the setup user on the embedded NATS, before any service: the
+        services' users may not create or change streams. Raises CalledProcessError if it fails
+        (its own log says why). With the operator's own NATS the services manage their streams
+        as before, unless its environment says LLMSCOPE_MANAGE_STREAMS=false."""
+        if self.nats is None:
+            return
+        setup_env = {**env, "NATS_URL": self.nats.url_for(permissions.SETUP)}
+        argv = [sys.executable, "-m", "llmscope.stack.cli", "setup", "--wait", "60"]
+        subprocess.run(argv, env=setup_env, check=True)
 
     def start_children(self, env: dict[str, str]) -> None:
         launcher = [sys.executable, "-m", "llmscope.stack.cli"]
@@ -481,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         api_key = settings.api_key or load_or_create_api_key(settings.data_dir)
         stack.write_client_env(nats_url, database_url, api_key)
         env = stack.child_env(nats_url, database_url, api_key)
+        stack.run_setup(env)
         stack.start_children(env)
         if stack.demo_profile:
             # What runs, whether from the profile or from a variable set to override it.
@@ -501,11 +514,14 @@ def main(argv: list[str] | None = None) -> int:
             if stack.wait_for_api():
                 base = f"http://{_display_host(settings.host)}:{settings.port}"
                 host = _display_host(settings.host)
-                metrics = "".join(f", :{p} {name}" for name, p in settings.metrics_ports.items())
+                ports = {"api": settings.port, **settings.metrics_ports}
+                metrics = "\n             ".join(
+                    f"http://{host}:{p}/metrics ({name})" for name, p in ports.items()
+                )
                 print(
                     f"\n  Dashboard  {base}/?key={api_key}\n  API        {base}/docs\n"
                     f"  API key    {api_key}\n"
-                    f"  Metrics    http://{host}:{{port}}/metrics: :{settings.port} api{metrics}\n"
+                    f"  Metrics    {metrics}\n"
                     "\n  Ctrl-C stops everything.\n",
                     flush=True,
                 )

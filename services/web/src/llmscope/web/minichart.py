@@ -17,6 +17,7 @@ from llmscope.web.svg_axes import Frame, fmt, nice_ticks, unit_label, value_axis
 
 WIDTH, HEIGHT = 960, 240
 PAD_L, PAD_R, PAD_T, PAD_B = 72, 96, 14, 34
+LABEL_W = 90  # apart: a middle-anchored HH:MM:SS label and an end-anchored one, with a gap
 LIMIT_LINES = (
     ("ucl", "limit", "UCL"),
     ("lcl", "limit", "LCL"),
@@ -107,7 +108,12 @@ def render_minichart(v: Violation, points: list[ContextPoint]) -> Markup:
         if p.trigger:
             out.append(f'<circle cx="{x(i):.1f}" cy="{y(val):.1f}" r="8" class="trigger-ring"/>')
     if points:
-        for i in sorted({0, len(points) - 1} | ({trigger} if trigger is not None else set())):
+        labelled_at = {0, len(points) - 1}
+        if trigger is not None:
+            # The trigger's time matters most: an end label it would overprint (a violation
+            # near the window's edge, a recent one) gives way to it.
+            labelled_at = {i for i in labelled_at if abs(x(i) - x(trigger)) >= LABEL_W} | {trigger}
+        for i in sorted(labelled_at):
             anchor = "start" if i == 0 else "end" if i == len(points) - 1 else "middle"
             out.append(
                 f'<text x="{x(i):.1f}" y="{HEIGHT - 10}" class="tick" text-anchor="{anchor}">'

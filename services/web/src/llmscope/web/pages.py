@@ -6,6 +6,7 @@ when the page declares it as a fragment; any other HTMX request gets the page's 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from jinja2.runtime import Context
 from jinja2_fragments import render_block
 
 from llmscope.proto.charts import is_traffic_chart
+from llmscope.web.compression import mark_secret_free
 from llmscope.web.data import METRIC_LABELS, DashboardData, RebaselineResult
 from llmscope.web.live import chart_pace_s, point_event, traffic_event
 from llmscope.web.minichart import render_minichart
@@ -187,18 +189,49 @@ class Pages:
         headers: Mapping[str, str] | None = None,
         toast: str | tuple[str, str] | None = None,
         block: str | None = None,
+        polled: Iterable[str] = (),
     ) -> HTMLResponse:
         """``toast``: a message for ``static/toast.js``, or ``(message, level)``; ``block``: the
-        block to render whatever the request (one of several forms that share a template)."""
+        block to render whatever the request (one of several forms that share a template);
+        ``polled``: the fragments that live events and fallback polls re-read (see
+        :meth:`_polled`)."""
         ctx = {"request": request, "path": request.url.path, "live": self.live, **context}
         block = block or self.block_for(request, fragments)
         if block is None:
             html = self.env.get_template(template).render(ctx)
         else:
             html = render_block(self.env, template, block, ctx)
+        vary = "HX-Request, HX-Target"
+        polled_get = request.method == "GET" and status_code == 200 and not toast
+        if block is not None and block in set(polled) and polled_get:
+            return self._polled(request, html, vary, dict(headers or {}))
         response = HTMLResponse(html, status_code=status_code, headers=dict(headers or {}))
-        response.headers["Vary"] = "HX-Request, HX-Target"
+        response.headers["Vary"] = vary
         if toast:
             message, level = (toast, "ok") if isinstance(toast, str) else toast
             response.headers.update(toast_trigger(message, level))
         return response
+
+    @staticmethod
+    def _polled(request: Request, html: str, vary: str, headers: dict[str, str]) -> HTMLResponse:
+        """A polled fragment. It holds no secret: the CSRF token is only in ``base.html``, which a
+        fragment never renders; so it may be gzipped (:mod:`llmscope.web.compression`; pages,
+        with the token, never are). Its ``ETag`` is a hash of its bytes, so it changes whenever
+        they would; ``no-cache`` makes the browser ask each time, with ``If-None-Match``, and a
+        match is a bodiless ``304`` (an idle tab whose fallback poll finds nothing new)."""
+        mark_secret_free(request)
+        body = html.encode()
+        etag = f'"{hashlib.blake2b(body, digest_size=16).hexdigest()}"'
+        headers |= {"ETag": etag, "Cache-Control": "private, no-cache", "Vary": f"{vary}, Accept-Encoding"}
+        if etag_matches(request.headers.get("If-None-Match", ""), etag):
+            return HTMLResponse(b"", status_code=304, headers=headers)
+        return HTMLResponse(body, headers=headers)
+
+
+def etag_matches(if_none_match: str, etag: str) -> bool:
+    """``If-None-Match`` against an ``ETag``, by weak comparison (RFC 9110 13.1.2): a gzipped
+    answer's tag comes back weakened (``W/"..."``)."""
+    if if_none_match.strip() == "*":
+        return True
+    tags = (t.strip().removeprefix("W/") for t in if_none_match.split(","))
+    return etag.removeprefix("W/") in tags

@@ -263,7 +263,9 @@ def create_router(
             "severity": severity,
         }
         context = {"q": query, "qs": urlencode(query), "log": log.items, "refresh_s": opts.refresh_s}
-        return pages.render(request, "dashboard.html", context, fragments=("violation_log",))
+        return pages.render(
+            request, "dashboard.html", context, fragments=("violation_log",), polled=("violation_log",)
+        )
 
     async def _dashboard(
         request: Request,
@@ -365,6 +367,7 @@ def create_router(
             fragments=("panel", "chart_panel", "violation_log", "rebaseline"),
             status_code=status_code,
             toast=toast,
+            polled=("panel", "chart_panel"),
         )
 
     # ---- overview (the landing page) -----------------------------------------------------
@@ -402,8 +405,13 @@ def create_router(
             "hours": f"{hours:g}",
             # A wall screen: fresh within ~10 s of an outage, without a query storm per tab.
             "refresh_s": max(opts.refresh_s * 2.5, 5.0),
+            # Until the wizard is saved once, the landing page points to it: a fresh install
+            # records violations and tells nobody.
+            "setup_due": not any(
+                s.key == "setup.completed" and s.value is True for s in await data.settings()
+            ),
         }
-        return pages.render(request, "overview.html", context, fragments=("overview",))
+        return pages.render(request, "overview.html", context, fragments=("overview",), polled=("overview",))
 
     # ---- dashboard -----------------------------------------------------------------------
     @router.get("/dashboard", response_class=HTMLResponse, dependencies=[Session])
@@ -644,7 +652,13 @@ def create_router(
             "refresh_s": opts.refresh_s,
         }
         return pages.render(
-            request, "models.html", context, fragments=models_fragments, status_code=status_code, toast=toast
+            request,
+            "models.html",
+            context,
+            fragments=models_fragments,
+            status_code=status_code,
+            toast=toast,
+            polled=("health",),
         )
 
     @router.get("/models", response_class=HTMLResponse, dependencies=[Session])
@@ -796,9 +810,16 @@ def create_router(
             if key not in known or not isinstance(raw, str) or not raw.strip():
                 continue  # blank fields keep their current value (and secrets stay hidden)
             try:
-                values[key] = parse_field(known[key], raw)
+                value = parse_field(known[key], raw)
             except SettingError as exc:
                 errors[key] = exc.message
+                continue
+            if not known[key].secret and value == known[key].value:
+                # The form shows every default filled in; stored back untouched they would pin
+                # it and override the environment (a tracker "none" turns LLMSCOPE_TICKETS_*
+                # off), and the answer would list fields nobody changed.
+                continue
+            values[key] = value
         generated = None
         secret = known.get(WEBHOOK_SECRET)
         if "alert.webhook.url" in values and WEBHOOK_SECRET not in values and secret and not secret.is_set:

@@ -54,8 +54,11 @@ def add_status_routes(
             "models": report.models if full else public_view(report).models,
             "generated_at": report.generated_at if full else None,
             "refresh_s": STATUS_REFRESH_S,
+            "public": public,
         }
-        return pages.render(request, "status.html", context, fragments=("status_list",))
+        return pages.render(
+            request, "status.html", context, fragments=("status_list",), polled=("status_list",)
+        )
 
     def svg(body: str, status_code: int, cache: str) -> Response:
         return Response(body, status_code=status_code, media_type=SVG, headers={"Cache-Control": cache})

@@ -44,7 +44,9 @@ def add_traffic_routes(
             "model": model or "",
             "refresh_s": max(refresh_s, MINUTE_POLL_S),
         }
-        return pages.render(request, "traffic.html", context, fragments=("traffic_list",))
+        return pages.render(
+            request, "traffic.html", context, fragments=("traffic_list",), polled=("traffic_list",)
+        )
 
     async def chart_page(
         request: Request,
@@ -72,6 +74,7 @@ def add_traffic_routes(
             fragments=("traffic_chart", "rebaseline"),
             status_code=status_code,
             toast=toast,
+            polled=("traffic_chart",),
         )
 
     @router.get("/traffic/chart", response_class=HTMLResponse, dependencies=[session])

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
+import msgspec
 from fastapi import APIRouter, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.params import Depends
@@ -303,7 +304,9 @@ def add_trend_routes(
         }
         name = re.sub(r"[^A-Za-z0-9._-]+", "-", series or "all") + f"-{hours:g}h"
         return JSONResponse(
-            jsonable_encoder(body),
+            # The status rows carry the engine's availability chart, a msgspec Struct that
+            # jsonable_encoder cannot take apart by itself.
+            jsonable_encoder(body, custom_encoder={msgspec.Struct: msgspec.to_builtins}),
             headers={"Content-Disposition": f'attachment; filename="llmscope-report-{name}.json"'},
         )
 

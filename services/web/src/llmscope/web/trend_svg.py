@@ -70,7 +70,8 @@ def render_comparison(data: Comparison, *, width: int = 960, height: int = 340) 
     lo, hi = max(0.0, lo - margin), hi + margin
 
     def x(ts: datetime) -> float:
-        return PAD_L + (ts.timestamp() - t0) / (t1 - t0) * plot_w
+        # A bucket still filling has its middle after now: it is drawn at now, the plot's edge.
+        return PAD_L + (min(ts.timestamp(), t1) - t0) / (t1 - t0) * plot_w
 
     def y(v: float) -> float:
         return top + (hi - v) / (hi - lo) * plot_h

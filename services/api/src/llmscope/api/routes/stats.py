@@ -16,12 +16,14 @@ from pydantic import BaseModel
 from llmscope.api.charts import ChartFilter
 from llmscope.api.openapi_errors import not_found
 from llmscope.api.runtime import Runtime
+from llmscope.api.store import MARKS_BUDGET
 from llmscope.bus.publisher import PublishFailed
 from llmscope.proto import codec, subjects
 from llmscope.proto.base import new_id, utcnow
 from llmscope.proto.charts import TRAFFIC_PROMPT_PREFIX, is_traffic_chart
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.web.data import ChartData, ChartQuery, Metric
+from llmscope.web.svg import MARKS_DRAWN
 
 MAX_BATCH = 1000
 MAX_EVENT_BYTES = 256 * 1024  # well under nats-server's 1 MB max_payload
@@ -234,6 +236,16 @@ def router(rt: Runtime) -> APIRouter:
         target: str | None = None,
         metric: Metric = "latency_ms",
         hours: Annotated[float, Query(gt=0, le=24 * 31)] = 1.0,
+        marks: Annotated[
+            int,
+            Query(
+                ge=0,
+                le=MARKS_BUDGET,
+                description="Violation marks returned at most: the most severe, then the newest, "
+                f"of the window (as the dashboard draws them). Default {MARKS_DRAWN}, at most "
+                f"{MARKS_BUDGET}; `violations_total` counts them all.",
+            ),
+        ] = MARKS_DRAWN,
     ) -> ChartData:
         """Points (raw up to 2 h, bucketed from per-minute rollups beyond), limits and violations.
 
@@ -245,7 +257,9 @@ def router(rt: Runtime) -> APIRouter:
         ``baseline_n`` baseline points, no limits) or ``unknown`` (the engine has no such chart
         yet). ``arl0_critical`` is the engine's expected in-control run length between critical
         signals, in points; ``false_alarm_every_s`` converts it to time with
-        ``probe_interval_s``, the median spacing of this chart's recent probes.
+        ``probe_interval_s``, the median spacing of this chart's recent probes. ``violations``
+        holds at most ``marks`` of the window's violations, chosen as the dashboard and the
+        report choose the marks they draw: the most severe, then the newest.
 
         These are the per-request (probe) charts. Real traffic is charted per minute (its
         ``traffic_*`` charts: ``GET /api/charts?provider=…&model=…``): when the model has
@@ -267,7 +281,9 @@ def router(rt: Runtime) -> APIRouter:
             raise HTTPException(
                 404, f"no telemetry from target {target!r} for {provider}/{model}/{prompt_id}"
             )
-        chart = await rt.store.chart(ChartQuery(provider, model, prompt_id, metric, hours, target or ""))
+        chart = await rt.store.chart(
+            ChartQuery(provider, model, prompt_id, metric, hours, target or ""), marks=marks
+        )
         # Keys only (no record reads): this route is polled.
         keys = await rt.charts.keys(ChartFilter(provider=provider, model=model))
         traffic = [k for k in keys if is_traffic_chart(k)]
