@@ -63,6 +63,8 @@ from llmscope.stack.ports import free_port
 KEY = "bench-key-0123456789abcdef"
 MODELS = 10
 BASELINE_N = 100
+AVAILABILITY_BASELINE_N = 200
+"""Probes an availability chart's baseline takes (the engine's default, ``AvailabilityConfig``)."""
 SERVICES = ("api", "spc-engine", "alerter")
 
 NOTIFY_SQL = """
@@ -563,10 +565,34 @@ async def stream_seqs(url: str) -> dict[str, int]:
         await nc.close()
 
 
-def print_writes(before: dict[str, int], after: dict[str, int], n: int) -> None:
+async def record_sizes(url: str) -> dict[str, float]:
+    """Each KV bucket's mean stored record size in bytes (its stream's bytes over its messages:
+    history 1, so the live records, each with its subject and headers as JetStream stores it)."""
+    nc = await nats.connect(url)
+    try:
+        return {
+            s.config.name or "": s.state.bytes / s.state.messages
+            for s in await nc.jetstream().streams_info()
+            if (s.config.name or "").startswith("KV_") and s.state.messages
+        }
+    finally:
+        await nc.close()
+
+
+def print_writes(
+    before: dict[str, int], after: dict[str, int], n: int, sizes: dict[str, float] | None = None
+) -> None:
     writes = {name: after[name] - before.get(name, 0) for name in after}
     shown = ", ".join(f"{name} {v / n:.2f}" for name, v in sorted(writes.items()) if v)
     print(f"JetStream writes per event: {shown}")
+    if sizes:
+        # Puts times the bucket's mean record: what the puts carried, roughly (a collecting
+        # chart's record is larger than an armed one's).
+        kv = {name: writes[name] / n * size for name, size in sorted(sizes.items()) if writes.get(name)}
+        parts = ", ".join(
+            f"{name} {v / 1000:.1f} KB ({sizes[name] / 1000:.1f} KB a record)" for name, v in kv.items()
+        )
+        print(f"KV bytes per event: {parts}; all KV {sum(kv.values()) / 1000:.1f} KB")
 
 
 def probers_for(rate: float) -> int:
@@ -607,8 +633,10 @@ async def probe_phases(
     nats_c = next(c for c in components if c.name == "nats-server")
     first = 0
     try:
-        # Arm the probed models' charts first (not measured): BASELINE_N + 20 points each.
-        warm_n = models * (BASELINE_N + 20)
+        # Arm the probed models' charts first (not measured): enough points for the metric
+        # charts' baselines and the availability chart's (AvailabilityConfig.baseline_n, 200),
+        # and 20 more. A chart still collecting shows its progress, and so changes, every probe.
+        warm_n = models * (max(BASELINE_N, AVAILABILITY_BASELINE_N) + 20)
         feed = await Feed.start(
             [
                 "--nats",
@@ -666,6 +694,7 @@ async def probe_phases(
             after = {c.name: c.cpu() for c in components}
             publisher_cpu = cpu_used(f0, feed.component.cpu())
             seqs_after = await stream_seqs(url)
+            sizes = await record_sizes(url)
             await feed.stop()
             cpu = {c.name: cpu_used(before[c.name], after[c.name]) for c in components}
             latencies = [stored.at[i] - t for i, t in put.items() if i in stored.at]
@@ -695,7 +724,7 @@ async def probe_phases(
                 c_elapsed,
                 ceiling,
             )
-            print_writes(seqs, seqs_after, n)
+            print_writes(seqs, seqs_after, n, sizes)
     finally:
         for left in list(Feed.live):
             await left.stop()

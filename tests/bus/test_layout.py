@@ -34,9 +34,13 @@ def test_every_bucket_named_in_subjects_is_declared() -> None:
 
 
 def test_every_bucket_a_service_opens_is_declared() -> None:
-    names = {c.bucket for c in bucket_configs(BusSettings(), charts_bucket="team_charts")}
+    names = {
+        c.bucket
+        for c in bucket_configs(BusSettings(), charts_bucket="team_charts", state_bucket="team_state")
+    }
     assert names == {
         "team_charts",
+        "team_state",
         subjects.SPC_CONFIG_BUCKET,
         subjects.MODELS_BUCKET,
         subjects.SPC_MEMBERS_BUCKET,

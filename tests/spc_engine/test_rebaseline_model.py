@@ -12,8 +12,9 @@ from llmscope.bus.streams import ensure_streams
 from llmscope.proto import subjects
 from llmscope.proto.charts import AVAILABILITY, ModelRebaselineReply, chart_key, decode_record
 from llmscope.spc_engine.config import CHARTED_METRICS
-from llmscope.spc_engine.engine import ChartSnapshot, decode_snapshot
+from llmscope.spc_engine.engine import ChartSnapshot
 from llmscope.spc_engine.service import serve
+from llmscope.spc_engine.store import ChartStore
 
 from .helpers import telemetry_stream
 from .test_service import publish_all, settings, violations, wait_consumed
@@ -64,7 +65,7 @@ async def test_every_chart_of_one_model_in_one_request(nats_url: str) -> None:
             else:
                 assert record.view is not None
                 assert record.view.phase == "collecting", key
-                snap = decode_snapshot(key, (await kv.get(key)).value or b"")
+                snap = await ChartStore(kv, await js.key_value(subjects.SPC_STATE_BUCKET)).load(key)
                 assert isinstance(snap, ChartSnapshot)
                 assert (snap.state.pending_by, snap.state.pending_reason) == ("ann", "new GPU")
         # Their open episodes cleared, published before the answer; m2 was not touched.

@@ -19,9 +19,10 @@ from llmscope.bus.kv import open_bucket
 from llmscope.bus.settings import BusSettings
 from llmscope.bus.streams import ensure_streams, telemetry_partition
 from llmscope.proto import codec, subjects
+from llmscope.proto.charts import decode_record
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.proto.violation import ViolationEvent
-from llmscope.spc_engine.engine import ChartSnapshot, Engine, decode_snapshot
+from llmscope.spc_engine.engine import ChartSnapshot, Engine
 from llmscope.spc_engine.service import (
     SpcService,
     checkpoint_key,
@@ -32,6 +33,7 @@ from llmscope.spc_engine.service import (
     serve,
 )
 from llmscope.spc_engine.settings import SpcSettings
+from llmscope.spc_engine.store import ChartStore
 
 from .helpers import telemetry_stream
 
@@ -225,20 +227,23 @@ async def test_violations_published_then_acked_and_charts_in_kv(nats_url: str) -
         checkpoint = checkpoint_key(partition_of(events[0]))
         assert int((await kv.get(checkpoint)).value or b"0") == len(events)
         key = next(v.chart_key for v in got if v.state == "open" and v.metric == "latency_ms")
-        snap = decode_snapshot(key, (await kv.get(key)).value or b"")
-        assert isinstance(snap, ChartSnapshot)
-        assert snap.seq > 0
-        assert snap.view is not None
-        assert snap.view.phase == "armed"
+        record = decode_record((await kv.get(key)).value or b"")
+        assert record.seq > 0
+        assert record.view is not None
+        assert record.view.phase == "armed"
+        # The chart's state is in the engine's own bucket, not in the record readers watch.
+        assert b'"state"' not in ((await kv.get(key)).value or b"")
+        state = await js.key_value(subjects.SPC_STATE_BUCKET)
         # Re-baseline on request, with who and why: open episodes clear, the chart collects again.
         body = msgspec.json.encode({"chart_key": key, "by": "ann", "reason": "new GPU"})
         reply = msgspec.json.decode((await nc.request(subjects.spc_rebaseline(), body, timeout=5)).data)
         assert reply["ok"] is True
-        snap = decode_snapshot(key, (await kv.get(key)).value or b"")
+        record = decode_record((await kv.get(key)).value or b"")
+        assert record.view is not None
+        assert record.view.phase == "collecting"
+        snap = await ChartStore(kv, state).load(key)
         assert isinstance(snap, ChartSnapshot)
         assert snap.state.pending_by == "ann"
-        assert snap.view is not None
-        assert snap.view.phase == "collecting"
         cleared = [v for v in await violations(js) if v.state == "cleared" and v.chart_key == key]
         assert len(cleared) >= reply["cleared"]
     finally:
@@ -248,7 +253,12 @@ async def test_violations_published_then_acked_and_charts_in_kv(nats_url: str) -
 
 
 @pytest.mark.fault
-async def test_kill_9_and_restart_publishes_exactly_the_uninterrupted_violations(nats_url: str) -> None:
+@pytest.mark.parametrize("state_interval", ["0.3", "2"], ids=["state-each-snapshot", "state-every-2s"])
+async def test_kill_9_and_restart_publishes_exactly_the_uninterrupted_violations(
+    nats_url: str, state_interval: str
+) -> None:
+    """Killed twice mid-stream: with the state written at each snapshot, and with the public
+    records written every 0.3 s and the state every 2 s (public records ahead of the state)."""
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
     await ensure_streams(js, BusSettings())
@@ -259,6 +269,7 @@ async def test_kill_9_and_restart_publishes_exactly_the_uninterrupted_violations
         "NATS_URL": nats_url,
         "LLMSCOPE_SPC_BASELINE_N": str(BASELINE),
         "LLMSCOPE_SPC_SNAPSHOT_INTERVAL_S": "0.3",
+        "LLMSCOPE_SPC_STATE_INTERVAL_S": state_interval,
         "LLMSCOPE_SPC_BATCH_SIZE": "32",
     }
     cmd = [sys.executable, "-m", "llmscope.spc_engine"]

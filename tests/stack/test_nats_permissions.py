@@ -141,6 +141,8 @@ async def test_each_service_user_does_what_it_did_with_one_user(server: Embedded
         await open_bucket(api.jetstream(), subjects.MODELS_BUCKET, description="switches")
         charts = await open_bucket(engine.jetstream(), subjects.SPC_CHARTS_BUCKET, description="charts")
         await charts.put("k", b"v")
+        state = await open_bucket(engine.jetstream(), subjects.SPC_STATE_BUCKET, description="state")
+        await state.put("k", b"s")
 
         async def answer(msg: object) -> None:
             await msg.respond(b"done")  # type: ignore[attr-defined]
@@ -269,3 +271,12 @@ def test_a_renamed_chart_bucket_is_the_engines_to_write() -> None:
     engine = permissions.service_permissions("team_charts")[permissions.SPC_ENGINE]
     assert "$KV.team_charts.>" in engine.publish
     assert f"$KV.{subjects.SPC_CHARTS_BUCKET}.>" not in engine.publish
+    renamed = permissions.service_permissions("team_charts", "team_state")
+    assert "$KV.team_state.>" in renamed[permissions.SPC_ENGINE].publish
+    assert f"$KV.{subjects.SPC_STATE_BUCKET}.>" not in renamed[permissions.SPC_ENGINE].publish
+
+
+def test_only_the_engine_may_write_its_state_bucket() -> None:
+    for user, allowed in permissions.service_permissions().items():
+        writes = f"$KV.{subjects.SPC_STATE_BUCKET}.>" in allowed.publish
+        assert writes == (user == permissions.SPC_ENGINE), user

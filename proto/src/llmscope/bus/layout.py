@@ -53,10 +53,12 @@ def bucket_configs(
     settings: BusSettings,
     *,
     charts_bucket: str = subjects.SPC_CHARTS_BUCKET,
+    state_bucket: str = subjects.SPC_STATE_BUCKET,
     member_ttl_s: float = DEFAULT_MEMBER_TTL_S,
 ) -> list[KeyValueConfig]:
     """Every key-value bucket, from settings (``charts_bucket``: ``LLMSCOPE_SPC_CHARTS_BUCKET``;
-    ``member_ttl_s``: the SPC engine's lease TTL times ``MEMBER_TTLS``)."""
+    ``state_bucket``: ``LLMSCOPE_SPC_STATE_BUCKET``; ``member_ttl_s``: the SPC engine's lease
+    TTL times ``MEMBER_TTLS``)."""
 
     def bucket(name: str, description: str) -> KeyValueConfig:
         return KeyValueConfig(
@@ -68,7 +70,11 @@ def bucket_configs(
         )
 
     return [
-        bucket(charts_bucket, "LLMscope SPC chart snapshots (config, state, limits)"),
+        bucket(charts_bucket, "LLMscope SPC charts as readers see them (phase, limits, baseline, view)"),
+        bucket(
+            state_bucket,
+            "LLMscope SPC engine's private chart state (exact recovery; read by the engine only)",
+        ),
         bucket(subjects.SPC_CONFIG_BUCKET, "LLMscope per-model SPC chart settings (overrides)"),
         bucket(subjects.MODELS_BUCKET, "LLMscope model switches"),
         KeyValueConfig(
@@ -108,12 +114,15 @@ def layout(
     *,
     partitions: int | None = None,
     charts_bucket: str = subjects.SPC_CHARTS_BUCKET,
+    state_bucket: str = subjects.SPC_STATE_BUCKET,
     member_ttl_s: float = DEFAULT_MEMBER_TTL_S,
 ) -> Layout:
     """The declared streams and buckets for these settings."""
     return Layout(
         settings=settings,
-        buckets=bucket_configs(settings, charts_bucket=charts_bucket, member_ttl_s=member_ttl_s),
+        buckets=bucket_configs(
+            settings, charts_bucket=charts_bucket, state_bucket=state_bucket, member_ttl_s=member_ttl_s
+        ),
         partitions=partitions,
     )
 

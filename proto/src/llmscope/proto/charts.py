@@ -1,6 +1,6 @@
 """SPC charts as the engine publishes them: the KV contract readers (API, dashboard, CLI) rely on.
 
-The SPC engine keeps one snapshot per chart in the JetStream KV bucket
+The SPC engine keeps one record per chart, what readers show of it, in the JetStream KV bucket
 ``subjects.SPC_CHARTS_BUCKET`` (``llmscope_spc_charts``, history 1, file storage):
 
 - key: :func:`chart_key` of (provider, model, target, prompt_id, metric). One chart per
@@ -8,15 +8,22 @@ The SPC engine keeps one snapshot per chart in the JetStream KV bucket
   provider/model/target uses prompt ``*`` and metric ``availability``. Keys starting with ``_``
   are the engine's own bookkeeping (``_checkpoint.p<k>`` and ``_lease.p<k>`` per telemetry
   partition, ``_defaults``, ``_settings.<provider>.<model>``), not charts.
-- value: one JSON object, written by the engine every ``LLMSCOPE_SPC_SNAPSHOT_INTERVAL_S`` for
-  the charts that changed and at once after a re-baseline::
+- value: one JSON object, written by the engine when what it shows changed (a point while
+  collecting, an episode opening or clearing, arming, a re-baseline, new settings, the
+  availability counts), at most every ``LLMSCOPE_SPC_SNAPSHOT_INTERVAL_S``, and at once after a
+  re-baseline::
 
-      {"version": 1, "key": ..., "meta": ChartMeta, "seq": <last telemetry stream seq applied>,
-       "updated_at": RFC 3339 | null, "view": ChartView | null,
-       "config": {...}, "state": {...}}
+      {"version": 1, "key": ..., "meta": ChartMeta, "seq": <telemetry stream seq>,
+       "updated_at": RFC 3339 | null, "view": ChartView | null, "gen": <int>}
 
-  ``config`` and ``state`` are the engine's internals and may change shape at any time: read
-  the value as a :class:`ChartRecord`, which ignores them (msgspec skips unknown fields).
+  ``seq`` is the last telemetry stream sequence the chart had applied when the record was
+  written (the state the view renders), not the chart's latest: a chart in control takes points
+  without its record changing. ``updated_at`` is when the record was written, i.e. when what it
+  shows last changed. ``gen`` is the engine's own bookkeeping (the record's generation). Records
+  written by engines before the split of chart state also hold ``config`` and ``state``; none
+  written since do. The engine's state lives in its own bucket, ``subjects.SPC_STATE_BUCKET``
+  (``llmscope_spc_state``), which is not a contract and which readers never need: read the value as a
+  :class:`ChartRecord`, which ignores the fields it does not know (msgspec skips unknown fields).
   ``view`` is the public part of a metric chart; an availability chart has ``availability``
   (:class:`AvailabilityView`) instead. Fields are only ever added, with defaults, as for wire
   events.
@@ -228,8 +235,13 @@ class ChartRecord(msgspec.Struct, frozen=True, kw_only=True):
     version: int = CHART_RECORD_VERSION
     key: str
     meta: ChartMeta
-    seq: Annotated[int, Meta(description="last telemetry stream sequence applied to this chart")] = 0
-    updated_at: datetime | None = None
+    seq: Annotated[
+        int,
+        Meta(description="last telemetry stream sequence the chart had applied when this record was written"),
+    ] = 0
+    updated_at: Annotated[
+        datetime | None, Meta(description="when the record was written: what it shows last changed")
+    ] = None
     view: ChartView | None = None
     availability: AvailabilityView | None = None
     traffic: TrafficView | None = None

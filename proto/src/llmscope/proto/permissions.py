@@ -97,13 +97,15 @@ def _prober() -> Permissions:
     )
 
 
-def _spc_engine(charts_bucket: str) -> Permissions:
+def _spc_engine(charts_bucket: str, state_bucket: str) -> Permissions:
     return Permissions(
         publish=(
             subjects.VIOLATIONS_ALL,
             subjects.DEADLETTER_ALL,
             subjects.TRAFFIC_MINUTES_ALL,
             _kv(charts_bucket),
+            # Its own chart state: nobody else writes it (nor needs to read it).
+            _kv(state_bucket),
             _kv(subjects.SPC_MEMBERS_BUCKET),
             *_JS_ALL,
         ),
@@ -162,12 +164,15 @@ def _setup() -> Permissions:
     )
 
 
-def service_permissions(charts_bucket: str = subjects.SPC_CHARTS_BUCKET) -> dict[str, Permissions]:
+def service_permissions(
+    charts_bucket: str = subjects.SPC_CHARTS_BUCKET, state_bucket: str = subjects.SPC_STATE_BUCKET
+) -> dict[str, Permissions]:
     """Each restricted user's permissions, the setup user's included (the operator has none:
-    unrestricted); ``charts_bucket`` as ``LLMSCOPE_SPC_CHARTS_BUCKET`` names it."""
+    unrestricted); ``charts_bucket`` and ``state_bucket`` as ``LLMSCOPE_SPC_CHARTS_BUCKET`` and
+    ``LLMSCOPE_SPC_STATE_BUCKET`` name them."""
     return {
         PROBER: _prober(),
-        SPC_ENGINE: _spc_engine(charts_bucket),
+        SPC_ENGINE: _spc_engine(charts_bucket, state_bucket),
         ALERTER: _alerter(),
         API: _api(),
         SETUP: _setup(),

@@ -174,7 +174,13 @@ def parse_incident(subject: str) -> tuple[str, str]:
 
 
 SPC_CHARTS_BUCKET = "llmscope_spc_charts"
-"""JetStream KV bucket of SPC chart snapshots, keyed by chart key (written by the SPC engine)."""
+"""JetStream KV bucket of SPC charts as readers see them, keyed by chart key (written by the SPC
+engine when what it shows changed; contract: ``llmscope.proto.charts``)."""
+
+SPC_STATE_BUCKET = "llmscope_spc_state"
+"""JetStream KV bucket of the SPC engine's private chart state (file storage, history 1): one
+record per probe series and per availability chart, written every snapshot interval, read by the
+engine alone when it takes a partition (``llmscope.spc_engine.store``). Not a contract."""
 
 
 def spc_rebaseline() -> str:

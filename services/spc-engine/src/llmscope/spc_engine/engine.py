@@ -6,7 +6,8 @@ of different prompts or endpoints never share limits; one availability chart per
 model / target fed by every probe's outcome. Failed probes never enter the metric charts.
 
 Chart keys, the chart's public meta and view, and the KV contract the API reads are in
-:mod:`llmscope.proto.charts`; the snapshot below adds the engine's own ``config`` and ``state``.
+:mod:`llmscope.proto.charts`; the snapshot below adds the engine's own ``config`` and ``state``
+(stored apart from the public record since: :mod:`llmscope.spc_engine.store`).
 
 Duplicate and late telemetry (documented policy):
 - a stream message delivered again (nak, restart replay) is skipped: each chart remembers the
@@ -84,7 +85,8 @@ def violation_id(key: str, rule: str, state: str, point_id: str) -> str:
 
 
 class ChartSnapshot(msgspec.Struct, kw_only=True):
-    """The value stored under a chart's key in the ``llmscope_spc_charts`` KV bucket.
+    """A chart's whole state: what engines before the split of chart state stored under its key
+    in ``llmscope_spc_charts`` (still read, :mod:`llmscope.spc_engine.store`).
 
     A :class:`~llmscope.proto.charts.ChartRecord` (what readers decode) plus ``config`` and
     ``state``, the engine's internals.

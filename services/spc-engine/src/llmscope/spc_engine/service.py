@@ -38,11 +38,15 @@ So a partition moves only after its old owner stopped charting it (or its lease 
 new owner resumes the partition from its checkpoint: never from the stream's start, never while
 the old owner still charts it. Safety comes from the leases, liveness from the membership.
 
-Exact recovery: every ``snapshot_interval_s`` the changed charts are written to the KV bucket
-(each with the last stream sequence it applied), then each partition's checkpoint with the last
-sequence of that partition every chart has covered. A partition's consumer is recreated, when it
-is taken, to deliver from its checkpoint + 1; charts load lazily from the KV bucket (so the new
-owner of a partition continues its charts) and skip sequences they already applied. Replayed
+Exact recovery: every ``state_interval_s`` the state of the charts that took points is written
+to the state bucket (each chart with the last stream sequence it applied), then the public
+records whose view changed to the chart bucket, then each partition's checkpoint with the last
+sequence of that partition every chart has covered (:mod:`llmscope.spc_engine.store`); every
+``snapshot_interval_s`` in between, only the public records whose view changed. A re-baseline,
+a hand-over and a stop write everything at once. A
+partition's consumer is recreated, when it is taken, to deliver from its checkpoint + 1; charts
+load lazily from the state bucket (so the new owner of a partition continues its charts) and
+skip sequences they already applied. Replayed
 points recompute the same violations with the same ids, and JetStream's duplicate window drops
 them (the API persister also stores by id). A publish that fails after the publisher's retries
 stops the service (exit 1): its supervisor restarts it and the replay from the checkpoint
@@ -127,9 +131,10 @@ from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.proto.traffic import TrafficMinuteEvent
 from llmscope.proto.violation import ViolationEvent
 from llmscope.spc_engine.config import ChartConfig, default_config, to_settings
-from llmscope.spc_engine.engine import Engine, SettingsLog, Snapshot, decode_snapshot
+from llmscope.spc_engine.engine import Engine, SettingsLog, Snapshot
 from llmscope.spc_engine.metrics import EngineCollector, Ownership, SpcMetrics
 from llmscope.spc_engine.settings import SpcSettings
+from llmscope.spc_engine.store import ChartStore
 from llmscope.spc_engine.subgroup import SubgroupConfig
 from llmscope.spc_engine.traffic import TrafficPartition, default_configs, traffic_key
 
@@ -397,9 +402,17 @@ class Member(msgspec.Struct, frozen=True, kw_only=True):
 def engine_buckets(settings: SpcSettings) -> list[KeyValueConfig]:
     """The buckets the engine writes, as ``llmscope.bus.layout`` declares them."""
     declared = bucket_configs(
-        settings.bus, charts_bucket=settings.charts_bucket, member_ttl_s=MEMBER_TTLS * settings.lease_ttl_s
+        settings.bus,
+        charts_bucket=settings.charts_bucket,
+        state_bucket=settings.state_bucket,
+        member_ttl_s=MEMBER_TTLS * settings.lease_ttl_s,
     )
-    names = {settings.charts_bucket, subjects.SPC_CONFIG_BUCKET, settings.members_bucket}
+    names = {
+        settings.charts_bucket,
+        settings.state_bucket,
+        subjects.SPC_CONFIG_BUCKET,
+        settings.members_bucket,
+    }
     return [config for config in declared if config.bucket in names]
 
 
@@ -492,6 +505,16 @@ class Membership:
             self._revision = 0
 
 
+async def open_state_bucket(js: JetStreamContext, settings: SpcSettings) -> KeyValue:
+    """The engine's private chart state (file storage, history 1): nobody else reads it."""
+    return await open_bucket(
+        js,
+        settings.state_bucket,
+        description="LLMscope SPC engine's private chart state (exact recovery; read by the engine only)",
+        replicas=settings.bus.replicas,
+    )
+
+
 class _ResumingConsumer(DurableConsumer[TelemetryEvent]):
     """A partition's durable consumer, recreated to start right after its checkpoint."""
 
@@ -516,6 +539,7 @@ class SpcService:
         js: JetStreamContext,
         kv: KeyValue,
         *,
+        state: KeyValue | None = None,
         holder: str | None = None,
         metrics: SpcMetrics | None = None,
     ) -> None:
@@ -524,6 +548,9 @@ class SpcService:
         self._nc = nc
         self._js = js
         self._kv = kv
+        # The charts' public records go to ``kv``, their state to the state bucket (opened at
+        # first use when not given): see :mod:`llmscope.spc_engine.store`.
+        self._store = ChartStore(kv, state) if state is not None else None
         self._publisher = Publisher(js)
         self.holder = holder or f"{settings.replica}@{socket.gethostname()}"
         self.members: list[str] = []
@@ -546,6 +573,7 @@ class SpcService:
         self._caught_up: dict[int, bool] = {}
         self._checkpointed: dict[int, int] = {}
         self._last_snapshot = time.monotonic()
+        self._last_state = self._last_snapshot
         self._lock = asyncio.Lock()
         self.failed: BaseException | None = None
         self._halt = asyncio.Event()
@@ -617,12 +645,16 @@ class SpcService:
         defaults = SpcDefaults(metrics=metrics, updated_at=datetime.now(UTC))
         await self._kv.put(DEFAULTS_KEY, msgspec.json.encode(defaults))
 
+    async def store(self) -> ChartStore:
+        """Where charts are loaded from and written to (the state bucket opened at first use)."""
+        if self._store is None:
+            state = await open_state_bucket(self._js, self.settings)
+            if self._store is None:  # not opened meanwhile by another task
+                self._store = ChartStore(self._kv, state)
+        return self._store
+
     async def _load(self, key: str) -> Snapshot | None:
-        try:
-            entry = await self._kv.get(key)
-        except KeyNotFoundError:
-            return None
-        return None if entry.value is None else decode_snapshot(key, entry.value)
+        return await (await self.store()).load(key)
 
     async def _read_overrides(self, kv: KeyValue, partitions: Collection[int]) -> None:
         # The current overrides, before a partition's first batch: its charts start with them.
@@ -768,7 +800,7 @@ class SpcService:
                 await self.publish(violations)
                 self._last_seq[partition] = last
                 if time.monotonic() - self._last_snapshot >= self.settings.snapshot_interval_s:
-                    await self.snapshot()
+                    await self.snapshot(state=self.state_due)
                 lease.check()  # the acks follow: only while nobody else can hold the partition
             except Exception as exc:
                 self._stop_on(exc)
@@ -777,16 +809,27 @@ class SpcService:
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         return None
 
-    async def snapshot(self) -> None:
-        """Write the changed charts, then the checkpoint of every partition that moved."""
+    @property
+    def state_due(self) -> bool:
+        """Whether the next snapshot writes the charts' state (``LLMSCOPE_SPC_STATE_INTERVAL_S``)."""
+        return time.monotonic() - self._last_state >= self.settings.state_interval_s
+
+    async def snapshot(self, *, state: bool = True) -> None:
+        """Write the changed charts' public records and, with ``state``, the state of every chart
+        that took a point since the last such write, the traffic charts, then the checkpoint of
+        every partition that moved. Without ``state`` the checkpoints stay where they are: a
+        takeover replays from them, so the public records may run ahead of the state (see
+        :mod:`llmscope.spc_engine.store`)."""
         for lease in self._leases.values():
             lease.check()
         now = datetime.now(UTC)
-        # Each chart has its own key: they go pipelined, all stored before the checkpoints.
-        encode = msgspec.json.encode
-        await put_many(
-            self._kv, [(key, encode(self.engine.snapshot(key, now))) for key in self.engine.take_dirty()]
-        )
+        store = await self.store()
+        # The state of every chart that took a point and the public records that changed, each
+        # pipelined, all stored before the checkpoints.
+        await store.write(self.engine, self.engine.take_dirty(), now, state=state)
+        if not state:
+            self._last_snapshot = time.monotonic()
+            return
         for partition, traffic in self.traffic.items():
             if traffic.dirty and partition in self._leases:
                 # The charts' records (what readers see), the subgroups, then the head (its
@@ -798,7 +841,7 @@ class SpcService:
             if last > self._checkpointed.get(partition, 0):
                 await self._kv.put(checkpoint_key(partition), str(last).encode())
                 self._checkpointed[partition] = last
-        self._last_snapshot = time.monotonic()
+        self._last_snapshot = self._last_state = time.monotonic()
 
     async def on_rebaseline(self, msg: Msg) -> None:
         try:
@@ -982,11 +1025,18 @@ class SpcService:
                 self._stop_on(exc)
                 return
             self.held.discard(partition)
-            for key, entry in list(self.engine.charts.items()):
-                if self.partition_of(entry.meta.provider, entry.meta.model) == partition:
-                    # Reloaded from its snapshot if the partition comes back: the next owner
-                    # changes it meanwhile.
-                    del self.engine.charts[key]
+            gone = [
+                key
+                for key, entry in self.engine.charts.items()
+                if self.partition_of(entry.meta.provider, entry.meta.model) == partition
+            ]
+            for key in gone:
+                # Reloaded from its snapshot if the partition comes back: the next owner
+                # changes it meanwhile.
+                del self.engine.charts[key]
+            if self._store is not None:
+                self._store.forget(gone)
+                self._store.forget_series(lambda p, m: self.partition_of(p, m) == partition)
             for pm in [pm for pm in self._pending if self.partition_of(*pm) == partition]:
                 del self._pending[pm]
             for per_partition in (self.traffic, self._caught_up, self._last_seq, self._checkpointed):
@@ -1102,7 +1152,7 @@ class SpcService:
                     ):
                         try:
                             await self.close_quiet_minutes()
-                            await self.snapshot()
+                            await self.snapshot(state=self.state_due)
                         except Exception as exc:
                             self._stop_on(exc)
                             return
@@ -1229,10 +1279,11 @@ async def serve(
         kv = await open_bucket(
             js,
             settings.charts_bucket,
-            description="LLMscope SPC chart snapshots (config, state, limits)",
+            description="LLMscope SPC charts as readers see them (phase, limits, baseline, view)",
             replicas=settings.bus.replicas,
         )
-        service = SpcService(settings, nc, js, kv, metrics=metrics)
+        state = await open_state_bucket(js, settings)
+        service = SpcService(settings, nc, js, kv, state=state, metrics=metrics)
         if on_connected is not None:
             on_connected(nc)
         try:

@@ -48,6 +48,7 @@ def declared(settings: SpcSettings) -> Layout:
         settings.bus,
         partitions=settings.partitions,
         charts_bucket=settings.charts_bucket,
+        state_bucket=settings.state_bucket,
         member_ttl_s=MEMBER_TTLS * settings.lease_ttl_s,
     )
 

@@ -113,6 +113,8 @@ class UpSettings:
     """/metrics port of each service that runs and has one of its own (the API serves its own)."""
     charts_bucket: str = subjects.SPC_CHARTS_BUCKET
     """The SPC engine's chart bucket (LLMSCOPE_SPC_CHARTS_BUCKET): its NATS user may write it."""
+    state_bucket: str = subjects.SPC_STATE_BUCKET
+    """The SPC engine's state bucket (LLMSCOPE_SPC_STATE_BUCKET): its NATS user alone may write it."""
 
     @classmethod
     def from_env(cls, env: Env) -> UpSettings:
@@ -143,6 +145,7 @@ class UpSettings:
             services=services,
             metrics_ports={service: p for service, p in metrics_ports.items() if p},
             charts_bucket=env.text("LLMSCOPE_SPC_CHARTS_BUCKET", subjects.SPC_CHARTS_BUCKET),
+            state_bucket=env.text("LLMSCOPE_SPC_STATE_BUCKET", subjects.SPC_STATE_BUCKET),
         )
 
 
@@ -269,7 +272,7 @@ class Stack:
                 users={
                     user: load_or_create_secret(s.data_dir, _nats_secret(user)) for user in permissions.USERS
                 },
-                permissions=permissions.service_permissions(s.charts_bucket),
+                permissions=permissions.service_permissions(s.charts_bucket, s.state_bucket),
                 tie_to_parent=True,
             )
             self.nats = nats
