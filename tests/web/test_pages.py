@@ -7,6 +7,7 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import msgspec
 import pytest
 
 from llmscope.api.persister import store_telemetry, store_violations
@@ -16,7 +17,7 @@ from llmscope.web.auth import CSRF_HEADER
 from llmscope.web.live import point_event
 from llmscope.web.routes import SESSION_COOKIE
 from tests.api.conftest import API_KEY, Api, serve
-from tests.api.factories import cleared, telemetry, violation
+from tests.api.factories import cleared, limits, telemetry, violation
 
 HX = {"HX-Request": "true"}
 
@@ -273,7 +274,7 @@ async def test_violation_detail_and_actions(api: Api) -> None:
     assert "the prober host, not the target's" in r.text
     assert len(re.findall(r'<tr class="trigger">', r.text)) == 1
     # The frozen limits are latencies: each says so, as the value does.
-    for row in ("Center", "UCL / LCL", "Zone A (±2σ)", "Zone B (±1σ)"):
+    for row in ("Center", "Sigma", "UCL / LCL", "Zone A (±2σ)", "Zone B (±1σ)"):
         assert re.search(rf"<tr><th>{re.escape(row)}</th><td>[^<]* ms</td></tr>", r.text), row
     r = await client.get("/violations/v2", headers=HX)
     assert not is_full_page(r.text)
@@ -311,6 +312,21 @@ async def test_violation_page_names_the_metric_once_and_unknown_gpu_plainly(api:
         assert r.text.count('<th class="this-metric"') == 1
         assert "– %" not in r.text  # no system metrics in this event: "–", not "– %"
         assert "<th>GPU</th><td>–</td>" in r.text
+
+
+async def test_a_log_charts_sigma_reads_as_the_factor_it_is(api: Api) -> None:
+    # On a log chart sigma is in natural-log units: the page says so and what it means in the
+    # metric (x1.22 per sigma), never a bare "0.2000 (log scale)" or "(none scale)".
+    point = telemetry(3)
+    logged = msgspec.structs.replace(limits(center=800.0, sigma=0.2), transform="log")
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, [point])
+        await store_violations(conn, [violation(point, id="v-log", limits=logged)])
+    client = await login(api)
+    r = await client.get("/violations/v-log")
+    assert r.status_code == 200
+    assert "<tr><th>Sigma</th><td>0.2000 in log units: one σ is ×1.22</td></tr>" in r.text
+    assert " scale)" not in r.text
 
 
 async def test_availability_violation_lists_the_failed_probes_around_it(api: Api) -> None:

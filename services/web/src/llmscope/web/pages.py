@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -68,6 +69,17 @@ def _pct(value: float | None, digits: int = 1) -> str:
     return "–" if value is None else f"{value:,.{digits}f} %"
 
 
+def _sigma(sigma: float | None, transform: str, unit: str) -> str:
+    """A chart's sigma in words a reader can use: in the metric's units on a raw chart; on a log
+    chart, natural-log units and the factor one sigma is (0.2 -> "0.2000 in log units: one σ is
+    x1.22")."""
+    if sigma is None:
+        return "–"
+    if transform == "log":
+        return f"{sigma:.4f} in log units: one σ is ×{math.exp(sigma):.2f}"
+    return f"{sigma:,.2f}{unit}"
+
+
 def _ts(value: datetime | None) -> str:
     return "–" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
@@ -113,6 +125,7 @@ def build_environment() -> Environment:
     env.filters["num"] = _num
     env.filters["ts"] = _ts
     env.filters["pct"] = _pct
+    env.globals["sigma_text"] = _sigma
     env.globals["metric_labels"] = METRIC_LABELS
     env.globals["rules_legend"] = RULES
     env.globals["rule_meaning"] = BY_CODE
