@@ -157,6 +157,24 @@ async def test_old_dashboard_links_lead_to_the_chart(api: Api) -> None:
         assert r.headers["location"] == "/dashboard?series=ollama%7Cllama3.1:8b&metric=ttft_ms&hours=6"
 
 
+async def test_a_link_to_a_model_or_prompt_nobody_probes_says_so(api: Api) -> None:
+    # The chart shown instead is another model's: the page says which was asked and which is shown.
+    await seed(api)
+    client = await login(api)
+    for headers in ({}, HX):
+        r = await client.get("/dashboard", params={"series": "ollama|gone:1"}, headers=headers)
+        assert r.status_code == 200
+        assert "No probes of ollama / gone:1 are stored: this is ollama / llama3.1:8b · simple-1." in r.text
+        r = await client.get(
+            "/dashboard", params={"series": "ollama|llama3.1:8b", "prompt_id": "nope"}, headers=headers
+        )
+        assert "No probes of prompt nope of ollama / llama3.1:8b are stored" in r.text
+        r = await client.get("/dashboard", params={"series": "ollama|llama3.1:8b"}, headers=headers)
+        assert "unknown-series" not in r.text
+        r = await client.get("/dashboard", headers=headers)  # no model asked: the first, no notice
+        assert "unknown-series" not in r.text
+
+
 async def test_overview_shows_every_model_worst_first(api: Api) -> None:
     # "other" is down: its last three probes failed, and it has an open critical AVAILABILITY
     # episode; llama only has a warning (which changes no status).

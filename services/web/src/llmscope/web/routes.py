@@ -290,10 +290,17 @@ def create_router(
             return await _violation_log(request, provider, model, prompt_id, target, metric, hours, severity)
         all_series = await data.series()
         models = sorted({(s.provider, s.model) for s in all_series})
+        # A link to a model or prompt nobody probes (a typo, a removed model) says so: the chart
+        # shown instead is another one, and must not pass for the one asked for.
+        unknown = ""
         if (provider, model) not in models and models:
+            if provider or model:
+                unknown = f"{provider or '?'} / {model or '?'}"
             provider, model = models[0]
         prompts = sorted(s.prompt_id for s in all_series if (s.provider, s.model) == (provider, model))
         if prompt_id not in prompts and prompts:
+            if prompt_id and not unknown:
+                unknown = f"prompt {prompt_id} of {provider} / {model}"
             prompt_id = prompts[0]
         # Info-level tests fire by the hundred on a busy chart: shown only when asked for.
         shown = SEVERITY_AT_LEAST[severity]
@@ -359,6 +366,7 @@ def create_router(
             "availability": availability,
             "traffic_series": traffic_series,
             "traffic_labels": TRAFFIC_LABELS,
+            "unknown": unknown,
         }
         return pages.render(
             request,
