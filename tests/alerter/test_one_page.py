@@ -1,7 +1,8 @@
 """One degradation pages once: a model's warnings and its critical share the incident's thread.
 
-Real NATS, Postgres and a local webhook server; the severities notified are warning and above
-(``alert.min_severity: warning``), so both tiers reach the channel.
+Real NATS, Postgres, a local webhook server, a Slack-format API and an SMTP server (aiosmtpd);
+the severities notified are warning and above (``alert.min_severity: warning``), so both tiers
+reach the channel.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from nats.js import JetStreamContext
 from llmscope.alerter.config import Timings
 from llmscope.proto import codec
 from llmscope.proto.alert import NotificationEvent
-from tests.alerter.factories import HttpSink, cleared, violation
+from tests.alerter.factories import HttpSink, Mailbox, cleared, smtp_server, violation
 from tests.alerter.flushes import all_flushed_after, nothing_in_flight
 from tests.alerter.harness import Running, eventually, publish, start_alerter
 from tests.alerter.test_chat_channels import TOKEN, SlackApi
@@ -171,3 +172,47 @@ async def test_the_critical_replies_in_the_slack_thread_its_warning_started(
     finally:
         await run.close()
         await slack.sink.stop()
+
+
+async def test_the_critical_email_replies_to_its_warning_and_the_group_carries_the_thread_on(
+    database_url: str, js: JetStreamContext
+) -> None:
+    box = Mailbox()
+    smtp = smtp_server(box)
+    env = {
+        "LLMSCOPE_SMTP_HOST": "127.0.0.1",
+        "LLMSCOPE_SMTP_PORT": str(smtp.port),
+        "LLMSCOPE_SMTP_SECURITY": "none",
+        "LLMSCOPE_SMTP_FROM": "scope@example.com",
+        "LLMSCOPE_ALERT_EMAIL_TO": "oncall@example.com",
+    }
+    timings = Timings(group_wait=0.3, group_interval=0.2, repeat_interval=3600)
+    run = await start_alerter(database_url, js, env, timings=timings, severities=("critical", "warning"))
+    try:
+        warning = violation(1, rule="EWMA", severity="warning", metric="tokens_per_s", value=20.0)
+        critical = violation(9, rule="CUSUM", metric="latency_ms", value=2400.0)
+        await publish(js, warning)
+        await eventually(lambda: len(box.messages) >= 1, what="the warning's email")
+        first = box.messages[0]
+        assert first["Subject"].startswith("[LLMscope] WARNING"), first["Subject"]
+        assert first["In-Reply-To"] is None
+        await publish(js, critical)
+        await eventually(lambda: len(box.messages) >= 2, what="the critical's email")
+        page = box.messages[1]
+        assert page["Subject"].startswith("[LLMscope] CRITICAL"), page["Subject"]
+        assert page["In-Reply-To"] == first["Message-ID"]
+        assert page["References"] == first["Message-ID"]
+
+        await publish(js, cleared(warning, critical.ts + timedelta(seconds=5)))
+        await publish(js, cleared(critical, critical.ts + timedelta(seconds=6)))
+        await eventually(lambda: len(box.messages) >= 3, what="the resolved email")
+        resolved = box.messages[2]
+        assert resolved["Subject"].startswith("[LLMscope] RESOLVED"), resolved["Subject"]
+        # A reply to the critical, in the thread the warning started.
+        assert resolved["In-Reply-To"] == page["Message-ID"]
+        assert resolved["References"].split() == [first["Message-ID"], page["Message-ID"]]
+        await _quiet(run, timings.group_interval)
+        assert len(box.messages) == 3, [m["Subject"] for m in box.messages]
+    finally:
+        await run.close()
+        smtp.stop()

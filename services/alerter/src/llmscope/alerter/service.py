@@ -294,6 +294,10 @@ class Alerter:
             told_before={}
             if claim.channel_kind == "alertmanager"
             else await self.store.told_before(claim.group_id, claim.channel, claim.id),
+            # Only mail threads by the messages it refers to (Slack's thread is copied on folding).
+            follows=await self.store.folded_thread(claim.group_id, claim.channel)
+            if claim.channel_kind == "email"
+            else None,
         )
 
     async def deliver(self, claim: Claim, runtime: RuntimeConfig) -> Outcome:

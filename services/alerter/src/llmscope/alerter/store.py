@@ -231,6 +231,18 @@ class Store(IncidentStore, MergeStore, SilenceStore, ContextStore, RetentionStor
         )
         self._log.info("warnings of the model folded into its incident's group", group=folded, into=target)
 
+    async def folded_thread(self, group_id: int, channel: str) -> str | None:
+        """The first message a group folded into this one sent on ``channel`` (the warning of the
+        degradation): this group's messages on that channel are replies in its thread."""
+        found = await self.pool.fetchval(
+            "SELECT n.id FROM alerter_notifications n JOIN alerter_groups f ON f.id = n.group_id"
+            " WHERE f.folded_into = $1 AND n.channel = $2 AND n.status IN ('sent', 'sending')"
+            " ORDER BY coalesce(n.sent_at, n.created_at), n.seq LIMIT 1",
+            group_id,
+            channel,
+        )
+        return None if found is None else str(found)
+
     async def told_before(self, group_id: int, channel: str, notification_id: str) -> dict[str, datetime]:
         """Episodes a group folded into this one had told ``channel`` firing, and when, for the
         channel's first message of this group (later ones are updates of that first one)."""

@@ -102,6 +102,9 @@ class Notification:
     told_before: Mapping[str, datetime] = field(default_factory=dict)
     """firing episodes this channel was already told by a warning message folded into this
     incident's group (episode id -> when): referred to, not repeated"""
+    follows: str | None = None
+    """the id of the first message a group folded into this one sent on this channel (the
+    degradation's warning): the thread this group's messages carry on"""
 
     @property
     def status(self) -> Literal["firing", "resolved"]:

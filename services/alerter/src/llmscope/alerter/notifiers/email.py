@@ -211,6 +211,16 @@ def thread_root(notification_id: str) -> str | None:
     return message_id(f"{match['group']}:{match['channel']}:1")
 
 
+def thread_refs(n: Notification) -> list[str]:
+    """``References`` of a message, oldest first (its last is ``In-Reply-To``): the warning a
+    folded group sent first, then this group's first message when this one follows it."""
+    refs = [message_id(n.follows)] if n.follows else []
+    root = thread_root(n.id)
+    if root is not None:
+        refs.append(root)
+    return refs
+
+
 def flatten(msg: EmailMessage) -> bytes:
     out = io.BytesIO()
     email.generator.BytesGenerator(out, policy=WIRE_POLICY).flatten(msg)
@@ -302,11 +312,12 @@ class EmailNotifier:
         # Stable across re-sends (a take-over after a crash), so receivers can de-duplicate by it.
         msg["Message-ID"] = message_id(notification.id)
         msg["X-LLMscope-Notification"] = notification.id
-        root = thread_root(notification.id)
-        if root is not None:
-            # Updates and the resolution thread under the first message in mail clients.
-            msg["In-Reply-To"] = root
-            msg["References"] = root
+        refs = thread_refs(notification)
+        if refs:
+            # Updates and the resolution thread under the first message in mail clients, and
+            # one degradation's critical under the warning already sent about it.
+            msg["In-Reply-To"] = refs[-1]
+            msg["References"] = " ".join(refs)
         try:
             msg.set_content(render_text(notification))
             msg.add_alternative(render_html(notification), subtype="html")
