@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -776,19 +776,30 @@ class Store:
         except DestinationRefused as exc:
             raise SettingError(key, str(exc)) from None
 
-    async def _ticket_errors(self, changes: Mapping[str, object]) -> dict[str, str]:
-        """The ticket settings as they would stand after ``changes``, checked together."""
-        if not any(k.startswith(ticket_settings.PREFIX) for k in changes):
+    async def _ticket_errors(
+        self, changes: Mapping[str, object], removed: Collection[str] = ()
+    ) -> dict[str, str]:
+        """The ticket settings as they would stand after ``changes`` (and ``removed`` gone),
+        checked together."""
+        if not any(k.startswith(ticket_settings.PREFIX) for k in (*changes, *removed)):
             return {}
         rows = await self.pool.fetch(
             "SELECT key, value FROM settings WHERE starts_with(key, $1)", ticket_settings.PREFIX
         )
-        return ticket_settings.ticket_errors({**{r["key"]: r["value"] for r in rows}, **changes})
+        stored = {r["key"]: r["value"] for r in rows if r["key"] not in removed}
+        return ticket_settings.ticket_errors({**stored, **changes})
 
-    async def put_settings(self, values: dict[str, object], by: str) -> list[SettingInfo]:
-        """Validate every value first, then store them in one transaction: a form saves whole."""
+    async def put_settings(
+        self, values: dict[str, object], by: str, remove: Collection[str] = ()
+    ) -> list[SettingInfo]:
+        """Validate every value first, then store them and delete the stored ``remove`` keys
+        (the environment's or the default value applies again) in one transaction: a form
+        saves whole."""
         clean: dict[str, object] = {}
         errors: dict[str, str] = {}
+        for key in remove:
+            if key not in known_settings.BY_KEY:
+                errors[key] = "unknown setting"
         for key, value in values.items():
             try:
                 clean[key] = known_settings.spec(key).validate(value)
@@ -796,10 +807,12 @@ class Store:
             except SettingError as exc:
                 errors[key] = exc.message
         if not errors:
-            errors = await self._ticket_errors(clean)
+            errors = await self._ticket_errors(clean, remove)
         if errors:
             raise SettingErrors(errors)
         async with self.pool.acquire() as conn, conn.transaction():
+            if remove:
+                await conn.execute("DELETE FROM settings WHERE key = ANY($1::text[])", list(remove))
             for key, value in clean.items():
                 await conn.execute(
                     """INSERT INTO settings (key, value, updated_at, updated_by) VALUES ($1, $2, now(), $3)

@@ -8,6 +8,7 @@ The same dataclasses are the API's JSON response models, so the dashboard and th
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -512,6 +513,9 @@ class DashboardData(Protocol):
 
     async def put_setting(self, key: str, value: object, by: str) -> SettingInfo: ...
 
-    async def put_settings(self, values: dict[str, object], by: str) -> list[SettingInfo]:
-        """Store all of ``values`` or none: :class:`SettingErrors` names each refused key."""
+    async def put_settings(
+        self, values: dict[str, object], by: str, remove: Collection[str] = ()
+    ) -> list[SettingInfo]:
+        """Store all of ``values`` and delete the stored ``remove`` keys, or do nothing:
+        :class:`SettingErrors` names each refused key."""
         ...

@@ -54,7 +54,15 @@ from llmscope.web.data import (
 from llmscope.web.live import Broadcaster, add_live_routes
 from llmscope.web.overview import BudgetCache, overview_rows, summary
 from llmscope.web.pages import Pages, ask_rebaseline, is_htmx, toast_trigger
-from llmscope.web.settings_form import BY_ID, SECTIONS, SectionView, fixed_settings, parse_field, section_view
+from llmscope.web.settings_form import (
+    BY_ID,
+    SECTIONS,
+    SectionView,
+    fixed_settings,
+    parse_field,
+    section_changes,
+    section_view,
+)
 from llmscope.web.status_routes import StatusData, add_status_routes
 from llmscope.web.svg import MARKS_DRAWN
 from llmscope.web.traffic import TRAFFIC_LABELS, TrafficData, TrafficSeries, series_of
@@ -712,32 +720,21 @@ def create_router(
 
     @router.post("/settings/section/{section_id}", response_class=HTMLResponse, dependencies=[Session])
     async def save_section(request: Request, section_id: str) -> HTMLResponse:
-        """Save one form of the settings page whole; errors are shown under their fields."""
+        """Save one form of the settings page whole (the fields changed, checked together);
+        errors are shown under their fields."""
         section = BY_ID.get(section_id)
         if section is None:
             return pages.render(request, "not_found.html", {"what": "settings section"}, status_code=404)
         form = await request.form()
-        stored = {s.key: s for s in await data.settings()}
-        typed: dict[str, str] = {}
-        values: dict[str, object] = {}
-        errors: dict[str, str] = {}
-        for spec in section.fields:
-            setting = stored.get(spec.key)
-            if setting is None:
-                continue
-            # A checkbox sends "true" after its hidden "false": the last value is the one ticked.
-            raw = [str(v) for v in form.getlist(spec.key)]
-            text = raw[-1] if raw else ""
-            typed[spec.key] = text
-            if setting.secret and not text.strip():
-                continue  # write-only: blank keeps the stored secret
+        changes = section_changes(
+            section,
+            {s.key: s for s in await data.settings()},
+            {k: [str(v) for v in form.getlist(k)] for k in form},
+        )
+        typed, errors = changes.typed, changes.errors
+        if not errors and (changes.values or changes.remove):
             try:
-                values[spec.key] = parse_field(setting, text)
-            except SettingError as exc:
-                errors[spec.key] = exc.message
-        if not errors:
-            try:
-                await data.put_settings(values, opts.actor)
+                await data.put_settings(changes.values, opts.actor, changes.remove)
             except SettingErrors as exc:
                 errors = exc.errors
         if errors:
@@ -747,7 +744,8 @@ def create_router(
             toast = (f"{section.title}: not saved, check {named}.", "error")
             status = 200 if is_htmx(request) else 422
         else:
-            view = section_view(section, await data.settings(), message="Saved.")
+            said = "Saved." if changes.values or changes.remove else "Saved. No field was changed."
+            view = section_view(section, await data.settings(), message=said)
             toast = (f"{section.title} settings saved.", "ok")
             status = 200
         if is_htmx(request):

@@ -7,6 +7,7 @@ sessions) are shown read-only with the variable that changes them: they are read
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from llmscope.web.data import SettingError, SettingInfo
@@ -246,6 +247,65 @@ def parse_field(setting: SettingInfo, raw: str | None) -> object:
         except ValueError:
             raise SettingError(setting.key, f"expected a number, got {text!r}") from None
     return text
+
+
+NOT_SET = ""
+"""A choice field's first option: nothing stored, the environment's or the default value applies."""
+RESET = "reset"
+"""The form field naming the stored settings to delete (the "use the default" boxes)."""
+
+
+@dataclass(slots=True)
+class SectionChanges:
+    """What a section's Save changes: values to store, stored keys to delete, and what was typed."""
+
+    values: dict[str, object] = field(default_factory=dict)
+    remove: list[str] = field(default_factory=list)
+    typed: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def stored(setting: SettingInfo) -> bool:
+    """Whether the settings table holds a value for it (else the page shows the default)."""
+    return setting.updated_at is not None
+
+
+def section_changes(
+    section: Section, settings: Mapping[str, SettingInfo], form: Mapping[str, list[str]]
+) -> SectionChanges:
+    """Only what the user changed: a field left as the page showed it is not stored (a default
+    saved back would pin itself over the environment: a tracker "none" turns the alerter's
+    LLMSCOPE_TICKETS_* tracker off). A ticked "use the default" box, or a choice set to "not set",
+    deletes the stored value."""
+    out = SectionChanges()
+    reset = set(form.get(RESET, ()))
+    for spec in section.fields:
+        setting = settings.get(spec.key)
+        if setting is None:
+            continue
+        # A checkbox sends "true" after its hidden "false": the last value is the one ticked.
+        raw = form.get(spec.key, [])
+        text = raw[-1] if raw else ""
+        out.typed[spec.key] = text
+        if spec.key in reset or (setting.kind == "choice" and text.strip() == NOT_SET):
+            if stored(setting):
+                out.remove.append(spec.key)
+            continue
+        if setting.secret and not text.strip():
+            continue  # write-only: blank keeps the stored secret
+        try:
+            value = parse_field(setting, text)
+        except SettingError as exc:
+            out.errors[spec.key] = exc.message
+            continue
+        if setting.secret:
+            out.values[spec.key] = value  # never shown, so never "left as shown"
+            continue
+        # Unstored, a choice shows "not set": any option picked is a choice made (tracker none).
+        if value == setting.value and (stored(setting) or setting.kind != "choice"):
+            continue
+        out.values[spec.key] = value
+    return out
 
 
 def _days(value: float) -> str:
