@@ -91,7 +91,7 @@ async def _stored(api: Api) -> dict[str, object]:
 async def test_a_section_stores_only_what_was_changed_and_can_delete_a_stored_value(api: Api) -> None:
     client = await login(api)
     # Saved as shown, nothing is stored.
-    for section in ("policy", "email", "tickets", "dashboard"):
+    for section in ("policy", "email", "slack", "webhook", "pagerduty", "tickets", "dashboard"):
         r = await _post(client, section, (await _form(client, section)).pairs)
         assert r.status_code == 200, r.text
     assert await _stored(api) == {}

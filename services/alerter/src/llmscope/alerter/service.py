@@ -234,6 +234,13 @@ class Alerter:
                 # The claim stays 'sending'; its lease runs out and a replica tries again.
                 log.exception("delivery crashed", notification=claim.id)
 
+    async def _follows(self, claim: Claim) -> str | None:
+        """The folded warning's first message the group's emails reply under; only mail threads
+        by the messages it refers to (Slack's thread is copied when the group folds)."""
+        if claim.channel_kind != "email":
+            return None
+        return await self.store.folded_thread(claim.group_id, claim.channel)
+
     async def notification_for(self, claim: Claim, runtime: RuntimeConfig | None = None) -> Notification:
         if claim.merged_into:
             absorbed = claim.group_labels.get("incident", "")
@@ -255,6 +262,7 @@ class Alerter:
                 resolved=tuple(AlertView(a.event, a.cleared, incident=was) for a in claim.resolved),
                 merged_into=refs.get(claim.merged_into)
                 or IncidentRef(claim.merged_into, f"incident {claim.merged_into}"),
+                follows=await self._follows(claim),
             )
         events = [a.event for a in (*claim.firing, *claim.resolved)]
         context = await self.store.context_for(events)
@@ -294,10 +302,7 @@ class Alerter:
             told_before={}
             if claim.channel_kind == "alertmanager"
             else await self.store.told_before(claim.group_id, claim.channel, claim.id),
-            # Only mail threads by the messages it refers to (Slack's thread is copied on folding).
-            follows=await self.store.folded_thread(claim.group_id, claim.channel)
-            if claim.channel_kind == "email"
-            else None,
+            follows=await self._follows(claim),
         )
 
     async def deliver(self, claim: Claim, runtime: RuntimeConfig) -> Outcome:
