@@ -30,7 +30,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmscope.api.auth import SAFE_METHODS, refusal
-from llmscope.api.methods import wrong_method
+from llmscope.api.methods import MethodCheck
 from llmscope.api.unavailable import unavailable_response
 from llmscope.web.auth import Authenticator, AuthUnavailable, RateLimited, change_refusal
 
@@ -88,7 +88,7 @@ class FrontDoor:
         routes: Sequence[BaseRoute] = (),
     ) -> None:
         self.app = app
-        self.routes = routes
+        self.wrong_method = MethodCheck(routes)
         self.auth = auth
         self.receiver_on = receiver_on
         self.limit = max_body_bytes
@@ -129,11 +129,11 @@ class FrontDoor:
                 return None  # public or not, the route decides what an anonymous reader sees
             refused = refusal(principal, method, path)
             if refused is None:
-                return wrong_method(self.routes, scope)
+                return self.wrong_method(scope)
             status, detail = refused
             headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
             return JSONResponse({"detail": detail}, status_code=status, headers=headers)
-        wrong = wrong_method(self.routes, scope)
+        wrong = self.wrong_method(scope)
         if wrong is not None:
             return wrong  # before the session check: TRACE /healthz was redirected to the login
         if method in SAFE_METHODS or path in OPEN_WRITES:
