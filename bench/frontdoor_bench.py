@@ -81,7 +81,10 @@ async def measure(
     p99: dict[tuple[str, int], list[float]] = {}
     names = list(targets)
     serial = 0
-    async with aiohttp.ClientSession() as session:
+    # Idle connections are dropped before uvicorn's keep-alive (5 s) ends them: reusing one the
+    # server is closing fails the POST ("Can not write request body").
+    connector = aiohttp.TCPConnector(limit=128, keepalive_timeout=2)
+    async with aiohttp.ClientSession(connector=connector) as session:
         for name, (url, _) in targets.items():
             # The APIs' readiness (NATS and Postgres connected); the bare endpoint answers 405.
             await wait_http(f"{url}/readyz" if name != "bare" else f"{url}/api/stats")
