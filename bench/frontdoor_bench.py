@@ -37,7 +37,8 @@ from llmscope.stack.embedded import EmbeddedNats, EmbeddedPostgres
 from llmscope.stack.ports import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stack_bench import (  # noqa: E402 (the sibling benchmark, found by the path above)
+# The sibling benchmark, found by the path above.
+from stack_bench import (
     BARE_APP,
     KEY,
     Component,
@@ -49,8 +50,10 @@ from stack_bench import (  # noqa: E402 (the sibling benchmark, found by the pat
     wait_http,
 )
 
+IDLE_S = 3.0
 
-def start_api(name: str, tree: Path, nats_url: str, database_url: str, log: Path) -> tuple[str, subprocess.Popen[bytes]]:
+
+def start_api(tree: Path, nats_url: str, database_url: str, log: Path) -> tuple[str, subprocess.Popen[bytes]]:
     port = free_port()
     env = dict(os.environ)
     env.update(
@@ -79,6 +82,7 @@ async def measure(
 ) -> None:
     cpu_ms: dict[tuple[str, int], list[float]] = {}
     p99: dict[tuple[str, int], list[float]] = {}
+    idle: dict[str, list[float]] = {}
     names = list(targets)
     serial = 0
     # Idle connections are dropped before uvicorn's keep-alive (5 s) ends them: reusing one the
@@ -95,6 +99,15 @@ async def measure(
             order = names[r % len(names) :] + names[: r % len(names)]
             load = os.getloadavg()
             print(f"\n-- round {r + 1}/{rounds}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+            # No traffic at all: each process's own timers, the part of a per-POST figure that
+            # shrinks as the rate grows.
+            procs = {name: Component(name, pid) for name, (_, pid) in targets.items()}
+            before_idle = {name: c.cpu() for name, c in procs.items()}
+            await asyncio.sleep(IDLE_S)
+            for name, c in procs.items():
+                ms_per_s = 1000 * cpu_used(before_idle[name], c.cpu()) / IDLE_S
+                idle.setdefault(name, []).append(ms_per_s)
+            print("idle     " + "  ".join(f"{name} {idle[name][-1]:.1f} ms/s" for name in names))
             for rate in rates:
                 n = int(rate * seconds)
                 for name in order:
@@ -109,11 +122,12 @@ async def measure(
                     p99.setdefault((name, rate), []).append(1000 * percentile(trips, 99))
                     print(
                         f"{name:<8} {rate:>5}/s asked, {n / elapsed:>6.0f}/s achieved  "
-                        f"CPU {1000 * used / n:.3f} ms/POST  round trip p50 {1000 * percentile(trips, 50):.1f}"
-                        f" p99 {1000 * percentile(trips, 99):.1f} ms"
+                        f"CPU {1000 * used / n:.3f} ms/POST  round trip p50 "
+                        f"{1000 * percentile(trips, 50):.1f} p99 {1000 * percentile(trips, 99):.1f} ms"
                     )
     load = os.getloadavg()
     print(f"\n== median of {rounds} rounds (load average now {load[0]:.2f} {load[1]:.2f} {load[2]:.2f})")
+    print("idle     " + "  ".join(f"{name} {statistics.median(idle[name]):.1f} ms/s" for name in names))
     for rate in rates:
         bare = statistics.median(cpu_ms[("bare", rate)])
         for name in names:
@@ -150,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             targets: dict[str, tuple[str, int]] = {}
             for name, path in trees.items():
                 database_url = postgres.create_database(f"frontdoor_{name}")
-                url, proc = start_api(name, Path(path).resolve(), nats_url, database_url, tmp / f"{name}.log")
+                url, proc = start_api(Path(path).resolve(), nats_url, database_url, tmp / f"{name}.log")
                 procs.append(proc)
                 targets[name] = (url, proc.pid)
             bare_port = free_port()
