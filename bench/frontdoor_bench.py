@@ -36,9 +36,9 @@ from llmscope.proto import codec
 from llmscope.stack.embedded import EmbeddedNats, EmbeddedPostgres
 from llmscope.stack.ports import free_port
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-# The sibling benchmark, found by the path above.
-from stack_bench import (
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# The sibling benchmark, found by the path above (as traffic_centre.py finds traffic_bench).
+from bench.stack_bench import (
     BARE_APP,
     KEY,
     Component,
