@@ -36,8 +36,9 @@ from llmscope.web.auth import (
 )
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-# Characters a decoded path may hold that ``request.url.path`` gives back unchanged.
-_PLAIN_PATH = re.compile(r"/[A-Za-z0-9/_.~:@!$&'()*+,;=-]*")
+# Characters a decoded path may hold that ``request.url.path`` gives back unchanged (a leading
+# "//" it escapes when the request has no Host).
+_PLAIN_PATH = re.compile(r"/(?!/)[A-Za-z0-9/_.~:@!$&'()*+,;=-]*")
 _PRINCIPAL = "llmscope_principal"  # request.state: identified once, by the front door
 
 
@@ -47,8 +48,8 @@ def url_path(request: Request) -> str:
     Starlette builds and splits the URL (host, query and all) for ``request.url``: done by the
     front door and again by each route's auth check, that was a measurable part of a one-event
     ``POST /api/stats``. The URL's path differs from the scope's only for what it escapes
-    (``?``, ``#``, ``\\``) or what URL splitting strips (spaces, tabs, controls): such a path
-    takes the URL."""
+    (``?``, ``#``, ``\\``, a leading ``//``) or what URL splitting strips (spaces, tabs,
+    controls): such a path takes the URL."""
     path: str = request.scope["path"]
     return path if _PLAIN_PATH.fullmatch(path) else request.url.path
 
