@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from fastapi.routing import iter_route_contexts
 
@@ -55,7 +56,13 @@ async def test_the_method_table_answers_as_the_walk_over_every_route(api: Api) -
     shortcuts = 0
     for path in sorted(paths):
         for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"):
-            scope = {"type": "http", "method": method, "path": path, "root_path": "", "headers": []}
+            scope: dict[str, Any] = {
+                "type": "http",
+                "method": method,
+                "path": path,
+                "root_path": "",
+                "headers": [],
+            }
             expected, got = wrong_method(routes, scope), check(scope)
             assert (got is None) == (expected is None), (method, path)
             if expected is not None and got is not None:
