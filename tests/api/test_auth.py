@@ -14,7 +14,9 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from starlette.requests import Request
 
+from llmscope.api.auth import url_path
 from llmscope.api.settings import ApiSettings
 from llmscope.config.env import ConfigError, Env, Secret
 from llmscope.web.auth import CSRF_HEADER, SESSION_COOKIE
@@ -252,3 +254,26 @@ async def test_failed_authentications_are_limited_per_client(scoped: ApiSettings
         clock.now += 60
         r = await api.anon.post("/login", data={"key": API_KEY, "next": "/"})
         assert r.status_code == 303
+
+
+def test_url_path_is_the_urls_path_without_building_it_for_a_plain_one() -> None:
+    # The auth decisions read it (issue 13: the URL was built twice per request); what the URL
+    # escapes (?, #, \) or strips (tabs, trailing spaces) must come out as the URL has it.
+    for path in [
+        "/api/stats",
+        "/api/charts/ollama:bench-00:8b|simple",
+        "/api/x?y",
+        "/api/x#y",
+        "/api/x\\y",
+        "/api/x\ty",
+        "/api/stats ",
+        "/a b",
+        "/é",
+        "//x",
+        "/api//x",
+        "/a%2Fb",
+    ]:
+        request = Request(
+            {"type": "http", "method": "GET", "path": path, "query_string": b"q=1", "headers": []}
+        )
+        assert url_path(request) == request.url.path, path

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
+from fastapi.routing import iter_route_contexts
+
+from llmscope.api.methods import MethodCheck, wrong_method
 from tests.api.conftest import Api
 
 
@@ -35,3 +41,31 @@ async def test_a_number_is_not_a_time_and_a_cursor_is_what_a_page_gave(api: Api)
     for path in ("/api/violations", "/api/incidents"):
         ok = {"since": "2026-01-01T00:00:00Z", "cursor": "1767225600000000~v1"}
         assert (await api.client.get(path, params=ok)).status_code == 200, path
+
+
+async def test_the_method_table_answers_as_the_walk_over_every_route(api: Api) -> None:
+    # MethodCheck's table is a shortcut (issue 13: the walk was half the front door's CPU per
+    # POST): for every path of the app, templates filled in, and every method, it must give
+    # the walk's answer.
+    routes = api.app.router.routes
+    check = MethodCheck(routes)
+    paths = {"/api/stats", "/healthz", "/api/charts/rebaseline", "/nowhere", "/api/stats/"}
+    for route in iter_route_contexts(routes):
+        if route.path:
+            paths.add(re.sub(r"\{[^}]*\}", "x", route.path))
+    shortcuts = 0
+    for path in sorted(paths):
+        for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"):
+            scope: dict[str, Any] = {
+                "type": "http",
+                "method": method,
+                "path": path,
+                "root_path": "",
+                "headers": [],
+            }
+            expected, got = wrong_method(routes, scope), check(scope)
+            assert (got is None) == (expected is None), (method, path)
+            if expected is not None and got is not None:
+                assert (got.status_code, got.headers["allow"]) == (405, expected.headers["allow"])
+            shortcuts += method in check._literal.get(path, ())
+    assert shortcuts > 50  # the table is in use, not only the walk

@@ -48,7 +48,7 @@ from llmscope.api.status_queries import StatusReader
 from llmscope.api.store import BadCursor, NotReady
 from llmscope.api.trends import TrendQueries
 from llmscope.web.auth import AuthUnavailable, RateLimited
-from llmscope.web.compression import SecretFreeGZip, secret_free
+from llmscope.web.compression import SecretFreeGZip, mark_secret_free, secret_free
 from llmscope.web.data import SettingError
 from llmscope.web.routes import WebOptions, install
 
@@ -109,7 +109,6 @@ def create_app(settings: ApiSettings, *, clock: Callable[[], float] = time.time)
         redoc_url=None,
     )
     app.state.runtime = rt
-    auth = [Depends(rt.auth.require)]
     # The JSON API's answers never echo a key or a token (settings say only whether a secret is
     # set): they may be gzipped (llmscope.web.compression: pages, with the CSRF token, never are).
     public = [Depends(secret_free)]
@@ -119,8 +118,16 @@ def create_app(settings: ApiSettings, *, clock: Callable[[], float] = time.time)
     app.include_router(
         status.router(status_reader, rt.auth, public=settings.status_public), dependencies=public
     )
+
+    async def scoped_and_secret_free(request: Request) -> None:
+        """The key's scope, then the secret-free mark: one dependency for the two, since FastAPI
+        solving each costs as much as the check itself (issue 13, one-event POST /api/stats)."""
+        await rt.auth.require(request)
+        mark_secret_free(request)
+
+    api_route = [Depends(scoped_and_secret_free)]
     for module in (stats, charts, violations, admin, export, alerts, incidents, silences, spc_config):
-        app.include_router(module.router(rt), dependencies=[*auth, *public])
+        app.include_router(module.router(rt), dependencies=api_route)
     if settings.ingest_key:
         # The front door checks the ingest scope (and the body's size) before the route runs.
         traces = otlp.TraceReceiver(lambda: rt.publisher, rt.metrics, max_body_bytes=settings.max_body_bytes)

@@ -29,8 +29,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llmscope.api.auth import SAFE_METHODS, refusal
-from llmscope.api.methods import wrong_method
+from llmscope.api.auth import SAFE_METHODS, refusal, url_path
+from llmscope.api.methods import MethodCheck
 from llmscope.api.unavailable import unavailable_response
 from llmscope.web.auth import Authenticator, AuthUnavailable, RateLimited, change_refusal
 
@@ -59,6 +59,12 @@ def unavailable(request: Request, exc: AuthUnavailable) -> Response:
 
 
 def _nul_in(request: Request) -> Response | None:
+    scope = request.scope
+    query: bytes = scope.get("query_string", b"")
+    # Nearly every request has none: skip building the URL and parsing the query for it. A NUL
+    # reaches the decoded path or the query only as itself or percent-encoded.
+    if "\x00" not in scope["path"] and b"\x00" not in query and b"%00" not in query:
+        return None
     where: list[str] | None = None
     if "\x00" in request.url.path:
         where = ["path"]
@@ -88,7 +94,7 @@ class FrontDoor:
         routes: Sequence[BaseRoute] = (),
     ) -> None:
         self.app = app
-        self.routes = routes
+        self.wrong_method = MethodCheck(routes)
         self.auth = auth
         self.receiver_on = receiver_on
         self.limit = max_body_bytes
@@ -118,7 +124,7 @@ class FrontDoor:
         await self.app(scope, self._capped(receive), send)
 
     async def _refuse(self, request: Request, scope: Scope) -> Response | None:
-        path, method = request.url.path, request.method
+        path, method = url_path(request), request.method
         if path.startswith(OTLP_PREFIX) and not self.receiver_on:
             return JSONResponse(
                 {"detail": "the OTLP receiver is off: set LLMSCOPE_INGEST_KEY"}, status_code=404
@@ -129,11 +135,11 @@ class FrontDoor:
                 return None  # public or not, the route decides what an anonymous reader sees
             refused = refusal(principal, method, path)
             if refused is None:
-                return wrong_method(self.routes, scope)
+                return self.wrong_method(scope)
             status, detail = refused
             headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
             return JSONResponse({"detail": detail}, status_code=status, headers=headers)
-        wrong = wrong_method(self.routes, scope)
+        wrong = self.wrong_method(scope)
         if wrong is not None:
             return wrong  # before the session check: TRACE /healthz was redirected to the login
         if method in SAFE_METHODS or path in OPEN_WRITES:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fastapi.routing import iter_route_contexts
+from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import Scope
@@ -47,3 +47,36 @@ def wrong_method(routes: Sequence[BaseRoute], scope: Scope) -> Response | None:
     return JSONResponse(
         {"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": ", ".join(sorted(allowed))}
     )
+
+
+class MethodCheck:
+    """:func:`wrong_method` with a shortcut for the common case: a route of that exact path
+    takes the method. Walking every route on every request (about 130 of them) was half of
+    the front door's cost on ``POST /api/stats`` (issue 13's profile: 0.7 of 1.5 ms)."""
+
+    def __init__(self, routes: Sequence[BaseRoute]) -> None:
+        self.routes = routes
+        self._literal: dict[str, frozenset[str]] = {}
+        self._built_for = -1
+
+    def _build(self) -> None:
+        # Only FastAPI's own routes, whose match is the path's regex then the method: a literal
+        # path that its own regex matches is served when the method is one of the route's.
+        table: dict[str, set[str]] = {}
+        for route in iter_route_contexts(self.routes):
+            path, methods = route.path, route.methods
+            if not isinstance(route.original_route, APIRoute) or not path or "{" in path or not methods:
+                continue
+            if route.path_regex.match(path) is None:
+                continue
+            table.setdefault(path, set()).update(methods)
+        self._literal = {path: frozenset(methods) for path, methods in table.items()}
+        self._built_for = len(self.routes)
+
+    def __call__(self, scope: Scope) -> Response | None:
+        if self._built_for != len(self.routes):
+            self._build()  # once: the routes are all in place by the first request
+        # Behind a root path the router matches a shortened path: the general walk handles it.
+        if not scope.get("root_path") and scope["method"] in self._literal.get(scope["path"], ()):
+            return None
+        return wrong_method(self.routes, scope)

@@ -215,13 +215,9 @@ def router(rt: Runtime) -> APIRouter:
         if rt.publisher is None:
             return _unconfirmed("not connected to NATS yet", ids)
         try:
-            if len(sends) == 1:
-                subject, payload, msg_id = sends[0]
-                acks = [await rt.publisher.publish_raw(subject, payload, msg_id=msg_id, deadline=5.0)]
-            else:
-                # Pipelined: every event in flight at once, the acks awaited together (still all
-                # of them before the 202).
-                acks = await rt.publisher.publish_many_raw(sends, deadline=5.0)
+            # Pipelined: every event in flight at once, the acks awaited together (still all of
+            # them before the 202); one event goes the same way, on the Publisher's ack inbox.
+            acks = await rt.publisher.publish_many_raw(sends, deadline=5.0)
         except PublishFailed as exc:
             return _unconfirmed(f"could not publish to JetStream: {exc}", ids)
         rt.metrics.telemetry_accepted.inc(len(events))
