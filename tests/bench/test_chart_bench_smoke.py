@@ -21,8 +21,22 @@ def test_quick_chart_bench_prints_every_figure_and_its_checks_hold() -> None:
     assert re.search(r"^== machine: \d+ cores, .*load [\d.]+$", out.stdout, re.MULTILINE), out.stdout
     figures = dict(re.findall(r"^\s+\((\w)\) .*?\s([\d.]+) /\s+[\d.]+ ms", out.stdout, re.MULTILINE))
     assert set(figures) == set("abcdef"), out.stdout
-    sizes = dict(re.findall(r"^\s+\((\w)\) .* ms\s+([\d,]+) B \(gzip", out.stdout, re.MULTILINE))
+    # Each row: the answer's size, then what was sent and how ("(sent: 18,765 B gzip)").
+    rows = re.findall(
+        r"^\s+\((\w)\) (.*?) ms\s+([\d,]+) B \(sent: ([\d,]+) B (\w+)\)", out.stdout, re.MULTILINE
+    )
+    sizes = {label: size for label, _rest, size, _sent, _how in rows}
     assert set(sizes) == set("abcde"), out.stdout
+    sent = {
+        (label, "gzip accepted" in rest): (int(n.replace(",", "")), how) for label, rest, _s, n, how in rows
+    }
+    # The day chart goes gzip when asked and is smaller on the wire; the whole page holds the
+    # CSRF token and is never compressed (BREACH).
+    assert sent[("a", False)][1] == "none", out.stdout
+    assert sent[("a", True)][1] == "gzip", out.stdout
+    assert sent[("a", True)][0] < sent[("a", False)][0] / 2, out.stdout
+    assert sent[("c", False)][1] == "none", out.stdout
+    assert "content-encoding with gzip accepted: a+gz gzip, b gzip, c none, d gzip, e gzip" in out.stdout
     assert "34,560 probes (8,640 per chart" in out.stdout  # 2 prompts x 2 targets, one every 10 s
     marks = re.search(r"^== marks: ([\d,]+) drawn of ([\d,]+) .*: (\w+)$", out.stdout, re.MULTILINE)
     assert marks is not None, out.stdout
