@@ -14,6 +14,8 @@ from aiohttp import web
 from aiosmtpd.controller import Controller
 
 from llmscope.alerter.destinations import ALLOWED_HOSTS_ENV
+from llmscope.proto import codec
+from llmscope.proto.alert import NotificationEvent
 from llmscope.proto.telemetry import SystemMetrics
 from llmscope.proto.violation import BaselineRef, ChartLimits, Severity, ViolationEvent
 
@@ -143,6 +145,19 @@ class HttpSink:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+async def webhook_sink() -> tuple[HttpSink, list[NotificationEvent]]:
+    """A started webhook receiver and the notifications it got, decoded, in arrival order."""
+    got: list[NotificationEvent] = []
+
+    async def behaviour(request: web.Request, n: int) -> web.StreamResponse:
+        got.append(codec.decode_as(await request.read(), NotificationEvent))
+        return web.Response(text="ok")
+
+    sink = HttpSink(behaviour)
+    await sink.start()
+    return sink, got
 
 
 async def hang(_: web.Request, __: int) -> web.StreamResponse:

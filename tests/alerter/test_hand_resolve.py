@@ -7,33 +7,18 @@ alerter reads (acknowledgements and hand resolutions).
 from __future__ import annotations
 
 import asyncpg
-from aiohttp import web
 from nats.js import JetStreamContext
 
 from llmscope.alerter.config import Timings
-from llmscope.proto import codec
-from llmscope.proto.alert import NotificationEvent
-from tests.alerter.factories import HttpSink, cleared, violation
+from tests.alerter.factories import cleared, violation, webhook_sink
 from tests.alerter.flushes import all_flushed_after, nothing_in_flight
 from tests.alerter.harness import eventually, publish, start_alerter
-
-
-async def _sink() -> tuple[HttpSink, list[NotificationEvent]]:
-    got: list[NotificationEvent] = []
-
-    async def behaviour(request: web.Request, n: int) -> web.StreamResponse:
-        got.append(codec.decode_as(await request.read(), NotificationEvent))
-        return web.Response(text="ok")
-
-    sink = HttpSink(behaviour)
-    await sink.start()
-    return sink, got
 
 
 async def test_an_incident_resolved_by_hand_is_told_at_once_and_its_later_clear_sends_nothing(
     database_url: str, js: JetStreamContext
 ) -> None:
-    sink, got = await _sink()
+    sink, got = await webhook_sink()
     timings = Timings(group_wait=0.3, group_interval=0.2, repeat_interval=3600)
     run = await start_alerter(database_url, js, {"LLMSCOPE_WEBHOOK_URL": sink.url + "/hook"}, timings=timings)
     try:
@@ -73,7 +58,7 @@ async def test_a_violation_resolved_through_the_api_is_told_without_waiting_for_
         "CREATE TABLE violations (id text PRIMARY KEY, episode_id text NOT NULL, acknowledged_by text,"
         " acknowledged_at timestamptz, resolved_by text, resolved_at timestamptz, note text)"
     )
-    sink, got = await _sink()
+    sink, got = await webhook_sink()
     # A group interval far beyond the test's waits: only the hand resolution's own flush can send.
     timings = Timings(group_wait=0.3, group_interval=600, repeat_interval=3600)
     run = await start_alerter(database_url, js, {"LLMSCOPE_WEBHOOK_URL": sink.url + "/hook"}, timings=timings)

@@ -9,28 +9,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from aiohttp import web
 from nats.js import JetStreamContext
 
 from llmscope.alerter.config import Timings
-from llmscope.proto import codec
-from llmscope.proto.alert import NotificationEvent
-from tests.alerter.factories import HttpSink, Mailbox, cleared, smtp_server, violation
+from tests.alerter.factories import Mailbox, cleared, smtp_server, violation, webhook_sink
 from tests.alerter.flushes import all_flushed_after, nothing_in_flight
 from tests.alerter.harness import Running, eventually, publish, start_alerter
 from tests.alerter.test_chat_channels import TOKEN, SlackApi
-
-
-async def _sink() -> tuple[HttpSink, list[NotificationEvent]]:
-    got: list[NotificationEvent] = []
-
-    async def behaviour(request: web.Request, n: int) -> web.StreamResponse:
-        got.append(codec.decode_as(await request.read(), NotificationEvent))
-        return web.Response(text="ok")
-
-    sink = HttpSink(behaviour)
-    await sink.start()
-    return sink, got
 
 
 async def _quiet(run: Running, interval: float) -> None:
@@ -43,7 +28,7 @@ async def _quiet(run: Running, interval: float) -> None:
 async def test_a_pending_warning_is_folded_into_the_critical_of_the_same_model(
     database_url: str, js: JetStreamContext
 ) -> None:
-    sink, got = await _sink()
+    sink, got = await webhook_sink()
     timings = Timings(group_wait=1.5, group_interval=0.2, repeat_interval=3600)
     run = await start_alerter(
         database_url,
@@ -77,7 +62,7 @@ async def test_a_pending_warning_is_folded_into_the_critical_of_the_same_model(
 async def test_a_warning_already_sent_is_referred_to_by_the_critical_and_resolved_once(
     database_url: str, js: JetStreamContext
 ) -> None:
-    sink, got = await _sink()
+    sink, got = await webhook_sink()
     timings = Timings(group_wait=0.3, group_interval=0.2, repeat_interval=3600)
     run = await start_alerter(
         database_url,
@@ -122,7 +107,7 @@ async def test_a_warning_already_sent_is_referred_to_by_the_critical_and_resolve
 async def test_a_warning_after_the_critical_is_news_in_the_incident_thread(
     database_url: str, js: JetStreamContext
 ) -> None:
-    sink, got = await _sink()
+    sink, got = await webhook_sink()
     timings = Timings(group_wait=0.3, group_interval=0.2, repeat_interval=3600)
     run = await start_alerter(
         database_url,
