@@ -9,6 +9,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from llmscope.api.persister import store_telemetry, store_violations
+from llmscope.proto.violation import ViolationEvent
 from llmscope.web.data import ChartData, ChartPoint, ChartQuery, Limits
 from llmscope.web.live import chart_pace_s
 from llmscope.web.svg import MARKS_DRAWN, render_chart
@@ -25,13 +26,13 @@ def drawn(html: str) -> list[str]:
     return re.findall(r'<a href="/violations/([^"]+)"><circle', html)
 
 
-async def test_the_day_chart_marks_the_most_severe_then_the_newest_within_its_budget(api: Api) -> None:
+async def seed_over_budget(api: Api, extra: int = 60) -> list[ViolationEvent]:
+    """A day of probes, one every 10 minutes (the chart reads the minute rollups), and marks over
+    the budget: 40 critical, the day's oldest; ``MARKS_DRAWN + extra - 40`` warnings after them,
+    every 40 s over the last hours; 5 info marks, the newest of all (not shown by default).
+    Returns the critical and warning marks, oldest first."""
     now = datetime.now(UTC)
-    # One probe every 10 minutes over the day: the chart reads the minute rollups.
     probes = [telemetry(i, id=f"p{i:03d}", ts=now - timedelta(minutes=10 * (144 - i))) for i in range(144)]
-    # Over the budget: 40 critical marks, the day's oldest; warnings after them, every 40 s over
-    # the last ~4 hours; info marks the newest of all (not shown at the default severity).
-    extra = 60
     n = MARKS_DRAWN + extra
     marks = [
         violation(
@@ -50,6 +51,13 @@ async def test_the_day_chart_marks_the_most_severe_then_the_newest_within_its_bu
     async with api.store.pool.acquire() as conn:
         await store_telemetry(conn, probes)
         await store_violations(conn, [*marks, *info])
+    return marks
+
+
+async def test_the_day_chart_marks_the_most_severe_then_the_newest_within_its_budget(api: Api) -> None:
+    extra = 60
+    n = MARKS_DRAWN + extra
+    await seed_over_budget(api, extra)
     client = await login(api)
     r = await client.get("/dashboard", params=DAY, headers={**HX, "HX-Target": "chart-panel"})
     assert r.status_code == 200, r.text
@@ -159,27 +167,8 @@ def test_availability_blips_in_a_row_are_one_band_and_an_outage_stands_alone() -
 
 
 async def test_the_json_chart_chooses_its_marks_as_the_dashboard_draws_them(api: Api) -> None:
-    now = datetime.now(UTC)
-    probes = [telemetry(i, id=f"p{i:03d}", ts=now - timedelta(minutes=10 * (144 - i))) for i in range(144)]
-    # 40 criticals, the day's oldest; 270 warnings after them; 5 info marks, the newest of all.
-    n = MARKS_DRAWN + 60
-    marks = [
-        violation(
-            probes[0],
-            id=f"m{i:04d}",
-            ts=now - timedelta(hours=23) + timedelta(seconds=i)
-            if i < 40
-            else now - timedelta(seconds=40 * (n - i)),
-            severity="critical" if i < 40 else "warning",
-        )
-        for i in range(n)
-    ]
-    info = [
-        violation(probes[0], id=f"i{i}", ts=now - timedelta(seconds=5 + i), severity="info") for i in range(5)
-    ]
-    async with api.store.pool.acquire() as conn:
-        await store_telemetry(conn, probes)
-        await store_violations(conn, [*marks, *info])
+    marks = await seed_over_budget(api)
+    n = len(marks)
     spc = {"provider": "ollama", "model": "llama3.1:8b", "prompt_id": "simple-1", "hours": "24"}
     r = await api.client.get("/api/stats/spc", params=spc)
     assert r.status_code == 200, r.text
