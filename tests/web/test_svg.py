@@ -92,7 +92,9 @@ def test_a_fresh_chart_spans_the_plot_from_its_first_point() -> None:
     assert len(xs) == 50
     assert min(xs) == PAD_L
     assert max(xs) == WIDTH - PAD_R
-    assert ">11:58:22</text>" in str(render_chart(data))  # the axis starts at the first probe
+    # The axis starts at the first probe (11:58:22): round times from there, not from 24 h ago.
+    assert ">11:58:30</text>" in str(render_chart(data))
+    assert ">11:58:15</text>" not in str(render_chart(data))
 
 
 def test_y_axis_names_the_metric_and_its_unit() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from html import escape
 
 
@@ -84,27 +84,96 @@ def value_axis(
         )
 
 
-def time_format(span_s: float) -> str:
-    """Dates beyond a day, seconds under five minutes, hours and minutes between."""
-    return "%m-%d %H:%M" if span_s > 86400 else "%H:%M:%S" if span_s < 300 else "%H:%M"
+# Steps a time axis may take, shortest first: each a round count of seconds, minutes, hours or
+# days, so that ticks fall on times a reader would name (13:00, 13:15), never on a quarter of
+# whatever window the chart happens to have (13:07, 13:22).
+TIME_STEPS_S: tuple[int, ...] = (
+    1, 2, 5, 10, 15, 30,
+    60, 120, 300, 600, 900, 1800,
+    3600, 7200, 10800, 21600, 43200,
+    86400, 2 * 86400, 7 * 86400, 14 * 86400, 30 * 86400,
+)  # fmt: skip
+DAY_S = 86400
+# About this many pixels per time label: "12-05 18:00" at 11 px is ~70 px wide, and a gap.
+TICK_SPACING_PX = 110.0
+# A label closer than this to the plot's edge is anchored on its side, not centred over it (the
+# trend charts keep a narrow right margin that would cut a centred label).
+EDGE_PX = 32.0
 
 
-def time_axis(
-    out: list[str],
-    frame: Frame,
-    t0: float,
-    t1: float,
-    tz: tzinfo | None,
-    fractions: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
-) -> None:
-    """Times at these fractions of the plot's width, the first and last flush with its edges."""
-    form = time_format(t1 - t0)
-    for frac in fractions:
-        ts = datetime.fromtimestamp(t0 + frac * (t1 - t0), tz=tz)
-        anchor = "start" if frac == 0 else "end" if frac == 1 else "middle"
+@dataclass(frozen=True, slots=True)
+class TimeTick:
+    """One label of a time axis: where (epoch seconds) and what it says."""
+
+    ts: float
+    label: str
+
+
+def time_step(span_s: float, max_ticks: int) -> int:
+    """The shortest round step that puts at most ``max_ticks`` ticks in a window of ``span_s``."""
+    for step in TIME_STEPS_S:
+        if span_s / step <= max(max_ticks, 1):
+            return step
+    return TIME_STEPS_S[-1]
+
+
+def time_ticks(t0: float, t1: float, tz: tzinfo | None, max_ticks: int = 6) -> list[TimeTick]:
+    """Ticks on round times of the window ``[t0, t1]`` (epoch seconds), in the zone ``tz``.
+
+    The step is the shortest of :data:`TIME_STEPS_S` giving at most ``max_ticks`` ticks; ticks
+    sit where the wall clock of ``tz`` (None: UTC) is a multiple of it since midnight (days: at
+    midnight), so a zone half an hour off UTC still gets 13:00, not 12:30. Labels carry seconds
+    under a minute's step and the date from a day's step; a window over several dates puts the
+    date on the first tick and on the first tick of each new date. A wall-clock time that does
+    not exist (a DST gap) is skipped; a repeated one is labelled once.
+    """
+    zone = tz or UTC
+    if t1 <= t0:
+        return [TimeTick(t0, datetime.fromtimestamp(t0, zone).strftime("%H:%M:%S"))]
+    step = time_step(t1 - t0, max_ticks)
+    start = datetime.fromtimestamp(t0, zone).replace(tzinfo=None)
+    midnight = start.replace(hour=0, minute=0, second=0, microsecond=0)
+    if step < DAY_S:
+        into = (start - midnight).total_seconds()
+        wall = midnight + timedelta(seconds=math.ceil(into / step) * step)
+        delta = timedelta(seconds=step)
+    else:
+        wall = midnight if start == midnight else midnight + timedelta(days=1)
+        delta = timedelta(days=step // DAY_S)
+    found: list[tuple[float, datetime]] = []
+    while True:
+        ts = wall.replace(tzinfo=zone).timestamp()
+        if ts > t1:
+            break
+        local = datetime.fromtimestamp(ts, zone)
+        # A time a DST gap skips maps elsewhere on the way back: not a tick of this axis.
+        if ts >= t0 and local.replace(tzinfo=None) == wall and (not found or ts > found[-1][0]):
+            found.append((ts, local))
+        wall += delta
+    if step >= DAY_S:
+        return [TimeTick(ts, local.strftime("%m-%d")) for ts, local in found]
+    clock = "%H:%M:%S" if step < 60 else "%H:%M"
+    many_days = start.date() != datetime.fromtimestamp(t1, zone).date()
+    ticks = []
+    for i, (ts, local) in enumerate(found):
+        new_date = i == 0 or local.date() != found[i - 1][1].date()
+        form = f"%m-%d {clock}" if many_days and new_date else clock
+        ticks.append(TimeTick(ts, local.strftime(form)))
+    return ticks
+
+
+def time_axis(out: list[str], frame: Frame, t0: float, t1: float, tz: tzinfo | None) -> None:
+    """A label and a short mark at each round time of the window (see :func:`time_ticks`)."""
+    max_ticks = max(2, int(frame.width // TICK_SPACING_PX))
+    span = t1 - t0
+    for tick in time_ticks(t0, t1, tz, max_ticks):
+        tx = frame.left + (tick.ts - t0) / span * frame.width if span > 0 else frame.left
+        anchor = "start" if tx - frame.left < EDGE_PX else "end" if frame.right - tx < EDGE_PX else "middle"
         out.append(
-            f'<text x="{frame.left + frac * frame.width:.1f}" y="{frame.svg_height - 8}" class="tick" '
-            f'text-anchor="{anchor}">{ts.strftime(form)}</text>'
+            f'<line x1="{tx:.1f}" x2="{tx:.1f}" y1="{frame.bottom}" y2="{frame.bottom + 4}" '
+            'class="tick-mark"/>'
+            f'<text x="{tx:.1f}" y="{frame.svg_height - 8}" class="tick" text-anchor="{anchor}">'
+            f"{tick.label}</text>"
         )
 
 

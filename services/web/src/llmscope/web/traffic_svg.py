@@ -47,7 +47,7 @@ def render_traffic_chart(record: ChartRecord, *, width: int = WIDTH, height: int
     frame = Frame(PAD_L, PAD_T, plot_w, plot_h, height)
     value_axis(out, frame, nice_ticks(lo, hi), y)
     if points:
-        time_axis(out, frame, t0, t1, points[0].ts.tzinfo, (0.0, 0.5, 1.0))
+        time_axis(out, frame, t0, t1, points[0].ts.tzinfo)
     mid_y = PAD_T + plot_h / 2
     unit_label(out, frame, TRAFFIC_LABELS.get(meta.metric, meta.metric))
     if center is not None:
