@@ -138,7 +138,10 @@ async def test_status_of_each_model_from_telemetry_and_violations(api: Api) -> N
 
     retired = models["retired:1"]
     assert (retired["status"], ts(retired["since"])) == ("unknown", seeded.retired_seen)
-    assert retired["reasons"] == ["no probe in the last 15 min"]
+    # Its target is named as stopped (within a day of its last probe, from series_targets).
+    assert retired["reasons"] == [
+        f"local stopped reporting: no probe since {seeded.retired_seen:%H:%M:%S} UTC"
+    ]
     assert retired["uptime_24h"] == 1.0
 
 

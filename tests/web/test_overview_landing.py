@@ -20,7 +20,7 @@ from tests.web.test_pages import login
 
 
 async def test_each_open_critical_episode_names_its_prompt(api: Api) -> None:
-    start = datetime.now(UTC) - timedelta(minutes=5)  # within the status window
+    start = datetime.now(UTC) - timedelta(seconds=90)  # still reporting: its last probe 12 s ago
     events = [
         telemetry(i, ts=start + timedelta(seconds=2 * i), prompt_id=("short-1", "long-1")[i % 2])
         for i in range(40)
@@ -55,7 +55,7 @@ async def test_the_overview_points_to_the_setup_page_until_it_is_saved(api: Api)
 async def test_the_limits_under_the_latest_value_carry_its_unit(
     api: Api, settings: ApiSettings, nc: NATS
 ) -> None:
-    start = datetime.now(UTC) - timedelta(minutes=5)  # within the status window: "Now" is shown
+    start = datetime.now(UTC) - timedelta(seconds=90)  # still reporting: "Now" is shown
     async with api.store.pool.acquire() as conn:
         await store_telemetry(conn, [telemetry(i, ts=start + timedelta(seconds=2 * i)) for i in range(40)])
     key = chart_key("ollama", "llama3.1:8b", "local", "simple-1", "latency_ms")
@@ -79,3 +79,54 @@ async def test_now_of_a_model_without_recent_probes_says_so(api: Api) -> None:
     now = re.findall(r'<td class="num">(.*?)</td>', r.text, re.S)[0]
     assert '<span class="muted">no recent probe</span>' in now
     assert re.search(r"last [\d,]+ ms", now)
+
+
+async def test_a_model_whose_probes_stopped_says_so_within_a_minute_and_a_disabled_one_leaves(
+    api: Api,
+) -> None:
+    # Three models probed every 2 s: "kept" still is; "removed" was taken out of the prober's
+    # targets 2 minutes ago; "off" still has probes in the window but was disabled. With a
+    # status window of 15 minutes, "removed" used to stay "operational" until it ran out, and
+    # "off" stayed on the overview as long as its sparkline had points.
+    now = datetime.now(UTC)
+    stopped_at = now - timedelta(minutes=2)
+    events = [telemetry(i, model="kept:1", ts=now - timedelta(seconds=80 - 2 * i)) for i in range(40)]
+    events += [
+        telemetry(100 + i, model="removed:1", target="gpu-old", ts=stopped_at - timedelta(seconds=78 - 2 * i))
+        for i in range(40)
+    ]
+    events += [telemetry(200 + i, model="off:1", ts=now - timedelta(seconds=80 - 2 * i)) for i in range(40)]
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, events)
+    client = await login(api)
+    assert (await api.client.put("/api/models/ollama/off:1", json={"enabled": False})).status_code == 200
+    r = await client.get("/", headers={"HX-Request": "true", "HX-Target": "overview"})
+    rows = re.findall(r'<tr class="row-(\w+)">.*?<b>([^<]+)</b>', r.text, re.S)
+    assert rows == [("unknown", "removed:1"), ("operational", "kept:1")]
+    removed = r.text[r.text.index('<tr class="row-unknown">') :]
+    removed = removed[: removed.index("</tr>")]
+    assert '<span class="status unknown" title="unknown: no recent probe">stopped reporting</span>' in removed
+    assert "since 2m ago" in removed
+    assert f"gpu-old stopped reporting: no probe since {stopped_at:%H:%M:%S} UTC" in removed
+    status = (await api.client.get("/api/status")).json()
+    assert {m["model"]: m["status"] for m in status["models"]} == {
+        "kept:1": "operational",
+        "removed:1": "unknown",
+    }
+
+
+async def test_a_target_of_a_model_that_stopped_long_ago_is_still_named(api: Api) -> None:
+    # One target of the model carries on; the other stopped 40 minutes ago (outside the status
+    # window, whose raw probes no longer name it): the row says so rather than forget it.
+    now = datetime.now(UTC)
+    events = [telemetry(i, target="gpu-new", ts=now - timedelta(seconds=80 - 2 * i)) for i in range(40)]
+    gone = now - timedelta(minutes=40)
+    events += [
+        telemetry(100 + i, target="gpu-old", ts=gone - timedelta(seconds=78 - 2 * i)) for i in range(40)
+    ]
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, events)
+    client = await login(api)
+    r = await client.get("/", headers={"HX-Request": "true", "HX-Target": "overview"})
+    assert re.findall(r'<tr class="row-(\w+)">', r.text) == ["operational"]
+    assert f"gpu-old stopped reporting: no probe since {gone:%H:%M:%S} UTC" in r.text

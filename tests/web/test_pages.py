@@ -178,14 +178,14 @@ async def test_a_link_to_a_model_or_prompt_nobody_probes_says_so(api: Api) -> No
 async def test_overview_shows_every_model_worst_first(api: Api) -> None:
     # "other" is down: its last three probes failed, and it has an open critical AVAILABILITY
     # episode; llama only has a warning (which changes no status).
-    # Within the status window (15 min), taken now: the suite may reach this test long after
-    # the factories' T0 was set at import.
-    start = datetime.now(UTC) - timedelta(minutes=5)
+    # Probes up to now, taken now: the suite may reach this test long after the factories' T0
+    # was set at import, and a model whose probes stopped a minute ago is "stopped reporting".
+    start = datetime.now(UTC) - timedelta(seconds=80)
 
     def at(i: int) -> datetime:
         return start + timedelta(seconds=2 * (i - 600))
 
-    events = [telemetry(700 + i, ts=at(700 + i)) for i in range(40)]
+    events = [telemetry(700 + i, ts=at(600 + i)) for i in range(40)]
     events += [telemetry(600 + i, model="org/other:1", ts=at(600 + i)) for i in range(30)]
     events += [
         telemetry(

@@ -119,17 +119,54 @@ def test_no_recent_probe_is_unknown_whatever_the_violations() -> None:
     old = NOW - timedelta(minutes=16)
     got = status_of(target(last_probe=old, failure_run=9), violations=(opened("critical"),))
     assert (got.status, got.since, got.last_probe) == ("unknown", old, old)
-    assert got.reasons == ["no probe in the last 15 min"]
+    assert got.reasons == ["local stopped reporting: no probe since 11:44:00 UTC"]
     never = model_status(StatusInputs("ollama", "new:1"), NOW)
     assert (never.status, never.since, never.last_probe) == ("unknown", None, None)
+    assert never.reasons == ["no probe yet"]
     gone = model_status(StatusInputs("ollama", "gone:1", last_seen=NOW - timedelta(days=2)), NOW)
     assert (gone.status, gone.since) == ("unknown", NOW - timedelta(days=2))
+    assert gone.reasons == ["stopped reporting: no probe since 2025-04-29 12:00 UTC"]
+
+
+def test_a_target_that_stopped_reporting_is_unknown_within_minutes_not_the_window() -> None:
+    # Probed every 2 s until 2 minutes ago (removed from the prober's targets): the window of
+    # 15 min used to keep it "operational" until then.
+    gone = NOW - timedelta(minutes=2)
+    got = status_of(target(last_probe=gone, spacing_s=2.0))
+    assert (got.status, got.since, got.last_probe) == ("unknown", gone, gone)
+    assert got.reasons == ["local stopped reporting: no probe since 11:58:00 UTC"]
+    # Ten of its intervals, at least a minute: 59 s of silence at 2 s a probe is a restart.
+    assert status_of(target(last_probe=NOW - timedelta(seconds=59), spacing_s=2.0)).status == "operational"
+    # A target probed every 30 s is late after 5 min; its pace unknown, after the window.
+    assert status_of(target(last_probe=NOW - timedelta(minutes=4), spacing_s=30.0)).status == "operational"
+    assert status_of(target(last_probe=NOW - timedelta(minutes=6), spacing_s=30.0)).status == "unknown"
+    assert status_of(target(last_probe=NOW - timedelta(minutes=14), spacing_s=None)).status == "operational"
+    # An endpoint that hangs until each probe's 120 s timeout (probes are stamped at their start)
+    # is failing, not silent: twice the longest gap of its window.
+    hung = target(last_probe=NOW - timedelta(seconds=125), spacing_s=4.0, max_gap_s=122.0)
+    assert status_of(hung).status == "operational"
+
+
+def test_a_stopped_target_is_named_while_the_models_other_targets_decide() -> None:
+    gone = target("old-gpu", last_probe=NOW - timedelta(minutes=3), spacing_s=2.0, failure_run=9)
+    got = status_of(
+        target("new-gpu", spacing_s=2.0), gone, violations=(opened("critical", target="old-gpu"),)
+    )
+    assert got.status == "operational"
+    assert got.reasons == ["old-gpu stopped reporting: no probe since 11:57:00 UTC"]
+    both = status_of(target("new-gpu", failure_run=3), gone)
+    assert both.status == "outage"
+    assert both.reasons == [
+        "3 failed probes in a row on new-gpu",
+        "old-gpu stopped reporting: no probe since 11:57:00 UTC",
+    ]
 
 
 def test_a_stale_targets_violations_are_ignored_while_another_target_is_live() -> None:
     stale = target("old", last_probe=NOW - timedelta(hours=2), failure_run=50)
     got = status_of(target("live"), stale, violations=(opened("critical", target="old"),))
     assert got.status == "operational"
+    assert got.reasons == ["old stopped reporting: no probe since 10:00:00 UTC"]
     # A violation without a target belongs to the whole model.
     model_wide = (opened("critical", "AVAILABILITY", target=""),)
     assert status_of(target("live"), stale, violations=model_wide).status == "outage"
@@ -147,7 +184,7 @@ def test_policy_thresholds_are_the_policys() -> None:
     inputs = StatusInputs("p", "m", targets=(target(failure_run=2),))
     assert model_status(inputs, NOW, strict).status == "outage"
     inputs = StatusInputs("p", "m", targets=(target(last_probe=NOW - timedelta(seconds=61)),))
-    assert model_status(inputs, NOW, strict).reasons == ["no probe in the last 1 min"]
+    assert model_status(inputs, NOW, strict).status == "unknown"
 
 
 @pytest.mark.parametrize(

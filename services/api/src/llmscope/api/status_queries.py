@@ -1,7 +1,8 @@
 """Reads what the status page needs from Postgres and the engine's charts; the verdict is pure.
 
-Four queries whatever the number of models: enabled models, each target's probes and current
-failure run in the status window (raw telemetry through ``telemetry_ts_idx``), open violations
+Five queries whatever the number of models: enabled models, each target's probes, pace and
+current failure run in the status window (raw telemetry through ``telemetry_ts_idx``), the
+targets that stopped reporting before it (``series_targets``), open violations
 (the partial ``violations_open_idx``), and 24 h / 7 d uptime from the per-minute rollups (a week
 of raw probes would be 300,000 rows per model at one probe every 2 s). The availability chart
 of each live target comes from the engine's KV bucket. :func:`llmscope.web.status.status_report`
@@ -47,9 +48,11 @@ MODELS_SQL = "SELECT provider, model, last_seen, host FROM models WHERE enabled"
 TARGETS_SQL = """
 WITH w AS (
     SELECT provider, model, target, host, status, ts,
-           row_number() OVER (PARTITION BY provider, model, target ORDER BY ts DESC, id DESC) AS rn
+           row_number() OVER latest AS rn,
+           ts - lead(ts) OVER latest AS gap
     FROM telemetry
     WHERE ts >= $1
+    WINDOW latest AS (PARTITION BY provider, model, target ORDER BY ts DESC, id DESC)
 ),
 firsts AS (
     SELECT provider, model, target, min(rn) FILTER (WHERE status = 'ok') AS ok_rn
@@ -61,10 +64,23 @@ SELECT provider, model, target,
        coalesce(min(ok_rn) - 1, count(*)) AS failure_run,
        max(ts) AS last_ts,
        min(ts) FILTER (WHERE rn < coalesce(ok_rn, 9223372036854775807)) AS run_since,
-       array_agg(DISTINCT host) FILTER (WHERE host <> '') AS hosts
+       array_agg(DISTINCT host) FILTER (WHERE host <> '') AS hosts,
+       extract(epoch FROM max(ts) - min(ts))::float8 / nullif(count(*) - 1, 0) AS spacing_s,
+       extract(epoch FROM max(gap))::float8 AS max_gap_s
 FROM w JOIN firsts USING (provider, model, target)
 GROUP BY provider, model, target
 """
+
+# Targets last probed before the window but within a day (one row per series and target, not the
+# raw probes): each is named as stopped reporting on its model rather than dropped in silence at
+# the window's edge; a day later it is taken for retired.
+STOPPED_SQL = """
+SELECT provider, model, target, max(last_seen) AS last_seen
+FROM series_targets
+WHERE last_seen >= $1 AND last_seen < $2 AND target <> ''
+GROUP BY provider, model, target
+"""
+STOPPED_SHOWN = timedelta(days=1)
 
 # "Open" as the health overview means it: not cleared, and not resolved by someone.
 VIOLATIONS_SQL = """
@@ -147,6 +163,7 @@ class StatusReader:
             async with self._store.pool.acquire() as conn:
                 models = await conn.fetch(MODELS_SQL)
                 targets = await conn.fetch(TARGETS_SQL, horizon)
+                stopped = await conn.fetch(STOPPED_SQL, now - STOPPED_SHOWN, horizon)
                 violations = await conn.fetch(VIOLATIONS_SQL)
                 uptime = await conn.fetch(UPTIME_SQL, now - timedelta(days=1), now - timedelta(days=7))
         except BaseException:
@@ -175,8 +192,18 @@ class StatusReader:
                     last_probe=r["last_ts"],
                     run_since=r["run_since"],
                     availability=record.availability if record is not None else None,
+                    spacing_s=r["spacing_s"],
+                    max_gap_s=r["max_gap_s"],
                 )
             )
+        for r in stopped:
+            key = (r["provider"], r["model"])
+            if key in enabled and all(t.target != r["target"] for t in by_model[key]):
+                by_model[key].append(
+                    TargetSignals(
+                        target=r["target"], probes=0, ok=0, failure_run=0, last_probe=r["last_seen"]
+                    )
+                )
         open_by_model: dict[tuple[str, str], list[OpenViolations]] = defaultdict(list)
         for r in violations:
             open_by_model[(r["provider"], r["model"])].append(

@@ -60,7 +60,12 @@ class Summary:
 def overview_rows(
     report: StatusReport | None, overview: Overview, incidents: Sequence[Incident] = ()
 ) -> list[OverviewRow]:
-    """A row per model (enabled in the status report, or with a sparkline), worst first."""
+    """A row per model, worst first: each model the status report lists (the enabled ones, a
+    model whose probes stopped included: it says so), or without a report each with a sparkline.
+
+    A model disabled on the models page leaves the overview at once, although its sparkline
+    still has points in the window: the overview follows what is monitored now.
+    """
     statuses = {(m.provider, m.model): m for m in report.models} if report else {}
     lines = {(s.provider, s.model): s for s in overview.sparklines}
     episodes: dict[tuple[str, str], list[OpenEpisode]] = {}
@@ -68,7 +73,7 @@ def overview_rows(
         episodes.setdefault((e.provider, e.model), []).append(e)
     active = [i for i in incidents if i.state != "resolved"]
     rows = []
-    for key in statuses.keys() | lines.keys():
+    for key in statuses.keys() if report else lines.keys():
         provider, model = key
         status = statuses.get(key) or ModelStatus(provider, model, "unknown", reasons=["not enabled"])
         # The newest incident that names the model (a cascade's may name no provider).

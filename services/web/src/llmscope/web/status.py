@@ -7,9 +7,13 @@ A model's status is one of ``maintenance``, ``operational``, ``degraded``, ``out
    ``maintenance``) covers the whole model: its provider, model and one of its hosts match the
    window's patterns (empty = any), and the window is not limited to some rules. Whatever the
    probes say during planned work is expected; the reason is shown to signed-in readers.
-1. ``unknown``: none of the model's targets was probed within the policy's window. Every other
-   status is a claim about recent behaviour; without recent probes (a prober stopped, the model
-   is new) an old, never-cleared violation must not keep the model in "outage" forever.
+1. ``unknown``: every target of the model stopped reporting: none was probed within
+   ``stale_probes`` of its own probe intervals (at least ``stale_min_s``, at most the window).
+   Every other status is a claim about recent behaviour; without recent probes (a target removed
+   from the prober's configuration, a prober stopped, the model is new) an old, never-cleared
+   violation must not keep the model in "outage" forever, and a model whose probes stopped a
+   minute ago must not stay "operational" for the rest of the window. The reasons say
+   "stopped reporting" and since when.
 2. ``outage``: on a target probed within the window, the current run of failed probes reached
    the alarm length (the engine's availability chart's ``fail_run``, else ``alarm_run``), or the
    engine's availability chart has an open ``AVAILABILITY`` episode, or the model has an open
@@ -20,8 +24,9 @@ A model's status is one of ``maintenance``, ``operational``, ``degraded``, ``out
    from ``min_probes`` probes on, so one failure among three probes is no verdict).
 4. ``operational``: none of the above.
 
-Violations attributed to a target that was not probed within the window are ignored (that
-target is stale, not failing). ``warning`` and ``info`` violations never change the status:
+Violations attributed to a target that stopped reporting are ignored (that target is stale,
+not failing); while the model's other targets decide its status, each stopped one is named in
+the reasons. ``warning`` and ``info`` violations never change the status:
 they are the tiers below "page me" (3-sigma points, Nelson tests, TTFT and tokens/s charts),
 which on many charts fire often enough to keep every model "degraded" for nothing.
 A model's status is the worst of its live targets'. Maintenance windows are read from the
@@ -37,7 +42,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 from typing import Literal
 
@@ -92,7 +97,11 @@ class StatusPolicy:
     """The thresholds a status is judged by."""
 
     window_s: float = 15 * 60
-    """A target with no probe this recent is stale; success ratios are taken over this window."""
+    """Success ratios are taken over this window; a target with no probe in it is stale."""
+    stale_probes: float = 10.0
+    """A target missing this many of its own probe intervals stopped reporting..."""
+    stale_min_s: float = 60.0
+    """... but never sooner than this (a prober restarting, a slow flush to the store)."""
     min_success_ratio: float = 0.95
     min_probes: int = 20
     alarm_run: int = 3
@@ -111,6 +120,27 @@ class TargetSignals:
     run_since: datetime | None = None
     """When the current run of failed probes started (its first failed probe)."""
     availability: AvailabilityView | None = None
+    spacing_s: float | None = None
+    """Mean seconds between its probes in the window (None: fewer than two)."""
+    max_gap_s: float | None = None
+    """The longest wait between two of its probes in the window: a hung endpoint's timeouts."""
+
+
+def stale_after_s(target: TargetSignals, policy: StatusPolicy) -> float:
+    """Seconds without a probe after which ``target`` stopped reporting: ``stale_probes`` of its
+    probe intervals, at least ``stale_min_s`` and twice its longest gap in the window (a probe
+    is stamped when it starts: an endpoint that hangs until the probe's timeout leaves gaps that
+    long, and is failing, not silent); the whole window where its pace is unknown."""
+    if target.spacing_s is None or target.spacing_s <= 0:
+        return policy.window_s
+    gap = 2 * (target.max_gap_s or 0.0)
+    return min(policy.window_s, max(policy.stale_min_s, policy.stale_probes * target.spacing_s, gap))
+
+
+def _when(ts: datetime, now: datetime) -> str:
+    """A time in a reason: the clock within a day, the date too beyond."""
+    utc = ts.astimezone(UTC)
+    return utc.strftime("%H:%M:%S UTC" if now - ts < timedelta(days=1) else "%Y-%m-%d %H:%M UTC")
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,9 +228,19 @@ def _earliest(values: Iterable[datetime | None]) -> datetime | None:
 def model_status(inputs: StatusInputs, now: datetime, policy: StatusPolicy | None = None) -> ModelStatus:
     """The status of one model at ``now`` (see the module docstring for the rules)."""
     policy = policy or StatusPolicy()
-    horizon = now - timedelta(seconds=policy.window_s)
-    live = [t for t in inputs.targets if t.last_probe >= horizon]
+    fresh = [(now - t.last_probe).total_seconds() <= stale_after_s(t, policy) for t in inputs.targets]
+    live = [t for t, f in zip(inputs.targets, fresh, strict=True) if f]
     last_probe = max((t.last_probe for t in inputs.targets), default=None) or inputs.last_seen
+    # Each target that stopped reporting, newest first: named whatever the status, never dropped
+    # in silence while the model's other targets carry on.
+    stopped = [
+        f"{t.target or 'a target'} stopped reporting: no probe since {_when(t.last_probe, now)}"
+        for t in sorted(
+            (t for t, f in zip(inputs.targets, fresh, strict=True) if not f),
+            key=lambda t: t.last_probe,
+            reverse=True,
+        )
+    ]
 
     def result(status: Status, since: datetime | None, reasons: list[str]) -> ModelStatus:
         return ModelStatus(
@@ -217,8 +257,13 @@ def model_status(inputs: StatusInputs, now: datetime, policy: StatusPolicy | Non
     if inputs.maintenance is not None:
         return result("maintenance", None, [f"maintenance: {inputs.maintenance.reason}"])
     if not live:
-        minutes = f"{policy.window_s / 60:g}"
-        return result("unknown", last_probe, [f"no probe in the last {minutes} min"])
+        if stopped:
+            return result("unknown", last_probe, stopped)
+        if last_probe is not None:
+            return result(
+                "unknown", last_probe, [f"stopped reporting: no probe since {_when(last_probe, now)}"]
+            )
+        return result("unknown", None, ["no probe yet"])
 
     names = {t.target for t in live}
     # A violation without a target (older events) belongs to the whole model.
@@ -246,10 +291,10 @@ def model_status(inputs: StatusInputs, now: datetime, policy: StatusPolicy | Non
             degraded.append((what, v.since))
 
     if outage:
-        return result("outage", _earliest(s for _, s in outage), [r for r, _ in outage])
+        return result("outage", _earliest(s for _, s in outage), [r for r, _ in outage] + stopped)
     if degraded:
-        return result("degraded", _earliest(s for _, s in degraded), [r for r, _ in degraded])
-    return result("operational", None, [])
+        return result("degraded", _earliest(s for _, s in degraded), [r for r, _ in degraded] + stopped)
+    return result("operational", None, stopped)
 
 
 def overall_status(models: Sequence[ModelStatus]) -> Status:
