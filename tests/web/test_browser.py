@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import shutil
 from collections.abc import AsyncIterator
@@ -83,7 +84,10 @@ def _events() -> list[TelemetryEvent]:
         ev = main[i]
         assert ev.latency_ms is not None
         main[i] = telemetry(i, id=ev.id, latency_ms=ev.latency_ms * 1.8, ttft_ms=ev.latency_ms * 0.36)
-    return [fresh(e) for e in main + probes(BASELINE_N + 100, seed=2, model="org/other:1")]
+    # The second model's probes end when the first's do: both still report.
+    other = probes(BASELINE_N + 100, seed=2, model="org/other:1")
+    late = timedelta(seconds=2 * (len(main) - len(other)))
+    return [fresh(e) for e in main] + [fresh(structs.replace(e, ts=e.ts + late)) for e in other]
 
 
 @pytest.fixture
@@ -375,4 +379,67 @@ async def test_report_and_other_pages_render_cleanly(site: Site) -> None:
         await page.wait_for_selector("#models")
         overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0
+    assert site.errors == [], "\n".join(site.errors)
+
+
+# The walkthrough of a new user: each page at a laptop's 1366x768 and a phone's 390 px width.
+WALK_VIEWPORTS = {"laptop": {"width": 1366, "height": 768}, "phone": {"width": 390, "height": 844}}
+WALK_PAGES = (
+    ("/", "overview"),
+    ("/dashboard", "dashboard"),
+    ("/violations", "violations"),
+    ("/violations/v-browser", "violation"),
+    ("/incidents?severity=warning", "incidents"),
+    ("/report?hours=24", "report"),
+    ("/settings", "settings"),
+)
+# Whatever reaches past the viewport's right edge without a scroller of its own around it.
+WIDE = """() => [...document.querySelectorAll('body *')].filter(el => {
+    const r = el.getBoundingClientRect();
+    if (r.width === 0 || r.right <= window.innerWidth + 1) return false;
+    for (let p = el.parentElement; p; p = p.parentElement) {
+        const o = getComputedStyle(p).overflowX;
+        if (o === 'auto' || o === 'scroll' || o === 'hidden') return false;
+    }
+    return true;
+}).map(el => el.tagName + (el.id ? '#' + el.id : '') + '.' + [...el.classList].join('.')).slice(0, 5)"""
+# The labels under each chart's plot: [left, right] of each, left to right, per chart.
+TIME_LABELS = """() => [...document.querySelectorAll('svg')].map(svg => {
+    const ticks = [...svg.querySelectorAll('text.tick')];
+    const bottom = Math.max(...ticks.map(t => +t.getAttribute('y')));
+    return ticks.filter(t => +t.getAttribute('y') === bottom)
+        .map(t => { const r = t.getBoundingClientRect(); return [r.left, r.right, t.textContent]; })
+        .sort((a, b) => a[0] - b[0]);
+}).filter(labels => labels.length > 1)"""
+
+
+async def test_walk_every_page_at_laptop_and_phone_width(site: Site) -> None:
+    """A new user's tour at 1366x768 and on a 390-px phone: nothing scrolls the page sideways
+    (a wide table or chart scrolls inside its card), no time labels overprint each other, and a
+    screenshot of each page (``walk-<device>-<page>.png``)."""
+    async with browser_page(site) as page:
+        await log_in(page, site)
+        problems: list[str] = []
+        for device, viewport in WALK_VIEWPORTS.items():
+            await page.set_viewport_size(viewport)  # type: ignore[arg-type]
+            for path, name in WALK_PAGES:
+                await page.goto(f"{site.url}{path}")
+                await page.wait_for_selector("main .card")
+                await page.wait_for_load_state("networkidle")
+                await asyncio.to_thread(SHOTS.mkdir, parents=True, exist_ok=True)
+                await page.screenshot(path=str(SHOTS / f"walk-{device}-{name}.png"), full_page=True)
+                sideways = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+                if sideways > 0:
+                    problems.append(f"{device} {name}: {sideways} px sideways {await page.evaluate(WIDE)}")
+                for labels in await page.evaluate(TIME_LABELS):
+                    for (_, right, a), (left, _, b) in itertools.pairwise(labels):
+                        if right > left:
+                            problems.append(f"{device} {name}: time labels {a!r} and {b!r} overlap")
+            # The overview on a phone: each model's status on one line.
+            await page.goto(f"{site.url}/")
+            badge = page.locator("#overview tbody .status").first
+            box = await badge.bounding_box()
+            assert box is not None
+            assert box["height"] < 30, (device, box)
+        assert problems == [], "\n".join(problems)
     assert site.errors == [], "\n".join(site.errors)

@@ -27,6 +27,17 @@ METRIC_LABELS: dict[str, str] = {
     "tokens_per_s": "tokens/s",
     "availability": "failed probes",
 }
+# The unit after a value in a table ("1,895.2 ms"): an availability violation's value is a count
+# of failed probes, a traffic error rate a fraction.
+METRIC_UNITS: dict[str, str] = {
+    "latency_ms": "ms",
+    "ttft_ms": "ms",
+    "tokens_per_s": "tokens/s",
+    "availability": "failed probes",
+    "traffic_latency_per_token_p50": "ms",
+    "traffic_latency_per_token_p90": "ms",
+    "traffic_ttft_p50": "ms",
+}
 WINDOWS_H: tuple[int, ...] = (1, 6, 24, 168, 720)
 OVERVIEW_WINDOWS_H: tuple[int, ...] = (1, 6, 24, 168)
 Severity = Literal["critical", "warning", "info"]

@@ -21,7 +21,7 @@ from jinja2_fragments import render_block
 
 from llmscope.proto.charts import is_traffic_chart
 from llmscope.web.compression import mark_secret_free
-from llmscope.web.data import METRIC_LABELS, DashboardData, RebaselineResult
+from llmscope.web.data import METRIC_LABELS, METRIC_UNITS, DashboardData, RebaselineResult
 from llmscope.web.live import chart_pace_s, point_event, traffic_event
 from llmscope.web.minichart import render_minichart
 from llmscope.web.rules_legend import BY_CODE, RULES
@@ -47,6 +47,13 @@ def _num(value: float | None, digits: int = 1) -> str:
     if value is None:
         return "–"
     return f"{value:,.{digits}f}"
+
+
+def _measured(value: float | None, metric: str, digits: int = 1) -> str:
+    """A value with its metric's unit: "1,895.2 ms"; a count of failed probes without decimals."""
+    unit = METRIC_UNITS.get(metric, "")
+    text = _num(value, 0 if metric == "availability" else digits)
+    return f"{text} {unit}" if unit and value is not None else text
 
 
 _UNITS = (("year", 365.25 * 86400), ("day", 86400.0), ("hour", 3600.0), ("minute", 60.0), ("second", 1.0))
@@ -123,6 +130,8 @@ def build_environment() -> Environment:
     )
     env.filters["ago"] = _ago
     env.filters["num"] = _num
+    env.globals["measured"] = _measured
+    env.globals["metric_units"] = METRIC_UNITS
     env.filters["ts"] = _ts
     env.filters["pct"] = _pct
     env.globals["sigma_text"] = _sigma
