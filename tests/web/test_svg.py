@@ -132,3 +132,15 @@ def test_sparkline_marks_points_beyond_the_limits() -> None:
     assert svg.count('class="point"') == 1  # and the latest bucket
     empty = str(render_sparkline(replace(line, points=[], limits=None), END - timedelta(hours=1), END))
     assert "no probes" in empty
+
+
+def test_the_line_breaks_across_an_outage_instead_of_bridging_it() -> None:
+    # Probes every 2 s, none for 90 s (an outage: failed probes have no value), then again.
+    before = [ChartPoint(ts=END - timedelta(seconds=200 - 2 * i), value=100.0) for i in range(30)]
+    after = [ChartPoint(ts=END - timedelta(seconds=50 - 2 * i), value=100.0) for i in range(25)]
+    data = replace(chart(LIMITS), points=before + after)
+    lines = re.findall(r'<polyline points="([^"]+)" class="series"/>', str(render_chart(data)))
+    assert [len(line.split()) for line in lines] == [30, 25]
+    # Jitter is no gap: one line.
+    steady = replace(chart(LIMITS), points=sorted(before + after[:1], key=lambda p: p.ts)[:30])
+    assert str(render_chart(steady)).count('class="series"') == 1

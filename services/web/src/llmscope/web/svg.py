@@ -7,12 +7,13 @@ the SPC engine has no chart for it yet).
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime
 from html import escape
 
 from markupsafe import Markup
 
-from llmscope.web.data import METRIC_LABELS, ChartData, Sparkline
+from llmscope.web.data import METRIC_LABELS, ChartData, ChartPoint, Sparkline
 from llmscope.web.svg_axes import Frame, fmt, nice_ticks, time_axis, unit_label, value_axis
 
 WIDTH = 960
@@ -29,6 +30,23 @@ MARKS_DRAWN = 250
 # apart on average (px): denser, the line and the min-max band show them, and only buckets beyond
 # the limits and the latest get a circle (a 24 h chart has 360 buckets on 792 px).
 POINT_SPACING_PX = 4.0
+# The line breaks where points are this many of their usual (median) spacings apart: an outage or
+# a stopped prober is a gap on the chart, not a straight line drawn through it.
+GAP_SPACINGS = 5.0
+
+
+def runs(points: list[ChartPoint]) -> list[list[ChartPoint]]:
+    """``points`` cut wherever the gap to the next is over ``GAP_SPACINGS`` median spacings."""
+    if len(points) < 3:
+        return [points] if points else []
+    gaps = sorted(b.ts.timestamp() - a.ts.timestamp() for a, b in itertools.pairwise(points))
+    limit = GAP_SPACINGS * gaps[len(gaps) // 2]
+    out = [[points[0]]]
+    for a, b in itertools.pairwise(points):
+        if limit > 0 and b.ts.timestamp() - a.ts.timestamp() > limit:
+            out.append([])
+        out[-1].append(b)
+    return out
 
 
 def render_chart(data: ChartData, *, width: int = WIDTH, height: int = HEIGHT) -> Markup:
@@ -133,9 +151,10 @@ def render_chart(data: ChartData, *, width: int = WIDTH, height: int = HEIGHT) -
             f"{x(p.ts):.1f},{y(p.lo if p.lo is not None else p.value):.1f}" for p in reversed(pts)
         )
         out.append(f'<polygon points="{upper} {lower}" class="band"/>')
-    if pts:
-        line = " ".join(f"{x(p.ts):.1f},{y(p.value):.1f}" for p in pts)
+    for run in runs(pts):
+        line = " ".join(f"{x(p.ts):.1f},{y(p.value):.1f}" for p in run)
         out.append(f'<polyline points="{line}" class="series"/>')
+    if pts:
         every = len(pts) <= (plot_w / POINT_SPACING_PX if data.bucket_s else 400)
         last = pts[-1]
         for p in pts:
