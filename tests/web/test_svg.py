@@ -8,7 +8,9 @@ from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 
 from llmscope.web.data import ChartData, ChartPhase, ChartPoint, ChartQuery, Limits, Sparkline, ViolationMark
-from llmscope.web.svg import LABEL_GAP, PAD_L, PAD_R, WIDTH, render_chart, render_sparkline
+from llmscope.web.svg import LABEL_GAP, PAD_L, PAD_R, WIDTH, render_chart, render_sparkline, time_range
+from llmscope.web.trend_svg import render_availability
+from llmscope.web.trends import AvailabilityBucket, AvailabilityHistory, AvailabilityLine
 
 END = datetime(2026, 1, 1, 12, tzinfo=UTC)
 
@@ -144,3 +146,22 @@ def test_the_line_breaks_across_an_outage_instead_of_bridging_it() -> None:
     # Jitter is no gap: one line.
     steady = replace(chart(LIMITS), points=sorted(before + after[:1], key=lambda p: p.ts)[:30])
     assert str(render_chart(steady)).count('class="series"') == 1
+
+
+def test_the_availability_chart_under_a_control_chart_shares_its_time_axis() -> None:
+    # Probes over the last 3 minutes of an hour; availability buckets from the minute before.
+    points = [ChartPoint(ts=END - timedelta(seconds=180 - 2 * i), value=100.0) for i in range(90)]
+    data = replace(chart(LIMITS), points=points, violations=[])
+    minute = (END - timedelta(seconds=180)).replace(second=0)
+    buckets = [AvailabilityBucket(minute + timedelta(minutes=m), 30, 30) for m in range(4)]
+    history = AvailabilityHistory(
+        "ollama", "llama3.1:8b", 1.0, END - timedelta(hours=1), END, 60, [AvailabilityLine("local", buckets)]
+    )
+
+    def ticks(svg: str) -> list[tuple[str, str]]:
+        bottom = max(int(y) for y in re.findall(r'<text x="[\d.]+" y="(\d+)" class="tick"', svg))
+        return re.findall(rf'<text x="([\d.]+)" y="{bottom}" class="tick"[^>]*>([^<]+)<', svg)
+
+    above = ticks(str(render_chart(data)))
+    assert len(above) >= 3
+    assert ticks(str(render_availability(history, x_range=time_range(data), pad_r=PAD_R))) == above

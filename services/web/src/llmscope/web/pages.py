@@ -25,7 +25,8 @@ from llmscope.web.data import METRIC_LABELS, METRIC_UNITS, DashboardData, Rebase
 from llmscope.web.live import chart_pace_s, point_event, traffic_event
 from llmscope.web.minichart import render_minichart
 from llmscope.web.rules_legend import BY_CODE, RULES
-from llmscope.web.svg import render_chart, render_sparkline
+from llmscope.web.svg import PAD_R as CHART_PAD_R
+from llmscope.web.svg import render_chart, render_sparkline, time_range
 from llmscope.web.trend_svg import color, render_availability, render_comparison
 from llmscope.web.trends import window_label
 
@@ -146,6 +147,8 @@ def build_environment() -> Environment:
     env.globals["render_minichart"] = render_minichart
     env.globals["render_comparison"] = render_comparison
     env.globals["render_availability"] = render_availability
+    env.globals["chart_time_range"] = time_range
+    env.globals["chart_pad_r"] = CHART_PAD_R
     env.globals["series_color"] = color
     env.globals["live_trigger"] = _live_trigger
     env.globals["point_event"] = point_event

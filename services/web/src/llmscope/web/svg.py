@@ -49,17 +49,25 @@ def runs(points: list[ChartPoint]) -> list[list[ChartPoint]]:
     return out
 
 
+def time_range(data: ChartData) -> tuple[float, float]:
+    """The chart's x range (epoch seconds): the window, from its first point shown.
+
+    A window that starts before the first probe (a fresh install, a new model) would squeeze the
+    data into its right edge. The availability chart under it takes the same range, so that the
+    two time axes line up.
+    """
+    t0 = data.start.timestamp()
+    t1 = max(data.end.timestamp(), t0 + 1)
+    shown = [p.ts.timestamp() for p in data.points] + [v.ts.timestamp() for v in data.violations]
+    first = min((t for t in shown if t0 <= t <= t1), default=t0)
+    return max(t0, min(first, t1 - MIN_SPAN_S)), t1
+
+
 def render_chart(data: ChartData, *, width: int = WIDTH, height: int = HEIGHT) -> Markup:
     """The chart as an ``<svg>`` element, sized by viewBox so it scales with its container."""
     plot_w = width - PAD_L - PAD_R
     plot_h = height - PAD_T - PAD_B
-    t0 = data.start.timestamp()
-    t1 = max(data.end.timestamp(), t0 + 1)
-    # A window that starts before the first probe (a fresh install, a new model) would squeeze
-    # the data into its right edge: the x axis starts at the first point shown instead.
-    shown = [p.ts.timestamp() for p in data.points] + [v.ts.timestamp() for v in data.violations]
-    first = min((t for t in shown if t0 <= t <= t1), default=t0)
-    t0 = max(t0, min(first, t1 - MIN_SPAN_S))
+    t0, t1 = time_range(data)
 
     values: list[float] = []
     for p in data.points:

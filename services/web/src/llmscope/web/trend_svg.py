@@ -176,12 +176,24 @@ def _failure_runs(buckets: list[AvailabilityBucket], step: int) -> list[list[Ava
     return runs
 
 
-def render_availability(data: AvailabilityHistory, *, width: int = 960, height: int = 170) -> Markup:
-    """Success rate per target over the window; buckets where most probes failed are shaded red."""
-    plot_w, plot_h = width - PAD_L - PAD_R, height - PAD_T - PAD_B
+def render_availability(
+    data: AvailabilityHistory,
+    *,
+    width: int = 960,
+    height: int = 170,
+    x_range: tuple[float, float] | None = None,
+    pad_r: int = PAD_R,
+) -> Markup:
+    """Success rate per target over the window; buckets where most probes failed are shaded red.
+
+    Under a control chart, ``x_range`` and ``pad_r`` are that chart's, so the time axes line up.
+    """
+    plot_w, plot_h = width - PAD_L - pad_r, height - PAD_T - PAD_B
     t0, t1 = data.start.timestamp(), max(data.end.timestamp(), data.start.timestamp() + 1)
     firsts = [line.buckets[0].ts.timestamp() for line in data.lines if line.buckets]
     t0 = max(t0, min(min(firsts, default=t0), t1 - 60))
+    if x_range is not None:
+        t0, t1 = x_range
     step = data.bucket_s
 
     def x(ts: float) -> float:
@@ -195,7 +207,7 @@ def render_availability(data: AvailabilityHistory, *, width: int = 960, height: 
         f'aria-label="success rate of {escape(data.model)} per target" xmlns="http://www.w3.org/2000/svg">',
         f'<rect x="{PAD_L}" y="{PAD_T}" width="{plot_w}" height="{plot_h}" class="plot-bg"/>',
     ]
-    frame = _frame(width, height)
+    frame = Frame(PAD_L, PAD_T, plot_w, plot_h, height)
     value_axis(out, frame, (0.0, 0.5, 1.0), y, lambda share: f"{share:.0%}")
     for line in data.lines:
         for run in _failure_runs(line.buckets, step):
