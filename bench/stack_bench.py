@@ -155,6 +155,9 @@ def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
 @dataclass
 class Stack:
     tmp: Path
+    own_persister: bool = False
+    """The persister as its own process (``llmscope persister``) beside an API started with
+    LLMSCOPE_PERSISTER=false, instead of in the API's process."""
     nats: EmbeddedNats | None = None
     postgres: EmbeddedPostgres | None = None
     database_url: str = ""
@@ -183,10 +186,17 @@ class Stack:
             PYTHONUNBUFFERED="1",
         )
         launcher = [sys.executable, "-m", "llmscope.stack.cli"]
-        for name in SERVICES:
+        services: tuple[str, ...] = SERVICES
+        if self.own_persister:
+            env["LLMSCOPE_PERSISTER"] = "false"
+            services = (*SERVICES, "persister")
+        for name in services:
             log = (self.tmp / f"{name}.log").open("ab")
+            argv = [*launcher, name] if name != "persister" else ["-m", "llmscope.api.persister"]
+            if name == "persister":
+                argv = [sys.executable, *argv]
             self.children[name] = subprocess.Popen(
-                [*launcher, name], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         bare_port = free_port()
         self.bare_url = f"http://127.0.0.1:{bare_port}"
@@ -847,6 +857,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--idle", type=float, default=None, help="seconds of no traffic measured first (default 10; 0: none)"
     )
+    parser.add_argument(
+        "--persister",
+        choices=("api", "own"),
+        default="api",
+        help="the persister in the API's process, or its own process (as llmscope up runs it)",
+    )
     args = parser.parse_args(argv)
     rates = [int(r) for r in args.rates.split(",") if r]
     seconds = args.seconds if args.seconds is not None else (2.0 if args.quick else 10.0)
@@ -854,7 +870,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_machine()
     print(f"run          {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, rates {rates}/s, {seconds:g} s each")
     with tempfile.TemporaryDirectory(prefix="llmscope-stack-bench-") as tmp:
-        stack = Stack(Path(tmp))
+        stack = Stack(Path(tmp), own_persister=args.persister == "own")
         try:
             stack.start()
             idle_s = args.idle if args.idle is not None else (2.0 if args.quick else 10.0)
