@@ -62,6 +62,7 @@ nats-users: install
 # chart; compare_bench: issue 11's comparison chart.
 bench: install
 	$(VENV)/bin/python bench/stack_bench.py $(BENCH_ARGS)
+	$(VENV)/bin/python bench/frontdoor_bench.py $(BENCH_ARGS)
 	$(VENV)/bin/python bench/ingest_bench.py --only e $(BENCH_ARGS)
 	$(VENV)/bin/python bench/spc_bench.py $(BENCH_ARGS)
 	$(VENV)/bin/python bench/chart_bench.py $(BENCH_ARGS)

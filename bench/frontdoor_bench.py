@@ -13,8 +13,9 @@ events at each rate to every target in turn, the order rotated each round, so th
 compare come from the same minutes; the load average is printed with each round, and the
 median over the rounds at the end, with each target's ratio to the bare endpoint.
 
-Usage: ``python bench/frontdoor_bench.py [--tree base=/tmp/doorbase] [--tree this=.]
-[--rates 100,1000] [--seconds 5] [--rounds 3]``.
+Usage: ``python bench/frontdoor_bench.py [--quick] [--tree base=/tmp/doorbase] [--tree this=.]
+[--rates 100,1000] [--seconds 5] [--rounds 3]`` (``--quick``: 2 s, 1 round; ``make bench`` runs
+it on this tree alone).
 """
 
 from __future__ import annotations
@@ -147,9 +148,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--tree", action="append", default=[], help="NAME=PATH of a checkout with .venv")
     parser.add_argument("--rates", default="100,1000", help="POSTs per second, comma-separated")
-    parser.add_argument("--seconds", type=float, default=5.0, help="seconds per rate and target")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="a short run: 2 s per rate and target, 1 round")
+    parser.add_argument("--seconds", type=float, default=None, help="seconds per rate and target (default 5)")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 3)")
     args = parser.parse_args(argv)
+    seconds = args.seconds if args.seconds is not None else (2.0 if args.quick else 5.0)
+    rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
     trees = dict(t.split("=", 1) for t in args.tree) or {"this": str(Path(__file__).resolve().parent.parent)}
     rates = [int(r) for r in args.rates.split(",") if r]
     print_machine()
@@ -176,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             procs.append(bare)
             targets["bare"] = (f"http://127.0.0.1:{bare_port}", bare.pid)
-            asyncio.run(measure(targets, rates, args.seconds, args.rounds))
+            asyncio.run(measure(targets, rates, seconds, rounds))
         finally:
             for proc in procs:
                 proc.terminate()

@@ -155,6 +155,9 @@ def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
 @dataclass
 class Stack:
     tmp: Path
+    own_persister: bool = False
+    """The persister as its own process (``llmscope persister``) beside an API started with
+    LLMSCOPE_PERSISTER=false, instead of in the API's process."""
     nats: EmbeddedNats | None = None
     postgres: EmbeddedPostgres | None = None
     database_url: str = ""
@@ -183,10 +186,17 @@ class Stack:
             PYTHONUNBUFFERED="1",
         )
         launcher = [sys.executable, "-m", "llmscope.stack.cli"]
-        for name in SERVICES:
+        services: tuple[str, ...] = SERVICES
+        if self.own_persister:
+            env["LLMSCOPE_PERSISTER"] = "false"
+            services = (*SERVICES, "persister")
+        for name in services:
             log = (self.tmp / f"{name}.log").open("ab")
+            argv = [*launcher, name] if name != "persister" else ["-m", "llmscope.api.persister"]
+            if name == "persister":
+                argv = [sys.executable, *argv]
             self.children[name] = subprocess.Popen(
-                [*launcher, name], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         bare_port = free_port()
         self.bare_url = f"http://127.0.0.1:{bare_port}"
@@ -426,10 +436,19 @@ async def run(
             bodies = [(e.id, codec.encode(e)) for e in events]
             stored.expect([e.id for e in events])
             before = {c.name: c.cpu() for c in components}
+            client0 = sum(psutil.Process().cpu_times()[:2])
             sent, answered, elapsed = await post_at_rate(session, api, bodies, rate)
+            client_cpu = sum(psutil.Process().cpu_times()[:2]) - client0
             await stored.wait()
             await caught_up(stack.nats.url)
             after = {c.name: c.cpu() for c in components}
+            # The machine's share left to the stack: this process (the client and the NOTIFY
+            # listener, not counted above) and the load average as the phase ended.
+            load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+            print(
+                f"\n(bench client {1000 * client_cpu / n:.3f} ms CPU per POST while posting;"
+                f" load average {load})"
+            )
             latencies = [stored.at[i] - t for i, t in sent.items() if i in stored.at]
             cpu = {c.name: cpu_used(before[c.name], after[c.name]) for c in components}
             writing = [stored.writing[i] for i in sent if i in stored.writing]
@@ -847,6 +866,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--idle", type=float, default=None, help="seconds of no traffic measured first (default 10; 0: none)"
     )
+    parser.add_argument(
+        "--persister",
+        choices=("api", "own"),
+        default="api",
+        help="the persister in the API's process, or its own process (as llmscope up runs it)",
+    )
     args = parser.parse_args(argv)
     rates = [int(r) for r in args.rates.split(",") if r]
     seconds = args.seconds if args.seconds is not None else (2.0 if args.quick else 10.0)
@@ -854,7 +879,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_machine()
     print(f"run          {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, rates {rates}/s, {seconds:g} s each")
     with tempfile.TemporaryDirectory(prefix="llmscope-stack-bench-") as tmp:
-        stack = Stack(Path(tmp))
+        stack = Stack(Path(tmp), own_persister=args.persister == "own")
         try:
             stack.start()
             idle_s = args.idle if args.idle is not None else (2.0 if args.quick else 10.0)

@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import AsyncIterator
 
 import pytest
+from starlette.types import Receive, Scope, Send
 
 from llmscope.api.settings import ApiSettings
 from llmscope.config.env import ConfigError, Env
@@ -104,3 +105,125 @@ async def test_a_nul_character_is_422_naming_where_not_a_500(api: Api) -> None:
     # In a JSON body: Postgres refuses it where it is stored; that is the caller's 422 too.
     r = await api.client.put("/api/settings/alert.email.from_addr", json={"value": "a\x00@example.com"})
     assert r.status_code == 422, r.text
+
+
+def _complete(i: str) -> dict[str, object]:
+    return {
+        "type": "telemetry.v1",
+        "id": i,
+        "ts": "2026-12-06T12:00:00+00:00",
+        "provider": "ollama",
+        "model": "m",
+        "target": "t",
+        "prompt_id": "p",
+        "prompt_hash": "h",
+    }
+
+
+def _requests(text: str, status: str) -> float:
+    """``llmscope_api_http_requests_total`` of POST /api/stats with ``status``, from /metrics."""
+    for row in text.splitlines():
+        labels = ('route="/api/stats"', 'method="POST"', f'status="{status}"')
+        if row.startswith("llmscope_api_http_requests_total{") and all(x in row for x in labels):
+            return float(row.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_the_front_door_lane_answers_as_the_route_does(api: Api) -> None:
+    """Issue 13: the common POST /api/stats is answered by the front door (its lane), the rest
+    by the route; both answer the same bytes and headers, and the metrics name the route."""
+    from fastapi.routing import APIRoute, iter_route_contexts
+
+    (stats_route,) = [
+        c.original_route
+        for c in iter_route_contexts(api.app.router.routes)
+        if c.path == "/api/stats" and "POST" in (c.methods or ())
+    ]
+    assert isinstance(stats_route, APIRoute)
+    handled: list[str] = []
+    handle = stats_route.handle
+
+    async def counted(scope: Scope, receive: Receive, send: Send) -> None:
+        handled.append(scope["path"])
+        await handle(scope, receive, send)
+
+    stats_route.handle = counted  # type: ignore[method-assign]
+    before = _requests((await api.anon.get("/metrics")).text, "202")
+    lane = await api.client.post("/api/stats", json=_complete("lane-0000000001"))
+    assert handled == []  # answered by the front door
+    # A query string (ignored by the route) keeps the request off the lane: the route answers.
+    route = await api.client.post("/api/stats?via=route", json=_complete("lane-0000000002"))
+    assert handled == ["/api/stats"]
+    assert (lane.status_code, route.status_code) == (202, 202)
+    assert lane.content == route.content.replace(b"lane-0000000002", b"lane-0000000001")
+    assert lane.headers == route.headers
+    assert lane.json() == {"id": "lane-0000000001", "ids": ["lane-0000000001"], "duplicates": 0}
+    again = await api.client.post("/api/stats", json=[_complete("lane-0000000001")])
+    assert again.json() == {"id": "lane-0000000001", "ids": ["lane-0000000001"], "duplicates": 1}
+    assert _requests((await api.anon.get("/metrics")).text, "202") == before + 3
+    # What the lane does not take (a default to fill in, an error to name) reaches the route
+    # with its body whole.
+    partial = {k: v for k, v in _complete("x").items() if k not in ("id", "ts")}
+    assert (await api.client.post("/api/stats", json=partial)).status_code == 202
+    bad = await api.client.post("/api/stats", json={**_complete("lane-0000000003"), "latency_ms": -1})
+    assert bad.status_code == 422
+    assert bad.json()["detail"][0]["field"] == "$.latency_ms"
+    # The key and its scope are checked before the lane, as before the route.
+    wrong = {"Authorization": "Bearer not-the-key-0123456789"}
+    assert (await api.anon.post("/api/stats", json=_complete("lane-4"), headers=wrong)).status_code == 401
+    assert (await api.anon.post("/api/stats", json=_complete("lane-0000000005"))).status_code == 401
+
+
+async def test_a_lane_that_declines_hands_the_body_on_unread() -> None:
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse, Response
+
+    from llmscope.api.frontdoor import FrontDoor
+
+    reached: list[bytes] = []
+
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+        reached.append(await Request(scope, receive).body())
+        await PlainTextResponse("route", status_code=201)(scope, receive, send)
+
+    async def lane(body: bytes) -> Response | None:
+        return None if body.startswith(b"route") else PlainTextResponse(f"lane {len(body)}", status_code=202)
+
+    class Everyone:
+        async def principal(self, request: Request) -> object:
+            return None
+
+    # /login: a write open to everyone, so the door passes it without a session or a key.
+    door = FrontDoor(inner, auth=Everyone(), max_body_bytes=LIMIT, lanes={("POST", "/login"): lane})  # type: ignore[arg-type]
+    sent: list[dict[str, object]] = []
+
+    async def run(body: bytes, chunk: int) -> None:
+        parts = [body[i : i + chunk] for i in range(0, len(body), chunk)]
+        messages = [
+            {"type": "http.request", "body": p, "more_body": i < len(parts) - 1} for i, p in enumerate(parts)
+        ]
+
+        async def receive() -> dict[str, object]:
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message: dict[str, object]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/login",
+            "raw_path": b"/login",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"content-length", str(len(body)).encode())],
+        }
+        sent.clear()
+        await door(scope, receive, send)  # type: ignore[arg-type]
+
+    await run(b"lane body in three parts", 8)
+    assert [m.get("status") or m.get("body") for m in sent] == [202, b"lane 24"]
+    assert reached == []
+    await run(b"route body in four parts!", 7)
+    assert [m.get("status") or m.get("body") for m in sent] == [201, b"route"]
+    assert reached == [b"route body in four parts!"]

@@ -240,6 +240,7 @@ def create_app(settings: ApiSettings, *, clock: Callable[[], float] = time.time)
         max_body_bytes=settings.max_body_bytes,
         receiver_on=bool(settings.ingest_key),
         routes=app.router.routes,
+        lanes={("POST", "/api/stats"): stats.front_door_lane(rt)},
     )
     app.add_middleware(MetricsMiddleware, runtime=rt)
     return app

@@ -17,12 +17,18 @@ took the process to 1.26 GB. This ASGI middleware runs first:
   one: it was a 500 from the query that tried);
 - a body over ``max_body_bytes`` is refused with 413: at once when ``Content-Length`` says so,
   or as soon as a streamed (chunked) body passes the limit.
+
+Once a request has passed all that, a route may have a *lane* here (``lanes``): the front door
+reads the body and the lane answers it, without FastAPI's routing, dependencies and response
+handling (``POST /api/stats``, :func:`~llmscope.api.routes.stats.front_door_lane`); a lane that
+returns None hands the request on to the route with its body as read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -36,6 +42,10 @@ from llmscope.web.auth import Authenticator, AuthUnavailable, RateLimited, chang
 
 OPEN_WRITES = frozenset({"/login"})
 OTLP_PREFIX = "/v1/"
+
+Lane = Callable[[bytes], Awaitable[Response | None]]
+"""A route's answer from the front door: the request's body in, the response out (None: let the
+route answer)."""
 
 
 class BodyTooLarge(HTTPException):
@@ -92,9 +102,16 @@ class FrontDoor:
         max_body_bytes: int,
         receiver_on: bool = False,
         routes: Sequence[BaseRoute] = (),
+        lanes: Mapping[tuple[str, str], Lane] | None = None,
     ) -> None:
+        """``lanes``: by (method, path), exact; the route of that method and path must be among
+        ``routes`` (the request's ``route`` in the scope, as the router sets it, names it in the
+        metrics)."""
         self.app = app
         self.wrong_method = MethodCheck(routes)
+        self.lanes = dict(lanes or {})
+        self._routes = routes
+        self._lane_routes: dict[tuple[str, str], BaseRoute | None] = {}
         self.auth = auth
         self.receiver_on = receiver_on
         self.limit = max_body_bytes
@@ -121,7 +138,55 @@ class FrontDoor:
         if length.isdigit() and int(length) > self.limit:
             await self._too_large()(scope, receive, send)
             return
+        if self.lanes and length.isdigit() and not scope.get("query_string") and not scope.get("root_path"):
+            lane = self.lanes.get((scope["method"], scope["path"]))
+            if lane is not None:
+                await self._lane(lane, scope, receive, send)
+                return
         await self.app(scope, self._capped(receive), send)
+
+    async def _lane(self, lane: Lane, scope: Scope, receive: Receive, send: Send) -> None:
+        """Read the body (its Content-Length is within the limit: the server reads no more), let
+        the lane answer, or hand the request on with the body as read."""
+        chunks: list[bytes] = []
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client left: nothing to answer (the route would end the same way)
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        answer = await lane(body)
+        if answer is None:
+            given = False
+
+            async def replay() -> Message:
+                nonlocal given
+                if given:
+                    return await receive()
+                given = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            await self.app(scope, replay, send)
+            return
+        scope["route"] = self._lane_route(scope["method"], scope["path"])
+        await answer(scope, receive, send)
+
+    def _lane_route(self, method: str, path: str) -> BaseRoute | None:
+        """The route the router would have chosen (FastAPI >= 0.137 keeps an included router's
+        routes behind one route: its public walk gives each with its full path)."""
+        key = (method, path)
+        if key not in self._lane_routes:
+            self._lane_routes[key] = next(
+                (
+                    ctx.original_route
+                    for ctx in iter_route_contexts(self._routes)
+                    if ctx.path == path and method in (ctx.methods or ())
+                ),
+                None,
+            )
+        return self._lane_routes[key]
 
     async def _refuse(self, request: Request, scope: Scope) -> Response | None:
         path, method = url_path(request), request.method

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Annotated, Any, NoReturn
 from urllib.parse import urlencode
@@ -116,6 +117,68 @@ def _unconfirmed(reason: str, ids: list[str]) -> JSONResponse:
     )
 
 
+async def _accept(rt: Runtime, events: list[TelemetryEvent], many: bool) -> Accepted | JSONResponse:
+    """Check each event's size (as published) and time, then publish every one of them."""
+    latest = utcnow() + MAX_AHEAD
+    sends: list[tuple[str, bytes, str]] = []
+    for index, event in enumerate(events):
+        prefix = f"$[{index}]" if many else "$"
+        payload = codec.encode(event)  # encoded once: measured here, published below
+        if len(payload) > MAX_EVENT_BYTES:
+            rt.metrics.telemetry_rejected.inc()
+            return _invalid(f"event is {len(payload)} bytes, at most {MAX_EVENT_BYTES}", prefix, 413)
+        if event.ts > latest:
+            rt.metrics.telemetry_rejected.inc()
+            path = f"{prefix}.ts"
+            return _invalid(f"`{path}` is more than a day ahead of this server's clock", path)
+        sends.append((subjects.telemetry(event.provider, event.model), payload, event.id))
+    ids = [e.id for e in events]
+    if rt.publisher is None:
+        return _unconfirmed("not connected to NATS yet", ids)
+    try:
+        # Pipelined: every event in flight at once, the acks awaited together (still all of
+        # them before the 202); one event goes the same way, on the Publisher's ack inbox.
+        acks = await rt.publisher.publish_many_raw(sends, deadline=5.0)
+    except PublishFailed as exc:
+        return _unconfirmed(f"could not publish to JetStream: {exc}", ids)
+    rt.metrics.telemetry_accepted.inc(len(events))
+    return Accepted(id=events[0].id, ids=ids, duplicates=sum(bool(ack.duplicate) for ack in acks))
+
+
+def _decoded_whole(body: bytes) -> tuple[list[TelemetryEvent], bool] | None:
+    """The common case, every event complete (type, id and ts given) and valid: decoded once,
+    straight into structs; None for anything else (defaults to fill in, an error to locate)."""
+    try:
+        decoded = _batch_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    events = decoded if isinstance(decoded, list) else [decoded]
+    return (events, isinstance(decoded, list)) if 0 < len(events) <= MAX_BATCH else None
+
+
+def front_door_lane(rt: Runtime) -> Callable[[bytes], Awaitable[Response | None]]:
+    """``POST /api/stats``'s common case for the front door (:class:`~llmscope.api.frontdoor.FrontDoor`)
+    to answer itself, once it has checked the key, the scope and the body's size: the same
+    decoding, checks, publish and answer as :func:`router`'s route, without FastAPI's routing,
+    dependency solving and response validation, which cost the API process more CPU than the
+    request's own work (issue 13: at 1,000 one-event POSTs/s the event loop queued). None for a
+    body the route must read itself (defaults, or an error to name); the front door then hands it
+    on, unread again."""
+
+    async def lane(body: bytes) -> Response | None:
+        whole = _decoded_whole(body)
+        if whole is None:
+            return None
+        answer = await _accept(rt, *whole)
+        if isinstance(answer, Accepted):
+            # The bytes FastAPI writes for the route's response model: its fields in order.
+            content = {"id": answer.id, "ids": answer.ids, "duplicates": answer.duplicates}
+            return JSONResponse(content, status_code=202)
+        return answer
+
+    return lane
+
+
 def router(rt: Runtime) -> APIRouter:
     api = APIRouter(prefix="/api/stats", tags=["telemetry"])
 
@@ -152,17 +215,12 @@ def router(rt: Runtime) -> APIRouter:
         or a ``ts`` of your own) and nothing is stored twice.
         """
         body = await request.body()
-        # The common case, every event complete (type, id and ts given) and valid: decoded once,
-        # straight into structs. Anything else (defaults to fill in, an error to locate) takes
-        # the general path below, which says exactly what is wrong.
-        try:
-            decoded = _batch_decoder.decode(body)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            pass
-        else:
-            fast = decoded if isinstance(decoded, list) else [decoded]
-            if 0 < len(fast) <= MAX_BATCH:
-                return await _accept(fast, isinstance(decoded, list))
+        # The common case (the front door answers it before this route, see front_door_lane):
+        # decoded once, straight into structs. Anything else takes the general path below,
+        # which says exactly what is wrong.
+        whole = _decoded_whole(body)
+        if whole is not None:
+            return await _accept(rt, *whole)
         try:
             raw = msgspec.json.decode(body)
         except msgspec.DecodeError as exc:
@@ -194,34 +252,7 @@ def router(rt: Runtime) -> APIRouter:
                 message, path = _located(str(exc), prefix)
                 return _invalid(message, path)
             events.append(event)
-        return await _accept(events, many)
-
-    async def _accept(events: list[TelemetryEvent], many: bool) -> Any:
-        """Check each event's size (as published) and time, then publish every one of them."""
-        latest = utcnow() + MAX_AHEAD
-        sends: list[tuple[str, bytes, str]] = []
-        for index, event in enumerate(events):
-            prefix = f"$[{index}]" if many else "$"
-            payload = codec.encode(event)  # encoded once: measured here, published below
-            if len(payload) > MAX_EVENT_BYTES:
-                rt.metrics.telemetry_rejected.inc()
-                return _invalid(f"event is {len(payload)} bytes, at most {MAX_EVENT_BYTES}", prefix, 413)
-            if event.ts > latest:
-                rt.metrics.telemetry_rejected.inc()
-                path = f"{prefix}.ts"
-                return _invalid(f"`{path}` is more than a day ahead of this server's clock", path)
-            sends.append((subjects.telemetry(event.provider, event.model), payload, event.id))
-        ids = [e.id for e in events]
-        if rt.publisher is None:
-            return _unconfirmed("not connected to NATS yet", ids)
-        try:
-            # Pipelined: every event in flight at once, the acks awaited together (still all of
-            # them before the 202); one event goes the same way, on the Publisher's ack inbox.
-            acks = await rt.publisher.publish_many_raw(sends, deadline=5.0)
-        except PublishFailed as exc:
-            return _unconfirmed(f"could not publish to JetStream: {exc}", ids)
-        rt.metrics.telemetry_accepted.inc(len(events))
-        return Accepted(id=events[0].id, ids=ids, duplicates=sum(bool(ack.duplicate) for ack in acks))
+        return await _accept(rt, events, many)
 
     @api.get("/spc", response_model=ChartData, responses=not_found("telemetry for that model (or target)"))
     async def spc(
