@@ -117,7 +117,14 @@ def _spc_engine(charts_bucket: str, state_bucket: str) -> Permissions:
 
 def _alerter() -> Permissions:
     return Permissions(
-        publish=(subjects.INCIDENTS_ALL, subjects.DEADLETTER_ALL, *_JS_ALL),
+        # It reads the API's settings bucket ($KV.<bucket> is only written to; reads are
+        # $JS.API requests) and asks the API for telemetry context (llmscope.control.v1.api.>).
+        publish=(
+            subjects.INCIDENTS_ALL,
+            subjects.DEADLETTER_ALL,
+            f"{subjects.PREFIX}.control.v1.api.>",
+            *_JS_ALL,
+        ),
         subscribe=(f"{subjects.PREFIX}.control.v1.alerter.>", f"{inbox_prefix(ALERTER)}.>"),
         allow_responses=True,
         deny_publish=_JS_DESTRUCTIVE,
@@ -136,6 +143,9 @@ def _api() -> Permissions:
             f"{subjects.PREFIX}.control.v1.>",
             _kv(subjects.MODELS_BUCKET),
             _kv(subjects.SPC_CONFIG_BUCKET),
+            # Its settings table mirrored for the alerter, and people's actions on violations.
+            _kv(subjects.SETTINGS_BUCKET),
+            subjects.VIOLATION_ACTIONS_ALL,
             # What the persister stored, for every API process's open tabs.
             subjects.api_live(),
             *_JS_ALL,
@@ -145,8 +155,11 @@ def _api() -> Permissions:
             subjects.VIOLATIONS_ALL,
             subjects.INCIDENTS_ALL,
             subjects.api_live(),
+            # The alerter's requests for telemetry context (the API owns the telemetry table).
+            f"{subjects.PREFIX}.control.v1.api.>",
             f"{inbox_prefix(API)}.>",
         ),
+        allow_responses=True,
         deny_publish=_JS_DESTRUCTIVE,
     )
 
