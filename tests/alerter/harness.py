@@ -90,6 +90,7 @@ async def start_alerter(
     consumer_options: Mapping[str, Any] | None = None,
     clock: Callable[[], datetime] = utcnow,
     tickets: TicketConfig | None = None,
+    api: ApiView | None = None,
 ) -> Running:
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=6)
     async with pool.acquire() as conn:
@@ -117,7 +118,7 @@ async def start_alerter(
         ),
         notifier_factory=factory,
         # The API over the bus (settings bucket, telemetry requests); without NATS, no API.
-        api=ApiView(js._nc if js is not None else None, timeout=2.0),
+        api=api or ApiView(js._nc if js is not None else None, timeout=2.0),
     )
     stop = asyncio.Event()
     consumer = None
