@@ -173,6 +173,9 @@ async def test_each_service_user_does_what_it_did_with_one_user(server: Embedded
         await action.ack()
         await (await api.jetstream().key_value(subjects.SETTINGS_BUCKET)).put("k", b"1")
         assert (await (await alerter.jetstream().key_value(subjects.SETTINGS_BUCKET)).get("k")).value == b"1"
+        # ... while the engine, which has no use for the channel secrets in it, cannot read it.
+        with pytest.raises(NatsTimeoutError):
+            await (await engine.jetstream(timeout=2).key_value(subjects.SETTINGS_BUCKET)).get("k")
         await api.subscribe(subjects.api_telemetry_context(), queue=subjects.API_CONTROL_QUEUE, cb=answer)
         await subscriptions_in_place(api)
         assert (await alerter.request(subjects.api_telemetry_context(), b"{}", timeout=5)).data == b"done"

@@ -78,6 +78,19 @@ def _kv(bucket: str) -> str:
     return f"$KV.{bucket}.>"
 
 
+def _kv_reads(bucket: str) -> tuple[str, ...]:
+    """Reading a bucket's values: a message get (direct or not) or a consumer (a watcher)."""
+    stream = f"KV_{bucket}"
+    return (
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}.>",
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.>",
+    )
+
+
 def _prober() -> Permissions:
     models = f"KV_{subjects.MODELS_BUCKET}"
     return Permissions(
@@ -111,7 +124,8 @@ def _spc_engine(charts_bucket: str, state_bucket: str) -> Permissions:
         ),
         subscribe=(f"{subjects.PREFIX}.control.v1.spc.>", f"{inbox_prefix(SPC_ENGINE)}.>"),
         allow_responses=True,
-        deny_publish=_JS_DESTRUCTIVE,
+        # The API's settings hold channel secrets the engine has no use for.
+        deny_publish=(*_JS_DESTRUCTIVE, *_kv_reads(subjects.SETTINGS_BUCKET)),
     )
 
 
