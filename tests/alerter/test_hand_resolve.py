@@ -111,3 +111,28 @@ async def test_a_resolution_that_comes_before_its_violation_is_applied_when_the_
         await run.close()
         await sink.stop()
         await api.close()
+
+
+async def test_a_resolution_made_while_the_alerter_is_down_waits_in_its_stream_and_is_told_after(
+    database_url: str, js: JetStreamContext
+) -> None:
+    api = await api_side(js)
+    sink, got = await webhook_sink()
+    timings = Timings(group_wait=0.3, group_interval=600, repeat_interval=3600)
+    env = {"LLMSCOPE_WEBHOOK_URL": sink.url + "/hook"}
+    run = await start_alerter(database_url, js, env, timings=timings)
+    try:
+        ev = violation(1, rule="CUSUM")
+        await publish(js, ev)
+        await eventually(lambda: len(got) >= 1, what="the page")
+        await run.close()
+        await api.act(ev, "resolved", "dee", "fixed while the alerter was down")
+        run = await start_alerter(database_url, js, env, timings=timings)
+        await eventually(lambda: len(got) >= 2, within=10, what="the hand resolution's message")
+        assert got[1].title.startswith("[LLMscope] RESOLVED by dee:"), got[1].title
+        assert "fixed while the alerter was down" in got[1].text
+        assert len(got) == 2
+    finally:
+        await run.close()
+        await sink.stop()
+        await api.close()
