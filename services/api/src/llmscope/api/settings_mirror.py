@@ -16,6 +16,7 @@ import json
 from collections.abc import Callable
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from nats.js.errors import KeyNotFoundError
@@ -28,6 +29,7 @@ from llmscope.proto import subjects
 log = get_logger("llmscope.api.settings_mirror")
 
 SYNC_S = 30.0
+MIRROR_LOCK_ID = 0x4C4C4D_534554  # "LLM" "SET": one mirror sync at a time across API processes
 
 
 class SettingsMirror:
@@ -56,30 +58,39 @@ class SettingsMirror:
         if pool is None or nc is None:
             return False
         try:
-            async with self._lock:  # two saves at once: one sync after the other
-                js = nc.jetstream()
-                if self._kv is None:
-                    self._kv = await open_bucket(
-                        js, self.bucket, description="LLMscope settings", replicas=self.replicas
-                    )
-                rows = await pool.fetch("SELECT key, value FROM settings")
-                wanted = {subjects.kv_key(r["key"]): json.dumps(r["value"]).encode() for r in rows}
-                for key in await bucket_keys(js, self.bucket):
-                    try:
-                        current = (await self._kv.get(key)).value
-                    except KeyNotFoundError:
-                        current = None
-                    if key not in wanted:
-                        if current is not None:
-                            await self._kv.delete(key)
-                    elif current == wanted[key]:
-                        del wanted[key]
-                for key, value in wanted.items():
-                    await self._kv.put(key, value)
+            # Two saves at once, in this process or two API processes: one sync after the other,
+            # so that a sync that read the table before a save never writes after that save's.
+            async with self._lock, pool.acquire() as conn:
+                await conn.execute("SELECT pg_advisory_lock($1)", MIRROR_LOCK_ID)
+                try:
+                    await self._sync(nc, conn)
+                finally:
+                    await conn.execute("SELECT pg_advisory_unlock($1)", MIRROR_LOCK_ID)
         except (NatsError, TimeoutError, asyncpg.PostgresError, OSError) as exc:
             log.warning("settings not mirrored to the bus yet; tried again", error=repr(exc))
             return False
         return True
+
+    async def _sync(self, nc: NATS, conn: PoolConnectionProxy[asyncpg.Record]) -> None:
+        js = nc.jetstream()
+        if self._kv is None:
+            self._kv = await open_bucket(
+                js, self.bucket, description="LLMscope settings", replicas=self.replicas
+            )
+        rows = await conn.fetch("SELECT key, value FROM settings")
+        wanted = {subjects.kv_key(r["key"]): json.dumps(r["value"]).encode() for r in rows}
+        for key in await bucket_keys(js, self.bucket):
+            try:
+                current = (await self._kv.get(key)).value
+            except KeyNotFoundError:
+                current = None
+            if key not in wanted:
+                if current is not None:
+                    await self._kv.delete(key)
+            elif current == wanted[key]:
+                del wanted[key]
+        for key, value in wanted.items():
+            await self._kv.put(key, value)
 
     async def run(self, stop: asyncio.Event, every: float = SYNC_S) -> None:
         while not stop.is_set():
