@@ -342,7 +342,7 @@ class StandingPull(_InboxPull):
         self.gap = 0.0
         """The time between two messages, smoothed (s): 0 until one has come, so the first
         messages linger as before the rate is known."""
-        self._gap_cap = 0.0  # one long pause counts as this much: the rate is learnt again soon
+        self._gap_cap = 0.0  # one long pause counts as this much (0: no linger, no gaps measured)
 
     async def stop(self) -> None:
         if self._expiry is not None:
@@ -373,13 +373,15 @@ class StandingPull(_InboxPull):
     def _take(self, msg: JsMsg) -> None:
         status = inbox.status_of(msg)
         if not status:
-            now = self._loop.time()
-            if not self._buffer:
-                self._first_at = now
-            # An exponentially weighted mean of the gaps (weight 1/8, as TCP's smoothed RTT):
-            # one subtraction and one multiplication per message.
-            self.gap += (min(now - self._last_at, self._gap_cap) - self.gap) * GAP_WEIGHT
-            self._last_at = now
+            if self._gap_cap or not self._buffer:  # no clock read per message without a linger
+                now = self._loop.time()
+                if not self._buffer:
+                    self._first_at = now
+                if self._gap_cap:
+                    # An exponentially weighted mean of the gaps (weight 1/8, as TCP's smoothed
+                    # RTT): a subtraction and a multiplication per message.
+                    self.gap += (min(now - self._last_at, self._gap_cap) - self.gap) * GAP_WEIGHT
+                self._last_at = now
             self._buffer.append(msg)
             self._owed -= 1
             self._ready.set()
