@@ -666,6 +666,52 @@ async def test_a_standing_pull_gives_up_a_request_lost_on_the_way_and_sends_anot
         await sink.unsubscribe()
 
 
+async def _standing_pull(js: JetStreamContext) -> Any:
+    from llmscope.bus.consumer import StandingPull
+
+    consumer = make_consumer(js, None)
+    await js.add_consumer(subjects.STREAM_TELEMETRY, config=consumer.consumer_config())
+    puller = StandingPull(js._nc, subjects.STREAM_TELEMETRY, "test")
+    await puller.start()
+    return puller
+
+
+async def test_a_standing_pull_does_not_linger_when_the_rate_cannot_bring_another_message_in_time(
+    js: JetStreamContext,
+) -> None:
+    """At a rate whose gaps are longer than the fill wait (a trickle), the batch goes at once: the
+    linger could add nothing to it, only its own length to the message's latency."""
+    puller = await _standing_pull(js)
+    try:
+        puller.gap = 120.0  # as learnt from a trickle: a message every two minutes
+        await Publisher(js).publish(SUBJECT, telemetry())
+        # A 60 s fill wait; before the change it was waited out in full.
+        msgs = await asyncio.wait_for(puller.fetch(10, 5, fill_wait=60), 10)
+        assert len(msgs) == 1
+    finally:
+        await puller.stop()
+
+
+async def test_a_standing_pull_still_lingers_while_messages_come_faster_than_the_fill_wait(
+    js: JetStreamContext,
+) -> None:
+    publisher = Publisher(js)
+    puller = await _standing_pull(js)
+    try:
+        await publisher.publish(SUBJECT, telemetry())
+        fetch = asyncio.create_task(puller.fetch(10, 30, fill_wait=60))
+        await eventually(lambda: len(puller.taken_meanwhile()) == 1)
+        await asyncio.sleep(0)
+        assert not fetch.done()  # the rate is not known yet (no gap seen): it lingers
+        # A burst: each gap far shorter than the wait, so the linger goes on until the batch is full.
+        await publisher.publish_many([(SUBJECT, telemetry()) for _ in range(9)])
+        msgs = await asyncio.wait_for(fetch, 10)
+        assert len(msgs) == 10
+        assert puller.gap < 60
+    finally:
+        await puller.stop()
+
+
 def _seen_n(seen: list[str], n: int) -> bool:
     return len(seen) == n
 

@@ -144,6 +144,9 @@ class _Batch(Generic[T]):
     malformed: list[tuple[JsMsg, str, int]]
 
 
+GAP_WEIGHT = 0.125
+"""Weight of the newest gap between two messages in :attr:`StandingPull.gap`."""
+
 _DECODE_SLICE = 256
 """Messages decoded between two yields to the event loop while a batch is decoded ahead."""
 
@@ -310,8 +313,11 @@ class StandingPull(_InboxPull):
     request and one expiry status per ``expires``.
 
     With a fill wait (the persister), a batch is handed over once its first message has waited
-    that long (a linger counted from the first message, as Kafka's ``linger.ms``), and while the
-    newest message says more are pending for the consumer (the last
+    that long (a linger counted from the first message, as Kafka's ``linger.ms``), or sooner when
+    the arrival rate says no other message will come before then (the gap between messages,
+    smoothed: :attr:`gap`): at a rate too low to fill anything in the wait the linger would only
+    add latency (at 100 events/s, 3 ms to each), while under load it still gathers batches. While
+    the newest message says more are pending for the consumer (the last
     token of its ack subject) the open request is left to fill the batch: with a backlog the
     handler still gets full batches, as from a ``no_wait`` pull.
 
@@ -332,6 +338,11 @@ class StandingPull(_InboxPull):
         self._interrupted = False
         self._loop = asyncio.get_running_loop()
         self._first_at = 0.0  # when the oldest message in the buffer arrived
+        self._last_at = float("-inf")  # when the newest message arrived
+        self.gap = 0.0
+        """The time between two messages, smoothed (s): 0 until one has come, so the first
+        messages linger as before the rate is known."""
+        self._gap_cap = 0.0  # one long pause counts as this much (0: no linger, no gaps measured)
 
     async def stop(self) -> None:
         if self._expiry is not None:
@@ -362,8 +373,15 @@ class StandingPull(_InboxPull):
     def _take(self, msg: JsMsg) -> None:
         status = inbox.status_of(msg)
         if not status:
-            if not self._buffer:
-                self._first_at = self._loop.time()
+            if self._gap_cap or not self._buffer:  # no clock read per message without a linger
+                now = self._loop.time()
+                if not self._buffer:
+                    self._first_at = now
+                if self._gap_cap:
+                    # An exponentially weighted mean of the gaps (weight 1/8, as TCP's smoothed
+                    # RTT): a subtraction and a multiplication per message.
+                    self.gap += (min(now - self._last_at, self._gap_cap) - self.gap) * GAP_WEIGHT
+                self._last_at = now
             self._buffer.append(msg)
             self._owed -= 1
             self._ready.set()
@@ -384,6 +402,31 @@ class StandingPull(_InboxPull):
         reply = f"{self._inbox}.{self._request}"
         await self._nc.publish(self._api, json.dumps(request).encode(), reply=reply)
 
+    async def _linger(self, batch: int, fill_wait: float) -> None:
+        """A linger, as Kafka's linger.ms, counted from the batch's first message: a batch goes
+        when its oldest message has waited ``fill_wait`` (what arrived during the previous
+        batch's transaction has mostly waited that long already), so a steady rate is written in
+        batches of at least ``fill_wait`` of traffic, not one transaction each; but it goes at
+        once when the next message is not expected before then (the last one's arrival plus
+        :attr:`gap`), as each message that comes meanwhile is checked again: a wait that can add
+        no message to the batch only delays it."""
+        loop = self._loop
+        deadline = self._first_at + fill_wait
+        self._gap_cap = 2 * fill_wait  # beyond the wait, a gap's length changes no decision
+        while (
+            self._owed > 0
+            and len(self._buffer) < batch
+            and not self._interrupted
+            and self._last_at + self.gap < deadline
+            and loop.time() < deadline
+        ):
+            self._ready.clear()
+            timer = loop.call_at(deadline, self._ready.set)
+            try:
+                await self._ready.wait()  # a message, the deadline, a status, expiry or interrupt()
+            finally:
+                timer.cancel()
+
     async def fetch(self, batch: int, expires: float, fill_wait: float = 0.0) -> list[JsMsg]:
         """What arrived since the last call, waiting up to ``expires`` for a first message; []
         when the request expired (or was refused: :attr:`status`) or :meth:`interrupt` was called."""
@@ -393,14 +436,8 @@ class StandingPull(_InboxPull):
                 await self._send(batch, expires)
             if not self._buffer and self._owed > 0:
                 await self._ready.wait()  # a message, a status, the request's expiry, or interrupt()
-        if self._buffer and fill_wait > 0 and batch > 1 and self._owed > 0 and len(self._buffer) < batch:
-            # A linger, as Kafka's linger.ms, counted from the batch's first message: a batch goes
-            # when its oldest message has waited ``fill_wait`` (what arrived during the previous
-            # batch's transaction has mostly waited that long already), so a steady rate is
-            # written in batches of at least ``fill_wait`` of traffic, not one transaction each.
-            linger = self._first_at + fill_wait - asyncio.get_running_loop().time()
-            if linger > 0:
-                await asyncio.sleep(linger)
+        if self._buffer and fill_wait > 0 and batch > 1:
+            await self._linger(batch, fill_wait)
         if fill_wait > 0 and self._buffer:
             # A backlog: the open request is still being filled, so the batch is made full.
             while (

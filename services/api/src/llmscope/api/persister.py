@@ -707,11 +707,14 @@ def persister_consumer_options(**overrides: Any) -> ConsumerOptions:
     Each consumer keeps one pull request open (``standing``): at a trickle one request and one
     expiry status a second, not two requests per wake-up, and what arrives while a batch is
     written is the next batch at once (no fill wait for it). An idle persister that wakes for one
-    event waits ``FILL_WAIT_S`` for the events behind it, so a trickle is written in batches (a
-    transaction per event cost ~1.5 ms each). Acks stay one per message: several API processes
-    may run a persister on the same durable consumer, and an AckAll from one would ack what
-    another has not committed yet. With a backlog, the next batch is pulled while one is written
-    (``prefetch``): the client's parsing of one batch overlaps Postgres's work on the other."""
+    event waits up to ``FILL_WAIT_S`` for the events behind it, so a steady rate is written in
+    batches (a transaction per event cost ~1.5 ms each); but only while the rate says another
+    event will come within the wait (:class:`llmscope.bus.consumer.StandingPull`): at 100 events/s
+    no batch could grow in 3 ms, and each event went 3 ms later for nothing. Acks stay one per
+    message: several API processes may run a persister on the same durable consumer, and an
+    AckAll from one would ack what another has not committed yet. With a backlog, the next batch
+    is pulled while one is written (``prefetch``): the client's parsing of one batch overlaps
+    Postgres's work on the other."""
     options = ConsumerOptions(
         batch_size=PERSIST_BATCH,
         transient=postgres_unavailable,
