@@ -108,7 +108,20 @@ async def test_a_model_whose_probes_stopped_says_so_within_a_minute_and_a_disabl
     assert '<span class="status unknown" title="unknown: no recent probe">stopped reporting</span>' in removed
     assert "since 2m ago" in removed
     assert f"gpu-old stopped reporting: no probe since {stopped_at:%H:%M:%S} UTC" in removed
+    # The summary counts it in the row's words, not among the never-probed "unknown".
+    summary = r.text[r.text.index('<section class="card summary">') : r.text.index("</dl>")]
+    assert '<span class="status unknown">1 stopped reporting</span>' in summary
+    assert '<dt>stopped reporting</dt><dd><span class="status unknown">1</span>' in summary
+    assert "<dt>unknown</dt>" not in summary
+    # So does the status page, signed in; the API keeps the status (the reasons say why).
+    page = (await client.get("/status")).text
+    assert '<p class="status-overall"><span class="status unknown">stopped reporting</span>' in page
+    assert re.findall(r"<td>ollama / ([^<]+)</td>\s*<td><span class=\"status \w+\"[^>]*>([^<]+)<", page) == [
+        ("kept:1", "operational"),
+        ("removed:1", "stopped reporting"),
+    ]
     status = (await api.client.get("/api/status")).json()
+    assert status["status"] == "unknown"
     assert {m["model"]: m["status"] for m in status["models"]} == {
         "kept:1": "operational",
         "removed:1": "unknown",

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from llmscope.config.logs import get_logger
 from llmscope.web.alerting import Incident
 from llmscope.web.data import FalseAlarmBudget, OpenEpisode, Overview, Sparkline
-from llmscope.web.status import STATUSES, ModelStatus, Status, StatusReport
+from llmscope.web.status import LABELS, STATUSES, ModelStatus, Status, StatusReport
 
 log = get_logger("llmscope.web.overview")
 # The budget reads every chart's record: once a minute is plenty for a figure that moves with
@@ -51,6 +51,9 @@ class Summary:
 
     models: int
     by_status: dict[Status, int]
+    by_label: dict[str, int]
+    """Models per label, worst first (see ``LABELS``): a model whose probes stopped is counted
+    as "stopped reporting", as its row says, not among the never-probed "unknown"."""
     open_incidents: int
     critical_open: int
     critical_24h: int
@@ -93,9 +96,11 @@ def summary(
     budget: FalseAlarmBudget | None = None,
 ) -> Summary:
     counts = Counter(r.status.status for r in rows)
+    labels = Counter(r.status.label for r in rows)
     return Summary(
         models=len(rows),
         by_status={s: counts.get(s, 0) for s in STATUSES},
+        by_label={s: labels.get(s, 0) for s in LABELS},
         open_incidents=sum(1 for i in incidents if i.state != "resolved"),
         critical_open=sum(len(r.critical) for r in rows),
         critical_24h=overview.critical_24h,

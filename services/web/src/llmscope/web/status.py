@@ -50,6 +50,10 @@ from llmscope.proto.charts import AvailabilityView
 
 Status = Literal["operational", "degraded", "outage", "unknown", "maintenance"]
 STATUSES: tuple[Status, ...] = ("operational", "degraded", "outage", "unknown", "maintenance")
+# The label of an unknown model whose probes stopped (see ModelStatus.label), and every label a
+# page counts, worst first: the overview's summary counts rows by the words they show.
+STOPPED = "stopped reporting"
+LABELS: tuple[str, ...] = ("outage", "degraded", STOPPED, "unknown", "maintenance", "operational")
 # Worst first, for the overall status.
 _OVERALL_RANK: dict[Status, int] = {
     "outage": 0,
@@ -183,6 +187,13 @@ class ModelStatus:
     uptime_7d: float | None = None
     reasons: list[str] = field(default_factory=list)
 
+    @property
+    def label(self) -> str:
+        """What a page shows for it: an ``unknown`` model that was probed before "stopped
+        reporting" (its probes stopped: a target removed, a prober down); only one never probed
+        is plain "unknown". The API keeps the status itself."""
+        return STOPPED if self.status == "unknown" and self.last_probe is not None else self.status
+
 
 @dataclass(frozen=True, slots=True)
 class StatusReport:
@@ -194,6 +205,15 @@ class StatusReport:
 
     def find(self, provider: str, model: str) -> ModelStatus | None:
         return next((m for m in self.models if (m.provider, m.model) == (provider, model)), None)
+
+    @property
+    def label(self) -> str:
+        """The overall status as a page shows it: "stopped reporting" when it is ``unknown``
+        only because models stopped reporting (none never probed), the same words as their rows."""
+        unknown = [m for m in self.models if m.status == "unknown"]
+        if self.status == "unknown" and unknown and all(m.label == STOPPED for m in unknown):
+            return STOPPED
+        return self.status
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,8 @@ def add_status_routes(
         context: dict[str, Any] = {
             "full": full,
             "overall": report.status,
+            # Signed in, the rows' words ("stopped reporting"); the public page keeps the status.
+            "overall_label": report.label if full else report.status,
             "models": report.models if full else public_view(report).models,
             "generated_at": report.generated_at if full else None,
             "refresh_s": STATUS_REFRESH_S,
