@@ -412,11 +412,40 @@ TIME_LABELS = """() => [...document.querySelectorAll('svg')].map(svg => {
         .sort((a, b) => a[0] - b[0]);
 }).filter(labels => labels.length > 1)"""
 
+# Layout defects a walk found, measured: [what, detail] for each.
+LAYOUT = """() => {
+    const out = [];
+    // A filter's labels on one row start on one line (a text box once sat taller than a dropdown).
+    for (const form of document.querySelectorAll('form.selectors')) {
+        const boxes = [...form.querySelectorAll(':scope > label')].map(l => l.getBoundingClientRect());
+        const row = boxes.filter(b => Math.abs(b.bottom - boxes[0].bottom) < 2).map(b => b.top);
+        if (Math.max(...row) - Math.min(...row) >= 1)
+            out.push(['filter labels on one row start at different heights', row]);
+    }
+    // The acknowledge form is not glued to the statistics above it.
+    const grid = document.querySelector('.grid2'), actions = document.querySelector('#actions form');
+    if (grid && actions) {
+        const gap = actions.getBoundingClientRect().top - grid.getBoundingClientRect().bottom;
+        if (gap < 8) out.push(['the violation form sits on the table above it', gap]);
+    }
+    // Settings' Alerting cards: side by side where two fit, stacked otherwise.
+    const tiles = document.querySelector('#alerting + .settings-grid');
+    const cards = tiles ? [...tiles.children].map(c => c.getBoundingClientRect()) : [];
+    if (cards.length > 1) {
+        const fit = tiles.clientWidth >= 2 * 26 * 14 + 14;  // two 26rem cards and the gap
+        const sideBySide = Math.abs(cards[0].top - cards[1].top) < 1 && cards[1].left > cards[0].right;
+        if (fit !== sideBySide)
+            out.push(['alerting cards', fit ? 'stacked on a wide screen' : 'side by side on a phone']);
+    }
+    return out;
+}"""
+
 
 async def test_walk_every_page_at_laptop_and_phone_width(site: Site) -> None:
     """A new user's tour at 1366x768 and on a 390-px phone: nothing scrolls the page sideways
-    (a wide table or chart scrolls inside its card), no time labels overprint each other, and a
-    screenshot of each page (``walk-<device>-<page>.png``)."""
+    (a wide table or chart scrolls inside its card), no time labels overprint each other, the
+    layout defects of ``LAYOUT`` stay fixed, and a screenshot of each page
+    (``walk-<device>-<page>.png``)."""
     async with browser_page(site) as page:
         await log_in(page, site)
         problems: list[str] = []
@@ -431,6 +460,9 @@ async def test_walk_every_page_at_laptop_and_phone_width(site: Site) -> None:
                 sideways = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
                 if sideways > 0:
                     problems.append(f"{device} {name}: {sideways} px sideways {await page.evaluate(WIDE)}")
+                problems += [
+                    f"{device} {name}: {what} {detail}" for what, detail in await page.evaluate(LAYOUT)
+                ]
                 for labels in await page.evaluate(TIME_LABELS):
                     for (_, right, a), (left, _, b) in itertools.pairwise(labels):
                         if right > left:
