@@ -428,6 +428,11 @@ LAYOUT = """() => {
         const gap = actions.getBoundingClientRect().top - grid.getBoundingClientRect().bottom;
         if (gap < 8) out.push(['the violation form sits on the table above it', gap]);
     }
+    // A heading that follows a table keeps clear of it (the violation page's context heading).
+    for (const h of document.querySelectorAll('table + h2, .table-wrap + h2')) {
+        const gap = h.getBoundingClientRect().top - h.previousElementSibling.getBoundingClientRect().bottom;
+        if (gap < 8) out.push(['a heading sits on the table above it', `${h.textContent.trim()} ${gap}`]);
+    }
     // Settings' Alerting cards: side by side where two fit, stacked otherwise.
     const tiles = document.querySelector('#alerting + .settings-grid');
     const cards = tiles ? [...tiles.children].map(c => c.getBoundingClientRect()) : [];
