@@ -38,15 +38,18 @@ So a partition moves only after its old owner stopped charting it (or its lease 
 new owner resumes the partition from its checkpoint: never from the stream's start, never while
 the old owner still charts it. Safety comes from the leases, liveness from the membership.
 
-Exact recovery: every ``state_interval_s`` the state of the charts that took points is written
-to the state bucket (each chart with the last stream sequence it applied), then the public
-records whose view changed to the chart bucket, then each partition's checkpoint with the last
+Exact recovery: every ``state_interval_s`` (15 s by default) the state of the charts that took
+points is written to the state bucket (each chart with the last stream sequence it applied), then
+the public records whose view changed to the chart bucket, then each partition's checkpoint with the last
 sequence of that partition every chart has covered (:mod:`llmscope.spc_engine.store`); every
 ``snapshot_interval_s`` in between, only the public records whose view changed. A re-baseline,
 a hand-over and a stop write everything at once. A
 partition's consumer is recreated, when it is taken, to deliver from its checkpoint + 1; charts
 load lazily from the state bucket (so the new owner of a partition continues its charts) and
-skip sequences they already applied. Replayed
+skip sequences they already applied (so a takeover after a crash replays up to a state interval
+of the partition's telemetry: 1,500 events at 100/s, 15,000 at 1,000/s, about 30 µs each).
+Acks do not wait for the checkpoint: a batch is acked once its violations are published, so
+``max_ack_pending`` never fills between state writes. Replayed
 points recompute the same violations with the same ids, and JetStream's duplicate window drops
 them (the API persister also stores by id). A publish that fails after the publisher's retries
 stops the service (exit 1): its supervisor restarts it and the replay from the checkpoint
