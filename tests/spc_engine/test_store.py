@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -15,6 +16,7 @@ from llmscope.spc_engine.engine import AvailabilitySnapshot, ChartSnapshot, Engi
 from llmscope.spc_engine.service import config_for
 from llmscope.spc_engine.settings import SpcSettings
 from llmscope.spc_engine.store import (
+    ChartStore,
     Parts,
     Saved,
     decode_availability,
@@ -233,3 +235,44 @@ async def test_a_first_version_record_with_everything_in_it_reads_back_exactly()
     data = msgspec.msgpack.encode([1, pack_ids(ids), pack_ts(ts), charts])
     back = decode_series("ollama", "m1", "t-m1", "simple", data, Parts().get)  # names no part
     assert_charts(members, back)
+
+
+class _RecordingKv:
+    """Enough of a KeyValue for ``put_many``: each publish recorded in order, acked at once."""
+
+    def __init__(self, log: list[str]) -> None:
+        self._pre = ""
+        self._js = self
+        self.log = log
+
+    async def publish_async(self, subject: str, payload: bytes) -> asyncio.Future[None]:
+        self.log.append(subject)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    async def put(self, key: str, value: bytes) -> int:
+        self.log.append(key)
+        return 1
+
+
+async def test_parts_are_stored_before_the_records_naming_them_and_only_once() -> None:
+    events = [msgspec.structs.replace(ev, id=uuid.uuid4().hex) for ev in telemetry_stream(300, seed=4)]
+    engine = await charted(events)
+    state: list[str] = []
+    store = ChartStore(_RecordingKv([]), _RecordingKv(state))  # type: ignore[arg-type]
+    now = datetime.now(UTC)
+    await store.write(engine, list(engine.charts), now)
+    parts = [i for i, key in enumerate(state) if key.startswith("_part.")]
+    records = [i for i, key in enumerate(state) if not key.startswith("_part.")]
+    # Two prompts' metric charts share three configurations; six baselines, one availability
+    # configuration: each part once, all of them before the first record.
+    assert len(parts) == 3 + 6 + 1
+    assert len(records) == 2 + 1
+    assert max(parts) < min(records)
+    state.clear()
+    for ev in telemetry_stream(310, seed=4)[300:]:
+        await engine.on_telemetry(msgspec.structs.replace(ev, id=uuid.uuid4().hex), 400)
+    await store.write(engine, list(engine.charts), now)
+    assert state
+    assert not [key for key in state if key.startswith("_part.")]
