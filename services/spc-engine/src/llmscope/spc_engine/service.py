@@ -818,11 +818,11 @@ class SpcService:
         return time.monotonic() - self._last_state >= self.settings.state_interval_s
 
     async def snapshot(self, *, state: bool = True) -> None:
-        """Write the changed charts' public records and, with ``state``, the state of every chart
-        that took a point since the last such write, the traffic charts, then the checkpoint of
-        every partition that moved. Without ``state`` the checkpoints stay where they are: a
-        takeover replays from them, so the public records may run ahead of the state (see
-        :mod:`llmscope.spc_engine.store`)."""
+        """Write the changed charts' public records (with ``state``, first the state of every
+        chart that took a point since the last such write), the traffic charts, then, with
+        ``state``, the checkpoint of every partition that moved. Without ``state`` the checkpoints
+        stay where they are: a takeover replays from them, so the public records may run ahead of
+        the state (see :mod:`llmscope.spc_engine.store`)."""
         for lease in self._leases.values():
             lease.check()
         now = datetime.now(UTC)
@@ -830,16 +830,18 @@ class SpcService:
         # The state of every chart that took a point and the public records that changed, each
         # pipelined, all stored before the checkpoints.
         await store.write(self.engine, self.engine.take_dirty(), now, state=state)
-        if not state:
-            self._last_snapshot = time.monotonic()
-            return
         for partition, traffic in self.traffic.items():
             if traffic.dirty and partition in self._leases:
                 # The charts' records (what readers see), the subgroups, then the head (its
-                # clock): all before the checkpoint below.
+                # clock): all before any checkpoint below. Every snapshot, not every state
+                # interval: readers see a closed minute at once, and a traffic state ahead of the
+                # checkpoint is exact (the aggregator skips the sequences it covers on a replay).
                 await put_many(self._kv, traffic.take_records(now))
                 for key, value in traffic.take_dirty(partition):
                     await self._kv.put(key, value)
+        if not state:
+            self._last_snapshot = time.monotonic()
+            return
         for partition, last in self._last_seq.items():
             if last > self._checkpointed.get(partition, 0):
                 await self._kv.put(checkpoint_key(partition), str(last).encode())

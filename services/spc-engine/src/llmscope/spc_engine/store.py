@@ -40,7 +40,8 @@ What seldom changes is not in the records: a chart's configuration and its froze
 *parts* (:class:`Parts`), each stored once in the state bucket under the digest of its bytes
 (``_part.<hex>``), before any record naming it, and never rewritten; a record names them by
 digest (16 bytes). They were 3.5 KB of an armed series' 8.4 KB. Records of version 1 (the
-configuration and baseline in them) are read as they are.
+configuration and baseline in them) are read as they are; an engine of version 1 cannot read
+records of version 2 (no downgrade past this).
 
 How often: at the default ``LLMSCOPE_SPC_STATE_INTERVAL_S`` (15 s) a series probed every 2 s
 has its record written once per 7 or 8 probes instead of once per probe; a takeover replays up to
@@ -82,7 +83,8 @@ from llmscope.spc_engine.engine import (
 
 log = get_logger("llmscope.spc_engine.store")
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+"""2: configurations and baselines are parts named by digest (1: in the record; still read)."""
 
 
 def series_key(provider: str, model: str, target: str, prompt_id: str) -> str:
