@@ -276,3 +276,17 @@ async def test_parts_are_stored_before_the_records_naming_them_and_only_once() -
     await store.write(engine, list(engine.charts), now)
     assert state
     assert not [key for key in state if key.startswith("_part.")]
+
+
+async def test_a_first_version_availability_record_reads_back_exactly() -> None:
+    events = telemetry_stream(600, seed=2)
+    engine = await charted([msgspec.structs.replace(ev, id=uuid.uuid4().hex) for ev in events])
+    key = chart_key("ollama", "m1", "t-m1", "*", "availability")
+    snap = engine.snapshot(key)
+    assert isinstance(snap, AvailabilitySnapshot)
+    rest = msgspec.structs.replace(snap.state, recent_ids=[])
+    config = msgspec.to_builtins(snap.config)
+    data = msgspec.msgpack.encode([1, snap.seq, 5, 9, config, rest, pack_ids(snap.state.recent_ids)])
+    back = decode_availability(key, data, Parts().get)  # names no part
+    assert isinstance(back.snapshot, AvailabilitySnapshot)
+    assert (back.gen, back.base, back.snapshot.config, back.snapshot.state) == (5, 9, snap.config, snap.state)
