@@ -42,7 +42,8 @@ Exact recovery: every ``state_interval_s`` (15 s by default) the state of the ch
 points is written to the state bucket (each chart with the last stream sequence it applied), then
 the public records whose view changed to the chart bucket, then each partition's checkpoint with the last
 sequence of that partition every chart has covered (:mod:`llmscope.spc_engine.store`); every
-``snapshot_interval_s`` in between, only the public records whose view changed. A re-baseline,
+``snapshot_interval_s`` in between, only the public records whose view changed and the traffic
+charts (their aggregator skips, on a replay, the sequences its state covers). A re-baseline,
 a hand-over and a stop write everything at once. A
 partition's consumer is recreated, when it is taken, to deliver from its checkpoint + 1; charts
 load lazily from the state bucket (so the new owner of a partition continues its charts) and
