@@ -22,7 +22,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from llmscope.bus.kv import open_bucket
+from llmscope.bus.kv import bucket_keys, open_bucket
 from llmscope.bus.settings import BusSettings
 from llmscope.bus.streams import ensure_streams
 from llmscope.proto import subjects
@@ -371,4 +371,44 @@ async def test_a_previous_versions_record_stays_until_the_state_that_replaces_it
     assert expected, "the shift after the upgrade opens episodes"
     assert_exactly(await violations(js), expected)
     await assert_same_charts(js, reference)
+    await nc.close()
+
+
+class _HeldLease:
+    def check(self) -> None:
+        """Held: nobody else may chart the partition."""
+
+
+async def test_traffic_charts_are_written_every_snapshot_while_the_checkpoint_waits_for_the_state(
+    nats_url: str,
+) -> None:
+    """A closed traffic minute shows at the next snapshot, not the next state write: the traffic
+    records and the aggregator's state go out every snapshot (a replay skips what they cover),
+    the checkpoint only with the state."""
+    from llmscope.spc_engine.service import SpcService, open_state_bucket
+    from llmscope.spc_engine.traffic import TrafficPartition, default_configs, traffic_key
+
+    from .test_traffic import run, stream
+
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await ensure_streams(js, BusSettings())
+    cfg = dataclasses.replace(settings(nats_url), state_interval_s=600)
+    charts = await open_bucket(js, cfg.charts_bucket, description="charts")
+    service = SpcService(cfg, nc, js, charts, state=await open_state_bucket(js, cfg))
+    traffic = service.traffic[0] = TrafficPartition(default_configs(5, 8).__getitem__)
+    service._leases[0] = _HeldLease()  # type: ignore[assignment]
+    service._last_seq[0] = 99
+    run(traffic, stream(12, slow_from=20))
+    await service.snapshot(state=False)
+    keys = await bucket_keys(js, cfg.charts_bucket)
+    shown = [k for k in keys if k.startswith("openai.")]
+    assert shown, "the traffic charts' records"
+    records = [decode_record((await charts.get(k)).value or b"") for k in shown]
+    assert all(r.traffic is not None for r in records)
+    assert traffic_key(0) in keys  # the aggregator's clock with them
+    assert not traffic.dirty
+    assert checkpoint_key(0) not in keys
+    await service.snapshot(state=True)
+    assert (await charts.get(checkpoint_key(0))).value == b"99"
     await nc.close()

@@ -38,15 +38,19 @@ So a partition moves only after its old owner stopped charting it (or its lease 
 new owner resumes the partition from its checkpoint: never from the stream's start, never while
 the old owner still charts it. Safety comes from the leases, liveness from the membership.
 
-Exact recovery: every ``state_interval_s`` the state of the charts that took points is written
-to the state bucket (each chart with the last stream sequence it applied), then the public
-records whose view changed to the chart bucket, then each partition's checkpoint with the last
+Exact recovery: every ``state_interval_s`` (15 s by default) the state of the charts that took
+points is written to the state bucket (each chart with the last stream sequence it applied), then
+the public records whose view changed to the chart bucket, then each partition's checkpoint with the last
 sequence of that partition every chart has covered (:mod:`llmscope.spc_engine.store`); every
-``snapshot_interval_s`` in between, only the public records whose view changed. A re-baseline,
+``snapshot_interval_s`` in between, only the public records whose view changed and the traffic
+charts (their aggregator skips, on a replay, the sequences its state covers). A re-baseline,
 a hand-over and a stop write everything at once. A
 partition's consumer is recreated, when it is taken, to deliver from its checkpoint + 1; charts
 load lazily from the state bucket (so the new owner of a partition continues its charts) and
-skip sequences they already applied. Replayed
+skip sequences they already applied (so a takeover after a crash replays up to a state interval
+of the partition's telemetry: 1,500 events at 100/s, 15,000 at 1,000/s, 25-50 µs each).
+Acks do not wait for the checkpoint: a batch is acked once its violations are published, so
+``max_ack_pending`` never fills between state writes. Replayed
 points recompute the same violations with the same ids, and JetStream's duplicate window drops
 them (the API persister also stores by id). A publish that fails after the publisher's retries
 stops the service (exit 1): its supervisor restarts it and the replay from the checkpoint
@@ -815,11 +819,11 @@ class SpcService:
         return time.monotonic() - self._last_state >= self.settings.state_interval_s
 
     async def snapshot(self, *, state: bool = True) -> None:
-        """Write the changed charts' public records and, with ``state``, the state of every chart
-        that took a point since the last such write, the traffic charts, then the checkpoint of
-        every partition that moved. Without ``state`` the checkpoints stay where they are: a
-        takeover replays from them, so the public records may run ahead of the state (see
-        :mod:`llmscope.spc_engine.store`)."""
+        """Write the changed charts' public records (with ``state``, first the state of every
+        chart that took a point since the last such write), the traffic charts, then, with
+        ``state``, the checkpoint of every partition that moved. Without ``state`` the checkpoints
+        stay where they are: a takeover replays from them, so the public records may run ahead of
+        the state (see :mod:`llmscope.spc_engine.store`)."""
         for lease in self._leases.values():
             lease.check()
         now = datetime.now(UTC)
@@ -827,16 +831,18 @@ class SpcService:
         # The state of every chart that took a point and the public records that changed, each
         # pipelined, all stored before the checkpoints.
         await store.write(self.engine, self.engine.take_dirty(), now, state=state)
-        if not state:
-            self._last_snapshot = time.monotonic()
-            return
         for partition, traffic in self.traffic.items():
             if traffic.dirty and partition in self._leases:
                 # The charts' records (what readers see), the subgroups, then the head (its
-                # clock): all before the checkpoint below.
+                # clock): all before any checkpoint below. Every snapshot, not every state
+                # interval: readers see a closed minute at once, and a traffic state ahead of the
+                # checkpoint is exact (the aggregator skips the sequences it covers on a replay).
                 await put_many(self._kv, traffic.take_records(now))
                 for key, value in traffic.take_dirty(partition):
                     await self._kv.put(key, value)
+        if not state:
+            self._last_snapshot = time.monotonic()
+            return
         for partition, last in self._last_seq.items():
             if last > self._checkpointed.get(partition, 0):
                 await self._kv.put(checkpoint_key(partition), str(last).encode())

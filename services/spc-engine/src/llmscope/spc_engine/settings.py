@@ -14,7 +14,7 @@
 | LLMSCOPE_SPC_MIN_CHANGE | 0.5 | a sustained shift pages from (1 + this)x worse (1.5x slower); 0: any |
 | LLMSCOPE_SPC_MIN_SPIKE_CHANGE | 1.0 | one answer pages from (1 + this)x worse (2x slower) |
 | LLMSCOPE_SPC_SNAPSHOT_INTERVAL_S | 1.0 | how often charts whose view changed are written for readers |
-| LLMSCOPE_SPC_STATE_INTERVAL_S | 1.0 | how often chart state and checkpoints are written (takeovers replay) |
+| LLMSCOPE_SPC_STATE_INTERVAL_S | 15 | how often chart state and checkpoints are written (takeovers replay) |
 | LLMSCOPE_SPC_CHARTS_BUCKET | llmscope_spc_charts | KV bucket of the charts as readers see them |
 | LLMSCOPE_SPC_STATE_BUCKET | llmscope_spc_state | KV bucket of the engine's own chart state (for recovery) |
 | LLMSCOPE_SPC_BATCH_SIZE | 256 | telemetry messages pulled per batch |
@@ -55,7 +55,7 @@ class SpcSettings:
     min_change: float = DEFAULT_MIN_CHANGE
     min_spike_change: float = DEFAULT_MIN_SPIKE_CHANGE
     snapshot_interval_s: float = 1.0
-    state_interval_s: float = 1.0
+    state_interval_s: float = 15.0
     charts_bucket: str = subjects.SPC_CHARTS_BUCKET
     state_bucket: str = subjects.SPC_STATE_BUCKET
     batch_size: int = 256
@@ -91,7 +91,7 @@ class SpcSettings:
                 "LLMSCOPE_SPC_MIN_SPIKE_CHANGE", DEFAULT_MIN_SPIKE_CHANGE, min=0, max=100
             ),
             snapshot_interval_s=env.number("LLMSCOPE_SPC_SNAPSHOT_INTERVAL_S", 1.0, min=0),
-            state_interval_s=env.number("LLMSCOPE_SPC_STATE_INTERVAL_S", 1.0, min=0),
+            state_interval_s=env.number("LLMSCOPE_SPC_STATE_INTERVAL_S", 15.0, min=0),
             charts_bucket=env.text("LLMSCOPE_SPC_CHARTS_BUCKET", subjects.SPC_CHARTS_BUCKET),
             state_bucket=env.text("LLMSCOPE_SPC_STATE_BUCKET", subjects.SPC_STATE_BUCKET),
             batch_size=env.integer("LLMSCOPE_SPC_BATCH_SIZE", 256, min=1, max=10_000),

@@ -35,10 +35,22 @@ The recent points of a series' metric charts (the same probes, mostly) share one
 (id, ts), ids of 32 hex digits stored as 16 bytes, and times as msgpack timestamps when UTC (as
 RFC 3339 otherwise, offset kept, so a replayed violation's times read exactly as the
 uninterrupted run's).
+
+What seldom changes is not in the records: a chart's configuration and its frozen baseline are
+*parts* (:class:`Parts`), each stored once in the state bucket under the digest of its bytes
+(``_part.<hex>``), before any record naming it, and never rewritten; a record names them by
+digest (16 bytes). They were 3.5 KB of an armed series' 8.4 KB. Records of version 1 (the
+configuration and baseline in them) are read as they are; an engine of version 1 cannot read
+records of version 2 (no downgrade past this).
+
+How often: at the default ``LLMSCOPE_SPC_STATE_INTERVAL_S`` (15 s) a series probed every 2 s
+has its record written once per 7 or 8 probes instead of once per probe; a takeover replays up to
+that much telemetry from the checkpoint (exactly: each chart skips what its state covers).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -59,7 +71,7 @@ from llmscope.proto.charts import (
     parse_chart_key,
 )
 from llmscope.spc_engine.availability import AvailabilityConfig, AvailabilityState
-from llmscope.spc_engine.chart import ChartState, PointRef
+from llmscope.spc_engine.chart import Baseline, ChartState, PointRef
 from llmscope.spc_engine.config import CHARTED_METRICS, ChartConfig
 from llmscope.spc_engine.engine import (
     AvailabilitySnapshot,
@@ -71,7 +83,8 @@ from llmscope.spc_engine.engine import (
 
 log = get_logger("llmscope.spc_engine.store")
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+"""2: configurations and baselines are parts named by digest (1: in the record; still read)."""
 
 
 def series_key(provider: str, model: str, target: str, prompt_id: str) -> str:
@@ -126,13 +139,17 @@ class _MetricOut(msgspec.Struct, array_like=True):
     settings_seq: int
     gen: int
     base: int
-    config: msgspec.Raw
+    config: bytes
+    """The digest of its configuration's part (a map, the configuration itself, in version 1)."""
     state: Any
+    """The state but its recent points and baseline."""
     index: list[int]
     """The recent points' indexes: ``[first]`` when consecutive, else every one."""
     values: list[float]
     refs: list[int]
     """Each recent point's row in the series' table of (id, ts); empty: the table's rows in order."""
+    baseline: bytes
+    """The digest of its baseline's part (empty: none, or in ``state`` in version 1)."""
 
 
 class _MetricIn(msgspec.Struct, array_like=True):
@@ -141,11 +158,12 @@ class _MetricIn(msgspec.Struct, array_like=True):
     settings_seq: int
     gen: int
     base: int
-    config: ChartConfig
+    config: ChartConfig | bytes
     state: ChartState
     index: list[int]
     values: list[float]
     refs: list[int]
+    baseline: bytes = b""
 
 
 class _SeriesOut(msgspec.Struct, array_like=True):
@@ -167,7 +185,7 @@ class _AvailabilityOut(msgspec.Struct, array_like=True):
     seq: int
     gen: int
     base: int
-    config: msgspec.Raw
+    config: bytes
     state: Any
     ids: bytes | list[str]
 
@@ -177,7 +195,7 @@ class _AvailabilityIn(msgspec.Struct, array_like=True):
     seq: int
     gen: int
     base: int
-    config: AvailabilityConfig
+    config: AvailabilityConfig | bytes
     state: AvailabilityState
     ids: Any
 
@@ -194,13 +212,17 @@ _encode = msgspec.msgpack.encode
 _series_decoder = msgspec.msgpack.Decoder(_SeriesIn)
 _availability_decoder = msgspec.msgpack.Decoder(_AvailabilityIn)
 _stored_decoder = msgspec.json.Decoder(_Stored)
+_config_decoder = msgspec.msgpack.Decoder(ChartConfig)
+_availability_config_decoder = msgspec.msgpack.Decoder(AvailabilityConfig)
+_baseline_decoder = msgspec.msgpack.Decoder(Baseline)
 _json = msgspec.json.encode
 
 
 def pack_ids(ids: list[str]) -> bytes | list[str]:
     """16 bytes each when every id is 32 lower-case hex digits (UUID4s as probers write them)."""
     joined = "".join(ids)
-    if len(joined) == 32 * len(ids) and all(len(i) == 32 for i in ids):
+    # map(len) in C: a generator over the ids was most of a record's encoding.
+    if len(joined) == 32 * len(ids) and (not ids or min(map(len, ids)) == 32):
         try:
             raw = bytes.fromhex(joined)
         except ValueError:
@@ -278,21 +300,80 @@ def _points(
     return [PointRef(i, ids[row], v, ts[row]) for i, v, row in zip(index, c.values, rows, strict=True)]
 
 
-class _ConfigCache:
-    """Encoded configurations by identity: a chart keeps its configuration object for its life."""
+BLOB_PREFIX = "_part."
+"""State-bucket keys of the parts records name by digest (``_part.<32 hex digits>``)."""
+
+
+def part_key(digest: bytes) -> str:
+    return BLOB_PREFIX + digest.hex()
+
+
+class MissingPartError(LookupError):
+    """A state record names a part the state bucket does not hold (exact recovery is impossible)."""
+
+
+class Parts:
+    """The parts of state records that seldom change, stored once each under their digest.
+
+    A chart's configuration (the same for every chart of a metric with the same settings) and its
+    frozen baseline change only on a settings change or a re-baseline, yet were most of a
+    series' record. A record names each by the BLAKE2b-128 digest of its msgpack encoding; the
+    part itself is written once (key :func:`part_key`), before the first record naming it and
+    in its own put (a record is never stored before the parts it names). Parts are never
+    rewritten nor deleted: a record read back always finds what it names (a part no longer
+    named, after a re-baseline, stays: a few hundred bytes per baseline a chart ever had).
+    """
+
+    __slots__ = ("_by_id", "_read", "_stored", "new")
 
     def __init__(self) -> None:
-        self._cache: dict[int, tuple[object, msgspec.Raw]] = {}
+        self._by_id: dict[int, tuple[object, bytes, bytes]] = {}
+        """By identity (a chart keeps its configuration and baseline objects): (obj, digest, data)."""
+        self._stored: set[bytes] = set()
+        """Digests known to be in the bucket (written, or read back)."""
+        self._read: dict[bytes, bytes] = {}
+        """Parts read back, by digest (bounded: reread when dropped)."""
+        self.new: dict[bytes, bytes] = {}
+        """Parts to write before the records naming them."""
 
-    def raw(self, config: object) -> msgspec.Raw:
-        hit = self._cache.get(id(config))
-        if hit is not None and hit[0] is config:
-            return hit[1]
-        if len(self._cache) > 4096:
-            self._cache.clear()
-        raw = msgspec.Raw(_encode(msgspec.to_builtins(config)))
-        self._cache[id(config)] = (config, raw)
-        return raw
+    def ref(self, obj: object) -> bytes:
+        """The digest of ``obj``'s part, queued in :attr:`new` when not stored yet."""
+        hit = self._by_id.get(id(obj))
+        if hit is not None and hit[0] is obj:
+            _obj, digest, data = hit
+        else:
+            if len(self._by_id) > 100_000:
+                self._by_id.clear()
+            # Builtins: times as RFC 3339 with their offsets (a msgpack timestamp reads back UTC).
+            data = _encode(msgspec.to_builtins(obj))
+            digest = hashlib.blake2b(data, digest_size=16).digest()
+            self._by_id[id(obj)] = (obj, digest, data)
+        if digest not in self._stored:
+            self.new[digest] = data
+        return digest
+
+    def take_new(self) -> list[tuple[str, bytes]]:
+        new, self.new = self.new, {}
+        return [(part_key(d), data) for d, data in new.items()]
+
+    def stored(self, keys: Iterable[str]) -> None:
+        """These parts (as :meth:`take_new` gave them) are stored."""
+        self._stored.update(bytes.fromhex(k[len(BLOB_PREFIX) :]) for k in keys)
+
+    def missing(self, digests: Iterable[bytes]) -> list[bytes]:
+        return [d for d in digests if d and d not in self._read and d not in self.new]
+
+    def add_read(self, digest: bytes, data: bytes) -> None:
+        if len(self._read) > 10_000:
+            self._read.clear()
+        self._read[digest] = data
+        self._stored.add(digest)
+
+    def get(self, digest: bytes) -> bytes:
+        data = self._read.get(digest) or self.new.get(digest)
+        if data is None:
+            raise MissingPartError(f"state part {digest.hex()} not read")
+        return data
 
 
 def _utc(ts: datetime | None) -> bool:
@@ -300,27 +381,25 @@ def _utc(ts: datetime | None) -> bool:
 
 
 def _rest(state: ChartState) -> object:
-    """The state but its recent points, encodable as msgpack: as is when its times are UTC,
-    else with every time written as RFC 3339 (a msgpack timestamp comes back as UTC)."""
-    rest = msgspec.structs.replace(state, recent=[])
-    b, first = state.baseline, state.collected_first
-    if (b is None or (_utc(b.started_at) and _utc(b.ended_at))) and (first is None or _utc(first.ts)):
+    """The state but its recent points and baseline, encodable as msgpack: as is when its times
+    are UTC, else with every time written as RFC 3339 (a msgpack timestamp comes back as UTC)."""
+    rest = msgspec.structs.replace(state, recent=[], baseline=None)
+    first = state.collected_first
+    if first is None or _utc(first.ts):
         return rest
     return msgspec.to_builtins(rest)
 
 
-def encode_series(
-    charts: Iterable[tuple[str, ChartSnapshot, int, int]], configs: _ConfigCache | None = None
-) -> bytes:
-    """A series' state record from (metric, snapshot, gen, base) of each of its metric charts."""
-    configs = configs or _ConfigCache()
+def encode_series(charts: Iterable[tuple[str, ChartSnapshot, int, int]], parts: Parts | None = None) -> bytes:
+    """A series' state record from (metric, snapshot, gen, base) of each of its metric charts;
+    the parts it names not stored yet are left in ``parts.new``."""
+    parts = parts if parts is not None else Parts()
     table = _Table()
     out: list[_MetricOut] = []
     for metric, snap, gen, base in charts:
         state = snap.state
         recent = state.recent
         refs = table.refs(recent)
-        rest = _rest(state)
         out.append(
             _MetricOut(
                 metric=metric,
@@ -328,11 +407,12 @@ def encode_series(
                 settings_seq=snap.settings_seq,
                 gen=gen,
                 base=base,
-                config=configs.raw(snap.config),
-                state=rest,
+                config=parts.ref(snap.config),
+                state=_rest(state),
                 index=_index(recent),
                 values=[p.value for p in recent],
                 refs=refs,
+                baseline=b"" if state.baseline is None else parts.ref(state.baseline),
             )
         )
     return _encode(
@@ -340,26 +420,50 @@ def encode_series(
     )
 
 
-def decode_series(provider: str, model: str, target: str, prompt_id: str, data: bytes) -> dict[str, Saved]:
-    """The metric charts of a series' state record, by metric."""
-    record = _series_decoder.decode(data)
+def read_series(data: bytes) -> _SeriesIn:
+    return _series_decoder.decode(data)
+
+
+def series_parts(record: _SeriesIn) -> list[bytes]:
+    """The digests of the parts a series' record names."""
+    out: list[bytes] = []
+    for c in record.charts:
+        if isinstance(c.config, bytes):
+            out.append(c.config)
+        if c.baseline:
+            out.append(c.baseline)
+    return out
+
+
+def series_charts(
+    provider: str, model: str, target: str, prompt_id: str, record: _SeriesIn, part: Callable[[bytes], bytes]
+) -> dict[str, Saved]:
+    """The metric charts of a series' state record, by metric (``part``: a part's data by digest)."""
     ids = unpack_ids(record.ids)
     out: dict[str, Saved] = {}
     for c in record.charts:
         c.state.recent = _points(c, ids, record.ts)
+        if c.baseline:
+            c.state.baseline = _baseline_decoder.decode(part(c.baseline))
+        config = c.config if isinstance(c.config, ChartConfig) else _config_decoder.decode(part(c.config))
         key = chart_key(provider, model, target, prompt_id, c.metric)
         meta = ChartMeta(provider=provider, model=model, target=target, prompt_id=prompt_id, metric=c.metric)
         snap = ChartSnapshot(
-            key=key, meta=meta, seq=c.seq, config=c.config, state=c.state, settings_seq=c.settings_seq
+            key=key, meta=meta, seq=c.seq, config=config, state=c.state, settings_seq=c.settings_seq
         )
         out[c.metric] = Saved(snapshot=snap, gen=c.gen, base=c.base)
     return out
 
 
-def encode_availability(
-    snap: AvailabilitySnapshot, gen: int, base: int, configs: _ConfigCache | None = None
-) -> bytes:
-    configs = configs or _ConfigCache()
+def decode_series(
+    provider: str, model: str, target: str, prompt_id: str, data: bytes, part: Callable[[bytes], bytes]
+) -> dict[str, Saved]:
+    """The metric charts of a series' state record, by metric."""
+    return series_charts(provider, model, target, prompt_id, read_series(data), part)
+
+
+def encode_availability(snap: AvailabilitySnapshot, gen: int, base: int, parts: Parts | None = None) -> bytes:
+    parts = parts if parts is not None else Parts()
     state = snap.state
     rest = msgspec.structs.replace(state, recent_ids=[])  # no times in it: msgpack as it is
     return _encode(
@@ -368,20 +472,32 @@ def encode_availability(
             seq=snap.seq,
             gen=gen,
             base=base,
-            config=configs.raw(snap.config),
+            config=parts.ref(snap.config),
             state=rest,
             ids=pack_ids(state.recent_ids),
         )
     )
 
 
-def decode_availability(key: str, data: bytes) -> Saved:
-    record = _availability_decoder.decode(data)
+def read_availability(data: bytes) -> _AvailabilityIn:
+    return _availability_decoder.decode(data)
+
+
+def availability_chart(key: str, record: _AvailabilityIn, part: Callable[[bytes], bytes]) -> Saved:
     record.state.recent_ids = unpack_ids(record.ids)
+    config = (
+        record.config
+        if isinstance(record.config, AvailabilityConfig)
+        else _availability_config_decoder.decode(part(record.config))
+    )
     provider, model, target, prompt_id, metric = parse_chart_key(key)
     meta = ChartMeta(provider=provider, model=model, target=target, prompt_id=prompt_id, metric=metric)
-    snap = AvailabilitySnapshot(key=key, meta=meta, seq=record.seq, config=record.config, state=record.state)
+    snap = AvailabilitySnapshot(key=key, meta=meta, seq=record.seq, config=config, state=record.state)
     return Saved(snapshot=snap, gen=record.gen, base=record.base)
+
+
+def decode_availability(key: str, data: bytes, part: Callable[[bytes], bytes]) -> Saved:
+    return availability_chart(key, read_availability(data), part)
 
 
 # -- the store ----------------------------------------------------------------------------------
@@ -412,7 +528,7 @@ class ChartStore:
         self._series: dict[str, dict[str, Saved]] = {}
         """State read back, per series, of metric charts not loaded into the engine yet: written
         again with the series' loaded ones (a record holds every chart of its series)."""
-        self._configs = _ConfigCache()
+        self._parts = Parts()
         self._unsaved: dict[str, None] = {}
         """Charts that took points since their state was last written (in order)."""
         self._legacy: set[str] = set()
@@ -435,16 +551,35 @@ class ChartStore:
         saved: Saved | None
         if metric == AVAILABILITY:
             got = await self._get(self._state, key)
-            saved = decode_availability(key, got[0]) if got is not None else None
+            if got is None:
+                saved = None
+            else:
+                availability = read_availability(got[0])
+                if isinstance(availability.config, bytes):
+                    await self._read_parts([availability.config])
+                saved = availability_chart(key, availability, self._parts.get)
         else:
             skey = series_key(provider, model, target, prompt_id)
             series = self._series.get(skey)
             if series is None:
                 got = await self._get(self._state, skey)
-                series = decode_series(provider, model, target, prompt_id, got[0]) if got is not None else {}
+                if got is None:
+                    series = {}
+                else:
+                    record = read_series(got[0])
+                    await self._read_parts(series_parts(record))
+                    series = series_charts(provider, model, target, prompt_id, record, self._parts.get)
                 self._series[skey] = series
             saved = series.pop(metric, None)
         return self._choose(key, public, saved)
+
+    async def _read_parts(self, digests: Iterable[bytes]) -> None:
+        for digest in self._parts.missing(digests):
+            got = await self._get(self._state, part_key(digest))
+            if got is None:
+                # Written before any record naming it: only a bucket that lost writes lacks it.
+                raise MissingPartError(f"state part {part_key(digest)} is missing from the state bucket")
+            self._parts.add_read(digest, got[0])
 
     def _choose(self, key: str, public: tuple[bytes, int] | None, saved: Saved | None) -> Snapshot | None:
         self._shown.pop(key, None)
@@ -553,9 +688,7 @@ class ChartStore:
                 saves.append(
                     (
                         key,
-                        encode_availability(
-                            snap, self._gen.get(key, 0), self._base.get(key, 0), self._configs
-                        ),
+                        encode_availability(snap, self._gen.get(key, 0), self._base.get(key, 0), self._parts),
                     )
                 )
             else:
@@ -578,7 +711,12 @@ class ChartStore:
                     saved = unloaded[metric]
                     assert isinstance(saved.snapshot, ChartSnapshot)
                     members.append((metric, saved.snapshot, saved.gen, saved.base))
-            saves.append((skey, encode_series(members, self._configs)))
+            saves.append((skey, encode_series(members, self._parts)))
+        parts = self._parts.take_new()
+        if parts:
+            # Stored before any record naming them (see Parts): a put of their own, awaited.
+            await put_many(self._state, parts)
+            self._parts.stored(k for k, _ in parts)
         await put_many(self._state, saves)
         if state:
             self._legacy.difference_update(dirty)  # their state is written now
