@@ -8,7 +8,11 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import httpx
@@ -23,6 +27,7 @@ from llmscope.proto import subjects
 from llmscope.proto.charts import chart_key
 from llmscope.stack.ports import free_port
 from llmscope.web.live import point_event, traffic_event
+from tests.alerter.harness import eventually
 from tests.api.factories import telemetry
 from tests.api.test_live import WAIT_S, chart_record, frames, next_frame, signed_in
 
@@ -102,3 +107,43 @@ async def test_a_standalone_persister_serves_its_metrics(settings: ApiSettings, 
         assert r'service="persister"' in body
         assert 'llmscope_persister_batches_total{kind="telemetry"}' in body
         assert (await scraper.get("/healthz")).status_code == 200
+
+
+async def test_python_m_persister_serves_metrics_on_its_env_port_and_exits_0_on_sigterm(
+    settings: ApiSettings, tmp_path: Path
+) -> None:
+    """``main`` as deployed: the port from LLMSCOPE_PERSISTER_HEALTH_PORT, no API key needed."""
+    port = free_port()
+    environ = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url.get(),
+        "NATS_URL": settings.bus.nats_url,
+        "LLMSCOPE_PERSISTER_HEALTH_PORT": str(port),
+    }
+    environ.pop("LLMSCOPE_API_KEY", None)
+    log = tmp_path / "persister.log"
+    with log.open("ab") as out:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "llmscope.api.persister", env=environ, stdout=out, stderr=out
+        )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=WAIT_S) as scraper:
+
+            async def ready() -> bool:
+                assert proc.returncode is None, log.read_text()
+                with contextlib.suppress(httpx.TransportError):
+                    return (await scraper.get("/readyz")).status_code == 200
+                return False
+
+            await eventually(ready, within=WAIT_S, what="the standalone persister ready")
+            body = (await scraper.get("/metrics")).text
+            build = [line for line in body.splitlines() if line.startswith("llmscope_build_info{")]
+            assert len(build) == 1, body
+            assert 'service="persister"' in build[0]
+            assert "# TYPE llmscope_persister_events_total counter" in body
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), WAIT_S) == 0, log.read_text()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
