@@ -183,6 +183,7 @@ class Stack:
             LLMSCOPE_SPC_BASELINE_N=str(BASELINE_N),
             LLMSCOPE_SPC_HEALTH_PORT="0",
             LLMSCOPE_ALERTER_HEALTH_PORT="0",
+            LLMSCOPE_PERSISTER_HEALTH_PORT="0",
             PYTHONUNBUFFERED="1",
         )
         launcher = [sys.executable, "-m", "llmscope.stack.cli"]

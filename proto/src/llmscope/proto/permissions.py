@@ -160,7 +160,8 @@ def _api() -> Permissions:
             # Its settings table mirrored for the alerter, and people's actions on violations.
             _kv(subjects.SETTINGS_BUCKET),
             subjects.VIOLATION_ACTIONS_ALL,
-            # What the persister stored, for every API process's open tabs.
+            # What the persister stored, for every API process's open tabs (a standalone
+            # persister, python -m llmscope.api.persister, connects as this user too).
             subjects.api_live(),
             *_JS_ALL,
         ),

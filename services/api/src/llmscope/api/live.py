@@ -5,14 +5,15 @@ every API process pushes to its own open tabs, and a tab that was closed needs n
 re-reads its page when it opens). The JetStream-published events reach core subscribers too.
 What only the process running the persister knows (a batch of probes committed, a traffic
 chart's record written) it publishes as a :class:`~llmscope.proto.live.LiveNotice` on core
-NATS, which every API process, itself included, hears the same way.
+NATS (:class:`LiveNotices`), which every API process, itself included, hears the same way; the
+process may be an API process or a standalone persister.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -108,20 +109,71 @@ def notice_events(notice: LiveNotice) -> list[LiveEvent]:
     return []
 
 
+class LiveNotices:
+    """Publishes what the persister stored or saw as :class:`~llmscope.proto.live.LiveNotice` on
+    core NATS, for the open tabs of every API process: the API process running the persister
+    (through its :class:`LiveFeed`) and the standalone persister (``python -m
+    llmscope.api.persister``, beside API processes with ``LLMSCOPE_PERSISTER=false``) alike."""
+
+    def __init__(self, on_lost: Callable[[], None] | None = None) -> None:
+        # What to do when a notice could not be published: an API process ends its own tabs'
+        # streams (they reconnect and re-read); a standalone persister has no tabs of its own.
+        self._on_lost = on_lost
+        self._nc: NATS | None = None
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def attach(self, nc: NATS | None) -> None:
+        self._nc = nc
+
+    def _send(self, notices: list[LiveNotice]) -> None:
+        # Every API process hears it, the publishing one too: one path, so no tab sees an event twice.
+        nc = self._nc
+        if nc is None or not notices:
+            return
+        task = asyncio.get_running_loop().create_task(self._publish(nc, notices))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _publish(self, nc: NATS, notices: list[LiveNotice]) -> None:
+        try:
+            for notice in notices:
+                await nc.publish(subjects.api_live(), _notice_encoder.encode(notice))
+        except Exception as exc:
+            # A lost notice delays a chart until the model's next one (each makes it re-read
+            # Postgres); an API process also ends its tabs' streams, which re-read at once.
+            log.debug("live notice not published", error=repr(exc))
+            if self._on_lost is not None:
+                self._on_lost()
+
+    def on_stored(self, kind: str, events: Sequence[object]) -> None:
+        """The persister's hook (:class:`llmscope.api.persister.Persister`'s ``on_stored``)."""
+        self._send(stored_notices(kind, events))
+
+    def on_chart(self, key: str) -> None:
+        """The chart bucket watch's hook (:class:`llmscope.api.baseline_history.BaselineHistory`)."""
+        if is_traffic_chart(key):
+            self._send([LiveNotice(kind="chart", chart=key)])
+
+    async def stop(self) -> None:
+        """Detach, letting the notices in flight go out first (before the connection drains)."""
+        self._nc = None
+        if self._sending:
+            await asyncio.wait(set(self._sending), timeout=2)
+
+
 class LiveFeed:
     """Subscribes the process's NATS connection and republishes to the broadcaster; in the
     process running the persister, also publishes what it stored for every API process."""
 
     def __init__(self, broadcaster: Broadcaster) -> None:
         self.broadcaster = broadcaster
+        self.notices = LiveNotices(on_lost=broadcaster.drop_all)
         self._subs: list[Subscription] = []
-        self._nc: NATS | None = None
-        self._sending: set[asyncio.Task[None]] = set()
         self._watch: asyncio.Task[None] | None = None
 
     async def start(self, nc: NATS) -> None:
         self.broadcaster.open()
-        self._nc = nc
+        self.notices.attach(nc)
         for subject in (subjects.VIOLATIONS_ALL, subjects.INCIDENTS_ALL):
             self._subs.append(await nc.subscribe(subject, cb=self._on_message))
         self._subs.append(await nc.subscribe(subjects.api_live(), cb=self._on_notice))
@@ -158,32 +210,11 @@ class LiveFeed:
         for live in notice_events(notice):
             self.broadcaster.publish(live)
 
-    def _send(self, notices: list[LiveNotice]) -> None:
-        # Every API process hears it, this one too: one path, so no tab sees an event twice.
-        nc = self._nc
-        if nc is None or not notices:
-            return
-        task = asyncio.get_running_loop().create_task(self._publish(nc, notices))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
-
-    async def _publish(self, nc: NATS, notices: list[LiveNotice]) -> None:
-        try:
-            for notice in notices:
-                await nc.publish(subjects.api_live(), _notice_encoder.encode(notice))
-        except Exception as exc:
-            # A lost notice: the tabs reconnect and re-read (with their stream up they do not poll).
-            log.debug("live notice not published", error=repr(exc))
-            self.broadcaster.drop_all()
-
     def on_stored(self, kind: str, events: Sequence[object]) -> None:
-        """The persister's hook (:class:`llmscope.api.persister.Persister`'s ``on_stored``)."""
-        self._send(stored_notices(kind, events))
+        self.notices.on_stored(kind, events)
 
     def on_chart(self, key: str) -> None:
-        """The chart bucket watch's hook (:class:`llmscope.api.baseline_history.BaselineHistory`)."""
-        if is_traffic_chart(key):
-            self._send([LiveNotice(kind="chart", chart=key)])
+        self.notices.on_chart(key)
 
     async def stop(self) -> None:
         if self._watch is not None:
@@ -192,9 +223,7 @@ class LiveFeed:
                 await self._watch
             self._watch = None
         subs, self._subs = self._subs, []
-        self._nc = None
-        if self._sending:
-            await asyncio.wait(set(self._sending), timeout=2)
+        await self.notices.stop()
         for sub in subs:
             try:
                 await sub.unsubscribe()

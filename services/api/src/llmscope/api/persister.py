@@ -981,30 +981,81 @@ async def retention_loop(
             await asyncio.wait_for(stop.wait(), every_s)
 
 
-async def run_standalone(settings: ApiSettings, stop: asyncio.Event) -> None:
-    pool = await open_pool(
-        settings.database_url.get(),
-        min_size=settings.db_pool_min,
-        max_size=settings.db_pool_max,
-        stop=stop,
-        statement_timeout_s=settings.db_statement_timeout_s,
-    )
+async def run_standalone(
+    settings: ApiSettings, stop: asyncio.Event, *, metrics: ApiMetrics | None = None
+) -> None:
+    """The persister without the HTTP API, as an API process runs it (``LLMSCOPE_PERSISTER=true``)
+    in all its users see: it publishes the same live notices (probes stored, a traffic chart's
+    record written) on core NATS for the open tabs of the API processes, and serves its metrics
+    (``llmscope_persister_*``, its consumers' lag and dead letters) with /healthz and /readyz on
+    ``LLMSCOPE_PERSISTER_HEALTH_PORT``."""
+    # Imported here: the web's broadcaster module (FastAPI) is of no use to the functions above,
+    # which the web's tests and the alerter's import.
+    from llmscope.api.live import LiveNotices
     from llmscope.bus.connection import connect
+    from llmscope.config.health import HealthServer
+    from llmscope.config.metrics import service_registry
 
+    metrics = metrics or ApiMetrics(service_registry("persister", "llmscope-api"))
+    clients: list[Any] = []  # the NATS connection, once its streams are in place
+
+    def ready() -> bool:
+        # Ready while NATS answers (Postgres outages are retried batch by batch, nothing lost).
+        return not stop.is_set() and bool(clients) and clients[0].is_connected
+
+    health: HealthServer | None = None
+    if settings.persister_health_port:
+        health = HealthServer(
+            settings.persister_health_host,
+            settings.persister_health_port,
+            ready=ready,
+            registry=metrics.registry,
+        )
+        try:
+            await health.start()
+        except OSError as exc:
+            raise Unusable(
+                f"LLMSCOPE_PERSISTER_HEALTH_PORT={settings.persister_health_port}: cannot listen "
+                f"({exc.strerror}); choose another port or 0 to disable"
+            ) from None
     try:
-        nc = await connect(settings.bus.nats_url, "llmscope-persister", stop=stop)
-    except BaseException:
-        await pool.close()
-        raise
-    try:
-        js = nc.jetstream()
-        await prepare(js, settings.bus, stop)
-        persister = Persister(pool=pool, js=js, publisher=Publisher(js), batch_size=settings.persist_batch)
-        history = BaselineHistory(lambda: pool, settings.charts_bucket)
-        await asyncio.gather(persister.run(stop), retention_loop(pool, settings, stop), history.run(nc, stop))
+        pool = await open_pool(
+            settings.database_url.get(),
+            min_size=settings.db_pool_min,
+            max_size=settings.db_pool_max,
+            stop=stop,
+            statement_timeout_s=settings.db_statement_timeout_s,
+        )
+        try:
+            nc = await connect(settings.bus.nats_url, "llmscope-persister", stop=stop)
+        except BaseException:
+            await pool.close()
+            raise
+        notices = LiveNotices()  # no tabs of its own: a lost notice waits for the model's next
+        notices.attach(nc)
+        try:
+            js = nc.jetstream()
+            await prepare(js, settings.bus, stop)
+            clients.append(nc)
+            persister = Persister(
+                pool=pool,
+                js=js,
+                publisher=Publisher(js),
+                batch_size=settings.persist_batch,
+                metrics=metrics,
+                on_stored=notices.on_stored,
+            )
+            history = BaselineHistory(lambda: pool, settings.charts_bucket, on_record=notices.on_chart)
+            await asyncio.gather(
+                persister.run(stop), retention_loop(pool, settings, stop), history.run(nc, stop)
+            )
+        finally:
+            await notices.stop()
+            await nc.drain()
+            await pool.close()
     finally:
-        await nc.drain()
-        await pool.close()
+        if health is not None:
+            await health.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

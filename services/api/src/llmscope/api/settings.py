@@ -12,6 +12,8 @@
 | LLMSCOPE_AUTH_FAILURES | 10 | failed authentications a client address may make before 429 (0: no limit) |
 | LLMSCOPE_AUTH_FAILURE_WINDOW_S | 60 | seconds in which that many failures are forgiven again |
 | LLMSCOPE_PERSISTER | true | run the persister (telemetry/violations/dead letters -> Postgres) in-process |
+| LLMSCOPE_PERSISTER_HEALTH_HOST | 127.0.0.1 | standalone persister: address of /healthz, /readyz, /metrics |
+| LLMSCOPE_PERSISTER_HEALTH_PORT | 8004 | standalone persister: their port (0: no server) |
 | LLMSCOPE_DB_POOL_MIN | 1 | smallest asyncpg pool size |
 | LLMSCOPE_DB_POOL_MAX | 10 | largest asyncpg pool size |
 | LLMSCOPE_DB_STATEMENT_TIMEOUT_S | 30 | longest a query may run (then 503 on the API); 0: no limit |
@@ -55,6 +57,8 @@ class ApiSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     persister: bool = True
+    persister_health_host: str = "127.0.0.1"
+    persister_health_port: int = 8004
     db_pool_min: int = 1
     db_pool_max: int = 10
     db_statement_timeout_s: float = 30.0
@@ -110,6 +114,8 @@ class ApiSettings:
             host=env.text("LLMSCOPE_HOST", "127.0.0.1"),
             port=env.integer("LLMSCOPE_PORT", 8000, min=0, max=65535),
             persister=env.flag("LLMSCOPE_PERSISTER", True),
+            persister_health_host=env.text("LLMSCOPE_PERSISTER_HEALTH_HOST", "127.0.0.1"),
+            persister_health_port=env.integer("LLMSCOPE_PERSISTER_HEALTH_PORT", 8004, min=0, max=65535),
             db_pool_min=pool_min,
             db_pool_max=pool_max,
             db_statement_timeout_s=env.number("LLMSCOPE_DB_STATEMENT_TIMEOUT_S", 30, min=0, max=86400),
