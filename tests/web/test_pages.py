@@ -298,6 +298,9 @@ async def test_violation_detail_and_actions(api: Api) -> None:
     # The frozen limits are latencies: each says so, as the value does.
     for row in ("Value", "Center", "Sigma", "UCL / LCL", "Zone A (±2σ)", "Zone B (±1σ)"):
         assert re.search(rf"<tr><th>{re.escape(row)}</th><td>[^<]* ms</td></tr>", r.text), row
+    # So are the values of the points that formed the pattern.
+    points = r.text.split('<table class="points">')[1].split("</table>")[0]
+    assert re.search(r"<td>[\d,.]+ ms</td></tr>", points), points
     r = await client.get("/violations/v2", headers=HX)
     assert not is_full_page(r.text)
     assert "Frozen statistics" in r.text
