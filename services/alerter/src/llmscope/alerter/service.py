@@ -64,10 +64,8 @@ def violation_consumer_options(**overrides: Any) -> ConsumerOptions:
     """How the alerter consumes violations: while Postgres is unreachable a violation is not
     processed and is tried again (capped backoff, for as long as the outage lasts) instead of
     being dead-lettered after ``max_deliver`` tries; undecodable or otherwise failing events still
-    are. One pull request stays open (``standing``, as the persister's and the engine's): a
-    violation is handed over as it arrives, with no request per wake-up and, idle, one request
-    and one expiry status per ``fetch_timeout`` instead of two."""
-    return replace(ConsumerOptions(batch_size=64, transient=postgres_unavailable, standing=True), **overrides)
+    are."""
+    return replace(ConsumerOptions(batch_size=64, transient=postgres_unavailable), **overrides)
 
 
 def actions_durable(durable: str) -> str:
