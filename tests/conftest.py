@@ -12,6 +12,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -131,3 +132,23 @@ async def database_url(postgres_server: EmbeddedPostgres | None) -> AsyncIterato
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+@pytest.fixture(autouse=True)
+def _factory_probes_thirty_minutes_old(request: pytest.FixtureRequest) -> Iterator[None]:
+    """``tests.api.factories.telemetry`` dates its probes from ``T0``, 30 minutes before now, as
+    tests that read "recent" windows (the overview's hour, the models page) expect. ``T0`` was
+    fixed when the module was imported, so in a suite longer than 30 minutes those probes had
+    left the hour by the time the web tests ran. For each test, T0 is taken afresh, unless the
+    test's module imported ``T0`` itself (its own times are derived from that value)."""
+    from tests.api import factories
+
+    if "T0" in vars(request.module):
+        yield
+        return
+    fixed = factories.T0
+    factories.T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
+    try:
+        yield
+    finally:
+        factories.T0 = fixed
