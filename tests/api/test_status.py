@@ -65,7 +65,7 @@ async def seed(api: Api) -> Seeded:
     - ollama/llama3.1:8b: 40 successes, then 3 timeouts in a row (outage); 2 days ago 5 of 10 failed
     - openai/org/gpt:1: all probes answered, an open critical latency violation (degraded)
     - ollama/healthy:1: all fine; only warning, info, cleared and resolved violations (operational)
-    - ollama/retired:1: last probed 3 hours ago (unknown)
+    - ollama/retired:1: last probed 3 hours ago (stopped)
     - ollama/off:1: disabled (not on the status page)
     """
     at = now()
@@ -137,7 +137,7 @@ async def test_status_of_each_model_from_telemetry_and_violations(api: Api) -> N
     assert (healthy["status"], healthy["since"], healthy["reasons"]) == ("operational", None, [])
 
     retired = models["retired:1"]
-    assert (retired["status"], ts(retired["since"])) == ("unknown", seeded.retired_seen)
+    assert (retired["status"], ts(retired["since"])) == ("stopped", seeded.retired_seen)
     # Its target is named as stopped (within a day of its last probe, from series_targets).
     assert retired["reasons"] == [
         f"local stopped reporting: no probe since {seeded.retired_seen:%H:%M:%S} UTC"
@@ -171,7 +171,7 @@ async def test_public_status_shows_names_and_statuses_only(public_api: Api) -> N
     assert [(m["model"], m["status"]) for m in body["models"]] == [
         ("healthy:1", "operational"),
         ("llama3.1:8b", "outage"),
-        ("retired:1", "unknown"),
+        ("retired:1", "stopped"),
         ("org/gpt:1", "degraded"),
     ]
     for secret in (*HOSTS, "local", "ext", "edge", "timeout", "failed"):

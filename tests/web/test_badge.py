@@ -22,11 +22,12 @@ def parse(svg: str) -> ET.Element:
 def test_status_badge_texts_and_colour(status: Status) -> None:
     root = parse(status_badge("llama3.1:8b", status))
     texts = [t.text for t in root.iter(f"{NS}text")]
-    assert texts == ["llama3.1:8b", "llama3.1:8b", status, status]  # each with its shadow
+    words = "stopped reporting" if status == "stopped" else status  # a page's words for it
+    assert texts == ["llama3.1:8b", "llama3.1:8b", words, words]  # each with its shadow
     fills = [r.get("fill") for r in root.iter(f"{NS}rect")]
     assert fills[1:3] == ["#555", STATUS_COLOURS[status]]  # after the clip path's rect
-    assert root.get("aria-label") == f"llama3.1:8b: {status}"
-    assert root.findtext(f"{NS}title") == f"llama3.1:8b: {status}"
+    assert root.get("aria-label") == f"llama3.1:8b: {words}"
+    assert root.findtext(f"{NS}title") == f"llama3.1:8b: {words}"
 
 
 def test_colours_differ_per_status() -> None:

@@ -14,6 +14,7 @@ from nats.js.api import KeyValueConfig
 from llmscope.api.persister import store_telemetry, store_violations
 from llmscope.api.settings import ApiSettings
 from llmscope.proto.charts import ChartMeta, ChartRecord, ChartView, chart_key
+from llmscope.web.badge import STATUS_COLOURS
 from tests.api.conftest import Api
 from tests.api.factories import limits, telemetry, violation
 from tests.web.test_pages import login
@@ -102,30 +103,38 @@ async def test_a_model_whose_probes_stopped_says_so_within_a_minute_and_a_disabl
     assert (await api.client.put("/api/models/ollama/off:1", json={"enabled": False})).status_code == 200
     r = await client.get("/", headers={"HX-Request": "true", "HX-Target": "overview"})
     rows = re.findall(r'<tr class="row-(\w+)">.*?<b>([^<]+)</b>', r.text, re.S)
-    assert rows == [("unknown", "removed:1"), ("operational", "kept:1")]
-    removed = r.text[r.text.index('<tr class="row-unknown">') :]
+    assert rows == [("stopped", "removed:1"), ("operational", "kept:1")]
+    removed = r.text[r.text.index('<tr class="row-stopped">') :]
     removed = removed[: removed.index("</tr>")]
-    assert '<span class="status unknown" title="unknown: no recent probe">stopped reporting</span>' in removed
+    assert '<span class="status stopped" title="no recent probe">stopped reporting</span>' in removed
     assert "since 2m ago" in removed
     assert f"gpu-old stopped reporting: no probe since {stopped_at:%H:%M:%S} UTC" in removed
-    # The summary counts it in the row's words, not among the never-probed "unknown".
+    # The summary: one of two models stopped reads as partial (degraded), never as if every
+    # model had stopped; its count is in the row's words, not among the never-probed "unknown".
     summary = r.text[r.text.index('<section class="card summary">') : r.text.index("</dl>")]
-    assert '<span class="status unknown">1 stopped reporting</span>' in summary
-    assert '<dt>stopped reporting</dt><dd><span class="status unknown">1</span>' in summary
+    assert '<span class="status degraded">1 of 2 stopped reporting</span>' in summary
+    assert '<dt>stopped reporting</dt><dd><span class="status stopped">1</span>' in summary
     assert "<dt>unknown</dt>" not in summary
-    # So does the status page, signed in; the API keeps the status (the reasons say why).
+    # The status page says the same, signed in or public, and so do the API and the badges.
     page = (await client.get("/status")).text
-    assert '<p class="status-overall"><span class="status unknown">stopped reporting</span>' in page
+    assert '<p class="status-overall"><span class="status degraded">1 of 2 stopped reporting</span>' in page
     assert re.findall(r"<td>ollama / ([^<]+)</td>\s*<td><span class=\"status \w+\"[^>]*>([^<]+)<", page) == [
         ("kept:1", "operational"),
         ("removed:1", "stopped reporting"),
     ]
     status = (await api.client.get("/api/status")).json()
-    assert status["status"] == "unknown"
+    assert status["status"] == "degraded"
     assert {m["model"]: m["status"] for m in status["models"]} == {
         "kept:1": "operational",
-        "removed:1": "unknown",
+        "removed:1": "stopped",
     }
+    badge = (await client.get("/badge/ollama/removed:1.svg")).text
+    assert "stopped reporting" in badge
+    assert STATUS_COLOURS["stopped"] in badge
+    overall_badge = await client.get("/badge/status.svg")
+    assert overall_badge.status_code == 200
+    assert "1 of 2 stopped reporting" in overall_badge.text
+    assert STATUS_COLOURS["degraded"] in overall_badge.text
 
 
 async def test_a_target_of_a_model_that_stopped_long_ago_is_still_named(api: Api) -> None:

@@ -13,12 +13,15 @@ from llmscope.web.status import (
     MaintenanceWindow,
     ModelStatus,
     OpenViolations,
+    Overall,
     PublicStatusReport,
     StatusInputs,
     StatusPolicy,
+    StatusReport,
     TargetSignals,
     covering_window,
     model_status,
+    overall,
     overall_status,
     public_view,
     status_report,
@@ -115,31 +118,33 @@ def test_outage_wins_over_degraded() -> None:
     assert got.reasons == ["1 open critical AVAILABILITY violation"]
 
 
-def test_no_recent_probe_is_unknown_whatever_the_violations() -> None:
+def test_no_recent_probe_is_stopped_whatever_the_violations_and_never_probed_unknown() -> None:
     old = NOW - timedelta(minutes=16)
     got = status_of(target(last_probe=old, failure_run=9), violations=(opened("critical"),))
-    assert (got.status, got.since, got.last_probe) == ("unknown", old, old)
+    assert (got.status, got.since, got.last_probe) == ("stopped", old, old)
+    assert got.label == "stopped reporting"
     assert got.reasons == ["local stopped reporting: no probe since 11:44:00 UTC"]
     never = model_status(StatusInputs("ollama", "new:1"), NOW)
     assert (never.status, never.since, never.last_probe) == ("unknown", None, None)
+    assert never.label == "unknown"
     assert never.reasons == ["no probe yet"]
     gone = model_status(StatusInputs("ollama", "gone:1", last_seen=NOW - timedelta(days=2)), NOW)
-    assert (gone.status, gone.since) == ("unknown", NOW - timedelta(days=2))
+    assert (gone.status, gone.since) == ("stopped", NOW - timedelta(days=2))
     assert gone.reasons == ["stopped reporting: no probe since 2025-04-29 12:00 UTC"]
 
 
-def test_a_target_that_stopped_reporting_is_unknown_within_minutes_not_the_window() -> None:
+def test_a_target_that_stopped_reporting_is_stopped_within_minutes_not_the_window() -> None:
     # Probed every 2 s until 2 minutes ago (removed from the prober's targets): the window of
     # 15 min used to keep it "operational" until then.
     gone = NOW - timedelta(minutes=2)
     got = status_of(target(last_probe=gone, spacing_s=2.0))
-    assert (got.status, got.since, got.last_probe) == ("unknown", gone, gone)
+    assert (got.status, got.since, got.last_probe) == ("stopped", gone, gone)
     assert got.reasons == ["local stopped reporting: no probe since 11:58:00 UTC"]
     # Ten of its intervals, at least a minute: 59 s of silence at 2 s a probe is a restart.
     assert status_of(target(last_probe=NOW - timedelta(seconds=59), spacing_s=2.0)).status == "operational"
     # A target probed every 30 s is late after 5 min; its pace unknown, after the window.
     assert status_of(target(last_probe=NOW - timedelta(minutes=4), spacing_s=30.0)).status == "operational"
-    assert status_of(target(last_probe=NOW - timedelta(minutes=6), spacing_s=30.0)).status == "unknown"
+    assert status_of(target(last_probe=NOW - timedelta(minutes=6), spacing_s=30.0)).status == "stopped"
     assert status_of(target(last_probe=NOW - timedelta(minutes=14), spacing_s=None)).status == "operational"
     # An endpoint that hangs until each probe's 120 s timeout (probes are stamped at their start)
     # is failing, not silent: twice the longest gap of its window.
@@ -184,24 +189,41 @@ def test_policy_thresholds_are_the_policys() -> None:
     inputs = StatusInputs("p", "m", targets=(target(failure_run=2),))
     assert model_status(inputs, NOW, strict).status == "outage"
     inputs = StatusInputs("p", "m", targets=(target(last_probe=NOW - timedelta(seconds=61)),))
-    assert model_status(inputs, NOW, strict).status == "unknown"
+    assert model_status(inputs, NOW, strict).status == "stopped"
 
 
 @pytest.mark.parametrize(
-    ("statuses", "overall"),
+    ("statuses", "status", "label"),
     [
-        ((), "unknown"),
-        (("operational", "operational"), "operational"),
-        (("operational", "unknown"), "unknown"),
-        (("unknown", "degraded"), "degraded"),
-        (("degraded", "outage", "unknown"), "outage"),
-        (("unknown", "maintenance", "operational"), "maintenance"),
-        (("maintenance", "degraded"), "degraded"),
+        ((), "unknown", "nothing monitored yet"),
+        (("operational", "operational"), "operational", "all operational"),
+        # A partial stop reads as partial: never as if every model had stopped.
+        (("operational",) * 4 + ("stopped",), "degraded", "1 of 5 stopped reporting"),
+        (("operational", "unknown"), "degraded", "1 of 2 never probed"),
+        (("stopped", "unknown", "operational"), "degraded", "1 of 3 stopped reporting · 1 of 3 never probed"),
+        (("stopped", "maintenance"), "degraded", "1 of 2 stopped reporting"),
+        # Only when every model is silent is the whole silent.
+        (("stopped", "stopped"), "stopped", "all stopped reporting"),
+        (("unknown",), "unknown", "no probe yet"),
+        (("stopped", "unknown"), "stopped", "1 stopped reporting · 1 never probed"),
+        # The worst health wins, and the silent ones are still named.
+        (("unknown", "degraded"), "degraded", "1 of 2 degraded · 1 never probed"),
+        (("degraded", "outage", "stopped"), "outage", "1 of 3 down · 1 stopped reporting"),
+        (("outage", "outage"), "outage", "all down"),
+        (("degraded",), "degraded", "all degraded"),
+        (("maintenance", "operational"), "maintenance", "1 of 2 in maintenance"),
+        (("maintenance", "degraded"), "degraded", "1 of 2 degraded"),
+        (("maintenance",), "maintenance", "all in maintenance"),
     ],
 )
-def test_overall_status_is_the_worst(statuses: tuple[str, ...], overall: str) -> None:
+def test_overall_worst_health_wins_and_a_partial_stop_is_partial(
+    statuses: tuple[str, ...], status: str, label: str
+) -> None:
     models = [ModelStatus("p", f"m{i}", s) for i, s in enumerate(statuses)]  # type: ignore[arg-type]
-    assert overall_status(models) == overall
+    assert overall(models) == Overall(status, label)  # type: ignore[arg-type]
+    assert overall_status(models) == status
+    report = StatusReport(status=overall_status(models), generated_at=NOW, models=models)
+    assert report.label == public_view(report).label == label
 
 
 def test_report_is_sorted_and_its_public_view_has_names_and_statuses_only() -> None:

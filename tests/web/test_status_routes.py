@@ -80,6 +80,11 @@ async def test_public_status_page_shows_names_and_statuses_only(public_api: Api)
         assert r.status_code == 200
         assert "ollama / llama3.1:8b" in r.text
         assert '<span class="status outage">outage</span>' in r.text
+        # A model whose probes stopped says so in public too (it used to read "unknown" there
+        # while the signed-in pages said "stopped reporting"); the overall is the worst health,
+        # with the stopped one counted, not "stopped reporting" for all.
+        assert '<span class="status stopped" title="no recent probe">stopped reporting</span>' in r.text
+        assert '<span class="status outage">1 of 4 down · 1 stopped reporting</span>' in r.text
         for secret in (*HOSTS, ">local<", "failed probes", "%", "Log out", "/violations", "ago"):
             assert secret not in r.text, secret
     r = await public_api.anon.get("/status")
@@ -119,7 +124,7 @@ async def test_badges_need_the_key_unless_public(api: Api) -> None:
         ("openai/org/gpt:1", "org/gpt:1", "degraded"),  # a "/" in the model name
         ("openai/" + quote("org/gpt:1", safe=""), "org/gpt:1", "degraded"),  # or escaped
         ("ollama/healthy:1", "healthy:1", "operational"),
-        ("ollama/retired:1", "retired:1", "unknown"),
+        ("ollama/retired:1", "retired:1", "stopped"),
     ],
 )
 async def test_public_badge_per_status(public_api: Api, path: str, label: str, status: str) -> None:
@@ -128,7 +133,8 @@ async def test_public_badge_per_status(public_api: Api, path: str, label: str, s
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "image/svg+xml"
     assert r.headers["cache-control"] == "public, max-age=60"
-    assert badge_texts(r.text) == [label, label, status, status]
+    words = "stopped reporting" if status == "stopped" else status
+    assert badge_texts(r.text) == [label, label, words, words]
     assert badge_colour(r.text) == STATUS_COLOURS[status]  # type: ignore[index]
 
 
@@ -142,3 +148,14 @@ async def test_unknown_model_badge_is_a_404_unknown_badge(public_api: Api, path:
     assert r.headers["content-type"] == "image/svg+xml"
     assert badge_texts(r.text)[-1] == "unknown"
     assert badge_colour(r.text) == STATUS_COLOURS["unknown"]
+
+
+async def test_the_overall_badge_follows_the_overall_rule(api: Api, public_api: Api) -> None:
+    r = await api.anon.get("/badge/status.svg")
+    assert (r.status_code, badge_texts(r.text)[-1]) == (401, "login required")
+    await seed(public_api)
+    r = await public_api.anon.get("/badge/status.svg")
+    assert r.status_code == 200
+    assert r.headers["cache-control"] == "public, max-age=60"
+    assert badge_texts(r.text) == ["status", "status", *["1 of 4 down · 1 stopped reporting"] * 2]
+    assert badge_colour(r.text) == STATUS_COLOURS["outage"]

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 from xml.sax.saxutils import escape, quoteattr
 
-from llmscope.web.status import Status
+from llmscope.web.status import STOPPED, Status
 
-# shields.io's named colours: brightgreen, yellow, red, lightgrey, blue.
+# shields.io's named colours: brightgreen, yellow, red, lightgrey, blue, orange (stopped
+# reporting: no data, as grey, but about a model that was monitored and may be down).
 STATUS_COLOURS: dict[Status, str] = {
     "operational": "#4c1",
     "degraded": "#dfb317",
     "outage": "#e05d44",
     "unknown": "#9f9f9f",
     "maintenance": "#007ec6",
+    "stopped": "#fe7d37",
 }
 LABEL_COLOUR = "#555"
 MAX_LABEL = 60
@@ -76,6 +78,8 @@ def render_badge(label: str, message: str, colour: str) -> str:
     )
 
 
-def status_badge(label: str, status: Status) -> str:
-    """The badge of a model's status, coloured by status."""
-    return render_badge(label, status, STATUS_COLOURS[status])
+def status_badge(label: str, status: Status, message: str | None = None) -> str:
+    """The badge of a status, coloured by status; ``message``: its words where they are not the
+    status itself ("stopped reporting", "1 of 5 stopped reporting")."""
+    words = message or (STOPPED if status == "stopped" else status)
+    return render_badge(label, words, STATUS_COLOURS[status])

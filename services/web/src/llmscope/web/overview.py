@@ -16,7 +16,16 @@ from dataclasses import dataclass, field
 from llmscope.config.logs import get_logger
 from llmscope.web.alerting import Incident
 from llmscope.web.data import FalseAlarmBudget, OpenEpisode, Overview, Sparkline
-from llmscope.web.status import LABELS, STATUSES, ModelStatus, Status, StatusReport
+from llmscope.web.status import (
+    LABELS,
+    NOTHING_MONITORED,
+    STATUSES,
+    ModelStatus,
+    Overall,
+    Status,
+    StatusReport,
+    overall,
+)
 
 log = get_logger("llmscope.web.overview")
 # The budget reads every chart's record: once a minute is plenty for a figure that moves with
@@ -24,8 +33,15 @@ log = get_logger("llmscope.web.overview")
 BUDGET_TTL_S = 60.0
 
 # Worst first, for people deciding what to look at: a model nobody probes any more (unknown)
-# is news, planned maintenance is not.
-ROW_RANK: dict[Status, int] = {"outage": 0, "degraded": 1, "unknown": 2, "maintenance": 3, "operational": 4}
+# (stopped) is news, planned maintenance is not.
+ROW_RANK: dict[Status, int] = {
+    "outage": 0,
+    "degraded": 1,
+    "stopped": 2,
+    "unknown": 2,
+    "maintenance": 3,
+    "operational": 4,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +74,8 @@ class Summary:
     critical_open: int
     critical_24h: int
     budget: FalseAlarmBudget | None = None
+    overall: Overall = NOTHING_MONITORED
+    """The verdict on top, by the same rule as the status page and badges."""
 
 
 def overview_rows(
@@ -105,6 +123,7 @@ def summary(
         critical_open=sum(len(r.critical) for r in rows),
         critical_24h=overview.critical_24h,
         budget=budget,
+        overall=overall([r.status for r in rows]),
     )
 
 

@@ -1,13 +1,14 @@
 """Per-model status for the status page and badges: a pure function of the model's recent signals.
 
-A model's status is one of ``maintenance``, ``operational``, ``degraded``, ``outage`` or
-``unknown``, decided in this order of precedence (the first that applies wins):
+A model's status is one of ``maintenance``, ``operational``, ``degraded``, ``outage``,
+``stopped`` or ``unknown``, decided in this order of precedence (the first that applies wins):
 
 0. ``maintenance``: an active maintenance window (the alerter's silences of kind
    ``maintenance``) covers the whole model: its provider, model and one of its hosts match the
    window's patterns (empty = any), and the window is not limited to some rules. Whatever the
    probes say during planned work is expected; the reason is shown to signed-in readers.
-1. ``unknown``: every target of the model stopped reporting: none was probed within
+1. ``stopped`` (probed before) or ``unknown`` (never probed): every target of the model stopped
+   reporting: none was probed within
    ``stale_probes`` of its own probe intervals (at least ``stale_min_s``, at most the window).
    Every other status is a claim about recent behaviour; without recent probes (a target removed
    from the prober's configuration, a prober stopped, the model is new) an old, never-cleared
@@ -33,9 +34,10 @@ A model's status is the worst of its live targets'. Maintenance windows are read
 alerter when it answers; when it does not, no model is in maintenance (the page never waits on
 the alerter for long, nor fails with it).
 
-The overall status of a report ranks severities for the reader instead:
-``outage`` > ``degraded`` > ``maintenance`` > ``unknown`` > ``operational`` (no models:
-``unknown``).
+The overall status of a report is :func:`overall`: the worst *health* wins (``outage`` >
+``degraded``); models without recent probes (``stopped``, ``unknown``) make it ``stopped`` or
+``unknown`` only when every model is so, and otherwise read as partial: ``degraded``, with a
+label that counts them ("1 of 5 stopped reporting"); then ``maintenance``, then ``operational``.
 """
 
 from __future__ import annotations
@@ -44,24 +46,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
-from typing import Literal
+from typing import Literal, Protocol
 
 from llmscope.proto.charts import AvailabilityView
 
-Status = Literal["operational", "degraded", "outage", "unknown", "maintenance"]
-STATUSES: tuple[Status, ...] = ("operational", "degraded", "outage", "unknown", "maintenance")
-# The label of an unknown model whose probes stopped (see ModelStatus.label), and every label a
-# page counts, worst first: the overview's summary counts rows by the words they show.
+# ``stopped`` came after the others (API v1 answered ``unknown`` for it): a client that knows
+# only the first five should read it as it read ``unknown``.
+Status = Literal["operational", "degraded", "outage", "unknown", "maintenance", "stopped"]
+STATUSES: tuple[Status, ...] = ("operational", "degraded", "outage", "unknown", "maintenance", "stopped")
+# What pages show for ``stopped`` (see ModelStatus.label), and every label a page counts, worst
+# first: the overview's summary counts rows by the words they show.
 STOPPED = "stopped reporting"
 LABELS: tuple[str, ...] = ("outage", "degraded", STOPPED, "unknown", "maintenance", "operational")
-# Worst first, for the overall status.
-_OVERALL_RANK: dict[Status, int] = {
-    "outage": 0,
-    "degraded": 1,
-    "maintenance": 2,
-    "unknown": 3,
-    "operational": 4,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,10 +185,9 @@ class ModelStatus:
 
     @property
     def label(self) -> str:
-        """What a page shows for it: an ``unknown`` model that was probed before "stopped
-        reporting" (its probes stopped: a target removed, a prober down); only one never probed
-        is plain "unknown". The API keeps the status itself."""
-        return STOPPED if self.status == "unknown" and self.last_probe is not None else self.status
+        """What a page shows for it: ``stopped`` in words, "stopped reporting" (its probes
+        stopped: a target removed, a prober down); the other statuses as they are."""
+        return STOPPED if self.status == "stopped" else self.status
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,12 +203,8 @@ class StatusReport:
 
     @property
     def label(self) -> str:
-        """The overall status as a page shows it: "stopped reporting" when it is ``unknown``
-        only because models stopped reporting (none never probed), the same words as their rows."""
-        unknown = [m for m in self.models if m.status == "unknown"]
-        if self.status == "unknown" and unknown and all(m.label == STOPPED for m in unknown):
-            return STOPPED
-        return self.status
+        """The overall status as a page or badge shows it (see :func:`overall`)."""
+        return overall(self.models).label
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +222,10 @@ class PublicStatusReport:
 
     status: Status
     models: list[PublicModelStatus]
+
+    @property
+    def label(self) -> str:
+        return overall(self.models).label
 
 
 def public_view(report: StatusReport) -> PublicStatusReport:
@@ -278,10 +273,10 @@ def model_status(inputs: StatusInputs, now: datetime, policy: StatusPolicy | Non
         return result("maintenance", None, [f"maintenance: {inputs.maintenance.reason}"])
     if not live:
         if stopped:
-            return result("unknown", last_probe, stopped)
+            return result("stopped", last_probe, stopped)
         if last_probe is not None:
             return result(
-                "unknown", last_probe, [f"stopped reporting: no probe since {_when(last_probe, now)}"]
+                "stopped", last_probe, [f"stopped reporting: no probe since {_when(last_probe, now)}"]
             )
         return result("unknown", None, ["no probe yet"])
 
@@ -317,12 +312,80 @@ def model_status(inputs: StatusInputs, now: datetime, policy: StatusPolicy | Non
     return result("operational", None, stopped)
 
 
-def overall_status(models: Sequence[ModelStatus]) -> Status:
-    """The worst status among the models by ``outage > degraded > maintenance > unknown >
-    operational``."""
-    if not models:
-        return "unknown"
-    return min((m.status for m in models), key=_OVERALL_RANK.__getitem__)
+class HasStatus(Protocol):
+    @property
+    def status(self) -> Status: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Overall:
+    """The overall status of several models and the words a page or badge shows for it."""
+
+    status: Status
+    label: str
+
+
+NOTHING_MONITORED = Overall("unknown", "nothing monitored yet")
+
+
+def _part(n: int, total: int, what: str, everyone: str) -> str:
+    return everyone if n == total else f"{n} of {total} {what}"
+
+
+def overall(models: Sequence[HasStatus]) -> Overall:
+    """The overall status of ``models``, by these rules, the first that applies:
+
+    1. no models: ``unknown``, "nothing monitored";
+    2. the worst health wins: any ``outage``: ``outage`` ("2 of 5 down"), else any ``degraded``:
+       ``degraded`` ("1 of 5 degraded");
+    3. every model without recent probes: ``stopped`` ("all stopped reporting") when any was
+       probed before, ``unknown`` ("no probe yet") when none ever was;
+    4. some models without recent probes, the rest healthy or in maintenance: partial, so
+       ``degraded`` ("1 of 5 stopped reporting"), never as if all had stopped;
+    5. any in ``maintenance``: ``maintenance`` ("1 of 5 in maintenance");
+    6. ``operational`` ("all operational").
+
+    Models without recent probes are named after the health words of rules 2 and 5 as well
+    ("1 of 5 down · 1 stopped reporting"): a silent model may be down, and is never dropped.
+    """
+    total = len(models)
+    if not total:
+        return NOTHING_MONITORED
+    n: dict[str, int] = dict.fromkeys(STATUSES, 0)
+    for m in models:
+        n[m.status] += 1
+    silent = n["stopped"] + n["unknown"]
+    notes = [f"{n['stopped']} {STOPPED}"] * bool(n["stopped"]) + [f"{n['unknown']} never probed"] * bool(
+        n["unknown"]
+    )
+
+    def with_notes(status: Status, words: str) -> Overall:
+        return Overall(status, " · ".join([words, *notes]))
+
+    if n["outage"]:
+        return with_notes("outage", _part(n["outage"], total, "down", "all down"))
+    if n["degraded"]:
+        return with_notes("degraded", _part(n["degraded"], total, "degraded", "all degraded"))
+    if silent == total:
+        if n["stopped"] == total:
+            return Overall("stopped", f"all {STOPPED}")
+        if n["unknown"] == total:
+            return Overall("unknown", "no probe yet")
+        return Overall("stopped", " · ".join(notes))
+    if silent:
+        words = [
+            _part(n["stopped"], total, STOPPED, "") if n["stopped"] else "",
+            _part(n["unknown"], total, "never probed", "") if n["unknown"] else "",
+        ]
+        return Overall("degraded", " · ".join(w for w in words if w))
+    if n["maintenance"]:
+        return Overall("maintenance", _part(n["maintenance"], total, "in maintenance", "all in maintenance"))
+    return Overall("operational", "all operational")
+
+
+def overall_status(models: Sequence[HasStatus]) -> Status:
+    """The overall status of ``models`` (see :func:`overall`)."""
+    return overall(models).status
 
 
 def status_report(

@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from llmscope.web.badge import render_badge, status_badge
 from llmscope.web.pages import Pages
-from llmscope.web.status import StatusReport, public_view
+from llmscope.web.status import StatusReport, overall, public_view
 
 # Slower than the dashboard's tiles: nobody reads a status page at 2 s, and a public page may
 # have many readers at once.
@@ -51,8 +51,8 @@ def add_status_routes(
         context: dict[str, Any] = {
             "full": full,
             "overall": report.status,
-            # Signed in, the rows' words ("stopped reporting"); the public page keeps the status.
-            "overall_label": report.label if full else report.status,
+            # The same words on the public page: "stopped reporting" is a status of its own now.
+            "overall_label": report.label,
             "models": report.models if full else public_view(report).models,
             "generated_at": report.generated_at if full else None,
             "refresh_s": STATUS_REFRESH_S,
@@ -64,6 +64,18 @@ def add_status_routes(
 
     def svg(body: str, status_code: int, cache: str) -> Response:
         return Response(body, status_code=status_code, media_type=SVG, headers={"Cache-Control": cache})
+
+    @router.get("/badge/status.svg")
+    async def overall_badge(request: Request) -> Response:
+        """Every model's status in one badge, by :func:`~llmscope.web.status.overall`."""
+        scope = "public" if public else "private"
+        if not await signed_in(request) and not public:
+            response = svg(render_badge("status", "login required", "#9f9f9f"), 401, "no-store")
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+        verdict = overall((await data.status()).models)
+        body = status_badge("status", verdict.status, verdict.label)
+        return svg(body, 200, f"{scope}, max-age={BADGE_MAX_AGE_S}")
 
     # Model names hold "/", ":" and "." (org/model, llama3.1:8b): the path converter takes the
     # rest of the path, and the one ".svg" suffix is cut off it.

@@ -18,8 +18,11 @@ def router(status: StatusData, auth: KeyAuth, *, public: bool) -> APIRouter:
 
     @api.get("/status", response_model=StatusReport | PublicStatusReport)
     async def get_status(request: Request) -> StatusReport | PublicStatusReport:
-        """Overall and per-model status: ``operational``, ``degraded``, ``outage``, ``maintenance``
-        or ``unknown``.
+        """Overall and per-model status: ``operational``, ``degraded``, ``outage``, ``maintenance``,
+        ``stopped`` (probed before, every target stopped reporting; added after the others: read a
+        status you do not know as ``unknown``) or ``unknown`` (never probed). The overall status:
+        the worst health wins; models that stopped make it ``stopped`` only when all did, else
+        ``degraded`` (see the README's status rules).
 
         With the key: since when (where known), the last probe, 24 h and 7 d uptime (successful
         probes / probes) and the reasons. Without it, when the status page is public: provider,
