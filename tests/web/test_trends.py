@@ -17,7 +17,7 @@ from llmscope.api.trends import TrendQueries, lognormal_p95
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.web.data import ChartPoint
 from llmscope.web.trend_svg import render_comparison
-from llmscope.web.trends import ComparedLine, Comparison, compare_bucket_s
+from llmscope.web.trends import ComparedLine, Comparison, compare_bucket_s, span_bucket_s
 from tests.api.alerting_harness import incident_event
 from tests.api.conftest import Api
 from tests.api.factories import telemetry, violation
@@ -84,6 +84,49 @@ async def test_comparison_reads_each_model_from_the_rollups(api: Api) -> None:
     assert len(lines["llama3.1:8b"].points) == 3  # the minute of failures has no latency
     assert {e.id for e in cmp.events} == {"v-crit", "v-warn"}  # info is not marked
     assert compare_bucket_s(720) == 180 * 60  # 30 days in 240 buckets
+
+
+@pytest.mark.parametrize(
+    ("hours", "data_min", "bucket_min"),
+    [
+        (24, 10, 1),  # 10 minutes in a 24 h window: a point a minute, not 3 of 6 minutes
+        (24, None, 6),  # no data: the window's
+        (24, 24 * 60, 6),  # the whole window: the window's
+        (24, 48 * 60, 6),  # data before the window: the window's, never coarser
+        (24, 2 * 60, 1),  # 2 hours: 120 one-minute points
+        (24, 12 * 60, 3),  # half a day: 240 three-minute points
+        (168, 3 * 60, 1),  # 3 hours in a week: minutes, not 3 hourly points
+        (168, 6 * 24 * 60, 60),  # 6 days: whole hours (the hourly rollups)
+        (720, 5, 1),  # never finer than a minute (the rollups)
+        (720, 0, 1),  # data this very minute
+    ],
+)
+def test_buckets_follow_the_datas_span_within_bounds(
+    hours: float, data_min: int | None, bucket_min: int
+) -> None:
+    end = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    start = end - timedelta(hours=hours)
+    first = None if data_min is None else end - timedelta(minutes=data_min)
+    got = span_bucket_s(hours, start, end, first)
+    assert got == bucket_min * 60
+    assert 60 <= got <= compare_bucket_s(hours)
+
+
+async def test_a_short_history_draws_a_useful_report_chart(api: Api) -> None:
+    """The report over 24 h of a model probed for the last 10 minutes: a point a minute (it drew
+    3 buckets of 6 minutes)."""
+    now = datetime.now(UTC)
+    events = [telemetry(i, id=f"s{i}", ts=now - timedelta(seconds=600 - 5 * i)) for i in range(119)]
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, events)
+    cmp = await TrendQueries(api.store).comparison([("ollama", "llama3.1:8b")], "latency_ms", 24, now)
+    assert cmp.bucket_s == 60
+    (line,) = cmp.lines
+    assert len(line.points) >= 10
+    client = await login(api)
+    body = (await client.get("/report.json?hours=24")).json()
+    (latency,) = body["latency"]
+    assert len(latency["points"]) >= 10
 
 
 async def test_availability_counts_failures_per_bucket(api: Api) -> None:
@@ -325,9 +368,14 @@ async def test_long_windows_read_the_hourly_rollups(api: Api) -> None:
         telemetry(i, id=f"h{i}", ts=hour0 + timedelta(minutes=7 * i), latency_ms=100.0 + 10 * (i % 4))
         for i in range(26)  # 3 hours, 8 or 9 probes in each
     ]
+    # And two 6 days before: the data spans most of the week, whose buckets are whole hours.
+    events[:0] = [
+        telemetry(90 + k, id=f"h-old{k}", ts=hour0 - timedelta(days=6, minutes=-k), latency_ms=150.0 + k)
+        for k in range(2)
+    ]
     async with api.store.pool.acquire() as conn:
         await store_telemetry(conn, events)
-        assert await conn.fetchval("SELECT count(*) FROM telemetry_hour") == 3
+        assert await conn.fetchval("SELECT count(*) FROM telemetry_hour") == 4
     assert compare_bucket_s(168) == 3600
     cmp = await TrendQueries(api.store).comparison([("ollama", "llama3.1:8b")], "latency_ms", 168)
     (line,) = cmp.lines

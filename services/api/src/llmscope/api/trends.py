@@ -28,6 +28,7 @@ from llmscope.web.trends import (
     Comparison,
     RuleCount,
     compare_bucket_s,
+    span_bucket_s,
 )
 
 MAX_EVENTS = 200
@@ -60,6 +61,36 @@ class TrendQueries:
     def __init__(self, store: Store) -> None:
         self.store = store  # its pool opens with the app's lifespan
 
+    async def first_data(
+        self, providers: list[str], names: list[str], start: datetime, end: datetime
+    ) -> datetime | None:
+        """The first minute of these models' rollups within start..end (None: no data). The hourly
+        rollups (keyed by model and hour) find its hour; the minute rollups, read from there,
+        the minute: no scan of other models' minutes over a long window."""
+        models = "unnest($3::text[], $4::text[]) AS m(provider, model)"
+        hour: datetime | None = await self.store.pool.fetchval(
+            f"""SELECT min(t.hour) FROM {models}
+                JOIN telemetry_hour t ON t.provider = m.provider AND t.model = m.model
+                WHERE t.hour >= date_bin('1 hour', $1::timestamptz, 'epoch') AND t.hour < $2""",
+            start,
+            end,
+            providers,
+            names,
+        )
+        if hour is None:
+            return None
+        minute: datetime | None = await self.store.pool.fetchval(
+            f"""SELECT min(t.minute) FROM {models}
+                JOIN telemetry_minute t ON t.provider = m.provider AND t.model = m.model
+                WHERE t.minute >= $1 AND t.minute < $2""",
+            max(hour, start),
+            end,
+            providers,
+            names,
+        )
+        # The minute rollups of a long window may be gone (pruned sooner): its hour, then.
+        return minute or hour
+
     async def comparison(
         self,
         models: list[tuple[str, str]],
@@ -72,12 +103,12 @@ class TrendQueries:
         model (over 5 days from the hourly rollups of each series, ``telemetry_series_hour``)."""
         end = end or datetime.now(UTC)
         start = end - timedelta(hours=hours)
-        bucket_s = compare_bucket_s(hours)
         prefix = METRIC_COLUMNS[metric][1]
         if by != "model":
             models = models[:1]
         providers = [p for p, _ in models]
         names = [m for _, m in models]
+        bucket_s = span_bucket_s(hours, start, end, await self.first_data(providers, names, start, end))
         # The engine's chart records are read while Postgres answers the two queries.
         rebaselines = asyncio.ensure_future(self.rebaselines(models, start, end))
         # By model, every prompt and target pooled: the model's typical value over the bucket.

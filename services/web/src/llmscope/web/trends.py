@@ -36,6 +36,18 @@ def compare_bucket_s(hours: float) -> int:
     return (minutes if minutes <= 30 else math.ceil(minutes / 60) * 60) * 60
 
 
+def span_bucket_s(hours: float, start: datetime, end: datetime, first: datetime | None) -> int:
+    """The buckets of a chart over ``start``..``end`` (``hours``) whose data begins at ``first``:
+    :func:`compare_bucket_s` of the data's span, not of the window, so a short history (10 minutes
+    in a 24 h report) draws about as many points as a full one instead of 2 or 3. Bounded: never
+    finer than a minute (the rollups), never coarser than the window's buckets (a span as long as
+    the window, or no data, is the window)."""
+    if first is None or first <= start:
+        return compare_bucket_s(hours)
+    span_h = max((end - first).total_seconds(), 0.0) / 3600
+    return min(compare_bucket_s(hours), compare_bucket_s(min(span_h, hours)))
+
+
 def window_label(hours: float) -> str:
     return f"{hours / 24:g} d" if hours >= 48 and hours % 24 == 0 else f"{hours:g} h"
 
