@@ -433,6 +433,24 @@ LAYOUT = """() => {
         const gap = h.getBoundingClientRect().top - h.previousElementSibling.getBoundingClientRect().bottom;
         if (gap < 8) out.push(['a heading sits on the table above it', `${h.textContent.trim()} ${gap}`]);
     }
+    // A chart is drawn to its card's width, not wider (on a phone charts once scrolled sideways
+    // inside their cards), and its axis labels stay legible once scaled to it.
+    const charts = 'svg.control-chart, svg.comparison-chart, svg.availability-chart, svg.mini-chart';
+    for (const svg of document.querySelectorAll(charts)) {
+        const card = svg.closest('.card');
+        if (!card) continue;
+        const cs = getComputedStyle(card);
+        const inner = card.clientWidth - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight);
+        const drawn = svg.getBoundingClientRect().width;
+        if (drawn > inner + 1)
+            out.push(['a chart is wider than its card', `${svg.classList[0]} ${drawn} > ${inner}`]);
+        const scale = drawn / svg.viewBox.baseVal.width;
+        const px = [...svg.querySelectorAll('text.tick')]
+            .map(t => parseFloat(getComputedStyle(t).fontSize) * scale);
+        const least = Math.min(...px);
+        if (px.length && least < 9)
+            out.push(["a chart's labels are too small", `${svg.classList[0]} ${least.toFixed(1)} px`]);
+    }
     // Settings' Alerting cards: side by side where two fit, stacked otherwise.
     const tiles = document.querySelector('#alerting + .settings-grid');
     const cards = tiles ? [...tiles.children].map(c => c.getBoundingClientRect()) : [];

@@ -35,9 +35,9 @@ def _metric_value(p: ContextPoint, metric: str) -> float | None:
     return p.value
 
 
-def render_minichart(v: Violation, points: list[ContextPoint]) -> Markup:
+def render_minichart(v: Violation, points: list[ContextPoint], *, width: int = WIDTH) -> Markup:
     """The probes around ``v`` with its frozen limits, its pattern points and the trigger ringed."""
-    plot_w, plot_h = WIDTH - PAD_L - PAD_R, HEIGHT - PAD_T - PAD_B
+    plot_w, plot_h = width - PAD_L - PAD_R, HEIGHT - PAD_T - PAD_B
     values = [_metric_value(p, v.metric) for p in points]
     limits: dict[str, float] = {}
     if v.metric != AVAILABILITY:
@@ -62,7 +62,7 @@ def render_minichart(v: Violation, points: list[ContextPoint]) -> Markup:
 
     unit = METRIC_LABELS.get("latency_ms" if v.metric == AVAILABILITY else v.metric, v.metric)
     out = [
-        f'<svg class="mini-chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
+        f'<svg class="mini-chart" viewBox="0 0 {width} {HEIGHT}" role="img" '
         f'aria-label="{escape(unit)} around the violation" xmlns="http://www.w3.org/2000/svg">',
         f'<rect x="{PAD_L}" y="{PAD_T}" width="{plot_w}" height="{plot_h}" class="plot-bg"/>',
     ]

@@ -122,6 +122,37 @@ def _live_trigger(ctx: Context, events: str, refresh_s: float, pace: str = "dela
     return f"{listen}, {LIVE_RESUMED}, every {max(refresh_s, LIVE_FALLBACK_S):g}s {LIVE_FALLBACK_FILTER}"
 
 
+# Charts are drawn for the reader's viewport (``static/viewport.js`` keeps it in this cookie): a
+# phone's chart is narrower in its own units, so it fits its card and its 11 px text stays about
+# 10 px on screen, where a 960-wide chart shrunk to a phone's card drew it at 4 px.
+VIEWPORT_COOKIE = "llmscope_vw"
+CHART_WIDTH = 960
+CHART_MIN_WIDTH = 360
+CARD_CHROME_PX = 48
+"""What the page's and the card's padding and borders take of the viewport's width, at most."""
+CHART_SCALE = 0.9
+"""The least a phone's chart is scaled down to fit its card (text 11 px -> 10 px)."""
+
+
+def chart_width(viewport: str | None) -> int:
+    """The width, in the chart's own units, to draw a chart at for a viewport ``viewport`` CSS px
+    wide (the cookie's text; none or nonsense: a laptop's): the card's width divided by
+    ``CHART_SCALE``, in steps of 20, between ``CHART_MIN_WIDTH`` and ``CHART_WIDTH`` (wider
+    screens scale the 960 up, as before)."""
+    try:
+        vw = int(viewport or "")
+    except ValueError:
+        return CHART_WIDTH
+    if vw <= 0:
+        return CHART_WIDTH
+    fit = int((vw - CARD_CHROME_PX) / CHART_SCALE) // 20 * 20
+    return max(CHART_MIN_WIDTH, min(CHART_WIDTH, fit))
+
+
+def request_chart_width(request: Request) -> int:
+    return chart_width(request.cookies.get(VIEWPORT_COOKIE))
+
+
 def build_environment() -> Environment:
     env = Environment(
         loader=PackageLoader("llmscope.web", "templates"),
@@ -149,6 +180,7 @@ def build_environment() -> Environment:
     env.globals["render_availability"] = render_availability
     env.globals["chart_time_range"] = time_range
     env.globals["chart_pad_r"] = CHART_PAD_R
+    env.globals["chart_width"] = CHART_WIDTH  # a page rendered with a request: its reader's
     env.globals["series_color"] = color
     env.globals["live_trigger"] = _live_trigger
     env.globals["point_event"] = point_event
@@ -220,7 +252,13 @@ class Pages:
         block to render whatever the request (one of several forms that share a template);
         ``polled``: the fragments that live events and fallback polls re-read (see
         :meth:`_polled`)."""
-        ctx = {"request": request, "path": request.url.path, "live": self.live, **context}
+        ctx = {
+            "request": request,
+            "path": request.url.path,
+            "live": self.live,
+            "chart_width": request_chart_width(request),
+            **context,
+        }
         block = block or self.block_for(request, fragments)
         if block is None:
             html = self.env.get_template(template).render(ctx)

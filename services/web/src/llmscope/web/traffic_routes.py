@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse
 
 from llmscope.proto.charts import is_traffic_chart
 from llmscope.web.data import DashboardData, RebaselineResult
-from llmscope.web.pages import Pages, ask_rebaseline
+from llmscope.web.pages import Pages, ask_rebaseline, request_chart_width
 from llmscope.web.traffic import TRAFFIC_LABELS, TrafficData, series_of
 from llmscope.web.traffic_svg import render_traffic_chart
 
@@ -62,7 +62,7 @@ def add_traffic_routes(
             "record": record,
             "t": record.traffic,
             "v": record.view,
-            "svg": render_traffic_chart(record),
+            "svg": render_traffic_chart(record, width=request_chart_width(request)),
             "label": TRAFFIC_LABELS.get(record.meta.metric, record.meta.metric),
             "rebaseline": rebaseline,
             "refresh_s": max(refresh_s, MINUTE_POLL_S),
