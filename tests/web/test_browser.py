@@ -40,6 +40,8 @@ from tests.api.conftest import API_KEY, Api
 from tests.api.engine import BASELINE_N, eventually, running_engine
 from tests.api.factories import T0, limits, telemetry, violation
 from tests.api.test_charts import probes
+from tests.api.test_status import public_api
+from tests.api.test_status import seed as seed_statuses
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None:
@@ -50,6 +52,8 @@ if CHROMIUM is None:
         "download cannot reach its host here)",
         allow_module_level=True,
     )
+
+__all__ = ["public_api"]
 
 pytestmark = [pytest.mark.usefixtures("js"), pytest.mark.timeout(240)]
 
@@ -497,4 +501,38 @@ async def test_walk_every_page_at_laptop_and_phone_width(site: Site) -> None:
             assert box is not None
             assert box["height"] < 30, (device, box)
         assert problems == [], "\n".join(problems)
+    assert site.errors == [], "\n".join(site.errors)
+
+
+async def test_public_status_page_at_phone_width(public_api: Api) -> None:
+    """The public status page, anonymous, on a phone and a laptop: a model whose probes stopped
+    says "stopped reporting" (it said "unknown" here while the signed-in pages said "stopped
+    reporting"), the overall status is the worst health with the stopped one counted, the
+    overall badge says the same, and nothing scrolls sideways (``public-status-<device>.png``)."""
+    await seed_statuses(public_api)
+    config = uvicorn.Config(
+        public_api.app, host="127.0.0.1", port=free_port(), lifespan="off", log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    await eventually(lambda: server.started, within=20, what="uvicorn to listen")
+    site = Site(public_api, f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}")
+    try:
+        async with browser_page(site) as page:
+            for device, viewport in WALK_VIEWPORTS.items():
+                await page.set_viewport_size(viewport)  # type: ignore[arg-type]
+                await page.goto(f"{site.url}/status")
+                await page.wait_for_selector("#status-list")
+                await asyncio.to_thread(SHOTS.mkdir, parents=True, exist_ok=True)
+                await page.screenshot(path=str(SHOTS / f"public-status-{device}.png"), full_page=True)
+                overall = (await page.locator(".status-overall .status").text_content() or "").strip()
+                assert overall == "1 of 4 down · 1 stopped reporting"
+                row = page.locator("tr", has_text="retired:1").locator(".status")
+                assert (await row.text_content() or "").strip() == "stopped reporting"
+                assert await page.evaluate("document.documentElement.scrollWidth - window.innerWidth") <= 0
+            await page.goto(f"{site.url}/badge/status.svg")
+            assert "1 of 4 down · 1 stopped reporting" in await page.content()
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 20)
     assert site.errors == [], "\n".join(site.errors)
