@@ -217,7 +217,7 @@ async def test_overview_shows_every_model_worst_first(api: Api) -> None:
         assert r.text.count('<svg class="sparkline"') == 2
         assert '/violations/v-down"' in r.text  # the open critical episode, linked
         assert "/violations/v-warn" not in r.text  # warnings are not on the overview
-        assert "1 down" in r.text
+        assert "1 of 2 down" in r.text  # the overall rule's words (status.overall)
         assert "3 failed probes in a row" in r.text
         # "Now" is not the latency of the last answer while the model answers nothing.
         now_cells = re.findall(r'<td class="num">(.*?)</td>', r.text, re.S)
