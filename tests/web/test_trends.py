@@ -127,6 +127,11 @@ async def test_a_short_history_draws_a_useful_report_chart(api: Api) -> None:
     body = (await client.get("/report.json?hours=24")).json()
     (latency,) = body["latency"]
     assert len(latency["points"]) >= 10
+    # The dashboard's availability chart under it, the same.
+    hist = await TrendQueries(api.store).availability("ollama", "llama3.1:8b", 24, now)
+    assert hist.bucket_s == 60
+    (avail,) = hist.lines
+    assert len(avail.buckets) >= 10
 
 
 async def test_availability_counts_failures_per_bucket(api: Api) -> None:

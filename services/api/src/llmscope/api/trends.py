@@ -61,6 +61,15 @@ class TrendQueries:
     def __init__(self, store: Store) -> None:
         self.store = store  # its pool opens with the app's lifespan
 
+    async def bucket_s(
+        self, providers: list[str], names: list[str], hours: float, start: datetime, end: datetime
+    ) -> int:
+        """The buckets for these models' data within start..end (:func:`span_bucket_s`); a window
+        whose buckets are already a minute (an hour's) asks nothing."""
+        if compare_bucket_s(hours) <= 60:
+            return 60
+        return span_bucket_s(hours, start, end, await self.first_data(providers, names, start, end))
+
     async def first_data(
         self, providers: list[str], names: list[str], start: datetime, end: datetime
     ) -> datetime | None:
@@ -108,7 +117,7 @@ class TrendQueries:
             models = models[:1]
         providers = [p for p, _ in models]
         names = [m for _, m in models]
-        bucket_s = span_bucket_s(hours, start, end, await self.first_data(providers, names, start, end))
+        bucket_s = await self.bucket_s(providers, names, hours, start, end)
         # The engine's chart records are read while Postgres answers the two queries.
         rebaselines = asyncio.ensure_future(self.rebaselines(models, start, end))
         # By model, every prompt and target pooled: the model's typical value over the bucket.
@@ -264,7 +273,7 @@ class TrendQueries:
     ) -> AvailabilityHistory:
         end = end or datetime.now(UTC)
         start = end - timedelta(hours=hours)
-        bucket_s = compare_bucket_s(hours)
+        bucket_s = await self.bucket_s([provider], [model], hours, start, end)
         rows = await self.store.pool.fetch(
             """SELECT target, to_timestamp(floor(extract(epoch FROM minute) / $4) * $4) AS bucket,
                       sum(n) AS n, sum(n_ok) AS ok
