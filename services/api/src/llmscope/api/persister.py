@@ -993,7 +993,7 @@ async def run_standalone(
     # which the web's tests and the alerter's import.
     from llmscope.api.live import LiveNotices
     from llmscope.bus.connection import connect
-    from llmscope.config.health import HealthServer
+    from llmscope.config.health import start_health_server
     from llmscope.config.metrics import service_registry
 
     metrics = metrics or ApiMetrics(service_registry("persister", "llmscope-api"))
@@ -1003,21 +1003,14 @@ async def run_standalone(
         # Ready while NATS answers (Postgres outages are retried batch by batch, nothing lost).
         return not stop.is_set() and bool(clients) and clients[0].is_connected
 
-    health: HealthServer | None = None
-    if settings.persister_health_port:
-        health = HealthServer(
-            settings.persister_health_host,
-            settings.persister_health_port,
-            ready=ready,
-            registry=metrics.registry,
-        )
-        try:
-            await health.start()
-        except OSError as exc:
-            raise Unusable(
-                f"LLMSCOPE_PERSISTER_HEALTH_PORT={settings.persister_health_port}: cannot listen "
-                f"({exc.strerror}); choose another port or 0 to disable"
-            ) from None
+    health = await start_health_server(
+        settings.persister_health_host,
+        settings.persister_health_port,
+        ready=ready,
+        registry=metrics.registry,
+        host_variable="LLMSCOPE_PERSISTER_HEALTH_HOST",
+        port_variable="LLMSCOPE_PERSISTER_HEALTH_PORT",
+    )
     try:
         pool = await open_pool(
             settings.database_url.get(),
@@ -1077,6 +1070,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         eventloop.run(_run())  # uvloop when installed, as the API under uvicorn
+    except ConfigError as exc:  # its health port taken: as a bad setting, exit 2
+        print(f"llmscope persister: {exc}", file=sys.stderr)
+        return 2
     except Unusable as exc:
         print(f"llmscope persister: {exc}", file=sys.stderr)
         return 1
