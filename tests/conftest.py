@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import asyncpg
 import nats
+import psutil
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -152,3 +154,47 @@ def _factory_probes_thirty_minutes_old(request: pytest.FixtureRequest) -> Iterat
         yield
     finally:
         factories.T0 = fixed
+
+
+LEFTOVER_GRACE_S = 5.0
+"""How long a child the test signalled may take to exit before it counts as left behind."""
+
+
+def _running_children() -> dict[int, psutil.Process]:
+    """This process's children that still run (an exited child not yet waited for is a zombie:
+    it holds no port, no file and no CPU)."""
+    running: dict[int, psutil.Process] = {}
+    for child in psutil.Process().children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                running[child.pid] = child
+        except psutil.NoSuchProcess:
+            pass
+    return running
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every process a test (or its function-scoped fixtures) starts is stopped by the end of its
+    teardown, whether it passed or failed: one left running (an SPC engine still charting, a
+    nats-server in a session of its own) outlives the suite as an orphan. Session-scoped servers
+    are up before this runs, so they are not counted. A leftover is killed, then reported as an
+    error of the test that left it."""
+    before = set(_running_children())
+    yield
+    left = {pid: p for pid, p in _running_children().items() if pid not in before}
+    deadline = time.monotonic() + LEFTOVER_GRACE_S
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = {pid: p for pid, p in _running_children().items() if pid in left}
+    if not left:
+        return
+    described = []
+    for child in left.values():
+        try:
+            described.append(f"{child.pid}: {' '.join(child.cmdline())}")
+            child.kill()
+            child.wait(10)
+        except psutil.Error:
+            pass
+    pytest.fail(f"{request.node.nodeid} left processes running (now killed): {'; '.join(described)}")
