@@ -1052,9 +1052,19 @@ async def run_standalone(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m llmscope.api.persister``: the persister without the HTTP API."""
+    """``llmscope persister`` / ``python -m llmscope.api.persister``: the persister without the
+    HTTP API."""
     from llmscope.config.env import ConfigError
+    from llmscope.config.envhelp import BUS_SETTINGS, service_parser
 
+    service_parser(
+        "llmscope persister",
+        "The persister alone (telemetry, violations, incidents and dead letters from NATS into "
+        "Postgres), beside API processes with LLMSCOPE_PERSISTER=false. Configured by the "
+        "environment (LLMSCOPE_API_KEY not needed); exits 0 on SIGINT/SIGTERM.",
+        ApiSettings.__module__,
+        BUS_SETTINGS,
+    ).parse_args(argv)
     try:
         settings = ApiSettings.from_env(require_api_key=False)
     except ConfigError as exc:
