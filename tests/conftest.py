@@ -37,7 +37,8 @@ def nats_url(tmp_path: Path) -> Iterator[str]:
         asyncio.run(_wipe_jetstream(external))
         yield external
         return
-    server = EmbeddedNats(tmp_path / "nats", free_port())
+    # Tied to this process: a pytest killed mid-test (a CI step's timeout) leaves no server behind.
+    server = EmbeddedNats(tmp_path / "nats", free_port(), tie_to_parent=True)
     server.start()
     try:
         yield server.url
@@ -60,7 +61,7 @@ async def _wipe_jetstream(url: str) -> None:
 @pytest.fixture
 def embedded_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
     """An embedded nats-server the test controls (stop, kill, restart on the same store)."""
-    server = EmbeddedNats(tmp_path / "nats-ctl", free_port())
+    server = EmbeddedNats(tmp_path / "nats-ctl", free_port(), tie_to_parent=True)
     server.start()
     try:
         yield server
@@ -95,7 +96,7 @@ def postgres_server() -> Iterator[EmbeddedPostgres | None]:
     # pytest process that starts resets /tmp/pytest-of-<user> to mode 0700, which would cut the
     # server off from its own data directory while another pytest runs beside this one.
     with tempfile.TemporaryDirectory(prefix="llmscope-test-pg-") as tmp:
-        server = EmbeddedPostgres(Path(tmp) / "data", free_port(), durable=False)
+        server = EmbeddedPostgres(Path(tmp) / "data", free_port(), durable=False, tie_to_parent=True)
         server.start()
         try:
             yield server
@@ -107,7 +108,7 @@ def postgres_server() -> Iterator[EmbeddedPostgres | None]:
 def own_postgres() -> Iterator[EmbeddedPostgres]:
     """A Postgres of this test's own, to stop and start (outside basetemp: see postgres_server)."""
     with tempfile.TemporaryDirectory(prefix="llmscope-test-pg-own-") as tmp:
-        server = EmbeddedPostgres(Path(tmp) / "data", free_port(), durable=False)
+        server = EmbeddedPostgres(Path(tmp) / "data", free_port(), durable=False, tie_to_parent=True)
         server.start()
         try:
             yield server

@@ -6,6 +6,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from typing import Any
+
+from llmscope.stack.lifetime import die_with_parent
+
+
+def tied() -> dict[str, Any]:
+    """Keyword arguments for ``asyncio.create_subprocess_exec`` (or ``subprocess.Popen``): the
+    child gets SIGKILL when the test process dies (Linux), so a pytest killed mid-test (a CI
+    step's timeout, SIGKILL) leaves no SPC engine charting on. Fork from the thread that lives
+    as long as the child (the event loop's)."""
+    return {"preexec_fn": die_with_parent(signal.SIGKILL)}
 
 
 async def stop_process(

@@ -34,7 +34,7 @@ from llmscope.spc_engine.service import (
 )
 from llmscope.spc_engine.settings import SpcSettings
 from llmscope.spc_engine.store import ChartStore
-from tests.processes import stop_process
+from tests.processes import stop_process, tied
 
 from .helpers import telemetry_stream
 
@@ -277,7 +277,9 @@ async def test_kill_9_and_restart_publishes_exactly_the_uninterrupted_violations
     durable = partition_durable(partition_of(events[0]))
     created = None
     for kill_at in (700, 1900):  # kill it twice mid-stream, once after the shift began
-        proc = await asyncio.create_subprocess_exec(*cmd, env=env, stderr=asyncio.subprocess.DEVNULL)
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, env=env, stderr=asyncio.subprocess.DEVNULL, **tied()
+        )
         try:
             created = await wait_started(js, durable, created)
             await wait_consumed(js, events, kill_at)
@@ -286,7 +288,7 @@ async def test_kill_9_and_restart_publishes_exactly_the_uninterrupted_violations
             await proc.wait()
         assert await unfinished(js, events, len(events)), "killed too late to test anything"
     await publishing.finish()
-    proc = await asyncio.create_subprocess_exec(*cmd, env=env, stderr=asyncio.subprocess.DEVNULL)
+    proc = await asyncio.create_subprocess_exec(*cmd, env=env, stderr=asyncio.subprocess.DEVNULL, **tied())
     try:
         await wait_started(js, durable, created)
         await wait_consumed(js, events, len(events), within=120)
@@ -439,7 +441,7 @@ async def test_a_killed_replicas_partitions_are_taken_over_after_the_ttl(nats_ur
     def start(replica: int) -> asyncio.Future[asyncio.subprocess.Process]:
         env = {**base, "LLMSCOPE_SPC_REPLICA": str(replica)}  # two identities on one host
         return asyncio.ensure_future(
-            asyncio.create_subprocess_exec(*cmd, env=env, stderr=asyncio.subprocess.DEVNULL)
+            asyncio.create_subprocess_exec(*cmd, env=env, stderr=asyncio.subprocess.DEVNULL, **tied())
         )
 
     await lease_holders(js)  # the chart bucket, made here before the engines race to make it

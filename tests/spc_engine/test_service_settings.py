@@ -25,7 +25,7 @@ from llmscope.spc_engine.config import to_settings
 from llmscope.spc_engine.engine import Engine, SettingsLog
 from llmscope.spc_engine.service import SpcService, config_for, partition_durable, settings_key
 from llmscope.spc_engine.settings import SpcSettings
-from tests.processes import stop_process
+from tests.processes import stop_process, tied
 
 from .helpers import telemetry_stream
 from .test_service import (
@@ -162,7 +162,9 @@ async def test_kill_9_around_a_settings_change_publishes_exactly_the_uninterrupt
 
     async def start() -> asyncio.subprocess.Process:
         nonlocal created
-        proc = await asyncio.create_subprocess_exec(*cmd, env=env, stderr=asyncio.subprocess.DEVNULL)
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, env=env, stderr=asyncio.subprocess.DEVNULL, **tied()
+        )
         try:
             created = await wait_started(js, durable, created)
         except BaseException:  # the caller never gets it to stop

@@ -34,7 +34,7 @@ from llmscope.spc_engine.service import checkpoint_key, config_for, serve
 from llmscope.spc_engine.settings import SpcSettings
 from llmscope.spc_engine.store import ChartStore, series_key
 from tests.alerter.harness import eventually
-from tests.processes import stop_process
+from tests.processes import stop_process, tied
 
 from .helpers import telemetry_stream
 from .test_service import (
@@ -351,7 +351,7 @@ async def test_a_previous_versions_record_stays_until_the_state_that_replaces_it
     }
     cmd = [sys.executable, "-m", "llmscope.spc_engine"]
     proc = await asyncio.create_subprocess_exec(
-        *cmd, env={**env, "LLMSCOPE_SPC_STATE_INTERVAL_S": "600"}, stderr=asyncio.subprocess.DEVNULL
+        *cmd, env={**env, "LLMSCOPE_SPC_STATE_INTERVAL_S": "600"}, stderr=asyncio.subprocess.DEVNULL, **tied()
     )
     try:
         await publish_all(js, events[head:])
@@ -362,7 +362,7 @@ async def test_a_previous_versions_record_stays_until_the_state_that_replaces_it
     finally:
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
-    proc = await asyncio.create_subprocess_exec(*cmd, env=env, stderr=asyncio.subprocess.DEVNULL)
+    proc = await asyncio.create_subprocess_exec(*cmd, env=env, stderr=asyncio.subprocess.DEVNULL, **tied())
     try:
         await wait_checkpoint(js, events, len(events), within=60)
     finally:
