@@ -1,6 +1,6 @@
 """The services' health server: a port that cannot be listened on stops the service with a
-message naming the variable that set it (one helper, used by the prober and the standalone
-persister)."""
+message naming the variable that set it (one helper, used by the prober, the standalone
+persister, the SPC engine and the alerter)."""
 
 from __future__ import annotations
 
@@ -62,6 +62,8 @@ async def test_port_0_starts_no_server() -> None:
             "LLMSCOPE_PROBER_HEALTH_PORT",
             {"LLMSCOPE_TARGETS": "ollama,http://127.0.0.1:9,m"},
         ),
+        # Its health server starts before it connects to NATS.
+        ("llmscope.spc_engine", "LLMSCOPE_SPC_HEALTH_PORT", {}),
         # Its health server starts before it opens Postgres: the URL is never dialled.
         (
             "llmscope.api.persister",
