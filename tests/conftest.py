@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import asyncpg
 import nats
+import psutil
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -35,7 +37,8 @@ def nats_url(tmp_path: Path) -> Iterator[str]:
         asyncio.run(_wipe_jetstream(external))
         yield external
         return
-    server = EmbeddedNats(tmp_path / "nats", free_port())
+    # Tied to this process: a pytest killed mid-test (a CI step's timeout) leaves no server behind.
+    server = EmbeddedNats(tmp_path / "nats", free_port(), tie_to_parent=True)
     server.start()
     try:
         yield server.url
@@ -58,7 +61,7 @@ async def _wipe_jetstream(url: str) -> None:
 @pytest.fixture
 def embedded_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
     """An embedded nats-server the test controls (stop, kill, restart on the same store)."""
-    server = EmbeddedNats(tmp_path / "nats-ctl", free_port())
+    server = EmbeddedNats(tmp_path / "nats-ctl", free_port(), tie_to_parent=True)
     server.start()
     try:
         yield server
@@ -93,7 +96,7 @@ def postgres_server() -> Iterator[EmbeddedPostgres | None]:
     # pytest process that starts resets /tmp/pytest-of-<user> to mode 0700, which would cut the
     # server off from its own data directory while another pytest runs beside this one.
     with tempfile.TemporaryDirectory(prefix="llmscope-test-pg-") as tmp:
-        server = EmbeddedPostgres(Path(tmp) / "data", free_port(), durable=False)
+        server = EmbeddedPostgres(Path(tmp) / "data", free_port(), durable=False, tie_to_parent=True)
         server.start()
         try:
             yield server
@@ -105,7 +108,7 @@ def postgres_server() -> Iterator[EmbeddedPostgres | None]:
 def own_postgres() -> Iterator[EmbeddedPostgres]:
     """A Postgres of this test's own, to stop and start (outside basetemp: see postgres_server)."""
     with tempfile.TemporaryDirectory(prefix="llmscope-test-pg-own-") as tmp:
-        server = EmbeddedPostgres(Path(tmp) / "data", free_port(), durable=False)
+        server = EmbeddedPostgres(Path(tmp) / "data", free_port(), durable=False, tie_to_parent=True)
         server.start()
         try:
             yield server
@@ -152,3 +155,47 @@ def _factory_probes_thirty_minutes_old(request: pytest.FixtureRequest) -> Iterat
         yield
     finally:
         factories.T0 = fixed
+
+
+LEFTOVER_GRACE_S = 5.0
+"""How long a child the test signalled may take to exit before it counts as left behind."""
+
+
+def _running_children() -> dict[int, psutil.Process]:
+    """This process's children that still run (an exited child not yet waited for is a zombie:
+    it holds no port, no file and no CPU)."""
+    running: dict[int, psutil.Process] = {}
+    for child in psutil.Process().children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                running[child.pid] = child
+        except psutil.NoSuchProcess:
+            pass
+    return running
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every process a test (or its function-scoped fixtures) starts is stopped by the end of its
+    teardown, whether it passed or failed: one left running (an SPC engine still charting, a
+    nats-server in a session of its own) outlives the suite as an orphan. Session-scoped servers
+    are up before this runs, so they are not counted. A leftover is killed, then reported as an
+    error of the test that left it."""
+    before = set(_running_children())
+    yield
+    left = {pid: p for pid, p in _running_children().items() if pid not in before}
+    deadline = time.monotonic() + LEFTOVER_GRACE_S
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = {pid: p for pid, p in _running_children().items() if pid in left}
+    if not left:
+        return
+    described = []
+    for child in left.values():
+        try:
+            described.append(f"{child.pid}: {' '.join(child.cmdline())}")
+            child.kill()
+            child.wait(10)
+        except psutil.Error:
+            pass
+    pytest.fail(f"{request.node.nodeid} left processes running (now killed): {'; '.join(described)}")

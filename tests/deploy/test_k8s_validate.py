@@ -104,3 +104,14 @@ def test_strict_validation_refuses_an_unknown_field() -> None:
     (api,) = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "api"]
     api["spec"]["template"]["spec"]["containers"][0]["securityContxt"] = {}
     assert [p for p in _invalid([api]) if "securityContxt" in p]
+
+
+def test_the_example_overlay_with_the_persister_apart_validates(tmp_path: Path) -> None:
+    shutil.copytree(K8S, tmp_path / "k8s")
+    overlay = tmp_path / "k8s" / "overlays" / "example"
+    spec = yaml.safe_load((overlay / "kustomization.yaml").read_text())
+    spec["components"].insert(0, "../../components/persister-apart")
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(spec))
+    docs = _render(overlay)
+    assert "persister" in {d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"}
+    assert _invalid(docs) == []

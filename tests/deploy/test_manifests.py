@@ -25,6 +25,8 @@ from llmscope.stack.cli import SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
+APART = "persister"
+"""The one service no overlay runs by default (components/persister-apart)."""
 
 
 def test_compose_file_matches_the_compose_specification() -> None:
@@ -199,7 +201,8 @@ def test_each_overlay_renders_restricted_consistent_objects(overlay: Path) -> No
 def test_dev_overlay_never_pulls_the_locally_loaded_image() -> None:
     docs = _kustomize(K8S / "overlays" / "dev")
     ours = [c for w in _workloads(docs) for c in w["spec"]["template"]["spec"]["containers"] if _ours(c)]
-    assert {c["args"][0] for c in ours} == set(SERVICES)  # the simulator included
+    # The simulator included; the persister runs inside the API unless components/persister-apart.
+    assert {c["args"][0] for c in ours} == set(SERVICES) - {APART}
     assert {c["imagePullPolicy"] for c in ours} == {"IfNotPresent"}
 
 
@@ -219,7 +222,7 @@ def test_one_value_changes_every_object_that_uses_it(tmp_path: Path) -> None:
     (engine,) = [w for w in _workloads(docs) if w["metadata"]["name"] == "spc-engine"]
     assert engine["spec"]["replicas"] == 5
     ours = [c for w in _workloads(docs) for c in w["spec"]["template"]["spec"]["containers"] if _ours(c)]
-    assert len(ours) == len(SERVICES)
+    assert len(ours) == len(SERVICES) - 1  # all but the persister apart
     assert {c["image"] for c in ours} == {"registry.example/llmscope:9.9.9"}
     secrets = {ref["secretRef"]["name"] for c in ours for ref in c.get("envFrom", []) if "secretRef" in ref}
     assert secrets == {"mine"}
@@ -304,3 +307,103 @@ def test_the_nats_cluster_component_replicates_every_stream_on_three_servers(tmp
     assert any(p["spec"]["ingress"][0].get("ports") == [{"port": 6222}] for p in policies)
     (pdb,) = [d for d in docs if d["kind"] == "PodDisruptionBudget" and d["metadata"]["name"] == "nats"]
     assert pdb["spec"]["maxUnavailable"] == 1  # quorum kept through a drain
+
+
+def _with_component(tmp_path: Path, overlay: str, component: str | None) -> Path:
+    """A copy of an overlay with ``component`` listed first (before components/values)."""
+    shutil.copytree(K8S, tmp_path / "k8s")
+    directory = tmp_path / "k8s" / "overlays" / overlay
+    spec = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    if component:
+        spec["components"].insert(0, f"../../components/{component}")
+    (directory / "kustomization.yaml").write_text(yaml.safe_dump(spec))
+    return directory
+
+
+def _env_of(container: dict[str, Any], docs: list[dict[str, Any]]) -> dict[str, str]:
+    """The container's environment as the pod gets it: its ConfigMap and Secret, then its own
+    values (a secret's key reads as the placeholder ``<secret/key>``)."""
+    env: dict[str, str] = {}
+    by_name = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            env.update(by_name[("ConfigMap", source["configMapRef"]["name"])]["data"])
+        elif ("Secret", source["secretRef"]["name"]) in by_name:
+            env.update(by_name[("Secret", source["secretRef"]["name"])]["stringData"])
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        else:
+            ref = item["valueFrom"]["secretKeyRef"]
+            env[item["name"]] = f"<{ref['name']}/{ref['key']}>"
+    return env
+
+
+def _api_settings(env: dict[str, str]) -> ApiSettings:
+    """What the API or persister reads from ``env``; the example overlay's own secret (not
+    rendered: the user's) would give the database URL."""
+    return ApiSettings.from_env(
+        Env({"DATABASE_URL": "postgresql://theirs@db/llmscope", **env}), require_api_key=False
+    )
+
+
+@pytest.mark.parametrize("overlay", ["dev", "example"])
+def test_the_persister_apart_component_gives_the_persister_its_own_probed_pods(
+    tmp_path: Path, overlay: str
+) -> None:
+    docs = _kustomize(_with_component(tmp_path, overlay, "persister-apart"))
+    values = yaml.safe_load((K8S / "overlays" / overlay / "values.yaml").read_text())["data"]
+    workloads = {w["metadata"]["name"]: w for w in _workloads(docs)}
+    persister, api = workloads[APART], workloads["api"]
+    _assert_restricted(persister)
+    (container,) = persister["spec"]["template"]["spec"]["containers"]
+    (api_container,) = api["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == [APART]
+    # The overlay's values reach it as they reach the API: image, pull policy, both secrets.
+    for key in ("image", "imagePullPolicy", "envFrom"):
+        assert container[key] == api_container[key], key
+    assert container["envFrom"][1]["secretRef"]["name"] == values["secretName"]
+    assert container["ports"] == [{"name": "http", "containerPort": 8004}]
+    probes = {
+        kind: container[kind]["httpGet"] for kind in ("startupProbe", "readinessProbe", "livenessProbe")
+    }
+    assert probes == {
+        "startupProbe": {"path": "/healthz", "port": "http"},
+        "readinessProbe": {"path": "/readyz", "port": "http"},
+        "livenessProbe": {"path": "/healthz", "port": "http"},
+    }
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    # What the process reads from that environment: its health server on the probed port, on
+    # every address, as the `api` NATS user with that user's password.
+    env = _env_of(container, docs)
+    assert env["NATS_USER"] == "api"
+    assert env["NATS_PASSWORD"] == f"<{values['natsSecretName']}/NATS_PASSWORD_API>"
+    settings = _api_settings(env)
+    assert (settings.persister_health_host, settings.persister_health_port) == ("0.0.0.0", 8004)
+    # ... and the API pods no longer run one of their own.
+    assert _api_settings(_env_of(api_container, docs)).persister is False
+    assert "LLMSCOPE_PERSISTER_HEALTH_PORT" not in _env_of(api_container, docs)
+    labels = persister["spec"]["template"]["metadata"]["labels"]
+    assert persister["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    (budget,) = [d for d in docs if d["kind"] == "PodDisruptionBudget" and d["metadata"]["name"] == APART]
+    assert budget["spec"]["selector"] == persister["spec"]["selector"]
+    for monitor in [d for d in docs if d["kind"] == "PodMonitor"]:  # components/monitoring
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} == {"http"}
+    policies = {d["metadata"]["name"]: d for d in docs if d["kind"] == "NetworkPolicy"}
+    # Postgres (bundled, dev) and NATS let it in; Prometheus scrapes its port.
+    (postgres_clients,) = policies["allow-postgres-clients"]["spec"]["ingress"][0]["from"]
+    (expression,) = postgres_clients["podSelector"]["matchExpressions"]
+    assert labels["app.kubernetes.io/name"] in expression["values"]
+    (nats_clients,) = policies["allow-nats-clients"]["spec"]["ingress"][0]["from"]
+    assert nats_clients["podSelector"]["matchLabels"].items() <= labels.items()
+    assert policies["allow-metrics"]["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert all(d["metadata"].get("namespace") == "llmscope" for d in docs if d["kind"] != "Namespace")
+
+
+def test_without_the_component_the_api_runs_the_persister(tmp_path: Path) -> None:
+    docs = _kustomize(K8S / "overlays" / "example")
+    assert APART not in {w["metadata"]["name"] for w in _workloads(docs)}
+    (api,) = [w for w in _workloads(docs) if w["metadata"]["name"] == "api"]
+    (container,) = api["spec"]["template"]["spec"]["containers"]
+    assert _api_settings(_env_of(container, docs)).persister is True

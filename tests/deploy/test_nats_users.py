@@ -9,28 +9,38 @@ NATS_PASSWORD, and the server refuses what that user's allow list leaves out.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+import httpx
 import pytest
 import yaml
 from nats.errors import NoServersError
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
 
-from llmscope.bus.connection import connect
+from llmscope.bus.connection import connect, subscriptions_in_place
+from llmscope.bus.layout import apply, layout
 from llmscope.bus.settings import BusSettings
-from llmscope.bus.streams import ensure_streams
+from llmscope.bus.streams import DEFAULT_TELEMETRY_PARTITIONS, ensure_streams
 from llmscope.config.env import ConfigError, Env
-from llmscope.proto import permissions, subjects
+from llmscope.proto import codec, permissions, subjects
 from llmscope.stack import natsconf
 from llmscope.stack.embedded import nats_server_binary
 from llmscope.stack.ports import free_port
 from tests.alerter.harness import eventually
+from tests.api.factories import telemetry, violation
 from tests.deploy.test_manifests import _kustomize
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,6 +70,16 @@ def test_compose_gives_nats_every_user_and_each_service_its_own() -> None:
         assert env["NATS_PASSWORD"] == nats["environment"][VARIABLES[user]]
         assert env["NATS_URL"] == "nats://nats:4222"
     assert compose["prober"]["environment"]["LLMSCOPE_PROBER_MANAGE_STREAMS"] == "false"
+    # The persister apart (profile persister-apart) is the API's user: its subjects are the
+    # in-process persister's.
+    persister = compose["persister"]
+    assert persister["profiles"] == ["persister-apart"]
+    assert persister["command"] == ["persister"]
+    assert persister["environment"]["NATS_USER"] == permissions.API
+    assert persister["environment"]["NATS_PASSWORD"] == nats["environment"][VARIABLES[permissions.API]]
+    assert persister["environment"]["LLMSCOPE_PERSISTER_HEALTH_PORT"] == "8004"
+    assert "8004/readyz" in " ".join(persister["healthcheck"]["test"])
+    assert compose["api"]["environment"]["LLMSCOPE_PERSISTER"] == "${LLMSCOPE_PERSISTER:-true}"
     assert "NATS_USER" not in compose["sim"]["environment"]  # the simulator uses no NATS
 
 
@@ -217,3 +237,119 @@ async def test_each_service_connects_as_its_own_user_with_its_own_allow_list(
         await connect(wrong.nats_url, "test-wrong", give_up_after=3)
     with pytest.raises(NoServersError):
         await connect(url, "test-anonymous", give_up_after=3)
+
+
+async def _consumers_done(js: JetStreamContext, stream: str) -> bool:
+    """Every consumer of ``stream`` has been delivered everything and acked it."""
+    infos = await js.consumers_info(stream)
+    return bool(infos) and all(i.num_pending == 0 and i.num_ack_pending == 0 for i in infos)
+
+
+async def test_the_persister_apart_stores_tells_and_acks_as_the_api_user(
+    deployed_nats: tuple[str, Path], database_url: str, tmp_path: Path
+) -> None:
+    """``llmscope persister`` as compose and components/persister-apart run it: the `api` user on
+    the committed users.conf, streams made by the setup user. It stores telemetry, violations
+    and a poison message's dead letter, tells the API processes (a live notice on core NATS),
+    acks everything, and the server refuses it nothing."""
+    url, log = deployed_nats
+    passwords = _dev_passwords()
+
+    def own(user: str) -> BusSettings:
+        return _settings(url, user, passwords[VARIABLES[user]])
+
+    setup = await connect(own(permissions.SETUP).nats_url, "test-setup", give_up_after=20)
+    operator = await connect(own(permissions.OPERATOR).nats_url, "test-operator", give_up_after=10)
+    api = await connect(own(permissions.API).nats_url, "test-api", give_up_after=10)
+    prober = await connect(own(permissions.PROBER).nats_url, "test-prober", give_up_after=10)
+    engine = await connect(own(permissions.SPC_ENGINE).nats_url, "test-engine", give_up_after=10)
+    port = free_port()
+    environ = {
+        **os.environ,
+        "NATS_URL": url,
+        "NATS_USER": permissions.API,
+        "NATS_PASSWORD": passwords[VARIABLES[permissions.API]],
+        "DATABASE_URL": database_url,
+        "LLMSCOPE_MANAGE_STREAMS": "false",
+        "LLMSCOPE_PERSISTER_HEALTH_PORT": str(port),
+    }
+    environ.pop("LLMSCOPE_API_KEY", None)
+    out = tmp_path / "persister.log"
+    proc: asyncio.subprocess.Process | None = None
+    try:
+        # The setup step's streams and buckets, as the Job llmscope-setup makes them.
+        await apply(setup.jetstream(), layout(BusSettings(), partitions=DEFAULT_TELEMETRY_PARTITIONS))
+        notices = await api.subscribe(subjects.api_live())  # an API process's tabs
+        await subscriptions_in_place(api)
+        with out.open("ab") as sink:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "llmscope.stack.cli", "persister", env=environ, stdout=sink, stderr=sink
+            )
+
+        async def ready() -> bool:
+            assert proc is not None
+            assert proc.returncode is None, out.read_text()
+            with contextlib.suppress(httpx.TransportError):
+                async with httpx.AsyncClient(timeout=5) as client:
+                    return (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200
+            return False
+
+        await eventually(ready, within=60, what="the persister ready")
+        probe = telemetry(1, id="apart-probe-1", model="apart-model")
+        await prober.jetstream().publish(
+            subjects.telemetry(probe.provider, probe.model),
+            codec.encode(probe),
+            headers={"Nats-Msg-Id": probe.id},
+        )
+        await prober.jetstream().publish(
+            subjects.telemetry(probe.provider, probe.model),
+            b"not telemetry",
+            headers={"Nats-Msg-Id": "poison"},
+        )
+        spike = violation(probe, id="apart-violation-1")
+        await engine.jetstream().publish(
+            subjects.violations(probe.provider, probe.model, spike.rule), codec.encode(spike)
+        )
+        notice = await notices.next_msg(timeout=60)
+        assert b"apart-model" in notice.data
+
+        db = await asyncpg.connect(database_url)
+        try:
+            seen: list[tuple[int, int, int]] = []
+
+            async def stored() -> bool:
+                counts = await db.fetchrow(
+                    """SELECT (SELECT count(*) FROM telemetry WHERE id = $1) AS probes,
+                              (SELECT count(*) FROM violations WHERE id = $2) AS violations,
+                              (SELECT count(*) FROM dead_letters) AS dead""",
+                    probe.id,
+                    spike.id,
+                )
+                assert counts is not None
+                seen.append((counts["probes"], counts["violations"], counts["dead"]))
+                return seen[-1] == (1, 1, 1)
+
+            try:
+                await eventually(stored, within=60, what="probe, violation and dead letter stored")
+            except AssertionError:
+                tails = f"{out.read_text()[-3000:]}\n{log.read_text()[-2000:]}"
+                raise AssertionError(
+                    f"stored (probes, violations, dead letters): {seen[-1]}\n{tails}"
+                ) from None
+        finally:
+            await db.close()
+        ojs = operator.jetstream()
+        for stream in (subjects.STREAM_TELEMETRY, subjects.STREAM_VIOLATIONS, subjects.STREAM_DEADLETTER):
+            await eventually(
+                functools.partial(_consumers_done, ojs, stream), within=30, what=f"{stream} acked"
+            )
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0, out.read_text()
+    finally:
+        if proc is not None and proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        for nc in (engine, prober, api, operator, setup):
+            await nc.close()
+    refused = [line for line in log.read_text().splitlines() if "Violation" in line]
+    assert refused == [], refused

@@ -52,7 +52,13 @@ def sim_process() -> Iterator[str]:
         yield url
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
+        try:
+            code = proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # never left running, whatever the outcome
+            proc.wait()
+            raise
+    assert code == 0
 
 
 def test_inject_commands_drive_a_running_simulator(

@@ -31,6 +31,7 @@ from llmscope.spc_engine.settings import SpcSettings
 from llmscope.stack.embedded import EmbeddedNats
 from llmscope.stack.ports import free_port
 from tests.alerter.harness import eventually
+from tests.processes import tied
 from tests.scrape import Sample, scrape, total, values
 
 from .helpers import telemetry_stream
@@ -46,7 +47,7 @@ async def engine_process(
     environ = {**os.environ, "NATS_URL": nats_url, "LLMSCOPE_SPC_HEALTH_PORT": str(port), **env}
     with log.open("ab") as out:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "llmscope.spc_engine", env=environ, stdout=out, stderr=out
+            sys.executable, "-m", "llmscope.spc_engine", env=environ, stdout=out, stderr=out, **tied()
         )
     try:
         yield proc, port

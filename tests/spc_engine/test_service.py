@@ -8,7 +8,7 @@ import dataclasses
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
 import nats
@@ -34,6 +34,7 @@ from llmscope.spc_engine.service import (
 )
 from llmscope.spc_engine.settings import SpcSettings
 from llmscope.spc_engine.store import ChartStore
+from tests.processes import stop_process, tied
 
 from .helpers import telemetry_stream
 
@@ -276,7 +277,9 @@ async def test_kill_9_and_restart_publishes_exactly_the_uninterrupted_violations
     durable = partition_durable(partition_of(events[0]))
     created = None
     for kill_at in (700, 1900):  # kill it twice mid-stream, once after the shift began
-        proc = await asyncio.create_subprocess_exec(*cmd, env=env, stderr=asyncio.subprocess.DEVNULL)
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, env=env, stderr=asyncio.subprocess.DEVNULL, **tied()
+        )
         try:
             created = await wait_started(js, durable, created)
             await wait_consumed(js, events, kill_at)
@@ -285,13 +288,13 @@ async def test_kill_9_and_restart_publishes_exactly_the_uninterrupted_violations
             await proc.wait()
         assert await unfinished(js, events, len(events)), "killed too late to test anything"
     await publishing.finish()
-    proc = await asyncio.create_subprocess_exec(*cmd, env=env, stderr=asyncio.subprocess.DEVNULL)
+    proc = await asyncio.create_subprocess_exec(*cmd, env=env, stderr=asyncio.subprocess.DEVNULL, **tied())
     try:
         await wait_started(js, durable, created)
         await wait_consumed(js, events, len(events), within=120)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        code = await stop_process(proc, within=20)  # killed if it does not stop: never left running
+    assert code == 0
     assert_exactly(await violations(js), await expected_ids(events, settings(nats_url)))
     await nc.close()
 
@@ -438,11 +441,29 @@ async def test_a_killed_replicas_partitions_are_taken_over_after_the_ttl(nats_ur
     def start(replica: int) -> asyncio.Future[asyncio.subprocess.Process]:
         env = {**base, "LLMSCOPE_SPC_REPLICA": str(replica)}  # two identities on one host
         return asyncio.ensure_future(
-            asyncio.create_subprocess_exec(*cmd, env=env, stderr=asyncio.subprocess.DEVNULL)
+            asyncio.create_subprocess_exec(*cmd, env=env, stderr=asyncio.subprocess.DEVNULL, **tied())
         )
 
     await lease_holders(js)  # the chart bucket, made here before the engines race to make it
-    survivor, victim = await start(0), await start(1)
+    survivor = await start(0)
+    try:
+        await _survive_the_other(js, events, start, survivor)
+    finally:
+        await stop_process(survivor, signal.SIGKILL)  # SIGTERM was sent and awaited on success
+    got = await violations(js)
+    assert_exactly(got, await expected_ids(events, settings(nats_url)))
+    assert any(v.severity == "critical" for v in got)
+    await nc.close()
+
+
+async def _survive_the_other(
+    js: JetStreamContext,
+    events: list[TelemetryEvent],
+    start: Callable[[int], Awaitable[asyncio.subprocess.Process]],
+    survivor: asyncio.subprocess.Process,
+) -> None:
+    """Replica 1 starts, takes its share, is SIGKILLed mid-stream; ``survivor`` charts the rest."""
+    victim = await start(1)
     publishing = Trickle(js, events[1000:1600])
     try:
         loop = asyncio.get_running_loop()
@@ -457,21 +478,10 @@ async def test_a_killed_replicas_partitions_are_taken_over_after_the_ttl(nats_ur
         assert {partition_of(ev) for ev in events} & dead, "the victim must own some of the models"
         await wait_consumed(js, events, 1200)
     finally:
-        victim.send_signal(signal.SIGKILL)
-        await victim.wait()
+        await stop_process(victim, signal.SIGKILL)
     assert await unfinished(js, events, 1600), "killed too late to test anything"
     await publishing.finish()
     await publish_all(js, events[1600:])
-    try:
-        await wait_consumed(js, events, len(events), within=120)
-        assert all(h.startswith("0@") for h in (await lease_holders(js)).values())
-        survivor.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(survivor.wait(), 20) == 0
-    finally:
-        if survivor.returncode is None:
-            survivor.kill()
-            await survivor.wait()
-    got = await violations(js)
-    assert_exactly(got, await expected_ids(events, settings(nats_url)))
-    assert any(v.severity == "critical" for v in got)
-    await nc.close()
+    await wait_consumed(js, events, len(events), within=120)
+    assert all(h.startswith("0@") for h in (await lease_holders(js)).values())
+    assert await stop_process(survivor, within=20) == 0

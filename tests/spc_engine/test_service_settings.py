@@ -25,6 +25,7 @@ from llmscope.spc_engine.config import to_settings
 from llmscope.spc_engine.engine import Engine, SettingsLog
 from llmscope.spc_engine.service import SpcService, config_for, partition_durable, settings_key
 from llmscope.spc_engine.settings import SpcSettings
+from tests.processes import stop_process, tied
 
 from .helpers import telemetry_stream
 from .test_service import (
@@ -161,8 +162,14 @@ async def test_kill_9_around_a_settings_change_publishes_exactly_the_uninterrupt
 
     async def start() -> asyncio.subprocess.Process:
         nonlocal created
-        proc = await asyncio.create_subprocess_exec(*cmd, env=env, stderr=asyncio.subprocess.DEVNULL)
-        created = await wait_started(js, durable, created)
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, env=env, stderr=asyncio.subprocess.DEVNULL, **tied()
+        )
+        try:
+            created = await wait_started(js, durable, created)
+        except BaseException:  # the caller never gets it to stop
+            await stop_process(proc, signal.SIGKILL)
+            raise
         return proc
 
     async def kill(proc: asyncio.subprocess.Process) -> None:
@@ -195,8 +202,8 @@ async def test_kill_9_around_a_settings_change_publishes_exactly_the_uninterrupt
     try:
         await wait_consumed(js, events, len(events), within=120)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        code = await stop_process(proc, within=20)  # killed if it does not stop: never left running
+    assert code == 0
     logs = [await settings_log(js, "ollama", m) for m in ("a", "b")]
     for log in logs:
         assert len(log.changes) == 1

@@ -34,6 +34,7 @@ from llmscope.spc_engine.service import checkpoint_key, config_for, serve
 from llmscope.spc_engine.settings import SpcSettings
 from llmscope.spc_engine.store import ChartStore, series_key
 from tests.alerter.harness import eventually
+from tests.processes import stop_process, tied
 
 from .helpers import telemetry_stream
 from .test_service import (
@@ -350,7 +351,7 @@ async def test_a_previous_versions_record_stays_until_the_state_that_replaces_it
     }
     cmd = [sys.executable, "-m", "llmscope.spc_engine"]
     proc = await asyncio.create_subprocess_exec(
-        *cmd, env={**env, "LLMSCOPE_SPC_STATE_INTERVAL_S": "600"}, stderr=asyncio.subprocess.DEVNULL
+        *cmd, env={**env, "LLMSCOPE_SPC_STATE_INTERVAL_S": "600"}, stderr=asyncio.subprocess.DEVNULL, **tied()
     )
     try:
         await publish_all(js, events[head:])
@@ -361,12 +362,12 @@ async def test_a_previous_versions_record_stays_until_the_state_that_replaces_it
     finally:
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
-    proc = await asyncio.create_subprocess_exec(*cmd, env=env, stderr=asyncio.subprocess.DEVNULL)
+    proc = await asyncio.create_subprocess_exec(*cmd, env=env, stderr=asyncio.subprocess.DEVNULL, **tied())
     try:
         await wait_checkpoint(js, events, len(events), within=60)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        code = await stop_process(proc, within=20)  # killed if it does not stop: never left running
+    assert code == 0
     expected = await reference.feed(events[head:])
     assert expected, "the shift after the upgrade opens episodes"
     assert_exactly(await violations(js), expected)

@@ -8,6 +8,8 @@ import prometheus_client
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from llmscope.config.env import ConfigError
+
 
 class HealthServer:
     """Serves liveness, readiness (from a callable) and the service's registry on one port."""
@@ -43,3 +45,31 @@ class HealthServer:
     async def _metrics(self, _: web.Request) -> web.Response:
         body = prometheus_client.generate_latest(self._registry)
         return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
+
+
+async def start_health_server(
+    host: str,
+    port: int,
+    *,
+    ready: Callable[[], bool],
+    registry: CollectorRegistry,
+    host_variable: str,
+    port_variable: str,
+) -> HealthServer | None:
+    """A started :class:`HealthServer` on ``host``:``port``, or None when ``port`` is 0 (no
+    server). A port taken or an address not of this host is the operator's to fix, so it stops
+    the service with a :class:`ConfigError` naming the variables that set them
+    (``port_variable``, ``host_variable``), not with a traceback."""
+    if not port:
+        return None
+    server = HealthServer(host, port, ready=ready, registry=registry)
+    try:
+        await server.start()
+    except OSError as exc:
+        await server.stop()
+        reason = exc.strerror or str(exc)
+        raise ConfigError(
+            f"{port_variable}={port}: cannot listen on {host_variable}={host} ({reason}); "
+            "choose another port or 0 to disable"
+        ) from None
+    return server

@@ -36,7 +36,7 @@ from llmscope.bus.publisher import Publisher
 from llmscope.config import eventloop
 from llmscope.config.env import ConfigError, Env
 from llmscope.config.envhelp import BUS_SETTINGS, service_parser
-from llmscope.config.health import HealthServer
+from llmscope.config.health import start_health_server
 from llmscope.config.logs import get_logger, setup_logging
 from llmscope.config.outbound import DestinationRefused, OutboundPolicy
 from llmscope.config.startup import Stopped, Unusable, stop_on_signals, wait_for_postgres
@@ -156,15 +156,14 @@ async def serve(settings: AlerterSettings, env: Env, stop: asyncio.Event) -> Non
                     options=violation_consumer_options(),
                     metrics=metrics.consumers,
                 )
-                health = None
-                if settings.health_port:
-                    health = HealthServer(
-                        settings.health_host,
-                        settings.health_port,
-                        lambda: alerter.ready,
-                        registry=metrics.registry,
-                    )
-                    await health.start()
+                health = await start_health_server(
+                    settings.health_host,
+                    settings.health_port,
+                    ready=lambda: alerter.ready,
+                    registry=metrics.registry,
+                    host_variable="LLMSCOPE_ALERTER_HEALTH_HOST",
+                    port_variable="LLMSCOPE_ALERTER_HEALTH_PORT",
+                )
                 log.info("alerter running", instance=settings.instance, durable=settings.durable)
                 lag = sample_consumers(
                     metrics.consumers,

@@ -993,7 +993,7 @@ async def run_standalone(
     # which the web's tests and the alerter's import.
     from llmscope.api.live import LiveNotices
     from llmscope.bus.connection import connect
-    from llmscope.config.health import HealthServer
+    from llmscope.config.health import start_health_server
     from llmscope.config.metrics import service_registry
 
     metrics = metrics or ApiMetrics(service_registry("persister", "llmscope-api"))
@@ -1003,21 +1003,14 @@ async def run_standalone(
         # Ready while NATS answers (Postgres outages are retried batch by batch, nothing lost).
         return not stop.is_set() and bool(clients) and clients[0].is_connected
 
-    health: HealthServer | None = None
-    if settings.persister_health_port:
-        health = HealthServer(
-            settings.persister_health_host,
-            settings.persister_health_port,
-            ready=ready,
-            registry=metrics.registry,
-        )
-        try:
-            await health.start()
-        except OSError as exc:
-            raise Unusable(
-                f"LLMSCOPE_PERSISTER_HEALTH_PORT={settings.persister_health_port}: cannot listen "
-                f"({exc.strerror}); choose another port or 0 to disable"
-            ) from None
+    health = await start_health_server(
+        settings.persister_health_host,
+        settings.persister_health_port,
+        ready=ready,
+        registry=metrics.registry,
+        host_variable="LLMSCOPE_PERSISTER_HEALTH_HOST",
+        port_variable="LLMSCOPE_PERSISTER_HEALTH_PORT",
+    )
     try:
         pool = await open_pool(
             settings.database_url.get(),
@@ -1059,9 +1052,19 @@ async def run_standalone(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m llmscope.api.persister``: the persister without the HTTP API."""
+    """``llmscope persister`` / ``python -m llmscope.api.persister``: the persister without the
+    HTTP API."""
     from llmscope.config.env import ConfigError
+    from llmscope.config.envhelp import BUS_SETTINGS, service_parser
 
+    service_parser(
+        "llmscope persister",
+        "The persister alone (telemetry, violations, incidents and dead letters from NATS into "
+        "Postgres), beside API processes with LLMSCOPE_PERSISTER=false. Configured by the "
+        "environment (LLMSCOPE_API_KEY not needed); exits 0 on SIGINT/SIGTERM.",
+        ApiSettings.__module__,
+        BUS_SETTINGS,
+    ).parse_args(argv)
     try:
         settings = ApiSettings.from_env(require_api_key=False)
     except ConfigError as exc:
@@ -1077,6 +1080,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         eventloop.run(_run())  # uvloop when installed, as the API under uvicorn
+    except ConfigError as exc:  # its health port taken: as a bad setting, exit 2
+        print(f"llmscope persister: {exc}", file=sys.stderr)
+        return 2
     except Unusable as exc:
         print(f"llmscope persister: {exc}", file=sys.stderr)
         return 1

@@ -31,7 +31,7 @@ from llmscope.bus.publisher import Publisher
 from llmscope.bus.streams import ensure_streams
 from llmscope.config.env import ConfigError, Env, redact_url
 from llmscope.config.envhelp import BUS_SETTINGS, service_parser
-from llmscope.config.health import HealthServer
+from llmscope.config.health import start_health_server
 from llmscope.config.logs import get_logger, setup_logging
 from llmscope.prober.journal import Journal
 from llmscope.prober.metrics import ProberMetrics
@@ -143,21 +143,14 @@ async def run(settings: ProberSettings, metrics: ProberMetrics, stop: asyncio.Ev
     outbox = Outbox(None, metrics, maxsize=settings.outbox_size, journal=journal)
     await outbox.recover()
     sampler = SystemSampler()
-    health: HealthServer | None = None
-    if settings.health_port:
-        health = HealthServer(
-            settings.health_host,
-            settings.health_port,
-            ready=lambda: streams_ready.is_set() and clients[0].is_connected,
-            registry=metrics.registry,
-        )
-        try:
-            await health.start()
-        except OSError as exc:
-            raise ConfigError(
-                f"LLMSCOPE_PROBER_HEALTH_PORT={settings.health_port}: cannot listen ({exc.strerror}); "
-                "choose another port or 0 to disable"
-            ) from None
+    health = await start_health_server(
+        settings.health_host,
+        settings.health_port,
+        ready=lambda: streams_ready.is_set() and clients[0].is_connected,
+        registry=metrics.registry,
+        host_variable="LLMSCOPE_PROBER_HEALTH_HOST",
+        port_variable="LLMSCOPE_PROBER_HEALTH_PORT",
+    )
     try:
         async with http_session(settings.concurrency) as session:
             scheduler = Scheduler(

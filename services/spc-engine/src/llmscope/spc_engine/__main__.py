@@ -21,7 +21,7 @@ from nats.aio.client import Client as NATS
 from llmscope.config import eventloop
 from llmscope.config.env import ConfigError
 from llmscope.config.envhelp import BUS_SETTINGS, service_parser
-from llmscope.config.health import HealthServer
+from llmscope.config.health import start_health_server
 from llmscope.config.logs import get_logger, setup_logging
 from llmscope.config.startup import stop_on_signals
 from llmscope.spc_engine.metrics import SpcMetrics
@@ -41,12 +41,14 @@ async def _main(settings: SpcSettings) -> int:
         return not stop.is_set() and bool(clients) and clients[0].is_connected
 
     metrics = SpcMetrics()
-    health = None
-    if settings.health_port:
-        health = HealthServer(
-            settings.health_host, settings.health_port, ready=ready, registry=metrics.registry
-        )
-        await health.start()
+    health = await start_health_server(
+        settings.health_host,
+        settings.health_port,
+        ready=ready,
+        registry=metrics.registry,
+        host_variable="LLMSCOPE_SPC_HEALTH_HOST",
+        port_variable="LLMSCOPE_SPC_HEALTH_PORT",
+    )
     try:
         return await serve(settings, stop, on_connected=clients.append, metrics=metrics)
     finally:
@@ -75,8 +77,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = replace(settings, log_level=args.log_level)
     setup_logging("spc-engine", settings.log_level)
     log.info("starting", replica=settings.replica, baseline_n=settings.baseline_n)
-    # uvloop when installed: the consume -> chart -> publish path runs faster on it (make bench (b)).
-    return eventloop.run(_main(settings))
+    try:
+        # uvloop when installed: the consume -> chart -> publish path runs faster on it (make bench (b)).
+        return eventloop.run(_main(settings))
+    except ConfigError as exc:  # its health port taken
+        print(f"llmscope spc-engine: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 llmscope up                      embedded NATS + Postgres (unless NATS_URL / DATABASE_URL),
                                  simulator, prober, SPC engine, alerter and API
 llmscope api|prober|spc-engine|alerter [ARGS]   one service, configured by environment
+llmscope persister               the API's persister alone (beside APIs with LLMSCOPE_PERSISTER=false)
 llmscope sim serve|inject ...    the simulated LLM endpoint and its anomaly injection
 llmscope spc analyze FILE ...    offline SPC analysis of a CSV, same chart code as the service
 llmscope deadletter list|show|replay   messages no service could take: inspect, replay once fixed
@@ -22,6 +23,7 @@ from types import FrameType
 # dependencies never burden another's start.
 SERVICES: dict[str, str] = {
     "api": "llmscope.api.__main__",
+    "persister": "llmscope.api.persister",
     "prober": "llmscope.prober.__main__",
     "spc-engine": "llmscope.spc_engine.__main__",
     "alerter": "llmscope.alerter.__main__",

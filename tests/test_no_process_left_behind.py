@@ -1,0 +1,96 @@
+"""tests/conftest.py's guard: a test that leaves a child process running gets an error naming
+the process, and the process is killed; a test that stops what it started passes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+
+LEAKY = """
+import pathlib, subprocess, sys
+
+def test_leaves_one_running() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "left-behind-marker"])
+    pathlib.Path(__file__).with_name("pid").write_text(str(proc.pid))
+
+def test_stops_what_it_started() -> None:
+    subprocess.Popen([sys.executable, "-c", "pass"]).wait()
+"""
+
+
+def test_a_child_left_running_is_an_error_of_its_test_and_is_killed(tmp_path: Path) -> None:
+    (tmp_path / "test_leaky.py").write_text(LEAKY)
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p", "no:cacheprovider"),
+            *("--rootdir", str(tmp_path), "-o", "addopts=", "-q", str(tmp_path / "test_leaky.py")),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    # The leaky test itself passed; its teardown is the error.
+    assert "2 passed, 1 error" in done.stdout, done.stdout + done.stderr
+    assert "test_leaves_one_running left processes running" in done.stdout
+    assert "left-behind-marker" in done.stdout
+    pid = int((tmp_path / "pid").read_text())
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+KILLED = """
+import json, pathlib, subprocess, sys, time
+
+import psutil
+
+from tests.processes import tied
+
+
+def test_killed_mid_way(nats_url: str) -> None:
+    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], **tied())
+    pids = [p.pid for p in psutil.Process().children()]
+    pathlib.Path(__file__).with_name("pids").write_text(json.dumps(pids))
+    time.sleep(300)
+"""
+
+
+def test_a_pytest_killed_mid_test_leaves_no_server_or_child_behind(tmp_path: Path) -> None:
+    """The conftest's nats-server (a session of its own) and a child started with ``tied()``
+    end with a pytest that is SIGKILLed (no teardown runs): nothing is orphaned."""
+    (tmp_path / "test_killed.py").write_text(KILLED)
+    pids_file = tmp_path / "pids"
+    inner = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p", "no:cacheprovider"),
+            *("--rootdir", str(tmp_path), "-o", "addopts=", "-q", str(tmp_path / "test_killed.py")),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not pids_file.exists():
+            assert inner.poll() is None, "the inner pytest ended before its test ran"
+            assert time.monotonic() < deadline, "the inner test never started"
+            time.sleep(0.1)
+        time.sleep(0.2)  # written, not half-written
+        children = [psutil.Process(pid) for pid in json.loads(pids_file.read_text())]
+        names = sorted(p.name() for p in children)
+        assert len(children) == 2, names
+        assert "nats-server" in names
+    finally:
+        inner.kill()
+        inner.wait()
+    _, alive = psutil.wait_procs(children, timeout=20)
+    left = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    for p in left:
+        p.kill()
+    assert not left, [p.cmdline() for p in left]
