@@ -152,6 +152,56 @@ def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
     return sum(t - before.get(pid, 0.0) for pid, t in after.items())
 
 
+class Statements:
+    """``--statements``: Postgres's per-statement counts and times (pg_stat_statements, loaded
+    by the cluster before it starts), reset before a phase and printed per event after it: what
+    each statement costs the backends, beside the CPU of the whole cluster."""
+
+    def __init__(self, pg: EmbeddedPostgres) -> None:
+        pg._initdb()
+        conf = pg.data_dir / "postgresql.auto.conf"
+        conf.write_text(
+            conf.read_text()
+            + "shared_preload_libraries = 'pg_stat_statements'\n"
+            + "pg_stat_statements.track = 'all'\npg_stat_statements.track_planning = on\n"
+        )
+
+    @staticmethod
+    async def reset(dsn: str) -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            await conn.execute("SELECT pg_stat_statements_reset()")
+        finally:
+            await conn.close()
+
+    @staticmethod
+    async def report(dsn: str, n: int, top: int = 12) -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            rows = await conn.fetch(
+                """SELECT calls, total_exec_time, total_plan_time, rows,
+                          regexp_replace(query, '\\s+', ' ', 'g') AS q
+                   FROM pg_stat_statements WHERE query NOT LIKE '%pg_stat_statements%'
+                   ORDER BY total_exec_time + total_plan_time DESC"""
+            )
+        finally:
+            await conn.close()
+        total = sum(r["total_exec_time"] + r["total_plan_time"] for r in rows)
+        calls = sum(r["calls"] for r in rows)
+        print(
+            f"  statements: {calls / n:.3f} per event, {1000 * total / n:.0f} us per event executing"
+            " and planning (pg_stat_statements, wall time in the backends; a COMMIT's flush apart)"
+        )
+        print(f"  {'calls/ev':>9} {'exec us/ev':>10} {'plan us/ev':>10} {'us/call':>8}  statement")
+        for r in rows[:top]:
+            each = 1000 * (r["total_exec_time"] + r["total_plan_time"]) / max(1, r["calls"])
+            print(
+                f"  {r['calls'] / n:>9.3f} {1000 * r['total_exec_time'] / n:>10.1f}"
+                f" {1000 * r['total_plan_time'] / n:>10.1f} {each:>8.0f}  {r['q'][:110]}"
+            )
+
+
 @dataclass
 class Stack:
     tmp: Path
