@@ -206,6 +206,8 @@ class Statements:
 class Stack:
     tmp: Path
     own_persister: bool = False
+    statements: bool = False
+    """Load pg_stat_statements and print each probe phase's statements per event."""
     """The persister as its own process (``llmscope persister``) beside an API started with
     LLMSCOPE_PERSISTER=false, instead of in the API's process."""
     nats: EmbeddedNats | None = None
@@ -219,6 +221,8 @@ class Stack:
         self.nats = EmbeddedNats(self.tmp / "nats", free_port())
         nats_url = self.nats.start()
         self.postgres = EmbeddedPostgres(self.tmp / "pg", free_port())
+        if self.statements:
+            Statements(self.postgres)
         self.postgres.start()
         self.database_url = self.postgres.create_database("llmscope")
         port = free_port()
@@ -754,6 +758,8 @@ async def probe_phases(
             # The stack.
             feed = await Feed.start(common, stack.tmp / f"probe-{rate}.times")
             seqs = await stream_seqs(url)
+            if stack.statements:
+                await Statements.reset(stack.database_url)
             before = {c.name: c.cpu() for c in components}
             f0 = feed.component.cpu()
             elapsed = await feed.go()
@@ -795,6 +801,8 @@ async def probe_phases(
                 ceiling,
             )
             print_writes(seqs, seqs_after, n, sizes)
+            if stack.statements:
+                await Statements.report(stack.database_url, n)
     finally:
         for left in list(Feed.live):
             await left.stop()
@@ -923,6 +931,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="api",
         help="the persister in the API's process, or its own process (as llmscope up runs it)",
     )
+    parser.add_argument(
+        "--statements", action="store_true", help="print pg_stat_statements per event for each probe rate"
+    )
     args = parser.parse_args(argv)
     rates = [int(r) for r in args.rates.split(",") if r]
     seconds = args.seconds if args.seconds is not None else (2.0 if args.quick else 10.0)
@@ -930,7 +941,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_machine()
     print(f"run          {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, rates {rates}/s, {seconds:g} s each")
     with tempfile.TemporaryDirectory(prefix="llmscope-stack-bench-") as tmp:
-        stack = Stack(Path(tmp), own_persister=args.persister == "own")
+        stack = Stack(Path(tmp), own_persister=args.persister == "own", statements=args.statements)
         try:
             stack.start()
             idle_s = args.idle if args.idle is not None else (2.0 if args.quick else 10.0)
