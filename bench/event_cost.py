@@ -100,7 +100,14 @@ async def run(dsn: str, arms: dict[str, Callable[[], Store]], rounds: int, n: in
                 f"round {r + 1} {name:<8} postgres {pg:.3f} ms/event, client {client:.3f}, wall {wall:.3f}"
                 f"  (load {load})"
             )
+    hot = await pool.fetch(
+        """SELECT relname, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables
+           WHERE n_tup_upd > 0 ORDER BY relname"""
+    )
     await pool.close()
+    print("\nupdates (HOT: no index entry written)")
+    for r in hot:
+        print(f"  {r['relname']:<24} {r['n_tup_upd']:>7} {r['n_tup_hot_upd']:>7} HOT")
     print("\nmedian per event       postgres   client     wall")
     for name, rows in results.items():
         med = [sorted(col)[len(col) // 2] for col in zip(*rows, strict=True)]
