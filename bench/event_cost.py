@@ -106,8 +106,8 @@ async def run(dsn: str, arms: dict[str, Callable[[], Store]], rounds: int, n: in
     )
     await pool.close()
     print("\nupdates (HOT: no index entry written)")
-    for r in hot:
-        print(f"  {r['relname']:<24} {r['n_tup_upd']:>7} {r['n_tup_hot_upd']:>7} HOT")
+    for row in hot:
+        print(f"  {row['relname']:<24} {row['n_tup_upd']:>7} {row['n_tup_hot_upd']:>7} HOT")
     print("\nmedian per event       postgres   client     wall")
     for name, rows in results.items():
         med = [sorted(col)[len(col) // 2] for col in zip(*rows, strict=True)]
