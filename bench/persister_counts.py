@@ -78,7 +78,13 @@ def queries(pool: asyncpg.Pool) -> int:
 
 
 async def measure(
-    nats_url: str, dsn: str, tmp: Path, rates: Sequence[int], seconds: float, models: int
+    nats_url: str,
+    dsn: str,
+    tmp: Path,
+    rates: Sequence[int],
+    seconds: float,
+    models: int,
+    pg_statements: bool = False,
 ) -> None:
     print(f"event loop {type(asyncio.get_running_loop()).__module__}")
     counts: Counter[str] = Counter()
@@ -129,6 +135,8 @@ async def measure(
             )  # fmt: skip
             first += n
             await asyncio.sleep(0.5)  # the idle consumer's state before the feed starts
+            if pg_statements:
+                await stack_bench.Statements.reset(dsn)
             counts.clear()
             c0 = {name: read() for name, read in cpu.items()}
             q0 = queries(pool)
@@ -139,6 +147,8 @@ async def measure(
             c1 = {name: read() for name, read in cpu.items()}
             statements = queries(pool) - q0
             seen = dict(counts)
+            if pg_statements:
+                await stack_bench.Statements.report(dsn, n)
             await feed.stop()
             print(
                 f"\n== {n:,} probe events at {rate:,}/s asked, {n / elapsed:,.0f}/s published,"
@@ -177,6 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rates", default="100,1000")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--models", type=int, default=200)
+    parser.add_argument(
+        "--statements", action="store_true", help="print pg_stat_statements per event for each rate"
+    )
     args = parser.parse_args(argv)
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     persister.tune_gc()
@@ -185,11 +198,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         server = EmbeddedNats(tmp / "nats", free_port())
         url = server.start()
         pg = EmbeddedPostgres(tmp / "pg", free_port())
+        if args.statements:
+            stack_bench.Statements(pg)
         pg.start()
         try:
             dsn = pg.create_database("llmscope")
             rates = [int(r) for r in args.rates.split(",")]
-            eventloop.run(measure(url, dsn, tmp, rates, args.seconds, args.models))
+            eventloop.run(measure(url, dsn, tmp, rates, args.seconds, args.models, args.statements))
         finally:
             pg.stop()
             server.stop()

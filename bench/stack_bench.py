@@ -152,10 +152,62 @@ def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
     return sum(t - before.get(pid, 0.0) for pid, t in after.items())
 
 
+class Statements:
+    """``--statements``: Postgres's per-statement counts and times (pg_stat_statements, loaded
+    by the cluster before it starts), reset before a phase and printed per event after it: what
+    each statement costs the backends, beside the CPU of the whole cluster."""
+
+    def __init__(self, pg: EmbeddedPostgres) -> None:
+        pg._initdb()
+        conf = pg.data_dir / "postgresql.auto.conf"
+        conf.write_text(
+            conf.read_text()
+            + "shared_preload_libraries = 'pg_stat_statements'\n"
+            + "pg_stat_statements.track = 'all'\npg_stat_statements.track_planning = on\n"
+        )
+
+    @staticmethod
+    async def reset(dsn: str) -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            await conn.execute("SELECT pg_stat_statements_reset()")
+        finally:
+            await conn.close()
+
+    @staticmethod
+    async def report(dsn: str, n: int, top: int = 12) -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            rows = await conn.fetch(
+                """SELECT calls, total_exec_time, total_plan_time, rows,
+                          regexp_replace(query, '\\s+', ' ', 'g') AS q
+                   FROM pg_stat_statements WHERE query NOT LIKE '%pg_stat_statements%'
+                   ORDER BY total_exec_time + total_plan_time DESC"""
+            )
+        finally:
+            await conn.close()
+        total = sum(r["total_exec_time"] + r["total_plan_time"] for r in rows)
+        calls = sum(r["calls"] for r in rows)
+        print(
+            f"  statements: {calls / n:.3f} per event, {1000 * total / n:.0f} us per event executing"
+            " and planning (pg_stat_statements, wall time in the backends; a COMMIT's flush apart)"
+        )
+        print(f"  {'calls/ev':>9} {'exec us/ev':>10} {'plan us/ev':>10} {'us/call':>8}  statement")
+        for r in rows[:top]:
+            each = 1000 * (r["total_exec_time"] + r["total_plan_time"]) / max(1, r["calls"])
+            print(
+                f"  {r['calls'] / n:>9.3f} {1000 * r['total_exec_time'] / n:>10.1f}"
+                f" {1000 * r['total_plan_time'] / n:>10.1f} {each:>8.0f}  {r['q'][:110]}"
+            )
+
+
 @dataclass
 class Stack:
     tmp: Path
     own_persister: bool = False
+    statements: bool = False
+    """Load pg_stat_statements and print each probe phase's statements per event."""
     """The persister as its own process (``llmscope persister``) beside an API started with
     LLMSCOPE_PERSISTER=false, instead of in the API's process."""
     nats: EmbeddedNats | None = None
@@ -169,6 +221,8 @@ class Stack:
         self.nats = EmbeddedNats(self.tmp / "nats", free_port())
         nats_url = self.nats.start()
         self.postgres = EmbeddedPostgres(self.tmp / "pg", free_port())
+        if self.statements:
+            Statements(self.postgres)
         self.postgres.start()
         self.database_url = self.postgres.create_database("llmscope")
         port = free_port()
@@ -704,6 +758,8 @@ async def probe_phases(
             # The stack.
             feed = await Feed.start(common, stack.tmp / f"probe-{rate}.times")
             seqs = await stream_seqs(url)
+            if stack.statements:
+                await Statements.reset(stack.database_url)
             before = {c.name: c.cpu() for c in components}
             f0 = feed.component.cpu()
             elapsed = await feed.go()
@@ -745,6 +801,8 @@ async def probe_phases(
                 ceiling,
             )
             print_writes(seqs, seqs_after, n, sizes)
+            if stack.statements:
+                await Statements.report(stack.database_url, n)
     finally:
         for left in list(Feed.live):
             await left.stop()
@@ -873,6 +931,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="api",
         help="the persister in the API's process, or its own process (as llmscope up runs it)",
     )
+    parser.add_argument(
+        "--statements", action="store_true", help="print pg_stat_statements per event for each probe rate"
+    )
     args = parser.parse_args(argv)
     rates = [int(r) for r in args.rates.split(",") if r]
     seconds = args.seconds if args.seconds is not None else (2.0 if args.quick else 10.0)
@@ -880,7 +941,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_machine()
     print(f"run          {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, rates {rates}/s, {seconds:g} s each")
     with tempfile.TemporaryDirectory(prefix="llmscope-stack-bench-") as tmp:
-        stack = Stack(Path(tmp), own_persister=args.persister == "own")
+        stack = Stack(Path(tmp), own_persister=args.persister == "own", statements=args.statements)
         try:
             stack.start()
             idle_s = args.idle if args.idle is not None else (2.0 if args.quick else 10.0)

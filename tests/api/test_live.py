@@ -13,9 +13,10 @@ import asyncpg
 import httpx
 import msgspec
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig
 
-from llmscope.api.live import notice_events, stored_notices
+from llmscope.api.live import LiveNotices, notice_events, stored_notices
 from llmscope.api.runner import run_api
 from llmscope.api.settings import ApiSettings
 from llmscope.bus.publisher import Publisher
@@ -274,3 +275,64 @@ def test_a_notice_of_one_model_from_the_version_before_is_still_heard() -> None:
     probe = telemetry(3, id="old-form", model="old-model")
     old = LiveNotice(kind="stored", provider=probe.provider, model=probe.model, ts=probe.ts)
     assert [e.name for e in notice_events(old)] == [point_event(probe.provider, "old-model")]
+
+
+async def test_batches_committed_in_quick_succession_are_told_together(nc: NATS) -> None:
+    """A trickle's first batch is told at once; those committed within the gap after it go in one
+    notice when the gap ends, naming each model's latest probe (a notice per one-event batch
+    was most of what a probe event cost the API beyond its own write)."""
+    heard: list[LiveNotice] = []
+    got = asyncio.Event()
+
+    async def on_notice(msg: Msg) -> None:
+        heard.append(msgspec.json.decode(msg.data, type=LiveNotice))
+        got.set()
+
+    sub = await nc.subscribe(subjects.api_live(), cb=on_notice)
+    await nc.flush()
+    notices = LiveNotices(stored_gap_s=0.5)
+    notices.attach(nc)
+    events = [telemetry(i, id=f"quick-{i}", model=f"quick-{i % 3}") for i in range(12)]
+    try:
+        for ev in events:
+            notices.on_stored("telemetry", [ev])
+        notices.on_stored("violations", events)  # not told
+        latest = {ev.model: ev for ev in events}
+        told: dict[str, str] = {}
+
+        async def until_all_told() -> None:
+            while len(told) < len(latest) or any(told[m] != latest[m].ts.isoformat() for m in told):
+                await got.wait()
+                got.clear()
+                for notice in heard:
+                    for p in notice.points:
+                        told[p.model] = max(told.get(p.model, ""), p.ts.isoformat())
+
+        await asyncio.wait_for(until_all_told(), WAIT_S)
+        assert len(heard) == 2  # the first batch at once, the eleven after it together
+        assert [p.model for p in heard[0].points] == ["quick-0"]
+        assert sorted(p.model for p in heard[1].points) == sorted(latest)
+    finally:
+        await notices.stop()
+        await sub.unsubscribe()
+
+
+async def test_a_notice_held_for_the_gap_goes_out_at_stop(nc: NATS) -> None:
+    heard: list[LiveNotice] = []
+    both = asyncio.Event()
+
+    async def on_notice(msg: Msg) -> None:
+        heard.append(msgspec.json.decode(msg.data, type=LiveNotice))
+        if len(heard) == 2:
+            both.set()
+
+    sub = await nc.subscribe(subjects.api_live(), cb=on_notice)
+    await nc.flush()
+    notices = LiveNotices(stored_gap_s=3600)
+    notices.attach(nc)
+    notices.on_stored("telemetry", [telemetry(1, id="held-1", model="held-a")])
+    notices.on_stored("telemetry", [telemetry(2, id="held-2", model="held-b")])
+    await notices.stop()
+    await asyncio.wait_for(both.wait(), WAIT_S)
+    assert [[p.model for p in n.points] for n in heard] == [["held-a"], ["held-b"]]
+    await sub.unsubscribe()

@@ -152,8 +152,9 @@ async def _aggregates(pool: asyncpg.Pool) -> dict[str, list[tuple[Any, ...]]]:
 
 
 async def test_every_write_path_keeps_the_same_rollups_series_and_models(pool: asyncpg.Pool) -> None:
-    """Small batches (one statement), a large new batch (COPY, aggregates computed by the persister)
-    and a large batch partly stored already (a redelivery: only its new rows count) agree."""
+    """Small batches (one statement), a large new batch (COPY, aggregates computed by the persister),
+    a large batch partly stored already (a redelivery: only its new rows count) and one event at a
+    time, some twice, agree."""
     events = _mixed_batch(3 * COPY_MIN_ROWS)
     assert len(events) > 381
     assert len({(e.model, e.ts) for e in events}) < len(events)  # a tie for a model's latest
@@ -162,6 +163,9 @@ async def test_every_write_path_keeps_the_same_rollups_series_and_models(pool: a
         [events[i : i + 40] for i in range(0, len(events), 40)],
         [events],
         [events[: COPY_MIN_ROWS + 20], events],
+        # One event a batch (a trickle: plain parameters, the rollup row computed by the
+        # persister), some redelivered: each counted once.
+        [[e] for e in events] + [[e] for e in events[::7]],
     ]
     for plan in plans:
         async with pool.acquire() as conn:
@@ -172,6 +176,7 @@ async def test_every_write_path_keeps_the_same_rollups_series_and_models(pool: a
         seen.append(await _aggregates(pool))
     assert seen[1] == seen[0]
     assert seen[2] == seen[0]
+    assert seen[3] == seen[0]
     assert await pool.fetchval("SELECT sum(n) FROM telemetry_minute") == len(events)
     assert await pool.fetchval("SELECT sum(n) FROM telemetry_hour") == len(events)
     assert await pool.fetchval("SELECT sum(n) FROM telemetry_series_hour") == len(events)
