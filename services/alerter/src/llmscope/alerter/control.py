@@ -235,7 +235,7 @@ class ControlResponder:
 
     async def on_test(self, req: AlertTestRequest) -> AlertTestReply:
         runtime = await self.alerter.runtime()
-        settings = await self.store.read_settings()
+        settings = await self.alerter.api.settings()
         if req.channel == TICKETS:
             result = await send_ticket_test(
                 settings, env=self.env, public_url=runtime.public_url or self.public_url, session=self.session
