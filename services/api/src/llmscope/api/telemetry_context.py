@@ -17,8 +17,8 @@ import asyncpg
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
+from llmscope.bus.responders import Responders
 from llmscope.config.logs import get_logger
 from llmscope.proto import subjects
 from llmscope.proto.telemetry import NUMERIC_METRICS
@@ -48,8 +48,7 @@ class TelemetryContext:
 
     def __init__(self, pool: Callable[[], asyncpg.Pool | None]) -> None:
         self._pool = pool
-        self._subs: list[Subscription] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._responders = Responders()
 
     def _conn_pool(self) -> asyncpg.Pool:
         pool = self._pool()
@@ -186,19 +185,7 @@ class TelemetryContext:
             if msg.reply:
                 await msg.respond(msgspec.json.encode(reply))
 
-        async def spawn(msg: Msg) -> None:
-            task = asyncio.create_task(answer(msg), name=f"request {subject}")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-        self._subs.append(await nc.subscribe(subject, queue=subjects.API_CONTROL_QUEUE, cb=spawn))
+        await self._responders.serve(nc, subject, subjects.API_CONTROL_QUEUE, answer)
 
     async def stop(self, grace: float = 5.0) -> None:
-        for sub in self._subs:
-            try:
-                await sub.unsubscribe()
-            except Exception:  # the connection may already be closed
-                log.debug("unsubscribe failed", subject=sub.subject)
-        self._subs.clear()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=grace)
+        await self._responders.stop(grace)
