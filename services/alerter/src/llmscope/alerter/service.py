@@ -44,7 +44,7 @@ from llmscope.bus.consumer import ConsumerOptions, Delivery
 from llmscope.bus.publisher import Publisher, PublishFailed
 from llmscope.config.env import ConfigError, Env
 from llmscope.config.logs import BoundLogger, get_logger
-from llmscope.config.startup import postgres_unavailable
+from llmscope.config.startup import log_failure, postgres_unavailable
 from llmscope.proto.incident import IncidentAnalysis
 from llmscope.proto.violation import SEVERITIES, Severity, ViolationEvent
 from llmscope.proto.violation_action import ViolationActionEvent
@@ -217,11 +217,11 @@ class Alerter:
                 self._wake_outbox.set()
         except Exception:
             # Deliveries go on; the next tick tries the merge again.
-            log.exception("incident merge pass failed")
+            log_failure(log, "incident merge pass failed")
         try:
             await self.store.sync_hand_resolutions()
         except Exception:
-            log.exception("reading hand resolutions failed")
+            log_failure(log, "reading hand resolutions failed")
         # The first pass takes back at once what a dead predecessor of the same instance name held.
         claims = await self.store.reclaim_expired(skip=frozenset(self._live), own=not self._started)
         self._started = True
@@ -603,7 +603,7 @@ class Alerter:
             try:
                 await self.publish_outbox()
             except Exception:
-                log.exception("outbox publishing failed")
+                log_failure(log, "outbox publishing failed")
             self._wake_outbox.clear()
             waiter = asyncio.ensure_future(self._wake_outbox.wait())
             stopper = asyncio.ensure_future(stop.wait())
@@ -623,6 +623,6 @@ class Alerter:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception(f"{what} loop iteration failed")
+                log_failure(log, f"{what} loop iteration failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=period)

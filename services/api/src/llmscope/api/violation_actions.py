@@ -19,6 +19,7 @@ import asyncpg
 
 from llmscope.bus.publisher import Publisher, PublishFailed
 from llmscope.config.logs import get_logger
+from llmscope.config.startup import log_failure
 from llmscope.proto import subjects
 from llmscope.proto.violation_action import ViolationAction, ViolationActionEvent, action_id
 
@@ -118,6 +119,6 @@ class ViolationActions:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("publishing pending violation actions failed")
+                log_failure(log, "publishing pending violation actions failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), every)
