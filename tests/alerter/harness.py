@@ -12,6 +12,7 @@ import aiohttp
 import asyncpg
 from nats.js import JetStreamContext
 
+from llmscope.alerter.api_view import ApiView
 from llmscope.alerter.config import AlerterFile, Timings
 from llmscope.alerter.llm import LlmConfig
 from llmscope.alerter.migrate import migrate
@@ -20,6 +21,7 @@ from llmscope.alerter.service import (
     Alerter,
     AlerterOptions,
     NotifierFactory,
+    actions_durable,
     default_notifier_factory,
     utcnow,
     violation_consumer_options,
@@ -32,6 +34,7 @@ from llmscope.bus.publisher import Publisher
 from llmscope.config.env import Env
 from llmscope.proto import codec, subjects
 from llmscope.proto.violation import ViolationEvent
+from llmscope.proto.violation_action import ViolationActionEvent
 from tests.alerter.factories import LOOPBACK_ALLOWED
 
 FAST_RETRY = RetryPolicy(initial=0.05, max_delay=0.2, deadline=2.0, attempt_timeout=1.0)
@@ -43,6 +46,7 @@ class Running:
     store: Store
     pool: asyncpg.Pool
     consumer: DurableConsumer[ViolationEvent] | None
+    actions: DurableConsumer[ViolationActionEvent] | None
     stop: asyncio.Event
     task: asyncio.Future[Any]
     session: aiohttp.ClientSession
@@ -86,6 +90,7 @@ async def start_alerter(
     consumer_options: Mapping[str, Any] | None = None,
     clock: Callable[[], datetime] = utcnow,
     tickets: TicketConfig | None = None,
+    api: ApiView | None = None,
 ) -> Running:
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=6)
     async with pool.acquire() as conn:
@@ -112,9 +117,12 @@ async def start_alerter(
             tickets=tickets,
         ),
         notifier_factory=factory,
+        # The API over the bus (settings bucket, telemetry requests); without NATS, no API.
+        api=api or ApiView(js._nc if js is not None else None, timeout=2.0),
     )
     stop = asyncio.Event()
     consumer = None
+    actions = None
     runs: list[Awaitable[Any]] = [alerter.run_loops(stop)]
     if js is not None and publisher is not None:
         consumer = DurableConsumer(
@@ -130,8 +138,19 @@ async def start_alerter(
             ),
         )
         runs.append(consumer.run(stop))
+        actions = DurableConsumer(
+            js=js,
+            stream=subjects.STREAM_VIOLATION_ACTIONS,
+            durable=actions_durable("alerter"),
+            filter_subjects=[subjects.VIOLATION_ACTIONS_ALL],
+            decode=lambda data: codec.decode_as(data, ViolationActionEvent),
+            handler=alerter.on_violation_actions,
+            dead_letters=DeadLetters(publisher, "alerter"),
+            options=violation_consumer_options(batch_size=16, fetch_timeout=0.1),
+        )
+        runs.append(actions.run(stop))
     task = asyncio.ensure_future(asyncio.gather(*runs))
-    return Running(alerter, store, pool, consumer, stop, task, session)
+    return Running(alerter, store, pool, consumer, actions, stop, task, session)
 
 
 async def publish(js: JetStreamContext, *events: ViolationEvent) -> None:

@@ -19,6 +19,7 @@ from llmscope.alerter.notifiers.email import EmailConfig, EmailNotifier
 from llmscope.alerter.retry import DeliveryError, RetryPolicy, send_with_retry
 from llmscope.proto import codec
 from llmscope.proto.alert import NotificationEvent
+from tests.alerter.api_side import api_side
 from tests.alerter.factories import HttpSink, Mailbox, cleared, smtp_server, violation
 from tests.alerter.flushes import TIMINGS, group_flushed_after, planned
 from tests.alerter.harness import eventually, publish, start_alerter
@@ -199,6 +200,7 @@ async def test_an_outage_message_carries_failed_probes_from_telemetry(
         " VALUES ($1, $2, 'ollama', 'llama3.1:8b', 'gpu-1-ollama', 'simple-1', $3, $4, $5)",
         rows,
     )
+    side = await api_side(js, database_url)  # the API answers from its telemetry table
     run = await start_alerter(database_url, js, env)
     try:
         await publish(js, down)
@@ -216,6 +218,7 @@ async def test_an_outage_message_carries_failed_probes_from_telemetry(
     finally:
         await run.close()
         await api.close()
+        await side.close()
 
 
 async def test_the_raw_email_has_one_line_subject_and_starttls_errors_are_permanent() -> None:

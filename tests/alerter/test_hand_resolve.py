@@ -1,15 +1,15 @@
 """A person resolving an incident or a violation by hand tells the channels that were paged, once.
 
-Real NATS, Postgres and a local webhook server; the API's ``violations`` table is the slice the
-alerter reads (acknowledgements and hand resolutions).
+Real NATS, Postgres and a local webhook server; what a person does through the API reaches the
+alerter as the API's ``violation_action.v1`` events (the alerter never reads the API's tables).
 """
 
 from __future__ import annotations
 
-import asyncpg
 from nats.js import JetStreamContext
 
 from llmscope.alerter.config import Timings
+from tests.alerter.api_side import api_side
 from tests.alerter.factories import cleared, violation, webhook_sink
 from tests.alerter.flushes import all_flushed_after, nothing_in_flight
 from tests.alerter.harness import eventually, publish, start_alerter
@@ -53,23 +53,16 @@ async def test_an_incident_resolved_by_hand_is_told_at_once_and_its_later_clear_
 async def test_a_violation_resolved_through_the_api_is_told_without_waiting_for_the_group_interval(
     database_url: str, js: JetStreamContext
 ) -> None:
-    api = await asyncpg.connect(database_url)
-    await api.execute(
-        "CREATE TABLE violations (id text PRIMARY KEY, episode_id text NOT NULL, acknowledged_by text,"
-        " acknowledged_at timestamptz, resolved_by text, resolved_at timestamptz, note text)"
-    )
+    api = await api_side(js)
     sink, got = await webhook_sink()
     # A group interval far beyond the test's waits: only the hand resolution's own flush can send.
     timings = Timings(group_wait=0.3, group_interval=600, repeat_interval=3600)
     run = await start_alerter(database_url, js, {"LLMSCOPE_WEBHOOK_URL": sink.url + "/hook"}, timings=timings)
     try:
         ev = violation(1, rule="CUSUM")
-        await api.execute("INSERT INTO violations (id, episode_id) VALUES ($1, $1)", ev.episode_id)
         await publish(js, ev)
         await eventually(lambda: len(got) >= 1, what="the page")
-        await api.execute(
-            "UPDATE violations SET resolved_by = 'bo', resolved_at = now(), note = 'false alarm: a deploy'"
-        )
+        await api.act(ev, "resolved", "bo", "false alarm: a deploy")
         await eventually(lambda: len(got) >= 2, within=10, what="the hand resolution's message")
         assert got[1].title.startswith("[LLMscope] RESOLVED by bo:"), got[1].title
         assert "false alarm: a deploy" in got[1].text
@@ -77,6 +70,68 @@ async def test_a_violation_resolved_through_the_api_is_told_without_waiting_for_
             "SELECT resolved_by FROM alerter_alerts WHERE episode_id = $1", ev.episode_id
         )
         assert state == "bo"
+    finally:
+        await run.close()
+        await sink.stop()
+        await api.close()
+
+
+async def test_a_resolution_that_comes_before_its_violation_is_applied_when_the_violation_does(
+    database_url: str, js: JetStreamContext
+) -> None:
+    """The API's action and the engine's violation travel in two streams: an alerter behind on
+    violations keeps the action (acked once stored) and applies it when the violation comes."""
+    api = await api_side(js)
+    sink, got = await webhook_sink()
+    timings = Timings(group_wait=0.3, group_interval=0.2, repeat_interval=3600)
+    run = await start_alerter(database_url, js, {"LLMSCOPE_WEBHOOK_URL": sink.url + "/hook"}, timings=timings)
+    try:
+        ev = violation(1, rule="CUSUM")
+        await api.act(ev, "resolved", "cy", "known maintenance")
+        await eventually(
+            lambda: run.pool.fetchval(
+                "SELECT resolved_by = 'cy' FROM alerter_violation_actions WHERE episode_id = $1",
+                ev.episode_id,
+            ),
+            what="the action kept",
+        )
+        await publish(js, ev)
+        await eventually(
+            lambda: run.pool.fetchval(
+                "SELECT resolved_by = 'cy' FROM alerter_alerts WHERE episode_id = $1", ev.episode_id
+            ),
+            what="the resolution applied to the alert",
+        )
+        # Resolved before any channel was told: the group closes silently, nothing is sent.
+        moment = run.store.clock()
+        await eventually(lambda: all_flushed_after(run.pool, moment, timings.group_interval), what="a flush")
+        await eventually(lambda: nothing_in_flight(run.pool), what="nothing in flight")
+        assert got == []
+    finally:
+        await run.close()
+        await sink.stop()
+        await api.close()
+
+
+async def test_a_resolution_made_while_the_alerter_is_down_waits_in_its_stream_and_is_told_after(
+    database_url: str, js: JetStreamContext
+) -> None:
+    api = await api_side(js)
+    sink, got = await webhook_sink()
+    timings = Timings(group_wait=0.3, group_interval=600, repeat_interval=3600)
+    env = {"LLMSCOPE_WEBHOOK_URL": sink.url + "/hook"}
+    run = await start_alerter(database_url, js, env, timings=timings)
+    try:
+        ev = violation(1, rule="CUSUM")
+        await publish(js, ev)
+        await eventually(lambda: len(got) >= 1, what="the page")
+        await run.close()
+        await api.act(ev, "resolved", "dee", "fixed while the alerter was down")
+        run = await start_alerter(database_url, js, env, timings=timings)
+        await eventually(lambda: len(got) >= 2, within=10, what="the hand resolution's message")
+        assert got[1].title.startswith("[LLMscope] RESOLVED by dee:"), got[1].title
+        assert "fixed while the alerter was down" in got[1].text
+        assert len(got) == 2
     finally:
         await run.close()
         await sink.stop()

@@ -36,6 +36,7 @@ TABLES = (
     "alerter_incidents",
     "alerter_alerts",
     "alerter_early_clears",
+    "alerter_violation_actions",
     "alerter_outbox",
     "alerter_silences",
 )
@@ -51,6 +52,7 @@ KEYS = {
     "alerter_incidents": "id",
     "alerter_alerts": "episode_id",
     "alerter_early_clears": "episode_id",
+    "alerter_violation_actions": "episode_id",
     "alerter_outbox": "msg_id",
     "alerter_silences": "id",
 }
@@ -256,6 +258,14 @@ async def seed(pool: asyncpg.Pool) -> dict[str, set[str]]:
         await alert(conn, "a-open-incident", age=200 * DAY, cleared=150 * DAY)
         await conn.execute("INSERT INTO alerter_early_clears VALUES ('e-old', '{}', $1)", NOW - 100 * DAY)
         await conn.execute("INSERT INTO alerter_early_clears VALUES ('e-new', '{}', $1)", NOW - DAY)
+        # People's actions from the API: kept, as early clears, while their violation may come.
+        for ep, age in (("x-old", 100 * DAY), ("x-new", DAY)):
+            await conn.execute(
+                "INSERT INTO alerter_violation_actions (episode_id, acknowledged_by, acknowledged_at,"
+                " received_at) VALUES ($1, 'ana', $2, $2)",
+                ep,
+                NOW - age,
+            )
 
         # Groups: closed long ago with finished notifications (goes, members too); closed long
         # ago but a claim still 'sending' (stays); active with old notifications (dedup and
@@ -369,6 +379,7 @@ async def seed(pool: asyncpg.Pool) -> dict[str, set[str]]:
         "alerter_incidents": {"i-done", "i-done-2"},
         "alerter_alerts": {"a-grouped", "a-incident", "a-free", "a-linked"},
         "alerter_early_clears": {"e-old"},
+        "alerter_violation_actions": {"x-old"},
         "alerter_outbox": {"o-sent-old"},
         "alerter_silences": {"s-expired-old", "s-ended-old"},
     }

@@ -26,6 +26,7 @@ from llmscope.alerter.testsend import send_test
 from llmscope.config.env import Env
 from llmscope.proto import codec
 from llmscope.proto.alert import NotificationEvent
+from tests.alerter.api_side import api_side
 from tests.alerter.factories import LOOPBACK_ALLOWED, HttpSink, Mailbox, cleared, smtp_server, violation
 from tests.alerter.flushes import TIMINGS, all_flushed_after, nothing_in_flight, planned, settled
 from tests.alerter.harness import eventually, publish, start_alerter
@@ -58,9 +59,10 @@ async def test_migrations_apply_once_even_concurrently(database_url: str) -> Non
             "010_attempt_state.sql",
             "011_merged_groups.sql",
             "012_folded_groups.sql",
+            "013_violation_actions.sql",
         ]
         assert await migrate(conns[0]) == []
-        assert await conns[0].fetchval("SELECT count(*) FROM alerter_schema_migrations") == 12
+        assert await conns[0].fetchval("SELECT count(*) FROM alerter_schema_migrations") == 13
         assert await conns[0].fetchval("SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm'") == 1
     finally:
         for c in conns:
@@ -68,12 +70,10 @@ async def test_migrations_apply_once_even_concurrently(database_url: str) -> Non
 
 
 async def _api_tables(database_url: str) -> asyncpg.Connection:
-    """The slice of the API's schema the alerter reads (violations acks, settings, telemetry)."""
+    """The slice of the API's schema its telemetry answers read (the alerter reads none of it:
+    it asks the API over the bus, tests.alerter.api_side)."""
     conn = await asyncpg.connect(database_url)
     await conn.execute(
-        "CREATE TABLE violations (id text PRIMARY KEY, episode_id text NOT NULL,"
-        " acknowledged_by text, acknowledged_at timestamptz);"
-        "CREATE TABLE settings (key text PRIMARY KEY, value jsonb NOT NULL);"
         "CREATE TABLE telemetry (id text PRIMARY KEY, ts timestamptz NOT NULL, provider text, model text,"
         " prompt_id text, status text, latency_ms float8, ttft_ms float8, tokens_per_s float8,"
         " target text NOT NULL DEFAULT '', http_status smallint, error text)"
@@ -86,11 +86,9 @@ async def test_alert_storm_one_message_then_reminders_until_acknowledged(
 ) -> None:
     box = Mailbox()
     smtp = smtp_server(box)
-    api = await _api_tables(database_url)
+    api = await api_side(js)
+    db = await asyncpg.connect(database_url)
     storm = [violation(i) for i in range(50)]
-    await api.executemany(
-        "INSERT INTO violations (id, episode_id) VALUES ($1, $1)", [(v.episode_id,) for v in storm]
-    )
     # (The checks below read the group_interval and repeat_interval.)
     run = await start_alerter(
         database_url,
@@ -106,7 +104,12 @@ async def test_alert_storm_one_message_then_reminders_until_acknowledged(
         assert box.envelopes[0] == ["oncall@example.com", "lead@example.com"]
         await eventually(lambda: len(box.messages) >= 3, within=6, what="two reminders")
         assert all("(reminder)" in m["Subject"] for m in box.messages[1:])
-        await api.execute("UPDATE violations SET acknowledged_by = 'ana', acknowledged_at = now()")
+        for v in storm:  # acknowledged through the API: its events reach the alerter
+            await api.act(v, "acknowledged", "ana")
+        await eventually(
+            lambda: db.fetchval("SELECT count(*) = 50 FROM alerter_alerts WHERE acknowledged_by = 'ana'"),
+            what="the acknowledgements applied",
+        )
         # A reminder planned before the acknowledgement may still be on its way: once the group
         # flushed after it, and what was planned is delivered, nothing else is in flight.
         acked = run.store.clock()
@@ -120,17 +123,18 @@ async def test_alert_storm_one_message_then_reminders_until_acknowledged(
         await eventually(lambda: all_flushed_after(run.pool, due, 0.2), what="a flush past the next reminder")
         assert sum((await planned(run.pool)).values()) == count
         assert len(box.messages) == count  # acknowledged: no more reminders
-        rows = await api.fetch(
+        rows = await db.fetch(
             "SELECT reason, status, attempts FROM alerter_notifications ORDER BY created_at"
         )
         assert rows[0]["reason"] == "first"
         assert {r["reason"] for r in rows[1:]} == {"repeat"}
         assert all(r["status"] == "sent" and r["attempts"] == 1 for r in rows)
-        acked = await api.fetchval("SELECT count(*) FROM alerter_alerts WHERE acknowledged_by = 'ana'")
+        acked = await db.fetchval("SELECT count(*) FROM alerter_alerts WHERE acknowledged_by = 'ana'")
         assert acked == 50
     finally:
         await run.close()
         await api.close()
+        await db.close()
         smtp.stop()
 
 
@@ -496,11 +500,17 @@ async def test_email_context_table_from_the_api_telemetry_and_settings(
         " tokens_per_s) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
         rows,
     )
-    await api.execute(
-        "INSERT INTO settings VALUES ('smtp_host', '\"127.0.0.1\"'), ('smtp_port', $1::jsonb),"
-        " ('smtp_security', '\"none\"'), ('smtp_to', '\"ops@example.com\"'), ('alert_on_rule', '[\"R1\"]'),"
-        " ('alert.email.enabled', 'true')",
-        json.dumps(smtp.port),
+    # The API's settings, as it mirrors them into their bucket; its telemetry, as it answers.
+    side = await api_side(js, database_url)
+    await side.put_settings(
+        {
+            "smtp_host": '"127.0.0.1"',
+            "smtp_port": json.dumps(smtp.port),
+            "smtp_security": '"none"',
+            "smtp_to": '"ops@example.com"',
+            "alert_on_rule": '["R1"]',
+            "alert.email.enabled": "true",
+        }
     )
     # channels from the API's settings only
     run = await start_alerter(database_url, js, {}, timings=TIMINGS)
@@ -526,10 +536,11 @@ async def test_email_context_table_from_the_api_telemetry_and_settings(
     finally:
         await run.close()
         await api.close()
+        await side.close()
         smtp.stop()
 
 
-async def test_context_table_reads_the_violation_target_only(database_url: str) -> None:
+async def test_context_table_reads_the_violation_target_only(database_url: str, js: JetStreamContext) -> None:
     api = await _api_tables(database_url)
     ev = structs.replace(violation(0), target="gpu-a")
     rows = [
@@ -551,14 +562,16 @@ async def test_context_table_reads_the_violation_target_only(database_url: str) 
         " VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
         rows,
     )
-    run = await start_alerter(database_url, None, {})
+    side = await api_side(js, database_url)
+    run = await start_alerter(database_url, js, {})
     try:
-        context = await run.store.context_for([ev])
+        context = await run.alerter.api.context_for([ev])
         points = context[ev.episode_id]
         assert len(points) == 8  # gpu-a's 8 points; gpu-b's are another chart
         assert {p.value for p in points} == {800.0}
-        untargeted = await run.store.context_for([violation(0)])  # an older event: every target
+        untargeted = await run.alerter.api.context_for([violation(0)])  # an older event: every target
         assert {p.value for p in untargeted[violation(0).episode_id]} == {800.0, 5000.0}
     finally:
         await run.close()
         await api.close()
+        await side.close()

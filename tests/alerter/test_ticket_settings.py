@@ -12,6 +12,7 @@ from nats.js import JetStreamContext
 from llmscope.alerter.tickets.base import TicketConfig
 from llmscope.alerter.tickets.from_settings import ticket_config_from
 from llmscope.config.env import ConfigError, Secret
+from tests.alerter.api_side import api_side
 from tests.alerter.factories import violation
 from tests.alerter.harness import eventually, publish, start_alerter
 from tests.alerter.test_tickets import logged_text
@@ -85,23 +86,21 @@ async def test_the_settings_choose_the_tracker_and_a_change_applies_without_a_re
     caplog.set_level(logging.DEBUG)
     gh = FakeGitHub()
     url = await gh.start()
+    api = await api_side(js)
     run = await start_alerter(database_url, js, {})  # no tracker in the environment
     try:
         assert run.alerter.tickets is None
-        await run.pool.execute("CREATE TABLE settings (key text PRIMARY KEY, value jsonb NOT NULL)")
-        await run.pool.executemany(
-            "INSERT INTO settings (key, value) VALUES ($1, $2::jsonb)",
-            [*GITHUB.items(), ("alert.tickets.url", json.dumps(url))],
-        )
+        # The API's settings reach the alerter through their bucket only.
+        await api.put_settings({**GITHUB, "alert.tickets.url": json.dumps(url)})
         await publish(js, violation(1, rule="CUSUM"))
         await eventually(lambda: len(gh.issues) == 1, what="the ticket opened from the settings")
         assert gh.problems == []
         # Tracker off in the settings: the worker stops, no restart needed.
-        await run.pool.execute("UPDATE settings SET value = '\"none\"' WHERE key = 'alert.tickets.tracker'")
+        await api.put_settings({"alert.tickets.tracker": '"none"'})
         await eventually(lambda: run.alerter.tickets is None, what="tickets switched off")
         # An incomplete row written behind the API's back: no tickets, one warning naming it.
-        await run.pool.execute("DELETE FROM settings WHERE key = 'alert.tickets.token'")
-        await run.pool.execute("UPDATE settings SET value = '\"github\"' WHERE key = 'alert.tickets.tracker'")
+        await api.delete_setting("alert.tickets.token")
+        await api.put_settings({"alert.tickets.tracker": '"github"'})
         await eventually(lambda: "alert.tickets.token: required" in logged_text(caplog), what="the warning")
         assert logged_text(caplog).count("ticket settings unusable") == 1
         assert run.alerter.tickets is None

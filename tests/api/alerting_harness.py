@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 import nats
 from nats.js import JetStreamContext
 
+from llmscope.alerter.api_view import ApiView
 from llmscope.alerter.control import ControlResponder
 from llmscope.config.env import Env
 from llmscope.proto.incident import IncidentAnalysis, IncidentEvent, MetricMove, SimilarIncident
@@ -28,7 +29,9 @@ async def live_alerter(
     database_url: str, nats_url: str, js: JetStreamContext | None, env: Mapping[str, str] | None = None
 ) -> AsyncIterator[LiveAlerter]:
     """The alerter's loops (and, with ``js``, its violation consumer) plus its control responder."""
-    run = await start_alerter(database_url, js, env or {})
+    nc = await nats.connect(nats_url)
+    # The API's settings and telemetry over this connection, even without a violation consumer.
+    run = await start_alerter(database_url, js, env or {}, api=ApiView(nc, timeout=2.0))
     control = ControlResponder(
         run.alerter,
         Env({**LOOPBACK_ALLOWED, **(env or {})}),
@@ -36,14 +39,13 @@ async def live_alerter(
         session=run.session,
         test_policy=FAST_RETRY,
     )
-    nc = await nats.connect(nats_url)
     await control.start(nc)
     try:
         yield LiveAlerter(run, control)
     finally:
         await control.stop()
-        await nc.close()
         await run.close()
+        await nc.close()
 
 
 def incident_event(

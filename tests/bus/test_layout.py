@@ -43,6 +43,7 @@ def test_every_bucket_a_service_opens_is_declared() -> None:
         "team_state",
         subjects.SPC_CONFIG_BUCKET,
         subjects.MODELS_BUCKET,
+        subjects.SETTINGS_BUCKET,
         subjects.SPC_MEMBERS_BUCKET,
     }
     declared = layout(BusSettings())

@@ -160,6 +160,25 @@ async def test_each_service_user_does_what_it_did_with_one_user(server: Embedded
         )
         assert ack.stream == subjects.STREAM_VIOLATIONS
         assert (await (await api.jetstream().key_value(subjects.SPC_CHARTS_BUCKET)).get("k")).value == b"v"
+        # What the alerter learns from the API over the bus (it reads none of the API's tables):
+        # people's actions on violations, the settings bucket, telemetry by request/reply.
+        ack = await api.jetstream().publish(
+            subjects.violation_actions("ollama", "resolved"), b"{}", headers={"Nats-Msg-Id": "a"}
+        )
+        assert ack.stream == subjects.STREAM_VIOLATION_ACTIONS
+        actions = await alerter.jetstream().pull_subscribe(
+            subjects.VIOLATION_ACTIONS_ALL, "alerter-actions", stream=subjects.STREAM_VIOLATION_ACTIONS
+        )
+        [action] = await actions.fetch(1, timeout=5)
+        await action.ack()
+        await (await api.jetstream().key_value(subjects.SETTINGS_BUCKET)).put("k", b"1")
+        assert (await (await alerter.jetstream().key_value(subjects.SETTINGS_BUCKET)).get("k")).value == b"1"
+        # ... while the engine, which has no use for the channel secrets in it, cannot read it.
+        with pytest.raises(NatsTimeoutError):
+            await (await engine.jetstream(timeout=2).key_value(subjects.SETTINGS_BUCKET)).get("k")
+        await api.subscribe(subjects.api_telemetry_context(), queue=subjects.API_CONTROL_QUEUE, cb=answer)
+        await subscriptions_in_place(api)
+        assert (await alerter.request(subjects.api_telemetry_context(), b"{}", timeout=5)).data == b"done"
         # The live notices one API process sends to every API process's tabs.
         notices = await api.subscribe(subjects.api_live())
         await subscriptions_in_place(api)

@@ -77,6 +77,7 @@ def bucket_configs(
         ),
         bucket(subjects.SPC_CONFIG_BUCKET, "LLMscope per-model SPC chart settings (overrides)"),
         bucket(subjects.MODELS_BUCKET, "LLMscope model switches"),
+        bucket(subjects.SETTINGS_BUCKET, "LLMscope settings, mirrored by the API from its table"),
         KeyValueConfig(
             bucket=subjects.SPC_MEMBERS_BUCKET,
             description="LLMscope SPC engine replicas alive"

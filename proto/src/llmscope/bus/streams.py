@@ -120,6 +120,15 @@ def stream_configs(settings: BusSettings, partitions: int | None = None) -> list
             **events,  # type: ignore[arg-type]
         ),
         StreamConfig(
+            # The alerter's durable consumer reads these; they wait here while it is down.
+            name=subjects.STREAM_VIOLATION_ACTIONS,
+            description="LLMscope violations acknowledged or resolved by a person through the API"
+            " (violation_action.v1)",
+            subjects=[subjects.VIOLATION_ACTIONS_ALL],
+            max_age=settings.violations_max_age_s,
+            **events,  # type: ignore[arg-type]
+        ),
+        StreamConfig(
             # Minute ids are deterministic like violation ids: the same long duplicate window.
             name=subjects.STREAM_TRAFFIC,
             description="LLMscope real traffic per minute and subgroup (traffic_minute.v1) and GenAI"

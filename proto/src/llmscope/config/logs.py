@@ -82,6 +82,18 @@ class _StderrHandler(logging.StreamHandler[Any]):
         pass  # StreamHandler.__init__ assigns one; the property always answers the current one
 
 
+class _UnreachableAsOneLine(logging.Filter):
+    """asyncpg's pool logs every failed reconnect with its traceback (the same one each time,
+    PostgreSQL refusing connections while it restarts): one line naming the error is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, (OSError, TimeoutError)):
+            record.exc_info = None
+            record.ctx = {**getattr(record, "ctx", {}), "error": repr(exc)}
+        return True
+
+
 def setup_logging(service: str, level: str = "INFO") -> None:
     """Route the root logger to stderr in key=value form; called once by each service's main."""
     handler = _StderrHandler()
@@ -92,3 +104,6 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     # Third-party chatter at INFO drowns the service's own lines.
     for noisy in ("nats", "asyncio", "aiohttp.access", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    pool = logging.getLogger("asyncpg.pool")
+    if not any(isinstance(f, _UnreachableAsOneLine) for f in pool.filters):
+        pool.addFilter(_UnreachableAsOneLine())

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from llmscope.config.logs import get_logger
+from llmscope.config.logs import BoundLogger, get_logger
 
 T = TypeVar("T")
 
@@ -58,6 +59,21 @@ def postgres_unavailable(exc: BaseException) -> bool:
     if state in _POSTGRES_PERMANENT:
         return False
     return state in _POSTGRES_TRANSIENT or state[:2] in _POSTGRES_TRANSIENT_CLASSES
+
+
+def log_failure(logger: BoundLogger, what: str, **kw: Any) -> None:
+    """Log the exception being handled by a loop that will try again: a traceback when it is a
+    bug, one warning line when it is only PostgreSQL being away (:func:`postgres_unavailable`).
+
+    An outage's traceback is the same every round, and each loop printed it each round: in the
+    second and a half after PostgreSQL was killed under ``llmscope up`` its services wrote 300 to
+    600 lines of them, burying the supervisor's one line saying it restarts the server.
+    """
+    exc = sys.exc_info()[1]
+    if exc is not None and postgres_unavailable(exc):
+        logger.warning(f"{what}; PostgreSQL unavailable, tried again", error=repr(exc), **kw)
+    else:
+        logger.exception(what, **kw)
 
 
 class Stopped(Exception):

@@ -13,6 +13,7 @@ from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.proto.traffic import TrafficMinuteEvent
 from llmscope.proto.traffic_histogram import TrafficHistogramEvent
 from llmscope.proto.violation import ViolationEvent
+from llmscope.proto.violation_action import ViolationActionEvent
 
 AnyEvent = (
     TelemetryEvent
@@ -22,6 +23,7 @@ AnyEvent = (
     | NotificationEvent
     | TrafficMinuteEvent
     | TrafficHistogramEvent
+    | ViolationActionEvent
 )
 EVENT_TYPES: tuple[type[msgspec.Struct], ...] = (
     TelemetryEvent,
@@ -31,6 +33,7 @@ EVENT_TYPES: tuple[type[msgspec.Struct], ...] = (
     NotificationEvent,
     TrafficMinuteEvent,
     TrafficHistogramEvent,
+    ViolationActionEvent,
 )
 
 E = TypeVar("E", bound=msgspec.Struct)

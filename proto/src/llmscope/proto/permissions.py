@@ -78,6 +78,19 @@ def _kv(bucket: str) -> str:
     return f"$KV.{bucket}.>"
 
 
+def _kv_reads(bucket: str) -> tuple[str, ...]:
+    """Reading a bucket's values: a message get (direct or not) or a consumer (a watcher)."""
+    stream = f"KV_{bucket}"
+    return (
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}.>",
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.>",
+    )
+
+
 def _prober() -> Permissions:
     models = f"KV_{subjects.MODELS_BUCKET}"
     return Permissions(
@@ -111,13 +124,21 @@ def _spc_engine(charts_bucket: str, state_bucket: str) -> Permissions:
         ),
         subscribe=(f"{subjects.PREFIX}.control.v1.spc.>", f"{inbox_prefix(SPC_ENGINE)}.>"),
         allow_responses=True,
-        deny_publish=_JS_DESTRUCTIVE,
+        # The API's settings hold channel secrets the engine has no use for.
+        deny_publish=(*_JS_DESTRUCTIVE, *_kv_reads(subjects.SETTINGS_BUCKET)),
     )
 
 
 def _alerter() -> Permissions:
     return Permissions(
-        publish=(subjects.INCIDENTS_ALL, subjects.DEADLETTER_ALL, *_JS_ALL),
+        # It reads the API's settings bucket ($KV.<bucket> is only written to; reads are
+        # $JS.API requests) and asks the API for telemetry context (llmscope.control.v1.api.>).
+        publish=(
+            subjects.INCIDENTS_ALL,
+            subjects.DEADLETTER_ALL,
+            f"{subjects.PREFIX}.control.v1.api.>",
+            *_JS_ALL,
+        ),
         subscribe=(f"{subjects.PREFIX}.control.v1.alerter.>", f"{inbox_prefix(ALERTER)}.>"),
         allow_responses=True,
         deny_publish=_JS_DESTRUCTIVE,
@@ -136,6 +157,9 @@ def _api() -> Permissions:
             f"{subjects.PREFIX}.control.v1.>",
             _kv(subjects.MODELS_BUCKET),
             _kv(subjects.SPC_CONFIG_BUCKET),
+            # Its settings table mirrored for the alerter, and people's actions on violations.
+            _kv(subjects.SETTINGS_BUCKET),
+            subjects.VIOLATION_ACTIONS_ALL,
             # What the persister stored, for every API process's open tabs (a standalone
             # persister, python -m llmscope.api.persister, connects as this user too).
             subjects.api_live(),
@@ -146,8 +170,11 @@ def _api() -> Permissions:
             subjects.VIOLATIONS_ALL,
             subjects.INCIDENTS_ALL,
             subjects.api_live(),
+            # The alerter's requests for telemetry context (the API owns the telemetry table).
+            f"{subjects.PREFIX}.control.v1.api.>",
             f"{inbox_prefix(API)}.>",
         ),
+        allow_responses=True,
         deny_publish=_JS_DESTRUCTIVE,
     )
 

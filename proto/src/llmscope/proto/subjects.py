@@ -14,6 +14,10 @@ Subjects (``<m>`` and ``<p>`` are escaped tokens, see :func:`encode_token`):
 - ``llmscope.traffic_minute.v1.<provider>.<model>`` traffic_minute.v1 (a minute of real traffic)
 - ``llmscope.traffic_histogram.v1.<provider>.<model>`` traffic_histogram.v1 (a GenAI metric's data
   point, from the OTLP metrics receiver)
+- ``llmscope.violation_actions.v1.<provider>.<action>`` violation_action.v1 (a person acknowledged
+  or resolved a violation through the API: ``acknowledged``, ``resolved``)
+- ``llmscope.control.v1.api.telemetry.<op>``       the alerter's requests to the API for telemetry
+  (llmscope.proto.telemetry_context): ``context``, ``outages``, ``points``
 - ``llmscope.live.v1.api``                          core NATS only: the API's live notices
   (:mod:`llmscope.proto.live`)
 """
@@ -31,6 +35,7 @@ STREAM_VIOLATIONS = "LLMSCOPE_VIOLATIONS"
 STREAM_DEADLETTER = "LLMSCOPE_DEADLETTER"
 STREAM_INCIDENTS = "LLMSCOPE_INCIDENTS"
 STREAM_TRAFFIC = "LLMSCOPE_TRAFFIC"
+STREAM_VIOLATION_ACTIONS = "LLMSCOPE_VIOLATION_ACTIONS"
 
 TELEMETRY_ALL = f"{PREFIX}.telemetry.v1.>"
 VIOLATIONS_ALL = f"{PREFIX}.violations.v1.>"
@@ -38,6 +43,7 @@ DEADLETTER_ALL = f"{PREFIX}.deadletter.v1.>"
 INCIDENTS_ALL = f"{PREFIX}.incidents.v1.>"
 TRAFFIC_MINUTES_ALL = f"{PREFIX}.traffic_minute.v1.>"
 TRAFFIC_HISTOGRAMS_ALL = f"{PREFIX}.traffic_histogram.v1.>"
+VIOLATION_ACTIONS_ALL = f"{PREFIX}.violation_actions.v1.>"
 
 _SAFE_CHARS = frozenset(string.ascii_letters + string.digits + "-_")
 _ESCAPE = "~"
@@ -111,6 +117,11 @@ def violations(provider: str, model: str, rule: str) -> str:
 def violations_for_model(provider: str, model: str) -> str:
     """Wildcard for every violation of one model."""
     return f"{PREFIX}.violations.v1.{encode_token(provider)}.{encode_token(model)}.*"
+
+
+def violation_actions(provider: str, action: str) -> str:
+    """Subject of a person's action on a violation (``violation_action.v1``)."""
+    return f"{PREFIX}.violation_actions.v1.{encode_token(provider)}.{encode_token(action)}"
 
 
 def traffic_histogram(provider: str, model: str) -> str:
@@ -193,6 +204,11 @@ def spc_rebaseline_model() -> str:
     return f"{PREFIX}.control.v1.spc.rebaseline.model"
 
 
+SETTINGS_BUCKET = "llmscope_settings"
+"""JetStream KV bucket of the API's settings (the settings page), keyed by :func:`kv_key` of the
+setting's key, the value its JSON text; written by the API (it owns the ``settings`` table and
+mirrors it here), read by the alerter. A missing key means not set."""
+
 SPC_MEMBERS_BUCKET = "llmscope_spc_members"
 """JetStream KV bucket where SPC engine replicas announce themselves (partition leases)."""
 
@@ -252,6 +268,26 @@ def alerter_silence_expire() -> str:
 def alerter_notifications() -> str:
     """Request subject: query the notification log (``NotificationQuery``)."""
     return f"{PREFIX}.control.v1.alerter.notifications"
+
+
+# The alerter's requests to the API (core NATS request/reply, llmscope.proto.telemetry_context).
+API_CONTROL_QUEUE = "api"
+"""Queue group the API processes answer the alerter's requests in: one answer per request."""
+
+
+def api_telemetry_context() -> str:
+    """Request subject: the probes around violations (``ContextRequest``)."""
+    return f"{PREFIX}.control.v1.api.telemetry.context"
+
+
+def api_telemetry_outages() -> str:
+    """Request subject: an outage's failed probes (``OutageRequest``)."""
+    return f"{PREFIX}.control.v1.api.telemetry.outages"
+
+
+def api_telemetry_points() -> str:
+    """Request subject: probes by telemetry id (``PointsRequest``)."""
+    return f"{PREFIX}.control.v1.api.telemetry.points"
 
 
 def api_live() -> str:

@@ -18,19 +18,26 @@ from pathlib import Path
 
 import asyncpg
 
+from llmscope.alerter.api_view import ApiView
 from llmscope.alerter.config import build_runtime, load_file
 from llmscope.alerter.control import ControlResponder
 from llmscope.alerter.destinations import Destinations, guarded_session
 from llmscope.alerter.metrics import AlerterMetrics
 from llmscope.alerter.migrate import migrate
 from llmscope.alerter.retention import RetentionPolicy
-from llmscope.alerter.service import Alerter, AlerterOptions, utcnow, violation_consumer_options
+from llmscope.alerter.service import (
+    Alerter,
+    AlerterOptions,
+    actions_durable,
+    utcnow,
+    violation_consumer_options,
+)
 from llmscope.alerter.settings import AlerterSettings
 from llmscope.alerter.store import Store
 from llmscope.bus.connection import connect
 from llmscope.bus.consumer import DurableConsumer
 from llmscope.bus.deadletter import DeadLetters
-from llmscope.bus.layout import prepare
+from llmscope.bus.layout import layout, prepare
 from llmscope.bus.metrics import sample_consumers
 from llmscope.bus.publisher import Publisher
 from llmscope.config import eventloop
@@ -42,6 +49,7 @@ from llmscope.config.outbound import DestinationRefused, OutboundPolicy
 from llmscope.config.startup import Stopped, Unusable, stop_on_signals, wait_for_postgres
 from llmscope.proto import codec, subjects
 from llmscope.proto.violation import ViolationEvent
+from llmscope.proto.violation_action import ViolationActionEvent
 
 log = get_logger("llmscope.alerter")
 
@@ -51,6 +59,10 @@ LAG_SAMPLE_S = 10.0
 
 def _decode(data: bytes) -> ViolationEvent:
     return codec.decode_as(data, ViolationEvent)
+
+
+def _decode_action(data: bytes) -> ViolationActionEvent:
+    return codec.decode_as(data, ViolationActionEvent)
 
 
 async def check_llm_destination(settings: AlerterSettings, policy: OutboundPolicy) -> None:
@@ -92,7 +104,10 @@ async def serve(settings: AlerterSettings, env: Env, stop: asyncio.Event) -> Non
         nc = await connect(settings.bus.nats_url, f"llmscope-alerter-{settings.instance}", stop=stop)
         try:
             js = nc.jetstream()
-            await prepare(js, settings.bus, stop)
+            # The settings bucket the API writes (the alerter reads it: api_view).
+            await prepare(
+                js, settings.bus, stop, buckets=[layout(settings.bus).bucket(subjects.SETTINGS_BUCKET)]
+            )
             publisher = Publisher(js)
             store = Store(
                 pool,
@@ -135,6 +150,7 @@ async def serve(settings: AlerterSettings, env: Env, stop: asyncio.Event) -> Non
                         ),
                     ),
                     metrics=metrics,
+                    api=ApiView(nc),
                 )
                 await alerter.runtime()  # a bad file or env fails here, before consuming
                 control = ControlResponder(
@@ -152,6 +168,19 @@ async def serve(settings: AlerterSettings, env: Env, stop: asyncio.Event) -> Non
                     filter_subjects=[subjects.VIOLATIONS_ALL],
                     decode=_decode,
                     handler=alerter.on_violations,
+                    dead_letters=DeadLetters(publisher, "alerter"),
+                    options=violation_consumer_options(),
+                    metrics=metrics.consumers,
+                )
+                # What people do through the API comes as events (the alerter never reads the
+                # API's tables); they wait in their stream while the alerter is down.
+                actions = DurableConsumer(
+                    js=js,
+                    stream=subjects.STREAM_VIOLATION_ACTIONS,
+                    durable=actions_durable(settings.durable),
+                    filter_subjects=[subjects.VIOLATION_ACTIONS_ALL],
+                    decode=_decode_action,
+                    handler=alerter.on_violation_actions,
                     dead_letters=DeadLetters(publisher, "alerter"),
                     options=violation_consumer_options(),
                     metrics=metrics.consumers,
@@ -174,7 +203,7 @@ async def serve(settings: AlerterSettings, env: Env, stop: asyncio.Event) -> Non
                     every=LAG_SAMPLE_S,
                 )
                 try:
-                    await asyncio.gather(consumer.run(stop), alerter.run_loops(stop), lag)
+                    await asyncio.gather(consumer.run(stop), actions.run(stop), alerter.run_loops(stop), lag)
                 finally:
                     await control.stop()
                     await alerter.drain_deliveries(grace=5.0)

@@ -27,7 +27,7 @@ from llmscope.proto.violation import ViolationEvent
 
 @dataclass(frozen=True, slots=True)
 class TelemetryPoint:
-    """The telemetry fields the analysis reads (from the API's ``telemetry`` table when present)."""
+    """The telemetry fields the analysis reads (asked of the API over the bus when it runs)."""
 
     id: str
     ts: datetime

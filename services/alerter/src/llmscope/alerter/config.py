@@ -45,8 +45,8 @@ come from the environment (``LLMSCOPE_SMTP_HOST``, ``LLMSCOPE_SLACK_WEBHOOK_URL`
 ``LLMSCOPE_WEBHOOK_URL``, ``LLMSCOPE_PAGERDUTY_ROUTING_KEY``, ``LLMSCOPE_ALERTMANAGER_URL``,
 ``LLMSCOPE_TEAMS_WEBHOOK_URL``, ``LLMSCOPE_DISCORD_WEBHOOK_URL``,
 ``LLMSCOPE_MATTERMOST_WEBHOOK_URL``; each channel named after its kind) and from the API's
-``settings`` table, which wins over both for the channels named after their kind and for the
-enable switches
+settings (its ``settings`` table, mirrored into the settings bucket the alerter reads), which
+wins over both for the channels named after their kind and for the enable switches
 (an explicit ``*_enabled: false`` disables every channel of that kind). A channel whose address
 comes from the settings (SMTP host, Slack or webhook URL, PagerDuty key) is off unless its switch
 is true, as the API shows it (``alert.<kind>.enabled`` defaults to false); channels of the file

@@ -21,7 +21,6 @@ import aiohttp
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 from llmscope.alerter.retry import RetryPolicy
 from llmscope.alerter.service import Alerter
@@ -39,6 +38,7 @@ from llmscope.alerter.store import Store
 from llmscope.alerter.testsend import send_test
 from llmscope.alerter.tickets.testsend import TICKETS, send_ticket_test
 from llmscope.bus.connection import subscriptions_in_place
+from llmscope.bus.responders import Responders
 from llmscope.config.env import Env
 from llmscope.config.logs import get_logger
 from llmscope.proto import subjects
@@ -224,8 +224,7 @@ class ControlResponder:
     test_policy: RetryPolicy | None = None
 
     def __post_init__(self) -> None:
-        self._subs: list[Subscription] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._responders = Responders()
 
     @property
     def store(self) -> Store:
@@ -235,7 +234,7 @@ class ControlResponder:
 
     async def on_test(self, req: AlertTestRequest) -> AlertTestReply:
         runtime = await self.alerter.runtime()
-        settings = await self.store.read_settings()
+        settings = await self.alerter.api.settings()
         if req.channel == TICKETS:
             result = await send_ticket_test(
                 settings, env=self.env, public_url=runtime.public_url or self.public_url, session=self.session
@@ -413,24 +412,11 @@ class ControlResponder:
             if msg.reply:
                 await msg.respond(msgspec.json.encode(reply))
 
-        async def spawn(msg: Msg) -> None:
-            # A test send may take seconds: answer each request in its own task.
-            task = asyncio.create_task(answer(msg), name=f"control {subject}")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-        self._subs.append(await nc.subscribe(subject, queue=subjects.ALERTER_CONTROL_QUEUE, cb=spawn))
+        await self._responders.serve(nc, subject, subjects.ALERTER_CONTROL_QUEUE, answer)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop taking requests; give those in hand ``grace`` seconds to be answered."""
-        for sub in self._subs:
-            try:
-                await sub.unsubscribe()
-            except Exception:  # the connection may already be closed
-                log.debug("unsubscribe failed", subject=sub.subject)
-        self._subs.clear()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=grace)
+        await self._responders.stop(grace)
 
 
 def _test_error(field: str, error: str) -> AlertTestReply:

@@ -335,26 +335,26 @@ class IncidentStore(StoreBase):
         return len(marked)
 
     async def sync_hand_resolutions(self) -> int:
-        """Violations a person resolved through the API (its ``violations`` table) while they
-        still fire here; how many. Without that table (or its columns), none."""
+        """Violations a person resolved through the API while they still fire here (their
+        action came before the violation); how many."""
         async with self.pool.acquire() as conn, conn.transaction():
-            if await conn.fetchval("SELECT to_regclass('violations')") is None:
-                return 0
-            try:
-                async with conn.transaction():
-                    rows = await conn.fetch(
-                        "SELECT a.episode_id, v.resolved_by, v.resolved_at, v.note FROM alerter_alerts a"
-                        " JOIN violations v ON v.episode_id = a.episode_id"
-                        " WHERE a.cleared_at IS NULL AND a.resolved_at IS NULL AND v.resolved_at IS NOT NULL"
-                    )
-            except asyncpg.PostgresError:
-                return 0  # an API schema without hand resolutions
-            done = 0
-            for r in rows:
-                done += await self._hand_resolved(
-                    conn, [r["episode_id"]], r["resolved_by"] or "someone", r["note"], r["resolved_at"]
-                )
-            return done
+            return await self._apply_hand_resolutions(conn, None)
+
+    async def _apply_hand_resolutions(self, conn: Conn, episode_ids: Sequence[str] | None) -> int:
+        rows = await conn.fetch(
+            "SELECT a.episode_id, v.resolved_by, v.resolved_at, v.note FROM alerter_alerts a"
+            " JOIN alerter_violation_actions v ON v.episode_id = a.episode_id"
+            " WHERE a.cleared_at IS NULL AND a.resolved_at IS NULL AND v.resolved_at IS NOT NULL"
+            " AND ($1::text[] IS NULL OR a.episode_id = ANY($1::text[]))"
+            " ORDER BY a.episode_id",
+            None if episode_ids is None else list(episode_ids),
+        )
+        done = 0
+        for r in rows:
+            done += await self._hand_resolved(
+                conn, [r["episode_id"]], r["resolved_by"] or "someone", r["note"], r["resolved_at"]
+            )
+        return done
 
     async def incident(self, incident_id: str, change: IncidentChange = "updated") -> IncidentEvent | None:
         """The incident as it stands, or None when there is no such incident."""

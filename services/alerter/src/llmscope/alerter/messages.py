@@ -67,7 +67,7 @@ Tone = Literal["critical", "warning", "info", "resolved", "improved"]
 
 @dataclass(frozen=True, slots=True)
 class FailedProbe:
-    """One failed probe as the API's telemetry table stored it."""
+    """One failed probe as the API stored it (asked of it over the bus: api_view)."""
 
     ts: datetime
     status: str

@@ -131,6 +131,19 @@ _SWEEPS = (
         (("alerter_early_clears", "DELETE FROM alerter_early_clears WHERE episode_id = ANY($1::text[])"),),
     ),
     _Sweep(
+        # As early clears: kept as long as their violation may still come (again).
+        "text",
+        True,
+        "SELECT episode_id AS k FROM alerter_violation_actions WHERE episode_id > $1 AND received_at < $3"
+        " ORDER BY episode_id LIMIT $2 FOR UPDATE SKIP LOCKED",
+        (
+            (
+                "alerter_violation_actions",
+                "DELETE FROM alerter_violation_actions WHERE episode_id = ANY($1::text[])",
+            ),
+        ),
+    ),
+    _Sweep(
         "bigint",
         False,
         "SELECT id AS k FROM alerter_outbox WHERE id > $1 AND published_at < $3"

@@ -22,6 +22,7 @@ import aiohttp
 from msgspec import structs
 
 from llmscope.alerter.analysis import summarize
+from llmscope.alerter.api_view import ApiView
 from llmscope.alerter.config import AlerterFile, RuntimeConfig, Timings, build_runtime
 from llmscope.alerter.grouping import ChannelView
 from llmscope.alerter.incidents import search_text
@@ -43,9 +44,10 @@ from llmscope.bus.consumer import ConsumerOptions, Delivery
 from llmscope.bus.publisher import Publisher, PublishFailed
 from llmscope.config.env import ConfigError, Env
 from llmscope.config.logs import BoundLogger, get_logger
-from llmscope.config.startup import postgres_unavailable
+from llmscope.config.startup import log_failure, postgres_unavailable
 from llmscope.proto.incident import IncidentAnalysis
 from llmscope.proto.violation import SEVERITIES, Severity, ViolationEvent
+from llmscope.proto.violation_action import ViolationActionEvent
 
 log = get_logger("llmscope.alerter")
 
@@ -64,6 +66,11 @@ def violation_consumer_options(**overrides: Any) -> ConsumerOptions:
     being dead-lettered after ``max_deliver`` tries; undecodable or otherwise failing events still
     are."""
     return replace(ConsumerOptions(batch_size=64, transient=postgres_unavailable), **overrides)
+
+
+def actions_durable(durable: str) -> str:
+    """The durable consumer of people's actions on violations, beside the violations' own."""
+    return f"{durable}-actions"
 
 
 def utcnow() -> datetime:
@@ -104,8 +111,11 @@ class Alerter:
         notifier_factory: NotifierFactory = default_notifier_factory,
         rng: random.Random | None = None,
         metrics: AlerterMetrics | None = None,
+        api: ApiView | None = None,
     ) -> None:
         self.store = store
+        # The API's settings and telemetry, over the bus (None: no API, every read empty).
+        self.api = api or ApiView(None)
         self.metrics = metrics or AlerterMetrics()
         self._env = env
         self._session = session
@@ -138,7 +148,7 @@ class Alerter:
         """File + environment + the API's settings, re-read every ``settings_refresh_s``."""
         loop = asyncio.get_running_loop()
         if self._runtime is None or loop.time() - self._runtime_at >= self._opts.settings_refresh_s:
-            settings = await self.store.read_settings()
+            settings = await self.api.settings()
             self._runtime = build_runtime(
                 self._opts.config_file,
                 self._env,
@@ -185,6 +195,11 @@ class Alerter:
             self.metrics.violations.labels(ev.state).inc()
         self._wake_outbox.set()
 
+    async def on_violation_actions(self, deliveries: Sequence[Delivery[ViolationActionEvent]]) -> None:
+        """Keep what people did through the API (acknowledged, resolved by hand) and apply it;
+        returning acks the batch (the store committed), raising naks it."""
+        await self.store.record_violation_actions([d.event for d in deliveries])
+
     # -- dispatch ---------------------------------------------------------------------------
 
     async def dispatch_once(self) -> list[asyncio.Task[None]]:
@@ -202,11 +217,11 @@ class Alerter:
                 self._wake_outbox.set()
         except Exception:
             # Deliveries go on; the next tick tries the merge again.
-            log.exception("incident merge pass failed")
+            log_failure(log, "incident merge pass failed")
         try:
             await self.store.sync_hand_resolutions()
         except Exception:
-            log.exception("reading hand resolutions failed")
+            log_failure(log, "reading hand resolutions failed")
         # The first pass takes back at once what a dead predecessor of the same instance name held.
         claims = await self.store.reclaim_expired(skip=frozenset(self._live), own=not self._started)
         self._started = True
@@ -265,8 +280,8 @@ class Alerter:
                 follows=await self._follows(claim),
             )
         events = [a.event for a in (*claim.firing, *claim.resolved)]
-        context = await self.store.context_for(events)
-        outages = await self.store.outages_for([*claim.firing, *claim.resolved], claim.created_at)
+        context = await self.api.context_for(events)
+        outages = await self.api.outages_for([*claim.firing, *claim.resolved], claim.created_at)
         incidents = await self.store.incidents_for([e.episode_id for e in events])
         lead = incidents.get(claim.lead_episode_id) or next(
             (incidents[e.episode_id] for e in events if e.episode_id in incidents), None
@@ -478,7 +493,7 @@ class Alerter:
         return True
 
     async def analysis_for(self, job: AnalysisJob) -> tuple[IncidentAnalysis, list[tuple[str, float]]]:
-        telemetry = await self.store.telemetry_points(job.events)
+        telemetry = await self.api.telemetry_points(job.events)
         now = self.store.clock()
         # Every failed probe of an outage, not only the few that tripped its rule (kinds of the
         # latest 200 read: enough to name them, bounded for an outage of days).
@@ -488,7 +503,7 @@ class Alerter:
             else Alert(e)
             for e in job.events
         ]
-        outages = await self.store.outages_for(alerts, now, recent=200)
+        outages = await self.api.outages_for(alerts, now, recent=200)
         summary, moves, rules = summarize(
             job.events, cleared=job.cleared, telemetry=telemetry, outages=outages
         )
@@ -588,7 +603,7 @@ class Alerter:
             try:
                 await self.publish_outbox()
             except Exception:
-                log.exception("outbox publishing failed")
+                log_failure(log, "outbox publishing failed")
             self._wake_outbox.clear()
             waiter = asyncio.ensure_future(self._wake_outbox.wait())
             stopper = asyncio.ensure_future(stop.wait())
@@ -608,6 +623,6 @@ class Alerter:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception(f"{what} loop iteration failed")
+                log_failure(log, f"{what} loop iteration failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=period)

@@ -2,12 +2,12 @@
 
 | variable | default | meaning |
 | --- | --- | --- |
-| DATABASE_URL | (required) | Postgres DSN; the alerter creates its own `alerter_*` tables |
+| DATABASE_URL | (required) | Postgres DSN; the alerter's `alerter_*` tables only (may be its own database) |
 | LLMSCOPE_DB_STATEMENT_TIMEOUT_S | 30 | longest a query may run (as the API's); 0: no limit |
 | NATS_URL | nats://127.0.0.1:4222 | NATS server(s); stream limits: see llmscope.bus.settings |
 | LLMSCOPE_ALERTER_CONFIG | (none) | YAML/TOML file of channels, routes, silences (see config.py) |
 | LLMSCOPE_PUBLIC_URL | http://127.0.0.1:8000 | dashboard URL for "View details" links (/violations/{id}) |
-| LLMSCOPE_ALERTER_DURABLE | alerter | durable consumer name, shared by replicas |
+| LLMSCOPE_ALERTER_DURABLE | alerter | durable consumer name, shared by replicas (and `<name>-actions`) |
 | LLMSCOPE_ALERTER_INSTANCE | <hostname>-<pid> | claim owner; unique per live replica (retaken at start) |
 | LLMSCOPE_ALERTER_SEVERITIES | critical | severities the default route notifies |
 | LLMSCOPE_ALERTER_GROUP_WAIT_S | 30 | wait after a group's first violation before its first message |
@@ -20,7 +20,7 @@
 | LLMSCOPE_ALERTER_RETRY_MAX_S | 60 | backoff cap, +/-25% jitter; a longer Retry-After is cut to it |
 | LLMSCOPE_ALERTER_SEND_TIMEOUT_S | 10 | timeout of one delivery attempt |
 | LLMSCOPE_ALERTER_CONCURRENCY | 16 | deliveries in flight per replica |
-| LLMSCOPE_ALERTER_SETTINGS_REFRESH_S | 10 | how often the API's settings table is re-read |
+| LLMSCOPE_ALERTER_SETTINGS_REFRESH_S | 10 | how often the API's settings bucket is re-read |
 | LLMSCOPE_ALERTER_RETENTION_DAYS | 90 | finished records older than this are deleted hourly (0: never) |
 | LLMSCOPE_ALERTER_HEALTH_HOST | 0.0.0.0 | address of /healthz, /readyz, /metrics |
 | LLMSCOPE_ALERTER_HEALTH_PORT | 8003 | port of the same (0: no health server) |

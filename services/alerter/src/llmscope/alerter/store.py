@@ -2,8 +2,9 @@
 
 ``Store`` is assembled from one part per concern on ``store_base.StoreBase``: this module (ingest,
 grouping and delivery claims), ``incident_store`` (incidents, hand resolution, the incident outbox
-and analyses), ``merge_store`` and ``ticket_store``, ``silence_store``, ``context_store`` (reads of
-the API's tables) and ``retention_store``.
+and analyses), ``merge_store`` and ``ticket_store``, ``silence_store`` and ``retention_store``. It holds the
+alerter's own tables only: what it needs of the API comes over the bus (``api_view``,
+``violation_action.v1``).
 
 Every decision that leads to a message is taken in a transaction that also claims the
 notification row (status ``sending`` with a lease); the message is sent only after that commit.
@@ -20,7 +21,6 @@ from datetime import datetime
 
 import asyncpg
 
-from llmscope.alerter.context_store import ContextStore
 from llmscope.alerter.dedup import LastNotification
 from llmscope.alerter.grouping import ChannelView, decide, first_flush_at
 from llmscope.alerter.incident_store import (
@@ -43,9 +43,10 @@ from llmscope.alerter.store_base import alert_from_row as _alert
 from llmscope.alerter.store_base import decode_event as _event
 from llmscope.alerter.store_base import encode_event as _json
 from llmscope.proto.violation import ViolationEvent
+from llmscope.proto.violation_action import ViolationActionEvent
 
 
-class Store(IncidentStore, MergeStore, SilenceStore, ContextStore, RetentionStore):
+class Store(IncidentStore, MergeStore, SilenceStore, RetentionStore):
     """All of the alerter's SQL. ``clock`` gives aware UTC datetimes (injected for tests)."""
 
     # -- ingest (on the JetStream ack path) ---------------------------------------------------
@@ -132,6 +133,13 @@ class Store(IncidentStore, MergeStore, SilenceStore, ContextStore, RetentionStor
         if forms and incident_id and ev.host:
             # This violation may have made the host a cascade: its models' own incidents join it.
             await self.merge_host(conn, ev.host, routes, locked=locked_providers, when=opened)
+        # What a person did through the API before this violation reached us (the two come in
+        # separate streams) applies now, before its group can first flush.
+        if await conn.fetchval(
+            "SELECT 1 FROM alerter_violation_actions WHERE episode_id = $1", ev.episode_id
+        ):
+            await self._sync_acks(conn, [ev.episode_id])
+            await self._apply_hand_resolutions(conn, [ev.episode_id])
 
     async def _join_group(
         self,
@@ -652,20 +660,47 @@ class Store(IncidentStore, MergeStore, SilenceStore, ContextStore, RetentionStor
     # -- acknowledgements -----------------------------------------------------------------------
 
     async def _sync_acks(self, conn: Conn, episode_ids: Sequence[str]) -> None:
-        """Copy acknowledgements made through the API (its ``violations`` table), if it exists."""
-        if not episode_ids or await conn.fetchval("SELECT to_regclass('violations')") is None:
+        """Copy acknowledgements made through the API, as its violation_action.v1 events brought
+        them (the alerter's own ``alerter_violation_actions``; never the API's tables)."""
+        if not episode_ids:
             return
-        try:
-            async with conn.transaction():
+        await conn.execute(
+            "UPDATE alerter_alerts a SET acknowledged_at = v.acknowledged_at,"
+            " acknowledged_by = v.acknowledged_by"
+            " FROM alerter_violation_actions v WHERE v.episode_id = a.episode_id AND a.episode_id = ANY($1)"
+            " AND v.acknowledged_at IS NOT NULL AND a.acknowledged_at IS NULL",
+            list(episode_ids),
+        )
+
+    async def record_violation_actions(self, events: Sequence[ViolationActionEvent]) -> int:
+        """Keep what people did through the API (violation_action.v1) and apply it to the alerts
+        this alerter holds: acknowledgements stop reminders, a hand resolution tells the paged
+        channels at once. Committed before the events are acked; how many alerts were resolved.
+        An action whose violation has not come yet waits in ``alerter_violation_actions``."""
+        if not events:
+            return 0
+        async with self.pool.acquire() as conn, conn.transaction():
+            # In episode order: concurrent batches of replicas lock the rows in the same order.
+            for ev in sorted(events, key=lambda e: e.episode_id):
                 await conn.execute(
-                    "UPDATE alerter_alerts a SET acknowledged_at = v.acknowledged_at,"
-                    " acknowledged_by = v.acknowledged_by"
-                    " FROM violations v WHERE v.episode_id = a.episode_id AND a.episode_id = ANY($1)"
-                    " AND v.acknowledged_at IS NOT NULL AND a.acknowledged_at IS NULL",
-                    list(episode_ids),
+                    "INSERT INTO alerter_violation_actions AS v (episode_id, acknowledged_by,"
+                    " acknowledged_at, resolved_by, resolved_at, note) VALUES ($1, $2, $3, $4, $5, $6)"
+                    " ON CONFLICT (episode_id) DO UPDATE SET"
+                    " acknowledged_by = coalesce(v.acknowledged_by, EXCLUDED.acknowledged_by),"
+                    " acknowledged_at = coalesce(v.acknowledged_at, EXCLUDED.acknowledged_at),"
+                    " resolved_by = coalesce(v.resolved_by, EXCLUDED.resolved_by),"
+                    " resolved_at = coalesce(v.resolved_at, EXCLUDED.resolved_at),"
+                    " note = coalesce(EXCLUDED.note, v.note)",
+                    ev.episode_id,
+                    ev.acknowledged_by,
+                    ev.acknowledged_at,
+                    ev.resolved_by,
+                    ev.resolved_at,
+                    ev.note,
                 )
-        except asyncpg.PostgresError as exc:  # an API schema we do not know: acks come through us only
-            self._log.warning("cannot read acknowledgements from the API's violations table", error=str(exc))
+            episodes = sorted({ev.episode_id for ev in events})
+            await self._sync_acks(conn, episodes)
+            return await self._apply_hand_resolutions(conn, episodes)
 
     async def acknowledge(self, episode_ids: Iterable[str], by: str) -> int:
         """Acknowledge episodes: reminders stop; new violations and resolutions still notify."""

@@ -85,7 +85,8 @@ async def send_test(
 ) -> TestResult:
     """Send a test message through ``channel_name`` (a channel name, or a kind: email, slack, ...).
 
-    ``settings`` is the API's settings as key -> value (the ``settings`` table); the alerter's
+    ``settings`` is the API's settings as key -> value (its ``settings`` table, as the API mirrors it
+    into the settings bucket: api_view); the alerter's
     config file (``config_path`` or ``LLMSCOPE_ALERTER_CONFIG``) and environment are read too.
     A disabled channel sends nothing, not even a test: enable it first. Retries briefly (10 s)
     so the wizard gets an answer. The answer names the outcome with a fixed reason (the HTTP or

@@ -23,9 +23,12 @@ from llmscope.api.persister import Persister, retention_loop, tune_gc
 from llmscope.api.ratelimit import FailureLimiter
 from llmscope.api.sessions import RevokedSessions
 from llmscope.api.settings import ApiSettings
+from llmscope.api.settings_mirror import SettingsMirror
 from llmscope.api.spc_config import SpcConfigStore
 from llmscope.api.store import Store
 from llmscope.api.switches import ModelSwitchWriter
+from llmscope.api.telemetry_context import TelemetryContext
+from llmscope.api.violation_actions import ViolationActions
 from llmscope.bus.connection import connect
 from llmscope.bus.layout import bucket_configs, prepare
 from llmscope.bus.publisher import Publisher
@@ -37,8 +40,9 @@ from llmscope.web.live import Broadcaster
 log = get_logger("llmscope.api")
 
 
-# The buckets the API writes (switches, chart settings); the chart bucket it only reads.
-API_BUCKETS = (subjects.MODELS_BUCKET, subjects.SPC_CONFIG_BUCKET)
+# The buckets the API writes (switches, chart settings, its settings for the alerter); the chart
+# bucket it only reads.
+API_BUCKETS = (subjects.MODELS_BUCKET, subjects.SPC_CONFIG_BUCKET, subjects.SETTINGS_BUCKET)
 
 
 def api_buckets(settings: ApiSettings) -> list[KeyValueConfig]:
@@ -63,8 +67,15 @@ class Runtime:
         self.charts = ChartViews(settings.charts_bucket, settings.spc_request_timeout_s)
         self.spc_config = SpcConfigStore(self.charts, replicas=settings.bus.replicas)
         self.switches = ModelSwitchWriter(replicas=settings.bus.replicas)
+        self.actions = ViolationActions(lambda: self._pool)
+        self.settings_mirror = SettingsMirror(lambda: self._pool, replicas=settings.bus.replicas)
+        self.telemetry_context = TelemetryContext(lambda: self._pool)
         self.store = Store(
-            charts=self.charts, switches=self.switches, outbound=OutboundPolicy(settings.alert_allowed_hosts)
+            charts=self.charts,
+            switches=self.switches,
+            outbound=OutboundPolicy(settings.alert_allowed_hosts),
+            actions=self.actions,
+            settings_mirror=self.settings_mirror,
         )
         self.nc: NATS | None = None
         self.publisher: Publisher | None = None
@@ -101,6 +112,16 @@ class Runtime:
             self.charts.attach(self.nc)
             self.spc_config.attach(self.nc)
             self.switches.attach(self.nc)
+            # What the alerter learns from the API over the bus (it never reads our tables):
+            # people's actions on violations (an outbox in the violations table, published again
+            # until stored) and the settings (mirrored into their bucket).
+            self.actions.attach(self.publisher)
+            self.settings_mirror.attach(self.nc)
+            self._tasks.append(asyncio.create_task(self.actions.run(self._stop), name="violation-actions"))
+            self._tasks.append(
+                asyncio.create_task(self.settings_mirror.run(self._stop), name="settings-mirror")
+            )
+            await self.telemetry_context.start(self.nc)
             await self._live_feed.start(self.nc)
             if s.persister:
                 tune_gc()  # a batch's young objects are not walked again every 700 allocations
@@ -142,6 +163,9 @@ class Runtime:
         self.charts.attach(None)
         self.spc_config.attach(None)
         self.switches.attach(None)
+        self.actions.attach(None)
+        self.settings_mirror.attach(None)
+        await self.telemetry_context.stop()
         await self._live_feed.stop()
         if self.nc is not None:
             with contextlib.suppress(Exception):

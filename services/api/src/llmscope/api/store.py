@@ -16,7 +16,9 @@ import asyncpg
 
 from llmscope.api import false_alarms, health_overview, known_settings, ticket_settings
 from llmscope.api.charts import ChartViews
+from llmscope.api.settings_mirror import SettingsMirror
 from llmscope.api.switches import ModelSwitchWriter, SwitchesUnavailable
+from llmscope.api.violation_actions import ViolationActions
 from llmscope.config.outbound import DestinationRefused, OutboundPolicy
 from llmscope.proto.charts import AVAILABILITY, ChartRecord, ChartView, chart_key
 from llmscope.web.data import (
@@ -283,11 +285,16 @@ class Store:
         charts: ChartViews | None = None,
         switches: ModelSwitchWriter | None = None,
         outbound: OutboundPolicy | None = None,
+        actions: ViolationActions | None = None,
+        settings_mirror: SettingsMirror | None = None,
     ) -> None:
         self._pool = pool
         self.charts = charts or ChartViews()
         self.switches = switches or ModelSwitchWriter()
         self.outbound = outbound or OutboundPolicy()
+        # People's actions on violations and the settings, told to the alerter over the bus.
+        self.actions = actions or ViolationActions(lambda: self._pool)
+        self.settings_mirror = settings_mirror or SettingsMirror(lambda: self._pool)
 
     def attach(self, pool: asyncpg.Pool | None) -> None:
         """Set (or clear) the pool; the app opens it in its lifespan, after routes exist."""
@@ -562,13 +569,17 @@ class Store:
             """UPDATE violations SET
                    acknowledged_by = coalesce(acknowledged_by, $2),
                    acknowledged_at = coalesce(acknowledged_at, now()),
-                   note = coalesce($3, note)
+                   note = coalesce($3, note),
+                   action_pending = true
                WHERE id = $1 RETURNING *""",
             violation_id,
             by,
             note,
         )
-        return None if row is None else violation_from_row(row)
+        if row is None:
+            return None
+        await self.actions.announce(row)
+        return violation_from_row(row)
 
     async def resolve(self, violation_id: str, by: str, note: str | None) -> Violation | None:
         # Resolving also acknowledges: nobody should be reminded of a violation someone resolved.
@@ -578,13 +589,17 @@ class Store:
                    resolved_at = coalesce(resolved_at, now()),
                    acknowledged_by = coalesce(acknowledged_by, $2),
                    acknowledged_at = coalesce(acknowledged_at, now()),
-                   note = coalesce($3, note)
+                   note = coalesce($3, note),
+                   action_pending = true
                WHERE id = $1 RETURNING *""",
             violation_id,
             by,
             note,
         )
-        return None if row is None else violation_from_row(row)
+        if row is None:
+            return None
+        await self.actions.announce(row)
+        return violation_from_row(row)
 
     # ---- overview --------------------------------------------------------------------------
     async def overview(self, hours: float, now: datetime | None = None) -> Overview:
@@ -761,6 +776,7 @@ class Store:
             clean,
             by,
         )
+        await self.settings_mirror.sync()
         return next(s for s in await self.settings() if s.key == key)
 
     async def _check_destination(self, key: str, value: object) -> None:
@@ -822,6 +838,7 @@ class Store:
                     value,
                     by,
                 )
+        await self.settings_mirror.sync()
         return await self.settings()
 
     # ---- dead letters and exports ----------------------------------------------------------

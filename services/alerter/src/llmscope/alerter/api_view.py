@@ -1,0 +1,196 @@
+"""What the alerter learns from the API, over the bus only (it never reads the API's tables):
+the settings (the API mirrors its table into ``subjects.SETTINGS_BUCKET``) and the telemetry
+that describes a violation (request/reply, ``llmscope.proto.telemetry_context``).
+
+People's acknowledgements and hand resolutions come as ``violation_action.v1`` events
+(``Alerter.on_violation_actions``). Without an API (or with it down) every read here answers
+empty and the pages go without context, as they did when the alerter ran without the API; the
+settings keep their last value read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TypeVar
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+
+from llmscope.alerter.analysis import TelemetryPoint
+from llmscope.alerter.messages import FailedProbe, Outage, is_outage, since
+from llmscope.alerter.model import Alert
+from llmscope.alerter.notifiers.base import ContextPoint
+from llmscope.bus.kv import bucket_keys
+from llmscope.config.logs import get_logger
+from llmscope.proto import subjects
+from llmscope.proto.telemetry import NUMERIC_METRICS
+from llmscope.proto.telemetry_context import (
+    MAX_QUERIES,
+    ContextQuery,
+    ContextReply,
+    ContextRequest,
+    OutageQuery,
+    OutageReply,
+    OutageRequest,
+    PointsReply,
+    PointsRequest,
+)
+from llmscope.proto.violation import ViolationEvent
+
+log = get_logger("llmscope.alerter.api_view")
+
+CONTEXT_POINTS = 10
+REQUEST_TIMEOUT_S = 5.0
+
+R = TypeVar("R", ContextReply, OutageReply, PointsReply)
+
+
+class ApiView:
+    """The API as the alerter sees it over NATS; ``nc`` None: no API (every read empty)."""
+
+    def __init__(
+        self,
+        nc: NATS | None,
+        *,
+        bucket: str = subjects.SETTINGS_BUCKET,
+        timeout: float = REQUEST_TIMEOUT_S,
+    ) -> None:
+        self._nc = nc
+        self.bucket = bucket
+        self._timeout = timeout
+        self._settings: dict[str, object] = {}
+
+    # -- settings -----------------------------------------------------------------------------
+
+    async def settings(self) -> dict[str, object]:
+        """The API's settings as key -> JSON text (as its table holds them), read whole from the
+        bucket; the last value read when NATS fails, empty when the bucket is not there."""
+        if self._nc is None:
+            return {}
+        js = self._nc.jetstream()
+        try:
+            kv = await js.key_value(self.bucket)
+        except BucketNotFoundError:
+            return {}
+        except (NatsError, TimeoutError) as exc:
+            log.warning("cannot read the API's settings; the last ones read stand", error=repr(exc))
+            return dict(self._settings)
+        values: dict[str, object] = {}
+        try:
+            for key in await bucket_keys(js, self.bucket):
+                try:
+                    entry = await kv.get(key)
+                except KeyNotFoundError:
+                    continue  # deleted (its marker is still listed)
+                if entry.value:
+                    (name,) = subjects.parse_kv_key(key, 1)
+                    values[name] = entry.value.decode()
+        except (NatsError, TimeoutError) as exc:
+            log.warning("cannot read the API's settings; the last ones read stand", error=repr(exc))
+            return dict(self._settings)
+        except ValueError as exc:
+            log.warning("ignored a malformed settings key", error=str(exc))
+        self._settings = values
+        return dict(values)
+
+    # -- telemetry ----------------------------------------------------------------------------
+
+    async def _ask(self, subject: str, request: msgspec.Struct, reply_type: type[R]) -> R | None:
+        if self._nc is None:
+            return None
+        try:
+            msg = await self._nc.request(subject, msgspec.json.encode(request), timeout=self._timeout)
+            reply = msgspec.json.decode(msg.data, type=reply_type)
+        except (NatsError, TimeoutError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            # No API (no responders) or a slow one: the message goes without this context.
+            log.warning("no telemetry from the API", subject=subject, error=repr(exc))
+            return None
+        if reply.status != "ok":
+            log.warning("the API could not answer", subject=subject, error=reply.error)
+            return None
+        return reply
+
+    async def context_for(self, events: Sequence[ViolationEvent]) -> dict[str, tuple[ContextPoint, ...]]:
+        """+/-10 probes around each violation's last point; {} without an API."""
+        queries = [
+            ContextQuery(
+                episode_id=ev.episode_id,
+                provider=ev.provider,
+                model=ev.model,
+                prompt_id=ev.prompt_id,
+                target=ev.target,
+                metric=ev.metric,
+                pivot=max(ev.point_ts) if ev.point_ts else ev.ts,
+            )
+            for ev in events
+            if ev.metric in NUMERIC_METRICS
+        ]
+        patterns = {ev.episode_id: set(ev.point_ids) for ev in events}
+        out: dict[str, tuple[ContextPoint, ...]] = {}
+        for start in range(0, len(queries), MAX_QUERIES):
+            chunk = tuple(queries[start : start + MAX_QUERIES])
+            reply = await self._ask(
+                subjects.api_telemetry_context(),
+                ContextRequest(queries=chunk, points=CONTEXT_POINTS),
+                ContextReply,
+            )
+            if reply is None:
+                return out
+            for episode, points in reply.context.items():
+                pattern = patterns.get(episode, set())
+                out[episode] = tuple(
+                    ContextPoint(p.ts, p.value, p.id, p.id in pattern, p.status) for p in points
+                )
+        return out
+
+    async def outages_for(
+        self, alerts: Sequence[Alert], until: datetime, recent: int = 3
+    ) -> dict[str, Outage]:
+        """For availability violations: the target's failed probes since its last success up to
+        ``until`` (a cleared one's up to its clear); {} without an API."""
+        queries = [
+            OutageQuery(
+                episode_id=a.event.episode_id,
+                provider=a.event.provider,
+                model=a.event.model,
+                target=a.event.target,
+                since=since(a.event),
+                until=a.cleared.ts if a.cleared is not None else until,
+            )
+            for a in alerts
+            if is_outage(a.event)
+        ]
+        out: dict[str, Outage] = {}
+        for start in range(0, len(queries), MAX_QUERIES):
+            chunk = tuple(queries[start : start + MAX_QUERIES])
+            reply = await self._ask(
+                subjects.api_telemetry_outages(), OutageRequest(queries=chunk, recent=recent), OutageReply
+            )
+            if reply is None:
+                return out
+            for episode, o in reply.outages.items():
+                out[episode] = Outage(
+                    count=o.count,
+                    since=o.since,
+                    last_success=o.last_success,
+                    recent=tuple(FailedProbe(p.ts, p.status, p.http_status, p.error) for p in o.recent),
+                )
+        return out
+
+    async def telemetry_points(self, events: Sequence[ViolationEvent]) -> list[TelemetryPoint]:
+        """The probes that formed the violations' patterns; [] without an API."""
+        ids = tuple(sorted({pid for ev in events for pid in ev.point_ids}))
+        if not ids:
+            return []
+        reply = await self._ask(subjects.api_telemetry_points(), PointsRequest(ids=ids), PointsReply)
+        if reply is None:
+            return []
+        return [
+            TelemetryPoint(
+                p.id, p.ts, p.model, p.latency_ms, p.ttft_ms, p.tokens_per_s, p.status, p.prompt_id
+            )
+            for p in reply.points
+        ]
