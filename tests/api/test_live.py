@@ -13,9 +13,10 @@ import asyncpg
 import httpx
 import msgspec
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig
 
-from llmscope.api.live import notice_events, stored_notices
+from llmscope.api.live import LiveNotices, notice_events, stored_notices
 from llmscope.api.runner import run_api
 from llmscope.api.settings import ApiSettings
 from llmscope.bus.publisher import Publisher
@@ -268,6 +269,37 @@ def test_a_committed_batch_is_told_in_one_notice_naming_each_models_latest_probe
         ev = latest[e.data["model"]]
         assert e.data == {"provider": ev.provider, "model": ev.model, "ts": ev.ts.isoformat()}
     assert stored_notices("violations", events) == []
+
+
+async def test_batches_committed_close_together_are_told_in_one_notice(nc: NATS) -> None:
+    """At a trickle every committed batch is one probe: a notice each was a NATS message
+    published and one delivered back per probe event. The first batch is told at once; the ones
+    committed within the interval after it, in one notice naming each model's latest probe."""
+    heard: list[LiveNotice] = []
+    told: dict[str, str] = {}
+    batches = [telemetry(i, id=f"close-{i}", model=f"close-model-{i % 7}") for i in range(40)]
+    latest = {ev.model: ev.ts.isoformat() for ev in batches}
+    everything = asyncio.Event()
+
+    async def on_notice(msg: Msg) -> None:
+        notice = msgspec.json.decode(msg.data, type=LiveNotice)
+        heard.append(notice)
+        for e in notice_events(notice):
+            told[e.data["model"]] = e.data["ts"]
+        if told == latest:
+            everything.set()
+
+    await nc.subscribe(subjects.api_live(), cb=on_notice)
+    await nc.flush()
+    notices = LiveNotices(every_s=3600.0)  # nothing but the first notice and stop()'s
+    notices.attach(nc)
+    for ev in batches:
+        notices.on_stored("telemetry", [ev])
+    notices.on_stored("violations", [violation(batches[0])])
+    await notices.stop()  # tells what is due
+    await asyncio.wait_for(everything.wait(), WAIT_S)
+    assert len(heard) == 2
+    assert [p.model for p in heard[0].points] == [batches[0].model]
 
 
 def test_a_notice_of_one_model_from_the_version_before_is_still_heard() -> None:

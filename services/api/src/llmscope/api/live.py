@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
+from datetime import datetime
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -34,6 +35,13 @@ from llmscope.web.live import Broadcaster, LiveEvent, point_event, traffic_event
 log = get_logger("llmscope.api.live")
 _notice_encoder = msgspec.json.Encoder()
 _notice_decoder = msgspec.json.Decoder(LiveNotice)
+
+NOTICE_EVERY_S = 0.25
+"""``stored`` notices go at most this often (s): a batch committed sooner after the last notice
+waits, merged with the batches after it, for the next. At a trickle every batch is one probe
+event, so a notice per batch was a NATS message published and one delivered back per event (two
+of the seven or so messages nats-server handled per probe event at 100/s); the tabs re-read a
+chart on a notice, and a quarter of a second later is as good (they throttle re-reads to 2 s)."""
 
 
 def live_events(event: object) -> list[LiveEvent]:
@@ -73,13 +81,25 @@ def stored_notices(kind: str, events: Sequence[object]) -> list[LiveNotice]:
     messages per probe event (published, delivered back)."""
     if kind != "telemetry":
         return []
-    latest: dict[tuple[str, str], TelemetryEvent] = {}
+    latest: dict[tuple[str, str], datetime] = {}
+    _merge_latest(latest, kind, events)
+    return _point_notices(latest)
+
+
+def _merge_latest(latest: dict[tuple[str, str], datetime], kind: str, events: Sequence[object]) -> None:
+    """Fold each model's latest stored probe of ``events`` into ``latest``."""
+    if kind != "telemetry":
+        return
     for ev in events:
         if isinstance(ev, TelemetryEvent):
             key = (ev.provider, ev.model)
-            if key not in latest or ev.ts > latest[key].ts:
-                latest[key] = ev
-    points = [StoredPoint(p, m, ev.ts) for (p, m), ev in latest.items()]
+            seen = latest.get(key)
+            if seen is None or ev.ts > seen:
+                latest[key] = ev.ts
+
+
+def _point_notices(latest: dict[tuple[str, str], datetime]) -> list[LiveNotice]:
+    points = [StoredPoint(p, m, ts) for (p, m), ts in latest.items()]
     return [
         LiveNotice(kind="stored", points=points[i : i + POINTS_PER_NOTICE])
         for i in range(0, len(points), POINTS_PER_NOTICE)
@@ -113,14 +133,22 @@ class LiveNotices:
     """Publishes what the persister stored or saw as :class:`~llmscope.proto.live.LiveNotice` on
     core NATS, for the open tabs of every API process: the API process running the persister
     (through its :class:`LiveFeed`) and the standalone persister (``python -m
-    llmscope.api.persister``, beside API processes with ``LLMSCOPE_PERSISTER=false``) alike."""
+    llmscope.api.persister``, beside API processes with ``LLMSCOPE_PERSISTER=false``) alike.
 
-    def __init__(self, on_lost: Callable[[], None] | None = None) -> None:
+    ``stored`` notices go at most every ``every_s`` (:data:`NOTICE_EVERY_S`): the first batch
+    after a quiet spell is told at once, the batches committed within ``every_s`` of a notice
+    in one notice at its end, naming each model's latest probe."""
+
+    def __init__(self, on_lost: Callable[[], None] | None = None, every_s: float = NOTICE_EVERY_S) -> None:
         # What to do when a notice could not be published: an API process ends its own tabs'
         # streams (they reconnect and re-read); a standalone persister has no tabs of its own.
         self._on_lost = on_lost
         self._nc: NATS | None = None
         self._sending: set[asyncio.Task[None]] = set()
+        self._every_s = every_s
+        self._latest: dict[tuple[str, str], datetime] = {}  # stored, not told yet
+        self._sent_at = float("-inf")
+        self._due: asyncio.TimerHandle | None = None
 
     def attach(self, nc: NATS | None) -> None:
         self._nc = nc
@@ -147,7 +175,23 @@ class LiveNotices:
 
     def on_stored(self, kind: str, events: Sequence[object]) -> None:
         """The persister's hook (:class:`llmscope.api.persister.Persister`'s ``on_stored``)."""
-        self._send(stored_notices(kind, events))
+        if self._nc is None:
+            return
+        _merge_latest(self._latest, kind, events)
+        if not self._latest or self._due is not None:
+            return  # nothing to tell, or told with the notice already due
+        loop = asyncio.get_running_loop()
+        wait = self._sent_at + self._every_s - loop.time()
+        if wait <= 0:
+            self._flush()
+        else:
+            self._due = loop.call_later(wait, self._flush)
+
+    def _flush(self) -> None:
+        self._due = None
+        latest, self._latest = self._latest, {}
+        self._sent_at = asyncio.get_running_loop().time()
+        self._send(_point_notices(latest))
 
     def on_chart(self, key: str) -> None:
         """The chart bucket watch's hook (:class:`llmscope.api.baseline_history.BaselineHistory`)."""
@@ -156,6 +200,9 @@ class LiveNotices:
 
     async def stop(self) -> None:
         """Detach, letting the notices in flight go out first (before the connection drains)."""
+        if self._due is not None:
+            self._due.cancel()
+            self._flush()  # what was stored and not told yet
         self._nc = None
         if self._sending:
             await asyncio.wait(set(self._sending), timeout=2)
