@@ -28,8 +28,10 @@ import re
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import nats
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 BENCH_INBOX = "_INBOX_BENCH"
@@ -72,6 +74,9 @@ def classify_request(subject: str) -> str:
     if subject.startswith("$JS.ACK."):
         stream, consumer = _ack_parts(subject)
         return f"ack {stream}/{consumer}"
+    if subject.startswith("$JS.EVENT."):
+        # nats-server sends advisories only where someone listens: here, the sniffer.
+        return "advisory (sent because the sniffer listens)"
     if subject.startswith("$JS.FC."):
         return "flow control response"
     if subject.startswith("$KV."):
@@ -97,7 +102,7 @@ class Sniffer:
     own: Counter[str] = field(default_factory=Counter)
     """The benchmark's own traffic (``caught_up`` and its replies)."""
     _replies: dict[str, str] = field(default_factory=dict)
-    _nc: nats.NATS | None = None
+    _nc: NATS | None = None
     counting: bool = False
 
     async def start(self, url: str) -> None:
@@ -156,9 +161,9 @@ class Sniffer:
             self._replies[msg.reply] = classify_request(msg.subject)
 
 
-def fetch_json(url: str) -> dict[str, object]:
+def fetch_json(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=10) as r:
-        data: dict[str, object] = json.loads(r.read())
+        data: dict[str, Any] = json.loads(r.read())
         return data
 
 
@@ -176,11 +181,11 @@ class ServerCounts:
         varz = fetch_json(f"{monitor}/varz")
         connz = fetch_json(f"{monitor}/connz?subs=1&limit=4096")
         by: dict[str, tuple[int, int, int]] = {}
-        for c in connz.get("connections", []):  # type: ignore[union-attr]
+        for c in connz.get("connections", []):
             name = c.get("name") or f"cid {c['cid']}"
             key = f"{name} #{c['cid']}"
             by[key] = (int(c["in_msgs"]), int(c["out_msgs"]), len(c.get("subscriptions_list") or []))
-        return cls(int(varz["in_msgs"]), int(varz["out_msgs"]), by)  # type: ignore[arg-type]
+        return cls(int(varz["in_msgs"]), int(varz["out_msgs"]), by)
 
 
 def print_breakdown(
@@ -216,11 +221,11 @@ def print_breakdown(
         g = grouped.setdefault(name, [0.0, 0.0, 0.0, 0.0])
         g[0] += i
         g[1] += o
-        g[2] += subs
-        g[3] += 1
-    for name, (i, o, subs, count) in sorted(grouped.items(), key=lambda kv: -(kv[1][0] + kv[1][1])):
+        g[2] += float(subs)
+        g[3] += 1.0
+    for name, (m_in, m_out, n_subs, count) in sorted(grouped.items(), key=lambda kv: -(kv[1][0] + kv[1][1])):
         label = f"{name} (x{count:.0f})" if count > 1 else name
-        print(f"{label:<44} {i:>8.2f} {o:>8.2f} {subs:>5.0f}")
+        print(f"{label:<44} {m_in:>8.2f} {m_out:>8.2f} {n_subs:>5.0f}")
     total = sum(kinds.values())
     print(f"{'kind (sniffer: every routed message)':<60} {'per ' + unit:>10}")
     for kind, count in kinds.most_common():

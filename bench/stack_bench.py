@@ -60,8 +60,8 @@ from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.stack.embedded import EmbeddedNats, EmbeddedPostgres
 from llmscope.stack.ports import free_port
 
-sys.path.insert(0, str(Path(__file__).parent))
-from nats_breakdown import BENCH_INBOX, ServerCounts, Sniffer, print_breakdown, settle
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.nats_breakdown import BENCH_INBOX, ServerCounts, Sniffer, print_breakdown, settle
 
 KEY = "bench-key-0123456789abcdef"
 MODELS = 10
