@@ -60,6 +60,9 @@ from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.stack.embedded import EmbeddedNats, EmbeddedPostgres
 from llmscope.stack.ports import free_port
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.nats_breakdown import BENCH_INBOX, ServerCounts, Sniffer, print_breakdown, settle
+
 KEY = "bench-key-0123456789abcdef"
 MODELS = 10
 BASELINE_N = 100
@@ -206,10 +209,13 @@ class Statements:
 class Stack:
     tmp: Path
     own_persister: bool = False
-    statements: bool = False
-    """Load pg_stat_statements and print each probe phase's statements per event."""
     """The persister as its own process (``llmscope persister``) beside an API started with
     LLMSCOPE_PERSISTER=false, instead of in the API's process."""
+    statements: bool = False
+    """Load pg_stat_statements and print each probe phase's statements per event."""
+    monitor_port: int | None = None
+    """nats-server's monitoring port (``--nats-breakdown``), None: none."""
+    sniffer: Sniffer | None = None
     nats: EmbeddedNats | None = None
     postgres: EmbeddedPostgres | None = None
     database_url: str = ""
@@ -218,7 +224,7 @@ class Stack:
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def start(self) -> None:
-        self.nats = EmbeddedNats(self.tmp / "nats", free_port())
+        self.nats = EmbeddedNats(self.tmp / "nats", free_port(), monitor_port=self.monitor_port)
         nats_url = self.nats.start()
         self.postgres = EmbeddedPostgres(self.tmp / "pg", free_port())
         if self.statements:
@@ -262,6 +268,10 @@ class Stack:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+    @property
+    def monitor(self) -> str:
+        return f"http://127.0.0.1:{self.monitor_port}"
 
     def components(self) -> list[Component]:
         assert self.nats is not None
@@ -374,7 +384,7 @@ async def post_at_rate(
 async def caught_up(nats_url: str, within: float = 120.0) -> None:
     """Wait until no durable consumer of any stream has anything pending or unacknowledged
     (asked every 0.2 s: these requests are a small part of nats-server's CPU in a phase)."""
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(nats_url, inbox_prefix=BENCH_INBOX)
     try:
         js = nc.jetstream()
         deadline = time.monotonic() + within
@@ -433,13 +443,27 @@ class Stored:
             await asyncio.wait_for(self._done.wait(), within)
 
 
-async def idle(components: Sequence[Component], seconds: float) -> None:
+async def idle(components: Sequence[Component], seconds: float, stack: Stack | None = None) -> None:
     """CPU of each process per second with no traffic at all (charts armed, every consumer caught
     up): what the stack costs by the clock, whatever the rate (timers, snapshots, pull requests,
     lease renewals, member announcements)."""
+    sniffer = stack.sniffer if stack is not None else None
+    if sniffer is not None:
+        assert stack is not None
+        counts0 = ServerCounts.read(stack.monitor)
+        sniffer.reset()
+        sniffer.counting = True
     before = {c.name: c.cpu() for c in components}
     await asyncio.sleep(seconds)
     after = {c.name: c.cpu() for c in components}
+    if sniffer is not None:
+        assert stack is not None
+        await settle()
+        sniffer.counting = False
+        own = +sniffer.own
+        print_breakdown(
+            "idle", counts0, ServerCounts.read(stack.monitor), sniffer.reset(), own, seconds, "second"
+        )
     print(f"\n== idle {seconds:g} s (no traffic, charts armed)")
     print(f"{'process':<32} {'CPU ms/s':>10}")
     total = 0.0
@@ -480,10 +504,12 @@ async def run(
             async with session.post(api, data=body, headers=headers) as r:
                 assert r.status == 202, await r.text()
         await caught_up(stack.nats.url)
+        if stack.sniffer is not None:
+            await stack.sniffer.start(stack.nats.url)
         if probe_rates:
             await probe_phases(stack, components, stored, probe_rates, seconds, probe_models)
         if idle_s > 0:
-            await idle(components, idle_s)
+            await idle(components, idle_s, stack)
         for rate in rates:
             n = max(1, int(rate * seconds))
             events = list(telemetry(n, next_id))
@@ -516,6 +542,8 @@ async def run(
         if batch_events:
             await batched(stack, session, components, stored, next_id, batch_events)
     await conn.close()
+    if stack.sniffer is not None:
+        await stack.sniffer.stop()
 
 
 async def batched(
@@ -632,7 +660,7 @@ class Feed:
 async def stream_seqs(url: str) -> dict[str, int]:
     """Each stream's last sequence: what was written to JetStream between two calls (a KV
     bucket's stream counts every put, however few keys it keeps)."""
-    nc = await nats.connect(url)
+    nc = await nats.connect(url, inbox_prefix=BENCH_INBOX)
     try:
         return {s.config.name or "": s.state.last_seq for s in await nc.jetstream().streams_info()}
     finally:
@@ -642,7 +670,7 @@ async def stream_seqs(url: str) -> dict[str, int]:
 async def record_sizes(url: str) -> dict[str, float]:
     """Each KV bucket's mean stored record size in bytes (its stream's bytes over its messages:
     history 1, so the live records, each with its subject and headers as JetStream stores it)."""
-    nc = await nats.connect(url)
+    nc = await nats.connect(url, inbox_prefix=BENCH_INBOX)
     try:
         return {
             s.config.name or "": s.state.bytes / s.state.messages
@@ -760,6 +788,10 @@ async def probe_phases(
             seqs = await stream_seqs(url)
             if stack.statements:
                 await Statements.reset(stack.database_url)
+            if stack.sniffer is not None:
+                counts0 = ServerCounts.read(stack.monitor)
+                stack.sniffer.reset()
+                stack.sniffer.counting = True
             before = {c.name: c.cpu() for c in components}
             f0 = feed.component.cpu()
             elapsed = await feed.go()
@@ -769,6 +801,14 @@ async def probe_phases(
             await caught_up(url)
             after = {c.name: c.cpu() for c in components}
             publisher_cpu = cpu_used(f0, feed.component.cpu())
+            if stack.sniffer is not None:
+                await settle()
+                stack.sniffer.counting = False
+                own = +stack.sniffer.own
+                counts1 = ServerCounts.read(stack.monitor)
+                print_breakdown(
+                    f"{rate:,}/s asked", counts0, counts1, stack.sniffer.reset(), own, n, "probe event"
+                )
             seqs_after = await stream_seqs(url)
             sizes = await record_sizes(url)
             await feed.stop()
@@ -926,6 +966,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--idle", type=float, default=None, help="seconds of no traffic measured first (default 10; 0: none)"
     )
     parser.add_argument(
+        "--nats-breakdown",
+        action="store_true",
+        help="count NATS messages per probe event by kind and connection (nats-server's monitoring"
+        " endpoint and a sniffer on '>': its copies load nats-server, so quote CPU from runs without it)",
+    )
+    parser.add_argument(
         "--persister",
         choices=("api", "own"),
         default="api",
@@ -942,6 +988,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"run          {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, rates {rates}/s, {seconds:g} s each")
     with tempfile.TemporaryDirectory(prefix="llmscope-stack-bench-") as tmp:
         stack = Stack(Path(tmp), own_persister=args.persister == "own", statements=args.statements)
+        if args.nats_breakdown:
+            stack.monitor_port = free_port()
+            stack.sniffer = Sniffer()
         try:
             stack.start()
             idle_s = args.idle if args.idle is not None else (2.0 if args.quick else 10.0)

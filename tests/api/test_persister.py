@@ -6,12 +6,15 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
+import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
 import asyncpg
 import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
@@ -467,3 +470,35 @@ async def test_a_backlog_stored_two_batches_at_once_counts_each_event_once(
     assert await _aggregates(pool) == expected
     assert persister.telemetry.dead_lettered == 1
     assert most_in_store == 2
+
+
+async def test_the_quiet_streams_pull_requests_stay_open_longer(
+    pool: asyncpg.Pool, js: JetStreamContext, nc: NATS
+) -> None:
+    """An idle consumer's open request expires and is sent again: a request, a status and a
+    wake-up each time. The violation, dead-letter and incident streams are quiet most of the
+    time, so their requests ask for a long expiry; telemetry's stays short."""
+    expiries: dict[str, float] = {}
+    asked = asyncio.Event()
+
+    async def on_request(msg: Msg) -> None:
+        stream, durable = msg.subject.split(".")[5:7]
+        if not durable.startswith("api-persister-"):
+            return
+        expiries[stream] = json.loads(msg.data)["expires"] / 1e9
+        if len(expiries) == 4:
+            asked.set()
+
+    await nc.subscribe("$JS.API.CONSUMER.MSG.NEXT.*.*", cb=on_request)
+    await nc.flush()
+    persister = Persister(pool=pool, js=js, publisher=Publisher(js))
+    stop = asyncio.Event()
+    task = asyncio.create_task(persister.run(stop))
+    try:
+        await asyncio.wait_for(asked.wait(), 30)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert expiries[subjects.STREAM_TELEMETRY] == 1.0
+    for stream in (subjects.STREAM_VIOLATIONS, subjects.STREAM_DEADLETTER, subjects.STREAM_INCIDENTS):
+        assert expiries[stream] >= 5.0, expiries

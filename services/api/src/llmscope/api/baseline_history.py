@@ -23,7 +23,7 @@ from nats.js.kv import KV_DEL, KV_PURGE
 
 from llmscope.config.logs import get_logger
 from llmscope.proto import subjects
-from llmscope.proto.charts import ChartRecord, decode_record, is_chart_key
+from llmscope.proto.charts import CHART_KEYS, ChartRecord, decode_record, is_chart_key
 
 log = get_logger("llmscope.api.baseline_history")
 
@@ -96,7 +96,9 @@ class BaselineHistory:
 
     async def _watch(self, nc: NATS, stop: asyncio.Event) -> None:
         kv = await nc.jetstream().key_value(self.bucket)
-        watcher = await kv.watchall()
+        # Chart records only: the bucket also holds the engine's leases, renewed several times
+        # a second, which this process would otherwise be sent and skip.
+        watcher = await kv.watch(CHART_KEYS)
         try:
             while not stop.is_set():
                 try:

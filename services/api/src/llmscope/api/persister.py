@@ -68,6 +68,13 @@ to 2000 cut Postgres's CPU per drained event from 15-16 to 8-10 us (``bench/inge
 A trickle is not held back by it: a pull takes what is there (``ConsumerOptions.fill_wait``)."""
 LAG_SAMPLE_S = 5.0
 """How often each consumer's lag is read from the server (one request per consumer)."""
+QUIET_EXPIRES_S = 5.0
+"""The open pull request's expiry of the persister's violation, dead-letter and incident
+consumers (telemetry's: ``ConsumerOptions.fetch_timeout``, 1 s). Those streams are quiet most of
+the time, and each expiry is a request and a status through nats-server and a wake-up here:
+eight messages a second for the three and telemetry, idle, with 1 s. A message still comes at
+once on the open request; a request lost with the connection is given up after this (and 0.5 s),
+so those three resume at most that long after NATS comes back."""
 TELEMETRY_CONCURRENT = 2
 """Full telemetry batches stored at once, each on its own connection (``ConsumerOptions.concurrent``):
 one batch's rows are COPY'd while the other's aggregates are upserted and its COMMIT waits on
@@ -900,6 +907,9 @@ class Persister:
         dead = DeadLetters(publisher, SOURCE)
         opts = options or persister_consumer_options(batch_size=batch_size)
         self._serial = asyncio.Lock()
+        quiet = (
+            replace(opts, fetch_timeout=max(opts.fetch_timeout, QUIET_EXPIRES_S)) if opts.standing else opts
+        )
         self.telemetry = DurableConsumer[TelemetryEvent](
             js=js,
             stream=subjects.STREAM_TELEMETRY,
@@ -920,7 +930,7 @@ class Persister:
             decode=lambda b: codec.decode_as(b, ViolationEvent),
             handler=self.on_violations,
             dead_letters=dead,
-            options=opts,
+            options=quiet,
             metrics=consumers,
         )
         self.dead_letters = DurableConsumer[DeadLetterEvent](
@@ -931,7 +941,7 @@ class Persister:
             decode=lambda b: codec.decode_as(b, DeadLetterEvent),
             handler=self.on_dead_letters,
             dead_letters=dead,
-            options=opts,
+            options=quiet,
             metrics=consumers,
         )
         self.incidents = DurableConsumer[IncidentEvent](
@@ -942,7 +952,7 @@ class Persister:
             decode=lambda b: codec.decode_as(b, IncidentEvent),
             handler=self.on_incidents,
             dead_letters=dead,
-            options=opts,
+            options=quiet,
             metrics=consumers,
         )
 

@@ -99,9 +99,13 @@ class EmbeddedNats:
         users: dict[str, str] | None = None,
         permissions: dict[str, Permissions] | None = None,
         tie_to_parent: bool = False,
+        monitor_port: int | None = None,
     ) -> None:
         self.store_dir = store_dir
         self.port = port
+        self.monitor_port = monitor_port
+        """nats-server's HTTP monitoring port (``/varz``, ``/connz``, ``/jsz``), for benchmarks;
+        None: none opened."""
         self.host = host
         self.users = users
         self.permissions = permissions or {}
@@ -150,6 +154,8 @@ class EmbeddedNats:
             "--server_name",
             "llmscope-embedded",
         ]
+        if self.monitor_port is not None:
+            cmd += ["--http_port", str(self.monitor_port)]
         log = _append_private(self._log)
         try:
             self._proc = subprocess.Popen(
