@@ -174,6 +174,23 @@ def _running_children() -> dict[int, psutil.Process]:
     return running
 
 
+_WIDER_FIXTURE_CHILDREN: set[int] = set()
+"""Children started by module- or session-scoped fixtures: they outlive a test by design."""
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef[object]) -> Iterator[None]:
+    # A wider fixture is usually set up before the guard below, but not when a test first asks
+    # for it mid-test (request.getfixturevalue): its server would be taken for a leak and killed
+    # under the tests that share it.
+    if fixturedef.scope == "function":
+        yield
+        return
+    before = set(_running_children())
+    yield
+    _WIDER_FIXTURE_CHILDREN.update(set(_running_children()) - before)
+
+
 @pytest.fixture(autouse=True)
 def _no_process_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
     """Every process a test (or its function-scoped fixtures) starts is stopped by the end of its
@@ -183,7 +200,7 @@ def _no_process_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
     error of the test that left it."""
     before = set(_running_children())
     yield
-    left = {pid: p for pid, p in _running_children().items() if pid not in before}
+    left = {pid: p for pid, p in _running_children().items() if pid not in before | _WIDER_FIXTURE_CHILDREN}
     deadline = time.monotonic() + LEFTOVER_GRACE_S
     while left and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -4,6 +4,7 @@ the process, and the process is killed; a test that stops what it started passes
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -23,6 +24,46 @@ def test_leaves_one_running() -> None:
 def test_stops_what_it_started() -> None:
     subprocess.Popen([sys.executable, "-c", "pass"]).wait()
 """
+
+WIDER = """
+import subprocess, sys
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def shared_server():
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "shared-marker"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_asks_for_it_mid_test(request: pytest.FixtureRequest) -> None:
+    request.getfixturevalue("shared_server")
+
+
+def test_still_has_it(shared_server: subprocess.Popen[bytes]) -> None:
+    assert shared_server.poll() is None
+"""
+
+
+def test_a_session_fixture_first_asked_for_mid_test_is_not_a_leak(tmp_path: Path) -> None:
+    """Its process belongs to the session: the test that first asked for it did not leave it
+    behind, and it is not killed under the tests that share it."""
+    (tmp_path / "test_wider.py").write_text(WIDER)
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p", "no:cacheprovider"),
+            *("--rootdir", str(tmp_path), "-o", "addopts=", "-q", str(tmp_path / "test_wider.py")),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "2 passed" in done.stdout, done.stdout + done.stderr
+    assert "error" not in done.stdout.splitlines()[-1], done.stdout
 
 
 def test_a_child_left_running_is_an_error_of_its_test_and_is_killed(tmp_path: Path) -> None:
@@ -72,6 +113,9 @@ def test_a_pytest_killed_mid_test_leaves_no_server_or_child_behind(tmp_path: Pat
             *("--rootdir", str(tmp_path), "-o", "addopts=", "-q", str(tmp_path / "test_killed.py")),
         ],
         cwd=ROOT,
+        # The conftest's own nats-server, the one under test: with NATS_URL set (a CI job's
+        # shared server) the fixture would start none and there would be nothing to orphan.
+        env={k: v for k, v in os.environ.items() if k != "NATS_URL"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

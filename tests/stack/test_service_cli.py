@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -89,6 +89,12 @@ async def test_unknown_arguments_exit_2_naming_them(argv: list[str]) -> None:
     assert "unrecognized arguments: --bogus extra" in err
 
 
+# How long a signalled service may take to exit before the test calls it stuck. The waits these
+# tests interrupt never end by themselves (NATS and Postgres are retried forever), so an exit at
+# all shows the signal ended the wait; the figure only has to outlast a loaded machine.
+STOP_DEADLINE_S = 60.0
+
+
 @dataclass
 class Service:
     """A running ``llmscope`` subcommand whose merged output is read line by line."""
@@ -109,16 +115,16 @@ class Service:
                     raise AssertionError(f"exited before {text!r}:\n" + "".join(self.lines))
                 self.lines.append(raw.decode())
 
-    async def stop(self, sig: signal.Signals, within: float) -> tuple[int, float]:
-        """Send ``sig``; the exit status and how long it took."""
+    async def stop(self, sig: signal.Signals, within: float = STOP_DEADLINE_S) -> int:
+        """Send ``sig``; the exit status. ``within`` is a deadline for a stuck process, not a
+        measure of speed: the tests give it room for a loaded machine."""
         assert self.proc.stdout is not None
-        sent = time.monotonic()
         self.proc.send_signal(sig)
         async with asyncio.timeout(within):
             rest = await self.proc.stdout.read()
             code = await self.proc.wait()
         self.lines.append(rest.decode())
-        return code, time.monotonic() - sent
+        return code
 
     @property
     def output(self) -> str:
@@ -146,32 +152,58 @@ WAITING = {
     "api": "cannot reach Postgres; retrying",
 }
 
+# What each service logs once a signal has ended that wait (before it exits).
+STOPPED_WAITING = {
+    "spc-engine": "stopped before NATS answered",
+    "prober": "stopped",
+    "alerter": "stopped during start-up",
+    "api": "stopped during start-up",
+}
+
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
 @pytest.mark.parametrize("command", list(WAITING))
-async def test_a_signal_while_waiting_for_nats_or_postgres_stops_at_once(
+async def test_a_signal_while_waiting_for_nats_or_postgres_ends_the_wait(
     command: str, sig: signal.Signals
 ) -> None:
+    # Nothing ever answers here, so the wait has no end of its own: only the signal can end it.
     async with service(command, env=_env()) as running:
         await running.wait_for_line(WAITING[command])
-        code, took = await running.stop(sig, within=5)
+        code = await running.stop(sig)
     assert code == 0, running.output
-    assert took < 2.0, running.output
-    assert "Traceback" not in running.output
+    _assert_stopped_while_waiting(running.output, WAITING[command], STOPPED_WAITING[command])
     # Stopping ourselves is no outage: no warning about NATS after the signal.
     assert "disconnected from NATS" not in running.output
 
 
 @pytest.mark.parametrize("command", ["alerter", "api"])
-async def test_a_signal_while_waiting_for_nats_with_postgres_up_stops_at_once(
+async def test_a_signal_while_waiting_for_nats_with_postgres_up_ends_the_wait(
     command: str, database_url: str
 ) -> None:
     async with service(command, env=_env(DATABASE_URL=database_url)) as running:
         await running.wait_for_line("NATS error; retrying")
-        code, took = await running.stop(signal.SIGTERM, within=5)
+        code = await running.stop(signal.SIGTERM)
     assert code == 0, running.output
-    assert took < 2.0, running.output
-    assert "Traceback" not in running.output
+    _assert_stopped_while_waiting(running.output, "NATS error; retrying", STOPPED_WAITING[command])
+
+
+def _assert_stopped_while_waiting(output: str, waiting: str, stopped: str) -> None:
+    """The service said it stopped, after it said it was waiting, and nothing started after that."""
+    lines = output.splitlines()
+    waited = next(i for i, line in enumerate(lines) if waiting in line)
+    said = [i for i, line in enumerate(lines) if _event(line) == stopped]
+    assert said, output
+    assert said[0] > waited, output
+    # Stopped while waiting: not connected, and no service came up after the signal.
+    for marker in ("connected to NATS", "resuming partition", "alerter running", "Uvicorn running on"):
+        assert marker not in output, output
+    assert "Traceback" not in output
+
+
+def _event(line: str) -> str:
+    """The message of a log line (``<time> <level> <service> <logger>: <message> key=value ...``)."""
+    rest = line.split(": ", 1)[1] if ": " in line else line
+    return re.split(r" [\w.]+=", rest.strip(), maxsplit=1)[0]
 
 
 @pytest.mark.parametrize("command", ["alerter", "api"])
@@ -181,7 +213,7 @@ async def test_unreachable_postgres_is_logged_per_attempt_by_address_never_passw
     async with service(command, env=env) as running:
         first = await running.wait_for_line("cannot reach Postgres; retrying")
         second = await running.wait_for_line("attempt=2")
-        code, _ = await running.stop(signal.SIGINT, within=5)
+        code = await running.stop(signal.SIGINT)
     assert code == 0
     for line in (first, second):
         assert f"address={address}" in line
@@ -208,9 +240,8 @@ async def test_postgres_that_refuses_us_ends_with_one_clear_line(command: str, d
 async def test_sim_serve_stops_on_sigterm() -> None:
     async with service("sim", "serve", "--port", str(free_port()), env=_env()) as running:
         await running.wait_for_line("simulated LLM endpoint serving")
-        code, took = await running.stop(signal.SIGTERM, within=5)
+        code = await running.stop(signal.SIGTERM)
     assert code == 0, running.output
-    assert took < 2.0
 
 
 # What each service logs once it is up and connected.
@@ -229,9 +260,8 @@ async def test_a_signal_while_running_stops_cleanly_without_a_disconnect_warning
     env = _env(NATS_URL=nats_url, DATABASE_URL=database_url, LLMSCOPE_SPC_PARTITIONS="1")
     async with service(command, env=env) as running:
         await running.wait_for_line(RUNNING[command], within=20)
-        code, took = await running.stop(sig, within=10)
+        code = await running.stop(sig)
     assert code == 0, running.output
-    assert took < 5.0, running.output
     assert "Traceback" not in running.output
     # Our own close is an info line; only an outage while running is worth a warning.
     assert "disconnected from NATS" not in running.output
