@@ -56,8 +56,11 @@ async def test_pages_draw_their_charts_for_the_viewport_cookie(api: Api) -> None
         ("/dashboard?provider=ollama&model=llama3.1:8b&hours=1", {**HX, "HX-Target": "chart-panel"}),
         ("/report?hours=24", {}),
     ):
-        narrow = view_boxes((await client.get(path, headers=headers)).text)
+        r = await client.get(path, headers=headers)
+        narrow = view_boxes(r.text)
         assert narrow, path
+        # The answer depends on a cookie: a cache must not hand it to another screen.
+        assert "Cookie" in r.headers["vary"], path
         assert all(w == "380" for _, w in narrow), (path, narrow)
     # What keeps the cookie: every page loads it.
     assert '<script src="/static/viewport.js"></script>' in (await client.get("/")).text

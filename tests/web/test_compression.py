@@ -75,12 +75,12 @@ async def test_the_day_chart_panel_is_gzip_and_decodes_to_the_same_bytes(api: Ap
             break
     assert plain.status_code == 200
     assert "content-encoding" not in plain.headers
-    assert plain.headers["vary"] == "HX-Request, HX-Target, Accept-Encoding"
+    assert plain.headers["vary"] == "HX-Request, HX-Target, Cookie, Accept-Encoding"
     assert plain_raw.lstrip().startswith(b'<div id="chart-panel"')
     assert len(plain_raw) > 5000
 
     assert packed.headers["content-encoding"] == "gzip"
-    assert packed.headers["vary"] == "HX-Request, HX-Target, Accept-Encoding"
+    assert packed.headers["vary"] == "HX-Request, HX-Target, Cookie, Accept-Encoding"
     assert int(packed.headers["content-length"]) == len(packed_raw)
     # Its tag names the same content, weakened (the compressed bytes are not the identity's),
     # and the server made it from the bytes it compressed: they decode to the identity's.
@@ -143,7 +143,7 @@ async def test_polled_fragments_answer_conditional_requests(api: Api) -> None:
     first = await client.get(DAY, headers={**LOG, **IDENTITY})
     etag = first.headers["etag"]
     assert first.headers["cache-control"] == "private, no-cache"
-    assert first.headers["vary"] == "HX-Request, HX-Target, Accept-Encoding"
+    assert first.headers["vary"] == "HX-Request, HX-Target, Cookie, Accept-Encoding"
     # Nothing new: a bodiless 304 with the tag, for the tag as sent, weakened (gzip) or listed.
     for tag in (etag, f"W/{etag}", f'"other", {etag}', "*"):
         again = await client.get(DAY, headers={**LOG, "If-None-Match": tag})
@@ -151,7 +151,7 @@ async def test_polled_fragments_answer_conditional_requests(api: Api) -> None:
         assert again.content == b""
         assert again.headers["etag"] == f"W/{etag}"  # as the gzip answer's (httpx accepts gzip)
         assert again.headers["cache-control"] == "private, no-cache"
-        assert again.headers["vary"] == "HX-Request, HX-Target, Accept-Encoding"
+        assert again.headers["vary"] == "HX-Request, HX-Target, Cookie, Accept-Encoding"
     assert (await client.get(DAY, headers={**LOG, "If-None-Match": '"stale"'})).status_code == 200
     # A new violation: what the log shows changed, and so does its tag.
     async with api.store.pool.acquire() as conn:

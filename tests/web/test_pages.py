@@ -117,7 +117,7 @@ async def test_dashboard_page_and_fragments(api: Api) -> None:
     assert not is_full_page(r.text)
     assert r.text.lstrip().startswith('<div id="chart-panel"')
     assert "<svg" in r.text
-    assert r.headers["vary"] == "HX-Request, HX-Target, Accept-Encoding"
+    assert r.headers["vary"] == "HX-Request, HX-Target, Cookie, Accept-Encoding"
 
     r = await client.get("/dashboard?series=ollama|org/other:1", headers={**HX, "HX-Target": "panel"})
     assert r.text.lstrip().startswith('<section id="panel"')

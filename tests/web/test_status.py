@@ -199,13 +199,15 @@ def test_policy_thresholds_are_the_policys() -> None:
         (("operational", "operational"), "operational", "all operational"),
         # A partial stop reads as partial: never as if every model had stopped.
         (("operational",) * 4 + ("stopped",), "degraded", "1 of 5 stopped reporting"),
-        (("operational", "unknown"), "degraded", "1 of 2 never probed"),
-        (("stopped", "unknown", "operational"), "degraded", "1 of 3 stopped reporting · 1 of 3 never probed"),
+        # A model not probed yet (just added) is named, and makes nothing worse.
+        (("operational", "unknown"), "operational", "all probed operational · 1 never probed"),
+        (("maintenance", "unknown"), "maintenance", "1 of 2 in maintenance · 1 never probed"),
+        (("stopped", "unknown", "operational"), "degraded", "1 of 3 stopped reporting · 1 never probed"),
         (("stopped", "maintenance"), "degraded", "1 of 2 stopped reporting"),
         # Only when every model is silent is the whole silent.
         (("stopped", "stopped"), "stopped", "all stopped reporting"),
         (("unknown",), "unknown", "no probe yet"),
-        (("stopped", "unknown"), "stopped", "1 stopped reporting · 1 never probed"),
+        (("stopped", "unknown"), "stopped", "1 of 2 stopped reporting · 1 never probed"),
         # The worst health wins, and the silent ones are still named.
         (("unknown", "degraded"), "degraded", "1 of 2 degraded · 1 never probed"),
         (("degraded", "outage", "stopped"), "outage", "1 of 3 down · 1 stopped reporting"),

@@ -264,7 +264,9 @@ class Pages:
             html = self.env.get_template(template).render(ctx)
         else:
             html = render_block(self.env, template, block, ctx)
-        vary = "HX-Request, HX-Target"
+        # The chart width comes from the llmscope_vw cookie (and the session from its own): a
+        # cache keyed on the URL alone would serve one screen's charts to another.
+        vary = "HX-Request, HX-Target, Cookie"
         polled_get = request.method == "GET" and status_code == 200 and not toast
         if block is not None and block in set(polled) and polled_get:
             return self._polled(request, html, vary, dict(headers or {}))

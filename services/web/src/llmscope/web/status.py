@@ -340,13 +340,17 @@ def overall(models: Sequence[HasStatus]) -> Overall:
        ``degraded`` ("1 of 5 degraded");
     3. every model without recent probes: ``stopped`` ("all stopped reporting") when any was
        probed before, ``unknown`` ("no probe yet") when none ever was;
-    4. some models without recent probes, the rest healthy or in maintenance: partial, so
+    4. some models stopped reporting, the rest healthy or in maintenance: partial, so
        ``degraded`` ("1 of 5 stopped reporting"), never as if all had stopped;
     5. any in ``maintenance``: ``maintenance`` ("1 of 5 in maintenance");
     6. ``operational`` ("all operational").
 
-    Models without recent probes are named after the health words of rules 2 and 5 as well
-    ("1 of 5 down · 1 stopped reporting"): a silent model may be down, and is never dropped.
+    A model never probed yet (``unknown``: just added, its first probe due) does not make the
+    whole degraded, as a new monitor's "pending" does not in other tools: adding a model would
+    otherwise turn the status page yellow until its first probe. It is named after the other
+    words instead ("all probed operational · 1 never probed"), as stopped models are after the
+    health words ("1 of 5 down · 1 stopped reporting"): a silent model may be down, and is never
+    dropped.
     """
     total = len(models)
     if not total:
@@ -354,32 +358,30 @@ def overall(models: Sequence[HasStatus]) -> Overall:
     n: dict[str, int] = dict.fromkeys(STATUSES, 0)
     for m in models:
         n[m.status] += 1
-    silent = n["stopped"] + n["unknown"]
-    notes = [f"{n['stopped']} {STOPPED}"] * bool(n["stopped"]) + [f"{n['unknown']} never probed"] * bool(
-        n["unknown"]
-    )
+    never = [f"{n['unknown']} never probed"] * bool(n["unknown"])
+    notes = [f"{n['stopped']} {STOPPED}"] * bool(n["stopped"]) + never
 
-    def with_notes(status: Status, words: str) -> Overall:
-        return Overall(status, " · ".join([words, *notes]))
+    def with_notes(status: Status, words: str, extra: list[str]) -> Overall:
+        return Overall(status, " · ".join([words, *extra]))
 
     if n["outage"]:
-        return with_notes("outage", _part(n["outage"], total, "down", "all down"))
+        return with_notes("outage", _part(n["outage"], total, "down", "all down"), notes)
     if n["degraded"]:
-        return with_notes("degraded", _part(n["degraded"], total, "degraded", "all degraded"))
-    if silent == total:
-        if n["stopped"] == total:
-            return Overall("stopped", f"all {STOPPED}")
-        if n["unknown"] == total:
-            return Overall("unknown", "no probe yet")
-        return Overall("stopped", " · ".join(notes))
-    if silent:
-        words = [
-            _part(n["stopped"], total, STOPPED, "") if n["stopped"] else "",
-            _part(n["unknown"], total, "never probed", "") if n["unknown"] else "",
-        ]
-        return Overall("degraded", " · ".join(w for w in words if w))
+        return with_notes("degraded", _part(n["degraded"], total, "degraded", "all degraded"), notes)
+    if n["stopped"] == total:
+        return Overall("stopped", f"all {STOPPED}")
+    if n["unknown"] == total:
+        return Overall("unknown", "no probe yet")
+    if n["stopped"]:
+        # Every model silent reads as stopped; some as partial.
+        status: Status = "stopped" if n["stopped"] + n["unknown"] == total else "degraded"
+        return with_notes(status, _part(n["stopped"], total, STOPPED, ""), never)
     if n["maintenance"]:
-        return Overall("maintenance", _part(n["maintenance"], total, "in maintenance", "all in maintenance"))
+        return with_notes(
+            "maintenance", _part(n["maintenance"], total, "in maintenance", "all in maintenance"), never
+        )
+    if never:
+        return with_notes("operational", "all probed operational", never)
     return Overall("operational", "all operational")
 
 
