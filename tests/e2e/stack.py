@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +48,15 @@ class RunningStack:
 
     def log(self) -> str:
         return "".join(self.output[-400:])
+
+    def mark(self) -> int:
+        """Where `up`'s output stands now: :meth:`since` reads everything printed after it."""
+        return len(self.output)
+
+    def since(self, mark: int) -> str:
+        """All of `up`'s output after ``mark``, however much (``log()`` keeps only the tail, which a
+        burst of service lines pushes a supervisor line out of)."""
+        return "".join(self.output[mark:])
 
     def client_env(self) -> dict[str, str]:
         """What `up` wrote to DATA_DIR/client.env: the URLs, with their generated passwords."""
@@ -152,7 +161,11 @@ def llmscope_up(data_dir: Path, extra_env: Mapping[str, str] | None = None) -> I
         reader.join(5)
 
 
-def wait_for(predicate: object, timeout: float, interval: float = 0.5, what: str = "condition") -> object:
+def wait_for(
+    predicate: object, timeout: float, interval: float = 0.5, what: str | Callable[[], str] = "condition"
+) -> object:
+    """``predicate()`` once truthy; ``what`` names it on timeout (a callable is called then: a log
+    in the message is the log at the timeout, not as it was before the wait)."""
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline:
@@ -160,4 +173,5 @@ def wait_for(predicate: object, timeout: float, interval: float = 0.5, what: str
         if last:
             return last
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last={last!r}")
+    described = what() if callable(what) else what
+    raise AssertionError(f"timed out after {timeout} s waiting for {described}; last={last!r}")

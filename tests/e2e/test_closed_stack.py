@@ -8,6 +8,8 @@ it started exits, so a second `up` on the same ports starts at once.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import grp
 import os
 import stat
@@ -15,10 +17,13 @@ import time
 from pathlib import Path
 
 import httpx
+import nats
+import nats.errors
+import nats.js.errors
 import psutil
 import pytest
 
-from llmscope.proto import permissions
+from llmscope.proto import permissions, subjects
 from llmscope.stack.embedded import PG_SYSTEM_USER
 from tests.e2e.stack import RunningStack, llmscope_up, wait_for
 from tests.stack.access import nats_answer, pg_refusal
@@ -72,9 +77,34 @@ def _children(stack: RunningStack, name: str) -> list[psutil.Process]:
     return [p for p in psutil.Process(stack.proc.pid).children() if _name(p) == name]
 
 
-def _restarted(stack: RunningStack, name: str, before: int) -> bool:
+def _restarted(stack: RunningStack, name: str, before: int, mark: int) -> bool:
+    """`up` said it restarts ``name`` (anywhere in its output since ``mark``, the kill: services
+    print bursts of lines as NATS or PostgreSQL comes back) and a new ``name`` runs."""
     line = f"llmscope: {name} exited with code -9; restarting in"
-    return line in stack.log() and any(p.pid != before for p in _children(stack, name))
+    return line in stack.since(mark) and any(p.pid != before for p in _children(stack, name))
+
+
+def _members_announced(nats_url: str) -> bool:
+    """The SPC engine's members bucket exists and holds a replica's key."""
+
+    async def check() -> bool:
+        try:
+            nc = await nats.connect(nats_url, allow_reconnect=False, connect_timeout=2)
+        except (nats.errors.Error, OSError):
+            return False
+        try:
+            members = await nc.jetstream().key_value(subjects.SPC_MEMBERS_BUCKET)
+            return bool(await members.keys())
+        except (nats.errors.Error, nats.js.errors.Error, TimeoutError):
+            return False  # NoKeysError and BucketNotFoundError among them
+        finally:
+            await nc.close()
+
+    return asyncio.run(check())
+
+
+def _restart_report(stack: RunningStack, name: str, mark: int) -> str:
+    return f"{name} restarted; `up` printed since the kill:\n{stack.since(mark)}"
 
 
 def _wait_ready(stack: RunningStack, timeout: float = 90) -> None:
@@ -133,13 +163,18 @@ def test_up_is_closed_restarts_its_servers_and_leaves_nothing_behind(data_dir: P
         _wait_ready(stack)
         for name in ("nats-server", "postgres"):
             [server] = _children(stack, name)
+            mark = stack.mark()
             server.kill()
             wait_for(
-                lambda n=name, b=server.pid: _restarted(stack, n, b),
+                lambda n=name, b=server.pid, m=mark: _restarted(stack, n, b, m),
                 60,
-                what=f"{name} restarted\n{stack.log()}",
+                what=functools.partial(_restart_report, stack, name, mark),
             )
         assert nats_answer(int(nats_port), {"user": "operator", "pass": password}) == "PONG"
+        # The engine's members bucket is kept in memory: the restart dropped it, the engine's user
+        # may not make it, and `up` runs the setup step again so its replicas announce themselves.
+        operator_url = f"nats://operator:{password}@127.0.0.1:{nats_port}"
+        wait_for(lambda: _members_announced(operator_url), 60, what="the SPC engine announced again")
         wait_for(lambda: pg_refusal(urls["DATABASE_URL"]) == "", 60, what="postgres back")
         _wait_ready(stack)
 

@@ -28,12 +28,15 @@ from llmscope.spc_engine.service import (
     checkpoint_key,
     config_for,
     lease_key,
+    member_key,
     owned_partitions,
     partition_durable,
     serve,
 )
 from llmscope.spc_engine.settings import SpcSettings
 from llmscope.spc_engine.store import ChartStore
+from llmscope.stack.embedded import EmbeddedNats
+from tests.alerter.harness import eventually
 from tests.processes import stop_process, tied
 
 from .helpers import telemetry_stream
@@ -485,3 +488,57 @@ async def _survive_the_other(
     await wait_consumed(js, events, len(events), within=120)
     assert all(h.startswith("0@") for h in (await lease_holders(js)).values())
     assert await stop_process(survivor, within=20) == 0
+
+
+@pytest.mark.fault
+async def test_replicas_rejoin_and_share_after_nats_restarts_without_the_members_bucket(
+    embedded_nats: EmbeddedNats,
+) -> None:
+    """The members bucket lives in memory, so a restarted nats-server (same file store: streams,
+    leases and checkpoints survive) comes back without it. The running replica makes it again and
+    announces itself, and a replica started afterwards gets its share of the partitions."""
+    nc = await nats.connect(embedded_nats.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    js = nc.jetstream()
+    await ensure_streams(js, BusSettings())
+    charts = await open_bucket(js, subjects.SPC_CHARTS_BUCKET, description="test")
+    # A lease TTL longer than the test: the outage costs no lease, every move is a hand-over.
+    slow = dataclasses.replace(settings(embedded_nats.url), lease_ttl_s=600)
+    running: dict[str, tuple[SpcService, asyncio.Task[None], asyncio.Event]] = {}
+
+    def start(holder: str) -> None:
+        service = SpcService(slow, nc, js, charts, holder=holder)
+        stop = asyncio.Event()
+        running[holder] = (service, asyncio.create_task(service.run(stop)), stop)
+
+    def shared() -> bool:
+        names = sorted(running)
+        return all(
+            running[name][0].held == set(owned_partitions(PARTITIONS, len(names), i))
+            for i, name in enumerate(names)
+        )
+
+    async def announced(holder: str) -> bool:
+        try:  # never creates the bucket: only the engine may bring it back
+            members = await js.key_value(slow.members_bucket)
+            await members.get(member_key(holder))
+        except (nats.js.errors.BucketNotFoundError, nats.js.errors.KeyNotFoundError):
+            return False
+        except (nats.errors.Error, TimeoutError):  # still reconnecting
+            return False
+        return True
+
+    start("a")
+    await eventually(shared, within=60, what="a holds every partition")
+    assert await announced("a")
+    embedded_nats.kill()
+    embedded_nats.start()
+    await eventually(lambda: announced("a"), within=60, what="a announced again after the restart")
+    start("b")
+    await eventually(shared, within=60, what="a and b share the partitions")
+    for name in sorted(running):
+        service, task, stop = running.pop(name)
+        stop.set()
+        await task
+        assert service.failed is None
+        assert not service.held
+    await nc.close()

@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import gc
 import re
@@ -89,7 +90,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import ConnectionReconnectingError, NoRespondersError
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType
+from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig
 from nats.js.errors import (
     APIError,
     BadRequestError,
@@ -104,7 +105,7 @@ from llmscope.bus.connection import connect, subscriptions_in_place
 from llmscope.bus.consumer import ConsumerOptions, Delivery, DurableConsumer
 from llmscope.bus.deadletter import DeadLetters
 from llmscope.bus.kv import bucket_keys, current_entries, open_bucket, put_many, watch_bucket
-from llmscope.bus.layout import bucket_configs, prepare
+from llmscope.bus.layout import SETUP_COMMAND, bucket_configs, prepare
 from llmscope.bus.metrics import sample_consumers
 from llmscope.bus.publisher import Publisher
 from llmscope.bus.streams import PartitionMismatchError, telemetry_partition
@@ -424,16 +425,16 @@ class MemberConflictError(RuntimeError):
     """Another live process announces itself with this replica's identity (it would share its leases)."""
 
 
+def members_config(settings: SpcSettings) -> KeyValueConfig:
+    """The members bucket as ``llmscope.bus.layout`` declares it (the setup step makes the same)."""
+    declared = bucket_configs(settings.bus, member_ttl_s=MEMBER_TTLS * settings.lease_ttl_s)
+    config = next(c for c in declared if c.bucket == subjects.SPC_MEMBERS_BUCKET)
+    return dataclasses.replace(config, bucket=settings.members_bucket)
+
+
 async def open_members(js: JetStreamContext, settings: SpcSettings) -> KeyValue:
     """The members bucket, created with a max age of ``MEMBER_TTLS`` lease TTLs if missing."""
-    config = KeyValueConfig(
-        bucket=settings.members_bucket,
-        description="LLMscope SPC engine replicas alive (each renews its key; the max age drops the dead)",
-        history=1,
-        ttl=MEMBER_TTLS * settings.lease_ttl_s,
-        storage=StorageType.MEMORY,
-        replicas=settings.bus.replicas,
-    )
+    config = members_config(settings)
     for _ in range(3):
         try:
             return await js.key_value(settings.members_bucket)
@@ -442,6 +443,33 @@ async def open_members(js: JetStreamContext, settings: SpcSettings) -> KeyValue:
         with contextlib.suppress(BadRequestError):  # created by another replica meanwhile
             return await js.create_key_value(config)
     return await js.key_value(settings.members_bucket)
+
+
+class MembersGoneError(RuntimeError):
+    """The members bucket is gone and this replica's user may not make it again."""
+
+
+async def recreate_members(js: JetStreamContext, settings: SpcSettings) -> bool:
+    """Make the members bucket again if it is gone; whether it was gone.
+
+    It is kept in memory (it only says who is alive now), so a nats-server restart drops it:
+    without this every replica's announcement failed until one restarted, and a replica started
+    meanwhile could not be told apart from none. With ``LLMSCOPE_MANAGE_STREAMS=false`` the
+    user may not create streams (``llmscope.proto.permissions``): raises
+    :class:`MembersGoneError` (the setup step must run again; the partitions stay as they are)."""
+    try:
+        await js.stream_info(f"KV_{settings.members_bucket}")
+        return False
+    except NotFoundError:
+        pass
+    if not settings.bus.manage_streams:
+        raise MembersGoneError(
+            f"the members bucket {settings.members_bucket} is gone (nats-server restarted?) and this"
+            f" user may not create it: run `{SETUP_COMMAND}` as the setup user"
+        )
+    with contextlib.suppress(BadRequestError):  # made by another replica meanwhile
+        await js.create_key_value(members_config(settings))
+    return True
 
 
 class Membership:
@@ -1167,16 +1195,37 @@ class SpcService:
             # Announced at least four times per max age, whatever TTL the bucket was made with,
             # and at least every second: a replica that joins or leaves is noticed that fast.
             every = min(self.settings.lease_ttl_s / 4, member_ttl / 4, 1.0)
-            while not inner_stop.is_set():
+
+            async def read() -> list[str]:
                 try:
                     await membership.announce()
-                    live = await membership.live()
+                    return await membership.live()
+                except MemberConflictError:
+                    raise
+                except Exception:
+                    # A restarted nats-server has no members bucket (memory storage): make it
+                    # again and announce at once, not a round later.
+                    if not await recreate_members(self._js, self.settings):
+                        raise
+                    log.warning("members bucket was gone (nats-server restarted?): made it again")
+                    await membership.announce()
+                    return await membership.live()
+
+            gone_reported = False
+            while not inner_stop.is_set():
+                try:
+                    live = await read()
                 except MemberConflictError as exc:
                     self._stop_on(exc)
                     return
+                except MembersGoneError as exc:
+                    if not gone_reported:  # once per disappearance, not every second
+                        log.error("members not read: the partitions stay as they are", error=str(exc))
+                        gone_reported = True
                 except Exception as exc:
                     log.warning("members not read: the partitions stay as they are", error=repr(exc))
                 else:
+                    gone_reported = False
                     if not inner_stop.is_set():
                         self.assign(live, overrides_kv)
                 with contextlib.suppress(TimeoutError):

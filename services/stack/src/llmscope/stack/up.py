@@ -229,6 +229,9 @@ class Child:
         self.halt(self.proc)
 
 
+_SETUP_ARGV = [sys.executable, "-m", "llmscope.stack.cli", "setup", "--wait", "60"]
+
+
 class Stack:
     """Embedded servers plus supervised children; stops everything it started."""
 
@@ -241,6 +244,8 @@ class Stack:
         self.children: list[Child] = []
         self.service_nats_urls: dict[str, str] = {}
         """Each service's own NATS URL (with its password) on the embedded server."""
+        self._setup_env: dict[str, str] | None = None
+        """The environment :meth:`run_setup` ran with: it runs again after nats-server restarts."""
         self._stopping = threading.Event()
 
     def check_ports(self) -> None:
@@ -389,8 +394,24 @@ class Stack:
         if self.nats is None:
             return
         setup_env = {**env, "NATS_URL": self.nats.url_for(permissions.SETUP)}
-        argv = [sys.executable, "-m", "llmscope.stack.cli", "setup", "--wait", "60"]
-        subprocess.run(argv, env=setup_env, check=True)
+        self._setup_env = setup_env
+        subprocess.run(_SETUP_ARGV, env=setup_env, check=True)
+
+    def rerun_setup(self) -> None:
+        """``llmscope setup`` again, in the background, after the embedded nats-server restarted:
+        the SPC engine's members bucket is kept in memory and is gone, and the services' users
+        may not make it (the engine's replicas could not announce themselves until then)."""
+        setup_env = self._setup_env
+        if setup_env is None:
+            return
+
+        def run() -> None:
+            done = subprocess.run(_SETUP_ARGV, env=setup_env, check=False)
+            if done.returncode != 0:
+                code = done.returncode
+                print(f"llmscope: setup after the nats-server restart exited with code {code}", flush=True)
+
+        threading.Thread(target=run, name="llmscope-setup", daemon=True).start()
 
     def start_children(self, env: dict[str, str]) -> None:
         launcher = [sys.executable, "-m", "llmscope.stack.cli"]
@@ -438,6 +459,8 @@ class Stack:
                     # A failed start is reported by why_down() on the next round.
                     with contextlib.suppress(Exception):
                         child.start()
+                        if child.name == "nats-server":
+                            self.rerun_setup()
 
     @property
     def stopping(self) -> bool:
