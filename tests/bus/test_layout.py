@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
+import nats
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import StorageType, StreamConfig
@@ -15,6 +17,7 @@ from llmscope.bus.streams import PartitionMismatchError, stream_configs, telemet
 from llmscope.config.env import Env
 from llmscope.config.startup import Stopped
 from llmscope.proto import subjects
+from llmscope.stack.embedded import EmbeddedNats
 from tests.alerter.harness import eventually
 
 CHECK_ONLY = BusSettings(manage_streams=False)
@@ -49,7 +52,7 @@ def test_every_bucket_a_service_opens_is_declared() -> None:
     declared = layout(BusSettings())
     with pytest.raises(KeyError, match="bucket_configs"):
         declared.bucket("undeclared")
-    assert declared.bucket(subjects.SPC_MEMBERS_BUCKET).storage == StorageType.MEMORY
+    assert {b.storage for b in declared.buckets} == {StorageType.FILE}
 
 
 async def test_apply_makes_everything_and_check_only_then_finds_nothing_missing(nc: NATS) -> None:
@@ -113,3 +116,41 @@ async def test_managing_creates_the_streams_and_the_buckets_it_is_given(nc: NATS
     await prepare(js, BusSettings(), None, buckets=buckets)
     assert await missing(js, stream_configs(BusSettings()), buckets) == {}
     await js.key_value(subjects.MODELS_BUCKET)
+
+
+async def test_setup_remakes_a_members_bucket_of_an_earlier_version_on_disk(nc: NATS) -> None:
+    """Earlier versions kept the members bucket in memory, which a nats-server restart drops and
+    an engine user may not make again. A stream's storage cannot change in place; its content is
+    renewed by the engines within seconds, so the setup step deletes and remakes it."""
+    js = nc.jetstream()
+    declared = layout(BusSettings())
+    members = declared.bucket(subjects.SPC_MEMBERS_BUCKET)
+    await js.create_key_value(dataclasses.replace(members, storage=StorageType.MEMORY))
+    assert await missing(js, [], [members]) == {
+        f"KV_{subjects.SPC_MEMBERS_BUCKET}": "storage memory, expected file"
+    }
+    await apply(js, declared)
+    info = await js.stream_info(f"KV_{subjects.SPC_MEMBERS_BUCKET}")
+    assert info.config.storage == StorageType.FILE
+    assert info.config.max_age == members.ttl
+    assert await missing(js, declared.streams, declared.buckets) == {}
+    kv = await js.key_value(subjects.SPC_MEMBERS_BUCKET)
+    await kv.put("m.a", b"alive")  # a usable bucket, not only a stream
+    assert (await kv.get("m.a")).value == b"alive"
+
+
+async def test_the_members_bucket_outlives_a_nats_server_restart(embedded_nats: EmbeddedNats) -> None:
+    client = await nats.connect(embedded_nats.url)
+    try:
+        await apply(client.jetstream(), layout(BusSettings()))
+    finally:
+        await client.close()
+    embedded_nats.kill()
+    embedded_nats.start()
+    client = await nats.connect(embedded_nats.url)
+    try:
+        js = client.jetstream()
+        info = await js.stream_info(f"KV_{subjects.SPC_MEMBERS_BUCKET}")
+        assert info.config.storage == StorageType.FILE
+    finally:
+        await client.close()

@@ -491,12 +491,14 @@ async def _survive_the_other(
 
 
 @pytest.mark.fault
-async def test_replicas_rejoin_and_share_after_nats_restarts_without_the_members_bucket(
+async def test_replicas_rejoin_and_share_after_nats_restarts_and_the_members_bucket_goes(
     embedded_nats: EmbeddedNats,
 ) -> None:
-    """The members bucket lives in memory, so a restarted nats-server (same file store: streams,
-    leases and checkpoints survive) comes back without it. The running replica makes it again and
-    announces itself, and a replica started afterwards gets its share of the partitions."""
+    """A restarted nats-server (same file store: streams, leases, checkpoints and the members
+    bucket survive) keeps the replica's announcement. If the members bucket goes anyway (deleted
+    by hand; an earlier version kept it in memory, where a restart dropped it), the running
+    replica makes it again and announces itself, and a replica started afterwards gets its share
+    of the partitions."""
     nc = await nats.connect(embedded_nats.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     js = nc.jetstream()
     await ensure_streams(js, BusSettings())
@@ -532,7 +534,11 @@ async def test_replicas_rejoin_and_share_after_nats_restarts_without_the_members
     assert await announced("a")
     embedded_nats.kill()
     embedded_nats.start()
-    await eventually(lambda: announced("a"), within=60, what="a announced again after the restart")
+    await eventually(lambda: announced("a"), within=60, what="a announced after the restart")
+    await eventually(
+        lambda: _delete_stream(js, f"KV_{slow.members_bucket}"), within=60, what="bucket deleted"
+    )
+    await eventually(lambda: announced("a"), within=60, what="a announced again in a bucket it made again")
     start("b")
     await eventually(shared, within=60, what="a and b share the partitions")
     for name in sorted(running):
@@ -542,3 +548,11 @@ async def test_replicas_rejoin_and_share_after_nats_restarts_without_the_members
         assert service.failed is None
         assert not service.held
     await nc.close()
+
+
+async def _delete_stream(js: JetStreamContext, name: str) -> bool:
+    try:
+        await js.delete_stream(name)
+    except (nats.errors.Error, TimeoutError):  # still reconnecting
+        return False
+    return True

@@ -84,7 +84,11 @@ def bucket_configs(
             " (each renews its key; the max age drops the dead)",
             history=1,
             ttl=member_ttl_s,
-            storage=StorageType.MEMORY,
+            # On disk although it only says who is alive now: a memory bucket is gone after a
+            # nats-server restart, and an engine user that may not create streams (compose,
+            # Kubernetes) could not make it again, so no replica could announce itself until
+            # the setup step ran again by hand.
+            storage=StorageType.FILE,
             replicas=settings.replicas,
         ),
     ]
@@ -132,6 +136,13 @@ def _bucket_stream(name: str) -> str:
     return f"KV_{name}"
 
 
+REMADE_WHEN_INCOMPATIBLE = frozenset({subjects.SPC_MEMBERS_BUCKET})
+"""Buckets the setup step deletes and makes again when their storage differs from the declared
+(a stream's storage cannot change in place): what they hold is renewed within seconds by the
+services (the engines' member keys), so nothing is lost. Earlier versions kept the members
+bucket in memory."""
+
+
 async def ensure_bucket(js: JetStreamContext, config: KeyValueConfig, *, update: bool) -> None:
     """Create the bucket if missing; with ``update``, bring an existing one to ``config``'s
     description, max age and replicas (what may change on a live bucket)."""
@@ -146,6 +157,12 @@ async def ensure_bucket(js: JetStreamContext, config: KeyValueConfig, *, update:
     if not update:
         return
     current = info.config
+    if current.storage != config.storage and name in REMADE_WHEN_INCOMPATIBLE:
+        log.info("bucket made again with the declared storage", bucket=name, was=str(current.storage))
+        await js.delete_stream(_bucket_stream(name))
+        with contextlib.suppress(BadRequestError):  # made by a service meanwhile
+            await js.create_key_value(config)
+        return
     wanted_age = config.ttl or 0.0
     if (current.max_age or 0.0, current.num_replicas, current.description) == (
         wanted_age,
@@ -257,5 +274,10 @@ async def missing(
             problems[name] = "missing"
             continue
         if current.storage != config.storage:
-            problems[name] = f"storage {current.storage}, expected {config.storage}"
+            problems[name] = f"storage {_storage(current.storage)}, expected {_storage(config.storage)}"
     return problems
+
+
+def _storage(storage: StorageType | str | None) -> str:
+    """``file`` or ``memory`` (the server answers the plain word, the declaration an enum)."""
+    return storage.value if isinstance(storage, StorageType) else str(storage)

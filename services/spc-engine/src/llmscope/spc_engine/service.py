@@ -452,10 +452,10 @@ class MembersGoneError(RuntimeError):
 async def recreate_members(js: JetStreamContext, settings: SpcSettings) -> bool:
     """Make the members bucket again if it is gone; whether it was gone.
 
-    It is kept in memory (it only says who is alive now), so a nats-server restart drops it:
-    without this every replica's announcement failed until one restarted, and a replica started
-    meanwhile could not be told apart from none. With ``LLMSCOPE_MANAGE_STREAMS=false`` the
-    user may not create streams (``llmscope.proto.permissions``): raises
+    It is on disk, but an earlier version kept it in memory, where a nats-server restart dropped
+    it; an operator may also delete it. Without this every replica's announcement failed until
+    one restarted, and a replica started meanwhile could not be told apart from none. With
+    ``LLMSCOPE_MANAGE_STREAMS=false`` the user may not create streams (``llmscope.proto.permissions``): raises
     :class:`MembersGoneError` (the setup step must run again; the partitions stay as they are)."""
     try:
         await js.stream_info(f"KV_{settings.members_bucket}")
