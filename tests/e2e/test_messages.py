@@ -200,7 +200,7 @@ def test_an_outage_and_its_recovery_in_every_channel_with_one_ticket(data_dir: P
         # speaks, so every message and ticket here is the outage's.
         env = s.env(time_scale=0.01, baseline_n=1_000_000)
         with llmscope_up(data_dir, env) as stack, stack.client() as client:
-            wait_for(lambda: _points(client), 90, what=f"the model probed\n{stack.log()}")
+            wait_for(lambda: _points(client), 90, what=lambda: f"the model probed\n{stack.log()}")
 
             def availability() -> list[dict[str, Any]]:
                 return [v for v in _violations(client) if v["rule"] == "AVAILABILITY"]
@@ -209,7 +209,7 @@ def test_an_outage_and_its_recovery_in_every_channel_with_one_ticket(data_dir: P
             wait_for(
                 lambda: all(v["state"] == "cleared" for v in availability()),
                 90,
-                what=f"no AVAILABILITY episode open before the outage\n{stack.log()}",
+                what=lambda: f"no AVAILABILITY episode open before the outage\n{stack.log()}",
             )
             before = {v["id"] for v in availability()}
             down = stack.llmscope("sim", "inject", "outage", "--model", MODEL, "--status", "503")
@@ -217,12 +217,16 @@ def test_an_outage_and_its_recovery_in_every_channel_with_one_ticket(data_dir: P
             opened: list[dict[str, Any]] = wait_for(  # type: ignore[assignment]
                 lambda: [v for v in availability() if v["id"] not in before],
                 90,
-                what=f"an AVAILABILITY violation\n{stack.log()}",
+                what=lambda: f"an AVAILABILITY violation\n{stack.log()}",
             )
             episode = opened[0]["episode_id"]
 
             # One firing message per channel, each naming the failure.
-            wait_for(lambda: _firing(s.webhooks(), episode), 90, what=f"the outage's webhook\n{stack.log()}")
+            wait_for(
+                lambda: _firing(s.webhooks(), episode),
+                90,
+                what=lambda: f"the outage's webhook\n{stack.log()}",
+            )
             wait_for(lambda: _naming(s.slack_messages(), episode), 60, what="the outage's Slack message")
             wait_for(lambda: _naming([b for _, b in s.emails()], episode), 60, what="the outage's email")
             first = _firing(s.webhooks(), episode)[0]
@@ -248,13 +252,15 @@ def test_an_outage_and_its_recovery_in_every_channel_with_one_ticket(data_dir: P
             def tickets() -> list[Any]:
                 return [i for i in s.github.created() if marker in str(i.body)]
 
-            wait_for(tickets, 90, what=f"the incident's ticket\n{stack.log()}")
+            wait_for(tickets, 90, what=lambda: f"the incident's ticket\n{stack.log()}")
 
             # Recovery: the episode clears, the incident resolves, every channel says for how long.
             back = stack.llmscope("sim", "inject", "clear")
             assert back.returncode == 0, back.stderr
             wait_for(
-                lambda: _resolved(s.webhooks(), episode), 120, what=f"the resolved webhook\n{stack.log()}"
+                lambda: _resolved(s.webhooks(), episode),
+                120,
+                what=lambda: f"the resolved webhook\n{stack.log()}",
             )
 
             def resolved_texts(texts: list[str]) -> list[str]:
@@ -280,7 +286,7 @@ def test_an_outage_and_its_recovery_in_every_channel_with_one_ticket(data_dir: P
             def closed() -> list[Any]:
                 return [i for i in tickets() if i.state == "closed" and i.comments]
 
-            wait_for(closed, 120, what=f"the ticket closed with a comment\n{stack.log()}")
+            wait_for(closed, 120, what=lambda: f"the ticket closed with a comment\n{stack.log()}")
             [ticket] = tickets()
             assert any("resolved" in str(c).lower() for c in ticket.comments), ticket.comments
             assert s.github.problems == []
@@ -308,7 +314,7 @@ def test_a_2x_latency_shift_says_slower_by_how_much_in_every_channel(data_dir: P
         env = s.env(time_scale=0.05, baseline_n=40)
         with llmscope_up(data_dir, env) as stack, stack.client() as client:
             # Every prompt chart of the model collects its 40-point baseline.
-            wait_for(lambda: _points(client) >= 3 * 60, 180, what=f"baseline data\n{stack.log()}")
+            wait_for(lambda: _points(client) >= 3 * 60, 180, what=lambda: f"baseline data\n{stack.log()}")
 
             # The demo pace gives false alarms; an open critical episode would absorb the shift
             # (one episode per direction), so the shift starts once none is open.
@@ -317,7 +323,7 @@ def test_a_2x_latency_shift_says_slower_by_how_much_in_every_channel(data_dir: P
                     v["severity"] == "critical" and v["state"] == "open" for v in _violations(client)
                 )
 
-            wait_for(quiet, 180, what=f"no critical episode open\n{stack.log()}")
+            wait_for(quiet, 180, what=lambda: f"no critical episode open\n{stack.log()}")
             started = datetime.now(UTC)
             shift = stack.llmscope("sim", "inject", "shift", "--model", MODEL, "--factor", "2")
             assert shift.returncode == 0, shift.stderr
@@ -409,7 +415,7 @@ def test_a_cascade_on_one_host_is_one_message_per_channel_naming_both_models(dat
                     for v in violations(m)
                 )
 
-            wait_for(quiet, 180, what=f"no critical episode open on the host\n{stack.log()}")
+            wait_for(quiet, 180, what=lambda: f"no critical episode open on the host\n{stack.log()}")
             started = datetime.now(UTC)
             injected = stack.llmscope("sim", "inject", "cascade", "--host", "sim-gpu-1", "--factor", "1.6")
             assert injected.returncode == 0, injected.stderr
@@ -424,7 +430,7 @@ def test_a_cascade_on_one_host_is_one_message_per_channel_naming_both_models(dat
                 ]
 
             found: list[dict[str, Any]] = wait_for(  # type: ignore[assignment]
-                cascade_pages, 300, what=f"a webhook naming the cascade\n{stack.log()}"
+                cascade_pages, 300, what=lambda: f"a webhook naming the cascade\n{stack.log()}"
             )
             page = found[0]
             incident = page["incident_id"]

@@ -116,13 +116,13 @@ def test_an_outage_clears_resolves_its_incident_and_the_status_recovers(data_dir
             # Probed and stored; /api/status is first asked once the outage runs (it keeps a
             # report for 5 s, and every second of outage needs 19 of good probes after it
             # before the success ratio over the status window is back above 95 %).
-            wait_for(lambda: _probes(client), 90, what=f"the model probed\n{stack.log()}")
+            wait_for(lambda: _probes(client), 90, what=lambda: f"the model probed\n{stack.log()}")
             # On a busy machine the first probes may fail while the simulator starts: an episode
             # of its own, which must be over before this outage begins.
             wait_for(
                 lambda: all(v["state"] == "cleared" for v in _availability(client)),
                 60,
-                what=f"no AVAILABILITY episode open before the outage\n{stack.log()}",
+                what=lambda: f"no AVAILABILITY episode open before the outage\n{stack.log()}",
             )
             before = {v["id"] for v in _availability(client)}
 
@@ -131,7 +131,7 @@ def test_an_outage_clears_resolves_its_incident_and_the_status_recovers(data_dir
             opened = wait_for(
                 lambda: [v for v in _availability(client) if v["id"] not in before],
                 60,
-                what=f"an AVAILABILITY violation\n{stack.log()}",
+                what=lambda: f"an AVAILABILITY violation\n{stack.log()}",
             )
             assert isinstance(opened, list)
             assert len(opened) == 1, opened
@@ -145,7 +145,7 @@ def test_an_outage_clears_resolves_its_incident_and_the_status_recovers(data_dir
             def paged() -> list[dict[str, Any]]:
                 return [n for n in received if episode in {f["episode_id"] for f in n["firing"]}]
 
-            wait_for(paged, 60, what=f"the outage paged\n{stack.log()}")
+            wait_for(paged, 60, what=lambda: f"the outage paged\n{stack.log()}")
             back = stack.llmscope("sim", "inject", "clear")
             assert back.returncode == 0, back.stderr
 
@@ -154,20 +154,20 @@ def test_an_outage_clears_resolves_its_incident_and_the_status_recovers(data_dir
                 return detail["violation"] if detail["violation"]["state"] == "cleared" else None
 
             # The API closes an episode only with a clear carrying the open event's episode id.
-            wait_for(cleared, 60, what=f"the AVAILABILITY violation cleared\n{stack.log()}")
+            wait_for(cleared, 60, what=lambda: f"the AVAILABILITY violation cleared\n{stack.log()}")
             assert [v["episode_id"] for v in _availability(client) if v["id"] not in before] == [episode]
 
             incident = wait_for(
                 lambda: (i := _incident_of(client, episode)) and i["incident"]["state"] == "resolved" and i,
                 60,
-                what=f"the outage's incident resolved\n{stack.log()}",
+                what=lambda: f"the outage's incident resolved\n{stack.log()}",
             )
             assert incident["incident"]["resolved_by"] == "llmscope (all violations cleared)"  # type: ignore[index]
 
             def resolved_message() -> list[dict[str, Any]]:
                 return [n for n in received if episode in {r["episode_id"] for r in n["resolved"]}]
 
-            wait_for(resolved_message, 60, what=f"the resolved webhook\n{stack.log()}")
+            wait_for(resolved_message, 60, what=lambda: f"the resolved webhook\n{stack.log()}")
             [message] = resolved_message()
             [resolved] = [r for r in message["resolved"] if r["episode_id"] == episode]
             assert resolved["state"] == "cleared"

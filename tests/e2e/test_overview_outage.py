@@ -52,7 +52,7 @@ def test_an_outage_is_the_overviews_worst_row_within_10_s_and_its_page_lists_the
             return sorted(r.model for r in rows) == [DOWN, UP] and all(r.status != "outage" for r in rows)
 
         # Both models probed and up (a first probe may fail while the simulator starts).
-        wait_for(both_up, 120, what=f"both models on the overview, neither down\n{stack.log()}")
+        wait_for(both_up, 120, what=lambda: f"both models on the overview, neither down\n{stack.log()}")
         down = stack.llmscope("sim", "inject", "outage", "--model", DOWN)
         injected = time.monotonic()
         assert down.returncode == 0, down.stderr
@@ -61,7 +61,7 @@ def test_an_outage_is_the_overviews_worst_row_within_10_s_and_its_page_lists_the
             rows = _rows(browser)
             return rows[0] if rows and rows[0].model == DOWN and rows[0].status == "outage" else None
 
-        wait_for(worst, 60, interval=0.25, what=f"{DOWN} the worst row\n{stack.log()}")
+        wait_for(worst, 60, interval=0.25, what=lambda: f"{DOWN} the worst row\n{stack.log()}")
         took = time.monotonic() - injected
         assert took <= WITHIN_S, f"{DOWN} became the overview's worst row {took:.1f} s after the outage"
         rows = _rows(browser)
@@ -72,7 +72,9 @@ def test_an_outage_is_the_overviews_worst_row_within_10_s_and_its_page_lists_the
             first = _rows(browser)[0]
             return next((e for e in first.episodes if e[1] == "AVAILABILITY"), None)
 
-        episode = wait_for(linked, 60, what=f"the AVAILABILITY episode linked from the row\n{stack.log()}")
+        episode = wait_for(
+            linked, 60, what=lambda: f"the AVAILABILITY episode linked from the row\n{stack.log()}"
+        )
         assert isinstance(episode, tuple)
         page = browser.get(f"/violations/{episode[0]}")
         assert page.status_code == 200, page.text

@@ -80,7 +80,7 @@ async def _publish_garbage(stack: RunningStack) -> None:
 def test_up_detects_an_injected_shift_and_keeps_its_data(data_dir: Path) -> None:
     with llmscope_up(data_dir, FAST) as stack, stack.client() as client:
         # A live chart: telemetry flows through NATS into Postgres and out of the API.
-        wait_for(lambda: _points(client, MODEL) > 0, 60, what=f"chart points\n{stack.log()}")
+        wait_for(lambda: _points(client, MODEL) > 0, 60, what=lambda: f"chart points\n{stack.log()}")
         page = httpx.get(f"{stack.base_url}/", params={"key": stack.api_key}, follow_redirects=True)
         assert page.status_code == 200
         assert "<svg" in page.text
@@ -88,7 +88,7 @@ def test_up_detects_an_injected_shift_and_keeps_its_data(data_dir: Path) -> None
         wait_for(
             lambda: all(url in "".join(stack.output) for url in stack.metrics_urls.values()),
             10,
-            what=f"every metrics URL in the banner\n{stack.log()}",
+            what=lambda: f"every metrics URL in the banner\n{stack.log()}",
         )
         assert "{port}" not in "".join(stack.output)
 
@@ -111,7 +111,7 @@ def test_up_detects_an_injected_shift_and_keeps_its_data(data_dir: Path) -> None
         new = wait_for(
             lambda: [v for v in _violations(client, MODEL) if v["id"] not in before],
             30,
-            what=f"a violation within 30 s of the shift\n{stack.log()}",
+            what=lambda: f"a violation within 30 s of the shift\n{stack.log()}",
         )
         assert time.monotonic() - started <= 30
         violation = new[0]  # type: ignore[index]
@@ -196,7 +196,7 @@ def test_a_cascade_on_one_host_becomes_one_incident_naming_every_model(data_dir:
                 for v in _violations(client, m)
             )
 
-        wait_for(quiet, 180, what=f"no critical episode open on the host\n{stack.log()}")
+        wait_for(quiet, 180, what=lambda: f"no critical episode open on the host\n{stack.log()}")
         # An incident on the host may already be open (an earlier one-point signal). What
         # matters is one incident holding critical violations of both models from after the start.
         started = datetime.now(UTC)
@@ -221,7 +221,7 @@ def test_a_cascade_on_one_host_becomes_one_incident_naming_every_model(data_dir:
                     found.append(item)
             return found
 
-        found = wait_for(cascade, 300, what=f"one incident naming both models\n{stack.log()}")
+        found = wait_for(cascade, 300, what=lambda: f"one incident naming both models\n{stack.log()}")
         assert len(found) == 1, found  # type: ignore[arg-type]
         incident = found[0]  # type: ignore[index]
         assert incident["cascade"] is True
