@@ -86,13 +86,17 @@ class ApiView:
                 except KeyNotFoundError:
                     continue  # deleted (its marker is still listed)
                 if entry.value:
-                    (name,) = subjects.parse_kv_key(key, 1)
+                    try:
+                        (name,) = subjects.parse_kv_key(key, 1)
+                    except ValueError as exc:
+                        # That key only: ending the read here kept (and cached) none of the
+                        # settings listed after it.
+                        log.warning("ignored a malformed settings key", error=str(exc))
+                        continue
                     values[name] = entry.value.decode()
         except (NatsError, TimeoutError) as exc:
             log.warning("cannot read the API's settings; the last ones read stand", error=repr(exc))
             return dict(self._settings)
-        except ValueError as exc:
-            log.warning("ignored a malformed settings key", error=str(exc))
         self._settings = values
         return dict(values)
 
