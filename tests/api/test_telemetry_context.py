@@ -9,7 +9,7 @@ from nats.aio.client import Client as NATS
 from llmscope.alerter.api_view import ApiView
 from llmscope.api.persister import store_telemetry
 from llmscope.proto import subjects
-from llmscope.proto.telemetry_context import PointsReply
+from llmscope.proto.telemetry_context import PointsReply, PointsRequest
 from tests.api.conftest import Api
 from tests.api.factories import telemetry, violation
 
@@ -28,3 +28,19 @@ async def test_the_api_answers_an_incidents_points_and_refuses_a_bad_request(api
     bad = msgspec.json.decode(reply.data, type=PointsReply)
     assert bad.status == "error"
     assert "bad request" in bad.error
+
+
+async def test_a_large_incidents_points_come_in_requests_nats_can_answer(api: Api, nc: NATS) -> None:
+    # About 150 bytes a probe: one reply for all of them would pass NATS's 1 MB max payload.
+    points = [telemetry(i) for i in range(8000)]
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, points)
+    ev = violation(points[-1], point_ids=tuple(p.id for p in points))
+    got = await ApiView(nc, timeout=20).telemetry_points([ev])
+    assert sorted(p.id for p in got) == [p.id for p in points]
+    # Asked at once, the API answers that it is too much (at once, not after the asker's timeout).
+    whole = msgspec.json.encode(PointsRequest(ids=tuple(p.id for p in points)))
+    reply = await nc.request(subjects.api_telemetry_points(), whole, timeout=20)
+    too_large = msgspec.json.decode(reply.data, type=PointsReply)
+    assert too_large.status == "error"
+    assert "too large" in too_large.error

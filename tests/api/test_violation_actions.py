@@ -118,6 +118,7 @@ async def test_announcing_never_fails_the_request_for_a_pool_lost_after_the_publ
         "UPDATE violations SET acknowledged_by = 'ana', acknowledged_at = now(), action_pending = true"
         " WHERE id = 'v1' RETURNING *"
     )
+    assert row is not None
     closed = await create_pool(database_url, min_size=1, max_size=1)
     await closed.close()  # the clearing of the mark, after the publish, meets a pool gone away
     outbox = ViolationActions(lambda: closed)

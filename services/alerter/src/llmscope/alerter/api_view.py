@@ -44,6 +44,8 @@ log = get_logger("llmscope.alerter.api_view")
 
 CONTEXT_POINTS = 10
 REQUEST_TIMEOUT_S = 5.0
+POINTS_PER_REQUEST = 1000
+"""Telemetry ids asked for in one request: a reply of about 200 KB, well under NATS's 1 MB."""
 
 R = TypeVar("R", ContextReply, OutageReply, PointsReply)
 
@@ -186,15 +188,20 @@ class ApiView:
 
     async def telemetry_points(self, events: Sequence[ViolationEvent]) -> list[TelemetryPoint]:
         """The probes that formed the violations' patterns; [] without an API."""
-        ids = tuple(sorted({pid for ev in events for pid in ev.point_ids}))
-        if not ids:
-            return []
-        reply = await self._ask(subjects.api_telemetry_points(), PointsRequest(ids=ids), PointsReply)
-        if reply is None:
-            return []
-        return [
-            TelemetryPoint(
-                p.id, p.ts, p.model, p.latency_ms, p.ttft_ms, p.tokens_per_s, p.status, p.prompt_id
+        ids = sorted({pid for ev in events for pid in ev.point_ids})
+        out: list[TelemetryPoint] = []
+        # In requests of POINTS_PER_REQUEST ids: a large incident's points in one reply passed
+        # NATS's 1 MB max payload (about 7,000 probes), which the API could not send, and past
+        # the request's 10,000 ids the API refused it: the analysis had no telemetry at all.
+        for start in range(0, len(ids), POINTS_PER_REQUEST):
+            chunk = tuple(ids[start : start + POINTS_PER_REQUEST])
+            reply = await self._ask(subjects.api_telemetry_points(), PointsRequest(ids=chunk), PointsReply)
+            if reply is None:
+                return out
+            out += (
+                TelemetryPoint(
+                    p.id, p.ts, p.model, p.latency_ms, p.ttft_ms, p.tokens_per_s, p.status, p.prompt_id
+                )
+                for p in reply.points
             )
-            for p in reply.points
-        ]
+        return out
