@@ -46,6 +46,12 @@ CONTEXT_POINTS = 10
 REQUEST_TIMEOUT_S = 5.0
 POINTS_PER_REQUEST = 1000
 """Telemetry ids asked for in one request: a reply of about 200 KB, well under NATS's 1 MB."""
+CONTEXT_QUERIES_PER_REQUEST = 100
+"""Violations whose context is asked for in one request (21 probes each: about 300 KB). All of
+a delivery's at once (up to ``MAX_QUERIES``) passed NATS's 1 MB max payload from about 400."""
+OUTAGE_PROBES_PER_REQUEST = 1000
+"""Failed probes one outage request may bring back (``recent`` per violation): an analysis's 200
+per outage for every model of a host cascade at once passed NATS's 1 MB max payload."""
 
 R = TypeVar("R", ContextReply, OutageReply, PointsReply)
 
@@ -136,8 +142,8 @@ class ApiView:
         ]
         patterns = {ev.episode_id: set(ev.point_ids) for ev in events}
         out: dict[str, tuple[ContextPoint, ...]] = {}
-        for start in range(0, len(queries), MAX_QUERIES):
-            chunk = tuple(queries[start : start + MAX_QUERIES])
+        for start in range(0, len(queries), CONTEXT_QUERIES_PER_REQUEST):
+            chunk = tuple(queries[start : start + CONTEXT_QUERIES_PER_REQUEST])
             reply = await self._ask(
                 subjects.api_telemetry_context(),
                 ContextRequest(queries=chunk, points=CONTEXT_POINTS),
@@ -170,8 +176,9 @@ class ApiView:
             if is_outage(a.event)
         ]
         out: dict[str, Outage] = {}
-        for start in range(0, len(queries), MAX_QUERIES):
-            chunk = tuple(queries[start : start + MAX_QUERIES])
+        per_request = max(1, min(MAX_QUERIES, OUTAGE_PROBES_PER_REQUEST // max(recent, 1)))
+        for start in range(0, len(queries), per_request):
+            chunk = tuple(queries[start : start + per_request])
             reply = await self._ask(
                 subjects.api_telemetry_outages(), OutageRequest(queries=chunk, recent=recent), OutageReply
             )
