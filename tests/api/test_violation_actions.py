@@ -9,7 +9,9 @@ import json
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 
+from llmscope.api.db import create_pool
 from llmscope.api.persister import store_telemetry, store_violations
+from llmscope.api.violation_actions import ViolationActions
 from llmscope.proto import codec, subjects
 from llmscope.proto.violation_action import ViolationActionEvent
 from tests.alerter.harness import eventually
@@ -106,3 +108,22 @@ async def test_the_settings_are_mirrored_into_their_bucket(api: Api, js: JetStre
         return False
 
     await eventually(gone, what="the removed setting deleted from the bucket")
+
+
+async def test_announcing_never_fails_the_request_for_a_pool_lost_after_the_publish(
+    api: Api, js: JetStreamContext, database_url: str
+) -> None:
+    await _seed(api)
+    row = await api.store.pool.fetchrow(
+        "UPDATE violations SET acknowledged_by = 'ana', acknowledged_at = now(), action_pending = true"
+        " WHERE id = 'v1' RETURNING *"
+    )
+    assert row is not None
+    closed = await create_pool(database_url, min_size=1, max_size=1)
+    await closed.close()  # the clearing of the mark, after the publish, meets a pool gone away
+    outbox = ViolationActions(lambda: closed)
+    outbox.attach(api.runtime.publisher)
+    assert await outbox.announce(row) is False
+    [(_, ev)] = await actions(js)
+    assert (ev.action, ev.acknowledged_by) == ("acknowledged", "ana")
+    assert await pending(api)  # still marked: the API's loop publishes it again (a duplicate)

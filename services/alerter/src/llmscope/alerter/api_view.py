@@ -44,6 +44,14 @@ log = get_logger("llmscope.alerter.api_view")
 
 CONTEXT_POINTS = 10
 REQUEST_TIMEOUT_S = 5.0
+POINTS_PER_REQUEST = 1000
+"""Telemetry ids asked for in one request: a reply of about 200 KB, well under NATS's 1 MB."""
+CONTEXT_QUERIES_PER_REQUEST = 100
+"""Violations whose context is asked for in one request (21 probes each: about 300 KB). All of
+a delivery's at once (up to ``MAX_QUERIES``) passed NATS's 1 MB max payload from about 400."""
+OUTAGE_PROBES_PER_REQUEST = 1000
+"""Failed probes one outage request may bring back (``recent`` per violation): an analysis's 200
+per outage for every model of a host cascade at once passed NATS's 1 MB max payload."""
 
 R = TypeVar("R", ContextReply, OutageReply, PointsReply)
 
@@ -86,13 +94,17 @@ class ApiView:
                 except KeyNotFoundError:
                     continue  # deleted (its marker is still listed)
                 if entry.value:
-                    (name,) = subjects.parse_kv_key(key, 1)
+                    try:
+                        (name,) = subjects.parse_kv_key(key, 1)
+                    except ValueError as exc:
+                        # That key only: ending the read here kept (and cached) none of the
+                        # settings listed after it.
+                        log.warning("ignored a malformed settings key", error=str(exc))
+                        continue
                     values[name] = entry.value.decode()
         except (NatsError, TimeoutError) as exc:
             log.warning("cannot read the API's settings; the last ones read stand", error=repr(exc))
             return dict(self._settings)
-        except ValueError as exc:
-            log.warning("ignored a malformed settings key", error=str(exc))
         self._settings = values
         return dict(values)
 
@@ -130,8 +142,8 @@ class ApiView:
         ]
         patterns = {ev.episode_id: set(ev.point_ids) for ev in events}
         out: dict[str, tuple[ContextPoint, ...]] = {}
-        for start in range(0, len(queries), MAX_QUERIES):
-            chunk = tuple(queries[start : start + MAX_QUERIES])
+        for start in range(0, len(queries), CONTEXT_QUERIES_PER_REQUEST):
+            chunk = tuple(queries[start : start + CONTEXT_QUERIES_PER_REQUEST])
             reply = await self._ask(
                 subjects.api_telemetry_context(),
                 ContextRequest(queries=chunk, points=CONTEXT_POINTS),
@@ -164,8 +176,9 @@ class ApiView:
             if is_outage(a.event)
         ]
         out: dict[str, Outage] = {}
-        for start in range(0, len(queries), MAX_QUERIES):
-            chunk = tuple(queries[start : start + MAX_QUERIES])
+        per_request = max(1, min(MAX_QUERIES, OUTAGE_PROBES_PER_REQUEST // max(recent, 1)))
+        for start in range(0, len(queries), per_request):
+            chunk = tuple(queries[start : start + per_request])
             reply = await self._ask(
                 subjects.api_telemetry_outages(), OutageRequest(queries=chunk, recent=recent), OutageReply
             )
@@ -182,15 +195,20 @@ class ApiView:
 
     async def telemetry_points(self, events: Sequence[ViolationEvent]) -> list[TelemetryPoint]:
         """The probes that formed the violations' patterns; [] without an API."""
-        ids = tuple(sorted({pid for ev in events for pid in ev.point_ids}))
-        if not ids:
-            return []
-        reply = await self._ask(subjects.api_telemetry_points(), PointsRequest(ids=ids), PointsReply)
-        if reply is None:
-            return []
-        return [
-            TelemetryPoint(
-                p.id, p.ts, p.model, p.latency_ms, p.ttft_ms, p.tokens_per_s, p.status, p.prompt_id
+        ids = sorted({pid for ev in events for pid in ev.point_ids})
+        out: list[TelemetryPoint] = []
+        # In requests of POINTS_PER_REQUEST ids: a large incident's points in one reply passed
+        # NATS's 1 MB max payload (about 7,000 probes), which the API could not send, and past
+        # the request's 10,000 ids the API refused it: the analysis had no telemetry at all.
+        for start in range(0, len(ids), POINTS_PER_REQUEST):
+            chunk = tuple(ids[start : start + POINTS_PER_REQUEST])
+            reply = await self._ask(subjects.api_telemetry_points(), PointsRequest(ids=chunk), PointsReply)
+            if reply is None:
+                return out
+            out += (
+                TelemetryPoint(
+                    p.id, p.ts, p.model, p.latency_ms, p.ttft_ms, p.tokens_per_s, p.status, p.prompt_id
+                )
+                for p in reply.points
             )
-            for p in reply.points
-        ]
+        return out

@@ -24,6 +24,7 @@ from nats.js.kv import KeyValue
 
 from llmscope.bus.kv import bucket_keys, open_bucket
 from llmscope.config.logs import get_logger
+from llmscope.config.startup import log_failure
 from llmscope.proto import subjects
 
 log = get_logger("llmscope.api.settings_mirror")
@@ -68,6 +69,12 @@ class SettingsMirror:
                     await conn.execute("SELECT pg_advisory_unlock($1)", MIRROR_LOCK_ID)
         except (NatsError, TimeoutError, asyncpg.PostgresError, OSError) as exc:
             log.warning("settings not mirrored to the bus yet; tried again", error=repr(exc))
+            return False
+        except Exception:
+            # Anything else too (asyncpg's InterfaceError of a closed pool or a connection lost
+            # mid-sync is no PostgresError): it ended ``run`` for good, and a save answered 500
+            # for a setting it had stored. Logged, and tried again at the next round.
+            log_failure(log, "settings not mirrored to the bus yet; tried again")
             return False
         return True
 

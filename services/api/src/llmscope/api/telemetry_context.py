@@ -183,7 +183,14 @@ class TelemetryContext:
                 log.warning("telemetry request failed", subject=subject, error=repr(exc))
                 reply = reply_type(status="error", error=f"api error: {type(exc).__name__}")
             if msg.reply:
-                await msg.respond(msgspec.json.encode(reply))
+                data = msgspec.json.encode(reply)
+                if len(data) > nc.max_payload:
+                    # NATS would refuse to send it and the asker would wait out its timeout.
+                    log.warning("telemetry reply too large", subject=subject, size=len(data))
+                    data = msgspec.json.encode(
+                        reply_type(status="error", error=f"reply too large ({len(data)} bytes): ask for less")
+                    )
+                await msg.respond(data)
 
         await self._responders.serve(nc, subject, subjects.API_CONTROL_QUEUE, answer)
 

@@ -64,7 +64,14 @@ class ViolationActions:
         """Publish the action just recorded in ``row``; False (left pending for :meth:`run`)
         when it could not be published now. Never raises for the bus's sake: the action is
         recorded, the person's request succeeded."""
-        return await self._publish([row], deadline=2.0) == 1
+        try:
+            return await self._publish([row], deadline=2.0) == 1
+        except Exception:
+            # The mark's clearing after the publish (PostgreSQL gone meanwhile) or anything
+            # else: the action is recorded and still pending, so :meth:`run` publishes it again;
+            # raising here answered 500 for an action the API had recorded.
+            log_failure(log, "violation action not announced yet; tried again", id=row["id"])
+            return False
 
     async def publish_pending(self) -> int:
         """Publish every pending action (oldest first, in batches); how many were."""

@@ -399,8 +399,9 @@ class Stack:
 
     def rerun_setup(self) -> None:
         """``llmscope setup`` again, in the background, after the embedded nats-server restarted:
-        the SPC engine's members bucket is kept in memory and is gone, and the services' users
-        may not make it (the engine's replicas could not announce themselves until then)."""
+        whatever the restart lost (a stream or bucket kept in memory, as the SPC engine's
+        members bucket was before it went on disk) is made again, which the services' users may
+        not do (the engine's replicas could not announce themselves until then)."""
         setup_env = self._setup_env
         if setup_env is None:
             return
