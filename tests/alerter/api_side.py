@@ -48,7 +48,7 @@ class ApiSide:
         """Publish what a person did through the API to the episode of ``ev``."""
         when = at or utcnow()
         event = ViolationActionEvent(
-            id=action_id(ev.episode_id, action),
+            id=action_id(ev.episode_id, action, note),
             ts=when,
             action=action,
             violation_id=ev.episode_id,

@@ -13,7 +13,7 @@ from llmscope.api.db import create_pool
 from llmscope.api.persister import store_telemetry, store_violations
 from llmscope.api.violation_actions import ViolationActions
 from llmscope.proto import codec, subjects
-from llmscope.proto.violation_action import ViolationActionEvent
+from llmscope.proto.violation_action import ViolationActionEvent, action_id
 from tests.alerter.harness import eventually
 from tests.api.conftest import Api
 from tests.api.factories import telemetry, violation
@@ -49,7 +49,7 @@ async def test_acknowledging_and_resolving_publish_the_episodes_state(api: Api, 
     [(subject, ack)] = await actions(js)
     assert subject == subjects.violation_actions("ollama", "acknowledged")
     assert (ack.id, ack.action, ack.episode_id, ack.acknowledged_by, ack.note) == (
-        "v1:acknowledged",
+        action_id("v1", "acknowledged", "on it"),
         "acknowledged",
         "v1",
         "ana",
@@ -67,6 +67,13 @@ async def test_acknowledging_and_resolving_publish_the_episodes_state(api: Api, 
     # Resolving again changes nothing the API keeps: its event is a duplicate the stream drops.
     await api.client.post("/api/violations/v1/resolve", json={"resolved_by": "cy"})
     assert len(await actions(js)) == 2
+    # A new note changes what the API keeps: a new event, not a duplicate (with an id of the
+    # episode and action alone the stream dropped it, and the alerter kept the old note).
+    r = await api.client.post("/api/violations/v1/resolve", json={"resolved_by": "cy", "note": "fixed"})
+    assert r.status_code == 200
+    [_, _, (_, renoted)] = await actions(js)
+    assert (renoted.action, renoted.resolved_by, renoted.note) == ("resolved", "bo", "fixed")
+    assert not await pending(api)
 
 
 async def test_an_action_taken_while_nats_is_away_is_published_later(api: Api, js: JetStreamContext) -> None:

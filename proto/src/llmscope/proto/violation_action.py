@@ -10,6 +10,7 @@ resolution are kept, as the API keeps them).
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -24,7 +25,8 @@ VIOLATION_ACTIONS: tuple[ViolationAction, ...] = ("acknowledged", "resolved")
 
 class ViolationActionEvent(Event, frozen=True, kw_only=True, tag="violation_action.v1"):
     """An episode acknowledged or resolved by a person; ``id`` is deterministic per state
-    (``<episode_id>:<action>``), so a re-publication is dropped by the stream's duplicate window."""
+    (``<episode_id>:<action>``, then ``:<digest of the note>`` when there is a note), so a
+    re-publication is dropped by the stream's duplicate window and a new note is not."""
 
     action: Annotated[ViolationAction, Meta(description="what was done last: acknowledged or resolved")]
     violation_id: Annotated[str, Meta(description="the API's violation id (its open event's id)")]
@@ -38,6 +40,11 @@ class ViolationActionEvent(Event, frozen=True, kw_only=True, tag="violation_acti
     note: Annotated[str | None, Meta(description="the person's note, as the API stores it")] = None
 
 
-def action_id(episode_id: str, action: ViolationAction) -> str:
-    """The event id (and ``Nats-Msg-Id``): one per episode and action."""
-    return f"{episode_id}:{action}"
+def action_id(episode_id: str, action: ViolationAction, note: str | None = None) -> str:
+    """The event id (and ``Nats-Msg-Id``): one per episode, action and note. The first
+    acknowledgement and resolution never change (the API keeps the first), but the note does:
+    with the id of the episode and action alone, a second acknowledgement with a new note within
+    the stream's duplicate window was dropped as a duplicate, and the alerter never saw it."""
+    if note is None:
+        return f"{episode_id}:{action}"
+    return f"{episode_id}:{action}:{hashlib.blake2b(note.encode(), digest_size=8).hexdigest()}"

@@ -35,7 +35,7 @@ def action_event(row: asyncpg.Record) -> ViolationActionEvent:
     action: ViolationAction = "resolved" if row["resolved_at"] is not None else "acknowledged"
     at = row["resolved_at"] if action == "resolved" else row["acknowledged_at"]
     return ViolationActionEvent(
-        id=action_id(row["episode_id"], action),
+        id=action_id(row["episode_id"], action, row["note"]),
         ts=at,
         action=action,
         violation_id=row["id"],
