@@ -74,8 +74,10 @@ class TrendQueries:
         self, providers: list[str], names: list[str], start: datetime, end: datetime
     ) -> datetime | None:
         """The first minute of these models' rollups within start..end (None: no data). The hourly
-        rollups (keyed by model and hour) find its hour; the minute rollups, read from there,
-        the minute: no scan of other models' minutes over a long window."""
+        rollups (keyed by model and hour) find its hour; the minute rollups of that hour alone,
+        the minute. The minute is the last column of their key (after prompt and target), so a
+        lower bound alone read every minute from there to the window's end: 30 days of minutes
+        per chart, 50x the chart's own query (``bench/compare_bench.py``)."""
         models = "unnest($3::text[], $4::text[]) AS m(provider, model)"
         hour: datetime | None = await self.store.pool.fetchval(
             f"""SELECT min(t.hour) FROM {models}
@@ -93,7 +95,7 @@ class TrendQueries:
                 JOIN telemetry_minute t ON t.provider = m.provider AND t.model = m.model
                 WHERE t.minute >= $1 AND t.minute < $2""",
             max(hour, start),
-            end,
+            min(hour + timedelta(hours=1), end),
             providers,
             names,
         )
