@@ -87,7 +87,8 @@ async def test_llmscope_setup_makes_every_declared_stream_and_bucket_and_applies
             info = await js.stream_info(f"KV_{bucket.bucket}")
             assert info.config.storage == bucket.storage, bucket.bucket
         members = await js.stream_info(f"KV_{subjects.SPC_MEMBERS_BUCKET}")
-        assert members.config.storage == StorageType.MEMORY
+        # On disk: a nats-server restart keeps who is alive (an engine user may not remake it).
+        assert members.config.storage == StorageType.FILE
         assert members.config.max_age == 10.0  # the engine's default lease TTL
 
         # A new retention reaches the streams through setup run again (idempotent).
