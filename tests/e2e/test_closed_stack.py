@@ -171,8 +171,8 @@ def test_up_is_closed_restarts_its_servers_and_leaves_nothing_behind(data_dir: P
                 what=functools.partial(_restart_report, stack, name, mark),
             )
         assert nats_answer(int(nats_port), {"user": "operator", "pass": password}) == "PONG"
-        # The engine's members bucket is kept in memory: the restart dropped it, the engine's user
-        # may not make it, and `up` runs the setup step again so its replicas announce themselves.
+        # The engine announces itself again after the restart (its members bucket is on disk; `up`
+        # also runs the setup step again, for anything a restart could have lost).
         operator_url = f"nats://operator:{password}@127.0.0.1:{nats_port}"
         wait_for(lambda: _members_announced(operator_url), 60, what="the SPC engine announced again")
         wait_for(lambda: pg_refusal(urls["DATABASE_URL"]) == "", 60, what="postgres back")
