@@ -48,36 +48,31 @@ def test_still_has_it(shared_server: subprocess.Popen[bytes]) -> None:
 """
 
 
-def test_a_session_fixture_first_asked_for_mid_test_is_not_a_leak(tmp_path: Path) -> None:
-    """Its process belongs to the session: the test that first asked for it did not leave it
-    behind, and it is not killed under the tests that share it."""
-    (tmp_path / "test_wider.py").write_text(WIDER)
-    done = subprocess.run(
+def _inner_pytest(tmp_path: Path, name: str, text: str) -> subprocess.CompletedProcess[str]:
+    """``text`` as a test file run by a pytest of its own, with this suite's conftest (its guard)."""
+    (tmp_path / name).write_text(text)
+    return subprocess.run(
         [
             *(sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p", "no:cacheprovider"),
-            *("--rootdir", str(tmp_path), "-o", "addopts=", "-q", str(tmp_path / "test_wider.py")),
+            *("--rootdir", str(tmp_path), "-o", "addopts=", "-q", str(tmp_path / name)),
         ],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_a_session_fixture_first_asked_for_mid_test_is_not_a_leak(tmp_path: Path) -> None:
+    """Its process belongs to the session: the test that first asked for it did not leave it
+    behind, and it is not killed under the tests that share it."""
+    done = _inner_pytest(tmp_path, "test_wider.py", WIDER)
     assert "2 passed" in done.stdout, done.stdout + done.stderr
     assert "error" not in done.stdout.splitlines()[-1], done.stdout
 
 
 def test_a_child_left_running_is_an_error_of_its_test_and_is_killed(tmp_path: Path) -> None:
-    (tmp_path / "test_leaky.py").write_text(LEAKY)
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p", "no:cacheprovider"),
-            *("--rootdir", str(tmp_path), "-o", "addopts=", "-q", str(tmp_path / "test_leaky.py")),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = _inner_pytest(tmp_path, "test_leaky.py", LEAKY)
     # The leaky test itself passed; its teardown is the error.
     assert "2 passed, 1 error" in done.stdout, done.stdout + done.stderr
     assert "test_leaves_one_running left processes running" in done.stdout
