@@ -92,7 +92,10 @@ from tests.processes import tied
 def test_killed_mid_way(nats_url: str) -> None:
     subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], **tied())
     pids = [p.pid for p in psutil.Process().children()]
-    pathlib.Path(__file__).with_name("pids").write_text(json.dumps(pids))
+    # Written whole, then renamed: the outer test reads it as soon as the name exists.
+    half = pathlib.Path(__file__).with_name("pids.part")
+    half.write_text(json.dumps(pids))
+    half.rename(half.with_name("pids"))
     time.sleep(300)
 """
 
@@ -120,7 +123,6 @@ def test_a_pytest_killed_mid_test_leaves_no_server_or_child_behind(tmp_path: Pat
             assert inner.poll() is None, "the inner pytest ended before its test ran"
             assert time.monotonic() < deadline, "the inner test never started"
             time.sleep(0.1)
-        time.sleep(0.2)  # written, not half-written
         children = [psutil.Process(pid) for pid in json.loads(pids_file.read_text())]
         names = sorted(p.name() for p in children)
         assert len(children) == 2, names
