@@ -17,8 +17,8 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 
+from llmscope.api.cursors import decode_cursor, encode_cursor
 from llmscope.api.incidents_store import IncidentQueries, incident_from_event
-from llmscope.api.store import decode_cursor, encode_cursor
 from llmscope.config.logs import get_logger
 from llmscope.proto import subjects
 from llmscope.proto.control import (

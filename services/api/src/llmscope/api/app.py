@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmscope.api import openapi_errors, unavailable
 from llmscope.api.charts import EngineUnavailable
+from llmscope.api.cursors import BadCursor
 from llmscope.api.frontdoor import FrontDoor, rate_limited
 from llmscope.api.frontdoor import unavailable as auth_unavailable
 from llmscope.api.otlp import receiver as otlp
@@ -45,7 +46,7 @@ from llmscope.api.routes import (
 from llmscope.api.runtime import Runtime
 from llmscope.api.settings import ApiSettings
 from llmscope.api.status_queries import StatusReader
-from llmscope.api.store import BadCursor, NotReady
+from llmscope.api.store_base import NotReady
 from llmscope.api.trends import TrendQueries
 from llmscope.web.auth import AuthUnavailable, RateLimited
 from llmscope.web.compression import SecretFreeGZip, mark_secret_free, secret_free

@@ -15,7 +15,8 @@ import asyncpg
 import msgspec
 from asyncpg.pool import PoolConnectionProxy
 
-from llmscope.api.store import decode_cursor, encode_cursor, violation_from_row
+from llmscope.api.cursors import decode_cursor, encode_cursor
+from llmscope.api.violation_store import violation_from_row
 from llmscope.proto.incident import IncidentEvent
 from llmscope.web.alerting import (
     Incident,

@@ -14,8 +14,9 @@ import asyncio
 import math
 from datetime import UTC, datetime, timedelta
 
+from llmscope.api.chart_store import METRIC_COLUMNS
 from llmscope.api.charts import ChartFilter
-from llmscope.api.store import METRIC_COLUMNS, Store
+from llmscope.api.store import Store
 from llmscope.web.data import ChartPoint, Metric
 from llmscope.web.trend_svg import PALETTE
 from llmscope.web.trends import (

@@ -220,6 +220,14 @@ async def ask_rebaseline(
     return result, status
 
 
+def rebaseline_toast(status: str, error: str, done: str) -> tuple[str, str]:
+    if status == "ok":
+        return f"{done}.", "ok"
+    if status == "no_engine":
+        return "No SPC engine answered: nothing was re-baselined.", "error"
+    return f"Re-baseline refused: {error}", "error"
+
+
 class Pages:
     """Renders pages and their fragments."""
 

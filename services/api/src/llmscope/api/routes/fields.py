@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Query
 from pydantic import BeforeValidator, StringConstraints
 
-from llmscope.api.store import CURSOR_PATTERN
+from llmscope.api.cursors import CURSOR_PATTERN
 
 NO_NUL = StringConstraints(pattern=r"^[^\x00]*$")
 """Postgres text cannot hold NUL: refused with a 422 naming the field, not a 500 downstream."""

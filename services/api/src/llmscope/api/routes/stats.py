@@ -14,10 +14,10 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
+from llmscope.api.chart_store import MARKS_BUDGET
 from llmscope.api.charts import ChartFilter
 from llmscope.api.openapi_errors import not_found
 from llmscope.api.runtime import Runtime
-from llmscope.api.store import MARKS_BUDGET
 from llmscope.bus.publisher import PublishFailed
 from llmscope.proto import codec, subjects
 from llmscope.proto.base import new_id, utcnow
