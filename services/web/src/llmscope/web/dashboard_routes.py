@@ -215,7 +215,7 @@ def add_dashboard_routes(
         prompt_id: Annotated[str, Form()] = "",
         target: Annotated[str, Form()] = "",
         metric: Annotated[Metric, Form()] = "latency_ms",
-        hours: Annotated[float, Form(gt=0, le=24 * 31)] = 1,
+        hours: Annotated[float, Form(gt=0, le=COMPARE_MAX_HOURS)] = 1,
         severity: Annotated[Severity, Form()] = "warning",
     ) -> HTMLResponse:
         """Ask the SPC engine to re-baseline the chart; answers the dashboard with the outcome."""
@@ -246,7 +246,7 @@ def add_dashboard_routes(
         prompt_id: Annotated[str, Form()] = "",
         target: Annotated[str, Form()] = "",
         metric: Annotated[Metric, Form()] = "latency_ms",
-        hours: Annotated[float, Form(gt=0, le=24 * 31)] = 1,
+        hours: Annotated[float, Form(gt=0, le=COMPARE_MAX_HOURS)] = 1,
         severity: Annotated[Severity, Form()] = "warning",
     ) -> HTMLResponse:
         """Ask the SPC engine to re-baseline every chart of the model (``only_target``: one
