@@ -723,6 +723,11 @@ class Store(IncidentStore, MergeStore, SilenceStore, RetentionStore):
                     ev.seq,
                 )
             episodes = sorted({ev.episode_id for ev in events})
+            # Activity, applied or not (an old event may come again): retention counts from it.
+            await conn.execute(
+                "UPDATE alerter_violation_actions SET last_event_at = now() WHERE episode_id = ANY($1)",
+                episodes,
+            )
             await self._sync_acks(conn, episodes)
             return await self._apply_hand_resolutions(conn, episodes)
 
