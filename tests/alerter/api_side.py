@@ -63,6 +63,10 @@ class ApiSide:
         )
         await Publisher(self.js).publish(subjects.violation_actions(ev.provider, action), event)
 
+    async def publish_action(self, event: ViolationActionEvent) -> None:
+        """Publish an action event as given (an older one again, one of an older API...)."""
+        await Publisher(self.js).publish(subjects.violation_actions(event.provider, event.action), event)
+
     async def close(self) -> None:
         if self.responder is not None:
             await self.responder.stop()

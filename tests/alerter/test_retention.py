@@ -18,6 +18,7 @@ from llmscope.alerter.service import Alerter, AlerterOptions
 from llmscope.alerter.settings import AlerterSettings
 from llmscope.alerter.store import Conn, Store
 from llmscope.config.env import ConfigError, Env
+from llmscope.proto.violation_action import ViolationActionEvent, action_id
 from tests.alerter.factories import HttpSink, violation
 from tests.alerter.flushes import TIMINGS, all_flushed_after, planned
 from tests.alerter.harness import eventually, publish, start_alerter
@@ -258,13 +259,24 @@ async def seed(pool: asyncpg.Pool) -> dict[str, set[str]]:
         await alert(conn, "a-open-incident", age=200 * DAY, cleared=150 * DAY)
         await conn.execute("INSERT INTO alerter_early_clears VALUES ('e-old', '{}', $1)", NOW - 100 * DAY)
         await conn.execute("INSERT INTO alerter_early_clears VALUES ('e-new', '{}', $1)", NOW - DAY)
-        # People's actions from the API: kept, as early clears, while their violation may come.
-        for ep, age in (("x-old", 100 * DAY), ("x-new", DAY)):
+        # People's actions from the API: kept while their episode's alert is (a-firing: still
+        # open 300 days on; a-recent: cleared 10 days ago), then, as early clears, while their
+        # violation or an action event may come again since the last one came (x-active: first
+        # received 200 days ago, its last event 5 days ago).
+        for ep, age, last in (
+            ("x-old", 100 * DAY, 100 * DAY),
+            ("x-new", DAY, DAY),
+            ("x-active", 200 * DAY, 5 * DAY),
+            ("a-firing", 299 * DAY, 299 * DAY),
+            ("a-recent", 119 * DAY, 119 * DAY),
+            ("a-free", 119 * DAY, 119 * DAY),
+        ):
             await conn.execute(
                 "INSERT INTO alerter_violation_actions (episode_id, acknowledged_by, acknowledged_at,"
-                " received_at) VALUES ($1, 'ana', $2, $2)",
+                " received_at, last_event_at) VALUES ($1, 'ana', $2, $2, $3)",
                 ep,
                 NOW - age,
+                NOW - last,
             )
 
         # Groups: closed long ago with finished notifications (goes, members too); closed long
@@ -379,7 +391,7 @@ async def seed(pool: asyncpg.Pool) -> dict[str, set[str]]:
         "alerter_incidents": {"i-done", "i-done-2"},
         "alerter_alerts": {"a-grouped", "a-incident", "a-free", "a-linked"},
         "alerter_early_clears": {"e-old"},
-        "alerter_violation_actions": {"x-old"},
+        "alerter_violation_actions": {"x-old", "a-free"},
         "alerter_outbox": {"o-sent-old"},
         "alerter_silences": {"s-expired-old", "s-ended-old"},
     }
@@ -441,6 +453,37 @@ async def test_alerts_stay_for_the_replay_window_even_with_a_short_retention(poo
     assert "e-old" not in after["alerter_early_clears"]
     assert "g-recent:1" in after["alerter_notifications"]  # closed 10 days ago
     assert "s-ended-new" in after["alerter_silences"]
+
+
+async def test_an_action_counts_from_the_last_event_that_came_applied_or_not(pool: asyncpg.Pool) -> None:
+    """First received 100 days ago, its episode's alert gone: an event of it that comes now (an
+    older one again, a replay: not applied) keeps it for another replay window."""
+    now = datetime.now(UTC)
+    await pool.execute(
+        "INSERT INTO alerter_violation_actions (episode_id, acknowledged_by, acknowledged_at, note, seq,"
+        " received_at, last_event_at) VALUES ('x-replayed', 'ana', $1, 'fixed', 2, $1, $1),"
+        " ('x-quiet', 'ana', $1, NULL, 1, $1, $1)",
+        now - 100 * DAY,
+    )
+    older = ViolationActionEvent(
+        id=action_id("x-replayed", "acknowledged", None, 1),
+        ts=now - 100 * DAY,
+        action="acknowledged",
+        violation_id="x-replayed",
+        episode_id="x-replayed",
+        provider="ollama",
+        model="m",
+        acknowledged_by="ana",
+        acknowledged_at=now - 100 * DAY,
+        seq=1,
+    )
+    store = store_at(pool)
+    await store.record_violation_actions([older])
+    cutoffs = RetentionPolicy(days=90, replay_window_s=90 * 86400).cutoffs(now)
+    assert cutoffs is not None
+    await store.sweep(cutoffs)
+    rows = await pool.fetch("SELECT episode_id, note, seq FROM alerter_violation_actions")
+    assert [tuple(r) for r in rows] == [("x-replayed", "fixed", 2)]
 
 
 async def test_zero_days_deletes_nothing(pool: asyncpg.Pool) -> None:

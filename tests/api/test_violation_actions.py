@@ -48,12 +48,13 @@ async def test_acknowledging_and_resolving_publish_the_episodes_state(api: Api, 
     assert r.status_code == 200
     [(subject, ack)] = await actions(js)
     assert subject == subjects.violation_actions("ollama", "acknowledged")
-    assert (ack.id, ack.action, ack.episode_id, ack.acknowledged_by, ack.note) == (
-        action_id("v1", "acknowledged", "on it"),
+    assert (ack.id, ack.action, ack.episode_id, ack.acknowledged_by, ack.note, ack.seq) == (
+        action_id("v1", "acknowledged", "on it", 1),
         "acknowledged",
         "v1",
         "ana",
         "on it",
+        1,
     )
     assert ack.resolved_at is None
     r = await api.client.post("/api/violations/v1/resolve", json={"resolved_by": "bo"})
@@ -61,7 +62,13 @@ async def test_acknowledging_and_resolving_publish_the_episodes_state(api: Api, 
     [_, (subject, res)] = await actions(js)
     assert subject == subjects.violation_actions("ollama", "resolved")
     # The whole human state: the first acknowledgement is kept, the note too.
-    assert (res.action, res.resolved_by, res.acknowledged_by, res.note) == ("resolved", "bo", "ana", "on it")
+    assert (res.action, res.resolved_by, res.acknowledged_by, res.note, res.seq) == (
+        "resolved",
+        "bo",
+        "ana",
+        "on it",
+        2,
+    )
     assert res.resolved_at is not None
     assert not await pending(api)
     # Resolving again changes nothing the API keeps: its event is a duplicate the stream drops.
@@ -72,8 +79,13 @@ async def test_acknowledging_and_resolving_publish_the_episodes_state(api: Api, 
     r = await api.client.post("/api/violations/v1/resolve", json={"resolved_by": "cy", "note": "fixed"})
     assert r.status_code == 200
     [_, _, (_, renoted)] = await actions(js)
-    assert (renoted.action, renoted.resolved_by, renoted.note) == ("resolved", "bo", "fixed")
+    assert (renoted.action, renoted.resolved_by, renoted.note, renoted.seq) == ("resolved", "bo", "fixed", 3)
     assert not await pending(api)
+    # The note changed back is a new state too (by a digest of the note it was the first's id).
+    await api.client.post("/api/violations/v1/acknowledge", json={"acknowledged_by": "dee", "note": "on it"})
+    [*_, (_, back)] = await actions(js)
+    assert (back.note, back.seq, back.resolved_by) == ("on it", 4, "bo")
+    assert len(await actions(js)) == 4
 
 
 async def test_an_action_taken_while_nats_is_away_is_published_later(api: Api, js: JetStreamContext) -> None:
@@ -122,8 +134,8 @@ async def test_announcing_never_fails_the_request_for_a_pool_lost_after_the_publ
 ) -> None:
     await _seed(api)
     row = await api.store.pool.fetchrow(
-        "UPDATE violations SET acknowledged_by = 'ana', acknowledged_at = now(), action_pending = true"
-        " WHERE id = 'v1' RETURNING *"
+        "UPDATE violations SET acknowledged_by = 'ana', acknowledged_at = now(), action_seq = 1,"
+        " action_pending = true WHERE id = 'v1' RETURNING *"
     )
     assert row is not None
     closed = await create_pool(database_url, min_size=1, max_size=1)

@@ -374,10 +374,10 @@ def test_the_persister_apart_component_gives_the_persister_its_own_probed_pods(
     }
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
     # What the process reads from that environment: its health server on the probed port, on
-    # every address, as the `api` NATS user with that user's password.
+    # every address, as the `persister` NATS user with that user's password.
     env = _env_of(container, docs)
-    assert env["NATS_USER"] == "api"
-    assert env["NATS_PASSWORD"] == f"<{values['natsSecretName']}/NATS_PASSWORD_API>"
+    assert env["NATS_USER"] == "persister"
+    assert env["NATS_PASSWORD"] == f"<{values['natsSecretName']}/NATS_PASSWORD_PERSISTER>"
     settings = _api_settings(env)
     assert (settings.persister_health_host, settings.persister_health_port) == ("0.0.0.0", 8004)
     # ... and the API pods no longer run one of their own.

@@ -70,13 +70,12 @@ def test_compose_gives_nats_every_user_and_each_service_its_own() -> None:
         assert env["NATS_PASSWORD"] == nats["environment"][VARIABLES[user]]
         assert env["NATS_URL"] == "nats://nats:4222"
     assert compose["prober"]["environment"]["LLMSCOPE_PROBER_MANAGE_STREAMS"] == "false"
-    # The persister apart (profile persister-apart) is the API's user: its subjects are the
-    # in-process persister's.
+    # The persister apart (profile persister-apart) is its own user, with only what it needs.
     persister = compose["persister"]
     assert persister["profiles"] == ["persister-apart"]
     assert persister["command"] == ["persister"]
-    assert persister["environment"]["NATS_USER"] == permissions.API
-    assert persister["environment"]["NATS_PASSWORD"] == nats["environment"][VARIABLES[permissions.API]]
+    assert persister["environment"]["NATS_USER"] == permissions.PERSISTER
+    assert persister["environment"]["NATS_PASSWORD"] == nats["environment"][VARIABLES[permissions.PERSISTER]]
     assert persister["environment"]["LLMSCOPE_PERSISTER_HEALTH_PORT"] == "8004"
     assert "8004/readyz" in " ".join(persister["healthcheck"]["test"])
     assert compose["api"]["environment"]["LLMSCOPE_PERSISTER"] == "${LLMSCOPE_PERSISTER:-true}"
@@ -245,13 +244,15 @@ async def _consumers_done(js: JetStreamContext, stream: str) -> bool:
     return bool(infos) and all(i.num_pending == 0 and i.num_ack_pending == 0 for i in infos)
 
 
-async def test_the_persister_apart_stores_tells_and_acks_as_the_api_user(
+async def test_the_persister_apart_stores_tells_and_acks_as_its_own_user_and_may_do_nothing_else(
     deployed_nats: tuple[str, Path], database_url: str, tmp_path: Path
 ) -> None:
-    """``llmscope persister`` as compose and components/persister-apart run it: the `api` user on
-    the committed users.conf, streams made by the setup user. It stores telemetry, violations
-    and a poison message's dead letter, tells the API processes (a live notice on core NATS),
-    acks everything, and the server refuses it nothing."""
+    """``llmscope persister`` as compose and components/persister-apart run it: the `persister`
+    user on the committed users.conf, streams and buckets made by the setup user. It stores
+    telemetry, violations and a poison message's dead letter, tells the API processes (a live
+    notice on core NATS), acks everything, and the server refuses it nothing. With its password,
+    what the `api` user could (publish telemetry or a violation action, read the settings
+    bucket's channel secrets, request the alerter, touch another consumer) is refused."""
     url, log = deployed_nats
     passwords = _dev_passwords()
 
@@ -267,8 +268,8 @@ async def test_the_persister_apart_stores_tells_and_acks_as_the_api_user(
     environ = {
         **os.environ,
         "NATS_URL": url,
-        "NATS_USER": permissions.API,
-        "NATS_PASSWORD": passwords[VARIABLES[permissions.API]],
+        "NATS_USER": permissions.PERSISTER,
+        "NATS_PASSWORD": passwords[VARIABLES[permissions.PERSISTER]],
         "DATABASE_URL": database_url,
         "LLMSCOPE_MANAGE_STREAMS": "false",
         "LLMSCOPE_PERSISTER_HEALTH_PORT": str(port),
@@ -345,11 +346,49 @@ async def test_the_persister_apart_stores_tells_and_acks_as_the_api_user(
             )
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0, out.read_text()
+        refused = [line for line in log.read_text().splitlines() if "Violation" in line]
+        assert refused == [], refused
+
+        # Its password, and nothing of what the persister does not need.
+        own_telemetry = subjects.persister_durable(subjects.STREAM_TELEMETRY)
+        persister = await connect(own(permissions.PERSISTER).nats_url, "test-persister", give_up_after=10)
+        try:
+            pjs = persister.jetstream(timeout=2)
+            for forbidden in (
+                subjects.telemetry("ollama", "m"),
+                subjects.violation_actions("ollama", "resolved"),
+                subjects.deadletter("alerter"),
+            ):
+                with pytest.raises(NatsTimeoutError):
+                    await pjs.publish(forbidden, b"{}", headers={"Nats-Msg-Id": f"forged-{forbidden}"})
+                await eventually(
+                    functools.partial(_refused, log, "persister", forbidden), within=10, what=forbidden
+                )
+            with pytest.raises(NatsTimeoutError):
+                await persister.request(subjects.alerter_silence_list(), b"{}", timeout=2)
+            await eventually(
+                lambda: _refused(log, "persister", subjects.alerter_silence_list()), within=10, what="request"
+            )
+            for js_api in (
+                f"$JS.API.STREAM.MSG.GET.KV_{subjects.SETTINGS_BUCKET}",  # the channel secrets
+                f"$JS.API.CONSUMER.INFO.{subjects.STREAM_VIOLATIONS}.alerter",
+                # Its own consumer: never deleted (nor paused) by it.
+                f"$JS.API.CONSUMER.DELETE.{subjects.STREAM_TELEMETRY}.{own_telemetry}",
+                f"$JS.API.STREAM.PURGE.{subjects.STREAM_TELEMETRY}",
+            ):
+                await persister.publish(
+                    js_api, b"{}", reply=f"{permissions.inbox_prefix(permissions.PERSISTER)}.x"
+                )
+                await eventually(
+                    functools.partial(_refused, log, "persister", js_api), within=10, what=js_api
+                )
+            info = await operator.jetstream().stream_info(subjects.STREAM_TELEMETRY)
+            assert info.state.messages == 2  # the probe and the poison message, nothing forged
+        finally:
+            await persister.close()
     finally:
         if proc is not None and proc.returncode is None:
             proc.kill()
             await proc.wait()
         for nc in (engine, prober, api, operator, setup):
             await nc.close()
-    refused = [line for line in log.read_text().splitlines() if "Violation" in line]
-    assert refused == [], refused

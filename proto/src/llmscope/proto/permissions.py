@@ -35,6 +35,11 @@ PROBER = "prober"
 SPC_ENGINE = "spc-engine"
 ALERTER = "alerter"
 API = "api"
+PERSISTER = "persister"
+"""The persister run apart (``llmscope persister``: compose's profile persister-apart,
+components/persister-apart): stores four streams, publishes its dead letters and the dashboards'
+live notices, watches the chart bucket; nothing else. An API running its persister in-process
+does it as the `api` user."""
 SETUP = "setup"
 """The setup step (``llmscope setup``): creates, updates and deletes streams and buckets, nothing
 else (it cannot publish an event or read one)."""
@@ -45,7 +50,7 @@ rebaseline``, ``llmscope sim``...): unrestricted, like the person holding the da
 SERVICE_USERS = (PROBER, SPC_ENGINE, ALERTER, API)
 """The users ``llmscope up`` starts services as; each service's NATS_URL carries its own."""
 
-USERS = (*SERVICE_USERS, SETUP, OPERATOR)
+USERS = (*SERVICE_USERS, PERSISTER, SETUP, OPERATOR)
 
 
 def inbox_prefix(user: str) -> str:
@@ -160,8 +165,8 @@ def _api() -> Permissions:
             # Its settings table mirrored for the alerter, and people's actions on violations.
             _kv(subjects.SETTINGS_BUCKET),
             subjects.VIOLATION_ACTIONS_ALL,
-            # What the persister stored, for every API process's open tabs (a standalone
-            # persister, python -m llmscope.api.persister, connects as this user too).
+            # What the persister stored, for every API process's open tabs (the persister
+            # apart does this as its own user, PERSISTER).
             subjects.api_live(),
             *_JS_ALL,
         ),
@@ -176,6 +181,40 @@ def _api() -> Permissions:
         ),
         allow_responses=True,
         deny_publish=_JS_DESTRUCTIVE,
+    )
+
+
+def _persister(charts_bucket: str) -> Permissions:
+    consumers: list[str] = []
+    for stream in subjects.PERSISTER_STREAMS:
+        durable = subjects.persister_durable(stream)
+        # Its own durable consumers only: create them (with their filter), read their info (the
+        # lag metrics), pull and ack their messages; never delete or pause them, nor touch
+        # another consumer of the stream.
+        consumers += (
+            f"$JS.API.CONSUMER.CREATE.{stream}.{durable}",
+            f"$JS.API.CONSUMER.CREATE.{stream}.{durable}.>",
+            f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{durable}",
+            f"$JS.API.CONSUMER.INFO.{stream}.{durable}",
+            f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}",
+            f"$JS.ACK.{stream}.{durable}.>",
+        )
+    charts = f"KV_{charts_bucket}"
+    return Permissions(
+        publish=(
+            subjects.deadletter(subjects.PERSISTER),
+            subjects.api_live(),
+            # That the streams and buckets are set up (LLMSCOPE_MANAGE_STREAMS=false).
+            "$JS.API.STREAM.INFO.>",
+            *consumers,
+            # Watching the chart bucket for new baselines: an ordered consumer of it.
+            f"$JS.API.CONSUMER.CREATE.{charts}",
+            f"$JS.API.CONSUMER.CREATE.{charts}.>",
+            f"$JS.API.CONSUMER.INFO.{charts}.>",
+            f"$JS.API.CONSUMER.DELETE.{charts}.>",
+            f"$JS.FC.{charts}.>",
+        ),
+        subscribe=(f"{inbox_prefix(PERSISTER)}.>",),
     )
 
 
@@ -203,5 +242,6 @@ def service_permissions(
         SPC_ENGINE: _spc_engine(charts_bucket, state_bucket),
         ALERTER: _alerter(),
         API: _api(),
+        PERSISTER: _persister(charts_bucket),
         SETUP: _setup(),
     }

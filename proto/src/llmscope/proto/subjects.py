@@ -290,6 +290,23 @@ def api_telemetry_points() -> str:
     return f"{PREFIX}.control.v1.api.telemetry.points"
 
 
+PERSISTER = "api-persister"
+"""The persister's dead-letter source and the prefix of its durable consumers' names
+(``<prefix>-telemetry``, ``-violations``, ``-deadletter``, ``-incidents``), in the API or apart."""
+PERSISTER_STREAMS = {
+    STREAM_TELEMETRY: "telemetry",
+    STREAM_VIOLATIONS: "violations",
+    STREAM_DEADLETTER: "deadletter",
+    STREAM_INCIDENTS: "incidents",
+}
+"""The streams the persister stores, each with its durable's suffix."""
+
+
+def persister_durable(stream: str, prefix: str = PERSISTER) -> str:
+    """The persister's durable consumer of ``stream`` (one of :data:`PERSISTER_STREAMS`)."""
+    return f"{prefix}-{PERSISTER_STREAMS[stream]}"
+
+
 def api_live() -> str:
     """Core NATS subject (no stream) of :class:`llmscope.proto.live.LiveNotice`: what the API
     process running the persister stored or saw, for the open tabs of every API process."""

@@ -18,6 +18,9 @@ from msgspec import Meta
 ContextStatus = Literal["ok", "error"]
 MAX_QUERIES = 500
 """Queries one request may carry (a group's violations; more are asked in several requests)."""
+TOO_LARGE = "reply too large"
+"""How an error reply starts when its answer would not fit NATS's max payload: the asker asks
+again for less (an outage reply never says it: the API shortens its error texts to fit)."""
 
 
 class ContextQuery(msgspec.Struct, frozen=True, kw_only=True):
@@ -77,6 +80,8 @@ class FailedProbeRecord(msgspec.Struct, frozen=True, kw_only=True):
     status: str
     http_status: int | None = None
     error: str | None = None
+    """as stored, or its start then ``…(truncated, <n> chars)`` when the whole reply would not
+    have fit NATS's max payload"""
 
 
 class OutageRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -84,7 +89,8 @@ class OutageRecord(msgspec.Struct, frozen=True, kw_only=True):
     since: datetime | None = None
     last_success: datetime | None = None
     recent: tuple[FailedProbeRecord, ...] = ()
-    """the latest failed probes, newest first"""
+    """the latest failed probes, newest first (fewer than asked only when even their shortened
+    errors would not have fit NATS's max payload; ``count`` counts them all)"""
 
 
 class OutageReply(msgspec.Struct, frozen=True, kw_only=True):

@@ -10,7 +10,7 @@ settings keep their last value read.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TypeVar
 
@@ -29,6 +29,7 @@ from llmscope.proto import subjects
 from llmscope.proto.telemetry import NUMERIC_METRICS
 from llmscope.proto.telemetry_context import (
     MAX_QUERIES,
+    TOO_LARGE,
     ContextQuery,
     ContextReply,
     ContextRequest,
@@ -51,9 +52,11 @@ CONTEXT_QUERIES_PER_REQUEST = 100
 a delivery's at once (up to ``MAX_QUERIES``) passed NATS's 1 MB max payload from about 400."""
 OUTAGE_PROBES_PER_REQUEST = 1000
 """Failed probes one outage request may bring back (``recent`` per violation): an analysis's 200
-per outage for every model of a host cascade at once passed NATS's 1 MB max payload."""
+per outage for every model of a host cascade at once passed NATS's 1 MB max payload. Their error
+texts (2,000 characters each at most) could still pass it: the API shortens them to fit."""
 
 R = TypeVar("R", ContextReply, OutageReply, PointsReply)
+Q = TypeVar("Q")
 
 
 class ApiView:
@@ -110,20 +113,38 @@ class ApiView:
 
     # -- telemetry ----------------------------------------------------------------------------
 
-    async def _ask(self, subject: str, request: msgspec.Struct, reply_type: type[R]) -> R | None:
+    async def _ask(
+        self,
+        subject: str,
+        queries: Sequence[Q],
+        request: Callable[[tuple[Q, ...]], msgspec.Struct],
+        reply_type: type[R],
+    ) -> list[R] | None:
+        """The replies to ``request(queries)``: one, or, when the API answers that its reply
+        would not fit NATS's max payload, those of each half in turn (down to one query: the API
+        shortens an outage's errors to fit, and long names could still make a chunk too large).
+        None when a reply did not come or was an error (what came before it is kept)."""
         if self._nc is None:
             return None
         try:
-            msg = await self._nc.request(subject, msgspec.json.encode(request), timeout=self._timeout)
+            data = msgspec.json.encode(request(tuple(queries)))
+            msg = await self._nc.request(subject, data, timeout=self._timeout)
             reply = msgspec.json.decode(msg.data, type=reply_type)
         except (NatsError, TimeoutError, msgspec.DecodeError, msgspec.ValidationError) as exc:
             # No API (no responders) or a slow one: the message goes without this context.
             log.warning("no telemetry from the API", subject=subject, error=repr(exc))
             return None
-        if reply.status != "ok":
-            log.warning("the API could not answer", subject=subject, error=reply.error)
-            return None
-        return reply
+        if reply.status == "ok":
+            return [reply]
+        if reply.error.startswith(TOO_LARGE) and len(queries) > 1:
+            half = len(queries) // 2
+            first = await self._ask(subject, queries[:half], request, reply_type)
+            if first is None:
+                return None
+            rest = await self._ask(subject, queries[half:], request, reply_type)
+            return None if rest is None else first + rest
+        log.warning("the API could not answer", subject=subject, error=reply.error)
+        return None
 
     async def context_for(self, events: Sequence[ViolationEvent]) -> dict[str, tuple[ContextPoint, ...]]:
         """+/-10 probes around each violation's last point; {} without an API."""
@@ -143,19 +164,20 @@ class ApiView:
         patterns = {ev.episode_id: set(ev.point_ids) for ev in events}
         out: dict[str, tuple[ContextPoint, ...]] = {}
         for start in range(0, len(queries), CONTEXT_QUERIES_PER_REQUEST):
-            chunk = tuple(queries[start : start + CONTEXT_QUERIES_PER_REQUEST])
-            reply = await self._ask(
+            replies = await self._ask(
                 subjects.api_telemetry_context(),
-                ContextRequest(queries=chunk, points=CONTEXT_POINTS),
+                queries[start : start + CONTEXT_QUERIES_PER_REQUEST],
+                lambda chunk: ContextRequest(queries=chunk, points=CONTEXT_POINTS),
                 ContextReply,
             )
-            if reply is None:
+            if replies is None:
                 return out
-            for episode, points in reply.context.items():
-                pattern = patterns.get(episode, set())
-                out[episode] = tuple(
-                    ContextPoint(p.ts, p.value, p.id, p.id in pattern, p.status) for p in points
-                )
+            for reply in replies:
+                for episode, points in reply.context.items():
+                    pattern = patterns.get(episode, set())
+                    out[episode] = tuple(
+                        ContextPoint(p.ts, p.value, p.id, p.id in pattern, p.status) for p in points
+                    )
         return out
 
     async def outages_for(
@@ -178,19 +200,22 @@ class ApiView:
         out: dict[str, Outage] = {}
         per_request = max(1, min(MAX_QUERIES, OUTAGE_PROBES_PER_REQUEST // max(recent, 1)))
         for start in range(0, len(queries), per_request):
-            chunk = tuple(queries[start : start + per_request])
-            reply = await self._ask(
-                subjects.api_telemetry_outages(), OutageRequest(queries=chunk, recent=recent), OutageReply
+            replies = await self._ask(
+                subjects.api_telemetry_outages(),
+                queries[start : start + per_request],
+                lambda chunk: OutageRequest(queries=chunk, recent=recent),
+                OutageReply,
             )
-            if reply is None:
+            if replies is None:
                 return out
-            for episode, o in reply.outages.items():
-                out[episode] = Outage(
-                    count=o.count,
-                    since=o.since,
-                    last_success=o.last_success,
-                    recent=tuple(FailedProbe(p.ts, p.status, p.http_status, p.error) for p in o.recent),
-                )
+            for reply in replies:
+                for episode, o in reply.outages.items():
+                    out[episode] = Outage(
+                        count=o.count,
+                        since=o.since,
+                        last_success=o.last_success,
+                        recent=tuple(FailedProbe(p.ts, p.status, p.http_status, p.error) for p in o.recent),
+                    )
         return out
 
     async def telemetry_points(self, events: Sequence[ViolationEvent]) -> list[TelemetryPoint]:
@@ -201,14 +226,19 @@ class ApiView:
         # NATS's 1 MB max payload (about 7,000 probes), which the API could not send, and past
         # the request's 10,000 ids the API refused it: the analysis had no telemetry at all.
         for start in range(0, len(ids), POINTS_PER_REQUEST):
-            chunk = tuple(ids[start : start + POINTS_PER_REQUEST])
-            reply = await self._ask(subjects.api_telemetry_points(), PointsRequest(ids=chunk), PointsReply)
-            if reply is None:
+            replies = await self._ask(
+                subjects.api_telemetry_points(),
+                ids[start : start + POINTS_PER_REQUEST],
+                lambda chunk: PointsRequest(ids=chunk),
+                PointsReply,
+            )
+            if replies is None:
                 return out
             out += (
                 TelemetryPoint(
                     p.id, p.ts, p.model, p.latency_ms, p.ttft_ms, p.tokens_per_s, p.status, p.prompt_id
                 )
+                for reply in replies
                 for p in reply.points
             )
         return out

@@ -22,6 +22,13 @@ goes, and why none of it is still needed for exactly-once delivery, reminders or
   from the telemetry stream after a restore. So the replay cutoff is never later than
   ``max(LLMSCOPE_VIOLATIONS_MAX_AGE_H, LLMSCOPE_TELEMETRY_MAX_AGE_H)`` plus a day for clock skew
   (the open message was stored before the alert's ``received_at``): by then no stream holds it.
+- a person's **action** from the API (``alerter_violation_actions``), once no alert of its
+  episode is kept and the last event of its actions came before the *replay* cutoff. While the
+  alert is kept (open, or cleared within the replay window) the action stays: an open alert takes
+  a hand resolution from it at the next tick, whatever the action's age (swept by its first
+  arrival, an episode still open 90 days after its acknowledgement lost it). After that, the
+  action stays as long as its violation or an action event (the actions stream has the violations
+  stream's max age) could come again, counted from the last one that came, applied or not.
 - an **outbox** event published before the cutoff (JetStream's de-duplication window on its
   ``msg_id`` is minutes); unpublished events stay until published.
 - a **silence** expired by hand or ended before the cutoff; open-ended ones stay.

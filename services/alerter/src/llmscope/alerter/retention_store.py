@@ -131,11 +131,15 @@ _SWEEPS = (
         (("alerter_early_clears", "DELETE FROM alerter_early_clears WHERE episode_id = ANY($1::text[])"),),
     ),
     _Sweep(
-        # As early clears: kept as long as their violation may still come (again).
+        # Kept while the episode's alert is (an open one still takes a hand resolution from
+        # here, and a replayed violation stops at its alert), then, as early clears, as long as
+        # their violation or an event of theirs may still come (again) since the last one came.
         "text",
         True,
-        "SELECT episode_id AS k FROM alerter_violation_actions WHERE episode_id > $1 AND received_at < $3"
-        " ORDER BY episode_id LIMIT $2 FOR UPDATE SKIP LOCKED",
+        "SELECT v.episode_id AS k FROM alerter_violation_actions v WHERE v.episode_id > $1"
+        " AND v.last_event_at < $3"
+        " AND NOT EXISTS (SELECT 1 FROM alerter_alerts a WHERE a.episode_id = v.episode_id)"
+        " ORDER BY v.episode_id LIMIT $2 FOR UPDATE OF v SKIP LOCKED",
         (
             (
                 "alerter_violation_actions",

@@ -45,6 +45,33 @@ from llmscope.alerter.store_base import encode_event as _json
 from llmscope.proto.violation import ViolationEvent
 from llmscope.proto.violation_action import ViolationActionEvent
 
+_INSERT_ACTION = (
+    "INSERT INTO alerter_violation_actions AS v (episode_id, acknowledged_by, acknowledged_at,"
+    " resolved_by, resolved_at, note, seq) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (episode_id)"
+)
+# A violation_action.v1 event is the episode's whole state at the API, numbered by ``seq``: it
+# replaces the row only when it is newer (an older one delivered late, a redelivery, a replay or
+# the second of two API replicas' publishes, changes nothing), every column of it. A row with no
+# seq holds only events of an API from before seq: all older.
+_NEWER_ACTION = (
+    _INSERT_ACTION + " DO UPDATE SET acknowledged_by = EXCLUDED.acknowledged_by,"
+    " acknowledged_at = EXCLUDED.acknowledged_at, resolved_by = EXCLUDED.resolved_by,"
+    " resolved_at = EXCLUDED.resolved_at, note = EXCLUDED.note, seq = EXCLUDED.seq"
+    " WHERE v.seq IS NULL OR v.seq < EXCLUDED.seq"
+)
+# An event without seq (an API from before it; still in the stream, or replayed) is older than
+# any with one: it changes nothing of a row a numbered event wrote. Among themselves they merge
+# as before seq: the first acknowledgement and resolution kept (the API never changes them), the
+# note of the one that came last (their order is unknown).
+_UNSEQUENCED_ACTION = (
+    _INSERT_ACTION + " DO UPDATE SET"
+    " acknowledged_by = coalesce(v.acknowledged_by, EXCLUDED.acknowledged_by),"
+    " acknowledged_at = coalesce(v.acknowledged_at, EXCLUDED.acknowledged_at),"
+    " resolved_by = coalesce(v.resolved_by, EXCLUDED.resolved_by),"
+    " resolved_at = coalesce(v.resolved_at, EXCLUDED.resolved_at),"
+    " note = coalesce(EXCLUDED.note, v.note) WHERE v.seq IS NULL"
+)
+
 
 class Store(IncidentStore, MergeStore, SilenceStore, RetentionStore):
     """All of the alerter's SQL. ``clock`` gives aware UTC datetimes (injected for tests)."""
@@ -676,29 +703,31 @@ class Store(IncidentStore, MergeStore, SilenceStore, RetentionStore):
         """Keep what people did through the API (violation_action.v1) and apply it to the alerts
         this alerter holds: acknowledgements stop reminders, a hand resolution tells the paged
         channels at once. Committed before the events are acked; how many alerts were resolved.
-        An action whose violation has not come yet waits in ``alerter_violation_actions``."""
+        An action whose violation has not come yet waits in ``alerter_violation_actions``.
+
+        Each event is the episode's whole state; the one with the highest ``seq`` stands, every
+        column of it, whatever order they come in (``_NEWER_ACTION``)."""
         if not events:
             return 0
         async with self.pool.acquire() as conn, conn.transaction():
             # In episode order: concurrent batches of replicas lock the rows in the same order.
             for ev in sorted(events, key=lambda e: e.episode_id):
                 await conn.execute(
-                    "INSERT INTO alerter_violation_actions AS v (episode_id, acknowledged_by,"
-                    " acknowledged_at, resolved_by, resolved_at, note) VALUES ($1, $2, $3, $4, $5, $6)"
-                    " ON CONFLICT (episode_id) DO UPDATE SET"
-                    " acknowledged_by = coalesce(v.acknowledged_by, EXCLUDED.acknowledged_by),"
-                    " acknowledged_at = coalesce(v.acknowledged_at, EXCLUDED.acknowledged_at),"
-                    " resolved_by = coalesce(v.resolved_by, EXCLUDED.resolved_by),"
-                    " resolved_at = coalesce(v.resolved_at, EXCLUDED.resolved_at),"
-                    " note = coalesce(EXCLUDED.note, v.note)",
+                    _NEWER_ACTION if ev.seq is not None else _UNSEQUENCED_ACTION,
                     ev.episode_id,
                     ev.acknowledged_by,
                     ev.acknowledged_at,
                     ev.resolved_by,
                     ev.resolved_at,
                     ev.note,
+                    ev.seq,
                 )
             episodes = sorted({ev.episode_id for ev in events})
+            # Activity, applied or not (an old event may come again): retention counts from it.
+            await conn.execute(
+                "UPDATE alerter_violation_actions SET last_event_at = now() WHERE episode_id = ANY($1)",
+                episodes,
+            )
             await self._sync_acks(conn, episodes)
             return await self._apply_hand_resolutions(conn, episodes)
 

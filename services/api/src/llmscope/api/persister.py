@@ -58,7 +58,7 @@ from llmscope.proto.violation import ViolationEvent
 
 log = get_logger("llmscope.api.persister")
 
-SOURCE = "api-persister"
+SOURCE = subjects.PERSISTER
 RETENTION_TIMEOUT_S = 900.0
 FILL_WAIT_S = 0.003
 PERSIST_BATCH = 2000
@@ -884,7 +884,7 @@ class Persister:
         publisher: Publisher,
         batch_size: int = PERSIST_BATCH,
         metrics: ApiMetrics | None = None,
-        durable_prefix: str = "api-persister",
+        durable_prefix: str = subjects.PERSISTER,
         options: ConsumerOptions | None = None,
         lag_sample_s: float = LAG_SAMPLE_S,
         on_stored: Callable[[str, Sequence[Any]], None] | None = None,
@@ -897,11 +897,10 @@ class Persister:
         self._metrics = metrics
         self._js = js
         self.lag_sample_s = lag_sample_s
+        # Their names are in the `persister` NATS user's allow list (llmscope.proto.permissions).
         self._durables = {
-            subjects.STREAM_TELEMETRY: f"{durable_prefix}-telemetry",
-            subjects.STREAM_VIOLATIONS: f"{durable_prefix}-violations",
-            subjects.STREAM_DEADLETTER: f"{durable_prefix}-deadletter",
-            subjects.STREAM_INCIDENTS: f"{durable_prefix}-incidents",
+            stream: subjects.persister_durable(stream, durable_prefix)
+            for stream in subjects.PERSISTER_STREAMS
         }
         consumers = metrics.consumers if metrics is not None else None
         dead = DeadLetters(publisher, SOURCE)
@@ -913,7 +912,7 @@ class Persister:
         self.telemetry = DurableConsumer[TelemetryEvent](
             js=js,
             stream=subjects.STREAM_TELEMETRY,
-            durable=f"{durable_prefix}-telemetry",
+            durable=self._durables[subjects.STREAM_TELEMETRY],
             filter_subjects=[subjects.TELEMETRY_ALL],
             decode=lambda b: codec.decode_as(b, TelemetryEvent),
             handler=self.on_telemetry,
@@ -925,7 +924,7 @@ class Persister:
         self.violations = DurableConsumer[ViolationEvent](
             js=js,
             stream=subjects.STREAM_VIOLATIONS,
-            durable=f"{durable_prefix}-violations",
+            durable=self._durables[subjects.STREAM_VIOLATIONS],
             filter_subjects=[subjects.VIOLATIONS_ALL],
             decode=lambda b: codec.decode_as(b, ViolationEvent),
             handler=self.on_violations,
@@ -936,7 +935,7 @@ class Persister:
         self.dead_letters = DurableConsumer[DeadLetterEvent](
             js=js,
             stream=subjects.STREAM_DEADLETTER,
-            durable=f"{durable_prefix}-deadletter",
+            durable=self._durables[subjects.STREAM_DEADLETTER],
             filter_subjects=[subjects.DEADLETTER_ALL],
             decode=lambda b: codec.decode_as(b, DeadLetterEvent),
             handler=self.on_dead_letters,
@@ -947,7 +946,7 @@ class Persister:
         self.incidents = DurableConsumer[IncidentEvent](
             js=js,
             stream=subjects.STREAM_INCIDENTS,
-            durable=f"{durable_prefix}-incidents",
+            durable=self._durables[subjects.STREAM_INCIDENTS],
             filter_subjects=[subjects.INCIDENTS_ALL],
             decode=lambda b: codec.decode_as(b, IncidentEvent),
             handler=self.on_incidents,

@@ -4,6 +4,12 @@ The API owns the telemetry table; the alerter describes a violation in a page (t
 around it, an outage's failed probes) and analyses an incident (its points) by asking here over
 core NATS request/reply, never by reading the table. Every API process answers, in one queue
 group; reads only, each bounded by the pool's statement timeout.
+
+Every reply fits NATS's max payload (1 MB by default): an outage's failed probes carry their
+error texts (up to 2,000 characters each, stored), so an outage reply that would not fit has its
+errors shortened, each marked ``…(truncated, <n> chars)``, the longest first, until it does
+(:func:`fit_outages`); a reply of probes or context too large for one message says so
+(``TOO_LARGE``) and the alerter asks again for half as much.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from llmscope.config.logs import get_logger
 from llmscope.proto import subjects
 from llmscope.proto.telemetry import NUMERIC_METRICS
 from llmscope.proto.telemetry_context import (
+    TOO_LARGE,
     ContextPointRecord,
     ContextReply,
     ContextRequest,
@@ -41,6 +48,63 @@ log = get_logger("llmscope.api.telemetry_context")
 TELEMETRY_METRICS = frozenset(NUMERIC_METRICS)
 
 Req = TypeVar("Req", bound=msgspec.Struct)
+Rep = TypeVar("Rep", bound=msgspec.Struct)
+
+
+def truncated(error: str | None, chars: int) -> str | None:
+    """``error`` cut after ``chars`` characters, saying so and how long it was."""
+    if error is None or len(error) <= chars:
+        return error
+    return f"{error[:chars]}…(truncated, {len(error):,} chars)"
+
+
+def fit_outages(reply: OutageReply, limit: int) -> OutageReply | None:
+    """``reply`` as it is when it fits ``limit`` bytes encoded, else with every error text longer
+    than the most that fits cut to it (the shorter ones whole); only when even the cut errors do
+    not fit, fewer of each outage's latest failed probes (the newest kept; ``count`` still counts
+    them all). None: not even an outage without probes fits."""
+    encode = msgspec.json.encode
+
+    def shortened(chars: int, keep: int) -> OutageReply:
+        return msgspec.structs.replace(
+            reply,
+            outages={
+                episode: msgspec.structs.replace(
+                    o,
+                    recent=tuple(
+                        msgspec.structs.replace(p, error=truncated(p.error, chars)) for p in o.recent[:keep]
+                    ),
+                )
+                for episode, o in reply.outages.items()
+            },
+        )
+
+    def fits(r: OutageReply) -> bool:
+        return len(encode(r)) <= limit
+
+    if fits(reply):
+        return reply
+    every = max((len(o.recent) for o in reply.outages.values()), default=0)
+    if fits(shortened(0, every)):
+        # The longest cut that fits (``lo`` always fits; the whole texts do not).
+        lo, hi = 0, max(len(p.error or "") for o in reply.outages.values() for p in o.recent)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if fits(shortened(mid, every)):
+                lo = mid
+            else:
+                hi = mid - 1
+        return shortened(lo, every)
+    if not fits(shortened(0, 0)):
+        return None
+    lo, hi = 0, every
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(shortened(0, mid)):
+            lo = mid
+        else:
+            hi = mid - 1
+    return shortened(0, lo)
 
 
 class TelemetryContext:
@@ -159,7 +223,9 @@ class TelemetryContext:
 
     async def start(self, nc: NATS) -> None:
         await self._bind(nc, subjects.api_telemetry_context(), ContextRequest, self.context, ContextReply)
-        await self._bind(nc, subjects.api_telemetry_outages(), OutageRequest, self.outages, OutageReply)
+        await self._bind(
+            nc, subjects.api_telemetry_outages(), OutageRequest, self.outages, OutageReply, fit_outages
+        )
         await self._bind(nc, subjects.api_telemetry_points(), PointsRequest, self.points, PointsReply)
 
     async def _bind(
@@ -167,8 +233,9 @@ class TelemetryContext:
         nc: NATS,
         subject: str,
         req_type: type[Req],
-        handler: Callable[[Req], Awaitable[msgspec.Struct]],
-        reply_type: Callable[..., msgspec.Struct],
+        handler: Callable[[Req], Awaitable[Rep]],
+        reply_type: Callable[..., Rep],
+        fit: Callable[[Rep, int], Rep | None] | None = None,
     ) -> None:
         decoder = msgspec.json.Decoder(req_type)
 
@@ -184,11 +251,17 @@ class TelemetryContext:
                 reply = reply_type(status="error", error=f"api error: {type(exc).__name__}")
             if msg.reply:
                 data = msgspec.json.encode(reply)
+                if len(data) > nc.max_payload and fit is not None:
+                    # Off the event loop: a few encodings of up to megabytes each.
+                    fitted = await asyncio.to_thread(fit, reply, nc.max_payload)
+                    if fitted is not None:
+                        log.info("telemetry reply shortened to fit", subject=subject, size=len(data))
+                        data = msgspec.json.encode(fitted)
                 if len(data) > nc.max_payload:
                     # NATS would refuse to send it and the asker would wait out its timeout.
                     log.warning("telemetry reply too large", subject=subject, size=len(data))
                     data = msgspec.json.encode(
-                        reply_type(status="error", error=f"reply too large ({len(data)} bytes): ask for less")
+                        reply_type(status="error", error=f"{TOO_LARGE} ({len(data)} bytes): ask for less")
                     )
                 await msg.respond(data)
 

@@ -6,7 +6,9 @@ The API owns the ``violations`` table; the alerter learns of an action only from
 only once JetStream stored the event (and only if the row did not change meanwhile). A publish
 that fails (NATS away) leaves it set, and :meth:`ViolationActions.run` publishes it again: an
 action recorded is announced, at least once; the event's deterministic id makes a repeat a
-duplicate the stream drops.
+duplicate the stream drops. The same UPDATE counts the episode's actions (``action_seq``, the
+event's ``seq``): a request's own publish and this republishing may send two states of an episode
+in either order, and the alerter keeps the one with the higher ``seq``.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def action_event(row: asyncpg.Record) -> ViolationActionEvent:
     action: ViolationAction = "resolved" if row["resolved_at"] is not None else "acknowledged"
     at = row["resolved_at"] if action == "resolved" else row["acknowledged_at"]
     return ViolationActionEvent(
-        id=action_id(row["episode_id"], action, row["note"]),
+        id=action_id(row["episode_id"], action, row["note"], row["action_seq"] or None),
         ts=at,
         action=action,
         violation_id=row["id"],
@@ -47,6 +49,8 @@ def action_event(row: asyncpg.Record) -> ViolationActionEvent:
         resolved_by=row["resolved_by"],
         resolved_at=row["resolved_at"],
         note=row["note"],
+        # 0: no action counted (a row changed by hand): sent as from an API before seq.
+        seq=row["action_seq"] or None,
     )
 
 
@@ -82,7 +86,7 @@ class ViolationActions:
         while True:
             rows = await pool.fetch(
                 "SELECT id, episode_id, provider, model, acknowledged_by, acknowledged_at, resolved_by,"
-                " resolved_at, note FROM violations WHERE action_pending ORDER BY id LIMIT $1",
+                " resolved_at, note, action_seq FROM violations WHERE action_pending ORDER BY id LIMIT $1",
                 BATCH,
             )
             published = await self._publish(rows)
@@ -104,15 +108,12 @@ class ViolationActions:
             except PublishFailed as exc:
                 log.warning("violation action not announced yet; tried again", id=ev.id, error=str(exc))
                 return published
-            # Cleared only if nothing changed since the read: a newer action stays pending.
+            # Cleared only if no action came since the read: a newer one stays pending.
             await pool.execute(
                 "UPDATE violations SET action_pending = false WHERE id = $1 AND action_pending"
-                " AND acknowledged_at IS NOT DISTINCT FROM $2 AND resolved_at IS NOT DISTINCT FROM $3"
-                " AND note IS NOT DISTINCT FROM $4",
+                " AND action_seq = $2",
                 row["id"],
-                row["acknowledged_at"],
-                row["resolved_at"],
-                row["note"],
+                row["action_seq"],
             )
             published += 1
         return published

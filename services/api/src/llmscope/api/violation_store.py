@@ -201,6 +201,10 @@ class ViolationStore(StoreBase):
                    acknowledged_by = coalesce(acknowledged_by, $2),
                    acknowledged_at = coalesce(acknowledged_at, now()),
                    note = coalesce($3, note),
+                   -- Counted only when the state changes: a repeat is the same event (its id
+                   -- too), a duplicate the stream drops.
+                   action_seq = action_seq
+                       + (acknowledged_at IS NULL OR note IS DISTINCT FROM coalesce($3, note))::int,
                    action_pending = true
                WHERE id = $1 RETURNING *""",
             violation_id,
@@ -221,6 +225,8 @@ class ViolationStore(StoreBase):
                    acknowledged_by = coalesce(acknowledged_by, $2),
                    acknowledged_at = coalesce(acknowledged_at, now()),
                    note = coalesce($3, note),
+                   action_seq = action_seq
+                       + (resolved_at IS NULL OR note IS DISTINCT FROM coalesce($3, note))::int,
                    action_pending = true
                WHERE id = $1 RETURNING *""",
             violation_id,
