@@ -3,9 +3,9 @@
 At 100 probe events/s the persister's batches hold about one event each, so a transaction per
 event is most of what Postgres does. This stores ``--events`` single-event batches (probe-shaped,
 ``--models`` models, each model's rollup rows already there, as in a running stack) through
-``store_telemetry`` of this tree and of each ``--tree`` given (its ``persister.py`` loaded under
-another name; everything else from this tree), in alternating rounds, and prints per event the
-CPU of the backend that wrote (``/proc``), the client's, and the wall time.
+``store_telemetry`` of this tree and of each ``--tree`` given (its persister, a module or a
+package, loaded under another name; everything else from this tree), in alternating rounds, and
+prints per event the CPU of the backend that wrote (``/proc``), the client's, and the wall time.
 
 Usage: ``python bench/event_cost.py [--tree base=/path/to/clone] [--rounds 3] [--events 600]``.
 """
@@ -39,13 +39,38 @@ Store = Callable[[Any, Sequence[Any]], Awaitable[int]]
 
 
 def load_store(name: str, tree: Path) -> Callable[[], Store]:
-    path = tree / "services/api/src/llmscope/api/persister.py"
-    spec = importlib.util.spec_from_file_location(f"bench_persister_{name}", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return _factory(module)
+    api = tree / "services/api/src/llmscope/api"
+    if (api / "persister.py").exists():
+        spec = importlib.util.spec_from_file_location(f"bench_persister_{name}", api / "persister.py")
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return _factory(module)
+    return _factory(_load_package(api / "persister"))
+
+
+def _load_package(path: Path) -> Any:
+    # A persister split into a package imports its own modules by their absolute names: load the
+    # tree's under those names, then put this tree's back (the loaded functions keep their own).
+    prefix = "llmscope.api.persister"
+    saved = {k: v for k, v in sys.modules.items() if k == prefix or k.startswith(prefix + ".")}
+    for k in saved:
+        del sys.modules[k]
+    try:
+        spec = importlib.util.spec_from_file_location(
+            prefix, path / "__init__.py", submodule_search_locations=[str(path)]
+        )
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[prefix] = module
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        for k in [k for k in sys.modules if k == prefix or k.startswith(prefix + ".")]:
+            del sys.modules[k]
+        sys.modules.update(saved)
 
 
 def _factory(module: Any) -> Callable[[], Store]:
