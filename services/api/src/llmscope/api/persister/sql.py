@@ -3,8 +3,6 @@ dead letters."""
 
 from __future__ import annotations
 
-import functools
-
 TELEMETRY_COLUMNS: tuple[str, ...] = (
     "id",
     "ts",
@@ -375,85 +373,4 @@ INSERT_DEAD_LETTER = """
 INSERT INTO dead_letters (id, ts, source, subject, reason, payload, payload_encoding, stream_seq)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 ON CONFLICT (id) DO NOTHING
-"""
-
-
-FEW_MAX = 16
-"""The largest batch written by :func:`store_few_telemetry`'s statement; a larger one (below
-``COPY_MIN_ROWS``) by STORE_TELEMETRY_ARRAYS."""
-
-
-@functools.cache
-def store_few_telemetry(k: int) -> str:
-    """A batch of ``k`` distinct events (2 to ``FEW_MAX``; at 1,000 probe events/s most batches
-    hold 2-10) as rows of plain parameters: each event's 35 columns, its rollup row's ``n_ok``
-    and metric aggregates (as STORE_ONE_TELEMETRY's, computed by the persister) and its place in
-    the batch, one ``VALUES`` row each, sent in id order. No ``unnest`` of 35 arrays (a function
-    scan and a tuplestore each) and no sort of the telemetry rows; the rollups fold the rows of
-    the events the insert stored (``RETURNING id``: a redelivery adds nothing), grouped in SQL.
-    Same rows as STORE_TELEMETRY_ARRAYS, locks in the same order (a test compares every path).
-    One statement text per ``k``, each prepared once per connection."""
-    if not 2 <= k <= FEW_MAX:
-        raise ValueError(f"store_few_telemetry: {k} events, not 2 to {FEW_MAX}")
-    width = _N + 20
-    types = [TELEMETRY_TYPES[c] for c in TELEMETRY_COLUMNS]
-    types += ["integer", *(["integer", *["double precision"] * 5] * 3), "integer"]
-    rows = ",\n        ".join(
-        "(" + ", ".join(f"${j * width + i}::{t}" for i, t in enumerate(types, 1)) + ")" for j in range(k)
-    )
-    return f"""
-WITH v ({_COLS}, n_ok, {_ROLLUP_COLS}, ord) AS (
-    VALUES {rows}
-), ins AS (
-    INSERT INTO telemetry ({_COLS})
-    SELECT {_COLS} FROM v
-    ON CONFLICT (id) DO NOTHING
-    RETURNING id
-), new AS MATERIALIZED (
-    SELECT v.* FROM v JOIN ins USING (id)
-), roll AS (
-    INSERT INTO telemetry_minute AS m (provider, model, prompt_id, target, minute, n, n_ok, {_ROLLUP_COLS})
-    SELECT provider, model, prompt_id, target, date_trunc('minute', ts), count(*), sum(n_ok), {_HOUR_FOLD}
-    FROM new GROUP BY 1, 2, 3, 4, 5 ORDER BY {_key_order("provider", "model", "prompt_id", "target", "5")}
-    ON CONFLICT (provider, model, prompt_id, target, minute) DO UPDATE SET
-        n = m.n + EXCLUDED.n, n_ok = m.n_ok + EXCLUDED.n_ok,
-        {_metric_merge("latency")}, {_metric_merge("ttft")}, {_metric_merge("tps")}
-), roll_hour AS (
-    INSERT INTO telemetry_hour AS m (provider, model, hour, n, n_ok, {_ROLLUP_COLS})
-    SELECT provider, model, date_trunc('hour', ts), count(*), sum(n_ok), {_HOUR_FOLD}
-    FROM new GROUP BY 1, 2, 3 ORDER BY {_key_order("provider", "model", "3")}
-    ON CONFLICT (provider, model, hour) DO UPDATE SET
-        n = m.n + EXCLUDED.n, n_ok = m.n_ok + EXCLUDED.n_ok,
-        {_metric_merge("latency")}, {_metric_merge("ttft")}, {_metric_merge("tps")}
-), roll_series_hour AS (
-    INSERT INTO telemetry_series_hour AS m (provider, model, hour, prompt_id, target, n, n_ok, {_ROLLUP_COLS})
-    SELECT provider, model, date_trunc('hour', ts), prompt_id, target, count(*), sum(n_ok), {_HOUR_FOLD}
-    FROM new GROUP BY 1, 2, 3, 4, 5 ORDER BY {_key_order("provider", "model", "3", "prompt_id", "target")}
-    {_SERIES_HOUR_MERGE}
-), ser AS (
-    INSERT INTO series AS s (provider, model, prompt_id, first_seen, last_seen)
-    SELECT provider, model, prompt_id, min(ts), max(ts) FROM v
-    GROUP BY 1, 2, 3 ORDER BY {_key_order("provider", "model", "prompt_id")}
-    ON CONFLICT (provider, model, prompt_id) DO UPDATE SET
-        first_seen = LEAST(s.first_seen, EXCLUDED.first_seen),
-        last_seen = GREATEST(s.last_seen, EXCLUDED.last_seen)
-), tgt AS (
-    INSERT INTO series_targets AS s (provider, model, prompt_id, target, first_seen, last_seen)
-    SELECT provider, model, prompt_id, target, min(ts), max(ts) FROM v
-    GROUP BY 1, 2, 3, 4 ORDER BY {_key_order("provider", "model", "prompt_id", "target")}
-    ON CONFLICT (provider, model, prompt_id, target) DO UPDATE SET
-        first_seen = LEAST(s.first_seen, EXCLUDED.first_seen),
-        last_seen = GREATEST(s.last_seen, EXCLUDED.last_seen)
-), mdl AS (
-    INSERT INTO models AS m (provider, model, first_seen, last_seen, target, host, last_status,
-                             cpu_percent, memory_percent, gpu_percent, gpu_memory_percent)
-    SELECT l.provider, l.model, f.first_seen, l.ts, l.target, l.host, l.status,
-           l.cpu_percent, l.memory_percent, l.gpu_percent, l.gpu_memory_percent
-    FROM (SELECT DISTINCT ON (provider, model) * FROM v ORDER BY provider, model, ts DESC, ord DESC) AS l
-    JOIN (SELECT provider, model, min(ts) AS first_seen FROM v GROUP BY 1, 2) AS f
-      ON f.provider = l.provider AND f.model = l.model
-    ORDER BY {_key_order("l.provider", "l.model")}
-    {_MODEL_UPSERT}
-)
-SELECT count(*) FROM ins
 """

@@ -16,7 +16,6 @@ from llmscope.api.persister.rollups import batch_aggregates, one_rollup
 from llmscope.api.persister.sql import (
     APPLY_CLEAR,
     CREATE_TELEMETRY_IN,
-    FEW_MAX,
     INSERT_CLEAR,
     INSERT_DEAD_LETTER,
     INSERT_NEW_TELEMETRY,
@@ -25,7 +24,6 @@ from llmscope.api.persister.sql import (
     STORE_TELEMETRY_ARRAYS,
     TELEMETRY_COLUMNS,
     UPSERT_AGGREGATES,
-    store_few_telemetry,
 )
 from llmscope.proto.deadletter import DeadLetterEvent
 from llmscope.proto.telemetry import TelemetryEvent
@@ -89,27 +87,6 @@ async def store_telemetry(
         async with held:
             one: int = await conn.fetchval(STORE_ONE_TELEMETRY, *telemetry_record(ev), *one_rollup(ev))
         return one
-    if len(events) <= FEW_MAX and len(events) < copy_min_rows:
-        # A few events, as at 1,000 probe events/s: one statement of plain parameters, its own
-        # transaction. Rows in id order (the lock order); ``ord`` keeps the batch's order (of a
-        # model's two events at the same time, the later is its latest).
-        firsts: dict[str, tuple[int, TelemetryEvent]] = {}
-        for ev in events:
-            firsts.setdefault(ev.id, (len(firsts), ev))  # a duplicate in the batch is the same event
-        if len(firsts) == 1:
-            ev = events[0]
-            async with held:
-                single: int = await conn.fetchval(STORE_ONE_TELEMETRY, *telemetry_record(ev), *one_rollup(ev))
-            return single
-        params: list[Any] = []
-        for event_id in sorted(firsts):
-            place, ev = firsts[event_id]
-            params += telemetry_record(ev)
-            params += one_rollup(ev)
-            params.append(place)
-        async with held:
-            few: int = await conn.fetchval(store_few_telemetry(len(firsts)), *params)
-        return few
     if len(events) < copy_min_rows:
         # One statement is its own transaction: no BEGIN and COMMIT round trips.
         records = [telemetry_record(ev) for ev in events]
@@ -117,10 +94,10 @@ async def store_telemetry(
         async with held:
             inserted: int = await conn.fetchval(STORE_TELEMETRY_ARRAYS, *columns)
         return inserted
-    by_id: dict[str, TelemetryEvent] = {}
+    firsts: dict[str, TelemetryEvent] = {}
     for ev in events:
-        by_id.setdefault(ev.id, ev)  # a duplicate inside the batch is the same event
-    unique = list(by_id.values())  # batch order: of two equal times, the later is a model's latest
+        firsts.setdefault(ev.id, ev)  # a duplicate inside the batch is the same event
+    unique = list(firsts.values())  # batch order: of two equal times, the later is a model's latest
     # Rows go in id order (code point order, as _ID_ORDER): two batches stored at once that each
     # hold twins of the other's events (a redelivery) lock the ids they share in one order, so one
     # waits for the other's COMMIT instead of both waiting for each other (a deadlock, aborted).
