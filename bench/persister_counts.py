@@ -187,7 +187,8 @@ async def measure(
                 pct = " / ".join(f"{stack_bench.percentile(values, q):.1f}" for q in (50, 95, 99))
                 print(f"  {label + ' ms p50/p95/p99':<40} {pct}")
             if stages is not None and wal is not None:
-                stages.report(put, acked, stored.at, stack_bench.percentile)
+                committed = await stages.commit_times(dsn, list(put))
+                stages.report(put, acked, stored.at, stack_bench.percentile, committed)
                 await wal.report(n, len(stages.stores))
     finally:
         stop.set()

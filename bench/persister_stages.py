@@ -153,12 +153,36 @@ class Stages:
         self._stop.set()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    async def commit_times(self, dsn: str, ids: Sequence[str]) -> dict[str, float]:
+        """Each row's commit timestamp (``track_commit_timestamp``: taken as the commit record is
+        written, before its WAL flush), on this process's clock."""
+        conn = await asyncpg.connect(dsn)
+        try:
+            rows = await conn.fetch(
+                """SELECT id, extract(epoch FROM pg_xact_commit_timestamp(xmin))::float8 AS at
+                   FROM telemetry WHERE id = ANY($1::text[])""",
+                list(ids),
+            )
+        finally:
+            await conn.close()
+        offset = time.time() - now()  # wall clock to perf_counter, one host
+        return {r["id"]: r["at"] - offset for r in rows if r["at"] is not None}
+
+    def _commit_parts(self, ids: Sequence[str], c: dict[str, float] | None) -> list[tuple[str, list[float]]]:
+        if c is None or not all(i in c for i in ids):
+            return []
+        return [
+            ("  statement sent -> commit record (commit_ts)", [c[i] - self.store_start[i] for i in ids]),
+            ("  commit record -> answered (WAL flush, reply)", [self.store_end[i] - c[i] for i in ids]),
+        ]
+
     def report(
         self,
         put: dict[str, float],
         acked: dict[str, float],
         stored_at: dict[str, float],
         percentile: Callable[[Sequence[float], float], float],
+        committed: dict[str, float] | None = None,
     ) -> None:
         ids = [
             i
@@ -179,6 +203,7 @@ class Stages:
             ("handed over -> handler (decode)", [self.handler[i] - self.fetched[r[i]] for i in ids]),
             ("handler -> statement sent (connection)", [self.store_start[i] - self.handler[i] for i in ids]),
             ("statement sent -> COMMIT answered", [self.store_end[i] - self.store_start[i] for i in ids]),
+            *self._commit_parts(ids, committed),
             ("COMMIT answered -> acks written", [self.acked[r[i]] - self.store_end[i] for i in ids]),
             ("COMMIT answered -> NOTIFY seen (listener)", [stored_at[i] - self.store_end[i] for i in ids]),
             ("published -> stored (NOTIFY)", [stored_at[i] - put[i] for i in ids]),
@@ -201,6 +226,8 @@ class Stages:
         tail = total[-max(1, len(total) // 100) :]
         share: dict[str, float] = {}
         for label, values in rows[:-1]:
+            if label.startswith("  "):
+                continue  # a part of the row above
             by_id = dict(zip(ids, values, strict=True))
             share[label] = sum(by_id[i] for i in tail) / sum(stored_at[i] - put[i] for i in tail)
         parts = [f"{label.split(' -> ')[1].split(' (')[0]} {100 * s:.0f}%" for label, s in share.items()]
@@ -235,7 +262,9 @@ class Wal:
     @staticmethod
     def enable(data_dir: Path) -> None:
         conf = data_dir / "postgresql.auto.conf"
-        conf.write_text(conf.read_text() + "track_wal_io_timing = on\ntrack_io_timing = on\n")
+        conf.write_text(
+            conf.read_text() + "track_wal_io_timing = on\ntrack_io_timing = on\ntrack_commit_timestamp = on\n"
+        )
 
     async def _read(self) -> asyncpg.Record:
         conn = await asyncpg.connect(self._dsn)
