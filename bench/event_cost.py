@@ -3,11 +3,13 @@
 At 100 probe events/s the persister's batches hold about one event each, so a transaction per
 event is most of what Postgres does. This stores ``--events`` single-event batches (probe-shaped,
 ``--models`` models, each model's rollup rows already there, as in a running stack) through
-``store_telemetry`` of this tree and of each ``--tree`` given (its ``persister.py`` loaded under
-another name; everything else from this tree), in alternating rounds, and prints per event the
-CPU of the backend that wrote (``/proc``), the client's, and the wall time.
+``store_telemetry`` of this tree and of each ``--tree`` given (its persister, a module or a
+package, loaded under another name; everything else from this tree), in alternating rounds, and
+prints per event the CPU of the backend that wrote (``/proc``), the client's, and the wall time.
 
-Usage: ``python bench/event_cost.py [--tree base=/path/to/clone] [--rounds 3] [--events 600]``.
+``--batch K`` stores batches of K events instead (figures still per event).
+
+Usage: ``python bench/event_cost.py [--tree base=/path/to/clone] [--rounds 3] [--events 600] [--batch 1]``.
 """
 
 from __future__ import annotations
@@ -39,13 +41,38 @@ Store = Callable[[Any, Sequence[Any]], Awaitable[int]]
 
 
 def load_store(name: str, tree: Path) -> Callable[[], Store]:
-    path = tree / "services/api/src/llmscope/api/persister.py"
-    spec = importlib.util.spec_from_file_location(f"bench_persister_{name}", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return _factory(module)
+    api = tree / "services/api/src/llmscope/api"
+    if (api / "persister.py").exists():
+        spec = importlib.util.spec_from_file_location(f"bench_persister_{name}", api / "persister.py")
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return _factory(module)
+    return _factory(_load_package(api / "persister"))
+
+
+def _load_package(path: Path) -> Any:
+    # A persister split into a package imports its own modules by their absolute names: load the
+    # tree's under those names, then put this tree's back (the loaded functions keep their own).
+    prefix = "llmscope.api.persister"
+    saved = {k: v for k, v in sys.modules.items() if k == prefix or k.startswith(prefix + ".")}
+    for k in saved:
+        del sys.modules[k]
+    try:
+        spec = importlib.util.spec_from_file_location(
+            prefix, path / "__init__.py", submodule_search_locations=[str(path)]
+        )
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[prefix] = module
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        for k in [k for k in sys.modules if k == prefix or k.startswith(prefix + ".")]:
+            del sys.modules[k]
+        sys.modules.update(saved)
 
 
 def _factory(module: Any) -> Callable[[], Store]:
@@ -61,19 +88,23 @@ def backend_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def one_round(pool: asyncpg.Pool, store: Store, events: Sequence[Any]) -> tuple[float, float, float]:
+async def one_round(
+    pool: asyncpg.Pool, store: Store, events: Sequence[Any], batch: int = 1
+) -> tuple[float, float, float]:
     async with pool.acquire() as conn:
         pid = await conn.fetchval("SELECT pg_backend_pid()")
         c0, u0, t0 = backend_cpu(pid), resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-        for ev in events:
-            await store(conn, [ev])
+        for i in range(0, len(events), batch):
+            await store(conn, events[i : i + batch])
         t1, u1, c1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF), backend_cpu(pid)
     client = (u1.ru_utime + u1.ru_stime) - (u0.ru_utime + u0.ru_stime)
     n = len(events)
     return 1000 * (c1 - c0) / n, 1000 * client / n, 1000 * (t1 - t0) / n
 
 
-async def run(dsn: str, arms: dict[str, Callable[[], Store]], rounds: int, n: int, models: int) -> None:
+async def run(
+    dsn: str, arms: dict[str, Callable[[], Store]], rounds: int, n: int, models: int, batch: int = 1
+) -> None:
     conn = await asyncpg.connect(dsn)
     await migrate(conn)
     await conn.close()
@@ -93,7 +124,7 @@ async def run(dsn: str, arms: dict[str, Callable[[], Store]], rounds: int, n: in
         for name in order:
             events = list(stack_bench.telemetry(n, next_id))
             next_id += n
-            results[name].append(await one_round(pool, stores[name], events))
+            results[name].append(await one_round(pool, stores[name], events, batch))
             pg, client, wall = results[name][-1]
             load = " ".join(f"{x:.2f}" for x in os.getloadavg())
             print(
@@ -120,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--events", type=int, default=600)
     parser.add_argument("--models", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=1, help="events per batch (a steady 1,000/s: 2-10)")
     args = parser.parse_args(argv)
     arms: dict[str, Callable[[], Store]] = {}
     for spec in args.tree:
@@ -131,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pg.start()
         try:
             dsn = pg.create_database("llmscope")
-            asyncio.run(run(dsn, arms, args.rounds, args.events, args.models))
+            asyncio.run(run(dsn, arms, args.rounds, args.events, args.models, args.batch))
         finally:
             pg.stop()
     return 0

@@ -7,9 +7,11 @@ event: pull requests sent, request statuses received, ack writes and acks, batch
 handler (each one transaction), statements sent to Postgres (asyncpg's count), CPU of this process,
 Postgres and nats-server; and published -> stored split as ``stack_bench.py`` splits it (the
 row's NOTIFY at commit, its transaction's start). The counters wrap the bus's functions by
-name, so the same script measures an older checkout of the code.
+name, so the same script measures an older checkout of the code. ``--stages``: each event's time
+split stage by stage, with the event loop's lag, GC pauses, the run queue and the WAL's fsyncs
+(``persister_stages.py``).
 
-Usage: ``python bench/persister_counts.py [--rates 100,1000] [--seconds 10] [--models 200]``.
+Usage: ``python bench/persister_counts.py [--rates 100,1000] [--seconds 10] [--models 200] [--stages]``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from llmscope.stack.ports import free_port
 sys.path.insert(0, str(Path(__file__).parent))
 stack_bench: Any = importlib.import_module("stack_bench")
 ingest_bench: Any = importlib.import_module("ingest_bench")
+persister_stages: Any = importlib.import_module("persister_stages")
 
 PULL = "$JS.API.CONSUMER.MSG.NEXT."
 
@@ -85,6 +88,7 @@ async def measure(
     seconds: float,
     models: int,
     pg_statements: bool = False,
+    stages_on: bool = False,
 ) -> None:
     print(f"event loop {type(asyncio.get_running_loop()).__module__}")
     counts: Counter[str] = Counter()
@@ -115,6 +119,11 @@ async def measure(
         return await handler(batch)
 
     p.telemetry._handler = counting
+    stages = persister_stages.Stages() if stages_on else None
+    wal = persister_stages.Wal(dsn) if stages_on else None
+    if stages is not None:
+        stages.install(p)
+        stages.start_samplers()
     stop = asyncio.Event()
     task = asyncio.create_task(p.telemetry.run(stop))
     pg_pid = int((tmp / "pg" / "postmaster.pid").read_text().split()[0])
@@ -138,6 +147,9 @@ async def measure(
             if pg_statements:
                 await stack_bench.Statements.reset(dsn)
             counts.clear()
+            if stages is not None and wal is not None:
+                stages.reset()
+                await wal.mark()
             c0 = {name: read() for name, read in cpu.items()}
             q0 = queries(pool)
             elapsed = await feed.go()
@@ -174,8 +186,14 @@ async def measure(
             ):
                 pct = " / ".join(f"{stack_bench.percentile(values, q):.1f}" for q in (50, 95, 99))
                 print(f"  {label + ' ms p50/p95/p99':<40} {pct}")
+            if stages is not None and wal is not None:
+                committed = await stages.commit_times(dsn, list(put))
+                stages.report(put, acked, stored.at, stack_bench.percentile, committed)
+                await wal.report(n, len(stages.stores))
     finally:
         stop.set()
+        if stages is not None:
+            await stages.stop()
         await asyncio.wait_for(task, 10)
         await listen.close()
         await pool.close()
@@ -190,6 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--statements", action="store_true", help="print pg_stat_statements per event for each rate"
     )
+    parser.add_argument(
+        "--stages", action="store_true", help="split each event's time by stage (persister_stages.py)"
+    )
     args = parser.parse_args(argv)
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     persister.tune_gc()
@@ -200,11 +221,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         pg = EmbeddedPostgres(tmp / "pg", free_port())
         if args.statements:
             stack_bench.Statements(pg)
+        if args.stages:
+            if not (pg.data_dir / "PG_VERSION").exists():
+                pg._initdb()
+            persister_stages.Wal.enable(pg.data_dir)
         pg.start()
         try:
             dsn = pg.create_database("llmscope")
             rates = [int(r) for r in args.rates.split(",")]
-            eventloop.run(measure(url, dsn, tmp, rates, args.seconds, args.models, args.statements))
+            eventloop.run(
+                measure(url, dsn, tmp, rates, args.seconds, args.models, args.statements, args.stages)
+            )
         finally:
             pg.stop()
             server.stop()

@@ -154,10 +154,25 @@ async def _aggregates(pool: asyncpg.Pool) -> dict[str, list[tuple[Any, ...]]]:
     return out
 
 
+def _few_batches(events: list[TelemetryEvent], most: int = 16) -> list[list[TelemetryEvent]]:
+    """Batches of 2 to ``most`` events (a steady 1,000/s), each but the first beginning with the
+    last event of the batch before (a redelivery beside new events), every fifth size holding an
+    event twice."""
+    batches: list[list[TelemetryEvent]] = []
+    start, size = 0, 2
+    while start < len(events):
+        batch = events[start : start + size]
+        batches.append(batch + batch[:1] if size % 5 == 0 else batch)
+        start += size - 1
+        size = size + 1 if size < most else 2
+    return batches
+
+
 async def test_every_write_path_keeps_the_same_rollups_series_and_models(pool: asyncpg.Pool) -> None:
     """Small batches (one statement), a large new batch (COPY, aggregates computed by the persister),
-    a large batch partly stored already (a redelivery: only its new rows count) and one event at a
-    time, some twice, agree."""
+    a large batch partly stored already (a redelivery: only its new rows count), a few events at a
+    time (some redelivered beside new ones, some twice in a batch) and one event at a time, some
+    twice, agree."""
     events = _mixed_batch(3 * COPY_MIN_ROWS)
     assert len(events) > 381
     assert len({(e.model, e.ts) for e in events}) < len(events)  # a tie for a model's latest
@@ -169,6 +184,7 @@ async def test_every_write_path_keeps_the_same_rollups_series_and_models(pool: a
         # One event a batch (a trickle: plain parameters, the rollup row computed by the
         # persister), some redelivered: each counted once.
         [[e] for e in events] + [[e] for e in events[::7]],
+        _few_batches(events),
     ]
     for plan in plans:
         async with pool.acquire() as conn:
@@ -180,6 +196,7 @@ async def test_every_write_path_keeps_the_same_rollups_series_and_models(pool: a
     assert seen[1] == seen[0]
     assert seen[2] == seen[0]
     assert seen[3] == seen[0]
+    assert seen[4] == seen[0]
     assert await pool.fetchval("SELECT sum(n) FROM telemetry_minute") == len(events)
     assert await pool.fetchval("SELECT sum(n) FROM telemetry_hour") == len(events)
     assert await pool.fetchval("SELECT sum(n) FROM telemetry_series_hour") == len(events)

@@ -1,0 +1,81 @@
+"""Rows older than their retention deleted, hourly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from llmscope.api.settings import ApiSettings
+from llmscope.config.logs import get_logger
+
+log = get_logger("llmscope.api.persister")
+
+RETENTION_TIMEOUT_S = 900.0
+
+# a baseline with no recorded start ages from when the API first saw it.
+DELETE_OLD_BASELINES = """DELETE FROM baseline_history b
+    WHERE coalesce(b.started_at, b.seen_at) < $1
+      AND EXISTS (SELECT 1 FROM baseline_history n
+                  WHERE n.chart_key = b.chart_key AND (n.seen_at, n.number) > (b.seen_at, b.number))"""
+
+
+async def apply_retention(
+    pool: asyncpg.Pool, settings: ApiSettings, now: datetime | None = None
+) -> dict[str, int]:
+    """Delete rows older than their retention (0 days keeps them forever); returns rows deleted."""
+    now = now or datetime.now(UTC)
+    plan = [
+        ("telemetry", "ts", "", settings.retention_telemetry_days),
+        ("telemetry_minute", "minute", "", settings.retention_rollup_days),
+        ("telemetry_hour", "hour", "", settings.retention_rollup_days),
+        ("telemetry_series_hour", "hour", "", settings.retention_rollup_days),
+        ("violations", "ts", "", settings.retention_violations_days),
+        ("violation_clears", "ts", "", settings.retention_violations_days),
+        # An incident goes with its violations, once it is resolved (an open one is still work).
+        ("incidents", "resolved_at", "AND state = 'resolved'", settings.retention_violations_days),
+        ("dead_letters", "ts", "", settings.retention_deadletter_days),
+    ]
+    deleted: dict[str, int] = {}
+    for table, column, also, days in plan:
+        if days <= 0:
+            continue
+        cutoff = now - timedelta(days=days)
+        # The first run after retention is turned on may delete months at once: a limit of its
+        # own, not the one meant for the dashboard's reads.
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(f"SET LOCAL statement_timeout = {int(RETENTION_TIMEOUT_S * 1000)}")
+            status = await conn.execute(
+                f"DELETE FROM {table} WHERE {column} < $1 {also}", cutoff, timeout=RETENTION_TIMEOUT_S + 5
+            )
+        deleted[table] = int(status.rsplit(" ", 1)[-1])
+    # A re-baseline is a mark on a chart drawn from telemetry or the rollups, so its row goes once
+    # neither can show its time any more; each chart's latest row stays whatever its age (the
+    # chart's current baseline, still drawn however long ago it was frozen).
+    drawn = (settings.retention_telemetry_days, settings.retention_rollup_days)
+    if min(drawn) > 0:
+        cutoff = now - timedelta(days=max(drawn))
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(f"SET LOCAL statement_timeout = {int(RETENTION_TIMEOUT_S * 1000)}")
+            status = await conn.execute(DELETE_OLD_BASELINES, cutoff, timeout=RETENTION_TIMEOUT_S + 5)
+        deleted["baseline_history"] = int(status.rsplit(" ", 1)[-1])
+    return deleted
+
+
+async def retention_loop(
+    pool: asyncpg.Pool, settings: ApiSettings, stop: asyncio.Event, every_s: float = 3600
+) -> None:
+    """Apply retention now and then every ``every_s`` seconds until ``stop``."""
+    while not stop.is_set():
+        try:
+            deleted = await apply_retention(pool, settings)
+            if any(deleted.values()):
+                log.info("retention applied", **deleted)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("retention failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)

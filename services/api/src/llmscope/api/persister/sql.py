@@ -1,0 +1,376 @@
+"""The persister's statements: telemetry's one-event, array and aggregate forms, violations and
+dead letters."""
+
+from __future__ import annotations
+
+TELEMETRY_COLUMNS: tuple[str, ...] = (
+    "id",
+    "ts",
+    "provider",
+    "model",
+    "target",
+    "host",
+    "prober",
+    "prompt_id",
+    "prompt_class",
+    "prompt_hash",
+    "prompt_text",
+    "streaming",
+    "max_tokens",
+    "status",
+    "error",
+    "http_status",
+    "latency_ms",
+    "ttft_ms",
+    "total_duration_ms",
+    "load_duration_ms",
+    "prompt_eval_duration_ms",
+    "eval_duration_ms",
+    "prompt_eval_count",
+    "eval_count",
+    "tokens_per_s",
+    "cpu_percent",
+    "memory_percent",
+    "gpu_percent",
+    "gpu_memory_percent",
+    # Real traffic (migrations/0006_telemetry_traffic.sql); a probe's are its defaults.
+    "source",
+    "service_name",
+    "provider_name",
+    "response_model",
+    "error_type",
+    "trace_id",
+)
+
+_COLS = ", ".join(TELEMETRY_COLUMNS)
+
+# Postgres types of TELEMETRY_COLUMNS (migrations/0001_initial.sql), for the array parameters of
+# a small batch's one-statement insert.
+TELEMETRY_TYPES: dict[str, str] = {
+    **dict.fromkeys(TELEMETRY_COLUMNS, "text"),
+    "ts": "timestamptz",
+    "streaming": "boolean",
+    "max_tokens": "integer",
+    "http_status": "smallint",
+    **dict.fromkeys(
+        (
+            "latency_ms",
+            "ttft_ms",
+            "total_duration_ms",
+            "load_duration_ms",
+            "prompt_eval_duration_ms",
+            "eval_duration_ms",
+            "tokens_per_s",
+        ),
+        "double precision",
+    ),
+    "prompt_eval_count": "integer",
+    "eval_count": "integer",
+    **dict.fromkeys(("cpu_percent", "memory_percent", "gpu_percent", "gpu_memory_percent"), "real"),
+}
+
+
+# Made once per connection and emptied at each COMMIT (a CREATE and DROP per transaction cost
+# ~10 ms, a fifth of a 500-event batch's write). Created inside the writing transaction, so it is
+# there whatever connection a pool (or a transaction-mode pgbouncer) hands out.
+CREATE_TELEMETRY_IN = (
+    "CREATE TEMP TABLE IF NOT EXISTS telemetry_in (LIKE telemetry INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+)
+
+# Every write takes its row locks in one order, whatever the database's collation: telemetry rows
+# by id, then each rollup, series and model row by its key, text compared by code point (COLLATE
+# "C", the order of Python's ``sorted``, which orders the rows a COPY and UPSERT_AGGREGATES send).
+# Two transactions that insert the same ids (a redelivery's twins in two batches stored at once,
+# or in two persisters) then never each hold a row the other waits for.
+_ID_ORDER = 'id COLLATE "C"'
+
+
+def _key_order(*cols: str) -> str:
+    return ", ".join(c if c.isdigit() else f'{c} COLLATE "C"' for c in cols)
+
+
+# The rows of a large batch that no write stored yet (a redelivery's COPY found some there): sent
+# to a temporary table, inserted in id order, and their ids returned so that only those are
+# folded into the rollups (by UPSERT_AGGREGATES, after, under the persister's ``serial`` lock).
+INSERT_NEW_TELEMETRY = f"""
+INSERT INTO telemetry ({_COLS})
+SELECT DISTINCT ON ({_ID_ORDER}) {_COLS} FROM telemetry_in ORDER BY {_ID_ORDER}
+ON CONFLICT (id) DO NOTHING
+RETURNING id
+"""
+
+_UNNEST = "unnest({}) WITH ORDINALITY AS t({}, ord)".format(
+    ", ".join(f"${i}::{TELEMETRY_TYPES[c]}[]" for i, c in enumerate(TELEMETRY_COLUMNS, 1)), _COLS
+)
+
+
+def _metric_aggregates(col: str, prefix: str) -> str:
+    ok = f"status = 'ok' AND {col} IS NOT NULL"
+    return (
+        f"count({col}) FILTER (WHERE {ok}), min({col}) FILTER (WHERE {ok}), max({col}) FILTER (WHERE {ok}), "
+        f"coalesce(sum({col}) FILTER (WHERE {ok}), 0), "
+        f"coalesce(sum(ln(greatest({col}, 1e-9))) FILTER (WHERE {ok}), 0), "
+        f"coalesce(sum(ln(greatest({col}, 1e-9)) ^ 2) FILTER (WHERE {ok}), 0)"
+    )
+
+
+def _metric_merge(prefix: str) -> str:
+    return (
+        f"{prefix}_n = m.{prefix}_n + EXCLUDED.{prefix}_n, "
+        f"{prefix}_min = LEAST(m.{prefix}_min, EXCLUDED.{prefix}_min), "
+        f"{prefix}_max = GREATEST(m.{prefix}_max, EXCLUDED.{prefix}_max), "
+        f"{prefix}_sum = m.{prefix}_sum + EXCLUDED.{prefix}_sum, "
+        f"{prefix}_logsum = m.{prefix}_logsum + EXCLUDED.{prefix}_logsum, "
+        f"{prefix}_logsq = m.{prefix}_logsq + EXCLUDED.{prefix}_logsq"
+    )
+
+
+# A model's row takes the batch's latest state, never an older batch's (the same on every path).
+_MODEL_UPSERT = """ON CONFLICT (provider, model) DO UPDATE SET
+    first_seen = LEAST(m.first_seen, EXCLUDED.first_seen),
+    last_seen = EXCLUDED.last_seen, target = EXCLUDED.target, host = EXCLUDED.host,
+    last_status = EXCLUDED.last_status, cpu_percent = EXCLUDED.cpu_percent,
+    memory_percent = EXCLUDED.memory_percent, gpu_percent = EXCLUDED.gpu_percent,
+    gpu_memory_percent = EXCLUDED.gpu_memory_percent, updated_at = now()
+WHERE EXCLUDED.last_seen >= m.last_seen"""
+
+_ROLLUP_COLS = ", ".join(
+    f"{p}_n, {p}_min, {p}_max, {p}_sum, {p}_logsum, {p}_logsq" for p in ("latency", "ttft", "tps")
+)
+
+# The hourly rollups of each series (its prompt on one target), in their key's order (the hour
+# before the prompt and target, migration 0011): what the comparison of one model's prompts or
+# targets reads over 7 or 30 days.
+_SERIES_HOUR_MERGE = f"""ON CONFLICT (provider, model, hour, prompt_id, target) DO UPDATE SET
+        n = m.n + EXCLUDED.n, n_ok = m.n_ok + EXCLUDED.n_ok,
+        {_metric_merge("latency")}, {_metric_merge("ttft")}, {_metric_merge("tps")}"""
+
+# A small batch's one statement, one round trip: insert the new rows and fold exactly those rows
+# into the minute and hour rollups; widen each series' (and series target's) first/last seen; set
+# each model's latest state. Every upsert takes its rows in key order (code point order, as
+# UPSERT_AGGREGATES), so concurrent persisters lock in one order.
+STORE_TELEMETRY_ARRAYS = f"""
+WITH src AS MATERIALIZED (
+    SELECT {_COLS}, ord FROM {_UNNEST}
+), ins AS (
+    INSERT INTO telemetry ({_COLS})
+    SELECT DISTINCT ON ({_ID_ORDER}) {_COLS} FROM src ORDER BY {_ID_ORDER}
+    ON CONFLICT (id) DO NOTHING
+    RETURNING provider, model, prompt_id, target, ts, status, latency_ms, ttft_ms, tokens_per_s
+), roll AS (
+    INSERT INTO telemetry_minute AS m (provider, model, prompt_id, target, minute, n, n_ok, {_ROLLUP_COLS})
+    SELECT provider, model, prompt_id, target, date_trunc('minute', ts), count(*),
+           count(*) FILTER (WHERE status = 'ok'),
+           {_metric_aggregates("latency_ms", "latency")},
+           {_metric_aggregates("ttft_ms", "ttft")},
+           {_metric_aggregates("tokens_per_s", "tps")}
+    FROM ins GROUP BY 1, 2, 3, 4, 5 ORDER BY {_key_order("provider", "model", "prompt_id", "target", "5")}
+    ON CONFLICT (provider, model, prompt_id, target, minute) DO UPDATE SET
+        n = m.n + EXCLUDED.n, n_ok = m.n_ok + EXCLUDED.n_ok,
+        {_metric_merge("latency")}, {_metric_merge("ttft")}, {_metric_merge("tps")}
+), roll_hour AS (
+    INSERT INTO telemetry_hour AS m (provider, model, hour, n, n_ok, {_ROLLUP_COLS})
+    SELECT provider, model, date_trunc('hour', ts), count(*),
+           count(*) FILTER (WHERE status = 'ok'),
+           {_metric_aggregates("latency_ms", "latency")},
+           {_metric_aggregates("ttft_ms", "ttft")},
+           {_metric_aggregates("tokens_per_s", "tps")}
+    FROM ins GROUP BY 1, 2, 3 ORDER BY {_key_order("provider", "model", "3")}
+    ON CONFLICT (provider, model, hour) DO UPDATE SET
+        n = m.n + EXCLUDED.n, n_ok = m.n_ok + EXCLUDED.n_ok,
+        {_metric_merge("latency")}, {_metric_merge("ttft")}, {_metric_merge("tps")}
+), roll_series_hour AS (
+    INSERT INTO telemetry_series_hour AS m (provider, model, hour, prompt_id, target, n, n_ok, {_ROLLUP_COLS})
+    SELECT provider, model, date_trunc('hour', ts), prompt_id, target, count(*),
+           count(*) FILTER (WHERE status = 'ok'),
+           {_metric_aggregates("latency_ms", "latency")},
+           {_metric_aggregates("ttft_ms", "ttft")},
+           {_metric_aggregates("tokens_per_s", "tps")}
+    FROM ins GROUP BY 1, 2, 3, 4, 5 ORDER BY {_key_order("provider", "model", "3", "prompt_id", "target")}
+    {_SERIES_HOUR_MERGE}
+), ser AS (
+    INSERT INTO series AS s (provider, model, prompt_id, first_seen, last_seen)
+    SELECT provider, model, prompt_id, min(ts), max(ts) FROM src
+    GROUP BY 1, 2, 3 ORDER BY {_key_order("provider", "model", "prompt_id")}
+    ON CONFLICT (provider, model, prompt_id) DO UPDATE SET
+        first_seen = LEAST(s.first_seen, EXCLUDED.first_seen),
+        last_seen = GREATEST(s.last_seen, EXCLUDED.last_seen)
+), tgt AS (
+    INSERT INTO series_targets AS s (provider, model, prompt_id, target, first_seen, last_seen)
+    SELECT provider, model, prompt_id, target, min(ts), max(ts) FROM src
+    GROUP BY 1, 2, 3, 4 ORDER BY {_key_order("provider", "model", "prompt_id", "target")}
+    ON CONFLICT (provider, model, prompt_id, target) DO UPDATE SET
+        first_seen = LEAST(s.first_seen, EXCLUDED.first_seen),
+        last_seen = GREATEST(s.last_seen, EXCLUDED.last_seen)
+), mdl AS (
+    INSERT INTO models AS m (provider, model, first_seen, last_seen, target, host, last_status,
+                             cpu_percent, memory_percent, gpu_percent, gpu_memory_percent)
+    SELECT l.provider, l.model, f.first_seen, l.ts, l.target, l.host, l.status,
+           l.cpu_percent, l.memory_percent, l.gpu_percent, l.gpu_memory_percent
+    FROM (SELECT DISTINCT ON (provider, model) * FROM src ORDER BY provider, model, ts DESC, ord DESC) AS l
+    JOIN (SELECT provider, model, min(ts) AS first_seen FROM src GROUP BY 1, 2) AS f
+      ON f.provider = l.provider AND f.model = l.model
+    ORDER BY {_key_order("l.provider", "l.model")}
+    {_MODEL_UPSERT}
+)
+SELECT count(*) FROM ins
+"""
+
+# One event, the batch of a trickle (at 100 probe events/s nearly every batch): its values as
+# plain parameters, not one array per column unnested (a function scan, a sort and a hash
+# aggregate per CTE, for one row), and its rollup row computed by the persister
+# (:func:`one_rollup`), folded into the minute and both hour rollups only when the insert
+# stored the event (a redelivery adds nothing). Postgres's CPU per one-event batch went from
+# about 1.0 to 0.6 ms (``bench/event_cost.py``). Same rows as STORE_TELEMETRY_ARRAYS: a test
+# writes the same events both ways and compares every rollup, series and model row.
+_N = len(TELEMETRY_COLUMNS)
+_P = {c: f"${i}::{TELEMETRY_TYPES[c]}" for i, c in enumerate(TELEMETRY_COLUMNS, 1)}
+_ONE_ROLLUP = ", ".join(
+    f"${i}::{'integer' if (i - _N - 2) % 6 == 0 else 'double precision'}" for i in range(_N + 2, _N + 20)
+)
+STORE_ONE_TELEMETRY = f"""
+WITH ins AS (
+    INSERT INTO telemetry ({_COLS}) VALUES ({", ".join(_P.values())})
+    ON CONFLICT (id) DO NOTHING
+    RETURNING ts
+), roll AS (
+    INSERT INTO telemetry_minute AS m (provider, model, prompt_id, target, minute, n, n_ok, {_ROLLUP_COLS})
+    SELECT {_P["provider"]}, {_P["model"]}, {_P["prompt_id"]}, {_P["target"]}, date_trunc('minute', ts), 1,
+           ${_N + 1}::integer, {_ONE_ROLLUP}
+    FROM ins
+    ON CONFLICT (provider, model, prompt_id, target, minute) DO UPDATE SET
+        n = m.n + EXCLUDED.n, n_ok = m.n_ok + EXCLUDED.n_ok,
+        {_metric_merge("latency")}, {_metric_merge("ttft")}, {_metric_merge("tps")}
+), roll_hour AS (
+    INSERT INTO telemetry_hour AS m (provider, model, hour, n, n_ok, {_ROLLUP_COLS})
+    SELECT {_P["provider"]}, {_P["model"]}, date_trunc('hour', ts), 1, ${_N + 1}::integer, {_ONE_ROLLUP}
+    FROM ins
+    ON CONFLICT (provider, model, hour) DO UPDATE SET
+        n = m.n + EXCLUDED.n, n_ok = m.n_ok + EXCLUDED.n_ok,
+        {_metric_merge("latency")}, {_metric_merge("ttft")}, {_metric_merge("tps")}
+), roll_series_hour AS (
+    INSERT INTO telemetry_series_hour AS m (provider, model, hour, prompt_id, target, n, n_ok, {_ROLLUP_COLS})
+    SELECT {_P["provider"]}, {_P["model"]}, date_trunc('hour', ts), {_P["prompt_id"]}, {_P["target"]}, 1,
+           ${_N + 1}::integer, {_ONE_ROLLUP}
+    FROM ins
+    {_SERIES_HOUR_MERGE}
+), ser AS (
+    INSERT INTO series AS s (provider, model, prompt_id, first_seen, last_seen)
+    VALUES ({_P["provider"]}, {_P["model"]}, {_P["prompt_id"]}, {_P["ts"]}, {_P["ts"]})
+    ON CONFLICT (provider, model, prompt_id) DO UPDATE SET
+        first_seen = LEAST(s.first_seen, EXCLUDED.first_seen),
+        last_seen = GREATEST(s.last_seen, EXCLUDED.last_seen)
+), tgt AS (
+    INSERT INTO series_targets AS s (provider, model, prompt_id, target, first_seen, last_seen)
+    VALUES ({_P["provider"]}, {_P["model"]}, {_P["prompt_id"]}, {_P["target"]}, {_P["ts"]}, {_P["ts"]})
+    ON CONFLICT (provider, model, prompt_id, target) DO UPDATE SET
+        first_seen = LEAST(s.first_seen, EXCLUDED.first_seen),
+        last_seen = GREATEST(s.last_seen, EXCLUDED.last_seen)
+), mdl AS (
+    INSERT INTO models AS m (provider, model, first_seen, last_seen, target, host, last_status,
+                             cpu_percent, memory_percent, gpu_percent, gpu_memory_percent)
+    VALUES ({_P["provider"]}, {_P["model"]}, {_P["ts"]}, {_P["ts"]}, {_P["target"]}, {_P["host"]},
+            {_P["status"]}, {_P["cpu_percent"]}, {_P["memory_percent"]}, {_P["gpu_percent"]},
+            {_P["gpu_memory_percent"]})
+    {_MODEL_UPSERT}
+)
+SELECT count(*) FROM ins
+"""
+
+
+_ROLLUP_ARRAYS = ", ".join(
+    f"${i}::{t}[]"
+    for i, t in enumerate(
+        ["text"] * 4 + ["timestamptz", "integer", "integer"] + ["integer", *["double precision"] * 5] * 3, 1
+    )
+)
+ROLLUP_PARAMS = 25
+"""UPSERT_AGGREGATES's parameters that are minute rollups; the series, targets and models follow."""
+_SERIES_ARRAYS = "$26::text[], $27::text[], $28::text[], $29::timestamptz[], $30::timestamptz[]"
+_TARGET_ARRAYS = "$31::text[], $32::text[], $33::text[], $34::text[], $35::timestamptz[], $36::timestamptz[]"
+_MODEL_ARRAYS = (
+    "$37::text[], $38::text[], $39::timestamptz[], $40::timestamptz[], $41::text[], $42::text[], "
+    "$43::text[], $44::real[], $45::real[], $46::real[], $47::real[]"
+)
+
+# Minute rollups folded into hours: by model (every prompt and target pooled) and by series.
+_HOUR_FOLD = ", ".join(
+    f"sum({p}_n), min({p}_min), max({p}_max), sum({p}_sum), sum({p}_logsum), sum({p}_logsq)"
+    for p in ("latency", "ttft", "tps")
+)
+
+# After a COPY that stored every event of the batch (none was there yet): the rollups, series,
+# series targets and models of the batch, aggregated by :func:`batch_aggregates`, in one
+# statement (also after the temporary table's insert, for the rows it inserted). Rows go in key
+# order, as in STORE_TELEMETRY_ARRAYS.
+UPSERT_AGGREGATES = f"""
+WITH mins AS MATERIALIZED (
+    SELECT * FROM unnest({_ROLLUP_ARRAYS})
+        AS u(provider, model, prompt_id, target, minute, n, n_ok, {_ROLLUP_COLS})
+), roll AS (
+    INSERT INTO telemetry_minute AS m (provider, model, prompt_id, target, minute, n, n_ok, {_ROLLUP_COLS})
+    SELECT * FROM mins
+    ON CONFLICT (provider, model, prompt_id, target, minute) DO UPDATE SET
+        n = m.n + EXCLUDED.n, n_ok = m.n_ok + EXCLUDED.n_ok,
+        {_metric_merge("latency")}, {_metric_merge("ttft")}, {_metric_merge("tps")}
+), roll_hour AS (
+    INSERT INTO telemetry_hour AS m (provider, model, hour, n, n_ok, {_ROLLUP_COLS})
+    SELECT provider, model, date_trunc('hour', minute), sum(n), sum(n_ok), {_HOUR_FOLD}
+    FROM mins GROUP BY 1, 2, 3 ORDER BY {_key_order("provider", "model", "3")}
+    ON CONFLICT (provider, model, hour) DO UPDATE SET
+        n = m.n + EXCLUDED.n, n_ok = m.n_ok + EXCLUDED.n_ok,
+        {_metric_merge("latency")}, {_metric_merge("ttft")}, {_metric_merge("tps")}
+), roll_series_hour AS (
+    INSERT INTO telemetry_series_hour AS m (provider, model, hour, prompt_id, target, n, n_ok, {_ROLLUP_COLS})
+    SELECT provider, model, date_trunc('hour', minute), prompt_id, target, sum(n), sum(n_ok), {_HOUR_FOLD}
+    FROM mins GROUP BY 1, 2, 3, 4, 5 ORDER BY {_key_order("provider", "model", "3", "prompt_id", "target")}
+    {_SERIES_HOUR_MERGE}
+), ser AS (
+    INSERT INTO series AS s (provider, model, prompt_id, first_seen, last_seen)
+    SELECT * FROM unnest({_SERIES_ARRAYS})
+    ON CONFLICT (provider, model, prompt_id) DO UPDATE SET
+        first_seen = LEAST(s.first_seen, EXCLUDED.first_seen),
+        last_seen = GREATEST(s.last_seen, EXCLUDED.last_seen)
+), tgt AS (
+    INSERT INTO series_targets AS s (provider, model, prompt_id, target, first_seen, last_seen)
+    SELECT * FROM unnest({_TARGET_ARRAYS})
+    ON CONFLICT (provider, model, prompt_id, target) DO UPDATE SET
+        first_seen = LEAST(s.first_seen, EXCLUDED.first_seen),
+        last_seen = GREATEST(s.last_seen, EXCLUDED.last_seen)
+)
+INSERT INTO models AS m (provider, model, first_seen, last_seen, target, host, last_status,
+                         cpu_percent, memory_percent, gpu_percent, gpu_memory_percent)
+SELECT * FROM unnest({_MODEL_ARRAYS})
+{_MODEL_UPSERT}
+"""
+
+INSERT_VIOLATION = """
+INSERT INTO violations (
+    id, episode_id, ts, provider, model, target, host, prompt_id, metric, chart, chart_key, rule,
+    rule_name, severity, value, statistic, deviation_sigma, transform, center, sigma, ucl, lcl,
+    zone_a_upper, zone_a_lower, zone_b_upper, zone_b_lower, baseline_id, baseline_n, point_ids, event,
+    cleared_at, cleared_id)
+SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
+       $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, c.ts, c.id
+FROM (SELECT 1) AS one
+LEFT JOIN LATERAL (
+    SELECT ts, id FROM violation_clears WHERE episode_id = $2 ORDER BY ts LIMIT 1
+) AS c ON true
+ON CONFLICT (id) DO NOTHING
+"""
+
+INSERT_CLEAR = """
+INSERT INTO violation_clears (id, episode_id, ts, event) VALUES ($1, $2, $3, $4)
+ON CONFLICT (id) DO NOTHING
+"""
+
+APPLY_CLEAR = """
+UPDATE violations SET cleared_at = $2, cleared_id = $3
+WHERE id = $1 AND (cleared_at IS NULL OR cleared_at > $2)
+"""
+
+INSERT_DEAD_LETTER = """
+INSERT INTO dead_letters (id, ts, source, subject, reason, payload, payload_encoding, stream_seq)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT (id) DO NOTHING
+"""
