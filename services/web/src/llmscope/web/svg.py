@@ -14,13 +14,24 @@ from html import escape
 from markupsafe import Markup
 
 from llmscope.web.data import METRIC_LABELS, ChartData, ChartPoint, Sparkline
-from llmscope.web.svg_axes import Frame, fmt, nice_ticks, time_axis, unit_label, value_axis
+from llmscope.web.svg_axes import (
+    Frame,
+    fmt,
+    is_narrow,
+    nice_ticks,
+    side_pads,
+    time_axis,
+    unit_label,
+    value_axis,
+)
 
 WIDTH = 960
 HEIGHT = 320
 PAD_L, PAD_R, PAD_T, PAD_B = 72, 96, 16, 28
 # Right-hand line labels closer than this (px) would overprint each other.
 LABEL_GAP = 12.0
+# About the width of a character of an 11-px label (DejaVu Sans's digits are 7 px; most narrower).
+CHAR_PX = 6.6
 MIN_SPAN_S = 60.0
 # Violation marks the dashboard draws at most on one chart (the most severe, then the newest,
 # of its window). A mark is 10 px across on a 792-px plot: 250 of them already overprint each
@@ -64,8 +75,13 @@ def time_range(data: ChartData) -> tuple[float, float]:
 
 
 def render_chart(data: ChartData, *, width: int = WIDTH, height: int = HEIGHT) -> Markup:
-    """The chart as an ``<svg>`` element, sized by viewBox so it scales with its container."""
-    plot_w = width - PAD_L - PAD_R
+    """The chart as an ``<svg>`` element, sized by viewBox so it scales with its container.
+
+    Narrower than ``svg_axes.NARROW_BELOW`` (a phone's), the margins are compact and the line
+    labels sit inside the plot, at its left (the newest points are on the right)."""
+    compact = is_narrow(width)
+    pad_l, pad_r = side_pads(width, PAD_L, PAD_R)
+    plot_w = width - pad_l - pad_r
     plot_h = height - PAD_T - PAD_B
     t0, t1 = time_range(data)
 
@@ -92,7 +108,7 @@ def render_chart(data: ChartData, *, width: int = WIDTH, height: int = HEIGHT) -
         lo = max(lo, 0.0)
 
     def x(ts: datetime) -> float:
-        return PAD_L + (ts.timestamp() - t0) / (t1 - t0) * plot_w
+        return pad_l + (ts.timestamp() - t0) / (t1 - t0) * plot_w
 
     def y(v: float) -> float:
         return PAD_T + (hi - v) / (hi - lo) * plot_h
@@ -104,9 +120,9 @@ def render_chart(data: ChartData, *, width: int = WIDTH, height: int = HEIGHT) -
     out: list[str] = [
         f'<svg class="control-chart" viewBox="0 0 {width} {height}" role="img" '
         f'aria-label="{escape(label)}" xmlns="http://www.w3.org/2000/svg">',
-        f'<rect x="{PAD_L}" y="{PAD_T}" width="{plot_w}" height="{plot_h}" class="plot-bg"/>',
+        f'<rect x="{pad_l}" y="{PAD_T}" width="{plot_w}" height="{plot_h}" class="plot-bg"/>',
     ]
-    frame = Frame(PAD_L, PAD_T, plot_w, plot_h, height)
+    frame = Frame(pad_l, PAD_T, plot_w, plot_h, height, compact)
     value_axis(out, frame, nice_ticks(lo, hi), y)
     time_axis(out, frame, t0, t1, data.start.tzinfo)
     unit = METRIC_LABELS.get(q.metric, q.metric)
@@ -126,6 +142,7 @@ def render_chart(data: ChartData, *, width: int = WIDTH, height: int = HEIGHT) -
             f'<text x="{mx + 3:.1f}" y="{PAD_T + 11}" class="rebaseline-label">#{mark.number}</text>'
         )
 
+    on_top: list[str] = []  # the compact layout's line labels, drawn over the data
     if lim is not None:
         # Most important first: where a large excursion squeezes the zones together, the
         # limits and the center keep their labels and the sigma lines lose theirs.
@@ -143,14 +160,28 @@ def render_chart(data: ChartData, *, width: int = WIDTH, height: int = HEIGHT) -
             if not (lo <= value <= hi):
                 continue
             ly = y(value)
-            x2 = PAD_L + plot_w
-            out.append(f'<line x1="{PAD_L}" x2="{x2}" y1="{ly:.1f}" y2="{ly:.1f}" class="{cls}"/>')
+            x2 = pad_l + plot_w
+            out.append(f'<line x1="{pad_l}" x2="{x2}" y1="{ly:.1f}" y2="{ly:.1f}" class="{cls}"/>')
             if all(abs(ly - other) >= LABEL_GAP for other in labelled):
                 labelled.append(ly)
-                out.append(
-                    f'<text x="{PAD_L + plot_w + 4}" y="{ly + 4:.1f}" class="{cls}-label">'
-                    f"{name} {fmt(value)}</text>"
-                )
+                if compact:
+                    # Inside, above its line (below it at the plot's top), on a backing of the
+                    # plot's colour that keeps it legible over the data. The sigma lines go
+                    # unlabelled: seven labels in a phone's plot hid the oldest points.
+                    if cls == "zone":
+                        continue
+                    ty = ly - 3 if ly - 14 >= PAD_T else ly + 12
+                    text = f"{name} {fmt(value)}"
+                    on_top.append(
+                        f'<rect x="{pad_l + 1}" y="{ty - 10:.1f}" width="{len(text) * CHAR_PX + 4:.0f}" '
+                        f'height="13" class="label-backing"/>'
+                        f'<text x="{pad_l + 3}" y="{ty:.1f}" class="{cls}-label inside">{text}</text>'
+                    )
+                else:
+                    out.append(
+                        f'<text x="{pad_l + plot_w + 4}" y="{ly + 4:.1f}" class="{cls}-label">'
+                        f"{name} {fmt(value)}</text>"
+                    )
 
     pts = [p for p in data.points if t0 <= p.ts.timestamp() <= t1]
     if data.bucket_s and pts:
@@ -182,18 +213,19 @@ def render_chart(data: ChartData, *, width: int = WIDTH, height: int = HEIGHT) -
             f'r="5" class="violation {escape(v.severity)}"><title>{escape(v.rule)} {escape(v.severity)} '
             f"{fmt(v.value)}</title></circle></a>"
         )
+    out += on_top
     if lim is None:
         if data.phase == "collecting":
             note = f"collecting baseline {data.progress}/{data.baseline_n}"
         else:
             note = "waiting for the SPC engine's chart"
         out.append(
-            f'<text x="{PAD_L + plot_w / 2:.1f}" y="{PAD_T + 24}" class="baseline-note" '
+            f'<text x="{pad_l + plot_w / 2:.1f}" y="{PAD_T + 24}" class="baseline-note" '
             f'text-anchor="middle">{escape(note)}</text>'
         )
     if not pts:
         out.append(
-            f'<text x="{PAD_L + plot_w / 2:.1f}" y="{PAD_T + plot_h / 2:.1f}" class="empty-note" '
+            f'<text x="{pad_l + plot_w / 2:.1f}" y="{PAD_T + plot_h / 2:.1f}" class="empty-note" '
             'text-anchor="middle">no successful probes in this window</text>'
         )
     out.append("</svg>")
