@@ -455,7 +455,7 @@ LAYOUT = """() => {
     const charts = 'svg.control-chart, svg.comparison-chart, svg.availability-chart, svg.mini-chart';
     for (const svg of document.querySelectorAll(charts)) {
         const card = svg.closest('.card');
-        if (!card) continue;
+        if (!card || !svg.getClientRects().length) continue;  // not shown (a report's chart for paper)
         const cs = getComputedStyle(card);
         const inner = card.clientWidth - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight);
         const drawn = svg.getBoundingClientRect().width;
