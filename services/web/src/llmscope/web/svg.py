@@ -18,6 +18,7 @@ from llmscope.web.svg_axes import (
     Frame,
     fmt,
     is_narrow,
+    line_label,
     nice_ticks,
     side_pads,
     time_axis,
@@ -30,8 +31,6 @@ HEIGHT = 320
 PAD_L, PAD_R, PAD_T, PAD_B = 72, 96, 16, 28
 # Right-hand line labels closer than this (px) would overprint each other.
 LABEL_GAP = 12.0
-# About the width of a character of an 11-px label (DejaVu Sans's digits are 7 px; most narrower).
-CHAR_PX = 6.6
 MIN_SPAN_S = 60.0
 # Violation marks the dashboard draws at most on one chart (the most severe, then the newest,
 # of its window). A mark is 10 px across on a 792-px plot: 250 of them already overprint each
@@ -162,26 +161,12 @@ def render_chart(data: ChartData, *, width: int = WIDTH, height: int = HEIGHT) -
             ly = y(value)
             x2 = pad_l + plot_w
             out.append(f'<line x1="{pad_l}" x2="{x2}" y1="{ly:.1f}" y2="{ly:.1f}" class="{cls}"/>')
+            # Inside a phone's plot the sigma lines go unlabelled: seven labels hid its oldest points.
+            if compact and cls == "zone":
+                continue
             if all(abs(ly - other) >= LABEL_GAP for other in labelled):
                 labelled.append(ly)
-                if compact:
-                    # Inside, above its line (below it at the plot's top), on a backing of the
-                    # plot's colour that keeps it legible over the data. The sigma lines go
-                    # unlabelled: seven labels in a phone's plot hid the oldest points.
-                    if cls == "zone":
-                        continue
-                    ty = ly - 3 if ly - 14 >= PAD_T else ly + 12
-                    text = f"{name} {fmt(value)}"
-                    on_top.append(
-                        f'<rect x="{pad_l + 1}" y="{ty - 10:.1f}" width="{len(text) * CHAR_PX + 4:.0f}" '
-                        f'height="13" class="label-backing"/>'
-                        f'<text x="{pad_l + 3}" y="{ty:.1f}" class="{cls}-label inside">{text}</text>'
-                    )
-                else:
-                    out.append(
-                        f'<text x="{pad_l + plot_w + 4}" y="{ly + 4:.1f}" class="{cls}-label">'
-                        f"{name} {fmt(value)}</text>"
-                    )
+                (on_top if compact else out).append(line_label(frame, ly, cls, f"{name} {fmt(value)}"))
 
     pts = [p for p in data.points if t0 <= p.ts.timestamp() <= t1]
     if data.bucket_s and pts:

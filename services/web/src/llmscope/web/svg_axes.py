@@ -206,6 +206,25 @@ def time_axis(out: list[str], frame: Frame, t0: float, t1: float, tz: tzinfo | N
         )
 
 
+# About the width of a character of an 11-px label (DejaVu Sans's digits are 7 px; most narrower).
+CHAR_PX = 6.6
+
+
+def line_label(frame: Frame, ly: float, cls: str, text: str) -> str:
+    """The label (``UCL 1,890``) of a horizontal line at ``ly``: right of the plot; in a compact
+    frame inside it, at its left (the newest points are on the right), above the line (below it
+    at the plot's top), on a backing of the plot's colour that keeps it legible over the data it
+    is drawn after."""
+    if not frame.compact:
+        return f'<text x="{frame.right + 4}" y="{ly + 4:.1f}" class="{cls}-label">{escape(text)}</text>'
+    ty = ly - 3 if ly - 14 >= frame.top else ly + 12
+    return (
+        f'<rect x="{frame.left + 1}" y="{ty - 10:.1f}" width="{len(text) * CHAR_PX + 4:.0f}" height="13" '
+        f'class="label-backing"/><text x="{frame.left + 3}" y="{ty:.1f}" class="{cls}-label inside">'
+        f"{escape(text)}</text>"
+    )
+
+
 def unit_label(out: list[str], frame: Frame, text: str) -> None:
     """The unit, rotated, along the left edge; in a compact frame, above the plot's left corner
     (the rotated label would take a margin of its own)."""
