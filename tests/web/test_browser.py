@@ -488,6 +488,9 @@ LAYOUT = """() => {
         if (card && table.getBoundingClientRect().width > card.clientWidth)
             out.push(['a violation table is wider than its card', table.getBoundingClientRect().width]);
         for (const td of table.querySelectorAll('td')) {
+            const label = getComputedStyle(td, '::before').content;
+            if (!td.textContent.trim() && td.getClientRects().length && label !== 'none' && label !== '""')
+                out.push(['an empty violation cell shows its label', label]);
             if (!td.textContent.trim() || !td.getClientRects().length) continue;
             const range = document.createRange();
             range.selectNodeContents(td);
