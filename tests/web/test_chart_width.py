@@ -57,7 +57,9 @@ async def test_pages_draw_their_charts_for_the_viewport_cookie(api: Api) -> None
         ("/report?hours=24", {}),
     ):
         r = await client.get(path, headers=headers)
-        narrow = view_boxes(r.text)
+        # The report draws each chart once more for paper (printing from a phone): see below.
+        screen = re.sub(r'<div class="print-only">.*?</svg>\s*</div>', "", r.text, flags=re.DOTALL)
+        narrow = view_boxes(screen)
         assert narrow, path
         # The answer depends on a cookie: a cache must not hand it to another screen.
         assert "Cookie" in r.headers["vary"], path
@@ -67,3 +69,24 @@ async def test_pages_draw_their_charts_for_the_viewport_cookie(api: Api) -> None
     js = await client.get("/static/viewport.js")
     assert js.status_code == 200
     assert f"{VIEWPORT_COOKIE}=" in js.text
+
+
+async def test_a_phones_report_draws_its_charts_for_paper_too(api: Api) -> None:
+    """Printed from a phone, a report printed 380-wide charts: each is drawn a second time at the
+    laptop's width, shown only in print (style.css's ``.print-only``)."""
+    await seed(api)
+    client = await login(api)
+    client.cookies.set(VIEWPORT_COOKIE, "390")
+    html = (await client.get("/report?hours=24")).text
+    screen = re.findall(r'<div class="screen-only">\s*<svg class="([\w-]+)" viewBox="0 0 (\d+) ', html)
+    paper = re.findall(r'<div class="print-only">\s*<svg class="([\w-]+)" viewBox="0 0 (\d+) ', html)
+    assert screen
+    assert {w for _, w in screen} == {"380"}
+    assert [c for c, _ in paper] == [c for c, _ in screen]
+    assert {w for _, w in paper} == {str(CHART_WIDTH)}
+    assert len(view_boxes(html)) == 2 * len(screen)  # no chart outside the pairs
+    # A laptop's report draws each chart once: its screen's width is paper's.
+    client.cookies.set(VIEWPORT_COOKIE, "1366")
+    wide = (await client.get("/report?hours=24")).text
+    assert "print-only" not in wide
+    assert {w for _, w in view_boxes(wide)} == {str(CHART_WIDTH)}

@@ -80,3 +80,15 @@ def test_a_trigger_next_to_the_last_probe_takes_its_label() -> None:
 def test_a_trigger_in_the_middle_leaves_both_ends_labelled() -> None:
     svg = str(render_minichart(_violation(), _points(61, trigger=30)))
     assert [t for _, t in _labels(svg)] == ["20:18:16", "20:19:46", "20:21:16"]
+
+
+def test_a_phones_mini_chart_keeps_its_plot_wide_and_its_line_labels_inside() -> None:
+    svg = str(render_minichart(_violation(), _points(61, trigger=30), width=380))
+    plot = re.search(r'<rect x="([\d.]+)" y="[\d.]+" width="([\d.]+)" height="[\d.]+" class="plot-bg"/>', svg)
+    assert plot is not None
+    left, width = float(plot[1]), float(plot[2])
+    assert width / 380 >= 0.85  # the laptop's margins left it 56 %
+    inside = re.findall(r'<text x="([\d.]+)" y="[\d.]+" class="\w+-label inside">(\w+) ', svg)
+    assert "UCL" in {name for _, name in inside}  # (LCL and CL are within a label of it here)
+    assert all(left < float(x) < left + width for x, _ in inside)
+    assert [t for _, t in _labels(svg)] == ["20:18:16", "20:19:46", "20:21:16"]

@@ -165,3 +165,43 @@ def test_the_availability_chart_under_a_control_chart_shares_its_time_axis() -> 
     above = ticks(str(render_chart(data)))
     assert len(above) >= 3
     assert ticks(str(render_availability(history, x_range=time_range(data), pad_r=PAD_R))) == above
+    # On a phone too, where both take the compact layout's margins.
+    phone = str(render_chart(data, width=380))
+    under = str(render_availability(history, width=380, x_range=time_range(data), pad_r=PAD_R))
+    assert ticks(under) == ticks(phone)
+    assert _plot(under) == _plot(phone)
+
+
+def _plot(svg: str) -> tuple[float, float]:
+    found = re.search(
+        r'<rect x="([\d.]+)" y="[\d.]+" width="([\d.]+)" height="[\d.]+" class="plot-bg"/>', svg
+    )
+    assert found is not None
+    return float(found[1]), float(found[2])
+
+
+def test_a_phones_chart_keeps_its_plot_wide_and_its_line_labels_inside() -> None:
+    # A laptop's 72 + 96 px of margins left a 380-wide chart a 212-wide plot (190 px on screen).
+    svg = str(render_chart(chart(LIMITS), width=380))
+    left, width = _plot(svg)
+    assert width / 380 >= 0.85
+    labels = re.findall(r'<text x="([\d.]+)" y="[\d.]+" class="(\w+)-label inside">(\w+) ', svg)
+    assert {(cls, name) for _, cls, name in labels} == {("limit", "UCL"), ("limit", "LCL"), ("center", "CL")}
+    assert all(left < float(x) < left + width for x, _, _ in labels)
+    assert ">latency (ms), log-scale limits</text>" in svg  # above the plot, not down its side
+    assert "rotate(" not in svg
+    # The laptop's chart is drawn as before.
+    wide = str(render_chart(chart(LIMITS)))
+    assert _plot(wide) == (PAD_L, WIDTH - PAD_L - PAD_R)
+    assert "inside" not in wide
+
+
+def test_thousands_read_short_on_a_phones_value_axis() -> None:
+    data = replace(chart(LIMITS, bucket_s=60), limits=None)
+    data = replace(
+        data, points=[replace(p, value=1000 + 100 * i, lo=None, hi=None) for i, p in enumerate(data.points)]
+    )
+    ticks = re.findall(r'class="tick" text-anchor="end">([^<]+)<', str(render_chart(data, width=380)))
+    assert ticks
+    assert all(t.endswith("k") or t == "0" for t in ticks if ":" not in t), ticks
+    assert "2,000" in re.findall(r'class="tick" text-anchor="end">([^<]+)<', str(render_chart(data)))

@@ -13,7 +13,16 @@ from markupsafe import Markup
 
 from llmscope.proto.charts import AVAILABILITY
 from llmscope.web.data import METRIC_LABELS, ContextPoint, Violation
-from llmscope.web.svg_axes import Frame, fmt, nice_ticks, unit_label, value_axis
+from llmscope.web.svg_axes import (
+    Frame,
+    fmt,
+    is_narrow,
+    line_label,
+    nice_ticks,
+    side_pads,
+    unit_label,
+    value_axis,
+)
 
 WIDTH, HEIGHT = 960, 240
 PAD_L, PAD_R, PAD_T, PAD_B = 72, 96, 14, 34
@@ -36,8 +45,11 @@ def _metric_value(p: ContextPoint, metric: str) -> float | None:
 
 
 def render_minichart(v: Violation, points: list[ContextPoint], *, width: int = WIDTH) -> Markup:
-    """The probes around ``v`` with its frozen limits, its pattern points and the trigger ringed."""
-    plot_w, plot_h = width - PAD_L - PAD_R, HEIGHT - PAD_T - PAD_B
+    """The probes around ``v`` with its frozen limits, its pattern points and the trigger ringed
+    (narrow, in the control chart's compact layout: ``svg.render_chart``)."""
+    compact = is_narrow(width)
+    pad_l, pad_r = side_pads(width, PAD_L, PAD_R)
+    plot_w, plot_h = width - pad_l - pad_r, HEIGHT - PAD_T - PAD_B
     values = [_metric_value(p, v.metric) for p in points]
     limits: dict[str, float] = {}
     if v.metric != AVAILABILITY:
@@ -55,7 +67,7 @@ def render_minichart(v: Violation, points: list[ContextPoint], *, width: int = W
     n = max(len(points), 2)
 
     def x(i: int) -> float:
-        return PAD_L + (i + 0.5) / n * plot_w
+        return pad_l + (i + 0.5) / n * plot_w
 
     def y(value: float) -> float:
         return PAD_T + (hi - value) / (hi - lo) * plot_h
@@ -64,23 +76,23 @@ def render_minichart(v: Violation, points: list[ContextPoint], *, width: int = W
     out = [
         f'<svg class="mini-chart" viewBox="0 0 {width} {HEIGHT}" role="img" '
         f'aria-label="{escape(unit)} around the violation" xmlns="http://www.w3.org/2000/svg">',
-        f'<rect x="{PAD_L}" y="{PAD_T}" width="{plot_w}" height="{plot_h}" class="plot-bg"/>',
+        f'<rect x="{pad_l}" y="{PAD_T}" width="{plot_w}" height="{plot_h}" class="plot-bg"/>',
     ]
-    frame = Frame(PAD_L, PAD_T, plot_w, plot_h, HEIGHT)
+    frame = Frame(pad_l, PAD_T, plot_w, plot_h, HEIGHT, compact)
     value_axis(out, frame, nice_ticks(lo, hi, 4), y)
     unit_label(out, frame, unit)
     labelled: list[float] = []
+    on_top: list[str] = []  # the compact layout's line labels, drawn over the data
     for key, cls, name in LIMIT_LINES:
         if key not in limits or not lo <= limits[key] <= hi:
             continue
         ly = y(limits[key])
-        out.append(f'<line x1="{PAD_L}" x2="{PAD_L + plot_w}" y1="{ly:.1f}" y2="{ly:.1f}" class="{cls}"/>')
+        out.append(f'<line x1="{pad_l}" x2="{pad_l + plot_w}" y1="{ly:.1f}" y2="{ly:.1f}" class="{cls}"/>')
+        if compact and cls == "zone":
+            continue
         if all(abs(ly - other) >= 12 for other in labelled):
             labelled.append(ly)
-            out.append(
-                f'<text x="{PAD_L + plot_w + 4}" y="{ly + 4:.1f}" class="{cls}-label">'
-                f"{name} {fmt(limits[key])}</text>"
-            )
+            (on_top if compact else out).append(line_label(frame, ly, cls, f"{name} {fmt(limits[key])}"))
     trigger = next((i for i, p in enumerate(points) if p.trigger), None)
     if trigger is not None:
         tx = x(trigger)
@@ -107,6 +119,7 @@ def render_minichart(v: Violation, points: list[ContextPoint], *, width: int = W
         )
         if p.trigger:
             out.append(f'<circle cx="{x(i):.1f}" cy="{y(val):.1f}" r="8" class="trigger-ring"/>')
+    out += on_top
     if points:
         labelled_at = {0, len(points) - 1}
         if trigger is not None:
@@ -121,7 +134,7 @@ def render_minichart(v: Violation, points: list[ContextPoint], *, width: int = W
             )
     else:
         out.append(
-            f'<text x="{PAD_L + plot_w / 2:.1f}" y="{PAD_T + plot_h / 2:.1f}" class="empty-note" '
+            f'<text x="{pad_l + plot_w / 2:.1f}" y="{PAD_T + plot_h / 2:.1f}" class="empty-note" '
             'text-anchor="middle">no stored probes around this violation</text>'
         )
     out.append("</svg>")

@@ -181,6 +181,7 @@ def build_environment() -> Environment:
     env.globals["chart_time_range"] = time_range
     env.globals["chart_pad_r"] = CHART_PAD_R
     env.globals["chart_width"] = CHART_WIDTH  # a page rendered with a request: its reader's
+    env.globals["print_chart_width"] = CHART_WIDTH  # paper's (templates/_print_width.html)
     env.globals["series_color"] = color
     env.globals["live_trigger"] = _live_trigger
     env.globals["point_event"] = point_event

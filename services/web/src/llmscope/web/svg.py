@@ -14,7 +14,17 @@ from html import escape
 from markupsafe import Markup
 
 from llmscope.web.data import METRIC_LABELS, ChartData, ChartPoint, Sparkline
-from llmscope.web.svg_axes import Frame, fmt, nice_ticks, time_axis, unit_label, value_axis
+from llmscope.web.svg_axes import (
+    Frame,
+    fmt,
+    is_narrow,
+    line_label,
+    nice_ticks,
+    side_pads,
+    time_axis,
+    unit_label,
+    value_axis,
+)
 
 WIDTH = 960
 HEIGHT = 320
@@ -64,8 +74,13 @@ def time_range(data: ChartData) -> tuple[float, float]:
 
 
 def render_chart(data: ChartData, *, width: int = WIDTH, height: int = HEIGHT) -> Markup:
-    """The chart as an ``<svg>`` element, sized by viewBox so it scales with its container."""
-    plot_w = width - PAD_L - PAD_R
+    """The chart as an ``<svg>`` element, sized by viewBox so it scales with its container.
+
+    Narrower than ``svg_axes.NARROW_BELOW`` (a phone's), the margins are compact and the line
+    labels sit inside the plot, at its left (the newest points are on the right)."""
+    compact = is_narrow(width)
+    pad_l, pad_r = side_pads(width, PAD_L, PAD_R)
+    plot_w = width - pad_l - pad_r
     plot_h = height - PAD_T - PAD_B
     t0, t1 = time_range(data)
 
@@ -92,7 +107,7 @@ def render_chart(data: ChartData, *, width: int = WIDTH, height: int = HEIGHT) -
         lo = max(lo, 0.0)
 
     def x(ts: datetime) -> float:
-        return PAD_L + (ts.timestamp() - t0) / (t1 - t0) * plot_w
+        return pad_l + (ts.timestamp() - t0) / (t1 - t0) * plot_w
 
     def y(v: float) -> float:
         return PAD_T + (hi - v) / (hi - lo) * plot_h
@@ -104,9 +119,9 @@ def render_chart(data: ChartData, *, width: int = WIDTH, height: int = HEIGHT) -
     out: list[str] = [
         f'<svg class="control-chart" viewBox="0 0 {width} {height}" role="img" '
         f'aria-label="{escape(label)}" xmlns="http://www.w3.org/2000/svg">',
-        f'<rect x="{PAD_L}" y="{PAD_T}" width="{plot_w}" height="{plot_h}" class="plot-bg"/>',
+        f'<rect x="{pad_l}" y="{PAD_T}" width="{plot_w}" height="{plot_h}" class="plot-bg"/>',
     ]
-    frame = Frame(PAD_L, PAD_T, plot_w, plot_h, height)
+    frame = Frame(pad_l, PAD_T, plot_w, plot_h, height, compact)
     value_axis(out, frame, nice_ticks(lo, hi), y)
     time_axis(out, frame, t0, t1, data.start.tzinfo)
     unit = METRIC_LABELS.get(q.metric, q.metric)
@@ -126,6 +141,7 @@ def render_chart(data: ChartData, *, width: int = WIDTH, height: int = HEIGHT) -
             f'<text x="{mx + 3:.1f}" y="{PAD_T + 11}" class="rebaseline-label">#{mark.number}</text>'
         )
 
+    on_top: list[str] = []  # the compact layout's line labels, drawn over the data
     if lim is not None:
         # Most important first: where a large excursion squeezes the zones together, the
         # limits and the center keep their labels and the sigma lines lose theirs.
@@ -143,14 +159,14 @@ def render_chart(data: ChartData, *, width: int = WIDTH, height: int = HEIGHT) -
             if not (lo <= value <= hi):
                 continue
             ly = y(value)
-            x2 = PAD_L + plot_w
-            out.append(f'<line x1="{PAD_L}" x2="{x2}" y1="{ly:.1f}" y2="{ly:.1f}" class="{cls}"/>')
+            x2 = pad_l + plot_w
+            out.append(f'<line x1="{pad_l}" x2="{x2}" y1="{ly:.1f}" y2="{ly:.1f}" class="{cls}"/>')
+            # Inside a phone's plot the sigma lines go unlabelled: seven labels hid its oldest points.
+            if compact and cls == "zone":
+                continue
             if all(abs(ly - other) >= LABEL_GAP for other in labelled):
                 labelled.append(ly)
-                out.append(
-                    f'<text x="{PAD_L + plot_w + 4}" y="{ly + 4:.1f}" class="{cls}-label">'
-                    f"{name} {fmt(value)}</text>"
-                )
+                (on_top if compact else out).append(line_label(frame, ly, cls, f"{name} {fmt(value)}"))
 
     pts = [p for p in data.points if t0 <= p.ts.timestamp() <= t1]
     if data.bucket_s and pts:
@@ -182,18 +198,19 @@ def render_chart(data: ChartData, *, width: int = WIDTH, height: int = HEIGHT) -
             f'r="5" class="violation {escape(v.severity)}"><title>{escape(v.rule)} {escape(v.severity)} '
             f"{fmt(v.value)}</title></circle></a>"
         )
+    out += on_top
     if lim is None:
         if data.phase == "collecting":
             note = f"collecting baseline {data.progress}/{data.baseline_n}"
         else:
             note = "waiting for the SPC engine's chart"
         out.append(
-            f'<text x="{PAD_L + plot_w / 2:.1f}" y="{PAD_T + 24}" class="baseline-note" '
+            f'<text x="{pad_l + plot_w / 2:.1f}" y="{PAD_T + 24}" class="baseline-note" '
             f'text-anchor="middle">{escape(note)}</text>'
         )
     if not pts:
         out.append(
-            f'<text x="{PAD_L + plot_w / 2:.1f}" y="{PAD_T + plot_h / 2:.1f}" class="empty-note" '
+            f'<text x="{pad_l + plot_w / 2:.1f}" y="{PAD_T + plot_h / 2:.1f}" class="empty-note" '
             'text-anchor="middle">no successful probes in this window</text>'
         )
     out.append("</svg>")

@@ -47,15 +47,42 @@ def tick_label(value: float, ticks: Sequence[float]) -> str:
     return fmt(value)
 
 
+# A chart drawn narrower than this (a phone's, ``pages.chart_width``) keeps its plot wide: short
+# value labels ("1.5k") in a narrow left margin, the unit above the plot instead of down its side,
+# and the line labels (UCL, CL) inside the plot. With a laptop's margins (72 and 96 px) a phone's
+# 380-wide chart kept 56 % of its width for the plot, about 190 px on screen.
+NARROW_BELOW = 720
+NARROW_PAD_L, NARROW_PAD_R = 36, 8
+
+
+def is_narrow(width: float) -> bool:
+    """Whether a chart ``width`` wide is drawn in the compact layout."""
+    return width < NARROW_BELOW
+
+
+def side_pads(width: float, left: int, right: int) -> tuple[int, int]:
+    """The plot's left and right margins in a chart ``width`` wide: ``left`` and ``right``, or the
+    compact layout's where the chart is narrow."""
+    return (NARROW_PAD_L, NARROW_PAD_R) if is_narrow(width) else (left, right)
+
+
+def short_label(value: float, ticks: Sequence[float]) -> str:
+    """A compact axis's label: thousands as "k" ("1.5k", "12k"), smaller values as usual."""
+    if all(abs(t) < 1000 for t in ticks):
+        return tick_label(value, ticks)
+    return f"{value / 1000:g}k" if value else "0"
+
+
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """Where a chart's plot area sits in its ``viewBox``."""
+    """Where a chart's plot area sits in its ``viewBox`` (``compact``: the narrow layout)."""
 
     left: float
     top: float
     width: float
     height: float
     svg_height: float
+    compact: bool = False
 
     @property
     def right(self) -> float:
@@ -73,13 +100,15 @@ def value_axis(
     y: Callable[[float], float],
     label: Callable[[float], str] | None = None,
 ) -> None:
-    """A grid line and a label at each tick (default: :func:`tick_label`)."""
-    text = label or (lambda v: tick_label(v, ticks))
+    """A grid line and a label at each tick (default: :func:`tick_label`, or :func:`short_label`
+    in a compact frame)."""
+    text = label or (lambda v: (short_label if frame.compact else tick_label)(v, ticks))
+    gap = 4 if frame.compact else 6
     for tick in ticks:
         ty = y(tick)
         out.append(
             f'<line x1="{frame.left}" x2="{frame.right}" y1="{ty:.1f}" y2="{ty:.1f}" class="grid"/>'
-            f'<text x="{frame.left - 6}" y="{ty + 4:.1f}" class="tick" text-anchor="end">'
+            f'<text x="{frame.left - gap}" y="{ty + 4:.1f}" class="tick" text-anchor="end">'
             f"{escape(text(tick))}</text>"
         )
 
@@ -177,8 +206,34 @@ def time_axis(out: list[str], frame: Frame, t0: float, t1: float, tz: tzinfo | N
         )
 
 
+# About the width of a character of an 11-px label (DejaVu Sans's digits are 7 px; most narrower).
+CHAR_PX = 6.6
+
+
+def line_label(frame: Frame, ly: float, cls: str, text: str) -> str:
+    """The label (``UCL 1,890``) of a horizontal line at ``ly``: right of the plot; in a compact
+    frame inside it, at its left (the newest points are on the right), above the line (below it
+    at the plot's top), on a backing of the plot's colour that keeps it legible over the data it
+    is drawn after."""
+    if not frame.compact:
+        return f'<text x="{frame.right + 4}" y="{ly + 4:.1f}" class="{cls}-label">{escape(text)}</text>'
+    ty = ly - 3 if ly - 14 >= frame.top else ly + 12
+    return (
+        f'<rect x="{frame.left + 1}" y="{ty - 10:.1f}" width="{len(text) * CHAR_PX + 4:.0f}" height="13" '
+        f'class="label-backing"/><text x="{frame.left + 3}" y="{ty:.1f}" class="{cls}-label inside">'
+        f"{escape(text)}</text>"
+    )
+
+
 def unit_label(out: list[str], frame: Frame, text: str) -> None:
-    """The unit, rotated, along the left edge."""
+    """The unit, rotated, along the left edge; in a compact frame, above the plot's left corner
+    (the rotated label would take a margin of its own)."""
+    if frame.compact:
+        out.append(
+            f'<text x="{frame.left}" y="{frame.top - 5:.1f}" class="axis-label" text-anchor="start">'
+            f"{escape(text)}</text>"
+        )
+        return
     mid = frame.top + frame.height / 2
     out.append(
         f'<text x="14" y="{mid:.1f}" class="axis-label" text-anchor="middle" '

@@ -11,7 +11,7 @@ from html import escape
 from markupsafe import Markup
 
 from llmscope.web.data import METRIC_LABELS, ChartPoint
-from llmscope.web.svg_axes import Frame, nice_ticks, time_axis, unit_label, value_axis
+from llmscope.web.svg_axes import Frame, is_narrow, nice_ticks, side_pads, time_axis, unit_label, value_axis
 from llmscope.web.trends import AvailabilityBucket, AvailabilityHistory, Comparison
 
 # Tableau 10: distinct to most eyes, and the control chart's blue first.
@@ -186,9 +186,12 @@ def render_availability(
 ) -> Markup:
     """Success rate per target over the window; buckets where most probes failed are shaded red.
 
-    Under a control chart, ``x_range`` and ``pad_r`` are that chart's, so the time axes line up.
+    Under a control chart, ``x_range`` and ``pad_r`` are that chart's, so the time axes line up;
+    narrow, both take the compact layout's margins (``svg_axes.side_pads``).
     """
-    plot_w, plot_h = width - PAD_L - pad_r, height - PAD_T - PAD_B
+    compact = is_narrow(width)
+    pad_l, pad_r = side_pads(width, PAD_L, pad_r)
+    plot_w, plot_h = width - pad_l - pad_r, height - PAD_T - PAD_B
     t0, t1 = data.start.timestamp(), max(data.end.timestamp(), data.start.timestamp() + 1)
     firsts = [line.buckets[0].ts.timestamp() for line in data.lines if line.buckets]
     t0 = max(t0, min(min(firsts, default=t0), t1 - 60))
@@ -197,7 +200,7 @@ def render_availability(
     step = data.bucket_s
 
     def x(ts: float) -> float:
-        return PAD_L + (min(max(ts, t0), t1) - t0) / (t1 - t0) * plot_w
+        return pad_l + (min(max(ts, t0), t1) - t0) / (t1 - t0) * plot_w
 
     def y(share: float) -> float:
         return PAD_T + (1 - share) * plot_h
@@ -205,9 +208,9 @@ def render_availability(
     out = [
         f'<svg class="availability-chart" viewBox="0 0 {width} {height}" role="img" '
         f'aria-label="success rate of {escape(data.model)} per target" xmlns="http://www.w3.org/2000/svg">',
-        f'<rect x="{PAD_L}" y="{PAD_T}" width="{plot_w}" height="{plot_h}" class="plot-bg"/>',
+        f'<rect x="{pad_l}" y="{PAD_T}" width="{plot_w}" height="{plot_h}" class="plot-bg"/>',
     ]
-    frame = Frame(PAD_L, PAD_T, plot_w, plot_h, height)
+    frame = Frame(pad_l, PAD_T, plot_w, plot_h, height, compact)
     value_axis(out, frame, (0.0, 0.5, 1.0), y, lambda share: f"{share:.0%}")
     for line in data.lines:
         for run in _failure_runs(line.buckets, step):
@@ -246,7 +249,7 @@ def render_availability(
     unit_label(out, frame, "probes succeeding")
     if not data.lines:
         out.append(
-            f'<text x="{PAD_L + plot_w / 2:.1f}" y="{PAD_T + plot_h / 2:.1f}" class="empty-note" '
+            f'<text x="{pad_l + plot_w / 2:.1f}" y="{PAD_T + plot_h / 2:.1f}" class="empty-note" '
             'text-anchor="middle">no probes in this window</text>'
         )
     out.append("</svg>")

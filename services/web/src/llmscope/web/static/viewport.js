@@ -2,15 +2,43 @@
 // legible at the card's width): this keeps the viewport's width in a cookie the server reads
 // (llmscope.web.pages.chart_width). After a large resize (a phone turned, a window narrowed),
 // every live fragment re-reads once, drawn for the new width.
+//
+// A device's first page comes before the cookie does: its charts are drawn for a laptop. Where
+// that shrinks them below legible (a phone), they stay hidden (style.css's .vw-redraw) while the
+// page's content is read once more, now with the cookie, and swapped in by htmx: the reader never
+// sees the shrunken charts, and the page is not loaded twice.
 // Written for LLMscope, no dependency, no network.
 (function () {
   "use strict";
+  var CHARTS = "svg.control-chart, svg.comparison-chart, svg.availability-chart, svg.mini-chart";
+  var LEGIBLE = 0.9;  // pages.CHART_SCALE: the least a chart is shrunk to fit its card
+  var COOKIE = /(?:^|;\s*)llmscope_vw=/;
   var saved = 0;
   function save() {
     saved = Math.round(window.innerWidth);
     document.cookie = "llmscope_vw=" + saved + "; path=/; max-age=31536000; SameSite=Lax";
   }
+  var had = COOKIE.test(document.cookie);
   save();
+  // Without cookies the second read would be drawn as the first: no redraw then.
+  if (!had && COOKIE.test(document.cookie) && window.htmx) {
+    var root = document.documentElement;
+    root.classList.add("vw-redraw");
+    document.addEventListener("DOMContentLoaded", function () {
+      var main = document.getElementById("main");
+      var shrunk = [].some.call(document.querySelectorAll(CHARTS), function (svg) {
+        var shown = svg.getBoundingClientRect().width;
+        return shown > 0 && shown < LEGIBLE * svg.viewBox.baseVal.width;
+      });
+      if (!shrunk || !main) {
+        root.classList.remove("vw-redraw");
+        return;
+      }
+      var done = function () { root.classList.remove("vw-redraw"); };
+      htmx.ajax("GET", location.pathname + location.search, { target: main, swap: "innerHTML" })
+        .then(done, done);
+    });
+  }
   var timer = null;
   window.addEventListener("resize", function () {
     clearTimeout(timer);
