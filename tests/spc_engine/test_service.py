@@ -22,17 +22,13 @@ from llmscope.proto import codec, subjects
 from llmscope.proto.charts import decode_record
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.proto.violation import ViolationEvent
+from llmscope.spc_engine.checkpoints import checkpoint_key
 from llmscope.spc_engine.engine import ChartSnapshot, Engine
-from llmscope.spc_engine.service import (
-    SpcService,
-    checkpoint_key,
-    config_for,
-    lease_key,
-    member_key,
-    owned_partitions,
-    partition_durable,
-    serve,
-)
+from llmscope.spc_engine.lease import lease_key
+from llmscope.spc_engine.membership import member_key, owned_partitions
+from llmscope.spc_engine.partition_consumer import partition_durable
+from llmscope.spc_engine.service import SpcService, serve
+from llmscope.spc_engine.service_core import config_for
 from llmscope.spc_engine.settings import SpcSettings
 from llmscope.spc_engine.store import ChartStore
 from llmscope.stack.embedded import EmbeddedNats
