@@ -108,7 +108,10 @@ class _ResumingConsumer(DurableConsumer[TelemetryEvent]):
     def consumer_config(self) -> ConsumerConfig:
         cfg = super().consumer_config()
         cfg.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
-        cfg.opt_start_seq = self._start_seq
+        # Made again after a nats-server restart lost it (``mem_storage``): from the first
+        # sequence not handled yet, so nothing is skipped and little is charted twice (charts
+        # skip the sequences they applied).
+        cfg.opt_start_seq = max(self._start_seq, self.handled_seq + 1)
         return cfg
 
 
@@ -255,6 +258,11 @@ class PartitionConsumption(Checkpoints, SettingsWatch, Publishing):
                     ack_all_every=ACK_EVERY_S,
                     standing=True,
                     fetch_timeout=PULL_EXPIRES_S,
+                    # No state file rewritten by nats-server per delivery and AckAll (the
+                    # consumer is recreated from the checkpoint whenever the partition is taken):
+                    # measured, most of nats-server's CPU per probe event at 100/s beyond what
+                    # a bare consumer of the same feed costs it.
+                    mem_storage=True,
                 ),
                 metrics=self.metrics.consumers,
             )
