@@ -66,11 +66,9 @@ from llmscope.proto.codec import DecodeError
 T = TypeVar("T")
 
 
-def consumer_gone(status: str, description: str) -> bool:
-    """Whether a pull's status says its consumer is gone: 503 no responders (nothing serves the
-    consumer's subject: a restarted nats-server lost a memory consumer), 409 consumer deleted
-    (not the other 409s: a leadership change, say, leaves the consumer where it is)."""
-    return status == "503" or (status == "409" and "deleted" in description.lower())
+CONSUMER_GONE = "503"
+"""The status a pull gets when nothing serves its consumer's subject (no responders): the consumer
+is gone (a restarted nats-server lost a memory consumer, or somebody deleted it)."""
 
 
 log = get_logger("llmscope.bus.consumer")
@@ -589,7 +587,7 @@ class DurableConsumer(Generic[T]):
                     else:
                         await self._settle(handling, 0)
                         await self._process(batch)
-                elif opts.mem_storage and consumer_gone(puller.status, puller.description):
+                elif opts.mem_storage and puller.status == CONSUMER_GONE and self.may_recreate():
                     await self._recreate(puller.status, puller.description)
                 elif puller.status not in ("", "404", "408"):
                     # e.g. 409 consumer deleted: no busy loop while the server refuses.
@@ -617,6 +615,11 @@ class DurableConsumer(Generic[T]):
                 with contextlib.suppress(Exception):
                     for msg in puller.give_back():
                         await msg.nak()
+
+    def may_recreate(self) -> bool:
+        """Whether a ``mem_storage`` consumer found gone may be made again by this instance: its
+        owner says no (or raises) when another process may own the consumer now."""
+        return True
 
     async def _recreate(self, status: str, description: str) -> None:
         """Make a ``mem_storage`` consumer again (a nats-server restart lost it); on failure (NATS

@@ -101,9 +101,16 @@ def _pending(d: Delivery[TelemetryEvent]) -> int:
 class _ResumingConsumer(DurableConsumer[TelemetryEvent]):
     """A partition's durable consumer, recreated to start right after its checkpoint."""
 
-    def __init__(self, *, start_seq: int, **kwargs: object) -> None:
+    def __init__(self, *, start_seq: int, lease: PartitionLease, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self._start_seq = start_seq
+        self._lease = lease
+
+    def may_recreate(self) -> bool:
+        # Only while nobody else can hold the partition (LeaseLostError otherwise: the service
+        # stops): a replica that took it over deletes and makes its consumer itself.
+        self._lease.check()
+        return True
 
     def consumer_config(self) -> ConsumerConfig:
         cfg = super().consumer_config()
@@ -241,6 +248,7 @@ class PartitionConsumption(Checkpoints, SettingsWatch, Publishing):
         if not stop.is_set():
             consumer = _ResumingConsumer(
                 start_seq=start,
+                lease=lease,
                 js=self._js,
                 stream=subjects.STREAM_TELEMETRY,
                 durable=durable,
