@@ -66,7 +66,8 @@ from llmscope.spc_engine.config import (
     default_config,
 )
 from llmscope.spc_engine.engine import Engine
-from llmscope.spc_engine.service import SpcService, partition_durable, tune_gc
+from llmscope.spc_engine.partition_consumer import partition_durable
+from llmscope.spc_engine.service import SpcService, tune_gc
 from llmscope.spc_engine.settings import SpcSettings
 from llmscope.stack.embedded import EmbeddedNats, nats_server_binary
 from llmscope.stack.ports import free_port

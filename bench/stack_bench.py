@@ -148,6 +148,25 @@ class Component:
                 out[p.pid] = t.user + t.system
         return out
 
+    def wakeups(self) -> int:
+        """Voluntary context switches of every thread of every process of the component: each is
+        a thread going to sleep (an epoll wait, a futex, a read) and so, for an idle loop, one
+        wake-up later. Counted from ``/proc`` (psutil's count is the main thread's only)."""
+        try:
+            root = psutil.Process(self.pid)
+            procs = [root, *(root.children(recursive=True) if self.tree else [])]
+        except psutil.NoSuchProcess:
+            return 0
+        total = 0
+        for p in procs:
+            with contextlib.suppress(OSError):
+                for task in Path(f"/proc/{p.pid}/task").iterdir():
+                    with contextlib.suppress(OSError):
+                        for line in (task / "status").read_text().splitlines():
+                            if line.startswith("voluntary_ctxt_switches:"):
+                                total += int(line.split()[1])
+        return total
+
 
 def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
     """CPU between two snapshots; a process started in between counts from zero (one that ended
@@ -454,8 +473,10 @@ async def idle(components: Sequence[Component], seconds: float, stack: Stack | N
         sniffer.reset()
         sniffer.counting = True
     before = {c.name: c.cpu() for c in components}
+    woke = {c.name: c.wakeups() for c in components}
     await asyncio.sleep(seconds)
     after = {c.name: c.cpu() for c in components}
+    woke = {c.name: c.wakeups() - woke[c.name] for c in components}
     if sniffer is not None:
         assert stack is not None
         await settle()
@@ -465,13 +486,13 @@ async def idle(components: Sequence[Component], seconds: float, stack: Stack | N
             "idle", counts0, ServerCounts.read(stack.monitor), sniffer.reset(), own, seconds, "second"
         )
     print(f"\n== idle {seconds:g} s (no traffic, charts armed)")
-    print(f"{'process':<32} {'CPU ms/s':>10}")
+    print(f"{'process':<32} {'CPU ms/s':>10} {'wake-ups/s':>11}")
     total = 0.0
     for c in components:
         used = cpu_used(before[c.name], after[c.name])
         total += used
-        print(f"{c.name:<32} {1000 * used / seconds:>10.1f}")
-    print(f"{'whole stack':<32} {1000 * total / seconds:>10.1f}")
+        print(f"{c.name:<32} {1000 * used / seconds:>10.1f} {woke[c.name] / seconds:>11.0f}")
+    print(f"{'whole stack':<32} {1000 * total / seconds:>10.1f} {sum(woke.values()) / seconds:>11.0f}")
 
 
 async def run(
@@ -793,13 +814,17 @@ async def probe_phases(
                 stack.sniffer.reset()
                 stack.sniffer.counting = True
             before = {c.name: c.cpu() for c in components}
+            woke = {c.name: c.wakeups() for c in components}
             f0 = feed.component.cpu()
+            fw0 = feed.component.wakeups()
             elapsed = await feed.go()
             put, acked = feed.put_times()
             stored.expect(list(put))
             await stored.wait()
             await caught_up(url)
             after = {c.name: c.cpu() for c in components}
+            woke = {c.name: c.wakeups() - woke[c.name] for c in components}
+            woke["publisher (probers)"] = feed.component.wakeups() - fw0
             publisher_cpu = cpu_used(f0, feed.component.cpu())
             if stack.sniffer is not None:
                 await settle()
@@ -822,9 +847,12 @@ async def probe_phases(
                 [*common, "--subject-prefix", CEILING_SUBJECTS], stack.tmp / f"ceiling-{rate}.times"
             )
             c_before = {c.name: c.cpu() for c in (nats_c, bare_c, ceil_feed.component)}
+            c_woke = {c.name: c.wakeups() for c in (nats_c, bare_c, ceil_feed.component)}
             c_elapsed = await ceil_feed.go()
             await caught_up(url)
             c_after = {c.name: c.cpu() for c in (nats_c, bare_c, ceil_feed.component)}
+            for c in (nats_c, bare_c, ceil_feed.component):
+                woke[f"{c.name}, ceiling"] = c.wakeups() - c_woke[c.name]
             await ceil_feed.stop()
             ceiling = {name: cpu_used(c_before[name], c_after[name]) for name in c_before}
             report_probe(
@@ -839,6 +867,7 @@ async def probe_phases(
                 publishing,
                 c_elapsed,
                 ceiling,
+                woke,
             )
             print_writes(seqs, seqs_after, n, sizes)
             if stack.statements:
@@ -862,27 +891,38 @@ def report_probe(
     publishing: Sequence[float],
     ceiling_elapsed: float,
     ceiling: dict[str, float],
+    woke: dict[str, int],
 ) -> None:
     print(
         f"\n== {n:,} probe events, asked {rate:,}/s, published {n / elapsed:,.0f}/s"
         f" by {probers} prober{'s' if probers > 1 else ''}"
     )
-    print(f"{'process':<32} {'CPU s':>8} {'ms/event':>10}   ceiling (same feed, bare consumer), ms/event")
+    print(
+        f"{'process':<32} {'CPU s':>8} {'ms/event':>10} {'wake/ev':>8}"
+        "   ceiling (same feed, bare consumer), ms/event, wake-ups/event"
+    )
     ceil_ms = {name: 1000 * v / n for name, v in ceiling.items()}
     for name, v in cpu.items():
-        beside = f"   {ceil_ms['nats-server']:.3f}" if name == "nats-server" else ""
-        print(f"{name:<32} {v:>8.2f} {1000 * v / n:>10.3f}{beside}")
+        beside = (
+            f"   {ceil_ms['nats-server']:.3f}, {woke['nats-server, ceiling'] / n:.2f}"
+            if name == "nats-server"
+            else ""
+        )
+        print(f"{name:<32} {v:>8.2f} {1000 * v / n:>10.3f} {woke[name] / n:>8.2f}{beside}")
     total = sum(cpu.values())
     bare_total = ceil_ms["nats-server"] + ceil_ms["bare consumer (ceiling)"]
     print(
-        f"{'whole stack':<32} {total:>8.2f} {1000 * total / n:>10.3f}   {bare_total:.3f}"
+        f"{'whole stack':<32} {total:>8.2f} {1000 * total / n:>10.3f} {sum(woke[k] for k in cpu) / n:>8.2f}"
+        f"   {bare_total:.3f}"
         f" (nats-server + bare consumer {ceil_ms['bare consumer (ceiling)']:.3f})"
         f"  = {1000 * total / n / bare_total:.1f} x ceiling"
     )
     print(
         f"{'publisher (probers), apart':<32} {publisher_cpu:>8.2f} {1000 * publisher_cpu / n:>10.3f}"
+        f" {woke['publisher (probers)'] / n:>8.2f}"
         f"   {ceil_ms['publisher (probers)']:.3f}  (ceiling published {n / ceiling_elapsed:,.0f}/s)"
     )
+    print(f"bare consumer (ceiling) wake-ups/event {woke['bare consumer (ceiling), ceiling'] / n:.2f}")
     lat = [1000 * v for v in latencies]
     print(
         f"published -> stored ms, p50 / p95 / p99   {percentile(lat, 50):.1f} / {percentile(lat, 95):.1f}"

@@ -10,6 +10,8 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import nats
+import nats.errors
 import pytest
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy
@@ -18,10 +20,12 @@ from nats.js.errors import NotFoundError
 from llmscope.bus.consumer import ConsumerOptions, Delivery, DurableConsumer
 from llmscope.bus.deadletter import DeadLetters
 from llmscope.bus.publisher import Publisher
-from llmscope.bus.streams import DEFAULT_TELEMETRY_PARTITIONS, telemetry_partition
+from llmscope.bus.settings import BusSettings
+from llmscope.bus.streams import DEFAULT_TELEMETRY_PARTITIONS, ensure_streams, telemetry_partition
 from llmscope.proto import codec, subjects
 from llmscope.proto.deadletter import DeadLetterEvent
 from llmscope.proto.telemetry import TelemetryEvent
+from llmscope.stack.embedded import EmbeddedNats
 from tests.alerter.harness import eventually
 from tests.proto.test_codec import telemetry
 
@@ -852,3 +856,50 @@ async def test_cancelling_a_run_cancels_the_concurrent_batches_unacked(js: JetSt
     info = await js.consumer_info(subjects.STREAM_TELEMETRY, "test")
     assert (info.ack_floor.stream_seq or 0) == 0
     assert await _in_hand(js) >= 20
+
+
+@pytest.mark.fault
+async def test_a_memory_consumer_lost_with_a_nats_restart_is_made_again_after_what_it_handled(
+    embedded_nats: EmbeddedNats,
+) -> None:
+    """``mem_storage`` (the SPC engine's partitions): nats-server keeps no state file for the
+    consumer, so a restart loses it; the consumer makes it again when a pull finds it gone, and
+    resumes right after the last message it handled: nothing skipped, nothing handled twice."""
+    nc = await nats.connect(embedded_nats.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    js = nc.jetstream()
+    await ensure_streams(js, BusSettings())
+    seen: list[str] = []
+
+    async def handler(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        seen.extend(d.event.id for d in batch)
+
+    options = ConsumerOptions(batch_size=10, fetch_timeout=1, ack_all=True, standing=True, mem_storage=True)
+    consumer = make_consumer(js, handler, options)
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    before, after = [telemetry() for _ in range(3)], [telemetry() for _ in range(3)]
+    try:
+        await Publisher(js).publish_many([(SUBJECT, e) for e in before])
+        await eventually(lambda: seen == [e.id for e in before])
+        info = await js.consumer_info(subjects.STREAM_TELEMETRY, "test")
+        assert info.config.mem_storage
+        embedded_nats.kill()
+        embedded_nats.start()  # the same store: the stream and its messages are back, the consumer is not
+
+        async def published() -> bool:
+            try:
+                await Publisher(js).publish_many([(SUBJECT, e) for e in after])
+            except (nats.errors.Error, TimeoutError):  # still reconnecting
+                return False
+            return True
+
+        await eventually(published, within=30, what="published after the restart")
+        await eventually(
+            lambda: len(seen) >= len(before + after), within=30, what="handled after the restart"
+        )
+        assert seen == [e.id for e in before + after]
+        assert consumer.recreated >= 1
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        await nc.close()

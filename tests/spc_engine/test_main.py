@@ -20,13 +20,9 @@ from nats.js import JetStreamContext
 
 from llmscope.proto import subjects
 from llmscope.spc_engine.engine import Engine
-from llmscope.spc_engine.service import (
-    MEMBERS_BUCKET,
-    Membership,
-    config_for,
-    open_members,
-    partition_durable,
-)
+from llmscope.spc_engine.membership import MEMBERS_BUCKET, Membership, open_members
+from llmscope.spc_engine.partition_consumer import partition_durable
+from llmscope.spc_engine.service_core import config_for
 from llmscope.spc_engine.settings import SpcSettings
 from llmscope.stack.embedded import EmbeddedNats
 from llmscope.stack.ports import free_port

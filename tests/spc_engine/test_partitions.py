@@ -12,15 +12,8 @@ from nats.js import JetStreamContext
 
 from llmscope.bus.kv import open_bucket
 from llmscope.config.env import ConfigError, Env
-from llmscope.spc_engine.service import (
-    LeaseLostError,
-    MemberConflictError,
-    Membership,
-    PartitionLease,
-    open_members,
-    owned_partitions,
-    renew_leases,
-)
+from llmscope.spc_engine.lease import LeaseLostError, PartitionLease, renew_leases
+from llmscope.spc_engine.membership import MemberConflictError, Membership, open_members, owned_partitions
 from llmscope.spc_engine.settings import SpcSettings
 from tests.alerter.harness import eventually
 

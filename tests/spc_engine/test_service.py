@@ -22,17 +22,13 @@ from llmscope.proto import codec, subjects
 from llmscope.proto.charts import decode_record
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.proto.violation import ViolationEvent
+from llmscope.spc_engine.checkpoints import checkpoint_key
 from llmscope.spc_engine.engine import ChartSnapshot, Engine
-from llmscope.spc_engine.service import (
-    SpcService,
-    checkpoint_key,
-    config_for,
-    lease_key,
-    member_key,
-    owned_partitions,
-    partition_durable,
-    serve,
-)
+from llmscope.spc_engine.lease import lease_key
+from llmscope.spc_engine.membership import member_key, owned_partitions
+from llmscope.spc_engine.partition_consumer import partition_durable
+from llmscope.spc_engine.service import SpcService, serve
+from llmscope.spc_engine.service_core import config_for
 from llmscope.spc_engine.settings import SpcSettings
 from llmscope.spc_engine.store import ChartStore
 from llmscope.stack.embedded import EmbeddedNats
@@ -556,3 +552,46 @@ async def _delete_stream(js: JetStreamContext, name: str) -> bool:
     except (nats.errors.Error, TimeoutError):  # still reconnecting
         return False
     return True
+
+
+@pytest.mark.fault
+async def test_a_nats_restart_under_a_running_engine_charts_exactly_the_uninterrupted_stream(
+    embedded_nats: EmbeddedNats,
+) -> None:
+    """The partitions' consumers live in nats-server's memory (no state file rewritten per
+    delivery and ack): a restart loses them, and the running engine makes each again, resuming
+    after what it charted, so it publishes exactly the violations of an uninterrupted run."""
+    nc = await nats.connect(embedded_nats.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    js = nc.jetstream()
+    await ensure_streams(js, BusSettings())
+    charts = await open_bucket(js, subjects.SPC_CHARTS_BUCKET, description="test")
+    # A lease TTL longer than the test: the outage costs no lease, the service goes on.
+    slow = dataclasses.replace(settings(embedded_nats.url), lease_ttl_s=600)
+    events = telemetry_stream(1200, models=("a", "b"), shift_at=700, seed=11)
+    service = SpcService(slow, nc, js, charts, holder="a")
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    try:
+        await publish_all(js, events[:500])
+        await wait_consumed(js, events, 500)
+        # Snapshotted: a chart write that NATS refused would stop the service (a restart replays).
+        await eventually(lambda: not any(e.dirty for e in service.engine.charts.values()))
+        embedded_nats.kill()
+        embedded_nats.start()  # the same store: streams, checkpoints and leases are back
+
+        async def published() -> bool:
+            try:
+                # An ack lost with the old connection never comes: each try is bounded.
+                await asyncio.wait_for(publish_all(js, events[500:]), 10)
+            except (nats.errors.Error, TimeoutError):  # still reconnecting
+                return False
+            return True
+
+        await eventually(published, within=60, what="published after the restart")
+        await wait_consumed(js, events, len(events), within=120)
+        assert service.failed is None
+    finally:
+        stop.set()
+        await task
+    assert_exactly(await violations(js), await expected_ids(events, settings(embedded_nats.url)))
+    await nc.close()

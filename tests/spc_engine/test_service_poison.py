@@ -19,7 +19,8 @@ from llmscope.bus.settings import BusSettings
 from llmscope.bus.streams import ensure_streams, telemetry_partition
 from llmscope.proto import codec, subjects
 from llmscope.proto.deadletter import DeadLetterEvent
-from llmscope.spc_engine.service import partition_durable, serve
+from llmscope.spc_engine.partition_consumer import partition_durable
+from llmscope.spc_engine.service import serve
 from tests.spc_engine.helpers import telemetry_stream
 from tests.spc_engine.test_service import PARTITIONS, expected_ids, publish_all, settings, violations
 

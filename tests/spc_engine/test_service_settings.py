@@ -23,8 +23,11 @@ from llmscope.proto.charts import ChartRecord, chart_key, decode_record
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.spc_engine.config import to_settings
 from llmscope.spc_engine.engine import Engine, SettingsLog
-from llmscope.spc_engine.service import SpcService, config_for, partition_durable, settings_key
+from llmscope.spc_engine.partition_consumer import partition_durable
+from llmscope.spc_engine.service import SpcService
+from llmscope.spc_engine.service_core import config_for
 from llmscope.spc_engine.settings import SpcSettings
+from llmscope.spc_engine.settings_watch import settings_key
 from tests.processes import stop_process, tied
 
 from .helpers import telemetry_stream

@@ -5,7 +5,7 @@ from __future__ import annotations
 from nats.aio.msg import Msg
 
 from llmscope.bus.consumer import Delivery
-from llmscope.spc_engine.service import stored_at
+from llmscope.spc_engine.partition_consumer import stored_at
 from tests.proto.test_codec import telemetry
 
 

@@ -34,7 +34,7 @@ from llmscope.spc_engine.engine import (
     critical_arl0,
     decode_snapshot,
 )
-from llmscope.spc_engine.service import config_for
+from llmscope.spc_engine.service_core import config_for
 from llmscope.spc_engine.settings import SpcSettings
 
 from .helpers import telemetry_stream

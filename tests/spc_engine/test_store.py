@@ -13,7 +13,7 @@ from llmscope.proto.charts import chart_key
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.spc_engine.chart import PointRef
 from llmscope.spc_engine.engine import AvailabilitySnapshot, ChartSnapshot, Engine
-from llmscope.spc_engine.service import config_for
+from llmscope.spc_engine.service_core import config_for
 from llmscope.spc_engine.settings import SpcSettings
 from llmscope.spc_engine.store import (
     ChartStore,

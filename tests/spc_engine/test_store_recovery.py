@@ -28,9 +28,11 @@ from llmscope.bus.streams import ensure_streams
 from llmscope.proto import subjects
 from llmscope.proto.charts import chart_key, decode_record
 from llmscope.proto.telemetry import TelemetryEvent
+from llmscope.spc_engine.checkpoints import checkpoint_key
 from llmscope.spc_engine.config import CHARTED_METRICS
 from llmscope.spc_engine.engine import ChartSnapshot, Engine
-from llmscope.spc_engine.service import checkpoint_key, config_for, serve
+from llmscope.spc_engine.service import serve
+from llmscope.spc_engine.service_core import config_for
 from llmscope.spc_engine.settings import SpcSettings
 from llmscope.spc_engine.store import ChartStore, series_key
 from tests.alerter.harness import eventually
@@ -386,7 +388,8 @@ async def test_traffic_charts_are_written_every_snapshot_while_the_checkpoint_wa
     """A closed traffic minute shows at the next snapshot, not the next state write: the traffic
     records and the aggregator's state go out every snapshot (a replay skips what they cover),
     the checkpoint only with the state."""
-    from llmscope.spc_engine.service import SpcService, open_state_bucket
+    from llmscope.spc_engine.service import SpcService
+    from llmscope.spc_engine.service_core import open_state_bucket
     from llmscope.spc_engine.traffic import TrafficPartition, default_configs, traffic_key
 
     from .test_traffic import run, stream

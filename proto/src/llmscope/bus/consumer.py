@@ -65,6 +65,12 @@ from llmscope.proto.codec import DecodeError
 
 T = TypeVar("T")
 
+
+CONSUMER_GONE = "503"
+"""The status a pull gets when nothing serves its consumer's subject (no responders): the consumer
+is gone (a restarted nats-server lost a memory consumer, or somebody deleted it)."""
+
+
 log = get_logger("llmscope.bus.consumer")
 
 
@@ -183,6 +189,13 @@ class ConsumerOptions:
     standing: bool = False
     """Keep one pull request open (:class:`StandingPull`, expiring after ``fetch_timeout``)
     instead of a few requests per wake-up."""
+    mem_storage: bool = False
+    """Keep the consumer's state (delivered and acked sequences) in nats-server's memory, not in
+    a file it rewrites (open, write, rename) up to ten times a second per consumer whose state
+    moved: for a consumer its owner recreates from its own checkpoint (the SPC engine's
+    partitions). A nats-server restart loses it: :meth:`DurableConsumer.run` makes it again when
+    a pull finds it gone, from :meth:`DurableConsumer.consumer_config` (which a consumer that
+    resumes from a sequence points after :attr:`DurableConsumer.handled_seq`)."""
 
 
 class _InboxPull(abc.ABC):
@@ -483,6 +496,10 @@ class DurableConsumer(Generic[T]):
         self._log = log.bind(stream=stream, consumer=durable)
         self.processed = 0
         self.dead_lettered = 0
+        self.handled_seq = 0
+        """The highest stream sequence of a batch this consumer finished (acked or rejected)."""
+        self.recreated = 0
+        """Times a ``mem_storage`` consumer was found gone and made again."""
         self._failures: dict[int, int] = {}  # stream seq -> counted failures (with ``transient``)
         self._stop = asyncio.Event()
         self._ahead: asyncio.Task[_Batch[T]] | None = None
@@ -500,10 +517,14 @@ class DurableConsumer(Generic[T]):
         """Handler calls that failed with a transient error (none of them counts toward dead letters)."""
 
     def consumer_config(self) -> ConsumerConfig:
+        """The consumer as :meth:`run` makes it; a ``mem_storage`` consumer made again after a
+        nats-server restart lost it resumes after :attr:`handled_seq`."""
+        resume = self._opts.mem_storage and self.handled_seq > 0
         return ConsumerConfig(
             durable_name=self._durable,
             name=self._durable,
-            deliver_policy=DeliverPolicy.ALL,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if resume else DeliverPolicy.ALL,
+            opt_start_seq=self.handled_seq + 1 if resume else None,
             ack_policy=AckPolicy.ALL if self._opts.ack_all else AckPolicy.EXPLICIT,
             ack_wait=self._opts.ack_wait,
             # The server stops redelivering after max_deliver; we dead-letter on the last try ourselves.
@@ -512,6 +533,7 @@ class DurableConsumer(Generic[T]):
             max_ack_pending=self._opts.max_ack_pending,
             filter_subjects=self._filters if len(self._filters) > 1 else None,
             filter_subject=self._filters[0] if len(self._filters) == 1 else None,
+            mem_storage=True if self._opts.mem_storage else None,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -565,6 +587,8 @@ class DurableConsumer(Generic[T]):
                     else:
                         await self._settle(handling, 0)
                         await self._process(batch)
+                elif opts.mem_storage and puller.status == CONSUMER_GONE and self.may_recreate():
+                    await self._recreate(puller.status, puller.description)
                 elif puller.status not in ("", "404", "408"):
                     # e.g. 409 consumer deleted: no busy loop while the server refuses.
                     self._log.warning("pull request refused", status=puller.status, reason=puller.description)
@@ -591,6 +615,28 @@ class DurableConsumer(Generic[T]):
                 with contextlib.suppress(Exception):
                     for msg in puller.give_back():
                         await msg.nak()
+
+    def may_recreate(self) -> bool:
+        """Whether a ``mem_storage`` consumer found gone may be made again by this instance: its
+        owner says no (or raises) when another process may own the consumer now."""
+        return True
+
+    async def _recreate(self, status: str, description: str) -> None:
+        """Make a ``mem_storage`` consumer again (a nats-server restart lost it); on failure (NATS
+        still away) the next pull tells again, after a pause (no busy loop)."""
+        try:
+            await self._js.add_consumer(self._stream, config=self.consumer_config())
+        except Exception as exc:
+            self._log.warning("consumer gone and not made again yet", status=status, error=repr(exc))
+            await asyncio.sleep(min(self._opts.fetch_timeout, 1.0))
+            return
+        self.recreated += 1
+        self._log.warning(
+            "consumer was gone (nats-server restarted?): made it again",
+            status=status,
+            reason=description,
+            after_seq=self.handled_seq,
+        )
 
     @staticmethod
     async def _settle(handling: set[asyncio.Task[None]], most: int) -> None:
@@ -635,6 +681,7 @@ class DurableConsumer(Generic[T]):
     async def _process(self, batch: _Batch[T]) -> None:
         for msg, reason, stream_seq in batch.malformed:
             await self._reject(msg, reason, stream_seq)
+            self.handled_seq = max(self.handled_seq, stream_seq)
         deliveries = batch.deliveries
         if not deliveries:
             return
@@ -669,6 +716,8 @@ class DurableConsumer(Generic[T]):
                 elif last is None or delivery.stream_seq > last.stream_seq:
                     last = delivery
                 self.processed += 1
+            if delivery.stream_seq > self.handled_seq:
+                self.handled_seq = delivery.stream_seq
         if acks:
             # Still one +ACK per message (the durable consumer may be shared), in one write.
             await inbox.ack_many(self._js._nc, acks)

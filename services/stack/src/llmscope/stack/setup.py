@@ -34,7 +34,7 @@ from llmscope.bus.streams import PartitionMismatchError
 from llmscope.config.env import ConfigError, redact_url
 from llmscope.config.logs import get_logger, setup_logging
 from llmscope.config.startup import Stopped, stop_on_signals
-from llmscope.spc_engine.service import MEMBER_TTLS
+from llmscope.spc_engine.membership import MEMBER_TTLS
 from llmscope.spc_engine.settings import SpcSettings
 
 OK, FAILED, USAGE, NO_NATS = 0, 1, 2, 3
