@@ -36,7 +36,8 @@ def test_quick_stack_bench_measures_every_process() -> None:
     assert re.search(r"posted -> stored ms, p50 / p95 / p99\s+[\d.]+ / [\d.]+ / [\d.]+", text)
     assert re.search(r"posted -> NOTIFY seen ms, p50 / p95 / p99\s+[\d.]+ / [\d.]+ / [\d.]+", text)
     assert re.search(
-        r"published -> stored ms, p50 / p95 / p99\s+[\d.]+ / [\d.]+ / [\d.]+ +\([\d,]+ of [\d,]+ rows committed",
+        r"published -> stored ms, p50 / p95 / p99\s+[\d.]+ / [\d.]+ / [\d.]+"
+        r" +\([\d,]+ of [\d,]+ rows committed",
         text,
     )
     assert re.search(r"uncertain by \+-\d+\.\d{3} ms", text)
