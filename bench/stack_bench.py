@@ -10,9 +10,12 @@ measures:
   backend), between the first post and the moment every consumer has caught up (nothing
   pending or unacknowledged on any durable consumer), so the work an event causes downstream
   is counted, and so is whatever the processes do on their own meanwhile (timers, snapshots);
-- posted -> stored: from just before the POST is sent to the moment Postgres delivers the
-  row's NOTIFY (a trigger the benchmark adds to its own database; notifications are delivered
-  at commit), p50 / p95 / p99;
+- posted -> stored: from just before the POST is sent to the row's commit timestamp
+  (``track_commit_timestamp`` on in the benchmark's cluster; ``pg_xact_commit_timestamp(xmin)``
+  of each row, Postgres's wall clock mapped onto this process's monotonic clock by an offset
+  measured in the same run, its uncertainty printed), p50 / p95 / p99; beside it, posted ->
+  NOTIFY seen: until this process's listener received the row's NOTIFY (a trigger the benchmark
+  adds; delivered after the commit's flush), which adds the flush and this process's own wake-up;
 - the baseline, in the same run at the same rate: a bare FastAPI endpoint (uvicorn, the same
   event loop as the API, reads the body and answers 202), its CPU per request and its round
   trip. The whole stack's CPU is printed as a ratio to it.
@@ -73,7 +76,7 @@ SERVICES = ("api", "spc-engine", "alerter")
 NOTIFY_SQL = """
 CREATE OR REPLACE FUNCTION bench_stored() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-PERFORM pg_notify('bench_stored', NEW.id || ' ' || extract(epoch FROM NEW.received_at)); RETURN NULL;
+PERFORM pg_notify('bench_stored', NEW.id); RETURN NULL;
 END $$;
 CREATE TRIGGER bench_stored AFTER INSERT ON telemetry FOR EACH ROW EXECUTE FUNCTION bench_stored();
 """
@@ -174,18 +177,26 @@ def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
     return sum(t - before.get(pid, 0.0) for pid, t in after.items())
 
 
+def configure(pg: EmbeddedPostgres, settings: str) -> None:
+    """Append settings to the cluster's ``postgresql.auto.conf`` (read at start)."""
+    conf = pg.data_dir / "postgresql.auto.conf"
+    conf.write_text(conf.read_text() + settings)
+
+
+COMMIT_TIMESTAMPS = "track_commit_timestamp = on\n"
+"""Each transaction's commit time kept, read back as ``pg_xact_commit_timestamp(xmin)``."""
+
+
 class Statements:
     """``--statements``: Postgres's per-statement counts and times (pg_stat_statements, loaded
     by the cluster before it starts), reset before a phase and printed per event after it: what
     each statement costs the backends, beside the CPU of the whole cluster."""
 
     def __init__(self, pg: EmbeddedPostgres) -> None:
-        pg._initdb()
-        conf = pg.data_dir / "postgresql.auto.conf"
-        conf.write_text(
-            conf.read_text()
-            + "shared_preload_libraries = 'pg_stat_statements'\n"
-            + "pg_stat_statements.track = 'all'\npg_stat_statements.track_planning = on\n"
+        configure(
+            pg,
+            "shared_preload_libraries = 'pg_stat_statements'\n"
+            "pg_stat_statements.track = 'all'\npg_stat_statements.track_planning = on\n",
         )
 
     @staticmethod
@@ -246,6 +257,8 @@ class Stack:
         self.nats = EmbeddedNats(self.tmp / "nats", free_port(), monitor_port=self.monitor_port)
         nats_url = self.nats.start()
         self.postgres = EmbeddedPostgres(self.tmp / "pg", free_port())
+        self.postgres._initdb()
+        configure(self.postgres, COMMIT_TIMESTAMPS)
         if self.statements:
             Statements(self.postgres)
         self.postgres.start()
@@ -352,8 +365,12 @@ class Phase:
     seconds: float
     cpu: dict[str, float]
     latencies: list[float]
+    """Posted -> the row's commit timestamp."""
     writing: list[float] = field(default_factory=list)
-    """Of each latency, the part from the storing transaction's start to the row seen stored."""
+    """Of each latency, the part from the storing transaction's start to its commit."""
+    seen: list[float] = field(default_factory=list)
+    """Posted -> the row's NOTIFY received by this process."""
+    clock: ClockOffset | None = None
     answered: list[float] = field(default_factory=list)
     """POST round trips (202: published and acked by JetStream)."""
 
@@ -432,22 +449,53 @@ async def wait_http(url: str, within: float = 90.0) -> None:
     raise TimeoutError(f"{url} did not answer")
 
 
+@dataclass(frozen=True)
+class ClockOffset:
+    """Postgres's wall clock minus this process's ``time.perf_counter`` (one host, two clocks):
+    from the quickest of several ``SELECT clock_timestamp()`` round trips. Postgres read its clock
+    somewhere within the round trip, so the offset is known to within half of it."""
+
+    offset: float
+    uncertainty: float
+
+    @classmethod
+    async def measure(cls, conn: asyncpg.Connection, tries: int = 20) -> ClockOffset:
+        best_trip, offset = math.inf, 0.0
+        for _ in range(tries):
+            t0 = time.perf_counter()
+            pg = await conn.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8")
+            t1 = time.perf_counter()
+            if t1 - t0 < best_trip:
+                best_trip, offset = t1 - t0, pg - (t0 + t1) / 2
+        return cls(offset, best_trip / 2)
+
+    def spanning(self, after: ClockOffset) -> ClockOffset:
+        """One offset for a phase measured before (self) and after it: their mean, uncertain by
+        the larger reading's uncertainty and half their difference (the wall clock's slew)."""
+        drift = abs(after.offset - self.offset)
+        return ClockOffset(
+            (self.offset + after.offset) / 2, max(self.uncertainty, after.uncertainty) + drift / 2
+        )
+
+
 class Stored:
-    """Rows Postgres reported stored (its NOTIFY, delivered at commit), with the time seen."""
+    """Rows Postgres reported stored: their NOTIFY (sent after the commit's flush) with the time
+    this process received it, and, read back afterwards, their commit timestamps."""
 
     def __init__(self) -> None:
         self.at: dict[str, float] = {}
+        """When this process received each row's NOTIFY (``time.perf_counter``)."""
+        self.committed: dict[str, float] = {}
+        """Each row's commit timestamp, mapped onto ``time.perf_counter``."""
         self.writing: dict[str, float] = {}
         """Seconds from the storing transaction's start (the row's ``received_at``, Postgres'
-        ``now()``) to the NOTIFY seen here: the write, the commit and the notification."""
+        ``now()``) to its commit: the write and the commit, on Postgres's clock alone."""
         self._expected: set[str] = set()
         self._done = asyncio.Event()
 
     def on_notify(self, _c: object, _pid: int, _channel: str, payload: object) -> None:
-        event_id, _, began = str(payload).partition(" ")
+        event_id = str(payload)
         self.at[event_id] = time.perf_counter()
-        if began:
-            self.writing[event_id] = time.time() - float(began)  # one host, one wall clock
         self._expected.discard(event_id)
         if not self._expected:
             self._done.set()
@@ -460,6 +508,21 @@ class Stored:
     async def wait(self, within: float = 120.0) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._done.wait(), within)
+
+    async def read_commits(self, conn: asyncpg.Connection, ids: Sequence[str], clock: ClockOffset) -> None:
+        """Read the rows' commit timestamps (Postgres takes one as it writes the commit record,
+        before flushing it) and their transactions' start, and map them onto this process's clock."""
+        rows = await conn.fetch(
+            """SELECT id, extract(epoch FROM pg_xact_commit_timestamp(xmin))::float8 AS committed,
+                      extract(epoch FROM received_at)::float8 AS began
+               FROM telemetry WHERE id = ANY($1::text[])""",
+            list(ids),
+        )
+        for r in rows:
+            if r["committed"] is None:
+                continue  # track_commit_timestamp was off when it committed
+            self.committed[r["id"]] = r["committed"] - clock.offset
+            self.writing[r["id"]] = r["committed"] - r["began"]
 
 
 async def idle(components: Sequence[Component], seconds: float, stack: Stack | None = None) -> None:
@@ -528,7 +591,7 @@ async def run(
         if stack.sniffer is not None:
             await stack.sniffer.start(stack.nats.url)
         if probe_rates:
-            await probe_phases(stack, components, stored, probe_rates, seconds, probe_models)
+            await probe_phases(stack, components, stored, conn, probe_rates, seconds, probe_models)
         if idle_s > 0:
             await idle(components, idle_s, stack)
         for rate in rates:
@@ -537,6 +600,7 @@ async def run(
             next_id += n
             bodies = [(e.id, codec.encode(e)) for e in events]
             stored.expect([e.id for e in events])
+            clock0 = await ClockOffset.measure(conn)
             before = {c.name: c.cpu() for c in components}
             client0 = sum(psutil.Process().cpu_times()[:2])
             sent, answered, elapsed = await post_at_rate(session, api, bodies, rate)
@@ -544,6 +608,8 @@ async def run(
             await stored.wait()
             await caught_up(stack.nats.url)
             after = {c.name: c.cpu() for c in components}
+            clock = clock0.spanning(await ClockOffset.measure(conn))
+            await stored.read_commits(conn, list(sent), clock)
             # The machine's share left to the stack: this process (the client and the NOTIFY
             # listener, not counted above) and the load average as the phase ended.
             load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
@@ -551,17 +617,18 @@ async def run(
                 f"\n(bench client {1000 * client_cpu / n:.3f} ms CPU per POST while posting;"
                 f" load average {load})"
             )
-            latencies = [stored.at[i] - t for i, t in sent.items() if i in stored.at]
+            latencies = [stored.committed[i] - t for i, t in sent.items() if i in stored.committed]
+            seen = [stored.at[i] - t for i, t in sent.items() if i in stored.at]
             cpu = {c.name: cpu_used(before[c.name], after[c.name]) for c in components}
-            writing = [stored.writing[i] for i in sent if i in stored.writing]
-            whole = Phase(f"{rate}/s", n, elapsed, cpu, latencies, writing, answered)
+            writing = [stored.writing[i] for i in sent if i in stored.committed]
+            whole = Phase(f"{rate}/s", n, elapsed, cpu, latencies, writing, seen, clock, answered)
             # The baseline: the bare endpoint, the same bodies at the same rate.
             bare = Component("bare FastAPI endpoint", stack.children["bare"].pid)
             b0 = bare.cpu()
             _, trips, b_elapsed = await post_at_rate(session, f"{stack.bare_url}/api/stats", bodies, rate)
             report(whole, Phase(f"{rate}/s", n, b_elapsed, {bare.name: cpu_used(b0, bare.cpu())}, trips))
         if batch_events:
-            await batched(stack, session, components, stored, next_id, batch_events)
+            await batched(stack, session, components, stored, conn, next_id, batch_events)
     await conn.close()
     if stack.sniffer is not None:
         await stack.sniffer.stop()
@@ -572,6 +639,7 @@ async def batched(
     session: aiohttp.ClientSession,
     components: Sequence[Component],
     stored: Stored,
+    conn: asyncpg.Connection,
     first_id: int,
     n: int,
 ) -> None:
@@ -590,14 +658,16 @@ async def batched(
         async with gate, session.post(f"{stack.api_url}/api/stats", data=body, headers=headers) as r:
             assert r.status == 202, await r.text()
 
+    clock0 = await ClockOffset.measure(conn)
     before = {c.name: c.cpu() for c in components}
     t0 = time.perf_counter()
     await asyncio.gather(*(one(b) for b in bodies))
     accepted = time.perf_counter() - t0
     await stored.wait()
-    stored_s = max(stored.at[e.id] for e in events if e.id in stored.at) - t0
     await caught_up(stack.nats.url)
     after = {c.name: c.cpu() for c in components}
+    await stored.read_commits(conn, [e.id for e in events], clock0.spanning(await ClockOffset.measure(conn)))
+    stored_s = max(stored.committed[e.id] for e in events if e.id in stored.committed) - t0
     print(f"\n== {n:,} events in lists of 1000, 4 POSTs in flight")
     print(f"accepted (202, in JetStream)      {n / accepted:>10,.0f} events/s")
     print(f"stored (last row committed)       {n / stored_s:>10,.0f} events/s")
@@ -726,6 +796,7 @@ async def probe_phases(
     stack: Stack,
     components: Sequence[Component],
     stored: Stored,
+    conn: asyncpg.Connection,
     rates: Sequence[int],
     seconds: float,
     models: int,
@@ -813,6 +884,7 @@ async def probe_phases(
                 counts0 = ServerCounts.read(stack.monitor)
                 stack.sniffer.reset()
                 stack.sniffer.counting = True
+            clock0 = await ClockOffset.measure(conn)
             before = {c.name: c.cpu() for c in components}
             woke = {c.name: c.wakeups() for c in components}
             f0 = feed.component.cpu()
@@ -825,6 +897,8 @@ async def probe_phases(
             after = {c.name: c.cpu() for c in components}
             woke = {c.name: c.wakeups() - woke[c.name] for c in components}
             woke["publisher (probers)"] = feed.component.wakeups() - fw0
+            clock = clock0.spanning(await ClockOffset.measure(conn))
+            await stored.read_commits(conn, list(put), clock)
             publisher_cpu = cpu_used(f0, feed.component.cpu())
             if stack.sniffer is not None:
                 await settle()
@@ -838,10 +912,11 @@ async def probe_phases(
             sizes = await record_sizes(url)
             await feed.stop()
             cpu = {c.name: cpu_used(before[c.name], after[c.name]) for c in components}
-            latencies = [stored.at[i] - t for i, t in put.items() if i in stored.at]
-            writing = [stored.writing[i] for i in put if i in stored.writing]
+            latencies = [stored.committed[i] - t for i, t in put.items() if i in stored.committed]
+            seen = [stored.at[i] - t for i, t in put.items() if i in stored.at]
+            writing = [stored.writing[i] for i in put if i in stored.committed]
             # The prober's side: the outbox's queue and the publish round trip.
-            publishing = [acked[i] - t for i, t in put.items() if i in stored.at]
+            publishing = [acked[i] - t for i, t in put.items() if i in stored.committed]
             # The ceiling: the same feed, a plain stream, a bare consumer.
             ceil_feed = await Feed.start(
                 [*common, "--subject-prefix", CEILING_SUBJECTS], stack.tmp / f"ceiling-{rate}.times"
@@ -865,6 +940,8 @@ async def probe_phases(
                 latencies,
                 writing,
                 publishing,
+                seen,
+                clock,
                 c_elapsed,
                 ceiling,
                 woke,
@@ -889,6 +966,8 @@ def report_probe(
     latencies: Sequence[float],
     writing: Sequence[float],
     publishing: Sequence[float],
+    seen: Sequence[float],
+    clock: ClockOffset,
     ceiling_elapsed: float,
     ceiling: dict[str, float],
     woke: dict[str, int],
@@ -923,14 +1002,10 @@ def report_probe(
         f"   {ceil_ms['publisher (probers)']:.3f}  (ceiling published {n / ceiling_elapsed:,.0f}/s)"
     )
     print(f"bare consumer (ceiling) wake-ups/event {woke['bare consumer (ceiling), ceiling'] / n:.2f}")
-    lat = [1000 * v for v in latencies]
-    print(
-        f"published -> stored ms, p50 / p95 / p99   {percentile(lat, 50):.1f} / {percentile(lat, 95):.1f}"
-        f" / {percentile(lat, 99):.1f}  ({len(lat):,} of {n:,} rows seen; from the put into the outbox)"
-    )
+    print_stored("published", latencies, seen, clock, n, "; from the put into the outbox")
     if writing and publishing:
         # Where the time goes: the prober's outbox and publish (acked by JetStream), then the
-        # wait until the persister's transaction starts, then the write, COMMIT and NOTIFY.
+        # wait until the persister's transaction starts, then the write and COMMIT.
         for label, values in (
             ("  put -> acked by JetStream", publishing),
             (
@@ -944,6 +1019,29 @@ def report_probe(
                 f"{label + ' ms, p50 / p95 / p99':<38} {percentile(ms, 50):.1f} / {percentile(ms, 95):.1f}"
                 f" / {percentile(ms, 99):.1f}"
             )
+
+
+def print_stored(
+    start: str, committed: Sequence[float], seen: Sequence[float], clock: ClockOffset, n: int, note: str = ""
+) -> None:
+    """Start -> committed (the row's commit timestamp, taken as the commit record is written,
+    before its flush) and start -> NOTIFY seen (after the flush, with the notification's delivery
+    and this process's own wake-up). The row is durable somewhere between the two: the first is
+    a lower bound, the second an upper one, and the verdict against a target uses the second."""
+    for label, values, rows in (
+        (f"{start} -> committed", committed, "committed"),
+        (f"{start} -> stored (NOTIFY seen)", seen, "seen"),
+    ):
+        ms = [1000 * v for v in values]
+        print(
+            f"{label + ' ms, p50 / p95 / p99':<46} {percentile(ms, 50):.1f} / {percentile(ms, 95):.1f}"
+            f" / {percentile(ms, 99):.1f}  ({len(ms):,} of {n:,} rows {rows}{note})"
+        )
+    print(
+        f"  (committed: commit timestamps on Postgres's clock, before the commit's flush, mapped"
+        f" onto the benchmark's by an offset measured before and after, uncertain by"
+        f" +-{1000 * clock.uncertainty:.3f} ms; stored: the row's NOTIFY received, after the flush)"
+    )
 
 
 def report(whole: Phase, bare: Phase) -> None:
@@ -960,12 +1058,9 @@ def report(whole: Phase, bare: Phase) -> None:
         f"{'bare FastAPI endpoint (baseline)':<32} {sum(bare.cpu.values()):>8.2f} {bare_ms:>10.3f}"
         f"  ({bare.rate:,.0f}/s achieved)"
     )
-    lat = [1000 * v for v in whole.latencies]
     trips = [1000 * v for v in bare.latencies]
-    print(
-        f"posted -> stored ms, p50 / p95 / p99   {percentile(lat, 50):.1f} / {percentile(lat, 95):.1f}"
-        f" / {percentile(lat, 99):.1f}  ({len(lat):,} of {n:,} rows seen)"
-    )
+    assert whole.clock is not None
+    print_stored("posted", whole.latencies, whole.seen, whole.clock, n)
     if whole.writing and whole.answered:
         # Where the time goes: the POST (API + JetStream ack), then the wait until the persister's
         # transaction starts (delivery, its batching wait, the batch before), then the write.

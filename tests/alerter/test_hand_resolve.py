@@ -6,11 +6,15 @@ alerter as the API's ``violation_action.v1`` events (the alerter never reads the
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from nats.js import JetStreamContext
 
 from llmscope.alerter.config import Timings
+from llmscope.proto.violation import ViolationEvent
+from llmscope.proto.violation_action import ViolationActionEvent, action_id
 from tests.alerter.api_side import api_side
-from tests.alerter.factories import cleared, violation, webhook_sink
+from tests.alerter.factories import T0, cleared, violation, webhook_sink
 from tests.alerter.flushes import all_flushed_after, nothing_in_flight
 from tests.alerter.harness import eventually, publish, start_alerter
 
@@ -132,6 +136,64 @@ async def test_a_resolution_made_while_the_alerter_is_down_waits_in_its_stream_a
         assert got[1].title.startswith("[LLMscope] RESOLVED by dee:"), got[1].title
         assert "fixed while the alerter was down" in got[1].text
         assert len(got) == 2
+    finally:
+        await run.close()
+        await sink.stop()
+        await api.close()
+
+
+def resolved_state(ev: ViolationEvent, seq: int, note: str | None) -> ViolationActionEvent:
+    """The episode's state at the API after its ``seq``-th action: resolved by bo at T0 + 1 min."""
+    at = T0 + timedelta(minutes=1)
+    return ViolationActionEvent(
+        id=action_id(ev.episode_id, "resolved", note, seq),
+        ts=at,
+        action="resolved",
+        violation_id=ev.episode_id,
+        episode_id=ev.episode_id,
+        provider=ev.provider,
+        model=ev.model,
+        acknowledged_by="bo",
+        acknowledged_at=at,
+        resolved_by="bo",
+        resolved_at=at,
+        note=note,
+        seq=seq,
+    )
+
+
+async def test_a_newer_note_on_a_hand_resolution_replaces_the_one_the_alert_shows(
+    database_url: str, js: JetStreamContext
+) -> None:
+    """The note is copied when the API's resolution resolves the alert; a person's later note
+    (a newer action event) replaces it in the alert's record, which later messages are built
+    from. The note alone sends nothing: the channels were told of the resolution."""
+    api = await api_side(js)
+    sink, got = await webhook_sink()
+    timings = Timings(group_wait=0.3, group_interval=0.2, repeat_interval=3600)
+    run = await start_alerter(database_url, js, {"LLMSCOPE_WEBHOOK_URL": sink.url + "/hook"}, timings=timings)
+    note_of = "SELECT resolved_note FROM alerter_alerts WHERE episode_id = $1"
+    try:
+        ev = violation(1, rule="CUSUM")
+        await publish(js, ev)
+        await eventually(lambda: len(got) >= 1, what="the page")
+        await api.publish_action(resolved_state(ev, 1, "looking"))
+        await eventually(lambda: len(got) >= 2, within=10, what="the hand resolution's message")
+        assert "looking" in got[1].text
+        assert await run.pool.fetchval(note_of, ev.episode_id) == "looking"
+        await api.publish_action(resolved_state(ev, 2, "restarted ollama"))
+        await eventually(
+            lambda: run.pool.fetchval(
+                "SELECT seq = 2 FROM alerter_violation_actions WHERE episode_id = $1", ev.episode_id
+            ),
+            what="the newer action stored",
+        )
+        assert await run.pool.fetchval(note_of, ev.episode_id) == "restarted ollama"
+        moment = run.store.clock()
+        await eventually(lambda: all_flushed_after(run.pool, moment, timings.group_interval), what="a flush")
+        await eventually(lambda: nothing_in_flight(run.pool), what="nothing in flight")
+        assert await run.pool.fetchval(note_of, ev.episode_id) == "restarted ollama"
+        assert len(got) == 2, [g.title for g in got]
     finally:
         await run.close()
         await sink.stop()

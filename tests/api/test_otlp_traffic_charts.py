@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import math
 import time
 from collections.abc import AsyncIterator
@@ -224,6 +225,11 @@ async def test_traffic_is_charted_per_minute_and_a_slowdown_pages_once(
         )
         assert r.status_code == 200, r.text
         assert "Re-baselined: the chart collects a new baseline." in r.text
+        # The toast (HX-Trigger), worded as every page's re-baseline.
+        assert json.loads(r.headers["HX-Trigger"])["toast"] == {
+            "message": "Traffic chart re-baselined.",
+            "level": "ok",
+        }
         assert "collecting 0/6 minutes" in r.text
         r = await web.post("/traffic/rebaseline", data={"chart_key": errors_key, "by": "ana"})
         assert r.status_code == 422

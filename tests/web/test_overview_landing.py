@@ -8,6 +8,7 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import msgspec
+import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig
 
@@ -15,6 +16,7 @@ from llmscope.api.persister import store_telemetry, store_violations
 from llmscope.api.settings import ApiSettings
 from llmscope.proto.charts import ChartMeta, ChartRecord, ChartView, chart_key
 from llmscope.web.badge import STATUS_COLOURS
+from llmscope.web.data import SettingError
 from tests.api.conftest import Api
 from tests.api.factories import limits, telemetry, violation
 from tests.web.test_pages import login
@@ -45,6 +47,9 @@ async def test_the_overview_points_to_the_setup_page_until_it_is_saved(api: Api)
     first = await client.get("/")
     assert "First run: no alert channel has been set up" in first.text
     assert 'href="/setup">Set up alerts' in first.text
+    # Stored, but not completed: still the first run.
+    await api.store.put_setting("setup.completed", False, "test")
+    assert "First run" in (await client.get("/", headers={"HX-Request": "true"})).text
     r = await client.post("/setup", data={"alert.email.recipients": "ops@example.com"})
     assert r.status_code == 200, r.text
     for headers in ({}, {"HX-Request": "true", "HX-Target": "overview"}):
@@ -152,3 +157,16 @@ async def test_a_target_of_a_model_that_stopped_long_ago_is_still_named(api: Api
     r = await client.get("/", headers={"HX-Request": "true", "HX-Target": "overview"})
     assert re.findall(r'<tr class="row-(\w+)">', r.text) == ["operational"]
     assert f"gpu-old stopped reporting: no probe since {gone:%H:%M:%S} UTC" in r.text
+
+
+async def test_one_setting_is_read_alone_with_its_default_and_never_a_secret(api: Api) -> None:
+    """What the landing page, polled every few seconds, reads instead of every setting."""
+    assert await api.store.setting_value("setup.completed") is False  # the default, no row
+    await api.store.put_setting("setup.completed", True, "test")
+    assert await api.store.setting_value("setup.completed") is True
+    await api.store.put_setting("alert.min_severity", "warning", "test")
+    assert await api.store.setting_value("alert.min_severity") == "warning"
+    await api.store.put_setting("alert.slack.webhook_url", "https://hooks.slack.test/x", "test")
+    assert await api.store.setting_value("alert.slack.webhook_url") is None
+    with pytest.raises(SettingError, match="unknown setting"):
+        await api.store.setting_value("no.such.setting")

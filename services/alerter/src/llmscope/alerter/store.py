@@ -699,6 +699,21 @@ class Store(IncidentStore, MergeStore, SilenceStore, RetentionStore):
             list(episode_ids),
         )
 
+    async def _sync_resolution_notes(self, conn: Conn, episode_ids: Sequence[str]) -> None:
+        """A newer note on a resolution already applied (a later action event, higher ``seq``)
+        replaces the one copied when the alert was resolved: the alert's record, and any message
+        built from it afterwards, show the person's latest word. Nothing is sent for the change
+        itself: the channels were told of the resolution. Only alerts this resolution resolved
+        (the same ``resolved_at``): one resolved otherwise (an incident, a merge) keeps its note."""
+        if not episode_ids:
+            return
+        await conn.execute(
+            "UPDATE alerter_alerts a SET resolved_note = v.note"
+            " FROM alerter_violation_actions v WHERE v.episode_id = a.episode_id AND a.episode_id = ANY($1)"
+            " AND a.resolved_at = v.resolved_at AND a.resolved_note IS DISTINCT FROM v.note",
+            list(episode_ids),
+        )
+
     async def record_violation_actions(self, events: Sequence[ViolationActionEvent]) -> int:
         """Keep what people did through the API (violation_action.v1) and apply it to the alerts
         this alerter holds: acknowledgements stop reminders, a hand resolution tells the paged
@@ -729,6 +744,7 @@ class Store(IncidentStore, MergeStore, SilenceStore, RetentionStore):
                 episodes,
             )
             await self._sync_acks(conn, episodes)
+            await self._sync_resolution_notes(conn, episodes)
             return await self._apply_hand_resolutions(conn, episodes)
 
     async def acknowledge(self, episode_ids: Iterable[str], by: str) -> int:

@@ -36,6 +36,15 @@ class SettingsStore(StoreBase):
             )
         return out
 
+    async def setting_value(self, key: str) -> object:
+        """One setting's value (its default when unset; None for a secret), reading only its row:
+        for pages polled every few seconds that need one setting, not all of them."""
+        spec = known_settings.spec(key)
+        if spec.secret:
+            return None
+        row = await self.pool.fetchrow("SELECT value FROM settings WHERE key = $1", key)
+        return spec.default if row is None else row["value"]
+
     async def put_setting(self, key: str, value: object, by: str) -> SettingInfo:
         spec = known_settings.spec(key)
         clean = spec.validate(value)

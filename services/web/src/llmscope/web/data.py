@@ -522,6 +522,10 @@ class DashboardData(Protocol):
 
     async def settings(self) -> list[SettingInfo]: ...
 
+    async def setting_value(self, key: str) -> object:
+        """One setting's value (its default when unset; None for a secret)."""
+        ...
+
     async def put_setting(self, key: str, value: object, by: str) -> SettingInfo: ...
 
     async def put_settings(

@@ -67,8 +67,6 @@ def add_overview_routes(
             "refresh_s": max(refresh_s * 2.5, 5.0),
             # Until the wizard is saved once, the landing page points to it: a fresh install
             # records violations and tells nobody.
-            "setup_due": not any(
-                s.key == "setup.completed" and s.value is True for s in await data.settings()
-            ),
+            "setup_due": await data.setting_value("setup.completed") is not True,
         }
         return pages.render(request, "overview.html", context, fragments=("overview",), polled=("overview",))

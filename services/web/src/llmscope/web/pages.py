@@ -222,6 +222,8 @@ async def ask_rebaseline(
 
 
 def rebaseline_toast(status: str, error: str, done: str) -> tuple[str, str]:
+    """The toast after a re-baseline, worded once for every page: ``done`` says what was
+    re-baselined ("Chart re-baselined", "Traffic chart re-baselined")."""
     if status == "ok":
         return f"{done}.", "ok"
     if status == "no_engine":

@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse
 
 from llmscope.proto.charts import is_traffic_chart
 from llmscope.web.data import DashboardData, RebaselineResult
-from llmscope.web.pages import Pages, ask_rebaseline, request_chart_width
+from llmscope.web.pages import Pages, ask_rebaseline, rebaseline_toast, request_chart_width
 from llmscope.web.traffic import TRAFFIC_LABELS, TrafficData, series_of
 from llmscope.web.traffic_svg import render_traffic_chart
 
@@ -92,10 +92,5 @@ def add_traffic_routes(
         if not is_traffic_chart(chart_key):
             raise HTTPException(404, "not a traffic chart")
         result, status = await ask_rebaseline(data, request, chart_key, by, reason)
-        if result.status == "ok":
-            toast = ("Traffic chart re-baselined.", "ok")
-        elif result.status == "no_engine":
-            toast = ("No SPC engine answered: nothing was re-baselined.", "error")
-        else:
-            toast = (f"Re-baseline refused: {result.error}", "error")
+        toast = rebaseline_toast(result.status, result.error, "Traffic chart re-baselined")
         return await chart_page(request, chart_key, result, status, toast)
