@@ -34,9 +34,7 @@ def test_quick_stack_bench_measures_every_process() -> None:
     assert "(50 of 50 rows committed)" in text
     assert "(50 of 50 rows seen)" in text
     assert re.search(r"posted -> committed ms, p50 / p95 / p99\s+[\d.]+ / [\d.]+ / [\d.]+", text)
-    assert re.search(
-        r"posted -> stored \(NOTIFY seen\) ms, p50 / p95 / p99\s+[\d.]+ / [\d.]+ / [\d.]+", text
-    )
+    assert re.search(r"posted -> stored \(NOTIFY seen\) ms, p50 / p95 / p99\s+[\d.]+ / [\d.]+ / [\d.]+", text)
     assert re.search(
         r"published -> committed ms, p50 / p95 / p99\s+[\d.]+ / [\d.]+ / [\d.]+"
         r" +\([\d,]+ of [\d,]+ rows committed",
