@@ -316,10 +316,13 @@ async def test_violation_detail_and_actions(api: Api) -> None:
     r = await client.post("/violations/v2/resolve", data={"by": ""}, headers={**HX, "HX-Target": "actions"})
     assert "Resolved by <b>dashboard</b>" in r.text
     assert "<button" not in r.text
+    # The answer brings the state cell along (it said "open" beside "Resolved by" until a reload).
+    assert '<span id="violation-state" hx-swap-oob="true">open · resolved</span>' in r.text
     # The engine's episode is still open (the chart has not recovered); the page says both, as
     # the violations list does, rather than "open" beside "Resolved by".
     r = await client.get("/violations/v2")
-    assert '<td class="state">open · resolved</td>' in r.text
+    assert '<td class="state"><span id="violation-state">open · resolved</span></td>' in r.text
+    assert "hx-swap-oob" not in r.text
     r = await client.post("/violations/v2/resolve", data={}, headers={"Origin": "https://evil.example"})
     assert r.status_code == 403
     r = await client.get("/violations/missing")

@@ -627,7 +627,7 @@ def create_router(
         return pages.render(
             request,
             "violation.html",
-            {"d": detail, "v": detail.violation},
+            {"d": detail, "v": detail.violation, "acted": True},
             fragments=("actions",),
             toast=f"Violation {done} by {who}.",
         )
