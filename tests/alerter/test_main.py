@@ -308,3 +308,49 @@ def test_llm_analysis_url_goes_through_the_outbound_policy(
     # The operator's allow-list, the same as the channels', admits it.
     monkeypatch.setenv("LLMSCOPE_ALERT_ALLOWED_HOSTS", f"{urlsplit(url).hostname}")
     assert main(["--check-config"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("variables", "said"),
+    [
+        (
+            {"LLMSCOPE_WEBHOOK_URL": "hooks.example.com/secret-token"},
+            "LLMSCOPE_WEBHOOK_URL: expected a URL starting with http:// or https://",
+        ),
+        (
+            {"LLMSCOPE_SLACK_WEBHOOK_URL": "ftp://hooks.slack.com/services/T/B/secret-token"},
+            "LLMSCOPE_SLACK_WEBHOOK_URL: expected a URL starting with http:// or https://",
+        ),
+        (
+            {"LLMSCOPE_TEAMS_WEBHOOK_URL": "secret-token"},
+            "LLMSCOPE_TEAMS_WEBHOOK_URL: expected a URL starting with http:// or https://",
+        ),
+        (
+            {"LLMSCOPE_SMTP_HOST": "smtp.example.com", "LLMSCOPE_SMTP_PORT": "abc"},
+            "LLMSCOPE_SMTP_PORT='abc': expected an integer",
+        ),
+    ],
+)
+def test_a_bad_channel_variable_stops_the_service_at_start(
+    variables: dict[str, str], said: str, tmp_path: Path
+) -> None:
+    """Found by hand: a webhook URL that is no URL was taken (the channel failed at its first
+    alert), and a bad ``LLMSCOPE_SMTP_PORT`` was reported only once Postgres and NATS answered,
+    never while they were down. Port 1 never answers: the service must refuse before waiting."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": "postgresql://u:pw@127.0.0.1:1/db",
+        "NATS_URL": "nats://127.0.0.1:1",
+        "LLMSCOPE_ALERTER_HEALTH_PORT": "0",
+        **variables,
+    }
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "llmscope.alerter"], env=env, capture_output=True, text=True, timeout=90
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"still waiting for Postgres with a bad {', '.join(variables)}") from exc
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert said in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "secret-token" not in done.stderr

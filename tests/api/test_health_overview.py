@@ -252,3 +252,30 @@ async def test_each_target_shows_the_engines_availability_chart(
     page = (await client.get("/models?hours=24")).text
     assert "collecting 0/200" in page
     assert "baseline #1 by ann" in page
+
+
+async def test_real_traffic_is_no_probe_of_a_target(api: Api) -> None:
+    """Failed requests of an application's traffic (OTLP spans, target its server's address)
+    are neither a target of the model nor probes in its figures: they were listed as
+    ``app-gateway``, 5 probes, 0 ok, a failure run of 5."""
+    probes = [telemetry(i, provider="openai", model="org/gpt:1", target="ext") for i in range(3)]
+    spans = [
+        telemetry(
+            10 + i,
+            id=f"span-{i}",
+            provider="openai",
+            model="org/gpt:1",
+            target="app-gateway",
+            source="traffic",
+            prompt_id="traffic:chat",
+            status="http_4xx",
+            error_type="400",
+            latency_ms=20.0,
+            ttft_ms=None,
+        )
+        for i in range(5)
+    ]
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, [*probes, *spans])
+    rows = (await health(api))["models"]
+    assert [(r["target"], r["probes"], r["ok"], r["failure_run"]) for r in rows] == [("ext", 3, 3, 0)]

@@ -14,6 +14,7 @@ import pytest
 from llmscope.api.persister import store_telemetry, store_violations
 from llmscope.api.settings import ApiSettings
 from llmscope.api.status_queries import StatusReader
+from llmscope.api.trends import TrendQueries
 from llmscope.config.env import ConfigError, Env
 from llmscope.proto.telemetry import TelemetryEvent
 from tests.api.alerting_harness import live_alerter
@@ -253,3 +254,52 @@ async def test_an_active_maintenance_window_from_the_alerter_shows(
     llama = report.find("ollama", "llama3.1:8b")
     assert llama is not None
     assert llama.status == "outage"
+
+
+async def test_real_traffic_is_not_counted_as_probes(api: Api) -> None:
+    """A model's status, uptime and availability come from its probes: failed requests of an
+    application's own traffic (OTLP spans; a client's 400 is not the endpoint down) neither make
+    it "5 failed probes in a row on app-gateway" (an outage) nor name the application's server as
+    a target that stopped reporting once the application goes quiet (found by hand: five failed
+    spans sent to `/v1/traces` turned a model probed every 0.25 s without a failure into `outage`).
+    """
+    at = now()
+    probes = recent("gpt-4o-mini", 30, at=at, provider="openai", target="openai/gpt-4o-mini")
+    spans = {"source": "traffic", "prompt_id": "traffic:chat", "service_name": "shop", "host": "app-gateway"}
+    failed = [
+        telemetry(
+            0,
+            id=f"span-{i}",
+            ts=at - timedelta(seconds=5 - i),
+            provider="openai",
+            model="gpt-4o-mini",
+            target="app-gateway",
+            **spans,
+            **FAILED,
+            error_type="400",
+        )
+        for i in range(5)
+    ]
+    # An earlier service's traffic, quiet for an hour: no target of the model's probes.
+    quiet = [
+        telemetry(
+            0,
+            id="span-quiet",
+            ts=at - timedelta(hours=1),
+            provider="openai",
+            model="gpt-4o-mini",
+            target="old-gateway",
+            **spans,
+        )
+    ]
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, [*probes, *failed, *quiet])
+    body = (await api.client.get("/api/status")).json()
+    [gpt] = body["models"]
+    assert (body["status"], gpt["status"], gpt["reasons"]) == ("operational", "operational", [])
+    assert (gpt["uptime_24h"], gpt["uptime_7d"]) == (1.0, 1.0)
+    history = await TrendQueries(api.store).availability(
+        "openai", "gpt-4o-mini", 1, at + timedelta(minutes=1)
+    )
+    assert [line.target for line in history.lines] == ["openai/gpt-4o-mini"]
+    assert sum(line.probes for line in history.lines) == 30

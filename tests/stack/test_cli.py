@@ -128,6 +128,43 @@ def test_an_embedded_server_that_dies_or_cannot_start_is_restarted_one_line_each
     ]
 
 
+def test_a_service_refusing_its_configuration_stops_the_stack_instead_of_restarting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by hand: with ``LLMSCOPE_SIM_TRAFFIC_RPS=lots`` the simulator said so and exited 2,
+    and ``up`` restarted it every 1, 2, 4 ... 30 s for good while the prober failed every probe
+    against it, the one line that said why lost among theirs. Exit 2 is a service's
+    configuration error (README, "Running each service alone"): no restart mends it."""
+    stack = Stack(UpSettings.from_env(Env({"LLMSCOPE_DATA_DIR": str(tmp_path)})))
+    launched = 0
+
+    def refuses() -> subprocess.Popen[bytes]:
+        nonlocal launched
+        launched += 1
+        return subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(2)"])
+
+    def runs() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+
+    sim, api = Child(name="sim", launch=refuses), Child(name="api", launch=runs)
+    for child in (sim, api):
+        child.start()
+        stack.children.append(child)
+    supervisor = threading.Thread(target=stack.supervise)
+    supervisor.start()
+    try:
+        supervisor.join(30)
+        assert not supervisor.is_alive(), "still supervising a service that refused its configuration"
+    finally:
+        stack.request_stop()
+        supervisor.join()
+        stack.stop()
+    assert launched == 1
+    assert stack.config_error == "sim"
+    assert not api.running
+    assert "restarting" not in capsys.readouterr().out
+
+
 def test_the_demo_profile_traces_simulated_traffic_to_the_api_with_a_kept_ingest_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -74,9 +74,28 @@ async def test_key_in_the_url_once_becomes_a_cookie(api: Api) -> None:
     assert r.status_code == 303
     assert r.headers["location"] == "/models?x=1"
     assert (await api.anon.get("/models")).status_code == 200
+    # Signed in, a link with a bad key opens its page (the session stays; the key is dropped).
     r = await api.anon.get("/models?key=bad")
+    assert (r.status_code, r.headers["location"]) == (303, "/models")
+
+
+async def test_a_link_with_a_wrong_key_leads_back_to_its_page_after_login(api: Api) -> None:
+    """Found by hand: ``/?key=wrong`` sent to ``/login?next=/?key=wrong`` with no word of why, and
+    logging in there with the right key led to ``/?key=wrong`` again, hence back to the login
+    page, session or not. The key stays out of ``next`` (and out of the login page's URL)."""
+    r = await api.anon.get("/models?key=wrong&x=1")
     assert r.status_code == 303
-    assert r.headers["location"].startswith("/login")
+    assert r.headers["location"] == "/login?next=%2Fmodels%3Fx%3D1&refused=key"
+    r = await api.anon.get(r.headers["location"])
+    assert "The key in that link was not accepted" in r.text
+    assert "wrong" not in r.text
+    r = await api.anon.post("/login", data={"key": API_KEY, "next": "/models?x=1"})
+    assert (r.status_code, r.headers["location"]) == (303, "/models?x=1")
+    assert (await api.anon.get("/models?x=1")).status_code == 200
+    # A valid session and a stale link: the page, not the login form again.
+    r = await api.anon.get("/models?key=stale")
+    assert r.status_code == 303
+    assert r.headers["location"] == "/models"
 
 
 async def test_session_cookie_reads_the_api_but_never_writes(api: Api) -> None:
@@ -316,10 +335,13 @@ async def test_violation_detail_and_actions(api: Api) -> None:
     r = await client.post("/violations/v2/resolve", data={"by": ""}, headers={**HX, "HX-Target": "actions"})
     assert "Resolved by <b>dashboard</b>" in r.text
     assert "<button" not in r.text
+    # The answer brings the state cell along (it said "open" beside "Resolved by" until a reload).
+    assert '<span id="violation-state" hx-swap-oob="true">open · resolved</span>' in r.text
     # The engine's episode is still open (the chart has not recovered); the page says both, as
     # the violations list does, rather than "open" beside "Resolved by".
     r = await client.get("/violations/v2")
-    assert '<td class="state">open · resolved</td>' in r.text
+    assert '<td class="state"><span id="violation-state">open · resolved</span></td>' in r.text
+    assert "hx-swap-oob" not in r.text
     r = await client.post("/violations/v2/resolve", data={}, headers={"Origin": "https://evil.example"})
     assert r.status_code == 403
     r = await client.get("/violations/missing")

@@ -70,6 +70,19 @@ class Env:
     def secret(self, name: str, default: str = "") -> Secret:
         return Secret(self.text(name, default))
 
+    def secret_url(self, name: str, *, schemes: tuple[str, ...] = ("http", "https")) -> Secret:
+        """A URL that is a credential (a webhook's path is its key): checked like :meth:`url`,
+        and a bad one is refused without its value in the message."""
+        value = self.secret(name)
+        parsed = urlsplit(value.get())
+        if value and (parsed.scheme not in schemes or not parsed.hostname):
+            raise ConfigError(
+                f"{name}: expected a URL starting with "
+                + " or ".join(f"{s}://" for s in schemes)
+                + " (the value is a secret: not shown)"
+            )
+        return value
+
     def integer(self, name: str, default: int, *, min: int | None = None, max: int | None = None) -> int:
         value = self.raw(name)
         if value is None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import asyncpg
 
 from llmscope.alerter.api_view import ApiView
-from llmscope.alerter.config import build_runtime, load_file
+from llmscope.alerter.config import build_runtime, channels_from_env, load_file
 from llmscope.alerter.control import ControlResponder
 from llmscope.alerter.destinations import Destinations, guarded_session
 from llmscope.alerter.metrics import AlerterMetrics
@@ -259,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
             settings = replace(settings, config_path=args.config)
         if args.check_config:
             return check_config(settings, env)
+        # The channels the environment configures, checked now rather than once Postgres and
+        # NATS answer (a bad LLMSCOPE_SMTP_PORT was found only then, or never while they were
+        # down); the file's and the dashboard's are checked where they are read.
+        channels_from_env(env, settings.retry.attempt_timeout)
     except ConfigError as exc:
         print(f"llmscope alerter: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -411,7 +411,7 @@ def channels_from_env(env: Env, timeout: float) -> dict[str, ChannelSpec]:
                 timeout=timeout,
             ),
         )
-    slack = env.secret("LLMSCOPE_SLACK_WEBHOOK_URL")
+    slack = env.secret_url("LLMSCOPE_SLACK_WEBHOOK_URL")
     slack_token = env.secret("LLMSCOPE_SLACK_BOT_TOKEN")
     if slack or slack_token:
         slack_channel = env.text("LLMSCOPE_SLACK_CHANNEL", "")
@@ -426,7 +426,7 @@ def channels_from_env(env: Env, timeout: float) -> dict[str, ChannelSpec]:
             api_url=env.url("LLMSCOPE_SLACK_API_URL", DEFAULT_SLACK_API, schemes=("http", "https"))
             or DEFAULT_SLACK_API,
         )
-    hook = env.secret("LLMSCOPE_WEBHOOK_URL")
+    hook = env.secret_url("LLMSCOPE_WEBHOOK_URL")
     if hook:
         out["webhook"] = ChannelSpec(
             "webhook", "webhook", url=hook, secret=env.secret("LLMSCOPE_WEBHOOK_SECRET")
@@ -435,12 +435,12 @@ def channels_from_env(env: Env, timeout: float) -> dict[str, ChannelSpec]:
     if key:
         events = env.url("LLMSCOPE_PAGERDUTY_EVENTS_URL", DEFAULT_EVENTS_URL, schemes=("http", "https"))
         out["pagerduty"] = ChannelSpec("pagerduty", "pagerduty", secret=key, events_url=events or "")
-    am = env.secret("LLMSCOPE_ALERTMANAGER_URL")
+    am = env.secret_url("LLMSCOPE_ALERTMANAGER_URL")
     if am:
         resend = env.number("LLMSCOPE_ALERTMANAGER_RESEND_S", DEFAULT_RESEND_S, min=1)
         out["alertmanager"] = ChannelSpec("alertmanager", "alertmanager", url=am, resend_s=resend)
     for kind in CHAT_KINDS:
-        url = env.secret(f"LLMSCOPE_{kind.upper()}_WEBHOOK_URL")
+        url = env.secret_url(f"LLMSCOPE_{kind.upper()}_WEBHOOK_URL")
         if url:
             out[kind] = ChannelSpec(kind, kind, url=url)
     return out

@@ -17,13 +17,14 @@ from llmscope.proto.violation import SEVERITIES
 from llmscope.web.data import HEALTH_MAX_HOURS, HealthOverview, ModelHealth, SilentModel
 
 # rn 1 is each group's latest probe; the failure run is the probes before the latest ok one.
+# Probes only: an application's traffic (``traffic:<operation>``) has charts of its own.
 TELEMETRY_SQL = """
 WITH w AS (
     SELECT provider, model, target, streaming, status, latency_ms, ttft_ms, tokens_per_s, ts,
            row_number() OVER (PARTITION BY provider, model, target, streaming
                               ORDER BY ts DESC, id DESC) AS rn
     FROM telemetry
-    WHERE ts >= $1
+    WHERE ts >= $1 AND prompt_id NOT LIKE 'traffic:%'
 ),
 kinds AS (
     SELECT provider, model, target, streaming, jsonb_object_agg(status, n) AS failures

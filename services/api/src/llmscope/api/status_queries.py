@@ -43,15 +43,18 @@ log = get_logger("llmscope.api.status")
 MODELS_SQL = "SELECT provider, model, last_seen, host FROM models WHERE enabled"
 
 # Per target, both streaming modes and all prompts together, as the engine's availability chart
-# counts them. rn 1 is the latest probe; the current failure run is the probes before the
-# latest successful one, and it started at the oldest of them.
+# counts them; probes only, here and below: a failed request of an application's own traffic
+# (``traffic:<operation>``, target its server's address) is no probe of the endpoint, and an
+# application going quiet is no target that stopped reporting. rn 1 is the latest probe; the
+# current failure run is the probes before the latest successful one, and it started at the
+# oldest of them.
 TARGETS_SQL = """
 WITH w AS (
     SELECT provider, model, target, host, status, ts,
            row_number() OVER latest AS rn,
            ts - lead(ts) OVER latest AS gap
     FROM telemetry
-    WHERE ts >= $1
+    WHERE ts >= $1 AND prompt_id NOT LIKE 'traffic:%'
     WINDOW latest AS (PARTITION BY provider, model, target ORDER BY ts DESC, id DESC)
 ),
 firsts AS (
@@ -77,7 +80,7 @@ GROUP BY provider, model, target
 STOPPED_SQL = """
 SELECT provider, model, target, max(last_seen) AS last_seen
 FROM series_targets
-WHERE last_seen >= $1 AND last_seen < $2 AND target <> ''
+WHERE last_seen >= $1 AND last_seen < $2 AND target <> '' AND prompt_id NOT LIKE 'traffic:%'
 GROUP BY provider, model, target
 """
 STOPPED_SHOWN = timedelta(days=1)
@@ -97,7 +100,7 @@ SELECT provider, model,
        sum(n) AS n_week,
        sum(n_ok) AS ok_week
 FROM telemetry_minute
-WHERE minute >= $2
+WHERE minute >= $2 AND prompt_id NOT LIKE 'traffic:%'
 GROUP BY provider, model
 """
 

@@ -282,6 +282,7 @@ class TrendQueries:
                       sum(n) AS n, sum(n_ok) AS ok
                FROM telemetry_minute
                WHERE provider = $1 AND model = $2 AND minute >= $3 AND minute < $5
+                 AND prompt_id NOT LIKE 'traffic:%'
                GROUP BY 1, 2 ORDER BY 1, 2""",
             provider,
             model,

@@ -247,6 +247,8 @@ class Stack:
         self._setup_env: dict[str, str] | None = None
         """The environment :meth:`run_setup` ran with: it runs again after nats-server restarts."""
         self._stopping = threading.Event()
+        self.config_error = ""
+        """The service that exited with a configuration error (code 2), which stopped the stack."""
 
     def check_ports(self) -> None:
         s = self.settings
@@ -447,6 +449,19 @@ class Stack:
                 if child.running or self._stopping.is_set():
                     continue
                 now = time.monotonic()
+                if child in self.children and child.proc is not None and child.proc.returncode == 2:
+                    # A service's configuration error (its one line, naming the variable, is
+                    # above): no restart mends it, and restarting it for good buried that line
+                    # under the failures of the services that need it.
+                    print(
+                        f"llmscope up: {child.name} refused its configuration (exit 2; its message"
+                        " is above): stopping everything",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    self.config_error = child.name
+                    self._stopping.set()
+                    return
                 if child.next_start == 0.0:
                     # A child that ran a while before dying gets its backoff reset.
                     if now - child.started_at > 60:
@@ -555,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
         stack.supervise()
         print("\nLLMscope stopping…", flush=True)
-        return 0
+        return 2 if stack.config_error else 0
     except (PortInUseError, RuntimeError, OSError, subprocess.CalledProcessError) as exc:
         # An embedded server that cannot start: say why in one line, no traceback.
         print(f"llmscope up: {exc}", file=sys.stderr)

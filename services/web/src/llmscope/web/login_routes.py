@@ -39,9 +39,17 @@ def _session_cookie(token: str, request: Request, max_age: int) -> str:
     return f"{SESSION_COOKIE}={token}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}"
 
 
-def _login_redirect(request: Request) -> HTTPException:
-    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    location = "/login?" + urlencode({"next": target})
+def _without_key(request: Request) -> str:
+    """The page asked for, less any ``?key=``: a key in ``next`` led back to itself."""
+    rest = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "key"])
+    return request.url.path + (f"?{rest}" if rest else "")
+
+
+def _login_redirect(request: Request, refused_key: bool = False) -> HTTPException:
+    query = {"next": _without_key(request)}
+    if refused_key:
+        query["refused"] = "key"
+    location = "/login?" + urlencode(query)
     if is_htmx(request):
         return HTTPException(401, "login required", headers={"HX-Redirect": location})
     return HTTPException(303, "login required", headers={"Location": location})
@@ -55,10 +63,12 @@ def session_guard(auth: Authenticator, session_max_age_s: int) -> Callable[[Requ
         key = request.query_params.get("key")
         if key is not None and request.method == "GET":
             scope = auth.key_scope(key, client_of(request))  # RateLimited: the app's 429
+            location = _without_key(request)
             if scope is None or scope == "ingest":
-                raise _login_redirect(request)
-            rest = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "key"])
-            location = request.url.path + (f"?{rest}" if rest else "")
+                # A stale link opened while signed in: its page, not the login form.
+                if await auth.session(request.cookies.get(SESSION_COOKIE)) is not None:
+                    raise HTTPException(303, "signed in", headers={"Location": location})
+                raise _login_redirect(request, refused_key=True)
             cookie = _session_cookie(auth.issue_session(scope), request, session_max_age_s)
             raise HTTPException(303, "logged in", headers={"Location": location, "Set-Cookie": cookie})
         found = await auth.session(request.cookies.get(SESSION_COOKIE))
@@ -95,8 +105,13 @@ def add_login_routes(router: APIRouter, auth: Authenticator, pages: Pages, sessi
     """Register ``/login`` and ``/logout`` (open to all: they make and end sessions)."""
 
     @router.get("/login", response_class=HTMLResponse)
-    async def login_form(request: Request, next: str = "/") -> HTMLResponse:
-        return pages.render(request, "login.html", {"next": _safe_next(next), "error": None})
+    async def login_form(request: Request, next: str = "/", refused: str = "") -> HTMLResponse:
+        error = (
+            "The key in that link was not accepted: enter the API key or the read-only key."
+            if refused == "key"
+            else None
+        )
+        return pages.render(request, "login.html", {"next": _safe_next(next), "error": error})
 
     @router.post("/login", response_model=None)
     async def login(
