@@ -106,7 +106,7 @@ def add_violation_routes(
         return pages.render(
             request,
             "violation.html",
-            {"d": detail, "v": detail.violation},
+            {"d": detail, "v": detail.violation, "acted": True},
             fragments=("actions",),
             toast=f"Violation {done} by {who}.",
         )
