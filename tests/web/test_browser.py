@@ -401,6 +401,7 @@ WALK_VIEWPORTS = {"laptop": {"width": 1366, "height": 768}, "phone": {"width": 3
 WALK_PAGES = (
     ("/", "overview"),
     ("/dashboard", "dashboard"),
+    ("/compare?hours=1", "compare"),
     ("/violations", "violations"),
     ("/violations/v-browser", "violation"),
     ("/incidents?severity=warning", "incidents"),
@@ -426,7 +427,7 @@ TIME_LABELS = """() => [...document.querySelectorAll('svg')].map(svg => {
         .sort((a, b) => a[0] - b[0]);
 }).filter(labels => labels.length > 1)"""
 
-# The least share of a phone's control chart that is plot (where main drew 0.56).
+# The least share of a phone's control or comparison chart that is plot (main drew 0.56, 0.75).
 PHONE_PLOT_SHARE = 0.8
 # Layout defects a walk found, measured: [what, detail] for each.
 LAYOUT = """() => {
@@ -476,8 +477,14 @@ LAYOUT = """() => {
         return rect && [rect.x.baseVal.value, rect.width.baseVal.value, box.width];
     };
     const control = plot('svg.control-chart'), availability = plot('svg.availability-chart');
-    if (control && window.innerWidth <= 400 && control[1] / control[2] < PHONE_PLOT_SHARE)
-        out.push(["a phone's control chart has a narrow plot", `${control[1]} of ${control[2]}`]);
+    // The comparison chart the same (the compare page's and the report's: it kept 75 %).
+    const plots = 'svg.control-chart rect.plot-bg, svg.comparison-chart rect.plot-bg';
+    for (const rect of document.querySelectorAll(plots)) {
+        const svg = rect.ownerSVGElement, drawn = rect.width.baseVal.value, box = svg.viewBox.baseVal;
+        if (window.innerWidth > 400 || !svg.getClientRects().length) continue;  // not shown: for paper
+        if (drawn / box.width < PHONE_PLOT_SHARE)
+            out.push([`a phone's ${svg.classList[0]} has a narrow plot`, `${drawn} of ${box.width}`]);
+    }
     if (control && availability && (control[0] !== availability[0] || control[1] !== availability[1]))
         out.push(['the availability plot is not under the control plot', `${availability} vs ${control}`]);
     // A violation table's cells read whole: on a phone its ten columns once squeezed into the card
@@ -511,6 +518,31 @@ LAYOUT = """() => {
     return out;
 }""".replace("{share}", str(PHONE_PLOT_SHARE))
 
+# Pages whose every table reads whole on a phone: it fits its card (the report's status and
+# incidents tables and the violation's context table once scrolled sideways inside theirs) and
+# no cell wraps past 2 lines (a sentence may: what happened, an error, an analysis).
+READ_WHOLE = ("report", "violation")
+TABLES = """() => {
+    const out = [];
+    for (const table of document.querySelectorAll('main table')) {
+        if (!table.getClientRects().length) continue;
+        const card = table.closest('.card');
+        const where = table.id || table.className;
+        if (card && table.getBoundingClientRect().width > card.clientWidth)
+            out.push(['a table is wider than its card', `${where} ${table.getBoundingClientRect().width}`]);
+        for (const td of table.querySelectorAll('td, th')) {
+            if (!td.textContent.trim() || !td.getClientRects().length) continue;
+            if (td.matches('.v-detail, .error-text, .analysis-text')) continue;
+            const range = document.createRange();
+            range.selectNodeContents(td);
+            const lines = new Set([...range.getClientRects()].map(r => Math.round(r.bottom))).size;
+            if (lines > 2 || td.scrollWidth > td.clientWidth + 1)
+                out.push(['a table cell wraps or overflows', `${where} ${lines} lines: ${td.textContent}`]);
+        }
+    }
+    return out;
+}"""
+
 
 async def test_walk_every_page_at_laptop_and_phone_width(site: Site) -> None:
     """A new user's tour at 1366x768 and on a 390-px phone: nothing scrolls the page sideways
@@ -534,6 +566,10 @@ async def test_walk_every_page_at_laptop_and_phone_width(site: Site) -> None:
                 problems += [
                     f"{device} {name}: {what} {detail}" for what, detail in await page.evaluate(LAYOUT)
                 ]
+                if device == "phone" and name in READ_WHOLE:
+                    problems += [
+                        f"{device} {name}: {what} {detail}" for what, detail in await page.evaluate(TABLES)
+                    ]
                 for labels in await page.evaluate(TIME_LABELS):
                     for (_, right, a), (left, _, b) in itertools.pairwise(labels):
                         if right > left:

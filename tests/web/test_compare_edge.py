@@ -52,6 +52,38 @@ def test_the_bucket_still_filling_is_drawn_at_now_not_past_the_plot() -> None:
     assert max(_xs(svg, "polyline")) == round(right, 1)  # the partial bucket is drawn at now
 
 
+def test_a_phones_comparison_keeps_its_plot_wide() -> None:
+    """Drawn for a phone (380 wide), the comparison takes the control chart's compact layout:
+    with a laptop's 72 + 24 px of margins its plot was 75 % of it."""
+    end = datetime(2026, 12, 6, 19, 55, 40, tzinfo=UTC)
+    points = [
+        ChartPoint(ts=end - timedelta(minutes=59 - i), value=1000.0 + 20 * i, n=30, p95=1900.0)
+        for i in range(60)
+    ]
+    cmp = Comparison(
+        metric="latency_ms",
+        hours=1,
+        start=end - timedelta(hours=1),
+        end=end,
+        bucket_s=60,
+        lines=[ComparedLine("ollama", "m", points)],
+    )
+    svg = str(render_comparison(cmp, width=380))
+    plot = re.search(r'<rect x="([\d.]+)" y="[\d.]+" width="([\d.]+)" height="[\d.]+" class="plot-bg"/>', svg)
+    assert plot is not None
+    left, width = float(plot[1]), float(plot[2])
+    assert width / 380 >= 0.85, width
+    xs = _xs(svg, "polyline")
+    assert left <= min(xs)
+    assert max(xs) <= left + width + 0.05
+    values = re.findall(r'class="tick" text-anchor="end">([^<]+)<', svg)
+    assert values
+    assert all(v.endswith("k") for v in values if v != "0"), values  # "1.5k", not "1,500"
+    assert "rotate(" not in svg  # the unit above the plot, not down its side
+    wide = str(render_comparison(cmp, width=WIDTH))
+    assert f'<rect x="{PAD_L}" y="28" width="{WIDTH - PAD_L - PAD_R}"' in wide  # a laptop's as before
+
+
 async def test_the_legend_counts_one_bucket_in_the_singular(api: Api) -> None:
     """A fresh install's first minute: "1 bucket", not "1 buckets"."""
     now = datetime.now(UTC)

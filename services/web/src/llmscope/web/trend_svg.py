@@ -5,6 +5,7 @@ chart (``svg.py``) and needing no JavaScript.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 from html import escape
 
@@ -34,10 +35,6 @@ def color(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
 
 
-def _frame(width: int, height: int, top: float = PAD_T) -> Frame:
-    return Frame(PAD_L, top, width - PAD_L - PAD_R, height - top - PAD_B, height)
-
-
 def _band_runs(points: list[ChartPoint], gap: timedelta) -> list[list[ChartPoint]]:
     """Runs of consecutive buckets that know their p95 (2 at least: a band needs a width)."""
     runs: list[list[ChartPoint]] = []
@@ -55,8 +52,13 @@ def _band_runs(points: list[ChartPoint], gap: timedelta) -> list[list[ChartPoint
 
 def render_comparison(data: Comparison, *, width: int = 960, height: int = 340) -> Markup:
     """One line per model (its typical value per bucket), violations as marks along the top,
-    re-baselines as dashed verticals and maintenance windows as grey bands behind the lines."""
-    plot_w, plot_h = width - PAD_L - PAD_R, height - PAD_T - PAD_B - 10
+    re-baselines as dashed verticals and maintenance windows as grey bands behind the lines.
+
+    Narrower than ``svg_axes.NARROW_BELOW`` (a phone's), the margins are compact like the
+    control chart's: short value labels, and the unit above the violation marks' row."""
+    compact = is_narrow(width)
+    pad_l, pad_r = side_pads(width, PAD_L, PAD_R)
+    plot_w, plot_h = width - pad_l - pad_r, height - PAD_T - PAD_B - 10
     top = PAD_T + 10  # room for the event marks
     t0, t1 = data.start.timestamp(), max(data.end.timestamp(), data.start.timestamp() + 1)
     firsts = [line.points[0].ts.timestamp() for line in data.lines if line.points]
@@ -71,7 +73,7 @@ def render_comparison(data: Comparison, *, width: int = 960, height: int = 340) 
 
     def x(ts: datetime) -> float:
         # A bucket still filling has its middle after now: it is drawn at now, the plot's edge.
-        return PAD_L + (min(ts.timestamp(), t1) - t0) / (t1 - t0) * plot_w
+        return pad_l + (min(ts.timestamp(), t1) - t0) / (t1 - t0) * plot_w
 
     def y(v: float) -> float:
         return top + (hi - v) / (hi - lo) * plot_h
@@ -80,23 +82,25 @@ def render_comparison(data: Comparison, *, width: int = 960, height: int = 340) 
     out = [
         f'<svg class="comparison-chart" viewBox="0 0 {width} {height}" role="img" '
         f'aria-label="{escape(label)}" xmlns="http://www.w3.org/2000/svg">',
-        f'<rect x="{PAD_L}" y="{top}" width="{plot_w}" height="{plot_h}" class="plot-bg"/>',
+        f'<rect x="{pad_l}" y="{top}" width="{plot_w}" height="{plot_h}" class="plot-bg"/>',
     ]
     for span in data.maintenance:
         a, b = max(span.start.timestamp(), t0), min(span.end.timestamp(), t1)
         if a >= b:
             continue
-        xa = PAD_L + (a - t0) / (t1 - t0) * plot_w
+        xa = pad_l + (a - t0) / (t1 - t0) * plot_w
         xw = max((b - a) / (t1 - t0) * plot_w, 2.0)
         when = f"{span.start.strftime('%m-%d %H:%M')}–{span.end.strftime('%m-%d %H:%M')}"
         out.append(
             f'<rect x="{xa:.1f}" y="{top}" width="{xw:.1f}" height="{plot_h}" class="maintenance-band">'
             f"<title>maintenance {escape(when)}: {escape(span.label)}</title></rect>"
         )
-    frame = _frame(width, height, top)
+    frame = Frame(pad_l, top, plot_w, plot_h, height, compact)
     value_axis(out, frame, nice_ticks(lo, hi), y)
     time_axis(out, frame, t0, t1, data.start.tzinfo)
-    unit_label(out, frame, METRIC_LABELS.get(data.metric, data.metric))
+    # Compact, the unit goes above the plot: above the row of violation marks, not over it.
+    unit = METRIC_LABELS.get(data.metric, data.metric)
+    unit_label(out, replace(frame, top=PAD_T) if compact else frame, unit)
     gap = timedelta(seconds=data.bucket_s * 3)
     # Each model's p50-p95 band first, under every line: a band of one model never hides a line.
     for i, line in enumerate(data.lines):
@@ -152,7 +156,7 @@ def render_comparison(data: Comparison, *, width: int = 960, height: int = 340) 
         )
     if not values:
         out.append(
-            f'<text x="{PAD_L + plot_w / 2:.1f}" y="{top + plot_h / 2:.1f}" class="empty-note" '
+            f'<text x="{pad_l + plot_w / 2:.1f}" y="{top + plot_h / 2:.1f}" class="empty-note" '
             'text-anchor="middle">no probes of these models in this window</text>'
         )
     out.append("</svg>")
