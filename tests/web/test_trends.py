@@ -23,14 +23,18 @@ from tests.api.conftest import Api
 from tests.api.factories import telemetry, violation
 from tests.web.test_pages import HX, is_full_page, login
 
-# Four minutes of probes of two models; the first fails for the whole third minute.
-T0 = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=10)
+
+def _t0() -> datetime:
+    """Ten minutes ago, when a test seeds (not at import: a long test run would age the data
+    out of the one-hour window the tests read)."""
+    return datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=10)
 
 
-def _probes() -> list[TelemetryEvent]:
+def _probes(t0: datetime) -> list[TelemetryEvent]:
+    """Four minutes of probes of two models; the first fails for the whole third minute."""
     events = []
     for i in range(120):
-        ts = T0 + timedelta(seconds=2 * i)
+        ts = t0 + timedelta(seconds=2 * i)
         failed = 60 <= i < 90
         events.append(
             telemetry(
@@ -47,7 +51,8 @@ def _probes() -> list[TelemetryEvent]:
 
 
 async def seed(api: Api) -> None:
-    events = _probes()
+    t0 = _t0()
+    events = _probes(t0)
     async with api.store.pool.acquire() as conn:
         await store_telemetry(conn, events)
         await store_violations(
@@ -64,7 +69,7 @@ async def seed(api: Api) -> None:
                 incident_event(
                     "inc-1",
                     2,
-                    opened_at=T0 + timedelta(minutes=2),
+                    opened_at=t0 + timedelta(minutes=2),
                     state="acknowledged",
                     change="acknowledged",
                 )
