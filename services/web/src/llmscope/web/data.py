@@ -297,6 +297,9 @@ class ModelInfo:
     memory_percent: float | None = None
     gpu_percent: float | None = None
     gpu_memory_percent: float | None = None
+    # "probe", or "traffic" for a model seen only in an application's real traffic (its row then
+    # holds that traffic's latest request: target, host, status); a probe replaces it.
+    source: str = "probe"
 
 
 @dataclass(frozen=True, slots=True)
