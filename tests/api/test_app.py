@@ -247,11 +247,17 @@ async def test_settings_validate_and_hide_secrets(api: Api) -> None:
 async def test_models_with_slashes_and_colons_and_system(api: Api) -> None:
     async with api.store.pool.acquire() as conn:
         await store_telemetry(conn, [telemetry(1), telemetry(2, provider="openai", model="org/m:1")])
+        # Later traffic of one, and a model seen only in traffic: no host metrics of ours.
+        for i, model in ((3, "llama3.1:8b"), (4, "app-only")):
+            span = telemetry(
+                i, model=model, source="traffic", prompt_id="traffic:chat", host="app-gw", cpu_percent=None
+            )
+            await store_telemetry(conn, [span])
     r = await api.client.put("/api/models/openai/org/m:1", json={"enabled": False})
     assert r.status_code == 200, r.text
     assert r.json()["enabled"] is False
     models = {m["model"]: m["enabled"] for m in (await api.client.get("/api/models")).json()}
-    assert models == {"llama3.1:8b": True, "org/m:1": False}
+    assert models == {"app-only": True, "llama3.1:8b": True, "org/m:1": False}
     assert (await api.client.put("/api/models/openai/unknown", json={"enabled": True})).status_code == 404
     assert (await api.client.put("/api/models/openai/org/m:1", json={"enabled": "x"})).status_code == 422
     # Probers learn of the switch from the KV bucket they watch.

@@ -275,7 +275,27 @@ async def test_real_traffic_is_no_probe_of_a_target(api: Api) -> None:
         )
         for i in range(5)
     ]
+    # A model seen only in traffic, hours ago: never probed, so not "not probed although enabled".
+    app_only = telemetry(
+        20,
+        id="span-app",
+        provider="openai",
+        model="shop-bot",
+        target="app-gateway",
+        source="traffic",
+        prompt_id="traffic:chat",
+        ts=T0 - timedelta(hours=3),
+    )
     async with api.store.pool.acquire() as conn:
-        await store_telemetry(conn, [*probes, *spans])
+        await store_telemetry(conn, [*probes, *spans, app_only])
     rows = (await health(api))["models"]
     assert [(r["target"], r["probes"], r["ok"], r["failure_run"]) for r in rows] == [("ext", 3, 3, 0)]
+    assert (await health(api, hours=1))["silent"] == []
+    # The models list keeps the probes' target (the spans came later) and marks the traffic-only one.
+    listed = {m["model"]: m for m in (await api.client.get("/api/models")).json()}
+    assert {k: (m["target"], m["source"]) for k, m in listed.items()} == {
+        "org/gpt:1": ("ext", "probe"),
+        "shop-bot": ("app-gateway", "traffic"),
+    }
+    page = (await (await login(api)).get("/models")).text
+    assert page.count("traffic only</span>") == 1

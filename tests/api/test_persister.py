@@ -84,6 +84,90 @@ async def test_redelivered_batch_is_stored_once_and_rollups_count_once(pool: asy
     assert await pool.fetchval("SELECT count(*) FROM series") == 1
 
 
+def _traffic(i: int, **overrides: Any) -> TelemetryEvent:
+    """A request of an application's real traffic, from a host no prober runs on."""
+    fields: dict[str, Any] = {
+        "source": "traffic",
+        "prompt_id": "traffic:chat",
+        "target": "sim-gpu-1:8000",
+        "host": "sim-gpu-1",
+        "cpu_percent": None,
+        "memory_percent": None,
+        **overrides,
+    }
+    return telemetry(i, **fields)
+
+
+_MODEL_STATE = "SELECT target, host, last_status, last_seen, first_seen, source FROM models WHERE model = $1"
+
+
+@pytest.mark.parametrize("size", [1, 2, COPY_MIN_ROWS])
+async def test_traffic_never_overwrites_a_probed_models_row(pool: asyncpg.Pool, size: int) -> None:
+    """A probed model, then newer traffic for it from another host (a batch of ``size``: one event,
+    array parameters, COPY), keeps its probe's target, host, status and last seen. A model seen only
+    in traffic gets a row marked traffic-only; its first probe replaces it, even an older one, and
+    a batch with both takes the probe."""
+    probe = telemetry(0, status="timeout")
+    later = probe.ts + timedelta(minutes=5)
+    async with pool.acquire() as conn:
+        await store_telemetry(conn, [probe])
+        before = await conn.fetchrow(_MODEL_STATE, probe.model)
+        traffic = [_traffic(1000 + i, ts=later + timedelta(seconds=i)) for i in range(size)]
+        assert await store_telemetry(conn, traffic) == size
+        assert await conn.fetchrow(_MODEL_STATE, probe.model) == before
+        assert before is not None
+        assert tuple(before) == ("local", "gpu-1", "timeout", probe.ts, probe.ts, "probe")
+
+        app = [_traffic(2000 + i, model="app-model", ts=later + timedelta(seconds=i)) for i in range(size)]
+        assert await store_telemetry(conn, app) == size
+        row = await conn.fetchrow(_MODEL_STATE, "app-model")
+        assert row is not None
+        assert tuple(row) == ("sim-gpu-1:8000", "sim-gpu-1", "ok", app[-1].ts, later, "traffic")
+        # Its first probe, older than the traffic: the row is the probe's from then on.
+        first = telemetry(3000, model="app-model", ts=probe.ts, status="ok")
+        more = [
+            _traffic(4000 + i, model="app-model", ts=later + timedelta(minutes=1, seconds=i))
+            for i in range(size)
+        ]
+        assert await store_telemetry(conn, [first, *more]) == size + 1
+        row = await conn.fetchrow(_MODEL_STATE, "app-model")
+        assert row is not None
+        assert tuple(row) == ("local", "gpu-1", "ok", probe.ts, probe.ts, "probe")
+        assert (
+            await store_telemetry(conn, [_traffic(5000, model="app-model", ts=later + timedelta(hours=1))])
+            == 1
+        )
+        assert await conn.fetchrow(_MODEL_STATE, "app-model") == row
+
+
+async def test_migration_gives_probed_models_their_probes_row_back(pool: asyncpg.Pool) -> None:
+    """Rows that traffic overwrote before migration 0018 take back their latest probe; a model
+    seen only in traffic is marked so."""
+    probes = [telemetry(0, status="ok"), telemetry(1, status="timeout", prompt_id="simple-2")]
+    traffic = _traffic(9, ts=probes[1].ts + timedelta(minutes=5))
+    app = _traffic(10, model="app-model")
+    async with pool.acquire() as conn:
+        await store_telemetry(conn, [*probes, traffic, app])
+        # What the persister wrote before: the latest event of any kind.
+        await conn.execute(
+            "UPDATE models SET target = $2, host = $3, last_seen = $4, source = 'probe' WHERE model = $1",
+            probes[0].model,
+            traffic.target,
+            traffic.host,
+            traffic.ts,
+        )
+        await conn.execute("UPDATE models SET source = 'probe' WHERE model = 'app-model'")
+        await conn.execute("ALTER TABLE models DROP COLUMN source")
+        (migration,) = [m for m in migrations() if m.version == 18]
+        await conn.execute(migration.sql)
+        row = await conn.fetchrow(_MODEL_STATE, probes[0].model)
+        assert row is not None
+        assert tuple(row) == ("local", "gpu-1", "timeout", probes[1].ts, probes[0].ts, "probe")
+        row = await conn.fetchrow(_MODEL_STATE, "app-model")
+        assert row is not None
+        assert tuple(row)[-1] == "traffic"
+
+
 @pytest.mark.parametrize("size", [1, COPY_MIN_ROWS - 1, COPY_MIN_ROWS])
 async def test_small_and_large_batches_store_the_same_rows(pool: asyncpg.Pool, size: int) -> None:
     """A small batch goes as array parameters, a large one through COPY: the same rows either way."""
@@ -113,14 +197,17 @@ async def test_small_and_large_batches_store_the_same_rows(pool: asyncpg.Pool, s
 
 def _mixed_batch(n: int) -> list[TelemetryEvent]:
     """Events over 4 models, 2 targets, 2 prompts and several minutes, some failed, some metrics absent,
-    two with the same timestamp for one model (the later in the batch is the model's latest)."""
+    two with the same timestamp for one model (the later in the batch is the model's latest), some
+    of an application's traffic beside the probes (the last event too), and a model seen only in
+    traffic."""
     return [
         telemetry(
             i,
             ts=T0 + timedelta(seconds=7 * (377 if i == 381 else i)),
-            model=f"m{i % 4}",
+            model="app" if i % 31 == 3 else f"m{i % 4}",
+            source="traffic" if i % 31 == 3 or i % 29 == 1 or i == n - 1 else "probe",
             target=f"t{i % 2}",
-            prompt_id=f"p{i % 5 % 2}",
+            prompt_id="traffic:chat" if i % 31 == 3 or i % 29 == 1 or i == n - 1 else f"p{i % 5 % 2}",
             status="timeout" if i % 11 == 0 else "ok",
             latency_ms=None if i % 13 == 0 else 100.0 + (i * 37 % 101),
             ttft_ms=None if i % 3 == 0 else 0.0 if i % 17 == 0 else 10.0 + i % 9,
@@ -218,6 +305,17 @@ async def test_every_write_path_keeps_the_same_rollups_series_and_models(pool: a
     assert len(seen[0]["telemetry_minute"]) > 10
     # The tie for m1's latest went to the later event of the batch (its host).
     assert await pool.fetchval("SELECT host FROM models WHERE model = 'm1'") == "h381"
+    # Each model's row is its latest probe's, though traffic came later on some (a traffic-only
+    # model has a row of its own).
+    latest = {
+        m: max(e.ts for e in events if e.model == m and e.source == ("traffic" if m == "app" else "probe"))
+        for m in ("app", "m0", "m1", "m2", "m3")
+    }
+    assert any(e.ts > latest[e.model] for e in events if e.source == "traffic" and e.model != "app")
+    rows = await pool.fetch("SELECT model, source, last_seen FROM models ORDER BY model")
+    assert [tuple(r) for r in rows] == [
+        (m, "traffic" if m == "app" else "probe", latest[m]) for m in sorted(latest)
+    ]
 
 
 async def test_cleared_event_closes_its_episode_in_either_order(pool: asyncpg.Pool) -> None:

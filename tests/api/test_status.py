@@ -292,8 +292,12 @@ async def test_real_traffic_is_not_counted_as_probes(api: Api) -> None:
             **spans,
         )
     ]
+    # A model seen only in an application's traffic: never probed, so not on the page.
+    app_only = telemetry(
+        0, id="span-app", ts=at, provider="openai", model="shop-bot", target="app-gateway", **spans
+    )
     async with api.store.pool.acquire() as conn:
-        await store_telemetry(conn, [*probes, *failed, *quiet])
+        await store_telemetry(conn, [*probes, *failed, *quiet, app_only])
     body = (await api.client.get("/api/status")).json()
     [gpt] = body["models"]
     assert (body["status"], gpt["status"], gpt["reasons"]) == ("operational", "operational", [])

@@ -76,6 +76,40 @@ async def test_the_limits_under_the_latest_value_carry_its_unit(
     assert '<div class="muted small">CL 1,200 · UCL 1,350 ms</div>' in r.text
 
 
+async def test_a_chart_collecting_its_baseline_shows_its_progress(
+    api: Api, settings: ApiSettings, nc: NATS
+) -> None:
+    """As the dashboard does ("collecting baseline n/N"), from the chart record read anyway; a
+    model's sparkline is its probes', whatever its traffic's prompt sorts after."""
+    start = datetime.now(UTC) - timedelta(seconds=90)
+    probes = [telemetry(i, ts=start + timedelta(seconds=2 * i), prompt_id="zz-last") for i in range(40)]
+    spans = [
+        telemetry(
+            100 + i,
+            ts=start + timedelta(seconds=2 * i),
+            source="traffic",
+            prompt_id="traffic:chat",
+            target="app-gateway",
+            latency_ms=9999.0,
+        )
+        for i in range(5)
+    ]
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, [*probes, *spans])
+    key = chart_key("ollama", "llama3.1:8b", "local", "zz-last", "latency_ms")
+    meta = ChartMeta(
+        provider="ollama", model="llama3.1:8b", target="local", prompt_id="zz-last", metric="latency_ms"
+    )
+    view = ChartView(phase="collecting", progress=37, baseline_n=200)
+    kv = await nc.jetstream().create_key_value(KeyValueConfig(bucket=settings.charts_bucket))
+    await kv.put(key, msgspec.json.encode(ChartRecord(key=key, meta=meta, view=view)))
+    client = await login(api)
+    r = await client.get("/")
+    assert '<div class="muted small">baseline collecting 37/200</div>' in r.text
+    assert "prompt zz-last: open the control chart" in r.text
+    assert "9,999 ms" not in r.text
+
+
 async def test_now_of_a_model_without_recent_probes_says_so(api: Api) -> None:
     # The factories' probes are 30 minutes old: beyond the status window, the model is unknown.
     async with api.store.pool.acquire() as conn:

@@ -64,10 +64,11 @@ GROUP BY provider, model
 """
 
 
-# Enabled models whose last probe is older than the window (the models table keeps last_seen).
+# Enabled models whose last probe is older than the window (the models table keeps last_seen,
+# its probes' only); a model seen only in traffic was never probed, so never stopped.
 SILENT_SQL = """
 SELECT provider, model, target, last_seen, last_status FROM models
-WHERE enabled AND last_seen < $1
+WHERE enabled AND source = 'probe' AND last_seen < $1
 ORDER BY last_seen DESC, provider, model
 """
 

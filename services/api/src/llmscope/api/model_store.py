@@ -29,6 +29,7 @@ def _model_from_row(row: asyncpg.Record) -> ModelInfo:
         memory_percent=row["memory_percent"],
         gpu_percent=row["gpu_percent"],
         gpu_memory_percent=row["gpu_memory_percent"],
+        source=row["source"],
     )
 
 

@@ -24,7 +24,8 @@ class OverviewStore(StoreBase):
         engine's limits of those charts (one KV read each, concurrently) and open criticals.
 
         A model's sparkline is the chart the dashboard opens for it: its first prompt, on the
-        target probed last.
+        target probed last; probes only (an application's traffic, ``traffic:<operation>``, has
+        charts of its own on the traffic page).
         """
         end = now or datetime.now(UTC)
         start = end - timedelta(hours=hours)
@@ -35,7 +36,7 @@ class OverviewStore(StoreBase):
                           to_timestamp(floor(extract(epoch FROM minute) / $2) * $2) AS bucket,
                           sum(latency_n) AS n, sum(latency_logsum) AS ls,
                           min(latency_min) AS lo, max(latency_max) AS hi
-                   FROM telemetry_minute WHERE minute >= $1
+                   FROM telemetry_minute WHERE minute >= $1 AND prompt_id NOT LIKE 'traffic:%'
                    GROUP BY 1, 2, 3, 4, 5 HAVING sum(latency_n) > 0 ORDER BY 5""",
                 start - timedelta(seconds=bucket_s),
                 bucket_s,
@@ -80,6 +81,7 @@ class OverviewStore(StoreBase):
         for key, (provider, model, prompt_id, target) in zip(keys, picks, strict=True):
             record = by_key.get(key)
             view = record.view if record is not None else None
+            collecting = view is not None and view.phase == "collecting"
             sparklines.append(
                 Sparkline(
                     provider=provider,
@@ -90,6 +92,8 @@ class OverviewStore(StoreBase):
                     bucket_s=bucket_s,
                     points=subgroups[(provider, model, prompt_id, target)],
                     limits=limits_from_view(view) if view is not None else None,
+                    progress=view.progress if view is not None and collecting else None,
+                    baseline_n=view.baseline_n if view is not None and collecting else None,
                 )
             )
         return Overview(

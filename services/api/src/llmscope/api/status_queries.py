@@ -40,7 +40,9 @@ from llmscope.web.status import (
 
 log = get_logger("llmscope.api.status")
 
-MODELS_SQL = "SELECT provider, model, last_seen, host FROM models WHERE enabled"
+# Probed models only: a model seen only in traffic has no probes to judge (its row's host is an
+# application's, no host of ours for a maintenance window to name).
+MODELS_SQL = "SELECT provider, model, last_seen, host FROM models WHERE enabled AND source = 'probe'"
 
 # Per target, both streaming modes and all prompts together, as the engine's availability chart
 # counts them; probes only, here and below: a failed request of an application's own traffic

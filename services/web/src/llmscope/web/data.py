@@ -297,6 +297,9 @@ class ModelInfo:
     memory_percent: float | None = None
     gpu_percent: float | None = None
     gpu_memory_percent: float | None = None
+    # "probe", or "traffic" for a model seen only in an application's real traffic (its row then
+    # holds that traffic's latest request: target, host, status); a probe replaces it.
+    source: str = "probe"
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,7 +366,8 @@ class Sparkline:
     """One chart of a model over the overview's window, in buckets of the per-minute rollups.
 
     Each point is a bucket's geometric mean (close to its median for latencies), with the
-    engine's limits of that chart (None while it collects its baseline).
+    engine's limits of that chart (None while it collects its baseline) or, while it collects,
+    its baseline's progress (points collected of ``baseline_n``; None without a chart record).
     """
 
     provider: str
@@ -374,6 +378,8 @@ class Sparkline:
     bucket_s: int
     points: list[ChartPoint]
     limits: Limits | None = None
+    progress: int | None = None
+    baseline_n: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

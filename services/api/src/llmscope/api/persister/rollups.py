@@ -107,11 +107,23 @@ def batch_aggregates(
         out += ([k[i] for k in keys] for i in range(width))
         out += ([spans[k][i] for k in keys] for i in range(2))
     mkeys = sorted(by_model)
-    # The latest of a model's events; of two at the same time, the later in the batch.
-    latest = [max(reversed(by_model[k]), key=_ts) for k in mkeys]
+    # A model's row is its probes' state, its traffic's only where the batch has no probe of it
+    # (as STORE_TELEMETRY_ARRAYS): the latest of those events; of two at the same time, the
+    # later in the batch; first seen, the earliest of those.
+    kinds = [_model_events(by_model[k]) for k in mkeys]
+    latest = [max(reversed(group), key=_ts) for group in kinds]
     out += ([k[i] for k in mkeys] for i in range(2))
-    out.append([min(map(_ts, by_model[k])) for k in mkeys])
+    out.append([min(map(_ts, group)) for group in kinds])
     for col in ("ts", "target", "host", "status", "cpu_percent", "memory_percent", "gpu_percent"):
         out.append([getattr(ev, col) for ev in latest])
     out.append([ev.gpu_memory_percent for ev in latest])
+    out.append([ev.source for ev in latest])
     return out
+
+
+def _model_events(group: list[TelemetryEvent]) -> list[TelemetryEvent]:
+    """The events of one model that its row takes: its probes, or its traffic where none."""
+    if all(ev.source == "probe" for ev in group):
+        return group
+    probes = [ev for ev in group if ev.source == "probe"]
+    return probes or group

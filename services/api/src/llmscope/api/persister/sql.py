@@ -126,13 +126,19 @@ def _metric_merge(prefix: str) -> str:
 
 
 # A model's row takes the batch's latest state, never an older batch's (the same on every path).
+# It is its probes' state: an application's traffic (source 'traffic') writes only the row of a
+# model never probed, and the model's first probe replaces it (first_seen included), so a
+# traffic host is never shown as a probed model's target nor matched by a maintenance window.
+# A batch offers its latest probe of each model, or its latest traffic where it has no probe.
 _MODEL_UPSERT = """ON CONFLICT (provider, model) DO UPDATE SET
-    first_seen = LEAST(m.first_seen, EXCLUDED.first_seen),
+    first_seen = CASE WHEN m.source = EXCLUDED.source THEN LEAST(m.first_seen, EXCLUDED.first_seen)
+                      ELSE EXCLUDED.first_seen END,
     last_seen = EXCLUDED.last_seen, target = EXCLUDED.target, host = EXCLUDED.host,
     last_status = EXCLUDED.last_status, cpu_percent = EXCLUDED.cpu_percent,
     memory_percent = EXCLUDED.memory_percent, gpu_percent = EXCLUDED.gpu_percent,
-    gpu_memory_percent = EXCLUDED.gpu_memory_percent, updated_at = now()
-WHERE EXCLUDED.last_seen >= m.last_seen"""
+    gpu_memory_percent = EXCLUDED.gpu_memory_percent, source = EXCLUDED.source, updated_at = now()
+WHERE m.source = EXCLUDED.source AND EXCLUDED.last_seen >= m.last_seen
+   OR m.source = 'traffic' AND EXCLUDED.source = 'probe'"""
 
 _ROLLUP_COLS = ", ".join(
     f"{p}_n, {p}_min, {p}_max, {p}_sum, {p}_logsum, {p}_logsq" for p in ("latency", "ttft", "tps")
@@ -204,12 +210,13 @@ WITH src AS MATERIALIZED (
         last_seen = GREATEST(s.last_seen, EXCLUDED.last_seen)
 ), mdl AS (
     INSERT INTO models AS m (provider, model, first_seen, last_seen, target, host, last_status,
-                             cpu_percent, memory_percent, gpu_percent, gpu_memory_percent)
+                             cpu_percent, memory_percent, gpu_percent, gpu_memory_percent, source)
     SELECT l.provider, l.model, f.first_seen, l.ts, l.target, l.host, l.status,
-           l.cpu_percent, l.memory_percent, l.gpu_percent, l.gpu_memory_percent
-    FROM (SELECT DISTINCT ON (provider, model) * FROM src ORDER BY provider, model, ts DESC, ord DESC) AS l
-    JOIN (SELECT provider, model, min(ts) AS first_seen FROM src GROUP BY 1, 2) AS f
-      ON f.provider = l.provider AND f.model = l.model
+           l.cpu_percent, l.memory_percent, l.gpu_percent, l.gpu_memory_percent, l.source
+    FROM (SELECT DISTINCT ON (provider, model) * FROM src
+          ORDER BY provider, model, source = 'traffic', ts DESC, ord DESC) AS l
+    JOIN (SELECT provider, model, source, min(ts) AS first_seen FROM src GROUP BY 1, 2, 3) AS f
+      ON f.provider = l.provider AND f.model = l.model AND f.source = l.source
     ORDER BY {_key_order("l.provider", "l.model")}
     {_MODEL_UPSERT}
 )
@@ -268,10 +275,10 @@ WITH ins AS (
         last_seen = GREATEST(s.last_seen, EXCLUDED.last_seen)
 ), mdl AS (
     INSERT INTO models AS m (provider, model, first_seen, last_seen, target, host, last_status,
-                             cpu_percent, memory_percent, gpu_percent, gpu_memory_percent)
+                             cpu_percent, memory_percent, gpu_percent, gpu_memory_percent, source)
     VALUES ({_P["provider"]}, {_P["model"]}, {_P["ts"]}, {_P["ts"]}, {_P["target"]}, {_P["host"]},
             {_P["status"]}, {_P["cpu_percent"]}, {_P["memory_percent"]}, {_P["gpu_percent"]},
-            {_P["gpu_memory_percent"]})
+            {_P["gpu_memory_percent"]}, {_P["source"]})
     {_MODEL_UPSERT}
 )
 SELECT count(*) FROM ins
@@ -290,7 +297,7 @@ _SERIES_ARRAYS = "$26::text[], $27::text[], $28::text[], $29::timestamptz[], $30
 _TARGET_ARRAYS = "$31::text[], $32::text[], $33::text[], $34::text[], $35::timestamptz[], $36::timestamptz[]"
 _MODEL_ARRAYS = (
     "$37::text[], $38::text[], $39::timestamptz[], $40::timestamptz[], $41::text[], $42::text[], "
-    "$43::text[], $44::real[], $45::real[], $46::real[], $47::real[]"
+    "$43::text[], $44::real[], $45::real[], $46::real[], $47::real[], $48::text[]"
 )
 
 # Minute rollups folded into hours: by model (every prompt and target pooled) and by series.
@@ -339,7 +346,7 @@ WITH mins AS MATERIALIZED (
         last_seen = GREATEST(s.last_seen, EXCLUDED.last_seen)
 )
 INSERT INTO models AS m (provider, model, first_seen, last_seen, target, host, last_status,
-                         cpu_percent, memory_percent, gpu_percent, gpu_memory_percent)
+                         cpu_percent, memory_percent, gpu_percent, gpu_memory_percent, source)
 SELECT * FROM unnest({_MODEL_ARRAYS})
 {_MODEL_UPSERT}
 """

@@ -174,7 +174,8 @@ def router(rt: Runtime) -> APIRouter:
 
     @api.get("/system", response_model=list[SystemRow], tags=["models"])
     async def system() -> list[SystemRow]:
-        """Latest system metrics per host and model."""
+        """Latest system metrics per host and model (their probers' hosts: a model seen only in
+        traffic has none)."""
         return [
             SystemRow(
                 host=m.host,
@@ -187,6 +188,7 @@ def router(rt: Runtime) -> APIRouter:
                 gpu_memory_percent=m.gpu_memory_percent,
             )
             for m in sorted(await rt.store.models(), key=lambda m: (m.host, m.provider, m.model))
+            if m.source == "probe"
         ]
 
     @api.get("/deadletters", response_model=list[DeadLetterRow], tags=["telemetry"])
