@@ -60,8 +60,8 @@ async def test_migrations_apply_once_even_concurrently(database_url: str) -> Non
             "011_merged_groups.sql",
             "012_folded_groups.sql",
             "013_violation_actions.sql",
-            "016_violation_action_seq.sql",
-            "017_violation_action_activity.sql",
+            "014_violation_action_seq.sql",
+            "015_violation_action_activity.sql",
         ]
         assert await migrate(conns[0]) == []
         assert await conns[0].fetchval("SELECT count(*) FROM alerter_schema_migrations") == 15
