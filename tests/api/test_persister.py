@@ -141,7 +141,7 @@ async def test_traffic_never_overwrites_a_probed_models_row(pool: asyncpg.Pool, 
 
 
 async def test_migration_gives_probed_models_their_probes_row_back(pool: asyncpg.Pool) -> None:
-    """Rows that traffic overwrote before migration 0018 take back their latest probe; a model
+    """Rows that traffic overwrote before migration 0015 take back their latest probe; a model
     seen only in traffic is marked so."""
     probes = [telemetry(0, status="ok"), telemetry(1, status="timeout", prompt_id="simple-2")]
     traffic = _traffic(9, ts=probes[1].ts + timedelta(minutes=5))
@@ -158,7 +158,7 @@ async def test_migration_gives_probed_models_their_probes_row_back(pool: asyncpg
         )
         await conn.execute("UPDATE models SET source = 'probe' WHERE model = 'app-model'")
         await conn.execute("ALTER TABLE models DROP COLUMN source")
-        (migration,) = [m for m in migrations() if m.version == 18]
+        (migration,) = [m for m in migrations() if m.version == 15]
         await conn.execute(migration.sql)
         row = await conn.fetchrow(_MODEL_STATE, probes[0].model)
         assert row is not None
