@@ -378,6 +378,10 @@ async def test_setup_wizard_sends_a_test_message(
             "mattermost",
         ):
             assert f'name="channel" value="{channel}"' in r.text
+        # While the one attempt runs (up to 10 s): "sending..." shown, the buttons disabled.
+        assert 'hx-indicator="#test-sending" hx-disabled-elt=".test-send"' in r.text
+        assert '<span id="test-sending" class="htmx-indicator" role="status">sending…</span>' in r.text
+        assert r.text.count('class="test-send"') == 9
         for key, value in {
             "alert.email.smtp_host": "127.0.0.1",
             "alert.email.smtp_port": smtp.port,
