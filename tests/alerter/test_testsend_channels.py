@@ -4,13 +4,13 @@ its protocol: the test message arrives, is valid for that receiver, and the answ
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from llmscope.alerter.retry import RetryPolicy
 from llmscope.alerter.testsend import send_test
 from llmscope.config.env import Env
 from tests.alerter.alertmanager_api import FakeAlertmanager
@@ -24,8 +24,6 @@ from tests.alerter.test_chat_channels import (
     teams_errors,
 )
 from tests.alerter.test_merge_closing import PagerDuty
-
-QUICK = RetryPolicy(initial=0.05, max_delay=0.1, deadline=2.0, attempt_timeout=2.0)
 
 
 async def _webhook(request: web.Request, _: int) -> web.StreamResponse:
@@ -80,7 +78,7 @@ ENV: dict[str, Callable[[str], dict[str, str]]] = {
 async def test_a_test_message_through_each_http_channel(kind: str, receivers: dict[str, Any]) -> None:
     sink: HttpSink = receivers["sinks"][kind]
     env = Env({**LOOPBACK_ALLOWED, **ENV[kind](sink.url)})
-    result = await send_test(kind, {}, env=env, policy=QUICK, public_url="http://scope.test")
+    result = await send_test(kind, {}, env=env, attempt_timeout=2.0, public_url="http://scope.test")
     assert (result.ok, result.kind, result.status, result.attempts) == (True, kind, "sent", 1), result
     assert result.detail.startswith("HTTP 2"), result.detail
     bodies = [json.loads(b) for _, b, _ in sink.requests]
@@ -108,9 +106,37 @@ async def test_a_test_email_through_a_plain_smtp_server() -> None:
             "LLMSCOPE_SMTP_FROM": "scope@example.com",
             "LLMSCOPE_ALERT_EMAIL_TO": "oncall@example.com",
         }
-        result = await send_test("email", {}, env=Env(env), policy=QUICK)
+        result = await send_test("email", {}, env=Env(env), attempt_timeout=2.0)
         assert (result.ok, result.status, result.detail) == (True, "sent", "SMTP accepted")
         assert box.envelopes == [["oncall@example.com"]]
         assert "Test notification" in str(box.messages[0]["Subject"])
     finally:
         smtp.stop()
+
+
+def _refused_url() -> str:
+    """A loopback URL nothing listens on: the port was just bound and closed again."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/hook"
+
+
+@pytest.mark.parametrize("kind", ["webhook", "slack"])
+async def test_a_failing_test_send_answers_after_one_attempt_with_the_reason(kind: str) -> None:
+    """A 500 and a refused connection are the answer to a test, not a reason to retry for 45 s."""
+    failing = HttpSink(lambda r, n: _answer(500))
+    url = await failing.start()
+    try:
+        for target, reason in ((url, "HTTP 500"), (_refused_url(), "could not connect: connection refused")):
+            env = Env({**LOOPBACK_ALLOWED, "LLMSCOPE_WEBHOOK_URL": target})
+            settings: dict[str, object] = {"slack_webhook_url": target, "slack_enabled": True}
+            result = await send_test(kind, settings if kind == "slack" else {}, env=env)
+            assert (result.ok, result.status, result.detail, result.attempts) == (False, "failed", reason, 1)
+        assert len(failing.requests) == 1
+    finally:
+        await failing.stop()
+
+
+async def _answer(status: int) -> web.Response:
+    return web.Response(status=status, text="internal detail not to repeat")

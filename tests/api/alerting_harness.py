@@ -15,7 +15,7 @@ from llmscope.alerter.control import ControlResponder
 from llmscope.config.env import Env
 from llmscope.proto.incident import IncidentAnalysis, IncidentEvent, MetricMove, SimilarIncident
 from tests.alerter.factories import LOOPBACK_ALLOWED
-from tests.alerter.harness import FAST_RETRY, Running, start_alerter
+from tests.alerter.harness import Running, start_alerter
 
 
 @dataclass
@@ -37,7 +37,7 @@ async def live_alerter(
         Env({**LOOPBACK_ALLOWED, **(env or {})}),
         public_url="http://scope.test",
         session=run.session,
-        test_policy=FAST_RETRY,
+        test_attempt_timeout=2.0,
     )
     await control.start(nc)
     try:

@@ -88,6 +88,22 @@ async def test_each_route_class_opens_to_its_scope(
     assert r.status_code == 401
 
 
+async def test_the_401_names_only_the_keys_that_are_configured(api: Api, api3: Api) -> None:
+    """Without a read key, telling a reader to send LLMSCOPE_READ_KEY sent them looking for a key
+    that does not exist: the answer names the configured keys that would be let in."""
+    only_admin = (await api.anon.get("/api/violations")).json()["detail"]
+    assert only_admin == "missing or invalid API key: send 'Authorization: Bearer <LLMSCOPE_API_KEY>'"
+    assert "LLMSCOPE_INGEST_KEY" not in (await api.anon.post("/api/stats", json=EVENT)).json()["detail"]
+    three = (await api3.anon.get("/api/violations")).json()["detail"]
+    assert three == (
+        "missing or invalid API key: send 'Authorization: Bearer <LLMSCOPE_READ_KEY or LLMSCOPE_API_KEY>'"
+    )
+    ingest = (await api3.anon.post("/api/stats", json=EVENT)).json()["detail"]
+    assert "<LLMSCOPE_INGEST_KEY or LLMSCOPE_API_KEY>" in ingest
+    refused = await api3.anon.put("/api/settings/alert.min_severity", json=SETTING, headers=bearer("read"))
+    assert refused.json()["detail"].endswith("needs scope 'admin' (LLMSCOPE_API_KEY)")
+
+
 async def test_a_wrong_scope_is_refused_before_its_body_is_read(api3: Api) -> None:
     body = Body(chunks=1000)
     r = await api3.anon.put("/api/settings/alert.min_severity", content=body, headers=bearer("read"))

@@ -89,6 +89,31 @@ async def test_unknown_arguments_exit_2_naming_them(argv: list[str]) -> None:
     assert "unrecognized arguments: --bogus extra" in err
 
 
+# (subcommand argv, a variable it reads at start, the error its bad value "x" gets)
+BAD_VARIABLE_CASES = [
+    (["api"], "LLMSCOPE_PORT", "expected an integer"),
+    (["persister"], "LLMSCOPE_PORT", "expected an integer"),
+    (["spc-engine"], "LLMSCOPE_SPC_PARTITIONS", "expected an integer"),
+    (["alerter"], "LLMSCOPE_ALERTER_GROUP_WAIT_S", "expected a number"),
+    (["prober"], "LLMSCOPE_PROBER_INTERVAL_S", "expected a number"),
+    (["sim", "serve"], "LLMSCOPE_SIM_PORT", "expected an integer"),
+    (["setup"], "LLMSCOPE_SPC_PARTITIONS", "expected an integer"),
+    (["up"], "LLMSCOPE_NATS_PORT", "expected an integer"),
+]
+
+
+@pytest.mark.parametrize(("argv", "variable", "error"), BAD_VARIABLE_CASES, ids=lambda v: str(v))
+async def test_a_bad_variable_stops_every_command_with_one_line_worded_the_same(
+    argv: list[str], variable: str, error: str
+) -> None:
+    """One format for every command (llmscope.config.env.config_exit): the api and spc-engine
+    printed ``llmscope api: X`` where the others printed ``... configuration error: X``."""
+    code, out, err = await _run(*argv, env=_env(**{variable: "x"}))
+    assert code == 2, err
+    assert out == ""
+    assert err == f"llmscope {argv[0]}: configuration error: {variable}='x': {error}\n"
+
+
 # How long a signalled service may take to exit before the test calls it stuck. The waits these
 # tests interrupt never end by themselves (NATS and Postgres are retried forever), so an exit at
 # all shows the signal ended the wait; the figure only has to outlast a loaded machine.

@@ -158,17 +158,27 @@ async def test_incident_actions_go_through_the_alerter(
         assert "looking" in r.text
         # The resolve that usually follows keeps the name, as on a violation's page: left blank,
         # it would record the resolution as "dashboard".
-        assert '<input name="by" placeholder="your name" value="ana">' in r.text
+        assert '<input name="by" required maxlength="200" placeholder="your name" value="ana">' in r.text
         r = await client.post(f"/incidents/{iid}/acknowledge", data={"by": "bob"}, headers=target)
         assert r.status_code == 200  # htmx swaps only 2xx; the fragment says why
         assert 'class="error"' in r.text
         r = await client.post(f"/incidents/{iid}/acknowledge", data={"by": "bob"})
         assert r.status_code == 409
         assert is_full_page(r.text)
-        r = await client.post(f"/incidents/{iid}/resolve", data={"by": ""})
+        # A blank name is refused naming the field (it was recorded as "dashboard": nobody).
+        for blank, status in (({"by": ""}, 422), ({"by": "  "}, 422), ({}, 422)):
+            r = await client.post(f"/incidents/{iid}/resolve", data=blank)
+            assert r.status_code == status, r.text
+            assert "by: required: the name recorded as who resolved it" in r.text
+        r = await client.post(f"/incidents/{iid}/resolve", data={"by": ""}, headers=target)
+        assert r.status_code == 200  # htmx swaps only 2xx; the fragment says why
+        assert '<p class="error">by: required: the name recorded as who resolved it</p>' in r.text
+        assert "Resolved by" not in r.text
+        r = await client.post(f"/incidents/{iid}/resolve", data={"by": "ana"})
         assert r.status_code == 200
         assert is_full_page(r.text)
-        assert "Resolved by <b>dashboard</b>" in r.text
+        assert "Resolved by <b>ana</b>" in r.text
+        assert "dashboard</b>" not in r.text
         assert "<button" not in r.text.split('id="actions"')[1].split("</div>")[0]
         assert (
             await client.post("/incidents/nope/resolve", data={"by": "x"}, headers=target)
@@ -378,6 +388,10 @@ async def test_setup_wizard_sends_a_test_message(
             "mattermost",
         ):
             assert f'name="channel" value="{channel}"' in r.text
+        # While the one attempt runs (up to 10 s): "sending..." shown, the buttons disabled.
+        assert 'hx-indicator="#test-sending" hx-disabled-elt=".test-send"' in r.text
+        assert '<span id="test-sending" class="htmx-indicator" role="status">sending…</span>' in r.text
+        assert r.text.count('class="test-send"') == 9
         for key, value in {
             "alert.email.smtp_host": "127.0.0.1",
             "alert.email.smtp_port": smtp.port,

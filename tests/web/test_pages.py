@@ -332,8 +332,16 @@ async def test_violation_detail_and_actions(api: Api) -> None:
     assert r.status_code == 200
     assert r.text.lstrip().startswith('<div id="actions"')
     assert "Acknowledged by <b>ana</b>" in r.text
-    r = await client.post("/violations/v2/resolve", data={"by": ""}, headers={**HX, "HX-Target": "actions"})
-    assert "Resolved by <b>dashboard</b>" in r.text
+    # A blank name is refused naming the field, never recorded as "dashboard" (nobody).
+    r = await client.post("/violations/v2/resolve", data={"by": " "}, headers={**HX, "HX-Target": "actions"})
+    assert r.status_code == 200  # htmx swaps only 2xx; the fragment says why
+    assert '<p class="error">by: required: the name recorded as who resolved it</p>' in r.text
+    assert "Resolved by" not in r.text
+    r = await client.post("/violations/v2/acknowledge", data={})
+    assert r.status_code == 422
+    assert "by: required: the name recorded as who acknowledged it" in r.text
+    r = await client.post("/violations/v2/resolve", data={"by": "bo"}, headers={**HX, "HX-Target": "actions"})
+    assert "Resolved by <b>bo</b>" in r.text
     assert "<button" not in r.text
     # The answer brings the state cell along (it said "open" beside "Resolved by" until a reload).
     assert '<span id="violation-state" hx-swap-oob="true">open · resolved</span>' in r.text

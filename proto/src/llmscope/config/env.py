@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 import os
+import sys
 from collections.abc import Mapping
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -20,6 +21,20 @@ _FALSE = {"0", "false", "no", "off"}
 
 class ConfigError(ValueError):
     """A configuration value is missing or malformed; the message names the variable."""
+
+
+CONFIG_EXIT = 2
+"""The exit status of every command refused at start-up for its configuration."""
+
+
+def config_exit(command: str, exc: ConfigError) -> int:
+    """Print the one start-up line every command words the same way, and return its exit status.
+
+    ``llmscope <command>: configuration error: <the error, which names the variable>``, on stderr;
+    the caller returns the status (2) from its ``main``.
+    """
+    print(f"llmscope {command}: configuration error: {exc}", file=sys.stderr)
+    return CONFIG_EXIT
 
 
 class Secret:

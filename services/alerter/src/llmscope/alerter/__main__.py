@@ -41,7 +41,7 @@ from llmscope.bus.layout import layout, prepare
 from llmscope.bus.metrics import sample_consumers
 from llmscope.bus.publisher import Publisher
 from llmscope.config import eventloop
-from llmscope.config.env import ConfigError, Env
+from llmscope.config.env import ConfigError, Env, config_exit
 from llmscope.config.envhelp import BUS_SETTINGS, service_parser
 from llmscope.config.health import start_health_server
 from llmscope.config.logs import get_logger, setup_logging
@@ -264,8 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         # down); the file's and the dashboard's are checked where they are read.
         channels_from_env(env, settings.retry.attempt_timeout)
     except ConfigError as exc:
-        print(f"llmscope alerter: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return config_exit("alerter", exc)
     setup_logging("alerter", args.log_level or settings.log_level)
 
     async def run() -> None:
@@ -276,8 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         eventloop.run(run())  # uvloop when installed, as the SPC engine
     except ConfigError as exc:
-        print(f"llmscope alerter: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return config_exit("alerter", exc)
     except Unusable as exc:
         print(f"llmscope alerter: {exc}", file=sys.stderr)
         return 1

@@ -22,7 +22,6 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from llmscope.alerter.retry import RetryPolicy
 from llmscope.alerter.service import Alerter
 from llmscope.alerter.silences import (
     DAY_NAMES,
@@ -35,7 +34,7 @@ from llmscope.alerter.silences import (
     parse_nth_weekdays,
 )
 from llmscope.alerter.store import Store
-from llmscope.alerter.testsend import send_test
+from llmscope.alerter.testsend import TEST_ATTEMPT_TIMEOUT_S, send_test
 from llmscope.alerter.tickets.testsend import TICKETS, send_ticket_test
 from llmscope.bus.connection import subscriptions_in_place
 from llmscope.bus.responders import Responders
@@ -221,7 +220,7 @@ class ControlResponder:
     config_path: Path | None = None
     public_url: str = "http://127.0.0.1:8000"
     session: aiohttp.ClientSession | None = None
-    test_policy: RetryPolicy | None = None
+    test_attempt_timeout: float = TEST_ATTEMPT_TIMEOUT_S
 
     def __post_init__(self) -> None:
         self._responders = Responders()
@@ -247,7 +246,7 @@ class ControlResponder:
                 config_path=self.config_path,
                 public_url=runtime.public_url or self.public_url,
                 session=self.session,
-                policy=self.test_policy,
+                attempt_timeout=self.test_attempt_timeout,
             )
         log.info("test message", channel=result.channel, kind=result.kind, status=result.status)
         return AlertTestReply(

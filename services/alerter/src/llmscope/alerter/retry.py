@@ -131,7 +131,7 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
-def _as_delivery_error(exc: BaseException) -> DeliveryError:
+def as_delivery_error(exc: BaseException) -> DeliveryError:
     if isinstance(exc, DeliveryError):
         return exc
     if isinstance(exc, TimeoutError):
@@ -172,7 +172,7 @@ async def send_with_retry(
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            err = _as_delivery_error(exc)
+            err = as_delivery_error(exc)
             retry_after = err.retry_after
             attempt = Attempt(number, now(), False, str(err), err.retryable, err.status)
         else:

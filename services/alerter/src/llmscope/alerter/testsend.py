@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import random
+import asyncio
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,13 +16,17 @@ from llmscope.alerter.config import Timings, build_runtime, load_file
 from llmscope.alerter.destinations import Destinations, guarded_session
 from llmscope.alerter.notifiers.base import AlertView, Notification
 from llmscope.alerter.notifiers.registry import build_notifier
-from llmscope.alerter.retry import Attempt, DeliveryError, RetryPolicy, send_with_retry
+from llmscope.alerter.retry import Attempt, DeliveryError, as_delivery_error
 from llmscope.config.env import ConfigError, Env
 from llmscope.proto.base import new_id
 from llmscope.proto.telemetry import SystemMetrics
 from llmscope.proto.violation import BaselineRef, ChartLimits, ViolationEvent
 
 TestStatus = Literal["sent", "failed", "expired", "not_configured", "invalid_config"]
+"""``expired`` is no longer answered (a test is one attempt) but stays in the wire contract."""
+
+TEST_ATTEMPT_TIMEOUT_S = 10.0
+"""The longest a test message waits for the channel; well within the API's wait for the answer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,17 +85,20 @@ async def send_test(
     config_path: Path | None = None,
     public_url: str = "http://127.0.0.1:8000",
     session: aiohttp.ClientSession | None = None,
-    policy: RetryPolicy | None = None,
+    attempt_timeout: float = TEST_ATTEMPT_TIMEOUT_S,
 ) -> TestResult:
     """Send a test message through ``channel_name`` (a channel name, or a kind: email, slack, ...).
 
     ``settings`` is the API's settings as key -> value (its ``settings`` table, as the API mirrors it
     into the settings bucket: api_view); the alerter's
     config file (``config_path`` or ``LLMSCOPE_ALERTER_CONFIG``) and environment are read too.
-    A disabled channel sends nothing, not even a test: enable it first. Retries briefly (10 s)
-    so the wizard gets an answer. The answer names the outcome with a fixed reason (the HTTP or
-    SMTP status, "timed out", "could not connect", a refused destination...), never the text the
-    remote end sent back: with it, a test send read internal services' answers.
+    A disabled channel sends nothing, not even a test: enable it first. One attempt, no retries
+    (at most ``attempt_timeout`` seconds): the person who pressed the button waits for it, and a
+    retryable failure (HTTP 500, a refused connection) is the answer they need, not a reason to
+    keep them waiting; status ``sent`` or ``failed``, never ``expired``. The answer names the
+    outcome with a fixed reason (the HTTP or SMTP status, "timed out", "could not connect:
+    connection refused", a refused destination...), never the text the remote end sent back:
+    with it, a test send read internal services' answers.
     """
     env = env or Env()
     try:
@@ -133,24 +140,19 @@ async def send_test(
         except DeliveryError as exc:  # our own checks of the configuration: no remote answer in it
             return TestResult(False, spec.name, spec.kind, "failed", str(exc))
 
-        async def send() -> str:
-            return await notifier.send(payload)
-
-        outcome = await send_with_retry(
-            send,
-            policy=policy or RetryPolicy(initial=0.5, max_delay=2.0, deadline=10.0, attempt_timeout=10.0),
-            rng=random.Random(),
-        )
+        try:
+            async with asyncio.timeout(attempt_timeout):
+                answer = await notifier.send(payload)
+        except Exception as exc:  # the channel's failure is the test's answer
+            err = as_delivery_error(exc)
+            attempt = Attempt(1, datetime.now(UTC), False, str(err), err.retryable, err.status)
+        else:
+            attempt = Attempt(1, datetime.now(UTC), True, answer)
     finally:
         if own_session:
             await http.close()
     return TestResult(
-        outcome.status == "sent",
-        spec.name,
-        spec.kind,
-        outcome.status,
-        fixed_reason(outcome.attempts[-1]) if outcome.attempts else "",
-        len(outcome.attempts),
+        attempt.ok, spec.name, spec.kind, "sent" if attempt.ok else "failed", fixed_reason(attempt), 1
     )
 
 
@@ -170,6 +172,15 @@ _OWN = (
     "unknown SMTP host",
 )
 
+_TRANSPORT = (
+    ("ClientConnectorDNSError", "the host name did not resolve"),
+    ("ClientConnectorCertificateError", "the server's TLS certificate was refused"),
+    ("ClientConnectorSSLError", "TLS handshake failed"),
+    ("Connect call failed", "connection refused"),
+    ("Connection refused", "connection refused"),
+    ("ServerDisconnectedError", "the server closed the connection"),
+)
+
 
 def fixed_reason(attempt: Attempt) -> str:
     """What the last attempt came to, without anything the remote end wrote (pure)."""
@@ -181,5 +192,10 @@ def fixed_reason(attempt: Attempt) -> str:
     if (match := _STATUS.match(detail)) is not None:
         return match.group(1)
     if "transport error" in detail:
+        # Which kind of transport error, from the exception's class and the local OS's words
+        # (aiohttp's "[Connect call failed ...]"), never from anything the remote end sent.
+        for marker, why in _TRANSPORT:
+            if marker in detail:
+                return f"could not connect: {why}"
         return "could not connect"
     return "delivered" if attempt.ok else "failed"

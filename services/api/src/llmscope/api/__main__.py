@@ -18,7 +18,7 @@ import uvicorn
 from llmscope.api.app import create_app
 from llmscope.api.runtime import Runtime
 from llmscope.api.settings import ApiSettings
-from llmscope.config.env import ConfigError
+from llmscope.config.env import ConfigError, config_exit
 from llmscope.config.envhelp import BUS_SETTINGS, service_parser
 from llmscope.config.logs import get_logger, setup_logging
 from llmscope.config.startup import Stopped, Unusable, stop_on_signals
@@ -67,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = ApiSettings.from_env()
     except ConfigError as exc:
-        print(f"llmscope api: {exc}", file=sys.stderr)
-        return 2
+        return config_exit("api", exc)
     changes: dict[str, object] = {}
     if args.host:
         changes["host"] = args.host

@@ -16,7 +16,7 @@ import hmac
 import re
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from fastapi import HTTPException, Request
 
@@ -24,7 +24,6 @@ from llmscope.api.ratelimit import FailureLimiter
 from llmscope.api.sessions import RevokedSessions
 from llmscope.config.env import Secret
 from llmscope.web.auth import (
-    SCOPE_KEYS,
     SCOPES,
     SESSION_COOKIE,
     Principal,
@@ -33,6 +32,7 @@ from llmscope.web.auth import (
     Session,
     client_of,
     grants,
+    keys_granting,
 )
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -63,8 +63,11 @@ def needed_scope(method: str, path: str) -> Scope | None:
     return None
 
 
-def refusal(principal: Principal | None, method: str, path: str) -> tuple[int, str] | None:
-    """(status, detail) when ``principal`` may not call the route, else None."""
+def refusal(
+    principal: Principal | None, method: str, path: str, configured: Collection[Scope]
+) -> tuple[int, str] | None:
+    """(status, detail) when ``principal`` may not call the route, else None; the detail names the
+    variables of the ``configured`` keys that would be let in."""
     need = needed_scope(method, path)
     if need is None:
         return None
@@ -73,11 +76,14 @@ def refusal(principal: Principal | None, method: str, path: str) -> tuple[int, s
     if principal is not None and principal.session is not None and method not in SAFE_METHODS:
         principal = None
     if principal is None:
-        return 401, f"missing or invalid API key: send 'Authorization: Bearer <{SCOPE_KEYS[need]}>'"
+        return (
+            401,
+            f"missing or invalid API key: send 'Authorization: Bearer <{keys_granting(need, configured)}>'",
+        )
     if not grants(principal.scope, need):
         return 403, (
             f"this key's scope is '{principal.scope}'; {method} {path} needs scope '{need}' "
-            f"({SCOPE_KEYS[need]})"
+            f"({keys_granting(need, configured)})"
         )
     return None
 
@@ -100,6 +106,7 @@ class KeyAuth:
     ):
         admin = keys["admin"].get().encode()
         self._keys = [(scope, keys[scope].get().encode()) for scope in SCOPES if keys.get(scope)]
+        self.configured = frozenset(scope for scope, _ in self._keys)
         self._sign_key = admin
         self._fingerprints = {scope: _fingerprint(key) for scope, key in self._keys}
         self.revoked = revoked
@@ -180,7 +187,7 @@ class KeyAuth:
 
         A coroutine on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, a
         thread hop per request that cost as much as the ``POST /api/stats`` handler itself."""
-        refused = refusal(await self.principal(request), request.method, url_path(request))
+        refused = refusal(await self.principal(request), request.method, url_path(request), self.configured)
         if refused is not None:
             status, detail = refused
             headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None

@@ -198,7 +198,7 @@ class FrontDoor:
             principal = await self.auth.principal(request)
             if path == "/api/status" and method in SAFE_METHODS:
                 return None  # public or not, the route decides what an anonymous reader sees
-            refused = refusal(principal, method, path)
+            refused = refusal(principal, method, path, self.auth.configured)
             if refused is None:
                 return self.wrong_method(scope)
             status, detail = refused

@@ -29,7 +29,7 @@ from llmscope.bus.kv import open_bucket, watch_bucket
 from llmscope.bus.layout import SETUP_COMMAND
 from llmscope.bus.publisher import Publisher
 from llmscope.bus.streams import ensure_streams
-from llmscope.config.env import ConfigError, Env, redact_url
+from llmscope.config.env import ConfigError, Env, config_exit, redact_url
 from llmscope.config.envhelp import BUS_SETTINGS, service_parser
 from llmscope.config.health import start_health_server
 from llmscope.config.logs import get_logger, setup_logging
@@ -245,8 +245,7 @@ def main(argv: Sequence[str] | None = None, env: Env | None = None) -> int:
             return 1 if failed else 0
         asyncio.run(_serve(settings))
     except ConfigError as exc:
-        print(f"llmscope prober: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return config_exit("prober", exc)
     log.info("stopped")
     return 0
 

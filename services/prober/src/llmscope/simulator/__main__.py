@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 
-from llmscope.config.env import ConfigError, Env
+from llmscope.config.env import ConfigError, Env, config_exit
 from llmscope.config.envhelp import environment_help
 from llmscope.config.logs import get_logger, setup_logging
 from llmscope.simulator.anomalies import OUTAGE_MODES, InjectRequest
@@ -194,8 +194,7 @@ def main(argv: Sequence[str] | None = None, env: Env | None = None) -> int:
             return 0
         result = asyncio.run(_control(args, env))
     except ConfigError as exc:
-        print(f"llmscope sim: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return config_exit("sim", exc)
     except SimControlError as exc:
         print(f"llmscope sim: {exc}", file=sys.stderr)
         return 1

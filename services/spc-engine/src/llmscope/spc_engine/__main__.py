@@ -19,7 +19,7 @@ from dataclasses import replace
 from nats.aio.client import Client as NATS
 
 from llmscope.config import eventloop
-from llmscope.config.env import ConfigError
+from llmscope.config.env import ConfigError, config_exit
 from llmscope.config.envhelp import BUS_SETTINGS, service_parser
 from llmscope.config.health import start_health_server
 from llmscope.config.logs import get_logger, setup_logging
@@ -71,8 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = SpcSettings.from_env()
     except ConfigError as exc:
-        print(f"llmscope spc-engine: {exc}", file=sys.stderr)
-        return 2
+        return config_exit("spc-engine", exc)
     if args.log_level:
         settings = replace(settings, log_level=args.log_level)
     setup_logging("spc-engine", settings.log_level)
@@ -81,8 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # uvloop when installed: the consume -> chart -> publish path runs faster on it (make bench (b)).
         return eventloop.run(_main(settings))
     except ConfigError as exc:  # its health port taken
-        print(f"llmscope spc-engine: {exc}", file=sys.stderr)
-        return 2
+        return config_exit("spc-engine", exc)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from nats.js.errors import APIError
 from llmscope.bus.connection import connect
 from llmscope.bus.layout import Layout, apply, layout
 from llmscope.bus.streams import PartitionMismatchError
-from llmscope.config.env import ConfigError, redact_url
+from llmscope.config.env import ConfigError, config_exit, redact_url
 from llmscope.config.logs import get_logger, setup_logging
 from llmscope.config.startup import Stopped, stop_on_signals
 from llmscope.spc_engine.membership import MEMBER_TTLS
@@ -109,8 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = SpcSettings.from_env()
     except ConfigError as exc:
-        print(f"llmscope setup: {exc}", file=sys.stderr)
-        return USAGE
+        return config_exit("setup", exc)
     setup_logging("setup", settings.log_level)
     url = args.nats_url or settings.bus.nats_url
     return asyncio.run(run(url, declared(settings), wait_s=args.wait))

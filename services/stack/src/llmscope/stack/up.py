@@ -48,7 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmscope.config.env import ConfigError, Env, redact_url
+from llmscope.config.env import ConfigError, Env, config_exit, redact_url
 from llmscope.proto import permissions, subjects
 from llmscope.stack.embedded import EmbeddedNats, EmbeddedPostgres, write_private
 from llmscope.stack.lifetime import die_with_parent
@@ -513,8 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = UpSettings.from_env(Env())
     except ConfigError as exc:
-        print(f"llmscope up: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return config_exit("up", exc)
     # Everything up and its children create (logs, data, keys) is readable by the owner only.
     os.umask(0o077)
     stack = Stack(settings)

@@ -30,7 +30,7 @@ from llmscope.web.alerting import (
     TestSendResult,
 )
 from llmscope.web.data import SEVERITY_AT_LEAST
-from llmscope.web.pages import Pages, is_htmx
+from llmscope.web.pages import BY_REQUIRED, Pages, is_htmx
 
 INCIDENT_STATES = ("open", "acknowledged", "resolved")
 NOTIFICATION_STATUSES = ("sending", "sent", "failed", "expired")
@@ -79,7 +79,6 @@ def add_alerting_routes(
     data: AlertingData,
     session: Depends,
     pages: Pages,
-    actor: str,
     setup_context: Callable[[], Awaitable[dict[str, Any]]],
 ) -> None:
     """Register the alerting pages on the dashboard router, behind its session dependency."""
@@ -176,10 +175,12 @@ def add_alerting_routes(
     async def _act(
         request: Request, incident_id: str, action: IncidentAction, by: str, note: str
     ) -> HTMLResponse:
+        who = by.strip()
+        if not who:  # refused, never signed for nobody (see violation_routes)
+            done = "acknowledged" if action == "acknowledge" else "resolved"
+            return await _incident(request, incident_id, BY_REQUIRED.format(done=done), _status(request, 422))
         try:
-            result = await data.act_on_incident(
-                incident_id, action, by.strip() or actor, note.strip() or None
-            )
+            result = await data.act_on_incident(incident_id, action, who, note.strip() or None)
         except AlerterUnavailable as exc:
             return await _incident(request, incident_id, f"No alerter answered: {exc}", _status(request, 504))
         except AlerterRefused as exc:
@@ -189,7 +190,7 @@ def add_alerting_routes(
         if result.status == "conflict":
             return await _incident(request, incident_id, result.error, _status(request, 409))
         done = "acknowledged" if action == "acknowledge" else "resolved"
-        return await _incident(request, incident_id, toast=f"Incident {done} by {by.strip() or actor}.")
+        return await _incident(request, incident_id, toast=f"Incident {done} by {who}.")
 
     @router.post("/incidents/{incident_id}/acknowledge", response_class=HTMLResponse, dependencies=[session])
     async def acknowledge(

@@ -12,6 +12,7 @@ one, ``Referer``). A request with neither is refused: SameSite is no longer the 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal, Protocol
 from urllib.parse import urlsplit
@@ -23,17 +24,25 @@ CSRF_HEADER = "X-CSRF-Token"
 
 Scope = Literal["admin", "read", "ingest"]
 SCOPES: tuple[Scope, ...] = ("admin", "read", "ingest")
-# The variables whose keys grant a scope: named in every 401 and 403, so the caller knows what to send.
+# The variable holding each scope's key.
 SCOPE_KEYS: dict[Scope, str] = {
     "admin": "LLMSCOPE_API_KEY",
-    "read": "LLMSCOPE_READ_KEY or LLMSCOPE_API_KEY",
-    "ingest": "LLMSCOPE_INGEST_KEY or LLMSCOPE_API_KEY",
+    "read": "LLMSCOPE_READ_KEY",
+    "ingest": "LLMSCOPE_INGEST_KEY",
 }
 
 
 def grants(have: Scope, need: Scope) -> bool:
     """The admin scope grants every other; read and ingest grant only themselves."""
     return have == "admin" or have == need
+
+
+def keys_granting(need: Scope, configured: Collection[Scope]) -> str:
+    """The variables of the configured keys that grant ``need``, named in every 401 and 403 so
+    the caller knows what to send: ``LLMSCOPE_READ_KEY or LLMSCOPE_API_KEY`` only where a read key
+    is set; without one, ``LLMSCOPE_API_KEY`` alone (the admin key is always set)."""
+    names = [SCOPE_KEYS[need]] if need != "admin" and need in configured else []
+    return " or ".join([*names, SCOPE_KEYS["admin"]])
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +77,9 @@ class AuthUnavailable(Exception):
 
 class Authenticator(Protocol):
     """Checks keys (counting failures per client) and issues, checks and revokes sessions."""
+
+    configured: frozenset[Scope]
+    """The scopes that have a key (admin always)."""
 
     def key_scope(self, candidate: str, client: str) -> Scope | None:
         """The scope of a key; None (a counted failure) for no key of ours; raises RateLimited."""

@@ -221,6 +221,10 @@ async def ask_rebaseline(
     return result, status
 
 
+BY_REQUIRED = "by: required: the name recorded as who {done} it"
+"""A dashboard acknowledgement or resolution with a blank name is refused, never signed for nobody."""
+
+
 def rebaseline_toast(status: str, error: str, done: str) -> tuple[str, str]:
     """The toast after a re-baseline, worded once for every page: ``done`` says what was
     re-baselined ("Chart re-baselined", "Traffic chart re-baselined")."""

@@ -74,7 +74,7 @@ def create_router(
     add_login_routes(router, auth, pages, opts.session_max_age_s)
     add_overview_routes(router, data, Session, pages, opts.refresh_s, alerting, status)
     add_dashboard_routes(router, data, Session, pages, opts.refresh_s, trends, traffic)
-    add_violation_routes(router, data, Session, pages, opts.actor)
+    add_violation_routes(router, data, Session, pages)
     add_model_routes(router, data, Session, pages, opts.refresh_s)
     fixed = fixed_settings(
         opts.retention_days, opts.session_max_age_s / 86400, opts.status_public, opts.scoped_keys
@@ -82,7 +82,7 @@ def create_router(
     add_settings_routes(router, data, Session, pages, fixed, opts.actor)
     add_setup_routes(router, data, Session, pages, opts.actor)
     if alerting is not None:
-        add_alerting_routes(router, alerting, Session, pages, opts.actor, partial(setup_context, data))
+        add_alerting_routes(router, alerting, Session, pages, partial(setup_context, data))
     if chart_settings is not None:
         add_chart_settings_routes(router, chart_settings, Session, pages)
     if trends is not None:

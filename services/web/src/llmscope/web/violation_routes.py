@@ -11,14 +11,13 @@ from fastapi.params import Depends
 from fastapi.responses import HTMLResponse
 
 from llmscope.web.data import DashboardData, ViolationFilter
-from llmscope.web.pages import Pages, ask_rebaseline, rebaseline_toast
+from llmscope.web.pages import BY_REQUIRED, Pages, ask_rebaseline, is_htmx, rebaseline_toast
 
 
-def add_violation_routes(
-    router: APIRouter, data: DashboardData, session: Depends, pages: Pages, actor: str
-) -> None:
+def add_violation_routes(router: APIRouter, data: DashboardData, session: Depends, pages: Pages) -> None:
     """Register ``/violations`` and ``/violations/{violation_id}[/...]`` behind the session
-    dependency; ``actor`` signs an action whose form names nobody."""
+    dependency. An acknowledgement or resolution needs the name of who did it (``by``): a blank
+    one is refused (the audit trail recorded "dashboard", which named nobody)."""
 
     @router.get("/violations", response_class=HTMLResponse, dependencies=[session])
     async def violations(
@@ -93,7 +92,20 @@ def add_violation_routes(
         )
 
     async def _act(request: Request, violation_id: str, action: str, by: str, note: str) -> HTMLResponse:
-        who = by.strip() or actor
+        who = by.strip()
+        if not who:
+            detail = await data.violation(violation_id)
+            if detail is None:
+                return pages.render(request, "not_found.html", {"what": "violation"}, status_code=404)
+            error = BY_REQUIRED.format(done="acknowledged" if action == "acknowledge" else "resolved")
+            return pages.render(
+                request,
+                "violation.html",
+                {"d": detail, "v": detail.violation, "action_error": error},
+                fragments=("actions",),
+                status_code=200 if is_htmx(request) else 422,  # htmx swaps only a 2xx answer in
+                toast=(error, "error"),
+            )
         if action == "acknowledge":
             changed = await data.acknowledge(violation_id, who, note.strip() or None)
         else:

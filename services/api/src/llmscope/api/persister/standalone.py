@@ -95,7 +95,7 @@ async def run_standalone(
 def main(argv: list[str] | None = None) -> int:
     """``llmscope persister`` / ``python -m llmscope.api.persister``: the persister without the
     HTTP API."""
-    from llmscope.config.env import ConfigError
+    from llmscope.config.env import ConfigError, config_exit
     from llmscope.config.envhelp import BUS_SETTINGS, service_parser
 
     service_parser(
@@ -109,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = ApiSettings.from_env(require_api_key=False)
     except ConfigError as exc:
-        print(f"llmscope persister: {exc}", file=sys.stderr)
-        return 2
+        return config_exit("persister", exc)
     setup_logging("persister", settings.log_level)
     tune_gc()
 
@@ -122,8 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         eventloop.run(_run())  # uvloop when installed, as the API under uvicorn
     except ConfigError as exc:  # its health port taken: as a bad setting, exit 2
-        print(f"llmscope persister: {exc}", file=sys.stderr)
-        return 2
+        return config_exit("persister", exc)
     except Unusable as exc:
         print(f"llmscope persister: {exc}", file=sys.stderr)
         return 1

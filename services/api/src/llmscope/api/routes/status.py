@@ -29,7 +29,7 @@ def router(status: StatusData, auth: KeyAuth, *, public: bool) -> APIRouter:
         model and status only.
         """
         principal = await auth.principal(request)
-        refused = refusal(principal, request.method, request.url.path)
+        refused = refusal(principal, request.method, request.url.path, auth.configured)
         if refused is None:
             return await status.status()
         if not public:
