@@ -27,7 +27,7 @@ def test_quick_stack_bench_measures_every_process() -> None:
         assert re.search(rf"^{re.escape(name)}\s+\d+\.\d\d", text, re.M), name
     assert re.search(r"= [\d.]+ x bare", text)
     assert "== idle 1 s (no traffic, charts armed)" in text
-    assert re.search(r"^spc-engine\s+\d+\.\d$", text, re.M), "CPU ms per second with no traffic"
+    assert re.search(r"^spc-engine\s+\d+\.\d\s+\d+$", text, re.M), "CPU ms and wake-ups per second idle"
     # Committed is the rows' commit timestamps (every posted event's read back), a lower bound,
     # with the offset between Postgres's clock and the benchmark's printed; stored is the NOTIFY
     # this process received after the commit's flush, an upper bound, printed beside it.
