@@ -195,8 +195,16 @@ class ViolationStore(StoreBase):
         context = nearby[max(0, at - CONTEXT) : at + CONTEXT + 1]
         return ViolationDetail(violation=v, context=context, nearby=nearby)
 
+    async def _act(self, sql: str, violation_id: str, by: str, note: str | None) -> Violation | None:
+        """Record a person's action (``sql`` takes id, name, note) and announce it to the outbox."""
+        row = await self.pool.fetchrow(sql, violation_id, by, note)
+        if row is None:
+            return None
+        await self.actions.announce(row)
+        return violation_from_row(row)
+
     async def acknowledge(self, violation_id: str, by: str, note: str | None) -> Violation | None:
-        row = await self.pool.fetchrow(
+        return await self._act(
             """UPDATE violations SET
                    acknowledged_by = coalesce(acknowledged_by, $2),
                    acknowledged_at = coalesce(acknowledged_at, now()),
@@ -211,14 +219,10 @@ class ViolationStore(StoreBase):
             by,
             note,
         )
-        if row is None:
-            return None
-        await self.actions.announce(row)
-        return violation_from_row(row)
 
     async def resolve(self, violation_id: str, by: str, note: str | None) -> Violation | None:
         # Resolving also acknowledges: nobody should be reminded of a violation someone resolved.
-        row = await self.pool.fetchrow(
+        return await self._act(
             """UPDATE violations SET
                    resolved_by = coalesce(resolved_by, $2),
                    resolved_at = coalesce(resolved_at, now()),
@@ -233,7 +237,3 @@ class ViolationStore(StoreBase):
             by,
             note,
         )
-        if row is None:
-            return None
-        await self.actions.announce(row)
-        return violation_from_row(row)
