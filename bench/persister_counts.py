@@ -150,6 +150,7 @@ async def measure(
             if stages is not None and wal is not None:
                 stages.reset()
                 await wal.mark()
+            clock0 = await stack_bench.ClockOffset.measure(listen)
             c0 = {name: read() for name, read in cpu.items()}
             q0 = queries(pool)
             elapsed = await feed.go()
@@ -157,6 +158,9 @@ async def measure(
             stored.expect(list(put))
             await stored.wait()
             c1 = {name: read() for name, read in cpu.items()}
+            clock = clock0.spanning(await stack_bench.ClockOffset.measure(listen))
+            # Each row's write time, from its transaction's start to its commit timestamp.
+            await stored.read_commits(listen, list(put), clock)
             statements = queries(pool) - q0
             seen = dict(counts)
             if pg_statements:
@@ -218,13 +222,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         tmp = Path(name)
         server = EmbeddedNats(tmp / "nats", free_port())
         url = server.start()
-        pg = EmbeddedPostgres(tmp / "pg", free_port())
-        if args.statements:
-            stack_bench.Statements(pg)
-        if args.stages:
-            if not (pg.data_dir / "PG_VERSION").exists():
-                pg._initdb()
-            persister_stages.Wal.enable(pg.data_dir)
+        settings = (
+            stack_bench.COMMIT_TIMESTAMPS
+            | (stack_bench.Statements.SETTINGS if args.statements else {})
+            | (persister_stages.Wal.SETTINGS if args.stages else {})
+        )
+        pg = EmbeddedPostgres(tmp / "pg", free_port(), settings=settings)
         pg.start()
         try:
             dsn = pg.create_database("llmscope")

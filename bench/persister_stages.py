@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import asyncpg
 
@@ -253,18 +253,17 @@ class Stages:
 
 class Wal:
     """Postgres's WAL writes and flushes over a phase (PostgreSQL 18's ``pg_stat_io``, object
-    ``wal``; times need ``track_wal_io_timing``, set in the cluster's configuration: :meth:`enable`)."""
+    ``wal``; times need ``track_wal_io_timing``: :attr:`SETTINGS`, given to the cluster at start)."""
 
     def __init__(self, dsn: str) -> None:
         self._dsn = dsn
         self._before: asyncpg.Record | None = None
 
-    @staticmethod
-    def enable(data_dir: Path) -> None:
-        conf = data_dir / "postgresql.auto.conf"
-        conf.write_text(
-            conf.read_text() + "track_wal_io_timing = on\ntrack_io_timing = on\ntrack_commit_timestamp = on\n"
-        )
+    SETTINGS: ClassVar[dict[str, str]] = {
+        "track_wal_io_timing": "on",
+        "track_io_timing": "on",
+        "track_commit_timestamp": "on",
+    }
 
     async def _read(self) -> asyncpg.Record:
         conn = await asyncpg.connect(self._dsn)

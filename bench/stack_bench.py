@@ -177,13 +177,7 @@ def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
     return sum(t - before.get(pid, 0.0) for pid, t in after.items())
 
 
-def configure(pg: EmbeddedPostgres, settings: str) -> None:
-    """Append settings to the cluster's ``postgresql.auto.conf`` (read at start)."""
-    conf = pg.data_dir / "postgresql.auto.conf"
-    conf.write_text(conf.read_text() + settings)
-
-
-COMMIT_TIMESTAMPS = "track_commit_timestamp = on\n"
+COMMIT_TIMESTAMPS = {"track_commit_timestamp": "on"}
 """Each transaction's commit time kept, read back as ``pg_xact_commit_timestamp(xmin)``."""
 
 
@@ -192,12 +186,11 @@ class Statements:
     by the cluster before it starts), reset before a phase and printed per event after it: what
     each statement costs the backends, beside the CPU of the whole cluster."""
 
-    def __init__(self, pg: EmbeddedPostgres) -> None:
-        configure(
-            pg,
-            "shared_preload_libraries = 'pg_stat_statements'\n"
-            "pg_stat_statements.track = 'all'\npg_stat_statements.track_planning = on\n",
-        )
+    SETTINGS: ClassVar[dict[str, str]] = {
+        "shared_preload_libraries": "pg_stat_statements",
+        "pg_stat_statements.track": "all",
+        "pg_stat_statements.track_planning": "on",
+    }
 
     @staticmethod
     async def reset(dsn: str) -> None:
@@ -256,11 +249,8 @@ class Stack:
     def start(self) -> None:
         self.nats = EmbeddedNats(self.tmp / "nats", free_port(), monitor_port=self.monitor_port)
         nats_url = self.nats.start()
-        self.postgres = EmbeddedPostgres(self.tmp / "pg", free_port())
-        self.postgres._initdb()
-        configure(self.postgres, COMMIT_TIMESTAMPS)
-        if self.statements:
-            Statements(self.postgres)
+        settings = COMMIT_TIMESTAMPS | (Statements.SETTINGS if self.statements else {})
+        self.postgres = EmbeddedPostgres(self.tmp / "pg", free_port(), settings=settings)
         self.postgres.start()
         self.database_url = self.postgres.create_database("llmscope")
         port = free_port()

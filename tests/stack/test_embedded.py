@@ -61,6 +61,22 @@ async def _fetchval(url: str, sql: str) -> object:
         await conn.close()
 
 
+def test_postgres_settings_are_given_at_every_start(pg_tmp: Path) -> None:
+    """A benchmark's server parameters reach a new cluster and one started again, without
+    touching its configuration files."""
+    settings = {"track_commit_timestamp": "on", "work_mem": "7MB"}
+    for _ in range(2):
+        server = EmbeddedPostgres(pg_tmp / "pg", free_port(), durable=False, settings=settings)
+        server.start()
+        try:
+            url = server.url()
+            assert asyncio.run(_fetchval(url, "SHOW track_commit_timestamp")) == "on"
+            assert asyncio.run(_fetchval(url, "SHOW work_mem")) == "7MB"
+        finally:
+            server.stop()
+    assert "work_mem" not in (pg_tmp / "pg" / "postgresql.auto.conf").read_text()
+
+
 def test_busy_ports_are_reported_with_the_variable_to_change(tmp_path: Path) -> None:
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))

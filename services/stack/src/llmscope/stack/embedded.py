@@ -22,6 +22,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import quote
 
@@ -238,7 +239,8 @@ class EmbeddedPostgres:
     With ``password`` the superuser ``postgres`` needs it (SCRAM), on the socket and on loopback;
     a cluster created open by an older LLMscope is closed at its next start. Without, local
     connections are trusted (throwaway test clusters). ``tie_to_parent``: the server gets a fast
-    shutdown when this process dies (see ``lifetime``).
+    shutdown when this process dies (see ``lifetime``). ``settings``: server parameters given at
+    each start (``-c name=value``), e.g. a benchmark's ``track_commit_timestamp``.
     """
 
     def __init__(
@@ -250,6 +252,7 @@ class EmbeddedPostgres:
         durable: bool = True,
         password: str | None = None,
         tie_to_parent: bool = False,
+        settings: Mapping[str, str] | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.port = port
@@ -257,6 +260,7 @@ class EmbeddedPostgres:
         self.durable = durable
         self.password = password
         self.tie_to_parent = tie_to_parent
+        self.settings = dict(settings or {})
         self._proc: subprocess.Popen[bytes] | None = None
         self._owner = _ensure_pg_user()
 
@@ -371,6 +375,8 @@ class EmbeddedPostgres:
         if not self.durable:
             # Throwaway test clusters: no fsync, the OS page cache is enough.
             cmd += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+        for name, value in self.settings.items():
+            cmd += ["-c", f"{name}={value}"]
         log = _append_private(self.data_dir.parent / f"{self.data_dir.name}.log")
         try:
             self._proc = subprocess.Popen(
