@@ -65,6 +65,11 @@ def assert_exactly(got: Sequence[ViolationEvent], expected: Sequence[str]) -> No
         assert ids == sorted(ids, key=order.__getitem__)
 
 
+PUBLISH_ACKS_WITHIN_S = 120.0
+"""A publish ack lost with its connection is never answered: the test fails after this (it is
+not a wait for an event, only the bound on one that will not come), not at CI's timeout."""
+
+
 async def publish_all(js: JetStreamContext, events: Sequence[TelemetryEvent]) -> None:
     acks = [
         await js.publish_async(
@@ -72,7 +77,7 @@ async def publish_all(js: JetStreamContext, events: Sequence[TelemetryEvent]) ->
         )
         for e in events
     ]
-    await asyncio.gather(*acks)
+    await asyncio.wait_for(asyncio.gather(*acks), PUBLISH_ACKS_WITHIN_S)
 
 
 class Trickle:
