@@ -196,7 +196,10 @@ def test_a_cascade_on_one_host_becomes_one_incident_naming_every_model(data_dir:
                 for v in _violations(client, m)
             )
 
-        wait_for(quiet, 180, what=lambda: f"no critical episode open on the host\n{stack.log()}")
+        # At a load of 12 the simulated answers' measured latency carries the machine's scheduling
+        # delays, so false alarms come more often and a quiet moment takes longer to arrive
+        # (180 s was once not enough): the bound only says when to give up.
+        wait_for(quiet, 420, what=lambda: f"no critical episode open on the host\n{stack.log()}")
         # An incident on the host may already be open (an earlier one-point signal). What
         # matters is one incident holding critical violations of both models from after the start.
         started = datetime.now(UTC)
