@@ -36,6 +36,8 @@ from llmscope.proto.control import (
     SilenceReply,
     SilenceSpec,
     WeeklyWindow,
+    reply_wait_s,
+    send_max_s,
 )
 from llmscope.web.alerting import (
     AlerterRefused,
@@ -58,8 +60,9 @@ log = get_logger("llmscope.api.alerting")
 
 R = TypeVar("R", bound=msgspec.Struct)
 
-# A test send retries for up to ~10 s with 10 s attempts (the alerter's send_test): wait longer.
-TEST_TIMEOUT_S = 30.0
+
+class AlerterSilent(AlerterUnavailable):
+    """An alerter may be running, but none answered in time."""
 
 
 class AlerterClient:
@@ -80,7 +83,7 @@ class AlerterClient:
         except NoRespondersError:
             raise AlerterUnavailable("no alerter is running (no responders)") from None
         except TimeoutError:  # nats' TimeoutError is a TimeoutError
-            raise AlerterUnavailable(f"no alerter answered within {wait_s or self.timeout_s:g} s") from None
+            raise AlerterSilent(f"no alerter answered within {wait_s or self.timeout_s:g} s") from None
         try:
             return msgspec.json.decode(msg.data, type=reply)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -196,16 +199,27 @@ class Alerting:
         nc: Callable[[], NATS | None],
         *,
         timeout_s: float = 5.0,
-        test_timeout_s: float = TEST_TIMEOUT_S,
+        test_wait_s: Callable[[str], float] = reply_wait_s,
     ) -> None:
         self.queries = IncidentQueries(pool)
         self.client = AlerterClient(nc, timeout_s)
-        self.test_timeout_s = test_timeout_s
+        self.test_wait_s = test_wait_s
 
     async def test_channel(self, channel: str) -> TestSendResult:
-        reply = await self.client.request(
-            subjects.alerter_test(), AlertTestRequest(channel=channel), AlertTestReply, self.test_timeout_s
-        )
+        """The alerter's answer; it takes at most ``TEST_SEND_MAX_S`` (``TICKET_TEST_MAX_S`` for
+        the tracker): past that and a margin, :class:`AlerterUnavailable` says it did not answer
+        and that whether the message went out is unknown."""
+        wait_s = self.test_wait_s(channel)
+        try:
+            reply = await self.client.request(
+                subjects.alerter_test(), AlertTestRequest(channel=channel), AlertTestReply, wait_s
+            )
+        except AlerterSilent:
+            raise AlerterSilent(
+                f"the alerter did not answer within {wait_s:g} s (a test send takes it at most"
+                f" {send_max_s(channel):g} s): it is down or overloaded, and whether the test message"
+                " went out is unknown"
+            ) from None
         return TestSendResult(reply.ok, reply.channel, reply.kind, reply.status, reply.detail, reply.attempts)
 
     async def incidents(self, flt: IncidentFilter) -> IncidentPage:
