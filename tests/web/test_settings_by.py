@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from llmscope.api import known_settings
+from llmscope.web.settings_form import SECTIONS
+from llmscope.web.setup_routes import SETUP_ENABLES, SETUP_KEYS
 from tests.api.conftest import Api
 from tests.web.test_pages import HX, login
 from tests.web.test_settings_untouched import _form, _with
@@ -59,3 +62,12 @@ async def test_api_clients_keep_saving_without_a_name(api: Api) -> None:
     r = await api.client.put("/api/settings/alert.email.smtp_port", json={"value": 25})
     assert r.status_code == 200, r.text
     assert await _by(api, "alert.email.smtp_port") == (25, "api")
+
+
+def test_every_setting_the_wizard_sets_is_on_the_settings_page() -> None:
+    """A channel set up in the wizard (Teams, Discord, Mattermost, Alertmanager, a Slack bot, an
+    SMTP relay's CA) could not be seen, changed or switched off under Settings."""
+    on_page = {f.key for s in SECTIONS for f in s.fields}
+    assert set(SETUP_KEYS) - on_page == set()
+    assert set(SETUP_ENABLES.values()) - on_page == set()
+    assert {k for k in known_settings.BY_KEY if k.endswith(".enabled")} - on_page == set()
