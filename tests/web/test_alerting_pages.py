@@ -345,6 +345,9 @@ async def test_notifications_page(
             await eventually(shown, what="the sent notification on the page")
             r = await client.get("/notifications?status=sent&channel=webhook", headers=headers)
             assert "webhook (webhook)" in r.text
+            # The incident the message was about is a link away (the group key named it only).
+            incident = await api.store.pool.fetchval("SELECT id FROM alerter_incidents")
+            assert f'<a href="/incidents/{incident}">incident={incident}</a>' in r.text
             if hx:
                 assert r.text.lstrip().startswith('<div id="notification-table"')
             r = await client.get("/notifications?status=failed", headers=headers)
