@@ -369,6 +369,22 @@ async def test_setup_wizard_refused_save_keeps_what_was_typed(site: Site) -> Non
     assert values["alert.email.smtp_host"] != "smtp.typed.example"  # nothing of it was saved
 
 
+async def test_an_incidents_analysis_wraps_in_its_card(site: Site) -> None:
+    """Its lines once ran past the card (a 1366-px page scrolled sideways): on a phone, where every
+    line is longer than the card, each wraps inside it."""
+    async with browser_page(site) as page:
+        await log_in(page, site, "/incidents?severity=warning")
+        await page.set_viewport_size(WALK_VIEWPORTS["phone"])  # type: ignore[arg-type]
+        await page.locator("a[href^='/incidents/inc-']").first.click()
+        await page.locator("main pre").first.wait_for()
+        overflowing = await page.eval_on_selector_all(
+            "main pre", "all => all.filter(p => p.scrollWidth > p.clientWidth + 1).map(p => p.scrollWidth)"
+        )
+        assert overflowing == []
+        assert await page.evaluate("document.scrollingElement.scrollWidth - window.innerWidth") <= 0
+    assert site.errors == [], "\n".join(site.errors)
+
+
 async def test_report_and_other_pages_render_cleanly(site: Site) -> None:
     async with browser_page(site) as page:
         await log_in(page, site, "/report?hours=24")
