@@ -6,11 +6,15 @@ alerter as the API's ``violation_action.v1`` events (the alerter never reads the
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import msgspec
+from msgspec import structs
 from nats.js import JetStreamContext
 
 from llmscope.alerter.config import Timings
+from llmscope.proto.incident import IncidentEvent
 from llmscope.proto.violation import ViolationEvent
 from llmscope.proto.violation_action import ViolationActionEvent, action_id
 from tests.alerter.api_side import api_side
@@ -194,6 +198,109 @@ async def test_a_newer_note_on_a_hand_resolution_replaces_the_one_the_alert_show
         await eventually(lambda: nothing_in_flight(run.pool), what="nothing in flight")
         assert await run.pool.fetchval(note_of, ev.episode_id) == "restarted ollama"
         assert len(got) == 2, [g.title for g in got]
+    finally:
+        await run.close()
+        await sink.stop()
+        await api.close()
+
+
+def note_state(ev: ViolationEvent, seq: int, note: str, at: datetime) -> ViolationActionEvent:
+    """The episode resolved by bo at ``at`` with ``note``: the API's ``seq``-th action on it."""
+    return structs.replace(resolved_state(ev, seq, note), ts=at, resolved_at=at, acknowledged_at=at)
+
+
+INCIDENT_NOTE = "SELECT resolved_note, revision FROM alerter_incidents WHERE id = $1"
+
+
+async def incident_events(run: Any, incident_id: str) -> list[IncidentEvent]:
+    """The incident's events on the alerter's outbox, oldest first."""
+    rows = await run.pool.fetch(
+        "SELECT payload FROM alerter_outbox WHERE msg_id LIKE $1 || ':%' ORDER BY id", incident_id
+    )
+    return [msgspec.json.decode(bytes(r["payload"]), type=IncidentEvent) for r in rows]
+
+
+async def test_an_incident_shows_the_latest_note_on_its_violations_as_their_alerts_do(
+    database_url: str, js: JetStreamContext
+) -> None:
+    """A violation resolved through the API with a note, a newer note, then the engine's clear:
+    the alert showed the newer note and the incident, resolved by the clear, showed none. It
+    shows the latest by time, and a later one replaces it (an ``updated`` incident event)."""
+    api = await api_side(js)
+    sink, got = await webhook_sink()
+    timings = Timings(group_wait=0.3, group_interval=0.2, repeat_interval=3600)
+    run = await start_alerter(database_url, js, {"LLMSCOPE_WEBHOOK_URL": sink.url + "/hook"}, timings=timings)
+    try:
+        ev = violation(1, rule="CUSUM")
+        await publish(js, ev)
+        await eventually(lambda: len(got) >= 1, what="the page")
+        incident_id = got[0].incident_id
+        now = datetime.now(UTC)
+        await api.publish_action(note_state(ev, 1, "looking", now))
+        await api.publish_action(note_state(ev, 2, "restarted ollama", now + timedelta(seconds=1)))
+        await eventually(
+            lambda: run.pool.fetchval(
+                "SELECT seq = 2 FROM alerter_violation_actions WHERE episode_id = $1", ev.episode_id
+            ),
+            what="the newer action stored",
+        )
+        await publish(js, cleared(ev))
+
+        async def note() -> str | None:
+            row = await run.pool.fetchrow(INCIDENT_NOTE, incident_id)
+            return None if row is None else row["resolved_note"]
+
+        await eventually(lambda: run.pool.fetchval(
+            "SELECT state = 'resolved' FROM alerter_incidents WHERE id = $1", incident_id
+        ), what="the incident resolved by the clear")  # fmt: skip
+        assert await note() == "restarted ollama"
+        # The "resolved" event carries it: the API's incident page shows it.
+        [resolved] = [e for e in await incident_events(run, incident_id) if e.change == "resolved"]
+        assert resolved.resolved_note == "restarted ollama"
+
+        await api.publish_action(note_state(ev, 3, "the GPU driver, not ollama", now + timedelta(seconds=2)))
+        await eventually(
+            lambda: note_is(run, incident_id, "the GPU driver, not ollama"), what="the newer note"
+        )
+        updated = [e for e in await incident_events(run, incident_id) if e.change == "updated"]
+        assert [e.resolved_note for e in updated] == ["the GPU driver, not ollama"]
+    finally:
+        await run.close()
+        await sink.stop()
+        await api.close()
+
+
+async def note_is(run: Any, incident_id: str, want: str) -> bool:
+    return bool(await run.pool.fetchval(INCIDENT_NOTE.replace(", revision", ""), incident_id) == want)
+
+
+async def test_a_later_note_on_a_violation_replaces_the_incidents_own_but_an_older_one_does_not(
+    database_url: str, js: JetStreamContext
+) -> None:
+    api = await api_side(js)
+    sink, got = await webhook_sink()
+    timings = Timings(group_wait=0.3, group_interval=0.2, repeat_interval=3600)
+    run = await start_alerter(database_url, js, {"LLMSCOPE_WEBHOOK_URL": sink.url + "/hook"}, timings=timings)
+    try:
+        ev = violation(1, rule="CUSUM")
+        await publish(js, ev)
+        await eventually(lambda: len(got) >= 1, what="the page")
+        incident_id = got[0].incident_id
+        before = datetime.now(UTC) - timedelta(minutes=1)
+        assert await run.store.resolve_incident(incident_id, "ana", "restarted ollama")
+        # A note written before the incident's resolution (delivered late) does not replace it.
+        await api.publish_action(note_state(ev, 1, "looking", before))
+        await eventually(
+            lambda: run.pool.fetchval(
+                "SELECT seq = 1 FROM alerter_violation_actions WHERE episode_id = $1", ev.episode_id
+            ),
+            what="the older action stored",
+        )
+        assert await note_is(run, incident_id, "restarted ollama")
+        await api.publish_action(
+            note_state(ev, 2, "the GPU driver", datetime.now(UTC) + timedelta(seconds=1))
+        )
+        await eventually(lambda: note_is(run, incident_id, "the GPU driver"), what="the later note")
     finally:
         await run.close()
         await sink.stop()

@@ -256,10 +256,19 @@ async def test_violations_become_an_incident_acknowledged_and_resolved_through_t
             ] == []
             assert (await api.client.get("/api/notifications", params={"status": "lost"})).status_code == 422
 
+            people = "SELECT acknowledged_by, resolved_by, note FROM violations ORDER BY id"
+
+            async def logged() -> bool:  # the violations in the API's own log too
+                return len(await api.store.pool.fetch(people)) == 2
+
+            await eventually(logged, what="both violations in the API's log")
             r = await api.client.post(
                 f"/api/incidents/{iid}/acknowledge", json={"by": "ana", "note": "on it"}
             )
             assert r.status_code == 200, r.text
+            # Its violations are acknowledged in the API's log as well (they stayed unacknowledged).
+            rows = [tuple(r) for r in await api.store.pool.fetch(people)]
+            assert rows == [("ana", None, "on it")] * 2
             assert r.json()["state"] == "acknowledged"
             assert r.json()["acknowledged_by"] == "ana"
             assert r.json()["acknowledged_note"] == "on it"
@@ -278,6 +287,10 @@ async def test_violations_become_an_incident_acknowledged_and_resolved_through_t
             assert r.status_code == 200
             assert r.json()["state"] == "resolved"
             assert r.json()["resolved_note"] == "rolled back"
+            # ... and resolved: the overview counted them as open critical episodes of a model
+            # whose incident someone resolved.
+            rows = [tuple(r) for r in await api.store.pool.fetch(people)]
+            assert rows == [("ana", "ana", "rolled back")] * 2
             assert (
                 await api.client.post("/api/incidents/nope/resolve", json={"by": "ana"})
             ).status_code == 404

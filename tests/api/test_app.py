@@ -98,6 +98,9 @@ async def test_post_stats_publishes_and_persister_stores(persisting_api: Api) ->
         ({"eval_count": 1.5}, "$.eval_count"),
         ({"eval_count": 2.0**40}, "$.eval_count"),
         ({"http_status": "200"}, "$.http_status"),
+        # Traffic and probes are told apart by source and by prompt: the two must agree.
+        ({"prompt_id": "traffic:chat"}, "$.prompt_id"),
+        ({"source": "traffic"}, "$.prompt_id"),
     ],
 )
 async def test_post_stats_422_names_the_field(api: Api, body: dict[str, object], field: str) -> None:

@@ -83,6 +83,7 @@ async def test_ticket_settings_are_refused_naming_the_field_and_the_token_is_nev
 async def test_the_ticket_section_of_the_settings_page_saves_whole(api: Api, tracker: str) -> None:
     client = await login(api)
     form = {
+        "by": "ann",
         "alert.tickets.tracker": "github",
         "alert.tickets.project": "acme",
         "alert.tickets.token": TOKEN,

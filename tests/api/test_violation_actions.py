@@ -80,6 +80,10 @@ async def test_acknowledging_and_resolving_publish_the_episodes_state(api: Api, 
     assert r.status_code == 200
     [_, _, (_, renoted)] = await actions(js)
     assert (renoted.action, renoted.resolved_by, renoted.note, renoted.seq) == ("resolved", "bo", "fixed", 3)
+    # Dated when the note was written, not at the first resolution (kept): the alerter shows an
+    # incident's latest note by this time.
+    assert renoted.resolved_at == res.resolved_at
+    assert renoted.ts > res.ts >= ack.ts
     assert not await pending(api)
     # The note changed back is a new state too (by a digest of the note it was the first's id).
     await api.client.post("/api/violations/v1/acknowledge", json={"acknowledged_by": "dee", "note": "on it"})

@@ -345,6 +345,9 @@ async def test_notifications_page(
             await eventually(shown, what="the sent notification on the page")
             r = await client.get("/notifications?status=sent&channel=webhook", headers=headers)
             assert "webhook (webhook)" in r.text
+            # The incident the message was about is a link away (the group key named it only).
+            incident = await api.store.pool.fetchval("SELECT id FROM alerter_incidents")
+            assert f'<a href="/incidents/{incident}">incident={incident}</a>' in r.text
             if hx:
                 assert r.text.lstrip().startswith('<div id="notification-table"')
             r = await client.get("/notifications?status=failed", headers=headers)
@@ -415,7 +418,9 @@ async def test_setup_wizard_sends_a_test_message(
             assert "after 1 attempt<" in r.text
             assert "does not offer STARTTLS" in r.text
             r = await client.post("/setup/test", data={"channel": "slack"}, headers=headers)
-            assert "not_configured" in r.text
+            # Nothing was tried: said in words, not "not_configured after 0 attempts".
+            assert "slack: not set up: nothing was sent (fill in its fields above and save)</p>" in r.text
+            assert "after 0 attempts" not in r.text
             r = await client.post("/setup/test", data={"channel": "carrier-pigeon"}, headers=headers)
             assert r.status_code == (200 if hx else 422)
             assert "channel: choose one of" in r.text

@@ -329,6 +329,7 @@ async def test_acknowledge_from_the_violation_page_shows_a_toast(site: Site) -> 
 async def test_settings_save_shows_the_error_under_its_field(site: Site) -> None:
     async with browser_page(site) as page:
         await log_in(page, site, "/settings")
+        await page.fill("#section-email input[name=by]", "ana")  # who saves: kept for the next save
         await page.fill("#f-alert-email-smtp_port", "seventy")
         await page.click("#section-email button[type=submit]")
         error = page.locator("#f-alert-email-smtp_port-error")
@@ -350,6 +351,7 @@ async def test_settings_save_shows_the_error_under_its_field(site: Site) -> None
 async def test_setup_wizard_refused_save_keeps_what_was_typed(site: Site) -> None:
     async with browser_page(site) as page:
         await log_in(page, site, "/setup")
+        await page.fill("#wizard input[name=by]", "ana")
         await page.fill("input[name='alert.email.smtp_host']", "smtp.typed.example")
         await page.fill("input[name='alert.email.smtp_port']", "seventy")
         await page.fill("input[name='alert.email.smtp_password']", "pa55word")
@@ -365,6 +367,22 @@ async def test_setup_wizard_refused_save_keeps_what_was_typed(site: Site) -> Non
     assert site.errors == [], "\n".join(site.errors)
     values = {s.key: s.value for s in await site.api.store.settings()}
     assert values["alert.email.smtp_host"] != "smtp.typed.example"  # nothing of it was saved
+
+
+async def test_an_incidents_analysis_wraps_in_its_card(site: Site) -> None:
+    """Its lines once ran past the card (a 1366-px page scrolled sideways): on a phone, where every
+    line is longer than the card, each wraps inside it."""
+    async with browser_page(site) as page:
+        await log_in(page, site, "/incidents?severity=warning")
+        await page.set_viewport_size(WALK_VIEWPORTS["phone"])  # type: ignore[arg-type]
+        await page.locator("a[href^='/incidents/inc-']").first.click()
+        await page.locator("main pre").first.wait_for()
+        overflowing = await page.eval_on_selector_all(
+            "main pre", "all => all.filter(p => p.scrollWidth > p.clientWidth + 1).map(p => p.scrollWidth)"
+        )
+        assert overflowing == []
+        assert await page.evaluate("document.scrollingElement.scrollWidth - window.innerWidth") <= 0
+    assert site.errors == [], "\n".join(site.errors)
 
 
 async def test_report_and_other_pages_render_cleanly(site: Site) -> None:
@@ -506,6 +524,31 @@ LAYOUT = """() => {
             const lines = new Set([...range.getClientRects()].map(r => Math.round(r.bottom))).size;
             if ((lines > 2 && !td.classList.contains('v-detail')) || td.scrollWidth > td.clientWidth + 1)
                 out.push(['a violation cell wraps or overflows', `${lines} lines: ${td.textContent.trim()}`]);
+        }
+    }
+    // A phone's stacked table rows: every line of a row starts at the row's left edge (the
+    // second line once started about 8 px right of the first).
+    if (window.innerWidth <= 400) {
+        const rows = 'table.violations tr, #report-violations tr, table.stack tr';
+        for (const tr of document.querySelectorAll(rows)) {
+            if (!tr.getClientRects().length || getComputedStyle(tr).display !== 'flex') continue;
+            // Flex lines: cells whose boxes overlap vertically (baselines differ by font size).
+            const boxes = [...tr.children].filter(td => td.getClientRects().length)
+                .map(td => td.getBoundingClientRect()).filter(r => r.width > 0)
+                .sort((a, b) => a.top - b.top);
+            const lines = [];
+            for (const r of boxes) {
+                const line = lines[lines.length - 1];
+                if (line && r.top < line.bottom - 1) {
+                    line.left = Math.min(line.left, r.left); line.bottom = Math.max(line.bottom, r.bottom);
+                } else lines.push({left: r.left, bottom: r.bottom});
+            }
+            const lefts = lines.map(l => l.left);
+            if (lefts.length > 1 && Math.max(...lefts) - Math.min(...lefts) > 1) {
+                const table = tr.closest('table');
+                const where = `${table.id || table.className}: ${lefts.map(Math.round)}`;
+                out.push(["a stacked row's lines start at different x", where]);
+            }
         }
     }
     // Settings' Alerting cards: side by side where two fit, stacked otherwise.

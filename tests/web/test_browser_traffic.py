@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import time
 from collections.abc import AsyncIterator
 from urllib.parse import urlencode
 
 import pytest
 import uvicorn
+from playwright.async_api import Locator
 
 from llmscope.proto.charts import chart_key
 from llmscope.spc_engine import service as spc
@@ -24,6 +26,7 @@ from tests.api.test_otlp_receiver import PROTOBUF
 from tests.api.test_otlp_traffic_charts import otlp_api
 from tests.api.traffic_harness import fast_traffic_settings, slowing_spans
 from tests.web.test_browser import Site, browser_page, log_in, shot
+from tests.web.test_browser_phone import PHONE, PHONE_CHART
 
 __all__ = ["otlp_api"]  # the fixture, imported to be used here
 
@@ -85,4 +88,31 @@ async def test_traffic_list_and_chart_pages(traffic_site: Site) -> None:
         assert await chart.locator("polyline.ucl-steps").count() == 1
         assert await chart.locator("text.axis-label").text_content() == "p50 latency per output token (ms)"
         await shot(page, "traffic-chart")
+        await check_line_labels(chart)
+        # On a phone: the compact layout, labels inside the plot, none cut off.
+        await page.set_viewport_size(PHONE)  # type: ignore[arg-type]
+        await page.wait_for_function("() => document.cookie.includes('llmscope_vw=390')")
+        await page.reload()
+        await page.wait_for_function("() => !document.documentElement.classList.contains('vw-redraw')")
+        await page.wait_for_load_state("networkidle")
+        await chart.wait_for()
+        assert await chart.evaluate("svg => svg.viewBox.baseVal.width") == PHONE_CHART
+        await check_line_labels(chart)
+        await shot(page, "traffic-chart-phone")
     assert site.errors == [], "\n".join(site.errors)
+
+
+async def check_line_labels(chart: Locator) -> None:
+    """The limit's label names the latest minute's limit and its number of requests (it read
+    "UCL at n"), the center's its value, and each lies whole inside the chart."""
+    labels = await chart.locator("text.limit-label, text.center-label").all_text_contents()
+    assert re.fullmatch(r"UCL [\d.,]+ n=\d+", labels[0]), labels
+    assert re.fullmatch(r"CL [\d.,]+", labels[1]), labels
+    outside = await chart.evaluate(
+        """svg => { const box = svg.getBoundingClientRect();
+            return [...svg.querySelectorAll('text.limit-label, text.center-label')]
+                .map(t => [t.textContent, t.getBoundingClientRect()])
+                .filter(([, r]) => r.left < box.left - 0.5 || r.right > box.right + 0.5)
+                .map(([text, r]) => `${text}: ${r.left}-${r.right} of ${box.left}-${box.right}`); }"""
+    )
+    assert outside == [], outside

@@ -6,7 +6,9 @@ import json
 import re
 from urllib.parse import quote
 
+from llmscope.api.persister import store_telemetry
 from tests.api.conftest import Api
+from tests.api.factories import telemetry
 from tests.api.test_health_overview import OK_LATENCIES, STREAM_TTFT, pcts, seed
 from tests.web.test_pages import HX, is_full_page, login
 
@@ -93,3 +95,25 @@ async def test_models_health_empty_and_toggle_keeps_it(api: Api) -> None:
     }
     assert 'id="health-panel"' in r.text  # no HX-Target: the whole content block
     assert '<tr class="disabled">' in r.text
+
+
+async def test_a_traffic_only_model_says_so_instead_of_a_probing_switch(api: Api) -> None:
+    """A model seen only in an application's traffic is not probed: the Enable/Disable switch
+    (shown for it before) switched nothing; the row says what is true instead."""
+    probe = telemetry(1, provider="openai", model="org/gpt:1", target="ext")
+    span = telemetry(
+        2, id="span-app", provider="openai", model="shop-bot", target="app-gateway",
+        source="traffic", prompt_id="traffic:chat",
+    )  # fmt: skip
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, [probe, span])
+    page = (await (await login(api)).get("/models")).text
+    rows = {
+        m.group(1): m.group(0)
+        for m in re.finditer(r"<tr[^>]*>\s*<td>openai</td><td>([^<]+)</td>.*?</tr>", page, re.S)
+    }
+    assert set(rows) == {"org/gpt:1", "shop-bot"}
+    assert "traffic only — not probed" in rows["shop-bot"]
+    assert "/models/toggle" not in rows["shop-bot"]
+    assert ">Disable</button>" in rows["org/gpt:1"]
+    assert "not probed" not in rows["org/gpt:1"]

@@ -50,7 +50,7 @@ async def test_the_overview_points_to_the_setup_page_until_it_is_saved(api: Api)
     # Stored, but not completed: still the first run.
     await api.store.put_setting("setup.completed", False, "test")
     assert "First run" in (await client.get("/", headers={"HX-Request": "true"})).text
-    r = await client.post("/setup", data={"alert.email.recipients": "ops@example.com"})
+    r = await client.post("/setup", data={"by": "ann", "alert.email.recipients": "ops@example.com"})
     assert r.status_code == 200, r.text
     for headers in ({}, {"HX-Request": "true", "HX-Target": "overview"}):
         after = await client.get("/", headers=headers)
@@ -204,3 +204,24 @@ async def test_one_setting_is_read_alone_with_its_default_and_never_a_secret(api
     assert await api.store.setting_value("alert.slack.webhook_url") is None
     with pytest.raises(SettingError, match="unknown setting"):
         await api.store.setting_value("no.such.setting")
+
+
+async def test_the_report_says_how_far_a_collecting_baseline_is(
+    api: Api, settings: ApiSettings, nc: NATS
+) -> None:
+    """The report's control chart said "baseline collecting" without the n/N the overview and
+    the dashboard show."""
+    start = datetime.now(UTC) - timedelta(seconds=90)
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, [telemetry(i, ts=start + timedelta(seconds=2 * i)) for i in range(40)])
+    key = chart_key("ollama", "llama3.1:8b", "local", "simple-1", "latency_ms")
+    meta = ChartMeta(
+        provider="ollama", model="llama3.1:8b", target="local", prompt_id="simple-1", metric="latency_ms"
+    )
+    view = ChartView(phase="collecting", progress=37, baseline_n=200)
+    kv = await nc.jetstream().create_key_value(KeyValueConfig(bucket=settings.charts_bucket))
+    await kv.put(key, msgspec.json.encode(ChartRecord(key=key, meta=meta, view=view)))
+    client = await login(api)
+    r = await client.get("/report?hours=24")
+    assert r.status_code == 200
+    assert "· baseline collecting 37/200</span></h2>" in r.text

@@ -473,17 +473,23 @@ async def test_settings_page_saves_and_hides_secrets(api: Api) -> None:
     assert "LLMSCOPE_RETENTION_TELEMETRY_DAYS" in r.text
     assert 'id="rule-CUSUM"' in r.text
     # The key-by-key route stays for scripts: its outcome is a toast.
-    r = await client.post("/settings/alert.email.smtp_password", data={"value": "hunter2-secret"}, headers=HX)
+    r = await client.post(
+        "/settings/alert.email.smtp_password", data={"by": "ann", "value": "hunter2-secret"}, headers=HX
+    )
     assert r.status_code == 200
     assert "saved" in r.headers["hx-trigger"]
     assert "hunter2-secret" not in r.text
-    r = await client.post("/settings/alert.email.smtp_port", data={"value": "nope"}, headers=HX)
+    r = await client.post("/settings/alert.email.smtp_port", data={"by": "ann", "value": "nope"}, headers=HX)
     assert r.status_code == 422
     assert "alert.email.smtp_port" in r.headers["hx-trigger"]
-    r = await client.post("/settings/alert.email.recipients", data={"value": "a@x.io, b@x.io"}, headers=HX)
+    r = await client.post(
+        "/settings/alert.email.recipients", data={"by": "ann", "value": "a@x.io, b@x.io"}, headers=HX
+    )
     assert r.status_code == 200
     assert not is_full_page(r.text)
-    r = await client.post("/settings/alert.email.enabled", data={"value": ["false", "true"]}, headers=HX)
+    r = await client.post(
+        "/settings/alert.email.enabled", data={"by": "ann", "value": ["false", "true"]}, headers=HX
+    )
     values = {s.key: s.value for s in await api.store.settings()}
     assert values["alert.email.recipients"] == ["a@x.io", "b@x.io"]
     assert values["alert.email.enabled"] is True
@@ -512,6 +518,7 @@ async def test_settings_page_names_the_three_key_scopes_and_which_are_set(settin
 async def test_settings_section_saves_whole_or_names_the_bad_field(api: Api) -> None:
     client = await login(api)
     form = {
+        "by": "ann",
         "alert.email.enabled": ["false", "true"],
         "alert.email.recipients": "ops@x.io",
         "alert.email.smtp_host": "mail.x.io",
@@ -530,7 +537,7 @@ async def test_settings_section_saves_whole_or_names_the_bad_field(api: Api) -> 
     assert "not saved" in r.headers["hx-trigger"]
     values = {s.key: s.value for s in await api.store.settings()}
     assert values["alert.email.smtp_host"] == ""  # nothing of the section was stored
-    r = await client.post("/settings/section/email", data={**form, "alert.email.smtp_port": "x"})
+    r = await client.post("/settings/section/email", data={"by": "ann", **form, "alert.email.smtp_port": "x"})
     assert r.status_code == 422
     assert is_full_page(r.text)
     assert "SMTP port: expected a whole number" in r.text
@@ -564,7 +571,7 @@ async def test_setup_wizard(api: Api, hx: bool) -> None:
     assert "Slack incoming webhook URL" in r.text
     r = await client.post(
         "/setup",
-        data={"alert.email.recipients": "not-an-address", "alert.slack.webhook_url": ""},
+        data={"by": "ann", "alert.email.recipients": "not-an-address", "alert.slack.webhook_url": ""},
         headers=headers,
     )
     assert r.status_code == REFUSED[hx]
@@ -572,6 +579,7 @@ async def test_setup_wizard(api: Api, hx: bool) -> None:
     r = await client.post(
         "/setup",
         data={
+            "by": "ann",
             "alert.email.recipients": "ops@example.com",
             "alert.email.smtp_host": "smtp.example.com",
             "alert.email.tls": "none",
@@ -617,6 +625,7 @@ async def test_setup_wizard(api: Api, hx: bool) -> None:
     r = await client.post(
         "/setup",
         data={
+            "by": "ann",
             "alert.tickets.tracker": "github",
             "alert.tickets.project": "acme/llm",
             "alert.min_severity": "info",
@@ -632,6 +641,7 @@ async def test_setup_wizard(api: Api, hx: bool) -> None:
     r = await client.post(
         "/setup",
         data={
+            "by": "ann",
             "alert.tickets.tracker": "github",
             "alert.tickets.project": "acme/llm",
             "alert.tickets.token": "ghp_T0KEN",
@@ -647,7 +657,7 @@ async def test_setup_wizard(api: Api, hx: bool) -> None:
     assert values["alert.tickets.tracker"] == ("github", True)
     assert values["alert.tickets.token"] == (None, True)
     assert values["alert.tickets.labels"] == (["llmscope", "oncall"], True)
-    r = await client.post("/setup", data={"alert.tickets.project": "no-slash"}, headers=headers)
+    r = await client.post("/setup", data={"by": "ann", "alert.tickets.project": "no-slash"}, headers=headers)
     assert r.status_code == REFUSED[hx]
     assert "expected owner/repo for github" in r.text
 
@@ -658,13 +668,14 @@ async def test_setup_wizard_refused_save_shows_what_was_typed_never_a_secret(api
     headers = {**HX, "HX-Target": "wizard"} if hx else {}
     r = await client.post(
         "/setup",
-        data={"alert.email.smtp_host": "stored.example.com", "alert.email.tls": "ssl"},
+        data={"by": "ann", "alert.email.smtp_host": "stored.example.com", "alert.email.tls": "ssl"},
         headers=headers,
     )
     assert r.status_code == 200, r.text
     r = await client.post(
         "/setup",
         data={
+            "by": "ann",
             "alert.email.smtp_host": "typed.example.com",
             "alert.email.smtp_port": "not-a-port",
             "alert.email.tls": "none",
@@ -699,7 +710,9 @@ async def test_setup_wizard_refused_save_shows_what_was_typed_never_a_secret(api
 
 async def test_setup_wizard_makes_a_webhook_signing_secret_and_shows_it_once(api: Api) -> None:
     client = await login(api)
-    r = await client.post("/setup", data={"alert.webhook.url": "http://hooks.internal:8080/llmscope"})
+    r = await client.post(
+        "/setup", data={"by": "ann", "alert.webhook.url": "http://hooks.internal:8080/llmscope"}
+    )
     assert r.status_code == 200, r.text
     shown = re.search(r'<code id="webhook-secret">([^<]+)</code>', r.text)
     assert shown is not None, r.text
@@ -711,7 +724,9 @@ async def test_setup_wizard_makes_a_webhook_signing_secret_and_shows_it_once(api
     )
     assert secret not in (await client.get("/setup")).text  # once
     # a later save (the secret now set) keeps it and shows nothing
-    r = await client.post("/setup", data={"alert.webhook.url": "http://hooks.internal:8080/other"})
+    r = await client.post(
+        "/setup", data={"by": "ann", "alert.webhook.url": "http://hooks.internal:8080/other"}
+    )
     assert "webhook-secret" not in r.text
     assert (
         await api.store.pool.fetchval("SELECT value FROM settings WHERE key = 'alert.webhook.signing_secret'")

@@ -37,7 +37,7 @@ async def test_wizard_saves_a_jira_tracker_and_its_test_opens_and_closes_a_ticke
         "alert.tickets.token": "wrong-token",
         "alert.tickets.user": jira.user,
     }
-    r = await client.post("/setup", data=form)
+    r = await client.post("/setup", data={**form, "by": "ann"})
     assert r.status_code == 200, r.text
     assert "Saved" in r.text
     async with live_alerter(database_url, nats_url, None):
@@ -49,7 +49,7 @@ async def test_wizard_saves_a_jira_tracker_and_its_test_opens_and_closes_a_ticke
         assert "wrong-token" not in r.text
         assert jira.issues == {}
 
-        r = await client.post("/setup", data={"alert.tickets.token": TOKEN})
+        r = await client.post("/setup", data={"by": "ann", "alert.tickets.token": TOKEN})
         assert r.status_code == 200, r.text
         r = await client.post("/setup/test", data={"channel": "tickets"})
         assert r.status_code == 200, r.text

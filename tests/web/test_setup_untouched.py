@@ -62,6 +62,7 @@ async def test_saving_the_wizard_stores_only_the_fields_changed(api: Api) -> Non
     assert form["alert.email.smtp_port"] == "587"
     assert form["alert.min_severity"] == "critical"
     form["alert.email.recipients"] = "ops@example.com"
+    form["by"] = "ann"
 
     r = await client.post("/setup", data=form)
     assert r.status_code == 200, r.text

@@ -61,6 +61,7 @@ from msgspec import Meta
 from llmscope.proto import subjects
 from llmscope.proto.base import Count
 from llmscope.proto.chartconfig import ChartSettings
+from llmscope.proto.telemetry import TRAFFIC_PROMPT_PREFIX as TRAFFIC_PROMPT_PREFIX
 from llmscope.proto.violation import BaselineRef, ChartLimits
 
 AVAILABILITY = "availability"
@@ -72,7 +73,6 @@ TRAFFIC_METRICS = (
     "traffic_ttft_p50",
 )
 """Metrics of the per-minute traffic charts (their prompt is ``traffic:<operation>``)."""
-TRAFFIC_PROMPT_PREFIX = "traffic:"
 CHART_RECORD_VERSION = 1
 
 Phase = Literal["collecting", "armed"]

@@ -26,6 +26,26 @@ Person = Annotated[str, Meta(max_length=200)]
 Note = Annotated[str, Meta(max_length=4000)]
 
 
+TEST_SEND_MAX_S = 10.0
+"""The longest the alerter takes over a channel's test send: one attempt, bounded by this."""
+TICKET_TEST_MAX_S = 30.0
+"""The longest it takes over the ticket test (``tickets``: a ticket opened, commented on and
+closed, one try of each request): the whole test is bounded by this."""
+TEST_REPLY_MARGIN_S = 5.0
+"""What the API waits beyond those for the reply (reading the settings, the round trip, a busy
+alerter), before it says that the alerter did not answer."""
+
+
+def send_max_s(channel: str) -> float:
+    """The longest the alerter takes over a test send through ``channel`` (``tickets``: the tracker)."""
+    return TICKET_TEST_MAX_S if channel == "tickets" else TEST_SEND_MAX_S
+
+
+def reply_wait_s(channel: str) -> float:
+    """How long the API waits for the alerter's answer to a test send through ``channel``."""
+    return send_max_s(channel) + TEST_REPLY_MARGIN_S
+
+
 class AlertTestRequest(msgspec.Struct, frozen=True, kw_only=True):
     """``subjects.alerter_test()``: send one test message through a channel (name or kind)."""
 

@@ -41,6 +41,21 @@ Source = Literal["probe", "traffic"]
 """Where an event comes from: a probe (a fixed prompt, like for like) or a request of real traffic
 (prompts and outputs of every length: never charted as if it were a probe)."""
 
+TRAFFIC_PROMPT_PREFIX = "traffic:"
+"""The one definition of real traffic: its prompt is ``traffic:<operation>`` and its source is
+``traffic``; a probe has neither. :class:`TelemetryEvent` refuses an event whose two disagree, so
+whatever reads one (the persister reads ``source``, the queries ``prompt_id``) reads the other."""
+TRAFFIC_SQL = f"prompt_id LIKE '{TRAFFIC_PROMPT_PREFIX}%'"
+"""SQL condition on a row with a ``prompt_id`` column: it is real traffic (see above)."""
+PROBES_SQL = f"prompt_id NOT LIKE '{TRAFFIC_PROMPT_PREFIX}%'"
+"""SQL condition on a row with a ``prompt_id`` column: it is a probe's (see above)."""
+
+
+def is_traffic_prompt(prompt_id: str) -> bool:
+    """Whether a prompt id is real traffic's (``traffic:<operation>``): see :data:`TRAFFIC_PROMPT_PREFIX`."""
+    return prompt_id.startswith(TRAFFIC_PROMPT_PREFIX)
+
+
 ProbeStatus = Literal[
     "ok",
     "timeout",
@@ -179,6 +194,11 @@ class TelemetryEvent(Event, frozen=True, kw_only=True, tag="telemetry.v1"):
         subjects.check_token("model", self.model)
         subjects.check_token("target", self.target)
         subjects.check_token("prompt_id", self.prompt_id)
+        if (self.source == "traffic") != is_traffic_prompt(self.prompt_id):
+            raise ValueError(
+                f"`prompt_id` {self.prompt_id!r} with source {self.source!r}: real traffic, and only"
+                f" traffic (source 'traffic'), has a prompt_id starting with {TRAFFIC_PROMPT_PREFIX!r}"
+            )
 
     @property
     def ok(self) -> bool:

@@ -249,7 +249,46 @@ class IncidentStore(StoreBase):
             self.clock(),
         )
         if done:
+            # Its violations' latest note, if any, in the "resolved" event itself.
+            await self._sync_incident_notes(
+                conn, await self._incident_episodes(conn, incident_id), publish=False
+            )
             await self._outbox_incident(conn, incident_id, "resolved")
+
+    async def _sync_incident_notes(
+        self, conn: Conn, episode_ids: Sequence[str], *, publish: bool = True
+    ) -> None:
+        """A resolved incident shows the latest resolution note by time, as its alerts do: its
+        own resolution's, or a later one on one of its violations (that note's action event
+        time). A resolution without a note erases none; a merged incident keeps the note naming
+        the incident it went into. A changed note publishes the incident (``updated``) unless
+        the caller publishes it (``publish=False``)."""
+        if not episode_ids:
+            return
+        changed = await conn.fetch(
+            "WITH latest AS ("
+            " SELECT DISTINCT ON (e.incident_id) e.incident_id, v.note, v.note_at"
+            " FROM alerter_incident_episodes e JOIN alerter_violation_actions v USING (episode_id)"
+            " WHERE e.incident_id IN (SELECT incident_id FROM alerter_incident_episodes"
+            "                         WHERE episode_id = ANY($1::text[]))"
+            " AND v.resolved_at IS NOT NULL AND v.note IS NOT NULL AND v.note_at IS NOT NULL"
+            " ORDER BY e.incident_id, v.note_at DESC, v.episode_id DESC)"
+            " UPDATE alerter_incidents i SET resolved_note = l.note, resolved_note_at = l.note_at,"
+            " revision = i.revision + 1 FROM latest l"
+            " WHERE i.id = l.incident_id AND i.state = 'resolved' AND i.merged_into IS NULL"
+            " AND (i.resolved_note_at IS NULL OR l.note_at > i.resolved_note_at)"
+            " AND i.resolved_note IS DISTINCT FROM l.note"
+            " RETURNING i.id",
+            list(episode_ids),
+        )
+        for r in sorted(changed, key=lambda r: str(r["id"])) if publish else ():
+            await self._outbox_incident(conn, r["id"], "updated")
+
+    async def _incident_episodes(self, conn: Conn, incident_id: str) -> list[str]:
+        rows = await conn.fetch(
+            "SELECT episode_id FROM alerter_incident_episodes WHERE incident_id = $1", incident_id
+        )
+        return [r["episode_id"] for r in rows]
 
     async def acknowledge_incident(self, incident_id: str, by: str, note: str | None = None) -> bool:
         """Acknowledge an incident and all its violations (reminders stop)."""
@@ -282,7 +321,9 @@ class IncidentStore(StoreBase):
         async with self.pool.acquire() as conn, conn.transaction():
             ok = await conn.fetchval(
                 "UPDATE alerter_incidents SET state = 'resolved', resolved_at = $2, resolved_by = $3,"
-                " resolved_note = $4, analysis_status = 'pending', analysis_due_at = $2,"
+                " resolved_note = $4,"
+                " resolved_note_at = CASE WHEN $4::text IS NULL THEN NULL ELSE $2::timestamptz END,"
+                " analysis_status = 'pending', analysis_due_at = $2,"
                 " revision = revision + 1 WHERE id = $1 AND state <> 'resolved' RETURNING 1",
                 incident_id,
                 self.clock(),
@@ -300,6 +341,10 @@ class IncidentStore(StoreBase):
                     incident_id,
                 )
                 await self._hand_resolved(conn, [r["episode_id"] for r in episodes], by, note)
+                # Resolved without a note: a later note on one of its violations stands.
+                await self._sync_incident_notes(
+                    conn, await self._incident_episodes(conn, incident_id), publish=False
+                )
                 await self._outbox_incident(conn, incident_id, "resolved")
             return bool(ok)
 

@@ -47,7 +47,12 @@ from llmscope.proto.violation_action import ViolationActionEvent
 
 _INSERT_ACTION = (
     "INSERT INTO alerter_violation_actions AS v (episode_id, acknowledged_by, acknowledged_at,"
-    " resolved_by, resolved_at, note, seq) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (episode_id)"
+    " resolved_by, resolved_at, note, seq, note_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+    " ON CONFLICT (episode_id)"
+)
+# A note's time is the event's that changed it (the same note in a later state keeps its time).
+_NOTE_AT = (
+    " note_at = CASE WHEN v.note IS NOT DISTINCT FROM EXCLUDED.note THEN v.note_at ELSE EXCLUDED.note_at END,"
 )
 # A violation_action.v1 event is the episode's whole state at the API, numbered by ``seq``: it
 # replaces the row only when it is newer (an older one delivered late, a redelivery, a replay or
@@ -56,7 +61,7 @@ _INSERT_ACTION = (
 _NEWER_ACTION = (
     _INSERT_ACTION + " DO UPDATE SET acknowledged_by = EXCLUDED.acknowledged_by,"
     " acknowledged_at = EXCLUDED.acknowledged_at, resolved_by = EXCLUDED.resolved_by,"
-    " resolved_at = EXCLUDED.resolved_at, note = EXCLUDED.note, seq = EXCLUDED.seq"
+    " resolved_at = EXCLUDED.resolved_at," + _NOTE_AT + " note = EXCLUDED.note, seq = EXCLUDED.seq"
     " WHERE v.seq IS NULL OR v.seq < EXCLUDED.seq"
 )
 # An event without seq (an API from before it; still in the stream, or replayed) is older than
@@ -69,6 +74,8 @@ _UNSEQUENCED_ACTION = (
     " acknowledged_at = coalesce(v.acknowledged_at, EXCLUDED.acknowledged_at),"
     " resolved_by = coalesce(v.resolved_by, EXCLUDED.resolved_by),"
     " resolved_at = coalesce(v.resolved_at, EXCLUDED.resolved_at),"
+    " note_at = CASE WHEN EXCLUDED.note IS NULL OR EXCLUDED.note IS NOT DISTINCT FROM v.note THEN v.note_at"
+    " ELSE EXCLUDED.note_at END,"
     " note = coalesce(EXCLUDED.note, v.note) WHERE v.seq IS NULL"
 )
 
@@ -736,6 +743,7 @@ class Store(IncidentStore, MergeStore, SilenceStore, RetentionStore):
                     ev.resolved_at,
                     ev.note,
                     ev.seq,
+                    ev.ts if ev.note is not None else None,
                 )
             episodes = sorted({ev.episode_id for ev in events})
             # Activity, applied or not (an old event may come again): retention counts from it.
@@ -745,7 +753,9 @@ class Store(IncidentStore, MergeStore, SilenceStore, RetentionStore):
             )
             await self._sync_acks(conn, episodes)
             await self._sync_resolution_notes(conn, episodes)
-            return await self._apply_hand_resolutions(conn, episodes)
+            resolved = await self._apply_hand_resolutions(conn, episodes)
+            await self._sync_incident_notes(conn, episodes)
+            return resolved
 
     async def acknowledge(self, episode_ids: Iterable[str], by: str) -> int:
         """Acknowledge episodes: reminders stop; new violations and resolutions still notify."""

@@ -19,14 +19,16 @@ from llmscope.alerter.notifiers.registry import build_notifier
 from llmscope.alerter.retry import Attempt, DeliveryError, as_delivery_error
 from llmscope.config.env import ConfigError, Env
 from llmscope.proto.base import new_id
+from llmscope.proto.control import TEST_SEND_MAX_S
 from llmscope.proto.telemetry import SystemMetrics
 from llmscope.proto.violation import BaselineRef, ChartLimits, ViolationEvent
 
 TestStatus = Literal["sent", "failed", "expired", "not_configured", "invalid_config"]
 """``expired`` is no longer answered (a test is one attempt) but stays in the wire contract."""
 
-TEST_ATTEMPT_TIMEOUT_S = 10.0
-"""The longest a test message waits for the channel; well within the API's wait for the answer."""
+TEST_ATTEMPT_TIMEOUT_S = TEST_SEND_MAX_S
+"""The longest a test message waits for the channel: what the API counts on, plus a margin
+(``llmscope.proto.control``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,9 +8,9 @@ acknowledge/resolve, silences, the notification log) is asked of it by core NATS
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import asyncpg
 import msgspec
@@ -36,6 +36,8 @@ from llmscope.proto.control import (
     SilenceReply,
     SilenceSpec,
     WeeklyWindow,
+    reply_wait_s,
+    send_max_s,
 )
 from llmscope.web.alerting import (
     AlerterRefused,
@@ -58,8 +60,17 @@ log = get_logger("llmscope.api.alerting")
 
 R = TypeVar("R", bound=msgspec.Struct)
 
-# A test send retries for up to ~10 s with 10 s attempts (the alerter's send_test): wait longer.
-TEST_TIMEOUT_S = 30.0
+
+class ViolationActor(Protocol):
+    """Records a person's action on one of the API's violations (``ViolationStore``)."""
+
+    async def acknowledge(self, violation_id: str, by: str, note: str | None) -> object: ...
+
+    async def resolve(self, violation_id: str, by: str, note: str | None) -> object: ...
+
+
+class AlerterSilent(AlerterUnavailable):
+    """An alerter may be running, but none answered in time."""
 
 
 class AlerterClient:
@@ -80,7 +91,7 @@ class AlerterClient:
         except NoRespondersError:
             raise AlerterUnavailable("no alerter is running (no responders)") from None
         except TimeoutError:  # nats' TimeoutError is a TimeoutError
-            raise AlerterUnavailable(f"no alerter answered within {wait_s or self.timeout_s:g} s") from None
+            raise AlerterSilent(f"no alerter answered within {wait_s or self.timeout_s:g} s") from None
         try:
             return msgspec.json.decode(msg.data, type=reply)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -196,16 +207,30 @@ class Alerting:
         nc: Callable[[], NATS | None],
         *,
         timeout_s: float = 5.0,
-        test_timeout_s: float = TEST_TIMEOUT_S,
+        test_wait_s: Callable[[str], float] = reply_wait_s,
+        violations: ViolationActor | None = None,
     ) -> None:
+        self.pool = pool
         self.queries = IncidentQueries(pool)
         self.client = AlerterClient(nc, timeout_s)
-        self.test_timeout_s = test_timeout_s
+        self.test_wait_s = test_wait_s
+        self.violations = violations
 
     async def test_channel(self, channel: str) -> TestSendResult:
-        reply = await self.client.request(
-            subjects.alerter_test(), AlertTestRequest(channel=channel), AlertTestReply, self.test_timeout_s
-        )
+        """The alerter's answer; it takes at most ``TEST_SEND_MAX_S`` (``TICKET_TEST_MAX_S`` for
+        the tracker): past that and a margin, :class:`AlerterUnavailable` says it did not answer
+        and that whether the message went out is unknown."""
+        wait_s = self.test_wait_s(channel)
+        try:
+            reply = await self.client.request(
+                subjects.alerter_test(), AlertTestRequest(channel=channel), AlertTestReply, wait_s
+            )
+        except AlerterSilent:
+            raise AlerterSilent(
+                f"the alerter did not answer within {wait_s:g} s (a test send takes it at most"
+                f" {send_max_s(channel):g} s): it is down or overloaded, and whether the test message"
+                " went out is unknown"
+            ) from None
         return TestSendResult(reply.ok, reply.channel, reply.kind, reply.status, reply.detail, reply.attempts)
 
     async def incidents(self, flt: IncidentFilter) -> IncidentPage:
@@ -232,9 +257,38 @@ class Alerting:
         if reply.incident is not None:
             # The alerter also publishes this revision; storing it now makes the answer readable at once.
             await self.queries.save(reply.incident)
+            if reply.status == "ok":
+                await self._act_on_violations(reply.incident.episode_ids, action, by, note)
         incident = incident_from_event(reply.incident) if reply.incident else None
         status = reply.status if reply.status in ("ok", "not_found") else "conflict"
         return IncidentActionResult(status=status, incident=incident, error=reply.error)
+
+    async def _act_on_violations(
+        self, episode_ids: Sequence[str], action: IncidentAction, by: str, note: str | None
+    ) -> None:
+        """The incident's violations in the API's log get the same acknowledgement or resolution:
+        an incident resolved by hand left them open and unacknowledged (the overview still showed
+        the model degraded by open critical episodes). Each is announced as a person's action as
+        usual; the alerter, which applied the incident's action to its alerts already, finds
+        nothing more to do. Best effort: the incident's action stands if this fails."""
+        if self.violations is None or not episode_ids:
+            return
+        # A cleared violation needs no resolution, but may still want its acknowledgement.
+        pending = (
+            "resolved_at IS NULL AND cleared_at IS NULL" if action == "resolve" else "acknowledged_at IS NULL"
+        )
+        try:
+            ids = await self.pool().fetch(
+                f"SELECT id FROM violations WHERE episode_id = ANY($1::text[]) AND {pending} ORDER BY id",
+                list(episode_ids),
+            )
+            for r in ids:
+                if action == "resolve":
+                    await self.violations.resolve(r["id"], by, note)
+                else:
+                    await self.violations.acknowledge(r["id"], by, note)
+        except (asyncpg.PostgresError, OSError) as exc:
+            log.warning("incident action not applied to its violations", action=action, error=str(exc))
 
     async def silences(self, include_expired: bool = False) -> list[SilenceInfo]:
         reply = await self.client.request(

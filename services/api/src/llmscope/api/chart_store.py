@@ -15,6 +15,7 @@ import asyncpg
 
 from llmscope.api.store_base import StoreBase
 from llmscope.proto.charts import ChartView, chart_key
+from llmscope.proto.telemetry import PROBES_SQL
 from llmscope.web.data import (
     BaselineInfo,
     ChartData,
@@ -113,8 +114,8 @@ class ChartStore(StoreBase):
         """The probe charts' subgroups. Real traffic (prompt ``traffic:<operation>``) is charted per
         minute, on the dashboard's Traffic page, not request by request here."""
         rows = await self.pool.fetch(
-            """SELECT provider, model, prompt_id, last_seen FROM series
-               WHERE prompt_id NOT LIKE 'traffic:%' ORDER BY provider, model, prompt_id"""
+            f"""SELECT provider, model, prompt_id, last_seen FROM series
+               WHERE {PROBES_SQL} ORDER BY provider, model, prompt_id"""
         )
         return [Series(r["provider"], r["model"], r["prompt_id"], r["last_seen"]) for r in rows]
 

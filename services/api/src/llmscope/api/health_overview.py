@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from llmscope.proto.telemetry import PROBES_SQL
 from llmscope.proto.violation import SEVERITIES
 from llmscope.web.data import HEALTH_MAX_HOURS, HealthOverview, ModelHealth, SilentModel
 
@@ -24,7 +25,7 @@ WITH w AS (
            row_number() OVER (PARTITION BY provider, model, target, streaming
                               ORDER BY ts DESC, id DESC) AS rn
     FROM telemetry
-    WHERE ts >= $1 AND prompt_id NOT LIKE 'traffic:%'
+    WHERE ts >= $1 AND {PROBES_SQL}
 ),
 kinds AS (
     SELECT provider, model, target, streaming, jsonb_object_agg(status, n) AS failures
@@ -52,7 +53,7 @@ agg AS (
 SELECT agg.*, coalesce(kinds.failures, '{}'::jsonb) AS failures
 FROM agg LEFT JOIN kinds USING (provider, model, target, streaming)
 ORDER BY provider, model, target, streaming
-"""
+""".replace("{PROBES_SQL}", PROBES_SQL)
 
 # "Open" as the violations list means it (not cleared), less those someone resolved.
 VIOLATIONS_SQL = """

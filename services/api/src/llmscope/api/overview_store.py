@@ -10,6 +10,7 @@ from llmscope.api import false_alarms
 from llmscope.api.chart_store import limits_from_view
 from llmscope.api.store_base import StoreBase
 from llmscope.proto.charts import chart_key
+from llmscope.proto.telemetry import PROBES_SQL
 from llmscope.web.data import ChartPoint, FalseAlarmBudget, OpenEpisode, Overview, Sparkline
 
 # A sparkline is a glance: about this many buckets over any window.
@@ -32,11 +33,11 @@ class OverviewStore(StoreBase):
         bucket_s = max(60, math.ceil(hours * 3600 / OVERVIEW_BUCKETS / 60) * 60)
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(
-                """SELECT provider, model, prompt_id, target,
+                f"""SELECT provider, model, prompt_id, target,
                           to_timestamp(floor(extract(epoch FROM minute) / $2) * $2) AS bucket,
                           sum(latency_n) AS n, sum(latency_logsum) AS ls,
                           min(latency_min) AS lo, max(latency_max) AS hi
-                   FROM telemetry_minute WHERE minute >= $1 AND prompt_id NOT LIKE 'traffic:%'
+                   FROM telemetry_minute WHERE minute >= $1 AND {PROBES_SQL}
                    GROUP BY 1, 2, 3, 4, 5 HAVING sum(latency_n) > 0 ORDER BY 5""",
                 start - timedelta(seconds=bucket_s),
                 bucket_s,

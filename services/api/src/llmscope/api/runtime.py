@@ -83,7 +83,7 @@ class Runtime:
         self.baseline_history: BaselineHistory | None = None
         self.live = Broadcaster()  # the dashboard's open tabs, fed from the bus while connected
         self._live_feed = LiveFeed(self.live)
-        self.alerting = Alerting(lambda: self.store.pool, lambda: self.nc)
+        self.alerting = Alerting(lambda: self.store.pool, lambda: self.nc, violations=self.store)
         self._stop = asyncio.Event()  # ends the persister's tasks
         self._tasks: list[asyncio.Task[None]] = []
 

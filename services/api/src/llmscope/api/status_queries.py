@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from llmscope.api.store import Store
 from llmscope.config.logs import get_logger
 from llmscope.proto.charts import AVAILABILITY, chart_key
+from llmscope.proto.telemetry import PROBES_SQL
 from llmscope.web.alerting import AlerterUnavailable, SilenceInfo
 from llmscope.web.status import (
     MaintenanceWindow,
@@ -50,13 +51,13 @@ MODELS_SQL = "SELECT provider, model, last_seen, host FROM models WHERE enabled 
 # application going quiet is no target that stopped reporting. rn 1 is the latest probe; the
 # current failure run is the probes before the latest successful one, and it started at the
 # oldest of them.
-TARGETS_SQL = """
+TARGETS_SQL = f"""
 WITH w AS (
     SELECT provider, model, target, host, status, ts,
            row_number() OVER latest AS rn,
            ts - lead(ts) OVER latest AS gap
     FROM telemetry
-    WHERE ts >= $1 AND prompt_id NOT LIKE 'traffic:%'
+    WHERE ts >= $1 AND {PROBES_SQL}
     WINDOW latest AS (PARTITION BY provider, model, target ORDER BY ts DESC, id DESC)
 ),
 firsts AS (
@@ -79,10 +80,10 @@ GROUP BY provider, model, target
 # Targets last probed before the window but within a day (one row per series and target, not the
 # raw probes): each is named as stopped reporting on its model rather than dropped in silence at
 # the window's edge; a day later it is taken for retired.
-STOPPED_SQL = """
+STOPPED_SQL = f"""
 SELECT provider, model, target, max(last_seen) AS last_seen
 FROM series_targets
-WHERE last_seen >= $1 AND last_seen < $2 AND target <> '' AND prompt_id NOT LIKE 'traffic:%'
+WHERE last_seen >= $1 AND last_seen < $2 AND target <> '' AND {PROBES_SQL}
 GROUP BY provider, model, target
 """
 STOPPED_SHOWN = timedelta(days=1)
@@ -95,14 +96,14 @@ WHERE cleared_at IS NULL AND resolved_at IS NULL
 GROUP BY provider, model, target, rule, severity
 """
 
-UPTIME_SQL = """
+UPTIME_SQL = f"""
 SELECT provider, model,
        sum(n) FILTER (WHERE minute >= $1) AS n_day,
        sum(n_ok) FILTER (WHERE minute >= $1) AS ok_day,
        sum(n) AS n_week,
        sum(n_ok) AS ok_week
 FROM telemetry_minute
-WHERE minute >= $2 AND prompt_id NOT LIKE 'traffic:%'
+WHERE minute >= $2 AND {PROBES_SQL}
 GROUP BY provider, model
 """
 

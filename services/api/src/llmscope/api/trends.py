@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from llmscope.api.chart_store import METRIC_COLUMNS
 from llmscope.api.charts import ChartFilter
 from llmscope.api.store import Store
+from llmscope.proto.telemetry import PROBES_SQL
 from llmscope.web.data import ChartPoint, Metric
 from llmscope.web.trend_svg import PALETTE
 from llmscope.web.trends import (
@@ -278,11 +279,11 @@ class TrendQueries:
         start = end - timedelta(hours=hours)
         bucket_s = await self.bucket_s([provider], [model], hours, start, end)
         rows = await self.store.pool.fetch(
-            """SELECT target, to_timestamp(floor(extract(epoch FROM minute) / $4) * $4) AS bucket,
+            f"""SELECT target, to_timestamp(floor(extract(epoch FROM minute) / $4) * $4) AS bucket,
                       sum(n) AS n, sum(n_ok) AS ok
                FROM telemetry_minute
                WHERE provider = $1 AND model = $2 AND minute >= $3 AND minute < $5
-                 AND prompt_id NOT LIKE 'traffic:%'
+                 AND {PROBES_SQL}
                GROUP BY 1, 2 ORDER BY 1, 2""",
             provider,
             model,

@@ -38,7 +38,9 @@ def action_event(row: asyncpg.Record) -> ViolationActionEvent:
     at = row["resolved_at"] if action == "resolved" else row["acknowledged_at"]
     return ViolationActionEvent(
         id=action_id(row["episode_id"], action, row["note"], row["action_seq"] or None),
-        ts=at,
+        # When this state was made (a later note's time, not the first resolution's): the alerter
+        # dates the note by it. A row changed by hand has none.
+        ts=row["action_at"] or at,
         action=action,
         violation_id=row["id"],
         episode_id=row["episode_id"],
@@ -86,7 +88,8 @@ class ViolationActions:
         while True:
             rows = await pool.fetch(
                 "SELECT id, episode_id, provider, model, acknowledged_by, acknowledged_at, resolved_by,"
-                " resolved_at, note, action_seq FROM violations WHERE action_pending ORDER BY id LIMIT $1",
+                " resolved_at, note, action_seq, action_at FROM violations WHERE action_pending"
+                " ORDER BY id LIMIT $1",
                 BATCH,
             )
             published = await self._publish(rows)

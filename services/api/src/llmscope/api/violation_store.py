@@ -213,6 +213,8 @@ class ViolationStore(StoreBase):
                    -- too), a duplicate the stream drops.
                    action_seq = action_seq
                        + (acknowledged_at IS NULL OR note IS DISTINCT FROM coalesce($3, note))::int,
+                   action_at = CASE WHEN acknowledged_at IS NULL OR note IS DISTINCT FROM coalesce($3, note)
+                                    THEN now() ELSE action_at END,
                    action_pending = true
                WHERE id = $1 RETURNING *""",
             violation_id,
@@ -231,6 +233,8 @@ class ViolationStore(StoreBase):
                    note = coalesce($3, note),
                    action_seq = action_seq
                        + (resolved_at IS NULL OR note IS DISTINCT FROM coalesce($3, note))::int,
+                   action_at = CASE WHEN resolved_at IS NULL OR note IS DISTINCT FROM coalesce($3, note)
+                                    THEN now() ELSE action_at END,
                    action_pending = true
                WHERE id = $1 RETURNING *""",
             violation_id,

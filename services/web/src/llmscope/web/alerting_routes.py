@@ -96,7 +96,14 @@ def add_alerting_routes(
             try:
                 result = await data.test_channel(channel)
             except AlerterUnavailable as exc:
-                error, status = f"No alerter answered: {exc}", 504
+                # "The alerter did not answer within ..." says itself what happened.
+                said = str(exc)
+                error = (
+                    said[:1].upper() + said[1:]
+                    if said.startswith("the alerter")
+                    else f"No alerter answered: {said}"
+                )
+                status = 504
         context = {**await setup_context(), "test": result, "test_error": error, "test_channel": channel}
         toast: tuple[str, str] = (error, "error") if error else (f"Test message: {channel}", "ok")
         if result is not None:

@@ -222,7 +222,20 @@ async def ask_rebaseline(
 
 
 BY_REQUIRED = "by: required: the name recorded as who {done} it"
-"""A dashboard acknowledgement or resolution with a blank name is refused, never signed for nobody."""
+"""A dashboard acknowledgement, resolution or settings save with a blank name is refused, never
+signed for nobody (it was recorded as "dashboard")."""
+BY_MAX = 200
+
+
+def who_from(raw: object, done: str) -> tuple[str, str]:
+    """The name typed in a form's ``by`` field, and the error naming ``by`` when it is blank
+    or too long (empty when it will do)."""
+    who = raw.strip() if isinstance(raw, str) else ""
+    if not who:
+        return "", BY_REQUIRED.format(done=done)
+    if len(who) > BY_MAX:
+        return "", f"by: at most {BY_MAX} characters"
+    return who, ""
 
 
 def rebaseline_toast(status: str, error: str, done: str) -> tuple[str, str]:

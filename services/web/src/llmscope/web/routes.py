@@ -38,7 +38,6 @@ class WebOptions:
 
     refresh_s: float = 2.0
     session_max_age_s: int = 7 * 24 * 3600
-    actor: str = "dashboard"
     status_public: bool = False
     """``/status`` and the badges readable without a login (names and statuses only)."""
     retention_days: dict[str, float] = field(default_factory=dict)
@@ -79,8 +78,8 @@ def create_router(
     fixed = fixed_settings(
         opts.retention_days, opts.session_max_age_s / 86400, opts.status_public, opts.scoped_keys
     )
-    add_settings_routes(router, data, Session, pages, fixed, opts.actor)
-    add_setup_routes(router, data, Session, pages, opts.actor)
+    add_settings_routes(router, data, Session, pages, fixed)
+    add_setup_routes(router, data, Session, pages)
     if alerting is not None:
         add_alerting_routes(router, alerting, Session, pages, partial(setup_context, data))
     if chart_settings is not None:

@@ -63,6 +63,7 @@ class SectionView:
     errors: dict[str, str] = field(default_factory=dict)
 
 
+WRITE_ONLY = "Write-only: blank keeps the stored one."
 SECTIONS: tuple[Section, ...] = (
     Section(
         "policy",
@@ -113,6 +114,12 @@ SECTIONS: tuple[Section, ...] = (
             FieldSpec("alert.email.smtp_host", "SMTP host", "", "smtp.example.com"),
             FieldSpec("alert.email.smtp_port", "SMTP port", "587 for STARTTLS, 465 for SSL."),
             FieldSpec("alert.email.tls", "Transport security"),
+            FieldSpec("alert.email.verify_cert", "Verify the server's certificate (STARTTLS/SSL)"),
+            FieldSpec(
+                "alert.email.ca_file",
+                "CA file (PEM)",
+                "On the alerter's host: a relay with a self-signed certificate, or its CA.",
+            ),
             FieldSpec("alert.email.smtp_user", "SMTP user"),
             FieldSpec("alert.email.smtp_password", "SMTP password"),
             FieldSpec("alert.email.from_addr", "Sender address"),
@@ -131,6 +138,12 @@ SECTIONS: tuple[Section, ...] = (
                 "Write-only: blank keeps the stored one.",
                 "https://hooks.slack.com/services/…",
             ),
+            FieldSpec(
+                "alert.slack.bot_token",
+                "Bot token (chat:write)",
+                "Instead of the webhook: threads an incident's updates. Write-only.",
+            ),
+            FieldSpec("alert.slack.channel", "Channel id the bot posts to", "", "C0123ABCD"),
         ),
         "channels",
     ),
@@ -158,6 +171,39 @@ SECTIONS: tuple[Section, ...] = (
             ),
         ),
         "channels",
+    ),
+    # Every channel the setup wizard configures is here too, to be seen, changed and switched off.
+    Section(
+        "alertmanager",
+        "Alertmanager",
+        "Alerts posted to Prometheus Alertmanager's API, to route with the rest of your alerts.",
+        (
+            FieldSpec("alert.alertmanager.enabled", "Send alerts to Alertmanager"),
+            FieldSpec(
+                "alert.alertmanager.url",
+                "Base URL",
+                "May carry user:password@. Write-only: blank keeps the stored one.",
+                "http://alertmanager:9093",
+            ),
+        ),
+        "channels",
+    ),
+    *(
+        Section(
+            kind,
+            title,
+            f"A message per notification to a {title} {what}.",
+            (
+                FieldSpec(f"alert.{kind}.enabled", f"Send alerts to {title}"),
+                FieldSpec(f"alert.{kind}.webhook_url", "Webhook URL", WRITE_ONLY),
+            ),
+            "channels",
+        )
+        for kind, title, what in (
+            ("teams", "Teams", "Workflows webhook"),
+            ("discord", "Discord", "channel webhook"),
+            ("mattermost", "Mattermost", "incoming webhook"),
+        )
     ),
     Section(
         "tickets",

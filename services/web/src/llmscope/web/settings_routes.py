@@ -9,7 +9,7 @@ from fastapi.params import Depends
 from fastapi.responses import HTMLResponse
 
 from llmscope.web.data import DashboardData, SettingError, SettingErrors
-from llmscope.web.pages import Pages, is_htmx, toast_trigger
+from llmscope.web.pages import Pages, is_htmx, toast_trigger, who_from
 from llmscope.web.settings_form import (
     BY_ID,
     SECTIONS,
@@ -27,18 +27,22 @@ def add_settings_routes(
     session: Depends,
     pages: Pages,
     fixed: dict[str, list[FixedSetting]],
-    actor: str,
 ) -> None:
     """Register ``/settings`` and its saves behind the session dependency; ``fixed``: the settings
-    shown but set only in the environment (:func:`~llmscope.web.settings_form.fixed_settings`)."""
+    shown but set only in the environment (:func:`~llmscope.web.settings_form.fixed_settings`).
+    Every save names who made it (the form's ``by``, as an acknowledgement does): a blank name is
+    refused, and the audit trail no longer records "dashboard", which named nobody."""
 
-    async def _settings_page(request: Request, views: dict[str, SectionView] | None = None) -> HTMLResponse:
+    async def _settings_page(
+        request: Request, views: dict[str, SectionView] | None = None, by: str = ""
+    ) -> HTMLResponse:
         stored = await data.settings()
         sections = [(views or {}).get(s.id) or section_view(s, stored) for s in SECTIONS]
         context = {
             "sections": sections,
             "fixed": fixed,
             "models": sorted({(s.provider, s.model) for s in await data.series()}),
+            "by": by,
         }
         return pages.render(request, "settings.html", context)
 
@@ -60,13 +64,16 @@ def add_settings_routes(
             {k: [str(v) for v in form.getlist(k)] for k in form},
         )
         typed, errors = changes.typed, changes.errors
+        who, by_error = who_from(form.get("by"), "saved")
+        if by_error:
+            errors = {**errors, "by": by_error}
         if not errors and (changes.values or changes.remove):
             try:
-                await data.put_settings(changes.values, actor, changes.remove)
+                await data.put_settings(changes.values, who, changes.remove)
             except SettingErrors as exc:
                 errors = exc.errors
         if errors:
-            labels = {f.key: f.label for f in section.fields}
+            labels = {f.key: f.label for f in section.fields} | {"by": "Saved by"}
             view = section_view(section, await data.settings(), errors=errors, typed=typed)
             named = ", ".join(labels.get(k, k) for k in errors)
             toast = (f"{section.title}: not saved, check {named}.", "error")
@@ -80,25 +87,31 @@ def add_settings_routes(
             return pages.render(
                 request,
                 "settings.html",
-                {"sec": view},
+                {"sec": view, "by": who},
                 block="section",
                 status_code=status,
                 toast=toast,
             )
-        response = await _settings_page(request, {section.id: view})
+        response = await _settings_page(request, {section.id: view}, by=who)
         response.status_code = status
         return response
 
     @router.post("/settings/{key}", response_class=HTMLResponse, dependencies=[session])
     async def put_setting(
-        request: Request, key: str, value: Annotated[str | None, Form()] = None
+        request: Request,
+        key: str,
+        value: Annotated[str | None, Form()] = None,
+        by: Annotated[str, Form()] = "",
     ) -> HTMLResponse:
         """One setting by key (the page before the sections; kept for scripts and old tabs)."""
         known = {s.key: s for s in await data.settings()}
         try:
             if key not in known:
                 raise SettingError(key, "unknown setting")
-            await data.put_setting(key, parse_field(known[key], value), actor)
+            who, by_error = who_from(by, "saved")
+            if by_error:
+                raise SettingError("by", by_error.removeprefix("by: "))
+            await data.put_setting(key, parse_field(known[key], value), who)
         except SettingError as exc:
             response = await _settings_page(request)
             response.status_code = 422

@@ -12,7 +12,7 @@ from fastapi.params import Depends
 from fastapi.responses import HTMLResponse
 
 from llmscope.web.data import DashboardData, SettingError, SettingErrors
-from llmscope.web.pages import Pages, is_htmx
+from llmscope.web.pages import Pages, is_htmx, who_from
 from llmscope.web.settings_form import BY_ID, parse_field
 
 SETUP_KEYS = (
@@ -77,10 +77,9 @@ async def setup_context(
     }
 
 
-def add_setup_routes(
-    router: APIRouter, data: DashboardData, session: Depends, pages: Pages, actor: str
-) -> None:
-    """Register ``GET``/``POST /setup`` behind the session dependency."""
+def add_setup_routes(router: APIRouter, data: DashboardData, session: Depends, pages: Pages) -> None:
+    """Register ``GET``/``POST /setup`` behind the session dependency. A save names who made it
+    (``by``), as the settings page's do: a blank name is refused."""
 
     @router.get("/setup", response_class=HTMLResponse, dependencies=[session])
     async def setup_page(request: Request) -> HTMLResponse:
@@ -92,6 +91,9 @@ def add_setup_routes(
         known = {s.key: s for s in await data.settings()}
         values: dict[str, object] = {}
         errors: dict[str, str] = {}
+        who, by_error = who_from(form.get("by"), "saved")
+        if by_error:
+            errors["by"] = by_error.removeprefix("by: ")
         for key in SETUP_KEYS:
             raw = form.get(key)
             if key not in known or not isinstance(raw, str) or not raw.strip():
@@ -125,12 +127,12 @@ def add_setup_routes(
             # tracker's project, token and URL) are judged as they will stand, and a refusal
             # leaves nothing half saved.
             try:
-                await data.put_settings(values, actor)
+                await data.put_settings(values, who)
             except SettingErrors as exc:
                 errors = exc.errors
         if errors:
             named = "; ".join(
-                f"{k} ({known[k].description if k in known else k}): {m}" for k, m in errors.items()
+                f"{k} ({known[k].description if k in known else 'who saves'}): {m}" for k, m in errors.items()
             )
             # A refused form comes back as typed, to be corrected rather than typed again; never
             # a secret (the page would carry it), and a blank field still shows what it keeps.
@@ -140,6 +142,7 @@ def add_setup_routes(
                 if k in known and not known[k].secret and isinstance(raw := form.get(k), str) and raw.strip()
             }
             ctx = await setup_context(data, error=f"Not saved: {named}", typed=typed, field_errors=errors)
+            ctx["by"] = who
             # htmx swaps only 2xx answers: as a settings section does, the refusal is a 200 to the
             # page's own request (the form with its errors replaces the form) and a 422 otherwise.
             return pages.render(
@@ -154,4 +157,5 @@ def add_setup_routes(
         # test message, can follow and a mistake can be corrected in place.
         ctx = await setup_context(data, done=True, saved=saved)
         ctx["generated_secret"] = generated
+        ctx["by"] = who
         return pages.render(request, "setup.html", ctx, fragments=("wizard",))

@@ -11,6 +11,7 @@ missing project...), never the text the tracker sent back, nor the token.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from llmscope.alerter.tickets.settings import build_tracker, ticket_config
 from llmscope.alerter.tickets.text import Section, marker_for
 from llmscope.config.env import ConfigError, Env
 from llmscope.proto.base import new_id
+from llmscope.proto.control import TICKET_TEST_MAX_S
 
 TICKETS = "tickets"
 """The name a test send asks for to test the tracker rather than a channel."""
@@ -87,8 +89,10 @@ async def send_ticket_test(
     env: Env,
     public_url: str,
     session: aiohttp.ClientSession | None = None,
+    max_s: float = TICKET_TEST_MAX_S,
 ) -> TestResult:
-    """Open a test ticket in the configured tracker, comment on it and close it; the answer."""
+    """Open a test ticket in the configured tracker, comment on it and close it; the answer,
+    within ``max_s`` seconds whatever the tracker's timeouts (the API waits that and a margin)."""
     try:
         env_config = ticket_config(env)
         config = ticket_config_from(settings, env_config)
@@ -112,23 +116,29 @@ async def send_ticket_test(
             tracker = build_tracker(config, http)
         except ValueError as exc:
             return TestResult(False, TICKETS, config.kind, "invalid_config", str(exc))
-        await policy.check_url(config.url)
-        ticket = await tracker.create(
-            TITLE,
-            [
-                Section(
-                    None,
-                    "LLMscope opened this ticket from its setup wizard to check the tracker settings;"
-                    " it closes it at once. Nothing is wrong.",
-                ),
-                Section(None, f"Dashboard: {public_url}"),
-            ],
-            marker_for(f"test-{new_id()}"),
+        async with asyncio.timeout(max_s):
+            await policy.check_url(config.url)
+            ticket = await tracker.create(
+                TITLE,
+                [
+                    Section(
+                        None,
+                        "LLMscope opened this ticket from its setup wizard to check the tracker settings;"
+                        " it closes it at once. Nothing is wrong.",
+                    ),
+                    Section(None, f"Dashboard: {public_url}"),
+                ],
+                marker_for(f"test-{new_id()}"),
+            )
+            key = ticket.key if _KEY.match(ticket.key) else "?"
+            step = f"closing test ticket {key}"
+            await tracker.comment(ticket, [Section(None, "Test ticket: closed by LLMscope at once.")])
+            await tracker.close(ticket)
+    except TimeoutError:
+        left = " (close it by hand)" if step.startswith("closing") else ""
+        return TestResult(
+            False, TICKETS, config.kind, "failed", f"{step}: timed out after {max_s:g} s{left}", 1
         )
-        key = ticket.key if _KEY.match(ticket.key) else "?"
-        step = f"closing test ticket {key}"
-        await tracker.comment(ticket, [Section(None, "Test ticket: closed by LLMscope at once.")])
-        await tracker.close(ticket)
     except DeliveryError as exc:
         return TestResult(False, TICKETS, config.kind, "failed", f"{step}: {reason(exc, config, fields)}", 1)
     finally:
