@@ -290,6 +290,46 @@ class IncidentStore(StoreBase):
         )
         return [r["episode_id"] for r in rows]
 
+    async def lock_rows(
+        self,
+        conn: Conn,
+        episode_ids: Sequence[str],
+        *,
+        incidents: Sequence[str] = (),
+        groups: bool = False,
+    ) -> None:
+        """Take the row locks a change of these episodes needs, in the one order every path of
+        the alerter takes them: the advisory locks of ingest and merges (provider, host) come
+        first where a path takes them; then the incidents (the episodes' and ``incidents``, by
+        id); then, with ``groups``, the active groups holding the episodes (by id; a flush holds
+        its group before it touches its alerts); then the alerts (by episode id).
+
+        Postgres holds a row lock to the end of the transaction, so a path that locks here
+        first and then updates in any order never waits on a row out of this order: a person
+        resolving an incident (incident, then its alerts) and the engine clearing its last
+        violation (the alert, then the incident) once deadlocked. ``FOR NO KEY UPDATE`` is what
+        the UPDATEs that follow take anyway (a new episode's foreign key check still passes)."""
+        ids = sorted(set(episode_ids))
+        await conn.execute(
+            "SELECT 1 FROM alerter_incidents WHERE id = ANY($2::text[]) OR id IN (SELECT incident_id"
+            " FROM alerter_incident_episodes WHERE episode_id = ANY($1::text[]))"
+            " ORDER BY id FOR NO KEY UPDATE",
+            ids,
+            sorted(set(incidents)),
+        )
+        if groups:
+            await conn.execute(
+                "SELECT 1 FROM alerter_groups WHERE state = 'active' AND id IN (SELECT group_id"
+                " FROM alerter_group_alerts WHERE episode_id = ANY($1::text[]))"
+                " ORDER BY id FOR NO KEY UPDATE",
+                ids,
+            )
+        await conn.execute(
+            "SELECT 1 FROM alerter_alerts WHERE episode_id = ANY($1::text[]) ORDER BY episode_id"
+            " FOR NO KEY UPDATE",
+            ids,
+        )
+
     async def acknowledge_incident(self, incident_id: str, by: str, note: str | None = None) -> bool:
         """Acknowledge an incident and all its violations (reminders stop)."""
         now = self.clock()
@@ -305,6 +345,10 @@ class IncidentStore(StoreBase):
             )
             if not ok:
                 return False
+            # The incident's row is held (the UPDATE above); its alerts next, in order (lock_rows).
+            await self.lock_rows(
+                conn, await self._incident_episodes(conn, incident_id), incidents=[incident_id]
+            )
             await conn.execute(
                 "UPDATE alerter_alerts SET acknowledged_at = $2, acknowledged_by = $3 WHERE"
                 " acknowledged_at IS NULL"
@@ -358,6 +402,8 @@ class IncidentStore(StoreBase):
         was never told (the group still in group_wait) gets nothing: the group closes silently.
         """
         now = self.clock()
+        # The caller holds the episodes' incidents; their groups, then the alerts (lock_rows).
+        await self.lock_rows(conn, episode_ids, groups=True)
         marked = [
             r["episode_id"]
             for r in await conn.fetch(
@@ -394,6 +440,9 @@ class IncidentStore(StoreBase):
             " ORDER BY a.episode_id",
             None if episode_ids is None else list(episode_ids),
         )
+        # All of them at once, in order (lock_rows): one by one, two episodes' incidents would
+        # be locked in episode order, not in the incidents' own.
+        await self.lock_rows(conn, [r["episode_id"] for r in rows], groups=True)
         done = 0
         for r in rows:
             done += await self._hand_resolved(

@@ -11,6 +11,11 @@ notification row (status ``sending`` with a lease); the message is sent only aft
 Two replicas never claim the same group at once (``FOR UPDATE SKIP LOCKED``) and never reuse a
 notification id (unique ``group, channel, seq``); a claim whose sender died is taken over when its
 lease runs out, so a crash between claim and send delays a message but never drops it.
+
+Row locks are taken in one order on every path, so no two transactions deadlock on them: the
+advisory locks of ingest and merges (provider, host), then incidents (by id), then active groups
+(by id), then alerts (by episode id); ``IncidentStore.lock_rows`` takes them so at the start of a
+change (a flush holds its group before its alerts; a clear its incident before its alert).
 """
 
 from __future__ import annotations
@@ -99,6 +104,9 @@ class Store(IncidentStore, MergeStore, SilenceStore, RetentionStore):
             }
             for key in sorted(keys):
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext('llmscope-incident:' || $1))", key)
+            # Then the rows the batch changes, in the order every path takes them (lock_rows): a
+            # clear locks its incident before its alert, as a person resolving the incident does.
+            await self.lock_rows(conn, [ev.episode_id for ev in events])
             for ev in events:
                 if ev.state == "open":
                     await self._ingest_open(conn, ev, routes, allowed_rules, providers)
@@ -746,6 +754,9 @@ class Store(IncidentStore, MergeStore, SilenceStore, RetentionStore):
                     ev.ts if ev.note is not None else None,
                 )
             episodes = sorted({ev.episode_id for ev in events})
+            # The episodes' incidents, groups and alerts, in the one order (lock_rows): the note
+            # synced to a resolved incident below must not take its row after its alerts.
+            await self.lock_rows(conn, episodes, groups=True)
             # Activity, applied or not (an old event may come again): retention counts from it.
             await conn.execute(
                 "UPDATE alerter_violation_actions SET last_event_at = now() WHERE episode_id = ANY($1)",
