@@ -65,7 +65,7 @@ async def seed(api: Api) -> Seeded:
 
     - ollama/llama3.1:8b: 40 successes, then 3 timeouts in a row (outage); 2 days ago 5 of 10 failed
     - openai/org/gpt:1: all probes answered, an open critical latency violation (degraded)
-    - ollama/healthy:1: all fine; only warning, info, cleared and resolved violations (operational)
+    - ollama/healthy:1: all fine; only warning, info, cleared and resolved-then-cleared violations (operational)
     - ollama/retired:1: last probed 3 hours ago (stopped)
     - ollama/off:1: disabled (not on the status page)
     """
@@ -92,6 +92,8 @@ async def seed(api: Api) -> Seeded:
         await store_violations(conn, [slow, noise, info, gone, fixed])
         await store_violations(conn, [cleared(gone, healthy[9].ts)])
     assert await api.store.resolve("h-resolved", "ana", "fixed") is not None
+    async with api.store.pool.acquire() as conn:
+        await store_violations(conn, [cleared(fixed, healthy[9].ts)])
     r = await api.client.put("/api/models/ollama/off:1", json={"enabled": False})
     assert r.status_code == 200, r.text
     return Seeded(failing[0].ts, failing[-1].ts, slow.ts, retired_seen)
@@ -144,6 +146,32 @@ async def test_status_of_each_model_from_telemetry_and_violations(api: Api) -> N
         f"local stopped reporting: no probe since {seeded.retired_seen:%H:%M:%S} UTC"
     ]
     assert retired["uptime_24h"] == 1.0
+
+
+async def test_a_violation_resolved_while_its_chart_is_still_out_keeps_the_model_degraded(api: Api) -> None:
+    """A person's "resolved" closes the record and stops reminders; the status says what the
+    data says: latency still far above normal is no "operational", until the engine clears it."""
+    at = now()
+    probes = recent("slow:1", 30, at=at)
+    slow = violation(probes[10], id="slow-open", severity="critical", rule="CUSUM")
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, probes)
+        await store_violations(conn, [slow])
+    assert await api.store.resolve("slow-open", "ana", "restarted the server") is not None
+    reader = StatusReader(api.store, cache_s=0)
+    report = await reader.compute(datetime.now(UTC))
+    model = next(m for m in report.models if m.model == "slow:1")
+    assert model.status == "degraded", model
+    assert model.reasons == ["1 open critical CUSUM violation"]
+    health = (await api.client.get("/api/models/health")).json()["models"]
+    assert {(r["open_violations"], r["worst_severity"]) for r in health if r["model"] == "slow:1"} == {
+        (1, "critical")
+    }
+    # The engine clears it: the model is operational again.
+    async with api.store.pool.acquire() as conn:
+        await store_violations(conn, [cleared(slow, probes[-1].ts)])
+    report = await reader.compute(datetime.now(UTC))
+    assert next(m for m in report.models if m.model == "slow:1").status == "operational"
 
 
 async def test_status_without_models(api: Api) -> None:

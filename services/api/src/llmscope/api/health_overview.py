@@ -55,12 +55,13 @@ FROM agg LEFT JOIN kinds USING (provider, model, target, streaming)
 ORDER BY provider, model, target, streaming
 """.replace("{PROBES_SQL}", PROBES_SQL)
 
-# "Open" as the violations list means it (not cleared), less those someone resolved.
+# "Open" as the violations list means it: not cleared, resolved by someone or not (a resolution
+# closes the record; the chart still out of control keeps the model's health what it is).
 VIOLATIONS_SQL = """
 SELECT provider, model, count(*) AS n,
        (array_agg(severity ORDER BY array_position($1::text[], severity) NULLS LAST))[1] AS worst
 FROM violations
-WHERE cleared_at IS NULL AND resolved_at IS NULL
+WHERE cleared_at IS NULL
 GROUP BY provider, model
 """
 

@@ -22,7 +22,8 @@ class OverviewStore(StoreBase):
 
     async def overview(self, hours: float, now: datetime | None = None) -> Overview:
         """Each model's latency sparkline from the rollups (one query for all models), the
-        engine's limits of those charts (one KV read each, concurrently) and open criticals.
+        engine's limits of those charts (one KV read each, concurrently) and open criticals
+        (not cleared: one a person resolved while its chart is still out of control stays).
 
         A model's sparkline is the chart the dashboard opens for it: its first prompt, on the
         target probed last; probes only (an application's traffic, ``traffic:<operation>``, has
@@ -46,7 +47,7 @@ class OverviewStore(StoreBase):
                 """SELECT id, ts, provider, model, target, prompt_id, metric, rule, severity,
                           event->>'detail' AS detail
                    FROM violations
-                   WHERE cleared_at IS NULL AND resolved_at IS NULL AND severity = 'critical'
+                   WHERE cleared_at IS NULL AND severity = 'critical'
                    ORDER BY ts DESC LIMIT 500"""
             )
             critical_24h = await conn.fetchval(

@@ -88,11 +88,13 @@ GROUP BY provider, model, target
 """
 STOPPED_SHOWN = timedelta(days=1)
 
-# "Open" as the health overview means it: not cleared, and not resolved by someone.
+# "Open" as the violations list and the health overview mean it: not cleared, the chart still out
+# of control. A person's resolution closes the record and stops the reminders, but the status
+# says what the data says: a model whose latency is still far above normal is not operational.
 VIOLATIONS_SQL = """
 SELECT provider, model, target, rule, severity, count(*) AS n, min(ts) AS since
 FROM violations
-WHERE cleared_at IS NULL AND resolved_at IS NULL
+WHERE cleared_at IS NULL
 GROUP BY provider, model, target, rule, severity
 """
 
