@@ -287,8 +287,8 @@ async def test_violations_become_an_incident_acknowledged_and_resolved_through_t
             assert r.status_code == 200
             assert r.json()["state"] == "resolved"
             assert r.json()["resolved_note"] == "rolled back"
-            # ... and resolved: the overview counted them as open critical episodes of a model
-            # whose incident someone resolved.
+            # ... and resolved: their records are closed too (the model's status still follows
+            # its charts: a violation not cleared keeps it degraded).
             rows = [tuple(r) for r in await api.store.pool.fetch(people)]
             assert rows == [("ana", "ana", "rolled back")] * 2
             assert (
