@@ -9,7 +9,7 @@ from nats.js.api import KeyValueConfig
 
 from llmscope.api.settings import ApiSettings
 from llmscope.proto.charts import AVAILABILITY, AvailabilityView, ChartMeta, ChartRecord, chart_key
-from tests.api.conftest import Api
+from tests.api.conftest import API_KEY, Api
 from tests.web.test_pages import login
 from tests.web.test_trends import seed
 
@@ -46,3 +46,25 @@ async def test_report_json_encodes_the_engines_availability_chart(
     charted = rows[("llama3.1:8b", "local")]["availability"]
     assert (charted["phase"], charted["failure_run"], charted["fail_run"]) == ("armed", 2, 3)
     assert rows[("org/other:1", "local")]["availability"] is None
+
+
+async def test_scripts_fetch_the_report_with_a_bearer_key_and_get_401_not_the_login_page(api: Api) -> None:
+    """As ``/api/export/...``: the API key as a bearer token opens the report's JSON and PDF; a
+    script with a bad key (or another scheme) gets 401 naming the key, never a redirect to a form."""
+    await seed(api)
+    r = await api.anon.get("/report.json?hours=24", headers={"Authorization": f"Bearer {API_KEY}"})
+    assert r.status_code == 200, (r.status_code, r.headers.get("location"))
+    assert {row["model"] for row in r.json()["status"]} >= {"llama3.1:8b"}
+    # Printed when a Chromium is installed, else 503 saying so: either way not the login page.
+    r = await api.anon.get("/report.pdf?hours=24", headers={"Authorization": f"Bearer {API_KEY}"})
+    assert r.status_code in (200, 503), (r.status_code, r.headers.get("location"))
+    for path in ("/report.json?hours=24", "/report.pdf?hours=24"):
+        for header in ("Bearer not-the-key", "Basic dXNlcjpwYXNz", "Bearer"):
+            r = await api.anon.get(path, headers={"Authorization": header})
+            assert r.status_code == 401, (path, header, r.status_code, r.headers.get("location"))
+            assert r.headers["www-authenticate"] == "Bearer"
+            assert "LLMSCOPE_API_KEY" in r.text
+    # A browser without a session still goes to the login page.
+    r = await api.anon.get("/report.json?hours=24")
+    assert r.status_code == 303
+    assert r.headers["location"].startswith("/login")

@@ -23,6 +23,8 @@ from llmscope.web.auth import (
     RateLimited,
     change_refusal,
     client_of,
+    grants,
+    keys_granting,
 )
 from llmscope.web.pages import Pages, is_htmx
 
@@ -83,6 +85,37 @@ def session_guard(auth: Authenticator, session_max_age_s: int) -> Callable[[Requ
         request.state.csrf_token = auth.csrf_token(found)
 
     return session
+
+
+def script_guard(
+    auth: Authenticator, session: Callable[[Request], Awaitable[None]]
+) -> Callable[[Request], Awaitable[None]]:
+    """The dependency of the downloads scripts fetch (``/report.json``, ``/report.pdf``): a
+    request that carries an ``Authorization`` header is a script's, let in by its bearer key
+    (the read or the admin scope, as ``/api/export``), else 401 (403 for the ingest key), never
+    the login page's redirect, which a script would follow to a form; without the header, a
+    browser's, as on every page (``session``)."""
+
+    async def guard(request: Request) -> None:
+        if "authorization" not in request.headers:
+            await session(request)
+            return
+        principal = await auth.principal(request)  # RateLimited: the app's 429
+        if principal is None:
+            raise HTTPException(
+                401,
+                "missing or invalid API key: send"
+                f" 'Authorization: Bearer <{keys_granting('read', auth.configured)}>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if not grants(principal.scope, "read"):
+            raise HTTPException(
+                403,
+                f"this key's scope is '{principal.scope}'; {request.url.path} needs scope 'read'"
+                f" ({keys_granting('read', auth.configured)})",
+            )
+
+    return guard
 
 
 def reader_check(auth: Authenticator) -> Callable[[Request], Awaitable[bool]]:

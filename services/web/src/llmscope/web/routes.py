@@ -17,7 +17,7 @@ from llmscope.web.chart_settings import ChartSettingsData, add_chart_settings_ro
 from llmscope.web.dashboard_routes import add_dashboard_routes
 from llmscope.web.data import DashboardData, Series
 from llmscope.web.live import Broadcaster, add_live_routes
-from llmscope.web.login_routes import add_login_routes, reader_check, session_guard
+from llmscope.web.login_routes import add_login_routes, reader_check, script_guard, session_guard
 from llmscope.web.model_routes import add_model_routes
 from llmscope.web.overview_routes import add_overview_routes
 from llmscope.web.pages import Pages
@@ -85,7 +85,9 @@ def create_router(
     if chart_settings is not None:
         add_chart_settings_routes(router, chart_settings, Session, pages)
     if trends is not None:
-        add_trend_routes(router, trends, data, alerting, Session, pages)
+        add_trend_routes(
+            router, trends, data, alerting, Session, pages, script=Depends(script_guard(auth, session))
+        )
     if live is not None:
 
         async def still_signed_in(request: Request) -> bool:

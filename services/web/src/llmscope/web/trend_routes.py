@@ -135,9 +135,13 @@ def add_trend_routes(
     session: Depends,
     pages: Pages,
     printer: PdfPrinter | None = None,
+    *,
+    script: Depends | None = None,
 ) -> None:
     """Register /compare, /report, /report.pdf and /report/incidents.csv behind the session
-    dependency; ``printer`` defaults to a Chromium found on the PATH."""
+    dependency; ``/report.json`` and ``/report.pdf`` behind ``script`` where given (a bearer key
+    or the session: login_routes.script_guard); ``printer`` defaults to a Chromium on the PATH."""
+    download = script or session
     printer = printer or PdfPrinter()
 
     @router.get("/compare", response_class=HTMLResponse, dependencies=[session])
@@ -251,7 +255,7 @@ def add_trend_routes(
         acknowledge and resolve: one page to print (the browser saves it as PDF)."""
         return pages.render(request, "report.html", await _report_context(hours, series))
 
-    @router.get("/report.pdf", dependencies=[session], response_model=None)
+    @router.get("/report.pdf", dependencies=[download], response_model=None)
     async def report_pdf(
         request: Request,
         hours: Annotated[float, Query(gt=0, le=COMPARE_MAX_HOURS)] = 24,
@@ -274,7 +278,7 @@ def add_trend_routes(
             headers={"Content-Disposition": f'attachment; filename="llmscope-report-{name}.pdf"'},
         )
 
-    @router.get("/report.json", dependencies=[session])
+    @router.get("/report.json", dependencies=[download])
     async def report_json(
         hours: Annotated[float, Query(gt=0, le=COMPARE_MAX_HOURS)] = 24, series: str = ""
     ) -> JSONResponse:
