@@ -305,3 +305,31 @@ async def test_a_later_note_on_a_violation_replaces_the_incidents_own_but_an_old
         await run.close()
         await sink.stop()
         await api.close()
+
+
+async def test_a_new_violation_after_a_hand_resolution_pages_again_while_the_first_still_fires(
+    database_url: str, js: JetStreamContext
+) -> None:
+    """Like Alertmanager's resolved alert that fires again: a person resolved the incident while
+    its CUSUM was still out of control; the chart then goes beyond its limits (a new episode of
+    the same model): that is a new page, in a new incident, not news folded into the closed one."""
+    sink, got = await webhook_sink()
+    timings = Timings(group_wait=0.3, group_interval=0.2, repeat_interval=3600)
+    run = await start_alerter(database_url, js, {"LLMSCOPE_WEBHOOK_URL": sink.url + "/hook"}, timings=timings)
+    try:
+        shift = violation(1, rule="CUSUM")
+        await publish(js, shift)
+        await eventually(lambda: len(got) >= 1, what="the page")
+        first = got[0].incident_id
+        assert await run.store.resolve_incident(first, "ana", "restarted")
+        await eventually(lambda: len(got) >= 2, what="the hand resolution's message")
+        worse = violation(2, rule="R1", value=4000.0)
+        await publish(js, worse)
+        await eventually(lambda: len(got) >= 3, what="a new page")
+        page = got[2]
+        assert page.status == "firing"
+        assert page.reason == "first"
+        assert page.incident_id != first
+    finally:
+        await run.close()
+        await sink.stop()
