@@ -27,7 +27,7 @@ from msgspec import structs
 from nats.js import JetStreamContext
 from playwright.async_api import ConsoleMessage, Page, Request, Response, async_playwright
 
-from llmscope.api.persister import store_violations
+from llmscope.api.persister import store_telemetry, store_violations
 from llmscope.bus.publisher import Publisher
 from llmscope.proto import codec, subjects
 from llmscope.proto.telemetry import TelemetryEvent
@@ -662,4 +662,55 @@ async def test_public_status_page_at_phone_width(public_api: Api) -> None:
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 20)
+    assert site.errors == [], "\n".join(site.errors)
+
+
+async def test_the_models_health_table_fits_a_laptop_screen(site: Site) -> None:
+    """At 1366 px the health table once scrolled inside its card (17 columns, the availability
+    chart's line and the open violations cut off at the right): it fits, every column shown."""
+    # A model as people name them, probed on a URL, streaming, failing in four ways, last an
+    # older probe (its time reads "3 min ago"): the widest a row gets.
+    start = datetime.now(UTC) - timedelta(minutes=20)
+    kinds = ("timeout", "http_5xx", "rate_limited", "empty_response")
+    wide = [
+        telemetry(
+            i,
+            id=f"wide-{i}",
+            ts=start + timedelta(seconds=10 * i),
+            provider="openai",
+            model="gpt-4o-mini-2024-07-18",
+            target="https://api.openai.com",
+            streaming=True,
+            tokens_per_s=123.4,
+            **(
+                {"status": kinds[i % 4], "latency_ms": None, "ttft_ms": None}
+                if i % 5 == 0
+                else {"latency_ms": 12345.6 + i, "ttft_ms": 1234.5}
+            ),
+        )
+        for i in range(100)
+    ]
+    async with site.api.store.pool.acquire() as conn:
+        await store_telemetry(conn, wide)
+    async with browser_page(site) as page:
+        await page.set_viewport_size(WALK_VIEWPORTS["laptop"])  # type: ignore[arg-type]
+        await log_in(page, site, "/models")
+        await page.wait_for_selector("#health table.health tbody tr")
+        await page.wait_for_load_state("networkidle")
+        await asyncio.to_thread(SHOTS.mkdir, parents=True, exist_ok=True)
+        await page.screenshot(path=str(SHOTS / "models-laptop.png"), full_page=True)
+        scroll = await page.eval_on_selector("#health", "el => [el.scrollWidth, el.clientWidth]")
+        assert scroll[0] <= scroll[1], f"the health table scrolls in its card: {scroll}"
+        assert await page.evaluate("document.scrollingElement.scrollWidth - window.innerWidth") <= 0
+        # Figures read on one line; the model, a URL target, the failures by kind and the
+        # chart's line may wrap.
+        wrapped = await page.eval_on_selector_all(
+            "table.health td:not(:first-child):not(:nth-child(2)):not(.failures):not(.availability)",
+            """cells => cells.filter(td => td.textContent.trim()).map(td => {
+                const range = document.createRange(); range.selectNodeContents(td);
+                const lines = new Set([...range.getClientRects()].map(r => Math.round(r.bottom))).size;
+                return [lines, td.textContent.trim()];
+            }).filter(([lines]) => lines > 2)""",
+        )
+        assert wrapped == [], wrapped
     assert site.errors == [], "\n".join(site.errors)

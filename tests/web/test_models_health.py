@@ -40,7 +40,8 @@ async def test_models_page_shows_health(api: Api) -> None:
         assert f"<td>{value:,.1f}</td>" in plain
     href = "/violations?series=" + quote("ollama|llama3.1:8b", safe="") + "&amp;state=open"
     assert f'<a href="{href}"' in plain
-    assert '<span class="sev warning">warning</span>' in plain
+    # Its critical resolved by a person is still open (not cleared): it is the worst one.
+    assert '<span class="sev critical">critical</span>' in plain
 
     stream = row_of(r.text, "ollama / llama3.1:8b", "local", "streaming")
     assert 'class="failing"' not in stream
