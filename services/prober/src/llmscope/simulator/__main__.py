@@ -10,7 +10,10 @@
     llmscope sim state
 
 Every ``inject`` takes ``--url`` (default LLMSCOPE_SIM_URL) and ``--model`` or ``--host`` (none:
-every model). Settings and their variables are in :mod:`llmscope.simulator.settings`.
+every model). Before injecting it asks the LLMscope API (LLMSCOPE_SIM_API_URL) whether the charts
+it disturbs have armed, and warns, naming those still collecting their baseline
+(:mod:`llmscope.simulator.baseline_check`). Settings and their variables are in
+:mod:`llmscope.simulator.settings`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from llmscope.config.env import ConfigError, Env, config_exit
 from llmscope.config.envhelp import environment_help
 from llmscope.config.logs import get_logger, setup_logging
 from llmscope.simulator.anomalies import OUTAGE_MODES, InjectRequest
+from llmscope.simulator.baseline_check import CheckSkipped, api_settings, charts_collecting, warning
 from llmscope.simulator.client import SimClient, SimControlError
 from llmscope.simulator.engine import Simulator
 from llmscope.simulator.server import SimServer
@@ -168,6 +172,7 @@ async def _control(args: argparse.Namespace, env: Env) -> dict[str, object]:
         return await client.state()
     if args.kind == "clear":
         return {"cleared": await client.clear(args.id)}
+    await _warn_if_collecting(args, env)
     request = InjectRequest(
         kind=args.kind,
         model=args.model,
@@ -181,6 +186,22 @@ async def _control(args: argparse.Namespace, env: Env) -> dict[str, object]:
         rate=getattr(args, "rate", 1.0),
     )
     return {"anomaly": await client.inject(request)}
+
+
+async def _warn_if_collecting(args: argparse.Namespace, env: Env) -> None:
+    """Before an inject: charts still collecting their baseline would take the anomaly into it.
+    Said on stderr, naming them; the inject goes on (a demo of that is legitimate)."""
+    url, key = api_settings(env)
+    what = f"model {args.model}" if args.model else f"host {args.host}" if args.host else "every model"
+    try:
+        charts = await charts_collecting(url, key, model=args.model, host=args.host)
+    except CheckSkipped as exc:
+        print(
+            f"llmscope sim: note: not checked whether the charts of {what} have armed: {exc}", file=sys.stderr
+        )
+        return
+    if charts:
+        print(f"llmscope sim: {warning(charts, what)}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None, env: Env | None = None) -> int:
