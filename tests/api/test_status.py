@@ -65,7 +65,7 @@ async def seed(api: Api) -> Seeded:
 
     - ollama/llama3.1:8b: 40 successes, then 3 timeouts in a row (outage); 2 days ago 5 of 10 failed
     - openai/org/gpt:1: all probes answered, an open critical latency violation (degraded)
-    - ollama/healthy:1: all fine; only warning, info, cleared and resolved-then-cleared violations (operational)
+    - ollama/healthy:1: all fine; only warning, info and cleared violations, one resolved first (operational)
     - ollama/retired:1: last probed 3 hours ago (stopped)
     - ollama/off:1: disabled (not on the status page)
     """
