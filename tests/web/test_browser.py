@@ -424,6 +424,7 @@ WALK_PAGES = (
     ("/compare?hours=1", "compare"),
     ("/violations", "violations"),
     ("/violations/v-browser", "violation"),
+    ("/models", "models"),
     ("/incidents?severity=warning", "incidents"),
     ("/report?hours=24", "report"),
     ("/settings", "settings"),
