@@ -728,13 +728,14 @@ async def test_a_standing_pull_does_not_linger_for_a_message_that_arrives_late(
     try:
         for _ in range(2):  # on time: the transit is learnt
             await publisher.publish(SUBJECT, telemetry())
-            assert len(await asyncio.wait_for(puller.fetch(10, 5, fill_wait=0.001), 10)) == 1
+            assert len(await asyncio.wait_for(puller.fetch(10, 30, fill_wait=0.001), 10)) == 1
         assert puller.transit < 60
         on_time = puller._wall
         puller._wall = lambda: on_time() + 120  # from now on, each message arrives 2 minutes late
         await publisher.publish(SUBJECT, telemetry())
-        # A 60 s fill wait; before the change it was waited out in full (the rate is not known).
-        msgs = await asyncio.wait_for(puller.fetch(10, 5, fill_wait=60), 10)
+        # A 60 s fill wait (and a request open for 30 s); before the change it was waited out
+        # until the request expired.
+        msgs = await asyncio.wait_for(puller.fetch(10, 30, fill_wait=60), 10)
         assert len(msgs) == 1
     finally:
         await puller.stop()
