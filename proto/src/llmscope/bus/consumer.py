@@ -166,8 +166,10 @@ GAP_WEIGHT = 0.125
 
 TRANSIT_DRIFT = 1e-5
 """How much :attr:`StandingPull.transit` rises per batch before the batch's first message is
-compared with it (s): a floor that follows a clock step or a slower path within a few hundred
-batches, and that a message held up for a few milliseconds does not move."""
+compared with it (s): a message held up for a few milliseconds barely moves it, a path slower by a
+few milliseconds for good is followed within a few hundred batches, and a step of the clocks
+apart by a second within 100,000 (meanwhile batches go without a linger: more transactions,
+nothing lost)."""
 
 _DECODE_SLICE = 256
 """Messages decoded between two yields to the event loop while a batch is decoded ahead."""
