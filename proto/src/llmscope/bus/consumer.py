@@ -353,8 +353,9 @@ class StandingPull(_InboxPull):
     handler still gets full batches, as from a ``no_wait`` pull.
 
     The linger is counted from when the first message was stored, not from when it arrived here:
-    one that arrives late (this process's loop or nats-server was busy, the POST that published
-    it was slow) has spent part of its wait already, and waits only the rest, or nothing. Its
+    one that arrives late (this process's loop or nats-server was busy: in the API's process
+    the loop also serves the POSTs) has spent part of its wait already, and waits only the
+    rest, or nothing. Its
     lateness is its transit (now less the stored time in its ack subject, nats-server's clock)
     less the smallest transit seen lately (:attr:`transit`), so a difference between the two
     hosts' clocks cancels out. A late message is the tail of the latency: the batches it cuts
