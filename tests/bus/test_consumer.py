@@ -716,6 +716,31 @@ async def test_a_standing_pull_still_lingers_while_messages_come_faster_than_the
         await puller.stop()
 
 
+async def test_a_standing_pull_does_not_linger_for_a_message_that_arrives_late(
+    js: JetStreamContext,
+) -> None:
+    """The linger counts from when JetStream stored the batch's first message: one that reached
+    this process late (its loop or nats-server busy) has waited already, and goes at once when
+    it is later than the fill wait. Its lateness is measured against the smallest transit seen,
+    so the two clocks need not agree."""
+    publisher = Publisher(js)
+    puller = await _standing_pull(js)
+    try:
+        for _ in range(2):  # on time: the transit is learnt
+            await publisher.publish(SUBJECT, telemetry())
+            assert len(await asyncio.wait_for(puller.fetch(10, 30, fill_wait=0.001), 10)) == 1
+        assert puller.transit < 60
+        on_time = puller._wall
+        puller._wall = lambda: on_time() + 120  # from now on, each message arrives 2 minutes late
+        await publisher.publish(SUBJECT, telemetry())
+        # A 60 s fill wait (and a request open for 30 s); before the change it was waited out
+        # until the request expired.
+        msgs = await asyncio.wait_for(puller.fetch(10, 30, fill_wait=60), 10)
+        assert len(msgs) == 1
+    finally:
+        await puller.stop()
+
+
 def _seen_n(seen: list[str], n: int) -> bool:
     return len(seen) == n
 

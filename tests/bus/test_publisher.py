@@ -48,6 +48,27 @@ async def test_publish_many_returns_every_ack_in_order_and_flags_duplicates(js: 
     assert len(await stored_ids(js)) == 301
 
 
+async def test_publish_acks_are_taken_as_the_client_reads_them(
+    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The acks of pipelined publishes (a one-event POST /api/stats waits on one) are handled by
+    the client's parser itself (``inbox.route``), not through nats-py's ``Msg``, queue and
+    subscription task: the callback nats-py would call is never called."""
+    from llmscope.bus.publisher import _AckInbox
+
+    through_nats_py = 0
+
+    async def counted(self: _AckInbox, msg: object) -> None:
+        nonlocal through_nats_py
+        through_nats_py += 1
+
+    monkeypatch.setattr(_AckInbox, "_on_ack", counted)
+    acks = await Publisher(js).publish_many([(SUBJECT, telemetry()) for _ in range(5)])
+    assert len(acks) == 5
+    assert [a.seq for a in acks] == sorted(a.seq for a in acks)
+    assert through_nats_py == 0
+
+
 @pytest.mark.fault
 async def test_publish_many_fails_when_nats_stays_away(embedded_nats: EmbeddedNats) -> None:
     nc = await connect(embedded_nats.url, "away", connect_timeout=0.5)

@@ -23,6 +23,7 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.errors import APIError
 
+from llmscope.bus import inbox
 from llmscope.proto import codec
 from llmscope.proto.base import Event
 
@@ -169,14 +170,22 @@ class _AckInbox:
 
     async def start(self) -> None:
         self._sub = await self._nc.subscribe(self._prefix + "*", cb=self._on_ack)
+        # Each ack handled as the client's parser reads it (:func:`llmscope.bus.inbox.route`):
+        # no ``Msg``, queue and task switch per ack, so the publisher resumes an iteration of the
+        # loop sooner (a one-event POST /api/stats waits on one ack).
+        inbox.route(self._nc, self._sub._id, self._take)
 
     async def stop(self) -> None:
         if self._sub is not None:
+            inbox.unroute(self._nc, self._sub._id)
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
             self._sub = None
 
     async def _on_ack(self, msg: Msg) -> None:
+        self._take(msg)  # nats-py's own callback, where the lean path cannot hook in
+
+    def _take(self, msg: inbox.JsMsg) -> None:
         try:
             n = int(msg.subject[len(self._prefix) :])
         except ValueError:

@@ -77,7 +77,9 @@ def persister_consumer_options(**overrides: Any) -> ConsumerOptions:
     event waits up to ``FILL_WAIT_S`` for the events behind it, so a steady rate is written in
     batches (a transaction per event cost ~1.5 ms each); but only while the rate says another
     event will come within the wait (:class:`llmscope.bus.consumer.StandingPull`): at 100 events/s
-    no batch could grow in 3 ms, and each event went 3 ms later for nothing. Acks stay one per
+    no batch could grow in 3 ms, and each event went 3 ms later for nothing. The wait counts from
+    when JetStream stored the batch's first event: one that reached this process late (its loop
+    or nats-server busy) waits only the rest, or nothing. Acks stay one per
     message: several API processes may run a persister on the same durable consumer, and an
     AckAll from one would ack what another has not committed yet. With a backlog, the next batch
     is pulled while one is written (``prefetch``): the client's parsing of one batch overlaps
