@@ -211,6 +211,7 @@ class PartitionConsumption(Checkpoints, SettingsWatch, Publishing):
                 await self.publish_minutes(minutes)
                 await self.publish(violations)
                 self._last_seq[partition] = last
+                self._charted_since_state += len(batch)
                 if time.monotonic() - self._last_snapshot >= self.settings.snapshot_interval_s:
                     await self.snapshot(state=self.state_due)
                 lease.check()  # the acks follow: only while nobody else can hold the partition
