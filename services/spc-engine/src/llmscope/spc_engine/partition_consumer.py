@@ -343,17 +343,27 @@ class PartitionConsumption(Checkpoints, SettingsWatch, Publishing):
             if partition not in wanted and not stop.is_set():
                 stop.set()
 
+    async def _lease_entry(self, partition: int) -> KeyValue.Entry | None:
+        try:
+            return await self._kv.get(lease_key(partition))
+        except KeyNotFoundError:
+            return None
+
     async def watch_ownership(self, stop: asyncio.Event, every: float) -> None:
         """Read every partition's lease each ``every`` s; say loudly when one has no owner."""
         while not stop.is_set():
             try:
-                for partition in range(self.settings.partitions):
-                    try:
-                        entry = await self._kv.get(lease_key(partition))
+                # All at once (one write, the answers together): one get after another woke
+                # nats-server a dozen times each, P times a round.
+                entries = await asyncio.gather(
+                    *(self._lease_entry(partition) for partition in range(self.settings.partitions))
+                )
+                for partition, entry in enumerate(entries):
+                    if entry is None:  # never taken, or released
+                        self.ownership.observe(partition, None, 0)
+                    else:
                         holder = (entry.value or b"").decode()
                         self.ownership.observe(partition, holder, entry.revision or 0)
-                    except KeyNotFoundError:  # never taken, or released
-                        self.ownership.observe(partition, None, 0)
             except Exception as exc:
                 log.debug("partition leases not read", error=repr(exc))
                 self.ownership.forget()
