@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from urllib.parse import urlparse
 
@@ -180,5 +181,48 @@ async def test_members_find_each_other_leave_expire_and_a_twin_is_refused(nats_u
             await a.announce()
         await twin.announce()
         assert await twin.live() == ["0@a"]
+    finally:
+        await nc.close()
+
+
+async def test_the_members_watch_starts_a_round_when_a_replica_joins_or_leaves_not_when_one_announces(
+    nats_url: str,
+) -> None:
+    """Rounds run every TTL / 4 (2.5 s by default, every second before): a join or a clean leave
+    starts one at once, another member's announcement (every round) does not."""
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        settings = SpcSettings(lease_ttl_s=60.0)
+        kv = await open_members(js, settings)
+        a = Membership(js, kv, settings.members_bucket, "0@a")
+        b = Membership(js, kv, settings.members_bucket, "1@b")
+        await a.announce()
+        members = await a.live()
+        changed = asyncio.Event()
+        asked: list[int] = []
+
+        def known() -> list[str]:
+            asked.append(1)
+            return members
+
+        watch = asyncio.create_task(a.watch(changed, known, retry=0.1))
+        try:
+            await a.announce()  # its own announcement: nothing to read
+            await b.announce()  # a join
+            await eventually(changed.is_set, what="the join seen")
+            changed.clear()
+            members = await a.live()
+            assert members == ["0@a", "1@b"]
+            seen = len(asked)
+            await b.announce()  # a known member announcing itself: no round
+            await eventually(lambda: len(asked) > seen, what="the announcement seen")
+            assert not changed.is_set()
+            await b.leave()  # a clean leave
+            await eventually(changed.is_set, what="the leave seen")
+        finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
     finally:
         await nc.close()

@@ -15,7 +15,7 @@ import nats
 import pytest
 from nats.js import JetStreamContext
 
-from llmscope.bus.kv import open_bucket
+from llmscope.bus.kv import bucket_keys, open_bucket
 from llmscope.bus.settings import BusSettings
 from llmscope.bus.streams import ensure_streams, telemetry_partition
 from llmscope.proto import codec, subjects
@@ -209,6 +209,9 @@ def settings(url: str, replicas: int = 1, replica: int = 0) -> SpcSettings:
         replicas=replicas,
         replica=replica,
         lease_ttl_s=2.0,
+        # The state every 15 s however few events came, as before LLMSCOPE_SPC_STATE_EVENTS:
+        # the tests that wait for a checkpoint see one within their wait.
+        state_max_interval_s=15.0,
     )
 
 
@@ -258,12 +261,17 @@ async def test_violations_published_then_acked_and_charts_in_kv(nats_url: str) -
 
 
 @pytest.mark.fault
-@pytest.mark.parametrize("state_interval", ["0.3", "2"], ids=["state-each-snapshot", "state-every-2s"])
+@pytest.mark.parametrize(
+    ("state_interval", "state_events"),
+    [("0.3", "1"), ("2", "1"), ("0.3", "400")],
+    ids=["state-each-snapshot", "state-every-2s", "state-every-400-events"],
+)
 async def test_kill_9_and_restart_publishes_exactly_the_uninterrupted_violations(
-    nats_url: str, state_interval: str
+    nats_url: str, state_interval: str, state_events: str
 ) -> None:
-    """Killed twice mid-stream: with the state written at each snapshot, and with the public
-    records written every 0.3 s and the state every 2 s (public records ahead of the state)."""
+    """Killed twice mid-stream: with the state written at each snapshot, with the public
+    records written every 0.3 s and the state every 2 s (public records ahead of the state), and
+    with the state written once 400 events were charted since the last write."""
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
     await ensure_streams(js, BusSettings())
@@ -275,6 +283,8 @@ async def test_kill_9_and_restart_publishes_exactly_the_uninterrupted_violations
         "LLMSCOPE_SPC_BASELINE_N": str(BASELINE),
         "LLMSCOPE_SPC_SNAPSHOT_INTERVAL_S": "0.3",
         "LLMSCOPE_SPC_STATE_INTERVAL_S": state_interval,
+        "LLMSCOPE_SPC_STATE_EVENTS": state_events,
+        "LLMSCOPE_SPC_STATE_MAX_INTERVAL_S": "600",
         "LLMSCOPE_SPC_BATCH_SIZE": "32",
     }
     cmd = [sys.executable, "-m", "llmscope.spc_engine"]
@@ -300,6 +310,48 @@ async def test_kill_9_and_restart_publishes_exactly_the_uninterrupted_violations
         code = await stop_process(proc, within=20)  # killed if it does not stop: never left running
     assert code == 0
     assert_exactly(await violations(js), await expected_ids(events, settings(nats_url)))
+    await nc.close()
+
+
+async def test_state_and_checkpoints_wait_for_enough_events_not_for_the_clock(nats_url: str) -> None:
+    """``LLMSCOPE_SPC_STATE_EVENTS``: the chart records readers see follow every snapshot, the
+    state and checkpoints only once that many events were charted since their last write."""
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await ensure_streams(js, BusSettings())
+    events = telemetry_stream(400, models=("a",), seed=11)
+    await publish_all(js, events[:200])
+    cfg = dataclasses.replace(
+        settings(nats_url), baseline_n=1000, state_interval_s=0.05, state_events=300, state_max_interval_s=600
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(cfg, stop))
+    try:
+        await wait_consumed(js, events, 200)
+        kv = await js.key_value(subjects.SPC_CHARTS_BUCKET)
+
+        async def snapshotted_after_200() -> bool:
+            # Charts still collecting show their progress: their records follow each snapshot.
+            seqs = [0]
+            for key in await kv.keys():
+                if not key.startswith("_"):
+                    with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                        seqs.append(decode_record((await kv.get(key)).value or b"").seq)
+            return max(seqs) >= 200
+
+        await eventually(snapshotted_after_200, what="the records of the first 200 events")
+        checkpoint = checkpoint_key(partition_of(events[0]))
+        with pytest.raises(nats.js.errors.KeyNotFoundError):
+            await kv.get(checkpoint)
+        state = await bucket_keys(js, subjects.SPC_STATE_BUCKET)
+        assert [k for k in state if not k.startswith("_part.")] == []
+        await publish_all(js, events[200:])
+        await wait_consumed(js, events, len(events))
+        await wait_checkpoint(js, events, 300)
+        assert int((await kv.get(checkpoint)).value or b"0") >= 300
+    finally:
+        stop.set()
+        assert await task == 0
     await nc.close()
 
 

@@ -350,6 +350,8 @@ async def test_a_previous_versions_record_stays_until_the_state_that_replaces_it
         "LLMSCOPE_SPC_BASELINE_N": str(cfg.baseline_n),
         "LLMSCOPE_SPC_SNAPSHOT_INTERVAL_S": "0.05",
         "LLMSCOPE_SPC_BATCH_SIZE": "32",
+        # The second engine writes its state within 15 s however few events it charted.
+        "LLMSCOPE_SPC_STATE_MAX_INTERVAL_S": "15",
     }
     cmd = [sys.executable, "-m", "llmscope.spc_engine"]
     proc = await asyncio.create_subprocess_exec(

@@ -2,9 +2,11 @@
 
 Membership (who shares the partitions): every replica announces itself in the KV bucket
 ``llmscope_spc_members`` (key ``m.<hex of its identity>``, value its identity and a random
-instance id) every ``ttl / 4`` or second; the bucket's max age (``LLMSCOPE_SPC_LEASE_TTL_S``, set by the
-first replica that creates it) removes a replica that stopped announcing, and a replica that stops
-cleanly deletes its key. Each round a replica reads the live members, sorts their identities, and
+instance id) every ``ttl / 4`` (at most :data:`MEMBER_ROUND_S`); the bucket's max age
+(``LLMSCOPE_SPC_LEASE_TTL_S``, set by the first replica that creates it) removes a replica that
+stopped announcing, and a replica that stops cleanly deletes its key. Each round (as often, and
+at once when a watch on the bucket sees a key it does not know appear, or a key deleted:
+:meth:`Membership.watch`) a replica reads the live members, sorts their identities, and
 wants the partitions k with ``k % len(members) == its rank``: it starts taking the ones it wants
 and hands over the ones it no longer wants (it stops that partition's consumer after the batch in
 hand, snapshots, forgets the partition's charts and releases its lease), so the replica that wants
@@ -19,8 +21,10 @@ import asyncio
 import contextlib
 import dataclasses
 import uuid
+from collections.abc import Callable, Collection
 
 import msgspec
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig
 from nats.js.errors import (
@@ -30,7 +34,7 @@ from nats.js.errors import (
     KeyWrongLastSequenceError,
     NotFoundError,
 )
-from nats.js.kv import KeyValue
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from llmscope.bus.kv import bucket_keys
 from llmscope.bus.layout import SETUP_COMMAND, bucket_configs
@@ -52,6 +56,13 @@ MEMBER_TTLS = 1.0
 dropped after this, so its partitions are wanted by others when its leases expire. No shorter
 than a lease needs: a replica that could not announce itself for a TTL has given up its leases
 (``PartitionLease.check``)."""
+
+
+MEMBER_ROUND_S = 2.5
+"""The longest time between two membership rounds (announce, read the members), whatever the
+lease TTL: a quarter of the default TTL. Joins and clean leaves start a round at once
+(:meth:`Membership.watch`); the rounds were every second before that watch (three requests a
+second to nats-server, most of its wake-ups with the engine idle)."""
 
 
 def member_key(holder: str) -> str:
@@ -174,6 +185,46 @@ class Membership:
 
         found = await asyncio.gather(*(holder(k) for k in keys))
         return sorted({h for h in found if h} | {self.holder})
+
+    async def watch(self, changed: asyncio.Event, known: Callable[[], Collection[str]], retry: float) -> None:
+        """Set ``changed`` when another replica joins (a key not among ``known()`` members) or
+        leaves cleanly (its key deleted), until cancelled.
+
+        The rounds (every ``ttl / 4``) are what membership rests on: they read the bucket, and
+        they alone see a key that expired (a replica that died: its partitions wait for their
+        leases' TTL anyway). This only starts a round at once when somebody joins or leaves, so
+        a rebalance does not wait for the next round; a watch that fails (NATS away, the bucket
+        made again) is made again after ``retry`` s, and meanwhile the rounds notice the same,
+        later. It replaces a round every second: three requests a second to nats-server (an
+        announce, the bucket's subjects and each member's value), most of its wake-ups with the
+        engine idle."""
+        while True:
+            try:
+                watcher = await self._kv.watchall()
+            except Exception as exc:
+                log.debug("members not watched; the rounds notice changes", error=repr(exc))
+                await asyncio.sleep(retry)
+                continue
+            try:
+                while True:
+                    try:
+                        entry = await watcher.updates(timeout=3600.0)  # type: ignore[no-untyped-call]
+                    except NatsTimeoutError:
+                        continue
+                    if entry is None or entry.key == self.key:
+                        continue
+                    if entry.operation in (KV_DEL, KV_PURGE) or entry.key not in {
+                        member_key(h) for h in known()
+                    }:
+                        changed.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("members watch ended; made again", error=repr(exc))
+                await asyncio.sleep(retry)
+            finally:
+                with contextlib.suppress(Exception):
+                    await watcher.stop()  # type: ignore[no-untyped-call]
 
     async def leave(self) -> None:
         if self._revision:

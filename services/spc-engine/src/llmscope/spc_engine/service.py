@@ -39,6 +39,7 @@ from llmscope.config.startup import Stopped
 from llmscope.proto import subjects
 from llmscope.spc_engine.lease import LeaseLostError, nats_unavailable, renew_leases
 from llmscope.spc_engine.membership import (
+    MEMBER_ROUND_S,
     MEMBER_TTLS,
     MemberConflictError,
     MembersGoneError,
@@ -156,11 +157,17 @@ class SpcService(PartitionConsumption, RebaselineRequests):
                             self._stop_on(exc)
                             return
 
-        async def members() -> None:
-            # Announced at least four times per max age, whatever TTL the bucket was made with,
-            # and at least every second: a replica that joins or leaves is noticed that fast.
-            every = min(self.settings.lease_ttl_s / 4, member_ttl / 4, 1.0)
+        # A round starts when this is set (a member joined or left: Membership.watch), or every
+        # ``round_every`` s.
+        changed = asyncio.Event()
+        # Announced four times per max age, whatever TTL the bucket was made with, and at least
+        # every MEMBER_ROUND_S (a members bucket that went is made again that soon); a replica
+        # that joins or leaves cleanly is noticed at once by the watch, one whose key expired
+        # (it died) at the next round, long before its leases' TTL lets anybody take its
+        # partitions.
+        round_every = min(self.settings.lease_ttl_s / 4, member_ttl / 4, MEMBER_ROUND_S)
 
+        async def members() -> None:
             async def read() -> list[str]:
                 try:
                     await membership.announce()
@@ -194,7 +201,8 @@ class SpcService(PartitionConsumption, RebaselineRequests):
                     if not inner_stop.is_set():
                         self.assign(live, overrides_kv)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(inner_stop.wait(), every)
+                    await asyncio.wait_for(changed.wait(), round_every)
+                changed.clear()
 
         async def renew() -> None:
             while True:
@@ -222,6 +230,7 @@ class SpcService(PartitionConsumption, RebaselineRequests):
             asyncio.create_task(renew()),
             asyncio.create_task(self.watch_ownership(inner_stop, every)),
             asyncio.create_task(lag),
+            asyncio.create_task(membership.watch(changed, lambda: self.members, round_every)),
         ]
         watch_task = asyncio.create_task(watch_bucket(overrides_kv, self.on_overrides, inner_stop))
         assigning = asyncio.create_task(members())

@@ -99,6 +99,8 @@ class ServiceCore:
         self._checkpointed: dict[int, int] = {}
         self._last_snapshot = time.monotonic()
         self._last_state = self._last_snapshot
+        self._charted_since_state = 0
+        """Events charted since the chart state was last written (``Checkpoints.state_due``)."""
         self._lock = asyncio.Lock()
         self.failed: BaseException | None = None
         self._halt = asyncio.Event()

@@ -14,7 +14,9 @@
 | LLMSCOPE_SPC_MIN_CHANGE | 0.5 | a sustained shift pages from (1 + this)x worse (1.5x slower); 0: any |
 | LLMSCOPE_SPC_MIN_SPIKE_CHANGE | 1.0 | one answer pages from (1 + this)x worse (2x slower) |
 | LLMSCOPE_SPC_SNAPSHOT_INTERVAL_S | 1.0 | how often charts whose view changed are written for readers |
-| LLMSCOPE_SPC_STATE_INTERVAL_S | 15 | how often chart state and checkpoints are written (takeovers replay) |
+| LLMSCOPE_SPC_STATE_INTERVAL_S | 15 | least time between two chart state writes (a takeover replays since) |
+| LLMSCOPE_SPC_STATE_EVENTS | 15000 | state written once this many events were charted since |
+| LLMSCOPE_SPC_STATE_MAX_INTERVAL_S | 120 | ... or this long after, however few came |
 | LLMSCOPE_SPC_CHARTS_BUCKET | llmscope_spc_charts | KV bucket of the charts as readers see them |
 | LLMSCOPE_SPC_STATE_BUCKET | llmscope_spc_state | KV bucket of the engine's own chart state (for recovery) |
 | LLMSCOPE_SPC_BATCH_SIZE | 256 | telemetry messages pulled per batch |
@@ -56,6 +58,8 @@ class SpcSettings:
     min_spike_change: float = DEFAULT_MIN_SPIKE_CHANGE
     snapshot_interval_s: float = 1.0
     state_interval_s: float = 15.0
+    state_events: int = 15_000
+    state_max_interval_s: float = 120.0
     charts_bucket: str = subjects.SPC_CHARTS_BUCKET
     state_bucket: str = subjects.SPC_STATE_BUCKET
     batch_size: int = 256
@@ -92,6 +96,8 @@ class SpcSettings:
             ),
             snapshot_interval_s=env.number("LLMSCOPE_SPC_SNAPSHOT_INTERVAL_S", 1.0, min=0),
             state_interval_s=env.number("LLMSCOPE_SPC_STATE_INTERVAL_S", 15.0, min=0),
+            state_events=env.integer("LLMSCOPE_SPC_STATE_EVENTS", 15_000, min=1),
+            state_max_interval_s=env.number("LLMSCOPE_SPC_STATE_MAX_INTERVAL_S", 120.0, min=0),
             charts_bucket=env.text("LLMSCOPE_SPC_CHARTS_BUCKET", subjects.SPC_CHARTS_BUCKET),
             state_bucket=env.text("LLMSCOPE_SPC_STATE_BUCKET", subjects.SPC_STATE_BUCKET),
             batch_size=env.integer("LLMSCOPE_SPC_BATCH_SIZE", 256, min=1, max=10_000),
