@@ -60,3 +60,16 @@ def test_no_query_spells_the_traffic_condition_itself() -> None:
         if "migrations" not in p.parts and spelled.search(p.read_text())
     ]
     assert offenders == []
+
+
+def test_no_service_spells_the_traffic_prompt_prefix_itself() -> None:
+    # The OTLP receiver stores traffic under the prompt the engine charts it by: both build it
+    # with traffic_prompt_id, so the prefix lives in one place.
+    spelled = re.compile(r"""["']traffic:""")
+    offenders = [
+        str(p.relative_to(ROOT))
+        for top in ("services", "proto")
+        for p in (ROOT / top).rglob("*.py")
+        if "migrations" not in p.parts and p.name != "telemetry.py" and spelled.search(p.read_text())
+    ]
+    assert offenders == []

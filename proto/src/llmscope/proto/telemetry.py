@@ -51,6 +51,12 @@ PROBES_SQL = f"prompt_id NOT LIKE '{TRAFFIC_PROMPT_PREFIX}%'"
 """SQL condition on a row with a ``prompt_id`` column: it is a probe's (see above)."""
 
 
+def traffic_prompt_id(operation: str) -> str:
+    """The prompt id real traffic of one GenAI operation is stored and charted under
+    (``traffic:chat``): never a probe prompt's (:data:`TRAFFIC_PROMPT_PREFIX`)."""
+    return TRAFFIC_PROMPT_PREFIX + operation
+
+
 def is_traffic_prompt(prompt_id: str) -> bool:
     """Whether a prompt id is real traffic's (``traffic:<operation>``): see :data:`TRAFFIC_PROMPT_PREFIX`."""
     return prompt_id.startswith(TRAFFIC_PROMPT_PREFIX)

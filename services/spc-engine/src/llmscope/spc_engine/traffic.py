@@ -30,7 +30,7 @@ import msgspec
 
 from llmscope.proto import charts as charts_contract
 from llmscope.proto.charts import ChartMeta, TrafficPoint, chart_key
-from llmscope.proto.telemetry import TelemetryEvent
+from llmscope.proto.telemetry import TelemetryEvent, traffic_prompt_id
 from llmscope.proto.traffic import Quantiles, TrafficMinuteEvent
 from llmscope.proto.violation import BaselineRef, ChartLimits, ViolationEvent
 from llmscope.spc_engine.minutes import AggregatorState, MinuteAggregator, Subgroup, group_key
@@ -201,7 +201,7 @@ class TrafficPartition:
 
     def on_minute(self, ev: TrafficMinuteEvent) -> list[ViolationEvent]:
         out: list[ViolationEvent] = []
-        prompt_id = f"traffic:{ev.operation}"
+        prompt_id = traffic_prompt_id(ev.operation)
         group = group_key(ev.provider, ev.model, ev.service_name, ev.operation)
         charts = self.charts.setdefault(group, {})
         for metric, point in points_of(ev):
@@ -285,7 +285,7 @@ class TrafficPartition:
                     provider=e.provider,
                     model=e.model,
                     target=e.service_name,
-                    prompt_id=f"traffic:{e.operation}",
+                    prompt_id=traffic_prompt_id(e.operation),
                     metric=e.metric,
                 ),
                 config=config,
@@ -379,7 +379,7 @@ def violation_of(
         provider=entry.provider,  # type: ignore[arg-type]
         model=entry.model,
         target=entry.service_name,
-        prompt_id=f"traffic:{entry.operation}",
+        prompt_id=traffic_prompt_id(entry.operation),
         metric=entry.metric,
         chart="p" if is_p else "subgroup",
         chart_key=key,

@@ -38,7 +38,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from llmscope.proto.base import EARLIEST, LATEST
-from llmscope.proto.telemetry import ProbeStatus, ProviderKind, TelemetryEvent
+from llmscope.proto.telemetry import ProbeStatus, ProviderKind, TelemetryEvent, traffic_prompt_id
 
 OPERATIONS = frozenset({"chat", "text_completion", "generate_content", "embeddings"})
 """``gen_ai.operation.name`` values that are one request to a model (``generate_content`` is
@@ -54,7 +54,6 @@ PROVIDER_KINDS: dict[str, ProviderKind] = {
 }
 """Providers whose API flavour LLMscope knows; every other one is ``other``."""
 
-PROMPT_PREFIX = "traffic:"
 MAX_AHEAD = timedelta(days=1)
 TTFT_ATTRIBUTES = (
     "gen_ai.response.time_to_first_chunk",  # semantic conventions (seconds)
@@ -172,7 +171,7 @@ def map_span(span: Span, service: str, *, latest: datetime) -> TelemetryEvent | 
         "target": address or provider_name or provider,
         "host": address,
         "service_name": _clean(service, 256),
-        "prompt_id": PROMPT_PREFIX + operation,
+        "prompt_id": traffic_prompt_id(operation),
         "prompt_hash": "",
         "streaming": ttft_ms is not None,
         "max_tokens": _int(attrs.get("gen_ai.request.max_tokens")),
