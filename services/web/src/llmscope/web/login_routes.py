@@ -27,6 +27,7 @@ from llmscope.web.auth import (
     keys_granting,
 )
 from llmscope.web.pages import Pages, is_htmx
+from llmscope.web.remembered_by import forget_by
 
 
 def _safe_next(target: str | None) -> str:
@@ -211,4 +212,5 @@ def add_login_routes(router: APIRouter, auth: Authenticator, pages: Pages, sessi
             await auth.revoke(found)
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path="/")
+        forget_by(response.headers)
         return response
