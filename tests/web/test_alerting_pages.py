@@ -156,9 +156,8 @@ async def test_incident_actions_go_through_the_alerter(
         assert r.text.lstrip().startswith('<div id="actions"')
         assert "Acknowledged by <b>ana</b>" in r.text
         assert "looking" in r.text
-        # The resolve that usually follows keeps the name, as on a violation's page: left blank,
-        # it would record the resolution as "dashboard".
-        assert '<input name="by" required maxlength="200" placeholder="your name" value="ana">' in r.text
+        # The resolve that usually follows keeps the name this browser just gave (remembered_by).
+        assert 'placeholder="your name" autocomplete="name" value="ana">' in r.text
         r = await client.post(f"/incidents/{iid}/acknowledge", data={"by": "bob"}, headers=target)
         assert r.status_code == 200  # htmx swaps only 2xx; the fragment says why
         assert 'class="error"' in r.text

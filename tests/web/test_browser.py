@@ -348,9 +348,20 @@ async def test_settings_save_shows_the_error_under_its_field(site: Site) -> None
     assert values["alert.email.smtp_port"] == 465
 
 
+async def focused_name(page: Page) -> str | None:
+    return await page.evaluate("document.activeElement && document.activeElement.name")  # type: ignore[no-any-return]
+
+
 async def test_setup_wizard_refused_save_keeps_what_was_typed(site: Site) -> None:
+    """The wizard's groups: the email and notify groups open, the optional channels folded; a
+    refusal opens the group of the bad field and focuses it, even a group that was folded."""
     async with browser_page(site) as page:
         await log_in(page, site, "/setup")
+        assert await page.locator("#group-email").get_attribute("open") is not None
+        assert await page.locator("#group-policy").get_attribute("open") is not None
+        assert not await page.locator("input[name='alert.slack.channel']").is_visible()
+        assert not await page.locator("select[name='alert.tickets.tracker']").is_visible()
+        await shot(page, "setup")
         await page.fill("#wizard input[name=by]", "ana")
         await page.fill("input[name='alert.email.smtp_host']", "smtp.typed.example")
         await page.fill("input[name='alert.email.smtp_port']", "seventy")
@@ -362,11 +373,42 @@ async def test_setup_wizard_refused_save_keeps_what_was_typed(site: Site) -> Non
         assert await page.input_value("input[name='alert.email.smtp_port']") == "seventy"
         assert await page.input_value("input[name='alert.email.smtp_password']") == ""
         await page.locator("#toasts .toast-error").wait_for()
+        assert await focused_name(page) == "alert.email.smtp_port"
         await page.locator("p.field-error").scroll_into_view_if_needed()
         await shot(page, "setup-refused")
+        # A tracker chosen in the folded Tickets group, without its project: refused, that group
+        # comes back open (after htmx's swap) with its bad field focused.
+        await page.click("#group-tickets summary")
+        await page.select_option("select[name='alert.tickets.tracker']", "github")
+        await page.fill("input[name='alert.email.smtp_port']", "465")
+        await page.click("#wizard form button[type=submit]:has-text('Save')")
+        await page.locator("#group-tickets .field-error").first.wait_for()
+        assert await page.locator("#group-tickets").get_attribute("open") is not None
+        bad = await page.locator("#group-tickets [aria-invalid=true]").first.get_attribute("name")
+        assert bad is not None
+        assert bad.startswith("alert.tickets.")
+        await page.wait_for_function(f"document.activeElement && document.activeElement.name === {bad!r}")
+        await shot(page, "setup-refused-tickets")
     assert site.errors == [], "\n".join(site.errors)
     values = {s.key: s.value for s in await site.api.store.settings()}
     assert values["alert.email.smtp_host"] != "smtp.typed.example"  # nothing of it was saved
+
+
+async def test_the_name_saved_under_is_offered_on_the_next_form(site: Site) -> None:
+    """The ``by`` cookie set by an htmx save is kept by the browser and prefills the next form."""
+    async with browser_page(site) as page:
+        await log_in(page, site, "/setup")
+        assert await page.input_value("#wizard input[name=by]") == ""
+        await page.fill("#wizard input[name=by]", "ana")
+        await page.select_option("select[name='alert.min_severity']", "warning")
+        await page.click("#wizard form button[type=submit]:has-text('Save')")
+        await page.locator("#toasts .toast-ok, #wizard p.ok").first.wait_for()
+        await page.goto(f"{site.url}/settings")
+        names = await page.eval_on_selector_all("input[name=by]", "els => els.map(e => e.value)")
+        assert names
+        assert set(names) == {"ana"}
+        await page.fill("#section-policy input[name=by]", "bo")  # still editable
+    assert site.errors == [], "\n".join(site.errors)
 
 
 async def test_an_incidents_analysis_wraps_in_its_card(site: Site) -> None:

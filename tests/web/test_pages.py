@@ -690,7 +690,7 @@ async def test_setup_wizard_refused_save_shows_what_was_typed_never_a_secret(api
     assert is_full_page(r.text) is not hx
     # the refusal names the setting, beside its field too
     assert "Not saved: alert.email.smtp_port (SMTP server port)" in r.text
-    assert '<p class="field-error">alert.email.smtp_port: expected a whole number' in r.text
+    assert '-error">alert.email.smtp_port: expected a whole number' in r.text
     # what was typed, not what is stored
     assert 'value="typed.example.com"' in r.text
     assert "stored.example.com" not in r.text

@@ -64,7 +64,35 @@ async def test_scripts_fetch_the_report_with_a_bearer_key_and_get_401_not_the_lo
             assert r.status_code == 401, (path, header, r.status_code, r.headers.get("location"))
             assert r.headers["www-authenticate"] == "Bearer"
             assert "LLMSCOPE_API_KEY" in r.text
-    # A browser without a session still goes to the login page.
-    r = await api.anon.get("/report.json?hours=24")
+    # A browser following a link without a session still goes to the login page.
+    browser = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+    r = await api.anon.get("/report.json?hours=24", headers=browser)
     assert r.status_code == 303
     assert r.headers["location"].startswith("/login")
+
+
+async def test_a_script_without_a_key_gets_401_naming_it_and_a_browser_the_login_page(api: Api) -> None:
+    """No ``Authorization`` header: a download asked with an ``Accept`` that leaves out
+    ``text/html`` (curl's and requests' ``*/*``, a script's ``application/json``) comes from a
+    script, which gets 401 naming the key to send; a browser's navigation gets the login page."""
+    await seed(api)
+    paths = ("/report.json?hours=24", "/report.pdf?hours=24", "/report/incidents.csv?hours=24")
+    for path in paths:
+        for accept in ("application/json", "*/*", "application/pdf", "text/csv", "text/html;q=0"):
+            r = await api.anon.get(path, headers={"Accept": accept})
+            assert r.status_code == 401, (path, accept, r.status_code, r.headers.get("location"))
+            assert r.headers["www-authenticate"] == "Bearer"
+            assert "Authorization: Bearer <LLMSCOPE_API_KEY" in r.text
+        for accept in ("text/html,application/xhtml+xml,*/*;q=0.8", "text/html"):
+            r = await api.anon.get(path, headers={"Accept": accept})
+            assert r.status_code == 303, (path, accept, r.status_code)
+            assert r.headers["location"].startswith("/login?next=%2Freport")
+    # A page (not a download) still sends any client without a session to the login form.
+    r = await api.anon.get("/report?hours=24", headers={"Accept": "application/json"})
+    assert r.status_code == 303
+    # Signed in, the session opens the downloads whatever the Accept.
+    client = await login(api)
+    r = await client.get("/report.json?hours=24", headers={"Accept": "application/json"})
+    assert r.status_code == 200, r.text
+    r = await client.get("/report/incidents.csv?hours=24", headers={"Accept": "*/*"})
+    assert r.status_code == 200, r.text

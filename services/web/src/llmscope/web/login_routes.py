@@ -27,6 +27,7 @@ from llmscope.web.auth import (
     keys_granting,
 )
 from llmscope.web.pages import Pages, is_htmx
+from llmscope.web.remembered_by import forget_by
 
 
 def _safe_next(target: str | None) -> str:
@@ -87,27 +88,56 @@ def session_guard(auth: Authenticator, session_max_age_s: int) -> Callable[[Requ
     return session
 
 
+def _accepts_html(request: Request) -> bool:
+    """Whether ``Accept`` names ``text/html`` (as every browser navigation does), at a non-zero q."""
+    for item in request.headers.get("accept", "").split(","):
+        kind, *params = (part.strip().lower() for part in item.split(";"))
+        if kind == "text/html":
+            q = next((p.partition("=")[2].strip() for p in params if p.startswith("q=")), "1")
+            try:
+                return float(q) > 0
+            except ValueError:
+                return True
+    return False
+
+
+def _to_login(exc: HTTPException) -> bool:
+    # The session guard's other 303s ("?key=" traded for a cookie) lead to the page, not to /login.
+    return exc.status_code == 303 and (exc.headers or {}).get("Location", "").startswith("/login")
+
+
 def script_guard(
     auth: Authenticator, session: Callable[[Request], Awaitable[None]]
 ) -> Callable[[Request], Awaitable[None]]:
-    """The dependency of the downloads scripts fetch (``/report.json``, ``/report.pdf``): a
-    request that carries an ``Authorization`` header is a script's, let in by its bearer key
-    (the read or the admin scope, as ``/api/export``), else 401 (403 for the ingest key), never
-    the login page's redirect, which a script would follow to a form; without the header, a
-    browser's, as on every page (``session``)."""
+    """The dependency of the downloads scripts fetch (``/report.json``, ``/report.pdf``,
+    ``/report/incidents.csv``): a request that carries an ``Authorization`` header is a script's,
+    let in by its bearer key (the read or the admin scope, as ``/api/export``), else 401 (403 for
+    the ingest key), never the login page's redirect, which a script would follow to a form.
+    Without the header, the session decides, as on every page (``session``); when there is none,
+    a request whose ``Accept`` leaves out ``text/html`` (``curl``, ``requests``: ``*/*``) is a
+    script's too and gets the same 401, while a browser following a link (its navigations
+    accept ``text/html``) gets the login redirect."""
+
+    def unauthorized() -> HTTPException:
+        return HTTPException(
+            401,
+            "missing or invalid API key: send"
+            f" 'Authorization: Bearer <{keys_granting('read', auth.configured)}>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
     async def guard(request: Request) -> None:
         if "authorization" not in request.headers:
-            await session(request)
+            try:
+                await session(request)
+            except HTTPException as exc:
+                if _to_login(exc) and not _accepts_html(request):
+                    raise unauthorized() from None
+                raise
             return
         principal = await auth.principal(request)  # RateLimited: the app's 429
         if principal is None:
-            raise HTTPException(
-                401,
-                "missing or invalid API key: send"
-                f" 'Authorization: Bearer <{keys_granting('read', auth.configured)}>'",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+            raise unauthorized()
         if not grants(principal.scope, "read"):
             raise HTTPException(
                 403,
@@ -182,4 +212,5 @@ def add_login_routes(router: APIRouter, auth: Authenticator, pages: Pages, sessi
             await auth.revoke(found)
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path="/")
+        forget_by(response.headers)
         return response

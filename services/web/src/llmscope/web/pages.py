@@ -24,6 +24,7 @@ from llmscope.web.compression import mark_secret_free
 from llmscope.web.data import METRIC_LABELS, METRIC_UNITS, DashboardData, RebaselineResult
 from llmscope.web.live import chart_pace_s, point_event, traffic_event
 from llmscope.web.minichart import render_minichart
+from llmscope.web.remembered_by import template_remembered_by
 from llmscope.web.rules_legend import BY_CODE, RULES
 from llmscope.web.svg import PAD_R as CHART_PAD_R
 from llmscope.web.svg import render_chart, render_sparkline, time_range
@@ -188,6 +189,7 @@ def build_environment() -> Environment:
     env.globals["chart_pace_s"] = chart_pace_s
     env.globals["traffic_event"] = traffic_event
     env.globals["live_page"] = pass_context(live_page)
+    env.globals["remembered_by"] = pass_context(template_remembered_by)
     return env
 
 

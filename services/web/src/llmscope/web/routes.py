@@ -21,6 +21,7 @@ from llmscope.web.login_routes import add_login_routes, reader_check, script_gua
 from llmscope.web.model_routes import add_model_routes
 from llmscope.web.overview_routes import add_overview_routes
 from llmscope.web.pages import Pages
+from llmscope.web.remembered_by import RememberBy
 from llmscope.web.settings_form import fixed_settings
 from llmscope.web.settings_routes import add_settings_routes
 from llmscope.web.setup_routes import add_setup_routes, setup_context
@@ -118,6 +119,7 @@ def install(
     """Mount the dashboard and its static files (htmx, CSS) on an application."""
     static_dir = files("llmscope.web") / "static"
     app.mount("/static", StaticFiles(directory=str(static_dir)), name="static")
+    app.add_middleware(RememberBy)
     app.include_router(
         create_router(
             data,

@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse
 
 from llmscope.web.data import DashboardData, SettingError, SettingErrors
 from llmscope.web.pages import Pages, is_htmx, who_from
-from llmscope.web.settings_form import BY_ID, parse_field
+from llmscope.web.settings_form import BY_ID, SECTIONS, parse_field
 
 SETUP_KEYS = (
     "alert.email.recipients",
@@ -40,6 +40,9 @@ SETUP_KEYS = (
     "alert.min_severity",
 )
 WEBHOOK_SECRET = "alert.webhook.signing_secret"
+# The wizard's groups, under the settings page's headings; the optional channels start folded.
+SECTION_OF = {f.key: s for s in SECTIONS for f in s.fields}
+OPEN_GROUPS = frozenset({"email", "policy"})
 # A channel is switched on when the wizard is given the field that makes it work.
 SETUP_ENABLES = {
     "alert.email.recipients": "alert.email.enabled",
@@ -54,6 +57,15 @@ SETUP_ENABLES = {
 }
 
 
+def _shown(value: object) -> str:
+    """A stored value as the form shows it (a list comma-separated, a switch true/false)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return "" if value is None else str(value)
+
+
 async def setup_context(
     data: DashboardData,
     error: str | None = None,
@@ -66,14 +78,30 @@ async def setup_context(
     known = {s.key: s for s in await data.settings()}
     switches = dict.fromkeys(SETUP_ENABLES.values())  # in order, once (Slack has two fields)
     enabled = [k.split(".")[1] for k in switches if k in known and known[k].value is True]
+    fields = [known[k] for k in SETUP_KEYS if k in known]
+    errors = field_errors or {}
+    typed = typed or {}
+    groups: dict[str, dict[str, Any]] = {}
+    for s in fields:
+        section = SECTION_OF[s.key]
+        group = groups.setdefault(
+            section.id, {"id": section.id, "title": section.title, "fields": [], "open": False}
+        )
+        group["fields"].append(s)
+        # Open: the groups every setup needs, and any holding an error or a change just typed.
+        changed = s.key in typed and typed[s.key].strip() != _shown(s.value)
+        group["open"] |= section.id in OPEN_GROUPS or s.key in errors or changed
+    first_error = next((k for k in (*SETUP_KEYS, "by") if k in errors), None)
     return {
-        "fields": [known[k] for k in SETUP_KEYS if k in known],
+        "fields": fields,
+        "groups": list(groups.values()),
+        "first_error": first_error,
         "error": error,
         "done": done,
         "saved": saved or [],
         "enabled": enabled,
-        "typed": typed or {},
-        "field_errors": field_errors or {},
+        "typed": typed,
+        "field_errors": errors,
     }
 
 

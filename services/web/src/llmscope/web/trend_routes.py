@@ -138,9 +138,10 @@ def add_trend_routes(
     *,
     script: Depends | None = None,
 ) -> None:
-    """Register /compare, /report, /report.pdf and /report/incidents.csv behind the session
-    dependency; ``/report.json`` and ``/report.pdf`` behind ``script`` where given (a bearer key
-    or the session: login_routes.script_guard); ``printer`` defaults to a Chromium on the PATH."""
+    """Register /compare and /report behind the session dependency; the downloads
+    (``/report.json``, ``/report.pdf``, ``/report/incidents.csv``) behind ``script`` where given
+    (a bearer key or the session: login_routes.script_guard); ``printer`` defaults to a Chromium
+    on the PATH."""
     download = script or session
     printer = printer or PdfPrinter()
 
@@ -314,7 +315,7 @@ def add_trend_routes(
             headers={"Content-Disposition": f'attachment; filename="llmscope-report-{name}.json"'},
         )
 
-    @router.get("/report/incidents.csv", dependencies=[session])
+    @router.get("/report/incidents.csv", dependencies=[download])
     async def incidents_csv(
         hours: Annotated[float, Query(gt=0, le=COMPARE_MAX_HOURS)] = 24, series: str = ""
     ) -> Response:

@@ -1,0 +1,91 @@
+"""Every dashboard change asks who makes it (``by``); the browser that last saved a name is offered
+it on its next form, still editable, and only that browser: people who share the admin key never
+see each other's names (``llmscope.web.remembered_by``)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from llmscope.web.auth import CSRF_HEADER
+from llmscope.web.remembered_by import BY_COOKIE
+from tests.api.conftest import API_KEY, Api
+from tests.web.test_pages import HX, csrf_token, login, seed
+
+FORM_PAGES = ("/settings", "/setup", "/violations/v1", "/violations/v2", "/dashboard?hours=24")
+
+
+def by_values(html: str) -> list[str]:
+    """The ``value`` of every ``by`` text field on a page (the compare page's select is not one)."""
+    fields = re.findall(r'<input name="by"[^>]*>', html)
+    assert fields, html[:300]
+    return [m.group(1) if (m := re.search(r'value="([^"]*)"', f)) else "" for f in fields]
+
+
+@pytest.fixture
+async def other_browser(api: Api) -> AsyncIterator[httpx.AsyncClient]:
+    """A second browser on the same dashboard, signed in with the same admin key."""
+    transport = httpx.ASGITransport(app=api.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        r = await client.post("/login", data={"key": API_KEY, "next": "/"})
+        assert r.status_code == 303
+        client.headers[CSRF_HEADER] = csrf_token(await client.get("/settings"))
+        yield client
+
+
+async def test_the_name_a_browser_saved_under_fills_its_next_forms_and_no_other_browsers(
+    api: Api, other_browser: httpx.AsyncClient
+) -> None:
+    await seed(api)
+    client = await login(api)
+    for path in FORM_PAGES:
+        assert set(by_values((await client.get(path)).text)) == {""}, path
+    # A refused save (no name, or a name but a cross-site origin) remembers nothing.
+    r = await client.post("/violations/v2/acknowledge", data={"by": " "})
+    assert r.status_code == 422
+    r = await client.post(
+        "/violations/v2/acknowledge", data={"by": "eve"}, headers={"Origin": "https://x.example"}
+    )
+    assert r.status_code == 403
+    assert BY_COOKIE not in client.cookies
+
+    target = {**HX, "HX-Target": "actions"}
+    r = await client.post("/violations/v2/acknowledge", data={"by": "sam"}, headers=target)
+    assert r.status_code == 200, r.text
+    assert "Acknowledged by <b>sam</b>" in r.text
+    cookie = r.headers["set-cookie"]
+    assert cookie.startswith(f"{BY_COOKIE}=sam;")
+    assert "HttpOnly" in cookie
+    assert "SameSite=Strict" in cookie
+    assert by_values(r.text) == ["sam"]  # the swapped form already offers it
+    for path in FORM_PAGES:
+        assert set(by_values((await client.get(path)).text)) == {"sam"}, path
+
+    # Another browser with the same key is offered nobody's name, and a blank save is refused.
+    for path in FORM_PAGES:
+        assert set(by_values((await other_browser.get(path)).text)) == {""}, path
+    r = await other_browser.post("/setup", data={"alert.email.recipients": "ops@example.com", "by": ""})
+    assert r.status_code == 422
+    assert "by: required: the name recorded as who saved it" in r.text
+    # Still editable: a save under another name is remembered in its place (any script, too).
+    r = await client.post("/setup", data={"alert.email.recipients": "ops@example.com", "by": "Zoë Ünal"})
+    assert r.status_code == 200, r.text
+    assert set(by_values((await client.get("/settings")).text)) == {"Zoë Ünal"}
+    assert set(by_values((await other_browser.get("/settings")).text)) == {""}
+
+    # Logging out forgets it: the next person at this browser types their own.
+    r = await client.post("/logout")
+    assert r.status_code == 303
+    assert BY_COOKIE not in client.cookies
+    client = await login(api)
+    assert set(by_values((await client.get("/settings")).text)) == {""}
+
+
+async def test_a_form_sent_without_a_session_remembers_nothing(api: Api) -> None:
+    r = await api.anon.post("/violations/v1/acknowledge", data={"by": "mallory"})
+    assert r.status_code == 303
+    assert r.headers["location"].startswith("/login")
+    assert BY_COOKIE not in r.headers.get("set-cookie", "")
