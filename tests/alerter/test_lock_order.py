@@ -201,3 +201,49 @@ async def test_a_flush_skipping_an_alert_held_elsewhere_still_honours_its_acknow
         await pool.fetchval("SELECT acknowledged_by FROM alerter_alerts WHERE episode_id = $1", ev.episode_id)
         == "bo"
     )
+
+
+@pytest.mark.parametrize("clears_warning", [True, False])
+async def test_a_batch_joining_an_incident_a_person_resolves_never_deadlocks(
+    pool: asyncpg.Pool, clears_warning: bool
+) -> None:
+    """A batch clearing a warning grouped under an incident (the warning held: it is none of the
+    incident's episodes, so the incident was not locked for it) and opening a critical that joins
+    the incident waited on the incident; a person resolving the incident, holding it, waited on
+    the warning. Forced: a third transaction holds the incident until the person, then the batch,
+    wait on it; the person is first in line. Without the clear there was no deadlock, but the
+    critical joined the incident the person had just resolved: now it opens a new one."""
+    now = [T0]
+    store = Store(pool, instance="a", clock=lambda: now[0], incident_window=300, sustain_after=60)
+    route = Route("all", ("mail",), severities=("critical", "warning"), group_wait=0)
+    critical = violation(0, rule="CUSUM")
+    warning = violation(1, severity="warning", rule="R2")
+    later = violation(2, rule="R3")
+    await store.ingest([critical], [route], None)
+    await store.ingest([warning], [route], None)
+    incident_id = await pool.fetchval(
+        "SELECT incident_id FROM alerter_incident_episodes WHERE episode_id = $1", critical.episode_id
+    )
+    assert incident_id is not None
+    now[0] = T0 + timedelta(seconds=5)
+    async with pool.acquire() as holder:
+        tx = holder.transaction()
+        await tx.start()
+        await holder.execute("SELECT 1 FROM alerter_incidents WHERE id = $1 FOR UPDATE", incident_id)
+        person = asyncio.ensure_future(store.resolve_incident(incident_id, "ana", None))
+        try:
+            await eventually(lambda: _waiting_on_locks(pool, 1), what="the person waiting")
+            events = [cleared(warning, at=now[0]), later] if clears_warning else [later]
+            batch = asyncio.ensure_future(store.ingest(events, [route], None))
+            await eventually(lambda: _waiting_on_locks(pool, 2), what="the batch waiting")
+        finally:
+            await tx.rollback()
+        results = await asyncio.gather(person, batch, return_exceptions=True)
+    assert not [r for r in results if isinstance(r, BaseException)], results
+    joined = await pool.fetchrow(
+        "SELECT i.id, i.state FROM alerter_incident_episodes e"
+        " JOIN alerter_incidents i ON i.id = e.incident_id WHERE e.episode_id = $1",
+        later.episode_id,
+    )
+    assert joined is not None
+    assert joined["state"] != "resolved", dict(joined)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import asyncpg
 
@@ -109,13 +109,41 @@ class Store(IncidentStore, MergeStore, SilenceStore, RetentionStore):
             for key in sorted(keys):
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext('llmscope-incident:' || $1))", key)
             # Then the rows the batch changes, in the order every path takes them (lock_rows): a
-            # clear locks its incident before its alert, as a person resolving the incident does.
-            await self.lock_rows(conn, [ev.episode_id for ev in events])
+            # clear locks its incident before its alert, as a person resolving the incident does,
+            # and so do the incidents its new violations may join (_incident_open's candidates):
+            # taken later, a person resolving one (holding it, then waiting on an alert of the
+            # batch, a warning grouped under it) deadlocked with the batch, and a violation could
+            # join an incident resolved meanwhile.
+            await self.lock_rows(
+                conn, [ev.episode_id for ev in events], incidents=await self._joinable_incidents(conn, events)
+            )
             for ev in events:
                 if ev.state == "open":
                     await self._ingest_open(conn, ev, routes, allowed_rules, providers)
                 else:
                     await self._ingest_clear(conn, ev)
+
+    async def _joinable_incidents(self, conn: Conn, events: Sequence[ViolationEvent]) -> list[str]:
+        """The unresolved incidents the batch's new violations may join: the candidates
+        ``_incident_open`` reads (by provider or host, within the window). No other transaction
+        makes new ones meanwhile: they are made under the advisory locks this batch holds."""
+        opens = [
+            ev
+            for ev in events
+            if ev.state == "open" and forms_incidents(ev.severity, self.incident_min_severity)
+        ]
+        if not opens:
+            return []
+        since = min(ev.opened_at or ev.ts for ev in opens) - timedelta(seconds=self.incident_window)
+        rows = await conn.fetch(
+            "SELECT id FROM alerter_incidents WHERE state <> 'resolved'"
+            " AND (provider = ANY($1::text[]) OR (host <> '' AND host = ANY($2::text[])))"
+            " AND last_violation_at >= $3",
+            sorted({ev.provider for ev in opens}),
+            sorted({ev.host for ev in opens if ev.host}),
+            since,
+        )
+        return [str(r["id"]) for r in rows]
 
     async def _ingest_open(
         self,
