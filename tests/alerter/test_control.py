@@ -3,6 +3,7 @@ maintenance window over real NATS, Postgres and SMTP."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -19,6 +20,7 @@ from llmscope.proto import subjects
 from llmscope.proto.control import (
     AlertTestReply,
     IncidentActionReply,
+    IncidentActionRequest,
     MonthlyWindow,
     SilenceCreateRequest,
     SilenceListRequest,
@@ -208,3 +210,54 @@ async def test_a_monthly_silence_created_over_nats_mutes_only_inside_its_window(
         await control.stop()
         await run.close()
         smtp.stop()
+
+
+async def test_an_incident_action_that_postgres_breaks_for_a_deadlock_is_tried_again(
+    database_url: str,
+) -> None:
+    """Forced, not hoped for: a third transaction holds the incident's violation, waits until the
+    acknowledgement (which holds the incident) waits on it, then asks for the incident. Postgres
+    breaks the cycle by aborting the acknowledgement (its deadlock check runs first: the third
+    one's is set far later); the person still gets "ok"."""
+    run = await start_alerter(database_url, None, {})
+    control = ControlResponder(run.alerter, Env({}), session=run.session)
+    try:
+        ev = violation(0, rule="CUSUM")
+        await run.store.ingest([ev], [], None)
+        incident_id = await run.pool.fetchval(
+            "SELECT incident_id FROM alerter_incident_episodes WHERE episode_id = $1", ev.episode_id
+        )
+        assert incident_id is not None
+        async with run.pool.acquire() as other:
+            tx = other.transaction()
+            await tx.start()
+            try:
+                await other.execute("SET LOCAL deadlock_timeout = '20s'")
+                await other.execute(
+                    "SELECT 1 FROM alerter_alerts WHERE episode_id = $1 FOR UPDATE", ev.episode_id
+                )
+                request = IncidentActionRequest(incident_id=incident_id, action="acknowledge", by="ana")
+                action = asyncio.ensure_future(control.on_incident(request))
+
+                async def action_waits() -> bool:
+                    waiting = await run.pool.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND wait_event_type = 'Lock'"
+                    )
+                    return int(waiting) >= 1
+
+                await eventually(action_waits, what="the acknowledgement waiting on the violation")
+                # The acknowledgement is the one aborted: this transaction gets the incident.
+                await other.execute("SELECT 1 FROM alerter_incidents WHERE id = $1 FOR UPDATE", incident_id)
+            finally:
+                await tx.rollback()
+            reply = await asyncio.wait_for(action, 30)
+        assert reply.status == "ok", reply.error
+        assert reply.incident is not None
+        assert reply.incident.state == "acknowledged"
+        acked = await run.pool.fetchval(
+            "SELECT acknowledged_by FROM alerter_alerts WHERE episode_id = $1", ev.episode_id
+        )
+        assert acked == "ana"
+    finally:
+        await run.close()

@@ -844,6 +844,42 @@ async def test_an_outage_holding_concurrent_batches_is_one_outage(
     await eventually(lambda: _all_acked(js), within=10, what="every message acked")
 
 
+class _Deadlock(Exception):
+    """What asyncpg raises when Postgres breaks a deadlock: an error with ``sqlstate`` 40P01."""
+
+    sqlstate = "40P01"
+
+
+async def test_a_deadlock_is_logged_as_a_conflict_not_as_the_store_unavailable(
+    js: JetStreamContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    events = [telemetry() for _ in range(5)]
+    await Publisher(js).publish_many([(SUBJECT, e) for e in events])
+    failed = False
+    stored: list[str] = []
+    done = asyncio.Event()
+
+    async def handler(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        nonlocal failed
+        if not failed:
+            failed = True
+            raise _Deadlock("deadlock detected")
+        stored.extend(d.event.id for d in batch)
+        if len(stored) == len(events):
+            done.set()
+
+    options = _options(backoff=(0.05,), transient=lambda exc: isinstance(exc, _Deadlock))
+    with caplog.at_level(logging.INFO, logger="llmscope.bus.consumer"):
+        await run_until(make_consumer(js, handler, options), done, 20)
+    assert sorted(stored) == sorted(e.id for e in events)
+    messages = [r.getMessage() for r in caplog.records if r.name == "llmscope.bus.consumer"]
+    assert not [m for m in messages if "store unavailable" in m], messages
+    assert (
+        sum("store could not take the batch now (_Deadlock); holding it and retrying" in m for m in messages)
+        == 1
+    )
+
+
 def test_concurrent_batches_need_explicit_acks() -> None:
     with pytest.raises(ValueError, match="explicit acks"):
         asyncio.run(

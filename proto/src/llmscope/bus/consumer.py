@@ -180,6 +180,10 @@ nothing lost)."""
 _DECODE_SLICE = 256
 """Messages decoded between two yields to the event loop while a batch is decoded ahead."""
 
+_CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})
+"""SQLSTATEs of a transaction Postgres aborted to let another go on (deadlock detected,
+serialization failure): the batch is held and retried as in an outage, and logged as what it is."""
+
 
 BatchHandler = Callable[[Sequence[Delivery[T]]], Awaitable[Mapping[int, str] | None]]
 """Handles a batch; returns {index in batch: reason} for messages it rejects, or None."""
@@ -841,8 +845,18 @@ class DurableConsumer(Generic[T]):
                         if opened:
                             self._outage_started = now
                             self.outages += 1
+                            # A deadlock or serialization failure (SQLSTATE 40P01, 40001) is
+                            # the store declining this transaction, not an outage: said so, an
+                            # operator is not sent looking for a Postgres that is up.
+                            conflict = getattr(exc, "sqlstate", None) in _CONFLICT_SQLSTATES
                             self._log.warning(
-                                "store unavailable; holding the batch", batch=len(deliveries), error=error
+                                f"store could not take the batch now ({type(exc).__name__});"
+                                " holding it and retrying"
+                                if conflict
+                                else "store unavailable; holding the batch",
+                                batch=len(deliveries),
+                                error_class=type(exc).__name__,
+                                error=error,
                             )
                     elif opened and now - last_summary >= self._opts.outage_summary_s:
                         last_summary = now

@@ -9,6 +9,7 @@ Struct to a reply Struct; :meth:`ControlResponder.start` binds them to their sub
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import aiohttp
+import asyncpg
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -65,6 +67,37 @@ from llmscope.proto.incident import IncidentChange
 log = get_logger("llmscope.alerter.control")
 
 Req = TypeVar("Req", bound=msgspec.Struct)
+R = TypeVar("R")
+
+CONFLICT_TRIES = 5
+"""Tries of a person's change that Postgres aborted for a deadlock or a serialization failure."""
+CONFLICT_BACKOFF_S = 0.05
+"""First wait before such a try again, doubled each time and jittered (0.5x to 1.5x)."""
+_CONFLICTS = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
+
+
+async def retry_conflicts(change: Callable[[], Awaitable[R]], *, what: str) -> R:
+    """``change`` (one transaction), tried again when Postgres aborted it to let a concurrent one
+    go on (SQLSTATE 40P01, 40001): nothing of it was committed, and the next try usually goes
+    through at once. A person acknowledging or resolving sees success, not "alerter error";
+    after ``CONFLICT_TRIES`` the error stands."""
+    for attempt in range(1, CONFLICT_TRIES + 1):
+        try:
+            return await change()
+        except _CONFLICTS as exc:
+            if attempt == CONFLICT_TRIES:
+                raise
+            delay = CONFLICT_BACKOFF_S * 2 ** (attempt - 1) * (0.5 + random.random())
+            log.info(
+                "store conflict; trying again",
+                what=what,
+                attempt=attempt,
+                error_class=type(exc).__name__,
+                delay_s=round(delay, 3),
+            )
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
+
 
 _PATH = re.compile(r"at `\$\.([A-Za-z0-9_.\[\]]+)`")
 
@@ -261,9 +294,13 @@ class ControlResponder:
     async def on_incident(self, req: IncidentActionRequest) -> IncidentActionReply:
         note = (req.note or "").strip() or None
         if req.action == "acknowledge":
-            done = await self.store.acknowledge_incident(req.incident_id, req.by, note)
+            done = await retry_conflicts(
+                lambda: self.store.acknowledge_incident(req.incident_id, req.by, note), what=req.action
+            )
         else:
-            done = await self.store.resolve_incident(req.incident_id, req.by, note)
+            done = await retry_conflicts(
+                lambda: self.store.resolve_incident(req.incident_id, req.by, note), what=req.action
+            )
         change: IncidentChange = "acknowledged" if req.action == "acknowledge" else "resolved"
         incident = await self.store.incident(req.incident_id, change)
         if incident is None:

@@ -15,14 +15,18 @@ lease runs out, so a crash between claim and send delays a message but never dro
 Row locks are taken in one order on every path, so no two transactions deadlock on them: the
 advisory locks of ingest and merges (provider, host), then incidents (by id), then active groups
 (by id), then alerts (by episode id); ``IncidentStore.lock_rows`` takes them so at the start of a
-change (a flush holds its group before its alerts; a clear its incident before its alert).
+change (a flush holds its group before its alerts; a clear its incident before its alert). One
+exception, made safe another way: an ingest batch holds its alerts before it joins a group (which
+group is known only then), so a flush, holding its groups, writes only alerts no one else holds
+(``SKIP LOCKED``; what it skips is written on a later flush, and decided by as if written).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import asyncpg
 
@@ -105,13 +109,41 @@ class Store(IncidentStore, MergeStore, SilenceStore, RetentionStore):
             for key in sorted(keys):
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext('llmscope-incident:' || $1))", key)
             # Then the rows the batch changes, in the order every path takes them (lock_rows): a
-            # clear locks its incident before its alert, as a person resolving the incident does.
-            await self.lock_rows(conn, [ev.episode_id for ev in events])
+            # clear locks its incident before its alert, as a person resolving the incident does,
+            # and so do the incidents its new violations may join (_incident_open's candidates):
+            # taken later, a person resolving one (holding it, then waiting on an alert of the
+            # batch, a warning grouped under it) deadlocked with the batch, and a violation could
+            # join an incident resolved meanwhile.
+            await self.lock_rows(
+                conn, [ev.episode_id for ev in events], incidents=await self._joinable_incidents(conn, events)
+            )
             for ev in events:
                 if ev.state == "open":
                     await self._ingest_open(conn, ev, routes, allowed_rules, providers)
                 else:
                     await self._ingest_clear(conn, ev)
+
+    async def _joinable_incidents(self, conn: Conn, events: Sequence[ViolationEvent]) -> list[str]:
+        """The unresolved incidents the batch's new violations may join: the candidates
+        ``_incident_open`` reads (by provider or host, within the window). No other transaction
+        makes new ones meanwhile: they are made under the advisory locks this batch holds."""
+        opens = [
+            ev
+            for ev in events
+            if ev.state == "open" and forms_incidents(ev.severity, self.incident_min_severity)
+        ]
+        if not opens:
+            return []
+        since = min(ev.opened_at or ev.ts for ev in opens) - timedelta(seconds=self.incident_window)
+        rows = await conn.fetch(
+            "SELECT id FROM alerter_incidents WHERE state <> 'resolved'"
+            " AND (provider = ANY($1::text[]) OR (host <> '' AND host = ANY($2::text[])))"
+            " AND last_violation_at >= $3",
+            sorted({ev.provider for ev in opens}),
+            sorted({ev.host for ev in opens if ev.host}),
+            since,
+        )
+        return [str(r["id"]) for r in rows]
 
     async def _ingest_open(
         self,
@@ -394,13 +426,29 @@ class Store(IncidentStore, MergeStore, SilenceStore, RetentionStore):
             " WHERE ga.group_id = $1 ORDER BY a.opened_at, a.episode_id",
             g["id"],
         )
-        await self._sync_acks(conn, [r["episode_id"] for r in rows if r["acknowledged_at"] is None])
+        # The flush holds its group; an ingest batch may hold one of its alerts (a clear) and wait
+        # for this group (a new violation joining it): the alerts it writes are only those free
+        # now (SKIP LOCKED), or the two would deadlock. What it skips it still decides by here
+        # (the acknowledgement is read from where the API's event left it, the mute below is
+        # recomputed each flush) and writes on a later flush or by the batch's own sync.
+        await self._sync_acks(
+            conn, [r["episode_id"] for r in rows if r["acknowledged_at"] is None], skip_locked=True
+        )
         rows = await conn.fetch(
-            "SELECT a.* FROM alerter_alerts a JOIN alerter_group_alerts ga USING (episode_id)"
+            "SELECT a.*, v.acknowledged_at AS api_acknowledged_at, v.acknowledged_by AS api_acknowledged_by"
+            " FROM alerter_alerts a JOIN alerter_group_alerts ga USING (episode_id)"
+            " LEFT JOIN alerter_violation_actions v ON v.episode_id = a.episode_id"
             " WHERE ga.group_id = $1 ORDER BY a.opened_at, a.episode_id",
             g["id"],
         )
-        alerts = [_alert(r) for r in rows]
+        alerts = [
+            _alert(r)
+            if r["acknowledged_at"] is not None or r["api_acknowledged_at"] is None
+            else dataclasses.replace(
+                _alert(r), acknowledged_at=r["api_acknowledged_at"], acknowledged_by=r["api_acknowledged_by"]
+            )
+            for r in rows
+        ]
         latest = await conn.fetch(
             "SELECT DISTINCT ON (channel) channel, status, created_at, firing, resolved"
             " FROM alerter_notifications WHERE group_id = $1 AND status <> 'expired'"
@@ -446,7 +494,9 @@ class Store(IncidentStore, MergeStore, SilenceStore, RetentionStore):
             await conn.execute(
                 "UPDATE alerter_alerts a SET muted_by = m.silence FROM"
                 " (SELECT unnest($1::text[]) AS episode_id, unnest($2::text[]) AS silence) m"
-                " WHERE a.episode_id = m.episode_id AND a.muted_by IS DISTINCT FROM m.silence",
+                " WHERE a.episode_id = m.episode_id AND a.muted_by IS DISTINCT FROM m.silence"
+                " AND a.episode_id IN (SELECT episode_id FROM alerter_alerts WHERE episode_id ="
+                " ANY($1::text[]) FOR NO KEY UPDATE SKIP LOCKED)",
                 list(decision.muted),
                 list(decision.muted.values()),
             )
@@ -701,16 +751,23 @@ class Store(IncidentStore, MergeStore, SilenceStore, RetentionStore):
 
     # -- acknowledgements -----------------------------------------------------------------------
 
-    async def _sync_acks(self, conn: Conn, episode_ids: Sequence[str]) -> None:
+    async def _sync_acks(self, conn: Conn, episode_ids: Sequence[str], *, skip_locked: bool = False) -> None:
         """Copy acknowledgements made through the API, as its violation_action.v1 events brought
-        them (the alerter's own ``alerter_violation_actions``; never the API's tables)."""
+        them (the alerter's own ``alerter_violation_actions``; never the API's tables). With
+        ``skip_locked``, only to alerts no other transaction holds (a flush holding its group)."""
         if not episode_ids:
             return
         await conn.execute(
             "UPDATE alerter_alerts a SET acknowledged_at = v.acknowledged_at,"
             " acknowledged_by = v.acknowledged_by"
             " FROM alerter_violation_actions v WHERE v.episode_id = a.episode_id AND a.episode_id = ANY($1)"
-            " AND v.acknowledged_at IS NOT NULL AND a.acknowledged_at IS NULL",
+            " AND v.acknowledged_at IS NOT NULL AND a.acknowledged_at IS NULL"
+            + (
+                " AND a.episode_id IN (SELECT episode_id FROM alerter_alerts WHERE episode_id = ANY($1)"
+                " FOR NO KEY UPDATE SKIP LOCKED)"
+                if skip_locked
+                else ""
+            ),
             list(episode_ids),
         )
 
