@@ -19,7 +19,7 @@ FORM_PAGES = ("/settings", "/setup", "/violations/v1", "/violations/v2", "/dashb
 
 
 def by_values(html: str) -> list[str]:
-    """The ``value`` of every ``by`` text field on a page (the compare page's select is not one)."""
+    """The ``value`` of every ``by`` text field on a page."""
     fields = re.findall(r'<input name="by"[^>]*>', html)
     assert fields, html[:300]
     return [m.group(1) if (m := re.search(r'value="([^"]*)"', f)) else "" for f in fields]
@@ -89,3 +89,48 @@ async def test_a_form_sent_without_a_session_remembers_nothing(api: Api) -> None
     assert r.status_code == 303
     assert r.headers["location"].startswith("/login")
     assert BY_COOKIE not in r.headers.get("set-cookie", "")
+
+
+EMAIL_FORM = {
+    "alert.email.enabled": "true",
+    "alert.email.recipients": "ops@x.io",
+    "alert.email.smtp_host": "mail.x.io",
+    "alert.email.smtp_port": "x",  # refused: the form comes back for this field
+    "alert.email.tls": "ssl",
+    "alert.email.from_addr": "llmscope@x.io",
+}
+
+
+@pytest.mark.parametrize("hx", [False, True])
+async def test_a_refused_form_shows_its_name_as_sent_and_remembers_none(api: Api, hx: bool) -> None:
+    """A form refused for another field came back with the remembered name in a ``by`` field the
+    person had cleared; and an htmx refusal (a 200) with a name set the cookie as a save would."""
+    await seed(api)
+    client = await login(api)
+    r = await client.post("/violations/v1/acknowledge", data={"by": "sam"})
+    assert r.status_code == 200, r.text
+    assert client.cookies.get(BY_COOKIE) == "sam"
+    section = {**HX, "HX-Target": "section-email"} if hx else {}
+    wizard = {**HX, "HX-Target": "wizard"} if hx else {}
+    refused = 200 if hx else 422
+
+    # Cleared: the field comes back blank (and refused for it too), never "sam" again.
+    r = await client.post("/settings/section/email", data={**EMAIL_FORM, "by": ""}, headers=section)
+    assert r.status_code == refused, r.text
+    assert "SMTP port:" in r.text, re.findall(r'field-error[^<]*<', r.text)
+    assert set(by_values(r.text)) == {""}
+    r = await client.post("/setup", data={"alert.email.smtp_port": "x", "by": "  "}, headers=wizard)
+    assert r.status_code == refused, r.text
+    assert by_values(r.text) == [""]
+
+    # Another name, refused for the port: shown as typed, and not remembered.
+    r = await client.post("/settings/section/email", data={**EMAIL_FORM, "by": "eve"}, headers=section)
+    assert r.status_code == refused, r.text
+    assert set(by_values(r.text)) == {"eve"}
+    assert BY_COOKIE not in r.headers.get("set-cookie", "")
+    r = await client.post("/setup", data={"alert.email.smtp_port": "x", "by": "eve"}, headers=wizard)
+    assert r.status_code == refused, r.text
+    assert by_values(r.text) == ["eve"]
+    assert BY_COOKIE not in r.headers.get("set-cookie", "")
+    assert client.cookies.get(BY_COOKIE) == "sam"
+    assert set(by_values((await client.get("/settings")).text)) == {"sam"}

@@ -24,7 +24,7 @@ from llmscope.web.compression import mark_secret_free
 from llmscope.web.data import METRIC_LABELS, METRIC_UNITS, DashboardData, RebaselineResult
 from llmscope.web.live import chart_pace_s, point_event, traffic_event
 from llmscope.web.minichart import render_minichart
-from llmscope.web.remembered_by import template_remembered_by
+from llmscope.web.remembered_by import refuse_by, template_remembered_by
 from llmscope.web.rules_legend import BY_CODE, RULES
 from llmscope.web.svg import PAD_R as CHART_PAD_R
 from llmscope.web.svg import render_chart, render_sparkline, time_range
@@ -305,6 +305,8 @@ class Pages:
         if toast:
             message, level = (toast, "ok") if isinstance(toast, str) else toast
             response.headers.update(toast_trigger(message, level))
+            if level == "error":
+                refuse_by(request)  # refused, if a 200 for htmx: the form's name is not remembered
         return response
 
     @staticmethod

@@ -6,6 +6,11 @@ form that carries ``by`` succeeds, :class:`RememberBy` answers with a cookie hol
 templates prefill every ``by`` field with it (``remembered_by()``), still editable. The memory is
 the browser's own cookie, never the session's or the key's: people who share the admin key keep
 their own names. ``/logout`` forgets it (a shared machine).
+
+A form that comes back refused shows its ``by`` as it was sent, blank included (never the cookie's
+name in a field the person had cleared), and a refused form sets no cookie: the routes that answer
+a refusal with a 200 for htmx mark it with :func:`refuse_by` (``Pages.render`` does for every
+answer with an error toast).
 """
 
 from __future__ import annotations
@@ -19,8 +24,11 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 BY_COOKIE: Final = "llmscope_by"
-# The submitted name, for the answer rendered by the same request (its cookie is not back yet).
+# The submitted name as sent (blank too), for the answer rendered by the same request (its cookie
+# is not back yet, and a refused form re-shows what was typed).
 BY_STATE: Final = "llmscope_by"
+# Set by a route that refused the form: no cookie, whatever the status (htmx refusals are 200s).
+REFUSED_STATE: Final = "llmscope_by_refused"
 MAX_AGE_S: Final = 365 * 86400
 BY_MAX: Final = 200
 # A form with a name is a few kilobytes at most (the setup wizard); past this, not a form of ours.
@@ -34,17 +42,23 @@ def _clean(name: str) -> str:
 
 
 def remembered_by(request: Request | None) -> str:
-    """The name to prefill: the one this request submitted, else the browser's cookie, else ""."""
+    """The name to prefill: the one this request's form sent (blank too: a field the person cleared
+    stays cleared), else the browser's cookie, else ""."""
     if request is None:
         return ""
-    submitted = request.scope.get("state", {}).get(BY_STATE)
-    if submitted:
-        return str(submitted)
+    state = request.scope.get("state", {})
+    if BY_STATE in state:
+        return str(state[BY_STATE])
     return _clean(unquote(request.cookies.get(BY_COOKIE, "")))
 
 
 def template_remembered_by(ctx: Mapping[str, Any]) -> str:
     return remembered_by(ctx.get("request"))
+
+
+def refuse_by(request: Request) -> None:
+    """Mark this request's form as refused: its name is not remembered (an htmx refusal is a 200)."""
+    request.scope.setdefault("state", {})[REFUSED_STATE] = True
 
 
 class RememberBy:
@@ -68,16 +82,18 @@ class RememberBy:
                 body.extend(message.get("body", b""))
                 if not message.get("more_body", False):
                     whole = True
-                    name = self._name(bytes(body))
-                    if name:
-                        scope.setdefault("state", {})[BY_STATE] = name
+                    sent = self._sent(bytes(body))
+                    if sent is not None:
+                        scope.setdefault("state", {})[BY_STATE] = sent.strip()
             return message
 
         async def send_with_cookie(message: Message) -> None:
             if message["type"] == "http.response.start" and whole:
-                name = self._name(bytes(body))
+                sent = self._sent(bytes(body))
+                name = _clean(sent) if sent is not None else ""
                 headers = MutableHeaders(scope=message)
-                if name and self._succeeded(message["status"], headers.get("location", "")):
+                refused = bool(scope.get("state", {}).get(REFUSED_STATE))
+                if name and not refused and self._succeeded(message["status"], headers.get("location", "")):
                     secure = "; Secure" if scope.get("scheme") == "https" else ""
                     headers.append(
                         "Set-Cookie",
@@ -100,9 +116,11 @@ class RememberBy:
         return False
 
     @staticmethod
-    def _name(body: bytes) -> str:
-        names = parse_qs(body.decode("utf-8", "replace"), max_num_fields=1000).get("by", [])
-        return _clean(names[-1]) if names else ""
+    def _sent(body: bytes) -> str | None:
+        """The form's ``by`` as sent (blank kept), or None when it has none."""
+        fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=1000)
+        names = fields.get("by", [])
+        return names[-1] if names else None
 
     @staticmethod
     def _succeeded(status: int, location: str) -> bool:
