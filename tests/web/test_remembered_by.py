@@ -117,7 +117,7 @@ async def test_a_refused_form_shows_its_name_as_sent_and_remembers_none(api: Api
     # Cleared: the field comes back blank (and refused for it too), never "sam" again.
     r = await client.post("/settings/section/email", data={**EMAIL_FORM, "by": ""}, headers=section)
     assert r.status_code == refused, r.text
-    assert "SMTP port:" in r.text, re.findall(r'field-error[^<]*<', r.text)
+    assert "SMTP port:" in r.text, re.findall(r"field-error[^<]*<", r.text)
     assert set(by_values(r.text)) == {""}
     r = await client.post("/setup", data={"alert.email.smtp_port": "x", "by": "  "}, headers=wizard)
     assert r.status_code == refused, r.text
