@@ -301,8 +301,8 @@ async def test_dashboard_chart_availability_and_comparison(site: Site) -> None:
         assert await page.locator("svg.comparison-chart polygon.p95-band").count() >= 2  # both models
         await shot(page, "compare")
         # One line per prompt of one model: chosen in the form, swapped in place.
-        async with page.expect_response(lambda r: "by=prompt" in r.url):
-            await page.select_option("select[name=by]", "prompt")
+        async with page.expect_response(lambda r: "lines=prompt" in r.url):
+            await page.select_option("select[name=lines]", "prompt")
         await page.locator("#compare-card .chart-key li", has_text=" · ").first.wait_for()
         await shot(page, "compare-prompts")
     assert site.errors == [], "\n".join(site.errors)

@@ -197,15 +197,23 @@ async def test_one_models_prompts_and_targets_compared(api: Api) -> None:
         by_target = await trends.comparison(models, "latency_ms", hours, by="target")
         assert [line.part for line in by_target.lines] == ["gpu-0", "gpu-1", "gpu-2"]
     client = await login(api)
-    r = await client.get("/compare?hours=1&by=target&series=ollama|llama3.1:8b")
+    r = await client.get("/compare?hours=1&lines=target&series=ollama|llama3.1:8b")
     assert r.status_code == 200
     assert r.text.count('class="compare-line"') == 3
     assert "ollama/llama3.1:8b · gpu-2" in r.text
+    assert '<select name="lines"><option value="model" >' in r.text
     assert '<option value="target" selected>' in r.text
     assert "each target of the model apart" in r.text
+    assert (await client.get("/compare?lines=host")).status_code == 422
+    # Its old name, ``by`` (every "who did this" field's), in a bookmark: still read, second.
+    for old in ("by=target", "by=prompt&lines=target"):
+        r = await client.get(f"/compare?hours=1&{old}&series=ollama|llama3.1:8b")
+        assert r.status_code == 200
+        assert r.text.count('class="compare-line"') == 3
+        assert '<option value="target" selected>' in r.text
     assert (await client.get("/compare?by=host")).status_code == 422
     # 30 days of one model's prompts: no longer cut to 7 days.
-    r = await client.get("/compare?hours=720&by=prompt&series=ollama|llama3.1:8b")
+    r = await client.get("/compare?hours=720&lines=prompt&series=ollama|llama3.1:8b")
     assert r.status_code == 200
     assert '<input type="radio" name="hours" value="720" checked>' in r.text
     # 50 minutes in 3-hour buckets: each prompt a point or two, drawn.
@@ -268,7 +276,7 @@ async def test_one_models_prompts_over_30_days_read_each_series_hourly_rollups(a
     # Windows of minutes read the minute rollups, gone here: the same model draws nothing.
     assert (await trends.comparison([("ollama", "llama3.1:8b")], "latency_ms", 24, by="prompt")).lines == []
     client = await login(api)
-    r = await client.get("/compare?hours=720&by=target&series=ollama|llama3.1:8b")
+    r = await client.get("/compare?hours=720&lines=target&series=ollama|llama3.1:8b")
     assert r.status_code == 200
     for target in ("g-0", "g-1"):
         assert f"ollama/llama3.1:8b · {target}</title>" in r.text

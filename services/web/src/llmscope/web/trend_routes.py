@@ -151,8 +151,13 @@ def add_trend_routes(
         series: Annotated[list[str] | None, Query()] = None,
         metric: Metric = "latency_ms",
         hours: Annotated[float, Query(gt=0, le=COMPARE_MAX_HOURS)] = 24,
-        by: CompareBy = "model",
+        lines: CompareBy | None = None,
+        by: CompareBy | None = None,
     ) -> HTMLResponse:
+        """``lines``: one line per model, or per prompt or target of the first model. It was
+        ``by``, the name of every "who did this" field, which the remembered name prefills: read
+        still, as the fallback, so bookmarks of the old name keep working."""
+        by = lines or by or "model"
         known = sorted({(s.provider, s.model) for s in await data.series()})
         chosen = [m for m in (_split(s) for s in series or []) if m is not None and m in known]
         # No choice yet: the first few models, so the page is never an empty chart.
@@ -166,7 +171,7 @@ def add_trend_routes(
             "line_colors": [color(i) for i in range(len(comparison.lines))],
             "metrics": METRICS,
             "windows": [(h, window_label(h)) for h in COMPARE_WINDOWS_H],
-            "q": {"metric": metric, "hours": f"{hours:g}", "by": by},
+            "q": {"metric": metric, "hours": f"{hours:g}", "lines": by},
             "max_compared": MAX_COMPARED,
             "compare_by": COMPARE_BY,
         }
