@@ -708,6 +708,26 @@ async def test_public_status_page_at_phone_width(public_api: Api) -> None:
     assert site.errors == [], "\n".join(site.errors)
 
 
+LONG_TARGET = "https://llm-gateway.inference.internal.example.com:8443/v1/openai"
+LINE_BREAKS_JS = """cells => cells.map(td => {
+    // Each place the cell's text goes on to a new line: [the character before, the one after].
+    const chars = [];
+    const walk = document.createTreeWalker(td, NodeFilter.SHOW_TEXT);
+    for (let node = walk.nextNode(); node; node = walk.nextNode()) {
+        for (let i = 0; i < node.length; i++) {
+            const range = document.createRange(); range.setStart(node, i); range.setEnd(node, i + 1);
+            const rect = range.getBoundingClientRect();
+            if (rect.width > 0) chars.push([node.data[i], Math.round(rect.top)]);
+        }
+    }
+    const cuts = [];
+    for (let i = 1; i < chars.length; i++) {
+        if (chars[i][1] > chars[i - 1][1] + 2) cuts.push([chars[i - 1][0], chars[i][0]]);
+    }
+    return [td.textContent.trim(), cuts];
+})"""
+
+
 async def test_the_models_health_table_fits_a_laptop_screen(site: Site) -> None:
     """At 1366 px the health table once scrolled inside its card (17 columns, the availability
     chart's line and the open violations cut off at the right): it fits, every column shown."""
@@ -733,6 +753,12 @@ async def test_the_models_health_table_fits_a_laptop_screen(site: Site) -> None:
         )
         for i in range(100)
     ]
+    # A target as a self-hosted gateway names it: the URL the table used to cut mid-word
+    # ("gatewa|y.inference.inte|rnal").
+    wide += [
+        structs.replace(e, id=f"long-{e.id}", target=LONG_TARGET, ts=e.ts + timedelta(milliseconds=1))
+        for e in wide[-10:]
+    ]
     async with site.api.store.pool.acquire() as conn:
         await store_telemetry(conn, wide)
     async with browser_page(site) as page:
@@ -742,6 +768,24 @@ async def test_the_models_health_table_fits_a_laptop_screen(site: Site) -> None:
         await page.wait_for_load_state("networkidle")
         await asyncio.to_thread(SHOTS.mkdir, parents=True, exist_ok=True)
         await page.screenshot(path=str(SHOTS / "models-laptop.png"), full_page=True)
+        for width in ("laptop", "phone"):
+            await page.set_viewport_size(WALK_VIEWPORTS[width])  # type: ignore[arg-type]
+            cuts = await page.eval_on_selector_all("table.health td:nth-child(2)", LINE_BREAKS_JS)
+            assert any(LONG_TARGET in text for text, _ in cuts), cuts
+            assert [text for text, _ in cuts if "https://api.openai.com" in text]
+            # A URL breaks after its scheme, before a dot, a slash, a colon: never inside a word
+            # (nor its scheme's "//").
+            mid_word = [
+                (text, at)
+                for text, at in cuts
+                for before, after in at
+                if (before.isalnum() and after.isalnum()) or before + after == "//"
+            ]
+            assert mid_word == [], (width, mid_word)
+            if width == "phone":
+                await page.locator("table.health td", has_text="gateway").first.scroll_into_view_if_needed()
+                await page.screenshot(path=str(SHOTS / "models-phone-target.png"))
+        await page.set_viewport_size(WALK_VIEWPORTS["laptop"])  # type: ignore[arg-type]
         scroll = await page.eval_on_selector("#health", "el => [el.scrollWidth, el.clientWidth]")
         assert scroll[0] <= scroll[1], f"the health table scrolls in its card: {scroll}"
         assert await page.evaluate("document.scrollingElement.scrollWidth - window.innerWidth") <= 0

@@ -34,7 +34,7 @@ async def test_models_page_shows_health(api: Api) -> None:
     plain = row_of(r.text, "ollama / llama3.1:8b", "local", "non-streaming")
     assert 'class="failing"' in plain  # a run of 3 failures
     assert '<td class="bad">95.24%</td>' in plain  # 100 of 105
-    assert "http_5xx 2 · timeout 3" in plain
+    assert "http_<wbr>5xx 2 · timeout 3" in plain  # the kinds break after "_" in a narrow cell
     assert '<td class="bad">3</td>' in plain
     for value in pcts(OK_LATENCIES):
         assert f"<td>{value:,.1f}</td>" in plain

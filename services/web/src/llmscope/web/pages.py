@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse
 from jinja2 import Environment, PackageLoader, pass_context, select_autoescape
 from jinja2.runtime import Context
 from jinja2_fragments import render_block
+from markupsafe import Markup, escape
 
 from llmscope.proto.charts import is_traffic_chart
 from llmscope.web.compression import mark_secret_free
@@ -87,6 +88,27 @@ def _sigma(sigma: float | None, transform: str, unit: str) -> str:
     if transform == "log":
         return f"{sigma:.4f} in log units: one σ is ×{math.exp(sigma):.2f}"
     return f"{sigma:,.2f}{unit}"
+
+
+_BREAK_BEFORE = frozenset("./?&=#")
+
+
+def _url_breaks(text: object) -> Markup:
+    """A URL (a target) or a snake_case name with ``<wbr>`` where a line may break: after its
+    scheme's ``//``, a colon and an underscore, before a dot, a slash, ``?``, ``&``, ``=`` and
+    ``#``, never inside a word (a narrow table cell cut "api.openai.com" as "api.ope|nai.com")."""
+    s = "" if text is None else str(text)
+    out: list[str] = []
+    start = 0
+    for i in range(1, len(s)):
+        pair = s[i - 1 : i + 1]
+        if pair in ("//", ":/"):
+            continue
+        if s[i] in _BREAK_BEFORE or s[i - 1] in ":_" or s[i - 2 : i] == "//":
+            out.append(escape(s[start:i]))
+            start = i
+    out.append(escape(s[start:]))
+    return Markup("<wbr>").join(out)
 
 
 def _ts(value: datetime | None) -> str:
@@ -166,6 +188,7 @@ def build_environment() -> Environment:
     env.globals["measured"] = _measured
     env.globals["metric_units"] = METRIC_UNITS
     env.filters["ts"] = _ts
+    env.filters["url_breaks"] = _url_breaks
     env.filters["pct"] = _pct
     env.globals["sigma_text"] = _sigma
     env.globals["metric_labels"] = METRIC_LABELS
