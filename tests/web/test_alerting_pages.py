@@ -106,9 +106,19 @@ async def test_incident_list_and_detail(api: Api, hx: bool) -> None:
     assert 'href="https://github.example/acme/llm/issues/42">github 42</a> (open)' in r.text
     assert 'href="/violations/ep-b"' in r.text
     assert "Merged into" not in r.text
+    # Its revision in words: how often the alerter changed it since it opened, the last how and when
+    # (a bare "revision 3" meant little to the person on call).
+    assert "revision 3</p>" not in r.text
+    assert 'title="revision 3: the alerter publishes each change to an incident' in r.text
+    assert "changed 2 times since it opened" in r.text
     r = await client.get("/incidents/inc-m", headers=headers)
     assert 'Merged into <a href="/incidents/inc-a">incident inc-a</a>' in r.text
+    assert "changed 1 time since it opened, the last (resolved) at " in r.text
+    at = r.text.split("the last (resolved) at ", 1)[1][:23]  # its revision's time: opened + 2 s
+    published = datetime.strptime(at, "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=UTC)
+    assert timedelta(minutes=59) < datetime.now(UTC) - published < timedelta(minutes=61)
     r = await client.get("/incidents/inc-b", headers=headers)
+    assert "unchanged since it opened</span>" in r.text
     assert "Deterministic analysis only" in r.text
     assert "Root-cause hypothesis" not in r.text
     assert (await client.get("/incidents/nope", headers=headers)).status_code == 404

@@ -114,6 +114,8 @@ def incident_from_event(ev: IncidentEvent) -> Incident:
         resolved_note=ev.resolved_note,
         llm_status=ev.analysis.llm_status if ev.analysis else "disabled",
         merged_into=ev.merged_into,
+        change=ev.change,
+        changed_at=ev.ts,
     )
 
 

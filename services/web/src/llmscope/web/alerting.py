@@ -83,6 +83,11 @@ class Incident:
     llm_status: str = "disabled"
     merged_into: str | None = None
     """the incident this one was merged into (a host's cascade)"""
+    change: str = "opened"
+    """what its latest revision changed: opened, updated (its violations), acknowledged, resolved,
+    analyzed"""
+    changed_at: datetime | None = None
+    """when the alerter published its latest revision"""
 
 
 _FAILURE_METRICS = frozenset({"availability", "error_rate"})
