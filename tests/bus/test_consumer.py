@@ -855,29 +855,69 @@ async def test_a_deadlock_is_logged_as_a_conflict_not_as_the_store_unavailable(
 ) -> None:
     events = [telemetry() for _ in range(5)]
     await Publisher(js).publish_many([(SUBJECT, e) for e in events])
-    failed = False
+    failed = 0
     stored: list[str] = []
     done = asyncio.Event()
 
     async def handler(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
         nonlocal failed
-        if not failed:
-            failed = True
+        if failed < 3:
+            failed += 1
             raise _Deadlock("deadlock detected")
         stored.extend(d.event.id for d in batch)
         if len(stored) == len(events):
             done.set()
 
-    options = _options(backoff=(0.05,), transient=lambda exc: isinstance(exc, _Deadlock))
+    # A summary on every try after the first: the periodic "still ..." line is worded too.
+    options = _options(
+        backoff=(0.05,), transient=lambda exc: isinstance(exc, _Deadlock), outage_summary_s=0.0
+    )
+    consumer = make_consumer(js, handler, options)
     with caplog.at_level(logging.INFO, logger="llmscope.bus.consumer"):
-        await run_until(make_consumer(js, handler, options), done, 20)
+        await run_until(consumer, done, 20)
     assert sorted(stored) == sorted(e.id for e in events)
     messages = [r.getMessage() for r in caplog.records if r.name == "llmscope.bus.consumer"]
-    assert not [m for m in messages if "store unavailable" in m], messages
+    assert not [m for m in messages if "unavailable" in m or "available again" in m], messages
     assert (
         sum("store could not take the batch now (_Deadlock); holding it and retrying" in m for m in messages)
         == 1
     )
+    still = "store still declining the batch (conflicting transactions); retrying"
+    assert sum(still in m for m in messages) == 2, messages
+    assert sum("store took the batch; resuming" in m for m in messages) == 1
+    # Counted as what it was: a conflict, no outage.
+    assert (consumer.conflicts, consumer.outages) == (1, 0)
+
+
+async def test_a_conflict_that_turns_into_an_outage_counts_as_one(
+    js: JetStreamContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Postgres went away while a deadlocked batch waited: the hold is an outage after all."""
+    events = [telemetry() for _ in range(5)]
+    await Publisher(js).publish_many([(SUBJECT, e) for e in events])
+    errors: list[Exception] = [_Deadlock("deadlock detected"), ConnectionRefusedError("store down")]
+    stored: list[str] = []
+    done = asyncio.Event()
+
+    async def handler(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        if errors:
+            raise errors.pop(0)
+        stored.extend(d.event.id for d in batch)
+        if len(stored) == len(events):
+            done.set()
+
+    options = _options(
+        backoff=(0.05,),
+        transient=lambda exc: isinstance(exc, (_Deadlock, ConnectionRefusedError)),
+        outage_summary_s=0.0,
+    )
+    consumer = make_consumer(js, handler, options)
+    with caplog.at_level(logging.INFO, logger="llmscope.bus.consumer"):
+        await run_until(consumer, done, 20)
+    messages = [r.getMessage() for r in caplog.records if r.name == "llmscope.bus.consumer"]
+    assert sum("store still unavailable" in m for m in messages) == 1, messages
+    assert sum("store available again" in m for m in messages) == 1
+    assert (consumer.conflicts, consumer.outages) == (1, 1)
 
 
 def test_concurrent_batches_need_explicit_acks() -> None:

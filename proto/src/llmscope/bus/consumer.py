@@ -566,6 +566,9 @@ class DurableConsumer(Generic[T]):
         self._outage_started = 0.0
         self.outages = 0
         """Outages waited out (or being waited out) by this consumer: transient handler errors."""
+        self.conflicts = 0
+        """Batches the store declined for a conflict (SQLSTATE 40P01, 40001) and were held and
+        retried as in an outage; not outages (one that turns into an outage counts there too)."""
         self.unavailable_tries = 0
         """Handler calls that failed with a transient error (none of them counts toward dead letters)."""
 
@@ -823,6 +826,8 @@ class DurableConsumer(Generic[T]):
         last_summary = last_progress = 0.0
         tries = 0
         opened = False  # this batch's failure began the outage: it logs the summaries
+        counted = False  # this hold counted in ``outages`` (a conflict alone does not)
+        conflict = False  # the last failure was a conflict, not the store away
         try:
             while True:
                 try:
@@ -831,6 +836,10 @@ class DurableConsumer(Generic[T]):
                     if not transient(exc):
                         raise
                     error = f"{type(exc).__name__}: {exc}"[:200]
+                    # A deadlock or serialization failure (SQLSTATE 40P01, 40001) is the store
+                    # declining this transaction, not an outage: counted and worded as what it
+                    # is, so an operator is not sent looking for a Postgres that is up.
+                    conflict = getattr(exc, "sqlstate", None) in _CONFLICT_SQLSTATES
                     now = loop.time()
                     tries += 1
                     self.unavailable_tries += 1
@@ -844,11 +853,8 @@ class DurableConsumer(Generic[T]):
                             await self._give_back_ahead()
                         if opened:
                             self._outage_started = now
-                            self.outages += 1
-                            # A deadlock or serialization failure (SQLSTATE 40P01, 40001) is
-                            # the store declining this transaction, not an outage: said so, an
-                            # operator is not sent looking for a Postgres that is up.
-                            conflict = getattr(exc, "sqlstate", None) in _CONFLICT_SQLSTATES
+                            if conflict:
+                                self.conflicts += 1
                             self._log.warning(
                                 f"store could not take the batch now ({type(exc).__name__});"
                                 " holding it and retrying"
@@ -861,11 +867,16 @@ class DurableConsumer(Generic[T]):
                     elif opened and now - last_summary >= self._opts.outage_summary_s:
                         last_summary = now
                         self._log.warning(
-                            "store still unavailable",
+                            "store still declining the batch (conflicting transactions); retrying"
+                            if conflict
+                            else "store still unavailable",
                             outage_s=round(now - self._outage_started),
                             tries=tries,
                             error=error,
                         )
+                    if opened and not conflict and not counted:
+                        counted = True
+                        self.outages += 1
                     if now - last_progress >= self._opts.ack_wait / 3:
                         # Not redelivered while held (to this or another replica): the wait is ours.
                         last_progress = now
@@ -880,7 +891,7 @@ class DurableConsumer(Generic[T]):
                     continue
                 if tries and self._held == 1:
                     self._log.info(
-                        "store available again; resuming",
+                        "store took the batch; resuming" if conflict else "store available again; resuming",
                         outage_s=round(loop.time() - self._outage_started, 1),
                         tries=tries,
                     )
