@@ -23,6 +23,7 @@ from llmscope.proto.control import (
     IncidentActionRequest,
     MonthlyWindow,
     SilenceCreateRequest,
+    SilenceExpireRequest,
     SilenceListRequest,
     SilenceReply,
     SilenceSpec,
@@ -259,5 +260,81 @@ async def test_an_incident_action_that_postgres_breaks_for_a_deadlock_is_tried_a
             "SELECT acknowledged_by FROM alerter_alerts WHERE episode_id = $1", ev.episode_id
         )
         assert acked == "ana"
+    finally:
+        await run.close()
+
+
+# A trigger, for the test only, that makes a silence's INSERT or UPDATE take one more lock once it
+# holds its table: a transaction holding that lock and then asking for the table is a deadlock.
+GATE = """
+CREATE TABLE test_gate (id int);
+INSERT INTO test_gate VALUES (1);
+CREATE FUNCTION test_gate() RETURNS trigger LANGUAGE plpgsql AS
+$$ BEGIN PERFORM 1 FROM test_gate FOR UPDATE; RETURN NEW; END $$;
+CREATE TRIGGER test_gate BEFORE INSERT OR UPDATE ON alerter_silences
+FOR EACH ROW EXECUTE FUNCTION test_gate();
+"""
+
+
+@pytest.mark.parametrize("change", ["create", "expire"])
+async def test_a_silence_change_that_postgres_breaks_for_a_deadlock_is_tried_again(
+    database_url: str, change: str
+) -> None:
+    """As an incident action is: forced, not hoped for. A third transaction holds the lock the
+    silence's statement will ask for once it holds the silences table, waits until it does, then
+    asks for the table. Postgres breaks the cycle by aborting the silence's statement (its
+    deadlock check runs first); the person still gets "ok", the change made once."""
+    run = await start_alerter(database_url, None, {})
+    control = ControlResponder(run.alerter, Env({}), session=run.session)
+    until = utcnow() + timedelta(hours=1)
+    try:
+        first = await control.on_silence_create(SilenceCreateRequest(silence=spec(ends_at=until)))
+        assert first.status == "ok", first.error
+        await run.pool.execute(GATE)
+        deadlocks = await run.pool.fetchval(
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+        )
+        async with run.pool.acquire() as other:
+            tx = other.transaction()
+            await tx.start()
+            try:
+                await other.execute("SET LOCAL deadlock_timeout = '20s'")
+                await other.execute("SELECT 1 FROM test_gate FOR UPDATE")
+                if change == "create":
+                    asked = control.on_silence_create(SilenceCreateRequest(silence=spec(ends_at=until)))
+                else:
+                    asked = control.on_silence_expire(SilenceExpireRequest(id=first.silences[0].id))
+                action = asyncio.ensure_future(asked)
+
+                async def action_waits() -> bool:
+                    waiting = await run.pool.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND wait_event_type = 'Lock'"
+                    )
+                    return int(waiting) >= 1
+
+                await eventually(action_waits, what="the silence's statement waiting on the gate")
+                # The silence's statement is the one aborted: this transaction gets the table.
+                await other.execute("LOCK TABLE alerter_silences IN SHARE MODE")
+            finally:
+                await tx.rollback()
+            reply = await asyncio.wait_for(action, 30)
+        assert reply.status == "ok", reply.error
+
+        async def deadlocked() -> bool:
+            now = await run.pool.fetchval(
+                "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+            )
+            return int(now) > int(deadlocks)
+
+        await eventually(deadlocked, what="Postgres counting the deadlock it broke")
+        rows = await run.pool.fetch("SELECT id, expired_at FROM alerter_silences ORDER BY created_at")
+        if change == "create":
+            assert len(rows) == 2
+            assert reply.silences[0].id == rows[1]["id"]
+        else:
+            assert len(rows) == 1
+            assert rows[0]["expired_at"] is not None
+            assert not reply.silences[0].active
     finally:
         await run.close()

@@ -79,8 +79,8 @@ _CONFLICTS = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.Seria
 async def retry_conflicts(change: Callable[[], Awaitable[R]], *, what: str) -> R:
     """``change`` (one transaction), tried again when Postgres aborted it to let a concurrent one
     go on (SQLSTATE 40P01, 40001): nothing of it was committed, and the next try usually goes
-    through at once. A person acknowledging or resolving sees success, not "alerter error";
-    after ``CONFLICT_TRIES`` the error stands."""
+    through at once. A person acknowledging or resolving, or adding or expiring a silence, sees
+    success, not "alerter error"; after ``CONFLICT_TRIES`` the error stands."""
     for attempt in range(1, CONFLICT_TRIES + 1):
         try:
             return await change()
@@ -319,7 +319,7 @@ class ControlResponder:
             silence = silence_from_spec(req.silence, f"sil-{new_id()[:16]}", now)
         except InvalidSilence as exc:
             return SilenceReply(status="invalid", field=exc.field, error=exc.message)
-        await self.store.add_silence(silence)
+        await retry_conflicts(lambda: self.store.add_silence(silence), what="add silence")
         log.info("silence added", silence=silence.id, author=silence.author, kind=silence.kind)
         stored = [s for s in await self.store.silences(include_expired=True) if s[0].id == silence.id]
         return SilenceReply(status="ok", silences=tuple(silence_record(s, e, now) for s, e in stored))
@@ -331,7 +331,7 @@ class ControlResponder:
 
     async def on_silence_expire(self, req: SilenceExpireRequest) -> SilenceReply:
         now = self.store.clock()
-        expired = await self.store.expire_silence(req.id)
+        expired = await retry_conflicts(lambda: self.store.expire_silence(req.id), what="expire silence")
         stored = [s for s in await self.store.silences(include_expired=True) if s[0].id == req.id]
         if not stored:
             return SilenceReply(status="not_found", error=f"no silence {req.id!r}")
