@@ -1162,3 +1162,39 @@ def test_gathering_takes_one_batch_a_tick() -> None:
                 options=ConsumerOptions(gather=0.1, prefetch=True),
             ).run(asyncio.Event())
         )
+
+
+async def test_a_gathering_consumer_sends_its_deferred_ack_all_on_a_tick(js: JetStreamContext) -> None:
+    """With ``ack_all_every`` the AckAll goes at a tick, with the pulls of the process's other
+    consumers (one write), not at its own moment; still after its batch was handled."""
+    gather = 0.5
+    loop = asyncio.get_running_loop()
+    handled: list[float] = []
+    acks: list[float] = []
+
+    async def handler(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        await asyncio.sleep(0.07)  # the ack would go 0.07 s after the tick
+        handled.append(loop.time())
+
+    async def count_acks(msg: Any) -> None:
+        acks.append(loop.time())
+
+    options = ConsumerOptions(batch_size=10, fetch_timeout=30, ack_all=True, gather=gather, ack_all_every=1.0)
+    consumer = make_consumer(js, handler, options)
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    ack_sub = await js._nc.subscribe("$JS.ACK.>", cb=count_acks)  # this client's acks, as sent
+    try:
+        await consumer_waiting(js)
+        for _ in range(3):
+            count = len(handled)
+            await Publisher(js).publish(SUBJECT, telemetry())
+            await eventually(functools.partial(_more_than, handled, count), within=10)
+        await eventually(lambda: len(acks) >= 2, within=10)
+        for at in acks:
+            assert min(at % gather, gather - at % gather) < 0.06  # on a tick (+ the loop's lag)
+        assert acks[0] > handled[0]
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        await ack_sub.unsubscribe()

@@ -222,7 +222,8 @@ class ConsumerOptions:
     """Take messages in gathered batches on a clock shared by the process (:class:`GatherPull`):
     idle, one open request for a single message; then a ``no_wait`` pull for the rest at the next
     multiple of this many seconds of the event loop's clock (0: off). Not with ``fill_wait``,
-    ``prefetch`` or ``concurrent``; it replaces ``standing``."""
+    ``prefetch`` or ``concurrent``; it replaces ``standing``. With ``ack_all_every``, AckAlls are
+    sent on those ticks too (at the first one at least ``ack_all_every`` after the last)."""
     mem_storage: bool = False
     """Keep the consumer's state (delivered and acked sequences) in nats-server's memory, not in
     a file it rewrites (open, write, rename) up to ten times a second per consumer whose state
@@ -939,9 +940,9 @@ class DurableConsumer(Generic[T]):
             await self._ack_all(last.msg)  # AckAll: every message of the batch up to it
 
     async def _ack_all(self, msg: JsMsg) -> None:
-        every = self._opts.ack_all_every
+        every, gather = self._opts.ack_all_every, self._opts.gather
         loop = asyncio.get_running_loop()
-        if every <= 0 or loop.time() - self._acked_at >= every:
+        if every <= 0 or (gather <= 0 and loop.time() - self._acked_at >= every):
             self._ack_due = msg
             await self._send_ack_due()
             return
@@ -949,7 +950,12 @@ class DurableConsumer(Generic[T]):
         # each (a write for this process and an ack for the server per event).
         self._ack_due = msg
         if self._ack_timer is None:
-            self._ack_timer = loop.call_at(self._acked_at + every, self._ack_soon)
+            when = self._acked_at + every
+            if gather > 0:
+                # On a tick (:class:`GatherPull`), with the pulls of the process's other
+                # consumers: one write and one wake-up for all of them, not one per consumer.
+                when = math.ceil(max(when, loop.time()) / gather) * gather
+            self._ack_timer = loop.call_at(when, self._ack_soon)
 
     def _ack_soon(self) -> None:
         self._ack_timer = None
