@@ -3,7 +3,7 @@
 Not a test: it prints figures. For each ``LLMSCOPE_SPC_GATHER_MS`` given, a fresh embedded
 nats-server and the engine (in this process, as ``serve`` runs it; 16 partitions), charts armed
 on a quiet baseline, then probe events published at a steady rate over many models, one in
-fifteen of each chart's points 4x slower (a spike: a violation opens, and clears ten points later).
+fifteen of them, at random, 4x slower (a spike: a violation opens, and clears ten points later).
 Each violation is timed from the JetStream ack of the telemetry event that completed its pattern
 (``point_ids[-1]``; stored by then) to its arrival on a core subscription to the violation
 subjects (published, and so acked, by the engine by then).
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import random
 import statistics
 import sys
 import tempfile
@@ -105,9 +106,10 @@ async def measure(url: str, gather_ms: int, rate: float, seconds: float, models:
         sub = await nc.subscribe(subjects.VIOLATIONS_ALL, cb=seen)
         start = loop.time()
         n = int(rate * seconds)
+        spikes = random.Random(0)
         for k in range(n):
             i, model = 2 * BASELINE + 4 + k // models, names[k % models]
-            ev = event(i, model, spike=(k // models) % 15 == 0)
+            ev = event(i, model, spike=spikes.random() < 1 / 15)  # at any moment of a tick
             await asyncio.sleep(max(0.0, start + k / rate - loop.time()))
             await js.publish(subjects.telemetry(ev.provider, ev.model), codec.encode(ev))
             stored[ev.id] = loop.time()
