@@ -38,7 +38,7 @@ def test_settings_read_partitions_and_accept_the_old_replica_count() -> None:
 
 
 def test_settings_read_the_gather_period_and_refuse_a_bad_one_by_name() -> None:
-    assert SpcSettings.from_env(Env({})).gather_ms == 250
+    assert SpcSettings.from_env(Env({})).gather_ms == 500
     assert SpcSettings.from_env(Env({"LLMSCOPE_SPC_GATHER_MS": "0"})).gather_ms == 0
     for bad in ("-1", "5001", "soon"):
         with pytest.raises(ConfigError, match="LLMSCOPE_SPC_GATHER_MS"):
