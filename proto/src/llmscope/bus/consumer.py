@@ -545,7 +545,8 @@ class GatherPull(_InboxPull):
       go in the same loop iteration (one write) and their replies come back together;
     - while a tick's pull brings messages, the next cycle waits for the next tick (no sentinel in
       between); a tick that finds nothing arms the sentinel again; a full one pulls again at once
-      (a backlog goes in full batches).
+      (a backlog goes in full batches), and so does a sentinel whose message says more are
+      pending (a catch-up does not wait for the tick).
 
     So a message waits up to ``gather`` (plus its batch's turn) before it is handled. No request
     is open while the puller waits for a tick: messages it holds when the consumer stops are not
@@ -661,7 +662,10 @@ class GatherPull(_InboxPull):
                 return []
         want = batch - len(self._buffer)
         if want > 0:
-            if not self._backlog and not await self._until_tick():
+            # A first message that says more are pending (its ack subject) is a backlog (a
+            # catch-up after a restart or a takeover): pulled at once, not at the tick.
+            caught_up = not (self._buffer and _pending(self._buffer[-1]))
+            if not self._backlog and caught_up and not await self._until_tick():
                 return []
             held = len(self._buffer)
             self.ticks += 1

@@ -20,7 +20,7 @@
 | LLMSCOPE_SPC_CHARTS_BUCKET | llmscope_spc_charts | KV bucket of the charts as readers see them |
 | LLMSCOPE_SPC_STATE_BUCKET | llmscope_spc_state | KV bucket of the engine's own chart state (for recovery) |
 | LLMSCOPE_SPC_BATCH_SIZE | 256 | telemetry messages pulled per batch |
-| LLMSCOPE_SPC_GATHER_MS | 500 | telemetry is taken in batches gathered this often (ms; adds up to this to a violation's delay); 0: each message as it is stored |
+| LLMSCOPE_SPC_GATHER_MS | 500 | batches pulled this often (ms: violations wait up to it), 0: off |
 | LLMSCOPE_SPC_TRAFFIC_MIN_REQUESTS | 10 | requests a traffic minute needs to be a chart point |
 | LLMSCOPE_SPC_TRAFFIC_BASELINE_MINUTES | 1440 | traffic chart points before its limits freeze |
 | LLMSCOPE_SPC_TRAFFIC_GRACE_S | 10 | a traffic minute closes this long after its end (late after) |
