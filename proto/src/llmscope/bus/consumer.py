@@ -223,7 +223,7 @@ class ConsumerOptions:
     idle, one open request for a single message; then a ``no_wait`` pull for the rest at the next
     multiple of this many seconds of the event loop's clock (0: off). Not with ``fill_wait``,
     ``prefetch`` or ``concurrent``; it replaces ``standing``. With ``ack_all_every``, AckAlls are
-    sent on those ticks too (at the first one at least ``ack_all_every`` after the last)."""
+    sent on those ticks too (at most ``ack_all_every`` after the last, as without them)."""
     mem_storage: bool = False
     """Keep the consumer's state (delivered and acked sequences) in nats-server's memory, not in
     a file it rewrites (open, write, rename) up to ten times a second per consumer whose state
@@ -958,7 +958,11 @@ class DurableConsumer(Generic[T]):
             if gather > 0:
                 # On a tick (:class:`GatherPull`), with the pulls of the process's other
                 # consumers: one write and one wake-up for all of them, not one per consumer.
-                when = math.ceil(max(when, loop.time()) / gather) * gather
+                # The last AckAll went at a tick (plus the loop's lag), so the tick at or before
+                # ``when`` is ``every`` after it: not later than without the ticks.
+                now = loop.time()
+                tick = math.floor(when / gather) * gather if when > now else now
+                when = tick if tick > now else math.ceil(now / gather) * gather
             self._ack_timer = loop.call_at(when, self._ack_soon)
 
     def _ack_soon(self) -> None:
