@@ -32,6 +32,10 @@ batch while a full one is handled; a batch fetched ahead is nak'd when an outage
 consumer stops, so it never waits out ``ack_wait`` in a process that is not using it.
 ``ConsumerOptions.standing`` keeps one pull request open instead (:class:`StandingPull`): no
 request per wake-up at a trickle, one per expiry when idle.
+``ConsumerOptions.gather`` takes batches gathered on a clock shared by the process instead
+(:class:`GatherPull`): idle, one open request for a single message; then, at the next tick, a
+``no_wait`` pull for what was stored meanwhile, sent with every other consumer's in one write
+(the SPC engine's 16 partitions: a wake-up per tick, not one per probe event).
 ``ConsumerOptions.concurrent`` (explicit acks only) lets the next full batch's handler start
 while the previous one's still runs (the persister's telemetry: one batch COPY'd while the other
 commits); each is acked when its own handler returned.
