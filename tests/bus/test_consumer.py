@@ -14,7 +14,7 @@ import nats
 import nats.errors
 import pytest
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy
+from nats.js.api import AckPolicy, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from llmscope.bus.consumer import ConsumerOptions, Delivery, DurableConsumer
@@ -1004,3 +1004,240 @@ async def test_a_memory_consumer_lost_with_a_nats_restart_is_made_again_after_wh
         stop.set()
         await asyncio.wait_for(task, 5)
         await nc.close()
+
+
+async def _just_after_a_tick(period: float) -> None:
+    """Sleep until just after the next multiple of ``period`` on the loop's clock (the gathering
+    consumers' ticks), so a test has almost a whole period before the one after."""
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(period - loop.time() % period + 0.02)
+
+
+async def _delivered(js: JetStreamContext, unacked: int) -> bool:
+    info = await js.consumer_info(subjects.STREAM_TELEMETRY, "test")
+    return bool(info.num_ack_pending == unacked and info.num_pending == 0)
+
+
+async def test_a_gathering_consumer_takes_a_burst_stored_during_the_gather_as_one_batch(
+    js: JetStreamContext,
+) -> None:
+    """The first message wakes the consumer (its one-message request); what is stored until the
+    next tick comes with it in one batch, pulled at the tick (a standing request handed each
+    over as it came: [1, 9])."""
+    gather = 2.0
+    batches: list[list[str]] = []
+    handled_at: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def handler(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        batches.append([d.event.id for d in batch])
+        handled_at.append(loop.time())
+
+    options = ConsumerOptions(batch_size=100, fetch_timeout=30, ack_all=True, gather=gather)
+    consumer = make_consumer(js, handler, options)
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    publisher = Publisher(js)
+    events = [telemetry() for _ in range(10)]
+    try:
+        await consumer_waiting(js)
+        await _just_after_a_tick(gather)
+        await publisher.publish(SUBJECT, events[0])
+        await eventually(functools.partial(_delivered, js, 1), what="the first delivered")
+        await publisher.publish_many([(SUBJECT, e) for e in events[1:]])
+        await eventually(lambda: len(batches) >= 1, within=10)
+        await asyncio.sleep(0.2)
+        assert batches == [[e.id for e in events]]
+        assert handled_at[0] % gather < 0.5  # at the tick (the loop's clock), not before
+        await eventually(functools.partial(_delivered, js, 0), what="the batch acked")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+def _more_than(items: list[float], n: int) -> bool:
+    return len(items) > n
+
+
+async def test_an_idle_gathering_consumer_waits_on_one_request_and_handles_a_first_message_within_the_gather(
+    js: JetStreamContext,
+) -> None:
+    """Idle, one request for one message stays open (nothing sent per tick); a message wakes the
+    consumer and is handled by the next tick: within the gather period and a margin."""
+    gather = 0.3
+    handled: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def handler(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        handled.extend(loop.time() for _ in batch)
+
+    options = ConsumerOptions(batch_size=100, fetch_timeout=30, ack_all=True, gather=gather)
+    consumer = make_consumer(js, handler, options)
+    nc = js._nc
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        await consumer_waiting(js)
+        sent = nc.stats["out_msgs"]
+        await asyncio.sleep(4 * gather)
+        assert nc.stats["out_msgs"] == sent  # four ticks went by: no pull was sent
+        info = await js.consumer_info(subjects.STREAM_TELEMETRY, "test")
+        assert info.num_waiting == 1
+        for _ in range(3):
+            count = len(handled)
+            published = loop.time()
+            await Publisher(js).publish(SUBJECT, telemetry())
+            await eventually(functools.partial(_more_than, handled, count), within=10)
+            assert handled[-1] - published <= gather + 0.25  # the margin: a busy machine's loop
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+async def test_a_gathering_consumer_drains_a_backlog_in_full_batches_without_waiting_for_ticks(
+    js: JetStreamContext,
+) -> None:
+    """A backlog is taken at once, not at the next tick, and in full batches one after the other
+    (a tick's pull that comes back full is followed by another at once), not one batch a tick."""
+    gather = 2.0
+    events = [telemetry() for _ in range(1250)]
+    await Publisher(js).publish_many([(SUBJECT, e) for e in events])
+    batches: list[int] = []
+    handled_at: list[float] = []
+    seen: list[str] = []
+    loop = asyncio.get_running_loop()
+
+    async def handler(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        batches.append(len(batch))
+        handled_at.append(loop.time())
+        seen.extend(d.event.id for d in batch)
+
+    options = ConsumerOptions(batch_size=500, fetch_timeout=30, ack_all=True, gather=gather)
+    consumer = make_consumer(js, handler, options)
+    stop = asyncio.Event()
+    await _just_after_a_tick(gather)
+    started = loop.time()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        await eventually(lambda: len(seen) == len(events), within=15)
+        assert seen == [e.id for e in events]
+        assert batches == [500, 500, 250]
+        # The first message says more are pending: not held for the tick (almost 2 s away).
+        assert handled_at[-1] - started < gather / 2
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+@pytest.mark.parametrize("ack_all", [False, True])
+async def test_a_gathering_consumer_stopped_during_a_gather_loses_nothing(
+    js: JetStreamContext, ack_all: bool
+) -> None:
+    """A message delivered and held for the tick when the consumer stops is not handled and not
+    acked; the stop does not wait for the tick. With explicit acks it is nak'd, so the next
+    reader gets it at once (ack_wait is 60 s); with AckAll (the SPC engine's partitions) the
+    ack floor stays before it, and a consumer made again from there (as a partition's next
+    owner does from its checkpoint) delivers it."""
+    gather = 5.0
+    seen: list[str] = []
+
+    async def handler(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        seen.extend(d.event.id for d in batch)
+
+    options = ConsumerOptions(batch_size=10, fetch_timeout=30, ack_wait=60, ack_all=ack_all, gather=gather)
+    consumer = make_consumer(js, handler, options)
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    publisher = Publisher(js)
+    first, held = telemetry(), telemetry()
+    loop = asyncio.get_running_loop()
+    try:
+        await consumer_waiting(js)
+        await publisher.publish(SUBJECT, first)
+        await eventually(lambda: seen == [first.id], within=2 * gather)
+        await _just_after_a_tick(gather)
+        await eventually(functools.partial(_delivered, js, 0), what="the first acked")
+        await publisher.publish(SUBJECT, held)
+        await eventually(functools.partial(_delivered, js, 1), what="the second delivered")
+        stopping = loop.time()
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        assert loop.time() - stopping < 1.0  # not held back until the tick
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    assert seen == [first.id]
+    info = await js.consumer_info(subjects.STREAM_TELEMETRY, "test")
+    assert info.ack_floor.stream_seq == 1
+    again: list[str] = []
+
+    async def next_reader(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        again.extend(d.event.id for d in batch)
+
+    reader = make_consumer(js, next_reader, ConsumerOptions(batch_size=10, fetch_timeout=1, ack_all=ack_all))
+    if ack_all:
+        assert info.num_ack_pending == 1  # delivered, never acked
+        await js.delete_consumer(subjects.STREAM_TELEMETRY, "test")
+        cfg = reader.consumer_config()
+        cfg.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+        cfg.opt_start_seq = info.ack_floor.stream_seq + 1
+        reader.consumer_config = lambda: cfg  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    task = asyncio.create_task(reader.run(stop))
+    try:
+        await eventually(lambda: again == [held.id], within=10)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+def test_gathering_takes_one_batch_a_tick() -> None:
+    with pytest.raises(ValueError, match="gather"):
+        asyncio.run(
+            DurableConsumer[TelemetryEvent](
+                js=None,  # type: ignore[arg-type]
+                stream=subjects.STREAM_TELEMETRY,
+                durable="x",
+                filter_subjects=[SUBJECT],
+                decode=decode,
+                handler=lambda batch: asyncio.sleep(0),
+                dead_letters=None,  # type: ignore[arg-type]
+                options=ConsumerOptions(gather=0.1, prefetch=True),
+            ).run(asyncio.Event())
+        )
+
+
+async def test_a_gathering_consumer_sends_its_deferred_ack_all_on_a_tick(js: JetStreamContext) -> None:
+    """With ``ack_all_every`` the AckAll goes at a tick, with the pulls of the process's other
+    consumers (one write), not at its own moment; still after its batch was handled."""
+    gather = 0.5
+    loop = asyncio.get_running_loop()
+    handled: list[float] = []
+    acks: list[float] = []
+
+    async def handler(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        await asyncio.sleep(0.07)  # the ack would go 0.07 s after the tick
+        handled.append(loop.time())
+
+    async def count_acks(msg: Any) -> None:
+        acks.append(loop.time())
+
+    options = ConsumerOptions(batch_size=10, fetch_timeout=30, ack_all=True, gather=gather, ack_all_every=1.0)
+    consumer = make_consumer(js, handler, options)
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    ack_sub = await js._nc.subscribe("$JS.ACK.>", cb=count_acks)  # this client's acks, as sent
+    try:
+        await consumer_waiting(js)
+        for _ in range(3):
+            count = len(handled)
+            await Publisher(js).publish(SUBJECT, telemetry())
+            await eventually(functools.partial(_more_than, handled, count), within=10)
+        await eventually(lambda: len(acks) >= 2, within=10)
+        for at in acks:
+            assert min(at % gather, gather - at % gather) < 0.06  # on a tick (+ the loop's lag)
+        assert acks[0] > handled[0]
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        await ack_sub.unsubscribe()

@@ -37,6 +37,14 @@ def test_settings_read_partitions_and_accept_the_old_replica_count() -> None:
         SpcSettings.from_env(Env({"LLMSCOPE_SPC_REPLICA": "-1"}))
 
 
+def test_settings_read_the_gather_period_and_refuse_a_bad_one_by_name() -> None:
+    assert SpcSettings.from_env(Env({})).gather_ms == 500
+    assert SpcSettings.from_env(Env({"LLMSCOPE_SPC_GATHER_MS": "0"})).gather_ms == 0
+    for bad in ("-1", "5001", "soon"):
+        with pytest.raises(ConfigError, match="LLMSCOPE_SPC_GATHER_MS"):
+            SpcSettings.from_env(Env({"LLMSCOPE_SPC_GATHER_MS": bad}))
+
+
 async def test_a_lease_is_exclusive_taken_over_only_after_its_holder_stops_renewing(
     js: JetStreamContext,
 ) -> None:

@@ -32,6 +32,10 @@ batch while a full one is handled; a batch fetched ahead is nak'd when an outage
 consumer stops, so it never waits out ``ack_wait`` in a process that is not using it.
 ``ConsumerOptions.standing`` keeps one pull request open instead (:class:`StandingPull`): no
 request per wake-up at a trickle, one per expiry when idle.
+``ConsumerOptions.gather`` takes batches gathered on a clock shared by the process instead
+(:class:`GatherPull`): idle, one open request for a single message; then, at the next tick, a
+``no_wait`` pull for what was stored meanwhile, sent with every other consumer's in one write
+(the SPC engine's 16 partitions: a wake-up per tick, not one per probe event).
 ``ConsumerOptions.concurrent`` (explicit acks only) lets the next full batch's handler start
 while the previous one's still runs (the persister's telemetry: one batch COPY'd while the other
 commits); each is acked when its own handler returned.
@@ -47,6 +51,7 @@ import abc
 import asyncio
 import contextlib
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -217,6 +222,12 @@ class ConsumerOptions:
     standing: bool = False
     """Keep one pull request open (:class:`StandingPull`, expiring after ``fetch_timeout``)
     instead of a few requests per wake-up."""
+    gather: float = 0.0
+    """Take messages in gathered batches on a clock shared by the process (:class:`GatherPull`):
+    idle, one open request for a single message; then a ``no_wait`` pull for the rest at the next
+    multiple of this many seconds of the event loop's clock (0: off). Not with ``fill_wait``,
+    ``prefetch`` or ``concurrent``; it replaces ``standing``. With ``ack_all_every``, AckAlls are
+    sent on those ticks too (at most ``ack_all_every`` after the last, as without them)."""
     mem_storage: bool = False
     """Keep the consumer's state (delivered and acked sequences) in nats-server's memory, not in
     a file it rewrites (open, write, rename) up to ten times a second per consumer whose state
@@ -521,6 +532,157 @@ class StandingPull(_InboxPull):
         return msgs
 
 
+class GatherPull(_InboxPull):
+    """Takes a consumer's messages in batches gathered on a clock shared by the process.
+
+    :class:`StandingPull` hands each message over as it is stored: at a steady rate spread over
+    many consumers (the SPC engine's 16 partitions at 1,000 probe events/s), the process wakes,
+    decodes and handles about one message at a time, and a linger does not help, since the
+    messages still come one by one on the open request. Here:
+
+    - idle, one request for ONE message stays open (the sentinel; it expires after ``expires``,
+      as the standing request does), so an idle consumer costs what it costs now;
+    - once a message came (or while traffic flows), the puller waits for the next tick, the next
+      multiple of ``gather`` seconds on the event loop's clock, the same for every puller of the
+      process, and sends a ``no_wait`` pull for the rest of the batch: the server sends whatever
+      was stored meanwhile in one burst, then a status. The pulls of every consumer due at a tick
+      go in the same loop iteration (one write) and their replies come back together;
+    - while a tick's pull brings messages, the next cycle waits for the next tick (no sentinel in
+      between); a tick that finds nothing arms the sentinel again; a full one pulls again at once
+      (a backlog goes in full batches), and so does a sentinel whose message says more are
+      pending (a catch-up does not wait for the tick).
+
+    So a message waits up to ``gather`` (plus its batch's turn) before it is handled. No request
+    is open while the puller waits for a tick: messages it holds when the consumer stops are not
+    handed over (:meth:`fetch` returns []) and are given back (:meth:`give_back`) or, with
+    AckAll, simply not acked. A request lost with the connection is given up after ``expires``
+    + 0.5 s.
+    """
+
+    def __init__(self, nc: NATS, stream: str, durable: str, gather: float) -> None:
+        super().__init__(nc, stream, durable)
+        self._gather = gather
+        self._ready = asyncio.Event()
+        self._interrupted = False
+        self._loop = asyncio.get_running_loop()
+        self._expiry: asyncio.TimerHandle | None = None
+        self._flowing = False  # the last tick's pull brought messages: the next waits for a tick
+        self._backlog = False  # the last tick's pull was filled: pull again at once
+        self.sentinels = 0
+        """Sentinel requests sent (one per wake-up from idle, and one per expiry)."""
+        self.ticks = 0
+        """``no_wait`` pulls sent."""
+
+    async def stop(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        await super().stop()
+
+    def interrupt(self) -> None:
+        """End a wait in :meth:`fetch` now (the consumer is stopping)."""
+        self._interrupted = True
+        self._ready.set()
+
+    def taken_meanwhile(self) -> list[JsMsg]:
+        """Messages delivered and not handed over by :meth:`fetch` yet."""
+        return list(self._buffer)
+
+    def give_back(self) -> list[JsMsg]:
+        """Empty the buffer (after :meth:`stop`): what the caller should nak."""
+        msgs, self._buffer = self._buffer, []
+        return msgs
+
+    def next_tick(self) -> float:
+        """The next multiple of the gather period on the loop's clock (shared by the process)."""
+        gather = self._gather
+        return (math.floor(self._loop.time() / gather) + 1) * gather
+
+    def _take(self, msg: JsMsg) -> None:
+        status = inbox.status_of(msg)
+        if not status:
+            self._buffer.append(msg)
+            self._owed -= 1
+            if self._owed == 0:
+                self._ready.set()  # the request is filled: no status follows
+        elif self._ends_request(msg, status):
+            self._owed = 0
+            self._ready.set()
+
+    def _expired(self, request: int) -> None:
+        # No status came for the request within its expiry and the margin: lost (a reconnect).
+        if request == self._request and self._owed > 0:
+            self._owed = 0
+            self._request += 1  # whatever that request still sends is no longer awaited
+            self._ready.set()
+
+    async def _request_for(self, batch: int, expires: float, *, no_wait: bool) -> bool:
+        """Send a request and wait until it is filled, ends with a status or is lost: False when
+        :meth:`interrupt` ended the wait."""
+        self._request += 1
+        self._owed = batch
+        self.status = self.description = ""
+        self._ready.clear()  # before the send: an interrupt during it must not be lost
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry = self._loop.call_later(expires + 0.5, self._expired, self._request)
+        request: dict[str, object] = {"batch": batch}
+        if no_wait:
+            request["no_wait"] = True
+        else:
+            request["expires"] = int(expires * 1e9)
+        await self._nc.publish(
+            self._api, json.dumps(request).encode(), reply=f"{self._inbox}.{self._request}"
+        )
+        while self._owed > 0 and not self._interrupted:
+            self._ready.clear()
+            await self._ready.wait()
+        return not self._interrupted
+
+    async def _until_tick(self) -> bool:
+        """Wait for the next tick: False when :meth:`interrupt` ended the wait."""
+        fired = False
+
+        def tick() -> None:
+            nonlocal fired
+            fired = True
+            self._ready.set()
+
+        timer = self._loop.call_at(self.next_tick(), tick)
+        try:
+            while not fired and not self._interrupted:
+                self._ready.clear()
+                await self._ready.wait()
+        finally:
+            timer.cancel()
+        return not self._interrupted
+
+    async def fetch(self, batch: int, expires: float, fill_wait: float = 0.0) -> list[JsMsg]:
+        """The batch gathered at the next tick; [] when the sentinel expired (or a request was
+        refused: :attr:`status`), a tick found nothing, or :meth:`interrupt` was called."""
+        del fill_wait  # the tick is the linger
+        if not self._buffer and not self._flowing and not self._backlog:
+            self.sentinels += 1
+            if not await self._request_for(1, expires, no_wait=False) or not self._buffer:
+                return []
+        want = batch - len(self._buffer)
+        if want > 0:
+            # A first message that says more are pending (its ack subject) is a backlog (a
+            # catch-up after a restart or a takeover): pulled at once, not at the tick.
+            caught_up = not (self._buffer and _pending(self._buffer[-1]))
+            if not self._backlog and caught_up and not await self._until_tick():
+                return []
+            held = len(self._buffer)
+            self.ticks += 1
+            if not await self._request_for(want, expires, no_wait=True):
+                return []
+            got = len(self._buffer) - held
+            refused = self.status not in ("", "404", "408")
+            self._flowing = got > 0 and not refused
+            self._backlog = got >= want and not refused
+        msgs, self._buffer = self._buffer, []
+        return msgs
+
+
 class DurableConsumer(Generic[T]):
     """Pulls batches from a durable consumer and applies the ack policy around a handler."""
 
@@ -562,7 +724,7 @@ class DurableConsumer(Generic[T]):
         self._ack_timer: asyncio.TimerHandle | None = None
         self._ack_tasks: set[asyncio.Task[None]] = set()
         self._held = 0  # batches held through the current outage (several with ``concurrent``)
-        self._standing: StandingPull | None = None  # the open request, while ``run`` has one
+        self._standing: StandingPull | GatherPull | None = None  # ``run``'s puller, when it holds messages
         self._outage_started = 0.0
         self.outages = 0
         """Outages waited out (or being waited out) by this consumer: transient handler errors."""
@@ -606,12 +768,20 @@ class DurableConsumer(Generic[T]):
             raise ValueError("prefetch needs explicit acks: an AckAll would ack the batch fetched ahead")
         if self._opts.concurrent > 1 and self._opts.ack_all:
             raise ValueError("concurrent batches need explicit acks: an AckAll would ack the other batch")
+        opts = self._opts
+        if opts.gather > 0 and (opts.prefetch or opts.concurrent > 1 or opts.fill_wait):
+            raise ValueError("gather takes one batch a tick: no prefetch, concurrent or fill_wait")
         await self._js.add_consumer(self._stream, config=self.consumer_config())
         # The JetStream context's own connection (nats-py's KeyValue and ObjectStore use it too).
-        puller: PullRequests | StandingPull
+        puller: PullRequests | StandingPull | GatherPull
         waker: asyncio.Task[None] | None = None
-        if self._opts.standing:
-            puller = standing = self._standing = StandingPull(self._js._nc, self._stream, self._durable)
+        if self._opts.gather > 0 or self._opts.standing:
+            standing: StandingPull | GatherPull
+            if self._opts.gather > 0:
+                standing = GatherPull(self._js._nc, self._stream, self._durable, self._opts.gather)
+            else:
+                standing = StandingPull(self._js._nc, self._stream, self._durable)
+            puller = self._standing = standing
 
             async def wake() -> None:
                 # A long-open request must not hold a stop (a hand-over of the partition) back.
@@ -665,7 +835,7 @@ class DurableConsumer(Generic[T]):
                 await self._give_back_ahead()
             await puller.stop()
             self._standing = None
-            if isinstance(puller, StandingPull) and not opts.ack_all:
+            if isinstance(puller, StandingPull | GatherPull) and not opts.ack_all:
                 # Unsubscribed: nothing more comes to the open request. What came and was not
                 # handled goes back now (another process may take it), not after ack_wait.
                 with contextlib.suppress(Exception):
@@ -711,7 +881,7 @@ class DurableConsumer(Generic[T]):
         for msg in (await ahead).msgs:  # a no_wait pull, or at most a fetch_timeout long poll
             await msg.nak()
 
-    async def _fetch_ahead(self, puller: PullRequests | StandingPull) -> _Batch[T]:
+    async def _fetch_ahead(self, puller: PullRequests | StandingPull | GatherPull) -> _Batch[T]:
         """The next batch, pulled and decoded while the handler waits on its store for this one:
         the client's parsing and decoding overlap the store's own work."""
         opts = self._opts
@@ -781,9 +951,9 @@ class DurableConsumer(Generic[T]):
             await self._ack_all(last.msg)  # AckAll: every message of the batch up to it
 
     async def _ack_all(self, msg: JsMsg) -> None:
-        every = self._opts.ack_all_every
+        every, gather = self._opts.ack_all_every, self._opts.gather
         loop = asyncio.get_running_loop()
-        if every <= 0 or loop.time() - self._acked_at >= every:
+        if every <= 0 or (gather <= 0 and loop.time() - self._acked_at >= every):
             self._ack_due = msg
             await self._send_ack_due()
             return
@@ -791,7 +961,16 @@ class DurableConsumer(Generic[T]):
         # each (a write for this process and an ack for the server per event).
         self._ack_due = msg
         if self._ack_timer is None:
-            self._ack_timer = loop.call_at(self._acked_at + every, self._ack_soon)
+            when = self._acked_at + every
+            if gather > 0:
+                # On a tick (:class:`GatherPull`), with the pulls of the process's other
+                # consumers: one write and one wake-up for all of them, not one per consumer.
+                # The last AckAll went at a tick (plus the loop's lag), so the tick at or before
+                # ``when`` is ``every`` after it: not later than without the ticks.
+                now = loop.time()
+                tick = math.floor(when / gather) * gather if when > now else now
+                when = tick if tick > now else math.ceil(now / gather) * gather
+            self._ack_timer = loop.call_at(when, self._ack_soon)
 
     def _ack_soon(self) -> None:
         self._ack_timer = None

@@ -5,8 +5,13 @@ after the handler returns, and the handler returns only after JetStream acknowle
 violation it published (the batch's violations go pipelined, ``Publisher.publish_many``, and
 every PubAck is awaited; ``Nats-Msg-Id`` = violation id). One ack per batch: AckAll on its
 highest sequence (a partition has one reader, its lease holder), sent at most every
-``ACK_EVERY_S`` (a trickle's one-event batches share one). Each partition keeps one pull request
-open (``ConsumerOptions.standing``): no request per event at a trickle.
+``ACK_EVERY_S`` (a trickle's one-event batches share one). Telemetry is taken in gathered batches
+(``ConsumerOptions.gather``, ``LLMSCOPE_SPC_GATHER_MS``): idle, a partition keeps one request
+for a single message open; once one came, it pulls what was stored meanwhile at the next tick of
+a clock all the partitions of the process share, so the 16 partitions' pulls go in one write and
+their batches come back together: a wake-up per tick, not one per probe event, for up to the
+gather period added to a violation's delay. With ``LLMSCOPE_SPC_GATHER_MS=0`` each partition
+keeps one pull request open (``ConsumerOptions.standing``) and charts each event as it is stored.
 
 Partitions (scale-out): the telemetry stream stores every model's messages in one of
 ``LLMSCOPE_SPC_PARTITIONS`` (P) partitions, a hash of provider and model computed by nats-server
@@ -274,6 +279,7 @@ class PartitionConsumption(Checkpoints, SettingsWatch, Publishing):
                     ack_all_every=ACK_EVERY_S,
                     max_ack_pending=MAX_ACK_PENDING,
                     standing=True,
+                    gather=self.settings.gather_ms / 1000,
                     fetch_timeout=PULL_EXPIRES_S,
                     # No state file rewritten by nats-server per delivery and AckAll (the
                     # consumer is recreated from the checkpoint whenever the partition is taken):

@@ -20,6 +20,7 @@
 | LLMSCOPE_SPC_CHARTS_BUCKET | llmscope_spc_charts | KV bucket of the charts as readers see them |
 | LLMSCOPE_SPC_STATE_BUCKET | llmscope_spc_state | KV bucket of the engine's own chart state (for recovery) |
 | LLMSCOPE_SPC_BATCH_SIZE | 256 | telemetry messages pulled per batch |
+| LLMSCOPE_SPC_GATHER_MS | 500 | batches pulled this often (ms: violations wait up to it), 0: off |
 | LLMSCOPE_SPC_TRAFFIC_MIN_REQUESTS | 10 | requests a traffic minute needs to be a chart point |
 | LLMSCOPE_SPC_TRAFFIC_BASELINE_MINUTES | 1440 | traffic chart points before its limits freeze |
 | LLMSCOPE_SPC_TRAFFIC_GRACE_S | 10 | a traffic minute closes this long after its end (late after) |
@@ -63,6 +64,7 @@ class SpcSettings:
     charts_bucket: str = subjects.SPC_CHARTS_BUCKET
     state_bucket: str = subjects.SPC_STATE_BUCKET
     batch_size: int = 256
+    gather_ms: int = 500
     traffic_min_requests: int = 10
     traffic_baseline_minutes: int = 1440
     traffic_grace_s: float = 10.0
@@ -101,6 +103,7 @@ class SpcSettings:
             charts_bucket=env.text("LLMSCOPE_SPC_CHARTS_BUCKET", subjects.SPC_CHARTS_BUCKET),
             state_bucket=env.text("LLMSCOPE_SPC_STATE_BUCKET", subjects.SPC_STATE_BUCKET),
             batch_size=env.integer("LLMSCOPE_SPC_BATCH_SIZE", 256, min=1, max=10_000),
+            gather_ms=env.integer("LLMSCOPE_SPC_GATHER_MS", 500, min=0, max=5_000),
             traffic_min_requests=env.integer("LLMSCOPE_SPC_TRAFFIC_MIN_REQUESTS", 10, min=1),
             traffic_baseline_minutes=env.integer("LLMSCOPE_SPC_TRAFFIC_BASELINE_MINUTES", 1440, min=5),
             traffic_grace_s=env.number("LLMSCOPE_SPC_TRAFFIC_GRACE_S", 10.0, min=0),
