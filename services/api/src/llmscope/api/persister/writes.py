@@ -20,9 +20,11 @@ from llmscope.api.persister.sql import (
     INSERT_DEAD_LETTER,
     INSERT_NEW_TELEMETRY,
     INSERT_VIOLATION,
+    STORE_NEW_TELEMETRY_ARRAYS,
     STORE_ONE_TELEMETRY,
     STORE_TELEMETRY_ARRAYS,
     TELEMETRY_COLUMNS,
+    TELEMETRY_KEY,
     UPSERT_AGGREGATES,
 )
 from llmscope.proto.deadletter import DeadLetterEvent
@@ -92,7 +94,19 @@ async def store_telemetry(
         records = [telemetry_record(ev) for ev in events]
         columns = [list(c) for c in zip(*records, strict=True)]
         async with held:
-            inserted: int = await conn.fetchval(STORE_TELEMETRY_ARRAYS, *columns)
+            if conn.is_in_transaction():
+                # A failed statement would abort the caller's transaction: arbitrate instead.
+                inserted: int = await conn.fetchval(STORE_TELEMETRY_ARRAYS, *columns)
+                return inserted
+            try:
+                # Nearly every batch is new: no conflict arbitration (STORE_NEW_TELEMETRY_ARRAYS).
+                inserted = await conn.fetchval(STORE_NEW_TELEMETRY_ARRAYS, *columns)
+            except asyncpg.UniqueViolationError as exc:
+                if exc.constraint_name != TELEMETRY_KEY:
+                    raise
+                # A redelivery: that statement stored nothing; this one stores the rows not
+                # there yet and folds only those into the rollups.
+                inserted = await conn.fetchval(STORE_TELEMETRY_ARRAYS, *columns)
         return inserted
     firsts: dict[str, TelemetryEvent] = {}
     for ev in events:
