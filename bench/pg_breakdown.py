@@ -61,8 +61,8 @@ class ProcessSampler:
 
     postmaster: int
     interval: float = 0.05
-    first: dict[int, tuple[float, int]] = field(default_factory=dict)
-    last: dict[int, tuple[float, int]] = field(default_factory=dict)
+    first: dict[int, tuple[float, float, int]] = field(default_factory=dict)
+    last: dict[int, tuple[float, float, int]] = field(default_factory=dict)
     titles: dict[int, str] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -77,13 +77,13 @@ class ProcessSampler:
         for p in procs:
             with contextlib.suppress(psutil.Error):
                 t = p.cpu_times()
-                now = (t.user + t.system, _voluntary_switches(p.pid))
+                now = (t.user, t.system, _voluntary_switches(p.pid))
                 if p.pid not in self.titles:
                     self.titles[p.pid] = " ".join(p.cmdline())
                 if p.pid not in self.first:
                     # A process born during the phase counts from zero; one there at the start
                     # from its first sample.
-                    self.first[p.pid] = now if not self._started else (0.0, 0)
+                    self.first[p.pid] = now if not self._started else (0.0, 0.0, 0)
                 self.last[p.pid] = now
 
     def _loop(self) -> None:
@@ -102,16 +102,17 @@ class ProcessSampler:
             self._thread.join()
         self._sample()
 
-    def by_kind(self, app: dict[int, str]) -> dict[str, tuple[float, int, int]]:
-        """CPU seconds, voluntary switches and processes seen, by kind."""
-        out: dict[str, list[float]] = defaultdict(lambda: [0.0, 0, 0])
-        for pid, (cpu1, sw1) in self.last.items():
-            cpu0, sw0 = self.first[pid]
+    def by_kind(self, app: dict[int, str]) -> dict[str, tuple[float, float, int, int]]:
+        """User and system CPU seconds, voluntary switches and processes seen, by kind."""
+        out: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0, 0])
+        for pid, (user1, sys1, sw1) in self.last.items():
+            user0, sys0, sw0 = self.first[pid]
             row = out[_kind(self.titles.get(pid, ""), app, pid)]
-            row[0] += cpu1 - cpu0
-            row[1] += sw1 - sw0
-            row[2] += 1
-        return {k: (v[0], int(v[1]), int(v[2])) for k, v in out.items()}
+            row[0] += user1 - user0
+            row[1] += sys1 - sys0
+            row[2] += sw1 - sw0
+            row[3] += 1
+        return {k: (v[0], v[1], int(v[2]), int(v[3])) for k, v in out.items()}
 
 
 WAL = "SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal"
@@ -200,11 +201,14 @@ class PgBreakdown:
         assert self.sampler is not None
         after = self.after
         kinds = self.sampler.by_kind(self.apps)
-        total = sum(v[0] for v in kinds.values())
+        total = sum(v[0] + v[1] for v in kinds.values())
         print(f"  postgres processes: {1000 * total / n:.3f} ms/event in all (sampled every 50 ms)")
-        print(f"  {'ms/event':>9} {'wake/ev':>8} {'procs':>5}  kind")
-        for kind, (cpu, sw, procs) in sorted(kinds.items(), key=lambda kv: -kv[1][0]):
-            print(f"  {1000 * cpu / n:>9.3f} {sw / n:>8.2f} {procs:>5}  {kind}")
+        print(f"  {'ms/event':>9} {'user':>6} {'system':>6} {'wake/ev':>8} {'procs':>5}  kind")
+        for kind, (user, system, sw, procs) in sorted(kinds.items(), key=lambda kv: -kv[1][0] - kv[1][1]):
+            print(
+                f"  {1000 * (user + system) / n:>9.3f} {1000 * user / n:>6.3f} {1000 * system / n:>6.3f}"
+                f" {sw / n:>8.2f} {procs:>5}  {kind}"
+            )
         b, a = self.before, after
 
         def d(part: str, key: str) -> float:
@@ -218,9 +222,15 @@ class PgBreakdown:
         )
         recs, fpi, wbytes = d("wal", "wal_records"), d("wal", "wal_fpi"), d("wal", "wal_bytes")
         per = max(xacts, 1)
+        tables: dict[str, dict[str, int]] = after["tables"]  # type: ignore[assignment]
+        tables0: dict[str, dict[str, int]] = b["tables"]  # type: ignore[assignment]
+        rows = tables.get("telemetry", {}).get("n_tup_ins", 0) - tables0.get("telemetry", {}).get(
+            "n_tup_ins", 0
+        )
         print(
             f"  WAL per transaction: {recs / per:.1f} records, {fpi / per:.2f} full-page images,"
-            f" {wbytes / per:,.0f} bytes; per event {wbytes / n:,.0f} bytes;"
+            f" {wbytes / per:,.0f} bytes; per telemetry row stored {recs / max(rows, 1):.1f} records,"
+            f" {wbytes / max(rows, 1):,.0f} bytes;"
             f" WAL writes {d('io', 'writes') / per:.2f} and fsyncs {d('io', 'fsyncs') / per:.2f}"
             " per transaction"
         )
