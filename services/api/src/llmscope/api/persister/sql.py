@@ -44,8 +44,8 @@ TELEMETRY_COLUMNS: tuple[str, ...] = (
 
 _COLS = ", ".join(TELEMETRY_COLUMNS)
 
-# Postgres types of TELEMETRY_COLUMNS (migrations/0001_initial.sql), for the array parameters of
-# a small batch's one-statement insert.
+# Postgres types of TELEMETRY_COLUMNS (migrations/0001_initial.sql): the one-event statement's
+# parameters, and the attributes of the type a small batch is sent as (0017_telemetry_row.sql).
 TELEMETRY_TYPES: dict[str, str] = {
     **dict.fromkeys(TELEMETRY_COLUMNS, "text"),
     "ts": "timestamptz",
@@ -99,9 +99,13 @@ ON CONFLICT (id) DO NOTHING
 RETURNING id
 """
 
-_UNNEST = "unnest({}) WITH ORDINALITY AS t({}, ord)".format(
-    ", ".join(f"${i}::{TELEMETRY_TYPES[c]}[]" for i, c in enumerate(TELEMETRY_COLUMNS, 1)), _COLS
-)
+# A small batch is one parameter: an array of telemetry_row (migrations/0017_telemetry_row.sql,
+# TELEMETRY_COLUMNS in order), one record per event. One array per column (35 parameters) made
+# Postgres unnest 35 arrays into 35 tuple stores, a third of the statement's time for a 4-event
+# batch, and the persister build and encode 35 lists: per event of 4-event batches, Postgres
+# 0.110 -> 0.102 ms and the persister's client 0.029 -> 0.016 ms (alternated rounds).
+TELEMETRY_ROW = "telemetry_row"
+_UNNEST = f"unnest($1::{TELEMETRY_ROW}[]) WITH ORDINALITY AS t({_COLS}, ord)"
 
 
 def _metric_aggregates(col: str, prefix: str) -> str:
