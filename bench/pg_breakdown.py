@@ -9,6 +9,11 @@
 - ``pg_stat_wal`` per committed transaction: WAL records, full-page images, bytes; the WAL's
   writes and fsyncs (``pg_stat_io``, object ``wal``); checkpoints in the phase;
 - per table: rows inserted, updated (HOT, new page), autovacuums and autoanalyzes in the phase.
+
+A backend reports its counters (tables, WAL, transactions) up to 10 s late once it is idle, so
+the counts of a phase may hold some of the warm-up's and miss some of its own: they are printed
+per telemetry row stored in the same counts (transactions, WAL, table rows), which those shifts
+leave alone; CPU and wake-ups are the processes' own, per event of the phase.
 """
 
 from __future__ import annotations
@@ -215,11 +220,6 @@ class PgBreakdown:
             return float(a[part][key] - b[part][key])  # type: ignore[index]
 
         xacts = d("xacts", "xact_commit")
-        print(
-            f"  transactions committed {xacts / n:.3f} per event ({xacts:.0f}, rolled back"
-            f" {d('xacts', 'xact_rollback'):.0f}); checkpoints {d('ckpt', 'n'):.0f}"
-            f" ({d('ckpt', 'buffers_written'):.0f} buffers)"
-        )
         recs, fpi, wbytes = d("wal", "wal_records"), d("wal", "wal_fpi"), d("wal", "wal_bytes")
         per = max(xacts, 1)
         tables: dict[str, dict[str, int]] = after["tables"]  # type: ignore[assignment]
@@ -227,14 +227,23 @@ class PgBreakdown:
         rows = tables.get("telemetry", {}).get("n_tup_ins", 0) - tables0.get("telemetry", {}).get(
             "n_tup_ins", 0
         )
+        stored = max(rows, 1)
+        print(
+            f"  transactions committed (every client) {xacts / stored:.3f} per telemetry row stored"
+            " (rolled back"
+            f" {d('xacts', 'xact_rollback'):.0f}); checkpoints {d('ckpt', 'n'):.0f}"
+            f" ({d('ckpt', 'buffers_written'):.0f} buffers)"
+        )
         print(
             f"  WAL per transaction: {recs / per:.1f} records, {fpi / per:.2f} full-page images,"
-            f" {wbytes / per:,.0f} bytes; per telemetry row stored {recs / max(rows, 1):.1f} records,"
-            f" {wbytes / max(rows, 1):,.0f} bytes;"
+            f" {wbytes / per:,.0f} bytes; per telemetry row stored {recs / stored:.1f} records,"
+            f" {wbytes / stored:,.0f} bytes;"
             f" WAL writes {d('io', 'writes') / per:.2f} and fsyncs {d('io', 'fsyncs') / per:.2f}"
             " per transaction"
         )
-        print(f"  {'table':<24} {'ins/ev':>7} {'upd/ev':>7} {'hot %':>6} {'newpage':>7} {'av':>3} {'aa':>3}")
+        print(
+            f"  {'table':<24} {'ins/row':>7} {'upd/row':>7} {'hot %':>6} {'newpage':>7} {'av':>3} {'aa':>3}"
+        )
         tb: dict[str, dict[str, int]] = b["tables"]  # type: ignore[assignment]
         for name, row in sorted(after["tables"].items()):  # type: ignore[attr-defined]
             was = tb.get(name, dict.fromkeys(row, 0))
@@ -245,7 +254,7 @@ class PgBreakdown:
             hot = row["n_tup_hot_upd"] - was["n_tup_hot_upd"]
             newpage = row["n_tup_newpage_upd"] - was["n_tup_newpage_upd"]
             print(
-                f"  {name:<24} {ins / n:>7.3f} {upd / n:>7.3f} {100 * hot / max(upd, 1):>6.0f}"
+                f"  {name:<24} {ins / stored:>7.3f} {upd / stored:>7.3f} {100 * hot / max(upd, 1):>6.0f}"
                 f" {newpage:>7} {row['autovacuum_count'] - was['autovacuum_count']:>3}"
                 f" {row['autoanalyze_count'] - was['autoanalyze_count']:>3}"
             )
