@@ -231,9 +231,9 @@ SELECT count(*) FROM ins
 # INSERT, no ON CONFLICT arbitration on telemetry's id. Speculative insertion probes the primary
 # key before each row and writes a confirmation WAL record after it; a plain INSERT checks the
 # key once, as it adds the index entry. Postgres's CPU per event of 4-event batches fell by about
-# an eighth (0.125 -> 0.110 ms, ``bench/event_cost.py --batch 4``). A batch holding an event
-# stored already (a redelivery) fails on ``telemetry_pkey`` as a whole, nothing of it kept, and is
-# stored again by STORE_TELEMETRY_ARRAYS (:func:`llmscope.api.persister.writes.store_telemetry`).
+# an eighth (0.125 -> 0.110 ms, the two statements alternated on one connection). A batch holding
+# an event stored already (a redelivery) fails on ``telemetry_pkey`` as a whole, nothing of it
+# kept, and is stored again by STORE_TELEMETRY_ARRAYS (:func:`.writes.store_telemetry`).
 _TELEMETRY_CONFLICT = "ON CONFLICT (id) DO NOTHING\n    RETURNING provider"
 if STORE_TELEMETRY_ARRAYS.count(_TELEMETRY_CONFLICT) != 1:
     raise AssertionError("STORE_TELEMETRY_ARRAYS's insert changed: update STORE_NEW_TELEMETRY_ARRAYS")
