@@ -65,6 +65,7 @@ from llmscope.stack.ports import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.nats_breakdown import BENCH_INBOX, ServerCounts, Sniffer, print_breakdown, settle
+from bench.pg_breakdown import PgBreakdown
 
 KEY = "bench-key-0123456789abcdef"
 MODELS = 10
@@ -295,10 +296,13 @@ class Stack:
     def monitor(self) -> str:
         return f"http://127.0.0.1:{self.monitor_port}"
 
+    def postmaster_pid(self) -> int:
+        return int((self.tmp / "pg" / "postmaster.pid").read_text().split()[0])
+
     def components(self) -> list[Component]:
         assert self.nats is not None
         assert self.nats._proc is not None
-        pg_pid = int((self.tmp / "pg" / "postmaster.pid").read_text().split()[0])
+        pg_pid = self.postmaster_pid()
         out = [Component(name, proc.pid) for name, proc in self.children.items() if name != "bare"]
         out.append(Component("nats-server", self.nats._proc.pid))
         out.append(Component("postgres (all backends)", pg_pid, tree=True))
@@ -868,8 +872,12 @@ async def probe_phases(
             # The stack.
             feed = await Feed.start(common, stack.tmp / f"probe-{rate}.times")
             seqs = await stream_seqs(url)
+            breakdown = None
             if stack.statements:
                 await Statements.reset(stack.database_url)
+                clients = {c.name: c.pid for c in components if not c.tree} | {"bench": os.getpid()}
+                breakdown = PgBreakdown(stack.database_url, stack.postmaster_pid(), clients=clients)
+                await breakdown.start()
             if stack.sniffer is not None:
                 counts0 = ServerCounts.read(stack.monitor)
                 stack.sniffer.reset()
@@ -886,6 +894,8 @@ async def probe_phases(
             await caught_up(url)
             after = {c.name: c.cpu() for c in components}
             woke = {c.name: c.wakeups() - woke[c.name] for c in components}
+            if breakdown is not None:
+                await breakdown.stop()
             woke["publisher (probers)"] = feed.component.wakeups() - fw0
             clock = clock0.spanning(await ClockOffset.measure(conn))
             await stored.read_commits(conn, list(put), clock)
@@ -939,6 +949,8 @@ async def probe_phases(
             print_writes(seqs, seqs_after, n, sizes)
             if stack.statements:
                 await Statements.report(stack.database_url, n)
+            if breakdown is not None:
+                await breakdown.report(n)
     finally:
         for left in list(Feed.live):
             await left.stop()

@@ -25,6 +25,7 @@ from llmscope.api.persister import (
     COPY_MIN_ROWS,
     GC_YOUNGEST_THRESHOLD,
     TELEMETRY_COLUMNS,
+    TELEMETRY_TYPES,
     Persister,
     apply_retention,
     store_telemetry,
@@ -32,6 +33,7 @@ from llmscope.api.persister import (
     telemetry_record,
     tune_gc,
 )
+from llmscope.api.persister.sql import STORE_NEW_TELEMETRY_ARRAYS, TELEMETRY_KEY
 from llmscope.api.settings import ApiSettings
 from llmscope.bus.publisher import Publisher
 from llmscope.bus.streams import DEFAULT_TELEMETRY_PARTITIONS, telemetry_partition
@@ -82,6 +84,79 @@ async def test_redelivered_batch_is_stored_once_and_rollups_count_once(pool: asy
     assert model is not None
     assert (model["provider"], model["model"], model["last_status"]) == ("ollama", "llama3.1:8b", "timeout")
     assert await pool.fetchval("SELECT count(*) FROM series") == 1
+
+
+async def test_a_small_batch_holding_a_stored_event_is_stored_by_the_arbitrating_statement(
+    pool: asyncpg.Pool,
+) -> None:
+    """A small batch none of whose events is stored is one plain INSERT (no ON CONFLICT); one that
+    holds an event stored already fails on telemetry's key, keeps nothing, and is stored again by
+    the statement that skips stored rows: its new events counted once, the stored one not again.
+    Inside the caller's own transaction (which a failed statement would abort) too."""
+    events = [telemetry(i) for i in range(12)]
+    async with pool.acquire() as conn:
+        assert await store_telemetry(conn, events[:1]) == 1
+        # The new-batch statement itself refuses a stored id, and nothing of it stays.
+        records = [telemetry_record(ev) for ev in events[:3]]
+        with pytest.raises(asyncpg.UniqueViolationError) as refused:
+            await conn.fetchval(STORE_NEW_TELEMETRY_ARRAYS, records)
+        assert refused.value.constraint_name == TELEMETRY_KEY
+        assert await conn.fetchval("SELECT count(*) FROM telemetry") == 1
+        assert await store_telemetry(conn, events[:3]) == 2
+        async with conn.transaction():
+            assert await store_telemetry(conn, events[2:6]) == 3
+            assert await store_telemetry(conn, events[6:9]) == 3
+        assert await store_telemetry(conn, events[8:12]) == 3
+    assert await pool.fetchval("SELECT count(*) FROM telemetry") == 12
+    for table in ("telemetry_minute", "telemetry_hour", "telemetry_series_hour"):
+        assert await pool.fetchval(f"SELECT sum(n) FROM {table}") == 12, table
+    total = await pool.fetchval("SELECT sum(latency_sum) FROM telemetry_minute")
+    assert total == pytest.approx(sum(e.latency_ms or 0 for e in events))
+
+
+async def test_migration_0017_adds_the_row_type_small_batches_are_sent_as(database_url: str) -> None:
+    """On a store at 0016 that holds telemetry, 0017 adds telemetry_row: the persister's columns
+    with telemetry's types, in TELEMETRY_COLUMNS's order (a column the persister writes and the
+    type lacks fails here); the rows stored before stay, and a small batch is stored through it."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        for migration in migrations():
+            if migration.version < 17:
+                await conn.execute(migration.sql)
+        stored = telemetry(0)
+        await conn.execute(
+            """INSERT INTO telemetry (id, ts, provider, model, target, prompt_id, prompt_hash, status)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+            *(stored.id, stored.ts, stored.provider, stored.model, stored.target),
+            *(stored.prompt_id, stored.prompt_hash, stored.status),
+        )
+        (migration,) = [m for m in migrations() if m.version == 17]
+        await conn.execute(migration.sql)
+        # The persister's columns and types, as Postgres names the types.
+        expected = [
+            (r["c"], r["t"])
+            for r in await conn.fetch(
+                "SELECT c, t::regtype::text AS t FROM unnest($1::text[], $2::text[]) AS u(c, t)",
+                list(TELEMETRY_COLUMNS),
+                [TELEMETRY_TYPES[c] for c in TELEMETRY_COLUMNS],
+            )
+        ]
+        attributes = await conn.fetch(
+            """SELECT a.attname, a.atttypid::regtype::text AS type
+               FROM pg_attribute a JOIN pg_type t ON t.typrelid = a.attrelid
+               WHERE t.typname = 'telemetry_row' AND a.attnum > 0 AND NOT a.attisdropped
+               ORDER BY a.attnum"""
+        )
+        assert [(r["attname"], r["type"]) for r in attributes] == expected
+        table = await conn.fetch(
+            """SELECT attname, atttypid::regtype::text AS type FROM pg_attribute
+               WHERE attrelid = 'telemetry'::regclass AND attnum > 0 AND NOT attisdropped"""
+        )
+        assert set(expected) <= {(r["attname"], r["type"]) for r in table}
+        assert await store_telemetry(conn, [telemetry(i) for i in range(4)]) == 3
+        assert await conn.fetchval("SELECT count(*) FROM telemetry") == 4
+    finally:
+        await conn.close()
 
 
 def _traffic(i: int, **overrides: Any) -> TelemetryEvent:

@@ -20,9 +20,11 @@ from llmscope.api.persister.sql import (
     INSERT_DEAD_LETTER,
     INSERT_NEW_TELEMETRY,
     INSERT_VIOLATION,
+    STORE_NEW_TELEMETRY_ARRAYS,
     STORE_ONE_TELEMETRY,
     STORE_TELEMETRY_ARRAYS,
     TELEMETRY_COLUMNS,
+    TELEMETRY_KEY,
     UPSERT_AGGREGATES,
 )
 from llmscope.proto.deadletter import DeadLetterEvent
@@ -33,7 +35,7 @@ Conn = asyncpg.Connection | PoolConnectionProxy
 
 COPY_MIN_ROWS = 128
 """A batch this large goes through COPY into a temporary table; a smaller one is sent as one array
-parameter per column (a statement of its own: one round trip, ~1.5 ms for one event)."""
+parameter of records (a statement of its own: one round trip, ~1.5 ms for one event)."""
 
 
 # SQLSTATE classes that blame the data: data exception (22: out of range, bad encoding, NUL),
@@ -89,10 +91,22 @@ async def store_telemetry(
         return one
     if len(events) < copy_min_rows:
         # One statement is its own transaction: no BEGIN and COMMIT round trips.
+        # One parameter: the events' records, an array of telemetry_row.
         records = [telemetry_record(ev) for ev in events]
-        columns = [list(c) for c in zip(*records, strict=True)]
         async with held:
-            inserted: int = await conn.fetchval(STORE_TELEMETRY_ARRAYS, *columns)
+            if conn.is_in_transaction():
+                # A failed statement would abort the caller's transaction: arbitrate instead.
+                inserted: int = await conn.fetchval(STORE_TELEMETRY_ARRAYS, records)
+                return inserted
+            try:
+                # Nearly every batch is new: no conflict arbitration (STORE_NEW_TELEMETRY_ARRAYS).
+                inserted = await conn.fetchval(STORE_NEW_TELEMETRY_ARRAYS, records)
+            except asyncpg.UniqueViolationError as exc:
+                if exc.constraint_name != TELEMETRY_KEY:
+                    raise
+                # A redelivery: that statement stored nothing; this one stores the rows not
+                # there yet and folds only those into the rollups.
+                inserted = await conn.fetchval(STORE_TELEMETRY_ARRAYS, records)
         return inserted
     firsts: dict[str, TelemetryEvent] = {}
     for ev in events:
