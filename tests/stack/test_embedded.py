@@ -207,8 +207,10 @@ def _varz(port: int) -> dict[str, object]:
 def test_nats_runs_on_the_cores_it_is_given(tmp_path: Path, max_procs: int | None, expected: int) -> None:
     """One core by default (NATS_MAX_PROCS): nats-server's own report of its GOMAXPROCS."""
     monitor = free_port()
-    kwargs = {} if max_procs is None else {"max_procs": max_procs}
-    server = EmbeddedNats(tmp_path / "nats", free_port(), monitor_port=monitor, **kwargs)
+    if max_procs is None:
+        server = EmbeddedNats(tmp_path / "nats", free_port(), monitor_port=monitor)
+    else:
+        server = EmbeddedNats(tmp_path / "nats", free_port(), monitor_port=monitor, max_procs=max_procs)
     server.start()
     try:
         assert _varz(monitor)["gomaxprocs"] == expected
