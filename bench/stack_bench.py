@@ -23,6 +23,12 @@ measures:
 The engine's charts are armed first (``LLMSCOPE_SPC_BASELINE_N``, 10 models), so the figures
 include armed charts. The benchmark client runs in this process and is not counted.
 
+The probe rates' windows are steady states of the engine's chart state (``--steady``, the default
+without ``--quick``): each starts right after a write of the state and lasts one cycle of it and
+2 s (122 s at 100/s, 17 s at 1,000/s and 5,000/s), so a window holds one write, as often as a
+steady state pays it (a 10 s window held a whole write at 100/s and none at 1,000/s). The
+ceiling's feed is ``--seconds`` long at the same rate.
+
 Then lists of 1000 events (4 POSTs in flight): the API's batched ingest rate and the whole
 stack's CPU per event that way.
 
@@ -58,8 +64,9 @@ import nats
 import psutil
 from nats.js.api import StorageType
 
-from llmscope.proto import codec
+from llmscope.proto import codec, subjects
 from llmscope.proto.telemetry import TelemetryEvent
+from llmscope.spc_engine.settings import SpcSettings
 from llmscope.stack.embedded import EmbeddedNats, EmbeddedPostgres
 from llmscope.stack.ports import free_port
 
@@ -560,6 +567,7 @@ async def run(
     idle_s: float = 0.0,
     probe_rates: Sequence[int] = (),
     probe_models: int = 200,
+    steady: bool = True,
 ) -> None:
     assert stack.nats is not None
     await wait_http(f"{stack.api_url}/healthz")
@@ -585,7 +593,9 @@ async def run(
         if stack.sniffer is not None:
             await stack.sniffer.start(stack.nats.url)
         if probe_rates:
-            await probe_phases(stack, components, stored, conn, probe_rates, seconds, probe_models)
+            await probe_phases(
+                stack, components, stored, conn, probe_rates, seconds, probe_models, steady=steady
+            )
         if idle_s > 0:
             await idle(components, idle_s, stack)
         for rate in rates:
@@ -678,6 +688,7 @@ async def batched(
 
 FEED = str(Path(__file__).with_name("probe_feed.py"))
 CEILING_STREAM = "BENCH_CEILING"
+STATE_STREAM = f"KV_{subjects.SPC_STATE_BUCKET}"
 CEILING_SUBJECTS = "bench.ceiling"
 PROBER_RATE = 250
 """Events per second one prober of the feed publishes (500 models at a 2 s interval): the feed
@@ -782,6 +793,49 @@ def print_writes(
         print(f"KV bytes per event: {parts}; all KV {sum(kv.values()) / 1000:.1f} KB")
 
 
+STEADY_MARGIN_S = 2.0
+"""The window runs this much longer than one state cycle, so the write that ends the cycle falls
+inside it whatever the jitter."""
+SETTLE_CHUNK_S = 2.0
+"""Seconds of traffic per step while waiting for the engine's state write before a window."""
+
+
+def state_cycle_s(rate: float) -> float:
+    """Seconds between two writes of the engine's chart state at ``rate`` probe events/s with its
+    default settings (``Checkpoints.state_due``): once ``LLMSCOPE_SPC_STATE_EVENTS`` events were
+    charted, no sooner than ``..._STATE_INTERVAL_S`` and no later than ``..._MAX_INTERVAL_S``."""
+    defaults = SpcSettings()
+    by_events = defaults.state_events / rate
+    return min(max(by_events, defaults.state_interval_s), defaults.state_max_interval_s)
+
+
+async def settle_on_state_write(url: str, rate: int, models: int, probers: int, first: int, tmp: Path) -> int:
+    """Feed ``rate`` (not measured) until the engine has written its chart state, so the window
+    that follows starts right after a write and, one cycle long (:func:`state_cycle_s`), holds
+    exactly one: the state's cost is counted as often as it is paid in a steady state. Without
+    this a window that is shorter than a cycle holds one write or none by chance (the warm-up
+    leaves one due at once, counted against the 1,000 events of a 10 s window at 100/s, and at
+    1,000/s none fell in the window). Returns the next event number."""
+    chunk = max(1, int(rate * SETTLE_CHUNK_S))
+    deadline = time.monotonic() + state_cycle_s(rate) + 30.0
+    start = last = (await stream_seqs(url)).get(STATE_STREAM, 0)
+    while True:
+        seq = (await stream_seqs(url)).get(STATE_STREAM, 0)
+        if seq > start and seq == last:
+            return first  # a write, over (nothing more came in a chunk's time)
+        last = seq
+        if time.monotonic() > deadline:
+            print(f"(no state write seen while settling at {rate:,}/s: the window may hold none)")
+            return first
+        args = ["--nats", url, "--rate", str(rate), "--events", str(chunk), "--models", str(models)]
+        feed = await Feed.start(
+            [*args, "--probers", str(probers), "--first", str(first)], tmp / f"settle-{rate}.times"
+        )
+        await feed.go()
+        await feed.stop()
+        first += chunk
+
+
 def probers_for(rate: float) -> int:
     return max(1, math.ceil(rate / PROBER_RATE))
 
@@ -794,6 +848,7 @@ async def probe_phases(
     rates: Sequence[int],
     seconds: float,
     models: int,
+    steady: bool = True,
 ) -> None:
     """For each rate: the stack fed by probers (published to JetStream, as ``llmscope prober``
     does), then the ceiling in the same minute: the same feed into a plain stream read by a bare
@@ -854,6 +909,9 @@ async def probe_phases(
         for rate in rates:
             n = max(1, int(rate * seconds))
             probers = probers_for(rate)
+            if steady:
+                first = await settle_on_state_write(url, rate, models, probers, first, stack.tmp)
+                n = max(n, int(rate * (state_cycle_s(rate) + STEADY_MARGIN_S)))
             common = [
                 "--nats",
                 url,
@@ -917,10 +975,12 @@ async def probe_phases(
             writing = [stored.writing[i] for i in put if i in stored.committed]
             # The prober's side: the outbox's queue and the publish round trip.
             publishing = [acked[i] - t for i, t in put.items() if i in stored.committed]
-            # The ceiling: the same feed, a plain stream, a bare consumer.
-            ceil_feed = await Feed.start(
-                [*common, "--subject-prefix", CEILING_SUBJECTS], stack.tmp / f"ceiling-{rate}.times"
-            )
+            # The ceiling: the same feed, a plain stream, a bare consumer (it keeps no state, so
+            # ``seconds`` of it whatever the stack's window was).
+            ceil_n = min(n, max(1, int(rate * seconds)))
+            ceil_args = [*common, "--subject-prefix", CEILING_SUBJECTS]
+            ceil_args[ceil_args.index("--events") + 1] = str(ceil_n)
+            ceil_feed = await Feed.start(ceil_args, stack.tmp / f"ceiling-{rate}.times")
             c_before = {c.name: c.cpu() for c in (nats_c, bare_c, ceil_feed.component)}
             c_woke = {c.name: c.wakeups() for c in (nats_c, bare_c, ceil_feed.component)}
             c_elapsed = await ceil_feed.go()
@@ -933,6 +993,7 @@ async def probe_phases(
             report_probe(
                 rate,
                 n,
+                ceil_n,
                 probers,
                 elapsed,
                 cpu,
@@ -961,6 +1022,7 @@ async def probe_phases(
 def report_probe(
     rate: int,
     n: int,
+    ceil_n: int,
     probers: int,
     elapsed: float,
     cpu: dict[str, float],
@@ -982,10 +1044,10 @@ def report_probe(
         f"{'process':<32} {'CPU s':>8} {'ms/event':>10} {'wake/ev':>8}"
         "   ceiling (same feed, bare consumer), ms/event, wake-ups/event"
     )
-    ceil_ms = {name: 1000 * v / n for name, v in ceiling.items()}
+    ceil_ms = {name: 1000 * v / ceil_n for name, v in ceiling.items()}
     for name, v in cpu.items():
         beside = (
-            f"   {ceil_ms['nats-server']:.3f}, {woke['nats-server, ceiling'] / n:.2f}"
+            f"   {ceil_ms['nats-server']:.3f}, {woke['nats-server, ceiling'] / ceil_n:.2f}"
             if name == "nats-server"
             else ""
         )
@@ -1001,9 +1063,9 @@ def report_probe(
     print(
         f"{'publisher (probers), apart':<32} {publisher_cpu:>8.2f} {1000 * publisher_cpu / n:>10.3f}"
         f" {woke['publisher (probers)'] / n:>8.2f}"
-        f"   {ceil_ms['publisher (probers)']:.3f}  (ceiling published {n / ceiling_elapsed:,.0f}/s)"
+        f"   {ceil_ms['publisher (probers)']:.3f}  (ceiling published {ceil_n / ceiling_elapsed:,.0f}/s)"
     )
-    print(f"bare consumer (ceiling) wake-ups/event {woke['bare consumer (ceiling), ceiling'] / n:.2f}")
+    print(f"bare consumer (ceiling) wake-ups/event {woke['bare consumer (ceiling), ceiling'] / ceil_n:.2f}")
     print_stored("published", latencies, seen, clock, n, "; from the put into the outbox")
     if writing and publishing:
         # Where the time goes: the prober's outbox and publish (acked by JetStream), then the
@@ -1115,6 +1177,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the persister in the API's process, or its own process (as llmscope up runs it)",
     )
     parser.add_argument(
+        "--steady",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="each probe rate's window starts after a write of the engine's chart state and lasts"
+        " one state cycle (120 s at 100/s, 17 s at 1,000/s and 5,000/s), so the state is counted as"
+        " often as it is paid (default on; off with --quick, where windows are --seconds long)",
+    )
+    parser.add_argument(
         "--statements", action="store_true", help="print pg_stat_statements per event for each probe rate"
     )
     args = parser.parse_args(argv)
@@ -1133,7 +1203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             idle_s = args.idle if args.idle is not None else (2.0 if args.quick else 10.0)
             probe_rates = [int(r) for r in args.probe_rates.split(",") if r]
             models = args.models if args.models is not None else (50 if args.quick else 200)
-            asyncio.run(run(stack, rates, seconds, batch_events, idle_s, probe_rates, models))
+            steady = args.steady if args.steady is not None else not args.quick
+            asyncio.run(run(stack, rates, seconds, batch_events, idle_s, probe_rates, models, steady))
         finally:
             stack.stop()
     return 0

@@ -4,9 +4,13 @@ and, given credentials, refuse everyone without them."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import stat
 import tempfile
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -184,3 +188,31 @@ def test_a_cluster_created_open_is_closed_at_its_next_start(pg_tmp: Path) -> Non
         assert rules == ["scram-sha-256"]
     finally:
         closed.stop()
+
+
+def _varz(port: int) -> dict[str, object]:
+    deadline = time.monotonic() + 30  # the monitoring port may open just after the client port
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/varz", timeout=10) as r:
+                varz: dict[str, object] = json.load(r)
+            return varz
+        except (urllib.error.URLError, ConnectionError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+@pytest.mark.parametrize(("max_procs", "expected"), [(None, 1), (2, 2)])
+def test_nats_runs_on_the_cores_it_is_given(tmp_path: Path, max_procs: int | None, expected: int) -> None:
+    """One core by default (NATS_MAX_PROCS): nats-server's own report of its GOMAXPROCS."""
+    monitor = free_port()
+    if max_procs is None:
+        server = EmbeddedNats(tmp_path / "nats", free_port(), monitor_port=monitor)
+    else:
+        server = EmbeddedNats(tmp_path / "nats", free_port(), monitor_port=monitor, max_procs=max_procs)
+    server.start()
+    try:
+        assert _varz(monitor)["gomaxprocs"] == expected
+    finally:
+        server.stop()

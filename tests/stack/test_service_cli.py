@@ -99,6 +99,7 @@ BAD_VARIABLE_CASES = [
     (["sim", "serve"], "LLMSCOPE_SIM_PORT", "expected an integer"),
     (["setup"], "LLMSCOPE_SPC_PARTITIONS", "expected an integer"),
     (["up"], "LLMSCOPE_NATS_PORT", "expected an integer"),
+    (["up"], "LLMSCOPE_NATS_MAX_PROCS", "expected an integer"),
 ]
 
 

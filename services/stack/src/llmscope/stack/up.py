@@ -21,6 +21,7 @@ holds the URLs and API key for commands run from another terminal.
 | LLMSCOPE_PORT | 8000 | port of the API and dashboard |
 | LLMSCOPE_API_KEY | generated once, kept in DATA_DIR/api_key | bearer token for the API |
 | LLMSCOPE_NATS_PORT | 4222 | port of the embedded nats-server |
+| LLMSCOPE_NATS_MAX_PROCS | 1 | cores the embedded nats-server uses (its GOMAXPROCS); 0: every core |
 | LLMSCOPE_PG_PORT | 5432 | port of the embedded PostgreSQL |
 | LLMSCOPE_SIM_PORT | 11500 | port of the simulated LLM endpoint |
 | LLMSCOPE_SIMULATOR | true | start the simulator and point the default prober at it |
@@ -50,7 +51,7 @@ from pathlib import Path
 
 from llmscope.config.env import ConfigError, Env, config_exit, redact_url
 from llmscope.proto import permissions, subjects
-from llmscope.stack.embedded import EmbeddedNats, EmbeddedPostgres, write_private
+from llmscope.stack.embedded import NATS_MAX_PROCS, EmbeddedNats, EmbeddedPostgres, write_private
 from llmscope.stack.lifetime import die_with_parent
 from llmscope.stack.ports import PortInUseError, port_in_use
 
@@ -115,6 +116,8 @@ class UpSettings:
     """The SPC engine's chart bucket (LLMSCOPE_SPC_CHARTS_BUCKET): its NATS user may write it."""
     state_bucket: str = subjects.SPC_STATE_BUCKET
     """The SPC engine's state bucket (LLMSCOPE_SPC_STATE_BUCKET): its NATS user alone may write it."""
+    nats_max_procs: int = NATS_MAX_PROCS
+    """The embedded nats-server's GOMAXPROCS (LLMSCOPE_NATS_MAX_PROCS); 0: Go's own choice."""
 
     @classmethod
     def from_env(cls, env: Env) -> UpSettings:
@@ -139,6 +142,7 @@ class UpSettings:
             nats_url=env.url("NATS_URL", None, schemes=("nats", "tls", "ws", "wss")),
             database_url=env.url("DATABASE_URL", None, schemes=("postgres", "postgresql")),
             nats_port=env.integer("LLMSCOPE_NATS_PORT", 4222, min=1, max=65535),
+            nats_max_procs=env.integer("LLMSCOPE_NATS_MAX_PROCS", NATS_MAX_PROCS, min=0),
             pg_port=env.integer("LLMSCOPE_PG_PORT", 5432, min=1, max=65535),
             sim_port=env.integer("LLMSCOPE_SIM_PORT", 11500, min=1, max=65535),
             simulator=simulator,
@@ -281,6 +285,7 @@ class Stack:
                 },
                 permissions=permissions.service_permissions(s.charts_bucket, s.state_bucket),
                 tie_to_parent=True,
+                max_procs=s.nats_max_procs,
             )
             self.nats = nats
             self._start_infra("nats-server", nats.start, lambda: nats.process, nats.stop)
