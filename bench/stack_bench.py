@@ -7,8 +7,9 @@ HTTP, one event per ``POST /api/stats`` (as an external prober does), at a fixed
 measures:
 
 - CPU seconds per ingested event of each process (psutil; Postgres is the postmaster and every
-  backend), between the first post and the moment every consumer has caught up (nothing
-  pending or unacknowledged on any durable consumer), so the work an event causes downstream
+  backend but the benchmark's own connection, its NOTIFY listener), between the first post and
+  the moment every consumer has caught up (nothing pending or unacknowledged on any durable
+  consumer), so the work an event causes downstream
   is counted, and so is whatever the processes do on their own meanwhile (timers, snapshots);
 - posted -> stored: from just before the POST is sent to the row's commit timestamp
   (``track_commit_timestamp`` on in the benchmark's cluster; ``pg_xact_commit_timestamp(xmin)``
@@ -144,6 +145,8 @@ class Component:
     name: str
     pid: int
     tree: bool = False
+    exclude: set[int] = field(default_factory=set)
+    """Processes of the tree that are not the component's (the benchmark's own Postgres backend)."""
 
     def cpu(self) -> dict[int, float]:
         """CPU seconds of each live process of the component, by pid."""
@@ -154,6 +157,8 @@ class Component:
         except psutil.NoSuchProcess:
             return out
         for p in procs:
+            if p.pid in self.exclude:
+                continue
             with contextlib.suppress(psutil.NoSuchProcess):
                 t = p.cpu_times()
                 out[p.pid] = t.user + t.system
@@ -170,6 +175,8 @@ class Component:
             return 0
         total = 0
         for p in procs:
+            if p.pid in self.exclude:
+                continue
             with contextlib.suppress(OSError):
                 for task in Path(f"/proc/{p.pid}/task").iterdir():
                     with contextlib.suppress(OSError):
@@ -578,6 +585,13 @@ async def run(
     await conn.execute(NOTIFY_SQL)
     await conn.add_listener("bench_stored", stored.on_notify)
     components = stack.components()
+    # This connection's backend is the benchmark's (the NOTIFY listener, woken by every commit,
+    # and the clock and commit-time queries), not the stack's: not counted, as this process is not.
+    # The trigger's own work is in the persister's backend and is counted.
+    mine = await conn.fetchval("SELECT pg_backend_pid()")
+    for c in components:
+        if c.tree:
+            c.exclude.add(mine)
     api = f"{stack.api_url}/api/stats"
     headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
     next_id = 0
