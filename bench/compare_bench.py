@@ -27,6 +27,7 @@ import asyncio
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -229,4 +230,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from bench.one_at_a_time import one_at_a_time
+
+    with one_at_a_time(Path(__file__).name):
+        main()

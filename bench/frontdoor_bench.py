@@ -195,4 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from bench.one_at_a_time import one_at_a_time
+
+    with one_at_a_time(Path(__file__).name):
+        raise SystemExit(main())

@@ -144,4 +144,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from bench.one_at_a_time import one_at_a_time
+
+    with one_at_a_time(Path(__file__).name):
+        main()

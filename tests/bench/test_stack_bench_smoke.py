@@ -14,7 +14,10 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "stack_bench.py"
 
 def test_quick_stack_bench_measures_every_process() -> None:
     out = subprocess.run(
-        [sys.executable, str(BENCH), "--rates", "50", "--seconds", "1", "--batched", "1000", "--idle", "1"],
+        [
+            *(sys.executable, str(BENCH), "--rates", "50", "--seconds", "1", "--batched", "1000"),
+            *("--idle", "1", "--no-steady"),
+        ],
         capture_output=True,
         text=True,
         timeout=280,
@@ -43,3 +46,16 @@ def test_quick_stack_bench_measures_every_process() -> None:
     assert re.search(r"uncertain by \+-\d+\.\d{3} ms", text)
     assert re.search(r"accepted \(202, in JetStream\)\s+[\d,]+ events/s", text)
     assert not re.search(r"\b(inf|nan)\b", text), "every figure is finite"
+
+
+def test_a_steady_window_is_one_cycle_of_the_engine_state() -> None:
+    """``--steady`` (the default) sizes each probe rate's window to one cycle of the engine's state
+    writes with its default settings: every 120 s at 100/s (15,000 events would take longer),
+    every 15,000 events at 1,000/s, and no sooner than every 15 s above it."""
+    sys.path.insert(0, str(BENCH.parent.parent))
+    from bench.stack_bench import state_cycle_s
+
+    assert state_cycle_s(100) == 120.0
+    assert state_cycle_s(1000) == 15.0
+    assert state_cycle_s(5000) == 15.0
+    assert state_cycle_s(500) == 30.0
