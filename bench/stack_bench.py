@@ -68,7 +68,7 @@ from nats.js.api import StorageType
 from llmscope.proto import codec, subjects
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.spc_engine.settings import SpcSettings
-from llmscope.stack.embedded import EmbeddedNats, EmbeddedPostgres
+from llmscope.stack.embedded import NATS_MAX_PROCS, EmbeddedNats, EmbeddedPostgres
 from llmscope.stack.ports import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -254,6 +254,8 @@ class Stack:
     monitor_port: int | None = None
     """nats-server's monitoring port (``--nats-breakdown``), None: none."""
     sniffer: Sniffer | None = None
+    nats_procs: int = NATS_MAX_PROCS
+    """The embedded nats-server's GOMAXPROCS (``--nats-procs``), as ``llmscope up`` runs it."""
     nats: EmbeddedNats | None = None
     postgres: EmbeddedPostgres | None = None
     database_url: str = ""
@@ -262,7 +264,9 @@ class Stack:
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def start(self) -> None:
-        self.nats = EmbeddedNats(self.tmp / "nats", free_port(), monitor_port=self.monitor_port)
+        self.nats = EmbeddedNats(
+            self.tmp / "nats", free_port(), monitor_port=self.monitor_port, max_procs=self.nats_procs
+        )
         nats_url = self.nats.start()
         settings = COMMIT_TIMESTAMPS | (Statements.SETTINGS if self.statements else {})
         self.postgres = EmbeddedPostgres(self.tmp / "pg", free_port(), settings=settings)
@@ -1199,6 +1203,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         " often as it is paid (default on; off with --quick, where windows are --seconds long)",
     )
     parser.add_argument(
+        "--nats-procs",
+        type=int,
+        default=NATS_MAX_PROCS,
+        help=f"the nats-server's GOMAXPROCS (default {NATS_MAX_PROCS}, as llmscope up; 0: Go's default)",
+    )
+    parser.add_argument(
         "--statements", action="store_true", help="print pg_stat_statements per event for each probe rate"
     )
     args = parser.parse_args(argv)
@@ -1208,7 +1218,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_machine()
     print(f"run          {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, rates {rates}/s, {seconds:g} s each")
     with tempfile.TemporaryDirectory(prefix="llmscope-stack-bench-") as tmp:
-        stack = Stack(Path(tmp), own_persister=args.persister == "own", statements=args.statements)
+        stack = Stack(
+            Path(tmp),
+            own_persister=args.persister == "own",
+            statements=args.statements,
+            nats_procs=args.nats_procs,
+        )
         if args.nats_breakdown:
             stack.monitor_port = free_port()
             stack.sniffer = Sniffer()

@@ -17,7 +17,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from llmscope.bus.consumer import ConsumerOptions, Delivery, DurableConsumer
+from llmscope.bus.consumer import ConsumerOptions, Delivery, DurableConsumer, tick_after
 from llmscope.bus.deadletter import DeadLetters
 from llmscope.bus.publisher import Publisher
 from llmscope.bus.settings import BusSettings
@@ -1207,9 +1207,21 @@ def test_gathering_takes_one_batch_a_tick() -> None:
         )
 
 
-async def test_a_gathering_consumer_sends_its_deferred_ack_all_on_a_tick(js: JetStreamContext) -> None:
-    """With ``ack_all_every`` the AckAll goes at a tick, with the pulls of the process's other
-    consumers (one write), not at its own moment; still after its batch was handled."""
+def test_ticks_fall_at_the_consumers_phase_of_the_period() -> None:
+    assert tick_after(1.0, 0.5) == 1.5
+    assert tick_after(1.1, 0.5) == 1.5
+    assert tick_after(1.0, 0.5, 0.25) == 1.25
+    assert tick_after(1.25, 0.5, 0.25) == 1.75
+    assert tick_after(0.1, 0.5, 0.25) == 0.25
+
+
+@pytest.mark.parametrize("phase", [0.0, 0.5])
+async def test_a_gathering_consumer_sends_its_deferred_ack_all_on_a_tick(
+    js: JetStreamContext, phase: float
+) -> None:
+    """With ``ack_all_every`` the AckAll goes at a tick (at the consumer's phase of the period),
+    with the pulls of the process's other consumers of that phase (one write), not at its own
+    moment; still after its batch was handled."""
     gather = 0.5
     loop = asyncio.get_running_loop()
     handled: list[float] = []
@@ -1222,7 +1234,9 @@ async def test_a_gathering_consumer_sends_its_deferred_ack_all_on_a_tick(js: Jet
     async def count_acks(msg: Any) -> None:
         acks.append(loop.time())
 
-    options = ConsumerOptions(batch_size=10, fetch_timeout=30, ack_all=True, gather=gather, ack_all_every=1.0)
+    options = ConsumerOptions(
+        batch_size=10, fetch_timeout=30, ack_all=True, gather=gather, gather_phase=phase, ack_all_every=1.0
+    )
     consumer = make_consumer(js, handler, options)
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop))
@@ -1235,7 +1249,8 @@ async def test_a_gathering_consumer_sends_its_deferred_ack_all_on_a_tick(js: Jet
             await eventually(functools.partial(_more_than, handled, count), within=10)
         await eventually(lambda: len(acks) >= 2, within=10)
         for at in acks:
-            assert min(at % gather, gather - at % gather) < 0.06  # on a tick (+ the loop's lag)
+            into = (at - phase * gather) % gather
+            assert min(into, gather - into) < 0.06  # on its tick (+ the loop's lag)
         assert acks[0] > handled[0]
     finally:
         stop.set()

@@ -15,6 +15,7 @@ from llmscope.bus.kv import open_bucket
 from llmscope.config.env import ConfigError, Env
 from llmscope.spc_engine.lease import LeaseLostError, PartitionLease, renew_leases
 from llmscope.spc_engine.membership import MemberConflictError, Membership, open_members, owned_partitions
+from llmscope.spc_engine.partition_consumer import gather_phase
 from llmscope.spc_engine.settings import SpcSettings
 from tests.alerter.harness import eventually
 
@@ -234,3 +235,13 @@ async def test_the_members_watch_starts_a_round_when_a_replica_joins_or_leaves_n
                 await watch
     finally:
         await nc.close()
+
+
+def test_partitions_gather_at_eight_moments_of_the_period() -> None:
+    """The 16 partitions' ticks are spread (GATHER_GROUPS): a tick's telemetry comes in eight
+    smaller bursts, not one (which held the persister's tail up on a 2-core host)."""
+    phases = [gather_phase(k, 16) for k in range(16)]
+    assert sorted(set(phases)) == [k / 8 for k in range(8)]
+    assert phases.count(0.0) == 2
+    assert {gather_phase(k, 2) for k in range(2)} == {0.0, 0.5}
+    assert gather_phase(0, 1) == 0.0

@@ -228,6 +228,10 @@ class ConsumerOptions:
     multiple of this many seconds of the event loop's clock (0: off). Not with ``fill_wait``,
     ``prefetch`` or ``concurrent``; it replaces ``standing``. With ``ack_all_every``, AckAlls are
     sent on those ticks too (at most ``ack_all_every`` after the last, as without them)."""
+    gather_phase: float = 0.0
+    """Where in the gather period this consumer's ticks fall (a fraction, 0 <= phase < 1): the
+    ticks are ``gather * (k + phase)``. Consumers of one process with different phases take
+    their batches at different moments, so the work of a tick comes in several smaller bursts."""
     mem_storage: bool = False
     """Keep the consumer's state (delivered and acked sequences) in nats-server's memory, not in
     a file it rewrites (open, write, rename) up to ten times a second per consumer whose state
@@ -532,6 +536,11 @@ class StandingPull(_InboxPull):
         return msgs
 
 
+def tick_after(t: float, gather: float, offset: float = 0.0) -> float:
+    """The first tick ``offset + k * gather`` strictly after ``t``."""
+    return (math.floor((t - offset) / gather) + 1) * gather + offset
+
+
 class GatherPull(_InboxPull):
     """Takes a consumer's messages in batches gathered on a clock shared by the process.
 
@@ -559,9 +568,10 @@ class GatherPull(_InboxPull):
     + 0.5 s.
     """
 
-    def __init__(self, nc: NATS, stream: str, durable: str, gather: float) -> None:
+    def __init__(self, nc: NATS, stream: str, durable: str, gather: float, phase: float = 0.0) -> None:
         super().__init__(nc, stream, durable)
         self._gather = gather
+        self._offset = phase * gather
         self._ready = asyncio.Event()
         self._interrupted = False
         self._loop = asyncio.get_running_loop()
@@ -593,9 +603,8 @@ class GatherPull(_InboxPull):
         return msgs
 
     def next_tick(self) -> float:
-        """The next multiple of the gather period on the loop's clock (shared by the process)."""
-        gather = self._gather
-        return (math.floor(self._loop.time() / gather) + 1) * gather
+        """The next tick on the loop's clock (shared by the process): ``gather * (k + phase)``."""
+        return tick_after(self._loop.time(), self._gather, self._offset)
 
     def _take(self, msg: JsMsg) -> None:
         status = inbox.status_of(msg)
@@ -778,7 +787,9 @@ class DurableConsumer(Generic[T]):
         if self._opts.gather > 0 or self._opts.standing:
             standing: StandingPull | GatherPull
             if self._opts.gather > 0:
-                standing = GatherPull(self._js._nc, self._stream, self._durable, self._opts.gather)
+                standing = GatherPull(
+                    self._js._nc, self._stream, self._durable, self._opts.gather, self._opts.gather_phase
+                )
             else:
                 standing = StandingPull(self._js._nc, self._stream, self._durable)
             puller = self._standing = standing
@@ -968,8 +979,9 @@ class DurableConsumer(Generic[T]):
                 # The last AckAll went at a tick (plus the loop's lag), so the tick at or before
                 # ``when`` is ``every`` after it: not later than without the ticks.
                 now = loop.time()
-                tick = math.floor(when / gather) * gather if when > now else now
-                when = tick if tick > now else math.ceil(now / gather) * gather
+                offset = self._opts.gather_phase * gather
+                tick = tick_after(when, gather, offset) - gather if when > now else now
+                when = tick if tick > now else tick_after(now, gather, offset)
             self._ack_timer = loop.call_at(when, self._ack_soon)
 
     def _ack_soon(self) -> None:
