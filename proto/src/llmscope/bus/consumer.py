@@ -356,7 +356,39 @@ class PullRequests(_InboxPull):
         self._drained = self._owed > 0
 
 
-class StandingPull(_InboxPull):
+class _HeldPull(_InboxPull):
+    """A puller that holds what was delivered until :meth:`fetch` hands it over, with one expiry
+    timer per request and a wait that :meth:`interrupt` ends (:class:`StandingPull`,
+    :class:`GatherPull`)."""
+
+    def __init__(self, nc: NATS, stream: str, durable: str) -> None:
+        super().__init__(nc, stream, durable)
+        self._expiry: asyncio.TimerHandle | None = None
+        self._ready = asyncio.Event()
+        self._interrupted = False
+        self._loop = asyncio.get_running_loop()
+
+    async def stop(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        await super().stop()
+
+    def interrupt(self) -> None:
+        """End a wait in :meth:`fetch` now (the consumer is stopping)."""
+        self._interrupted = True
+        self._ready.set()
+
+    def taken_meanwhile(self) -> list[JsMsg]:
+        """Messages delivered and not handed over by :meth:`fetch` yet."""
+        return list(self._buffer)
+
+    def give_back(self) -> list[JsMsg]:
+        """Empty the buffer (after :meth:`stop`): what the caller should nak."""
+        msgs, self._buffer = self._buffer, []
+        return msgs
+
+
+class StandingPull(_HeldPull):
     """Keeps one pull request open that the server fills as messages are stored.
 
     :class:`PullRequests` sends two or three requests per wake-up (a ``no_wait`` pull, a long poll
@@ -399,10 +431,6 @@ class StandingPull(_InboxPull):
 
     def __init__(self, nc: NATS, stream: str, durable: str) -> None:
         super().__init__(nc, stream, durable)
-        self._expiry: asyncio.TimerHandle | None = None
-        self._ready = asyncio.Event()
-        self._interrupted = False
-        self._loop = asyncio.get_running_loop()
         self._first_at = 0.0  # when the oldest message in the buffer arrived
         self._last_at = float("-inf")  # when the newest message arrived
         self.gap = 0.0
@@ -413,25 +441,6 @@ class StandingPull(_InboxPull):
         """The smallest time from JetStream's store to this process seen lately (s, across the
         two clocks): a first message that took longer is late by the difference."""
         self._wall = time.time
-
-    async def stop(self) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
-        await super().stop()
-
-    def interrupt(self) -> None:
-        """End a wait in :meth:`fetch` now (the consumer is stopping)."""
-        self._interrupted = True
-        self._ready.set()
-
-    def taken_meanwhile(self) -> list[JsMsg]:
-        """Messages delivered to the open request and not taken by :meth:`fetch` yet."""
-        return list(self._buffer)
-
-    def give_back(self) -> list[JsMsg]:
-        """Empty the buffer (after :meth:`stop`): what the caller should nak."""
-        msgs, self._buffer = self._buffer, []
-        return msgs
 
     def _expired(self, request: int) -> None:
         # No status came for the request within its expiry and the margin: lost (a reconnect).
@@ -541,7 +550,7 @@ def tick_after(t: float, gather: float, offset: float = 0.0) -> float:
     return (math.floor((t - offset) / gather) + 1) * gather + offset
 
 
-class GatherPull(_InboxPull):
+class GatherPull(_HeldPull):
     """Takes a consumer's messages in batches gathered on a clock shared by the process.
 
     :class:`StandingPull` hands each message over as it is stored: at a steady rate spread over
@@ -572,35 +581,12 @@ class GatherPull(_InboxPull):
         super().__init__(nc, stream, durable)
         self._gather = gather
         self._offset = phase * gather
-        self._ready = asyncio.Event()
-        self._interrupted = False
-        self._loop = asyncio.get_running_loop()
-        self._expiry: asyncio.TimerHandle | None = None
         self._flowing = False  # the last tick's pull brought messages: the next waits for a tick
         self._backlog = False  # the last tick's pull was filled: pull again at once
         self.sentinels = 0
         """Sentinel requests sent (one per wake-up from idle, and one per expiry)."""
         self.ticks = 0
         """``no_wait`` pulls sent."""
-
-    async def stop(self) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
-        await super().stop()
-
-    def interrupt(self) -> None:
-        """End a wait in :meth:`fetch` now (the consumer is stopping)."""
-        self._interrupted = True
-        self._ready.set()
-
-    def taken_meanwhile(self) -> list[JsMsg]:
-        """Messages delivered and not handed over by :meth:`fetch` yet."""
-        return list(self._buffer)
-
-    def give_back(self) -> list[JsMsg]:
-        """Empty the buffer (after :meth:`stop`): what the caller should nak."""
-        msgs, self._buffer = self._buffer, []
-        return msgs
 
     def next_tick(self) -> float:
         """The next tick on the loop's clock (shared by the process): ``gather * (k + phase)``."""
@@ -733,7 +719,7 @@ class DurableConsumer(Generic[T]):
         self._ack_timer: asyncio.TimerHandle | None = None
         self._ack_tasks: set[asyncio.Task[None]] = set()
         self._held = 0  # batches held through the current outage (several with ``concurrent``)
-        self._standing: StandingPull | GatherPull | None = None  # ``run``'s puller, when it holds messages
+        self._standing: _HeldPull | None = None  # ``run``'s puller, when it holds messages
         self._outage_started = 0.0
         self.outages = 0
         """Outages waited out (or being waited out) by this consumer: transient handler errors."""
@@ -846,7 +832,7 @@ class DurableConsumer(Generic[T]):
                 await self._give_back_ahead()
             await puller.stop()
             self._standing = None
-            if isinstance(puller, StandingPull | GatherPull) and not opts.ack_all:
+            if isinstance(puller, _HeldPull) and not opts.ack_all:
                 # Unsubscribed: nothing more comes to the open request. What came and was not
                 # handled goes back now (another process may take it), not after ack_wait.
                 with contextlib.suppress(Exception):
