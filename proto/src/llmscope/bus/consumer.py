@@ -387,6 +387,32 @@ class _HeldPull(_InboxPull):
         msgs, self._buffer = self._buffer, []
         return msgs
 
+    def _expired(self, request: int) -> None:
+        # No status came for the request within its expiry and the margin: lost (a reconnect).
+        if request == self._request and self._owed > 0:
+            self._owed = 0
+            self._request += 1  # whatever that request still sends is no longer awaited
+            self._ready.set()
+
+    async def _send(self, batch: int, expires: float, *, no_wait: bool = False) -> None:
+        """Send a request for ``batch`` messages (``no_wait``: what is stored now, then a status;
+        else held open until filled or ``expires``)."""
+        self._request += 1
+        self._owed = batch
+        self.status = self.description = ""
+        if self._expiry is not None:
+            self._expiry.cancel()
+        # One timer per request, not an ``asyncio.wait_for`` (a task and a timer) per wake-up.
+        # The margin covers the server's own expiry.
+        self._expiry = self._loop.call_later(expires + 0.5, self._expired, self._request)
+        request: dict[str, object] = {"batch": batch}
+        if no_wait:
+            request["no_wait"] = True
+        else:
+            request["expires"] = int(expires * 1e9)
+        reply = f"{self._inbox}.{self._request}"
+        await self._nc.publish(self._api, json.dumps(request).encode(), reply=reply)
+
 
 class StandingPull(_HeldPull):
     """Keeps one pull request open that the server fills as messages are stored.
@@ -442,13 +468,6 @@ class StandingPull(_HeldPull):
         two clocks): a first message that took longer is late by the difference."""
         self._wall = time.time
 
-    def _expired(self, request: int) -> None:
-        # No status came for the request within its expiry and the margin: lost (a reconnect).
-        if request == self._request and self._owed > 0:
-            self._owed = 0
-            self._request += 1  # whatever that request still sends is no longer awaited
-            self._ready.set()
-
     def _take(self, msg: JsMsg) -> None:
         status = inbox.status_of(msg)
         if not status:
@@ -477,19 +496,6 @@ class StandingPull(_HeldPull):
         self.transit = floor = min(self.transit + TRANSIT_DRIFT, transit)
         late = transit - floor
         return late if late > LATE_S else 0.0
-
-    async def _send(self, batch: int, expires: float) -> None:
-        self._request += 1
-        self._owed = batch
-        self.status = self.description = ""
-        if self._expiry is not None:
-            self._expiry.cancel()
-        # One timer per request, not an ``asyncio.wait_for`` (a task and a timer) per wake-up.
-        # The margin covers the server's own expiry.
-        self._expiry = asyncio.get_running_loop().call_later(expires + 0.5, self._expired, self._request)
-        request = {"batch": batch, "expires": int(expires * 1e9)}
-        reply = f"{self._inbox}.{self._request}"
-        await self._nc.publish(self._api, json.dumps(request).encode(), reply=reply)
 
     async def _linger(self, batch: int, fill_wait: float) -> None:
         """A linger, as Kafka's linger.ms, counted from the batch's first message (from when it
@@ -603,31 +609,11 @@ class GatherPull(_HeldPull):
             self._owed = 0
             self._ready.set()
 
-    def _expired(self, request: int) -> None:
-        # No status came for the request within its expiry and the margin: lost (a reconnect).
-        if request == self._request and self._owed > 0:
-            self._owed = 0
-            self._request += 1  # whatever that request still sends is no longer awaited
-            self._ready.set()
-
     async def _request_for(self, batch: int, expires: float, *, no_wait: bool) -> bool:
         """Send a request and wait until it is filled, ends with a status or is lost: False when
         :meth:`interrupt` ended the wait."""
-        self._request += 1
-        self._owed = batch
-        self.status = self.description = ""
         self._ready.clear()  # before the send: an interrupt during it must not be lost
-        if self._expiry is not None:
-            self._expiry.cancel()
-        self._expiry = self._loop.call_later(expires + 0.5, self._expired, self._request)
-        request: dict[str, object] = {"batch": batch}
-        if no_wait:
-            request["no_wait"] = True
-        else:
-            request["expires"] = int(expires * 1e9)
-        await self._nc.publish(
-            self._api, json.dumps(request).encode(), reply=f"{self._inbox}.{self._request}"
-        )
+        await self._send(batch, expires, no_wait=no_wait)
         while self._owed > 0 and not self._interrupted:
             self._ready.clear()
             await self._ready.wait()
@@ -966,6 +952,7 @@ class DurableConsumer(Generic[T]):
                 # ``when`` is ``every`` after it: not later than without the ticks.
                 now = loop.time()
                 offset = self._opts.gather_phase * gather
+                # The tick at or before ``when`` (never acked yet: ``when`` is -inf).
                 tick = tick_after(when, gather, offset) - gather if when > now else now
                 when = tick if tick > now else tick_after(now, gather, offset)
             self._ack_timer = loop.call_at(when, self._ack_soon)

@@ -74,9 +74,10 @@ class RememberBy:
             return
         body = bytearray()
         whole = False
+        name = ""  # the form's name, cleaned, once its body is whole
 
         async def receive_tee() -> Message:
-            nonlocal whole
+            nonlocal whole, name
             message = await receive()
             if message["type"] == "http.request" and not whole and len(body) <= MAX_BODY:
                 body.extend(message.get("body", b""))
@@ -85,12 +86,11 @@ class RememberBy:
                     sent = self._sent(bytes(body))
                     if sent is not None:
                         scope.setdefault("state", {})[BY_STATE] = sent.strip()
+                        name = _clean(sent)
             return message
 
         async def send_with_cookie(message: Message) -> None:
             if message["type"] == "http.response.start" and whole:
-                sent = self._sent(bytes(body))
-                name = _clean(sent) if sent is not None else ""
                 headers = MutableHeaders(scope=message)
                 refused = bool(scope.get("state", {}).get(REFUSED_STATE))
                 if name and not refused and self._succeeded(message["status"], headers.get("location", "")):
