@@ -21,7 +21,7 @@ from llmscope.stack.ports import free_ports
 
 @dataclass
 class RunningStack:
-    proc: subprocess.Popen[str]
+    proc: subprocess.Popen[bytes]
     base_url: str
     sim_url: str
     data_dir: Path
@@ -64,10 +64,13 @@ class RunningStack:
         return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
 
 
-def _pump(proc: subprocess.Popen[str], sink: list[str]) -> None:
+def _pump(proc: subprocess.Popen[bytes], sink: list[str]) -> None:
+    """Read every line `up` and its services print. Bytes decoded line by line: the services
+    share the pipe, a long line is written in more than one piece, and a character cut between
+    two processes' pieces must not end the reading (the pipe would fill and stop the stack)."""
     assert proc.stdout is not None
     for line in proc.stdout:
-        sink.append(line)
+        sink.append(line.decode(errors="replace"))
 
 
 # What a process needs from the machine to run at all; everything else, LLMSCOPE_*, NATS_URL and
@@ -117,7 +120,6 @@ def llmscope_up(data_dir: Path, extra_env: Mapping[str, str] | None = None) -> I
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        text=True,
         start_new_session=True,
     )
     stack = RunningStack(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import signal
 import stat
 import subprocess
 import sys
@@ -7,6 +8,8 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
+from typing import Any, TypeAlias
 
 import pytest
 
@@ -126,6 +129,53 @@ def test_an_embedded_server_that_dies_or_cannot_start_is_restarted_one_line_each
         "llmscope: nats-server exited with code 0; restarting in 1 s",
         "llmscope: nats-server failed to start (port 4222 is already in use); restarting in 2 s",
     ]
+
+
+Trace: TypeAlias = Callable[[FrameType, str, Any], "Trace | None"]
+
+
+def _supervise_interrupted_at(stack: Stack, at: int) -> threading.Thread:
+    """:meth:`Stack.supervise` on a thread, its signal handler called at the ``at``-th line run."""
+    seen = 0
+
+    def lines(frame: FrameType, event: str, arg: object) -> Trace:
+        nonlocal seen
+        if event == "line":
+            seen += 1
+            if seen == at:
+                stack.on_signal(signal.SIGINT, None)
+        return lines
+
+    def supervise() -> None:
+        sys.settrace(lines)
+        try:
+            stack.supervise()
+        finally:
+            sys.settrace(None)
+
+    supervisor = threading.Thread(target=supervise, daemon=True)
+    supervisor.start()
+    return supervisor
+
+
+def test_ctrl_c_stops_the_supervisor_at_whatever_line_it_interrupts(tmp_path: Path) -> None:
+    """Found in CI: `up` ignored Ctrl-C for 60 s. Its handler set a threading.Event whose lock the
+    interrupted supervisor could be holding (inside Event.wait): the handler, run on the same
+    thread, waited for itself. A signal's handler runs between any two lines of the main thread,
+    so here it is called at each line the supervisor runs in turn, library lines included."""
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        # Far more lines than one round of the loop takes (about 40 with Event.wait's insides).
+        for at in range(1, 80):
+            stack = Stack(UpSettings.from_env(Env({"LLMSCOPE_DATA_DIR": str(tmp_path)})))
+            stack.poll_s = 0.001
+            stack.children.append(Child(name="api", launch=lambda: sleeper, proc=sleeper))
+            supervisor = _supervise_interrupted_at(stack, at)
+            supervisor.join(10)
+            assert not supervisor.is_alive(), f"Ctrl-C at the supervisor's line {at} never stopped it"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 def test_a_service_refusing_its_configuration_stops_the_stack_instead_of_restarting(

@@ -250,7 +250,13 @@ class Stack:
         """Each service's own NATS URL (with its password) on the embedded server."""
         self._setup_env: dict[str, str] | None = None
         """The environment :meth:`run_setup` ran with: it runs again after nats-server restarts."""
-        self._stopping = threading.Event()
+        # A plain flag, not a threading.Event: Ctrl-C's handler sets it, and a handler that took
+        # the Event's lock while the interrupted supervisor held it (inside Event.wait) waited for
+        # itself for good: `up` then ignored Ctrl-C (once in CI, in 60 of 100 tries of a tight
+        # wait loop). Setting an attribute takes no lock.
+        self._stopping = False
+        self.poll_s = 0.5
+        """How often :meth:`supervise` looks at its children and at the flag."""
         self.config_error = ""
         """The service that exited with a configuration error (code 2), which stopped the stack."""
 
@@ -434,7 +440,7 @@ class Stack:
     def wait_for_api(self, timeout: float = 60.0) -> bool:
         url = f"http://{_display_host(self.settings.host)}:{self.settings.port}/healthz"
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not self._stopping.is_set():
+        while time.monotonic() < deadline and not self._stopping:
             try:
                 with urllib.request.urlopen(url, timeout=1) as response:
                     if response.status == 200:
@@ -449,9 +455,10 @@ class Stack:
 
         Runs on the main thread: the kernel's parent-death signal follows the forking thread.
         """
-        while not self._stopping.wait(0.5):
+        while not self._stopping:
+            time.sleep(self.poll_s)  # a signal's handler runs, and the sleep goes on (PEP 475)
             for child in [*self.infra, *self.children]:
-                if child.running or self._stopping.is_set():
+                if child.running or self._stopping:
                     continue
                 now = time.monotonic()
                 if child in self.children and child.proc is not None and child.proc.returncode == 2:
@@ -465,7 +472,7 @@ class Stack:
                         flush=True,
                     )
                     self.config_error = child.name
-                    self._stopping.set()
+                    self._stopping = True
                     return
                 if child.next_start == 0.0:
                     # A child that ran a while before dying gets its backoff reset.
@@ -485,13 +492,18 @@ class Stack:
 
     @property
     def stopping(self) -> bool:
-        return self._stopping.is_set()
+        return self._stopping
 
     def request_stop(self) -> None:
-        self._stopping.set()
+        """Ask :meth:`supervise` to return; safe in a signal handler and from another thread."""
+        self._stopping = True
+
+    def on_signal(self, signum: int, _frame: object) -> None:
+        """SIGINT's and SIGTERM's handler: :meth:`request_stop`, nothing that takes a lock."""
+        self.request_stop()
 
     def stop(self) -> None:
-        self._stopping.set()
+        self._stopping = True
         for child in reversed(self.children):
             child.stop()
         for child in reversed(self.infra):
@@ -523,12 +535,8 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(0o077)
     stack = Stack(settings)
     previous = signal.getsignal(signal.SIGINT)
-
-    def on_signal(signum: int, _frame: object) -> None:
-        stack.request_stop()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, stack.on_signal)
+    signal.signal(signal.SIGTERM, stack.on_signal)
     try:
         stack.check_ports()
         print("LLMscope starting…", flush=True)
