@@ -42,7 +42,6 @@ import gzip
 import hashlib
 import math
 import os
-import platform
 import random
 import re
 import statistics
@@ -81,6 +80,9 @@ from llmscope.stack.embedded import EmbeddedNats, EmbeddedPostgres
 from llmscope.stack.ports import free_port
 from llmscope.web.pages import LIVE_FALLBACK_FILTER
 from llmscope.web.svg import MARKS_DRAWN
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.machine import print_machine
 
 API_KEY = "bench-key-0123456789abcdef"
 PROVIDER: Final = "ollama"
@@ -515,20 +517,8 @@ async def measure(
     print(f"== content-encoding with gzip accepted: {asked} (the page holds the CSRF token: never gzip)")
 
 
-def cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for row in Path("/proc/cpuinfo").read_text().splitlines():
-            if row.startswith("model name"):
-                return row.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 async def run(every_s: float, n_violations: int, runs: int, save: Path | None = None) -> None:
-    print(
-        f"== machine: {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
-        f"{cpu_name()}, Python {platform.python_version()}, "
-        f"load {os.getloadavg()[0]:.1f}"
-    )
+    print_machine(("fastapi", "asyncpg", "msgspec"))
     with tempfile.TemporaryDirectory(prefix="llmscope-chart-bench-") as tmp:
         pg = EmbeddedPostgres(Path(tmp) / "pg", free_port())
         bus = EmbeddedNats(Path(tmp) / "nats", free_port())

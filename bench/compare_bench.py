@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -48,6 +46,9 @@ from llmscope.stack.embedded import EmbeddedPostgres
 from llmscope.stack.ports import free_port
 from llmscope.web.trend_svg import render_comparison
 from llmscope.web.trends import compare_bucket_s
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.machine import print_machine
 
 MODELS = 8
 COMPARED = [("ollama", f"model-{i}") for i in range(4)]
@@ -142,10 +143,7 @@ def line(label: str, ms: float, base: float | None = None, than: str = "(a)") ->
 
 
 async def run(days: int, runs: int) -> None:
-    print(
-        f"== machine: {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
-        f"Python {platform.python_version()}, load {os.getloadavg()[0]:.1f}"
-    )
+    print_machine(("fastapi", "asyncpg"))
     with tempfile.TemporaryDirectory(prefix="llmscope-bench-pg-") as tmp:
         server = EmbeddedPostgres(Path(tmp) / "data", free_port())
         server.start()

@@ -18,8 +18,6 @@ Every violation opened during the run is printed at the end, by severity and rul
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -32,19 +30,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.machine import one_line  # noqa: E402
 from tests.e2e.stack import RunningStack, llmscope_up  # noqa: E402  (the e2e tests' own launcher)
-
-
-def _machine() -> str:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if "model name" in line
-        ),
-        platform.processor(),
-    )
-    return f"{os.cpu_count()} cores, {cpu!r}, load average {os.getloadavg()[0]:.2f}"
 
 
 def _latency_charts(client: httpx.Client) -> list[dict[str, Any]]:
@@ -142,13 +129,13 @@ def main() -> int:
     parser.add_argument("--model", default="llama3.1:8b", help="simulated model to slow down 2x")
     parser.add_argument("--arm-timeout-s", type=float, default=900.0)
     args = parser.parse_args()
-    print(f"machine: {_machine()}; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+    print(f"machine: {one_line()}; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     with (
         tempfile.TemporaryDirectory(prefix="llmscope-demo-") as tmp,
         llmscope_up(Path(tmp) / "data") as stack,
     ):
         ok = run(stack, args.quiet_min, args.model, args.arm_timeout_s)
-    print(f"machine after: {_machine()}")
+    print(f"machine after: {one_line()}")
     return 0 if ok else 1
 
 

@@ -39,6 +39,7 @@ from llmscope.stack.ports import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # The sibling benchmark, found by the path above (as traffic_centre.py finds traffic_bench).
+from bench.machine import print_machine
 from bench.stack_bench import (
     BARE_APP,
     KEY,
@@ -46,7 +47,6 @@ from bench.stack_bench import (
     cpu_used,
     percentile,
     post_at_rate,
-    print_machine,
     telemetry,
     wait_http,
 )
@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
     trees = dict(t.split("=", 1) for t in args.tree) or {"this": str(Path(__file__).resolve().parent.parent)}
     rates = [int(r) for r in args.rates.split(",") if r]
-    print_machine()
+    print_machine(("fastapi", "uvicorn", "nats-py", "msgspec", "uvloop"), nats_server=True)
     with tempfile.TemporaryDirectory(prefix="llmscope-frontdoor-bench-") as tmp_name:
         tmp = Path(tmp_name)
         nats_server = EmbeddedNats(tmp / "nats", free_port())

@@ -36,9 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.metadata
 import os
-import platform
 import random
 import sys
 import tempfile
@@ -72,28 +70,11 @@ from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.stack.embedded import EmbeddedNats, EmbeddedPostgres
 from llmscope.stack.ports import free_port
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.machine import print_machine
+
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 KEY = "bench-key-0123456789abcdef"
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for text in Path("/proc/cpuinfo").read_text().splitlines():
-            if text.startswith("model name"):
-                return text.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def print_machine() -> None:
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    print("== machine")
-    print(f"cpu          {_cpu_model()}, {os.cpu_count()} cores, {mem:.1f} GiB")
-    print(f"os           {platform.system()} {platform.release()}, Python {platform.python_version()}")
-    versions = ", ".join(
-        f"{d} {importlib.metadata.version(d)}" for d in ("nats-py", "asyncpg", "msgspec", "fastapi")
-    )
-    print(f"versions     {versions}")
-    print("event loop   asyncio; section (e) alternates asyncio and uvloop")
 
 
 def line(label: str, value: float, baseline: float | None = None, note: str = "") -> None:
@@ -587,7 +568,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if loop not in ("asyncio", "uvloop"):
             parser.error(f"--loops: unknown loop {loop!r}")
         loops.append("uvloop" if loop == "uvloop" else "asyncio")
-    print_machine()
+    print_machine(("nats-py", "asyncpg", "msgspec", "fastapi", "uvloop"), nats_server=True)
+    print("event loop   asyncio; section (e) alternates asyncio and uvloop")
     quick = args.quick
     if "a" in args.only:
         asyncio.run(auth_dependency(300 if quick else 3000))

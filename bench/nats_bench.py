@@ -33,7 +33,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -50,6 +49,9 @@ import yaml
 
 from llmscope.stack.embedded import nats_server_binary
 from llmscope.stack.ports import free_ports
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.machine import facts
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / "deploy" / "k8s" / "resources.json"
@@ -348,12 +350,7 @@ def main() -> int:
         record[KEY] = {
             "measured": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": {
-                "cpu": platform.processor() or platform.machine(),
-                "cores": psutil.cpu_count(),
-                "system": f"{platform.system()} {platform.release()}",
-                "nats_server": subprocess.run(
-                    [str(nats_server_binary()), "--version"], capture_output=True, text=True, check=False
-                ).stdout.strip(),
+                **facts(("nats-py",), nats_server=True),
                 "shared": "yes: the whole stack and other sessions' work run beside the servers",
             },
             "load_average": {

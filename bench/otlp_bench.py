@@ -33,7 +33,6 @@ import contextlib
 import gzip
 import json
 import os
-import platform
 import shutil
 import socket
 import subprocess
@@ -42,6 +41,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import nats
@@ -61,6 +61,9 @@ from llmscope.bus.settings import BusSettings
 from llmscope.bus.streams import ensure_streams
 from llmscope.proto import subjects
 from llmscope.proto.base import Event, utcnow
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.machine import print_machine
 
 
 class PerSpanAckReceiver(TraceReceiver):
@@ -257,17 +260,8 @@ async def nats_server() -> AsyncIterator[str]:
             await asyncio.wait_for(proc.wait(), 10)
 
 
-def machine() -> None:
-    print("== machine")
-    cpu = platform.processor() or platform.machine()
-    print(f"cpu {cpu}, cores {os.cpu_count()}, load {os.getloadavg()[0]:.1f}")
-    with open("/proc/meminfo") as f:
-        mem = next((line.split()[1] for line in f if line.startswith("MemTotal")), "0")
-    print(f"ram {int(mem) // 1024} MiB, python {sys.version.split()[0]}, {platform.platform()}")
-
-
 async def run(spans: int, seconds: float) -> None:
-    machine()
+    print_machine(("fastapi", "nats-py", "msgspec"), nats_server=True)
     limit = 64 * 1024 * 1024
     # Enough distinct bodies that (d) never repeats one within JetStream's duplicate window.
     count = 200

@@ -29,7 +29,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.demo_check import _latency_charts, _machine  # noqa: E402  (the demo check's readers)
+from bench.demo_check import _latency_charts  # noqa: E402  (the demo check's reader)
+from bench.machine import one_line  # noqa: E402
 from tests.e2e.overview_page import failed_probes, overview_rows, sign_in  # noqa: E402
 from tests.e2e.stack import RunningStack, llmscope_up  # noqa: E402
 
@@ -107,13 +108,13 @@ def main() -> int:
     parser.add_argument("--model", default="llama3.1:8b", help="simulated model to take down")
     parser.add_argument("--arm-timeout-s", type=float, default=900.0)
     args = parser.parse_args()
-    print(f"machine: {_machine()}; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+    print(f"machine: {one_line()}; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     with (
         tempfile.TemporaryDirectory(prefix="llmscope-overview-") as tmp,
         llmscope_up(Path(tmp) / "data") as stack,
     ):
         ok = run(stack, args.model, args.arm_timeout_s)
-    print(f"machine after: {_machine()}")
+    print(f"machine after: {one_line()}")
     return 0 if ok else 1
 
 

@@ -37,7 +37,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -48,11 +47,13 @@ import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import psutil
 
 from llmscope.stack.ports import free_port
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.machine import facts
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / "deploy" / "k8s" / "resources.json"
@@ -250,17 +251,6 @@ def run_level(level: str, seconds: float, warmup: float) -> dict[str, dict[str, 
                     up.wait()
 
 
-def machine() -> dict[str, Any]:
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": psutil.cpu_count(),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "python": platform.python_version(),
-        "system": f"{platform.system()} {platform.release()}",
-        "shared": "yes: other sessions' work runs beside it, so CPU figures are upper-biased",
-    }
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=90, help="sampled seconds per load level")
@@ -270,7 +260,10 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    info = machine()
+    info: dict[str, str] = {
+        **facts(("fastapi", "uvicorn", "nats-py", "asyncpg", "msgspec"), nats_server=True),
+        "shared": "yes: other sessions' work runs beside it, so CPU figures are upper-biased",
+    }
     print(f"machine: {info}")
     load_before = os.getloadavg()
     print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")

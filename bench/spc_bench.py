@@ -24,16 +24,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
-import importlib.metadata
 import json
 import math
 import os
-import platform
 import random
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -69,71 +65,17 @@ from llmscope.spc_engine.engine import Engine
 from llmscope.spc_engine.partition_consumer import partition_durable
 from llmscope.spc_engine.service import SpcService, tune_gc
 from llmscope.spc_engine.settings import SpcSettings
-from llmscope.stack.embedded import EmbeddedNats, nats_server_binary
+from llmscope.stack.embedded import EmbeddedNats
 from llmscope.stack.ports import free_port
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.machine import print_machine
 
 MODELS = 34
 PROMPTS = {"simple": (300.0, 64), "medium": (1200.0, 256), "complex": (3500.0, 768)}
 """prompt id -> (median latency ms, max tokens): 34 models x 3 prompts = 102 charts per metric."""
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 BATCH = 256
-
-
-# --------------------------------------------------------------------------------------------
-# Machine
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def _ram_gib() -> float:
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) / 2**20
-    return math.nan
-
-
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _nats_server_version() -> str:
-    try:
-        out = subprocess.run(
-            [str(nats_server_binary()), "--version"], capture_output=True, text=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        return f"unavailable ({exc})"
-    return out.stdout.strip().removeprefix("nats-server: ") or "unknown"
-
-
-def print_machine() -> None:
-    allowed = sorted(os.sched_getaffinity(0))
-    print("== machine")
-    print(f"cpu          {_cpu_model()}")
-    print(f"cores        {os.cpu_count()} online, {len(allowed)} usable by this process")
-    print(f"ram          {_ram_gib():.1f} GiB")
-    print(f"os           {platform.system()} {platform.release()}")
-    print(f"python       {platform.python_implementation()} {platform.python_version()}")
-    print(
-        f"versions     numpy {_version('numpy')}, nats-py {_version('nats-py')}, "
-        f"msgspec {_version('msgspec')}, nats-server {_nats_server_version()}"
-    )
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        print("event loop   asyncio (uvloop not installed)")
-    else:
-        print("event loop   asyncio (uvloop installed, not used)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -728,7 +670,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.perf_counter()
     cores = sorted(os.sched_getaffinity(0))
-    print_machine()
+    print_machine(("numpy", "nats-py", "msgspec"), nats_server=True)
+    print("event loop   asyncio (not uvloop)")
     print(
         f"run          {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, {n:,} events"
         + (", --quick" if args.quick else "")

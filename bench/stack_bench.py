@@ -45,10 +45,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.metadata
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -72,6 +70,7 @@ from llmscope.stack.embedded import NATS_MAX_PROCS, EmbeddedNats, EmbeddedPostgr
 from llmscope.stack.ports import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.machine import print_machine
 from bench.nats_breakdown import BENCH_INBOX, ServerCounts, Sniffer, print_breakdown, settle
 from bench.pg_breakdown import PgBreakdown
 
@@ -106,32 +105,6 @@ uvicorn.Server(config).run()
 
 # --------------------------------------------------------------------------------------------
 # Machine
-
-
-def print_machine() -> None:
-    cpu = platform.processor() or "?"
-    with contextlib.suppress(OSError):
-        for row in Path("/proc/cpuinfo").read_text().splitlines():
-            if row.startswith("model name"):
-                cpu = row.split(":", 1)[1].strip()
-                break
-    ram = psutil.virtual_memory().total / 2**30
-    versions = ", ".join(
-        f"{d} {importlib.metadata.version(d)}"
-        for d in ("fastapi", "uvicorn", "nats-py", "asyncpg", "msgspec", "uvloop")
-        if _installed(d)
-    )
-    print(f"machine      {cpu}, {os.cpu_count()} cores, {ram:.1f} GiB; Python {platform.python_version()}")
-    print(f"libraries    {versions}")
-    print(f"load average {', '.join(f'{v:.2f}' for v in os.getloadavg())} (other jobs share the machine)")
-
-
-def _installed(dist: str) -> bool:
-    try:
-        importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -1215,7 +1188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rates = [int(r) for r in args.rates.split(",") if r]
     seconds = args.seconds if args.seconds is not None else (2.0 if args.quick else 10.0)
     batch_events = args.batched if args.batched is not None else (2000 if args.quick else 20_000)
-    print_machine()
+    print_machine(("fastapi", "uvicorn", "nats-py", "asyncpg", "msgspec", "uvloop"), nats_server=True)
     print(f"run          {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, rates {rates}/s, {seconds:g} s each")
     with tempfile.TemporaryDirectory(prefix="llmscope-stack-bench-") as tmp:
         stack = Stack(

@@ -29,12 +29,11 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import os
-import platform
 import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import msgspec
 import numpy as np
@@ -51,6 +50,9 @@ from llmscope.spc_engine.traffic import (
     TTFT_P50,
     default_configs,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.machine import print_machine
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -372,17 +374,6 @@ def histogram_lines(rate: float, seed: int) -> list[str]:
     return out
 
 
-def machine() -> None:
-    print("== machine")
-    print(f"cpu {platform.processor() or platform.machine()}, cores {os.cpu_count()}")
-    with open("/proc/meminfo") if os.path.exists("/proc/meminfo") else open(os.devnull) as f:
-        mem = next((line.split()[1] for line in f if line.startswith("MemTotal")), "?")
-    print(
-        f"ram {int(mem) // 1024 if mem != '?' else '?'} MiB, "
-        f"python {sys.version.split()[0]}, numpy {np.__version__}"
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -414,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",")]
     started = time.perf_counter()
-    machine()
+    print_machine(("numpy",))
 
     variants = {
         "components/sd (default)": configs(),

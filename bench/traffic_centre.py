@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.machine import print_machine
+
 from bench import traffic_bench as tb
 from llmscope.spc_engine import subgroup as sg
 from llmscope.spc_engine.subgroup import Point, SubgroupConfig, SubgroupSignal
@@ -181,7 +183,7 @@ def main(argv: list[str]) -> int:
     fa_minutes = int(argv[3]) if len(argv) > 3 else 0
     seeds = int(argv[4]) if len(argv) > 4 else 1
     cycles = argv[5].split(",") if len(argv) > 5 else ["provider", "own"]
-    tb.machine()
+    print_machine(("numpy",))
     for cycle in cycles:
         for T in centres:
             base = baseline(rate, int(rate * 1000) + 99, T, cycle == "provider")

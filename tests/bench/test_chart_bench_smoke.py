@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.bench.machine import assert_machine_printed
+
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "chart_bench.py"
 
 
@@ -18,7 +20,7 @@ def test_quick_chart_bench_prints_every_figure_and_its_checks_hold() -> None:
         [sys.executable, str(BENCH), "--quick"], capture_output=True, text=True, timeout=400, check=False
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert re.search(r"^== machine: \d+ cores, .*load [\d.]+$", out.stdout, re.MULTILINE), out.stdout
+    assert_machine_printed(out.stdout, "asyncpg")
     figures = dict(re.findall(r"^\s+\((\w)\) .*?\s([\d.]+) /\s+[\d.]+ ms", out.stdout, re.MULTILINE))
     assert set(figures) == set("abcdef"), out.stdout
     # Each row: the answer's size, then what was sent and how ("(sent: 18,765 B gzip)").

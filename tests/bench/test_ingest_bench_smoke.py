@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.bench.machine import assert_machine_printed
+
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "ingest_bench.py"
 
 
@@ -20,7 +22,7 @@ def test_the_persister_drain_section_prints_its_baselines_ratios_and_cpu() -> No
     )
     assert out.returncode == 0, out.stderr
     text = out.stdout
-    assert "== machine" in text
+    assert_machine_printed(text, "nats-py", "asyncpg", "nats-server")
     assert "== (e) persister draining" in text
     for loop in ("asyncio", "uvloop"):
         assert re.search(rf"bare copy_records_to_table.*\({loop}\)\s+[\d,]+ /s\s+baseline", text)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.bench.machine import assert_machine_printed
+
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "otlp_bench.py"
 
 
@@ -21,7 +23,7 @@ def test_otlp_bench_prints_every_case_for_every_encoding() -> None:
     )
     assert out.returncode == 0, out.stderr
     text = out.stdout
-    assert "== machine" in text
+    assert_machine_printed(text, "nats-py", "nats-server")
     for body in ("protobuf", "protobuf+gzip", "json", "json+gzip"):
         for case in (
             "(a) opentelemetry-proto",

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.bench.machine import assert_machine_printed
+
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "stack_bench.py"
 
 
@@ -25,7 +27,7 @@ def test_quick_stack_bench_measures_every_process() -> None:
     )
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout
-    assert "machine " in text
+    assert_machine_printed(text, "nats-py", "asyncpg", "nats-server")
     for name in ("api", "spc-engine", "alerter", "nats-server", "postgres (all backends)", "whole stack"):
         assert re.search(rf"^{re.escape(name)}\s+\d+\.\d\d", text, re.M), name
     assert re.search(r"= [\d.]+ x bare", text)
