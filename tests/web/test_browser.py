@@ -712,8 +712,13 @@ LONG_TARGET = "https://llm-gateway.inference.internal.example.com:8443/v1/openai
 LINE_BREAKS_JS = """cells => cells.map(td => {
     // Each place the cell's text goes on to a new line: [the character before, the one after].
     const chars = [];
-    const walk = document.createTreeWalker(td, NodeFilter.SHOW_TEXT);
+    const walk = document.createTreeWalker(td, NodeFilter.SHOW_TEXT | NodeFilter.SHOW_ELEMENT);
     for (let node = walk.nextNode(); node; node = walk.nextNode()) {
+        // A shortened URL's ellipsis is drawn by CSS: a character of its own.
+        if (node.nodeType === Node.ELEMENT_NODE) {
+            if (node.matches('.url-more')) chars.push(['…', Math.round(node.getBoundingClientRect().top)]);
+            continue;
+        }
         for (let i = 0; i < node.length; i++) {
             const range = document.createRange(); range.setStart(node, i); range.setEnd(node, i + 1);
             const rect = range.getBoundingClientRect();
@@ -728,9 +733,36 @@ LINE_BREAKS_JS = """cells => cells.map(td => {
 })"""
 
 
-async def test_the_models_health_table_fits_a_laptop_screen(site: Site) -> None:
+# On a phone: the health card scrolls nothing sideways, and each model's row shows its model,
+# last probe, success and latency p50 within the card.
+PHONE_HEALTH = """() => {
+    const out = [];
+    const box = document.querySelector('#health');
+    if (box.scrollWidth > box.clientWidth) out.push(['scrolls sideways', box.scrollWidth, box.clientWidth]);
+    const card = box.closest('.card');
+    if (card.scrollWidth > card.clientWidth) out.push(['card scrolls', card.scrollWidth, card.clientWidth]);
+    const right = card.getBoundingClientRect().right;
+    for (const tr of document.querySelectorAll('table.health tbody tr')) {
+        const cells = tr.querySelectorAll('td');
+        for (const i of [0, 4, 7, 8]) {  // model, success, last probe, latency p50
+            const r = cells[i].getBoundingClientRect();
+            if (!r.width || r.right > right + 0.5)
+                out.push(['hidden', i, cells[i].textContent.trim(), r.right, right]);
+        }
+    }
+    return out;
+}"""
+
+
+async def test_the_models_health_table_fits_a_laptop_and_a_phone(site: Site) -> None:
     """At 1366 px the health table once scrolled inside its card (17 columns, the availability
-    chart's line and the open violations cut off at the right): it fits, every column shown."""
+    chart's line and the open violations cut off at the right): it fits, every column shown. On a
+    390-px phone it scrolled sideways in its card, the success and everything after it out of
+    sight: each model is a short stack (its model, last probe, success, latency p50 and open
+    violations first, the rest in small type), within the card. A long URL target took nine lines
+    of its cell: shortened, it takes at most three, with the whole URL in its title and copied
+    whole from the cell (``models-laptop.png``, ``models-phone.png``,
+    ``models-phone-target.png``)."""
     # A model as people name them, probed on a URL, streaming, failing in four ways, last an
     # older probe (its time reads "3 min ago"): the widest a row gets.
     start = datetime.now(UTC) - timedelta(minutes=20)
@@ -773,6 +805,9 @@ async def test_the_models_health_table_fits_a_laptop_screen(site: Site) -> None:
             cuts = await page.eval_on_selector_all("table.health td:nth-child(2)", LINE_BREAKS_JS)
             assert any(LONG_TARGET in text for text, _ in cuts), cuts
             assert [text for text, _ in cuts if "https://api.openai.com" in text]
+            long_cuts = [at for text, at in cuts if text == LONG_TARGET]
+            assert long_cuts
+            assert all(len(at) <= 2 for at in long_cuts), (width, long_cuts)  # 3 lines at most
             # A URL breaks after its scheme, before a dot, a slash, a colon: never inside a word
             # (nor its scheme's "//").
             mid_word = [
@@ -783,8 +818,23 @@ async def test_the_models_health_table_fits_a_laptop_screen(site: Site) -> None:
             ]
             assert mid_word == [], (width, mid_word)
             if width == "phone":
+                await page.screenshot(path=str(SHOTS / "models-phone.png"), full_page=True)
                 await page.locator("table.health td", has_text="gateway").first.scroll_into_view_if_needed()
                 await page.screenshot(path=str(SHOTS / "models-phone-target.png"))
+                problems = await page.evaluate(PHONE_HEALTH)
+                assert problems == [], problems
+        # The whole URL: in the shortened cell's title, and what selecting the cell copies.
+        cell = page.locator("table.health td:nth-child(2)", has_text="gateway").first
+        assert await cell.locator(".url").get_attribute("title") == LONG_TARGET
+        await cell.click(click_count=3)
+        await page.keyboard.press("Control+C")
+        await page.evaluate(
+            "document.body.insertAdjacentHTML('beforeend', '<textarea id=pasted></textarea>')"
+        )
+        await page.focus("#pasted")
+        await page.keyboard.press("Control+V")
+        assert (await page.input_value("#pasted")).strip() == LONG_TARGET
+        await page.evaluate("document.getElementById('pasted').remove()")
         await page.set_viewport_size(WALK_VIEWPORTS["laptop"])  # type: ignore[arg-type]
         scroll = await page.eval_on_selector("#health", "el => [el.scrollWidth, el.clientWidth]")
         assert scroll[0] <= scroll[1], f"the health table scrolls in its card: {scroll}"
