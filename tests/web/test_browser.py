@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import re
 import shutil
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -158,11 +159,13 @@ async def site(
 
 
 @contextlib.asynccontextmanager
-async def browser_page(site: Site) -> AsyncIterator[Page]:
+async def browser_page(site: Site, *, javascript: bool = True) -> AsyncIterator[Page]:
+    """A page in a fresh Chromium; ``javascript=False``: with scripts off (htmx's forms post
+    whole pages)."""
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
-            page = await browser.new_page(viewport=VIEWPORT)  # type: ignore[arg-type]
+            page = await browser.new_page(viewport=VIEWPORT, java_script_enabled=javascript)  # type: ignore[arg-type]
 
             def console(message: ConsoleMessage) -> None:
                 if message.type == "error":
@@ -408,6 +411,70 @@ async def test_the_name_saved_under_is_offered_on_the_next_form(site: Site) -> N
         assert names
         assert set(names) == {"ana"}
         await page.fill("#section-policy input[name=by]", "bo")  # still editable
+    assert site.errors == [], "\n".join(site.errors)
+
+
+async def test_a_refused_page_save_shows_its_name_in_its_own_section_only(site: Site) -> None:
+    """Without scripts a section's save posts the whole page; refused, it came back with the
+    refused form's name in every section's "Saved by". Only the section sent shows it; the others
+    keep the name this browser saved under before (``settings-refused-nojs.png``)."""
+    async with browser_page(site, javascript=False) as page:
+        await log_in(page, site, "/settings")
+        await page.fill("#section-policy input[name=by]", "sam")
+        await page.click("#section-policy button[type=submit]")
+        await page.wait_for_load_state()
+        assert "Saved." in await page.locator("#section-policy").inner_text()
+        await page.fill("#section-email input[name=by]", "eve")
+        await page.fill("#f-alert-email-smtp_port", "seventy")
+        async with page.expect_response(lambda r: r.url.endswith("/settings/section/email")) as answer:
+            await page.click("#section-email button[type=submit]")
+        assert (await answer.value).status == 422
+        await page.wait_for_load_state()
+        assert (await page.locator("#f-alert-email-smtp_port-error").inner_text()).startswith("SMTP port:")
+        names = await page.eval_on_selector_all(
+            "section.settings-section",
+            """all => Object.fromEntries(all.filter(s => s.querySelector('input[name=by]'))
+                .map(s => [s.id, s.querySelector('input[name=by]').value]))""",
+        )
+        assert names.pop("section-email") == "eve"
+        assert len(names) > 3
+        assert set(names.values()) == {"sam"}, names
+        await page.locator("#section-email").scroll_into_view_if_needed()
+        await shot(page, "settings-refused-nojs")
+    # The refusal itself (a 422 page) is all the console logs.
+    refused = "console: Failed to load resource: the server responded with a status of 422"
+    assert [e for e in site.errors if not e.startswith(refused)] == [], site.errors
+
+
+async def test_an_incidents_heading_counts_what_changed_in_it(site: Site) -> None:
+    """The real alerter's incident: its heading counts the violations that joined it after the
+    first, its acknowledgement and resolution, never its analyses (``incident.png``)."""
+    found = await site.api.runtime.alerting.incidents(IncidentFilter(limit=1))
+    async with browser_page(site) as page:
+        await log_in(page, site, f"/incidents/{found.items[0].id}")
+        heading = page.locator("main .revision")
+        said = (await heading.inner_text()).strip()
+        title = await heading.get_attribute("title")
+        assert title is not None
+        assert re.match(r"revision \d+, the alerter's latest publication of it \(", title), title
+        # What changed, read off the same page: its violations, its acknowledgement, its state.
+        main = await page.locator("main").inner_text()
+        members = await page.locator("main table.violations tbody tr:not(:has(td.empty))").count()
+        if m := re.search(r"(\d+) violation\(s\) not stored by this API", main):
+            members += int(m.group(1))
+        assert members >= 1
+        state = await page.locator("#actions p b").first.inner_text()
+        joined = members - 1
+        changes = joined + ("Acknowledged by" in main) + (state == "resolved")
+        if changes == 0:
+            assert said == "unchanged since it opened"
+        else:
+            assert said.startswith(
+                f"changed {changes} time{'' if changes == 1 else 's'} since it opened ("
+            ), said
+        if joined:
+            assert f"{joined} violation{'' if joined == 1 else 's'} joined" in said
+        await shot(page, "incident")
     assert site.errors == [], "\n".join(site.errors)
 
 
