@@ -60,6 +60,7 @@ async def seed_incidents(api: Api) -> None:
                         "inc-m", 2, opened_at=t0, models=("qwen2:7b",), state="resolved", change="resolved"
                     ),
                     merged_into="inc-a",
+                    resolved_at=t0 + timedelta(seconds=2),
                 ),
             ],
         )
@@ -106,15 +107,15 @@ async def test_incident_list_and_detail(api: Api, hx: bool) -> None:
     assert 'href="https://github.example/acme/llm/issues/42">github 42</a> (open)' in r.text
     assert 'href="/violations/ep-b"' in r.text
     assert "Merged into" not in r.text
-    # Its revision in words: how often the alerter changed it since it opened, the last how and when
-    # (a bare "revision 3" meant little to the person on call).
+    # Its changes in words: how often it changed since it opened, the last how and when (a bare
+    # "revision 3" meant little to the person on call); its revision in the title.
     assert "revision 3</p>" not in r.text
-    assert 'title="revision 3: the alerter publishes each change to an incident' in r.text
-    assert "changed 2 times since it opened" in r.text
+    assert "title=\"revision 3, the alerter's latest publication of it (opened at " in r.text
+    assert "changed 1 time since it opened (1 violation joined), the last (a violation joined) at " in r.text
     r = await client.get("/incidents/inc-m", headers=headers)
     assert 'Merged into <a href="/incidents/inc-a">incident inc-a</a>' in r.text
-    assert "changed 1 time since it opened, the last (resolved) at " in r.text
-    at = r.text.split("the last (resolved) at ", 1)[1][:23]  # its revision's time: opened + 2 s
+    assert "changed 1 time since it opened (resolved), the last (merged into inc-a) at " in r.text
+    at = r.text.split("the last (merged into inc-a) at ", 1)[1][:23]  # resolved: opened + 2 s
     published = datetime.strptime(at, "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=UTC)
     assert timedelta(minutes=59) < datetime.now(UTC) - published < timedelta(minutes=61)
     r = await client.get("/incidents/inc-b", headers=headers)
@@ -134,6 +135,48 @@ async def test_incident_list_and_detail(api: Api, hx: bool) -> None:
     r = await client.get("/incidents")
     for link in ('href="/incidents"', 'href="/silences"', 'href="/notifications"'):
         assert link in r.text
+
+
+async def test_an_incidents_changes_count_what_changed_in_it_not_its_revisions(api: Api) -> None:
+    """ "changed N times" was the revision less one: an analysis written (at opening, after each
+    change, again after the resolution) and a resolution note copied from a violation each
+    counted as a change, so an incident acknowledged and resolved read "changed 5 times, the last
+    (analysis written)". It counts violations joining (a merge's too), the acknowledgement and the
+    resolution; the revision stays in the title."""
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    at = [t0 + timedelta(minutes=m) for m in range(6)]
+    done = structs.replace(
+        incident_event("inc-done", 6, opened_at=t0, state="resolved", change="analyzed", episode_ids=("e1",)),
+        acknowledged_at=at[2],
+        acknowledged_by="ana",
+        resolved_at=at[3],
+        resolved_by="ana",
+        resolved_note="restarted ollama",  # copied from its violation's resolution: revision 5
+    )
+    merged = structs.replace(  # a cascade: another incident's two violations merged into it
+        incident_event("inc-grew", 4, opened_at=t0, change="analyzed", episode_ids=("e2", "e3", "e4")),
+        last_violation_at=at[4],
+    )
+    quiet = incident_event("inc-quiet", 2, opened_at=t0, change="analyzed", episode_ids=("e5",))
+    async with api.store.pool.acquire() as conn:
+        await store_incidents(conn, [done, merged, quiet])
+    client = await login(api)
+
+    def said(html: str) -> str:
+        return html.split('class="revision"', 1)[1].split(">", 1)[1].split("</span>", 1)[0]
+
+    r = await client.get("/incidents/inc-done")
+    assert said(r.text) == (
+        "changed 2 times since it opened (acknowledged, resolved),"
+        f" the last (resolved) at {at[3]:%Y-%m-%d %H:%M:%S} UTC"
+    )
+    assert "title=\"revision 6, the alerter's latest publication of it (analysis written at " in r.text
+    r = await client.get("/incidents/inc-grew")
+    assert said(r.text) == (
+        "changed 2 times since it opened (2 violations joined),"
+        f" the last (a violation joined) at {at[4]:%Y-%m-%d %H:%M:%S} UTC"
+    )
+    assert said((await client.get("/incidents/inc-quiet")).text) == "unchanged since it opened"
 
 
 async def test_incident_actions_go_through_the_alerter(

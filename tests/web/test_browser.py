@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import re
 import shutil
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -158,11 +159,13 @@ async def site(
 
 
 @contextlib.asynccontextmanager
-async def browser_page(site: Site) -> AsyncIterator[Page]:
+async def browser_page(site: Site, *, javascript: bool = True) -> AsyncIterator[Page]:
+    """A page in a fresh Chromium; ``javascript=False``: with scripts off (htmx's forms post
+    whole pages)."""
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
-            page = await browser.new_page(viewport=VIEWPORT)  # type: ignore[arg-type]
+            page = await browser.new_page(viewport=VIEWPORT, java_script_enabled=javascript)  # type: ignore[arg-type]
 
             def console(message: ConsoleMessage) -> None:
                 if message.type == "error":
@@ -408,6 +411,70 @@ async def test_the_name_saved_under_is_offered_on_the_next_form(site: Site) -> N
         assert names
         assert set(names) == {"ana"}
         await page.fill("#section-policy input[name=by]", "bo")  # still editable
+    assert site.errors == [], "\n".join(site.errors)
+
+
+async def test_a_refused_page_save_shows_its_name_in_its_own_section_only(site: Site) -> None:
+    """Without scripts a section's save posts the whole page; refused, it came back with the
+    refused form's name in every section's "Saved by". Only the section sent shows it; the others
+    keep the name this browser saved under before (``settings-refused-nojs.png``)."""
+    async with browser_page(site, javascript=False) as page:
+        await log_in(page, site, "/settings")
+        await page.fill("#section-policy input[name=by]", "sam")
+        await page.click("#section-policy button[type=submit]")
+        await page.wait_for_load_state()
+        assert "Saved." in await page.locator("#section-policy").inner_text()
+        await page.fill("#section-email input[name=by]", "eve")
+        await page.fill("#f-alert-email-smtp_port", "seventy")
+        async with page.expect_response(lambda r: r.url.endswith("/settings/section/email")) as answer:
+            await page.click("#section-email button[type=submit]")
+        assert (await answer.value).status == 422
+        await page.wait_for_load_state()
+        assert (await page.locator("#f-alert-email-smtp_port-error").inner_text()).startswith("SMTP port:")
+        names = await page.eval_on_selector_all(
+            "section.settings-section",
+            """all => Object.fromEntries(all.filter(s => s.querySelector('input[name=by]'))
+                .map(s => [s.id, s.querySelector('input[name=by]').value]))""",
+        )
+        assert names.pop("section-email") == "eve"
+        assert len(names) > 3
+        assert set(names.values()) == {"sam"}, names
+        await page.locator("#section-email").scroll_into_view_if_needed()
+        await shot(page, "settings-refused-nojs")
+    # The refusal itself (a 422 page) is all the console logs.
+    refused = "console: Failed to load resource: the server responded with a status of 422"
+    assert [e for e in site.errors if not e.startswith(refused)] == [], site.errors
+
+
+async def test_an_incidents_heading_counts_what_changed_in_it(site: Site) -> None:
+    """The real alerter's incident: its heading counts the violations that joined it after the
+    first, its acknowledgement and resolution, never its analyses (``incident.png``)."""
+    found = await site.api.runtime.alerting.incidents(IncidentFilter(limit=1))
+    async with browser_page(site) as page:
+        await log_in(page, site, f"/incidents/{found.items[0].id}")
+        heading = page.locator("main .revision")
+        said = (await heading.inner_text()).strip()
+        title = await heading.get_attribute("title")
+        assert title is not None
+        assert re.match(r"revision \d+, the alerter's latest publication of it \(", title), title
+        # What changed, read off the same page: its violations, its acknowledgement, its state.
+        main = await page.locator("main").inner_text()
+        members = await page.locator("main table.violations tbody tr:not(:has(td.empty))").count()
+        if m := re.search(r"(\d+) violation\(s\) not stored by this API", main):
+            members += int(m.group(1))
+        assert members >= 1
+        state = await page.locator("#actions p b").first.inner_text()
+        joined = members - 1
+        changes = joined + ("Acknowledged by" in main) + (state == "resolved")
+        if changes == 0:
+            assert said == "unchanged since it opened"
+        else:
+            assert said.startswith(
+                f"changed {changes} time{'' if changes == 1 else 's'} since it opened ("
+            ), said
+        if joined:
+            assert f"{joined} violation{'' if joined == 1 else 's'} joined" in said
+        await shot(page, "incident")
     assert site.errors == [], "\n".join(site.errors)
 
 
@@ -712,8 +779,13 @@ LONG_TARGET = "https://llm-gateway.inference.internal.example.com:8443/v1/openai
 LINE_BREAKS_JS = """cells => cells.map(td => {
     // Each place the cell's text goes on to a new line: [the character before, the one after].
     const chars = [];
-    const walk = document.createTreeWalker(td, NodeFilter.SHOW_TEXT);
+    const walk = document.createTreeWalker(td, NodeFilter.SHOW_TEXT | NodeFilter.SHOW_ELEMENT);
     for (let node = walk.nextNode(); node; node = walk.nextNode()) {
+        // A shortened URL's ellipsis is drawn by CSS: a character of its own.
+        if (node.nodeType === Node.ELEMENT_NODE) {
+            if (node.matches('.url-more')) chars.push(['…', Math.round(node.getBoundingClientRect().top)]);
+            continue;
+        }
         for (let i = 0; i < node.length; i++) {
             const range = document.createRange(); range.setStart(node, i); range.setEnd(node, i + 1);
             const rect = range.getBoundingClientRect();
@@ -728,9 +800,36 @@ LINE_BREAKS_JS = """cells => cells.map(td => {
 })"""
 
 
-async def test_the_models_health_table_fits_a_laptop_screen(site: Site) -> None:
+# On a phone: the health card scrolls nothing sideways, and each model's row shows its model,
+# last probe, success and latency p50 within the card.
+PHONE_HEALTH = """() => {
+    const out = [];
+    const box = document.querySelector('#health');
+    if (box.scrollWidth > box.clientWidth) out.push(['scrolls sideways', box.scrollWidth, box.clientWidth]);
+    const card = box.closest('.card');
+    if (card.scrollWidth > card.clientWidth) out.push(['card scrolls', card.scrollWidth, card.clientWidth]);
+    const right = card.getBoundingClientRect().right;
+    for (const tr of document.querySelectorAll('table.health tbody tr')) {
+        const cells = tr.querySelectorAll('td');
+        for (const i of [0, 4, 7, 8]) {  // model, success, last probe, latency p50
+            const r = cells[i].getBoundingClientRect();
+            if (!r.width || r.right > right + 0.5)
+                out.push(['hidden', i, cells[i].textContent.trim(), r.right, right]);
+        }
+    }
+    return out;
+}"""
+
+
+async def test_the_models_health_table_fits_a_laptop_and_a_phone(site: Site) -> None:
     """At 1366 px the health table once scrolled inside its card (17 columns, the availability
-    chart's line and the open violations cut off at the right): it fits, every column shown."""
+    chart's line and the open violations cut off at the right): it fits, every column shown. On a
+    390-px phone it scrolled sideways in its card, the success and everything after it out of
+    sight: each model is a short stack (its model, last probe, success, latency p50 and open
+    violations first, the rest in small type), within the card. A long URL target took nine lines
+    of its cell: shortened, it takes at most three, with the whole URL in its title and copied
+    whole from the cell (``models-laptop.png``, ``models-phone.png``,
+    ``models-phone-target.png``)."""
     # A model as people name them, probed on a URL, streaming, failing in four ways, last an
     # older probe (its time reads "3 min ago"): the widest a row gets.
     start = datetime.now(UTC) - timedelta(minutes=20)
@@ -773,6 +872,9 @@ async def test_the_models_health_table_fits_a_laptop_screen(site: Site) -> None:
             cuts = await page.eval_on_selector_all("table.health td:nth-child(2)", LINE_BREAKS_JS)
             assert any(LONG_TARGET in text for text, _ in cuts), cuts
             assert [text for text, _ in cuts if "https://api.openai.com" in text]
+            long_cuts = [at for text, at in cuts if text == LONG_TARGET]
+            assert long_cuts
+            assert all(len(at) <= 2 for at in long_cuts), (width, long_cuts)  # 3 lines at most
             # A URL breaks after its scheme, before a dot, a slash, a colon: never inside a word
             # (nor its scheme's "//").
             mid_word = [
@@ -783,8 +885,23 @@ async def test_the_models_health_table_fits_a_laptop_screen(site: Site) -> None:
             ]
             assert mid_word == [], (width, mid_word)
             if width == "phone":
+                await page.screenshot(path=str(SHOTS / "models-phone.png"), full_page=True)
                 await page.locator("table.health td", has_text="gateway").first.scroll_into_view_if_needed()
                 await page.screenshot(path=str(SHOTS / "models-phone-target.png"))
+                problems = await page.evaluate(PHONE_HEALTH)
+                assert problems == [], problems
+        # The whole URL: in the shortened cell's title, and what selecting the cell copies.
+        cell = page.locator("table.health td:nth-child(2)", has_text="gateway").first
+        assert await cell.locator(".url").get_attribute("title") == LONG_TARGET
+        await cell.click(click_count=3)
+        await page.keyboard.press("Control+C")
+        await page.evaluate(
+            "document.body.insertAdjacentHTML('beforeend', '<textarea id=pasted></textarea>')"
+        )
+        await page.focus("#pasted")
+        await page.keyboard.press("Control+V")
+        assert (await page.input_value("#pasted")).strip() == LONG_TARGET
+        await page.evaluate("document.getElementById('pasted').remove()")
         await page.set_viewport_size(WALK_VIEWPORTS["laptop"])  # type: ignore[arg-type]
         scroll = await page.eval_on_selector("#health", "el => [el.scrollWidth, el.clientWidth]")
         assert scroll[0] <= scroll[1], f"the health table scrolls in its card: {scroll}"

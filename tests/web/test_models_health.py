@@ -12,13 +12,29 @@ from tests.api.factories import telemetry
 from tests.api.test_health_overview import OK_LATENCIES, STREAM_TTFT, pcts, seed
 from tests.web.test_pages import HX, is_full_page, login
 
+Cell = tuple[str, str]
+"""A cell's classes and its text (tags left out)."""
 
-def row_of(html: str, *cells: str) -> str:
-    """The health table row whose leading cells are ``cells``."""
-    lead = "\\s*".join(f"<td>{re.escape(c)}</td>" for c in cells)
-    match = re.search(r"<tr[^>]*>\s*" + lead + r".*?</tr>", html, re.S)
-    assert match, f"no row {cells}"
-    return match.group(0)
+
+def cells_of(row: str) -> list[Cell]:
+    return [
+        (cls or "", re.sub(r"<[^>]+>", "", inner).strip())
+        for cls, inner in re.findall(r'<td(?: class="([^"]*)")?[^>]*>(.*?)</td>', row, re.S)
+    ]
+
+
+def row_of(html: str, *cells: str) -> tuple[str, list[Cell]]:
+    """The health table row whose leading cells read ``cells`` (a target: its whole URL), as HTML
+    and as its cells."""
+    for match in re.finditer(r"<tr[^>]*>\s*<td.*?</tr>", html, re.S):
+        row = cells_of(match.group(0))
+        if [text for _, text in row[: len(cells)]] == list(cells):
+            return match.group(0), row
+    raise AssertionError(f"no row {cells}")
+
+
+def bad(cell: Cell) -> bool:
+    return "bad" in cell[0].split()
 
 
 async def test_models_page_shows_health(api: Api) -> None:
@@ -31,28 +47,33 @@ async def test_models_page_shows_health(api: Api) -> None:
     assert 'hx-trigger="sse:status delay:1s, live-resumed from:body, every 30s [!llmscopeLive]"' in r.text
     assert 'name="hours" value="1" checked' in r.text
 
-    plain = row_of(r.text, "ollama / llama3.1:8b", "local", "non-streaming")
+    plain, cells = row_of(r.text, "ollama / llama3.1:8b", "local", "non-streaming")
+    texts = [text for _, text in cells]
     assert 'class="failing"' in plain  # a run of 3 failures
-    assert '<td class="bad">95.24%</td>' in plain  # 100 of 105
+    assert cells[4] == ("key nowrap bad", "95.24%")  # 100 of 105
     assert "http_<wbr>5xx 2 · timeout 3" in plain  # the kinds break after "_" in a narrow cell
-    assert '<td class="bad">3</td>' in plain
+    assert bad(cells[6])
+    assert cells[6][1] == "3"
     for value in pcts(OK_LATENCIES):
-        assert f"<td>{value:,.1f}</td>" in plain
+        assert f"{value:,.1f}" in texts
     href = "/violations?series=" + quote("ollama|llama3.1:8b", safe="") + "&amp;state=open"
     assert f'<a href="{href}"' in plain
     # Its critical resolved by a person is still open (not cleared): it is the worst one.
     assert '<span class="sev critical">critical</span>' in plain
 
-    stream = row_of(r.text, "ollama / llama3.1:8b", "local", "streaming")
+    stream, cells = row_of(r.text, "ollama / llama3.1:8b", "local", "streaming")
     assert 'class="failing"' not in stream
-    assert '<td class="bad">95.24%</td>' in stream  # 20 of 21
-    assert '<td class="">0</td>' in stream
+    assert bad(cells[4])
+    assert cells[4][1] == "95.24%"  # 20 of 21
+    assert not bad(cells[6])
+    assert cells[6][1] == "0"
     for value in pcts(STREAM_TTFT):
-        assert f"<td>{value:,.1f}</td>" in stream
+        assert f"{value:,.1f}" in [text for _, text in cells]
 
-    gpt = row_of(r.text, "openai / org/gpt:1", "ext", "non-streaming")
-    assert '<td class="">100.00%</td>' in gpt
-    assert '<span class="sev critical">critical</span>' in gpt
+    _, gpt = row_of(r.text, "openai / org/gpt:1", "ext", "non-streaming")
+    assert not bad(gpt[4])
+    assert gpt[4][1] == "100.00%"
+    assert "critical" in gpt[-1][1]
 
 
 async def test_models_health_window_and_fragments(api: Api) -> None:
@@ -70,7 +91,7 @@ async def test_models_health_window_and_fragments(api: Api) -> None:
     assert r.text.lstrip().startswith('<div id="health" hx-get="/models?hours=1"')
     assert "llama3.1:8b" in r.text
     # Not in the table any more, but named as an enabled model that went silent.
-    assert not re.search(r"<td>ollama / retired:1</td>", r.text)
+    assert not re.search(r"<td[^>]*>ollama / retired:1</td>", r.text)
     silent = re.search(r'<p class="bad silent">(.*?)</p>', r.text, re.S)
     assert silent, r.text
     assert "ollama / retired:1 (last probe" in silent.group(1)
@@ -111,7 +132,9 @@ async def test_a_traffic_only_model_says_so_instead_of_a_probing_switch(api: Api
     page = (await (await login(api)).get("/models")).text
     rows = {
         m.group(1): m.group(0)
-        for m in re.finditer(r"<tr[^>]*>\s*<td>openai</td><td>([^<]+)</td>.*?</tr>", page, re.S)
+        for m in re.finditer(
+            r'<tr[^>]*>\s*<td class="lead">openai</td><td class="lead">([^<]+)</td>.*?</tr>', page, re.S
+        )
     }
     assert set(rows) == {"org/gpt:1", "shop-bot"}
     assert "traffic only — not probed" in rows["shop-bot"]

@@ -12,6 +12,7 @@ import pytest
 
 from llmscope.web.auth import CSRF_HEADER
 from llmscope.web.remembered_by import BY_COOKIE
+from llmscope.web.settings_form import SECTIONS
 from tests.api.conftest import API_KEY, Api
 from tests.web.test_pages import HX, csrf_token, login, seed
 
@@ -23,6 +24,16 @@ def by_values(html: str) -> list[str]:
     fields = re.findall(r'<input name="by"[^>]*>', html)
     assert fields, html[:300]
     return [m.group(1) if (m := re.search(r'value="([^"]*)"', f)) else "" for f in fields]
+
+
+def section_by(html: str) -> dict[str, str]:
+    """The ``by`` of each settings section's form on a page (or in a swapped section)."""
+    parts = re.split(r'<section class="card settings-section" id="section-([a-z_-]+)"', html)[1:]
+    assert parts, html[:300]
+    return {
+        sid: by_values(body.split("</section>", 1)[0])[0]
+        for sid, body in zip(parts[::2], parts[1::2], strict=True)
+    }
 
 
 @pytest.fixture
@@ -114,19 +125,25 @@ async def test_a_refused_form_shows_its_name_as_sent_and_remembers_none(api: Api
     wizard = {**HX, "HX-Target": "wizard"} if hx else {}
     refused = 200 if hx else 422
 
-    # Cleared: the field comes back blank (and refused for it too), never "sam" again.
+    # Cleared: the field comes back blank (and refused for it too), never "sam" again; the
+    # page's other sections, not sent, keep "sam" (they showed the refused form's blank).
     r = await client.post("/settings/section/email", data={**EMAIL_FORM, "by": ""}, headers=section)
     assert r.status_code == refused, r.text
     assert "SMTP port:" in r.text, re.findall(r"field-error[^<]*<", r.text)
-    assert set(by_values(r.text)) == {""}
+    shown = section_by(r.text)
+    assert shown.pop("email") == ""
+    assert set(shown.values()) == (set() if hx else {"sam"}), shown
+    assert len(shown) == (0 if hx else len(SECTIONS) - 1)
     r = await client.post("/setup", data={"alert.email.smtp_port": "x", "by": "  "}, headers=wizard)
     assert r.status_code == refused, r.text
     assert by_values(r.text) == [""]
 
-    # Another name, refused for the port: shown as typed, and not remembered.
+    # Another name, refused for the port: shown as typed in its section only, and not remembered.
     r = await client.post("/settings/section/email", data={**EMAIL_FORM, "by": "eve"}, headers=section)
     assert r.status_code == refused, r.text
-    assert set(by_values(r.text)) == {"eve"}
+    shown = section_by(r.text)
+    assert shown.pop("email") == "eve"
+    assert set(shown.values()) == (set() if hx else {"sam"}), shown
     assert BY_COOKIE not in r.headers.get("set-cookie", "")
     r = await client.post("/setup", data={"alert.email.smtp_port": "x", "by": "eve"}, headers=wizard)
     assert r.status_code == refused, r.text
@@ -134,3 +151,16 @@ async def test_a_refused_form_shows_its_name_as_sent_and_remembers_none(api: Api
     assert BY_COOKIE not in r.headers.get("set-cookie", "")
     assert client.cookies.get(BY_COOKIE) == "sam"
     assert set(by_values((await client.get("/settings")).text)) == {"sam"}
+
+
+async def test_a_refused_one_setting_form_leaves_the_sections_the_remembered_name(api: Api) -> None:
+    """The older one-setting form, refused, answers the whole settings page: none of its sections'
+    forms was sent, so each shows the browser's name, never the refused one."""
+    await seed(api)
+    client = await login(api)
+    r = await client.post("/violations/v1/acknowledge", data={"by": "sam"})
+    assert r.status_code == 200, r.text
+    r = await client.post("/settings/alert.email.smtp_port", data={"value": "x", "by": "eve"})
+    assert r.status_code == 422, r.text
+    assert set(section_by(r.text).values()) == {"sam"}
+    assert client.cookies.get(BY_COOKIE) == "sam"

@@ -1,6 +1,6 @@
 """A URL target in a narrow table cell breaks where a reader expects it to (after the scheme,
 before a dot or a slash), never mid-word: the Models page cut "api.openai.com" as "api.ope|nai.com"
-(the browser check: ``test_browser.py::test_the_models_health_table_fits_a_laptop_screen``)."""
+(the browser check: ``test_browser.py::test_the_models_health_table_fits_a_laptop_and_a_phone``)."""
 
 from __future__ import annotations
 

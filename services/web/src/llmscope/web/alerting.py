@@ -8,7 +8,7 @@ dataclasses double as the API's JSON models.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal, Protocol
 
 from llmscope.web.data import Violation
@@ -88,6 +88,55 @@ class Incident:
     analyzed"""
     changed_at: datetime | None = None
     """when the alerter published its latest revision"""
+
+    @property
+    def changes(self) -> IncidentChanges:
+        """What changed in it since it opened, as the person on call counts: violations joining
+        (a merge brings in the absorbed incident's), its acknowledgement, its resolution."""
+        return IncidentChanges.of(self)
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentChanges:
+    """An incident's changes of membership and state since it opened, read off its latest
+    revision. Not ``revision - 1``: the alerter also publishes a revision for each analysis it
+    writes (again after a resolution) and for a resolution note copied from a violation, none of
+    which changes who is in it or what state it is in; its severity is its worst violation's, so
+    it changes only with its membership. An incident opens with one violation; it is acknowledged
+    and resolved at most once."""
+
+    joined: int
+    acknowledged: bool
+    resolved: bool
+    last: str
+    """the latest of them, in words ("" when none)"""
+    last_at: datetime | None
+
+    @property
+    def count(self) -> int:
+        return self.joined + self.acknowledged + self.resolved
+
+    @property
+    def parts(self) -> list[str]:
+        joined = f"{self.joined} violation{'' if self.joined == 1 else 's'} joined" if self.joined else ""
+        return [p for p in (joined, "acknowledged" * self.acknowledged, "resolved" * self.resolved) if p]
+
+    @classmethod
+    def of(cls, i: Incident) -> IncidentChanges:
+        joined = max(0, i.violation_count - 1)
+        resolved = i.state == "resolved"
+        acknowledged = i.acknowledged_at is not None
+        seen: list[tuple[int, datetime | None, str]] = []
+        if joined:
+            seen.append((0, i.last_violation_at, "a violation joined"))
+        if acknowledged:
+            seen.append((1, i.acknowledged_at, "acknowledged"))
+        if resolved:
+            seen.append((2, i.resolved_at, f"merged into {i.merged_into}" if i.merged_into else "resolved"))
+        # The latest by time; one not dated (never from the alerter) by its place in the lifecycle.
+        far = datetime.min.replace(tzinfo=UTC)
+        last = max(seen, key=lambda c: (c[1] or far, c[0]), default=(0, None, ""))
+        return cls(joined, acknowledged, resolved, last[2], last[1])
 
 
 _FAILURE_METRICS = frozenset({"availability", "error_rate"})

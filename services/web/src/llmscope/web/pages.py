@@ -27,6 +27,7 @@ from llmscope.web.live import chart_pace_s, point_event, traffic_event
 from llmscope.web.minichart import render_minichart
 from llmscope.web.remembered_by import refuse_by, template_remembered_by
 from llmscope.web.rules_legend import BY_CODE, RULES
+from llmscope.web.short_url import short_url
 from llmscope.web.svg import PAD_R as CHART_PAD_R
 from llmscope.web.svg import render_chart, render_sparkline, time_range
 from llmscope.web.trend_svg import color, render_availability, render_comparison
@@ -189,6 +190,7 @@ def build_environment() -> Environment:
     env.globals["metric_units"] = METRIC_UNITS
     env.filters["ts"] = _ts
     env.filters["url_breaks"] = _url_breaks
+    env.filters["short_url"] = lambda text: short_url(text, _url_breaks)
     env.filters["pct"] = _pct
     env.globals["sigma_text"] = _sigma
     env.globals["metric_labels"] = METRIC_LABELS

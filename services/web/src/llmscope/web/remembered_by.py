@@ -49,6 +49,12 @@ def remembered_by(request: Request | None) -> str:
     state = request.scope.get("state", {})
     if BY_STATE in state:
         return str(state[BY_STATE])
+    return cookie_by(request)
+
+
+def cookie_by(request: Request) -> str:
+    """The name the browser remembers, whatever this request's form sent: what the forms of a
+    page show beside one refused (a refusal remembers nothing)."""
     return _clean(unquote(request.cookies.get(BY_COOKIE, "")))
 
 

@@ -61,6 +61,8 @@ class SectionView:
     fields: list[FieldView]
     message: str = ""
     errors: dict[str, str] = field(default_factory=dict)
+    by: str | None = None
+    """The name its ``by`` field shows; None: the one the browser remembers."""
 
 
 WRITE_ONLY = "Write-only: blank keeps the stored one."
@@ -263,8 +265,10 @@ def section_view(
     message: str = "",
     errors: dict[str, str] | None = None,
     typed: dict[str, str] | None = None,
+    by: str | None = None,
 ) -> SectionView:
-    """The section's fields over the stored settings (keys the API does not know are left out)."""
+    """The section's fields over the stored settings (keys the API does not know are left out);
+    ``by``: the name its form shows (None: the remembered one)."""
     known = {s.key: s for s in settings}
     errs = errors or {}
     fields = [
@@ -272,7 +276,7 @@ def section_view(
         for f in section.fields
         if f.key in known
     ]
-    return SectionView(section, fields, message, errs)
+    return SectionView(section, fields, message, errs, by)
 
 
 def parse_field(setting: SettingInfo, raw: str | None) -> object:

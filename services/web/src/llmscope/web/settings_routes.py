@@ -10,6 +10,7 @@ from fastapi.responses import HTMLResponse
 
 from llmscope.web.data import DashboardData, SettingError, SettingErrors
 from llmscope.web.pages import Pages, is_htmx, toast_trigger, who_from
+from llmscope.web.remembered_by import cookie_by
 from llmscope.web.settings_form import (
     BY_ID,
     SECTIONS,
@@ -34,15 +35,15 @@ def add_settings_routes(
     refused, and the audit trail no longer records "dashboard", which named nobody."""
 
     async def _settings_page(
-        request: Request, views: dict[str, SectionView] | None = None, by: str = ""
+        request: Request, views: dict[str, SectionView] | None = None, others_by: str | None = None
     ) -> HTMLResponse:
+        """``others_by``: the name the sections not in ``views`` show (None: the remembered one)."""
         stored = await data.settings()
-        sections = [(views or {}).get(s.id) or section_view(s, stored) for s in SECTIONS]
+        sections = [(views or {}).get(s.id) or section_view(s, stored, by=others_by) for s in SECTIONS]
         context = {
             "sections": sections,
             "fixed": fixed,
             "models": sorted({(s.provider, s.model) for s in await data.series()}),
-            "by": by,
         }
         return pages.render(request, "settings.html", context)
 
@@ -85,14 +86,12 @@ def add_settings_routes(
             status = 200
         if is_htmx(request):
             return pages.render(
-                request,
-                "settings.html",
-                {"sec": view, "by": who},
-                block="section",
-                status_code=status,
-                toast=toast,
+                request, "settings.html", {"sec": view}, block="section", status_code=status, toast=toast
             )
-        response = await _settings_page(request, {section.id: view}, by=who)
+        # The submitted section shows its name as sent; a refusal remembers nothing, so the
+        # page's other sections keep the browser's name (they showed the refused one).
+        others_by = cookie_by(request) if errors else None
+        response = await _settings_page(request, {section.id: view}, others_by)
         response.status_code = status
         return response
 
@@ -113,7 +112,8 @@ def add_settings_routes(
                 raise SettingError("by", by_error.removeprefix("by: "))
             await data.put_setting(key, parse_field(known[key], value), who)
         except SettingError as exc:
-            response = await _settings_page(request)
+            # Refused: the sections' forms keep the browser's name, not this one's.
+            response = await _settings_page(request, others_by=cookie_by(request))
             response.status_code = 422
             response.headers.update(toast_trigger(str(exc), "error"))
             return response

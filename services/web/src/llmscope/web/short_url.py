@@ -1,0 +1,113 @@
+"""A target's URL shortened for a table cell, whole for the reader who hovers, copies or prints it.
+
+A self-hosted gateway's URL (``https://llm-gateway.inference.internal.example.com:8443/v1/openai``)
+took nine lines of the Models page's health table. A cell shows its host and a shortened path
+(``llm-gateway…:8443/v1/openai``); the parts left out stay in the page in text of no
+size (``.url-cut``), so selecting the cell and copying it copies the whole URL, as printing prints
+it (``static/style.css``); the ellipsis is drawn by CSS (``.url-more``), so it is never copied; and
+the whole URL is the cell's ``title``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Final, Literal
+
+from markupsafe import Markup
+
+SHOWN_WHOLE: Final = 30
+"""A target this long or shorter (its scheme aside) is shown whole."""
+HOST_KEEP: Final = 30
+"""A longer host name shows its first label only (the service: "llm-gateway…:8443"); the
+domain after it is most often the same for every target of a site."""
+LABEL_KEEP: Final = 24
+"""A longer first label (or a long host of one label) shows its start only."""
+PATH_KEEP: Final = 16
+"""A longer path shows its last segment only ("/…/completions")."""
+SEGMENT_KEEP: Final = 16
+"""A longer last segment shows its start only."""
+QUERY_KEEP: Final = 10
+"""A longer query (or fragment) shows its "?" only."""
+
+_PARTS: Final = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)?(?P<user>[^/?#@]*@)?(?P<host>[^/?#]*)(?P<path>[^?#]*)(?P<rest>.*)",
+    re.DOTALL,
+)
+
+Piece = tuple[str, Literal["shown", "name", "cut", "more"]]
+"""Some of a URL's text: shown (breaking where ``url_breaks`` lets it), shown on one line (a
+shortened host's name), or cut (in the page, of no size); or the ellipsis ("more", no text) that
+marks a cut."""
+MORE: Final[Piece] = ("", "more")
+
+
+def _host(host: str) -> list[Piece]:
+    name, colon, port = host.rpartition(":")
+    if not (colon and port.isdigit()) or name.startswith("["):  # no port; an IPv6 literal
+        name, port = host, ""
+    port = colon + port if port else ""
+    if len(name) <= HOST_KEEP:
+        return [(host, "shown")]
+    first = name.split(".", 1)[0]
+    keep = len(first) if len(first) <= LABEL_KEEP else LABEL_KEEP - 4
+    return [(name[:keep], "name"), MORE, (name[keep:], "cut"), (port, "name")]
+
+
+def _path(path: str) -> list[Piece]:
+    if len(path) <= PATH_KEEP:
+        return [(path, "shown")]
+    start = path.rfind("/", 0, len(path) - 1) if path.endswith("/") else path.rfind("/")
+    pieces: list[Piece] = []
+    if start > 0:  # "/v1/chat/completions": "/", cut "v1/chat", "/completions"
+        pieces += [("/", "shown"), MORE, (path[1:start], "cut")]
+    last = path[max(start, 0) :]
+    if len(last) > SEGMENT_KEEP + 1:
+        pieces += [(last[: SEGMENT_KEEP + 1], "shown"), MORE, (last[SEGMENT_KEEP + 1 :], "cut")]
+    else:
+        pieces.append((last, "shown"))
+    return pieces
+
+
+def url_pieces(url: str) -> list[Piece]:
+    """``url`` in pieces whose texts join to it again: its scheme (and any user) cut; its host and
+    path, shortened once the whole is longer than ``SHOWN_WHOLE``."""
+    m = _PARTS.fullmatch(url)
+    assert m is not None  # every part may be empty: any text matches
+    scheme, user, host, path, rest = (m.group(g) or "" for g in ("scheme", "user", "host", "path", "rest"))
+    pieces: list[Piece] = [(scheme, "cut"), (user, "cut")]
+    if len(url) - len(scheme) - len(user) <= SHOWN_WHOLE:
+        pieces.append((host + path + rest, "shown"))
+    else:
+        pieces += _host(host) + _path(path)
+        if len(rest) > QUERY_KEEP:
+            pieces += [(rest[:1], "shown"), MORE, (rest[1:], "cut")]
+        else:
+            pieces.append((rest, "shown"))
+    merged: list[Piece] = []
+    for text, kind in pieces:
+        if not text and kind != "more":
+            continue
+        if kind == "shown" and merged and merged[-1][1] == "shown":
+            text = merged.pop()[0] + text  # one run of text, for its line breaks
+        merged.append((text, kind))
+    return merged
+
+
+def short_url(text: object, breaks: Callable[[str], Markup]) -> Markup:
+    """The target shortened (``url_pieces``) in a ``span`` titled with the whole of it; ``breaks``
+    marks where the shown text may break a line (``pages._url_breaks``)."""
+    url = "" if text is None else str(text)
+    if not url:
+        return Markup("")  # an empty cell stays :empty (a phone's stacked table hides it)
+    out: list[str] = []
+    for piece, kind in url_pieces(url):
+        if kind == "shown":
+            out.append(breaks(piece))
+        elif kind == "name":
+            out.append(Markup('<span class="url-name">{}</span>').format(piece))
+        elif kind == "more":
+            out.append(Markup('<span class="url-more" aria-hidden="true"></span><wbr>'))
+        else:
+            out.append(Markup('<span class="url-cut">{}</span>').format(piece))
+    return Markup('<span class="url" title="{}">{}</span>').format(url, Markup("").join(out))

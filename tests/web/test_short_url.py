@@ -1,0 +1,58 @@
+"""A target's URL in a table cell is shortened to its host and a shortened path, with the whole
+URL in its ``title`` and in the page (the parts cut in text of no size, so a copy copies it all):
+a gateway's URL took nine lines of the Models page's health table (the browser check:
+``test_browser.py::test_the_models_health_table_fits_a_laptop_and_a_phone``)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from llmscope.web.pages import build_environment
+from llmscope.web.short_url import url_pieces
+
+GATEWAY = "https://llm-gateway.inference.internal.example.com:8443/v1/openai"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (GATEWAY, "llm-gateway…:8443/v1/openai"),
+        ("https://api.openai.com", "api.openai.com"),
+        ("http://localhost:11434", "localhost:11434"),
+        ("http://gw.local:8443/v1/chat?x=1&y=2", "gw.local:8443/v1/chat?x=1&y=2"),
+        ("http://10.0.12.34:8000/v1/chat/completions", "10.0.12.34:8000/…/completions"),
+        (
+            "https://bot:s3cret@my-company-llm-router.prod.eu-west-1.internal.corp/v1/chat/completions"
+            "?api-version=2024-06-01",
+            "my-company-llm-router…/…/completions?…",
+        ),
+        ("https://abcdefghijklmnopqrstuvwxyzabcdefghijklmnop.com/", "abcdefghijklmnopqrst…/"),
+        (
+            "https://my-resource.openai.azure.com/openai/deployments/gpt4o/chat/completions?api-version=1",
+            "my-resource.openai.azure.com/…/completions?…",
+        ),
+        ("http://a.b/" + "x" * 40, "a.b/xxxxxxxxxxxxxxxx…"),
+        ("local", "local"),
+    ],
+)
+def test_a_url_is_shortened_and_its_pieces_join_to_it_again(url: str, shown: str) -> None:
+    pieces = url_pieces(url)
+    assert "".join(text for text, _ in pieces) == url
+    assert "".join("…" if kind == "more" else text for text, kind in pieces if kind != "cut") == shown
+
+
+def test_the_cell_holds_the_whole_url_with_breaks_in_what_it_shows() -> None:
+    template = build_environment().from_string("<td>{{ t|short_url }}</td>")
+    html = template.render(t=GATEWAY)
+    assert html == (
+        f'<td><span class="url" title="{GATEWAY}"><span class="url-cut">https://</span>'
+        '<span class="url-name">llm-gateway</span><span class="url-more" aria-hidden="true"></span><wbr>'
+        '<span class="url-cut">.inference.internal.example.com</span><span class="url-name">:8443</span>'
+        "/v1<wbr>/openai</span></td>"
+    )
+    assert re.sub(r"<[^>]+>", "", html) == GATEWAY  # its text is the URL: what a copy copies
+    assert template.render(t="") == "<td></td>"  # stays :empty
+    assert 'title="a&lt;b&gt;&#34;c"' in template.render(t='a<b>"c')
+    assert "&lt;script&gt;" in template.render(t="https://x.example.com/<script>/aaaaaaaaaaaaaaaaaaaaaaaaa")
