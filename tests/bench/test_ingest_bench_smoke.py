@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.bench.machine import assert_machine_printed
+from tests.bench.printed_machine import assert_machine_printed
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "ingest_bench.py"
 
