@@ -55,9 +55,9 @@ async def run(
     stores = {name: make() for name, make in arms.items()}
     warm = list(stack_bench.telemetry(args.warm, 0))
     for name, pool in pools.items():
-        async with pool.acquire() as conn:
+        async with pool.acquire() as held:
             for i in range(0, len(warm), args.batch):
-                await stores[name](conn, warm[i : i + args.batch])
+                await stores[name](held, warm[i : i + args.batch])
     next_id = len(warm)
     results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in arms}
     wal: dict[str, float] = dict.fromkeys(arms, 0.0)

@@ -467,8 +467,9 @@ async def test_a_series_row_is_rewritten_once_a_minute_and_read_to_the_microseco
 
     async def rows() -> dict[str, tuple[Any, ...]]:
         return {
-            table: tuple(await pool.fetchrow(f"SELECT xmin::text, first_seen, last_seen FROM {table}"))
+            table: tuple(r)
             for table in ("series", "series_targets")
+            for r in await pool.fetch(f"SELECT xmin::text, first_seen, last_seen FROM {table}")
         }
 
     async with pool.acquire() as conn:
