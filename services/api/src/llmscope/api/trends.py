@@ -82,10 +82,15 @@ class TrendQueries:
         lower bound alone read every minute from there to the window's end: 30 days of minutes
         per chart, 50x the chart's own query (``bench/compare_bench.py``)."""
         models = "unnest($3::text[], $4::text[]) AS m(provider, model)"
+        # Each model's first hour by one descent of the key (provider, model, hour, ...): a min()
+        # over the join read every prompt's and target's hours of the window.
         hour: datetime | None = await self.store.pool.fetchval(
-            f"""SELECT min(t.hour) FROM {models}
-                JOIN telemetry_series_hour t ON t.provider = m.provider AND t.model = m.model
-                WHERE t.hour >= date_bin('1 hour', $1::timestamptz, 'epoch') AND t.hour < $2""",
+            f"""SELECT min(f.hour) FROM {models}
+                CROSS JOIN LATERAL (
+                    SELECT t.hour FROM telemetry_series_hour t
+                    WHERE t.provider = m.provider AND t.model = m.model
+                      AND t.hour >= date_bin('1 hour', $1::timestamptz, 'epoch') AND t.hour < $2
+                    ORDER BY t.hour LIMIT 1) AS f""",
             start,
             end,
             providers,
