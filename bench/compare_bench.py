@@ -2,13 +2,14 @@
 
 Not a test: it prints figures, each next to a baseline measured in the same run on the same
 tables. An embedded PostgreSQL holds what a 30-day retention keeps of 8 models probed every 2 s
-(3 prompts x 2 targets each): 2.07 M minute rollups, and the hourly rollups migrations 0008 (per
-model) and 0011 (per prompt and target) fold from them. Figures are the median of several runs
+(3 prompts x 2 targets each): 2.07 M minute rollups, and the hourly rollups per prompt and target
+migration 0011 folds from them (the hourly rollups per model of 0008 were dropped by 0018: the
+comparison sums those of the model's series). Figures are the median of several runs
 after a warm-up (the shared machine is noisy).
 
 (a) the 7-day query as it was (``telemetry_minute``, bucket by ``floor(extract(epoch ...))``);
 (b) the same window from the minute rollups with ``date_bin`` (the fix without the new table);
-(c) ``TrendQueries.comparison`` as the page calls it now: 7 days from ``telemetry_hour``;
+(c) ``TrendQueries.comparison`` as the page calls it now: 7 days from ``telemetry_series_hour``;
 (d) (c) plus the SVG the page draws: the server's work for the chart;
 (e) 24 h and 30 days as the page calls them (minute and hour rollups);
 (g) one model's prompts, one line each, over 7 and 30 days (``by="prompt"``: the hourly rollups
@@ -91,15 +92,6 @@ async def seed(pool: asyncpg.Pool, days: int) -> int:
         MODELS,
         days,
     )
-    sql = (files("llmscope.api") / "migrations" / "0008_telemetry_hour.sql").read_text()
-    await pool.execute(sql[sql.index("INSERT INTO telemetry_hour") :])
-    # 0008's fold predates the sums of squared logs (0010): the p95 bands need them.
-    await pool.execute(
-        """UPDATE telemetry_hour h SET latency_logsq = s.lq
-           FROM (SELECT provider, model, date_trunc('hour', minute) AS hour, sum(latency_logsq) AS lq
-                 FROM telemetry_minute GROUP BY 1, 2, 3) AS s
-           WHERE (h.provider, h.model, h.hour) = (s.provider, s.model, s.hour)"""
-    )
     sql = (files("llmscope.api") / "migrations" / "0011_series_hour.sql").read_text()
     started = time.perf_counter()
     await pool.execute(sql[sql.index("INSERT INTO telemetry_series_hour") :])
@@ -120,10 +112,7 @@ async def seed(pool: asyncpg.Pool, days: int) -> int:
         MODELS,
         days,
     )
-    await pool.execute(
-        "ANALYZE telemetry_minute; ANALYZE telemetry_hour; ANALYZE telemetry_series_hour;"
-        " ANALYZE baseline_history"
-    )
+    await pool.execute("ANALYZE telemetry_minute; ANALYZE telemetry_series_hour; ANALYZE baseline_history")
     return int(await pool.fetchval("SELECT count(*) FROM telemetry_minute"))
 
 
@@ -152,12 +141,11 @@ async def run(days: int, runs: int) -> None:
             try:
                 started = time.perf_counter()
                 rows = await seed(pool, days)
-                hours = await pool.fetchval("SELECT count(*) FROM telemetry_hour")
                 series_hours = await pool.fetchval("SELECT count(*) FROM telemetry_series_hour")
                 marks = await pool.fetchval("SELECT count(*) FROM baseline_history")
                 print(
-                    f"== {rows:,} minute rollups, {hours:,} hour rollups by model, "
-                    f"{series_hours:,} by prompt and target, {marks:,} baselines in "
+                    f"== {rows:,} minute rollups, "
+                    f"{series_hours:,} hour rollups by prompt and target, {marks:,} baselines in "
                     f"baseline_history ({MODELS} models, {days} days), "
                     f"seeded in {time.perf_counter() - started:.0f} s"
                 )

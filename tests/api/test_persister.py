@@ -20,6 +20,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from llmscope.api.baseline_history import INSERT as INSERT_BASELINE
+from llmscope.api.chart_store import ChartStore
 from llmscope.api.db import create_pool, migrate, migrations
 from llmscope.api.metrics import ApiMetrics
 from llmscope.api.persister import (
@@ -109,10 +110,54 @@ async def test_a_small_batch_holding_a_stored_event_is_stored_by_the_arbitrating
             assert await store_telemetry(conn, events[6:9]) == 3
         assert await store_telemetry(conn, events[8:12]) == 3
     assert await pool.fetchval("SELECT count(*) FROM telemetry") == 12
-    for table in ("telemetry_minute", "telemetry_hour", "telemetry_series_hour"):
+    for table in ("telemetry_minute", "telemetry_series_hour"):
         assert await pool.fetchval(f"SELECT sum(n) FROM {table}") == 12, table
     total = await pool.fetchval("SELECT sum(latency_sum) FROM telemetry_minute")
     assert total == pytest.approx(sum(e.latency_ms or 0 for e in events))
+
+
+async def test_migration_0018_drops_the_model_hour_rollups_the_series_hours_add_up_to(
+    database_url: str,
+) -> None:
+    """On a store at 0017 the hourly rollups per model (0008, written beside the series' hours in
+    one statement) are the series' hours summed per model, sums of squared logs included: 0018
+    drops them, and the comparison sums the series' hours instead."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        for migration in migrations():
+            if migration.version < 18:
+                await conn.execute(migration.sql)
+        await store_telemetry(conn, _mixed_batch(400))
+        # What the persister kept in telemetry_hour: 0008's fold of the minute rollups, with 0010's
+        # sums of squared logs.
+        sql = next(m.sql for m in migrations() if m.version == 8)
+        await conn.execute(sql[sql.index("INSERT INTO telemetry_hour") :])
+        await conn.execute(
+            """UPDATE telemetry_hour h SET latency_logsq = s.a, ttft_logsq = s.b, tps_logsq = s.c
+               FROM (SELECT provider, model, date_trunc('hour', minute) AS hour, sum(latency_logsq) AS a,
+                            sum(ttft_logsq) AS b, sum(tps_logsq) AS c
+                     FROM telemetry_minute GROUP BY 1, 2, 3) AS s
+               WHERE (h.provider, h.model, h.hour) = (s.provider, s.model, s.hour)"""
+        )
+        columns = [
+            f"{agg}({p}_{c})"
+            for p in ("latency", "ttft", "tps")
+            for agg, c in (("sum", "n"), ("min", "min"), ("max", "max"), ("sum", "sum"), ("sum", "logsum"))
+        ] + [f"sum({p}_logsq)" for p in ("latency", "ttft", "tps")]
+        query = f"""SELECT provider, model, hour, sum(n), sum(n_ok), {", ".join(columns)} FROM {{}}
+                    GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"""
+        by_model = await conn.fetch(query.format("telemetry_hour"))
+        summed = await conn.fetch(query.format("telemetry_series_hour"))
+        assert len(by_model) > 4
+        assert [tuple(r)[:5] for r in summed] == [tuple(r)[:5] for r in by_model]
+        for got, want in zip(summed, by_model, strict=True):
+            assert list(got)[5:] == pytest.approx(list(want)[5:])
+        (migration,) = [m for m in migrations() if m.version == 18]
+        await conn.execute(migration.sql)
+        assert await conn.fetchval("SELECT to_regclass('telemetry_hour')") is None
+        assert await store_telemetry(conn, [telemetry(i, id=f"after-{i}") for i in range(3)]) == 3
+    finally:
+        await conn.close()
 
 
 async def test_migration_0017_adds_the_row_type_small_batches_are_sent_as(database_url: str) -> None:
@@ -297,7 +342,6 @@ def _mixed_batch(n: int) -> list[TelemetryEvent]:
 
 _AGGREGATE_TABLES = {
     "telemetry_minute": "provider, model, prompt_id, target, minute",
-    "telemetry_hour": "provider, model, hour",
     "telemetry_series_hour": "provider, model, prompt_id, target, hour",
     "series": "provider, model, prompt_id",
     "series_targets": "provider, model, prompt_id, target",
@@ -377,7 +421,6 @@ async def test_every_write_path_keeps_the_same_rollups_series_and_models(pool: a
     for other in seen[1:]:
         assert _same_aggregates(other, seen[0]), other
     assert await pool.fetchval("SELECT sum(n) FROM telemetry_minute") == len(events)
-    assert await pool.fetchval("SELECT sum(n) FROM telemetry_hour") == len(events)
     assert await pool.fetchval("SELECT sum(n) FROM telemetry_series_hour") == len(events)
     # Each series' hours: the minute rollups of that prompt on that target, folded.
     folded = await pool.fetch(
@@ -390,7 +433,9 @@ async def test_every_write_path_keeps_the_same_rollups_series_and_models(pool: a
         f"""SELECT {", ".join(folded[0].keys())} FROM telemetry_series_hour
             ORDER BY provider, model, prompt_id, target, hour"""
     )
-    assert len(hours) > len(seen[0]["telemetry_hour"])  # prompts and targets kept apart
+    assert len(hours) > len(
+        {(r["provider"], r["model"], r["hour"]) for r in hours}
+    )  # prompts and targets apart
     assert [tuple(r.values())[:-1] for r in hours] == [tuple(r.values())[:-1] for r in folded]
     assert [r["ttft_logsq"] for r in hours] == pytest.approx([r["ttft_logsq"] for r in folded])
     assert await pool.fetchval("SELECT count(DISTINCT target) FROM telemetry_minute") == 2
@@ -408,6 +453,55 @@ async def test_every_write_path_keeps_the_same_rollups_series_and_models(pool: a
     assert [tuple(r) for r in rows] == [
         (m, "traffic" if m == "app" else "probe", latest[m]) for m in sorted(latest)
     ]
+
+
+async def test_a_series_row_is_rewritten_once_a_minute_and_read_to_the_microsecond(
+    pool: asyncpg.Pool,
+) -> None:
+    """``series`` and ``series_targets`` keep a series' first event exact and the minute of its
+    last (migration 0018): events within the minute its row holds leave the row unwritten (its
+    xmin stays), on every write path; a later minute or an earlier event widens it. The targets
+    are still ordered by their exact last probe, which readers find in telemetry."""
+    minute = T0.replace(second=0) + timedelta(minutes=1)
+    at = [minute + timedelta(seconds=s, microseconds=250) for s in (5, 20, 41, 59)]
+
+    async def rows() -> dict[str, tuple[Any, ...]]:
+        return {
+            table: tuple(r)
+            for table in ("series", "series_targets")
+            for r in await pool.fetch(f"SELECT xmin::text, first_seen, last_seen FROM {table}")
+        }
+
+    async with pool.acquire() as conn:
+        await store_telemetry(conn, [telemetry(0, ts=at[0])])  # one event
+        first = await rows()
+        assert {row[1:] for row in first.values()} == {(at[0], minute)}
+        await store_telemetry(conn, [telemetry(1, ts=at[1])])
+        await store_telemetry(conn, [telemetry(2, ts=at[2]), telemetry(3, ts=at[3])])  # one statement
+        await store_telemetry(conn, [telemetry(4 + i, ts=at[3]) for i in range(COPY_MIN_ROWS)])  # COPY
+        assert await rows() == first
+        await store_telemetry(conn, [telemetry(9000, ts=minute + timedelta(minutes=1, seconds=3))])
+        await store_telemetry(conn, [telemetry(9001, ts=minute - timedelta(seconds=1))])
+        assert {row[1:] for row in (await rows()).values()} == {
+            (minute - timedelta(seconds=1), minute + timedelta(minutes=1))
+        }
+        # Two targets probed within one minute: the later probe's first, to the microsecond.
+        store = ChartStore(pool)
+        key = ("ollama", "llama3.1:8b", "simple-1")
+        later = minute + timedelta(minutes=5)
+        await store_telemetry(conn, [telemetry(9002, ts=later + timedelta(seconds=10), target="b")])
+        await store_telemetry(conn, [telemetry(9003, ts=later + timedelta(seconds=40), target="a")])
+        assert await store.targets(*key) == ["a", "b", "local"]
+        await store_telemetry(
+            conn, [telemetry(9004, ts=later + timedelta(seconds=40, microseconds=1), target="b")]
+        )
+        assert await store.targets(*key) == ["b", "a", "local"]
+        assert (
+            await pool.fetchval(
+                "SELECT count(DISTINCT last_seen) FROM series_targets WHERE target <> 'local'"
+            )
+            == 1
+        )
 
 
 async def test_cleared_event_closes_its_episode_in_either_order(pool: asyncpg.Pool) -> None:
@@ -429,7 +523,6 @@ async def test_retention_deletes_only_old_rows(pool: asyncpg.Pool, database_url:
     async with pool.acquire() as conn:
         await store_telemetry(conn, [telemetry(0, ts=T0 - timedelta(days=40)), telemetry(1)])
     settings = ApiSettings(database_url=Secret(database_url), api_key=Secret("x" * 16))
-    assert await pool.fetchval("SELECT count(*) FROM telemetry_hour") == 2
     assert await pool.fetchval("SELECT count(*) FROM telemetry_series_hour") == 2
     deleted = await apply_retention(pool, settings)
     assert deleted["telemetry"] == 1
@@ -439,9 +532,7 @@ async def test_retention_deletes_only_old_rows(pool: asyncpg.Pool, database_url:
         database_url=Secret(database_url), api_key=Secret("x" * 16), retention_rollup_days=30
     )
     deleted = await apply_retention(pool, settings)
-    assert deleted["telemetry_hour"] == 1  # the hour rollups with the minutes
-    assert deleted["telemetry_series_hour"] == 1
-    assert await pool.fetchval("SELECT count(*) FROM telemetry_hour") == 1
+    assert deleted["telemetry_series_hour"] == 1  # the hour rollups with the minutes
     assert await pool.fetchval("SELECT count(*) FROM telemetry_series_hour") == 1
 
 

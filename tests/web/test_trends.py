@@ -242,7 +242,7 @@ def _series_probes() -> list[TelemetryEvent]:
 async def test_one_models_prompts_over_30_days_read_each_series_hourly_rollups(api: Api) -> None:
     """30 days by prompt (or target) reads ``telemetry_series_hour``: each line's buckets hold
     exactly that prompt's probes, with its p95 band, and they stay when the minute rollups are
-    gone (which a 30-day chart never reads)."""
+    gone (which a 30-day chart never reads); by model, the same rows summed (migration 0018)."""
     events = _series_probes()
     async with api.store.pool.acquire() as conn:
         await store_telemetry(conn, events)
@@ -251,16 +251,16 @@ async def test_one_models_prompts_over_30_days_read_each_series_hourly_rollups(a
     trends = TrendQueries(api.store)
     bucket_s = compare_bucket_s(720)
     assert bucket_s == 3 * 3600
-    for by in ("prompt", "target"):
+    parts = {"model": [""], "prompt": ["p-0", "p-1"], "target": ["g-0", "g-1"]}
+    for by in ("model", "prompt", "target"):
         cmp = await trends.comparison([("ollama", "llama3.1:8b")], "latency_ms", 720, by=by)
         assert cmp.bucket_s == bucket_s
-        assert [line.part for line in cmp.lines] == (
-            [f"p-{k}" for k in (0, 1)] if by == "prompt" else ["g-0", "g-1"]
-        )
+        assert [line.part for line in cmp.lines] == parts[by]
         for line in cmp.lines:
             buckets: dict[datetime, list[float]] = {}
             for e in events:
-                if (e.prompt_id if by == "prompt" else e.target) == line.part and e.latency_ms:
+                part = {"model": "", "prompt": e.prompt_id, "target": e.target}[by]
+                if part == line.part and e.latency_ms:
                     start = datetime.fromtimestamp(e.ts.timestamp() // bucket_s * bucket_s, UTC)
                     buckets.setdefault(start, []).append(e.latency_ms)
             assert [p.ts - timedelta(seconds=bucket_s / 2) for p in line.points] == sorted(buckets)
@@ -380,7 +380,8 @@ async def test_report_page_and_csv(api: Api) -> None:
 
 
 async def test_long_windows_read_the_hourly_rollups(api: Api) -> None:
-    """A week's comparison reads one row per model and hour, with the same figures as the probes."""
+    """A week's comparison reads the hourly rollups of the model's series, summed per hour (one
+    model-hour row of its own until migration 0018), with the same figures as the probes."""
     hour0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
     events = [
         telemetry(i, id=f"h{i}", ts=hour0 + timedelta(minutes=7 * i), latency_ms=100.0 + 10 * (i % 4))
@@ -393,7 +394,7 @@ async def test_long_windows_read_the_hourly_rollups(api: Api) -> None:
     ]
     async with api.store.pool.acquire() as conn:
         await store_telemetry(conn, events)
-        assert await conn.fetchval("SELECT count(*) FROM telemetry_hour") == 4
+        assert await conn.fetchval("SELECT count(DISTINCT hour) FROM telemetry_series_hour") == 4
     assert compare_bucket_s(168) == 3600
     cmp = await TrendQueries(api.store).comparison([("ollama", "llama3.1:8b")], "latency_ms", 168)
     (line,) = cmp.lines
@@ -411,23 +412,6 @@ async def test_long_windows_read_the_hourly_rollups(api: Api) -> None:
         mean = sum(logs) / len(logs)
         sd = math.sqrt(sum((v - mean) ** 2 for v in logs) / (len(logs) - 1))
         assert p.p95 == pytest.approx(min(math.exp(mean + 1.6448536 * sd), max(values)))
-
-    # The migration's backfill folds the minute rollups into the same hours.
-    stored = await api.store.pool.fetch("SELECT * FROM telemetry_hour ORDER BY hour")
-    sql = (files("llmscope.api") / "migrations" / "0008_telemetry_hour.sql").read_text()
-    backfill = sql[sql.index("INSERT INTO telemetry_hour") :]
-    async with api.store.pool.acquire() as conn, conn.transaction():
-        await conn.execute("DELETE FROM telemetry_hour")
-        await conn.execute(backfill)
-        rebuilt = await conn.fetch("SELECT * FROM telemetry_hour ORDER BY hour")
-    assert [(r["model"], r["hour"], r["n"]) for r in rebuilt] == [
-        (r["model"], r["hour"], r["n"]) for r in stored
-    ]
-    for again, kept in zip(rebuilt, stored, strict=True):
-        # The sums of squared logs came later (0010): the backfill of 0008 leaves them 0.
-        numbers = {k: v for k, v in dict(kept).items() if isinstance(v, float) and not k.endswith("_logsq")}
-        assert {k: again[k] for k in numbers} == pytest.approx(numbers)  # sums in another order
-        assert all(again[f"{p}_logsq"] == 0 for p in ("latency", "ttft", "tps"))
 
 
 def test_the_p95_band_comes_from_the_rollups_and_is_left_out_where_they_cannot_tell() -> None:

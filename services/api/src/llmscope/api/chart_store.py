@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from llmscope.api.series_seen import target_last_seen
 from llmscope.api.store_base import StoreBase
 from llmscope.proto.charts import ChartView, chart_key
 from llmscope.proto.telemetry import PROBES_SQL
@@ -120,10 +121,11 @@ class ChartStore(StoreBase):
         return [Series(r["provider"], r["model"], r["prompt_id"], r["last_seen"]) for r in rows]
 
     async def targets(self, provider: str, model: str, prompt_id: str) -> list[str]:
-        """Targets that served this subgroup, most recently probed first."""
+        """Targets that served this subgroup, most recently probed first (to the microsecond:
+        ``series_targets`` holds the minute, telemetry the time within it)."""
         rows = await self.pool.fetch(
-            """SELECT target FROM series_targets WHERE provider = $1 AND model = $2 AND prompt_id = $3
-               ORDER BY last_seen DESC, target""",
+            f"""SELECT target FROM series_targets s WHERE provider = $1 AND model = $2 AND prompt_id = $3
+               ORDER BY {target_last_seen("s")} DESC, target""",
             provider,
             model,
             prompt_id,

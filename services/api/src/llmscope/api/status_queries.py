@@ -23,6 +23,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
+from llmscope.api.series_seen import SEEN_GRAIN, target_last_seen
 from llmscope.api.store import Store
 from llmscope.config.logs import get_logger
 from llmscope.proto.charts import AVAILABILITY, chart_key
@@ -79,11 +80,15 @@ GROUP BY provider, model, target
 
 # Targets last probed before the window but within a day (one row per series and target, not the
 # raw probes): each is named as stopped reporting on its model rather than dropped in silence at
-# the window's edge; a day later it is taken for retired.
+# the window's edge; a day later it is taken for retired. series_targets holds the minute of the
+# last probe, the probes of that minute its time (target_last_seen).
 STOPPED_SQL = f"""
-SELECT provider, model, target, max(last_seen) AS last_seen
-FROM series_targets
-WHERE last_seen >= $1 AND last_seen < $2 AND target <> '' AND {PROBES_SQL}
+SELECT provider, model, target, max(seen) AS last_seen
+FROM (SELECT provider, model, target, {target_last_seen("s")} AS seen
+      FROM series_targets s
+      WHERE last_seen >= $1::timestamptz - interval '1 {SEEN_GRAIN}' AND last_seen < $2 AND target <> ''
+        AND {PROBES_SQL}) AS s
+WHERE seen >= $1 AND seen < $2
 GROUP BY provider, model, target
 """
 STOPPED_SHOWN = timedelta(days=1)

@@ -3,9 +3,10 @@
 
 Every query reads rollups and regroups them in SQL into at most ~240 buckets, so a 30-day chart of
 several models never reads raw probes: ``telemetry_minute`` for buckets of minutes, and for
-buckets of whole hours (windows over 5 days) the comparison reads ``telemetry_hour``, a model's
-hour in one row, or ``telemetry_series_hour``, one row per prompt, target and hour, for one
-model's prompts or targets (``make bench``'s compare_bench measures them).
+buckets of whole hours (windows over 5 days) the comparison reads ``telemetry_series_hour``, one
+row per prompt, target and hour, summed per model or kept apart for one model's prompts or
+targets (``make bench``'s compare_bench measures them). Its key begins with the model and the
+hour, so a model's window is one range of it.
 """
 
 from __future__ import annotations
@@ -76,15 +77,20 @@ class TrendQueries:
         self, providers: list[str], names: list[str], start: datetime, end: datetime
     ) -> datetime | None:
         """The first minute of these models' rollups within start..end (None: no data). The hourly
-        rollups (keyed by model and hour) find its hour; the minute rollups of that hour alone,
+        rollups (keyed by model and hour first) find its hour; the minute rollups of that hour alone,
         the minute. The minute is the last column of their key (after prompt and target), so a
         lower bound alone read every minute from there to the window's end: 30 days of minutes
         per chart, 50x the chart's own query (``bench/compare_bench.py``)."""
         models = "unnest($3::text[], $4::text[]) AS m(provider, model)"
+        # Each model's first hour by one descent of the key (provider, model, hour, ...): a min()
+        # over the join read every prompt's and target's hours of the window.
         hour: datetime | None = await self.store.pool.fetchval(
-            f"""SELECT min(t.hour) FROM {models}
-                JOIN telemetry_hour t ON t.provider = m.provider AND t.model = m.model
-                WHERE t.hour >= date_bin('1 hour', $1::timestamptz, 'epoch') AND t.hour < $2""",
+            f"""SELECT min(f.hour) FROM {models}
+                CROSS JOIN LATERAL (
+                    SELECT t.hour FROM telemetry_series_hour t
+                    WHERE t.provider = m.provider AND t.model = m.model
+                      AND t.hour >= date_bin('1 hour', $1::timestamptz, 'epoch') AND t.hour < $2
+                    ORDER BY t.hour LIMIT 1) AS f""",
             start,
             end,
             providers,
@@ -113,7 +119,7 @@ class TrendQueries:
         by: CompareBy = "model",
     ) -> Comparison:
         """One line per model; ``by`` prompt or target: one line per prompt or target of the first
-        model (over 5 days from the hourly rollups of each series, ``telemetry_series_hour``)."""
+        model (over 5 days, either way from the hourly rollups of each series)."""
         end = end or datetime.now(UTC)
         start = end - timedelta(hours=hours)
         prefix = METRIC_COLUMNS[metric][1]
@@ -126,10 +132,12 @@ class TrendQueries:
         rebaselines = asyncio.ensure_future(self.rebaselines(models, start, end))
         # By model, every prompt and target pooled: the model's typical value over the bucket.
         # date_bin, not floor(extract(epoch ...)): numeric arithmetic per row cost 3x the time.
-        # Buckets of whole hours read the hourly rollups: a model's (every prompt and target
-        # pooled), or each series' when its prompts or targets are lines of their own.
-        hourly = "telemetry_hour" if by == "model" else "telemetry_series_hour"
-        table, column = (hourly, "hour") if bucket_s % 3600 == 0 else ("telemetry_minute", "minute")
+        # Buckets of whole hours read the hourly rollups of each series (a model's prompts and
+        # targets pooled by the GROUP BY, or lines of their own): a model-level hourly table
+        # (0008) cost the persister a row write per event and is gone (0018).
+        table, column = (
+            ("telemetry_series_hour", "hour") if bucket_s % 3600 == 0 else ("telemetry_minute", "minute")
+        )
         part = {"model": "''", "prompt": "t.prompt_id", "target": "t.target"}[by]
         rows = await self.store.pool.fetch(
             f"""SELECT t.provider, t.model, {part} AS part,

@@ -30,7 +30,6 @@ async def apply_retention(
     plan = [
         ("telemetry", "ts", "", settings.retention_telemetry_days),
         ("telemetry_minute", "minute", "", settings.retention_rollup_days),
-        ("telemetry_hour", "hour", "", settings.retention_rollup_days),
         ("telemetry_series_hour", "hour", "", settings.retention_rollup_days),
         ("violations", "ts", "", settings.retention_violations_days),
         ("violation_clears", "ts", "", settings.retention_violations_days),

@@ -3,6 +3,8 @@ dead letters."""
 
 from __future__ import annotations
 
+from llmscope.api.series_seen import SEEN_GRAIN
+
 TELEMETRY_COLUMNS: tuple[str, ...] = (
     "id",
     "ts",
@@ -148,17 +150,48 @@ _ROLLUP_COLS = ", ".join(
     f"{p}_n, {p}_min, {p}_max, {p}_sum, {p}_logsum, {p}_logsq" for p in ("latency", "ttft", "tps")
 )
 
+
+# A series' (and series target's) first and last seen: the first exact, the last to the minute
+# (SEEN_GRAIN: the minute of its latest event; a reader that needs the time finds it among that
+# minute's telemetry, series_seen.target_last_seen). An event within the minute its row holds
+# changes nothing, and the upsert's WHERE leaves the row as it is: at one probe every 2 s a
+# series' row is rewritten once a minute, not 30 times (each rewrite a HOT update, its tuple and
+# later a prune in the WAL; a tuple lock record remains). The row is the same whatever the
+# batches (the minute of the latest event), so every write path still leaves the same rows.
+# A NOT EXISTS read before the insert (no lock at all) made Postgres plan the statement at
+# every execution (custom plans): more CPU than the lock records it saved.
+def _seen_upsert(table: str, keys: tuple[str, ...], rows: str) -> str:
+    """Upsert ``rows`` (``keys``, first seen, latest event) into ``table`` in key order, last seen
+    to SEEN_GRAIN; a row whose span holds theirs is left unwritten."""
+    cols = ", ".join(keys)
+    return f"""INSERT INTO {table} AS s ({cols}, first_seen, last_seen)
+    SELECT {cols}, first_seen, date_trunc('{SEEN_GRAIN}', latest)
+    FROM ({rows}) AS r({cols}, first_seen, latest)
+    ORDER BY {_key_order(*(f"r.{k}" for k in keys))}
+    ON CONFLICT ({cols}) DO UPDATE SET
+        first_seen = LEAST(s.first_seen, EXCLUDED.first_seen),
+        last_seen = GREATEST(s.last_seen, EXCLUDED.last_seen)
+    WHERE EXCLUDED.first_seen < s.first_seen OR EXCLUDED.last_seen > s.last_seen"""
+
+
+_SERIES = ("provider", "model", "prompt_id")
+_TARGETS = (*_SERIES, "target")
+
 # The hourly rollups of each series (its prompt on one target), in their key's order (the hour
-# before the prompt and target, migration 0011): what the comparison of one model's prompts or
-# targets reads over 7 or 30 days.
+# before the prompt and target, migration 0011): what the comparison reads over 7 or 30 days,
+# one model's prompts or targets apart, or summed per model (migration 0018 dropped the hourly
+# rollups per model: one row write per event less).
 _SERIES_HOUR_MERGE = f"""ON CONFLICT (provider, model, hour, prompt_id, target) DO UPDATE SET
         n = m.n + EXCLUDED.n, n_ok = m.n_ok + EXCLUDED.n_ok,
         {_metric_merge("latency")}, {_metric_merge("ttft")}, {_metric_merge("tps")}"""
 
+_SRC_SERIES = "SELECT provider, model, prompt_id, min(ts), max(ts) FROM src GROUP BY 1, 2, 3"
+_SRC_TARGETS = "SELECT provider, model, prompt_id, target, min(ts), max(ts) FROM src GROUP BY 1, 2, 3, 4"
+
 # A small batch's one statement, one round trip: insert the new rows and fold exactly those rows
-# into the minute and hour rollups; widen each series' (and series target's) first/last seen; set
-# each model's latest state. Every upsert takes its rows in key order (code point order, as
-# UPSERT_AGGREGATES), so concurrent persisters lock in one order.
+# into the minute and series-hour rollups; widen each series' (and series target's) first/last
+# seen; set each model's latest state. Every upsert takes its rows in key order (code point
+# order, as UPSERT_AGGREGATES), so concurrent persisters lock in one order.
 STORE_TELEMETRY_ARRAYS = f"""
 WITH src AS MATERIALIZED (
     SELECT {_COLS}, ord FROM {_UNNEST}
@@ -178,17 +211,6 @@ WITH src AS MATERIALIZED (
     ON CONFLICT (provider, model, prompt_id, target, minute) DO UPDATE SET
         n = m.n + EXCLUDED.n, n_ok = m.n_ok + EXCLUDED.n_ok,
         {_metric_merge("latency")}, {_metric_merge("ttft")}, {_metric_merge("tps")}
-), roll_hour AS (
-    INSERT INTO telemetry_hour AS m (provider, model, hour, n, n_ok, {_ROLLUP_COLS})
-    SELECT provider, model, date_trunc('hour', ts), count(*),
-           count(*) FILTER (WHERE status = 'ok'),
-           {_metric_aggregates("latency_ms", "latency")},
-           {_metric_aggregates("ttft_ms", "ttft")},
-           {_metric_aggregates("tokens_per_s", "tps")}
-    FROM ins GROUP BY 1, 2, 3 ORDER BY {_key_order("provider", "model", "3")}
-    ON CONFLICT (provider, model, hour) DO UPDATE SET
-        n = m.n + EXCLUDED.n, n_ok = m.n_ok + EXCLUDED.n_ok,
-        {_metric_merge("latency")}, {_metric_merge("ttft")}, {_metric_merge("tps")}
 ), roll_series_hour AS (
     INSERT INTO telemetry_series_hour AS m (provider, model, hour, prompt_id, target, n, n_ok, {_ROLLUP_COLS})
     SELECT provider, model, date_trunc('hour', ts), prompt_id, target, count(*),
@@ -199,19 +221,9 @@ WITH src AS MATERIALIZED (
     FROM ins GROUP BY 1, 2, 3, 4, 5 ORDER BY {_key_order("provider", "model", "3", "prompt_id", "target")}
     {_SERIES_HOUR_MERGE}
 ), ser AS (
-    INSERT INTO series AS s (provider, model, prompt_id, first_seen, last_seen)
-    SELECT provider, model, prompt_id, min(ts), max(ts) FROM src
-    GROUP BY 1, 2, 3 ORDER BY {_key_order("provider", "model", "prompt_id")}
-    ON CONFLICT (provider, model, prompt_id) DO UPDATE SET
-        first_seen = LEAST(s.first_seen, EXCLUDED.first_seen),
-        last_seen = GREATEST(s.last_seen, EXCLUDED.last_seen)
+    {_seen_upsert("series", _SERIES, _SRC_SERIES)}
 ), tgt AS (
-    INSERT INTO series_targets AS s (provider, model, prompt_id, target, first_seen, last_seen)
-    SELECT provider, model, prompt_id, target, min(ts), max(ts) FROM src
-    GROUP BY 1, 2, 3, 4 ORDER BY {_key_order("provider", "model", "prompt_id", "target")}
-    ON CONFLICT (provider, model, prompt_id, target) DO UPDATE SET
-        first_seen = LEAST(s.first_seen, EXCLUDED.first_seen),
-        last_seen = GREATEST(s.last_seen, EXCLUDED.last_seen)
+    {_seen_upsert("series_targets", _TARGETS, _SRC_TARGETS)}
 ), mdl AS (
     INSERT INTO models AS m (provider, model, first_seen, last_seen, target, host, last_status,
                              cpu_percent, memory_percent, gpu_percent, gpu_memory_percent, source)
@@ -244,7 +256,7 @@ TELEMETRY_KEY = "telemetry_pkey"
 # One event, the batch of a trickle (at 100 probe events/s nearly every batch): its values as
 # plain parameters, not one array per column unnested (a function scan, a sort and a hash
 # aggregate per CTE, for one row), and its rollup row computed by the persister
-# (:func:`one_rollup`), folded into the minute and both hour rollups only when the insert
+# (:func:`one_rollup`), folded into the minute and series-hour rollups only when the insert
 # stored the event (a redelivery adds nothing). Postgres's CPU per one-event batch went from
 # about 1.0 to 0.6 ms (``bench/event_cost.py``). Same rows as STORE_TELEMETRY_ARRAYS: a test
 # writes the same events both ways and compares every rollup, series and model row.
@@ -252,6 +264,10 @@ _N = len(TELEMETRY_COLUMNS)
 _P = {c: f"${i}::{TELEMETRY_TYPES[c]}" for i, c in enumerate(TELEMETRY_COLUMNS, 1)}
 _ONE_ROLLUP = ", ".join(
     f"${i}::{'integer' if (i - _N - 2) % 6 == 0 else 'double precision'}" for i in range(_N + 2, _N + 20)
+)
+_ONE_SERIES = f"VALUES ({_P['provider']}, {_P['model']}, {_P['prompt_id']}, {_P['ts']}, {_P['ts']})"
+_ONE_TARGET = (
+    f"VALUES ({_P['provider']}, {_P['model']}, {_P['prompt_id']}, {_P['target']}, {_P['ts']}, {_P['ts']})"
 )
 STORE_ONE_TELEMETRY = f"""
 WITH ins AS (
@@ -266,13 +282,6 @@ WITH ins AS (
     ON CONFLICT (provider, model, prompt_id, target, minute) DO UPDATE SET
         n = m.n + EXCLUDED.n, n_ok = m.n_ok + EXCLUDED.n_ok,
         {_metric_merge("latency")}, {_metric_merge("ttft")}, {_metric_merge("tps")}
-), roll_hour AS (
-    INSERT INTO telemetry_hour AS m (provider, model, hour, n, n_ok, {_ROLLUP_COLS})
-    SELECT {_P["provider"]}, {_P["model"]}, date_trunc('hour', ts), 1, ${_N + 1}::integer, {_ONE_ROLLUP}
-    FROM ins
-    ON CONFLICT (provider, model, hour) DO UPDATE SET
-        n = m.n + EXCLUDED.n, n_ok = m.n_ok + EXCLUDED.n_ok,
-        {_metric_merge("latency")}, {_metric_merge("ttft")}, {_metric_merge("tps")}
 ), roll_series_hour AS (
     INSERT INTO telemetry_series_hour AS m (provider, model, hour, prompt_id, target, n, n_ok, {_ROLLUP_COLS})
     SELECT {_P["provider"]}, {_P["model"]}, date_trunc('hour', ts), {_P["prompt_id"]}, {_P["target"]}, 1,
@@ -280,17 +289,9 @@ WITH ins AS (
     FROM ins
     {_SERIES_HOUR_MERGE}
 ), ser AS (
-    INSERT INTO series AS s (provider, model, prompt_id, first_seen, last_seen)
-    VALUES ({_P["provider"]}, {_P["model"]}, {_P["prompt_id"]}, {_P["ts"]}, {_P["ts"]})
-    ON CONFLICT (provider, model, prompt_id) DO UPDATE SET
-        first_seen = LEAST(s.first_seen, EXCLUDED.first_seen),
-        last_seen = GREATEST(s.last_seen, EXCLUDED.last_seen)
+    {_seen_upsert("series", _SERIES, _ONE_SERIES)}
 ), tgt AS (
-    INSERT INTO series_targets AS s (provider, model, prompt_id, target, first_seen, last_seen)
-    VALUES ({_P["provider"]}, {_P["model"]}, {_P["prompt_id"]}, {_P["target"]}, {_P["ts"]}, {_P["ts"]})
-    ON CONFLICT (provider, model, prompt_id, target) DO UPDATE SET
-        first_seen = LEAST(s.first_seen, EXCLUDED.first_seen),
-        last_seen = GREATEST(s.last_seen, EXCLUDED.last_seen)
+    {_seen_upsert("series_targets", _TARGETS, _ONE_TARGET)}
 ), mdl AS (
     INSERT INTO models AS m (provider, model, first_seen, last_seen, target, host, last_status,
                              cpu_percent, memory_percent, gpu_percent, gpu_memory_percent, source)
@@ -318,7 +319,7 @@ _MODEL_ARRAYS = (
     "$43::text[], $44::real[], $45::real[], $46::real[], $47::real[], $48::text[]"
 )
 
-# Minute rollups folded into hours: by model (every prompt and target pooled) and by series.
+# Minute rollups folded into the hours of each series (a model's hours are their sums: 0018).
 _HOUR_FOLD = ", ".join(
     f"sum({p}_n), min({p}_min), max({p}_max), sum({p}_sum), sum({p}_logsum), sum({p}_logsq)"
     for p in ("latency", "ttft", "tps")
@@ -338,30 +339,15 @@ WITH mins AS MATERIALIZED (
     ON CONFLICT (provider, model, prompt_id, target, minute) DO UPDATE SET
         n = m.n + EXCLUDED.n, n_ok = m.n_ok + EXCLUDED.n_ok,
         {_metric_merge("latency")}, {_metric_merge("ttft")}, {_metric_merge("tps")}
-), roll_hour AS (
-    INSERT INTO telemetry_hour AS m (provider, model, hour, n, n_ok, {_ROLLUP_COLS})
-    SELECT provider, model, date_trunc('hour', minute), sum(n), sum(n_ok), {_HOUR_FOLD}
-    FROM mins GROUP BY 1, 2, 3 ORDER BY {_key_order("provider", "model", "3")}
-    ON CONFLICT (provider, model, hour) DO UPDATE SET
-        n = m.n + EXCLUDED.n, n_ok = m.n_ok + EXCLUDED.n_ok,
-        {_metric_merge("latency")}, {_metric_merge("ttft")}, {_metric_merge("tps")}
 ), roll_series_hour AS (
     INSERT INTO telemetry_series_hour AS m (provider, model, hour, prompt_id, target, n, n_ok, {_ROLLUP_COLS})
     SELECT provider, model, date_trunc('hour', minute), prompt_id, target, sum(n), sum(n_ok), {_HOUR_FOLD}
     FROM mins GROUP BY 1, 2, 3, 4, 5 ORDER BY {_key_order("provider", "model", "3", "prompt_id", "target")}
     {_SERIES_HOUR_MERGE}
 ), ser AS (
-    INSERT INTO series AS s (provider, model, prompt_id, first_seen, last_seen)
-    SELECT * FROM unnest({_SERIES_ARRAYS})
-    ON CONFLICT (provider, model, prompt_id) DO UPDATE SET
-        first_seen = LEAST(s.first_seen, EXCLUDED.first_seen),
-        last_seen = GREATEST(s.last_seen, EXCLUDED.last_seen)
+    {_seen_upsert("series", _SERIES, f"SELECT * FROM unnest({_SERIES_ARRAYS})")}
 ), tgt AS (
-    INSERT INTO series_targets AS s (provider, model, prompt_id, target, first_seen, last_seen)
-    SELECT * FROM unnest({_TARGET_ARRAYS})
-    ON CONFLICT (provider, model, prompt_id, target) DO UPDATE SET
-        first_seen = LEAST(s.first_seen, EXCLUDED.first_seen),
-        last_seen = GREATEST(s.last_seen, EXCLUDED.last_seen)
+    {_seen_upsert("series_targets", _TARGETS, f"SELECT * FROM unnest({_TARGET_ARRAYS})")}
 )
 INSERT INTO models AS m (provider, model, first_seen, last_seen, target, host, last_status,
                          cpu_percent, memory_percent, gpu_percent, gpu_memory_percent, source)
