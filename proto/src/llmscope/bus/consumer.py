@@ -886,7 +886,9 @@ class DurableConsumer(Generic[T]):
         return await self._decoded(await puller.fetch(opts.batch_size, opts.fetch_timeout, opts.fill_wait))
 
     async def _decoded(self, msgs: Sequence[JsMsg]) -> _Batch[T]:
-        batch = _Batch[T](msgs, [], [])
+        # Not ``_Batch[T](...)``: a subscripted generic's call tries to set ``__orig_class__`` on
+        # a slotted instance and swallows the AttributeError (0.8 us a batch, not 0.1).
+        batch: _Batch[T] = _Batch(msgs, [], [])
         deliveries, decode = batch.deliveries, self._decode
         for index, msg in enumerate(msgs):
             if index and not index % _DECODE_SLICE:
