@@ -36,6 +36,7 @@ from llmscope.api.persister import (
     tune_gc,
 )
 from llmscope.api.persister.sql import STORE_NEW_TELEMETRY_ARRAYS, TELEMETRY_KEY
+from llmscope.api.persister.writes import refused_for_its_data
 from llmscope.api.settings import ApiSettings
 from llmscope.bus.publisher import Publisher
 from llmscope.bus.streams import DEFAULT_TELEMETRY_PARTITIONS, telemetry_partition
@@ -800,3 +801,23 @@ async def test_the_quiet_streams_pull_requests_stay_open_longer(
     assert expiries[subjects.STREAM_TELEMETRY] == 1.0
     for stream in (subjects.STREAM_VIOLATIONS, subjects.STREAM_DEADLETTER, subjects.STREAM_INCIDENTS):
         assert expiries[stream] >= 5.0, expiries
+
+
+async def test_a_batch_of_opens_is_one_statement_and_all_or_nothing(pool: asyncpg.Pool) -> None:
+    """No BEGIN and COMMIT around a batch of opens (a round trip and a statement each): its one
+    executemany is atomic, so an event Postgres refuses leaves none of the batch stored, and the
+    persister then writes them one by one (only the guilty one dead-lettered)."""
+    point = telemetry(1)
+    first, second = violation(point), violation(point, rule="R2")
+    statements: list[str] = []
+    async with pool.acquire() as conn:
+        conn.add_query_logger(lambda q: statements.append(q.query.split()[0]))
+        await store_violations(conn, [first, second])
+        await asyncio.sleep(0)  # asyncpg calls its query loggers soon after, not inline
+        assert statements == ["INSERT"]
+        bad = violation(point, rule="R3", id="bad\x00id")  # Postgres text cannot hold a NUL
+        with pytest.raises(Exception) as refused:
+            await store_violations(conn, [violation(point, rule="R4"), bad])
+        assert refused_for_its_data(refused.value)
+    stored = {r["id"] for r in await pool.fetch("SELECT id FROM violations")}
+    assert stored == {first.id, second.id}  # nothing of the refused batch

@@ -8,7 +8,7 @@ import functools
 import itertools
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import nats
 import nats.errors
@@ -712,6 +712,37 @@ async def test_a_standing_pull_still_lingers_while_messages_come_faster_than_the
         msgs = await asyncio.wait_for(fetch, 10)
         assert len(msgs) == 10
         assert puller.gap < 60
+    finally:
+        await puller.stop()
+
+
+async def test_a_lingering_standing_pull_wakes_only_for_what_can_end_the_linger(
+    js: JetStreamContext,
+) -> None:
+    """A message that comes during a linger and cannot end it (the batch not full, the rate saying
+    more come before the deadline) is only kept by the parser's callback: the waiting fetch is not
+    woken for it (a task step, a timer and a future per message, for a decision that stays)."""
+    publisher = Publisher(js)
+    puller = await _standing_pull(js)
+    waits = 0
+
+    class CountingEvent(asyncio.Event):
+        async def wait(self) -> Literal[True]:
+            nonlocal waits
+            waits += 1
+            return await super().wait()
+
+    puller._ready = CountingEvent()
+    try:
+        await publisher.publish(SUBJECT, telemetry())
+        fetch = asyncio.create_task(puller.fetch(10, 30, fill_wait=60))
+        await eventually(lambda: len(puller.taken_meanwhile()) == 1)
+        for n in range(2, 11):  # one at a time, each taken before the next is published
+            await publisher.publish(SUBJECT, telemetry())
+            await eventually(lambda n=n: len(puller.taken_meanwhile()) == n or fetch.done())  # type: ignore[misc]
+        msgs = await asyncio.wait_for(fetch, 10)
+        assert len(msgs) == 10
+        assert waits <= 3  # the first message, the linger, the tenth that fills it: not one per message
     finally:
         await puller.stop()
 

@@ -116,6 +116,7 @@ class Persister:
         # re-read a chart once its new points can be read, never before.
         self._on_stored = on_stored
         self._metrics = metrics
+        self._counters: dict[str, tuple[Any, Any]] = {}
         self._js = js
         self.lag_sample_s = lag_sample_s
         # Their names are in the `persister` NATS user's allow list (llmscope.proto.permissions).
@@ -177,9 +178,17 @@ class Persister:
         )
 
     def _count(self, kind: str, stored: int) -> None:
-        if self._metrics is not None:
-            self._metrics.persisted.labels(kind).inc(stored)
-            self._metrics.batches.labels(kind).inc()
+        if self._metrics is None:
+            return
+        counters = self._counters.get(kind)
+        if counters is None:
+            # Each kind's children looked up once: ``labels()`` takes a lock and builds a key per call.
+            counters = self._counters[kind] = (
+                self._metrics.persisted.labels(kind),
+                self._metrics.batches.labels(kind),
+            )
+        counters[0].inc(stored)
+        counters[1].inc()
 
     async def on_telemetry(self, batch: Sequence[Delivery[TelemetryEvent]]) -> Mapping[int, str]:
         store = functools.partial(store_telemetry, serial=self._serial)
