@@ -1,7 +1,7 @@
 """``bench/chart_bench.py --quick`` runs end to end, prints every figure, and its checks hold:
 the day chart draws the most severe and newest marks within its budget, and an idle tab's
 fallback polls stand still while its event stream is open (the figures of a full run are in
-the README)."""
+the README and docs/benchmarks.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """``bench/compare_bench.py --quick`` runs end to end and prints every figure (behaviour; the
-figures of a full run are in the README)."""
+figures of a full run are in docs/benchmarks.md)."""
 
 from __future__ import annotations
 

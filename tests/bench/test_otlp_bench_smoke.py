@@ -1,5 +1,5 @@
 """``bench/otlp_bench.py`` runs end to end on small bodies and prints every case (behaviour, not the
-figures: those are in the README, from a full run)."""
+figures: those are in docs/benchmarks.md, from a full run)."""
 
 from __future__ import annotations
 
