@@ -96,6 +96,11 @@ async def test_incident_list_and_detail(api: Api, hx: bool) -> None:
     assert "Customer notice (LLM)" in r.text
     # The analysis table: its chart's prompt, and every figure in its units.
     assert "<td>long-1</td><td>latency_ms</td><td>800 ms</td><td>1.92 s</td>" in r.text
+    # The figure is a level (a mean of the signal's points), never "worst seen": one answer of the
+    # incident may be slower than it, and the Violations table below shows that answer.
+    assert ">Level at its worst</th>" in r.text
+    assert "Worst seen" not in r.text
+    assert "not one answer" in r.text
     assert "<td>+140 %</td><td>+4.20 σ</td>" in r.text
     assert "0.77" in r.text  # the similar incident's score
     assert 'href="/incidents/inc-old"' in r.text
