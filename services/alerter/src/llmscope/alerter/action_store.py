@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from llmscope.alerter.incident_store import IncidentStore
+from llmscope.alerter.hand_resolution_store import HandResolutionStore
 from llmscope.alerter.store_base import Conn
 from llmscope.proto.violation_action import ViolationActionEvent
 
@@ -44,7 +44,7 @@ _UNSEQUENCED_ACTION = (
 )
 
 
-class ActionStore(IncidentStore):
+class ActionStore(HandResolutionStore):
     """The alerter's copy of each episode's state at the API (``alerter_violation_actions``)."""
 
     async def _sync_acks(self, conn: Conn, episode_ids: Sequence[str], *, skip_locked: bool = False) -> None:

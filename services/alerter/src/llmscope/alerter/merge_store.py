@@ -324,7 +324,8 @@ class MergeStore(TicketStore):
             for r in rows
         }
 
-    # Store's group part (store.py) and incident part (incident_store.py); those come first in its MRO.
+    # Store's group part (store.py) and incident parts (incident_store.py, incident_outbox_store.py); those
+    # come first in its MRO.
 
     async def _join_group(self, conn: Conn, route: Route, labels: Mapping[str, str], episode_id: str) -> int:
         raise NotImplementedError

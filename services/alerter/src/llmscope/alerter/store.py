@@ -4,7 +4,9 @@
 alerts into groups and incidents), ``delivery_store`` (flushing groups into notifications, claims,
 attempts and outcomes), ``log_store`` (reads of the notification log and channel threads),
 ``action_store`` (acknowledgements, hand resolutions and notes from the API), ``incident_store``
-(incidents, hand resolution, the incident outbox and analyses), ``merge_store`` and
+(violations correlated into incidents, the row lock order), ``hand_resolution_store`` (incidents
+acknowledged and resolved by a person), ``incident_outbox_store`` (incidents as events, the
+outbox), ``analysis_store`` (the incidents' analyses), ``merge_store`` and
 ``ticket_store``, ``silence_store`` and ``retention_store``. It holds the
 alerter's own tables only: what it needs of the API comes over the bus (``api_view``,
 ``violation_action.v1``).
@@ -30,11 +32,12 @@ import json
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 
-from llmscope.alerter.delivery_store import DeliveryStore
-from llmscope.alerter.grouping import first_flush_at
-from llmscope.alerter.incident_store import (
+from llmscope.alerter.analysis_store import (
     AnalysisJob as AnalysisJob,  # re-exported: callers import it from here
 )
+from llmscope.alerter.analysis_store import AnalysisStore
+from llmscope.alerter.delivery_store import DeliveryStore
+from llmscope.alerter.grouping import first_flush_at
 from llmscope.alerter.incidents import (
     forms_incidents,
 )
@@ -50,7 +53,7 @@ from llmscope.alerter.store_base import encode_event as _json
 from llmscope.proto.violation import ViolationEvent
 
 
-class Store(DeliveryStore, NotificationLogStore, RetentionStore):
+class Store(DeliveryStore, AnalysisStore, NotificationLogStore, RetentionStore):
     """All of the alerter's SQL. ``clock`` gives aware UTC datetimes (injected for tests)."""
 
     # -- ingest (on the JetStream ack path) ---------------------------------------------------

@@ -95,5 +95,5 @@ class StoreBase:
         self._log = log.bind(instance=instance)
 
     async def incident_event(self, conn: Conn, incident_id: str, change: IncidentChange) -> IncidentEvent:
-        """The incident as an ``incident.v1`` event; the incidents part (store.py) answers."""
+        """The incident as an ``incident.v1`` event; the outbox part (incident_outbox_store.py) answers."""
         raise NotImplementedError
