@@ -16,6 +16,8 @@ from typing import Final, Literal
 
 from markupsafe import Markup
 
+from llmscope.web.userinfo import without_password
+
 SHOWN_WHOLE: Final = 30
 """A target this long or shorter (its scheme aside) is shown whole."""
 HOST_KEEP: Final = 30
@@ -43,8 +45,14 @@ MORE: Final[Piece] = ("", "more")
 
 
 def _host(host: str) -> list[Piece]:
+    if host.startswith("[") and "]" in host:  # an IPv6 literal: its colons are not its port's
+        name, _, port = host.partition("]")
+        if len(name) + 1 > HOST_KEEP:  # "[2001:db8:85a3:0:0:8a2e…]:8443": the port kept
+            keep = LABEL_KEEP - 4
+            return [(name[:keep], "name"), MORE, (name[keep:], "cut"), ("]" + port, "name")]
+        return [(host, "shown")]
     name, colon, port = host.rpartition(":")
-    if not (colon and port.isdigit()) or name.startswith("["):  # no port; an IPv6 literal
+    if not (colon and port.isdigit()):  # no port
         name, port = host, ""
     port = colon + port if port else ""
     if len(name) <= HOST_KEEP:
@@ -95,9 +103,10 @@ def url_pieces(url: str) -> list[Piece]:
 
 
 def short_url(text: object, breaks: Callable[[str], Markup]) -> Markup:
-    """The target shortened (``url_pieces``) in a ``span`` titled with the whole of it; ``breaks``
+    """The target, its password hidden (``userinfo``), shortened (``url_pieces``) in a ``span``
+    titled with the whole of it; ``breaks``
     marks where the shown text may break a line (``pages._url_breaks``)."""
-    url = "" if text is None else str(text)
+    url = without_password(text)
     if not url:
         return Markup("")  # an empty cell stays :empty (a phone's stacked table hides it)
     out: list[str] = []
