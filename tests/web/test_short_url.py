@@ -38,9 +38,9 @@ GATEWAY = "https://llm-gateway.inference.internal.example.com:8443/v1/openai"
         ("http://[2001:db8::1]:8443/v1/chat/completions", "[2001:db8::1]:8443/…/completions"),
         (
             "http://[2001:db8:1234:5678:9abc:def0:1234:5678]:8443/v1/chat/completions",
-            "[2001:db8:1234:5678:…]:8443/…/completions",
+            "[2001:db8:1234:…]:8443/…/completions",
         ),
-        ("http://[2001:db8:1234:5678:9abc:def0:1234:5678]/v1", "[2001:db8:1234:5678:…]/v1"),
+        ("http://[2001:db8:1234:5678:9abc:def0:1234:5678]/v1", "[2001:db8:1234:…]/v1"),
         ("local", "local"),
     ],
 )
