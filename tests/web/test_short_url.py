@@ -72,3 +72,12 @@ def test_a_password_is_never_in_the_cell_its_title_or_what_a_copy_copies() -> No
     shown = "https://user:•••@gateway.example.internal.corp/v1/chat/completions"
     assert f'title="{shown}"' in html
     assert re.sub(r"<[^>]+>", "", html) == shown
+
+
+def test_a_long_host_name_breaks_after_a_hyphen_only() -> None:
+    """As one run, "my-company-llm-router" was wider than the Models page's target column and ran
+    on under the next one: runs of at most 14 characters, split after hyphens."""
+    template = build_environment().from_string("{{ t|short_url }}")
+    html = template.render(t="https://my-company-llm-router.prod.eu-west-1.internal.corp/v1")
+    assert '<span class="url-name">my-company-</span><wbr><span class="url-name">llm-router</span>' in html
+    assert '<span class="url-name">llm-gateway</span>' in template.render(t=GATEWAY)  # short: one run

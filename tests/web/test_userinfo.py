@@ -47,8 +47,10 @@ async def test_no_page_prints_a_targets_password(api: Api) -> None:
         telemetry(i, id=f"cred-{i}", target=CREDENTIALED, ts=now - timedelta(minutes=2 * (60 - i)))
         for i in range(60)
     ]
+    # The model's other target: the dashboard offers a choice of the two.
+    local = [telemetry(i, id=f"local-{i}", ts=now - timedelta(minutes=2 * (60 - i))) for i in range(60)]
     async with api.store.pool.acquire() as conn:
-        await store_telemetry(conn, probes)
+        await store_telemetry(conn, probes + local)
         await store_violations(conn, [violation(probes[-5], id="v-cred")])
     client = await login(api)
     q = ChartQuery(provider="ollama", model="llama3.1:8b", prompt_id="simple-1", target=CREDENTIALED)
@@ -70,6 +72,13 @@ async def test_no_page_prints_a_targets_password(api: Api) -> None:
     for path in ("/models", "/violations/v-cred", "/report?hours=24"):
         r = await client.get(path)
         assert f'title="{SHOWN}"' in r.text, path  # the whole target, its password hidden
+    # Links and the address bar (the target chosen on the dashboard is pushed into it) carry the
+    # target as printed; the dashboard charts the stored target it stands for.
+    asked = {"provider": q.provider, "model": q.model, "prompt_id": q.prompt_id, "hours": "24"}
+    page = (await client.get("/dashboard", params={**asked, "target": SHOWN})).text
+    assert f'<option value="{SHOWN}" selected>' in page
+    assert '<option value="local" >' in page
+    assert f'<input type="hidden" name="target" value="{CREDENTIALED}">' in page  # the re-baseline's
     # The export is what a script reads back: the stored value.
     r = await client.get("/api/export/violations.csv")
     assert r.status_code == 200, r.text[:300]
@@ -96,6 +105,12 @@ async def test_headers_show_a_long_target_shortened_with_the_whole_in_its_title(
     context = re.search(r"<h2>Probes of (.*?)</h2>", page, re.S)
     assert context is not None
     assert context.group(1).startswith(short), context.group(1)
+    # The overview links to the model's chart on its target, as printed (the address bar shows it).
+    overview = (await client.get("/")).text
+    links = re.findall(r'href="(/dashboard\?[^"]*)"', overview)
+    assert links
+    assert not [link for link in links if SECRET in link], links
+    assert [link for link in links if "bot%3A%E2%80%A2%E2%80%A2%E2%80%A2%40" in link], links
     report = (await client.get("/report?hours=24")).text
     headings = re.findall(r"<h2>Control chart:.*?</h2>", report, re.S)
     assert headings
