@@ -83,6 +83,7 @@ from llmscope.web.svg import MARKS_DRAWN
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.machine import print_machine
+from bench.one_at_a_time import run_alone
 
 API_KEY = "bench-key-0123456789abcdef"
 PROVIDER: Final = "ollama"
@@ -561,8 +562,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from bench.one_at_a_time import one_at_a_time
-
-    with one_at_a_time(Path(__file__).name):
-        main()
+    run_alone(main, __file__)

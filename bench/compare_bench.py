@@ -50,6 +50,7 @@ from llmscope.web.trends import compare_bucket_s
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.machine import print_machine
+from bench.one_at_a_time import run_alone
 
 MODELS = 8
 COMPARED = [("ollama", f"model-{i}") for i in range(4)]
@@ -216,8 +217,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from bench.one_at_a_time import one_at_a_time
-
-    with one_at_a_time(Path(__file__).name):
-        main()
+    run_alone(main, __file__)

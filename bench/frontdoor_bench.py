@@ -40,6 +40,7 @@ from llmscope.stack.ports import free_port
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # The sibling benchmark, found by the path above (as traffic_centre.py finds traffic_bench).
 from bench.machine import print_machine
+from bench.one_at_a_time import run_alone
 from bench.stack_bench import (
     BARE_APP,
     KEY,
@@ -195,8 +196,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from bench.one_at_a_time import one_at_a_time
-
-    with one_at_a_time(Path(__file__).name):
-        raise SystemExit(main())
+    run_alone(main, __file__)

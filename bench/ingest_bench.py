@@ -72,6 +72,7 @@ from llmscope.stack.ports import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.machine import print_machine
+from bench.one_at_a_time import run_alone
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 KEY = "bench-key-0123456789abcdef"
@@ -583,8 +584,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from bench.one_at_a_time import one_at_a_time
-
-    with one_at_a_time(Path(__file__).name):
-        raise SystemExit(main())
+    run_alone(main, __file__)

@@ -52,6 +52,7 @@ from llmscope.stack.ports import free_ports
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.machine import facts
+from bench.one_at_a_time import run_alone
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / "deploy" / "k8s" / "resources.json"
@@ -369,8 +370,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from bench.one_at_a_time import one_at_a_time
-
-    with one_at_a_time(Path(__file__).name):
-        raise SystemExit(main())
+    run_alone(main, __file__)

@@ -17,9 +17,10 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NoReturn
 
 LOCK = Path(tempfile.gettempdir()) / "llmscope-bench.lock"
 
@@ -51,3 +52,13 @@ def one_at_a_time(name: str) -> Iterator[None]:
             f.seek(0)
             f.truncate()
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def run_alone(main: Callable[[], int | None], script: str) -> NoReturn:
+    """A benchmark's ``if __name__ == "__main__"``: ``main`` under the lock, named for its
+    ``script`` (``__file__``), then exit with what it returned. Asked for its ``--help``, it
+    answers at once, waiting for no other benchmark."""
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        raise SystemExit(main())
+    with one_at_a_time(Path(script).name):
+        raise SystemExit(main())

@@ -41,6 +41,9 @@ from llmscope.config import eventloop
 from llmscope.stack.embedded import EmbeddedNats, EmbeddedPostgres
 from llmscope.stack.ports import free_port
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.one_at_a_time import run_alone
+
 # The other benchmarks' helpers (the probers' feed, the NOTIFY of stored rows, CPU readers).
 sys.path.insert(0, str(Path(__file__).parent))
 stack_bench: Any = importlib.import_module("stack_bench")
@@ -243,8 +246,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from bench.one_at_a_time import one_at_a_time
-
-    with contextlib.suppress(KeyboardInterrupt), one_at_a_time(Path(__file__).name):
-        raise SystemExit(main())
+    with contextlib.suppress(KeyboardInterrupt):
+        run_alone(main, __file__)

@@ -29,6 +29,9 @@ from llmscope.api.db import _init_connection, migrations
 from llmscope.stack.embedded import EmbeddedPostgres
 from llmscope.stack.ports import free_port
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.one_at_a_time import run_alone
+
 sys.path.insert(0, str(Path(__file__).parent))
 stack_bench: Any = importlib.import_module("stack_bench")
 event_cost: Any = importlib.import_module("event_cost")
@@ -110,8 +113,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from bench.one_at_a_time import one_at_a_time
-
-    with one_at_a_time(Path(__file__).name):
-        raise SystemExit(main())
+    run_alone(main, __file__)

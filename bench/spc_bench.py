@@ -70,6 +70,7 @@ from llmscope.stack.ports import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.machine import print_machine
+from bench.one_at_a_time import run_alone
 
 MODELS = 34
 PROMPTS = {"simple": (300.0, 64), "medium": (1200.0, 256), "complex": (3500.0, 768)}
@@ -694,8 +695,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from bench.one_at_a_time import one_at_a_time
-
-    with one_at_a_time(Path(__file__).name):
-        sys.exit(main())
+    run_alone(main, __file__)

@@ -72,6 +72,7 @@ from llmscope.stack.ports import free_port
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.machine import print_machine
 from bench.nats_breakdown import BENCH_INBOX, ServerCounts, Sniffer, print_breakdown, settle
+from bench.one_at_a_time import run_alone
 from bench.pg_breakdown import PgBreakdown
 
 KEY = "bench-key-0123456789abcdef"
@@ -1213,8 +1214,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from bench.one_at_a_time import one_at_a_time
-
-    with one_at_a_time(Path(__file__).name):
-        raise SystemExit(main())
+    run_alone(main, __file__)

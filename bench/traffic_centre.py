@@ -22,15 +22,18 @@ of its baseline to the trial's time of day) and false alarms per 100,000 minutes
 and without the provider cycle.
 
 Usage: ``python bench/traffic_centre.py RATE CENTRES [TRIALS] [FA_MINUTES] [SEEDS] [CYCLES]``,
-e.g. ``python bench/traffic_centre.py 10 0,-1,120 30 12000 3 provider,own``.
+e.g. ``python bench/traffic_centre.py 10 0,-1,120 30 12000 3 provider,own`` (``--help`` says what
+each is).
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import math
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +45,10 @@ from bench import traffic_bench as tb
 from llmscope.spc_engine import subgroup as sg
 from llmscope.spc_engine.subgroup import Point, SubgroupConfig, SubgroupSignal
 from llmscope.spc_engine.traffic import LPT_P50
+
+CYCLES = ("provider", "own")
+"""Whose day cycle the latency follows: the provider's (its peak 6 hours from this traffic's) or
+this traffic's own."""
 
 
 class MovingCentre(sg.SubgroupChart):
@@ -177,12 +184,61 @@ def false_alarms(rate: float, seed: int, T: int, cycle: bool, minutes: int) -> l
     return opened
 
 
-def main(argv: list[str]) -> int:
-    rate, centres = float(argv[0]), [int(x) for x in argv[1].split(",")]
-    trials = int(argv[2]) if len(argv) > 2 else 30
-    fa_minutes = int(argv[3]) if len(argv) > 3 else 0
-    seeds = int(argv[4]) if len(argv) > 4 else 1
-    cycles = argv[5].split(",") if len(argv) > 5 else ["provider", "own"]
+def _centres(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: whole numbers separated by commas, e.g. 0,-1,120"
+        ) from None
+
+
+def _cycles(text: str) -> list[str]:
+    cycles = text.split(",")
+    if unknown := [c for c in cycles if c not in CYCLES]:
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown)}: each cycle is one of {', '.join(CYCLES)}")
+    return cycles
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line: positional, as the README's runs give it."""
+    parser = argparse.ArgumentParser(
+        description=(__doc__ or "").split("\n\n", 1)[0],
+        epilog="e.g. python bench/traffic_centre.py 10 0,-1,120 30 12000 3 provider,own",
+    )
+    parser.add_argument("rate", type=float, help="requests per second of the simulated traffic")
+    parser.add_argument(
+        "centres",
+        type=_centres,
+        help="the centres to measure, comma-separated: 0 the engine's frozen one, -1 time of day, "
+        "T>0 an EWMA of T minutes",
+    )
+    parser.add_argument("trials", type=int, nargs="?", default=30, help="trials per slowdown (default 30)")
+    parser.add_argument(
+        "fa_minutes",
+        type=int,
+        nargs="?",
+        default=0,
+        help="minutes per false-alarm run, the baseline day's 1,440 included (default 0: none)",
+    )
+    parser.add_argument("seeds", type=int, nargs="?", default=1, help="false-alarm runs (default 1)")
+    parser.add_argument(
+        "cycles",
+        type=_cycles,
+        nargs="?",
+        default=list(CYCLES),
+        help="whose day cycle the latency follows, comma-separated (default provider,own)",
+    )
+    args = parser.parse_args(argv)
+    if 0 < args.fa_minutes <= 1440:  # the first day is the baseline's: nothing would be counted
+        parser.error(f"argument fa_minutes: {args.fa_minutes}: 0 (none) or more than 1440")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    rate, centres, trials = args.rate, args.centres, args.trials
+    fa_minutes, seeds, cycles = args.fa_minutes, args.seeds, args.cycles
     print_machine(("numpy",))
     for cycle in cycles:
         for T in centres:
@@ -216,4 +272,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

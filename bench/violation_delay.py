@@ -38,6 +38,7 @@ from llmscope.stack.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.one_at_a_time import run_alone  # noqa: E402
 from tests.spc_engine.helpers import probe  # noqa: E402  (the engine tests' probe events)
 
 BASELINE = 40
@@ -144,8 +145,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from bench.one_at_a_time import one_at_a_time
-
-    with one_at_a_time(Path(__file__).name):
-        main()
+    run_alone(main, __file__)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import threading
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from bench.one_at_a_time import one_at_a_time
+from bench.one_at_a_time import one_at_a_time, run_alone
 
 
 def test_a_second_benchmark_waits_for_the_first(
@@ -54,3 +55,51 @@ def test_off_takes_no_lock(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     monkeypatch.setenv("LLMSCOPE_BENCH_LOCK", "off")
     with one_at_a_time("a.py"), one_at_a_time("b.py"):  # nested: would wait forever with a lock
         pass
+
+
+def test_run_alone_runs_main_under_the_lock_and_exits_with_its_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lock = tmp_path / "lock"
+    monkeypatch.setenv("LLMSCOPE_BENCH_LOCK", str(lock))
+    monkeypatch.setattr(sys, "argv", ["some_bench.py", "--quick"])
+    held: list[str] = []
+
+    def main() -> int:
+        held.append(lock.read_text())
+        return 3
+
+    with pytest.raises(SystemExit) as exited:
+        run_alone(main, "/somewhere/bench/some_bench.py")
+    assert exited.value.code == 3
+    assert held[0].startswith("some_bench.py (pid ")
+    assert lock.read_text() == ""
+
+
+SCRIPTS = sorted(
+    p.name
+    for p in (Path(__file__).resolve().parents[2] / "bench").glob("*.py")
+    if "run_alone(main, __file__)" in p.read_text()
+)
+
+
+@pytest.mark.parametrize("script", [*SCRIPTS, "traffic_centre.py"])
+def test_a_benchmarks_help_answers_while_another_runs(
+    script: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each benchmark's ``if __name__ == "__main__"`` is ``run_alone`` (the lock's boilerplate
+    once), and its ``--help`` waits for no benchmark running beside it."""
+    assert len(SCRIPTS) >= 11
+    lock = tmp_path / "lock"
+    monkeypatch.setenv("LLMSCOPE_BENCH_LOCK", str(lock))
+    with one_at_a_time("running_bench.py"):
+        out = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve().parents[2] / "bench" / script), "--help"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: "), out.stdout
+    assert "waiting for" not in out.stderr

@@ -821,6 +821,36 @@ PHONE_HEALTH = """() => {
 }"""
 
 
+# What reaches past its cell's content box (into its padding, or the next column) in the target
+# and availability columns; a badge broken over lines as an inline box (its first line drawn
+# without its right padding, up to the column's edge: "overflows by a few pixels" with another
+# font); and whether the table scrolls in its card.
+HEALTH_OVERFLOW = """() => {
+    const out = [];
+    for (const badge of document.querySelectorAll('table.health .badge')) {
+        const lines = badge.getClientRects().length;
+        if (lines > 1) out.push(['badge split', badge.textContent.trim(), lines]);
+    }
+    for (const td of document.querySelectorAll('table.health td.availability, table.health td.target')) {
+        const box = td.getBoundingClientRect();
+        if (!box.width) continue;
+        const style = getComputedStyle(td);
+        const left = box.left + parseFloat(style.paddingLeft);
+        const right = box.right - parseFloat(style.paddingRight);
+        for (const el of td.querySelectorAll('*')) {
+            for (const r of el.getClientRects()) {
+                if (r.width && (r.right > right + 0.5 || r.left < left - 0.5))
+                    out.push([el.className, el.textContent.trim(), r.left, r.right, left, right]);
+            }
+        }
+    }
+    const health = document.querySelector('#health');
+    if (health.scrollWidth > health.clientWidth)
+        out.push(['scrolls', health.scrollWidth, health.clientWidth]);
+    return out;
+}"""
+
+
 async def test_the_models_health_table_fits_a_laptop_and_a_phone(site: Site) -> None:
     """At 1366 px the health table once scrolled inside its card (17 columns, the availability
     chart's line and the open violations cut off at the right): it fits, every column shown. On a
@@ -828,8 +858,8 @@ async def test_the_models_health_table_fits_a_laptop_and_a_phone(site: Site) -> 
     sight: each model is a short stack (its model, last probe, success, latency p50 and open
     violations first, the rest in small type), within the card. A long URL target took nine lines
     of its cell: shortened, it takes at most three, with the whole URL in its title and copied
-    whole from the cell (``models-laptop.png``, ``models-phone.png``,
-    ``models-phone-target.png``)."""
+    whole from the cell; no target or badge reaches past its cell (``models-laptop.png``,
+    ``models-phone.png``, ``models-phone-target.png``)."""
     # A model as people name them, probed on a URL, streaming, failing in four ways, last an
     # older probe (its time reads "3 min ago"): the widest a row gets.
     start = datetime.now(UTC) - timedelta(minutes=20)
@@ -867,6 +897,8 @@ async def test_the_models_health_table_fits_a_laptop_and_a_phone(site: Site) -> 
         await page.wait_for_load_state("networkidle")
         await asyncio.to_thread(SHOTS.mkdir, parents=True, exist_ok=True)
         await page.screenshot(path=str(SHOTS / "models-laptop.png"), full_page=True)
+        # The "not charted yet" badge once drew its first line into the next column at 1366 px.
+        assert await page.evaluate(HEALTH_OVERFLOW) == []
         for width in ("laptop", "phone"):
             await page.set_viewport_size(WALK_VIEWPORTS[width])  # type: ignore[arg-type]
             cuts = await page.eval_on_selector_all("table.health td:nth-child(2)", LINE_BREAKS_JS)

@@ -34,6 +34,13 @@ GATEWAY = "https://llm-gateway.inference.internal.example.com:8443/v1/openai"
             "my-resource.openai.azure.com/…/completions?…",
         ),
         ("http://a.b/" + "x" * 40, "a.b/xxxxxxxxxxxxxxxx…"),
+        # An IPv6 literal's colons are not its port's: a long one keeps its port.
+        ("http://[2001:db8::1]:8443/v1/chat/completions", "[2001:db8::1]:8443/…/completions"),
+        (
+            "http://[2001:db8:1234:5678:9abc:def0:1234:5678]:8443/v1/chat/completions",
+            "[2001:db8:1234:…]:8443/…/completions",
+        ),
+        ("http://[2001:db8:1234:5678:9abc:def0:1234:5678]/v1", "[2001:db8:1234:…]/v1"),
         ("local", "local"),
     ],
 )
@@ -56,3 +63,21 @@ def test_the_cell_holds_the_whole_url_with_breaks_in_what_it_shows() -> None:
     assert template.render(t="") == "<td></td>"  # stays :empty
     assert 'title="a&lt;b&gt;&#34;c"' in template.render(t='a<b>"c')
     assert "&lt;script&gt;" in template.render(t="https://x.example.com/<script>/aaaaaaaaaaaaaaaaaaaaaaaaa")
+
+
+def test_a_password_is_never_in_the_cell_its_title_or_what_a_copy_copies() -> None:
+    template = build_environment().from_string("<td>{{ t|short_url }}</td>")
+    html = template.render(t="https://user:secret@gateway.example.internal.corp/v1/chat/completions")
+    assert "secret" not in html
+    shown = "https://user:•••@gateway.example.internal.corp/v1/chat/completions"
+    assert f'title="{shown}"' in html
+    assert re.sub(r"<[^>]+>", "", html) == shown
+
+
+def test_a_long_host_name_breaks_after_a_hyphen_only() -> None:
+    """As one run, "my-company-llm-router" was wider than the Models page's target column and ran
+    on under the next one: runs of at most 14 characters, split after hyphens."""
+    template = build_environment().from_string("{{ t|short_url }}")
+    html = template.render(t="https://my-company-llm-router.prod.eu-west-1.internal.corp/v1")
+    assert '<span class="url-name">my-company-</span><wbr><span class="url-name">llm-router</span>' in html
+    assert '<span class="url-name">llm-gateway</span>' in template.render(t=GATEWAY)  # short: one run

@@ -30,6 +30,7 @@ from llmscope.web.pages import Pages, ask_rebaseline, is_htmx, rebaseline_toast
 from llmscope.web.svg import MARKS_DRAWN
 from llmscope.web.traffic import TRAFFIC_LABELS, TrafficData, TrafficSeries, series_of
 from llmscope.web.trends import COMPARE_MAX_HOURS, AvailabilityHistory, TrendsData
+from llmscope.web.userinfo import without_password
 
 
 def add_dashboard_routes(
@@ -117,9 +118,11 @@ def add_dashboard_routes(
                 ChartQuery(provider, model, prompt_id, metric, hours, target or "", shown), marks=MARKS_DRAWN
             )
             if target and found.query.target not in found.targets:
-                # A target of another model: this one's default.
+                # A target as the pages print it and link to it (its password hidden): the stored
+                # one it stands for; a target of another model: this one's default.
+                stored = next((t for t in found.targets if without_password(t) == target), "")
                 found = await data.chart(
-                    ChartQuery(provider, model, prompt_id, metric, hours, "", shown), marks=MARKS_DRAWN
+                    ChartQuery(provider, model, prompt_id, metric, hours, stored, shown), marks=MARKS_DRAWN
                 )
             return found
 

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from llmscope.proto.charts import AVAILABILITY, AvailabilityView, RebaselinedChart, parse_chart_key
+from llmscope.web.userinfo import without_password
 
 if TYPE_CHECKING:
     pass
@@ -472,7 +473,7 @@ class ModelRebaselineResult:
         for chart in self.charts:
             _provider, _model, target, prompt_id, metric = parse_chart_key(chart.chart_key)
             parts = (target, metric) if metric == AVAILABILITY else (target, prompt_id, metric)
-            out.append(" · ".join(parts))
+            out.append(" · ".join((without_password(parts[0]), *parts[1:])))
         return out
 
 

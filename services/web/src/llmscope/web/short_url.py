@@ -16,6 +16,8 @@ from typing import Final, Literal
 
 from markupsafe import Markup
 
+from llmscope.web.userinfo import without_password
+
 SHOWN_WHOLE: Final = 30
 """A target this long or shorter (its scheme aside) is shown whole."""
 HOST_KEEP: Final = 30
@@ -27,6 +29,12 @@ PATH_KEEP: Final = 16
 """A longer path shows its last segment only ("/…/completions")."""
 SEGMENT_KEEP: Final = 16
 """A longer last segment shows its start only."""
+V6_KEEP: Final = 15
+"""A longer IPv6 literal shows its groups within its first this many characters ("[2001:db8:1234:",
+a site's /48), then its port."""
+NAME_RUN: Final = 14
+"""A host's name longer than this breaks after a hyphen: as one run it was wider than the Models
+page's 8-rem target column ("my-company-llm-router" ran on under the next column)."""
 QUERY_KEEP: Final = 10
 """A longer query (or fragment) shows its "?" only."""
 
@@ -43,8 +51,15 @@ MORE: Final[Piece] = ("", "more")
 
 
 def _host(host: str) -> list[Piece]:
+    if host.startswith("[") and "]" in host:  # an IPv6 literal: its colons are not its port's
+        name, _, port = host.partition("]")
+        if len(name) + 1 > HOST_KEEP:  # "[2001:db8:1234:…]:8443": its first groups, its port
+            keep = name.rfind(":", 0, V6_KEEP + 1) + 1 or V6_KEEP
+            # Shown, not a name: it may break before a colon in a narrow cell.
+            return [(name[:keep], "shown"), MORE, (name[keep:], "cut"), ("]" + port, "name")]
+        return [(host, "shown")]
     name, colon, port = host.rpartition(":")
-    if not (colon and port.isdigit()) or name.startswith("["):  # no port; an IPv6 literal
+    if not (colon and port.isdigit()):  # no port
         name, port = host, ""
     port = colon + port if port else ""
     if len(name) <= HOST_KEEP:
@@ -94,10 +109,23 @@ def url_pieces(url: str) -> list[Piece]:
     return merged
 
 
+def _chunks(name: str) -> list[str]:
+    """``name`` in runs of at most ``NAME_RUN`` characters, split after hyphens: each run stays on
+    one line, and a long name breaks between them ("my-company-" "llm-router")."""
+    runs: list[str] = []
+    for part in re.findall(r"[^-]*-|[^-]+$", name):
+        if runs and len(runs[-1]) + len(part) <= NAME_RUN:
+            runs[-1] += part
+        else:
+            runs.append(part)
+    return runs
+
+
 def short_url(text: object, breaks: Callable[[str], Markup]) -> Markup:
-    """The target shortened (``url_pieces``) in a ``span`` titled with the whole of it; ``breaks``
-    marks where the shown text may break a line (``pages._url_breaks``)."""
-    url = "" if text is None else str(text)
+    """The target, its password hidden (``userinfo``), shortened (``url_pieces``) in a ``span``
+    titled with the whole of it; ``breaks`` marks where the shown text may break a line
+    (``pages._url_breaks``)."""
+    url = without_password(text)
     if not url:
         return Markup("")  # an empty cell stays :empty (a phone's stacked table hides it)
     out: list[str] = []
@@ -105,7 +133,11 @@ def short_url(text: object, breaks: Callable[[str], Markup]) -> Markup:
         if kind == "shown":
             out.append(breaks(piece))
         elif kind == "name":
-            out.append(Markup('<span class="url-name">{}</span>').format(piece))
+            out.append(
+                Markup("<wbr>").join(
+                    Markup('<span class="url-name">{}</span>').format(c) for c in _chunks(piece)
+                )
+            )
         elif kind == "more":
             out.append(Markup('<span class="url-more" aria-hidden="true"></span><wbr>'))
         else:

@@ -49,6 +49,7 @@ from fnmatch import fnmatchcase
 from typing import Literal, Protocol
 
 from llmscope.proto.charts import AvailabilityView
+from llmscope.web.userinfo import without_password as shown
 
 # ``stopped`` came after the others (API v1 answered ``unknown`` for it): a client that knows
 # only the first five should read it as it read ``unknown``.
@@ -249,7 +250,7 @@ def model_status(inputs: StatusInputs, now: datetime, policy: StatusPolicy | Non
     # Each target that stopped reporting, newest first: named whatever the status, never dropped
     # in silence while the model's other targets carry on.
     stopped = [
-        f"{t.target or 'a target'} stopped reporting: no probe since {_when(t.last_probe, now)}"
+        f"{shown(t.target) or 'a target'} stopped reporting: no probe since {_when(t.last_probe, now)}"
         for t in sorted(
             (t for t, f in zip(inputs.targets, fresh, strict=True) if not f),
             key=lambda t: t.last_probe,
@@ -290,14 +291,14 @@ def model_status(inputs: StatusInputs, now: datetime, policy: StatusPolicy | Non
         view = t.availability
         alarm = view.fail_run if view is not None and view.fail_run > 0 else policy.alarm_run
         if t.failure_run >= alarm:
-            outage.append((f"{t.failure_run} failed probes in a row on {t.target}", t.run_since))
+            outage.append((f"{t.failure_run} failed probes in a row on {shown(t.target)}", t.run_since))
         episodes = view.open_episodes if view is not None else ()
         if "AVAILABILITY" in episodes:
-            outage.append((f"open AVAILABILITY episode on {t.target}", t.run_since))
+            outage.append((f"open AVAILABILITY episode on {shown(t.target)}", t.run_since))
         if "ERROR_RATE" in episodes:
-            degraded.append((f"open ERROR_RATE episode on {t.target}", None))
+            degraded.append((f"open ERROR_RATE episode on {shown(t.target)}", None))
         if t.probes >= policy.min_probes and t.ok / t.probes < policy.min_success_ratio:
-            degraded.append((f"{t.ok / t.probes:.1%} successful probes on {t.target}", None))
+            degraded.append((f"{t.ok / t.probes:.1%} successful probes on {shown(t.target)}", None))
     for v in violations:
         what = f"{v.count} open {v.severity} {v.rule} violation{'s' if v.count > 1 else ''}"
         if v.rule == "AVAILABILITY" and v.severity != "info":

@@ -25,6 +25,7 @@ from llmscope.web.svg_axes import (
     unit_label,
     value_axis,
 )
+from llmscope.web.userinfo import without_password
 
 WIDTH = 960
 HEIGHT = 320
@@ -115,7 +116,7 @@ def render_chart(data: ChartData, *, width: int = WIDTH, height: int = HEIGHT) -
     q = data.query
     label = f"{q.provider}/{q.model} · prompt {q.prompt_id} · {q.metric}"
     if q.target:
-        label += f" · target {q.target}"
+        label += f" · target {without_password(q.target)}"
     out: list[str] = [
         f'<svg class="control-chart" viewBox="0 0 {width} {height}" role="img" '
         f'aria-label="{escape(label)}" xmlns="http://www.w3.org/2000/svg">',

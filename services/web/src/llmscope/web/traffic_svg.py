@@ -24,6 +24,7 @@ from llmscope.web.svg_axes import (
     value_axis,
 )
 from llmscope.web.traffic import TRAFFIC_LABELS
+from llmscope.web.userinfo import without_password
 
 
 def render_traffic_chart(record: ChartRecord, *, width: int = WIDTH, height: int = HEIGHT) -> Markup:
@@ -52,7 +53,9 @@ def render_traffic_chart(record: ChartRecord, *, width: int = WIDTH, height: int
         return PAD_T + (hi - v) / (hi - lo) * plot_h
 
     meta = record.meta
-    label = f"traffic · {meta.provider}/{meta.model} · service {meta.target} · {meta.metric}"
+    label = (
+        f"traffic · {meta.provider}/{meta.model} · service {without_password(meta.target)} · {meta.metric}"
+    )
     out = [
         f'<svg class="control-chart" viewBox="0 0 {width} {height}" role="img" '
         f'aria-label="{escape(label)}" xmlns="http://www.w3.org/2000/svg">',

@@ -14,6 +14,7 @@ from markupsafe import Markup
 from llmscope.web.data import METRIC_LABELS, ChartPoint
 from llmscope.web.svg_axes import Frame, is_narrow, nice_ticks, side_pads, time_axis, unit_label, value_axis
 from llmscope.web.trends import AvailabilityBucket, AvailabilityHistory, Comparison
+from llmscope.web.userinfo import without_password
 
 # Tableau 10: distinct to most eyes, and the control chart's blue first.
 PALETTE = (
@@ -232,7 +233,7 @@ def render_availability(
                 when += (last.ts + timedelta(seconds=step)).strftime("–%H:%M")
             out.append(
                 f'<rect x="{bx:.1f}" y="{PAD_T}" width="{bw:.1f}" height="{plot_h}" class="{cls}" '
-                f'fill-opacity="{opacity:.2f}"><title>{escape(line.target or "target")} '
+                f'fill-opacity="{opacity:.2f}"><title>{escape(without_password(line.target) or "target")} '
                 f"{when}: {failed} of {probes} probes failed</title></rect>"
             )
     for i, line in enumerate(data.lines):
@@ -246,7 +247,7 @@ def render_availability(
             if b.failed and (roomy or (1 - b.success) * plot_h >= 2):
                 out.append(
                     f'<circle cx="{x(b.ts.timestamp() + step / 2):.1f}" cy="{y(b.success):.1f}" r="2.5" '
-                    f'class="failed-point"><title>{escape(line.target or "target")} '
+                    f'class="failed-point"><title>{escape(without_password(line.target) or "target")} '
                     f"{b.ts.strftime('%H:%M')}: {b.failed} of {b.probes} failed</title></circle>"
                 )
     time_axis(out, frame, t0, t1, data.start.tzinfo)

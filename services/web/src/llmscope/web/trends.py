@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Literal, Protocol
 
 from llmscope.web.data import ChartPoint, Metric
+from llmscope.web.userinfo import without_password
 
 # Windows of the comparison chart, in hours: an hour to 30 days (the API serves 744 h).
 COMPARE_WINDOWS_H: tuple[int, ...] = (1, 6, 24, 168, 720)
@@ -64,7 +65,7 @@ class ComparedLine:
 
     @property
     def label(self) -> str:
-        return f"{self.provider}/{self.model}" + (f" · {self.part}" if self.part else "")
+        return f"{self.provider}/{self.model}" + (f" · {without_password(self.part)}" if self.part else "")
 
 
 @dataclass(frozen=True, slots=True)

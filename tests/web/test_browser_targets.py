@@ -1,0 +1,106 @@
+"""Targets in real Chromium: a long, credentialed or IPv6 target on the Models page, a
+violation's header and the report's chart headings, at 1366, 1920 and 390 px; and the Models
+page's "not charted yet" badge within its column.
+
+Screenshots in ``LLMSCOPE_SCREENSHOTS``: ``targets-models-{laptop,wide,phone}.png``,
+``targets-violation-{laptop,phone}.png``, ``targets-report-{laptop,phone}.png``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import uvicorn
+
+from llmscope.api.persister import store_telemetry, store_violations
+from llmscope.stack.ports import free_port
+from tests.api.conftest import Api
+from tests.api.engine import eventually
+from tests.api.factories import telemetry, violation
+from tests.web.test_browser import HEALTH_OVERFLOW, SHOTS, Site, browser_page, log_in
+from tests.web.test_userinfo import CREDENTIALED, SECRET, SHOWN
+
+pytestmark = [pytest.mark.timeout(240)]
+
+IPV6 = "http://[2001:db8:1234:5678:9abc:def0:1234:5678]:8443/v1/chat/completions"
+VIEWPORTS = {
+    "laptop": {"width": 1366, "height": 768},
+    "wide": {"width": 1920, "height": 1080},
+    "phone": {"width": 390, "height": 844},
+}
+
+
+@pytest.fixture
+async def targets_site(api: Api) -> AsyncIterator[Site]:
+    """Probes of three targets (no engine: no availability chart, "not charted yet") and a
+    violation on the credentialed one."""
+    now = datetime.now(UTC)
+    probes = [
+        telemetry(
+            i, id=f"{name}-{i}", target=target, ts=now - timedelta(minutes=2 * (60 - i)), streaming=i % 2 == 0
+        )
+        for name, target in (("cred", CREDENTIALED), ("v6", IPV6), ("local", "http://localhost:11434"))
+        for i in range(60)
+    ]
+    # A model as people name them, failing in four ways, its figures wide (the browser walk's
+    # widest row): the columns squeezed to their least at 1366 px.
+    kinds = ("timeout", "http_5xx", "rate_limited", "empty_response")
+    probes += [
+        telemetry(
+            i,
+            id=f"wide-{i}",
+            ts=now - timedelta(seconds=10 * (100 - i)),
+            provider="openai",
+            model="gpt-4o-mini-2024-07-18",
+            target="https://api.openai.com",
+            streaming=True,
+            tokens_per_s=123.4,
+            **(
+                {"status": kinds[i % 4], "latency_ms": None, "ttft_ms": None}
+                if i % 5 == 0
+                else {"latency_ms": 12345.6 + i, "ttft_ms": 1234.5}
+            ),
+        )
+        for i in range(100)
+    ]
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, probes)
+        await store_violations(conn, [violation(probes[55], id="v-cred", metric="availability")])
+    server = uvicorn.Server(
+        uvicorn.Config(api.app, host="127.0.0.1", port=free_port(), lifespan="off", log_level="warning")
+    )
+    task = asyncio.create_task(server.serve())
+    await eventually(lambda: server.started, within=20, what="uvicorn to listen")
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield Site(api, f"http://127.0.0.1:{port}")
+    finally:
+        api.runtime.live.close_all()
+        server.should_exit = True
+        await asyncio.wait_for(task, 20)
+
+
+async def test_targets_fit_and_never_show_a_password(targets_site: Site) -> None:
+    site = targets_site
+    await asyncio.to_thread(SHOTS.mkdir, parents=True, exist_ok=True)
+    async with browser_page(site) as page:
+        await log_in(page, site, "/models")
+        for name, size in VIEWPORTS.items():
+            await page.set_viewport_size(size)  # type: ignore[arg-type]
+            await page.goto(f"{site.url}/models")
+            await page.wait_for_selector("table.health tbody tr")
+            await page.screenshot(path=str(SHOTS / f"targets-models-{name}.png"), full_page=True)
+            assert SECRET not in await page.inner_text("body")
+            overflow = await page.evaluate(HEALTH_OVERFLOW)
+            assert overflow == [], (name, [o for o in overflow if "badge" in o[0]], overflow)
+        for name in ("laptop", "phone"):
+            await page.set_viewport_size(VIEWPORTS[name])  # type: ignore[arg-type]
+            for path, shot in (("/violations/v-cred", "violation"), ("/report?hours=24", "report")):
+                await page.goto(f"{site.url}{path}")
+                await page.wait_for_load_state("networkidle")
+                await page.screenshot(path=str(SHOTS / f"targets-{shot}-{name}.png"), full_page=True)
+                assert SECRET not in await page.inner_text("body")
+                assert await page.locator(f'span.url[title="{SHOWN}"]').count()
+    assert site.errors == []

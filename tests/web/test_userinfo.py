@@ -1,0 +1,117 @@
+"""A target's password is never printed: the dashboard is read on shared screens, in screenshots
+and printed reports. Every page that prints a target prints its userinfo redacted
+(``userinfo.without_password``); the CSV export keeps the stored value, for scripts."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from llmscope.api.persister import store_telemetry, store_violations
+from llmscope.web.data import ChartQuery
+from llmscope.web.userinfo import without_password
+from tests.api.conftest import Api
+from tests.api.factories import telemetry, violation
+from tests.web.test_pages import login
+
+SECRET = "s3cret"
+CREDENTIALED = f"https://bot:{SECRET}@my-company-llm-router.prod.eu-west-1.internal.corp/v1/chat/completions"
+SHOWN = "https://bot:•••@my-company-llm-router.prod.eu-west-1.internal.corp/v1/chat/completions"
+
+
+@pytest.mark.parametrize(
+    ("target", "shown"),
+    [
+        (CREDENTIALED, SHOWN),
+        ("https://user:secret@gateway.example/v1", "https://user:•••@gateway.example/v1"),
+        ("http://sk-live-abc123@gw.local:8443/v1", "http://•••@gw.local:8443/v1"),  # a token as user
+        ("http://u:p@ss@gw.local/v1?next=a@b", "http://u:•••@gw.local/v1?next=a@b"),  # "@" unescaped
+        ("http://u:@gw.local", "http://u:•••@gw.local"),
+        ("https://gateway.example/v1?mail=a@b", "https://gateway.example/v1?mail=a@b"),  # no userinfo
+        ("http://[2001:db8::1]:8443/v1", "http://[2001:db8::1]:8443/v1"),
+        ("local", "local"),
+        ("checkout-service@prod", "checkout-service@prod"),  # a traffic service's name, no URL
+        ("", ""),
+        (None, ""),
+    ],
+)
+def test_the_password_is_hidden_and_the_rest_kept(target: str | None, shown: str) -> None:
+    assert without_password(target) == shown
+
+
+async def test_no_page_prints_a_targets_password(api: Api) -> None:
+    now = datetime.now(UTC)
+    probes = [
+        telemetry(i, id=f"cred-{i}", target=CREDENTIALED, ts=now - timedelta(minutes=2 * (60 - i)))
+        for i in range(60)
+    ]
+    # The model's other target: the dashboard offers a choice of the two.
+    local = [telemetry(i, id=f"local-{i}", ts=now - timedelta(minutes=2 * (60 - i))) for i in range(60)]
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, probes + local)
+        await store_violations(conn, [violation(probes[-5], id="v-cred")])
+    client = await login(api)
+    q = ChartQuery(provider="ollama", model="llama3.1:8b", prompt_id="simple-1", target=CREDENTIALED)
+    pages = {
+        "/models": "the health table",
+        "/violations/v-cred": "the violation's header and its context",
+        "/report?hours=24": "the report's tables and chart headings",
+        "/": "the overview",
+        "/status": "the status page",
+        f"/dashboard?provider={q.provider}&model={q.model}&prompt_id={q.prompt_id}&hours=24": "the chart",
+    }
+    for path, what in pages.items():
+        r = await client.get(path)
+        assert r.status_code == 200, (path, r.text[:300])
+        # Links and forms carry the stored target to the next page, URL-encoded ("%3As3cret%40"),
+        # or as an option's value; what is printed never does.
+        printed = re.sub(r' value="[^"]*"', "", r.text)
+        assert f":{SECRET}@" not in printed, (path, what, printed[printed.find(SECRET) - 300 :][:600])
+    for path in ("/models", "/violations/v-cred", "/report?hours=24"):
+        r = await client.get(path)
+        assert f'title="{SHOWN}"' in r.text, path  # the whole target, its password hidden
+    # Links and the address bar (the target chosen on the dashboard is pushed into it) carry the
+    # target as printed; the dashboard charts the stored target it stands for.
+    asked = {"provider": q.provider, "model": q.model, "prompt_id": q.prompt_id, "hours": "24"}
+    page = (await client.get("/dashboard", params={**asked, "target": SHOWN})).text
+    assert f'<option value="{SHOWN}" selected>' in page
+    assert '<option value="local" >' in page
+    assert f'<input type="hidden" name="target" value="{CREDENTIALED}">' in page  # the re-baseline's
+    # The export is what a script reads back: the stored value.
+    r = await client.get("/api/export/violations.csv")
+    assert r.status_code == 200, r.text[:300]
+    assert CREDENTIALED in r.text
+
+
+async def test_headers_show_a_long_target_shortened_with_the_whole_in_its_title(api: Api) -> None:
+    """The violation's header, its context's heading and the report's chart headings printed a
+    long target whole, wider than a phone's card: shortened as in the tables, whole in its title."""
+    now = datetime.now(UTC)
+    probes = [
+        telemetry(i, id=f"cred-{i}", target=CREDENTIALED, ts=now - timedelta(minutes=2 * (60 - i)))
+        for i in range(60)
+    ]
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, probes)
+        await store_violations(conn, [violation(probes[-5], id="v-cred", metric="availability")])
+    client = await login(api)
+    short = f'<span class="url" title="{SHOWN}">'
+    page = (await client.get("/violations/v-cred")).text
+    header = re.search(r"<p>ollama/llama3.1:8b · target (.*?)</p>", page, re.S)
+    assert header is not None
+    assert header.group(1).startswith(short), header.group(1)
+    context = re.search(r"<h2>Probes of (.*?)</h2>", page, re.S)
+    assert context is not None
+    assert context.group(1).startswith(short), context.group(1)
+    # The overview links to the model's chart on its target, as printed (the address bar shows it).
+    overview = (await client.get("/")).text
+    links = re.findall(r'href="(/dashboard\?[^"]*)"', overview)
+    assert links
+    assert not [link for link in links if SECRET in link], links
+    assert [link for link in links if "bot%3A%E2%80%A2%E2%80%A2%E2%80%A2%40" in link], links
+    report = (await client.get("/report?hours=24")).text
+    headings = re.findall(r"<h2>Control chart:.*?</h2>", report, re.S)
+    assert headings
+    assert all(short in h for h in headings), headings
