@@ -9,7 +9,7 @@ import gc
 import json
 import math
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -30,6 +30,7 @@ from llmscope.api.persister import (
     TELEMETRY_TYPES,
     Persister,
     apply_retention,
+    fold_hours,
     store_telemetry,
     store_violations,
     telemetry_record,
@@ -45,6 +46,9 @@ from llmscope.proto import codec, subjects
 from llmscope.proto.telemetry import TelemetryEvent
 from tests.alerter.harness import eventually
 from tests.api.factories import T0, cleared, telemetry, violation
+
+EVERY_HOUR = datetime(2100, 1, 1, tzinfo=UTC)
+"""``fold_hours(before=...)`` that folds every hour, the current one too."""
 
 
 @pytest.fixture
@@ -111,6 +115,7 @@ async def test_a_small_batch_holding_a_stored_event_is_stored_by_the_arbitrating
             assert await store_telemetry(conn, events[6:9]) == 3
         assert await store_telemetry(conn, events[8:12]) == 3
     assert await pool.fetchval("SELECT count(*) FROM telemetry") == 12
+    await fold_hours(pool, before=EVERY_HOUR)
     for table in ("telemetry_minute", "telemetry_series_hour"):
         assert await pool.fetchval(f"SELECT sum(n) FROM {table}") == 12, table
     total = await pool.fetchval("SELECT sum(latency_sum) FROM telemetry_minute")
@@ -128,7 +133,15 @@ async def test_migration_0018_drops_the_model_hour_rollups_the_series_hours_add_
         for migration in migrations():
             if migration.version < 18:
                 await conn.execute(migration.sql)
+        # This code's statements mark minutes folded or not (0019, which 0018 does not touch), and
+        # leave the series' hours to the fold.
+        await conn.execute(next(m.sql for m in migrations() if m.version == 19))
         await store_telemetry(conn, _mixed_batch(400))
+        fold_pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)  # not migrated
+        try:
+            assert await fold_hours(fold_pool, before=EVERY_HOUR) > 4
+        finally:
+            await fold_pool.close()
         # What the persister kept in telemetry_hour: 0008's fold of the minute rollups, with 0010's
         # sums of squared logs.
         sql = next(m.sql for m in migrations() if m.version == 8)
@@ -200,6 +213,9 @@ async def test_migration_0017_adds_the_row_type_small_batches_are_sent_as(databa
                WHERE attrelid = 'telemetry'::regclass AND attnum > 0 AND NOT attisdropped"""
         )
         assert set(expected) <= {(r["attname"], r["type"]) for r in table}
+        for later in migrations():  # what this code's statements write besides
+            if later.version > 17:
+                await conn.execute(later.sql)
         assert await store_telemetry(conn, [telemetry(i) for i in range(4)]) == 3
         assert await conn.fetchval("SELECT count(*) FROM telemetry") == 4
     finally:
@@ -351,6 +367,7 @@ _AGGREGATE_TABLES = {
 
 
 async def _aggregates(pool: asyncpg.Pool) -> dict[str, list[tuple[Any, ...]]]:
+    await fold_hours(pool, before=EVERY_HOUR)  # the hours, folded from the minutes each path wrote
     out: dict[str, list[tuple[Any, ...]]] = {}
     for table, key in _AGGREGATE_TABLES.items():
         rows = await pool.fetch(f"SELECT * FROM {table} ORDER BY {key}")
@@ -524,6 +541,7 @@ async def test_retention_deletes_only_old_rows(pool: asyncpg.Pool, database_url:
     async with pool.acquire() as conn:
         await store_telemetry(conn, [telemetry(0, ts=T0 - timedelta(days=40)), telemetry(1)])
     settings = ApiSettings(database_url=Secret(database_url), api_key=Secret("x" * 16))
+    assert await fold_hours(pool, before=EVERY_HOUR) == 2
     assert await pool.fetchval("SELECT count(*) FROM telemetry_series_hour") == 2
     deleted = await apply_retention(pool, settings)
     assert deleted["telemetry"] == 1

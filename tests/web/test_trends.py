@@ -12,7 +12,7 @@ from importlib.resources import files
 import pytest
 
 from llmscope.api.incidents_store import store_incidents
-from llmscope.api.persister import store_telemetry, store_violations
+from llmscope.api.persister import fold_hours, store_telemetry, store_violations
 from llmscope.api.trends import TrendQueries, lognormal_p95
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.web.data import ChartPoint
@@ -246,7 +246,10 @@ async def test_one_models_prompts_over_30_days_read_each_series_hourly_rollups(a
     events = _series_probes()
     async with api.store.pool.acquire() as conn:
         await store_telemetry(conn, events)
-        # The minute rollups pruned: only the hourly ones can draw the chart now.
+    # Folded into hours (the persister's fold does it once an hour is over), then the minute
+    # rollups pruned: only the hourly ones can draw the chart now.
+    assert await fold_hours(api.store.pool, before=datetime(2100, 1, 1, tzinfo=UTC)) > 0
+    async with api.store.pool.acquire() as conn:
         await conn.execute("DELETE FROM telemetry_minute")
     trends = TrendQueries(api.store)
     bucket_s = compare_bucket_s(720)
@@ -285,9 +288,10 @@ async def test_one_models_prompts_over_30_days_read_each_series_hourly_rollups(a
 
 async def test_the_series_hour_backfill_folds_the_minute_rollups(api: Api) -> None:
     """Migration 0011 fills ``telemetry_series_hour`` from the minute rollups: the same rows the
-    persister writes, sums of squared logs included."""
+    persister's fold writes (migration 0019), sums of squared logs included."""
     async with api.store.pool.acquire() as conn:
         await store_telemetry(conn, _series_probes())
+    await fold_hours(api.store.pool, before=datetime(2100, 1, 1, tzinfo=UTC))
     stored = await api.store.pool.fetch(
         "SELECT * FROM telemetry_series_hour ORDER BY provider, model, prompt_id, target, hour"
     )
@@ -394,24 +398,30 @@ async def test_long_windows_read_the_hourly_rollups(api: Api) -> None:
     ]
     async with api.store.pool.acquire() as conn:
         await store_telemetry(conn, events)
-        assert await conn.fetchval("SELECT count(DISTINCT hour) FROM telemetry_series_hour") == 4
     assert compare_bucket_s(168) == 3600
-    cmp = await TrendQueries(api.store).comparison([("ollama", "llama3.1:8b")], "latency_ms", 168)
-    (line,) = cmp.lines
     by_hour: dict[datetime, list[float]] = {}
     for e in events:
         assert e.latency_ms is not None
         by_hour.setdefault(e.ts.replace(minute=0, second=0), []).append(e.latency_ms)
-    assert [(p.ts - timedelta(minutes=30), p.n) for p in line.points] == [
-        (h, len(v)) for h, v in by_hour.items()
-    ]
-    for p, values in zip(line.points, by_hour.values(), strict=True):
-        assert p.value == pytest.approx(math.exp(sum(math.log(v) for v in values) / len(values)))
-        assert (p.lo, p.hi) == (min(values), max(values))
-        logs = [math.log(v) for v in values]
-        mean = sum(logs) / len(logs)
-        sd = math.sqrt(sum((v - mean) ** 2 for v in logs) / (len(logs) - 1))
-        assert p.p95 == pytest.approx(min(math.exp(mean + 1.6448536 * sd), max(values)))
+    # The same figures before the hours are folded from the minutes (read from the minutes) and
+    # after (read from the hourly rows).
+    for folded in (False, True):
+        if folded:
+            assert await fold_hours(api.store.pool) == 4
+        hours = await api.store.pool.fetchval("SELECT count(DISTINCT hour) FROM telemetry_series_hour")
+        assert hours == (4 if folded else 0)
+        cmp = await TrendQueries(api.store).comparison([("ollama", "llama3.1:8b")], "latency_ms", 168)
+        (line,) = cmp.lines
+        assert [(p.ts - timedelta(minutes=30), p.n) for p in line.points] == [
+            (h, len(v)) for h, v in by_hour.items()
+        ]
+        for p, values in zip(line.points, by_hour.values(), strict=True):
+            assert p.value == pytest.approx(math.exp(sum(math.log(v) for v in values) / len(values)))
+            assert (p.lo, p.hi) == (min(values), max(values))
+            logs = [math.log(v) for v in values]
+            mean = sum(logs) / len(logs)
+            sd = math.sqrt(sum((v - mean) ** 2 for v in logs) / (len(logs) - 1))
+            assert p.p95 == pytest.approx(min(math.exp(mean + 1.6448536 * sd), max(values)))
 
 
 def test_the_p95_band_comes_from_the_rollups_and_is_left_out_where_they_cannot_tell() -> None:

@@ -19,7 +19,7 @@ from llmscope.api.charts import ChartViews
 from llmscope.api.db import open_pool
 from llmscope.api.live import LiveFeed
 from llmscope.api.metrics import ApiMetrics
-from llmscope.api.persister import Persister, retention_loop, tune_gc
+from llmscope.api.persister import Persister, fold_loop, retention_loop, tune_gc
 from llmscope.api.ratelimit import FailureLimiter
 from llmscope.api.sessions import RevokedSessions
 from llmscope.api.settings import ApiSettings
@@ -137,6 +137,7 @@ class Runtime:
                 self._tasks.append(
                     asyncio.create_task(retention_loop(self._pool, s, self._stop), name="retention")
                 )
+                self._tasks.append(asyncio.create_task(fold_loop(self._pool, self._stop), name="hour-fold"))
                 pool = self._pool
                 self.baseline_history = BaselineHistory(
                     lambda: pool, s.charts_bucket, on_record=self._live_feed.on_chart

@@ -4,7 +4,8 @@
 Every query reads rollups and regroups them in SQL into at most ~240 buckets, so a 30-day chart of
 several models never reads raw probes: ``telemetry_minute`` for buckets of minutes, and for
 buckets of whole hours (windows over 5 days) the comparison reads ``telemetry_series_hour``, one
-row per prompt, target and hour, summed per model or kept apart for one model's prompts or
+row per prompt, target and hour (an hour not folded yet: from its minutes, :data:`SERIES_HOURS`),
+summed per model or kept apart for one model's prompts or
 targets (``make bench``'s compare_bench measures them). Its key begins with the model and the
 hour, so a model's window is one range of it.
 """
@@ -52,6 +53,36 @@ def lognormal_p95(mean_log: float, logsq: float, n: int, hi: float | None) -> fl
     return min(p95, hi) if hi is not None else p95
 
 
+_ROLLUP_COLS = ", ".join(
+    f"{p}_n, {p}_min, {p}_max, {p}_sum, {p}_logsum, {p}_logsq" for p in ("latency", "ttft", "tps")
+)
+
+# The hours of each series of the models in $4/$5 within $1..$2, as telemetry_series_hour's rows:
+# an hour whose minutes are all folded (migration 0019) from that table, one with a minute not
+# folded yet (the current hour, one just over, one a late event reached) as its minutes, which
+# the query grouping them sums (sums, minima and maxima: the same buckets either way). The
+# unfolded minutes are few, found per model through their partial index.
+SERIES_HOURS = f"""(
+    WITH m AS (SELECT * FROM unnest($4::text[], $5::text[]) AS m(provider, model)),
+    fresh AS MATERIALIZED (
+        SELECT DISTINCT u.provider, u.model, u.prompt_id, u.target, date_trunc('hour', u.minute) AS hour
+        FROM m JOIN telemetry_minute u ON u.provider = m.provider AND u.model = m.model
+        WHERE NOT u.folded AND u.minute >= date_trunc('hour', $1::timestamptz) AND u.minute < $2
+    )
+    SELECT h.provider, h.model, h.prompt_id, h.target, h.hour, h.n, h.n_ok, {_ROLLUP_COLS}
+    FROM m JOIN telemetry_series_hour h ON h.provider = m.provider AND h.model = m.model
+    WHERE h.hour >= date_trunc('hour', $1::timestamptz) AND h.hour < $2
+      AND NOT EXISTS (SELECT 1 FROM fresh f
+                      WHERE f.provider = h.provider AND f.model = h.model AND f.hour = h.hour
+                        AND f.prompt_id = h.prompt_id AND f.target = h.target)
+    UNION ALL
+    SELECT t.provider, t.model, t.prompt_id, t.target, f.hour, t.n, t.n_ok, {_ROLLUP_COLS}
+    FROM fresh f JOIN telemetry_minute t
+      ON t.provider = f.provider AND t.model = f.model AND t.prompt_id = f.prompt_id
+     AND t.target = f.target AND t.minute >= f.hour AND t.minute < f.hour + interval '1 hour'
+)"""
+
+
 # One model's prompts or targets: as many lines as there are distinct colours.
 MAX_PARTS = len(PALETTE)
 # The charts of one model re-baselined together freeze their new baselines a few probes apart.
@@ -84,13 +115,22 @@ class TrendQueries:
         models = "unnest($3::text[], $4::text[]) AS m(provider, model)"
         # Each model's first hour by one descent of the key (provider, model, hour, ...): a min()
         # over the join read every prompt's and target's hours of the window.
+        # An hour not folded yet (the current one, a series new within it: migration 0019) has
+        # no hourly row: its first unfolded minute's hour, found the same way (LEAST skips NULL).
         hour: datetime | None = await self.store.pool.fetchval(
-            f"""SELECT min(f.hour) FROM {models}
-                CROSS JOIN LATERAL (
-                    SELECT t.hour FROM telemetry_series_hour t
-                    WHERE t.provider = m.provider AND t.model = m.model
-                      AND t.hour >= date_bin('1 hour', $1::timestamptz, 'epoch') AND t.hour < $2
-                    ORDER BY t.hour LIMIT 1) AS f""",
+            f"""SELECT least(
+                  (SELECT min(f.hour) FROM {models}
+                   CROSS JOIN LATERAL (
+                       SELECT t.hour FROM telemetry_series_hour t
+                       WHERE t.provider = m.provider AND t.model = m.model
+                         AND t.hour >= date_bin('1 hour', $1::timestamptz, 'epoch') AND t.hour < $2
+                       ORDER BY t.hour LIMIT 1) AS f),
+                  (SELECT date_trunc('hour', min(f.minute)) FROM {models}
+                   CROSS JOIN LATERAL (
+                       SELECT t.minute FROM telemetry_minute t
+                       WHERE t.provider = m.provider AND t.model = m.model AND NOT t.folded
+                         AND t.minute >= $1 AND t.minute < $2
+                       ORDER BY t.minute LIMIT 1) AS f))""",
             start,
             end,
             providers,
@@ -135,9 +175,7 @@ class TrendQueries:
         # Buckets of whole hours read the hourly rollups of each series (a model's prompts and
         # targets pooled by the GROUP BY, or lines of their own): a model-level hourly table
         # (0008) cost the persister a row write per event and is gone (0018).
-        table, column = (
-            ("telemetry_series_hour", "hour") if bucket_s % 3600 == 0 else ("telemetry_minute", "minute")
-        )
+        table, column = (SERIES_HOURS, "hour") if bucket_s % 3600 == 0 else ("telemetry_minute", "minute")
         part = {"model": "''", "prompt": "t.prompt_id", "target": "t.target"}[by]
         rows = await self.store.pool.fetch(
             f"""SELECT t.provider, t.model, {part} AS part,

@@ -3,7 +3,8 @@
 Each stream has a durable consumer; a batch is written in one transaction and acked only after
 COMMIT (the consumer acks when the handler returns). Writes are idempotent by event id, so a
 redelivered batch stores nothing twice, and the per-minute rollups count each probe once because
-they aggregate only the rows the insert actually added. A large batch of telemetry none of which
+they aggregate only the rows the insert actually added (the hourly rollups are folded from the
+minute rollups in the background: ``hour_fold``). A large batch of telemetry none of which
 is stored yet (the common case) is COPY'd straight into its table, its rollups computed here; one
 that COPY finds partly stored (a redelivery) is written again through a temporary table and
 ``ON CONFLICT DO NOTHING``, the rollups then taken from the rows actually inserted.
@@ -20,7 +21,8 @@ Runs inside the API process (``LLMSCOPE_PERSISTER=true``) or alone: ``python -m 
 The package is split by concern: ``sql`` (the statements' text), ``rollups`` (a batch's rollups,
 series and models computed here), ``writes`` (one batch into Postgres), ``connections``
 (connections kept between batches), ``consumers`` (the :class:`Persister` and how it consumes),
-``retention``, ``collector`` (the garbage collector's setting) and ``standalone``
+``retention``, ``hour_fold`` (the hourly rollups folded from the minutes), ``collector`` (the
+garbage collector's setting) and ``standalone``
 (``llmscope persister``).
 """
 
@@ -36,6 +38,7 @@ from llmscope.api.persister.consumers import (
     Persister,
     persister_consumer_options,
 )
+from llmscope.api.persister.hour_fold import FOLD_EVERY_S, fold_hours, fold_loop
 from llmscope.api.persister.retention import RETENTION_TIMEOUT_S, apply_retention, retention_loop
 from llmscope.api.persister.sql import (
     STORE_ONE_TELEMETRY,
@@ -59,6 +62,7 @@ from llmscope.api.persister.writes import (
 __all__ = [
     "COPY_MIN_ROWS",
     "FILL_WAIT_S",
+    "FOLD_EVERY_S",
     "GC_YOUNGEST_THRESHOLD",
     "KEEP_CONNECTION_S",
     "LAG_SAMPLE_S",
@@ -76,6 +80,8 @@ __all__ = [
     "KeptConnections",
     "Persister",
     "apply_retention",
+    "fold_hours",
+    "fold_loop",
     "main",
     "persister_consumer_options",
     "refused_for_its_data",

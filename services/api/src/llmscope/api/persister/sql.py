@@ -177,21 +177,21 @@ def _seen_upsert(table: str, keys: tuple[str, ...], rows: str) -> str:
 _SERIES = ("provider", "model", "prompt_id")
 _TARGETS = (*_SERIES, "target")
 
-# The hourly rollups of each series (its prompt on one target), in their key's order (the hour
-# before the prompt and target, migration 0011): what the comparison reads over 7 or 30 days,
-# one model's prompts or targets apart, or summed per model (migration 0018 dropped the hourly
-# rollups per model: one row write per event less).
-_SERIES_HOUR_MERGE = f"""ON CONFLICT (provider, model, hour, prompt_id, target) DO UPDATE SET
+# A minute row's write, whatever the path: the batch's aggregates added, and ``folded`` false, so
+# that the background fold recomputes its hour (persister/hour_fold.py, migration 0019). For the
+# current minute it was false already: the same value, so the update stays HOT (the partial index
+# on unfolded minutes reads that column).
+_MINUTE_MERGE = f"""ON CONFLICT (provider, model, prompt_id, target, minute) DO UPDATE SET
         n = m.n + EXCLUDED.n, n_ok = m.n_ok + EXCLUDED.n_ok,
-        {_metric_merge("latency")}, {_metric_merge("ttft")}, {_metric_merge("tps")}"""
+        {_metric_merge("latency")}, {_metric_merge("ttft")}, {_metric_merge("tps")}, folded = false"""
 
 _SRC_SERIES = "SELECT provider, model, prompt_id, min(ts), max(ts) FROM src GROUP BY 1, 2, 3"
 _SRC_TARGETS = "SELECT provider, model, prompt_id, target, min(ts), max(ts) FROM src GROUP BY 1, 2, 3, 4"
 
 # A small batch's one statement, one round trip: insert the new rows and fold exactly those rows
-# into the minute and series-hour rollups; widen each series' (and series target's) first/last
-# seen; set each model's latest state. Every upsert takes its rows in key order (code point
-# order, as UPSERT_AGGREGATES), so concurrent persisters lock in one order.
+# into the minute rollups (their hours are folded later: MARK_FOLDED); widen each series' (and
+# series target's) first/last seen; set each model's latest state. Every upsert takes its rows in
+# key order (code point order, as UPSERT_AGGREGATES), so concurrent persisters lock in one order.
 STORE_TELEMETRY_ARRAYS = f"""
 WITH src AS MATERIALIZED (
     SELECT {_COLS}, ord FROM {_UNNEST}
@@ -208,18 +208,7 @@ WITH src AS MATERIALIZED (
            {_metric_aggregates("ttft_ms", "ttft")},
            {_metric_aggregates("tokens_per_s", "tps")}
     FROM ins GROUP BY 1, 2, 3, 4, 5 ORDER BY {_key_order("provider", "model", "prompt_id", "target", "5")}
-    ON CONFLICT (provider, model, prompt_id, target, minute) DO UPDATE SET
-        n = m.n + EXCLUDED.n, n_ok = m.n_ok + EXCLUDED.n_ok,
-        {_metric_merge("latency")}, {_metric_merge("ttft")}, {_metric_merge("tps")}
-), roll_series_hour AS (
-    INSERT INTO telemetry_series_hour AS m (provider, model, hour, prompt_id, target, n, n_ok, {_ROLLUP_COLS})
-    SELECT provider, model, date_trunc('hour', ts), prompt_id, target, count(*),
-           count(*) FILTER (WHERE status = 'ok'),
-           {_metric_aggregates("latency_ms", "latency")},
-           {_metric_aggregates("ttft_ms", "ttft")},
-           {_metric_aggregates("tokens_per_s", "tps")}
-    FROM ins GROUP BY 1, 2, 3, 4, 5 ORDER BY {_key_order("provider", "model", "3", "prompt_id", "target")}
-    {_SERIES_HOUR_MERGE}
+    {_MINUTE_MERGE}
 ), ser AS (
     {_seen_upsert("series", _SERIES, _SRC_SERIES)}
 ), tgt AS (
@@ -279,15 +268,7 @@ WITH ins AS (
     SELECT {_P["provider"]}, {_P["model"]}, {_P["prompt_id"]}, {_P["target"]}, date_trunc('minute', ts), 1,
            ${_N + 1}::integer, {_ONE_ROLLUP}
     FROM ins
-    ON CONFLICT (provider, model, prompt_id, target, minute) DO UPDATE SET
-        n = m.n + EXCLUDED.n, n_ok = m.n_ok + EXCLUDED.n_ok,
-        {_metric_merge("latency")}, {_metric_merge("ttft")}, {_metric_merge("tps")}
-), roll_series_hour AS (
-    INSERT INTO telemetry_series_hour AS m (provider, model, hour, prompt_id, target, n, n_ok, {_ROLLUP_COLS})
-    SELECT {_P["provider"]}, {_P["model"]}, date_trunc('hour', ts), {_P["prompt_id"]}, {_P["target"]}, 1,
-           ${_N + 1}::integer, {_ONE_ROLLUP}
-    FROM ins
-    {_SERIES_HOUR_MERGE}
+    {_MINUTE_MERGE}
 ), ser AS (
     {_seen_upsert("series", _SERIES, _ONE_SERIES)}
 ), tgt AS (
@@ -319,12 +300,6 @@ _MODEL_ARRAYS = (
     "$43::text[], $44::real[], $45::real[], $46::real[], $47::real[], $48::text[]"
 )
 
-# Minute rollups folded into the hours of each series (a model's hours are their sums: 0018).
-_HOUR_FOLD = ", ".join(
-    f"sum({p}_n), min({p}_min), max({p}_max), sum({p}_sum), sum({p}_logsum), sum({p}_logsq)"
-    for p in ("latency", "ttft", "tps")
-)
-
 # After a COPY that stored every event of the batch (none was there yet): the rollups, series,
 # series targets and models of the batch, aggregated by :func:`batch_aggregates`, in one
 # statement (also after the temporary table's insert, for the rows it inserted). Rows go in key
@@ -336,14 +311,7 @@ WITH mins AS MATERIALIZED (
 ), roll AS (
     INSERT INTO telemetry_minute AS m (provider, model, prompt_id, target, minute, n, n_ok, {_ROLLUP_COLS})
     SELECT * FROM mins
-    ON CONFLICT (provider, model, prompt_id, target, minute) DO UPDATE SET
-        n = m.n + EXCLUDED.n, n_ok = m.n_ok + EXCLUDED.n_ok,
-        {_metric_merge("latency")}, {_metric_merge("ttft")}, {_metric_merge("tps")}
-), roll_series_hour AS (
-    INSERT INTO telemetry_series_hour AS m (provider, model, hour, prompt_id, target, n, n_ok, {_ROLLUP_COLS})
-    SELECT provider, model, date_trunc('hour', minute), prompt_id, target, sum(n), sum(n_ok), {_HOUR_FOLD}
-    FROM mins GROUP BY 1, 2, 3, 4, 5 ORDER BY {_key_order("provider", "model", "3", "prompt_id", "target")}
-    {_SERIES_HOUR_MERGE}
+    {_MINUTE_MERGE}
 ), ser AS (
     {_seen_upsert("series", _SERIES, f"SELECT * FROM unnest({_SERIES_ARRAYS})")}
 ), tgt AS (
@@ -354,6 +322,63 @@ INSERT INTO models AS m (provider, model, first_seen, last_seen, target, host, l
 SELECT * FROM unnest({_MODEL_ARRAYS})
 {_MODEL_UPSERT}
 """
+
+# The hourly rollups of each series, folded from its minute rollups in the background
+# (persister/hour_fold.py; migration 0019), not upserted with each event: the statements above
+# mark each minute row they write unfolded. MARK_FOLDED takes up to $1 series-hours that are over
+# (by the database's clock; before $2 where given) and hold an unfolded minute, marks those
+# minutes folded and returns the series-hours; in the same transaction RECOMPUTE_HOURS then sets
+# each of those hours to the sums of all its minutes, read by a statement that starts after the
+# marks are taken. A write to one of those minutes either committed before the marks (they
+# waited for its row lock), so the sums hold it, or comes after them and marks its minute
+# unfolded again for the next fold; an hour recomputed twice is the same hour. The marks take
+# rows in key order, as the writes do (a late event's write may wait for a fold, or the other
+# way round, never both).
+MARK_FOLDED = f"""
+WITH due AS (
+    SELECT DISTINCT provider, model, prompt_id, target, date_trunc('hour', minute) AS hour
+    FROM telemetry_minute
+    WHERE NOT folded AND minute < coalesce($2, date_trunc('hour', now()))
+    ORDER BY 1, 2, 3, 4, 5
+    LIMIT $1
+), locked AS (
+    SELECT t.provider, t.model, t.prompt_id, t.target, t.minute
+    FROM due JOIN telemetry_minute t
+      ON t.provider = due.provider AND t.model = due.model AND t.prompt_id = due.prompt_id
+     AND t.target = due.target AND t.minute >= due.hour AND t.minute < due.hour + interval '1 hour'
+    WHERE NOT t.folded
+    ORDER BY {_key_order("t.provider", "t.model", "t.prompt_id", "t.target", "5")}
+    FOR UPDATE OF t
+), marked AS (
+    UPDATE telemetry_minute AS m SET folded = true
+    FROM locked
+    WHERE m.provider = locked.provider AND m.model = locked.model AND m.prompt_id = locked.prompt_id
+      AND m.target = locked.target AND m.minute = locked.minute
+    RETURNING m.provider, m.model, m.prompt_id, m.target, date_trunc('hour', m.minute) AS hour
+)
+SELECT DISTINCT provider, model, prompt_id, target, hour FROM marked
+"""
+
+_HOUR_SUMS = ", ".join(
+    f"sum(t.{p}_n), min(t.{p}_min), max(t.{p}_max), sum(t.{p}_sum), sum(t.{p}_logsum), sum(t.{p}_logsq)"
+    for p in ("latency", "ttft", "tps")
+)
+_HOUR_COLS = ("n", "n_ok", *(c.strip() for c in _ROLLUP_COLS.split(",")))
+
+RECOMPUTE_HOURS = f"""
+INSERT INTO telemetry_series_hour AS h (provider, model, hour, prompt_id, target, n, n_ok, {_ROLLUP_COLS})
+SELECT d.provider, d.model, d.hour, d.prompt_id, d.target, sum(t.n), sum(t.n_ok), {_HOUR_SUMS}
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+     AS d(provider, model, prompt_id, target, hour)
+JOIN telemetry_minute t
+  ON t.provider = d.provider AND t.model = d.model AND t.prompt_id = d.prompt_id
+ AND t.target = d.target AND t.minute >= d.hour AND t.minute < d.hour + interval '1 hour'
+GROUP BY d.provider, d.model, d.hour, d.prompt_id, d.target
+ORDER BY {_key_order("d.provider", "d.model", "3", "d.prompt_id", "d.target")}
+ON CONFLICT (provider, model, hour, prompt_id, target) DO UPDATE SET
+    {", ".join(f"{c} = EXCLUDED.{c}" for c in _HOUR_COLS)}
+"""
+
 
 INSERT_VIOLATION = """
 INSERT INTO violations (

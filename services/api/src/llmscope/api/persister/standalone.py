@@ -11,6 +11,7 @@ from llmscope.api.db import open_pool
 from llmscope.api.metrics import ApiMetrics
 from llmscope.api.persister.collector import tune_gc
 from llmscope.api.persister.consumers import Persister
+from llmscope.api.persister.hour_fold import fold_loop
 from llmscope.api.persister.retention import retention_loop
 from llmscope.api.settings import ApiSettings
 from llmscope.bus.layout import prepare
@@ -81,7 +82,10 @@ async def run_standalone(
             )
             history = BaselineHistory(lambda: pool, settings.charts_bucket, on_record=notices.on_chart)
             await asyncio.gather(
-                persister.run(stop), retention_loop(pool, settings, stop), history.run(nc, stop)
+                persister.run(stop),
+                retention_loop(pool, settings, stop),
+                fold_loop(pool, stop),
+                history.run(nc, stop),
             )
         finally:
             await notices.stop()

@@ -1,0 +1,229 @@
+"""The hourly rollups of each series, folded from the minute rollups in the background
+(persister/hour_fold.py, migration 0019): exact whatever the fold's timing, late events and
+writes that race a fold included, and read exactly before any fold (trends.SERIES_HOURS)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+
+from llmscope.api.db import create_pool
+from llmscope.api.persister import fold_hours, fold_loop, store_telemetry
+from llmscope.api.persister.sql import MARK_FOLDED, RECOMPUTE_HOURS
+from llmscope.api.trends import SERIES_HOURS
+from llmscope.proto.telemetry import TelemetryEvent
+from tests.alerter.harness import eventually
+from tests.api.factories import telemetry
+
+NOW = datetime.now(UTC).replace(second=0, microsecond=0)
+HOUR = NOW.replace(minute=0)
+PAST = HOUR - timedelta(hours=3)  # three hours that are over, then the current one
+
+_SUMS = (
+    "sum(n) AS n, sum(n_ok) AS n_ok, sum(latency_n) AS latency_n, min(latency_min) AS latency_min, "
+    "max(latency_max) AS latency_max, sum(latency_sum) AS latency_sum, "
+    "sum(latency_logsum) AS latency_logsum, sum(ttft_logsq) AS ttft_logsq, sum(tps_n) AS tps_n"
+)
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(database_url, min_size=1, max_size=4)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+def _events(first: int, n: int, start: datetime, step_s: float = 97.0) -> list[TelemetryEvent]:
+    """Events of two models, two prompts and two targets from ``start``, ``step_s`` apart."""
+    return [
+        telemetry(
+            i,
+            ts=start + timedelta(seconds=step_s * (i - first)),
+            model=f"m{i % 2}",
+            prompt_id=f"p{i % 3 % 2}",
+            target=f"t{i % 5 % 2}",
+            status="timeout" if i % 11 == 0 else "ok",
+            latency_ms=100.0 + i % 17,
+        )
+        for i in range(first, first + n)
+    ]
+
+
+def _late(i: int, minute: int) -> TelemetryEvent:
+    """An event of one series (m0, p0, t0) in the given minute of the first past hour."""
+    return telemetry(
+        i, ts=PAST + timedelta(minutes=minute, seconds=i % 50), model="m0", prompt_id="p0", target="t0"
+    )
+
+
+async def _from_minutes(pool: asyncpg.Pool) -> list[tuple[Any, ...]]:
+    """Every series' hours summed from its minute rollups: what the hours must hold."""
+    rows = await pool.fetch(
+        f"""SELECT provider, model, prompt_id, target, date_trunc('hour', minute) AS hour, {_SUMS}
+            FROM telemetry_minute GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5"""
+    )
+    return [tuple(r) for r in rows]
+
+
+async def _hour_rows(pool: asyncpg.Pool, where: str = "") -> list[tuple[Any, ...]]:
+    rows = await pool.fetch(
+        f"""SELECT provider, model, prompt_id, target, hour, {_SUMS}
+            FROM telemetry_series_hour {where} GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5"""
+    )
+    return [tuple(r) for r in rows]
+
+
+async def _as_read(pool: asyncpg.Pool) -> list[tuple[Any, ...]]:
+    """The hours as the comparison reads them (SERIES_HOURS), folded or not."""
+    rows = await pool.fetch(
+        f"""SELECT provider, model, prompt_id, target, hour, {_SUMS}
+            FROM {SERIES_HOURS} AS t WHERE $3::integer > 0
+            GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5""",
+        PAST - timedelta(hours=1),
+        NOW + timedelta(hours=2),
+        3600,
+        ["ollama", "ollama"],
+        ["m0", "m1"],
+    )
+    return [tuple(r) for r in rows]
+
+
+def _same(got: list[tuple[Any, ...]], want: list[tuple[Any, ...]]) -> None:
+    assert [r[:5] for r in got] == [r[:5] for r in want]
+    for g, w in zip(got, want, strict=True):
+        assert list(g[5:]) == pytest.approx(list(w[5:]), rel=1e-12)
+
+
+async def _unfolded_hours(pool: asyncpg.Pool) -> set[datetime]:
+    rows = await pool.fetch(
+        "SELECT DISTINCT date_trunc('hour', minute) AS h FROM telemetry_minute WHERE NOT folded"
+    )
+    return {r["h"] for r in rows}
+
+
+async def _none_unfolded(pool: asyncpg.Pool) -> bool:
+    return not await _unfolded_hours(pool)
+
+
+async def test_hours_that_are_over_are_folded_the_current_one_is_read_from_its_minutes(
+    pool: asyncpg.Pool,
+) -> None:
+    events = _events(0, 150, PAST, step_s=(NOW - PAST).total_seconds() / 150)
+    async with pool.acquire() as conn:
+        for i in range(0, len(events), 7):
+            await store_telemetry(conn, events[i : i + 7])
+    want = await _from_minutes(pool)
+    assert len({r[4] for r in want}) == 4  # three hours over and the current one
+    assert await _hour_rows(pool) == []  # nothing written to the hours with the events
+    _same(await _as_read(pool), want)  # read exactly before any fold
+    # Chunks smaller than the hours to fold: several transactions, each exact.
+    assert await fold_hours(pool, chunk=5) == len([r for r in want if r[4] < HOUR])
+    _same(await _hour_rows(pool), [r for r in want if r[4] < HOUR])
+    assert await _unfolded_hours(pool) == {HOUR}  # the current hour waits until it is over
+    _same(await _as_read(pool), want)
+    assert await fold_hours(pool) == 0  # nothing left that is over
+
+
+async def test_a_late_event_in_a_folded_hour_is_read_at_once_and_folded_again(pool: asyncpg.Pool) -> None:
+    events = _events(0, 60, PAST)
+    async with pool.acquire() as conn:
+        await store_telemetry(conn, events)
+    await fold_hours(pool)
+    assert await _unfolded_hours(pool) == set()
+    late = _events(1000, 5, PAST + timedelta(minutes=3))  # into minutes folded already
+    async with pool.acquire() as conn:
+        await store_telemetry(conn, late[:1])  # one-event statement
+        await store_telemetry(conn, late[1:])  # the small-batch statement
+        await store_telemetry(conn, late)  # redelivered: nothing counted again
+    want = await _from_minutes(pool)
+    assert await _unfolded_hours(pool) == {PAST}
+    assert await _hour_rows(pool) != want  # the hour row lags
+    _same(await _as_read(pool), want)  # what is read does not
+    assert await fold_hours(pool) == 4  # the late hour's series (2 models x 2 prompts)
+    _same(await _hour_rows(pool), want)
+    assert sum(r[5] for r in await _hour_rows(pool)) == 65
+
+
+async def test_a_write_that_races_a_fold_is_never_lost(pool: asyncpg.Pool, database_url: str) -> None:
+    """Both orders of a late event's write and a fold's marks on the same minute row: the write
+    that holds the row first makes the fold wait and is in its sums; the write that waits for the
+    fold's marks leaves the minute unfolded for the next fold."""
+    async with pool.acquire() as conn:
+        await store_telemetry(conn, _events(0, 40, PAST))
+    await fold_hours(pool)
+    writer = await asyncpg.connect(database_url)
+    folder = await asyncpg.connect(database_url)
+    try:
+        # 1. A late event left a minute unfolded; a second one's write holds that row
+        # (uncommitted) when the fold comes to mark it.
+        async with pool.acquire() as conn:
+            await store_telemetry(conn, [_late(2000, 1)])
+        tx = writer.transaction()
+        await tx.start()
+        await store_telemetry(writer, [_late(2001, 1)])
+        fold = asyncio.create_task(fold_hours(pool))
+        await _until_waiting(pool, "telemetry_minute")
+        assert not fold.done()
+        await tx.commit()
+        assert await fold == 1
+        _same(await _hour_rows(pool), await _from_minutes(pool))
+        # 2. The fold has marked the minute (uncommitted) when the write comes.
+        async with pool.acquire() as conn:
+            await store_telemetry(conn, [_late(3000, 2)])
+        fold_tx = folder.transaction()
+        await fold_tx.start()
+        due = await folder.fetch(MARK_FOLDED, 100, None)
+        assert len(due) == 1
+        write = asyncio.create_task(store_telemetry(writer, [_late(3001, 2)]))
+        await _until_waiting(pool, "telemetry_minute")
+        await folder.execute(RECOMPUTE_HOURS, *([r[i] for r in due] for i in range(5)))
+        await fold_tx.commit()
+        assert await write == 1
+        want = await _from_minutes(pool)
+        assert await _hour_rows(pool) != want  # the fold's sums were taken before the write
+        assert await _unfolded_hours(pool) == {PAST}  # the write left its minute to fold again
+        _same(await _as_read(pool), want)
+        assert await fold_hours(pool) == 1
+        _same(await _hour_rows(pool), want)
+    finally:
+        await writer.close()
+        await folder.close()
+
+
+async def _until_waiting(pool: asyncpg.Pool, table: str) -> None:
+    """Until some session waits for a row lock (a fold or a write blocked on the other)."""
+
+    async def waiting() -> bool:
+        return bool(
+            await pool.fetchval(
+                """SELECT count(*) FROM pg_stat_activity
+                   WHERE wait_event_type = 'Lock' AND datname = current_database()"""
+            )
+        )
+
+    await eventually(waiting, within=60, what=f"a session waiting for a row of {table}")
+
+
+async def test_the_persister_folds_in_the_background(pool: asyncpg.Pool) -> None:
+    """fold_loop folds at once when it starts, then on its period, until stopped."""
+    async with pool.acquire() as conn:
+        await store_telemetry(conn, _events(0, 30, PAST))
+    stop = asyncio.Event()
+    task = asyncio.create_task(fold_loop(pool, stop, every_s=0.05))
+    try:
+        await eventually(lambda: _none_unfolded(pool), within=60, what="every hour folded")
+        _same(await _hour_rows(pool), await _from_minutes(pool))
+        async with pool.acquire() as conn:
+            await store_telemetry(conn, _events(500, 3, PAST + timedelta(minutes=30)))
+        await eventually(lambda: _none_unfolded(pool), within=60, what="every hour folded")
+        _same(await _hour_rows(pool), await _from_minutes(pool))
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
