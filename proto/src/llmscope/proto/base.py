@@ -9,8 +9,11 @@ A breaking change is a new tag (``telemetry.v2``) on a new subject prefix.
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
+import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -66,9 +69,65 @@ def check_text(**texts: str | None) -> None:
             raise ValueError(f"`{field}` must not contain NUL characters")
 
 
+class TimeOrderedIds:
+    """UUIDv7 ids (RFC 9562) in 32 lowercase hex digits, increasing within a process.
+
+    Layout: 48 bits of Unix time in ms, the version (7), a 42-bit counter (the 12 bits of rand_a
+    and the top 30 of rand_b, after the variant), 32 random bits. The counter starts at a random
+    value below 2**41 each new ms (method 1 of the RFC, so it rarely nears its end) and goes up by
+    one for each further id in that ms, or while the clock reads earlier than the last id's ms
+    (stepped back): the last ms is kept until the clock passes it. A counter at its end moves the
+    time on by a ms. Across processes the random start and the 32 random bits of every id keep
+    ids apart (a forked child draws a new start).
+    """
+
+    def __init__(
+        self, clock: Callable[[], int] = time.time_ns, urandom: Callable[[int], bytes] = os.urandom
+    ) -> None:
+        self._clock = clock
+        self._urandom = urandom
+        self._lock = threading.Lock()
+        self._ms = -1
+        self._counter = 0
+
+    def reseed(self) -> None:
+        """Draw a new counter start at the next id (in a forked child)."""
+        self._ms = -1
+
+    def _start(self) -> int:
+        return int.from_bytes(self._urandom(6)) >> 7  # 41 bits: 2**41 ids in a ms before the end
+
+    def __call__(self) -> str:
+        with self._lock:
+            ms = self._clock() // 1_000_000
+            if ms > self._ms:
+                self._ms, self._counter = ms, self._start()
+            elif self._counter < COUNTER_END - 1:
+                self._counter += 1
+            else:
+                self._ms, self._counter = self._ms + 1, self._start()
+            ms, counter = self._ms, self._counter
+        rand = int.from_bytes(self._urandom(4))
+        return f"{ms & _MS_MASK:012x}7{counter >> 30:03x}{_VARIANT | (counter & _LOW_30) << 32 | rand:016x}"
+
+
+COUNTER_END = 2**42
+_MS_MASK = 2**48 - 1
+_LOW_30 = 2**30 - 1
+_VARIANT = 0b10 << 62
+_ids = TimeOrderedIds()
+os.register_at_fork(after_in_child=_ids.reseed)
+
+
 def new_id() -> str:
-    """A fresh random event id (UUID4, 32 hex digits)."""
-    return uuid.uuid4().hex
+    """A fresh event id: 32 lowercase hex digits, a UUIDv7 (time first, then counter and random).
+
+    Ids of one process increase (in string order too), even when the clock steps back or many
+    fall in one millisecond; ids of different processes do not collide (41 random bits of
+    counter start and 32 random bits per id). Time first makes the telemetry table's primary key
+    grow at its right edge instead of at random leaves (docs/benchmarks.md, "Event id order").
+    The same shape as the uuid4 hex ids before it: readers see no difference."""
+    return _ids()
 
 
 def utcnow() -> datetime:

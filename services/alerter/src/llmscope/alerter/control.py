@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, time
@@ -43,7 +44,6 @@ from llmscope.bus.responders import Responders
 from llmscope.config.env import Env
 from llmscope.config.logs import get_logger
 from llmscope.proto import subjects
-from llmscope.proto.base import new_id
 from llmscope.proto.control import (
     AlertTestReply,
     AlertTestRequest,
@@ -316,7 +316,7 @@ class ControlResponder:
     async def on_silence_create(self, req: SilenceCreateRequest) -> SilenceReply:
         now = self.store.clock()
         try:
-            silence = silence_from_spec(req.silence, f"sil-{new_id()[:16]}", now)
+            silence = silence_from_spec(req.silence, f"sil-{secrets.token_hex(8)}", now)
         except InvalidSilence as exc:
             return SilenceReply(status="invalid", field=exc.field, error=exc.message)
         await retry_conflicts(lambda: self.store.add_silence(silence), what="add silence")
