@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -88,6 +89,11 @@ class Mailbox:
     envelopes: list[list[str]] = field(default_factory=list)
     raw: list[bytes] = field(default_factory=list)
     refuse: set[str] = field(default_factory=set)
+    quits: int = 0  # sessions the client ended with QUIT
+
+    async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:
+        self.quits += 1
+        return "221 Bye"
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
         if address in self.refuse:
@@ -106,6 +112,12 @@ class Mailbox:
 
 def smtp_server(mailbox: Mailbox, **kwargs: Any) -> Controller:
     from llmscope.stack.ports import free_port
+
+    # aiosmtpd logs each session at INFO, and "Connection lost during _handle_client()" for its
+    # own readiness probe (a connection closed without a word) and after every QUIT it answers:
+    # the test server's chatter, not ours, in any test run after the root logger went to INFO
+    # (the service's main sets it up in-process in tests/alerter/test_main.py).
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
 
     controller = Controller(mailbox, hostname="127.0.0.1", port=free_port(), **kwargs)
     controller.start()

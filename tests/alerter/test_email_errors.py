@@ -67,9 +67,11 @@ async def test_bad_smtp_credentials_fail_at_once_good_ones_send() -> None:
         assert len(refused.attempts) == 1  # permanent: not retried
         assert refused.attempts[0].detail == "SMTP authentication failed: 535"
         assert box.messages == []
+        assert box.quits == 1  # the session ended with QUIT, not a dropped connection
         sent = await _send(replace(cfg, password=Secret("right")))
         assert sent.status == "sent"
         assert len(box.messages) == 1
+        assert box.quits == 2
     finally:
         server.stop()
 

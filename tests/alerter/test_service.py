@@ -253,10 +253,23 @@ async def test_lease_shorter_than_retries_still_sends_each_notification_once(
         # one host per model: three old single points of one host, still open, are a cascade
         await publish(js, *(violation(i, model=f"m{i}", host=f"gpu-m{i}") for i in range(3)))
         await eventually(lambda: len(answered) == 3, within=20, what="three notifications delivered")
-        await asyncio.sleep(2.5)  # time for any second delivery loop to show itself
+
+        async def all_settled() -> bool:
+            # Every row finished (no live claim to take over) and every attempt begun was answered
+            # and recorded: no delivery loop, first or second, has a request left in flight.
+            assert max(seen.values()) <= 2, f"a second delivery loop sent again: {seen}"
+            return not await run.pool.fetchval(
+                "SELECT (SELECT count(*) FROM alerter_notifications"
+                "        WHERE status <> 'sent' OR lease_until IS NOT NULL)"
+                " + (SELECT count(*) FROM alerter_delivery_attempts WHERE state <> 'done')"
+            )
+
+        await eventually(all_settled, within=20, what="every notification sent, every attempt recorded")
         assert dict(answered) == dict.fromkeys(answered, 1), answered
-        rows = await run.pool.fetch("SELECT status, attempts FROM alerter_notifications")
-        assert sorted((r["status"], r["attempts"]) for r in rows) == [("sent", 2)] * 3
+        assert dict(seen) == dict.fromkeys(seen, 2), seen
+        rows = await run.pool.fetch("SELECT status, attempts, claim_gen FROM alerter_notifications")
+        # claim_gen 1: the claim the flush made, never taken over by a second loop.
+        assert sorted((r["status"], r["attempts"], r["claim_gen"]) for r in rows) == [("sent", 2, 1)] * 3
     finally:
         await run.close()
         await sink.stop()

@@ -20,11 +20,12 @@ from tests.api.conftest import Api
 from tests.api.engine import eventually
 from tests.api.factories import telemetry, violation
 from tests.web.test_browser import HEALTH_OVERFLOW, SHOTS, Site, browser_page, log_in
-from tests.web.test_userinfo import CREDENTIALED, SECRET, SHOWN
+from tests.web.test_userinfo import CREDENTIALED, KEYED, KEYED_SHOWN, SECRET, SHOWN
 
 pytestmark = [pytest.mark.timeout(240)]
 
 IPV6 = "http://[2001:db8:1234:5678:9abc:def0:1234:5678]:8443/v1/chat/completions"
+LONG_LABEL_SHORT_URL = "https://inferenceclusterprod01.ai/v1"  # shown whole: no dot for 22 characters
 VIEWPORTS = {
     "laptop": {"width": 1366, "height": 768},
     "wide": {"width": 1920, "height": 1080},
@@ -41,7 +42,13 @@ async def targets_site(api: Api) -> AsyncIterator[Site]:
         telemetry(
             i, id=f"{name}-{i}", target=target, ts=now - timedelta(minutes=2 * (60 - i)), streaming=i % 2 == 0
         )
-        for name, target in (("cred", CREDENTIALED), ("v6", IPV6), ("local", "http://localhost:11434"))
+        for name, target in (
+            ("cred", CREDENTIALED),
+            ("v6", IPV6),
+            ("local", "http://localhost:11434"),
+            ("keyed", KEYED),  # a key in the query; a first label of 22 characters, no hyphen
+            ("short", LONG_LABEL_SHORT_URL),
+        )
         for i in range(60)
     ]
     # A model as people name them, failing in four ways, its figures wide (the browser walk's
@@ -82,6 +89,21 @@ async def targets_site(api: Api) -> AsyncIterator[Site]:
         await asyncio.wait_for(task, 20)
 
 
+# The on-screen size (px) of each shown chart's axis labels: what a reader sees of their 11 px.
+TICK_PX = """() => [...document.querySelectorAll(
+    'svg.control-chart, svg.comparison-chart, svg.availability-chart, svg.mini-chart')]
+  .filter(svg => svg.getBoundingClientRect().width > 0)
+  .map(svg => {
+    const scale = svg.getBoundingClientRect().width / svg.viewBox.baseVal.width;
+    const tick = svg.querySelector('text.tick');
+    return [svg.classList[0], svg.viewBox.baseVal.width,
+            tick ? +(parseFloat(getComputedStyle(tick).fontSize) * scale).toFixed(1) : null];
+  })"""
+REDRAWN = "() => !document.documentElement.classList.contains('vw-redraw')"
+# 11 px drawn for the viewport: about 10 px on a phone, 14 px on a laptop (a 960 drawing widened).
+TICK_RANGE = {"laptop": (13.0, 15.0), "phone": (9.5, 11.5)}
+
+
 async def test_targets_fit_and_never_show_a_password(targets_site: Site) -> None:
     site = targets_site
     await asyncio.to_thread(SHOTS.mkdir, parents=True, exist_ok=True)
@@ -93,13 +115,22 @@ async def test_targets_fit_and_never_show_a_password(targets_site: Site) -> None
             await page.wait_for_selector("table.health tbody tr")
             await page.screenshot(path=str(SHOTS / f"targets-models-{name}.png"), full_page=True)
             assert SECRET not in await page.inner_text("body")
+            assert await page.locator(f'span.url[title="{KEYED_SHOWN}"]').count()
             overflow = await page.evaluate(HEALTH_OVERFLOW)
             assert overflow == [], (name, [o for o in overflow if "badge" in o[0]], overflow)
         for name in ("laptop", "phone"):
             await page.set_viewport_size(VIEWPORTS[name])  # type: ignore[arg-type]
+            # The first page after the resize is asked with the cookie of the last width: its
+            # charts (the availability violation's "latency of the probes around it" too) are
+            # drawn again for this one (static/viewport.js), never shown scaled from the other.
             for path, shot in (("/violations/v-cred", "violation"), ("/report?hours=24", "report")):
                 await page.goto(f"{site.url}{path}")
+                await page.wait_for_function(REDRAWN)
                 await page.wait_for_load_state("networkidle")
+                ticks = await page.evaluate(TICK_PX)
+                low, high = TICK_RANGE[name]
+                assert ticks, path
+                assert all(px is not None and low <= px <= high for _, _, px in ticks), (name, path, ticks)
                 await page.screenshot(path=str(SHOTS / f"targets-{shot}-{name}.png"), full_page=True)
                 assert SECRET not in await page.inner_text("body")
                 assert await page.locator(f'span.url[title="{SHOWN}"]').count()

@@ -81,3 +81,43 @@ def test_a_long_host_name_breaks_after_a_hyphen_only() -> None:
     html = template.render(t="https://my-company-llm-router.prod.eu-west-1.internal.corp/v1")
     assert '<span class="url-name">my-company-</span><wbr><span class="url-name">llm-router</span>' in html
     assert '<span class="url-name">llm-gateway</span>' in template.render(t=GATEWAY)  # short: one run
+
+
+def _unbreakable(html: str) -> list[str]:
+    """What a cell shows of ``html`` in the pieces no line break can split: the cut parts take no
+    room; a line breaks at ``<wbr>`` and after a hyphen outside a ``url-name`` (kept on one line)."""
+    html = re.sub(r'<span class="url-cut">.*?</span>', "", html)
+    pieces = []
+    for piece in re.split(r"<wbr>", html):
+        names = re.findall(r'<span class="url-name">([^<]*)</span>', piece)
+        rest = re.sub(r"<[^>]+>", " ", re.sub(r'<span class="url-name">[^<]*</span>', " ", piece))
+        pieces += names + [w for w in re.split(r"(?<=-)|\s", rest) if w]
+    return pieces
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        # A first label of 22 characters with no hyphen was one run, wider than the Models page's
+        # target column at 1366 and 390 px (test_browser_targets).
+        ("https://inferenceclusterprod01.example.com/v1", ["inferencecl", "usterprod01", "/v1"]),
+        ("https://abcdefghijklmnopqrstuvwxyzabcdefghijklmnop.com/", ["abcdefghij", "klmnopqrst", "/"]),
+        ("https://gpu-inferenceclusterprod01.example.com/v1", ["gpu-", "inferenc", "ecluster", "/v1"]),
+        # Shown whole (short), with no dot to break at for 22 characters.
+        ("https://inferenceclusterprod01.ai/v1", ["inferencecl", "usterprod01", ".ai", "/v1"]),
+        ("https://abcdefghijklmnopq.example.com/v1", ["abcdefghi", "jklmnopq", ".example", ".com", "/v1"]),
+    ],
+)
+def test_a_long_host_name_without_hyphens_breaks_in_even_runs(url: str, shown: list[str]) -> None:
+    html = build_environment().from_string("{{ t|short_url }}").render(t=url)
+    assert _unbreakable(html) == shown, html
+    assert re.sub(r"<[^>]+>", "", html) == url  # still the whole URL, for a copy
+
+
+def test_a_key_in_the_query_is_never_in_the_cell_its_title_or_what_a_copy_copies() -> None:
+    template = build_environment().from_string("<td>{{ t|short_url }}</td>")
+    html = template.render(t="https://gw.example.internal.corp/openai/v1/chat?api-key=s3cret&x=1")
+    assert "s3cret" not in html
+    shown = "https://gw.example.internal.corp/openai/v1/chat?api-key=•••&x=1"
+    assert f'title="{shown.replace("&", "&amp;")}"' in html
+    assert re.sub(r"<[^>]+>", "", html).replace("&amp;", "&") == shown

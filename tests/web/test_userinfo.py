@@ -19,6 +19,10 @@ from tests.web.test_pages import login
 SECRET = "s3cret"
 CREDENTIALED = f"https://bot:{SECRET}@my-company-llm-router.prod.eu-west-1.internal.corp/v1/chat/completions"
 SHOWN = "https://bot:•••@my-company-llm-router.prod.eu-west-1.internal.corp/v1/chat/completions"
+# A gateway taking its key in the query string (Azure OpenAI's api-key).
+KEYED = f"https://inferenceclusterprod01.example.com/openai/v1?api-key={SECRET}"
+KEYED_SHOWN = "https://inferenceclusterprod01.example.com/openai/v1?api-key=•••"
+QUERY_SHOWN_TWO = "https://gw.example/openai?api-version=2024-06-01&api-key=•••"
 
 
 @pytest.mark.parametrize(
@@ -35,16 +39,31 @@ SHOWN = "https://bot:•••@my-company-llm-router.prod.eu-west-1.internal.cor
         ("checkout-service@prod", "checkout-service@prod"),  # a traffic service's name, no URL
         ("", ""),
         (None, ""),
+        # Keys in the query string: the value hidden, the parameter's name and the rest kept.
+        ("https://gw.example/v1?key=abc", "https://gw.example/v1?key=•••"),
+        ("https://gw.example/openai?api-version=2024-06-01&api-key=abc", QUERY_SHOWN_TWO),
+        ("https://gw.example/v1?api_key=abc;x=1#top", "https://gw.example/v1?api_key=•••;x=1#top"),
+        ("https://gw.example/v1?token=t&access_token=a", "https://gw.example/v1?token=•••&access_token=•••"),
+        ("https://blob.example/m?sv=2024&sig=ab%2Bc%3D", "https://blob.example/m?sv=2024&sig=•••"),
+        ("https://bot:pw@gw.example/v1?Api-Key=abc", "https://bot:•••@gw.example/v1?Api-Key=•••"),  # any case
+        ("https://gw.example/v1?monkey=1&keys=2&key=", "https://gw.example/v1?monkey=1&keys=2&key="),
+        ("https://gw.example/v1?next=key=abc", "https://gw.example/v1?next=key=abc"),  # a value, kept
+        ("gw.local:8080/v1?token=abc", "gw.local:8080/v1?token=•••"),  # no scheme
     ],
 )
 def test_the_password_is_hidden_and_the_rest_kept(target: str | None, shown: str) -> None:
     assert without_password(target) == shown
 
 
-async def test_no_page_prints_a_targets_password(api: Api) -> None:
+@pytest.mark.parametrize(
+    ("stored", "shown", "leak"),
+    [(CREDENTIALED, SHOWN, f":{SECRET}@"), (KEYED, KEYED_SHOWN, f"key={SECRET}")],
+    ids=["userinfo", "query"],
+)
+async def test_no_page_prints_a_targets_password(api: Api, stored: str, shown: str, leak: str) -> None:
     now = datetime.now(UTC)
     probes = [
-        telemetry(i, id=f"cred-{i}", target=CREDENTIALED, ts=now - timedelta(minutes=2 * (60 - i)))
+        telemetry(i, id=f"cred-{i}", target=stored, ts=now - timedelta(minutes=2 * (60 - i)))
         for i in range(60)
     ]
     # The model's other target: the dashboard offers a choice of the two.
@@ -53,7 +72,7 @@ async def test_no_page_prints_a_targets_password(api: Api) -> None:
         await store_telemetry(conn, probes + local)
         await store_violations(conn, [violation(probes[-5], id="v-cred")])
     client = await login(api)
-    q = ChartQuery(provider="ollama", model="llama3.1:8b", prompt_id="simple-1", target=CREDENTIALED)
+    q = ChartQuery(provider="ollama", model="llama3.1:8b", prompt_id="simple-1", target=stored)
     pages = {
         "/models": "the health table",
         "/violations/v-cred": "the violation's header and its context",
@@ -68,21 +87,21 @@ async def test_no_page_prints_a_targets_password(api: Api) -> None:
         # Links and forms carry the stored target to the next page, URL-encoded ("%3As3cret%40"),
         # or as an option's value; what is printed never does.
         printed = re.sub(r' value="[^"]*"', "", r.text)
-        assert f":{SECRET}@" not in printed, (path, what, printed[printed.find(SECRET) - 300 :][:600])
+        assert leak not in printed, (path, what, printed[printed.find(SECRET) - 300 :][:600])
     for path in ("/models", "/violations/v-cred", "/report?hours=24"):
         r = await client.get(path)
-        assert f'title="{SHOWN}"' in r.text, path  # the whole target, its password hidden
+        assert f'title="{shown}"' in r.text, path  # the whole target, its password hidden
     # Links and the address bar (the target chosen on the dashboard is pushed into it) carry the
     # target as printed; the dashboard charts the stored target it stands for.
     asked = {"provider": q.provider, "model": q.model, "prompt_id": q.prompt_id, "hours": "24"}
-    page = (await client.get("/dashboard", params={**asked, "target": SHOWN})).text
-    assert f'<option value="{SHOWN}" selected>' in page
+    page = (await client.get("/dashboard", params={**asked, "target": shown})).text
+    assert f'<option value="{shown}" selected>' in page
     assert '<option value="local" >' in page
-    assert f'<input type="hidden" name="target" value="{CREDENTIALED}">' in page  # the re-baseline's
+    assert f'<input type="hidden" name="target" value="{stored}">' in page  # the re-baseline's
     # The export is what a script reads back: the stored value.
     r = await client.get("/api/export/violations.csv")
     assert r.status_code == 200, r.text[:300]
-    assert CREDENTIALED in r.text
+    assert stored in r.text
 
 
 async def test_headers_show_a_long_target_shortened_with_the_whole_in_its_title(api: Api) -> None:

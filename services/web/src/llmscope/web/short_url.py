@@ -33,8 +33,9 @@ V6_KEEP: Final = 15
 """A longer IPv6 literal shows its groups within its first this many characters ("[2001:db8:1234:",
 a site's /48), then its port."""
 NAME_RUN: Final = 14
-"""A host's name longer than this breaks after a hyphen: as one run it was wider than the Models
-page's 8-rem target column ("my-company-llm-router" ran on under the next column)."""
+"""A host's name longer than this breaks after a hyphen, or inside a longer part with none: as
+one run it was wider than the Models page's 8-rem target column ("my-company-llm-router" ran on
+under the next column)."""
 QUERY_KEEP: Final = 10
 """A longer query (or fragment) shows its "?" only."""
 
@@ -111,14 +112,32 @@ def url_pieces(url: str) -> list[Piece]:
 
 def _chunks(name: str) -> list[str]:
     """``name`` in runs of at most ``NAME_RUN`` characters, split after hyphens: each run stays on
-    one line, and a long name breaks between them ("my-company-" "llm-router")."""
+    one line, and a long name breaks between them ("my-company-" "llm-router"). A longer part
+    with no hyphen is cut in even runs ("inferencecl" "usterprod01"): whole, it ran on under the
+    next column too."""
     runs: list[str] = []
     for part in re.findall(r"[^-]*-|[^-]+$", name):
         if runs and len(runs[-1]) + len(part) <= NAME_RUN:
             runs[-1] += part
-        else:
-            runs.append(part)
+            continue
+        runs += _even_runs(part)
     return runs
+
+
+def _even_runs(word: str) -> list[str]:
+    """``word`` cut in the fewest runs of at most ``NAME_RUN`` characters, of even lengths."""
+    size = -(-len(word) // -(-len(word) // NAME_RUN)) if word else 1  # ceil(len / ceil(len / RUN))
+    return [word[i : i + size] for i in range(0, len(word), size)]
+
+
+_LONG_WORD: Final = re.compile(rf"[A-Za-z0-9]{{{NAME_RUN + 1},}}")
+
+
+def _long_words_broken(shown: Markup) -> Markup:
+    """``shown`` (text marked by ``breaks``) with a ``<wbr>`` in each word longer than
+    ``NAME_RUN``: a short URL is shown whole, and "inferenceclusterprod01.ai" has no dot, slash
+    or hyphen to break at for 22 characters. Letters and digits are never part of an escape."""
+    return Markup(_LONG_WORD.sub(lambda m: "<wbr>".join(_even_runs(m[0])), str(shown)))
 
 
 def short_url(text: object, breaks: Callable[[str], Markup]) -> Markup:
@@ -131,7 +150,7 @@ def short_url(text: object, breaks: Callable[[str], Markup]) -> Markup:
     out: list[str] = []
     for piece, kind in url_pieces(url):
         if kind == "shown":
-            out.append(breaks(piece))
+            out.append(_long_words_broken(breaks(piece)))
         elif kind == "name":
             out.append(
                 Markup("<wbr>").join(

@@ -1,24 +1,52 @@
-"""A target as the dashboard prints it: the password of a URL's userinfo hidden.
+"""A target as the dashboard prints it: the password of a URL's userinfo, and the values of the
+query parameters that carry secrets, hidden.
 
 A gateway's URL may carry credentials (``https://bot:s3cret@gateway.example/v1``); the dashboard
 is read on shared screens, in screenshots and in printed reports, so every place that prints a
 target prints ``https://bot:•••@gateway.example/v1``. As pip's ``redact_auth_from_url`` does, a
 userinfo without a colon is hidden whole (``https://•••@host``): a lone name there is most often
-a token. Exports (CSV, JSON) keep the stored value: they are what a script reads back.
+a token. Gateways that take their key in the query string (Azure's ``api-key``, Google's ``key``,
+a signed URL's ``sig``) are printed ``https://gw.example/v1?key=•••``: the parameter's name is
+kept, its value hidden, the rest of the query as written. Exports (CSV, JSON) keep the stored
+value: they are what a script reads back.
 """
 
 from __future__ import annotations
 
 import re
 from typing import Final
+from urllib.parse import unquote_plus
 
 HIDDEN: Final = "•••"
 _AUTHORITY: Final = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<authority>[^/?#]*)")
+# Query parameters whose value is a credential, compared without case, "-" and "_" alike.
+SECRET_PARAMETERS: Final = frozenset(
+    {
+        "key",
+        "apikey",
+        "xapikey",
+        "token",
+        "accesstoken",
+        "authtoken",
+        "sig",
+        "signature",
+        "password",
+        "secret",
+        "clientsecret",
+    }
+)
+# One parameter of a query: its name up to "=", its value up to the next "&" or ";".
+_PARAMETER: Final = re.compile(r"(?P<name>[^&;=]*)=(?P<value>[^&;]*)")
 
 
 def without_password(target: object) -> str:
-    """``target`` (a URL or any name) with its userinfo's password, or a lone user, hidden."""
+    """``target`` (a URL or any name) with its userinfo's password, or a lone user, and the values
+    of its secret query parameters (``SECRET_PARAMETERS``) hidden."""
     text = "" if target is None else str(target)
+    return _without_query_secrets(_without_userinfo(text))
+
+
+def _without_userinfo(text: str) -> str:
     m = _AUTHORITY.match(text)
     if m is None:
         return text
@@ -29,3 +57,21 @@ def without_password(target: object) -> str:
     user, colon, _password = userinfo.partition(":")
     shown = f"{user}:{HIDDEN}" if colon else HIDDEN
     return f"{m['scheme']}{shown}@{host}{text[m.end() :]}"
+
+
+def _without_query_secrets(text: str) -> str:
+    before, mark, rest = text.partition("?")
+    if not mark:
+        return text
+    query, hash_, fragment = rest.partition("#")
+
+    def shown(parameter: str) -> str:
+        m = _PARAMETER.fullmatch(parameter)
+        if m is None or not m["value"]:
+            return parameter
+        name = re.sub(r"[-_]", "", unquote_plus(m["name"])).lower()
+        return f"{m['name']}={HIDDEN}" if name in SECRET_PARAMETERS else parameter
+
+    # Split at "&" and ";" first: a value holding "key=" is one parameter's value, kept whole.
+    query = "".join(shown(p) for p in re.split(r"([&;])", query))
+    return f"{before}?{query}{hash_}{fragment}"

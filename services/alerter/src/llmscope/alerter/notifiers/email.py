@@ -337,20 +337,22 @@ class EmailNotifier:
         context = await asyncio.to_thread(tls_context, cfg)
         try:
             sock = await _connect(found, cfg.port, cfg.timeout) if found else None
-            errors, answer = await aiosmtplib.send(
-                flatten(payload),
-                sender=cfg.sender,
-                recipients=list(cfg.recipients),
+            client = aiosmtplib.SMTP(
                 hostname=cfg.host,
                 port=None if sock else cfg.port,
                 sock=sock,
-                username=cfg.username or None,
-                password=cfg.password.get() or None,
                 use_tls=cfg.security == "ssl",
                 start_tls=cfg.security == "starttls",
                 tls_context=context,
                 timeout=cfg.timeout,
             )
+            # Logged in within the session, not on connect (as aiosmtplib.send does): a refused
+            # login then ends with QUIT, as the session's other answers do, where a login on
+            # connect dropped the connection without a word.
+            async with client:
+                if cfg.username:
+                    await client.login(cfg.username, cfg.password.get())
+                errors, answer = await client.sendmail(cfg.sender, list(cfg.recipients), flatten(payload))
         except aiosmtplib.SMTPRecipientsRefused as exc:
             raise DeliveryError(f"recipients refused: {exc}", retryable=False) from exc
         except aiosmtplib.SMTPAuthenticationError as exc:
