@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse
 
 from llmscope.proto.chartconfig import METRIC_NAMES, ChartSettings, ModelConfigView, ModelOverrides
 from llmscope.web.pages import Pages
+from llmscope.web.userinfo import printed_chart_key
 
 Scope = Literal["model", "metric"]
 FieldKind = Literal["choice", "bool", "int", "float", "floats"]
@@ -190,7 +191,11 @@ def add_chart_settings_routes(
         if overrides is not None:
             scoped = overrides.settings() if scope == "model" else getattr(overrides.metrics, metric, None)
         charts = [c for c in (view.charts if view else []) if c.metric == metric]
-        chart = next((c for c in charts if c.key == chart_key), charts[0] if charts else None)
+        # The key as the dashboard links to it (its target's password hidden: ``userinfo``).
+        chart_key = printed_chart_key(chart_key)
+        chart = next(
+            (c for c in charts if printed_chart_key(c.key) == chart_key), charts[0] if charts else None
+        )
         effective = (view.effective or {}).get(metric) if view else None
         query = {
             "provider": provider,

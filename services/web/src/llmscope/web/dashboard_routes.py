@@ -12,6 +12,7 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.params import Depends
 from fastapi.responses import HTMLResponse
 
+from llmscope.proto.charts import parse_chart_key
 from llmscope.web.data import (
     METRICS,
     SEVERITY_AT_LEAST,
@@ -30,7 +31,7 @@ from llmscope.web.pages import Pages, ask_rebaseline, is_htmx, rebaseline_toast
 from llmscope.web.svg import MARKS_DRAWN
 from llmscope.web.traffic import TRAFFIC_LABELS, TrafficData, TrafficSeries, series_of
 from llmscope.web.trends import COMPARE_MAX_HOURS, AvailabilityHistory, TrendsData
-from llmscope.web.userinfo import without_password
+from llmscope.web.userinfo import stored_chart_key, stored_target, without_password
 
 
 def add_dashboard_routes(
@@ -43,7 +44,14 @@ def add_dashboard_routes(
     traffic: TrafficData | None,
 ) -> None:
     """Register ``/dashboard`` and its re-baselines behind the session dependency (with ``trends``,
-    the model's availability; with ``traffic``, its traffic charts)."""
+    the model's availability; with ``traffic``, its traffic charts).
+
+    The page's links and forms carry its target, and its chart's key, as printed (a password or
+    key hidden: ``userinfo``); each route here maps them back to the stored ones."""
+
+    async def targets_of(provider: str, model: str, prompt_id: str) -> list[str]:
+        """The stored targets of one prompt of a model (those the page offers)."""
+        return (await data.chart(ChartQuery(provider, model, prompt_id), marks=0)).targets
 
     async def _violation_log(
         request: Request,
@@ -60,7 +68,7 @@ def add_dashboard_routes(
             "provider": provider or "",
             "model": model or "",
             "prompt_id": prompt_id or "",
-            "target": target or "",
+            "target": without_password(target),
             "metric": metric,
             "hours": f"{hours:g}",
             "severity": severity,
@@ -120,7 +128,7 @@ def add_dashboard_routes(
             if target and found.query.target not in found.targets:
                 # A target as the pages print it and link to it (its password hidden): the stored
                 # one it stands for; a target of another model: this one's default.
-                stored = next((t for t in found.targets if without_password(t) == target), "")
+                stored = stored_target(target, found.targets) or ""
                 found = await data.chart(
                     ChartQuery(provider, model, prompt_id, metric, hours, stored, shown), marks=MARKS_DRAWN
                 )
@@ -150,7 +158,8 @@ def add_dashboard_routes(
             "provider": provider or "",
             "model": model or "",
             "prompt_id": prompt_id or "",
-            "target": (chart.query.target if chart else target) or "",
+            # As printed: the page's links, live URLs and forms carry it (and the address bar).
+            "target": without_password(chart.query.target if chart else target),
             "metric": metric,
             "hours": f"{hours:g}",
             "severity": severity,
@@ -221,7 +230,14 @@ def add_dashboard_routes(
         hours: Annotated[float, Form(gt=0, le=COMPARE_MAX_HOURS)] = 1,
         severity: Annotated[Severity, Form()] = "warning",
     ) -> HTMLResponse:
-        """Ask the SPC engine to re-baseline the chart; answers the dashboard with the outcome."""
+        """Ask the SPC engine to re-baseline the chart (``chart_key`` as the page prints it, its
+        target's password hidden: the stored key it stands for); answers the dashboard."""
+        try:
+            of = parse_chart_key(chart_key)
+        except ValueError:
+            pass  # the engine answers: no such chart
+        else:
+            chart_key = stored_chart_key(chart_key, await targets_of(of[0], of[1], of[3]))
         result, status = await ask_rebaseline(data, request, chart_key, by, reason)
         return await _dashboard(
             request,
@@ -256,19 +272,24 @@ def add_dashboard_routes(
         target's); answers the dashboard with the charts re-baselined."""
         fields = {"provider": provider, "model": model, "by": by, "reason": reason}
         given = {name: value.strip() for name, value in fields.items()}
+        only_target = only_target.strip()
+        if only_target and given["provider"] and given["model"]:
+            # Offered as printed (its password hidden): the stored target it stands for.
+            stored = await targets_of(given["provider"], given["model"], prompt_id)
+            only_target = stored_target(only_target, stored) or only_target
         missing = [name for name, value in given.items() if not value]
         if missing:
             result = ModelRebaselineResult(
                 status="refused",
                 provider=given["provider"],
                 model=given["model"],
-                target=only_target.strip(),
+                target=only_target,
                 error=f"{missing[0]}: required",
             )
             status = 422
         else:
             result = await data.rebaseline_model(
-                given["provider"], given["model"], only_target.strip(), given["by"], given["reason"]
+                given["provider"], given["model"], only_target, given["by"], given["reason"]
             )
             status = {"ok": 200, "refused": 409, "no_engine": 504}[result.status]
         if is_htmx(request):

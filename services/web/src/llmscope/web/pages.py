@@ -32,7 +32,7 @@ from llmscope.web.svg import PAD_R as CHART_PAD_R
 from llmscope.web.svg import render_chart, render_sparkline, time_range
 from llmscope.web.trend_svg import color, render_availability, render_comparison
 from llmscope.web.trends import window_label
-from llmscope.web.userinfo import without_password
+from llmscope.web.userinfo import printed_chart_key, without_password
 
 
 def _ago(ts: datetime | None, now: datetime | None = None) -> str:
@@ -193,6 +193,7 @@ def build_environment() -> Environment:
     env.filters["url_breaks"] = _url_breaks
     env.filters["short_url"] = lambda text: short_url(text, _url_breaks)
     env.filters["no_password"] = without_password
+    env.filters["printed_key"] = printed_chart_key
     env.filters["pct"] = _pct
     env.globals["sigma_text"] = _sigma
     env.globals["metric_labels"] = METRIC_LABELS

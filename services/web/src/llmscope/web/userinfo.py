@@ -9,13 +9,21 @@ a token. Gateways that take their key in the query string (Azure's ``api-key``, 
 a signed URL's ``sig``) are printed ``https://gw.example/v1?key=•••``: the parameter's name is
 kept, its value hidden, the rest of the query as written. Exports (CSV, JSON) keep the stored
 value: they are what a script reads back.
+
+Links, forms and the address bar carry a target (or a chart key, which holds one) as printed too:
+a secret in a URL lands in browser history, access logs and Referer headers. The route that
+receives one maps it back to the stored target it stands for with :func:`stored_target` (or
+:func:`stored_chart_key`), among the targets it knows.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Final
 from urllib.parse import unquote_plus
+
+from llmscope.proto.charts import chart_key, parse_chart_key
 
 HIDDEN: Final = "•••"
 _AUTHORITY: Final = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<authority>[^/?#]*)")
@@ -44,6 +52,38 @@ def without_password(target: object) -> str:
     of its secret query parameters (``SECRET_PARAMETERS``) hidden."""
     text = "" if target is None else str(target)
     return _without_query_secrets(_without_userinfo(text))
+
+
+def stored_target(printed: str, stored: Iterable[str]) -> str | None:
+    """The stored target that ``printed`` (a target as the pages print it, or a stored one, as an
+    old bookmark holds) stands for; None if it stands for none of ``stored``. Two stored targets
+    printed alike (the same URL, different passwords): the first."""
+    targets = list(stored)
+    if printed in targets:
+        return printed
+    return next((t for t in targets if without_password(t) == printed), None)
+
+
+def printed_chart_key(key: str) -> str:
+    """A chart key with its target printed (:func:`without_password`), for a link or a form;
+    anything that is no chart key is returned as it is."""
+    try:
+        provider, model, target, prompt_id, metric = parse_chart_key(key)
+    except ValueError:
+        return key
+    return chart_key(provider, model, without_password(target), prompt_id, metric)
+
+
+def stored_chart_key(printed: str, stored_targets: Iterable[str]) -> str:
+    """The chart key that ``printed`` (from :func:`printed_chart_key`) stands for, its target one
+    of ``stored_targets``; ``printed`` itself when none fits (the engine then answers: no such
+    chart)."""
+    try:
+        provider, model, target, prompt_id, metric = parse_chart_key(printed)
+    except ValueError:
+        return printed
+    found = stored_target(target, stored_targets)
+    return printed if found is None else chart_key(provider, model, found, prompt_id, metric)
 
 
 def _without_userinfo(text: str) -> str:
