@@ -12,10 +12,14 @@ from typing import Any
 import asyncpg
 import pytest
 
+from llmscope.api.charts import ChartViews
 from llmscope.api.db import create_pool, migrations
 from llmscope.api.persister import fold_hours, fold_loop, store_telemetry
 from llmscope.api.persister.sql import MARK_FOLDED, RECOMPUTE_HOURS
-from llmscope.api.trends import SERIES_HOURS
+from llmscope.api.store import Store
+from llmscope.api.switches import ModelSwitchWriter
+from llmscope.api.trends import SERIES_HOURS, TrendQueries
+from llmscope.config.outbound import OutboundPolicy
 from llmscope.proto.telemetry import TelemetryEvent
 from tests.alerter.harness import eventually
 from tests.api.factories import telemetry
@@ -364,3 +368,66 @@ async def test_two_folders_and_a_copied_batch_at_once_stay_exact(
     finally:
         await first.close()
         await batch.close()
+
+
+async def _compared(pool: asyncpg.Pool, end: datetime) -> list[Any]:
+    """The comparison as the /compare page asks it: 7 and 30 days, by model, prompt and target."""
+    store = Store(charts=ChartViews(), switches=ModelSwitchWriter(), outbound=OutboundPolicy(()))
+    store.attach(pool)
+    trends = TrendQueries(store)
+    shown: list[Any] = []
+    for hours in (168, 720):
+        for by in ("model", "prompt", "target"):
+            cmp = await trends.comparison(
+                [("ollama", "m0"), ("ollama", "m1")],
+                "latency_ms",
+                hours,
+                end,
+                by=by,  # type: ignore[arg-type]
+            )
+            shown.append((hours, by, cmp.bucket_s))
+            for line in cmp.lines:
+                shown.append((line.label, [(p.ts, p.n, p.value, p.lo, p.hi, p.p95) for p in line.points]))
+    return shown
+
+
+async def test_the_comparison_shows_the_same_before_and_after_a_fold(pool: asyncpg.Pool) -> None:
+    """7 and 30 days by model, prompt and target: the same lines before any fold, after it, with
+    a late event before and after its fold, and with the oldest minutes and hours pruned."""
+    start = HOUR - timedelta(days=29)
+    events = _events(0, 700, start, step_s=(NOW - start).total_seconds() / 700)
+    async with pool.acquire() as conn:
+        for i in range(0, len(events), 50):
+            await store_telemetry(conn, events[i : i + 50])
+    end = NOW + timedelta(minutes=1)
+    unfolded = await _compared(pool, end)
+    assert sum(len(r[1]) for r in unfolded if isinstance(r[0], str)) > 600  # buckets drawn
+    assert await fold_hours(pool) > 600
+    _same_shown(await _compared(pool, end), unfolded)
+    async with pool.acquire() as conn:
+        await store_telemetry(conn, _events(5000, 9, start + timedelta(days=3, minutes=7)))
+    late = await _compared(pool, end)
+    assert late != unfolded
+    await fold_hours(pool)
+    _same_shown(await _compared(pool, end), late)
+    # Retention of 25 days: the minutes and hours before then go, the hour it falls in too.
+    await pool.execute("DELETE FROM telemetry_minute WHERE minute < $1", NOW - timedelta(days=25))
+    await pool.execute("DELETE FROM telemetry_series_hour WHERE hour < $1", NOW - timedelta(days=25))
+    pruned = await _compared(pool, end)
+    await fold_hours(pool)
+    _same_shown(await _compared(pool, end), pruned)
+
+
+def _same_shown(got: list[Any], want: list[Any]) -> None:
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert g[0] == w[0]
+        if isinstance(g[0], str):
+            assert [p[:2] for p in g[1]] == [p[:2] for p in w[1]]
+            for gp, wp in zip(g[1], w[1], strict=True):
+                assert [x is None for x in gp] == [x is None for x in wp]
+                assert [x for x in gp[2:] if x is not None] == pytest.approx(
+                    [x for x in wp[2:] if x is not None], rel=1e-9
+                )
+        else:
+            assert g == w
