@@ -21,6 +21,7 @@ from llmscope.api.switches import ModelSwitchWriter
 from llmscope.api.trends import SERIES_HOURS, TrendQueries
 from llmscope.config.outbound import OutboundPolicy
 from llmscope.proto.telemetry import TelemetryEvent
+from llmscope.web.trends import CompareBy
 from tests.alerter.harness import eventually
 from tests.api.factories import telemetry
 
@@ -316,10 +317,10 @@ async def test_a_store_at_0018_migrated_to_0019_counts_nothing_twice(database_ur
         _same(await _hour_rows(pool), want)
         _same(await _as_read(pool), want)
         assert await fold_hours(pool) == 0  # nothing to fold again
-        async with pool.acquire() as conn:
-            await store_telemetry(conn, [_late(1, 7), _late(2, 8)])  # a late event, an old hour
+        async with pool.acquire() as writer:
+            await store_telemetry(writer, [_late(1, 7), _late(2, 8)])  # a late event, an old hour
             now = telemetry(3, ts=NOW, model="m0", prompt_id="p0", target="t0")
-            await store_telemetry(conn, [now])  # the current hour, which has an hour row
+            await store_telemetry(writer, [now])  # the current hour, which has an hour row
         want = await _from_minutes(pool)
         assert sum(r[5] for r in want) == sum(r[5] for r in await _hour_rows(pool)) + 3
         _same(await _as_read(pool), want)  # the current hour's row not added to its minutes
@@ -376,6 +377,7 @@ async def _compared(pool: asyncpg.Pool, end: datetime) -> list[Any]:
     store.attach(pool)
     trends = TrendQueries(store)
     shown: list[Any] = []
+    by: CompareBy
     for hours in (168, 720):
         for by in ("model", "prompt", "target"):
             cmp = await trends.comparison(
@@ -383,7 +385,7 @@ async def _compared(pool: asyncpg.Pool, end: datetime) -> list[Any]:
                 "latency_ms",
                 hours,
                 end,
-                by=by,  # type: ignore[arg-type]
+                by=by,
             )
             shown.append((hours, by, cmp.bucket_s))
             for line in cmp.lines:
