@@ -433,3 +433,22 @@ def _same_shown(got: list[Any], want: list[Any]) -> None:
                 )
         else:
             assert g == w
+
+
+async def test_the_first_data_of_a_window_is_the_same_before_and_after_a_fold(pool: asyncpg.Pool) -> None:
+    """The window starts within an hour whose only data is before its start: that hour, as the
+    hourly row gives it once folded, and as its unfolded minutes give it before (the buckets'
+    size depends on it)."""
+    start = PAST + timedelta(minutes=30)
+    async with pool.acquire() as conn:
+        await store_telemetry(
+            conn, [_late(1, 10), telemetry(2, ts=NOW, model="m0", prompt_id="p0", target="t0")]
+        )
+    store = Store(charts=ChartViews(), switches=ModelSwitchWriter(), outbound=OutboundPolicy(()))
+    store.attach(pool)
+    trends = TrendQueries(store)
+    before = await trends.first_data(["ollama"], ["m0"], start, NOW + timedelta(minutes=1))
+    await fold_hours(pool)
+    after = await trends.first_data(["ollama"], ["m0"], start, NOW + timedelta(minutes=1))
+    assert after == PAST
+    assert before == after

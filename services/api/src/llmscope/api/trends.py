@@ -116,7 +116,8 @@ class TrendQueries:
         # Each model's first hour by one descent of the key (provider, model, hour, ...): a min()
         # over the join read every prompt's and target's hours of the window.
         # An hour not folded yet (the current one, a series new within it: migration 0019) has
-        # no hourly row: its first unfolded minute's hour, found the same way (LEAST skips NULL).
+        # no hourly row: its first unfolded minute's hour, found the same way (LEAST skips NULL),
+        # from the start's hour as the hourly rows are (its minutes before the start included).
         hour: datetime | None = await self.store.pool.fetchval(
             f"""SELECT least(
                   (SELECT min(f.hour) FROM {models}
@@ -129,7 +130,7 @@ class TrendQueries:
                    CROSS JOIN LATERAL (
                        SELECT t.minute FROM telemetry_minute t
                        WHERE t.provider = m.provider AND t.model = m.model AND NOT t.folded
-                         AND t.minute >= $1 AND t.minute < $2
+                         AND t.minute >= date_bin('1 hour', $1::timestamptz, 'epoch') AND t.minute < $2
                        ORDER BY t.minute LIMIT 1) AS f))""",
             start,
             end,
