@@ -12,11 +12,16 @@ from typing import Any
 import asyncpg
 import pytest
 
-from llmscope.api.db import create_pool
+from llmscope.api.charts import ChartViews
+from llmscope.api.db import create_pool, migrations
 from llmscope.api.persister import fold_hours, fold_loop, store_telemetry
 from llmscope.api.persister.sql import MARK_FOLDED, RECOMPUTE_HOURS
-from llmscope.api.trends import SERIES_HOURS
+from llmscope.api.store import Store
+from llmscope.api.switches import ModelSwitchWriter
+from llmscope.api.trends import SERIES_HOURS, TrendQueries
+from llmscope.config.outbound import OutboundPolicy
 from llmscope.proto.telemetry import TelemetryEvent
+from llmscope.web.trends import CompareBy
 from tests.alerter.harness import eventually
 from tests.api.factories import telemetry
 
@@ -227,3 +232,223 @@ async def test_the_persister_folds_in_the_background(pool: asyncpg.Pool) -> None
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+# What a persister still on the code before migration 0019 writes for one late event (a rolling
+# upgrade): the minute row, its ``folded`` left as it was, and the hour row in the same
+# transaction (the n and n_ok columns stand for the whole rollup here).
+_OLD_MINUTE = """UPDATE telemetry_minute SET n = n + 1, n_ok = n_ok + 1
+    WHERE model = 'm0' AND prompt_id = 'p0' AND target = 't0' AND minute = $1"""
+_OLD_HOUR = """UPDATE telemetry_series_hour SET n = n + 1, n_ok = n_ok + 1
+    WHERE model = 'm0' AND prompt_id = 'p0' AND target = 't0' AND hour = $1"""
+
+
+async def test_a_write_of_the_old_code_to_a_folded_minute_during_a_fold_is_never_lost(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
+    """During a rolling upgrade a persister on the old code adds a late event to a minute that is
+    folded (it leaves it so) and to its hour row, while a fold recomputes that hour (another
+    minute of it is unfolded). The fold's sums must hold that event: it waits for the old write's
+    minute, or the old write waits for the fold and adds to the hour it recomputed."""
+    async with pool.acquire() as conn:
+        await store_telemetry(conn, [_late(1, 1), _late(2, 5)])
+    await fold_hours(pool)
+    async with pool.acquire() as conn:
+        await store_telemetry(conn, [_late(3, 1)])  # minute 1 unfolded: the hour is due
+    old = await asyncpg.connect(database_url)
+    try:
+        tx = old.transaction()
+        await tx.start()
+        await old.execute(_OLD_MINUTE, PAST + timedelta(minutes=5))  # folded, and stays so
+        await old.execute(_OLD_HOUR, PAST)
+        fold = asyncio.create_task(fold_hours(pool))
+        await _until_waiting(pool, "telemetry_minute or telemetry_series_hour")
+        await tx.commit()
+        assert await fold == 1
+    finally:
+        await old.close()
+    await fold_hours(pool)
+    want = await _from_minutes(pool)
+    assert sum(r[5] for r in want) == 4
+    _same(await _hour_rows(pool), want)
+    _same(await _as_read(pool), want)
+
+
+async def test_a_store_at_0018_migrated_to_0019_counts_nothing_twice(database_url: str) -> None:
+    """A store written before 0019 (each minute also added to its hour row, the current hour's
+    too): its rows are folded already, nothing is folded again; the current hour, which has an
+    hour row and now unfolded minutes, is read from its minutes alone, and once folded is
+    replaced by their sums; a late event into an old hour likewise."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            """CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        for migration in migrations():
+            if migration.version < 19:
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                    migration.version,
+                    migration.name,
+                )
+        # The minute rollups, then the hours the persister kept beside them (0011's backfill is
+        # the same sums).
+        await conn.execute(
+            """INSERT INTO telemetry_minute (provider, model, prompt_id, target, minute, n, n_ok,
+                   latency_n, latency_min, latency_max, latency_sum, latency_logsum, latency_logsq)
+               SELECT 'ollama', 'm' || (s % 2), 'p' || (s / 2), 't0', m, 3, 2, 3, 90 + s, 150 + s,
+                      360 + s, 14 + s, 66 + s
+               FROM generate_series(0, 3) s,
+                    generate_series($1::timestamptz, $2::timestamptz, interval '7 minutes') m""",
+            PAST,
+            NOW,
+        )
+        sql = next(m.sql for m in migrations() if m.version == 11)
+        await conn.execute(sql[sql.index("INSERT INTO telemetry_series_hour") :])
+    finally:
+        await conn.close()
+    pool = await create_pool(database_url, min_size=1, max_size=4)  # migrates to 0019 and on
+    try:
+        assert await pool.fetchval("SELECT count(*) FROM telemetry_minute WHERE NOT folded") == 0
+        want = await _from_minutes(pool)
+        assert {r[4] for r in want} == {PAST + timedelta(hours=h) for h in range(4)}
+        _same(await _hour_rows(pool), want)
+        _same(await _as_read(pool), want)
+        assert await fold_hours(pool) == 0  # nothing to fold again
+        async with pool.acquire() as writer:
+            await store_telemetry(writer, [_late(1, 7), _late(2, 8)])  # a late event, an old hour
+            now = telemetry(3, ts=NOW, model="m0", prompt_id="p0", target="t0")
+            await store_telemetry(writer, [now])  # the current hour, which has an hour row
+        want = await _from_minutes(pool)
+        assert sum(r[5] for r in want) == sum(r[5] for r in await _hour_rows(pool)) + 3
+        _same(await _as_read(pool), want)  # the current hour's row not added to its minutes
+        assert await fold_hours(pool) == 1
+        _same(await _as_read(pool), want)
+        assert await fold_hours(pool, before=NOW + timedelta(hours=1)) == 1  # once it is over
+        _same(await _hour_rows(pool), want)
+        _same(await _as_read(pool), want)
+    finally:
+        await pool.close()
+
+
+async def test_two_folders_and_a_copied_batch_at_once_stay_exact(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
+    """The API's fold and a standalone persister's at once, while a large batch (COPY, then its
+    aggregates in the same transaction) adds late events to the minutes they fold: the second
+    fold waits for the first's marks, the batch for either; no hour counts an event twice or
+    misses one, and a reader never sees a difference."""
+    async with pool.acquire() as conn:
+        await store_telemetry(conn, _events(0, 120, PAST, step_s=80.0))
+    await fold_hours(pool)
+    async with pool.acquire() as conn:
+        await store_telemetry(conn, [_late(5000 + m, m) for m in range(0, 60, 6)])
+    first = await asyncpg.connect(database_url)
+    batch = await asyncpg.connect(database_url)
+    try:
+        tx = first.transaction()
+        await tx.start()
+        due = await first.fetch(MARK_FOLDED, 100, None)
+        assert len(due) == 1
+        second = asyncio.create_task(fold_hours(pool))
+        await _until_waiting(pool, "telemetry_minute")
+        late = [_late(6000 + i, i % 60) for i in range(300)]
+        copied = asyncio.create_task(store_telemetry(batch, late, copy_min_rows=100))
+        _same(await _as_read(pool), await _from_minutes(pool))
+        await first.execute(RECOMPUTE_HOURS, *([r[i] for r in due] for i in range(5)))
+        await tx.commit()
+        assert await copied == 300
+        await second
+        want = await _from_minutes(pool)
+        _same(await _as_read(pool), want)
+        await fold_hours(pool)
+        _same(await _hour_rows(pool), want)
+        assert sum(r[5] for r in want) == 120 + 10 + 300
+    finally:
+        await first.close()
+        await batch.close()
+
+
+async def _compared(pool: asyncpg.Pool, end: datetime) -> list[Any]:
+    """The comparison as the /compare page asks it: 7 and 30 days, by model, prompt and target."""
+    store = Store(charts=ChartViews(), switches=ModelSwitchWriter(), outbound=OutboundPolicy(()))
+    store.attach(pool)
+    trends = TrendQueries(store)
+    shown: list[Any] = []
+    by: CompareBy
+    for hours in (168, 720):
+        for by in ("model", "prompt", "target"):
+            cmp = await trends.comparison(
+                [("ollama", "m0"), ("ollama", "m1")],
+                "latency_ms",
+                hours,
+                end,
+                by=by,
+            )
+            shown.append((hours, by, cmp.bucket_s))
+            for line in cmp.lines:
+                shown.append((line.label, [(p.ts, p.n, p.value, p.lo, p.hi, p.p95) for p in line.points]))
+    return shown
+
+
+async def test_the_comparison_shows_the_same_before_and_after_a_fold(pool: asyncpg.Pool) -> None:
+    """7 and 30 days by model, prompt and target: the same lines before any fold, after it, with
+    a late event before and after its fold, and with the oldest minutes and hours pruned."""
+    start = HOUR - timedelta(days=29)
+    events = _events(0, 700, start, step_s=(NOW - start).total_seconds() / 700)
+    async with pool.acquire() as conn:
+        for i in range(0, len(events), 50):
+            await store_telemetry(conn, events[i : i + 50])
+    end = NOW + timedelta(minutes=1)
+    unfolded = await _compared(pool, end)
+    assert sum(len(r[1]) for r in unfolded if isinstance(r[0], str)) > 600  # buckets drawn
+    assert await fold_hours(pool) > 600
+    _same_shown(await _compared(pool, end), unfolded)
+    async with pool.acquire() as conn:
+        await store_telemetry(conn, _events(5000, 9, start + timedelta(days=3, minutes=7)))
+    late = await _compared(pool, end)
+    assert late != unfolded
+    await fold_hours(pool)
+    _same_shown(await _compared(pool, end), late)
+    # Retention of 25 days: the minutes and hours before then go, the hour it falls in too.
+    await pool.execute("DELETE FROM telemetry_minute WHERE minute < $1", NOW - timedelta(days=25))
+    await pool.execute("DELETE FROM telemetry_series_hour WHERE hour < $1", NOW - timedelta(days=25))
+    pruned = await _compared(pool, end)
+    await fold_hours(pool)
+    _same_shown(await _compared(pool, end), pruned)
+
+
+def _same_shown(got: list[Any], want: list[Any]) -> None:
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert g[0] == w[0]
+        if isinstance(g[0], str):
+            assert [p[:2] for p in g[1]] == [p[:2] for p in w[1]]
+            for gp, wp in zip(g[1], w[1], strict=True):
+                assert [x is None for x in gp] == [x is None for x in wp]
+                assert [x for x in gp[2:] if x is not None] == pytest.approx(
+                    [x for x in wp[2:] if x is not None], rel=1e-9
+                )
+        else:
+            assert g == w
+
+
+async def test_the_first_data_of_a_window_is_the_same_before_and_after_a_fold(pool: asyncpg.Pool) -> None:
+    """The window starts within an hour whose only data is before its start: that hour, as the
+    hourly row gives it once folded, and as its unfolded minutes give it before (the buckets'
+    size depends on it)."""
+    start = PAST + timedelta(minutes=30)
+    async with pool.acquire() as conn:
+        await store_telemetry(
+            conn, [_late(1, 10), telemetry(2, ts=NOW, model="m0", prompt_id="p0", target="t0")]
+        )
+    store = Store(charts=ChartViews(), switches=ModelSwitchWriter(), outbound=OutboundPolicy(()))
+    store.attach(pool)
+    trends = TrendQueries(store)
+    before = await trends.first_data(["ollama"], ["m0"], start, NOW + timedelta(minutes=1))
+    await fold_hours(pool)
+    after = await trends.first_data(["ollama"], ["m0"], start, NOW + timedelta(minutes=1))
+    assert after == PAST
+    assert before == after

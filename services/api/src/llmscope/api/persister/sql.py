@@ -331,9 +331,13 @@ SELECT * FROM unnest({_MODEL_ARRAYS})
 # each of those hours to the sums of all its minutes, read by a statement that starts after the
 # marks are taken. A write to one of those minutes either committed before the marks (they
 # waited for its row lock), so the sums hold it, or comes after them and marks its minute
-# unfolded again for the next fold; an hour recomputed twice is the same hour. The marks take
-# rows in key order, as the writes do (a late event's write may wait for a fold, or the other
-# way round, never both).
+# unfolded again for the next fold; an hour recomputed twice is the same hour. Every minute of
+# such an hour is locked, not only its unfolded ones: a persister still on the code before 0019
+# (a rolling upgrade) adds a late event to a folded minute, leaving it folded, and to the hour row
+# in the same transaction; were that minute not locked, the recompute could take its sums before
+# that write commits and then replace the hour row after it, losing the event for good. The
+# marks take rows in key order, as the writes do (a late event's write may wait for a fold, or
+# the other way round, never both).
 MARK_FOLDED = f"""
 WITH due AS (
     SELECT DISTINCT provider, model, prompt_id, target, date_trunc('hour', minute) AS hour
@@ -346,14 +350,13 @@ WITH due AS (
     FROM due JOIN telemetry_minute t
       ON t.provider = due.provider AND t.model = due.model AND t.prompt_id = due.prompt_id
      AND t.target = due.target AND t.minute >= due.hour AND t.minute < due.hour + interval '1 hour'
-    WHERE NOT t.folded
     ORDER BY {_key_order("t.provider", "t.model", "t.prompt_id", "t.target", "5")}
     FOR UPDATE OF t
 ), marked AS (
     UPDATE telemetry_minute AS m SET folded = true
     FROM locked
     WHERE m.provider = locked.provider AND m.model = locked.model AND m.prompt_id = locked.prompt_id
-      AND m.target = locked.target AND m.minute = locked.minute
+      AND m.target = locked.target AND m.minute = locked.minute AND NOT m.folded
     RETURNING m.provider, m.model, m.prompt_id, m.target, date_trunc('hour', m.minute) AS hour
 )
 SELECT DISTINCT provider, model, prompt_id, target, hour FROM marked
