@@ -8,11 +8,13 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
 
 from llmscope.api.app import create_app
+from llmscope.api.db import create_pool
 from llmscope.api.runtime import Runtime
 from llmscope.api.settings import ApiSettings
 from llmscope.api.store import Store
@@ -21,6 +23,16 @@ from llmscope.config.env import Secret
 
 API_KEY = "test-key-0123456789abcdef"
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on this test's own database, migrated (the persister's and the fold's tests)."""
+    pool = await create_pool(database_url, min_size=1, max_size=4)
+    try:
+        yield pool
+    finally:
+        await pool.close()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ writes that race a fold included, and read exactly before any fold (trends.SERIE
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,15 +33,6 @@ _SUMS = (
     "max(latency_max) AS latency_max, sum(latency_sum) AS latency_sum, "
     "sum(latency_logsum) AS latency_logsum, sum(ttft_logsq) AS ttft_logsq, sum(tps_n) AS tps_n"
 )
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(database_url, min_size=1, max_size=4)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 def _events(first: int, n: int, start: datetime, step_s: float = 97.0) -> list[TelemetryEvent]:

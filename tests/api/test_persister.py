@@ -8,7 +8,6 @@ import dataclasses
 import gc
 import json
 import math
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,7 +20,7 @@ from nats.js.errors import NotFoundError
 
 from llmscope.api.baseline_history import INSERT as INSERT_BASELINE
 from llmscope.api.chart_store import ChartStore
-from llmscope.api.db import create_pool, migrate, migrations
+from llmscope.api.db import migrate, migrations
 from llmscope.api.metrics import ApiMetrics
 from llmscope.api.persister import (
     COPY_MIN_ROWS,
@@ -49,15 +48,6 @@ from tests.api.factories import T0, cleared, telemetry, violation
 
 EVERY_HOUR = datetime(2100, 1, 1, tzinfo=UTC)
 """``fold_hours(before=...)`` that folds every hour, the current one too."""
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(database_url, min_size=1, max_size=4)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 async def test_migrations_apply_once_even_when_raced(database_url: str) -> None:
