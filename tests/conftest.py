@@ -8,6 +8,7 @@ database, and LLMscope's streams and KV buckets are deleted before each test tha
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import tempfile
 import time
@@ -27,6 +28,32 @@ from llmscope.bus.settings import BusSettings
 from llmscope.bus.streams import ensure_streams
 from llmscope.stack.embedded import EmbeddedNats, EmbeddedPostgres
 from llmscope.stack.ports import free_port
+
+
+@pytest.fixture(autouse=True)
+def restored_logging(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Logging as it was before the test, put back after it: a service's ``main()`` run in-process
+    sets logging up as the service does (``setup_logging``: the root logger at INFO to stderr,
+    pytest's own handlers dropped, third-party loggers quietened), which every later test of the
+    run would otherwise inherit."""
+    per_phase = type(caplog.handler)  # pytest's capture handlers, installed anew for each phase
+    root = logging.getLogger()
+    kept = [h for h in root.handlers if not isinstance(h, per_phase)]
+    level = root.level
+    loggers = {
+        name: (logger.level, logger.filters[:])
+        for name, logger in logging.Logger.manager.loggerDict.items()
+        if isinstance(logger, logging.Logger)
+    }
+    yield
+    root.setLevel(level)
+    root.handlers[:] = kept + [h for h in root.handlers if isinstance(h, per_phase)]
+    for name, logger in logging.Logger.manager.loggerDict.items():
+        if isinstance(logger, logging.Logger):
+            saved_level, filters = loggers.get(name, (logging.NOTSET, []))
+            if logger.level != saved_level:
+                logger.setLevel(saved_level)
+            logger.filters[:] = filters
 
 
 @pytest.fixture

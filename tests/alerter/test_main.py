@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -29,30 +27,6 @@ from llmscope.stack.ports import free_port
 from tests.alerter.factories import LOOPBACK_ALLOWED, HttpSink, Mailbox, hang, smtp_server, violation
 from tests.alerter.harness import eventually, publish
 from tests.scrape import Sample, scrape, total, values
-
-
-@pytest.fixture(autouse=True)
-def restored_logging(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    """``main()`` run in-process sets logging up as a service does, once (``setup_logging``: the
-    root logger at INFO to stderr, pytest's own handlers dropped, third-party loggers quietened):
-    put back after each test, which every later test of the run inherited."""
-    per_phase = type(caplog.handler)  # pytest's capture handlers, installed anew for each phase
-    root = logging.getLogger()
-    kept = [h for h in root.handlers if not isinstance(h, per_phase)]
-    level = root.level
-    loggers = {
-        name: (logger.level, logger.filters[:])
-        for name, logger in logging.Logger.manager.loggerDict.items()
-        if isinstance(logger, logging.Logger)
-    }
-    yield
-    root.setLevel(level)
-    root.handlers[:] = kept + [h for h in root.handlers if isinstance(h, per_phase)]
-    for name, logger in logging.Logger.manager.loggerDict.items():
-        if isinstance(logger, logging.Logger):
-            saved_level, filters = loggers.get(name, (logging.NOTSET, []))
-            logger.setLevel(saved_level)
-            logger.filters[:] = filters
 
 
 async def _all_finished(db: asyncpg.Connection) -> bool:

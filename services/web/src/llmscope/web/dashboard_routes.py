@@ -50,8 +50,9 @@ def add_dashboard_routes(
     key hidden: ``userinfo``); each route here maps them back to the stored ones."""
 
     async def targets_of(provider: str, model: str, prompt_id: str) -> list[str]:
-        """The stored targets of one prompt of a model (those the page offers)."""
-        return (await data.chart(ChartQuery(provider, model, prompt_id), marks=0)).targets
+        """The stored targets of one prompt of a model (those the page offers), sorted as the
+        chart lists them: of two printed alike, :func:`stored_target` picks the same one."""
+        return sorted(await data.targets(provider, model, prompt_id))
 
     async def _violation_log(
         request: Request,

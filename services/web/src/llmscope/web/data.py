@@ -503,6 +503,12 @@ class DashboardData(Protocol):
         """``marks``: the violation marks wanted at most (the most severe, then the newest)."""
         ...
 
+    async def targets(self, provider: str, model: str, prompt_id: str) -> list[str]:
+        """The stored targets of one prompt of a model (those its chart offers), most recently
+        probed first; none for an unknown one. Lighter than :meth:`chart` when only they are
+        wanted."""
+        ...
+
     async def rebaseline(self, chart_key: str, by: str, reason: str) -> RebaselineResult: ...
 
     async def rebaseline_model(
