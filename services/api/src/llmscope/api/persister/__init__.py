@@ -21,8 +21,8 @@ Runs inside the API process (``LLMSCOPE_PERSISTER=true``) or alone: ``python -m 
 The package is split by concern: ``sql`` (the statements' text), ``rollups`` (a batch's rollups,
 series and models computed here), ``writes`` (one batch into Postgres), ``connections``
 (connections kept between batches), ``consumers`` (the :class:`Persister` and how it consumes),
-``retention``, ``hour_fold`` (the hourly rollups folded from the minutes), ``collector`` (the
-garbage collector's setting) and ``standalone``
+``retention``, ``hour_fold`` (the hourly rollups folded from the minutes), ``periodic`` (the
+loop both run in), ``collector`` (the garbage collector's setting) and ``standalone``
 (``llmscope persister``).
 """
 

@@ -12,15 +12,12 @@ shows never waits for a fold.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import datetime
 
 import asyncpg
 
+from llmscope.api.persister.periodic import every
 from llmscope.api.persister.sql import MARK_FOLDED, RECOMPUTE_HOURS
-from llmscope.config.logs import get_logger
-
-log = get_logger("llmscope.api.persister")
 
 FOLD_EVERY_S = 60.0
 """How often the hours that are over are folded (s): a reader never waits for a fold."""
@@ -46,14 +43,6 @@ async def fold_hours(pool: asyncpg.Pool, chunk: int = FOLD_CHUNK, before: dateti
 
 async def fold_loop(pool: asyncpg.Pool, stop: asyncio.Event, every_s: float = FOLD_EVERY_S) -> None:
     """Fold now and then every ``every_s`` seconds until ``stop``. A failed fold (Postgres away,
-    a deadlock with a late event's write) is logged and tried again at the next round: its marks
-    were rolled back with it."""
-    while not stop.is_set():
-        try:
-            await fold_hours(pool)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("folding the hourly rollups failed")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), every_s)
+    a deadlock with a late event's write) is tried again at the next round: its marks were rolled
+    back with it."""
+    await every(stop, every_s, lambda: fold_hours(pool), "folding the hourly rollups")

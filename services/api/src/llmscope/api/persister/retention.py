@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from llmscope.api.persister.periodic import every
 from llmscope.api.settings import ApiSettings
 from llmscope.config.logs import get_logger
 
@@ -67,14 +67,10 @@ async def retention_loop(
     pool: asyncpg.Pool, settings: ApiSettings, stop: asyncio.Event, every_s: float = 3600
 ) -> None:
     """Apply retention now and then every ``every_s`` seconds until ``stop``."""
-    while not stop.is_set():
-        try:
-            deleted = await apply_retention(pool, settings)
-            if any(deleted.values()):
-                log.info("retention applied", **deleted)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("retention failed")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), every_s)
+
+    async def once() -> None:
+        deleted = await apply_retention(pool, settings)
+        if any(deleted.values()):
+            log.info("retention applied", **deleted)
+
+    await every(stop, every_s, once, "retention")
