@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 from llmscope.api.chart_store import METRIC_COLUMNS
 from llmscope.api.charts import ChartFilter
+from llmscope.api.persister.sql import ROLLUP_COLUMNS
 from llmscope.api.store import Store
 from llmscope.proto.telemetry import PROBES_SQL
 from llmscope.web.data import ChartPoint, Metric
@@ -53,9 +54,7 @@ def lognormal_p95(mean_log: float, logsq: float, n: int, hi: float | None) -> fl
     return min(p95, hi) if hi is not None else p95
 
 
-_ROLLUP_COLS = ", ".join(
-    f"{p}_n, {p}_min, {p}_max, {p}_sum, {p}_logsum, {p}_logsq" for p in ("latency", "ttft", "tps")
-)
+_ROLLUP_COLS = ", ".join(ROLLUP_COLUMNS)
 
 # The hours of each series of the models in $4/$5 within $1..$2, as telemetry_series_hour's rows:
 # an hour whose minutes are all folded (migration 0019) from that table, one with a minute not
@@ -176,7 +175,8 @@ class TrendQueries:
         # Buckets of whole hours read the hourly rollups of each series (a model's prompts and
         # targets pooled by the GROUP BY, or lines of their own): a model-level hourly table
         # (0008) cost the persister a row write per event and is gone (0018).
-        table, column = (SERIES_HOURS, "hour") if bucket_s % 3600 == 0 else ("telemetry_minute", "minute")
+        hourly = bucket_s % 3600 == 0
+        table, column = (SERIES_HOURS, "hour") if hourly else ("telemetry_minute", "minute")
         part = {"model": "''", "prompt": "t.prompt_id", "target": "t.target"}[by]
         sql = f"""SELECT t.provider, t.model, {part} AS part,
                        date_bin(make_interval(secs => $3), t.{column}, 'epoch') AS bucket,
@@ -187,7 +187,7 @@ class TrendQueries:
                 WHERE t.{column} >= $1 AND t.{column} < $2
                 GROUP BY 1, 2, 3, 4 HAVING sum({prefix}_n) > 0 ORDER BY 4"""
         args = (start - timedelta(seconds=bucket_s), end, bucket_s, providers, names)
-        if table is SERIES_HOURS:
+        if hourly:
             # Planned for its values each time: from its sixth run on a connection (asyncpg
             # prepares each statement once) Postgres may keep a generic plan, which for this
             # union of the hour rows and the unfolded minutes took 2.5x to 25x the time

@@ -146,9 +146,11 @@ _MODEL_UPSERT = """ON CONFLICT (provider, model) DO UPDATE SET
 WHERE m.source = EXCLUDED.source AND EXCLUDED.last_seen >= m.last_seen
    OR m.source = 'traffic' AND EXCLUDED.source = 'probe'"""
 
-_ROLLUP_COLS = ", ".join(
-    f"{p}_n, {p}_min, {p}_max, {p}_sum, {p}_logsum, {p}_logsq" for p in ("latency", "ttft", "tps")
+ROLLUP_COLUMNS: tuple[str, ...] = tuple(
+    f"{p}_{c}" for p in ("latency", "ttft", "tps") for c in ("n", "min", "max", "sum", "logsum", "logsq")
 )
+"""The metric columns of a rollup row (minute and series hour alike), after its n and n_ok."""
+_ROLLUP_COLS = ", ".join(ROLLUP_COLUMNS)
 
 
 # A series' (and series target's) first and last seen: the first exact, the last to the minute
@@ -366,7 +368,7 @@ _HOUR_SUMS = ", ".join(
     f"sum(t.{p}_n), min(t.{p}_min), max(t.{p}_max), sum(t.{p}_sum), sum(t.{p}_logsum), sum(t.{p}_logsq)"
     for p in ("latency", "ttft", "tps")
 )
-_HOUR_COLS = ("n", "n_ok", *(c.strip() for c in _ROLLUP_COLS.split(",")))
+_HOUR_COLS = ("n", "n_ok", *ROLLUP_COLUMNS)
 
 RECOMPUTE_HOURS = f"""
 INSERT INTO telemetry_series_hour AS h (provider, model, hour, prompt_id, target, n, n_ok, {_ROLLUP_COLS})
