@@ -851,20 +851,11 @@ HEALTH_OVERFLOW = """() => {
 }"""
 
 
-async def test_the_models_health_table_fits_a_laptop_and_a_phone(site: Site) -> None:
-    """At 1366 px the health table once scrolled inside its card (17 columns, the availability
-    chart's line and the open violations cut off at the right): it fits, every column shown. On a
-    390-px phone it scrolled sideways in its card, the success and everything after it out of
-    sight: each model is a short stack (its model, last probe, success, latency p50 and open
-    violations first, the rest in small type), within the card. A long URL target took nine lines
-    of its cell: shortened, it takes at most three, with the whole URL in its title and copied
-    whole from the cell; no target or badge reaches past its cell (``models-laptop.png``,
-    ``models-phone.png``, ``models-phone-target.png``)."""
-    # A model as people name them, probed on a URL, streaming, failing in four ways, last an
-    # older probe (its time reads "3 min ago"): the widest a row gets.
-    start = datetime.now(UTC) - timedelta(minutes=20)
+def wide_model_probes(start: datetime) -> list[TelemetryEvent]:
+    """A model as people name them, probed on a URL, streaming, failing in four ways, its figures
+    wide: 100 probes 10 s apart from ``start``, the widest row the Models page gets."""
     kinds = ("timeout", "http_5xx", "rate_limited", "empty_response")
-    wide = [
+    return [
         telemetry(
             i,
             id=f"wide-{i}",
@@ -882,6 +873,21 @@ async def test_the_models_health_table_fits_a_laptop_and_a_phone(site: Site) -> 
         )
         for i in range(100)
     ]
+
+
+async def test_the_models_health_table_fits_a_laptop_and_a_phone(site: Site) -> None:
+    """At 1366 px the health table once scrolled inside its card (17 columns, the availability
+    chart's line and the open violations cut off at the right): it fits, every column shown. On a
+    390-px phone it scrolled sideways in its card, the success and everything after it out of
+    sight: each model is a short stack (its model, last probe, success, latency p50 and open
+    violations first, the rest in small type), within the card. A long URL target took nine lines
+    of its cell: shortened, it takes at most three, with the whole URL in its title and copied
+    whole from the cell; no target or badge reaches past its cell (``models-laptop.png``,
+    ``models-phone.png``, ``models-phone-target.png``)."""
+    # A model as people name them, probed on a URL, streaming, failing in four ways, last an
+    # older probe (its time reads "3 min ago"): the widest a row gets.
+    start = datetime.now(UTC) - timedelta(minutes=20)
+    wide = wide_model_probes(start)
     # A target as a self-hosted gateway names it: the URL the table used to cut mid-word
     # ("gatewa|y.inference.inte|rnal").
     wide += [

@@ -19,7 +19,7 @@ from llmscope.stack.ports import free_port
 from tests.api.conftest import Api
 from tests.api.engine import eventually
 from tests.api.factories import telemetry, violation
-from tests.web.test_browser import HEALTH_OVERFLOW, SHOTS, Site, browser_page, log_in
+from tests.web.test_browser import HEALTH_OVERFLOW, SHOTS, Site, browser_page, log_in, wide_model_probes
 from tests.web.test_userinfo import CREDENTIALED, KEYED, KEYED_SHOWN, SECRET, SHOWN
 
 pytestmark = [pytest.mark.timeout(240)]
@@ -53,25 +53,7 @@ async def targets_site(api: Api) -> AsyncIterator[Site]:
     ]
     # A model as people name them, failing in four ways, its figures wide (the browser walk's
     # widest row): the columns squeezed to their least at 1366 px.
-    kinds = ("timeout", "http_5xx", "rate_limited", "empty_response")
-    probes += [
-        telemetry(
-            i,
-            id=f"wide-{i}",
-            ts=now - timedelta(seconds=10 * (100 - i)),
-            provider="openai",
-            model="gpt-4o-mini-2024-07-18",
-            target="https://api.openai.com",
-            streaming=True,
-            tokens_per_s=123.4,
-            **(
-                {"status": kinds[i % 4], "latency_ms": None, "ttft_ms": None}
-                if i % 5 == 0
-                else {"latency_ms": 12345.6 + i, "ttft_ms": 1234.5}
-            ),
-        )
-        for i in range(100)
-    ]
+    probes += wide_model_probes(now - timedelta(seconds=1000))
     async with api.store.pool.acquire() as conn:
         await store_telemetry(conn, probes)
         await store_violations(conn, [violation(probes[55], id="v-cred", metric="availability")])
