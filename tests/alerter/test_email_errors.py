@@ -11,10 +11,12 @@ failure" (EAI_AGAIN) instead, which the notifier rightly retries (a DNS outage p
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from llmscope.alerter.notifiers.email import EmailConfig, EmailNotifier
@@ -39,6 +41,10 @@ def only(user: str, password: str) -> Any:
     return check
 
 
+def _not_login_data_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Session.login_data is deprecated")
+
+
 async def _send(cfg: EmailConfig) -> Outcome:
     mail = EmailNotifier("mail", cfg)
     payload = mail.build_payload(notification())
@@ -49,7 +55,12 @@ async def _send(cfg: EmailConfig) -> Outcome:
     return await send_with_retry(send, policy=QUICK, rng=random.Random(1))
 
 
-async def test_bad_smtp_credentials_fail_at_once_good_ones_send() -> None:
+async def test_bad_smtp_credentials_fail_at_once_good_ones_send(caplog: pytest.LogCaptureFixture) -> None:
+    # The authenticator answers with the current API (AuthResult); aiosmtpd 1.4.6 itself then
+    # assigns the deprecated Session.login_data on each successful AUTH and warns about its own
+    # assignment (aio-libs/aiosmtpd#347, open). That notice is dropped; restored_logging
+    # (tests/conftest.py) puts the logger's filters back after the test.
+    logging.getLogger("mail.log").addFilter(_not_login_data_notice)
     box = Mailbox()
     server = smtp_server(box, authenticator=only("alerts", "right"), auth_require_tls=False)
     try:
@@ -72,6 +83,7 @@ async def test_bad_smtp_credentials_fail_at_once_good_ones_send() -> None:
         assert sent.status == "sent"
         assert len(box.messages) == 1
         assert box.quits == 2
+        assert not [r for r in caplog.records if "deprecated" in r.getMessage()]
     finally:
         server.stop()
 
