@@ -6,7 +6,6 @@ import asyncio
 import io
 import logging
 import sys
-from collections.abc import Iterator
 
 import asyncpg
 import pytest
@@ -19,35 +18,25 @@ from llmscope.stack.ports import free_ports
 def test_lines_go_to_the_current_stderr_even_after_the_old_one_closed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-    try:
-        first = io.StringIO()
-        monkeypatch.setattr(sys, "stderr", first)
-        setup_logging("svc")
-        get_logger("llmscope.test").info("started", replica=1)
-        assert "svc llmscope.test: started replica=1" in first.getvalue()
-        first.close()  # as a test harness closes its capture
+    first = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    setup_logging("svc")
+    get_logger("llmscope.test").info("started", replica=1)
+    assert "svc llmscope.test: started replica=1" in first.getvalue()
+    first.close()  # as a test harness closes its capture
 
-        second = io.StringIO()
-        monkeypatch.setattr(sys, "stderr", second)
-        get_logger("llmscope.test").warning("still here")
-        assert "Logging error" not in second.getvalue()
-        assert "svc llmscope.test: still here" in second.getvalue()
-    finally:
-        root.handlers[:], root.level = saved[0], saved[1]
+    second = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", second)
+    get_logger("llmscope.test").warning("still here")
+    assert "Logging error" not in second.getvalue()
+    assert "svc llmscope.test: still here" in second.getvalue()
 
 
 @pytest.fixture
-def service_logs() -> Iterator[None]:
-    """Logging as a service sets it up (setup_logging("svc")), undone afterwards."""
-    root, pool = logging.getLogger(), logging.getLogger("asyncpg.pool")
-    saved = (root.handlers[:], root.level, pool.filters[:])
+def service_logs() -> None:
+    """Logging as a service sets it up (setup_logging("svc")); the autouse ``restored_logging``
+    (tests/conftest.py) undoes it after the test."""
     setup_logging("svc")
-    try:
-        yield
-    finally:
-        root.handlers[:], root.level, pool.filters[:] = saved
 
 
 def _stderr(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
