@@ -696,6 +696,52 @@ async def test_a_standing_pull_does_not_linger_when_the_rate_cannot_bring_anothe
         await puller.stop()
 
 
+async def test_a_slow_linger_waits_for_a_few_messages_at_the_measured_rate(js: JetStreamContext) -> None:
+    """Below one message per fill wait, a consumer with ``fill_wait_max`` lingers long enough for
+    ``SLOW_FILL_MESSAGES`` more at the measured rate: a batch of several, not a transaction per
+    message (at 100 events/s the persister paid one per event). Without it the 1 ms fill wait,
+    shorter than the gap, sent each message alone."""
+    from llmscope.bus.consumer import SLOW_FILL_MESSAGES
+
+    publisher = Publisher(js)
+    puller = await _standing_pull(js)
+    puller.fill_wait_max = 60.0
+    try:
+        puller.gap = 5.0  # as learnt at one message every 5 s: the linger is 15 s
+        assert puller.linger_for(0.001) == SLOW_FILL_MESSAGES * 5.0
+        await publisher.publish(SUBJECT, telemetry())
+        fetch = asyncio.create_task(puller.fetch(SLOW_FILL_MESSAGES + 1, 30, fill_wait=0.001))
+        await eventually(lambda: len(puller.taken_meanwhile()) == 1)
+        await asyncio.sleep(0)
+        assert not fetch.done()  # it lingers for the messages the rate promises
+        await publisher.publish_many([(SUBJECT, telemetry()) for _ in range(SLOW_FILL_MESSAGES)])
+        msgs = await asyncio.wait_for(fetch, 10)
+        assert len(msgs) == SLOW_FILL_MESSAGES + 1  # one batch
+    finally:
+        await puller.stop()
+
+
+async def test_a_slow_linger_is_capped_and_skipped_when_the_next_message_comes_after_it(
+    js: JetStreamContext,
+) -> None:
+    """The slow linger lasts at most ``fill_wait_max``; a trickle slower than that (the next
+    message expected after the cap) goes at once, as without it. At the rate a latency target is
+    set for (messages closer than the fill wait) the linger stays the fill wait."""
+    puller = await _standing_pull(js)
+    puller.fill_wait_max = 60.0
+    try:
+        puller.gap = 0.0005  # faster than the fill wait: the fill wait
+        assert puller.linger_for(0.001) == 0.001
+        puller.gap = 50.0  # 3 x 50 s capped at 60 s
+        assert puller.linger_for(0.001) == 60.0
+        puller.gap = 120.0  # the next message is expected after the cap: no linger
+        await Publisher(js).publish(SUBJECT, telemetry())
+        msgs = await asyncio.wait_for(puller.fetch(10, 30, fill_wait=0.001), 10)
+        assert len(msgs) == 1
+    finally:
+        await puller.stop()
+
+
 async def test_a_standing_pull_still_lingers_while_messages_come_faster_than_the_fill_wait(
     js: JetStreamContext,
 ) -> None:
