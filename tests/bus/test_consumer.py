@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import itertools
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -739,6 +740,32 @@ async def test_a_slow_linger_is_capped_and_skipped_when_the_next_message_comes_a
         msgs = await asyncio.wait_for(puller.fetch(10, 30, fill_wait=0.001), 10)
         assert len(msgs) == 1
     finally:
+        await puller.stop()
+
+
+async def test_a_pause_of_the_consumers_loop_does_not_read_as_a_slow_rate(js: JetStreamContext) -> None:
+    """The rate the linger waits on is the one at which JetStream stored the messages: a pause of
+    this process's loop (the API's also serves the POSTs) hands over what was stored meanwhile in
+    a burst after one long gap. Measured between arrivals, that gap lifted the smoothed gap of a
+    1,000 events/s feed over the 3 ms fill wait, and the linger grew to 3 gaps when the latency
+    target needs it short."""
+    from llmscope.bus.inbox import InboxMsg
+
+    puller = await _standing_pull(js)
+    puller.fill_wait_max = 0.03
+    puller._gap_cap = 2 * 0.03  # as a linger with that maximum sets it
+    stored = time.time_ns()
+    try:
+        for seq in range(1, 41):
+            stored += 1_000_000  # stored 1 ms apart: 1,000 events/s
+            reply = f"$JS.ACK.{subjects.STREAM_TELEMETRY}.test.1.{seq}.{seq}.{stored}.0"
+            puller._take(InboxMsg(js._nc, SUBJECT, reply, b"{}", None))
+            if seq % 10 == 0:
+                time.sleep(0.05)  # noqa: ASYNC251 (the loop held up on purpose: the next message arrives late)
+        assert 0.0005 < puller.gap < 0.0015
+        assert puller.linger_for(0.003) == 0.003
+    finally:
+        puller.give_back()
         await puller.stop()
 
 

@@ -136,14 +136,22 @@ def _pending(msg: JsMsg) -> bool:
     return tail.isdigit() and tail != "0"
 
 
-def _stored_at(msg: JsMsg) -> float | None:
-    """When JetStream stored ``msg`` (s since the epoch, nats-server's clock: the ack subject's
-    timestamp token); None when the subject has another form."""
-    tokens = (msg.reply or "").split(".")
+def _stored_ns(msg: JsMsg) -> int:
+    """When JetStream stored ``msg`` (ns since the epoch, nats-server's clock: the ack subject's
+    timestamp token); 0 when the subject has another form."""
+    reply = msg.reply or ""
     # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>
-    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[7].isdigit():
-        return int(tokens[7]) / 1e9
-    return None
+    if reply.startswith("$JS.ACK.") and reply.count(".") == 8:
+        stamp = reply.rsplit(".", 2)[1]
+        if stamp.isdigit():
+            return int(stamp)
+    return 0
+
+
+def _stored_at(msg: JsMsg) -> float | None:
+    """:func:`_stored_ns` in seconds; None when the subject has another form."""
+    stored = _stored_ns(msg)
+    return stored / 1e9 if stored else None
 
 
 def _position(msg: JsMsg) -> tuple[int, int]:
@@ -468,8 +476,9 @@ class StandingPull(_HeldPull):
         self._first_at = 0.0  # when the oldest message in the buffer arrived
         self._last_at = float("-inf")  # when the newest message arrived
         self.gap = 0.0
-        """The time between two messages, smoothed (s): 0 until one has come, so the first
-        messages linger as before the rate is known."""
+        """The time between two messages as JetStream stored them, smoothed (s): 0 until two
+        have come, so the first messages linger as before the rate is known."""
+        self._last_stored = 0  # when JetStream stored the newest message (ns; 0: none yet)
         self._gap_cap = 0.0  # one long pause counts as this much (0: no linger, no gaps measured)
         # While a linger waits (:meth:`_linger`): when it ends, and the batch it fills. A message
         # that cannot end it early is only kept: no wake-up of the waiting task per message.
@@ -485,12 +494,10 @@ class StandingPull(_HeldPull):
         if not status:
             if self._gap_cap or not self._buffer:  # no clock read per message without a linger
                 now = self._loop.time()
+                if self._gap_cap:
+                    self._measure_gap(msg)
                 if not self._buffer:
                     self._first_at = now - self._lateness(msg) if self._gap_cap else now
-                if self._gap_cap:
-                    # An exponentially weighted mean of the gaps (weight 1/8, as TCP's smoothed
-                    # RTT): a subtraction and a multiplication per message.
-                    self.gap += (min(now - self._last_at, self._gap_cap) - self.gap) * GAP_WEIGHT
                 self._last_at = now
             self._buffer.append(msg)
             self._owed -= 1
@@ -503,6 +510,23 @@ class StandingPull(_HeldPull):
         elif self._ends_request(msg, status):
             self._owed = 0
             self._ready.set()
+
+    def _measure_gap(self, msg: JsMsg) -> None:
+        """Fold the gap since the previous message into :attr:`gap`: an exponentially weighted
+        mean (weight 1/8, as TCP's smoothed RTT). The gaps between JetStream's store times, not
+        between arrivals here: a pause of this process's loop (the API's also serves the POSTs)
+        delivers what was stored meanwhile in one burst after one long gap, which at 1,000
+        events/s read as a slow rate and lengthened the linger (:meth:`linger_for`) when the
+        latency target needs it short; the rate at which events are stored is the one the linger
+        waits on."""
+        stored = _stored_ns(msg)
+        if not stored:
+            return
+        if self._last_stored:
+            # A redelivered message was stored before the last one: a gap of 0.
+            gap = min(max(stored - self._last_stored, 0) / 1e9, self._gap_cap)
+            self.gap += (gap - self.gap) * GAP_WEIGHT
+        self._last_stored = stored
 
     def _lateness(self, msg: JsMsg) -> float:
         """How much longer than :attr:`transit` ``msg`` took from JetStream's store to here (s)."""
