@@ -43,6 +43,7 @@ from tests.api.factories import T0, limits, telemetry, violation
 from tests.api.test_charts import probes
 from tests.api.test_status import public_api
 from tests.api.test_status import seed as seed_statuses
+from tests.web.engine_events import availability_violation
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None:
@@ -238,8 +239,9 @@ async def test_login_and_overview(site: Site) -> None:
         await page.wait_for_function(
             "() => htmx.find('body') && document.body['htmx-internal-data']?.sseEventSource?.readyState === 1"
         )
-        point = site.fresh(telemetry(SHIFT_AT + 9, id=f"p1-{SHIFT_AT + 9:05d}"))
-        live = violation(point, id="v-live", rule="AVAILABILITY", severity="critical")
+        # An outage as the engine signals it: three failed probes in a row.
+        down = [site.fresh(telemetry(SHIFT_AT + 9 + i, id=f"live-{i}")) for i in range(3)]
+        _, live = await availability_violation(down, range(3), "v-live")
         async with page.expect_request(lambda r: r.url.startswith(f"{site.url}/?hours=")) as reread:
             await Publisher(site.api.runtime.nc.jetstream()).publish(  # type: ignore[union-attr]
                 subjects.violations(live.provider, live.model, live.rule), live
@@ -525,6 +527,36 @@ async def test_report_and_other_pages_render_cleanly(site: Site) -> None:
     assert site.errors == [], "\n".join(site.errors)
 
 
+# The page of the engine's first AVAILABILITY violation (the site's outage): its id is the engine's.
+AVAILABILITY_PAGE = "/violations/{availability}"
+
+
+async def availability_figures_wrong(page: Page) -> list[str]:
+    """What an availability violation's page says wrong of its figures: a baseline failure rate
+    that is no percentage in (0, 100] (a latency chart's limits once read "10,000.00 %"; the
+    engine's baseline still collecting once read "0.00 %"), an alarm threshold neither a run of
+    failed probes nor such a percentage of the window ("100.0 % of the window" while no rate
+    was known), a value that is no count of failed probes."""
+    figures = {}
+    for name in ("Value", "Baseline failure rate", "Alarm threshold"):
+        cell = page.locator(f"table.kv tr:has(th:text-is('{name}')) td")
+        figures[name] = (await cell.inner_text()).strip() if await cell.count() == 1 else None
+    wrong = []
+    rate = re.fullmatch(r"([\d.,]+) %", figures["Baseline failure rate"] or "")
+    if not (rate and 0 < float(rate[1].replace(",", "")) <= 100) and not (
+        figures["Baseline failure rate"] or ""
+    ).startswith("not known yet"):
+        wrong.append(f"baseline failure rate {figures['Baseline failure rate']!r}")
+    share = re.fullmatch(r"([\d.,]+) % of the window failing", figures["Alarm threshold"] or "")
+    if not (share and 0 < float(share[1].replace(",", "")) <= 100) and not re.fullmatch(
+        r"\d+ failed probes in a row|–", figures["Alarm threshold"] or ""
+    ):
+        wrong.append(f"alarm threshold {figures['Alarm threshold']!r}")
+    if not re.fullmatch(r"\d+ failed probes", figures["Value"] or ""):
+        wrong.append(f"value {figures['Value']!r}")
+    return wrong
+
+
 # The walkthrough of a new user: each page at a laptop's 1366x768 and a phone's 390 px width.
 WALK_VIEWPORTS = {"laptop": {"width": 1366, "height": 768}, "phone": {"width": 390, "height": 844}}
 WALK_PAGES = (
@@ -533,10 +565,12 @@ WALK_PAGES = (
     ("/compare?hours=1", "compare"),
     ("/violations", "violations"),
     ("/violations/v-browser", "violation"),
+    (AVAILABILITY_PAGE, "violation-availability"),
     ("/models", "models"),
     ("/incidents?severity=warning", "incidents"),
     ("/report?hours=24", "report"),
     ("/settings", "settings"),
+    ("/setup", "setup"),
 )
 # Whatever reaches past the viewport's right edge without a scroller of its own around it.
 WIDE = """() => [...document.querySelectorAll('body *')].filter(el => {
@@ -676,7 +710,7 @@ LAYOUT = """() => {
 # Pages whose every table reads whole on a phone: it fits its card (the report's status and
 # incidents tables and the violation's context table once scrolled sideways inside theirs) and
 # no cell wraps past 2 lines (a sentence may: what happened, an error, an analysis).
-READ_WHOLE = ("report", "violation")
+READ_WHOLE = ("report", "violation", "violation-availability")
 TABLES = """() => {
     const out = [];
     for (const table of document.querySelectorAll('main table')) {
@@ -704,13 +738,15 @@ async def test_walk_every_page_at_laptop_and_phone_width(site: Site) -> None:
     (a wide table or chart scrolls inside its card), no time labels overprint each other, the
     layout defects of ``LAYOUT`` stay fixed, and a screenshot of each page
     (``walk-<device>-<page>.png``)."""
+    found = await site.api.store.violations(ViolationFilter(rule="AVAILABILITY", limit=50))
+    outage = [v for v in found.items if v.id != "v-live"][-1]  # the first
     async with browser_page(site) as page:
         await log_in(page, site)
         problems: list[str] = []
         for device, viewport in WALK_VIEWPORTS.items():
             await page.set_viewport_size(viewport)  # type: ignore[arg-type]
             for path, name in WALK_PAGES:
-                await page.goto(f"{site.url}{path}")
+                await page.goto(f"{site.url}{path.format(availability=outage.id)}")
                 await page.wait_for_selector("main .card")
                 await page.wait_for_load_state("networkidle")
                 await asyncio.to_thread(SHOTS.mkdir, parents=True, exist_ok=True)
@@ -721,6 +757,8 @@ async def test_walk_every_page_at_laptop_and_phone_width(site: Site) -> None:
                 problems += [
                     f"{device} {name}: {what} {detail}" for what, detail in await page.evaluate(LAYOUT)
                 ]
+                if name == "violation-availability":
+                    problems += [f"{device} {name}: {w}" for w in await availability_figures_wrong(page)]
                 if device == "phone" and name in READ_WHOLE:
                     problems += [
                         f"{device} {name}: {what} {detail}" for what, detail in await page.evaluate(TABLES)
