@@ -32,6 +32,7 @@ from llmscope.api.persister import store_telemetry, store_violations
 from llmscope.bus.publisher import Publisher
 from llmscope.proto import codec, subjects
 from llmscope.proto.telemetry import TelemetryEvent
+from llmscope.proto.violation import BaselineRef
 from llmscope.stack.ports import free_port
 from llmscope.web.alerting import IncidentFilter, SilenceInput
 from llmscope.web.data import ViolationFilter
@@ -43,7 +44,7 @@ from tests.api.factories import T0, limits, telemetry, violation
 from tests.api.test_charts import probes
 from tests.api.test_status import public_api
 from tests.api.test_status import seed as seed_statuses
-from tests.web.engine_events import availability_violation
+from tests.web.engine_events import availability_violation, failed
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None:
@@ -91,9 +92,7 @@ def _events(fresh: Callable[[TelemetryEvent], TelemetryEvent]) -> list[Telemetry
     """Two models: the first shifts up 1.8x near the end and has an outage before."""
     main = probes(SHIFT_AT + 60)
     for i in OUTAGE:
-        main[i] = telemetry(
-            i, id=f"out-{i}", status="timeout", error="no answer in 30 s", latency_ms=None, ttft_ms=None
-        )
+        main[i] = failed(telemetry(i, id=f"out-{i}"))  # no timings, no tokens/s: it never answered
     for i in range(SHIFT_AT, len(main)):
         ev = main[i]
         assert ev.latency_ms is not None
@@ -112,11 +111,12 @@ async def site(
     async with running_engine(nats_url), live_alerter(database_url, nats_url, js):
         dated = Site(api, "", offset=offset_to_now())
         fresh = dated.fresh
+        events = _events(fresh)
         acks = [
             await js.publish_async(
                 subjects.telemetry(e.provider, e.model), codec.encode(e), headers={"Nats-Msg-Id": e.id}
             )
-            for e in _events(fresh)
+            for e in events
         ]
         await asyncio.gather(*acks)
 
@@ -131,17 +131,21 @@ async def site(
             return bool((await api.runtime.alerting.incidents(IncidentFilter(limit=1))).items)
 
         await eventually(incident, within=60, what="the alerter's incident in Postgres")
-        # One of each severity the page filters on, known ids for the tests to open.
-        point = fresh(telemetry(SHIFT_AT + 5, id=f"p1-{SHIFT_AT + 5:05d}"))
-        # Limits like the engine's for this model (center ~840 ms), so the mini-chart reads true.
+        # One of each severity the page filters on, known ids for the tests to open. Its point is
+        # the stored probe, its value that probe's latency (it read 1,500 ms, its point 103 ms,
+        # the probe 1,331 ms); limits like the engine's for this model (center ~840 ms), so the
+        # mini-chart reads true.
+        point = next(e for e in events if e.id == f"p1-{SHIFT_AT + 5:05d}")
+        assert point.latency_ms is not None
         seeded = violation(
             point,
             id="v-browser",
             rule="CUSUM",
             rule_name="sustained shift up",
-            value=1500.0,
-            deviation_sigma=5.5,
+            value=point.latency_ms,
+            deviation_sigma=(point.latency_ms - 840.0) / 120.0,
             limits=limits(center=840.0, sigma=120.0),
+            baseline=BaselineRef(id="b1", n=BASELINE_N),
         )
         async with api.store.pool.acquire() as conn:
             await store_violations(conn, [seeded])
@@ -707,6 +711,38 @@ LAYOUT = """() => {
     return out;
 }""".replace("{share}", str(PHONE_PLOT_SHARE))
 
+# Figures a walk found misleading: [what, detail] for each.
+FIGURES = """() => {
+    const out = [];
+    const text = el => el ? el.textContent.trim() : null;
+    // A failure-rate chart has no sigma: an availability violation's σ once read "0.00".
+    for (const tr of document.querySelectorAll('table.violations tbody tr')) {
+        const sigma = text(tr.querySelector('td.v-sigma'));
+        if (text(tr.querySelector('td.v-metric')) === 'availability' && sigma !== '–')
+            out.push(["an availability violation's sigma", sigma]);
+    }
+    // A violation's value is its trigger's: the frozen statistics, the pattern's last point and the
+    // probe in the context (they once read 1,500.00 ms, 103.00 ms and 1,331.08).
+    const value = [...document.querySelectorAll('table.kv th')]
+        .find(th => text(th) === 'Value')?.nextElementSibling;
+    const trigger = document.querySelector('table.context tr.trigger td.this-metric');
+    const point = document.querySelector('table.points tbody tr:last-child td:last-child');
+    if (value && trigger && point) {
+        const n = t => parseFloat(t.replace(/,/g, ''));
+        const figures = [text(value), text(trigger), text(point)];
+        if (new Set(figures.map(n)).size !== 1)
+            out.push(["a violation's value and its probe's differ", figures]);
+    }
+    // A probe that never answered has no timings and no generation speed.
+    for (const tr of document.querySelectorAll('table.context tr.failed')) {
+        for (const td of tr.querySelectorAll('td[data-label]')) {
+            if (/ms|tokens/.test(td.dataset.label) && text(td) !== '–')
+                out.push(['a failed probe shows a figure', `${td.dataset.label} ${text(td)}`]);
+        }
+    }
+    return out;
+}"""
+
 # Pages whose every table reads whole on a phone: it fits its card (the report's status and
 # incidents tables and the violation's context table once scrolled sideways inside theirs) and
 # no cell wraps past 2 lines (a sentence may: what happened, an error, an analysis).
@@ -759,7 +795,10 @@ async def test_walk_every_page_at_laptop_and_phone_width(site: Site) -> None:
                 ]
                 if name == "violation-availability":
                     problems += [f"{device} {name}: {w}" for w in await availability_figures_wrong(page)]
-                if device == "phone" and name in READ_WHOLE:
+                problems += [
+                    f"{device} {name}: {what} {detail}" for what, detail in await page.evaluate(FIGURES)
+                ]
+                if name in READ_WHOLE:
                     problems += [
                         f"{device} {name}: {what} {detail}" for what, detail in await page.evaluate(TABLES)
                     ]
