@@ -595,6 +595,15 @@ TIME_LABELS = """() => [...document.querySelectorAll('svg')].map(svg => {
         .sort((a, b) => a[0] - b[0]);
 }).filter(labels => labels.length > 1)"""
 
+# Shown charts whose time axis has a single label: no scale to read (a phone's control, availability
+# and comparison charts once showed "21:30" alone under 9 minutes of probes).
+LONE_TIME_LABEL = """() => [...document.querySelectorAll('svg')]
+  .filter(svg => svg.getClientRects().length).map(svg => {
+    const ticks = [...svg.querySelectorAll('text.tick')];
+    const bottom = Math.max(...ticks.map(t => +t.getAttribute('y')));
+    return [svg.classList[0], ticks.filter(t => +t.getAttribute('y') === bottom).map(t => t.textContent)];
+}).filter(([, labels]) => labels.length === 1)"""
+
 # The least share of a phone's control or comparison chart that is plot (main drew 0.56, 0.75).
 PHONE_PLOT_SHARE = 0.8
 # Layout defects a walk found, measured: [what, detail] for each.
@@ -802,6 +811,8 @@ async def test_walk_every_page_at_laptop_and_phone_width(site: Site) -> None:
                     problems += [
                         f"{device} {name}: {what} {detail}" for what, detail in await page.evaluate(TABLES)
                     ]
+                for chart, labels in await page.evaluate(LONE_TIME_LABEL):
+                    problems.append(f"{device} {name}: {chart}'s time axis has one label {labels}")
                 for labels in await page.evaluate(TIME_LABELS):
                     for (_, right, a), (left, _, b) in itertools.pairwise(labels):
                         if right > left:
