@@ -825,6 +825,22 @@ async def test_walk_every_page_at_laptop_and_phone_width(site: Site) -> None:
             box = await badge.bounding_box()
             assert box is not None
             assert box["height"] < 30, (device, box)
+            # Every model's row within the card, its name and reasons legible: on a phone the table
+            # scrolled inside its card (latency now, open violations, incident and uptime out of
+            # sight), its model cell squeezed to a word a line (7 lines).
+            fit = await page.eval_on_selector(
+                "table.overview",
+                """table => {
+                    const card = table.closest('.card');
+                    const widths = [...table.querySelectorAll('tbody tr > td:nth-child(2)')]
+                        .map(td => td.getBoundingClientRect().width);
+                    return [card.scrollWidth - card.clientWidth,
+                            table.getBoundingClientRect().width - card.clientWidth, Math.min(...widths)];
+                }""",
+            )
+            assert fit[0] <= 0, (device, "the overview scrolls in its card", fit)
+            assert fit[1] <= 0, (device, "the overview is wider than its card", fit)
+            assert fit[2] >= 160, (device, "the overview's model cell is squeezed", fit)
         assert problems == [], "\n".join(problems)
     assert site.errors == [], "\n".join(site.errors)
 
