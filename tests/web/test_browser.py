@@ -742,6 +742,16 @@ FIGURES = """() => {
         if (new Set(figures.map(n)).size !== 1)
             out.push(["a violation's value and its probe's differ", figures]);
     }
+    // A mini-chart's line never crosses failed probes (their red ticks): drawn across an outage
+    // (v-cred's six timeouts) it read as answers during it.
+    for (const svg of document.querySelectorAll('svg.mini-chart')) {
+        const ticks = [...svg.querySelectorAll('line.failed-tick')].map(l => l.x1.baseVal.value);
+        for (const line of svg.querySelectorAll('polyline.series')) {
+            const xs = [...line.points].map(p => p.x);
+            const crossed = ticks.filter(t => xs.some((x, i) => i > 0 && xs[i - 1] < t && t < x));
+            if (crossed.length) out.push(["a mini-chart's line crosses failed probes", crossed.length]);
+        }
+    }
     // A probe that never answered has no timings and no generation speed.
     for (const tr of document.querySelectorAll('table.context tr.failed')) {
         for (const td of tr.querySelectorAll('td[data-label]')) {

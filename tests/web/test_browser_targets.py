@@ -21,6 +21,7 @@ from tests.api.engine import eventually
 from tests.api.factories import telemetry
 from tests.web.engine_events import availability_violation
 from tests.web.test_browser import (
+    FIGURES,
     HEALTH_OVERFLOW,
     SHOTS,
     Site,
@@ -133,6 +134,7 @@ async def test_targets_fit_and_never_show_a_password(targets_site: Site) -> None
                     # The engine's figures, as a reader wants them: the baseline rate and the run
                     # that signalled, the failed probes counted.
                     assert await availability_figures_wrong(page) == [], name
+                    assert await page.evaluate(FIGURES) == [], name
                     kv = await page.locator("table.kv").first.inner_text()
                     assert "7.14 %" in kv, kv
                     assert "6 failed probes in a row" in kv, kv
