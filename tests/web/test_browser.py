@@ -32,6 +32,7 @@ from llmscope.api.persister import store_telemetry, store_violations
 from llmscope.bus.publisher import Publisher
 from llmscope.proto import codec, subjects
 from llmscope.proto.telemetry import TelemetryEvent
+from llmscope.proto.violation import BaselineRef
 from llmscope.stack.ports import free_port
 from llmscope.web.alerting import IncidentFilter, SilenceInput
 from llmscope.web.data import ViolationFilter
@@ -43,6 +44,7 @@ from tests.api.factories import T0, limits, telemetry, violation
 from tests.api.test_charts import probes
 from tests.api.test_status import public_api
 from tests.api.test_status import seed as seed_statuses
+from tests.web.engine_events import availability_violation, failed
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None:
@@ -90,9 +92,7 @@ def _events(fresh: Callable[[TelemetryEvent], TelemetryEvent]) -> list[Telemetry
     """Two models: the first shifts up 1.8x near the end and has an outage before."""
     main = probes(SHIFT_AT + 60)
     for i in OUTAGE:
-        main[i] = telemetry(
-            i, id=f"out-{i}", status="timeout", error="no answer in 30 s", latency_ms=None, ttft_ms=None
-        )
+        main[i] = failed(telemetry(i, id=f"out-{i}"))  # no timings, no tokens/s: it never answered
     for i in range(SHIFT_AT, len(main)):
         ev = main[i]
         assert ev.latency_ms is not None
@@ -111,11 +111,12 @@ async def site(
     async with running_engine(nats_url), live_alerter(database_url, nats_url, js):
         dated = Site(api, "", offset=offset_to_now())
         fresh = dated.fresh
+        events = _events(fresh)
         acks = [
             await js.publish_async(
                 subjects.telemetry(e.provider, e.model), codec.encode(e), headers={"Nats-Msg-Id": e.id}
             )
-            for e in _events(fresh)
+            for e in events
         ]
         await asyncio.gather(*acks)
 
@@ -130,17 +131,21 @@ async def site(
             return bool((await api.runtime.alerting.incidents(IncidentFilter(limit=1))).items)
 
         await eventually(incident, within=60, what="the alerter's incident in Postgres")
-        # One of each severity the page filters on, known ids for the tests to open.
-        point = fresh(telemetry(SHIFT_AT + 5, id=f"p1-{SHIFT_AT + 5:05d}"))
-        # Limits like the engine's for this model (center ~840 ms), so the mini-chart reads true.
+        # One of each severity the page filters on, known ids for the tests to open. Its point is
+        # the stored probe, its value that probe's latency (it read 1,500 ms, its point 103 ms,
+        # the probe 1,331 ms); limits like the engine's for this model (center ~840 ms), so the
+        # mini-chart reads true.
+        point = next(e for e in events if e.id == f"p1-{SHIFT_AT + 5:05d}")
+        assert point.latency_ms is not None
         seeded = violation(
             point,
             id="v-browser",
             rule="CUSUM",
             rule_name="sustained shift up",
-            value=1500.0,
-            deviation_sigma=5.5,
+            value=point.latency_ms,
+            deviation_sigma=(point.latency_ms - 840.0) / 120.0,
             limits=limits(center=840.0, sigma=120.0),
+            baseline=BaselineRef(id="b1", n=BASELINE_N),
         )
         async with api.store.pool.acquire() as conn:
             await store_violations(conn, [seeded])
@@ -238,8 +243,9 @@ async def test_login_and_overview(site: Site) -> None:
         await page.wait_for_function(
             "() => htmx.find('body') && document.body['htmx-internal-data']?.sseEventSource?.readyState === 1"
         )
-        point = site.fresh(telemetry(SHIFT_AT + 9, id=f"p1-{SHIFT_AT + 9:05d}"))
-        live = violation(point, id="v-live", rule="AVAILABILITY", severity="critical")
+        # An outage as the engine signals it: three failed probes in a row.
+        down = [site.fresh(telemetry(SHIFT_AT + 9 + i, id=f"live-{i}")) for i in range(3)]
+        _, live = await availability_violation(down, range(3), "v-live")
         async with page.expect_request(lambda r: r.url.startswith(f"{site.url}/?hours=")) as reread:
             await Publisher(site.api.runtime.nc.jetstream()).publish(  # type: ignore[union-attr]
                 subjects.violations(live.provider, live.model, live.rule), live
@@ -525,6 +531,36 @@ async def test_report_and_other_pages_render_cleanly(site: Site) -> None:
     assert site.errors == [], "\n".join(site.errors)
 
 
+# The page of the engine's first AVAILABILITY violation (the site's outage): its id is the engine's.
+AVAILABILITY_PAGE = "/violations/{availability}"
+
+
+async def availability_figures_wrong(page: Page) -> list[str]:
+    """What an availability violation's page says wrong of its figures: a baseline failure rate
+    that is no percentage in (0, 100] (a latency chart's limits once read "10,000.00 %"; the
+    engine's baseline still collecting once read "0.00 %"), an alarm threshold neither a run of
+    failed probes nor such a percentage of the window ("100.0 % of the window" while no rate
+    was known), a value that is no count of failed probes."""
+    figures = {}
+    for name in ("Value", "Baseline failure rate", "Alarm threshold"):
+        cell = page.locator(f"table.kv tr:has(th:text-is('{name}')) td")
+        figures[name] = (await cell.inner_text()).strip() if await cell.count() == 1 else None
+    wrong = []
+    rate = re.fullmatch(r"([\d.,]+) %", figures["Baseline failure rate"] or "")
+    if not (rate and 0 < float(rate[1].replace(",", "")) <= 100) and not (
+        figures["Baseline failure rate"] or ""
+    ).startswith("not known yet"):
+        wrong.append(f"baseline failure rate {figures['Baseline failure rate']!r}")
+    share = re.fullmatch(r"([\d.,]+) % of the window failing", figures["Alarm threshold"] or "")
+    if not (share and 0 < float(share[1].replace(",", "")) <= 100) and not re.fullmatch(
+        r"\d+ failed probes in a row|–", figures["Alarm threshold"] or ""
+    ):
+        wrong.append(f"alarm threshold {figures['Alarm threshold']!r}")
+    if not re.fullmatch(r"\d+ failed probes", figures["Value"] or ""):
+        wrong.append(f"value {figures['Value']!r}")
+    return wrong
+
+
 # The walkthrough of a new user: each page at a laptop's 1366x768 and a phone's 390 px width.
 WALK_VIEWPORTS = {"laptop": {"width": 1366, "height": 768}, "phone": {"width": 390, "height": 844}}
 WALK_PAGES = (
@@ -533,10 +569,12 @@ WALK_PAGES = (
     ("/compare?hours=1", "compare"),
     ("/violations", "violations"),
     ("/violations/v-browser", "violation"),
+    (AVAILABILITY_PAGE, "violation-availability"),
     ("/models", "models"),
     ("/incidents?severity=warning", "incidents"),
     ("/report?hours=24", "report"),
     ("/settings", "settings"),
+    ("/setup", "setup"),
 )
 # Whatever reaches past the viewport's right edge without a scroller of its own around it.
 WIDE = """() => [...document.querySelectorAll('body *')].filter(el => {
@@ -556,6 +594,15 @@ TIME_LABELS = """() => [...document.querySelectorAll('svg')].map(svg => {
         .map(t => { const r = t.getBoundingClientRect(); return [r.left, r.right, t.textContent]; })
         .sort((a, b) => a[0] - b[0]);
 }).filter(labels => labels.length > 1)"""
+
+# Shown charts whose time axis has a single label: no scale to read (a phone's control, availability
+# and comparison charts once showed "21:30" alone under 9 minutes of probes).
+LONE_TIME_LABEL = """() => [...document.querySelectorAll('svg')]
+  .filter(svg => svg.getClientRects().length).map(svg => {
+    const ticks = [...svg.querySelectorAll('text.tick')];
+    const bottom = Math.max(...ticks.map(t => +t.getAttribute('y')));
+    return [svg.classList[0], ticks.filter(t => +t.getAttribute('y') === bottom).map(t => t.textContent)];
+}).filter(([, labels]) => labels.length === 1)"""
 
 # The least share of a phone's control or comparison chart that is plot (main drew 0.56, 0.75).
 PHONE_PLOT_SHARE = 0.8
@@ -673,10 +720,52 @@ LAYOUT = """() => {
     return out;
 }""".replace("{share}", str(PHONE_PLOT_SHARE))
 
+# Figures a walk found misleading: [what, detail] for each.
+FIGURES = """() => {
+    const out = [];
+    const text = el => el ? el.textContent.trim() : null;
+    // A failure-rate chart has no sigma: an availability violation's σ once read "0.00".
+    for (const tr of document.querySelectorAll('table.violations tbody tr')) {
+        const sigma = text(tr.querySelector('td.v-sigma'));
+        if (text(tr.querySelector('td.v-metric')) === 'availability' && sigma !== '–')
+            out.push(["an availability violation's sigma", sigma]);
+    }
+    // A violation's value is its trigger's: the frozen statistics, the pattern's last point and the
+    // probe in the context (they once read 1,500.00 ms, 103.00 ms and 1,331.08).
+    const value = [...document.querySelectorAll('table.kv th')]
+        .find(th => text(th) === 'Value')?.nextElementSibling;
+    const trigger = document.querySelector('table.context tr.trigger td.this-metric');
+    const point = document.querySelector('table.points tbody tr:last-child td:last-child');
+    if (value && trigger && point) {
+        const n = t => parseFloat(t.replace(/,/g, ''));
+        const figures = [text(value), text(trigger), text(point)];
+        if (new Set(figures.map(n)).size !== 1)
+            out.push(["a violation's value and its probe's differ", figures]);
+    }
+    // A mini-chart's line never crosses failed probes (their red ticks): drawn across an outage
+    // (v-cred's six timeouts) it read as answers during it.
+    for (const svg of document.querySelectorAll('svg.mini-chart')) {
+        const ticks = [...svg.querySelectorAll('line.failed-tick')].map(l => l.x1.baseVal.value);
+        for (const line of svg.querySelectorAll('polyline.series')) {
+            const xs = [...line.points].map(p => p.x);
+            const crossed = ticks.filter(t => xs.some((x, i) => i > 0 && xs[i - 1] < t && t < x));
+            if (crossed.length) out.push(["a mini-chart's line crosses failed probes", crossed.length]);
+        }
+    }
+    // A probe that never answered has no timings and no generation speed.
+    for (const tr of document.querySelectorAll('table.context tr.failed')) {
+        for (const td of tr.querySelectorAll('td[data-label]')) {
+            if (/ms|tokens/.test(td.dataset.label) && text(td) !== '–')
+                out.push(['a failed probe shows a figure', `${td.dataset.label} ${text(td)}`]);
+        }
+    }
+    return out;
+}"""
+
 # Pages whose every table reads whole on a phone: it fits its card (the report's status and
 # incidents tables and the violation's context table once scrolled sideways inside theirs) and
 # no cell wraps past 2 lines (a sentence may: what happened, an error, an analysis).
-READ_WHOLE = ("report", "violation")
+READ_WHOLE = ("report", "violation", "violation-availability")
 TABLES = """() => {
     const out = [];
     for (const table of document.querySelectorAll('main table')) {
@@ -704,13 +793,15 @@ async def test_walk_every_page_at_laptop_and_phone_width(site: Site) -> None:
     (a wide table or chart scrolls inside its card), no time labels overprint each other, the
     layout defects of ``LAYOUT`` stay fixed, and a screenshot of each page
     (``walk-<device>-<page>.png``)."""
+    found = await site.api.store.violations(ViolationFilter(rule="AVAILABILITY", limit=50))
+    outage = [v for v in found.items if v.id != "v-live"][-1]  # the first
     async with browser_page(site) as page:
         await log_in(page, site)
         problems: list[str] = []
         for device, viewport in WALK_VIEWPORTS.items():
             await page.set_viewport_size(viewport)  # type: ignore[arg-type]
             for path, name in WALK_PAGES:
-                await page.goto(f"{site.url}{path}")
+                await page.goto(f"{site.url}{path.format(availability=outage.id)}")
                 await page.wait_for_selector("main .card")
                 await page.wait_for_load_state("networkidle")
                 await asyncio.to_thread(SHOTS.mkdir, parents=True, exist_ok=True)
@@ -721,10 +812,17 @@ async def test_walk_every_page_at_laptop_and_phone_width(site: Site) -> None:
                 problems += [
                     f"{device} {name}: {what} {detail}" for what, detail in await page.evaluate(LAYOUT)
                 ]
-                if device == "phone" and name in READ_WHOLE:
+                if name == "violation-availability":
+                    problems += [f"{device} {name}: {w}" for w in await availability_figures_wrong(page)]
+                problems += [
+                    f"{device} {name}: {what} {detail}" for what, detail in await page.evaluate(FIGURES)
+                ]
+                if name in READ_WHOLE:
                     problems += [
                         f"{device} {name}: {what} {detail}" for what, detail in await page.evaluate(TABLES)
                     ]
+                for chart, labels in await page.evaluate(LONE_TIME_LABEL):
+                    problems.append(f"{device} {name}: {chart}'s time axis has one label {labels}")
                 for labels in await page.evaluate(TIME_LABELS):
                     for (_, right, a), (left, _, b) in itertools.pairwise(labels):
                         if right > left:
@@ -737,6 +835,22 @@ async def test_walk_every_page_at_laptop_and_phone_width(site: Site) -> None:
             box = await badge.bounding_box()
             assert box is not None
             assert box["height"] < 30, (device, box)
+            # Every model's row within the card, its name and reasons legible: on a phone the table
+            # scrolled inside its card (latency now, open violations, incident and uptime out of
+            # sight), its model cell squeezed to a word a line (7 lines).
+            fit = await page.eval_on_selector(
+                "table.overview",
+                """table => {
+                    const card = table.closest('.card');
+                    const widths = [...table.querySelectorAll('tbody tr > td:nth-child(2)')]
+                        .map(td => td.getBoundingClientRect().width);
+                    return [card.scrollWidth - card.clientWidth,
+                            table.getBoundingClientRect().width - card.clientWidth, Math.min(...widths)];
+                }""",
+            )
+            assert fit[0] <= 0, (device, "the overview scrolls in its card", fit)
+            assert fit[1] <= 0, (device, "the overview is wider than its card", fit)
+            assert fit[2] >= 160, (device, "the overview's model cell is squeezed", fit)
         assert problems == [], "\n".join(problems)
     assert site.errors == [], "\n".join(site.errors)
 

@@ -18,8 +18,18 @@ from llmscope.api.persister import store_telemetry, store_violations
 from llmscope.stack.ports import free_port
 from tests.api.conftest import Api
 from tests.api.engine import eventually
-from tests.api.factories import telemetry, violation
-from tests.web.test_browser import HEALTH_OVERFLOW, SHOTS, Site, browser_page, log_in, wide_model_probes
+from tests.api.factories import telemetry
+from tests.web.engine_events import availability_violation
+from tests.web.test_browser import (
+    FIGURES,
+    HEALTH_OVERFLOW,
+    SHOTS,
+    Site,
+    availability_figures_wrong,
+    browser_page,
+    log_in,
+    wide_model_probes,
+)
 from tests.web.test_userinfo import CREDENTIALED, KEYED, KEYED_SHOWN, SECRET, SHOWN
 
 pytestmark = [pytest.mark.timeout(240)]
@@ -51,12 +61,18 @@ async def targets_site(api: Api) -> AsyncIterator[Site]:
         )
         for i in range(60)
     ]
+    # The credentialed target fails twice in its availability baseline (a 7.14 % failure rate:
+    # 3 / 42) and then 6 times in a row, the run that rate needs to signal: the engine's own
+    # AVAILABILITY violation, at the 56th probe.
+    cred = [p for p in probes if p.target == CREDENTIALED]
+    cred, outage = await availability_violation(cred, (7, 19, *range(50, 56)), "v-cred")
+    probes = cred + [p for p in probes if p.target != CREDENTIALED]
     # A model as people name them, failing in four ways, its figures wide (the browser walk's
     # widest row): the columns squeezed to their least at 1366 px.
     probes += wide_model_probes(now - timedelta(seconds=1000))
     async with api.store.pool.acquire() as conn:
         await store_telemetry(conn, probes)
-        await store_violations(conn, [violation(probes[55], id="v-cred", metric="availability")])
+        await store_violations(conn, [outage])
     server = uvicorn.Server(
         uvicorn.Config(api.app, host="127.0.0.1", port=free_port(), lifespan="off", log_level="warning")
     )
@@ -114,6 +130,14 @@ async def test_targets_fit_and_never_show_a_password(targets_site: Site) -> None
                 assert ticks, path
                 assert all(px is not None and low <= px <= high for _, _, px in ticks), (name, path, ticks)
                 await page.screenshot(path=str(SHOTS / f"targets-{shot}-{name}.png"), full_page=True)
+                if shot == "violation":
+                    # The engine's figures, as a reader wants them: the baseline rate and the run
+                    # that signalled, the failed probes counted.
+                    assert await availability_figures_wrong(page) == [], name
+                    assert await page.evaluate(FIGURES) == [], name
+                    kv = await page.locator("table.kv").first.inner_text()
+                    assert "7.14 %" in kv, kv
+                    assert "6 failed probes in a row" in kv, kv
                 assert SECRET not in await page.inner_text("body")
                 assert await page.locator(f'span.url[title="{SHOWN}"]').count()
     assert site.errors == []

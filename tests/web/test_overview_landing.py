@@ -116,7 +116,7 @@ async def test_now_of_a_model_without_recent_probes_says_so(api: Api) -> None:
         await store_telemetry(conn, [telemetry(i) for i in range(40)])
     client = await login(api)
     r = await client.get("/?hours=1")
-    now = re.findall(r'<td class="num">(.*?)</td>', r.text, re.S)[0]
+    now = re.findall(r'<td class="num more" data-label="now">(.*?)</td>', r.text, re.S)[0]
     assert '<span class="muted">no recent probe</span>' in now
     assert re.search(r"last [\d,]+ ms", now)
 

@@ -239,7 +239,7 @@ async def test_overview_shows_every_model_worst_first(api: Api) -> None:
         assert "1 of 2 down" in r.text  # the overall rule's words (status.overall)
         assert "3 failed probes in a row" in r.text
         # "Now" is not the latency of the last answer while the model answers nothing.
-        now_cells = re.findall(r'<td class="num">(.*?)</td>', r.text, re.S)
+        now_cells = re.findall(r'<td class="num more" data-label="[^"]*">(.*?)</td>', r.text, re.S)
         assert '<span class="now-failing">no answers</span>' in now_cells[0]
         assert "last answered in" in now_cells[0]
         assert "no answers" not in now_cells[2]  # llama's row (each row has two num cells)

@@ -99,3 +99,19 @@ def test_the_axis_anchors_edge_labels_inside_the_plot() -> None:
     assert found[0][:2] == ("72.0", "start")
     assert found[-1][:2] == ("864.0", "end")
     assert {a for _, a, _ in found[1:-1]} == {"middle"}
+
+
+def test_a_step_that_lands_once_in_the_window_gives_way_to_a_finer_one() -> None:
+    """A phone's plot (about 300 px: two labels' room at the laptop's spacing) under 8.5 minutes
+    of probes: the 5-minute step put "13:30" alone under the chart, no scale to read. The
+    2-minute step's short labels stand apart there; a window too narrow for them keeps one."""
+    t0 = at("2026-12-06 13:26:00")
+
+    def labels(width: float, span_s: float) -> list[str]:
+        out: list[str] = []
+        time_axis(out, Frame(30, 16, width, 200, 240, compact=True), t0, t0 + span_s, UTC)
+        return re.findall(r'class="tick"[^>]*>([^<]+)<', "".join(out))
+
+    assert labels(300, 510) == ["13:26", "13:28", "13:30", "13:32", "13:34"]
+    assert labels(60, 510) == ["13:30"]  # no room for more: the labels would overprint
+    assert labels(300, 600) == ["13:30", "13:35"]  # two already: the step stays

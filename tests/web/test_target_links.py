@@ -11,6 +11,7 @@ from html import unescape
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import pytest
+from markupsafe import escape
 from nats.js import JetStreamContext
 
 from llmscope.api.persister import store_violations
@@ -27,6 +28,13 @@ pytestmark = pytest.mark.usefixtures("js")
 SECRET = "s3cret"
 CREDENTIALED = f"https://bot:{SECRET}@gw.example/v1"
 KEYED = f"https://gw.example/openai/v1?api-key={SECRET}"
+# The secret in a query value that is itself a URL: as written, beside another parameter of the
+# nested URL, and percent-encoded.
+NESTED = (
+    f"https://gw.example/v1?next=/x?token={SECRET}",
+    f"https://gw.example/v1?redirect=https://h/cb?api_key={SECRET}&state=2",
+    f"https://gw.example/v1?next=/x%3Ftoken%3D{SECRET}",
+)
 # The secret as a URL or a form may carry it: as is, or percent-encoded (either case).
 LEAKS = (
     SECRET,
@@ -41,7 +49,7 @@ def leaks(text: str) -> list[str]:
 
 
 def test_a_printed_target_and_chart_key_map_back_to_the_stored_ones() -> None:
-    stored = ["local", CREDENTIALED, KEYED]
+    stored = ["local", CREDENTIALED, KEYED, *NESTED]
     for target in stored:
         assert stored_target(without_password(target), stored) == target
         assert stored_target(target, stored) == target  # an old bookmark's
@@ -57,37 +65,43 @@ async def test_no_page_links_to_a_targets_secret_and_its_links_reach_the_stored_
     api: Api, js: JetStreamContext, nats_url: str
 ) -> None:
     client = await login(api)
-    # Three targets of one model; "local", probed last, is the one charted by default.
-    cred = probes(8, seed=1, target=CREDENTIALED)
-    keyed = probes(8, start=20, seed=2, target=KEYED)
-    local = probes(8, start=40, seed=3)
+    # Targets of one model; "local", probed last, is the one charted by default.
+    secret = {
+        target: probes(8, start=10 * i, seed=10 + i, target=target)
+        for i, target in enumerate((CREDENTIALED, KEYED, *NESTED))
+    }
+    local = probes(8, start=10 * len(secret), seed=3)
     async with api.store.pool.acquire() as conn:
-        await store_violations(conn, [violation(cred[-1], id="v-cred"), violation(keyed[-1], id="v-keyed")])
+        await store_violations(
+            conn, [violation(events[-1], id=f"v-{i}") for i, events in enumerate(secret.values())]
+        )
     async with running_engine(nats_url):
-        await feed(api, js, cred + keyed + local)
-        for events in (cred, keyed, local):
+        await feed(api, js, [e for events in secret.values() for e in events] + local)
+        for events in (*secret.values(), local):
             await wait_progress(api, events[0], 8, "collecting")
 
         pages = [
             "/",
             "/?hours=24",
             "/models",
-            "/violations/v-cred",
-            "/violations/v-keyed",
+            "/violations",
+            *(f"/violations/v-{i}" for i in range(len(secret))),
             "/report?hours=24",
             "/compare?lines=target&series=ollama%7Cllama3.1%3A8b",
             "/status",
             "/dashboard",
         ]
-        for stored in (CREDENTIALED, KEYED):
+        for stored, events in secret.items():
             shown = without_password(stored)
+            assert not leaks(shown), shown
+            html = str(escape(shown))  # as the page writes it: "&" is "&amp;"
             asked = f"/dashboard?provider=ollama&model=llama3.1%3A8b&prompt_id=simple-1&target={quote(shown)}"
             pages.append(asked)
             key = printed_chart_key(chart_key("ollama", "llama3.1:8b", stored, "simple-1", "latency_ms"))
             page = await client.get(asked)
             assert page.status_code == 200
-            assert f'<option value="{shown}" selected>' in page.text
-            assert f"target {shown}" in page.text  # the chart's label: this target's chart
+            assert f'<option value="{html}" selected>' in page.text
+            assert f"target {html}" in page.text  # the chart's label: this target's chart
             # Every link and live URL of the page reaches this target's chart, not the default.
             links = [unescape(u) for u in LINK.findall(page.text)]
             followed = [u for u in links if u.startswith(("/dashboard?", "/charts/settings?"))]
@@ -99,7 +113,7 @@ async def test_no_page_links_to_a_targets_secret_and_its_links_reach_the_stored_
                     r = await client.get(url, headers={**HX, "HX-Target": "chart-panel"})
                     assert r.status_code == 200, url
                     if params.get("part") != "log":
-                        assert f"target {shown}" in r.text, url
+                        assert f"target {html}" in r.text, url
                 else:
                     assert params.get("chart_key", key) == key, url
                     r = await client.get(url, headers=HX)
@@ -120,14 +134,14 @@ async def test_no_page_links_to_a_targets_secret_and_its_links_reach_the_stored_
                 r = await client.post(action, data={**fields, "by": "ann", "reason": "new gateway"})
                 assert r.status_code == 200, (action, r.text[r.text.find("Not re-baselined") :][:300])
                 assert not leaks(r.text), action
-                assert f'<option value="{shown}" selected>' in r.text, action
+                assert f'<option value="{html}" selected>' in r.text, action
                 if action == "/charts/rebaseline":
                     assert "Re-baselined: the chart collects a new baseline" in r.text
                 else:
                     names = re.findall(r"<li>(.*?)</li>", r.text)
-                    assert f"{shown} · simple-1 · latency_ms" in names, names
-                    assert not [n for n in names if not n.startswith(shown)], names  # this target's only
-            await wait_progress(api, (cred if stored == CREDENTIALED else keyed)[0], 0, "collecting")
+                    assert f"{html} · simple-1 · latency_ms" in names, names
+                    assert not [n for n in names if not n.startswith(html)], names  # this target's only
+            await wait_progress(api, events[0], 0, "collecting")
         # The default target's charts were not the ones re-baselined.
         await wait_progress(api, local[0], 8, "collecting")
         for path in pages:

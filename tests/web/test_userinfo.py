@@ -49,10 +49,34 @@ QUERY_SHOWN_TWO = "https://gw.example/openai?api-version=2024-06-01&api-key=•�
         ("https://gw.example/v1?monkey=1&keys=2&key=", "https://gw.example/v1?monkey=1&keys=2&key="),
         ("https://gw.example/v1?next=key=abc", "https://gw.example/v1?next=key=abc"),  # a value, kept
         ("gw.local:8080/v1?token=abc", "gw.local:8080/v1?token=•••"),  # no scheme
+        # A value that is itself a URL or a path with a query: its secrets hidden too, as written
+        # or percent-encoded (once, twice), the rest kept.
+        ("https://gw.example/v1?next=/x?token=1", "https://gw.example/v1?next=/x?token=•••"),
+        (
+            "https://gw.example/v1?redirect=https://h/cb?api_key=abc&state=2",
+            "https://gw.example/v1?redirect=https://h/cb?api_key=•••&state=2",
+        ),
+        ("https://gw.example/v1?next=/x%3Ftoken%3D1", "https://gw.example/v1?next=/x%3Ftoken%3D•••"),
+        ("https://gw.example/v1?next=%2Fx%3ftoken%3d1", "https://gw.example/v1?next=%2Fx%3ftoken%3d•••"),
+        (
+            "https://gw.example/v1?r=https%3A%2F%2Fh%2Fcb%3Fa%3D1%26Api-Key%3Dabc%26b%3D2",
+            "https://gw.example/v1?r=https%3A%2F%2Fh%2Fcb%3Fa%3D1%26Api-Key%3D•••%26b%3D2",
+        ),
+        ("https://gw.example/v1?r=%252Fx%253Fsig%253Dab", "https://gw.example/v1?r=%252Fx%253Fsig%253D•••"),
+        ("https://gw.example/v1?r=https://u:pw@h/cb", "https://gw.example/v1?r=https://u:•••@h/cb"),
+        ("https://gw.example/v1?next=/x?a=1?token=3", "https://gw.example/v1?next=/x?a=1?token=•••"),
+        # Nested deeper than followed, or in a form not followed (an encoded userinfo): hidden whole.
+        ("https://gw.example/v1?r=https%3A%2F%2Fu%3Apw%40h%2Fcb", "https://gw.example/v1?r=•••"),
+        ("https://gw.example/v1?r=" + "/x?a=" * 6 + "/y?token=1", "https://gw.example/v1?r=•••"),
+        (
+            "https://gw.example/v1?q=a%3Fb&next=/docs?page=2",
+            "https://gw.example/v1?q=a%3Fb&next=/docs?page=2",
+        ),
     ],
 )
 def test_the_password_is_hidden_and_the_rest_kept(target: str | None, shown: str) -> None:
     assert without_password(target) == shown
+    assert without_password(shown) == shown  # a printed target prints as it is
 
 
 @pytest.mark.parametrize(

@@ -99,9 +99,15 @@ def render_minichart(v: Violation, points: list[ContextPoint], *, width: int = W
         out.append(
             f'<line x1="{tx:.1f}" x2="{tx:.1f}" y1="{PAD_T}" y2="{PAD_T + plot_h}" class="trigger-line"/>'
         )
-    coords = " ".join(f"{x(i):.1f},{y(val):.1f}" for i, val in enumerate(values) if val is not None)
-    if coords:
-        out.append(f'<polyline points="{coords}" class="series"/>')
+    # One line per run of answered probes: a line drawn across failed ones (their red ticks under
+    # it) read as answers during the outage.
+    runs: list[list[str]] = [[]]
+    for i, val in enumerate(values):
+        if val is None:
+            runs.append([])
+        else:
+            runs[-1].append(f"{x(i):.1f},{y(val):.1f}")
+    out += [f'<polyline points="{" ".join(run)}" class="series"/>' for run in runs if len(run) > 1]
     for i, (p, val) in enumerate(zip(points, values, strict=True)):
         when = p.ts.strftime("%H:%M:%S")
         if val is None:

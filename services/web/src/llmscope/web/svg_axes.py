@@ -8,6 +8,7 @@ reads the same everywhere.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -195,7 +196,7 @@ def time_axis(out: list[str], frame: Frame, t0: float, t1: float, tz: tzinfo | N
     """A label and a short mark at each round time of the window (see :func:`time_ticks`)."""
     max_ticks = max(2, int(frame.width // TICK_SPACING_PX))
     span = t1 - t0
-    for tick in time_ticks(t0, t1, tz, max_ticks):
+    for tick in _readable_ticks(frame, t0, t1, tz, max_ticks):
         tx = frame.left + (tick.ts - t0) / span * frame.width if span > 0 else frame.left
         anchor = "start" if tx - frame.left < EDGE_PX else "end" if frame.right - tx < EDGE_PX else "middle"
         out.append(
@@ -208,6 +209,24 @@ def time_axis(out: list[str], frame: Frame, t0: float, t1: float, tz: tzinfo | N
 
 # About the width of a character of an 11-px label (DejaVu Sans's digits are 7 px; most narrower).
 CHAR_PX = 6.6
+
+
+def _readable_ticks(frame: Frame, t0: float, t1: float, tz: tzinfo | None, max_ticks: int) -> list[TimeTick]:
+    """:func:`time_ticks` for ``max_ticks``; when its step lands once in the window (a phone's
+    9 minutes at a 5-minute step: "21:30" alone, no scale to read), the shortest finer step whose
+    labels still stand apart (their widths and a gap between neighbours)."""
+    ticks = time_ticks(t0, t1, tz, max_ticks)
+    span = t1 - t0
+    if len(ticks) > 1 or span <= 0:
+        return ticks
+    for more in range(max_ticks + 1, 4 * max_ticks + 1):
+        finer = time_ticks(t0, t1, tz, more)
+        if len(finer) < 2:
+            continue
+        gap = min(b.ts - a.ts for a, b in itertools.pairwise(finer)) / span * frame.width
+        widest = max(len(t.label) for t in finer) * CHAR_PX
+        return finer if gap >= widest + 2 * CHAR_PX else ticks
+    return ticks
 
 
 def line_label(frame: Frame, ly: float, cls: str, text: str) -> str:

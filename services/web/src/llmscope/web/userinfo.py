@@ -7,8 +7,11 @@ target prints ``https://bot:•••@gateway.example/v1``. As pip's ``redact_au
 userinfo without a colon is hidden whole (``https://•••@host``): a lone name there is most often
 a token. Gateways that take their key in the query string (Azure's ``api-key``, Google's ``key``,
 a signed URL's ``sig``) are printed ``https://gw.example/v1?key=•••``: the parameter's name is
-kept, its value hidden, the rest of the query as written. Exports (CSV, JSON) keep the stored
-value: they are what a script reads back.
+kept, its value hidden, the rest of the query as written. A value that is itself a URL or a
+path with a query (a gateway's ``?redirect=https://h/cb?api_key=…`` or ``?next=/x%3Ftoken%3D…``)
+has its secrets hidden the same way, its query as written or percent-encoded; one nested in a way
+not followed here (deeper than ``_MAX_NESTING``, a percent-encoded userinfo) is hidden whole.
+Exports (CSV, JSON) keep the stored value: they are what a script reads back.
 
 Links, forms and the address bar carry a target (or a chart key, which holds one) as printed too:
 a secret in a URL lands in browser history, access logs and Referer headers. The route that
@@ -44,12 +47,15 @@ SECRET_PARAMETERS: Final = frozenset(
     }
 )
 # One parameter of a query: its name up to "=", its value up to the next "&" or ";".
-_PARAMETER: Final = re.compile(r"(?P<name>[^&;=]*)=(?P<value>[^&;]*)")
+# How deep a URL nested in a query value (in a value of its own query...) is followed.
+_MAX_NESTING: Final = 4
+_MARK: Final = re.compile(r"\?|%(?P<twice>(?:25)*)3[Ff]")
 
 
 def without_password(target: object) -> str:
     """``target`` (a URL or any name) with its userinfo's password, or a lone user, and the values
-    of its secret query parameters (``SECRET_PARAMETERS``) hidden."""
+    of its secret query parameters (``SECRET_PARAMETERS``) hidden, those of a URL in a query value
+    too (``?next=/x?token=•••``, ``?redirect=https%3A%2F%2Fh%2Fcb%3Fkey%3D•••``)."""
     text = "" if target is None else str(target)
     return _without_query_secrets(_without_userinfo(text))
 
@@ -99,19 +105,68 @@ def _without_userinfo(text: str) -> str:
     return f"{m['scheme']}{shown}@{host}{text[m.end() :]}"
 
 
+def _delimiters(level: int) -> tuple[str, str]:
+    """The parameter separators and "=" of a query percent-encoded ``level`` times, as regular
+    expressions: ``[&;]`` and ``=`` as written, then ``%26``/``%3B`` and ``%3D``, then ``%2526``..."""
+    if level == 0:
+        return "[&;]", "="
+    escape = "%" + "25" * (level - 1)
+    return f"{escape}(?:26|3[Bb])", f"{escape}3[Dd]"
+
+
+def _decoded(text: str) -> str:
+    """``text`` percent-decoded until nothing changes (a value encoded twice, or more)."""
+    for _ in range(_MAX_NESTING + 1):
+        decoded = unquote_plus(text)
+        if decoded == text:
+            break
+        text = decoded
+    return text
+
+
 def _without_query_secrets(text: str) -> str:
     before, mark, rest = text.partition("?")
     if not mark:
         return text
     query, hash_, fragment = rest.partition("#")
+    return f"{before}?{_parameters(query, 0, 0)}{hash_}{fragment}"
+
+
+def _parameters(query: str, level: int, nesting: int) -> str:
+    """A query (its mark and separators encoded ``level`` times) with its secret values hidden,
+    those of a URL nested in a value too."""
+    separator, equals = _delimiters(level)
 
     def shown(parameter: str) -> str:
-        m = _PARAMETER.fullmatch(parameter)
+        m = re.match(f"(?P<name>.*?)(?P<equals>{equals})(?P<value>.*)", parameter, re.S)
         if m is None or not m["value"]:
             return parameter
-        name = re.sub(r"[-_]", "", unquote_plus(m["name"])).lower()
-        return f"{m['name']}={HIDDEN}" if name in SECRET_PARAMETERS else parameter
+        name = re.sub(r"[-_]", "", _decoded(m["name"])).lower()
+        if name in SECRET_PARAMETERS:
+            return f"{m['name']}{m['equals']}{HIDDEN}"
+        value = _nested(m["value"], level, nesting + 1)
+        # A secret nested deeper, or written in a way not followed here (an encoded userinfo):
+        # the whole value is hidden rather than shown.
+        decoded = _decoded(value)
+        if nesting == 0 and without_password(decoded) != decoded:
+            value = HIDDEN
+        return f"{m['name']}{m['equals']}{value}"
 
-    # Split at "&" and ";" first: a value holding "key=" is one parameter's value, kept whole.
-    query = "".join(shown(p) for p in re.split(r"([&;])", query))
-    return f"{before}?{query}{hash_}{fragment}"
+    # Split at the separators first: a value holding "key=" is one parameter's value, kept whole.
+    return "".join(shown(p) for p in re.split(f"({separator})", query))
+
+
+def _nested(value: str, level: int, nesting: int) -> str:
+    """A query value that is itself a URL or a path with a query (``next=/x?token=1``,
+    ``redirect=https%3A%2F%2Fh%2Fcb%3Fkey%3D1``): its userinfo and secret values hidden."""
+    if nesting > _MAX_NESTING:
+        return value
+    if level == 0:
+        value = _without_userinfo(value)
+    # Its own query begins at a mark as written ("?") or percent-encoded, once or more ("%3F",
+    # "%253F"): its separators are encoded alike.
+    m = _MARK.search(value)
+    if m is None:
+        return value
+    inner = 0 if m[0] == "?" else 1 + len(m["twice"]) // 2
+    return value[: m.end()] + _parameters(value[m.end() :], inner, nesting)
