@@ -29,7 +29,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import asyncpg
@@ -78,13 +80,19 @@ async def seed(pool: asyncpg.Pool, models: int, start: datetime) -> None:
     await pool.execute("VACUUM ANALYZE telemetry_minute")
 
 
-async def timed(coro_fn, runs: int = 5) -> float:  # type: ignore[no-untyped-def]
+async def timed(job: Callable[[], Awaitable[object]], runs: int = 5) -> float:
+    """The median of ``runs`` runs of ``job``, in ms."""
     took = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        await coro_fn()
+        await job()
         took.append(time.perf_counter() - t0)
     return statistics.median(took) * 1000
+
+
+async def _fresh(pool: asyncpg.Pool, end: datetime) -> None:
+    """The comparison's unfolded minutes of 4 models over 7 days (trends.SERIES_HOURS's ``fresh``)."""
+    await asyncio.gather(*(pool.fetch(FRESH, end - timedelta(days=7), end, f"model-{m}") for m in range(4)))
 
 
 async def one_hour(pool: asyncpg.Pool, models: int, hour: datetime) -> dict[str, float]:
@@ -96,11 +104,7 @@ async def one_hour(pool: asyncpg.Pool, models: int, hour: datetime) -> dict[str,
         if minute == 30:
             end = at + timedelta(minutes=1)
             out["due_ms"] = await timed(lambda: pool.fetch(FOLD_DUE, 500, hour))
-            out["fresh_ms"] = await timed(
-                lambda: asyncio.gather(
-                    *(pool.fetch(FRESH, end - timedelta(days=7), end, f"model-{m}") for m in range(4))
-                )
-            )
+            out["fresh_ms"] = await timed(partial(_fresh, pool, end))
     t0 = time.perf_counter()
     await fold_hours(pool, before=hour + timedelta(hours=1))
     out["fold_ms"] = (time.perf_counter() - t0) * 1000

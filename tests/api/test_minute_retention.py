@@ -225,7 +225,8 @@ async def test_the_dashboard_over_30_days_is_the_same_with_minutes_kept_7_days(
     assert unfolded != kept
     await fold_hours(pool)
     _same_shown(await shown(), unfolded)
-    # What the same events give a store that kept every minute: the hours summed from scratch.
+    # Every event in the hours once the current one is folded too: each counted once.
+    await fold_hours(pool, before=NOW + timedelta(hours=1))
     total = await pool.fetchval("SELECT sum(n) FROM telemetry_series_hour")
     assert total == len(events) + len(late)
 
