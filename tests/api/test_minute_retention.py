@@ -20,6 +20,7 @@ from llmscope.api.switches import ModelSwitchWriter
 from llmscope.api.trends import TrendQueries
 from llmscope.config.env import ConfigError, Env, Secret
 from llmscope.config.outbound import OutboundPolicy
+from llmscope.web.data import ChartQuery
 from tests.api.factories import telemetry
 from tests.api.test_hour_fold import (
     HOUR,
@@ -188,6 +189,11 @@ async def test_the_dashboard_over_30_days_is_the_same_with_minutes_kept_7_days(
             av = await trends.availability("ollama", "m0", hours, end)
             seen.append((hours, "availability", av.bucket_s))
             seen.extend((line.target, [(b.ts, b.probes, b.ok) for b in line.buckets]) for line in av.lines)
+        for hours in (168, 720):
+            # The model page's control chart (its 30 days in 2 h buckets), a target of two.
+            chart = await store.chart(ChartQuery("ollama", "m0", "p0", "latency_ms", hours, "t0"), now=end)
+            seen.append((hours, "chart", chart.bucket_s, chart.failed_probes))
+            seen.append(("chart", [(p.ts, p.n, p.value, p.lo, p.hi, None) for p in chart.points]))
         for hours in (168, 720):
             # Within an hour whose minutes are gone, its first minute is not known: the hour's.
             first = await trends.first_data(["ollama"], ["m1"], end - timedelta(hours=hours), end)
