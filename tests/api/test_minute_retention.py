@@ -5,6 +5,7 @@ folded over it; and the dashboard reads such hours from their rows, the same as 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,12 +15,15 @@ import pytest
 
 from llmscope.api.charts import ChartViews
 from llmscope.api.persister import apply_retention, fold_hours, store_telemetry
+from llmscope.api.persister.hour_fold import FOLD_LOCK, prune_minutes
+from llmscope.api.persister.sql import PRUNE_MINUTE_HOUR
 from llmscope.api.settings import ApiSettings
 from llmscope.api.store import Store
 from llmscope.api.switches import ModelSwitchWriter
 from llmscope.api.trends import TrendQueries
 from llmscope.config.env import ConfigError, Env, Secret
 from llmscope.config.outbound import OutboundPolicy
+from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.web.data import ChartQuery
 from tests.api.factories import telemetry
 from tests.api.test_hour_fold import (
@@ -34,6 +38,7 @@ from tests.api.test_hour_fold import (
     _late,
     _same,
     _same_shown,
+    _until_waiting,
 )
 
 WEEK = timedelta(days=7)
@@ -255,3 +260,59 @@ def test_the_minute_retention_is_validated_naming_the_variable() -> None:
     # Hours kept 5 days: minutes as long, not the 7 days' minimum.
     five = {**base, "LLMSCOPE_RETENTION_ROLLUP_DAYS": "5", "LLMSCOPE_RETENTION_MINUTE_ROLLUP_DAYS": "5"}
     assert ApiSettings.from_env(Env(five)).minute_rollup_days == 5
+
+
+async def test_a_write_that_races_the_pruning_is_never_lost(pool: asyncpg.Pool, database_url: str) -> None:
+    """Both orders of a late event's write and the pruning of its hour's minutes: the write that
+    holds a minute first keeps its series-hour whole (not folded: not pruned) for the next run;
+    the write that waits for the pruning writes a new minute, which the fold adds to the hour."""
+    second = PAST + timedelta(hours=1)
+    async with pool.acquire() as conn:
+        events = _events(0, 74, PAST, step_s=97.0)  # the first two past hours
+        await store_telemetry(conn, events)
+    in_first = sum(1 for e in events if e.ts < PAST + timedelta(hours=1))
+    await fold_hours(pool)
+    key = "model = 'm0' AND prompt_id = 'p0' AND target = 't0'"
+    minutes = await pool.fetch(f"SELECT minute FROM telemetry_minute WHERE {key} ORDER BY 1")
+    first_minute = next(r["minute"] for r in minutes if r["minute"] < second)
+    second_minute = next(r["minute"] for r in minutes if r["minute"] >= second)
+
+    def late_at(i: int, minute: datetime) -> TelemetryEvent:
+        return telemetry(i, ts=minute + timedelta(seconds=59), model="m0", prompt_id="p0", target="t0")
+
+    writer = await asyncpg.connect(database_url)
+    pruner = await asyncpg.connect(database_url)
+    try:
+        # 1. A late event's write holds a minute of the first hour when the pruning comes.
+        tx = writer.transaction()
+        await tx.start()
+        await store_telemetry(writer, [late_at(5000, first_minute)])
+        pruning = asyncio.create_task(prune_minutes(pool, second, 60))
+        await _until_waiting(pool, "telemetry_minute")
+        await tx.commit()
+        await pruning
+        left = await pool.fetch(
+            "SELECT DISTINCT model, prompt_id, target FROM telemetry_minute WHERE minute < $1", second
+        )
+        assert [tuple(r) for r in left] == [("m0", "p0", "t0")]  # its series-hour waits, whole
+        # 2. The pruning of the second hour holds its minutes when a late event's write comes.
+        tx = pruner.transaction()
+        await tx.start()
+        await pruner.execute("SELECT pg_advisory_xact_lock($1)", FOLD_LOCK)
+        assert await pruner.fetchval(PRUNE_MINUTE_HOUR, second) > 0
+        write = asyncio.create_task(store_telemetry(writer, [late_at(5001, second_minute)]))
+        await _until_waiting(pool, "telemetry_minute")
+        await tx.commit()
+        assert await write == 1
+        new = f"SELECT n FROM telemetry_minute WHERE {key} AND minute = $1"
+        assert await pool.fetchval(new, second_minute) == 1  # a new row: the late event alone
+    finally:
+        await writer.close()
+        await pruner.close()
+    await fold_hours(pool)  # the first hour recomputed (whole), the second's late minute added
+    await prune_minutes(pool, second + timedelta(hours=1), 60)
+    assert await pool.fetchval("SELECT count(*) FROM telemetry_minute") == 0
+    hours = await pool.fetch(
+        "SELECT hour, sum(n) AS n FROM telemetry_series_hour WHERE minutes_pruned GROUP BY 1 ORDER BY 1"
+    )
+    assert [(r["hour"], r["n"]) for r in hours] == [(PAST, in_first + 1), (second, 74 - in_first + 1)]
