@@ -14,7 +14,7 @@ import pytest
 from llmscope.api.charts import ChartViews
 from llmscope.api.db import create_pool, migrations
 from llmscope.api.persister import fold_hours, fold_loop, store_telemetry
-from llmscope.api.persister.sql import MARK_FOLDED, RECOMPUTE_HOURS
+from llmscope.api.persister.sql import FOLD_DUE, MARK_FOLDED, RECOMPUTE_HOURS
 from llmscope.api.store import Store
 from llmscope.api.switches import ModelSwitchWriter
 from llmscope.api.trends import SERIES_HOURS, TrendQueries
@@ -174,7 +174,7 @@ async def test_a_write_that_races_a_fold_is_never_lost(pool: asyncpg.Pool, datab
             await store_telemetry(conn, [_late(3000, 2)])
         fold_tx = folder.transaction()
         await fold_tx.start()
-        due = await folder.fetch(MARK_FOLDED, 100, None)
+        due = await _mark(folder)
         assert len(due) == 1
         write = asyncio.create_task(store_telemetry(writer, [_late(3001, 2)]))
         await _until_waiting(pool, "telemetry_minute")
@@ -190,6 +190,12 @@ async def test_a_write_that_races_a_fold_is_never_lost(pool: asyncpg.Pool, datab
     finally:
         await writer.close()
         await folder.close()
+
+
+async def _mark(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """A fold's marks, taken by hand in the caller's transaction; returns the series-hours."""
+    due = await conn.fetch(FOLD_DUE, 100, None)
+    return await conn.fetch(MARK_FOLDED, *([r[i] for r in due] for i in range(5)))
 
 
 async def _until_waiting(pool: asyncpg.Pool, table: str) -> None:
@@ -340,7 +346,7 @@ async def test_two_folders_and_a_copied_batch_at_once_stay_exact(
     try:
         tx = first.transaction()
         await tx.start()
-        due = await first.fetch(MARK_FOLDED, 100, None)
+        due = await _mark(first)
         assert len(due) == 1
         second = asyncio.create_task(fold_hours(pool))
         await _until_waiting(pool, "telemetry_minute")

@@ -184,14 +184,22 @@ class ChartStore(StoreBase):
             else:
                 # The failed probes of the window from the same rows (the bucket before the window
                 # is read for its points only): one scan of the rollups, not two.
+                # An hour whose minutes retention deleted (kept for less time than the hours:
+                # migration 0020) from its row, plus any late event's minute there, which the
+                # fold has not added to it yet (none where every minute is kept).
+                cols = ", ".join(f"{prefix}_{c}" for c in ("n", "min", "max", "sum", "logsum"))
                 rows = await conn.fetch(
                     f"""SELECT to_timestamp(floor(extract(epoch FROM minute) / $5) * $5) AS bucket,
                                sum({prefix}_n) AS n, min({prefix}_min) AS lo, max({prefix}_max) AS hi,
                                sum({prefix}_sum) AS s, sum({prefix}_logsum) AS ls,
                                coalesce(sum(n - n_ok) FILTER (WHERE minute >= $6), 0) AS failed
-                        FROM telemetry_minute
-                        WHERE provider = $1 AND model = $2 AND prompt_id = $3 AND minute >= $4
-                          {tcond.format(7)}
+                        FROM (SELECT minute, n, n_ok, {cols} FROM telemetry_minute
+                              WHERE provider = $1 AND model = $2 AND prompt_id = $3 AND minute >= $4
+                                {tcond.format(7)}
+                              UNION ALL
+                              SELECT hour, n, n_ok, {cols} FROM telemetry_series_hour
+                              WHERE provider = $1 AND model = $2 AND prompt_id = $3 AND hour >= $4
+                                AND minutes_pruned {tcond.format(7)}) AS r
                         GROUP BY 1 ORDER BY 1""",
                     *key,
                     start - timedelta(seconds=bucket_s),

@@ -19,7 +19,8 @@
 | LLMSCOPE_DB_STATEMENT_TIMEOUT_S | 30 | longest a query may run (then 503 on the API); 0: no limit |
 | LLMSCOPE_PERSIST_BATCH | 2000 | messages the persister takes per batch (one transaction) |
 | LLMSCOPE_RETENTION_TELEMETRY_DAYS | 30 | days raw telemetry is kept (0: forever) |
-| LLMSCOPE_RETENTION_ROLLUP_DAYS | 400 | days rollups (per minute and per hour) are kept (0: forever) |
+| LLMSCOPE_RETENTION_ROLLUP_DAYS | 400 | days hourly (and minute) rollups are kept (0: forever) |
+| LLMSCOPE_RETENTION_MINUTE_ROLLUP_DAYS | (unset) | days minute rollups are kept, 7+ (unset: as hourly) |
 | LLMSCOPE_RETENTION_VIOLATIONS_DAYS | 0 | days violations, and resolved incidents, are kept (0: forever) |
 | LLMSCOPE_RETENTION_DEADLETTER_DAYS | 30 | days stored dead letters are kept (0: forever) |
 | LLMSCOPE_SPC_CHARTS_BUCKET | llmscope_spc_charts | KV bucket of the SPC engine's charts (as the engine's) |
@@ -65,6 +66,8 @@ class ApiSettings:
     persist_batch: int = 2000
     retention_telemetry_days: float = 30
     retention_rollup_days: float = 400
+    retention_minute_rollup_days: float | None = None
+    """None: as ``retention_rollup_days``; :attr:`minute_rollup_days` is the one in force."""
     retention_violations_days: float = 0
     retention_deadletter_days: float = 30
     charts_bucket: str = subjects.SPC_CHARTS_BUCKET
@@ -75,6 +78,13 @@ class ApiSettings:
     alert_allowed_hosts: tuple[str, ...] = ()
     max_body_bytes: int = 4 * 1024 * 1024
     log_level: str = "INFO"
+
+    @property
+    def minute_rollup_days(self) -> float:
+        """Days the minute rollups are kept (0: forever): their own setting, else the hours'."""
+        if self.retention_minute_rollup_days is None:
+            return self.retention_rollup_days
+        return self.retention_minute_rollup_days
 
     @classmethod
     def from_env(cls, env: Env | None = None, *, require_api_key: bool = True) -> ApiSettings:
@@ -103,6 +113,7 @@ class ApiSettings:
         pool_max = env.integer("LLMSCOPE_DB_POOL_MAX", 10, min=1, max=200)
         if pool_max < max(pool_min, 1):
             raise ConfigError(f"LLMSCOPE_DB_POOL_MAX={pool_max}: must be >= LLMSCOPE_DB_POOL_MIN={pool_min}")
+        rollup_days = env.number("LLMSCOPE_RETENTION_ROLLUP_DAYS", 400, min=0)
         return cls(
             database_url=Secret(db),
             api_key=key,
@@ -121,7 +132,8 @@ class ApiSettings:
             db_statement_timeout_s=env.number("LLMSCOPE_DB_STATEMENT_TIMEOUT_S", 30, min=0, max=86400),
             persist_batch=env.integer("LLMSCOPE_PERSIST_BATCH", 2000, min=1, max=10_000),
             retention_telemetry_days=env.number("LLMSCOPE_RETENTION_TELEMETRY_DAYS", 30, min=0),
-            retention_rollup_days=env.number("LLMSCOPE_RETENTION_ROLLUP_DAYS", 400, min=0),
+            retention_rollup_days=rollup_days,
+            retention_minute_rollup_days=_minute_rollup_days(env, rollup_days),
             retention_violations_days=env.number("LLMSCOPE_RETENTION_VIOLATIONS_DAYS", 0, min=0),
             retention_deadletter_days=env.number("LLMSCOPE_RETENTION_DEADLETTER_DAYS", 30, min=0),
             charts_bucket=env.text("LLMSCOPE_SPC_CHARTS_BUCKET", subjects.SPC_CHARTS_BUCKET),
@@ -133,3 +145,31 @@ class ApiSettings:
             max_body_bytes=env.integer("LLMSCOPE_MAX_BODY_BYTES", 4 * 1024 * 1024, min=1024, max=1 << 30),
             log_level=env.choice("LLMSCOPE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         )
+
+
+MIN_MINUTE_ROLLUP_DAYS = 7
+"""The shortest minute retention: the status page's uptime over the week, the overview's and the
+comparison's windows up to 5 days in minutes read minute rollups alone."""
+
+
+def _minute_rollup_days(env: Env, rollup_days: float) -> float | None:
+    """LLMSCOPE_RETENTION_MINUTE_ROLLUP_DAYS, validated against the hours' retention: minutes kept
+    longer than the hours they are summed into would show nothing the hours cannot."""
+    name = "LLMSCOPE_RETENTION_MINUTE_ROLLUP_DAYS"
+    if env.raw(name) is None:
+        return None
+    days = env.number(name, 0, min=0)
+    hours = "LLMSCOPE_RETENTION_ROLLUP_DAYS"
+    if rollup_days > 0 and (days == 0 or days > rollup_days):
+        kept = "forever" if days == 0 else f"{days:g} days"
+        raise ConfigError(
+            f"{name}={days:g}: minutes kept {kept}, longer than the hourly rollups "
+            f"({hours}={rollup_days:g}); set it at most {rollup_days:g}, or leave it unset"
+        )
+    least = min(MIN_MINUTE_ROLLUP_DAYS, rollup_days) if rollup_days > 0 else MIN_MINUTE_ROLLUP_DAYS
+    if 0 < days < least:
+        raise ConfigError(
+            f"{name}={days:g}: at least {least:g} days (the status page's week of uptime and the "
+            "dashboard's windows up to 5 days are read from minute rollups)"
+        )
+    return days

@@ -16,6 +16,8 @@ import asyncio
 import math
 from datetime import UTC, datetime, timedelta
 
+from asyncpg import Record
+
 from llmscope.api.chart_store import METRIC_COLUMNS
 from llmscope.api.charts import ChartFilter
 from llmscope.api.persister.sql import ROLLUP_COLUMNS
@@ -60,7 +62,9 @@ _ROLLUP_COLS = ", ".join(ROLLUP_COLUMNS)
 # an hour whose minutes are all folded (migration 0019) from that table, one with a minute not
 # folded yet (the current hour, one just over, one a late event reached) as its minutes, which
 # the query grouping them sums (sums, minima and maxima: the same buckets either way). The
-# unfolded minutes are few, found per model through their partial index.
+# unfolded minutes are few, found per model through their partial index. An hour whose minutes
+# retention deleted (``minutes_pruned``, migration 0020) is its row, and a late event's minute
+# there (never folded: the fold adds it to the row and deletes it) is added to it.
 SERIES_HOURS = f"""(
     WITH m AS (SELECT * FROM unnest($4::text[], $5::text[]) AS m(provider, model)),
     fresh AS MATERIALIZED (
@@ -71,9 +75,9 @@ SERIES_HOURS = f"""(
     SELECT h.provider, h.model, h.prompt_id, h.target, h.hour, h.n, h.n_ok, {_ROLLUP_COLS}
     FROM m JOIN telemetry_series_hour h ON h.provider = m.provider AND h.model = m.model
     WHERE h.hour >= date_trunc('hour', $1::timestamptz) AND h.hour < $2
-      AND NOT EXISTS (SELECT 1 FROM fresh f
+      AND (h.minutes_pruned OR NOT EXISTS (SELECT 1 FROM fresh f
                       WHERE f.provider = h.provider AND f.model = h.model AND f.hour = h.hour
-                        AND f.prompt_id = h.prompt_id AND f.target = h.target)
+                        AND f.prompt_id = h.prompt_id AND f.target = h.target))
     UNION ALL
     SELECT t.provider, t.model, t.prompt_id, t.target, f.hour, t.n, t.n_ok, {_ROLLUP_COLS}
     FROM fresh f JOIN telemetry_minute t
@@ -138,16 +142,23 @@ class TrendQueries:
         )
         if hour is None:
             return None
+        # An hour whose minutes retention deleted (kept for less time than the hours) has at
+        # most a late event's: its first minute is not the hour's first data.
         minute: datetime | None = await self.store.pool.fetchval(
-            f"""SELECT min(t.minute) FROM {models}
-                JOIN telemetry_minute t ON t.provider = m.provider AND t.model = m.model
-                WHERE t.minute >= $1 AND t.minute < $2""",
+            f"""SELECT CASE WHEN EXISTS (
+                           SELECT 1 FROM {models} JOIN telemetry_series_hour h
+                             ON h.provider = m.provider AND h.model = m.model
+                           WHERE h.hour = $5 AND h.minutes_pruned)
+                       THEN NULL ELSE (
+                           SELECT min(t.minute) FROM {models}
+                           JOIN telemetry_minute t ON t.provider = m.provider AND t.model = m.model
+                           WHERE t.minute >= $1 AND t.minute < $2) END""",
             max(hour, start),
             min(hour + timedelta(hours=1), end),
             providers,
             names,
+            hour,
         )
-        # The minute rollups of a long window may be gone (pruned sooner): its hour, then.
         return minute or hour
 
     async def comparison(
@@ -187,16 +198,7 @@ class TrendQueries:
                 WHERE t.{column} >= $1 AND t.{column} < $2
                 GROUP BY 1, 2, 3, 4 HAVING sum({prefix}_n) > 0 ORDER BY 4"""
         args = (start - timedelta(seconds=bucket_s), end, bucket_s, providers, names)
-        if hourly:
-            # Planned for its values each time: from its sixth run on a connection (asyncpg
-            # prepares each statement once) Postgres may keep a generic plan, which for this
-            # union of the hour rows and the unfolded minutes took 2.5x to 25x the time
-            # (bench/compare_bench.py's store: 30 days by model 17 ms, generic 44 to 388 ms).
-            async with self.store.pool.acquire() as conn, conn.transaction():
-                await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-                rows = await conn.fetch(sql, *args)
-        else:
-            rows = await self.store.pool.fetch(sql, *args)
+        rows = await self._rollups(sql, args, hourly)
         events = await self.store.pool.fetch(
             f"""SELECT id, ts, provider, model, rule, severity FROM violations
                 WHERE ts >= $1 AND ts < $2 AND severity IN ('critical', 'warning')
@@ -252,6 +254,18 @@ class TrendQueries:
                 key=lambda e: e.ts,
             ),
         )
+
+    async def _rollups(self, sql: str, args: tuple[object, ...], hourly: bool) -> list[Record]:
+        """Rows of a query over the minute rollups, or over :data:`SERIES_HOURS` (``hourly``)."""
+        if not hourly:
+            return await self.store.pool.fetch(sql, *args)
+        # Planned for its values each time: from its sixth run on a connection (asyncpg
+        # prepares each statement once) Postgres may keep a generic plan, which for this
+        # union of the hour rows and the unfolded minutes took 2.5x to 25x the time
+        # (bench/compare_bench.py's store: 30 days by model 17 ms, generic 44 to 388 ms).
+        async with self.store.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            return await conn.fetch(sql, *args)
 
     async def rebaselines(
         self, models: list[tuple[str, str]], start: datetime, end: datetime
@@ -329,18 +343,19 @@ class TrendQueries:
         end = end or datetime.now(UTC)
         start = end - timedelta(hours=hours)
         bucket_s = await self.bucket_s([provider], [model], hours, start, end)
-        rows = await self.store.pool.fetch(
-            f"""SELECT target, to_timestamp(floor(extract(epoch FROM minute) / $4) * $4) AS bucket,
-                      sum(n) AS n, sum(n_ok) AS ok
-               FROM telemetry_minute
-               WHERE provider = $1 AND model = $2 AND minute >= $3 AND minute < $5
-                 AND {PROBES_SQL}
+        # Buckets of whole hours from the hourly rollups, as the comparison's: the minutes of a
+        # long window may be gone (LLMSCOPE_RETENTION_MINUTE_ROLLUP_DAYS).
+        hourly = bucket_s % 3600 == 0
+        table, column = (SERIES_HOURS, "hour") if hourly else ("telemetry_minute", "minute")
+        rows = await self._rollups(
+            f"""SELECT t.target, date_bin(make_interval(secs => $3), t.{column}, 'epoch') AS bucket,
+                      sum(t.n) AS n, sum(t.n_ok) AS ok
+               FROM unnest($4::text[], $5::text[]) AS m(provider, model)
+               JOIN {table} t ON t.provider = m.provider AND t.model = m.model
+               WHERE t.{column} >= $1 AND t.{column} < $2 AND t.{PROBES_SQL}
                GROUP BY 1, 2 ORDER BY 1, 2""",
-            provider,
-            model,
-            start - timedelta(seconds=bucket_s),
-            bucket_s,
-            end,
+            (start - timedelta(seconds=bucket_s), end, bucket_s, [provider], [model]),
+            hourly,
         )
         lines: dict[str, list[AvailabilityBucket]] = {}
         for r in rows:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from llmscope.api.persister.hour_fold import prune_minutes
 from llmscope.api.persister.periodic import every
 from llmscope.api.settings import ApiSettings
 from llmscope.config.logs import get_logger
@@ -27,10 +28,15 @@ async def apply_retention(
 ) -> dict[str, int]:
     """Delete rows older than their retention (0 days keeps them forever); returns rows deleted."""
     now = now or datetime.now(UTC)
+    minute_days, hour_days = settings.minute_rollup_days, settings.retention_rollup_days
+    # Minutes kept for less time than the hours go a whole series-hour at a time, once folded,
+    # their hour row marked (hour_fold.prune_minutes): a late event there is added to the hour,
+    # not read or folded from the minutes left. Kept as long: they go with their hours.
+    minutes_apart = minute_days > 0 and (hour_days <= 0 or minute_days < hour_days)
     plan = [
         ("telemetry", "ts", "", settings.retention_telemetry_days),
-        ("telemetry_minute", "minute", "", settings.retention_rollup_days),
-        ("telemetry_series_hour", "hour", "", settings.retention_rollup_days),
+        ("telemetry_minute", "minute", "", 0 if minutes_apart else minute_days),
+        ("telemetry_series_hour", "hour", "", hour_days),
         ("violations", "ts", "", settings.retention_violations_days),
         ("violation_clears", "ts", "", settings.retention_violations_days),
         # An incident goes with its violations, once it is resolved (an open one is still work).
@@ -50,6 +56,9 @@ async def apply_retention(
                 f"DELETE FROM {table} WHERE {column} < $1 {also}", cutoff, timeout=RETENTION_TIMEOUT_S + 5
             )
         deleted[table] = int(status.rsplit(" ", 1)[-1])
+    if minutes_apart:
+        cutoff = (now - timedelta(days=minute_days)).replace(minute=0, second=0, microsecond=0)
+        deleted["telemetry_minute"] = await prune_minutes(pool, cutoff, RETENTION_TIMEOUT_S)
     # A re-baseline is a mark on a chart drawn from telemetry or the rollups, so its row goes once
     # neither can show its time any more; each chart's latest row stays whatever its age (the
     # chart's current baseline, still drawn however long ago it was frozen).

@@ -327,38 +327,65 @@ SELECT * FROM unnest({_MODEL_ARRAYS})
 
 # The hourly rollups of each series, folded from its minute rollups in the background
 # (persister/hour_fold.py; migration 0019), not upserted with each event: the statements above
-# mark each minute row they write unfolded. MARK_FOLDED takes up to $1 series-hours that are over
-# (by the database's clock; before $2 where given) and hold an unfolded minute, marks those
-# minutes folded and returns the series-hours; in the same transaction RECOMPUTE_HOURS then sets
-# each of those hours to the sums of all its minutes, read by a statement that starts after the
-# marks are taken. A write to one of those minutes either committed before the marks (they
-# waited for its row lock), so the sums hold it, or comes after them and marks its minute
-# unfolded again for the next fold; an hour recomputed twice is the same hour. Every minute of
-# such an hour is locked, not only its unfolded ones: a persister still on the code before 0019
-# (a rolling upgrade) adds a late event to a folded minute, leaving it folded, and to the hour row
-# in the same transaction; were that minute not locked, the recompute could take its sums before
-# that write commits and then replace the hour row after it, losing the event for good. The
-# marks take rows in key order, as the writes do (a late event's write may wait for a fold, or
-# the other way round, never both).
-MARK_FOLDED = f"""
-WITH due AS (
+# mark each minute row they write unfolded. FOLD_DUE finds up to $1 series-hours that are over
+# (by the database's clock; before $2 where given) and hold an unfolded minute, and whether their
+# minutes were pruned (migration 0020). For the others, MARK_FOLDED marks those minutes folded
+# and returns the series-hours it marked; in the same transaction RECOMPUTE_HOURS then sets each
+# of those hours to the sums of all its minutes, read by a statement that starts after the marks
+# are taken. A write to one of those minutes either committed before the marks (they waited for
+# its row lock), so the sums hold it, or comes after them and marks its minute unfolded again
+# for the next fold; an hour recomputed twice is the same hour. Every minute of such an hour is
+# locked, not only its unfolded ones: a persister still on the code before 0019 (a rolling
+# upgrade) adds a late event to a folded minute, leaving it folded, and to the hour row in the
+# same transaction; were that minute not locked, the recompute could take its sums before that
+# write commits and then replace the hour row after it, losing the event for good. The marks
+# take rows in key order, as the writes do (a late event's write may wait for a fold, or the
+# other way round, never both).
+#
+# An hour whose minutes were pruned (``minutes_pruned``) is never recomputed: the sums of the
+# minutes left would replace, and shrink, it. Its minute rows are late events' only, never
+# folded: ADD_TO_PRUNED_HOURS deletes them and adds exactly the rows it deleted to the hour row.
+FOLD_DUE = """
+SELECT d.provider, d.model, d.prompt_id, d.target, d.hour, coalesce(h.minutes_pruned, false) AS pruned
+FROM (
     SELECT DISTINCT provider, model, prompt_id, target, date_trunc('hour', minute) AS hour
     FROM telemetry_minute
     WHERE NOT folded AND minute < coalesce($2, date_trunc('hour', now()))
     ORDER BY 1, 2, 3, 4, 5
     LIMIT $1
-), locked AS (
-    SELECT t.provider, t.model, t.prompt_id, t.target, t.minute
-    FROM due JOIN telemetry_minute t
+) AS d
+LEFT JOIN telemetry_series_hour h
+  ON h.provider = d.provider AND h.model = d.model AND h.hour = d.hour
+ AND h.prompt_id = d.prompt_id AND h.target = d.target
+ORDER BY 1, 2, 3, 4, 5
+"""
+
+_DUE_KEYS = (
+    "unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])"
+    " AS due(provider, model, prompt_id, target, hour)"
+)
+_DUE_MINUTES = f"""SELECT t.provider, t.model, t.prompt_id, t.target, t.minute
+    FROM {_DUE_KEYS} JOIN telemetry_minute t
       ON t.provider = due.provider AND t.model = due.model AND t.prompt_id = due.prompt_id
      AND t.target = due.target AND t.minute >= due.hour AND t.minute < due.hour + interval '1 hour'
     ORDER BY {_key_order("t.provider", "t.model", "t.prompt_id", "t.target", "5")}
-    FOR UPDATE OF t
+    FOR UPDATE OF t"""
+_IN_DUE = """m.provider = due.provider AND m.model = due.model AND m.prompt_id = due.prompt_id
+      AND m.target = due.target AND m.minute >= due.hour AND m.minute < due.hour + interval '1 hour'"""
+# Every row of the statement locked first, in key order (an init plan, run once before the
+# update or delete reads a row), then updated or deleted by its key: as a write that committed
+# since the statement began left it. (A join with the locked rows, estimated at one row, made
+# Postgres loop over every unfolded minute for each locked one: a fold of 300 series-hours took a
+# minute instead of 0.2 s; a join by ctid missed a row a write had updated meanwhile.)
+_LOCKED_FIRST = "(SELECT count(*) FROM locked) >= 0"
+
+MARK_FOLDED = f"""
+WITH locked AS (
+    {_DUE_MINUTES}
 ), marked AS (
     UPDATE telemetry_minute AS m SET folded = true
-    FROM locked
-    WHERE m.provider = locked.provider AND m.model = locked.model AND m.prompt_id = locked.prompt_id
-      AND m.target = locked.target AND m.minute = locked.minute AND NOT m.folded
+    FROM {_DUE_KEYS}
+    WHERE {_IN_DUE} AND NOT m.folded AND {_LOCKED_FIRST}
     RETURNING m.provider, m.model, m.prompt_id, m.target, date_trunc('hour', m.minute) AS hour
 )
 SELECT DISTINCT provider, model, prompt_id, target, hour FROM marked
@@ -382,6 +409,57 @@ GROUP BY d.provider, d.model, d.hour, d.prompt_id, d.target
 ORDER BY {_key_order("d.provider", "d.model", "3", "d.prompt_id", "d.target")}
 ON CONFLICT (provider, model, hour, prompt_id, target) DO UPDATE SET
     {", ".join(f"{c} = EXCLUDED.{c}" for c in _HOUR_COLS)}
+"""
+
+# The rows it deletes are the rows it adds (RETURNING): a row a write inserts meanwhile is left
+# for the next fold, a row a write updates meanwhile is deleted as that write left it.
+ADD_TO_PRUNED_HOURS = f"""
+WITH locked AS (
+    {_DUE_MINUTES}
+), gone AS (
+    DELETE FROM telemetry_minute AS m USING {_DUE_KEYS} WHERE {_IN_DUE} AND {_LOCKED_FIRST}
+    RETURNING m.*
+)
+INSERT INTO telemetry_series_hour AS m (provider, model, hour, prompt_id, target, n, n_ok, {_ROLLUP_COLS})
+SELECT t.provider, t.model, date_trunc('hour', t.minute), t.prompt_id, t.target, sum(t.n), sum(t.n_ok),
+       {_HOUR_SUMS}
+FROM gone t
+GROUP BY 1, 2, 3, 4, 5
+ORDER BY {_key_order("1", "2", "3", "4", "5")}
+ON CONFLICT (provider, model, hour, prompt_id, target) DO UPDATE SET
+    n = m.n + EXCLUDED.n, n_ok = m.n_ok + EXCLUDED.n_ok,
+    {_metric_merge("latency")}, {_metric_merge("ttft")}, {_metric_merge("tps")}
+"""
+
+# Retention of the minute rollups shorter than the hours' (persister/retention.py): one hour's
+# minutes ($1), every series' at once, under the fold's lock taken exclusively (no fold between
+# the marks read here and the deletes). A series-hour goes only whole and only once every minute
+# of it is folded (its hour row holds them all), and its hour row is marked ``minutes_pruned`` in
+# the same statement; one with an unfolded minute stays for the next run, after the next fold. A
+# minute a write inserts meanwhile is not seen, nor deleted: a late event's, never folded, which
+# the fold then adds to the hour.
+PRUNE_MINUTE_HOUR = f"""
+WITH locked AS (
+    SELECT provider, model, prompt_id, target, minute, folded FROM telemetry_minute
+    WHERE minute >= $1 AND minute < $1 + interval '1 hour'
+    ORDER BY {_key_order("provider", "model", "prompt_id", "target", "5")}
+    FOR UPDATE
+), whole AS MATERIALIZED (
+    SELECT provider, model, prompt_id, target FROM locked GROUP BY 1, 2, 3, 4 HAVING bool_and(folded)
+), gone AS (
+    DELETE FROM telemetry_minute AS m USING whole w
+    WHERE m.provider = w.provider AND m.model = w.model AND m.prompt_id = w.prompt_id
+      AND m.target = w.target AND m.minute >= $1 AND m.minute < $1 + interval '1 hour'
+      AND {_LOCKED_FIRST}
+    RETURNING 1
+), pruned AS (
+    UPDATE telemetry_series_hour AS h SET minutes_pruned = true
+    FROM whole w
+    WHERE h.provider = w.provider AND h.model = w.model AND h.hour = $1 AND h.prompt_id = w.prompt_id
+      AND h.target = w.target AND NOT h.minutes_pruned
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM gone) AS deleted, (SELECT count(*) FROM pruned) AS hours
 """
 
 
