@@ -765,7 +765,7 @@ FIGURES = """() => {
 # Pages whose every table reads whole on a phone: it fits its card (the report's status and
 # incidents tables and the violation's context table once scrolled sideways inside theirs) and
 # no cell wraps past 2 lines (a sentence may: what happened, an error, an analysis).
-READ_WHOLE = ("report", "violation", "violation-availability")
+READ_WHOLE = ("report", "violation", "violation-availability", "incidents")
 TABLES = """() => {
     const out = [];
     for (const table of document.querySelectorAll('main table')) {
@@ -852,6 +852,38 @@ async def test_walk_every_page_at_laptop_and_phone_width(site: Site) -> None:
             assert fit[1] <= 0, (device, "the overview is wider than its card", fit)
             assert fit[2] >= 160, (device, "the overview's model cell is squeezed", fit)
         assert problems == [], "\n".join(problems)
+    assert site.errors == [], "\n".join(site.errors)
+
+
+async def test_the_incidents_page_fits_at_laptop_and_phone_width(site: Site) -> None:
+    """The incidents table within its card at 1366 px and on a 390-px phone, each cell on at most
+    2 lines and its opening time on one (on a phone the table scrolled inside its card, its
+    "Opened" cell wrapped to 4 lines); screenshots ``incidents-<device>.png``."""
+    async with browser_page(site) as page:
+        await log_in(page, site, "/incidents")
+        for device, viewport in WALK_VIEWPORTS.items():
+            await page.set_viewport_size(viewport)  # type: ignore[arg-type]
+            await page.goto(f"{site.url}/incidents")
+            await page.wait_for_selector("table.incidents tbody a[href^='/incidents/inc-']")
+            await asyncio.to_thread(SHOTS.mkdir, parents=True, exist_ok=True)
+            await page.screenshot(path=str(SHOTS / f"incidents-{device}.png"), full_page=True)
+            fit = await page.eval_on_selector(
+                "table.incidents",
+                """table => {
+                    const card = table.closest('.card');
+                    const opened = [...table.querySelectorAll('tbody a[href^="/incidents/inc-"]')].map(a => {
+                        const range = document.createRange();
+                        range.selectNodeContents(a.closest('td'));
+                        return new Set([...range.getClientRects()].map(r => Math.round(r.bottom))).size;
+                    });
+                    return [card.scrollWidth - card.clientWidth, Math.max(...opened)];
+                }""",
+            )
+            assert fit[0] <= 0, (device, "the incidents table scrolls in its card", fit)
+            assert fit[1] == 1, (device, "an incident's opening time wraps", fit)
+            assert await page.evaluate("document.scrollingElement.scrollWidth - window.innerWidth") <= 0
+            problems = [f"{what} {detail}" for what, detail in await page.evaluate(TABLES)]
+            assert problems == [], (device, problems)
     assert site.errors == [], "\n".join(site.errors)
 
 

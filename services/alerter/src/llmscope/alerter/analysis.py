@@ -14,6 +14,7 @@ from llmscope.alerter.messages import (
     Outage,
     change_pct,
     clock,
+    failure_rate_known,
     is_outage,
     level,
     metric_words,
@@ -139,12 +140,14 @@ def summarize(
         series = _series_words(ev)
         if is_outage(ev):
             if (key := (model, ev.metric, ev.prompt_id, ev.target)) in failing:
-                rate = ev.limits.center
+                rate = (
+                    f"baseline failure rate {ev.limits.center:.1%} over {ev.baseline.n} probes"
+                    if failure_rate_known(ev)
+                    else f"baseline failure rate not known yet, {ev.baseline.n} probes collected"
+                )
                 lines.append(
                     f"- {model}{series}: down: {failing[key].count} failed probes since the last success"
-                    f" ({ev.rule} fired at {int(ev.value)}"
-                    + (f"; baseline failure rate {rate:.1%}" if rate else "")
-                    + ")."
+                    f" ({ev.rule} fired at {int(ev.value)}; {rate})."
                 )
             else:
                 lines.append(f"- {model}{series}: {outage_movement(ev)}.")

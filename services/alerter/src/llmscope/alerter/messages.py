@@ -12,6 +12,7 @@ events lack them, and the figures are then computed from ``value`` and ``limits.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -212,12 +213,47 @@ def movement(ev: ViolationEvent) -> str:
     return f"{name} {now}, {pct:+.0f} % {way} the {base} baseline" + (f" ({word})" if word else "")
 
 
+def failure_rate_known(ev: ViolationEvent) -> bool:
+    """The engine has estimated the target's failure rate: while it collects its availability
+    baseline it writes a rate of 0 (and an alarm share of 1), which is no estimate at all (its
+    estimate is floored above 0)."""
+    return ev.limits.center > 0
+
+
+def baseline_failure_rate(ev: ViolationEvent) -> str:
+    """``1.0% over 200 probes``, or ``not known yet (12 probes collected)`` during the baseline."""
+    if failure_rate_known(ev):
+        return f"{ev.limits.center:.1%} over {ev.baseline.n} probes"
+    return f"not known yet ({ev.baseline.n} probes collected)"
+
+
+def _run_that_fires(ev: ViolationEvent) -> int | None:
+    """The failure run the AVAILABILITY rule fired at, from its name (``4 failed probes in a
+    row``): longer than 3 for a flaky baseline, and below the count when an outage went on
+    through a re-baseline."""
+    match = re.fullmatch(r"(\d+) failed probes in a row", ev.rule_name.strip())
+    return int(match.group(1)) if match else None
+
+
 def outage_movement(ev: ViolationEvent) -> str:
+    """``down: 4 failed probes in a row (baseline failure rate 2.0%)``; during the baseline the
+    rate is said to be unknown, never 0.0%."""
     n = int(ev.value)
     rate = ev.limits.center
     if ev.rule.upper() == "ERROR_RATE":
-        return f"failing: {n} failed probes in the recent window, against a {rate:.1%} baseline failure rate"
-    return f"down: {n} failed probes in a row" + (f" (baseline failure rate {rate:.1%})" if rate else "")
+        against = (
+            f"against a {rate:.1%} baseline failure rate"
+            if failure_rate_known(ev)
+            else "baseline failure rate not known yet"
+        )
+        return f"failing: {n} failed probes in the recent window, {against}"
+    run = _run_that_fires(ev)
+    fired = [f"fires at {run} in a row"] if run is not None and run != n else []
+    if failure_rate_known(ev):
+        fired.append(f"baseline failure rate {rate:.1%}")
+    else:
+        fired.append(f"baseline failure rate not known yet, {ev.baseline.n} probes collected")
+    return f"down: {n} failed probes in a row ({'; '.join(fired)})"
 
 
 def how_sure(ev: ViolationEvent) -> str:

@@ -221,6 +221,7 @@ def create_app(settings: ApiSettings, *, clock: Callable[[], float] = time.time)
             retention_days={
                 "telemetry": settings.retention_telemetry_days,
                 "rollups": settings.retention_rollup_days,
+                "minute_rollups": settings.retention_minute_rollup_days,
                 "violations": settings.retention_violations_days,
                 "deadletters": settings.retention_deadletter_days,
             },

@@ -173,6 +173,9 @@ class MetricMoveInfo:
     @property
     def baseline_text(self) -> str:
         if self.outage:
+            # The engine writes a rate of 0 while it collects the availability baseline: no estimate.
+            if self.baseline <= 0:
+                return "not known yet (baseline collecting)"
             return f"{self.baseline * 100:.1f} % of probes failing"
         return _in_units(self.baseline, self.metric)
 

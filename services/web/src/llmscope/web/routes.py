@@ -41,8 +41,9 @@ class WebOptions:
     session_max_age_s: int = 7 * 24 * 3600
     status_public: bool = False
     """``/status`` and the badges readable without a login (names and statuses only)."""
-    retention_days: dict[str, float] = field(default_factory=dict)
-    """Days each kind of data is kept (``telemetry``, ``rollups``, ...; 0: forever), for Settings."""
+    retention_days: dict[str, float | None] = field(default_factory=dict)
+    """Days each kind of data is kept (``telemetry``, ``rollups``, ...; 0: forever), for Settings;
+    None: not set (``minute_rollups``: kept as long as the hourly ``rollups``)."""
     scoped_keys: frozenset[str] = frozenset()
     """Which keys besides the admin key are set (``read``, ``ingest``), for Settings; never the keys."""
 

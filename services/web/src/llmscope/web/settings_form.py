@@ -362,8 +362,18 @@ def _days(value: float) -> str:
     return "forever" if value <= 0 else f"{value:g} days"
 
 
+def _retention(key: str, retention_days: dict[str, float | None]) -> str:
+    """``30 days``; a minute retention not set is the hours' (``400 days (not set: as the hourly
+    rollups)``)."""
+    days = retention_days[key]
+    if days is not None:
+        return _days(days)
+    hours = retention_days.get("rollups")
+    return f"{_days(hours)} (not set: as the hourly rollups)" if hours is not None else "not set"
+
+
 def fixed_settings(
-    retention_days: dict[str, float],
+    retention_days: dict[str, float | None],
     session_days: float,
     status_public: bool,
     scoped_keys: frozenset[str] = frozenset(),
@@ -372,9 +382,15 @@ def fixed_settings(
     names = {
         "telemetry": ("Raw probes", "LLMSCOPE_RETENTION_TELEMETRY_DAYS", "Every probe with its timings."),
         "rollups": (
-            "Per-minute rollups",
+            "Hourly rollups",
             "LLMSCOPE_RETENTION_ROLLUP_DAYS",
-            "What the comparison and 7/30-day charts read.",
+            "Per series and hour: what the 7/30-day charts, the comparison and the report read.",
+        ),
+        "minute_rollups": (
+            "Minute rollups",
+            "LLMSCOPE_RETENTION_MINUTE_ROLLUP_DAYS",
+            "Per series and minute: what the overview, windows up to 5 days and the status page's"
+            " week read; 7 days or more, at most the hourly rollups' days.",
         ),
         "violations": (
             "Violations and resolved incidents",
@@ -388,7 +404,7 @@ def fixed_settings(
         ),
     }
     retention = [
-        FixedSetting(label, _days(retention_days[key]), env, help)
+        FixedSetting(label, _retention(key, retention_days), env, help)
         for key, (label, env, help) in names.items()
         if key in retention_days
     ]

@@ -70,7 +70,7 @@ def _stats_lines(a: AlertView) -> list[tuple[str, str]]:
     """The chart's figures, after the facts, in the metric's units (no sigma in log units)."""
     ev, lim = a.event, a.event.limits
     if m.is_outage(ev):
-        rows = [("Baseline failure rate", f"{lim.center:.1%} over {ev.baseline.n} probes")]
+        rows = [("Baseline failure rate", m.baseline_failure_rate(ev))]
     else:
         q = functools.partial(m.quantity, metric=ev.metric)
         rows = [
