@@ -535,7 +535,9 @@ async def test_retention_deletes_only_old_rows(pool: asyncpg.Pool, database_url:
     settings = ApiSettings(database_url=Secret(database_url), api_key=Secret("x" * 16))
     assert await fold_hours(pool, before=EVERY_HOUR) == 2
     assert await pool.fetchval("SELECT count(*) FROM telemetry_series_hour") == 2
-    deleted = await apply_retention(pool, settings)
+    # Once the stream no longer holds its message (its raw row is what makes a redelivery a no-op).
+    after_stream = datetime.now(UTC) + timedelta(seconds=settings.bus.telemetry_max_age_s, minutes=1)
+    deleted = await apply_retention(pool, settings, now=after_stream)
     assert deleted["telemetry"] == 1
     assert "violations" not in deleted  # kept forever by default
     assert await pool.fetchval("SELECT count(*) FROM telemetry") == 1
@@ -545,6 +547,30 @@ async def test_retention_deletes_only_old_rows(pool: asyncpg.Pool, database_url:
     deleted = await apply_retention(pool, settings)
     assert deleted["telemetry_series_hour"] == 1  # the hour rollups with the minutes
     assert await pool.fetchval("SELECT count(*) FROM telemetry_series_hour") == 1
+
+
+async def test_an_old_event_stays_recorded_while_its_message_may_be_delivered_again(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
+    """An event older than the raw telemetry's retention (a backfill, an outbox that waited out an
+    outage) keeps its raw row while the telemetry stream may deliver its message again: the row
+    is what makes the redelivery add nothing to the rollups. Deleted at the next hourly run, as
+    before, the redelivery counted it twice."""
+    settings = ApiSettings(database_url=Secret(database_url), api_key=Secret("x" * 16))
+    old = telemetry(0, ts=T0 - timedelta(days=40))
+    async with pool.acquire() as conn:
+        assert await store_telemetry(conn, [old]) == 1
+    counted = "SELECT sum(n) FROM telemetry_minute"
+    assert await pool.fetchval(counted) == 1
+    an_hour_on = datetime.now(UTC) + timedelta(hours=1)
+    deleted = await apply_retention(pool, settings, now=an_hour_on)
+    assert deleted["telemetry"] == 0
+    async with pool.acquire() as conn:  # redelivered (the ack was lost) or sent again
+        assert await store_telemetry(conn, [old]) == 0
+    assert await pool.fetchval(counted) == 1
+    after_stream = datetime.now(UTC) + timedelta(seconds=settings.bus.telemetry_max_age_s, minutes=1)
+    deleted = await apply_retention(pool, settings, now=after_stream)
+    assert deleted["telemetry"] == 1
 
 
 async def test_retention_deletes_resolved_incidents_with_their_violations(
