@@ -30,9 +30,14 @@ def test_the_persister_drain_section_prints_its_baselines_ratios_and_cpu() -> No
         assert re.search(rf"its consumer alone, storing nothing \({loop}\)\s+[\d,]+ /s", text)
         assert re.search(rf"bare COPY on \d+ connections at once.*\({loop}\)\s+[\d,]+ /s", text)
     # CPU per event split by process, for COPY and the persister, on each loop.
-    cpu = re.findall(r"COPY (\d+) \(client \d+, postgres \d+, nats-server \d+\), persister (\d+) \(", text)
+    cpu = re.findall(
+        r"COPY (\d+) \(client [\d.]+, postgres [\d.]+, nats-server [\d.]+\), persister (\d+) \(", text
+    )
     assert len(cpu) == 2
     assert all(int(persister) > 0 for _, persister in cpu)
+    # Each round's client CPU and ratio, for the spread (one round with --quick).
+    rounds = r"each round: persister's client CPU µs per event [\d.]+; drain / COPY [\d.]+"
+    assert len(re.findall(rounds, text)) == 2
     assert re.search(r"uvloop / asyncio: persister drain [\d.]+ x the rate", text)
     rates = re.findall(r"([\d,]+) /s", text)
     assert all(int(r.replace(",", "")) > 0 for r in rates)

@@ -516,6 +516,22 @@ def test_a_delivery_position_is_read_as_nats_py_reads_it(reply: str) -> None:
     assert _position(msg) == (meta.sequence.stream, meta.num_delivered) == (1234567, 3)
 
 
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "$JS.ACK.TELEMETRY.persister.3.1234567.99.1733470000123456789.42",
+        "$JS.ACK.hub.ACCHASH.TELEMETRY.persister.3.1234567.99.1733470000123456789.42.rand",
+    ],
+)
+def test_a_batch_acked_at_once_reads_each_stream_sequence_as_nats_py_does(reply: str) -> None:
+    from nats.aio.msg import Msg
+
+    from llmscope.bus.consumer import _stream_seq
+
+    msg = Msg(_client=None, subject="s", reply=reply, data=b"")  # type: ignore[arg-type]
+    assert _stream_seq(msg) == msg.metadata.sequence.stream == 1234567
+
+
 async def test_a_standing_pull_takes_a_trickle_with_one_open_request_and_stops_at_once(
     js: JetStreamContext,
 ) -> None:

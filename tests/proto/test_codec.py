@@ -92,6 +92,36 @@ def test_invalid_telemetry_is_rejected_naming_the_field(mutate: object, field: s
         codec.decode(msgspec.json.encode(raw))
 
 
+@pytest.mark.parametrize(
+    ("overrides", "refusal"),
+    [
+        ({"host": "gpu\x7f1"}, "`host` must not contain control characters"),
+        ({"response_model": "a\x1bb"}, "`response_model` must not contain control characters"),
+        ({"error": "x\x00"}, "`error` must not contain NUL characters"),
+        ({"model": "\U0001d538" * 86}, "`model` is too long"),
+        ({"prompt_id": "traffic:chat"}, "real traffic, and only traffic"),
+        ({"ts": "1999-12-31T23:59:59Z"}, "`ts` must be between"),
+        # Not printable (str.isprintable), yet no control character: accepted.
+        ({"host": "gpu\u20281", "prober": "a\u00a0b", "target": "caf\u00e9"}, None),
+    ],
+)
+def test_a_consumer_decoder_refuses_what_decode_as_refuses(
+    overrides: dict[str, object], refusal: str | None
+) -> None:
+    raw = msgspec.json.decode(codec.encode(telemetry()))
+    raw.update(overrides)
+    data = msgspec.json.encode(raw)
+    decode = codec.decoder(TelemetryEvent)
+    if refusal is None:
+        assert decode(data) == codec.decode_as(data, TelemetryEvent)
+        return
+    with pytest.raises(codec.DecodeError, match=refusal) as caught:
+        decode(data)
+    with pytest.raises(codec.DecodeError) as expected:
+        codec.decode_as(data, TelemetryEvent)
+    assert str(caught.value) == str(expected.value)
+
+
 def test_garbage_and_unknown_types_are_decode_errors() -> None:
     with pytest.raises(codec.DecodeError):
         codec.decode(b"\xff\x00 not json")

@@ -165,6 +165,16 @@ def _position(msg: JsMsg) -> tuple[int, int]:
     return meta.sequence.stream, meta.num_delivered
 
 
+def _stream_seq(msg: JsMsg) -> int:
+    """The stream sequence alone (:func:`_position`'s first half): a count and a split short of
+    the ack subject's last three tokens, half the time, for each message a batch acks."""
+    reply = msg.reply or ""
+    # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>
+    if reply.startswith("$JS.ACK.") and reply.count(".") == 8:
+        return int(reply.split(".", 6)[5])
+    return _position(msg)[0]
+
+
 @dataclass(slots=True)
 class _Batch(Generic[T]):
     """Pulled messages, decoded: deliveries for the handler, malformed ones with the reason."""
@@ -974,6 +984,9 @@ class DurableConsumer(Generic[T]):
             for delivery in deliveries:
                 await delivery.msg.nak()
             return
+        if not rejected and not self._failures and not self._opts.ack_all:
+            await self._ack_every(deliveries)
+            return
         last: Delivery[T] | None = None
         acks: list[JsMsg] = []
         failures = self._failures
@@ -995,6 +1008,15 @@ class DurableConsumer(Generic[T]):
             await inbox.ack_many(self._js._nc, acks)
         if last is not None:
             await self._ack_all(last.msg)  # AckAll: every message of the batch up to it
+
+    async def _ack_every(self, deliveries: Sequence[Delivery[T]]) -> None:
+        """Ack a batch none of whose messages was rejected or failed before (nearly every batch of
+        explicit acks): the loop below in one pass of C calls, the stream sequences read alone."""
+        msgs = [delivery.msg for delivery in deliveries]
+        self.processed += len(msgs)
+        self.handled_seq = max(self.handled_seq, max(map(_stream_seq, msgs)))
+        # Still one +ACK per message (the durable consumer may be shared), in one write.
+        await inbox.ack_many(self._js._nc, msgs)
 
     async def _ack_all(self, msg: JsMsg) -> None:
         every, gather = self._opts.ack_all_every, self._opts.gather

@@ -56,10 +56,20 @@ def check_names(**names: str) -> None:
     """ValueError naming the field when a name holds a control character (a NUL, a newline...).
 
     Joined first: one scan for the usual case where all are clean."""
-    if _CONTROL.search("".join(names.values())):
-        for field, value in names.items():
-            if _CONTROL.search(value):
-                raise ValueError(f"`{field}` must not contain control characters")
+    check_name_values(tuple(names), tuple(names.values()))
+
+
+def check_name_values(fields: tuple[str, ...], values: tuple[str, ...]) -> None:
+    """:func:`check_names` for names read together (``operator.attrgetter``): no keyword dict per
+    call. A clean joined string is printable, which ``str.isprintable`` answers in one C loop
+    (a fifth of the regular expression's time); the expression, which allows the printable's
+    other exceptions (U+2028, say), runs only when it is not."""
+    joined = "".join(values)
+    if joined.isprintable() or not _CONTROL.search(joined):
+        return
+    for field, value in zip(fields, values, strict=True):
+        if _CONTROL.search(value):
+            raise ValueError(f"`{field}` must not contain control characters")
 
 
 def check_text(**texts: str | None) -> None:
