@@ -78,7 +78,9 @@ async def prune_minutes(pool: asyncpg.Pool, cutoff: datetime, timeout_s: float) 
     hour: datetime | None = await pool.fetchval(
         "SELECT date_trunc('hour', min(minute)) FROM telemetry_minute WHERE minute < $1", cutoff
     )
-    while hour is not None and hour < cutoff:
+    # An hour that ends by the cutoff: truncated in the session's time zone, an hour may run from
+    # :30 to :30 UTC (India's), and the one the cutoff falls in keeps its minutes.
+    while hour is not None and hour + timedelta(hours=1) <= cutoff:
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute(f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}")
             await conn.execute("SELECT pg_advisory_xact_lock($1)", FOLD_LOCK)
