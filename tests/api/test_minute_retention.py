@@ -360,3 +360,33 @@ async def test_a_fold_of_pruned_and_whole_hours_does_not_deadlock_with_a_write(
     await fold_hours(pool)
     assert await pool.fetchval("SELECT sum(n) FROM telemetry_series_hour") == 44
     assert await pool.fetchval("SELECT count(*) FROM telemetry_minute WHERE minute < $1", whole_hour) == 0
+
+
+async def test_the_pruning_keeps_every_minute_after_its_cutoff_whatever_the_sessions_time_zone(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
+    """Postgres truncates to the hour in the session's time zone (the server's, from its host at
+    initdb): in India (+05:30) an hour runs from :30 to :30 UTC, and the fold's hours with it.
+    The pruning takes only the hours that end by its cutoff (a whole UTC hour): it took the hour
+    the cutoff falls in, the minutes up to 30 after the cutoff with it (the status page's week
+    of uptime, read from minutes alone, lost them)."""
+    cutoff = HOUR - timedelta(hours=5)
+    events = [
+        telemetry(i, ts=cutoff + timedelta(minutes=5 * i - 120), model="m0", prompt_id="p0", target="t0")
+        for i in range(36)  # from 2 hours before the cutoff to 1 hour after, 5 minutes apart
+    ]
+    india = await asyncpg.create_pool(
+        database_url, min_size=1, max_size=2, server_settings={"timezone": "Asia/Kolkata"}
+    )
+    try:
+        async with india.acquire() as conn:
+            await store_telemetry(conn, events)
+        await fold_hours(india)
+        after = "SELECT count(*) FROM telemetry_minute WHERE minute >= $1"
+        assert await india.fetchval(after, cutoff) == 12
+        assert await prune_minutes(india, cutoff, 60) > 0
+        assert await india.fetchval(after, cutoff) == 12
+        assert await india.fetchval("SELECT sum(n) FROM telemetry_series_hour") == 36
+        assert await india.fetchval("SELECT count(*) FROM telemetry_minute WHERE minute < $1", cutoff) <= 6
+    finally:
+        await india.close()
