@@ -316,3 +316,77 @@ async def test_a_write_that_races_the_pruning_is_never_lost(pool: asyncpg.Pool, 
         "SELECT hour, sum(n) AS n FROM telemetry_series_hour WHERE minutes_pruned GROUP BY 1 ORDER BY 1"
     )
     assert [(r["hour"], r["n"]) for r in hours] == [(PAST, in_first + 1), (second, 74 - in_first + 1)]
+
+
+async def test_a_fold_of_pruned_and_whole_hours_does_not_deadlock_with_a_write(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
+    """A fold whose chunk holds both a pruned series-hour (a late event's minute to add) and a
+    whole one (to recompute) locks their minutes in key order, as a write does: the write of a
+    batch with a late event into each (the pruned hour's minute first, the older) waits for the
+    fold or the fold for it, never both. Locked one set after the other (the whole hours' first),
+    the fold held the later minute and waited for the earlier one the write held: a deadlock,
+    one of the two aborted."""
+    whole_hour = PAST + timedelta(hours=2)
+    async with pool.acquire() as conn:
+        await store_telemetry(
+            conn, [*_events(0, 20, PAST, step_s=150.0), *_events(100, 20, whole_hour, step_s=150.0)]
+        )
+    await fold_hours(pool)
+    await prune_minutes(pool, PAST + timedelta(hours=1), 60)
+    assert await pool.fetchval("SELECT count(*) FROM telemetry_series_hour WHERE minutes_pruned") > 0
+
+    def at(i: int, hour: datetime, minute: int) -> TelemetryEvent:
+        return telemetry(i, ts=hour + timedelta(minutes=minute), model="m0", prompt_id="p0", target="t0")
+
+    async with pool.acquire() as conn:  # a late minute in each hour, not folded yet
+        await store_telemetry(conn, [at(6000, PAST, 3), at(6001, whole_hour, 10)])
+    writer = await asyncpg.connect(database_url)
+    try:
+        tx = writer.transaction()
+        await tx.start()
+        await store_telemetry(writer, [at(6002, PAST, 3)])  # holds the pruned hour's minute
+        folding = asyncio.create_task(fold_hours(pool))
+        await _until_waiting(pool, "telemetry_minute")  # the fold waits for that minute
+        write = asyncio.create_task(store_telemetry(writer, [at(6003, whole_hour, 10)]))
+        done, _ = await asyncio.wait({folding, write}, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            assert task.exception() is None, task.exception()
+        assert await write == 1  # the whole hour's minute was not held by the waiting fold
+        await tx.commit()
+        await folding
+    finally:
+        await writer.close()
+    await fold_hours(pool)
+    assert await pool.fetchval("SELECT sum(n) FROM telemetry_series_hour") == 44
+    assert await pool.fetchval("SELECT count(*) FROM telemetry_minute WHERE minute < $1", whole_hour) == 0
+
+
+async def test_the_pruning_keeps_every_minute_after_its_cutoff_whatever_the_sessions_time_zone(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
+    """Postgres truncates to the hour in the session's time zone (the server's, from its host at
+    initdb): in India (+05:30) an hour runs from :30 to :30 UTC, and the fold's hours with it.
+    The pruning takes only the hours that end by its cutoff (a whole UTC hour): it took the hour
+    the cutoff falls in, the minutes up to 30 after the cutoff with it (the status page's week
+    of uptime, read from minutes alone, lost them)."""
+    cutoff = HOUR - timedelta(hours=5)
+    events = [
+        telemetry(i, ts=cutoff + timedelta(minutes=5 * i - 120), model="m0", prompt_id="p0", target="t0")
+        for i in range(36)  # from 2 hours before the cutoff to 1 hour after, 5 minutes apart
+    ]
+    india = await asyncpg.create_pool(
+        database_url, min_size=1, max_size=2, server_settings={"timezone": "Asia/Kolkata"}
+    )
+    try:
+        async with india.acquire() as conn:
+            await store_telemetry(conn, events)
+        await fold_hours(india)
+        after = "SELECT count(*) FROM telemetry_minute WHERE minute >= $1"
+        assert await india.fetchval(after, cutoff) == 12
+        assert await prune_minutes(india, cutoff, 60) > 0
+        assert await india.fetchval(after, cutoff) == 12
+        assert await india.fetchval("SELECT sum(n) FROM telemetry_series_hour") == 36
+        assert await india.fetchval("SELECT count(*) FROM telemetry_minute WHERE minute < $1", cutoff) <= 6
+    finally:
+        await india.close()

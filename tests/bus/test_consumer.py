@@ -785,6 +785,34 @@ async def test_a_pause_of_the_consumers_loop_does_not_read_as_a_slow_rate(js: Je
         await puller.stop()
 
 
+async def test_a_redelivered_message_does_not_read_as_a_slow_rate(js: JetStreamContext) -> None:
+    """A message delivered again (its ack wait over, or nak'd by a persister that stopped) comes
+    amid the live feed with the store time it was first stored at, long before the newest. Its gap
+    is 0, and the gap after it, to the next live message, is the feed's own: measured from the
+    redelivered message's old store time, it read as one long pause and lifted the smoothed gap of
+    a 1,000 events/s feed over the 3 ms fill wait, the linger grown to 3 gaps (25 ms)."""
+    from llmscope.bus.inbox import InboxMsg
+
+    puller = await _standing_pull(js)
+    puller.fill_wait_max = 0.03
+    puller._gap_cap = 2 * 0.03  # as a linger with that maximum sets it
+    stored = time.time_ns()
+    old = stored - 10_000_000_000  # first stored 10 s ago
+    try:
+        for seq in range(1, 41):
+            stored += 1_000_000  # stored 1 ms apart: 1,000 events/s
+            reply = f"$JS.ACK.{subjects.STREAM_TELEMETRY}.test.1.{seq}.{seq}.{stored}.0"
+            puller._take(InboxMsg(js._nc, SUBJECT, reply, b"{}", None))
+            if seq % 10 == 0:
+                again = f"$JS.ACK.{subjects.STREAM_TELEMETRY}.test.2.{seq // 10}.{seq}.{old}.0"
+                puller._take(InboxMsg(js._nc, SUBJECT, again, b"{}", None))
+            assert puller.linger_for(0.003) == 0.003, seq
+        assert puller.gap < 0.0015
+    finally:
+        puller.give_back()
+        await puller.stop()
+
+
 async def test_a_standing_pull_still_lingers_while_messages_come_faster_than_the_fill_wait(
     js: JetStreamContext,
 ) -> None:

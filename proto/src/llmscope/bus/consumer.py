@@ -530,10 +530,13 @@ class StandingPull(_HeldPull):
         latency target needs it short; the rate at which events are stored is the one the linger
         waits on."""
         stored = _stored_ns(msg)
-        if not stored:
+        if not stored or msg.reply.split(".", 5)[4] != "1":
+            # Not measured: a message delivered again (its ack wait over, or nak'd) was stored
+            # long before the live feed's newest; measured from its store time, the next
+            # message's gap read as a long pause (at 1,000 events/s a linger of 25 ms).
             return
         if self._last_stored:
-            # A redelivered message was stored before the last one: a gap of 0.
+            # Stored before the last one (nats-server's clock stepped back): a gap of 0.
             gap = min(max(stored - self._last_stored, 0) / 1e9, self._gap_cap)
             self.gap += (gap - self.gap) * GAP_WEIGHT
         self._last_stored = stored

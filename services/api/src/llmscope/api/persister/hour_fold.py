@@ -26,6 +26,7 @@ from llmscope.api.persister.periodic import every
 from llmscope.api.persister.sql import (
     ADD_TO_PRUNED_HOURS,
     FOLD_DUE,
+    LOCK_DUE,
     MARK_FOLDED,
     PRUNE_MINUTE_HOUR,
     RECOMPUTE_HOURS,
@@ -55,11 +56,14 @@ async def fold_hours(pool: asyncpg.Pool, chunk: int = FOLD_CHUNK, before: dateti
             await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", FOLD_LOCK)
             due = await conn.fetch(FOLD_DUE, chunk, before)
             whole = [r for r in due if not r["pruned"]]
+            pruned = [r for r in due if r["pruned"]]
+            if whole and pruned:
+                await conn.execute(LOCK_DUE, *_keys(due))  # in key order: MARK_FOLDED's and then
+                # ADD_TO_PRUNED_HOURS's locks alone are not (a deadlock with a write)
             if whole:
                 marked = await conn.fetch(MARK_FOLDED, *_keys(whole))
                 if marked:
                     await conn.execute(RECOMPUTE_HOURS, *_keys(marked))
-            pruned = [r for r in due if r["pruned"]]
             if pruned:
                 await conn.execute(ADD_TO_PRUNED_HOURS, *_keys(pruned))
         total += len(due)
@@ -74,7 +78,9 @@ async def prune_minutes(pool: asyncpg.Pool, cutoff: datetime, timeout_s: float) 
     hour: datetime | None = await pool.fetchval(
         "SELECT date_trunc('hour', min(minute)) FROM telemetry_minute WHERE minute < $1", cutoff
     )
-    while hour is not None and hour < cutoff:
+    # An hour that ends by the cutoff: truncated in the session's time zone, an hour may run from
+    # :30 to :30 UTC (India's), and the one the cutoff falls in keeps its minutes.
+    while hour is not None and hour + timedelta(hours=1) <= cutoff:
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute(f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}")
             await conn.execute("SELECT pg_advisory_xact_lock($1)", FOLD_LOCK)

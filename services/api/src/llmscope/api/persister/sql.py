@@ -411,6 +411,17 @@ ON CONFLICT (provider, model, hour, prompt_id, target) DO UPDATE SET
     {", ".join(f"{c} = EXCLUDED.{c}" for c in _HOUR_COLS)}
 """
 
+# A chunk holding both pruned and whole series-hours: every minute of them locked first, in key
+# order, as a write locks its minutes (MARK_FOLDED and then ADD_TO_PRUNED_HOURS each lock in key
+# order, but the second's minutes may come before the first's: a fold holding a whole hour's
+# minute and waiting for a pruned hour's that a write held, waiting for the other, deadlocked).
+LOCK_DUE = f"""
+WITH locked AS (
+    {_DUE_MINUTES}
+)
+SELECT count(*) FROM locked
+"""
+
 # The rows it deletes are the rows it adds (RETURNING): a row a write inserts meanwhile is left
 # for the next fold, a row a write updates meanwhile is deleted as that write left it.
 ADD_TO_PRUNED_HOURS = f"""
