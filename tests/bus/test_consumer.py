@@ -724,7 +724,7 @@ async def test_a_slow_linger_waits_for_a_few_messages_at_the_measured_rate(js: J
     puller = await _standing_pull(js)
     puller.fill_wait_max = 60.0
     try:
-        puller.gap = 5.0  # as learnt at one message every 5 s: the linger is 15 s
+        puller.spacing = 5.0  # as learnt at one message every 5 s: the linger is 15 s
         assert puller.linger_for(0.001) == SLOW_FILL_MESSAGES * 5.0
         await publisher.publish(SUBJECT, telemetry())
         fetch = asyncio.create_task(puller.fetch(SLOW_FILL_MESSAGES + 1, 30, fill_wait=0.001))
@@ -747,11 +747,12 @@ async def test_a_slow_linger_is_capped_and_skipped_when_the_next_message_comes_a
     puller = await _standing_pull(js)
     puller.fill_wait_max = 60.0
     try:
-        puller.gap = 0.0005  # faster than the fill wait: the fill wait
+        puller.spacing = 0.0005  # faster than the fill wait: the fill wait
         assert puller.linger_for(0.001) == 0.001
-        puller.gap = 50.0  # 3 x 50 s capped at 60 s
+        puller.spacing = 50.0  # 3 x 50 s capped at 60 s
         assert puller.linger_for(0.001) == 60.0
-        puller.gap = 120.0  # the next message is expected after the cap: no linger
+        puller.spacing = puller.gap = 120.0  # the next message is expected after the cap: no linger
+        assert puller.linger_for(0.001) == 0.001
         await Publisher(js).publish(SUBJECT, telemetry())
         msgs = await asyncio.wait_for(puller.fetch(10, 30, fill_wait=0.001), 10)
         assert len(msgs) == 1
@@ -760,26 +761,60 @@ async def test_a_slow_linger_is_capped_and_skipped_when_the_next_message_comes_a
 
 
 async def test_a_pause_of_the_consumers_loop_does_not_read_as_a_slow_rate(js: JetStreamContext) -> None:
-    """The rate the linger waits on is the one at which JetStream stored the messages: a pause of
-    this process's loop (the API's also serves the POSTs) hands over what was stored meanwhile in
-    a burst after one long gap. Measured between arrivals, that gap lifted the smoothed gap of a
-    1,000 events/s feed over the 3 ms fill wait, and the linger grew to 3 gaps when the latency
-    target needs it short."""
-    from llmscope.bus.inbox import InboxMsg
-
+    """The spacing the slow linger waits on is the one at which JetStream stored the messages: a
+    pause of this process's loop (the API's also serves the POSTs) hands over what was stored
+    meanwhile in a burst after one long gap. Measured between arrivals, that gap lifted a
+    1,000 events/s feed's estimate over the 3 ms fill wait, and the linger grew to 3 gaps when
+    the latency target needs it short."""
     puller = await _standing_pull(js)
     puller.fill_wait_max = 0.03
-    puller._gap_cap = 2 * 0.03  # as a linger with that maximum sets it
-    stored = time.time_ns()
     try:
-        for seq in range(1, 41):
-            stored += 1_000_000  # stored 1 ms apart: 1,000 events/s
-            reply = f"$JS.ACK.{subjects.STREAM_TELEMETRY}.test.1.{seq}.{seq}.{stored}.0"
-            puller._take(InboxMsg(js._nc, SUBJECT, reply, b"{}", None))
+        for seq, stored in _feed(40, every_ns=1_000_000):  # stored 1 ms apart: 1,000 events/s
+            _take(js, puller, seq, stored)
             if seq % 10 == 0:
+                puller.give_back()  # a batch taken
                 time.sleep(0.05)  # noqa: ASYNC251 (the loop held up on purpose: the next message arrives late)
-        assert 0.0005 < puller.gap < 0.0015
+        assert 0.0009 < puller.spacing < 0.0011
         assert puller.linger_for(0.003) == 0.003
+    finally:
+        puller.give_back()
+        await puller.stop()
+
+
+def _feed(n: int, every_ns: int, burst: int = 1, pause_ns: int = 0) -> list[tuple[int, int]]:
+    """(stream sequence, store time in ns) of ``n`` messages stored ``every_ns`` apart, in bursts of
+    ``burst`` with ``pause_ns`` between them."""
+    stored = time.time_ns()
+    feed: list[tuple[int, int]] = []
+    for seq in range(1, n + 1):
+        stored += every_ns + (pause_ns if seq > 1 and (seq - 1) % burst == 0 else 0)
+        feed.append((seq, stored))
+    return feed
+
+
+def _take(js: JetStreamContext, puller: Any, seq: int, stored: int, delivered: int = 1) -> None:
+    """Hand ``puller`` a message as its parser would: one with that ack subject."""
+    from llmscope.bus.inbox import InboxMsg
+
+    reply = f"$JS.ACK.{subjects.STREAM_TELEMETRY}.test.{delivered}.{seq}.{seq}.{stored}.0"
+    puller._take(InboxMsg(js._nc, SUBJECT, reply, b"{}", None))
+
+
+async def test_traffic_in_bursts_does_not_read_as_a_slow_rate(js: JetStreamContext) -> None:
+    """1,000 events/s that come as 100 every 100 ms: short gaps and long pauses. Each burst is a
+    batch, and over whole batches the spacing is 1 ms, so the linger stays the fill wait. A
+    smoothed gap per message, each pause a sample of up to twice the slow linger's 30 ms, read
+    7.5 ms after every pause and lingered 22 ms."""
+    puller = await _standing_pull(js)
+    puller.fill_wait_max = 0.03
+    try:
+        for seq, stored in _feed(1000, every_ns=10_000, burst=100, pause_ns=99_000_000):
+            _take(js, puller, seq, stored)
+            if seq % 100 == 0:
+                puller.give_back()  # the burst, a batch
+            if seq % 100 == 1:  # each batch's first message: the linger it would get
+                assert puller.linger_for(0.003) == 0.003, seq
+        assert 0.0009 < puller.spacing < 0.0011
     finally:
         puller.give_back()
         await puller.stop()
@@ -787,27 +822,23 @@ async def test_a_pause_of_the_consumers_loop_does_not_read_as_a_slow_rate(js: Je
 
 async def test_a_redelivered_message_does_not_read_as_a_slow_rate(js: JetStreamContext) -> None:
     """A message delivered again (its ack wait over, or nak'd by a persister that stopped) comes
-    amid the live feed with the store time it was first stored at, long before the newest. Its gap
-    is 0, and the gap after it, to the next live message, is the feed's own: measured from the
-    redelivered message's old store time, it read as one long pause and lifted the smoothed gap of
-    a 1,000 events/s feed over the 3 ms fill wait, the linger grown to 3 gaps (25 ms)."""
-    from llmscope.bus.inbox import InboxMsg
-
+    amid the live feed with the store time it was first stored at, long before the newest: no
+    spacing is measured from it. Measured from its old store time, the next batch read as one
+    long pause and the linger of a 1,000 events/s feed grew over the 3 ms fill wait."""
     puller = await _standing_pull(js)
     puller.fill_wait_max = 0.03
-    puller._gap_cap = 2 * 0.03  # as a linger with that maximum sets it
-    stored = time.time_ns()
-    old = stored - 10_000_000_000  # first stored 10 s ago
+    old = time.time_ns() - 10_000_000_000  # first stored 10 s ago
     try:
-        for seq in range(1, 41):
-            stored += 1_000_000  # stored 1 ms apart: 1,000 events/s
-            reply = f"$JS.ACK.{subjects.STREAM_TELEMETRY}.test.1.{seq}.{seq}.{stored}.0"
-            puller._take(InboxMsg(js._nc, SUBJECT, reply, b"{}", None))
+        for seq, stored in _feed(40, every_ns=1_000_000):  # stored 1 ms apart: 1,000 events/s
+            _take(js, puller, seq, stored)
             if seq % 10 == 0:
-                again = f"$JS.ACK.{subjects.STREAM_TELEMETRY}.test.2.{seq // 10}.{seq}.{old}.0"
-                puller._take(InboxMsg(js._nc, SUBJECT, again, b"{}", None))
+                puller.give_back()  # a batch taken
+                if seq % 20 == 0:  # every other batch begins with a redelivery
+                    _take(js, puller, seq // 10, old, delivered=2)
             assert puller.linger_for(0.003) == 0.003, seq
-        assert puller.gap < 0.0015
+        # Measured over the batches begun by a live message (the redeliveries among their
+        # messages: a spacing a little short, never long).
+        assert 0.0009 < puller.spacing < 0.0011
     finally:
         puller.give_back()
         await puller.stop()

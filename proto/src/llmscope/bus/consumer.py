@@ -196,6 +196,10 @@ tail; a message held up longer than this is the tail."""
 SLOW_FILL_MESSAGES = 3
 """Messages a slow linger waits for beside its first (:meth:`StandingPull.linger_for`)."""
 
+SPACING_WEIGHT = 0.25
+"""Weight of the newest batch's spacing in :attr:`StandingPull.spacing` (a batch at 100 events/s
+holds about four: the rate is followed within a few tenths of a second)."""
+
 TRANSIT_DRIFT = 1e-5
 """How much :attr:`StandingPull.transit` rises per batch before the batch's first message is
 compared with it (s): a message held up for a few milliseconds barely moves it, a path slower by a
@@ -486,10 +490,14 @@ class StandingPull(_HeldPull):
         self._first_at = 0.0  # when the oldest message in the buffer arrived
         self._last_at = float("-inf")  # when the newest message arrived
         self.gap = 0.0
-        """The time between two messages as JetStream stored them, smoothed (s): 0 until two
-        have come, so the first messages linger as before the rate is known."""
-        self._last_stored = 0  # when JetStream stored the newest message (ns; 0: none yet)
+        """The time between two messages' arrivals here, smoothed (s): 0 until one has come, so
+        the first messages linger as before the rate is known."""
         self._gap_cap = 0.0  # one long pause counts as this much (0: no linger, no gaps measured)
+        self.spacing = 0.0
+        """The time between two messages as JetStream stored them, over whole batches, smoothed
+        (s; 0: not known yet): what the slow linger waits on (:meth:`linger_for`)."""
+        self._taken = 0  # messages taken since the start
+        self._spaced_from = (0, 0)  # the last batch's first message: (its store time in ns, _taken)
         # While a linger waits (:meth:`_linger`): when it ends, and the batch it fills. A message
         # that cannot end it early is only kept: no wake-up of the waiting task per message.
         self._lingering_until = float("inf")
@@ -504,11 +512,16 @@ class StandingPull(_HeldPull):
         if not status:
             if self._gap_cap or not self._buffer:  # no clock read per message without a linger
                 now = self._loop.time()
-                if self._gap_cap:
-                    self._measure_gap(msg)
                 if not self._buffer:
                     self._first_at = now - self._lateness(msg) if self._gap_cap else now
+                    if self.fill_wait_max:
+                        self._measure_spacing(msg)
+                if self._gap_cap:
+                    # An exponentially weighted mean of the gaps (weight 1/8, as TCP's smoothed
+                    # RTT): a subtraction and a multiplication per message.
+                    self.gap += (min(now - self._last_at, self._gap_cap) - self.gap) * GAP_WEIGHT
                 self._last_at = now
+            self._taken += 1
             self._buffer.append(msg)
             self._owed -= 1
             if (
@@ -521,25 +534,25 @@ class StandingPull(_HeldPull):
             self._owed = 0
             self._ready.set()
 
-    def _measure_gap(self, msg: JsMsg) -> None:
-        """Fold the gap since the previous message into :attr:`gap`: an exponentially weighted
-        mean (weight 1/8, as TCP's smoothed RTT). The gaps between JetStream's store times, not
-        between arrivals here: a pause of this process's loop (the API's also serves the POSTs)
-        delivers what was stored meanwhile in one burst after one long gap, which at 1,000
-        events/s read as a slow rate and lengthened the linger (:meth:`linger_for`) when the
-        latency target needs it short; the rate at which events are stored is the one the linger
-        waits on."""
+    def _measure_spacing(self, msg: JsMsg) -> None:
+        """At a batch's first message, fold the spacing of the messages since the last batch's
+        first into :attr:`spacing` (weight ``SPACING_WEIGHT``): the time between the two first
+        messages' store times, over the messages taken between them. Over whole batches and by
+        JetStream's clock: a pause of this process's loop (the API's also serves the POSTs)
+        delivers what was stored meanwhile in one burst, and traffic that comes in bursts (100
+        events every 100 ms) has long pauses between short gaps; measured per message, either
+        read as a slow rate at 1,000 events/s and lengthened the linger the latency target needs
+        short. One reading of the ack subject per batch, not per message."""
         stored = _stored_ns(msg)
         if not stored or msg.reply.split(".", 5)[4] != "1":
-            # Not measured: a message delivered again (its ack wait over, or nak'd) was stored
-            # long before the live feed's newest; measured from its store time, the next
-            # message's gap read as a long pause (at 1,000 events/s a linger of 25 ms).
+            # A message delivered again (its ack wait over, or nak'd) was stored long before the
+            # live feed's newest: no measure from it, nor to it.
             return
-        if self._last_stored:
-            # Stored before the last one (nats-server's clock stepped back): a gap of 0.
-            gap = min(max(stored - self._last_stored, 0) / 1e9, self._gap_cap)
-            self.gap += (gap - self.gap) * GAP_WEIGHT
-        self._last_stored = stored
+        since, taken = self._spaced_from
+        self._spaced_from = (stored, self._taken)
+        if since and stored > since and self._taken > taken:
+            sample = min((stored - since) / 1e9 / (self._taken - taken), 2 * self.fill_wait_max)
+            self.spacing += (sample - self.spacing) * SPACING_WEIGHT if self.spacing else sample
 
     def _lateness(self, msg: JsMsg) -> float:
         """How much longer than :attr:`transit` ``msg`` took from JetStream's store to here (s)."""
@@ -562,8 +575,7 @@ class StandingPull(_HeldPull):
         no message to the batch only delays it."""
         loop = self._loop
         deadline = self._first_at + self.linger_for(fill_wait)
-        # Beyond the longest wait, a gap's length changes no decision.
-        self._gap_cap = 2 * max(fill_wait, self.fill_wait_max)
+        self._gap_cap = 2 * fill_wait  # beyond the wait, a gap's length changes no decision
         self._lingering_until, self._lingering_batch = deadline, batch
         try:
             while (
@@ -592,9 +604,11 @@ class StandingPull(_HeldPull):
         and a wake-up per event (0.4 ms of the API's CPU and 0.4 of Postgres's, against 0.1 and
         0.15 at 1,000/s). The rate at which a latency target is set (1,000/s: posted -> stored
         p99 < 10 ms) keeps ``fill_wait``; slower, each event is stored up to ``fill_wait_max``
-        later, long enough for nobody reading a dashboard to see."""
-        if self.fill_wait_max > fill_wait and self.gap > fill_wait:
-            return min(SLOW_FILL_MESSAGES * self.gap, self.fill_wait_max)
+        later, long enough for nobody reading a dashboard to see. Slower than one message per
+        ``fill_wait_max``, none is expected within it: ``fill_wait`` (and the early end of
+        :meth:`_linger`)."""
+        if fill_wait < self.spacing < self.fill_wait_max:
+            return min(SLOW_FILL_MESSAGES * self.spacing, self.fill_wait_max)
         return fill_wait
 
     async def fetch(self, batch: int, expires: float, fill_wait: float = 0.0) -> list[JsMsg]:
