@@ -25,13 +25,14 @@ def overlapping(svg: str) -> list[tuple[tuple[float, float], tuple[float, float]
     return [(p, q) for p, q in combinations(boxes, 2) if min(p[1], q[1]) - max(p[0], q[0]) > 0]
 
 
-def test_violations_seconds_apart_share_one_mark_that_counts_and_names_them() -> None:
+def burst_comparison(*, at_start: bool = False) -> Comparison:
+    """Five rules of two models firing within ten seconds, twenty minutes before the end (or, with
+    ``at_start``, three more at the plot's left edge too), and one lone violation later."""
     end = datetime.now(UTC).replace(microsecond=0)
     start = end - timedelta(hours=1)
     fired = end - timedelta(minutes=20)
     points = [ChartPoint(ts=start + timedelta(minutes=m), value=100.0 + m % 5) for m in range(0, 60, 2)]
     lines = [ComparedLine(provider="ollama", model=m, points=points) for m in ("llama3.1:8b", "qwen2:7b")]
-    # Five rules of two models within ten seconds, and one lone violation half an hour later.
     burst = [
         ChartEvent(
             ts=fired + timedelta(seconds=2 * i),
@@ -44,6 +45,19 @@ def test_violations_seconds_apart_share_one_mark_that_counts_and_names_them() ->
         )
         for i, rule in enumerate(("R1", "CUSUM", "EWMA", "R5", "R2"))
     ]
+    if at_start:
+        burst += [
+            ChartEvent(
+                ts=start + timedelta(seconds=i),
+                kind="violation",
+                provider="ollama",
+                model="llama3.1:8b",
+                label="R1",
+                severity="critical",
+                id=f"s{i}",
+            )
+            for i in range(3)
+        ]
     lone = ChartEvent(
         ts=fired + timedelta(minutes=15),
         kind="violation",
@@ -53,7 +67,11 @@ def test_violations_seconds_apart_share_one_mark_that_counts_and_names_them() ->
         severity="critical",
         id="v-lone",
     )
-    data = Comparison("latency_ms", 1.0, start, end, 60, lines, events=[*burst, lone])
+    return Comparison("latency_ms", 1.0, start, end, 60, lines, events=[*burst, lone])
+
+
+def test_violations_seconds_apart_share_one_mark_that_counts_and_names_them() -> None:
+    data = burst_comparison()
     for width in (960, 360):
         svg = str(render_comparison(data, width=width))
         assert overlapping(svg) == [], width
