@@ -191,9 +191,9 @@ def render_comparison(data: Comparison, *, width: int = 960, height: int = 340) 
         if len(group) > 1:
             # Above the mark; beside it where a phone's unit label sits above the plot's corner.
             beside = compact and ex - 8 < pad_l + 7 * len(unit)
-            cx, cy, anchor = (ex + 5, PAD_T + 8, "start") if beside else (ex, PAD_T - 4, "middle")
+            nx, ny, anchor = (ex + 5, PAD_T + 8, "start") if beside else (ex, PAD_T - 4, "middle")
             count = (
-                f'<text x="{cx:.1f}" y="{cy}" class="event-count" text-anchor="{anchor}">{len(group)}</text>'
+                f'<text x="{nx:.1f}" y="{ny}" class="event-count" text-anchor="{anchor}">{len(group)}</text>'
             )
         out.append(
             f'<a href="/violations/{escape(worst.id)}"><g class="event-mark"><path d="M{ex - 4:.1f},{PAD_T} '
