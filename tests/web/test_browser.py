@@ -540,7 +540,7 @@ async def availability_figures_wrong(page: Page) -> list[str]:
     that is no percentage in (0, 100] (a latency chart's limits once read "10,000.00 %"; the
     engine's baseline still collecting once read "0.00 %"), an alarm threshold neither a run of
     failed probes nor such a percentage of the window ("100.0 % of the window" while no rate
-    was known), a value that is no count of failed probes."""
+    was known), a value that is no count of failed probes (a run, or failures in the window)."""
     figures = {}
     for name in ("Value", "Baseline failure rate", "Alarm threshold"):
         cell = page.locator(f"table.kv tr:has(th:text-is('{name}')) td")
@@ -551,12 +551,15 @@ async def availability_figures_wrong(page: Page) -> list[str]:
         figures["Baseline failure rate"] or ""
     ).startswith("not known yet"):
         wrong.append(f"baseline failure rate {figures['Baseline failure rate']!r}")
-    share = re.fullmatch(r"([\d.,]+) % of the window failing", figures["Alarm threshold"] or "")
+    share = re.fullmatch(
+        r"(?:\d+ failed probes in the last \d+ \()?([\d.,]+) % of the window(?: failing|\))",
+        figures["Alarm threshold"] or "",
+    )
     if not (share and 0 < float(share[1].replace(",", "")) <= 100) and not re.fullmatch(
         r"\d+ failed probes in a row|–", figures["Alarm threshold"] or ""
     ):
         wrong.append(f"alarm threshold {figures['Alarm threshold']!r}")
-    if not re.fullmatch(r"\d+ failed probes", figures["Value"] or ""):
+    if not re.fullmatch(r"\d+ failed probes?(?: in a row| in the last \d+)?", figures["Value"] or ""):
         wrong.append(f"value {figures['Value']!r}")
     return wrong
 

@@ -11,7 +11,7 @@ from tests.engine_events import availability_violation
 
 
 def test_an_outage_row_names_a_failure_rate_and_a_count_not_bare_numbers() -> None:
-    row = MetricMoveInfo("llama3.1:8b", "availability", 0.01, 3.0, None, 0.0)
+    row = MetricMoveInfo("llama3.1:8b", "availability", 0.01, 3.0, None, 0.0, rule="AVAILABILITY")
     assert (row.baseline_text, row.observed_text, row.change_text, row.sigma_text) == (
         "1.0 % of probes failing",
         "3 failed probes in a row",

@@ -7,11 +7,11 @@ dataclasses double as the API's JSON models.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
-from llmscope.web.data import Violation
+from llmscope.web.data import Violation, failed_probes_text
 
 IncidentState = Literal["open", "acknowledged", "resolved"]
 IncidentAction = Literal["acknowledge", "resolve"]
@@ -164,6 +164,10 @@ class MetricMoveInfo:
     change_percent: float | None
     deviation_sigma: float
     prompt_id: str = ""
+    rule: str = ""
+    """An outage's rule (the incident's violations say it, the move does not): AVAILABILITY's
+    count is a run, ERROR_RATE's failures scattered in its window."""
+    rule_name: str = ""
 
     @property
     def outage(self) -> bool:
@@ -182,7 +186,7 @@ class MetricMoveInfo:
     @property
     def observed_text(self) -> str:
         if self.outage:
-            return f"{self.observed:.0f} failed probes in a row"
+            return failed_probes_text(self.observed, self.rule, self.rule_name)
         return _in_units(self.observed, self.metric)
 
     @property
@@ -212,6 +216,42 @@ class IncidentAnalysisInfo:
     customer_notice: str | None = None
     rules: list[str] = field(default_factory=list)
     moves: list[MetricMoveInfo] = field(default_factory=list)
+
+
+def _outage_rule(move: MetricMoveInfo, violations: list[Violation]) -> MetricMoveInfo:
+    """``move`` with the rule of its chart's violation: the one whose count it shows, else (the
+    alerter raised it to the failures since the last success) the run's."""
+    mine = sorted(
+        (
+            v
+            for v in violations
+            if (v.model, v.metric, v.prompt_id) == (move.model, move.metric, move.prompt_id)
+        ),
+        key=lambda v: v.ts,
+    )
+    if not mine:
+        return move
+    rules = {v.rule.upper() for v in mine}
+    same = [v for v in mine if round(v.value) == round(move.observed)]
+    if len(rules) == 1:
+        chosen = mine[0]
+    elif same:
+        chosen = same[0]
+    else:
+        chosen = (
+            next(v for v in mine if v.rule.upper() == "AVAILABILITY") if "AVAILABILITY" in rules else mine[0]
+        )
+    return replace(move, rule=chosen.rule, rule_name=chosen.rule_name)
+
+
+def with_outage_rules(
+    analysis: IncidentAnalysisInfo | None, violations: list[Violation]
+) -> IncidentAnalysisInfo | None:
+    """The analysis with each outage move's rule, from the incident's violations."""
+    if analysis is None or not any(m.outage and not m.rule for m in analysis.moves):
+        return analysis
+    moves = [_outage_rule(m, violations) if m.outage and not m.rule else m for m in analysis.moves]
+    return replace(analysis, moves=moves)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from llmscope.web.alerting import (
     NotificationFilter,
     SilenceInput,
     TestSendResult,
+    with_outage_rules,
 )
 from llmscope.web.data import SEVERITY_AT_LEAST
 from llmscope.web.pages import BY_REQUIRED, Pages, is_htmx
@@ -165,7 +166,8 @@ def add_alerting_routes(
         detail = await data.incident(incident_id)
         if detail is None:
             return pages.render(request, "not_found.html", {"what": "incident"}, status_code=404)
-        context = {"d": detail, "i": detail.incident, "a": detail.analysis, "error": error}
+        analysis = with_outage_rules(detail.analysis, detail.violations)
+        context = {"d": detail, "i": detail.incident, "a": analysis, "error": error}
         return pages.render(
             request,
             "incident.html",

@@ -8,6 +8,7 @@ The same dataclasses are the API's JSON response models, so the dashboard and th
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,6 +40,25 @@ METRIC_UNITS: dict[str, str] = {
     "traffic_latency_per_token_p90": "ms",
     "traffic_ttft_p50": "ms",
 }
+
+_WINDOW = re.compile(r"in the last (\d+) probes")
+
+
+def failed_probes_text(count: float, rule: str, rule_name: str = "") -> str:
+    """An availability chart's value in words, as its rule counts it: ``3 failed probes in a
+    row`` (AVAILABILITY, a run), ``10 failed probes in the last 50`` (ERROR_RATE, failures
+    scattered in its window, the window read from the engine's rule name ``>= 10 failures in the
+    last 50 probes``), a bare count for any other rule."""
+    n = f"{count:,.0f} failed probe{'' if round(count) == 1 else 's'}"
+    match rule.upper():
+        case "AVAILABILITY":
+            return f"{n} in a row"
+        case "ERROR_RATE":
+            window = _WINDOW.search(rule_name)
+            return f"{n} in the last {window[1]}" if window else f"{n} in the window"
+    return n
+
+
 WINDOWS_H: tuple[int, ...] = (1, 6, 24, 168, 720)
 OVERVIEW_WINDOWS_H: tuple[int, ...] = (1, 6, 24, 168)
 Severity = Literal["critical", "warning", "info"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +23,14 @@ from markupsafe import Markup, escape
 
 from llmscope.proto.charts import is_traffic_chart
 from llmscope.web.compression import mark_secret_free
-from llmscope.web.data import METRIC_LABELS, METRIC_UNITS, DashboardData, RebaselineResult
+from llmscope.web.data import (
+    METRIC_LABELS,
+    METRIC_UNITS,
+    DashboardData,
+    RebaselineResult,
+    Violation,
+    failed_probes_text,
+)
 from llmscope.web.live import chart_pace_s, point_event, traffic_event
 from llmscope.web.minichart import render_minichart
 from llmscope.web.remembered_by import refuse_by, template_remembered_by
@@ -59,6 +67,31 @@ def _measured(value: float | None, metric: str, digits: int = 1) -> str:
     unit = METRIC_UNITS.get(metric, "")
     text = _num(value, 0 if metric == "availability" else digits)
     return f"{text} {unit}" if unit and value is not None else text
+
+
+def _violation_value(v: Violation, digits: int = 1) -> str:
+    """A violation's value with its unit; an availability chart's failed probes as its rule
+    counts them: a run (AVAILABILITY) or failures within the window (ERROR_RATE)."""
+    if v.metric == "availability":
+        return failed_probes_text(v.value, v.rule, v.rule_name)
+    return _measured(v.value, v.metric, digits)
+
+
+_ERROR_RATE_NAME = re.compile(r">=\s*(\d+) failures in the last (\d+) probes")
+
+
+def _alarm_threshold(v: Violation) -> str:
+    """An availability violation's alarm threshold: the run that fires AVAILABILITY (its rule
+    name), or ERROR_RATE's failures in the window with their share; "–" where the engine knew
+    none (its baseline still collecting: it writes a share of 1, which is no threshold)."""
+    if v.rule.upper() == "AVAILABILITY":
+        return v.rule_name if v.rule_name.endswith(" in a row") else "–"
+    if float(v.limits.get("center") or 0) <= 0:
+        return "–"
+    share = f"{float(v.limits.get('ucl') or 0) * 100:.1f} % of the window"
+    if found := _ERROR_RATE_NAME.search(v.rule_name):
+        return f"{found[1]} failed probes in the last {found[2]} ({share})"
+    return f"{share} failing"
 
 
 _UNITS = (("year", 365.25 * 86400), ("day", 86400.0), ("hour", 3600.0), ("minute", 60.0), ("second", 1.0))
@@ -188,6 +221,8 @@ def build_environment() -> Environment:
     env.filters["ago"] = _ago
     env.filters["num"] = _num
     env.globals["measured"] = _measured
+    env.globals["violation_value"] = _violation_value
+    env.globals["alarm_threshold"] = _alarm_threshold
     env.globals["metric_units"] = METRIC_UNITS
     env.filters["ts"] = _ts
     env.filters["url_breaks"] = _url_breaks

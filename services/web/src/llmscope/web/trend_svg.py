@@ -5,6 +5,8 @@ chart (``svg.py``) and needing no JavaScript.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from html import escape
@@ -13,7 +15,7 @@ from markupsafe import Markup
 
 from llmscope.web.data import METRIC_LABELS, ChartPoint
 from llmscope.web.svg_axes import Frame, is_narrow, nice_ticks, side_pads, time_axis, unit_label, value_axis
-from llmscope.web.trends import AvailabilityBucket, AvailabilityHistory, Comparison
+from llmscope.web.trends import AvailabilityBucket, AvailabilityHistory, ChartEvent, Comparison
 from llmscope.web.userinfo import without_password
 
 # Tableau 10: distinct to most eyes, and the control chart's blue first.
@@ -49,6 +51,28 @@ def _band_runs(points: list[ChartPoint], gap: timedelta) -> list[list[ChartPoint
         runs[-1].append(p)
         prev = p.ts
     return [r for r in runs if len(r) > 1]
+
+
+_SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
+_TITLE_LINES = 12
+"""Violations a shared mark's title lists by name; the rest are counted."""
+MARK_GAP = 12.0
+"""Violation marks (8 px wide, their count above) closer than this in px are drawn as one."""
+
+
+def _mark_groups(events: list[ChartEvent], x: Callable[[datetime], float]) -> list[list[ChartEvent]]:
+    """The violations in time order, those within ``MARK_GAP`` px of a group's first together:
+    each group is drawn at its first, so two marks are at least ``MARK_GAP`` apart."""
+    groups: list[list[ChartEvent]] = []
+    start = -math.inf
+    for ev in sorted(events, key=lambda ev: ev.ts):
+        ex = x(ev.ts)
+        if groups and ex - start < MARK_GAP:
+            groups[-1].append(ev)
+        else:
+            groups.append([ev])
+            start = ex
+    return groups
 
 
 def render_comparison(data: Comparison, *, width: int = 960, height: int = 340) -> Markup:
@@ -136,24 +160,45 @@ def render_comparison(data: Comparison, *, width: int = 960, height: int = 340) 
                     f"<title>{name}</title></polyline>"
                 )
     index = {(line.provider, line.model): i for i, line in enumerate(data.lines)}
-    for ev in data.events:
-        if not t0 <= ev.ts.timestamp() <= t1:
+    shown = [ev for ev in data.events if t0 <= ev.ts.timestamp() <= t1]
+    for ev in shown:
+        if ev.kind != "rebaseline":
             continue
         ex = x(ev.ts)
         stroke = color(index.get((ev.provider, ev.model), 0))
         title = f"{escape(ev.ts.strftime('%m-%d %H:%M'))} {escape(ev.model)} {escape(ev.label)}"
-        if ev.kind == "rebaseline":
-            out.append(
-                f'<g class="rebaseline"><line x1="{ex:.1f}" x2="{ex:.1f}" y1="{top}" y2="{top + plot_h}" '
-                f'stroke="{stroke}" class="rebaseline-line"/><rect x="{ex - 4:.1f}" y="{top}" width="8" '
-                f'height="8" fill="{stroke}"/><title>{title}</title></g>'
-            )
-            continue
         out.append(
-            f'<a href="/violations/{escape(ev.id)}"><path d="M{ex - 4:.1f},{PAD_T} L{ex + 4:.1f},{PAD_T} '
-            f'L{ex:.1f},{PAD_T + 8}" class="event {escape(ev.severity)}" stroke="{stroke}">'
-            f"<title>{escape(ev.ts.strftime('%m-%d %H:%M'))} {escape(ev.model)} {escape(ev.label)} "
-            f"{escape(ev.severity)}</title></path></a>"
+            f'<g class="rebaseline"><line x1="{ex:.1f}" x2="{ex:.1f}" y1="{top}" y2="{top + plot_h}" '
+            f'stroke="{stroke}" class="rebaseline-line"/><rect x="{ex - 4:.1f}" y="{top}" width="8" '
+            f'height="8" fill="{stroke}"/><title>{title}</title></g>'
+        )
+    # Violations firing within seconds of each other (several rules on one probe, several models
+    # at once) share one mark with their count: eight-pixel marks drawn over each other were a
+    # blob nobody could read or click. The mark's title lists them.
+    for group in _mark_groups([ev for ev in shown if ev.kind != "rebaseline"], x):
+        ex = x(group[0].ts)  # at the first: groups' firsts are MARK_GAP apart, so marks never overlap
+        worst = min(group, key=lambda ev: _SEVERITY_RANK.get(ev.severity, len(_SEVERITY_RANK)))
+        models = {(ev.provider, ev.model) for ev in group}
+        stroke = color(index.get(next(iter(models)), 0)) if len(models) == 1 else "#333"
+        lines = [
+            f"{ev.ts.strftime('%m-%d %H:%M:%S')} {ev.model} {ev.label} {ev.severity}"
+            for ev in group[:_TITLE_LINES]
+        ]
+        if len(group) > _TITLE_LINES:
+            lines.append(f"… and {len(group) - _TITLE_LINES} more")
+        title = escape("\n".join(([f"{len(group)} violations"] if len(group) > 1 else []) + lines))
+        count = ""
+        if len(group) > 1:
+            # Above the mark; beside it where a phone's unit label sits above the plot's corner.
+            beside = compact and ex - 8 < pad_l + 7 * len(unit)
+            nx, ny, anchor = (ex + 5, PAD_T + 8, "start") if beside else (ex, PAD_T - 4, "middle")
+            count = (
+                f'<text x="{nx:.1f}" y="{ny}" class="event-count" text-anchor="{anchor}">{len(group)}</text>'
+            )
+        out.append(
+            f'<a href="/violations/{escape(worst.id)}"><g class="event-mark"><path d="M{ex - 4:.1f},{PAD_T} '
+            f'L{ex + 4:.1f},{PAD_T} L{ex:.1f},{PAD_T + 8}" class="event {escape(worst.severity)}" '
+            f'stroke="{stroke}"/>{count}<title>{title}</title></g></a>'
         )
     if not values:
         out.append(
