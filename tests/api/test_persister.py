@@ -531,13 +531,17 @@ async def test_cleared_event_closes_its_episode_in_either_order(pool: asyncpg.Po
 
 async def test_retention_deletes_only_old_rows(pool: asyncpg.Pool, database_url: str) -> None:
     async with pool.acquire() as conn:
-        await store_telemetry(conn, [telemetry(0, ts=T0 - timedelta(days=40)), telemetry(1)])
+        # Both stored now; the second's time two days on, so it is younger than the retention
+        # when the first, kept for the retention from when it was stored, goes.
+        await store_telemetry(
+            conn, [telemetry(0, ts=T0 - timedelta(days=40)), telemetry(1, ts=T0 + timedelta(days=2))]
+        )
     settings = ApiSettings(database_url=Secret(database_url), api_key=Secret("x" * 16))
     assert await fold_hours(pool, before=EVERY_HOUR) == 2
     assert await pool.fetchval("SELECT count(*) FROM telemetry_series_hour") == 2
-    # Once the stream no longer holds its message (its raw row is what makes a redelivery a no-op).
-    after_stream = datetime.now(UTC) + timedelta(seconds=settings.bus.telemetry_max_age_s, minutes=1)
-    deleted = await apply_retention(pool, settings, now=after_stream)
+    # A retention after it was stored (its raw row is what makes a redelivery a no-op).
+    a_retention_on = datetime.now(UTC) + timedelta(days=settings.retention_telemetry_days, minutes=1)
+    deleted = await apply_retention(pool, settings, now=a_retention_on)
     assert deleted["telemetry"] == 1
     assert "violations" not in deleted  # kept forever by default
     assert await pool.fetchval("SELECT count(*) FROM telemetry") == 1
@@ -549,13 +553,13 @@ async def test_retention_deletes_only_old_rows(pool: asyncpg.Pool, database_url:
     assert await pool.fetchval("SELECT count(*) FROM telemetry_series_hour") == 1
 
 
-async def test_an_old_event_stays_recorded_while_its_message_may_be_delivered_again(
+async def test_an_old_event_stays_recorded_for_the_retention_from_when_it_was_stored(
     pool: asyncpg.Pool, database_url: str
 ) -> None:
     """An event older than the raw telemetry's retention (a backfill, an outbox that waited out an
-    outage) keeps its raw row while the telemetry stream may deliver its message again: the row
-    is what makes the redelivery add nothing to the rollups. Deleted at the next hourly run, as
-    before, the redelivery counted it twice."""
+    outage) keeps its raw row for the retention from when it was stored: the row is what makes a
+    redelivery add nothing to the rollups. Deleted at the next hourly run, as before, the
+    redelivery counted it twice."""
     settings = ApiSettings(database_url=Secret(database_url), api_key=Secret("x" * 16))
     old = telemetry(0, ts=T0 - timedelta(days=40))
     async with pool.acquire() as conn:
@@ -568,8 +572,8 @@ async def test_an_old_event_stays_recorded_while_its_message_may_be_delivered_ag
     async with pool.acquire() as conn:  # redelivered (the ack was lost) or sent again
         assert await store_telemetry(conn, [old]) == 0
     assert await pool.fetchval(counted) == 1
-    after_stream = datetime.now(UTC) + timedelta(seconds=settings.bus.telemetry_max_age_s, minutes=1)
-    deleted = await apply_retention(pool, settings, now=after_stream)
+    a_retention_on = datetime.now(UTC) + timedelta(days=settings.retention_telemetry_days, minutes=1)
+    deleted = await apply_retention(pool, settings, now=a_retention_on)
     assert deleted["telemetry"] == 1
 
 

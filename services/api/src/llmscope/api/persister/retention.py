@@ -34,22 +34,23 @@ async def apply_retention(
     # not read or folded from the minutes left. Kept as long: they go with their hours.
     minutes_apart = minute_days > 0 and (hour_days <= 0 or minute_days < hour_days)
     # A raw row is the persister's record that its event was counted (a redelivery or a resend
-    # of the same id adds nothing): it stays while its message may still be delivered again, as
-    # long as the telemetry stream keeps it, however old the event (a backfill, an outbox that
-    # waited out an outage). Deleted the hour it was stored, a redelivery counted it twice.
-    redeliverable = now - timedelta(seconds=settings.bus.telemetry_max_age_s)
-    plan: list[tuple[str, str, str, float, tuple[object, ...]]] = [
-        ("telemetry", "ts", "AND received_at < $2", settings.retention_telemetry_days, (redeliverable,)),
-        ("telemetry_minute", "minute", "", 0 if minutes_apart else minute_days, ()),
-        ("telemetry_series_hour", "hour", "", hour_days, ()),
-        ("violations", "ts", "", settings.retention_violations_days, ()),
-        ("violation_clears", "ts", "", settings.retention_violations_days, ()),
+    # of the same id adds nothing): it is kept for the retention from when it was stored too,
+    # however old the event (a backfill, an outbox that waited out an outage), as long as any
+    # row's message may still be delivered again (the telemetry stream keeps it 7 days, the
+    # retention is 30). Deleted the hour it was stored, a redelivery counted it twice. An event
+    # stored as it happens goes when it did before.
+    plan = [
+        ("telemetry", "ts", "AND received_at < $1", settings.retention_telemetry_days),
+        ("telemetry_minute", "minute", "", 0 if minutes_apart else minute_days),
+        ("telemetry_series_hour", "hour", "", hour_days),
+        ("violations", "ts", "", settings.retention_violations_days),
+        ("violation_clears", "ts", "", settings.retention_violations_days),
         # An incident goes with its violations, once it is resolved (an open one is still work).
-        ("incidents", "resolved_at", "AND state = 'resolved'", settings.retention_violations_days, ()),
-        ("dead_letters", "ts", "", settings.retention_deadletter_days, ()),
+        ("incidents", "resolved_at", "AND state = 'resolved'", settings.retention_violations_days),
+        ("dead_letters", "ts", "", settings.retention_deadletter_days),
     ]
     deleted: dict[str, int] = {}
-    for table, column, also, days, more in plan:
+    for table, column, also, days in plan:
         if days <= 0:
             continue
         cutoff = now - timedelta(days=days)
@@ -60,7 +61,6 @@ async def apply_retention(
             status = await conn.execute(
                 f"DELETE FROM {table} WHERE {column} < $1 {also}",
                 cutoff,
-                *more,
                 timeout=RETENTION_TIMEOUT_S + 5,
             )
         deleted[table] = int(status.rsplit(" ", 1)[-1])
