@@ -19,7 +19,7 @@ from llmscope.alerter.silences import Silence
 from llmscope.config.env import ConfigError, Env
 from llmscope.proto.alert import NotificationEvent
 from tests.alerter.api_side import api_side
-from tests.alerter.factories import cleared, violation, webhook_sink
+from tests.alerter.factories import T0, cleared, violation, webhook_sink
 from tests.alerter.flushes import all_flushed_after, nothing_in_flight
 from tests.alerter.harness import Running, eventually, publish, start_alerter
 
@@ -312,3 +312,35 @@ def test_the_delay_is_read_and_validated_at_start() -> None:
     for bad in ("-1", "soon", "inf", "1e12"):
         with pytest.raises(ConfigError, match=var):
             AlerterSettings.from_env(Env({**base, var: bad}))
+
+
+async def test_a_resolution_applied_late_is_told_first_and_paged_again_only_after_the_delay(
+    database_url: str, js: JetStreamContext
+) -> None:
+    """The delay counts from when the alerter applied the resolution (and told the channels), not
+    from the person's time: an action that reaches it long after it was made (an alerter behind,
+    or down) is a resolution to tell first, not a page again at once."""
+    api = await api_side(js)
+    sink, got = await webhook_sink()
+    run = await start_alerter(
+        database_url,
+        js,
+        {"LLMSCOPE_WEBHOOK_URL": sink.url + "/hook"},
+        timings=TIMINGS,
+        repage_after_resolve=REPAGE_S,
+    )
+    try:
+        ev = violation(1, rule="CUSUM")
+        await publish(js, ev)
+        await eventually(lambda: len(got) >= 1, what="the page")
+        await api.act(ev, "resolved", "bo", "made long ago", at=T0 + timedelta(minutes=1))
+        await eventually(lambda: len(got) >= 2, what="the hand resolution's message")
+        assert got[1].title.startswith("[LLMscope] RESOLVED by bo:"), got[1].title
+        await eventually(lambda: len(got) >= 3, what="the page again")
+        assert got[2] in repages(got), got[2].title
+        await quiet(run)
+        assert len(got) == 3, [g.title for g in got]
+    finally:
+        await run.close()
+        await sink.stop()
+        await api.close()

@@ -91,13 +91,15 @@ class HandResolutionStore(IncidentStore):
         marked = [
             r["episode_id"]
             for r in await conn.fetch(
-                "UPDATE alerter_alerts SET resolved_at = $2, resolved_by = $3, resolved_note = $4"
+                "UPDATE alerter_alerts SET resolved_at = $2, resolved_by = $3, resolved_note = $4,"
+                " hand_resolved_applied_at = $5"
                 " WHERE episode_id = ANY($1::text[]) AND cleared_at IS NULL AND resolved_at IS NULL"
                 " RETURNING episode_id",
                 list(episode_ids),
                 at or now,
                 by,
                 note,
+                now,
             )
         ]
         if marked:
@@ -138,8 +140,9 @@ class HandResolutionStore(IncidentStore):
         return done
 
     async def repage_hand_resolved(self, after_s: float, limit: int = 50) -> int:
-        """Alerts resolved by hand at least ``after_s`` ago whose episode the engine has not
-        cleared fire again: still failing, so their routes page again (at the next flush, now).
+        """Alerts resolved by hand at least ``after_s`` ago (since the alerter applied the
+        resolution and told the channels) whose episode the engine has not cleared fire again:
+        still failing, so their routes page again (at the next flush, now).
 
         The UPDATE that moves an alert back to firing is the claim: of two replicas, the second
         finds it firing already and does nothing, so each hand resolution is paged again once,
@@ -153,7 +156,7 @@ class HandResolutionStore(IncidentStore):
                 r["episode_id"]
                 for r in await conn.fetch(
                     "SELECT episode_id FROM alerter_alerts WHERE cleared_at IS NULL"
-                    " AND resolved_at IS NOT NULL AND resolved_at <= $1"
+                    " AND resolved_at IS NOT NULL AND hand_resolved_applied_at <= $1"
                     " AND (repage_of_at IS NULL OR resolved_at > repage_of_at)"
                     " ORDER BY episode_id LIMIT $2",
                     cutoff,
@@ -171,7 +174,7 @@ class HandResolutionStore(IncidentStore):
                     " repage_of_by = resolved_by, repage_of_note = resolved_note,"
                     " resolved_at = NULL, resolved_by = NULL, resolved_note = NULL"
                     " WHERE episode_id = ANY($1::text[]) AND cleared_at IS NULL"
-                    " AND resolved_at IS NOT NULL AND resolved_at <= $2"
+                    " AND resolved_at IS NOT NULL AND hand_resolved_applied_at <= $2"
                     # Once per hand resolution: the one paged again, restored, is not paged twice.
                     " AND (repage_of_at IS NULL OR resolved_at > repage_of_at)"
                     " RETURNING episode_id",
