@@ -212,13 +212,13 @@ class Notification:
     def still_failing(self) -> str:
         """``STILL FAILING after resolved by ana at 12:03:10 UTC: `` when a firing violation was
         resolved by hand and never cleared (paged again), else ""."""
-        again = [a for a in self.firing if a.repage_of_by and a.repage_of_at is not None]
+        again = [
+            (at, by) for a in self.firing if (at := a.repage_of_at) is not None and (by := a.repage_of_by)
+        ]
         if not again:
             return ""
-        first = min(again, key=lambda a: a.repage_of_at or self.created_at)
-        who = ", ".join(sorted({a.repage_of_by for a in again if a.repage_of_by}))
-        assert first.repage_of_at is not None
-        return f"STILL FAILING after resolved by {who} at {m.clock(first.repage_of_at)}: "
+        who = ", ".join(sorted({by for _, by in again}))
+        return f"STILL FAILING after resolved by {who} at {m.clock(min(at for at, _ in again))}: "
 
     def lead_event(self) -> ViolationEvent:
         """What the title names: the most severe firing violation this channel was not told yet
