@@ -7,12 +7,12 @@
 -- delay counts from it, not from the person's time (an action delivered late, or backdated,
 -- must first be told as a resolution, not paged again at once).
 ALTER TABLE alerter_alerts ADD COLUMN hand_resolved_applied_at timestamptz;
+-- Hand resolutions made before this migration keep it NULL and are never paged again: they were
+-- made when a hand resolution meant quiet until the clear, and an upgrade must not page them all.
 ALTER TABLE alerter_alerts ADD COLUMN repaged_at timestamptz;
 ALTER TABLE alerter_alerts ADD COLUMN repage_of_at timestamptz;
 ALTER TABLE alerter_alerts ADD COLUMN repage_of_by text;
 ALTER TABLE alerter_alerts ADD COLUMN repage_of_note text;
 -- The dispatch tick's look for hand resolutions whose episode has not cleared.
-UPDATE alerter_alerts SET hand_resolved_applied_at = resolved_at
-WHERE cleared_at IS NULL AND resolved_at IS NOT NULL;
 CREATE INDEX alerter_alerts_hand_resolved_open_idx ON alerter_alerts (hand_resolved_applied_at)
     WHERE cleared_at IS NULL AND resolved_at IS NOT NULL;
