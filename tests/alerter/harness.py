@@ -91,6 +91,7 @@ async def start_alerter(
     clock: Callable[[], datetime] = utcnow,
     tickets: TicketConfig | None = None,
     api: ApiView | None = None,
+    repage_after_resolve: float = 3600.0,
 ) -> Running:
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=6)
     async with pool.acquire() as conn:
@@ -115,6 +116,7 @@ async def start_alerter(
             config_file=config_file,
             timings=timings or Timings(group_wait=0.3, group_interval=0.2, repeat_interval=3600),
             tickets=tickets,
+            repage_after_resolve_s=repage_after_resolve,
         ),
         notifier_factory=factory,
         # The API over the bus (settings bucket, telemetry requests); without NATS, no API.

@@ -136,6 +136,17 @@ def notification(case: str) -> Notification:
     match case:
         case "firing":
             return replace(base, firing=(AlertView(shift(), context=ctx, incident=SINGLE),))
+        case "repaged":
+            # Resolved by hand at 12:03, never cleared by the engine: paged again an hour later.
+            again = AlertView(
+                shift(),
+                context=ctx,
+                incident=SINGLE,
+                repage_of_by="ana",
+                repage_of_at=T0 + timedelta(minutes=3),
+                repage_of_note="restarted ollama",
+            )
+            return replace(base, id="8:oncall:1", firing=(again,))
         case "firing_old_event":
             return replace(base, firing=(AlertView(shift(engine_fields=False), incident=SINGLE),))
         case "update":
@@ -210,6 +221,7 @@ def notification(case: str) -> Notification:
 
 CASES = (
     "firing",
+    "repaged",
     "firing_old_event",
     "update",
     "resolved",

@@ -65,9 +65,10 @@ async def test_migrations_apply_once_even_concurrently(database_url: str) -> Non
             "014_violation_action_seq.sql",
             "015_violation_action_activity.sql",
             "016_latest_resolution_note.sql",
+            "017_repage_after_hand_resolution.sql",
         ]
         assert await migrate(conns[0]) == []
-        assert await conns[0].fetchval("SELECT count(*) FROM alerter_schema_migrations") == 16
+        assert await conns[0].fetchval("SELECT count(*) FROM alerter_schema_migrations") == 17
         assert await conns[0].fetchval("SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm'") == 1
     finally:
         for c in conns:

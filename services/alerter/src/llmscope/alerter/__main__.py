@@ -139,6 +139,7 @@ async def serve(settings: AlerterSettings, env: Env, stop: asyncio.Event) -> Non
                         settings_refresh_s=settings.settings_refresh_s,
                         llm=settings.llm,
                         tickets=settings.tickets,
+                        repage_after_resolve_s=settings.repage_after_resolve_s,
                         config_file=file,
                         timings=settings.timings,
                         retention=RetentionPolicy(

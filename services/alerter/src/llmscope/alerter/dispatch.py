@@ -48,6 +48,12 @@ class Dispatcher(AlerterBase):
             await self.store.sync_hand_resolutions()
         except Exception:
             log_failure(log, "reading hand resolutions failed")
+        if self._opts.repage_after_resolve_s > 0:
+            try:
+                await self.store.repage_hand_resolved(self._opts.repage_after_resolve_s)
+            except Exception:
+                # Nothing is lost: the next tick finds them still due.
+                log_failure(log, "paging again violations resolved by hand failed")
         # The first pass takes back at once what a dead predecessor of the same instance name held.
         claims = await self.store.reclaim_expired(skip=frozenset(self._live), own=not self._started)
         self._started = True
@@ -124,6 +130,9 @@ class Dispatcher(AlerterBase):
                 resolved_by=a.resolved_by if a.cleared is None else None,
                 resolved_at=a.resolved_at if a.cleared is None else None,
                 resolved_note=a.resolved_note if a.cleared is None else None,
+                repage_of_by=a.repage_of_by if a.cleared is None else None,
+                repage_of_at=a.repage_of_at if a.cleared is None else None,
+                repage_of_note=a.repage_of_note if a.cleared is None else None,
             )
 
         return Notification(

@@ -103,7 +103,9 @@ def decide(
         if reason is None:
             continue
         announce = to_announce_resolved(resolved_ids, previous) if channel.send_resolved else frozenset()
-        told_resolved = previous.resolved if previous else frozenset()
+        # An episode firing again (paged again after a hand resolution) is no longer told
+        # resolved: its clear is news to announce.
+        told_resolved = (previous.resolved - firing_ids) if previous else frozenset()
         plans.append(
             FlushPlan(
                 channel=channel.name,

@@ -5,7 +5,7 @@ API while they still fire here: the channels that were paged are told at once. A
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from llmscope.alerter.incident_store import IncidentStore
 from llmscope.alerter.store_base import Conn
@@ -91,13 +91,15 @@ class HandResolutionStore(IncidentStore):
         marked = [
             r["episode_id"]
             for r in await conn.fetch(
-                "UPDATE alerter_alerts SET resolved_at = $2, resolved_by = $3, resolved_note = $4"
+                "UPDATE alerter_alerts SET resolved_at = $2, resolved_by = $3, resolved_note = $4,"
+                " hand_resolved_applied_at = $5"
                 " WHERE episode_id = ANY($1::text[]) AND cleared_at IS NULL AND resolved_at IS NULL"
                 " RETURNING episode_id",
                 list(episode_ids),
                 at or now,
                 by,
                 note,
+                now,
             )
         ]
         if marked:
@@ -120,6 +122,9 @@ class HandResolutionStore(IncidentStore):
             "SELECT a.episode_id, v.resolved_by, v.resolved_at, v.note FROM alerter_alerts a"
             " JOIN alerter_violation_actions v ON v.episode_id = a.episode_id"
             " WHERE a.cleared_at IS NULL AND a.resolved_at IS NULL AND v.resolved_at IS NOT NULL"
+            # One paged again after a hand resolution is not resolved again by that same one
+            # (nor the API's copy of its incident's); only by a resolution made since.
+            " AND (a.repaged_at IS NULL OR v.resolved_at > a.repaged_at)"
             " AND ($1::text[] IS NULL OR a.episode_id = ANY($1::text[]))"
             " ORDER BY a.episode_id",
             None if episode_ids is None else list(episode_ids),
@@ -133,3 +138,108 @@ class HandResolutionStore(IncidentStore):
                 conn, [r["episode_id"]], r["resolved_by"] or "someone", r["note"], r["resolved_at"]
             )
         return done
+
+    async def repage_hand_resolved(self, after_s: float, limit: int = 50) -> int:
+        """Alerts resolved by hand at least ``after_s`` ago (since the alerter applied the
+        resolution and told the channels) whose episode the engine has not cleared fire again:
+        still failing, so their routes page again (at the next flush, now).
+
+        The UPDATE that moves an alert back to firing is the claim: of two replicas, the second
+        finds it firing already and does nothing, so each hand resolution is paged again once,
+        and the message itself goes through the group's flush like any other (claimed once).
+        State is in ``alerter_alerts`` (``repaged_at``, ``repage_of_*``): a restart loses none.
+        """
+        now = self.clock()
+        cutoff = now - timedelta(seconds=after_s)
+        async with self.pool.acquire() as conn, conn.transaction():
+            due = [
+                r["episode_id"]
+                for r in await conn.fetch(
+                    "SELECT episode_id FROM alerter_alerts WHERE cleared_at IS NULL"
+                    " AND resolved_at IS NOT NULL AND hand_resolved_applied_at <= $1"
+                    " AND (repage_of_at IS NULL OR resolved_at > repage_of_at)"
+                    " ORDER BY episode_id LIMIT $2",
+                    cutoff,
+                    limit,
+                )
+            ]
+            if not due:
+                return 0
+            # Their incidents, active groups, then the alerts, in the one order (lock_rows).
+            await self.lock_rows(conn, due, groups=True)
+            moved = [
+                r["episode_id"]
+                for r in await conn.fetch(
+                    "UPDATE alerter_alerts SET repaged_at = $3, repage_of_at = resolved_at,"
+                    " repage_of_by = resolved_by, repage_of_note = resolved_note,"
+                    " resolved_at = NULL, resolved_by = NULL, resolved_note = NULL"
+                    " WHERE episode_id = ANY($1::text[]) AND cleared_at IS NULL"
+                    " AND resolved_at IS NOT NULL AND hand_resolved_applied_at <= $2"
+                    # Once per hand resolution: the one paged again, restored, is not paged twice.
+                    " AND (repage_of_at IS NULL OR resolved_at > repage_of_at)"
+                    " RETURNING episode_id",
+                    due,
+                    cutoff,
+                    now,
+                )
+            ]
+            for episode_id in sorted(moved):
+                await self._regroup(conn, episode_id, now)
+            if moved:
+                self._log.warning(
+                    "violations resolved by hand still fire: paging again", episodes=sorted(moved)
+                )
+            return len(moved)
+
+    async def _regroup(self, conn: Conn, episode_id: str, now: datetime) -> None:
+        """Put a re-fired alert in an active group of each route it was grouped by, flushed now.
+
+        Its group may still be active (other violations fire in it: the alert is news there
+        again); else it closed once its resolution was told, and the route's active group with
+        the same key (a new one if none, without group_wait: the problem is not new) takes it.
+        """
+        groups = await conn.fetch(
+            "SELECT DISTINCT ON (g.route, g.group_key) g.id, g.route, g.group_key, g.labels, g.state"
+            " FROM alerter_group_alerts ga JOIN alerter_groups g ON g.id = ga.group_id"
+            " WHERE ga.episode_id = $1 ORDER BY g.route, g.group_key, (g.state = 'active') DESC, g.id DESC",
+            episode_id,
+        )
+        for g in groups:
+            if g["state"] == "active":
+                # Held since lock_rows: it flushes now, the alert being news in it again.
+                await conn.execute(
+                    "UPDATE alerter_groups SET next_flush_at = least(next_flush_at, $2) WHERE id = $1",
+                    g["id"],
+                    now,
+                )
+                continue
+            while True:
+                group_id = await conn.fetchval(
+                    "INSERT INTO alerter_groups (route, group_key, labels, lead_episode_id, created_at,"
+                    " next_flush_at) VALUES ($1, $2, $3::jsonb, $4, $5, $5)"
+                    " ON CONFLICT (route, group_key) WHERE state = 'active' DO NOTHING RETURNING id",
+                    g["route"],
+                    g["group_key"],
+                    g["labels"],
+                    episode_id,
+                    now,
+                )
+                if group_id is None:
+                    # Another violation's group with that key: it takes the alert at its next
+                    # flush. FOR SHARE waits for a flush holding it, as ingest's _join_group does
+                    # (the same exception to the lock order, see store.py); one it closed is
+                    # skipped and the loop tries again.
+                    group_id = await conn.fetchval(
+                        "SELECT id FROM alerter_groups WHERE route = $1 AND group_key = $2"
+                        " AND state = 'active' FOR SHARE",
+                        g["route"],
+                        g["group_key"],
+                    )
+                if group_id is not None:
+                    break
+            await conn.execute(
+                "INSERT INTO alerter_group_alerts (group_id, episode_id) VALUES ($1, $2)"
+                " ON CONFLICT DO NOTHING",
+                group_id,
+                episode_id,
+            )

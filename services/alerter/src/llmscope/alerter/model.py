@@ -48,6 +48,10 @@ class Alert:
     """set when a person resolved it (or its incident) before it cleared"""
     resolved_by: str | None = None
     resolved_note: str | None = None
+    repage_of_at: datetime | None = None
+    """set when it fires again: a person resolved it then, and the engine has not cleared it since"""
+    repage_of_by: str | None = None
+    repage_of_note: str | None = None
 
     @property
     def episode_id(self) -> str:

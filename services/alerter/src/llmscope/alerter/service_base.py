@@ -63,6 +63,9 @@ class AlerterOptions:
     """How often the incident gauges are read from Postgres."""
     tickets: TicketConfig | None = None
     """Where critical incidents open tickets; None: no tickets."""
+    repage_after_resolve_s: float = 3600.0
+    """A violation resolved by hand and not cleared by the engine this long after is paged
+    again (once per resolution); 0: never."""
 
 
 class AlerterBase:

@@ -13,6 +13,7 @@
 | LLMSCOPE_ALERTER_GROUP_WAIT_S | 30 | wait after a group's first violation before its first message |
 | LLMSCOPE_ALERTER_GROUP_INTERVAL_S | 300 | minimum time between messages of a group |
 | LLMSCOPE_ALERTER_REPEAT_INTERVAL_S | 14400 | reminder interval while unacknowledged violations fire |
+| LLMSCOPE_ALERTER_REPAGE_AFTER_RESOLVE_S | 3600 | still open after a hand resolution: paged again (0: off) |
 | LLMSCOPE_ALERTER_TICK_S | 1 | how often due groups and expired claims are looked for |
 | LLMSCOPE_ALERTER_LEASE_S | 120 | claim lease, renewed while sending; >= 1.25 x (timeout + 1.25 x max) |
 | LLMSCOPE_ALERTER_RETRY_DEADLINE_S | 600 | give up retrying a delivery after this long |
@@ -129,6 +130,7 @@ class AlerterSettings:
     log_level: str
     tickets: TicketConfig | None = None
     db_statement_timeout_s: float = 30.0
+    repage_after_resolve_s: float = 3600.0
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> AlerterSettings:
@@ -201,4 +203,7 @@ class AlerterSettings:
             log_level=env.choice("LLMSCOPE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
             tickets=ticket_config(env),
             db_statement_timeout_s=env.number("LLMSCOPE_DB_STATEMENT_TIMEOUT_S", 30, min=0, max=86400),
+            repage_after_resolve_s=env.number(
+                "LLMSCOPE_ALERTER_REPAGE_AFTER_RESOLVE_S", 3600, min=0, max=366 * 86400
+            ),
         )

@@ -42,6 +42,9 @@ def alert_from_row(row: asyncpg.Record) -> Alert:
         resolved_at=row["resolved_at"],
         resolved_by=row["resolved_by"],
         resolved_note=row["resolved_note"],
+        repage_of_at=row.get("repage_of_at"),
+        repage_of_by=row.get("repage_of_by"),
+        repage_of_note=row.get("repage_of_note"),
     )
 
 

@@ -56,6 +56,10 @@ class AlertView:
     """a person resolved it (or its incident) before it cleared"""
     resolved_at: datetime | None = None
     resolved_note: str | None = None
+    repage_of_by: str | None = None
+    """it fires again: a person resolved it at ``repage_of_at`` and the engine never cleared it"""
+    repage_of_at: datetime | None = None
+    repage_of_note: str | None = None
 
     @property
     def episode_id(self) -> str:
@@ -203,7 +207,18 @@ class Notification:
             label = f"UPDATE, still {label}"
             head += f" [{len(self.firing)} still firing, {len(self.resolved)} resolved]"
         reminder = " (reminder)" if self.reason == "repeat" else ""
-        return f"[LLMscope] {label}: {head}{reminder}"
+        return f"[LLMscope] {label}: {self.still_failing()}{head}{reminder}"
+
+    def still_failing(self) -> str:
+        """``STILL FAILING after resolved by ana at 12:03:10 UTC: `` when a firing violation was
+        resolved by hand and never cleared (paged again), else ""."""
+        again = [
+            (at, by) for a in self.firing if (at := a.repage_of_at) is not None and (by := a.repage_of_by)
+        ]
+        if not again:
+            return ""
+        who = ", ".join(sorted({by for _, by in again}))
+        return f"STILL FAILING after resolved by {who} at {m.clock(min(at for at, _ in again))}: "
 
     def lead_event(self) -> ViolationEvent:
         """What the title names: the most severe firing violation this channel was not told yet
@@ -240,6 +255,15 @@ class Notification:
             rows.append(("Since", f"{m.clock(began)} (not yet cleared by the engine when resolved by hand)"))
         else:
             rows.append(("Since", f"{m.clock(began)} ({m.duration(self.created_at - began)} ago)"))
+            if a.repage_of_by and a.repage_of_at is not None:
+                note = f" ({a.repage_of_note})" if a.repage_of_note else ""
+                rows.append(
+                    (
+                        "Still failing",
+                        f"resolved by {a.repage_of_by} at {m.clock(a.repage_of_at)}{note}, but the"
+                        f" engine has not cleared it since: paged again",
+                    )
+                )
         rows.append(("How sure", m.how_sure(ev)))
         rows.extend(("Outage", line) for line in m.outage_lines(a.outage, self.created_at))
         incident = a.incident or self.incident
