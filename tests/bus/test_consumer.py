@@ -769,10 +769,11 @@ async def test_a_pause_of_the_consumers_loop_does_not_read_as_a_slow_rate(js: Je
     puller = await _standing_pull(js)
     puller.fill_wait_max = 0.03
     try:
-        for seq, stored in _feed(40, every_ns=1_000_000):  # stored 1 ms apart: 1,000 events/s
+        for seq, stored in _feed(400, every_ns=1_000_000):  # stored 1 ms apart: 1,000 events/s
             _take(js, puller, seq, stored)
             if seq % 10 == 0:
                 puller.give_back()  # a batch taken
+            if seq % 100 == 0:
                 time.sleep(0.05)  # noqa: ASYNC251 (the loop held up on purpose: the next message arrives late)
         assert 0.0009 < puller.spacing < 0.0011
         assert puller.linger_for(0.003) == 0.003
@@ -820,6 +821,27 @@ async def test_traffic_in_bursts_does_not_read_as_a_slow_rate(js: JetStreamConte
         await puller.stop()
 
 
+async def test_a_short_stall_of_nats_server_does_not_read_as_a_slow_rate(js: JetStreamContext) -> None:
+    """1,000 events/s in batches of three, with nats-server stalled 12 ms now and then (the store
+    times of what it took meanwhile close together after the gap). Over a window of whole
+    batches the stall is a share of 100 ms; measured from one batch to the next, the stall was
+    a third of three events' span, the spacing read over 3 ms, and the linger grew to 3 spacings."""
+    puller = await _standing_pull(js)
+    puller.fill_wait_max = 0.03
+    try:
+        stored = time.time_ns()
+        for seq in range(1, 1001):
+            stored += 12_000_000 if seq % 50 == 0 else 1_000_000
+            _take(js, puller, seq, stored)
+            if seq % 3 == 0:
+                puller.give_back()  # a batch taken
+            assert puller.linger_for(0.003) == 0.003, seq
+        assert 0.001 < puller.spacing < 0.0015
+    finally:
+        puller.give_back()
+        await puller.stop()
+
+
 async def test_a_redelivered_message_does_not_read_as_a_slow_rate(js: JetStreamContext) -> None:
     """A message delivered again (its ack wait over, or nak'd by a persister that stopped) comes
     amid the live feed with the store time it was first stored at, long before the newest: no
@@ -829,7 +851,7 @@ async def test_a_redelivered_message_does_not_read_as_a_slow_rate(js: JetStreamC
     puller.fill_wait_max = 0.03
     old = time.time_ns() - 10_000_000_000  # first stored 10 s ago
     try:
-        for seq, stored in _feed(40, every_ns=1_000_000):  # stored 1 ms apart: 1,000 events/s
+        for seq, stored in _feed(400, every_ns=1_000_000):  # stored 1 ms apart: 1,000 events/s
             _take(js, puller, seq, stored)
             if seq % 10 == 0:
                 puller.give_back()  # a batch taken
