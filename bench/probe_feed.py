@@ -32,8 +32,10 @@ from prometheus_client import CollectorRegistry
 
 from llmscope.bus.publisher import Publisher
 from llmscope.config import eventloop
+from llmscope.config.env import Env
 from llmscope.prober.metrics import ProberMetrics
 from llmscope.prober.outbox import Outbox
+from llmscope.prober.settings import PUBLISH_LINGER_MS
 from llmscope.proto import subjects
 from llmscope.proto.base import Event, new_id
 from llmscope.proto.telemetry import TelemetryEvent
@@ -111,10 +113,14 @@ class TimedPublisher(Publisher):
         super().__init__(js)
         self._acked = acked
 
-    async def publish(self, subject: str, event: Event, *, deadline: float | None = None) -> PubAck:
-        ack = await super().publish(subject, event, deadline=deadline)
-        self._acked[event.id] = time.perf_counter()
-        return ack
+    async def publish_many(
+        self, events: Sequence[tuple[str, Event]], *, deadline: float | None = None
+    ) -> list[PubAck]:
+        acks = await super().publish_many(events, deadline=deadline)
+        now = time.perf_counter()
+        for _, event in events:
+            self._acked[event.id] = now
+        return acks
 
 
 async def publish(args: argparse.Namespace) -> None:
@@ -125,7 +131,14 @@ async def publish(args: argparse.Namespace) -> None:
     acked: dict[str, float] = {}
     for nc in clients:
         metrics = ProberMetrics(CollectorRegistry())
-        outboxes.append(Outbox(TimedPublisher(nc.jetstream(), acked), metrics, maxsize=1_000_000))
+        outboxes.append(
+            Outbox(
+                TimedPublisher(nc.jetstream(), acked),
+                metrics,
+                maxsize=1_000_000,
+                linger=args.linger_ms / 1000,
+            )
+        )
     # Every event made first (not timed: a probe's own work is the prober's, not the stack's).
     # A model belongs to one prober, as a target belongs to the prober whose config names it.
     order = [
@@ -195,6 +208,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--subject-prefix", default="", help="publish here instead of the telemetry subjects")
     parser.add_argument("--stream", default="")
     parser.add_argument("--durable", default="bare")
+    parser.add_argument(
+        "--linger-ms",
+        type=float,
+        default=Env().number("LLMSCOPE_PROBER_PUBLISH_LINGER_MS", PUBLISH_LINGER_MS, min=0, max=1000),
+        help="the outbox's linger (default: LLMSCOPE_PROBER_PUBLISH_LINGER_MS, as the prober)",
+    )
     args = parser.parse_args(argv)
     # As the prober runs: uvloop where installed.
     eventloop.run(publish(args) if args.mode == "publish" else consume(args))

@@ -63,6 +63,8 @@ import nats
 import psutil
 from nats.js.api import StorageType
 
+from llmscope.config.env import Env
+from llmscope.prober.settings import PUBLISH_LINGER_MS
 from llmscope.proto import codec, subjects
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.spc_engine.settings import SpcSettings
@@ -896,7 +898,8 @@ async def probe_phases(
         await caught_up(url, within=600)
         print(
             f"\n== probe events: {models} models, published to JetStream by probers"
-            " (the prober's Outbox and Publisher)"
+            " (the prober's Outbox and Publisher, its linger"
+            f" {Env().number('LLMSCOPE_PROBER_PUBLISH_LINGER_MS', PUBLISH_LINGER_MS, min=0, max=1000):g} ms)"
         )
         for rate in rates:
             n = max(1, int(rate * seconds))
@@ -1069,6 +1072,10 @@ def report_probe(
                 [a - w - p for a, w, p in zip(latencies, writing, publishing, strict=False)],
             ),
             ("  transaction start -> stored", writing),
+            (
+                "  acked -> stored (the stack's own part)",
+                [a - p for a, p in zip(latencies, publishing, strict=False)],
+            ),
         ):
             ms = [1000 * v for v in values]
             print(

@@ -136,12 +136,18 @@ def _pending(msg: JsMsg) -> bool:
     return tail.isdigit() and tail != "0"
 
 
+def _plain_ack(reply: str) -> bool:
+    """The ack subject's plain form, whose tokens the readers below take by position:
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>``
+    (not the form with a domain and account hash)."""
+    return reply.startswith("$JS.ACK.") and reply.count(".") == 8
+
+
 def _stored_ns(msg: JsMsg) -> int:
     """When JetStream stored ``msg`` (ns since the epoch, nats-server's clock: the ack subject's
     timestamp token); 0 when the subject has another form."""
     reply = msg.reply or ""
-    # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>
-    if reply.startswith("$JS.ACK.") and reply.count(".") == 8:
+    if _plain_ack(reply):
         stamp = reply.rsplit(".", 2)[1]
         if stamp.isdigit():
             return int(stamp)
@@ -169,8 +175,7 @@ def _stream_seq(msg: JsMsg) -> int:
     """The stream sequence alone (:func:`_position`'s first half): a count and a split short of
     the ack subject's last three tokens, half the time, for each message a batch acks."""
     reply = msg.reply or ""
-    # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>
-    if reply.startswith("$JS.ACK.") and reply.count(".") == 8:
+    if _plain_ack(reply):
         return int(reply.split(".", 6)[5])
     return _position(msg)[0]
 

@@ -66,9 +66,11 @@ def _options(settings: ProberSettings) -> ProbeOptions:
 class _Printer:
     """A publisher for ``--once`` that writes events to stdout."""
 
-    async def publish(self, subject: str, event: Event, *, deadline: float | None = None) -> object:
-        sys.stdout.write(codec.encode(event).decode() + "\n")
-        return None
+    async def publish_many(
+        self, events: Sequence[tuple[str, Event]], *, deadline: float | None = None
+    ) -> list[None]:
+        sys.stdout.writelines(codec.encode(event).decode() + "\n" for _, event in events)
+        return [None] * len(events)
 
 
 async def once(settings: ProberSettings, metrics: ProberMetrics) -> int:
@@ -140,7 +142,13 @@ async def run(settings: ProberSettings, metrics: ProberMetrics, stop: asyncio.Ev
         return Publisher(js)
 
     journal = Journal(settings.outbox_dir, settings.prober_id) if settings.outbox_dir else None
-    outbox = Outbox(None, metrics, maxsize=settings.outbox_size, journal=journal)
+    outbox = Outbox(
+        None,
+        metrics,
+        maxsize=settings.outbox_size,
+        journal=journal,
+        linger=settings.publish_linger_ms / 1000,
+    )
     await outbox.recover()
     sampler = SystemSampler()
     health = await start_health_server(

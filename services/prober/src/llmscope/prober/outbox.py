@@ -1,6 +1,11 @@
 """A bounded outbox between probing and publishing: probes never wait for NATS.
 
-Events queue here and one worker publishes them in order, retrying while NATS is away. When
+Events queue here and one worker publishes them in order, retrying while NATS is away: whatever
+is queued goes out together (:meth:`Publisher.publish_many`, pipelined, the acks awaited once),
+and an event that finds the outbox empty waits ``linger`` seconds for others to go with it. At a
+prober's usual rates (a few to a few hundred probes a second) that turns one publish, one ack and
+one delivery to each consumer per event into one per burst, for every service downstream too
+(issue 13: nats-server, the persister and the engine each pay per wake-up). When
 the outbox is full the oldest event is dropped (counted and logged): recent telemetry matters
 more than old. Re-publishing an event is safe: JetStream de-duplicates on its id. With a
 :class:`~llmscope.prober.journal.Journal` the events also go to a file and a restarted prober
@@ -11,8 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from llmscope.bus.publisher import PublishFailed
@@ -26,7 +32,9 @@ log = get_logger("llmscope.prober.outbox")
 
 
 class EventPublisher(Protocol):
-    async def publish(self, subject: str, event: Event, *, deadline: float | None = None) -> object: ...
+    async def publish_many(
+        self, events: Sequence[tuple[str, Event]], *, deadline: float | None = None
+    ) -> Sequence[object]: ...
 
 
 class Outbox:
@@ -41,12 +49,18 @@ class Outbox:
         publish_deadline: float = 5.0,
         retry_delay: float = 1.0,
         journal: Journal | None = None,
+        linger: float = 0.0,
+        max_batch: int = 256,
     ) -> None:
         self._publisher = publisher
         self._metrics = metrics
         self._maxsize = maxsize
         self._deadline = publish_deadline
         self._retry_delay = retry_delay
+        self._linger = linger
+        self._max_batch = max_batch
+        self._since = 0.0
+        """When the oldest event the worker has not taken yet was put (monotonic seconds)."""
         self._queue: deque[tuple[str, Event]] = deque()
         self._ready = asyncio.Event()
         self.dropped = 0
@@ -74,6 +88,8 @@ class Outbox:
             self._drop_oldest()
         if self._journal is not None and not journaled:
             self._journal.put(subject, event)
+        if not self._queue:
+            self._since = time.monotonic()
         self._queue.append((subject, event))
         self._metrics.outbox_size.set(len(self._queue))
         self._ready.set()
@@ -104,6 +120,12 @@ class Outbox:
                 self._ready.clear()
                 await _wait_either(self._ready, stop)
                 continue
+            wait = self._since + self._linger - time.monotonic()
+            if wait > 0 and len(self._queue) < self._max_batch:
+                # Short and bounded: a stop meanwhile is seen right after, and what is queued
+                # then is flushed by the caller.
+                await asyncio.sleep(wait)
+                continue
             if not await self._publish_next():
                 await _sleep_or_stop(self._retry_delay, stop)
 
@@ -122,30 +144,34 @@ class Outbox:
                 await _sleep_or_stop(self._retry_delay, stop)
 
     async def _publish_next(self) -> bool:
+        """Publish the oldest queued events, up to ``max_batch``, in one go; False if they failed."""
         if self._publisher is None:
             return False
-        subject, event = self._queue.popleft()
+        batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))]
         try:
-            await self._publisher.publish(subject, event, deadline=self._deadline)
+            await self._publisher.publish_many(batch, deadline=self._deadline)
         except asyncio.CancelledError:
-            self._queue.appendleft((subject, event))
+            self._queue.extendleft(reversed(batch))
             raise
         except (PublishFailed, OSError, TimeoutError) as exc:
+            # Some may be stored already: sent again, their ids make JetStream keep them once.
             self._metrics.publish_failures.inc()
-            # Back to the front, unless newer events filled the outbox meanwhile: then it is the oldest.
-            if len(self._queue) >= self._maxsize:
-                self._done(event)
-                self.dropped += 1
-                self._metrics.dropped.inc()
-            else:
-                self._queue.appendleft((subject, event))
+            self._queue.extendleft(reversed(batch))
+            # Newer events filled the outbox meanwhile: the oldest (the batch's first) go.
+            while len(self._queue) > self._maxsize:
+                self._drop_oldest()
             log.warning(
-                "publish failed; will retry", subject=subject, waiting=len(self._queue), error=str(exc)[:200]
+                "publish failed; will retry",
+                subject=batch[0][0],
+                events=len(batch),
+                waiting=len(self._queue),
+                error=str(exc)[:200],
             )
             return False
-        self._done(event)
-        self.published += 1
-        self._metrics.published.inc()
+        for _, event in batch:
+            self._done(event)
+        self.published += len(batch)
+        self._metrics.published.inc(len(batch))
         self._metrics.outbox_size.set(len(self._queue))
         return True
 
