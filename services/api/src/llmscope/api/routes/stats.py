@@ -60,6 +60,26 @@ schemathesis: a schema-valid ``prompt_eval_count`` of ``0.0`` was refused)."""
 _IN = dict(_COMPONENTS["TelemetryEvent"])
 _IN["title"] = "TelemetryIn"
 _IN["required"] = [f for f in _IN["required"] if f not in ("type", "id", "ts")]
+ID_RULE = (
+    "The event's id, also its JetStream `Nats-Msg-Id`: an id sent again is stored and counted "
+    "once (JetStream drops the resend within LLMSCOPE_DUPLICATE_WINDOW_S, the persister beyond). "
+    "An id sent is kept as it is. Left out, with a `ts`, it is derived from the event's content: a "
+    "hash of every field as sent (fields unknown to this version included, `ts` as written), so "
+    "a resend of the same event gets the same id. Two events alike in every field, `ts` as "
+    "written included, are one event: stored once. A client that rounds `ts` (to the second, "
+    "say) and may measure twice alike within it (two failed probes of one target, the same "
+    "status and error, no latency) sends an `id` of its own, or `ts` at full precision. Left "
+    "out without a `ts`, it is fresh: the event is timed on arrival, and a resend is stored again."
+)
+_IN["properties"] = {
+    **_IN["properties"],
+    "id": {**_IN["properties"]["id"], "description": ID_RULE},
+    "ts": {
+        **_IN["properties"]["ts"],
+        "description": "when the event happened, UTC, RFC 3339; left out: when the API received "
+        "it (and the id, when left out too, is fresh: see `id`)",
+    },
+}
 _COMPONENTS["TelemetryIn"] = _IN
 _IN_REF = {"$ref": "#/components/schemas/TelemetryIn"}
 BODY_SCHEMA = {"anyOf": [_IN_REF, {"type": "array", "items": _IN_REF, "minItems": 1, "maxItems": MAX_BATCH}]}
@@ -104,7 +124,10 @@ def _located(message: str, prefix: str) -> tuple[str, str]:
 
 
 def _content_id(item: dict[str, Any]) -> str:
-    """An id that is the same for the same event sent twice (a retry after a 503 or a timeout)."""
+    """An id that is the same for the same event sent twice (a retry after a 503 or a timeout):
+    every field as sent, in key order (:data:`ID_RULE`). The fields unknown here are kept in it,
+    and ``ts`` as written (nanoseconds the decoder drops included): whatever the client sent
+    that tells two events apart keeps their ids apart."""
     return hashlib.sha256(msgspec.json.encode(item, order="sorted")).hexdigest()[:32]
 
 
@@ -208,11 +231,13 @@ def router(rt: Runtime) -> APIRouter:
         an event over 256 KiB, or a body over ``LLMSCOPE_MAX_BODY_BYTES``, is a 413.
 
         ``type``, ``id`` and ``ts`` may be left out: they default to ``telemetry.v1``, now, and
-        an id derived from the event's content when it has a ``ts`` (a fresh one otherwise). A
-        resent id is stored once (JetStream de-duplicates on it within
-        ``LLMSCOPE_DUPLICATE_WINDOW_S``). A 503 means not confirmed: the events may or may not
-        have reached the stream; send the same body again (with the ``ids`` of the 503's answer,
-        or a ``ts`` of your own) and nothing is stored twice.
+        an id derived from the event's content when it has a ``ts`` (a fresh one otherwise; the
+        rule, and when two events share an id, is the ``id`` field's description). A resent id is
+        stored and counted once (JetStream de-duplicates on it within
+        ``LLMSCOPE_DUPLICATE_WINDOW_S``, the persister on the stored row's id). A 503 means not
+        confirmed: the events may or may not have reached the stream; send the same body again
+        (with the ``ids`` of the 503's answer, or a ``ts`` of your own) and nothing is stored
+        twice; a timeout is the same.
         """
         body = await request.body()
         # The common case (the front door answers it before this route, see front_door_lane):
