@@ -187,3 +187,50 @@ async def test_the_openapi_document_says_when_two_events_share_an_id(api: Api) -
     assert "fresh" in sent["ts"]["description"]
     # The wire schema (the bus's) is not the request's: its description is the event's own.
     assert schemas["TelemetryEvent"]["properties"]["id"]["description"] == "globally unique event id"
+
+
+async def test_an_idempotency_key_makes_a_resend_without_a_ts_safe(ingesting_api: Api, nats_url: str) -> None:
+    """Events without a ts are timed on arrival; with the request's ``Idempotency-Key`` their ids
+    come from the key, their position and their content: the resend of a request is stored once
+    (the first attempt's time kept), another request is another, even alike in every field."""
+    api = ingesting_api
+    failed = {**PROBE, "status": "timeout", "error": "no answer in 30 s"}
+    batch = [failed, failed, {**failed, "latency_ms": 30_000.0}]
+    key = {"Idempotency-Key": "9b2d6f0e-attempts-of-one-request"}
+    sent = []
+    for _ in range(2):  # the first attempt stored, its 202 lost: the client sends it again
+        r = await api.client.post("/api/stats", json=batch, headers=key)
+        assert r.status_code == 202, r.text
+        sent.append(r.json())
+    assert sent[0]["ids"] == sent[1]["ids"]
+    assert len(set(sent[0]["ids"])) == 3  # two alike in one request are two measurements
+    assert sent[1]["duplicates"] == 3
+    other = await api.client.post("/api/stats", json=failed, headers={"Idempotency-Key": "another-request"})
+    assert other.json()["ids"][0] not in sent[0]["ids"]
+    # A ts rounded to the second: two requests alike in every field are two with their own keys.
+    ts = datetime.now(UTC).replace(microsecond=0).isoformat()
+    for n in (1, 2):
+        r = await api.client.post(
+            "/api/stats", json={**failed, "ts": ts}, headers={"Idempotency-Key": f"k-{n}"}
+        )
+        assert r.json()["duplicates"] == 0
+    # An event with an id keeps it, whatever the key (the front door's lane answers it).
+    complete = {**PROBE, "type": "telemetry.v1", "id": "mine-1", "ts": ts}
+    r = await api.client.post("/api/stats", json=complete, headers=key)
+    assert r.json()["ids"] == ["mine-1"]
+    assert await stream_messages(nats_url) == 7
+    await stored(api, 7)
+    assert await counted(api) == (7, 7)
+
+
+@pytest.mark.parametrize("value", ["", "k" * 256])
+async def test_an_idempotency_key_that_is_no_key_is_a_422_naming_it(api: Api, value: str) -> None:
+    complete = {**PROBE, "type": "telemetry.v1", "id": "mine-2", "ts": datetime.now(UTC).isoformat()}
+    for body in (PROBE, complete):  # the route's general path and the front door's lane
+        r = await api.client.post("/api/stats", json=body, headers={"Idempotency-Key": value})
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"][0]["field"] == "Idempotency-Key"
+    r = await api.client.post(
+        "/api/stats", json=PROBE, headers=[("Idempotency-Key", "a"), ("Idempotency-Key", "b")]
+    )
+    assert r.status_code == 422
