@@ -66,10 +66,11 @@ ID_RULE = (
     "once (JetStream drops the resend within LLMSCOPE_DUPLICATE_WINDOW_S, the persister beyond). "
     "An id sent is kept as it is. Left out, with a `ts`, it is derived from the event's content: a "
     "hash of every field as sent (fields unknown to this version included, `ts` as written), so "
-    "a resend of the same event gets the same id. Two events alike in every field, `ts` as "
-    "written included, are one event: stored once. A client that rounds `ts` (to the second, "
-    "say) and may measure twice alike within it (two failed probes of one target, the same "
-    "status and error, no latency) sends an `id` of its own, or `ts` at full precision. Left "
+    "a resend of the same event gets the same id. Without a key, two events alike in every "
+    "field, `ts` as written included, are one event: stored once. A client that rounds `ts` (to "
+    "the second, say) and may measure twice alike within it (two failed probes of one target, "
+    "the same status and error, no latency) sends an `id` of its own, an `Idempotency-Key`, or "
+    "`ts` at full precision. Left "
     "out without a `ts`, it is fresh: the event is timed on arrival, and a resend is stored again. "
     "With an `Idempotency-Key` header, an event left without an id gets one derived from the key, "
     "its position in the request and its content, `ts` or none: a resend of the request with the "
@@ -276,12 +277,11 @@ def router(rt: Runtime) -> APIRouter:
         an id derived from the event's content when it has a ``ts`` (a fresh one otherwise), or
         from the ``Idempotency-Key`` header, the event's position and its content when the
         request has one (the rule, and when two events share an id, is the ``id`` field's
-        description). A resent id is
-        stored and counted once (JetStream de-duplicates on it within
-        ``LLMSCOPE_DUPLICATE_WINDOW_S``, the persister on the stored row's id). A 503 means not
-        confirmed: the events may or may not have reached the stream; send the same body again
-        (with the ``ids`` of the 503's answer, or a ``ts`` of your own) and nothing is stored
-        twice; a timeout is the same.
+        description). A resent id is stored and counted once (JetStream de-duplicates on it
+        within ``LLMSCOPE_DUPLICATE_WINDOW_S``, the persister on the stored row's id). A 503
+        means not confirmed: the events may or may not have reached the stream; send the same
+        body again (with the ``ids`` of the 503's answer, a ``ts`` or the same
+        ``Idempotency-Key``) and nothing is stored twice; a timeout is the same.
         """
         key = _idempotency_key(request.headers)
         if isinstance(key, JSONResponse):
