@@ -175,6 +175,7 @@ async def test_the_front_door_lane_answers_as_the_route_does(api: Api) -> None:
 
 
 async def test_a_lane_that_declines_hands_the_body_on_unread() -> None:
+    from starlette.datastructures import Headers
     from starlette.requests import Request
     from starlette.responses import PlainTextResponse, Response
 
@@ -186,7 +187,7 @@ async def test_a_lane_that_declines_hands_the_body_on_unread() -> None:
         reached.append(await Request(scope, receive).body())
         await PlainTextResponse("route", status_code=201)(scope, receive, send)
 
-    async def lane(body: bytes) -> Response | None:
+    async def lane(body: bytes, headers: Headers) -> Response | None:
         return None if body.startswith(b"route") else PlainTextResponse(f"lane {len(body)}", status_code=202)
 
     class Everyone:

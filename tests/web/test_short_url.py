@@ -11,6 +11,7 @@ import pytest
 
 from llmscope.web.pages import build_environment
 from llmscope.web.short_url import url_pieces
+from llmscope.web.userinfo import hidden
 
 GATEWAY = "https://llm-gateway.inference.internal.example.com:8443/v1/openai"
 
@@ -69,7 +70,7 @@ def test_a_password_is_never_in_the_cell_its_title_or_what_a_copy_copies() -> No
     template = build_environment().from_string("<td>{{ t|short_url }}</td>")
     html = template.render(t="https://user:secret@gateway.example.internal.corp/v1/chat/completions")
     assert "secret" not in html
-    shown = "https://user:•••@gateway.example.internal.corp/v1/chat/completions"
+    shown = f"https://user:{hidden('secret')}@gateway.example.internal.corp/v1/chat/completions"
     assert f'title="{shown}"' in html
     assert re.sub(r"<[^>]+>", "", html) == shown
 
@@ -118,6 +119,6 @@ def test_a_key_in_the_query_is_never_in_the_cell_its_title_or_what_a_copy_copies
     template = build_environment().from_string("<td>{{ t|short_url }}</td>")
     html = template.render(t="https://gw.example.internal.corp/openai/v1/chat?api-key=s3cret&x=1")
     assert "s3cret" not in html
-    shown = "https://gw.example.internal.corp/openai/v1/chat?api-key=•••&x=1"
+    shown = f"https://gw.example.internal.corp/openai/v1/chat?api-key={hidden('s3cret')}&x=1"
     assert f'title="{shown.replace("&", "&amp;")}"' in html
     assert re.sub(r"<[^>]+>", "", html).replace("&amp;", "&") == shown

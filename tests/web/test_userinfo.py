@@ -11,17 +11,17 @@ import pytest
 
 from llmscope.api.persister import store_telemetry, store_violations
 from llmscope.web.data import ChartQuery
-from llmscope.web.userinfo import without_password
+from llmscope.web.userinfo import HIDDEN, hidden, without_password
 from tests.api.conftest import Api
 from tests.api.factories import telemetry, violation
 from tests.web.test_pages import login
 
 SECRET = "s3cret"
 CREDENTIALED = f"https://bot:{SECRET}@my-company-llm-router.prod.eu-west-1.internal.corp/v1/chat/completions"
-SHOWN = "https://bot:•••@my-company-llm-router.prod.eu-west-1.internal.corp/v1/chat/completions"
+SHOWN = f"https://bot:{hidden(SECRET)}@my-company-llm-router.prod.eu-west-1.internal.corp/v1/chat/completions"
 # A gateway taking its key in the query string (Azure OpenAI's api-key).
 KEYED = f"https://inferenceclusterprod01.example.com/openai/v1?api-key={SECRET}"
-KEYED_SHOWN = "https://inferenceclusterprod01.example.com/openai/v1?api-key=•••"
+KEYED_SHOWN = f"https://inferenceclusterprod01.example.com/openai/v1?api-key={hidden(SECRET)}"
 QUERY_SHOWN_TWO = "https://gw.example/openai?api-version=2024-06-01&api-key=•••"
 
 
@@ -75,8 +75,18 @@ QUERY_SHOWN_TWO = "https://gw.example/openai?api-version=2024-06-01&api-key=•�
     ],
 )
 def test_the_password_is_hidden_and_the_rest_kept(target: str | None, shown: str) -> None:
-    assert without_password(target) == shown
-    assert without_password(shown) == shown  # a printed target prints as it is
+    printed = without_password(target)
+    # What is hidden and what is kept; each hidden value has its fingerprint (tested in
+    # test_target_fingerprints), left out of the table.
+    assert unmarked(printed) == unmarked(shown)
+    assert printed.count(HIDDEN) == len(re.findall(f"{HIDDEN}[0-9a-f]{{4}}", printed))
+    assert without_password(printed) == printed  # a printed target prints as it is
+    assert without_password(shown) == shown  # so does one printed before fingerprints
+
+
+def unmarked(printed: str) -> str:
+    """``printed`` without the fingerprints of its hidden values."""
+    return re.sub(f"(?<={HIDDEN})[0-9a-f]{{4}}", "", printed)
 
 
 @pytest.mark.parametrize(
@@ -151,7 +161,9 @@ async def test_headers_show_a_long_target_shortened_with_the_whole_in_its_title(
     links = re.findall(r'href="(/dashboard\?[^"]*)"', overview)
     assert links
     assert not [link for link in links if SECRET in link], links
-    assert [link for link in links if "bot%3A%E2%80%A2%E2%80%A2%E2%80%A2%40" in link], links
+    assert [link for link in links if f"bot%3A%E2%80%A2%E2%80%A2%E2%80%A2{hidden(SECRET)[3:]}%40" in link], (
+        links
+    )
     report = (await client.get("/report?hours=24")).text
     headings = re.findall(r"<h2>Control chart:.*?</h2>", report, re.S)
     assert headings

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from fastapi.routing import iter_route_contexts
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -43,9 +44,9 @@ from llmscope.web.auth import Authenticator, AuthUnavailable, RateLimited, chang
 OPEN_WRITES = frozenset({"/login"})
 OTLP_PREFIX = "/v1/"
 
-Lane = Callable[[bytes], Awaitable[Response | None]]
-"""A route's answer from the front door: the request's body in, the response out (None: let the
-route answer)."""
+Lane = Callable[[bytes, Headers], Awaitable[Response | None]]
+"""A route's answer from the front door: the request's body and headers in, the response out
+(None: let the route answer)."""
 
 
 class BodyTooLarge(HTTPException):
@@ -157,7 +158,7 @@ class FrontDoor:
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         body = b"".join(chunks)
-        answer = await lane(body)
+        answer = await lane(body, Headers(scope=scope))
         if answer is None:
             given = False
 

@@ -13,14 +13,25 @@ has its secrets hidden the same way, its query as written or percent-encoded; on
 not followed here (deeper than ``_MAX_NESTING``, a percent-encoded userinfo) is hidden whole.
 Exports (CSV, JSON) keep the stored value: they are what a script reads back.
 
+Each hidden value is printed with a short fingerprint of itself (``•••3fa2``: 16 bits of a
+SHA-256 of the value as written), so two targets told apart only by their secrets (two keys of
+one gateway) print apart, and a link to the second reaches the second. The fingerprint is stable
+(the same on every page, every process, every release) and tells nothing useful of a key; of a
+weak password it tells what 16 bits can: one guess in 65,536 matches it by chance, so it narrows
+a dictionary, never confirms a guess. The same secret in two targets prints the same
+fingerprint. A printed value (``•••`` alone, as printed before, or with its fingerprint) is
+printed as it is.
+
 Links, forms and the address bar carry a target (or a chart key, which holds one) as printed too:
 a secret in a URL lands in browser history, access logs and Referer headers. The route that
 receives one maps it back to the stored target it stands for with :func:`stored_target` (or
-:func:`stored_chart_key`), among the targets it knows.
+:func:`stored_chart_key`), among the targets it knows; a link printed before fingerprints
+(``•••`` alone) still reaches the first target it stands for.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable
 from typing import Final
@@ -29,6 +40,9 @@ from urllib.parse import unquote_plus
 from llmscope.proto.charts import chart_key, parse_chart_key
 
 HIDDEN: Final = "•••"
+FINGERPRINT_HEX: Final = 4
+_PRINTED: Final = re.compile(f"{HIDDEN}(?:[0-9a-f]{{{FINGERPRINT_HEX}}})?")
+_FINGERPRINTS: Final = re.compile(f"(?<={HIDDEN})[0-9a-f]{{{FINGERPRINT_HEX}}}")
 _AUTHORITY: Final = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<authority>[^/?#]*)")
 # Query parameters whose value is a credential, compared without case, "-" and "_" alike.
 SECRET_PARAMETERS: Final = frozenset(
@@ -60,14 +74,27 @@ def without_password(target: object) -> str:
     return _without_query_secrets(_without_userinfo(text))
 
 
+def hidden(secret: str) -> str:
+    """What is printed for ``secret``: :data:`HIDDEN` and its fingerprint (see the module's
+    docstring); a value printed already is returned as it is."""
+    if _PRINTED.fullmatch(secret):
+        return secret
+    digest = hashlib.sha256(b"llmscope.target-secret\x00" + secret.encode(errors="surrogatepass"))
+    return HIDDEN + digest.hexdigest()[:FINGERPRINT_HEX]
+
+
 def stored_target(printed: str, stored: Iterable[str]) -> str | None:
     """The stored target that ``printed`` (a target as the pages print it, or a stored one, as an
     old bookmark holds) stands for; None if it stands for none of ``stored``. Two stored targets
-    printed alike (the same URL, different passwords): the first."""
+    printed alike (the same URL, secrets whose fingerprints collide, one chance in 65,536; or a
+    link printed before fingerprints, ``•••`` alone): the first."""
     targets = list(stored)
     if printed in targets:
         return printed
-    return next((t for t in targets if without_password(t) == printed), None)
+    found = next((t for t in targets if without_password(t) == printed), None)
+    if found is None and _FINGERPRINTS.search(printed) is None:
+        found = next((t for t in targets if _FINGERPRINTS.sub("", without_password(t)) == printed), None)
+    return found
 
 
 def printed_chart_key(key: str) -> str:
@@ -100,8 +127,8 @@ def _without_userinfo(text: str) -> str:
     userinfo, at, host = m["authority"].rpartition("@")
     if not at:
         return text
-    user, colon, _password = userinfo.partition(":")
-    shown = f"{user}:{HIDDEN}" if colon else HIDDEN
+    user, colon, password = userinfo.partition(":")
+    shown = f"{user}:{hidden(password)}" if colon else hidden(userinfo)
     return f"{m['scheme']}{shown}@{host}{text[m.end() :]}"
 
 
@@ -143,13 +170,13 @@ def _parameters(query: str, level: int, nesting: int) -> str:
             return parameter
         name = re.sub(r"[-_]", "", _decoded(m["name"])).lower()
         if name in SECRET_PARAMETERS:
-            return f"{m['name']}{m['equals']}{HIDDEN}"
+            return f"{m['name']}{m['equals']}{hidden(m['value'])}"
         value = _nested(m["value"], level, nesting + 1)
         # A secret nested deeper, or written in a way not followed here (an encoded userinfo):
         # the whole value is hidden rather than shown.
         decoded = _decoded(value)
         if nesting == 0 and without_password(decoded) != decoded:
-            value = HIDDEN
+            value = hidden(value)
         return f"{m['name']}{m['equals']}{value}"
 
     # Split at the separators first: a value holding "key=" is one parameter's value, kept whole.

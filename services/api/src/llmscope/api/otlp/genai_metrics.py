@@ -7,7 +7,13 @@ GenAI metric is rejected, with the reason, when it cannot be one: no model, not 
 histogram (an exponential histogram is valid OTLP that LLMscope does not read yet), no
 temporality, a time out of range, or counts that do not add up.
 
-The event id is derived from the series and its window, so a retried export is stored once.
+The event id is derived from the data point's whole identity, so a retried export is stored once and
+two data points of one export are never taken for each other: the metric's name and unit, the
+resource's and the scope's every attribute, the scope's name and version, the data point's every
+attribute (not only those the event keeps: two local servers told apart by ``server.port`` alone,
+or two meters recording the same instrument, are two series) and its window to the nanosecond.
+An SDK stamps every data point of one collection with the same window, so the window alone tells
+nothing apart; the same series and window sent twice is the same data point.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     AggregationTemporality,
     DataPointFlags,
     HistogramDataPoint,
+    ScopeMetrics,
 )
 
 from llmscope.api.otlp.genai import PROVIDER_KINDS, _clean, _text, _value, partial_message
@@ -89,11 +96,14 @@ def map_metrics(request: ExportMetricsServiceRequest, *, now: datetime) -> Mappe
                     ] * max(len(points), 1)
                     continue
                 temporality = _TEMPORALITY.get(metric.histogram.aggregation_temporality)
+                series = _series_identity(rm.resource.attributes, sm, metric.name, metric.unit)
                 for point in metric.histogram.data_points:
                     if point.flags & DataPointFlags.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK:
                         out.ignored += 1  # a gap the SDK marks: nothing was measured
                         continue
-                    result = map_point(metric.name, metric.unit, temporality, point, service, latest=latest)
+                    result = map_point(
+                        metric.name, metric.unit, temporality, point, service, latest=latest, series=series
+                    )
                     if isinstance(result, str):
                         out.rejected.append(result)
                     else:
@@ -109,8 +119,10 @@ def map_point(
     service: str,
     *,
     latest: datetime,
+    series: bytes = b"",
 ) -> TrafficHistogramEvent | str:
-    """The data point's event, or the reason it cannot be one."""
+    """The data point's event, or the reason it cannot be one. ``series``: what identifies the
+    data point's series beyond its own attributes (:func:`_series_identity`), part of its id."""
     attrs = {kv.key: _value(kv.value) for kv in point.attributes if kv.key in _ATTRIBUTES}
     model = _text(attrs.get("gen_ai.request.model")) or _text(attrs.get("gen_ai.response.model"))
     where = f"{name} data point"
@@ -125,14 +137,14 @@ def map_point(
         datetime.fromtimestamp(point.start_time_unix_nano / 1e9, UTC) if point.start_time_unix_nano else end
     )
     provider_name = _text(attrs.get("gen_ai.provider.name")) or _text(attrs.get("gen_ai.system"))
-    parts = {
-        "metric": name,
-        "service_name": service,
-        **{k: _clean(_text(attrs.get(k)), 256) for k in _ATTRIBUTES},
-    }
-    digest = hashlib.sha256(
-        msgspec.json.encode([parts, point.start_time_unix_nano, point.time_unix_nano])
-    ).hexdigest()[:32]
+    parts = {k: _clean(_text(attrs.get(k)), 256) for k in _ATTRIBUTES}
+    identity = [
+        series.hex(),
+        _attributes_identity(point.attributes),
+        point.start_time_unix_nano,
+        point.time_unix_nano,
+    ]
+    digest = hashlib.sha256(msgspec.json.encode(identity)).hexdigest()[:32]
     event: dict[str, Any] = {
         "type": "traffic_histogram.v1",
         "id": f"otlpm-{digest}",
@@ -161,6 +173,30 @@ def map_point(
         return msgspec.convert(event, TrafficHistogramEvent)
     except (msgspec.ValidationError, ValueError) as exc:
         return f"{where}: {exc}"
+
+
+def _attributes_identity(attributes: Iterable[KeyValue]) -> list[tuple[str, str]]:
+    """Every attribute, in key order, its value as deterministic protobuf bytes (hex): the same
+    whether the export came as protobuf or JSON, and whatever the order the SDK wrote them in."""
+    return sorted((kv.key, kv.value.SerializeToString(deterministic=True).hex()) for kv in attributes)
+
+
+def _series_identity(resource: Iterable[KeyValue], scope: ScopeMetrics, name: str, unit: str) -> bytes:
+    """What tells a data point's series apart besides its own attributes: the resource's every
+    attribute (``service.instance.id``, ``host.name``), the scope (the meter that recorded it) and
+    the metric's name and unit."""
+    return hashlib.sha256(
+        msgspec.json.encode(
+            [
+                _attributes_identity(resource),
+                scope.scope.name,
+                scope.scope.version,
+                _attributes_identity(scope.scope.attributes),
+                name,
+                unit,
+            ]
+        )
+    ).digest()
 
 
 def _service_name(attributes: Iterable[KeyValue]) -> str:

@@ -13,6 +13,7 @@ import msgspec
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
+from starlette.datastructures import Headers
 
 from llmscope.api.chart_store import MARKS_BUDGET
 from llmscope.api.charts import ChartFilter
@@ -60,6 +61,42 @@ schemathesis: a schema-valid ``prompt_eval_count`` of ``0.0`` was refused)."""
 _IN = dict(_COMPONENTS["TelemetryEvent"])
 _IN["title"] = "TelemetryIn"
 _IN["required"] = [f for f in _IN["required"] if f not in ("type", "id", "ts")]
+ID_RULE = (
+    "The event's id, also its JetStream `Nats-Msg-Id`: an id sent again is stored and counted "
+    "once (JetStream drops the resend within LLMSCOPE_DUPLICATE_WINDOW_S, the persister beyond). "
+    "An id sent is kept as it is. Left out, with a `ts`, it is derived from the event's content: a "
+    "hash of every field as sent (fields unknown to this version included, `ts` as written), so "
+    "a resend of the same event gets the same id. Without a key, two events alike in every "
+    "field, `ts` as written included, are one event: stored once. A client that rounds `ts` (to "
+    "the second, say) and may measure twice alike within it (two failed probes of one target, "
+    "the same status and error, no latency) sends an `id` of its own, an `Idempotency-Key`, or "
+    "`ts` at full precision. Left "
+    "out without a `ts`, it is fresh: the event is timed on arrival, and a resend is stored again. "
+    "With an `Idempotency-Key` header, an event left without an id gets one derived from the key, "
+    "its position in the request and its content, `ts` or none: a resend of the request with the "
+    "same key is stored once, and requests with other keys are never taken for it."
+)
+IDEMPOTENCY_KEY = "Idempotency-Key"
+MAX_IDEMPOTENCY_KEY = 255
+IDEMPOTENCY_PARAMETER = {
+    "name": IDEMPOTENCY_KEY,
+    "in": "header",
+    "required": False,
+    "description": "A key of the client's own, unique per request and the same on every resend "
+    "of it (a UUID, say): the events of the request sent without an `id` get ids derived from "
+    "it, so a resend after a timeout is stored once, even of events without a `ts` (see the "
+    "`id` field of `TelemetryIn`). Events sent with an `id` keep it.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
+}
+_IN["properties"] = {
+    **_IN["properties"],
+    "id": {**_IN["properties"]["id"], "description": ID_RULE},
+    "ts": {
+        **_IN["properties"]["ts"],
+        "description": "when the event happened, UTC, RFC 3339; left out: when the API received "
+        "it (and the id, when left out too, is fresh: see `id`)",
+    },
+}
 _COMPONENTS["TelemetryIn"] = _IN
 _IN_REF = {"$ref": "#/components/schemas/TelemetryIn"}
 BODY_SCHEMA = {"anyOf": [_IN_REF, {"type": "array", "items": _IN_REF, "minItems": 1, "maxItems": MAX_BATCH}]}
@@ -103,9 +140,31 @@ def _located(message: str, prefix: str) -> tuple[str, str]:
     return message, path
 
 
-def _content_id(item: dict[str, Any]) -> str:
-    """An id that is the same for the same event sent twice (a retry after a 503 or a timeout)."""
-    return hashlib.sha256(msgspec.json.encode(item, order="sorted")).hexdigest()[:32]
+def _content_id(item: dict[str, Any], key: str | None = None, index: int = 0) -> str:
+    """An id that is the same for the same event sent twice (a retry after a 503 or a timeout):
+    every field as sent, in key order (:data:`ID_RULE`). The fields unknown here are kept in it,
+    and ``ts`` as written (nanoseconds the decoder drops included): whatever the client sent
+    that tells two events apart keeps their ids apart. With the request's ``Idempotency-Key``,
+    the key and the event's position in the request too."""
+    identity: object = item if key is None else ["idempotency-key", key, index, item]
+    return hashlib.sha256(msgspec.json.encode(identity, order="sorted")).hexdigest()[:32]
+
+
+def _idempotency_key(headers: Headers) -> str | JSONResponse | None:
+    """The request's ``Idempotency-Key``; a 422 naming it when it is empty, too long or sent twice."""
+    keys = headers.getlist(IDEMPOTENCY_KEY)
+    if not keys:
+        return None
+    if len(keys) == 1 and 0 < len(keys[0]) <= MAX_IDEMPOTENCY_KEY:
+        return keys[0]
+    message = f"`{IDEMPOTENCY_KEY}` must be one value of 1 to {MAX_IDEMPOTENCY_KEY} characters"
+    detail = {
+        "loc": ["header", IDEMPOTENCY_KEY],
+        "field": IDEMPOTENCY_KEY,
+        "msg": message,
+        "type": "value_error",
+    }
+    return JSONResponse({"detail": [detail]}, status_code=422)
 
 
 def _unconfirmed(reason: str, ids: list[str]) -> JSONResponse:
@@ -156,7 +215,7 @@ def _decoded_whole(body: bytes) -> tuple[list[TelemetryEvent], bool] | None:
     return (events, isinstance(decoded, list)) if 0 < len(events) <= MAX_BATCH else None
 
 
-def front_door_lane(rt: Runtime) -> Callable[[bytes], Awaitable[Response | None]]:
+def front_door_lane(rt: Runtime) -> Callable[[bytes, Headers], Awaitable[Response | None]]:
     """``POST /api/stats``'s common case for the front door (:class:`~llmscope.api.frontdoor.FrontDoor`)
     to answer itself, once it has checked the key, the scope and the body's size: the same
     decoding, checks, publish and answer as :func:`router`'s route, without FastAPI's routing,
@@ -165,7 +224,13 @@ def front_door_lane(rt: Runtime) -> Callable[[bytes], Awaitable[Response | None]
     body the route must read itself (defaults, or an error to name); the front door then hands it
     on, unread again."""
 
-    async def lane(body: bytes) -> Response | None:
+    async def lane(body: bytes, headers: Headers) -> Response | None:
+        if IDEMPOTENCY_KEY in headers:
+            # Complete events keep their ids whatever the key; a key that is no key is a 422.
+            key = _idempotency_key(headers)
+            if isinstance(key, JSONResponse):
+                rt.metrics.telemetry_rejected.inc()
+                return key
         whole = _decoded_whole(body)
         if whole is None:
             return None
@@ -192,10 +257,11 @@ def router(rt: Runtime) -> APIRouter:
             503: {"description": "not confirmed stored (NATS away): retry with the same `ids`"},
         },
         openapi_extra={
+            "parameters": [IDEMPOTENCY_PARAMETER],
             "requestBody": {
                 "required": True,
                 "content": {"application/json": {"schema": BODY_SCHEMA}},
-            }
+            },
         },
     )
     async def post_stats(request: Request) -> Any:
@@ -208,12 +274,19 @@ def router(rt: Runtime) -> APIRouter:
         an event over 256 KiB, or a body over ``LLMSCOPE_MAX_BODY_BYTES``, is a 413.
 
         ``type``, ``id`` and ``ts`` may be left out: they default to ``telemetry.v1``, now, and
-        an id derived from the event's content when it has a ``ts`` (a fresh one otherwise). A
-        resent id is stored once (JetStream de-duplicates on it within
-        ``LLMSCOPE_DUPLICATE_WINDOW_S``). A 503 means not confirmed: the events may or may not
-        have reached the stream; send the same body again (with the ``ids`` of the 503's answer,
-        or a ``ts`` of your own) and nothing is stored twice.
+        an id derived from the event's content when it has a ``ts`` (a fresh one otherwise), or
+        from the ``Idempotency-Key`` header, the event's position and its content when the
+        request has one (the rule, and when two events share an id, is the ``id`` field's
+        description). A resent id is stored and counted once (JetStream de-duplicates on it
+        within ``LLMSCOPE_DUPLICATE_WINDOW_S``, the persister on the stored row's id). A 503
+        means not confirmed: the events may or may not have reached the stream; send the same
+        body again (with the ``ids`` of the 503's answer, a ``ts`` or the same
+        ``Idempotency-Key``) and nothing is stored twice; a timeout is the same.
         """
+        key = _idempotency_key(request.headers)
+        if isinstance(key, JSONResponse):
+            rt.metrics.telemetry_rejected.inc()
+            return key
         body = await request.body()
         # The common case (the front door answers it before this route, see front_door_lane):
         # decoded once, straight into structs. Anything else takes the general path below,
@@ -243,7 +316,10 @@ def router(rt: Runtime) -> APIRouter:
                     item[name] = int(value)
             item.setdefault("type", "telemetry.v1")
             if "id" not in item:
-                item["id"] = _content_id(item) if "ts" in item else new_id()
+                if key is not None:
+                    item["id"] = _content_id(item, key, index)
+                else:
+                    item["id"] = _content_id(item) if "ts" in item else new_id()
             item.setdefault("ts", utcnow().isoformat())
             try:
                 event = codec.decode_as(msgspec.json.encode(item), TelemetryEvent)
