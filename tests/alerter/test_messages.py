@@ -17,26 +17,17 @@ import os
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from msgspec import structs
 
 from llmscope.alerter import messages as m
 from llmscope.alerter.messages import FailedProbe, IncidentRef, Outage
-from llmscope.alerter.notifiers.alertmanager import AlertmanagerNotifier
 from llmscope.alerter.notifiers.base import AlertView, ContextPoint, Notification
-from llmscope.alerter.notifiers.discord import DiscordNotifier
-from llmscope.alerter.notifiers.email import EmailConfig, EmailNotifier
-from llmscope.alerter.notifiers.mattermost import MattermostNotifier
-from llmscope.alerter.notifiers.pagerduty import PagerDutyNotifier
-from llmscope.alerter.notifiers.slack import SlackNotifier
-from llmscope.alerter.notifiers.teams import TeamsNotifier
-from llmscope.alerter.notifiers.webhook import WebhookNotifier
 from llmscope.alerter.testsend import sample_violation
-from llmscope.config.env import Secret
 from llmscope.proto.violation import ChartLimits, ViolationEvent
 from tests.alerter.factories import T0, cleared, violation
+from tests.alerter.rendering import channel_texts
 
 GOLDEN = Path(__file__).parent / "golden"
 URL = "https://scope.example"
@@ -245,47 +236,7 @@ def for_alertmanager(case: str) -> Notification:
 
 
 def rendered(case: str) -> dict[str, str]:
-    n = notification(case)
-    mail = EmailNotifier(
-        "oncall", EmailConfig(host="h", sender="scope@example.com", recipients=("oncall@example.com",))
-    )
-    msg = mail.build_payload(n)
-    text = msg.get_body(("plain",))
-    assert text is not None
-    slack = SlackNotifier("oncall", Secret("http://x"), None).build_payload(n).body  # type: ignore[arg-type]
-    _, hook_body = WebhookNotifier("oncall", Secret("http://x"), None).build_payload(n)  # type: ignore[arg-type]
-    pd = PagerDutyNotifier("oncall", Secret("k"), None).build_payload(n)  # type: ignore[arg-type]
-    bot = SlackNotifier("oncall", Secret(""), None, token=Secret("xoxb-1"), channel="C0ONCALL")  # type: ignore[arg-type]
-    bot_payload = bot.build_payload(n)
-    am = AlertmanagerNotifier("oncall", Secret("http://x"), None).build_payload(for_alertmanager(case))  # type: ignore[arg-type]
-    chats = {
-        kind: cls("oncall", Secret("http://x"), None).build_payload(n)  # type: ignore[arg-type]
-        for kind, cls in (
-            ("teams", TeamsNotifier),
-            ("discord", DiscordNotifier),
-            ("mattermost", MattermostNotifier),
-        )
-    }
-
-    def pretty(obj: Any) -> str:
-        return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-
-    headers = "".join(f"{k}: {msg[k]}\n" for k in ("Subject", "In-Reply-To") if msg[k])
-    return {
-        "email.txt": headers + "\n" + text.get_content(),
-        "slack.json": pretty(slack),
-        "webhook.json": pretty(json.loads(hook_body)),
-        "pagerduty.json": pretty(pd),
-        "slack-bot.json": pretty(
-            {
-                "thread_key": bot_payload.thread_key,
-                "broadcast_to_channel": bot_payload.broadcast,
-                "body": bot_payload.body,
-            }
-        ),
-        "alertmanager.json": pretty(am),
-        **{f"{kind}.json": pretty(body) for kind, body in chats.items()},
-    }
+    return channel_texts(notification(case), alertmanager=for_alertmanager(case))
 
 
 @pytest.mark.parametrize("case", CASES)
