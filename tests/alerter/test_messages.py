@@ -137,7 +137,7 @@ def notification(case: str) -> Notification:
                 repage_of_at=T0 + timedelta(minutes=3),
                 repage_of_note="restarted ollama",
             )
-            return replace(base, id="8:oncall:1", firing=(again,))
+            return replace(base, id="8:oncall:1", firing=(again,), paged_again=frozenset({again.episode_id}))
         case "firing_old_event":
             return replace(base, firing=(AlertView(shift(engine_fields=False), incident=SINGLE),))
         case "update":

@@ -8,6 +8,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import msgspec
 from msgspec import structs
 from nats.js import JetStreamContext
@@ -544,6 +545,12 @@ async def test_a_violation_paged_again_after_a_hand_resolution_is_open_again_at_
                 " WHERE id = $1"
             )
 
+            async def person_state() -> asyncpg.Record:
+                """The violation's human state in the API's log."""
+                row = await api.store.pool.fetchrow(row_sql, ev.id)
+                assert row is not None
+                return row
+
             async def listed() -> bool:
                 items = (await api.client.get("/api/incidents")).json()["items"]
                 row = await api.store.pool.fetchrow(row_sql, ev.id)
@@ -557,7 +564,7 @@ async def test_a_violation_paged_again_after_a_hand_resolution_is_open_again_at_
             )
             assert r.status_code == 200, r.text
             assert r.json()["state"] == "resolved"
-            assert (await api.store.pool.fetchrow(row_sql, ev.id))["resolved_by"] == "ana"
+            assert (await person_state())["resolved_by"] == "ana"
             await eventually(
                 lambda: any("STILL FAILING after resolved by ana" in g.title for g in got),
                 what="the page again",
@@ -565,14 +572,14 @@ async def test_a_violation_paged_again_after_a_hand_resolution_is_open_again_at_
 
             async def reopened() -> bool:
                 state = await api.store.pool.fetchval("SELECT state FROM incidents WHERE id = $1", iid)
-                row = await api.store.pool.fetchrow(row_sql, ev.id)
+                row = await person_state()
                 return state == "open" and row["resolved_at"] is None
 
             await eventually(reopened, what="the incident and its violation open again at the API")
             detail = (await api.client.get(f"/api/incidents/{iid}")).json()
             assert detail["incident"]["state"] == "open"
             assert detail["incident"]["resolved_by"] is None
-            row = await api.store.pool.fetchrow(row_sql, ev.id)
+            row = await person_state()
             assert (row["acknowledged_by"], row["resolved_by"], row["action_pending"]) == (None, None, False)
             assert row["note"] == "restarted"  # the person's word stays on record
             raw = await api.store.pool.fetchval("SELECT event FROM incidents WHERE id = $1", iid)
@@ -601,7 +608,7 @@ async def test_a_violation_paged_again_after_a_hand_resolution_is_open_again_at_
             # The page again's event once more (a replay, a redelivery) undoes nothing.
             async with api.store.pool.acquire() as conn:
                 await store_incidents(conn, [paged_again])
-            row = await api.store.pool.fetchrow(row_sql, ev.id)
+            row = await person_state()
             assert row["resolved_by"] == "bo"
             assert (
                 await api.store.pool.fetchval("SELECT state FROM incidents WHERE id = $1", iid) == "resolved"
