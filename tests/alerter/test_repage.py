@@ -115,7 +115,8 @@ async def test_a_page_again_reopens_its_incident_to_be_acknowledged_and_resolved
 ) -> None:
     """The incident resolved by hand is open again with its violation (neither acknowledged nor
     resolved): the on-call who gets the page again acknowledges it, then resolves it, which the
-    channels hear, as any incident's; the one who resolved it first is no longer its resolver."""
+    channels hear, as any incident's; the one who resolved it first is no longer its resolver.
+    That resolution, the engine still not clearing, is paged again in its turn."""
     async with paging(database_url, js, repage_after_resolve=REPAGE_S) as p:
         run, got = p.run, p.got
         ev = violation(1, rule="CUSUM")
@@ -148,6 +149,15 @@ async def test_a_page_again_reopens_its_incident_to_be_acknowledged_and_resolved
         resolved = await run.store.incident(incident_id)
         assert resolved is not None
         assert (resolved.state, resolved.resolved_by, resolved.repaged) == ("resolved", "bo", ())
+        # Still not cleared: that resolution is paged again in turn, once, and its incident reopens.
+        await eventually(lambda: len(repages(got)) >= 2, what="the second resolution paged again")
+        assert "STILL FAILING after resolved by bo at " in repages(got)[1].title, repages(got)[1].title
+        again = await run.store.incident(incident_id)
+        assert again is not None
+        assert again.state == "open"
+        assert [(r.episode_id, r.resolved_by) for r in again.repaged] == [(ev.episode_id, "bo")]
+        await p.quiet()
+        assert len(repages(got)) == 2, [g.title for g in got]
 
 
 async def test_a_clear_before_the_delay_cancels_the_page_again(
