@@ -364,3 +364,17 @@ def test_identical_failures_are_one_line_with_their_count_and_the_status_is_said
         f"{m.clock(T0 - timedelta(seconds=6))} timeout, no HTTP status: no answer",
         f"{m.clock(T0 - timedelta(seconds=8))} http_5xx, HTTP 503: service unavailable",
     ]
+
+
+def test_only_the_message_that_tells_a_page_again_is_titled_for_it() -> None:
+    """The group's later messages about a violation paged again (a reminder here) are titled for
+    what they are; its facts still say it was resolved by hand and paged again."""
+    told = notification("repaged")
+    later = replace(told, id="8:oncall:2", reason="repeat", paged_again=frozenset())
+    assert told.title.startswith("[LLMscope] CRITICAL: STILL FAILING after resolved by ana at "), told.title
+    assert "STILL FAILING" not in later.title, later.title
+    assert later.title.startswith("[LLMscope] CRITICAL: ollama/llama3.1:8b")
+    assert later.title.endswith("(reminder)")
+    for suffix, text in channel_texts(later).items():
+        assert "STILL FAILING" not in text, suffix
+    assert "Still failing:" in channel_texts(later)["email.txt"]
