@@ -24,6 +24,7 @@ from tests.alerter.harness import eventually, publish
 from tests.api.alerting_harness import incident_event, live_alerter
 from tests.api.conftest import Api
 from tests.api.factories import telemetry, violation
+from tests.web.test_pages import login
 
 
 def field_of(response: Any) -> list[str]:
@@ -587,6 +588,12 @@ async def test_a_violation_paged_again_after_a_hand_resolution_is_open_again_at_
             assert [(p.episode_id, p.resolved_by) for p in paged_again.repaged] == [(ev.episode_id, "ana")]
             violation_page = (await api.client.get(f"/api/violations/{ev.id}")).json()["violation"]
             assert violation_page["resolved_by"] is None
+            # The dashboard offers both again: the incident page and the violation page.
+            page = await login(api)
+            assert '<button type="submit">Acknowledge</button>' in (await page.get(f"/incidents/{iid}")).text
+            shown = (await page.get(f"/violations/{ev.id}")).text
+            assert f'hx-post="/violations/{ev.id}/resolve"' in shown
+            assert f'hx-post="/violations/{ev.id}/acknowledge"' in shown
 
             # The on-call acknowledges the incident again, then resolves the violation again.
             r = await api.client.post(f"/api/incidents/{iid}/acknowledge", json={"by": "bo"})
