@@ -8,21 +8,17 @@ fires is longer for a flaky target (6 in a row at 7.1 %).
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import timedelta
 
 from llmscope.alerter.analysis import TelemetryPoint, summarize
 from llmscope.alerter.messages import FailedProbe, IncidentRef, Outage
 from llmscope.alerter.notifiers.base import AlertView, Notification
-from llmscope.alerter.notifiers.email import EmailConfig, EmailNotifier
-from llmscope.alerter.notifiers.slack import SlackNotifier
-from llmscope.alerter.notifiers.webhook import WebhookNotifier
-from llmscope.config.env import Secret
 from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.proto.violation import ViolationEvent
 from llmscope.spc_engine.availability import AvailabilityConfig
 from llmscope.spc_engine.engine import Engine
+from tests.alerter.rendering import channel_texts
 from tests.api.factories import telemetry
 from tests.engine_events import availability_violation
 
@@ -74,22 +70,9 @@ def _notification(ev: ViolationEvent, probes: list[TelemetryEvent]) -> Notificat
 
 
 def _texts(n: Notification) -> dict[str, str]:
-    """What people read on each channel: the email's Subject and body, Slack's blocks, the
-    webhook's title and text."""
-    mail = EmailNotifier(
-        "oncall", EmailConfig(host="h", sender="s@example.com", recipients=("o@example.com",))
-    )
-    msg = mail.build_payload(n)
-    body = msg.get_body(("plain",))
-    assert body is not None
-    slack = SlackNotifier("oncall", Secret("http://x"), None).build_payload(n).body  # type: ignore[arg-type]
-    _, hook = WebhookNotifier("oncall", Secret("http://x"), None).build_payload(n)  # type: ignore[arg-type]
-    payload = json.loads(hook)
-    return {
-        "email": f"Subject: {msg['Subject']}\n{body.get_content()}",
-        "slack": json.dumps(slack, ensure_ascii=False),
-        "webhook": f"{payload['title']}\n{payload['text']}",
-    }
+    """What people read on every channel (``tests/alerter/rendering.py``): the email's Subject and
+    body, Slack's blocks, the webhook's title and text, and the other channels' payloads."""
+    return channel_texts(n)
 
 
 def _analysis(ev: ViolationEvent, probes: list[TelemetryEvent], *, with_outage: bool) -> str:
@@ -111,7 +94,7 @@ async def test_during_the_baseline_every_text_says_the_rate_is_not_known_yet() -
         assert "down: 3 failed probes in a row" in text, channel
         assert "baseline failure rate not known yet, 13 probes collected" in text, channel
         assert not ZERO_RATE.search(text), (channel, ZERO_RATE.search(text))
-    assert "Baseline failure rate: not known yet (13 probes collected)" in texts["email"]
+    assert "Baseline failure rate: not known yet (13 probes collected)" in texts["email.txt"]
     for with_outage in (True, False):
         text = _analysis(ev, probes, with_outage=with_outage)
         assert "baseline failure rate not known yet, 13 probes collected" in text, text
@@ -129,7 +112,7 @@ async def test_after_the_baseline_every_text_says_the_rate_and_the_run_that_fire
     for channel, text in texts.items():
         assert "down: 6 failed probes in a row (baseline failure rate 7.1%)" in text, channel
         assert "not known yet" not in text, channel
-    assert "Baseline failure rate: 7.1% over 40 probes" in texts["email"]
+    assert "Baseline failure rate: 7.1% over 40 probes" in texts["email.txt"]
     text = _analysis(ev, probes, with_outage=True)
     assert "down: 6 failed probes since the last success (AVAILABILITY fired at 6; " in text, text
     assert "baseline failure rate 7.1% over 40 probes)." in text, text
@@ -148,6 +131,6 @@ async def test_an_outage_signalled_again_after_a_re_baseline_says_the_run_it_fir
     assert engine.rebaseline(late.chart_key, "ann", "endpoint fixed", probes[51].ts) is not None
     (again,) = [v for v in await engine.on_telemetry(probes[51]) if v.state == "open"]
     assert (again.value, again.rule_name, again.limits.center) == (7.0, "3 failed probes in a row", 0.0)
-    text = _texts(_notification(again, probes))["email"]
+    text = _texts(_notification(again, probes))["email.txt"]
     assert "down: 7 failed probes in a row (fires at 3 in a row; baseline failure rate not known yet" in text
     assert "Baseline failure rate: not known yet (" in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from datetime import UTC, datetime, time, timedelta
@@ -125,6 +126,40 @@ def test_alert_storm_is_one_message_then_reminders_until_ack() -> None:
     assert sent[0][0] == T0 + timedelta(seconds=30)
     gaps = [(b - a).total_seconds() for (a, _), (b, _) in itertools.pairwise(sent)]
     assert all(3600 <= g < 3600 + 300 + 5 for g in gaps)  # repeat_interval, on the group_interval tick
+
+
+def test_a_page_again_is_news_to_every_channel_a_send_resolved_false_one_too() -> None:
+    """Two violations paged; one resolved by hand (told to ``mail``; ``quiet`` takes no
+    resolutions, so for it the violation fired all along), then paged again: news to both, once."""
+    route = Route("default", ("mail", "quiet"), group_wait=0, group_interval=60)
+    channels = [ChannelView("mail"), ChannelView("quiet", send_resolved=False)]
+    a, b = Alert(violation(1)), Alert(violation(2, model="qwen2:7b"))
+    minute = timedelta(minutes=1)
+
+    def told(
+        d: GroupDecision, at: datetime, before: dict[str, LastNotification]
+    ) -> dict[str, LastNotification]:
+        return {
+            **before,
+            **{p.channel: LastNotification(at, p.record_firing, p.record_resolved) for p in d.plans},
+        }
+
+    d1 = decide(route=route, alerts=[a, b], channels=channels, last={}, now=T0)
+    last = told(d1, T0, {})
+    by_hand = dataclasses.replace(a, resolved_at=T0 + minute, resolved_by="ana")
+    d2 = decide(route=route, alerts=[by_hand, b], channels=channels, last=last, now=T0 + minute)
+    assert [(p.channel, p.reason) for p in d2.plans] == [("mail", "resolved")]
+    last = told(d2, T0 + minute, last)
+    again = dataclasses.replace(a, repaged_at=T0 + 61 * minute, repage_of_at=T0 + minute, repage_of_by="ana")
+    d3 = decide(route=route, alerts=[again, b], channels=channels, last=last, now=T0 + 61 * minute)
+    assert [(p.channel, p.reason) for p in d3.plans] == [
+        ("mail", "new_violations"),
+        ("quiet", "new_violations"),
+    ]
+    assert all(p.record_firing == {a.episode_id, b.episode_id} for p in d3.plans)
+    last = told(d3, T0 + 61 * minute, last)
+    d4 = decide(route=route, alerts=[again, b], channels=channels, last=last, now=T0 + 62 * minute)
+    assert d4.plans == ()
 
 
 def test_group_announces_resolution_and_closes() -> None:

@@ -9,27 +9,25 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import msgspec
 from msgspec import structs
 from nats.js import JetStreamContext
 
 from llmscope.alerter.config import Timings
-from llmscope.proto.incident import IncidentEvent
 from llmscope.proto.violation import ViolationEvent
 from llmscope.proto.violation_action import ViolationActionEvent, action_id
-from tests.alerter.api_side import api_side
-from tests.alerter.factories import T0, cleared, violation, webhook_sink
-from tests.alerter.flushes import all_flushed_after, nothing_in_flight
-from tests.alerter.harness import eventually, publish, start_alerter
+from tests.alerter.factories import T0, cleared, violation
+from tests.alerter.harness import eventually, publish
+from tests.alerter.paging import incident_events, paging
+
+SLOW_FLUSHES = Timings(group_wait=0.3, group_interval=600, repeat_interval=3600)
+"""A group interval far beyond the tests' waits: only a hand resolution's own flush sends."""
 
 
 async def test_an_incident_resolved_by_hand_is_told_at_once_and_its_later_clear_sends_nothing(
     database_url: str, js: JetStreamContext
 ) -> None:
-    sink, got = await webhook_sink()
-    timings = Timings(group_wait=0.3, group_interval=0.2, repeat_interval=3600)
-    run = await start_alerter(database_url, js, {"LLMSCOPE_WEBHOOK_URL": sink.url + "/hook"}, timings=timings)
-    try:
+    async with paging(database_url, js) as p:
+        run, got = p.run, p.got
         ev = violation(1, rule="CUSUM")
         await publish(js, ev)
         await eventually(lambda: len(got) >= 1, what="the page")
@@ -49,24 +47,15 @@ async def test_an_incident_resolved_by_hand_is_told_at_once_and_its_later_clear_
             ),
             what="the clear recorded",
         )
-        moment = run.store.clock()
-        await eventually(lambda: all_flushed_after(run.pool, moment, timings.group_interval), what="a flush")
-        await eventually(lambda: nothing_in_flight(run.pool), what="nothing in flight")
+        await p.quiet()
         assert len(got) == 2, [g.title for g in got]
-    finally:
-        await run.close()
-        await sink.stop()
 
 
 async def test_a_violation_resolved_through_the_api_is_told_without_waiting_for_the_group_interval(
     database_url: str, js: JetStreamContext
 ) -> None:
-    api = await api_side(js)
-    sink, got = await webhook_sink()
-    # A group interval far beyond the test's waits: only the hand resolution's own flush can send.
-    timings = Timings(group_wait=0.3, group_interval=600, repeat_interval=3600)
-    run = await start_alerter(database_url, js, {"LLMSCOPE_WEBHOOK_URL": sink.url + "/hook"}, timings=timings)
-    try:
+    async with paging(database_url, js, timings=SLOW_FLUSHES) as p:
+        run, got, api = p.run, p.got, p.api
         ev = violation(1, rule="CUSUM")
         await publish(js, ev)
         await eventually(lambda: len(got) >= 1, what="the page")
@@ -78,10 +67,6 @@ async def test_a_violation_resolved_through_the_api_is_told_without_waiting_for_
             "SELECT resolved_by FROM alerter_alerts WHERE episode_id = $1", ev.episode_id
         )
         assert state == "bo"
-    finally:
-        await run.close()
-        await sink.stop()
-        await api.close()
 
 
 async def test_a_resolution_that_comes_before_its_violation_is_applied_when_the_violation_does(
@@ -89,11 +74,8 @@ async def test_a_resolution_that_comes_before_its_violation_is_applied_when_the_
 ) -> None:
     """The API's action and the engine's violation travel in two streams: an alerter behind on
     violations keeps the action (acked once stored) and applies it when the violation comes."""
-    api = await api_side(js)
-    sink, got = await webhook_sink()
-    timings = Timings(group_wait=0.3, group_interval=0.2, repeat_interval=3600)
-    run = await start_alerter(database_url, js, {"LLMSCOPE_WEBHOOK_URL": sink.url + "/hook"}, timings=timings)
-    try:
+    async with paging(database_url, js) as p:
+        run, got, api = p.run, p.got, p.api
         ev = violation(1, rule="CUSUM")
         await api.act(ev, "resolved", "cy", "known maintenance")
         await eventually(
@@ -111,39 +93,25 @@ async def test_a_resolution_that_comes_before_its_violation_is_applied_when_the_
             what="the resolution applied to the alert",
         )
         # Resolved before any channel was told: the group closes silently, nothing is sent.
-        moment = run.store.clock()
-        await eventually(lambda: all_flushed_after(run.pool, moment, timings.group_interval), what="a flush")
-        await eventually(lambda: nothing_in_flight(run.pool), what="nothing in flight")
+        await p.quiet()
         assert got == []
-    finally:
-        await run.close()
-        await sink.stop()
-        await api.close()
 
 
 async def test_a_resolution_made_while_the_alerter_is_down_waits_in_its_stream_and_is_told_after(
     database_url: str, js: JetStreamContext
 ) -> None:
-    api = await api_side(js)
-    sink, got = await webhook_sink()
-    timings = Timings(group_wait=0.3, group_interval=600, repeat_interval=3600)
-    env = {"LLMSCOPE_WEBHOOK_URL": sink.url + "/hook"}
-    run = await start_alerter(database_url, js, env, timings=timings)
-    try:
+    async with paging(database_url, js, timings=SLOW_FLUSHES) as p:
+        run, got, api = p.run, p.got, p.api
         ev = violation(1, rule="CUSUM")
         await publish(js, ev)
         await eventually(lambda: len(got) >= 1, what="the page")
         await run.close()
         await api.act(ev, "resolved", "dee", "fixed while the alerter was down")
-        run = await start_alerter(database_url, js, env, timings=timings)
+        run = await p.restart()
         await eventually(lambda: len(got) >= 2, within=10, what="the hand resolution's message")
         assert got[1].title.startswith("[LLMscope] RESOLVED by dee:"), got[1].title
         assert "fixed while the alerter was down" in got[1].text
         assert len(got) == 2
-    finally:
-        await run.close()
-        await sink.stop()
-        await api.close()
 
 
 def resolved_state(ev: ViolationEvent, seq: int, note: str | None) -> ViolationActionEvent:
@@ -172,12 +140,9 @@ async def test_a_newer_note_on_a_hand_resolution_replaces_the_one_the_alert_show
     """The note is copied when the API's resolution resolves the alert; a person's later note
     (a newer action event) replaces it in the alert's record, which later messages are built
     from. The note alone sends nothing: the channels were told of the resolution."""
-    api = await api_side(js)
-    sink, got = await webhook_sink()
-    timings = Timings(group_wait=0.3, group_interval=0.2, repeat_interval=3600)
-    run = await start_alerter(database_url, js, {"LLMSCOPE_WEBHOOK_URL": sink.url + "/hook"}, timings=timings)
     note_of = "SELECT resolved_note FROM alerter_alerts WHERE episode_id = $1"
-    try:
+    async with paging(database_url, js) as p:
+        run, got, api = p.run, p.got, p.api
         ev = violation(1, rule="CUSUM")
         await publish(js, ev)
         await eventually(lambda: len(got) >= 1, what="the page")
@@ -193,15 +158,9 @@ async def test_a_newer_note_on_a_hand_resolution_replaces_the_one_the_alert_show
             what="the newer action stored",
         )
         assert await run.pool.fetchval(note_of, ev.episode_id) == "restarted ollama"
-        moment = run.store.clock()
-        await eventually(lambda: all_flushed_after(run.pool, moment, timings.group_interval), what="a flush")
-        await eventually(lambda: nothing_in_flight(run.pool), what="nothing in flight")
+        await p.quiet()
         assert await run.pool.fetchval(note_of, ev.episode_id) == "restarted ollama"
         assert len(got) == 2, [g.title for g in got]
-    finally:
-        await run.close()
-        await sink.stop()
-        await api.close()
 
 
 def note_state(ev: ViolationEvent, seq: int, note: str, at: datetime) -> ViolationActionEvent:
@@ -212,25 +171,14 @@ def note_state(ev: ViolationEvent, seq: int, note: str, at: datetime) -> Violati
 INCIDENT_NOTE = "SELECT resolved_note, revision FROM alerter_incidents WHERE id = $1"
 
 
-async def incident_events(run: Any, incident_id: str) -> list[IncidentEvent]:
-    """The incident's events on the alerter's outbox, oldest first."""
-    rows = await run.pool.fetch(
-        "SELECT payload FROM alerter_outbox WHERE msg_id LIKE $1 || ':%' ORDER BY id", incident_id
-    )
-    return [msgspec.json.decode(bytes(r["payload"]), type=IncidentEvent) for r in rows]
-
-
 async def test_an_incident_shows_the_latest_note_on_its_violations_as_their_alerts_do(
     database_url: str, js: JetStreamContext
 ) -> None:
     """A violation resolved through the API with a note, a newer note, then the engine's clear:
     the alert showed the newer note and the incident, resolved by the clear, showed none. It
     shows the latest by time, and a later one replaces it (an ``updated`` incident event)."""
-    api = await api_side(js)
-    sink, got = await webhook_sink()
-    timings = Timings(group_wait=0.3, group_interval=0.2, repeat_interval=3600)
-    run = await start_alerter(database_url, js, {"LLMSCOPE_WEBHOOK_URL": sink.url + "/hook"}, timings=timings)
-    try:
+    async with paging(database_url, js) as p:
+        run, got, api = p.run, p.got, p.api
         ev = violation(1, rule="CUSUM")
         await publish(js, ev)
         await eventually(lambda: len(got) >= 1, what="the page")
@@ -264,10 +212,6 @@ async def test_an_incident_shows_the_latest_note_on_its_violations_as_their_aler
         )
         updated = [e for e in await incident_events(run, incident_id) if e.change == "updated"]
         assert [e.resolved_note for e in updated] == ["the GPU driver, not ollama"]
-    finally:
-        await run.close()
-        await sink.stop()
-        await api.close()
 
 
 async def note_is(run: Any, incident_id: str, want: str) -> bool:
@@ -277,11 +221,8 @@ async def note_is(run: Any, incident_id: str, want: str) -> bool:
 async def test_a_later_note_on_a_violation_replaces_the_incidents_own_but_an_older_one_does_not(
     database_url: str, js: JetStreamContext
 ) -> None:
-    api = await api_side(js)
-    sink, got = await webhook_sink()
-    timings = Timings(group_wait=0.3, group_interval=0.2, repeat_interval=3600)
-    run = await start_alerter(database_url, js, {"LLMSCOPE_WEBHOOK_URL": sink.url + "/hook"}, timings=timings)
-    try:
+    async with paging(database_url, js) as p:
+        run, got, api = p.run, p.got, p.api
         ev = violation(1, rule="CUSUM")
         await publish(js, ev)
         await eventually(lambda: len(got) >= 1, what="the page")
@@ -301,10 +242,6 @@ async def test_a_later_note_on_a_violation_replaces_the_incidents_own_but_an_old
             note_state(ev, 2, "the GPU driver", datetime.now(UTC) + timedelta(seconds=1))
         )
         await eventually(lambda: note_is(run, incident_id, "the GPU driver"), what="the later note")
-    finally:
-        await run.close()
-        await sink.stop()
-        await api.close()
 
 
 async def test_a_new_violation_after_a_hand_resolution_pages_again_while_the_first_still_fires(
@@ -313,10 +250,8 @@ async def test_a_new_violation_after_a_hand_resolution_pages_again_while_the_fir
     """Like Alertmanager's resolved alert that fires again: a person resolved the incident while
     its CUSUM was still out of control; the chart then goes beyond its limits (a new episode of
     the same model): that is a new page, in a new incident, not news folded into the closed one."""
-    sink, got = await webhook_sink()
-    timings = Timings(group_wait=0.3, group_interval=0.2, repeat_interval=3600)
-    run = await start_alerter(database_url, js, {"LLMSCOPE_WEBHOOK_URL": sink.url + "/hook"}, timings=timings)
-    try:
+    async with paging(database_url, js) as p:
+        run, got = p.run, p.got
         shift = violation(1, rule="CUSUM")
         await publish(js, shift)
         await eventually(lambda: len(got) >= 1, what="the page")
@@ -330,6 +265,3 @@ async def test_a_new_violation_after_a_hand_resolution_pages_again_while_the_fir
         assert page.status == "firing"
         assert page.reason == "first"
         assert page.incident_id != first
-    finally:
-        await run.close()
-        await sink.stop()

@@ -17,26 +17,17 @@ import os
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from msgspec import structs
 
 from llmscope.alerter import messages as m
 from llmscope.alerter.messages import FailedProbe, IncidentRef, Outage
-from llmscope.alerter.notifiers.alertmanager import AlertmanagerNotifier
 from llmscope.alerter.notifiers.base import AlertView, ContextPoint, Notification
-from llmscope.alerter.notifiers.discord import DiscordNotifier
-from llmscope.alerter.notifiers.email import EmailConfig, EmailNotifier
-from llmscope.alerter.notifiers.mattermost import MattermostNotifier
-from llmscope.alerter.notifiers.pagerduty import PagerDutyNotifier
-from llmscope.alerter.notifiers.slack import SlackNotifier
-from llmscope.alerter.notifiers.teams import TeamsNotifier
-from llmscope.alerter.notifiers.webhook import WebhookNotifier
 from llmscope.alerter.testsend import sample_violation
-from llmscope.config.env import Secret
 from llmscope.proto.violation import ChartLimits, ViolationEvent
 from tests.alerter.factories import T0, cleared, violation
+from tests.alerter.rendering import channel_texts
 
 GOLDEN = Path(__file__).parent / "golden"
 URL = "https://scope.example"
@@ -146,7 +137,7 @@ def notification(case: str) -> Notification:
                 repage_of_at=T0 + timedelta(minutes=3),
                 repage_of_note="restarted ollama",
             )
-            return replace(base, id="8:oncall:1", firing=(again,))
+            return replace(base, id="8:oncall:1", firing=(again,), paged_again=frozenset({again.episode_id}))
         case "firing_old_event":
             return replace(base, firing=(AlertView(shift(engine_fields=False), incident=SINGLE),))
         case "update":
@@ -245,47 +236,7 @@ def for_alertmanager(case: str) -> Notification:
 
 
 def rendered(case: str) -> dict[str, str]:
-    n = notification(case)
-    mail = EmailNotifier(
-        "oncall", EmailConfig(host="h", sender="scope@example.com", recipients=("oncall@example.com",))
-    )
-    msg = mail.build_payload(n)
-    text = msg.get_body(("plain",))
-    assert text is not None
-    slack = SlackNotifier("oncall", Secret("http://x"), None).build_payload(n).body  # type: ignore[arg-type]
-    _, hook_body = WebhookNotifier("oncall", Secret("http://x"), None).build_payload(n)  # type: ignore[arg-type]
-    pd = PagerDutyNotifier("oncall", Secret("k"), None).build_payload(n)  # type: ignore[arg-type]
-    bot = SlackNotifier("oncall", Secret(""), None, token=Secret("xoxb-1"), channel="C0ONCALL")  # type: ignore[arg-type]
-    bot_payload = bot.build_payload(n)
-    am = AlertmanagerNotifier("oncall", Secret("http://x"), None).build_payload(for_alertmanager(case))  # type: ignore[arg-type]
-    chats = {
-        kind: cls("oncall", Secret("http://x"), None).build_payload(n)  # type: ignore[arg-type]
-        for kind, cls in (
-            ("teams", TeamsNotifier),
-            ("discord", DiscordNotifier),
-            ("mattermost", MattermostNotifier),
-        )
-    }
-
-    def pretty(obj: Any) -> str:
-        return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-
-    headers = "".join(f"{k}: {msg[k]}\n" for k in ("Subject", "In-Reply-To") if msg[k])
-    return {
-        "email.txt": headers + "\n" + text.get_content(),
-        "slack.json": pretty(slack),
-        "webhook.json": pretty(json.loads(hook_body)),
-        "pagerduty.json": pretty(pd),
-        "slack-bot.json": pretty(
-            {
-                "thread_key": bot_payload.thread_key,
-                "broadcast_to_channel": bot_payload.broadcast,
-                "body": bot_payload.body,
-            }
-        ),
-        "alertmanager.json": pretty(am),
-        **{f"{kind}.json": pretty(body) for kind, body in chats.items()},
-    }
+    return channel_texts(notification(case), alertmanager=for_alertmanager(case))
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -413,3 +364,17 @@ def test_identical_failures_are_one_line_with_their_count_and_the_status_is_said
         f"{m.clock(T0 - timedelta(seconds=6))} timeout, no HTTP status: no answer",
         f"{m.clock(T0 - timedelta(seconds=8))} http_5xx, HTTP 503: service unavailable",
     ]
+
+
+def test_only_the_message_that_tells_a_page_again_is_titled_for_it() -> None:
+    """The group's later messages about a violation paged again (a reminder here) are titled for
+    what they are; its facts still say it was resolved by hand and paged again."""
+    told = notification("repaged")
+    later = replace(told, id="8:oncall:2", reason="repeat", paged_again=frozenset())
+    assert told.title.startswith("[LLMscope] CRITICAL: STILL FAILING after resolved by ana at "), told.title
+    assert "STILL FAILING" not in later.title, later.title
+    assert later.title.startswith("[LLMscope] CRITICAL: ollama/llama3.1:8b")
+    assert later.title.endswith("(reminder)")
+    for suffix, text in channel_texts(later).items():
+        assert "STILL FAILING" not in text, suffix
+    assert "Still failing:" in channel_texts(later)["email.txt"]

@@ -26,12 +26,23 @@ class LiveAlerter:
 
 @contextlib.asynccontextmanager
 async def live_alerter(
-    database_url: str, nats_url: str, js: JetStreamContext | None, env: Mapping[str, str] | None = None
+    database_url: str,
+    nats_url: str,
+    js: JetStreamContext | None,
+    env: Mapping[str, str] | None = None,
+    *,
+    repage_after_resolve: float = 3600.0,
 ) -> AsyncIterator[LiveAlerter]:
     """The alerter's loops (and, with ``js``, its violation consumer) plus its control responder."""
     nc = await nats.connect(nats_url)
     # The API's settings and telemetry over this connection, even without a violation consumer.
-    run = await start_alerter(database_url, js, env or {}, api=ApiView(nc, timeout=2.0))
+    run = await start_alerter(
+        database_url,
+        js,
+        env or {},
+        api=ApiView(nc, timeout=2.0),
+        repage_after_resolve=repage_after_resolve,
+    )
     control = ControlResponder(
         run.alerter,
         Env({**LOOPBACK_ALLOWED, **(env or {})}),

@@ -4,22 +4,27 @@ alerter answering over NATS (or none: 504), a real SMTP server and a local HTTP 
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
+import msgspec
 from msgspec import structs
 from nats.js import JetStreamContext
 
+from llmscope.api.incidents_store import store_incidents
 from llmscope.api.persister import store_telemetry, store_violations
 from llmscope.bus.publisher import Publisher
 from llmscope.proto import codec, subjects
-from llmscope.proto.incident import SimilarIncident
-from tests.alerter.factories import HttpSink, Mailbox, smtp_server
+from llmscope.proto.incident import IncidentEvent, SimilarIncident
+from tests.alerter.factories import HttpSink, Mailbox, smtp_server, webhook_sink
 from tests.alerter.factories import violation as alerter_violation
 from tests.alerter.harness import eventually, publish
 from tests.api.alerting_harness import incident_event, live_alerter
 from tests.api.conftest import Api
 from tests.api.factories import telemetry, violation
+from tests.web.test_pages import login
 
 
 def field_of(response: Any) -> list[str]:
@@ -515,3 +520,105 @@ async def test_monthly_silences_create_list_and_name_the_field_at_fault(
         r = await api.client.post("/api/silences", json={**base, "monthly_days": [32]})
         assert "32 is not a day of the month" in r.text
         assert len((await api.client.get("/api/silences", params={"include_expired": True})).json()) == 2
+
+
+async def test_a_violation_paged_again_after_a_hand_resolution_is_open_again_at_the_api(
+    persisting_api: Api, js: JetStreamContext, database_url: str, nats_url: str
+) -> None:
+    """The alerter pages again a violation resolved by hand that the engine never cleared; the
+    on-call who gets that page finds its incident and violation open again in the API (the
+    alerter tells it in the incident's ``repaged``) and can acknowledge and resolve them again,
+    which the channels hear. A replay of that event reopens nothing resolved since."""
+    api = persisting_api
+    sink, got = await webhook_sink()
+    try:
+        async with live_alerter(
+            database_url,
+            nats_url,
+            js,
+            {"LLMSCOPE_WEBHOOK_URL": sink.url + "/hook"},
+            repage_after_resolve=2.5,
+        ):
+            ev = alerter_violation(1, rule="CUSUM")
+            await publish(js, ev)
+            row_sql = (
+                "SELECT acknowledged_by, resolved_by, resolved_at, note, action_pending FROM violations"
+                " WHERE id = $1"
+            )
+
+            async def person_state() -> asyncpg.Record:
+                """The violation's human state in the API's log."""
+                row = await api.store.pool.fetchrow(row_sql, ev.id)
+                assert row is not None
+                return row
+
+            async def listed() -> bool:
+                items = (await api.client.get("/api/incidents")).json()["items"]
+                row = await api.store.pool.fetchrow(row_sql, ev.id)
+                return len(items) == 1 and row is not None
+
+            await eventually(listed, what="the incident and its violation in the API")
+            iid = (await api.client.get("/api/incidents")).json()["items"][0]["id"]
+            await eventually(lambda: len(got) >= 1, what="the page")
+            r = await api.client.post(
+                f"/api/incidents/{iid}/resolve", json={"by": "ana", "note": "restarted"}
+            )
+            assert r.status_code == 200, r.text
+            assert r.json()["state"] == "resolved"
+            assert (await person_state())["resolved_by"] == "ana"
+            await eventually(
+                lambda: any("STILL FAILING after resolved by ana" in g.title for g in got),
+                what="the page again",
+            )
+
+            async def reopened() -> bool:
+                state = await api.store.pool.fetchval("SELECT state FROM incidents WHERE id = $1", iid)
+                row = await person_state()
+                return state == "open" and row["resolved_at"] is None
+
+            await eventually(reopened, what="the incident and its violation open again at the API")
+            detail = (await api.client.get(f"/api/incidents/{iid}")).json()
+            assert detail["incident"]["state"] == "open"
+            assert detail["incident"]["resolved_by"] is None
+            row = await person_state()
+            assert (row["acknowledged_by"], row["resolved_by"], row["action_pending"]) == (None, None, False)
+            assert row["note"] == "restarted"  # the person's word stays on record
+            raw = await api.store.pool.fetchval("SELECT event FROM incidents WHERE id = $1", iid)
+            paged_again = msgspec.convert(raw if isinstance(raw, dict) else json.loads(raw), IncidentEvent)
+            assert [(p.episode_id, p.resolved_by) for p in paged_again.repaged] == [(ev.episode_id, "ana")]
+            violation_page = (await api.client.get(f"/api/violations/{ev.id}")).json()["violation"]
+            assert violation_page["resolved_by"] is None
+            # The dashboard offers both again: the incident page and the violation page.
+            page = await login(api)
+            assert '<button type="submit">Acknowledge</button>' in (await page.get(f"/incidents/{iid}")).text
+            shown = (await page.get(f"/violations/{ev.id}")).text
+            assert f'hx-post="/violations/{ev.id}/resolve"' in shown
+            assert f'hx-post="/violations/{ev.id}/acknowledge"' in shown
+
+            # The on-call acknowledges the incident again, then resolves the violation again.
+            r = await api.client.post(f"/api/incidents/{iid}/acknowledge", json={"by": "bo"})
+            assert r.status_code == 200, r.text
+            assert r.json()["state"] == "acknowledged"
+            r = await api.client.post(
+                f"/api/violations/{ev.id}/resolve", json={"resolved_by": "bo", "note": "rolled back"}
+            )
+            assert r.status_code == 200, r.text
+            assert r.json()["resolved_by"] == "bo"
+            await eventually(
+                lambda: any(g.title.startswith("[LLMscope] RESOLVED by bo:") for g in got),
+                what="the channels told of the second resolution",
+            )
+            r = await api.client.post(f"/api/incidents/{iid}/resolve", json={"by": "bo"})
+            assert r.status_code == 200, r.text
+            assert r.json()["state"] == "resolved"
+
+            # The page again's event once more (a replay, a redelivery) undoes nothing.
+            async with api.store.pool.acquire() as conn:
+                await store_incidents(conn, [paged_again])
+            row = await person_state()
+            assert row["resolved_by"] == "bo"
+            assert (
+                await api.store.pool.fetchval("SELECT state FROM incidents WHERE id = $1", iid) == "resolved"
+            )
+    finally:
+        await sink.stop()

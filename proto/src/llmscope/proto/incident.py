@@ -67,6 +67,16 @@ class TicketRef(msgspec.Struct, frozen=True, kw_only=True):
     state: Literal["open", "closed"] = "open"
 
 
+class RepagedEpisode(msgspec.Struct, frozen=True, kw_only=True):
+    """One of the incident's violations resolved by hand that the engine never cleared, firing
+    and paged again: the resolution it undid no longer stands (its copy at the API reopens)."""
+
+    episode_id: str
+    repaged_at: Annotated[datetime, Meta(description="when the alerter paged it again")]
+    resolved_by: Annotated[str | None, Meta(description="who had resolved it by hand")] = None
+    resolved_at: Annotated[datetime | None, Meta(description="when that resolution was made")] = None
+
+
 class IncidentAnalysis(msgspec.Struct, frozen=True, kw_only=True):
     """The deterministic summary, always present, and the LLM's writing when it answered."""
 
@@ -111,3 +121,11 @@ class IncidentEvent(Event, frozen=True, kw_only=True, tag="incident.v1"):
     merged_into: (
         Annotated[str, Meta(description="the incident this one was merged into (resolved then)")] | None
     ) = None
+    # Added later in v1 (events of older alerters have none).
+    repaged: Annotated[
+        tuple[RepagedEpisode, ...],
+        Meta(
+            description="its violations firing again after a hand resolution the engine never"
+            " cleared (paged again), until resolved again or cleared"
+        ),
+    ] = ()

@@ -58,6 +58,8 @@ class ActionStore(HandResolutionStore):
             " acknowledged_by = v.acknowledged_by"
             " FROM alerter_violation_actions v WHERE v.episode_id = a.episode_id AND a.episode_id = ANY($1)"
             " AND v.acknowledged_at IS NOT NULL AND a.acknowledged_at IS NULL"
+            # One made before the alert was paged again acknowledged the page it undid.
+            " AND (a.repaged_at IS NULL OR v.acknowledged_at > a.repaged_at)"
             + (
                 " AND a.episode_id IN (SELECT episode_id FROM alerter_alerts WHERE episode_id = ANY($1)"
                 " FOR NO KEY UPDATE SKIP LOCKED)"

@@ -34,15 +34,18 @@ def needs_update(
     now: datetime,
     repeat_interval: float,
     send_resolved: bool,
+    paged_again: frozenset[str] = frozenset(),
 ) -> NotifyReason | None:
     """The reason to notify, or None.
 
     ``firing`` excludes muted episodes. Acknowledged episodes stop reminders, never the news of
-    another violation or of the resolution.
+    another violation or of the resolution. ``paged_again``: firing episodes paged again (after
+    a hand resolution) since the channel's last message: news, even to a channel never told they
+    resolved (``send_resolved: false``), for which they fired all along.
     """
     if last is None:
         return "first" if firing else None
-    if firing - last.firing:
+    if (firing - last.firing) or (paged_again & firing):
         return "new_violations"
     if send_resolved and to_announce_resolved(resolved, last):
         return "resolved"

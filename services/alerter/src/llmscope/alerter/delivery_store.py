@@ -88,6 +88,7 @@ class DeliveryStore(ActionStore, MergeStore, SilenceStore):
             "SELECT a.*, v.acknowledged_at AS api_acknowledged_at, v.acknowledged_by AS api_acknowledged_by"
             " FROM alerter_alerts a JOIN alerter_group_alerts ga USING (episode_id)"
             " LEFT JOIN alerter_violation_actions v ON v.episode_id = a.episode_id"
+            " AND (a.repaged_at IS NULL OR v.acknowledged_at > a.repaged_at)"
             " WHERE ga.group_id = $1 ORDER BY a.opened_at, a.episode_id",
             g["id"],
         )

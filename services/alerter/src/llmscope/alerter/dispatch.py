@@ -10,7 +10,7 @@ import functools
 import time
 
 from llmscope.alerter.config import RuntimeConfig
-from llmscope.alerter.grouping import ChannelView
+from llmscope.alerter.grouping import ChannelView, paged_again_since
 from llmscope.alerter.messages import IncidentRef
 from llmscope.alerter.model import Alert
 from llmscope.alerter.notifiers.base import AlertView, Notification
@@ -153,6 +153,11 @@ class Dispatcher(AlerterBase):
             if claim.channel_kind == "alertmanager"
             else await self.store.told_before(claim.group_id, claim.channel, claim.id),
             follows=await self._follows(claim),
+            # The title says STILL FAILING only in the message that tells the page again: not in
+            # the group's later ones, about something else (what the channel was told before).
+            paged_again=paged_again_since(
+                claim.firing, await self.store.previous_message_at(claim.group_id, claim.channel, claim.id)
+            ),
         )
 
     async def deliver(self, claim: Claim, runtime: RuntimeConfig) -> Outcome:

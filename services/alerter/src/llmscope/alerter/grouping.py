@@ -69,6 +69,14 @@ def mute(
     return kept, muted
 
 
+def paged_again_since(firing: Iterable[Alert], since: datetime | None) -> frozenset[str]:
+    """The firing alerts paged again (after a hand resolution) since a channel's last message of
+    the group at ``since`` (None: it has none): what that channel has not been told yet."""
+    return frozenset(
+        a.episode_id for a in firing if a.repaged_at is not None and (since is None or a.repaged_at > since)
+    )
+
+
 def decide(
     *,
     route: Route,
@@ -99,6 +107,7 @@ def decide(
             now=now,
             repeat_interval=route.repeat_interval,
             send_resolved=channel.send_resolved,
+            paged_again=paged_again_since(firing, previous.sent_at if previous else None),
         )
         if reason is None:
             continue

@@ -172,7 +172,10 @@ class HandResolutionStore(IncidentStore):
                 for r in await conn.fetch(
                     "UPDATE alerter_alerts SET repaged_at = $3, repage_of_at = resolved_at,"
                     " repage_of_by = resolved_by, repage_of_note = resolved_note,"
-                    " resolved_at = NULL, resolved_by = NULL, resolved_note = NULL"
+                    " resolved_at = NULL, resolved_by = NULL, resolved_note = NULL,"
+                    # A new page, to be acknowledged afresh: an acknowledgement made before the
+                    # resolution (or implied by it at the API) no longer stops its reminders.
+                    " acknowledged_at = NULL, acknowledged_by = NULL"
                     " WHERE episode_id = ANY($1::text[]) AND cleared_at IS NULL"
                     " AND resolved_at IS NOT NULL AND hand_resolved_applied_at <= $2"
                     # Once per hand resolution: the one paged again, restored, is not paged twice.
@@ -185,11 +188,31 @@ class HandResolutionStore(IncidentStore):
             ]
             for episode_id in sorted(moved):
                 await self._regroup(conn, episode_id, now)
+            await self._reopen_incidents(conn, moved)
             if moved:
                 self._log.warning(
                     "violations resolved by hand still fire: paging again", episodes=sorted(moved)
                 )
             return len(moved)
+
+    async def _reopen_incidents(self, conn: Conn, episode_ids: Sequence[str]) -> None:
+        """The incidents of alerts paged again fire again: open, neither acknowledged nor resolved
+        (the dashboard offers both again), each published with the episodes paged again
+        (``repaged``), from which the API reopens its copy of those violations. Their rows are
+        held since lock_rows."""
+        for r in await conn.fetch(
+            "SELECT DISTINCT incident_id FROM alerter_incident_episodes WHERE episode_id = ANY($1::text[])"
+            " ORDER BY incident_id",
+            list(episode_ids),
+        ):
+            await conn.execute(
+                "UPDATE alerter_incidents SET state = 'open', acknowledged_at = NULL,"
+                " acknowledged_by = NULL, acknowledged_note = NULL, resolved_at = NULL,"
+                " resolved_by = NULL, resolved_note = NULL, resolved_note_at = NULL,"
+                " revision = revision + 1 WHERE id = $1 AND merged_into IS NULL",
+                r["incident_id"],
+            )
+            await self._outbox_incident(conn, r["incident_id"], "updated")
 
     async def _regroup(self, conn: Conn, episode_id: str, now: datetime) -> None:
         """Put a re-fired alert in an active group of each route it was grouped by, flushed now.

@@ -13,7 +13,13 @@ from llmscope.alerter.resemblance_store import resembled
 from llmscope.alerter.store_base import Conn, StoreBase
 from llmscope.alerter.ticket_store import ticket_ref
 from llmscope.proto import codec, subjects
-from llmscope.proto.incident import IncidentAnalysis, IncidentChange, IncidentEvent, SimilarIncident
+from llmscope.proto.incident import (
+    IncidentAnalysis,
+    IncidentChange,
+    IncidentEvent,
+    RepagedEpisode,
+    SimilarIncident,
+)
 
 
 class IncidentOutboxStore(StoreBase):
@@ -30,7 +36,10 @@ class IncidentOutboxStore(StoreBase):
         r = await conn.fetchrow("SELECT * FROM alerter_incidents WHERE id = $1", incident_id)
         assert r is not None
         episodes = await conn.fetch(
-            "SELECT episode_id FROM alerter_incident_episodes e JOIN alerter_alerts a USING (episode_id)"
+            "SELECT episode_id, a.repaged_at, a.repage_of_by, a.repage_of_at,"
+            # Paged again and still firing: neither resolved again since nor cleared.
+            " a.repaged_at IS NOT NULL AND a.resolved_at IS NULL AND a.cleared_at IS NULL AS repaged"
+            " FROM alerter_incident_episodes e JOIN alerter_alerts a USING (episode_id)"
             " WHERE incident_id = $1 ORDER BY a.opened_at",
             incident_id,
         )
@@ -81,6 +90,16 @@ class IncidentOutboxStore(StoreBase):
             resembles=await resembled(conn, incident_id),
             ticket=await ticket_ref(conn, incident_id),
             merged_into=r["merged_into"],
+            repaged=tuple(
+                RepagedEpisode(
+                    episode_id=e["episode_id"],
+                    repaged_at=e["repaged_at"],
+                    resolved_by=e["repage_of_by"],
+                    resolved_at=e["repage_of_at"],
+                )
+                for e in episodes
+                if e["repaged"]
+            ),
         )
 
     async def _outbox_incident(self, conn: Conn, incident_id: str, change: IncidentChange) -> None:

@@ -28,6 +28,19 @@ class NotificationLogStore(StoreBase):
         )
         return None if found is None else str(found)
 
+    async def previous_message_at(self, group_id: int, channel: str, notification_id: str) -> datetime | None:
+        """When the group's message to ``channel`` before this one was made (None: this is its
+        first), as the flush that planned this one read it (the latest not expired)."""
+        found: datetime | None = await self.pool.fetchval(
+            "SELECT created_at FROM alerter_notifications WHERE group_id = $1 AND channel = $2"
+            " AND status <> 'expired' AND seq < (SELECT seq FROM alerter_notifications WHERE id = $3)"
+            " ORDER BY seq DESC LIMIT 1",
+            group_id,
+            channel,
+            notification_id,
+        )
+        return found
+
     async def told_before(self, group_id: int, channel: str, notification_id: str) -> dict[str, datetime]:
         """Episodes a group folded into this one had told ``channel`` firing, and when, for the
         channel's first message of this group (later ones are updates of that first one)."""

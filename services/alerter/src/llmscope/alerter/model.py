@@ -52,6 +52,8 @@ class Alert:
     """set when it fires again: a person resolved it then, and the engine has not cleared it since"""
     repage_of_by: str | None = None
     repage_of_note: str | None = None
+    repaged_at: datetime | None = None
+    """when it was paged again (the last time): a channel told nothing since hears it as news"""
 
     @property
     def episode_id(self) -> str:

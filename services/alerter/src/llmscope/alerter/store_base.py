@@ -45,6 +45,7 @@ def alert_from_row(row: asyncpg.Record) -> Alert:
         repage_of_at=row.get("repage_of_at"),
         repage_of_by=row.get("repage_of_by"),
         repage_of_note=row.get("repage_of_note"),
+        repaged_at=row.get("repaged_at"),
     )
 
 

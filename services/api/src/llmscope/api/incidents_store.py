@@ -52,6 +52,32 @@ WHERE i.revision < EXCLUDED.revision
 """
 
 
+# The violations the alerter paged again after a hand resolution the engine never cleared (the
+# ``repaged`` of each incident's stored event: its highest revision, whatever order the events
+# came in) fire again in the API's log too: their resolution (and the acknowledgement that came
+# with it) is undone, so the dashboard offers both again. Only a resolution made before the page
+# again: one made since (the on-call's answer to it) stands, and a replayed event changes nothing.
+# The row's pending announcement, if any, was of that undone state: the alerter has it already.
+# Rows locked in id order (the persister's other writes of violations take them one by one).
+REOPEN_REPAGED = """
+WITH paged AS (
+    SELECT r.episode_id, max(r.repaged_at) AS repaged_at
+    FROM incidents i,
+         jsonb_to_recordset(coalesce(i.event->'repaged', '[]'::jsonb))
+             AS r(episode_id text, repaged_at timestamptz)
+    WHERE i.id = ANY($1::text[])
+    GROUP BY r.episode_id
+), due AS (
+    SELECT v.id FROM violations v JOIN paged p ON v.id = p.episode_id
+    WHERE v.cleared_at IS NULL AND v.resolved_at IS NOT NULL AND v.resolved_at < p.repaged_at
+    ORDER BY v.id FOR UPDATE OF v
+)
+UPDATE violations SET resolved_at = NULL, resolved_by = NULL, acknowledged_at = NULL,
+    acknowledged_by = NULL, action_pending = false
+WHERE id IN (SELECT id FROM due)
+"""
+
+
 def incident_record(ev: IncidentEvent) -> tuple[Any, ...]:
     return (
         ev.incident_id,
@@ -79,10 +105,14 @@ def incident_record(ev: IncidentEvent) -> tuple[Any, ...]:
 
 
 async def store_incidents(conn: Conn, events: Sequence[IncidentEvent]) -> int:
-    """Keep each incident's highest revision, in one transaction; returns the events seen."""
+    """Keep each incident's highest revision, in one transaction; returns the events seen. The
+    violations it says were paged again reopen (``REOPEN_REPAGED``), in the same transaction."""
     if events:
         async with conn.transaction():
             await conn.executemany(UPSERT_INCIDENT, [incident_record(ev) for ev in events])
+            repaged = sorted({ev.incident_id for ev in events if ev.repaged})
+            if repaged:
+                await conn.execute(REOPEN_REPAGED, repaged)
     return len(events)
 
 

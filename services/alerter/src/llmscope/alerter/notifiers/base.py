@@ -109,6 +109,9 @@ class Notification:
     follows: str | None = None
     """the id of the first message a group folded into this one sent on this channel (the
     degradation's warning): the thread this group's messages carry on"""
+    paged_again: frozenset[str] = frozenset()
+    """firing episodes paged again after a hand resolution that this message is the first of
+    the group to tell this channel: the title leads with them (``STILL FAILING``)"""
 
     @property
     def status(self) -> Literal["firing", "resolved"]:
@@ -210,10 +213,15 @@ class Notification:
         return f"[LLMscope] {label}: {self.still_failing()}{head}{reminder}"
 
     def still_failing(self) -> str:
-        """``STILL FAILING after resolved by ana at 12:03:10 UTC: `` when a firing violation was
-        resolved by hand and never cleared (paged again), else ""."""
+        """``STILL FAILING after resolved by ana at 12:03:10 UTC: `` when this message tells a
+        page again (a firing violation resolved by hand that the engine never cleared), else ""
+        (the group's later messages are about something else: their own news, or a reminder)."""
         again = [
-            (at, by) for a in self.firing if (at := a.repage_of_at) is not None and (by := a.repage_of_by)
+            (at, by)
+            for a in self.firing
+            if a.episode_id in self.paged_again
+            and (at := a.repage_of_at) is not None
+            and (by := a.repage_of_by)
         ]
         if not again:
             return ""
