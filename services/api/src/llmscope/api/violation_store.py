@@ -119,6 +119,8 @@ def _where(flt: ViolationFilter) -> tuple[str, list[Any]]:
         clauses.append("cleared_at IS NOT NULL")
     if flt.since:
         add("ts >= {}", flt.since)
+    if flt.until:
+        add("ts <= {}", flt.until)
     if flt.cursor:
         cts, cid = decode_cursor(flt.cursor)
         args += [cts, cid]

@@ -292,6 +292,9 @@ class ViolationFilter:
     acknowledged: bool | None = None
     state: ViolationStateFilter | None = None
     since: datetime | None = None
+    until: datetime | None = None
+    """At or before this (``since`` and ``until`` both included: a comparison chart's shared mark
+    links to the log of its violations' span, first to last)."""
     limit: int = 50
     cursor: str | None = None
 
