@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from html import escape
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from markupsafe import Markup
 
@@ -81,7 +81,7 @@ def group_href(group: list[ChartEvent]) -> str:
     log over its violations' span (first to last, both included), of its model and severity
     where they share one, which lists every one of them (its worst alone hid the others)."""
     if len(group) == 1:
-        return f"/violations/{quote(group[0].id)}"
+        return f"/violations/{group[0].id}"
     params = {
         "since": min(ev.ts for ev in group).isoformat(),
         "until": max(ev.ts for ev in group).isoformat(),
