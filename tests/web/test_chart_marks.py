@@ -63,7 +63,9 @@ def test_rules_at_one_probe_are_one_mark_that_counts_and_names_them() -> None:
         assert 'href="/violations/v-lone"><circle' in svg
 
 
-async def test_the_dashboard_charts_mark_links_to_every_rule_at_its_probe(api: Api) -> None:
+async def seed_rules_at_one_probe(api: Api) -> None:
+    """Three rules of the latency chart at one probe (and TTFT's R1 there, another chart), one
+    more ten probes before."""
     now = datetime.now(UTC).replace(microsecond=0)
     probes = [telemetry(i, id=f"p{i:03d}", ts=now - timedelta(seconds=20 * (60 - i))) for i in range(60)]
     hit = probes[50]
@@ -71,10 +73,15 @@ async def test_the_dashboard_charts_mark_links_to_every_rule_at_its_probe(api: A
         violation(hit, id=f"v-{rule.lower()}", rule=rule, severity=sev, value=190.0)
         for rule, sev in (("R1", "warning"), ("CUSUM", "critical"), ("SPIKE", "critical"))
     ]
+    ttft = violation(hit, id="v-ttft", metric="ttft_ms", rule="R1", severity="warning", value=90.0)
     other = violation(probes[40], id="v-earlier", rule="R1", severity="warning", value=180.0)
     async with api.store.pool.acquire() as conn:
         await store_telemetry(conn, probes)
-        await store_violations(conn, [*fired, other])
+        await store_violations(conn, [*fired, ttft, other])
+
+
+async def test_the_dashboard_charts_mark_links_to_every_rule_at_its_probe(api: Api) -> None:
+    await seed_rules_at_one_probe(api)
     client = await login(api)
     params = {"provider": "ollama", "model": "llama3.1:8b", "prompt_id": "simple-1", "hours": "1"}
     r = await client.get("/dashboard", params=params, headers={**HX, "HX-Target": "chart-panel"})
@@ -83,4 +90,23 @@ async def test_the_dashboard_charts_mark_links_to_every_rule_at_its_probe(api: A
     assert len(RING.findall(svg)) == 2
     (href,) = re.findall(r'<a href="([^"]*)"><g class="violation-mark">', svg)
     log = (await client.get(html.unescape(href))).text
-    assert set(re.findall(r'<a href="/violations/([^"]+)">', log)) == {"v-r1", "v-cusum", "v-spike"}
+    # The log at that probe: the model's violations then, the other chart's among them.
+    listed = set(re.findall(r'<a href="/violations/([^"]+)">', log))
+    assert listed == {"v-r1", "v-cusum", "v-spike", "v-ttft"}
+
+
+async def test_the_violation_pages_minichart_names_every_rule_at_its_probes(api: Api) -> None:
+    """The mini-chart ringed the page's violation and showed nothing of the two other rules that
+    fired at the same probe, nor of the chart's violation ten probes before."""
+    await seed_rules_at_one_probe(api)
+    client = await login(api)
+    page = (await client.get("/violations/v-r1")).text
+    svg = page.split('<svg class="mini-chart"')[1].split("</svg>")[0]
+    (group,) = re.findall(r'<g class="violation-mark">(.*?)</g>', svg, re.S)
+    assert 'class="violation critical"' in group
+    assert 'class="violation-count">3</text>' in group
+    title = html.unescape(re.search(r"<title>(.*?)</title>", group, re.S)[1])  # type: ignore[index]
+    assert [line.split()[0] for line in title.splitlines()[1:]] == ["CUSUM", "SPIKE", "R1"]
+    assert 'href="/violations/v-earlier"><circle' in svg
+    assert "v-ttft" not in svg
+    assert 'class="trigger-ring"' in svg
