@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
+import asyncpg
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
@@ -30,7 +31,7 @@ counts as a run ("4 failed probes in a row") and ERROR_RATE within its window ("
 in the last 50"); other metrics' value with its unit."""
 
 
-def value_text(row: Mapping[str, Any]) -> str:
+def value_text(row: asyncpg.Record) -> str:
     """A violation row's value in the pages' words (``VALUE_TEXT``)."""
     value, metric = row["value"], row["metric"]
     if value is None:
@@ -62,7 +63,7 @@ def _csv(
     sql: str,
     args: Sequence[Any],
     columns: Sequence[str],
-    derived: Sequence[tuple[str, Callable[[Mapping[str, Any]], str]]] = (),
+    derived: Sequence[tuple[str, Callable[[asyncpg.Record], str]]] = (),
 ) -> AsyncIterator[bytes]:
     """The rows of ``sql`` (``columns``), then per row each ``derived`` column computed from it."""
 
