@@ -129,3 +129,10 @@ async def test_the_compare_page_and_report_draw_the_seconds_apart_violations_as_
         assert overlapping(svg) == [], path
         assert len(MARK.findall(svg)) == 1, path
         assert 'class="event-count" text-anchor="middle">2</text>' in svg, path
+
+
+async def test_the_logs_span_filter_refuses_a_bad_time_naming_it(api: Api) -> None:
+    client = await login(api)
+    r = await client.get("/violations", params={"until": "yesterday"})
+    assert r.status_code == 422
+    assert "until" in r.text
