@@ -8,11 +8,14 @@ import html
 import re
 from datetime import UTC, datetime, timedelta
 from itertools import combinations
+from urllib.parse import urlencode
 
+from llmscope.api.persister import store_violations
 from llmscope.web.data import ChartPoint
 from llmscope.web.trend_svg import render_comparison
 from llmscope.web.trends import ChartEvent, ComparedLine, Comparison
 from tests.api.conftest import Api
+from tests.api.factories import telemetry, violation
 from tests.web.test_pages import login
 from tests.web.test_trends import seed
 
@@ -82,11 +85,38 @@ def test_violations_seconds_apart_share_one_mark_that_counts_and_names_them() ->
         assert count, svg
         assert count[1] == "5"
         listed = html.unescape(count[2])
-        assert listed.startswith("5 violations\n")
+        assert listed.startswith("5 violations (click for them all in the violation log)\n")
         assert all(f" {rule} " in listed for rule in ("R1", "CUSUM", "EWMA", "R5", "R2"))
-        # The shared mark links to the worst of them, and wears its severity.
-        assert '<a href="/violations/v1"><g class="event-mark"><path' in svg
+        # The shared mark wears its worst's severity and links to the log over its span (two
+        # models and two severities: neither filtered); a lone one to its page.
+        burst = sorted(e.ts for e in data.events if e.id.startswith("v") and e.id != "v-lone")
+        span = urlencode({"since": burst[0].isoformat(), "until": burst[-1].isoformat()})
+        assert f'<a href="/violations?{html.escape(span)}"><g class="event-mark"><path' in svg
+        assert 'class="event warning"' in svg
         assert 'href="/violations/v-lone"' in svg
+
+
+async def test_a_shared_marks_link_lists_every_violation_it_counts(api: Api) -> None:
+    """The seed's critical and warning violations share a mark: its link is the violation log of
+    that model over their span, which lists both, not the info one 4 s later (unmarked) nor
+    another model's at the same time. It linked to the critical one alone."""
+    await seed(api)
+    async with api.store.pool.acquire() as conn:
+        crit_ts = await conn.fetchval("SELECT ts FROM violations WHERE id = 'v-crit'")
+        await store_violations(
+            conn, [violation(telemetry(0, ts=crit_ts, model="other:1"), id="v-elsewhere", rule="R1")]
+        )
+    client = await login(api)
+    for path in ("/compare?hours=1", "/report?hours=1"):
+        page = (await client.get(path)).text
+        svg = page.split('<svg class="comparison-chart"')[1].split("</svg>")[0]
+        hrefs = [html.unescape(h) for h in re.findall(r'<a href="([^"]*)"><g class="event-mark">', svg)]
+        (href,) = hrefs
+        assert href.startswith("/violations?"), (path, href)
+        log = (await client.get(href)).text
+        listed = set(re.findall(r'<a href="/violations/([^"]+)">', log))
+        assert listed == {"v-crit", "v-warn"}, (path, listed)
+        assert "all times</a>" in log
 
 
 async def test_the_compare_page_and_report_draw_the_seconds_apart_violations_as_one_mark(api: Api) -> None:
@@ -99,3 +129,10 @@ async def test_the_compare_page_and_report_draw_the_seconds_apart_violations_as_
         assert overlapping(svg) == [], path
         assert len(MARK.findall(svg)) == 1, path
         assert 'class="event-count" text-anchor="middle">2</text>' in svg, path
+
+
+async def test_the_logs_span_filter_refuses_a_bad_time_naming_it(api: Api) -> None:
+    client = await login(api)
+    r = await client.get("/violations", params={"until": "yesterday"})
+    assert r.status_code == 422
+    assert "until" in r.text

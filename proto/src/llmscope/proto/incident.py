@@ -34,6 +34,17 @@ class MetricMove(msgspec.Struct, frozen=True, kw_only=True):
     prompt_id: Annotated[
         str, Meta(description="the prompt whose chart moved: prompts differ in length, so in baseline")
     ] = ""
+    # Added later in v1: a reader had to guess an outage's rule from the incident's violations.
+    rule: Annotated[
+        str,
+        Meta(
+            description="the rule of the violation whose figure `observed` is (AVAILABILITY counts a run of "
+            "failed probes, ERROR_RATE failures in its window); empty in messages from before it"
+        ),
+    ] = ""
+    rule_name: Annotated[
+        str, Meta(description="that violation's rule in words, e.g. '>= 10 failures in the last 50 probes'")
+    ] = ""
 
 
 class SimilarIncident(msgspec.Struct, frozen=True, kw_only=True):

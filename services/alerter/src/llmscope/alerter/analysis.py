@@ -78,9 +78,19 @@ def metric_moves(events: Sequence[ViolationEvent]) -> tuple[MetricMove, ...]:
                 observed=ev.value if is_outage(ev) else level(ev),
                 change_percent=change_pct(ev),
                 deviation_sigma=ev.deviation_sigma,
+                rule=ev.rule,
+                rule_name=ev.rule_name,
             )
         )
     return tuple(moves)
+
+
+def _raised(move: MetricMove, count: int, run: ViolationEvent | None) -> MetricMove:
+    """``move`` with its figure raised to ``count`` failed probes since the last success."""
+    if count <= move.observed:
+        return move
+    rule, name = (run.rule, run.rule_name) if run is not None else (move.rule, move.rule_name)
+    return structs.replace(move, observed=float(count), rule=rule, rule_name=name)
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -125,15 +135,20 @@ def summarize(
     # An outage goes on failing after its rule fired (at 3 probes, say): its series' figure is
     # every failed probe since the last success when that is known.
     failing: dict[SeriesKey, Outage] = {}
+    runs: dict[SeriesKey, ViolationEvent] = {}
     for ev in events:
         known = outages.get(ev.episode_id)
         key = (ev.model, ev.metric, ev.prompt_id, ev.target)
         before = failing[key].count if key in failing else 0
         if known is not None and is_outage(ev) and known.count > before:
             failing[key] = known
-    # metric_moves walks the same sorted series: one move per series, in this order.
+        if ev.rule.upper() == "AVAILABILITY" and key not in runs:
+            runs[key] = ev
+    # metric_moves walks the same sorted series: one move per series, in this order. A count
+    # raised to the failures since the last success is a run: the series' AVAILABILITY
+    # violation's rule goes with it where there is one.
     moves = tuple(
-        structs.replace(mv, observed=float(max(mv.observed, failing[key].count))) if key in failing else mv
+        _raised(mv, failing[key].count, runs.get(key)) if key in failing else mv
         for key, mv in zip(sorted(by_key), metric_moves(events), strict=True)
     )
     for ((model, _metric, _prompt, _target), ev), mv in zip(sorted(by_key.items()), moves, strict=True):

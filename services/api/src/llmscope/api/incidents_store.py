@@ -166,7 +166,15 @@ def analysis_info(ev: IncidentEvent) -> IncidentAnalysisInfo | None:
         rules=list(a.rules),
         moves=[
             MetricMoveInfo(
-                m.model, m.metric, m.baseline, m.observed, m.change_percent, m.deviation_sigma, m.prompt_id
+                m.model,
+                m.metric,
+                m.baseline,
+                m.observed,
+                m.change_percent,
+                m.deviation_sigma,
+                m.prompt_id,
+                rule=m.rule,
+                rule_name=m.rule_name,
             )
             for m in a.moves
         ],

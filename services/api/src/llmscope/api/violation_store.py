@@ -3,7 +3,8 @@ acknowledgements and resolutions (told to the alerter over the bus)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -17,12 +18,15 @@ from llmscope.web.data import (
     Violation,
     ViolationDetail,
     ViolationFilter,
+    ViolationMark,
     ViolationPage,
 )
 
 # Probes around a violation: its table shows CONTEXT on each side, its mini-chart NEARBY.
 CONTEXT = 10
 NEARBY = 30
+MARK_SLACK = timedelta(minutes=5)
+"""How long after its trigger probe a violation may be stamped (the engine stamps the probe's time)."""
 
 
 def _parse_ts(values: Any) -> list[datetime]:
@@ -119,6 +123,8 @@ def _where(flt: ViolationFilter) -> tuple[str, list[Any]]:
         clauses.append("cleared_at IS NOT NULL")
     if flt.since:
         add("ts >= {}", flt.since)
+    if flt.until:
+        add("ts <= {}", flt.until)
     if flt.cursor:
         cts, cid = decode_cursor(flt.cursor)
         args += [cts, cid]
@@ -172,6 +178,7 @@ class ViolationStore(StoreBase):
                 scope,
                 anchor,
             )
+            marks = await self._marks(conn, v, rows)
         pattern = set(v.point_ids)
         column = METRIC_COLUMNS.get(v.metric, (None, "", False))[0]
         nearby = [
@@ -193,7 +200,42 @@ class ViolationStore(StoreBase):
         # The table shows ±CONTEXT of them around the anchor (the last probe at or before it).
         at = sum(1 for p in nearby if p.ts <= anchor) - 1
         context = nearby[max(0, at - CONTEXT) : at + CONTEXT + 1]
-        return ViolationDetail(violation=v, context=context, nearby=nearby)
+        return ViolationDetail(violation=v, context=context, nearby=nearby, marks=marks)
+
+    @staticmethod
+    async def _marks(conn: Any, v: Violation, probes: Sequence[asyncpg.Record]) -> list[ViolationMark]:
+        """The violations of ``v``'s chart triggered by one of ``probes`` (the mini-chart's): the
+        rules that fired at one probe are drawn as one mark naming them all."""
+        if not probes:
+            return []
+        ids = {r["id"] for r in probes}
+        rows = await conn.fetch(
+            """SELECT id, ts, value, rule, severity, cleared_at, point_ids[cardinality(point_ids)] AS trigger
+               FROM violations
+               WHERE provider = $1 AND model = $2 AND prompt_id = $3 AND metric = $4 AND target = $5
+                 AND ts >= $6 AND ts <= $7 AND cardinality(point_ids) > 0""",
+            v.provider,
+            v.model,
+            v.prompt_id,
+            v.metric,
+            v.target,
+            min(r["ts"] for r in probes),
+            # A violation is stamped when its probe is charted, a moment after the probe.
+            max(r["ts"] for r in probes) + MARK_SLACK,
+        )
+        return [
+            ViolationMark(
+                id=r["id"],
+                ts=r["ts"],
+                value=r["value"],
+                rule=r["rule"],
+                severity=r["severity"],
+                state="cleared" if r["cleared_at"] else "open",
+                point_id=r["trigger"],
+            )
+            for r in rows
+            if r["trigger"] in ids
+        ]
 
     async def _act(self, sql: str, violation_id: str, by: str, note: str | None) -> Violation | None:
         """Record a person's action (``sql`` takes id, name, note) and announce it to the outbox."""

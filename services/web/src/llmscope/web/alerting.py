@@ -165,8 +165,9 @@ class MetricMoveInfo:
     deviation_sigma: float
     prompt_id: str = ""
     rule: str = ""
-    """An outage's rule (the incident's violations say it, the move does not): AVAILABILITY's
-    count is a run, ERROR_RATE's failures scattered in its window."""
+    """The rule of the violation whose figure ``observed`` is, as the move says it (older moves
+    do not: ``with_outage_rules`` infers an outage's from the incident's violations).
+    AVAILABILITY's count is a run, ERROR_RATE's failures scattered in its window."""
     rule_name: str = ""
 
     @property
@@ -247,7 +248,8 @@ def _outage_rule(move: MetricMoveInfo, violations: list[Violation]) -> MetricMov
 def with_outage_rules(
     analysis: IncidentAnalysisInfo | None, violations: list[Violation]
 ) -> IncidentAnalysisInfo | None:
-    """The analysis with each outage move's rule, from the incident's violations."""
+    """The analysis with each outage move's rule: its own where the alerter wrote one, else
+    (a message from before ``MetricMove.rule``) inferred from the incident's violations."""
     if analysis is None or not any(m.outage and not m.rule for m in analysis.moves):
         return analysis
     moves = [_outage_rule(m, violations) if m.outage and not m.rule else m for m in analysis.moves]

@@ -156,6 +156,8 @@ class ViolationMark:
     rule: str
     severity: str
     state: str
+    point_id: str = ""
+    """The probe that triggered it (its pattern's last), where the reader knows it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +281,8 @@ class ViolationDetail:
     """The ±10 probes around the trigger, for the table."""
     nearby: list[ContextPoint] = field(default_factory=list)
     """The ±30 probes around the trigger, for the mini-chart (``context`` is a slice of it)."""
+    marks: list[ViolationMark] = field(default_factory=list)
+    """The violations of the same chart (this one among them) triggered by a probe of ``nearby``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +296,9 @@ class ViolationFilter:
     acknowledged: bool | None = None
     state: ViolationStateFilter | None = None
     since: datetime | None = None
+    until: datetime | None = None
+    """At or before this (``since`` and ``until`` both included: a comparison chart's shared mark
+    links to the log of its violations' span, first to last)."""
     limit: int = 50
     cursor: str | None = None
 

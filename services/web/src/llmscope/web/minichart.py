@@ -7,12 +7,14 @@ and equal steps keep the pattern readable. Failed probes have no value: a red ti
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from html import escape
 
 from markupsafe import Markup
 
 from llmscope.proto.charts import AVAILABILITY
-from llmscope.web.data import METRIC_LABELS, ContextPoint, Violation
+from llmscope.web.data import METRIC_LABELS, ContextPoint, Violation, ViolationMark
+from llmscope.web.svg import SEVERITY_RANK, violation_mark
 from llmscope.web.svg_axes import (
     Frame,
     fmt,
@@ -44,9 +46,13 @@ def _metric_value(p: ContextPoint, metric: str) -> float | None:
     return p.value
 
 
-def render_minichart(v: Violation, points: list[ContextPoint], *, width: int = WIDTH) -> Markup:
+def render_minichart(
+    v: Violation, points: list[ContextPoint], *, width: int = WIDTH, marks: Sequence[ViolationMark] = ()
+) -> Markup:
     """The probes around ``v`` with its frozen limits, its pattern points and the trigger ringed
-    (narrow, in the control chart's compact layout: ``svg.render_chart``)."""
+    (narrow, in the control chart's compact layout: ``svg.render_chart``). ``marks``: the chart's
+    violations at these probes, one mark per probe naming every rule that fired there (``v``
+    alone at its trigger is the ring)."""
     compact = is_narrow(width)
     pad_l, pad_r = side_pads(width, PAD_L, PAD_R)
     plot_w, plot_h = width - pad_l - pad_r, HEIGHT - PAD_T - PAD_B
@@ -125,6 +131,18 @@ def render_minichart(v: Violation, points: list[ContextPoint], *, width: int = W
         )
         if p.trigger:
             out.append(f'<circle cx="{x(i):.1f}" cy="{y(val):.1f}" r="8" class="trigger-ring"/>')
+    at_probe: dict[str, list[ViolationMark]] = {}
+    for m in marks:
+        at_probe.setdefault(m.point_id, []).append(m)
+    for i, (p, val) in enumerate(zip(points, values, strict=True)):
+        group = sorted(
+            at_probe.get(p.id, []), key=lambda m: (SEVERITY_RANK.get(m.severity, len(SEVERITY_RANK)), m.rule)
+        )
+        if not group or [m.id for m in group] == [v.id]:
+            continue
+        # A failed probe has no value: its mark stands over its red tick.
+        cy = y(val) if val is not None else PAD_T + plot_h - 18
+        out.append(violation_mark(group, x(i), cy, v.provider, v.model, top=PAD_T))
     out += on_top
     if points:
         labelled_at = {0, len(points) - 1}

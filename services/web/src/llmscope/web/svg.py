@@ -10,10 +10,12 @@ from __future__ import annotations
 import itertools
 from datetime import datetime
 from html import escape
+from urllib.parse import urlencode
 
 from markupsafe import Markup
 
-from llmscope.web.data import METRIC_LABELS, ChartData, ChartPoint, Sparkline
+from llmscope.web.data import METRIC_LABELS, ChartData, ChartPoint, Sparkline, ViolationMark
+from llmscope.web.rules_legend import RULES
 from llmscope.web.svg_axes import (
     Frame,
     fmt,
@@ -37,6 +39,9 @@ MIN_SPAN_S = 60.0
 # of its window). A mark is 10 px across on a 792-px plot: 250 of them already overprint each
 # other, and each is ~160 bytes of the answer (issue 13: a 24 h chart under 100 KB).
 MARKS_DRAWN = 250
+SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
+COUNT_HEIGHT = 9.0
+"""A mark's count's height above its baseline (11 px type, digits only)."""
 # Raw probes get a circle (and tooltip) each, up to 400; buckets only while they are this far
 # apart on average (px): denser, the line and the min-max band show them, and only buckets beyond
 # the limits and the latest get a circle (a 24 h chart has 360 buckets on 792 px).
@@ -58,6 +63,45 @@ def runs(points: list[ChartPoint]) -> list[list[ChartPoint]]:
             out.append([])
         out[-1].append(b)
     return out
+
+
+def per_probe(marks: list[ViolationMark]) -> list[list[ViolationMark]]:
+    """The violations grouped by the probe they fired at (its time and value), in time order, the
+    most severe first within a probe."""
+    groups: dict[tuple[datetime, float], list[ViolationMark]] = {}
+    for v in sorted(marks, key=lambda v: (v.ts, SEVERITY_RANK.get(v.severity, len(SEVERITY_RANK)), v.rule)):
+        groups.setdefault((v.ts, v.value), []).append(v)
+    return list(groups.values())
+
+
+def violation_mark(
+    group: list[ViolationMark], cx: float, cy: float, provider: str, model: str, *, top: float = 0.0
+) -> str:
+    """One probe's violation mark: a ring in its worst rule's style; with several rules (they
+    drew identical circles over each other, all but the top one unseen) their count beside it,
+    a title listing each, and a link to the violation log at that probe listing them all. The count
+    sits above-right of the mark, below-right where that would cross the plot's ``top``."""
+    worst = group[0]
+    if len(group) == 1:
+        return (
+            f'<a href="/violations/{escape(worst.id)}"><circle cx="{cx:.1f}" cy="{cy:.1f}" '
+            f'r="5" class="violation {escape(worst.severity)}"><title>{escape(worst.rule)} '
+            f"{escape(worst.severity)} {fmt(worst.value)}</title></circle></a>"
+        )
+    names = {r.code: r.name for r in RULES}
+    lines = [
+        f"{len(group)} violations at this probe ({fmt(worst.value)}): click for them all in the log",
+        *(v.rule + (f" ({names[v.rule]})" if v.rule in names else "") + f" {v.severity}" for v in group),
+    ]
+    span = {"since": min(v.ts for v in group).isoformat(), "until": max(v.ts for v in group).isoformat()}
+    href = "/violations?" + urlencode({"series": f"{provider}|{model}", **span})
+    ny = cy - 6 if cy - 6 - COUNT_HEIGHT >= top else cy + 6 + COUNT_HEIGHT
+    return (
+        f'<a href="{escape(href)}"><g class="violation-mark"><circle cx="{cx:.1f}" cy="{cy:.1f}" r="5" '
+        f'class="violation {escape(worst.severity)}"/><circle cx="{cx:.1f}" cy="{cy:.1f}" r="8" '
+        f'class="violation-more"/><text x="{cx + 9:.1f}" y="{ny:.1f}" class="violation-count">'
+        f"{len(group)}</text><title>{escape(chr(10).join(lines))}</title></g></a>"
+    )
 
 
 def time_range(data: ChartData) -> tuple[float, float]:
@@ -191,14 +235,11 @@ def render_chart(data: ChartData, *, width: int = WIDTH, height: int = HEIGHT) -
                     f'<circle cx="{x(p.ts):.1f}" cy="{y(p.value):.1f}" r="2.5" class="{cls}">'
                     f"<title>{p.ts.strftime('%H:%M:%S')} {fmt(p.value)}</title></circle>"
                 )
-    for v in data.violations:
-        if not (t0 <= v.ts.timestamp() <= t1):
-            continue
-        out.append(
-            f'<a href="/violations/{escape(v.id)}"><circle cx="{x(v.ts):.1f}" cy="{y(v.value):.1f}" '
-            f'r="5" class="violation {escape(v.severity)}"><title>{escape(v.rule)} {escape(v.severity)} '
-            f"{fmt(v.value)}</title></circle></a>"
-        )
+    shown = [v for v in data.violations if t0 <= v.ts.timestamp() <= t1]
+    out += [
+        violation_mark(group, x(group[0].ts), y(group[0].value), q.provider, q.model, top=PAD_T)
+        for group in per_probe(shown)
+    ]
     out += on_top
     if lim is None:
         if data.phase == "collecting":

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from html import escape
+from urllib.parse import urlencode
 
 from markupsafe import Markup
 
@@ -73,6 +74,23 @@ def _mark_groups(events: list[ChartEvent], x: Callable[[datetime], float]) -> li
             groups.append([ev])
             start = ex
     return groups
+
+
+def group_href(group: list[ChartEvent]) -> str:
+    """Where a violation mark links: a lone violation's page; for a shared mark, the violation
+    log over its violations' span (first to last, both included), of its model and severity
+    where they share one, which lists every one of them (its worst alone hid the others)."""
+    if len(group) == 1:
+        return f"/violations/{group[0].id}"
+    params = {
+        "since": min(ev.ts for ev in group).isoformat(),
+        "until": max(ev.ts for ev in group).isoformat(),
+    }
+    if len(models := {(ev.provider, ev.model) for ev in group}) == 1:
+        params["series"] = "|".join(next(iter(models)))
+    if len(severities := {ev.severity for ev in group}) == 1:
+        params["severity"] = next(iter(severities))
+    return f"/violations?{urlencode(params)}"
 
 
 def render_comparison(data: Comparison, *, width: int = 960, height: int = 340) -> Markup:
@@ -186,7 +204,9 @@ def render_comparison(data: Comparison, *, width: int = 960, height: int = 340) 
         ]
         if len(group) > _TITLE_LINES:
             lines.append(f"… and {len(group) - _TITLE_LINES} more")
-        title = escape("\n".join(([f"{len(group)} violations"] if len(group) > 1 else []) + lines))
+        if len(group) > 1:
+            lines = [f"{len(group)} violations (click for them all in the violation log)", *lines]
+        title = escape("\n".join(lines))
         count = ""
         if len(group) > 1:
             # Above the mark; beside it where a phone's unit label sits above the plot's corner.
@@ -196,7 +216,7 @@ def render_comparison(data: Comparison, *, width: int = 960, height: int = 340) 
                 f'<text x="{nx:.1f}" y="{ny}" class="event-count" text-anchor="{anchor}">{len(group)}</text>'
             )
         out.append(
-            f'<a href="/violations/{escape(worst.id)}"><g class="event-mark"><path d="M{ex - 4:.1f},{PAD_T} '
+            f'<a href="{escape(group_href(group))}"><g class="event-mark"><path d="M{ex - 4:.1f},{PAD_T} '
             f'L{ex + 4:.1f},{PAD_T} L{ex:.1f},{PAD_T + 8}" class="event {escape(worst.severity)}" '
             f'stroke="{stroke}"/>{count}<title>{title}</title></g></a>'
         )

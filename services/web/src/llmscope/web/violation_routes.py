@@ -3,6 +3,7 @@ it, and what people do from there (acknowledge, resolve, re-baseline its chart).
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 from urllib.parse import urlencode
 
@@ -27,6 +28,8 @@ def add_violation_routes(router: APIRouter, data: DashboardData, session: Depend
         severity: str | None = None,
         state: str | None = None,
         acknowledged: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
         cursor: str | None = None,
     ) -> HTMLResponse:
         provider = model = None
@@ -39,6 +42,8 @@ def add_violation_routes(router: APIRouter, data: DashboardData, session: Depend
             severity=severity or None,
             state="open" if state == "open" else "cleared" if state == "cleared" else None,
             acknowledged={"yes": True, "no": False}.get(acknowledged or ""),
+            since=since,
+            until=until,
             limit=50,
             cursor=cursor or None,
         )
@@ -50,12 +55,22 @@ def add_violation_routes(router: APIRouter, data: DashboardData, session: Depend
             "severity": severity or "",
             "state": state or "",
             "acknowledged": acknowledged or "",
+            # A span (a comparison chart's shared mark links to its violations): kept by the
+            # selectors and the next page.
+            "since": since.isoformat() if since else "",
+            "until": until.isoformat() if until else "",
         }
         context = {
             "page": page,
+            "span": (since, until) if since or until else None,
+            "all_times": urlencode({k: v for k, v in params.items() if v and k not in ("since", "until")}),
             "models": sorted({(s.provider, s.model) for s in all_series}),
             "f": params,
-            "next_qs": urlencode({**params, "cursor": page.next_cursor}) if page.next_cursor else None,
+            "next_qs": (
+                urlencode({k: v for k, v in {**params, "cursor": page.next_cursor}.items() if v})
+                if page.next_cursor
+                else None
+            ),
         }
         return pages.render(request, "violations.html", context, fragments=("violation_table",))
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
+import asyncpg
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
 from llmscope.api.persister import TELEMETRY_COLUMNS
 from llmscope.api.routes.fields import Instant
 from llmscope.api.runtime import Runtime
+from llmscope.proto.charts import AVAILABILITY
+from llmscope.web.data import METRIC_UNITS, failed_probes_text
 
 VIOLATION_COLUMNS = (
     "id", "episode_id", "ts", "provider", "model", "target", "host", "prompt_id", "metric", "chart",
@@ -21,6 +24,22 @@ VIOLATION_COLUMNS = (
     "sigma", "ucl", "lcl", "baseline_id", "baseline_n", "cleared_at", "acknowledged_by",
     "acknowledged_at", "resolved_by", "resolved_at", "note",
 )  # fmt: skip
+VALUE_TEXT = "value_text"
+"""Added after the stored columns (a reader by position keeps its columns): the value as the pages
+say it. An availability chart's ``value`` is a bare count of failed probes that AVAILABILITY
+counts as a run ("4 failed probes in a row") and ERROR_RATE within its window ("10 failed probes
+in the last 50"); other metrics' value with its unit."""
+
+
+def value_text(row: asyncpg.Record) -> str:
+    """A violation row's value in the pages' words (``VALUE_TEXT``)."""
+    value, metric = row["value"], row["metric"]
+    if value is None:
+        return ""
+    if metric == AVAILABILITY:
+        return failed_probes_text(value, row["rule"] or "", row["rule_name"] or "")
+    unit = METRIC_UNITS.get(metric, "")
+    return f"{value:.1f} {unit}" if unit else f"{value:g}"
 
 
 MAX_HOURS = 24 * 365 * 100
@@ -39,15 +58,24 @@ def _filters(
     return " AND ".join(clauses), args
 
 
-def _csv(rt: Runtime, sql: str, args: Sequence[Any], columns: Sequence[str]) -> AsyncIterator[bytes]:
+def _csv(
+    rt: Runtime,
+    sql: str,
+    args: Sequence[Any],
+    columns: Sequence[str],
+    derived: Sequence[tuple[str, Callable[[asyncpg.Record], str]]] = (),
+) -> AsyncIterator[bytes]:
+    """The rows of ``sql`` (``columns``), then per row each ``derived`` column computed from it."""
+
     async def rows() -> AsyncIterator[bytes]:
         buf = io.StringIO()
         writer = csv.writer(buf)
-        writer.writerow(columns)
+        writer.writerow([*columns, *(name for name, _ in derived)])
         count = 0
         async for row in rt.store.stream_rows(sql, *args):
             writer.writerow(
                 [v.isoformat() if isinstance(v, datetime) else ("" if v is None else v) for v in row]
+                + [derive(row) for _, derive in derived]
             )
             count += 1
             if count % 500 == 0:
@@ -74,11 +102,12 @@ def router(rt: Runtime) -> APIRouter:
         until: Instant | None = None,
         hours: Annotated[float, Query(gt=0, le=MAX_HOURS)] = 24 * 365,
     ) -> StreamingResponse:
-        """Violation episodes in the window (default: the last year), oldest first."""
+        """Violation episodes in the window (default: the last year), oldest first; the last
+        column, ``value_text``, is the value as the pages say it."""
         where, args = _filters(provider, model, *window(since, until, hours))
         sql = f"SELECT {', '.join(VIOLATION_COLUMNS)} FROM violations WHERE {where} ORDER BY ts, id"
         return StreamingResponse(
-            _csv(rt, sql, args, VIOLATION_COLUMNS),
+            _csv(rt, sql, args, VIOLATION_COLUMNS, [(VALUE_TEXT, value_text)]),
             media_type="text/csv",
             headers={"Content-Disposition": 'attachment; filename="violations.csv"'},
         )
