@@ -25,7 +25,8 @@ from tests.web.test_failure_counts import SCATTERED, cell
 from tests.web.test_pages import HX, login
 
 BASELINE_ROW = r"<tr><th>Baseline</th><td[^>]*>(.*?)</td></tr>"
-GONE = "not among the stored probes (retention may have removed it)"
+GONE = "not stored"
+GONE_NOTE = "Not stored: the probe is not among the stored ones (retention may have removed it)."
 
 
 def _probes(prefix: str, n: int, model: str) -> list[TelemetryEvent]:
@@ -113,6 +114,7 @@ async def test_the_error_rate_pattern_is_the_probes_the_engine_saw(api: Api) -> 
     page = (await (await login(api)).get("/violations/v-rate")).text
     trigger = next(p for p in probes if p.id == ev.point_ids[-1])
     assert _points(page) == [["1", trigger.id, trigger.ts.strftime("%Y-%m-%d %H:%M:%S UTC"), "timeout"]]
+    assert "gone-note" not in page
     rows = re.findall(r'<tr class="([^"]*)">', page.split('<table class="context stack">')[1])
     assert len(rows) == 21  # ±10
     assert rows[10] == "trigger failed"
@@ -133,6 +135,7 @@ async def test_a_pattern_point_whose_probe_is_gone_says_so(api: Api) -> None:
         trigger = next(p for p in probes if p.id == ev.point_ids[-1])
         assert trigger.ts == ev.ts
         assert _points(page) == [["1", trigger.id, ev.ts.strftime("%Y-%m-%d %H:%M:%S UTC"), GONE]]
+        assert f'<p class="muted small gone-note">{GONE_NOTE}</p>' in page
         assert "No stored probes around this violation." in page
 
 
@@ -153,6 +156,7 @@ async def test_a_metric_patterns_points_missing_from_the_event_are_read_from_the
     page = (await (await login(api)).get("/violations/v-bare")).text
     rows = _points(page)
     assert rows[0] == ["1", points[0].id, "–", GONE]
+    assert GONE_NOTE in page
     for row, p in zip(rows[1:], points[1:], strict=True):
         assert p.latency_ms is not None
         assert row == [row[0], p.id, p.ts.strftime("%Y-%m-%d %H:%M:%S UTC"), f"{p.latency_ms:,.2f} ms"]

@@ -137,6 +137,10 @@ class PatternPoint:
     value: str | None
 
 
+GONE_NOTE = "the probe is not among the stored ones (retention may have removed it)."
+"""Why a point of a pattern has no value on the page (short in its cell: a phone's is narrow)."""
+
+
 def _pattern_points(d: ViolationDetail) -> list[PatternPoint]:
     """The points that formed a violation's pattern, each with its time and value as the event
     gives them, else as its stored probe does: an availability pattern is its trigger, a failed
@@ -291,6 +295,7 @@ def build_environment() -> Environment:
     env.globals["alarm_threshold"] = _alarm_threshold
     env.globals["baseline_text"] = _baseline_text
     env.globals["pattern_points"] = _pattern_points
+    env.globals["gone_note"] = GONE_NOTE
     env.globals["metric_units"] = METRIC_UNITS
     env.filters["ts"] = _ts
     env.filters["url_breaks"] = _url_breaks
