@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 
 from llmscope.api.charts import ChartViews
+from llmscope.api.db import create_pool
 from llmscope.api.persister import fold_hours, store_telemetry
 from llmscope.api.store import Store
 from llmscope.api.switches import ModelSwitchWriter
@@ -122,3 +123,42 @@ async def test_hourly_buckets_are_utc_hours_in_a_half_hour_time_zone(
     await check(events + late)
     await fold_hours(pool)
     await check(events + late)
+
+
+async def test_a_database_in_a_half_hour_time_zone_folds_and_reads_utc_hours(database_url: str) -> None:
+    """The database's own zone is India's: the pools the API and the persister open work in UTC
+    (the fold's hours included, which ran from :30 to :30 there and could not be bucketed into
+    UTC hours), so each availability bucket holds its UTC hour's probes; once 30 minutes of the
+    current hour's were counted twice, with the hour folded before them."""
+    name = database_url.rsplit("/", 1)[1]
+    admin = await asyncpg.connect(database_url)
+    try:
+        await admin.execute(f"ALTER DATABASE \"{name}\" SET timezone = 'Asia/Kolkata'")
+    finally:
+        await admin.close()
+    unlimited = await create_pool(database_url, min_size=1, max_size=1, statement_timeout_s=0)
+    try:
+        assert await unlimited.fetchval("SHOW timezone") == "UTC"
+    finally:
+        await unlimited.close()
+    pool = await create_pool(database_url, min_size=1, max_size=2)
+    try:
+        assert await pool.fetchval("SHOW timezone") == "UTC"
+        start = HOUR - timedelta(days=8)
+        events = _events(0, 700, start, step_s=(NOW - start).total_seconds() / 700)
+        # Every 2 minutes of the last 3 hours: the half hours on either side of each boundary.
+        events += [
+            telemetry(
+                2000 + i, ts=NOW - timedelta(minutes=2 * i), model="m0", status="ok" if i % 4 else "timeout"
+            )
+            for i in range(90)
+        ]
+        async with pool.acquire() as conn:
+            await store_telemetry(conn, events)
+        await fold_hours(pool)
+        hours = await pool.fetch("SELECT DISTINCT hour FROM telemetry_series_hour")
+        assert hours
+        assert all(r["hour"].minute == 0 for r in hours)
+        await _availability(pool, 168.0, NOW + timedelta(minutes=1), events)
+    finally:
+        await pool.close()
