@@ -85,7 +85,7 @@ async def test_an_availability_violations_baseline_reads_as_a_sentence(api: Api)
         "v-run": "baseline of 40 probes, failure rate 2.38 %",
         "v-rate": "baseline of 40 probes, failure rate 2.38 %",
         "v-old": "baseline of 40 probes, failure rate 2.38 %",
-        "v-early": "baseline still collecting: 13 probes so far, failure rate not known yet",
+        "v-early": "still collecting: 13 probes so far",
         "v-re": "baseline of 40 probes, failure rate 2.38 %; re-baselined by ann: proxy fixed",
         "v-old-re": "baseline of 40 probes, failure rate 2.38 %; re-baselined by ann: proxy fixed",
     }

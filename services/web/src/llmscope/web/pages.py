@@ -119,7 +119,7 @@ def _baseline_text(v: Violation) -> str:
     text = (
         f"baseline of {probes}, failure rate {rate * 100:,.2f} %"
         if rate > 0
-        else f"baseline still collecting: {probes} so far, failure rate not known yet"
+        else f"still collecting: {probes} so far"  # the rate's row says it is not known yet
     )
     if reason and reason != "initial baseline":
         by = str(b.get("created_by") or "")
