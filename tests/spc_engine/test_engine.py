@@ -211,7 +211,7 @@ async def test_an_availability_chart_re_baselines_with_its_open_episode_cleared(
     ]
     assert cleared[0].point_ids == ("down-4",)
     assert (cleared[0].baseline.created_by, cleared[0].baseline.id) == ("ann", f"availability-{key}#1")
-    assert cleared[0].baseline.reason == "failure rate; proxy fixed"
+    assert cleared[0].baseline.reason == "proxy fixed"  # why, as a metric chart's says it
     # The chart collects again; the outage still going on signals at once, judged by the new baseline.
     more = [msgspec.structs.replace(down[0], id="down-5")]
     again = await engine.on_telemetry(more[0], 10_000)

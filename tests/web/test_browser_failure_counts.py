@@ -5,12 +5,15 @@ page's figures read true."""
 
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
 
-from llmscope.api.persister import store_violations
+from playwright.async_api import Page
+
+from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.web.data import ViolationFilter
 from tests.api.factories import telemetry
-from tests.web.engine_events import error_rate_violation
+from tests.web.engine_events import error_rate_violation, store_seen
 from tests.web.test_browser import (
     FIGURES,
     LAYOUT,
@@ -24,19 +27,44 @@ from tests.web.test_browser import (
     site,
 )
 
+SECOND = timedelta(seconds=1)
 __all__ = ["site"]  # the fixture, used here by name
+
+
+async def pattern_wrong(page: Page, trigger: TelemetryEvent) -> list[str]:
+    """What the violation's page says wrong of the pattern the engine saw: its one point is the
+    trigger, a failed probe at its time; the probes around it are the scattered failures (every
+    third probe failed, the trigger among them), not a run of them."""
+    wrong = []
+    cells = [(await c.inner_text()).strip() for c in await page.locator("table.points tbody td").all()]
+    when = trigger.ts.strftime("%Y-%m-%d %H:%M:%S UTC")
+    if cells != ["1", trigger.id, when, "timeout"]:
+        wrong.append(f"pattern points {cells!r}")
+    rows = await page.locator("table.context tbody tr").all()
+    classes = [await r.get_attribute("class") or "" for r in rows]
+    down = [i for i, c in enumerate(classes) if "failed" in c.split()]
+    if len(classes) != 21 or "trigger" not in classes[10].split() or not down:
+        wrong.append(f"probes around it {classes!r}")
+    elif any(b - a != 3 for a, b in itertools.pairwise(down)):
+        wrong.append(f"failures around it not every third probe: {down!r}")
+    return wrong
 
 
 async def test_an_error_rate_violation_reads_true_and_fits(site: Site) -> None:
     found = await site.api.store.violations(ViolationFilter(rule="AVAILABILITY", limit=1))
     like = found.items[0]  # the site's target and model: the report lists it
+    # The probes the engine saw, stored: an hour before the site's outage (the site's probes
+    # begin minutes before it), so the page's pattern and the probes around it are theirs. Not
+    # stored, the trigger had no time or value, and the site's outage stood around it.
+    start = like.ts - timedelta(hours=1)
     probes = [
-        telemetry(i, id=f"er{i:03d}", model=like.model, target=like.target, ts=like.ts + timedelta(seconds=i))
+        telemetry(i, id=f"er{i:03d}", model=like.model, target=like.target, ts=start + 2 * i * SECOND)
         for i in range(120)
     ]
-    _, ev = await error_rate_violation(probes, range(41, 120, 3), "v-error-rate")
+    probes, ev = await error_rate_violation(probes, range(41, 120, 3), "v-error-rate")
     async with site.api.store.pool.acquire() as conn:
-        await store_violations(conn, [ev])
+        await store_seen(conn, probes, ev)
+    trigger = next(p for p in probes if p.id == ev.point_ids[-1])
     SHOTS.mkdir(parents=True, exist_ok=True)
     problems: list[str] = []
     async with browser_page(site) as page:
@@ -62,4 +90,5 @@ async def test_an_error_rate_violation_reads_true_and_fits(site: Site) -> None:
                 problems += [f"{device} {name}: {what} {detail}" for what, detail in checks]
                 if name == "violation":
                     problems += [f"{device} {name}: {w}" for w in await availability_figures_wrong(page)]
+                    problems += [f"{device} {name}: {w}" for w in await pattern_wrong(page, trigger)]
     assert problems == [], "\n".join(problems)

@@ -418,7 +418,8 @@ async def test_availability_violation_lists_the_failed_probes_around_it(api: Api
         assert r.text.count(' failed"') == 4  # all four failed probes, before and after it
         assert "timeout" in r.text
         assert "<tr><th>Value</th><td>3 failed probes in a row</td>" in r.text  # a count, a run
-        assert re.search(r"<tr><th>Baseline</th><td>n=\d+, ", r.text)  # no escaped chart key as its id
+        # In words, no escaped chart key as its id.
+        assert re.search(r'<tr><th>Baseline</th><td class="baseline">baseline of \d+ probes, ', r.text)
         # The pattern's one point is the trigger: its time and status, not "–" twice.
         points = r.text.split('<table class="points">')[1].split("</table>")[0]
         assert "<td>–</td>" not in points

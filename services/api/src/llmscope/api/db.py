@@ -90,6 +90,13 @@ query itself, the client's limit catches a server that does not answer at all (f
 network path), where no server-side setting can fire."""
 
 
+UTC_SESSION = {"timezone": "UTC"}
+"""Every session in UTC, whatever the database's zone: an hour is a UTC hour to ``date_trunc``
+(the fold's hourly rows, the migrations' backfills), as the dashboard buckets them. In a
+database in India's zone (+05:30) the fold's hours ran from :30 to :30 UTC. The readers name
+UTC themselves as well (``api.trends``), for a session set otherwise."""
+
+
 async def create_pool(
     dsn: str,
     *,
@@ -97,10 +104,10 @@ async def create_pool(
     max_size: int = 10,
     statement_timeout_s: float = DEFAULT_STATEMENT_TIMEOUT_S,
 ) -> asyncpg.Pool:
-    """A pool whose connections decode JSON/JSONB to Python objects and end any query after
-    ``statement_timeout_s``; migrations applied first (without that limit: an index build may
-    take longer)."""
-    conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
+    """A pool whose connections are in UTC (:data:`UTC_SESSION`), decode JSON/JSONB to Python
+    objects and end any query after ``statement_timeout_s``; migrations applied first (without
+    that limit: an index build may take longer)."""
+    conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S, server_settings=UTC_SESSION)
     try:
         await migrate(conn)
     finally:
@@ -113,7 +120,8 @@ async def create_pool(
         init=_init_connection,
         timeout=CONNECT_TIMEOUT_S,
         command_timeout=statement_timeout_s + CLIENT_MARGIN_S if limited else None,
-        server_settings={"statement_timeout": str(int(statement_timeout_s * 1000))} if limited else None,
+        server_settings=UTC_SESSION
+        | ({"statement_timeout": str(int(statement_timeout_s * 1000))} if limited else {}),
     )
     assert pool is not None
     return pool

@@ -64,17 +64,20 @@ _ROLLUP_COLS = ", ".join(ROLLUP_COLUMNS)
 # the query grouping them sums (sums, minima and maxima: the same buckets either way). The
 # unfolded minutes are few, found per model through their partial index. An hour whose minutes
 # retention deleted (``minutes_pruned``, migration 0020) is its row, and a late event's minute
-# there (never folded: the fold adds it to the row and deletes it) is added to it.
+# there (never folded: the fold adds it to the row and deletes it) is added to it. Hours are UTC
+# hours whatever the session's time zone (date_trunc's third argument): in a +05:30 session they
+# ran from :30 to :30, matched no hourly row, and an hour was counted twice.
 SERIES_HOURS = f"""(
     WITH m AS (SELECT * FROM unnest($4::text[], $5::text[]) AS m(provider, model)),
     fresh AS MATERIALIZED (
-        SELECT DISTINCT u.provider, u.model, u.prompt_id, u.target, date_trunc('hour', u.minute) AS hour
+        SELECT DISTINCT u.provider, u.model, u.prompt_id, u.target,
+               date_trunc('hour', u.minute, 'UTC') AS hour
         FROM m JOIN telemetry_minute u ON u.provider = m.provider AND u.model = m.model
-        WHERE NOT u.folded AND u.minute >= date_trunc('hour', $1::timestamptz) AND u.minute < $2
+        WHERE NOT u.folded AND u.minute >= date_trunc('hour', $1::timestamptz, 'UTC') AND u.minute < $2
     )
     SELECT h.provider, h.model, h.prompt_id, h.target, h.hour, h.n, h.n_ok, {_ROLLUP_COLS}
     FROM m JOIN telemetry_series_hour h ON h.provider = m.provider AND h.model = m.model
-    WHERE h.hour >= date_trunc('hour', $1::timestamptz) AND h.hour < $2
+    WHERE h.hour >= date_trunc('hour', $1::timestamptz, 'UTC') AND h.hour < $2
       AND (h.minutes_pruned OR NOT EXISTS (SELECT 1 FROM fresh f
                       WHERE f.provider = h.provider AND f.model = h.model AND f.hour = h.hour
                         AND f.prompt_id = h.prompt_id AND f.target = h.target))
@@ -120,7 +123,8 @@ class TrendQueries:
         # over the join read every prompt's and target's hours of the window.
         # An hour not folded yet (the current one, a series new within it: migration 0019) has
         # no hourly row: its first unfolded minute's hour, found the same way (LEAST skips NULL),
-        # from the start's hour as the hourly rows are (its minutes before the start included).
+        # from the start's hour as the hourly rows are (its minutes before the start included);
+        # a UTC hour, as the buckets' (in a +05:30 session it was the half hour before).
         hour: datetime | None = await self.store.pool.fetchval(
             f"""SELECT least(
                   (SELECT min(f.hour) FROM {models}
@@ -129,7 +133,7 @@ class TrendQueries:
                        WHERE t.provider = m.provider AND t.model = m.model
                          AND t.hour >= date_bin('1 hour', $1::timestamptz, 'epoch') AND t.hour < $2
                        ORDER BY t.hour LIMIT 1) AS f),
-                  (SELECT date_trunc('hour', min(f.minute)) FROM {models}
+                  (SELECT date_trunc('hour', min(f.minute), 'UTC') FROM {models}
                    CROSS JOIN LATERAL (
                        SELECT t.minute FROM telemetry_minute t
                        WHERE t.provider = m.provider AND t.model = m.model AND NOT t.folded

@@ -773,11 +773,14 @@ class Engine:
                 zone_b_upper=ucl,
                 zone_b_lower=0.0,
             ),
+            # Why the baseline was started, as every chart's: "initial baseline" or the
+            # re-baseline's reason. Its size and rate are ``n`` and ``limits.center``; a bare
+            # "failure rate" (before) read "n=40, failure rate" on the dashboard, cut short.
             baseline=BaselineRef(
                 id=baseline_id,
                 n=min(st.n - st.baseline_start, cfg.baseline_n),
                 created_by=st.baseline_by or "engine",
-                reason=f"failure rate; {st.baseline_reason}" if st.baseline_reason else "failure rate",
+                reason=st.baseline_reason or "initial baseline",
             ),
             point_ids=(point_id,),
             system=system,

@@ -11,6 +11,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +30,7 @@ from llmscope.web.data import (
     DashboardData,
     RebaselineResult,
     Violation,
+    ViolationDetail,
     failed_probes_text,
 )
 from llmscope.web.live import chart_pace_s, point_event, traffic_event
@@ -92,6 +94,74 @@ def _alarm_threshold(v: Violation) -> str:
     if found := _ERROR_RATE_NAME.search(v.rule_name):
         return f"{found[1]} failed probes in the last {found[2]} ({share})"
     return f"{share} failing"
+
+
+_FAILURE_RATE_REASON = "failure rate"
+"""What the engine wrote as an availability baseline's reason before it wrote why (as every
+chart's): "failure rate", or "failure rate; " and the re-baseline's reason. Stored violations
+keep it."""
+
+
+def _baseline_text(v: Violation) -> str:
+    """The Baseline row: a metric chart's baseline id, its size and why it was started; an
+    availability chart's in words, with its failure rate ("baseline of 40 probes, failure rate
+    2.38 %"), since its id is its chart key, escaped, and its reason alone read "n=40, failure
+    rate", cut short. Events the engine wrote before its reason said why are read the same."""
+    b = v.baseline
+    n, reason = int(b.get("n") or 0), str(b.get("reason") or "")
+    if v.metric != "availability":
+        return f"{b.get('id', '')} (n={n}, {reason})"
+    if reason == _FAILURE_RATE_REASON or reason.startswith(_FAILURE_RATE_REASON + "; "):
+        reason = reason.removeprefix(_FAILURE_RATE_REASON).removeprefix("; ")
+    probes = f"{n:,} probe{'' if n == 1 else 's'}"
+    rate = float(v.limits.get("center") or 0)
+    # Still collecting, the engine writes a rate of 0: no estimate (as the failure-rate row says).
+    text = (
+        f"baseline of {probes}, failure rate {rate * 100:,.2f} %"
+        if rate > 0
+        else f"still collecting: {probes} so far"  # the rate's row says it is not known yet
+    )
+    if reason and reason != "initial baseline":
+        by = str(b.get("created_by") or "")
+        text += f"; re-baselined by {by}: {reason}" if by and by != "engine" else f"; {reason}"
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class PatternPoint:
+    """A row of "Points that formed the pattern": ``value`` None when the event carries none and
+    the probe is not among the stored ones (retention removed it, or it never was stored)."""
+
+    id: str
+    ts: datetime | None
+    value: str | None
+
+
+GONE_NOTE = "the probe is not among the stored ones (retention may have removed it)."
+"""Why a point of a pattern has no value on the page (short in its cell: a phone's is narrow)."""
+
+
+def _pattern_points(d: ViolationDetail) -> list[PatternPoint]:
+    """The points that formed a violation's pattern, each with its time and value as the event
+    gives them, else as its stored probe does: an availability pattern is its trigger, a failed
+    probe, whose value is its status; the event's time is that probe's (the engine dates it so)."""
+    v = d.violation
+    stored = {c.id: c for c in d.nearby or d.context}
+    avail = v.metric == "availability"
+    out: list[PatternPoint] = []
+    for i, pid in enumerate(v.point_ids):
+        probe = stored.get(pid)
+        ts = v.point_ts[i] if i < len(v.point_ts) else probe.ts if probe is not None else None
+        if ts is None and avail and i == len(v.point_ids) - 1:
+            ts = v.ts
+        if i < len(v.point_values):
+            value: str | None = _measured(v.point_values[i], v.metric, 2)
+        elif probe is not None:
+            value = probe.status if avail or probe.value is None else _measured(probe.value, v.metric, 2)
+        else:
+            value = None
+        out.append(PatternPoint(pid, ts, value))
+    return out
 
 
 _UNITS = (("year", 365.25 * 86400), ("day", 86400.0), ("hour", 3600.0), ("minute", 60.0), ("second", 1.0))
@@ -223,6 +293,9 @@ def build_environment() -> Environment:
     env.globals["measured"] = _measured
     env.globals["violation_value"] = _violation_value
     env.globals["alarm_threshold"] = _alarm_threshold
+    env.globals["baseline_text"] = _baseline_text
+    env.globals["pattern_points"] = _pattern_points
+    env.globals["gone_note"] = GONE_NOTE
     env.globals["metric_units"] = METRIC_UNITS
     env.filters["ts"] = _ts
     env.filters["url_breaks"] = _url_breaks
