@@ -28,6 +28,17 @@ NOW = datetime.now(UTC).replace(second=0, microsecond=0)
 HOUR = NOW.replace(minute=0)
 PAST = HOUR - timedelta(hours=3)  # three hours that are over, then the current one
 
+
+@pytest.fixture(autouse=True)
+def _now() -> None:
+    """The clock at each test's start, not at the module's import: the fold reads the real clock
+    (which hours are over), and a suite that imported this module before an hour's turn and ran
+    it after would find HOUR over already."""
+    global NOW, HOUR, PAST
+    NOW = datetime.now(UTC).replace(second=0, microsecond=0)
+    HOUR = NOW.replace(minute=0)
+    PAST = HOUR - timedelta(hours=3)
+
 _SUMS = (
     "sum(n) AS n, sum(n_ok) AS n_ok, sum(latency_n) AS latency_n, min(latency_min) AS latency_min, "
     "max(latency_max) AS latency_max, sum(latency_sum) AS latency_sum, "
@@ -114,7 +125,8 @@ async def _none_unfolded(pool: asyncpg.Pool) -> bool:
 async def test_hours_that_are_over_are_folded_the_current_one_is_read_from_its_minutes(
     pool: asyncpg.Pool,
 ) -> None:
-    events = _events(0, 150, PAST, step_s=(NOW - PAST).total_seconds() / 150)
+    # The last event at NOW itself: in the current hour even in its first minute.
+    events = _events(0, 150, PAST, step_s=(NOW - PAST).total_seconds() / 149)
     async with pool.acquire() as conn:
         for i in range(0, len(events), 7):
             await store_telemetry(conn, events[i : i + 7])
@@ -294,14 +306,15 @@ async def test_a_store_at_0018_migrated_to_0019_counts_nothing_twice(database_ur
                     migration.name,
                 )
         # The minute rollups, then the hours the persister kept beside them (0011's backfill is
-        # the same sums).
+        # the same sums). From NOW back to PAST's hour: NOW's minute is in the current hour even
+        # in its first minute.
         await conn.execute(
             """INSERT INTO telemetry_minute (provider, model, prompt_id, target, minute, n, n_ok,
                    latency_n, latency_min, latency_max, latency_sum, latency_logsum, latency_logsq)
                SELECT 'ollama', 'm' || (s % 2), 'p' || (s / 2), 't0', m, 3, 2, 3, 90 + s, 150 + s,
                       360 + s, 14 + s, 66 + s
                FROM generate_series(0, 3) s,
-                    generate_series($1::timestamptz, $2::timestamptz, interval '7 minutes') m""",
+                    generate_series($2::timestamptz, $1::timestamptz, interval '-7 minutes') m""",
             PAST,
             NOW,
         )
