@@ -18,7 +18,9 @@ fingerprint tells nothing of the secret: a guess of a weak password cannot be ch
 screenshot, and the same secret prints unlike fingerprints in two installations. It does tell,
 within one installation, that two targets with the same fingerprint most likely share a secret
 (and two with different ones do not). Anyone who reads the key (the database, which holds the
-stored targets and their secrets anyway) can test guesses against it.
+stored targets and their secrets anyway) can test guesses against it; so can one who may both
+send probes (the ingest key: a target of their own with a guessed secret prints its fingerprint)
+and read the dashboard, one guess per target sent.
 
 The key is a process-wide setting, set once by the API's start-up (:func:`use_fingerprint_key`,
 from ``Runtime.start``) and dropped at its close, rather than an argument threaded through every
