@@ -30,7 +30,7 @@ from tests.web.test_browser import (
     log_in,
     wide_model_probes,
 )
-from tests.web.test_userinfo import CREDENTIALED, KEYED, KEYED_SHOWN, SECRET, SHOWN
+from tests.web.test_userinfo import CREDENTIALED, KEYED, SECRET, printed
 
 pytestmark = [pytest.mark.timeout(240)]
 
@@ -104,6 +104,7 @@ TICK_RANGE = {"laptop": (13.0, 15.0), "phone": (9.5, 11.5)}
 
 async def test_targets_fit_and_never_show_a_password(targets_site: Site) -> None:
     site = targets_site
+    shown, keyed_shown = printed(CREDENTIALED), printed(KEYED)  # fingerprinted under the site's key
     await asyncio.to_thread(SHOTS.mkdir, parents=True, exist_ok=True)
     async with browser_page(site) as page:
         await log_in(page, site, "/models")
@@ -113,7 +114,7 @@ async def test_targets_fit_and_never_show_a_password(targets_site: Site) -> None
             await page.wait_for_selector("table.health tbody tr")
             await page.screenshot(path=str(SHOTS / f"targets-models-{name}.png"), full_page=True)
             assert SECRET not in await page.inner_text("body")
-            assert await page.locator(f'span.url[title="{KEYED_SHOWN}"]').count()
+            assert await page.locator(f'span.url[title="{keyed_shown}"]').count()
             overflow = await page.evaluate(HEALTH_OVERFLOW)
             assert overflow == [], (name, [o for o in overflow if "badge" in o[0]], overflow)
         for name in ("laptop", "phone"):
@@ -139,5 +140,5 @@ async def test_targets_fit_and_never_show_a_password(targets_site: Site) -> None
                     assert "7.14 %" in kv, kv
                     assert "6 failed probes in a row" in kv, kv
                 assert SECRET not in await page.inner_text("body")
-                assert await page.locator(f'span.url[title="{SHOWN}"]').count()
+                assert await page.locator(f'span.url[title="{shown}"]').count()
     assert site.errors == []

@@ -6,12 +6,13 @@ a gateway's URL took nine lines of the Models page's health table (the browser c
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 import pytest
 
 from llmscope.web.pages import build_environment
 from llmscope.web.short_url import url_pieces
-from llmscope.web.userinfo import hidden
+from llmscope.web.userinfo import hidden, release_fingerprint_key, use_fingerprint_key
 
 GATEWAY = "https://llm-gateway.inference.internal.example.com:8443/v1/openai"
 
@@ -66,6 +67,18 @@ def test_the_cell_holds_the_whole_url_with_breaks_in_what_it_shows() -> None:
     assert "&lt;script&gt;" in template.render(t="https://x.example.com/<script>/aaaaaaaaaaaaaaaaaaaaaaaaa")
 
 
+@pytest.fixture(params=[None, bytes(range(32))], ids=["no key", "installation key"])
+def fingerprint_key(request: pytest.FixtureRequest) -> Iterator[bytes | None]:
+    """Printed with no key (``•••`` alone) and under an installation's key (``•••`` and 4 hex)."""
+    key: bytes | None = request.param
+    use_fingerprint_key(key)
+    try:
+        yield key
+    finally:
+        release_fingerprint_key(key)
+
+
+@pytest.mark.usefixtures("fingerprint_key")
 def test_a_password_is_never_in_the_cell_its_title_or_what_a_copy_copies() -> None:
     template = build_environment().from_string("<td>{{ t|short_url }}</td>")
     html = template.render(t="https://user:secret@gateway.example.internal.corp/v1/chat/completions")
@@ -115,6 +128,7 @@ def test_a_long_host_name_without_hyphens_breaks_in_even_runs(url: str, shown: l
     assert re.sub(r"<[^>]+>", "", html) == url  # still the whole URL, for a copy
 
 
+@pytest.mark.usefixtures("fingerprint_key")
 def test_a_key_in_the_query_is_never_in_the_cell_its_title_or_what_a_copy_copies() -> None:
     template = build_environment().from_string("<td>{{ t|short_url }}</td>")
     html = template.render(t="https://gw.example.internal.corp/openai/v1/chat?api-key=s3cret&x=1")

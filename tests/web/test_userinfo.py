@@ -10,18 +10,21 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from llmscope.api.persister import store_telemetry, store_violations
+from llmscope.proto.redaction import HIDDEN, redacted, without_fingerprints
 from llmscope.web.data import ChartQuery
-from llmscope.web.userinfo import HIDDEN, hidden, without_password
+from llmscope.web.userinfo import without_password
 from tests.api.conftest import Api
 from tests.api.factories import telemetry, violation
 from tests.web.test_pages import login
 
 SECRET = "s3cret"
 CREDENTIALED = f"https://bot:{SECRET}@my-company-llm-router.prod.eu-west-1.internal.corp/v1/chat/completions"
-SHOWN = f"https://bot:{hidden(SECRET)}@my-company-llm-router.prod.eu-west-1.internal.corp/v1/chat/completions"
+# As printed with no installation key (``•••`` alone); a running API adds each hidden value's
+# fingerprint under its key (``printed``).
+SHOWN = "https://bot:•••@my-company-llm-router.prod.eu-west-1.internal.corp/v1/chat/completions"
 # A gateway taking its key in the query string (Azure OpenAI's api-key).
 KEYED = f"https://inferenceclusterprod01.example.com/openai/v1?api-key={SECRET}"
-KEYED_SHOWN = f"https://inferenceclusterprod01.example.com/openai/v1?api-key={hidden(SECRET)}"
+KEYED_SHOWN = "https://inferenceclusterprod01.example.com/openai/v1?api-key=•••"
 QUERY_SHOWN_TWO = "https://gw.example/openai?api-version=2024-06-01&api-key=•••"
 
 
@@ -75,18 +78,23 @@ QUERY_SHOWN_TWO = "https://gw.example/openai?api-version=2024-06-01&api-key=•�
     ],
 )
 def test_the_password_is_hidden_and_the_rest_kept(target: str | None, shown: str) -> None:
-    printed = without_password(target)
-    # What is hidden and what is kept; each hidden value has its fingerprint (tested in
-    # test_target_fingerprints), left out of the table.
-    assert unmarked(printed) == unmarked(shown)
+    # No installation key (no API started): "•••" alone, never an unkeyed hash.
+    assert without_password(target) == shown
+    assert redacted(target) == shown  # the shared rule (llmscope.proto.redaction)
+    assert without_password(shown) == shown  # a printed target prints as it is
+    # Under a key, what is hidden and what is kept are the same; each hidden value has its
+    # fingerprint (test_target_fingerprints), left out of the table.
+    printed = redacted(target, b"k" * 32)
+    assert without_fingerprints(printed) == shown
     assert printed.count(HIDDEN) == len(re.findall(f"{HIDDEN}[0-9a-f]{{4}}", printed))
-    assert without_password(printed) == printed  # a printed target prints as it is
-    assert without_password(shown) == shown  # so does one printed before fingerprints
+    assert redacted(printed, b"k" * 32) == printed
 
 
-def unmarked(printed: str) -> str:
-    """``printed`` without the fingerprints of its hidden values."""
-    return re.sub(f"(?<={HIDDEN})[0-9a-f]{{4}}", "", printed)
+def printed(stored: str) -> str:
+    """``stored`` as the running API prints it: fingerprinted under its installation's key."""
+    shown = without_password(stored)
+    assert shown != without_fingerprints(shown), "the API loaded no fingerprint key"
+    return shown
 
 
 @pytest.mark.parametrize(
@@ -95,6 +103,8 @@ def unmarked(printed: str) -> str:
     ids=["userinfo", "query"],
 )
 async def test_no_page_prints_a_targets_password(api: Api, stored: str, shown: str, leak: str) -> None:
+    assert without_fingerprints(printed(stored)) == shown
+    shown = printed(stored)
     now = datetime.now(UTC)
     probes = [
         telemetry(i, id=f"cred-{i}", target=stored, ts=now - timedelta(minutes=2 * (60 - i)))
@@ -148,7 +158,7 @@ async def test_headers_show_a_long_target_shortened_with_the_whole_in_its_title(
         await store_telemetry(conn, probes)
         await store_violations(conn, [violation(probes[-5], id="v-cred", metric="availability")])
     client = await login(api)
-    short = f'<span class="url" title="{SHOWN}">'
+    short = f'<span class="url" title="{printed(CREDENTIALED)}">'
     page = (await client.get("/violations/v-cred")).text
     header = re.search(r"<p>ollama/llama3.1:8b · target (.*?)</p>", page, re.S)
     assert header is not None
@@ -161,9 +171,8 @@ async def test_headers_show_a_long_target_shortened_with_the_whole_in_its_title(
     links = re.findall(r'href="(/dashboard\?[^"]*)"', overview)
     assert links
     assert not [link for link in links if SECRET in link], links
-    assert [link for link in links if f"bot%3A%E2%80%A2%E2%80%A2%E2%80%A2{hidden(SECRET)[3:]}%40" in link], (
-        links
-    )
+    fingerprint = printed(CREDENTIALED).split(HIDDEN)[1][:4]
+    assert [link for link in links if f"bot%3A%E2%80%A2%E2%80%A2%E2%80%A2{fingerprint}%40" in link], links
     report = (await client.get("/report?hours=24")).text
     headings = re.findall(r"<h2>Control chart:.*?</h2>", report, re.S)
     assert headings

@@ -17,6 +17,7 @@ from llmscope.api.auth import KeyAuth
 from llmscope.api.baseline_history import BaselineHistory
 from llmscope.api.charts import ChartViews
 from llmscope.api.db import open_pool
+from llmscope.api.fingerprint_key import load_fingerprint_key
 from llmscope.api.live import LiveFeed
 from llmscope.api.metrics import ApiMetrics
 from llmscope.api.persister import Persister, fold_loop, retention_loop, tune_gc
@@ -36,6 +37,7 @@ from llmscope.config.logs import get_logger
 from llmscope.config.outbound import OutboundPolicy
 from llmscope.proto import subjects
 from llmscope.web.live import Broadcaster
+from llmscope.web.userinfo import release_fingerprint_key, use_fingerprint_key
 
 log = get_logger("llmscope.api")
 
@@ -86,6 +88,7 @@ class Runtime:
         self.alerting = Alerting(lambda: self.store.pool, lambda: self.nc, violations=self.store)
         self._stop = asyncio.Event()  # ends the persister's tasks
         self._tasks: list[asyncio.Task[None]] = []
+        self._fingerprint_key: bytes | None = None
 
     async def start(self, stop: asyncio.Event | None = None) -> None:
         """Open the pool (waiting for Postgres), connect to NATS (waiting too), start the persister.
@@ -105,6 +108,10 @@ class Runtime:
         )
         self.store.attach(self._pool)
         try:
+            # Every page, chart and report this process prints fingerprints hidden target
+            # secrets under the installation's key (llmscope.web.userinfo), set before serving.
+            self._fingerprint_key = await load_fingerprint_key(self._pool)
+            use_fingerprint_key(self._fingerprint_key)
             self.nc = await connect(s.bus.nats_url, "llmscope-api", stop=stop)
             js = self.nc.jetstream()
             await prepare(js, s.bus, stop, buckets=api_buckets(s))
@@ -172,6 +179,8 @@ class Runtime:
             with contextlib.suppress(Exception):
                 await self.nc.drain()
             self.nc = None
+        release_fingerprint_key(self._fingerprint_key)
+        self._fingerprint_key = None
         if self._pool is not None:
             self.store.attach(None)
             await self._pool.close()
