@@ -39,6 +39,7 @@ def _now() -> None:
     HOUR = NOW.replace(minute=0)
     PAST = HOUR - timedelta(hours=3)
 
+
 _SUMS = (
     "sum(n) AS n, sum(n_ok) AS n_ok, sum(latency_n) AS latency_n, min(latency_min) AS latency_min, "
     "max(latency_max) AS latency_max, sum(latency_sum) AS latency_sum, "
