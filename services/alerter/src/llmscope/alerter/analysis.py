@@ -23,6 +23,7 @@ from llmscope.alerter.messages import (
     verdict,
 )
 from llmscope.proto.incident import MetricMove
+from llmscope.proto.redaction import redacted
 from llmscope.proto.violation import ViolationEvent
 
 
@@ -57,7 +58,10 @@ def worst_per_series(events: Sequence[ViolationEvent]) -> dict[SeriesKey, Violat
 
 def _series_words(ev: ViolationEvent) -> str:
     """`` (prompt long-1, target local)``: which chart of the model a figure belongs to."""
-    parts = [f"prompt {ev.prompt_id}" if ev.prompt_id else "", f"target {ev.target}" if ev.target else ""]
+    parts = [
+        f"prompt {ev.prompt_id}" if ev.prompt_id else "",
+        f"target {redacted(ev.target)}" if ev.target else "",
+    ]
     named = ", ".join(p for p in parts if p)
     return f" ({named})" if named else ""
 
@@ -275,7 +279,7 @@ def _outage_lines(events: Sequence[ViolationEvent], outages: Mapping[str, Outage
         if outage is None or key in seen or outage.count == 0:
             continue
         seen.add(key)
-        target = f" (target {ev.target})" if ev.target else ""
+        target = f" (target {redacted(ev.target)})" if ev.target else ""
         since = f" from {clock(outage.since)}" if outage.since else ""
         last = f"; last success {clock(outage.last_success)}" if outage.last_success else ""
         kinds = Counter(p.status for p in outage.recent)

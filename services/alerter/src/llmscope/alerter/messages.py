@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 from urllib.parse import urlencode
 
+from llmscope.proto.redaction import redacted
 from llmscope.proto.violation import ViolationEvent
 
 AVAILABILITY_METRICS = frozenset({"availability", "error_rate"})
@@ -190,7 +191,10 @@ def is_outage(ev: ViolationEvent) -> bool:
 def subject(ev: ViolationEvent) -> str:
     """``ollama/llama3.1:8b on gpu-1 (target local, prompt simple-1)``."""
     where = f" on {ev.host}" if ev.host else ""
-    extra = [f"target {ev.target}" if ev.target else "", f"prompt {ev.prompt_id}" if ev.prompt_id else ""]
+    extra = [
+        f"target {redacted(ev.target)}" if ev.target else "",
+        f"prompt {ev.prompt_id}" if ev.prompt_id else "",
+    ]
     parts = ", ".join(p for p in extra if p)
     return f"{ev.provider}/{ev.model}{where}" + (f" ({parts})" if parts else "")
 
@@ -338,7 +342,8 @@ def chart_url(public_url: str, ev: ViolationEvent) -> str:
     if ev.prompt_id:
         params["prompt_id"] = ev.prompt_id
     if ev.target:
-        params["target"] = ev.target
+        # As the dashboard prints it: the dashboard maps a printed target back to the stored one.
+        params["target"] = redacted(ev.target)
     if ev.metric in CHART_METRICS:
         params["metric"] = ev.metric
     params["hours"] = "6"

@@ -26,6 +26,7 @@ from llmscope.alerter.notifiers.base import AlertView, Notification
 from llmscope.alerter.notifiers.http import post_json
 from llmscope.alerter.retry import DeliveryError
 from llmscope.config.env import Secret
+from llmscope.proto.redaction import redacted
 
 API_PATH = "/api/v2/alerts"
 TEST_LIFETIME = timedelta(minutes=5)
@@ -56,7 +57,7 @@ def labels_of(n: Notification, a: AlertView) -> dict[str, str]:
         "alertname": alertname(n, a),
         "provider": ev.provider,
         "model": ev.model,
-        "target": ev.target,
+        "target": redacted(ev.target),
         "prompt": ev.prompt_id,
         "metric": ev.metric,
         "rule": ev.rule,
