@@ -126,7 +126,7 @@ async def test_status_of_each_model_from_telemetry_and_violations(api: Api) -> N
     assert llama["status"] == "outage"
     assert ts(llama["since"]) == seeded.failing_since
     assert ts(llama["last_probe"]) == seeded.last_failure
-    assert llama["reasons"] == ["3 failed probes in a row on local"]
+    assert llama["reasons"] == ["3 failed probes in a row on local: timeout"]
     # From the per-minute rollups: the last day, and the week with the older half-failed probes.
     assert llama["uptime_24h"] == pytest.approx(40 / 43)
     assert llama["uptime_7d"] == pytest.approx(45 / 53)

@@ -296,3 +296,12 @@ def test_failures_below_the_alarm_length_are_named_though_the_status_holds() -> 
         ["1 open critical CUSUM violation", "1 failed probe in a row on local (an outage from 3)"],
     )
     assert status_of(target(failure_run=0)).reasons == []
+
+
+def test_a_failure_run_says_what_the_probes_answered() -> None:
+    """An outage row read "327 failed probes in a row on openai/gpt-4o-mini" and nothing on the
+    overview or the status page said whether the endpoint timed out, refused or was rate limited."""
+    got = status_of(target(failure_run=3, run_kinds=("rate_limited",)))
+    assert got.reasons == ["3 failed probes in a row on local: rate_limited"]
+    got = status_of(target(failure_run=2, run_kinds=("timeout", "http_5xx")))
+    assert got.reasons == ["2 failed probes in a row on local: http_5xx, timeout (an outage from 3)"]

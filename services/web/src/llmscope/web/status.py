@@ -129,6 +129,8 @@ class TargetSignals:
     """Mean seconds between its probes in the window (None: fewer than two)."""
     max_gap_s: float | None = None
     """The longest wait between two of its probes in the window: a hung endpoint's timeouts."""
+    run_kinds: tuple[str, ...] = ()
+    """What the probes of the current failure run answered (``timeout``, ``rate_limited`` ...)."""
 
 
 def stale_after_s(target: TargetSignals, policy: StatusPolicy) -> float:
@@ -295,15 +297,16 @@ def model_status(inputs: StatusInputs, now: datetime, policy: StatusPolicy | Non
     for t in live:
         view = t.availability
         alarm = view.fail_run if view is not None and view.fail_run > 0 else policy.alarm_run
+        probes = "probe" if t.failure_run == 1 else "probes"
+        run = f"{t.failure_run} failed {probes} in a row on {shown(t.target)}"
+        if t.run_kinds:
+            run += ": " + ", ".join(sorted(t.run_kinds))
         if t.failure_run >= alarm:
-            outage.append((f"{t.failure_run} failed probes in a row on {shown(t.target)}", t.run_since))
+            outage.append((run, t.run_since))
         elif t.failure_run > 0:
             # Not yet an outage, but said: a hanging endpoint's probes each take their whole
             # timeout, so the alarm's last one can be a minute or more after the first.
-            probes = "probe" if t.failure_run == 1 else "probes"
-            failing.append(
-                f"{t.failure_run} failed {probes} in a row on {shown(t.target)} (an outage from {alarm})"
-            )
+            failing.append(f"{run} (an outage from {alarm})")
         episodes = view.open_episodes if view is not None else ()
         if "AVAILABILITY" in episodes:
             outage.append((f"open AVAILABILITY episode on {shown(t.target)}", t.run_since))
