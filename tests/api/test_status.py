@@ -126,7 +126,7 @@ async def test_status_of_each_model_from_telemetry_and_violations(api: Api) -> N
     assert llama["status"] == "outage"
     assert ts(llama["since"]) == seeded.failing_since
     assert ts(llama["last_probe"]) == seeded.last_failure
-    assert llama["reasons"] == ["3 failed probes in a row on local"]
+    assert llama["reasons"] == ["3 failed probes in a row on local: timeout"]
     # From the per-minute rollups: the last day, and the week with the older half-failed probes.
     assert llama["uptime_24h"] == pytest.approx(40 / 43)
     assert llama["uptime_7d"] == pytest.approx(45 / 53)
@@ -335,3 +335,38 @@ async def test_real_traffic_is_not_counted_as_probes(api: Api) -> None:
     )
     assert [line.target for line in history.lines] == ["openai/gpt-4o-mini"]
     assert sum(line.probes for line in history.lines) == 30
+
+
+async def test_the_comparison_and_the_reports_latency_chart_are_probes_only(api: Api) -> None:
+    """Found by hand: under ``make up`` an empty-answer outage of llama3.1:8b drew its line on
+    the report's latency chart down to ~50 ms, faster than ever: the simulated application's
+    requests (OTLP spans, answered at once and empty) were pooled with the probes, which the
+    overview's sparkline, the status and the availability chart leave out. An application's
+    requests are not the probes' like-with-like measurement; they have the Traffic charts."""
+    at = now()
+    probes = recent("gpt-4o-mini", 30, at=at, provider="openai", target="openai/gpt-4o-mini")
+    spans = [
+        telemetry(
+            0,
+            id=f"span-{i}",
+            ts=at - timedelta(seconds=40 - i),
+            provider="openai",
+            model="gpt-4o-mini",
+            target="shop",
+            source="traffic",
+            prompt_id="traffic:chat",
+            service_name="shop",
+            latency_ms=5.0,
+        )
+        for i in range(30)
+    ]
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, [*probes, *spans])
+    trends = TrendQueries(api.store)
+    end = at + timedelta(minutes=1)
+    [line] = (await trends.comparison([("openai", "gpt-4o-mini")], "latency_ms", 1, end)).lines
+    assert sum(p.n for p in line.points) == 30
+    assert min(p.lo or 0.0 for p in line.points) >= 100.0
+    for by in ("prompt", "target"):
+        parts = (await trends.comparison([("openai", "gpt-4o-mini")], "latency_ms", 1, end, by=by)).lines
+        assert [x.part for x in parts] == (["simple-1"] if by == "prompt" else ["openai/gpt-4o-mini"])

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 from llmscope.config.env import ConfigError, Env
 from llmscope.simulator.traffic import TrafficSettings
 from llmscope.stack import cli
+from llmscope.stack.ports import free_port
 from llmscope.stack.up import Child, Stack, UpSettings, load_or_create_api_key, load_or_create_secret
 
 
@@ -255,3 +257,36 @@ def test_the_demo_profile_traces_simulated_traffic_to_the_api_with_a_kept_ingest
         Env({"LLMSCOPE_DATA_DIR": str(tmp_path), "LLMSCOPE_UP_SERVICES": "sim,prober"})
     )
     assert "LLMSCOPE_SIM_TRAFFIC_RPS" not in Stack(no_api).child_env("nats://n", "postgresql://d", "key")
+
+
+def test_the_prober_starts_once_the_simulator_listens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by hand: under ``make up`` the prober's first probes reached a simulator still
+    starting (``status=refused``), so a fresh install showed failed probes, uptime under 100 %
+    and a failure in its availability baseline with nothing wrong. ``up`` now starts the prober
+    once the simulator accepts connections."""
+    for name in ("LLMSCOPE_PROBER_CONFIG", "LLMSCOPE_TARGETS", "LLMSCOPE_SIM_HOST", "LLMSCOPE_SIM_URL"):
+        monkeypatch.delenv(name, raising=False)
+    sim_port = free_port()
+    settings = UpSettings.from_env(
+        Env(
+            {
+                "LLMSCOPE_DATA_DIR": str(tmp_path),
+                "LLMSCOPE_UP_SERVICES": "sim,prober",
+                "LLMSCOPE_SIM_PORT": str(sim_port),
+                "LLMSCOPE_PROBER_HEALTH_PORT": "0",
+            }
+        )
+    )
+    stack = Stack(settings)
+    # No NATS: the prober keeps probing into its outbox, which is all this test needs of it.
+    env = stack.child_env(f"nats://127.0.0.1:{free_port()}", "postgresql://unused", "key")
+    try:
+        stack.start_children(env)
+        assert [c.name for c in stack.children] == ["sim", "prober"]
+        with socket.create_connection(("127.0.0.1", sim_port), timeout=1):
+            pass  # refused without the wait: the prober was launched before the simulator listened
+    finally:
+        stack.stop()
+    assert not any(child.running for child in stack.children)

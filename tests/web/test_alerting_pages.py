@@ -504,3 +504,37 @@ async def test_alerting_pages_say_when_no_alerter_answers(api: Api, hx: bool) ->
         assert is_full_page(r.text) is not hx
     # The incidents themselves are the API's: still readable.
     assert (await client.get("/incidents/inc-b", headers=headers)).status_code == 200
+
+
+async def test_an_incident_links_a_silence_filled_in_for_an_hour(
+    api: Api, database_url: str, nats_url: str
+) -> None:
+    """Found by hand: silencing a model in trouble meant typing its names on another page and
+    an end date and time into a date picker; an incident now links the silences page filled in
+    with its models, provider and host, lasting an hour, and the person gives the reason."""
+    await seed_incidents(api)
+    client = await login(api)
+    page = (await client.get("/incidents/inc-b")).text
+    link = page.split('<a href="/silences?', 1)[1].split('"', 1)[0].replace("&amp;", "&")
+    assert "models=qwen2%3A7b" in link
+    assert "providers=ollama" in link
+    assert "for_h=1" in link
+    assert "Silence the notifications of this model" in page
+    async with live_alerter(database_url, nats_url, None):
+        form = (await client.get(f"/silences?{link}")).text
+        assert 'name="models" value="qwen2:7b"' in form
+        assert 'name="providers" value="ollama"' in form
+        assert '<option value="1" selected>1 hour</option>' in form
+        assert 'name="reason" value=""' in form
+        before = datetime.now(UTC)
+        r = await client.post(
+            "/silences",
+            data={"reason": "provider incident", "author": "ana", "models": "qwen2:7b", "for_h": "1"},
+        )
+        assert r.status_code == 200, r.text
+        assert "created by ana" in r.text
+        ends = await api.store.pool.fetchval("SELECT ends_at FROM alerter_silences")
+        assert before + timedelta(minutes=59) < ends < datetime.now(UTC) + timedelta(minutes=61)
+        r = await client.post("/silences", data={"reason": "x", "author": "ana", "for_h": "soon"})
+        assert r.status_code == 422
+        assert "for_h: expected hours from 0 to 720" in r.text

@@ -277,3 +277,31 @@ def test_maintenance_wins_over_what_the_probes_say() -> None:
     silent = StatusInputs("ollama", "new:1", maintenance=window)
     assert model_status(silent, NOW).status == "maintenance"
     assert public_view(status_report([down], NOW)).models[0].status == "maintenance"
+
+
+def test_failures_below_the_alarm_length_are_named_though_the_status_holds() -> None:
+    """Found by hand: an endpoint that hangs (each probe its whole 30 s timeout) read
+    "operational" with its last answer's latency for a minute and a half, its first two
+    timeouts nowhere on the overview or the status page."""
+    got = status_of(target(failure_run=2))
+    assert (got.status, got.reasons) == (
+        "operational",
+        ["2 failed probes in a row on local (an outage from 3)"],
+    )
+    got = status_of(target(failure_run=1, availability=view(fail_run=5)))
+    assert got.reasons == ["1 failed probe in a row on local (an outage from 5)"]
+    got = status_of(target(failure_run=1), violations=(opened("critical", "CUSUM"),))
+    assert (got.status, got.reasons) == (
+        "degraded",
+        ["1 open critical CUSUM violation", "1 failed probe in a row on local (an outage from 3)"],
+    )
+    assert status_of(target(failure_run=0)).reasons == []
+
+
+def test_a_failure_run_says_what_the_probes_answered() -> None:
+    """An outage row read "327 failed probes in a row on openai/gpt-4o-mini" and nothing on the
+    overview or the status page said whether the endpoint timed out, refused or was rate limited."""
+    got = status_of(target(failure_run=3, run_kinds=("rate_limited",)))
+    assert got.reasons == ["3 failed probes in a row on local: rate_limited"]
+    got = status_of(target(failure_run=2, run_kinds=("timeout", "http_5xx")))
+    assert got.reasons == ["2 failed probes in a row on local: http_5xx, timeout (an outage from 3)"]

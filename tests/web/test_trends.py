@@ -329,6 +329,16 @@ async def test_dashboard_shows_the_outage_as_a_band(api: Api) -> None:
     assert "0 failed" in r.text
 
 
+async def test_the_availability_legend_says_a_band_is_any_failure(api: Api) -> None:
+    """Found by hand: one refused probe among 116 shaded its whole minute (faintly, as drawn on
+    purpose) under a legend that said "red bands: most probes failed"."""
+    await seed(api)
+    client = await login(api)
+    r = await client.get("/dashboard?series=ollama|llama3.1:8b&hours=1")
+    assert "red bands: failed probes, the redder the more of them failed" in r.text
+    assert "most probes failed" not in r.text
+
+
 async def test_report_page_and_csv(api: Api) -> None:
     await seed(api)
     client = await login(api)

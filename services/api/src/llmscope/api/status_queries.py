@@ -51,7 +51,7 @@ MODELS_SQL = "SELECT provider, model, last_seen, host FROM models WHERE enabled 
 # (``traffic:<operation>``, target its server's address) is no probe of the endpoint, and an
 # application going quiet is no target that stopped reporting. rn 1 is the latest probe; the
 # current failure run is the probes before the latest successful one, and it started at the
-# oldest of them.
+# oldest of them; its kinds (timeout, rate_limited ...) say what they answered.
 TARGETS_SQL = f"""
 WITH w AS (
     SELECT provider, model, target, host, status, ts,
@@ -71,6 +71,7 @@ SELECT provider, model, target,
        coalesce(min(ok_rn) - 1, count(*)) AS failure_run,
        max(ts) AS last_ts,
        min(ts) FILTER (WHERE rn < coalesce(ok_rn, 9223372036854775807)) AS run_since,
+       array_agg(DISTINCT status) FILTER (WHERE rn < coalesce(ok_rn, 9223372036854775807)) AS run_kinds,
        array_agg(DISTINCT host) FILTER (WHERE host <> '') AS hosts,
        extract(epoch FROM max(ts) - min(ts))::float8 / nullif(count(*) - 1, 0) AS spacing_s,
        extract(epoch FROM max(gap))::float8 AS max_gap_s
@@ -207,6 +208,7 @@ class StatusReader:
                     availability=record.availability if record is not None else None,
                     spacing_s=r["spacing_s"],
                     max_gap_s=r["max_gap_s"],
+                    run_kinds=tuple(r["run_kinds"] or ()),
                 )
             )
         for r in stopped:

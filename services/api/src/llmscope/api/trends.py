@@ -186,6 +186,8 @@ class TrendQueries:
         # The engine's chart records are read while Postgres answers the two queries.
         rebaselines = asyncio.ensure_future(self.rebaselines(models, start, end))
         # By model, every prompt and target pooled: the model's typical value over the bucket.
+        # Probes only, as the overview's sparkline: an application's requests (its own prompts,
+        # a span's empty answer "ok") are no like-with-like measurement; they have their charts.
         # date_bin, not floor(extract(epoch ...)): numeric arithmetic per row cost 3x the time.
         # Buckets of whole hours read the hourly rollups of each series (a model's prompts and
         # targets pooled by the GROUP BY, or lines of their own): a model-level hourly table
@@ -199,7 +201,7 @@ class TrendQueries:
                        min({prefix}_min) AS lo, max({prefix}_max) AS hi
                 FROM unnest($4::text[], $5::text[]) AS m(provider, model)
                 JOIN {table} t ON t.provider = m.provider AND t.model = m.model
-                WHERE t.{column} >= $1 AND t.{column} < $2
+                WHERE t.{column} >= $1 AND t.{column} < $2 AND t.{PROBES_SQL}
                 GROUP BY 1, 2, 3, 4 HAVING sum({prefix}_n) > 0 ORDER BY 4"""
         args = (start - timedelta(seconds=bucket_s), end, bucket_s, providers, names)
         rows = await self._rollups(sql, args, hourly)

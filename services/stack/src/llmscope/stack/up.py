@@ -39,6 +39,7 @@ import contextlib
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -432,10 +433,28 @@ class Stack:
         for name in ALL_SERVICES:
             if name not in self.settings.services:
                 continue
+            if name == "prober" and "sim" in self.settings.services:
+                self.wait_for_simulator(env)
+            if self._stopping:
+                return
             argv = [*launcher, name, *(["serve"] if name == "sim" else [])]
             child = Child.service(name, argv, self.service_env(name, env))
             child.start()
             self.children.append(child)
+
+    def wait_for_simulator(self, env: dict[str, str], timeout: float = 30.0) -> bool:
+        """Wait until the simulator accepts connections: a prober started first probed it while
+        it was still starting, and a fresh install charted those refused probes as failures."""
+        address = (_display_host(env.get("LLMSCOPE_SIM_HOST", "127.0.0.1")), self.settings.sim_port)
+        sim = next((c for c in self.children if c.name == "sim"), None)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self._stopping and (sim is None or sim.running):
+            try:
+                with socket.create_connection(address, timeout=1):
+                    return True
+            except OSError:
+                time.sleep(0.1)
+        return False
 
     def wait_for_api(self, timeout: float = 60.0) -> bool:
         url = f"http://{_display_host(self.settings.host)}:{self.settings.port}/healthz"

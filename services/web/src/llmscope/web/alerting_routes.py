@@ -7,8 +7,9 @@ the reason (status 504, or 200 to HTMX, which swaps only 2xx answers).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -35,6 +36,11 @@ from llmscope.web.pages import BY_REQUIRED, Pages, is_htmx
 
 INCIDENT_STATES = ("open", "acknowledged", "resolved")
 NOTIFICATION_STATUSES = ("sending", "sent", "failed", "expired")
+# What a link may fill in on the silences page (an incident's "Silence..." link), and the
+# one-off silence's "for" choices, in hours (any up to 30 days is taken).
+SILENCE_PREFILL = ("models", "providers", "hosts", "rules", "for_h")
+SILENCE_FOR_H = (1, 4, 8, 24)
+SILENCE_MAX_FOR_H = 720
 
 
 def _status(request: Request, status: int) -> int:
@@ -60,6 +66,17 @@ def _local(text: str, tz: str, field: str) -> datetime | None:
         except (ZoneInfoNotFoundError, ValueError):
             raise AlerterRefused("timezone", f"unknown time zone {tz!r}") from None
     return value
+
+
+def _lasting(text: str) -> timedelta:
+    """A one-off silence's length in hours, from the form's "for" choice (ends_at wins)."""
+    try:
+        hours = float(text)
+    except ValueError:
+        hours = math.nan
+    if not 0 < hours <= SILENCE_MAX_FOR_H:
+        raise AlerterRefused("for_h", f"expected hours from 0 to {SILENCE_MAX_FOR_H}, got {text!r}")
+    return timedelta(hours=hours)
 
 
 def _month_days(text: str) -> list[int]:
@@ -240,6 +257,7 @@ def add_alerting_routes(
             "error": error,
             "form": form or {},
             "weekdays": DAY_NAMES,
+            "for_hours": SILENCE_FOR_H,
             "nths": NTH_NAMES,
             "show_expired": show_expired,
         }
@@ -254,7 +272,9 @@ def add_alerting_routes(
 
     @router.get("/silences", response_class=HTMLResponse, dependencies=[session])
     async def silences_page(request: Request) -> HTMLResponse:
-        return await _silences(request)
+        # An incident's "Silence..." link fills in what it matches; the reason is the person's.
+        q = request.query_params
+        return await _silences(request, form={k: q[k] for k in SILENCE_PREFILL if q.get(k)})
 
     @router.post("/silences", response_class=HTMLResponse, dependencies=[session])
     async def create_silence(request: Request) -> HTMLResponse:
@@ -267,6 +287,10 @@ def add_alerting_routes(
         nth, weekday = form.get("monthly_nth", ""), form.get("monthly_weekday", "")
         try:
             kind = form.get("kind") or "silence"
+            starts_at = _local(form.get("starts_at", ""), tz, "starts_at")
+            ends_at = _local(form.get("ends_at", ""), tz, "ends_at")
+            if ends_at is None and form.get("for_h", "").strip():
+                ends_at = (starts_at or datetime.now(UTC)) + _lasting(form["for_h"])
             silence = SilenceInput(
                 reason=form.get("reason", ""),
                 author=form.get("author", ""),
@@ -275,8 +299,8 @@ def add_alerting_routes(
                 providers=_items(form.get("providers", "")),
                 rules=_items(form.get("rules", "")),
                 hosts=_items(form.get("hosts", "")),
-                starts_at=_local(form.get("starts_at", ""), tz, "starts_at"),
-                ends_at=_local(form.get("ends_at", ""), tz, "ends_at"),
+                starts_at=starts_at,
+                ends_at=ends_at,
                 weekly_days=days,
                 weekly_start=form.get("weekly_start", "").strip() or None,
                 weekly_end=form.get("weekly_end", "").strip() or None,

@@ -25,6 +25,10 @@ A model's status is one of ``maintenance``, ``operational``, ``degraded``, ``out
    from ``min_probes`` probes on, so one failure among three probes is no verdict).
 4. ``operational``: none of the above.
 
+A live target whose latest probes failed, fewer in a row than the alarm length, keeps the
+status the rules give, and the reasons name the run ("2 failed probes in a row on ... (an
+outage from 3)"): a hanging endpoint's probes each take their whole timeout.
+
 Violations attributed to a target that stopped reporting are ignored (that target is stale,
 not failing); while the model's other targets decide its status, each stopped one is named in
 the reasons. ``warning`` and ``info`` violations never change the status:
@@ -125,6 +129,8 @@ class TargetSignals:
     """Mean seconds between its probes in the window (None: fewer than two)."""
     max_gap_s: float | None = None
     """The longest wait between two of its probes in the window: a hung endpoint's timeouts."""
+    run_kinds: tuple[str, ...] = ()
+    """What the probes of the current failure run answered (``timeout``, ``rate_limited`` ...)."""
 
 
 def stale_after_s(target: TargetSignals, policy: StatusPolicy) -> float:
@@ -287,11 +293,20 @@ def model_status(inputs: StatusInputs, now: datetime, policy: StatusPolicy | Non
 
     outage: list[tuple[str, datetime | None]] = []
     degraded: list[tuple[str, datetime | None]] = []
+    failing: list[str] = []
     for t in live:
         view = t.availability
         alarm = view.fail_run if view is not None and view.fail_run > 0 else policy.alarm_run
+        probes = "probe" if t.failure_run == 1 else "probes"
+        run = f"{t.failure_run} failed {probes} in a row on {shown(t.target)}"
+        if t.run_kinds:
+            run += ": " + ", ".join(sorted(t.run_kinds))
         if t.failure_run >= alarm:
-            outage.append((f"{t.failure_run} failed probes in a row on {shown(t.target)}", t.run_since))
+            outage.append((run, t.run_since))
+        elif t.failure_run > 0:
+            # Not yet an outage, but said: a hanging endpoint's probes each take their whole
+            # timeout, so the alarm's last one can be a minute or more after the first.
+            failing.append(f"{run} (an outage from {alarm})")
         episodes = view.open_episodes if view is not None else ()
         if "AVAILABILITY" in episodes:
             outage.append((f"open AVAILABILITY episode on {shown(t.target)}", t.run_since))
@@ -307,10 +322,12 @@ def model_status(inputs: StatusInputs, now: datetime, policy: StatusPolicy | Non
             degraded.append((what, v.since))
 
     if outage:
-        return result("outage", _earliest(s for _, s in outage), [r for r, _ in outage] + stopped)
+        return result("outage", _earliest(s for _, s in outage), [r for r, _ in outage] + failing + stopped)
     if degraded:
-        return result("degraded", _earliest(s for _, s in degraded), [r for r, _ in degraded] + stopped)
-    return result("operational", None, stopped)
+        return result(
+            "degraded", _earliest(s for _, s in degraded), [r for r, _ in degraded] + failing + stopped
+        )
+    return result("operational", None, failing + stopped)
 
 
 class HasStatus(Protocol):

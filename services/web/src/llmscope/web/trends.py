@@ -23,7 +23,7 @@ COMPARE_MAX_HOURS = 744
 COMPARE_BUCKETS = 240
 MAX_COMPARED = 8
 CompareBy = Literal["model", "prompt", "target"]
-"""What one line of the comparison is: a model (every prompt and target pooled), or one prompt
+"""What one line of the comparison is: a model (every prompt and target of its probes pooled), or one prompt
 or one target of a single model."""
 COMPARE_BY: tuple[CompareBy, ...] = ("model", "prompt", "target")
 # A bucket where most probes failed is drawn as an outage band.
