@@ -23,7 +23,7 @@ pytestmark = pytest.mark.e2e
 
 DOWN, UP = "llama3.1:8b", "qwen2.5:7b"
 WITHIN_S = 10.0
-FAILURE_KINDS = {"timeout", "refused", "http_4xx", "http_5xx", "rate_limited", "empty_response"}
+FAILURE_KINDS = {"timeout", "refused", "http_4xx", "http_5xx", "rate_limited", "overloaded", "empty_response"}
 
 
 def _rows(browser: httpx.Client) -> list[Row]:

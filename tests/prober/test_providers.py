@@ -119,7 +119,8 @@ async def test_ttft_is_the_first_content_token_not_the_first_frame(
         (InjectRequest(kind="outage", status=500), "http_5xx", 500),
         (InjectRequest(kind="outage", status=503), "http_5xx", 503),
         (InjectRequest(kind="outage", status=429), "rate_limited", 429),
-        (InjectRequest(kind="outage", status=529), "rate_limited", 529),
+        # 429 is the caller's quota, 529 the provider out of capacity: two kinds, not one.
+        (InjectRequest(kind="outage", status=529), "overloaded", 529),
         (InjectRequest(kind="outage", status=401), "http_4xx", 401),
         (InjectRequest(kind="outage", mode="empty"), "empty_response", 200),
         (InjectRequest(kind="outage", mode="garbage"), "invalid_response", 200),
@@ -328,6 +329,20 @@ async def test_a_short_answer_with_a_finish_reason_is_a_normal_answer(
     assert result.status == "ok", result.error
     assert result.eval_count == 2
     assert result.text == " w0 w1"
+
+
+@pytest.mark.parametrize(
+    ("error_type", "status"), [("overloaded_error", "overloaded"), ("api_error", "invalid_response")]
+)
+async def test_an_anthropic_error_event_inside_the_stream(
+    session: aiohttp.ClientSession, error_type: str, status: str
+) -> None:
+    # Anthropic may answer 200 and report being overloaded inside the stream: the same kind as a 529.
+    error = sse({"type": "error", "error": {"type": error_type, "message": "Overloaded"}}, "error")
+    async with wire_server(Answer([*_anthropic_frames(1, None, stop=False), error], gap_s=0.005)) as server:
+        result = await run(session, target("anthropic", server.url))
+    assert (result.status, result.http_status) == (status, 200), result.error
+    assert error_type in (result.error or "")
 
 
 async def test_all_tokens_without_a_finish_reason_is_not_truncated(session: aiohttp.ClientSession) -> None:

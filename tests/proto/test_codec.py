@@ -144,7 +144,20 @@ def test_numeric_metrics_are_numeric_telemetry_fields() -> None:
         assert name in fields
         assert "float" in str(fields[name].type) or "int" in str(fields[name].type)
     assert PROBE_STATUSES[0] == "ok"
-    assert len(PROBE_STATUSES) == 10  # "error" (failed traffic) added last
+    assert len(PROBE_STATUSES) == 11  # "error" (failed traffic), then "overloaded", added last
+    assert PROBE_STATUSES[-2:] == ("error", "overloaded")  # added values go last, nothing moves
+
+
+def test_an_overloaded_probe_decodes_and_is_a_failure() -> None:
+    """``overloaded`` (Anthropic's 529) is a status of its own, apart from ``rate_limited`` (429)."""
+    wire = (
+        b'{"type":"telemetry.v1","id":"e1","ts":"2026-01-01T00:00:00Z","provider":"anthropic",'
+        b'"model":"claude","target":"t","prompt_id":"p","prompt_hash":"h","status":"overloaded",'
+        b'"http_status":529}'
+    )
+    event = codec.decode_as(wire, TelemetryEvent)
+    assert (event.status, event.ok) == ("overloaded", False)
+    assert codec.decode(codec.encode(event)) == event
 
 
 def test_a_telemetry_v1_message_from_before_the_traffic_fields_still_decodes() -> None:

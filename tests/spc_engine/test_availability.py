@@ -13,6 +13,8 @@ from llmscope.spc_engine.availability import (
     run_needed,
     run_wait,
 )
+from llmscope.proto import codec
+from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.spc_engine.engine import Engine
 
 from .helpers import telemetry_stream
@@ -155,3 +157,21 @@ async def test_the_engine_clears_an_outage_under_the_open_events_episode_id() ->
     opened, cleared = out
     assert opened.episode_id == opened.id
     assert cleared.episode_id == opened.id
+
+
+async def test_overloaded_probes_off_the_wire_are_failures_of_the_availability_chart() -> None:
+    # Anthropic's 529 is ``overloaded`` (added later in telemetry.v1): decoded as the consumer
+    # decodes it, a run of them is an outage like any failed probes, not a dead letter.
+    ok = [ev for ev in telemetry_stream(200) if ev.ok]
+    down = [
+        msgspec.structs.replace(
+            ev, id=f"down-{i}", status="overloaded", http_status=529, latency_ms=None, ttft_ms=None
+        )
+        for i, ev in enumerate(ok[:4])
+    ]
+    engine = Engine()
+    out = []
+    for seq, ev in enumerate(ok[10:50] + down, start=1):
+        wire = codec.decode_as(codec.encode(ev), TelemetryEvent)
+        out += [v for v in await engine.on_telemetry(wire, seq) if v.metric == "availability"]
+    assert [(v.rule, v.state, v.point_ids) for v in out] == [("AVAILABILITY", "open", ("down-2",))]

@@ -76,12 +76,15 @@ ProbeStatus = Literal[
     "invalid_response",
     "truncated",
     "error",
+    "overloaded",
 ]
 """Outcome of a probe. Anything but ``ok`` is a failed probe: it never enters latency charts.
 
 ``truncated``: a stream that ended early, with fewer output tokens than asked and no finish
 reason (a ``[DONE]`` without ``finish_reason``, a closed connection); it would look *fast*.
 ``error``: a failed request of traffic whose ``error_type`` fits none of the others (added later).
+``overloaded``: the provider says it is out of capacity (Anthropic's HTTP 529 ``overloaded_error``),
+a service-health signal, where ``rate_limited`` (HTTP 429) is the caller's own quota (added later).
 """
 
 PROBE_STATUSES: tuple[ProbeStatus, ...] = get_args(ProbeStatus)

@@ -2,7 +2,7 @@
 
 The first ``content_block_delta`` with non-empty text is the first token (``message_start`` and
 ``ping`` come earlier). Output tokens come from ``message_delta.usage``. An ``overloaded_error``
-(HTTP 529, or an ``error`` event inside the stream) is ``rate_limited``. A stream that ends
+(HTTP 529, or an ``error`` event inside the stream) is ``overloaded``. A stream that ends
 (``message_stop`` or a closed connection) with no ``stop_reason`` in a ``message_delta`` and
 fewer tokens than asked is ``truncated``.
 """
@@ -93,7 +93,7 @@ class AnthropicProvider:
                 error = data.get("error")
                 error_type = error.get("type") if isinstance(error, dict) else None
                 status: ProbeStatus = (
-                    "rate_limited" if error_type == "overloaded_error" else "invalid_response"
+                    "overloaded" if error_type == "overloaded_error" else "invalid_response"
                 )
                 raise ProbeFailure(status, f"error inside the stream: {error}")
         if not events:

@@ -1,11 +1,12 @@
 """What every provider shares: the probe result, timing, and mapping failures to error kinds.
 
 Error kinds: ``timeout`` (no complete answer within the target's timeout), ``refused`` (no
-connection: refused, unreachable, DNS), ``rate_limited`` (HTTP 429, and Anthropic's 529
-"overloaded": both mean "back off, capacity is short", not a broken server), ``http_4xx``,
-``http_5xx``, ``empty_response`` (HTTP 200 without any content), ``truncated`` (a stream that
-ended early: fewer output tokens than asked and no finish reason, whether it then sent its end
-marker, e.g. ``data: [DONE]``, or the connection closed) and ``invalid_response`` (a 200 whose
+connection: refused, unreachable, DNS), ``rate_limited`` (HTTP 429: the caller's own quota is
+spent), ``overloaded`` (Anthropic's HTTP 529: the provider is out of capacity for everyone, a
+sign of the service's health rather than of the caller's use), ``http_4xx``, ``http_5xx``,
+``empty_response`` (HTTP 200 without any content), ``truncated`` (a stream that ended early:
+fewer output tokens than asked and no finish reason, whether it then sent its end marker, e.g.
+``data: [DONE]``, or the connection closed) and ``invalid_response`` (a 200 whose
 body is not the API's shape, an error inside a stream, a complete stream without its end marker).
 A truncated stream keeps the timings it got but is never a (fast) latency data point.
 
@@ -164,8 +165,10 @@ async def sse_events(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, s
 
 
 def _status_kind(code: int) -> ProbeStatus:
-    if code in (429, 529):
+    if code == 429:
         return "rate_limited"
+    if code == 529:
+        return "overloaded"
     if 400 <= code < 500:
         return "http_4xx"
     if code >= 500:
