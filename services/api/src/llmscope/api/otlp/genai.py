@@ -208,6 +208,8 @@ def classify(error_type: str, http_status: int | None = None) -> ProbeStatus:
     if code is not None:
         if code == 429:
             return "rate_limited"
+        if code == 529:  # Anthropic's "overloaded": the provider short of capacity, not our quota
+            return "overloaded"
         if code == 408:
             return "timeout"
         if 400 <= code < 500:
@@ -221,7 +223,9 @@ def classify(error_type: str, http_status: int | None = None) -> ProbeStatus:
         return "rate_limited"
     if "connect" in name or "refused" in name:
         return "refused"
-    if any(k in name for k in ("internalserver", "overloaded", "unavailable", "badgateway", "servererror")):
+    if "overloaded" in name:  # Anthropic SDKs' OverloadedError, overloaded_error: HTTP 529
+        return "overloaded"
+    if any(k in name for k in ("internalserver", "unavailable", "badgateway", "servererror")):
         return "http_5xx"
     if any(k in name for k in ("badrequest", "authentication", "permission", "notfound", "unprocessable")):
         return "http_4xx"
