@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -89,3 +90,24 @@ async def test_inject_into_charts_still_collecting_warns_and_injects(
     out = capsys.readouterr()
     assert "not checked whether the charts of model llama3.1:8b have armed: cannot reach the API" in out.err
     assert json.loads(out.out)["anomaly"]["kind"] == "shift"
+
+
+async def test_inject_reads_the_key_llmscope_up_keeps_in_the_data_directory(
+    api_url: str,
+    sim_process: str,
+    nc: NATS,
+    settings: ApiSettings,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    # No key in the environment, as in a terminal beside `llmscope up`: its data directory has one.
+    latency = await _chart(nc, settings, "llama3.1:8b", "latency_ms", "collecting", 12)
+    (tmp_path / "api_key").write_text(API_KEY + "\n")
+    env = Env(
+        {"LLMSCOPE_SIM_URL": sim_process, "LLMSCOPE_SIM_API_URL": api_url, "LLMSCOPE_DATA_DIR": str(tmp_path)}
+    )
+    args = ["inject", "shift", "--model", "llama3.1:8b", "--factor", "2"]
+    assert await asyncio.to_thread(main, args, env) == 0
+    out = capsys.readouterr()
+    assert "not checked" not in out.err
+    assert f"{latency} 12/30" in out.err

@@ -191,7 +191,7 @@ async def _control(args: argparse.Namespace, env: Env) -> dict[str, object]:
 async def _warn_if_collecting(args: argparse.Namespace, env: Env) -> None:
     """Before an inject: charts still collecting their baseline would take the anomaly into it.
     Said on stderr, naming them; the inject goes on (a demo of that is legitimate)."""
-    url, key = api_settings(env)
+    url, key = await asyncio.to_thread(api_settings, env)  # may read LLMSCOPE_DATA_DIR/api_key
     what = f"model {args.model}" if args.model else f"host {args.host}" if args.host else "every model"
     try:
         charts = await charts_collecting(url, key, model=args.model, host=args.host)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -20,6 +21,8 @@ from llmscope.config.env import Env
 from llmscope.proto.charts import ChartRecord
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
+DEFAULT_DATA_DIR = ".llmscope"
+"""``llmscope up``'s default LLMSCOPE_DATA_DIR, where it keeps the API key it generated."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,10 +40,21 @@ class CheckSkipped(Exception):
 
 def api_settings(env: Env) -> tuple[str, str | None]:
     """The API's URL (LLMSCOPE_SIM_API_URL) and a key that reads its charts (LLMSCOPE_SIM_API_KEY,
-    else LLMSCOPE_READ_KEY, else LLMSCOPE_API_KEY)."""
+    else LLMSCOPE_READ_KEY, else LLMSCOPE_API_KEY, else the ``api_key`` file ``llmscope up`` keeps
+    in LLMSCOPE_DATA_DIR). Reads a file: call it off the event loop."""
     url = env.url("LLMSCOPE_SIM_API_URL", DEFAULT_API_URL, schemes=("http", "https")) or DEFAULT_API_URL
     key = env.raw("LLMSCOPE_SIM_API_KEY") or env.raw("LLMSCOPE_READ_KEY") or env.raw("LLMSCOPE_API_KEY")
-    return url.rstrip("/"), key or None
+    return url.rstrip("/"), key or _data_dir_key(env)
+
+
+def _data_dir_key(env: Env) -> str | None:
+    """The API key ``llmscope up`` generated into its data directory (same default, ``./.llmscope``),
+    or None: only read here, never created (that is ``llmscope up``'s)."""
+    path = Path(env.text("LLMSCOPE_DATA_DIR", DEFAULT_DATA_DIR)).expanduser() / "api_key"
+    try:
+        return path.read_text().strip() or None
+    except OSError:  # no such file (no `llmscope up` there yet), or not ours to read
+        return None
 
 
 def collecting(records: Sequence[ChartRecord], *, model: str | None, host: str | None) -> list[Collecting]:
@@ -61,8 +75,8 @@ async def charts_collecting(
     """Ask the API; raises CheckSkipped when it cannot tell."""
     if not key:
         raise CheckSkipped(
-            "no key to read the API's charts (load `llmscope up`'s DATA_DIR/client.env, or set"
-            " LLMSCOPE_SIM_API_KEY)"
+            "no key to read the API's charts (none in LLMSCOPE_DATA_DIR/api_key: point"
+            " LLMSCOPE_DATA_DIR at `llmscope up`'s data directory, or set LLMSCOPE_SIM_API_KEY)"
         )
     params = {"model": model} if model is not None else {}
     try:

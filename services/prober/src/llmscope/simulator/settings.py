@@ -9,7 +9,8 @@
 | LLMSCOPE_SIM_MODELS | llama3.1:8b qwen2.5:7b gpt-4o-mini claude-3-5-haiku | ``NAME@HOST[;k=v...]`` specs |
 | LLMSCOPE_SIM_URL | http://127.0.0.1:SIM_PORT | where ``sim inject`` and the prober's default targets go |
 | LLMSCOPE_SIM_API_URL | http://127.0.0.1:8000 | the API ``sim inject`` asks whether its charts have armed |
-| LLMSCOPE_SIM_API_KEY | (LLMSCOPE_READ_KEY or LLMSCOPE_API_KEY) | key ``sim inject`` reads charts with |
+| LLMSCOPE_SIM_API_KEY | (LLMSCOPE_READ_KEY, LLMSCOPE_API_KEY, DATA_DIR/api_key) | key to read charts with |
+| LLMSCOPE_DATA_DIR | ./.llmscope | ``llmscope up``'s data directory, whose ``api_key`` ``sim inject`` reads |
 | LLMSCOPE_SIM_TRAFFIC_RPS | 0 | mean requests/s of simulated traffic traced to LLMscope over OTLP (0: none) |
 | LLMSCOPE_SIM_TRAFFIC_OTLP_URL | http://127.0.0.1:8000/v1/traces | where the simulated traffic's spans go |
 | LLMSCOPE_SIM_TRAFFIC_KEY | (LLMSCOPE_INGEST_KEY) | ingest key the simulated traffic sends |
