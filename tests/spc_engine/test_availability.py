@@ -5,6 +5,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
+from llmscope.proto import codec
+from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.spc_engine.availability import (
     AvailabilityChart,
     AvailabilityConfig,
@@ -13,8 +15,6 @@ from llmscope.spc_engine.availability import (
     run_needed,
     run_wait,
 )
-from llmscope.proto import codec
-from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.spc_engine.engine import Engine
 
 from .helpers import telemetry_stream

@@ -92,9 +92,7 @@ class AnthropicProvider:
             elif kind == "error":
                 error = data.get("error")
                 error_type = error.get("type") if isinstance(error, dict) else None
-                status: ProbeStatus = (
-                    "overloaded" if error_type == "overloaded_error" else "invalid_response"
-                )
+                status: ProbeStatus = "overloaded" if error_type == "overloaded_error" else "invalid_response"
                 raise ProbeFailure(status, f"error inside the stream: {error}")
         if not events:
             # Not a stream cut short but no stream at all (an HTML error page, say).
