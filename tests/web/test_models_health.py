@@ -6,7 +6,13 @@ import json
 import re
 from urllib.parse import quote
 
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.js.api import KeyValueConfig
+
 from llmscope.api.persister import store_telemetry
+from llmscope.api.settings import ApiSettings
+from llmscope.proto.charts import AVAILABILITY, AvailabilityView, ChartMeta, ChartRecord, chart_key
 from tests.api.conftest import Api
 from tests.api.factories import telemetry
 from tests.api.test_health_overview import OK_LATENCIES, STREAM_TTFT, pcts, seed
@@ -141,3 +147,42 @@ async def test_a_traffic_only_model_says_so_instead_of_a_probing_switch(api: Api
     assert "/models/toggle" not in rows["shop-bot"]
     assert ">Disable</button>" in rows["org/gpt:1"]
     assert "not probed" not in rows["org/gpt:1"]
+
+
+async def test_the_open_rule_badges_of_an_availability_chart_are_apart(
+    api: Api, settings: ApiSettings, nc: NATS
+) -> None:
+    # Two open rules (and a re-baselined chart's note before them) read as separate words, not
+    # "AVAILABILITYERROR_RATE": the page is rendered with trim_blocks, so the gap must be explicit.
+    await seed(api)
+    key = chart_key("ollama", "llama3.1:8b", "local", "*", AVAILABILITY)
+    meta = ChartMeta(
+        provider="ollama", model="llama3.1:8b", target="local", prompt_id="*", metric=AVAILABILITY
+    )
+    view = AvailabilityView(
+        phase="armed",
+        progress=200,
+        baseline_n=200,
+        baseline_failure_rate=0.01,
+        window=50,
+        threshold=7,
+        fail_run=3,
+        failure_run=9,
+        open_episodes=("AVAILABILITY", "ERROR_RATE"),
+        baseline_number=1,
+        baseline_by="ann",
+    )
+    kv = await nc.jetstream().create_key_value(KeyValueConfig(bucket=settings.charts_bucket))
+    await kv.put(key, msgspec.json.encode(ChartRecord(key=key, meta=meta, availability=view)))
+    client = await login(api)
+    for headers in ({}, {**HX, "HX-Target": "health"}):
+        r = await client.get("/models", headers=headers)
+        assert r.status_code == 200
+        cells = re.findall(r'<td class="more availability"[^>]*>(.*?)</td>', r.text, re.S)
+        charted = [c for c in cells if "rule-code" in c]
+        assert charted, r.text
+        for cell in charted:
+            assert re.search(r"</a>\s+<a class=\"rule-code\"", cell), cell  # badge, gap, badge
+            assert re.search(r"</span>\s+<a class=\"rule-code\"", cell), cell  # the note, gap, badge
+            text = " ".join(re.sub(r"<[^>]+>", "", cell).split())
+            assert text.endswith("· baseline #1 by ann AVAILABILITY ERROR_RATE"), text
