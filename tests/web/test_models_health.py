@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
 import msgspec
@@ -14,6 +15,7 @@ from llmscope.api.persister import store_telemetry
 from llmscope.api.settings import ApiSettings
 from llmscope.proto.charts import AVAILABILITY, AvailabilityView, ChartMeta, ChartRecord, chart_key
 from tests.api.conftest import Api
+from tests.api.engine import eventually
 from tests.api.factories import telemetry
 from tests.api.test_health_overview import OK_LATENCIES, STREAM_TTFT, pcts, seed
 from tests.web.test_pages import HX, is_full_page, login
@@ -186,3 +188,37 @@ async def test_the_open_rule_badges_of_an_availability_chart_are_apart(
             assert re.search(r"</span>\s+<a class=\"rule-code\"", cell), cell  # the note, gap, badge
             text = " ".join(re.sub(r"<[^>]+>", "", cell).split())
             assert text.endswith("· baseline #1 by ann AVAILABILITY ERROR_RATE"), text
+
+
+async def test_overloaded_probes_are_their_own_kind_on_the_models_and_status_pages(
+    persisting_api: Api,
+) -> None:
+    # Anthropic's 529 (``overloaded``), posted and stored through the persister as a prober's
+    # would be, is counted apart from rate limits wherever failures are listed by kind.
+    api = persisting_api
+    now = datetime.now(UTC).replace(microsecond=0)
+    base = {"provider": "anthropic", "model": "claude-3-5-haiku", "target": "anthropic-api"}
+    body = [
+        {**base, "prompt_id": "p1", "prompt_hash": "h", "ts": (now - timedelta(seconds=9 - i)).isoformat()}
+        | (
+            {"status": "rate_limited", "http_status": 429}
+            if i == 0
+            else {"status": "overloaded", "http_status": 529}
+        )
+        for i in range(4)
+    ]
+    r = await api.client.post("/api/stats", json=body)
+    assert r.status_code == 202, r.text
+    ids = r.json()["ids"]
+
+    async def stored() -> bool:
+        n = await api.store.pool.fetchval("SELECT count(*) FROM telemetry WHERE id = ANY($1)", ids)
+        return bool(n == 4)
+
+    await eventually(stored, what="the posted probes stored")
+    client = await login(api)
+    page = (await client.get("/models")).text
+    row, _ = row_of(page, "anthropic / claude-3-5-haiku", "anthropic-api")
+    assert "overloaded 3 · rate_<wbr>limited 1" in row
+    status = (await client.get("/status")).text
+    assert "4 failed probes in a row on anthropic-api: overloaded, rate_limited" in status, status
