@@ -175,6 +175,7 @@ def analysis_info(ev: IncidentEvent) -> IncidentAnalysisInfo | None:
                 m.prompt_id,
                 rule=m.rule,
                 rule_name=m.rule_name,
+                run=m.run,
             )
             for m in a.moves
         ],
