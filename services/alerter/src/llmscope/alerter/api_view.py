@@ -26,6 +26,8 @@ from llmscope.alerter.notifiers.base import ContextPoint
 from llmscope.bus.kv import bucket_keys
 from llmscope.config.logs import get_logger
 from llmscope.proto import subjects
+from llmscope.proto.incident import RepagedEpisode
+from llmscope.proto.repage import RepagedReply, RepagedRequest
 from llmscope.proto.telemetry import NUMERIC_METRICS
 from llmscope.proto.telemetry_context import (
     MAX_QUERIES,
@@ -242,3 +244,27 @@ class ApiView:
                 for p in reply.points
             )
         return out
+
+    # -- pages again --------------------------------------------------------------------------
+
+    async def tell_repaged(self, episodes: Sequence[RepagedEpisode]) -> bool:
+        """Tell the API of violations paged again after a hand resolution, for it to reopen its
+        copy of each (``llmscope.proto.repage``); True once an API answered ``ok``."""
+        if self._nc is None or not episodes:
+            return False
+        try:
+            msg = await self._nc.request(
+                subjects.api_violations_repaged(),
+                msgspec.json.encode(RepagedRequest(episodes=tuple(episodes))),
+                timeout=self._timeout,
+            )
+            reply = msgspec.json.decode(msg.data, type=RepagedReply)
+        except (NatsError, TimeoutError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("the API was not told of violations paged again; telling it later", error=repr(exc))
+            return False
+        if reply.status != "ok":
+            log.warning(
+                "the API could not reopen violations paged again; telling it later", error=reply.error
+            )
+            return False
+        return True
