@@ -425,3 +425,40 @@ async def test_a_page_again_reopens_the_incidents_closed_ticket_once(
         await tracker.stop()
     assert tracker.problems == []
     assert len(tracker.issues) == 1
+
+
+async def test_an_incident_open_again_whose_ticket_was_skipped_gets_one(database_url: str) -> None:
+    """Resolved by hand before its ticket was opened (skipped: none opened), then paged again, the
+    engine never clearing it: the incident is open again and deserves a ticket as a new one does."""
+    gh = FakeGitHub()
+    url = await gh.start()
+    run = await start_alerter(database_url, None, {}, tickets=config("github", url, "acme/llm"))
+    try:
+        assert run.alerter.tickets is not None
+        run.stop.set()  # no loops: this test drives the worker by hand
+        routes = (await run.alerter.runtime()).routes
+        await run.store.ingest([violation(1, rule="CUSUM")], routes, None)
+        await run.alerter.analyze_once()
+        inc = await incident_of(run)
+        assert await run.store.resolve_incident(inc.incident_id, "ana", "restarted")
+        # As the worker leaves an incident resolved before its ticket was opened.
+        await run.pool.execute(
+            "INSERT INTO alerter_incident_tickets (incident_id, tracker, marker, state, next_try_at,"
+            " created_at, updated_at) VALUES ($1, 'github', $2, 'skipped', now(), now(), now())",
+            inc.incident_id,
+            text.marker_for(inc.incident_id),
+        )
+        assert await run.alerter.tickets.run_once() is False
+        assert await run.store.repage_hand_resolved(0) == 1
+        assert (await incident_of(run)).state == "open"
+        assert await run.alerter.tickets.run_once() is True
+        assert len(gh.issues) == 1
+        ticket = await ticket_of(run)
+        assert ticket is not None
+        assert ticket.state == "open"
+        assert await run.alerter.tickets.run_once() is False
+    finally:
+        await run.close()
+        await gh.stop()
+    assert gh.problems == []
+    assert len(gh.issues) == 1

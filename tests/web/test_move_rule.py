@@ -120,8 +120,9 @@ async def test_an_error_rate_count_raised_to_a_run_is_a_run_in_the_alerters_word
     went_on = {ev.episode_id: Outage(count=14, since=ev.ts, last_success=None)}
     summary, (move,), _ = summarize([ev], outages=went_on)
     assert (move.observed, move.run, move.rule) == (14.0, True, "ERROR_RATE")
-    assert "down: 14 failed probes in a row since the last success (ERROR_RATE fired at 10 in the last 50;" in (
-        summary
+    assert (
+        "down: 14 failed probes in a row since the last success (ERROR_RATE fired at 10 in the last 50;"
+        in summary
     ), summary
     # Not raised: the count is the violation's own, failures in its window.
     (_, (own,), _) = summarize([ev])
