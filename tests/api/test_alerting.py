@@ -18,6 +18,7 @@ from llmscope.api.persister import store_telemetry, store_violations
 from llmscope.bus.publisher import Publisher
 from llmscope.proto import codec, subjects
 from llmscope.proto.incident import IncidentEvent, RepagedEpisode, SimilarIncident
+from llmscope.proto.repage import RepagedRequest
 from tests.alerter.factories import HttpSink, Mailbox, smtp_server, webhook_sink
 from tests.alerter.factories import violation as alerter_violation
 from tests.alerter.harness import eventually, publish
@@ -699,16 +700,16 @@ async def test_a_warning_paged_again_outside_any_incident_is_open_again_at_the_a
             )
             assert await run.alerter.tell_api_repages() == 0
             # ... and a repeat (another replica, a restart before the record) undoes nothing
-            # resolved since.
-            r = await api.client.post(f"/api/violations/{ev.id}/resolve", json={"resolved_by": "bo"})
-            assert r.status_code == 200, r.text
+            # resolved since: what that request reopened is said in its answer (a later page
+            # again of bo's resolution, after the delay, would reopen it in its turn).
             repaged_at = await run.pool.fetchval(
                 "SELECT repaged_at FROM alerter_alerts WHERE episode_id = $1", ev.episode_id
             )
             again = RepagedEpisode(episode_id=ev.episode_id, repaged_at=repaged_at, resolved_by="ana")
-            assert await run.alerter.api.tell_repaged([again])
-            row = await api.store.pool.fetchrow(row_sql, ev.id)
-            assert row is not None
-            assert row["resolved_by"] == "bo"
+            r = await api.client.post(f"/api/violations/{ev.id}/resolve", json={"resolved_by": "bo"})
+            assert r.status_code == 200, r.text
+            reply = await api.runtime.repages.reopen(RepagedRequest(episodes=(again,)))
+            assert (reply.status, reply.reopened) == ("ok", ())
+            assert await run.alerter.api.tell_repaged([again])  # over the bus, answered ok
     finally:
         await sink.stop()

@@ -75,6 +75,7 @@ class ApiView:
         self.bucket = bucket
         self._timeout = timeout
         self._settings: dict[str, object] = {}
+        self._repage_failing = False
 
     # -- settings -----------------------------------------------------------------------------
 
@@ -249,7 +250,9 @@ class ApiView:
 
     async def tell_repaged(self, episodes: Sequence[RepagedEpisode]) -> bool:
         """Tell the API of violations paged again after a hand resolution, for it to reopen its
-        copy of each (``llmscope.proto.repage``); True once an API answered ``ok``."""
+        copy of each (``llmscope.proto.repage``); True once an API answered ``ok``. A failure is
+        logged as a warning once, then quietly until an API answers (an alerter without an API
+        asks every few seconds while a page again is untold)."""
         if self._nc is None or not episodes:
             return False
         try:
@@ -259,12 +262,14 @@ class ApiView:
                 timeout=self._timeout,
             )
             reply = msgspec.json.decode(msg.data, type=RepagedReply)
+            error = "" if reply.status == "ok" else reply.error or "error"
         except (NatsError, TimeoutError, msgspec.DecodeError, msgspec.ValidationError) as exc:
-            log.warning("the API was not told of violations paged again; telling it later", error=repr(exc))
-            return False
-        if reply.status != "ok":
-            log.warning(
-                "the API could not reopen violations paged again; telling it later", error=reply.error
+            error = repr(exc)
+        if error:
+            (log.debug if self._repage_failing else log.warning)(
+                "the API was not told of violations paged again; telling it later", error=error
             )
+            self._repage_failing = True
             return False
+        self._repage_failing = False
         return True
