@@ -22,6 +22,7 @@ from llmscope.config.env import ConfigError, Env, Secret
 from llmscope.proto.incident import IncidentEvent, ResembledIncident, TicketRef
 from tests.alerter.factories import T0, cleared, violation
 from tests.alerter.harness import Running, eventually, publish, start_alerter
+from tests.alerter.paging import incident_events
 from tests.alerter.trackers import TOKEN, FakeGitHub, FakeGitLab, FakeJira
 
 
@@ -406,6 +407,12 @@ async def test_a_page_again_reopens_the_incidents_closed_ticket_once(
         assert "still failing after it was resolved by ana at " in comment, comment
         assert "LLMscope reopens this ticket." in comment
         assert (await incident_of(run)).state == "open"
+        # Published so: the incident's last event says the ticket is open again (the page
+        # again's own event, before the reopening, said closed).
+        last = (await incident_events(run, inc.incident_id))[-1]
+        assert last.state == "open"
+        assert last.ticket is not None
+        assert last.ticket.state == "open"
         # Once: neither replica has more to do, and after a restart neither.
         assert await run.alerter.tickets.run_once() is False  # type: ignore[union-attr]
         assert await other.alerter.tickets.run_once() is False  # type: ignore[union-attr]

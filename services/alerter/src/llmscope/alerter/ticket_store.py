@@ -19,6 +19,7 @@ from typing import Any
 from llmscope.alerter.store_base import Conn, StoreBase
 from llmscope.alerter.tickets.base import Ticket
 from llmscope.alerter.tickets.text import marker_for
+from llmscope.proto import codec, subjects
 from llmscope.proto.incident import IncidentEvent, TicketRef
 
 
@@ -55,6 +56,10 @@ async def ticket_ref(conn: Conn, incident_id: str) -> TicketRef | None:
         url=r["url"] or "",
         state="closed" if r["state"] == "closed" else "open",
     )
+
+
+class _ClaimLost(Exception):
+    """Another holder took the ticket's claim: the transaction is rolled back."""
 
 
 class TicketStore(StoreBase):
@@ -184,16 +189,40 @@ class TicketStore(StoreBase):
             closed,
         )
 
-    async def ticket_reopened(self, job: TicketJob, synced: dict[str, Any], revision: int) -> bool:
+    async def ticket_reopened(self, job: TicketJob, synced: dict[str, Any]) -> bool:
         """The closed ticket was reopened (its incident fires again): followed as an open one,
-        its resolution to be commented and closed again in its turn."""
-        return await self._ticket_update(
-            job,
-            "state = 'open', resolve_commented = false, synced = $4::jsonb,"
-            " synced_revision = greatest(synced_revision, $5)",
-            json.dumps(synced),
-            revision,
-        )
+        its resolution to be commented and closed again in its turn. The incident is published
+        again (a revision more) with its ticket open: the event of its page again said closed.
+        False when the claim was lost (nothing changed)."""
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                # The incident's row first, as merges do before its ticket's (merge_store.py).
+                revision = await conn.fetchval(
+                    "UPDATE alerter_incidents SET revision = revision + 1 WHERE id = $1 RETURNING revision",
+                    job.incident_id,
+                )
+                done = await conn.fetchval(
+                    "UPDATE alerter_incident_tickets SET state = 'open', resolve_commented = false,"
+                    " synced = $4::jsonb, synced_revision = $5, updated_at = $3"
+                    " WHERE incident_id = $1 AND claim_gen = $2 RETURNING 1",
+                    job.incident_id,
+                    job.generation,
+                    self.clock(),
+                    json.dumps(synced),
+                    revision,
+                )
+                if done is None:
+                    raise _ClaimLost
+                event = await self.incident_event(conn, job.incident_id, "updated")
+                await conn.execute(
+                    "INSERT INTO alerter_outbox (subject, msg_id, payload) VALUES ($1, $2, $3)",
+                    subjects.incidents(event.provider, "updated"),
+                    event.id,
+                    codec.encode(event),
+                )
+        except _ClaimLost:
+            return False
+        return True
 
     async def ticket_skipped(self, job: TicketJob) -> bool:
         """The incident resolved before its ticket was opened: none will be."""

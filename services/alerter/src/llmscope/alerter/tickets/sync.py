@@ -101,7 +101,7 @@ class TicketSync:
             await self._tracker.reopen(ticket)
             await self._tracker.comment(ticket, text.reopen_comment(ev))
             told = text.snapshot(ev)
-            if not await self._store.ticket_reopened(job, told, ev.revision):
+            if not await self._store.ticket_reopened(job, told):
                 return
             bound.info("ticket reopened", ticket=ticket.key)
         else:
