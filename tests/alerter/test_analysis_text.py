@@ -71,7 +71,7 @@ def test_an_outage_counts_every_failed_probe_not_the_points_of_its_rule() -> Non
     assert "Failed probes of llama3.1:8b: 50 from 2026-03-02 12:00:11 UTC" in text
     assert "last success 2026-03-02 12:00:10 UTC; refused x50." in text
     assert "refused x1" not in text
-    assert "down: 50 failed probes since the last success (AVAILABILITY fired at 3;" in text
+    assert "down: 50 failed probes in a row since the last success (AVAILABILITY fired at 3;" in text
     assert "down: 3 failed probes" not in text
     assert moves[0].observed == 50.0
 

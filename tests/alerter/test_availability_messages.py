@@ -99,7 +99,7 @@ async def test_during_the_baseline_every_text_says_the_rate_is_not_known_yet() -
         text = _analysis(ev, probes, with_outage=with_outage)
         assert "baseline failure rate not known yet, 13 probes collected" in text, text
         assert not ZERO_RATE.search(text), text
-    assert "down: 3 failed probes since the last success (AVAILABILITY fired at 3;" in _analysis(
+    assert "down: 3 failed probes in a row since the last success (AVAILABILITY fired at 3;" in _analysis(
         ev, probes, with_outage=True
     )
 
@@ -114,7 +114,7 @@ async def test_after_the_baseline_every_text_says_the_rate_and_the_run_that_fire
         assert "not known yet" not in text, channel
     assert "Baseline failure rate: 7.1% over 40 probes" in texts["email.txt"]
     text = _analysis(ev, probes, with_outage=True)
-    assert "down: 6 failed probes since the last success (AVAILABILITY fired at 6; " in text, text
+    assert "down: 6 failed probes in a row since the last success (AVAILABILITY fired at 6; " in text, text
     assert "baseline failure rate 7.1% over 40 probes)." in text, text
     assert "down: 6 failed probes in a row (baseline failure rate 7.1%)." in _analysis(
         ev, probes, with_outage=False

@@ -66,9 +66,10 @@ async def test_migrations_apply_once_even_concurrently(database_url: str) -> Non
             "015_violation_action_activity.sql",
             "016_latest_resolution_note.sql",
             "017_repage_after_hand_resolution.sql",
+            "018_repage_told_api.sql",
         ]
         assert await migrate(conns[0]) == []
-        assert await conns[0].fetchval("SELECT count(*) FROM alerter_schema_migrations") == 17
+        assert await conns[0].fetchval("SELECT count(*) FROM alerter_schema_migrations") == 18
         assert await conns[0].fetchval("SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm'") == 1
     finally:
         for c in conns:

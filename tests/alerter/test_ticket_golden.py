@@ -2,7 +2,8 @@
 channels' (``tests/alerter/golden/ticket-<case>.<markup>``): the ticket opened for a critical
 incident (title and body, with the analysis, the draft customer notice and the resembled
 incident's resolution), an update comment (a second model, new violations, an acknowledgement)
-and the resolution comment. ``md``: GitHub and GitLab (Markdown, the marker a hidden line);
+the resolution comment, and the comment reopening it (paged again after a hand resolution).
+``md``: GitHub and GitLab (Markdown, the marker a hidden line);
 ``jira-wiki``: Jira REST v2; ``jira-adf.json``: Jira REST v3 (Atlassian Document Format).
 Regenerate after an intended change with ``LLMSCOPE_UPDATE_GOLDEN=1`` and review the diff."""
 
@@ -18,7 +19,7 @@ from msgspec import structs
 from llmscope.alerter.tickets import text
 from llmscope.alerter.tickets.jira import adf, wiki
 from llmscope.alerter.tickets.text import Section
-from llmscope.proto.incident import IncidentAnalysis, IncidentEvent, ResembledIncident
+from llmscope.proto.incident import IncidentAnalysis, IncidentEvent, RepagedEpisode, ResembledIncident
 from tests.alerter.factories import T0
 from tests.alerter.test_messages import GOLDEN
 
@@ -69,6 +70,22 @@ RESOLVED = structs.replace(
     resolved_note="Killed the stray batch job.",
 )
 
+REOPENED = structs.replace(
+    UPDATED,
+    acknowledged_by=None,
+    acknowledged_at=None,
+    acknowledged_note=None,
+    repaged=(
+        RepagedEpisode(
+            episode_id="v1-llama3.1_8b-CUSUM",
+            repaged_at=T0 + timedelta(minutes=135),
+            resolved_by="bo",
+            resolved_at=T0 + timedelta(minutes=75),
+        ),
+    ),
+)
+"""Resolved by hand, the engine never clearing it: paged again an hour later, open again."""
+
 
 def sections(case: str) -> tuple[str, list[Section], str | None]:
     """(title or '', the text's sections, the marker for a ticket's body)."""
@@ -81,6 +98,8 @@ def sections(case: str) -> tuple[str, list[Section], str | None]:
             return "", comment, None
         case "resolved":
             return "", text.resolution_comment(RESOLVED), None
+        case "reopened":
+            return "", text.reopen_comment(REOPENED), None
     raise AssertionError(case)
 
 
@@ -94,7 +113,7 @@ def rendered(case: str) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize("case", ["opened", "update", "resolved"])
+@pytest.mark.parametrize("case", ["opened", "update", "resolved", "reopened"])
 def test_golden_ticket_texts(case: str) -> None:
     update = os.environ.get("LLMSCOPE_UPDATE_GOLDEN") == "1"
     for suffix, content in rendered(case).items():

@@ -22,6 +22,7 @@ from llmscope.config.env import ConfigError, Env, Secret
 from llmscope.proto.incident import IncidentEvent, ResembledIncident, TicketRef
 from tests.alerter.factories import T0, cleared, violation
 from tests.alerter.harness import Running, eventually, publish, start_alerter
+from tests.alerter.paging import incident_events
 from tests.alerter.trackers import TOKEN, FakeGitHub, FakeGitLab, FakeJira
 
 
@@ -357,3 +358,114 @@ def test_ticket_settings_from_the_environment(env: dict[str, str], check: Callab
 def test_ticket_settings_errors_name_the_variable(env: dict[str, str], error: str) -> None:
     with pytest.raises(ConfigError, match=error):
         AlerterSettings.from_env(Env({"DATABASE_URL": "postgresql://u:p@h/db", **env}))
+
+
+@pytest.mark.parametrize("kind", ["github", "jira", "gitlab"])
+async def test_a_page_again_reopens_the_incidents_closed_ticket_once(
+    database_url: str, js: JetStreamContext, kind: str
+) -> None:
+    """The incident is resolved by hand (its ticket commented and closed) while its violation
+    still fires; paged again, the incident is open again and so is its ticket: reopened once
+    (GitHub ``state=open``, GitLab ``state_event=reopen``, a Jira transition out of done) with a
+    comment, never a second ticket, by one replica, and not again after a restart. Resolved
+    again, it is closed again."""
+    tracker: FakeGitHub | FakeJira | FakeGitLab
+    if kind == "github":
+        tracker = FakeGitHub()
+        cfg = config("github", await tracker.start(), "acme/llm")
+        closed = "closed"
+    elif kind == "jira":
+        tracker = FakeJira()
+        cfg = config("jira", await tracker.start(), "OPS", user="ops@acme.example")
+        closed = "done"
+    else:
+        tracker = FakeGitLab()
+        cfg = config("gitlab", f"{await tracker.start()}/api/v4", "acme/llm")
+        closed = "closed"
+    run = await start_alerter(database_url, js, {}, tickets=cfg, repage_after_resolve=2.5)
+    other = await start_alerter(database_url, js, {}, tickets=cfg, repage_after_resolve=2.5)
+    try:
+        ev = violation(1, rule="CUSUM")
+        await publish(js, ev)
+
+        async def ticket_open() -> bool:
+            t = await ticket_of(run)
+            return t is not None and t.state == "open"
+
+        await eventually(ticket_open, what="the ticket")
+        (issue,) = tracker.issues.values()
+        inc = await incident_of(run)
+        assert await run.store.resolve_incident(inc.incident_id, "ana", "restarted ollama")
+        # Closed with the resolution; not cleared: paged again, the incident opens again, and its
+        # ticket (the close is not waited for: the page again may come before a look at it).
+        await eventually(lambda: issue.reopened == 1 and issue.state != closed, what="the ticket reopened")
+        assert issue.closes == 1, tracker.requests
+        assert any("Resolved after" in FakeJira.text_of(c) for c in issue.comments)
+        await eventually(ticket_open, what="the reopened ticket on the incident")
+        comment = FakeJira.text_of(issue.comments[-1])
+        assert "Paged again at " in comment, comment
+        assert "still failing after it was resolved by ana at " in comment, comment
+        assert "LLMscope reopens this ticket." in comment
+        assert (await incident_of(run)).state == "open"
+        # Published so: the incident's last event says the ticket is open again (the page
+        # again's own event, before the reopening, said closed).
+        last = (await incident_events(run, inc.incident_id))[-1]
+        assert last.state == "open"
+        assert last.ticket is not None
+        assert last.ticket.state == "open"
+        # Once: neither replica has more to do, and after a restart neither.
+        assert await run.alerter.tickets.run_once() is False  # type: ignore[union-attr]
+        assert await other.alerter.tickets.run_once() is False  # type: ignore[union-attr]
+        await other.close()
+        other = await start_alerter(database_url, js, {}, tickets=cfg, repage_after_resolve=2.5)
+        assert await other.alerter.tickets.run_once() is False  # type: ignore[union-attr]
+        assert issue.reopened == 1
+        assert len(tracker.issues) == 1
+        assert sum("LLMscope reopens this ticket." in FakeJira.text_of(c) for c in issue.comments) == 1
+        # Resolved again: commented and closed again, as any resolution.
+        assert await run.store.resolve_incident(inc.incident_id, "bo", "rolled back")
+        await eventually(lambda: issue.closes == 2, what="the ticket closed again")
+        assert "by bo" in FakeJira.text_of(issue.comments[-1])
+    finally:
+        await other.close()
+        await run.close()
+        await tracker.stop()
+    assert tracker.problems == []
+    assert len(tracker.issues) == 1
+
+
+async def test_an_incident_open_again_whose_ticket_was_skipped_gets_one(database_url: str) -> None:
+    """Resolved by hand before its ticket was opened (skipped: none opened), then paged again, the
+    engine never clearing it: the incident is open again and deserves a ticket as a new one does."""
+    gh = FakeGitHub()
+    url = await gh.start()
+    run = await start_alerter(database_url, None, {}, tickets=config("github", url, "acme/llm"))
+    try:
+        assert run.alerter.tickets is not None
+        run.stop.set()  # no loops: this test drives the worker by hand
+        routes = (await run.alerter.runtime()).routes
+        await run.store.ingest([violation(1, rule="CUSUM")], routes, None)
+        await run.alerter.analyze_once()
+        inc = await incident_of(run)
+        assert await run.store.resolve_incident(inc.incident_id, "ana", "restarted")
+        # As the worker leaves an incident resolved before its ticket was opened.
+        await run.pool.execute(
+            "INSERT INTO alerter_incident_tickets (incident_id, tracker, marker, state, next_try_at,"
+            " created_at, updated_at) VALUES ($1, 'github', $2, 'skipped', now(), now(), now())",
+            inc.incident_id,
+            text.marker_for(inc.incident_id),
+        )
+        assert await run.alerter.tickets.run_once() is False
+        assert await run.store.repage_hand_resolved(0) == 1
+        assert (await incident_of(run)).state == "open"
+        assert await run.alerter.tickets.run_once() is True
+        assert len(gh.issues) == 1
+        ticket = await ticket_of(run)
+        assert ticket is not None
+        assert ticket.state == "open"
+        assert await run.alerter.tickets.run_once() is False
+    finally:
+        await run.close()
+        await gh.stop()
+    assert gh.problems == []
+    assert len(gh.issues) == 1

@@ -26,6 +26,10 @@ class Issue:
     labels: list[str]
     state: str = "open"
     comments: list[Any] = field(default_factory=list)
+    reopened: int = 0
+    """how many times it was reopened (from closed or done)"""
+    closes: int = 0
+    """how many times it was closed (or transitioned to done)"""
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
@@ -156,16 +160,26 @@ class FakeGitHub(_Server):
 
     async def _close(self, request: web.Request) -> web.Response:
         issue = self._issue(request)
+        if issue is not None and issue.state == "closed":
+            # Reopening: PATCH {"state": "open"}.
+            body = await self.json_body(request, {"state": str})
+            if body is None or body["state"] != "open":
+                return self.problem(f"reopen {request.path}", 422)
+            issue.state = "open"
+            issue.reopened += 1
+            return web.json_response(self._json(issue))
         body = await self.json_body(request, {"state": str, "state_reason": str})
         if issue is None or body is None or body["state"] != "closed":
             return self.problem(f"close {request.path}", 404 if issue is None else 422)
         issue.state = "closed"
+        issue.closes += 1
         return web.json_response(self._json(issue))
 
 
 JIRA_TRANSITIONS = [
     {"id": "11", "name": "Start progress", "to": {"statusCategory": {"key": "indeterminate"}}},
     {"id": "31", "name": "Done", "to": {"statusCategory": {"key": "done"}}},
+    {"id": "41", "name": "Reopen", "to": {"statusCategory": {"key": "new"}}},
 ]
 
 
@@ -186,6 +200,7 @@ class FakeJira(_Server):
         app.router.add_get(base + ("/search/jql" if self.api == 3 else "/search"), self._search)
         app.router.add_post(base + "/issue", self._create)
         app.router.add_post(base + "/issue/{key}/comment", self._comment)
+        app.router.add_get(base + "/issue/{key}", self._issue_status)
         app.router.add_get(base + "/issue/{key}/transitions", self._transitions)
         app.router.add_post(base + "/issue/{key}/transitions", self._transition)
         return await super().start(app)
@@ -262,6 +277,15 @@ class FakeJira(_Server):
         issue.comments.append(body["body"])
         return web.json_response({"id": str(len(issue.comments))}, status=201)
 
+    async def _issue_status(self, request: web.Request) -> web.Response:
+        issue = self.issues.get(request.match_info["key"])
+        if issue is None or request.query.get("fields") != "status":
+            return self.problem(f"issue {request.path_qs}", 404 if issue is None else 400)
+        category = {"done": "done", "open": "new"}.get(issue.state, "indeterminate")
+        return web.json_response(
+            {"key": issue.key, "fields": {"status": {"statusCategory": {"key": category}}}}
+        )
+
     async def _transitions(self, request: web.Request) -> web.Response:
         if request.match_info["key"] not in self.issues:
             return self.problem(f"transitions {request.path}", 404)
@@ -270,9 +294,14 @@ class FakeJira(_Server):
     async def _transition(self, request: web.Request) -> web.Response:
         issue = self.issues.get(request.match_info["key"])
         body = await self.json_body(request, {"transition": dict})
-        if issue is None or body is None or body["transition"] != {"id": "31"}:
+        if issue is None or body is None or body["transition"] not in ({"id": "31"}, {"id": "41"}):
             return self.problem(f"transition {request.path}: {body}", 404 if issue is None else 400)
-        issue.state = "done"
+        if body["transition"] == {"id": "41"}:
+            issue.reopened += issue.state == "done"
+            issue.state = "open"
+        else:
+            issue.state = "done"
+            issue.closes += 1
         return web.Response(status=204)
 
 
@@ -336,7 +365,12 @@ class FakeGitLab(_Server):
     async def _update(self, request: web.Request) -> web.Response:
         issue = self.issues.get(request.match_info["iid"])
         body = await self.json_body(request, {"state_event": str})
-        if issue is None or body is None or body["state_event"] != "close":
+        if issue is None or body is None or body["state_event"] not in ("close", "reopen"):
             return self.problem(f"update {request.path}", 404 if issue is None else 400)
-        issue.state = "closed"
+        if body["state_event"] == "reopen":
+            issue.reopened += issue.state == "closed"
+            issue.state = "open"
+        else:
+            issue.state = "closed"
+            issue.closes += 1
         return web.json_response(self._json(issue))

@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import nats
 from nats.js import JetStreamContext
@@ -32,8 +33,10 @@ async def live_alerter(
     env: Mapping[str, str] | None = None,
     *,
     repage_after_resolve: float = 3600.0,
+    **options: Any,
 ) -> AsyncIterator[LiveAlerter]:
-    """The alerter's loops (and, with ``js``, its violation consumer) plus its control responder."""
+    """The alerter's loops (and, with ``js``, its violation consumer) plus its control responder;
+    ``options`` as ``start_alerter``'s."""
     nc = await nats.connect(nats_url)
     # The API's settings and telemetry over this connection, even without a violation consumer.
     run = await start_alerter(
@@ -42,6 +45,7 @@ async def live_alerter(
         env or {},
         api=ApiView(nc, timeout=2.0),
         repage_after_resolve=repage_after_resolve,
+        **options,
     )
     control = ControlResponder(
         run.alerter,

@@ -17,7 +17,8 @@ from llmscope.api.incidents_store import store_incidents
 from llmscope.api.persister import store_telemetry, store_violations
 from llmscope.bus.publisher import Publisher
 from llmscope.proto import codec, subjects
-from llmscope.proto.incident import IncidentEvent, SimilarIncident
+from llmscope.proto.incident import IncidentEvent, RepagedEpisode, SimilarIncident
+from llmscope.proto.repage import RepagedRequest
 from tests.alerter.factories import HttpSink, Mailbox, smtp_server, webhook_sink
 from tests.alerter.factories import violation as alerter_violation
 from tests.alerter.harness import eventually, publish
@@ -620,5 +621,95 @@ async def test_a_violation_paged_again_after_a_hand_resolution_is_open_again_at_
             assert (
                 await api.store.pool.fetchval("SELECT state FROM incidents WHERE id = $1", iid) == "resolved"
             )
+    finally:
+        await sink.stop()
+
+
+async def test_a_warning_paged_again_outside_any_incident_is_open_again_at_the_api(
+    persisting_api: Api, js: JetStreamContext, database_url: str, nats_url: str
+) -> None:
+    """Warnings notified (``alert.min_severity: warning``) but below the incidents' severity: a
+    warning is paged with no incident, resolved by hand at the API, and paged again, the engine
+    never clearing it. No incident.v1 event can carry that page again; the alerter tells the API
+    over the bus (``llmscope.control.v1.api.violations.repaged``) and the API reopens its row,
+    as for a violation in an incident. Told once: a repeat reopens nothing resolved since."""
+    api = persisting_api
+    sink, got = await webhook_sink()
+    try:
+        async with live_alerter(
+            database_url,
+            nats_url,
+            js,
+            {"LLMSCOPE_WEBHOOK_URL": sink.url + "/hook"},
+            repage_after_resolve=2.5,
+            severities=("critical", "warning"),
+        ) as live:
+            run = live.run
+            # No API answers at first (down, or not upgraded): the alerter tells it later.
+            await api.runtime.repages.stop()
+            ev = alerter_violation(1, rule="R2", severity="warning")
+            await publish(js, ev)
+            row_sql = (
+                "SELECT acknowledged_by, resolved_by, resolved_at, action_pending FROM violations"
+                " WHERE id = $1"
+            )
+
+            async def stored() -> bool:
+                return await api.store.pool.fetchrow(row_sql, ev.id) is not None
+
+            await eventually(stored, what="the warning in the API")
+            await eventually(lambda: len(got) >= 1, what="the warning's page")
+            assert got[0].incident_id == "", got[0]
+            r = await api.client.post(
+                f"/api/violations/{ev.id}/resolve", json={"resolved_by": "ana", "note": "flaky probe"}
+            )
+            assert r.status_code == 200, r.text
+            await eventually(
+                lambda: any("STILL FAILING after resolved by ana" in g.title for g in got),
+                what="the page again",
+            )
+            await run.alerter.tell_api_repages()
+            assert await run.pool.fetchval(
+                "SELECT repage_told_api_at IS NULL FROM alerter_alerts WHERE episode_id = $1", ev.episode_id
+            )
+            assert (
+                await api.store.pool.fetchval("SELECT resolved_by FROM violations WHERE id = $1", ev.id)
+                == "ana"
+            )
+            assert api.runtime.nc is not None
+            await api.runtime.repages.start(api.runtime.nc)
+
+            async def reopened() -> bool:
+                row = await api.store.pool.fetchrow(row_sql, ev.id)
+                return row is not None and row["resolved_at"] is None
+
+            await eventually(reopened, what="the warning open again at the API")
+            row = await api.store.pool.fetchrow(row_sql, ev.id)
+            assert row is not None
+            assert (row["acknowledged_by"], row["resolved_by"], row["action_pending"]) == (None, None, False)
+            assert (await api.client.get("/api/incidents")).json()["items"] == []
+            shown = (await (await login(api)).get(f"/violations/{ev.id}")).text
+            assert f'hx-post="/violations/{ev.id}/resolve"' in shown
+            # Told once: the alerter records it (no more requests for this page again) ...
+            await eventually(
+                lambda: run.pool.fetchval(
+                    "SELECT repage_told_api_at = repaged_at FROM alerter_alerts WHERE episode_id = $1",
+                    ev.episode_id,
+                ),
+                what="the page again recorded as told",
+            )
+            assert await run.alerter.tell_api_repages() == 0
+            # ... and a repeat (another replica, a restart before the record) undoes nothing
+            # resolved since: what that request reopened is said in its answer (a later page
+            # again of bo's resolution, after the delay, would reopen it in its turn).
+            repaged_at = await run.pool.fetchval(
+                "SELECT repaged_at FROM alerter_alerts WHERE episode_id = $1", ev.episode_id
+            )
+            again = RepagedEpisode(episode_id=ev.episode_id, repaged_at=repaged_at, resolved_by="ana")
+            r = await api.client.post(f"/api/violations/{ev.id}/resolve", json={"resolved_by": "bo"})
+            assert r.status_code == 200, r.text
+            reply = await api.runtime.repages.reopen(RepagedRequest(episodes=(again,)))
+            assert (reply.status, reply.reopened) == ("ok", ())
+            assert await run.alerter.api.tell_repaged([again])  # over the bus, answered ok
     finally:
         await sink.stop()

@@ -15,6 +15,7 @@ from llmscope.alerter.messages import Outage
 from llmscope.api.incidents_store import UPSERT_INCIDENT, incident_record, store_incidents
 from llmscope.api.persister import store_telemetry, store_violations
 from llmscope.proto.incident import IncidentEvent, MetricMove
+from llmscope.proto.telemetry import TelemetryEvent
 from llmscope.proto.violation import ViolationEvent
 from tests.api.alerting_harness import incident_event
 from tests.api.conftest import Api
@@ -104,3 +105,51 @@ async def test_an_old_message_without_the_rule_is_worded_from_its_violations(api
     assert "rule_name" not in str(stored)
     page = (await (await login(api)).get("/incidents/inc-old")).text
     assert _moves_row(page) == "10 failed probes in the last 50"
+
+
+async def _rate_only() -> tuple[list[TelemetryEvent], ViolationEvent]:
+    probes = [telemetry(i, id=f"r{i:03d}") for i in range(120)]
+    return await error_rate_violation(probes, SCATTERED, "v-rate-run")
+
+
+async def test_an_error_rate_count_raised_to_a_run_is_a_run_in_the_alerters_words() -> None:
+    """A chart with only an ERROR_RATE violation (10 failures in the last 50) whose failures went
+    on: raised to the 14 since the last success, the move is a run (``run``), and the summary
+    says "in a row", never the window's words for that count."""
+    _, ev = await _rate_only()
+    went_on = {ev.episode_id: Outage(count=14, since=ev.ts, last_success=None)}
+    summary, (move,), _ = summarize([ev], outages=went_on)
+    assert (move.observed, move.run, move.rule) == (14.0, True, "ERROR_RATE")
+    assert (
+        "down: 14 failed probes in a row since the last success (ERROR_RATE fired at 10 in the last 50;"
+        in summary
+    ), summary
+    # Not raised: the count is the violation's own, failures in its window.
+    (_, (own,), _) = summarize([ev])
+    assert (own.observed, own.run) == (10.0, False)
+
+
+async def test_the_incident_page_words_a_raised_error_rate_count_as_a_run(api: Api) -> None:
+    _, ev = await _rate_only()
+    went_on = Outage(count=14, since=ev.ts, last_success=None)
+    async with api.store.pool.acquire() as conn:
+        await store_incidents(conn, [_incident(ev, "inc-run", **{ev.episode_id: went_on})])
+    page = (await (await login(api)).get("/incidents/inc-run")).text
+    assert _moves_row(page) == "14 failed probes in a row"
+
+
+async def test_an_old_message_with_a_raised_error_rate_count_is_worded_as_a_run(api: Api) -> None:
+    """A message from before ``MetricMove.rule``: no violation of the chart has its count, so the
+    alerter raised it to the failures since the last success, a run."""
+    probes, ev = await _rate_only()
+    went_on = Outage(count=14, since=ev.ts, last_success=None)
+    record = list(incident_record(_incident(ev, "inc-old-run", **{ev.episode_id: went_on})))
+    for move in record[-1]["analysis"]["moves"]:
+        del move["rule"], move["rule_name"]
+        move.pop("run", None)
+    async with api.store.pool.acquire() as conn:
+        await store_telemetry(conn, probes)
+        await store_violations(conn, [ev])
+        await conn.executemany(UPSERT_INCIDENT, [tuple(record)])
+    page = (await (await login(api)).get("/incidents/inc-old-run")).text
+    assert _moves_row(page) == "14 failed probes in a row"

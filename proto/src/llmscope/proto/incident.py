@@ -45,6 +45,15 @@ class MetricMove(msgspec.Struct, frozen=True, kw_only=True):
     rule_name: Annotated[
         str, Meta(description="that violation's rule in words, e.g. '>= 10 failures in the last 50 probes'")
     ] = ""
+    # Added later in v1: an ERROR_RATE count raised to a run was worded as failures in its window.
+    run: Annotated[
+        bool,
+        Meta(
+            description="`observed` is the failed probes since the last success (a run: 'N failed probes"
+            " in a row'), raised by the alerter above its violation's count, whatever `rule` is;"
+            " false in messages from before it"
+        ),
+    ] = False
 
 
 class SimilarIncident(msgspec.Struct, frozen=True, kw_only=True):

@@ -18,6 +18,8 @@ Subjects (``<m>`` and ``<p>`` are escaped tokens, see :func:`encode_token`):
   or resolved a violation through the API: ``acknowledged``, ``resolved``)
 - ``llmscope.control.v1.api.telemetry.<op>``       the alerter's requests to the API for telemetry
   (llmscope.proto.telemetry_context): ``context``, ``outages``, ``points``
+- ``llmscope.control.v1.api.violations.repaged``  the alerter tells the API of violations paged
+  again after a hand resolution (llmscope.proto.repage)
 - ``llmscope.live.v1.api``                          core NATS only: the API's live notices
   (:mod:`llmscope.proto.live`)
 """
@@ -288,6 +290,12 @@ def api_telemetry_outages() -> str:
 def api_telemetry_points() -> str:
     """Request subject: probes by telemetry id (``PointsRequest``)."""
     return f"{PREFIX}.control.v1.api.telemetry.points"
+
+
+def api_violations_repaged() -> str:
+    """Request subject: violations the alerter paged again after a hand resolution
+    (``llmscope.proto.repage.RepagedRequest``): the API reopens its copy of each."""
+    return f"{PREFIX}.control.v1.api.violations.repaged"
 
 
 PERSISTER = "api-persister"

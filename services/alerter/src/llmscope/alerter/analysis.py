@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -89,12 +90,18 @@ def metric_moves(events: Sequence[ViolationEvent]) -> tuple[MetricMove, ...]:
     return tuple(moves)
 
 
+_WINDOW = re.compile(r"in the last (\d+) probes")
+"""An ERROR_RATE rule's window, from the engine's rule name ``>= 10 failures in the last 50 probes``."""
+
+
 def _raised(move: MetricMove, count: int, run: ViolationEvent | None) -> MetricMove:
-    """``move`` with its figure raised to ``count`` failed probes since the last success."""
+    """``move`` with its figure raised to ``count`` failed probes since the last success: a run
+    (``MetricMove.run``), whatever rule fired; the chart's AVAILABILITY violation's rule where it
+    has one (an ERROR_RATE-only chart keeps its rule, the count is still worded "in a row")."""
     if count <= move.observed:
         return move
     rule, name = (run.rule, run.rule_name) if run is not None else (move.rule, move.rule_name)
-    return structs.replace(move, observed=float(count), rule=rule, rule_name=name)
+    return structs.replace(move, observed=float(count), rule=rule, rule_name=name, run=True)
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -164,9 +171,12 @@ def summarize(
                     if failure_rate_known(ev)
                     else f"baseline failure rate not known yet, {ev.baseline.n} probes collected"
                 )
+                # A run, whatever rule fired: an ERROR_RATE count is of failures in its window.
+                window = _WINDOW.search(ev.rule_name) if ev.rule.upper() == "ERROR_RATE" else None
+                fired = f"{int(ev.value)} in the last {window[1]}" if window else f"{int(ev.value)}"
                 lines.append(
-                    f"- {model}{series}: down: {failing[key].count} failed probes since the last success"
-                    f" ({ev.rule} fired at {int(ev.value)}; {rate})."
+                    f"- {model}{series}: down: {failing[key].count} failed probes in a row since the last"
+                    f" success ({ev.rule} fired at {fired}; {rate})."
                 )
             else:
                 lines.append(f"- {model}{series}: {outage_movement(ev)}.")

@@ -26,6 +26,8 @@ from llmscope.alerter.notifiers.base import ContextPoint
 from llmscope.bus.kv import bucket_keys
 from llmscope.config.logs import get_logger
 from llmscope.proto import subjects
+from llmscope.proto.incident import RepagedEpisode
+from llmscope.proto.repage import RepagedReply, RepagedRequest
 from llmscope.proto.telemetry import NUMERIC_METRICS
 from llmscope.proto.telemetry_context import (
     MAX_QUERIES,
@@ -73,6 +75,7 @@ class ApiView:
         self.bucket = bucket
         self._timeout = timeout
         self._settings: dict[str, object] = {}
+        self._repage_failing = False
 
     # -- settings -----------------------------------------------------------------------------
 
@@ -242,3 +245,31 @@ class ApiView:
                 for p in reply.points
             )
         return out
+
+    # -- pages again --------------------------------------------------------------------------
+
+    async def tell_repaged(self, episodes: Sequence[RepagedEpisode]) -> bool:
+        """Tell the API of violations paged again after a hand resolution, for it to reopen its
+        copy of each (``llmscope.proto.repage``); True once an API answered ``ok``. A failure is
+        logged as a warning once, then quietly until an API answers (an alerter without an API
+        asks every few seconds while a page again is untold)."""
+        if self._nc is None or not episodes:
+            return False
+        try:
+            msg = await self._nc.request(
+                subjects.api_violations_repaged(),
+                msgspec.json.encode(RepagedRequest(episodes=tuple(episodes))),
+                timeout=self._timeout,
+            )
+            reply = msgspec.json.decode(msg.data, type=RepagedReply)
+            error = "" if reply.status == "ok" else reply.error or "error"
+        except (NatsError, TimeoutError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            error = repr(exc)
+        if error:
+            (log.debug if self._repage_failing else log.warning)(
+                "the API was not told of violations paged again; telling it later", error=error
+            )
+            self._repage_failing = True
+            return False
+        self._repage_failing = False
+        return True

@@ -9,6 +9,8 @@ from datetime import datetime, timedelta
 
 from llmscope.alerter.incident_store import IncidentStore
 from llmscope.alerter.store_base import Conn
+from llmscope.proto.incident import RepagedEpisode
+from llmscope.proto.repage import MAX_EPISODES
 
 
 class HandResolutionStore(IncidentStore):
@@ -194,6 +196,41 @@ class HandResolutionStore(IncidentStore):
                     "violations resolved by hand still fire: paging again", episodes=sorted(moved)
                 )
             return len(moved)
+
+    async def repages_untold(self, limit: int = MAX_EPISODES) -> list[RepagedEpisode]:
+        """Alerts paged again, still firing, whose page again the API has not been told of
+        (``tell_api_repages``, service.py): in an incident or not, the API reopens its copy."""
+        rows = await self.pool.fetch(
+            "SELECT episode_id, repaged_at, repage_of_by, repage_of_at FROM alerter_alerts"
+            " WHERE repaged_at IS NOT NULL AND repage_told_api_at IS DISTINCT FROM repaged_at"
+            " AND cleared_at IS NULL AND resolved_at IS NULL ORDER BY repaged_at, episode_id LIMIT $1",
+            limit,
+        )
+        return [
+            RepagedEpisode(
+                episode_id=r["episode_id"],
+                repaged_at=r["repaged_at"],
+                resolved_by=r["repage_of_by"],
+                resolved_at=r["repage_of_at"],
+            )
+            for r in rows
+        ]
+
+    async def repages_told(self, episodes: Sequence[RepagedEpisode]) -> int:
+        """The API answered for these pages again: each told once (a later page again of the
+        same alert, another ``repaged_at``, is told in its turn)."""
+        if not episodes:
+            return 0
+        return len(
+            await self.pool.fetch(
+                "UPDATE alerter_alerts a SET repage_told_api_at = t.repaged_at"
+                " FROM unnest($1::text[], $2::timestamptz[]) AS t(episode_id, repaged_at)"
+                " WHERE a.episode_id = t.episode_id AND a.repaged_at = t.repaged_at"
+                " RETURNING a.episode_id",
+                [e.episode_id for e in episodes],
+                [e.repaged_at for e in episodes],
+            )
+        )
 
     async def _reopen_incidents(self, conn: Conn, episode_ids: Sequence[str]) -> None:
         """The incidents of alerts paged again fire again: open, neither acknowledged nor resolved

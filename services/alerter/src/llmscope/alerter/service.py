@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -26,12 +27,15 @@ from llmscope.bus.consumer import ConsumerOptions, Delivery
 from llmscope.bus.publisher import PublishFailed
 from llmscope.config.logs import get_logger
 from llmscope.config.startup import log_failure, postgres_unavailable
+from llmscope.proto.repage import MAX_EPISODES
 from llmscope.proto.violation import SEVERITIES, ViolationEvent
 from llmscope.proto.violation_action import ViolationActionEvent
 
 log = get_logger("llmscope.alerter")
 
 
+REPAGE_TELL_RETRY_S = 5.0
+"""After the API did not answer for violations paged again, the wait before it is asked again."""
 PULL_EXPIRES_S = 5.0
 """How long the alerter's open pull request lasts before it is sent again (``fetch_timeout``)."""
 
@@ -146,6 +150,9 @@ class Alerter(Dispatcher, AnalysisWorker):
         loops.append(self._every(stop, self._opts.gauges_s, self.sample_gauges, "incident gauges"))
         loops.append(self._every(stop, self._opts.tick_s, self.resend_once, "re-send"))
         loops.append(self._every(stop, self._opts.tick_s, self._tickets_round, "tickets"))
+        loops.append(
+            self._every(stop, self._opts.tick_s, self.tell_api_repages, "telling the API of pages again")
+        )
         if self._opts.retention.enabled:
             # A failed sweep is logged by _every and tried again a period later.
             loops.append(self._every(stop, self._opts.retention.every_s, self.sweep_once, "retention"))
@@ -154,6 +161,23 @@ class Alerter(Dispatcher, AnalysisWorker):
             await asyncio.gather(*loops)
         finally:
             self.ready = False
+
+    async def tell_api_repages(self) -> int:
+        """Tell the API of the violations paged again it has not heard of (``repages_untold``),
+        in an incident or not: one outside any incident has no incident.v1 event to reopen its
+        copy there. Told until an API answers (a failure waits ``REPAGE_TELL_RETRY_S``); how many
+        were told. A repeat (another replica, a restart before the record) reopens nothing twice."""
+        if time.monotonic() < self._repage_tell_after:
+            return 0
+        told = 0
+        while episodes := await self.store.repages_untold():
+            if not await self.api.tell_repaged(episodes):
+                self._repage_tell_after = time.monotonic() + REPAGE_TELL_RETRY_S
+                return told
+            told += await self.store.repages_told(episodes)
+            if len(episodes) < MAX_EPISODES:
+                break
+        return told
 
     async def _tickets_round(self) -> None:
         if self.tickets is not None:

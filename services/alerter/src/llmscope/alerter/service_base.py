@@ -107,6 +107,7 @@ class AlerterBase:
         self._live: set[str] = set()  # notification ids this process is delivering
         self._started = False  # the first dispatch pass has run
         self._wake_outbox = asyncio.Event()
+        self._repage_tell_after = 0.0  # monotonic: the API was not told; no new try before it
         self.tickets: TicketSync | None = None
         self._tickets_cfg: TicketConfig | None = None
         self._tickets_error = ""

@@ -19,6 +19,7 @@ from typing import Any
 from llmscope.alerter.store_base import Conn, StoreBase
 from llmscope.alerter.tickets.base import Ticket
 from llmscope.alerter.tickets.text import marker_for
+from llmscope.proto import codec, subjects
 from llmscope.proto.incident import IncidentEvent, TicketRef
 
 
@@ -36,6 +37,9 @@ class TicketJob:
     created_at: datetime
     generation: int
     incident: IncidentEvent
+    closed: bool = False
+    """the ticket was closed with its incident's resolution, and the incident is open again (a
+    violation paged again after a hand resolution): the ticket is reopened"""
 
 
 async def ticket_ref(conn: Conn, incident_id: str) -> TicketRef | None:
@@ -52,6 +56,10 @@ async def ticket_ref(conn: Conn, incident_id: str) -> TicketRef | None:
         url=r["url"] or "",
         state="closed" if r["state"] == "closed" else "open",
     )
+
+
+class _ClaimLost(Exception):
+    """Another holder took the ticket's claim: the transaction is rolled back."""
 
 
 class TicketStore(StoreBase):
@@ -84,13 +92,25 @@ class TicketStore(StoreBase):
                     marker_for(new["id"]),
                     now,
                 )
+            # An incident open again (a violation paged again after a hand resolution) whose
+            # ticket was skipped (resolved before it was opened) deserves one as a new incident
+            # does; one whose ticket was closed with the resolution has it reopened (below).
+            await conn.execute(
+                "UPDATE alerter_incident_tickets t SET state = 'pending', next_try_at = $2, updated_at = $2"
+                " FROM alerter_incidents i WHERE i.id = t.incident_id AND t.tracker = $1"
+                " AND t.state = 'skipped' AND i.state <> 'resolved' AND i.merged_into IS NULL",
+                tracker,
+                now,
+            )
             # A change is told once the analysis after it has settled (it goes in the comment),
-            # or after ``wait`` if it never does.
+            # or after ``wait`` if it never does; a closed ticket of an incident open again at once.
             r = await conn.fetchrow(
                 "SELECT t.* FROM alerter_incident_tickets t JOIN alerter_incidents i ON i.id = t.incident_id"
-                " WHERE t.tracker = $1 AND t.state IN ('pending', 'open') AND t.next_try_at <= $2"
+                " WHERE t.tracker = $1 AND t.next_try_at <= $2"
+                " AND (t.state IN ('pending', 'open') OR (t.state = 'closed' AND i.state <> 'resolved'))"
                 " AND (t.lease_until IS NULL OR t.lease_until < $2)"
-                " AND (t.state = 'pending' OR i.state = 'resolved' OR (t.synced_revision < i.revision"
+                " AND (t.state IN ('pending', 'closed') OR i.state = 'resolved'"
+                "  OR (t.synced_revision < i.revision"
                 "  AND (i.analysis_status = 'done' OR i.last_violation_at < $3)))"
                 " ORDER BY t.next_try_at LIMIT 1 FOR UPDATE OF t SKIP LOCKED",
                 tracker,
@@ -119,6 +139,7 @@ class TicketStore(StoreBase):
             created_at=r["created_at"],
             generation=int(generation),
             incident=incident,
+            closed=r["state"] == "closed",
         )
 
     async def _ticket_update(self, job: TicketJob, sets: str, *args: Any) -> bool:
@@ -167,6 +188,41 @@ class TicketStore(StoreBase):
             resolve_commented,
             closed,
         )
+
+    async def ticket_reopened(self, job: TicketJob, synced: dict[str, Any]) -> bool:
+        """The closed ticket was reopened (its incident fires again): followed as an open one,
+        its resolution to be commented and closed again in its turn. The incident is published
+        again (a revision more) with its ticket open: the event of its page again said closed.
+        False when the claim was lost (nothing changed)."""
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                # The incident's row first, as merges do before its ticket's (merge_store.py).
+                revision = await conn.fetchval(
+                    "UPDATE alerter_incidents SET revision = revision + 1 WHERE id = $1 RETURNING revision",
+                    job.incident_id,
+                )
+                done = await conn.fetchval(
+                    "UPDATE alerter_incident_tickets SET state = 'open', resolve_commented = false,"
+                    " synced = $4::jsonb, synced_revision = $5, updated_at = $3"
+                    " WHERE incident_id = $1 AND claim_gen = $2 RETURNING 1",
+                    job.incident_id,
+                    job.generation,
+                    self.clock(),
+                    json.dumps(synced),
+                    revision,
+                )
+                if done is None:
+                    raise _ClaimLost
+                event = await self.incident_event(conn, job.incident_id, "updated")
+                await conn.execute(
+                    "INSERT INTO alerter_outbox (subject, msg_id, payload) VALUES ($1, $2, $3)",
+                    subjects.incidents(event.provider, "updated"),
+                    event.id,
+                    codec.encode(event),
+                )
+        except _ClaimLost:
+            return False
+        return True
 
     async def ticket_skipped(self, job: TicketJob) -> bool:
         """The incident resolved before its ticket was opened: none will be."""

@@ -17,7 +17,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from llmscope.api.cursors import decode_cursor, encode_cursor
 from llmscope.api.violation_store import violation_from_row
-from llmscope.proto.incident import IncidentEvent
+from llmscope.proto.incident import IncidentEvent, RepagedEpisode
 from llmscope.web.alerting import (
     Incident,
     IncidentAnalysisInfo,
@@ -59,15 +59,8 @@ WHERE i.revision < EXCLUDED.revision
 # again: one made since (the on-call's answer to it) stands, and a replayed event changes nothing.
 # The row's pending announcement, if any, was of that undone state: the alerter has it already.
 # Rows locked in id order (the persister's other writes of violations take them one by one).
-REOPEN_REPAGED = """
-WITH paged AS (
-    SELECT r.episode_id, max(r.repaged_at) AS repaged_at
-    FROM incidents i,
-         jsonb_to_recordset(coalesce(i.event->'repaged', '[]'::jsonb))
-             AS r(episode_id text, repaged_at timestamptz)
-    WHERE i.id = ANY($1::text[])
-    GROUP BY r.episode_id
-), due AS (
+_REOPEN_DUE = """
+, due AS (
     SELECT v.id FROM violations v JOIN paged p ON v.id = p.episode_id
     WHERE v.cleared_at IS NULL AND v.resolved_at IS NOT NULL AND v.resolved_at < p.repaged_at
     ORDER BY v.id FOR UPDATE OF v
@@ -75,7 +68,31 @@ WITH paged AS (
 UPDATE violations SET resolved_at = NULL, resolved_by = NULL, acknowledged_at = NULL,
     acknowledged_by = NULL, action_pending = false
 WHERE id IN (SELECT id FROM due)
+RETURNING id
 """
+REOPEN_REPAGED = (
+    """
+WITH paged AS (
+    SELECT r.episode_id, max(r.repaged_at) AS repaged_at
+    FROM incidents i,
+         jsonb_to_recordset(coalesce(i.event->'repaged', '[]'::jsonb))
+             AS r(episode_id text, repaged_at timestamptz)
+    WHERE i.id = ANY($1::text[])
+    GROUP BY r.episode_id
+)"""
+    + _REOPEN_DUE
+)
+# The same for violations the alerter names itself (``llmscope.proto.repage``: one paged again
+# outside any incident has no incident.v1 event to carry it), by the same rule.
+REOPEN_EPISODES = (
+    """
+WITH paged AS (
+    SELECT r.episode_id, max(r.repaged_at) AS repaged_at
+    FROM unnest($1::text[], $2::timestamptz[]) AS r(episode_id, repaged_at)
+    GROUP BY r.episode_id
+)"""
+    + _REOPEN_DUE
+)
 
 
 def incident_record(ev: IncidentEvent) -> tuple[Any, ...]:
@@ -114,6 +131,18 @@ async def store_incidents(conn: Conn, events: Sequence[IncidentEvent]) -> int:
             if repaged:
                 await conn.execute(REOPEN_REPAGED, repaged)
     return len(events)
+
+
+async def reopen_repaged(conn: Conn, episodes: Sequence[RepagedEpisode]) -> list[str]:
+    """The violations the alerter says it paged again reopen (``REOPEN_EPISODES``: only a
+    resolution made before the page again, so a repeat changes nothing); the ids reopened."""
+    if not episodes:
+        return []
+    async with conn.transaction():
+        rows = await conn.fetch(
+            REOPEN_EPISODES, [e.episode_id for e in episodes], [e.repaged_at for e in episodes]
+        )
+    return sorted(r["id"] for r in rows)
 
 
 def _event(row: asyncpg.Record) -> IncidentEvent:
@@ -175,6 +204,7 @@ def analysis_info(ev: IncidentEvent) -> IncidentAnalysisInfo | None:
                 m.prompt_id,
                 rule=m.rule,
                 rule_name=m.rule_name,
+                run=m.run,
             )
             for m in a.moves
         ],

@@ -22,6 +22,7 @@ from llmscope.api.live import LiveFeed
 from llmscope.api.metrics import ApiMetrics
 from llmscope.api.persister import Persister, fold_loop, retention_loop, tune_gc
 from llmscope.api.ratelimit import FailureLimiter
+from llmscope.api.repages import Repages
 from llmscope.api.sessions import RevokedSessions
 from llmscope.api.settings import ApiSettings
 from llmscope.api.settings_mirror import SettingsMirror
@@ -72,6 +73,8 @@ class Runtime:
         self.actions = ViolationActions(lambda: self._pool)
         self.settings_mirror = SettingsMirror(lambda: self._pool, replicas=settings.bus.replicas)
         self.telemetry_context = TelemetryContext(lambda: self._pool)
+        # The alerter's word of violations it paged again after a hand resolution.
+        self.repages = Repages(lambda: self._pool)
         self.store = Store(
             charts=self.charts,
             switches=self.switches,
@@ -129,6 +132,7 @@ class Runtime:
                 asyncio.create_task(self.settings_mirror.run(self._stop), name="settings-mirror")
             )
             await self.telemetry_context.start(self.nc)
+            await self.repages.start(self.nc)
             await self._live_feed.start(self.nc)
             if s.persister:
                 tune_gc()  # a batch's young objects are not walked again every 700 allocations
@@ -174,6 +178,7 @@ class Runtime:
         self.actions.attach(None)
         self.settings_mirror.attach(None)
         await self.telemetry_context.stop()
+        await self.repages.stop()
         await self._live_feed.stop()
         if self.nc is not None:
             with contextlib.suppress(Exception):

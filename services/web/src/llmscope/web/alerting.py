@@ -169,6 +169,9 @@ class MetricMoveInfo:
     do not: ``with_outage_rules`` infers an outage's from the incident's violations).
     AVAILABILITY's count is a run, ERROR_RATE's failures scattered in its window."""
     rule_name: str = ""
+    run: bool = False
+    """``observed`` is the failed probes since the last success, a run whatever ``rule`` fired
+    (the alerter raised the violation's count to it): "N failed probes in a row"."""
 
     @property
     def outage(self) -> bool:
@@ -187,6 +190,8 @@ class MetricMoveInfo:
     @property
     def observed_text(self) -> str:
         if self.outage:
+            if self.run:
+                return failed_probes_text(self.observed, "AVAILABILITY")
             return failed_probes_text(self.observed, self.rule, self.rule_name)
         return _in_units(self.observed, self.metric)
 
@@ -234,6 +239,9 @@ def _outage_rule(move: MetricMoveInfo, violations: list[Violation]) -> MetricMov
         return move
     rules = {v.rule.upper() for v in mine}
     same = [v for v in mine if round(v.value) == round(move.observed)]
+    if not same:
+        # No violation's count: the alerter raised it to the failures since the last success.
+        move = replace(move, run=True)
     if len(rules) == 1:
         chosen = mine[0]
     elif same:

@@ -67,6 +67,10 @@ class Tracker(Protocol):
 
     async def close(self, ticket: Ticket) -> None: ...
 
+    async def reopen(self, ticket: Ticket) -> None:
+        """Open a closed ticket again (its incident fires again); an open one stays as it is."""
+        ...
+
 
 class RestTracker:
     """What every tracker client holds: its configuration, the HTTP session and its credential

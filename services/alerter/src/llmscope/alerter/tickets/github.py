@@ -1,4 +1,5 @@
-"""GitHub Issues (REST API v3): create, comment, close with ``state=closed``.
+"""GitHub Issues (REST API v3): create, comment, close with ``state=closed``, reopen with
+``state=open``.
 
 The incident's marker is a hidden HTML comment at the end of the body (see ``issue_list``;
 labels are not used for this: a token without push access has them silently dropped).
@@ -27,6 +28,7 @@ class GitHubTracker(IssueListTracker):
     comments_path = "comments"
     close_method = "PATCH"
     close_body: ClassVar[dict[str, str]] = {"state": "closed", "state_reason": "completed"}
+    reopen_body: ClassVar[dict[str, str]] = {"state": "open"}
 
     def __init__(self, config: TicketConfig, session: aiohttp.ClientSession) -> None:
         owner, _, repo = config.project.partition("/")

@@ -1,4 +1,5 @@
-"""GitLab issues (REST API v4): create, add a note, close with ``state_event=close``.
+"""GitLab issues (REST API v4): create, add a note, close with ``state_event=close``, reopen
+with ``state_event=reopen``.
 
 As on GitHub, the marker is a hidden HTML comment in the description (see ``issue_list``).
 """
@@ -26,6 +27,7 @@ class GitLabTracker(IssueListTracker):
     comments_path = "notes"
     close_method = "PUT"
     close_body: ClassVar[dict[str, str]] = {"state_event": "close"}
+    reopen_body: ClassVar[dict[str, str]] = {"state_event": "reopen"}
 
     def __init__(self, config: TicketConfig, session: aiohttp.ClientSession) -> None:
         if not config.project:

@@ -28,6 +28,7 @@ class IssueListTracker(RestTracker):
     comments_path: ClassVar[str]
     close_method: ClassVar[str]
     close_body: ClassVar[dict[str, str]]
+    reopen_body: ClassVar[dict[str, str]]
     _base: str
     """the project's issues collection URL"""
 
@@ -65,3 +66,6 @@ class IssueListTracker(RestTracker):
 
     async def close(self, ticket: Ticket) -> None:
         await self._call(self.close_method, f"{self._base}/{ticket.key}", body=self.close_body)
+
+    async def reopen(self, ticket: Ticket) -> None:
+        await self._call(self.close_method, f"{self._base}/{ticket.key}", body=self.reopen_body)

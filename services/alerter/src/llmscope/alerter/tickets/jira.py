@@ -4,7 +4,8 @@ v2 takes wiki markup, v3 the Atlassian Document Format (ADF); the text is the sa
 The incident's marker is a label, found again with JQL. Jira Cloud authenticates with the
 account's email and an API token (Basic); Jira Server / Data Center with a personal access token
 (Bearer, when no user is configured). Closing picks the transition named ``jira_done`` (case
-ignored), else the first one into a status of the "done" category.
+ignored), else the first one into a status of the "done" category; reopening (the incident
+fires again) the first one into the "new" category, else any status not done.
 """
 
 from __future__ import annotations
@@ -121,6 +122,31 @@ class JiraTracker(RestTracker):
             raise DeliveryError(
                 f"Jira {ticket.key}: no transition named {self._cfg.jira_done!r} nor into a done status"
                 f" (available: {names})",
+                retryable=False,
+            )
+        await self._call("POST", url, body={"transition": {"id": str(chosen["id"])}})
+
+    async def reopen(self, ticket: Ticket) -> None:
+        """A ticket in a status of the "done" category goes back by the first transition into
+        one of the "new" category (To Do), else into any status not done; one not done stays."""
+        issue = await self._call("GET", f"{self._api}/issue/{ticket.key}", params={"fields": "status"})
+        status = ((issue or {}).get("fields") or {}).get("status") or {}
+        if (status.get("statusCategory") or {}).get("key") != "done":
+            return
+        url = f"{self._api}/issue/{ticket.key}/transitions"
+        answer = await self._call("GET", url)
+        transitions = (answer or {}).get("transitions") or []
+
+        def category(t: Any) -> str:
+            return str(((t.get("to") or {}).get("statusCategory") or {}).get("key", ""))
+
+        chosen = next((t for t in transitions if category(t) == "new"), None) or next(
+            (t for t in transitions if category(t) not in ("done", "")), None
+        )
+        if chosen is None:
+            names = ", ".join(str(t.get("name")) for t in transitions) or "none"
+            raise DeliveryError(
+                f"Jira {ticket.key}: no transition out of its done status to reopen it (available: {names})",
                 retryable=False,
             )
         await self._call("POST", url, body={"transition": {"id": str(chosen["id"])}})

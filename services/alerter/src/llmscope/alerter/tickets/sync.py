@@ -1,4 +1,5 @@
-"""The ticket worker: opens one ticket per qualifying incident, comments its changes, closes it.
+"""The ticket worker: opens one ticket per qualifying incident, comments its changes, closes it,
+and reopens it when the incident fires again (a violation paged again after a hand resolution).
 
 Each round claims one incident with work due (ticket_store.py) and brings its ticket up to date:
 create it (after looking it up by marker when an earlier create may have succeeded unseen),
@@ -90,6 +91,19 @@ class TicketSync:
             if not await self._store.ticket_opened(job, ticket, text.snapshot(ev), ev.revision):
                 return
             told = text.snapshot(ev)
+        elif job.closed:
+            if ev.state == "resolved":  # resolved again since the claim: it stays closed
+                await self._store.ticket_done(job)
+                return
+            # Its incident fires again (paged again after a hand resolution): so does the
+            # ticket, as it was, never a second one. A crash before the record reopens again
+            # (nothing to do on an open ticket) and repeats the comment (at least once).
+            await self._tracker.reopen(ticket)
+            await self._tracker.comment(ticket, text.reopen_comment(ev))
+            told = text.snapshot(ev)
+            if not await self._store.ticket_reopened(job, told):
+                return
+            bound.info("ticket reopened", ticket=ticket.key)
         else:
             told = job.synced
             comment = text.update_comment(told, ev)

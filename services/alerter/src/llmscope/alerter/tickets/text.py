@@ -121,6 +121,19 @@ def resolution_comment(ev: IncidentEvent) -> list[Section]:
     return [Section("LLMscope: resolved", text + "\nLLMscope closes this ticket.")]
 
 
+def reopen_comment(ev: IncidentEvent) -> list[Section]:
+    """The incident fires again: a violation resolved by hand that the engine never cleared was
+    paged again (``ev.repaged``), and its ticket, closed with the resolution, opens again."""
+    lines = [
+        f"Paged again at {_when(r.repaged_at)}: still failing after it was resolved"
+        + (f" by {r.resolved_by}" if r.resolved_by else "")
+        + (f" at {_when(r.resolved_at)}" if r.resolved_at else "")
+        + f" (violation {r.episode_id}); the engine has not cleared it."
+        for r in ev.repaged
+    ] or ["The incident is open again."]
+    return [Section("LLMscope: still failing", "\n".join(lines) + "\nLLMscope reopens this ticket.")]
+
+
 def markdown(sections: list[Section], marker: str | None = None) -> str:
     parts = [f"### {s.heading}\n\n{s.text}" if s.heading else s.text for s in sections]
     if marker:
