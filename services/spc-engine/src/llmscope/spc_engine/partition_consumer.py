@@ -247,7 +247,7 @@ class PartitionConsumption(Checkpoints, SettingsWatch, Publishing):
             except Exception as exc:
                 self._stop_on(exc)
                 raise
-        self.metrics.telemetry.labels(str(partition)).inc(len(batch))
+        self.metrics.telemetry_of(partition).inc(len(batch))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         return None
 
