@@ -1457,3 +1457,71 @@ async def test_a_gathering_consumer_sends_its_deferred_ack_all_on_a_tick(
         stop.set()
         await asyncio.wait_for(task, 5)
         await ack_sub.unsubscribe()
+
+
+async def test_a_gathering_consumer_takes_the_common_tick_after_a_small_batch(js: JetStreamContext) -> None:
+    """With ``gather_spread_from`` a consumer keeps its phase of the period only while its batches
+    are that big: after a small one its next pull (and its deferred AckAll) go at the common tick,
+    with every other consumer of the process, so a trickle costs one wake-up a period, not one
+    per phase."""
+    gather, phase = 0.5, 0.5
+    loop = asyncio.get_running_loop()
+    handled: list[tuple[float, int]] = []
+    acks: list[float] = []
+
+    async def handler(batch: Sequence[Delivery[TelemetryEvent]]) -> None:
+        handled.append((loop.time(), len(batch)))
+
+    async def count_acks(msg: Any) -> None:
+        acks.append(loop.time())
+
+    options = ConsumerOptions(
+        batch_size=20,
+        fetch_timeout=30,
+        ack_all=True,
+        gather=gather,
+        gather_phase=phase,
+        gather_spread_from=5,
+        ack_all_every=1.0,
+    )
+    consumer = make_consumer(js, handler, options)
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    ack_sub = await js._nc.subscribe("$JS.ACK.>", cb=count_acks)
+
+    def into(at: float) -> float:
+        return at % gather  # 0: the common tick; 0.25: this consumer's phase
+
+    async def publish(n: int) -> tuple[float, int]:
+        count = len(handled)
+        for _ in range(n):
+            await Publisher(js).publish(SUBJECT, telemetry())
+        await eventually(lambda: len(handled) > count, within=10)
+        return handled[count]
+
+    try:
+        await consumer_waiting(js)
+        at, size = await publish(1)  # a small batch: the common tick
+        assert size == 1
+        assert min(into(at), gather - into(at)) < 0.06
+        at, size = await publish(6)  # one by the sentinel, the rest at the common tick
+        assert size == 6
+        assert min(into(at), gather - into(at)) < 0.06
+        at, size = await publish(1)  # after a big batch: the consumer's phase
+        assert size == 1
+        assert abs(into(at) - phase * gather) < 0.06
+        phased = at
+        while True:  # small batches again: the common tick
+            at, size = await publish(1)
+            assert size == 1
+            assert min(into(at), gather - into(at)) < 0.06
+            if at > phased + 1.6:
+                break
+        # An AckAll timed after the last phased batch (its timer at most ``ack_all_every`` plus
+        # a period after it): on the common tick too.
+        await eventually(lambda: bool(acks) and acks[-1] > phased + 1.6, within=10)
+        assert min(into(acks[-1]), gather - into(acks[-1])) < 0.06
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        await ack_sub.unsubscribe()

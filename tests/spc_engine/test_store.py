@@ -290,3 +290,48 @@ async def test_a_first_version_availability_record_reads_back_exactly() -> None:
     back = decode_availability(key, data, Parts().get)  # names no part
     assert isinstance(back.snapshot, AvailabilitySnapshot)
     assert (back.gen, back.base, back.snapshot.config, back.snapshot.state) == (5, 9, snap.config, snap.state)
+
+
+class _PayloadKv(_RecordingKv):
+    """A ``_RecordingKv`` that keeps each record's bytes too."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.values: dict[str, bytes] = {}
+
+    async def publish_async(self, subject: str, payload: bytes) -> asyncio.Future[None]:
+        self.values[subject] = payload
+        return await super().publish_async(subject, payload)
+
+
+async def test_a_public_only_write_builds_no_snapshot_and_writes_what_a_full_write_would() -> None:
+    """The write each second (``state=False``) reads the views alone, not a snapshot of every
+    chart's state (most of the engine's work each second at a trickle), and writes the same
+    records as a full write of the same charts."""
+    events = [msgspec.structs.replace(ev, id=uuid.uuid4().hex) for ev in telemetry_stream(300, seed=4)]
+    more = [msgspec.structs.replace(ev, id=uuid.uuid4().hex) for ev in telemetry_stream(330, seed=4)[300:]]
+    now = datetime.now(UTC)
+    written: list[dict[str, bytes]] = []
+    for state in (False, True):
+        engine = await charted(events)
+        charts, saved = _PayloadKv(), _PayloadKv()
+        store = ChartStore(charts, saved)  # type: ignore[arg-type]
+        await store.write(engine, engine.take_dirty(), now)
+        charts.values.clear()
+        saved.log.clear()
+        for seq, ev in enumerate(more, start=301):
+            await engine.on_telemetry(ev, seq)
+        if not state:
+            full = engine.snapshot
+
+            def no_snapshot(key: str, updated_at: datetime | None = None) -> object:
+                raise AssertionError(f"snapshot of {key} built for a public-only write")
+
+            engine.snapshot = no_snapshot  # type: ignore[method-assign,assignment]
+        await store.write(engine, engine.take_dirty(), now, state=state)
+        if not state:
+            assert not saved.log  # no state written
+            engine.snapshot = full  # type: ignore[method-assign]
+        written.append(dict(charts.values))
+    assert written[0]  # views changed: records written
+    assert written[0] == written[1]

@@ -270,6 +270,12 @@ class ConsumerOptions:
     """Where in the gather period this consumer's ticks fall (a fraction, 0 <= phase < 1): the
     ticks are ``gather * (k + phase)``. Consumers of one process with different phases take
     their batches at different moments, so the work of a tick comes in several smaller bursts."""
+    gather_spread_from: int = 0
+    """With ``gather_phase``: the consumer keeps its phase only while its last gathered batch had
+    at least this many messages (0: always); after a smaller one its next tick is the common one
+    (phase 0). So at a trickle the consumers of a process share one tick (one write of their
+    pulls and AckAlls, one wake-up, one reply burst), not one per phase, and only a flow whose
+    bursts are worth spreading is spread."""
     mem_storage: bool = False
     """Keep the consumer's state (delivered and acked sequences) in nats-server's memory, not in
     a file it rewrites (open, write, rename) up to ten times a second per consumer whose state
@@ -686,10 +692,16 @@ class GatherPull(_HeldPull):
     + 0.5 s.
     """
 
-    def __init__(self, nc: NATS, stream: str, durable: str, gather: float, phase: float = 0.0) -> None:
+    def __init__(
+        self, nc: NATS, stream: str, durable: str, gather: float, phase: float = 0.0, spread_from: int = 0
+    ) -> None:
         super().__init__(nc, stream, durable)
         self._gather = gather
-        self._offset = phase * gather
+        self._phase_offset = phase * gather
+        self._spread_from = spread_from
+        self.offset = self._phase_offset if spread_from <= 0 else 0.0
+        """Where in the period the next tick falls (s): the phase's, or 0 after a small batch
+        (``ConsumerOptions.gather_spread_from``)."""
         self._flowing = False  # the last tick's pull brought messages: the next waits for a tick
         self._backlog = False  # the last tick's pull was filled: pull again at once
         self.sentinels = 0
@@ -699,7 +711,7 @@ class GatherPull(_HeldPull):
 
     def next_tick(self) -> float:
         """The next tick on the loop's clock (shared by the process): ``gather * (k + phase)``."""
-        return tick_after(self._loop.time(), self._gather, self._offset)
+        return tick_after(self._loop.time(), self._gather, self.offset)
 
     def _take(self, msg: JsMsg) -> None:
         status = inbox.status_of(msg)
@@ -764,6 +776,8 @@ class GatherPull(_HeldPull):
             self._flowing = got > 0 and not refused
             self._backlog = got >= want and not refused
         msgs, self._buffer = self._buffer, []
+        if self._spread_from > 0:
+            self.offset = self._phase_offset if len(msgs) >= self._spread_from else 0.0
         return msgs
 
 
@@ -863,7 +877,12 @@ class DurableConsumer(Generic[T]):
             standing: StandingPull | GatherPull
             if self._opts.gather > 0:
                 standing = GatherPull(
-                    self._js._nc, self._stream, self._durable, self._opts.gather, self._opts.gather_phase
+                    self._js._nc,
+                    self._stream,
+                    self._durable,
+                    self._opts.gather,
+                    self._opts.gather_phase,
+                    self._opts.gather_spread_from,
                 )
             else:
                 standing = StandingPull(self._js._nc, self._stream, self._durable, self._opts.fill_wait_max)
@@ -1068,7 +1087,8 @@ class DurableConsumer(Generic[T]):
                 # The last AckAll went at a tick (plus the loop's lag), so the tick at or before
                 # ``when`` is ``every`` after it: not later than without the ticks.
                 now = loop.time()
-                offset = self._opts.gather_phase * gather
+                puller = self._standing
+                offset = puller.offset if isinstance(puller, GatherPull) else self._opts.gather_phase * gather
                 # The tick at or before ``when`` (never acked yet: ``when`` is -inf).
                 tick = tick_after(when, gather, offset) - gather if when > now else now
                 when = tick if tick > now else tick_after(now, gather, offset)

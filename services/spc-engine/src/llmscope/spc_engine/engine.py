@@ -636,6 +636,16 @@ class Engine:
             availability=render_availability(chart.config, chart.state),
         )
 
+    def public_view(self, key: str) -> tuple[ChartMeta, int, ChartView | AvailabilityView]:
+        """What a chart's public record shows (its meta, seq and view), without the snapshot of
+        its state: a public-only write (each second) reads this for every chart that took a
+        point, and most of their views are unchanged."""
+        entry = self._charts[key]
+        chart = entry.chart
+        if isinstance(chart, MetricChart):
+            return entry.meta, entry.seq, self._view(entry, chart)
+        return entry.meta, entry.seq, render_availability(chart.config, chart.state)
+
     @staticmethod
     def _view(entry: _Entry, chart: MetricChart) -> ChartView:
         """``render_view``, reused while everything it reads is unchanged: the configuration and

@@ -48,6 +48,15 @@ class SpcMetrics:
             registry=self.registry,
         )
         self.consumers = ConsumerMetrics(self.registry)
+        self._telemetry: dict[int, Counter] = {}
+
+    def telemetry_of(self, partition: int) -> Counter:
+        """The partition's child of ``telemetry``, looked up once (``labels`` takes a lock and
+        builds a key on every call, and every batch counts)."""
+        child = self._telemetry.get(partition)
+        if child is None:
+            child = self._telemetry[partition] = self.telemetry.labels(str(partition))
+        return child
 
 
 class Ownership:

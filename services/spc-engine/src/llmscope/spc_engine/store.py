@@ -645,6 +645,20 @@ class ChartStore:
             return shown.meta is not meta or shown.view != view
         return shown.meta is not meta or shown.view is not view
 
+    def _record(self, key: str, meta: ChartMeta, seq: int, view: object, now: datetime) -> bytes:
+        """A changed chart's public record, its generation bumped (the view is now shown)."""
+        gen = self._gen[key] = self._gen.get(key, 0) + 1
+        self._shown[key] = _Shown(meta, view)
+        record: PublicChart | PublicAvailability
+        if isinstance(view, AvailabilityView):
+            record = PublicAvailability(
+                key=key, meta=meta, seq=seq, updated_at=now, availability=view, gen=gen
+            )
+        else:
+            assert isinstance(view, ChartView)
+            record = PublicChart(key=key, meta=meta, seq=seq, updated_at=now, view=view, gen=gen)
+        return _json(record)
+
     async def write(self, engine: Engine, dirty: Sequence[str], now: datetime, *, state: bool = True) -> None:
         """Write the public records of ``dirty`` whose view changed; with ``state``, first the
         state of the series and availability charts that took points since the last time (the
@@ -657,6 +671,17 @@ class ChartStore:
         else:
             dirty = [k for k in dirty if k in charts]
         public: list[tuple[str, bytes]] = []
+        if not state:
+            # Public records only (each second): the views of the charts that took a point, a
+            # record for those that changed; no snapshot of their state is built.
+            for key in dirty:
+                if key in self._legacy:
+                    continue
+                meta, seq, shown = engine.public_view(key)
+                if self._changed(key, meta, shown):
+                    public.append((key, self._record(key, meta, seq, shown, now)))
+            await put_many(self._charts, public)
+            return
         saves: list[tuple[str, bytes]] = []
         series: dict[str, tuple[str, str, str, str]] = {}
         snaps: dict[str, Snapshot] = {}
@@ -665,25 +690,8 @@ class ChartStore:
             meta = entry.meta
             snap = snaps[key] = engine.snapshot(key, now)
             view: object = snap.view if isinstance(snap, ChartSnapshot) else snap.availability
-            if (state or key not in self._legacy) and self._changed(key, meta, view):
-                gen = self._gen[key] = self._gen.get(key, 0) + 1
-                self._shown[key] = _Shown(meta, view)
-                if isinstance(snap, ChartSnapshot):
-                    record: PublicChart | PublicAvailability = PublicChart(
-                        key=key, meta=meta, seq=snap.seq, updated_at=now, view=snap.view, gen=gen
-                    )
-                else:
-                    record = PublicAvailability(
-                        key=key,
-                        meta=meta,
-                        seq=snap.seq,
-                        updated_at=now,
-                        availability=snap.availability,
-                        gen=gen,
-                    )
-                public.append((key, _json(record)))
-            if not state:
-                continue
+            if self._changed(key, meta, view):
+                public.append((key, self._record(key, meta, snap.seq, view, now)))
             if isinstance(snap, AvailabilitySnapshot):
                 saves.append(
                     (
