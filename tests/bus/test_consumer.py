@@ -738,6 +738,53 @@ async def test_a_slow_linger_waits_for_a_few_messages_at_the_measured_rate(js: J
         await puller.stop()
 
 
+async def test_a_slow_linger_ends_once_the_messages_it_waits_for_are_in(js: JetStreamContext) -> None:
+    """A slow linger waits for ``SLOW_FILL_MESSAGES`` more, not for its length: when they come
+    sooner (the rate jumped before the spacing followed it: 1,000 POSTs/s right after 100/s), the
+    batch goes with them. Before, each batch was held the whole slow linger, here 15 s."""
+    from llmscope.bus.consumer import SLOW_FILL_MESSAGES
+
+    publisher = Publisher(js)
+    puller = await _standing_pull(js)
+    puller.fill_wait_max = 60.0
+    try:
+        puller.spacing = 5.0  # as learnt at one message every 5 s: a 15 s linger
+        await publisher.publish(SUBJECT, telemetry())
+        fetch = asyncio.create_task(puller.fetch(500, 30, fill_wait=0.001))
+        await eventually(lambda: len(puller.taken_meanwhile()) == 1)
+        await asyncio.sleep(0)
+        assert not fetch.done()  # it lingers
+        await publisher.publish_many([(SUBJECT, telemetry()) for _ in range(SLOW_FILL_MESSAGES)])
+        msgs = await asyncio.wait_for(fetch, 10)  # not the 15 s
+        assert len(msgs) == SLOW_FILL_MESSAGES + 1
+    finally:
+        await puller.stop()
+
+
+async def test_a_rate_that_doubles_is_followed_within_a_window(js: JetStreamContext) -> None:
+    """The spacing follows a faster rate at once (one window of at least 100 ms), a slower one
+    by ``SPACING_WEIGHT``: after 100/s, a jump to 1,000/s took half a second and more of slow
+    lingers (10 ms spacing -> 7.75 -> 6.1 -> 4.8 ms ...), each batch held up to 30 ms."""
+    puller = await _standing_pull(js)
+    puller.fill_wait_max = 0.03
+    try:
+        feed = _feed(60, every_ns=10_000_000)  # 100/s for 0.6 s
+        last = feed[-1][1]
+        feed += [(61 + k, last + (k + 1) * 1_000_000) for k in range(250)]  # then 1,000/s
+        for seq, stored in feed:
+            _take(js, puller, seq, stored)
+            if seq <= 60 or seq % 5 == 0:
+                puller.give_back()  # a batch taken: each message at 100/s, five at 1,000/s
+            if seq == 60:
+                assert 0.009 < puller.spacing < 0.011
+                assert puller.linger_for(0.003) == 0.03
+        assert puller.spacing < 0.0015  # three windows at 1,000/s, no longer 100/s's
+        assert puller.linger_for(0.003) == 0.003
+    finally:
+        puller.give_back()
+        await puller.stop()
+
+
 async def test_a_slow_linger_is_capped_and_skipped_when_the_next_message_comes_after_it(
     js: JetStreamContext,
 ) -> None:
