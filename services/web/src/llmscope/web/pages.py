@@ -39,7 +39,7 @@ from llmscope.web.remembered_by import refuse_by, template_remembered_by
 from llmscope.web.rules_legend import BY_CODE, RULES
 from llmscope.web.short_url import short_url
 from llmscope.web.svg import PAD_R as CHART_PAD_R
-from llmscope.web.svg import render_chart, render_sparkline, time_range
+from llmscope.web.svg import mark_key, render_chart, render_sparkline, time_range
 from llmscope.web.trend_svg import color, render_availability, render_comparison
 from llmscope.web.trends import window_label
 from llmscope.web.userinfo import printed_chart_key, without_password
@@ -313,6 +313,7 @@ def build_environment() -> Environment:
     env.globals["render_chart"] = render_chart
     env.globals["render_sparkline"] = render_sparkline
     env.globals["render_minichart"] = render_minichart
+    env.globals["mark_key"] = mark_key
     env.globals["render_comparison"] = render_comparison
     env.globals["render_availability"] = render_availability
     env.globals["chart_time_range"] = time_range
