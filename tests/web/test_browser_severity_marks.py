@@ -19,7 +19,8 @@ STYLES = """() => {
     };
     const lone = {};
     for (const sev of ['critical', 'warning', 'info']) {
-        const mark = document.querySelector(`svg.control-chart a[href="/violations/v-${sev.slice(0, 4)}"] > .violation`);
+        const link = `a[href="/violations/v-${sev.slice(0, 4)}"]`;
+        const mark = document.querySelector(`svg.control-chart ${link} > .violation`);
         const icon = document.querySelector(`.mark-key [data-severity="${sev}"] .violation`);
         lone[sev] = [mark ? look(mark) : null, icon ? look(icon) : null];
     }

@@ -53,7 +53,7 @@ def test_each_severity_has_a_mark_of_its_own() -> None:
 
 
 def test_the_key_names_each_severity_drawn_as_on_the_chart() -> None:
-    key = str(mark_key())
+    key = str(mark_key())  # the violation page's: every severity
     items = re.findall(r'data-severity="(\w+)"><svg [^>]*>(.*?)</svg> (\w+)</span>', key)
     assert [(sev, label) for sev, _, label in items] == [(s, s) for s in SEVERITIES]
     assert [SHAPE.findall(body) for _, body, _ in items] == [
@@ -62,7 +62,8 @@ def test_the_key_names_each_severity_drawn_as_on_the_chart() -> None:
         [("polygon", "info")],
     ]
     assert "several rules at one probe" in key
-    assert 'class="violation-more"' in key and 'class="violation-count"' in key
+    assert 'class="violation-more"' in key
+    assert 'class="violation-count"' in key
 
 
 async def test_the_dashboard_and_the_violation_page_show_the_key(api: Api) -> None:
@@ -70,10 +71,12 @@ async def test_the_dashboard_and_the_violation_page_show_the_key(api: Api) -> No
     client = await login(api)
     params = {"provider": "ollama", "model": "llama3.1:8b", "prompt_id": "simple-1", "hours": "1"}
     for headers in ({}, {**HX, "HX-Target": "chart-panel"}):
-        r = await client.get("/dashboard", params=params, headers=headers)
-        assert r.status_code == 200, r.text
-        assert r.text.count('<p class="mark-key small">') == 1
-        assert 'data-severity="info"' in r.text
+        # The key names the severities the chart shows: those of its filter and above.
+        for least, named in (("info", SEVERITIES), ("warning", SEVERITIES[:2]), ("critical", SEVERITIES[:1])):
+            r = await client.get("/dashboard", params={**params, "severity": least}, headers=headers)
+            assert r.status_code == 200, r.text
+            assert r.text.count('<p class="mark-key small">') == 1
+            assert tuple(re.findall(r'data-severity="(\w+)"', r.text)) == named
     page = (await client.get("/violations/v-r1")).text
     around = page.split('<section class="card" id="around">')[1].split("</section>")[0]
     assert around.count('<p class="mark-key small">') == 1

@@ -89,9 +89,13 @@ def mark_shape(severity: str, cx: float, cy: float, title: str = "") -> str:
     return f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="5" class="{cls}">{title}</circle>'
 
 
-def mark_key() -> Markup:
-    """The key to the charts' violation marks: one per severity and a probe where several rules
-    fired, each drawn by :func:`mark_shape` as on the chart."""
+def mark_key(least: str = "info") -> Markup:
+    """The key to the charts' violation marks: one per severity the chart shows (``least`` and
+    those above it: the dashboard's severity filter) and a probe where several rules fired, each
+    drawn by :func:`mark_shape` as on the chart."""
+    shown = [
+        sev for sev, rank in SEVERITY_RANK.items() if rank <= SEVERITY_RANK.get(least, len(SEVERITY_RANK))
+    ]
 
     def icon(body: str, width: int = 16) -> str:
         return (
@@ -101,10 +105,11 @@ def mark_key() -> Markup:
 
     items = [
         f'<span class="mark-key-item" data-severity="{sev}">{icon(mark_shape(sev, 8, 8))} {sev}</span>'
-        for sev in SEVERITY_RANK
+        for sev in shown
     ]
     several = (
-        f'{mark_shape("warning", 10, 9)}<circle cx="10" cy="9" r="8" class="violation-more"/>'
+        f"{mark_shape(shown[min(1, len(shown) - 1)], 10, 9)}"
+        '<circle cx="10" cy="9" r="8" class="violation-more"/>'
         '<text x="20" y="9" class="violation-count" dominant-baseline="middle">3</text>'
     )
     items.append(
