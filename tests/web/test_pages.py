@@ -13,11 +13,14 @@ import pytest
 from llmscope.api.persister import store_telemetry, store_violations
 from llmscope.api.settings import ApiSettings
 from llmscope.config.env import Secret
+from llmscope.proto.telemetry import TelemetryEvent
+from llmscope.proto.violation import ViolationEvent
 from llmscope.web.auth import CSRF_HEADER
 from llmscope.web.live import point_event
 from llmscope.web.routes import SESSION_COOKIE
 from tests.api.conftest import API_KEY, Api, serve
 from tests.api.factories import cleared, limits, telemetry, violation
+from tests.web.engine_events import engine_violations, failed, store_seen
 
 HX = {"HX-Request": "true"}
 
@@ -384,46 +387,92 @@ async def test_a_log_charts_sigma_reads_as_the_factor_it_is(api: Api) -> None:
     assert " scale)" not in r.text
 
 
+async def outage_as_the_engine_writes_it() -> tuple[list[TelemetryEvent], ViolationEvent]:
+    """Fifty probes of two prompts, then five timeouts in a row: the real engine's AVAILABILITY
+    violation of them, as ``v-out``. (Built by hand it carried a latency chart's limits, center
+    100, and its page read "failure rate 10,000.00 %".)"""
+    events = [telemetry(i, prompt_id=f"p{i % 2}") for i in range(50)]
+    events += [failed(telemetry(i, prompt_id=f"p{i % 2}"), f"no answer in 30 s #{i}") for i in range(50, 55)]
+    found = [
+        v
+        for v in await engine_violations(events, baseline_n=40)
+        if v.rule == "AVAILABILITY" and v.state == "open"
+    ]
+    assert found, "the engine signalled no outage"
+    return events, msgspec.structs.replace(found[0], id="v-out", episode_id="v-out")
+
+
 async def test_availability_violation_lists_the_failed_probes_around_it(api: Api) -> None:
     # Every prompt of the target: the availability chart has none of its own.
-    events = [telemetry(i, prompt_id=f"p{i % 2}") for i in range(10)]
-    events += [
-        telemetry(
-            i, prompt_id=f"p{i % 2}", status="timeout", error=f"no answer in 30 s #{i}", latency_ms=None
-        )
-        for i in range(10, 14)
-    ]
-    outage = violation(
-        events[12],
-        id="v-out",
-        prompt_id="",
-        metric="availability",
-        chart="availability",
-        chart_key="ollama/llama3.1:8b/local/*/availability",
-        rule="AVAILABILITY",
-        value=3.0,
-        point_values=(),
-        point_ts=(),
-    )
+    events, outage = await outage_as_the_engine_writes_it()
+    # Its baseline's rate (1 / 42) makes a run of four the outage: the fifth timeout is after it.
+    assert (outage.metric, outage.prompt_id, outage.value) == ("availability", "", 4.0)
+    assert 0 < outage.limits.center < 0.05  # a failure rate, not milliseconds
+    trigger = next(i for i, e in enumerate(events) if e.id == outage.point_ids[0])
     async with api.store.pool.acquire() as conn:
-        await store_telemetry(conn, events)
-        await store_violations(conn, [outage])
+        await store_seen(conn, events, outage)
     client = await login(api)
     for headers in ({}, HX):
         r = await client.get("/violations/v-out", headers=headers)
         assert r.status_code == 200
         assert "No stored probes around this violation" not in r.text
-        assert "no answer in 30 s #12" in r.text
+        assert f"no answer in 30 s #{trigger}" in r.text
         assert r.text.count('class="trigger failed"') == 1
-        assert r.text.count(' failed"') == 4  # all four failed probes, before and after it
+        assert r.text.count(' failed"') == 5  # all five failed probes, before and after it
         assert "timeout" in r.text
-        assert "<tr><th>Value</th><td>3 failed probes in a row</td>" in r.text  # a count, a run
-        # In words, no escaped chart key as its id.
-        assert re.search(r'<tr><th>Baseline</th><td class="baseline">baseline of \d+ probes, ', r.text)
+        assert "<tr><th>Value</th><td>4 failed probes in a row</td>" in r.text  # a count, a run
+        # In words, no escaped chart key as its id; a rate under 100 %.
+        rate = re.search(r'<td class="failure-rate">([\d.]+) %</td>', r.text)
+        assert rate, r.text
+        assert 0 < float(rate[1]) < 5, rate[0]
+        assert re.search(
+            r'<tr><th>Baseline</th><td class="baseline">baseline of \d+ probes, failure rate [\d.]+ %', r.text
+        )
         # The pattern's one point is the trigger: its time and status, not "–" twice.
         points = r.text.split('<table class="points">')[1].split("</table>")[0]
         assert "<td>–</td>" not in points
         assert "<td>timeout</td>" in points
+
+
+async def test_an_availability_violation_with_a_latency_charts_limits_prints_no_rate(api: Api) -> None:
+    """An availability violation whose stored limits are a latency chart's (center 100: one
+    built by hand, or by an engine that mixed them up) printed "failure rate 10,000.00 %". A rate
+    over 100 % is no rate: "–", with a title saying why, in both rows that printed it."""
+    events = [telemetry(i) for i in range(10)]
+    events += [failed(telemetry(i)) for i in range(10, 14)]
+    mixed = violation(
+        events[12],
+        id="v-mixed",
+        prompt_id="",
+        metric="availability",
+        chart="availability",
+        chart_key="ollama/llama3.1:8b/local/*/availability",
+        rule="ERROR_RATE",
+        rule_name="4 failed probes in the last 20",
+        value=4.0,
+        point_values=(),
+        point_ts=(),
+    )
+    assert mixed.limits.center == 100.0
+    async with api.store.pool.acquire() as conn:
+        await store_seen(conn, events, mixed)
+    client = await login(api)
+    for headers in ({}, HX):
+        r = await client.get("/violations/v-mixed", headers=headers)
+        assert r.status_code == 200
+        assert "10,000" not in r.text
+        assert "10000" not in r.text
+        cell = re.search(r'<td class="failure-rate">(.*?)</td>', r.text)
+        assert cell, r.text
+        assert re.fullmatch(
+            r'<span class="not-a-rate" title="[^"]*not a failure rate[^"]*">–</span>', cell[1]
+        ), cell[0]
+        assert re.search(
+            r'<td class="alarm-threshold"><span class="not-a-rate" title="[^"]+">–</span></td>', r.text
+        )
+        baseline = re.search(r'<td class="baseline">(.*?)</td>', r.text)
+        assert baseline, r.text
+        assert baseline[1] == "baseline of 100 probes", baseline[0]
 
 
 async def test_login_page_has_no_navigation(api: Api) -> None:

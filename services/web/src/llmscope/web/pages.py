@@ -39,7 +39,7 @@ from llmscope.web.remembered_by import refuse_by, template_remembered_by
 from llmscope.web.rules_legend import BY_CODE, RULES
 from llmscope.web.short_url import short_url
 from llmscope.web.svg import PAD_R as CHART_PAD_R
-from llmscope.web.svg import render_chart, render_sparkline, time_range
+from llmscope.web.svg import mark_key, render_chart, render_sparkline, time_range
 from llmscope.web.trend_svg import color, render_availability, render_comparison
 from llmscope.web.trends import window_label
 from llmscope.web.userinfo import printed_chart_key, without_password
@@ -82,7 +82,23 @@ def _violation_value(v: Violation, digits: int = 1) -> str:
 _ERROR_RATE_NAME = re.compile(r">=\s*(\d+) failures in the last (\d+) probes")
 
 
-def _alarm_threshold(v: Violation) -> str:
+NOT_A_RATE = (
+    "The stored limits are not a failure rate (over 100 %): they are another chart's, not what the "
+    "engine writes for an availability chart, so no rate is shown."
+)
+
+
+def _not_a_rate(v: Violation, key: str = "center") -> bool:
+    """Whether an availability violation's stored ``key`` limit is over 1: no failure rate or
+    share (a latency chart's limits, center 100, read "failure rate 10,000.00 %")."""
+    return float(v.limits.get(key) or 0) > 1
+
+
+def _not_a_rate_cell() -> Markup:
+    return Markup('<span class="not-a-rate" title="{}">–</span>').format(NOT_A_RATE)
+
+
+def _alarm_threshold(v: Violation) -> str | Markup:
     """An availability violation's alarm threshold: the run that fires AVAILABILITY (its rule
     name), or ERROR_RATE's failures in the window with their share; "–" where the engine knew
     none (its baseline still collecting: it writes a share of 1, which is no threshold)."""
@@ -90,6 +106,8 @@ def _alarm_threshold(v: Violation) -> str:
         return v.rule_name if v.rule_name.endswith(" in a row") else "–"
     if float(v.limits.get("center") or 0) <= 0:
         return "–"
+    if _not_a_rate(v, "ucl"):
+        return _not_a_rate_cell()
     share = f"{float(v.limits.get('ucl') or 0) * 100:.1f} % of the window"
     if found := _ERROR_RATE_NAME.search(v.rule_name):
         return f"{found[1]} failed probes in the last {found[2]} ({share})"
@@ -116,11 +134,13 @@ def _baseline_text(v: Violation) -> str:
     probes = f"{n:,} probe{'' if n == 1 else 's'}"
     rate = float(v.limits.get("center") or 0)
     # Still collecting, the engine writes a rate of 0: no estimate (as the failure-rate row says).
-    text = (
-        f"baseline of {probes}, failure rate {rate * 100:,.2f} %"
-        if rate > 0
-        else f"still collecting: {probes} so far"  # the rate's row says it is not known yet
-    )
+    # Over 1 it is no rate at all: the failure-rate row's "–" says why.
+    if rate > 1:
+        text = f"baseline of {probes}"
+    elif rate > 0:
+        text = f"baseline of {probes}, failure rate {rate * 100:,.2f} %"
+    else:
+        text = f"still collecting: {probes} so far"  # the rate's row says it is not known yet
     if reason and reason != "initial baseline":
         by = str(b.get("created_by") or "")
         text += f"; re-baselined by {by}: {reason}" if by and by != "engine" else f"; {reason}"
@@ -293,6 +313,7 @@ def build_environment() -> Environment:
     env.globals["measured"] = _measured
     env.globals["violation_value"] = _violation_value
     env.globals["alarm_threshold"] = _alarm_threshold
+    env.globals["not_a_rate"] = NOT_A_RATE
     env.globals["baseline_text"] = _baseline_text
     env.globals["pattern_points"] = _pattern_points
     env.globals["gone_note"] = GONE_NOTE
@@ -313,6 +334,7 @@ def build_environment() -> Environment:
     env.globals["render_chart"] = render_chart
     env.globals["render_sparkline"] = render_sparkline
     env.globals["render_minichart"] = render_minichart
+    env.globals["mark_key"] = mark_key
     env.globals["render_comparison"] = render_comparison
     env.globals["render_availability"] = render_availability
     env.globals["chart_time_range"] = time_range

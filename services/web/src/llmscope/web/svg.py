@@ -40,6 +40,8 @@ MIN_SPAN_S = 60.0
 # other, and each is ~160 bytes of the answer (issue 13: a 24 h chart under 100 KB).
 MARKS_DRAWN = 250
 SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
+INFO_HALF_DIAGONAL = 4.5
+"""An info mark's diamond, centre to corner (px): smaller than the 5-px discs and rings."""
 COUNT_HEIGHT = 9.0
 """A mark's count's height above its baseline (11 px type, digits only)."""
 # Raw probes get a circle (and tooltip) each, up to 400; buckets only while they are this far
@@ -74,6 +76,51 @@ def per_probe(marks: list[ViolationMark]) -> list[list[ViolationMark]]:
     return list(groups.values())
 
 
+def mark_shape(severity: str, cx: float, cy: float, title: str = "") -> str:
+    """A violation's mark in its severity's style (``style.css``, and the key under the chart:
+    :func:`mark_key`): critical a filled disc, warning a thick amber ring, info a thin blue diamond
+    (smaller). The shapes tell them apart in grey or to a colour-blind eye; the colours are the
+    severity badges'. ``title``: its tooltip element, if any."""
+    cls = f"violation {escape(severity)}"
+    if severity == "info":
+        r = INFO_HALF_DIAGONAL
+        points = f"{cx:.1f},{cy - r:.1f} {cx + r:.1f},{cy:.1f} {cx:.1f},{cy + r:.1f} {cx - r:.1f},{cy:.1f}"
+        return f'<polygon points="{points}" class="{cls}">{title}</polygon>'
+    return f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="5" class="{cls}">{title}</circle>'
+
+
+def mark_key(least: str = "info") -> Markup:
+    """The key to the charts' violation marks: one per severity the chart shows (``least`` and
+    those above it: the dashboard's severity filter) and a probe where several rules fired, each
+    drawn by :func:`mark_shape` as on the chart."""
+    shown = [
+        sev for sev, rank in SEVERITY_RANK.items() if rank <= SEVERITY_RANK.get(least, len(SEVERITY_RANK))
+    ]
+
+    def icon(body: str, width: int = 16) -> str:
+        return (
+            f'<svg class="mark-icon" viewBox="0 0 {width} 16" width="{width}" height="16" '
+            f'aria-hidden="true">{body}</svg>'
+        )
+
+    items = [
+        f'<span class="mark-key-item" data-severity="{sev}">{icon(mark_shape(sev, 8, 8))} {sev}</span>'
+        for sev in shown
+    ]
+    several = (
+        f"{mark_shape(shown[min(1, len(shown) - 1)], 10, 9)}"
+        '<circle cx="10" cy="9" r="8" class="violation-more"/>'
+        '<text x="20" y="9" class="violation-count" dominant-baseline="middle">3</text>'
+    )
+    items.append(
+        f'<span class="mark-key-item several">{icon(several, 28)} several rules at one probe '
+        "(the worst one's mark, with their count)</span>"
+    )
+    return Markup(
+        '<p class="mark-key small"><span class="muted">Violation marks:</span> ' + " ".join(items) + "</p>"
+    )
+
+
 def violation_mark(
     group: list[ViolationMark], cx: float, cy: float, provider: str, model: str, *, top: float = 0.0
 ) -> str:
@@ -83,11 +130,8 @@ def violation_mark(
     sits above-right of the mark, below-right where that would cross the plot's ``top``."""
     worst = group[0]
     if len(group) == 1:
-        return (
-            f'<a href="/violations/{escape(worst.id)}"><circle cx="{cx:.1f}" cy="{cy:.1f}" '
-            f'r="5" class="violation {escape(worst.severity)}"><title>{escape(worst.rule)} '
-            f"{escape(worst.severity)} {fmt(worst.value)}</title></circle></a>"
-        )
+        title = f"<title>{escape(worst.rule)} {escape(worst.severity)} {fmt(worst.value)}</title>"
+        return f'<a href="/violations/{escape(worst.id)}">{mark_shape(worst.severity, cx, cy, title)}</a>'
     names = {r.code: r.name for r in RULES}
     lines = [
         f"{len(group)} violations at this probe ({fmt(worst.value)}): click for them all in the log",
@@ -97,10 +141,10 @@ def violation_mark(
     href = "/violations?" + urlencode({"series": f"{provider}|{model}", **span})
     ny = cy - 6 if cy - 6 - COUNT_HEIGHT >= top else cy + 6 + COUNT_HEIGHT
     return (
-        f'<a href="{escape(href)}"><g class="violation-mark"><circle cx="{cx:.1f}" cy="{cy:.1f}" r="5" '
-        f'class="violation {escape(worst.severity)}"/><circle cx="{cx:.1f}" cy="{cy:.1f}" r="8" '
-        f'class="violation-more"/><text x="{cx + 9:.1f}" y="{ny:.1f}" class="violation-count">'
-        f"{len(group)}</text><title>{escape(chr(10).join(lines))}</title></g></a>"
+        f'<a href="{escape(href)}"><g class="violation-mark">{mark_shape(worst.severity, cx, cy)}'
+        f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="8" class="violation-more"/><text x="{cx + 9:.1f}" '
+        f'y="{ny:.1f}" class="violation-count">{len(group)}</text>'
+        f"<title>{escape(chr(10).join(lines))}</title></g></a>"
     )
 
 
